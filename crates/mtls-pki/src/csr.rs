@@ -1,0 +1,200 @@
+//! Certificate signing requests: creating them, and reading other people's safely.
+//!
+//! CSRs are parsed with x509-parser (not rcgen, which refuses requests carrying extensions it
+//! does not know, as `openssl req` often produces). The self-signature is always verified; the
+//! only things taken from a request are its public key, its subject and its SANs. Everything
+//! else it asks for (key usage, EKU, extra extensions) is ignored: the profile decides.
+
+use rcgen::{CertificateParams, PublicKeyData, SignatureAlgorithm};
+use x509_parser::certification_request::X509CertificationRequest;
+use x509_parser::extensions::{GeneralName, ParsedExtension};
+use x509_parser::prelude::FromDer;
+use x509_parser::public_key::PublicKey;
+
+use crate::issue::Subject;
+use crate::names::San;
+use crate::{pem_io, Error, KeyAlgorithm, PrivateKey, Result};
+
+/// The public key of a CSR, usable as the subject key of a certificate.
+#[derive(Clone, Debug)]
+pub struct CsrPublicKey {
+    raw: Vec<u8>,
+    spki: Vec<u8>,
+    alg: &'static SignatureAlgorithm,
+    algorithm: KeyAlgorithm,
+}
+
+impl CsrPublicKey {
+    /// The key type.
+    pub fn key_algorithm(&self) -> KeyAlgorithm {
+        self.algorithm
+    }
+    /// DER SubjectPublicKeyInfo.
+    pub fn spki(&self) -> &[u8] {
+        &self.spki
+    }
+}
+
+impl PublicKeyData for CsrPublicKey {
+    fn der_bytes(&self) -> &[u8] {
+        &self.raw
+    }
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        self.alg
+    }
+    fn subject_public_key_info(&self) -> Vec<u8> {
+        self.spki.clone()
+    }
+}
+
+/// What a verified CSR asks for.
+#[derive(Clone, Debug)]
+pub struct CsrInfo {
+    pub subject: Subject,
+    /// The full subject as text.
+    pub subject_text: String,
+    pub sans: Vec<San>,
+    /// Whether the request carries basicConstraints CA:TRUE.
+    pub requests_ca: bool,
+    pub public_key: CsrPublicKey,
+}
+
+/// Creates a CSR (PEM) for `key` with the subject and SANs given.
+pub fn create(key: &PrivateKey, subject: &Subject, sans: &[San]) -> Result<String> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = subject.to_dn()?;
+    params.subject_alt_names = sans.iter().map(San::to_rcgen).collect::<Result<_>>()?;
+    let csr = params.serialize_request(key.key_pair())?;
+    Ok(csr.pem()?)
+}
+
+/// Parses a CSR (PEM or DER), verifies its signature and extracts what it asks for.
+pub fn parse(input: &[u8]) -> Result<CsrInfo> {
+    let blocks = pem_io::decode(input)?;
+    let block = blocks
+        .iter()
+        .find(|b| {
+            b.label.is_empty()
+                || b.label == "CERTIFICATE REQUEST"
+                || b.label == "NEW CERTIFICATE REQUEST"
+        })
+        .ok_or(Error::NotFound { what: "CSR" })?;
+    let (rest, csr) =
+        X509CertificationRequest::from_der(&block.der).map_err(|e| Error::malformed("CSR", e))?;
+    if !rest.is_empty() {
+        return Err(Error::malformed("CSR", "trailing bytes after the request"));
+    }
+    csr.verify_signature().map_err(|e| match e {
+        x509_parser::error::X509Error::SignatureUnsupportedAlgorithm => {
+            Error::UnsupportedKey("the CSR's signature algorithm is not supported".into())
+        }
+        _ => Error::CsrBadSignature,
+    })?;
+    let info = &csr.certification_request_info;
+    let subject_text = info.subject.to_string();
+    let get = |oid: &x509_parser::der_parser::oid::Oid<'_>| -> Result<Option<String>> {
+        match info.subject.iter_by_oid(oid).next() {
+            None => Ok(None),
+            Some(attr) => attr
+                .as_str()
+                .map(|s| Some(s.to_string()))
+                .map_err(|_| Error::CsrRefused("a subject attribute is not a string".into())),
+        }
+    };
+    use x509_parser::oid_registry as oids;
+    let subject = Subject {
+        common_name: get(&oids::OID_X509_COMMON_NAME)?.unwrap_or_default(),
+        organization: get(&oids::OID_X509_ORGANIZATION_NAME)?,
+        organizational_unit: get(&oids::OID_X509_ORGANIZATIONAL_UNIT)?,
+        country: get(&oids::OID_X509_COUNTRY_NAME)?,
+    };
+    let mut sans = Vec::new();
+    let mut requests_ca = false;
+    if let Some(exts) = csr.requested_extensions() {
+        for ext in exts {
+            match ext {
+                ParsedExtension::SubjectAlternativeName(san) => {
+                    for gn in &san.general_names {
+                        sans.push(match gn {
+                            GeneralName::DNSName(d) => San::dns(d)?,
+                            GeneralName::URI(u) => San::uri(u)?,
+                            GeneralName::RFC822Name(e) => San::email(e)?,
+                            GeneralName::IPAddress(b) => {
+                                if let Ok(a) = <[u8; 4]>::try_from(*b) {
+                                    San::Ip(a.into())
+                                } else if let Ok(a) = <[u8; 16]>::try_from(*b) {
+                                    San::Ip(a.into())
+                                } else {
+                                    return Err(Error::CsrRefused("malformed IP address SAN".into()));
+                                }
+                            }
+                            other => {
+                                return Err(Error::CsrRefused(format!(
+                                    "unsupported subject alternative name {other}"
+                                )))
+                            }
+                        });
+                    }
+                }
+                ParsedExtension::BasicConstraints(bc) => requests_ca |= bc.ca,
+                _ => {}
+            }
+        }
+    }
+    let public_key = csr_public_key(&info.subject_pki)?;
+    Ok(CsrInfo {
+        subject,
+        subject_text,
+        sans,
+        requests_ca,
+        public_key,
+    })
+}
+
+fn csr_public_key(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<CsrPublicKey> {
+    let parsed = spki
+        .parsed()
+        .map_err(|e| Error::UnsupportedKey(format!("unreadable public key: {e}")))?;
+    let (alg, algorithm): (&'static SignatureAlgorithm, KeyAlgorithm) = match parsed {
+        PublicKey::EC(point) => match point.key_size() {
+            256 => (&rcgen::PKCS_ECDSA_P256_SHA256, KeyAlgorithm::EcdsaP256),
+            384 => (&rcgen::PKCS_ECDSA_P384_SHA384, KeyAlgorithm::EcdsaP384),
+            n => return Err(Error::UnsupportedKey(format!("EC key of {n} bits (use P-256 or P-384)"))),
+        },
+        PublicKey::RSA(rsa) => {
+            let bits = rsa.key_size();
+            if bits < 2048 {
+                return Err(Error::UnsupportedKey(format!("RSA-{bits} is too small (at least 2048 bits)")));
+            }
+            (&rcgen::PKCS_RSA_SHA256, KeyAlgorithm::Rsa { bits })
+        }
+        PublicKey::Unknown(_)
+            if spki.algorithm.algorithm == x509_parser::oid_registry::OID_SIG_ED25519 =>
+        {
+            (&rcgen::PKCS_ED25519, KeyAlgorithm::Ed25519)
+        }
+        _ => return Err(Error::UnsupportedKey("only ECDSA P-256/P-384, Ed25519 and RSA keys are signed".into())),
+    };
+    // For EC keys, make sure the curve parameter is exactly P-256 / P-384 (key_size alone
+    // cannot tell P-256 from other 256-bit curves).
+    if let KeyAlgorithm::EcdsaP256 | KeyAlgorithm::EcdsaP384 = algorithm {
+        let curve = spki
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.as_oid().ok());
+        let ok = match algorithm {
+            KeyAlgorithm::EcdsaP256 => curve == Some(x509_parser::oid_registry::OID_EC_P256),
+            _ => curve == Some(x509_parser::oid_registry::OID_NIST_EC_P384),
+        };
+        if !ok {
+            return Err(Error::UnsupportedKey("EC curve other than P-256/P-384".into()));
+        }
+    }
+    Ok(CsrPublicKey {
+        raw: spki.subject_public_key.data.to_vec(),
+        spki: spki.raw.to_vec(),
+        alg,
+        algorithm,
+    })
+}

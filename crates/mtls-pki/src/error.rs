@@ -1,0 +1,80 @@
+use std::path::PathBuf;
+
+use time::OffsetDateTime;
+
+/// Everything that can go wrong in the PKI core.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Reading or writing a file failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// An output file exists and overwriting was not requested.
+    #[error("{} already exists; refusing to overwrite it (pass --force to replace it)", path.display())]
+    AlreadyExists { path: PathBuf },
+    /// A private key file can be read by other users.
+    #[error("{} is readable by group or others (mode {mode:03o}); private keys must be owner-only: run `chmod 600 {}`", path.display(), path.display())]
+    InsecurePermissions { path: PathBuf, mode: u32 },
+    /// Input could not be parsed.
+    #[error("malformed {what}: {detail}")]
+    Malformed { what: &'static str, detail: String },
+    /// Input held no object of the expected kind.
+    #[error("no {what} found in the input")]
+    NotFound { what: &'static str },
+    /// An encrypted key was given without a passphrase.
+    #[error("the private key is encrypted and no passphrase was given (use --passphrase-file or the passphrase environment variable)")]
+    PassphraseRequired,
+    /// Decryption failed: the passphrase is wrong or the file is damaged.
+    #[error("cannot decrypt the private key: wrong passphrase or damaged file")]
+    WrongPassphrase,
+    /// A key type or size that mtls does not handle.
+    #[error("unsupported key: {0}")]
+    UnsupportedKey(String),
+    /// A SAN or subject value is not acceptable.
+    #[error("invalid name {value:?}: {reason}")]
+    InvalidName { value: String, reason: &'static str },
+    /// The CSR's self-signature does not verify.
+    #[error("the CSR's signature does not verify (the request was altered or is not signed by its key)")]
+    CsrBadSignature,
+    /// The CSR asks for something the profile does not allow.
+    #[error("CSR refused: {0}")]
+    CsrRefused(String),
+    /// The issuing CA cannot sign at this time.
+    #[error("issuing CA {subject:?} is not valid at {now}: it is valid from {not_before} to {not_after}")]
+    IssuerNotValid {
+        subject: String,
+        now: OffsetDateTime,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    },
+    /// The issuing certificate is not a CA or may not sign certificates.
+    #[error("{0} is not a CA certificate allowed to sign certificates")]
+    NotACa(String),
+    /// The private key does not belong to the certificate.
+    #[error("the private key does not match the certificate's public key")]
+    KeyMismatch,
+    /// A validity request that makes no sense.
+    #[error("invalid validity: {0}")]
+    InvalidValidity(String),
+    /// The certificate generator refused the parameters.
+    #[error("certificate encoding failed: {0}")]
+    Encode(#[from] rcgen::Error),
+    /// PKCS#12 building failed.
+    #[error("PKCS#12 export failed: {0}")]
+    Pkcs12(String),
+    /// Key generation or encryption failed in the crypto library.
+    #[error("cryptographic operation failed: {0}")]
+    Crypto(&'static str),
+}
+
+impl Error {
+    pub(crate) fn malformed(what: &'static str, detail: impl std::fmt::Display) -> Self {
+        Self::Malformed {
+            what,
+            detail: detail.to_string(),
+        }
+    }
+}

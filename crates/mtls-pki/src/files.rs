@@ -1,0 +1,147 @@
+//! File hygiene for secrets and outputs.
+//!
+//! Writes go to a temporary file in the destination directory, are flushed to disk and then
+//! renamed over the destination, so a reader never sees a half-written file and a crash leaves
+//! either the old file or the new one. Private keys are created with mode 0600 from the start
+//! (never chmod-ed after the fact) and are refused on load when group or others can read them.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use zeroize::Zeroizing;
+
+use crate::{Error, Result};
+
+/// Who may read a file written by [`write_atomic`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Visibility {
+    /// Mode 0600: private keys, PKCS#12 bundles, databases.
+    Secret,
+    /// Mode 0644: certificates, CRLs, CSRs.
+    Public,
+}
+
+impl Visibility {
+    fn mode(self) -> u32 {
+        match self {
+            Visibility::Secret => 0o600,
+            Visibility::Public => 0o644,
+        }
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Fails with [`Error::AlreadyExists`] when `path` exists and `force` is false.
+///
+/// Call this for every output before doing any work, so that a refused run changes nothing.
+pub fn check_writable(path: &Path, force: bool) -> Result<()> {
+    if !force && fs::symlink_metadata(path).is_ok() {
+        return Err(Error::AlreadyExists {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
+/// Writes `contents` to `path` atomically (temporary file, fsync, rename, fsync of the directory).
+pub fn write_atomic(path: &Path, contents: &[u8], visibility: Visibility, force: bool) -> Result<()> {
+    check_writable(path, force)?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into());
+    let mut random = [0u8; 8];
+    aws_lc_rs::rand::fill(&mut random).map_err(|_| Error::Crypto("random"))?;
+    let tmp = dir.join(format!(".{file_name}.tmp-{}", hex::encode(random)));
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(visibility.mode())
+            .open(&tmp)
+            .map_err(io_err(&tmp))?;
+        // The umask may have removed bits; make the mode exactly what was asked for.
+        file.set_permissions(fs::Permissions::from_mode(visibility.mode()))
+            .map_err(io_err(&tmp))?;
+        file.write_all(contents).map_err(io_err(&tmp))?;
+        file.sync_all().map_err(io_err(&tmp))?;
+        if !force && fs::symlink_metadata(path).is_ok() {
+            return Err(Error::AlreadyExists {
+                path: path.to_path_buf(),
+            });
+        }
+        fs::rename(&tmp, path).map_err(io_err(path))?;
+        if let Ok(d) = fs::File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Reads a file that may hold a private key, refusing it when group or others can read it.
+pub fn read_secret(path: &Path) -> Result<Zeroizing<Vec<u8>>> {
+    let meta = fs::metadata(path).map_err(io_err(path))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(Error::InsecurePermissions {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    Ok(Zeroizing::new(fs::read(path).map_err(io_err(path))?))
+}
+
+/// Reads a public file (certificate, CSR, CRL).
+pub fn read_public(path: &Path) -> Result<Vec<u8>> {
+    fs::read(path).map_err(io_err(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_written_0600_and_not_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k.pem");
+        write_atomic(&p, b"secret", Visibility::Secret, false).unwrap();
+        let mode = fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let err = write_atomic(&p, b"other", Visibility::Secret, false).unwrap_err();
+        assert!(matches!(err, Error::AlreadyExists { .. }));
+        assert_eq!(fs::read(&p).unwrap(), b"secret");
+        write_atomic(&p, b"other", Visibility::Secret, true).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"other");
+        // No temporary files are left behind.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn world_readable_key_refused_with_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k.pem");
+        fs::write(&p, b"x").unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = read_secret(&p).unwrap_err();
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o400)).unwrap();
+        assert_eq!(&*read_secret(&p).unwrap(), b"x");
+    }
+}

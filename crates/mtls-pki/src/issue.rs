@@ -1,0 +1,431 @@
+//! Root and intermediate CAs and leaf certificates, from profiles that are right by
+//! construction.
+
+use std::fmt;
+use std::str::FromStr;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyUsagePurpose, PublicKeyData,
+};
+use rustls_pki_types::CertificateDer;
+use serde::Serialize;
+use time::{Duration, OffsetDateTime};
+use x509_parser::extensions::ParsedExtension;
+
+use crate::names::San;
+use crate::pem_io;
+use crate::serial::Serial;
+use crate::{Error, PrivateKey, Result};
+
+/// Backdating of `notBefore` so that peers with a slightly slow clock accept a new certificate.
+pub const CLOCK_SKEW_BACKDATE: Duration = Duration::minutes(5);
+/// Default lifetime of a root CA: 10 years.
+pub const DEFAULT_ROOT_DAYS: i64 = 3650;
+/// Default lifetime of an intermediate CA: 3 years.
+pub const DEFAULT_INTERMEDIATE_DAYS: i64 = 1095;
+/// Default lifetime of server and client certificates: 90 days (the seed's 365 days is longer
+/// than modern practice; automate renewal instead).
+pub const DEFAULT_LEAF_DAYS: i64 = 90;
+
+/// Subject distinguished name fields mtls sets.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Subject {
+    pub common_name: String,
+    pub organization: Option<String>,
+    pub organizational_unit: Option<String>,
+    pub country: Option<String>,
+}
+
+impl Subject {
+    /// A subject with only a common name.
+    pub fn cn(cn: impl Into<String>) -> Self {
+        Subject {
+            common_name: cn.into(),
+            ..Default::default()
+        }
+    }
+
+    pub(crate) fn to_dn(&self) -> Result<DistinguishedName> {
+        let bad = |value: &str, reason| Error::InvalidName {
+            value: value.into(),
+            reason,
+        };
+        let check = |v: &str| -> Result<()> {
+            if v.is_empty() || v.chars().count() > 64 {
+                return Err(bad(v, "subject fields are 1 to 64 characters"));
+            }
+            if v.chars().any(|c| c.is_control()) {
+                return Err(bad(v, "control characters are not allowed in subject fields"));
+            }
+            Ok(())
+        };
+        let mut dn = DistinguishedName::new();
+        if let Some(c) = &self.country {
+            if c.len() != 2 || !c.chars().all(|ch| ch.is_ascii_uppercase()) {
+                return Err(bad(c, "country is a two-letter upper-case ISO 3166 code"));
+            }
+            let p = rcgen::string::PrintableString::try_from(c.as_str())
+                .map_err(|_| bad(c, "not printable"))?;
+            dn.push(DnType::CountryName, DnValue::PrintableString(p));
+        }
+        if let Some(o) = &self.organization {
+            check(o)?;
+            dn.push(DnType::OrganizationName, o.as_str());
+        }
+        if let Some(ou) = &self.organizational_unit {
+            check(ou)?;
+            dn.push(DnType::OrganizationalUnitName, ou.as_str());
+        }
+        check(&self.common_name)?;
+        dn.push(DnType::CommonName, self.common_name.as_str());
+        Ok(dn)
+    }
+}
+
+/// The two leaf profiles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// TLS server: serverAuth EKU, at least one DNS or IP SAN.
+    Server,
+    /// TLS client: clientAuth EKU.
+    Client,
+}
+
+impl fmt::Display for Profile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Profile::Server => "server",
+            Profile::Client => "client",
+        })
+    }
+}
+
+impl FromStr for Profile {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "server" => Ok(Profile::Server),
+            "client" => Ok(Profile::Client),
+            _ => Err(Error::malformed("profile", format!("{s:?} (use server or client)"))),
+        }
+    }
+}
+
+/// A CA certificate with its private key, ready to sign.
+#[derive(Debug)]
+pub struct CaCert {
+    der: CertificateDer<'static>,
+    key: PrivateKey,
+    subject: String,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+}
+
+impl CaCert {
+    /// Pairs a CA certificate with its key after checking that the certificate is a CA allowed
+    /// to sign certificates and that the key belongs to it.
+    pub fn new(der: CertificateDer<'static>, key: PrivateKey) -> Result<Self> {
+        let cert = pem_io::parse_certificate(&der)?;
+        let subject = cert.subject().to_string();
+        let is_ca = cert
+            .basic_constraints()
+            .ok()
+            .flatten()
+            .map(|bc| bc.value.ca)
+            .unwrap_or(false);
+        let can_sign = match cert.key_usage() {
+            Ok(Some(ku)) => ku.value.key_cert_sign(),
+            Ok(None) => true,
+            Err(_) => false,
+        };
+        if !is_ca || !can_sign {
+            return Err(Error::NotACa(subject));
+        }
+        if !key.matches_spki(cert.public_key().raw) {
+            return Err(Error::KeyMismatch);
+        }
+        let not_before = cert.validity().not_before.to_datetime();
+        let not_after = cert.validity().not_after.to_datetime();
+        Ok(CaCert {
+            der,
+            key,
+            subject,
+            not_before,
+            not_after,
+        })
+    }
+
+    /// Loads a CA from PEM/DER certificate bytes (the first certificate) and a key.
+    pub fn from_pem(cert: &[u8], key: PrivateKey) -> Result<Self> {
+        let der = pem_io::certificates(cert)?
+            .into_iter()
+            .next()
+            .ok_or(Error::NotFound { what: "certificate" })?;
+        Self::new(der, key)
+    }
+
+    /// The certificate, DER.
+    pub fn der(&self) -> &CertificateDer<'static> {
+        &self.der
+    }
+
+    /// The certificate, PEM.
+    pub fn pem(&self) -> String {
+        pem_io::encode("CERTIFICATE", &self.der)
+    }
+
+    /// The subject, as a string (`CN=…, O=…`).
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    /// The CA's private key.
+    pub fn key(&self) -> &PrivateKey {
+        &self.key
+    }
+
+    /// End of the CA's validity.
+    pub fn not_after(&self) -> OffsetDateTime {
+        self.not_after
+    }
+
+    pub(crate) fn issuer(&self) -> Result<Issuer<'static, &rcgen::KeyPair>> {
+        Ok(Issuer::from_ca_cert_der(&self.der, self.key.key_pair())?)
+    }
+
+    /// Fails unless the CA can sign at `now`.
+    pub fn check_valid_at(&self, now: OffsetDateTime) -> Result<()> {
+        if now < self.not_before || now > self.not_after {
+            return Err(Error::IssuerNotValid {
+                subject: self.subject.clone(),
+                now,
+                not_before: self.not_before,
+                not_after: self.not_after,
+            });
+        }
+        Ok(())
+    }
+
+    /// Computes a validity window starting at `now` (backdated for clock skew, never before the
+    /// CA's own notBefore) and capped at the CA's notAfter, so no certificate outlives its issuer.
+    fn window(&self, now: OffsetDateTime, lifetime: Duration) -> Result<(OffsetDateTime, OffsetDateTime)> {
+        self.check_valid_at(now)?;
+        if lifetime <= Duration::ZERO {
+            return Err(Error::InvalidValidity("the lifetime must be positive".into()));
+        }
+        let not_before = (now - CLOCK_SKEW_BACKDATE).max(self.not_before);
+        let not_after = (now + lifetime).min(self.not_after);
+        Ok((truncate(not_before), truncate(not_after)))
+    }
+}
+
+/// X.509 times have second precision; drop the rest so what we record equals what we encode.
+fn truncate(t: OffsetDateTime) -> OffsetDateTime {
+    t.replace_nanosecond(0).unwrap_or(t)
+}
+
+/// A freshly issued certificate.
+#[derive(Clone, Debug)]
+pub struct Issued {
+    pub der: CertificateDer<'static>,
+    pub serial: Serial,
+    pub subject: String,
+    pub sans: Vec<San>,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+}
+
+impl Issued {
+    /// PEM of the certificate.
+    pub fn pem(&self) -> String {
+        pem_io::encode("CERTIFICATE", &self.der)
+    }
+}
+
+fn ca_params(
+    subject: &Subject,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+    constraints: BasicConstraints,
+    serial: &Serial,
+) -> Result<CertificateParams> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = subject.to_dn()?;
+    params.not_before = truncate(not_before);
+    params.not_after = truncate(not_after);
+    params.serial_number = Some(serial.to_rcgen());
+    params.is_ca = IsCa::Ca(constraints);
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+    ];
+    Ok(params)
+}
+
+/// Creates a self-signed root CA (CA:TRUE critical, keyCertSign + cRLSign, SKI).
+pub fn new_root(subject: &Subject, key: PrivateKey, now: OffsetDateTime, lifetime: Duration) -> Result<CaCert> {
+    if lifetime <= Duration::ZERO {
+        return Err(Error::InvalidValidity("the lifetime must be positive".into()));
+    }
+    let serial = Serial::random()?;
+    let params = ca_params(
+        subject,
+        now - CLOCK_SKEW_BACKDATE,
+        now + lifetime,
+        BasicConstraints::Unconstrained,
+        &serial,
+    )?;
+    let cert = params.self_signed(key.key_pair())?;
+    CaCert::new(cert.der().clone(), key)
+}
+
+/// Creates an intermediate CA under `root` (pathLen 0 by default: it may sign only leaves).
+pub fn new_intermediate(
+    root: &CaCert,
+    subject: &Subject,
+    key: PrivateKey,
+    now: OffsetDateTime,
+    lifetime: Duration,
+    path_len: u8,
+) -> Result<CaCert> {
+    let (not_before, not_after) = root.window(now, lifetime)?;
+    let serial = Serial::random()?;
+    let mut params = ca_params(
+        subject,
+        not_before,
+        not_after,
+        BasicConstraints::Constrained(path_len),
+        &serial,
+    )?;
+    params.use_authority_key_identifier_extension = true;
+    let cert = params.signed_by(key.key_pair(), &root.issuer()?)?;
+    CaCert::new(cert.der().clone(), key)
+}
+
+/// What a leaf certificate should say.
+#[derive(Clone, Debug)]
+pub struct LeafRequest {
+    pub profile: Profile,
+    pub subject: Subject,
+    pub sans: Vec<San>,
+    pub lifetime: Duration,
+}
+
+impl LeafRequest {
+    /// Enforces the profile's name rules.
+    pub fn check(&self) -> Result<()> {
+        match self.profile {
+            Profile::Server => {
+                if !self.sans.iter().any(|s| matches!(s, San::Dns(_) | San::Ip(_))) {
+                    return Err(Error::InvalidName {
+                        value: self.subject.common_name.clone(),
+                        reason: "a server certificate needs at least one DNS name or IP address",
+                    });
+                }
+                if let Some(e) = self.sans.iter().find(|s| matches!(s, San::Email(_))) {
+                    return Err(Error::InvalidName {
+                        value: e.to_string(),
+                        reason: "e-mail names are not allowed in server certificates",
+                    });
+                }
+            }
+            Profile::Client => {
+                if let Some(w) = self
+                    .sans
+                    .iter()
+                    .find(|s| matches!(s, San::Dns(d) if d.starts_with("*.")))
+                {
+                    return Err(Error::InvalidName {
+                        value: w.to_string(),
+                        reason: "wildcards are not allowed in client certificates",
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Issues a leaf certificate for `public_key` from `ca`.
+///
+/// Always: a fresh random serial, CA:FALSE, AKI and SKI, digitalSignature (+ keyEncipherment
+/// for RSA server keys), exactly one EKU from the profile.
+pub fn issue_leaf(
+    ca: &CaCert,
+    public_key: &impl PublicKeyData,
+    request: &LeafRequest,
+    now: OffsetDateTime,
+) -> Result<Issued> {
+    request.check()?;
+    let (not_before, not_after) = ca.window(now, request.lifetime)?;
+    let serial = Serial::random()?;
+    let mut params = CertificateParams::default();
+    let LeafRequest {
+        profile,
+        subject,
+        sans,
+        lifetime: _,
+    } = request;
+    params.distinguished_name = subject.to_dn()?;
+    params.not_before = not_before;
+    params.not_after = not_after;
+    params.serial_number = Some(serial.to_rcgen());
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.use_authority_key_identifier_extension = true;
+    params.subject_alt_names = sans.iter().map(San::to_rcgen).collect::<Result<_>>()?;
+    let rsa = public_key.algorithm() == &rcgen::PKCS_RSA_SHA256
+        || public_key.algorithm() == &rcgen::PKCS_RSA_SHA384
+        || public_key.algorithm() == &rcgen::PKCS_RSA_SHA512;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    match profile {
+        Profile::Server => {
+            if rsa {
+                params.key_usages.push(KeyUsagePurpose::KeyEncipherment);
+            }
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        }
+        Profile::Client => {
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        }
+    }
+    let cert = params.signed_by(public_key, &ca.issuer()?)?;
+    let der = cert.der().clone();
+    let subject = pem_io::parse_certificate(&der)?.subject().to_string();
+    Ok(Issued {
+        der,
+        serial,
+        subject,
+        sans: sans.clone(),
+        not_before,
+        not_after,
+    })
+}
+
+/// Reads the SANs of a certificate into [`San`] values (unsupported kinds are skipped).
+pub fn certificate_sans(cert: &x509_parser::certificate::X509Certificate<'_>) -> Vec<San> {
+    use x509_parser::extensions::GeneralName;
+    let mut out = Vec::new();
+    for ext in cert.extensions() {
+        if let ParsedExtension::SubjectAlternativeName(san) = ext.parsed_extension() {
+            for gn in &san.general_names {
+                match gn {
+                    GeneralName::DNSName(d) => out.push(San::Dns((*d).to_string())),
+                    GeneralName::URI(u) => out.push(San::Uri((*u).to_string())),
+                    GeneralName::RFC822Name(e) => out.push(San::Email((*e).to_string())),
+                    GeneralName::IPAddress(b) => {
+                        if let Ok(a) = <[u8; 4]>::try_from(*b) {
+                            out.push(San::Ip(a.into()));
+                        } else if let Ok(a) = <[u8; 16]>::try_from(*b) {
+                            out.push(San::Ip(a.into()));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,221 @@
+//! Subject alternative names, parsed and validated once (parse, don't validate).
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use rcgen::string::Ia5String;
+use rcgen::SanType;
+use serde::Serialize;
+
+use crate::{Error, Result};
+
+/// A subject alternative name mtls issues.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(tag = "type", content = "value", rename_all = "lowercase")]
+pub enum San {
+    /// A DNS name, lower-case, optionally with a leading `*.` wildcard label.
+    Dns(String),
+    /// An IPv4 or IPv6 address.
+    Ip(IpAddr),
+    /// A URI with a scheme, such as a SPIFFE ID (`spiffe://trust.domain/workload`).
+    Uri(String),
+    /// An RFC 822 e-mail address.
+    Email(String),
+}
+
+impl San {
+    /// Parses `dns:`, `ip:`, `uri:` or `email:` prefixed values, or guesses from the shape:
+    /// an IP address, anything with `://` is a URI, anything with `@` an e-mail, else DNS.
+    pub fn parse(s: &str) -> Result<Self> {
+        let (kind, value) = match s.split_once(':') {
+            Some((k, v)) if ["dns", "ip", "uri", "email"].contains(&k.to_ascii_lowercase().as_str()) => {
+                (Some(k.to_ascii_lowercase()), v)
+            }
+            _ => (None, s),
+        };
+        match kind.as_deref() {
+            Some("dns") => Self::dns(value),
+            Some("ip") => Self::ip(value),
+            Some("uri") => Self::uri(value),
+            Some("email") => Self::email(value),
+            _ => {
+                if let Ok(ip) = value.parse::<IpAddr>() {
+                    Ok(San::Ip(ip))
+                } else if value.contains("://") {
+                    Self::uri(value)
+                } else if value.contains('@') {
+                    Self::email(value)
+                } else {
+                    Self::dns(value)
+                }
+            }
+        }
+    }
+
+    /// A validated DNS name.
+    pub fn dns(value: &str) -> Result<Self> {
+        let lower = value.to_ascii_lowercase();
+        validate_dns(&lower, true).map_err(|reason| Error::InvalidName {
+            value: value.into(),
+            reason,
+        })?;
+        Ok(San::Dns(lower))
+    }
+
+    /// A validated IP address.
+    pub fn ip(value: &str) -> Result<Self> {
+        value.parse().map(San::Ip).map_err(|_| Error::InvalidName {
+            value: value.into(),
+            reason: "not an IPv4 or IPv6 address",
+        })
+    }
+
+    /// A validated absolute URI (SPIFFE IDs get the SPIFFE rules).
+    pub fn uri(value: &str) -> Result<Self> {
+        let bad = |reason| Error::InvalidName {
+            value: value.into(),
+            reason,
+        };
+        if !value.is_ascii() || value.chars().any(|c| c.is_ascii_control() || c == ' ') {
+            return Err(bad("URIs must be printable ASCII without spaces"));
+        }
+        let (scheme, rest) = value.split_once("://").ok_or(bad("missing scheme://"))?;
+        if scheme.is_empty()
+            || !scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            || !scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        {
+            return Err(bad("invalid scheme"));
+        }
+        if scheme.eq_ignore_ascii_case("spiffe") {
+            let (domain, path) = rest.split_once('/').unwrap_or((rest, ""));
+            validate_dns(domain, false).map_err(|_| bad("invalid SPIFFE trust domain"))?;
+            if domain.chars().any(|c| c.is_ascii_uppercase()) {
+                return Err(bad("SPIFFE trust domains are lower-case"));
+            }
+            if path.contains("//") || path.ends_with('/') || value.contains(['?', '#']) {
+                return Err(bad("invalid SPIFFE path"));
+            }
+        } else if rest.is_empty() {
+            return Err(bad("empty authority/path"));
+        }
+        Ok(San::Uri(value.into()))
+    }
+
+    /// A validated e-mail address.
+    pub fn email(value: &str) -> Result<Self> {
+        let bad = |reason| Error::InvalidName {
+            value: value.into(),
+            reason,
+        };
+        let (local, domain) = value.rsplit_once('@').ok_or(bad("missing @"))?;
+        if local.is_empty()
+            || local.len() > 64
+            || !local.is_ascii()
+            || local.chars().any(|c| c.is_ascii_control() || c == ' ' || c == '@')
+        {
+            return Err(bad("invalid local part"));
+        }
+        validate_dns(&domain.to_ascii_lowercase(), false).map_err(|_| bad("invalid domain"))?;
+        Ok(San::Email(value.into()))
+    }
+
+    pub(crate) fn to_rcgen(&self) -> Result<SanType> {
+        let ia5 = |s: &str| {
+            Ia5String::try_from(s).map_err(|_| Error::InvalidName {
+                value: s.into(),
+                reason: "not IA5 (ASCII)",
+            })
+        };
+        Ok(match self {
+            San::Dns(d) => SanType::DnsName(ia5(d)?),
+            San::Ip(ip) => SanType::IpAddress(*ip),
+            San::Uri(u) => SanType::URI(ia5(u)?),
+            San::Email(e) => SanType::Rfc822Name(ia5(e)?),
+        })
+    }
+}
+
+impl fmt::Display for San {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            San::Dns(v) => write!(f, "DNS:{v}"),
+            San::Ip(v) => write!(f, "IP:{v}"),
+            San::Uri(v) => write!(f, "URI:{v}"),
+            San::Email(v) => write!(f, "email:{v}"),
+        }
+    }
+}
+
+impl FromStr for San {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        San::parse(s)
+    }
+}
+
+/// Checks a lower-case DNS name (RFC 1035 preferred syntax; `*.` allowed when `wildcard`).
+fn validate_dns(name: &str, wildcard: bool) -> std::result::Result<(), &'static str> {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.is_empty() || name.len() > 253 {
+        return Err("DNS names are 1 to 253 characters");
+    }
+    let body = match name.strip_prefix("*.") {
+        Some(rest) if wildcard => rest,
+        Some(_) => return Err("wildcards are not allowed here"),
+        None => name,
+    };
+    if body.is_empty() {
+        return Err("a wildcard needs a domain");
+    }
+    for label in body.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err("each label is 1 to 63 characters");
+        }
+        if !label
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        {
+            return Err("labels hold only letters, digits and hyphens");
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err("labels cannot start or end with a hyphen");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guesses_kinds() {
+        assert_eq!(San::parse("API.example.com").unwrap(), San::Dns("api.example.com".into()));
+        assert_eq!(San::parse("127.0.0.1").unwrap(), San::Ip("127.0.0.1".parse().unwrap()));
+        assert_eq!(San::parse("::1").unwrap(), San::Ip("::1".parse().unwrap()));
+        assert!(matches!(San::parse("spiffe://prod.example/ns/a/sa/b").unwrap(), San::Uri(_)));
+        assert!(matches!(San::parse("ops@example.com").unwrap(), San::Email(_)));
+        assert!(matches!(San::parse("dns:*.example.com").unwrap(), San::Dns(_)));
+    }
+
+    #[test]
+    fn rejects_bad_names() {
+        for bad in [
+            "-a.example.com",
+            "a..b",
+            "exa mple.com",
+            "a\r\nb.com",
+            "spiffe://Prod/x",
+            "spiffe://prod.example/a//b",
+            "uri:nocolon",
+            "@example.com",
+            "*.*.example.com",
+            "ip:999.1.1.1",
+        ] {
+            assert!(San::parse(bad).is_err(), "{bad} accepted");
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! Revocation reasons and CRL encoding/decoding.
+
+use std::fmt;
+use std::str::FromStr;
+
+use rcgen::{CertificateRevocationListParams, KeyIdMethod, RevokedCertParams};
+use rustls_pki_types::CertificateRevocationListDer;
+use serde::Serialize;
+use time::{Duration, OffsetDateTime};
+use x509_parser::prelude::FromDer;
+use x509_parser::revocation_list::CertificateRevocationList;
+
+use crate::issue::CaCert;
+use crate::serial::Serial;
+use crate::{Error, Result};
+
+/// Default CRL lifetime (nextUpdate − thisUpdate): 7 days.
+pub const DEFAULT_CRL_DAYS: i64 = 7;
+
+/// RFC 5280 CRLReason values mtls accepts (removeFromCRL is for delta CRLs and not offered).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RevocationReason {
+    Unspecified,
+    KeyCompromise,
+    CaCompromise,
+    AffiliationChanged,
+    Superseded,
+    CessationOfOperation,
+    CertificateHold,
+    PrivilegeWithdrawn,
+    AaCompromise,
+}
+
+impl RevocationReason {
+    const NAMES: [(&'static str, RevocationReason); 9] = [
+        ("unspecified", RevocationReason::Unspecified),
+        ("keyCompromise", RevocationReason::KeyCompromise),
+        ("cACompromise", RevocationReason::CaCompromise),
+        ("affiliationChanged", RevocationReason::AffiliationChanged),
+        ("superseded", RevocationReason::Superseded),
+        ("cessationOfOperation", RevocationReason::CessationOfOperation),
+        ("certificateHold", RevocationReason::CertificateHold),
+        ("privilegeWithdrawn", RevocationReason::PrivilegeWithdrawn),
+        ("aACompromise", RevocationReason::AaCompromise),
+    ];
+
+    fn to_rcgen(self) -> rcgen::RevocationReason {
+        use rcgen::RevocationReason as R;
+        match self {
+            RevocationReason::Unspecified => R::Unspecified,
+            RevocationReason::KeyCompromise => R::KeyCompromise,
+            RevocationReason::CaCompromise => R::CaCompromise,
+            RevocationReason::AffiliationChanged => R::AffiliationChanged,
+            RevocationReason::Superseded => R::Superseded,
+            RevocationReason::CessationOfOperation => R::CessationOfOperation,
+            RevocationReason::CertificateHold => R::CertificateHold,
+            RevocationReason::PrivilegeWithdrawn => R::PrivilegeWithdrawn,
+            RevocationReason::AaCompromise => R::AaCompromise,
+        }
+    }
+}
+
+impl fmt::Display for RevocationReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = Self::NAMES
+            .iter()
+            .find(|(_, r)| r == self)
+            .map(|(n, _)| *n)
+            .unwrap_or("unspecified");
+        f.write_str(name)
+    }
+}
+
+impl FromStr for RevocationReason {
+    type Err = Error;
+    /// Case-insensitive RFC 5280 names (`keyCompromise`, `key-compromise`, `key_compromise`).
+    fn from_str(s: &str) -> Result<Self> {
+        let norm: String = s
+            .chars()
+            .filter(|c| *c != '-' && *c != '_')
+            .collect::<String>()
+            .to_ascii_lowercase();
+        Self::NAMES
+            .iter()
+            .find(|(n, _)| n.to_ascii_lowercase() == norm)
+            .map(|(_, r)| *r)
+            .ok_or_else(|| {
+                Error::malformed(
+                    "revocation reason",
+                    format!(
+                        "{s:?}; use one of {}",
+                        Self::NAMES.map(|(n, _)| n).join(", ")
+                    ),
+                )
+            })
+    }
+}
+
+/// One revoked certificate, as listed in a CRL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevokedEntry {
+    pub serial: Serial,
+    pub revoked_at: OffsetDateTime,
+    pub reason: Option<RevocationReason>,
+}
+
+/// Builds a CRL signed by `ca`, with a CRL number, thisUpdate/nextUpdate, AKI and reasons.
+pub fn build_crl(
+    ca: &CaCert,
+    crl_number: u64,
+    this_update: OffsetDateTime,
+    lifetime: Duration,
+    entries: &[RevokedEntry],
+) -> Result<CertificateRevocationListDer<'static>> {
+    ca.check_valid_at(this_update)?;
+    if lifetime <= Duration::ZERO {
+        return Err(Error::InvalidValidity("the CRL lifetime must be positive".into()));
+    }
+    let this_update = this_update.replace_nanosecond(0).unwrap_or(this_update);
+    let params = CertificateRevocationListParams {
+        this_update,
+        next_update: this_update + lifetime,
+        crl_number: rcgen::SerialNumber::from_slice(&crl_number.to_be_bytes()),
+        issuing_distribution_point: None,
+        revoked_certs: entries
+            .iter()
+            .map(|e| RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from_slice(e.serial.as_bytes()),
+                revocation_time: e.revoked_at.replace_nanosecond(0).unwrap_or(e.revoked_at),
+                reason_code: e.reason.map(RevocationReason::to_rcgen),
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method: KeyIdMethod::Sha256,
+    };
+    // The AKI must equal the CA's SKI: take the issuer from the CA certificate.
+    let crl = params.signed_by(&ca.issuer()?)?;
+    Ok(crl.der().clone())
+}
+
+/// Parses a DER CRL, refusing trailing bytes. Does not check the signature.
+pub fn parse_crl(der: &[u8]) -> Result<CertificateRevocationList<'_>> {
+    let (rest, crl) = CertificateRevocationList::from_der(der).map_err(|e| Error::malformed("CRL", e))?;
+    if !rest.is_empty() {
+        return Err(Error::malformed("CRL", "trailing bytes after the CRL"));
+    }
+    Ok(crl)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_parse_in_common_spellings() {
+        assert_eq!("keyCompromise".parse::<RevocationReason>().unwrap(), RevocationReason::KeyCompromise);
+        assert_eq!("key-compromise".parse::<RevocationReason>().unwrap(), RevocationReason::KeyCompromise);
+        assert_eq!(RevocationReason::CaCompromise.to_string(), "cACompromise");
+        assert!("nope".parse::<RevocationReason>().is_err());
+    }
+}
