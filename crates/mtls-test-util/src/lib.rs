@@ -1,1 +1,102 @@
-//! placeholder
+//! `mtls-test-util`: in-memory test PKIs for mtls's tests.
+//!
+//! What it does: builds a root → intermediate hierarchy with mtls-pki and issues good and
+//! deliberately bad leaves (expired, not yet valid, wrong EKU, no EKU, foreign CA), so every
+//! verifier decision can be tested without committed fixtures that rot.
+//! What it does not do: anything at runtime — it is a dev-dependency only.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use mtls_pki::issue::{self, LeafRequest};
+use mtls_pki::{CaCert, Issued, KeyAlgorithm, PrivateKey, Profile, San, Subject};
+pub use rcgen::ExtendedKeyUsagePurpose;
+use rcgen::{CertificateParams, IsCa, KeyUsagePurpose};
+use rustls_pki_types::CertificateDer;
+use time::{Duration, OffsetDateTime};
+
+/// A root and an intermediate CA.
+pub struct TestPki {
+    pub root: CaCert,
+    pub intermediate: CaCert,
+}
+
+/// A leaf with its key.
+pub struct TestLeaf {
+    pub cert: Issued,
+    pub key: PrivateKey,
+}
+
+impl TestPki {
+    /// A P-256 hierarchy valid from an hour ago for ten years.
+    pub fn new(name: &str) -> Self {
+        let now = OffsetDateTime::now_utc() - Duration::hours(1);
+        let root = issue::new_root(
+            &Subject::cn(format!("{name} Root CA")),
+            PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap(),
+            now,
+            Duration::days(3650),
+        )
+        .unwrap();
+        let intermediate = issue::new_intermediate(
+            &root,
+            &Subject::cn(format!("{name} Intermediate CA")),
+            PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap(),
+            now,
+            Duration::days(3000),
+            0,
+        )
+        .unwrap();
+        TestPki { root, intermediate }
+    }
+
+    /// Issues a leaf with the given profile, issued at `at` for `lifetime`.
+    pub fn leaf_at(&self, profile: Profile, cn: &str, sans: &[&str], at: OffsetDateTime, lifetime: Duration) -> TestLeaf {
+        let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+        let req = LeafRequest {
+            profile,
+            subject: Subject::cn(cn),
+            sans: sans.iter().map(|s| San::parse(s).unwrap()).collect(),
+            lifetime,
+        };
+        let cert = issue::issue_leaf(&self.intermediate, key.key_pair(), &req, at).unwrap();
+        TestLeaf { cert, key }
+    }
+
+    /// A client leaf valid now.
+    pub fn client(&self, cn: &str) -> TestLeaf {
+        self.leaf_at(Profile::Client, cn, &[], OffsetDateTime::now_utc(), Duration::days(30))
+    }
+
+    /// A server leaf valid now.
+    pub fn server(&self, names: &[&str]) -> TestLeaf {
+        self.leaf_at(Profile::Server, names[0], names, OffsetDateTime::now_utc(), Duration::days(30))
+    }
+
+    /// A leaf signed by the intermediate with arbitrary EKUs (empty = no EKU extension) —
+    /// something mtls's own profiles never produce.
+    pub fn leaf_with_ekus(&self, cn: &str, ekus: Vec<ExtendedKeyUsagePurpose>) -> CertificateDer<'static> {
+        let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+        let mut p = CertificateParams::default();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        let now = OffsetDateTime::now_utc();
+        p.not_before = now - Duration::hours(1);
+        p.not_after = now + Duration::days(1);
+        p.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x42, 1, 2, 3, 4, 5, 6, 7, 8]));
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = ekus;
+        p.use_authority_key_identifier_extension = true;
+        let issuer = rcgen::Issuer::from_ca_cert_der(self.intermediate.der(), self.intermediate.key().key_pair()).unwrap();
+        p.signed_by(key.key_pair(), &issuer).unwrap().der().clone()
+    }
+
+    /// Root certificate DER.
+    pub fn root_der(&self) -> CertificateDer<'static> {
+        self.root.der().clone()
+    }
+
+    /// Intermediate certificate DER.
+    pub fn intermediate_der(&self) -> CertificateDer<'static> {
+        self.intermediate.der().clone()
+    }
+}

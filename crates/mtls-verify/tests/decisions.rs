@@ -1,0 +1,179 @@
+//! Every verifier decision: one accept test and one test per rejection reason.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use mtls_pki::issue::{self, LeafRequest};
+use mtls_pki::revocation::{build_crl, RevocationReason, RevokedEntry};
+use mtls_pki::{KeyAlgorithm, PrivateKey, Profile, Subject};
+use mtls_test_util::TestPki;
+use mtls_verify::{verify, CrlScope, Purpose, Rejection, VerifyRequest};
+use mtls_test_util::ExtendedKeyUsagePurpose;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
+use time::{Duration, OffsetDateTime};
+
+fn check(
+    pki: &TestPki,
+    leaf: &CertificateDer<'_>,
+    purpose: Purpose,
+    crls: &[CertificateRevocationListDer<'_>],
+    at: OffsetDateTime,
+    name: Option<&str>,
+) -> Result<(), Rejection> {
+    let roots = [pki.root_der()];
+    let inter = [pki.intermediate_der()];
+    let req = VerifyRequest {
+        roots: &roots,
+        intermediates: &inter,
+        crls,
+        at,
+        purpose,
+        name,
+        crl_scope: CrlScope::Leaf,
+        allow_unknown_revocation: false,
+        allow_expired_crl: false,
+    };
+    verify(leaf, &req).unwrap().map(|_| ())
+}
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+#[test]
+fn client_with_client_auth_accepted() {
+    let pki = TestPki::new("t");
+    let c = pki.client("client-app");
+    check(&pki, &c.cert.der, Purpose::Client, &[], now(), None).unwrap();
+}
+
+#[test]
+fn server_accepted_for_its_name_and_rejected_for_another() {
+    let pki = TestPki::new("t");
+    let s = pki.server(&["api.example.com", "127.0.0.1"]);
+    check(&pki, &s.cert.der, Purpose::Server, &[], now(), Some("api.example.com")).unwrap();
+    check(&pki, &s.cert.der, Purpose::Server, &[], now(), Some("127.0.0.1")).unwrap();
+    assert!(matches!(
+        check(&pki, &s.cert.der, Purpose::Server, &[], now(), Some("evil.example.com")),
+        Err(Rejection::NameMismatch(_))
+    ));
+}
+
+#[test]
+fn client_without_any_eku_rejected() {
+    let pki = TestPki::new("t");
+    let leaf = pki.leaf_with_ekus("no-eku", vec![]);
+    assert_eq!(
+        check(&pki, &leaf, Purpose::Client, &[], now(), None),
+        Err(Rejection::MissingClientAuth)
+    );
+}
+
+#[test]
+fn server_auth_only_rejected_for_client() {
+    let pki = TestPki::new("t");
+    let leaf = pki.leaf_with_ekus("server-only", vec![ExtendedKeyUsagePurpose::ServerAuth]);
+    assert_eq!(
+        check(&pki, &leaf, Purpose::Client, &[], now(), None),
+        Err(Rejection::MissingClientAuth)
+    );
+    let client = pki.client("c");
+    assert!(matches!(
+        check(&pki, &client.cert.der, Purpose::Server, &[], now(), None),
+        Err(Rejection::WrongPurpose(_))
+    ));
+}
+
+#[test]
+fn expired_and_not_yet_valid_rejected() {
+    let pki = TestPki::new("t");
+    let c = pki.client("c");
+    assert!(matches!(
+        check(&pki, &c.cert.der, Purpose::Client, &[], now() + Duration::days(60), None),
+        Err(Rejection::Expired { .. })
+    ));
+    assert!(matches!(
+        check(&pki, &c.cert.der, Purpose::Client, &[], now() - Duration::minutes(30), None),
+        Err(Rejection::NotYetValid { .. })
+    ));
+}
+
+#[test]
+fn foreign_ca_rejected() {
+    let pki = TestPki::new("t");
+    let other = TestPki::new("other");
+    let c = other.client("c");
+    assert_eq!(
+        check(&pki, &c.cert.der, Purpose::Client, &[], now(), None),
+        Err(Rejection::UnknownIssuer)
+    );
+}
+
+#[test]
+fn revoked_rejected_unrevoked_accepted_and_unknown_status_denied() {
+    let pki = TestPki::new("t");
+    let revoked = pki.client("revoked");
+    let good = pki.client("good");
+    let crl = build_crl(
+        &pki.intermediate,
+        1,
+        now(),
+        Duration::days(7),
+        &[RevokedEntry {
+            serial: revoked.cert.serial.clone(),
+            revoked_at: now(),
+            reason: Some(RevocationReason::KeyCompromise),
+        }],
+    )
+    .unwrap();
+    let crls = [crl];
+    assert_eq!(
+        check(&pki, &revoked.cert.der, Purpose::Client, &crls, now(), None),
+        Err(Rejection::Revoked)
+    );
+    check(&pki, &good.cert.der, Purpose::Client, &crls, now(), None).unwrap();
+    // A CRL from another CA says nothing about ours: unknown status fails closed.
+    let other = TestPki::new("other");
+    let foreign = build_crl(&other.intermediate, 1, now(), Duration::days(7), &[]).unwrap();
+    assert_eq!(
+        check(&pki, &good.cert.der, Purpose::Client, &[foreign], now(), None),
+        Err(Rejection::UnknownRevocationStatus)
+    );
+    // An expired CRL is not trusted.
+    assert_eq!(
+        check(&pki, &good.cert.der, Purpose::Client, &crls, now() + Duration::days(8), None),
+        Err(Rejection::ExpiredCrl)
+    );
+}
+
+#[test]
+fn ca_as_leaf_rejected() {
+    let pki = TestPki::new("t");
+    let other = issue::new_intermediate(
+        &pki.root,
+        &Subject::cn("Another intermediate"),
+        PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap(),
+        now() - Duration::hours(1),
+        Duration::days(10),
+        0,
+    )
+    .unwrap();
+    let r = check(&pki, other.der(), Purpose::Any, &[], now(), None);
+    assert!(
+        matches!(r, Err(Rejection::CaAsEndEntity) | Err(Rejection::LeafCanSignCertificates)),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn leaf_issued_by_leaf_rejected() {
+    let pki = TestPki::new("t");
+    let c = pki.client("c");
+    // Use the client as if it were a CA: sign another certificate with its key.
+    let fake_ca = mtls_pki::CaCert::new(c.cert.der.clone(), c.key);
+    assert!(fake_ca.is_err(), "a leaf must not be usable as a CA by mtls-pki");
+    let _ = LeafRequest {
+        profile: Profile::Client,
+        subject: Subject::cn("x"),
+        sans: vec![],
+        lifetime: Duration::days(1),
+    };
+}
