@@ -1,0 +1,196 @@
+//! `mtls ca …`: create the root and intermediate CAs.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use mtls_pki::files::{self, Visibility};
+use mtls_pki::issue::{self, DEFAULT_INTERMEDIATE_DAYS, DEFAULT_ROOT_DAYS};
+use mtls_pki::{CaCert, KeyAlgorithm, PrivateKey, Subject};
+use time::Duration;
+
+use crate::pkidir::{load_ca, PkiDir};
+use crate::util::{fmt_time, now, out};
+use crate::{CaKeyArgs, NewKeyArgs, UsageError};
+
+#[derive(Subcommand)]
+pub enum CaCommand {
+    /// Create a root CA and an intermediate CA signed by it in the PKI directory.
+    Init(InitArgs),
+    /// Create a new intermediate signed by a root whose key is kept elsewhere (offline).
+    Intermediate(IntermediateArgs),
+}
+
+#[derive(Args)]
+pub struct SubjectArgs {
+    /// Organization (O).
+    #[arg(long = "org", short = 'o')]
+    pub organization: Option<String>,
+    /// Organizational unit (OU).
+    #[arg(long = "ou")]
+    pub organizational_unit: Option<String>,
+    /// Two-letter country code (C).
+    #[arg(long = "country", short = 'c')]
+    pub country: Option<String>,
+}
+
+impl SubjectArgs {
+    pub fn subject(&self, cn: &str) -> Subject {
+        Subject {
+            common_name: cn.to_string(),
+            organization: self.organization.clone(),
+            organizational_unit: self.organizational_unit.clone(),
+            country: self.country.clone(),
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct InitArgs {
+    /// Common name of the root CA.
+    #[arg(long, default_value = "mtls Root CA")]
+    root_cn: String,
+    /// Common name of the intermediate CA.
+    #[arg(long, default_value = "mtls Intermediate CA")]
+    intermediate_cn: String,
+    #[command(flatten)]
+    subject: SubjectArgs,
+    /// Lifetime of the root CA in days.
+    #[arg(long, default_value_t = DEFAULT_ROOT_DAYS)]
+    root_days: i64,
+    /// Lifetime of the intermediate CA in days (capped at the root's).
+    #[arg(long, default_value_t = DEFAULT_INTERMEDIATE_DAYS)]
+    intermediate_days: i64,
+    #[command(flatten)]
+    key: NewKeyArgs,
+}
+
+#[derive(Args)]
+pub struct IntermediateArgs {
+    /// The root CA certificate.
+    #[arg(long)]
+    root_cert: PathBuf,
+    /// The root CA key (e.g. on removable media).
+    #[arg(long)]
+    root_key: PathBuf,
+    /// Common name of the new intermediate.
+    #[arg(long, default_value = "mtls Intermediate CA")]
+    cn: String,
+    #[command(flatten)]
+    subject: SubjectArgs,
+    /// Lifetime in days (capped at the root's).
+    #[arg(long, default_value_t = DEFAULT_INTERMEDIATE_DAYS)]
+    days: i64,
+    #[command(flatten)]
+    key: NewKeyArgs,
+    #[command(flatten)]
+    ca_key: CaKeyArgs,
+}
+
+pub fn run(pki: &Path, cmd: CaCommand) -> Result<ExitCode> {
+    match cmd {
+        CaCommand::Init(a) => init(pki, a),
+        CaCommand::Intermediate(a) => intermediate(pki, a),
+    }
+}
+
+fn days(n: i64, flag: &str) -> Result<Duration> {
+    if n <= 0 {
+        return Err(UsageError(format!("{flag} must be a positive number of days")).into());
+    }
+    Ok(Duration::days(n))
+}
+
+/// Serialises a key, encrypted when asked.
+pub fn key_pem(key: &PrivateKey, args: &NewKeyArgs, passphrase: Option<&[u8]>) -> Result<zeroize::Zeroizing<String>> {
+    match (args.encrypt, passphrase) {
+        (true, Some(p)) => Ok(key.to_encrypted_pem(p)?),
+        _ => Ok(key.to_pem()),
+    }
+}
+
+fn key_type(args: &NewKeyArgs) -> Result<KeyAlgorithm> {
+    args.key_type.parse::<KeyAlgorithm>().map_err(|e| UsageError(e.to_string()).into())
+}
+
+fn init(pki: &Path, a: InitArgs) -> Result<ExitCode> {
+    let dir = PkiDir::new(pki);
+    let alg = key_type(&a.key)?;
+    let root_days = days(a.root_days, "--root-days")?;
+    let inter_days = days(a.intermediate_days, "--intermediate-days")?;
+    let outputs = [
+        dir.root_cert(),
+        dir.root_key(),
+        dir.intermediate_cert(),
+        dir.intermediate_key(),
+        dir.ca_chain(),
+    ];
+    for p in &outputs {
+        files::check_writable(p, a.key.force)?;
+    }
+    let passphrase = if a.key.encrypt { Some(a.key.source().new_secret()?) } else { None };
+    let at = now();
+    let root = issue::new_root(&a.subject.subject(&a.root_cn), PrivateKey::generate(alg)?, at, root_days)?;
+    let inter = issue::new_intermediate(
+        &root,
+        &a.subject.subject(&a.intermediate_cn),
+        PrivateKey::generate(alg)?,
+        at,
+        inter_days,
+        0,
+    )?;
+    std::fs::create_dir_all(&dir.dir).with_context(|| format!("creating {}", dir.dir.display()))?;
+    let pass = passphrase.as_deref().map(|p| p.as_slice());
+    // Keys first: a certificate on disk without its key would be useless.
+    files::write_atomic(&dir.root_key(), key_pem(root.key(), &a.key, pass)?.as_bytes(), Visibility::Secret, a.key.force)?;
+    files::write_atomic(&dir.intermediate_key(), key_pem(inter.key(), &a.key, pass)?.as_bytes(), Visibility::Secret, a.key.force)?;
+    files::write_atomic(&dir.root_cert(), root.pem().as_bytes(), Visibility::Public, a.key.force)?;
+    files::write_atomic(&dir.intermediate_cert(), inter.pem().as_bytes(), Visibility::Public, a.key.force)?;
+    files::write_atomic(&dir.ca_chain(), format!("{}{}", inter.pem(), root.pem()).as_bytes(), Visibility::Public, a.key.force)?;
+    // Create the inventory now so permissions and schema exist before the first issuance.
+    dir.open_inventory()?;
+    out(&format!(
+        "Created root CA          {} (until {})\n\
+         Created intermediate CA  {} (until {})\n\
+         in {}\n\n\
+         Trust anchor for verifiers: {}\n\
+         Keep the root key offline: move {} to secure storage; `mtls ca intermediate --root-key …`\n\
+         signs a new intermediate later. Issue certificates with `mtls issue server|client …`.\n",
+        root.subject(),
+        fmt_time(root.not_after()),
+        inter.subject(),
+        fmt_time(inter.not_after()),
+        dir.dir.display(),
+        dir.root_cert().display(),
+        dir.root_key().display(),
+    ))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn intermediate(pki: &Path, a: IntermediateArgs) -> Result<ExitCode> {
+    let dir = PkiDir::new(pki);
+    let alg = key_type(&a.key)?;
+    let lifetime = days(a.days, "--days")?;
+    for p in [dir.intermediate_cert(), dir.intermediate_key(), dir.ca_chain()] {
+        files::check_writable(&p, a.key.force)?;
+    }
+    let root: CaCert = load_ca(&a.root_cert, &a.root_key, &a.ca_key.source())?;
+    let passphrase = if a.key.encrypt { Some(a.key.source().new_secret()?) } else { None };
+    let inter = issue::new_intermediate(&root, &a.subject.subject(&a.cn), PrivateKey::generate(alg)?, now(), lifetime, 0)?;
+    let pass = passphrase.as_deref().map(|p| p.as_slice());
+    files::write_atomic(&dir.intermediate_key(), key_pem(inter.key(), &a.key, pass)?.as_bytes(), Visibility::Secret, a.key.force)?;
+    files::write_atomic(&dir.intermediate_cert(), inter.pem().as_bytes(), Visibility::Public, a.key.force)?;
+    files::write_atomic(&dir.ca_chain(), format!("{}{}", inter.pem(), root.pem()).as_bytes(), Visibility::Public, a.key.force)?;
+    if !dir.root_cert().exists() {
+        files::write_atomic(&dir.root_cert(), root.pem().as_bytes(), Visibility::Public, false)?;
+    }
+    dir.open_inventory()?;
+    out(&format!(
+        "Created intermediate CA {} (until {}) signed by {}\n",
+        inter.subject(),
+        fmt_time(inter.not_after()),
+        root.subject()
+    ))?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,142 @@
+//! `mtls list`, `mtls revoke`, `mtls crl`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use mtls_pki::files::{self, Visibility};
+use mtls_pki::revocation::{build_crl, RevocationReason, DEFAULT_CRL_DAYS};
+use mtls_pki::{pem_io, Serial};
+use mtls_store::ListFilter;
+use time::Duration;
+
+use crate::pkidir::PkiDir;
+use crate::util::{fmt_time, now, out, parse_duration};
+use crate::{CaKeyArgs, UsageError};
+
+#[derive(Args)]
+pub struct ListArgs {
+    /// Only certificates expiring within this duration (e.g. 30d), not yet expired or revoked.
+    #[arg(long, value_name = "DURATION")]
+    expiring: Option<String>,
+    /// Only revoked certificates.
+    #[arg(long)]
+    revoked: bool,
+    /// JSON output.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn list(pki: &Path, a: ListArgs) -> Result<ExitCode> {
+    let dir = PkiDir::new(pki);
+    let inventory = dir.open_inventory()?;
+    let at = now();
+    let filter = ListFilter {
+        expiring_before: a.expiring.as_deref().map(parse_duration).transpose()?.map(|d| at + d),
+        revoked_only: a.revoked,
+    };
+    let rows = inventory.list(&filter, at)?;
+    if a.json {
+        out(&format!("{}\n", serde_json::to_string_pretty(&rows)?))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut s = format!("{:<32}  {:<7}  {:<8}  {:<20}  {}\n", "SERIAL", "PROFILE", "STATUS", "NOT AFTER", "SUBJECT / NAMES");
+    for r in &rows {
+        let names = if r.sans.is_empty() { String::new() } else { format!(" [{}]", r.sans.join(", ")) };
+        let status = serde_json::to_value(r.status)?.as_str().unwrap_or("?").to_string();
+        s.push_str(&format!(
+            "{:<32}  {:<7}  {:<8}  {:<20}  {}{names}\n",
+            r.serial,
+            r.profile,
+            status,
+            fmt_time(r.not_after),
+            r.subject
+        ));
+    }
+    s.push_str(&format!("{} certificate(s)\n", rows.len()));
+    out(&s)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct RevokeArgs {
+    /// Serial number (hex, as `mtls list` or `openssl x509 -serial` print it).
+    #[arg(required_unless_present = "cert", conflicts_with = "cert")]
+    serial: Option<String>,
+    /// Revoke the certificate in this file instead.
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// Reason: keyCompromise, superseded, cessationOfOperation, affiliationChanged, …
+    #[arg(long)]
+    reason: Option<String>,
+}
+
+pub fn revoke(pki: &Path, a: RevokeArgs) -> Result<ExitCode> {
+    let serial: Serial = match (&a.serial, &a.cert) {
+        (Some(s), _) => s.parse().map_err(|e: mtls_pki::Error| UsageError(e.to_string()))?,
+        (None, Some(path)) => {
+            let certs = pem_io::certificates(&files::read_public(path)?)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let first = certs.first().ok_or_else(|| UsageError("no certificate in the file".into()))?;
+            Serial::from_be_bytes(pem_io::parse_certificate(first)?.raw_serial())
+        }
+        (None, None) => return Err(UsageError("give a SERIAL or --cert FILE".into()).into()),
+    };
+    let reason = a
+        .reason
+        .as_deref()
+        .map(str::parse::<RevocationReason>)
+        .transpose()
+        .map_err(|e| UsageError(e.to_string()))?;
+    let dir = PkiDir::new(pki);
+    let mut inventory = dir.open_inventory()?;
+    let rec = inventory.revoke(&serial, reason, "cli", now())?;
+    out(&format!(
+        "Revoked {} ({}){}\nRun `mtls crl` to publish a new CRL.\n",
+        rec.serial,
+        rec.subject,
+        reason.map(|r| format!(", reason {r}")).unwrap_or_default()
+    ))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct CrlArgs {
+    /// Output file (default: <pki>/crl.pem; overwritten: a CRL replaces its predecessor).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Days until nextUpdate.
+    #[arg(long, default_value_t = DEFAULT_CRL_DAYS)]
+    days: i64,
+    /// Write DER instead of PEM.
+    #[arg(long)]
+    der: bool,
+    #[command(flatten)]
+    ca_key: CaKeyArgs,
+}
+
+pub fn crl(pki: &Path, a: CrlArgs) -> Result<ExitCode> {
+    if a.days <= 0 {
+        return Err(UsageError("--days must be positive".into()).into());
+    }
+    let dir = PkiDir::new(pki);
+    let mut inventory = dir.open_inventory()?;
+    let ca = dir.load_issuer(&a.ca_key.source())?;
+    let issuer_key = mtls_pki::inspect::sha256_hex(&ca.key().public_key_spki());
+    let entries = inventory.revoked_entries(&issuer_key)?;
+    let at = now();
+    // Allocate the number durably first, so numbers only ever increase even if writing fails.
+    let number = inventory.next_crl_number(&issuer_key, "cli", at)?;
+    let crl = build_crl(&ca, number, at, Duration::days(a.days), &entries)?;
+    let path = a.out.clone().unwrap_or_else(|| dir.crl());
+    let bytes = if a.der { crl.to_vec() } else { pem_io::encode("X509 CRL", &crl).into_bytes() };
+    files::write_atomic(&path, &bytes, Visibility::Public, true)?;
+    out(&format!(
+        "Wrote CRL #{number} with {} revoked certificate(s) to {} (next update {})\n",
+        entries.len(),
+        path.display(),
+        fmt_time(at + Duration::days(a.days))
+    ))?;
+    Ok(ExitCode::SUCCESS)
+}

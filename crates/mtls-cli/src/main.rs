@@ -1,0 +1,159 @@
+//! `mtls`: the command line of the mtls toolkit.
+//!
+//! This crate only parses arguments, sets up logging, reads passphrases and maps errors to exit
+//! codes; the work is done by `mtls-pki`, `mtls-store` and `mtls-verify`.
+//!
+//! Exit codes: 0 success (for `verify`: the certificate is valid), 1 failure (for `verify`: the
+//! certificate is invalid), 2 usage or input error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+mod ca;
+mod issuing;
+mod lifecycle;
+mod pkidir;
+mod reading;
+mod secrets;
+mod util;
+
+/// Mutual TLS, end to end: build and operate a certificate hierarchy.
+#[derive(Parser)]
+#[command(name = "mtls", version, about, propagate_version = true)]
+struct Cli {
+    /// PKI directory holding the CA, its keys and the inventory.
+    #[arg(long, global = true, env = "MTLS_PKI_DIR", default_value = "pki")]
+    pki: PathBuf,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create and manage the certificate authorities.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
+    /// Issue a server or client certificate (key generated locally).
+    #[command(subcommand)]
+    Issue(issuing::IssueCommand),
+    /// Create a private key and a certificate signing request.
+    Csr(issuing::CsrArgs),
+    /// Sign a CSR made elsewhere (openssl req, another tool) with a profile.
+    Sign(issuing::SignArgs),
+    /// List issued certificates from the inventory.
+    List(lifecycle::ListArgs),
+    /// Revoke a certificate (then run `mtls crl` to publish).
+    Revoke(lifecycle::RevokeArgs),
+    /// Write a CRL signed by the issuing CA.
+    Crl(lifecycle::CrlArgs),
+    /// Describe certificates, chains, CSRs, CRLs and keys (PEM or DER).
+    Inspect(reading::InspectArgs),
+    /// Validate a certificate chain; exit 0 valid, 1 invalid, 2 usage/input error.
+    Verify(reading::VerifyArgs),
+    /// Export a key and chain to another format.
+    #[command(subcommand)]
+    Export(reading::ExportCommand),
+}
+
+/// Options for writing a new private key.
+#[derive(Args, Clone, Debug)]
+pub struct NewKeyArgs {
+    /// Key type: ecdsa-p256, ecdsa-p384, ed25519, rsa-2048, rsa-3072, rsa-4096.
+    #[arg(long, default_value = "ecdsa-p256")]
+    pub key_type: String,
+    /// Encrypt the new private key (PKCS#8, PBKDF2-SHA256 + AES-256-CBC).
+    #[arg(long)]
+    pub encrypt: bool,
+    /// File holding the passphrase for --encrypt (else $MTLS_PASSPHRASE, else a prompt).
+    #[arg(long, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+    /// Overwrite existing output files.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Options for unlocking the CA key.
+#[derive(Args, Clone, Debug)]
+pub struct CaKeyArgs {
+    /// File holding the passphrase of the CA key (else $MTLS_CA_PASSPHRASE, else a prompt).
+    #[arg(long, value_name = "FILE")]
+    pub ca_passphrase_file: Option<PathBuf>,
+}
+
+impl CaKeyArgs {
+    pub fn source(&self) -> secrets::Source<'_> {
+        secrets::Source {
+            file: self.ca_passphrase_file.as_deref(),
+            env: "MTLS_CA_PASSPHRASE",
+            flag: "--ca-passphrase-file",
+            what: "CA key passphrase",
+        }
+    }
+}
+
+impl NewKeyArgs {
+    pub fn source(&self) -> secrets::Source<'_> {
+        secrets::Source {
+            file: self.passphrase_file.as_deref(),
+            env: "MTLS_PASSPHRASE",
+            flag: "--passphrase-file",
+            what: "new key passphrase",
+        }
+    }
+}
+
+/// An error in the user's input: exit code 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for UsageError {}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Ca(c) => ca::run(&cli.pki, c),
+        Command::Issue(c) => issuing::issue(&cli.pki, c),
+        Command::Csr(a) => issuing::csr(a),
+        Command::Sign(a) => issuing::sign(&cli.pki, a),
+        Command::List(a) => lifecycle::list(&cli.pki, a),
+        Command::Revoke(a) => lifecycle::revoke(&cli.pki, a),
+        Command::Crl(a) => lifecycle::crl(&cli.pki, a),
+        Command::Inspect(a) => reading::inspect(a),
+        Command::Verify(a) => reading::verify(a),
+        Command::Export(c) => reading::export(c),
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MTLS_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            // A closed stdout (`mtls list | head`) is not an error.
+            if let Some(io) = err.downcast_ref::<std::io::Error>() {
+                if io.kind() == std::io::ErrorKind::BrokenPipe {
+                    return ExitCode::SUCCESS;
+                }
+            }
+            eprintln!("mtls: {err:#}");
+            if err.downcast_ref::<UsageError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! `mtls inspect`, `mtls verify`, `mtls export`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use mtls_pki::files::{self, Visibility};
+use mtls_pki::{inspect as pki_inspect, pem_io};
+use mtls_verify::{CrlScope, Purpose, VerifyRequest};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
+
+use crate::pkidir::load_key;
+use crate::secrets::Source;
+use crate::util::{now, out, parse_time};
+use crate::UsageError;
+
+#[derive(Args)]
+pub struct InspectArgs {
+    /// File to describe (PEM with any number of blocks, or DER).
+    file: PathBuf,
+    /// JSON output.
+    #[arg(long)]
+    json: bool,
+    /// Passphrase file for an encrypted key (else $MTLS_PASSPHRASE; encrypted keys are
+    /// described without decrypting when neither is given).
+    #[arg(long, value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
+}
+
+fn input_error(e: impl std::fmt::Display) -> anyhow::Error {
+    UsageError(e.to_string()).into()
+}
+
+pub fn inspect(a: InspectArgs) -> Result<ExitCode> {
+    let bytes = std::fs::read(&a.file).map_err(|e| input_error(format!("{}: {e}", a.file.display())))?;
+    let source = Source {
+        file: a.passphrase_file.as_deref(),
+        env: "MTLS_PASSPHRASE",
+        flag: "--passphrase-file",
+        what: "key passphrase",
+    };
+    let pass = source.supplied()?;
+    let objects = pki_inspect::describe(&bytes, now(), pass.as_deref().map(|p| p.as_slice()))
+        .map_err(|e| input_error(format!("{}: {e}", a.file.display())))?;
+    if a.json {
+        out(&format!("{}\n", serde_json::to_string_pretty(&objects)?))?;
+    } else {
+        let text: Vec<String> = objects.iter().map(pki_inspect::render).collect();
+        out(&text.join("\n"))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct VerifyArgs {
+    /// Trusted root certificates (PEM bundle or DER).
+    #[arg(long = "ca", required = true)]
+    ca: Vec<PathBuf>,
+    /// Untrusted intermediate certificates.
+    #[arg(long)]
+    untrusted: Vec<PathBuf>,
+    /// CRLs to check revocation against (PEM or DER). With any CRL given, a certificate whose
+    /// issuer has no CRL here is rejected (unknown status) unless --allow-unknown-revocation.
+    #[arg(long)]
+    crl: Vec<PathBuf>,
+    /// Which certificates need a revocation status: leaf or chain.
+    #[arg(long, default_value = "leaf")]
+    crl_check: String,
+    /// Loosening: accept an unknown revocation status.
+    #[arg(long)]
+    allow_unknown_revocation: bool,
+    /// Loosening: accept CRLs past their nextUpdate.
+    #[arg(long)]
+    allow_expired_crl: bool,
+    /// Validation time (RFC 3339 or @UNIX_SECONDS; default: now).
+    #[arg(long)]
+    at: Option<String>,
+    /// Purpose: client (requires the clientAuth EKU), server, or any.
+    #[arg(long, default_value = "any")]
+    purpose: String,
+    /// DNS name or IP address the certificate must be valid for.
+    #[arg(long)]
+    name: Option<String>,
+    /// JSON output.
+    #[arg(long)]
+    json: bool,
+    /// The certificate to check; further certificates in the file are used as intermediates.
+    cert: PathBuf,
+}
+
+fn read_input(p: &PathBuf) -> Result<Vec<u8>> {
+    std::fs::read(p).map_err(|e| input_error(format!("{}: {e}", p.display())))
+}
+
+fn certs_from(p: &PathBuf) -> Result<Vec<CertificateDer<'static>>> {
+    pem_io::certificates(&read_input(p)?).map_err(|e| input_error(format!("{}: {e}", p.display())))
+}
+
+pub fn verify(a: VerifyArgs) -> Result<ExitCode> {
+    let purpose: Purpose = a.purpose.parse().map_err(input_error)?;
+    let crl_scope = match a.crl_check.as_str() {
+        "leaf" => CrlScope::Leaf,
+        "chain" => CrlScope::Chain,
+        other => return Err(input_error(format!("--crl-check {other:?}: use leaf or chain"))),
+    };
+    let at = a.at.as_deref().map(parse_time).transpose()?.unwrap_or_else(now);
+    let mut roots = Vec::new();
+    for p in &a.ca {
+        roots.extend(certs_from(p)?);
+    }
+    let mut leaf_file = certs_from(&a.cert)?.into_iter();
+    let leaf = leaf_file.next().ok_or_else(|| input_error("no certificate to verify"))?;
+    let mut intermediates: Vec<CertificateDer<'static>> = leaf_file.collect();
+    for p in &a.untrusted {
+        intermediates.extend(certs_from(p)?);
+    }
+    let mut crls: Vec<CertificateRevocationListDer<'static>> = Vec::new();
+    for p in &a.crl {
+        crls.extend(pem_io::crls(&read_input(p)?).map_err(|e| input_error(format!("{}: {e}", p.display())))?);
+    }
+    let req = VerifyRequest {
+        roots: &roots,
+        intermediates: &intermediates,
+        crls: &crls,
+        at,
+        purpose,
+        name: a.name.as_deref(),
+        crl_scope,
+        allow_unknown_revocation: a.allow_unknown_revocation,
+        allow_expired_crl: a.allow_expired_crl,
+    };
+    let outcome = mtls_verify::verify(&leaf, &req).map_err(input_error)?;
+    match outcome {
+        Ok(chain) => {
+            if a.json {
+                out(&format!("{}\n", serde_json::json!({"valid": true, "chain": chain.subjects})))?;
+            } else {
+                out(&format!("{}: OK\n{chain}", a.cert.display()))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(rejection) => {
+            if a.json {
+                out(&format!(
+                    "{}\n",
+                    serde_json::json!({"valid": false, "code": rejection.code(), "reason": rejection.to_string()})
+                ))?;
+            } else {
+                out(&format!("{}: INVALID ({}): {rejection}\n", a.cert.display(), rejection.code()))?;
+            }
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum ExportCommand {
+    /// A PKCS#12 (.p12/.pfx) file with key and chain, for browsers and Java keystores.
+    Pkcs12(Pkcs12Args),
+}
+
+#[derive(Args)]
+pub struct Pkcs12Args {
+    /// Certificate (or chain file, leaf first).
+    #[arg(long)]
+    cert: PathBuf,
+    /// Private key.
+    #[arg(long)]
+    key: PathBuf,
+    /// Additional chain certificates (e.g. the intermediate).
+    #[arg(long)]
+    chain: Vec<PathBuf>,
+    /// Output file (written 0600).
+    #[arg(long)]
+    out: PathBuf,
+    /// Friendly name (alias) of the entry.
+    #[arg(long, default_value = "mtls")]
+    name: String,
+    /// File holding the PKCS#12 password (else $MTLS_P12_PASSWORD, else a prompt).
+    #[arg(long, value_name = "FILE")]
+    password_file: Option<PathBuf>,
+    /// Passphrase file for an encrypted key (else $MTLS_PASSPHRASE, else a prompt).
+    #[arg(long, value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
+    /// Overwrite the output file.
+    #[arg(long)]
+    force: bool,
+}
+
+pub fn export(cmd: ExportCommand) -> Result<ExitCode> {
+    let ExportCommand::Pkcs12(a) = cmd;
+    files::check_writable(&a.out, a.force)?;
+    let mut chain = certs_from(&a.cert)?;
+    for p in &a.chain {
+        for c in certs_from(p)? {
+            if !chain.contains(&c) {
+                chain.push(c);
+            }
+        }
+    }
+    let key = load_key(
+        &a.key,
+        &Source {
+            file: a.passphrase_file.as_deref(),
+            env: "MTLS_PASSPHRASE",
+            flag: "--passphrase-file",
+            what: "key passphrase",
+        },
+    )?;
+    let password = Source {
+        file: a.password_file.as_deref(),
+        env: "MTLS_P12_PASSWORD",
+        flag: "--password-file",
+        what: "PKCS#12 password",
+    }
+    .new_secret()?;
+    let password = String::from_utf8(password.to_vec()).context("the PKCS#12 password must be UTF-8")?;
+    let password = zeroize::Zeroizing::new(password);
+    let p12 = mtls_pki::pkcs12::export(&key, &chain, &password, &a.name)?;
+    files::write_atomic(&a.out, &p12, Visibility::Secret, a.force)?;
+    out(&format!("Wrote {} ({} certificate(s) and the key)\n", a.out.display(), chain.len()))?;
+    Ok(ExitCode::SUCCESS)
+}

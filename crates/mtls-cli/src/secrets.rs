@@ -1,0 +1,81 @@
+//! Where passphrases come from: a file, an environment variable, or a prompt on the terminal.
+//! Never from a plain command-line argument (it would show in `ps` and shell history).
+
+use std::io::IsTerminal;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use zeroize::Zeroizing;
+
+/// One passphrase source: `--<flag> FILE` or `$ENV`, else a prompt.
+pub struct Source<'a> {
+    pub file: Option<&'a Path>,
+    pub env: &'static str,
+    pub flag: &'static str,
+    pub what: &'static str,
+}
+
+fn read_file(path: &Path) -> Result<Zeroizing<Vec<u8>>> {
+    let data = Zeroizing::new(
+        std::fs::read(path).with_context(|| format!("reading passphrase file {}", path.display()))?,
+    );
+    let mut v = Zeroizing::new(data.to_vec());
+    // A trailing newline is almost always an editor's, not part of the secret.
+    if v.last() == Some(&b'\n') {
+        v.pop();
+        if v.last() == Some(&b'\r') {
+            v.pop();
+        }
+    }
+    Ok(v)
+}
+
+impl Source<'_> {
+    /// A passphrase if one was supplied (file or environment), without prompting.
+    pub fn supplied(&self) -> Result<Option<Zeroizing<Vec<u8>>>> {
+        if let Some(f) = self.file {
+            return Ok(Some(read_file(f)?));
+        }
+        if let Ok(v) = std::env::var(self.env) {
+            return Ok(Some(Zeroizing::new(v.into_bytes())));
+        }
+        Ok(None)
+    }
+
+    /// A passphrase to unlock something: supplied, or asked once on a terminal.
+    pub fn unlock(&self) -> Result<Option<Zeroizing<Vec<u8>>>> {
+        if let Some(p) = self.supplied()? {
+            return Ok(Some(p));
+        }
+        if std::io::stdin().is_terminal() {
+            let p = rpassword::prompt_password(format!("{}: ", self.what)).context("reading passphrase")?;
+            return Ok(Some(Zeroizing::new(p.into_bytes())));
+        }
+        Ok(None)
+    }
+
+    /// A new passphrase to protect something: supplied, or asked twice on a terminal.
+    pub fn new_secret(&self) -> Result<Zeroizing<Vec<u8>>> {
+        let p = if let Some(p) = self.supplied()? {
+            p
+        } else if std::io::stdin().is_terminal() {
+            let a = Zeroizing::new(rpassword::prompt_password(format!("{}: ", self.what))?);
+            let b = Zeroizing::new(rpassword::prompt_password(format!("{} (again): ", self.what))?);
+            if *a != *b {
+                bail!("the passphrases do not match");
+            }
+            Zeroizing::new(a.as_bytes().to_vec())
+        } else {
+            bail!(
+                "{} needed: pass {} FILE or set {} (no terminal to prompt on)",
+                self.what,
+                self.flag,
+                self.env
+            );
+        };
+        if p.len() < 8 {
+            bail!("{} must be at least 8 bytes long", self.what);
+        }
+        Ok(p)
+    }
+}

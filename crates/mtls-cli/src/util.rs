@@ -1,0 +1,79 @@
+//! Small parsing and output helpers shared by the commands.
+
+use std::io::Write;
+
+use anyhow::{anyhow, Result};
+use time::format_description::well_known::Rfc3339;
+use time::{Duration, OffsetDateTime};
+
+use crate::UsageError;
+
+/// Parses `30d`, `12h`, `45m`, `2w` or a bare number of days.
+pub fn parse_duration(s: &str) -> Result<Duration> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "d"),
+    };
+    let n: i64 = num
+        .parse()
+        .map_err(|_| UsageError(format!("invalid duration {s:?} (examples: 90d, 12h, 30m, 2w)")))?;
+    let d = match unit {
+        "s" => Duration::seconds(n),
+        "m" => Duration::minutes(n),
+        "h" => Duration::hours(n),
+        "d" => Duration::days(n),
+        "w" => Duration::weeks(n),
+        _ => return Err(UsageError(format!("invalid duration unit in {s:?} (s, m, h, d or w)")).into()),
+    };
+    if d <= Duration::ZERO {
+        return Err(UsageError(format!("duration {s:?} must be positive")).into());
+    }
+    Ok(d)
+}
+
+/// Parses RFC 3339 (`2026-01-02T03:04:05Z`) or `@UNIX_SECONDS`.
+pub fn parse_time(s: &str) -> Result<OffsetDateTime> {
+    if let Some(secs) = s.strip_prefix('@') {
+        let n: i64 = secs.parse().map_err(|_| UsageError(format!("invalid time {s:?}")))?;
+        return OffsetDateTime::from_unix_timestamp(n).map_err(|e| anyhow!(UsageError(e.to_string())));
+    }
+    OffsetDateTime::parse(s, &Rfc3339)
+        .map_err(|_| UsageError(format!("invalid time {s:?} (use RFC 3339, e.g. 2026-01-02T03:04:05Z, or @UNIX_SECONDS)")).into())
+}
+
+/// RFC 3339 text.
+pub fn fmt_time(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
+}
+
+/// Writes to stdout, surfacing a broken pipe as an error the caller can ignore.
+pub fn out(s: &str) -> Result<()> {
+    let mut o = std::io::stdout().lock();
+    o.write_all(s.as_bytes())?;
+    o.flush()?;
+    Ok(())
+}
+
+/// Current time. The binary is the only place that reads the clock.
+pub fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+/// A file-name-safe version of a certificate name.
+pub fn file_stem(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| match c {
+            '*' => '_',
+            c if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' => c,
+            _ => '_',
+        })
+        .collect();
+    let s = s.trim_start_matches('.').to_string();
+    if s.is_empty() {
+        "cert".into()
+    } else {
+        s
+    }
+}
