@@ -126,6 +126,17 @@ impl PrivateKey {
     }
 
     fn from_pkcs8(pkcs8: Zeroizing<Vec<u8>>) -> Result<Self> {
+        // Ed25519 keys are kept as PKCS#8 v1 (RFC 8410 without the optional public key): OpenSSL
+        // 3.0 cannot read the v2 form aws-lc-rs generates.
+        let pkcs8 = match aws_lc_rs::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(&pkcs8) {
+            Ok(ed) => Zeroizing::new(
+                ed.to_pkcs8v1()
+                    .map_err(|_| Error::malformed("Ed25519 key", "cannot re-encode as PKCS#8 v1"))?
+                    .as_ref()
+                    .to_vec(),
+            ),
+            Err(_) => pkcs8,
+        };
         let der = PrivatePkcs8KeyDer::from(pkcs8.as_slice());
         let pair = KeyPair::try_from(&der).map_err(|e| Error::UnsupportedKey(e.to_string()))?;
         let alg = pair.algorithm();

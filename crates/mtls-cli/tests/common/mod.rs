@@ -1,0 +1,116 @@
+//! Shared helpers for the CLI tests: a temporary PKI directory and command runners.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(o: Output) -> Self {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+    #[track_caller]
+    pub fn ok(self) -> Self {
+        assert_eq!(self.code, 0, "expected success\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        self
+    }
+    #[track_caller]
+    pub fn fails(self, code: i32, needle: &str) -> Self {
+        assert_eq!(self.code, code, "expected exit {code}\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        let all = format!("{}{}", self.stdout, self.stderr);
+        assert!(all.contains(needle), "expected {needle:?} in output\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        self
+    }
+}
+
+impl Env {
+    pub fn new() -> Self {
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+    pub fn pki(&self) -> PathBuf {
+        self.path("pki")
+    }
+    pub fn p(&self, rel: &str) -> String {
+        self.path(rel).to_string_lossy().into_owned()
+    }
+    /// Runs `mtls --pki <tmp>/pki ARGS` in the temp dir with a clean passphrase environment.
+    pub fn mtls(&self, args: &[&str]) -> Run {
+        self.mtls_env(args, &[])
+    }
+    pub fn mtls_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_mtls"));
+        c.current_dir(self.dir.path())
+            .arg("--pki")
+            .arg(self.pki())
+            .args(args)
+            .env_remove("MTLS_PASSPHRASE")
+            .env_remove("MTLS_CA_PASSPHRASE")
+            .env_remove("MTLS_P12_PASSWORD")
+            .env_remove("MTLS_PKI_DIR");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        Run::from(c.output().unwrap())
+    }
+    pub fn openssl(&self, args: &[&str]) -> Run {
+        Run::from(
+            Command::new("openssl")
+                .current_dir(self.dir.path())
+                .args(args)
+                .output()
+                .expect("openssl must be installed"),
+        )
+    }
+    pub fn write(&self, rel: &str, data: &[u8]) -> PathBuf {
+        let p = self.path(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(&p, data).unwrap();
+        p
+    }
+    pub fn read(&self, rel: &str) -> Vec<u8> {
+        std::fs::read(self.path(rel)).unwrap()
+    }
+    /// Files under `dir`, recursively, relative names sorted (to prove nothing was written).
+    pub fn tree(&self) -> Vec<String> {
+        fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let e = e.unwrap();
+                let p = e.path();
+                if p.is_dir() {
+                    walk(base, &p, out);
+                } else {
+                    out.push(p.strip_prefix(base).unwrap().to_string_lossy().into_owned());
+                }
+            }
+        }
+        let mut v = Vec::new();
+        walk(self.dir.path(), self.dir.path(), &mut v);
+        v.retain(|f| !f.contains("inventory.db-")); // SQLite WAL/SHM side files
+        v.sort();
+        v
+    }
+    pub fn inventory_count(&self) -> usize {
+        let r = self.mtls(&["list", "--json"]).ok();
+        serde_json::from_str::<serde_json::Value>(&r.stdout).unwrap().as_array().unwrap().len()
+    }
+}
