@@ -103,7 +103,11 @@ fn days(n: i64, flag: &str) -> Result<Duration> {
 }
 
 /// Serialises a key, encrypted when asked.
-pub fn key_pem(key: &PrivateKey, args: &NewKeyArgs, passphrase: Option<&[u8]>) -> Result<zeroize::Zeroizing<String>> {
+pub fn key_pem(
+    key: &PrivateKey,
+    args: &NewKeyArgs,
+    passphrase: Option<&[u8]>,
+) -> Result<zeroize::Zeroizing<String>> {
     match (args.encrypt, passphrase) {
         (true, Some(p)) => Ok(key.to_encrypted_pem(p)?),
         _ => Ok(key.to_pem()),
@@ -111,7 +115,9 @@ pub fn key_pem(key: &PrivateKey, args: &NewKeyArgs, passphrase: Option<&[u8]>) -
 }
 
 fn key_type(args: &NewKeyArgs) -> Result<KeyAlgorithm> {
-    args.key_type.parse::<KeyAlgorithm>().map_err(|e| UsageError(e.to_string()).into())
+    args.key_type
+        .parse::<KeyAlgorithm>()
+        .map_err(|e| UsageError(e.to_string()).into())
 }
 
 fn init(pki: &Path, a: InitArgs) -> Result<ExitCode> {
@@ -129,9 +135,18 @@ fn init(pki: &Path, a: InitArgs) -> Result<ExitCode> {
     for p in &outputs {
         files::check_writable(p, a.key.force)?;
     }
-    let passphrase = if a.key.encrypt { Some(a.key.source().new_secret()?) } else { None };
+    let passphrase = if a.key.encrypt {
+        Some(a.key.source().new_secret()?)
+    } else {
+        None
+    };
     let at = now();
-    let root = issue::new_root(&a.subject.subject(&a.root_cn), PrivateKey::generate(alg)?, at, root_days)?;
+    let root = issue::new_root(
+        &a.subject.subject(&a.root_cn),
+        PrivateKey::generate(alg)?,
+        at,
+        root_days,
+    )?;
     let inter = issue::new_intermediate(
         &root,
         &a.subject.subject(&a.intermediate_cn),
@@ -143,11 +158,36 @@ fn init(pki: &Path, a: InitArgs) -> Result<ExitCode> {
     std::fs::create_dir_all(&dir.dir).with_context(|| format!("creating {}", dir.dir.display()))?;
     let pass = passphrase.as_deref().map(|p| p.as_slice());
     // Keys first: a certificate on disk without its key would be useless.
-    files::write_atomic(&dir.root_key(), key_pem(root.key(), &a.key, pass)?.as_bytes(), Visibility::Secret, a.key.force)?;
-    files::write_atomic(&dir.intermediate_key(), key_pem(inter.key(), &a.key, pass)?.as_bytes(), Visibility::Secret, a.key.force)?;
-    files::write_atomic(&dir.root_cert(), root.pem().as_bytes(), Visibility::Public, a.key.force)?;
-    files::write_atomic(&dir.intermediate_cert(), inter.pem().as_bytes(), Visibility::Public, a.key.force)?;
-    files::write_atomic(&dir.ca_chain(), format!("{}{}", inter.pem(), root.pem()).as_bytes(), Visibility::Public, a.key.force)?;
+    files::write_atomic(
+        &dir.root_key(),
+        key_pem(root.key(), &a.key, pass)?.as_bytes(),
+        Visibility::Secret,
+        a.key.force,
+    )?;
+    files::write_atomic(
+        &dir.intermediate_key(),
+        key_pem(inter.key(), &a.key, pass)?.as_bytes(),
+        Visibility::Secret,
+        a.key.force,
+    )?;
+    files::write_atomic(
+        &dir.root_cert(),
+        root.pem().as_bytes(),
+        Visibility::Public,
+        a.key.force,
+    )?;
+    files::write_atomic(
+        &dir.intermediate_cert(),
+        inter.pem().as_bytes(),
+        Visibility::Public,
+        a.key.force,
+    )?;
+    files::write_atomic(
+        &dir.ca_chain(),
+        format!("{}{}", inter.pem(), root.pem()).as_bytes(),
+        Visibility::Public,
+        a.key.force,
+    )?;
     // Create the inventory now so permissions and schema exist before the first issuance.
     dir.open_inventory()?;
     out(&format!(
@@ -172,18 +212,53 @@ fn intermediate(pki: &Path, a: IntermediateArgs) -> Result<ExitCode> {
     let dir = PkiDir::new(pki);
     let alg = key_type(&a.key)?;
     let lifetime = days(a.days, "--days")?;
-    for p in [dir.intermediate_cert(), dir.intermediate_key(), dir.ca_chain()] {
+    for p in [
+        dir.intermediate_cert(),
+        dir.intermediate_key(),
+        dir.ca_chain(),
+    ] {
         files::check_writable(&p, a.key.force)?;
     }
     let root: CaCert = load_ca(&a.root_cert, &a.root_key, &a.ca_key.source())?;
-    let passphrase = if a.key.encrypt { Some(a.key.source().new_secret()?) } else { None };
-    let inter = issue::new_intermediate(&root, &a.subject.subject(&a.cn), PrivateKey::generate(alg)?, now(), lifetime, 0)?;
+    let passphrase = if a.key.encrypt {
+        Some(a.key.source().new_secret()?)
+    } else {
+        None
+    };
+    let inter = issue::new_intermediate(
+        &root,
+        &a.subject.subject(&a.cn),
+        PrivateKey::generate(alg)?,
+        now(),
+        lifetime,
+        0,
+    )?;
     let pass = passphrase.as_deref().map(|p| p.as_slice());
-    files::write_atomic(&dir.intermediate_key(), key_pem(inter.key(), &a.key, pass)?.as_bytes(), Visibility::Secret, a.key.force)?;
-    files::write_atomic(&dir.intermediate_cert(), inter.pem().as_bytes(), Visibility::Public, a.key.force)?;
-    files::write_atomic(&dir.ca_chain(), format!("{}{}", inter.pem(), root.pem()).as_bytes(), Visibility::Public, a.key.force)?;
+    files::write_atomic(
+        &dir.intermediate_key(),
+        key_pem(inter.key(), &a.key, pass)?.as_bytes(),
+        Visibility::Secret,
+        a.key.force,
+    )?;
+    files::write_atomic(
+        &dir.intermediate_cert(),
+        inter.pem().as_bytes(),
+        Visibility::Public,
+        a.key.force,
+    )?;
+    files::write_atomic(
+        &dir.ca_chain(),
+        format!("{}{}", inter.pem(), root.pem()).as_bytes(),
+        Visibility::Public,
+        a.key.force,
+    )?;
     if !dir.root_cert().exists() {
-        files::write_atomic(&dir.root_cert(), root.pem().as_bytes(), Visibility::Public, false)?;
+        files::write_atomic(
+            &dir.root_cert(),
+            root.pem().as_bytes(),
+            Visibility::Public,
+            false,
+        )?;
     }
     dir.open_inventory()?;
     out(&format!(

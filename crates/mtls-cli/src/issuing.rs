@@ -101,7 +101,10 @@ impl Outputs {
         }
     }
     fn check(&self, force: bool) -> Result<()> {
-        for p in [Some(&self.cert), Some(&self.chain), self.key.as_ref()].into_iter().flatten() {
+        for p in [Some(&self.cert), Some(&self.chain), self.key.as_ref()]
+            .into_iter()
+            .flatten()
+        {
             files::check_writable(p, force)?;
         }
         Ok(())
@@ -144,7 +147,12 @@ fn record_and_write(
         files::write_atomic(path, k.as_bytes(), Visibility::Secret, force)?;
     }
     files::write_atomic(&outputs.cert, pem.as_bytes(), Visibility::Public, force)?;
-    files::write_atomic(&outputs.chain, format!("{pem}{}", ca.pem()).as_bytes(), Visibility::Public, force)?;
+    files::write_atomic(
+        &outputs.chain,
+        format!("{pem}{}", ca.pem()).as_bytes(),
+        Visibility::Public,
+        force,
+    )?;
     Ok(())
 }
 
@@ -160,7 +168,11 @@ fn summary(issued: &Issued, profile: Profile, outputs: &Outputs) -> String {
         let names: Vec<String> = issued.sans.iter().map(ToString::to_string).collect();
         s.push_str(&format!("  names    {}\n", names.join(", ")));
     }
-    s.push_str(&format!("  cert     {}\n  chain    {}\n", outputs.cert.display(), outputs.chain.display()));
+    s.push_str(&format!(
+        "  cert     {}\n  chain    {}\n",
+        outputs.cert.display(),
+        outputs.chain.display()
+    ));
     if let Some(k) = &outputs.key {
         s.push_str(&format!("  key      {}\n", k.display()));
     }
@@ -213,11 +225,23 @@ pub fn issue(pki: &Path, cmd: IssueCommand) -> Result<ExitCode> {
     let outputs = Outputs::in_dir(&out_dir, &file_stem(&cn), true);
     outputs.check(leaf.key.force)?;
     let ca = dir.load_issuer(&leaf.ca_key.source())?;
-    let passphrase = if leaf.key.encrypt { Some(leaf.key.source().new_secret()?) } else { None };
+    let passphrase = if leaf.key.encrypt {
+        Some(leaf.key.source().new_secret()?)
+    } else {
+        None
+    };
     let key = PrivateKey::generate(alg)?;
     let kp = key_pem(&key, &leaf.key, passphrase.as_deref().map(|p| p.as_slice()))?;
     let issued = issue::issue_leaf(&ca, key.key_pair(), &request, now())?;
-    record_and_write(&dir, &ca, &issued, profile, Some(&kp), &outputs, leaf.key.force)?;
+    record_and_write(
+        &dir,
+        &ca,
+        &issued,
+        profile,
+        Some(&kp),
+        &outputs,
+        leaf.key.force,
+    )?;
     out(&summary(&issued, profile, &outputs))?;
     Ok(ExitCode::SUCCESS)
 }
@@ -244,16 +268,28 @@ pub struct CsrArgs {
 
 pub fn csr(a: CsrArgs) -> Result<ExitCode> {
     let alg: KeyAlgorithm = usage(a.key.key_type.parse())?;
-    let sans = a.san.iter().map(|s| usage(San::parse(s))).collect::<Result<Vec<_>>>()?;
+    let sans = a
+        .san
+        .iter()
+        .map(|s| usage(San::parse(s)))
+        .collect::<Result<Vec<_>>>()?;
     files::check_writable(&a.key_out, a.key.force)?;
     files::check_writable(&a.csr_out, a.key.force)?;
-    let passphrase = if a.key.encrypt { Some(a.key.source().new_secret()?) } else { None };
+    let passphrase = if a.key.encrypt {
+        Some(a.key.source().new_secret()?)
+    } else {
+        None
+    };
     let key = PrivateKey::generate(alg)?;
     let csr = usage(pki_csr::create(&key, &a.subject.subject(&a.cn), &sans))?;
     let kp = key_pem(&key, &a.key, passphrase.as_deref().map(|p| p.as_slice()))?;
     files::write_atomic(&a.key_out, kp.as_bytes(), Visibility::Secret, a.key.force)?;
     files::write_atomic(&a.csr_out, csr.as_bytes(), Visibility::Public, a.key.force)?;
-    out(&format!("Wrote key {} and CSR {}\n", a.key_out.display(), a.csr_out.display()))?;
+    out(&format!(
+        "Wrote key {} and CSR {}\n",
+        a.key_out.display(),
+        a.csr_out.display()
+    ))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -284,7 +320,8 @@ pub struct SignArgs {
 pub fn sign(pki: &Path, a: SignArgs) -> Result<ExitCode> {
     let profile: Profile = usage(a.profile.parse())?;
     let bytes = files::read_public(&a.csr)?;
-    let info = pki_csr::parse(&bytes).with_context(|| format!("reading CSR {}", a.csr.display()))?;
+    let info =
+        pki_csr::parse(&bytes).with_context(|| format!("reading CSR {}", a.csr.display()))?;
     if info.requests_ca {
         anyhow::bail!("CSR refused: it asks for a CA certificate (basicConstraints CA:TRUE); mtls sign issues only leaf certificates");
     }
@@ -317,7 +354,9 @@ pub fn sign(pki: &Path, a: SignArgs) -> Result<ExitCode> {
         sans,
         lifetime: lifetime(a.days)?,
     };
-    request.check().map_err(|e| anyhow::anyhow!("CSR refused for the {profile} profile: {e}"))?;
+    request
+        .check()
+        .map_err(|e| anyhow::anyhow!("CSR refused for the {profile} profile: {e}"))?;
     let dir = PkiDir::new(pki);
     let out_dir = a.out.clone().unwrap_or_else(|| dir.issued());
     let outputs = Outputs::in_dir(&out_dir, &file_stem(&request.subject.common_name), false);

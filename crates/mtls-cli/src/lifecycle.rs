@@ -33,7 +33,12 @@ pub fn list(pki: &Path, a: ListArgs) -> Result<ExitCode> {
     let inventory = dir.open_inventory()?;
     let at = now();
     let filter = ListFilter {
-        expiring_before: a.expiring.as_deref().map(parse_duration).transpose()?.map(|d| at + d),
+        expiring_before: a
+            .expiring
+            .as_deref()
+            .map(parse_duration)
+            .transpose()?
+            .map(|d| at + d),
         revoked_only: a.revoked,
     };
     let rows = inventory.list(&filter, at)?;
@@ -41,10 +46,20 @@ pub fn list(pki: &Path, a: ListArgs) -> Result<ExitCode> {
         out(&format!("{}\n", serde_json::to_string_pretty(&rows)?))?;
         return Ok(ExitCode::SUCCESS);
     }
-    let mut s = format!("{:<32}  {:<7}  {:<8}  {:<20}  {}\n", "SERIAL", "PROFILE", "STATUS", "NOT AFTER", "SUBJECT / NAMES");
+    let mut s = format!(
+        "{:<32}  {:<7}  {:<8}  {:<20}  {}\n",
+        "SERIAL", "PROFILE", "STATUS", "NOT AFTER", "SUBJECT / NAMES"
+    );
     for r in &rows {
-        let names = if r.sans.is_empty() { String::new() } else { format!(" [{}]", r.sans.join(", ")) };
-        let status = serde_json::to_value(r.status)?.as_str().unwrap_or("?").to_string();
+        let names = if r.sans.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", r.sans.join(", "))
+        };
+        let status = serde_json::to_value(r.status)?
+            .as_str()
+            .unwrap_or("?")
+            .to_string();
         s.push_str(&format!(
             "{:<32}  {:<7}  {:<8}  {:<20}  {}{names}\n",
             r.serial,
@@ -74,11 +89,15 @@ pub struct RevokeArgs {
 
 pub fn revoke(pki: &Path, a: RevokeArgs) -> Result<ExitCode> {
     let serial: Serial = match (&a.serial, &a.cert) {
-        (Some(s), _) => s.parse().map_err(|e: mtls_pki::Error| UsageError(e.to_string()))?,
+        (Some(s), _) => s
+            .parse()
+            .map_err(|e: mtls_pki::Error| UsageError(e.to_string()))?,
         (None, Some(path)) => {
             let certs = pem_io::certificates(&files::read_public(path)?)
                 .with_context(|| format!("reading {}", path.display()))?;
-            let first = certs.first().ok_or_else(|| UsageError("no certificate in the file".into()))?;
+            let first = certs
+                .first()
+                .ok_or_else(|| UsageError("no certificate in the file".into()))?;
             Serial::from_be_bytes(pem_io::parse_certificate(first)?.raw_serial())
         }
         (None, None) => return Err(UsageError("give a SERIAL or --cert FILE".into()).into()),
@@ -130,7 +149,11 @@ pub fn crl(pki: &Path, a: CrlArgs) -> Result<ExitCode> {
     let number = inventory.next_crl_number(&issuer_key, "cli", at)?;
     let crl = build_crl(&ca, number, at, Duration::days(a.days), &entries)?;
     let path = a.out.clone().unwrap_or_else(|| dir.crl());
-    let bytes = if a.der { crl.to_vec() } else { pem_io::encode("X509 CRL", &crl).into_bytes() };
+    let bytes = if a.der {
+        crl.to_vec()
+    } else {
+        pem_io::encode("X509 CRL", &crl).into_bytes()
+    };
     files::write_atomic(&path, &bytes, Visibility::Public, true)?;
     out(&format!(
         "Wrote CRL #{number} with {} revoked certificate(s) to {} (next update {})\n",

@@ -14,7 +14,9 @@ pub struct PkiDir {
 
 impl PkiDir {
     pub fn new(dir: &Path) -> Self {
-        PkiDir { dir: dir.to_path_buf() }
+        PkiDir {
+            dir: dir.to_path_buf(),
+        }
     }
     pub fn root_cert(&self) -> PathBuf {
         self.dir.join("root.crt")
@@ -55,14 +57,21 @@ impl PkiDir {
 
     /// Loads the intermediate CA that signs leaves and CRLs.
     pub fn load_issuer(&self, passphrase: &Source<'_>) -> Result<CaCert> {
-        load_ca(&self.intermediate_cert(), &self.intermediate_key(), passphrase)
+        load_ca(
+            &self.intermediate_cert(),
+            &self.intermediate_key(),
+            passphrase,
+        )
     }
 }
 
 /// Loads a CA certificate and its (possibly encrypted) key.
 pub fn load_ca(cert: &Path, key: &Path, passphrase: &Source<'_>) -> Result<CaCert> {
     if !cert.exists() {
-        anyhow::bail!("{} does not exist (run `mtls ca init` first?)", cert.display());
+        anyhow::bail!(
+            "{} does not exist (run `mtls ca init` first?)",
+            cert.display()
+        );
     }
     let cert_bytes = files::read_public(cert)?;
     let key = load_key(key, passphrase)?;

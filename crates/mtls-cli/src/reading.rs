@@ -33,7 +33,8 @@ fn input_error(e: impl std::fmt::Display) -> anyhow::Error {
 }
 
 pub fn inspect(a: InspectArgs) -> Result<ExitCode> {
-    let bytes = std::fs::read(&a.file).map_err(|e| input_error(format!("{}: {e}", a.file.display())))?;
+    let bytes =
+        std::fs::read(&a.file).map_err(|e| input_error(format!("{}: {e}", a.file.display())))?;
     let source = Source {
         file: a.passphrase_file.as_deref(),
         env: "MTLS_PASSPHRASE",
@@ -102,22 +103,35 @@ pub fn verify(a: VerifyArgs) -> Result<ExitCode> {
     let crl_scope = match a.crl_check.as_str() {
         "leaf" => CrlScope::Leaf,
         "chain" => CrlScope::Chain,
-        other => return Err(input_error(format!("--crl-check {other:?}: use leaf or chain"))),
+        other => {
+            return Err(input_error(format!(
+                "--crl-check {other:?}: use leaf or chain"
+            )))
+        }
     };
-    let at = a.at.as_deref().map(parse_time).transpose()?.unwrap_or_else(now);
+    let at =
+        a.at.as_deref()
+            .map(parse_time)
+            .transpose()?
+            .unwrap_or_else(now);
     let mut roots = Vec::new();
     for p in &a.ca {
         roots.extend(certs_from(p)?);
     }
     let mut leaf_file = certs_from(&a.cert)?.into_iter();
-    let leaf = leaf_file.next().ok_or_else(|| input_error("no certificate to verify"))?;
+    let leaf = leaf_file
+        .next()
+        .ok_or_else(|| input_error("no certificate to verify"))?;
     let mut intermediates: Vec<CertificateDer<'static>> = leaf_file.collect();
     for p in &a.untrusted {
         intermediates.extend(certs_from(p)?);
     }
     let mut crls: Vec<CertificateRevocationListDer<'static>> = Vec::new();
     for p in &a.crl {
-        crls.extend(pem_io::crls(&read_input(p)?).map_err(|e| input_error(format!("{}: {e}", p.display())))?);
+        crls.extend(
+            pem_io::crls(&read_input(p)?)
+                .map_err(|e| input_error(format!("{}: {e}", p.display())))?,
+        );
     }
     let req = VerifyRequest {
         roots: &roots,
@@ -134,7 +148,10 @@ pub fn verify(a: VerifyArgs) -> Result<ExitCode> {
     match outcome {
         Ok(chain) => {
             if a.json {
-                out(&format!("{}\n", serde_json::json!({"valid": true, "chain": chain.subjects})))?;
+                out(&format!(
+                    "{}\n",
+                    serde_json::json!({"valid": true, "chain": chain.subjects})
+                ))?;
             } else {
                 out(&format!("{}: OK\n{chain}", a.cert.display()))?;
             }
@@ -147,7 +164,11 @@ pub fn verify(a: VerifyArgs) -> Result<ExitCode> {
                     serde_json::json!({"valid": false, "code": rejection.code(), "reason": rejection.to_string()})
                 ))?;
             } else {
-                out(&format!("{}: INVALID ({}): {rejection}\n", a.cert.display(), rejection.code()))?;
+                out(&format!(
+                    "{}: INVALID ({}): {rejection}\n",
+                    a.cert.display(),
+                    rejection.code()
+                ))?;
             }
             Ok(ExitCode::FAILURE)
         }
@@ -215,10 +236,15 @@ pub fn export(cmd: ExportCommand) -> Result<ExitCode> {
         what: "PKCS#12 password",
     }
     .new_secret()?;
-    let password = String::from_utf8(password.to_vec()).context("the PKCS#12 password must be UTF-8")?;
+    let password =
+        String::from_utf8(password.to_vec()).context("the PKCS#12 password must be UTF-8")?;
     let password = zeroize::Zeroizing::new(password);
     let p12 = mtls_pki::pkcs12::export(&key, &chain, &password, &a.name)?;
     files::write_atomic(&a.out, &p12, Visibility::Secret, a.force)?;
-    out(&format!("Wrote {} ({} certificate(s) and the key)\n", a.out.display(), chain.len()))?;
+    out(&format!(
+        "Wrote {} ({} certificate(s) and the key)\n",
+        a.out.display(),
+        chain.len()
+    ))?;
     Ok(ExitCode::SUCCESS)
 }

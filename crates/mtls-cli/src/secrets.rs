@@ -17,7 +17,8 @@ pub struct Source<'a> {
 
 fn read_file(path: &Path) -> Result<Zeroizing<Vec<u8>>> {
     let data = Zeroizing::new(
-        std::fs::read(path).with_context(|| format!("reading passphrase file {}", path.display()))?,
+        std::fs::read(path)
+            .with_context(|| format!("reading passphrase file {}", path.display()))?,
     );
     let mut v = Zeroizing::new(data.to_vec());
     // A trailing newline is almost always an editor's, not part of the secret.
@@ -48,7 +49,8 @@ impl Source<'_> {
             return Ok(Some(p));
         }
         if std::io::stdin().is_terminal() {
-            let p = rpassword::prompt_password(format!("{}: ", self.what)).context("reading passphrase")?;
+            let p = rpassword::prompt_password(format!("{}: ", self.what))
+                .context("reading passphrase")?;
             return Ok(Some(Zeroizing::new(p.into_bytes())));
         }
         Ok(None)
@@ -60,7 +62,10 @@ impl Source<'_> {
             p
         } else if std::io::stdin().is_terminal() {
             let a = Zeroizing::new(rpassword::prompt_password(format!("{}: ", self.what))?);
-            let b = Zeroizing::new(rpassword::prompt_password(format!("{} (again): ", self.what))?);
+            let b = Zeroizing::new(rpassword::prompt_password(format!(
+                "{} (again): ",
+                self.what
+            ))?);
             if *a != *b {
                 bail!("the passphrases do not match");
             }

@@ -15,16 +15,22 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
         Some(i) => (&s[..i], &s[i..]),
         None => (s, "d"),
     };
-    let n: i64 = num
-        .parse()
-        .map_err(|_| UsageError(format!("invalid duration {s:?} (examples: 90d, 12h, 30m, 2w)")))?;
+    let n: i64 = num.parse().map_err(|_| {
+        UsageError(format!(
+            "invalid duration {s:?} (examples: 90d, 12h, 30m, 2w)"
+        ))
+    })?;
     let d = match unit {
         "s" => Duration::seconds(n),
         "m" => Duration::minutes(n),
         "h" => Duration::hours(n),
         "d" => Duration::days(n),
         "w" => Duration::weeks(n),
-        _ => return Err(UsageError(format!("invalid duration unit in {s:?} (s, m, h, d or w)")).into()),
+        _ => {
+            return Err(
+                UsageError(format!("invalid duration unit in {s:?} (s, m, h, d or w)")).into(),
+            )
+        }
     };
     if d <= Duration::ZERO {
         return Err(UsageError(format!("duration {s:?} must be positive")).into());
@@ -35,11 +41,18 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
 /// Parses RFC 3339 (`2026-01-02T03:04:05Z`) or `@UNIX_SECONDS`.
 pub fn parse_time(s: &str) -> Result<OffsetDateTime> {
     if let Some(secs) = s.strip_prefix('@') {
-        let n: i64 = secs.parse().map_err(|_| UsageError(format!("invalid time {s:?}")))?;
-        return OffsetDateTime::from_unix_timestamp(n).map_err(|e| anyhow!(UsageError(e.to_string())));
+        let n: i64 = secs
+            .parse()
+            .map_err(|_| UsageError(format!("invalid time {s:?}")))?;
+        return OffsetDateTime::from_unix_timestamp(n)
+            .map_err(|e| anyhow!(UsageError(e.to_string())));
     }
-    OffsetDateTime::parse(s, &Rfc3339)
-        .map_err(|_| UsageError(format!("invalid time {s:?} (use RFC 3339, e.g. 2026-01-02T03:04:05Z, or @UNIX_SECONDS)")).into())
+    OffsetDateTime::parse(s, &Rfc3339).map_err(|_| {
+        UsageError(format!(
+            "invalid time {s:?} (use RFC 3339, e.g. 2026-01-02T03:04:05Z, or @UNIX_SECONDS)"
+        ))
+        .into()
+    })
 }
 
 /// RFC 3339 text.

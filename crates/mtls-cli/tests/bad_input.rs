@@ -18,7 +18,10 @@ fn initialised() -> Env {
 #[test]
 fn malformed_pem_and_der_are_input_errors() {
     let e = initialised();
-    e.write("garbage.pem", b"-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n");
+    e.write(
+        "garbage.pem",
+        b"-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n",
+    );
     e.write("garbage.der", &[0x30, 0x82, 0x10, 0x00, 0x01, 0x02]);
     e.write("text.txt", b"hello world");
     e.write("empty", b"");
@@ -29,14 +32,41 @@ fn malformed_pem_and_der_are_input_errors() {
     cert.truncate(cut);
     cert.extend_from_slice(b"\n-----END CERTIFICATE-----\n");
     e.write("truncated.pem", &cert);
-    for f in ["garbage.pem", "garbage.der", "text.txt", "empty", "truncated.pem"] {
+    for f in [
+        "garbage.pem",
+        "garbage.der",
+        "text.txt",
+        "empty",
+        "truncated.pem",
+    ] {
         e.mtls(&["inspect", &e.p(f)]).fails(2, "malformed");
-        e.mtls(&["verify", "--ca", &e.p(f), &e.p("pki/root.crt")]).fails(2, "malformed");
-        e.mtls(&["verify", "--ca", &e.p("pki/root.crt"), &e.p(f)]).fails(2, "malformed");
-        let r = e.mtls(&["sign", "--csr", &e.p(f), "--profile", "client"]).fails(1, "");
-        assert!(r.stderr.contains("malformed") || r.stderr.contains("no CSR found"), "{}", r.stderr);
-        let r = e.mtls(&["verify", "--ca", &e.p("pki/root.crt"), "--crl", &e.p(f), &e.p("pki/root.crt")]).fails(2, "");
-        assert!(r.stderr.contains("malformed") || r.stderr.contains("no CRL found"), "{}", r.stderr);
+        e.mtls(&["verify", "--ca", &e.p(f), &e.p("pki/root.crt")])
+            .fails(2, "malformed");
+        e.mtls(&["verify", "--ca", &e.p("pki/root.crt"), &e.p(f)])
+            .fails(2, "malformed");
+        let r = e
+            .mtls(&["sign", "--csr", &e.p(f), "--profile", "client"])
+            .fails(1, "");
+        assert!(
+            r.stderr.contains("malformed") || r.stderr.contains("no CSR found"),
+            "{}",
+            r.stderr
+        );
+        let r = e
+            .mtls(&[
+                "verify",
+                "--ca",
+                &e.p("pki/root.crt"),
+                "--crl",
+                &e.p(f),
+                &e.p("pki/root.crt"),
+            ])
+            .fails(2, "");
+        assert!(
+            r.stderr.contains("malformed") || r.stderr.contains("no CRL found"),
+            "{}",
+            r.stderr
+        );
     }
     assert_eq!(e.inventory_count(), 0);
 }
@@ -46,30 +76,63 @@ fn wrong_or_missing_passphrase_fails_cleanly() {
     let e = Env::new();
     e.write("pw", b"the right passphrase\n");
     e.write("wrong", b"the wrong passphrase\n");
-    e.mtls(&["ca", "init", "--encrypt", "--passphrase-file", &e.p("pw")]).ok();
-    assert!(String::from_utf8(e.read("pki/intermediate.key")).unwrap().contains("ENCRYPTED PRIVATE KEY"));
+    e.mtls(&["ca", "init", "--encrypt", "--passphrase-file", &e.p("pw")])
+        .ok();
+    assert!(String::from_utf8(e.read("pki/intermediate.key"))
+        .unwrap()
+        .contains("ENCRYPTED PRIVATE KEY"));
     let before = e.tree();
-    e.mtls(&["issue", "client", "c", "--ca-passphrase-file", &e.p("wrong")]).fails(1, "wrong passphrase");
-    e.mtls(&["issue", "client", "c"]).fails(1, "encrypted and no passphrase");
+    e.mtls(&[
+        "issue",
+        "client",
+        "c",
+        "--ca-passphrase-file",
+        &e.p("wrong"),
+    ])
+    .fails(1, "wrong passphrase");
+    e.mtls(&["issue", "client", "c"])
+        .fails(1, "encrypted and no passphrase");
     assert_eq!(e.tree(), before, "nothing may be written");
     assert_eq!(e.inventory_count(), 0);
-    e.mtls(&["issue", "client", "c", "--ca-passphrase-file", &e.p("pw")]).ok();
-    e.mtls_env(&["issue", "client", "d"], &[("MTLS_CA_PASSPHRASE", "the right passphrase")]).ok();
+    e.mtls(&["issue", "client", "c", "--ca-passphrase-file", &e.p("pw")])
+        .ok();
+    e.mtls_env(
+        &["issue", "client", "d"],
+        &[("MTLS_CA_PASSPHRASE", "the right passphrase")],
+    )
+    .ok();
     // A too-short passphrase for a new key is refused.
     e.write("short", b"abc");
-    e.mtls(&["issue", "client", "x", "--encrypt", "--passphrase-file", &e.p("short"), "--ca-passphrase-file", &e.p("pw")])
-        .fails(1, "at least 8 bytes");
+    e.mtls(&[
+        "issue",
+        "client",
+        "x",
+        "--encrypt",
+        "--passphrase-file",
+        &e.p("short"),
+        "--ca-passphrase-file",
+        &e.p("pw"),
+    ])
+    .fails(1, "at least 8 bytes");
 }
 
 #[test]
 fn world_readable_key_is_refused_with_the_fix() {
     let e = initialised();
-    std::fs::set_permissions(e.path("pki/intermediate.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(
+        e.path("pki/intermediate.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
     let before = e.tree();
     e.mtls(&["issue", "client", "c"]).fails(1, "chmod 600");
     e.mtls(&["crl"]).fails(1, "readable by group or others");
     assert_eq!(e.tree(), before);
-    std::fs::set_permissions(e.path("pki/intermediate.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(
+        e.path("pki/intermediate.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
     e.mtls(&["issue", "client", "c"]).ok();
 }
 
@@ -77,7 +140,12 @@ fn world_readable_key_is_refused_with_the_fix() {
 fn keys_are_written_owner_only() {
     let e = initialised();
     e.mtls(&["issue", "client", "c"]).ok();
-    for k in ["pki/root.key", "pki/intermediate.key", "pki/issued/c.key", "pki/inventory.db"] {
+    for k in [
+        "pki/root.key",
+        "pki/intermediate.key",
+        "pki/issued/c.key",
+        "pki/inventory.db",
+    ] {
         let mode = std::fs::metadata(e.path(k)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{k}");
     }
@@ -86,8 +154,26 @@ fn keys_are_written_owner_only() {
 #[test]
 fn csr_with_bad_signature_is_refused() {
     let e = initialised();
-    e.mtls(&["csr", "--cn", "c", "--key-out", &e.p("c.key"), "--csr-out", &e.p("c.csr")]).ok();
-    e.openssl(&["req", "-in", &e.p("c.csr"), "-outform", "DER", "-out", &e.p("c.der")]).ok();
+    e.mtls(&[
+        "csr",
+        "--cn",
+        "c",
+        "--key-out",
+        &e.p("c.key"),
+        "--csr-out",
+        &e.p("c.csr"),
+    ])
+    .ok();
+    e.openssl(&[
+        "req",
+        "-in",
+        &e.p("c.csr"),
+        "-outform",
+        "DER",
+        "-out",
+        &e.p("c.der"),
+    ])
+    .ok();
     let mut der = e.read("c.der");
     // Flip a bit in the middle of the signed subject: the signature no longer matches.
     let i = 20;
@@ -95,13 +181,18 @@ fn csr_with_bad_signature_is_refused() {
     e.write("bad.der", &der);
     let r = e.mtls(&["sign", "--csr", &e.p("bad.der"), "--profile", "client"]);
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
-    assert!(r.stderr.contains("signature does not verify") || r.stderr.contains("malformed"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("signature does not verify") || r.stderr.contains("malformed"),
+        "{}",
+        r.stderr
+    );
     // A flipped bit inside the signature value itself.
     let mut der = e.read("c.der");
     let n = der.len();
     der[n - 5] ^= 0x40;
     e.write("bad2.der", &der);
-    e.mtls(&["sign", "--csr", &e.p("bad2.der"), "--profile", "client"]).fails(1, "signature does not verify");
+    e.mtls(&["sign", "--csr", &e.p("bad2.der"), "--profile", "client"])
+        .fails(1, "signature does not verify");
     assert_eq!(e.inventory_count(), 0);
 }
 
@@ -109,12 +200,26 @@ fn csr_with_bad_signature_is_refused() {
 fn csr_asking_for_ca_is_refused() {
     let e = initialised();
     e.openssl(&[
-        "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "ca.key", "-out", "ca.csr",
-        "-subj", "/CN=evil-sub-ca", "-addext", "basicConstraints=critical,CA:TRUE",
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.csr",
+        "-subj",
+        "/CN=evil-sub-ca",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
     ])
     .ok();
     let before = e.tree();
-    e.mtls(&["sign", "--csr", &e.p("ca.csr"), "--profile", "client"]).fails(1, "asks for a CA certificate");
+    e.mtls(&["sign", "--csr", &e.p("ca.csr"), "--profile", "client"])
+        .fails(1, "asks for a CA certificate");
     assert_eq!(e.tree(), before);
     assert_eq!(e.inventory_count(), 0);
 }
@@ -123,7 +228,13 @@ fn csr_asking_for_ca_is_refused() {
 fn expired_issuing_ca_is_refused() {
     let e = Env::new();
     let long_ago = OffsetDateTime::now_utc() - Duration::days(400);
-    let root = new_root(&Subject::cn("Old Root"), PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap(), long_ago, Duration::days(3650)).unwrap();
+    let root = new_root(
+        &Subject::cn("Old Root"),
+        PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap(),
+        long_ago,
+        Duration::days(3650),
+    )
+    .unwrap();
     let inter = new_intermediate(
         &root,
         &Subject::cn("Expired Intermediate"),
@@ -137,10 +248,15 @@ fn expired_issuing_ca_is_refused() {
     e.write("pki/root.crt", root.pem().as_bytes());
     e.write("pki/intermediate.crt", inter.pem().as_bytes());
     e.write("pki/intermediate.key", inter.key().to_pem().as_bytes());
-    std::fs::set_permissions(e.path("pki/intermediate.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(
+        e.path("pki/intermediate.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
     e.mtls(&["list"]).ok(); // creates the inventory
     let before = e.tree();
-    e.mtls(&["issue", "client", "c"]).fails(1, "is not valid at");
+    e.mtls(&["issue", "client", "c"])
+        .fails(1, "is not valid at");
     e.mtls(&["crl"]).fails(1, "is not valid at");
     assert_eq!(e.tree(), before);
     assert_eq!(e.inventory_count(), 0);
@@ -149,12 +265,28 @@ fn expired_issuing_ca_is_refused() {
 #[test]
 fn unknown_serial_cannot_be_revoked() {
     let e = initialised();
-    e.mtls(&["revoke", "0123456789abcdef"]).fails(1, "no certificate with serial 0123456789abcdef");
+    e.mtls(&["revoke", "0123456789abcdef"])
+        .fails(1, "no certificate with serial 0123456789abcdef");
     e.mtls(&["revoke", "not-hex"]).fails(2, "expected hex");
     e.mtls(&["issue", "client", "c"]).ok();
-    e.mtls(&["revoke", "--cert", &e.p("pki/issued/c.crt"), "--reason", "superseded"]).ok();
-    e.mtls(&["revoke", "--cert", &e.p("pki/issued/c.crt")]).fails(1, "already revoked");
-    e.mtls(&["revoke", "--cert", &e.p("pki/issued/c.crt"), "--reason", "bogus"]).fails(2, "revocation reason");
+    e.mtls(&[
+        "revoke",
+        "--cert",
+        &e.p("pki/issued/c.crt"),
+        "--reason",
+        "superseded",
+    ])
+    .ok();
+    e.mtls(&["revoke", "--cert", &e.p("pki/issued/c.crt")])
+        .fails(1, "already revoked");
+    e.mtls(&[
+        "revoke",
+        "--cert",
+        &e.p("pki/issued/c.crt"),
+        "--reason",
+        "bogus",
+    ])
+    .fails(2, "revocation reason");
 }
 
 #[test]
@@ -173,22 +305,55 @@ fn existing_outputs_are_not_overwritten_without_force() {
     e.mtls(&["issue", "client", "c", "--force"]).ok();
     assert_ne!(e.read("pki/issued/c.key"), key_before);
     assert_eq!(e.inventory_count(), 2);
-    e.mtls(&["csr", "--cn", "x", "--key-out", &e.p("pki/issued/c.key"), "--csr-out", &e.p("x.csr")]).fails(1, "already exists");
+    e.mtls(&[
+        "csr",
+        "--cn",
+        "x",
+        "--key-out",
+        &e.p("pki/issued/c.key"),
+        "--csr-out",
+        &e.p("x.csr"),
+    ])
+    .fails(1, "already exists");
 }
 
 #[test]
 fn invalid_names_and_options_are_usage_errors() {
     let e = initialised();
-    e.mtls(&["issue", "server", "bad name.example.com"]).fails(2, "invalid name");
-    e.mtls(&["issue", "server", "--", "-leading.example.com"]).fails(2, "hyphen");
-    e.mtls(&["issue", "client", "c", "--uri", "not a uri"]).fails(2, "invalid name");
-    e.mtls(&["issue", "client", "c", "--key-type", "dsa"]).fails(2, "unsupported key");
-    e.mtls(&["issue", "client", "c", "--days", "0"]).fails(2, "positive");
-    e.mtls(&["verify", "--ca", &e.p("pki/root.crt"), "--purpose", "mail", &e.p("pki/root.crt")]).fails(2, "purpose");
-    e.mtls(&["verify", "--ca", &e.p("pki/root.crt"), "--at", "yesterday", &e.p("pki/root.crt")]).fails(2, "invalid time");
-    e.mtls(&["list", "--expiring", "soon"]).fails(2, "invalid duration");
+    e.mtls(&["issue", "server", "bad name.example.com"])
+        .fails(2, "invalid name");
+    e.mtls(&["issue", "server", "--", "-leading.example.com"])
+        .fails(2, "hyphen");
+    e.mtls(&["issue", "client", "c", "--uri", "not a uri"])
+        .fails(2, "invalid name");
+    e.mtls(&["issue", "client", "c", "--key-type", "dsa"])
+        .fails(2, "unsupported key");
+    e.mtls(&["issue", "client", "c", "--days", "0"])
+        .fails(2, "positive");
+    e.mtls(&[
+        "verify",
+        "--ca",
+        &e.p("pki/root.crt"),
+        "--purpose",
+        "mail",
+        &e.p("pki/root.crt"),
+    ])
+    .fails(2, "purpose");
+    e.mtls(&[
+        "verify",
+        "--ca",
+        &e.p("pki/root.crt"),
+        "--at",
+        "yesterday",
+        &e.p("pki/root.crt"),
+    ])
+    .fails(2, "invalid time");
+    e.mtls(&["list", "--expiring", "soon"])
+        .fails(2, "invalid duration");
     let other = Env::new();
-    other.mtls(&["issue", "client", "c"]).fails(1, "mtls ca init");
+    other
+        .mtls(&["issue", "client", "c"])
+        .fails(1, "mtls ca init");
 }
 
 #[test]
@@ -200,21 +365,36 @@ fn list_filters_and_verify_time_travel() {
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 1);
     assert_eq!(v[0]["subject"], "CN=short");
-    e.mtls(&["revoke", "--cert", &e.p("pki/issued/long.crt")]).ok();
+    e.mtls(&["revoke", "--cert", &e.p("pki/issued/long.crt")])
+        .ok();
     let r = e.mtls(&["list", "--revoked", "--json"]).ok();
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 1);
     assert_eq!(v[0]["status"], "revoked");
     let chain = e.p("pki/issued/short.chain.pem");
     let root = e.p("pki/root.crt");
-    e.mtls(&["verify", "--ca", &root, "--purpose", "client", &chain]).ok();
-    let future = (OffsetDateTime::now_utc() + Duration::days(20)).unix_timestamp().to_string();
-    let r = e.mtls(&["verify", "--ca", &root, "--purpose", "client", "--json", "--at", &format!("@{future}"), &chain]);
+    e.mtls(&["verify", "--ca", &root, "--purpose", "client", &chain])
+        .ok();
+    let future = (OffsetDateTime::now_utc() + Duration::days(20))
+        .unix_timestamp()
+        .to_string();
+    let r = e.mtls(&[
+        "verify",
+        "--ca",
+        &root,
+        "--purpose",
+        "client",
+        "--json",
+        "--at",
+        &format!("@{future}"),
+        &chain,
+    ]);
     assert_eq!(r.code, 1);
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(v["code"], "expired");
     // A client certificate is not a server certificate.
-    e.mtls(&["verify", "--ca", &root, "--purpose", "server", &chain]).fails(1, "wrong_purpose");
+    e.mtls(&["verify", "--ca", &root, "--purpose", "server", &chain])
+        .fails(1, "wrong_purpose");
     // CRL numbers only increase.
     e.mtls(&["crl"]).ok();
     e.mtls(&["crl"]).ok();

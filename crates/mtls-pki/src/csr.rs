@@ -125,7 +125,9 @@ pub fn parse(input: &[u8]) -> Result<CsrInfo> {
                                 } else if let Ok(a) = <[u8; 16]>::try_from(*b) {
                                     San::Ip(a.into())
                                 } else {
-                                    return Err(Error::CsrRefused("malformed IP address SAN".into()));
+                                    return Err(Error::CsrRefused(
+                                        "malformed IP address SAN".into(),
+                                    ));
                                 }
                             }
                             other => {
@@ -159,12 +161,18 @@ fn csr_public_key(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<
         PublicKey::EC(point) => match point.key_size() {
             256 => (&rcgen::PKCS_ECDSA_P256_SHA256, KeyAlgorithm::EcdsaP256),
             384 => (&rcgen::PKCS_ECDSA_P384_SHA384, KeyAlgorithm::EcdsaP384),
-            n => return Err(Error::UnsupportedKey(format!("EC key of {n} bits (use P-256 or P-384)"))),
+            n => {
+                return Err(Error::UnsupportedKey(format!(
+                    "EC key of {n} bits (use P-256 or P-384)"
+                )))
+            }
         },
         PublicKey::RSA(rsa) => {
             let bits = rsa.key_size();
             if bits < 2048 {
-                return Err(Error::UnsupportedKey(format!("RSA-{bits} is too small (at least 2048 bits)")));
+                return Err(Error::UnsupportedKey(format!(
+                    "RSA-{bits} is too small (at least 2048 bits)"
+                )));
             }
             (&rcgen::PKCS_RSA_SHA256, KeyAlgorithm::Rsa { bits })
         }
@@ -173,7 +181,11 @@ fn csr_public_key(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<
         {
             (&rcgen::PKCS_ED25519, KeyAlgorithm::Ed25519)
         }
-        _ => return Err(Error::UnsupportedKey("only ECDSA P-256/P-384, Ed25519 and RSA keys are signed".into())),
+        _ => {
+            return Err(Error::UnsupportedKey(
+                "only ECDSA P-256/P-384, Ed25519 and RSA keys are signed".into(),
+            ))
+        }
     };
     // For EC keys, make sure the curve parameter is exactly P-256 / P-384 (key_size alone
     // cannot tell P-256 from other 256-bit curves).
@@ -188,7 +200,9 @@ fn csr_public_key(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<
             _ => curve == Some(x509_parser::oid_registry::OID_NIST_EC_P384),
         };
         if !ok {
-            return Err(Error::UnsupportedKey("EC curve other than P-256/P-384".into()));
+            return Err(Error::UnsupportedKey(
+                "EC curve other than P-256/P-384".into(),
+            ));
         }
     }
     Ok(CsrPublicKey {

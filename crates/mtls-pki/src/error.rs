@@ -37,7 +37,9 @@ pub enum Error {
     #[error("invalid name {value:?}: {reason}")]
     InvalidName { value: String, reason: &'static str },
     /// The CSR's self-signature does not verify.
-    #[error("the CSR's signature does not verify (the request was altered or is not signed by its key)")]
+    #[error(
+        "the CSR's signature does not verify (the request was altered or is not signed by its key)"
+    )]
     CsrBadSignature,
     /// The CSR asks for something the profile does not allow.
     #[error("CSR refused: {0}")]

@@ -52,7 +52,12 @@ pub fn check_writable(path: &Path, force: bool) -> Result<()> {
 }
 
 /// Writes `contents` to `path` atomically (temporary file, fsync, rename, fsync of the directory).
-pub fn write_atomic(path: &Path, contents: &[u8], visibility: Visibility, force: bool) -> Result<()> {
+pub fn write_atomic(
+    path: &Path,
+    contents: &[u8],
+    visibility: Visibility,
+    force: bool,
+) -> Result<()> {
     check_writable(path, force)?;
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),

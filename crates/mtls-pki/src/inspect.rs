@@ -109,7 +109,11 @@ pub fn key_type(spki: &SubjectPublicKeyInfo<'_>) -> String {
 }
 
 /// Describes a parsed certificate at time `now`.
-pub fn certificate_info(der: &[u8], cert: &X509Certificate<'_>, now: OffsetDateTime) -> CertificateInfo {
+pub fn certificate_info(
+    der: &[u8],
+    cert: &X509Certificate<'_>,
+    now: OffsetDateTime,
+) -> CertificateInfo {
     let not_before = cert.validity().not_before.to_datetime();
     let not_after = cert.validity().not_after.to_datetime();
     let mut key_usage = Vec::new();
@@ -118,7 +122,12 @@ pub fn certificate_info(der: &[u8], cert: &X509Certificate<'_>, now: OffsetDateT
     for ext in cert.extensions() {
         match ext.parsed_extension() {
             ParsedExtension::KeyUsage(ku) => {
-                key_usage = ku.to_string().split(", ").filter(|s| !s.is_empty()).map(String::from).collect();
+                key_usage = ku
+                    .to_string()
+                    .split(", ")
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect();
             }
             ParsedExtension::ExtendedKeyUsage(e) => {
                 let pairs = [
@@ -130,7 +139,11 @@ pub fn certificate_info(der: &[u8], cert: &X509Certificate<'_>, now: OffsetDateT
                     (e.time_stamping, "timeStamping"),
                     (e.ocsp_signing, "OCSPSigning"),
                 ];
-                eku = pairs.iter().filter(|(b, _)| *b).map(|(_, n)| n.to_string()).collect();
+                eku = pairs
+                    .iter()
+                    .filter(|(b, _)| *b)
+                    .map(|(_, n)| n.to_string())
+                    .collect();
                 eku.extend(e.other.iter().map(|o| o.to_id_string()));
             }
             ParsedExtension::BasicConstraints(b) => {
@@ -152,7 +165,10 @@ pub fn certificate_info(der: &[u8], cert: &X509Certificate<'_>, now: OffsetDateT
         days_left: (not_after - now).whole_days(),
         expired: now > not_after,
         not_yet_valid: now < not_before,
-        sans: certificate_sans(cert).iter().map(ToString::to_string).collect(),
+        sans: certificate_sans(cert)
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
         key_usage,
         extended_key_usage: eku,
         basic_constraints: bc,
@@ -183,7 +199,12 @@ fn signature_name(oid: &x509_parser::der_parser::oid::Oid<'_>) -> String {
         .unwrap_or_else(|| oid.to_id_string())
 }
 
-fn describe_block(label: &str, der: &[u8], now: OffsetDateTime, passphrase: Option<&[u8]>) -> Result<Object> {
+fn describe_block(
+    label: &str,
+    der: &[u8],
+    now: OffsetDateTime,
+    passphrase: Option<&[u8]>,
+) -> Result<Object> {
     match label {
         "CERTIFICATE" | "TRUSTED CERTIFICATE" => {
             let cert = pem_io::parse_certificate(der)?;
@@ -204,9 +225,14 @@ fn describe_block(label: &str, der: &[u8], now: OffsetDateTime, passphrase: Opti
             }
             describe_key(&pem_io::encode("PRIVATE KEY", der), passphrase)
                 .or_else(|_| describe_key_der(der, passphrase))
-                .map_err(|_| Error::malformed("input", "DER is not a certificate, CRL, CSR or private key"))
+                .map_err(|_| {
+                    Error::malformed("input", "DER is not a certificate, CRL, CSR or private key")
+                })
         }
-        other => Err(Error::malformed("PEM", format!("unsupported block {other:?}"))),
+        other => Err(Error::malformed(
+            "PEM",
+            format!("unsupported block {other:?}"),
+        )),
     }
 }
 
@@ -287,7 +313,11 @@ fn describe_crl(der: &[u8], now: OffsetDateTime) -> Result<Object> {
 }
 
 /// Describes every object in `input` (PEM with any number of blocks, or one DER object).
-pub fn describe(input: &[u8], now: OffsetDateTime, passphrase: Option<&[u8]>) -> Result<Vec<Object>> {
+pub fn describe(
+    input: &[u8],
+    now: OffsetDateTime,
+    passphrase: Option<&[u8]>,
+) -> Result<Vec<Object>> {
     pem_io::decode(input)?
         .iter()
         .map(|b| describe_block(&b.label, &b.der, now, passphrase))
@@ -310,14 +340,25 @@ pub fn render(obj: &Object) -> String {
             let _ = writeln!(s, "  Subject:       {}", c.subject);
             let _ = writeln!(s, "  Issuer:        {}", c.issuer);
             let _ = writeln!(s, "  Serial:        {}", c.serial);
-            let _ = writeln!(s, "  Valid:         {} to {} ({status})", c.not_before, c.not_after);
+            let _ = writeln!(
+                s,
+                "  Valid:         {} to {} ({status})",
+                c.not_before, c.not_after
+            );
             if !c.sans.is_empty() {
                 let _ = writeln!(s, "  SANs:          {}", c.sans.join(", "));
             }
             if let Some(bc) = &c.basic_constraints {
-                let pl = bc.path_len.map(|p| format!(", pathlen:{p}")).unwrap_or_default();
+                let pl = bc
+                    .path_len
+                    .map(|p| format!(", pathlen:{p}"))
+                    .unwrap_or_default();
                 let crit = if bc.critical { " (critical)" } else { "" };
-                let _ = writeln!(s, "  Basic constr.: CA:{}{pl}{crit}", if bc.ca { "TRUE" } else { "FALSE" });
+                let _ = writeln!(
+                    s,
+                    "  Basic constr.: CA:{}{pl}{crit}",
+                    if bc.ca { "TRUE" } else { "FALSE" }
+                );
             }
             if !c.key_usage.is_empty() {
                 let _ = writeln!(s, "  Key usage:     {}", c.key_usage.join(", "));
@@ -349,7 +390,11 @@ pub fn render(obj: &Object) -> String {
             }
             let _ = writeln!(s, "  This update:   {}", c.this_update);
             let next = c.next_update.clone().unwrap_or_else(|| "(none)".into());
-            let _ = writeln!(s, "  Next update:   {next}{}", if c.expired { " (EXPIRED)" } else { "" });
+            let _ = writeln!(
+                s,
+                "  Next update:   {next}{}",
+                if c.expired { " (EXPIRED)" } else { "" }
+            );
             let _ = writeln!(s, "  Revoked:       {}", c.revoked.len());
             for r in &c.revoked {
                 let reason = r.reason.clone().unwrap_or_else(|| "-".into());
@@ -359,7 +404,11 @@ pub fn render(obj: &Object) -> String {
         Object::PrivateKey(k) => {
             let _ = writeln!(s, "Private key");
             let _ = writeln!(s, "  Type:          {}", k.key_type);
-            let _ = writeln!(s, "  Encrypted:     {}", if k.encrypted { "yes" } else { "no" });
+            let _ = writeln!(
+                s,
+                "  Encrypted:     {}",
+                if k.encrypted { "yes" } else { "no" }
+            );
             if let Some(h) = &k.spki_sha256 {
                 let _ = writeln!(s, "  SPKI SHA-256:  {h}");
             }

@@ -56,7 +56,10 @@ impl Subject {
                 return Err(bad(v, "subject fields are 1 to 64 characters"));
             }
             if v.chars().any(|c| c.is_control()) {
-                return Err(bad(v, "control characters are not allowed in subject fields"));
+                return Err(bad(
+                    v,
+                    "control characters are not allowed in subject fields",
+                ));
             }
             Ok(())
         };
@@ -108,7 +111,10 @@ impl FromStr for Profile {
         match s {
             "server" => Ok(Profile::Server),
             "client" => Ok(Profile::Client),
-            _ => Err(Error::malformed("profile", format!("{s:?} (use server or client)"))),
+            _ => Err(Error::malformed(
+                "profile",
+                format!("{s:?} (use server or client)"),
+            )),
         }
     }
 }
@@ -162,7 +168,9 @@ impl CaCert {
         let der = pem_io::certificates(cert)?
             .into_iter()
             .next()
-            .ok_or(Error::NotFound { what: "certificate" })?;
+            .ok_or(Error::NotFound {
+                what: "certificate",
+            })?;
         Self::new(der, key)
     }
 
@@ -210,10 +218,16 @@ impl CaCert {
 
     /// Computes a validity window starting at `now` (backdated for clock skew, never before the
     /// CA's own notBefore) and capped at the CA's notAfter, so no certificate outlives its issuer.
-    fn window(&self, now: OffsetDateTime, lifetime: Duration) -> Result<(OffsetDateTime, OffsetDateTime)> {
+    fn window(
+        &self,
+        now: OffsetDateTime,
+        lifetime: Duration,
+    ) -> Result<(OffsetDateTime, OffsetDateTime)> {
         self.check_valid_at(now)?;
         if lifetime <= Duration::ZERO {
-            return Err(Error::InvalidValidity("the lifetime must be positive".into()));
+            return Err(Error::InvalidValidity(
+                "the lifetime must be positive".into(),
+            ));
         }
         let not_before = (now - CLOCK_SKEW_BACKDATE).max(self.not_before);
         let not_after = (now + lifetime).min(self.not_after);
@@ -266,9 +280,16 @@ fn ca_params(
 }
 
 /// Creates a self-signed root CA (CA:TRUE critical, keyCertSign + cRLSign, SKI).
-pub fn new_root(subject: &Subject, key: PrivateKey, now: OffsetDateTime, lifetime: Duration) -> Result<CaCert> {
+pub fn new_root(
+    subject: &Subject,
+    key: PrivateKey,
+    now: OffsetDateTime,
+    lifetime: Duration,
+) -> Result<CaCert> {
     if lifetime <= Duration::ZERO {
-        return Err(Error::InvalidValidity("the lifetime must be positive".into()));
+        return Err(Error::InvalidValidity(
+            "the lifetime must be positive".into(),
+        ));
     }
     let serial = Serial::random()?;
     let params = ca_params(
@@ -319,7 +340,11 @@ impl LeafRequest {
     pub fn check(&self) -> Result<()> {
         match self.profile {
             Profile::Server => {
-                if !self.sans.iter().any(|s| matches!(s, San::Dns(_) | San::Ip(_))) {
+                if !self
+                    .sans
+                    .iter()
+                    .any(|s| matches!(s, San::Dns(_) | San::Ip(_)))
+                {
                     return Err(Error::InvalidName {
                         value: self.subject.common_name.clone(),
                         reason: "a server certificate needs at least one DNS name or IP address",

@@ -238,7 +238,9 @@ impl PrivateKey {
         iterations: u32,
     ) -> Result<Zeroizing<String>> {
         if passphrase.is_empty() {
-            return Err(Error::Crypto("refusing to encrypt with an empty passphrase"));
+            return Err(Error::Crypto(
+                "refusing to encrypt with an empty passphrase",
+            ));
         }
         let mut salt = [0u8; 16];
         let mut iv = [0u8; 16];
@@ -286,7 +288,9 @@ fn decrypt(der: &[u8], passphrase: Option<&[u8]>) -> Result<Zeroizing<Vec<u8>>> 
     let passphrase = passphrase.ok_or(Error::PassphraseRequired)?;
     let info = EncryptedPrivateKeyInfoRef::try_from(der)
         .map_err(|e| Error::malformed("encrypted private key", e))?;
-    let doc = info.decrypt(passphrase).map_err(|_| Error::WrongPassphrase)?;
+    let doc = info
+        .decrypt(passphrase)
+        .map_err(|_| Error::WrongPassphrase)?;
     Ok(Zeroizing::new(doc.as_bytes().to_vec()))
 }
 
@@ -303,7 +307,10 @@ fn sec1_to_pkcs8(der: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
     use aws_lc_rs::signature::{
         EcdsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING, ECDSA_P384_SHA384_ASN1_SIGNING,
     };
-    for alg in [&ECDSA_P256_SHA256_ASN1_SIGNING, &ECDSA_P384_SHA384_ASN1_SIGNING] {
+    for alg in [
+        &ECDSA_P256_SHA256_ASN1_SIGNING,
+        &ECDSA_P384_SHA384_ASN1_SIGNING,
+    ] {
         if let Ok(kp) = EcdsaKeyPair::from_private_key_der(alg, der) {
             let doc = kp
                 .to_pkcs8v1()

@@ -11,6 +11,7 @@
 //! other users can read.
 #![forbid(unsafe_code)]
 
+pub mod csr;
 mod error;
 pub mod files;
 pub mod inspect;
@@ -21,7 +22,6 @@ pub mod pem_io;
 pub mod pkcs12;
 pub mod revocation;
 pub mod serial;
-pub mod csr;
 
 pub use error::Error;
 pub use issue::{CaCert, Issued, Profile, Subject};

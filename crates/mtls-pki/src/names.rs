@@ -29,7 +29,9 @@ impl San {
     /// an IP address, anything with `://` is a URI, anything with `@` an e-mail, else DNS.
     pub fn parse(s: &str) -> Result<Self> {
         let (kind, value) = match s.split_once(':') {
-            Some((k, v)) if ["dns", "ip", "uri", "email"].contains(&k.to_ascii_lowercase().as_str()) => {
+            Some((k, v))
+                if ["dns", "ip", "uri", "email"].contains(&k.to_ascii_lowercase().as_str()) =>
+            {
                 (Some(k.to_ascii_lowercase()), v)
             }
             _ => (None, s),
@@ -114,7 +116,9 @@ impl San {
         if local.is_empty()
             || local.len() > 64
             || !local.is_ascii()
-            || local.chars().any(|c| c.is_ascii_control() || c == ' ' || c == '@')
+            || local
+                .chars()
+                .any(|c| c.is_ascii_control() || c == ' ' || c == '@')
         {
             return Err(bad("invalid local part"));
         }
@@ -193,12 +197,27 @@ mod tests {
 
     #[test]
     fn guesses_kinds() {
-        assert_eq!(San::parse("API.example.com").unwrap(), San::Dns("api.example.com".into()));
-        assert_eq!(San::parse("127.0.0.1").unwrap(), San::Ip("127.0.0.1".parse().unwrap()));
+        assert_eq!(
+            San::parse("API.example.com").unwrap(),
+            San::Dns("api.example.com".into())
+        );
+        assert_eq!(
+            San::parse("127.0.0.1").unwrap(),
+            San::Ip("127.0.0.1".parse().unwrap())
+        );
         assert_eq!(San::parse("::1").unwrap(), San::Ip("::1".parse().unwrap()));
-        assert!(matches!(San::parse("spiffe://prod.example/ns/a/sa/b").unwrap(), San::Uri(_)));
-        assert!(matches!(San::parse("ops@example.com").unwrap(), San::Email(_)));
-        assert!(matches!(San::parse("dns:*.example.com").unwrap(), San::Dns(_)));
+        assert!(matches!(
+            San::parse("spiffe://prod.example/ns/a/sa/b").unwrap(),
+            San::Uri(_)
+        ));
+        assert!(matches!(
+            San::parse("ops@example.com").unwrap(),
+            San::Email(_)
+        ));
+        assert!(matches!(
+            San::parse("dns:*.example.com").unwrap(),
+            San::Dns(_)
+        ));
     }
 
     #[test]

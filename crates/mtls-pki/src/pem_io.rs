@@ -20,9 +20,7 @@ impl std::fmt::Debug for Block {
 
 /// True when the input looks like PEM text rather than DER.
 pub fn is_pem(input: &[u8]) -> bool {
-    input
-        .windows(11)
-        .any(|w| w == b"-----BEGIN ")
+    input.windows(11).any(|w| w == b"-----BEGIN ")
 }
 
 /// Decodes PEM (one or more blocks, text around them ignored) or a single raw DER object.
@@ -80,11 +78,15 @@ pub fn certificates(input: &[u8]) -> Result<Vec<CertificateDer<'static>>> {
     let blocks = decode(input)?;
     let certs: Vec<_> = blocks
         .into_iter()
-        .filter(|b| b.label.is_empty() || b.label == "CERTIFICATE" || b.label == "TRUSTED CERTIFICATE")
+        .filter(|b| {
+            b.label.is_empty() || b.label == "CERTIFICATE" || b.label == "TRUSTED CERTIFICATE"
+        })
         .map(|b| CertificateDer::from(b.der))
         .collect();
     if certs.is_empty() {
-        return Err(Error::NotFound { what: "certificate" });
+        return Err(Error::NotFound {
+            what: "certificate",
+        });
     }
     for c in &certs {
         parse_certificate(c)?;
@@ -114,7 +116,10 @@ pub fn parse_certificate(der: &[u8]) -> Result<x509_parser::certificate::X509Cer
     let (rest, cert) =
         x509_parser::parse_x509_certificate(der).map_err(|e| Error::malformed("certificate", e))?;
     if !rest.is_empty() {
-        return Err(Error::malformed("certificate", "trailing bytes after the certificate"));
+        return Err(Error::malformed(
+            "certificate",
+            "trailing bytes after the certificate",
+        ));
     }
     Ok(cert)
 }

@@ -39,7 +39,10 @@ impl RevocationReason {
         ("cACompromise", RevocationReason::CaCompromise),
         ("affiliationChanged", RevocationReason::AffiliationChanged),
         ("superseded", RevocationReason::Superseded),
-        ("cessationOfOperation", RevocationReason::CessationOfOperation),
+        (
+            "cessationOfOperation",
+            RevocationReason::CessationOfOperation,
+        ),
         ("certificateHold", RevocationReason::CertificateHold),
         ("privilegeWithdrawn", RevocationReason::PrivilegeWithdrawn),
         ("aACompromise", RevocationReason::AaCompromise),
@@ -115,7 +118,9 @@ pub fn build_crl(
 ) -> Result<CertificateRevocationListDer<'static>> {
     ca.check_valid_at(this_update)?;
     if lifetime <= Duration::ZERO {
-        return Err(Error::InvalidValidity("the CRL lifetime must be positive".into()));
+        return Err(Error::InvalidValidity(
+            "the CRL lifetime must be positive".into(),
+        ));
     }
     let this_update = this_update.replace_nanosecond(0).unwrap_or(this_update);
     let params = CertificateRevocationListParams {
@@ -141,7 +146,8 @@ pub fn build_crl(
 
 /// Parses a DER CRL, refusing trailing bytes. Does not check the signature.
 pub fn parse_crl(der: &[u8]) -> Result<CertificateRevocationList<'_>> {
-    let (rest, crl) = CertificateRevocationList::from_der(der).map_err(|e| Error::malformed("CRL", e))?;
+    let (rest, crl) =
+        CertificateRevocationList::from_der(der).map_err(|e| Error::malformed("CRL", e))?;
     if !rest.is_empty() {
         return Err(Error::malformed("CRL", "trailing bytes after the CRL"));
     }
@@ -154,8 +160,14 @@ mod tests {
 
     #[test]
     fn reasons_parse_in_common_spellings() {
-        assert_eq!("keyCompromise".parse::<RevocationReason>().unwrap(), RevocationReason::KeyCompromise);
-        assert_eq!("key-compromise".parse::<RevocationReason>().unwrap(), RevocationReason::KeyCompromise);
+        assert_eq!(
+            "keyCompromise".parse::<RevocationReason>().unwrap(),
+            RevocationReason::KeyCompromise
+        );
+        assert_eq!(
+            "key-compromise".parse::<RevocationReason>().unwrap(),
+            RevocationReason::KeyCompromise
+        );
         assert_eq!(RevocationReason::CaCompromise.to_string(), "cACompromise");
         assert!("nope".parse::<RevocationReason>().is_err());
     }

@@ -64,7 +64,10 @@ impl FromStr for Serial {
         let t = t.strip_prefix("0x").unwrap_or(t);
         let cleaned: String = t.chars().filter(|c| *c != ':').collect();
         if cleaned.is_empty() || cleaned.len() > 42 {
-            return Err(Error::malformed("serial number", format!("{s:?}: expected hex")));
+            return Err(Error::malformed(
+                "serial number",
+                format!("{s:?}: expected hex"),
+            ));
         }
         let padded = if cleaned.len() % 2 == 1 {
             format!("0{cleaned}")

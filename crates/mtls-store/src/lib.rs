@@ -164,15 +164,23 @@ impl Inventory {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
         }
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
         Ok(Inventory { conn })
     }
 
     /// Records an issued certificate and its audit entry in one transaction.
-    pub fn record_issued(&mut self, cert: &NewCertificate<'_>, actor: &str, now: OffsetDateTime) -> Result<()> {
+    pub fn record_issued(
+        &mut self,
+        cert: &NewCertificate<'_>,
+        actor: &str,
+        now: OffsetDateTime,
+    ) -> Result<()> {
         let serial = cert.serial.to_string();
         let sans = serde_json::to_string(cert.sans).map_err(|e| Error::Corrupt(e.to_string()))?;
         let tx = self
@@ -198,7 +206,9 @@ impl Inventory {
         );
         match inserted {
             Ok(_) => {}
-            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
                 return Err(Error::DuplicateSerial(serial));
             }
             Err(e) => return Err(db("insert certificate")(e)),
@@ -213,7 +223,8 @@ impl Inventory {
 
     fn row(row: &rusqlite::Row<'_>, now: OffsetDateTime) -> Result<CertificateRecord> {
         let get_s = |i| row.get::<_, String>(i).map_err(db("read row"));
-        let sans: Vec<String> = serde_json::from_str(&get_s(3)?).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let sans: Vec<String> =
+            serde_json::from_str(&get_s(3)?).map_err(|e| Error::Corrupt(e.to_string()))?;
         let not_after = from_ts(row.get(6).map_err(db("read row"))?)?;
         let revoked_at: Option<i64> = row.get(10).map_err(db("read row"))?;
         let revoked_at = revoked_at.map(from_ts).transpose()?;
@@ -244,7 +255,10 @@ impl Inventory {
 
     /// One certificate by serial.
     pub fn get(&self, serial: &Serial, now: OffsetDateTime) -> Result<Option<CertificateRecord>> {
-        let sql = format!("SELECT {} FROM certificates WHERE serial = ?1", Self::COLUMNS);
+        let sql = format!(
+            "SELECT {} FROM certificates WHERE serial = ?1",
+            Self::COLUMNS
+        );
         let mut stmt = self.conn.prepare(&sql).map_err(db("prepare get"))?;
         let mut rows = stmt.query(params![serial.to_string()]).map_err(db("get"))?;
         match rows.next().map_err(db("get"))? {
@@ -290,7 +304,11 @@ impl Inventory {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db("begin"))?;
         let current: Option<Option<i64>> = tx
-            .query_row("SELECT revoked_at FROM certificates WHERE serial = ?1", params![s], |r| r.get(0))
+            .query_row(
+                "SELECT revoked_at FROM certificates WHERE serial = ?1",
+                params![s],
+                |r| r.get(0),
+            )
             .optional()
             .map_err(db("look up serial"))?;
         match current {
@@ -314,7 +332,8 @@ impl Inventory {
         )
         .map_err(db("insert audit"))?;
         tx.commit().map_err(db("commit"))?;
-        self.get(serial, now)?.ok_or(Error::UnknownSerial(serial.to_string()))
+        self.get(serial, now)?
+            .ok_or(Error::UnknownSerial(serial.to_string()))
     }
 
     /// Every revoked certificate issued by `issuer_key`, for a CRL.
@@ -345,7 +364,12 @@ impl Inventory {
     }
 
     /// Allocates the next CRL number for `issuer_key` (strictly increasing, durable before use).
-    pub fn next_crl_number(&mut self, issuer_key: &str, actor: &str, now: OffsetDateTime) -> Result<u64> {
+    pub fn next_crl_number(
+        &mut self,
+        issuer_key: &str,
+        actor: &str,
+        now: OffsetDateTime,
+    ) -> Result<u64> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -358,7 +382,10 @@ impl Inventory {
             )
             .optional()
             .map_err(db("read CRL number"))?;
-        let next = last.unwrap_or(0).checked_add(1).ok_or(Error::Corrupt("CRL number overflow".into()))?;
+        let next = last
+            .unwrap_or(0)
+            .checked_add(1)
+            .ok_or(Error::Corrupt("CRL number overflow".into()))?;
         tx.execute(
             "INSERT INTO crl_numbers (issuer_key, last_number) VALUES (?1, ?2)
              ON CONFLICT(issuer_key) DO UPDATE SET last_number = excluded.last_number",
@@ -408,10 +435,18 @@ mod tests {
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].status, Status::Valid);
         let unknown = Serial::random().unwrap();
-        assert!(matches!(inv.revoke(&unknown, None, "t", now), Err(Error::UnknownSerial(_))));
-        let r = inv.revoke(&s1, Some(RevocationReason::KeyCompromise), "t", now).unwrap();
+        assert!(matches!(
+            inv.revoke(&unknown, None, "t", now),
+            Err(Error::UnknownSerial(_))
+        ));
+        let r = inv
+            .revoke(&s1, Some(RevocationReason::KeyCompromise), "t", now)
+            .unwrap();
         assert_eq!(r.status, Status::Revoked);
-        assert!(matches!(inv.revoke(&s1, None, "t", now), Err(Error::AlreadyRevoked { .. })));
+        assert!(matches!(
+            inv.revoke(&s1, None, "t", now),
+            Err(Error::AlreadyRevoked { .. })
+        ));
         assert_eq!(inv.revoked_entries("ik").unwrap().len(), 1);
         assert_eq!(inv.next_crl_number("ik", "t", now).unwrap(), 1);
         assert_eq!(inv.next_crl_number("ik", "t", now).unwrap(), 2);

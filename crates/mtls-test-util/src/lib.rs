@@ -49,7 +49,14 @@ impl TestPki {
     }
 
     /// Issues a leaf with the given profile, issued at `at` for `lifetime`.
-    pub fn leaf_at(&self, profile: Profile, cn: &str, sans: &[&str], at: OffsetDateTime, lifetime: Duration) -> TestLeaf {
+    pub fn leaf_at(
+        &self,
+        profile: Profile,
+        cn: &str,
+        sans: &[&str],
+        at: OffsetDateTime,
+        lifetime: Duration,
+    ) -> TestLeaf {
         let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
         let req = LeafRequest {
             profile,
@@ -63,17 +70,33 @@ impl TestPki {
 
     /// A client leaf valid now.
     pub fn client(&self, cn: &str) -> TestLeaf {
-        self.leaf_at(Profile::Client, cn, &[], OffsetDateTime::now_utc(), Duration::days(30))
+        self.leaf_at(
+            Profile::Client,
+            cn,
+            &[],
+            OffsetDateTime::now_utc(),
+            Duration::days(30),
+        )
     }
 
     /// A server leaf valid now.
     pub fn server(&self, names: &[&str]) -> TestLeaf {
-        self.leaf_at(Profile::Server, names[0], names, OffsetDateTime::now_utc(), Duration::days(30))
+        self.leaf_at(
+            Profile::Server,
+            names[0],
+            names,
+            OffsetDateTime::now_utc(),
+            Duration::days(30),
+        )
     }
 
     /// A leaf signed by the intermediate with arbitrary EKUs (empty = no EKU extension) —
     /// something mtls's own profiles never produce.
-    pub fn leaf_with_ekus(&self, cn: &str, ekus: Vec<ExtendedKeyUsagePurpose>) -> CertificateDer<'static> {
+    pub fn leaf_with_ekus(
+        &self,
+        cn: &str,
+        ekus: Vec<ExtendedKeyUsagePurpose>,
+    ) -> CertificateDer<'static> {
         let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
         let mut p = CertificateParams::default();
         p.distinguished_name = rcgen::DistinguishedName::new();
@@ -81,12 +104,18 @@ impl TestPki {
         let now = OffsetDateTime::now_utc();
         p.not_before = now - Duration::hours(1);
         p.not_after = now + Duration::days(1);
-        p.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x42, 1, 2, 3, 4, 5, 6, 7, 8]));
+        p.serial_number = Some(rcgen::SerialNumber::from_slice(&[
+            0x42, 1, 2, 3, 4, 5, 6, 7, 8,
+        ]));
         p.is_ca = IsCa::ExplicitNoCa;
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = ekus;
         p.use_authority_key_identifier_extension = true;
-        let issuer = rcgen::Issuer::from_ca_cert_der(self.intermediate.der(), self.intermediate.key().key_pair()).unwrap();
+        let issuer = rcgen::Issuer::from_ca_cert_der(
+            self.intermediate.der(),
+            self.intermediate.key().key_pair(),
+        )
+        .unwrap();
         p.signed_by(key.key_pair(), &issuer).unwrap().der().clone()
     }
 

@@ -13,11 +13,15 @@
 use std::fmt;
 use std::str::FromStr;
 
-use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, ServerName, SignatureVerificationAlgorithm, UnixTime};
+use rustls_pki_types::{
+    CertificateDer, CertificateRevocationListDer, ServerName, SignatureVerificationAlgorithm,
+    UnixTime,
+};
 use time::OffsetDateTime;
 use webpki::{
-    CertRevocationList, EndEntityCert, ExpirationPolicy, ExtendedKeyUsageValidator, KeyPurposeIdIter, KeyUsage,
-    OwnedCertRevocationList, RevocationCheckDepth, RevocationOptionsBuilder, UnknownStatusPolicy,
+    CertRevocationList, EndEntityCert, ExpirationPolicy, ExtendedKeyUsageValidator,
+    KeyPurposeIdIter, KeyUsage, OwnedCertRevocationList, RevocationCheckDepth,
+    RevocationOptionsBuilder, UnknownStatusPolicy,
 };
 use x509_parser::extensions::ParsedExtension;
 
@@ -77,9 +81,15 @@ pub enum CrlScope {
 #[non_exhaustive]
 pub enum Rejection {
     #[error("certificate expired at {not_after} (checked at {at})")]
-    Expired { not_after: OffsetDateTime, at: OffsetDateTime },
+    Expired {
+        not_after: OffsetDateTime,
+        at: OffsetDateTime,
+    },
     #[error("certificate is not valid until {not_before} (checked at {at})")]
-    NotYetValid { not_before: OffsetDateTime, at: OffsetDateTime },
+    NotYetValid {
+        not_before: OffsetDateTime,
+        at: OffsetDateTime,
+    },
     #[error("no path to a trusted root: the issuer is unknown or a signature does not verify")]
     UnknownIssuer,
     #[error("a signature in the chain does not verify")]
@@ -155,7 +165,9 @@ impl Rejection {
                 at: t(time),
             },
             E::UnknownIssuer => Rejection::UnknownIssuer,
-            E::InvalidSignatureForPublicKey | E::InvalidCrlSignatureForPublicKey => Rejection::BadSignature,
+            E::InvalidSignatureForPublicKey | E::InvalidCrlSignatureForPublicKey => {
+                Rejection::BadSignature
+            }
             E::CertRevoked => Rejection::Revoked,
             E::UnknownRevocationStatus => Rejection::UnknownRevocationStatus,
             E::CrlExpired { .. } => Rejection::ExpiredCrl,
@@ -168,7 +180,10 @@ impl Rejection {
             E::EndEntityUsedAsCa => Rejection::EndEntityAsCa,
             E::PathLenConstraintViolated => Rejection::PathLenExceeded,
             E::NameConstraintViolation => Rejection::NameConstraintViolation,
-            E::UnsupportedSignatureAlgorithmContext(_) | E::UnsupportedSignatureAlgorithmForPublicKeyContext(_) => Rejection::UnsupportedAlgorithm,
+            E::UnsupportedSignatureAlgorithmContext(_)
+            | E::UnsupportedSignatureAlgorithmForPublicKeyContext(_) => {
+                Rejection::UnsupportedAlgorithm
+            }
             E::BadDer
             | E::BadDerTime
             | E::TrailingData(_)
@@ -239,7 +254,8 @@ impl ExtendedKeyUsageValidator for AnyEku {
 
 /// Checks that webpki does not do on the leaf: clientAuth EKU presence and no keyCertSign.
 fn leaf_checks(leaf: &CertificateDer<'_>, purpose: Purpose) -> Result<(), Rejection> {
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf).map_err(|e| Rejection::Malformed(e.to_string()))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf)
+        .map_err(|e| Rejection::Malformed(e.to_string()))?;
     let mut has_client_auth = false;
     for ext in cert.extensions() {
         match ext.parsed_extension() {
@@ -367,12 +383,16 @@ pub fn verify(leaf: &CertificateDer<'_>, req: &VerifyRequest<'_>) -> Outcome {
             .unwrap_or_else(|_| "?".into())
     };
     let mut subjects = vec![subject_of(leaf)];
-    subjects.extend(path.intermediate_certificates().map(|c| subject_of(c.der().as_ref())));
+    subjects.extend(
+        path.intermediate_certificates()
+            .map(|c| subject_of(c.der().as_ref())),
+    );
     let anchor_subject = req
         .roots
         .iter()
         .find(|r| {
-            webpki::anchor_from_trusted_cert(r).is_ok_and(|a| a.subject.as_ref() == path.anchor().subject.as_ref())
+            webpki::anchor_from_trusted_cert(r)
+                .is_ok_and(|a| a.subject.as_ref() == path.anchor().subject.as_ref())
         })
         .map(|r| subject_of(r))
         .unwrap_or_else(|| "(trust anchor)".into());

@@ -4,9 +4,9 @@
 use mtls_pki::issue::{self, LeafRequest};
 use mtls_pki::revocation::{build_crl, RevocationReason, RevokedEntry};
 use mtls_pki::{KeyAlgorithm, PrivateKey, Profile, Subject};
+use mtls_test_util::ExtendedKeyUsagePurpose;
 use mtls_test_util::TestPki;
 use mtls_verify::{verify, CrlScope, Purpose, Rejection, VerifyRequest};
-use mtls_test_util::ExtendedKeyUsagePurpose;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
 use time::{Duration, OffsetDateTime};
 
@@ -49,10 +49,33 @@ fn client_with_client_auth_accepted() {
 fn server_accepted_for_its_name_and_rejected_for_another() {
     let pki = TestPki::new("t");
     let s = pki.server(&["api.example.com", "127.0.0.1"]);
-    check(&pki, &s.cert.der, Purpose::Server, &[], now(), Some("api.example.com")).unwrap();
-    check(&pki, &s.cert.der, Purpose::Server, &[], now(), Some("127.0.0.1")).unwrap();
+    check(
+        &pki,
+        &s.cert.der,
+        Purpose::Server,
+        &[],
+        now(),
+        Some("api.example.com"),
+    )
+    .unwrap();
+    check(
+        &pki,
+        &s.cert.der,
+        Purpose::Server,
+        &[],
+        now(),
+        Some("127.0.0.1"),
+    )
+    .unwrap();
     assert!(matches!(
-        check(&pki, &s.cert.der, Purpose::Server, &[], now(), Some("evil.example.com")),
+        check(
+            &pki,
+            &s.cert.der,
+            Purpose::Server,
+            &[],
+            now(),
+            Some("evil.example.com")
+        ),
         Err(Rejection::NameMismatch(_))
     ));
 }
@@ -87,11 +110,25 @@ fn expired_and_not_yet_valid_rejected() {
     let pki = TestPki::new("t");
     let c = pki.client("c");
     assert!(matches!(
-        check(&pki, &c.cert.der, Purpose::Client, &[], now() + Duration::days(60), None),
+        check(
+            &pki,
+            &c.cert.der,
+            Purpose::Client,
+            &[],
+            now() + Duration::days(60),
+            None
+        ),
         Err(Rejection::Expired { .. })
     ));
     assert!(matches!(
-        check(&pki, &c.cert.der, Purpose::Client, &[], now() - Duration::minutes(30), None),
+        check(
+            &pki,
+            &c.cert.der,
+            Purpose::Client,
+            &[],
+            now() - Duration::minutes(30),
+            None
+        ),
         Err(Rejection::NotYetValid { .. })
     ));
 }
@@ -134,12 +171,26 @@ fn revoked_rejected_unrevoked_accepted_and_unknown_status_denied() {
     let other = TestPki::new("other");
     let foreign = build_crl(&other.intermediate, 1, now(), Duration::days(7), &[]).unwrap();
     assert_eq!(
-        check(&pki, &good.cert.der, Purpose::Client, &[foreign], now(), None),
+        check(
+            &pki,
+            &good.cert.der,
+            Purpose::Client,
+            &[foreign],
+            now(),
+            None
+        ),
         Err(Rejection::UnknownRevocationStatus)
     );
     // An expired CRL is not trusted.
     assert_eq!(
-        check(&pki, &good.cert.der, Purpose::Client, &crls, now() + Duration::days(8), None),
+        check(
+            &pki,
+            &good.cert.der,
+            Purpose::Client,
+            &crls,
+            now() + Duration::days(8),
+            None
+        ),
         Err(Rejection::ExpiredCrl)
     );
 }
@@ -158,7 +209,10 @@ fn ca_as_leaf_rejected() {
     .unwrap();
     let r = check(&pki, other.der(), Purpose::Any, &[], now(), None);
     assert!(
-        matches!(r, Err(Rejection::CaAsEndEntity) | Err(Rejection::LeafCanSignCertificates)),
+        matches!(
+            r,
+            Err(Rejection::CaAsEndEntity) | Err(Rejection::LeafCanSignCertificates)
+        ),
         "{r:?}"
     );
 }
@@ -169,7 +223,10 @@ fn leaf_issued_by_leaf_rejected() {
     let c = pki.client("c");
     // Use the client as if it were a CA: sign another certificate with its key.
     let fake_ca = mtls_pki::CaCert::new(c.cert.der.clone(), c.key);
-    assert!(fake_ca.is_err(), "a leaf must not be usable as a CA by mtls-pki");
+    assert!(
+        fake_ca.is_err(),
+        "a leaf must not be usable as a CA by mtls-pki"
+    );
     let _ = LeafRequest {
         profile: Profile::Client,
         subject: Subject::cn("x"),

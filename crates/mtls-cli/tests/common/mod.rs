@@ -24,14 +24,27 @@ impl Run {
     }
     #[track_caller]
     pub fn ok(self) -> Self {
-        assert_eq!(self.code, 0, "expected success\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "expected success\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
         self
     }
     #[track_caller]
     pub fn fails(self, code: i32, needle: &str) -> Self {
-        assert_eq!(self.code, code, "expected exit {code}\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, code,
+            "expected exit {code}\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
         let all = format!("{}{}", self.stdout, self.stderr);
-        assert!(all.contains(needle), "expected {needle:?} in output\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        assert!(
+            all.contains(needle),
+            "expected {needle:?} in output\nstdout: {}\nstderr: {}",
+            self.stdout,
+            self.stderr
+        );
         self
     }
 }
@@ -111,6 +124,10 @@ impl Env {
     }
     pub fn inventory_count(&self) -> usize {
         let r = self.mtls(&["list", "--json"]).ok();
-        serde_json::from_str::<serde_json::Value>(&r.stdout).unwrap().as_array().unwrap().len()
+        serde_json::from_str::<serde_json::Value>(&r.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len()
     }
 }
