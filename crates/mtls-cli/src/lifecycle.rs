@@ -144,7 +144,7 @@ pub fn crl(pki: &Path, a: CrlArgs) -> Result<ExitCode> {
     let ca = dir.load_issuer(&a.ca_key.source())?;
     let issuer_key = mtls_pki::inspect::sha256_hex(&ca.key().public_key_spki());
     let entries = inventory.revoked_entries(&issuer_key)?;
-    let at = now();
+    let at = now().replace_nanosecond(0).unwrap_or_else(|_| now());
     // Allocate the number durably first, so numbers only ever increase even if writing fails.
     let number = inventory.next_crl_number(&issuer_key, "cli", at)?;
     let crl = build_crl(&ca, number, at, Duration::days(a.days), &entries)?;

@@ -83,12 +83,25 @@ pub fn write_atomic(
             .map_err(io_err(&tmp))?;
         file.write_all(contents).map_err(io_err(&tmp))?;
         file.sync_all().map_err(io_err(&tmp))?;
-        if !force && fs::symlink_metadata(path).is_ok() {
-            return Err(Error::AlreadyExists {
-                path: path.to_path_buf(),
-            });
+        if force {
+            fs::rename(&tmp, path).map_err(io_err(path))?;
+        } else {
+            // A hard link fails if the destination exists: no-clobber without a race between
+            // the existence check and the rename.
+            fs::hard_link(&tmp, path).map_err(|source| {
+                if source.kind() == std::io::ErrorKind::AlreadyExists {
+                    Error::AlreadyExists {
+                        path: path.to_path_buf(),
+                    }
+                } else {
+                    Error::Io {
+                        path: path.to_path_buf(),
+                        source,
+                    }
+                }
+            })?;
+            fs::remove_file(&tmp).map_err(io_err(&tmp))?;
         }
-        fs::rename(&tmp, path).map_err(io_err(path))?;
         if let Ok(d) = fs::File::open(&dir) {
             let _ = d.sync_all();
         }

@@ -33,6 +33,12 @@ pub enum Error {
         path: PathBuf,
         source: rusqlite::Error,
     },
+    /// Creating the database file failed.
+    #[error("cannot create inventory {}: {source}", path.display())]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// No certificate with that serial was issued by this CA.
     #[error("no certificate with serial {0} in the inventory")]
     UnknownSerial(String),
@@ -158,12 +164,26 @@ impl Inventory {
             path: path.to_path_buf(),
             source,
         };
-        let conn = Connection::open(path).map_err(open_err)?;
-        #[cfg(unix)]
+        // Create the file owner-only before SQLite opens it (it would use the umask).
         {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+            use std::os::unix::fs::OpenOptionsExt;
+            let created = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path);
+            match created {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(source) => {
+                    return Err(Error::Create {
+                        path: path.to_path_buf(),
+                        source,
+                    })
+                }
+            }
         }
+        let conn = Connection::open(path).map_err(open_err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "FULL")
