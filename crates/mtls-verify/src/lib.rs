@@ -112,6 +112,10 @@ pub enum Rejection {
     EndEntityAsCa,
     #[error("the end-entity certificate asserts keyCertSign")]
     LeafCanSignCertificates,
+    #[error("the end-entity certificate's key is too weak or of a forbidden type: {0}")]
+    WeakKey(String),
+    #[error("the trust anchor is not usable: {0}")]
+    BadTrustAnchor(String),
     #[error("path length constraint violated")]
     PathLenExceeded,
     #[error("name constraints violated")]
@@ -141,6 +145,8 @@ impl Rejection {
             Rejection::CaAsEndEntity => "ca_as_end_entity",
             Rejection::EndEntityAsCa => "end_entity_as_ca",
             Rejection::LeafCanSignCertificates => "leaf_key_cert_sign",
+            Rejection::WeakKey(_) => "weak_key",
+            Rejection::BadTrustAnchor(_) => "bad_trust_anchor",
             Rejection::PathLenExceeded => "path_len_exceeded",
             Rejection::NameConstraintViolation => "name_constraint_violation",
             Rejection::UnsupportedAlgorithm => "unsupported_algorithm",
@@ -256,6 +262,15 @@ impl ExtendedKeyUsageValidator for AnyEku {
 fn leaf_checks(leaf: &CertificateDer<'_>, purpose: Purpose) -> Result<(), Rejection> {
     let (_, cert) = x509_parser::parse_x509_certificate(leaf)
         .map_err(|e| Rejection::Malformed(e.to_string()))?;
+    // RFC 5280 4.1.2.2: positive, at most 20 octets.
+    let serial = cert.raw_serial();
+    let magnitude: Vec<u8> = serial.iter().copied().skip_while(|b| *b == 0).collect();
+    if magnitude.is_empty() || serial.len() > 21 || magnitude.len() > 20 {
+        return Err(Rejection::Malformed(
+            "serial number is zero or longer than 20 octets".into(),
+        ));
+    }
+    check_leaf_key(&cert)?;
     let mut has_client_auth = false;
     for ext in cert.extensions() {
         match ext.parsed_extension() {
@@ -263,11 +278,132 @@ fn leaf_checks(leaf: &CertificateDer<'_>, purpose: Purpose) -> Result<(), Reject
             ParsedExtension::KeyUsage(ku) if ku.key_cert_sign() && !is_ca_cert(&cert) => {
                 return Err(Rejection::LeafCanSignCertificates)
             }
+            ParsedExtension::NameConstraints(_) if !is_ca_cert(&cert) => {
+                return Err(Rejection::Malformed(
+                    "name constraints are only allowed in CA certificates".into(),
+                ))
+            }
             _ => {}
         }
     }
     if purpose == Purpose::Client && !has_client_auth {
         return Err(Rejection::MissingClientAuth);
+    }
+    Ok(())
+}
+
+/// The leaf's key is never exercised by path validation; reject keys no TLS peer should accept.
+fn check_leaf_key(cert: &x509_parser::certificate::X509Certificate<'_>) -> Result<(), Rejection> {
+    use x509_parser::public_key::PublicKey;
+    let spki = cert.public_key();
+    if spki.algorithm.algorithm == x509_parser::oid_registry::OID_SIG_ED25519 {
+        return Ok(());
+    }
+    match spki.parsed() {
+        Ok(PublicKey::RSA(rsa)) => {
+            let bits = rsa.key_size();
+            if bits < 2048 || bits % 8 != 0 {
+                return Err(Rejection::WeakKey(format!("RSA-{bits}")));
+            }
+            Ok(())
+        }
+        Ok(PublicKey::EC(_)) => {
+            let curve = spki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok());
+            let allowed = [
+                x509_parser::oid_registry::OID_EC_P256,
+                x509_parser::oid_registry::OID_NIST_EC_P384,
+                x509_parser::oid_registry::OID_NIST_EC_P521,
+            ];
+            match curve {
+                Some(c) if allowed.contains(&c) => Ok(()),
+                _ => Err(Rejection::WeakKey(
+                    "EC curve other than P-256/P-384/P-521".into(),
+                )),
+            }
+        }
+        Ok(PublicKey::DSA(_)) => Err(Rejection::WeakKey("DSA".into())),
+        _ => Err(Rejection::WeakKey(format!(
+            "unsupported key algorithm {}",
+            spki.algorithm.algorithm
+        ))),
+    }
+}
+
+/// webpki reduces a trust anchor to its subject and key; check the rest of the root here.
+fn check_anchor(root: &CertificateDer<'_>, at: OffsetDateTime) -> Result<(), Rejection> {
+    let bad = |m: &str| Err(Rejection::BadTrustAnchor(m.to_string()));
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(root) else {
+        return bad("unparsable root certificate");
+    };
+    let v = cert.validity();
+    // Whole seconds, as webpki compares the rest of the chain.
+    let at = at.unix_timestamp();
+    if at < v.not_before.timestamp() || at > v.not_after.timestamp() {
+        return bad("the root certificate is not valid at the validation time");
+    }
+    if cert.subject().iter().next().is_none() {
+        return bad("the root certificate has an empty subject");
+    }
+    let mut basic_constraints = None;
+    for ext in cert.extensions() {
+        match ext.parsed_extension() {
+            ParsedExtension::BasicConstraints(bc) => {
+                basic_constraints = Some((bc.ca, ext.critical))
+            }
+            ParsedExtension::KeyUsage(ku) if !ku.key_cert_sign() => {
+                return bad("the root's keyUsage does not assert keyCertSign")
+            }
+            ParsedExtension::AuthorityKeyIdentifier(_)
+            | ParsedExtension::SubjectKeyIdentifier(_)
+                if ext.critical =>
+            {
+                return bad("the root marks a key identifier extension critical")
+            }
+            ParsedExtension::UnsupportedExtension { .. } | ParsedExtension::ParseError { .. }
+                if ext.critical =>
+            {
+                return bad("the root carries an unknown critical extension")
+            }
+            _ => {}
+        }
+    }
+    match basic_constraints {
+        Some((true, true)) => Ok(()),
+        Some((true, false)) => bad("the root's basicConstraints is not critical"),
+        _ => bad("the root is not a CA (basicConstraints cA missing)"),
+    }
+}
+
+/// RFC 5280 5.2.3: a CRL must carry a non-critical CRL number; a CRL issued by a root must come
+/// from a root allowed to sign CRLs (webpki skips that check for trust anchors).
+fn check_crl(crl: &[u8], roots: &[CertificateDer<'_>]) -> Result<(), String> {
+    let parsed = mtls_pki::revocation::parse_crl(crl).map_err(|e| e.to_string())?;
+    let mut number = None;
+    for ext in parsed.extensions() {
+        if let ParsedExtension::CRLNumber(_) = ext.parsed_extension() {
+            number = Some(ext.critical);
+        }
+    }
+    match number {
+        None => return Err("the CRL has no CRL number (RFC 5280 5.2.3)".into()),
+        Some(true) => return Err("the CRL number extension is marked critical".into()),
+        Some(false) => {}
+    }
+    for root in roots {
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(root) else {
+            continue;
+        };
+        if cert.subject().as_raw() == parsed.issuer().as_raw() {
+            if let Ok(Some(ku)) = cert.key_usage() {
+                if !ku.value.crl_sign() {
+                    return Err("the CRL's issuer (a trusted root) may not sign CRLs".into());
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -299,6 +435,7 @@ pub fn verify(leaf: &CertificateDer<'_>, req: &VerifyRequest<'_>) -> Outcome {
         .iter()
         .enumerate()
         .map(|(index, c)| {
+            check_crl(c, req.roots).map_err(|detail| InputError::BadCrl { index, detail })?;
             OwnedCertRevocationList::from_der(c)
                 .map(CertRevocationList::from)
                 .map_err(|e| InputError::BadCrl {
@@ -387,15 +524,21 @@ pub fn verify(leaf: &CertificateDer<'_>, req: &VerifyRequest<'_>) -> Outcome {
         path.intermediate_certificates()
             .map(|c| subject_of(c.der().as_ref())),
     );
-    let anchor_subject = req
-        .roots
-        .iter()
-        .find(|r| {
-            webpki::anchor_from_trusted_cert(r)
-                .is_ok_and(|a| a.subject.as_ref() == path.anchor().subject.as_ref())
+    let anchor = path.anchor();
+    let Some(root) = req.roots.iter().find(|r| {
+        webpki::anchor_from_trusted_cert(r).is_ok_and(|a| {
+            a.subject.as_ref() == anchor.subject.as_ref()
+                && a.subject_public_key_info.as_ref() == anchor.subject_public_key_info.as_ref()
         })
-        .map(|r| subject_of(r))
-        .unwrap_or_else(|| "(trust anchor)".into());
+    }) else {
+        return Ok(Err(Rejection::BadTrustAnchor(
+            "trust anchor not found".into(),
+        )));
+    };
+    if let Err(r) = check_anchor(root, req.at) {
+        return Ok(Err(r));
+    }
+    let anchor_subject = subject_of(root);
     subjects.push(anchor_subject);
     Ok(Ok(VerifiedChain { subjects }))
 }
