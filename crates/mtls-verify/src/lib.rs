@@ -10,6 +10,16 @@
 //! given; freshness is enforced (an expired CRL fails) unless explicitly relaxed.
 #![forbid(unsafe_code)]
 
+mod peer;
+mod policy;
+mod state;
+mod tls;
+
+pub use peer::VerifiedPeer;
+pub use policy::{uri_match, Policy};
+pub use state::{CrlSummary, RevocationOptions, TrustError, TrustState};
+pub use tls::ClientVerifier;
+
 use std::fmt;
 use std::str::FromStr;
 
@@ -124,6 +134,10 @@ pub enum Rejection {
     UnsupportedAlgorithm,
     #[error("the certificate is malformed or carries an unsupported critical extension: {0}")]
     Malformed(String),
+    #[error("no client certificate was presented")]
+    NoCertificate,
+    #[error("{0}")]
+    NotAllowed(String),
     #[error("{0}")]
     Other(String),
 }
@@ -151,11 +165,13 @@ impl Rejection {
             Rejection::NameConstraintViolation => "name_constraint_violation",
             Rejection::UnsupportedAlgorithm => "unsupported_algorithm",
             Rejection::Malformed(_) => "malformed",
+            Rejection::NoCertificate => "no_certificate",
+            Rejection::NotAllowed(_) => "not_allowed",
             Rejection::Other(_) => "other",
         }
     }
 
-    fn from_webpki(e: webpki::Error, purpose: Purpose) -> Self {
+    pub(crate) fn from_webpki(e: webpki::Error, purpose: Purpose) -> Self {
         use webpki::Error as E;
         let t = |u: UnixTime| {
             OffsetDateTime::from_unix_timestamp(i64::try_from(u.as_secs()).unwrap_or(i64::MAX))
@@ -259,7 +275,7 @@ impl ExtendedKeyUsageValidator for AnyEku {
 }
 
 /// Checks that webpki does not do on the leaf: clientAuth EKU presence and no keyCertSign.
-fn leaf_checks(leaf: &CertificateDer<'_>, purpose: Purpose) -> Result<(), Rejection> {
+pub(crate) fn leaf_checks(leaf: &CertificateDer<'_>, purpose: Purpose) -> Result<(), Rejection> {
     let (_, cert) = x509_parser::parse_x509_certificate(leaf)
         .map_err(|e| Rejection::Malformed(e.to_string()))?;
     // RFC 5280 4.1.2.2: positive, at most 20 octets.
@@ -335,16 +351,27 @@ fn check_leaf_key(cert: &x509_parser::certificate::X509Certificate<'_>) -> Resul
 
 /// webpki reduces a trust anchor to its subject and key; check the rest of the root here.
 fn check_anchor(root: &CertificateDer<'_>, at: OffsetDateTime) -> Result<(), Rejection> {
-    let bad = |m: &str| Err(Rejection::BadTrustAnchor(m.to_string()));
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(root) else {
-        return bad("unparsable root certificate");
+        return Err(Rejection::BadTrustAnchor(
+            "unparsable root certificate".into(),
+        ));
     };
     let v = cert.validity();
     // Whole seconds, as webpki compares the rest of the chain.
     let at = at.unix_timestamp();
     if at < v.not_before.timestamp() || at > v.not_after.timestamp() {
-        return bad("the root certificate is not valid at the validation time");
+        return Err(Rejection::BadTrustAnchor(
+            "the root certificate is not valid at the validation time".into(),
+        ));
     }
+    check_anchor_static(&cert).map_err(Rejection::BadTrustAnchor)
+}
+
+/// The time-independent checks of a trust anchor.
+pub(crate) fn check_anchor_static(
+    cert: &x509_parser::certificate::X509Certificate<'_>,
+) -> Result<(), String> {
+    let bad = |m: &str| Err(m.to_string());
     if cert.subject().iter().next().is_none() {
         return bad("the root certificate has an empty subject");
     }
@@ -380,7 +407,7 @@ fn check_anchor(root: &CertificateDer<'_>, at: OffsetDateTime) -> Result<(), Rej
 
 /// RFC 5280 5.2.3: a CRL must carry a non-critical CRL number; a CRL issued by a root must come
 /// from a root allowed to sign CRLs (webpki skips that check for trust anchors).
-fn check_crl(crl: &[u8], roots: &[CertificateDer<'_>]) -> Result<(), String> {
+pub(crate) fn check_crl(crl: &[u8], roots: &[CertificateDer<'_>]) -> Result<(), String> {
     let parsed = mtls_pki::revocation::parse_crl(crl).map_err(|e| e.to_string())?;
     let mut number = None;
     for ext in parsed.extensions() {

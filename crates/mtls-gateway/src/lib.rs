@@ -1,0 +1,1 @@
+//! `mtls-gateway`: the mTLS terminating gateway (HTTP reverse proxy and raw TCP).

@@ -1,0 +1,250 @@
+//! `mtls-tls`: rustls configurations for mtls servers and clients, and loading of TLS
+//! credentials with key-file hygiene.
+//!
+//! What it does: one crypto provider (aws-lc-rs) restricted to TLS 1.3 and TLS 1.2 with ECDHE +
+//! AEAD suites only (NIST SP 800-52r2); server configs that demand client certificates through
+//! `mtls-verify`'s verifier and pick the server certificate by SNI; client configs that present a
+//! certificate and verify the server against given roots; loading of certificate chains and
+//! (possibly encrypted) keys, refusing keys other users can read and checking that the key
+//! belongs to the certificate. No renegotiation (rustls has none) and no 0-RTT.
+//!
+//! What it does not do: sockets, HTTP, reload loops or policy.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use time::OffsetDateTime;
+
+/// Errors loading credentials or building configs.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("{0}")]
+    Pki(#[from] mtls_pki::Error),
+    #[error("{path}: {detail}")]
+    Credential { path: String, detail: String },
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("no trusted CA certificates given")]
+    NoRoots,
+}
+
+type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The crypto provider: aws-lc-rs with only ECDHE + AEAD cipher suites.
+pub fn provider() -> Arc<CryptoProvider> {
+    use rustls::crypto::aws_lc_rs::{cipher_suite as cs, default_provider};
+    let mut p = default_provider();
+    p.cipher_suites = vec![
+        cs::TLS13_AES_128_GCM_SHA256,
+        cs::TLS13_AES_256_GCM_SHA384,
+        cs::TLS13_CHACHA20_POLY1305_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    ];
+    Arc::new(p)
+}
+
+const VERSIONS: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// A certificate chain and key, loaded and checked.
+#[derive(Clone, Debug)]
+pub struct Credential {
+    pub certified: Arc<CertifiedKey>,
+    /// The names in the leaf (for SNI selection).
+    pub names: Vec<String>,
+    pub not_after: OffsetDateTime,
+}
+
+/// Loads a chain (leaf first) and its key. The key may be encrypted (`passphrase`), must be
+/// owner-only, and must match the leaf; the leaf must be valid at `now`.
+pub fn load_credential(
+    cert: &Path,
+    key: &Path,
+    passphrase: Option<&[u8]>,
+    now: OffsetDateTime,
+) -> Result<Credential> {
+    let chain =
+        mtls_pki::pem_io::certificates(&mtls_pki::files::read_public(cert)?).map_err(|e| {
+            Error::Credential {
+                path: cert.display().to_string(),
+                detail: e.to_string(),
+            }
+        })?;
+    let key_bytes = mtls_pki::files::read_secret(key)?;
+    let private = mtls_pki::PrivateKey::from_pem_or_der(&key_bytes, passphrase).map_err(|e| {
+        Error::Credential {
+            path: key.display().to_string(),
+            detail: e.to_string(),
+        }
+    })?;
+    credential_from_parts(chain, &private, now).map_err(|detail| Error::Credential {
+        path: cert.display().to_string(),
+        detail,
+    })
+}
+
+/// Builds a credential from an in-memory chain and key (same checks as [`load_credential`]).
+pub fn credential_from_parts(
+    chain: Vec<CertificateDer<'static>>,
+    key: &mtls_pki::PrivateKey,
+    now: OffsetDateTime,
+) -> std::result::Result<Credential, String> {
+    let leaf = chain.first().ok_or("no certificate in the chain")?;
+    let parsed = mtls_pki::pem_io::parse_certificate(leaf).map_err(|e| e.to_string())?;
+    if !key.matches_spki(parsed.public_key().raw) {
+        return Err("the private key does not match the certificate".into());
+    }
+    let not_after = parsed.validity().not_after.to_datetime();
+    if now > not_after || now < parsed.validity().not_before.to_datetime() {
+        return Err(format!(
+            "the certificate is not valid now (valid until {not_after})"
+        ));
+    }
+    let mut names: Vec<String> = mtls_pki::issue::certificate_sans(&parsed)
+        .into_iter()
+        .filter_map(|s| match s {
+            mtls_pki::San::Dns(d) => Some(d),
+            mtls_pki::San::Ip(ip) => Some(ip.to_string()),
+            _ => None,
+        })
+        .collect();
+    names.dedup();
+    let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.pkcs8_der().to_vec()));
+    let signing = provider()
+        .key_provider
+        .load_private_key(der)
+        .map_err(|e| format!("the key cannot sign: {e}"))?;
+    let certified = CertifiedKey::new(chain, signing);
+    Ok(Credential {
+        certified: Arc::new(certified),
+        names,
+        not_after,
+    })
+}
+
+/// Picks the server certificate by SNI: exact name, then `*.` wildcard, then the default.
+#[derive(Debug)]
+pub struct SniResolver {
+    by_name: HashMap<String, Arc<CertifiedKey>>,
+    default: Arc<CertifiedKey>,
+}
+
+impl SniResolver {
+    /// The first credential is the default (used without SNI or for unknown names).
+    pub fn new(credentials: &[Credential]) -> Option<Self> {
+        let default = credentials.first()?.certified.clone();
+        let mut by_name = HashMap::new();
+        for c in credentials {
+            for n in &c.names {
+                by_name
+                    .entry(n.to_ascii_lowercase())
+                    .or_insert_with(|| c.certified.clone());
+            }
+        }
+        Some(SniResolver { by_name, default })
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let Some(name) = hello.server_name() else {
+            return Some(self.default.clone());
+        };
+        let name = name.to_ascii_lowercase();
+        if let Some(c) = self.by_name.get(&name) {
+            return Some(c.clone());
+        }
+        if let Some((_, rest)) = name.split_once('.') {
+            if let Some(c) = self.by_name.get(&format!("*.{rest}")) {
+                return Some(c.clone());
+            }
+        }
+        Some(self.default.clone())
+    }
+}
+
+/// A server config: TLS 1.3/1.2, our suites, client certificates verified by `verifier`.
+pub fn server_config(
+    resolver: Arc<dyn ResolvesServerCert>,
+    verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    alpn: &[&[u8]],
+) -> Result<ServerConfig> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config.max_early_data_size = 0;
+    // Each config generation gets its own session cache (the default), so a reload that
+    // revokes a client also ends its resumptions; identities are re-checked after every
+    // handshake regardless.
+    Ok(config)
+}
+
+/// The verifier for client certificates, built from a trust state.
+pub fn client_verifier(
+    state: Arc<mtls_verify::TrustState>,
+    mandatory: bool,
+) -> Arc<mtls_verify::ClientVerifier> {
+    Arc::new(mtls_verify::ClientVerifier::new(
+        state,
+        mandatory,
+        provider().signature_verification_algorithms,
+    ))
+}
+
+/// A client config presenting `credential` (if any) and trusting `roots` for the server.
+pub fn client_config(
+    roots: &[CertificateDer<'static>],
+    credential: Option<&Credential>,
+    alpn: &[&[u8]],
+) -> Result<ClientConfig> {
+    if roots.is_empty() {
+        return Err(Error::NoRoots);
+    }
+    let mut store = RootCertStore::empty();
+    for r in roots {
+        store.add(r.clone()).map_err(Error::Rustls)?;
+    }
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)?
+        .with_root_certificates(store);
+    let mut config = match credential {
+        Some(c) => {
+            builder.with_client_cert_resolver(Arc::new(FixedClientCert(c.certified.clone())))
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// Always presents the same client certificate.
+#[derive(Debug)]
+struct FixedClientCert(Arc<CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for FixedClientCert {
+    fn resolve(
+        &self,
+        _hints: &[&[u8]],
+        _schemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+    fn has_certs(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,121 @@
+//! The rustls client-certificate verifier backed by a [`TrustState`].
+
+use std::sync::Arc;
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use rustls_pki_types::{CertificateDer, UnixTime};
+use time::OffsetDateTime;
+
+use crate::{Rejection, TrustState};
+
+/// Verifies client certificates during the handshake.
+///
+/// With `mandatory`, a client without a valid certificate fails the handshake. Without it
+/// (HTTP gateways that answer `401`/`403` themselves), the handshake accepts any chain whose
+/// CertificateVerify signature is valid and the application must call
+/// [`TrustState::verify_client`] on the peer certificates — which it must do anyway after every
+/// handshake, because resumed sessions skip this verifier.
+#[derive(Debug)]
+pub struct ClientVerifier {
+    state: Arc<TrustState>,
+    mandatory: bool,
+    hints: Vec<DistinguishedName>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ClientVerifier {
+    pub fn new(
+        state: Arc<TrustState>,
+        mandatory: bool,
+        algorithms: WebPkiSupportedAlgorithms,
+    ) -> Self {
+        let hints = state
+            .roots()
+            .iter()
+            .filter_map(|r| x509_parser::parse_x509_certificate(r).ok())
+            .map(|(_, c)| DistinguishedName::from(c.subject().as_raw().to_vec()))
+            .collect();
+        ClientVerifier {
+            state,
+            mandatory,
+            hints,
+            algorithms,
+        }
+    }
+}
+
+/// Maps a rejection to the TLS alert rustls sends.
+pub fn rejection_to_rustls(r: &Rejection) -> rustls::Error {
+    let e = match r {
+        Rejection::Expired { .. } => CertificateError::Expired,
+        Rejection::NotYetValid { .. } => CertificateError::NotValidYet,
+        Rejection::Revoked => CertificateError::Revoked,
+        Rejection::UnknownIssuer | Rejection::BadTrustAnchor(_) => CertificateError::UnknownIssuer,
+        Rejection::BadSignature => CertificateError::BadSignature,
+        Rejection::UnknownRevocationStatus => CertificateError::UnknownRevocationStatus,
+        Rejection::ExpiredCrl => CertificateError::ExpiredRevocationList,
+        Rejection::MissingClientAuth | Rejection::WrongPurpose(_) => {
+            CertificateError::InvalidPurpose
+        }
+        _ => CertificateError::ApplicationVerificationFailure,
+    };
+    rustls::Error::InvalidCertificate(e)
+}
+
+impl ClientCertVerifier for ClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &self.hints
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+        let now = OffsetDateTime::from_unix_timestamp(secs).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        match self.state.verify_client(end_entity, intermediates, now) {
+            Ok(_) => Ok(ClientCertVerified::assertion()),
+            Err(r) if self.mandatory => {
+                tracing::info!(reason = %r, code = r.code(), "client certificate rejected in handshake");
+                Err(rejection_to_rustls(&r))
+            }
+            // Optional mode: the application answers 403 with the reason.
+            Err(_) => Ok(ClientCertVerified::assertion()),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
