@@ -10,6 +10,7 @@ use x509_parser::certificate::X509Certificate;
 /// A client identity that passed chain validation and revocation checks against trust state
 /// generation `generation`. Only this crate can construct one.
 #[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
 pub struct VerifiedPeer {
     pub subject: String,
     pub common_name: Option<String>,
@@ -29,7 +30,6 @@ pub struct VerifiedPeer {
     pub generation: u64,
     #[serde(skip)]
     pub cert_der: Arc<Vec<u8>>,
-    _private: (),
 }
 
 fn sha256_hex(data: &[u8]) -> String {
@@ -73,7 +73,6 @@ impl VerifiedPeer {
             not_after: cert.validity().not_after.to_datetime(),
             generation,
             cert_der: Arc::new(der.to_vec()),
-            _private: (),
         }
     }
 }

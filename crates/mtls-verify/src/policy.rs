@@ -90,7 +90,7 @@ impl Policy {
 
     /// Decides whether `peer` may pass; the error is a short reason for the log and the 403.
     pub fn check(&self, peer: &VerifiedPeer) -> Result<(), String> {
-        if !self.allow_issuer.is_empty() && !self.allow_issuer.iter().any(|i| *i == peer.issuer) {
+        if !self.allow_issuer.is_empty() && !self.allow_issuer.contains(&peer.issuer) {
             return Err(format!("issuer {:?} is not allowed", peer.issuer));
         }
         if self.allow_any_trusted {
