@@ -13,17 +13,19 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
 mod ca;
+mod client;
 mod issuing;
 mod lifecycle;
 mod pkidir;
 mod reading;
 mod secrets;
+mod serve;
 mod util;
 
 /// Mutual TLS, end to end: build and operate a certificate hierarchy.
 #[derive(Parser)]
 #[command(name = "mtls", version, about, propagate_version = true)]
-struct Cli {
+pub(crate) struct Cli {
     /// PKI directory holding the CA, its keys and the inventory.
     #[arg(long, global = true, env = "MTLS_PKI_DIR", default_value = "pki")]
     pki: PathBuf,
@@ -57,6 +59,14 @@ enum Command {
     /// Export a key and chain to another format.
     #[command(subcommand)]
     Export(reading::ExportCommand),
+    /// Run the mTLS gateway (HTTP reverse proxy or raw TCP).
+    Gateway(Box<serve::GatewayArgs>),
+    /// Make an HTTPS request with a client certificate (curl-like).
+    Request(client::RequestArgs),
+    /// Accept plaintext locally and forward it over mTLS to a server.
+    Tunnel(client::TunnelArgs),
+    /// Create a demo PKI and serve the seed's /api/secure over mTLS.
+    Quickstart(serve::QuickstartArgs),
 }
 
 /// Options for writing a new private key.
@@ -116,7 +126,7 @@ impl std::fmt::Display for UsageError {
 }
 impl std::error::Error for UsageError {}
 
-fn run(cli: Cli) -> Result<ExitCode> {
+pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Ca(c) => ca::run(&cli.pki, c),
         Command::Issue(c) => issuing::issue(&cli.pki, c),
@@ -128,6 +138,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Inspect(a) => reading::inspect(a),
         Command::Verify(a) => reading::verify(a),
         Command::Export(c) => reading::export(c),
+        Command::Gateway(a) => serve::gateway(*a),
+        Command::Request(a) => client::request(a),
+        Command::Tunnel(a) => client::tunnel(a),
+        Command::Quickstart(a) => serve::quickstart(a),
     }
 }
 

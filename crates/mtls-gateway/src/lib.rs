@@ -1,1 +1,36 @@
-//! `mtls-gateway`: the mTLS terminating gateway (HTTP reverse proxy and raw TCP).
+//! `mtls-gateway`: the mTLS terminating gateway — HTTP reverse proxy and raw TCP.
+//!
+//! What it does: accepts TLS (one task per connection, handshake timeout), verifies client
+//! certificates against a reloadable trust state (CA bundle, CRLs verified once at load),
+//! re-checks every connection's identity after the handshake (resumed sessions included) and
+//! again after each reload, applies the policy per listener and per path prefix, strips spoofed
+//! identity headers and forwards the verified identity (`X-Forwarded-Client-Cert`, RFC 9440
+//! `Client-Cert`, or PROXY protocol v2 TLVs in TCP mode), answers the seed's JSON errors, reloads
+//! on SIGHUP and on file change keeping the last good state, exports Prometheus metrics and
+//! drains on shutdown.
+//!
+//! What it does not do: issue certificates, touch the inventory, or parse command lines.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod http;
+pub mod identity;
+pub mod metrics;
+pub mod proxy_protocol;
+pub mod server;
+pub mod state;
+
+pub use config::{GatewayConfig, ListenerConfig};
+pub use server::{start, Running};
+
+/// Gateway errors (configuration and start-up; runtime problems are logged and counted).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("loading: {0}")]
+    Load(String),
+    #[error("{0}")]
+    Io(String),
+}

@@ -1,0 +1,338 @@
+//! `mtls gateway` and `mtls quickstart`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use clap::{Args, Parser};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use mtls_gateway::config::{CertificateConfig, ClientAuth, GatewayConfig, Limits, ListenerConfig, Mode};
+use mtls_verify::Policy;
+
+use crate::UsageError;
+
+#[derive(Args)]
+pub struct GatewayArgs {
+    /// Configuration file (TOML); the flags below describe a single listener instead.
+    #[arg(long, conflicts_with_all = ["listen", "cert", "key", "client_ca", "upstream"])]
+    config: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, required_unless_present = "config")]
+    listen: Option<SocketAddr>,
+    /// Server certificate chain (leaf first).
+    #[arg(long, required_unless_present = "config")]
+    cert: Option<PathBuf>,
+    /// Server private key.
+    #[arg(long, required_unless_present = "config")]
+    key: Option<PathBuf>,
+    /// File with the passphrase of an encrypted server key.
+    #[arg(long, value_name = "FILE")]
+    key_passphrase_file: Option<PathBuf>,
+    /// CA bundle trusted for client certificates (include the CRL issuer).
+    #[arg(long, required_unless_present = "config")]
+    client_ca: Vec<PathBuf>,
+    /// Upstream: http://host:port (http mode) or host:port (tcp mode).
+    #[arg(long, required_unless_present = "config")]
+    upstream: Option<String>,
+    /// http or tcp.
+    #[arg(long, default_value = "http")]
+    mode: String,
+    /// required (handshake fails without a valid certificate) or optional (HTTP: 401/403 JSON).
+    #[arg(long, default_value = "required")]
+    client_auth: String,
+    #[arg(long)]
+    allow_cn: Vec<String>,
+    #[arg(long)]
+    allow_ou: Vec<String>,
+    #[arg(long)]
+    allow_dns: Vec<String>,
+    /// URI SAN pattern; `*` matches one path segment, `**` several.
+    #[arg(long)]
+    allow_uri: Vec<String>,
+    #[arg(long)]
+    allow_email: Vec<String>,
+    /// SHA-256 certificate fingerprint (hex).
+    #[arg(long)]
+    allow_fingerprint: Vec<String>,
+    /// SHA-256 SubjectPublicKeyInfo fingerprint (hex).
+    #[arg(long)]
+    allow_spki: Vec<String>,
+    /// Required issuer DN (as `mtls inspect` prints it).
+    #[arg(long)]
+    allow_issuer: Vec<String>,
+    /// Allow every client the CA bundle trusts.
+    #[arg(long)]
+    allow_any_trusted: bool,
+    /// CRL files (PEM or DER); reloaded on change.
+    #[arg(long)]
+    crl: Vec<PathBuf>,
+    /// Admin listener for /metrics and /healthz.
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
+    /// TCP mode: send a PROXY protocol v2 header with the identity.
+    #[arg(long)]
+    proxy_protocol: bool,
+    /// Disable the JSON access log on stdout.
+    #[arg(long)]
+    no_access_log: bool,
+}
+
+fn config_from_flags(a: &GatewayArgs) -> Result<GatewayConfig> {
+    let missing = |f: &str| UsageError(format!("{f} is required without --config"));
+    let mode = match a.mode.as_str() {
+        "http" => Mode::Http,
+        "tcp" => Mode::Tcp,
+        m => return Err(UsageError(format!("--mode {m:?}: use http or tcp")).into()),
+    };
+    let client_auth = match a.client_auth.as_str() {
+        "required" => ClientAuth::Required,
+        "optional" => ClientAuth::Optional,
+        m => return Err(UsageError(format!("--client-auth {m:?}: use required or optional")).into()),
+    };
+    Ok(GatewayConfig {
+        admin_listen: a.admin_listen,
+        limits: Limits::default(),
+        access_log: !a.no_access_log,
+        listeners: vec![ListenerConfig {
+            name: "default".into(),
+            listen: a.listen.ok_or_else(|| missing("--listen"))?,
+            mode,
+            upstream: a.upstream.clone().ok_or_else(|| missing("--upstream"))?,
+            certificates: vec![CertificateConfig {
+                cert: a.cert.clone().ok_or_else(|| missing("--cert"))?,
+                key: a.key.clone().ok_or_else(|| missing("--key"))?,
+                key_passphrase_file: a.key_passphrase_file.clone(),
+            }],
+            client_ca: a.client_ca.clone(),
+            crl: a.crl.clone(),
+            client_auth,
+            policy: Policy {
+                allow_any_trusted: a.allow_any_trusted,
+                allow_cn: a.allow_cn.clone(),
+                allow_ou: a.allow_ou.clone(),
+                allow_dns: a.allow_dns.clone(),
+                allow_uri: a.allow_uri.clone(),
+                allow_email: a.allow_email.clone(),
+                allow_fingerprint: a.allow_fingerprint.clone(),
+                allow_spki: a.allow_spki.clone(),
+                allow_issuer: a.allow_issuer.clone(),
+            },
+            routes: Vec::new(),
+            strip_headers: Vec::new(),
+            proxy_protocol: a.proxy_protocol,
+            allow_unknown_revocation: false,
+            allow_expired_crl: false,
+        }],
+    })
+}
+
+async fn wait_for_stop() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let term = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    // One worker per core the process may use.
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+pub fn gateway(a: GatewayArgs) -> Result<ExitCode> {
+    let (config, path) = match &a.config {
+        Some(p) => (GatewayConfig::from_file(p).map_err(|e| UsageError(e.to_string()))?, Some(p.clone())),
+        None => {
+            let c = config_from_flags(&a)?;
+            c.validate().map_err(|e| UsageError(e.to_string()))?;
+            (c, None)
+        }
+    };
+    runtime()?.block_on(async move {
+        let running = mtls_gateway::start(config, path).await?;
+        for addr in &running.addrs {
+            eprintln!("mtls gateway: listening on {addr}");
+        }
+        if let Some(a) = running.admin_addr {
+            eprintln!("mtls gateway: metrics on http://{a}/metrics");
+        }
+        wait_for_stop().await;
+        eprintln!("mtls gateway: draining");
+        running.shutdown().await;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct QuickstartArgs {
+    /// Directory for the demo PKI and files.
+    #[arg(long, default_value = "mtls-quickstart")]
+    dir: PathBuf,
+    /// Gateway port on 127.0.0.1.
+    #[arg(long, default_value_t = 8443)]
+    port: u16,
+    /// Exit after printing the commands instead of serving (for scripts).
+    #[arg(long, hide = true)]
+    no_serve: bool,
+}
+
+fn run_cli(args: &[&str]) -> Result<()> {
+    let cli = crate::Cli::try_parse_from(args).context("internal argument error")?;
+    crate::run(cli)?;
+    Ok(())
+}
+
+/// The demo upstream: answers `GET /api/secure` with the client's CN from the forwarded identity.
+async fn demo_upstream(listener: tokio::net::TcpListener) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else { continue };
+        tokio::spawn(async move {
+            let service = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                let cn = req
+                    .headers()
+                    .get("x-forwarded-client-cert")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(cn_from_xfcc);
+                let (status, body) = match (req.uri().path(), cn) {
+                    ("/api/secure", Some(cn)) => (
+                        200,
+                        serde_json::json!({"message": "Authenticated via mTLS", "client": cn}).to_string(),
+                    ),
+                    ("/api/secure", None) => (
+                        401,
+                        serde_json::json!({"error": {"code": "NO_CLIENT_CERT", "message": "Client certificate required"}}).to_string(),
+                    ),
+                    _ => (404, serde_json::json!({"error": {"code": "NOT_FOUND", "message": "try /api/secure"}}).to_string()),
+                };
+                let mut r = http::Response::new(Full::new(Bytes::from(body)));
+                *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
+                r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+                Ok::<_, Infallible>(r)
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service).await;
+        });
+    }
+}
+
+/// Extracts the CN from the `Subject="…"` field of an `X-Forwarded-Client-Cert` value.
+pub fn cn_from_xfcc(v: &str) -> Option<String> {
+    let start = v.find("Subject=\"")? + "Subject=\"".len();
+    let mut subject = String::new();
+    let mut chars = v[start..].chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => subject.push(chars.next()?),
+            '"' => break,
+            c => subject.push(c),
+        }
+    }
+    subject
+        .split(", ")
+        .find_map(|part| part.strip_prefix("CN="))
+        .map(str::to_string)
+}
+
+pub fn quickstart(a: QuickstartArgs) -> Result<ExitCode> {
+    let dir = &a.dir;
+    let pki = dir.join("pki");
+    let pki_s = pki.to_string_lossy().to_string();
+    let s = |p: &Path| p.to_string_lossy().to_string();
+    if !pki.join("intermediate.crt").exists() {
+        run_cli(&["mtls", "--pki", &pki_s, "ca", "init", "--org", "mtls quickstart"])?;
+    }
+    let issued = pki.join("issued");
+    if !issued.join("localhost.crt").exists() {
+        run_cli(&["mtls", "--pki", &pki_s, "issue", "server", "localhost", "127.0.0.1", "::1"])?;
+    }
+    if !issued.join("client-app.crt").exists() {
+        run_cli(&["mtls", "--pki", &pki_s, "issue", "client", "client-app"])?;
+    }
+    run_cli(&["mtls", "--pki", &pki_s, "crl"])?;
+    let root = s(&pki.join("root.crt"));
+    let cert = s(&issued.join("client-app.chain.pem"));
+    let key = s(&issued.join("client-app.key"));
+    let url = format!("https://localhost:{}/api/secure", a.port);
+    let exe = std::env::current_exe().map(|p| s(&p)).unwrap_or_else(|_| "mtls".into());
+    println!(
+        "\nmTLS quickstart: the gateway on https://localhost:{port} verifies client certificates issued by\n\
+         {root} and forwards the identity to a demo upstream serving /api/secure.\n\n\
+         Try it (in another terminal):\n\n  \
+         curl --cacert {root} --cert {cert} --key {key} {url}\n  \
+         {exe} request {url} --ca {root} --cert {cert} --key {key}\n\n\
+         Without a client certificate the handshake is refused:\n\n  \
+         curl --cacert {root} {url}\n\n\
+         Revoke the client and watch the gateway pick up the new CRL:\n\n  \
+         {exe} --pki {pki_s} revoke --cert {cert} && {exe} --pki {pki_s} crl\n",
+        port = a.port
+    );
+    if a.no_serve {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let listen: SocketAddr = ([127, 0, 0, 1], a.port).into();
+    runtime()?.block_on(async move {
+        let upstream = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let upstream_addr = upstream.local_addr()?;
+        tokio::spawn(demo_upstream(upstream));
+        let config = GatewayConfig {
+            admin_listen: None,
+            limits: Limits::default(),
+            access_log: true,
+            listeners: vec![ListenerConfig {
+                name: "quickstart".into(),
+                listen,
+                mode: Mode::Http,
+                upstream: format!("http://{upstream_addr}"),
+                certificates: vec![CertificateConfig {
+                    cert: issued.join("localhost.chain.pem"),
+                    key: issued.join("localhost.key"),
+                    key_passphrase_file: None,
+                }],
+                client_ca: vec![pki.join("ca-chain.pem")],
+                crl: vec![pki.join("crl.pem")],
+                client_auth: ClientAuth::Required,
+                policy: Policy {
+                    allow_any_trusted: true,
+                    ..Policy::default()
+                },
+                routes: Vec::new(),
+                strip_headers: Vec::new(),
+                proxy_protocol: false,
+                allow_unknown_revocation: false,
+                allow_expired_crl: false,
+            }],
+        };
+        let running = mtls_gateway::start(config, None).await?;
+        eprintln!("mtls quickstart: serving on {} (Ctrl-C to stop)", running.addrs.first().copied().unwrap_or(listen));
+        wait_for_stop().await;
+        running.shutdown().await;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cn_from_xfcc;
+
+    #[test]
+    fn xfcc_cn() {
+        assert_eq!(cn_from_xfcc("Hash=ab;Subject=\"O=x, CN=client-app\";URI=\"u\"").as_deref(), Some("client-app"));
+        assert_eq!(cn_from_xfcc("Hash=ab;Subject=\"CN=a\\\"b\"").as_deref(), Some("a\"b"));
+        assert_eq!(cn_from_xfcc("Hash=ab"), None);
+    }
+}

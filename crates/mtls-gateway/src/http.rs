@@ -1,0 +1,230 @@
+//! HTTP mode: a reverse proxy that authorizes every request against the verified identity.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, HOST};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioIo;
+use mtls_verify::{Rejection, VerifiedPeer};
+use rustls_pki_types::CertificateDer;
+
+use crate::identity::{self, IdentityHeaders};
+use crate::server::Shared;
+use crate::state::ListenerState;
+
+pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type UpstreamClient = Client<HttpConnector, Incoming>;
+
+/// Builds the pooled HTTP/1.1 upstream client.
+pub fn upstream_client(connect_timeout: std::time::Duration) -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(connect_timeout));
+    Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(90))
+        .build(connector)
+}
+
+/// The seed's error body: `{"error":{"code":…,"message":…}}`.
+pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
+    let mut r = Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed());
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+type Identity = Result<(Arc<VerifiedPeer>, Option<IdentityHeaders>), Rejection>;
+
+/// Per-connection context.
+pub struct Conn {
+    pub shared: Arc<Shared>,
+    pub chain: Option<Vec<CertificateDer<'static>>>,
+    pub sni: Option<String>,
+    pub remote: SocketAddr,
+    identity: Mutex<(u64, Identity)>,
+}
+
+fn with_headers(r: Result<Arc<VerifiedPeer>, Rejection>) -> Identity {
+    r.map(|p| {
+        let h = IdentityHeaders::new(&p);
+        (p, h)
+    })
+}
+
+impl Conn {
+    pub fn new(
+        shared: Arc<Shared>,
+        chain: Option<Vec<CertificateDer<'static>>>,
+        sni: Option<String>,
+        remote: SocketAddr,
+        generation: u64,
+        identity: Result<Arc<VerifiedPeer>, Rejection>,
+    ) -> Self {
+        Conn {
+            shared,
+            chain,
+            sni,
+            remote,
+            identity: Mutex::new((generation, with_headers(identity))),
+        }
+    }
+
+    /// The identity under the current trust state: re-verified when a reload happened since
+    /// the connection was checked, so revocations reach long-lived connections too.
+    fn identity(&self, state: &ListenerState) -> Identity {
+        let Ok(mut guard) = self.identity.lock() else {
+            return Err(Rejection::Other("internal error".into()));
+        };
+        if guard.0 != state.generation {
+            *guard = (state.generation, with_headers(state.verify_peer(self.chain.as_deref())));
+        }
+        guard.1.clone()
+    }
+}
+
+fn host_of(req: &Request<Incoming>) -> Option<String> {
+    let raw = req
+        .uri()
+        .host()
+        .map(str::to_string)
+        .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()).map(str::to_string))?;
+    // Strip a port; keep IPv6 brackets out of the comparison.
+    let h = if let Some(rest) = raw.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("").to_string()
+    } else {
+        raw.rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or(raw)
+    };
+    Some(h.trim_end_matches('.').to_ascii_lowercase())
+}
+
+fn is_upgrade(req: &Request<Incoming>) -> bool {
+    req.headers().contains_key(http::header::UPGRADE)
+        && req
+            .headers()
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+/// Handles one request.
+pub async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let start = Instant::now();
+    let shared = conn.shared.clone();
+    let state = shared.state.load_full();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let identity = conn.identity(&state);
+    let peer = identity.as_ref().ok().map(|(p, _)| p.clone());
+    let response = 'resp: {
+        if let (Some(sni), Some(host)) = (&conn.sni, host_of(&req)) {
+            if !sni.eq_ignore_ascii_case(&host) {
+                break 'resp json_error(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    "MISDIRECTED_REQUEST",
+                    "the Host header does not match the TLS server name",
+                );
+            }
+        }
+        let (peer, headers) = match &identity {
+            Ok(ok) => ok.clone(),
+            Err(Rejection::NoCertificate) => {
+                break 'resp json_error(StatusCode::UNAUTHORIZED, "NO_CLIENT_CERT", "Client certificate required")
+            }
+            Err(r) => break 'resp json_error(StatusCode::FORBIDDEN, "INVALID_CERT", &r.to_string()),
+        };
+        if let Err(reason) = state.policy_for(&path).check(&peer) {
+            break 'resp json_error(StatusCode::FORBIDDEN, "INVALID_CERT", &reason);
+        }
+        let Some(headers) = headers else {
+            break 'resp json_error(StatusCode::FORBIDDEN, "INVALID_CERT", "identity cannot be encoded");
+        };
+        let upgrade = is_upgrade(&req);
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        // HTTP/2 requests carry the authority in the URI; HTTP/1.1 upstreams need Host.
+        if !parts.headers.contains_key(HOST) {
+            if let Some(a) = parts.uri.authority() {
+                if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                    parts.headers.insert(HOST, v);
+                }
+            }
+        }
+        identity::strip(&mut parts.headers, &shared.strip_headers, upgrade);
+        headers.apply(&mut parts.headers);
+        if let Ok(v) = HeaderValue::from_str(&conn.remote.ip().to_string()) {
+            parts.headers.append(HeaderName::from_static("x-forwarded-for"), v);
+        }
+        parts
+            .headers
+            .insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static("https"));
+        let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let Ok(uri) = Uri::builder()
+            .scheme("http")
+            .authority(shared.upstream_authority.clone())
+            .path_and_query(pq)
+            .build()
+        else {
+            break 'resp json_error(StatusCode::BAD_REQUEST, "BAD_REQUEST", "invalid request target");
+        };
+        parts.uri = uri;
+        parts.version = Version::HTTP_11;
+        let upstream_req = Request::from_parts(parts, body);
+        let result = tokio::time::timeout(shared.limits.upstream_timeout, shared.client.request(upstream_req)).await;
+        let mut resp = match result {
+            Err(_) => {
+                shared.metrics.upstream_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                break 'resp json_error(StatusCode::GATEWAY_TIMEOUT, "UPSTREAM_TIMEOUT", "the upstream did not answer in time");
+            }
+            Ok(Err(e)) => {
+                shared.metrics.upstream_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(error = %e, listener = %shared.name, "upstream request failed");
+                break 'resp json_error(StatusCode::BAD_GATEWAY, "BAD_GATEWAY", "the upstream is unavailable");
+            }
+            Ok(Ok(r)) => r,
+        };
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client_upgrade) = client_upgrade {
+                let upstream_upgrade = hyper::upgrade::on(&mut resp);
+                tokio::spawn(async move {
+                    if let (Ok(c), Ok(u)) = (client_upgrade.await, upstream_upgrade.await) {
+                        let mut c = TokioIo::new(c);
+                        let mut u = TokioIo::new(u);
+                        let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+                    }
+                });
+            }
+        } else {
+            identity::strip(resp.headers_mut(), &[], false);
+        }
+        resp.map(|b| b.boxed())
+    };
+    let status = response.status().as_u16();
+    shared.metrics.request(&shared.name, status, start.elapsed());
+    if shared.access_log {
+        let line = serde_json::json!({
+            "ts": time::OffsetDateTime::now_utc().unix_timestamp(),
+            "listener": shared.name,
+            "remote": conn.remote.to_string(),
+            "method": method.as_str(),
+            "path": path,
+            "status": status,
+            "latency_ms": start.elapsed().as_secs_f64() * 1000.0,
+            "cn": peer.as_ref().and_then(|p| p.common_name.clone()),
+            "serial": peer.as_ref().map(|p| p.serial.clone()),
+            "fingerprint": peer.as_ref().map(|p| p.cert_sha256.clone()),
+            "rejection": identity.as_ref().err().map(|r| r.code()),
+        });
+        println!("{line}");
+    }
+    Ok(response)
+}

@@ -1,0 +1,146 @@
+//! Identity headers: stripping what clients send, encoding what we forward.
+//!
+//! Every value we emit is built from characters that cannot end a header line or split a
+//! structured value: quoted strings escape `"` and `\`, and any byte outside printable ASCII is
+//! percent-encoded, so a certificate subject containing quotes, commas, semicolons or CR/LF
+//! cannot inject a header or a field.
+
+use base64::Engine as _;
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION};
+use mtls_verify::VerifiedPeer;
+
+/// Identity headers removed from every request before ours are added.
+pub const IDENTITY_HEADERS: [&str; 6] = [
+    "x-forwarded-client-cert",
+    "client-cert",
+    "client-cert-chain",
+    "x-client-cert",
+    "x-ssl-client-cert",
+    "x-client-verify",
+];
+
+/// Hop-by-hop headers (RFC 9110 7.6.1) that a proxy must not forward.
+pub const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+/// Removes identity headers (any case, every duplicate), hop-by-hop headers and every header
+/// named in `Connection`. `keep_upgrade` keeps `Upgrade`/`Connection: upgrade` for WebSockets.
+pub fn strip(headers: &mut HeaderMap, extra: &[HeaderName], keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        if keep_upgrade && n == http::header::UPGRADE {
+            continue;
+        }
+        headers.remove(n);
+    }
+    for h in HOP_BY_HOP {
+        headers.remove(h);
+    }
+    if !keep_upgrade {
+        headers.remove(http::header::UPGRADE);
+    }
+    for h in IDENTITY_HEADERS {
+        headers.remove(h);
+    }
+    for h in extra {
+        headers.remove(h);
+    }
+}
+
+/// Escapes a value for a quoted string and keeps it to printable ASCII.
+pub fn quote(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for b in value.bytes() {
+        match b {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            0x20..=0x7e => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Envoy-style `X-Forwarded-Client-Cert`: `Hash=…;Subject="…";URI=…;DNS=…`.
+pub fn xfcc(peer: &VerifiedPeer) -> String {
+    let mut parts = vec![format!("Hash={}", peer.cert_sha256), format!("Subject={}", quote(&peer.subject))];
+    for u in &peer.uris {
+        parts.push(format!("URI={}", quote(u)));
+    }
+    for d in &peer.dns {
+        parts.push(format!("DNS={}", quote(d)));
+    }
+    parts.join(";")
+}
+
+/// RFC 9440 `Client-Cert`: the DER as a structured-field byte sequence.
+pub fn client_cert(peer: &VerifiedPeer) -> String {
+    format!(":{}:", base64::engine::general_purpose::STANDARD.encode(peer.cert_der.as_slice()))
+}
+
+/// The identity headers for a verified peer, precomputed once per connection.
+#[derive(Clone, Debug)]
+pub struct IdentityHeaders {
+    pub xfcc: HeaderValue,
+    pub client_cert: HeaderValue,
+}
+
+impl IdentityHeaders {
+    pub fn new(peer: &VerifiedPeer) -> Option<Self> {
+        Some(IdentityHeaders {
+            xfcc: HeaderValue::from_str(&xfcc(peer)).ok()?,
+            client_cert: HeaderValue::from_str(&client_cert(peer)).ok()?,
+        })
+    }
+
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        headers.insert("x-forwarded-client-cert", self.xfcc.clone());
+        headers.insert("client-cert", self.client_cert.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_cannot_break_out() {
+        let q = quote("CN=evil\",DNS=x;URI=y\r\nX-Injected: 1\\");
+        assert!(!q.contains('\r') && !q.contains('\n'));
+        assert!(HeaderValue::from_str(&q).is_ok());
+        assert_eq!(q, "\"CN=evil\\\",DNS=x;URI=y%0D%0AX-Injected: 1\\\\\"");
+        assert_eq!(quote("Ünï"), "\"%C3%9Cn%C3%AF\"");
+    }
+
+    #[test]
+    fn strip_removes_every_variant() {
+        let mut h = HeaderMap::new();
+        h.append("X-Forwarded-Client-Cert", HeaderValue::from_static("a"));
+        h.append("x-forwarded-client-cert", HeaderValue::from_static("b"));
+        h.append("CLIENT-CERT", HeaderValue::from_static("c"));
+        h.append("client-cert-chain", HeaderValue::from_static("c"));
+        h.append("x-user", HeaderValue::from_static("admin"));
+        h.append("connection", HeaderValue::from_static("close, X-User"));
+        h.append("x-custom-id", HeaderValue::from_static("z"));
+        h.append("accept", HeaderValue::from_static("*/*"));
+        strip(&mut h, &[HeaderName::from_static("x-custom-id")], false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("accept"));
+    }
+}
