@@ -92,31 +92,33 @@ impl TestPki {
 
     /// A leaf signed by the intermediate with arbitrary EKUs (empty = no EKU extension) —
     /// something mtls's own profiles never produce.
-    pub fn leaf_with_ekus(
+    pub fn leaf_with_ekus(&self, cn: &str, ekus: Vec<ExtendedKeyUsagePurpose>) -> CertificateDer<'static> {
+        let now = OffsetDateTime::now_utc();
+        self.custom_leaf(cn, ekus, now - Duration::hours(1), now + Duration::days(1)).0
+    }
+
+    /// A leaf with any subject CN (quotes, commas, CR/LF…), EKUs and validity, plus its key.
+    pub fn custom_leaf(
         &self,
         cn: &str,
         ekus: Vec<ExtendedKeyUsagePurpose>,
-    ) -> CertificateDer<'static> {
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> (CertificateDer<'static>, PrivateKey) {
         let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
         let mut p = CertificateParams::default();
         p.distinguished_name = rcgen::DistinguishedName::new();
         p.distinguished_name.push(rcgen::DnType::CommonName, cn);
-        let now = OffsetDateTime::now_utc();
-        p.not_before = now - Duration::hours(1);
-        p.not_after = now + Duration::days(1);
-        p.serial_number = Some(rcgen::SerialNumber::from_slice(&[
-            0x42, 1, 2, 3, 4, 5, 6, 7, 8,
-        ]));
+        p.not_before = not_before;
+        p.not_after = not_after;
+        p.serial_number = Some(rcgen::SerialNumber::from_slice(mtls_pki::Serial::random().unwrap().as_bytes()));
         p.is_ca = IsCa::ExplicitNoCa;
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = ekus;
         p.use_authority_key_identifier_extension = true;
-        let issuer = rcgen::Issuer::from_ca_cert_der(
-            self.intermediate.der(),
-            self.intermediate.key().key_pair(),
-        )
-        .unwrap();
-        p.signed_by(key.key_pair(), &issuer).unwrap().der().clone()
+        let issuer = rcgen::Issuer::from_ca_cert_der(self.intermediate.der(), self.intermediate.key().key_pair()).unwrap();
+        let der = p.signed_by(key.key_pair(), &issuer).unwrap().der().clone();
+        (der, key)
     }
 
     /// Root certificate DER.

@@ -1,6 +1,8 @@
 //! Shared helpers for the CLI tests: a temporary PKI directory and command runners.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod gw;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

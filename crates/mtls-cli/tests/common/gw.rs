@@ -1,0 +1,308 @@
+//! Gateway test harness: a test PKI on disk, an echo upstream and a `mtls gateway` process.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use mtls_pki::revocation::{build_crl, RevokedEntry};
+use mtls_pki::{pem_io, PrivateKey, Serial};
+use mtls_test_util::TestPki;
+use rustls_pki_types::CertificateDer;
+use time::OffsetDateTime;
+
+/// A test PKI written to a directory.
+pub struct Files {
+    pub dir: PathBuf,
+    pub pki: TestPki,
+    crl_number: Mutex<u64>,
+}
+
+pub struct Leaf {
+    pub chain: PathBuf,
+    pub key: PathBuf,
+    pub serial: Serial,
+}
+
+impl Files {
+    pub fn new(dir: &Path) -> Self {
+        let pki = TestPki::new("gw");
+        let f = Files {
+            dir: dir.to_path_buf(),
+            pki,
+            crl_number: Mutex::new(0),
+        };
+        std::fs::write(f.root(), pem_io::encode("CERTIFICATE", &f.pki.root_der())).unwrap();
+        std::fs::write(
+            f.ca_chain(),
+            format!(
+                "{}{}",
+                pem_io::encode("CERTIFICATE", &f.pki.intermediate_der()),
+                pem_io::encode("CERTIFICATE", &f.pki.root_der())
+            ),
+        )
+        .unwrap();
+        let s = f.pki.server(&["localhost", "127.0.0.1"]);
+        f.write_leaf("server", &s.cert.der, &s.key);
+        f.write_crl(&[]);
+        f
+    }
+    pub fn root(&self) -> PathBuf {
+        self.dir.join("root.pem")
+    }
+    pub fn ca_chain(&self) -> PathBuf {
+        self.dir.join("ca-chain.pem")
+    }
+    pub fn crl(&self) -> PathBuf {
+        self.dir.join("crl.pem")
+    }
+    pub fn server_chain(&self) -> PathBuf {
+        self.dir.join("server.chain.pem")
+    }
+    pub fn server_key(&self) -> PathBuf {
+        self.dir.join("server.key")
+    }
+    pub fn p(p: &Path) -> String {
+        p.to_string_lossy().into_owned()
+    }
+
+    /// Writes `<name>.chain.pem` (leaf + intermediate) and `<name>.key` (0600).
+    pub fn write_leaf(&self, name: &str, der: &CertificateDer<'_>, key: &PrivateKey) -> Leaf {
+        let chain = self.dir.join(format!("{name}.chain.pem"));
+        let keyp = self.dir.join(format!("{name}.key"));
+        std::fs::write(
+            &chain,
+            format!(
+                "{}{}",
+                pem_io::encode("CERTIFICATE", der),
+                pem_io::encode("CERTIFICATE", &self.pki.intermediate_der())
+            ),
+        )
+        .unwrap();
+        std::fs::write(&keyp, key.to_pem().as_bytes()).unwrap();
+        std::fs::set_permissions(&keyp, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let serial = Serial::from_be_bytes(pem_io::parse_certificate(der).unwrap().raw_serial());
+        Leaf { chain, key: keyp, serial }
+    }
+
+    /// A valid client certificate with common name `cn`.
+    pub fn client(&self, cn: &str) -> Leaf {
+        let c = self.pki.client(cn);
+        self.write_leaf(&cn.replace(|c: char| !c.is_ascii_alphanumeric(), "_"), &c.cert.der, &c.key)
+    }
+
+    /// Replaces the CRL (atomically, as a deployment would) with one revoking `serials`.
+    pub fn write_crl(&self, serials: &[Serial]) {
+        let mut n = self.crl_number.lock().unwrap();
+        *n += 1;
+        let now = OffsetDateTime::now_utc();
+        let entries: Vec<RevokedEntry> = serials
+            .iter()
+            .map(|s| RevokedEntry { serial: s.clone(), revoked_at: now, reason: None })
+            .collect();
+        let crl = build_crl(&self.pki.intermediate, *n, now, time::Duration::days(1), &entries).unwrap();
+        let tmp = self.dir.join("crl.pem.tmp");
+        std::fs::write(&tmp, pem_io::encode("X509 CRL", &crl)).unwrap();
+        std::fs::rename(&tmp, self.crl()).unwrap();
+    }
+}
+
+/// An HTTP/1.1 upstream that answers 200 with the request's headers as JSON and remembers them.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Vec<(String, String)>>>>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Upstream {
+    pub fn start() -> Self {
+        use http_body_util::Full;
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let seen: Arc<Mutex<Vec<Vec<(String, String)>>>> = Arc::default();
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen2 = seen.clone();
+        rt.spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let seen = seen2.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let seen = seen.clone();
+                        async move {
+                            let headers: Vec<(String, String)> = req
+                                .headers()
+                                .iter()
+                                .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                                .collect();
+                            seen.lock().unwrap().push(headers.clone());
+                            let body = serde_json::json!({"path": req.uri().path(), "headers": headers}).to_string();
+                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(bytes::Bytes::from(body))))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        Upstream { addr, seen, _rt: rt }
+    }
+
+    pub fn last(&self) -> Vec<(String, String)> {
+        self.seen.lock().unwrap().last().cloned().unwrap_or_default()
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+/// A running `mtls gateway`.
+pub struct Gateway {
+    child: Child,
+    pub addr: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    pub stdout: Arc<Mutex<Vec<String>>>,
+    pub stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Gateway {
+    /// Starts `mtls gateway ARGS` (add `--listen 127.0.0.1:0`) and waits until it listens.
+    pub fn start(args: &[String]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mtls"))
+            .arg("gateway")
+            .args(args)
+            .env("MTLS_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let err_lines: Arc<Mutex<Vec<String>>> = Arc::default();
+        let out_lines: Arc<Mutex<Vec<String>>> = Arc::default();
+        let e2 = err_lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line.clone());
+                e2.lock().unwrap().push(line);
+            }
+        });
+        let o2 = out_lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                o2.lock().unwrap().push(line);
+            }
+        });
+        let mut addr = None;
+        let mut admin = None;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(line) => {
+                    if let Some(a) = line.strip_prefix("mtls gateway: listening on ") {
+                        addr = Some(a.trim().parse().unwrap());
+                    }
+                    if let Some(a) = line.strip_prefix("mtls gateway: metrics on http://") {
+                        admin = Some(a.trim_end_matches("/metrics").parse().unwrap());
+                    }
+                    let wants_admin = args.iter().any(|a| a == "--admin-listen");
+                    if addr.is_some() && (!wants_admin || admin.is_some()) {
+                        break;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        panic!("gateway exited with {status}: {:?}", err_lines.lock().unwrap());
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        let addr = addr.unwrap_or_else(|| panic!("gateway did not start: {:?}", err_lines.lock().unwrap()));
+        Gateway { child, addr, admin, stdout: out_lines, stderr: err_lines }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.port())
+    }
+
+    /// Sends SIGHUP.
+    pub fn hup(&self) {
+        Command::new("kill").arg("-HUP").arg(self.child.id().to_string()).status().unwrap();
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
+        let status = self.child.wait().unwrap();
+        std::mem::forget(self);
+        status
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Standard arguments for an HTTP gateway in front of `up`.
+pub fn http_args(f: &Files, up: &Upstream, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = vec![
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--cert".into(),
+        Files::p(&f.server_chain()),
+        "--key".into(),
+        Files::p(&f.server_key()),
+        "--client-ca".into(),
+        Files::p(&f.ca_chain()),
+        "--crl".into(),
+        Files::p(&f.crl()),
+        "--upstream".into(),
+        format!("http://{}", up.addr),
+    ];
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+pub struct CurlOut {
+    pub code: i32,
+    pub status: u16,
+    pub body: String,
+    pub stderr: String,
+}
+
+/// Runs curl against the gateway with a client certificate (or none), returning status + body.
+pub fn curl(g: &Gateway, f: &Files, client: Option<&Leaf>, path: &str, extra: &[&str]) -> CurlOut {
+    let mut c = Command::new("curl");
+    c.args(["-sS", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}", "--cacert"])
+        .arg(f.root())
+        .arg("--resolve")
+        .arg(format!("localhost:{}:127.0.0.1", g.port()));
+    if let Some(l) = client {
+        c.arg("--cert").arg(&l.chain).arg("--key").arg(&l.key);
+    }
+    c.args(extra).arg(g.url(path));
+    let o = c.output().expect("curl must be installed");
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (body, status) = out.rsplit_once('\n').unwrap_or(("", &out));
+    CurlOut {
+        code: o.status.code().unwrap_or(-1),
+        status: status.trim().parse().unwrap_or(0),
+        body: body.to_string(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
