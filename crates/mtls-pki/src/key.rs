@@ -288,10 +288,50 @@ fn decrypt(der: &[u8], passphrase: Option<&[u8]>) -> Result<Zeroizing<Vec<u8>>> 
     let passphrase = passphrase.ok_or(Error::PassphraseRequired)?;
     let info = EncryptedPrivateKeyInfoRef::try_from(der)
         .map_err(|e| Error::malformed("encrypted private key", e))?;
+    check_kdf_cost(&info.encryption_algorithm)?;
     let doc = info
         .decrypt(passphrase)
         .map_err(|_| Error::WrongPassphrase)?;
     Ok(Zeroizing::new(doc.as_bytes().to_vec()))
+}
+
+/// Most PBKDF2 iterations accepted when decrypting (≈ 0.5 s): a hostile key file must not be
+/// able to make mtls spin for minutes.
+pub const MAX_PBKDF2_ITERATIONS: u32 = 5_000_000;
+/// Most scrypt memory accepted when decrypting (128 · N · r · p bytes).
+pub const MAX_SCRYPT_BYTES: u64 = 256 * 1024 * 1024;
+
+fn check_kdf_cost(scheme: &pkcs8::pkcs5::EncryptionScheme) -> Result<()> {
+    use pkcs8::pkcs5::pbes2::Kdf;
+    use pkcs8::pkcs5::EncryptionScheme;
+    let EncryptionScheme::Pbes2(params) = scheme else {
+        return Err(Error::UnsupportedKey(
+            "PBES1-encrypted key (obsolete); re-encrypt it with `openssl pkcs8 -topk8 -v2 aes-256-cbc`".into(),
+        ));
+    };
+    match &params.kdf {
+        Kdf::Pbkdf2(p) if p.iteration_count > MAX_PBKDF2_ITERATIONS => {
+            Err(Error::UnsupportedKey(format!(
+                "the encrypted key asks for {} PBKDF2 iterations (at most {MAX_PBKDF2_ITERATIONS})",
+                p.iteration_count
+            )))
+        }
+        Kdf::Scrypt(p) => {
+            let bytes = 128u64
+                .saturating_mul(p.cost_parameter)
+                .saturating_mul(u64::from(p.block_size))
+                .saturating_mul(u64::from(p.parallelization));
+            if bytes > MAX_SCRYPT_BYTES {
+                return Err(Error::UnsupportedKey(format!(
+                    "the encrypted key asks for {} MiB of scrypt memory (at most {} MiB)",
+                    bytes >> 20,
+                    MAX_SCRYPT_BYTES >> 20
+                )));
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 fn pkcs1_to_pkcs8(der: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
@@ -355,6 +395,16 @@ mod tests {
             let back = PrivateKey::from_pem_or_der(k.pkcs8_der(), None).unwrap();
             assert_eq!(back.algorithm(), alg);
         }
+    }
+
+    #[test]
+    fn hostile_kdf_cost_is_refused_before_decrypting() {
+        let k = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+        let enc = k
+            .to_encrypted_pem_with_iterations(b"pw", MAX_PBKDF2_ITERATIONS + 1)
+            .unwrap();
+        let err = PrivateKey::from_pem_or_der(enc.as_bytes(), Some(b"pw")).unwrap_err();
+        assert!(err.to_string().contains("PBKDF2 iterations"), "{err}");
     }
 
     #[test]
