@@ -59,12 +59,20 @@ impl ClientTlsArgs {
                     .with_context(|| format!("reading {}", p.display()))?,
             );
         }
-        Ok(Arc::new(mtls_tls::client_config(&roots, Some(&cred), alpn)?))
+        Ok(Arc::new(mtls_tls::client_config(
+            &roots,
+            Some(&cred),
+            alpn,
+        )?))
     }
 
     fn server_name(&self, host: &str) -> Result<ServerName<'static>> {
-        let name = self.server_name.clone().unwrap_or_else(|| host.trim_matches(['[', ']']).to_string());
-        ServerName::try_from(name.clone()).map_err(|_| UsageError(format!("invalid server name {name:?}")).into())
+        let name = self
+            .server_name
+            .clone()
+            .unwrap_or_else(|| host.trim_matches(['[', ']']).to_string());
+        ServerName::try_from(name.clone())
+            .map_err(|_| UsageError(format!("invalid server name {name:?}")).into())
     }
 }
 
@@ -92,46 +100,80 @@ pub struct RequestArgs {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 pub fn request(a: RequestArgs) -> Result<ExitCode> {
-    let uri: http::Uri = a.url.parse().map_err(|_| UsageError(format!("invalid URL {:?}", a.url)))?;
+    let uri: http::Uri = a
+        .url
+        .parse()
+        .map_err(|_| UsageError(format!("invalid URL {:?}", a.url)))?;
     if uri.scheme_str() != Some("https") {
         return Err(UsageError("only https:// URLs are supported".into()).into());
     }
-    let host = uri.host().ok_or_else(|| UsageError("the URL has no host".into()))?.to_string();
+    let host = uri
+        .host()
+        .ok_or_else(|| UsageError("the URL has no host".into()))?
+        .to_string();
     let port = uri.port_u16().unwrap_or(443);
     let config = a.tls.config(&[b"http/1.1"])?;
     let server_name = a.tls.server_name(&host)?;
     let body = match &a.data {
-        Some(d) if d.starts_with('@') => Bytes::from(std::fs::read(&d[1..]).with_context(|| format!("reading {}", &d[1..]))?),
+        Some(d) if d.starts_with('@') => {
+            Bytes::from(std::fs::read(&d[1..]).with_context(|| format!("reading {}", &d[1..]))?)
+        }
         Some(d) => Bytes::from(d.clone()),
         None => Bytes::new(),
     };
-    let method = if a.data.is_some() && a.method == "GET" { "POST".to_string() } else { a.method.clone() };
+    let method = if a.data.is_some() && a.method == "GET" {
+        "POST".to_string()
+    } else {
+        a.method.clone()
+    };
     let mut builder = http::Request::builder()
         .method(method.as_str())
         .uri(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
-        .header(http::header::HOST, uri.authority().map(|a| a.as_str()).unwrap_or(&host));
+        .header(
+            http::header::HOST,
+            uri.authority().map(|a| a.as_str()).unwrap_or(&host),
+        );
     for h in &a.headers {
-        let (k, v) = h.split_once(':').ok_or_else(|| UsageError(format!("header {h:?} is not `Name: value`")))?;
+        let (k, v) = h
+            .split_once(':')
+            .ok_or_else(|| UsageError(format!("header {h:?} is not `Name: value`")))?;
         builder = builder.header(k.trim(), v.trim());
     }
-    if a.data.is_some() && !a.headers.iter().any(|h| h.to_ascii_lowercase().starts_with("content-type")) {
-        builder = builder.header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    if a.data.is_some()
+        && !a
+            .headers
+            .iter()
+            .any(|h| h.to_ascii_lowercase().starts_with("content-type"))
+    {
+        builder = builder.header(
+            http::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        );
     }
-    let req = builder.body(Full::new(body)).map_err(|e| UsageError(e.to_string()))?;
+    let req = builder
+        .body(Full::new(body))
+        .map_err(|e| UsageError(e.to_string()))?;
     let rt = runtime()?;
     let (status, head, body) = rt.block_on(async move {
-        let tcp = TcpStream::connect((host.as_str(), port)).await.with_context(|| format!("connecting to {host}:{port}"))?;
+        let tcp = TcpStream::connect((host.as_str(), port))
+            .await
+            .with_context(|| format!("connecting to {host}:{port}"))?;
         let tls = tokio_rustls::TlsConnector::from(config)
             .connect(server_name, tcp)
             .await
             .context("TLS handshake failed")?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
         tokio::spawn(conn);
-        let resp = sender.send_request(req).await.context("sending the request")?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .context("sending the request")?;
         let status = resp.status();
         let mut head = format!("{:?} {}\r\n", resp.version(), status);
         for (k, v) in resp.headers() {
@@ -189,8 +231,13 @@ pub fn tunnel(a: TunnelArgs) -> Result<ExitCode> {
     let server_name = a.tls.server_name(&host)?;
     let rt = runtime()?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
-        eprintln!("mtls tunnel: {} -> {host}:{port} (mTLS)", listener.local_addr()?);
+        let listener = tokio::net::TcpListener::bind(a.listen)
+            .await
+            .with_context(|| format!("binding {}", a.listen))?;
+        eprintln!(
+            "mtls tunnel: {} -> {host}:{port} (mTLS)",
+            listener.local_addr()?
+        );
         let connector = tokio_rustls::TlsConnector::from(config);
         loop {
             let (mut local, remote) = tokio::select! {

@@ -11,7 +11,9 @@ use clap::{Args, Parser};
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use mtls_gateway::config::{CertificateConfig, ClientAuth, GatewayConfig, Limits, ListenerConfig, Mode};
+use mtls_gateway::config::{
+    CertificateConfig, ClientAuth, GatewayConfig, Limits, ListenerConfig, Mode,
+};
 use mtls_verify::Policy;
 
 use crate::UsageError;
@@ -77,6 +79,9 @@ pub struct GatewayArgs {
     /// TCP mode: send a PROXY protocol v2 header with the identity.
     #[arg(long)]
     proxy_protocol: bool,
+    /// Extra request header carrying identity upstream, always stripped from clients (repeatable).
+    #[arg(long = "strip-header")]
+    strip_headers: Vec<String>,
     /// Disable the JSON access log on stdout.
     #[arg(long)]
     no_access_log: bool,
@@ -92,7 +97,9 @@ fn config_from_flags(a: &GatewayArgs) -> Result<GatewayConfig> {
     let client_auth = match a.client_auth.as_str() {
         "required" => ClientAuth::Required,
         "optional" => ClientAuth::Optional,
-        m => return Err(UsageError(format!("--client-auth {m:?}: use required or optional")).into()),
+        m => {
+            return Err(UsageError(format!("--client-auth {m:?}: use required or optional")).into())
+        }
     };
     Ok(GatewayConfig {
         admin_listen: a.admin_listen,
@@ -123,7 +130,7 @@ fn config_from_flags(a: &GatewayArgs) -> Result<GatewayConfig> {
                 allow_issuer: a.allow_issuer.clone(),
             },
             routes: Vec::new(),
-            strip_headers: Vec::new(),
+            strip_headers: a.strip_headers.clone(),
             proxy_protocol: a.proxy_protocol,
             allow_unknown_revocation: false,
             allow_expired_crl: false,
@@ -150,12 +157,17 @@ async fn wait_for_stop() {
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
     // One worker per core the process may use.
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 pub fn gateway(a: GatewayArgs) -> Result<ExitCode> {
     let (config, path) = match &a.config {
-        Some(p) => (GatewayConfig::from_file(p).map_err(|e| UsageError(e.to_string()))?, Some(p.clone())),
+        Some(p) => (
+            GatewayConfig::from_file(p).map_err(|e| UsageError(e.to_string()))?,
+            Some(p.clone()),
+        ),
         None => {
             let c = config_from_flags(&a)?;
             c.validate().map_err(|e| UsageError(e.to_string()))?;
@@ -200,7 +212,9 @@ fn run_cli(args: &[&str]) -> Result<()> {
 /// The demo upstream: answers `GET /api/secure` with the client's CN from the forwarded identity.
 async fn demo_upstream(listener: tokio::net::TcpListener) {
     loop {
-        let Ok((tcp, _)) = listener.accept().await else { continue };
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
         tokio::spawn(async move {
             let service = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
                 let cn = req
@@ -220,11 +234,17 @@ async fn demo_upstream(listener: tokio::net::TcpListener) {
                     _ => (404, serde_json::json!({"error": {"code": "NOT_FOUND", "message": "try /api/secure"}}).to_string()),
                 };
                 let mut r = http::Response::new(Full::new(Bytes::from(body)));
-                *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
-                r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+                *r.status_mut() =
+                    http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
                 Ok::<_, Infallible>(r)
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
         });
     }
 }
@@ -253,11 +273,28 @@ pub fn quickstart(a: QuickstartArgs) -> Result<ExitCode> {
     let pki_s = pki.to_string_lossy().to_string();
     let s = |p: &Path| p.to_string_lossy().to_string();
     if !pki.join("intermediate.crt").exists() {
-        run_cli(&["mtls", "--pki", &pki_s, "ca", "init", "--org", "mtls quickstart"])?;
+        run_cli(&[
+            "mtls",
+            "--pki",
+            &pki_s,
+            "ca",
+            "init",
+            "--org",
+            "mtls quickstart",
+        ])?;
     }
     let issued = pki.join("issued");
     if !issued.join("localhost.crt").exists() {
-        run_cli(&["mtls", "--pki", &pki_s, "issue", "server", "localhost", "127.0.0.1", "::1"])?;
+        run_cli(&[
+            "mtls",
+            "--pki",
+            &pki_s,
+            "issue",
+            "server",
+            "localhost",
+            "127.0.0.1",
+            "::1",
+        ])?;
     }
     if !issued.join("client-app.crt").exists() {
         run_cli(&["mtls", "--pki", &pki_s, "issue", "client", "client-app"])?;
@@ -267,7 +304,9 @@ pub fn quickstart(a: QuickstartArgs) -> Result<ExitCode> {
     let cert = s(&issued.join("client-app.chain.pem"));
     let key = s(&issued.join("client-app.key"));
     let url = format!("https://localhost:{}/api/secure", a.port);
-    let exe = std::env::current_exe().map(|p| s(&p)).unwrap_or_else(|_| "mtls".into());
+    let exe = std::env::current_exe()
+        .map(|p| s(&p))
+        .unwrap_or_else(|_| "mtls".into());
     println!(
         "\nmTLS quickstart: the gateway on https://localhost:{port} verifies client certificates issued by\n\
          {root} and forwards the identity to a demo upstream serving /api/secure.\n\n\
@@ -317,7 +356,10 @@ pub fn quickstart(a: QuickstartArgs) -> Result<ExitCode> {
             }],
         };
         let running = mtls_gateway::start(config, None).await?;
-        eprintln!("mtls quickstart: serving on {} (Ctrl-C to stop)", running.addrs.first().copied().unwrap_or(listen));
+        eprintln!(
+            "mtls quickstart: serving on {} (Ctrl-C to stop)",
+            running.addrs.first().copied().unwrap_or(listen)
+        );
         wait_for_stop().await;
         running.shutdown().await;
         Ok::<_, anyhow::Error>(())
@@ -331,8 +373,14 @@ mod tests {
 
     #[test]
     fn xfcc_cn() {
-        assert_eq!(cn_from_xfcc("Hash=ab;Subject=\"O=x, CN=client-app\";URI=\"u\"").as_deref(), Some("client-app"));
-        assert_eq!(cn_from_xfcc("Hash=ab;Subject=\"CN=a\\\"b\"").as_deref(), Some("a\"b"));
+        assert_eq!(
+            cn_from_xfcc("Hash=ab;Subject=\"O=x, CN=client-app\";URI=\"u\"").as_deref(),
+            Some("client-app")
+        );
+        assert_eq!(
+            cn_from_xfcc("Hash=ab;Subject=\"CN=a\\\"b\"").as_deref(),
+            Some("a\"b")
+        );
         assert_eq!(cn_from_xfcc("Hash=ab"), None);
     }
 }

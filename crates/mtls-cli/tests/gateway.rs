@@ -14,8 +14,379 @@ fn valid_client_reaches_upstream_with_identity() {
     let r = curl(&g, &f, Some(&c), "/api/secure", &[]);
     assert_eq!(r.status, 200, "{} {}", r.body, r.stderr);
     let h = up.last();
-    let xfcc: Vec<_> = h.iter().filter(|(k, _)| k == "x-forwarded-client-cert").collect();
+    let xfcc: Vec<_> = h
+        .iter()
+        .filter(|(k, _)| k == "x-forwarded-client-cert")
+        .collect();
     assert_eq!(xfcc.len(), 1);
     assert!(xfcc[0].1.contains("Subject=\"CN=client-app\""), "{xfcc:?}");
-    assert!(h.iter().any(|(k, v)| k == "client-cert" && v.starts_with(':') && v.ends_with(':')));
+    assert!(h
+        .iter()
+        .any(|(k, v)| k == "client-cert" && v.starts_with(':') && v.ends_with(':')));
+}
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use mtls_pki::Profile;
+use mtls_test_util::ExtendedKeyUsagePurpose;
+use time::OffsetDateTime;
+
+fn setup(extra: &[&str]) -> (tempfile::TempDir, Files, Upstream, Gateway) {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let up = Upstream::start();
+    let g = Gateway::start(&http_args(&f, &up, extra));
+    (dir, f, up, g)
+}
+
+#[test]
+fn spoofed_identity_headers_never_reach_upstream() {
+    let (_d, f, up, g) = setup(&[
+        "--allow-any-trusted",
+        "--strip-header",
+        "X-Authenticated-User",
+    ]);
+    let c = f.client("client-app");
+    for http2 in [false, true] {
+        let mut extra = vec![
+            "-H",
+            "X-Forwarded-Client-Cert: Hash=evil;Subject=\"CN=admin\"",
+            "-H",
+            "x-forwarded-client-cert: duplicate-evil",
+            "-H",
+            "Client-Cert: :ZXZpbA==:",
+            "-H",
+            "CLIENT-CERT-CHAIN: :ZXZpbA==:",
+            "-H",
+            "X-Authenticated-User: admin",
+            "-H",
+            "x-authenticated-user: admin2",
+            "-H",
+            "X-Secret-Role: admin",
+            "-H",
+            "Connection: X-Secret-Role",
+        ];
+        if http2 {
+            // HTTP/2 has no Connection header (RFC 9113 8.2.2); the other variants still apply.
+            extra.truncate(extra.len() - 4);
+            extra.push("--http2");
+        } else {
+            extra.push("--http1.1");
+        }
+        let r = curl(&g, &f, Some(&c), "/", &extra);
+        assert_eq!(r.status, 200, "{} {}", r.body, r.stderr);
+        let h = up.last();
+        let all = format!("{h:?}");
+        assert!(
+            !all.contains("evil") && !all.contains("admin"),
+            "spoofed value reached upstream: {all}"
+        );
+        assert!(!h.iter().any(|(k, _)| k == "client-cert-chain"
+            || k == "x-secret-role"
+            || k == "x-authenticated-user"));
+        assert_eq!(
+            h.iter()
+                .filter(|(k, _)| k == "x-forwarded-client-cert")
+                .count(),
+            1,
+            "{all}"
+        );
+        assert_eq!(
+            h.iter().filter(|(k, _)| k == "client-cert").count(),
+            1,
+            "{all}"
+        );
+        assert!(all.contains("Subject=\\\"CN=client-app\\\""), "{all}");
+    }
+}
+
+#[test]
+fn hostile_subject_cannot_inject_or_split_headers() {
+    let (_d, f, up, g) = setup(&["--allow-any-trusted"]);
+    let now = OffsetDateTime::now_utc();
+    let cn = "evil\", URI=spiffe://x/admin; DNS=a,b\r\nX-Injected: 1\\";
+    let (der, key) = f.pki.custom_leaf(
+        cn,
+        vec![ExtendedKeyUsagePurpose::ClientAuth],
+        now - time::Duration::hours(1),
+        now + time::Duration::days(1),
+    );
+    let leaf = f.write_leaf("hostile", &der, &key);
+    let r = curl(&g, &f, Some(&leaf), "/", &[]);
+    assert_eq!(r.status, 200, "{} {}", r.body, r.stderr);
+    let h = up.last();
+    assert!(!h.iter().any(|(k, _)| k == "x-injected"), "{h:?}");
+    let xfcc: Vec<_> = h
+        .iter()
+        .filter(|(k, _)| k == "x-forwarded-client-cert")
+        .collect();
+    assert_eq!(xfcc.len(), 1);
+    let v = &xfcc[0].1;
+    assert!(!v.contains('\r') && !v.contains('\n'));
+    // The subject stays one quoted field: quotes and backslashes escaped, CR/LF percent-encoded.
+    assert!(
+        v.contains(r#"Subject="CN=evil\", URI=spiffe://x/admin; DNS=a,b%0D%0AX-Injected: 1\\""#),
+        "{v}"
+    );
+    assert_eq!(
+        v.matches("URI=").count(),
+        1,
+        "no URI SAN, only the text inside Subject: {v}"
+    );
+}
+
+#[test]
+fn sni_host_mismatch_is_421() {
+    let (_d, f, _up, g) = setup(&["--allow-any-trusted"]);
+    let c = f.client("c");
+    let r = curl(&g, &f, Some(&c), "/", &["-H", "Host: other.example.com"]);
+    assert_eq!(r.status, 421, "{}", r.body);
+    assert!(r.body.contains("MISDIRECTED_REQUEST"));
+    let r = curl(&g, &f, Some(&c), "/", &["-H", "Host: LOCALHOST:443"]);
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+#[test]
+fn oversize_headers_are_431() {
+    let (_d, f, up, g) = setup(&["--allow-any-trusted"]);
+    let c = f.client("c");
+    let big = format!("X-Big: {}", "a".repeat(40_000));
+    let r = curl(&g, &f, Some(&c), "/", &["-H", &big]);
+    assert_eq!(r.status, 431, "{} {}", r.body, r.stderr);
+    assert_eq!(up.count(), 0);
+}
+
+#[test]
+fn idle_tcp_clients_do_not_delay_other_handshakes() {
+    let (_d, f, _up, g) = setup(&["--allow-any-trusted"]);
+    let c = f.client("c");
+    let idle: Vec<std::net::TcpStream> = (0..50)
+        .map(|_| std::net::TcpStream::connect(g.addr).unwrap())
+        .collect();
+    // The handshake timeout is 10 s; with per-connection handshakes these finish at once.
+    for _ in 0..3 {
+        let r = curl(&g, &f, Some(&c), "/", &["--max-time", "3"]);
+        assert_eq!(r.status, 200, "{} {}", r.body, r.stderr);
+    }
+    drop(idle);
+}
+
+#[test]
+fn rejected_clients_fail_the_handshake_in_required_mode() {
+    let (_d, f, up, g) = setup(&["--allow-any-trusted"]);
+    let now = OffsetDateTime::now_utc();
+    let other = mtls_test_util::TestPki::new("other");
+    let foreign = other.client("foreign");
+    let expired = f.pki.leaf_at(
+        Profile::Client,
+        "expired",
+        &[],
+        now - time::Duration::days(10),
+        time::Duration::days(1),
+    );
+    let future = f.pki.leaf_at(
+        Profile::Client,
+        "future",
+        &[],
+        now + time::Duration::days(1),
+        time::Duration::days(10),
+    );
+    let server_only = f.pki.leaf_at(
+        Profile::Server,
+        "server-only.example.com",
+        &["server-only.example.com"],
+        now,
+        time::Duration::days(1),
+    );
+    let revoked = f.client("revoked");
+    f.write_crl(&[revoked.serial.clone()]);
+    g.hup();
+    std::thread::sleep(Duration::from_millis(1500));
+    let cases = [
+        ("none", None),
+        (
+            "foreign",
+            Some(f.write_leaf("foreign", &foreign.cert.der, &foreign.key)),
+        ),
+        (
+            "expired",
+            Some(f.write_leaf("expired", &expired.cert.der, &expired.key)),
+        ),
+        (
+            "future",
+            Some(f.write_leaf("future", &future.cert.der, &future.key)),
+        ),
+        (
+            "server-only",
+            Some(f.write_leaf("server-only", &server_only.cert.der, &server_only.key)),
+        ),
+        ("revoked", Some(revoked)),
+    ];
+    for (name, leaf) in &cases {
+        let r = curl(&g, &f, leaf.as_ref(), "/", &[]);
+        assert_ne!(r.status, 200, "{name} was accepted");
+        assert_ne!(
+            r.code, 0,
+            "{name}: curl should fail the handshake: {} {}",
+            r.body, r.stderr
+        );
+    }
+    assert_eq!(up.count(), 0);
+    let good = f.client("good");
+    assert_eq!(curl(&g, &f, Some(&good), "/", &[]).status, 200);
+}
+
+#[test]
+fn optional_mode_answers_the_seeds_json_errors() {
+    let (_d, f, _up, g) = setup(&["--allow-any-trusted", "--client-auth", "optional"]);
+    let r = curl(&g, &f, None, "/api/secure", &[]);
+    assert_eq!(r.status, 401, "{} {}", r.body, r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["error"]["code"], "NO_CLIENT_CERT");
+    let now = OffsetDateTime::now_utc();
+    let expired = f.pki.leaf_at(
+        Profile::Client,
+        "expired",
+        &[],
+        now - time::Duration::days(10),
+        time::Duration::days(1),
+    );
+    let e = f.write_leaf("expired", &expired.cert.der, &expired.key);
+    let r = curl(&g, &f, Some(&e), "/api/secure", &[]);
+    assert_eq!(r.status, 403, "{}", r.body);
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["error"]["code"], "INVALID_CERT");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("expired"),
+        "{v}"
+    );
+}
+
+#[test]
+fn policy_allows_listed_identities_only() {
+    let (_d, f, up, g) = setup(&[
+        "--allow-cn",
+        "client-a",
+        "--allow-uri",
+        "spiffe://example.org/ns/*/sa/web",
+    ]);
+    let a = f.client("client-a");
+    let b = f.client("client-b");
+    assert_eq!(curl(&g, &f, Some(&a), "/", &[]).status, 200);
+    let r = curl(&g, &f, Some(&b), "/", &[]);
+    assert_eq!(r.status, 403);
+    assert!(
+        r.body.contains("INVALID_CERT") && r.body.contains("not allowed"),
+        "{}",
+        r.body
+    );
+    let now = OffsetDateTime::now_utc();
+    let web = f.pki.leaf_at(
+        Profile::Client,
+        "web",
+        &["spiffe://example.org/ns/prod/sa/web"],
+        now,
+        time::Duration::days(1),
+    );
+    let web = f.write_leaf("web", &web.cert.der, &web.key);
+    assert_eq!(curl(&g, &f, Some(&web), "/", &[]).status, 200);
+    assert_eq!(up.count(), 2);
+}
+
+#[test]
+fn empty_policy_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let up = Upstream::start();
+    let o = Command::new(env!("CARGO_BIN_EXE_mtls"))
+        .arg("gateway")
+        .args(http_args(&f, &up, &[]))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("allows nobody"));
+}
+
+#[test]
+fn dead_upstream_is_502_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut args = http_args(&f, &Upstream::start(), &["--allow-any-trusted"]);
+    let i = args.iter().position(|a| a == "--upstream").unwrap();
+    args[i + 1] = format!("http://127.0.0.1:{port}");
+    let g = Gateway::start(&args);
+    let c = f.client("c");
+    let r = curl(&g, &f, Some(&c), "/", &[]);
+    assert_eq!(r.status, 502);
+    assert!(r.body.contains("BAD_GATEWAY"));
+}
+
+fn s_client(
+    g: &Gateway,
+    f: &Files,
+    leaf: &common::gw::Leaf,
+    sess: (&str, &std::path::Path),
+) -> String {
+    let mut child = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &g.addr.to_string(),
+            "-servername",
+            "localhost",
+            "-tls1_3",
+            "-ign_eof",
+        ])
+        .arg("-CAfile")
+        .arg(f.root())
+        .arg("-cert")
+        .arg(&leaf.chain)
+        .arg("-key")
+        .arg(&leaf.key)
+        .arg(sess.0)
+        .arg(sess.1)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = stdin.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    drop(stdin);
+    let mut out = String::new();
+    let _ = child.stdout.take().unwrap().read_to_string(&mut out);
+    let _ = child.wait();
+    out
+}
+
+#[test]
+fn resumed_session_after_revocation_is_rejected() {
+    let (d, f, _up, g) = setup(&["--allow-any-trusted", "--client-auth", "optional"]);
+    let c = f.client("client-app");
+    let sess = d.path().join("sess.pem");
+    let first = s_client(&g, &f, &c, ("-sess_out", &sess));
+    assert!(first.contains("HTTP/1.1 200"), "{first}");
+    // Same config generation: the session resumes and is still accepted.
+    let again = s_client(&g, &f, &c, ("-sess_in", &sess));
+    assert!(again.contains("HTTP/1.1 200"), "{again}");
+    f.write_crl(&[c.serial.clone()]);
+    g.hup();
+    std::thread::sleep(Duration::from_millis(1500));
+    let resumed = s_client(&g, &f, &c, ("-sess_in", &sess));
+    assert!(
+        !resumed.contains("HTTP/1.1 200"),
+        "revoked client got through: {resumed}"
+    );
+    assert!(
+        resumed.contains("403") && resumed.contains("revoked"),
+        "{resumed}"
+    );
 }

@@ -175,7 +175,8 @@ mod duration {
 impl GatewayConfig {
     /// Reads and checks a TOML file; relative paths are resolved against its directory.
     pub fn from_file(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         let mut cfg: GatewayConfig =
             toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         let base = path.parent().unwrap_or(Path::new("."));
@@ -217,7 +218,9 @@ impl GatewayConfig {
                 return e("client_auth = \"optional\" is only possible in HTTP mode");
             }
             if l.policy.is_empty() && l.routes.iter().all(|r| r.policy.is_empty()) {
-                return e("the policy allows nobody: add allow_* rules or allow_any_trusted = true");
+                return e(
+                    "the policy allows nobody: add allow_* rules or allow_any_trusted = true",
+                );
             }
             if l.mode == Mode::Http && !l.upstream.starts_with("http://") {
                 return e("upstream must be an http://host:port URL in HTTP mode");

@@ -35,10 +35,16 @@ pub fn upstream_client(connect_timeout: std::time::Duration) -> UpstreamClient {
 /// The seed's error body: `{"error":{"code":…,"message":…}}`.
 pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
     let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
-    let mut r = Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed());
+    let mut r = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -85,23 +91,29 @@ impl Conn {
             return Err(Rejection::Other("internal error".into()));
         };
         if guard.0 != state.generation {
-            *guard = (state.generation, with_headers(state.verify_peer(self.chain.as_deref())));
+            *guard = (
+                state.generation,
+                with_headers(state.verify_peer(self.chain.as_deref())),
+            );
         }
         guard.1.clone()
     }
 }
 
 fn host_of(req: &Request<Incoming>) -> Option<String> {
-    let raw = req
-        .uri()
-        .host()
-        .map(str::to_string)
-        .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()).map(str::to_string))?;
+    let raw = req.uri().host().map(str::to_string).or_else(|| {
+        req.headers()
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+    })?;
     // Strip a port; keep IPv6 brackets out of the comparison.
     let h = if let Some(rest) = raw.strip_prefix('[') {
         rest.split(']').next().unwrap_or("").to_string()
     } else {
-        raw.rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or(raw)
+        raw.rsplit_once(':')
+            .map(|(h, _)| h.to_string())
+            .unwrap_or(raw)
     };
     Some(h.trim_end_matches('.').to_ascii_lowercase())
 }
@@ -113,11 +125,17 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
             .get_all(http::header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
 }
 
 /// Handles one request.
-pub async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+pub async fn handle(
+    conn: Arc<Conn>,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
     let shared = conn.shared.clone();
     let state = shared.state.load_full();
@@ -138,15 +156,25 @@ pub async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Result<Respo
         let (peer, headers) = match &identity {
             Ok(ok) => ok.clone(),
             Err(Rejection::NoCertificate) => {
-                break 'resp json_error(StatusCode::UNAUTHORIZED, "NO_CLIENT_CERT", "Client certificate required")
+                break 'resp json_error(
+                    StatusCode::UNAUTHORIZED,
+                    "NO_CLIENT_CERT",
+                    "Client certificate required",
+                )
             }
-            Err(r) => break 'resp json_error(StatusCode::FORBIDDEN, "INVALID_CERT", &r.to_string()),
+            Err(r) => {
+                break 'resp json_error(StatusCode::FORBIDDEN, "INVALID_CERT", &r.to_string())
+            }
         };
         if let Err(reason) = state.policy_for(&path).check(&peer) {
             break 'resp json_error(StatusCode::FORBIDDEN, "INVALID_CERT", &reason);
         }
         let Some(headers) = headers else {
-            break 'resp json_error(StatusCode::FORBIDDEN, "INVALID_CERT", "identity cannot be encoded");
+            break 'resp json_error(
+                StatusCode::FORBIDDEN,
+                "INVALID_CERT",
+                "identity cannot be encoded",
+            );
         };
         let upgrade = is_upgrade(&req);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -162,33 +190,62 @@ pub async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Result<Respo
         identity::strip(&mut parts.headers, &shared.strip_headers, upgrade);
         headers.apply(&mut parts.headers);
         if let Ok(v) = HeaderValue::from_str(&conn.remote.ip().to_string()) {
-            parts.headers.append(HeaderName::from_static("x-forwarded-for"), v);
+            parts
+                .headers
+                .append(HeaderName::from_static("x-forwarded-for"), v);
         }
-        parts
-            .headers
-            .insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static("https"));
-        let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        parts.headers.insert(
+            HeaderName::from_static("x-forwarded-proto"),
+            HeaderValue::from_static("https"),
+        );
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
         let Ok(uri) = Uri::builder()
             .scheme("http")
             .authority(shared.upstream_authority.clone())
             .path_and_query(pq)
             .build()
         else {
-            break 'resp json_error(StatusCode::BAD_REQUEST, "BAD_REQUEST", "invalid request target");
+            break 'resp json_error(
+                StatusCode::BAD_REQUEST,
+                "BAD_REQUEST",
+                "invalid request target",
+            );
         };
         parts.uri = uri;
         parts.version = Version::HTTP_11;
         let upstream_req = Request::from_parts(parts, body);
-        let result = tokio::time::timeout(shared.limits.upstream_timeout, shared.client.request(upstream_req)).await;
+        let result = tokio::time::timeout(
+            shared.limits.upstream_timeout,
+            shared.client.request(upstream_req),
+        )
+        .await;
         let mut resp = match result {
             Err(_) => {
-                shared.metrics.upstream_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                break 'resp json_error(StatusCode::GATEWAY_TIMEOUT, "UPSTREAM_TIMEOUT", "the upstream did not answer in time");
+                shared
+                    .metrics
+                    .upstream_errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                break 'resp json_error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "UPSTREAM_TIMEOUT",
+                    "the upstream did not answer in time",
+                );
             }
             Ok(Err(e)) => {
-                shared.metrics.upstream_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                shared
+                    .metrics
+                    .upstream_errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(error = %e, listener = %shared.name, "upstream request failed");
-                break 'resp json_error(StatusCode::BAD_GATEWAY, "BAD_GATEWAY", "the upstream is unavailable");
+                break 'resp json_error(
+                    StatusCode::BAD_GATEWAY,
+                    "BAD_GATEWAY",
+                    "the upstream is unavailable",
+                );
             }
             Ok(Ok(r)) => r,
         };
@@ -209,7 +266,9 @@ pub async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Result<Respo
         resp.map(|b| b.boxed())
     };
     let status = response.status().as_u16();
-    shared.metrics.request(&shared.name, status, start.elapsed());
+    shared
+        .metrics
+        .request(&shared.name, status, start.elapsed());
     if shared.access_log {
         let line = serde_json::json!({
             "ts": time::OffsetDateTime::now_utc().unix_timestamp(),

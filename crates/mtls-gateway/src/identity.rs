@@ -79,7 +79,10 @@ pub fn quote(value: &str) -> String {
 
 /// Envoy-style `X-Forwarded-Client-Cert`: `Hash=…;Subject="…";URI=…;DNS=…`.
 pub fn xfcc(peer: &VerifiedPeer) -> String {
-    let mut parts = vec![format!("Hash={}", peer.cert_sha256), format!("Subject={}", quote(&peer.subject))];
+    let mut parts = vec![
+        format!("Hash={}", peer.cert_sha256),
+        format!("Subject={}", quote(&peer.subject)),
+    ];
     for u in &peer.uris {
         parts.push(format!("URI={}", quote(u)));
     }
@@ -91,7 +94,10 @@ pub fn xfcc(peer: &VerifiedPeer) -> String {
 
 /// RFC 9440 `Client-Cert`: the DER as a structured-field byte sequence.
 pub fn client_cert(peer: &VerifiedPeer) -> String {
-    format!(":{}:", base64::engine::general_purpose::STANDARD.encode(peer.cert_der.as_slice()))
+    format!(
+        ":{}:",
+        base64::engine::general_purpose::STANDARD.encode(peer.cert_der.as_slice())
+    )
 }
 
 /// The identity headers for a verified peer, precomputed once per connection.

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-const BUCKETS: [f64; 10] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5];
+const BUCKETS: [f64; 10] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5,
+];
 
 /// Counters and gauges of the gateway. Labelled counters use a small mutex-protected map: they
 /// are touched once per handshake, never per byte.
@@ -31,13 +33,18 @@ fn bump<K: Ord>(m: &Mutex<BTreeMap<K, u64>>, k: K) {
 }
 
 fn label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 impl Metrics {
     /// A handshake ended with `result` (`ok`, `failed`, `timeout`, `rejected`) and `reason`.
     pub fn handshake(&self, listener: &str, result: &str, reason: &str) {
-        bump(&self.handshakes, (listener.to_string(), format!("{result}\u{0}{reason}")));
+        bump(
+            &self.handshakes,
+            (listener.to_string(), format!("{result}\u{0}{reason}")),
+        );
     }
 
     /// A request finished with `status` after `elapsed`.
@@ -50,8 +57,10 @@ impl Metrics {
             }
         }
         self.latency_count.fetch_add(1, Ordering::Relaxed);
-        self.latency_sum_micros
-            .fetch_add(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.latency_sum_micros.fetch_add(
+            u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     /// Renders everything, plus the gauges `extra` supplies (expiry timestamps).
@@ -73,7 +82,11 @@ impl Metrics {
         s.push_str("# HELP mtls_requests_total HTTP requests by status.\n# TYPE mtls_requests_total counter\n");
         if let Ok(g) = self.requests.lock() {
             for ((l, status), n) in g.iter() {
-                let _ = writeln!(s, "mtls_requests_total{{listener=\"{}\",status=\"{status}\"}} {n}", label(l));
+                let _ = writeln!(
+                    s,
+                    "mtls_requests_total{{listener=\"{}\",status=\"{status}\"}} {n}",
+                    label(l)
+                );
             }
         }
         s.push_str("# HELP mtls_request_duration_seconds Request latency through the gateway.\n# TYPE mtls_request_duration_seconds histogram\n");
@@ -85,7 +98,10 @@ impl Metrics {
             );
         }
         let count = self.latency_count.load(Ordering::Relaxed);
-        let _ = writeln!(s, "mtls_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            s,
+            "mtls_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
         let _ = writeln!(
             s,
             "mtls_request_duration_seconds_sum {}",
@@ -93,11 +109,36 @@ impl Metrics {
         );
         let _ = writeln!(s, "mtls_request_duration_seconds_count {count}");
         let simple = [
-            ("mtls_active_connections", "gauge", "Open client connections.", self.active_connections.load(Ordering::Relaxed) as f64),
-            ("mtls_upstream_errors_total", "counter", "Upstream connect/response failures.", self.upstream_errors.load(Ordering::Relaxed) as f64),
-            ("mtls_reloads_total{result=\"ok\"}", "", "", self.reloads_ok.load(Ordering::Relaxed) as f64),
-            ("mtls_reloads_total{result=\"failed\"}", "", "", self.reloads_failed.load(Ordering::Relaxed) as f64),
-            ("mtls_connections_refused_total", "counter", "Connections refused at the connection limit.", self.connections_refused.load(Ordering::Relaxed) as f64),
+            (
+                "mtls_active_connections",
+                "gauge",
+                "Open client connections.",
+                self.active_connections.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "mtls_upstream_errors_total",
+                "counter",
+                "Upstream connect/response failures.",
+                self.upstream_errors.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "mtls_reloads_total{result=\"ok\"}",
+                "",
+                "",
+                self.reloads_ok.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "mtls_reloads_total{result=\"failed\"}",
+                "",
+                "",
+                self.reloads_failed.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "mtls_connections_refused_total",
+                "counter",
+                "Connections refused at the connection limit.",
+                self.connections_refused.load(Ordering::Relaxed) as f64,
+            ),
         ];
         for (name, kind, help, v) in simple {
             if !kind.is_empty() {
@@ -110,7 +151,10 @@ impl Metrics {
         for (name, series) in extra {
             let _ = writeln!(s, "# TYPE {name} gauge");
             for (labels, v) in series {
-                let l: Vec<String> = labels.iter().map(|(k, val)| format!("{k}=\"{}\"", label(val))).collect();
+                let l: Vec<String> = labels
+                    .iter()
+                    .map(|(k, val)| format!("{k}=\"{}\"", label(val)))
+                    .collect();
                 let _ = writeln!(s, "{name}{{{}}} {v}", l.join(","));
             }
         }

@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 
 use mtls_verify::VerifiedPeer;
 
-const SIGNATURE: [u8; 12] = [0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A];
+const SIGNATURE: [u8; 12] = [
+    0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A,
+];
 const PP2_TYPE_SSL: u8 = 0x20;
 const PP2_SUBTYPE_SSL_VERSION: u8 = 0x21;
 const PP2_SUBTYPE_SSL_CN: u8 = 0x22;
@@ -50,7 +52,11 @@ pub fn v2_header(src: SocketAddr, dst: SocketAddr, peer: &VerifiedPeer) -> Vec<u
         tlv(&mut ssl, PP2_SUBTYPE_SSL_CN, cn.as_bytes());
     }
     tlv(&mut body, PP2_TYPE_SSL, &ssl);
-    tlv(&mut body, PP2_TYPE_MTLS_FINGERPRINT, peer.cert_sha256.as_bytes());
+    tlv(
+        &mut body,
+        PP2_TYPE_MTLS_FINGERPRINT,
+        peer.cert_sha256.as_bytes(),
+    );
     if let Some(u) = peer.uris.first() {
         tlv(&mut body, PP2_TYPE_MTLS_URI, u.as_bytes());
     }

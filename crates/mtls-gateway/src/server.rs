@@ -63,7 +63,12 @@ impl Running {
 }
 
 fn upstream_parts(cfg: &ListenerConfig) -> Result<(Authority, String), Error> {
-    let bad = |m: &str| Error::Config(format!("listener {:?}: upstream {:?}: {m}", cfg.name, cfg.upstream));
+    let bad = |m: &str| {
+        Error::Config(format!(
+            "listener {:?}: upstream {:?}: {m}",
+            cfg.name, cfg.upstream
+        ))
+    };
     let hostport = match cfg.mode {
         Mode::Http => cfg
             .upstream
@@ -84,7 +89,15 @@ fn file_stamps(files: &[PathBuf]) -> Vec<Option<(std::time::SystemTime, u64, u64
     use std::os::unix::fs::MetadataExt;
     files
         .iter()
-        .map(|p| std::fs::metadata(p).ok().map(|m| (m.modified().unwrap_or(std::time::UNIX_EPOCH), m.len(), m.ino())))
+        .map(|p| {
+            std::fs::metadata(p).ok().map(|m| {
+                (
+                    m.modified().unwrap_or(std::time::UNIX_EPOCH),
+                    m.len(),
+                    m.ino(),
+                )
+            })
+        })
         .collect()
 }
 
@@ -102,12 +115,19 @@ pub async fn start(config: GatewayConfig, config_path: Option<PathBuf>) -> Resul
         let strip_headers = cfg
             .strip_headers
             .iter()
-            .map(|h| HeaderName::from_bytes(h.as_bytes()).map_err(|_| Error::Config(format!("invalid header name {h:?}"))))
+            .map(|h| {
+                HeaderName::from_bytes(h.as_bytes())
+                    .map_err(|_| Error::Config(format!("invalid header name {h:?}")))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let listener = TcpListener::bind(cfg.listen)
             .await
             .map_err(|e| Error::Io(format!("binding {}: {e}", cfg.listen)))?;
-        addrs.push(listener.local_addr().map_err(|e| Error::Io(e.to_string()))?);
+        addrs.push(
+            listener
+                .local_addr()
+                .map_err(|e| Error::Io(e.to_string()))?,
+        );
         shared_all.push(Arc::new(Shared {
             name: cfg.name.clone(),
             mode: cfg.mode,
@@ -124,7 +144,11 @@ pub async fn start(config: GatewayConfig, config_path: Option<PathBuf>) -> Resul
         listeners.push(listener);
     }
     let admin = match config.admin_listen {
-        Some(a) => Some(TcpListener::bind(a).await.map_err(|e| Error::Io(format!("binding admin {a}: {e}")))?),
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .map_err(|e| Error::Io(format!("binding admin {a}: {e}")))?,
+        ),
         None => None,
     };
     let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
@@ -133,12 +157,29 @@ pub async fn start(config: GatewayConfig, config_path: Option<PathBuf>) -> Resul
     let conns = Arc::new(Semaphore::new(config.limits.max_connections));
     let mut tasks = Vec::new();
     for (shared, listener) in shared_all.iter().cloned().zip(listeners) {
-        tasks.push(tokio::spawn(accept_loop(shared, listener, conns.clone(), shutdown_rx.clone())));
+        tasks.push(tokio::spawn(accept_loop(
+            shared,
+            listener,
+            conns.clone(),
+            shutdown_rx.clone(),
+        )));
     }
     if let Some(admin) = admin {
-        tasks.push(tokio::spawn(admin_loop(admin, shared_all.clone(), metrics.clone(), shutdown_rx.clone())));
+        tasks.push(tokio::spawn(admin_loop(
+            admin,
+            shared_all.clone(),
+            metrics.clone(),
+            shutdown_rx.clone(),
+        )));
     }
-    tokio::spawn(reload_loop(config.clone(), config_path, shared_all.clone(), metrics.clone(), reload_rx, shutdown_rx.clone()));
+    tokio::spawn(reload_loop(
+        config.clone(),
+        config_path,
+        shared_all.clone(),
+        metrics.clone(),
+        reload_rx,
+        shutdown_rx.clone(),
+    ));
     let drain = config.limits.drain_timeout;
     let max = u32::try_from(config.limits.max_connections).unwrap_or(u32::MAX);
     let done = tokio::spawn(async move {
@@ -158,7 +199,12 @@ pub async fn start(config: GatewayConfig, config_path: Option<PathBuf>) -> Resul
     })
 }
 
-async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, conns: Arc<Semaphore>, mut shutdown: watch::Receiver<bool>) {
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    conns: Arc<Semaphore>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let (tcp, remote) = tokio::select! {
             r = listener.accept() => match r {
@@ -172,7 +218,10 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, conns: Arc<Sema
             _ = shutdown.changed() => return,
         };
         let Ok(permit) = conns.clone().try_acquire_owned() else {
-            shared.metrics.connections_refused.fetch_add(1, Ordering::Relaxed);
+            shared
+                .metrics
+                .connections_refused
+                .fetch_add(1, Ordering::Relaxed);
             drop(tcp);
             continue;
         };
@@ -181,9 +230,15 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, conns: Arc<Sema
         let shutdown = shutdown.clone();
         // One task per connection: a slow handshake never blocks the accept loop.
         tokio::spawn(async move {
-            shared.metrics.active_connections.fetch_add(1, Ordering::Relaxed);
+            shared
+                .metrics
+                .active_connections
+                .fetch_add(1, Ordering::Relaxed);
             handle_connection(shared.clone(), tcp, remote, shutdown).await;
-            shared.metrics.active_connections.fetch_sub(1, Ordering::Relaxed);
+            shared
+                .metrics
+                .active_connections
+                .fetch_sub(1, Ordering::Relaxed);
             drop(permit);
         });
     }
@@ -199,22 +254,28 @@ fn handshake_reason(e: &std::io::Error) -> String {
     }
 }
 
-async fn handle_connection(shared: Arc<Shared>, tcp: TcpStream, remote: SocketAddr, mut shutdown: watch::Receiver<bool>) {
+async fn handle_connection(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    remote: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let handshake_state = shared.state.load_full();
     let acceptor = tokio_rustls::TlsAcceptor::from(handshake_state.tls.clone());
-    let tls = match tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(tcp)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            let reason = handshake_reason(&e);
-            tracing::info!(%remote, listener = %shared.name, %reason, "handshake failed");
-            shared.metrics.handshake(&shared.name, "failed", &reason);
-            return;
-        }
-        Err(_) => {
-            shared.metrics.handshake(&shared.name, "timeout", "");
-            return;
-        }
-    };
+    let tls =
+        match tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(tcp)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                let reason = handshake_reason(&e);
+                tracing::info!(%remote, listener = %shared.name, %reason, "handshake failed");
+                shared.metrics.handshake(&shared.name, "failed", &reason);
+                return;
+            }
+            Err(_) => {
+                shared.metrics.handshake(&shared.name, "timeout", "");
+                return;
+            }
+        };
     let (_, server_conn) = tls.get_ref();
     let chain: Option<Vec<CertificateDer<'static>>> = server_conn
         .peer_certificates()
@@ -231,7 +292,14 @@ async fn handle_connection(shared: Arc<Shared>, tcp: TcpStream, remote: SocketAd
     match shared.mode {
         Mode::Tcp => tcp_proxy(shared, tls, remote, identity, state).await,
         Mode::Http => {
-            let conn = Arc::new(Conn::new(shared.clone(), chain, sni, remote, state.generation, identity));
+            let conn = Arc::new(Conn::new(
+                shared.clone(),
+                chain,
+                sni,
+                remote,
+                state.generation,
+                identity,
+            ));
             let service = service_fn(move |req| gw_http::handle(conn.clone(), req));
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             builder
@@ -242,7 +310,9 @@ async fn handle_connection(shared: Arc<Shared>, tcp: TcpStream, remote: SocketAd
             builder
                 .http2()
                 .timer(TokioTimer::new())
-                .max_header_list_size(u32::try_from(shared.limits.max_header_bytes).unwrap_or(u32::MAX));
+                .max_header_list_size(
+                    u32::try_from(shared.limits.max_header_bytes).unwrap_or(u32::MAX),
+                );
             let serving = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
             tokio::pin!(serving);
             tokio::select! {
@@ -272,16 +342,25 @@ async fn tcp_proxy(
         }
     };
     if let Err(reason) = state.policy.check(&peer) {
-        shared.metrics.handshake(&shared.name, "denied", "not_allowed");
+        shared
+            .metrics
+            .handshake(&shared.name, "denied", "not_allowed");
         tracing::warn!(%remote, listener = %shared.name, %reason, cn = ?peer.common_name, "connection denied by policy");
         let _ = tls.shutdown().await;
         return;
     }
-    let connect = tokio::time::timeout(shared.limits.upstream_timeout, TcpStream::connect(&shared.upstream_addr)).await;
+    let connect = tokio::time::timeout(
+        shared.limits.upstream_timeout,
+        TcpStream::connect(&shared.upstream_addr),
+    )
+    .await;
     let mut up = match connect {
         Ok(Ok(s)) => s,
         _ => {
-            shared.metrics.upstream_errors.fetch_add(1, Ordering::Relaxed);
+            shared
+                .metrics
+                .upstream_errors
+                .fetch_add(1, Ordering::Relaxed);
             tracing::warn!(upstream = %shared.upstream_addr, "upstream connect failed");
             return;
         }
@@ -306,7 +385,12 @@ async fn tcp_proxy(
     let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
 }
 
-async fn admin_loop(listener: TcpListener, shared: Vec<Arc<Shared>>, metrics: Arc<Metrics>, mut shutdown: watch::Receiver<bool>) {
+async fn admin_loop(
+    listener: TcpListener,
+    shared: Vec<Arc<Shared>>,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let (tcp, _) = tokio::select! {
             r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
@@ -324,8 +408,10 @@ async fn admin_loop(listener: TcpListener, shared: Vec<Arc<Shared>>, metrics: Ar
                         "/metrics" => (200, render_metrics(&metrics, &shared)),
                         _ => (404, "not found\n".to_string()),
                     };
-                    let mut r = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
-                    *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
+                    let mut r =
+                        http::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+                    *r.status_mut() =
+                        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
                     Ok::<_, std::convert::Infallible>(r)
                 }
             });
@@ -343,14 +429,23 @@ fn render_metrics(metrics: &Metrics, shared: &[Arc<Shared>]) -> String {
     for s in shared {
         let st = s.state.load();
         for (file, t) in &st.served_not_after {
-            served.push((vec![("listener", s.name.clone()), ("cert", file.clone())], t.unix_timestamp() as f64));
+            served.push((
+                vec![("listener", s.name.clone()), ("cert", file.clone())],
+                t.unix_timestamp() as f64,
+            ));
         }
         for (subject, t) in &st.ca_not_after {
-            cas.push((vec![("listener", s.name.clone()), ("ca", subject.clone())], t.unix_timestamp() as f64));
+            cas.push((
+                vec![("listener", s.name.clone()), ("ca", subject.clone())],
+                t.unix_timestamp() as f64,
+            ));
         }
         for c in st.trust.crl_summaries() {
             if let Some(n) = c.next_update {
-                crls.push((vec![("listener", s.name.clone()), ("issuer", c.issuer.clone())], n.unix_timestamp() as f64));
+                crls.push((
+                    vec![("listener", s.name.clone()), ("issuer", c.issuer.clone())],
+                    n.unix_timestamp() as f64,
+                ));
             }
         }
     }
@@ -403,9 +498,18 @@ async fn reload_loop(
         // cannot change without a restart.
         let candidate = match &config_path {
             Some(p) => match GatewayConfig::from_file(p) {
-                Ok(c) if c.listeners.len() == config.listeners.len()
-                    && c.listeners.iter().zip(&config.listeners).all(|(a, b)| a.listen == b.listen && a.mode == b.mode) => Ok(c),
-                Ok(_) => Err(Error::Config("listeners, addresses or modes changed: restart to apply".into())),
+                Ok(c)
+                    if c.listeners.len() == config.listeners.len()
+                        && c.listeners
+                            .iter()
+                            .zip(&config.listeners)
+                            .all(|(a, b)| a.listen == b.listen && a.mode == b.mode) =>
+                {
+                    Ok(c)
+                }
+                Ok(_) => Err(Error::Config(
+                    "listeners, addresses or modes changed: restart to apply".into(),
+                )),
                 Err(e) => Err(e),
             },
             None => Ok(config.clone()),

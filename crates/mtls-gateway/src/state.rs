@@ -43,8 +43,13 @@ impl ListenerState {
                 ),
                 None => None,
             };
-            let cred = mtls_tls::load_credential(&c.cert, &c.key, pass.as_deref().map(|v| v.as_slice()), now)
-                .map_err(|e| err(e.to_string()))?;
+            let cred = mtls_tls::load_credential(
+                &c.cert,
+                &c.key,
+                pass.as_deref().map(|v| v.as_slice()),
+                now,
+            )
+            .map_err(|e| err(e.to_string()))?;
             served_not_after.push((c.cert.display().to_string(), cred.not_after));
             credentials.push(cred);
         }
@@ -52,10 +57,14 @@ impl ListenerState {
         let mut ca_not_after = Vec::new();
         for p in &cfg.client_ca {
             let bytes = mtls_pki::files::read_public(p).map_err(|e| err(e.to_string()))?;
-            let certs = mtls_pki::pem_io::certificates(&bytes).map_err(|e| err(format!("{}: {e}", p.display())))?;
+            let certs = mtls_pki::pem_io::certificates(&bytes)
+                .map_err(|e| err(format!("{}: {e}", p.display())))?;
             for c in certs {
                 if let Ok(parsed) = mtls_pki::pem_io::parse_certificate(&c) {
-                    ca_not_after.push((parsed.subject().to_string(), parsed.validity().not_after.to_datetime()));
+                    ca_not_after.push((
+                        parsed.subject().to_string(),
+                        parsed.validity().not_after.to_datetime(),
+                    ));
                 }
                 roots.push(c);
             }
@@ -63,7 +72,9 @@ impl ListenerState {
         let mut crls: Vec<CertificateRevocationListDer<'static>> = Vec::new();
         for p in &cfg.crl {
             let bytes = mtls_pki::files::read_public(p).map_err(|e| err(e.to_string()))?;
-            crls.extend(mtls_pki::pem_io::crls(&bytes).map_err(|e| err(format!("{}: {e}", p.display())))?);
+            crls.extend(
+                mtls_pki::pem_io::crls(&bytes).map_err(|e| err(format!("{}: {e}", p.display())))?,
+            );
         }
         let trust = TrustState::new(
             generation,
@@ -76,16 +87,21 @@ impl ListenerState {
         )
         .map_err(|e| err(e.to_string()))?;
         let trust = Arc::new(trust);
-        let resolver = mtls_tls::SniResolver::new(&credentials).ok_or_else(|| err("no certificate".into()))?;
+        let resolver =
+            mtls_tls::SniResolver::new(&credentials).ok_or_else(|| err("no certificate".into()))?;
         let mandatory = cfg.client_auth == ClientAuth::Required;
         let verifier = mtls_tls::client_verifier(trust.clone(), mandatory);
         let alpn: &[&[u8]] = match cfg.mode {
             Mode::Http => &[b"h2", b"http/1.1"],
             Mode::Tcp => &[],
         };
-        let tls = mtls_tls::server_config(Arc::new(resolver), verifier, alpn).map_err(|e| err(e.to_string()))?;
-        let mut routes: Vec<(String, Policy)> =
-            cfg.routes.iter().map(|r| (r.path_prefix.clone(), r.policy.clone())).collect();
+        let tls = mtls_tls::server_config(Arc::new(resolver), verifier, alpn)
+            .map_err(|e| err(e.to_string()))?;
+        let mut routes: Vec<(String, Policy)> = cfg
+            .routes
+            .iter()
+            .map(|r| (r.path_prefix.clone(), r.policy.clone()))
+            .collect();
         routes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
         Ok(ListenerState {
             generation,
@@ -109,9 +125,16 @@ impl ListenerState {
 
     /// Verifies a peer chain against this state (used after every handshake, resumed or not,
     /// and again for requests on connections older than the current generation).
-    pub fn verify_peer(&self, chain: Option<&[CertificateDer<'static>]>) -> Result<Arc<VerifiedPeer>, mtls_verify::Rejection> {
-        let chain = chain.filter(|c| !c.is_empty()).ok_or(mtls_verify::Rejection::NoCertificate)?;
-        let (leaf, rest) = chain.split_first().ok_or(mtls_verify::Rejection::NoCertificate)?;
+    pub fn verify_peer(
+        &self,
+        chain: Option<&[CertificateDer<'static>]>,
+    ) -> Result<Arc<VerifiedPeer>, mtls_verify::Rejection> {
+        let chain = chain
+            .filter(|c| !c.is_empty())
+            .ok_or(mtls_verify::Rejection::NoCertificate)?;
+        let (leaf, rest) = chain
+            .split_first()
+            .ok_or(mtls_verify::Rejection::NoCertificate)?;
         self.trust
             .verify_client(leaf, rest, OffsetDateTime::now_utc())
             .map(Arc::new)

@@ -26,9 +26,10 @@ pub struct TestLeaf {
 }
 
 impl TestPki {
-    /// A P-256 hierarchy valid from an hour ago for ten years.
+    /// A P-256 hierarchy valid from 400 days ago for ten years (so tests can issue leaves
+    /// that are already expired).
     pub fn new(name: &str) -> Self {
-        let now = OffsetDateTime::now_utc() - Duration::hours(1);
+        let now = OffsetDateTime::now_utc() - Duration::days(400);
         let root = issue::new_root(
             &Subject::cn(format!("{name} Root CA")),
             PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap(),
@@ -92,9 +93,14 @@ impl TestPki {
 
     /// A leaf signed by the intermediate with arbitrary EKUs (empty = no EKU extension) —
     /// something mtls's own profiles never produce.
-    pub fn leaf_with_ekus(&self, cn: &str, ekus: Vec<ExtendedKeyUsagePurpose>) -> CertificateDer<'static> {
+    pub fn leaf_with_ekus(
+        &self,
+        cn: &str,
+        ekus: Vec<ExtendedKeyUsagePurpose>,
+    ) -> CertificateDer<'static> {
         let now = OffsetDateTime::now_utc();
-        self.custom_leaf(cn, ekus, now - Duration::hours(1), now + Duration::days(1)).0
+        self.custom_leaf(cn, ekus, now - Duration::hours(1), now + Duration::days(1))
+            .0
     }
 
     /// A leaf with any subject CN (quotes, commas, CR/LF…), EKUs and validity, plus its key.
@@ -111,12 +117,18 @@ impl TestPki {
         p.distinguished_name.push(rcgen::DnType::CommonName, cn);
         p.not_before = not_before;
         p.not_after = not_after;
-        p.serial_number = Some(rcgen::SerialNumber::from_slice(mtls_pki::Serial::random().unwrap().as_bytes()));
+        p.serial_number = Some(rcgen::SerialNumber::from_slice(
+            mtls_pki::Serial::random().unwrap().as_bytes(),
+        ));
         p.is_ca = IsCa::ExplicitNoCa;
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = ekus;
         p.use_authority_key_identifier_extension = true;
-        let issuer = rcgen::Issuer::from_ca_cert_der(self.intermediate.der(), self.intermediate.key().key_pair()).unwrap();
+        let issuer = rcgen::Issuer::from_ca_cert_der(
+            self.intermediate.der(),
+            self.intermediate.key().key_pair(),
+        )
+        .unwrap();
         let der = p.signed_by(key.key_pair(), &issuer).unwrap().der().clone();
         (der, key)
     }

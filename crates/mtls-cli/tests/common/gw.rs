@@ -86,13 +86,21 @@ impl Files {
         std::fs::write(&keyp, key.to_pem().as_bytes()).unwrap();
         std::fs::set_permissions(&keyp, std::fs::Permissions::from_mode(0o600)).unwrap();
         let serial = Serial::from_be_bytes(pem_io::parse_certificate(der).unwrap().raw_serial());
-        Leaf { chain, key: keyp, serial }
+        Leaf {
+            chain,
+            key: keyp,
+            serial,
+        }
     }
 
     /// A valid client certificate with common name `cn`.
     pub fn client(&self, cn: &str) -> Leaf {
         let c = self.pki.client(cn);
-        self.write_leaf(&cn.replace(|c: char| !c.is_ascii_alphanumeric(), "_"), &c.cert.der, &c.key)
+        self.write_leaf(
+            &cn.replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
+            &c.cert.der,
+            &c.key,
+        )
     }
 
     /// Replaces the CRL (atomically, as a deployment would) with one revoking `serials`.
@@ -102,9 +110,20 @@ impl Files {
         let now = OffsetDateTime::now_utc();
         let entries: Vec<RevokedEntry> = serials
             .iter()
-            .map(|s| RevokedEntry { serial: s.clone(), revoked_at: now, reason: None })
+            .map(|s| RevokedEntry {
+                serial: s.clone(),
+                revoked_at: now,
+                reason: None,
+            })
             .collect();
-        let crl = build_crl(&self.pki.intermediate, *n, now, time::Duration::days(1), &entries).unwrap();
+        let crl = build_crl(
+            &self.pki.intermediate,
+            *n,
+            now,
+            time::Duration::days(1),
+            &entries,
+        )
+        .unwrap();
         let tmp = self.dir.join("crl.pem.tmp");
         std::fs::write(&tmp, pem_io::encode("X509 CRL", &crl)).unwrap();
         std::fs::rename(&tmp, self.crl()).unwrap();
@@ -121,9 +140,15 @@ pub struct Upstream {
 impl Upstream {
     pub fn start() -> Self {
         use http_body_util::Full;
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
         let seen: Arc<Mutex<Vec<Vec<(String, String)>>>> = Arc::default();
-        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
         let addr = listener.local_addr().unwrap();
         let seen2 = seen.clone();
         rt.spawn(async move {
@@ -150,11 +175,20 @@ impl Upstream {
                 });
             }
         });
-        Upstream { addr, seen, _rt: rt }
+        Upstream {
+            addr,
+            seen,
+            _rt: rt,
+        }
     }
 
     pub fn last(&self) -> Vec<(String, String)> {
-        self.seen.lock().unwrap().last().cloned().unwrap_or_default()
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub fn count(&self) -> usize {
@@ -219,14 +253,24 @@ impl Gateway {
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if let Ok(Some(status)) = child.try_wait() {
-                        panic!("gateway exited with {status}: {:?}", err_lines.lock().unwrap());
+                        panic!(
+                            "gateway exited with {status}: {:?}",
+                            err_lines.lock().unwrap()
+                        );
                     }
                 }
                 Err(_) => break,
             }
         }
-        let addr = addr.unwrap_or_else(|| panic!("gateway did not start: {:?}", err_lines.lock().unwrap()));
-        Gateway { child, addr, admin, stdout: out_lines, stderr: err_lines }
+        let addr = addr
+            .unwrap_or_else(|| panic!("gateway did not start: {:?}", err_lines.lock().unwrap()));
+        Gateway {
+            child,
+            addr,
+            admin,
+            stdout: out_lines,
+            stderr: err_lines,
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -239,12 +283,20 @@ impl Gateway {
 
     /// Sends SIGHUP.
     pub fn hup(&self) {
-        Command::new("kill").arg("-HUP").arg(self.child.id().to_string()).status().unwrap();
+        Command::new("kill")
+            .arg("-HUP")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
     }
 
     /// Sends SIGTERM and waits for the exit.
     pub fn terminate(mut self) -> std::process::ExitStatus {
-        Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
         let status = self.child.wait().unwrap();
         std::mem::forget(self);
         status
@@ -288,10 +340,19 @@ pub struct CurlOut {
 /// Runs curl against the gateway with a client certificate (or none), returning status + body.
 pub fn curl(g: &Gateway, f: &Files, client: Option<&Leaf>, path: &str, extra: &[&str]) -> CurlOut {
     let mut c = Command::new("curl");
-    c.args(["-sS", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}", "--cacert"])
-        .arg(f.root())
-        .arg("--resolve")
-        .arg(format!("localhost:{}:127.0.0.1", g.port()));
+    c.args([
+        "-sS",
+        "--max-time",
+        "10",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+        "--cacert",
+    ])
+    .arg(f.root())
+    .arg("--resolve")
+    .arg(format!("localhost:{}:127.0.0.1", g.port()));
     if let Some(l) = client {
         c.arg("--cert").arg(&l.chain).arg("--key").arg(&l.key);
     }
