@@ -19,6 +19,31 @@ if ! need lint_pkix_cert || ! need lint_crl; then
     python3 -m pip install --quiet --disable-pip-version-check --user 'pkilint==0.13.3'
   fi
 fi
+# Gateway interop peers (crates/mtls-cli/tests/gateway_interop.rs): Python requests and sslyze
+# (PyPI, sslyze pinned: the test reads its JSON layout), Node.js with axios (npm, tests/node).
+pip_install() {
+  if [ "$(id -u)" = 0 ]; then
+    python3 -m pip install --quiet --disable-pip-version-check "$@"
+  else
+    python3 -m pip install --quiet --disable-pip-version-check --user "$@"
+  fi
+}
+if ! python3 -c 'import requests' >/dev/null 2>&1; then
+  echo "installing requests" >&2
+  pip_install requests
+fi
+if [ "$(python3 -c 'import importlib.metadata as m; print(m.version("sslyze"))' 2>/dev/null)" != "6.3.1" ]; then
+  echo "installing sslyze" >&2
+  pip_install 'sslyze==6.3.1'
+fi
+if ! need node || ! need npm; then
+  echo "installing nodejs" >&2
+  if need sudo; then sudo apt-get update -qq && sudo apt-get install -y -qq nodejs npm; else apt-get update -qq && apt-get install -y -qq nodejs npm; fi
+fi
+if [ ! -d tests/node/node_modules ]; then
+  echo "installing tests/node (npm ci)" >&2
+  (cd tests/node && npm ci --no-audit --no-fund)
+fi
 export PATH="$(python3 -m site --user-base)/bin:$PATH"
 # pyenv installs console scripts behind shims that need a rehash.
 if need pyenv; then pyenv rehash || true; fi

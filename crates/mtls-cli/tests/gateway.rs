@@ -201,7 +201,7 @@ fn rejected_clients_fail_the_handshake_in_required_mode() {
         time::Duration::days(1),
     );
     let revoked = f.client("revoked");
-    f.write_crl(&[revoked.serial.clone()]);
+    f.write_crl(std::slice::from_ref(&revoked.serial));
     g.hup();
     std::thread::sleep(Duration::from_millis(1500));
     let cases = [
@@ -377,7 +377,7 @@ fn resumed_session_after_revocation_is_rejected() {
     // Same config generation: the session resumes and is still accepted.
     let again = s_client(&g, &f, &c, ("-sess_in", &sess));
     assert!(again.contains("HTTP/1.1 200"), "{again}");
-    f.write_crl(&[c.serial.clone()]);
+    f.write_crl(std::slice::from_ref(&c.serial));
     g.hup();
     std::thread::sleep(Duration::from_millis(1500));
     let resumed = s_client(&g, &f, &c, ("-sess_in", &sess));
@@ -389,4 +389,293 @@ fn resumed_session_after_revocation_is_rejected() {
         resumed.contains("403") && resumed.contains("revoked"),
         "{resumed}"
     );
+}
+
+fn served_serial(g: &Gateway) -> String {
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect {} -servername localhost </dev/null 2>/dev/null | openssl x509 -noout -serial",
+            g.addr
+        ))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .trim()
+        .trim_start_matches("serial=")
+        .to_ascii_lowercase()
+}
+
+fn metric(g: &Gateway, name: &str) -> f64 {
+    let o = Command::new("curl")
+        .args(["-sS", &format!("http://{}/metrics", g.admin.unwrap())])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("{name} not in metrics:\n{text}"))
+}
+
+fn replace(from: &std::path::Path, to: &std::path::Path) {
+    let tmp = to.with_extension("tmp");
+    std::fs::copy(from, &tmp).unwrap();
+    std::fs::rename(&tmp, to).unwrap();
+}
+
+#[test]
+fn twenty_reloads_under_load_lose_no_request_and_keep_the_last_good_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let up = Upstream::start();
+    let g = Gateway::start(&http_args(
+        &f,
+        &up,
+        &[
+            "--allow-any-trusted",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--no-access-log",
+        ],
+    ));
+    // Two server certificates to alternate between.
+    let mut pairs = Vec::new();
+    for i in 0..2 {
+        let s = f.pki.server(&["localhost", "127.0.0.1"]);
+        let l = f.write_leaf(&format!("server{i}"), &s.cert.der, &s.key);
+        pairs.push((l, s.cert.serial.to_string()));
+    }
+    let c = f.client("load");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (ok, failed) = (
+        std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+    );
+    let load = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        let port = g.port();
+        let (root, chain, key) = (f.root(), c.chain.clone(), c.key.clone());
+        std::thread::spawn(move || {
+            let mut errors = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // A new connection (full handshake) every time.
+                let o = Command::new("curl")
+                    .args([
+                        "-sS",
+                        "--max-time",
+                        "10",
+                        "-o",
+                        "/dev/null",
+                        "-w",
+                        "%{http_code}",
+                        "--cacert",
+                    ])
+                    .arg(&root)
+                    .arg("--cert")
+                    .arg(&chain)
+                    .arg("--key")
+                    .arg(&key)
+                    .arg("--resolve")
+                    .arg(format!("localhost:{port}:127.0.0.1"))
+                    .arg(format!("https://localhost:{port}/"))
+                    .output()
+                    .unwrap();
+                if String::from_utf8_lossy(&o.stdout) == "200" {
+                    ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                } else {
+                    failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    errors.push(String::from_utf8_lossy(&o.stderr).into_owned());
+                }
+            }
+            errors
+        })
+    };
+    let mut last_good = String::new();
+    for i in 0..20 {
+        if i == 10 {
+            // A broken certificate file: the reload must fail and the old certificate stay.
+            let before = served_serial(&g);
+            let tmp = f.server_chain().with_extension("tmp");
+            std::fs::write(
+                &tmp,
+                b"-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n",
+            )
+            .unwrap();
+            std::fs::rename(&tmp, f.server_chain()).unwrap();
+            g.hup();
+            std::thread::sleep(Duration::from_millis(1500));
+            assert_eq!(
+                served_serial(&g),
+                before,
+                "the last good certificate must keep serving"
+            );
+            continue;
+        }
+        let (leaf, serial) = &pairs[i % 2];
+        replace(&leaf.key, &f.server_key());
+        replace(&leaf.chain, &f.server_chain());
+        g.hup();
+        std::thread::sleep(Duration::from_millis(700));
+        last_good = serial.clone();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(served_serial(&g), last_good);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let errors = load.join().unwrap();
+    let (ok, failed) = (
+        ok.load(std::sync::atomic::Ordering::Relaxed),
+        failed.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    assert_eq!(failed, 0, "failed requests during reloads: {errors:?}");
+    assert!(ok > 20, "the load loop made only {ok} requests");
+    assert!(metric(&g, "mtls_reloads_total{result=\"failed\"}") >= 1.0);
+    assert!(metric(&g, "mtls_reloads_total{result=\"ok\"}") >= 19.0);
+    eprintln!("reload test: {ok} requests, 0 failed");
+}
+
+#[test]
+fn metrics_and_healthz_on_the_admin_listener() {
+    let (_d, f, _up, g) = setup(&["--allow-any-trusted", "--admin-listen", "127.0.0.1:0"]);
+    let c = f.client("c");
+    assert_eq!(curl(&g, &f, Some(&c), "/", &[]).status, 200);
+    let _ = curl(&g, &f, None, "/", &[]);
+    let o = Command::new("curl")
+        .args(["-sS", &format!("http://{}/healthz", g.admin.unwrap())])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "ok");
+    let o = Command::new("curl")
+        .args(["-sS", &format!("http://{}/metrics", g.admin.unwrap())])
+        .output()
+        .unwrap();
+    let m = String::from_utf8_lossy(&o.stdout);
+    for needle in [
+        "mtls_handshakes_total{listener=\"default\",result=\"ok\",reason=\"\"} 1",
+        "mtls_handshakes_total{listener=\"default\",result=\"failed\",reason=\"no_certificate\"} 1",
+        "mtls_requests_total{listener=\"default\",status=\"200\"} 1",
+        "mtls_request_duration_seconds_count 1",
+        "mtls_served_certificate_not_after_seconds{",
+        "mtls_client_ca_not_after_seconds{",
+        "mtls_crl_next_update_seconds{",
+        "mtls_active_connections",
+    ] {
+        assert!(m.contains(needle), "missing {needle} in\n{m}");
+    }
+}
+
+/// A TCP echo server that records the first bytes it gets.
+fn tcp_echo() -> (std::net::SocketAddr, std::sync::mpsc::Receiver<Vec<u8>>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let _ = tx.send(buf[..n].to_vec());
+                    if s.write_all(&buf[..n]).is_err() || buf[..n].ends_with(b"\n") {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+fn tcp_args(f: &Files, upstream: std::net::SocketAddr, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "--mode",
+        "tcp",
+        "--listen",
+        "127.0.0.1:0",
+        "--cert",
+        &Files::p(&f.server_chain()),
+        "--key",
+        &Files::p(&f.server_key()),
+        "--client-ca",
+        &Files::p(&f.ca_chain()),
+        "--crl",
+        &Files::p(&f.crl()),
+        "--upstream",
+        &upstream.to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+fn s_client_send(g: &Gateway, f: &Files, leaf: &common::gw::Leaf, data: &[u8]) -> String {
+    let mut child = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &g.addr.to_string(),
+            "-servername",
+            "localhost",
+            "-quiet",
+            "-ign_eof",
+        ])
+        .arg("-CAfile")
+        .arg(f.root())
+        .arg("-cert")
+        .arg(&leaf.chain)
+        .arg("-key")
+        .arg(&leaf.key)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let _ = stdin.write_all(data);
+    // The echo server closes after a full line, which ends s_client; a watchdog bounds it.
+    let pid = child.id();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(10));
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+    });
+    let mut out = Vec::new();
+    let _ = child.stdout.take().unwrap().read_to_end(&mut out);
+    drop(stdin);
+    let _ = child.wait();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn tcp_mode_forwards_bytes_with_proxy_protocol_identity_and_closes_denied_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let (echo, seen) = tcp_echo();
+    let g = Gateway::start(&tcp_args(
+        &f,
+        echo,
+        &["--allow-cn", "db-client", "--proxy-protocol"],
+    ));
+    let c = f.client("db-client");
+    let out = s_client_send(&g, &f, &c, b"hello over mtls\n");
+    let first = seen.recv_timeout(Duration::from_secs(5)).unwrap();
+    let rest: Vec<Vec<u8>> = seen.try_iter().collect();
+    assert!(out.contains("hello over mtls"), "{out} {first:?} {rest:?}");
+    assert!(
+        first.starts_with(b"\r\n\r\n\0\r\nQUIT\n"),
+        "PROXY v2 signature expected: {first:?}"
+    );
+    let text = String::from_utf8_lossy(&first);
+    assert!(text.contains("db-client"), "CN TLV expected: {text}");
+    // A trusted client the policy does not allow gets nothing through.
+    let other = f.client("other");
+    let out = s_client_send(&g, &f, &other, b"should not pass\n");
+    assert!(!out.contains("should not pass"), "{out}");
+    while let Ok(b) = seen.recv_timeout(Duration::from_millis(300)) {
+        assert!(!String::from_utf8_lossy(&b).contains("should not pass"));
+    }
 }

@@ -6,6 +6,9 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+/// A labelled gauge family: (name, [(labels, value)]).
+pub type Gauge<'a> = (String, Vec<(Vec<(&'a str, String)>, f64)>);
+
 const BUCKETS: [f64; 10] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5,
 ];
@@ -64,7 +67,7 @@ impl Metrics {
     }
 
     /// Renders everything, plus the gauges `extra` supplies (expiry timestamps).
-    pub fn render(&self, extra: &[(String, Vec<(Vec<(&str, String)>, f64)>)]) -> String {
+    pub fn render(&self, extra: &[Gauge<'_>]) -> String {
         let mut s = String::new();
         s.push_str("# HELP mtls_handshakes_total TLS handshakes by result and rejection reason.\n# TYPE mtls_handshakes_total counter\n");
         if let Ok(g) = self.handshakes.lock() {

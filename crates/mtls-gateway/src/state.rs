@@ -102,7 +102,7 @@ impl ListenerState {
             .iter()
             .map(|r| (r.path_prefix.clone(), r.policy.clone()))
             .collect();
-        routes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.0.len()));
         Ok(ListenerState {
             generation,
             tls: Arc::new(tls),

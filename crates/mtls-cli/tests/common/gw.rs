@@ -130,10 +130,13 @@ impl Files {
     }
 }
 
+/// Request headers as the upstream received them.
+pub type Headers = Vec<(String, String)>;
+
 /// An HTTP/1.1 upstream that answers 200 with the request's headers as JSON and remembers them.
 pub struct Upstream {
     pub addr: SocketAddr,
-    pub seen: Arc<Mutex<Vec<Vec<(String, String)>>>>,
+    pub seen: Arc<Mutex<Vec<Headers>>>,
     _rt: tokio::runtime::Runtime,
 }
 
@@ -145,7 +148,7 @@ impl Upstream {
             .enable_all()
             .build()
             .unwrap();
-        let seen: Arc<Mutex<Vec<Vec<(String, String)>>>> = Arc::default();
+        let seen: Arc<Mutex<Vec<Headers>>> = Arc::default();
         let listener = rt
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
