@@ -137,6 +137,5 @@ impl ListenerState {
             .ok_or(mtls_verify::Rejection::NoCertificate)?;
         self.trust
             .verify_client(leaf, rest, OffsetDateTime::now_utc())
-            .map(Arc::new)
     }
 }

@@ -6,6 +6,7 @@
 //! million entries costs the same per handshake as one with ten.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, TrustAnchor, UnixTime};
 use time::OffsetDateTime;
@@ -55,6 +56,31 @@ pub struct TrustState {
     crls: HashMap<Vec<u8>, CrlEntry>,
     crl_summaries: Vec<CrlSummary>,
     options: RevocationOptions,
+    cache: Mutex<HashMap<[u8; 32], Arc<CachedPath>>>,
+}
+
+/// Most cached paths per trust state (cleared when full; a new state starts empty).
+const CACHE_CAPACITY: usize = 16_384;
+
+/// A validated path: what must still be checked on every use.
+struct CachedPath {
+    peer: Arc<VerifiedPeer>,
+    /// Intersection of the validity windows of leaf, intermediates and anchor (Unix seconds).
+    not_before: i64,
+    not_after: i64,
+    /// (issuer name, serial, status required) for each certificate below the anchor.
+    revocation: Vec<(Vec<u8>, Vec<u8>, bool)>,
+}
+
+fn chain_key(leaf: &[u8], intermediates: &[CertificateDer<'_>]) -> [u8; 32] {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for c in std::iter::once(leaf).chain(intermediates.iter().map(|c| c.as_ref())) {
+        ctx.update(&(c.len() as u64).to_be_bytes());
+        ctx.update(c);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
 }
 
 impl std::fmt::Debug for TrustState {
@@ -175,6 +201,7 @@ impl TrustState {
             crls: index_map,
             crl_summaries,
             options,
+            cache: Mutex::new(HashMap::new()),
         })
     }
 
@@ -195,12 +222,44 @@ impl TrustState {
 
     /// Verifies a client chain at `now`: path to a trusted anchor, clientAuth EKU present,
     /// anchor usable, revocation (leaf must have a status when CRLs are loaded).
+    ///
+    /// Path validation of a chain already seen under this state is cached (by the SHA-256 of
+    /// the presented certificates); the validity window and revocation are checked on every
+    /// call. The CertificateVerify signature is rustls's job and never cached.
     pub fn verify_client(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         now: OffsetDateTime,
-    ) -> Result<VerifiedPeer, Rejection> {
+    ) -> Result<Arc<VerifiedPeer>, Rejection> {
+        let key = chain_key(end_entity, intermediates);
+        let t = now.unix_timestamp();
+        let hit = self.cache.lock().ok().and_then(|c| c.get(&key).cloned());
+        if let Some(c) = hit {
+            if t >= c.not_before && t <= c.not_after {
+                for (issuer, serial, require) in &c.revocation {
+                    self.check_revocation_key(issuer, serial, *require, now)?;
+                }
+                return Ok(c.peer.clone());
+            }
+        }
+        let cached = self.verify_uncached(end_entity, intermediates, now)?;
+        let peer = cached.peer.clone();
+        if let Ok(mut c) = self.cache.lock() {
+            if c.len() >= CACHE_CAPACITY {
+                c.clear();
+            }
+            c.insert(key, Arc::new(cached));
+        }
+        Ok(peer)
+    }
+
+    fn verify_uncached(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: OffsetDateTime,
+    ) -> Result<CachedPath, Rejection> {
         leaf_checks(end_entity, Purpose::Client)?;
         let ee = EndEntityCert::try_from(end_entity)
             .map_err(|e| Rejection::from_webpki(e, Purpose::Client))?;
@@ -240,33 +299,52 @@ impl TrustState {
         }
         let (_, leaf) = x509_parser::parse_x509_certificate(end_entity)
             .map_err(|e| Rejection::Malformed(e.to_string()))?;
-        self.check_revocation(&leaf, true, now)?;
+        let mut not_before = anchor
+            .not_before
+            .max(leaf.validity().not_before.timestamp());
+        let mut not_after = anchor.not_after.min(leaf.validity().not_after.timestamp());
+        let serial_of = |c: &x509_parser::certificate::X509Certificate<'_>| {
+            mtls_pki::Serial::from_be_bytes(c.raw_serial())
+                .as_bytes()
+                .to_vec()
+        };
+        let mut revocation = vec![(leaf.issuer().as_raw().to_vec(), serial_of(&leaf), true)];
         for ica in path.intermediate_certificates() {
             if let Ok((_, c)) = x509_parser::parse_x509_certificate(ica.der().as_ref()) {
-                self.check_revocation(&c, false, now)?;
+                not_before = not_before.max(c.validity().not_before.timestamp());
+                not_after = not_after.min(c.validity().not_after.timestamp());
+                revocation.push((c.issuer().as_raw().to_vec(), serial_of(&c), false));
             }
         }
-        Ok(VerifiedPeer::from_cert(end_entity, &leaf, self.generation))
+        for (issuer, serial, require) in &revocation {
+            self.check_revocation_key(issuer, serial, *require, now)?;
+        }
+        Ok(CachedPath {
+            peer: Arc::new(VerifiedPeer::from_cert(end_entity, &leaf, self.generation)),
+            not_before,
+            not_after,
+            revocation,
+        })
     }
 
-    fn check_revocation(
+    fn check_revocation_key(
         &self,
-        cert: &x509_parser::certificate::X509Certificate<'_>,
+        issuer: &[u8],
+        serial: &[u8],
         require_status: bool,
         now: OffsetDateTime,
     ) -> Result<(), Rejection> {
         if self.crls.is_empty() {
             return Ok(());
         }
-        match self.crls.get(cert.issuer().as_raw()) {
+        match self.crls.get(issuer) {
             Some(entry) => {
                 if let Some(next) = entry.next_update {
                     if now > next && !self.options.allow_expired_crl {
                         return Err(Rejection::ExpiredCrl);
                     }
                 }
-                let serial = mtls_pki::Serial::from_be_bytes(cert.raw_serial());
-                if entry.revoked.contains(serial.as_bytes()) {
+                if entry.revoked.contains(serial) {
                     return Err(Rejection::Revoked);
                 }
                 Ok(())

@@ -234,3 +234,83 @@ fn leaf_issued_by_leaf_rejected() {
         lifetime: Duration::days(1),
     };
 }
+
+mod trust_state {
+    use super::*;
+    use mtls_verify::{RevocationOptions, TrustState};
+
+    fn state(pki: &TestPki, crls: &[CertificateRevocationListDer<'_>]) -> TrustState {
+        TrustState::new(
+            1,
+            vec![pki.root_der(), pki.intermediate_der()],
+            crls,
+            RevocationOptions::default(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn cached_paths_still_check_time_on_every_use() {
+        let pki = TestPki::new("t");
+        let c = pki.client("c");
+        let st = state(&pki, &[]);
+        let inter = [pki.intermediate_der()];
+        let a = st.verify_client(&c.cert.der, &inter, now()).unwrap();
+        let b = st.verify_client(&c.cert.der, &inter, now()).unwrap();
+        assert!(
+            std::sync::Arc::ptr_eq(&a, &b),
+            "second call is served from the cache"
+        );
+        assert!(matches!(
+            st.verify_client(&c.cert.der, &inter, now() + Duration::days(60)),
+            Err(Rejection::Expired { .. })
+        ));
+    }
+
+    #[test]
+    fn revocation_is_checked_for_cached_and_uncached_paths() {
+        let pki = TestPki::new("t");
+        let bad = pki.client("bad");
+        let good = pki.client("good");
+        let crl = build_crl(
+            &pki.intermediate,
+            1,
+            now(),
+            Duration::days(1),
+            &[RevokedEntry {
+                serial: bad.cert.serial.clone(),
+                revoked_at: now(),
+                reason: None,
+            }],
+        )
+        .unwrap();
+        let st = state(&pki, &[crl]);
+        for _ in 0..2 {
+            assert_eq!(
+                st.verify_client(&bad.cert.der, &[], now()).unwrap_err(),
+                Rejection::Revoked
+            );
+            st.verify_client(&good.cert.der, &[], now()).unwrap();
+        }
+        assert_eq!(
+            st.verify_client(&good.cert.der, &[], now() + Duration::days(2))
+                .unwrap_err(),
+            Rejection::ExpiredCrl
+        );
+    }
+
+    #[test]
+    fn crl_not_signed_by_a_bundle_ca_is_refused_at_load() {
+        let pki = TestPki::new("t");
+        let other = TestPki::new("other");
+        let crl = build_crl(&other.intermediate, 1, now(), Duration::days(1), &[]).unwrap();
+        let err = TrustState::new(
+            1,
+            vec![pki.root_der()],
+            &[crl],
+            RevocationOptions::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("not in the CA bundle"), "{err}");
+    }
+}
