@@ -1,0 +1,419 @@
+//! Gateway features beyond the single-listener flags: config file with several listeners, SNI
+//! certificates and per-path policy; WebSocket upgrades; draining on SIGTERM; the client tunnel;
+//! `mtls request` with an encrypted key; the quickstart and its printed commands.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::gw::{curl, http_args, Files, Gateway, Upstream};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn config_file_listeners_sni_certificates_and_route_policies() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let up = Upstream::start();
+    let api = f.pki.server(&["api.example.com"]);
+    f.write_leaf("api", &api.cert.der, &api.key);
+    let (p1, p2) = (free_port(), free_port());
+    let toml = format!(
+        r#"
+admin_listen = "127.0.0.1:0"
+[[listener]]
+name = "one"
+listen = "127.0.0.1:{p1}"
+upstream = "http://{up}"
+client_ca = ["ca-chain.pem"]
+crl = ["crl.pem"]
+[[listener.certificate]]
+cert = "server.chain.pem"
+key = "server.key"
+[[listener.certificate]]
+cert = "api.chain.pem"
+key = "api.key"
+[listener.policy]
+allow_cn = ["reader", "admin"]
+[[listener.route]]
+path_prefix = "/admin"
+policy = {{ allow_cn = ["admin"] }}
+
+[[listener]]
+name = "two"
+listen = "127.0.0.1:{p2}"
+upstream = "http://{up}"
+client_ca = ["ca-chain.pem"]
+[[listener.certificate]]
+cert = "server.chain.pem"
+key = "server.key"
+[listener.policy]
+allow_any_trusted = true
+"#,
+        up = up.addr
+    );
+    std::fs::write(dir.path().join("gateway.toml"), toml).unwrap();
+    let g = Gateway::start(&[
+        "--config".into(),
+        Files::p(&dir.path().join("gateway.toml")),
+    ]);
+    assert_eq!(g.port(), p1);
+    let reader = f.client("reader");
+    let admin = f.client("admin");
+    assert_eq!(curl(&g, &f, Some(&reader), "/data", &[]).status, 200);
+    assert_eq!(curl(&g, &f, Some(&reader), "/admin/x", &[]).status, 403);
+    assert_eq!(curl(&g, &f, Some(&admin), "/admin/x", &[]).status, 200);
+    // SNI picks the api.example.com certificate.
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect 127.0.0.1:{p1} -servername api.example.com </dev/null 2>/dev/null | openssl x509 -noout -subject"
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("api.example.com"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    // The second listener has its own policy.
+    let other = f.client("someone");
+    let o = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(f.root())
+        .arg("--cert")
+        .arg(&other.chain)
+        .arg("--key")
+        .arg(&other.key)
+        .arg("--resolve")
+        .arg(format!("localhost:{p2}:127.0.0.1"))
+        .arg(format!("https://localhost:{p2}/"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "200");
+}
+
+/// An upstream that answers an Upgrade with 101 and then echoes bytes.
+fn upgrade_upstream() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if s.read(&mut b).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(b[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                assert!(head.contains("upgrade: websocket"), "{head}");
+                s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").unwrap();
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() || buf[..n].ends_with(b"\n") {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn websocket_upgrade_passes_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let ws = upgrade_upstream();
+    let mut args = http_args(&f, &Upstream::start(), &["--allow-any-trusted"]);
+    let i = args.iter().position(|a| a == "--upstream").unwrap();
+    args[i + 1] = format!("http://{ws}");
+    let g = Gateway::start(&args);
+    let c = f.client("ws-client");
+    let mut child = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &g.addr.to_string(),
+            "-servername",
+            "localhost",
+            "-quiet",
+            "-ign_eof",
+            "-alpn",
+            "http/1.1",
+        ])
+        .arg("-CAfile")
+        .arg(f.root())
+        .arg("-cert")
+        .arg(&c.chain)
+        .arg("-key")
+        .arg(&c.key)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(b"GET /ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    stdin.write_all(b"ping through the tunnel\n").unwrap();
+    let pid = child.id();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(10));
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+    });
+    let mut out = Vec::new();
+    let _ = child.stdout.take().unwrap().read_to_end(&mut out);
+    drop(stdin);
+    let _ = child.wait();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.contains("101 Switching Protocols"), "{out}");
+    assert!(out.contains("ping through the tunnel"), "{out}");
+}
+
+/// An upstream that waits before answering.
+fn slow_upstream(delay: Duration) -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                std::thread::sleep(delay);
+                let _ = s.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nslow",
+                );
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let slow = slow_upstream(Duration::from_millis(1500));
+    let mut args = http_args(&f, &Upstream::start(), &["--allow-any-trusted"]);
+    let i = args.iter().position(|a| a == "--upstream").unwrap();
+    args[i + 1] = format!("http://{slow}");
+    let g = Gateway::start(&args);
+    let c = f.client("c");
+    let (port, root, chain, key) = (g.port(), f.root(), c.chain.clone(), c.key.clone());
+    let inflight = std::thread::spawn(move || {
+        Command::new("curl")
+            .args(["-sS", "--max-time", "10", "-w", " %{http_code}", "--cacert"])
+            .arg(root)
+            .arg("--cert")
+            .arg(chain)
+            .arg("--key")
+            .arg(key)
+            .arg("--resolve")
+            .arg(format!("localhost:{port}:127.0.0.1"))
+            .arg(format!("https://localhost:{port}/"))
+            .output()
+            .unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let status = g.terminate();
+    let o = inflight.join().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "slow 200",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn tunnel_carries_plaintext_clients_over_mtls_and_refuses_remote_listen() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let up = Upstream::start();
+    let g = Gateway::start(&http_args(&f, &up, &["--allow-cn", "tunnel-user"]));
+    let c = f.client("tunnel-user");
+    let local = free_port();
+    let mut t = Command::new(env!("CARGO_BIN_EXE_mtls"))
+        .args([
+            "tunnel",
+            "--listen",
+            &format!("127.0.0.1:{local}"),
+            "--target",
+            &format!("localhost:{}", g.port()),
+        ])
+        .arg("--cert")
+        .arg(&c.chain)
+        .arg("--key")
+        .arg(&c.key)
+        .arg("--ca")
+        .arg(f.root())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ok = false;
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(100));
+        let o = Command::new("curl")
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-H",
+                "Host: localhost",
+                &format!("http://127.0.0.1:{local}/plain"),
+            ])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&o.stdout) == "200" {
+            ok = true;
+            break;
+        }
+    }
+    let _ = t.kill();
+    let _ = t.wait();
+    assert!(ok, "plaintext request through the tunnel failed");
+    assert!(up
+        .last()
+        .iter()
+        .any(|(k, v)| k == "x-forwarded-client-cert" && v.contains("CN=tunnel-user")));
+    let o = Command::new(env!("CARGO_BIN_EXE_mtls"))
+        .args(["tunnel", "--listen", "0.0.0.0:0", "--target", "localhost:1"])
+        .arg("--cert")
+        .arg(&c.chain)
+        .arg("--key")
+        .arg(&c.key)
+        .arg("--ca")
+        .arg(f.root())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("non-loopback"));
+}
+
+#[test]
+fn request_with_an_encrypted_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let up = Upstream::start();
+    let g = Gateway::start(&http_args(&f, &up, &["--allow-any-trusted"]));
+    let c = f.pki.client("enc-client");
+    let leaf = f.write_leaf("enc", &c.cert.der, &c.key);
+    std::fs::write(
+        &leaf.key,
+        c.key
+            .to_encrypted_pem_with_iterations(b"key passphrase", 10_000)
+            .unwrap()
+            .as_bytes(),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("pw"), "key passphrase\n").unwrap();
+    let base = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_mtls"))
+            .args([
+                "request",
+                &g.url("/api/secure"),
+                "-X",
+                "POST",
+                "-d",
+                "{\"a\":1}",
+                "-H",
+                "Content-Type: application/json",
+                "-i",
+            ])
+            .arg("--cert")
+            .arg(&leaf.chain)
+            .arg("--key")
+            .arg(&leaf.key)
+            .arg("--ca")
+            .arg(f.root())
+            .args(extra)
+            .env_remove("MTLS_PASSPHRASE")
+            .output()
+            .unwrap()
+    };
+    let o = base(&["--passphrase-file", &Files::p(&dir.path().join("pw"))]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && out.contains("200 OK") && out.contains("CN=enc-client"),
+        "{out} {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = base(&[]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("passphrase"));
+}
+
+#[test]
+fn quickstart_serves_and_its_printed_commands_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mtls"))
+        .current_dir(dir.path())
+        .args(["quickstart", "--port", &port.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let l2 = lines.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            l2.lock().unwrap().push(l);
+        }
+    });
+    let mut commands = Vec::new();
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(100));
+        commands = lines
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|l| l.trim().to_string())
+            .filter(|l| (l.starts_with("curl ") || l.contains(" request ")) && l.contains("--cert"))
+            .collect();
+        if commands.len() == 2 && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+    }
+    assert_eq!(commands.len(), 2, "{:?}", lines.lock().unwrap());
+    for cmd in &commands {
+        let o = Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        let v: serde_json::Value = serde_json::from_str(out.trim())
+            .unwrap_or_else(|_| panic!("{cmd}: {out} {}", String::from_utf8_lossy(&o.stderr)));
+        assert_eq!(v["message"], "Authenticated via mTLS");
+        assert_eq!(v["client"], "client-app");
+    }
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let _ = child.wait();
+}
