@@ -38,9 +38,12 @@ pub struct GatewayArgs {
     /// CA bundle trusted for client certificates (include the CRL issuer).
     #[arg(long, required_unless_present = "config")]
     client_ca: Vec<PathBuf>,
-    /// Upstream: http://host:port (http mode) or host:port (tcp mode).
+    /// Upstream: http://host:port or https://host:port (http mode), host:port (tcp mode).
     #[arg(long, required_unless_present = "config")]
     upstream: Option<String>,
+    /// CA bundle verifying an https:// upstream.
+    #[arg(long)]
+    upstream_ca: Vec<PathBuf>,
     /// http or tcp.
     #[arg(long, default_value = "http")]
     mode: String,
@@ -110,6 +113,9 @@ fn config_from_flags(a: &GatewayArgs) -> Result<GatewayConfig> {
             listen: a.listen.ok_or_else(|| missing("--listen"))?,
             mode,
             upstream: a.upstream.clone().ok_or_else(|| missing("--upstream"))?,
+            upstream_ca: a.upstream_ca.clone(),
+            upstream_server_name: None,
+            upstream_certificate: None,
             certificates: vec![CertificateConfig {
                 cert: a.cert.clone().ok_or_else(|| missing("--cert"))?,
                 key: a.key.clone().ok_or_else(|| missing("--key"))?,
@@ -336,6 +342,9 @@ pub fn quickstart(a: QuickstartArgs) -> Result<ExitCode> {
                 listen,
                 mode: Mode::Http,
                 upstream: format!("http://{upstream_addr}"),
+                upstream_ca: Vec::new(),
+                upstream_server_name: None,
+                upstream_certificate: None,
                 certificates: vec![CertificateConfig {
                     cert: issued.join("localhost.chain.pem"),
                     key: issued.join("localhost.key"),

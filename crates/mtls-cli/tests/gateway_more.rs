@@ -417,3 +417,63 @@ fn quickstart_serves_and_its_printed_commands_work() {
     let _ = Command::new("kill").arg(child.id().to_string()).status();
     let _ = child.wait();
 }
+
+#[test]
+fn https_upstream_is_verified_and_can_be_mtls_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let up = Upstream::start();
+    // Gateway B: the upstream, requiring the certificate of gateway A.
+    let b = Gateway::start(&http_args(&f, &up, &["--allow-cn", "gateway-a"]));
+    let a_cert = f.client("gateway-a");
+    let pa = free_port();
+    let write = |name: &str, ca: &str| {
+        let toml = format!(
+            r#"
+[[listener]]
+listen = "127.0.0.1:{pa}"
+upstream = "https://localhost:{pb}"
+upstream_ca = ["{ca}"]
+client_ca = ["ca-chain.pem"]
+crl = ["crl.pem"]
+upstream_certificate = {{ cert = "{chain}", key = "{key}" }}
+[[listener.certificate]]
+cert = "server.chain.pem"
+key = "server.key"
+[listener.policy]
+allow_any_trusted = true
+"#,
+            pb = b.port(),
+            chain = Files::p(&a_cert.chain),
+            key = Files::p(&a_cert.key),
+        );
+        let p = dir.path().join(name);
+        std::fs::write(&p, toml).unwrap();
+        p
+    };
+    let good = write("a.toml", "root.pem");
+    let a = Gateway::start(&["--config".into(), Files::p(&good)]);
+    let client = f.client("end-user");
+    let r = curl(&a, &f, Some(&client), "/through", &[]);
+    assert_eq!(r.status, 200, "{} {}", r.body, r.stderr);
+    // B saw gateway A's certificate; A's own identity headers for end-user were replaced by B.
+    let h = up.last();
+    let xfcc: Vec<_> = h
+        .iter()
+        .filter(|(k, _)| k == "x-forwarded-client-cert")
+        .collect();
+    assert_eq!(xfcc.len(), 1);
+    assert!(xfcc[0].1.contains("CN=gateway-a"), "{xfcc:?}");
+    drop(a);
+    // An upstream whose certificate does not verify is a 502, never a silent plaintext fallback.
+    let other = mtls_test_util::TestPki::new("other");
+    std::fs::write(
+        dir.path().join("other-root.pem"),
+        mtls_pki::pem_io::encode("CERTIFICATE", &other.root_der()),
+    )
+    .unwrap();
+    let bad = write("bad.toml", "other-root.pem");
+    let a = Gateway::start(&["--config".into(), Files::p(&bad)]);
+    let r = curl(&a, &f, Some(&client), "/through", &[]);
+    assert_eq!(r.status, 502, "{}", r.body);
+}

@@ -75,8 +75,17 @@ pub struct ListenerConfig {
     pub listen: SocketAddr,
     #[serde(default)]
     pub mode: Mode,
-    /// `http://host:port` (HTTP mode) or `host:port` (TCP mode).
+    /// `http://host:port` or `https://host:port` (HTTP mode), `host:port` (TCP mode).
     pub upstream: String,
+    /// CA bundles that verify an `https://` upstream (required for https).
+    #[serde(default)]
+    pub upstream_ca: Vec<PathBuf>,
+    /// Name to verify the upstream's certificate against (default: the upstream host).
+    #[serde(default)]
+    pub upstream_server_name: Option<String>,
+    /// Client certificate the gateway presents to an `https://` upstream (mTLS on that hop too).
+    #[serde(default)]
+    pub upstream_certificate: Option<CertificateConfig>,
     /// Served certificates; the first is the default, the others are chosen by SNI.
     #[serde(rename = "certificate")]
     pub certificates: Vec<CertificateConfig>,
@@ -187,6 +196,11 @@ impl GatewayConfig {
                 }
             };
             l.client_ca.iter_mut().for_each(fix);
+            l.upstream_ca.iter_mut().for_each(fix);
+            if let Some(c) = &mut l.upstream_certificate {
+                fix(&mut c.cert);
+                fix(&mut c.key);
+            }
             l.crl.iter_mut().for_each(fix);
             for c in &mut l.certificates {
                 fix(&mut c.cert);
@@ -222,8 +236,14 @@ impl GatewayConfig {
                     "the policy allows nobody: add allow_* rules or allow_any_trusted = true",
                 );
             }
-            if l.mode == Mode::Http && !l.upstream.starts_with("http://") {
-                return e("upstream must be an http://host:port URL in HTTP mode");
+            if l.mode == Mode::Http
+                && !l.upstream.starts_with("http://")
+                && !l.upstream.starts_with("https://")
+            {
+                return e("upstream must be an http:// or https:// URL in HTTP mode");
+            }
+            if l.upstream.starts_with("https://") && l.upstream_ca.is_empty() {
+                return e("an https:// upstream needs upstream_ca (the CAs that verify it)");
             }
             if self.limits.max_header_bytes < 8192 {
                 return e("limits.max_header_bytes must be at least 8192");

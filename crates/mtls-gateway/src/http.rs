@@ -11,6 +11,8 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
+
+use crate::upstream::UpstreamConnector;
 use hyper_util::rt::TokioIo;
 use mtls_verify::{Rejection, VerifiedPeer};
 use rustls_pki_types::CertificateDer;
@@ -20,16 +22,22 @@ use crate::server::Shared;
 use crate::state::ListenerState;
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
-pub type UpstreamClient = Client<HttpConnector, Incoming>;
+pub type UpstreamClient = Client<UpstreamConnector, Incoming>;
 
-/// Builds the pooled HTTP/1.1 upstream client.
-pub fn upstream_client(connect_timeout: std::time::Duration) -> UpstreamClient {
+/// Builds the pooled HTTP/1.1 upstream client (TLS to the upstream when `tls` is given).
+pub fn upstream_client(
+    connect_timeout: std::time::Duration,
+    tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls_pki_types::ServerName<'static>,
+    )>,
+) -> UpstreamClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(connect_timeout));
     Client::builder(hyper_util::rt::TokioExecutor::new())
         .pool_idle_timeout(std::time::Duration::from_secs(90))
-        .build(connector)
+        .build(UpstreamConnector::new(connector, tls))
 }
 
 /// The seed's error body: `{"error":{"code":…,"message":…}}`.
@@ -204,7 +212,7 @@ pub async fn handle(
             .map(|p| p.as_str())
             .unwrap_or("/");
         let Ok(uri) = Uri::builder()
-            .scheme("http")
+            .scheme(shared.upstream_scheme)
             .authority(shared.upstream_authority.clone())
             .path_and_query(pq)
             .build()

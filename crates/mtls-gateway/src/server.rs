@@ -34,6 +34,7 @@ pub struct Shared {
     pub client: UpstreamClient,
     pub upstream_authority: Authority,
     pub upstream_addr: String,
+    pub upstream_scheme: &'static str,
     pub strip_headers: Vec<HeaderName>,
     pub access_log: bool,
 }
@@ -62,26 +63,74 @@ impl Running {
     }
 }
 
-fn upstream_parts(cfg: &ListenerConfig) -> Result<(Authority, String), Error> {
+struct Upstream {
+    authority: Authority,
+    addr: String,
+    scheme: &'static str,
+    tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls_pki_types::ServerName<'static>,
+    )>,
+}
+
+fn upstream_parts(cfg: &ListenerConfig, now: OffsetDateTime) -> Result<Upstream, Error> {
     let bad = |m: &str| {
         Error::Config(format!(
             "listener {:?}: upstream {:?}: {m}",
             cfg.name, cfg.upstream
         ))
     };
-    let hostport = match cfg.mode {
-        Mode::Http => cfg
-            .upstream
-            .strip_prefix("http://")
-            .map(|r| r.trim_end_matches('/'))
-            .ok_or_else(|| bad("expected http://host:port"))?,
-        Mode::Tcp => cfg.upstream.as_str(),
+    let (scheme, hostport) = match cfg.mode {
+        Mode::Http => {
+            if let Some(r) = cfg.upstream.strip_prefix("http://") {
+                ("http", r)
+            } else if let Some(r) = cfg.upstream.strip_prefix("https://") {
+                ("https", r)
+            } else {
+                return Err(bad("expected http://host:port or https://host:port"));
+            }
+        }
+        Mode::Tcp => ("tcp", cfg.upstream.as_str()),
     };
+    let hostport = hostport.trim_end_matches('/');
     let authority: Authority = hostport.parse().map_err(|_| bad("expected host:port"))?;
     if authority.port_u16().is_none() {
         return Err(bad("a port is required"));
     }
-    Ok((authority, hostport.to_string()))
+    let tls = if scheme == "https" {
+        let mut roots = Vec::new();
+        for p in &cfg.upstream_ca {
+            let bytes = mtls_pki::files::read_public(p).map_err(|e| Error::Load(e.to_string()))?;
+            roots.extend(
+                mtls_pki::pem_io::certificates(&bytes)
+                    .map_err(|e| Error::Load(format!("{}: {e}", p.display())))?,
+            );
+        }
+        let cred = match &cfg.upstream_certificate {
+            Some(c) => Some(
+                mtls_tls::load_credential(&c.cert, &c.key, None, now)
+                    .map_err(|e| Error::Load(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let config = mtls_tls::client_config(&roots, cred.as_ref(), &[b"http/1.1"])
+            .map_err(|e| Error::Load(e.to_string()))?;
+        let name = cfg
+            .upstream_server_name
+            .clone()
+            .unwrap_or_else(|| authority.host().trim_matches(['[', ']']).to_string());
+        let name = rustls_pki_types::ServerName::try_from(name)
+            .map_err(|_| bad("invalid upstream server name"))?;
+        Some((Arc::new(config), name))
+    } else {
+        None
+    };
+    Ok(Upstream {
+        authority,
+        addr: hostport.to_string(),
+        scheme: if scheme == "https" { "https" } else { "http" },
+        tls,
+    })
 }
 
 /// Fingerprint of the watched files (follows symlinks, as Kubernetes swaps them).
@@ -111,7 +160,7 @@ pub async fn start(config: GatewayConfig, config_path: Option<PathBuf>) -> Resul
     let mut addrs = Vec::new();
     for cfg in &config.listeners {
         let state = ListenerState::load(cfg, 1, now)?;
-        let (upstream_authority, upstream_addr) = upstream_parts(cfg)?;
+        let upstream = upstream_parts(cfg, now)?;
         let strip_headers = cfg
             .strip_headers
             .iter()
@@ -135,9 +184,10 @@ pub async fn start(config: GatewayConfig, config_path: Option<PathBuf>) -> Resul
             state: ArcSwap::from_pointee(state),
             metrics: metrics.clone(),
             limits: config.limits.clone(),
-            client: gw_http::upstream_client(config.limits.upstream_timeout),
-            upstream_authority,
-            upstream_addr,
+            client: gw_http::upstream_client(config.limits.upstream_timeout, upstream.tls),
+            upstream_authority: upstream.authority,
+            upstream_addr: upstream.addr,
+            upstream_scheme: upstream.scheme,
             strip_headers,
             access_log: config.access_log,
         }));
