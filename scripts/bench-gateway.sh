@@ -37,8 +37,11 @@ start_gateway() { # CPUS
 }
 
 mkdir -p "$P/run"
+# Keep the origin up for both measurements (compare_target.sh stops only an origin it started).
+"$BENCH/peers.sh" setup >/dev/null
+ss -Hltn "( sport = :18080 )" | grep -q . || "$BENCH/peers.sh" start origin 1
 start_gateway 0
-trap 'kill $GW 2>/dev/null || true' EXIT
+trap 'kill $GW 2>/dev/null || true; "$BENCH/peers.sh" stop origin >/dev/null 2>&1 || true' EXIT
 "$BENCH/compare_target.sh" mtls-gateway $PORT $GW "$RUNS"
 kill $GW; wait $GW 2>/dev/null || true
 
@@ -69,7 +72,8 @@ kill $GW; wait $GW 2>/dev/null || true
 import json, sys, glob
 for f in glob.glob(sys.argv[1] + "/*.json"):
     d = json.load(open(f))
-    print(json.dumps({k: v for k, v in d.items() if "hs" in k.lower() or "handshake" in k.lower()}, indent=1)[:2000])
+    for run in d.get("hs", {}).get("runs", []):
+        print(f"full mTLS handshakes/s: {run.get('rate')} (ok {run.get('ok')}, bad status {run.get('bad_status')}, errors {run.get('err')})")
 PY
   echo '```'
 } > "$ROOT/docs/benchmarks-gateway.md"

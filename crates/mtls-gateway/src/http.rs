@@ -280,7 +280,7 @@ pub async fn handle(
     if shared.access_log {
         let line = serde_json::json!({
             "ts": time::OffsetDateTime::now_utc().unix_timestamp(),
-            "listener": shared.name,
+            "listener": &*shared.name,
             "remote": conn.remote.to_string(),
             "method": method.as_str(),
             "path": path,

@@ -18,7 +18,7 @@ const BUCKETS: [f64; 10] = [
 #[derive(Default)]
 pub struct Metrics {
     handshakes: Mutex<BTreeMap<(String, String), u64>>,
-    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    requests: Mutex<BTreeMap<(std::sync::Arc<str>, u16), u64>>,
     pub active_connections: AtomicI64,
     pub upstream_errors: AtomicU64,
     pub reloads_ok: AtomicU64,
@@ -51,8 +51,8 @@ impl Metrics {
     }
 
     /// A request finished with `status` after `elapsed`.
-    pub fn request(&self, listener: &str, status: u16, elapsed: Duration) {
-        bump(&self.requests, (listener.to_string(), status));
+    pub fn request(&self, listener: &std::sync::Arc<str>, status: u16, elapsed: Duration) {
+        bump(&self.requests, (listener.clone(), status));
         let secs = elapsed.as_secs_f64();
         for (i, b) in BUCKETS.iter().enumerate() {
             if secs <= *b {

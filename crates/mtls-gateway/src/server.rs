@@ -25,7 +25,7 @@ use crate::Error;
 
 /// What every connection of a listener shares.
 pub struct Shared {
-    pub name: String,
+    pub name: Arc<str>,
     pub mode: Mode,
     pub cfg: ArcSwap<ListenerConfig>,
     pub state: ArcSwap<ListenerState>,
@@ -178,7 +178,7 @@ pub async fn start(config: GatewayConfig, config_path: Option<PathBuf>) -> Resul
                 .map_err(|e| Error::Io(e.to_string()))?,
         );
         shared_all.push(Arc::new(Shared {
-            name: cfg.name.clone(),
+            name: Arc::from(cfg.name.as_str()),
             mode: cfg.mode,
             cfg: ArcSwap::from_pointee(cfg.clone()),
             state: ArcSwap::from_pointee(state),
@@ -427,7 +427,7 @@ async fn tcp_proxy(
     if shared.access_log {
         println!(
             "{}",
-            serde_json::json!({"ts": OffsetDateTime::now_utc().unix_timestamp(), "listener": shared.name,
+            serde_json::json!({"ts": OffsetDateTime::now_utc().unix_timestamp(), "listener": &*shared.name,
                 "remote": remote.to_string(), "event": "tcp_connect", "cn": peer.common_name, "serial": peer.serial,
                 "fingerprint": peer.cert_sha256})
         );
@@ -480,20 +480,23 @@ fn render_metrics(metrics: &Metrics, shared: &[Arc<Shared>]) -> String {
         let st = s.state.load();
         for (file, t) in &st.served_not_after {
             served.push((
-                vec![("listener", s.name.clone()), ("cert", file.clone())],
+                vec![("listener", s.name.to_string()), ("cert", file.clone())],
                 t.unix_timestamp() as f64,
             ));
         }
         for (subject, t) in &st.ca_not_after {
             cas.push((
-                vec![("listener", s.name.clone()), ("ca", subject.clone())],
+                vec![("listener", s.name.to_string()), ("ca", subject.clone())],
                 t.unix_timestamp() as f64,
             ));
         }
         for c in st.trust.crl_summaries() {
             if let Some(n) = c.next_update {
                 crls.push((
-                    vec![("listener", s.name.clone()), ("issuer", c.issuer.clone())],
+                    vec![
+                        ("listener", s.name.to_string()),
+                        ("issuer", c.issuer.clone()),
+                    ],
                     n.unix_timestamp() as f64,
                 ));
             }
