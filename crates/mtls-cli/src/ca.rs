@@ -165,29 +165,12 @@ fn init(pki: &Path, a: InitArgs) -> Result<ExitCode> {
         a.key.force,
     )?;
     files::write_atomic(
-        &dir.intermediate_key(),
-        key_pem(inter.key(), &a.key, pass)?.as_bytes(),
-        Visibility::Secret,
-        a.key.force,
-    )?;
-    files::write_atomic(
         &dir.root_cert(),
         root.pem().as_bytes(),
         Visibility::Public,
         a.key.force,
     )?;
-    files::write_atomic(
-        &dir.intermediate_cert(),
-        inter.pem().as_bytes(),
-        Visibility::Public,
-        a.key.force,
-    )?;
-    files::write_atomic(
-        &dir.ca_chain(),
-        format!("{}{}", inter.pem(), root.pem()).as_bytes(),
-        Visibility::Public,
-        a.key.force,
-    )?;
+    write_intermediate(&dir, &inter, &root, &a.key, pass)?;
     // Create the inventory now so permissions and schema exist before the first issuance.
     dir.open_inventory()?;
     out(&format!(
@@ -206,6 +189,36 @@ fn init(pki: &Path, a: InitArgs) -> Result<ExitCode> {
         dir.root_key().display(),
     ))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the intermediate's key, certificate and the CA chain (intermediate + root).
+fn write_intermediate(
+    dir: &PkiDir,
+    inter: &CaCert,
+    root: &CaCert,
+    key_args: &NewKeyArgs,
+    pass: Option<&[u8]>,
+) -> Result<()> {
+    let force = key_args.force;
+    files::write_atomic(
+        &dir.intermediate_key(),
+        key_pem(inter.key(), key_args, pass)?.as_bytes(),
+        Visibility::Secret,
+        force,
+    )?;
+    files::write_atomic(
+        &dir.intermediate_cert(),
+        inter.pem().as_bytes(),
+        Visibility::Public,
+        force,
+    )?;
+    files::write_atomic(
+        &dir.ca_chain(),
+        format!("{}{}", inter.pem(), root.pem()).as_bytes(),
+        Visibility::Public,
+        force,
+    )?;
+    Ok(())
 }
 
 fn intermediate(pki: &Path, a: IntermediateArgs) -> Result<ExitCode> {
@@ -234,24 +247,7 @@ fn intermediate(pki: &Path, a: IntermediateArgs) -> Result<ExitCode> {
         0,
     )?;
     let pass = passphrase.as_deref().map(|p| p.as_slice());
-    files::write_atomic(
-        &dir.intermediate_key(),
-        key_pem(inter.key(), &a.key, pass)?.as_bytes(),
-        Visibility::Secret,
-        a.key.force,
-    )?;
-    files::write_atomic(
-        &dir.intermediate_cert(),
-        inter.pem().as_bytes(),
-        Visibility::Public,
-        a.key.force,
-    )?;
-    files::write_atomic(
-        &dir.ca_chain(),
-        format!("{}{}", inter.pem(), root.pem()).as_bytes(),
-        Visibility::Public,
-        a.key.force,
-    )?;
+    write_intermediate(&dir, &inter, &root, &a.key, pass)?;
     if !dir.root_cert().exists() {
         files::write_atomic(
             &dir.root_cert(),

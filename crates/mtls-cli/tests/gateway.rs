@@ -26,7 +26,7 @@ fn valid_client_reaches_upstream_with_identity() {
 }
 
 use std::io::{Read, Write};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use mtls_pki::Profile;
@@ -334,37 +334,9 @@ fn s_client(
     leaf: &common::gw::Leaf,
     sess: (&str, &std::path::Path),
 ) -> String {
-    let mut child = Command::new("openssl")
-        .args([
-            "s_client",
-            "-connect",
-            &g.addr.to_string(),
-            "-servername",
-            "localhost",
-            "-tls1_3",
-            "-ign_eof",
-        ])
-        .arg("-CAfile")
-        .arg(f.root())
-        .arg("-cert")
-        .arg(&leaf.chain)
-        .arg("-key")
-        .arg(&leaf.key)
-        .arg(sess.0)
-        .arg(sess.1)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    let _ = stdin.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    drop(stdin);
-    let mut out = String::new();
-    let _ = child.stdout.take().unwrap().read_to_string(&mut out);
-    let _ = child.wait();
-    out
+    let request: &[u8] = b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    let path = sess.1.to_string_lossy().into_owned();
+    common::gw::s_client(g, f, leaf, &["-tls1_3", sess.0, &path], &[request])
 }
 
 #[test]
@@ -614,40 +586,7 @@ fn tcp_args(f: &Files, upstream: std::net::SocketAddr, extra: &[&str]) -> Vec<St
 }
 
 fn s_client_send(g: &Gateway, f: &Files, leaf: &common::gw::Leaf, data: &[u8]) -> String {
-    let mut child = Command::new("openssl")
-        .args([
-            "s_client",
-            "-connect",
-            &g.addr.to_string(),
-            "-servername",
-            "localhost",
-            "-quiet",
-            "-ign_eof",
-        ])
-        .arg("-CAfile")
-        .arg(f.root())
-        .arg("-cert")
-        .arg(&leaf.chain)
-        .arg("-key")
-        .arg(&leaf.key)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let _ = stdin.write_all(data);
-    // The echo server closes after a full line, which ends s_client; a watchdog bounds it.
-    let pid = child.id();
-    std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(10));
-        let _ = Command::new("kill").arg(pid.to_string()).status();
-    });
-    let mut out = Vec::new();
-    let _ = child.stdout.take().unwrap().read_to_end(&mut out);
-    drop(stdin);
-    let _ = child.wait();
-    String::from_utf8_lossy(&out).into_owned()
+    common::gw::s_client(g, f, leaf, &["-quiet"], &[data])
 }
 
 #[test]

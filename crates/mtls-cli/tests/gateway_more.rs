@@ -142,45 +142,16 @@ fn websocket_upgrade_passes_through() {
     args[i + 1] = format!("http://{ws}");
     let g = Gateway::start(&args);
     let c = f.client("ws-client");
-    let mut child = Command::new("openssl")
-        .args([
-            "s_client",
-            "-connect",
-            &g.addr.to_string(),
-            "-servername",
-            "localhost",
-            "-quiet",
-            "-ign_eof",
-            "-alpn",
-            "http/1.1",
-        ])
-        .arg("-CAfile")
-        .arg(f.root())
-        .arg("-cert")
-        .arg(&c.chain)
-        .arg("-key")
-        .arg(&c.key)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin
-        .write_all(b"GET /ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    stdin.write_all(b"ping through the tunnel\n").unwrap();
-    let pid = child.id();
-    std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(10));
-        let _ = Command::new("kill").arg(pid.to_string()).status();
-    });
-    let mut out = Vec::new();
-    let _ = child.stdout.take().unwrap().read_to_end(&mut out);
-    drop(stdin);
-    let _ = child.wait();
-    let out = String::from_utf8_lossy(&out);
+    let out = common::gw::s_client(
+        &g,
+        &f,
+        &c,
+        &["-quiet", "-alpn", "http/1.1"],
+        &[
+            b"GET /ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            b"ping through the tunnel\n",
+        ],
+    );
     assert!(out.contains("101 Switching Protocols"), "{out}");
     assert!(out.contains("ping through the tunnel"), "{out}");
 }

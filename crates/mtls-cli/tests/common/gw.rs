@@ -370,3 +370,46 @@ pub fn curl(g: &Gateway, f: &Files, client: Option<&Leaf>, path: &str, extra: &[
         stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
     }
 }
+
+/// Runs `openssl s_client` (with `-ign_eof`) against the gateway presenting `leaf`, writes each
+/// chunk of `input` half a second apart, and returns its stdout once the server closes (a
+/// watchdog ends it after 10 s).
+pub fn s_client(g: &Gateway, f: &Files, leaf: &Leaf, extra: &[&str], input: &[&[u8]]) -> String {
+    use std::io::{Read, Write};
+    let mut child = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &g.addr.to_string(),
+            "-servername",
+            "localhost",
+            "-ign_eof",
+        ])
+        .arg("-CAfile")
+        .arg(f.root())
+        .arg("-cert")
+        .arg(&leaf.chain)
+        .arg("-key")
+        .arg(&leaf.key)
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    for chunk in input {
+        std::thread::sleep(Duration::from_millis(500));
+        let _ = stdin.write_all(chunk);
+    }
+    let pid = child.id();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(10));
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+    });
+    let mut out = Vec::new();
+    let _ = child.stdout.take().unwrap().read_to_end(&mut out);
+    drop(stdin);
+    let _ = child.wait();
+    String::from_utf8_lossy(&out).into_owned()
+}
