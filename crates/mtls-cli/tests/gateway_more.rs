@@ -448,3 +448,61 @@ allow_any_trusted = true
     let r = curl(&a, &f, Some(&client), "/through", &[]);
     assert_eq!(r.status, 502, "{}", r.body);
 }
+
+#[test]
+fn connection_limit_and_header_read_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let up = Upstream::start();
+    let port = free_port();
+    let toml = format!(
+        r#"
+admin_listen = "127.0.0.1:0"
+[limits]
+max_connections = 2
+header_read_timeout = "1s"
+[[listener]]
+listen = "127.0.0.1:{port}"
+upstream = "http://{up}"
+client_ca = ["ca-chain.pem"]
+[[listener.certificate]]
+cert = "server.chain.pem"
+key = "server.key"
+[listener.policy]
+allow_any_trusted = true
+"#,
+        up = up.addr
+    );
+    std::fs::write(dir.path().join("g.toml"), toml).unwrap();
+    let g = Gateway::start(&["--config".into(), Files::p(&dir.path().join("g.toml"))]);
+    // Two idle connections use the limit; a third is closed at once.
+    let _a = std::net::TcpStream::connect(g.addr).unwrap();
+    let _b = std::net::TcpStream::connect(g.addr).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut c = std::net::TcpStream::connect(g.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(
+        c.read(&mut buf).unwrap_or(usize::MAX),
+        0,
+        "the third connection must be closed"
+    );
+    let o = Command::new("curl")
+        .args(["-sS", &format!("http://{}/metrics", g.admin.unwrap())])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stdout).contains("mtls_connections_refused_total 1"));
+    drop((_a, _b));
+    std::thread::sleep(Duration::from_millis(300));
+    // A client that sends half a request head is cut off by the header read timeout.
+    let leaf = f.client("slowloris");
+    let out = common::gw::s_client(
+        &g,
+        &f,
+        &leaf,
+        &["-quiet"],
+        &[b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Slow: 1\r\n"],
+    );
+    assert!(!out.contains("200"), "{out}");
+    assert_eq!(up.count(), 0);
+}

@@ -244,12 +244,18 @@ impl Gateway {
             match rx.recv_timeout(Duration::from_millis(200)) {
                 Ok(line) => {
                     if let Some(a) = line.strip_prefix("mtls gateway: listening on ") {
-                        addr = Some(a.trim().parse().unwrap());
+                        // The first listener is the one tests talk to.
+                        addr = addr.or_else(|| a.trim().parse().ok());
                     }
                     if let Some(a) = line.strip_prefix("mtls gateway: metrics on http://") {
                         admin = Some(a.trim_end_matches("/metrics").parse().unwrap());
                     }
-                    let wants_admin = args.iter().any(|a| a == "--admin-listen");
+                    let wants_admin = args.iter().any(|a| a == "--admin-listen")
+                        || args.windows(2).any(|w| {
+                            w[0] == "--config"
+                                && std::fs::read_to_string(&w[1])
+                                    .is_ok_and(|t| t.contains("admin_listen"))
+                        });
                     if addr.is_some() && (!wants_admin || admin.is_some()) {
                         break;
                     }
