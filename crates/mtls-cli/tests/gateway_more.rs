@@ -118,7 +118,10 @@ fn upgrade_upstream() -> std::net::SocketAddr {
                     head.push(b[0]);
                 }
                 let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
-                assert!(head.contains("upgrade: websocket"), "{head}");
+                if !(head.contains("upgrade: websocket") && head.contains("connection: upgrade")) {
+                    let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+                    return;
+                }
                 s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").unwrap();
                 let mut buf = [0u8; 1024];
                 while let Ok(n) = s.read(&mut buf) {

@@ -196,6 +196,13 @@ pub async fn handle(
             }
         }
         identity::strip(&mut parts.headers, &shared.strip_headers, upgrade);
+        if upgrade {
+            // `Connection` is hop-by-hop and was removed; an upgrade needs it on this hop too.
+            parts.headers.insert(
+                http::header::CONNECTION,
+                HeaderValue::from_static("upgrade"),
+            );
+        }
         headers.apply(&mut parts.headers);
         if let Ok(v) = HeaderValue::from_str(&conn.remote.ip().to_string()) {
             parts
