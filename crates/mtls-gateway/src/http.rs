@@ -298,7 +298,7 @@ pub async fn handle(
             "fingerprint": peer.as_ref().map(|p| p.cert_sha256.clone()),
             "rejection": identity.as_ref().err().map(|r| r.code()),
         });
-        println!("{line}");
+        crate::access_log(&line);
     }
     Ok(response)
 }

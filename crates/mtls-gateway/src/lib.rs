@@ -35,3 +35,11 @@ pub enum Error {
     #[error("{0}")]
     Io(String),
 }
+
+/// Writes one JSON access-log line to stdout. A closed or full stdout must not take requests
+/// down with it (`println!` would panic), so write errors are ignored.
+pub(crate) fn access_log(line: &serde_json::Value) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+}

@@ -425,11 +425,10 @@ async fn tcp_proxy(
         }
     }
     if shared.access_log {
-        println!(
-            "{}",
-            serde_json::json!({"ts": OffsetDateTime::now_utc().unix_timestamp(), "listener": &*shared.name,
+        crate::access_log(
+            &serde_json::json!({"ts": OffsetDateTime::now_utc().unix_timestamp(), "listener": &*shared.name,
                 "remote": remote.to_string(), "event": "tcp_connect", "cn": peer.common_name, "serial": peer.serial,
-                "fingerprint": peer.cert_sha256})
+                "fingerprint": peer.cert_sha256}),
         );
     }
     let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
