@@ -629,3 +629,59 @@ fn tcp_mode_forwards_bytes_with_proxy_protocol_identity_and_closes_denied_client
         assert!(!String::from_utf8_lossy(&b).contains("should not pass"));
     }
 }
+
+#[test]
+fn tcp_connection_is_closed_when_a_reload_revokes_its_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let (echo, _seen) = tcp_echo();
+    let g = Gateway::start(&tcp_args(&f, echo, &["--allow-any-trusted"]));
+    let c = f.client("long-lived");
+    let mut child = std::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &g.addr.to_string(),
+            "-servername",
+            "localhost",
+            "-quiet",
+            "-ign_eof",
+        ])
+        .arg("-CAfile")
+        .arg(f.root())
+        .arg("-cert")
+        .arg(&c.chain)
+        .arg("-key")
+        .arg(&c.key)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    stdin.write_all(b"before-revocation ").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    f.write_crl(std::slice::from_ref(&c.serial));
+    g.hup();
+    wait_until(|| {
+        g.stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("closing connection after reload"))
+    });
+    let _ = stdin.write_all(b"after-revocation ");
+    let pid = child.id();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(10));
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+    });
+    let mut out = Vec::new();
+    let _ = child.stdout.take().unwrap().read_to_end(&mut out);
+    drop(stdin);
+    let _ = child.wait();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.contains("before-revocation"), "{out}");
+    assert!(!out.contains("after-revocation"), "{out}");
+}

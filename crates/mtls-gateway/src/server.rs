@@ -37,6 +37,8 @@ pub struct Shared {
     pub upstream_scheme: &'static str,
     pub strip_headers: Vec<HeaderName>,
     pub access_log: bool,
+    /// Bumped after every successful reload; long-lived TCP connections re-check on it.
+    pub generation: watch::Sender<u64>,
 }
 
 /// A started gateway.
@@ -190,6 +192,7 @@ pub async fn start(config: GatewayConfig, config_path: Option<PathBuf>) -> Resul
             upstream_scheme: upstream.scheme,
             strip_headers,
             access_log: config.access_log,
+            generation: watch::channel(1).0,
         }));
         listeners.push(listener);
     }
@@ -340,7 +343,7 @@ async fn handle_connection(
         Err(r) => shared.metrics.handshake(&shared.name, "rejected", r.code()),
     }
     match shared.mode {
-        Mode::Tcp => tcp_proxy(shared, tls, remote, identity, state).await,
+        Mode::Tcp => tcp_proxy(shared, tls, remote, identity, state, chain).await,
         Mode::Http => {
             let conn = Arc::new(Conn::new(
                 shared.clone(),
@@ -382,6 +385,7 @@ async fn tcp_proxy(
     remote: SocketAddr,
     identity: Result<Arc<mtls_verify::VerifiedPeer>, Rejection>,
     state: Arc<ListenerState>,
+    chain: Option<Vec<CertificateDer<'static>>>,
 ) {
     let peer = match identity {
         Ok(p) => p,
@@ -431,7 +435,29 @@ async fn tcp_proxy(
                 "fingerprint": peer.cert_sha256}),
         );
     }
-    let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+    // Copy until either side closes, or until a reload no longer trusts or allows this client
+    // (a revoked client must not keep a database connection open for days).
+    let mut generations = shared.generation.subscribe();
+    let still_allowed = async {
+        while generations.changed().await.is_ok() {
+            let current = shared.state.load_full();
+            let verdict = current
+                .verify_peer(chain.as_deref())
+                .map_err(|r| r.to_string())
+                .and_then(|p| current.policy.check(&p));
+            if let Err(reason) = verdict {
+                return reason;
+            }
+        }
+        std::future::pending::<String>().await
+    };
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut tls, &mut up) => {}
+        reason = still_allowed => {
+            tracing::warn!(%remote, listener = %shared.name, %reason, "closing connection after reload");
+            let _ = tls.shutdown().await;
+        }
+    }
 }
 
 async fn admin_loop(
@@ -580,6 +606,7 @@ async fn reload_loop(
                 for ((s, st), lc) in shared.iter().zip(states).zip(&c.listeners) {
                     s.state.store(Arc::new(st));
                     s.cfg.store(Arc::new(lc.clone()));
+                    s.generation.send_replace(generation);
                 }
                 metrics.reloads_ok.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(generation, "reloaded certificates, CAs, CRLs and policy");
