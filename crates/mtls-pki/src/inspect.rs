@@ -212,7 +212,9 @@ fn describe_block(
         }
         "X509 CRL" => describe_crl(der, now),
         "CERTIFICATE REQUEST" | "NEW CERTIFICATE REQUEST" => describe_csr(der),
-        l if l.ends_with("PRIVATE KEY") => describe_key(&pem_io::encode(l, der), passphrase),
+        l if l.ends_with("PRIVATE KEY") => {
+            describe_key(pem_io::encode(l, der).as_bytes(), passphrase)
+        }
         "" => {
             if let Ok(cert) = pem_io::parse_certificate(der) {
                 return Ok(Object::Certificate(certificate_info(der, &cert, now)));
@@ -223,11 +225,9 @@ fn describe_block(
             if let Ok(o) = describe_csr(der) {
                 return Ok(o);
             }
-            describe_key(&pem_io::encode("PRIVATE KEY", der), passphrase)
-                .or_else(|_| describe_key_der(der, passphrase))
-                .map_err(|_| {
-                    Error::malformed("input", "DER is not a certificate, CRL, CSR or private key")
-                })
+            describe_key(der, passphrase).map_err(|_| {
+                Error::malformed("input", "DER is not a certificate, CRL, CSR or private key")
+            })
         }
         other => Err(Error::malformed(
             "PEM",
@@ -236,26 +236,10 @@ fn describe_block(
     }
 }
 
-fn describe_key_der(der: &[u8], passphrase: Option<&[u8]>) -> Result<Object> {
-    let k = PrivateKey::from_pem_or_der(der, passphrase)?;
-    Ok(Object::PrivateKey(KeyInfo {
-        key_type: key_name(&k),
-        encrypted: key::is_encrypted(der),
-        spki_sha256: Some(sha256_hex(&k.public_key_spki())),
-    }))
-}
-
-fn key_name(k: &PrivateKey) -> String {
-    match k.algorithm() {
-        crate::KeyAlgorithm::EcdsaP256 => "ECDSA P-256".into(),
-        crate::KeyAlgorithm::EcdsaP384 => "ECDSA P-384".into(),
-        crate::KeyAlgorithm::Ed25519 => "Ed25519".into(),
-        crate::KeyAlgorithm::Rsa { bits } => format!("RSA {bits}"),
-    }
-}
-
-fn describe_key(pem: &str, passphrase: Option<&[u8]>) -> Result<Object> {
-    let encrypted = key::is_encrypted(pem.as_bytes());
+/// Describes a private key given as PEM or DER; an encrypted key without a passphrase is
+/// reported as encrypted, not decrypted.
+fn describe_key(input: &[u8], passphrase: Option<&[u8]>) -> Result<Object> {
+    let encrypted = key::is_encrypted(input);
     if encrypted && passphrase.is_none() {
         return Ok(Object::PrivateKey(KeyInfo {
             key_type: "encrypted (give a passphrase to see more)".into(),
@@ -263,9 +247,9 @@ fn describe_key(pem: &str, passphrase: Option<&[u8]>) -> Result<Object> {
             spki_sha256: None,
         }));
     }
-    let k = PrivateKey::from_pem_or_der(pem.as_bytes(), passphrase)?;
+    let k = PrivateKey::from_pem_or_der(input, passphrase)?;
     Ok(Object::PrivateKey(KeyInfo {
-        key_type: key_name(&k),
+        key_type: key_name(k.algorithm()),
         encrypted,
         spki_sha256: Some(sha256_hex(&k.public_key_spki())),
     }))
@@ -276,13 +260,13 @@ fn describe_csr(der: &[u8]) -> Result<Object> {
     Ok(Object::Csr(CsrSummary {
         subject: info.subject_text,
         sans: info.sans.iter().map(ToString::to_string).collect(),
-        key_type: key_name_alg(info.public_key.key_algorithm()),
+        key_type: key_name(info.public_key.key_algorithm()),
         requests_ca: info.requests_ca,
         signature_valid: true,
     }))
 }
 
-fn key_name_alg(a: crate::KeyAlgorithm) -> String {
+fn key_name(a: crate::KeyAlgorithm) -> String {
     match a {
         crate::KeyAlgorithm::EcdsaP256 => "ECDSA P-256".into(),
         crate::KeyAlgorithm::EcdsaP384 => "ECDSA P-384".into(),

@@ -1,9 +1,9 @@
 //! Every verifier decision: one accept test and one test per rejection reason.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use mtls_pki::issue::{self, LeafRequest};
+use mtls_pki::issue;
 use mtls_pki::revocation::{build_crl, RevocationReason, RevokedEntry};
-use mtls_pki::{KeyAlgorithm, PrivateKey, Profile, Subject};
+use mtls_pki::{KeyAlgorithm, PrivateKey, Subject};
 use mtls_test_util::ExtendedKeyUsagePurpose;
 use mtls_test_util::TestPki;
 use mtls_verify::{verify, CrlScope, Purpose, Rejection, VerifyRequest};
@@ -227,12 +227,6 @@ fn leaf_issued_by_leaf_rejected() {
         fake_ca.is_err(),
         "a leaf must not be usable as a CA by mtls-pki"
     );
-    let _ = LeafRequest {
-        profile: Profile::Client,
-        subject: Subject::cn("x"),
-        sans: vec![],
-        lifetime: Duration::days(1),
-    };
 }
 
 mod trust_state {
