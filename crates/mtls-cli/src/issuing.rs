@@ -219,6 +219,7 @@ pub fn issue(pki: &Path, cmd: IssueCommand) -> Result<ExitCode> {
         subject: leaf.subject.subject(&cn),
         sans,
         lifetime: lifetime(leaf.days)?,
+        urls: Default::default(),
     };
     usage(request.check())?;
     let out_dir = leaf.out.clone().unwrap_or_else(|| dir.issued());
@@ -353,6 +354,7 @@ pub fn sign(pki: &Path, a: SignArgs) -> Result<ExitCode> {
         subject,
         sans,
         lifetime: lifetime(a.days)?,
+        urls: Default::default(),
     };
     request
         .check()

@@ -74,6 +74,7 @@ fn issuing(c: &mut Criterion) {
         subject: subject.clone(),
         sans: sans.clone(),
         lifetime: Duration::days(90),
+        urls: Default::default(),
     };
 
     let mut group = c.benchmark_group("issue/keygen+issue");
@@ -101,6 +102,7 @@ fn issuing(c: &mut Criterion) {
                     subject: info.subject,
                     sans: info.sans,
                     lifetime: Duration::days(90),
+                    urls: Default::default(),
                 };
                 issue::issue_leaf(&ca, &info.public_key, &request, now).unwrap()
             })

@@ -58,6 +58,9 @@ pub enum Error {
     /// The private key does not belong to the certificate.
     #[error("the private key does not match the certificate's public key")]
     KeyMismatch,
+    /// A URL to publish in a certificate is not acceptable.
+    #[error("invalid URL {value:?}: {reason}")]
+    InvalidUrl { value: String, reason: &'static str },
     /// A validity request that makes no sense.
     #[error("invalid validity: {0}")]
     InvalidValidity(String),

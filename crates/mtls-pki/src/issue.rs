@@ -5,8 +5,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyUsagePurpose, PublicKeyData,
+    BasicConstraints, CertificateParams, CrlDistributionPoint, CustomExtension, DistinguishedName,
+    DnType, DnValue, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyUsagePurpose, PublicKeyData,
 };
 use rustls_pki_types::CertificateDer;
 use serde::Serialize;
@@ -27,6 +27,12 @@ pub const DEFAULT_INTERMEDIATE_DAYS: i64 = 1095;
 /// Default lifetime of server and client certificates: 90 days (the seed's 365 days is longer
 /// than modern practice; automate renewal instead).
 pub const DEFAULT_LEAF_DAYS: i64 = 90;
+/// Suggested lifetime of a delegated OCSP signing certificate: 30 days. It carries
+/// id-pkix-ocsp-nocheck, so relying parties cannot check its revocation: keep it short and
+/// rotate it.
+pub const DEFAULT_OCSP_SIGNER_DAYS: i64 = 30;
+/// Longest publication URL accepted (CRL distribution point, OCSP responder).
+pub const MAX_URL_LEN: usize = 1024;
 
 /// Subject distinguished name fields mtls sets.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -326,6 +332,115 @@ pub fn new_intermediate(
     CaCert::new(cert.der().clone(), key)
 }
 
+/// Where relying parties find revocation information for a leaf certificate. Both are
+/// optional; the default publishes nothing.
+///
+/// Only `http://` URLs are accepted: RFC 5280 and RFC 5019 name HTTP for CRL and OCSP
+/// retrieval, and fetching revocation data over `https://` would need a revocation check of
+/// its own.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PublicationUrls {
+    /// CRL distribution point (the CRL Distribution Points extension, one fullName URI).
+    pub crl: Option<String>,
+    /// OCSP responder (the Authority Information Access extension, id-ad-ocsp).
+    pub ocsp: Option<String>,
+}
+
+impl PublicationUrls {
+    /// Checks both URLs: printable ASCII, `http://` with a host, at most [`MAX_URL_LEN`] bytes.
+    pub fn check(&self) -> Result<()> {
+        for url in [&self.crl, &self.ocsp].into_iter().flatten() {
+            check_http_url(url)?;
+        }
+        Ok(())
+    }
+
+    /// Adds the extensions to `params`.
+    fn apply(&self, params: &mut CertificateParams) -> Result<()> {
+        let PublicationUrls { crl, ocsp } = self;
+        if let Some(crl) = crl {
+            check_http_url(crl)?;
+            params.crl_distribution_points = vec![CrlDistributionPoint {
+                uris: vec![crl.clone()],
+            }];
+        }
+        if let Some(ocsp) = ocsp {
+            check_http_url(ocsp)?;
+            params.custom_extensions.push(aia_ocsp_extension(ocsp)?);
+        }
+        Ok(())
+    }
+}
+
+fn check_http_url(url: &str) -> Result<()> {
+    let bad = |reason| Error::InvalidUrl {
+        value: url.into(),
+        reason,
+    };
+    if url.len() > MAX_URL_LEN {
+        return Err(bad("longer than 1024 bytes"));
+    }
+    if !url.is_ascii() || url.chars().any(|c| c.is_ascii_control() || c == ' ') {
+        return Err(bad("URLs must be printable ASCII without spaces"));
+    }
+    let rest = url
+        .get(..7)
+        .filter(|scheme| scheme.eq_ignore_ascii_case("http://"))
+        .and_then(|_| url.get(7..))
+        .ok_or(bad("only http:// URLs are published (RFC 5280, RFC 5019)"))?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if host.is_empty() || host.contains('@') {
+        return Err(bad("the URL needs a host (and no user information)"));
+    }
+    Ok(())
+}
+
+/// OID arcs in the form rcgen takes.
+fn oid_arcs(oid: &x509_cert::der::oid::ObjectIdentifier) -> Vec<u64> {
+    oid.arcs().map(u64::from).collect()
+}
+
+/// The Authority Information Access extension with one id-ad-ocsp access description, encoded
+/// by x509-cert (rcgen has no field for it).
+fn aia_ocsp_extension(url: &str) -> Result<CustomExtension> {
+    use x509_cert::der::asn1::Ia5String;
+    use x509_cert::der::oid::{db::rfc5280::ID_AD_OCSP, AssociatedOid};
+    use x509_cert::der::Encode;
+    use x509_cert::ext::pkix::name::GeneralName;
+    use x509_cert::ext::pkix::{AccessDescription, AuthorityInfoAccessSyntax};
+
+    let location = Ia5String::new(url).map_err(|_| Error::InvalidUrl {
+        value: url.into(),
+        reason: "not IA5 (ASCII)",
+    })?;
+    let aia = AuthorityInfoAccessSyntax(vec![AccessDescription {
+        access_method: ID_AD_OCSP,
+        access_location: GeneralName::UniformResourceIdentifier(location),
+    }]);
+    let der = aia
+        .to_der()
+        .map_err(|e| Error::malformed("authority information access", e))?;
+    // Non-critical (RFC 5280 4.2.2.1).
+    Ok(CustomExtension::from_oid_content(
+        &oid_arcs(&AuthorityInfoAccessSyntax::OID),
+        der,
+    ))
+}
+
+/// id-pkix-ocsp-nocheck (RFC 6960 4.2.2.2.1): value NULL, non-critical.
+fn ocsp_nocheck_extension() -> Result<CustomExtension> {
+    use x509_cert::der::asn1::Null;
+    use x509_cert::der::oid::db::rfc6960::ID_PKIX_OCSP_NOCHECK;
+    use x509_cert::der::Encode;
+    let der = Null
+        .to_der()
+        .map_err(|e| Error::malformed("ocsp-nocheck extension", e))?;
+    Ok(CustomExtension::from_oid_content(
+        &oid_arcs(&ID_PKIX_OCSP_NOCHECK),
+        der,
+    ))
+}
+
 /// What a leaf certificate should say.
 #[derive(Clone, Debug)]
 pub struct LeafRequest {
@@ -333,11 +448,14 @@ pub struct LeafRequest {
     pub subject: Subject,
     pub sans: Vec<San>,
     pub lifetime: Duration,
+    /// CRL and OCSP URLs to publish in the certificate (default: none).
+    pub urls: PublicationUrls,
 }
 
 impl LeafRequest {
-    /// Enforces the profile's name rules.
+    /// Enforces the profile's name rules and checks the publication URLs.
     pub fn check(&self) -> Result<()> {
+        self.urls.check()?;
         match self.profile {
             Profile::Server => {
                 if !self
@@ -377,7 +495,8 @@ impl LeafRequest {
 /// Issues a leaf certificate for `public_key` from `ca`.
 ///
 /// Always: a fresh random serial, CA:FALSE, AKI and SKI, digitalSignature (+ keyEncipherment
-/// for RSA server keys), exactly one EKU from the profile.
+/// for RSA server keys), exactly one EKU from the profile. When `request.urls` says so, a CRL
+/// distribution point and an Authority Information Access extension with the OCSP URL.
 pub fn issue_leaf(
     ca: &CaCert,
     public_key: &impl PublicKeyData,
@@ -393,6 +512,7 @@ pub fn issue_leaf(
         subject,
         sans,
         lifetime: _,
+        urls,
     } = request;
     params.distinguished_name = subject.to_dn()?;
     params.not_before = not_before;
@@ -416,6 +536,7 @@ pub fn issue_leaf(
             params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         }
     }
+    urls.apply(&mut params)?;
     let cert = params.signed_by(public_key, &ca.issuer()?)?;
     let der = cert.der().clone();
     let subject = pem_io::parse_certificate(&der)?.subject().to_string();
@@ -424,6 +545,44 @@ pub fn issue_leaf(
         serial,
         subject,
         sans: sans.clone(),
+        not_before,
+        not_after,
+    })
+}
+
+/// Issues a delegated OCSP signing certificate for `public_key` from `ca` (RFC 6960 4.2.2.2).
+///
+/// Always: a fresh random serial, CA:FALSE, AKI and SKI, keyUsage digitalSignature, the single
+/// EKU id-kp-OCSPSigning and id-pkix-ocsp-nocheck (relying parties do not check the signer's own
+/// revocation status, so keep `lifetime` short: see [`DEFAULT_OCSP_SIGNER_DAYS`]). No SANs, no
+/// publication URLs.
+pub fn issue_ocsp_signer(
+    ca: &CaCert,
+    public_key: &impl PublicKeyData,
+    subject: &Subject,
+    now: OffsetDateTime,
+    lifetime: Duration,
+) -> Result<Issued> {
+    let (not_before, not_after) = ca.window(now, lifetime)?;
+    let serial = Serial::random()?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = subject.to_dn()?;
+    params.not_before = not_before;
+    params.not_after = not_after;
+    params.serial_number = Some(serial.to_rcgen());
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.use_authority_key_identifier_extension = true;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::OcspSigning];
+    params.custom_extensions = vec![ocsp_nocheck_extension()?];
+    let cert = params.signed_by(public_key, &ca.issuer()?)?;
+    let der = cert.der().clone();
+    let subject = pem_io::parse_certificate(&der)?.subject().to_string();
+    Ok(Issued {
+        der,
+        serial,
+        subject,
+        sans: Vec::new(),
         not_before,
         not_after,
     })

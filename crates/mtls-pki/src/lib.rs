@@ -2,7 +2,8 @@
 //!
 //! What it does: generates and loads private keys (ECDSA P-256/P-384, Ed25519, RSA; PKCS#8 plain
 //! or PBES2-encrypted, PKCS#1, SEC1, PEM or DER), builds root and intermediate CAs, issues server
-//! and client certificates from profiles that are right by construction, parses and checks CSRs,
+//! and client certificates from profiles that are right by construction (optionally publishing
+//! CRL and OCSP URLs), issues delegated OCSP signing certificates, parses and checks CSRs,
 //! builds CRLs, exports PKCS#12 and describes any PKI object for humans and scripts.
 //!
 //! What it does not do: networking, databases, path validation (see `mtls-verify`) or reading

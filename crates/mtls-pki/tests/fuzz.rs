@@ -258,6 +258,7 @@ fn build_corpus() -> Corpus {
             subject: leaf_subject.clone(),
             sans: sans.clone(),
             lifetime: Duration::days(90),
+            urls: Default::default(),
         };
         let leaf = issue::issue_leaf(&ca, k.key_pair(), &request, now).unwrap();
         push(
@@ -1496,6 +1497,7 @@ fn fuzz_csr_parse(input: &[u8]) -> Result<(), TestCaseError> {
                 subject: info.subject.clone(),
                 sans: info.sans.clone(),
                 lifetime: Duration::days(1),
+                urls: Default::default(),
             };
             let _ = issue::issue_leaf(&c.ca, &info.public_key, &request, c.now);
         }

@@ -64,6 +64,7 @@ impl TestPki {
             subject: Subject::cn(cn),
             sans: sans.iter().map(|s| San::parse(s).unwrap()).collect(),
             lifetime,
+            urls: Default::default(),
         };
         let cert = issue::issue_leaf(&self.intermediate, key.key_pair(), &req, at).unwrap();
         TestLeaf { cert, key }

@@ -1,0 +1,780 @@
+//! What the CA does, independent of HTTP: enroll, renew, revoke, mint tokens, publish the CRL
+//! and answer OCSP. Every certificate is recorded (and the token consumed) before it is returned.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use http::StatusCode;
+use mtls_pki::issue::{issue_leaf, CaCert, Issued, LeafRequest, Profile, PublicationUrls, Subject};
+use mtls_pki::revocation::RevocationReason;
+use mtls_pki::{San, Serial};
+use mtls_store::{
+    CertificateRecord, CertificateToRecord, IssueKind, ListFilter, NewToken, Status, Store,
+};
+use mtls_verify::{Rejection, TrustState, VerifiedPeer};
+use rustls_pki_types::CertificateDer;
+use serde::Serialize;
+use time::{Duration, OffsetDateTime};
+
+use crate::config::{OcspSigner, Settings};
+use crate::metrics::Metrics;
+use crate::{tokens, ApiError, Error};
+
+/// What the CLI hands over to start a CA.
+pub struct AuthorityParts {
+    /// The CA that signs leaves, CRLs and (or via a delegated signer) OCSP responses.
+    pub issuer: CaCert,
+    /// The root the issuer chains to (clients pin it).
+    pub root: CertificateDer<'static>,
+    pub store: Store,
+    pub settings: Settings,
+}
+
+/// The certificate handed to a client.
+#[derive(Clone, Debug, Serialize)]
+pub struct IssuedCertificate {
+    pub serial: String,
+    /// The leaf, PEM.
+    pub certificate: String,
+    /// Leaf, intermediate and root, PEM.
+    pub chain: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_before: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
+}
+
+/// The identity a connection presented, as established after its handshake.
+#[derive(Clone, Debug)]
+pub enum PeerIdentity {
+    None,
+    Verified(Arc<VerifiedPeer>),
+    Rejected(Rejection),
+}
+
+struct CachedCrl {
+    epoch: i64,
+    this_update: OffsetDateTime,
+    der: bytes::Bytes,
+    pem: bytes::Bytes,
+}
+
+/// A published CRL, DER and PEM.
+#[derive(Clone, Debug)]
+pub struct PublishedCrl {
+    pub der: bytes::Bytes,
+    pub pem: bytes::Bytes,
+    pub this_update: OffsetDateTime,
+    pub next_update: OffsetDateTime,
+}
+
+struct OcspState {
+    issuers: Vec<mtls_ocsp::IssuerInfo>,
+    responder: mtls_ocsp::Responder,
+}
+
+/// The running CA.
+pub struct Authority {
+    issuer: CaCert,
+    issuer_key: String,
+    root: CertificateDer<'static>,
+    roots_pem: String,
+    chain_pem: String,
+    store: Store,
+    settings: Settings,
+    trust: Arc<TrustState>,
+    ocsp: OcspState,
+    crl: tokio::sync::Mutex<Option<CachedCrl>>,
+    pub(crate) metrics: Metrics,
+}
+
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authority")
+            .field("issuer", &self.issuer.subject())
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    mtls_pki::inspect::sha256_hex(b)
+}
+
+fn store_err(e: mtls_store::Error) -> ApiError {
+    ApiError::from(e)
+}
+
+impl Authority {
+    /// Builds the CA; with a delegated OCSP signer, issues (and records) its certificate now.
+    pub async fn new(parts: AuthorityParts, now: OffsetDateTime) -> Result<Self, Error> {
+        let AuthorityParts {
+            issuer,
+            root,
+            store,
+            settings,
+        } = parts;
+        issuer.check_valid_at(now)?;
+        let issuer_key = sha256_hex(&issuer.key().public_key_spki());
+        let root_pem = mtls_pki::pem_io::encode("CERTIFICATE", &root);
+        let chain_pem = format!("{}{}", issuer.pem(), root_pem);
+        let trust = TrustState::new(
+            0,
+            vec![root.clone()],
+            &[],
+            mtls_verify::RevocationOptions::default(),
+        )
+        .map_err(|e| Error::Config(format!("the root certificate: {e}")))?;
+        let issuer_info = mtls_ocsp::IssuerInfo::from_der(issuer.der())
+            .map_err(|e| Error::Ocsp(e.to_string()))?;
+        let responder = match settings.ocsp_signer {
+            OcspSigner::Issuer => {
+                let key = mtls_pki::PrivateKey::from_pem_or_der(issuer.key().pkcs8_der(), None)?;
+                mtls_ocsp::Responder::new(&issuer_info, issuer.der().to_vec(), key)
+                    .map_err(|e| Error::Ocsp(e.to_string()))?
+            }
+            OcspSigner::Delegated => {
+                let key = mtls_pki::PrivateKey::generate(issuer.key().algorithm())?;
+                // Short-lived: ocsp-nocheck means nobody checks this certificate's revocation.
+                let lifetime: Duration = settings.ocsp_lifetime.saturating_mul(24_i32);
+                let lifetime = lifetime.min(Duration::days(7));
+                let signed = mtls_pki::issue::issue_ocsp_signer(
+                    &issuer,
+                    key.key_pair(),
+                    &Subject::cn(format!("{} OCSP Responder", issuer_cn(&issuer))),
+                    now,
+                    lifetime,
+                )?;
+                record(
+                    &store,
+                    &issuer_key,
+                    &signed,
+                    "ocsp-signer",
+                    IssueKind::Direct,
+                    "ca",
+                    now,
+                )
+                .await?;
+                mtls_ocsp::Responder::new(&issuer_info, signed.der.to_vec(), key)
+                    .map_err(|e| Error::Ocsp(e.to_string()))?
+            }
+        };
+        Ok(Authority {
+            issuer,
+            issuer_key,
+            roots_pem: root_pem,
+            root,
+            chain_pem,
+            store,
+            settings,
+            trust: Arc::new(trust),
+            ocsp: OcspState {
+                issuers: vec![issuer_info],
+                responder,
+            },
+            crl: tokio::sync::Mutex::new(None),
+            metrics: Metrics::default(),
+        })
+    }
+
+    pub fn roots_pem(&self) -> &str {
+        &self.roots_pem
+    }
+    pub fn chain_pem(&self) -> &str {
+        &self.chain_pem
+    }
+    pub fn root(&self) -> &CertificateDer<'static> {
+        &self.root
+    }
+    pub fn issuer(&self) -> &CaCert {
+        &self.issuer
+    }
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+    pub(crate) fn trust(&self) -> &Arc<TrustState> {
+        &self.trust
+    }
+
+    fn urls(&self) -> PublicationUrls {
+        match &self.settings.public_url {
+            Some(u) => PublicationUrls {
+                crl: Some(format!("{u}/v1/crl")),
+                ocsp: Some(format!("{u}/ocsp")),
+            },
+            None => PublicationUrls::default(),
+        }
+    }
+
+    /// Issues the CA's own TLS server certificate (recorded like any other).
+    pub async fn issue_server_credential(
+        &self,
+        names: &[String],
+        now: OffsetDateTime,
+    ) -> Result<(mtls_pki::PrivateKey, Vec<CertificateDer<'static>>), Error> {
+        let sans = names
+            .iter()
+            .map(|n| San::parse(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        let key = mtls_pki::PrivateKey::generate(mtls_pki::KeyAlgorithm::EcdsaP256)?;
+        let request = LeafRequest {
+            profile: Profile::Server,
+            subject: Subject::cn(names.first().cloned().unwrap_or_else(|| "mtls-ca".into())),
+            sans,
+            lifetime: Duration::days(30),
+            urls: PublicationUrls::default(),
+        };
+        let issued = issue_leaf(&self.issuer, key.key_pair(), &request, now)?;
+        record(
+            &self.store,
+            &self.issuer_key,
+            &issued,
+            "server",
+            IssueKind::Direct,
+            "ca",
+            now,
+        )
+        .await?;
+        let chain = vec![issued.der.clone(), self.issuer.der().clone()];
+        Ok((key, chain))
+    }
+
+    fn answer(&self, issued: &Issued) -> IssuedCertificate {
+        let pem = issued.pem();
+        IssuedCertificate {
+            serial: issued.serial.to_string(),
+            chain: format!("{pem}{}", self.chain_pem),
+            certificate: pem,
+            not_before: issued.not_before,
+            not_after: issued.not_after,
+        }
+    }
+
+    /// Issues and records; retries once with a new serial if the (random) serial collided.
+    async fn issue_and_record(
+        &self,
+        public_key: &impl rcgen::PublicKeyData,
+        request: &LeafRequest,
+        kind: IssueKind,
+        actor: &str,
+        now: OffsetDateTime,
+    ) -> Result<Issued, ApiError> {
+        for _ in 0..2 {
+            let issued = issue_leaf(&self.issuer, public_key, request, now)
+                .map_err(|e| ApiError::bad_request("INVALID_REQUEST", e.to_string()))?;
+            match record(
+                &self.store,
+                &self.issuer_key,
+                &issued,
+                &request.profile.to_string(),
+                kind.clone(),
+                actor,
+                now,
+            )
+            .await
+            {
+                Ok(()) => return Ok(issued),
+                Err(mtls_store::Error::DuplicateSerial(_)) => continue,
+                Err(e) => return Err(store_err(e)),
+            }
+        }
+        Err(ApiError::internal("could not allocate a unique serial"))
+    }
+
+    /// `POST /v1/sign`: a CSR and a one-time token.
+    pub async fn enroll(
+        &self,
+        token: &str,
+        csr_pem: &str,
+        now: OffsetDateTime,
+    ) -> Result<IssuedCertificate, ApiError> {
+        let (id, secret) = tokens::split(token)
+            .ok_or_else(|| ApiError::invalid_token("malformed enrollment token"))?;
+        let record = self
+            .store
+            .token(id)
+            .await
+            .map_err(store_err)?
+            .filter(|t| tokens::secret_matches(secret, &t.secret_hash))
+            .ok_or_else(|| ApiError::invalid_token("unknown enrollment token"))?;
+        if let Some(at) = record.used_at {
+            return Err(ApiError::invalid_token(format!(
+                "enrollment token {id} was already used at {at}; ask for a new token"
+            )));
+        }
+        if record.expires_at <= now {
+            return Err(ApiError::invalid_token(format!(
+                "enrollment token {id} expired at {}; ask for a new token",
+                record.expires_at
+            )));
+        }
+        let csr = parse_csr(csr_pem)?;
+        if !csr.subject.common_name.is_empty() && csr.subject.common_name != record.name {
+            return Err(ApiError::forbidden(
+                "NAME_NOT_ALLOWED",
+                format!(
+                    "the CSR asks for CN {:?} but the token is for {:?}",
+                    csr.subject.common_name, record.name
+                ),
+            ));
+        }
+        let allowed: Vec<San> = record
+            .sans
+            .iter()
+            .filter_map(|s| San::parse(s).ok())
+            .collect();
+        for s in &csr.sans {
+            if !allowed.contains(s) {
+                return Err(ApiError::forbidden(
+                    "NAME_NOT_ALLOWED",
+                    format!("the CSR asks for {s}, which the token does not allow"),
+                ));
+            }
+        }
+        let sans = if csr.sans.is_empty() {
+            allowed
+        } else {
+            csr.sans.clone()
+        };
+        let profile = Profile::from_str(&record.profile)
+            .map_err(|e| ApiError::internal(format!("stored token profile: {e}")))?;
+        let request = LeafRequest {
+            profile,
+            subject: Subject::cn(record.name.clone()),
+            sans,
+            lifetime: self.settings.leaf_lifetime,
+            urls: self.urls(),
+        };
+        let issued = self
+            .issue_and_record(
+                &csr.public_key,
+                &request,
+                IssueKind::Enrollment {
+                    token_id: id.to_string(),
+                },
+                &format!("token:{id}"),
+                now,
+            )
+            .await?;
+        Ok(self.answer(&issued))
+    }
+
+    /// The inventory record of a verified peer, refusing certificates this CA did not issue,
+    /// revoked ones and expired ones (with the message the renewal client shows).
+    pub async fn current_record(
+        &self,
+        peer: &PeerIdentity,
+        now: OffsetDateTime,
+    ) -> Result<(Arc<VerifiedPeer>, CertificateRecord), ApiError> {
+        let peer = match peer {
+            PeerIdentity::None => return Err(ApiError::no_client_cert()),
+            PeerIdentity::Rejected(Rejection::Expired { not_after, .. }) => {
+                return Err(expired_error(*not_after))
+            }
+            PeerIdentity::Rejected(r) => {
+                return Err(ApiError::forbidden("INVALID_CERT", r.to_string()))
+            }
+            PeerIdentity::Verified(p) => p.clone(),
+        };
+        let serial = Serial::from_str(&peer.serial)
+            .map_err(|_| ApiError::forbidden("INVALID_CERT", "unreadable serial"))?;
+        let rec = self
+            .store
+            .get(&serial, now)
+            .await
+            .map_err(store_err)?
+            .filter(|r| r.issuer_key == self.issuer_key && r.fingerprint == peer.cert_sha256)
+            .ok_or_else(|| {
+                ApiError::forbidden("INVALID_CERT", "the certificate was not issued by this CA")
+            })?;
+        match rec.status {
+            Status::Valid => Ok((peer, rec)),
+            Status::Revoked => Err(ApiError::forbidden(
+                "INVALID_CERT",
+                "the certificate is revoked",
+            )),
+            Status::Expired => Err(expired_error(rec.not_after)),
+        }
+    }
+
+    /// `POST /v1/renew`: same identity, new validity; the key from `csr_pem` or the current one.
+    pub async fn renew(
+        &self,
+        peer: &PeerIdentity,
+        csr_pem: Option<&str>,
+        now: OffsetDateTime,
+    ) -> Result<IssuedCertificate, ApiError> {
+        let (peer, rec) = self.current_record(peer, now).await?;
+        let profile = Profile::from_str(&rec.profile).map_err(|_| {
+            ApiError::forbidden("INVALID_CERT", "this certificate cannot be renewed")
+        })?;
+        let sans = rec
+            .sans
+            .iter()
+            .map(|s| San::parse(s))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ApiError::internal(format!("stored names: {e}")))?;
+        let cn = peer.common_name.clone().unwrap_or_default();
+        let request = LeafRequest {
+            profile,
+            subject: Subject::cn(cn),
+            sans,
+            lifetime: self.settings.leaf_lifetime,
+            urls: self.urls(),
+        };
+        let previous = Serial::from_str(&rec.serial)
+            .map_err(|e| ApiError::internal(format!("stored serial: {e}")))?;
+        let kind = IssueKind::Renewal { previous };
+        let actor = format!("cert:{}", rec.serial);
+        let issued = match csr_pem {
+            Some(pem) => {
+                let csr = parse_csr(pem)?;
+                self.issue_and_record(&csr.public_key, &request, kind, &actor, now)
+                    .await?
+            }
+            None => {
+                let cert = mtls_pki::pem_io::parse_certificate(&peer.cert_der)
+                    .map_err(|e| ApiError::internal(e.to_string()))?;
+                let spki = rcgen::SubjectPublicKeyInfo::from_der(cert.public_key().raw)
+                    .map_err(|e| ApiError::bad_request("INVALID_CERT", e.to_string()))?;
+                self.issue_and_record(&spki, &request, kind, &actor, now)
+                    .await?
+            }
+        };
+        Ok(self.answer(&issued))
+    }
+
+    /// Whether the verified peer is an administrator (and its certificate is still good).
+    pub async fn admin(
+        &self,
+        peer: &PeerIdentity,
+        now: OffsetDateTime,
+    ) -> Result<Arc<VerifiedPeer>, ApiError> {
+        let (peer, _) = self.current_record(peer, now).await?;
+        if self.settings.admins.is_empty() {
+            return Err(ApiError::forbidden(
+                "FORBIDDEN",
+                "remote administration is disabled (no [admins] in the CA configuration)",
+            ));
+        }
+        self.settings.admins.check(&peer).map_err(|reason| {
+            ApiError::forbidden("FORBIDDEN", format!("not an administrator: {reason}"))
+        })?;
+        Ok(peer)
+    }
+
+    /// `POST /v1/revoke`: the holder revokes its own certificate; an administrator any.
+    pub async fn revoke(
+        &self,
+        peer: &PeerIdentity,
+        serial: Option<&str>,
+        reason: Option<&str>,
+        now: OffsetDateTime,
+    ) -> Result<CertificateRecord, ApiError> {
+        let reason = reason
+            .map(RevocationReason::from_str)
+            .transpose()
+            .map_err(|e| ApiError::bad_request("INVALID_REQUEST", e.to_string()))?;
+        let (peer, own) = self.current_record(peer, now).await?;
+        let target = match serial {
+            None => own.serial.clone(),
+            Some(s) => Serial::from_str(s)
+                .map_err(|e| ApiError::bad_request("INVALID_REQUEST", e.to_string()))?
+                .to_string(),
+        };
+        let actor = if target == own.serial {
+            format!("holder:{}", own.serial)
+        } else {
+            self.admin(&PeerIdentity::Verified(peer.clone()), now)
+                .await?;
+            format!("admin:{}", peer.subject)
+        };
+        let serial = Serial::from_str(&target)
+            .map_err(|e| ApiError::bad_request("INVALID_REQUEST", e.to_string()))?;
+        self.store
+            .revoke(&serial, Some(&self.issuer_key), reason, &actor, now)
+            .await
+            .map_err(store_err)
+    }
+
+    /// Mints a one-time token (CLI or an administrator). Returns the token string, once.
+    pub async fn create_token(
+        &self,
+        request: TokenRequest,
+        created_by: &str,
+        now: OffsetDateTime,
+    ) -> Result<(String, OffsetDateTime), ApiError> {
+        if request.ttl > self.settings.max_token_ttl {
+            return Err(ApiError::bad_request(
+                "INVALID_REQUEST",
+                format!(
+                    "token lifetime {} exceeds max_token_ttl {}",
+                    request.ttl, self.settings.max_token_ttl
+                ),
+            ));
+        }
+        let (token, expires_at) = mint_token(&self.store, request, created_by, now)
+            .await
+            .map_err(|e| match e {
+                MintError::Invalid(m) => ApiError::bad_request("INVALID_REQUEST", m),
+                MintError::Store(e) => store_err(e),
+            })?;
+        Ok((token, expires_at))
+    }
+
+    /// Certificates in the inventory (administrators).
+    pub async fn list(
+        &self,
+        filter: &ListFilter,
+        now: OffsetDateTime,
+    ) -> Result<Vec<CertificateRecord>, ApiError> {
+        self.store.list(filter, now).await.map_err(store_err)
+    }
+
+    /// The current CRL: regenerated when any instance revoked something since it was built, or
+    /// when half its lifetime has passed; otherwise served from memory.
+    pub async fn crl(&self, now: OffsetDateTime) -> Result<PublishedCrl, ApiError> {
+        let epoch = self.store.revocation_epoch().await.map_err(store_err)?;
+        let mut cached = self.crl.lock().await;
+        let refresh_after: Duration = self.settings.crl_lifetime / 2_i32;
+        if let Some(c) = cached.as_ref() {
+            if c.epoch == epoch && now < c.this_update + refresh_after && now >= c.this_update {
+                return Ok(self.published(c));
+            }
+        }
+        let entries = self
+            .store
+            .revoked_entries(&self.issuer_key)
+            .await
+            .map_err(store_err)?;
+        let number = self
+            .store
+            .next_crl_number(&self.issuer_key, "ca", now)
+            .await
+            .map_err(store_err)?;
+        let this_update = now.replace_nanosecond(0).unwrap_or(now);
+        let der = mtls_pki::revocation::build_crl(
+            &self.issuer,
+            number,
+            this_update,
+            self.settings.crl_lifetime,
+            &entries,
+        )
+        .map_err(|e| ApiError::internal(format!("building the CRL: {e}")))?;
+        let pem = mtls_pki::pem_io::encode("X509 CRL", &der);
+        self.metrics.inc(&self.metrics.crl_generated);
+        let c = CachedCrl {
+            epoch,
+            this_update,
+            der: bytes::Bytes::from(der.to_vec()),
+            pem: bytes::Bytes::from(pem),
+        };
+        let out = self.published(&c);
+        *cached = Some(c);
+        Ok(out)
+    }
+
+    fn published(&self, c: &CachedCrl) -> PublishedCrl {
+        PublishedCrl {
+            der: c.der.clone(),
+            pem: c.pem.clone(),
+            this_update: c.this_update,
+            next_update: c.this_update + self.settings.crl_lifetime,
+        }
+    }
+
+    /// Answers one DER OCSP request; always returns a DER OCSPResponse (errors included).
+    pub async fn ocsp(&self, request: &[u8], now: OffsetDateTime) -> Vec<u8> {
+        use mtls_ocsp::{CertStatus, ResponseStatus};
+        let req = match mtls_ocsp::parse_request(request, &self.ocsp.issuers) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "malformed OCSP request");
+                self.metrics.inc(&self.metrics.ocsp_malformed);
+                return mtls_ocsp::error_response(ResponseStatus::MalformedRequest);
+            }
+        };
+        if req.items.iter().any(|i| i.issuer.is_none()) {
+            // RFC 5019 2.2.3: we are not authoritative for that issuer.
+            self.metrics.inc(&self.metrics.ocsp_unauthorized);
+            return mtls_ocsp::error_response(ResponseStatus::Unauthorized);
+        }
+        let mut statuses = Vec::with_capacity(req.items.len());
+        for item in &req.items {
+            let status = match self.store.get(&item.serial, now).await {
+                Err(e) => {
+                    tracing::warn!(error = %e, "OCSP lookup failed");
+                    self.metrics.inc(&self.metrics.db_unavailable);
+                    return mtls_ocsp::error_response(ResponseStatus::TryLater);
+                }
+                Ok(Some(r)) if r.issuer_key == self.issuer_key => match r.revoked_at {
+                    Some(at) => CertStatus::Revoked {
+                        at,
+                        reason: r.reason(),
+                    },
+                    None => CertStatus::Good,
+                },
+                Ok(_) => CertStatus::Unknown,
+            };
+            statuses.push(status);
+        }
+        let this_update = now.replace_nanosecond(0).unwrap_or(now);
+        match self.ocsp.responder.sign(
+            &req,
+            &statuses,
+            this_update,
+            this_update,
+            Some(this_update + self.settings.ocsp_lifetime),
+        ) {
+            Ok(der) => {
+                self.metrics.inc(&self.metrics.ocsp_ok);
+                der
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "signing an OCSP response failed");
+                mtls_ocsp::error_response(ResponseStatus::InternalError)
+            }
+        }
+    }
+}
+
+fn issuer_cn(ca: &CaCert) -> String {
+    mtls_pki::pem_io::parse_certificate(ca.der())
+        .ok()
+        .and_then(|c| {
+            c.subject()
+                .iter_common_name()
+                .next()
+                .and_then(|a| a.as_str().ok().map(str::to_string))
+        })
+        .unwrap_or_else(|| "mtls CA".into())
+}
+
+fn expired_error(not_after: OffsetDateTime) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "CERT_EXPIRED",
+        format!(
+            "the certificate expired at {not_after}; an expired certificate cannot be renewed: enroll again with a new token"
+        ),
+    )
+}
+
+fn parse_csr(pem: &str) -> Result<mtls_pki::csr::CsrInfo, ApiError> {
+    let csr = mtls_pki::csr::parse(pem.as_bytes())
+        .map_err(|e| ApiError::bad_request("INVALID_CSR", e.to_string()))?;
+    if csr.requests_ca {
+        return Err(ApiError::bad_request(
+            "INVALID_CSR",
+            "the CSR asks for a CA certificate (basicConstraints CA:TRUE)",
+        ));
+    }
+    Ok(csr)
+}
+
+async fn record(
+    store: &Store,
+    issuer_key: &str,
+    issued: &Issued,
+    profile: &str,
+    kind: IssueKind,
+    actor: &str,
+    now: OffsetDateTime,
+) -> Result<(), mtls_store::Error> {
+    store
+        .record_issued(
+            CertificateToRecord {
+                serial: issued.serial.clone(),
+                issuer_key: issuer_key.to_string(),
+                subject: issued.subject.clone(),
+                sans: issued.sans.iter().map(ToString::to_string).collect(),
+                profile: profile.to_string(),
+                not_before: issued.not_before,
+                not_after: issued.not_after,
+                fingerprint: sha256_hex(&issued.der),
+                pem: issued.pem(),
+            },
+            kind,
+            actor,
+            now,
+        )
+        .await
+}
+
+/// What a token allows.
+#[derive(Clone, Debug)]
+pub struct TokenRequest {
+    pub name: String,
+    pub sans: Vec<String>,
+    pub profile: Profile,
+    pub ttl: Duration,
+}
+
+/// Why minting a token failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MintError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] mtls_store::Error),
+}
+
+/// Mints and stores a token (used by the CA service and by `mtls ca token` directly).
+pub async fn mint_token(
+    store: &Store,
+    request: TokenRequest,
+    created_by: &str,
+    now: OffsetDateTime,
+) -> Result<(String, OffsetDateTime), MintError> {
+    let TokenRequest {
+        name,
+        sans,
+        profile,
+        ttl,
+    } = request;
+    if ttl <= Duration::ZERO {
+        return Err(MintError::Invalid(
+            "the token lifetime must be positive".into(),
+        ));
+    }
+    let parsed = sans
+        .iter()
+        .map(|s| San::parse(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| MintError::Invalid(e.to_string()))?;
+    // The certificate the token can yield must be valid for its profile.
+    LeafRequest {
+        profile,
+        subject: Subject::cn(name.clone()),
+        sans: parsed.clone(),
+        lifetime: Duration::days(1),
+        urls: PublicationUrls::default(),
+    }
+    .check()
+    .map_err(|e| MintError::Invalid(e.to_string()))?;
+    if name.is_empty() {
+        return Err(MintError::Invalid(
+            "the token needs a name (the certificate's CN)".into(),
+        ));
+    }
+    let generated = tokens::generate().map_err(|e| MintError::Invalid(e.to_string()))?;
+    let expires_at = now + ttl;
+    store
+        .create_token(
+            NewToken {
+                id: generated.id.clone(),
+                secret_hash: generated.secret_hash.clone(),
+                name,
+                sans: parsed.iter().map(ToString::to_string).collect(),
+                profile: profile.to_string(),
+                expires_at,
+                created_by: created_by.to_string(),
+            },
+            now,
+        )
+        .await?;
+    Ok((generated.token.to_string(), expires_at))
+}

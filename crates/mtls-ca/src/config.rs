@@ -1,0 +1,182 @@
+//! The CA service's configuration file (`mtls ca serve --config ca.toml`) and its runtime
+//! settings.
+//!
+//! ```toml
+//! listen = "127.0.0.1:9443"
+//! pki = "pki"                                  # root.crt, intermediate.crt/.key, ca-chain.pem
+//! database = "postgres://mtls@127.0.0.1/mtls"  # default: <pki>/inventory.db
+//! public_url = "https://ca.example.com:9443"   # CRL DP and AIA OCSP URL in issued certificates
+//! server_names = ["ca.example.com", "127.0.0.1"]
+//! leaf_lifetime = "90d"
+//! max_token_ttl = "24h"
+//! crl_lifetime = "1d"
+//! ocsp_lifetime = "1h"
+//! ocsp_signer = "delegated"                    # or "issuer"
+//! [admins]                                     # who may revoke others, list, mint tokens
+//! allow_cn = ["ca-admin"]
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use mtls_verify::Policy;
+use serde::Deserialize;
+use time::Duration;
+
+use crate::Error;
+
+/// Parses `30d`, `12h`, `45m`, `10s`, `2w` or a bare number of days.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: i64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (examples: 90d, 12h, 30m, 2w)"))?;
+    let d = match unit {
+        "" | "d" => Duration::days(n),
+        "s" => Duration::seconds(n),
+        "m" => Duration::minutes(n),
+        "h" => Duration::hours(n),
+        "w" => Duration::weeks(n),
+        _ => return Err(format!("invalid duration unit in {s:?} (s, m, h, d or w)")),
+    };
+    if d <= Duration::ZERO {
+        return Err(format!("duration {s:?} must be positive"));
+    }
+    Ok(d)
+}
+
+/// Which key signs OCSP responses.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OcspSigner {
+    /// A short-lived delegated responder certificate (id-kp-OCSPSigning, ocsp-nocheck) issued
+    /// at start-up, so the CA key signs only certificates and CRLs.
+    #[default]
+    Delegated,
+    /// The issuing CA's key itself.
+    Issuer,
+}
+
+/// The configuration file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub listen: SocketAddr,
+    #[serde(default = "default_pki")]
+    pub pki: PathBuf,
+    pub database: Option<String>,
+    pub public_url: Option<String>,
+    #[serde(default)]
+    pub server_names: Vec<String>,
+    pub leaf_lifetime: Option<String>,
+    pub max_token_ttl: Option<String>,
+    pub crl_lifetime: Option<String>,
+    pub ocsp_lifetime: Option<String>,
+    #[serde(default)]
+    pub ocsp_signer: OcspSigner,
+    #[serde(default)]
+    pub admins: Policy,
+}
+
+fn default_pki() -> PathBuf {
+    PathBuf::from("pki")
+}
+
+impl Config {
+    /// Parses and checks a configuration file's text.
+    pub fn parse(text: &str) -> Result<Config, Error> {
+        let c: Config = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
+        c.settings()?;
+        Ok(c)
+    }
+
+    /// The runtime settings this file describes.
+    pub fn settings(&self) -> Result<Settings, Error> {
+        let d = |v: &Option<String>, default: Duration, what: &str| -> Result<Duration, Error> {
+            match v {
+                None => Ok(default),
+                Some(s) => parse_duration(s).map_err(|e| Error::Config(format!("{what}: {e}"))),
+            }
+        };
+        let defaults = Settings::default();
+        if let Some(u) = &self.public_url {
+            if !(u.starts_with("https://") || u.starts_with("http://"))
+                || u.contains(char::is_whitespace)
+            {
+                return Err(Error::Config(format!(
+                    "public_url {u:?} must be an http(s) URL"
+                )));
+            }
+        }
+        Ok(Settings {
+            public_url: self
+                .public_url
+                .as_ref()
+                .map(|u| u.trim_end_matches('/').to_string()),
+            leaf_lifetime: d(&self.leaf_lifetime, defaults.leaf_lifetime, "leaf_lifetime")?,
+            max_token_ttl: d(&self.max_token_ttl, defaults.max_token_ttl, "max_token_ttl")?,
+            crl_lifetime: d(&self.crl_lifetime, defaults.crl_lifetime, "crl_lifetime")?,
+            ocsp_lifetime: d(&self.ocsp_lifetime, defaults.ocsp_lifetime, "ocsp_lifetime")?,
+            ocsp_signer: self.ocsp_signer,
+            admins: self.admins.clone(),
+        })
+    }
+}
+
+/// What the running CA needs to know beyond its keys and database.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Base URL of this CA as clients reach it; issued certificates then carry
+    /// `<url>/v1/crl` as CRL Distribution Point and `<url>/ocsp` as AIA OCSP responder.
+    pub public_url: Option<String>,
+    pub leaf_lifetime: Duration,
+    pub max_token_ttl: Duration,
+    pub crl_lifetime: Duration,
+    pub ocsp_lifetime: Duration,
+    pub ocsp_signer: OcspSigner,
+    /// Administrators (mTLS identities). Empty: no remote administration at all.
+    pub admins: Policy,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            public_url: None,
+            leaf_lifetime: Duration::days(90),
+            max_token_ttl: Duration::hours(24),
+            crl_lifetime: Duration::days(1),
+            ocsp_lifetime: Duration::hours(1),
+            ocsp_signer: OcspSigner::Delegated,
+            admins: Policy::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10m").unwrap(), Duration::minutes(10));
+        assert_eq!(parse_duration("3").unwrap(), Duration::days(3));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5y").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn config_file() {
+        let c = Config::parse(
+            "listen = \"127.0.0.1:9443\"\npublic_url = \"https://ca.test:9443/\"\nleaf_lifetime = \"1h\"\n[admins]\nallow_cn = [\"admin\"]\n",
+        )
+        .unwrap();
+        let s = c.settings().unwrap();
+        assert_eq!(s.public_url.as_deref(), Some("https://ca.test:9443"));
+        assert_eq!(s.leaf_lifetime, Duration::hours(1));
+        assert!(Config::parse("listen = \"127.0.0.1:1\"\nbogus = 1\n").is_err());
+        assert!(Config::parse("listen = \"127.0.0.1:1\"\ncrl_lifetime = \"x\"\n").is_err());
+    }
+}

@@ -1,0 +1,386 @@
+//! The HTTP API (axum): routes, JSON bodies and the seed's error shape.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use base64::Engine;
+use serde::Deserialize;
+use time::OffsetDateTime;
+
+use crate::authority::{PeerIdentity, TokenRequest};
+use crate::{ApiError, Authority};
+
+/// Largest request body: CSRs and OCSP requests are a few KiB.
+const BODY_LIMIT: usize = 64 * 1024;
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+type Shared = State<Arc<Authority>>;
+
+/// The full API (served over TLS).
+pub(crate) fn router(ca: Arc<Authority>) -> Router {
+    Router::new()
+        .route("/v1/sign", post(sign))
+        .route("/v1/renew", post(renew))
+        .route("/v1/revoke", post(revoke))
+        .route("/v1/tokens", post(create_token))
+        .route("/v1/certificates", get(list))
+        .merge(publication_routes())
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .fallback(not_found)
+        .with_state(ca)
+}
+
+/// What may also be served over plain HTTP: signed objects and health only.
+pub(crate) fn publication_router(ca: Arc<Authority>) -> Router {
+    publication_routes()
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .fallback(not_found)
+        .with_state(ca)
+        .layer(Extension(PeerIdentity::None))
+}
+
+fn publication_routes() -> Router<Arc<Authority>> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/v1/roots.pem", get(roots))
+        .route("/v1/chain.pem", get(chain))
+        .route("/v1/crl", get(crl_der))
+        .route("/v1/crl.pem", get(crl_pem))
+        .route("/ocsp", post(ocsp_post))
+        .route("/ocsp/{*request}", get(ocsp_get))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such endpoint")
+}
+
+fn count<T>(ca: &Authority, r: &Result<T, ApiError>) {
+    if let Err(e) = r {
+        if e.status == StatusCode::SERVICE_UNAVAILABLE {
+            ca.metrics.inc(&ca.metrics.db_unavailable);
+        } else if e.status.is_client_error() {
+            ca.metrics.inc(&ca.metrics.refused);
+        }
+    }
+}
+
+/// Parses a JSON body ourselves so malformed input gets our error shape, not axum's.
+fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("INVALID_REQUEST", format!("invalid JSON body: {e}")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignBody {
+    token: String,
+    csr: String,
+}
+
+async fn sign(State(ca): Shared, body: Bytes) -> Response {
+    let r = async {
+        let b: SignBody = json_body(&body)?;
+        ca.enroll(&b.token, &b.csr, now()).await
+    }
+    .await;
+    count(&ca, &r);
+    match r {
+        Ok(issued) => {
+            ca.metrics.inc(&ca.metrics.enrolled);
+            tracing::info!(serial = %issued.serial, "enrolled");
+            (StatusCode::CREATED, Json(issued)).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RenewBody {
+    csr: Option<String>,
+}
+
+async fn renew(
+    State(ca): Shared,
+    Extension(peer): Extension<PeerIdentity>,
+    body: Bytes,
+) -> Response {
+    let r = async {
+        let b: RenewBody = if body.is_empty() {
+            RenewBody::default()
+        } else {
+            json_body(&body)?
+        };
+        ca.renew(&peer, b.csr.as_deref(), now()).await
+    }
+    .await;
+    count(&ca, &r);
+    match r {
+        Ok(issued) => {
+            ca.metrics.inc(&ca.metrics.renewed);
+            tracing::info!(serial = %issued.serial, "renewed");
+            (StatusCode::CREATED, Json(issued)).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RevokeBody {
+    serial: Option<String>,
+    reason: Option<String>,
+}
+
+async fn revoke(
+    State(ca): Shared,
+    Extension(peer): Extension<PeerIdentity>,
+    body: Bytes,
+) -> Response {
+    let r = async {
+        let b: RevokeBody = if body.is_empty() {
+            RevokeBody::default()
+        } else {
+            json_body(&body)?
+        };
+        ca.revoke(&peer, b.serial.as_deref(), b.reason.as_deref(), now())
+            .await
+    }
+    .await;
+    count(&ca, &r);
+    match r {
+        Ok(rec) => {
+            ca.metrics.inc(&ca.metrics.revoked);
+            tracing::info!(serial = %rec.serial, "revoked");
+            Json(rec).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenBody {
+    name: String,
+    #[serde(default)]
+    sans: Vec<String>,
+    #[serde(default = "default_profile")]
+    profile: String,
+    #[serde(default = "default_ttl")]
+    ttl: String,
+}
+
+fn default_profile() -> String {
+    "client".into()
+}
+fn default_ttl() -> String {
+    "10m".into()
+}
+
+async fn create_token(
+    State(ca): Shared,
+    Extension(peer): Extension<PeerIdentity>,
+    body: Bytes,
+) -> Response {
+    let r = async {
+        let admin = ca.admin(&peer, now()).await?;
+        let b: TokenBody = json_body(&body)?;
+        let profile = b.profile.parse().map_err(|e: mtls_pki::Error| {
+            ApiError::bad_request("INVALID_REQUEST", e.to_string())
+        })?;
+        let ttl = crate::parse_duration(&b.ttl)
+            .map_err(|e| ApiError::bad_request("INVALID_REQUEST", e))?;
+        ca.create_token(
+            TokenRequest {
+                name: b.name,
+                sans: b.sans,
+                profile,
+                ttl,
+            },
+            &format!("admin:{}", admin.subject),
+            now(),
+        )
+        .await
+    }
+    .await;
+    count(&ca, &r);
+    match r {
+        Ok((token, expires_at)) => {
+            ca.metrics.inc(&ca.metrics.tokens);
+            let exp = expires_at
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default();
+            (
+                StatusCode::CREATED,
+                Json(serde_json::json!({"token": token, "expires_at": exp})),
+            )
+                .into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn list(State(ca): Shared, Extension(peer): Extension<PeerIdentity>) -> Response {
+    let r = async {
+        ca.admin(&peer, now()).await?;
+        ca.list(&mtls_store::ListFilter::default(), now()).await
+    }
+    .await;
+    count(&ca, &r);
+    match r {
+        Ok(rows) => Json(rows).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn healthz(State(ca): Shared) -> Response {
+    match ca.store().ping().await {
+        Ok(()) => Json(serde_json::json!({"status": "ok"})).into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+async fn metrics(State(ca): Shared) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        ca.metrics.render(),
+    )
+        .into_response()
+}
+
+fn pem_response(text: String) -> Response {
+    ([(header::CONTENT_TYPE, "application/x-pem-file")], text).into_response()
+}
+
+async fn roots(State(ca): Shared) -> Response {
+    pem_response(ca.roots_pem().to_string())
+}
+
+async fn chain(State(ca): Shared) -> Response {
+    pem_response(ca.chain_pem().to_string())
+}
+
+fn http_date(t: OffsetDateTime) -> String {
+    let f = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    t.to_offset(time::UtcOffset::UTC)
+        .format(&f)
+        .unwrap_or_default()
+}
+
+async fn crl(ca: &Authority, pem: bool) -> Response {
+    let now = now();
+    let r = ca.crl(now).await;
+    count(ca, &r);
+    let c = match r {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    ca.metrics.inc(&ca.metrics.crl_served);
+    // Caches may keep it until a refresh is due, never past nextUpdate.
+    let remaining: time::Duration = c.next_update - now;
+    let half: time::Duration = remaining / 2_i32;
+    let max_age = half.whole_seconds().clamp(0, 3600);
+    let (ctype, body) = if pem {
+        ("application/x-pem-file", c.pem)
+    } else {
+        ("application/pkix-crl", c.der)
+    };
+    let mut resp = Response::new(Body::from(body));
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    if let Ok(v) = HeaderValue::from_str(&format!("public, max-age={max_age}, no-transform")) {
+        h.insert(header::CACHE_CONTROL, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&http_date(c.this_update)) {
+        h.insert(header::LAST_MODIFIED, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&http_date(c.next_update)) {
+        h.insert(header::EXPIRES, v);
+    }
+    resp
+}
+
+async fn crl_der(State(ca): Shared) -> Response {
+    crl(&ca, false).await
+}
+
+async fn crl_pem(State(ca): Shared) -> Response {
+    crl(&ca, true).await
+}
+
+fn ocsp_response(der: Vec<u8>, cacheable: bool, max_age: i64) -> Response {
+    let mut resp = Response::new(Body::from(der));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/ocsp-response"),
+    );
+    let cc = if cacheable {
+        format!("public, max-age={max_age}, no-transform, must-revalidate")
+    } else {
+        "no-store".to_string()
+    };
+    if let Ok(v) = HeaderValue::from_str(&cc) {
+        h.insert(header::CACHE_CONTROL, v);
+    }
+    resp
+}
+
+async fn ocsp_post(State(ca): Shared, headers: axum::http::HeaderMap, body: Bytes) -> Response {
+    let ok_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("application/ocsp-request"));
+    if !ok_type {
+        ca.metrics.inc(&ca.metrics.ocsp_malformed);
+        return ocsp_response(
+            mtls_ocsp::error_response(mtls_ocsp::ResponseStatus::MalformedRequest),
+            false,
+            0,
+        );
+    }
+    let der = ca.ocsp(&body, now()).await;
+    ocsp_response(der, false, 0)
+}
+
+async fn ocsp_get(State(ca): Shared, Path(request): Path<String>) -> Response {
+    let der = match mtls_ocsp::decode_get_path(&request) {
+        Ok(d) => d,
+        Err(_) => {
+            // Some clients send the base64 unescaped; accept plain base64 too.
+            match base64::engine::general_purpose::STANDARD.decode(request.as_bytes()) {
+                Ok(d) => d,
+                Err(_) => {
+                    ca.metrics.inc(&ca.metrics.ocsp_malformed);
+                    return ocsp_response(
+                        mtls_ocsp::error_response(mtls_ocsp::ResponseStatus::MalformedRequest),
+                        false,
+                        0,
+                    );
+                }
+            }
+        }
+    };
+    let resp = ca.ocsp(&der, now()).await;
+    // RFC 5019 GET responses are cacheable for a short while; revocation must show quickly.
+    let max_age = ca.settings().ocsp_lifetime.whole_seconds().clamp(0, 60);
+    ocsp_response(resp, true, max_age)
+}

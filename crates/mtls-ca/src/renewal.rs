@@ -1,0 +1,509 @@
+//! The renewal daemon: when to renew, how to retry, how to replace files safely, what to run
+//! afterwards, and what state to report.
+//!
+//! Files are replaced by atomic rename only after the new certificate has been received,
+//! checked against the key and fsynced, so a reader sees the old pair or the new pair and the
+//! old files stay in place until the new ones are complete. With the default (same key) only the
+//! certificate file changes. Rotating the key changes two files, which no rename can do at once,
+//! so it requires a combined file (certificate and key in one PEM, `--cert` = `--key`).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use mtls_pki::files::{self, Visibility};
+use mtls_pki::issue::Subject;
+use rustls_pki_types::CertificateDer;
+use time::{Duration, OffsetDateTime};
+
+use crate::client::{CaClient, CaUrl, Issued};
+use crate::Error;
+
+/// When a certificate is due.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Threshold {
+    /// After this fraction of the lifetime (2/3 by default).
+    Fraction(f64),
+    /// This long before notAfter.
+    Before(Duration),
+}
+
+impl Default for Threshold {
+    fn default() -> Self {
+        Threshold::Fraction(2.0 / 3.0)
+    }
+}
+
+impl Threshold {
+    /// Parses `2/3`, `0.75` or `75%`.
+    pub fn parse_fraction(s: &str) -> Result<Threshold, String> {
+        let s = s.trim();
+        let v = if let Some((a, b)) = s.split_once('/') {
+            let a: f64 = a
+                .trim()
+                .parse()
+                .map_err(|_| format!("invalid fraction {s:?}"))?;
+            let b: f64 = b
+                .trim()
+                .parse()
+                .map_err(|_| format!("invalid fraction {s:?}"))?;
+            a / b
+        } else if let Some(p) = s.strip_suffix('%') {
+            p.trim()
+                .parse::<f64>()
+                .map_err(|_| format!("invalid percentage {s:?}"))?
+                / 100.0
+        } else {
+            s.parse().map_err(|_| format!("invalid fraction {s:?}"))?
+        };
+        if !(v > 0.0 && v < 1.0) {
+            return Err(format!(
+                "renewal point {s:?} must be strictly between 0 and 1"
+            ));
+        }
+        Ok(Threshold::Fraction(v))
+    }
+}
+
+/// When to renew a certificate valid from `not_before` to `not_after`. `jitter` in [-1, 1]
+/// moves the point by up to 5% of the lifetime so a fleet issued together does not renew
+/// together; the result stays inside the validity window, before its last tenth.
+pub fn due_at(
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+    threshold: Threshold,
+    jitter: f64,
+) -> OffsetDateTime {
+    let lifetime = not_after - not_before;
+    let base = match threshold {
+        Threshold::Fraction(f) => not_before + lifetime * f,
+        Threshold::Before(d) => not_after - d,
+    };
+    let j = lifetime * (0.05 * jitter.clamp(-1.0, 1.0));
+    let latest = not_after - lifetime / 10_i32;
+    (base + j).clamp(not_before, latest.max(not_before))
+}
+
+/// Delay before retry `attempt` (1, 2, …): exponential from 1 s, at most 5 minutes and at most
+/// a quarter of the time left, so retries get denser as expiry approaches.
+pub fn backoff(attempt: u32, remaining: Duration) -> Duration {
+    let exp = Duration::seconds(1i64 << attempt.min(12));
+    let cap = Duration::minutes(5).min(remaining / 4_i32);
+    exp.min(cap).max(Duration::seconds(1))
+}
+
+/// A random jitter in [-1, 1] from the system CSPRNG.
+pub fn random_jitter() -> f64 {
+    let mut b = [0u8; 2];
+    if aws_lc_rs::rand::fill(&mut b).is_err() {
+        return 0.0;
+    }
+    (f64::from(u16::from_be_bytes(b)) / f64::from(u16::MAX)) * 2.0 - 1.0
+}
+
+/// One certificate the daemon keeps fresh.
+#[derive(Clone, Debug)]
+pub struct Watch {
+    /// Leaf + intermediates (PEM); may also hold the key (combined file).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The CA root (the server certificate of the CA is verified against it).
+    pub root: PathBuf,
+}
+
+/// What to run after a renewal.
+#[derive(Clone, Debug, Default)]
+pub enum Hook {
+    #[default]
+    None,
+    /// A shell command (`sh -c`).
+    Exec(String),
+    /// Send a signal (e.g. `HUP`) to the process whose pid is in the file.
+    Signal { pidfile: PathBuf, signal: String },
+}
+
+impl Hook {
+    /// Parses `PIDFILE:SIGNAL` (signal defaults to HUP).
+    pub fn parse_signal(s: &str) -> Result<Hook, String> {
+        let (pidfile, signal) = match s.rsplit_once(':') {
+            Some((p, sig)) if !sig.is_empty() && sig.chars().all(|c| c.is_ascii_alphanumeric()) => {
+                (p, sig)
+            }
+            _ => (s, "HUP"),
+        };
+        if pidfile.is_empty() {
+            return Err("--signal needs PIDFILE[:SIGNAL]".into());
+        }
+        Ok(Hook::Signal {
+            pidfile: PathBuf::from(pidfile),
+            signal: signal.trim_start_matches("SIG").to_string(),
+        })
+    }
+
+    /// Runs the hook; an error says what failed (the renewal itself stands).
+    pub async fn run(&self) -> Result<(), String> {
+        let mut cmd = match self {
+            Hook::None => return Ok(()),
+            Hook::Exec(c) => {
+                let mut cmd = std::process::Command::new("sh");
+                cmd.arg("-c").arg(c);
+                cmd
+            }
+            Hook::Signal { pidfile, signal } => {
+                let pid = std::fs::read_to_string(pidfile)
+                    .map_err(|e| format!("reading {}: {e}", pidfile.display()))?;
+                let pid = pid.trim();
+                if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(format!("{} does not hold a pid", pidfile.display()));
+                }
+                let mut cmd = std::process::Command::new("kill");
+                cmd.arg("-s").arg(signal).arg(pid);
+                cmd
+            }
+        };
+        let out = tokio::task::spawn_blocking(move || cmd.output())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("running the hook: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "the hook exited with {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// The validity window of the certificate currently in `cert`.
+pub fn current_validity(cert: &Path) -> Result<(OffsetDateTime, OffsetDateTime, String), Error> {
+    let pem = std::fs::read(cert).map_err(io(cert))?;
+    let chain = mtls_pki::pem_io::certificates(&pem)?;
+    let leaf = chain
+        .first()
+        .ok_or_else(|| Error::Config(format!("{}: no certificate", cert.display())))?;
+    let parsed = mtls_pki::pem_io::parse_certificate(leaf)?;
+    Ok((
+        parsed.validity().not_before.to_datetime(),
+        parsed.validity().not_after.to_datetime(),
+        parsed.raw_serial_as_string(),
+    ))
+}
+
+fn read_root(path: &Path) -> Result<CertificateDer<'static>, Error> {
+    let pem = std::fs::read(path).map_err(io(path))?;
+    mtls_pki::pem_io::certificates(&pem)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::Config(format!("{}: no certificate", path.display())))
+}
+
+/// The PEM written for a certificate: leaf and intermediates (the root is left out: peers
+/// already have it and sending it only costs bytes).
+pub fn served_chain(issued: &Issued, root: &CertificateDer<'_>) -> Result<String, Error> {
+    let certs = mtls_pki::pem_io::certificates(issued.chain.as_bytes())?;
+    Ok(certs
+        .iter()
+        .filter(|c| c.as_ref() != root.as_ref())
+        .map(|c| mtls_pki::pem_io::encode("CERTIFICATE", c))
+        .collect())
+}
+
+/// Renews `w` now: authenticates with the current pair, writes the new one. Returns the new
+/// certificate.
+pub async fn renew_once(
+    w: &Watch,
+    url: &CaUrl,
+    rotate_key: bool,
+    passphrase: Option<&[u8]>,
+    now: OffsetDateTime,
+) -> Result<Issued, Error> {
+    let combined = w.cert == w.key;
+    if rotate_key && !combined {
+        return Err(Error::Config(
+            "rotating the key replaces two files, which cannot be done atomically: use one combined file for certificate and key (--cert and --key the same path), or renew with the same key".into(),
+        ));
+    }
+    let chain = mtls_pki::pem_io::certificates(&files::read_public(&w.cert)?)?;
+    let key_bytes = files::read_secret(&w.key)?;
+    let key = mtls_pki::PrivateKey::from_pem_or_der(&key_bytes, passphrase)?;
+    let credential = mtls_tls::credential_from_parts(chain, &key, now).map_err(|detail| {
+        Error::Config(format!(
+            "{}: {detail} (an expired certificate cannot be renewed: enroll again with a new token)",
+            w.cert.display()
+        ))
+    })?;
+    let root = read_root(&w.root)?;
+    let client = CaClient::new(url.clone(), &root, Some(&credential))?;
+    let (issued, new_key) = if rotate_key {
+        let new_key = mtls_pki::PrivateKey::generate(key.algorithm())?;
+        let csr = mtls_pki::csr::create(&new_key, &Subject::cn(""), &[])?;
+        (client.renew(Some(&csr)).await?, Some(new_key))
+    } else {
+        (client.renew(None).await?, None)
+    };
+    let out_key = new_key.as_ref().unwrap_or(&key);
+    let chain_pem = served_chain(&issued, &root)?;
+    // Check what we are about to install before touching any file.
+    let new_chain = mtls_pki::pem_io::certificates(chain_pem.as_bytes())?;
+    mtls_tls::credential_from_parts(new_chain, out_key, now)
+        .map_err(|d| Error::Protocol(format!("the renewed certificate is unusable: {d}")))?;
+    if combined {
+        let key_pem = match (&new_key, passphrase) {
+            (Some(k), Some(p)) => k.to_encrypted_pem(p)?,
+            (Some(k), None) => k.to_pem(),
+            (None, _) => zeroize::Zeroizing::new(
+                mtls_pki::pem_io::decode(&key_bytes)?
+                    .iter()
+                    .filter(|b| b.label.contains("PRIVATE KEY"))
+                    .map(|b| mtls_pki::pem_io::encode(&b.label, &b.der))
+                    .collect::<String>(),
+            ),
+        };
+        let mut bundle = zeroize::Zeroizing::new(String::new());
+        bundle.push_str(&chain_pem);
+        bundle.push_str(&key_pem);
+        files::write_atomic(&w.cert, bundle.as_bytes(), Visibility::Secret, true)?;
+    } else {
+        files::write_atomic(&w.cert, chain_pem.as_bytes(), Visibility::Public, true)?;
+    }
+    Ok(issued)
+}
+
+/// What the daemon reports about one certificate.
+#[derive(Clone, Debug, Default)]
+pub struct WatchState {
+    pub cert: String,
+    pub not_after: Option<OffsetDateTime>,
+    pub last_success: Option<OffsetDateTime>,
+    pub last_failure: Option<OffsetDateTime>,
+    pub last_error: Option<String>,
+    pub next_attempt: Option<OffsetDateTime>,
+    pub renewals: u64,
+    pub failures: u64,
+}
+
+/// Shared state of all watched certificates (read by the metrics endpoint).
+pub type States = Arc<Mutex<Vec<WatchState>>>;
+
+/// Prometheus text for the daemon's state.
+pub fn render_metrics(states: &States) -> String {
+    let mut out = String::new();
+    let Ok(states) = states.lock() else {
+        return out;
+    };
+    let series: [(&str, &str, fn(&WatchState) -> Option<f64>); 6] = [
+        (
+            "mtls_renew_not_after_seconds",
+            "notAfter of the current certificate",
+            |s| s.not_after.map(|t| t.unix_timestamp() as f64),
+        ),
+        (
+            "mtls_renew_last_success_seconds",
+            "time of the last successful renewal",
+            |s| s.last_success.map(|t| t.unix_timestamp() as f64),
+        ),
+        (
+            "mtls_renew_last_failure_seconds",
+            "time of the last failed attempt",
+            |s| s.last_failure.map(|t| t.unix_timestamp() as f64),
+        ),
+        (
+            "mtls_renew_next_attempt_seconds",
+            "time of the next attempt",
+            |s| s.next_attempt.map(|t| t.unix_timestamp() as f64),
+        ),
+        ("mtls_renew_renewals_total", "successful renewals", |s| {
+            Some(s.renewals as f64)
+        }),
+        ("mtls_renew_failures_total", "failed attempts", |s| {
+            Some(s.failures as f64)
+        }),
+    ];
+    for (name, help, f) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for s in states.iter() {
+            if let Some(v) = f(s) {
+                let label = s.cert.replace('\\', "\\\\").replace('"', "\\\"");
+                let _ = writeln!(out, "{name}{{cert=\"{label}\"}} {v}");
+            }
+        }
+    }
+    out
+}
+
+/// Daemon settings shared by every watched certificate.
+#[derive(Clone, Debug)]
+pub struct DaemonOptions {
+    pub url: CaUrl,
+    pub threshold: Threshold,
+    pub rotate_key: bool,
+    pub hook: Hook,
+    /// Upper bound of one sleep: the files are re-read at least this often (they may have been
+    /// replaced by hand).
+    pub max_sleep: Duration,
+}
+
+fn update(states: &States, i: usize, f: impl FnOnce(&mut WatchState)) {
+    if let Ok(mut s) = states.lock() {
+        if let Some(st) = s.get_mut(i) {
+            f(st);
+        }
+    }
+}
+
+/// Keeps `w` fresh forever (until the task is dropped).
+pub async fn watch_forever(
+    i: usize,
+    w: Watch,
+    opts: DaemonOptions,
+    passphrase: Option<Vec<u8>>,
+    states: States,
+) {
+    let jitter = random_jitter();
+    let mut attempt: u32 = 0;
+    loop {
+        let now = OffsetDateTime::now_utc();
+        let (nb, na) = match current_validity(&w.cert) {
+            Ok((nb, na, _)) => (nb, na),
+            Err(e) => {
+                tracing::error!(cert = %w.cert.display(), error = %e, "cannot read the certificate");
+                update(&states, i, |s| {
+                    s.last_failure = Some(now);
+                    s.last_error = Some(e.to_string());
+                    s.failures += 1;
+                    s.next_attempt = Some(now + Duration::seconds(30));
+                });
+                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+                continue;
+            }
+        };
+        update(&states, i, |s| s.not_after = Some(na));
+        if now > na {
+            let msg = format!("the certificate expired at {na}; it cannot be renewed: enroll again with a new token");
+            tracing::error!(cert = %w.cert.display(), "{msg}");
+            update(&states, i, |s| {
+                s.last_error = Some(msg);
+                s.next_attempt = None;
+            });
+            // Wait for an operator to put a new certificate in place.
+            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+            continue;
+        }
+        let due = if attempt == 0 {
+            due_at(nb, na, opts.threshold, jitter)
+        } else {
+            now + backoff(attempt, na - now)
+        };
+        if due > now {
+            update(&states, i, |s| s.next_attempt = Some(due));
+            tracing::info!(cert = %w.cert.display(), next_attempt = %due, not_after = %na, "waiting");
+            let wait = (due - now).min(opts.max_sleep);
+            tokio::time::sleep(std::time::Duration::from_millis(
+                u64::try_from(wait.whole_milliseconds()).unwrap_or(0).max(1),
+            ))
+            .await;
+            if OffsetDateTime::now_utc() < due {
+                continue;
+            }
+        }
+        let now = OffsetDateTime::now_utc();
+        match renew_once(&w, &opts.url, opts.rotate_key, passphrase.as_deref(), now).await {
+            Ok(issued) => {
+                attempt = 0;
+                tracing::info!(cert = %w.cert.display(), serial = %issued.serial, not_after = %issued.not_after, "renewed");
+                let hook = opts.hook.run().await;
+                if let Err(e) = &hook {
+                    tracing::error!(cert = %w.cert.display(), error = %e, "post-renewal hook failed");
+                }
+                update(&states, i, |s| {
+                    s.last_success = Some(now);
+                    s.renewals += 1;
+                    s.not_after = Some(issued.not_after);
+                    s.last_error = hook.err();
+                });
+            }
+            Err(e) => {
+                attempt = attempt.saturating_add(1);
+                let retry = now + backoff(attempt, na - now);
+                tracing::warn!(cert = %w.cert.display(), error = %e, next_attempt = %retry, "renewal failed");
+                update(&states, i, |s| {
+                    s.last_failure = Some(now);
+                    s.failures += 1;
+                    s.last_error = Some(e.to_string());
+                    s.next_attempt = Some(retry);
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule() {
+        let nb = OffsetDateTime::UNIX_EPOCH;
+        let na = nb + Duration::days(90);
+        let t = due_at(nb, na, Threshold::default(), 0.0);
+        assert_eq!(t, nb + Duration::days(60));
+        let early = due_at(nb, na, Threshold::default(), -1.0);
+        let late = due_at(nb, na, Threshold::default(), 1.0);
+        assert!(early < t && t < late);
+        assert_eq!(late - early, Duration::days(9));
+        assert_eq!(
+            due_at(nb, na, Threshold::Before(Duration::days(30)), 0.0),
+            nb + Duration::days(60)
+        );
+        // Never in the last tenth, never before notBefore.
+        assert_eq!(
+            due_at(nb, na, Threshold::Before(Duration::hours(1)), 1.0),
+            nb + Duration::days(81)
+        );
+        assert_eq!(
+            due_at(nb, na, Threshold::Before(Duration::days(200)), 0.0),
+            nb
+        );
+        assert_eq!(
+            Threshold::parse_fraction("2/3").unwrap(),
+            Threshold::Fraction(2.0 / 3.0)
+        );
+        assert_eq!(
+            Threshold::parse_fraction("75%").unwrap(),
+            Threshold::Fraction(0.75)
+        );
+        assert!(Threshold::parse_fraction("1").is_err());
+        assert!(Threshold::parse_fraction("x").is_err());
+    }
+
+    #[test]
+    fn retries_back_off_and_tighten() {
+        let plenty = Duration::days(10);
+        assert_eq!(backoff(1, plenty), Duration::seconds(2));
+        assert_eq!(backoff(3, plenty), Duration::seconds(8));
+        assert_eq!(backoff(30, plenty), Duration::minutes(5));
+        assert_eq!(backoff(30, Duration::minutes(4)), Duration::minutes(1));
+        assert_eq!(backoff(30, Duration::seconds(2)), Duration::seconds(1));
+    }
+
+    #[test]
+    fn signal_hook_parsing() {
+        assert!(
+            matches!(Hook::parse_signal("/run/gw.pid:HUP").unwrap(), Hook::Signal { signal, .. } if signal == "HUP")
+        );
+        assert!(
+            matches!(Hook::parse_signal("/run/gw.pid").unwrap(), Hook::Signal { signal, .. } if signal == "HUP")
+        );
+        assert!(Hook::parse_signal(":HUP").is_err());
+    }
+}

@@ -1,0 +1,81 @@
+//! Group commit: the write operations both backends apply, batched into one transaction.
+//!
+//! Each operation runs inside its own savepoint, so one refused operation (a reused token, a
+//! duplicate serial) rolls back alone while the others in the batch commit. A batch commits once:
+//! every caller's `Ok` means the commit returned, i.e. its rows are durable.
+
+use mtls_pki::revocation::RevocationReason;
+use mtls_pki::Serial;
+use time::OffsetDateTime;
+use tokio::sync::oneshot;
+
+use crate::{CertificateRecord, CertificateToRecord, Error, IssueKind, NewToken, Result};
+
+/// Most operations committed together; bounds the latency one batch adds.
+pub(crate) const MAX_BATCH: usize = 256;
+
+#[derive(Debug)]
+pub(crate) enum WriteOp {
+    Issue {
+        cert: CertificateToRecord,
+        kind: IssueKind,
+        actor: String,
+    },
+    Revoke {
+        serial: Serial,
+        /// When set, the serial must have been issued by this CA key.
+        issuer_key: Option<String>,
+        reason: Option<RevocationReason>,
+        actor: String,
+    },
+    CreateToken {
+        token: NewToken,
+    },
+    NextCrlNumber {
+        issuer_key: String,
+        actor: String,
+    },
+}
+
+#[derive(Debug)]
+pub(crate) enum WriteResult {
+    Done,
+    Record(Box<CertificateRecord>),
+    Number(u64),
+}
+
+pub(crate) struct Job {
+    pub op: WriteOp,
+    pub now: OffsetDateTime,
+    pub reply: oneshot::Sender<Result<WriteResult>>,
+}
+
+/// After a failed commit nothing in the batch is durable: every caller learns it.
+pub(crate) fn fail_all(results: &mut [Result<WriteResult>], context: &'static str, detail: &str) {
+    for r in results.iter_mut() {
+        if r.is_ok() {
+            *r = Err(Error::Unavailable {
+                context,
+                detail: detail.to_string(),
+            });
+        }
+    }
+}
+
+impl WriteResult {
+    pub(crate) fn into_unit(self) -> Result<()> {
+        Ok(())
+    }
+    pub(crate) fn into_record(self) -> Result<CertificateRecord> {
+        match self {
+            WriteResult::Record(r) => Ok(*r),
+            other => Err(Error::Corrupt(format!("unexpected write result {other:?}"))),
+        }
+    }
+    pub(crate) fn into_number(self) -> Result<u64> {
+        match self {
+            WriteResult::Number(n) => Ok(n),
+            other => Err(Error::Corrupt(format!("unexpected write result {other:?}"))),
+        }
+    }
+}

@@ -1,0 +1,726 @@
+//! The PostgreSQL backend, for several CA instances sharing one inventory.
+//!
+//! Uniqueness and ordering come from the database, not from the instance: serials are a primary
+//! key, tokens and certificates are locked (`FOR UPDATE`) before they change, and CRL numbers are
+//! incremented by one atomic upsert. Every statement has a deadline, so a database that went away
+//! turns into [`Error::Unavailable`] instead of a hung request; connections are re-established on
+//! the next use.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mtls_pki::revocation::{RevocationReason, RevokedEntry};
+use mtls_pki::Serial;
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, Mutex};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, GenericClient, NoTls, Row};
+
+use crate::batch::{fail_all, Job, WriteOp, WriteResult, MAX_BATCH};
+use crate::{
+    audit_detail_issue, from_ts, sans_from_json, sans_json, sqlite::revoked_entry, ts, AuditEntry,
+    CertificateRecord, CertificateToRecord, Error, IssueKind, ListFilter, NewToken, Result,
+    TokenRecord,
+};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(15);
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS certificates (
+    serial            TEXT PRIMARY KEY,
+    issuer_key        TEXT NOT NULL,
+    subject           TEXT NOT NULL,
+    sans              TEXT NOT NULL,
+    profile           TEXT NOT NULL,
+    not_before        BIGINT NOT NULL,
+    not_after         BIGINT NOT NULL,
+    fingerprint       TEXT NOT NULL UNIQUE,
+    pem               TEXT NOT NULL,
+    issued_at         BIGINT NOT NULL,
+    revoked_at        BIGINT,
+    revocation_reason TEXT
+);
+CREATE INDEX IF NOT EXISTS certificates_not_after ON certificates(not_after);
+CREATE INDEX IF NOT EXISTS certificates_issuer_revoked ON certificates(issuer_key, revoked_at);
+CREATE TABLE IF NOT EXISTS crl_numbers (
+    issuer_key  TEXT PRIMARY KEY,
+    last_number BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id      BIGSERIAL PRIMARY KEY,
+    at      BIGINT NOT NULL,
+    action  TEXT NOT NULL,
+    serial  TEXT,
+    actor   TEXT NOT NULL,
+    detail  TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    id             TEXT PRIMARY KEY,
+    secret_hash    TEXT NOT NULL,
+    name           TEXT NOT NULL,
+    sans           TEXT NOT NULL,
+    profile        TEXT NOT NULL,
+    created_at     BIGINT NOT NULL,
+    created_by     TEXT NOT NULL,
+    expires_at     BIGINT NOT NULL,
+    used_at        BIGINT,
+    used_by_serial TEXT
+);
+CREATE TABLE IF NOT EXISTS revocation_epoch (
+    id    INTEGER PRIMARY KEY CHECK (id = 1),
+    epoch BIGINT NOT NULL
+);
+INSERT INTO revocation_epoch (id, epoch) VALUES (1, 0) ON CONFLICT DO NOTHING;
+";
+
+const COLUMNS: &str = "serial, issuer_key, subject, sans, profile, not_before, not_after, fingerprint, pem, issued_at, revoked_at, revocation_reason";
+
+fn unavailable(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Error {
+    move |e| Error::Unavailable {
+        context,
+        detail: e.to_string(),
+    }
+}
+
+async fn deadline<T>(
+    context: &'static str,
+    f: impl std::future::Future<Output = std::result::Result<T, tokio_postgres::Error>>,
+) -> Result<T> {
+    match tokio::time::timeout(STATEMENT_TIMEOUT, f).await {
+        Ok(r) => r.map_err(unavailable(context)),
+        Err(_) => Err(Error::Unavailable {
+            context,
+            detail: "timed out".into(),
+        }),
+    }
+}
+
+/// Connects and creates the schema (serialised by an advisory lock: instances may start at once).
+pub(crate) async fn connect(url: &str) -> Result<Client> {
+    let connecting = tokio_postgres::connect(url, NoTls);
+    let (client, connection) = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(r) => r.map_err(unavailable("connect"))?,
+        Err(_) => {
+            return Err(Error::Unavailable {
+                context: "connect",
+                detail: "timed out".into(),
+            })
+        }
+    };
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "postgres connection ended");
+        }
+    });
+    Ok(client)
+}
+
+pub(crate) async fn create_schema(client: &Client) -> Result<()> {
+    deadline(
+        "create the schema",
+        client.batch_execute(&format!(
+            "BEGIN; SELECT pg_advisory_xact_lock(7306926041); {SCHEMA} COMMIT;"
+        )),
+    )
+    .await
+}
+
+fn record(row: &Row, now: OffsetDateTime) -> Result<CertificateRecord> {
+    let g = |i: usize| -> Result<String> {
+        row.try_get::<_, String>(i)
+            .map_err(|e| Error::Corrupt(e.to_string()))
+    };
+    let gi = |i: usize| -> Result<Option<i64>> {
+        row.try_get::<_, Option<i64>>(i)
+            .map_err(|e| Error::Corrupt(e.to_string()))
+    };
+    let req = |v: Option<i64>| v.ok_or_else(|| Error::Corrupt("NULL timestamp".into()));
+    let not_after = from_ts(req(gi(6)?)?)?;
+    let revoked_at = gi(10)?.map(from_ts).transpose()?;
+    Ok(CertificateRecord {
+        serial: g(0)?,
+        issuer_key: g(1)?,
+        subject: g(2)?,
+        sans: sans_from_json(&g(3)?)?,
+        profile: g(4)?,
+        not_before: from_ts(req(gi(5)?)?)?,
+        not_after,
+        fingerprint: g(7)?,
+        pem: g(8)?,
+        status: CertificateRecord::status_at(revoked_at, not_after, now),
+        revoked_at,
+        revocation_reason: row.try_get(11).map_err(|e| Error::Corrupt(e.to_string()))?,
+    })
+}
+
+/// The read side: one shared, pipelined connection, re-established when it breaks.
+pub(crate) struct Reader {
+    url: String,
+    client: Mutex<Option<Arc<Client>>>,
+}
+
+impl Reader {
+    pub(crate) fn new(url: String, client: Client) -> Self {
+        Reader {
+            url,
+            client: Mutex::new(Some(Arc::new(client))),
+        }
+    }
+
+    async fn client(&self) -> Result<Arc<Client>> {
+        let mut guard = self.client.lock().await;
+        if let Some(c) = guard.as_ref() {
+            if !c.is_closed() {
+                return Ok(c.clone());
+            }
+        }
+        *guard = None;
+        let c = Arc::new(connect(&self.url).await?);
+        *guard = Some(c.clone());
+        Ok(c)
+    }
+
+    pub(crate) async fn get(
+        &self,
+        serial: &Serial,
+        now: OffsetDateTime,
+    ) -> Result<Option<CertificateRecord>> {
+        let c = self.client().await?;
+        let sql = format!("SELECT {COLUMNS} FROM certificates WHERE serial = $1");
+        let row = deadline(
+            "look up a certificate",
+            c.query_opt(&sql, &[&serial.to_string()]),
+        )
+        .await?;
+        row.map(|r| record(&r, now)).transpose()
+    }
+
+    pub(crate) async fn list(
+        &self,
+        filter: &ListFilter,
+        now: OffsetDateTime,
+    ) -> Result<Vec<CertificateRecord>> {
+        let c = self.client().await?;
+        let mut sql = format!("SELECT {COLUMNS} FROM certificates WHERE TRUE");
+        if filter.revoked_only {
+            sql.push_str(" AND revoked_at IS NOT NULL");
+        }
+        let rows = match filter.expiring_before {
+            Some(t) => {
+                sql.push_str(" AND revoked_at IS NULL AND not_after >= $1 AND not_after <= $2 ORDER BY not_after, serial");
+                deadline("list", c.query(&sql, &[&ts(now), &ts(t)])).await?
+            }
+            None => {
+                sql.push_str(" ORDER BY not_after, serial");
+                deadline("list", c.query(&sql, &[])).await?
+            }
+        };
+        rows.iter().map(|r| record(r, now)).collect()
+    }
+
+    pub(crate) async fn revoked_entries(&self, issuer_key: &str) -> Result<Vec<RevokedEntry>> {
+        let c = self.client().await?;
+        let rows = deadline(
+            "list revocations",
+            c.query(
+                "SELECT serial, revoked_at, revocation_reason FROM certificates
+                 WHERE issuer_key = $1 AND revoked_at IS NOT NULL ORDER BY serial",
+                &[&issuer_key],
+            ),
+        )
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let serial: String = r.try_get(0).map_err(|e| Error::Corrupt(e.to_string()))?;
+                let at: i64 = r.try_get(1).map_err(|e| Error::Corrupt(e.to_string()))?;
+                let reason: Option<String> =
+                    r.try_get(2).map_err(|e| Error::Corrupt(e.to_string()))?;
+                revoked_entry(&serial, at, reason.as_deref())
+            })
+            .collect()
+    }
+
+    pub(crate) async fn token(&self, id: &str) -> Result<Option<TokenRecord>> {
+        let c = self.client().await?;
+        let row = deadline(
+            "look up a token",
+            c.query_opt(
+                "SELECT id, secret_hash, name, sans, profile, created_at, created_by, expires_at,
+                        used_at, used_by_serial FROM tokens WHERE id = $1",
+                &[&id],
+            ),
+        )
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        let corrupt = |e: tokio_postgres::Error| Error::Corrupt(e.to_string());
+        let used_at: Option<i64> = r.try_get(8).map_err(corrupt)?;
+        Ok(Some(TokenRecord {
+            id: r.try_get(0).map_err(corrupt)?,
+            secret_hash: r.try_get(1).map_err(corrupt)?,
+            name: r.try_get(2).map_err(corrupt)?,
+            sans: sans_from_json(&r.try_get::<_, String>(3).map_err(corrupt)?)?,
+            profile: r.try_get(4).map_err(corrupt)?,
+            created_at: from_ts(r.try_get(5).map_err(corrupt)?)?,
+            created_by: r.try_get(6).map_err(corrupt)?,
+            expires_at: from_ts(r.try_get(7).map_err(corrupt)?)?,
+            used_at: used_at.map(from_ts).transpose()?,
+            used_by_serial: r.try_get(9).map_err(corrupt)?,
+        }))
+    }
+
+    pub(crate) async fn audit(&self, limit: u32) -> Result<Vec<AuditEntry>> {
+        let c = self.client().await?;
+        let rows = deadline(
+            "read the audit log",
+            c.query(
+                "SELECT id, at, action, serial, actor, detail FROM audit ORDER BY id DESC LIMIT $1",
+                &[&i64::from(limit)],
+            ),
+        )
+        .await?;
+        let corrupt = |e: tokio_postgres::Error| Error::Corrupt(e.to_string());
+        rows.iter()
+            .map(|r| {
+                Ok(AuditEntry {
+                    id: r.try_get(0).map_err(corrupt)?,
+                    at: from_ts(r.try_get(1).map_err(corrupt)?)?,
+                    action: r.try_get(2).map_err(corrupt)?,
+                    serial: r.try_get(3).map_err(corrupt)?,
+                    actor: r.try_get(4).map_err(corrupt)?,
+                    detail: r.try_get(5).map_err(corrupt)?,
+                })
+            })
+            .collect()
+    }
+
+    pub(crate) async fn revocation_epoch(&self) -> Result<i64> {
+        let c = self.client().await?;
+        let row = deadline(
+            "read the revocation epoch",
+            c.query_one("SELECT epoch FROM revocation_epoch WHERE id = 1", &[]),
+        )
+        .await?;
+        row.try_get(0).map_err(|e| Error::Corrupt(e.to_string()))
+    }
+
+    pub(crate) async fn ping(&self) -> Result<()> {
+        let c = self.client().await?;
+        deadline("ping", c.simple_query("SELECT 1"))
+            .await
+            .map(|_| ())
+    }
+}
+
+/// An operation failed on its own (its savepoint is rolled back) or broke the transaction.
+enum OpError {
+    Refused(Error),
+    /// A unique constraint refused the row.
+    Unique(Error),
+    /// Deadlock or serialization failure: roll back to the savepoint and try the op again.
+    Retry(Error),
+    Broken(Error),
+}
+
+fn classify(context: &'static str, e: tokio_postgres::Error) -> OpError {
+    let code = e.code().cloned();
+    let err = unavailable(context)(e);
+    match code {
+        Some(c)
+            if c == SqlState::T_R_DEADLOCK_DETECTED || c == SqlState::T_R_SERIALIZATION_FAILURE =>
+        {
+            OpError::Retry(err)
+        }
+        Some(c) if c == SqlState::UNIQUE_VIOLATION => OpError::Unique(err),
+        Some(_) => OpError::Refused(err),
+        None => OpError::Broken(err),
+    }
+}
+
+async fn q<C: GenericClient>(
+    c: &C,
+    context: &'static str,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> std::result::Result<Vec<Row>, OpError> {
+    match tokio::time::timeout(STATEMENT_TIMEOUT, c.query(sql, params)).await {
+        Ok(r) => r.map_err(|e| classify(context, e)),
+        Err(_) => Err(OpError::Broken(Error::Unavailable {
+            context,
+            detail: "timed out".into(),
+        })),
+    }
+}
+
+async fn audit_insert(
+    c: &Client,
+    now: OffsetDateTime,
+    action: &str,
+    serial: Option<&str>,
+    actor: &str,
+    detail: &str,
+) -> std::result::Result<(), OpError> {
+    q(
+        c,
+        "insert audit",
+        "INSERT INTO audit (at, action, serial, actor, detail) VALUES ($1, $2, $3, $4, $5)",
+        &[&ts(now), &action, &serial, &actor, &detail],
+    )
+    .await
+    .map(|_| ())
+}
+
+async fn issue(
+    c: &Client,
+    cert: &CertificateToRecord,
+    kind: &IssueKind,
+    actor: &str,
+    now: OffsetDateTime,
+) -> std::result::Result<WriteResult, OpError> {
+    let serial = cert.serial.to_string();
+    if let IssueKind::Enrollment { token_id } = kind {
+        let rows = q(
+            c,
+            "lock the token",
+            "SELECT used_at, expires_at FROM tokens WHERE id = $1 FOR UPDATE",
+            &[token_id],
+        )
+        .await?;
+        let Some(row) = rows.first() else {
+            return Err(OpError::Refused(Error::UnknownToken));
+        };
+        let used: Option<i64> = row
+            .try_get(0)
+            .map_err(|e| OpError::Refused(Error::Corrupt(e.to_string())))?;
+        let exp: i64 = row
+            .try_get(1)
+            .map_err(|e| OpError::Refused(Error::Corrupt(e.to_string())))?;
+        if let Some(at) = used {
+            return Err(OpError::Refused(Error::TokenUsed {
+                id: token_id.clone(),
+                at: from_ts(at).map_err(OpError::Refused)?,
+            }));
+        }
+        if exp <= ts(now) {
+            return Err(OpError::Refused(Error::TokenExpired {
+                id: token_id.clone(),
+                at: from_ts(exp).map_err(OpError::Refused)?,
+            }));
+        }
+        q(
+            c,
+            "use the token",
+            "UPDATE tokens SET used_at = $1, used_by_serial = $2 WHERE id = $3",
+            &[&ts(now), &serial, token_id],
+        )
+        .await?;
+    }
+    let sans = sans_json(&cert.sans).map_err(OpError::Refused)?;
+    let inserted = q(
+        c,
+        "insert the certificate",
+        "INSERT INTO certificates (serial, issuer_key, subject, sans, profile, not_before, not_after,
+                                   fingerprint, pem, issued_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        &[
+            &serial,
+            &cert.issuer_key,
+            &cert.subject,
+            &sans,
+            &cert.profile,
+            &ts(cert.not_before),
+            &ts(cert.not_after),
+            &cert.fingerprint,
+            &cert.pem,
+            &ts(now),
+        ],
+    )
+    .await;
+    match inserted {
+        Ok(_) => {}
+        Err(OpError::Unique(_)) => return Err(OpError::Refused(Error::DuplicateSerial(serial))),
+        Err(e) => return Err(e),
+    }
+    let (action, detail) = audit_detail_issue(kind, &cert.borrowed());
+    audit_insert(c, now, &action, Some(&serial), actor, &detail).await?;
+    Ok(WriteResult::Done)
+}
+
+async fn revoke(
+    c: &Client,
+    serial: &Serial,
+    issuer_key: Option<&str>,
+    reason: Option<RevocationReason>,
+    actor: &str,
+    now: OffsetDateTime,
+) -> std::result::Result<WriteResult, OpError> {
+    let s = serial.to_string();
+    let refused = |e: Error| OpError::Refused(e);
+    let rows = q(
+        c,
+        "lock the certificate",
+        &format!("SELECT {COLUMNS} FROM certificates WHERE serial = $1 FOR UPDATE"),
+        &[&s],
+    )
+    .await?;
+    let Some(row) = rows.first() else {
+        return Err(refused(Error::UnknownSerial(s)));
+    };
+    let current = record(row, now).map_err(refused)?;
+    if issuer_key.is_some_and(|k| k != current.issuer_key) {
+        return Err(refused(Error::UnknownSerial(s)));
+    }
+    if let Some(at) = current.revoked_at {
+        return Err(refused(Error::AlreadyRevoked { serial: s, at }));
+    }
+    let reason_s = reason.map(|r| r.to_string());
+    q(
+        c,
+        "revoke",
+        "UPDATE certificates SET revoked_at = $1, revocation_reason = $2 WHERE serial = $3",
+        &[&ts(now), &reason_s, &s],
+    )
+    .await?;
+    q(
+        c,
+        "bump the revocation epoch",
+        "UPDATE revocation_epoch SET epoch = epoch + 1 WHERE id = 1",
+        &[],
+    )
+    .await?;
+    audit_insert(
+        c,
+        now,
+        "revoke",
+        Some(&s),
+        actor,
+        reason_s.as_deref().unwrap_or(""),
+    )
+    .await?;
+    let mut rec = current;
+    rec.revoked_at = Some(now);
+    rec.revocation_reason = reason_s;
+    rec.status = crate::Status::Revoked;
+    Ok(WriteResult::Record(Box::new(rec)))
+}
+
+async fn create_token(
+    c: &Client,
+    t: &NewToken,
+    now: OffsetDateTime,
+) -> std::result::Result<WriteResult, OpError> {
+    let sans = sans_json(&t.sans).map_err(OpError::Refused)?;
+    let r = q(
+        c,
+        "insert the token",
+        "INSERT INTO tokens (id, secret_hash, name, sans, profile, created_at, created_by, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[
+            &t.id,
+            &t.secret_hash,
+            &t.name,
+            &sans,
+            &t.profile,
+            &ts(now),
+            &t.created_by,
+            &ts(t.expires_at),
+        ],
+    )
+    .await;
+    match r {
+        Ok(_) => {}
+        Err(OpError::Unique(_)) => {
+            return Err(OpError::Refused(Error::DuplicateToken(t.id.clone())))
+        }
+        Err(e) => return Err(e),
+    }
+    audit_insert(
+        c,
+        now,
+        "token",
+        None,
+        &t.created_by,
+        &format!(
+            "token {} for {} ({}) expires {}",
+            t.id, t.name, t.profile, t.expires_at
+        ),
+    )
+    .await?;
+    Ok(WriteResult::Done)
+}
+
+async fn next_crl_number(
+    c: &Client,
+    issuer_key: &str,
+    actor: &str,
+    now: OffsetDateTime,
+) -> std::result::Result<WriteResult, OpError> {
+    let rows = q(
+        c,
+        "allocate a CRL number",
+        "INSERT INTO crl_numbers (issuer_key, last_number) VALUES ($1, 1)
+         ON CONFLICT (issuer_key) DO UPDATE SET last_number = crl_numbers.last_number + 1
+         RETURNING last_number",
+        &[&issuer_key],
+    )
+    .await?;
+    let n: i64 = rows
+        .first()
+        .ok_or_else(|| OpError::Refused(Error::Corrupt("no CRL number returned".into())))?
+        .try_get(0)
+        .map_err(|e| OpError::Refused(Error::Corrupt(e.to_string())))?;
+    audit_insert(c, now, "crl", None, actor, &format!("CRL number {n}")).await?;
+    u64::try_from(n)
+        .map(WriteResult::Number)
+        .map_err(|_| OpError::Refused(Error::Corrupt("negative CRL number".into())))
+}
+
+async fn apply(
+    c: &Client,
+    op: &WriteOp,
+    now: OffsetDateTime,
+) -> std::result::Result<WriteResult, OpError> {
+    match op {
+        WriteOp::Issue { cert, kind, actor } => issue(c, cert, kind, actor, now).await,
+        WriteOp::Revoke {
+            serial,
+            issuer_key,
+            reason,
+            actor,
+        } => revoke(c, serial, issuer_key.as_deref(), *reason, actor, now).await,
+        WriteOp::CreateToken { token } => create_token(c, token, now).await,
+        WriteOp::NextCrlNumber { issuer_key, actor } => {
+            next_crl_number(c, issuer_key, actor, now).await
+        }
+    }
+}
+
+async fn exec(c: &Client, context: &'static str, sql: &str) -> std::result::Result<(), OpError> {
+    match tokio::time::timeout(STATEMENT_TIMEOUT, c.batch_execute(sql)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(OpError::Broken(unavailable(context)(e))),
+        Err(_) => Err(OpError::Broken(Error::Unavailable {
+            context,
+            detail: "timed out".into(),
+        })),
+    }
+}
+
+/// One transaction for the whole batch; returns false when the connection is unusable.
+async fn apply_batch(c: &Client, jobs: &[Job]) -> (Vec<Result<WriteResult>>, bool) {
+    let mut results: Vec<Result<WriteResult>> = Vec::with_capacity(jobs.len());
+    if let Err(OpError::Broken(e) | OpError::Refused(e) | OpError::Retry(e) | OpError::Unique(e)) =
+        exec(c, "begin a transaction", "BEGIN").await
+    {
+        let detail = e.to_string();
+        let failed = jobs
+            .iter()
+            .map(|_| {
+                Err(Error::Unavailable {
+                    context: "begin a transaction",
+                    detail: detail.clone(),
+                })
+            })
+            .collect();
+        return (failed, false);
+    }
+    for job in jobs {
+        let mut attempts = 0;
+        let outcome = loop {
+            attempts += 1;
+            if let Err(e) = exec(c, "savepoint", "SAVEPOINT op").await {
+                break Err(e);
+            }
+            match apply(c, &job.op, job.now).await {
+                Ok(r) => match exec(c, "release savepoint", "RELEASE SAVEPOINT op").await {
+                    Ok(()) => break Ok(r),
+                    Err(e) => break Err(e),
+                },
+                Err(OpError::Broken(e)) => break Err(OpError::Broken(e)),
+                Err(other) => {
+                    if let Err(e) = exec(
+                        c,
+                        "roll back to savepoint",
+                        "ROLLBACK TO SAVEPOINT op; RELEASE SAVEPOINT op",
+                    )
+                    .await
+                    {
+                        break Err(e);
+                    }
+                    match other {
+                        OpError::Retry(_) if attempts < 4 => continue,
+                        OpError::Retry(e) | OpError::Refused(e) | OpError::Unique(e) => {
+                            break Err(OpError::Refused(e))
+                        }
+                        OpError::Broken(e) => break Err(OpError::Broken(e)),
+                    }
+                }
+            }
+        };
+        match outcome {
+            Ok(r) => results.push(Ok(r)),
+            Err(OpError::Refused(e)) => results.push(Err(e)),
+            Err(OpError::Broken(e) | OpError::Retry(e) | OpError::Unique(e)) => {
+                // The connection or transaction is gone: nothing in this batch committed.
+                let detail = e.to_string();
+                let mut all: Vec<Result<WriteResult>> = results.into_iter().collect();
+                all.push(Err(e));
+                while all.len() < jobs.len() {
+                    all.push(Err(Error::Unavailable {
+                        context: "run the transaction",
+                        detail: detail.clone(),
+                    }));
+                }
+                fail_all(&mut all, "run the transaction", &detail);
+                let _ = exec(c, "roll back", "ROLLBACK").await;
+                return (all, false);
+            }
+        }
+    }
+    match exec(c, "commit", "COMMIT").await {
+        Ok(()) => (results, true),
+        Err(OpError::Broken(e) | OpError::Refused(e) | OpError::Retry(e) | OpError::Unique(e)) => {
+            fail_all(&mut results, "commit", &e.to_string());
+            (results, false)
+        }
+    }
+}
+
+/// The writer task: one connection of its own, batches of queued jobs, reconnects after failure.
+pub(crate) async fn run_writer(url: String, first: Client, mut rx: mpsc::Receiver<Job>) {
+    let mut client = Some(first);
+    let mut jobs: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    while let Some(j) = rx.recv().await {
+        jobs.push(j);
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        if client.as_ref().is_none_or(Client::is_closed) {
+            client = connect(&url).await.ok();
+        }
+        let results = match client.as_ref() {
+            Some(c) => {
+                let (results, healthy) = apply_batch(c, &jobs).await;
+                if !healthy {
+                    client = None;
+                }
+                results
+            }
+            None => jobs
+                .iter()
+                .map(|_| {
+                    Err(Error::Unavailable {
+                        context: "connect",
+                        detail: "the database is unreachable".into(),
+                    })
+                })
+                .collect(),
+        };
+        for (job, result) in jobs.drain(..).zip(results) {
+            let _ = job.reply.send(result);
+        }
+    }
+}

@@ -1,0 +1,697 @@
+//! The SQLite backend: the synchronous [`Inventory`] the CLI uses, and the writer thread that
+//! group-commits the asynchronous [`crate::Store`]'s writes.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use mtls_pki::revocation::{RevocationReason, RevokedEntry};
+use mtls_pki::Serial;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use time::OffsetDateTime;
+
+use crate::batch::{fail_all, Job, WriteOp, WriteResult, MAX_BATCH};
+use crate::{
+    audit_detail_issue, from_ts, sans_from_json, sans_json, ts, AuditEntry, CertificateRecord,
+    Error, IssueKind, ListFilter, NewCertificate, NewToken, Result, TokenRecord,
+};
+
+fn db(context: &'static str) -> impl FnOnce(rusqlite::Error) -> Error {
+    move |source| Error::Database { context, source }
+}
+
+fn is_constraint(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS certificates (
+    serial            TEXT PRIMARY KEY,
+    issuer_key        TEXT NOT NULL,
+    subject           TEXT NOT NULL,
+    sans              TEXT NOT NULL,
+    profile           TEXT NOT NULL,
+    not_before        INTEGER NOT NULL,
+    not_after         INTEGER NOT NULL,
+    fingerprint       TEXT NOT NULL UNIQUE,
+    pem               TEXT NOT NULL,
+    issued_at         INTEGER NOT NULL,
+    revoked_at        INTEGER,
+    revocation_reason TEXT
+);
+CREATE INDEX IF NOT EXISTS certificates_not_after ON certificates(not_after);
+CREATE INDEX IF NOT EXISTS certificates_issuer_revoked ON certificates(issuer_key, revoked_at);
+CREATE TABLE IF NOT EXISTS crl_numbers (
+    issuer_key  TEXT PRIMARY KEY,
+    last_number INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    at      INTEGER NOT NULL,
+    action  TEXT NOT NULL,
+    serial  TEXT,
+    actor   TEXT NOT NULL,
+    detail  TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    id             TEXT PRIMARY KEY,
+    secret_hash    TEXT NOT NULL,
+    name           TEXT NOT NULL,
+    sans           TEXT NOT NULL,
+    profile        TEXT NOT NULL,
+    created_at     INTEGER NOT NULL,
+    created_by     TEXT NOT NULL,
+    expires_at     INTEGER NOT NULL,
+    used_at        INTEGER,
+    used_by_serial TEXT
+);
+CREATE TABLE IF NOT EXISTS revocation_epoch (
+    id    INTEGER PRIMARY KEY CHECK (id = 1),
+    epoch INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO revocation_epoch (id, epoch) VALUES (1, 0);
+";
+
+const COLUMNS: &str = "serial, issuer_key, subject, sans, profile, not_before, not_after, fingerprint, pem, issued_at, revoked_at, revocation_reason";
+
+/// Opens (creating if needed, mode 0600) a connection with the durability settings we rely on.
+pub(crate) fn open_connection(path: &Path) -> Result<Connection> {
+    let open_err = |source| Error::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    // Create the file owner-only before SQLite opens it (it would use the umask).
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let created = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path);
+        match created {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(source) => {
+                return Err(Error::Create {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        }
+    }
+    let conn = Connection::open(path).map_err(open_err)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(open_err)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(open_err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(open_err)?;
+    conn.execute_batch(SCHEMA).map_err(open_err)?;
+    Ok(conn)
+}
+
+fn row(row: &rusqlite::Row<'_>, now: OffsetDateTime) -> Result<CertificateRecord> {
+    let get_s = |i| row.get::<_, String>(i).map_err(db("read row"));
+    let sans = sans_from_json(&get_s(3)?)?;
+    let not_after = from_ts(row.get(6).map_err(db("read row"))?)?;
+    let revoked_at: Option<i64> = row.get(10).map_err(db("read row"))?;
+    let revoked_at = revoked_at.map(from_ts).transpose()?;
+    Ok(CertificateRecord {
+        serial: get_s(0)?,
+        issuer_key: get_s(1)?,
+        subject: get_s(2)?,
+        sans,
+        profile: get_s(4)?,
+        not_before: from_ts(row.get(5).map_err(db("read row"))?)?,
+        not_after,
+        fingerprint: get_s(7)?,
+        pem: get_s(8)?,
+        status: CertificateRecord::status_at(revoked_at, not_after, now),
+        revoked_at,
+        revocation_reason: row.get(11).map_err(db("read row"))?,
+    })
+}
+
+pub(crate) fn get(
+    conn: &Connection,
+    serial: &Serial,
+    now: OffsetDateTime,
+) -> Result<Option<CertificateRecord>> {
+    let sql = format!("SELECT {COLUMNS} FROM certificates WHERE serial = ?1");
+    let mut stmt = conn.prepare_cached(&sql).map_err(db("prepare get"))?;
+    let mut rows = stmt.query(params![serial.to_string()]).map_err(db("get"))?;
+    match rows.next().map_err(db("get"))? {
+        Some(r) => Ok(Some(row(r, now)?)),
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn list(
+    conn: &Connection,
+    filter: &ListFilter,
+    now: OffsetDateTime,
+) -> Result<Vec<CertificateRecord>> {
+    let mut sql = format!("SELECT {COLUMNS} FROM certificates WHERE 1=1");
+    if filter.revoked_only {
+        sql.push_str(" AND revoked_at IS NOT NULL");
+    }
+    if filter.expiring_before.is_some() {
+        sql.push_str(" AND revoked_at IS NULL AND not_after >= ?1 AND not_after <= ?2");
+    }
+    sql.push_str(" ORDER BY not_after ASC, serial ASC");
+    let mut stmt = conn.prepare(&sql).map_err(db("prepare list"))?;
+    let mut rows = match filter.expiring_before {
+        Some(t) => stmt.query(params![ts(now), ts(t)]),
+        None => stmt.query([]),
+    }
+    .map_err(db("list"))?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().map_err(db("list"))? {
+        out.push(row(r, now)?);
+    }
+    Ok(out)
+}
+
+pub(crate) fn revoked_entries(conn: &Connection, issuer_key: &str) -> Result<Vec<RevokedEntry>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT serial, revoked_at, revocation_reason FROM certificates
+             WHERE issuer_key = ?1 AND revoked_at IS NOT NULL ORDER BY serial",
+        )
+        .map_err(db("prepare revoked"))?;
+    let mut rows = stmt.query(params![issuer_key]).map_err(db("revoked"))?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().map_err(db("revoked"))? {
+        let serial: String = r.get(0).map_err(db("read row"))?;
+        let at: i64 = r.get(1).map_err(db("read row"))?;
+        let reason: Option<String> = r.get(2).map_err(db("read row"))?;
+        out.push(revoked_entry(&serial, at, reason.as_deref())?);
+    }
+    Ok(out)
+}
+
+pub(crate) fn revoked_entry(serial: &str, at: i64, reason: Option<&str>) -> Result<RevokedEntry> {
+    Ok(RevokedEntry {
+        serial: Serial::from_str(serial).map_err(|e| Error::Corrupt(e.to_string()))?,
+        revoked_at: from_ts(at)?,
+        reason: reason
+            .map(RevocationReason::from_str)
+            .transpose()
+            .map_err(|e| Error::Corrupt(e.to_string()))?,
+    })
+}
+
+pub(crate) fn token(conn: &Connection, id: &str) -> Result<Option<TokenRecord>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT id, secret_hash, name, sans, profile, created_at, created_by, expires_at,
+                    used_at, used_by_serial FROM tokens WHERE id = ?1",
+        )
+        .map_err(db("prepare token"))?;
+    let mut rows = stmt.query(params![id]).map_err(db("token"))?;
+    let Some(r) = rows.next().map_err(db("token"))? else {
+        return Ok(None);
+    };
+    let g = |i| r.get::<_, String>(i).map_err(db("read token"));
+    let gi = |i| r.get::<_, i64>(i).map_err(db("read token"));
+    let used_at: Option<i64> = r.get(8).map_err(db("read token"))?;
+    Ok(Some(TokenRecord {
+        id: g(0)?,
+        secret_hash: g(1)?,
+        name: g(2)?,
+        sans: sans_from_json(&g(3)?)?,
+        profile: g(4)?,
+        created_at: from_ts(gi(5)?)?,
+        created_by: g(6)?,
+        expires_at: from_ts(gi(7)?)?,
+        used_at: used_at.map(from_ts).transpose()?,
+        used_by_serial: r.get(9).map_err(db("read token"))?,
+    }))
+}
+
+pub(crate) fn audit(conn: &Connection, limit: u32) -> Result<Vec<AuditEntry>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT id, at, action, serial, actor, detail FROM audit ORDER BY id DESC LIMIT ?1",
+        )
+        .map_err(db("prepare audit"))?;
+    let mut rows = stmt.query(params![limit]).map_err(db("audit"))?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().map_err(db("audit"))? {
+        out.push(AuditEntry {
+            id: r.get(0).map_err(db("read audit"))?,
+            at: from_ts(r.get(1).map_err(db("read audit"))?)?,
+            action: r.get(2).map_err(db("read audit"))?,
+            serial: r.get(3).map_err(db("read audit"))?,
+            actor: r.get(4).map_err(db("read audit"))?,
+            detail: r.get(5).map_err(db("read audit"))?,
+        });
+    }
+    Ok(out)
+}
+
+pub(crate) fn revocation_epoch(conn: &Connection) -> Result<i64> {
+    conn.query_row("SELECT epoch FROM revocation_epoch WHERE id = 1", [], |r| {
+        r.get(0)
+    })
+    .map_err(db("read revocation epoch"))
+}
+
+fn insert_audit(
+    conn: &Connection,
+    now: OffsetDateTime,
+    action: &str,
+    serial: Option<&str>,
+    actor: &str,
+    detail: &str,
+) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO audit (at, action, serial, actor, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .and_then(|mut s| s.execute(params![ts(now), action, serial, actor, detail]))
+    .map_err(db("insert audit"))?;
+    Ok(())
+}
+
+fn issue(
+    conn: &Connection,
+    cert: &NewCertificate<'_>,
+    kind: &IssueKind,
+    actor: &str,
+    now: OffsetDateTime,
+) -> Result<()> {
+    let serial = cert.serial.to_string();
+    let sans = sans_json(cert.sans)?;
+    if let IssueKind::Enrollment { token_id } = kind {
+        consume_token(conn, token_id, &serial, now)?;
+    }
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO certificates (serial, issuer_key, subject, sans, profile, not_before, not_after,
+                                       fingerprint, pem, issued_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                serial,
+                cert.issuer_key,
+                cert.subject,
+                sans,
+                cert.profile,
+                ts(cert.not_before),
+                ts(cert.not_after),
+                cert.fingerprint,
+                cert.pem,
+                ts(now)
+            ])
+        });
+    match inserted {
+        Ok(_) => {}
+        Err(e) if is_constraint(&e) => return Err(Error::DuplicateSerial(serial)),
+        Err(e) => return Err(db("insert certificate")(e)),
+    }
+    let (action, detail) = audit_detail_issue(kind, cert);
+    insert_audit(conn, now, &action, Some(&serial), actor, &detail)
+}
+
+fn consume_token(conn: &Connection, id: &str, serial: &str, now: OffsetDateTime) -> Result<()> {
+    let current: Option<(Option<i64>, i64)> = conn
+        .query_row(
+            "SELECT used_at, expires_at FROM tokens WHERE id = ?1",
+            params![id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(db("look up token"))?;
+    match current {
+        None => return Err(Error::UnknownToken),
+        Some((Some(at), _)) => {
+            return Err(Error::TokenUsed {
+                id: id.to_string(),
+                at: from_ts(at)?,
+            })
+        }
+        Some((None, exp)) if exp <= ts(now) => {
+            return Err(Error::TokenExpired {
+                id: id.to_string(),
+                at: from_ts(exp)?,
+            })
+        }
+        Some(_) => {}
+    }
+    conn.execute(
+        "UPDATE tokens SET used_at = ?1, used_by_serial = ?2 WHERE id = ?3 AND used_at IS NULL",
+        params![ts(now), serial, id],
+    )
+    .map_err(db("use token"))?;
+    Ok(())
+}
+
+fn revoke(
+    conn: &Connection,
+    serial: &Serial,
+    issuer_key: Option<&str>,
+    reason: Option<RevocationReason>,
+    actor: &str,
+    now: OffsetDateTime,
+) -> Result<CertificateRecord> {
+    let s = serial.to_string();
+    let current: Option<(Option<i64>, String)> = conn
+        .query_row(
+            "SELECT revoked_at, issuer_key FROM certificates WHERE serial = ?1",
+            params![s],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(db("look up serial"))?;
+    match current {
+        None => return Err(Error::UnknownSerial(s)),
+        Some((_, ik)) if issuer_key.is_some_and(|k| k != ik) => {
+            return Err(Error::UnknownSerial(s))
+        }
+        Some((Some(at), _)) => {
+            return Err(Error::AlreadyRevoked {
+                serial: s,
+                at: from_ts(at)?,
+            })
+        }
+        Some((None, _)) => {}
+    }
+    let reason_s = reason.map(|r| r.to_string());
+    conn.execute(
+        "UPDATE certificates SET revoked_at = ?1, revocation_reason = ?2 WHERE serial = ?3",
+        params![ts(now), reason_s, s],
+    )
+    .map_err(db("revoke"))?;
+    conn.execute(
+        "UPDATE revocation_epoch SET epoch = epoch + 1 WHERE id = 1",
+        [],
+    )
+    .map_err(db("bump revocation epoch"))?;
+    insert_audit(
+        conn,
+        now,
+        "revoke",
+        Some(&s),
+        actor,
+        reason_s.as_deref().unwrap_or(""),
+    )?;
+    get(conn, serial, now)?.ok_or(Error::UnknownSerial(s))
+}
+
+fn create_token(conn: &Connection, t: &NewToken, now: OffsetDateTime) -> Result<()> {
+    let r = conn.execute(
+        "INSERT INTO tokens (id, secret_hash, name, sans, profile, created_at, created_by, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            t.id,
+            t.secret_hash,
+            t.name,
+            sans_json(&t.sans)?,
+            t.profile,
+            ts(now),
+            t.created_by,
+            ts(t.expires_at)
+        ],
+    );
+    match r {
+        Ok(_) => {}
+        Err(e) if is_constraint(&e) => return Err(Error::DuplicateToken(t.id.clone())),
+        Err(e) => return Err(db("insert token")(e)),
+    }
+    insert_audit(
+        conn,
+        now,
+        "token",
+        None,
+        &t.created_by,
+        &format!(
+            "token {} for {} ({}) expires {}",
+            t.id, t.name, t.profile, t.expires_at
+        ),
+    )
+}
+
+fn next_crl_number(
+    conn: &Connection,
+    issuer_key: &str,
+    actor: &str,
+    now: OffsetDateTime,
+) -> Result<u64> {
+    let last: Option<i64> = conn
+        .query_row(
+            "SELECT last_number FROM crl_numbers WHERE issuer_key = ?1",
+            params![issuer_key],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(db("read CRL number"))?;
+    let next = last
+        .unwrap_or(0)
+        .checked_add(1)
+        .ok_or(Error::Corrupt("CRL number overflow".into()))?;
+    conn.execute(
+        "INSERT INTO crl_numbers (issuer_key, last_number) VALUES (?1, ?2)
+         ON CONFLICT(issuer_key) DO UPDATE SET last_number = excluded.last_number",
+        params![issuer_key, next],
+    )
+    .map_err(db("write CRL number"))?;
+    insert_audit(conn, now, "crl", None, actor, &format!("CRL number {next}"))?;
+    u64::try_from(next).map_err(|_| Error::Corrupt("negative CRL number".into()))
+}
+
+fn apply(conn: &Connection, op: &WriteOp, now: OffsetDateTime) -> Result<WriteResult> {
+    match op {
+        WriteOp::Issue { cert, kind, actor } => {
+            issue(conn, &cert.borrowed(), kind, actor, now).map(|()| WriteResult::Done)
+        }
+        WriteOp::Revoke {
+            serial,
+            issuer_key,
+            reason,
+            actor,
+        } => revoke(conn, serial, issuer_key.as_deref(), *reason, actor, now)
+            .map(|r| WriteResult::Record(Box::new(r))),
+        WriteOp::CreateToken { token } => {
+            create_token(conn, token, now).map(|()| WriteResult::Done)
+        }
+        WriteOp::NextCrlNumber { issuer_key, actor } => {
+            next_crl_number(conn, issuer_key, actor, now).map(WriteResult::Number)
+        }
+    }
+}
+
+/// Applies `ops` in one IMMEDIATE transaction, one savepoint each, and commits once.
+fn apply_batch(
+    conn: &mut Connection,
+    jobs: &[(&WriteOp, OffsetDateTime)],
+) -> Vec<Result<WriteResult>> {
+    let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => {
+            let detail = e.to_string();
+            return jobs
+                .iter()
+                .map(|_| {
+                    Err(Error::Unavailable {
+                        context: "begin a transaction",
+                        detail: detail.clone(),
+                    })
+                })
+                .collect();
+        }
+    };
+    let mut results = Vec::with_capacity(jobs.len());
+    for (op, now) in jobs {
+        let r = tx
+            .execute_batch("SAVEPOINT op")
+            .map_err(db("savepoint"))
+            .and_then(|()| apply(&tx, op, *now));
+        let end = if r.is_ok() {
+            "RELEASE op"
+        } else {
+            "ROLLBACK TO op; RELEASE op"
+        };
+        let r = match tx.execute_batch(end) {
+            Ok(()) => r,
+            // The transaction is unusable: the batch cannot commit.
+            Err(e) => Err(db("release savepoint")(e)),
+        };
+        results.push(r);
+    }
+    if let Err(e) = tx.commit() {
+        fail_all(&mut results, "commit", &e.to_string());
+    }
+    results
+}
+
+/// The writer thread: drains queued jobs into batches until every sender is gone.
+pub(crate) fn run_writer(mut conn: Connection, mut rx: tokio::sync::mpsc::Receiver<Job>) {
+    let mut jobs = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        jobs.push(first);
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let ops: Vec<_> = jobs.iter().map(|j| (&j.op, j.now)).collect();
+        let results = apply_batch(&mut conn, &ops);
+        for (job, result) in jobs.drain(..).zip(results) {
+            // The caller may have given up (timeout); its write stands either way.
+            let _ = job.reply.send(result);
+        }
+    }
+}
+
+/// The synchronous SQLite inventory used by the offline CLI.
+pub struct Inventory {
+    conn: Connection,
+}
+
+impl Inventory {
+    /// Opens (creating if needed) the inventory at `path`. A new file is created with mode 0600.
+    pub fn open(path: &Path) -> Result<Self> {
+        Ok(Inventory {
+            conn: open_connection(path)?,
+        })
+    }
+
+    fn write(&mut self, op: WriteOp, now: OffsetDateTime) -> Result<WriteResult> {
+        apply_batch(&mut self.conn, &[(&op, now)])
+            .pop()
+            .unwrap_or(Err(Error::Corrupt("empty batch result".into())))
+    }
+
+    /// Records an issued certificate and its audit entry in one transaction.
+    pub fn record_issued(
+        &mut self,
+        cert: &NewCertificate<'_>,
+        actor: &str,
+        now: OffsetDateTime,
+    ) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db("begin"))?;
+        issue(&tx, cert, &IssueKind::Direct, actor, now)?;
+        tx.commit().map_err(db("commit"))
+    }
+
+    /// One certificate by serial.
+    pub fn get(&self, serial: &Serial, now: OffsetDateTime) -> Result<Option<CertificateRecord>> {
+        get(&self.conn, serial, now)
+    }
+
+    /// Certificates matching `filter`, soonest expiry first.
+    pub fn list(&self, filter: &ListFilter, now: OffsetDateTime) -> Result<Vec<CertificateRecord>> {
+        list(&self.conn, filter, now)
+    }
+
+    /// Marks a certificate revoked (and audits it) in one transaction.
+    pub fn revoke(
+        &mut self,
+        serial: &Serial,
+        reason: Option<RevocationReason>,
+        actor: &str,
+        now: OffsetDateTime,
+    ) -> Result<CertificateRecord> {
+        let op = WriteOp::Revoke {
+            serial: serial.clone(),
+            issuer_key: None,
+            reason,
+            actor: actor.to_string(),
+        };
+        self.write(op, now)?.into_record()
+    }
+
+    /// Every revoked certificate issued by `issuer_key`, for a CRL.
+    pub fn revoked_entries(&self, issuer_key: &str) -> Result<Vec<RevokedEntry>> {
+        revoked_entries(&self.conn, issuer_key)
+    }
+
+    /// Allocates the next CRL number for `issuer_key` (strictly increasing, durable before use).
+    pub fn next_crl_number(
+        &mut self,
+        issuer_key: &str,
+        actor: &str,
+        now: OffsetDateTime,
+    ) -> Result<u64> {
+        let op = WriteOp::NextCrlNumber {
+            issuer_key: issuer_key.to_string(),
+            actor: actor.to_string(),
+        };
+        self.write(op, now)?.into_number()
+    }
+
+    /// Stores a new enrollment token.
+    pub fn create_token(&mut self, token: NewToken, now: OffsetDateTime) -> Result<()> {
+        self.write(WriteOp::CreateToken { token }, now)?.into_unit()
+    }
+
+    /// The most recent audit entries, newest first.
+    pub fn audit(&self, limit: u32) -> Result<Vec<AuditEntry>> {
+        audit(&self.conn, limit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample<'a>(serial: &'a Serial, fp: &'a str) -> NewCertificate<'a> {
+        NewCertificate {
+            serial,
+            issuer_key: "ik",
+            subject: "CN=a",
+            sans: &[],
+            profile: "client",
+            not_before: OffsetDateTime::UNIX_EPOCH,
+            not_after: OffsetDateTime::UNIX_EPOCH + time::Duration::days(30),
+            fingerprint: fp,
+            pem: "pem",
+        }
+    }
+
+    #[test]
+    fn record_list_revoke_and_crl_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut inv = Inventory::open(&dir.path().join("inv.db")).unwrap();
+        let now = OffsetDateTime::UNIX_EPOCH + time::Duration::days(1);
+        let s1 = Serial::random().unwrap();
+        inv.record_issued(&sample(&s1, "f1"), "test", now).unwrap();
+        assert!(matches!(
+            inv.record_issued(&sample(&s1, "f2"), "test", now),
+            Err(Error::DuplicateSerial(_))
+        ));
+        let all = inv.list(&ListFilter::default(), now).unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].status, crate::Status::Valid);
+        let unknown = Serial::random().unwrap();
+        assert!(matches!(
+            inv.revoke(&unknown, None, "t", now),
+            Err(Error::UnknownSerial(_))
+        ));
+        let r = inv
+            .revoke(&s1, Some(RevocationReason::KeyCompromise), "t", now)
+            .unwrap();
+        assert_eq!(r.status, crate::Status::Revoked);
+        assert!(matches!(
+            inv.revoke(&s1, None, "t", now),
+            Err(Error::AlreadyRevoked { .. })
+        ));
+        assert_eq!(inv.revoked_entries("ik").unwrap().len(), 1);
+        assert_eq!(inv.next_crl_number("ik", "t", now).unwrap(), 1);
+        assert_eq!(inv.next_crl_number("ik", "t", now).unwrap(), 2);
+        drop(inv);
+        let mut inv = Inventory::open(&dir.path().join("inv.db")).unwrap();
+        assert_eq!(inv.next_crl_number("ik", "t", now).unwrap(), 3);
+        let actions: Vec<String> = inv
+            .audit(10)
+            .unwrap()
+            .into_iter()
+            .map(|a| a.action)
+            .collect();
+        assert_eq!(actions, ["crl", "crl", "crl", "revoke", "issue"]);
+    }
+}

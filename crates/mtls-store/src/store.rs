@@ -1,0 +1,272 @@
+//! The asynchronous inventory the online CA uses, over SQLite or PostgreSQL.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+
+use mtls_pki::revocation::{RevocationReason, RevokedEntry};
+use mtls_pki::Serial;
+use rusqlite::Connection;
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::batch::{Job, WriteOp, WriteResult, MAX_BATCH};
+use crate::{
+    postgres, sqlite, AuditEntry, CertificateRecord, CertificateToRecord, Error, IssueKind,
+    ListFilter, NewToken, Result, TokenRecord,
+};
+
+/// Where the inventory lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    /// An SQLite file (created 0600 if missing).
+    Sqlite(PathBuf),
+    /// A `postgres://` or `postgresql://` connection URL.
+    Postgres(String),
+}
+
+impl FromStr for Location {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            Ok(Location::Postgres(s.to_string()))
+        } else if s.is_empty() || s.contains("://") {
+            Err(Error::InvalidLocation(s.to_string()))
+        } else {
+            Ok(Location::Sqlite(PathBuf::from(s)))
+        }
+    }
+}
+
+enum Reader {
+    Sqlite(Arc<Mutex<Connection>>),
+    Postgres(postgres::Reader),
+}
+
+struct Inner {
+    writer: mpsc::Sender<Job>,
+    reader: Reader,
+}
+
+/// A handle on the inventory; cheap to clone, shared by every request.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.inner.reader {
+            Reader::Sqlite(_) => "Store(sqlite)",
+            Reader::Postgres(_) => "Store(postgres)",
+        })
+    }
+}
+
+fn blocking_failed(e: tokio::task::JoinError) -> Error {
+    Error::Unavailable {
+        context: "run a database task",
+        detail: e.to_string(),
+    }
+}
+
+impl Store {
+    /// Opens the inventory, creating its schema. For PostgreSQL the database must be reachable
+    /// now; later outages are reported per call as [`Error::Unavailable`].
+    pub async fn open(location: &Location) -> Result<Store> {
+        let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
+        let reader = match location {
+            Location::Sqlite(path) => {
+                let p = path.clone();
+                let (w, r) = tokio::task::spawn_blocking(move || {
+                    Ok::<_, Error>((sqlite::open_connection(&p)?, sqlite::open_connection(&p)?))
+                })
+                .await
+                .map_err(blocking_failed)??;
+                std::thread::Builder::new()
+                    .name("mtls-store-writer".into())
+                    .spawn(move || sqlite::run_writer(w, rx))
+                    .map_err(|e| Error::Unavailable {
+                        context: "start the writer thread",
+                        detail: e.to_string(),
+                    })?;
+                Reader::Sqlite(Arc::new(Mutex::new(r)))
+            }
+            Location::Postgres(url) => {
+                let writer = postgres::connect(url).await?;
+                postgres::create_schema(&writer).await?;
+                let reader = postgres::connect(url).await?;
+                tokio::spawn(postgres::run_writer(url.clone(), writer, rx));
+                Reader::Postgres(postgres::Reader::new(url.clone(), reader))
+            }
+        };
+        Ok(Store {
+            inner: Arc::new(Inner { writer: tx, reader }),
+        })
+    }
+
+    async fn write(&self, op: WriteOp, now: OffsetDateTime) -> Result<WriteResult> {
+        let (reply, rx) = oneshot::channel();
+        let gone = || Error::Unavailable {
+            context: "queue a write",
+            detail: "the writer stopped".into(),
+        };
+        self.inner
+            .writer
+            .send(Job { op, now, reply })
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    async fn read_sqlite<T: Send + 'static>(
+        conn: &Arc<Mutex<Connection>>,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let conn = conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let guard = conn.lock().map_err(|_| Error::Unavailable {
+                context: "read",
+                detail: "reader lock poisoned".into(),
+            })?;
+            f(&guard)
+        })
+        .await
+        .map_err(blocking_failed)?
+    }
+
+    /// Records a certificate (consuming the enrollment token, if any) and its audit entry.
+    /// `Ok` means committed; only then may the certificate be handed out.
+    pub async fn record_issued(
+        &self,
+        cert: CertificateToRecord,
+        kind: IssueKind,
+        actor: &str,
+        now: OffsetDateTime,
+    ) -> Result<()> {
+        let op = WriteOp::Issue {
+            cert,
+            kind,
+            actor: actor.to_string(),
+        };
+        self.write(op, now).await?.into_unit()
+    }
+
+    /// Revokes a certificate; with `issuer_key`, only one issued by that CA key.
+    pub async fn revoke(
+        &self,
+        serial: &Serial,
+        issuer_key: Option<&str>,
+        reason: Option<RevocationReason>,
+        actor: &str,
+        now: OffsetDateTime,
+    ) -> Result<CertificateRecord> {
+        let op = WriteOp::Revoke {
+            serial: serial.clone(),
+            issuer_key: issuer_key.map(str::to_string),
+            reason,
+            actor: actor.to_string(),
+        };
+        self.write(op, now).await?.into_record()
+    }
+
+    /// Stores a new enrollment token (its secret only as a hash).
+    pub async fn create_token(&self, token: NewToken, now: OffsetDateTime) -> Result<()> {
+        self.write(WriteOp::CreateToken { token }, now)
+            .await?
+            .into_unit()
+    }
+
+    /// Allocates the next CRL number for `issuer_key`: strictly increasing across instances.
+    pub async fn next_crl_number(
+        &self,
+        issuer_key: &str,
+        actor: &str,
+        now: OffsetDateTime,
+    ) -> Result<u64> {
+        let op = WriteOp::NextCrlNumber {
+            issuer_key: issuer_key.to_string(),
+            actor: actor.to_string(),
+        };
+        self.write(op, now).await?.into_number()
+    }
+
+    /// One certificate by serial.
+    pub async fn get(
+        &self,
+        serial: &Serial,
+        now: OffsetDateTime,
+    ) -> Result<Option<CertificateRecord>> {
+        match &self.inner.reader {
+            Reader::Sqlite(c) => {
+                let serial = serial.clone();
+                Self::read_sqlite(c, move |c| sqlite::get(c, &serial, now)).await
+            }
+            Reader::Postgres(r) => r.get(serial, now).await,
+        }
+    }
+
+    /// Certificates matching `filter`, soonest expiry first.
+    pub async fn list(
+        &self,
+        filter: &ListFilter,
+        now: OffsetDateTime,
+    ) -> Result<Vec<CertificateRecord>> {
+        match &self.inner.reader {
+            Reader::Sqlite(c) => {
+                let filter = filter.clone();
+                Self::read_sqlite(c, move |c| sqlite::list(c, &filter, now)).await
+            }
+            Reader::Postgres(r) => r.list(filter, now).await,
+        }
+    }
+
+    /// Every revoked certificate of `issuer_key`, for a CRL.
+    pub async fn revoked_entries(&self, issuer_key: &str) -> Result<Vec<RevokedEntry>> {
+        match &self.inner.reader {
+            Reader::Sqlite(c) => {
+                let k = issuer_key.to_string();
+                Self::read_sqlite(c, move |c| sqlite::revoked_entries(c, &k)).await
+            }
+            Reader::Postgres(r) => r.revoked_entries(issuer_key).await,
+        }
+    }
+
+    /// An enrollment token by id.
+    pub async fn token(&self, id: &str) -> Result<Option<TokenRecord>> {
+        match &self.inner.reader {
+            Reader::Sqlite(c) => {
+                let id = id.to_string();
+                Self::read_sqlite(c, move |c| sqlite::token(c, &id)).await
+            }
+            Reader::Postgres(r) => r.token(id).await,
+        }
+    }
+
+    /// The most recent audit entries, newest first.
+    pub async fn audit(&self, limit: u32) -> Result<Vec<AuditEntry>> {
+        match &self.inner.reader {
+            Reader::Sqlite(c) => Self::read_sqlite(c, move |c| sqlite::audit(c, limit)).await,
+            Reader::Postgres(r) => r.audit(limit).await,
+        }
+    }
+
+    /// A counter bumped by every revocation, by any instance: a cached CRL is current while it
+    /// has not moved.
+    pub async fn revocation_epoch(&self) -> Result<i64> {
+        match &self.inner.reader {
+            Reader::Sqlite(c) => Self::read_sqlite(c, sqlite::revocation_epoch).await,
+            Reader::Postgres(r) => r.revocation_epoch().await,
+        }
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<()> {
+        match &self.inner.reader {
+            Reader::Sqlite(c) => {
+                Self::read_sqlite(c, |c| sqlite::revocation_epoch(c).map(|_| ())).await
+            }
+            Reader::Postgres(r) => r.ping().await,
+        }
+    }
+}
