@@ -3,9 +3,10 @@
 //!
 //! ```toml
 //! listen = "127.0.0.1:9443"
+//! publish_listen = "127.0.0.1:9080"            # plain HTTP: CRL, OCSP, roots
 //! pki = "pki"                                  # root.crt, intermediate.crt/.key, ca-chain.pem
 //! database = "postgres://mtls@127.0.0.1/mtls"  # default: <pki>/inventory.db
-//! public_url = "https://ca.example.com:9443"   # CRL DP and AIA OCSP URL in issued certificates
+//! public_url = "http://ca.example.com:9080"    # CRL DP and AIA OCSP URL in issued certificates
 //! server_names = ["ca.example.com", "127.0.0.1"]
 //! leaf_lifetime = "90d"
 //! max_token_ttl = "24h"
@@ -64,6 +65,8 @@ pub enum OcspSigner {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// Plain-HTTP listener for CRL, OCSP and roots (what `public_url` points at).
+    pub publish_listen: Option<SocketAddr>,
     #[serde(default = "default_pki")]
     pub pki: PathBuf,
     pub database: Option<String>,
@@ -170,11 +173,11 @@ mod tests {
     #[test]
     fn config_file() {
         let c = Config::parse(
-            "listen = \"127.0.0.1:9443\"\npublic_url = \"https://ca.test:9443/\"\nleaf_lifetime = \"1h\"\n[admins]\nallow_cn = [\"admin\"]\n",
+            "listen = \"127.0.0.1:9443\"\npublic_url = \"http://ca.test:9080/\"\nleaf_lifetime = \"1h\"\n[admins]\nallow_cn = [\"admin\"]\n",
         )
         .unwrap();
         let s = c.settings().unwrap();
-        assert_eq!(s.public_url.as_deref(), Some("https://ca.test:9443"));
+        assert_eq!(s.public_url.as_deref(), Some("http://ca.test:9080"));
         assert_eq!(s.leaf_lifetime, Duration::hours(1));
         assert!(Config::parse("listen = \"127.0.0.1:1\"\nbogus = 1\n").is_err());
         assert!(Config::parse("listen = \"127.0.0.1:1\"\ncrl_lifetime = \"x\"\n").is_err());

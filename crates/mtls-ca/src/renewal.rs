@@ -67,7 +67,8 @@ impl Threshold {
 
 /// When to renew a certificate valid from `not_before` to `not_after`. `jitter` in [-1, 1]
 /// moves the point by up to 5% of the lifetime so a fleet issued together does not renew
-/// together; the result stays inside the validity window, before its last tenth.
+/// together (with `Before`, only earlier); the result stays inside the validity window, and for
+/// a fraction before its last tenth.
 pub fn due_at(
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
@@ -79,8 +80,12 @@ pub fn due_at(
         Threshold::Fraction(f) => not_before + lifetime * f,
         Threshold::Before(d) => not_after - d,
     };
-    let j = lifetime * (0.05 * jitter.clamp(-1.0, 1.0));
-    let latest = not_after - lifetime / 10_i32;
+    let jitter = jitter.clamp(-1.0, 1.0);
+    let (j, latest) = match threshold {
+        Threshold::Fraction(_) => (lifetime * (0.05 * jitter), not_after - lifetime / 10_i32),
+        // The operator asked for a margin before expiry: never eat into it.
+        Threshold::Before(_) => (lifetime * (-0.05 * jitter.abs()), not_after),
+    };
     (base + j).clamp(not_before, latest.max(not_before))
 }
 
@@ -431,6 +436,8 @@ pub async fn watch_forever(
                     s.not_after = Some(issued.not_after);
                     s.last_error = hook.err();
                 });
+                // However short the certificate, do not hammer the CA.
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
             }
             Err(e) => {
                 attempt = attempt.saturating_add(1);

@@ -20,6 +20,10 @@ pub enum CaCommand {
     Init(InitArgs),
     /// Create a new intermediate signed by a root whose key is kept elsewhere (offline).
     Intermediate(IntermediateArgs),
+    /// Run the online CA (HTTPS API, CRL and OCSP) from a configuration file.
+    Serve(crate::online::ServeArgs),
+    /// Print a single-use enrollment token bound to a name, SANs and a profile.
+    Token(crate::online::TokenArgs),
 }
 
 #[derive(Args)]
@@ -92,6 +96,8 @@ pub fn run(pki: &Path, cmd: CaCommand) -> Result<ExitCode> {
     match cmd {
         CaCommand::Init(a) => init(pki, a),
         CaCommand::Intermediate(a) => intermediate(pki, a),
+        CaCommand::Serve(a) => crate::online::serve(a),
+        CaCommand::Token(a) => crate::online::token(pki, a),
     }
 }
 

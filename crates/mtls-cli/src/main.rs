@@ -16,6 +16,7 @@ mod ca;
 mod client;
 mod issuing;
 mod lifecycle;
+mod online;
 mod pkidir;
 mod reading;
 mod secrets;
@@ -65,6 +66,10 @@ enum Command {
     Request(client::RequestArgs),
     /// Accept plaintext locally and forward it over mTLS to a server.
     Tunnel(client::TunnelArgs),
+    /// Enroll with an online CA: one-time token, key generated here, root pinned.
+    Enroll(online::EnrollArgs),
+    /// Renew certificates through the online CA (once, or as a daemon).
+    Renew(Box<online::RenewArgs>),
     /// Create a demo PKI and serve the seed's /api/secure over mTLS.
     Quickstart(serve::QuickstartArgs),
 }
@@ -142,6 +147,8 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
         Command::Request(a) => client::request(a),
         Command::Tunnel(a) => client::tunnel(a),
         Command::Quickstart(a) => serve::quickstart(a),
+        Command::Enroll(a) => online::enroll(a),
+        Command::Renew(a) => online::renew(*a),
     }
 }
 

@@ -144,7 +144,7 @@ fn config_from_flags(a: &GatewayArgs) -> Result<GatewayConfig> {
     })
 }
 
-async fn wait_for_stop() {
+pub(crate) async fn wait_for_stop() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).ok();
     let term = async {
@@ -161,7 +161,7 @@ async fn wait_for_stop() {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     // One worker per core the process may use.
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()

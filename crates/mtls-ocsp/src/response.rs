@@ -397,3 +397,58 @@ pub(crate) fn check_delegation(
         _ => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_responses_are_a_bare_enumerated_status() {
+        for (status, code) in [
+            (ResponseStatus::MalformedRequest, 1),
+            (ResponseStatus::InternalError, 2),
+            (ResponseStatus::TryLater, 3),
+            (ResponseStatus::SigRequired, 5),
+            (ResponseStatus::Unauthorized, 6),
+        ] {
+            assert_eq!(error_response(status), [0x30, 0x03, 0x0a, 0x01, code]);
+            assert_eq!(
+                ResponseStatus::from_asn1(status.to_asn1()),
+                Some(status),
+                "{status}"
+            );
+        }
+        assert_eq!(
+            ResponseStatus::from_asn1(OcspResponseStatus::Successful),
+            None
+        );
+    }
+
+    #[test]
+    fn every_revocation_reason_round_trips() {
+        use RevocationReason as R;
+        for r in [
+            R::Unspecified,
+            R::KeyCompromise,
+            R::CaCompromise,
+            R::AffiliationChanged,
+            R::Superseded,
+            R::CessationOfOperation,
+            R::CertificateHold,
+            R::PrivilegeWithdrawn,
+            R::AaCompromise,
+        ] {
+            assert_eq!(reason_from_asn1(reason_to_asn1(r)), Some(r));
+        }
+        assert_eq!(reason_from_asn1(CrlReason::RemoveFromCRL), None);
+    }
+
+    #[test]
+    fn times_before_1970_are_refused_and_subseconds_dropped() {
+        use time::macros::datetime;
+        assert!(crate::times::to_asn1(datetime!(1969-12-31 23:59:59 UTC)).is_err());
+        let t = datetime!(2030-01-02 03:04:05.678 UTC);
+        let back = crate::times::from_asn1(&crate::times::to_asn1(t).unwrap()).unwrap();
+        assert_eq!(back, datetime!(2030-01-02 03:04:05 UTC));
+    }
+}

@@ -59,10 +59,16 @@ pub struct CsrInfo {
     pub public_key: CsrPublicKey,
 }
 
-/// Creates a CSR (PEM) for `key` with the subject and SANs given.
+/// Creates a CSR (PEM) for `key` with the subject and SANs given (an empty subject when the
+/// subject is `Subject::cn("")`).
 pub fn create(key: &PrivateKey, subject: &Subject, sans: &[San]) -> Result<String> {
     let mut params = CertificateParams::default();
-    params.distinguished_name = subject.to_dn()?;
+    // An empty subject is for CAs that assign the name themselves (online enrollment).
+    params.distinguished_name = if subject.common_name.is_empty() && *subject == Subject::cn("") {
+        rcgen::DistinguishedName::new()
+    } else {
+        subject.to_dn()?
+    };
     params.subject_alt_names = sans.iter().map(San::to_rcgen).collect::<Result<_>>()?;
     let csr = params.serialize_request(key.key_pair())?;
     Ok(csr.pem()?)

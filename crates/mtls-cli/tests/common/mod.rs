@@ -1,6 +1,7 @@
 //! Shared helpers for the CLI tests: a temporary PKI directory and command runners.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod ca;
 pub mod gw;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,391 @@
+//! The online CA from the command line: `ca serve`, `ca token`, `enroll`, `renew`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use mtls_ca::authority::TokenRequest;
+use mtls_ca::client::{CaClient, CaUrl};
+use mtls_ca::config::Config;
+use mtls_ca::renewal::{self, DaemonOptions, Hook, Threshold, Watch, WatchState};
+use mtls_pki::files::{self, Visibility};
+use mtls_pki::issue::Subject;
+use mtls_pki::{KeyAlgorithm, PrivateKey};
+use mtls_store::{Location, Store};
+
+use crate::pkidir::PkiDir;
+use crate::serve::{runtime, wait_for_stop};
+use crate::util::{fmt_time, now, out};
+use crate::{CaKeyArgs, UsageError};
+
+fn location(pki: &Path, database: Option<&str>) -> Result<Location> {
+    match database {
+        Some(d) => Ok(d
+            .parse()
+            .map_err(|e: mtls_store::Error| UsageError(e.to_string()))?),
+        None => {
+            let dir = PkiDir::new(pki);
+            if !dir.intermediate_cert().exists() {
+                anyhow::bail!(
+                    "no CA in {} (run `mtls ca init` first, or pass --pki DIR / set MTLS_PKI_DIR)",
+                    pki.display()
+                );
+            }
+            Ok(Location::Sqlite(dir.inventory()))
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// The CA configuration file (TOML; see the README).
+    #[arg(long)]
+    config: PathBuf,
+    /// Inventory database, overriding the file: a path or postgres://user@host/db.
+    #[arg(long, env = "MTLS_DATABASE")]
+    database: Option<String>,
+    #[command(flatten)]
+    ca_key: CaKeyArgs,
+}
+
+pub fn serve(a: ServeArgs) -> Result<ExitCode> {
+    let text = std::fs::read_to_string(&a.config)
+        .with_context(|| format!("reading {}", a.config.display()))?;
+    let config =
+        Config::parse(&text).map_err(|e| UsageError(format!("{}: {e}", a.config.display())))?;
+    let settings = config.settings().map_err(|e| UsageError(e.to_string()))?;
+    // Relative paths in the file are relative to the file.
+    let base = a.config.parent().unwrap_or(Path::new("."));
+    let pki = base.join(&config.pki);
+    let dir = PkiDir::new(&pki);
+    let issuer = dir.load_issuer(&a.ca_key.source())?;
+    let root_pem = files::read_public(&dir.root_cert())?;
+    let root = mtls_pki::pem_io::certificates(&root_pem)?
+        .into_iter()
+        .next()
+        .context("root.crt holds no certificate")?;
+    let database = a.database.clone().or(config.database.clone());
+    let loc = location(&pki, database.as_deref())?;
+    let names = if config.server_names.is_empty() {
+        vec!["localhost".to_string(), config.listen.ip().to_string()]
+    } else {
+        config.server_names.clone()
+    };
+    runtime()?.block_on(async move {
+        let store = Store::open(&loc).await.context("opening the inventory")?;
+        let ca = mtls_ca::Authority::new(
+            mtls_ca::AuthorityParts {
+                issuer,
+                root,
+                store,
+                settings,
+            },
+            now(),
+        )
+        .await?;
+        let (key, chain) = ca.issue_server_credential(&names, now()).await?;
+        let fp = mtls_pki::inspect::sha256_hex(ca.root());
+        let ca = Arc::new(ca);
+        let running = mtls_ca::serve(ca, config.listen, config.publish_listen, chain, &key).await?;
+        eprintln!("mtls ca: listening on https://{}", running.addr);
+        if let Some(p) = running.publish_addr {
+            eprintln!("mtls ca: CRL and OCSP on http://{p}");
+        }
+        eprintln!("mtls ca: root fingerprint (for `mtls enroll --ca-fingerprint`): {fp}");
+        wait_for_stop().await;
+        running.shutdown().await;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct TokenArgs {
+    /// The common name of the certificate the token allows.
+    #[arg(long)]
+    name: String,
+    /// SANs the certificate may carry (DNS name, IP, URI or e-mail; repeatable).
+    #[arg(long)]
+    san: Vec<String>,
+    /// Certificate profile: client or server.
+    #[arg(long, default_value = "client")]
+    profile: String,
+    /// How long the token stays usable.
+    #[arg(long, default_value = "10m")]
+    ttl: String,
+    /// Inventory database: a path or postgres://user@host/db (default: the PKI's inventory).
+    #[arg(long, env = "MTLS_DATABASE")]
+    database: Option<String>,
+}
+
+pub fn token(pki: &Path, a: TokenArgs) -> Result<ExitCode> {
+    let profile = a
+        .profile
+        .parse()
+        .map_err(|e: mtls_pki::Error| UsageError(e.to_string()))?;
+    let ttl = mtls_ca::parse_duration(&a.ttl).map_err(UsageError)?;
+    let loc = location(pki, a.database.as_deref())?;
+    let (token, expires) = runtime()?.block_on(async move {
+        let store = Store::open(&loc).await.context("opening the inventory")?;
+        mtls_ca::authority::mint_token(
+            &store,
+            TokenRequest {
+                name: a.name,
+                sans: a.san,
+                profile,
+                ttl,
+            },
+            "cli",
+            now(),
+        )
+        .await
+        .map_err(|e| match e {
+            mtls_ca::authority::MintError::Invalid(m) => anyhow::Error::new(UsageError(m)),
+            e => e.into(),
+        })
+    })?;
+    eprintln!("single-use token, valid until {}:", fmt_time(expires));
+    out(&format!("{token}\n"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct EnrollArgs {
+    /// The CA's URL (https://host:port).
+    #[arg(long)]
+    ca_url: String,
+    /// SHA-256 fingerprint of the CA's root (printed by `mtls ca serve`).
+    #[arg(long)]
+    ca_fingerprint: String,
+    /// The one-time token from `mtls ca token`.
+    #[arg(long, env = "MTLS_TOKEN")]
+    token: String,
+    /// Output directory: key.pem (0600), cert.pem (leaf + intermediate), ca.crt (root).
+    #[arg(long)]
+    out: PathBuf,
+    /// Key type: ecdsa-p256, ecdsa-p384, ed25519, rsa-2048, rsa-3072, rsa-4096.
+    #[arg(long, default_value = "ecdsa-p256")]
+    key_type: String,
+    /// Extra SANs to ask for (must be allowed by the token; default: all the token allows).
+    #[arg(long)]
+    san: Vec<String>,
+    /// Overwrite existing files in the output directory.
+    #[arg(long)]
+    force: bool,
+}
+
+pub fn enroll(a: EnrollArgs) -> Result<ExitCode> {
+    let url = CaUrl::parse(&a.ca_url).map_err(|e| UsageError(e.to_string()))?;
+    let alg: KeyAlgorithm = a
+        .key_type
+        .parse()
+        .map_err(|e: mtls_pki::Error| UsageError(e.to_string()))?;
+    let (key_path, cert_path, root_path) = (
+        a.out.join("key.pem"),
+        a.out.join("cert.pem"),
+        a.out.join("ca.crt"),
+    );
+    for p in [&key_path, &cert_path, &root_path] {
+        files::check_writable(p, a.force)?;
+    }
+    let sans = a
+        .san
+        .iter()
+        .map(|s| mtls_pki::San::parse(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| UsageError(e.to_string()))?;
+    // The key is made here and never leaves this machine.
+    let key = PrivateKey::generate(alg)?;
+    let csr = mtls_pki::csr::create(&key, &Subject::cn(""), &sans)?;
+    let (root, issued) = runtime()?.block_on(async {
+        let root = CaClient::fetch_pinned_root(&url, &a.ca_fingerprint).await?;
+        let client = CaClient::new(url.clone(), &root, None)?;
+        let issued = client.enroll(&a.token, &csr).await?;
+        Ok::<_, mtls_ca::Error>((root, issued))
+    })?;
+    let chain = renewal::served_chain(&issued, &root)?;
+    mtls_tls::credential_from_parts(
+        mtls_pki::pem_io::certificates(chain.as_bytes())?,
+        &key,
+        now(),
+    )
+    .map_err(|d| anyhow::anyhow!("the CA returned an unusable certificate: {d}"))?;
+    files::write_atomic(
+        &key_path,
+        key.to_pem().as_bytes(),
+        Visibility::Secret,
+        a.force,
+    )?;
+    files::write_atomic(&cert_path, chain.as_bytes(), Visibility::Public, a.force)?;
+    files::write_atomic(
+        &root_path,
+        mtls_pki::pem_io::encode("CERTIFICATE", &root).as_bytes(),
+        Visibility::Public,
+        a.force,
+    )?;
+    out(&format!(
+        "enrolled: serial {} valid until {}\n  key  {}\n  cert {}\n  root {}\n",
+        issued.serial,
+        fmt_time(issued.not_after),
+        key_path.display(),
+        cert_path.display(),
+        root_path.display()
+    ))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct RenewArgs {
+    /// Certificate file (leaf + intermediates); repeat with --key for several certificates.
+    #[arg(long, required = true)]
+    cert: Vec<PathBuf>,
+    /// Key file for the --cert at the same position (may be the same combined file).
+    #[arg(long, required = true)]
+    key: Vec<PathBuf>,
+    /// The CA's URL (https://host:port).
+    #[arg(long)]
+    ca_url: String,
+    /// The CA root (default: ca.crt next to the first certificate, as `mtls enroll` writes it).
+    #[arg(long)]
+    ca_root: Option<PathBuf>,
+    /// Keep running and renew each certificate when due.
+    #[arg(long)]
+    daemon: bool,
+    /// Renew after this fraction of the lifetime (2/3, 0.75, 75%).
+    #[arg(long, conflicts_with = "renew_before")]
+    renew_at: Option<String>,
+    /// Renew this long before expiry (30d, 12h, …).
+    #[arg(long)]
+    renew_before: Option<String>,
+    /// Generate a new key at each renewal (needs --cert and --key to be one combined file).
+    #[arg(long)]
+    rotate_key: bool,
+    /// Command to run after each renewal (sh -c).
+    #[arg(long, conflicts_with = "signal")]
+    exec: Option<String>,
+    /// Signal a process after each renewal: PIDFILE[:SIGNAL] (default HUP).
+    #[arg(long)]
+    signal: Option<String>,
+    /// Serve the daemon's state as Prometheus metrics on this address (daemon mode).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+}
+
+pub fn renew(a: RenewArgs) -> Result<ExitCode> {
+    if a.cert.len() != a.key.len() {
+        return Err(UsageError("give one --key for each --cert".into()).into());
+    }
+    let url = CaUrl::parse(&a.ca_url).map_err(|e| UsageError(e.to_string()))?;
+    let root = match &a.ca_root {
+        Some(r) => r.clone(),
+        None => a.cert[0].parent().unwrap_or(Path::new(".")).join("ca.crt"),
+    };
+    let threshold = match (&a.renew_at, &a.renew_before) {
+        (Some(f), _) => Threshold::parse_fraction(f).map_err(UsageError)?,
+        (None, Some(b)) => Threshold::Before(mtls_ca::parse_duration(b).map_err(UsageError)?),
+        (None, None) => Threshold::default(),
+    };
+    let hook = match (&a.exec, &a.signal) {
+        (Some(c), _) => Hook::Exec(c.clone()),
+        (None, Some(s)) => Hook::parse_signal(s).map_err(UsageError)?,
+        (None, None) => Hook::None,
+    };
+    let watches: Vec<Watch> = a
+        .cert
+        .iter()
+        .zip(&a.key)
+        .map(|(c, k)| Watch {
+            cert: c.clone(),
+            key: k.clone(),
+            root: root.clone(),
+        })
+        .collect();
+    let passphrase = std::env::var("MTLS_PASSPHRASE")
+        .ok()
+        .map(String::into_bytes);
+    if !a.daemon {
+        return runtime()?.block_on(async {
+            for w in &watches {
+                let issued =
+                    renewal::renew_once(w, &url, a.rotate_key, passphrase.as_deref(), now())
+                        .await?;
+                out(&format!(
+                    "renewed {}: serial {} valid until {}\n",
+                    w.cert.display(),
+                    issued.serial,
+                    fmt_time(issued.not_after)
+                ))?;
+            }
+            if let Err(e) = hook.run().await {
+                anyhow::bail!("renewed, but the hook failed: {e}");
+            }
+            Ok(ExitCode::SUCCESS)
+        });
+    }
+    let opts = DaemonOptions {
+        url,
+        threshold,
+        rotate_key: a.rotate_key,
+        hook,
+        max_sleep: time::Duration::minutes(10),
+    };
+    let states: renewal::States = Arc::new(Mutex::new(
+        watches
+            .iter()
+            .map(|w| WatchState {
+                cert: w.cert.display().to_string(),
+                ..Default::default()
+            })
+            .collect(),
+    ));
+    runtime()?.block_on(async move {
+        if let Some(addr) = a.metrics_listen {
+            let bound = serve_metrics(addr, states.clone()).await?;
+            eprintln!("mtls renew: metrics on http://{bound}/metrics");
+        }
+        for (i, w) in watches.into_iter().enumerate() {
+            tokio::spawn(renewal::watch_forever(
+                i,
+                w,
+                opts.clone(),
+                passphrase.clone(),
+                states.clone(),
+            ));
+        }
+        wait_for_stop().await;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve_metrics(addr: SocketAddr, states: renewal::States) -> Result<SocketAddr> {
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let states = states.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |_req: http::Request<hyper::body::Incoming>| {
+                    let body = renewal::render_metrics(&states);
+                    async move {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from(body)),
+                        ))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(bound)
+}

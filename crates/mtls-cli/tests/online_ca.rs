@@ -1,0 +1,554 @@
+//! The online CA end to end, with real peers: `mtls ca serve`, `mtls ca token`, `mtls enroll`,
+//! `mtls renew`, the gateway, curl, `openssl crl` and `openssl ocsp`; on SQLite and on a real
+//! PostgreSQL (MTLS_TEST_POSTGRES_URL, started by scripts/pg.sh).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::ca::{self, CaServer};
+use common::gw::{Gateway, Upstream};
+use common::Env;
+
+fn gateway(env: &Env, up: &Upstream) -> Gateway {
+    env.mtls(&["issue", "server", "localhost", "127.0.0.1"])
+        .ok();
+    let pki = env.pki();
+    let args: Vec<String> = [
+        "--listen",
+        "127.0.0.1:0",
+        "--cert",
+        pki.join("issued/localhost.chain.pem").to_str().unwrap(),
+        "--key",
+        pki.join("issued/localhost.key").to_str().unwrap(),
+        "--client-ca",
+        pki.join("root.crt").to_str().unwrap(),
+        "--upstream",
+        &format!("http://{}", up.addr),
+        "--allow-cn",
+        "client-app",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    Gateway::start(&args)
+}
+
+fn gw_get(env: &Env, g: &Gateway, dir: &str) -> (u16, String) {
+    ca::curl(&[
+        "--cacert",
+        env.pki().join("root.crt").to_str().unwrap(),
+        "--resolve",
+        &format!("localhost:{}:127.0.0.1", g.port()),
+        "--cert",
+        &env.p(&format!("{dir}/cert.pem")),
+        "--key",
+        &env.p(&format!("{dir}/key.pem")),
+        &g.url("/api/secure"),
+    ])
+}
+
+/// token → enroll → gateway → renew → revoke → CRL and OCSP (openssl), one backend.
+fn lifecycle(database: Option<&str>) {
+    let env = Env::new();
+    env.mtls(&["ca", "init"]).ok();
+    let server = CaServer::start(&env, "ca", database, "");
+    let t = ca::token(
+        &env,
+        "client-app",
+        &["--san", "spiffe://example.org/app"],
+        database,
+    );
+    let r = ca::enroll(&env, &server, &t, "client", &[]).ok();
+    assert!(r.stdout.contains("enrolled: serial"), "{}", r.stdout);
+    let cert = env.path("client/cert.pem");
+    // The key stays here, owner-only; the certificate names the token's identity.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(env.path("client/key.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let text = env
+        .openssl(&["x509", "-noout", "-text", "-in", cert.to_str().unwrap()])
+        .ok()
+        .stdout;
+    assert!(
+        text.contains("CN=client-app") || text.contains("CN = client-app"),
+        "{text}"
+    );
+    assert!(text.contains("URI:spiffe://example.org/app"), "{text}");
+    assert!(text.contains("TLS Web Client Authentication"), "{text}");
+    assert!(
+        text.contains(&format!("URI:{}", server.publish("/v1/crl"))),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("OCSP - URI:{}", server.publish("/ocsp"))),
+        "{text}"
+    );
+    // The fingerprint printed by the server is the root's.
+    let fp = env
+        .openssl(&[
+            "x509",
+            "-noout",
+            "-fingerprint",
+            "-sha256",
+            "-in",
+            env.p("pki/root.crt").as_str(),
+        ])
+        .ok()
+        .stdout;
+    assert_eq!(
+        fp.trim()
+            .rsplit_once('=')
+            .unwrap()
+            .1
+            .replace(':', "")
+            .to_lowercase(),
+        server.fingerprint
+    );
+
+    // The enrolled certificate works against the gateway.
+    let up = Upstream::start();
+    let g = gateway(&env, &up);
+    let (status, body) = gw_get(&env, &g, "client");
+    assert_eq!(status, 200, "{body}");
+
+    // OCSP: good.
+    let issuer = env.pki().join("intermediate.crt");
+    let o = ca::ocsp(&env, &server, &issuer, &cert);
+    assert!(o.contains("Response verify OK"), "{o}");
+    assert!(o.contains(": good"), "{o}");
+
+    // Renew over mTLS with the current certificate.
+    let old_serial = ca::serial_of(&env, &cert);
+    let r = env
+        .mtls(&[
+            "renew",
+            "--cert",
+            &env.p("client/cert.pem"),
+            "--key",
+            &env.p("client/key.pem"),
+            "--ca-url",
+            &server.url(),
+        ])
+        .ok();
+    assert!(r.stdout.contains("renewed"), "{}", r.stdout);
+    let new_serial = ca::serial_of(&env, &cert);
+    assert_ne!(old_serial, new_serial);
+    let (status, _) = gw_get(&env, &g, "client");
+    assert_eq!(status, 200);
+
+    // The holder revokes its certificate.
+    let (status, body) = ca::curl(&[
+        "--cacert",
+        env.pki().join("root.crt").to_str().unwrap(),
+        "--cert",
+        &env.p("client/cert.pem"),
+        "--key",
+        &env.p("client/key.pem"),
+        "-H",
+        "content-type: application/json",
+        "-d",
+        r#"{"reason":"keyCompromise"}"#,
+        &format!("{}/v1/revoke", server.url()),
+    ]);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"status\":\"revoked\""), "{body}");
+
+    // OCSP: revoked, with the reason.
+    let o = ca::ocsp(&env, &server, &issuer, &cert);
+    assert!(o.contains("Response verify OK"), "{o}");
+    assert!(o.contains(": revoked"), "{o}");
+    assert!(o.contains("keyCompromise"), "{o}");
+
+    // The CRL (DER, with cache headers) verifies under the CA and lists the serial.
+    let crl = env.path("crl.der");
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-D", "-", "-o"])
+        .arg(&crl)
+        .arg(server.publish("/v1/crl"))
+        .output()
+        .unwrap();
+    let headers = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(
+        headers.contains("content-type: application/pkix-crl"),
+        "{headers}"
+    );
+    assert!(
+        headers.contains("cache-control: public, max-age="),
+        "{headers}"
+    );
+    let r = env
+        .openssl(&[
+            "crl",
+            "-inform",
+            "DER",
+            "-in",
+            crl.to_str().unwrap(),
+            "-CAfile",
+            env.p("pki/ca-chain.pem").as_str(),
+            "-noout",
+            "-text",
+        ])
+        .ok();
+    assert!(
+        r.stderr.contains("verify OK") || r.stdout.contains("verify OK"),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(
+        r.stdout.contains(&new_serial),
+        "{} not in {}",
+        new_serial,
+        r.stdout
+    );
+    assert!(r.stdout.contains("Key Compromise"), "{}", r.stdout);
+    // The PEM variant is the same CRL.
+    let (status, pem) = ca::curl(&[&server.publish("/v1/crl.pem")]);
+    assert_eq!(status, 200);
+    assert!(pem.contains("BEGIN X509 CRL"));
+
+    // Renewal with the revoked certificate is refused.
+    let r = env.mtls(&[
+        "renew",
+        "--cert",
+        &env.p("client/cert.pem"),
+        "--key",
+        &env.p("client/key.pem"),
+        "--ca-url",
+        &server.url(),
+    ]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("revoked"), "{}", r.stderr);
+    // Every issuance and revocation is in the inventory's audit log.
+    drop(g);
+}
+
+#[test]
+fn lifecycle_sqlite() {
+    lifecycle(None);
+}
+
+#[test]
+fn lifecycle_postgres() {
+    let db = ca::fresh_pg_database();
+    lifecycle(Some(&db));
+}
+
+fn post_json(
+    server: &CaServer,
+    env: &Env,
+    path: &str,
+    body: &str,
+    client: Option<&str>,
+) -> (u16, String) {
+    let root = env.pki().join("root.crt");
+    let url = format!("{}{path}", server.url());
+    let (cert, key) = client
+        .map(|d| {
+            (
+                env.p(&format!("{d}/cert.pem")),
+                env.p(&format!("{d}/key.pem")),
+            )
+        })
+        .unzip();
+    let mut args = vec![
+        "--cacert",
+        root.to_str().unwrap(),
+        "-H",
+        "content-type: application/json",
+        "-d",
+        body,
+    ];
+    if let (Some(c), Some(k)) = (&cert, &key) {
+        args.extend_from_slice(&["--cert", c, "--key", k]);
+    }
+    args.push(&url);
+    ca::curl(&args)
+}
+
+fn error_code(body: &str) -> String {
+    let v: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body}"));
+    v["error"]["code"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn bad_tokens_csrs_and_renewals_are_refused() {
+    let env = Env::new();
+    env.mtls(&["ca", "init"]).ok();
+    let server = CaServer::start(&env, "ca", None, "");
+    let count = || env.inventory_count();
+    let before = count();
+
+    // A reused token.
+    let t = ca::token(&env, "app", &[], None);
+    ca::enroll(&env, &server, &t, "a", &[]).ok();
+    let r = ca::enroll(&env, &server, &t, "b", &[]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("INVALID_TOKEN") && r.stderr.contains("already used"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !env.path("b").exists(),
+        "nothing written for a refused enrollment"
+    );
+
+    // An expired token.
+    let t = ca::token(&env, "app", &["--ttl", "1s"], None);
+    std::thread::sleep(Duration::from_millis(2100));
+    let r = ca::enroll(&env, &server, &t, "c", &[]);
+    assert!(
+        r.stderr.contains("INVALID_TOKEN") && r.stderr.contains("expired"),
+        "{}",
+        r.stderr
+    );
+
+    // A forged token (right id, wrong secret) and garbage.
+    let t = ca::token(&env, "app", &[], None);
+    let forged = format!("{}.{}", t.split_once('.').unwrap().0, "A".repeat(43));
+    let r = ca::enroll(&env, &server, &forged, "d", &[]);
+    assert!(
+        r.stderr.contains("unknown enrollment token"),
+        "{}",
+        r.stderr
+    );
+    let r = ca::enroll(&env, &server, "not-a-token", "d", &[]);
+    assert!(
+        r.stderr.contains("malformed enrollment token"),
+        "{}",
+        r.stderr
+    );
+
+    // Names outside the token.
+    let r = ca::enroll(&env, &server, &t, "e", &["--san", "evil.example.com"]);
+    assert!(r.stderr.contains("NAME_NOT_ALLOWED"), "{}", r.stderr);
+    env.mtls(&[
+        "csr",
+        "--cn",
+        "other-name",
+        "--key-out",
+        &env.p("o.key"),
+        "--csr-out",
+        &env.p("o.csr"),
+    ])
+    .ok();
+    let csr_pem = String::from_utf8(env.read("o.csr")).unwrap();
+    let body = serde_json::json!({"token": t, "csr": csr_pem}).to_string();
+    let (status, resp) = post_json(&server, &env, "/v1/sign", &body, None);
+    assert_eq!(
+        (status, error_code(&resp).as_str()),
+        (403, "NAME_NOT_ALLOWED"),
+        "{resp}"
+    );
+
+    // A CSR with a bad signature: flip a byte inside the signature.
+    let der = {
+        let b64: String = csr_pem
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        let mut d = base64_decode(&b64);
+        let n = d.len();
+        d[n - 5] ^= 0x01;
+        d
+    };
+    let bad = format!(
+        "-----BEGIN CERTIFICATE REQUEST-----\n{}\n-----END CERTIFICATE REQUEST-----\n",
+        base64_encode(&der)
+    );
+    let body = serde_json::json!({"token": t, "csr": bad}).to_string();
+    let (status, resp) = post_json(&server, &env, "/v1/sign", &body, None);
+    assert_eq!(
+        (status, error_code(&resp).as_str()),
+        (400, "INVALID_CSR"),
+        "{resp}"
+    );
+    // Malformed JSON.
+    let (status, resp) = post_json(&server, &env, "/v1/sign", "{", None);
+    assert_eq!(
+        (status, error_code(&resp).as_str()),
+        (400, "INVALID_REQUEST"),
+        "{resp}"
+    );
+    // The refused token is still usable afterwards (refusals do not consume it).
+    ca::enroll(&env, &server, &t, "f", &[]).ok();
+
+    // Renewal without a certificate, and with one from another CA.
+    let (status, resp) = post_json(&server, &env, "/v1/renew", "{}", None);
+    assert_eq!(
+        (status, error_code(&resp).as_str()),
+        (401, "NO_CLIENT_CERT"),
+        "{resp}"
+    );
+    // Revoking someone else's certificate needs an administrator.
+    let other = ca::serial_of(&env, &env.path("f/cert.pem"));
+    let (status, resp) = post_json(
+        &server,
+        &env,
+        "/v1/revoke",
+        &format!(r#"{{"serial":"{other}"}}"#),
+        Some("a"),
+    );
+    assert_eq!(
+        (status, error_code(&resp).as_str()),
+        (403, "FORBIDDEN"),
+        "{resp}"
+    );
+    // An administrator may (and list, and mint tokens remotely).
+    let t = ca::token(&env, "ca-admin", &[], None);
+    ca::enroll(&env, &server, &t, "admin", &[]).ok();
+    let (status, resp) = post_json(
+        &server,
+        &env,
+        "/v1/revoke",
+        &format!(r#"{{"serial":"{other}","reason":"superseded"}}"#),
+        Some("admin"),
+    );
+    assert_eq!(status, 200, "{resp}");
+    let (status, resp) = post_json(
+        &server,
+        &env,
+        "/v1/revoke",
+        &format!(r#"{{"serial":"{other}"}}"#),
+        Some("admin"),
+    );
+    assert_eq!(
+        (status, error_code(&resp).as_str()),
+        (409, "ALREADY_REVOKED"),
+        "{resp}"
+    );
+    let (status, resp) = post_json(
+        &server,
+        &env,
+        "/v1/tokens",
+        r#"{"name":"remote","ttl":"5m"}"#,
+        Some("admin"),
+    );
+    assert_eq!(status, 201, "{resp}");
+    let remote: serde_json::Value = serde_json::from_str(&resp).unwrap();
+    ca::enroll(
+        &env,
+        &server,
+        remote["token"].as_str().unwrap(),
+        "remote",
+        &[],
+    )
+    .ok();
+    let (status, _) = post_json(&server, &env, "/v1/tokens", r#"{"name":"x"}"#, Some("a"));
+    assert_eq!(status, 403);
+
+    // Renewal with a revoked certificate.
+    let (status, resp) = post_json(&server, &env, "/v1/renew", "{}", Some("f"));
+    assert_eq!(
+        (status, error_code(&resp).as_str()),
+        (403, "INVALID_CERT"),
+        "{resp}"
+    );
+    assert!(resp.contains("revoked"), "{resp}");
+
+    // Every certificate returned is in the inventory, nothing more: a, f, admin, remote.
+    assert_eq!(count(), before + 4);
+
+    // OCSP for an issuer we do not serve → unauthorized; a malformed request → malformedRequest.
+    let other = Env::new();
+    other.mtls(&["ca", "init"]).ok();
+    other.mtls(&["issue", "client", "stranger"]).ok();
+    let o = ca::ocsp(
+        &env,
+        &server,
+        &other.pki().join("intermediate.crt"),
+        &other.pki().join("issued/stranger.crt"),
+    );
+    assert!(o.contains("unauthorized"), "{o}");
+    let resp = env.path("bad.ocsp");
+    let st = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-H",
+            "content-type: application/ocsp-request",
+            "--data-binary",
+            "garbage",
+            "-o",
+        ])
+        .arg(&resp)
+        .arg(server.publish("/ocsp"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let r = env.openssl(&[
+        "ocsp",
+        "-respin",
+        resp.to_str().unwrap(),
+        "-resp_text",
+        "-noverify",
+    ]);
+    let all = format!("{}{}", r.stdout, r.stderr);
+    assert!(all.to_lowercase().contains("malformedrequest"), "{all}");
+}
+
+#[test]
+fn expired_certificates_cannot_renew() {
+    let env = Env::new();
+    env.mtls(&["ca", "init"]).ok();
+    let server = CaServer::start(&env, "ca", None, "leaf_lifetime = \"3s\"\n");
+    let t = ca::token(&env, "short", &[], None);
+    ca::enroll(&env, &server, &t, "s", &[]).ok();
+    std::thread::sleep(Duration::from_millis(3500));
+    // The CLI refuses before sending anything…
+    let r = env.mtls(&[
+        "renew",
+        "--cert",
+        &env.p("s/cert.pem"),
+        "--key",
+        &env.p("s/key.pem"),
+        "--ca-url",
+        &server.url(),
+    ]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("enroll again with a new token"),
+        "{}",
+        r.stderr
+    );
+    // …and the CA says so too when a client presents the expired certificate anyway.
+    let (status, resp) = post_json(&server, &env, "/v1/renew", "{}", Some("s"));
+    assert_eq!(
+        (status, error_code(&resp).as_str()),
+        (403, "CERT_EXPIRED"),
+        "{resp}"
+    );
+    assert!(resp.contains("enroll again with a new token"), "{resp}");
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("printf '%s' '{s}' | base64 -d"))
+        .output()
+        .unwrap();
+    out.stdout
+}
+
+fn base64_encode(d: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("base64")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(d).unwrap();
+    String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+}
+
+#[allow(dead_code)]
+fn exists(p: &Path) -> bool {
+    p.exists()
+}
