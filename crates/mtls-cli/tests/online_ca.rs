@@ -552,3 +552,344 @@ fn base64_encode(d: &[u8]) -> String {
 fn exists(p: &Path) -> bool {
     p.exists()
 }
+
+fn crl_number(env: &Env, url: &str, file: &str) -> u64 {
+    let path = env.path(file);
+    let st = std::process::Command::new("curl")
+        .args(["-sSf", "-o"])
+        .arg(&path)
+        .arg(url)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let r = env
+        .openssl(&[
+            "crl",
+            "-inform",
+            "DER",
+            "-in",
+            path.to_str().unwrap(),
+            "-noout",
+            "-crlnumber",
+        ])
+        .ok();
+    let hex = r
+        .stdout
+        .trim()
+        .trim_start_matches("crlNumber=0x")
+        .to_string();
+    u64::from_str_radix(&hex, 16).unwrap_or_else(|_| panic!("{}", r.stdout))
+}
+
+fn self_revoke(env: &Env, server: &CaServer, dir: &str) {
+    let (status, body) = post_json(
+        server,
+        env,
+        "/v1/revoke",
+        r#"{"reason":"cessationOfOperation"}"#,
+        Some(dir),
+    );
+    assert_eq!(status, 200, "{body}");
+}
+
+/// Two CA instances on one PostgreSQL: concurrent issuing, one-time tokens, revocation and CRL
+/// numbers stay consistent across them.
+#[test]
+fn two_instances_share_postgres() {
+    let db = ca::fresh_pg_database();
+    let env = Env::new();
+    env.mtls(&["ca", "init"]).ok();
+    let a = CaServer::start(&env, "a", Some(&db), "");
+    let b = CaServer::start(&env, "b", Some(&db), "");
+    let n = 24;
+    let tokens: Vec<String> = (0..n)
+        .map(|i| ca::token(&env, &format!("svc-{i}"), &[], Some(&db)))
+        .collect();
+    std::thread::scope(|s| {
+        for (i, t) in tokens.iter().enumerate() {
+            let (env, server) = (&env, if i % 2 == 0 { &a } else { &b });
+            s.spawn(move || ca::enroll(env, server, t, &format!("e{i}"), &[]).ok());
+        }
+    });
+    let serials: std::collections::HashSet<String> = (0..n)
+        .map(|i| ca::serial_of(&env, &env.path(&format!("e{i}/cert.pem"))))
+        .collect();
+    assert_eq!(serials.len(), n);
+    // n enrolled + each instance's server certificate and OCSP signer; no duplicate.
+    assert_eq!(
+        ca::psql(
+            &db,
+            "SELECT count(*) || ' ' || count(DISTINCT serial) FROM certificates"
+        ),
+        format!("{0} {0}", n + 4)
+    );
+    // One token raced through both instances: exactly one certificate.
+    let t = ca::token(&env, "raced", &[], Some(&db));
+    let results: Vec<i32> = std::thread::scope(|s| {
+        let h1 = s.spawn(|| ca::enroll(&env, &a, &t, "race-a", &[]).code);
+        let h2 = s.spawn(|| ca::enroll(&env, &b, &t, "race-b", &[]).code);
+        vec![h1.join().unwrap(), h2.join().unwrap()]
+    });
+    assert_eq!(
+        results.iter().filter(|c| **c == 0).count(),
+        1,
+        "{results:?}"
+    );
+
+    // Revoked through A: B's OCSP and CRL say so at once; CRL numbers only increase.
+    let n0 = crl_number(&env, &b.publish("/v1/crl"), "b0.crl");
+    self_revoke(&env, &a, "e0");
+    let serial = ca::serial_of(&env, &env.path("e0/cert.pem"));
+    let o = ca::ocsp(
+        &env,
+        &b,
+        &env.pki().join("intermediate.crt"),
+        &env.path("e0/cert.pem"),
+    );
+    assert!(
+        o.contains("Response verify OK") && o.contains(": revoked"),
+        "{o}"
+    );
+    let n1 = crl_number(&env, &b.publish("/v1/crl"), "b1.crl");
+    let listed = env
+        .openssl(&[
+            "crl",
+            "-inform",
+            "DER",
+            "-in",
+            env.p("b1.crl").as_str(),
+            "-noout",
+            "-text",
+        ])
+        .ok()
+        .stdout;
+    assert!(listed.contains(&serial), "{listed}");
+    self_revoke(&env, &b, "e1");
+    let n2 = crl_number(&env, &a.publish("/v1/crl"), "a2.crl");
+    let n3 = crl_number(&env, &b.publish("/v1/crl"), "b3.crl");
+    assert!(n0 < n1 && n1 < n2 && n2 < n3, "{n0} {n1} {n2} {n3}");
+    let audit = ca::psql(&db, "SELECT count(*) FROM audit WHERE action = 'revoke'");
+    assert_eq!(audit, "2");
+}
+
+/// The database goes away mid-run: clean 503s, nothing issued, recovery when it returns.
+#[test]
+fn database_outage_answers_503_and_recovers() {
+    let env = Env::new();
+    env.mtls(&["ca", "init"]).ok();
+    let pg = ca::PgCluster::start(env.dir.path());
+    let url = pg.url();
+    let server = CaServer::start(&env, "ca", Some(&url), "");
+    let t1 = ca::token(&env, "one", &[], Some(&url));
+    let t2 = ca::token(&env, "two", &[], Some(&url));
+    ca::enroll(&env, &server, &t1, "one", &[]).ok();
+
+    pg.down();
+    let r = ca::enroll(&env, &server, &t2, "two", &[]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("503") && r.stderr.contains("DATABASE_UNAVAILABLE"),
+        "{}",
+        r.stderr
+    );
+    assert!(!env.path("two").exists());
+    let (status, body) = ca::curl(&[&server.publish("/healthz")]);
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (503, "DATABASE_UNAVAILABLE"),
+        "{body}"
+    );
+    let (status, _) = ca::curl(&[&server.publish("/v1/crl")]);
+    assert_eq!(status, 503);
+    let (status, body) = post_json(&server, &env, "/v1/renew", "{}", Some("one"));
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (503, "DATABASE_UNAVAILABLE"),
+        "{body}"
+    );
+    let o = ca::ocsp(
+        &env,
+        &server,
+        &env.pki().join("intermediate.crt"),
+        &env.path("one/cert.pem"),
+    );
+    assert!(o.to_lowercase().contains("trylater"), "{o}");
+
+    pg.up();
+    let mut ok = false;
+    for _ in 0..20 {
+        if ca::enroll(&env, &server, &t2, "two", &[]).code == 0 {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(ok, "the CA did not recover");
+    let (status, _) = ca::curl(&[&server.publish("/healthz")]);
+    assert_eq!(status, 200);
+    // Exactly what was returned is recorded: two enrollments, the server cert, the OCSP signer.
+    assert_eq!(ca::psql(&url, "SELECT count(*) FROM certificates"), "4");
+    assert_eq!(
+        ca::psql(
+            &url,
+            "SELECT count(*) FROM tokens WHERE used_at IS NOT NULL"
+        ),
+        "2"
+    );
+}
+
+/// A short-lived gateway certificate is renewed by the daemon before expiry while the gateway
+/// keeps serving; the CA is down for a while and the daemon retries until it is back.
+#[test]
+fn renewal_daemon_keeps_a_gateway_serving() {
+    use std::io::BufRead;
+    let env = Env::new();
+    env.mtls(&["ca", "init"]).ok();
+    let (port, publish) = (ca::free_port(), ca::free_port());
+    let lifetime = "leaf_lifetime = \"40s\"\n";
+    let server = CaServer::start_on(&env, "ca", None, lifetime, port, publish);
+    let url = server.url();
+    let fp = server.fingerprint.clone();
+    let t = ca::token(
+        &env,
+        "localhost",
+        &[
+            "--profile",
+            "server",
+            "--san",
+            "localhost",
+            "--san",
+            "127.0.0.1",
+        ],
+        None,
+    );
+    ca::enroll(&env, &server, &t, "srv", &[]).ok();
+    let (_, first_expiry) = {
+        let r = env
+            .openssl(&[
+                "x509",
+                "-noout",
+                "-enddate",
+                "-in",
+                env.p("srv/cert.pem").as_str(),
+            ])
+            .ok();
+        ((), r.stdout)
+    };
+    let first_serial = ca::serial_of(&env, &env.path("srv/cert.pem"));
+    env.mtls(&["issue", "client", "client-app"]).ok();
+    let up = Upstream::start();
+    let pki = env.pki();
+    let args: Vec<String> = [
+        "--listen",
+        "127.0.0.1:0",
+        "--cert",
+        env.p("srv/cert.pem").as_str(),
+        "--key",
+        env.p("srv/key.pem").as_str(),
+        "--client-ca",
+        pki.join("root.crt").to_str().unwrap(),
+        "--upstream",
+        &format!("http://{}", up.addr),
+        "--allow-cn",
+        "client-app",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let g = Gateway::start(&args);
+    // The CA goes down before the first renewal is due.
+    server.kill();
+    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_mtls"))
+        .args([
+            "renew",
+            "--daemon",
+            "--renew-before",
+            "25s",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--cert",
+            env.p("srv/cert.pem").as_str(),
+            "--key",
+            env.p("srv/key.pem").as_str(),
+        ])
+        .args([
+            "--ca-url",
+            &url,
+            "--exec",
+            &format!("touch {}", env.p("hook-ran")),
+        ])
+        .env("MTLS_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = daemon.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let metrics = loop {
+        let line = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        if let Some(a) = line.strip_prefix("mtls renew: metrics on ") {
+            break a.trim().to_string();
+        }
+    };
+    let client = |path: &str| {
+        ca::curl(&[
+            "--cacert",
+            pki.join("root.crt").to_str().unwrap(),
+            "--resolve",
+            &format!("localhost:{}:127.0.0.1", g.port()),
+            "--cert",
+            pki.join("issued/client-app.crt").to_str().unwrap(),
+            "--key",
+            pki.join("issued/client-app.key").to_str().unwrap(),
+            &g.url(path),
+        ])
+    };
+    let start = std::time::Instant::now();
+    let mut restarted = None;
+    let mut failures = Vec::new();
+    let mut requests = 0;
+    while start.elapsed() < Duration::from_secs(52) {
+        if restarted.is_none() && start.elapsed() > Duration::from_secs(18) {
+            restarted = Some(CaServer::start_on(
+                &env, "ca", None, lifetime, port, publish,
+            ));
+        }
+        let (status, body) = client("/api/secure");
+        requests += 1;
+        if status != 200 {
+            failures.push(format!("{:?}: {status} {body}", start.elapsed()));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let _ = daemon.kill();
+    let m = ca::curl(&[&metrics]).1;
+    let _ = daemon.wait();
+    assert!(
+        failures.is_empty(),
+        "{requests} requests, failed: {failures:?}"
+    );
+    assert_ne!(ca::serial_of(&env, &env.path("srv/cert.pem")), first_serial);
+    assert!(env.path("hook-ran").exists(), "the hook did not run");
+    let value = |name: &str| -> f64 {
+        m.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing in {m}"))
+    };
+    assert!(value("mtls_renew_failures_total") >= 1.0, "{m}");
+    assert!(value("mtls_renew_renewals_total") >= 1.0, "{m}");
+    assert!(value("mtls_renew_next_attempt_seconds") > 0.0, "{m}");
+    let _ = fp;
+    let _ = first_expiry;
+}
