@@ -124,7 +124,9 @@ impl Authority {
             &[],
             mtls_verify::RevocationOptions::default(),
         )
-        .map_err(|e| Error::Config(format!("the root certificate: {e}")))?;
+        .map_err(|e| Error::Config(format!("the root certificate: {e}")))?
+        // Renewal is proof of possession of any certificate this CA issued, server ones too.
+        .with_purpose(mtls_verify::Purpose::Any);
         let issuer_info = mtls_ocsp::IssuerInfo::from_der(issuer.der())
             .map_err(|e| Error::Ocsp(e.to_string()))?;
         let responder = match settings.ocsp_signer {

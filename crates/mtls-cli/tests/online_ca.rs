@@ -848,7 +848,7 @@ fn renewal_daemon_keeps_a_gateway_serving() {
             "--resolve",
             &format!("localhost:{}:127.0.0.1", g.port()),
             "--cert",
-            pki.join("issued/client-app.crt").to_str().unwrap(),
+            pki.join("issued/client-app.chain.pem").to_str().unwrap(),
             "--key",
             pki.join("issued/client-app.key").to_str().unwrap(),
             &g.url(path),
@@ -871,12 +871,14 @@ fn renewal_daemon_keeps_a_gateway_serving() {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    let _ = daemon.kill();
     let m = ca::curl(&[&metrics]).1;
+    let _ = daemon.kill();
     let _ = daemon.wait();
+    let log: Vec<String> = rx.try_iter().collect();
     assert!(
         failures.is_empty(),
-        "{requests} requests, failed: {failures:?}"
+        "{requests} requests, failed: {failures:?}\nDAEMON: {log:#?}\nGATEWAY: {:#?}",
+        g.stderr.lock().unwrap()
     );
     assert_ne!(ca::serial_of(&env, &env.path("srv/cert.pem")), first_serial);
     assert!(env.path("hook-ran").exists(), "the hook did not run");

@@ -264,7 +264,7 @@ pub enum InputError {
 /// The outcome: `Ok(Ok(chain))` valid, `Ok(Err(rejection))` invalid, `Err(_)` bad input.
 pub type Outcome = Result<Result<VerifiedChain, Rejection>, InputError>;
 
-struct AnyEku;
+pub(crate) struct AnyEku;
 impl ExtendedKeyUsageValidator for AnyEku {
     fn validate(&self, iter: KeyPurposeIdIter<'_, '_>) -> Result<(), webpki::Error> {
         for id in iter {

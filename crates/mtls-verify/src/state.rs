@@ -56,6 +56,7 @@ pub struct TrustState {
     crls: HashMap<Vec<u8>, CrlEntry>,
     crl_summaries: Vec<CrlSummary>,
     options: RevocationOptions,
+    purpose: Purpose,
     cache: Mutex<HashMap<[u8; 32], Arc<CachedPath>>>,
 }
 
@@ -201,8 +202,17 @@ impl TrustState {
             crls: index_map,
             crl_summaries,
             options,
+            purpose: Purpose::Client,
             cache: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Validates leaves for `purpose` instead of TLS client authentication (the default). The
+    /// online CA uses [`Purpose::Any`]: a server certificate it issued may authenticate to renew
+    /// itself.
+    pub fn with_purpose(mut self, purpose: Purpose) -> Self {
+        self.purpose = purpose;
+        self
     }
 
     /// The generation number given at construction.
@@ -260,15 +270,16 @@ impl TrustState {
         intermediates: &[CertificateDer<'_>],
         now: OffsetDateTime,
     ) -> Result<CachedPath, Rejection> {
-        leaf_checks(end_entity, Purpose::Client)?;
-        let ee = EndEntityCert::try_from(end_entity)
-            .map_err(|e| Rejection::from_webpki(e, Purpose::Client))?;
+        let purpose = self.purpose;
+        leaf_checks(end_entity, purpose)?;
+        let ee =
+            EndEntityCert::try_from(end_entity).map_err(|e| Rejection::from_webpki(e, purpose))?;
         let secs = u64::try_from(now.unix_timestamp())
             .map_err(|_| Rejection::Other("clock before 1970".into()))?;
         let time = UnixTime::since_unix_epoch(std::time::Duration::from_secs(secs));
         let anchors: Vec<TrustAnchor<'_>> = self.anchors.iter().map(|a| a.anchor.clone()).collect();
-        let path = ee
-            .verify_for_usage(
+        let path = match purpose {
+            Purpose::Client => ee.verify_for_usage(
                 SIGNATURE_ALGORITHMS,
                 &anchors,
                 intermediates,
@@ -276,8 +287,27 @@ impl TrustState {
                 KeyUsage::client_auth(),
                 None,
                 None,
-            )
-            .map_err(|e| Rejection::from_webpki(e, Purpose::Client))?;
+            ),
+            Purpose::Server => ee.verify_for_usage(
+                SIGNATURE_ALGORITHMS,
+                &anchors,
+                intermediates,
+                time,
+                KeyUsage::server_auth(),
+                None,
+                None,
+            ),
+            Purpose::Any => ee.verify_for_usage(
+                SIGNATURE_ALGORITHMS,
+                &anchors,
+                intermediates,
+                time,
+                crate::AnyEku,
+                None,
+                None,
+            ),
+        }
+        .map_err(|e| Rejection::from_webpki(e, purpose))?;
         let used = path.anchor();
         let anchor = self
             .anchors
