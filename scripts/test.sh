@@ -44,6 +44,9 @@ if [ ! -d tests/node/node_modules ]; then
   echo "installing tests/node (npm ci)" >&2
   (cd tests/node && npm ci --no-audit --no-fund)
 fi
+# PostgreSQL for the online-CA tests: a throwaway cluster on 127.0.0.1, run as a non-root user.
+eval "$(bash scripts/pg.sh)"
+export MTLS_TEST_POSTGRES_URL
 export PATH="$(python3 -m site --user-base)/bin:$PATH"
 # pyenv installs console scripts behind shims that need a rehash.
 if need pyenv; then pyenv rehash || true; fi

@@ -306,7 +306,8 @@ pub fn render_metrics(states: &States) -> String {
     let Ok(states) = states.lock() else {
         return out;
     };
-    let series: [(&str, &str, fn(&WatchState) -> Option<f64>); 6] = [
+    type Series = (&'static str, &'static str, fn(&WatchState) -> Option<f64>);
+    let series: [Series; 6] = [
         (
             "mtls_renew_not_after_seconds",
             "notAfter of the current certificate",
