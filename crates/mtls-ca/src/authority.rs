@@ -70,7 +70,10 @@ pub struct PublishedCrl {
 
 struct OcspState {
     issuers: Vec<mtls_ocsp::IssuerInfo>,
-    responder: mtls_ocsp::Responder,
+    /// Replaced before a delegated signer reaches half its life (see [`Authority::responder`]).
+    responder: std::sync::RwLock<Arc<mtls_ocsp::Responder>>,
+    /// Serialises rotations so concurrent requests issue one new signer, not many.
+    rotating: tokio::sync::Mutex<()>,
 }
 
 /// The running CA.
@@ -136,29 +139,8 @@ impl Authority {
                     .map_err(|e| Error::Ocsp(e.to_string()))?
             }
             OcspSigner::Delegated => {
-                let key = mtls_pki::PrivateKey::generate(issuer.key().algorithm())?;
-                // Short-lived: ocsp-nocheck means nobody checks this certificate's revocation.
-                let lifetime: Duration = settings.ocsp_lifetime.saturating_mul(24_i32);
-                let lifetime = lifetime.min(Duration::days(7));
-                let signed = mtls_pki::issue::issue_ocsp_signer(
-                    &issuer,
-                    key.key_pair(),
-                    &Subject::cn(format!("{} OCSP Responder", issuer_cn(&issuer))),
-                    now,
-                    lifetime,
-                )?;
-                record(
-                    &store,
-                    &issuer_key,
-                    &signed,
-                    "ocsp-signer",
-                    IssueKind::Direct,
-                    "ca",
-                    now,
-                )
-                .await?;
-                mtls_ocsp::Responder::new(&issuer_info, signed.der.to_vec(), key)
-                    .map_err(|e| Error::Ocsp(e.to_string()))?
+                new_delegated_responder(&issuer, &issuer_info, &issuer_key, &store, &settings, now)
+                    .await?
             }
         };
         Ok(Authority {
@@ -172,7 +154,8 @@ impl Authority {
             trust: Arc::new(trust),
             ocsp: OcspState {
                 issuers: vec![issuer_info],
-                responder,
+                responder: std::sync::RwLock::new(Arc::new(responder)),
+                rotating: tokio::sync::Mutex::new(()),
             },
             crl: tokio::sync::Mutex::new(None),
             metrics: Metrics::default(),
@@ -624,7 +607,14 @@ impl Authority {
             statuses.push(status);
         }
         let this_update = now.replace_nanosecond(0).unwrap_or(now);
-        match self.ocsp.responder.sign(
+        let responder = match self.responder(now).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "no usable OCSP signer");
+                return mtls_ocsp::error_response(ResponseStatus::TryLater);
+            }
+        };
+        match responder.sign(
             &req,
             &statuses,
             this_update,
@@ -637,10 +627,95 @@ impl Authority {
             }
             Err(e) => {
                 tracing::error!(error = %e, "signing an OCSP response failed");
-                mtls_ocsp::error_response(ResponseStatus::InternalError)
+                mtls_ocsp::error_response(e.response_status())
             }
         }
     }
+}
+
+impl Authority {
+    fn current_responder(&self) -> Option<Arc<mtls_ocsp::Responder>> {
+        self.ocsp.responder.read().ok().map(|r| r.clone())
+    }
+
+    /// The OCSP responder, replacing a delegated signer that has passed half its life (it
+    /// carries ocsp-nocheck, so it is kept short-lived instead of being revocable).
+    pub async fn responder(&self, now: OffsetDateTime) -> Result<Arc<mtls_ocsp::Responder>, Error> {
+        let due = |r: &mtls_ocsp::Responder| {
+            r.is_delegated()
+                && now >= r.signer_not_after() - delegated_lifetime(&self.settings) / 2_i32
+        };
+        let current = self
+            .current_responder()
+            .ok_or_else(|| Error::Ocsp("responder lock poisoned".into()))?;
+        if !due(&current) {
+            return Ok(current);
+        }
+        let _guard = self.ocsp.rotating.lock().await;
+        if let Some(r) = self.current_responder() {
+            if !due(&r) {
+                return Ok(r);
+            }
+        }
+        let info = self
+            .ocsp
+            .issuers
+            .first()
+            .ok_or_else(|| Error::Ocsp("no issuer".into()))?;
+        let fresh = Arc::new(
+            new_delegated_responder(
+                &self.issuer,
+                info,
+                &self.issuer_key,
+                &self.store,
+                &self.settings,
+                now,
+            )
+            .await?,
+        );
+        if let Ok(mut w) = self.ocsp.responder.write() {
+            *w = fresh.clone();
+        }
+        tracing::info!(not_after = %fresh.signer_not_after(), "rotated the OCSP signing certificate");
+        Ok(fresh)
+    }
+}
+
+/// Lifetime of a delegated OCSP signer: a day's worth of responses, at most a week.
+fn delegated_lifetime(settings: &Settings) -> Duration {
+    let l: Duration = settings.ocsp_lifetime.saturating_mul(24_i32);
+    l.min(Duration::days(7))
+}
+
+async fn new_delegated_responder(
+    issuer: &CaCert,
+    info: &mtls_ocsp::IssuerInfo,
+    issuer_key: &str,
+    store: &Store,
+    settings: &Settings,
+    now: OffsetDateTime,
+) -> Result<mtls_ocsp::Responder, Error> {
+    let key = mtls_pki::PrivateKey::generate(issuer.key().algorithm())?;
+    let signed = mtls_pki::issue::issue_ocsp_signer(
+        issuer,
+        key.key_pair(),
+        &Subject::cn(format!("{} OCSP Responder", issuer_cn(issuer))),
+        now,
+        delegated_lifetime(settings),
+    )?;
+    // Recorded like every certificate this CA signs.
+    record(
+        store,
+        issuer_key,
+        &signed,
+        "ocsp-signer",
+        IssueKind::Direct,
+        "ca",
+        now,
+    )
+    .await?;
+    mtls_ocsp::Responder::new(info, signed.der.to_vec(), key)
+        .map_err(|e| Error::Ocsp(e.to_string()))
 }
 
 fn issuer_cn(ca: &CaCert) -> String {

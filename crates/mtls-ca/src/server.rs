@@ -10,7 +10,6 @@ use std::time::Duration;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
@@ -48,22 +47,62 @@ impl Running {
     }
 }
 
-/// Starts the CA: HTTPS on `listen` with `server_chain`/`server_key`, and plain HTTP for
-/// publication on `publish` if given.
+/// The CA's own TLS certificate, issued by itself at start-up and replaced in place (no
+/// restart, no dropped connections) once two thirds of its life have passed.
+#[derive(Debug)]
+struct OwnCertificate {
+    current: arc_swap::ArcSwap<mtls_tls::Credential>,
+}
+
+impl rustls::server::ResolvesServerCert for OwnCertificate {
+    fn resolve(
+        &self,
+        _: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current.load().certified.clone())
+    }
+}
+
+async fn own_credential(ca: &Authority, names: &[String]) -> Result<mtls_tls::Credential, Error> {
+    let now = OffsetDateTime::now_utc();
+    let (key, chain) = ca.issue_server_credential(names, now).await?;
+    mtls_tls::credential_from_parts(chain, &key, now).map_err(Error::Config)
+}
+
+async fn rotate_own_certificate(ca: Arc<Authority>, names: Vec<String>, own: Arc<OwnCertificate>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        let not_after = own.current.load().not_after;
+        // 30-day certificates: renew with 10 days left.
+        if OffsetDateTime::now_utc() < not_after - time::Duration::days(10) {
+            continue;
+        }
+        match own_credential(&ca, &names).await {
+            Ok(c) => {
+                tracing::info!(not_after = %c.not_after, "renewed the CA's TLS certificate");
+                own.current.store(Arc::new(c));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "renewing the CA's TLS certificate failed; retrying")
+            }
+        }
+    }
+}
+
+/// Starts the CA: HTTPS on `listen` with a server certificate for `names` that it issues (and
+/// renews) itself, and plain HTTP for publication on `publish` if given.
 pub async fn serve(
     ca: Arc<Authority>,
     listen: SocketAddr,
     publish: Option<SocketAddr>,
-    server_chain: Vec<CertificateDer<'static>>,
-    server_key: &mtls_pki::PrivateKey,
+    names: Vec<String>,
 ) -> Result<Running, Error> {
-    let credential =
-        mtls_tls::credential_from_parts(server_chain, server_key, OffsetDateTime::now_utc())
-            .map_err(Error::Config)?;
-    let resolver = mtls_tls::SniResolver::new(std::slice::from_ref(&credential))
-        .ok_or_else(|| Error::Config("no server certificate".into()))?;
+    let own = Arc::new(OwnCertificate {
+        current: arc_swap::ArcSwap::from_pointee(own_credential(&ca, &names).await?),
+    });
+    let resolver = own.clone();
     let verifier = mtls_tls::client_verifier(ca.trust().clone(), false);
-    let mut config = mtls_tls::server_config(Arc::new(resolver), verifier, &[b"h2", b"http/1.1"])?;
+    let mut config = mtls_tls::server_config(resolver, verifier, &[b"h2", b"http/1.1"])?;
     // Renewal and revocation are authorised by the certificate of *this* handshake: no
     // resumption, so a revoked client cannot ride an old session.
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
@@ -87,6 +126,7 @@ pub async fn serve(
         ca.clone(),
         rx.clone(),
     ))];
+    tasks.push(tokio::spawn(rotate_own_certificate(ca.clone(), names, own)));
     let mut publish_addr = None;
     if let Some(p) = publish {
         let l = TcpListener::bind(p).await.map_err(|source| Error::Listen {

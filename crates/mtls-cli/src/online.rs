@@ -86,10 +86,9 @@ pub fn serve(a: ServeArgs) -> Result<ExitCode> {
             now(),
         )
         .await?;
-        let (key, chain) = ca.issue_server_credential(&names, now()).await?;
         let fp = mtls_pki::inspect::sha256_hex(ca.root());
         let ca = Arc::new(ca);
-        let running = mtls_ca::serve(ca, config.listen, config.publish_listen, chain, &key).await?;
+        let running = mtls_ca::serve(ca, config.listen, config.publish_listen, names).await?;
         eprintln!("mtls ca: listening on https://{}", running.addr);
         if let Some(p) = running.publish_addr {
             eprintln!("mtls ca: CRL and OCSP on http://{p}");

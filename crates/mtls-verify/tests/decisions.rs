@@ -262,6 +262,35 @@ mod trust_state {
     }
 
     #[test]
+    fn purpose_any_accepts_server_certificates_client_purpose_does_not() {
+        let pki = TestPki::new("t");
+        let server = pki.server(&["api.example.com"]);
+        let client = pki.client("c");
+        let inter = [pki.intermediate_der()];
+        let strict = state(&pki, &[]);
+        assert_eq!(
+            strict
+                .verify_client(&server.cert.der, &inter, now())
+                .unwrap_err(),
+            Rejection::MissingClientAuth
+        );
+        let any = state(&pki, &[]).with_purpose(mtls_verify::Purpose::Any);
+        let peer = any.verify_client(&server.cert.der, &inter, now()).unwrap();
+        assert_eq!(peer.dns, ["api.example.com"]);
+        any.verify_client(&client.cert.der, &inter, now()).unwrap();
+        // Everything else is still checked.
+        let other = TestPki::new("other").client("x");
+        assert_eq!(
+            any.verify_client(&other.cert.der, &[], now()).unwrap_err(),
+            Rejection::UnknownIssuer
+        );
+        assert!(matches!(
+            any.verify_client(&server.cert.der, &inter, now() + Duration::days(400)),
+            Err(Rejection::Expired { .. })
+        ));
+    }
+
+    #[test]
     fn revocation_is_checked_for_cached_and_uncached_paths() {
         let pki = TestPki::new("t");
         let bad = pki.client("bad");
