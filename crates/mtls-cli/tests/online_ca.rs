@@ -122,6 +122,68 @@ fn lifecycle(database: Option<&str>) {
     let o = ca::ocsp(&env, &server, &issuer, &cert);
     assert!(o.contains("Response verify OK"), "{o}");
     assert!(o.contains(": good"), "{o}");
+    // openssl sends a nonce and complains when it is not echoed.
+    assert!(!o.contains("WARNING"), "{o}");
+    // The same question as an RFC 6960 GET, with cache headers.
+    let req = env.path("req.der");
+    env.openssl(&[
+        "ocsp",
+        "-issuer",
+        issuer.to_str().unwrap(),
+        "-cert",
+        cert.to_str().unwrap(),
+        "-no_nonce",
+        "-reqout",
+        req.to_str().unwrap(),
+    ])
+    .ok();
+    let b64 = String::from_utf8(
+        std::process::Command::new("base64")
+            .args(["-w0"])
+            .arg(&req)
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let encoded = b64
+        .replace('+', "%2B")
+        .replace('/', "%2F")
+        .replace('=', "%3D");
+    let resp = env.path("resp.der");
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-D", "-", "-o"])
+        .arg(&resp)
+        .arg(server.publish(&format!("/ocsp/{encoded}")))
+        .output()
+        .unwrap();
+    let headers = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(
+        headers.contains("content-type: application/ocsp-response"),
+        "{headers}"
+    );
+    assert!(
+        headers.contains("cache-control: public, max-age="),
+        "{headers}"
+    );
+    let r = env.openssl(&[
+        "ocsp",
+        "-respin",
+        resp.to_str().unwrap(),
+        "-reqin",
+        req.to_str().unwrap(),
+        "-issuer",
+        issuer.to_str().unwrap(),
+        "-cert",
+        cert.to_str().unwrap(),
+        "-CAfile",
+        env.p("pki/root.crt").as_str(),
+    ]);
+    let all = format!("{}{}", r.stdout, r.stderr);
+    assert!(
+        all.contains("Response verify OK") && all.contains(": good"),
+        "{all}"
+    );
 
     // Renew over mTLS with the current certificate.
     let old_serial = ca::serial_of(&env, &cert);
@@ -225,7 +287,11 @@ fn lifecycle(database: Option<&str>) {
     ]);
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("revoked"), "{}", r.stderr);
-    // Every issuance and revocation is in the inventory's audit log.
+    let (status, metrics) = ca::curl(&[&server.publish("/metrics")]);
+    assert_eq!(status, 200);
+    assert!(metrics.contains("mtls_ca_enrolled_total 1"), "{metrics}");
+    assert!(metrics.contains("mtls_ca_renewed_total 1"), "{metrics}");
+    assert!(metrics.contains("mtls_ca_revoked_total 1"), "{metrics}");
     drop(g);
 }
 
@@ -238,6 +304,14 @@ fn lifecycle_sqlite() {
 fn lifecycle_postgres() {
     let db = ca::fresh_pg_database();
     lifecycle(Some(&db));
+    // Who did what, when: every issuance, renewal, revocation, token and CRL is audited.
+    let actions = ca::psql(
+        &db,
+        "SELECT string_agg(DISTINCT action, ',' ORDER BY action) FROM audit",
+    );
+    assert_eq!(actions, "crl,enroll,issue,renew,revoke,token");
+    let holder = ca::psql(&db, "SELECT actor FROM audit WHERE action = 'revoke'");
+    assert!(holder.starts_with("holder:"), "{holder}");
 }
 
 fn post_json(
@@ -498,9 +572,25 @@ fn bad_tokens_csrs_and_renewals_are_refused() {
 fn expired_certificates_cannot_renew() {
     let env = Env::new();
     env.mtls(&["ca", "init"]).ok();
-    let server = CaServer::start(&env, "ca", None, "leaf_lifetime = \"3s\"\n");
+    let server = CaServer::start(
+        &env,
+        "ca",
+        None,
+        "leaf_lifetime = \"3s\"\nocsp_signer = \"issuer\"\n",
+    );
     let t = ca::token(&env, "short", &[], None);
     ca::enroll(&env, &server, &t, "s", &[]).ok();
+    // OCSP signed by the issuing CA itself (no delegated signer) verifies too.
+    let o = ca::ocsp(
+        &env,
+        &server,
+        &env.pki().join("intermediate.crt"),
+        &env.path("s/cert.pem"),
+    );
+    assert!(
+        o.contains("Response verify OK") && o.contains(": good"),
+        "{o}"
+    );
     std::thread::sleep(Duration::from_millis(3500));
     // The CLI refuses before sending anything…
     let r = env.mtls(&[
