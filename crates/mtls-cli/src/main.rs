@@ -31,6 +31,11 @@ pub(crate) struct Cli {
     #[arg(long, global = true, env = "MTLS_PKI_DIR", default_value = "pki")]
     pki: PathBuf,
 
+    /// Inventory database: a PostgreSQL URL (postgres://user@host/db) shared with online CA
+    /// instances, or an SQLite path. Default: inventory.db in the PKI directory.
+    #[arg(long, global = true, env = "MTLS_DATABASE")]
+    database: Option<String>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -132,6 +137,7 @@ impl std::fmt::Display for UsageError {
 impl std::error::Error for UsageError {}
 
 pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
+    let _ = pkidir::DATABASE.set(cli.database.clone());
     match cli.command {
         Command::Ca(c) => ca::run(&cli.pki, c),
         Command::Issue(c) => issuing::issue(&cli.pki, c),

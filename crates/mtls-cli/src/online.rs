@@ -39,14 +39,16 @@ fn location(pki: &Path, database: Option<&str>) -> Result<Location> {
     }
 }
 
+/// The global `--database` / `MTLS_DATABASE`.
+fn global_database() -> Option<String> {
+    crate::pkidir::DATABASE.get().cloned().flatten()
+}
+
 #[derive(Args)]
 pub struct ServeArgs {
     /// The CA configuration file (TOML; see the README).
     #[arg(long)]
     config: PathBuf,
-    /// Inventory database, overriding the file: a path or postgres://user@host/db.
-    #[arg(long, env = "MTLS_DATABASE")]
-    database: Option<String>,
     #[command(flatten)]
     ca_key: CaKeyArgs,
 }
@@ -67,7 +69,8 @@ pub fn serve(a: ServeArgs) -> Result<ExitCode> {
         .into_iter()
         .next()
         .context("root.crt holds no certificate")?;
-    let database = a.database.clone().or(config.database.clone());
+    // --database / MTLS_DATABASE override the file.
+    let database = global_database().or(config.database.clone());
     let loc = location(&pki, database.as_deref())?;
     let names = if config.server_names.is_empty() {
         vec!["localhost".to_string(), config.listen.ip().to_string()]
@@ -115,9 +118,6 @@ pub struct TokenArgs {
     /// How long the token stays usable.
     #[arg(long, default_value = "10m")]
     ttl: String,
-    /// Inventory database: a path or postgres://user@host/db (default: the PKI's inventory).
-    #[arg(long, env = "MTLS_DATABASE")]
-    database: Option<String>,
 }
 
 pub fn token(pki: &Path, a: TokenArgs) -> Result<ExitCode> {
@@ -126,7 +126,7 @@ pub fn token(pki: &Path, a: TokenArgs) -> Result<ExitCode> {
         .parse()
         .map_err(|e: mtls_pki::Error| UsageError(e.to_string()))?;
     let ttl = mtls_ca::parse_duration(&a.ttl).map_err(UsageError)?;
-    let loc = location(pki, a.database.as_deref())?;
+    let loc = location(pki, global_database().as_deref())?;
     let (token, expires) = runtime()?.block_on(async move {
         let store = Store::open(&loc).await.context("opening the inventory")?;
         mtls_ca::authority::mint_token(

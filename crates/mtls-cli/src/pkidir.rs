@@ -1,9 +1,13 @@
 //! The PKI directory layout and loading of the issuing CA.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use anyhow::{Context, Result};
-use mtls_pki::{files, CaCert, PrivateKey};
+use mtls_pki::revocation::{RevocationReason, RevokedEntry};
+use mtls_pki::{files, CaCert, PrivateKey, Serial};
+use mtls_store::{CertificateRecord, ListFilter, Location, NewCertificate, Store};
+use time::OffsetDateTime;
 
 use crate::secrets::Source;
 
@@ -44,15 +48,33 @@ impl PkiDir {
         self.dir.join("issued")
     }
 
+    /// Where the inventory is: `--database` / `MTLS_DATABASE` (a PostgreSQL URL shared with
+    /// online CA instances, or a path), else `inventory.db` in the PKI directory.
+    pub fn location(&self) -> Result<Location> {
+        match DATABASE.get().and_then(Option::as_deref) {
+            Some(d) => Ok(d
+                .parse()
+                .map_err(|e: mtls_store::Error| crate::UsageError(e.to_string()))?),
+            None => Ok(Location::Sqlite(self.inventory())),
+        }
+    }
+
     /// Opens the inventory, failing with a hint when the PKI was never initialised.
-    pub fn open_inventory(&self) -> Result<mtls_store::Inventory> {
+    pub fn open_inventory(&self) -> Result<Inventory> {
         if !self.intermediate_cert().exists() {
             anyhow::bail!(
                 "no CA in {} (run `mtls ca init` first, or pass --pki DIR / set MTLS_PKI_DIR)",
                 self.dir.display()
             );
         }
-        Ok(mtls_store::Inventory::open(&self.inventory())?)
+        let location = self.location()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let store = rt
+            .block_on(Store::open(&location))
+            .context("opening the inventory")?;
+        Ok(Inventory { rt, store })
     }
 
     /// Loads the intermediate CA that signs leaves and CRLs.
@@ -88,4 +110,66 @@ pub fn load_key(path: &Path, passphrase: &Source<'_>) -> Result<PrivateKey> {
     };
     PrivateKey::from_pem_or_der(&bytes, pass.as_deref().map(|p| p.as_slice()))
         .with_context(|| format!("loading private key {}", path.display()))
+}
+
+/// The global `--database` option, set once by `main`.
+pub static DATABASE: OnceLock<Option<String>> = OnceLock::new();
+
+/// The inventory for the synchronous commands: the same [`Store`] the online CA uses, so an
+/// offline `mtls issue` or `mtls revoke` lands in the shared PostgreSQL inventory too.
+pub struct Inventory {
+    rt: tokio::runtime::Runtime,
+    store: Store,
+}
+
+impl Inventory {
+    pub fn list(&self, filter: &ListFilter, at: OffsetDateTime) -> Result<Vec<CertificateRecord>> {
+        Ok(self.rt.block_on(self.store.list(filter, at))?)
+    }
+    pub fn revoke(
+        &mut self,
+        serial: &Serial,
+        reason: Option<RevocationReason>,
+        actor: &str,
+        now: OffsetDateTime,
+    ) -> Result<CertificateRecord> {
+        Ok(self
+            .rt
+            .block_on(self.store.revoke(serial, None, reason, actor, now))?)
+    }
+    pub fn revoked_entries(&self, issuer_key: &str) -> Result<Vec<RevokedEntry>> {
+        Ok(self.rt.block_on(self.store.revoked_entries(issuer_key))?)
+    }
+    pub fn next_crl_number(
+        &mut self,
+        issuer_key: &str,
+        actor: &str,
+        at: OffsetDateTime,
+    ) -> Result<u64> {
+        Ok(self
+            .rt
+            .block_on(self.store.next_crl_number(issuer_key, actor, at))?)
+    }
+    pub fn record_issued(
+        &mut self,
+        cert: &NewCertificate<'_>,
+        actor: &str,
+        now: OffsetDateTime,
+    ) -> Result<(), mtls_store::Error> {
+        let owned = mtls_store::CertificateToRecord {
+            serial: cert.serial.clone(),
+            issuer_key: cert.issuer_key.to_string(),
+            subject: cert.subject.to_string(),
+            sans: cert.sans.to_vec(),
+            profile: cert.profile.to_string(),
+            not_before: cert.not_before,
+            not_after: cert.not_after,
+            fingerprint: cert.fingerprint.to_string(),
+            pem: cert.pem.to_string(),
+        };
+        self.rt.block_on(
+            self.store
+                .record_issued(owned, mtls_store::IssueKind::Direct, actor, now),
+        )
+    }
 }

@@ -300,6 +300,43 @@ fn lifecycle_sqlite() {
     lifecycle(None);
 }
 
+/// Offline commands (`--database`) and the online CA share one PostgreSQL inventory: an offline
+/// issuance is listed, an offline revocation is in the CA's OCSP answer at once.
+#[test]
+fn offline_commands_share_the_postgres_inventory() {
+    let db = ca::fresh_pg_database();
+    let env = Env::new();
+    env.mtls(&["ca", "init", "--database", &db]).ok();
+    let server = CaServer::start(&env, "ca", Some(&db), "");
+    env.mtls(&["--database", &db, "issue", "client", "offline-app"])
+        .ok();
+    let n = ca::psql(
+        &db,
+        "SELECT count(*) FROM certificates WHERE subject LIKE '%offline-app%'",
+    );
+    assert_eq!(n, "1");
+    let listed = env.mtls(&["--database", &db, "list", "--json"]).ok().stdout;
+    assert!(listed.contains("offline-app"), "{listed}");
+    let cert = env.pki().join("issued/offline-app.crt");
+    let o = ca::ocsp(&env, &server, &env.pki().join("intermediate.crt"), &cert);
+    assert!(o.contains(": good"), "{o}");
+    env.mtls_env(
+        &[
+            "revoke",
+            "--cert",
+            cert.to_str().unwrap(),
+            "--reason",
+            "superseded",
+        ],
+        &[("MTLS_DATABASE", &db)],
+    )
+    .ok();
+    let o = ca::ocsp(&env, &server, &env.pki().join("intermediate.crt"), &cert);
+    assert!(o.contains(": revoked") && o.contains("superseded"), "{o}");
+    // Nothing went to a local SQLite file.
+    assert!(!env.pki().join("inventory.db").exists());
+}
+
 #[test]
 fn lifecycle_postgres() {
     let db = ca::fresh_pg_database();
