@@ -1022,3 +1022,60 @@ fn renewal_daemon_keeps_a_gateway_serving() {
     let _ = fp;
     let _ = first_expiry;
 }
+
+/// Key rotation replaces certificate and key in one atomic rename, so it needs a combined file.
+#[test]
+fn renewal_with_a_new_key_uses_one_combined_file() {
+    let env = Env::new();
+    env.mtls(&["ca", "init"]).ok();
+    let server = CaServer::start(&env, "ca", None, "");
+    let t = ca::token(&env, "rotating", &[], None);
+    ca::enroll(&env, &server, &t, "r", &[]).ok();
+    let (cert, key) = (env.p("r/cert.pem"), env.p("r/key.pem"));
+    let r = env.mtls(&[
+        "renew",
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        "--ca-url",
+        &server.url(),
+        "--rotate-key",
+    ]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("combined file"), "{}", r.stderr);
+    let combined = env.path("r/combined.pem");
+    let mut both = env.read("r/cert.pem");
+    both.extend(env.read("r/key.pem"));
+    std::fs::write(&combined, both).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&combined, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let c = combined.to_str().unwrap();
+    let pubkey = |path: &str, what: &str| -> String {
+        let args: Vec<&str> = if what == "cert" {
+            vec!["x509", "-in", path, "-noout", "-pubkey"]
+        } else {
+            vec!["pkey", "-in", path, "-pubout"]
+        };
+        env.openssl(&args).ok().stdout
+    };
+    let before = pubkey(c, "key");
+    env.mtls(&[
+        "renew",
+        "--cert",
+        c,
+        "--key",
+        c,
+        "--ca-url",
+        &server.url(),
+        "--rotate-key",
+        "--ca-root",
+        &env.p("r/ca.crt"),
+    ])
+    .ok();
+    let after = pubkey(c, "key");
+    assert_ne!(before, after, "a new key was generated");
+    assert_eq!(pubkey(c, "cert"), after, "certificate and key match");
+    let mode = std::fs::metadata(&combined).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
