@@ -76,6 +76,12 @@ pub struct GatewayArgs {
     /// CRL files (PEM or DER); reloaded on change.
     #[arg(long)]
     crl: Vec<PathBuf>,
+    /// Keep the first --crl file current from this distribution point (http://…/v1/crl).
+    #[arg(long, requires = "crl")]
+    crl_url: Option<String>,
+    /// How often to refresh --crl-url.
+    #[arg(long, default_value = "5m")]
+    crl_refresh: String,
     /// Admin listener for /metrics and /healthz.
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
@@ -123,6 +129,15 @@ fn config_from_flags(a: &GatewayArgs) -> Result<GatewayConfig> {
             }],
             client_ca: a.client_ca.clone(),
             crl: a.crl.clone(),
+            crl_fetch: match (&a.crl_url, a.crl.first()) {
+                (Some(url), Some(file)) => vec![mtls_gateway::config::CrlFetchConfig {
+                    url: url.clone(),
+                    file: file.clone(),
+                    every: mtls_gateway::config::parse_duration(&a.crl_refresh)
+                        .map_err(UsageError)?,
+                }],
+                _ => Vec::new(),
+            },
             client_auth,
             policy: Policy {
                 allow_any_trusted: a.allow_any_trusted,
@@ -352,6 +367,7 @@ pub fn quickstart(a: QuickstartArgs) -> Result<ExitCode> {
                 }],
                 client_ca: vec![pki.join("ca-chain.pem")],
                 crl: vec![pki.join("crl.pem")],
+                crl_fetch: Vec::new(),
                 client_auth: ClientAuth::Required,
                 policy: Policy {
                     allow_any_trusted: true,

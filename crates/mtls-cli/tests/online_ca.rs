@@ -13,6 +13,10 @@ use common::gw::{Gateway, Upstream};
 use common::Env;
 
 fn gateway(env: &Env, up: &Upstream) -> Gateway {
+    gateway_with(env, up, &[])
+}
+
+fn gateway_with(env: &Env, up: &Upstream, extra: &[&str]) -> Gateway {
     env.mtls(&["issue", "server", "localhost", "127.0.0.1"])
         .ok();
     let pki = env.pki();
@@ -31,6 +35,7 @@ fn gateway(env: &Env, up: &Upstream) -> Gateway {
         "client-app",
     ]
     .iter()
+    .chain(extra)
     .map(|s| s.to_string())
     .collect();
     Gateway::start(&args)
@@ -112,8 +117,24 @@ fn lifecycle(database: Option<&str>) {
     );
 
     // The enrolled certificate works against the gateway.
+    // The gateway keeps the CA's CRL current from the distribution point.
     let up = Upstream::start();
-    let g = gateway(&env, &up);
+    let crl_file = env.p("gw-crl.pem");
+    let crl_url = server.publish("/v1/crl");
+    let g = gateway_with(
+        &env,
+        &up,
+        &[
+            "--client-ca",
+            env.p("pki/intermediate.crt").as_str(),
+            "--crl",
+            &crl_file,
+            "--crl-url",
+            &crl_url,
+            "--crl-refresh",
+            "1s",
+        ],
+    );
     let (status, body) = gw_get(&env, &g, "client");
     assert_eq!(status, 200, "{body}");
 
@@ -287,6 +308,16 @@ fn lifecycle(database: Option<&str>) {
     ]);
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("revoked"), "{}", r.stderr);
+    // The gateway picks the revocation up from the CA's CRL and refuses the client.
+    let mut refused = false;
+    for _ in 0..40 {
+        if gw_get(&env, &g, "client").0 != 200 {
+            refused = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(refused, "the gateway still accepts the revoked client");
     let (status, metrics) = ca::curl(&[&server.publish("/metrics")]);
     assert_eq!(status, 200);
     assert!(metrics.contains("mtls_ca_enrolled_total 1"), "{metrics}");

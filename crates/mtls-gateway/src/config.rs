@@ -66,6 +66,23 @@ pub struct RouteConfig {
     pub policy: Policy,
 }
 
+/// A CRL downloaded from the CA (`[[listener.crl_fetch]]`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrlFetchConfig {
+    /// `http://…` distribution point (the CA's `/v1/crl`).
+    pub url: String,
+    /// Where the verified CRL is written (also listed in `crl`).
+    pub file: PathBuf,
+    /// How often to refresh (default 5m).
+    #[serde(with = "duration", default = "default_crl_every")]
+    pub every: Duration,
+}
+
+fn default_crl_every() -> Duration {
+    Duration::from_secs(300)
+}
+
 /// One listening socket.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -93,6 +110,9 @@ pub struct ListenerConfig {
     pub client_ca: Vec<PathBuf>,
     #[serde(default)]
     pub crl: Vec<PathBuf>,
+    /// CRLs kept current from a distribution point; each `file` must also be listed in `crl`.
+    #[serde(default)]
+    pub crl_fetch: Vec<CrlFetchConfig>,
     #[serde(default)]
     pub client_auth: ClientAuth,
     #[serde(default)]
@@ -202,6 +222,9 @@ impl GatewayConfig {
                 fix(&mut c.key);
             }
             l.crl.iter_mut().for_each(fix);
+            for f in &mut l.crl_fetch {
+                fix(&mut f.file);
+            }
             for c in &mut l.certificates {
                 fix(&mut c.cert);
                 fix(&mut c.key);
@@ -244,6 +267,14 @@ impl GatewayConfig {
             }
             if l.upstream.starts_with("https://") && l.upstream_ca.is_empty() {
                 return e("an https:// upstream needs upstream_ca (the CAs that verify it)");
+            }
+            for f in &l.crl_fetch {
+                if !f.url.starts_with("http://") {
+                    return e("crl_fetch url must be an http:// distribution point");
+                }
+                if !l.crl.contains(&f.file) {
+                    return e("each crl_fetch file must also be listed in crl");
+                }
             }
             if self.limits.max_header_bytes < 8192 {
                 return e("limits.max_header_bytes must be at least 8192");

@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod crl_fetch;
 pub mod http;
 pub mod identity;
 pub mod metrics;

@@ -23,6 +23,8 @@ pub struct Metrics {
     pub upstream_errors: AtomicU64,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
+    pub crl_fetches_ok: AtomicU64,
+    pub crl_fetches_failed: AtomicU64,
     pub connections_refused: AtomicU64,
     latency_buckets: [AtomicU64; BUCKETS.len()],
     latency_count: AtomicU64,
@@ -135,6 +137,18 @@ impl Metrics {
                 "",
                 "",
                 self.reloads_failed.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "mtls_crl_fetches_total{result=\"ok\"}",
+                "counter",
+                "CRL downloads from distribution points.",
+                self.crl_fetches_ok.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "mtls_crl_fetches_total{result=\"failed\"}",
+                "",
+                "",
+                self.crl_fetches_failed.load(Ordering::Relaxed) as f64,
             ),
             (
                 "mtls_connections_refused_total",

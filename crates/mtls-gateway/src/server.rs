@@ -160,6 +160,18 @@ pub async fn start(config: GatewayConfig, config_path: Option<PathBuf>) -> Resul
     let mut shared_all = Vec::new();
     let mut listeners = Vec::new();
     let mut addrs = Vec::new();
+    // A CRL that is fetched must be there before the first load: fetch it now, failing the
+    // start only if there is no previous copy either.
+    for cfg in &config.listeners {
+        for f in &cfg.crl_fetch {
+            if let Err(e) = crate::crl_fetch::fetch_once(f, &cfg.client_ca).await {
+                if !f.file.exists() {
+                    return Err(e);
+                }
+                tracing::warn!(url = %f.url, error = %e, "CRL fetch failed; using the file on disk");
+            }
+        }
+    }
     for cfg in &config.listeners {
         let state = ListenerState::load(cfg, 1, now)?;
         let upstream = upstream_parts(cfg, now)?;
@@ -224,6 +236,15 @@ pub async fn start(config: GatewayConfig, config_path: Option<PathBuf>) -> Resul
             metrics.clone(),
             shutdown_rx.clone(),
         )));
+    }
+    for cfg in &config.listeners {
+        for f in &cfg.crl_fetch {
+            tasks.push(tokio::spawn(crate::crl_fetch::fetch_loop(
+                f.clone(),
+                cfg.client_ca.clone(),
+                metrics.clone(),
+            )));
+        }
     }
     tokio::spawn(reload_loop(
         config.clone(),

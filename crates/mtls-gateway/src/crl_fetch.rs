@@ -1,0 +1,195 @@
+//! Keeps a CRL file current from the CA's distribution point (`[[listener.crl_fetch]]`).
+//!
+//! Each fetch downloads the CRL over plain HTTP (as RFC 5280 distribution points are), checks it
+//! the way a reload would (parses, signed by a CA of the listener's `client_ca`, CRL number) and
+//! only then replaces the file atomically; the file watcher reloads it. A failed fetch leaves the
+//! last good CRL in place — and when that one passes its nextUpdate, verification fails closed
+//! (unless `allow_expired_crl`).
+
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use mtls_pki::files::{self, Visibility};
+use rustls_pki_types::CertificateDer;
+
+use crate::config::CrlFetchConfig;
+use crate::Error;
+
+/// Largest CRL accepted (a million entries is about 36 MB).
+const MAX_CRL_BYTES: usize = 128 << 20;
+const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn roots(client_ca: &[std::path::PathBuf]) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let mut out = Vec::new();
+    for p in client_ca {
+        let bytes = files::read_public(p).map_err(|e| Error::Load(e.to_string()))?;
+        out.extend(
+            mtls_pki::pem_io::certificates(&bytes)
+                .map_err(|e| Error::Load(format!("{}: {e}", p.display())))?,
+        );
+    }
+    Ok(out)
+}
+
+/// Downloads, checks and (if it changed) installs the CRL. Returns whether the file changed.
+pub async fn fetch_once(
+    fetch: &CrlFetchConfig,
+    client_ca: &[std::path::PathBuf],
+) -> Result<bool, Error> {
+    let uri: http::Uri = fetch
+        .url
+        .parse()
+        .map_err(|_| Error::Config(format!("crl_fetch url {:?}", fetch.url)))?;
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let get = async {
+        let resp = client
+            .get(uri)
+            .await
+            .map_err(|e| Error::Io(format!("fetching {}: {e}", fetch.url)))?;
+        if !resp.status().is_success() {
+            return Err(Error::Io(format!(
+                "fetching {}: HTTP {}",
+                fetch.url,
+                resp.status()
+            )));
+        }
+        Limited::new(resp.into_body(), MAX_CRL_BYTES)
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .map_err(|e| Error::Io(format!("reading {}: {e}", fetch.url)))
+    };
+    let body = tokio::time::timeout(FETCH_TIMEOUT, get)
+        .await
+        .map_err(|_| Error::Io(format!("fetching {}: timed out", fetch.url)))??;
+    let crls = mtls_pki::pem_io::crls(&body)
+        .map_err(|e| Error::Load(format!("CRL from {}: {e}", fetch.url)))?;
+    // Exactly what a reload will check: signature by a configured CA, CRL number, extensions.
+    mtls_verify::TrustState::new(0, roots(client_ca)?, &crls, Default::default())
+        .map_err(|e| Error::Load(format!("CRL from {}: {e}", fetch.url)))?;
+    let pem: String = crls
+        .iter()
+        .map(|c| mtls_pki::pem_io::encode("X509 CRL", c))
+        .collect();
+    if std::fs::read(&fetch.file).is_ok_and(|old| old == pem.as_bytes()) {
+        return Ok(false);
+    }
+    write(&fetch.file, pem.as_bytes())?;
+    Ok(true)
+}
+
+fn write(path: &Path, data: &[u8]) -> Result<(), Error> {
+    files::write_atomic(path, data, Visibility::Public, true)
+        .map_err(|e| Error::Io(format!("{}: {e}", path.display())))
+}
+
+/// Refreshes forever; errors are logged and counted, the previous CRL stays.
+pub(crate) async fn fetch_loop(
+    fetch: CrlFetchConfig,
+    client_ca: Vec<std::path::PathBuf>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+) {
+    loop {
+        tokio::time::sleep(fetch.every).await;
+        match fetch_once(&fetch, &client_ca).await {
+            Ok(changed) => {
+                metrics
+                    .crl_fetches_ok
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if changed {
+                    tracing::info!(url = %fetch.url, file = %fetch.file.display(), "installed a new CRL");
+                }
+            }
+            Err(e) => {
+                metrics
+                    .crl_fetches_failed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(url = %fetch.url, error = %e, "CRL fetch failed; keeping the previous CRL");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use mtls_pki::revocation::build_crl;
+    use mtls_test_util::TestPki;
+
+    /// Serves `body` once per request on 127.0.0.1 and returns the URL.
+    async fn serve(body: Vec<u8>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |_req| {
+                        let body = body.clone();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                http_body_util::Full::new(Bytes::from(body)),
+                            ))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        format!("http://{addr}/v1/crl")
+    }
+
+    #[tokio::test]
+    async fn installs_verified_crls_and_refuses_foreign_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = TestPki::new("crl");
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(
+            &ca,
+            format!(
+                "{}{}",
+                mtls_pki::pem_io::encode("CERTIFICATE", &pki.intermediate_der()),
+                mtls_pki::pem_io::encode("CERTIFICATE", &pki.root_der())
+            ),
+        )
+        .unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        let good = build_crl(&pki.intermediate, 1, now, time::Duration::days(1), &[]).unwrap();
+        let file = dir.path().join("crl.pem");
+        let fetch = CrlFetchConfig {
+            url: serve(good.to_vec()).await,
+            file: file.clone(),
+            every: Duration::from_secs(60),
+        };
+        assert!(fetch_once(&fetch, std::slice::from_ref(&ca)).await.unwrap());
+        let installed = std::fs::read(&file).unwrap();
+        assert!(!fetch_once(&fetch, std::slice::from_ref(&ca)).await.unwrap(), "unchanged");
+
+        // A CRL signed by another CA, or garbage, never replaces the good one.
+        let other = TestPki::new("other");
+        let foreign = build_crl(&other.intermediate, 9, now, time::Duration::days(1), &[]).unwrap();
+        for body in [foreign.to_vec(), b"garbage".to_vec()] {
+            let bad = CrlFetchConfig {
+                url: serve(body).await,
+                ..fetch.clone()
+            };
+            assert!(fetch_once(&bad, std::slice::from_ref(&ca)).await.is_err());
+            assert_eq!(std::fs::read(&file).unwrap(), installed);
+        }
+        // An unreachable distribution point is an error, not an empty CRL.
+        let dead = CrlFetchConfig {
+            url: "http://127.0.0.1:9/v1/crl".into(),
+            ..fetch.clone()
+        };
+        assert!(fetch_once(&dead, std::slice::from_ref(&ca)).await.is_err());
+        assert_eq!(std::fs::read(&file).unwrap(), installed);
+    }
+}
