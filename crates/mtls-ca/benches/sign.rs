@@ -404,11 +404,23 @@ fn start_server(location: &Location, dir: &Path) -> (Child, SocketAddr) {
     )
 }
 
-/// Closes the server's stdin (its signal to shut down) and waits for it.
+/// Closes the server's stdin (its signal to shut down) and waits for it (killing it after 15 s).
 fn stop_server(child: &mut Child) {
     drop(child.stdin.take());
-    let status = child.wait().unwrap();
-    assert!(status.success(), "server process: {status}");
+    let deadline = Instant::now() + StdDuration::from_secs(15);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "server process: {status}");
+            return;
+        }
+        if Instant::now() > deadline {
+            eprintln!("sign: the server process did not exit; killing it");
+            let _ = child.kill();
+            let _ = child.wait();
+            return;
+        }
+        std::thread::sleep(StdDuration::from_millis(20));
+    }
 }
 
 async fn connect(addr: SocketAddr, tls: Arc<rustls::ClientConfig>) -> SendRequest<Full<Bytes>> {
@@ -515,16 +527,12 @@ fn server_main() {
         )
         .await
         .unwrap();
-        let (key, chain) = ca
-            .issue_server_credential(&["127.0.0.1".to_string()], now)
-            .await
-            .unwrap();
+        // Issues (and records) the CA's own server certificate for 127.0.0.1.
         mtls_ca::serve(
             Arc::new(ca),
             SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
             None,
-            chain,
-            &key,
+            vec!["127.0.0.1".to_string()],
         )
         .await
         .unwrap()
@@ -535,5 +543,11 @@ fn server_main() {
     // The parent closes our stdin when the run is over.
     let mut sink = Vec::new();
     let _ = std::io::stdin().read_to_end(&mut sink);
-    rt.block_on(running.shutdown());
+    let stopped = rt.block_on(async {
+        tokio::time::timeout(StdDuration::from_secs(5), running.shutdown()).await
+    });
+    if stopped.is_err() {
+        eprintln!("sign: server: Running::shutdown did not return within 5 s; exiting anyway");
+    }
+    rt.shutdown_timeout(StdDuration::from_secs(1));
 }
