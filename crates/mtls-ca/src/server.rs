@@ -69,9 +69,17 @@ async fn own_credential(ca: &Authority, names: &[String]) -> Result<mtls_tls::Cr
     mtls_tls::credential_from_parts(chain, &key, now).map_err(Error::Config)
 }
 
-async fn rotate_own_certificate(ca: Arc<Authority>, names: Vec<String>, own: Arc<OwnCertificate>) {
+async fn rotate_own_certificate(
+    ca: Arc<Authority>,
+    names: Vec<String>,
+    own: Arc<OwnCertificate>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
-        tokio::time::sleep(Duration::from_secs(600)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(600)) => {}
+            _ = shutdown.changed() => return,
+        }
         let not_after = own.current.load().not_after;
         // 30-day certificates: renew with 10 days left.
         if OffsetDateTime::now_utc() < not_after - time::Duration::days(10) {
@@ -126,7 +134,12 @@ pub async fn serve(
         ca.clone(),
         rx.clone(),
     ))];
-    tasks.push(tokio::spawn(rotate_own_certificate(ca.clone(), names, own)));
+    tasks.push(tokio::spawn(rotate_own_certificate(
+        ca.clone(),
+        names,
+        own,
+        rx.clone(),
+    )));
     let mut publish_addr = None;
     if let Some(p) = publish {
         let l = TcpListener::bind(p).await.map_err(|source| Error::Listen {

@@ -684,6 +684,8 @@ fn expired_certificates_cannot_renew() {
         "{resp}"
     );
     assert!(resp.contains("enroll again with a new token"), "{resp}");
+    // And the service stops cleanly on SIGTERM.
+    assert!(server.terminate().success());
 }
 
 fn base64_decode(s: &str) -> Vec<u8> {

@@ -171,7 +171,10 @@ mod tests {
         };
         assert!(fetch_once(&fetch, std::slice::from_ref(&ca)).await.unwrap());
         let installed = std::fs::read(&file).unwrap();
-        assert!(!fetch_once(&fetch, std::slice::from_ref(&ca)).await.unwrap(), "unchanged");
+        assert!(
+            !fetch_once(&fetch, std::slice::from_ref(&ca)).await.unwrap(),
+            "unchanged"
+        );
 
         // A CRL signed by another CA, or garbage, never replaces the good one.
         let other = TestPki::new("other");

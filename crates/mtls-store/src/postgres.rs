@@ -11,10 +11,13 @@ use std::time::Duration;
 
 use mtls_pki::revocation::{RevocationReason, RevokedEntry};
 use mtls_pki::Serial;
+use std::collections::HashMap;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, Mutex};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, GenericClient, NoTls, Row};
+
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls, Row, Statement};
 
 use crate::batch::{fail_all, Job, WriteOp, WriteResult, MAX_BATCH};
 use crate::{
@@ -116,6 +119,73 @@ pub(crate) async fn connect(url: &str) -> Result<Client> {
     Ok(client)
 }
 
+/// A connection and its prepared statements: `query(&str)` would prepare the statement again
+/// on every call, doubling the round trips.
+pub(crate) struct Conn {
+    client: Client,
+    statements: std::sync::Mutex<HashMap<String, Statement>>,
+}
+
+impl Conn {
+    pub(crate) fn new(client: Client) -> Self {
+        Conn {
+            client,
+            statements: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    async fn prepared(&self, sql: &str) -> std::result::Result<Statement, tokio_postgres::Error> {
+        if let Some(st) = self
+            .statements
+            .lock()
+            .ok()
+            .and_then(|m| m.get(sql).cloned())
+        {
+            return Ok(st);
+        }
+        let st = self.client.prepare(sql).await?;
+        if let Ok(mut m) = self.statements.lock() {
+            m.insert(sql.to_string(), st.clone());
+        }
+        Ok(st)
+    }
+
+    async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> std::result::Result<Vec<Row>, tokio_postgres::Error> {
+        let st = self.prepared(sql).await?;
+        self.client.query(&st, params).await
+    }
+
+    async fn query_opt(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> std::result::Result<Option<Row>, tokio_postgres::Error> {
+        let st = self.prepared(sql).await?;
+        self.client.query_opt(&st, params).await
+    }
+
+    async fn query_one(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> std::result::Result<Row, tokio_postgres::Error> {
+        let st = self.prepared(sql).await?;
+        self.client.query_one(&st, params).await
+    }
+
+    async fn batch_execute(&self, sql: &str) -> std::result::Result<(), tokio_postgres::Error> {
+        self.client.batch_execute(sql).await
+    }
+}
+
 pub(crate) async fn create_schema(client: &Client) -> Result<()> {
     deadline(
         "create the schema",
@@ -157,18 +227,18 @@ fn record(row: &Row, now: OffsetDateTime) -> Result<CertificateRecord> {
 /// The read side: one shared, pipelined connection, re-established when it breaks.
 pub(crate) struct Reader {
     url: String,
-    client: Mutex<Option<Arc<Client>>>,
+    client: Mutex<Option<Arc<Conn>>>,
 }
 
 impl Reader {
     pub(crate) fn new(url: String, client: Client) -> Self {
         Reader {
             url,
-            client: Mutex::new(Some(Arc::new(client))),
+            client: Mutex::new(Some(Arc::new(Conn::new(client)))),
         }
     }
 
-    async fn client(&self) -> Result<Arc<Client>> {
+    async fn client(&self) -> Result<Arc<Conn>> {
         let mut guard = self.client.lock().await;
         if let Some(c) = guard.as_ref() {
             if !c.is_closed() {
@@ -176,7 +246,7 @@ impl Reader {
             }
         }
         *guard = None;
-        let c = Arc::new(connect(&self.url).await?);
+        let c = Arc::new(Conn::new(connect(&self.url).await?));
         *guard = Some(c.clone());
         Ok(c)
     }
@@ -306,9 +376,7 @@ impl Reader {
 
     pub(crate) async fn ping(&self) -> Result<()> {
         let c = self.client().await?;
-        deadline("ping", c.simple_query("SELECT 1"))
-            .await
-            .map(|_| ())
+        deadline("ping", c.batch_execute("SELECT 1")).await
     }
 }
 
@@ -337,11 +405,11 @@ fn classify(context: &'static str, e: tokio_postgres::Error) -> OpError {
     }
 }
 
-async fn q<C: GenericClient>(
-    c: &C,
+async fn q(
+    c: &Conn,
     context: &'static str,
     sql: &str,
-    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    params: &[&(dyn ToSql + Sync)],
 ) -> std::result::Result<Vec<Row>, OpError> {
     match tokio::time::timeout(STATEMENT_TIMEOUT, c.query(sql, params)).await {
         Ok(r) => r.map_err(|e| classify(context, e)),
@@ -353,7 +421,7 @@ async fn q<C: GenericClient>(
 }
 
 async fn audit_insert(
-    c: &Client,
+    c: &Conn,
     now: OffsetDateTime,
     action: &str,
     serial: Option<&str>,
@@ -371,7 +439,7 @@ async fn audit_insert(
 }
 
 async fn issue(
-    c: &Client,
+    c: &Conn,
     cert: &CertificateToRecord,
     kind: &IssueKind,
     actor: &str,
@@ -447,7 +515,7 @@ async fn issue(
 }
 
 async fn revoke(
-    c: &Client,
+    c: &Conn,
     serial: &Serial,
     issuer_key: Option<&str>,
     reason: Option<RevocationReason>,
@@ -505,7 +573,7 @@ async fn revoke(
 }
 
 async fn create_token(
-    c: &Client,
+    c: &Conn,
     t: &NewToken,
     now: OffsetDateTime,
 ) -> std::result::Result<WriteResult, OpError> {
@@ -550,7 +618,7 @@ async fn create_token(
 }
 
 async fn next_crl_number(
-    c: &Client,
+    c: &Conn,
     issuer_key: &str,
     actor: &str,
     now: OffsetDateTime,
@@ -576,7 +644,7 @@ async fn next_crl_number(
 }
 
 async fn apply(
-    c: &Client,
+    c: &Conn,
     op: &WriteOp,
     now: OffsetDateTime,
 ) -> std::result::Result<WriteResult, OpError> {
@@ -595,7 +663,7 @@ async fn apply(
     }
 }
 
-async fn exec(c: &Client, context: &'static str, sql: &str) -> std::result::Result<(), OpError> {
+async fn exec(c: &Conn, context: &'static str, sql: &str) -> std::result::Result<(), OpError> {
     match tokio::time::timeout(STATEMENT_TIMEOUT, c.batch_execute(sql)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(OpError::Broken(unavailable(context)(e))),
@@ -607,7 +675,7 @@ async fn exec(c: &Client, context: &'static str, sql: &str) -> std::result::Resu
 }
 
 /// One transaction for the whole batch; returns false when the connection is unusable.
-async fn apply_batch(c: &Client, jobs: &[Job]) -> (Vec<Result<WriteResult>>, bool) {
+async fn apply_batch(c: &Conn, jobs: &[Job]) -> (Vec<Result<WriteResult>>, bool) {
     let mut results: Vec<Result<WriteResult>> = Vec::with_capacity(jobs.len());
     if let Err(OpError::Broken(e) | OpError::Refused(e) | OpError::Retry(e) | OpError::Unique(e)) =
         exec(c, "begin a transaction", "BEGIN").await
@@ -624,27 +692,35 @@ async fn apply_batch(c: &Client, jobs: &[Job]) -> (Vec<Result<WriteResult>>, boo
             .collect();
         return (failed, false);
     }
+    // Alone in its batch, an operation needs no savepoint: the transaction is one.
+    let single = jobs.len() == 1;
+    let (savepoint, release, rollback) = if single {
+        ("", "", "ROLLBACK; BEGIN")
+    } else {
+        (
+            "SAVEPOINT op",
+            "RELEASE SAVEPOINT op",
+            "ROLLBACK TO SAVEPOINT op; RELEASE SAVEPOINT op",
+        )
+    };
     for job in jobs {
         let mut attempts = 0;
         let outcome = loop {
             attempts += 1;
-            if let Err(e) = exec(c, "savepoint", "SAVEPOINT op").await {
-                break Err(e);
+            if !single {
+                if let Err(e) = exec(c, "savepoint", savepoint).await {
+                    break Err(e);
+                }
             }
             match apply(c, &job.op, job.now).await {
-                Ok(r) => match exec(c, "release savepoint", "RELEASE SAVEPOINT op").await {
+                Ok(r) if single => break Ok(r),
+                Ok(r) => match exec(c, "release savepoint", release).await {
                     Ok(()) => break Ok(r),
                     Err(e) => break Err(e),
                 },
                 Err(OpError::Broken(e)) => break Err(OpError::Broken(e)),
                 Err(other) => {
-                    if let Err(e) = exec(
-                        c,
-                        "roll back to savepoint",
-                        "ROLLBACK TO SAVEPOINT op; RELEASE SAVEPOINT op",
-                    )
-                    .await
-                    {
+                    if let Err(e) = exec(c, "roll back the operation", rollback).await {
                         break Err(e);
                     }
                     match other {
@@ -688,7 +764,7 @@ async fn apply_batch(c: &Client, jobs: &[Job]) -> (Vec<Result<WriteResult>>, boo
 
 /// The writer task: one connection of its own, batches of queued jobs, reconnects after failure.
 pub(crate) async fn run_writer(url: String, first: Client, mut rx: mpsc::Receiver<Job>) {
-    let mut client = Some(first);
+    let mut client = Some(Conn::new(first));
     let mut jobs: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     while let Some(j) = rx.recv().await {
         jobs.push(j);
@@ -698,8 +774,8 @@ pub(crate) async fn run_writer(url: String, first: Client, mut rx: mpsc::Receive
                 Err(_) => break,
             }
         }
-        if client.as_ref().is_none_or(Client::is_closed) {
-            client = connect(&url).await.ok();
+        if client.as_ref().is_none_or(Conn::is_closed) {
+            client = connect(&url).await.ok().map(Conn::new);
         }
         let results = match client.as_ref() {
             Some(c) => {

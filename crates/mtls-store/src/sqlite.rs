@@ -32,20 +32,22 @@ CREATE TABLE IF NOT EXISTS certificates (
     profile           TEXT NOT NULL,
     not_before        INTEGER NOT NULL,
     not_after         INTEGER NOT NULL,
-    fingerprint       TEXT NOT NULL UNIQUE,
+    fingerprint       TEXT NOT NULL,
     pem               TEXT NOT NULL,
     issued_at         INTEGER NOT NULL,
     revoked_at        INTEGER,
     revocation_reason TEXT
 );
 CREATE INDEX IF NOT EXISTS certificates_not_after ON certificates(not_after);
-CREATE INDEX IF NOT EXISTS certificates_issuer_revoked ON certificates(issuer_key, revoked_at);
+-- Only revoked rows are indexed: issuing touches no page of this index.
+CREATE INDEX IF NOT EXISTS certificates_revoked ON certificates(issuer_key, serial)
+    WHERE revoked_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS crl_numbers (
     issuer_key  TEXT PRIMARY KEY,
     last_number INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS audit (
-    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    id      INTEGER PRIMARY KEY,
     at      INTEGER NOT NULL,
     action  TEXT NOT NULL,
     serial  TEXT,
@@ -480,7 +482,17 @@ fn apply(conn: &Connection, op: &WriteOp, now: OffsetDateTime) -> Result<WriteRe
     }
 }
 
-/// Applies `ops` in one IMMEDIATE transaction, one savepoint each, and commits once.
+/// Runs a statement from the connection's cache (savepoints are issued for every operation:
+/// parsing them each time showed up in profiles).
+fn exec_cached(conn: &Connection, sql: &str) -> Result<()> {
+    conn.prepare_cached(sql)
+        .and_then(|mut s| s.execute([]))
+        .map(|_| ())
+        .map_err(db("savepoint"))
+}
+
+/// Applies `ops` in one IMMEDIATE transaction, one savepoint each (none for a batch of one),
+/// and commits once.
 fn apply_batch(
     conn: &mut Connection,
     jobs: &[(&WriteOp, OffsetDateTime)],
@@ -500,23 +512,30 @@ fn apply_batch(
                 .collect();
         }
     };
+    if let [(op, now)] = jobs {
+        // Alone in its batch: the transaction is the savepoint.
+        let r = apply(&tx, op, *now);
+        if r.is_err() {
+            return vec![r];
+        }
+        return match tx.commit() {
+            Ok(()) => vec![r],
+            Err(e) => vec![Err(Error::Unavailable {
+                context: "commit",
+                detail: e.to_string(),
+            })],
+        };
+    }
     let mut results = Vec::with_capacity(jobs.len());
     for (op, now) in jobs {
-        let r = tx
-            .execute_batch("SAVEPOINT op")
-            .map_err(db("savepoint"))
-            .and_then(|()| apply(&tx, op, *now));
+        let r = exec_cached(&tx, "SAVEPOINT op").and_then(|()| apply(&tx, op, *now));
         let end = if r.is_ok() {
-            "RELEASE op"
+            exec_cached(&tx, "RELEASE op")
         } else {
-            "ROLLBACK TO op; RELEASE op"
+            exec_cached(&tx, "ROLLBACK TO op").and_then(|()| exec_cached(&tx, "RELEASE op"))
         };
-        let r = match tx.execute_batch(end) {
-            Ok(()) => r,
-            // The transaction is unusable: the batch cannot commit.
-            Err(e) => Err(db("release savepoint")(e)),
-        };
-        results.push(r);
+        // If the savepoint cannot be closed the transaction is unusable: the batch cannot commit.
+        results.push(end.and(r));
     }
     if let Err(e) = tx.commit() {
         fail_all(&mut results, "commit", &e.to_string());

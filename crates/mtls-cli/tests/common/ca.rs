@@ -105,6 +105,26 @@ impl CaServer {
     pub fn publish(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.publish_port)
     }
+    /// SIGTERM, then the exit status (panics if it does not stop within 10 s).
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                std::mem::forget(self);
+                return st;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "mtls ca serve ignored SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
