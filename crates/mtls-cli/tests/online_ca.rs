@@ -12,10 +12,6 @@ use common::ca::{self, CaServer};
 use common::gw::{Gateway, Upstream};
 use common::Env;
 
-fn gateway(env: &Env, up: &Upstream) -> Gateway {
-    gateway_with(env, up, &[])
-}
-
 fn gateway_with(env: &Env, up: &Upstream, extra: &[&str]) -> Gateway {
     env.mtls(&["issue", "server", "localhost", "127.0.0.1"])
         .ok();
