@@ -1108,3 +1108,62 @@ fn renewal_with_a_new_key_uses_one_combined_file() {
     let mode = std::fs::metadata(&combined).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
 }
+
+/// Token refusals on PostgreSQL (its writer records issuances with one pipelined statement each,
+/// refusals being zero-row results rather than errors).
+#[test]
+fn token_refusals_on_postgres() {
+    let db = ca::fresh_pg_database();
+    let env = Env::new();
+    env.mtls(&["ca", "init", "--database", &db]).ok();
+    let server = CaServer::start(&env, "ca", Some(&db), "");
+    let t = ca::token(&env, "app", &[], Some(&db));
+    ca::enroll(&env, &server, &t, "a", &[]).ok();
+    let r = ca::enroll(&env, &server, &t, "b", &[]);
+    assert!(
+        r.stderr.contains("INVALID_TOKEN") && r.stderr.contains("already used"),
+        "{}",
+        r.stderr
+    );
+    let t2 = ca::token(&env, "app", &["--ttl", "1s"], Some(&db));
+    std::thread::sleep(Duration::from_millis(2100));
+    let r = ca::enroll(&env, &server, &t2, "c", &[]);
+    assert!(
+        r.stderr.contains("INVALID_TOKEN") && r.stderr.contains("expired"),
+        "{}",
+        r.stderr
+    );
+    let forged = format!("{}.{}", t.split_once('.').unwrap().0, "B".repeat(43));
+    let r = ca::enroll(&env, &server, &forged, "d", &[]);
+    assert!(
+        r.stderr.contains("unknown enrollment token"),
+        "{}",
+        r.stderr
+    );
+    let t3 = ca::token(&env, "app", &[], Some(&db));
+    let r = ca::enroll(&env, &server, &t3, "e", &["--san", "evil.example.com"]);
+    assert!(r.stderr.contains("NAME_NOT_ALLOWED"), "{}", r.stderr);
+    // Concurrent enrollments, one of them reusing a token, in the same batches.
+    let tokens: Vec<String> = (0..12)
+        .map(|i| ca::token(&env, &format!("p{i}"), &[], Some(&db)))
+        .collect();
+    let codes: Vec<i32> = std::thread::scope(|s| {
+        let handles: Vec<_> = tokens
+            .iter()
+            .chain(std::iter::once(&t))
+            .enumerate()
+            .map(|(i, t)| {
+                let (env, server) = (&env, &server);
+                s.spawn(move || ca::enroll(env, server, t, &format!("p{i}"), &[]).code)
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(codes.iter().filter(|c| **c == 0).count(), 12, "{codes:?}");
+    // a, the 12 and t3 (still unused), the server certificate and the OCSP signer.
+    assert_eq!(ca::psql(&db, "SELECT count(*) FROM certificates"), "15");
+    assert_eq!(
+        ca::psql(&db, "SELECT count(*) FROM tokens WHERE used_at IS NOT NULL"),
+        "13"
+    );
+}

@@ -762,6 +762,190 @@ async fn apply_batch(c: &Conn, jobs: &[Job]) -> (Vec<Result<WriteResult>>, bool)
     }
 }
 
+/// One statement per issuance: consumes the token (if any), inserts the certificate and its
+/// audit row. Refusals are not errors (zero rows), so a batch needs no savepoints and its
+/// statements can be pipelined. The token `UPDATE … WHERE used_at IS NULL` takes the row lock: a
+/// second instance racing on the same token waits, then finds it used.
+const ISSUE_SQL: &str = "
+WITH tok AS (
+    UPDATE tokens SET used_at = $10, used_by_serial = $1
+    WHERE id = $11 AND used_at IS NULL AND expires_at > $10
+    RETURNING id
+), cert AS (
+    INSERT INTO certificates (serial, issuer_key, subject, sans, profile, not_before, not_after,
+                              fingerprint, pem, issued_at)
+    SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10
+    WHERE $11::text IS NULL OR EXISTS (SELECT 1 FROM tok)
+    ON CONFLICT DO NOTHING
+    RETURNING serial
+), aud AS (
+    INSERT INTO audit (at, action, serial, actor, detail)
+    SELECT $10, $12, serial, $13, $14 FROM cert
+)
+SELECT (SELECT count(*) FROM tok), (SELECT count(*) FROM cert)";
+
+/// What one pipelined issuance did.
+async fn issue_pipelined(c: &Conn, job: &Job) -> std::result::Result<WriteResult, OpError> {
+    let WriteOp::Issue { cert, kind, actor } = &job.op else {
+        return Err(OpError::Refused(Error::Corrupt("not an issuance".into())));
+    };
+    let serial = cert.serial.to_string();
+    let sans = sans_json(&cert.sans).map_err(OpError::Refused)?;
+    let token: Option<&str> = match kind {
+        IssueKind::Enrollment { token_id } => Some(token_id),
+        _ => None,
+    };
+    let (action, detail) = audit_detail_issue(kind, &cert.borrowed());
+    let rows = q(
+        c,
+        "record the certificate",
+        ISSUE_SQL,
+        &[
+            &serial,
+            &cert.issuer_key,
+            &cert.subject,
+            &sans,
+            &cert.profile,
+            &ts(cert.not_before),
+            &ts(cert.not_after),
+            &cert.fingerprint,
+            &cert.pem,
+            &ts(job.now),
+            &token,
+            &action,
+            &actor,
+            &detail,
+        ],
+    )
+    .await?;
+    let counts = rows.first().map(|r| {
+        (
+            r.try_get::<_, i64>(0).unwrap_or(0),
+            r.try_get::<_, i64>(1).unwrap_or(0),
+        )
+    });
+    match (token, counts) {
+        (_, Some((_, 1))) => Ok(WriteResult::Done),
+        (Some(id), Some((0, _))) => Err(OpError::Refused(token_refusal(c, id).await?)),
+        (Some(id), _) => {
+            // The token was consumed but the serial collided: give the token back.
+            q(
+                c,
+                "release the token",
+                "UPDATE tokens SET used_at = NULL, used_by_serial = NULL
+                 WHERE id = $1 AND used_by_serial = $2",
+                &[&id, &serial],
+            )
+            .await?;
+            Err(OpError::Refused(Error::DuplicateSerial(serial)))
+        }
+        (None, _) => Err(OpError::Refused(Error::DuplicateSerial(serial))),
+    }
+}
+
+/// Why a token could not be consumed.
+async fn token_refusal(c: &Conn, id: &str) -> std::result::Result<Error, OpError> {
+    let rows = q(
+        c,
+        "look up the token",
+        "SELECT used_at, expires_at FROM tokens WHERE id = $1",
+        &[&id],
+    )
+    .await?;
+    let Some(row) = rows.first() else {
+        return Ok(Error::UnknownToken);
+    };
+    let corrupt = |e: tokio_postgres::Error| OpError::Refused(Error::Corrupt(e.to_string()));
+    let used: Option<i64> = row.try_get(0).map_err(corrupt)?;
+    let exp: i64 = row.try_get(1).map_err(corrupt)?;
+    Ok(match used {
+        Some(at) => Error::TokenUsed {
+            id: id.to_string(),
+            at: from_ts(at).map_err(OpError::Refused)?,
+        },
+        None => Error::TokenExpired {
+            id: id.to_string(),
+            at: from_ts(exp).map_err(OpError::Refused)?,
+        },
+    })
+}
+
+/// A batch of issuances only: one transaction, statements pipelined on the connection, one
+/// commit. Deadlocks with another instance retry the whole batch (nothing was committed).
+async fn apply_issue_batch(c: &Conn, jobs: &[Job]) -> (Vec<Result<WriteResult>>, bool) {
+    for attempt in 1..=3 {
+        if let Err(e) = exec(c, "begin a transaction", "BEGIN").await {
+            return (fail_every(jobs, "begin a transaction", &e), false);
+        }
+        let outcomes =
+            futures_util::future::join_all(jobs.iter().map(|j| issue_pipelined(c, j))).await;
+        let retry = outcomes.iter().any(|o| matches!(o, Err(OpError::Retry(_))));
+        let broken = outcomes.iter().find_map(|o| match o {
+            Err(OpError::Broken(e) | OpError::Unique(e)) => Some(e.to_string()),
+            _ => None,
+        });
+        if retry || broken.is_some() {
+            let rolled_back = exec(c, "roll back", "ROLLBACK").await.is_ok();
+            if retry && rolled_back && attempt < 3 {
+                continue;
+            }
+            let detail = broken.unwrap_or_else(|| "deadlock with another instance".into());
+            let failed = jobs
+                .iter()
+                .map(|_| {
+                    Err(Error::Unavailable {
+                        context: "record certificates",
+                        detail: detail.clone(),
+                    })
+                })
+                .collect();
+            return (failed, rolled_back);
+        }
+        let mut results: Vec<Result<WriteResult>> = outcomes
+            .into_iter()
+            .map(|o| match o {
+                Ok(r) => Ok(r),
+                Err(
+                    OpError::Refused(e)
+                    | OpError::Retry(e)
+                    | OpError::Broken(e)
+                    | OpError::Unique(e),
+                ) => Err(e),
+            })
+            .collect();
+        return match exec(c, "commit", "COMMIT").await {
+            Ok(()) => (results, true),
+            Err(e) => {
+                let e = match e {
+                    OpError::Broken(e)
+                    | OpError::Refused(e)
+                    | OpError::Retry(e)
+                    | OpError::Unique(e) => e,
+                };
+                fail_all(&mut results, "commit", &e.to_string());
+                (results, false)
+            }
+        };
+    }
+    (Vec::new(), false)
+}
+
+fn fail_every(jobs: &[Job], context: &'static str, e: &OpError) -> Vec<Result<WriteResult>> {
+    let detail = match e {
+        OpError::Broken(e) | OpError::Refused(e) | OpError::Retry(e) | OpError::Unique(e) => {
+            e.to_string()
+        }
+    };
+    jobs.iter()
+        .map(|_| {
+            Err(Error::Unavailable {
+                context,
+                detail: detail.clone(),
+            })
+        })
+        .collect()
+}
+
 /// The writer task: one connection of its own, batches of queued jobs, reconnects after failure.
 pub(crate) async fn run_writer(url: String, first: Client, mut rx: mpsc::Receiver<Job>) {
     let mut client = Some(Conn::new(first));
@@ -779,7 +963,12 @@ pub(crate) async fn run_writer(url: String, first: Client, mut rx: mpsc::Receive
         }
         let results = match client.as_ref() {
             Some(c) => {
-                let (results, healthy) = apply_batch(c, &jobs).await;
+                let only_issues = jobs.iter().all(|j| matches!(j.op, WriteOp::Issue { .. }));
+                let (results, healthy) = if only_issues {
+                    apply_issue_batch(c, &jobs).await
+                } else {
+                    apply_batch(c, &jobs).await
+                };
                 if !healthy {
                     client = None;
                 }
