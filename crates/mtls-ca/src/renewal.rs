@@ -473,9 +473,14 @@ mod tests {
             due_at(nb, na, Threshold::Before(Duration::days(30)), 0.0),
             nb + Duration::days(60)
         );
-        // Never in the last tenth, never before notBefore.
+        // A margin is never shortened by jitter; a fraction never lands in the last tenth;
+        // nothing is due before notBefore.
         assert_eq!(
             due_at(nb, na, Threshold::Before(Duration::hours(1)), 1.0),
+            na - Duration::hours(1) - Duration::hours(108)
+        );
+        assert_eq!(
+            due_at(nb, na, Threshold::Fraction(0.99), 0.0),
             nb + Duration::days(81)
         );
         assert_eq!(
