@@ -35,6 +35,27 @@ pub(crate) struct Cli {
     /// instances, or an SQLite path. Default: inventory.db in the PKI directory.
     #[arg(long, global = true, env = "MTLS_DATABASE")]
     database: Option<String>,
+    /// CA bundle that verifies the PostgreSQL server: the connection then requires TLS.
+    #[arg(long, global = true, env = "MTLS_DATABASE_CA", value_name = "FILE")]
+    database_ca: Option<PathBuf>,
+    /// Client certificate chain for PostgreSQL `cert` authentication (with --database-key).
+    #[arg(
+        long,
+        global = true,
+        env = "MTLS_DATABASE_CERT",
+        value_name = "FILE",
+        requires = "database_ca"
+    )]
+    database_cert: Option<PathBuf>,
+    /// Key of --database-cert (owner-only).
+    #[arg(
+        long,
+        global = true,
+        env = "MTLS_DATABASE_KEY",
+        value_name = "FILE",
+        requires = "database_cert"
+    )]
+    database_key: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -137,7 +158,12 @@ impl std::fmt::Display for UsageError {
 impl std::error::Error for UsageError {}
 
 pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
-    let _ = pkidir::DATABASE.set(cli.database.clone());
+    let _ = pkidir::DATABASE.set(pkidir::Database {
+        url: cli.database.clone(),
+        ca: cli.database_ca.clone(),
+        cert: cli.database_cert.clone(),
+        key: cli.database_key.clone(),
+    });
     match cli.command {
         Command::Ca(c) => ca::run(&cli.pki, c),
         Command::Issue(c) => issuing::issue(&cli.pki, c),

@@ -41,7 +41,7 @@ fn location(pki: &Path, database: Option<&str>) -> Result<Location> {
 
 /// The global `--database` / `MTLS_DATABASE`.
 fn global_database() -> Option<String> {
-    crate::pkidir::DATABASE.get().cloned().flatten()
+    crate::pkidir::DATABASE.get().and_then(|d| d.url.clone())
 }
 
 #[derive(Args)]
@@ -78,7 +78,9 @@ pub fn serve(a: ServeArgs) -> Result<ExitCode> {
         config.server_names.clone()
     };
     runtime()?.block_on(async move {
-        let store = Store::open(&loc).await.context("opening the inventory")?;
+        let store = Store::open_with(&loc, crate::pkidir::pg_tls()?)
+            .await
+            .context("opening the inventory")?;
         let ca = mtls_ca::Authority::new(
             mtls_ca::AuthorityParts {
                 issuer,
@@ -128,7 +130,9 @@ pub fn token(pki: &Path, a: TokenArgs) -> Result<ExitCode> {
     let ttl = mtls_ca::parse_duration(&a.ttl).map_err(UsageError)?;
     let loc = location(pki, global_database().as_deref())?;
     let (token, expires) = runtime()?.block_on(async move {
-        let store = Store::open(&loc).await.context("opening the inventory")?;
+        let store = Store::open_with(&loc, crate::pkidir::pg_tls()?)
+            .await
+            .context("opening the inventory")?;
         mtls_ca::authority::mint_token(
             &store,
             TokenRequest {

@@ -51,7 +51,7 @@ impl PkiDir {
     /// Where the inventory is: `--database` / `MTLS_DATABASE` (a PostgreSQL URL shared with
     /// online CA instances, or a path), else `inventory.db` in the PKI directory.
     pub fn location(&self) -> Result<Location> {
-        match DATABASE.get().and_then(Option::as_deref) {
+        match DATABASE.get().and_then(|d| d.url.as_deref()) {
             Some(d) => Ok(d
                 .parse()
                 .map_err(|e: mtls_store::Error| crate::UsageError(e.to_string()))?),
@@ -72,7 +72,7 @@ impl PkiDir {
             .enable_all()
             .build()?;
         let store = rt
-            .block_on(Store::open(&location))
+            .block_on(Store::open_with(&location, pg_tls()?))
             .context("opening the inventory")?;
         Ok(Inventory { rt, store })
     }
@@ -112,8 +112,39 @@ pub fn load_key(path: &Path, passphrase: &Source<'_>) -> Result<PrivateKey> {
         .with_context(|| format!("loading private key {}", path.display()))
 }
 
-/// The global `--database` option, set once by `main`.
-pub static DATABASE: OnceLock<Option<String>> = OnceLock::new();
+/// The global `--database*` options.
+#[derive(Clone, Debug, Default)]
+pub struct Database {
+    pub url: Option<String>,
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+/// Set once by `main`.
+pub static DATABASE: OnceLock<Database> = OnceLock::new();
+
+/// TLS for the PostgreSQL connection, when `--database-ca` is given.
+pub fn pg_tls() -> Result<Option<mtls_store::PgTls>> {
+    let Some(db) = DATABASE.get() else {
+        return Ok(None);
+    };
+    let Some(ca) = &db.ca else { return Ok(None) };
+    let roots = mtls_pki::pem_io::certificates(&files::read_public(ca)?)
+        .with_context(|| format!("reading {}", ca.display()))?;
+    let credential = match (&db.cert, &db.key) {
+        (Some(c), Some(k)) => Some(mtls_tls::load_credential(
+            c,
+            k,
+            None,
+            OffsetDateTime::now_utc(),
+        )?),
+        (None, None) => None,
+        _ => anyhow::bail!("--database-cert and --database-key go together"),
+    };
+    let config = mtls_tls::client_config(&roots, credential.as_ref(), &[])?;
+    Ok(Some(mtls_store::PgTls::new(std::sync::Arc::new(config))))
+}
 
 /// The inventory for the synchronous commands: the same [`Store`] the online CA uses, so an
 /// offline `mtls issue` or `mtls revoke` lands in the shared PostgreSQL inventory too.

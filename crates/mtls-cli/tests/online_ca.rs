@@ -1167,3 +1167,79 @@ fn token_refusals_on_postgres() {
         "13"
     );
 }
+
+/// The CA's database on a network: TLS required and verified, client-certificate authentication.
+#[test]
+fn postgres_over_mutual_tls() {
+    let env = Env::new();
+    env.mtls(&["ca", "init"]).ok();
+    env.mtls(&["issue", "server", "127.0.0.1"]).ok();
+    env.mtls(&["issue", "client", "postgres"]).ok();
+    let issued = env.pki().join("issued");
+    let pg = ca::PgCluster::start_tls(
+        env.dir.path(),
+        &issued.join("127.0.0.1.chain.pem"),
+        &issued.join("127.0.0.1.key"),
+        &env.pki().join("root.crt"),
+    );
+    let url = pg.url();
+    let root = env.p("pki/root.crt");
+    let cert = issued
+        .join("postgres.chain.pem")
+        .to_string_lossy()
+        .into_owned();
+    let key = issued.join("postgres.key").to_string_lossy().into_owned();
+    let token = |extra: &[&str]| {
+        let mut args = vec!["--database", url.as_str()];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["ca", "token", "--name", "db-app"]);
+        env.mtls(&args)
+    };
+    // Plaintext is refused by the server, a missing client certificate too, and a server that
+    // does not chain to the given CA by us.
+    assert_ne!(token(&[]).code, 0);
+    assert_ne!(token(&["--database-ca", &root]).code, 0);
+    let other = Env::new();
+    other.mtls(&["ca", "init"]).ok();
+    let r = token(&[
+        "--database-ca",
+        &other.p("pki/root.crt"),
+        "--database-cert",
+        &cert,
+        "--database-key",
+        &key,
+    ]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.to_lowercase().contains("certificate"),
+        "{}",
+        r.stderr
+    );
+    // With all three: tokens, and a CA instance that enrolls through it.
+    let t = token(&[
+        "--database-ca",
+        &root,
+        "--database-cert",
+        &cert,
+        "--database-key",
+        &key,
+    ])
+    .ok()
+    .stdout
+    .trim()
+    .to_string();
+    let server = CaServer::start_full(
+        &env,
+        "ca",
+        Some(&url),
+        "",
+        0,
+        ca::free_port(),
+        &[
+            ("MTLS_DATABASE_CA", root.clone()),
+            ("MTLS_DATABASE_CERT", cert.clone()),
+            ("MTLS_DATABASE_KEY", key.clone()),
+        ],
+    );
+    ca::enroll(&env, &server, &t, "app", &[]).ok();
+}

@@ -19,10 +19,12 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 mod batch;
+mod pg_tls;
 mod postgres;
 mod sqlite;
 mod store;
 
+pub use pg_tls::PgTls;
 pub use sqlite::Inventory;
 pub use store::{Location, Store};
 

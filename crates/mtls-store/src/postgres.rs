@@ -79,10 +79,22 @@ INSERT INTO revocation_epoch (id, epoch) VALUES (1, 0) ON CONFLICT DO NOTHING;
 
 const COLUMNS: &str = "serial, issuer_key, subject, sans, profile, not_before, not_after, fingerprint, pem, issued_at, revoked_at, revocation_reason";
 
+/// The error and its causes ("error performing TLS handshake: invalid peer certificate: …").
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 fn unavailable(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Error {
     move |e| Error::Unavailable {
         context,
-        detail: e.to_string(),
+        detail: with_causes(&e),
     }
 }
 
@@ -100,23 +112,56 @@ async fn deadline<T>(
 }
 
 /// Connects and creates the schema (serialised by an advisory lock: instances may start at once).
-pub(crate) async fn connect(url: &str) -> Result<Client> {
-    let connecting = tokio_postgres::connect(url, NoTls);
-    let (client, connection) = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
-        Ok(r) => r.map_err(unavailable("connect"))?,
-        Err(_) => {
-            return Err(Error::Unavailable {
-                context: "connect",
-                detail: "timed out".into(),
-            })
+/// Where and how to connect.
+#[derive(Clone, Debug)]
+pub(crate) struct PgTarget {
+    pub url: String,
+    /// With TLS the connection requires it (`sslmode=require` semantics plus verification of the
+    /// server certificate); without, it is plaintext (loopback or a unix socket).
+    pub tls: Option<crate::PgTls>,
+}
+
+fn timed_out() -> Error {
+    Error::Unavailable {
+        context: "connect",
+        detail: "timed out".into(),
+    }
+}
+
+pub(crate) async fn connect(target: &PgTarget) -> Result<Client> {
+    let mut config: tokio_postgres::Config = target
+        .url
+        .parse()
+        .map_err(|e: tokio_postgres::Error| Error::InvalidLocation(e.to_string()))?;
+    match &target.tls {
+        None => {
+            let connecting = config.connect(NoTls);
+            let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+                .await
+                .map_err(|_| timed_out())?
+                .map_err(unavailable("connect"))?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "postgres connection ended");
+                }
+            });
+            Ok(client)
         }
-    };
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "postgres connection ended");
+        Some(tls) => {
+            config.ssl_mode(tokio_postgres::config::SslMode::Require);
+            let connecting = config.connect(tls.clone());
+            let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+                .await
+                .map_err(|_| timed_out())?
+                .map_err(unavailable("connect"))?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "postgres connection ended");
+                }
+            });
+            Ok(client)
         }
-    });
-    Ok(client)
+    }
 }
 
 /// A connection and its prepared statements: `query(&str)` would prepare the statement again
@@ -226,14 +271,14 @@ fn record(row: &Row, now: OffsetDateTime) -> Result<CertificateRecord> {
 
 /// The read side: one shared, pipelined connection, re-established when it breaks.
 pub(crate) struct Reader {
-    url: String,
+    target: PgTarget,
     client: Mutex<Option<Arc<Conn>>>,
 }
 
 impl Reader {
-    pub(crate) fn new(url: String, client: Client) -> Self {
+    pub(crate) fn new(target: PgTarget, client: Client) -> Self {
         Reader {
-            url,
+            target,
             client: Mutex::new(Some(Arc::new(Conn::new(client)))),
         }
     }
@@ -246,7 +291,7 @@ impl Reader {
             }
         }
         *guard = None;
-        let c = Arc::new(Conn::new(connect(&self.url).await?));
+        let c = Arc::new(Conn::new(connect(&self.target).await?));
         *guard = Some(c.clone());
         Ok(c)
     }
@@ -947,7 +992,7 @@ fn fail_every(jobs: &[Job], context: &'static str, e: &OpError) -> Vec<Result<Wr
 }
 
 /// The writer task: one connection of its own, batches of queued jobs, reconnects after failure.
-pub(crate) async fn run_writer(url: String, first: Client, mut rx: mpsc::Receiver<Job>) {
+pub(crate) async fn run_writer(target: PgTarget, first: Client, mut rx: mpsc::Receiver<Job>) {
     let mut client = Some(Conn::new(first));
     let mut jobs: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     while let Some(j) = rx.recv().await {
@@ -959,7 +1004,7 @@ pub(crate) async fn run_writer(url: String, first: Client, mut rx: mpsc::Receive
             }
         }
         if client.as_ref().is_none_or(Conn::is_closed) {
-            client = connect(&url).await.ok().map(Conn::new);
+            client = connect(&target).await.ok().map(Conn::new);
         }
         let results = match client.as_ref() {
             Some(c) => {

@@ -74,6 +74,11 @@ impl Store {
     /// Opens the inventory, creating its schema. For PostgreSQL the database must be reachable
     /// now; later outages are reported per call as [`Error::Unavailable`].
     pub async fn open(location: &Location) -> Result<Store> {
+        Self::open_with(location, None).await
+    }
+
+    /// Like [`Store::open`]; a PostgreSQL connection uses `tls` when given (required, verified).
+    pub async fn open_with(location: &Location, tls: Option<crate::PgTls>) -> Result<Store> {
         let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
         let reader = match location {
             Location::Sqlite(path) => {
@@ -93,11 +98,15 @@ impl Store {
                 Reader::Sqlite(Arc::new(Mutex::new(r)))
             }
             Location::Postgres(url) => {
-                let writer = postgres::connect(url).await?;
+                let target = postgres::PgTarget {
+                    url: url.clone(),
+                    tls,
+                };
+                let writer = postgres::connect(&target).await?;
                 postgres::create_schema(&writer).await?;
-                let reader = postgres::connect(url).await?;
-                tokio::spawn(postgres::run_writer(url.clone(), writer, rx));
-                Reader::Postgres(postgres::Reader::new(url.clone(), reader))
+                let reader = postgres::connect(&target).await?;
+                tokio::spawn(postgres::run_writer(target.clone(), writer, rx));
+                Reader::Postgres(postgres::Reader::new(target, reader))
             }
         };
         Ok(Store {

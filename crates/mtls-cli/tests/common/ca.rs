@@ -42,6 +42,19 @@ impl CaServer {
         port: u16,
         publish_port: u16,
     ) -> CaServer {
+        Self::start_full(env, name, database, extra, port, publish_port, &[])
+    }
+
+    /// Also sets environment variables `vars` for the server process.
+    pub fn start_full(
+        env: &Env,
+        name: &str,
+        database: Option<&str>,
+        extra: &str,
+        port: u16,
+        publish_port: u16,
+        vars: &[(&str, String)],
+    ) -> CaServer {
         let db = database
             .map(|d| format!("database = \"{d}\"\n"))
             .unwrap_or_default();
@@ -55,6 +68,7 @@ impl CaServer {
             .env("MTLS_LOG", "info")
             .env_remove("MTLS_CA_PASSPHRASE")
             .env_remove("MTLS_DATABASE")
+            .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -302,6 +316,43 @@ impl PgCluster {
     }
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Like [`PgCluster::start`], with TLS on and only TLS connections with a client certificate
+    /// (`hostssl … cert`, CN = user) allowed over TCP.
+    pub fn start_tls(
+        parent: &Path,
+        server_chain: &Path,
+        server_key: &Path,
+        client_ca: &Path,
+    ) -> PgCluster {
+        let c = Self::start(parent);
+        c.down();
+        for (src, name) in [
+            (server_chain, "server.crt"),
+            (server_key, "server.key"),
+            (client_ca, "root.crt"),
+        ] {
+            std::fs::copy(src, c.dir.join(name)).unwrap();
+            let _ = Command::new("chown")
+                .arg("postgres")
+                .arg(c.dir.join(name))
+                .status();
+        }
+        let _ = Command::new("chmod")
+            .arg("600")
+            .arg(c.dir.join("server.key"))
+            .status();
+        let mut conf = std::fs::read_to_string(c.dir.join("postgresql.conf")).unwrap();
+        conf.push_str("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\nssl_ca_file = 'root.crt'\n");
+        std::fs::write(c.dir.join("postgresql.conf"), conf).unwrap();
+        std::fs::write(
+            c.dir.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 cert\n",
+        )
+        .unwrap();
+        c.up();
+        c
     }
     pub fn up(&self) {
         let opts = format!(
