@@ -86,8 +86,127 @@ pub struct VerifyArgs {
     /// JSON output.
     #[arg(long)]
     json: bool,
+    /// Also ask the leaf's OCSP responder (its AIA URL, or --ocsp-url). Revoked or unknown
+    /// fails, and so does a responder that cannot be reached or answers wrongly (fail closed).
+    #[arg(long)]
+    ocsp: bool,
+    /// OCSP responder to ask instead of the certificate's AIA URL (http://).
+    #[arg(long, requires = "ocsp")]
+    ocsp_url: Option<String>,
     /// The certificate to check; further certificates in the file are used as intermediates.
     cert: PathBuf,
+}
+
+/// Asks the leaf's OCSP responder; `Err((code, reason))` when the answer is not a verified
+/// "good".
+fn check_ocsp(
+    leaf: &CertificateDer<'_>,
+    candidates: &[CertificateDer<'static>],
+    url: Option<&str>,
+    at: time::OffsetDateTime,
+) -> Result<std::result::Result<(), (&'static str, String)>> {
+    let fail = |code: &'static str, m: String| Ok(Err((code, m)));
+    let parsed = pem_io::parse_certificate(leaf).map_err(input_error)?;
+    // The issuer is the candidate whose key verifies the leaf (the chain was just validated).
+    let Some(issuer) = candidates.iter().find(|c| {
+        pem_io::parse_certificate(c).is_ok_and(|ic| {
+            ic.subject().as_raw() == parsed.issuer().as_raw()
+                && parsed.verify_signature(Some(ic.public_key())).is_ok()
+        })
+    }) else {
+        return fail(
+            "ocsp_no_issuer",
+            "the issuer certificate is not among --ca/--untrusted".into(),
+        );
+    };
+    let urls = match url {
+        Some(u) => vec![u.to_string()],
+        None => mtls_ocsp::responder_urls(leaf).map_err(input_error)?,
+    };
+    let Some(url) = urls.first() else {
+        return fail(
+            "ocsp_no_url",
+            "the certificate names no OCSP responder (give --ocsp-url)".into(),
+        );
+    };
+    let serial = mtls_pki::Serial::from_be_bytes(parsed.raw_serial());
+    let info = mtls_ocsp::IssuerInfo::from_der(issuer).map_err(input_error)?;
+    let mut nonce = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut nonce).map_err(|_| anyhow::anyhow!("no randomness"))?;
+    let request = mtls_ocsp::build_request(&info, &serial, Some(&nonce)).map_err(input_error)?;
+    let response = match post_ocsp(url, request) {
+        Ok(r) => r,
+        Err(e) => return fail("ocsp_unavailable", format!("OCSP responder {url}: {e}")),
+    };
+    let verified = match mtls_ocsp::verify_response(&response, issuer, &serial, at) {
+        Ok(v) => v,
+        Err(e) => return fail("ocsp_invalid", format!("OCSP answer from {url}: {e}")),
+    };
+    if verified.nonce.as_deref() != Some(&nonce[..]) {
+        return fail(
+            "ocsp_invalid",
+            format!("OCSP answer from {url} does not echo our nonce (replay?)"),
+        );
+    }
+    match verified.status {
+        mtls_ocsp::CertStatus::Good => Ok(Ok(())),
+        mtls_ocsp::CertStatus::Revoked { at, reason } => fail(
+            "revoked",
+            format!(
+                "revoked at {at}{} (OCSP)",
+                reason.map(|r| format!(", reason {r}")).unwrap_or_default()
+            ),
+        ),
+        mtls_ocsp::CertStatus::Unknown => fail(
+            "ocsp_unknown",
+            format!("{url} does not know this certificate"),
+        ),
+    }
+}
+
+/// POSTs a DER OCSP request over plain HTTP (RFC 6960 A.1) and returns the body.
+fn post_ocsp(url: &str, request: Vec<u8>) -> Result<Vec<u8>> {
+    use http_body_util::BodyExt;
+    let uri: http::Uri = url.parse().map_err(|_| anyhow::anyhow!("invalid URL"))?;
+    if uri.scheme_str() != Some("http") {
+        anyhow::bail!("only http:// responders are supported");
+    }
+    let host = uri
+        .host()
+        .ok_or_else(|| anyhow::anyhow!("no host"))?
+        .to_string();
+    let port = uri.port_u16().unwrap_or(80);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let fut = async {
+            let tcp = tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port)).await?;
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+            tokio::spawn(conn);
+            let req = http::Request::post(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
+                .header(
+                    http::header::HOST,
+                    uri.authority().map(|a| a.as_str()).unwrap_or(""),
+                )
+                .header(http::header::CONTENT_TYPE, "application/ocsp-request")
+                .body(http_body_util::Full::new(bytes::Bytes::from(request)))?;
+            let resp = sender.send_request(req).await?;
+            if !resp.status().is_success() {
+                anyhow::bail!("HTTP {}", resp.status());
+            }
+            let body = http_body_util::Limited::new(resp.into_body(), 1 << 20)
+                .collect()
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .to_bytes();
+            Ok::<_, anyhow::Error>(body.to_vec())
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(20), fut)
+            .await
+            .map_err(|_| anyhow::anyhow!("timed out"))?
+    })
 }
 
 fn read_input(p: &PathBuf) -> Result<Vec<u8>> {
@@ -145,6 +264,28 @@ pub fn verify(a: VerifyArgs) -> Result<ExitCode> {
         allow_expired_crl: a.allow_expired_crl,
     };
     let outcome = mtls_verify::verify(&leaf, &req).map_err(input_error)?;
+    let mut ocsp_failure = None;
+    if a.ocsp && outcome.is_ok() {
+        let candidates: Vec<CertificateDer<'static>> =
+            intermediates.iter().chain(&roots).cloned().collect();
+        if let Err(f) = check_ocsp(&leaf, &candidates, a.ocsp_url.as_deref(), at)? {
+            ocsp_failure = Some(f);
+        }
+    }
+    if let Some((code, reason)) = ocsp_failure {
+        if a.json {
+            out(&format!(
+                "{}\n",
+                serde_json::json!({"valid": false, "code": code, "reason": reason})
+            ))?;
+        } else {
+            out(&format!(
+                "{}: INVALID ({code}): {reason}\n",
+                a.cert.display()
+            ))?;
+        }
+        return Ok(ExitCode::FAILURE);
+    }
     match outcome {
         Ok(chain) => {
             if a.json {

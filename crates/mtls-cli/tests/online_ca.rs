@@ -141,6 +141,25 @@ fn lifecycle(database: Option<&str>) {
     assert!(o.contains(": good"), "{o}");
     // openssl sends a nonce and complains when it is not echoed.
     assert!(!o.contains("WARNING"), "{o}");
+    // `mtls verify --ocsp` asks the responder named in the certificate (AIA), with a nonce.
+    let verify_ocsp = |extra: &[&str]| {
+        let root = env.p("pki/root.crt");
+        let c = cert.to_string_lossy().into_owned();
+        let mut args = vec![
+            "verify",
+            "--ca",
+            root.as_str(),
+            "--purpose",
+            "client",
+            "--ocsp",
+        ];
+        args.extend_from_slice(extra);
+        args.push(c.as_str());
+        env.mtls(&args)
+    };
+    verify_ocsp(&[]).ok();
+    // A responder that cannot be reached fails closed.
+    verify_ocsp(&["--ocsp-url", "http://127.0.0.1:9/ocsp"]).fails(1, "ocsp_unavailable");
     // The same question as an RFC 6960 GET, with cache headers.
     let req = env.path("req.der");
     env.openssl(&[
@@ -238,7 +257,8 @@ fn lifecycle(database: Option<&str>) {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"status\":\"revoked\""), "{body}");
 
-    // OCSP: revoked, with the reason.
+    // OCSP: revoked, with the reason (mtls verify --ocsp and openssl).
+    verify_ocsp(&[]).fails(1, "(revoked)");
     let o = ca::ocsp(&env, &server, &issuer, &cert);
     assert!(o.contains("Response verify OK"), "{o}");
     assert!(o.contains(": revoked"), "{o}");

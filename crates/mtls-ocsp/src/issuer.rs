@@ -118,6 +118,11 @@ impl IssuerInfo {
         &self.spki_der
     }
 
+    /// SHA-1 of the CA's subject Name DER (the CertID issuerNameHash).
+    pub(crate) fn name_sha1(&self) -> &[u8] {
+        &self.name_sha1
+    }
+
     /// SHA-1 of the CA's subjectPublicKey bits: its responderID byKey when it signs itself.
     pub(crate) fn key_sha1(&self) -> &[u8] {
         &self.key_sha1

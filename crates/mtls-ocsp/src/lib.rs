@@ -12,6 +12,9 @@
 //! ([`verify_response`]: signature, responder authorization, CertID, freshness), which our own
 //! tests use.
 //!
+//! For relying parties it also builds requests ([`build_request`]) and reads a certificate's
+//! responder URLs ([`responder_urls`]).
+//!
 //! What it does not do: HTTP, I/O, databases or reading the clock. The caller looks the status
 //! of each requested serial up (in the inventory), passes every time in, chooses the responder
 //! for the request's issuer, and answers `unauthorized` for issuers it does not serve (RFC 5019
@@ -22,12 +25,14 @@
 //! API speaks DER bytes, [`mtls_pki`] types and `time`.
 #![forbid(unsafe_code)]
 
+mod client;
 mod error;
 mod issuer;
 mod request;
 mod response;
 mod verify;
 
+pub use client::{build_request, responder_urls};
 pub use error::Error;
 pub use issuer::{CertIdHash, IssuerInfo};
 pub use request::{
