@@ -40,7 +40,7 @@ fn built_requests_are_read_by_openssl_and_by_our_parser() {
 
     // Without a nonce, and refusing an unusable one.
     let plain = build_request(&info, &leaf.cert.serial, None).unwrap();
-    assert!(parse_request(&plain, &[info.clone()])
+    assert!(parse_request(&plain, std::slice::from_ref(&info))
         .unwrap()
         .nonce
         .is_none());
