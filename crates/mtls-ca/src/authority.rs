@@ -763,17 +763,7 @@ async fn record(
 ) -> Result<(), mtls_store::Error> {
     store
         .record_issued(
-            CertificateToRecord {
-                serial: issued.serial.clone(),
-                issuer_key: issuer_key.to_string(),
-                subject: issued.subject.clone(),
-                sans: issued.sans.iter().map(ToString::to_string).collect(),
-                profile: profile.to_string(),
-                not_before: issued.not_before,
-                not_after: issued.not_after,
-                fingerprint: sha256_hex(&issued.der),
-                pem: issued.pem(),
-            },
+            CertificateToRecord::from_issued(issued, issuer_key, profile),
             kind,
             actor,
             now,

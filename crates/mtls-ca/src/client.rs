@@ -331,3 +331,48 @@ fn refused(status: StatusCode, body: &[u8]) -> Error {
             .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(200).collect()),
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ca_urls() {
+        let u = CaUrl::parse("https://ca.example.com/pki/").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.prefix.as_str()),
+            ("ca.example.com", 443, "/pki")
+        );
+        let u = CaUrl::parse("https://[::1]:9443").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.prefix.as_str()),
+            ("::1", 9443, "")
+        );
+        for bad in [
+            "http://ca.example.com",
+            "ca.example.com",
+            "https://",
+            "",
+            "https://a b",
+        ] {
+            assert!(CaUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn refusals_keep_the_seed_error_shape() {
+        let e = refused(
+            StatusCode::FORBIDDEN,
+            br#"{"error":{"code":"CERT_EXPIRED","message":"enroll again"}}"#,
+        );
+        assert!(
+            matches!(e, Error::Refused { status: 403, ref code, .. } if code == "CERT_EXPIRED")
+        );
+        // A body that is not ours still says something.
+        let e = refused(StatusCode::BAD_GATEWAY, b"<html>proxy</html>");
+        assert!(
+            matches!(e, Error::Refused { status: 502, ref code, ref message } if code == "HTTP" && message.contains("proxy"))
+        );
+    }
+}

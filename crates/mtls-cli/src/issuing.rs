@@ -122,23 +122,11 @@ fn record_and_write(
     force: bool,
 ) -> Result<()> {
     let mut inventory = dir.open_inventory()?;
-    let sans: Vec<String> = issued.sans.iter().map(ToString::to_string).collect();
-    let fingerprint = mtls_pki::inspect::sha256_hex(&issued.der);
     let issuer_key = mtls_pki::inspect::sha256_hex(&ca.key().public_key_spki());
     let pem = issued.pem();
     inventory
         .record_issued(
-            &mtls_store::NewCertificate {
-                serial: &issued.serial,
-                issuer_key: &issuer_key,
-                subject: &issued.subject,
-                sans: &sans,
-                profile: &profile.to_string(),
-                not_before: issued.not_before,
-                not_after: issued.not_after,
-                fingerprint: &fingerprint,
-                pem: &pem,
-            },
+            mtls_store::CertificateToRecord::from_issued(issued, &issuer_key, &profile.to_string()),
             "cli",
             now(),
         )

@@ -14,35 +14,12 @@ use mtls_ca::renewal::{self, DaemonOptions, Hook, Threshold, Watch, WatchState};
 use mtls_pki::files::{self, Visibility};
 use mtls_pki::issue::Subject;
 use mtls_pki::{KeyAlgorithm, PrivateKey};
-use mtls_store::{Location, Store};
+use mtls_store::Store;
 
 use crate::pkidir::PkiDir;
 use crate::serve::{runtime, wait_for_stop};
 use crate::util::{fmt_time, now, out};
 use crate::{CaKeyArgs, UsageError};
-
-fn location(pki: &Path, database: Option<&str>) -> Result<Location> {
-    match database {
-        Some(d) => Ok(d
-            .parse()
-            .map_err(|e: mtls_store::Error| UsageError(e.to_string()))?),
-        None => {
-            let dir = PkiDir::new(pki);
-            if !dir.intermediate_cert().exists() {
-                anyhow::bail!(
-                    "no CA in {} (run `mtls ca init` first, or pass --pki DIR / set MTLS_PKI_DIR)",
-                    pki.display()
-                );
-            }
-            Ok(Location::Sqlite(dir.inventory()))
-        }
-    }
-}
-
-/// The global `--database` / `MTLS_DATABASE`.
-fn global_database() -> Option<String> {
-    crate::pkidir::DATABASE.get().and_then(|d| d.url.clone())
-}
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -70,8 +47,7 @@ pub fn serve(a: ServeArgs) -> Result<ExitCode> {
         .next()
         .context("root.crt holds no certificate")?;
     // --database / MTLS_DATABASE override the file.
-    let database = global_database().or(config.database.clone());
-    let loc = location(&pki, database.as_deref())?;
+    let loc = dir.location_or(config.database.as_deref())?;
     let names = if config.server_names.is_empty() {
         vec!["localhost".to_string(), config.listen.ip().to_string()]
     } else {
@@ -127,8 +103,8 @@ pub fn token(pki: &Path, a: TokenArgs) -> Result<ExitCode> {
         .profile
         .parse()
         .map_err(|e: mtls_pki::Error| UsageError(e.to_string()))?;
-    let ttl = mtls_ca::parse_duration(&a.ttl).map_err(UsageError)?;
-    let loc = location(pki, global_database().as_deref())?;
+    let ttl = crate::util::parse_duration(&a.ttl)?;
+    let loc = PkiDir::new(pki).location_or(None)?;
     let (token, expires) = runtime()?.block_on(async move {
         let store = Store::open_with(&loc, crate::pkidir::pg_tls()?)
             .await
@@ -288,7 +264,7 @@ pub fn renew(a: RenewArgs) -> Result<ExitCode> {
     };
     let threshold = match (&a.renew_at, &a.renew_before) {
         (Some(f), _) => Threshold::parse_fraction(f).map_err(UsageError)?,
-        (None, Some(b)) => Threshold::Before(mtls_ca::parse_duration(b).map_err(UsageError)?),
+        (None, Some(b)) => Threshold::Before(crate::util::parse_duration(b)?),
         (None, None) => Threshold::default(),
     };
     let hook = match (&a.exec, &a.signal) {

@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 use anyhow::{Context, Result};
 use mtls_pki::revocation::{RevocationReason, RevokedEntry};
 use mtls_pki::{files, CaCert, PrivateKey, Serial};
-use mtls_store::{CertificateRecord, ListFilter, Location, NewCertificate, Store};
+use mtls_store::{CertificateRecord, ListFilter, Location, Store};
 use time::OffsetDateTime;
 
 use crate::secrets::Source;
@@ -49,25 +49,36 @@ impl PkiDir {
     }
 
     /// Where the inventory is: `--database` / `MTLS_DATABASE` (a PostgreSQL URL shared with
-    /// online CA instances, or a path), else `inventory.db` in the PKI directory.
-    pub fn location(&self) -> Result<Location> {
-        match DATABASE.get().and_then(|d| d.url.as_deref()) {
+    /// online CA instances, or a path), else `configured` (the CA's configuration file), else
+    /// `inventory.db` in the PKI directory, which must then hold a CA.
+    pub fn location_or(&self, configured: Option<&str>) -> Result<Location> {
+        let global = DATABASE.get().and_then(|d| d.url.as_deref());
+        match global.or(configured) {
             Some(d) => Ok(d
                 .parse()
                 .map_err(|e: mtls_store::Error| crate::UsageError(e.to_string()))?),
-            None => Ok(Location::Sqlite(self.inventory())),
+            None => {
+                self.require_ca()?;
+                Ok(Location::Sqlite(self.inventory()))
+            }
         }
     }
 
-    /// Opens the inventory, failing with a hint when the PKI was never initialised.
-    pub fn open_inventory(&self) -> Result<Inventory> {
+    /// Fails with a hint when the PKI was never initialised.
+    pub fn require_ca(&self) -> Result<()> {
         if !self.intermediate_cert().exists() {
             anyhow::bail!(
                 "no CA in {} (run `mtls ca init` first, or pass --pki DIR / set MTLS_PKI_DIR)",
                 self.dir.display()
             );
         }
-        let location = self.location()?;
+        Ok(())
+    }
+
+    /// Opens the inventory, failing with a hint when the PKI was never initialised.
+    pub fn open_inventory(&self) -> Result<Inventory> {
+        self.require_ca()?;
+        let location = self.location_or(None)?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -183,24 +194,13 @@ impl Inventory {
     }
     pub fn record_issued(
         &mut self,
-        cert: &NewCertificate<'_>,
+        cert: mtls_store::CertificateToRecord,
         actor: &str,
         now: OffsetDateTime,
     ) -> Result<(), mtls_store::Error> {
-        let owned = mtls_store::CertificateToRecord {
-            serial: cert.serial.clone(),
-            issuer_key: cert.issuer_key.to_string(),
-            subject: cert.subject.to_string(),
-            sans: cert.sans.to_vec(),
-            profile: cert.profile.to_string(),
-            not_before: cert.not_before,
-            not_after: cert.not_after,
-            fingerprint: cert.fingerprint.to_string(),
-            pem: cert.pem.to_string(),
-        };
         self.rt.block_on(
             self.store
-                .record_issued(owned, mtls_store::IssueKind::Direct, actor, now),
+                .record_issued(cert, mtls_store::IssueKind::Direct, actor, now),
         )
     }
 }

@@ -8,34 +8,9 @@ use time::{Duration, OffsetDateTime};
 
 use crate::UsageError;
 
-/// Parses `30d`, `12h`, `45m`, `2w` or a bare number of days.
+/// Parses `30d`, `12h`, `45m`, `2w` or a bare number of days (the CA configuration's syntax).
 pub fn parse_duration(s: &str) -> Result<Duration> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => (&s[..i], &s[i..]),
-        None => (s, "d"),
-    };
-    let n: i64 = num.parse().map_err(|_| {
-        UsageError(format!(
-            "invalid duration {s:?} (examples: 90d, 12h, 30m, 2w)"
-        ))
-    })?;
-    let d = match unit {
-        "s" => Duration::seconds(n),
-        "m" => Duration::minutes(n),
-        "h" => Duration::hours(n),
-        "d" => Duration::days(n),
-        "w" => Duration::weeks(n),
-        _ => {
-            return Err(
-                UsageError(format!("invalid duration unit in {s:?} (s, m, h, d or w)")).into(),
-            )
-        }
-    };
-    if d <= Duration::ZERO {
-        return Err(UsageError(format!("duration {s:?} must be positive")).into());
-    }
-    Ok(d)
+    mtls_ca::parse_duration(s).map_err(|e| UsageError(e).into())
 }
 
 /// Parses RFC 3339 (`2026-01-02T03:04:05Z`) or `@UNIX_SECONDS`.

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use common::ca::{self, CaServer};
@@ -173,15 +172,10 @@ fn lifecycle(database: Option<&str>) {
         req.to_str().unwrap(),
     ])
     .ok();
-    let b64 = String::from_utf8(
-        std::process::Command::new("base64")
-            .args(["-w0"])
-            .arg(&req)
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let b64 = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(&req).unwrap())
+    };
     let encoded = b64
         .replace('+', "%2B")
         .replace('/', "%2F")
@@ -430,6 +424,16 @@ fn post_json(
     ca::curl(&args)
 }
 
+/// The answer is the seed's JSON error with this status and code.
+#[track_caller]
+fn expect_error(status: u16, body: &str, want_status: u16, want_code: &str) {
+    assert_eq!(
+        (status, error_code(body).as_str()),
+        (want_status, want_code),
+        "{body}"
+    );
+}
+
 fn error_code(body: &str) -> String {
     let v: serde_json::Value =
         serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body}"));
@@ -501,51 +505,27 @@ fn bad_tokens_csrs_and_renewals_are_refused() {
     let csr_pem = String::from_utf8(env.read("o.csr")).unwrap();
     let body = serde_json::json!({"token": t, "csr": csr_pem}).to_string();
     let (status, resp) = post_json(&server, &env, "/v1/sign", &body, None);
-    assert_eq!(
-        (status, error_code(&resp).as_str()),
-        (403, "NAME_NOT_ALLOWED"),
-        "{resp}"
-    );
+    expect_error(status, &resp, 403, "NAME_NOT_ALLOWED");
 
     // A CSR with a bad signature: flip a byte inside the signature.
-    let der = {
-        let b64: String = csr_pem
-            .lines()
-            .filter(|l| !l.starts_with("-----"))
-            .collect();
-        let mut d = base64_decode(&b64);
-        let n = d.len();
-        d[n - 5] ^= 0x01;
-        d
-    };
-    let bad = format!(
-        "-----BEGIN CERTIFICATE REQUEST-----\n{}\n-----END CERTIFICATE REQUEST-----\n",
-        base64_encode(&der)
-    );
+    let mut der = mtls_pki::pem_io::decode(csr_pem.as_bytes()).unwrap()[0]
+        .der
+        .clone();
+    let n = der.len();
+    der[n - 5] ^= 0x01;
+    let bad = mtls_pki::pem_io::encode("CERTIFICATE REQUEST", &der);
     let body = serde_json::json!({"token": t, "csr": bad}).to_string();
     let (status, resp) = post_json(&server, &env, "/v1/sign", &body, None);
-    assert_eq!(
-        (status, error_code(&resp).as_str()),
-        (400, "INVALID_CSR"),
-        "{resp}"
-    );
+    expect_error(status, &resp, 400, "INVALID_CSR");
     // Malformed JSON.
     let (status, resp) = post_json(&server, &env, "/v1/sign", "{", None);
-    assert_eq!(
-        (status, error_code(&resp).as_str()),
-        (400, "INVALID_REQUEST"),
-        "{resp}"
-    );
+    expect_error(status, &resp, 400, "INVALID_REQUEST");
     // The refused token is still usable afterwards (refusals do not consume it).
     ca::enroll(&env, &server, &t, "f", &[]).ok();
 
     // Renewal without a certificate, and with one from another CA.
     let (status, resp) = post_json(&server, &env, "/v1/renew", "{}", None);
-    assert_eq!(
-        (status, error_code(&resp).as_str()),
-        (401, "NO_CLIENT_CERT"),
-        "{resp}"
-    );
+    expect_error(status, &resp, 401, "NO_CLIENT_CERT");
     // Revoking someone else's certificate needs an administrator.
     let other = ca::serial_of(&env, &env.path("f/cert.pem"));
     let (status, resp) = post_json(
@@ -555,11 +535,7 @@ fn bad_tokens_csrs_and_renewals_are_refused() {
         &format!(r#"{{"serial":"{other}"}}"#),
         Some("a"),
     );
-    assert_eq!(
-        (status, error_code(&resp).as_str()),
-        (403, "FORBIDDEN"),
-        "{resp}"
-    );
+    expect_error(status, &resp, 403, "FORBIDDEN");
     // An administrator may (and list, and mint tokens remotely).
     let t = ca::token(&env, "ca-admin", &[], None);
     ca::enroll(&env, &server, &t, "admin", &[]).ok();
@@ -578,11 +554,7 @@ fn bad_tokens_csrs_and_renewals_are_refused() {
         &format!(r#"{{"serial":"{other}"}}"#),
         Some("admin"),
     );
-    assert_eq!(
-        (status, error_code(&resp).as_str()),
-        (409, "ALREADY_REVOKED"),
-        "{resp}"
-    );
+    expect_error(status, &resp, 409, "ALREADY_REVOKED");
     let (status, resp) = post_json(
         &server,
         &env,
@@ -605,11 +577,7 @@ fn bad_tokens_csrs_and_renewals_are_refused() {
 
     // Renewal with a revoked certificate.
     let (status, resp) = post_json(&server, &env, "/v1/renew", "{}", Some("f"));
-    assert_eq!(
-        (status, error_code(&resp).as_str()),
-        (403, "INVALID_CERT"),
-        "{resp}"
-    );
+    expect_error(status, &resp, 403, "INVALID_CERT");
     assert!(resp.contains("revoked"), "{resp}");
 
     // Every certificate returned is in the inventory, nothing more: a, f, admin, remote.
@@ -694,39 +662,10 @@ fn expired_certificates_cannot_renew() {
     );
     // …and the CA says so too when a client presents the expired certificate anyway.
     let (status, resp) = post_json(&server, &env, "/v1/renew", "{}", Some("s"));
-    assert_eq!(
-        (status, error_code(&resp).as_str()),
-        (403, "CERT_EXPIRED"),
-        "{resp}"
-    );
+    expect_error(status, &resp, 403, "CERT_EXPIRED");
     assert!(resp.contains("enroll again with a new token"), "{resp}");
     // And the service stops cleanly on SIGTERM.
     assert!(server.terminate().success());
-}
-
-fn base64_decode(s: &str) -> Vec<u8> {
-    let out = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!("printf '%s' '{s}' | base64 -d"))
-        .output()
-        .unwrap();
-    out.stdout
-}
-
-fn base64_encode(d: &[u8]) -> String {
-    use std::io::Write;
-    let mut child = std::process::Command::new("base64")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(d).unwrap();
-    String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
-}
-
-#[allow(dead_code)]
-fn exists(p: &Path) -> bool {
-    p.exists()
 }
 
 fn crl_number(env: &Env, url: &str, file: &str) -> u64 {
@@ -870,19 +809,11 @@ fn database_outage_answers_503_and_recovers() {
     );
     assert!(!env.path("two").exists());
     let (status, body) = ca::curl(&[&server.publish("/healthz")]);
-    assert_eq!(
-        (status, error_code(&body).as_str()),
-        (503, "DATABASE_UNAVAILABLE"),
-        "{body}"
-    );
+    expect_error(status, &body, 503, "DATABASE_UNAVAILABLE");
     let (status, _) = ca::curl(&[&server.publish("/v1/crl")]);
     assert_eq!(status, 503);
     let (status, body) = post_json(&server, &env, "/v1/renew", "{}", Some("one"));
-    assert_eq!(
-        (status, error_code(&body).as_str()),
-        (503, "DATABASE_UNAVAILABLE"),
-        "{body}"
-    );
+    expect_error(status, &body, 503, "DATABASE_UNAVAILABLE");
     let o = ca::ocsp(
         &env,
         &server,
@@ -925,7 +856,6 @@ fn renewal_daemon_keeps_a_gateway_serving() {
     let lifetime = "leaf_lifetime = \"40s\"\n";
     let server = CaServer::start_on(&env, "ca", None, lifetime, port, publish);
     let url = server.url();
-    let fp = server.fingerprint.clone();
     let t = ca::token(
         &env,
         "localhost",
@@ -940,18 +870,6 @@ fn renewal_daemon_keeps_a_gateway_serving() {
         None,
     );
     ca::enroll(&env, &server, &t, "srv", &[]).ok();
-    let (_, first_expiry) = {
-        let r = env
-            .openssl(&[
-                "x509",
-                "-noout",
-                "-enddate",
-                "-in",
-                env.p("srv/cert.pem").as_str(),
-            ])
-            .ok();
-        ((), r.stdout)
-    };
     let first_serial = ca::serial_of(&env, &env.path("srv/cert.pem"));
     env.mtls(&["issue", "client", "client-app"]).ok();
     let up = Upstream::start();
@@ -1068,8 +986,6 @@ fn renewal_daemon_keeps_a_gateway_serving() {
     assert!(value("mtls_renew_failures_total") >= 1.0, "{m}");
     assert!(value("mtls_renew_renewals_total") >= 1.0, "{m}");
     assert!(value("mtls_renew_next_attempt_seconds") > 0.0, "{m}");
-    let _ = fp;
-    let _ = first_expiry;
 }
 
 /// Key rotation replaces certificate and key in one atomic rename, so it needs a combined file.

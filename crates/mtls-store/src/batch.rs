@@ -50,6 +50,22 @@ pub(crate) struct Job {
     pub reply: oneshot::Sender<Result<WriteResult>>,
 }
 
+/// Every operation of a batch that could not run at all.
+pub(crate) fn unavailable_all(
+    n: usize,
+    context: &'static str,
+    detail: &str,
+) -> Vec<Result<WriteResult>> {
+    (0..n)
+        .map(|_| {
+            Err(Error::Unavailable {
+                context,
+                detail: detail.to_string(),
+            })
+        })
+        .collect()
+}
+
 /// After a failed commit nothing in the batch is durable: every caller learns it.
 pub(crate) fn fail_all(results: &mut [Result<WriteResult>], context: &'static str, detail: &str) {
     for r in results.iter_mut() {

@@ -25,7 +25,6 @@ mod sqlite;
 mod store;
 
 pub use pg_tls::PgTls;
-pub use sqlite::Inventory;
 pub use store::{Location, Store};
 
 /// Errors from the inventory.
@@ -109,7 +108,7 @@ pub enum Status {
 
 /// A certificate to record.
 #[derive(Clone, Debug)]
-pub struct NewCertificate<'a> {
+pub(crate) struct NewCertificate<'a> {
     pub serial: &'a Serial,
     /// Hex SHA-256 of the issuing CA's SubjectPublicKeyInfo: which CRL lists this serial.
     pub issuer_key: &'a str,
@@ -137,6 +136,21 @@ pub struct CertificateToRecord {
 }
 
 impl CertificateToRecord {
+    /// The record of a certificate `issuer_key` just issued under `profile`.
+    pub fn from_issued(issued: &mtls_pki::Issued, issuer_key: &str, profile: &str) -> Self {
+        CertificateToRecord {
+            serial: issued.serial.clone(),
+            issuer_key: issuer_key.to_string(),
+            subject: issued.subject.clone(),
+            sans: issued.sans.iter().map(ToString::to_string).collect(),
+            profile: profile.to_string(),
+            not_before: issued.not_before,
+            not_after: issued.not_after,
+            fingerprint: mtls_pki::inspect::sha256_hex(&issued.der),
+            pem: issued.pem(),
+        }
+    }
+
     pub(crate) fn borrowed(&self) -> NewCertificate<'_> {
         NewCertificate {
             serial: &self.serial,

@@ -1,8 +1,9 @@
 //! The PostgreSQL backend, for several CA instances sharing one inventory.
 //!
 //! Uniqueness and ordering come from the database, not from the instance: serials are a primary
-//! key, tokens and certificates are locked (`FOR UPDATE`) before they change, and CRL numbers are
-//! incremented by one atomic upsert. Every statement has a deadline, so a database that went away
+//! key, a token is consumed by a conditional `UPDATE` (its row lock makes a racing instance wait,
+//! then find it used), certificates are locked (`FOR UPDATE`) before a revocation, and CRL numbers
+//! are incremented by one atomic upsert. Every statement has a deadline, so a database that went away
 //! turns into [`Error::Unavailable`] instead of a hung request; connections are re-established on
 //! the next use.
 
@@ -19,7 +20,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Row, Statement};
 
-use crate::batch::{fail_all, Job, WriteOp, WriteResult, MAX_BATCH};
+use crate::batch::{fail_all, unavailable_all, Job, WriteOp, WriteResult, MAX_BATCH};
 use crate::{
     audit_detail_issue, from_ts, sans_from_json, sans_json, sqlite::revoked_entry, ts, AuditEntry,
     CertificateRecord, CertificateToRecord, Error, IssueKind, ListFilter, NewToken, Result,
@@ -134,34 +135,30 @@ pub(crate) async fn connect(target: &PgTarget) -> Result<Client> {
         .parse()
         .map_err(|e: tokio_postgres::Error| Error::InvalidLocation(e.to_string()))?;
     match &target.tls {
-        None => {
-            let connecting = config.connect(NoTls);
-            let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
-                .await
-                .map_err(|_| timed_out())?
-                .map_err(unavailable("connect"))?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "postgres connection ended");
-                }
-            });
-            Ok(client)
-        }
+        None => connect_with(&config, NoTls).await,
         Some(tls) => {
+            // No fallback to plaintext once TLS is configured.
             config.ssl_mode(tokio_postgres::config::SslMode::Require);
-            let connecting = config.connect(tls.clone());
-            let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
-                .await
-                .map_err(|_| timed_out())?
-                .map_err(unavailable("connect"))?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "postgres connection ended");
-                }
-            });
-            Ok(client)
+            connect_with(&config, tls.clone()).await
         }
     }
+}
+
+async fn connect_with<T>(config: &tokio_postgres::Config, tls: T) -> Result<Client>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, config.connect(tls))
+        .await
+        .map_err(|_| timed_out())?
+        .map_err(unavailable("connect"))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "postgres connection ended");
+        }
+    });
+    Ok(client)
 }
 
 /// A connection and its prepared statements: `query(&str)` would prepare the statement again
@@ -435,6 +432,14 @@ enum OpError {
     Broken(Error),
 }
 
+impl OpError {
+    fn into_error(self) -> Error {
+        match self {
+            OpError::Refused(e) | OpError::Unique(e) | OpError::Retry(e) | OpError::Broken(e) => e,
+        }
+    }
+}
+
 fn classify(context: &'static str, e: tokio_postgres::Error) -> OpError {
     let code = e.code().cloned();
     let err = unavailable(context)(e);
@@ -481,82 +486,6 @@ async fn audit_insert(
     )
     .await
     .map(|_| ())
-}
-
-async fn issue(
-    c: &Conn,
-    cert: &CertificateToRecord,
-    kind: &IssueKind,
-    actor: &str,
-    now: OffsetDateTime,
-) -> std::result::Result<WriteResult, OpError> {
-    let serial = cert.serial.to_string();
-    if let IssueKind::Enrollment { token_id } = kind {
-        let rows = q(
-            c,
-            "lock the token",
-            "SELECT used_at, expires_at FROM tokens WHERE id = $1 FOR UPDATE",
-            &[token_id],
-        )
-        .await?;
-        let Some(row) = rows.first() else {
-            return Err(OpError::Refused(Error::UnknownToken));
-        };
-        let used: Option<i64> = row
-            .try_get(0)
-            .map_err(|e| OpError::Refused(Error::Corrupt(e.to_string())))?;
-        let exp: i64 = row
-            .try_get(1)
-            .map_err(|e| OpError::Refused(Error::Corrupt(e.to_string())))?;
-        if let Some(at) = used {
-            return Err(OpError::Refused(Error::TokenUsed {
-                id: token_id.clone(),
-                at: from_ts(at).map_err(OpError::Refused)?,
-            }));
-        }
-        if exp <= ts(now) {
-            return Err(OpError::Refused(Error::TokenExpired {
-                id: token_id.clone(),
-                at: from_ts(exp).map_err(OpError::Refused)?,
-            }));
-        }
-        q(
-            c,
-            "use the token",
-            "UPDATE tokens SET used_at = $1, used_by_serial = $2 WHERE id = $3",
-            &[&ts(now), &serial, token_id],
-        )
-        .await?;
-    }
-    let sans = sans_json(&cert.sans).map_err(OpError::Refused)?;
-    let inserted = q(
-        c,
-        "insert the certificate",
-        "INSERT INTO certificates (serial, issuer_key, subject, sans, profile, not_before, not_after,
-                                   fingerprint, pem, issued_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        &[
-            &serial,
-            &cert.issuer_key,
-            &cert.subject,
-            &sans,
-            &cert.profile,
-            &ts(cert.not_before),
-            &ts(cert.not_after),
-            &cert.fingerprint,
-            &cert.pem,
-            &ts(now),
-        ],
-    )
-    .await;
-    match inserted {
-        Ok(_) => {}
-        Err(OpError::Unique(_)) => return Err(OpError::Refused(Error::DuplicateSerial(serial))),
-        Err(e) => return Err(e),
-    }
-    let (action, detail) = audit_detail_issue(kind, &cert.borrowed());
-    audit_insert(c, now, &action, Some(&serial), actor, &detail).await?;
-    Ok(WriteResult::Done)
 }
 
 async fn revoke(
@@ -722,20 +651,12 @@ async fn exec(c: &Conn, context: &'static str, sql: &str) -> std::result::Result
 /// One transaction for the whole batch; returns false when the connection is unusable.
 async fn apply_batch(c: &Conn, jobs: &[Job]) -> (Vec<Result<WriteResult>>, bool) {
     let mut results: Vec<Result<WriteResult>> = Vec::with_capacity(jobs.len());
-    if let Err(OpError::Broken(e) | OpError::Refused(e) | OpError::Retry(e) | OpError::Unique(e)) =
-        exec(c, "begin a transaction", "BEGIN").await
-    {
-        let detail = e.to_string();
-        let failed = jobs
-            .iter()
-            .map(|_| {
-                Err(Error::Unavailable {
-                    context: "begin a transaction",
-                    detail: detail.clone(),
-                })
-            })
-            .collect();
-        return (failed, false);
+    if let Err(e) = exec(c, "begin a transaction", "BEGIN").await {
+        let detail = e.into_error().to_string();
+        return (
+            unavailable_all(jobs.len(), "begin a transaction", &detail),
+            false,
+        );
     }
     // Alone in its batch, an operation needs no savepoint: the transaction is one.
     let single = jobs.len() == 1;
@@ -784,24 +705,19 @@ async fn apply_batch(c: &Conn, jobs: &[Job]) -> (Vec<Result<WriteResult>>, bool)
             Err(OpError::Broken(e) | OpError::Retry(e) | OpError::Unique(e)) => {
                 // The connection or transaction is gone: nothing in this batch committed.
                 let detail = e.to_string();
-                let mut all: Vec<Result<WriteResult>> = results.into_iter().collect();
-                all.push(Err(e));
-                while all.len() < jobs.len() {
-                    all.push(Err(Error::Unavailable {
-                        context: "run the transaction",
-                        detail: detail.clone(),
-                    }));
-                }
-                fail_all(&mut all, "run the transaction", &detail);
+                results.push(Err(e));
+                let rest = jobs.len().saturating_sub(results.len());
+                results.extend(unavailable_all(rest, "run the transaction", &detail));
+                fail_all(&mut results, "run the transaction", &detail);
                 let _ = exec(c, "roll back", "ROLLBACK").await;
-                return (all, false);
+                return (results, false);
             }
         }
     }
     match exec(c, "commit", "COMMIT").await {
         Ok(()) => (results, true),
-        Err(OpError::Broken(e) | OpError::Refused(e) | OpError::Retry(e) | OpError::Unique(e)) => {
-            fail_all(&mut results, "commit", &e.to_string());
+        Err(e) => {
+            fail_all(&mut results, "commit", &e.into_error().to_string());
             (results, false)
         }
     }
@@ -829,11 +745,14 @@ WITH tok AS (
 )
 SELECT (SELECT count(*) FROM tok), (SELECT count(*) FROM cert)";
 
-/// What one pipelined issuance did.
-async fn issue_pipelined(c: &Conn, job: &Job) -> std::result::Result<WriteResult, OpError> {
-    let WriteOp::Issue { cert, kind, actor } = &job.op else {
-        return Err(OpError::Refused(Error::Corrupt("not an issuance".into())));
-    };
+/// Records one issuance with [`ISSUE_SQL`] (alone, in a savepoint, or pipelined with others).
+async fn issue(
+    c: &Conn,
+    cert: &CertificateToRecord,
+    kind: &IssueKind,
+    actor: &str,
+    now: OffsetDateTime,
+) -> std::result::Result<WriteResult, OpError> {
     let serial = cert.serial.to_string();
     let sans = sans_json(&cert.sans).map_err(OpError::Refused)?;
     let token: Option<&str> = match kind {
@@ -855,7 +774,7 @@ async fn issue_pipelined(c: &Conn, job: &Job) -> std::result::Result<WriteResult
             &ts(cert.not_after),
             &cert.fingerprint,
             &cert.pem,
-            &ts(job.now),
+            &ts(now),
             &token,
             &action,
             &actor,
@@ -920,10 +839,14 @@ async fn token_refusal(c: &Conn, id: &str) -> std::result::Result<Error, OpError
 async fn apply_issue_batch(c: &Conn, jobs: &[Job]) -> (Vec<Result<WriteResult>>, bool) {
     for attempt in 1..=3 {
         if let Err(e) = exec(c, "begin a transaction", "BEGIN").await {
-            return (fail_every(jobs, "begin a transaction", &e), false);
+            let detail = e.into_error().to_string();
+            return (
+                unavailable_all(jobs.len(), "begin a transaction", &detail),
+                false,
+            );
         }
         let outcomes =
-            futures_util::future::join_all(jobs.iter().map(|j| issue_pipelined(c, j))).await;
+            futures_util::future::join_all(jobs.iter().map(|j| apply(c, &j.op, j.now))).await;
         let retry = outcomes.iter().any(|o| matches!(o, Err(OpError::Retry(_))));
         let broken = outcomes.iter().find_map(|o| match o {
             Err(OpError::Broken(e) | OpError::Unique(e)) => Some(e.to_string()),
@@ -935,60 +858,24 @@ async fn apply_issue_batch(c: &Conn, jobs: &[Job]) -> (Vec<Result<WriteResult>>,
                 continue;
             }
             let detail = broken.unwrap_or_else(|| "deadlock with another instance".into());
-            let failed = jobs
-                .iter()
-                .map(|_| {
-                    Err(Error::Unavailable {
-                        context: "record certificates",
-                        detail: detail.clone(),
-                    })
-                })
-                .collect();
-            return (failed, rolled_back);
+            return (
+                unavailable_all(jobs.len(), "record certificates", &detail),
+                rolled_back,
+            );
         }
         let mut results: Vec<Result<WriteResult>> = outcomes
             .into_iter()
-            .map(|o| match o {
-                Ok(r) => Ok(r),
-                Err(
-                    OpError::Refused(e)
-                    | OpError::Retry(e)
-                    | OpError::Broken(e)
-                    | OpError::Unique(e),
-                ) => Err(e),
-            })
+            .map(|o| o.map_err(OpError::into_error))
             .collect();
         return match exec(c, "commit", "COMMIT").await {
             Ok(()) => (results, true),
             Err(e) => {
-                let e = match e {
-                    OpError::Broken(e)
-                    | OpError::Refused(e)
-                    | OpError::Retry(e)
-                    | OpError::Unique(e) => e,
-                };
-                fail_all(&mut results, "commit", &e.to_string());
+                fail_all(&mut results, "commit", &e.into_error().to_string());
                 (results, false)
             }
         };
     }
     (Vec::new(), false)
-}
-
-fn fail_every(jobs: &[Job], context: &'static str, e: &OpError) -> Vec<Result<WriteResult>> {
-    let detail = match e {
-        OpError::Broken(e) | OpError::Refused(e) | OpError::Retry(e) | OpError::Unique(e) => {
-            e.to_string()
-        }
-    };
-    jobs.iter()
-        .map(|_| {
-            Err(Error::Unavailable {
-                context,
-                detail: detail.clone(),
-            })
-        })
-        .collect()
 }
 
 /// The writer task: one connection of its own, batches of queued jobs, reconnects after failure.
@@ -1019,15 +906,7 @@ pub(crate) async fn run_writer(target: PgTarget, first: Client, mut rx: mpsc::Re
                 }
                 results
             }
-            None => jobs
-                .iter()
-                .map(|_| {
-                    Err(Error::Unavailable {
-                        context: "connect",
-                        detail: "the database is unreachable".into(),
-                    })
-                })
-                .collect(),
+            None => unavailable_all(jobs.len(), "connect", "the database is unreachable"),
         };
         for (job, result) in jobs.drain(..).zip(results) {
             let _ = job.reply.send(result);

@@ -1,5 +1,5 @@
-//! The SQLite backend: the synchronous [`Inventory`] the CLI uses, and the writer thread that
-//! group-commits the asynchronous [`crate::Store`]'s writes.
+//! The SQLite backend: the statements, and the writer thread that group-commits the
+//! [`crate::Store`]'s writes.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -9,7 +9,7 @@ use mtls_pki::Serial;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use time::OffsetDateTime;
 
-use crate::batch::{fail_all, Job, WriteOp, WriteResult, MAX_BATCH};
+use crate::batch::{fail_all, unavailable_all, Job, WriteOp, WriteResult, MAX_BATCH};
 use crate::{
     audit_detail_issue, from_ts, sans_from_json, sans_json, ts, AuditEntry, CertificateRecord,
     Error, IssueKind, ListFilter, NewCertificate, NewToken, Result, TokenRecord,
@@ -499,18 +499,7 @@ fn apply_batch(
 ) -> Vec<Result<WriteResult>> {
     let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
-        Err(e) => {
-            let detail = e.to_string();
-            return jobs
-                .iter()
-                .map(|_| {
-                    Err(Error::Unavailable {
-                        context: "begin a transaction",
-                        detail: detail.clone(),
-                    })
-                })
-                .collect();
-        }
+        Err(e) => return unavailable_all(jobs.len(), "begin a transaction", &e.to_string()),
     };
     if let [(op, now)] = jobs {
         // Alone in its batch: the transaction is the savepoint.
@@ -563,150 +552,71 @@ pub(crate) fn run_writer(mut conn: Connection, mut rx: tokio::sync::mpsc::Receiv
     }
 }
 
-/// The synchronous SQLite inventory used by the offline CLI.
-pub struct Inventory {
-    conn: Connection,
-}
-
-impl Inventory {
-    /// Opens (creating if needed) the inventory at `path`. A new file is created with mode 0600.
-    pub fn open(path: &Path) -> Result<Self> {
-        Ok(Inventory {
-            conn: open_connection(path)?,
-        })
-    }
-
-    fn write(&mut self, op: WriteOp, now: OffsetDateTime) -> Result<WriteResult> {
-        apply_batch(&mut self.conn, &[(&op, now)])
-            .pop()
-            .unwrap_or(Err(Error::Corrupt("empty batch result".into())))
-    }
-
-    /// Records an issued certificate and its audit entry in one transaction.
-    pub fn record_issued(
-        &mut self,
-        cert: &NewCertificate<'_>,
-        actor: &str,
-        now: OffsetDateTime,
-    ) -> Result<()> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db("begin"))?;
-        issue(&tx, cert, &IssueKind::Direct, actor, now)?;
-        tx.commit().map_err(db("commit"))
-    }
-
-    /// One certificate by serial.
-    pub fn get(&self, serial: &Serial, now: OffsetDateTime) -> Result<Option<CertificateRecord>> {
-        get(&self.conn, serial, now)
-    }
-
-    /// Certificates matching `filter`, soonest expiry first.
-    pub fn list(&self, filter: &ListFilter, now: OffsetDateTime) -> Result<Vec<CertificateRecord>> {
-        list(&self.conn, filter, now)
-    }
-
-    /// Marks a certificate revoked (and audits it) in one transaction.
-    pub fn revoke(
-        &mut self,
-        serial: &Serial,
-        reason: Option<RevocationReason>,
-        actor: &str,
-        now: OffsetDateTime,
-    ) -> Result<CertificateRecord> {
-        let op = WriteOp::Revoke {
-            serial: serial.clone(),
-            issuer_key: None,
-            reason,
-            actor: actor.to_string(),
-        };
-        self.write(op, now)?.into_record()
-    }
-
-    /// Every revoked certificate issued by `issuer_key`, for a CRL.
-    pub fn revoked_entries(&self, issuer_key: &str) -> Result<Vec<RevokedEntry>> {
-        revoked_entries(&self.conn, issuer_key)
-    }
-
-    /// Allocates the next CRL number for `issuer_key` (strictly increasing, durable before use).
-    pub fn next_crl_number(
-        &mut self,
-        issuer_key: &str,
-        actor: &str,
-        now: OffsetDateTime,
-    ) -> Result<u64> {
-        let op = WriteOp::NextCrlNumber {
-            issuer_key: issuer_key.to_string(),
-            actor: actor.to_string(),
-        };
-        self.write(op, now)?.into_number()
-    }
-
-    /// Stores a new enrollment token.
-    pub fn create_token(&mut self, token: NewToken, now: OffsetDateTime) -> Result<()> {
-        self.write(WriteOp::CreateToken { token }, now)?.into_unit()
-    }
-
-    /// The most recent audit entries, newest first.
-    pub fn audit(&self, limit: u32) -> Result<Vec<AuditEntry>> {
-        audit(&self.conn, limit)
-    }
-}
-
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
-    use super::*;
+    use crate::{CertificateToRecord, Error, IssueKind, ListFilter, Location, Status, Store};
+    use mtls_pki::revocation::RevocationReason;
+    use mtls_pki::Serial;
+    use time::OffsetDateTime;
 
-    fn sample<'a>(serial: &'a Serial, fp: &'a str) -> NewCertificate<'a> {
-        NewCertificate {
-            serial,
-            issuer_key: "ik",
-            subject: "CN=a",
-            sans: &[],
-            profile: "client",
+    fn sample(serial: &Serial, fp: &str) -> CertificateToRecord {
+        CertificateToRecord {
+            serial: serial.clone(),
+            issuer_key: "ik".into(),
+            subject: "CN=a".into(),
+            sans: vec![],
+            profile: "client".into(),
             not_before: OffsetDateTime::UNIX_EPOCH,
             not_after: OffsetDateTime::UNIX_EPOCH + time::Duration::days(30),
-            fingerprint: fp,
-            pem: "pem",
+            fingerprint: fp.into(),
+            pem: "pem".into(),
         }
     }
 
-    #[test]
-    fn record_list_revoke_and_crl_numbers() {
+    #[tokio::test]
+    async fn record_list_revoke_and_crl_numbers() {
         let dir = tempfile::tempdir().unwrap();
-        let mut inv = Inventory::open(&dir.path().join("inv.db")).unwrap();
+        let location = Location::Sqlite(dir.path().join("inv.db"));
+        let inv = Store::open(&location).await.unwrap();
         let now = OffsetDateTime::UNIX_EPOCH + time::Duration::days(1);
         let s1 = Serial::random().unwrap();
-        inv.record_issued(&sample(&s1, "f1"), "test", now).unwrap();
+        let direct = || IssueKind::Direct;
+        inv.record_issued(sample(&s1, "f1"), direct(), "test", now)
+            .await
+            .unwrap();
         assert!(matches!(
-            inv.record_issued(&sample(&s1, "f2"), "test", now),
+            inv.record_issued(sample(&s1, "f2"), direct(), "test", now)
+                .await,
             Err(Error::DuplicateSerial(_))
         ));
-        let all = inv.list(&ListFilter::default(), now).unwrap();
+        let all = inv.list(&ListFilter::default(), now).await.unwrap();
         assert_eq!(all.len(), 1);
-        assert_eq!(all[0].status, crate::Status::Valid);
+        assert_eq!(all[0].status, Status::Valid);
         let unknown = Serial::random().unwrap();
         assert!(matches!(
-            inv.revoke(&unknown, None, "t", now),
+            inv.revoke(&unknown, None, None, "t", now).await,
             Err(Error::UnknownSerial(_))
         ));
         let r = inv
-            .revoke(&s1, Some(RevocationReason::KeyCompromise), "t", now)
+            .revoke(&s1, None, Some(RevocationReason::KeyCompromise), "t", now)
+            .await
             .unwrap();
-        assert_eq!(r.status, crate::Status::Revoked);
+        assert_eq!(r.status, Status::Revoked);
         assert!(matches!(
-            inv.revoke(&s1, None, "t", now),
+            inv.revoke(&s1, None, None, "t", now).await,
             Err(Error::AlreadyRevoked { .. })
         ));
-        assert_eq!(inv.revoked_entries("ik").unwrap().len(), 1);
-        assert_eq!(inv.next_crl_number("ik", "t", now).unwrap(), 1);
-        assert_eq!(inv.next_crl_number("ik", "t", now).unwrap(), 2);
+        assert_eq!(inv.revoked_entries("ik").await.unwrap().len(), 1);
+        assert_eq!(inv.revocation_epoch().await.unwrap(), 1);
+        assert_eq!(inv.next_crl_number("ik", "t", now).await.unwrap(), 1);
+        assert_eq!(inv.next_crl_number("ik", "t", now).await.unwrap(), 2);
         drop(inv);
-        let mut inv = Inventory::open(&dir.path().join("inv.db")).unwrap();
-        assert_eq!(inv.next_crl_number("ik", "t", now).unwrap(), 3);
+        let inv = Store::open(&location).await.unwrap();
+        assert_eq!(inv.next_crl_number("ik", "t", now).await.unwrap(), 3);
         let actions: Vec<String> = inv
             .audit(10)
+            .await
             .unwrap()
             .into_iter()
             .map(|a| a.action)
