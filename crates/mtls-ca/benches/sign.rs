@@ -112,7 +112,7 @@ fn main() {
             "sign/{backend}/c{c}: {} requests ({} warm-up) in {:.2} s: {:.0} req/s, \
              latency p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms; \
              CPU busy during the run: cpu0 (server) {:.0}%, cpu1 (load generator{}) {:.0}%; \
-             inventory {} certificates (expected {})",
+             server CPU {:.0} µs/request; inventory {} certificates (expected {})",
             r.timed,
             r.warmup,
             r.elapsed.as_secs_f64(),
@@ -124,6 +124,7 @@ fn main() {
             r.cpu_busy[0] * 100.0,
             if pg.is_some() { ", PostgreSQL" } else { "" },
             r.cpu_busy[1] * 100.0,
+            r.server_cpu_per_request.as_secs_f64() * 1e6,
             r.inventory,
             count + 2,
         );
@@ -258,7 +259,25 @@ struct RunResult {
     p99: StdDuration,
     max: StdDuration,
     cpu_busy: [f64; 2],
+    /// Server process CPU time (user + system, all threads) per timed request.
+    server_cpu_per_request: StdDuration,
     inventory: usize,
+}
+
+/// User + system CPU time of process `pid` (all its threads) from /proc/PID/stat.
+fn process_cpu(pid: u32) -> StdDuration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // Clock ticks: USER_HZ is 100 on Linux.
+    let ticks: u64 = f.iter().sum();
+    StdDuration::from_millis(ticks * 10)
 }
 
 /// One configuration: mint tokens, start a server, load it with `c` connections, check.
@@ -299,7 +318,8 @@ fn run(
     let tls = Arc::new(
         mtls_tls::client_config(std::slice::from_ref(root), None, &[b"http/1.1"]).unwrap(),
     );
-    let (elapsed, mut latencies, cpu_busy) = load.block_on(async {
+    let server_pid = server.id();
+    let (elapsed, mut latencies, cpu_busy, server_cpu) = load.block_on(async {
         let mut senders = Vec::with_capacity(c);
         for _ in 0..c {
             senders.push(connect(addr, tls.clone()).await);
@@ -308,6 +328,7 @@ fn run(
         // Warm-up: not timed.
         let (senders, _, _) = drive(senders, bodies.clone(), 0, warmup).await;
         let cpu0 = cpu_times();
+        let server0 = process_cpu(server_pid);
         let t0 = Instant::now();
         let (_, latencies, failures) =
             tokio::time::timeout(RUN_TIMEOUT, drive(senders, bodies.clone(), warmup, count))
@@ -315,13 +336,14 @@ fn run(
                 .expect("the run timed out");
         let elapsed = t0.elapsed();
         let cpu1 = cpu_times();
+        let server_cpu = process_cpu(server_pid).saturating_sub(server0);
         assert_eq!(failures, 0, "some requests were not answered 201");
         let busy = |i: usize| {
             let b = cpu1[i].0.saturating_sub(cpu0[i].0) as f64;
             let t = cpu1[i].1.saturating_sub(cpu0[i].1).max(1) as f64;
             b / t
         };
-        (elapsed, latencies, [busy(0), busy(1)])
+        (elapsed, latencies, [busy(0), busy(1)], server_cpu)
     });
     drop(load);
     pin_self("0,1");
@@ -345,6 +367,7 @@ fn run(
         p99: pct(99),
         max: *latencies.last().unwrap(),
         cpu_busy,
+        server_cpu_per_request: server_cpu / latencies.len().max(1) as u32,
         inventory,
     }
 }

@@ -125,14 +125,45 @@ impl FromStr for Profile {
     }
 }
 
+/// The CA's key as rcgen's signer, shared with [`CaCert::key`] (one copy of the secret).
+struct SharedKey(std::sync::Arc<PrivateKey>);
+
+impl rcgen::PublicKeyData for SharedKey {
+    fn der_bytes(&self) -> &[u8] {
+        self.0.key_pair().der_bytes()
+    }
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        rcgen::PublicKeyData::algorithm(self.0.key_pair())
+    }
+}
+
+impl rcgen::SigningKey for SharedKey {
+    fn sign(&self, msg: &[u8]) -> std::result::Result<Vec<u8>, rcgen::Error> {
+        self.0.key_pair().sign(msg)
+    }
+}
+
 /// A CA certificate with its private key, ready to sign.
-#[derive(Debug)]
 pub struct CaCert {
     der: CertificateDer<'static>,
-    key: PrivateKey,
+    key: std::sync::Arc<PrivateKey>,
+    /// rcgen's view of the issuer (name, key identifier, key usages), parsed once: an online CA
+    /// signs with it on every request.
+    issuer: Issuer<'static, SharedKey>,
     subject: String,
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
+}
+
+impl std::fmt::Debug for CaCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaCert")
+            .field("subject", &self.subject)
+            .field("key", &self.key)
+            .field("not_before", &self.not_before)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
 }
 
 impl CaCert {
@@ -160,9 +191,12 @@ impl CaCert {
         }
         let not_before = cert.validity().not_before.to_datetime();
         let not_after = cert.validity().not_after.to_datetime();
+        let key = std::sync::Arc::new(key);
+        let issuer = Issuer::from_ca_cert_der(&der, SharedKey(key.clone()))?;
         Ok(CaCert {
             der,
             key,
+            issuer,
             subject,
             not_before,
             not_after,
@@ -205,8 +239,8 @@ impl CaCert {
         self.not_after
     }
 
-    pub(crate) fn issuer(&self) -> Result<Issuer<'static, &rcgen::KeyPair>> {
-        Ok(Issuer::from_ca_cert_der(&self.der, self.key.key_pair())?)
+    pub(crate) fn issuer(&self) -> &Issuer<'static, impl rcgen::SigningKey> {
+        &self.issuer
     }
 
     /// Fails unless the CA can sign at `now`.
@@ -328,7 +362,7 @@ pub fn new_intermediate(
         &serial,
     )?;
     params.use_authority_key_identifier_extension = true;
-    let cert = params.signed_by(key.key_pair(), &root.issuer()?)?;
+    let cert = params.signed_by(key.key_pair(), root.issuer())?;
     CaCert::new(cert.der().clone(), key)
 }
 
@@ -537,7 +571,7 @@ pub fn issue_leaf(
         }
     }
     urls.apply(&mut params)?;
-    let cert = params.signed_by(public_key, &ca.issuer()?)?;
+    let cert = params.signed_by(public_key, ca.issuer())?;
     let der = cert.der().clone();
     let subject = pem_io::parse_certificate(&der)?.subject().to_string();
     Ok(Issued {
@@ -575,7 +609,7 @@ pub fn issue_ocsp_signer(
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::OcspSigning];
     params.custom_extensions = vec![ocsp_nocheck_extension()?];
-    let cert = params.signed_by(public_key, &ca.issuer()?)?;
+    let cert = params.signed_by(public_key, ca.issuer())?;
     let der = cert.der().clone();
     let subject = pem_io::parse_certificate(&der)?.subject().to_string();
     Ok(Issued {

@@ -140,7 +140,7 @@ pub fn build_crl(
         key_identifier_method: KeyIdMethod::Sha256,
     };
     // The AKI must equal the CA's SKI: take the issuer from the CA certificate.
-    let crl = params.signed_by(&ca.issuer()?)?;
+    let crl = params.signed_by(ca.issuer())?;
     Ok(crl.der().clone())
 }
 
