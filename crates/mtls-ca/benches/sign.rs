@@ -17,6 +17,11 @@
 //! Each configuration (C = 16, then C = 1) gets its own fresh inventory and server. PostgreSQL
 //! runs outside the pinning (its backends may use either core).
 //!
+//! `MTLS_BENCH_MODE=ceiling` measures what the target leaves out: the same CSRs over the same
+//! stack (rustls, hyper, axum, JSON in and out, `mtls_pki::csr::parse` with its signature check,
+//! `issue_leaf`, PEM chain in the answer) with no token and no database at all, so the figure
+//! is an upper bound for any durable CA built on this stack on this machine.
+//!
 //! Environment: `MTLS_BENCH_N` (requests at C > 1, default 20000), `MTLS_BENCH_N_SERIAL`
 //! (requests at C = 1, default 2000), `MTLS_BENCH_CONNS` (default `16,1`),
 //! `MTLS_BENCH_POSTGRES_URL` (use PostgreSQL; a database `mtls_bench_<pid>_c<C>` is created
@@ -59,9 +64,17 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+fn ceiling_mode() -> bool {
+    std::env::var("MTLS_BENCH_MODE").as_deref() == Ok("ceiling")
+}
+
 fn main() {
     if std::env::var(ROLE).as_deref() == Ok("server") {
-        server_main();
+        if ceiling_mode() {
+            ceiling_server_main();
+        } else {
+            server_main();
+        }
         return;
     }
     let n = env_usize("MTLS_BENCH_N", 20_000);
@@ -74,7 +87,13 @@ fn main() {
     let pg = std::env::var("MTLS_BENCH_POSTGRES_URL")
         .ok()
         .filter(|u| !u.is_empty());
-    let backend = if pg.is_some() { "postgres" } else { "sqlite" };
+    let backend = if ceiling_mode() {
+        "no-database-ceiling"
+    } else if pg.is_some() {
+        "postgres"
+    } else {
+        "sqlite"
+    };
 
     let dir = tempfile::tempdir().unwrap();
     let root = write_pki(dir.path());
@@ -134,7 +153,9 @@ fn main() {
                 &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
             );
         }
-        assert_eq!(r.inventory, count + 2, "inventory count");
+        if !ceiling_mode() {
+            assert_eq!(r.inventory, count + 2, "inventory count");
+        }
     }
 }
 
@@ -572,5 +593,120 @@ fn server_main() {
     if stopped.is_err() {
         eprintln!("sign: server: Running::shutdown did not return within 5 s; exiting anyway");
     }
+    rt.shutdown_timeout(StdDuration::from_secs(1));
+}
+
+/// `MTLS_BENCH_MODE=ceiling`: the sign request's work without token or database, on the same
+/// TLS and HTTP stack, pinned like the real server. Prints its port, serves until stdin closes.
+fn ceiling_server_main() {
+    use axum::routing::post;
+    use mtls_pki::issue::{issue_leaf, LeafRequest, Profile, PublicationUrls};
+    use mtls_pki::San;
+
+    let dir = std::path::PathBuf::from(std::env::var(DIR).unwrap());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let key =
+        PrivateKey::from_pem_or_der(&std::fs::read(dir.join("ca.key")).unwrap(), None).unwrap();
+    let issuer =
+        Arc::new(CaCert::from_pem(&std::fs::read(dir.join("ca.pem")).unwrap(), key).unwrap());
+    let chain_pem = Arc::new(format!(
+        "{}{}",
+        issuer.pem(),
+        String::from_utf8(std::fs::read(dir.join("root.pem")).unwrap()).unwrap()
+    ));
+    // The server's own certificate for 127.0.0.1, as `mtls ca serve` issues it.
+    let now = OffsetDateTime::now_utc();
+    let server_key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let server_cert = issue_leaf(
+        &issuer,
+        server_key.key_pair(),
+        &LeafRequest {
+            profile: Profile::Server,
+            subject: Subject::cn("127.0.0.1"),
+            sans: vec![San::Ip(Ipv4Addr::LOCALHOST.into())],
+            lifetime: Duration::days(1),
+            urls: PublicationUrls::default(),
+        },
+        now,
+    )
+    .unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(mtls_tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![server_cert.der.clone(), issuer.der().clone()],
+            rustls_pki_types::PrivateKeyDer::Pkcs8(server_key.pkcs8_der().to_vec().into()),
+        )
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+
+    #[derive(serde::Deserialize)]
+    struct SignRequest {
+        #[allow(dead_code)]
+        token: String,
+        csr: String,
+    }
+    let sign = move |axum::Json(req): axum::Json<SignRequest>| {
+        let issuer = issuer.clone();
+        let chain_pem = chain_pem.clone();
+        async move {
+            let now = OffsetDateTime::now_utc();
+            let csr = csr::parse(req.csr.as_bytes()).unwrap();
+            let request = LeafRequest {
+                profile: Profile::Client,
+                subject: Subject::cn("bench"),
+                sans: Vec::new(),
+                lifetime: Duration::days(30),
+                urls: PublicationUrls::default(),
+            };
+            let issued = issue_leaf(&issuer, &csr.public_key, &request, now).unwrap();
+            let pem = issued.pem();
+            let body = serde_json::json!({
+                "serial": issued.serial.to_string(),
+                "chain": format!("{pem}{chain_pem}"),
+                "certificate": pem,
+                "not_before": issued.not_before.unix_timestamp(),
+                "not_after": issued.not_after.unix_timestamp(),
+            });
+            (http::StatusCode::CREATED, axum::Json(body))
+        }
+    };
+    let router = axum::Router::new().route("/v1/sign", post(sign));
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    rt.spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let router = router.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper_util::service::TowerToHyperService::new(router);
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(TokioIo::new(tls), service)
+                .await;
+            });
+        }
+    });
+    let mut out = std::io::stdout();
+    writeln!(out, "{port}").unwrap();
+    out.flush().unwrap();
+    let mut sink = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut sink);
     rt.shutdown_timeout(StdDuration::from_secs(1));
 }
