@@ -26,7 +26,11 @@ use time::Duration;
 
 use crate::Error;
 
-/// Parses `30d`, `12h`, `45m`, `10s`, `2w` or a bare number of days.
+/// The longest duration [`parse_duration`] accepts (100 years): anything longer is a typo, and
+/// adding it to a timestamp could overflow.
+const MAX_DURATION_SECONDS: i64 = 100 * 366 * 86_400;
+
+/// Parses `30d`, `12h`, `45m`, `10s`, `2w` or a bare number of days (at most 100 years).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -34,18 +38,22 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let n: i64 = num
         .parse()
         .map_err(|_| format!("invalid duration {s:?} (examples: 90d, 12h, 30m, 2w)"))?;
-    let d = match unit {
-        "" | "d" => Duration::days(n),
-        "s" => Duration::seconds(n),
-        "m" => Duration::minutes(n),
-        "h" => Duration::hours(n),
-        "w" => Duration::weeks(n),
+    let unit_seconds: i64 = match unit {
+        "" | "d" => 86_400,
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "w" => 7 * 86_400,
         _ => return Err(format!("invalid duration unit in {s:?} (s, m, h, d or w)")),
     };
-    if d <= Duration::ZERO {
+    let seconds = n
+        .checked_mul(unit_seconds)
+        .filter(|&t| t <= MAX_DURATION_SECONDS)
+        .ok_or_else(|| format!("duration {s:?} is longer than 100 years"))?;
+    if seconds <= 0 {
         return Err(format!("duration {s:?} must be positive"));
     }
-    Ok(d)
+    Ok(Duration::seconds(seconds))
 }
 
 /// Which key signs OCSP responses.
@@ -167,6 +175,12 @@ mod tests {
         assert_eq!(parse_duration("3").unwrap(), Duration::days(3));
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("5y").is_err());
+        assert_eq!(parse_duration("2w").unwrap(), Duration::weeks(2));
+        // Overflow and absurd lengths are errors, not panics.
+        assert!(parse_duration("999999999999999w").is_err());
+        assert!(parse_duration("99999999999999999999").is_err());
+        assert_eq!(parse_duration("36600d").unwrap(), Duration::days(36600));
+        assert!(parse_duration("36601d").is_err());
         assert!(parse_duration("").is_err());
     }
 

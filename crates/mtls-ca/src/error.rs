@@ -64,6 +64,11 @@ impl From<mtls_store::Error> for ApiError {
                 "ALREADY_REVOKED",
                 format!("certificate {serial} was already revoked at {at}"),
             ),
+            S::NotRenewable(serial) => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "INVALID_CERT",
+                format!("certificate {serial} was revoked; it can no longer be renewed"),
+            ),
             S::UnknownToken => ApiError::invalid_token("unknown enrollment token"),
             e @ (S::TokenUsed { .. } | S::TokenExpired { .. }) => {
                 ApiError::invalid_token(e.to_string())

@@ -82,6 +82,10 @@ pub enum Error {
     /// A token with that id already exists.
     #[error("enrollment token {0} already exists")]
     DuplicateToken(String),
+
+    /// A renewal whose predecessor was revoked (or is gone) by the time it was to be recorded.
+    #[error("certificate {0} is revoked and can no longer be renewed")]
+    NotRenewable(String),
 }
 
 impl Error {
@@ -174,7 +178,8 @@ pub enum IssueKind {
     /// Enrollment: the token with this id is consumed in the same transaction; if it was used or
     /// expired meanwhile (another instance raced us) nothing is recorded.
     Enrollment { token_id: String },
-    /// Renewal of the certificate with this serial.
+    /// Renewal of the certificate with this serial: recorded only if that certificate is still
+    /// unrevoked when the write commits (a revocation racing the renewal wins).
     Renewal { previous: Serial },
 }
 

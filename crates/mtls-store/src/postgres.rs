@@ -424,7 +424,11 @@ impl Reader {
 
 /// An operation failed on its own (its savepoint is rolled back) or broke the transaction.
 enum OpError {
+    /// Refused by our own checks (zero rows, a used token…): the transaction is intact.
     Refused(Error),
+    /// The server rejected a statement: the transaction is aborted up to the last savepoint
+    /// (and a later `COMMIT` would silently roll everything back).
+    Statement(Error),
     /// A unique constraint refused the row.
     Unique(Error),
     /// Deadlock or serialization failure: roll back to the savepoint and try the op again.
@@ -435,7 +439,11 @@ enum OpError {
 impl OpError {
     fn into_error(self) -> Error {
         match self {
-            OpError::Refused(e) | OpError::Unique(e) | OpError::Retry(e) | OpError::Broken(e) => e,
+            OpError::Refused(e)
+            | OpError::Statement(e)
+            | OpError::Unique(e)
+            | OpError::Retry(e)
+            | OpError::Broken(e) => e,
         }
     }
 }
@@ -450,7 +458,7 @@ fn classify(context: &'static str, e: tokio_postgres::Error) -> OpError {
             OpError::Retry(err)
         }
         Some(c) if c == SqlState::UNIQUE_VIOLATION => OpError::Unique(err),
-        Some(_) => OpError::Refused(err),
+        Some(_) => OpError::Statement(err),
         None => OpError::Broken(err),
     }
 }
@@ -691,9 +699,10 @@ async fn apply_batch(c: &Conn, jobs: &[Job]) -> (Vec<Result<WriteResult>>, bool)
                     }
                     match other {
                         OpError::Retry(_) if attempts < 4 => continue,
-                        OpError::Retry(e) | OpError::Refused(e) | OpError::Unique(e) => {
-                            break Err(OpError::Refused(e))
-                        }
+                        OpError::Retry(e)
+                        | OpError::Refused(e)
+                        | OpError::Statement(e)
+                        | OpError::Unique(e) => break Err(OpError::Refused(e)),
                         OpError::Broken(e) => break Err(OpError::Broken(e)),
                     }
                 }
@@ -702,7 +711,9 @@ async fn apply_batch(c: &Conn, jobs: &[Job]) -> (Vec<Result<WriteResult>>, bool)
         match outcome {
             Ok(r) => results.push(Ok(r)),
             Err(OpError::Refused(e)) => results.push(Err(e)),
-            Err(OpError::Broken(e) | OpError::Retry(e) | OpError::Unique(e)) => {
+            Err(
+                OpError::Broken(e) | OpError::Retry(e) | OpError::Statement(e) | OpError::Unique(e),
+            ) => {
                 // The connection or transaction is gone: nothing in this batch committed.
                 let detail = e.to_string();
                 results.push(Err(e));
@@ -732,18 +743,23 @@ WITH tok AS (
     UPDATE tokens SET used_at = $10, used_by_serial = $1
     WHERE id = $11 AND used_at IS NULL AND expires_at > $10
     RETURNING id
+), prev AS (
+    -- A renewal: the renewed certificate must still be unrevoked. FOR SHARE waits for a
+    -- revocation in flight (which locks the row FOR UPDATE) and then sees its outcome.
+    SELECT serial FROM certificates WHERE serial = $15 AND revoked_at IS NULL FOR SHARE
 ), cert AS (
     INSERT INTO certificates (serial, issuer_key, subject, sans, profile, not_before, not_after,
                               fingerprint, pem, issued_at)
     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10
-    WHERE $11::text IS NULL OR EXISTS (SELECT 1 FROM tok)
+    WHERE ($11::text IS NULL OR EXISTS (SELECT 1 FROM tok))
+      AND ($15::text IS NULL OR EXISTS (SELECT 1 FROM prev))
     ON CONFLICT DO NOTHING
     RETURNING serial
 ), aud AS (
     INSERT INTO audit (at, action, serial, actor, detail)
     SELECT $10, $12, serial, $13, $14 FROM cert
 )
-SELECT (SELECT count(*) FROM tok), (SELECT count(*) FROM cert)";
+SELECT (SELECT count(*) FROM tok), (SELECT count(*) FROM cert), (SELECT count(*) FROM prev)";
 
 /// Records one issuance with [`ISSUE_SQL`] (alone, in a savepoint, or pipelined with others).
 async fn issue(
@@ -757,6 +773,10 @@ async fn issue(
     let sans = sans_json(&cert.sans).map_err(OpError::Refused)?;
     let token: Option<&str> = match kind {
         IssueKind::Enrollment { token_id } => Some(token_id),
+        _ => None,
+    };
+    let previous: Option<String> = match kind {
+        IssueKind::Renewal { previous } => Some(previous.to_string()),
         _ => None,
     };
     let (action, detail) = audit_detail_issue(kind, &cert.borrowed());
@@ -779,19 +799,25 @@ async fn issue(
             &action,
             &actor,
             &detail,
+            &previous,
         ],
     )
     .await?;
-    let counts = rows.first().map(|r| {
-        (
-            r.try_get::<_, i64>(0).unwrap_or(0),
-            r.try_get::<_, i64>(1).unwrap_or(0),
-        )
-    });
-    match (token, counts) {
-        (_, Some((_, 1))) => Ok(WriteResult::Done),
-        (Some(id), Some((0, _))) => Err(OpError::Refused(token_refusal(c, id).await?)),
-        (Some(id), _) => {
+    let count = |i| {
+        rows.first()
+            .and_then(|r| r.try_get::<_, i64>(i).ok())
+            .unwrap_or(0)
+    };
+    let (consumed, inserted, live_previous) = (count(0), count(1), count(2));
+    if inserted == 1 {
+        return Ok(WriteResult::Done);
+    }
+    if let (Some(previous), 0) = (previous, live_previous) {
+        return Err(OpError::Refused(Error::NotRenewable(previous)));
+    }
+    match token {
+        Some(id) if consumed == 0 => Err(OpError::Refused(token_refusal(c, id).await?)),
+        Some(id) => {
             // The token was consumed but the serial collided: give the token back.
             q(
                 c,
@@ -803,7 +829,7 @@ async fn issue(
             .await?;
             Err(OpError::Refused(Error::DuplicateSerial(serial)))
         }
-        (None, _) => Err(OpError::Refused(Error::DuplicateSerial(serial))),
+        None => Err(OpError::Refused(Error::DuplicateSerial(serial))),
     }
 }
 
@@ -835,7 +861,10 @@ async fn token_refusal(c: &Conn, id: &str) -> std::result::Result<Error, OpError
 }
 
 /// A batch of issuances only: one transaction, statements pipelined on the connection, one
-/// commit. Deadlocks with another instance retry the whole batch (nothing was committed).
+/// commit. Deadlocks with another instance retry the whole batch (nothing was committed). If
+/// the server rejected any statement, the transaction is aborted for every job in it (a
+/// `COMMIT` would report success and roll back): it is rolled back and the batch is run again
+/// one savepoint per job, so only the faulty job fails.
 async fn apply_issue_batch(c: &Conn, jobs: &[Job]) -> (Vec<Result<WriteResult>>, bool) {
     for attempt in 1..=3 {
         if let Err(e) = exec(c, "begin a transaction", "BEGIN").await {
@@ -848,14 +877,22 @@ async fn apply_issue_batch(c: &Conn, jobs: &[Job]) -> (Vec<Result<WriteResult>>,
         let outcomes =
             futures_util::future::join_all(jobs.iter().map(|j| apply(c, &j.op, j.now))).await;
         let retry = outcomes.iter().any(|o| matches!(o, Err(OpError::Retry(_))));
+        let aborted = outcomes
+            .iter()
+            .any(|o| matches!(o, Err(OpError::Statement(_) | OpError::Unique(_))));
         let broken = outcomes.iter().find_map(|o| match o {
-            Err(OpError::Broken(e) | OpError::Unique(e)) => Some(e.to_string()),
+            Err(OpError::Broken(e)) => Some(e.to_string()),
             _ => None,
         });
-        if retry || broken.is_some() {
+        if retry || aborted || broken.is_some() {
             let rolled_back = exec(c, "roll back", "ROLLBACK").await.is_ok();
-            if retry && rolled_back && attempt < 3 {
-                continue;
+            if broken.is_none() && rolled_back {
+                if retry && attempt < 3 {
+                    continue;
+                }
+                if aborted {
+                    return apply_batch(c, jobs).await;
+                }
             }
             let detail = broken.unwrap_or_else(|| "deadlock with another instance".into());
             return (

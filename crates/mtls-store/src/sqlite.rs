@@ -283,8 +283,21 @@ fn issue(
 ) -> Result<()> {
     let serial = cert.serial.to_string();
     let sans = sans_json(cert.sans)?;
-    if let IssueKind::Enrollment { token_id } = kind {
-        consume_token(conn, token_id, &serial, now)?;
+    match kind {
+        IssueKind::Enrollment { token_id } => consume_token(conn, token_id, &serial, now)?,
+        IssueKind::Renewal { previous } => {
+            let previous = previous.to_string();
+            let live = conn
+                .prepare_cached(
+                    "SELECT 1 FROM certificates WHERE serial = ?1 AND revoked_at IS NULL",
+                )
+                .and_then(|mut s| s.exists(params![previous]))
+                .map_err(db("check the renewed certificate"))?;
+            if !live {
+                return Err(Error::NotRenewable(previous));
+            }
+        }
+        IssueKind::Direct => {}
     }
     let inserted = conn
         .prepare_cached(

@@ -144,3 +144,36 @@ impl TestPki {
         self.intermediate.der().clone()
     }
 }
+
+/// A fresh, empty database in the PostgreSQL test cluster named by `MTLS_TEST_POSTGRES_URL`
+/// (`eval "$(bash scripts/pg.sh)"` starts one; `scripts/test.sh` does); returns its URL.
+///
+/// # Panics
+/// When the variable is unset or `psql` fails: tests that need PostgreSQL must not pass
+/// silently without it.
+pub fn fresh_postgres_database() -> String {
+    let base = std::env::var("MTLS_TEST_POSTGRES_URL").unwrap_or_else(|_| {
+        panic!("MTLS_TEST_POSTGRES_URL is not set: run `eval \"$(bash scripts/pg.sh)\"` (scripts/test.sh does)")
+    });
+    let name = format!(
+        "mtls_{}",
+        mtls_pki::Serial::random().expect("random database name")
+    );
+    let out = std::process::Command::new("psql")
+        .arg(&base)
+        .args([
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-qc",
+            &format!("CREATE DATABASE {name}"),
+        ])
+        .output()
+        .expect("running psql");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (prefix, _) = base.rsplit_once('/').expect("a database URL");
+    format!("{prefix}/{name}")
+}

@@ -220,27 +220,7 @@ pub fn ocsp(env: &Env, ca: &CaServer, issuer: &Path, cert: &Path) -> String {
 
 /// A database of its own on the shared test cluster (`scripts/pg.sh`).
 pub fn fresh_pg_database() -> String {
-    let base = std::env::var("MTLS_TEST_POSTGRES_URL").unwrap_or_else(|_| {
-        panic!("MTLS_TEST_POSTGRES_URL is not set: run `eval \"$(bash scripts/pg.sh)\"` (scripts/test.sh does)")
-    });
-    let name = format!("mtls_{}", hex_id());
-    let out = Command::new("psql")
-        .arg(&base)
-        .args([
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-qc",
-            &format!("CREATE DATABASE {name}"),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (prefix, _) = base.rsplit_once('/').unwrap();
-    format!("{prefix}/{name}")
+    mtls_test_util::fresh_postgres_database()
 }
 
 pub fn psql(url: &str, sql: &str) -> String {
@@ -255,14 +235,6 @@ pub fn psql(url: &str, sql: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn hex_id() -> String {
-    let mut b = [0u8; 6];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
-        .unwrap();
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// A PostgreSQL cluster of a test's own (so the test may stop and start it).

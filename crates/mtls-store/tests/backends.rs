@@ -1,0 +1,133 @@
+//! Both backends through the public `Store`: SQLite in a temporary directory, PostgreSQL on a
+//! real server (`MTLS_TEST_POSTGRES_URL`, started by `scripts/test.sh` through `scripts/pg.sh`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use mtls_pki::revocation::RevocationReason;
+use mtls_pki::Serial;
+use mtls_store::{CertificateToRecord, Error, IssueKind, ListFilter, Location, Store};
+use time::OffsetDateTime;
+
+fn cert(subject: &str) -> CertificateToRecord {
+    let serial = Serial::random().unwrap();
+    CertificateToRecord {
+        fingerprint: serial.to_string(),
+        serial,
+        issuer_key: "ik".into(),
+        subject: subject.into(),
+        sans: vec![],
+        profile: "client".into(),
+        not_before: OffsetDateTime::UNIX_EPOCH,
+        not_after: OffsetDateTime::UNIX_EPOCH + time::Duration::days(30),
+        pem: "pem".into(),
+    }
+}
+
+/// A statement the server rejects (here: a NUL byte, which PostgreSQL text cannot hold) aborts
+/// the whole transaction of its batch, and PostgreSQL answers a later `COMMIT` by rolling back
+/// without an error. The other certificates queued in that batch must still be recorded, and
+/// every write reported as done must be in the inventory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_statement_does_not_lose_the_rest_of_its_batch() {
+    let store = Store::open(&Location::Postgres(
+        mtls_test_util::fresh_postgres_database(),
+    ))
+    .await
+    .unwrap();
+    let now = OffsetDateTime::UNIX_EPOCH + time::Duration::days(1);
+    let mut reported = Vec::new();
+    for round in 0..6 {
+        let mut certs: Vec<CertificateToRecord> =
+            (0..24).map(|i| cert(&format!("CN=r{round}-{i}"))).collect();
+        // The faulty one at a different place each round.
+        certs.insert(round * 4, cert("CN=bad\0byte"));
+        let results = futures_util::future::join_all(
+            certs
+                .iter()
+                .map(|c| store.record_issued(c.clone(), IssueKind::Direct, "test", now)),
+        )
+        .await;
+        for (c, r) in certs.iter().zip(results) {
+            if c.subject.contains('\0') {
+                assert!(r.is_err(), "the faulty record was accepted");
+            } else {
+                r.unwrap_or_else(|e| panic!("{}: {e}", c.subject));
+                reported.push(c.serial.to_string());
+            }
+        }
+    }
+    let stored: std::collections::HashSet<String> = store
+        .list(&ListFilter::default(), now)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.serial)
+        .collect();
+    let missing: Vec<_> = reported.iter().filter(|s| !stored.contains(*s)).collect();
+    assert!(
+        missing.is_empty(),
+        "reported recorded but missing: {missing:?}"
+    );
+    assert_eq!(stored.len(), 6 * 24);
+}
+
+/// A renewal is recorded only while the certificate it renews is unrevoked at commit time: a
+/// revocation that lands between the CA's check and the write wins.
+async fn renewal_of_a_revoked_certificate_is_refused(location: Location) {
+    let store = Store::open(&location).await.unwrap();
+    let now = OffsetDateTime::UNIX_EPOCH + time::Duration::days(1);
+    let (revoked, live) = (cert("CN=a"), cert("CN=b"));
+    for c in [&revoked, &live] {
+        store
+            .record_issued(c.clone(), IssueKind::Direct, "test", now)
+            .await
+            .unwrap();
+    }
+    store
+        .revoke(
+            &revoked.serial,
+            None,
+            Some(RevocationReason::KeyCompromise),
+            "test",
+            now,
+        )
+        .await
+        .unwrap();
+    let renew = |c: &CertificateToRecord| IssueKind::Renewal {
+        previous: c.serial.clone(),
+    };
+    let refused = store
+        .record_issued(cert("CN=a"), renew(&revoked), "test", now)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, Error::NotRenewable(s) if *s == revoked.serial.to_string()),
+        "{refused:?}"
+    );
+    let unknown = cert("CN=c");
+    assert!(matches!(
+        store
+            .record_issued(cert("CN=c"), renew(&unknown), "test", now)
+            .await,
+        Err(Error::NotRenewable(_))
+    ));
+    store
+        .record_issued(cert("CN=b"), renew(&live), "test", now)
+        .await
+        .unwrap();
+    let all = store.list(&ListFilter::default(), now).await.unwrap();
+    assert_eq!(all.len(), 3, "two originals and one renewal");
+}
+
+#[tokio::test]
+async fn renewal_of_a_revoked_certificate_is_refused_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    renewal_of_a_revoked_certificate_is_refused(Location::Sqlite(dir.path().join("inv.db"))).await;
+}
+
+#[tokio::test]
+async fn renewal_of_a_revoked_certificate_is_refused_on_postgres() {
+    renewal_of_a_revoked_certificate_is_refused(Location::Postgres(
+        mtls_test_util::fresh_postgres_database(),
+    ))
+    .await;
+}
