@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -42,6 +42,7 @@ pub(crate) fn router(ca: Arc<Authority>) -> Router {
         .merge(publication_routes())
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(ca)
 }
 
@@ -50,6 +51,7 @@ pub(crate) fn publication_router(ca: Arc<Authority>) -> Router {
     publication_routes()
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(ca)
         .layer(Extension(PeerIdentity::None))
 }
@@ -68,6 +70,36 @@ fn publication_routes() -> Router<Arc<Authority>> {
 
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+        "this endpoint does not take that method",
+    )
+}
+
+/// The request body, with axum's refusals (over [`BODY_LIMIT`], unreadable) in our error shape.
+struct ApiBody(Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for ApiBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        Bytes::from_request(req, state)
+            .await
+            .map(ApiBody)
+            .map_err(|r| {
+                let status = r.status();
+                let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    "PAYLOAD_TOO_LARGE"
+                } else {
+                    "INVALID_REQUEST"
+                };
+                ApiError::new(status, code, r.body_text())
+            })
+    }
 }
 
 fn count<T>(ca: &Authority, r: &Result<T, ApiError>) {
@@ -93,7 +125,7 @@ struct SignBody {
     csr: String,
 }
 
-async fn sign(State(ca): Shared, body: Bytes) -> Response {
+async fn sign(State(ca): Shared, ApiBody(body): ApiBody) -> Response {
     let r = async {
         let b: SignBody = json_body(&body)?;
         ca.enroll(&b.token, &b.csr, now()).await
@@ -119,7 +151,7 @@ struct RenewBody {
 async fn renew(
     State(ca): Shared,
     Extension(peer): Extension<PeerIdentity>,
-    body: Bytes,
+    ApiBody(body): ApiBody,
 ) -> Response {
     let r = async {
         let b: RenewBody = if body.is_empty() {
@@ -151,7 +183,7 @@ struct RevokeBody {
 async fn revoke(
     State(ca): Shared,
     Extension(peer): Extension<PeerIdentity>,
-    body: Bytes,
+    ApiBody(body): ApiBody,
 ) -> Response {
     let r = async {
         let b: RevokeBody = if body.is_empty() {
@@ -196,7 +228,7 @@ fn default_ttl() -> String {
 async fn create_token(
     State(ca): Shared,
     Extension(peer): Extension<PeerIdentity>,
-    body: Bytes,
+    ApiBody(body): ApiBody,
 ) -> Response {
     let r = async {
         let admin = ca.admin(&peer, now()).await?;
@@ -344,7 +376,11 @@ fn ocsp_response(der: Vec<u8>, cacheable: bool, max_age: i64) -> Response {
     resp
 }
 
-async fn ocsp_post(State(ca): Shared, headers: axum::http::HeaderMap, body: Bytes) -> Response {
+async fn ocsp_post(
+    State(ca): Shared,
+    headers: axum::http::HeaderMap,
+    ApiBody(body): ApiBody,
+) -> Response {
     let ok_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -361,8 +397,11 @@ async fn ocsp_post(State(ca): Shared, headers: axum::http::HeaderMap, body: Byte
     ocsp_response(der, false, 0)
 }
 
-async fn ocsp_get(State(ca): Shared, Path(request): Path<String>) -> Response {
-    let der = match mtls_ocsp::decode_get_path(&request) {
+async fn ocsp_get(State(ca): Shared, uri: axum::http::Uri) -> Response {
+    // The raw (still percent-encoded) path: `decode_get_path` unescapes it exactly once, and
+    // bytes that are not UTF-8 after unescaping are a malformed request, not a routing error.
+    let request = uri.path().strip_prefix("/ocsp/").unwrap_or_default();
+    let der = match mtls_ocsp::decode_get_path(request) {
         Ok(d) => d,
         Err(_) => {
             // Some clients send the base64 unescaped; accept plain base64 too.

@@ -594,18 +594,41 @@ fn bad_tokens_csrs_and_renewals_are_refused() {
         &other.pki().join("issued/stranger.crt"),
     );
     assert!(o.contains("unauthorized"), "{o}");
-    let resp = env.path("bad.ocsp");
-    let st = std::process::Command::new("curl")
-        .args([
-            "-sS",
+    let garbage = ocsp_answer(
+        &env,
+        &[
             "-H",
             "content-type: application/ocsp-request",
             "--data-binary",
             "garbage",
-            "-o",
-        ])
+            &server.publish("/ocsp"),
+        ],
+    );
+    assert!(garbage.contains("malformedrequest"), "{garbage}");
+    // A GET path that is not UTF-8 once unescaped is a malformed OCSP request too.
+    let not_utf8 = ocsp_answer(&env, &[&server.publish("/ocsp/%FF%FE%FD")]);
+    assert!(not_utf8.contains("malformedrequest"), "{not_utf8}");
+
+    // HTTP-level refusals keep the JSON error shape: a body over the limit, a wrong method.
+    let big = format!(r#"{{"token":"x","csr":"{}"}}"#, "A".repeat(70 * 1024));
+    let (status, resp) = post_json(&server, &env, "/v1/sign", &big, None);
+    expect_error(status, &resp, 413, "PAYLOAD_TOO_LARGE");
+    let root = env.pki().join("root.crt");
+    let sign_url = format!("{}/v1/sign", server.url());
+    let (status, resp) = ca::curl(&["--cacert", root.to_str().unwrap(), &sign_url]);
+    expect_error(status, &resp, 405, "METHOD_NOT_ALLOWED");
+    let (status, resp) = ca::curl(&["-X", "DELETE", &server.publish("/v1/crl")]);
+    expect_error(status, &resp, 405, "METHOD_NOT_ALLOWED");
+}
+
+/// Fetches an OCSP answer with curl (`args` end with the URL) and returns `openssl ocsp
+/// -resp_text` of it, lowercased.
+fn ocsp_answer(env: &Env, args: &[&str]) -> String {
+    let resp = env.path("answer.ocsp");
+    let st = std::process::Command::new("curl")
+        .args(["-sS", "-o"])
         .arg(&resp)
-        .arg(server.publish("/ocsp"))
+        .args(args)
         .status()
         .unwrap();
     assert!(st.success());
@@ -616,8 +639,7 @@ fn bad_tokens_csrs_and_renewals_are_refused() {
         "-resp_text",
         "-noverify",
     ]);
-    let all = format!("{}{}", r.stdout, r.stderr);
-    assert!(all.to_lowercase().contains("malformedrequest"), "{all}");
+    format!("{}{}", r.stdout, r.stderr).to_lowercase()
 }
 
 #[test]
