@@ -85,6 +85,8 @@ pub struct Config {
     pub max_token_ttl: Option<String>,
     pub crl_lifetime: Option<String>,
     pub ocsp_lifetime: Option<String>,
+    /// Connections with no traffic either way for this long are closed (default 60s).
+    pub idle_timeout: Option<String>,
     #[serde(default)]
     pub ocsp_signer: OcspSigner,
     #[serde(default)]
@@ -130,6 +132,7 @@ impl Config {
             max_token_ttl: d(&self.max_token_ttl, defaults.max_token_ttl, "max_token_ttl")?,
             crl_lifetime: d(&self.crl_lifetime, defaults.crl_lifetime, "crl_lifetime")?,
             ocsp_lifetime: d(&self.ocsp_lifetime, defaults.ocsp_lifetime, "ocsp_lifetime")?,
+            idle_timeout: d(&self.idle_timeout, defaults.idle_timeout, "idle_timeout")?,
             ocsp_signer: self.ocsp_signer,
             admins: self.admins.clone(),
         })
@@ -146,6 +149,8 @@ pub struct Settings {
     pub max_token_ttl: Duration,
     pub crl_lifetime: Duration,
     pub ocsp_lifetime: Duration,
+    /// How long a connection may go without traffic before the server closes it.
+    pub idle_timeout: Duration,
     pub ocsp_signer: OcspSigner,
     /// Administrators (mTLS identities). Empty: no remote administration at all.
     pub admins: Policy,
@@ -159,6 +164,7 @@ impl Default for Settings {
             max_token_ttl: Duration::hours(24),
             crl_lifetime: Duration::days(1),
             ocsp_lifetime: Duration::hours(1),
+            idle_timeout: Duration::seconds(60),
             ocsp_signer: OcspSigner::Delegated,
             admins: Policy::default(),
         }

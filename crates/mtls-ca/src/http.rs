@@ -17,6 +17,9 @@ use crate::{ApiError, Authority};
 
 /// Largest request body: CSRs and OCSP requests are a few KiB.
 const BODY_LIMIT: usize = 64 * 1024;
+/// Longest a request body may take to arrive (a body trickled byte by byte would otherwise
+/// hold its connection, since each byte counts as progress for the idle timeout).
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -87,18 +90,26 @@ impl<S: Send + Sync> FromRequest<S> for ApiBody {
     type Rejection = ApiError;
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
-        Bytes::from_request(req, state)
-            .await
-            .map(ApiBody)
-            .map_err(|r| {
-                let status = r.status();
-                let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
-                    "PAYLOAD_TOO_LARGE"
-                } else {
-                    "INVALID_REQUEST"
-                };
-                ApiError::new(status, code, r.body_text())
-            })
+        let read = tokio::time::timeout(BODY_TIMEOUT, Bytes::from_request(req, state)).await;
+        let Ok(read) = read else {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "REQUEST_TIMEOUT",
+                format!(
+                    "the request body did not arrive within {} s",
+                    BODY_TIMEOUT.as_secs()
+                ),
+            ));
+        };
+        read.map(ApiBody).map_err(|r| {
+            let status = r.status();
+            let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                "PAYLOAD_TOO_LARGE"
+            } else {
+                "INVALID_REQUEST"
+            };
+            ApiError::new(status, code, r.body_text())
+        })
     }
 }
 

@@ -17,6 +17,7 @@ pub mod client;
 pub mod config;
 mod error;
 mod http;
+mod idle;
 mod metrics;
 pub mod renewal;
 pub mod server;

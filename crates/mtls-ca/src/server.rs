@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 use crate::authority::PeerIdentity;
+use crate::idle::IdleTimeout;
 use crate::{Authority, Error};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -153,6 +154,7 @@ pub async fn serve(
         tasks.push(tokio::spawn(accept_plain(
             l,
             crate::http::publication_router(ca.clone()),
+            ca.settings().idle_timeout.unsigned_abs(),
             rx,
         )));
     }
@@ -180,6 +182,7 @@ async fn accept_tls(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let idle = ca.settings().idle_timeout.unsigned_abs();
     loop {
         let (tcp, _) = tokio::select! {
             r = listener.accept() => match r {
@@ -201,7 +204,12 @@ async fn accept_tls(
         let ca = ca.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            let tls = match tokio::time::timeout(
+                HANDSHAKE_TIMEOUT,
+                acceptor.accept(IdleTimeout::new(tcp, idle)),
+            )
+            .await
+            {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     ca.metrics.inc(&ca.metrics.handshake_failures);
@@ -236,7 +244,12 @@ async fn accept_tls(
     }
 }
 
-async fn accept_plain(listener: TcpListener, router: Router, mut shutdown: watch::Receiver<bool>) {
+async fn accept_plain(
+    listener: TcpListener,
+    router: Router,
+    idle: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (tcp, _) = tokio::select! {
@@ -257,7 +270,7 @@ async fn accept_plain(listener: TcpListener, router: Router, mut shutdown: watch
             let _permit = permit;
             let service = TowerToHyperService::new(router);
             let _ = http_builder()
-                .serve_connection(TokioIo::new(tcp), service)
+                .serve_connection(TokioIo::new(IdleTimeout::new(tcp, idle)), service)
                 .await;
         });
     }

@@ -444,7 +444,7 @@ fn error_code(body: &str) -> String {
 fn bad_tokens_csrs_and_renewals_are_refused() {
     let env = Env::new();
     env.mtls(&["ca", "init"]).ok();
-    let server = CaServer::start(&env, "ca", None, "");
+    let server = CaServer::start(&env, "ca", None, "idle_timeout = \"2s\"\n");
     let count = || env.inventory_count();
     let before = count();
 
@@ -619,6 +619,33 @@ fn bad_tokens_csrs_and_renewals_are_refused() {
     expect_error(status, &resp, 405, "METHOD_NOT_ALLOWED");
     let (status, resp) = ca::curl(&["-X", "DELETE", &server.publish("/v1/crl")]);
     expect_error(status, &resp, 405, "METHOD_NOT_ALLOWED");
+
+    // A client that opens HTTP/2 and then says nothing does not keep its connection slot:
+    // closed once idle_timeout (2 s here) passes without traffic.
+    let addr = server.publish("").trim_start_matches("http://").to_string();
+    let mut idle = std::net::TcpStream::connect(&addr).unwrap();
+    std::io::Write::write_all(
+        &mut idle,
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0",
+    )
+    .unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        match std::io::Read::read(&mut idle, &mut buf) {
+            Ok(0) => break,
+            Ok(_) => continue, // the server's SETTINGS
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("the idle connection stayed open: {e}"),
+        }
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(15),
+        "{waited:?}"
+    );
 }
 
 /// Fetches an OCSP answer with curl (`args` end with the URL) and returns `openssl ocsp
