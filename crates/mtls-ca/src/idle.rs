@@ -20,6 +20,9 @@ use tokio::time::{Instant, Sleep};
 pub(crate) struct IdleTimeout<IO> {
     io: IO,
     timeout: Duration,
+    /// Last read or write that moved bytes. The timer is only moved when it fires, so a busy
+    /// connection costs a clock read per I/O, not a timer update.
+    last_progress: Instant,
     deadline: Pin<Box<Sleep>>,
 }
 
@@ -28,12 +31,13 @@ impl<IO> IdleTimeout<IO> {
         IdleTimeout {
             io,
             timeout,
+            last_progress: Instant::now(),
             deadline: Box::pin(tokio::time::sleep(timeout)),
         }
     }
 
     fn progressed(&mut self) {
-        self.deadline.as_mut().reset(Instant::now() + self.timeout);
+        self.last_progress = Instant::now();
     }
 
     /// The outcome of a write on the inner stream, with the clock restarted on progress.
@@ -54,9 +58,20 @@ impl<IO> IdleTimeout<IO> {
         }
     }
 
-    /// Called when the inner stream is pending: registers the deadline's waker too.
+    /// Called when the inner stream is pending: true once `timeout` has passed since the last
+    /// progress; otherwise the deadline (moved forward if there was progress) is registered
+    /// with `cx`.
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        self.deadline.as_mut().poll(cx).is_ready()
+        loop {
+            if self.deadline.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            let next = self.last_progress + self.timeout;
+            if next <= Instant::now() {
+                return true;
+            }
+            self.deadline.as_mut().reset(next);
+        }
     }
 }
 
