@@ -68,7 +68,8 @@ impl Threshold {
 /// When to renew a certificate valid from `not_before` to `not_after`. `jitter` in [-1, 1]
 /// moves the point by up to 5% of the lifetime so a fleet issued together does not renew
 /// together (with `Before`, only earlier); the result stays inside the validity window, and for
-/// a fraction before its last tenth.
+/// a fraction before its last tenth. A `Before` margin that covers the whole lifetime renews
+/// at 2/3 of it.
 pub fn due_at(
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
@@ -76,6 +77,12 @@ pub fn due_at(
     jitter: f64,
 ) -> OffsetDateTime {
     let lifetime = not_after - not_before;
+    // A margin as long as the whole certificate would make every new certificate due at once
+    // (short leaves, or a CA that caps leaves at its own expiry): renew at 2/3 instead.
+    let threshold = match threshold {
+        Threshold::Before(d) if d >= lifetime => Threshold::Fraction(2.0 / 3.0),
+        t => t,
+    };
     let base = match threshold {
         Threshold::Fraction(f) => not_before + lifetime * f,
         Threshold::Before(d) => not_after - d,
@@ -155,32 +162,53 @@ impl Hook {
                 cmd
             }
             Hook::Signal { pidfile, signal } => {
-                let pid = std::fs::read_to_string(pidfile)
+                let text = std::fs::read_to_string(pidfile)
                     .map_err(|e| format!("reading {}: {e}", pidfile.display()))?;
-                let pid = pid.trim();
-                if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(format!("{} does not hold a pid", pidfile.display()));
-                }
+                // 0 would signal our own process group, 1 init, negative numbers whole groups.
+                let pid = text
+                    .trim()
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|p| (2..=i32::MAX.unsigned_abs()).contains(p))
+                    .ok_or_else(|| format!("{} does not hold a process id", pidfile.display()))?;
                 let mut cmd = std::process::Command::new("kill");
-                cmd.arg("-s").arg(signal).arg(pid);
+                cmd.arg("-s").arg(signal).arg(pid.to_string());
                 cmd
             }
         };
-        let out = tokio::task::spawn_blocking(move || cmd.output())
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("running the hook: {e}"))?;
-        if out.status.success() {
+        // The hook's output goes to our stderr (the daemon's log), not to pipes: a hook that
+        // leaves a background process holding a pipe open would otherwise never be done.
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null());
+        let mut child = cmd.spawn().map_err(|e| format!("running the hook: {e}"))?;
+        let started = std::time::Instant::now();
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if started.elapsed() >= HOOK_TIMEOUT => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!(
+                        "the hook did not finish within {} s and was killed",
+                        HOOK_TIMEOUT.as_secs()
+                    ));
+                }
+                Ok(None) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+                Err(e) => return Err(format!("waiting for the hook: {e}")),
+            }
+        };
+        if status.success() {
             Ok(())
         } else {
             Err(format!(
-                "the hook exited with {}: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
+                "the hook exited with {status} (its output is in this log)"
             ))
         }
     }
 }
+
+/// Longest a post-renewal hook may run before it is killed (and reported as failed).
+pub const HOOK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io {
@@ -223,6 +251,23 @@ pub fn served_chain(issued: &Issued, root: &CertificateDer<'_>) -> Result<String
         .collect())
 }
 
+/// Whether two paths name one file (same device and inode, so links and different spellings of
+/// one path count); paths that cannot be inspected are compared as written.
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
+        _ => a == b,
+    }
+}
+
+fn holds_private_key(path: &Path) -> bool {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| mtls_pki::pem_io::decode(&b).ok())
+        .is_some_and(|blocks| blocks.iter().any(|b| b.label.contains("PRIVATE KEY")))
+}
+
 /// Renews `w` now: authenticates with the current pair, writes the new one. Returns the new
 /// certificate.
 pub async fn renew_once(
@@ -232,7 +277,14 @@ pub async fn renew_once(
     passphrase: Option<&[u8]>,
     now: OffsetDateTime,
 ) -> Result<Issued, Error> {
-    let combined = w.cert == w.key;
+    let combined = same_file(&w.cert, &w.key);
+    if !combined && holds_private_key(&w.cert) {
+        // Rewriting it with the chain alone would destroy the key.
+        return Err(Error::Config(format!(
+            "{} also holds a private key: pass the same file as --key",
+            w.cert.display()
+        )));
+    }
     if rotate_key && !combined {
         return Err(Error::Config(
             "rotating the key replaces two files, which cannot be done atomically: use one combined file for certificate and key (--cert and --key the same path), or renew with the same key".into(),
@@ -483,9 +535,19 @@ mod tests {
             due_at(nb, na, Threshold::Fraction(0.99), 0.0),
             nb + Duration::days(81)
         );
+        // A margin longer than the certificate: renewed at 2/3, not at once (which would
+        // renew every new certificate immediately, again and again).
         assert_eq!(
             due_at(nb, na, Threshold::Before(Duration::days(200)), 0.0),
-            nb
+            nb + Duration::days(60)
+        );
+        assert_eq!(
+            due_at(nb, na, Threshold::Before(Duration::days(90)), 0.0),
+            nb + Duration::days(60)
+        );
+        assert_eq!(
+            due_at(nb, na, Threshold::Before(Duration::days(89)), 0.0),
+            nb + Duration::days(1)
         );
         assert_eq!(
             Threshold::parse_fraction("2/3").unwrap(),
@@ -518,5 +580,63 @@ mod tests {
             matches!(Hook::parse_signal("/run/gw.pid").unwrap(), Hook::Signal { signal, .. } if signal == "HUP")
         );
         assert!(Hook::parse_signal(":HUP").is_err());
+    }
+
+    /// A combined cert+key file is recognised however it is named (a symlink, another
+    /// spelling); a cert file holding a key is never rewritten as a bare chain.
+    #[tokio::test]
+    #[allow(clippy::unwrap_used)]
+    async fn combined_files_are_recognised_by_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = dir.path().join("bundle.pem");
+        let key = mtls_pki::PrivateKey::generate(mtls_pki::KeyAlgorithm::EcdsaP256).unwrap();
+        std::fs::write(&bundle, key.to_pem().as_bytes()).unwrap();
+        let link = dir.path().join("link.pem");
+        std::os::unix::fs::symlink(&bundle, &link).unwrap();
+        let other = dir.path().join("sub/../bundle.pem");
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        assert!(same_file(&bundle, &link) && same_file(&bundle, &other));
+        assert!(!same_file(&bundle, &dir.path().join("missing.pem")));
+        assert!(holds_private_key(&bundle));
+
+        // --cert bundle --key <another file>: refused before anything is contacted or written.
+        let separate = dir.path().join("key.pem");
+        std::fs::write(&separate, key.to_pem().as_bytes()).unwrap();
+        let before = std::fs::read(&bundle).unwrap();
+        let w = Watch {
+            cert: bundle.clone(),
+            key: separate,
+            root: dir.path().join("root.pem"),
+        };
+        let url = CaUrl::parse("https://127.0.0.1:9").unwrap();
+        let e = renew_once(&w, &url, false, None, OffsetDateTime::now_utc())
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("also holds a private key"), "{e}");
+        assert_eq!(std::fs::read(&bundle).unwrap(), before);
+    }
+
+    /// Pids that would signal a process group, init or nothing are refused before `kill` runs;
+    /// a hook leaving a background process behind is done when its shell is; a failing hook
+    /// is reported.
+    #[tokio::test]
+    #[allow(clippy::unwrap_used)]
+    async fn hooks_refuse_bad_pids_and_do_not_wait_for_background_children() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("app.pid");
+        for bad in ["0", "1", "-1", "", "12ab", "99999999999"] {
+            std::fs::write(&pidfile, bad).unwrap();
+            let hook = Hook::Signal {
+                pidfile: pidfile.clone(),
+                signal: "HUP".into(),
+            };
+            let e = hook.run().await.unwrap_err();
+            assert!(e.contains("does not hold a process id"), "{bad:?}: {e}");
+        }
+        let started = std::time::Instant::now();
+        Hook::Exec("sleep 30 & exit 0".into()).run().await.unwrap();
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        let e = Hook::Exec("exit 3".into()).run().await.unwrap_err();
+        assert!(e.contains("exit status: 3"), "{e}");
     }
 }

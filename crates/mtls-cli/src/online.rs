@@ -287,18 +287,37 @@ pub fn renew(a: RenewArgs) -> Result<ExitCode> {
         .map(String::into_bytes);
     if !a.daemon {
         return runtime()?.block_on(async {
+            // Every certificate gets its chance, and the hook runs if any was replaced: the
+            // service must reload what is already on disk even when another renewal failed.
+            let mut renewed = 0;
+            let mut failures = Vec::new();
             for w in &watches {
-                let issued =
-                    renewal::renew_once(w, &url, a.rotate_key, passphrase.as_deref(), now())
-                        .await?;
-                out(&format!(
-                    "renewed {}: serial {} valid until {}\n",
-                    w.cert.display(),
-                    issued.serial,
-                    fmt_time(issued.not_after)
-                ))?;
+                match renewal::renew_once(w, &url, a.rotate_key, passphrase.as_deref(), now()).await
+                {
+                    Ok(issued) => {
+                        renewed += 1;
+                        out(&format!(
+                            "renewed {}: serial {} valid until {}\n",
+                            w.cert.display(),
+                            issued.serial,
+                            fmt_time(issued.not_after)
+                        ))?;
+                    }
+                    Err(e) => failures.push(format!("{}: {e}", w.cert.display())),
+                }
             }
-            if let Err(e) = hook.run().await {
+            let hook = if renewed > 0 {
+                hook.run().await
+            } else {
+                Ok(())
+            };
+            if !failures.is_empty() {
+                if let Err(e) = &hook {
+                    failures.push(format!("the hook failed: {e}"));
+                }
+                anyhow::bail!("{}", failures.join("\n"));
+            }
+            if let Err(e) = hook {
                 anyhow::bail!("renewed, but the hook failed: {e}");
             }
             Ok(ExitCode::SUCCESS)
@@ -348,6 +367,8 @@ async fn serve_metrics(addr: SocketAddr, states: renewal::States) -> Result<Sock
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
+                // Out of descriptors, typically: do not spin.
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             };
             let states = states.clone();

@@ -181,11 +181,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (n, unit) = s.split_at(split);
     let n: u64 = n.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    let too_long = || format!("duration {s:?} is too long");
     Ok(match unit {
         "ms" => Duration::from_millis(n),
         "s" | "" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
+        "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(too_long)?),
+        "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(too_long)?),
         _ => return Err(format!("invalid duration unit in {s:?} (ms, s, m, h)")),
     })
 }
@@ -274,6 +275,9 @@ impl GatewayConfig {
                 }
                 if !l.crl.contains(&f.file) {
                     return e("each crl_fetch file must also be listed in crl");
+                }
+                if f.every < Duration::from_secs(1) {
+                    return e("crl_fetch every must be at least 1s");
                 }
             }
             if self.limits.max_header_bytes < 8192 {

@@ -69,8 +69,17 @@ pub async fn fetch_once(
     let crls = mtls_pki::pem_io::crls(&body)
         .map_err(|e| Error::Load(format!("CRL from {}: {e}", fetch.url)))?;
     // Exactly what a reload will check: signature by a configured CA, CRL number, extensions.
-    mtls_verify::TrustState::new(0, roots(client_ca)?, &crls, Default::default())
+    let roots = roots(client_ca)?;
+    let fetched = mtls_verify::TrustState::new(0, roots.clone(), &crls, Default::default())
         .map_err(|e| Error::Load(format!("CRL from {}: {e}", fetch.url)))?;
+    // The download is plain HTTP: a replayed CRL is correctly signed. Never go back in time.
+    check_not_stale(
+        &fetch.file,
+        roots,
+        &fetched,
+        time::OffsetDateTime::now_utc(),
+    )
+    .map_err(|why| Error::Load(format!("CRL from {} not installed: {why}", fetch.url)))?;
     let pem: String = crls
         .iter()
         .map(|c| mtls_pki::pem_io::encode("X509 CRL", c))
@@ -80,6 +89,52 @@ pub async fn fetch_once(
     }
     write(&fetch.file, pem.as_bytes())?;
     Ok(true)
+}
+
+/// Refuses a downloaded CRL set that is expired, or older than what `installed` holds for any
+/// issuer (lower CRL number), or that drops an issuer `installed` covers. An unreadable or
+/// invalid installed file is simply replaced.
+fn check_not_stale(
+    installed: &Path,
+    roots: Vec<CertificateDer<'static>>,
+    fetched: &mtls_verify::TrustState,
+    now: time::OffsetDateTime,
+) -> Result<(), String> {
+    for s in fetched.crl_summaries() {
+        if let Some(next) = s.next_update.filter(|n| *n < now) {
+            return Err(format!("the CRL of {} expired at {next}", s.issuer));
+        }
+    }
+    let Ok(old) = std::fs::read(installed) else {
+        return Ok(());
+    };
+    let Ok(old) = mtls_pki::pem_io::crls(&old) else {
+        return Ok(());
+    };
+    let Ok(old) = mtls_verify::TrustState::new(0, roots, &old, Default::default()) else {
+        return Ok(());
+    };
+    let key = |n: &[u8]| (n.len(), n.to_vec());
+    let hex = |n: &[u8]| n.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    for o in old.crl_summaries() {
+        match fetched
+            .crl_summaries()
+            .iter()
+            .find(|n| n.issuer == o.issuer)
+        {
+            None => return Err(format!("it no longer covers {}", o.issuer)),
+            Some(n) if key(&n.number) < key(&o.number) => {
+                return Err(format!(
+                    "it is older than the installed CRL of {} (CRL number {} < {}): a replay?",
+                    o.issuer,
+                    hex(&n.number),
+                    hex(&o.number)
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 fn write(path: &Path, data: &[u8]) -> Result<(), Error> {
@@ -187,6 +242,36 @@ mod tests {
             assert!(fetch_once(&bad, std::slice::from_ref(&ca)).await.is_err());
             assert_eq!(std::fs::read(&file).unwrap(), installed);
         }
+        // Correctly signed but stale: an older CRL number (a replay) or an expired CRL.
+        let older = build_crl(&pki.intermediate, 0, now, time::Duration::days(1), &[]).unwrap();
+        let expired = build_crl(
+            &pki.intermediate,
+            5,
+            now - time::Duration::days(2),
+            time::Duration::days(1),
+            &[],
+        )
+        .unwrap();
+        for (body, why) in [(older, "older than"), (expired, "expired")] {
+            let stale = CrlFetchConfig {
+                url: serve(body.to_vec()).await,
+                ..fetch.clone()
+            };
+            let e = fetch_once(&stale, std::slice::from_ref(&ca))
+                .await
+                .unwrap_err();
+            assert!(e.to_string().contains(why), "{e}");
+            assert_eq!(std::fs::read(&file).unwrap(), installed);
+        }
+        // A newer one replaces it.
+        let newer = build_crl(&pki.intermediate, 2, now, time::Duration::days(1), &[]).unwrap();
+        let next = CrlFetchConfig {
+            url: serve(newer.to_vec()).await,
+            ..fetch.clone()
+        };
+        assert!(fetch_once(&next, std::slice::from_ref(&ca)).await.unwrap());
+        let installed = std::fs::read(&file).unwrap();
+
         // An unreachable distribution point is an error, not an empty CRL.
         let dead = CrlFetchConfig {
             url: "http://127.0.0.1:9/v1/crl".into(),

@@ -30,6 +30,8 @@ struct CrlEntry {
 #[derive(Clone, Debug)]
 pub struct CrlSummary {
     pub issuer: String,
+    /// The CRL number, big-endian without leading zeros (empty when the CRL has none).
+    pub number: Vec<u8>,
     pub next_update: Option<OffsetDateTime>,
     pub entries: usize,
 }
@@ -191,6 +193,7 @@ impl TrustState {
             .values()
             .map(|e| CrlSummary {
                 issuer: e.issuer.clone(),
+                number: e.number.clone(),
                 next_update: e.next_update,
                 entries: e.revoked.len(),
             })
