@@ -71,6 +71,14 @@ allow_any_trusted = true
     assert_eq!(curl(&g, &f, Some(&reader), "/data", &[]).status, 200);
     assert_eq!(curl(&g, &f, Some(&reader), "/admin/x", &[]).status, 403);
     assert_eq!(curl(&g, &f, Some(&admin), "/admin/x", &[]).status, 200);
+    // Other spellings of /admin that an upstream may normalise are refused, not routed to the
+    // listener policy; a canonical path with a needed escape still passes.
+    for sneaky in ["/%61dmin/x", "//admin/x", "/a/../admin/x", "/;x/admin/x", "/%2561dmin"] {
+        let r = curl(&g, &f, Some(&reader), sneaky, &["--path-as-is"]);
+        assert_eq!(r.status, 400, "{sneaky}: {}", r.body);
+        assert!(r.body.contains("INVALID_PATH"), "{}", r.body);
+    }
+    assert_eq!(curl(&g, &f, Some(&reader), "/data/a%20b", &[]).status, 200);
     // SNI picks the api.example.com certificate.
     let o = Command::new("sh")
         .arg("-c")

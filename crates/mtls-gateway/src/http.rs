@@ -174,6 +174,13 @@ pub async fn handle(
                 break 'resp json_error(StatusCode::FORBIDDEN, "INVALID_CERT", &r.to_string())
             }
         };
+        if state.has_routes() && !crate::state::is_canonical_path(&path) {
+            break 'resp json_error(
+                StatusCode::BAD_REQUEST,
+                "INVALID_PATH",
+                "the path is not in canonical form (encoded unreserved characters, dot segments, // or ;): per-path policies apply only to canonical paths",
+            );
+        }
         if let Err(reason) = state.policy_for(&path).check(&peer) {
             break 'resp json_error(StatusCode::FORBIDDEN, "INVALID_CERT", &reason);
         }

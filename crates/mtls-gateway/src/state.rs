@@ -114,6 +114,12 @@ impl ListenerState {
         })
     }
 
+    /// Whether per-path policies apply on this listener (then only canonical paths are served:
+    /// see [`is_canonical_path`]).
+    pub fn has_routes(&self) -> bool {
+        !self.routes.is_empty()
+    }
+
     /// The policy for a request path (longest matching route prefix, else the listener's).
     pub fn policy_for(&self, path: &str) -> &Policy {
         self.routes
@@ -137,5 +143,77 @@ impl ListenerState {
             .ok_or(mtls_verify::Rejection::NoCertificate)?;
         self.trust
             .verify_client(leaf, rest, OffsetDateTime::now_utc())
+    }
+}
+
+/// Whether `path` is in the one form route prefixes are matched against. An upstream that
+/// decodes `%61` to `a`, resolves `..`, merges `//` or drops `;params` would otherwise serve
+/// `/admin` for a path like `/%61dmin`, `/x/../admin`, `//admin` or `/;x/admin` that matched
+/// no `/admin` route here. Percent-encoding is allowed only for bytes that need it (not for
+/// unreserved characters, `/`, `\\`, `;` or `%` itself).
+pub fn is_canonical_path(path: &str) -> bool {
+    if !path.starts_with('/') || path.contains("//") || path.contains(';') || path.contains('\\') {
+        return false;
+    }
+    if path
+        .split('/')
+        .any(|segment| segment == "." || segment == "..")
+    {
+        return false;
+    }
+    let mut rest = path.as_bytes();
+    while let Some(at) = rest.iter().position(|&c| c == b'%') {
+        let decoded = rest
+            .get(at + 1..at + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match decoded {
+            Some(c)
+                if !(c.is_ascii_alphanumeric()
+                    || matches!(c, b'-' | b'.' | b'_' | b'~' | b'/' | b'\\' | b';' | b'%')) => {}
+            _ => return false,
+        }
+        rest = rest.get(at + 3..).unwrap_or_default();
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_canonical_path;
+
+    #[test]
+    fn only_canonical_paths_pass() {
+        for ok in [
+            "/",
+            "/admin/x",
+            "/data/a%20b",
+            "/q%3Fx",
+            "/%C3%A9t%C3%A9",
+            "/a.b/c-d_e~f",
+        ] {
+            assert!(is_canonical_path(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "admin",
+            "//admin/x",
+            "/a//b",
+            "/a/../admin",
+            "/./admin",
+            "/admin/..",
+            "/;x/admin",
+            "/admin;jsessionid=1",
+            "/%61dmin",
+            "/%2e%2e/admin",
+            "/a%2Fb",
+            "/a%5cb",
+            "/%2561dmin",
+            "/bad%zz",
+            "/trunc%4",
+            "/a\\b",
+        ] {
+            assert!(!is_canonical_path(bad), "{bad}");
+        }
     }
 }
