@@ -351,6 +351,33 @@ fn s_client(
     common::gw::s_client(g, f, leaf, &["-tls1_3", sess.0, &path], &[request])
 }
 
+/// A keep-alive connection does not outlive its client certificate: the second request on
+/// the same connection, after the certificate expired, is refused.
+#[test]
+fn keep_alive_connection_stops_at_certificate_expiry() {
+    let (_d, f, _up, g) = setup(&["--allow-any-trusted"]);
+    let short = f.pki.leaf_at(
+        mtls_pki::Profile::Client,
+        "short-lived",
+        &[],
+        time::OffsetDateTime::now_utc(),
+        time::Duration::seconds(3),
+    );
+    let c = f.write_leaf("short", &short.cert.der, &short.key);
+    let request: &[u8] = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let last: &[u8] = b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    // First request at once, the last one 4 s later (chunks are written 0.5 s apart).
+    let mut input: Vec<&[u8]> = vec![request];
+    input.extend(std::iter::repeat_n(&b""[..], 7));
+    input.push(last);
+    let out = common::gw::s_client(&g, &f, &c, &["-tls1_3"], &input);
+    assert!(out.contains("HTTP/1.1 200"), "{out}");
+    assert!(
+        out.contains("HTTP/1.1 403") && out.contains("INVALID_CERT"),
+        "the expired certificate was still accepted: {out}"
+    );
+}
+
 #[test]
 fn resumed_session_after_revocation_is_rejected() {
     let (d, f, _up, g) = setup(&["--allow-any-trusted", "--client-auth", "optional"]);

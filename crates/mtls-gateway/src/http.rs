@@ -93,12 +93,26 @@ impl Conn {
     }
 
     /// The identity under the current trust state: re-verified when a reload happened since
-    /// the connection was checked, so revocations reach long-lived connections too.
+    /// the connection was checked (revocations reach long-lived connections too), and when the
+    /// leaf or a CRL has expired since (a keep-alive connection must not outlive its
+    /// certificate).
     fn identity(&self, state: &ListenerState) -> Identity {
         let Ok(mut guard) = self.identity.lock() else {
             return Err(Rejection::Other("internal error".into()));
         };
-        if guard.0 != state.generation {
+        let now = time::OffsetDateTime::now_utc();
+        let expired = match &guard.1 {
+            Ok((peer, _)) => {
+                now > peer.not_after
+                    || state
+                        .trust
+                        .crl_summaries()
+                        .iter()
+                        .any(|c| c.next_update.is_some_and(|n| now > n))
+            }
+            Err(_) => false,
+        };
+        if guard.0 != state.generation || expired {
             *guard = (
                 state.generation,
                 with_headers(state.verify_peer(self.chain.as_deref())),
