@@ -59,6 +59,21 @@ pub fn strip(headers: &mut HeaderMap, extra: &[HeaderName], keep_upgrade: bool) 
     for h in extra {
         headers.remove(h);
     }
+    // `x_forwarded_client_cert` reaches CGI-style upstreams (WSGI, Rack, PHP) as the same
+    // variable as our `x-forwarded-client-cert`: remove underscore spellings too.
+    let spoofed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| n.as_str().contains('_'))
+        .filter(|n| {
+            let dashed = n.as_str().replace('_', "-");
+            IDENTITY_HEADERS.iter().any(|h| *h == dashed)
+                || extra.iter().any(|h| h.as_str() == dashed)
+        })
+        .cloned()
+        .collect();
+    for n in spoofed {
+        headers.remove(n);
+    }
 }
 
 /// Escapes a value for a quoted string and keeps it to printable ASCII.
@@ -144,6 +159,10 @@ mod tests {
         h.append("x-user", HeaderValue::from_static("admin"));
         h.append("connection", HeaderValue::from_static("close, X-User"));
         h.append("x-custom-id", HeaderValue::from_static("z"));
+        // Underscore spellings, which CGI-style upstreams read as the same variable.
+        h.append("x_forwarded_client_cert", HeaderValue::from_static("d"));
+        h.append("Client_Cert", HeaderValue::from_static("e"));
+        h.append("x_custom_id", HeaderValue::from_static("f"));
         h.append("accept", HeaderValue::from_static("*/*"));
         strip(&mut h, &[HeaderName::from_static("x-custom-id")], false);
         assert_eq!(h.len(), 1, "{h:?}");

@@ -321,7 +321,14 @@ async fn accept_loop(
 fn handshake_reason(e: &std::io::Error) -> String {
     match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
         Some(rustls::Error::NoCertificatesPresented) => "no_certificate".into(),
-        Some(rustls::Error::InvalidCertificate(c)) => format!("{c:?}").to_ascii_lowercase(),
+        // The variant name only: some variants carry bytes from the client's certificate,
+        // and metric labels must come from a fixed set.
+        Some(rustls::Error::InvalidCertificate(c)) => format!("{c:?}")
+            .chars()
+            .take_while(char::is_ascii_alphanumeric)
+            .take(48)
+            .collect::<String>()
+            .to_ascii_lowercase(),
         Some(rustls::Error::PeerIncompatible(_)) => "incompatible".into(),
         Some(_) => "tls_error".into(),
         None => "io_error".into(),
@@ -459,6 +466,11 @@ async fn tcp_proxy(
     // Copy until either side closes, or until a reload no longer trusts or allows this client
     // (a revoked client must not keep a database connection open for days).
     let mut generations = shared.generation.subscribe();
+    // A reload during the upstream connect (which may take a while) is not missed: the
+    // subscription starts at the current generation, so compare with the one we checked.
+    if *generations.borrow_and_update() != state.generation {
+        generations.mark_changed();
+    }
     let still_allowed = async {
         while generations.changed().await.is_ok() {
             let current = shared.state.load_full();
@@ -489,7 +501,14 @@ async fn admin_loop(
 ) {
     loop {
         let (tcp, _) = tokio::select! {
-            r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(_) => {
+                    // Out of descriptors, typically: do not spin.
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
             _ = shutdown.changed() => return,
         };
         let shared = shared.clone();
