@@ -17,7 +17,6 @@ pub mod client;
 pub mod config;
 mod error;
 mod http;
-mod idle;
 mod metrics;
 pub mod renewal;
 pub mod server;

@@ -15,8 +15,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 use crate::authority::PeerIdentity;
-use crate::idle::IdleTimeout;
 use crate::{Authority, Error};
+use mtls_tls::IdleTimeout;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);

@@ -348,7 +348,7 @@ fn s_client(
 ) -> String {
     let request: &[u8] = b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
     let path = sess.1.to_string_lossy().into_owned();
-    common::gw::s_client(g, f, leaf, &["-tls1_3", sess.0, &path], &[request])
+    common::gw::s_client(g, f, Some(leaf), &["-tls1_3", sess.0, &path], &[request])
 }
 
 /// A keep-alive connection does not outlive its client certificate: the second request on
@@ -370,7 +370,7 @@ fn keep_alive_connection_stops_at_certificate_expiry() {
     let mut input: Vec<&[u8]> = vec![request];
     input.extend(std::iter::repeat_n(&b""[..], 7));
     input.push(last);
-    let out = common::gw::s_client(&g, &f, &c, &["-tls1_3"], &input);
+    let out = common::gw::s_client(&g, &f, Some(&c), &["-tls1_3"], &input);
     assert!(out.contains("HTTP/1.1 200"), "{out}");
     assert!(
         out.contains("HTTP/1.1 403") && out.contains("INVALID_CERT"),
@@ -624,7 +624,7 @@ fn tcp_args(f: &Files, upstream: std::net::SocketAddr, extra: &[&str]) -> Vec<St
 }
 
 fn s_client_send(g: &Gateway, f: &Files, leaf: &common::gw::Leaf, data: &[u8]) -> String {
-    common::gw::s_client(g, f, leaf, &["-quiet"], &[data])
+    common::gw::s_client(g, f, Some(leaf), &["-quiet"], &[data])
 }
 
 #[test]

@@ -162,7 +162,7 @@ fn websocket_upgrade_passes_through() {
     let out = common::gw::s_client(
         &g,
         &f,
-        &c,
+        Some(&c),
         &["-quiet", "-alpn", "http/1.1"],
         &[
             b"GET /ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
@@ -482,6 +482,7 @@ header_read_timeout = "1s"
 listen = "127.0.0.1:{port}"
 upstream = "http://{up}"
 client_ca = ["ca-chain.pem"]
+client_auth = "optional"
 [[listener.certificate]]
 cert = "server.chain.pem"
 key = "server.key"
@@ -516,10 +517,22 @@ allow_any_trusted = true
     let out = common::gw::s_client(
         &g,
         &f,
-        &leaf,
+        Some(&leaf),
         &["-quiet"],
         &[b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Slow: 1\r\n"],
     );
     assert!(!out.contains("200"), "{out}");
     assert_eq!(up.count(), 0);
+
+    // With optional client certificates, a connection without one that opens HTTP/2 and then
+    // says nothing is closed after header_read_timeout: it cannot hold a connection slot.
+    let started = std::time::Instant::now();
+    let preface: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+    // Without the timeout, s_client's 10 s watchdog would end it.
+    common::gw::s_client(&g, &f, None, &["-quiet", "-alpn", "h2"], &[preface]);
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(8),
+        "the silent connection stayed open {waited:?}"
+    );
 }

@@ -153,6 +153,11 @@ pub struct Limits {
     pub upstream_timeout: Duration,
     #[serde(with = "duration")]
     pub drain_timeout: Duration,
+    /// HTTP mode: a connection with no traffic either way for this long is closed (WebSocket
+    /// tunnels included). Connections without an accepted client certificate (optional mode)
+    /// get `header_read_timeout` instead: all they can do is be refused.
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
     /// Maximum size of a request head (HTTP/1) or header list (HTTP/2).
     pub max_header_bytes: usize,
     pub max_connections: usize,
@@ -168,6 +173,7 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
             upstream_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(3600),
             max_header_bytes: 16 * 1024,
             max_connections: 10_000,
             reload_poll: Duration::from_secs(1),
@@ -279,6 +285,9 @@ impl GatewayConfig {
                 if f.every < Duration::from_secs(1) {
                     return e("crl_fetch every must be at least 1s");
                 }
+            }
+            if self.limits.idle_timeout <= self.limits.upstream_timeout {
+                return e("limits.idle_timeout must be longer than limits.upstream_timeout");
             }
             if self.limits.max_header_bytes < 8192 {
                 return e("limits.max_header_bytes must be at least 8192");

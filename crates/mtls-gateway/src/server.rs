@@ -373,6 +373,11 @@ async fn handle_connection(
     match shared.mode {
         Mode::Tcp => tcp_proxy(shared, tls, remote, identity, state, chain).await,
         Mode::Http => {
+            let idle = if identity.is_ok() {
+                shared.limits.idle_timeout
+            } else {
+                shared.limits.header_read_timeout
+            };
             let conn = Arc::new(Conn::new(
                 shared.clone(),
                 chain,
@@ -394,7 +399,10 @@ async fn handle_connection(
                 .max_header_list_size(
                     u32::try_from(shared.limits.max_header_bytes).unwrap_or(u32::MAX),
                 );
-            let serving = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+            let serving = builder.serve_connection_with_upgrades(
+                TokioIo::new(mtls_tls::IdleTimeout::new(tls, idle)),
+                service,
+            );
             tokio::pin!(serving);
             tokio::select! {
                 r = serving.as_mut() => { if let Err(e) = r { tracing::debug!(error = %e, "connection ended with error"); } }

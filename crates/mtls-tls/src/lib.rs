@@ -8,8 +8,14 @@
 //! (possibly encrypted) keys, refusing keys other users can read and checking that the key
 //! belongs to the certificate. No renegotiation (rustls has none) and no 0-RTT.
 //!
+//! Also [`IdleTimeout`], the stream wrapper both servers use to close connections that make no
+//! progress.
+//!
 //! What it does not do: sockets, HTTP, reload loops or policy.
 #![forbid(unsafe_code)]
+
+pub mod idle;
+pub use idle::IdleTimeout;
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -377,10 +377,16 @@ pub fn curl(g: &Gateway, f: &Files, client: Option<&Leaf>, path: &str, extra: &[
     }
 }
 
-/// Runs `openssl s_client` (with `-ign_eof`) against the gateway presenting `leaf`, writes each
+/// Runs `openssl s_client` (with `-ign_eof`) against the gateway presenting `leaf` (if any), writes each
 /// chunk of `input` half a second apart, and returns its stdout once the server closes (a
 /// watchdog ends it after 10 s).
-pub fn s_client(g: &Gateway, f: &Files, leaf: &Leaf, extra: &[&str], input: &[&[u8]]) -> String {
+pub fn s_client(
+    g: &Gateway,
+    f: &Files,
+    leaf: Option<&Leaf>,
+    extra: &[&str],
+    input: &[&[u8]],
+) -> String {
     use std::io::{Read, Write};
     let mut child = Command::new("openssl")
         .args([
@@ -393,10 +399,17 @@ pub fn s_client(g: &Gateway, f: &Files, leaf: &Leaf, extra: &[&str], input: &[&[
         ])
         .arg("-CAfile")
         .arg(f.root())
-        .arg("-cert")
-        .arg(&leaf.chain)
-        .arg("-key")
-        .arg(&leaf.key)
+        .args(
+            leaf.map(|l| {
+                vec![
+                    std::ffi::OsStr::new("-cert"),
+                    l.chain.as_os_str(),
+                    std::ffi::OsStr::new("-key"),
+                    l.key.as_os_str(),
+                ]
+            })
+            .unwrap_or_default(),
+        )
         .args(extra)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -3,9 +3,9 @@
 //!
 //! hyper bounds how long HTTP/1 headers may take, but nothing bounds an HTTP/2 connection that
 //! sent its preface and then nothing, so without this a client could hold every connection slot
-//! of the CA indefinitely. Any byte in either direction restarts the clock, so long responses
-//! and slow but live clients are unaffected; request bodies have their own deadline
-//! (`http::BODY_TIMEOUT`) because a body trickled one byte at a time counts as progress here.
+//! of a server indefinitely. Any byte in either direction restarts the clock, so long responses
+//! and slow but live clients are unaffected; a body trickled one byte at a time counts as
+//! progress, so servers bound request bodies separately.
 
 use std::future::Future;
 use std::io;
@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 /// `io`, failing once it has been idle for `timeout`.
-pub(crate) struct IdleTimeout<IO> {
+pub struct IdleTimeout<IO> {
     io: IO,
     timeout: Duration,
     /// Last read or write that moved bytes. The timer is only moved when it fires, so a busy
@@ -27,7 +27,7 @@ pub(crate) struct IdleTimeout<IO> {
 }
 
 impl<IO> IdleTimeout<IO> {
-    pub(crate) fn new(io: IO, timeout: Duration) -> Self {
+    pub fn new(io: IO, timeout: Duration) -> Self {
         IdleTimeout {
             io,
             timeout,
