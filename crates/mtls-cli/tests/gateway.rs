@@ -111,6 +111,28 @@ fn spoofed_identity_headers_never_reach_upstream() {
         );
         assert!(all.contains("Subject=\\\"CN=client-app\\\""), "{all}");
     }
+    // Underscore spellings (read as the same variable by CGI-style upstreams) are stripped, and
+    // an absolute-form request's authority (the one checked against SNI) replaces its Host.
+    let target = g.url("/abs");
+    let extra = [
+        "--http1.1",
+        "--request-target",
+        target.as_str(),
+        "-H",
+        "Host: evil.example",
+        "-H",
+        "x_forwarded_client_cert: Hash=evil",
+    ];
+    let r = curl(&g, &f, Some(&c), "/", &extra);
+    assert_eq!(r.status, 200, "{} {}", r.body, r.stderr);
+    let h = up.last();
+    let all = format!("{h:?}");
+    assert!(!all.contains("evil"), "{all}");
+    assert!(
+        h.iter()
+            .any(|(k, v)| k == "host" && v.starts_with("localhost")),
+        "{all}"
+    );
 }
 
 #[test]

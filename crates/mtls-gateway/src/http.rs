@@ -208,11 +208,20 @@ pub async fn handle(
         let upgrade = is_upgrade(&req);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        // HTTP/2 requests carry the authority in the URI; HTTP/1.1 upstreams need Host.
-        if !parts.headers.contains_key(HOST) {
-            if let Some(a) = parts.uri.authority() {
-                if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+        // HTTP/2 requests carry the authority in the URI; HTTP/1.1 upstreams need Host. When
+        // the URI has an authority (HTTP/2, or an HTTP/1 absolute-form request), it is the one
+        // checked against SNI above and it wins over any Host header (RFC 9112 3.2.2).
+        if let Some(a) = parts.uri.authority() {
+            match HeaderValue::from_str(a.as_str()) {
+                Ok(v) => {
                     parts.headers.insert(HOST, v);
+                }
+                Err(_) => {
+                    break 'resp json_error(
+                        StatusCode::BAD_REQUEST,
+                        "INVALID_REQUEST",
+                        "the request authority is not a valid Host",
+                    )
                 }
             }
         }
