@@ -171,6 +171,35 @@ fn websocket_upgrade_passes_through() {
     );
     assert!(out.contains("101 Switching Protocols"), "{out}");
     assert!(out.contains("ping through the tunnel"), "{out}");
+
+    // A tunnel whose client is revoked is closed at the next reload, like a TCP-mode
+    // connection (the upstream keeps echoing until a line ends, so only the gateway ends it).
+    let revoked = f.client("ws-revoked");
+    let started = std::time::Instant::now();
+    let tunnel = std::thread::scope(|s| {
+        let t = s.spawn(|| {
+            common::gw::s_client(
+                &g,
+                &f,
+                Some(&revoked),
+                &["-quiet", "-alpn", "http/1.1"],
+                &[
+                    b"GET /ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+                    b"still here",
+                ],
+            )
+        });
+        std::thread::sleep(Duration::from_millis(2000));
+        f.write_crl(std::slice::from_ref(&revoked.serial));
+        g.hup();
+        t.join().unwrap()
+    });
+    assert!(tunnel.contains("still here"), "{tunnel}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "the revoked client's tunnel stayed open: {:?}",
+        started.elapsed()
+    );
 }
 
 /// An upstream that waits before answering.

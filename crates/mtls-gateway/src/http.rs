@@ -65,6 +65,8 @@ pub struct Conn {
     pub sni: Option<String>,
     pub remote: SocketAddr,
     identity: Mutex<(u64, Identity)>,
+    /// The connection's slot under `limits.max_connections`, held by tunnels too.
+    _permit: Arc<tokio::sync::OwnedSemaphorePermit>,
 }
 
 fn with_headers(r: Result<Arc<VerifiedPeer>, Rejection>) -> Identity {
@@ -82,6 +84,7 @@ impl Conn {
         remote: SocketAddr,
         generation: u64,
         identity: Result<Arc<VerifiedPeer>, Rejection>,
+        permit: Arc<tokio::sync::OwnedSemaphorePermit>,
     ) -> Self {
         Conn {
             shared,
@@ -89,6 +92,32 @@ impl Conn {
             sni,
             remote,
             identity: Mutex::new((generation, with_headers(identity))),
+            _permit: permit,
+        }
+    }
+
+    /// Resolves once this connection's client is no longer trusted or allowed on `path`:
+    /// checked after every reload and every minute (certificates and CRLs expire).
+    async fn revoked(&self, path: &str) {
+        let mut generations = self.shared.generation.subscribe();
+        loop {
+            tokio::select! {
+                r = generations.changed() => {
+                    if r.is_err() {
+                        // The gateway is shutting down; the drain ends the tunnel.
+                        std::future::pending::<()>().await;
+                    }
+                }
+                _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+            }
+            let state = self.shared.state.load_full();
+            let allowed = match self.identity(&state) {
+                Ok((peer, _)) => state.policy_for(path).check(&peer).is_ok(),
+                Err(_) => false,
+            };
+            if !allowed {
+                return;
+            }
         }
     }
 
@@ -297,11 +326,20 @@ pub async fn handle(
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = client_upgrade {
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
+                let conn = conn.clone();
+                let path = path.clone();
                 tokio::spawn(async move {
                     if let (Ok(c), Ok(u)) = (client_upgrade.await, upstream_upgrade.await) {
                         let mut c = TokioIo::new(c);
                         let mut u = TokioIo::new(u);
-                        let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+                        // A tunnel is closed when a reload revokes or disallows its client,
+                        // like a TCP-mode connection.
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut c, &mut u) => {}
+                            _ = conn.revoked(&path) => {
+                                tracing::warn!(remote = %conn.remote, "closing a tunnel: the client is no longer trusted or allowed");
+                            }
+                        }
                     }
                 });
             }

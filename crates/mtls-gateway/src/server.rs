@@ -308,12 +308,13 @@ async fn accept_loop(
                 .metrics
                 .active_connections
                 .fetch_add(1, Ordering::Relaxed);
-            handle_connection(shared.clone(), tcp, remote, shutdown).await;
+            // The permit lives as long as the connection, including a WebSocket tunnel that
+            // outlives the HTTP connection it was upgraded from.
+            handle_connection(shared.clone(), tcp, remote, shutdown, Arc::new(permit)).await;
             shared
                 .metrics
                 .active_connections
                 .fetch_sub(1, Ordering::Relaxed);
-            drop(permit);
         });
     }
 }
@@ -340,6 +341,7 @@ async fn handle_connection(
     tcp: TcpStream,
     remote: SocketAddr,
     mut shutdown: watch::Receiver<bool>,
+    permit: Arc<tokio::sync::OwnedSemaphorePermit>,
 ) {
     let handshake_state = shared.state.load_full();
     let acceptor = tokio_rustls::TlsAcceptor::from(handshake_state.tls.clone());
@@ -385,6 +387,7 @@ async fn handle_connection(
                 remote,
                 state.generation,
                 identity,
+                permit,
             ));
             let service = service_fn(move |req| gw_http::handle(conn.clone(), req));
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
