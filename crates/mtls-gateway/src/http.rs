@@ -96,29 +96,15 @@ impl Conn {
         }
     }
 
-    /// Resolves once this connection's client is no longer trusted or allowed on `path`:
-    /// checked after every reload and every minute (certificates and CRLs expire).
-    async fn revoked(&self, path: &str) {
-        let mut generations = self.shared.generation.subscribe();
-        loop {
-            tokio::select! {
-                r = generations.changed() => {
-                    if r.is_err() {
-                        // The gateway is shutting down; the drain ends the tunnel.
-                        std::future::pending::<()>().await;
-                    }
-                }
-                _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
-            }
-            let state = self.shared.state.load_full();
-            let allowed = match self.identity(&state) {
-                Ok((peer, _)) => state.policy_for(path).check(&peer).is_ok(),
-                Err(_) => false,
-            };
-            if !allowed {
-                return;
-            }
-        }
+    /// Resolves with the reason once this connection's client is no longer trusted or allowed
+    /// on `path` (see [`crate::server::until_refused`]).
+    async fn refused(&self, path: &str, checked: u64) -> String {
+        crate::server::until_refused(&self.shared, checked, |state| {
+            self.identity(state)
+                .map_err(|r| r.to_string())
+                .and_then(|(peer, _)| state.policy_for(path).check(&peer))
+        })
+        .await
     }
 
     /// The identity under the current trust state: re-verified when a reload happened since
@@ -328,6 +314,7 @@ pub async fn handle(
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
                 let conn = conn.clone();
                 let path = path.clone();
+                let checked = state.generation;
                 tokio::spawn(async move {
                     if let (Ok(c), Ok(u)) = (client_upgrade.await, upstream_upgrade.await) {
                         let mut c = TokioIo::new(c);
@@ -336,8 +323,8 @@ pub async fn handle(
                         // like a TCP-mode connection.
                         tokio::select! {
                             _ = tokio::io::copy_bidirectional(&mut c, &mut u) => {}
-                            _ = conn.revoked(&path) => {
-                                tracing::warn!(remote = %conn.remote, "closing a tunnel: the client is no longer trusted or allowed");
+                            reason = conn.refused(&path, checked) => {
+                                tracing::warn!(remote = %conn.remote, %reason, "closing a tunnel after reload");
                             }
                         }
                     }

@@ -476,30 +476,51 @@ async fn tcp_proxy(
     }
     // Copy until either side closes, or until a reload no longer trusts or allows this client
     // (a revoked client must not keep a database connection open for days).
-    let mut generations = shared.generation.subscribe();
-    // A reload during the upstream connect (which may take a while) is not missed: the
-    // subscription starts at the current generation, so compare with the one we checked.
-    if *generations.borrow_and_update() != state.generation {
-        generations.mark_changed();
-    }
-    let still_allowed = async {
-        while generations.changed().await.is_ok() {
-            let current = shared.state.load_full();
-            let verdict = current
-                .verify_peer(chain.as_deref())
-                .map_err(|r| r.to_string())
-                .and_then(|p| current.policy.check(&p));
-            if let Err(reason) = verdict {
-                return reason;
-            }
-        }
-        std::future::pending::<String>().await
-    };
+    // Checked against the state verified at the handshake, so a reload during the upstream
+    // connect is not missed.
+    let still_allowed = until_refused(&shared, state.generation, |current| {
+        current
+            .verify_peer(chain.as_deref())
+            .map_err(|r| r.to_string())
+            .and_then(|p| current.policy.check(&p))
+    });
     tokio::select! {
         _ = tokio::io::copy_bidirectional(&mut tls, &mut up) => {}
         reason = still_allowed => {
             tracing::warn!(%remote, listener = %shared.name, %reason, "closing connection after reload");
             let _ = tls.shutdown().await;
+        }
+    }
+}
+
+/// How often a long-lived connection (TCP mode, WebSocket tunnel) is re-checked without a
+/// reload: certificates and CRLs expire.
+const RECHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Resolves with the reason once `verdict` refuses a connection's client under the current
+/// state: at once if the state changed since generation `checked`, then after every reload and
+/// every [`RECHECK_EVERY`]. Never resolves while the client stays allowed.
+pub(crate) async fn until_refused(
+    shared: &Shared,
+    checked: u64,
+    verdict: impl Fn(&ListenerState) -> Result<(), String>,
+) -> String {
+    let mut generations = shared.generation.subscribe();
+    if *generations.borrow_and_update() != checked {
+        generations.mark_changed();
+    }
+    loop {
+        tokio::select! {
+            r = generations.changed() => {
+                if r.is_err() {
+                    // Shutting down: the drain ends the connection.
+                    return std::future::pending().await;
+                }
+            }
+            _ = tokio::time::sleep(RECHECK_EVERY) => {}
+        }
+        if let Err(reason) = verdict(&shared.state.load_full()) {
+            return reason;
         }
     }
 }
