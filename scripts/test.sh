@@ -32,6 +32,11 @@ if ! python3 -c 'import requests' >/dev/null 2>&1; then
   echo "installing requests" >&2
   pip_install requests
 fi
+# The Prometheus project's Python parser checks every /metrics page in the tests.
+if ! python3 -c 'import prometheus_client.parser' >/dev/null 2>&1; then
+  echo "installing prometheus-client" >&2
+  pip_install 'prometheus-client==0.26.0'
+fi
 if [ "$(python3 -c 'import importlib.metadata as m; print(m.version("sslyze"))' 2>/dev/null)" != "6.3.1" ]; then
   echo "installing sslyze" >&2
   pip_install 'sslyze==6.3.1'
@@ -53,4 +58,5 @@ if need pyenv; then pyenv rehash || true; fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 cargo test --workspace --locked

@@ -44,13 +44,7 @@ pub struct IssuedCertificate {
     pub not_after: OffsetDateTime,
 }
 
-/// The identity a connection presented, as established after its handshake.
-#[derive(Clone, Debug)]
-pub enum PeerIdentity {
-    None,
-    Verified(Arc<VerifiedPeer>),
-    Rejected(Rejection),
-}
+pub use mtls_verify::PeerIdentity;
 
 struct CachedCrl {
     epoch: i64,
@@ -105,7 +99,7 @@ fn sha256_hex(b: &[u8]) -> String {
 }
 
 fn store_err(e: mtls_store::Error) -> ApiError {
-    ApiError::from(e)
+    crate::error::store_error(e)
 }
 
 impl Authority {
@@ -355,7 +349,7 @@ impl Authority {
         now: OffsetDateTime,
     ) -> Result<(Arc<VerifiedPeer>, CertificateRecord), ApiError> {
         let peer = match peer {
-            PeerIdentity::None => return Err(ApiError::no_client_cert()),
+            PeerIdentity::Anonymous => return Err(ApiError::no_client_cert()),
             PeerIdentity::Rejected(Rejection::Expired { not_after, .. }) => {
                 return Err(expired_error(*not_after))
             }
@@ -364,14 +358,15 @@ impl Authority {
             }
             PeerIdentity::Verified(p) => p.clone(),
         };
-        let serial = Serial::from_str(&peer.serial)
-            .map_err(|_| ApiError::forbidden("INVALID_CERT", "unreadable serial"))?;
+        let serial = peer.serial().clone();
         let rec = self
             .store
             .get(&serial, now)
             .await
             .map_err(store_err)?
-            .filter(|r| r.issuer_key == self.issuer_key && r.fingerprint == peer.cert_sha256)
+            .filter(|r| {
+                r.issuer_key == self.issuer_key && r.fingerprint == peer.fingerprint().to_string()
+            })
             .ok_or_else(|| {
                 ApiError::forbidden("INVALID_CERT", "the certificate was not issued by this CA")
             })?;
@@ -402,7 +397,7 @@ impl Authority {
             .map(|s| San::parse(s))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| ApiError::internal(format!("stored names: {e}")))?;
-        let cn = peer.common_name.clone().unwrap_or_default();
+        let cn = peer.common_name().unwrap_or_default().to_string();
         let request = LeafRequest {
             profile,
             subject: Subject::cn(cn),
@@ -421,7 +416,7 @@ impl Authority {
                     .await?
             }
             None => {
-                let cert = mtls_pki::pem_io::parse_certificate(&peer.cert_der)
+                let cert = mtls_pki::pem_io::parse_certificate(peer.certificate_der())
                     .map_err(|e| ApiError::internal(e.to_string()))?;
                 let spki = rcgen::SubjectPublicKeyInfo::from_der(cert.public_key().raw)
                     .map_err(|e| ApiError::bad_request("INVALID_CERT", e.to_string()))?;
@@ -475,7 +470,7 @@ impl Authority {
         } else {
             self.admin(&PeerIdentity::Verified(peer.clone()), now)
                 .await?;
-            format!("admin:{}", peer.subject)
+            format!("admin:{}", peer.subject())
         };
         let serial = Serial::from_str(&target)
             .map_err(|e| ApiError::bad_request("INVALID_REQUEST", e.to_string()))?;

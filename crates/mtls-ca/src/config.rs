@@ -26,36 +26,6 @@ use time::Duration;
 
 use crate::Error;
 
-/// The longest duration [`parse_duration`] accepts (100 years): anything longer is a typo, and
-/// adding it to a timestamp could overflow.
-const MAX_DURATION_SECONDS: i64 = 100 * 366 * 86_400;
-
-/// Parses `30d`, `12h`, `45m`, `10s`, `2w` or a bare number of days (at most 100 years).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: i64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?} (examples: 90d, 12h, 30m, 2w)"))?;
-    let unit_seconds: i64 = match unit {
-        "" | "d" => 86_400,
-        "s" => 1,
-        "m" => 60,
-        "h" => 3_600,
-        "w" => 7 * 86_400,
-        _ => return Err(format!("invalid duration unit in {s:?} (s, m, h, d or w)")),
-    };
-    let seconds = n
-        .checked_mul(unit_seconds)
-        .filter(|&t| t <= MAX_DURATION_SECONDS)
-        .ok_or_else(|| format!("duration {s:?} is longer than 100 years"))?;
-    if seconds <= 0 {
-        return Err(format!("duration {s:?} must be positive"));
-    }
-    Ok(Duration::seconds(seconds))
-}
-
 /// Which key signs OCSP responses.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -110,7 +80,8 @@ impl Config {
         let d = |v: &Option<String>, default: Duration, what: &str| -> Result<Duration, Error> {
             match v {
                 None => Ok(default),
-                Some(s) => parse_duration(s).map_err(|e| Error::Config(format!("{what}: {e}"))),
+                Some(s) => mtls_serve::duration::parse_time(s)
+                    .map_err(|e| Error::Config(format!("{what}: {e}"))),
             }
         };
         let defaults = Settings::default();
@@ -176,18 +147,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("10m").unwrap(), Duration::minutes(10));
-        assert_eq!(parse_duration("3").unwrap(), Duration::days(3));
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("5y").is_err());
-        assert_eq!(parse_duration("2w").unwrap(), Duration::weeks(2));
-        // Overflow and absurd lengths are errors, not panics.
-        assert!(parse_duration("999999999999999w").is_err());
-        assert!(parse_duration("99999999999999999999").is_err());
-        assert_eq!(parse_duration("36600d").unwrap(), Duration::days(36600));
-        assert!(parse_duration("36601d").is_err());
-        assert!(parse_duration("").is_err());
+    fn durations_need_units() {
+        let e = Config::parse("listen = \"127.0.0.1:0\"\nleaf_lifetime = \"90\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("leaf_lifetime") && e.contains("needs a unit"),
+            "{e}"
+        );
+        let c = Config::parse("listen = \"127.0.0.1:0\"\nleaf_lifetime = \"1w\"\n").unwrap();
+        assert_eq!(c.settings().unwrap().leaf_lifetime, Duration::weeks(1));
     }
 
     #[test]

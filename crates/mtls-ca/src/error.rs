@@ -3,47 +3,11 @@
 
 use http::StatusCode;
 
-/// A refusal or failure of one API request, rendered as
-/// `{"error": {"code": "...", "message": "..."}}`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{code}: {message}")]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub message: String,
-}
+pub use mtls_serve::ApiError;
 
-impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, message)
-    }
-    pub fn invalid_token(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "INVALID_TOKEN", message)
-    }
-    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, code, message)
-    }
-    pub fn no_client_cert() -> Self {
-        Self::new(
-            StatusCode::UNAUTHORIZED,
-            "NO_CLIENT_CERT",
-            "Client certificate required",
-        )
-    }
-    pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", message)
-    }
-}
-
-impl From<mtls_store::Error> for ApiError {
-    fn from(e: mtls_store::Error) -> Self {
+/// What an API client is told when the inventory refused or failed an operation.
+pub fn store_error(e: mtls_store::Error) -> ApiError {
+    {
         use mtls_store::Error as S;
         match e {
             e if e.is_unavailable() => {
@@ -100,24 +64,9 @@ pub enum Error {
         addr: String,
         source: std::io::Error,
     },
-    /// The CA could not be reached or the exchange failed in transport.
-    #[error("CA request to {url} failed: {detail}")]
-    Transport { url: String, detail: String },
-    /// The CA answered with an error.
-    #[error("the CA refused ({status} {code}): {message}")]
-    Refused {
-        status: u16,
-        code: String,
-        message: String,
-    },
-    /// The CA's root does not have the pinned fingerprint.
-    #[error("the CA's root certificate has fingerprint {found}, expected {expected}: refusing to trust it")]
-    FingerprintMismatch { expected: String, found: String },
     #[error("{path}: {source}")]
     Io {
         path: String,
         source: std::io::Error,
     },
-    #[error("unexpected answer from the CA: {0}")]
-    Protocol(String),
 }

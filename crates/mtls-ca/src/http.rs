@@ -21,13 +21,6 @@ const BODY_LIMIT: usize = 64 * 1024;
 /// hold its connection, since each byte counts as progress for the idle timeout).
 const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, Json(body)).into_response()
-    }
-}
-
 fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
 }
@@ -56,7 +49,7 @@ pub(crate) fn publication_router(ca: Arc<Authority>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(ca)
-        .layer(Extension(PeerIdentity::None))
+        .layer(Extension(PeerIdentity::Anonymous))
 }
 
 fn publication_routes() -> Router<Arc<Authority>> {
@@ -247,8 +240,8 @@ async fn create_token(
         let profile = b.profile.parse().map_err(|e: mtls_pki::Error| {
             ApiError::bad_request("INVALID_REQUEST", e.to_string())
         })?;
-        let ttl = crate::parse_duration(&b.ttl)
-            .map_err(|e| ApiError::bad_request("INVALID_REQUEST", e))?;
+        let ttl = mtls_serve::duration::parse_time(&b.ttl)
+            .map_err(|e| ApiError::bad_request("INVALID_REQUEST", e.to_string()))?;
         ca.create_token(
             TokenRequest {
                 name: b.name,
@@ -256,7 +249,7 @@ async fn create_token(
                 profile,
                 ttl,
             },
-            &format!("admin:{}", admin.subject),
+            &format!("admin:{}", admin.subject()),
             now(),
         )
         .await
@@ -295,13 +288,13 @@ async fn list(State(ca): Shared, Extension(peer): Extension<PeerIdentity>) -> Re
 async fn healthz(State(ca): Shared) -> Response {
     match ca.store().ping().await {
         Ok(()) => Json(serde_json::json!({"status": "ok"})).into_response(),
-        Err(e) => ApiError::from(e).into_response(),
+        Err(e) => crate::error::store_error(e).into_response(),
     }
 }
 
 async fn metrics(State(ca): Shared) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(header::CONTENT_TYPE, mtls_serve::metrics::CONTENT_TYPE)],
         ca.metrics.render(),
     )
         .into_response()

@@ -3,9 +3,9 @@
 //! What it does: serves an HTTPS API (axum over rustls) on which machines enroll with a one-time
 //! token and a CSR, renew over mTLS with their current certificate, and revoke; publishes the
 //! CRL and answers OCSP (RFC 6960 / RFC 5019) from the shared inventory, so a revocation made
-//! through any instance is visible through every instance at once. It also holds the client side
-//! ([`client`]: enrollment with a pinned root, renewal) and the renewal daemon's logic
-//! ([`renewal`]).
+//! through any instance is visible through every instance at once. The client side (enrollment
+//! with a pinned root, renewal, the renewal daemon's logic) is `mtls-client`, so applications
+//! renew without compiling this crate's database code.
 //!
 //! What it does not do: read the PKI directory layout or passphrases (the CLI loads the CA and
 //! hands it over), terminate mTLS for other services (that is `mtls-gateway`), or keep state of
@@ -13,16 +13,14 @@
 #![forbid(unsafe_code)]
 
 pub mod authority;
-pub mod client;
 pub mod config;
-mod error;
+pub mod error;
 mod http;
 mod metrics;
-pub mod renewal;
 pub mod server;
 pub mod tokens;
 
 pub use authority::{Authority, AuthorityParts, IssuedCertificate};
-pub use config::{parse_duration, Settings};
+pub use config::Settings;
 pub use error::{ApiError, Error};
 pub use server::{serve, Running};

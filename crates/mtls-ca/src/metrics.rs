@@ -1,100 +1,65 @@
-//! Prometheus counters of the CA service.
+//! Prometheus counters of the CA service (through `mtls_serve::metrics`).
 
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use mtls_serve::metrics::{Counter, Registry};
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Metrics {
-    pub enrolled: AtomicU64,
-    pub renewed: AtomicU64,
-    pub revoked: AtomicU64,
-    pub refused: AtomicU64,
-    pub tokens: AtomicU64,
-    pub crl_generated: AtomicU64,
-    pub crl_served: AtomicU64,
-    pub ocsp_ok: AtomicU64,
-    pub ocsp_malformed: AtomicU64,
-    pub ocsp_unauthorized: AtomicU64,
-    pub db_unavailable: AtomicU64,
-    pub handshake_failures: AtomicU64,
+    pub enrolled: Counter,
+    pub renewed: Counter,
+    pub revoked: Counter,
+    pub refused: Counter,
+    pub tokens: Counter,
+    pub crl_generated: Counter,
+    pub crl_served: Counter,
+    pub ocsp_ok: Counter,
+    pub ocsp_malformed: Counter,
+    pub ocsp_unauthorized: Counter,
+    pub db_unavailable: Counter,
+    pub handshake_failures: Counter,
+    registry: Registry,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let mut c = |name: &'static str, help: &'static str| {
+            let counter = Counter::default();
+            registry.register(name, help, counter.clone());
+            counter
+        };
+        Metrics {
+            enrolled: c("mtls_ca_enrolled", "Certificates issued by enrollment"),
+            renewed: c("mtls_ca_renewed", "Certificates issued by renewal"),
+            revoked: c("mtls_ca_revoked", "Revocations through the API"),
+            refused: c("mtls_ca_refused", "API requests refused (4xx)"),
+            tokens: c("mtls_ca_tokens", "Enrollment tokens minted through the API"),
+            crl_generated: c("mtls_ca_crl_generated", "CRLs signed"),
+            crl_served: c("mtls_ca_crl_served", "CRL downloads"),
+            ocsp_ok: c("mtls_ca_ocsp_responses", "Signed OCSP responses"),
+            ocsp_malformed: c("mtls_ca_ocsp_malformed", "Malformed OCSP requests"),
+            ocsp_unauthorized: c(
+                "mtls_ca_ocsp_unauthorized",
+                "OCSP requests for issuers we do not serve",
+            ),
+            db_unavailable: c(
+                "mtls_ca_database_unavailable",
+                "Requests answered 503 because the database was unavailable",
+            ),
+            handshake_failures: c(
+                "mtls_ca_tls_handshake_failures",
+                "Failed or timed-out TLS handshakes",
+            ),
+            registry,
+        }
+    }
 }
 
 impl Metrics {
-    pub(crate) fn inc(&self, c: &AtomicU64) {
-        c.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn inc(&self, c: &Counter) {
+        c.inc();
     }
 
     pub(crate) fn render(&self) -> String {
-        let mut out = String::new();
-        let rows: [(&str, &str, &AtomicU64); 12] = [
-            (
-                "mtls_ca_enrolled_total",
-                "certificates issued by enrollment",
-                &self.enrolled,
-            ),
-            (
-                "mtls_ca_renewed_total",
-                "certificates issued by renewal",
-                &self.renewed,
-            ),
-            (
-                "mtls_ca_revoked_total",
-                "revocations through the API",
-                &self.revoked,
-            ),
-            (
-                "mtls_ca_refused_total",
-                "API requests refused (4xx)",
-                &self.refused,
-            ),
-            (
-                "mtls_ca_tokens_total",
-                "enrollment tokens minted through the API",
-                &self.tokens,
-            ),
-            (
-                "mtls_ca_crl_generated_total",
-                "CRLs signed",
-                &self.crl_generated,
-            ),
-            (
-                "mtls_ca_crl_served_total",
-                "CRL downloads",
-                &self.crl_served,
-            ),
-            (
-                "mtls_ca_ocsp_responses_total",
-                "signed OCSP responses",
-                &self.ocsp_ok,
-            ),
-            (
-                "mtls_ca_ocsp_malformed_total",
-                "malformed OCSP requests",
-                &self.ocsp_malformed,
-            ),
-            (
-                "mtls_ca_ocsp_unauthorized_total",
-                "OCSP requests for issuers we do not serve",
-                &self.ocsp_unauthorized,
-            ),
-            (
-                "mtls_ca_database_unavailable_total",
-                "requests answered 503 because the database was unavailable",
-                &self.db_unavailable,
-            ),
-            (
-                "mtls_ca_tls_handshake_failures_total",
-                "failed or timed-out TLS handshakes",
-                &self.handshake_failures,
-            ),
-        ];
-        for (name, help, v) in rows {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                v.load(Ordering::Relaxed)
-            );
-        }
-        out
+        mtls_serve::metrics::render(&self.registry)
     }
 }

@@ -8,18 +8,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use mtls_serve::accept::{accept_loop, handshake, peer_chain, Shutdown, ShutdownTrigger, Slots};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
 
 use crate::authority::PeerIdentity;
 use crate::{Authority, Error};
 use mtls_tls::IdleTimeout;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const HTTP_LIMITS: mtls_serve::http::HttpLimits = mtls_serve::http::HttpLimits {
+    header_read_timeout: Duration::from_secs(10),
+    max_header_bytes: 16 * 1024,
+};
 const MAX_CONNECTIONS: usize = 4096;
 
 /// A started CA service.
@@ -27,14 +29,14 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The plain-HTTP publication listener, when configured.
     pub publish_addr: Option<SocketAddr>,
-    shutdown: watch::Sender<bool>,
+    shutdown: ShutdownTrigger,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
     /// Stops accepting new connections.
     pub async fn shutdown(self) {
-        let _ = self.shutdown.send(true);
+        self.shutdown.trigger();
         for t in self.tasks {
             let _ = t.await;
         }
@@ -74,12 +76,12 @@ async fn rotate_own_certificate(
     ca: Arc<Authority>,
     names: Vec<String>,
     own: Arc<OwnCertificate>,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: Shutdown,
 ) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(600)) => {}
-            _ = shutdown.changed() => return,
+            _ = shutdown.wait() => return,
         }
         let not_after = own.current.load().not_after;
         // 30-day certificates: renew with 10 days left.
@@ -116,7 +118,7 @@ pub async fn serve(
     // resumption, so a revoked client cannot ride an old session.
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let config = Arc::new(config);
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|source| Error::Listen {
@@ -127,10 +129,10 @@ pub async fn serve(
         addr: listen.to_string(),
         source,
     })?;
-    let (shutdown, rx) = watch::channel(false);
+    let (shutdown, rx) = mtls_serve::shutdown();
     let mut tasks = vec![tokio::spawn(accept_tls(
         listener,
-        acceptor,
+        config,
         crate::http::router(ca.clone()),
         ca.clone(),
         rx.clone(),
@@ -166,112 +168,75 @@ pub async fn serve(
     })
 }
 
-fn http_builder() -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
-    let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT);
-    b
-}
-
+/// Serves the API over TLS: a handshake per connection in its own task (deadline, failures
+/// counted), the client's identity established once, then HTTP/1.1 or h2.
 async fn accept_tls(
     listener: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
+    config: Arc<rustls::ServerConfig>,
     router: Router,
     ca: Arc<Authority>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) {
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let idle = ca.settings().idle_timeout.unsigned_abs();
-    loop {
-        let (tcp, _) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            continue; // over the limit: drop the connection
-        };
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let router = router.clone();
-        let ca = ca.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let tls = match tokio::time::timeout(
-                HANDSHAKE_TIMEOUT,
-                acceptor.accept(IdleTimeout::new(tcp, idle)),
-            )
-            .await
-            {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    ca.metrics.inc(&ca.metrics.handshake_failures);
-                    tracing::debug!(error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    ca.metrics.inc(&ca.metrics.handshake_failures);
-                    return;
-                }
-            };
-            let peer = match tls.get_ref().1.peer_certificates() {
-                None | Some([]) => PeerIdentity::None,
-                Some([leaf, rest @ ..]) => {
-                    match ca
-                        .trust()
-                        .verify_client(leaf, rest, OffsetDateTime::now_utc())
-                    {
-                        Ok(p) => PeerIdentity::Verified(p),
-                        Err(r) => PeerIdentity::Rejected(r),
-                    }
-                }
-            };
-            let service = TowerToHyperService::new(router.layer(axum::Extension(peer)));
-            if let Err(e) = http_builder()
-                .serve_connection(TokioIo::new(tls), service)
-                .await
-            {
-                tracing::debug!(error = %e, "connection ended with an error");
+    let http = Arc::new(mtls_serve::http::builder(&HTTP_LIMITS));
+    let sd = shutdown.clone();
+    accept_loop(
+        listener,
+        Slots::new(MAX_CONNECTIONS),
+        shutdown,
+        move |tcp, _, slot| {
+            let (config, router, ca, http, shutdown) = (
+                config.clone(),
+                router.clone(),
+                ca.clone(),
+                http.clone(),
+                sd.clone(),
+            );
+            async move {
+                let _slot = slot;
+                let tls =
+                    match handshake(config, IdleTimeout::new(tcp, idle), HANDSHAKE_TIMEOUT).await {
+                        Ok(tls) => tls,
+                        Err(e) => {
+                            ca.metrics.inc(&ca.metrics.handshake_failures);
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            return;
+                        }
+                    };
+                let peer: PeerIdentity = ca
+                    .trust()
+                    .identify(peer_chain(&tls).as_deref(), OffsetDateTime::now_utc())
+                    .into();
+                let service = TowerToHyperService::new(router.layer(axum::Extension(peer)));
+                mtls_serve::http::serve_connection(&http, tls, service, shutdown).await;
             }
-        });
-    }
+        },
+    )
+    .await
 }
 
-async fn accept_plain(
-    listener: TcpListener,
-    router: Router,
-    idle: Duration,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let (tcp, _) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            continue;
-        };
-        let router = router.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let service = TowerToHyperService::new(router);
-            let _ = http_builder()
-                .serve_connection(TokioIo::new(IdleTimeout::new(tcp, idle)), service)
+/// Serves the publication routes over plain HTTP.
+async fn accept_plain(listener: TcpListener, router: Router, idle: Duration, shutdown: Shutdown) {
+    let http = Arc::new(mtls_serve::http::builder(&HTTP_LIMITS));
+    let sd = shutdown.clone();
+    accept_loop(
+        listener,
+        Slots::new(MAX_CONNECTIONS),
+        shutdown,
+        move |tcp, _, slot| {
+            let (router, http, shutdown) = (router.clone(), http.clone(), sd.clone());
+            async move {
+                let _slot = slot;
+                let service = TowerToHyperService::new(router);
+                mtls_serve::http::serve_connection(
+                    &http,
+                    IdleTimeout::new(tcp, idle),
+                    service,
+                    shutdown,
+                )
                 .await;
-        });
-    }
+            }
+        },
+    )
+    .await
 }

@@ -6,10 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use bytes::Bytes;
 use clap::Args;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 
@@ -38,32 +35,38 @@ pub struct ClientTlsArgs {
 }
 
 impl ClientTlsArgs {
-    fn config(&self, alpn: &[&[u8]]) -> Result<Arc<rustls::ClientConfig>> {
-        let key = load_key(
-            &self.key,
-            &Source {
-                file: self.passphrase_file.as_deref(),
-                env: "MTLS_PASSPHRASE",
-                flag: "--passphrase-file",
-                what: "key passphrase",
-            },
-        )?;
-        let chain = mtls_pki::pem_io::certificates(&mtls_pki::files::read_public(&self.cert)?)
-            .with_context(|| format!("reading {}", self.cert.display()))?;
-        let cred = mtls_tls::credential_from_parts(chain, &key, time::OffsetDateTime::now_utc())
-            .map_err(|e| anyhow::anyhow!("{}: {e}", self.cert.display()))?;
-        let mut roots = Vec::new();
-        for p in &self.ca {
-            roots.extend(
-                mtls_pki::pem_io::certificates(&mtls_pki::files::read_public(p)?)
-                    .with_context(|| format!("reading {}", p.display()))?,
-            );
+    fn passphrase(&self) -> Source<'_> {
+        Source {
+            file: self.passphrase_file.as_deref(),
+            env: "MTLS_PASSPHRASE",
+            flag: "--passphrase-file",
+            what: "key passphrase",
         }
-        Ok(Arc::new(mtls_tls::client_config(
-            &roots,
-            Some(&cred),
-            alpn,
-        )?))
+    }
+
+    /// The client builder for these flags. With `follow_files`, a renewed certificate and key
+    /// are picked up on the next connection (long-running `tunnel`); otherwise the key is
+    /// loaded (and its passphrase asked for) once, now.
+    fn client(&self, follow_files: bool) -> Result<mtls_client::ClientBuilder> {
+        let mut b = mtls_client::ClientBuilder::new();
+        for p in &self.ca {
+            b = b.ca_file(p);
+        }
+        if follow_files {
+            b = b.identity_files(&self.cert, &self.key);
+            if let Some(p) = self.passphrase().unlock_if_encrypted(&self.key)? {
+                b = b.passphrase_bytes(p);
+            }
+        } else {
+            let key = load_key(&self.key, &self.passphrase())?;
+            let chain = mtls_pki::pem_io::certificates(&mtls_pki::files::read_public(&self.cert)?)
+                .with_context(|| format!("reading {}", self.cert.display()))?;
+            let cred =
+                mtls_tls::credential_from_parts(chain, &key, time::OffsetDateTime::now_utc())
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", self.cert.display()))?;
+            b = b.identity(cred);
+        }
+        Ok(b)
     }
 
     fn server_name(&self, host: &str) -> Result<ServerName<'static>> {
@@ -106,80 +109,73 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 pub fn request(a: RequestArgs) -> Result<ExitCode> {
-    let uri: http::Uri = a
-        .url
-        .parse()
-        .map_err(|_| UsageError(format!("invalid URL {:?}", a.url)))?;
-    if uri.scheme_str() != Some("https") {
-        return Err(UsageError("only https:// URLs are supported".into()).into());
-    }
-    let host = uri
-        .host()
+    let mut url = reqwest_url(&a.url)?;
+    let host = url
+        .host_str()
         .ok_or_else(|| UsageError("the URL has no host".into()))?
+        .trim_matches(['[', ']'])
         .to_string();
-    let port = uri.port_u16().unwrap_or(443);
-    let config = a.tls.config(&[b"http/1.1"])?;
-    let server_name = a.tls.server_name(&host)?;
+    let port = url.port_or_known_default().unwrap_or(443);
     let body = match &a.data {
         Some(d) if d.starts_with('@') => {
-            Bytes::from(std::fs::read(&d[1..]).with_context(|| format!("reading {}", &d[1..]))?)
+            std::fs::read(&d[1..]).with_context(|| format!("reading {}", &d[1..]))?
         }
-        Some(d) => Bytes::from(d.clone()),
-        None => Bytes::new(),
+        Some(d) => d.clone().into_bytes(),
+        None => Vec::new(),
     };
     let method = if a.data.is_some() && a.method == "GET" {
         "POST".to_string()
     } else {
         a.method.clone()
     };
-    let mut builder = http::Request::builder()
-        .method(method.as_str())
-        .uri(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
-        .header(
-            http::header::HOST,
-            uri.authority().map(|a| a.as_str()).unwrap_or(&host),
-        );
+    let method = http::Method::from_bytes(method.as_bytes())
+        .map_err(|_| UsageError(format!("invalid method {method:?}")))?;
+    let mut headers = http::HeaderMap::new();
     for h in &a.headers {
         let (k, v) = h
             .split_once(':')
             .ok_or_else(|| UsageError(format!("header {h:?} is not `Name: value`")))?;
-        builder = builder.header(k.trim(), v.trim());
+        let name = http::HeaderName::from_bytes(k.trim().as_bytes())
+            .map_err(|_| UsageError(format!("invalid header name in {h:?}")))?;
+        let value = http::HeaderValue::from_str(v.trim())
+            .map_err(|_| UsageError(format!("invalid header value in {h:?}")))?;
+        headers.append(name, value);
     }
-    if a.data.is_some()
-        && !a
-            .headers
-            .iter()
-            .any(|h| h.to_ascii_lowercase().starts_with("content-type"))
-    {
-        builder = builder.header(
+    if a.data.is_some() && !headers.contains_key(http::header::CONTENT_TYPE) {
+        headers.insert(
             http::header::CONTENT_TYPE,
-            "application/x-www-form-urlencoded",
+            http::HeaderValue::from_static("application/x-www-form-urlencoded"),
         );
     }
-    let req = builder
-        .body(Full::new(body))
-        .map_err(|e| UsageError(e.to_string()))?;
+    let mut builder = a.tls.client(false)?.http1_only();
     let rt = runtime()?;
     let (status, head, body) = rt.block_on(async move {
-        let tcp = TcpStream::connect((host.as_str(), port))
+        if let Some(name) = &a.tls.server_name {
+            // Verify (and address) the server as `name`, connecting where the URL points.
+            a.tls.server_name(name)?;
+            let addr = tokio::net::lookup_host((host.as_str(), port))
+                .await
+                .with_context(|| format!("resolving {host}"))?
+                .next()
+                .ok_or_else(|| anyhow::anyhow!("{host} has no address"))?;
+            builder = builder.resolve(name.clone(), addr);
+            url.set_host(Some(name))
+                .map_err(|e| UsageError(format!("--server-name {name:?}: {e}")))?;
+        }
+        let client = builder.build()?;
+        let resp = client
+            .request(method, url)
+            .headers(headers)
+            .body(body)
+            .send()
             .await
-            .with_context(|| format!("connecting to {host}:{port}"))?;
-        let tls = tokio_rustls::TlsConnector::from(config)
-            .connect(server_name, tcp)
-            .await
-            .context("TLS handshake failed")?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
-        tokio::spawn(conn);
-        let resp = sender
-            .send_request(req)
-            .await
-            .context("sending the request")?;
+            .map_err(|e| anyhow::anyhow!("{}", mtls_client::ca::error_chain(&e)))?;
         let status = resp.status();
         let mut head = format!("{:?} {}\r\n", resp.version(), status);
         for (k, v) in resp.headers() {
             head.push_str(&format!("{k}: {}\r\n", v.to_str().unwrap_or("<binary>")));
         }
-        let body = resp.into_body().collect().await?.to_bytes();
+        let body = resp.bytes().await?;
         Ok::<_, anyhow::Error>((status, head, body))
     })?;
     use std::io::Write;
@@ -196,6 +192,15 @@ pub fn request(a: RequestArgs) -> Result<ExitCode> {
         return Ok(ExitCode::from(22));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn reqwest_url(s: &str) -> Result<mtls_client::reqwest::Url> {
+    let url = mtls_client::reqwest::Url::parse(s)
+        .map_err(|_| UsageError(format!("invalid URL {s:?}")))?;
+    if url.scheme() != "https" {
+        return Err(UsageError("only https:// URLs are supported".into()).into());
+    }
+    Ok(url)
 }
 
 #[derive(Args)]
@@ -227,7 +232,7 @@ pub fn tunnel(a: TunnelArgs) -> Result<ExitCode> {
         .rsplit_once(':')
         .and_then(|(h, p)| p.parse::<u16>().ok().map(|p| (h.to_string(), p)))
         .ok_or_else(|| UsageError(format!("--target {:?} must be HOST:PORT", a.target)))?;
-    let config = a.tls.config(&[])?;
+    let config = Arc::new(a.tls.client(true)?.tls_config(&[])?);
     let server_name = a.tls.server_name(&host)?;
     let rt = runtime()?;
     rt.block_on(async move {
@@ -239,28 +244,36 @@ pub fn tunnel(a: TunnelArgs) -> Result<ExitCode> {
             listener.local_addr()?
         );
         let connector = tokio_rustls::TlsConnector::from(config);
-        loop {
-            let (mut local, remote) = tokio::select! {
-                r = listener.accept() => r?,
-                _ = tokio::signal::ctrl_c() => return Ok::<_, anyhow::Error>(()),
-            };
-            let connector = connector.clone();
-            let server_name = server_name.clone();
-            let host = host.clone();
-            tokio::spawn(async move {
-                let result = async {
-                    let tcp = TcpStream::connect((host.as_str(), port)).await?;
-                    tcp.set_nodelay(true)?;
-                    let mut tls = connector.connect(server_name, tcp).await?;
-                    tokio::io::copy_bidirectional(&mut local, &mut tls).await?;
-                    Ok::<_, std::io::Error>(())
+        let (stop, shutdown) = mtls_serve::shutdown();
+        let serving = mtls_serve::accept_loop(
+            listener,
+            mtls_serve::Slots::new(4096),
+            shutdown,
+            move |mut local, remote, slot| {
+                let connector = connector.clone();
+                let server_name = server_name.clone();
+                let host = host.clone();
+                async move {
+                    let _slot = slot;
+                    let result = async {
+                        let tcp = TcpStream::connect((host.as_str(), port)).await?;
+                        tcp.set_nodelay(true)?;
+                        let mut tls = connector.connect(server_name, tcp).await?;
+                        tokio::io::copy_bidirectional(&mut local, &mut tls).await?;
+                        Ok::<_, std::io::Error>(())
+                    }
+                    .await;
+                    if let Err(e) = result {
+                        eprintln!("mtls tunnel: connection from {remote}: {e}");
+                    }
                 }
-                .await;
-                if let Err(e) = result {
-                    eprintln!("mtls tunnel: connection from {remote}: {e}");
-                }
-            });
+            },
+        );
+        tokio::select! {
+            _ = serving => {}
+            _ = crate::serve::wait_for_stop() => stop.trigger(),
         }
+        Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
 }

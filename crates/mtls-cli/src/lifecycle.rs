@@ -12,14 +12,14 @@ use mtls_store::ListFilter;
 use time::Duration;
 
 use crate::pkidir::PkiDir;
-use crate::util::{fmt_time, now, out, parse_duration};
+use crate::util::{fmt_time, now, out};
 use crate::{CaKeyArgs, UsageError};
 
 #[derive(Args)]
 pub struct ListArgs {
     /// Only certificates expiring within this duration (e.g. 30d), not yet expired or revoked.
-    #[arg(long, value_name = "DURATION")]
-    expiring: Option<String>,
+    #[arg(long, value_name = "DURATION", value_parser = crate::util::duration_arg)]
+    expiring: Option<time::Duration>,
     /// Only revoked certificates.
     #[arg(long)]
     revoked: bool,
@@ -33,12 +33,7 @@ pub fn list(pki: &Path, a: ListArgs) -> Result<ExitCode> {
     let inventory = dir.open_inventory()?;
     let at = now();
     let filter = ListFilter {
-        expiring_before: a
-            .expiring
-            .as_deref()
-            .map(parse_duration)
-            .transpose()?
-            .map(|d| at + d),
+        expiring_before: a.expiring.map(|d| at + d),
         revoked_only: a.revoked,
     };
     let rows = inventory.list(&filter, at)?;

@@ -1,10 +1,14 @@
 //! `mtls`: the command line of the mtls toolkit.
 //!
 //! This crate only parses arguments, sets up logging, reads passphrases and maps errors to exit
-//! codes; the work is done by `mtls-pki`, `mtls-store` and `mtls-verify`.
+//! codes; the work is done by the library crates (`mtls-pki`, `mtls-store`, `mtls-verify`, `mtls-serve`,
+//! `mtls-gateway`, `mtls-ca`, `mtls-client`).
 //!
 //! Exit codes: 0 success (for `verify`: the certificate is valid), 1 failure (for `verify`: the
 //! certificate is invalid), 2 usage or input error.
+// The doc comments on argument structs are clap's help text, written for a terminal
+// (`<pki>/issued`, `PIDFILE[:SIGNAL]`), not rustdoc markup.
+#![allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result};
 use clap::Args;
 use mtls_ca::authority::TokenRequest;
-use mtls_ca::client::{CaClient, CaUrl};
 use mtls_ca::config::Config;
-use mtls_ca::renewal::{self, DaemonOptions, Hook, Threshold, Watch, WatchState};
+use mtls_client::ca::{CaClient, CaUrl};
+use mtls_client::renewal::{self, DaemonOptions, Hook, Threshold, Watch, WatchState};
 use mtls_pki::files::{self, Visibility};
 use mtls_pki::issue::Subject;
 use mtls_pki::{KeyAlgorithm, PrivateKey};
@@ -94,8 +94,8 @@ pub struct TokenArgs {
     #[arg(long, default_value = "client")]
     profile: String,
     /// How long the token stays usable.
-    #[arg(long, default_value = "10m")]
-    ttl: String,
+    #[arg(long, default_value = "10m", value_parser = crate::util::duration_arg)]
+    ttl: time::Duration,
 }
 
 pub fn token(pki: &Path, a: TokenArgs) -> Result<ExitCode> {
@@ -103,7 +103,7 @@ pub fn token(pki: &Path, a: TokenArgs) -> Result<ExitCode> {
         .profile
         .parse()
         .map_err(|e: mtls_pki::Error| UsageError(e.to_string()))?;
-    let ttl = crate::util::parse_duration(&a.ttl)?;
+    let ttl = a.ttl;
     let loc = PkiDir::new(pki).location_or(None)?;
     let (token, expires) = runtime()?.block_on(async move {
         let store = Store::open_with(&loc, crate::pkidir::pg_tls()?)
@@ -183,7 +183,7 @@ pub fn enroll(a: EnrollArgs) -> Result<ExitCode> {
         let root = CaClient::fetch_pinned_root(&url, &a.ca_fingerprint).await?;
         let client = CaClient::new(url.clone(), &root, None)?;
         let issued = client.enroll(&a.token, &csr).await?;
-        Ok::<_, mtls_ca::Error>((root, issued))
+        Ok::<_, mtls_client::Error>((root, issued))
     })?;
     let chain = renewal::served_chain(&issued, &root)?;
     mtls_tls::credential_from_parts(
@@ -237,8 +237,8 @@ pub struct RenewArgs {
     #[arg(long, conflicts_with = "renew_before")]
     renew_at: Option<String>,
     /// Renew this long before expiry (30d, 12h, …).
-    #[arg(long)]
-    renew_before: Option<String>,
+    #[arg(long, value_parser = crate::util::duration_arg)]
+    renew_before: Option<time::Duration>,
     /// Generate a new key at each renewal (needs --cert and --key to be one combined file).
     #[arg(long)]
     rotate_key: bool,
@@ -264,7 +264,7 @@ pub fn renew(a: RenewArgs) -> Result<ExitCode> {
     };
     let threshold = match (&a.renew_at, &a.renew_before) {
         (Some(f), _) => Threshold::parse_fraction(f).map_err(UsageError)?,
-        (None, Some(b)) => Threshold::Before(crate::util::parse_duration(b)?),
+        (None, Some(b)) => Threshold::Before(*b),
         (None, None) => Threshold::default(),
     };
     let hook = match (&a.exec, &a.signal) {
@@ -360,32 +360,17 @@ pub fn renew(a: RenewArgs) -> Result<ExitCode> {
 }
 
 async fn serve_metrics(addr: SocketAddr, states: renewal::States) -> Result<SocketAddr> {
-    use hyper::service::service_fn;
-    use hyper_util::rt::TokioIo;
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding --metrics-listen {addr}"))?;
     let bound = listener.local_addr()?;
+    let mut registry = mtls_serve::metrics::Registry::default();
+    renewal::register_metrics(&mut registry, &states);
+    // Runs until the process exits (the daemon has no drain).
+    let (_never, shutdown) = mtls_serve::shutdown();
     tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                // Out of descriptors, typically: do not spin.
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            };
-            let states = states.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |_req: http::Request<hyper::body::Incoming>| {
-                    let body = renewal::render_metrics(&states);
-                    async move {
-                        Ok::<_, std::convert::Infallible>(http::Response::new(
-                            http_body_util::Full::new(bytes::Bytes::from(body)),
-                        ))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
+        let _keep = _never;
+        mtls_serve::http::serve_metrics(listener, Arc::new(registry), shutdown).await
     });
     Ok(bound)
 }

@@ -166,46 +166,27 @@ fn check_ocsp(
 
 /// POSTs a DER OCSP request over plain HTTP (RFC 6960 A.1) and returns the body.
 fn post_ocsp(url: &str, request: Vec<u8>) -> Result<Vec<u8>> {
-    use http_body_util::BodyExt;
-    let uri: http::Uri = url.parse().map_err(|_| anyhow::anyhow!("invalid URL"))?;
-    if uri.scheme_str() != Some("http") {
+    if !url.starts_with("http://") {
         anyhow::bail!("only http:// responders are supported");
     }
-    let host = uri
-        .host()
-        .ok_or_else(|| anyhow::anyhow!("no host"))?
-        .to_string();
-    let port = uri.port_u16().unwrap_or(80);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let fut = async {
-            let tcp = tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port)).await?;
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
-            tokio::spawn(conn);
-            let req = http::Request::post(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
-                .header(
-                    http::header::HOST,
-                    uri.authority().map(|a| a.as_str()).unwrap_or(""),
-                )
-                .header(http::header::CONTENT_TYPE, "application/ocsp-request")
-                .body(http_body_util::Full::new(bytes::Bytes::from(request)))?;
-            let resp = sender.send_request(req).await?;
-            if !resp.status().is_success() {
-                anyhow::bail!("HTTP {}", resp.status());
-            }
-            let body = http_body_util::Limited::new(resp.into_body(), 1 << 20)
-                .collect()
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-                .to_bytes();
-            Ok::<_, anyhow::Error>(body.to_vec())
-        };
-        tokio::time::timeout(std::time::Duration::from_secs(20), fut)
+        let client = mtls_client::ClientBuilder::new()
+            .timeout(std::time::Duration::from_secs(20))
+            .build_plain_http()?;
+        let resp = client
+            .post(url)
+            .header(http::header::CONTENT_TYPE, "application/ocsp-request")
+            .body(request)
+            .send()
             .await
-            .map_err(|_| anyhow::anyhow!("timed out"))?
+            .map_err(|e| anyhow::anyhow!("{}", mtls_client::ca::error_chain(&e)))?;
+        if !resp.status().is_success() {
+            anyhow::bail!("HTTP {}", resp.status());
+        }
+        Ok(mtls_client::body_limited(resp, 1 << 20).await?.to_vec())
     })
 }
 

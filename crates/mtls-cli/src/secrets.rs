@@ -15,20 +15,11 @@ pub struct Source<'a> {
     pub what: &'static str,
 }
 
+/// The one passphrase-file rule of mtls ([`mtls_pki::files::read_passphrase_file`]): owner-only,
+/// one trailing line ending dropped.
 fn read_file(path: &Path) -> Result<Zeroizing<Vec<u8>>> {
-    let data = Zeroizing::new(
-        std::fs::read(path)
-            .with_context(|| format!("reading passphrase file {}", path.display()))?,
-    );
-    let mut v = Zeroizing::new(data.to_vec());
-    // A trailing newline is almost always an editor's, not part of the secret.
-    if v.last() == Some(&b'\n') {
-        v.pop();
-        if v.last() == Some(&b'\r') {
-            v.pop();
-        }
-    }
-    Ok(v)
+    mtls_pki::files::read_passphrase_file(path)
+        .with_context(|| format!("reading passphrase file {}", path.display()))
 }
 
 impl Source<'_> {
@@ -54,6 +45,16 @@ impl Source<'_> {
             return Ok(Some(Zeroizing::new(p.into_bytes())));
         }
         Ok(None)
+    }
+
+    /// A passphrase for the key file `key`, asked for only if the key is encrypted.
+    pub fn unlock_if_encrypted(&self, key: &Path) -> Result<Option<Zeroizing<Vec<u8>>>> {
+        let bytes = mtls_pki::files::read_secret(key)?;
+        if mtls_pki::key::is_encrypted(&bytes) {
+            self.unlock()
+        } else {
+            Ok(None)
+        }
     }
 
     /// A new passphrase to protect something: supplied, or asked twice on a terminal.

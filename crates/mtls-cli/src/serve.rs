@@ -10,7 +10,6 @@ use bytes::Bytes;
 use clap::{Args, Parser};
 use http_body_util::Full;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use mtls_gateway::config::{
     CertificateConfig, ClientAuth, GatewayConfig, Limits, ListenerConfig, Mode,
 };
@@ -61,12 +60,12 @@ pub struct GatewayArgs {
     allow_uri: Vec<String>,
     #[arg(long)]
     allow_email: Vec<String>,
-    /// SHA-256 certificate fingerprint (hex).
+    /// SHA-256 certificate fingerprint (hex, colons or a sha256: prefix allowed).
     #[arg(long)]
-    allow_fingerprint: Vec<String>,
-    /// SHA-256 SubjectPublicKeyInfo fingerprint (hex).
+    allow_fingerprint: Vec<mtls_pki::Fingerprint>,
+    /// SHA-256 SubjectPublicKeyInfo fingerprint (same syntax).
     #[arg(long)]
-    allow_spki: Vec<String>,
+    allow_spki: Vec<mtls_pki::Fingerprint>,
     /// Required issuer DN (as `mtls inspect` prints it).
     #[arg(long)]
     allow_issuer: Vec<String>,
@@ -80,8 +79,8 @@ pub struct GatewayArgs {
     #[arg(long, requires = "crl")]
     crl_url: Option<String>,
     /// How often to refresh --crl-url.
-    #[arg(long, default_value = "5m")]
-    crl_refresh: String,
+    #[arg(long, default_value = "5m", value_parser = crate::util::std_duration_arg)]
+    crl_refresh: std::time::Duration,
     /// Admin listener for /metrics and /healthz.
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
@@ -133,8 +132,7 @@ fn config_from_flags(a: &GatewayArgs) -> Result<GatewayConfig> {
                 (Some(url), Some(file)) => vec![mtls_gateway::config::CrlFetchConfig {
                     url: url.clone(),
                     file: file.clone(),
-                    every: mtls_gateway::config::parse_duration(&a.crl_refresh)
-                        .map_err(UsageError)?,
+                    every: a.crl_refresh,
                 }],
                 _ => Vec::new(),
             },
@@ -231,43 +229,52 @@ fn run_cli(args: &[&str]) -> Result<()> {
 }
 
 /// The demo upstream: answers `GET /api/secure` with the client's CN from the forwarded identity.
-async fn demo_upstream(listener: tokio::net::TcpListener) {
-    loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            continue;
-        };
-        tokio::spawn(async move {
-            let service = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
-                let cn = req
-                    .headers()
-                    .get("x-forwarded-client-cert")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(cn_from_xfcc);
-                let (status, body) = match (req.uri().path(), cn) {
-                    ("/api/secure", Some(cn)) => (
-                        200,
-                        serde_json::json!({"message": "Authenticated via mTLS", "client": cn}).to_string(),
-                    ),
-                    ("/api/secure", None) => (
-                        401,
-                        serde_json::json!({"error": {"code": "NO_CLIENT_CERT", "message": "Client certificate required"}}).to_string(),
-                    ),
-                    _ => (404, serde_json::json!({"error": {"code": "NOT_FOUND", "message": "try /api/secure"}}).to_string()),
-                };
-                let mut r = http::Response::new(Full::new(Bytes::from(body)));
-                *r.status_mut() =
-                    http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
-                r.headers_mut().insert(
-                    http::header::CONTENT_TYPE,
-                    http::HeaderValue::from_static("application/json"),
-                );
-                Ok::<_, Infallible>(r)
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
-        });
-    }
+async fn demo_upstream(listener: tokio::net::TcpListener, shutdown: mtls_serve::Shutdown) {
+    let builder = std::sync::Arc::new(mtls_serve::http::builder(&Default::default()));
+    let sd = shutdown.clone();
+    mtls_serve::accept_loop(
+        listener,
+        mtls_serve::Slots::new(1024),
+        shutdown,
+        move |tcp, _, slot| {
+            let (builder, shutdown) = (builder.clone(), sd.clone());
+            async move {
+                let _slot = slot;
+                let service = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                    let cn = req
+                        .headers()
+                        .get("x-forwarded-client-cert")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(cn_from_xfcc);
+                    let r: http::Response<Full<Bytes>> = match (req.uri().path(), cn) {
+                        ("/api/secure", Some(cn)) => {
+                            let mut r = http::Response::new(Full::new(Bytes::from(
+                            serde_json::json!({"message": "Authenticated via mTLS", "client": cn})
+                                .to_string(),
+                        )));
+                            r.headers_mut().insert(
+                                http::header::CONTENT_TYPE,
+                                http::HeaderValue::from_static("application/json"),
+                            );
+                            r
+                        }
+                        ("/api/secure", None) => {
+                            mtls_serve::ApiError::no_client_cert().to_response()
+                        }
+                        _ => mtls_serve::ApiError::new(
+                            http::StatusCode::NOT_FOUND,
+                            "NOT_FOUND",
+                            "try /api/secure",
+                        )
+                        .to_response(),
+                    };
+                    Ok::<_, Infallible>(r)
+                });
+                mtls_serve::http::serve_connection(&builder, tcp, service, shutdown).await;
+            }
+        },
+    )
+    .await
 }
 
 /// Extracts the CN from the `Subject="…"` field of an `X-Forwarded-Client-Cert` value.
@@ -347,7 +354,8 @@ pub fn quickstart(a: QuickstartArgs) -> Result<ExitCode> {
     runtime()?.block_on(async move {
         let upstream = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
         let upstream_addr = upstream.local_addr()?;
-        tokio::spawn(demo_upstream(upstream));
+        let (stop_upstream, upstream_shutdown) = mtls_serve::shutdown();
+        tokio::spawn(demo_upstream(upstream, upstream_shutdown));
         let config = GatewayConfig {
             admin_listen: None,
             limits: Limits::default(),
@@ -387,6 +395,7 @@ pub fn quickstart(a: QuickstartArgs) -> Result<ExitCode> {
         );
         wait_for_stop().await;
         running.shutdown().await;
+        stop_upstream.trigger();
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)

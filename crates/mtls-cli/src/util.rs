@@ -8,9 +8,16 @@ use time::{Duration, OffsetDateTime};
 
 use crate::UsageError;
 
-/// Parses `30d`, `12h`, `45m`, `2w` or a bare number of days (the CA configuration's syntax).
-pub fn parse_duration(s: &str) -> Result<Duration> {
-    mtls_ca::parse_duration(s).map_err(|e| UsageError(e).into())
+/// Parses a duration flag with a unit (`30d`, `12h`, `45m`, `2w`): the one syntax of every flag
+/// and configuration file ([`mtls_serve::duration`]). A clap value parser, so a bare number is a
+/// usage error before anything else happens.
+pub fn duration_arg(s: &str) -> std::result::Result<Duration, String> {
+    mtls_serve::duration::parse_time(s).map_err(|e| e.to_string())
+}
+
+/// [`duration_arg`] for `std::time::Duration` flags.
+pub fn std_duration_arg(s: &str) -> std::result::Result<std::time::Duration, String> {
+    mtls_serve::duration::parse(s).map_err(|e| e.to_string())
 }
 
 /// Parses RFC 3339 (`2026-01-02T03:04:05Z`) or `@UNIX_SECONDS`.

@@ -74,8 +74,17 @@ fn malformed_pem_and_der_are_input_errors() {
 #[test]
 fn wrong_or_missing_passphrase_fails_cleanly() {
     let e = Env::new();
-    e.write("pw", b"the right passphrase\n");
-    e.write("wrong", b"the wrong passphrase\n");
+    e.write("readable", b"the right passphrase\n");
+    e.mtls(&[
+        "ca",
+        "init",
+        "--encrypt",
+        "--passphrase-file",
+        &e.p("readable"),
+    ])
+    .fails(1, "chmod 600");
+    e.write_secret("pw", b"the right passphrase\n");
+    e.write_secret("wrong", b"the wrong passphrase\n");
     e.mtls(&["ca", "init", "--encrypt", "--passphrase-file", &e.p("pw")])
         .ok();
     assert!(String::from_utf8(e.read("pki/intermediate.key"))
@@ -102,7 +111,7 @@ fn wrong_or_missing_passphrase_fails_cleanly() {
     )
     .ok();
     // A too-short passphrase for a new key is refused.
-    e.write("short", b"abc");
+    e.write_secret("short", b"abc");
     e.mtls(&[
         "issue",
         "client",

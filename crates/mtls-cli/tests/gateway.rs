@@ -593,6 +593,19 @@ fn metrics_and_healthz_on_the_admin_listener() {
     ] {
         assert!(m.contains(needle), "missing {needle} in\n{m}");
     }
+    let families = common::assert_prometheus_text(&m);
+    for f in [
+        "mtls_handshakes counter",
+        "mtls_reloads counter",
+        "mtls_crl_fetches counter",
+        "mtls_request_duration_seconds histogram",
+        "mtls_crl_next_update_seconds gauge",
+    ] {
+        assert!(
+            families.contains(&f.to_string()),
+            "{f} missing: {families:?}"
+        );
+    }
 }
 
 /// A TCP echo server that records the first bytes it gets.

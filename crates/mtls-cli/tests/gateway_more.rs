@@ -344,6 +344,14 @@ fn request_with_an_encrypted_key() {
     )
     .unwrap();
     std::fs::write(dir.path().join("pw"), "key passphrase\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            dir.path().join("pw"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+    }
     let base = |extra: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_mtls"))
             .args([

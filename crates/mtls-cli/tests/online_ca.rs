@@ -333,6 +333,11 @@ fn lifecycle(database: Option<&str>) {
     assert!(metrics.contains("mtls_ca_enrolled_total 1"), "{metrics}");
     assert!(metrics.contains("mtls_ca_renewed_total 1"), "{metrics}");
     assert!(metrics.contains("mtls_ca_revoked_total 1"), "{metrics}");
+    let families = common::assert_prometheus_text(&metrics);
+    assert!(
+        families.contains(&"mtls_ca_enrolled counter".to_string()),
+        "{families:?}"
+    );
     drop(g);
 }
 
@@ -1015,6 +1020,17 @@ fn renewal_daemon_keeps_a_gateway_serving() {
         std::thread::sleep(Duration::from_millis(500));
     }
     let m = ca::curl(&[&metrics]).1;
+    let families = common::assert_prometheus_text(&m);
+    for f in [
+        "mtls_renew_renewals counter",
+        "mtls_renew_failures counter",
+        "mtls_renew_not_after_seconds gauge",
+    ] {
+        assert!(
+            families.contains(&f.to_string()),
+            "{f} missing: {families:?}"
+        );
+    }
     let _ = daemon.kill();
     let _ = daemon.wait();
     let log: Vec<String> = rx.try_iter().collect();

@@ -198,7 +198,7 @@ fn hierarchy_verified_by_openssl(key_type: &str) {
     .ok();
 
     // PKCS#12 readable by OpenSSL 3 without -legacy, with the key and both certificates.
-    e.write("p12pass", b"correct horse battery\n");
+    e.write_secret("p12pass", b"correct horse battery\n");
     e.mtls(&[
         "export",
         "pkcs12",
@@ -398,7 +398,7 @@ fn keys_from_openssl_are_accepted_in_every_format() {
         r.stdout
     );
     // Our encrypted keys are readable by OpenSSL.
-    e.write("pw", b"my key passphrase\n");
+    e.write_secret("pw", b"my key passphrase\n");
     e.mtls(&[
         "issue",
         "client",

@@ -34,27 +34,7 @@ pub enum Mode {
     Tcp,
 }
 
-/// Whether a client certificate is required in the handshake.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum ClientAuth {
-    /// The handshake fails without a valid certificate (default).
-    #[default]
-    Required,
-    /// HTTP only: requests without a certificate get `401 NO_CLIENT_CERT`, invalid ones `403`.
-    Optional,
-}
-
-/// A served certificate (chain, leaf first) and its key.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CertificateConfig {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    /// File holding the key's passphrase, for encrypted keys.
-    #[serde(default)]
-    pub key_passphrase_file: Option<PathBuf>,
-}
+pub use mtls_serve::tls::{CertificateFiles as CertificateConfig, ClientAuth};
 
 /// A per-path-prefix policy (HTTP mode). The longest matching prefix wins; requests matching
 /// no route use the listener's policy.
@@ -75,7 +55,7 @@ pub struct CrlFetchConfig {
     /// Where the verified CRL is written (also listed in `crl`).
     pub file: PathBuf,
     /// How often to refresh (default 5m).
-    #[serde(with = "duration", default = "default_crl_every")]
+    #[serde(with = "mtls_serve::duration::serde", default = "default_crl_every")]
     pub every: Duration,
 }
 
@@ -141,28 +121,28 @@ fn default_name() -> String {
     "default".into()
 }
 
-/// Timeouts and sizes. Durations are written like `10s`, `500ms`, `2m`.
+/// Timeouts and sizes. Durations need a unit: `10s`, `500ms`, `2m` (see [`mtls_serve::duration`]).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    #[serde(with = "duration")]
+    #[serde(with = "mtls_serve::duration::serde")]
     pub handshake_timeout: Duration,
-    #[serde(with = "duration")]
+    #[serde(with = "mtls_serve::duration::serde")]
     pub header_read_timeout: Duration,
-    #[serde(with = "duration")]
+    #[serde(with = "mtls_serve::duration::serde")]
     pub upstream_timeout: Duration,
-    #[serde(with = "duration")]
+    #[serde(with = "mtls_serve::duration::serde")]
     pub drain_timeout: Duration,
     /// HTTP mode: a connection with no traffic either way for this long is closed (WebSocket
     /// tunnels included). Connections without an accepted client certificate (optional mode)
     /// get `header_read_timeout` instead: all they can do is be refused.
-    #[serde(with = "duration")]
+    #[serde(with = "mtls_serve::duration::serde")]
     pub idle_timeout: Duration,
     /// Maximum size of a request head (HTTP/1) or header list (HTTP/2).
     pub max_header_bytes: usize,
     pub max_connections: usize,
     /// How often certificate, CA, CRL and key files are checked for changes.
-    #[serde(with = "duration")]
+    #[serde(with = "mtls_serve::duration::serde")]
     pub reload_poll: Duration,
 }
 
@@ -178,33 +158,6 @@ impl Default for Limits {
             max_connections: 10_000,
             reload_poll: Duration::from_secs(1),
         }
-    }
-}
-
-/// Parses `10s`, `250ms`, `2m`, `1h`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().map_err(|_| format!("invalid duration {s:?}"))?;
-    let too_long = || format!("duration {s:?} is too long");
-    Ok(match unit {
-        "ms" => Duration::from_millis(n),
-        "s" | "" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(too_long)?),
-        "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(too_long)?),
-        _ => return Err(format!("invalid duration unit in {s:?} (ms, s, m, h)")),
-    })
-}
-
-mod duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        super::parse_duration(&s).map_err(serde::de::Error::custom)
     }
 }
 
@@ -227,6 +180,9 @@ impl GatewayConfig {
             if let Some(c) = &mut l.upstream_certificate {
                 fix(&mut c.cert);
                 fix(&mut c.key);
+                if let Some(p) = &mut c.key_passphrase_file {
+                    fix(p);
+                }
             }
             l.crl.iter_mut().for_each(fix);
             for f in &mut l.crl_fetch {
@@ -296,17 +252,46 @@ impl GatewayConfig {
         Ok(())
     }
 
-    /// Every file the gateway reads (for change detection).
+    /// Every file the gateway reads (for change detection): served certificates, keys and
+    /// passphrase files, client CAs, CRLs, the upstream's CAs and the upstream client
+    /// certificate.
     pub fn watched_files(&self) -> Vec<PathBuf> {
         let mut v = Vec::new();
         for l in &self.listeners {
-            v.extend(l.client_ca.iter().cloned());
-            v.extend(l.crl.iter().cloned());
-            for c in &l.certificates {
-                v.push(c.cert.clone());
-                v.push(c.key.clone());
+            v.extend(l.server_files().watched());
+            v.extend(l.upstream_ca.iter().cloned());
+            if let Some(c) = &l.upstream_certificate {
+                v.extend(
+                    [
+                        Some(c.cert.clone()),
+                        Some(c.key.clone()),
+                        c.key_passphrase_file.clone(),
+                    ]
+                    .into_iter()
+                    .flatten(),
+                );
             }
         }
         v
+    }
+}
+
+impl ListenerConfig {
+    /// The TLS files of this listener, as the serving core loads them.
+    pub fn server_files(&self) -> mtls_serve::tls::ServerFiles {
+        mtls_serve::tls::ServerFiles {
+            certificates: self.certificates.clone(),
+            client_ca: self.client_ca.clone(),
+            crl: self.crl.clone(),
+            client_auth: self.client_auth,
+            revocation: mtls_verify::RevocationOptions {
+                allow_unknown_status: self.allow_unknown_revocation,
+                allow_expired_crl: self.allow_expired_crl,
+            },
+            alpn: match self.mode {
+                Mode::Http => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+                Mode::Tcp => Vec::new(),
+            },
+        }
     }
 }

@@ -9,10 +9,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use mtls_pki::files::{self, Visibility};
 use rustls_pki_types::CertificateDer;
 
@@ -24,15 +20,7 @@ const MAX_CRL_BYTES: usize = 128 << 20;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn roots(client_ca: &[std::path::PathBuf]) -> Result<Vec<CertificateDer<'static>>, Error> {
-    let mut out = Vec::new();
-    for p in client_ca {
-        let bytes = files::read_public(p).map_err(|e| Error::Load(e.to_string()))?;
-        out.extend(
-            mtls_pki::pem_io::certificates(&bytes)
-                .map_err(|e| Error::Load(format!("{}: {e}", p.display())))?,
-        );
-    }
-    Ok(out)
+    mtls_tls::load_certificates(client_ca).map_err(|e| Error::Load(e.to_string()))
 }
 
 /// Downloads, checks and (if it changed) installs the CRL. Returns whether the file changed.
@@ -40,32 +28,27 @@ pub async fn fetch_once(
     fetch: &CrlFetchConfig,
     client_ca: &[std::path::PathBuf],
 ) -> Result<bool, Error> {
-    let uri: http::Uri = fetch
-        .url
-        .parse()
-        .map_err(|_| Error::Config(format!("crl_fetch url {:?}", fetch.url)))?;
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let get = async {
-        let resp = client
-            .get(uri)
-            .await
-            .map_err(|e| Error::Io(format!("fetching {}: {e}", fetch.url)))?;
-        if !resp.status().is_success() {
-            return Err(Error::Io(format!(
-                "fetching {}: HTTP {}",
-                fetch.url,
-                resp.status()
-            )));
-        }
-        Limited::new(resp.into_body(), MAX_CRL_BYTES)
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .map_err(|e| Error::Io(format!("reading {}: {e}", fetch.url)))
-    };
-    let body = tokio::time::timeout(FETCH_TIMEOUT, get)
+    let client = mtls_client::ClientBuilder::new()
+        .timeout(FETCH_TIMEOUT)
+        .build_plain_http()
+        .map_err(|e| Error::Config(e.to_string()))?;
+    let resp = client.get(&fetch.url).send().await.map_err(|e| {
+        Error::Io(format!(
+            "fetching {}: {}",
+            fetch.url,
+            mtls_client::ca::error_chain(&e)
+        ))
+    })?;
+    if !resp.status().is_success() {
+        return Err(Error::Io(format!(
+            "fetching {}: HTTP {}",
+            fetch.url,
+            resp.status()
+        )));
+    }
+    let body = mtls_client::body_limited(resp, MAX_CRL_BYTES)
         .await
-        .map_err(|_| Error::Io(format!("fetching {}: timed out", fetch.url)))??;
+        .map_err(|e| Error::Io(format!("reading {}: {e}", fetch.url)))?;
     let crls = mtls_pki::pem_io::crls(&body)
         .map_err(|e| Error::Load(format!("CRL from {}: {e}", fetch.url)))?;
     // Exactly what a reload will check: signature by a configured CA, CRL number, extensions.
@@ -142,27 +125,27 @@ fn write(path: &Path, data: &[u8]) -> Result<(), Error> {
         .map_err(|e| Error::Io(format!("{}: {e}", path.display())))
 }
 
-/// Refreshes forever; errors are logged and counted, the previous CRL stays.
+/// Refreshes until shutdown; errors are logged and counted, the previous CRL stays.
 pub(crate) async fn fetch_loop(
     fetch: CrlFetchConfig,
     client_ca: Vec<std::path::PathBuf>,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
+    mut shutdown: mtls_serve::Shutdown,
 ) {
     loop {
-        tokio::time::sleep(fetch.every).await;
+        tokio::select! {
+            _ = tokio::time::sleep(fetch.every) => {}
+            _ = shutdown.wait() => return,
+        }
         match fetch_once(&fetch, &client_ca).await {
             Ok(changed) => {
-                metrics
-                    .crl_fetches_ok
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                metrics.crl_fetch(true);
                 if changed {
                     tracing::info!(url = %fetch.url, file = %fetch.file.display(), "installed a new CRL");
                 }
             }
             Err(e) => {
-                metrics
-                    .crl_fetches_failed
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                metrics.crl_fetch(false);
                 tracing::warn!(url = %fetch.url, error = %e, "CRL fetch failed; keeping the previous CRL");
             }
         }
@@ -189,7 +172,7 @@ mod tests {
                         let body = body.clone();
                         async move {
                             Ok::<_, std::convert::Infallible>(http::Response::new(
-                                http_body_util::Full::new(Bytes::from(body)),
+                                http_body_util::Full::new(bytes::Bytes::from(body)),
                             ))
                         }
                     });

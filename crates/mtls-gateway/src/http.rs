@@ -2,7 +2,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -14,12 +14,11 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 
 use crate::upstream::UpstreamConnector;
 use hyper_util::rt::TokioIo;
-use mtls_verify::{Rejection, VerifiedPeer};
-use rustls_pki_types::CertificateDer;
+use mtls_serve::recheck::ConnectionIdentity;
+use mtls_serve::{ApiError, Slot};
 
 use crate::identity::{self, IdentityHeaders};
 use crate::server::Shared;
-use crate::state::ListenerState;
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
 pub type UpstreamClient = Client<UpstreamConnector, Incoming>;
@@ -40,100 +39,56 @@ pub fn upstream_client(
         .build(UpstreamConnector::new(connector, tls))
 }
 
-/// The seed's error body: `{"error":{"code":…,"message":…}}`.
-pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
-    let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
-    let mut r = Response::new(
-        Full::new(Bytes::from(body))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
+/// The seed's error body, `{"error":{"code":…,"message":…}}` (one type for every server:
+/// [`mtls_serve::ApiError`]).
+pub fn json_error(status: StatusCode, code: &'static str, message: &str) -> Response<Body> {
+    ApiError::new(status, code, message)
+        .to_response::<Full<Bytes>>()
+        .map(|b| b.map_err(|never| match never {}).boxed())
 }
 
-type Identity = Result<(Arc<VerifiedPeer>, Option<IdentityHeaders>), Rejection>;
+/// A connection's client identity (re-verified when trust changes or something expires), with
+/// the identity headers encoded once per identity.
+pub type ConnIdentity = ConnectionIdentity<Option<IdentityHeaders>>;
 
 /// Per-connection context.
 pub struct Conn {
     pub shared: Arc<Shared>,
-    pub chain: Option<Vec<CertificateDer<'static>>>,
     pub sni: Option<String>,
     pub remote: SocketAddr,
-    identity: Mutex<(u64, Identity)>,
+    identity: ConnIdentity,
     /// The connection's slot under `limits.max_connections`, held by tunnels too.
-    _permit: Arc<tokio::sync::OwnedSemaphorePermit>,
-}
-
-fn with_headers(r: Result<Arc<VerifiedPeer>, Rejection>) -> Identity {
-    r.map(|p| {
-        let h = IdentityHeaders::new(&p);
-        (p, h)
-    })
+    _slot: Arc<Slot>,
 }
 
 impl Conn {
     pub fn new(
         shared: Arc<Shared>,
-        chain: Option<Vec<CertificateDer<'static>>>,
+        identity: ConnIdentity,
         sni: Option<String>,
         remote: SocketAddr,
-        generation: u64,
-        identity: Result<Arc<VerifiedPeer>, Rejection>,
-        permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+        slot: Arc<Slot>,
     ) -> Self {
         Conn {
             shared,
-            chain,
             sni,
             remote,
-            identity: Mutex::new((generation, with_headers(identity))),
-            _permit: permit,
+            identity,
+            _slot: slot,
         }
     }
 
     /// Resolves with the reason once this connection's client is no longer trusted or allowed
-    /// on `path` (see [`crate::server::until_refused`]).
+    /// on `path` (see [`mtls_serve::recheck::until_refused`]).
     async fn refused(&self, path: &str, checked: u64) -> String {
-        crate::server::until_refused(&self.shared, checked, |state| {
-            self.identity(state)
+        mtls_serve::recheck::until_refused(&self.shared.generations, checked, || {
+            let state = self.shared.state.load_full();
+            self.identity
+                .current(state.trust())
                 .map_err(|r| r.to_string())
                 .and_then(|(peer, _)| state.policy_for(path).check(&peer))
         })
         .await
-    }
-
-    /// The identity under the current trust state: re-verified when a reload happened since
-    /// the connection was checked (revocations reach long-lived connections too), and when the
-    /// leaf or a CRL has expired since (a keep-alive connection must not outlive its
-    /// certificate).
-    fn identity(&self, state: &ListenerState) -> Identity {
-        let Ok(mut guard) = self.identity.lock() else {
-            return Err(Rejection::Other("internal error".into()));
-        };
-        let now = time::OffsetDateTime::now_utc();
-        let expired = match &guard.1 {
-            Ok((peer, _)) => {
-                now > peer.not_after
-                    || state
-                        .trust
-                        .crl_summaries()
-                        .iter()
-                        .any(|c| c.next_update.is_some_and(|n| now > n))
-            }
-            Err(_) => false,
-        };
-        if guard.0 != state.generation || expired {
-            *guard = (
-                state.generation,
-                with_headers(state.verify_peer(self.chain.as_deref())),
-            );
-        }
-        guard.1.clone()
     }
 }
 
@@ -168,6 +123,10 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
             })
 }
 
+fn boxed(e: ApiError) -> Response<Body> {
+    json_error(e.status, e.code, &e.message)
+}
+
 /// Handles one request.
 pub async fn handle(
     conn: Arc<Conn>,
@@ -178,7 +137,7 @@ pub async fn handle(
     let state = shared.state.load_full();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let identity = conn.identity(&state);
+    let identity = conn.identity.current(state.trust());
     let peer = identity.as_ref().ok().map(|(p, _)| p.clone());
     let response = 'resp: {
         if let (Some(sni), Some(host)) = (&conn.sni, host_of(&req)) {
@@ -192,16 +151,7 @@ pub async fn handle(
         }
         let (peer, headers) = match &identity {
             Ok(ok) => ok.clone(),
-            Err(Rejection::NoCertificate) => {
-                break 'resp json_error(
-                    StatusCode::UNAUTHORIZED,
-                    "NO_CLIENT_CERT",
-                    "Client certificate required",
-                )
-            }
-            Err(r) => {
-                break 'resp json_error(StatusCode::FORBIDDEN, "INVALID_CERT", &r.to_string())
-            }
+            Err(r) => break 'resp boxed(ApiError::from_rejection(r)),
         };
         if state.has_routes() && !crate::state::is_canonical_path(&path) {
             break 'resp json_error(
@@ -211,7 +161,7 @@ pub async fn handle(
             );
         }
         if let Err(reason) = state.policy_for(&path).check(&peer) {
-            break 'resp json_error(StatusCode::FORBIDDEN, "INVALID_CERT", &reason);
+            break 'resp boxed(ApiError::invalid_cert(reason));
         }
         let Some(headers) = headers else {
             break 'resp json_error(
@@ -240,7 +190,7 @@ pub async fn handle(
                 }
             }
         }
-        identity::strip(&mut parts.headers, &shared.strip_headers, upgrade);
+        identity::strip(&mut parts.headers, &state.upstream.strip_headers, upgrade);
         if upgrade {
             // `Connection` is hop-by-hop and was removed; an upgrade needs it on this hop too.
             parts.headers.insert(
@@ -264,8 +214,8 @@ pub async fn handle(
             .map(|p| p.as_str())
             .unwrap_or("/");
         let Ok(uri) = Uri::builder()
-            .scheme(shared.upstream_scheme)
-            .authority(shared.upstream_authority.clone())
+            .scheme(state.upstream.scheme)
+            .authority(state.upstream.authority.clone())
             .path_and_query(pq)
             .build()
         else {
@@ -280,15 +230,13 @@ pub async fn handle(
         let upstream_req = Request::from_parts(parts, body);
         let result = tokio::time::timeout(
             shared.limits.upstream_timeout,
-            shared.client.request(upstream_req),
+            state.upstream.client.request(upstream_req),
         )
         .await;
         let mut resp = match result {
             Err(_) => {
-                shared
-                    .metrics
-                    .upstream_errors
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                shared.metrics.upstream_errors.inc();
+                tracing::warn!(listener = %shared.name, upstream = %state.upstream.authority, "upstream did not answer in time");
                 break 'resp json_error(
                     StatusCode::GATEWAY_TIMEOUT,
                     "UPSTREAM_TIMEOUT",
@@ -296,11 +244,8 @@ pub async fn handle(
                 );
             }
             Ok(Err(e)) => {
-                shared
-                    .metrics
-                    .upstream_errors
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::warn!(error = %e, listener = %shared.name, "upstream request failed");
+                shared.metrics.upstream_errors.inc();
+                tracing::warn!(error = %e, cause = ?std::error::Error::source(&e), listener = %shared.name, upstream = %state.upstream.authority, "upstream request failed");
                 break 'resp json_error(
                     StatusCode::BAD_GATEWAY,
                     "BAD_GATEWAY",
@@ -348,9 +293,9 @@ pub async fn handle(
             "path": path,
             "status": status,
             "latency_ms": start.elapsed().as_secs_f64() * 1000.0,
-            "cn": peer.as_ref().and_then(|p| p.common_name.clone()),
-            "serial": peer.as_ref().map(|p| p.serial.clone()),
-            "fingerprint": peer.as_ref().map(|p| p.cert_sha256.clone()),
+            "cn": peer.as_ref().and_then(|p| p.common_name()),
+            "serial": peer.as_ref().map(|p| p.serial().to_string()),
+            "fingerprint": peer.as_ref().map(|p| p.fingerprint().to_string()),
             "rejection": identity.as_ref().err().map(|r| r.code()),
         });
         crate::access_log(&line);

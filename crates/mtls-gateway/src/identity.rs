@@ -95,13 +95,13 @@ pub fn quote(value: &str) -> String {
 /// Envoy-style `X-Forwarded-Client-Cert`: `Hash=…;Subject="…";URI=…;DNS=…`.
 pub fn xfcc(peer: &VerifiedPeer) -> String {
     let mut parts = vec![
-        format!("Hash={}", peer.cert_sha256),
-        format!("Subject={}", quote(&peer.subject)),
+        format!("Hash={}", peer.fingerprint()),
+        format!("Subject={}", quote(peer.subject())),
     ];
-    for u in &peer.uris {
+    for u in peer.uris() {
         parts.push(format!("URI={}", quote(u)));
     }
-    for d in &peer.dns {
+    for d in peer.dns_names() {
         parts.push(format!("DNS={}", quote(d)));
     }
     parts.join(";")
@@ -111,7 +111,7 @@ pub fn xfcc(peer: &VerifiedPeer) -> String {
 pub fn client_cert(peer: &VerifiedPeer) -> String {
     format!(
         ":{}:",
-        base64::engine::general_purpose::STANDARD.encode(peer.cert_der.as_slice())
+        base64::engine::general_purpose::STANDARD.encode(peer.certificate_der())
     )
 }
 

@@ -48,16 +48,16 @@ pub fn v2_header(src: SocketAddr, dst: SocketAddr, peer: &VerifiedPeer) -> Vec<u
     };
     let mut ssl = vec![PP2_CLIENT_SSL | PP2_CLIENT_CERT_CONN, 0, 0, 0, 0];
     tlv(&mut ssl, PP2_SUBTYPE_SSL_VERSION, b"TLS");
-    if let Some(cn) = &peer.common_name {
+    if let Some(cn) = peer.common_name() {
         tlv(&mut ssl, PP2_SUBTYPE_SSL_CN, cn.as_bytes());
     }
     tlv(&mut body, PP2_TYPE_SSL, &ssl);
     tlv(
         &mut body,
         PP2_TYPE_MTLS_FINGERPRINT,
-        peer.cert_sha256.as_bytes(),
+        peer.fingerprint().to_string().as_bytes(),
     );
-    if let Some(u) = peer.uris.first() {
+    if let Some(u) = peer.uris().first() {
         tlv(&mut body, PP2_TYPE_MTLS_URI, u.as_bytes());
     }
     let mut out = Vec::with_capacity(16 + body.len());

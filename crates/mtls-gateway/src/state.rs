@@ -1,102 +1,129 @@
-//! The reloadable state of a listener: TLS config, trust state and policy, built off to the
-//! side and swapped in whole (or not at all).
+//! The reloadable state of a listener: TLS config, trust state, policy and upstream, built off
+//! to the side and swapped in whole (or not at all). A reload that changes the upstream (its
+//! address, CAs or client certificate) or the stripped headers takes effect with the rest.
 
 use std::sync::Arc;
 
-use mtls_verify::{Policy, RevocationOptions, TrustState, VerifiedPeer};
-use rustls::ServerConfig;
-use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
+use http::header::HeaderName;
+use http::uri::Authority;
+use mtls_serve::tls::ServerState;
+use mtls_verify::Policy;
 use time::OffsetDateTime;
 
-use crate::config::{ClientAuth, ListenerConfig, Mode};
+use crate::config::{ListenerConfig, Mode};
+use crate::http::UpstreamClient;
 use crate::Error;
+
+/// Where and how a listener forwards.
+pub struct Upstream {
+    pub authority: Authority,
+    /// `host:port` (TCP mode connects here).
+    pub addr: String,
+    pub scheme: &'static str,
+    /// HTTP mode: the pooled client.
+    pub client: UpstreamClient,
+    /// Identity headers that must never come from clients (beyond the built-in ones).
+    pub strip_headers: Vec<HeaderName>,
+}
+
+impl Upstream {
+    fn load(
+        cfg: &ListenerConfig,
+        timeout: std::time::Duration,
+        now: OffsetDateTime,
+    ) -> Result<Self, Error> {
+        let bad = |m: &str| {
+            Error::Config(format!(
+                "listener {:?}: upstream {:?}: {m}",
+                cfg.name, cfg.upstream
+            ))
+        };
+        let (scheme, hostport) = match cfg.mode {
+            Mode::Http => {
+                if let Some(r) = cfg.upstream.strip_prefix("http://") {
+                    ("http", r)
+                } else if let Some(r) = cfg.upstream.strip_prefix("https://") {
+                    ("https", r)
+                } else {
+                    return Err(bad("expected http://host:port or https://host:port"));
+                }
+            }
+            Mode::Tcp => ("tcp", cfg.upstream.as_str()),
+        };
+        let hostport = hostport.trim_end_matches('/');
+        let authority: Authority = hostport.parse().map_err(|_| bad("expected host:port"))?;
+        if authority.port_u16().is_none() {
+            return Err(bad("a port is required"));
+        }
+        let load =
+            |e: mtls_tls::Error| Error::Load(format!("listener {:?}: upstream: {e}", cfg.name));
+        let tls = if scheme == "https" {
+            let roots = mtls_tls::load_certificates(&cfg.upstream_ca).map_err(load)?;
+            let cred = match &cfg.upstream_certificate {
+                Some(c) => Some(
+                    mtls_tls::CredentialFiles::new(&c.cert, &c.key)
+                        .with_passphrase(match &c.key_passphrase_file {
+                            Some(p) => mtls_tls::Passphrase::File(p.clone()),
+                            None => mtls_tls::Passphrase::None,
+                        })
+                        .load(now)
+                        .map_err(load)?,
+                ),
+                None => None,
+            };
+            let config =
+                mtls_tls::client_config(&roots, cred.as_ref(), &[b"http/1.1"]).map_err(load)?;
+            let name = cfg
+                .upstream_server_name
+                .clone()
+                .unwrap_or_else(|| authority.host().trim_matches(['[', ']']).to_string());
+            let name = rustls_pki_types::ServerName::try_from(name)
+                .map_err(|_| bad("invalid upstream server name"))?;
+            Some((Arc::new(config), name))
+        } else {
+            None
+        };
+        let strip_headers = cfg
+            .strip_headers
+            .iter()
+            .map(|h| {
+                HeaderName::from_bytes(h.as_bytes())
+                    .map_err(|_| Error::Config(format!("invalid header name {h:?}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Upstream {
+            authority,
+            addr: hostport.to_string(),
+            scheme: if scheme == "https" { "https" } else { "http" },
+            client: crate::http::upstream_client(timeout, tls),
+            strip_headers,
+        })
+    }
+}
 
 /// Immutable snapshot of one listener's configuration.
 pub struct ListenerState {
     pub generation: u64,
-    pub tls: Arc<ServerConfig>,
-    pub trust: Arc<TrustState>,
+    pub server: ServerState,
     pub policy: Policy,
     /// (prefix, policy), longest prefix first.
     pub routes: Vec<(String, Policy)>,
-    pub served_not_after: Vec<(String, OffsetDateTime)>,
-    pub ca_not_after: Vec<(String, OffsetDateTime)>,
+    pub upstream: Upstream,
+    pub proxy_protocol: bool,
 }
 
 impl ListenerState {
     /// Loads and validates everything a listener needs.
-    pub fn load(cfg: &ListenerConfig, generation: u64, now: OffsetDateTime) -> Result<Self, Error> {
-        let err = |m: String| Error::Load(format!("listener {:?}: {m}", cfg.name));
-        let mut credentials = Vec::new();
-        let mut served_not_after = Vec::new();
-        for c in &cfg.certificates {
-            let pass = match &c.key_passphrase_file {
-                Some(p) => Some(
-                    std::fs::read(p)
-                        .map(|mut v| {
-                            while v.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-                                v.pop();
-                            }
-                            zeroize::Zeroizing::new(v)
-                        })
-                        .map_err(|e| err(format!("{}: {e}", p.display())))?,
-                ),
-                None => None,
-            };
-            let cred = mtls_tls::load_credential(
-                &c.cert,
-                &c.key,
-                pass.as_deref().map(|v| v.as_slice()),
-                now,
-            )
-            .map_err(|e| err(e.to_string()))?;
-            served_not_after.push((c.cert.display().to_string(), cred.not_after));
-            credentials.push(cred);
-        }
-        let mut roots: Vec<CertificateDer<'static>> = Vec::new();
-        let mut ca_not_after = Vec::new();
-        for p in &cfg.client_ca {
-            let bytes = mtls_pki::files::read_public(p).map_err(|e| err(e.to_string()))?;
-            let certs = mtls_pki::pem_io::certificates(&bytes)
-                .map_err(|e| err(format!("{}: {e}", p.display())))?;
-            for c in certs {
-                if let Ok(parsed) = mtls_pki::pem_io::parse_certificate(&c) {
-                    ca_not_after.push((
-                        parsed.subject().to_string(),
-                        parsed.validity().not_after.to_datetime(),
-                    ));
-                }
-                roots.push(c);
-            }
-        }
-        let mut crls: Vec<CertificateRevocationListDer<'static>> = Vec::new();
-        for p in &cfg.crl {
-            let bytes = mtls_pki::files::read_public(p).map_err(|e| err(e.to_string()))?;
-            crls.extend(
-                mtls_pki::pem_io::crls(&bytes).map_err(|e| err(format!("{}: {e}", p.display())))?,
-            );
-        }
-        let trust = TrustState::new(
-            generation,
-            roots,
-            &crls,
-            RevocationOptions {
-                allow_unknown_status: cfg.allow_unknown_revocation,
-                allow_expired_crl: cfg.allow_expired_crl,
-            },
-        )
-        .map_err(|e| err(e.to_string()))?;
-        let trust = Arc::new(trust);
-        let resolver =
-            mtls_tls::SniResolver::new(&credentials).ok_or_else(|| err("no certificate".into()))?;
-        let mandatory = cfg.client_auth == ClientAuth::Required;
-        let verifier = mtls_tls::client_verifier(trust.clone(), mandatory);
-        let alpn: &[&[u8]] = match cfg.mode {
-            Mode::Http => &[b"h2", b"http/1.1"],
-            Mode::Tcp => &[],
-        };
-        let tls = mtls_tls::server_config(Arc::new(resolver), verifier, alpn)
-            .map_err(|e| err(e.to_string()))?;
+    pub fn load(
+        cfg: &ListenerConfig,
+        upstream_timeout: std::time::Duration,
+        generation: u64,
+        now: OffsetDateTime,
+    ) -> Result<Self, Error> {
+        let server = cfg
+            .server_files()
+            .load(generation, now)
+            .map_err(|e| Error::Load(format!("listener {:?}: {e}", cfg.name)))?;
         let mut routes: Vec<(String, Policy)> = cfg
             .routes
             .iter()
@@ -105,12 +132,11 @@ impl ListenerState {
         routes.sort_by_key(|r| std::cmp::Reverse(r.0.len()));
         Ok(ListenerState {
             generation,
-            tls: Arc::new(tls),
-            trust,
+            server,
             policy: cfg.policy.clone(),
             routes,
-            served_not_after,
-            ca_not_after,
+            upstream: Upstream::load(cfg, upstream_timeout, now)?,
+            proxy_protocol: cfg.proxy_protocol,
         })
     }
 
@@ -129,20 +155,8 @@ impl ListenerState {
             .unwrap_or(&self.policy)
     }
 
-    /// Verifies a peer chain against this state (used after every handshake, resumed or not,
-    /// and again for requests on connections older than the current generation).
-    pub fn verify_peer(
-        &self,
-        chain: Option<&[CertificateDer<'static>]>,
-    ) -> Result<Arc<VerifiedPeer>, mtls_verify::Rejection> {
-        let chain = chain
-            .filter(|c| !c.is_empty())
-            .ok_or(mtls_verify::Rejection::NoCertificate)?;
-        let (leaf, rest) = chain
-            .split_first()
-            .ok_or(mtls_verify::Rejection::NoCertificate)?;
-        self.trust
-            .verify_client(leaf, rest, OffsetDateTime::now_utc())
+    pub fn trust(&self) -> &mtls_verify::TrustState {
+        &self.server.trust
     }
 }
 

@@ -16,7 +16,7 @@ pub enum Error {
     #[error("{} already exists; refusing to overwrite it (pass --force to replace it)", path.display())]
     AlreadyExists { path: PathBuf },
     /// A private key file can be read by other users.
-    #[error("{} is readable by group or others (mode {mode:03o}); private keys must be owner-only: run `chmod 600 {}`", path.display(), path.display())]
+    #[error("{} is readable by group or others (mode {mode:03o}); secrets (private keys, passphrase files) must be owner-only: run `chmod 600 {}`", path.display(), path.display())]
     InsecurePermissions { path: PathBuf, mode: u32 },
     /// Input could not be parsed.
     #[error("malformed {what}: {detail}")]

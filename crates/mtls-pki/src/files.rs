@@ -126,6 +126,21 @@ pub fn read_secret(path: &Path) -> Result<Zeroizing<Vec<u8>>> {
     Ok(Zeroizing::new(fs::read(path).map_err(io_err(path))?))
 }
 
+/// Reads a passphrase file: the one rule every command and config of mtls follows. The file is
+/// a secret like a key (refused when group- or world-readable), and one trailing line ending
+/// (`\n` or `\r\n`, as editors and `echo` add) is not part of the passphrase; anything else,
+/// including other trailing whitespace, is.
+pub fn read_passphrase_file(path: &Path) -> Result<Zeroizing<Vec<u8>>> {
+    let mut v = read_secret(path)?;
+    if v.last() == Some(&b'\n') {
+        v.pop();
+        if v.last() == Some(&b'\r') {
+            v.pop();
+        }
+    }
+    Ok(v)
+}
+
 /// Reads a public file (certificate, CSR, CRL).
 pub fn read_public(path: &Path) -> Result<Vec<u8>> {
     fs::read(path).map_err(io_err(path))
@@ -134,6 +149,28 @@ pub fn read_public(path: &Path) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passphrase_files_lose_one_line_ending_and_must_be_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pw");
+        for (content, expected) in [
+            (&b"secret\n"[..], &b"secret"[..]),
+            (b"secret\r\n", b"secret"),
+            (b"secret", b"secret"),
+            (b"secret\n\n", b"secret\n"),
+            (b"secret \n", b"secret "),
+        ] {
+            fs::write(&p, content).unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+            assert_eq!(&read_passphrase_file(&p).unwrap()[..], expected);
+        }
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(
+            read_passphrase_file(&p),
+            Err(Error::InsecurePermissions { .. })
+        ));
+    }
 
     #[test]
     fn secret_written_0600_and_not_overwritten() {

@@ -15,6 +15,7 @@
 pub mod csr;
 mod error;
 pub mod files;
+pub mod fingerprint;
 pub mod inspect;
 pub mod issue;
 pub mod key;
@@ -25,6 +26,7 @@ pub mod revocation;
 pub mod serial;
 
 pub use error::Error;
+pub use fingerprint::Fingerprint;
 pub use issue::{CaCert, Issued, Profile, Subject};
 pub use key::{KeyAlgorithm, PrivateKey};
 pub use names::San;

@@ -125,7 +125,7 @@ pub(crate) struct NewCertificate<'a> {
     pub pem: &'a str,
 }
 
-/// An owned [`NewCertificate`], for the asynchronous [`Store`].
+/// An owned `NewCertificate`, for the asynchronous [`Store`].
 #[derive(Clone, Debug)]
 pub struct CertificateToRecord {
     pub serial: Serial,

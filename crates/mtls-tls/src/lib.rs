@@ -8,13 +8,18 @@
 //! (possibly encrypted) keys, refusing keys other users can read and checking that the key
 //! belongs to the certificate. No renegotiation (rustls has none) and no 0-RTT.
 //!
-//! Also [`IdleTimeout`], the stream wrapper both servers use to close connections that make no
-//! progress.
+//! Also [`IdleTimeout`], the stream wrapper every server uses to close connections that make no
+//! progress; [`files`]: CA bundles and CRLs from files, and [`FileStamps`], the change detector
+//! of every reload; [`ReloadingIdentity`]: a client identity that follows its files.
 //!
 //! What it does not do: sockets, HTTP, reload loops or policy.
 #![forbid(unsafe_code)]
 
+pub mod files;
+pub mod identity;
 pub mod idle;
+pub use files::{load_certificates, load_crls, FileStamps};
+pub use identity::{CredentialFiles, Passphrase, ReloadingIdentity};
 pub use idle::IdleTimeout;
 
 use std::collections::HashMap;
@@ -116,7 +121,8 @@ pub fn credential_from_parts(
     let not_after = parsed.validity().not_after.to_datetime();
     if now > not_after || now < parsed.validity().not_before.to_datetime() {
         return Err(format!(
-            "the certificate is not valid now (valid until {not_after})"
+            "the certificate is not valid now (valid from {} until {not_after})",
+            parsed.validity().not_before.to_datetime()
         ));
     }
     let mut names: Vec<String> = mtls_pki::issue::certificate_sans(&parsed)
@@ -238,6 +244,19 @@ pub fn client_config(
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// A client config presenting `identity`, which follows its files: changed files are picked up
+/// when the next connection starts, and sessions of a replaced identity are not resumed.
+pub fn client_config_reloading(
+    roots: &[CertificateDer<'static>],
+    identity: Arc<ReloadingIdentity>,
+    alpn: &[&[u8]],
+) -> Result<ClientConfig> {
+    let mut config = client_config(roots, None, alpn)?;
+    config.client_auth_cert_resolver = identity.clone();
+    config.resumption = rustls::client::Resumption::store(Arc::new(identity::Sessions(identity)));
     Ok(config)
 }
 

@@ -15,7 +15,7 @@ mod policy;
 mod state;
 mod tls;
 
-pub use peer::VerifiedPeer;
+pub use peer::{PeerIdentity, VerifiedPeer};
 pub use policy::{uri_match, Policy};
 pub use state::{CrlSummary, RevocationOptions, TrustError, TrustState};
 pub use tls::ClientVerifier;

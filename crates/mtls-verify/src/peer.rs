@@ -3,37 +3,39 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use mtls_pki::{Fingerprint, Serial};
 use serde::Serialize;
 use time::OffsetDateTime;
 use x509_parser::certificate::X509Certificate;
 
 /// A client identity that passed chain validation and revocation checks against trust state
-/// generation `generation`. Only this crate can construct one.
+/// generation `generation`. Only this crate can construct one, and its fields are read-only: a
+/// peer cannot be edited after verification and still pass [`crate::Policy::check`].
 #[derive(Clone, Debug, Serialize)]
-#[non_exhaustive]
 pub struct VerifiedPeer {
-    pub subject: String,
-    pub common_name: Option<String>,
-    pub organizational_units: Vec<String>,
-    pub issuer: String,
-    pub serial: String,
-    pub dns: Vec<String>,
-    pub uris: Vec<String>,
-    pub emails: Vec<String>,
-    pub ips: Vec<IpAddr>,
-    /// Hex SHA-256 of the certificate DER.
-    pub cert_sha256: String,
-    /// Hex SHA-256 of the SubjectPublicKeyInfo.
-    pub spki_sha256: String,
+    subject: String,
+    common_name: Option<String>,
+    organizational_units: Vec<String>,
+    issuer: String,
+    #[serde(serialize_with = "display")]
+    serial: Serial,
+    dns: Vec<String>,
+    uris: Vec<String>,
+    emails: Vec<String>,
+    ips: Vec<IpAddr>,
+    cert_sha256: Fingerprint,
+    spki_sha256: Fingerprint,
     #[serde(with = "time::serde::rfc3339")]
-    pub not_after: OffsetDateTime,
-    pub generation: u64,
+    not_before: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    not_after: OffsetDateTime,
+    generation: u64,
     #[serde(skip)]
-    pub cert_der: Arc<Vec<u8>>,
+    cert_der: Arc<Vec<u8>>,
 }
 
-fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data))
+fn display<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
 }
 
 impl VerifiedPeer {
@@ -63,16 +65,128 @@ impl VerifiedPeer {
             common_name: attrs(&o::OID_X509_COMMON_NAME).into_iter().next(),
             organizational_units: attrs(&o::OID_X509_ORGANIZATIONAL_UNIT),
             issuer: cert.issuer().to_string(),
-            serial: mtls_pki::Serial::from_be_bytes(cert.raw_serial()).to_string(),
+            serial: Serial::from_be_bytes(cert.raw_serial()),
             dns,
             uris,
             emails,
             ips,
-            cert_sha256: sha256_hex(der),
-            spki_sha256: sha256_hex(cert.public_key().raw),
+            cert_sha256: Fingerprint::of(der),
+            spki_sha256: Fingerprint::of(cert.public_key().raw),
+            not_before: cert.validity().not_before.to_datetime(),
             not_after: cert.validity().not_after.to_datetime(),
             generation,
             cert_der: Arc::new(der.to_vec()),
+        }
+    }
+
+    /// The subject DN, as `mtls inspect` prints it (`O=Acme, CN=client-app`).
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    /// The first common name of the subject.
+    pub fn common_name(&self) -> Option<&str> {
+        self.common_name.as_deref()
+    }
+
+    pub fn organizational_units(&self) -> &[String] {
+        &self.organizational_units
+    }
+
+    /// The issuer DN.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    pub fn serial(&self) -> &Serial {
+        &self.serial
+    }
+
+    /// DNS names of the subjectAltName extension.
+    pub fn dns_names(&self) -> &[String] {
+        &self.dns
+    }
+
+    /// URI SANs (SPIFFE IDs among them).
+    pub fn uris(&self) -> &[String] {
+        &self.uris
+    }
+
+    /// The SPIFFE ID: the first `spiffe://` URI SAN.
+    pub fn spiffe_id(&self) -> Option<&str> {
+        self.uris.iter().map(String::as_str).find(|u| {
+            u.len() > 9
+                && u.get(..9)
+                    .is_some_and(|s| s.eq_ignore_ascii_case("spiffe://"))
+        })
+    }
+
+    pub fn emails(&self) -> &[String] {
+        &self.emails
+    }
+
+    pub fn ip_addresses(&self) -> &[IpAddr] {
+        &self.ips
+    }
+
+    /// SHA-256 of the certificate DER.
+    pub fn fingerprint(&self) -> &Fingerprint {
+        &self.cert_sha256
+    }
+
+    /// SHA-256 of the SubjectPublicKeyInfo.
+    pub fn spki_fingerprint(&self) -> &Fingerprint {
+        &self.spki_sha256
+    }
+
+    pub fn not_before(&self) -> OffsetDateTime {
+        self.not_before
+    }
+
+    pub fn not_after(&self) -> OffsetDateTime {
+        self.not_after
+    }
+
+    /// The trust-state generation this identity was verified under.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The leaf certificate, DER.
+    pub fn certificate_der(&self) -> &[u8] {
+        &self.cert_der
+    }
+}
+
+/// Who is on the other end of a connection, as established after its handshake.
+#[derive(Clone, Debug)]
+pub enum PeerIdentity {
+    /// No client certificate was presented.
+    Anonymous,
+    /// A certificate that passed chain, validity and revocation checks.
+    Verified(Arc<VerifiedPeer>),
+    /// A certificate that was presented and refused, with the reason.
+    Rejected(crate::Rejection),
+}
+
+impl From<Result<Arc<VerifiedPeer>, crate::Rejection>> for PeerIdentity {
+    fn from(r: Result<Arc<VerifiedPeer>, crate::Rejection>) -> Self {
+        match r {
+            Ok(p) => PeerIdentity::Verified(p),
+            Err(crate::Rejection::NoCertificate) => PeerIdentity::Anonymous,
+            Err(r) => PeerIdentity::Rejected(r),
+        }
+    }
+}
+
+impl PeerIdentity {
+    /// The verified peer, or why there is none ([`crate::Rejection::NoCertificate`] when
+    /// anonymous).
+    pub fn verified(&self) -> Result<&Arc<VerifiedPeer>, crate::Rejection> {
+        match self {
+            PeerIdentity::Verified(p) => Ok(p),
+            PeerIdentity::Anonymous => Err(crate::Rejection::NoCertificate),
+            PeerIdentity::Rejected(r) => Err(r.clone()),
         }
     }
 }

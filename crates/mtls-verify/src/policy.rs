@@ -10,6 +10,7 @@
 //! (`spiffe://prod.example/ns/*/sa/**`). Everything else is an exact, case-sensitive match
 //! (DNS and fingerprints case-insensitive).
 
+use mtls_pki::Fingerprint;
 use serde::Deserialize;
 
 use crate::peer::VerifiedPeer;
@@ -30,22 +31,16 @@ pub struct Policy {
     pub allow_uri: Vec<String>,
     #[serde(default)]
     pub allow_email: Vec<String>,
-    /// SHA-256 of the certificate (hex, colons allowed).
+    /// SHA-256 of the certificate (hex, colons and a `sha256:` prefix allowed; a malformed
+    /// one is a configuration error, not a rule that never matches).
     #[serde(default)]
-    pub allow_fingerprint: Vec<String>,
-    /// SHA-256 of the SubjectPublicKeyInfo (hex, colons allowed).
+    pub allow_fingerprint: Vec<Fingerprint>,
+    /// SHA-256 of the SubjectPublicKeyInfo (same syntax).
     #[serde(default)]
-    pub allow_spki: Vec<String>,
+    pub allow_spki: Vec<Fingerprint>,
     /// Issuer DNs as printed by `mtls inspect` (e.g. `O=Acme, CN=Acme Intermediate CA`).
     #[serde(default)]
     pub allow_issuer: Vec<String>,
-}
-
-fn norm_hex(s: &str) -> String {
-    s.chars()
-        .filter(|c| *c != ':')
-        .collect::<String>()
-        .to_ascii_lowercase()
 }
 
 fn dns_match(pattern: &str, name: &str) -> bool {
@@ -90,38 +85,35 @@ impl Policy {
 
     /// Decides whether `peer` may pass; the error is a short reason for the log and the 403.
     pub fn check(&self, peer: &VerifiedPeer) -> Result<(), String> {
-        if !self.allow_issuer.is_empty() && !self.allow_issuer.contains(&peer.issuer) {
-            return Err(format!("issuer {:?} is not allowed", peer.issuer));
+        if !self.allow_issuer.is_empty() && !self.allow_issuer.iter().any(|i| i == peer.issuer()) {
+            return Err(format!("issuer {:?} is not allowed", peer.issuer()));
         }
         if self.allow_any_trusted {
             return Ok(());
         }
-        let cn = peer.common_name.as_deref();
+        let cn = peer.common_name();
         let allowed = self.allow_cn.iter().any(|c| Some(c.as_str()) == cn)
             || self
                 .allow_ou
                 .iter()
-                .any(|o| peer.organizational_units.contains(o))
+                .any(|o| peer.organizational_units().contains(o))
             || self
                 .allow_dns
                 .iter()
-                .any(|p| peer.dns.iter().any(|d| dns_match(p, d)))
+                .any(|p| peer.dns_names().iter().any(|d| dns_match(p, d)))
             || self
                 .allow_uri
                 .iter()
-                .any(|p| peer.uris.iter().any(|u| uri_match(p, u)))
+                .any(|p| peer.uris().iter().any(|u| uri_match(p, u)))
             || self
                 .allow_email
                 .iter()
-                .any(|e| peer.emails.iter().any(|m| m.eq_ignore_ascii_case(e)))
+                .any(|e| peer.emails().iter().any(|m| m.eq_ignore_ascii_case(e)))
             || self
                 .allow_fingerprint
                 .iter()
-                .any(|f| norm_hex(f) == peer.cert_sha256)
-            || self
-                .allow_spki
-                .iter()
-                .any(|f| norm_hex(f) == peer.spki_sha256);
+                .any(|f| f == peer.fingerprint())
+            || self.allow_spki.iter().any(|f| f == peer.spki_fingerprint());
         if allowed {
             Ok(())
         } else if self.is_empty() {
@@ -130,7 +122,7 @@ impl Policy {
             Err(format!(
                 "certificate {} is not allowed by the policy",
                 cn.map(|c| format!("CN={c}"))
-                    .unwrap_or_else(|| peer.subject.clone())
+                    .unwrap_or_else(|| peer.subject().to_string())
             ))
         }
     }

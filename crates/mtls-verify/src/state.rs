@@ -233,6 +233,21 @@ impl TrustState {
         &self.crl_summaries
     }
 
+    /// Who the client that presented `chain` (leaf first) is, at `now`: its verified identity,
+    /// or why it has none ([`Rejection::NoCertificate`] for an anonymous client). Every server
+    /// calls this after each handshake (resumed sessions skip the handshake verifier) and again
+    /// whenever the trust state changed.
+    pub fn identify(
+        &self,
+        chain: Option<&[CertificateDer<'_>]>,
+        now: OffsetDateTime,
+    ) -> Result<Arc<VerifiedPeer>, Rejection> {
+        match chain {
+            Some([leaf, rest @ ..]) => self.verify_client(leaf, rest, now),
+            _ => Err(Rejection::NoCertificate),
+        }
+    }
+
     /// Verifies a client chain at `now`: path to a trusted anchor, clientAuth EKU present,
     /// anchor usable, revocation (leaf must have a status when CRLs are loaded).
     ///

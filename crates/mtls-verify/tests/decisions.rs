@@ -276,7 +276,7 @@ mod trust_state {
         );
         let any = state(&pki, &[]).with_purpose(mtls_verify::Purpose::Any);
         let peer = any.verify_client(&server.cert.der, &inter, now()).unwrap();
-        assert_eq!(peer.dns, ["api.example.com"]);
+        assert_eq!(peer.dns_names(), ["api.example.com"]);
         any.verify_client(&client.cert.der, &inter, now()).unwrap();
         // Everything else is still checked.
         let other = TestPki::new("other").client("x");

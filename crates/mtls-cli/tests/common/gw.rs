@@ -15,6 +15,23 @@ use mtls_test_util::TestPki;
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 
+/// The `mtls` binary: cargo's path when this test belongs to `mtls-cli`, else the one built
+/// into the same target directory (`cargo test --workspace` builds it).
+pub fn mtls_bin() -> PathBuf {
+    if let Some(p) = option_env!("CARGO_BIN_EXE_mtls") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
+    let p = dir.join("mtls");
+    assert!(
+        p.exists(),
+        "{} is missing: build it first (cargo build -p mtls-cli, or cargo test --workspace)",
+        p.display()
+    );
+    p
+}
+
 /// A test PKI written to a directory.
 pub struct Files {
     pub dir: PathBuf,
@@ -211,7 +228,7 @@ pub struct Gateway {
 impl Gateway {
     /// Starts `mtls gateway ARGS` (add `--listen 127.0.0.1:0`) and waits until it listens.
     pub fn start(args: &[String]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mtls"))
+        let mut child = Command::new(mtls_bin())
             .arg("gateway")
             .args(args)
             .env("MTLS_LOG", "info")

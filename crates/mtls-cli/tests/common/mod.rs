@@ -7,6 +7,40 @@ pub mod gw;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// Parses a `/metrics` page with the Prometheus project's own Python parser
+/// (`prometheus_client.parser`), which rejects what Prometheus would (a `# HELP` line with
+/// labels, a bad sample line); returns the family names it found.
+#[track_caller]
+pub fn assert_prometheus_text(page: &str) -> Vec<String> {
+    use std::io::Write;
+    let mut child = Command::new("python3")
+        .args([
+            "-c",
+            "import sys\nfrom prometheus_client.parser import text_string_to_metric_families as p\nfor f in p(sys.stdin.read()): print(f.name, f.type)",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 must be installed");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(page.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "the Prometheus parser (pip install prometheus-client) refused the page: {}\n{page}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
 pub struct Env {
     pub dir: tempfile::TempDir,
 }
@@ -101,6 +135,13 @@ impl Env {
             std::fs::create_dir_all(parent).unwrap();
         }
         std::fs::write(&p, data).unwrap();
+        p
+    }
+    /// Writes an owner-only file (passphrases: group- or world-readable ones are refused).
+    pub fn write_secret(&self, rel: &str, data: &[u8]) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = self.write(rel, data);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
         p
     }
     pub fn read(&self, rel: &str) -> Vec<u8> {

@@ -7,7 +7,6 @@
 //! certificate file changes. Rotating the key changes two files, which no rename can do at once,
 //! so it requires a combined file (certificate and key in one PEM, `--cert` = `--key`).
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -16,7 +15,7 @@ use mtls_pki::issue::Subject;
 use rustls_pki_types::CertificateDer;
 use time::{Duration, OffsetDateTime};
 
-use crate::client::{CaClient, CaUrl, Issued};
+use crate::ca::{CaClient, CaUrl, Issued};
 use crate::Error;
 
 /// When a certificate is due.
@@ -352,51 +351,67 @@ pub struct WatchState {
 /// Shared state of all watched certificates (read by the metrics endpoint).
 pub type States = Arc<Mutex<Vec<WatchState>>>;
 
-/// Prometheus text for the daemon's state.
-pub fn render_metrics(states: &States) -> String {
-    let mut out = String::new();
-    let Ok(states) = states.lock() else {
-        return out;
-    };
-    type Series = (&'static str, &'static str, fn(&WatchState) -> Option<f64>);
-    let series: [Series; 6] = [
+/// Registers the daemon's metrics, read from `states` at scrape time: timestamps as gauges
+/// (`mtls_renew_*_seconds`), renewals and failures as counters (`mtls_renew_*_total`).
+pub fn register_metrics(registry: &mut mtls_serve::metrics::Registry, states: &States) {
+    use mtls_serve::metrics::{Kind, Scraped, Unit};
+    type Pick = fn(&WatchState) -> Option<f64>;
+    let series: [(&'static str, &'static str, Option<Unit>, Kind, Pick); 6] = [
         (
-            "mtls_renew_not_after_seconds",
+            "mtls_renew_not_after",
             "notAfter of the current certificate",
+            Some(Unit::Seconds),
+            Kind::Gauge,
             |s| s.not_after.map(|t| t.unix_timestamp() as f64),
         ),
         (
-            "mtls_renew_last_success_seconds",
-            "time of the last successful renewal",
+            "mtls_renew_last_success",
+            "Time of the last successful renewal",
+            Some(Unit::Seconds),
+            Kind::Gauge,
             |s| s.last_success.map(|t| t.unix_timestamp() as f64),
         ),
         (
-            "mtls_renew_last_failure_seconds",
-            "time of the last failed attempt",
+            "mtls_renew_last_failure",
+            "Time of the last failed attempt",
+            Some(Unit::Seconds),
+            Kind::Gauge,
             |s| s.last_failure.map(|t| t.unix_timestamp() as f64),
         ),
         (
-            "mtls_renew_next_attempt_seconds",
-            "time of the next attempt",
+            "mtls_renew_next_attempt",
+            "Time of the next attempt",
+            Some(Unit::Seconds),
+            Kind::Gauge,
             |s| s.next_attempt.map(|t| t.unix_timestamp() as f64),
         ),
-        ("mtls_renew_renewals_total", "successful renewals", |s| {
-            Some(s.renewals as f64)
-        }),
-        ("mtls_renew_failures_total", "failed attempts", |s| {
-            Some(s.failures as f64)
-        }),
+        (
+            "mtls_renew_renewals",
+            "Successful renewals",
+            None,
+            Kind::Counter,
+            |s| Some(s.renewals as f64),
+        ),
+        (
+            "mtls_renew_failures",
+            "Failed attempts",
+            None,
+            Kind::Counter,
+            |s| Some(s.failures as f64),
+        ),
     ];
-    for (name, help, f) in series {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-        for s in states.iter() {
-            if let Some(v) = f(s) {
-                let label = s.cert.replace('\\', "\\\\").replace('"', "\\\"");
-                let _ = writeln!(out, "{name}{{cert=\"{label}\"}} {v}");
-            }
-        }
+    for (name, help, unit, kind, pick) in series {
+        let states = states.clone();
+        Scraped::register(registry, name, help, unit, kind, move || {
+            let Ok(states) = states.lock() else {
+                return Vec::new();
+            };
+            states
+                .iter()
+                .filter_map(|s| pick(s).map(|v| (vec![("cert", s.cert.clone())], v)))
+                .collect()
+        });
     }
-    out
 }
 
 /// Daemon settings shared by every watched certificate.

@@ -4,16 +4,11 @@
 //! `/v1/roots.pem` and accepts it only if the root's SHA-256 fingerprint is the one the operator
 //! pinned; every later request verifies the CA's server certificate against that root.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::rt::TokioIo;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use http::{Method, StatusCode};
+use rustls_pki_types::CertificateDer;
 use serde::Deserialize;
 use time::OffsetDateTime;
 
@@ -70,53 +65,29 @@ impl std::fmt::Display for CaUrl {
     }
 }
 
-/// Accepts any server certificate: used only to fetch the roots that are then pinned.
-#[derive(Debug)]
-struct AcceptAnyServer(rustls::crypto::WebPkiSupportedAlgorithms);
-
-impl ServerCertVerifier for AcceptAnyServer {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_schemes()
-    }
-}
-
-/// A connection-per-request HTTPS client for the CA API.
+/// An HTTPS client for the CA API (built by [`crate::ClientBuilder`]).
 #[derive(Clone)]
 pub struct CaClient {
     url: CaUrl,
-    tls: Arc<ClientConfig>,
+    http: reqwest::Client,
 }
 
 impl std::fmt::Debug for CaClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "CaClient({})", self.url)
     }
+}
+
+/// An error with its causes, on one line (reqwest's own message is only the outermost one).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 fn transport(url: &CaUrl, detail: impl std::fmt::Display) -> Error {
@@ -134,10 +105,16 @@ impl CaClient {
         root: &CertificateDer<'static>,
         credential: Option<&mtls_tls::Credential>,
     ) -> Result<CaClient, Error> {
-        let tls = mtls_tls::client_config(std::slice::from_ref(root), credential, &[b"http/1.1"])?;
+        let mut b = crate::ClientBuilder::new()
+            .ca_certificates(vec![root.clone()])
+            .timeout(TIMEOUT)
+            .http1_only();
+        if let Some(c) = credential {
+            b = b.identity(c.clone());
+        }
         Ok(CaClient {
             url,
-            tls: Arc::new(tls),
+            http: b.build()?,
         })
     }
 
@@ -147,19 +124,13 @@ impl CaClient {
         url: &CaUrl,
         fingerprint: &str,
     ) -> Result<CertificateDer<'static>, Error> {
-        let provider = mtls_tls::provider();
-        let mut tls = ClientConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| transport(url, e))?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyServer(
-                provider.signature_verification_algorithms,
-            )))
-            .with_no_client_auth();
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let probe = CaClient {
             url: url.clone(),
-            tls: Arc::new(tls),
+            http: crate::ClientBuilder::new()
+                .accept_any_server_for_pinning()
+                .timeout(TIMEOUT)
+                .http1_only()
+                .build()?,
         };
         let (status, body) = probe.call(Method::GET, "/v1/roots.pem", None).await?;
         if status != StatusCode::OK {
@@ -167,21 +138,19 @@ impl CaClient {
         }
         let roots = mtls_pki::pem_io::certificates(&body)
             .map_err(|e| Error::Protocol(format!("roots.pem: {e}")))?;
-        let want: String = fingerprint
-            .chars()
-            .filter(|c| *c != ':')
-            .collect::<String>()
-            .to_ascii_lowercase();
+        let want: mtls_pki::Fingerprint = fingerprint
+            .parse()
+            .map_err(|e: mtls_pki::Error| Error::Config(format!("--ca-fingerprint: {e}")))?;
         let mut found = Vec::new();
         for r in roots {
-            let fp = mtls_pki::inspect::sha256_hex(&r);
+            let fp = mtls_pki::Fingerprint::of(&r);
             if fp == want {
                 return Ok(r);
             }
-            found.push(fp);
+            found.push(fp.to_string());
         }
         Err(Error::FingerprintMismatch {
-            expected: want,
+            expected: want.to_string(),
             found: found.join(", "),
         })
     }
@@ -193,50 +162,27 @@ impl CaClient {
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, Bytes), Error> {
         let url = &self.url;
-        let fut = async {
-            let tcp = tokio::net::TcpStream::connect((url.host.as_str(), url.port))
-                .await
-                .map_err(|e| transport(url, e))?;
-            let name = ServerName::try_from(url.host.clone()).map_err(|e| transport(url, e))?;
-            let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
-                .connect(name, tcp)
-                .await
-                .map_err(|e| transport(url, e))?;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-                .await
-                .map_err(|e| transport(url, e))?;
-            tokio::spawn(conn);
-            let authority = if url.port == 443 {
-                url.host.clone()
-            } else {
-                format!("{}:{}", url.host, url.port)
-            };
-            let mut req = Request::builder()
-                .method(method)
-                .uri(format!("{}{path}", url.prefix))
-                .header(http::header::HOST, authority)
-                .header(http::header::USER_AGENT, "mtls");
-            if body.is_some() {
-                req = req.header(http::header::CONTENT_TYPE, "application/json");
-            }
-            let req = req
-                .body(Full::new(Bytes::from(body.unwrap_or_default())))
-                .map_err(|e| transport(url, e))?;
-            let resp = sender
-                .send_request(req)
-                .await
-                .map_err(|e| transport(url, e))?;
-            let status = resp.status();
-            let body = Limited::new(resp.into_body(), MAX_RESPONSE)
-                .collect()
-                .await
-                .map_err(|e| transport(url, e))?
-                .to_bytes();
-            Ok((status, body))
+        let host = if url.host.contains(':') {
+            format!("[{}]", url.host)
+        } else {
+            url.host.clone()
         };
-        tokio::time::timeout(TIMEOUT, fut)
+        let target = format!("https://{host}:{}{}{path}", url.port, url.prefix);
+        let mut req = self.http.request(method, &target);
+        if let Some(b) = body {
+            req = req
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(b);
+        }
+        let resp = req
+            .send()
             .await
-            .map_err(|_| transport(url, "timed out"))?
+            .map_err(|e| transport(url, error_chain(&e)))?;
+        let status = resp.status();
+        let body = crate::body_limited(resp, MAX_RESPONSE)
+            .await
+            .map_err(|e| transport(url, e))?;
+        Ok((status, body))
     }
 
     async fn post_json(&self, path: &str, body: serde_json::Value) -> Result<Bytes, Error> {

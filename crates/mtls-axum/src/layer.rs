@@ -1,0 +1,162 @@
+//! `RequireClientCert`: a tower layer that lets a request through only when its client
+//! certificate is verified and passes every configured check, answering the seed's
+//! `401 NO_CLIENT_CERT` / `403 INVALID_CERT` (with the reason) otherwise. Put it on a router
+//! with `.layer(…)` or on some routes with `.route_layer(…)`.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::response::{IntoResponse, Response};
+use http::Request;
+use mtls_serve::ApiError;
+use mtls_verify::{Policy, VerifiedPeer};
+
+type CheckFn = dyn Fn(&VerifiedPeer) -> Result<(), String> + Send + Sync;
+
+#[derive(Clone)]
+enum Check {
+    Policy(Policy),
+    Custom(Arc<CheckFn>),
+}
+
+/// Which identity the checks apply to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    Connection,
+    Forwarded,
+}
+
+/// The layer. Every check must pass (AND); within one [`Policy`] any `allow_*` entry suffices
+/// (see `mtls_verify::Policy`).
+#[derive(Clone)]
+pub struct RequireClientCert {
+    checks: Arc<Vec<Check>>,
+    source: Source,
+}
+
+impl std::fmt::Debug for RequireClientCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequireClientCert")
+            .field("checks", &self.checks.len())
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl RequireClientCert {
+    /// Clients allowed by `policy`. An empty policy allows nobody.
+    pub fn policy(policy: Policy) -> Self {
+        RequireClientCert {
+            checks: Arc::new(vec![Check::Policy(policy)]),
+            source: Source::Connection,
+        }
+    }
+
+    /// Every client whose certificate the server's client CAs verify (named, because it is the
+    /// loosest choice).
+    pub fn any_trusted() -> Self {
+        Self::policy(Policy {
+            allow_any_trusted: true,
+            ..Policy::default()
+        })
+    }
+
+    /// Clients that `check` accepts; its error is the reason in the `403` body.
+    pub fn check(
+        check: impl Fn(&VerifiedPeer) -> Result<(), String> + Send + Sync + 'static,
+    ) -> Self {
+        RequireClientCert {
+            checks: Arc::new(vec![Check::Custom(Arc::new(check))]),
+            source: Source::Connection,
+        }
+    }
+
+    /// Also requires `policy`.
+    pub fn and_policy(self, policy: Policy) -> Self {
+        self.push(Check::Policy(policy))
+    }
+
+    /// Also requires `check`.
+    pub fn and_check(
+        self,
+        check: impl Fn(&VerifiedPeer) -> Result<(), String> + Send + Sync + 'static,
+    ) -> Self {
+        self.push(Check::Custom(Arc::new(check)))
+    }
+
+    /// Applies the checks to the identity forwarded by a trusted gateway instead of the
+    /// connection's own (see [`crate::ForwardedClientCert`]).
+    pub fn forwarded(mut self) -> Self {
+        self.source = Source::Forwarded;
+        self
+    }
+
+    fn push(mut self, c: Check) -> Self {
+        Arc::make_mut(&mut self.checks).push(c);
+        self
+    }
+
+    /// The decision for a request's extensions.
+    fn decide(&self, ext: &http::Extensions) -> Result<(), ApiError> {
+        let peer = match self.source {
+            Source::Connection => crate::extract::peer_of(ext)
+                .verified()
+                .cloned()
+                .map_err(|r| ApiError::from_rejection(&r))?,
+            Source::Forwarded => crate::extract::forwarded_of(ext)?,
+        };
+        for c in self.checks.iter() {
+            let verdict = match c {
+                Check::Policy(p) => p.check(&peer),
+                Check::Custom(f) => f(&peer),
+            };
+            verdict.map_err(ApiError::invalid_cert)?;
+        }
+        Ok(())
+    }
+}
+
+impl<S> tower_layer::Layer<S> for RequireClientCert {
+    type Service = RequireClientCertService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequireClientCertService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service [`RequireClientCert`] wraps around a handler or router.
+#[derive(Clone, Debug)]
+pub struct RequireClientCertService<S> {
+    inner: S,
+    layer: RequireClientCert,
+}
+
+impl<S, B> tower_service::Service<Request<B>> for RequireClientCertService<S>
+where
+    S: tower_service::Service<Request<B>, Response = Response, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        match self.layer.decide(req.extensions()) {
+            Ok(()) => Box::pin(self.inner.call(req)),
+            Err(refusal) => {
+                tracing::info!(code = refusal.code, reason = %refusal.message, "request refused");
+                Box::pin(std::future::ready(Ok(refusal.into_response())))
+            }
+        }
+    }
+}

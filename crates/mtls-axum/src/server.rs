@@ -1,0 +1,356 @@
+//! Serving an axum `Router` over mutual TLS on the serving core: a TLS handshake per
+//! connection in its own task (with a deadline), HTTP/1.1 and h2, credentials and trust reloaded
+//! from their files, and every request's identity re-checked against the current trust state (a
+//! client revoked while its keep-alive or h2 connection is open is refused on its next request).
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use base64::Engine;
+use hyper::body::Incoming;
+use mtls_serve::accept::{self, Slots};
+use mtls_serve::metrics::{CounterFamily, Labels, Registry, ReloadCounters};
+use mtls_serve::recheck::ConnectionIdentity;
+use mtls_serve::reload::{ReloadHandle, ReloadOptions};
+use mtls_serve::tls::{CertificateFiles, ClientAuth, ReloadingServer, ServerFiles};
+use mtls_verify::{PeerIdentity, Policy, Rejection, RevocationOptions, TrustState, VerifiedPeer};
+use time::OffsetDateTime;
+use tokio::net::{TcpListener, TcpStream};
+use tower::ServiceExt;
+
+use crate::extract::{ForwardedExt, PeerExt};
+use crate::Error;
+
+/// Builds an [`MtlsServer`]. Strict by default: a client certificate is required in the
+/// handshake, CRLs (when given) must be current and cover the issuer, nothing is trusted from
+/// forwarded headers. Loosening is a named method.
+#[derive(Clone, Debug)]
+pub struct ServerBuilder {
+    files: ServerFiles,
+    handshake_timeout: Duration,
+    idle_timeout: Duration,
+    http: mtls_serve::http::HttpLimits,
+    max_connections: usize,
+    reload_poll: Duration,
+    reload_on_sighup: bool,
+    gateways: Option<Policy>,
+}
+
+impl Default for ServerBuilder {
+    fn default() -> Self {
+        ServerBuilder {
+            files: ServerFiles {
+                certificates: Vec::new(),
+                client_ca: Vec::new(),
+                crl: Vec::new(),
+                client_auth: ClientAuth::Required,
+                revocation: RevocationOptions::default(),
+                alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            },
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(3600),
+            http: mtls_serve::http::HttpLimits::default(),
+            max_connections: 10_000,
+            reload_poll: Duration::from_secs(1),
+            reload_on_sighup: false,
+            gateways: None,
+        }
+    }
+}
+
+impl ServerBuilder {
+    /// The server's certificate chain (leaf first) and key; call again for more certificates,
+    /// chosen by SNI (the first is the default). The key must be owner-only.
+    pub fn certificate(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.files.certificates.push(CertificateFiles {
+            cert: cert.into(),
+            key: key.into(),
+            key_passphrase_file: None,
+        });
+        self
+    }
+
+    /// Like [`ServerBuilder::certificate`], for an encrypted key whose passphrase is in a file.
+    pub fn certificate_with_passphrase_file(
+        mut self,
+        cert: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+        passphrase_file: impl Into<PathBuf>,
+    ) -> Self {
+        self.files.certificates.push(CertificateFiles {
+            cert: cert.into(),
+            key: key.into(),
+            key_passphrase_file: Some(passphrase_file.into()),
+        });
+        self
+    }
+
+    /// A CA bundle (PEM or DER) trusted for client certificates; include the CAs that sign the
+    /// CRLs.
+    pub fn client_ca(mut self, path: impl Into<PathBuf>) -> Self {
+        self.files.client_ca.push(path.into());
+        self
+    }
+
+    /// A CRL file, reloaded when it changes.
+    pub fn crl(mut self, path: impl Into<PathBuf>) -> Self {
+        self.files.crl.push(path.into());
+        self
+    }
+
+    /// Loosening: the handshake also admits clients without a valid certificate, so that
+    /// [`crate::ClientCert`] and [`crate::RequireClientCert`] can answer them with the seed's
+    /// JSON `401 NO_CLIENT_CERT` / `403 INVALID_CERT` instead of a TLS alert.
+    pub fn allow_handshake_without_certificate(mut self) -> Self {
+        self.files.client_auth = ClientAuth::Optional;
+        self
+    }
+
+    /// Loosening: accept clients whose issuer has no CRL when CRLs are configured.
+    pub fn allow_unknown_revocation_status(mut self) -> Self {
+        self.files.revocation.allow_unknown_status = true;
+        self
+    }
+
+    /// Loosening: accept CRLs past their nextUpdate.
+    pub fn allow_expired_crl(mut self) -> Self {
+        self.files.revocation.allow_expired_crl = true;
+        self
+    }
+
+    /// Trust the identity headers (`Client-Cert`, RFC 9440) of connections whose own certificate
+    /// passes `gateways` (typically `allow_cn = ["gateway"]`): see
+    /// [`crate::ForwardedClientCert`].
+    pub fn trust_forwarded_identity_from(mut self, gateways: Policy) -> Self {
+        self.gateways = Some(gateways);
+        self
+    }
+
+    /// TLS handshake deadline (default 10 s).
+    pub fn handshake_timeout(mut self, d: Duration) -> Self {
+        self.handshake_timeout = d;
+        self
+    }
+
+    /// Connections silent this long are closed (default 1 h).
+    pub fn idle_timeout(mut self, d: Duration) -> Self {
+        self.idle_timeout = d;
+        self
+    }
+
+    /// At most this many connections at once (default 10,000).
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
+        self
+    }
+
+    /// How often the certificate, key, CA and CRL files are checked for changes (default 1 s).
+    pub fn reload_poll(mut self, d: Duration) -> Self {
+        self.reload_poll = d;
+        self
+    }
+
+    /// Also reload on SIGHUP (off by default: a library should not take the process's signals).
+    pub fn reload_on_sighup(mut self) -> Self {
+        self.reload_on_sighup = true;
+        self
+    }
+
+    /// Loads and checks every file now.
+    pub fn build(self) -> Result<MtlsServer, Error> {
+        if self.files.certificates.is_empty() {
+            return Err(Error::Config(
+                "no server certificate: call .certificate(cert, key)".into(),
+            ));
+        }
+        if self.files.client_ca.is_empty() {
+            return Err(Error::Config(
+                "no client CA: call .client_ca(path) with the CA bundle that issues client certificates"
+                    .into(),
+            ));
+        }
+        let tls = ReloadingServer::new(self.files.clone())?;
+        Ok(MtlsServer {
+            inner: Arc::new(Inner {
+                tls,
+                builder: self,
+                handshakes: CounterFamily::default(),
+                reloads: ReloadCounters::default(),
+            }),
+        })
+    }
+}
+
+struct Inner {
+    tls: Arc<ReloadingServer>,
+    builder: ServerBuilder,
+    handshakes: CounterFamily,
+    reloads: ReloadCounters,
+}
+
+/// An mTLS server for axum routers (see [`ServerBuilder`]).
+#[derive(Clone)]
+pub struct MtlsServer {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for MtlsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MtlsServer")
+            .field("files", &self.inner.builder.files)
+            .finish()
+    }
+}
+
+impl MtlsServer {
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+
+    /// Registers `mtls_handshakes_total{result,reason}` and `mtls_reloads_total{result}`.
+    pub fn register_metrics(&mut self, registry: &mut Registry) {
+        registry.register(
+            "mtls_handshakes",
+            "TLS handshakes by result and reason",
+            self.inner.handshakes.clone(),
+        );
+        registry.register(
+            "mtls_reloads",
+            "Reloads of certificates, CAs and CRLs, by result",
+            self.inner.reloads.clone().family(),
+        );
+    }
+
+    /// Reloads every file now (as a file change or SIGHUP would); on error the current state
+    /// keeps serving.
+    pub fn reload(&self) -> Result<u64, Error> {
+        Ok(self.inner.tls.reload_now()?)
+    }
+
+    /// Serves `router` on `listener` until the process ends.
+    pub async fn serve(self, listener: TcpListener, router: Router) {
+        self.serve_with_shutdown(listener, router, std::future::pending::<()>())
+            .await
+    }
+
+    /// Serves until `signal` resolves, then stops accepting and lets open requests finish.
+    pub async fn serve_with_shutdown(
+        self,
+        listener: TcpListener,
+        router: Router,
+        signal: impl Future<Output = ()> + Send,
+    ) {
+        let (stop, shutdown) = mtls_serve::shutdown();
+        let _reload: ReloadHandle = mtls_serve::reload::spawn(
+            self.inner.tls.clone(),
+            ReloadOptions {
+                poll: self.inner.builder.reload_poll,
+                on_sighup: self.inner.builder.reload_on_sighup,
+                counters: self.inner.reloads.clone(),
+            },
+            shutdown.clone(),
+        );
+        let slots = Slots::new(self.inner.builder.max_connections);
+        let http = Arc::new(mtls_serve::http::builder(&self.inner.builder.http));
+        let inner = self.inner.clone();
+        let sd = shutdown.clone();
+        let serving =
+            accept::accept_loop(listener, slots.clone(), shutdown, move |tcp, _, slot| {
+                let (inner, router, http, shutdown) =
+                    (inner.clone(), router.clone(), http.clone(), sd.clone());
+                async move {
+                    let _slot = slot;
+                    connection(inner, tcp, router, http, shutdown).await
+                }
+            });
+        tokio::select! {
+            _ = serving => {}
+            _ = signal => {}
+        }
+        stop.trigger();
+        slots.drain(Duration::from_secs(30)).await;
+    }
+}
+
+async fn connection(
+    inner: Arc<Inner>,
+    tcp: TcpStream,
+    router: Router,
+    http: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
+    shutdown: mtls_serve::Shutdown,
+) {
+    let state = inner.tls.current();
+    let tls = match accept::handshake(state.tls.clone(), tcp, inner.builder.handshake_timeout).await
+    {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            let labels: Labels = vec![
+                ("result", "failed".into()),
+                ("reason", e.reason().to_string()),
+            ];
+            inner.handshakes.get_or_create(&labels).inc();
+            return;
+        }
+    };
+    let labels: Labels = vec![("result", "ok".into()), ("reason", String::new())];
+    inner.handshakes.get_or_create(&labels).inc();
+    // Verified again under the current state: resumed sessions skip the handshake verifier.
+    let identity = Arc::new(ConnectionIdentity::<()>::new(
+        accept::peer_chain(&tls),
+        &inner.tls.current().trust,
+        |_| (),
+    ));
+    let idle = inner.builder.idle_timeout;
+    let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
+        let state = inner.tls.current();
+        let peer: PeerIdentity = identity.current(&state.trust).map(|(p, ())| p).into();
+        let forwarded = match (&peer, &inner.builder.gateways) {
+            (PeerIdentity::Verified(p), Some(gateways)) if gateways.check(p).is_ok() => {
+                Some(forwarded_identity(req.headers(), &state.trust))
+            }
+            _ => None,
+        };
+        req.extensions_mut().insert(PeerExt(peer));
+        req.extensions_mut().insert(ForwardedExt(forwarded));
+        router.clone().oneshot(req)
+    });
+    mtls_serve::http::serve_connection(
+        &http,
+        mtls_tls::IdleTimeout::new(tls, idle),
+        service,
+        shutdown,
+    )
+    .await;
+}
+
+/// The client certificate a gateway forwarded in `Client-Cert` (RFC 9440: `:base64(DER):`),
+/// verified under `trust`.
+fn forwarded_identity(
+    headers: &http::HeaderMap,
+    trust: &TrustState,
+) -> Result<Arc<VerifiedPeer>, Rejection> {
+    let mut values = headers.get_all("client-cert").iter();
+    let value = values.next().ok_or(Rejection::NoCertificate)?;
+    if values.next().is_some() {
+        return Err(Rejection::Malformed(
+            "more than one Client-Cert header".into(),
+        ));
+    }
+    let der = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().strip_prefix(':')?.strip_suffix(':'))
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .ok_or_else(|| {
+            Rejection::Malformed("Client-Cert is not an RFC 9440 byte sequence".into())
+        })?;
+    trust.verify_client(&rustls_pki_types_der(der), &[], OffsetDateTime::now_utc())
+}
+
+fn rustls_pki_types_der(der: Vec<u8>) -> rustls::pki_types::CertificateDer<'static> {
+    rustls::pki_types::CertificateDer::from(der)
+}

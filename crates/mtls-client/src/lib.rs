@@ -1,0 +1,383 @@
+//! `mtls-client`: the client side of mutual TLS, for the `mtls` tools and for applications (the
+//! Rust form of the guide's `MTLSClient` and its axios agent).
+//!
+//! What it does:
+//! - [`ClientBuilder`]: the one builder of every HTTP(S) client mtls uses: a
+//!   [`reqwest::Client`] on rustls with our cipher suites, verifying the server against the
+//!   given CAs, presenting a client certificate read from files (encrypted keys too) and picking
+//!   up renewed files on its next connection, without a restart;
+//! - [`ca`]: the client of the online CA's API (pinning the root, enroll, renew, revoke, tokens);
+//! - [`renewal`]: renewing a certificate from the online CA before it expires, as a library
+//!   (the `mtls renew` daemon is built on it) — without the CA's SQLite/PostgreSQL code.
+//!
+//! What it does not do: serve, or decide policy.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), mtls_client::Error> {
+//! let client = mtls_client::ClientBuilder::new()
+//!     .ca_file("ca.crt")
+//!     .identity_files("client.chain.pem", "client.key")
+//!     .passphrase_file("client.key.pass")
+//!     .build()?;
+//! let body = client
+//!     .get("https://api.example.com/api/secure")
+//!     .send()
+//!     .await?
+//!     .text()
+//!     .await?;
+//! # let _ = body; Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod ca;
+pub mod renewal;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mtls_tls::{CredentialFiles, Passphrase, ReloadingIdentity};
+use rustls_pki_types::CertificateDer;
+use zeroize::Zeroizing;
+
+pub use reqwest;
+
+/// Errors of the client library.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Pki(#[from] mtls_pki::Error),
+    #[error(transparent)]
+    Tls(#[from] mtls_tls::Error),
+    #[error(transparent)]
+    Http(#[from] reqwest::Error),
+    /// The server could not be reached or the exchange failed in transport.
+    #[error("request to {url} failed: {detail}")]
+    Transport { url: String, detail: String },
+    /// The CA answered with an error.
+    #[error("the CA refused ({status} {code}): {message}")]
+    Refused {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    /// The CA's root does not have the pinned fingerprint.
+    #[error("the CA's root certificate has fingerprint {found}, expected {expected}: refusing to trust it")]
+    FingerprintMismatch { expected: String, found: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("unexpected answer from the CA: {0}")]
+    Protocol(String),
+}
+
+/// Where the server's trust anchors come from.
+#[derive(Clone, Debug)]
+enum Roots {
+    None,
+    Files(Vec<PathBuf>),
+    Certificates(Vec<CertificateDer<'static>>),
+    /// Only for fetching a CA's roots that are then checked against a pinned fingerprint.
+    AcceptAnyForPinning,
+}
+
+/// Builds HTTP(S) clients. Strict by default: the server must chain to the given CAs (no
+/// public root store), TLS 1.3/1.2 with ECDHE + AEAD only, HTTPS only, no proxies from the
+/// environment.
+#[derive(Clone, Debug)]
+pub struct ClientBuilder {
+    roots: Roots,
+    identity: Option<CredentialFiles>,
+    timeout: Duration,
+    connect_timeout: Duration,
+    http1_only: bool,
+    fixed_identity: Option<mtls_tls::Credential>,
+    resolve: Vec<(String, std::net::SocketAddr)>,
+    pool_idle_timeout: Option<Duration>,
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        ClientBuilder {
+            roots: Roots::None,
+            identity: None,
+            timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            http1_only: false,
+            fixed_identity: None,
+            resolve: Vec::new(),
+            pool_idle_timeout: None,
+        }
+    }
+}
+
+impl ClientBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Trust the CA certificates in this PEM or DER file for the server (repeatable).
+    pub fn ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        match &mut self.roots {
+            Roots::Files(v) => v.push(path.into()),
+            _ => self.roots = Roots::Files(vec![path.into()]),
+        }
+        self
+    }
+
+    /// Trust these CA certificates for the server.
+    pub fn ca_certificates(mut self, roots: Vec<CertificateDer<'static>>) -> Self {
+        self.roots = Roots::Certificates(roots);
+        self
+    }
+
+    /// Present this certificate chain (leaf first) and key. The files are checked when each
+    /// new connection starts, and a renewed pair is used from then on.
+    pub fn identity_files(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        let passphrase = self
+            .identity
+            .take()
+            .map(|i| i.passphrase)
+            .unwrap_or_default();
+        self.identity = Some(CredentialFiles::new(cert, key).with_passphrase(passphrase));
+        self
+    }
+
+    /// Present this already loaded credential (it does not follow any file).
+    pub fn identity(mut self, credential: mtls_tls::Credential) -> Self {
+        self.fixed_identity = Some(credential);
+        self
+    }
+
+    /// The encrypted key's passphrase is in this (owner-only) file.
+    pub fn passphrase_file(self, path: impl Into<PathBuf>) -> Self {
+        self.passphrase(Passphrase::File(path.into()))
+    }
+
+    /// The encrypted key's passphrase.
+    pub fn passphrase_bytes(self, passphrase: Zeroizing<Vec<u8>>) -> Self {
+        self.passphrase(Passphrase::Bytes(Arc::new(passphrase)))
+    }
+
+    fn passphrase(mut self, p: Passphrase) -> Self {
+        let files = self
+            .identity
+            .take()
+            .unwrap_or_else(|| CredentialFiles::new("", ""));
+        self.identity = Some(files.with_passphrase(p));
+        self
+    }
+
+    /// Whole-request deadline (default 30 s).
+    pub fn timeout(mut self, d: Duration) -> Self {
+        self.timeout = d;
+        self
+    }
+
+    /// Connect to `addr` for host `name` (its TLS name and `Host`), like curl's `--resolve`.
+    pub fn resolve(mut self, name: impl Into<String>, addr: std::net::SocketAddr) -> Self {
+        self.resolve.push((name.into(), addr));
+        self
+    }
+
+    /// How long an idle pooled connection is kept (reqwest's default: 90 s). A renewed
+    /// certificate is presented from the next new connection on.
+    pub fn pool_idle_timeout(mut self, d: Duration) -> Self {
+        self.pool_idle_timeout = Some(d);
+        self
+    }
+
+    /// HTTP/1.1 only (no h2 in ALPN).
+    pub fn http1_only(mut self) -> Self {
+        self.http1_only = true;
+        self
+    }
+
+    pub(crate) fn accept_any_server_for_pinning(mut self) -> Self {
+        self.roots = Roots::AcceptAnyForPinning;
+        self
+    }
+
+    /// The rustls configuration this builder stands for (for callers that speak TLS without
+    /// HTTP, like `mtls tunnel`).
+    pub fn tls_config(&self, alpn: &[&[u8]]) -> Result<rustls::ClientConfig, Error> {
+        let roots = match &self.roots {
+            Roots::None => {
+                return Err(Error::Config(
+                    "no CA to verify the server against: give ca_file (--ca)".into(),
+                ))
+            }
+            Roots::Files(paths) => mtls_tls::load_certificates(paths)?,
+            Roots::Certificates(c) => c.clone(),
+            Roots::AcceptAnyForPinning => return accept_any_config(alpn),
+        };
+        let config = match &self.identity {
+            _ if self.fixed_identity.is_some() => {
+                mtls_tls::client_config(&roots, self.fixed_identity.as_ref(), alpn)?
+            }
+            Some(files) => {
+                if files.cert.as_os_str().is_empty() {
+                    return Err(Error::Config(
+                        "a passphrase was given without identity_files (cert and key)".into(),
+                    ));
+                }
+                let identity = Arc::new(ReloadingIdentity::new(files.clone())?);
+                mtls_tls::client_config_reloading(&roots, identity, alpn)?
+            }
+            None => mtls_tls::client_config(&roots, None, alpn)?,
+        };
+        Ok(config)
+    }
+
+    /// A `reqwest::Client` for `https://` URLs.
+    pub fn build(self) -> Result<reqwest::Client, Error> {
+        let alpn: &[&[u8]] = if self.http1_only {
+            &[b"http/1.1"]
+        } else {
+            &[b"h2", b"http/1.1"]
+        };
+        let tls = self.tls_config(alpn)?;
+        let mut b = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .https_only(true)
+            .no_proxy()
+            .timeout(self.timeout)
+            .connect_timeout(self.connect_timeout)
+            .user_agent(concat!("mtls/", env!("CARGO_PKG_VERSION")));
+        if self.http1_only {
+            b = b.http1_only();
+        }
+        for (name, addr) in &self.resolve {
+            b = b.resolve(name, *addr);
+        }
+        if let Some(d) = self.pool_idle_timeout {
+            b = b.pool_idle_timeout(d);
+        }
+        Ok(b.build()?)
+    }
+
+    /// A `reqwest::Client` for plain `http://` URLs only (CRL distribution points and OCSP
+    /// responders, which are plain HTTP by design: their answers are signed).
+    pub fn build_plain_http(self) -> Result<reqwest::Client, Error> {
+        Ok(reqwest::Client::builder()
+            .use_preconfigured_tls(refuse_all_config()?)
+            .no_proxy()
+            .timeout(self.timeout)
+            .connect_timeout(self.connect_timeout)
+            .user_agent(concat!("mtls/", env!("CARGO_PKG_VERSION")))
+            .build()?)
+    }
+}
+
+/// Reads a response body of at most `limit` bytes.
+pub async fn body_limited(
+    mut resp: reqwest::Response,
+    limit: usize,
+) -> Result<bytes::Bytes, Error> {
+    let mut out = bytes::BytesMut::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if out.len() + chunk.len() > limit {
+            return Err(Error::Transport {
+                url: resp.url().to_string(),
+                detail: format!("the answer is larger than {limit} bytes"),
+            });
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out.freeze())
+}
+
+fn base_config() -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier>, Error>
+{
+    rustls::ClientConfig::builder_with_provider(mtls_tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| Error::Tls(e.into()))
+}
+
+fn accept_any_config(alpn: &[&[u8]]) -> Result<rustls::ClientConfig, Error> {
+    let algs = mtls_tls::provider().signature_verification_algorithms;
+    let mut c = base_config()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifiers::Special::AcceptAnyForPinning(algs)))
+        .with_no_client_auth();
+    c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(c)
+}
+
+fn refuse_all_config() -> Result<rustls::ClientConfig, Error> {
+    let algs = mtls_tls::provider().signature_verification_algorithms;
+    Ok(base_config()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifiers::Special::RefuseAll(algs)))
+        .with_no_client_auth())
+}
+
+mod verifiers {
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::crypto::WebPkiSupportedAlgorithms;
+    use rustls::{DigitallySignedStruct, SignatureScheme};
+    use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+
+    /// The two server verifiers that are not webpki's.
+    #[derive(Debug)]
+    pub(crate) enum Special {
+        /// Accepts any server certificate: only for fetching the roots that are then pinned by
+        /// fingerprint.
+        AcceptAnyForPinning(WebPkiSupportedAlgorithms),
+        /// Refuses every server: a plain-HTTP client must never speak TLS.
+        RefuseAll(WebPkiSupportedAlgorithms),
+    }
+
+    impl Special {
+        fn algorithms(&self) -> &WebPkiSupportedAlgorithms {
+            match self {
+                Special::AcceptAnyForPinning(a) | Special::RefuseAll(a) => a,
+            }
+        }
+    }
+
+    impl ServerCertVerifier for Special {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            match self {
+                Special::AcceptAnyForPinning(_) => Ok(ServerCertVerified::assertion()),
+                Special::RefuseAll(_) => Err(rustls::Error::General(
+                    "this client speaks plain HTTP only".into(),
+                )),
+            }
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(message, cert, dss, self.algorithms())
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(message, cert, dss, self.algorithms())
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.algorithms().supported_schemes()
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! SHA-256 fingerprints of certificates and public keys, as a type: parsed once, compared as
+//! bytes, printed as lowercase hex.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::{Error, Result};
+
+/// A SHA-256 digest identifying a certificate (of its DER) or a key (of its
+/// SubjectPublicKeyInfo).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Fingerprint([u8; 32]);
+
+impl Fingerprint {
+    /// The SHA-256 of `der`.
+    pub fn of(der: &[u8]) -> Self {
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(d.as_ref());
+        Fingerprint(out)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fingerprint({self})")
+    }
+}
+
+impl FromStr for Fingerprint {
+    type Err = Error;
+    /// Accepts 64 hex digits in any case, with optional `:` separators (as `openssl x509
+    /// -fingerprint` prints them) and an optional `sha256:` / `SHA256:` prefix (as `step` prints
+    /// them).
+    fn from_str(s: &str) -> Result<Self> {
+        let t = s.trim();
+        let t = t
+            .strip_prefix("sha256:")
+            .or_else(|| t.strip_prefix("SHA256:"))
+            .or_else(|| t.strip_prefix("sha256 Fingerprint="))
+            .or_else(|| t.strip_prefix("SHA256 Fingerprint="))
+            .unwrap_or(t);
+        let cleaned: String = t.chars().filter(|c| *c != ':').collect();
+        let bad = || {
+            Error::malformed(
+                "SHA-256 fingerprint",
+                format!("{s:?}: expected 64 hex digits"),
+            )
+        };
+        let bytes = hex::decode(&cleaned).map_err(|_| bad())?;
+        let arr: [u8; 32] = bytes.try_into().map_err(|_| bad())?;
+        Ok(Fingerprint(arr))
+    }
+}
+
+impl serde::Serialize for Fingerprint {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Fingerprint {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_accepts_the_usual_spellings() {
+        let f = Fingerprint::of(b"x");
+        let hex = f.to_string();
+        assert_eq!(hex.len(), 64);
+        assert_eq!(hex.parse::<Fingerprint>().unwrap(), f);
+        let colons: String = hex
+            .to_ascii_uppercase()
+            .as_bytes()
+            .chunks(2)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect::<Vec<_>>()
+            .join(":");
+        assert_eq!(colons.parse::<Fingerprint>().unwrap(), f);
+        assert_eq!(format!("sha256:{hex}").parse::<Fingerprint>().unwrap(), f);
+        assert!("abcd".parse::<Fingerprint>().is_err());
+        assert!(format!("{hex}00").parse::<Fingerprint>().is_err());
+        assert!("zz".repeat(32).parse::<Fingerprint>().is_err());
+    }
+}

@@ -1,0 +1,319 @@
+//! Accepting connections: one accept loop (backoff on errors, a connection limit, a task per
+//! connection), TLS handshakes under a deadline, and the shutdown signal that drains them.
+//!
+//! Every server mtls ships accepts through [`accept_loop`]: the gateway's listeners and admin
+//! page, the online CA's two listeners, the renewal daemon's metrics page, the demo upstream,
+//! `mtls tunnel` and applications on `mtls-axum`.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::ServerConfig;
+use rustls_pki_types::CertificateDer;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::server::TlsStream;
+
+use crate::metrics::Counter;
+
+/// First pause after a failed `accept` (out of descriptors, typically); doubled per failure.
+pub const BACKOFF_MIN: Duration = Duration::from_millis(5);
+/// Longest pause between failed `accept`s.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// At most `max` connections at once, shared by the listeners given the same `Slots`.
+#[derive(Clone, Debug)]
+pub struct Slots {
+    sem: Arc<Semaphore>,
+    max: u32,
+    refused: Counter,
+}
+
+/// One connection's place under the limit; dropped when the connection (and any tunnel
+/// upgraded from it) ends.
+#[derive(Debug)]
+pub struct Slot(#[allow(dead_code)] OwnedSemaphorePermit);
+
+impl Slots {
+    pub fn new(max: usize) -> Self {
+        let max = u32::try_from(max)
+            .unwrap_or(u32::MAX)
+            .min(Semaphore::MAX_PERMITS as u32);
+        Slots {
+            sem: Arc::new(Semaphore::new(max as usize)),
+            max,
+            refused: Counter::default(),
+        }
+    }
+
+    /// Counts connections closed at once because every slot was taken.
+    pub fn count_refused(mut self, counter: Counter) -> Self {
+        self.refused = counter;
+        self
+    }
+
+    fn try_take(&self) -> Option<Slot> {
+        self.sem.clone().try_acquire_owned().ok().map(Slot)
+    }
+
+    /// Connections open now.
+    pub fn in_use(&self) -> usize {
+        (self.max as usize).saturating_sub(self.sem.available_permits())
+    }
+
+    /// Waits until every connection has ended, at most `deadline`; true if they all did.
+    pub async fn drain(&self, deadline: Duration) -> bool {
+        tokio::time::timeout(deadline, self.sem.acquire_many(self.max))
+            .await
+            .is_ok()
+    }
+}
+
+/// Tells accept loops and connections to stop (see [`shutdown`]).
+#[derive(Debug)]
+pub struct ShutdownTrigger(watch::Sender<bool>);
+
+/// Resolves when shutdown was asked for. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+/// A new shutdown signal.
+pub fn shutdown() -> (ShutdownTrigger, Shutdown) {
+    let (tx, rx) = watch::channel(false);
+    (ShutdownTrigger(tx), Shutdown(rx))
+}
+
+impl ShutdownTrigger {
+    pub fn trigger(&self) {
+        self.0.send_replace(true);
+    }
+
+    pub fn subscribe(&self) -> Shutdown {
+        Shutdown(self.0.subscribe())
+    }
+}
+
+impl Shutdown {
+    /// Resolves once shutdown is triggered (or its trigger is gone).
+    pub async fn wait(&mut self) {
+        let _ = self.0.wait_for(|stop| *stop).await;
+    }
+
+    pub fn is_triggered(&self) -> bool {
+        *self.0.borrow()
+    }
+}
+
+/// A source of connections; [`TcpListener`] is the real one.
+pub trait Incoming: Send + 'static {
+    type Io: Send + 'static;
+    fn accept(&mut self) -> impl Future<Output = io::Result<(Self::Io, SocketAddr)>> + Send;
+}
+
+impl Incoming for TcpListener {
+    type Io = TcpStream;
+    async fn accept(&mut self) -> io::Result<(TcpStream, SocketAddr)> {
+        let (tcp, remote) = TcpListener::accept(self).await?;
+        // Small requests and answers go out at once.
+        let _ = tcp.set_nodelay(true);
+        Ok((tcp, remote))
+    }
+}
+
+/// Accepts until `shutdown`, spawning `handler` for each connection that gets a slot. A
+/// connection over the limit is closed at once (and counted). When `accept` fails (out of
+/// descriptors, typically) the loop pauses, [`BACKOFF_MIN`] doubling up to [`BACKOFF_MAX`],
+/// instead of spinning; a connection aborted before it was accepted is not a reason to pause.
+pub async fn accept_loop<L, H, F>(
+    mut listener: L,
+    slots: Slots,
+    mut shutdown: Shutdown,
+    mut handler: H,
+) where
+    L: Incoming,
+    H: FnMut(L::Io, SocketAddr, Slot) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let mut backoff: Option<Duration> = None;
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = shutdown.wait() => return,
+        };
+        match accepted {
+            Ok((io, remote)) => {
+                backoff = None;
+                match slots.try_take() {
+                    Some(slot) => {
+                        tokio::spawn(handler(io, remote, slot));
+                    }
+                    None => {
+                        slots.refused.inc();
+                        drop(io);
+                    }
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+                ) => {}
+            Err(e) => {
+                let pause = backoff.map_or(BACKOFF_MIN, |d| (d * 2).min(BACKOFF_MAX));
+                backoff = Some(pause);
+                tracing::warn!(error = %e, retry_in = ?pause, "accept failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = shutdown.wait() => return,
+                }
+            }
+        }
+    }
+}
+
+/// Why a TLS handshake did not complete.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandshakeError {
+    #[error("TLS handshake timed out")]
+    TimedOut,
+    #[error("TLS handshake failed ({reason}): {error}")]
+    Failed { reason: String, error: io::Error },
+}
+
+impl HandshakeError {
+    /// A label from a fixed set: `timeout`, `no_certificate`, a rustls certificate-error
+    /// variant name, `incompatible`, `tls_error` or `io_error`.
+    pub fn reason(&self) -> &str {
+        match self {
+            HandshakeError::TimedOut => "timeout",
+            HandshakeError::Failed { reason, .. } => reason,
+        }
+    }
+}
+
+fn failure_reason(e: &io::Error) -> String {
+    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::NoCertificatesPresented) => "no_certificate".into(),
+        // The variant name only: some variants carry bytes from the client's certificate,
+        // and metric labels must come from a fixed set.
+        Some(rustls::Error::InvalidCertificate(c)) => format!("{c:?}")
+            .chars()
+            .take_while(char::is_ascii_alphanumeric)
+            .take(48)
+            .collect::<String>()
+            .to_ascii_lowercase(),
+        Some(rustls::Error::PeerIncompatible(_)) => "incompatible".into(),
+        Some(_) => "tls_error".into(),
+        None => "io_error".into(),
+    }
+}
+
+/// Runs a server handshake on `io` under `deadline` (call it in the connection's own task:
+/// a slow client must never hold up the accept loop).
+pub async fn handshake<IO>(
+    config: Arc<ServerConfig>,
+    io: IO,
+    deadline: Duration,
+) -> Result<TlsStream<IO>, HandshakeError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    match tokio::time::timeout(deadline, acceptor.accept(io)).await {
+        Ok(Ok(tls)) => Ok(tls),
+        Ok(Err(error)) => Err(HandshakeError::Failed {
+            reason: failure_reason(&error),
+            error,
+        }),
+        Err(_) => Err(HandshakeError::TimedOut),
+    }
+}
+
+/// The certificates the client presented (leaf first), owned; `None` without any.
+pub fn peer_chain<IO>(tls: &TlsStream<IO>) -> Option<Vec<CertificateDer<'static>>> {
+    tls.get_ref()
+        .1
+        .peer_certificates()
+        .filter(|c| !c.is_empty())
+        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Fails every accept, counting the attempts.
+    struct Failing(Arc<AtomicUsize>);
+
+    impl Incoming for Failing {
+        type Io = ();
+        async fn accept(&mut self) -> io::Result<((), SocketAddr)> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Err(io::Error::other("Too many open files"))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn accept_errors_back_off_instead_of_spinning() {
+        let attempts = Arc::new(AtomicUsize::new(0));
+        let (stop, rx) = shutdown();
+        let task = tokio::spawn(accept_loop(
+            Failing(attempts.clone()),
+            Slots::new(10),
+            rx,
+            |_, _, _| async {},
+        ));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        stop.trigger();
+        task.await.unwrap();
+        // 5+10+…+640 ms, then once a second: about 16 attempts in 10 s, not millions.
+        let n = attempts.load(Ordering::Relaxed);
+        assert!((10..=20).contains(&n), "{n} accept attempts in 10 s");
+    }
+
+    /// Yields the same kind of connection forever.
+    struct Endless;
+
+    impl Incoming for Endless {
+        type Io = ();
+        async fn accept(&mut self) -> io::Result<((), SocketAddr)> {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            Ok(((), SocketAddr::from(([127, 0, 0, 1], 1))))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connections_over_the_limit_are_refused_and_counted() {
+        let refused = Counter::default();
+        let slots = Slots::new(3).count_refused(refused.clone());
+        let (stop, rx) = shutdown();
+        let held = Arc::new(tokio::sync::Notify::new());
+        let h = held.clone();
+        let task = tokio::spawn(accept_loop(
+            Endless,
+            slots.clone(),
+            rx,
+            move |_, _, slot| {
+                let h = h.clone();
+                async move {
+                    h.notified().await;
+                    drop(slot);
+                }
+            },
+        ));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(slots.in_use(), 3);
+        assert!(refused.get() >= 10, "{}", refused.get());
+        stop.trigger();
+        task.await.unwrap();
+        assert!(!slots.drain(Duration::from_millis(10)).await);
+        held.notify_waiters();
+        assert!(slots.drain(Duration::from_secs(1)).await);
+    }
+}

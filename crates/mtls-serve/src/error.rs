@@ -1,0 +1,130 @@
+//! The seed's JSON error body, `{"error":{"code":…,"message":…}}`, and the one mapping from a
+//! certificate [`Rejection`] to a status and code. Every HTTP server of mtls answers with this
+//! type: the gateway, the online CA, applications on `mtls-axum` and the demo upstream.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use mtls_verify::Rejection;
+
+/// An error answer: status, a stable machine-readable code and a short message. Details belong
+/// in the log, not here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, code, message)
+    }
+
+    pub fn invalid_token(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "INVALID_TOKEN", message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", message)
+    }
+
+    /// `401 NO_CLIENT_CERT`: the seed's answer to a request without a client certificate.
+    pub fn no_client_cert() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "NO_CLIENT_CERT",
+            "Client certificate required",
+        )
+    }
+
+    /// `403 INVALID_CERT` with the reason: a certificate that is not trusted or not allowed.
+    pub fn invalid_cert(reason: impl Into<String>) -> Self {
+        Self::forbidden("INVALID_CERT", reason)
+    }
+
+    /// The answer to a refused client: `401 NO_CLIENT_CERT` without a certificate, else
+    /// `403 INVALID_CERT` with the rejection's message.
+    pub fn from_rejection(r: &Rejection) -> Self {
+        match r {
+            Rejection::NoCertificate => Self::no_client_cert(),
+            r => Self::invalid_cert(r.to_string()),
+        }
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> String {
+        serde_json::json!({"error": {"code": self.code, "message": self.message}}).to_string()
+    }
+
+    /// The whole response, for any body type made from bytes.
+    pub fn to_response<B: From<Bytes>>(&self) -> Response<B> {
+        let mut r = Response::new(B::from(Bytes::from(self.body())));
+        *r.status_mut() = self.status;
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        r
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl axum_core::response::IntoResponse for ApiError {
+    fn into_response(self) -> axum_core::response::Response {
+        self.to_response()
+    }
+}
+
+impl From<Rejection> for ApiError {
+    fn from(r: Rejection) -> Self {
+        Self::from_rejection(&r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejections_map_to_the_seeds_codes() {
+        let none = ApiError::from_rejection(&Rejection::NoCertificate);
+        assert_eq!(
+            (none.status, none.code),
+            (StatusCode::UNAUTHORIZED, "NO_CLIENT_CERT")
+        );
+        let revoked = ApiError::from_rejection(&Rejection::Revoked);
+        assert_eq!(
+            (revoked.status, revoked.code),
+            (StatusCode::FORBIDDEN, "INVALID_CERT")
+        );
+        let body: serde_json::Value = serde_json::from_str(&revoked.body()).unwrap();
+        assert_eq!(body["error"]["message"], "certificate is revoked");
+        let r: Response<http_body_util::Full<Bytes>> = revoked.to_response();
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
+    }
+}

@@ -1,0 +1,122 @@
+//! Serving HTTP/1.1 and HTTP/2 on an accepted connection with hyper: one builder with the
+//! header limits and timers every server uses, and graceful shutdown.
+
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::accept::Shutdown;
+
+/// Limits of the HTTP layer.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpLimits {
+    /// How long an HTTP/1 request head may take to arrive (default 10 s).
+    pub header_read_timeout: Duration,
+    /// Largest request head (HTTP/1) or header list (HTTP/2) (default 16 KiB).
+    pub max_header_bytes: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// The hyper connection builder (HTTP/1.1 and h2, chosen by ALPN or preface).
+pub fn builder(limits: &HttpLimits) -> Builder<TokioExecutor> {
+    let mut b = Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    b
+}
+
+/// Serves `service` on `io` until the connection ends; on `shutdown`, stops taking new
+/// requests and lets the ones in flight finish.
+pub async fn serve_connection<IO, S, B>(
+    builder: &Builder<TokioExecutor>,
+    io: IO,
+    service: S,
+    mut shutdown: Shutdown,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<http::Request<Incoming>, Response = http::Response<B>>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let serving = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(serving);
+    tokio::select! {
+        r = serving.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        }
+        _ = shutdown.wait() => {
+            serving.as_mut().graceful_shutdown();
+            let _ = serving.await;
+        }
+    }
+}
+
+/// Serves `/metrics` (the registry, Prometheus text) and `/healthz` on plain HTTP until
+/// `shutdown`: the admin page of the gateway, the renewal daemon and applications. Keep it on
+/// loopback or a private network.
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    registry: std::sync::Arc<crate::metrics::Registry>,
+    shutdown: Shutdown,
+) {
+    use crate::accept::{accept_loop, Slots};
+    let builder = std::sync::Arc::new(builder(&HttpLimits::default()));
+    let sd = shutdown.clone();
+    accept_loop(listener, Slots::new(64), shutdown, move |tcp, _, slot| {
+        let (registry, builder, shutdown) = (registry.clone(), builder.clone(), sd.clone());
+        async move {
+            let _slot = slot;
+            let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                let registry = registry.clone();
+                async move {
+                    let (status, ctype, body) = match req.uri().path() {
+                        "/healthz" => (http::StatusCode::OK, "text/plain", "ok\n".to_string()),
+                        "/metrics" => (
+                            http::StatusCode::OK,
+                            crate::metrics::CONTENT_TYPE,
+                            crate::metrics::render(&registry),
+                        ),
+                        _ => (
+                            http::StatusCode::NOT_FOUND,
+                            "text/plain",
+                            "not found: try /metrics or /healthz\n".to_string(),
+                        ),
+                    };
+                    let mut r =
+                        http::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+                    *r.status_mut() = status;
+                    r.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static(ctype),
+                    );
+                    Ok::<_, std::convert::Infallible>(r)
+                }
+            });
+            serve_connection(&builder, tcp, service, shutdown).await;
+        }
+    })
+    .await
+}

@@ -1,0 +1,150 @@
+//! Keeping open connections honest: a connection's identity is re-verified whenever the trust
+//! state changed (a reload, a new CRL) and once its leaf or a loaded CRL has expired, so a
+//! revoked or expired client cannot keep using a keep-alive, HTTP/2, WebSocket or TCP
+//! connection it opened while it was still trusted.
+//!
+//! [`Generations`] announces each new trust generation; [`ConnectionIdentity`] answers "who is
+//! this client under the current state" for request-oriented connections; [`until_refused`]
+//! resolves when a long-lived stream must be cut.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mtls_verify::{Rejection, TrustState, VerifiedPeer};
+use rustls_pki_types::CertificateDer;
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+/// How often a long-lived connection is re-checked without a reload: certificates and CRLs
+/// expire on their own.
+pub const RECHECK_EVERY: Duration = Duration::from_secs(60);
+
+/// The current trust generation, announced to every connection that waits on it.
+#[derive(Debug)]
+pub struct Generations(watch::Sender<u64>);
+
+impl Generations {
+    pub fn new(first: u64) -> Self {
+        Generations(watch::channel(first).0)
+    }
+
+    /// Announces a new generation (after the new state is in place).
+    pub fn publish(&self, generation: u64) {
+        self.0.send_replace(generation);
+    }
+
+    pub fn current(&self) -> u64 {
+        *self.0.borrow()
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.0.subscribe()
+    }
+}
+
+/// Resolves with the reason once `verdict` refuses a connection's client: at once if the
+/// generation moved since `checked` (the state the connection was admitted under), then after
+/// every new generation and every [`RECHECK_EVERY`]. Never resolves while the client stays
+/// allowed.
+pub async fn until_refused(
+    generations: &Generations,
+    checked: u64,
+    verdict: impl Fn() -> Result<(), String>,
+) -> String {
+    let mut rx = generations.subscribe();
+    if *rx.borrow_and_update() != checked {
+        rx.mark_changed();
+    }
+    loop {
+        tokio::select! {
+            r = rx.changed() => {
+                if r.is_err() {
+                    // The server is gone; its drain ends the connection.
+                    return std::future::pending().await;
+                }
+            }
+            _ = tokio::time::sleep(RECHECK_EVERY) => {}
+        }
+        if let Err(reason) = verdict() {
+            return reason;
+        }
+    }
+}
+
+/// What a connection knows of its client: the chain it presented and the identity derived
+/// from it under some generation. `X` is whatever the server derives once per identity (the
+/// gateway's encoded identity headers; nothing for applications).
+pub struct ConnectionIdentity<X> {
+    chain: Option<Vec<CertificateDer<'static>>>,
+    derive: fn(&Arc<VerifiedPeer>) -> X,
+    checked: Mutex<(u64, Verdict<X>)>,
+}
+
+/// A verified identity with what was derived from it, or why there is none.
+pub type Verdict<X> = Result<(Arc<VerifiedPeer>, X), Rejection>;
+
+impl<X: Clone> ConnectionIdentity<X> {
+    /// Verifies `chain` under `trust` now (call it right after the handshake: resumed sessions
+    /// skip the handshake verifier, and a reload may have happened during the handshake).
+    pub fn new(
+        chain: Option<Vec<CertificateDer<'static>>>,
+        trust: &TrustState,
+        derive: fn(&Arc<VerifiedPeer>) -> X,
+    ) -> Self {
+        let verdict = Self::verify(&chain, trust, derive);
+        ConnectionIdentity {
+            chain,
+            derive,
+            checked: Mutex::new((trust.generation(), verdict)),
+        }
+    }
+
+    fn verify(
+        chain: &Option<Vec<CertificateDer<'static>>>,
+        trust: &TrustState,
+        derive: fn(&Arc<VerifiedPeer>) -> X,
+    ) -> Verdict<X> {
+        trust
+            .identify(chain.as_deref(), OffsetDateTime::now_utc())
+            .map(|p| {
+                let x = derive(&p);
+                (p, x)
+            })
+    }
+
+    /// The generation the identity was last verified under.
+    pub fn generation(&self) -> u64 {
+        self.checked.lock().map(|g| g.0).unwrap_or(0)
+    }
+
+    /// The presented chain, leaf first.
+    pub fn chain(&self) -> Option<&[CertificateDer<'static>]> {
+        self.chain.as_deref()
+    }
+
+    /// The identity under `trust`: the cached verdict while `trust` is the generation it was
+    /// checked under and neither the leaf nor a CRL has expired since; otherwise verified again.
+    pub fn current(&self, trust: &TrustState) -> Verdict<X> {
+        let Ok(mut guard) = self.checked.lock() else {
+            return Err(Rejection::Other("internal error".into()));
+        };
+        let now = OffsetDateTime::now_utc();
+        let expired = match &guard.1 {
+            Ok((peer, _)) => {
+                now > peer.not_after()
+                    || trust
+                        .crl_summaries()
+                        .iter()
+                        .any(|c| c.next_update.is_some_and(|n| now > n))
+            }
+            Err(_) => false,
+        };
+        if guard.0 != trust.generation() || expired {
+            *guard = (
+                trust.generation(),
+                Self::verify(&self.chain, trust, self.derive),
+            );
+        }
+        guard.1.clone()
+    }
+}

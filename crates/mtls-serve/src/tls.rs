@@ -1,0 +1,181 @@
+//! A TLS server's reloadable credentials and trust: served certificates (several, chosen by
+//! SNI), the client CA bundle and CRLs, loaded and validated as a whole into a rustls config and
+//! a trust state. The gateway's listeners and applications on `mtls-axum` are built on it.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use mtls_verify::{RevocationOptions, TrustState};
+use rustls::ServerConfig;
+use serde::Deserialize;
+use time::OffsetDateTime;
+
+use crate::recheck::Generations;
+use crate::reload::Reload;
+use crate::Error;
+
+/// A served certificate chain (leaf first) and its key.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// File holding the key's passphrase, for encrypted keys.
+    #[serde(default)]
+    pub key_passphrase_file: Option<PathBuf>,
+}
+
+impl CertificateFiles {
+    fn credential_files(&self) -> mtls_tls::CredentialFiles {
+        let c = mtls_tls::CredentialFiles::new(&self.cert, &self.key);
+        match &self.key_passphrase_file {
+            Some(p) => c.with_passphrase(mtls_tls::Passphrase::File(p.clone())),
+            None => c,
+        }
+    }
+}
+
+/// Whether a client certificate is required in the handshake.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// The handshake fails without a valid certificate (default).
+    #[default]
+    Required,
+    /// The handshake also admits clients without (or with an untrusted) certificate; the server
+    /// answers their requests `401 NO_CLIENT_CERT` / `403 INVALID_CERT` itself.
+    Optional,
+}
+
+/// Everything a TLS server loads from files.
+#[derive(Clone, Debug)]
+pub struct ServerFiles {
+    /// The first is the default; the others are chosen by SNI.
+    pub certificates: Vec<CertificateFiles>,
+    /// CA bundles trusted for client certificates (CRL issuers must be in here too).
+    pub client_ca: Vec<PathBuf>,
+    pub crl: Vec<PathBuf>,
+    pub client_auth: ClientAuth,
+    pub revocation: RevocationOptions,
+    /// ALPN protocols offered, in order of preference.
+    pub alpn: Vec<Vec<u8>>,
+}
+
+/// One loaded generation of a server's TLS state.
+pub struct ServerState {
+    pub generation: u64,
+    pub tls: Arc<ServerConfig>,
+    pub trust: Arc<TrustState>,
+    /// (certificate file, notAfter) of every served certificate.
+    pub served_not_after: Vec<(String, OffsetDateTime)>,
+    /// (subject, notAfter) of every trusted client CA.
+    pub ca_not_after: Vec<(String, OffsetDateTime)>,
+}
+
+impl ServerFiles {
+    /// Loads and validates everything: keys owner-only and matching their certificates,
+    /// certificates valid now, CRLs signed by a CA of the bundle.
+    pub fn load(&self, generation: u64, now: OffsetDateTime) -> Result<ServerState, Error> {
+        let mut credentials = Vec::new();
+        let mut served_not_after = Vec::new();
+        for c in &self.certificates {
+            let cred = c.credential_files().load(now)?;
+            served_not_after.push((c.cert.display().to_string(), cred.not_after));
+            credentials.push(cred);
+        }
+        let roots = mtls_tls::load_certificates(&self.client_ca)?;
+        let ca_not_after = roots
+            .iter()
+            .filter_map(|c| mtls_pki::pem_io::parse_certificate(c).ok())
+            .map(|c| {
+                (
+                    c.subject().to_string(),
+                    c.validity().not_after.to_datetime(),
+                )
+            })
+            .collect();
+        let crls = mtls_tls::load_crls(&self.crl)?;
+        let trust = Arc::new(TrustState::new(generation, roots, &crls, self.revocation)?);
+        let resolver = mtls_tls::SniResolver::new(&credentials)
+            .ok_or_else(|| Error::Config("no server certificate configured".into()))?;
+        let verifier =
+            mtls_tls::client_verifier(trust.clone(), self.client_auth == ClientAuth::Required);
+        let alpn: Vec<&[u8]> = self.alpn.iter().map(Vec::as_slice).collect();
+        let tls = mtls_tls::server_config(Arc::new(resolver), verifier, &alpn)?;
+        Ok(ServerState {
+            generation,
+            tls: Arc::new(tls),
+            trust,
+            served_not_after,
+            ca_not_after,
+        })
+    }
+
+    /// Every file [`ServerFiles::load`] reads.
+    pub fn watched(&self) -> Vec<PathBuf> {
+        let mut v = Vec::new();
+        for c in &self.certificates {
+            v.extend(c.credential_files().paths());
+        }
+        v.extend(self.client_ca.iter().cloned());
+        v.extend(self.crl.iter().cloned());
+        v
+    }
+}
+
+/// A server state that reloads itself from its [`ServerFiles`] (drive it with
+/// [`crate::reload::spawn`]).
+pub struct ReloadingServer {
+    files: ServerFiles,
+    current: ArcSwap<ServerState>,
+    generations: Generations,
+    next: AtomicU64,
+}
+
+impl ReloadingServer {
+    /// Loads generation 1 now.
+    pub fn new(files: ServerFiles) -> Result<Arc<Self>, Error> {
+        let state = files.load(1, OffsetDateTime::now_utc())?;
+        Ok(Arc::new(ReloadingServer {
+            files,
+            current: ArcSwap::from_pointee(state),
+            generations: Generations::new(1),
+            next: AtomicU64::new(2),
+        }))
+    }
+
+    pub fn current(&self) -> Arc<ServerState> {
+        self.current.load_full()
+    }
+
+    pub fn generations(&self) -> &Generations {
+        &self.generations
+    }
+
+    pub fn files(&self) -> &ServerFiles {
+        &self.files
+    }
+
+    /// Loads a new generation and swaps it in; on error the current one stays.
+    pub fn reload_now(&self) -> Result<u64, Error> {
+        let generation = self.next.fetch_add(1, Ordering::Relaxed);
+        let state = self.files.load(generation, OffsetDateTime::now_utc())?;
+        self.current.store(Arc::new(state));
+        self.generations.publish(generation);
+        Ok(generation)
+    }
+}
+
+impl Reload for Arc<ReloadingServer> {
+    fn watched(&self) -> Vec<PathBuf> {
+        self.files.watched()
+    }
+
+    fn reload(&mut self) -> Result<String, String> {
+        self.reload_now()
+            .map(|g| format!("TLS certificates, CAs and CRLs (generation {g})"))
+            .map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,555 @@
+//! Builds and runs every example against real peers: curl with client certificates, Python
+//! `requests`, Node.js axios (the guide's client code, `tests/node/client.js`), a Rust h2 and
+//! HTTP/1.1 client that keeps its connection open across a revocation, and `mtls gateway` in
+//! front of the behind-the-gateway example.
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+#[path = "../../crates/mtls-cli/tests/common/gw.rs"]
+mod gw;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gw::{Files, Gateway, Leaf};
+
+/// A running example binary.
+struct App {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl App {
+    /// Starts example `bin` with `env` on 127.0.0.1:0 and waits for its "listening on" line.
+    fn start(bin: &str, env: &[(&str, String)]) -> App {
+        let mut child = Command::new(bin)
+            .env("LISTEN", "127.0.0.1:0")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("{bin} did not start: {line:?}"))
+            .parse()
+            .unwrap();
+        App { child, addr }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.addr.port())
+    }
+}
+
+fn server_env(f: &Files) -> Vec<(&'static str, String)> {
+    vec![
+        ("CERT", Files::p(&f.server_chain())),
+        ("KEY", Files::p(&f.server_key())),
+        ("CA", Files::p(&f.ca_chain())),
+        ("CRL", Files::p(&f.crl())),
+    ]
+}
+
+struct Reply {
+    status: u16,
+    body: serde_json::Value,
+}
+
+/// curl with `client` (or none) and extra args; status and JSON body.
+fn curl(app: &App, f: &Files, client: Option<&Leaf>, path: &str, extra: &[&str]) -> Reply {
+    let mut c = Command::new("curl");
+    c.args([
+        "-sS",
+        "--max-time",
+        "10",
+        "-w",
+        "\n%{http_code}",
+        "--cacert",
+    ])
+    .arg(f.root())
+    .arg("--resolve")
+    .arg(format!("localhost:{}:127.0.0.1", app.addr.port()));
+    if let Some(l) = client {
+        c.arg("--cert").arg(&l.chain).arg("--key").arg(&l.key);
+    }
+    let o = c.args(extra).arg(app.url(path)).output().expect("curl");
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (body, status) = out.rsplit_once('\n').unwrap_or(("", &out));
+    Reply {
+        status: status.trim().parse().unwrap_or(0),
+        body: serde_json::from_str(body).unwrap_or(serde_json::Value::String(body.into())),
+    }
+}
+
+fn assert_error(r: &Reply, status: u16, code: &str, message_has: &str) {
+    assert_eq!(r.status, status, "{}", r.body);
+    assert_eq!(r.body["error"]["code"], code, "{}", r.body);
+    let m = r.body["error"]["message"].as_str().unwrap_or_default();
+    assert!(m.contains(message_has), "{m:?} lacks {message_has:?}");
+}
+
+const PY_REQUESTS: &str = r#"
+import json, sys
+import requests
+url, root, chain, key = sys.argv[1:5]
+r = requests.get(url, cert=(chain, key), verify=root, timeout=10)
+print(json.dumps({"status": r.status_code, "body": r.json()}))
+"#;
+
+fn python_get(app: &App, f: &Files, l: &Leaf, path: &str) -> serde_json::Value {
+    let o = Command::new("python3")
+        .args(["-c", PY_REQUESTS, &app.url(path), &Files::p(&f.root())])
+        .arg(&l.chain)
+        .arg(&l.key)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "python requests (pip install requests): {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn node_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/node")
+}
+
+fn axios_get(app: &App, f: &Files, l: &Leaf, path: &str) -> serde_json::Value {
+    assert!(
+        node_dir().join("node_modules/axios/package.json").exists(),
+        "run `npm ci` in tests/node (scripts/test.sh does)"
+    );
+    let o = Command::new("node")
+        .current_dir(node_dir())
+        .args(["client.js", "axios", &app.url(path), &Files::p(&f.root())])
+        .arg(&l.chain)
+        .arg(&l.key)
+        .output()
+        .unwrap();
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|_| panic!("node: {}", String::from_utf8_lossy(&o.stderr)))
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{what}: not within 15 s");
+}
+
+#[test]
+fn secure_api_answers_curl_python_and_axios_with_the_guides_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let app = App::start(env!("CARGO_BIN_EXE_secure_api"), &server_env(&f));
+    let c = f.client("client-app");
+    let ok = curl(&app, &f, Some(&c), "/api/secure", &[]);
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert_eq!(
+        ok.body,
+        serde_json::json!({"message": "Authenticated via mTLS", "client": "client-app"})
+    );
+    let h2 = curl(&app, &f, Some(&c), "/api/secure", &["--http2"]);
+    assert_eq!(h2.body["client"], "client-app");
+    let py = python_get(&app, &f, &c, "/api/secure");
+    assert_eq!(py["status"], 200);
+    assert_eq!(py["body"]["client"], "client-app");
+    let ax = axios_get(&app, &f, &c, "/api/secure");
+    assert_eq!(ax["status"], 200, "{ax}");
+    assert_eq!(ax["body"]["client"], "client-app");
+    // Rejections, each with its reason.
+    assert_error(
+        &curl(&app, &f, None, "/api/secure", &[]),
+        401,
+        "NO_CLIENT_CERT",
+        "Client certificate required",
+    );
+    let other = Files::new(&dir.path().join("other").tap_mkdir());
+    let stranger = other.client("client-app");
+    // Same issuer name, other key: the chain does not verify.
+    assert_error(
+        &curl(&app, &f, Some(&stranger), "/api/secure", &[]),
+        403,
+        "INVALID_CERT",
+        "does not verify",
+    );
+    f.write_crl(std::slice::from_ref(&c.serial));
+    wait_until("the revocation", || {
+        curl(&app, &f, Some(&c), "/api/secure", &[]).status == 403
+    });
+    assert_error(
+        &curl(&app, &f, Some(&c), "/api/secure", &[]),
+        403,
+        "INVALID_CERT",
+        "revoked",
+    );
+}
+
+trait TapMkdir {
+    fn tap_mkdir(self) -> PathBuf;
+}
+
+impl TapMkdir for PathBuf {
+    fn tap_mkdir(self) -> PathBuf {
+        std::fs::create_dir_all(&self).unwrap();
+        self
+    }
+}
+
+#[test]
+fn validator_example_requires_every_list_and_a_per_route_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let good = f.client("client-app");
+    let admin = f.client("ops-admin");
+    let fp = |l: &Leaf| {
+        let pem = std::fs::read(&l.chain).unwrap();
+        let der = mtls_pki::pem_io::certificates(&pem).unwrap().remove(0);
+        mtls_pki::Fingerprint::of(&der).to_string()
+    };
+    let mut env = server_env(&f);
+    env.push(("ALLOWED_CNS", "client-app,ops-admin,unlisted".into()));
+    env.push((
+        "ALLOWED_FINGERPRINTS",
+        format!("{},{}", fp(&good), fp(&admin)),
+    ));
+    env.push(("ADMIN_CNS", "ops-admin".into()));
+    let app = App::start(env!("CARGO_BIN_EXE_validator"), &env);
+    let r = curl(&app, &f, Some(&good), "/api/secure", &[]);
+    assert_eq!(
+        (r.status, &r.body["client"]),
+        (200, &serde_json::json!("client-app"))
+    );
+    assert_eq!(r.body["fingerprint"], fp(&good));
+    // CN listed, fingerprint not: refused by the fingerprint list.
+    let unlisted = f.client("unlisted");
+    assert_error(
+        &curl(&app, &f, Some(&unlisted), "/api/secure", &[]),
+        403,
+        "INVALID_CERT",
+        "CN=unlisted is not allowed",
+    );
+    // Per-route policy: only ops-admin reaches /api/admin.
+    assert_error(
+        &curl(&app, &f, Some(&good), "/api/admin", &[]),
+        403,
+        "INVALID_CERT",
+        "CN=client-app is not allowed",
+    );
+    let r = curl(&app, &f, Some(&admin), "/api/admin", &[]);
+    assert_eq!(
+        (r.status, &r.body["admin"]),
+        (200, &serde_json::json!("ops-admin"))
+    );
+    assert_error(
+        &curl(&app, &f, None, "/api/admin", &[]),
+        401,
+        "NO_CLIENT_CERT",
+        "",
+    );
+}
+
+#[test]
+fn guide_client_example_is_the_guides_mtls_client_with_an_encrypted_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let app = App::start(env!("CARGO_BIN_EXE_secure_api"), &server_env(&f));
+    let leaf = f.pki.client("client-app");
+    let c = f.write_leaf("enc", &leaf.cert.der, &leaf.key);
+    std::fs::write(
+        &c.key,
+        leaf.key
+            .to_encrypted_pem_with_iterations(b"client key passphrase", 10_000)
+            .unwrap()
+            .as_bytes(),
+    )
+    .unwrap();
+    let pass = dir.path().join("pass");
+    std::fs::write(&pass, "client key passphrase\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let run = |pass: Option<&Path>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_guide_client"));
+        cmd.env("CERT", &c.chain)
+            .env("KEY", &c.key)
+            .env("CA", f.root())
+            .arg(format!("https://127.0.0.1:{}/api/secure", app.addr.port()));
+        if let Some(p) = pass {
+            cmd.env("PASSPHRASE_FILE", p);
+        }
+        cmd.output().unwrap()
+    };
+    let o = run(Some(&pass));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("200"));
+    let body: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!(body["client"], "client-app");
+    // Without the passphrase the key cannot be used: a clear error, no request.
+    let o = run(None);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("encrypted"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Replaces `dst` atomically with `src`'s content (as a renewal does).
+fn replace(src: &Path, dst: &Path) {
+    let tmp = dst.with_extension("tmp");
+    std::fs::copy(src, &tmp).unwrap();
+    std::fs::rename(&tmp, dst).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_builder_picks_up_replaced_certificate_files_on_its_next_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let app = App::start(env!("CARGO_BIN_EXE_secure_api"), &server_env(&f));
+    let first = f.client("first");
+    let second = f.client("second");
+    let cert = dir.path().join("current.chain.pem");
+    let key = dir.path().join("current.key");
+    replace(&first.chain, &cert);
+    replace(&first.key, &key);
+    let client = mtls_client::ClientBuilder::new()
+        .ca_file(f.root())
+        .identity_files(&cert, &key)
+        .pool_idle_timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let url = format!("https://127.0.0.1:{}/api/secure", app.addr.port());
+    let who = |client: &mtls_client::reqwest::Client| {
+        let client = client.clone();
+        let url = url.clone();
+        async move {
+            let body = client
+                .get(&url)
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            v["client"].as_str().unwrap_or_default().to_string()
+        }
+    };
+    assert_eq!(who(&client).await, "first");
+    replace(&second.chain, &cert);
+    replace(&second.key, &key);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(who(&client).await, "second", "the renewed files are used");
+    // A broken replacement (half-written certificate) is not used: the last good one stays.
+    std::fs::write(&cert, b"-----BEGIN CERTIFICATE-----\nAAAA\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        who(&client).await,
+        "second",
+        "the last good identity is kept"
+    );
+}
+
+/// A TLS connection kept open across requests, HTTP/1.1 or h2.
+async fn keep_alive_after_revocation(alpn: &[u8]) {
+    use http_body_util::{BodyExt, Empty};
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let app = App::start(env!("CARGO_BIN_EXE_secure_api"), &server_env(&f));
+    let c = f.client("long-lived");
+    let cred = mtls_tls::CredentialFiles::new(&c.chain, &c.key)
+        .load(time::OffsetDateTime::now_utc())
+        .unwrap();
+    let roots = mtls_tls::load_certificates(&[f.root()]).unwrap();
+    let config = mtls_tls::client_config(&roots, Some(&cred), &[alpn]).unwrap();
+    let tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn));
+    let io = hyper_util::rt::TokioIo::new(tls);
+    enum Sender {
+        H1(hyper::client::conn::http1::SendRequest<Empty<bytes::Bytes>>),
+        H2(hyper::client::conn::http2::SendRequest<Empty<bytes::Bytes>>),
+    }
+    let mut sender = if alpn == b"h2" {
+        let (s, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        Sender::H2(s)
+    } else {
+        let (s, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(conn);
+        Sender::H1(s)
+    };
+    let uri = format!("https://localhost:{}/api/secure", app.addr.port());
+    let mut get = || {
+        let req = http::Request::get(&uri)
+            .header("host", format!("localhost:{}", app.addr.port()))
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap();
+        type Pending = std::pin::Pin<
+            Box<
+                dyn std::future::Future<
+                        Output = hyper::Result<http::Response<hyper::body::Incoming>>,
+                    > + Send,
+            >,
+        >;
+        let fut: Pending = match &mut sender {
+            Sender::H1(s) => Box::pin(s.send_request(req)),
+            Sender::H2(s) => Box::pin(s.send_request(req)),
+        };
+        async move {
+            let r = fut.await.expect("the same connection must still be open");
+            let status = r.status().as_u16();
+            let body = r.into_body().collect().await.unwrap().to_bytes();
+            (
+                status,
+                serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
+            )
+        }
+    };
+    let (status, body) = get().await;
+    assert_eq!((status, body["client"].as_str()), (200, Some("long-lived")));
+    f.write_crl(std::slice::from_ref(&c.serial));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, body) = get().await;
+        if status == 403 {
+            assert_eq!(body["error"]["code"], "INVALID_CERT");
+            assert!(body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("revoked"));
+            break;
+        }
+        assert_eq!(status, 200);
+        assert!(
+            Instant::now() < deadline,
+            "still served 15 s after the CRL changed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_revoked_on_an_open_http1_connection_is_refused_on_its_next_request() {
+    keep_alive_after_revocation(b"http/1.1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_revoked_on_an_open_h2_connection_is_refused_on_its_next_request() {
+    keep_alive_after_revocation(b"h2").await;
+}
+
+#[test]
+fn behind_gateway_trusts_forwarded_identity_only_from_the_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let gateway_id = f.client("gateway");
+    let mut env = server_env(&f);
+    env.push(("GATEWAY_CN", "gateway".into()));
+    env.push(("ALLOWED_CNS", "client-app".into()));
+    let app = App::start(env!("CARGO_BIN_EXE_behind_gateway"), &env);
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[listener]]
+listen = "127.0.0.1:0"
+upstream = "https://localhost:{port}"
+upstream_ca = ["{root}"]
+client_ca = ["{chain}"]
+crl = ["{crl}"]
+[listener.upstream_certificate]
+cert = "{gcert}"
+key = "{gkey}"
+[[listener.certificate]]
+cert = "{scert}"
+key = "{skey}"
+[listener.policy]
+allow_any_trusted = true
+"#,
+            port = app.addr.port(),
+            root = Files::p(&f.root()),
+            chain = Files::p(&f.ca_chain()),
+            crl = Files::p(&f.crl()),
+            gcert = Files::p(&gateway_id.chain),
+            gkey = Files::p(&gateway_id.key),
+            scert = Files::p(&f.server_chain()),
+            skey = Files::p(&f.server_key()),
+        ),
+    )
+    .unwrap();
+    // The upstream is named localhost in its certificate; the gateway resolves it.
+    let g = Gateway::start(&["--config".into(), Files::p(&config)]);
+    let client = f.client("client-app");
+    let through = gw::curl(&g, &f, Some(&client), "/api/secure", &[]);
+    assert_eq!(through.status, 200, "{} {}", through.body, through.stderr);
+    let body: serde_json::Value = serde_json::from_str(&through.body).unwrap();
+    assert_eq!(body["client"], "client-app");
+    assert_eq!(body["via"], "gateway");
+    // A forwarded client the application's policy does not allow.
+    let intruder = f.client("intruder");
+    let r = gw::curl(&g, &f, Some(&intruder), "/api/secure", &[]);
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("CN=intruder is not allowed"), "{}", r.body);
+    // Straight to the application, not the gateway, with forged identity headers naming
+    // client-app: ignored, refused.
+    let forged = {
+        let pem = std::fs::read(&client.chain).unwrap();
+        let der = mtls_pki::pem_io::certificates(&pem).unwrap().remove(0);
+        use base64::Engine;
+        format!(
+            ":{}:",
+            base64::engine::general_purpose::STANDARD.encode(der.as_ref())
+        )
+    };
+    let direct = curl(
+        &app,
+        &f,
+        Some(&intruder),
+        "/api/secure",
+        &[
+            "-H",
+            &format!("Client-Cert: {forged}"),
+            "-H",
+            "X-Forwarded-Client-Cert: Hash=00;Subject=\"CN=client-app\"",
+        ],
+    );
+    assert_error(
+        &direct,
+        403,
+        "INVALID_CERT",
+        "only from a configured gateway",
+    );
+    // Even with the gateway's own certificate a missing header yields no identity.
+    let no_header = curl(&app, &f, Some(&gateway_id), "/api/secure", &[]);
+    assert_error(&no_header, 401, "NO_CLIENT_CERT", "");
+}
