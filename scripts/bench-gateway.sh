@@ -56,6 +56,18 @@ MTLSBENCH=${MTLSBENCH:-$P/target/release/mtlsbench} timeout 900 python3 "$BENCH/
   --client-cpu 1 --server-pid $GW --port $PORT --runs "$RUNS" --only hs "${EXTRA[@]}" --out "$OUT2" | tail -5
 kill $GW; wait $GW 2>/dev/null || true
 
+# The same harness against a trivial application on mtls-axum (it answers / itself, like the
+# nginx and haproxy rows), to compare the application server with the gateway.
+cargo build --release --locked -p mtls-examples --bin bench_app
+APP_PORT=$((PORT + 1))
+LISTEN=127.0.0.1:$APP_PORT CERT="$P/pki/server.pem" KEY="$P/pki/server.key" CA="$P/pki/ca.pem" \
+  taskset -c 0 "$ROOT/target/release/bench_app" >"$P/run/bench-app.log" 2>&1 &
+APP=$!
+for _ in $(seq 50); do ss -Hltn "( sport = :$APP_PORT )" | grep -q . && break; sleep 0.1; done
+trap 'kill $APP 2>/dev/null || true; "$BENCH/peers.sh" stop origin >/dev/null 2>&1 || true' EXIT
+"$BENCH/compare_target.sh" mtls-axum-app $APP_PORT $APP "$RUNS"
+kill $APP; wait $APP 2>/dev/null || true
+
 {
   echo "# Gateway benchmark"
   echo
@@ -64,6 +76,10 @@ kill $GW; wait $GW 2>/dev/null || true
   echo "TLS 1.3 + X25519, P-256 certificates. nginx 1.22 and haproxy link OpenSSL 3.0 (Debian 12)."
   echo
   cat "$RES/target-mtls-gateway/side_by_side.md"
+  echo
+  echo "A trivial application on \`mtls-axum\` (examples/src/bin/bench_app.rs, answers / itself), same harness:"
+  echo
+  cat "$RES/target-mtls-axum-app/side_by_side.md"
   echo
   echo "Two cores (gateway on CPUs 0-1, load generator also on CPU 1), full handshakes:"
   echo

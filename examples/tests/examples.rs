@@ -4,8 +4,9 @@
 //! front of the behind-the-gateway example.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
-#[path = "../../crates/mtls-cli/tests/common/gw.rs"]
-mod gw;
+#[path = "../../crates/mtls-cli/tests/common/mod.rs"]
+mod common;
+use common::{ca, gw};
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -552,4 +553,88 @@ allow_any_trusted = true
     // Even with the gateway's own certificate a missing header yields no identity.
     let no_header = curl(&app, &f, Some(&gateway_id), "/api/secure", &[]);
     assert_error(&no_header, 401, "NO_CLIENT_CERT", "");
+}
+
+#[test]
+fn self_renewing_service_renews_from_mtls_ca_serve_and_serves_the_new_certificate() {
+    let env = common::Env::new();
+    env.mtls(&["ca", "init"]).ok();
+    let (port, publish) = (ca::free_port(), ca::free_port());
+    let server =
+        ca::CaServer::start_on(&env, "ca", None, "leaf_lifetime = \"40s\"\n", port, publish);
+    let t = ca::token(
+        &env,
+        "localhost",
+        &[
+            "--profile",
+            "server",
+            "--san",
+            "localhost",
+            "--san",
+            "127.0.0.1",
+        ],
+        None,
+    );
+    ca::enroll(&env, &server, &t, "srv", &[]).ok();
+    let first = ca::serial_of(&env, &env.path("srv/cert.pem"));
+    env.mtls(&["issue", "client", "client-app"]).ok();
+    let pki = env.pki();
+    let app = App::start(
+        env!("CARGO_BIN_EXE_self_renewing"),
+        &[
+            ("CERT", env.p("srv/cert.pem")),
+            ("KEY", env.p("srv/key.pem")),
+            ("ROOT", env.p("srv/ca.crt")),
+            ("CA_URL", server.url()),
+            ("CLIENT_CA", Files::p(&pki.join("ca-chain.pem"))),
+            ("RENEW_BEFORE", "32s".into()),
+        ],
+    );
+    // The serial the service presents to a new connection.
+    let served = || {
+        let o = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "openssl s_client -connect {} -servername localhost -CAfile {} -cert {} -key {} </dev/null 2>/dev/null | openssl x509 -noout -serial",
+                app.addr,
+                Files::p(&pki.join("root.crt")),
+                Files::p(&pki.join("issued/client-app.chain.pem")),
+                Files::p(&pki.join("issued/client-app.key")),
+            ))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout)
+            .trim()
+            .trim_start_matches("serial=")
+            .to_string()
+    };
+    assert_eq!(served(), first);
+    let deadline = Instant::now() + Duration::from_secs(35);
+    let renewed = loop {
+        let now = served();
+        if !now.is_empty() && now != first {
+            break now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the service never presented a renewed certificate"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(renewed, ca::serial_of(&env, &env.path("srv/cert.pem")));
+    // And it still answers its clients with the renewed certificate.
+    let o = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(pki.join("root.crt"))
+        .arg("--cert")
+        .arg(pki.join("issued/client-app.chain.pem"))
+        .arg("--key")
+        .arg(pki.join("issued/client-app.key"))
+        .arg("--resolve")
+        .arg(format!("localhost:{}:127.0.0.1", app.addr.port()))
+        .arg(app.url("/api/secure"))
+        .output()
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(body["client"], "client-app");
 }

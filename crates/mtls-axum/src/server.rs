@@ -222,6 +222,7 @@ impl MtlsServer {
             "Reloads of certificates, CAs and CRLs, by result",
             self.inner.reloads.clone().family(),
         );
+        self.inner.reloads.counts();
     }
 
     /// Reloads every file now (as a file change or SIGHUP would); on error the current state

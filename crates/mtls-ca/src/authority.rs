@@ -525,25 +525,12 @@ impl Authority {
                 return Ok(self.published(c));
             }
         }
-        let entries = self
+        let signed = self
             .store
-            .revoked_entries(&self.issuer_key)
+            .sign_crl(&self.issuer, "ca", now, self.settings.crl_lifetime)
             .await
             .map_err(store_err)?;
-        let number = self
-            .store
-            .next_crl_number(&self.issuer_key, "ca", now)
-            .await
-            .map_err(store_err)?;
-        let this_update = now.replace_nanosecond(0).unwrap_or(now);
-        let der = mtls_pki::revocation::build_crl(
-            &self.issuer,
-            number,
-            this_update,
-            self.settings.crl_lifetime,
-            &entries,
-        )
-        .map_err(|e| ApiError::internal(format!("building the CRL: {e}")))?;
+        let (der, this_update) = (signed.der, signed.this_update);
         let pem = mtls_pki::pem_io::encode("X509 CRL", &der);
         self.metrics.inc(&self.metrics.crl_generated);
         let c = CachedCrl {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Args;
 use mtls_pki::files::{self, Visibility};
-use mtls_pki::revocation::{build_crl, RevocationReason, DEFAULT_CRL_DAYS};
+use mtls_pki::revocation::{RevocationReason, DEFAULT_CRL_DAYS};
 use mtls_pki::{pem_io, Serial};
 use mtls_store::ListFilter;
 use time::Duration;
@@ -137,12 +137,8 @@ pub fn crl(pki: &Path, a: CrlArgs) -> Result<ExitCode> {
     let dir = PkiDir::new(pki);
     let mut inventory = dir.open_inventory()?;
     let ca = dir.load_issuer(&a.ca_key.source())?;
-    let issuer_key = mtls_pki::inspect::sha256_hex(&ca.key().public_key_spki());
-    let entries = inventory.revoked_entries(&issuer_key)?;
-    let at = now().replace_nanosecond(0).unwrap_or_else(|_| now());
-    // Allocate the number durably first, so numbers only ever increase even if writing fails.
-    let number = inventory.next_crl_number(&issuer_key, "cli", at)?;
-    let crl = build_crl(&ca, number, at, Duration::days(a.days), &entries)?;
+    let signed = inventory.sign_crl(&ca, now(), Duration::days(a.days))?;
+    let (crl, number) = (signed.der, signed.number);
     let path = a.out.clone().unwrap_or_else(|| dir.crl());
     let bytes = if a.der {
         crl.to_vec()
@@ -152,9 +148,9 @@ pub fn crl(pki: &Path, a: CrlArgs) -> Result<ExitCode> {
     files::write_atomic(&path, &bytes, Visibility::Public, true)?;
     out(&format!(
         "Wrote CRL #{number} with {} revoked certificate(s) to {} (next update {})\n",
-        entries.len(),
+        signed.entries,
         path.display(),
-        fmt_time(at + Duration::days(a.days))
+        fmt_time(signed.next_update)
     ))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use anyhow::{Context, Result};
-use mtls_pki::revocation::{RevocationReason, RevokedEntry};
+use mtls_pki::revocation::RevocationReason;
 use mtls_pki::{files, CaCert, PrivateKey, Serial};
 use mtls_store::{CertificateRecord, ListFilter, Location, Store};
 use time::OffsetDateTime;
@@ -179,18 +179,15 @@ impl Inventory {
             .rt
             .block_on(self.store.revoke(serial, None, reason, actor, now))?)
     }
-    pub fn revoked_entries(&self, issuer_key: &str) -> Result<Vec<RevokedEntry>> {
-        Ok(self.rt.block_on(self.store.revoked_entries(issuer_key))?)
-    }
-    pub fn next_crl_number(
+    pub fn sign_crl(
         &mut self,
-        issuer_key: &str,
-        actor: &str,
+        issuer: &mtls_pki::CaCert,
         at: OffsetDateTime,
-    ) -> Result<u64> {
+        lifetime: time::Duration,
+    ) -> Result<mtls_store::SignedCrl> {
         Ok(self
             .rt
-            .block_on(self.store.next_crl_number(issuer_key, actor, at))?)
+            .block_on(self.store.sign_crl(issuer, "cli", at, lifetime))?)
     }
     pub fn record_issued(
         &mut self,

@@ -42,6 +42,12 @@ use zeroize::Zeroizing;
 
 pub use reqwest;
 
+/// Parses a duration with a unit (`30d`, `12h`): the one syntax of mtls
+/// (`mtls_serve::duration`).
+pub fn duration(s: &str) -> Result<time::Duration, Error> {
+    mtls_serve::duration::parse_time(s).map_err(|e| Error::Config(e.to_string()))
+}
+
 /// Errors of the client library.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -69,6 +69,11 @@ impl Metrics {
             "CRL downloads from distribution points, by result",
             m.crl_fetches.clone(),
         );
+        for result in ["ok", "failed"] {
+            m.crl_fetches
+                .get_or_create(&vec![("result", result.to_string())])
+                .inc_by(0);
+        }
         registry.register(
             "mtls_connections_refused",
             "Connections refused at the connection limit",

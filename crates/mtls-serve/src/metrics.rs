@@ -53,6 +53,9 @@ impl ReloadCounters {
             "Reloads of certificates, CAs, CRLs and configuration, by result",
             c.family.clone(),
         );
+        // Both series exist from the start: an alert on `failed` must not wait for the first
+        // failure to have something to compare.
+        c.counts();
         c
     }
 

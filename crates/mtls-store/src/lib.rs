@@ -86,6 +86,21 @@ pub enum Error {
     /// A renewal whose predecessor was revoked (or is gone) by the time it was to be recorded.
     #[error("certificate {0} is revoked and can no longer be renewed")]
     NotRenewable(String),
+
+    /// Signing a CRL failed (an expired CA, an invalid lifetime).
+    #[error("signing the CRL: {0}")]
+    Crl(#[source] mtls_pki::Error),
+}
+
+/// A CRL signed from the inventory by [`Store::sign_crl`].
+#[derive(Clone, Debug)]
+pub struct SignedCrl {
+    pub der: rustls_pki_types::CertificateRevocationListDer<'static>,
+    pub number: u64,
+    /// How many revoked certificates it lists.
+    pub entries: usize,
+    pub this_update: OffsetDateTime,
+    pub next_update: OffsetDateTime,
 }
 
 impl Error {

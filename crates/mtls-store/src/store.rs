@@ -227,6 +227,34 @@ impl Store {
         }
     }
 
+    /// Signs the CRL of `issuer`: every revocation recorded so far, under a CRL number that is
+    /// allocated durably first, so numbers only ever increase (across instances too) even if
+    /// publishing fails afterwards. The one way CRLs are made from the inventory (`mtls crl` and
+    /// the online CA).
+    pub async fn sign_crl(
+        &self,
+        issuer: &mtls_pki::CaCert,
+        actor: &str,
+        now: OffsetDateTime,
+        lifetime: time::Duration,
+    ) -> Result<crate::SignedCrl> {
+        let issuer_key = mtls_pki::inspect::sha256_hex(&issuer.key().public_key_spki());
+        let entries = self.revoked_entries(&issuer_key).await?;
+        let this_update = now.replace_nanosecond(0).unwrap_or(now);
+        let number = self
+            .next_crl_number(&issuer_key, actor, this_update)
+            .await?;
+        let der = mtls_pki::revocation::build_crl(issuer, number, this_update, lifetime, &entries)
+            .map_err(crate::Error::Crl)?;
+        Ok(crate::SignedCrl {
+            der,
+            number,
+            entries: entries.len(),
+            this_update,
+            next_update: this_update + lifetime,
+        })
+    }
+
     /// Every revoked certificate of `issuer_key`, for a CRL.
     pub async fn revoked_entries(&self, issuer_key: &str) -> Result<Vec<RevokedEntry>> {
         match &self.inner.reader {

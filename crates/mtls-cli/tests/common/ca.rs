@@ -62,7 +62,7 @@ impl CaServer {
             "listen = \"127.0.0.1:{port}\"\npublish_listen = \"127.0.0.1:{publish_port}\"\npki = \"pki\"\npublic_url = \"http://127.0.0.1:{publish_port}\"\nserver_names = [\"localhost\", \"127.0.0.1\"]\n{db}{extra}\n[admins]\nallow_cn = [\"ca-admin\"]\n"
         );
         let config = env.write(&format!("{name}.toml"), toml.as_bytes());
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mtls"))
+        let mut child = Command::new(super::gw::mtls_bin())
             .args(["ca", "serve", "--config"])
             .arg(&config)
             .env("MTLS_LOG", "info")

@@ -106,7 +106,7 @@ impl Env {
         self.mtls_env(args, &[])
     }
     pub fn mtls_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_mtls"));
+        let mut c = Command::new(gw::mtls_bin());
         c.current_dir(self.dir.path())
             .arg("--pki")
             .arg(self.pki())
