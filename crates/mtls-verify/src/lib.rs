@@ -264,6 +264,47 @@ pub enum InputError {
 /// The outcome: `Ok(Ok(chain))` valid, `Ok(Err(rejection))` invalid, `Err(_)` bad input.
 pub type Outcome = Result<Result<VerifiedChain, Rejection>, InputError>;
 
+/// Path building and the EKU match for `purpose`: the one call into webpki's validation that
+/// both [`verify`] and [`TrustState`] make.
+pub(crate) fn build_path<'p>(
+    ee: &'p EndEntityCert<'p>,
+    anchors: &'p [rustls_pki_types::TrustAnchor<'p>],
+    intermediates: &'p [CertificateDer<'p>],
+    time: UnixTime,
+    purpose: Purpose,
+    revocation: Option<webpki::RevocationOptions<'_>>,
+) -> Result<webpki::VerifiedPath<'p>, webpki::Error> {
+    match purpose {
+        Purpose::Client => ee.verify_for_usage(
+            SIGNATURE_ALGORITHMS,
+            anchors,
+            intermediates,
+            time,
+            KeyUsage::client_auth(),
+            revocation,
+            None,
+        ),
+        Purpose::Server => ee.verify_for_usage(
+            SIGNATURE_ALGORITHMS,
+            anchors,
+            intermediates,
+            time,
+            KeyUsage::server_auth(),
+            revocation,
+            None,
+        ),
+        Purpose::Any => ee.verify_for_usage(
+            SIGNATURE_ALGORITHMS,
+            anchors,
+            intermediates,
+            time,
+            AnyEku,
+            revocation,
+            None,
+        ),
+    }
+}
+
 pub(crate) struct AnyEku;
 impl ExtendedKeyUsageValidator for AnyEku {
     fn validate(&self, iter: KeyPurposeIdIter<'_, '_>) -> Result<(), webpki::Error> {
@@ -503,35 +544,14 @@ pub fn verify(leaf: &CertificateDer<'_>, req: &VerifyRequest<'_>) -> Outcome {
         })
         .build()
     });
-    let result = match req.purpose {
-        Purpose::Client => ee.verify_for_usage(
-            SIGNATURE_ALGORITHMS,
-            &anchors,
-            req.intermediates,
-            time,
-            KeyUsage::client_auth(),
-            revocation,
-            None,
-        ),
-        Purpose::Server => ee.verify_for_usage(
-            SIGNATURE_ALGORITHMS,
-            &anchors,
-            req.intermediates,
-            time,
-            KeyUsage::server_auth(),
-            revocation,
-            None,
-        ),
-        Purpose::Any => ee.verify_for_usage(
-            SIGNATURE_ALGORITHMS,
-            &anchors,
-            req.intermediates,
-            time,
-            AnyEku,
-            revocation,
-            None,
-        ),
-    };
+    let result = build_path(
+        &ee,
+        &anchors,
+        req.intermediates,
+        time,
+        req.purpose,
+        revocation,
+    );
     let path = match result {
         Ok(p) => p,
         Err(e) => return Ok(Err(Rejection::from_webpki(e, req.purpose))),

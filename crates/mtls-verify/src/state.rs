@@ -10,12 +10,10 @@ use std::sync::{Arc, Mutex};
 
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, TrustAnchor, UnixTime};
 use time::OffsetDateTime;
-use webpki::{EndEntityCert, KeyUsage};
+use webpki::EndEntityCert;
 
 use crate::peer::VerifiedPeer;
-use crate::{
-    check_anchor_static, check_crl, leaf_checks, Purpose, Rejection, SIGNATURE_ALGORITHMS,
-};
+use crate::{check_anchor_static, check_crl, leaf_checks, Purpose, Rejection};
 
 /// Revocation data of one issuer, from its newest CRL.
 #[derive(Debug)]
@@ -296,36 +294,8 @@ impl TrustState {
             .map_err(|_| Rejection::Other("clock before 1970".into()))?;
         let time = UnixTime::since_unix_epoch(std::time::Duration::from_secs(secs));
         let anchors: Vec<TrustAnchor<'_>> = self.anchors.iter().map(|a| a.anchor.clone()).collect();
-        let path = match purpose {
-            Purpose::Client => ee.verify_for_usage(
-                SIGNATURE_ALGORITHMS,
-                &anchors,
-                intermediates,
-                time,
-                KeyUsage::client_auth(),
-                None,
-                None,
-            ),
-            Purpose::Server => ee.verify_for_usage(
-                SIGNATURE_ALGORITHMS,
-                &anchors,
-                intermediates,
-                time,
-                KeyUsage::server_auth(),
-                None,
-                None,
-            ),
-            Purpose::Any => ee.verify_for_usage(
-                SIGNATURE_ALGORITHMS,
-                &anchors,
-                intermediates,
-                time,
-                crate::AnyEku,
-                None,
-                None,
-            ),
-        }
-        .map_err(|e| Rejection::from_webpki(e, purpose))?;
+        let path = crate::build_path(&ee, &anchors, intermediates, time, purpose, None)
+            .map_err(|e| Rejection::from_webpki(e, purpose))?;
         let used = path.anchor();
         let anchor = self
             .anchors
