@@ -43,6 +43,7 @@
 //! # Ok(()) }
 //! ```
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod extract;
 mod layer;
@@ -58,8 +59,10 @@ pub use server::{MtlsServer, ServerBuilder};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// Loading or validating the server's certificates, keys, client CAs or CRLs failed.
     #[error(transparent)]
     Serve(#[from] mtls_serve::Error),
+    /// The builder is incomplete: no server certificate or no client CA was given.
     #[error("{0}")]
     Config(String),
 }

@@ -206,6 +206,7 @@ impl std::fmt::Debug for MtlsServer {
 }
 
 impl MtlsServer {
+    /// A [`ServerBuilder`] with the strict defaults.
     pub fn builder() -> ServerBuilder {
         ServerBuilder::default()
     }

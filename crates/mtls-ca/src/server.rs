@@ -153,11 +153,13 @@ pub async fn serve(
             addr: p.to_string(),
             source,
         })?);
-        tasks.push(tokio::spawn(accept_plain(
+        tasks.push(tokio::spawn(mtls_serve::http::serve_plain(
             l,
-            crate::http::publication_router(ca.clone()),
+            Slots::new(MAX_CONNECTIONS),
+            HTTP_LIMITS,
             ca.settings().idle_timeout.unsigned_abs(),
             rx,
+            TowerToHyperService::new(crate::http::publication_router(ca.clone())),
         )));
     }
     Ok(Running {
@@ -209,32 +211,6 @@ async fn accept_tls(
                     .into();
                 let service = TowerToHyperService::new(router.layer(axum::Extension(peer)));
                 mtls_serve::http::serve_connection(&http, tls, service, shutdown).await;
-            }
-        },
-    )
-    .await
-}
-
-/// Serves the publication routes over plain HTTP.
-async fn accept_plain(listener: TcpListener, router: Router, idle: Duration, shutdown: Shutdown) {
-    let http = Arc::new(mtls_serve::http::builder(&HTTP_LIMITS));
-    let sd = shutdown.clone();
-    accept_loop(
-        listener,
-        Slots::new(MAX_CONNECTIONS),
-        shutdown,
-        move |tcp, _, slot| {
-            let (router, http, shutdown) = (router.clone(), http.clone(), sd.clone());
-            async move {
-                let _slot = slot;
-                let service = TowerToHyperService::new(router);
-                mtls_serve::http::serve_connection(
-                    &http,
-                    IdleTimeout::new(tcp, idle),
-                    service,
-                    shutdown,
-                )
-                .await;
             }
         },
     )

@@ -230,49 +230,41 @@ fn run_cli(args: &[&str]) -> Result<()> {
 
 /// The demo upstream: answers `GET /api/secure` with the client's CN from the forwarded identity.
 async fn demo_upstream(listener: tokio::net::TcpListener, shutdown: mtls_serve::Shutdown) {
-    let builder = std::sync::Arc::new(mtls_serve::http::builder(&Default::default()));
-    let sd = shutdown.clone();
-    mtls_serve::accept_loop(
+    let service = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+        let cn = req
+            .headers()
+            .get("x-forwarded-client-cert")
+            .and_then(|v| v.to_str().ok())
+            .and_then(cn_from_xfcc);
+        let r: http::Response<Full<Bytes>> = match (req.uri().path(), cn) {
+            ("/api/secure", Some(cn)) => {
+                let mut r = http::Response::new(Full::new(Bytes::from(
+                    serde_json::json!({"message": "Authenticated via mTLS", "client": cn})
+                        .to_string(),
+                )));
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
+                r
+            }
+            ("/api/secure", None) => mtls_serve::ApiError::no_client_cert().to_response(),
+            _ => mtls_serve::ApiError::new(
+                http::StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                "try /api/secure",
+            )
+            .to_response(),
+        };
+        Ok::<_, Infallible>(r)
+    });
+    mtls_serve::http::serve_plain(
         listener,
         mtls_serve::Slots::new(1024),
+        Default::default(),
+        std::time::Duration::from_secs(3600),
         shutdown,
-        move |tcp, _, slot| {
-            let (builder, shutdown) = (builder.clone(), sd.clone());
-            async move {
-                let _slot = slot;
-                let service = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
-                    let cn = req
-                        .headers()
-                        .get("x-forwarded-client-cert")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(cn_from_xfcc);
-                    let r: http::Response<Full<Bytes>> = match (req.uri().path(), cn) {
-                        ("/api/secure", Some(cn)) => {
-                            let mut r = http::Response::new(Full::new(Bytes::from(
-                            serde_json::json!({"message": "Authenticated via mTLS", "client": cn})
-                                .to_string(),
-                        )));
-                            r.headers_mut().insert(
-                                http::header::CONTENT_TYPE,
-                                http::HeaderValue::from_static("application/json"),
-                            );
-                            r
-                        }
-                        ("/api/secure", None) => {
-                            mtls_serve::ApiError::no_client_cert().to_response()
-                        }
-                        _ => mtls_serve::ApiError::new(
-                            http::StatusCode::NOT_FOUND,
-                            "NOT_FOUND",
-                            "try /api/secure",
-                        )
-                        .to_response(),
-                    };
-                    Ok::<_, Infallible>(r)
-                });
-                mtls_serve::http::serve_connection(&builder, tcp, service, shutdown).await;
-            }
-        },
+        service,
     )
     .await
 }

@@ -20,11 +20,16 @@ const MAX_RESPONSE: usize = 1 << 20;
 /// A certificate returned by the CA.
 #[derive(Clone, Debug, Deserialize)]
 pub struct Issued {
+    /// The serial number, in hex.
     pub serial: String,
+    /// The leaf certificate, PEM.
     pub certificate: String,
+    /// The leaf with its intermediates and root, PEM.
     pub chain: String,
+    /// Start of validity (notBefore; RFC 3339 in the JSON).
     #[serde(with = "time::serde::rfc3339")]
     pub not_before: OffsetDateTime,
+    /// End of validity (notAfter; RFC 3339 in the JSON).
     #[serde(with = "time::serde::rfc3339")]
     pub not_after: OffsetDateTime,
 }
@@ -39,6 +44,7 @@ pub struct CaUrl {
 }
 
 impl CaUrl {
+    /// Parses `https://host[:port][/prefix]` (port 443 by default); other schemes are refused.
     pub fn parse(url: &str) -> Result<CaUrl, Error> {
         let bad = |m: &str| Error::Config(format!("CA URL {url:?}: {m}"));
         let uri: http::Uri = url.parse().map_err(|_| bad("not a URL"))?;

@@ -28,6 +28,7 @@
 //! # let _ = body; Ok(()) }
 //! ```
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod ca;
 pub mod renewal;
@@ -52,32 +53,55 @@ pub fn duration(s: &str) -> Result<time::Duration, Error> {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// The configuration is invalid or incomplete: no CA, a bad URL, duration or fingerprint,
+    /// or a certificate or key file that cannot be used.
     #[error("{0}")]
     Config(String),
+    /// Reading, parsing or creating a certificate, key or CSR failed.
     #[error(transparent)]
     Pki(#[from] mtls_pki::Error),
+    /// Loading the CA or credential files, or building the rustls configuration, failed.
     #[error(transparent)]
     Tls(#[from] mtls_tls::Error),
+    /// Building the HTTP client or reading a response body failed.
     #[error(transparent)]
     Http(#[from] reqwest::Error),
     /// The server could not be reached or the exchange failed in transport.
     #[error("request to {url} failed: {detail}")]
-    Transport { url: String, detail: String },
+    Transport {
+        /// The URL requested.
+        url: String,
+        /// What failed, with its causes.
+        detail: String,
+    },
     /// The CA answered with an error.
     #[error("the CA refused ({status} {code}): {message}")]
     Refused {
+        /// HTTP status of the answer.
         status: u16,
+        /// Error code from the CA's JSON body (`HTTP` when the body has none).
         code: String,
+        /// Error message from the body, else the first 200 characters of the body.
         message: String,
     },
     /// The CA's root does not have the pinned fingerprint.
     #[error("the CA's root certificate has fingerprint {found}, expected {expected}: refusing to trust it")]
-    FingerprintMismatch { expected: String, found: String },
+    FingerprintMismatch {
+        /// The pinned fingerprint.
+        expected: String,
+        /// Fingerprints of the roots the CA sent, comma-separated.
+        found: String,
+    },
+    /// A file could not be read.
     #[error("{path}: {source}")]
     Io {
+        /// The file.
         path: String,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// The CA's answer could not be understood (malformed JSON or PEM, a missing field), or the
+    /// certificate it issued is unusable.
     #[error("unexpected answer from the CA: {0}")]
     Protocol(String),
 }
@@ -123,6 +147,7 @@ impl Default for ClientBuilder {
 }
 
 impl ClientBuilder {
+    /// A builder with the strict defaults (30 s request timeout, 10 s connect timeout).
     pub fn new() -> Self {
         Self::default()
     }

@@ -117,6 +117,8 @@ pub fn random_jitter() -> f64 {
 pub struct Watch {
     /// Leaf + intermediates (PEM); may also hold the key (combined file).
     pub cert: PathBuf,
+    /// The private key (PEM or DER, possibly encrypted); the same path as `cert` for a combined
+    /// file.
     pub key: PathBuf,
     /// The CA root (the server certificate of the CA is verified against it).
     pub root: PathBuf,
@@ -125,12 +127,18 @@ pub struct Watch {
 /// What to run after a renewal.
 #[derive(Clone, Debug, Default)]
 pub enum Hook {
+    /// Run nothing (default).
     #[default]
     None,
     /// A shell command (`sh -c`).
     Exec(String),
     /// Send a signal (e.g. `HUP`) to the process whose pid is in the file.
-    Signal { pidfile: PathBuf, signal: String },
+    Signal {
+        /// File holding the process id.
+        pidfile: PathBuf,
+        /// Signal name without the `SIG` prefix (e.g. `HUP`), as `kill -s` takes it.
+        signal: String,
+    },
 }
 
 impl Hook {
@@ -338,13 +346,22 @@ pub async fn renew_once(
 /// What the daemon reports about one certificate.
 #[derive(Clone, Debug, Default)]
 pub struct WatchState {
+    /// The certificate file's path, as displayed (the `cert` label of the metrics).
     pub cert: String,
+    /// notAfter of the current certificate, once read.
     pub not_after: Option<OffsetDateTime>,
+    /// Time of the last successful renewal.
     pub last_success: Option<OffsetDateTime>,
+    /// Time of the last failed attempt (renewing or reading the certificate).
     pub last_failure: Option<OffsetDateTime>,
+    /// The latest error (failed attempt, unreadable or expired certificate, failed hook);
+    /// cleared by a renewal whose hook succeeds.
     pub last_error: Option<String>,
+    /// When the next attempt is planned (`None` once the certificate has expired).
     pub next_attempt: Option<OffsetDateTime>,
+    /// Successful renewals so far.
     pub renewals: u64,
+    /// Failed attempts so far.
     pub failures: u64,
 }
 
@@ -417,9 +434,13 @@ pub fn register_metrics(registry: &mut mtls_serve::metrics::Registry, states: &S
 /// Daemon settings shared by every watched certificate.
 #[derive(Clone, Debug)]
 pub struct DaemonOptions {
+    /// The online CA.
     pub url: CaUrl,
+    /// When a certificate is due for renewal.
     pub threshold: Threshold,
+    /// Generate a new key at each renewal (needs a combined certificate and key file).
     pub rotate_key: bool,
+    /// What to run after each successful renewal.
     pub hook: Hook,
     /// Upper bound of one sleep: the files are re-read at least this often (they may have been
     /// replaced by hand).

@@ -39,6 +39,7 @@ pub struct Slots {
 pub struct Slot(#[allow(dead_code)] OwnedSemaphorePermit);
 
 impl Slots {
+    /// A limit of `max` connections at once (capped at `u32::MAX`).
     pub fn new(max: usize) -> Self {
         let max = u32::try_from(max)
             .unwrap_or(u32::MAX)
@@ -88,10 +89,12 @@ pub fn shutdown() -> (ShutdownTrigger, Shutdown) {
 }
 
 impl ShutdownTrigger {
+    /// Tells every [`Shutdown`] of this trigger to stop.
     pub fn trigger(&self) {
         self.0.send_replace(true);
     }
 
+    /// Another [`Shutdown`] signal of this trigger.
     pub fn subscribe(&self) -> Shutdown {
         Shutdown(self.0.subscribe())
     }
@@ -103,6 +106,7 @@ impl Shutdown {
         let _ = self.0.wait_for(|stop| *stop).await;
     }
 
+    /// Whether shutdown has been triggered; does not wait.
     pub fn is_triggered(&self) -> bool {
         *self.0.borrow()
     }
@@ -110,7 +114,9 @@ impl Shutdown {
 
 /// A source of connections; [`TcpListener`] is the real one.
 pub trait Incoming: Send + 'static {
+    /// The connection type ([`TcpStream`] for a [`TcpListener`]).
     type Io: Send + 'static;
+    /// Waits for the next connection and its remote address.
     fn accept(&mut self) -> impl Future<Output = io::Result<(Self::Io, SocketAddr)>> + Send;
 }
 
@@ -179,10 +185,18 @@ pub async fn accept_loop<L, H, F>(
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum HandshakeError {
+    /// The handshake did not finish within the deadline.
     #[error("TLS handshake timed out")]
     TimedOut,
+    /// The handshake failed: a TLS error (no or an invalid client certificate, an
+    /// incompatible client) or an I/O error.
     #[error("TLS handshake failed ({reason}): {error}")]
-    Failed { reason: String, error: io::Error },
+    Failed {
+        /// A label from a fixed set (see [`HandshakeError::reason`]).
+        reason: String,
+        /// The underlying error.
+        error: io::Error,
+    },
 }
 
 impl HandshakeError {

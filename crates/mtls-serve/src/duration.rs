@@ -16,14 +16,32 @@ const EXAMPLES: &str = "examples: 500ms, 30s, 10m, 12h, 90d, 2w";
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum DurationError {
+    /// The input is a bare number, without a unit.
     #[error("duration {input:?} needs a unit ({EXAMPLES})")]
-    NoUnit { input: String },
+    NoUnit {
+        /// The input as given.
+        input: String,
+    },
+    /// The input is not a duration `humantime` can read.
     #[error("invalid duration {input:?}: {reason} ({EXAMPLES})")]
-    Invalid { input: String, reason: String },
+    Invalid {
+        /// The input as given.
+        input: String,
+        /// The parser's objection.
+        reason: String,
+    },
+    /// The duration is zero.
     #[error("duration {input:?} must be longer than zero")]
-    Zero { input: String },
+    Zero {
+        /// The input as given.
+        input: String,
+    },
+    /// The duration is longer than [`MAX`] (100 years).
     #[error("duration {input:?} is longer than 100 years")]
-    TooLong { input: String },
+    TooLong {
+        /// The input as given.
+        input: String,
+    },
 }
 
 /// Parses a duration with a unit. See the module docs for the rules.

@@ -10,12 +10,16 @@ use mtls_verify::Rejection;
 /// in the log, not here.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApiError {
+    /// HTTP status of the answer.
     pub status: StatusCode,
+    /// Stable machine-readable code, e.g. `INVALID_CERT`.
     pub code: &'static str,
+    /// Short human-readable message.
     pub message: String,
 }
 
 impl ApiError {
+    /// An answer with `status`, `code` and `message`.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,
@@ -24,18 +28,22 @@ impl ApiError {
         }
     }
 
+    /// `400 Bad Request` with `code`.
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
 
+    /// `403 Forbidden` with `code`.
     pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, code, message)
     }
 
+    /// `401 INVALID_TOKEN`: an enrollment token that is malformed, unknown, used or expired.
     pub fn invalid_token(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "INVALID_TOKEN", message)
     }
 
+    /// `500 INTERNAL`: a failure on the server's side (details belong in the log).
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", message)
     }

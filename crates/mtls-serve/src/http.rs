@@ -74,6 +74,45 @@ pub async fn serve_connection<IO, S, B>(
     }
 }
 
+/// Serves `service` over plain HTTP on `listener` until `shutdown`: the one accept-and-serve
+/// loop of every plain-HTTP listener (the CA's publication listener, metrics pages, the demo
+/// upstream). Connections silent for `idle` are closed.
+pub async fn serve_plain<S, B>(
+    listener: tokio::net::TcpListener,
+    slots: crate::accept::Slots,
+    limits: HttpLimits,
+    idle: Duration,
+    shutdown: Shutdown,
+    service: S,
+) where
+    S: hyper::service::Service<http::Request<Incoming>, Response = http::Response<B>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let builder = std::sync::Arc::new(builder(&limits));
+    let sd = shutdown.clone();
+    crate::accept::accept_loop(listener, slots, shutdown, move |tcp, _, slot| {
+        let (builder, service, shutdown) = (builder.clone(), service.clone(), sd.clone());
+        async move {
+            let _slot = slot;
+            serve_connection(
+                &builder,
+                mtls_tls::IdleTimeout::new(tcp, idle),
+                service,
+                shutdown,
+            )
+            .await;
+        }
+    })
+    .await
+}
+
 /// Serves `/metrics` (the registry, Prometheus text) and `/healthz` on plain HTTP until
 /// `shutdown`: the admin page of the gateway, the renewal daemon and applications. Keep it on
 /// loopback or a private network.
@@ -82,41 +121,38 @@ pub async fn serve_metrics(
     registry: std::sync::Arc<crate::metrics::Registry>,
     shutdown: Shutdown,
 ) {
-    use crate::accept::{accept_loop, Slots};
-    let builder = std::sync::Arc::new(builder(&HttpLimits::default()));
-    let sd = shutdown.clone();
-    accept_loop(listener, Slots::new(64), shutdown, move |tcp, _, slot| {
-        let (registry, builder, shutdown) = (registry.clone(), builder.clone(), sd.clone());
+    let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+        let registry = registry.clone();
         async move {
-            let _slot = slot;
-            let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-                let registry = registry.clone();
-                async move {
-                    let (status, ctype, body) = match req.uri().path() {
-                        "/healthz" => (http::StatusCode::OK, "text/plain", "ok\n".to_string()),
-                        "/metrics" => (
-                            http::StatusCode::OK,
-                            crate::metrics::CONTENT_TYPE,
-                            crate::metrics::render(&registry),
-                        ),
-                        _ => (
-                            http::StatusCode::NOT_FOUND,
-                            "text/plain",
-                            "not found: try /metrics or /healthz\n".to_string(),
-                        ),
-                    };
-                    let mut r =
-                        http::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
-                    *r.status_mut() = status;
-                    r.headers_mut().insert(
-                        http::header::CONTENT_TYPE,
-                        http::HeaderValue::from_static(ctype),
-                    );
-                    Ok::<_, std::convert::Infallible>(r)
-                }
-            });
-            serve_connection(&builder, tcp, service, shutdown).await;
+            let (status, ctype, body) = match req.uri().path() {
+                "/healthz" => (http::StatusCode::OK, "text/plain", "ok\n".to_string()),
+                "/metrics" => (
+                    http::StatusCode::OK,
+                    crate::metrics::CONTENT_TYPE,
+                    crate::metrics::render(&registry),
+                ),
+                _ => (
+                    http::StatusCode::NOT_FOUND,
+                    "text/plain",
+                    "not found: try /metrics or /healthz\n".to_string(),
+                ),
+            };
+            let mut r = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+            *r.status_mut() = status;
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(ctype),
+            );
+            Ok::<_, std::convert::Infallible>(r)
         }
-    })
+    });
+    serve_plain(
+        listener,
+        crate::accept::Slots::new(64),
+        HttpLimits::default(),
+        Duration::from_secs(60),
+        shutdown,
+        service,
+    )
     .await
 }

@@ -15,6 +15,7 @@
 //! What it does not do: policy decisions (that is `mtls-verify`), proxying (`mtls-gateway`),
 //! routing (`mtls-axum`), or anything with the inventory.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod accept;
 pub mod duration;
@@ -32,19 +33,28 @@ pub use error::ApiError;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// A listening socket could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
+        /// The address to listen on.
         addr: std::net::SocketAddr,
+        /// The operating system's error.
         source: std::io::Error,
     },
+    /// Loading a certificate, key, CA bundle or CRL file, or building the rustls configuration,
+    /// failed.
     #[error(transparent)]
     Tls(#[from] mtls_tls::Error),
+    /// Parsing a certificate, key or CRL failed.
     #[error(transparent)]
     Pki(#[from] mtls_pki::Error),
+    /// The client CA bundle is empty or holds a bad certificate, or a CRL is invalid.
     #[error("client CA bundle or CRL: {0}")]
     Trust(#[from] mtls_verify::TrustError),
+    /// A configured duration was refused.
     #[error(transparent)]
     Duration(#[from] duration::DurationError),
+    /// The configuration is incomplete or inconsistent (e.g. no server certificate).
     #[error("{0}")]
     Config(String),
 }

@@ -59,12 +59,14 @@ impl ReloadCounters {
         c
     }
 
+    /// Counts a successful reload (`result="ok"`).
     pub fn ok(&self) {
         self.family
             .get_or_create(&vec![("result", "ok".into())])
             .inc();
     }
 
+    /// Counts a failed reload (`result="failed"`).
     pub fn failed(&self) {
         self.family
             .get_or_create(&vec![("result", "failed".into())])
@@ -88,6 +90,7 @@ type Series = Vec<(Labels, f64)>;
 /// What a scraped family is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
+    /// Current values (timestamps, states).
     Gauge,
     /// Monotonic totals kept elsewhere (named with `_total`).
     Counter,

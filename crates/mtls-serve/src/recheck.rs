@@ -24,6 +24,7 @@ pub const RECHECK_EVERY: Duration = Duration::from_secs(60);
 pub struct Generations(watch::Sender<u64>);
 
 impl Generations {
+    /// Starts at generation `first`.
     pub fn new(first: u64) -> Self {
         Generations(watch::channel(first).0)
     }
@@ -33,6 +34,7 @@ impl Generations {
         self.0.send_replace(generation);
     }
 
+    /// The latest announced generation.
     pub fn current(&self) -> u64 {
         *self.0.borrow()
     }

@@ -31,6 +31,7 @@ pub trait Reload: Send + 'static {
 pub struct ReloadHandle(mpsc::UnboundedSender<()>);
 
 impl ReloadHandle {
+    /// Asks for a reload now (ignored once the loop has ended).
     pub fn reload(&self) {
         let _ = self.0.send(());
     }
@@ -43,6 +44,7 @@ pub struct ReloadOptions {
     pub poll: Duration,
     /// Reload on SIGHUP too (default true; the process owner decides, so libraries can opt out).
     pub on_sighup: bool,
+    /// Counters of attempts by result (the default is registered nowhere).
     pub counters: ReloadCounters,
 }
 

@@ -20,7 +20,9 @@ use crate::Error;
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct CertificateFiles {
+    /// The certificate chain file, leaf first.
     pub cert: PathBuf,
+    /// The private key file (owner-only).
     pub key: PathBuf,
     /// File holding the key's passphrase, for encrypted keys.
     #[serde(default)]
@@ -56,8 +58,11 @@ pub struct ServerFiles {
     pub certificates: Vec<CertificateFiles>,
     /// CA bundles trusted for client certificates (CRL issuers must be in here too).
     pub client_ca: Vec<PathBuf>,
+    /// CRL files, each signed by a CA of `client_ca`.
     pub crl: Vec<PathBuf>,
+    /// Whether the handshake requires a client certificate.
     pub client_auth: ClientAuth,
+    /// How strictly revocation is checked (unknown status, expired CRLs).
     pub revocation: RevocationOptions,
     /// ALPN protocols offered, in order of preference.
     pub alpn: Vec<Vec<u8>>,
@@ -65,8 +70,11 @@ pub struct ServerFiles {
 
 /// One loaded generation of a server's TLS state.
 pub struct ServerState {
+    /// Generation number: 1 for the first load, higher for each reload.
     pub generation: u64,
+    /// The rustls configuration for new handshakes.
     pub tls: Arc<ServerConfig>,
+    /// The trust state client certificates are verified against.
     pub trust: Arc<TrustState>,
     /// (certificate file, notAfter) of every served certificate.
     pub served_not_after: Vec<(String, OffsetDateTime)>,
@@ -146,14 +154,17 @@ impl ReloadingServer {
         }))
     }
 
+    /// The state in use now.
     pub fn current(&self) -> Arc<ServerState> {
         self.current.load_full()
     }
 
+    /// Announces each new generation to open connections (see [`crate::recheck`]).
     pub fn generations(&self) -> &Generations {
         &self.generations
     }
 
+    /// The files the state is loaded from.
     pub fn files(&self) -> &ServerFiles {
         &self.files
     }
