@@ -12,6 +12,44 @@
 //! - [`metrics`]: Prometheus metrics through `prometheus-client`;
 //! - [`duration`]: the one duration syntax (units required).
 //!
+//! ```no_run
+//! use std::time::Duration;
+//! use mtls_serve::accept::{accept_loop, handshake, peer_chain, Slots};
+//! use mtls_serve::tls::{CertificateFiles, ClientAuth, ReloadingServer, ServerFiles};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let tls = ReloadingServer::new(ServerFiles {
+//!     certificates: vec![CertificateFiles {
+//!         cert: "server.chain.pem".into(),
+//!         key: "server.key".into(),
+//!         key_passphrase_file: None,
+//!     }],
+//!     client_ca: vec!["ca-chain.pem".into()],
+//!     crl: vec!["crl.pem".into()],
+//!     client_auth: ClientAuth::Required,
+//!     revocation: Default::default(),
+//!     alpn: vec![],
+//! })?;
+//! let (stop, shutdown) = mtls_serve::shutdown();
+//! // Certificates, CAs and CRLs are reloaded when their files change.
+//! mtls_serve::reload::spawn(tls.clone(), Default::default(), shutdown.clone());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8443").await?;
+//! accept_loop(listener, Slots::new(10_000), shutdown, move |tcp, remote, _slot| {
+//!     let tls = tls.clone();
+//!     async move {
+//!         let state = tls.current();
+//!         let Ok(stream) = handshake(state.tls.clone(), tcp, Duration::from_secs(10)).await
+//!         else {
+//!             return;
+//!         };
+//!         let who = state.trust.identify(peer_chain(&stream).as_deref(), time::OffsetDateTime::now_utc());
+//!         println!("{remote}: {who:?}");
+//!     }
+//! })
+//! .await;
+//! # drop(stop); Ok(()) }
+//! ```
+//!
 //! What it does not do: policy decisions (that is `mtls-verify`), proxying (`mtls-gateway`),
 //! routing (`mtls-axum`), or anything with the inventory.
 #![forbid(unsafe_code)]
