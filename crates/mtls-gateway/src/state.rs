@@ -27,11 +27,7 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    fn load(
-        cfg: &ListenerConfig,
-        timeout: std::time::Duration,
-        now: OffsetDateTime,
-    ) -> Result<Self, Error> {
+    fn load(cfg: &ListenerConfig, timeout: std::time::Duration) -> Result<Self, Error> {
         let bad = |m: &str| {
             Error::Config(format!(
                 "listener {:?}: upstream {:?}: {m}",
@@ -55,24 +51,23 @@ impl Upstream {
         if authority.port_u16().is_none() {
             return Err(bad("a port is required"));
         }
-        let load =
-            |e: mtls_tls::Error| Error::Load(format!("listener {:?}: upstream: {e}", cfg.name));
         let tls = if scheme == "https" {
-            let roots = mtls_tls::load_certificates(&cfg.upstream_ca).map_err(load)?;
-            let cred = match &cfg.upstream_certificate {
-                Some(c) => Some(
-                    mtls_tls::CredentialFiles::new(&c.cert, &c.key)
-                        .with_passphrase(match &c.key_passphrase_file {
-                            Some(p) => mtls_tls::Passphrase::File(p.clone()),
-                            None => mtls_tls::Passphrase::None,
-                        })
-                        .load(now)
-                        .map_err(load)?,
-                ),
-                None => None,
-            };
-            let config =
-                mtls_tls::client_config(&roots, cred.as_ref(), &[b"http/1.1"]).map_err(load)?;
+            // The one client builder of mtls: trust only upstream_ca, and an upstream client
+            // certificate that follows its files (a renewed one is used from the next
+            // upstream connection on).
+            let mut b = mtls_client::ClientBuilder::new();
+            for p in &cfg.upstream_ca {
+                b = b.ca_file(p);
+            }
+            if let Some(c) = &cfg.upstream_certificate {
+                b = b.identity_files(&c.cert, &c.key);
+                if let Some(p) = &c.key_passphrase_file {
+                    b = b.passphrase_file(p);
+                }
+            }
+            let config = b
+                .tls_config(&[b"http/1.1"])
+                .map_err(|e| Error::Load(format!("listener {:?}: upstream: {e}", cfg.name)))?;
             let name = cfg
                 .upstream_server_name
                 .clone()
@@ -135,7 +130,7 @@ impl ListenerState {
             server,
             policy: cfg.policy.clone(),
             routes,
-            upstream: Upstream::load(cfg, upstream_timeout, now)?,
+            upstream: Upstream::load(cfg, upstream_timeout)?,
             proxy_protocol: cfg.proxy_protocol,
         })
     }
