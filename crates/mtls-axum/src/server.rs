@@ -141,6 +141,13 @@ impl ServerBuilder {
         self
     }
 
+    /// How long an HTTP/1 request head may take (default 10 s); also the idle limit of
+    /// connections without an accepted client certificate.
+    pub fn header_read_timeout(mut self, d: Duration) -> Self {
+        self.http.header_read_timeout = d;
+        self
+    }
+
     /// At most this many connections at once (default 10,000).
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = n;
@@ -306,7 +313,12 @@ async fn connection(
         &inner.tls.current().trust,
         |_| (),
     ));
-    let idle = inner.builder.idle_timeout;
+    // A client without an accepted certificate can only be refused: it gets the header-read
+    // timeout as idle limit, not an hour to hold a connection slot.
+    let idle = match identity.current(&inner.tls.current().trust) {
+        Ok(_) => inner.builder.idle_timeout,
+        Err(_) => inner.builder.http.header_read_timeout,
+    };
     let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
         let state = inner.tls.current();
         let peer: PeerIdentity = identity.current(&state.trust).map(|(p, ())| p).into();

@@ -122,7 +122,9 @@ enum Roots {
 #[derive(Clone, Debug)]
 pub struct ClientBuilder {
     roots: Roots,
-    identity: Option<CredentialFiles>,
+    /// Certificate and key files (their passphrase is `passphrase`).
+    identity: Option<(PathBuf, PathBuf)>,
+    passphrase: Passphrase,
     timeout: Duration,
     connect_timeout: Duration,
     http1_only: bool,
@@ -136,6 +138,7 @@ impl Default for ClientBuilder {
         ClientBuilder {
             roots: Roots::None,
             identity: None,
+            passphrase: Passphrase::None,
             timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             http1_only: false,
@@ -170,12 +173,7 @@ impl ClientBuilder {
     /// Present this certificate chain (leaf first) and key. The files are checked when each
     /// new connection starts, and a renewed pair is used from then on.
     pub fn identity_files(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
-        let passphrase = self
-            .identity
-            .take()
-            .map(|i| i.passphrase)
-            .unwrap_or_default();
-        self.identity = Some(CredentialFiles::new(cert, key).with_passphrase(passphrase));
+        self.identity = Some((cert.into(), key.into()));
         self
     }
 
@@ -196,11 +194,7 @@ impl ClientBuilder {
     }
 
     fn passphrase(mut self, p: Passphrase) -> Self {
-        let files = self
-            .identity
-            .take()
-            .unwrap_or_else(|| CredentialFiles::new("", ""));
-        self.identity = Some(files.with_passphrase(p));
+        self.passphrase = p;
         self
     }
 
@@ -247,17 +241,19 @@ impl ClientBuilder {
             Roots::Certificates(c) => c.clone(),
             Roots::AcceptAnyForPinning => return accept_any_config(alpn),
         };
+        if self.identity.is_none() && !matches!(self.passphrase, Passphrase::None) {
+            return Err(Error::Config(
+                "a passphrase was given without identity_files (cert and key)".into(),
+            ));
+        }
         let config = match &self.identity {
             _ if self.fixed_identity.is_some() => {
                 mtls_tls::client_config(&roots, self.fixed_identity.as_ref(), alpn)?
             }
-            Some(files) => {
-                if files.cert.as_os_str().is_empty() {
-                    return Err(Error::Config(
-                        "a passphrase was given without identity_files (cert and key)".into(),
-                    ));
-                }
-                let identity = Arc::new(ReloadingIdentity::new(files.clone())?);
+            Some((cert, key)) => {
+                let files =
+                    CredentialFiles::new(cert, key).with_passphrase(self.passphrase.clone());
+                let identity = Arc::new(ReloadingIdentity::new(files)?);
                 mtls_tls::client_config_reloading(&roots, identity, alpn)?
             }
             None => mtls_tls::client_config(&roots, None, alpn)?,

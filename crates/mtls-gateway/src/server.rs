@@ -256,7 +256,7 @@ async fn handle_connection(
     slot: Arc<Slot>,
 ) {
     shared.metrics.active_connections.inc();
-    let _active = scopeguard(shared.clone());
+    let _active = ActiveGuard(shared.clone());
     let handshake_state = shared.state.load_full();
     let tls = match accept::handshake(
         handshake_state.server.tls.clone(),
@@ -332,10 +332,6 @@ impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.metrics.active_connections.dec();
     }
-}
-
-fn scopeguard(shared: Arc<Shared>) -> ActiveGuard {
-    ActiveGuard(shared)
 }
 
 async fn tcp_proxy(
