@@ -1,5 +1,6 @@
 //! Connections without an accepted client certificate are closed after the header-read timeout
-//! (they can only be refused); verified clients keep the long idle timeout.
+//! (they can only be refused); verified clients keep the long idle timeout; the server's metrics
+//! page parses.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::os::unix::fs::PermissionsExt;
@@ -55,13 +56,15 @@ async fn anonymous_connections_get_the_header_read_timeout_verified_ones_the_idl
         "ca.pem",
         format!("{}{}", enc(&pki.intermediate_der()), enc(&pki.root_der())).as_bytes(),
     );
-    let app = MtlsServer::builder()
+    let mut app = MtlsServer::builder()
         .certificate(&cert, &key)
         .client_ca(&ca)
         .allow_handshake_without_certificate()
         .header_read_timeout(Duration::from_secs(1))
         .build()
         .unwrap();
+    let mut registry = mtls_serve::metrics::Registry::default();
+    app.register_metrics(&mut registry);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let router = Router::new()
@@ -92,4 +95,31 @@ async fn anonymous_connections_get_the_header_read_timeout_verified_ones_the_idl
         None,
         "a verified client keeps its connection"
     );
+    // The application's metrics: both handshakes counted, a page Prometheus' parser accepts.
+    let page = mtls_serve::metrics::render(&registry);
+    assert!(
+        page.contains("mtls_handshakes_total{result=\"ok\",reason=\"\"} 2"),
+        "{page}"
+    );
+    assert!(
+        page.contains("mtls_reloads_total{result=\"failed\"} 0"),
+        "{page}"
+    );
+    let mut py = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sys\nfrom prometheus_client.parser import text_string_to_metric_families as p\nprint(len(list(p(sys.stdin.read()))))",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    use std::io::Write;
+    py.stdin.take().unwrap().write_all(page.as_bytes()).unwrap();
+    let out = py.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the Prometheus parser refused:\n{page}"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2");
 }
