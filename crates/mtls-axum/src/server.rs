@@ -362,9 +362,6 @@ fn forwarded_identity(
         .ok_or_else(|| {
             Rejection::Malformed("Client-Cert is not an RFC 9440 byte sequence".into())
         })?;
-    trust.verify_client(&rustls_pki_types_der(der), &[], OffsetDateTime::now_utc())
-}
-
-fn rustls_pki_types_der(der: Vec<u8>) -> rustls::pki_types::CertificateDer<'static> {
-    rustls::pki_types::CertificateDer::from(der)
+    let der = rustls::pki_types::CertificateDer::from(der);
+    trust.verify_client(&der, &[], OffsetDateTime::now_utc())
 }

@@ -17,6 +17,9 @@ const BUCKETS: [f64; 10] = [
 pub struct Metrics {
     handshakes: CounterFamily,
     requests: CounterFamily,
+    /// The request counter of each (listener, status), so the request path finds its counter
+    /// without building a label set (allocations) per request.
+    request_counters: std::sync::RwLock<std::collections::HashMap<(Arc<str>, u16), Counter>>,
     latency: Histogram,
     pub active_connections: Gauge,
     pub upstream_errors: Counter,
@@ -31,6 +34,7 @@ impl Metrics {
         let m = Metrics {
             handshakes: Family::default(),
             requests: Family::default(),
+            request_counters: Default::default(),
             latency: Histogram::new(BUCKETS),
             active_connections: Gauge::default(),
             upstream_errors: Counter::default(),
@@ -95,11 +99,24 @@ impl Metrics {
 
     /// A request finished with `status` after `elapsed`.
     pub fn request(&self, listener: &Arc<str>, status: u16, elapsed: Duration) {
-        let labels: Labels = vec![
-            ("listener", listener.to_string()),
-            ("status", status.to_string()),
-        ];
-        self.requests.get_or_create(&labels).inc();
+        let key = (listener.clone(), status);
+        let cached = self
+            .request_counters
+            .read()
+            .ok()
+            .and_then(|m| m.get(&key).cloned());
+        let counter = cached.unwrap_or_else(|| {
+            let labels: Labels = vec![
+                ("listener", listener.to_string()),
+                ("status", status.to_string()),
+            ];
+            let c = self.requests.get_or_create_owned(&labels);
+            if let Ok(mut m) = self.request_counters.write() {
+                m.insert(key, c.clone());
+            }
+            c
+        });
+        counter.inc();
         self.latency.observe(elapsed.as_secs_f64());
     }
 
