@@ -747,3 +747,125 @@ fn tcp_connection_is_closed_when_a_reload_revokes_its_client() {
     assert!(out.contains("before-revocation"), "{out}");
     assert!(!out.contains("after-revocation"), "{out}");
 }
+
+#[test]
+fn upstream_connections_are_kept_alive_and_reused_across_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let up = Upstream::start();
+    let g = Gateway::start(&http_args(
+        &f,
+        &up,
+        &["--allow-any-trusted", "--admin-listen", "127.0.0.1:0"],
+    ));
+    let c = f.client("client-app");
+    // Sequential clients, each on a new TLS connection: GET, POST with a body, HEAD (a response
+    // body that is empty from the start), and several requests on one connection.
+    for _ in 0..4 {
+        assert_eq!(curl(&g, &f, Some(&c), "/a", &[]).status, 200);
+    }
+    let r = curl(&g, &f, Some(&c), "/post", &["--data-binary", "0123456789"]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains(r#""body_bytes":10"#), "{}", r.body);
+    assert_eq!(curl(&g, &f, Some(&c), "/head", &["-I"]).status, 200);
+    let r = curl(
+        &g,
+        &f,
+        Some(&c),
+        "/one",
+        &["--http1.1", &g.url("/two"), &g.url("/three")],
+    );
+    assert!(r.body.contains("/three"), "{}", r.body);
+    assert_eq!(up.count(), 9);
+    assert_eq!(
+        metric(
+            &g,
+            "mtls_upstream_connections_opened_total{listener=\"default\"}"
+        ),
+        1.0,
+        "one upstream connection serves sequential clients"
+    );
+    assert_eq!(
+        metric(&g, "mtls_upstream_idle_connections{listener=\"default\"}"),
+        1.0
+    );
+}
+
+/// An HTTP/1.1 upstream that answers `200 ok` and closes each connection `idle` after its last
+/// response (or at once, with `Connection: close`, when `idle` is zero). Counts connections.
+fn closing_upstream(
+    idle: Duration,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let timeout = if idle.is_zero() {
+                        Duration::from_secs(5)
+                    } else {
+                        idle
+                    };
+                    s.set_read_timeout(Some(timeout)).unwrap();
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut chunk) {
+                            Ok(0) | Err(_) => return, // idle: close
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.clear();
+                    let close = if idle.is_zero() {
+                        "Connection: close\r\n"
+                    } else {
+                        ""
+                    };
+                    let resp = format!("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n{close}\r\nok");
+                    if s.write_all(resp.as_bytes()).is_err() || idle.is_zero() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[test]
+fn upstream_connections_closed_by_the_upstream_are_not_reused() {
+    for idle in [Duration::ZERO, Duration::from_millis(200)] {
+        let dir = tempfile::tempdir().unwrap();
+        let f = Files::new(dir.path());
+        let (addr, accepted) = closing_upstream(idle);
+        let mut args = http_args(&f, &Upstream::start(), &["--allow-any-trusted"]);
+        let at = args.iter().position(|a| a == "--upstream").unwrap();
+        args[at + 1] = format!("http://{addr}");
+        let g = Gateway::start(&args);
+        let c = f.client("client-app");
+        for i in 0..4 {
+            let r = curl(&g, &f, Some(&c), "/", &[]);
+            assert_eq!(
+                (r.status, r.body.as_str()),
+                (200, "ok"),
+                "idle {idle:?}, request {i}: {}",
+                r.stderr
+            );
+            // Longer than the upstream keeps an idle connection.
+            std::thread::sleep(idle * 2);
+        }
+        assert_eq!(
+            accepted.load(std::sync::atomic::Ordering::SeqCst),
+            4,
+            "idle {idle:?}"
+        );
+    }
+}

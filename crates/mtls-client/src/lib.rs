@@ -6,6 +6,8 @@
 //!   [`reqwest::Client`] on rustls with our cipher suites, verifying the server against the
 //!   given CAs, presenting a client certificate read from files (encrypted keys too) and picking
 //!   up renewed files on its next connection, without a restart;
+//! - [`pool`]: the upstream pool of a reverse proxy (HTTP/1.1 keep-alive connections driven
+//!   by the proxying task itself), from the same builder;
 //! - [`ca`]: the client of the online CA's API (pinning the root, enroll, renew, revoke, tokens);
 //! - [`renewal`]: renewing a certificate from the online CA before it expires, as a library
 //!   (the `mtls renew` daemon is built on it) — without the CA's SQLite/PostgreSQL code.
@@ -31,6 +33,7 @@
 #![warn(missing_docs)]
 
 pub mod ca;
+pub mod pool;
 pub mod renewal;
 
 use std::path::PathBuf;
@@ -131,6 +134,7 @@ pub struct ClientBuilder {
     fixed_identity: Option<mtls_tls::Credential>,
     resolve: Vec<(String, std::net::SocketAddr)>,
     pool_idle_timeout: Option<Duration>,
+    pool_max_idle: usize,
 }
 
 impl Default for ClientBuilder {
@@ -145,6 +149,7 @@ impl Default for ClientBuilder {
             fixed_identity: None,
             resolve: Vec::new(),
             pool_idle_timeout: None,
+            pool_max_idle: 256,
         }
     }
 }
@@ -217,6 +222,18 @@ impl ClientBuilder {
         self
     }
 
+    /// How many idle connections a [`pool::Pool`] keeps (default 256).
+    pub fn pool_max_idle(mut self, n: usize) -> Self {
+        self.pool_max_idle = n;
+        self
+    }
+
+    /// The longest a request may wait for a new connection (TCP, then TLS); default 10 s.
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = d;
+        self
+    }
+
     /// HTTP/1.1 only (no h2 in ALPN).
     pub fn http1_only(mut self) -> Self {
         self.http1_only = true;
@@ -286,6 +303,29 @@ impl ClientBuilder {
             b = b.pool_idle_timeout(d);
         }
         Ok(b.build()?)
+    }
+
+    /// A keep-alive pool of HTTP/1.1 connections to one upstream, for a reverse proxy (see
+    /// [`pool`]). HTTPS targets are verified and presented to as [`build`](Self::build)'s
+    /// clients are (the client certificate follows its files); plain targets need no CA.
+    /// Idle connections are kept for the `pool_idle_timeout` (default 90 s).
+    pub fn build_pool<B>(self, target: pool::PoolTarget) -> Result<pool::Pool<B>, Error>
+    where
+        B: hyper::body::Body + Send + Unpin + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let tls = match &target {
+            pool::PoolTarget::Https { .. } => Some(Arc::new(self.tls_config(&[b"http/1.1"])?)),
+            pool::PoolTarget::Http { .. } => None,
+        };
+        Ok(pool::Pool::new(
+            target,
+            tls,
+            self.connect_timeout,
+            self.pool_idle_timeout.unwrap_or(Duration::from_secs(90)),
+            self.pool_max_idle,
+        ))
     }
 
     /// A `reqwest::Client` for plain `http://` URLs only (CRL distribution points and OCSP

@@ -287,6 +287,7 @@ impl ListenerConfig {
             revocation: mtls_verify::RevocationOptions {
                 allow_unknown_status: self.allow_unknown_revocation,
                 allow_expired_crl: self.allow_expired_crl,
+                ..Default::default()
             },
             alpn: match self.mode {
                 Mode::Http => vec![b"h2".to_vec(), b"http/1.1".to_vec()],

@@ -10,9 +10,6 @@ use http::header::{HeaderName, HeaderValue, HOST};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-
-use crate::upstream::UpstreamConnector;
 use hyper_util::rt::TokioIo;
 use mtls_serve::recheck::ConnectionIdentity;
 use mtls_serve::{ApiError, Slot};
@@ -21,23 +18,8 @@ use crate::identity::{self, IdentityHeaders};
 use crate::server::Shared;
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
-pub type UpstreamClient = Client<UpstreamConnector, Incoming>;
-
-/// Builds the pooled HTTP/1.1 upstream client (TLS to the upstream when `tls` is given).
-pub fn upstream_client(
-    connect_timeout: std::time::Duration,
-    tls: Option<(
-        Arc<rustls::ClientConfig>,
-        rustls_pki_types::ServerName<'static>,
-    )>,
-) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(connect_timeout));
-    Client::builder(hyper_util::rt::TokioExecutor::new())
-        .pool_idle_timeout(std::time::Duration::from_secs(90))
-        .build(UpstreamConnector::new(connector, tls))
-}
+/// The upstream connections of a listener, driven by the task of the request being proxied.
+pub type UpstreamPool = mtls_client::pool::Pool<Incoming>;
 
 /// The seed's error body, `{"error":{"code":…,"message":…}}` (one type for every server:
 /// [`mtls_serve::ApiError`]).
@@ -208,17 +190,19 @@ pub async fn handle(
             HeaderName::from_static("x-forwarded-proto"),
             HeaderValue::from_static("https"),
         );
+        if !parts.headers.contains_key(HOST) {
+            // HTTP/1.0 without Host: HTTP/1.1 upstreams need one.
+            if let Ok(v) = HeaderValue::from_str(state.upstream.authority.as_str()) {
+                parts.headers.insert(HOST, v);
+            }
+        }
+        // Origin form on the upstream hop (the connection is already to the upstream).
         let pq = parts
             .uri
             .path_and_query()
             .map(|p| p.as_str())
             .unwrap_or("/");
-        let Ok(uri) = Uri::builder()
-            .scheme(state.upstream.scheme)
-            .authority(state.upstream.authority.clone())
-            .path_and_query(pq)
-            .build()
-        else {
+        let Ok(uri) = Uri::builder().path_and_query(pq).build() else {
             break 'resp json_error(
                 StatusCode::BAD_REQUEST,
                 "BAD_REQUEST",
@@ -228,10 +212,16 @@ pub async fn handle(
         parts.uri = uri;
         parts.version = Version::HTTP_11;
         let upstream_req = Request::from_parts(parts, body);
-        let result = tokio::time::timeout(
-            shared.limits.upstream_timeout,
-            state.upstream.client.request(upstream_req),
-        )
+        let pool = &state.upstream.pool;
+        let result = tokio::time::timeout(shared.limits.upstream_timeout, async {
+            if upgrade {
+                pool.send_upgrade(upstream_req)
+                    .await
+                    .map(|r| r.map(BodyExt::boxed))
+            } else {
+                pool.send(upstream_req).await.map(|r| r.map(BodyExt::boxed))
+            }
+        })
         .await;
         let mut resp = match result {
             Err(_) => {
@@ -245,7 +235,7 @@ pub async fn handle(
             }
             Ok(Err(e)) => {
                 shared.metrics.upstream_errors.inc();
-                tracing::warn!(error = %e, cause = ?std::error::Error::source(&e), listener = %shared.name, upstream = %state.upstream.authority, "upstream request failed");
+                tracing::warn!(error = %e, cause = ?std::error::Error::source(&e), listener = %shared.name, "upstream request failed");
                 break 'resp json_error(
                     StatusCode::BAD_GATEWAY,
                     "BAD_GATEWAY",
@@ -278,7 +268,7 @@ pub async fn handle(
         } else {
             identity::strip(resp.headers_mut(), &[], false);
         }
-        resp.map(|b| b.boxed())
+        resp
     };
     let status = response.status().as_u16();
     shared

@@ -20,7 +20,6 @@ pub mod metrics;
 pub mod proxy_protocol;
 pub mod server;
 pub mod state;
-pub mod upstream;
 
 pub use config::{GatewayConfig, ListenerConfig};
 pub use server::{start, Running};

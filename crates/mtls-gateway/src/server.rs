@@ -246,6 +246,35 @@ fn register_expiry(registry: &mut Registry, shared: &[Arc<Shared>]) {
             },
         );
     }
+    let pools = |shared: &[Arc<Shared>], count: fn(&crate::http::UpstreamPool) -> f64| {
+        let shared = shared.to_vec();
+        move || {
+            shared
+                .iter()
+                .map(|s| {
+                    let labels = vec![("listener", s.name.to_string())];
+                    (labels, count(&s.state.load().upstream.pool))
+                })
+                .collect()
+        }
+    };
+    // Per listener state: a reload that builds a new pool starts these again.
+    Scraped::register(
+        registry,
+        "mtls_upstream_connections_opened",
+        "Connections opened to the upstream (HTTP mode; kept alive and reused)",
+        None,
+        Kind::Counter,
+        pools(shared, |p| p.connections_opened() as f64),
+    );
+    Scraped::register(
+        registry,
+        "mtls_upstream_idle_connections",
+        "Upstream connections idle in the keep-alive pool",
+        None,
+        Kind::Gauge,
+        pools(shared, |p| p.idle_connections() as f64),
+    );
 }
 
 async fn handle_connection(

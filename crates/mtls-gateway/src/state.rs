@@ -2,16 +2,15 @@
 //! to the side and swapped in whole (or not at all). A reload that changes the upstream (its
 //! address, CAs or client certificate) or the stripped headers takes effect with the rest.
 
-use std::sync::Arc;
-
 use http::header::HeaderName;
 use http::uri::Authority;
+use mtls_client::pool::PoolTarget;
 use mtls_serve::tls::ServerState;
 use mtls_verify::Policy;
 use time::OffsetDateTime;
 
 use crate::config::{ListenerConfig, Mode};
-use crate::http::UpstreamClient;
+use crate::http::UpstreamPool;
 use crate::Error;
 
 /// Where and how a listener forwards.
@@ -20,8 +19,8 @@ pub struct Upstream {
     /// `host:port` (TCP mode connects here).
     pub addr: String,
     pub scheme: &'static str,
-    /// HTTP mode: the pooled client.
-    pub client: UpstreamClient,
+    /// HTTP mode: the keep-alive pool of upstream connections.
+    pub pool: UpstreamPool,
     /// Identity headers that must never come from clients (beyond the built-in ones).
     pub strip_headers: Vec<HeaderName>,
 }
@@ -51,11 +50,13 @@ impl Upstream {
         if authority.port_u16().is_none() {
             return Err(bad("a port is required"));
         }
-        let tls = if scheme == "https" {
-            // The one client builder of mtls: trust only upstream_ca, and an upstream client
-            // certificate that follows its files (a renewed one is used from the next
-            // upstream connection on).
-            let mut b = mtls_client::ClientBuilder::new();
+        // The one client builder of mtls: for HTTPS, trust only upstream_ca, and present an
+        // upstream client certificate that follows its files (a renewed one is used from the
+        // next upstream connection on).
+        let mut b = mtls_client::ClientBuilder::new()
+            .connect_timeout(timeout)
+            .pool_idle_timeout(std::time::Duration::from_secs(90));
+        let target = if scheme == "https" {
             for p in &cfg.upstream_ca {
                 b = b.ca_file(p);
             }
@@ -65,19 +66,24 @@ impl Upstream {
                     b = b.passphrase_file(p);
                 }
             }
-            let config = b
-                .tls_config(&[b"http/1.1"])
-                .map_err(|e| Error::Load(format!("listener {:?}: upstream: {e}", cfg.name)))?;
             let name = cfg
                 .upstream_server_name
                 .clone()
                 .unwrap_or_else(|| authority.host().trim_matches(['[', ']']).to_string());
-            let name = rustls_pki_types::ServerName::try_from(name)
+            let server_name = rustls_pki_types::ServerName::try_from(name)
                 .map_err(|_| bad("invalid upstream server name"))?;
-            Some((Arc::new(config), name))
+            PoolTarget::Https {
+                addr: hostport.to_string(),
+                server_name,
+            }
         } else {
-            None
+            PoolTarget::Http {
+                addr: hostport.to_string(),
+            }
         };
+        let pool = b
+            .build_pool(target)
+            .map_err(|e| Error::Load(format!("listener {:?}: upstream: {e}", cfg.name)))?;
         let strip_headers = cfg
             .strip_headers
             .iter()
@@ -90,7 +96,7 @@ impl Upstream {
             authority,
             addr: hostport.to_string(),
             scheme: if scheme == "https" { "https" } else { "http" },
-            client: crate::http::upstream_client(timeout, tls),
+            pool,
             strip_headers,
         })
     }

@@ -1,8 +1,9 @@
 //! `mtls-verify`: certificate path validation for mtls.
 //!
 //! What it does: builds and checks a path from a leaf to a trusted root with rustls-webpki
-//! (signatures, validity, basic constraints, name constraints, EKU nesting, CRLs), then adds the
-//! checks webpki leaves out: a certificate used for client authentication must *carry* the
+//! (signatures, validity, basic constraints, name constraints, EKU nesting), checks revocation
+//! against CRLs verified once and indexed ([`TrustState`]; [`verify`] runs the same code), and
+//! adds the checks webpki leaves out: a certificate used for client authentication must *carry* the
 //! clientAuth EKU (webpki accepts a certificate without any EKU), and a leaf may not hold
 //! keyCertSign. Every rejection is a typed [`Rejection`] with a stable code.
 //!
@@ -28,11 +29,7 @@ use rustls_pki_types::{
     UnixTime,
 };
 use time::OffsetDateTime;
-use webpki::{
-    CertRevocationList, EndEntityCert, ExpirationPolicy, ExtendedKeyUsageValidator,
-    KeyPurposeIdIter, KeyUsage, OwnedCertRevocationList, RevocationCheckDepth,
-    RevocationOptionsBuilder, UnknownStatusPolicy,
-};
+use webpki::{EndEntityCert, ExtendedKeyUsageValidator, KeyPurposeIdIter, KeyUsage};
 use x509_parser::extensions::ParsedExtension;
 
 /// Signature algorithms accepted in chains (aws-lc-rs implementations).
@@ -78,9 +75,10 @@ impl FromStr for Purpose {
 }
 
 /// Which certificates of the path must have a revocation status when CRLs are given.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum CrlScope {
     /// Only the leaf (the usual case: CRLs of the issuing CA).
+    #[default]
     Leaf,
     /// Every certificate below the trust anchor.
     Chain,
@@ -272,7 +270,6 @@ pub(crate) fn build_path<'p>(
     intermediates: &'p [CertificateDer<'p>],
     time: UnixTime,
     purpose: Purpose,
-    revocation: Option<webpki::RevocationOptions<'_>>,
 ) -> Result<webpki::VerifiedPath<'p>, webpki::Error> {
     match purpose {
         Purpose::Client => ee.verify_for_usage(
@@ -281,7 +278,7 @@ pub(crate) fn build_path<'p>(
             intermediates,
             time,
             KeyUsage::client_auth(),
-            revocation,
+            None,
             None,
         ),
         Purpose::Server => ee.verify_for_usage(
@@ -290,7 +287,7 @@ pub(crate) fn build_path<'p>(
             intermediates,
             time,
             KeyUsage::server_auth(),
-            revocation,
+            None,
             None,
         ),
         Purpose::Any => ee.verify_for_usage(
@@ -299,7 +296,7 @@ pub(crate) fn build_path<'p>(
             intermediates,
             time,
             AnyEku,
-            revocation,
+            None,
             None,
         ),
     }
@@ -390,24 +387,8 @@ fn check_leaf_key(cert: &x509_parser::certificate::X509Certificate<'_>) -> Resul
     }
 }
 
-/// webpki reduces a trust anchor to its subject and key; check the rest of the root here.
-fn check_anchor(root: &CertificateDer<'_>, at: OffsetDateTime) -> Result<(), Rejection> {
-    let Ok((_, cert)) = x509_parser::parse_x509_certificate(root) else {
-        return Err(Rejection::BadTrustAnchor(
-            "unparsable root certificate".into(),
-        ));
-    };
-    let v = cert.validity();
-    // Whole seconds, as webpki compares the rest of the chain.
-    let at = at.unix_timestamp();
-    if at < v.not_before.timestamp() || at > v.not_after.timestamp() {
-        return Err(Rejection::BadTrustAnchor(
-            "the root certificate is not valid at the validation time".into(),
-        ));
-    }
-    check_anchor_static(&cert).map_err(Rejection::BadTrustAnchor)
-}
-
+/// webpki reduces a trust anchor to its subject and key; the rest of the root is checked
+/// here.
 /// The time-independent checks of a trust anchor.
 pub(crate) fn check_anchor_static(
     cert: &x509_parser::certificate::X509Certificate<'_>,
@@ -480,114 +461,54 @@ fn is_ca_cert(cert: &x509_parser::certificate::X509Certificate<'_>) -> bool {
     matches!(cert.basic_constraints(), Ok(Some(bc)) if bc.value.ca)
 }
 
-/// Validates `leaf` against the request.
+/// Validates `leaf` against the request: the same validation as a server's [`TrustState`]
+/// (one path), with CRLs that intermediates of the request may have signed.
 pub fn verify(leaf: &CertificateDer<'_>, req: &VerifyRequest<'_>) -> Outcome {
     if req.roots.is_empty() {
         return Err(InputError::NoRoots);
     }
-    let anchors = req
-        .roots
-        .iter()
-        .enumerate()
-        .map(|(index, r)| {
-            webpki::anchor_from_trusted_cert(r)
-                .map(|a| a.to_owned())
-                .map_err(|e| InputError::BadRoot {
-                    index,
-                    detail: format!("{e:?}"),
-                })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let crls = req
-        .crls
-        .iter()
-        .enumerate()
-        .map(|(index, c)| {
-            check_crl(c, req.roots).map_err(|detail| InputError::BadCrl { index, detail })?;
-            OwnedCertRevocationList::from_der(c)
-                .map(CertRevocationList::from)
-                .map_err(|e| InputError::BadCrl {
-                    index,
-                    detail: format!("{e:?}"),
-                })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let crl_refs: Vec<&CertRevocationList<'_>> = crls.iter().collect();
-    let secs = u64::try_from(req.at.unix_timestamp()).map_err(|_| InputError::BadTime)?;
-    let time = UnixTime::since_unix_epoch(std::time::Duration::from_secs(secs));
+    if req.at.unix_timestamp() < 0 {
+        return Err(InputError::BadTime);
+    }
     let server_name = req
         .name
         .map(|n| ServerName::try_from(n).map_err(|_| InputError::BadName(n.to_string())))
         .transpose()?;
-
-    let ee = match EndEntityCert::try_from(leaf) {
-        Ok(ee) => ee,
-        Err(e) => return Ok(Err(Rejection::from_webpki(e, req.purpose))),
+    let roots: Vec<CertificateDer<'static>> =
+        req.roots.iter().map(|r| r.clone().into_owned()).collect();
+    let options = RevocationOptions {
+        allow_unknown_status: req.allow_unknown_revocation,
+        allow_expired_crl: req.allow_expired_crl,
+        scope: req.crl_scope,
     };
-    if let Err(r) = leaf_checks(leaf, req.purpose) {
-        return Ok(Err(r));
-    }
-    let revocation = RevocationOptionsBuilder::new(&crl_refs).ok().map(|b| {
-        b.with_depth(match req.crl_scope {
-            CrlScope::Leaf => RevocationCheckDepth::EndEntity,
-            CrlScope::Chain => RevocationCheckDepth::Chain,
-        })
-        .with_status_policy(if req.allow_unknown_revocation {
-            UnknownStatusPolicy::Allow
-        } else {
-            UnknownStatusPolicy::Deny
-        })
-        .with_expiration_policy(if req.allow_expired_crl {
-            ExpirationPolicy::Ignore
-        } else {
-            ExpirationPolicy::Enforce
-        })
-        .build()
-    });
-    let result = build_path(
-        &ee,
-        &anchors,
+    let state = TrustState::build(
+        0,
+        roots,
         req.intermediates,
-        time,
-        req.purpose,
-        revocation,
-    );
-    let path = match result {
-        Ok(p) => p,
-        Err(e) => return Ok(Err(Rejection::from_webpki(e, req.purpose))),
+        req.crls,
+        options,
+        state::UnknownCrlSigner::Ignore,
+    )
+    .map_err(|e| match e {
+        TrustError::NoRoots => InputError::NoRoots,
+        TrustError::BadRoot { index, detail } => InputError::BadRoot { index, detail },
+        TrustError::BadCrl { index, detail } => InputError::BadCrl { index, detail },
+    })?
+    .with_purpose(req.purpose);
+    let path = match state.verify_uncached(leaf, req.intermediates, req.at, true) {
+        Ok((_, path)) => path,
+        Err(r) => return Ok(Err(r)),
     };
     if let (Some(sn), Some(name)) = (&server_name, req.name) {
-        if ee.verify_is_valid_for_subject_name(sn).is_err() {
+        let name_ok = EndEntityCert::try_from(leaf)
+            .is_ok_and(|ee| ee.verify_is_valid_for_subject_name(sn).is_ok());
+        if !name_ok {
             return Ok(Err(Rejection::NameMismatch(name.to_string())));
         }
     }
-    let subject_of = |der: &[u8]| {
-        x509_parser::parse_x509_certificate(der)
-            .map(|(_, c)| c.subject().to_string())
-            .unwrap_or_else(|_| "?".into())
-    };
-    let mut subjects = vec![subject_of(leaf)];
-    subjects.extend(
-        path.intermediate_certificates()
-            .map(|c| subject_of(c.der().as_ref())),
-    );
-    let anchor = path.anchor();
-    let Some(root) = req.roots.iter().find(|r| {
-        webpki::anchor_from_trusted_cert(r).is_ok_and(|a| {
-            a.subject.as_ref() == anchor.subject.as_ref()
-                && a.subject_public_key_info.as_ref() == anchor.subject_public_key_info.as_ref()
-        })
-    }) else {
-        return Ok(Err(Rejection::BadTrustAnchor(
-            "trust anchor not found".into(),
-        )));
-    };
-    if let Err(r) = check_anchor(root, req.at) {
-        return Ok(Err(r));
-    }
-    let anchor_subject = subject_of(root);
-    subjects.push(anchor_subject);
-    Ok(Ok(VerifiedChain { subjects }))
+    Ok(Ok(VerifiedChain {
+        subjects: path.subjects,
+    }))
 }
 
 impl fmt::Display for VerifiedChain {

@@ -15,13 +15,118 @@ use webpki::EndEntityCert;
 use crate::peer::VerifiedPeer;
 use crate::{check_anchor_static, check_crl, leaf_checks, Purpose, Rejection};
 
-/// Revocation data of one issuer, from its newest CRL.
+/// Revocation data from one CRL (the newest of its issuer, signer and scope).
 #[derive(Debug)]
 struct CrlEntry {
     issuer: String,
     number: Vec<u8>,
     next_update: Option<OffsetDateTime>,
     revoked: HashSet<Vec<u8>>,
+    /// SPKI (DER) of the key that signed it: it speaks only for certificates issued under
+    /// that key (the issuing certificate of the validated path), as webpki requires.
+    signer_spki: Vec<u8>,
+    scope: CrlScopeOf,
+}
+
+/// What an issuingDistributionPoint limits a CRL to (RFC 5280 5.2.5); no IDP: everything.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct CrlScopeOf {
+    only_user_certs: bool,
+    only_ca_certs: bool,
+    /// Full-name URIs of the distribution point; a certificate naming CRL distribution
+    /// points is covered only if one of its URIs is here.
+    uris: Option<Vec<String>>,
+}
+
+impl CrlEntry {
+    /// RFC 5280 6.3.3 (b), as webpki's `authoritative_for`: the CRL covers `key`'s
+    /// certificate if signed by its issuer's key and its scope includes the certificate.
+    fn covers(&self, key: &RevocationKey) -> bool {
+        if self.signer_spki != key.issuer_spki {
+            return false;
+        }
+        let scope = &self.scope;
+        if (scope.only_ca_certs && !key.is_ca) || (scope.only_user_certs && key.is_ca) {
+            return false;
+        }
+        match (&scope.uris, &key.crl_uris) {
+            // Without an IDP name, or a certificate without distribution points, the issuer
+            // match suffices.
+            (None, _) | (_, None) => true,
+            (Some(idp), Some(cert)) => cert.iter().any(|u| idp.contains(u)),
+        }
+    }
+}
+
+/// The revocation question for one certificate of a validated path.
+#[derive(Debug, Clone)]
+struct RevocationKey {
+    /// The issuer name (DER), the index key.
+    issuer: Vec<u8>,
+    /// SPKI (DER) of the issuing certificate in the path.
+    issuer_spki: Vec<u8>,
+    serial: Vec<u8>,
+    is_ca: bool,
+    /// Full-name URIs of the certificate's CRL distribution points (`None`: no extension).
+    crl_uris: Option<Vec<String>>,
+    /// A status is required (the leaf, or the whole chain under [`crate::CrlScope::Chain`]).
+    require: bool,
+}
+
+fn crl_uris(cert: &x509_parser::certificate::X509Certificate<'_>) -> Option<Vec<String>> {
+    use x509_parser::extensions::{DistributionPointName, GeneralName, ParsedExtension};
+    let ext = cert
+        .extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::CRLDistributionPoints(p) => Some(p),
+            _ => None,
+        })?;
+    let mut uris = Vec::new();
+    for dp in ext.iter() {
+        // Indirect or reason-partitioned points cannot match (we support neither).
+        if dp.crl_issuer.is_some() || dp.reasons.is_some() {
+            continue;
+        }
+        if let Some(DistributionPointName::FullName(names)) = &dp.distribution_point {
+            for n in names {
+                if let GeneralName::URI(u) = n {
+                    uris.push(u.to_string());
+                }
+            }
+        }
+    }
+    Some(uris)
+}
+
+/// The IDP of a CRL webpki has accepted (it refuses delta CRLs, indirect CRLs, reason
+/// partitions and attribute-certificate CRLs at parse).
+fn crl_scope(crl: &x509_parser::revocation_list::CertificateRevocationList<'_>) -> CrlScopeOf {
+    use x509_parser::extensions::{DistributionPointName, GeneralName, ParsedExtension};
+    for ext in crl.extensions() {
+        if let ParsedExtension::IssuingDistributionPoint(idp) = ext.parsed_extension() {
+            let uris = match &idp.distribution_point {
+                Some(DistributionPointName::FullName(names)) => Some(
+                    names
+                        .iter()
+                        .filter_map(|n| match n {
+                            GeneralName::URI(u) => Some(u.to_string()),
+                            _ => None,
+                        })
+                        .collect(),
+                ),
+                // A relative name cannot match a full-name URI: like webpki, match nothing.
+                Some(DistributionPointName::NameRelativeToCRLIssuer(_)) => Some(Vec::new()),
+                None => None,
+            };
+            return CrlScopeOf {
+                only_user_certs: idp.only_contains_user_certs,
+                only_ca_certs: idp.only_contains_ca_certs,
+                uris,
+            };
+        }
+    }
+    CrlScopeOf::default()
 }
 
 /// Summary of a loaded CRL, for metrics and logs.
@@ -36,16 +141,25 @@ pub struct CrlSummary {
 
 struct Anchor {
     anchor: TrustAnchor<'static>,
+    /// The root's SPKI (DER), to match the CRLs it signed.
+    spki: Vec<u8>,
+    subject: String,
     not_before: i64,
     not_after: i64,
     problem: Option<String>,
 }
 
-/// Options that loosen revocation checking (both off by default).
+/// Revocation checking: which certificates need a status, and the loosenings (both off by
+/// default).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RevocationOptions {
+    /// Loosening: accept a certificate whose issuer has no covering CRL.
     pub allow_unknown_status: bool,
+    /// Loosening: accept CRLs past their nextUpdate.
     pub allow_expired_crl: bool,
+    /// Which certificates must have a status when CRLs are loaded (the leaf by default; the
+    /// CA certificates of the path are checked against any CRL that covers them either way).
+    pub scope: crate::CrlScope,
 }
 
 /// Everything a server needs to decide whether a client chain is trusted.
@@ -53,7 +167,10 @@ pub struct TrustState {
     generation: u64,
     anchors: Vec<Anchor>,
     roots: Vec<CertificateDer<'static>>,
-    crls: HashMap<Vec<u8>, CrlEntry>,
+    /// By issuer name; usually one entry each (more with several signers or partitions).
+    crls: HashMap<Vec<u8>, Vec<CrlEntry>>,
+    /// CRLs were given (even if none of them applies): the leaf then needs a status.
+    revocation_checked: bool,
     crl_summaries: Vec<CrlSummary>,
     options: RevocationOptions,
     purpose: Purpose,
@@ -64,13 +181,28 @@ pub struct TrustState {
 const CACHE_CAPACITY: usize = 16_384;
 
 /// A validated path: what must still be checked on every use.
-struct CachedPath {
+pub(crate) struct CachedPath {
     peer: Arc<VerifiedPeer>,
     /// Intersection of the validity windows of leaf, intermediates and anchor (Unix seconds).
     not_before: i64,
     not_after: i64,
-    /// (issuer name, serial, status required) for each certificate below the anchor.
-    revocation: Vec<(Vec<u8>, Vec<u8>, bool)>,
+    /// The revocation question of each certificate below the anchor.
+    revocation: Vec<RevocationKey>,
+}
+
+/// A validated path as [`crate::verify`] reports it.
+pub(crate) struct ValidatedPath {
+    /// Subjects from the leaf to the trust anchor.
+    pub(crate) subjects: Vec<String>,
+}
+
+/// What to do with a CRL whose signer is not among the candidates.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UnknownCrlSigner {
+    /// A server's trust state: every CRL must be usable.
+    Refuse,
+    /// `verify`: a CRL of an unrelated CA covers nothing.
+    Ignore,
 }
 
 fn chain_key(leaf: &[u8], intermediates: &[CertificateDer<'_>]) -> [u8; 32] {
@@ -109,17 +241,41 @@ pub enum TrustError {
 impl TrustState {
     /// Builds a trust state. Every CRL must be signed by a certificate of `roots` (put the
     /// intermediate in the CA bundle when it issues the CRL) and carry a CRL number; its
-    /// signature is checked here, once.
+    /// signature is checked here, once. Delta CRLs, indirect CRLs and CRLs partitioned by
+    /// reason are refused (they are never complete); a CRL with an issuingDistributionPoint
+    /// covers only the certificates in its scope.
     pub fn new(
         generation: u64,
         roots: Vec<CertificateDer<'static>>,
         crls: &[CertificateRevocationListDer<'_>],
         options: RevocationOptions,
     ) -> Result<Self, TrustError> {
+        Self::build(
+            generation,
+            roots,
+            &[],
+            crls,
+            options,
+            UnknownCrlSigner::Refuse,
+        )
+    }
+
+    /// [`new`](Self::new), with `crl_signers` (certificates that are not trust anchors, like
+    /// intermediates presented with a chain) also allowed to have signed CRLs: such a CRL is
+    /// used only for certificates whose validated issuer has the signer's key.
+    pub(crate) fn build(
+        generation: u64,
+        roots: Vec<CertificateDer<'static>>,
+        crl_signers: &[CertificateDer<'_>],
+        crls: &[CertificateRevocationListDer<'_>],
+        options: RevocationOptions,
+        unknown_signer: UnknownCrlSigner,
+    ) -> Result<Self, TrustError> {
         if roots.is_empty() {
             return Err(TrustError::NoRoots);
         }
         let mut anchors = Vec::with_capacity(roots.len());
+        let mut parsed_roots = Vec::with_capacity(roots.len());
         for (index, r) in roots.iter().enumerate() {
             let anchor = webpki::anchor_from_trusted_cert(r)
                 .map_err(|e| TrustError::BadRoot {
@@ -134,34 +290,58 @@ impl TrustState {
                 })?;
             anchors.push(Anchor {
                 anchor,
+                spki: cert.public_key().raw.to_vec(),
+                subject: cert.subject().to_string(),
                 not_before: cert.validity().not_before.timestamp(),
                 not_after: cert.validity().not_after.timestamp(),
                 problem: check_anchor_static(&cert).err(),
             });
+            parsed_roots.push(cert);
         }
-        let mut index_map: HashMap<Vec<u8>, CrlEntry> = HashMap::new();
+        let extra: Vec<_> = crl_signers
+            .iter()
+            .filter_map(|c| x509_parser::parse_x509_certificate(c).ok().map(|(_, c)| c))
+            .collect();
+        let mut index_map: HashMap<Vec<u8>, Vec<CrlEntry>> = HashMap::new();
         for (index, der) in crls.iter().enumerate() {
             let bad = |detail: String| TrustError::BadCrl { index, detail };
             check_crl(der, &roots).map_err(bad)?;
+            // webpki's parse refuses what no complete CRL may carry (deltaCRLIndicator,
+            // indirect or reason-partitioned IDPs, unknown critical extensions).
+            webpki::OwnedCertRevocationList::from_der(der)
+                .map_err(|e| bad(format!("unsupported CRL: {e:?}")))?;
             let crl = mtls_pki::revocation::parse_crl(der).map_err(|e| bad(e.to_string()))?;
             let issuer_raw = crl.issuer().as_raw().to_vec();
-            let issuer = roots
+            // A name can belong to several certificates (a re-keyed CA): the signer is the one
+            // whose key verifies the CRL.
+            let candidates: Vec<_> = parsed_roots
                 .iter()
-                .filter_map(|r| x509_parser::parse_x509_certificate(r).ok().map(|(_, c)| c))
-                .find(|c| c.subject().as_raw() == issuer_raw.as_slice())
-                .ok_or_else(|| {
-                    bad(format!(
-                        "its issuer {} is not in the CA bundle (add the issuing CA certificate)",
-                        crl.issuer()
-                    ))
-                })?;
-            if let Ok(Some(ku)) = issuer.key_usage() {
+                .chain(extra.iter())
+                .filter(|c| c.subject().as_raw() == issuer_raw.as_slice())
+                .collect();
+            if candidates.is_empty() {
+                if unknown_signer == UnknownCrlSigner::Ignore {
+                    continue;
+                }
+                return Err(bad(format!(
+                    "its issuer {} is not in the CA bundle (add the issuing CA certificate)",
+                    crl.issuer()
+                )));
+            }
+            let signer = candidates
+                .iter()
+                .find(|c| crl.verify_signature(c.public_key()).is_ok());
+            let Some(signer) = signer else {
+                if unknown_signer == UnknownCrlSigner::Ignore {
+                    continue;
+                }
+                return Err(bad("signature does not verify with its issuer's key".into()));
+            };
+            if let Ok(Some(ku)) = signer.key_usage() {
                 if !ku.value.crl_sign() {
                     return Err(bad("its issuer may not sign CRLs (no cRLSign)".into()));
                 }
             }
-            crl.verify_signature(issuer.public_key())
-                .map_err(|e| bad(format!("signature does not verify: {e}")))?;
             let number = crl
                 .crl_number()
                 .map(|n| n.to_bytes_be())
@@ -178,17 +358,27 @@ impl TrustState {
                             .to_vec()
                     })
                     .collect(),
+                signer_spki: signer.public_key().raw.to_vec(),
+                scope: crl_scope(&crl),
             };
-            // Several CRLs of one issuer: the newest (highest number) wins, never a merge.
-            let newer = index_map.get(&issuer_raw).is_none_or(|old| {
-                (old.number.len(), &old.number) < (entry.number.len(), &entry.number)
-            });
-            if newer {
-                index_map.insert(issuer_raw, entry);
+            // Several CRLs of one issuer, signer and scope: the newest (highest number) wins,
+            // never a merge.
+            let entries = index_map.entry(issuer_raw).or_default();
+            match entries
+                .iter_mut()
+                .find(|e| e.signer_spki == entry.signer_spki && e.scope == entry.scope)
+            {
+                Some(old) => {
+                    if (old.number.len(), &old.number) < (entry.number.len(), &entry.number) {
+                        *old = entry;
+                    }
+                }
+                None => entries.push(entry),
             }
         }
         let crl_summaries = index_map
             .values()
+            .flatten()
             .map(|e| CrlSummary {
                 issuer: e.issuer.clone(),
                 number: e.number.clone(),
@@ -201,6 +391,7 @@ impl TrustState {
             anchors,
             roots,
             crls: index_map,
+            revocation_checked: !crls.is_empty(),
             crl_summaries,
             options,
             purpose: Purpose::Client,
@@ -263,13 +454,13 @@ impl TrustState {
         let hit = self.cache.lock().ok().and_then(|c| c.get(&key).cloned());
         if let Some(c) = hit {
             if t >= c.not_before && t <= c.not_after {
-                for (issuer, serial, require) in &c.revocation {
-                    self.check_revocation_key(issuer, serial, *require, now)?;
+                for key in &c.revocation {
+                    self.check_revocation_key(key, now)?;
                 }
                 return Ok(c.peer.clone());
             }
         }
-        let cached = self.verify_uncached(end_entity, intermediates, now)?;
+        let (cached, _) = self.verify_uncached(end_entity, intermediates, now, false)?;
         let peer = cached.peer.clone();
         if let Ok(mut c) = self.cache.lock() {
             if c.len() >= CACHE_CAPACITY {
@@ -280,12 +471,15 @@ impl TrustState {
         Ok(peer)
     }
 
-    fn verify_uncached(
+    /// The one validation of a chain under this state (no cache): path and EKU (webpki),
+    /// leaf rules, anchor, validity and revocation. With `subjects`, the path's subjects too.
+    pub(crate) fn verify_uncached(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         now: OffsetDateTime,
-    ) -> Result<CachedPath, Rejection> {
+        subjects: bool,
+    ) -> Result<(CachedPath, ValidatedPath), Rejection> {
         let purpose = self.purpose;
         leaf_checks(end_entity, purpose)?;
         let ee =
@@ -294,7 +488,7 @@ impl TrustState {
             .map_err(|_| Rejection::Other("clock before 1970".into()))?;
         let time = UnixTime::since_unix_epoch(std::time::Duration::from_secs(secs));
         let anchors: Vec<TrustAnchor<'_>> = self.anchors.iter().map(|a| a.anchor.clone()).collect();
-        let path = crate::build_path(&ee, &anchors, intermediates, time, purpose, None)
+        let path = crate::build_path(&ee, &anchors, intermediates, time, purpose)
             .map_err(|e| Rejection::from_webpki(e, purpose))?;
         let used = path.anchor();
         let anchor = self
@@ -317,6 +511,7 @@ impl TrustState {
         }
         let (_, leaf) = x509_parser::parse_x509_certificate(end_entity)
             .map_err(|e| Rejection::Malformed(e.to_string()))?;
+        let peer = Arc::new(VerifiedPeer::from_cert(end_entity, &leaf, self.generation));
         let mut not_before = anchor
             .not_before
             .max(leaf.validity().not_before.timestamp());
@@ -326,51 +521,89 @@ impl TrustState {
                 .as_bytes()
                 .to_vec()
         };
-        let mut revocation = vec![(leaf.issuer().as_raw().to_vec(), serial_of(&leaf), true)];
-        for ica in path.intermediate_certificates() {
-            if let Ok((_, c)) = x509_parser::parse_x509_certificate(ica.der().as_ref()) {
-                not_before = not_before.max(c.validity().not_before.timestamp());
-                not_after = not_after.min(c.validity().not_after.timestamp());
-                revocation.push((c.issuer().as_raw().to_vec(), serial_of(&c), false));
-            }
+        // The path's certificates below the anchor, leaf first; each one's issuer is the next
+        // (the last one's is the anchor).
+        let ders: Vec<CertificateDer<'_>> =
+            path.intermediate_certificates().map(|c| c.der()).collect();
+        let mut path_certs = vec![leaf];
+        for der in &ders {
+            let (_, c) = x509_parser::parse_x509_certificate(der.as_ref())
+                .map_err(|e| Rejection::Malformed(e.to_string()))?;
+            not_before = not_before.max(c.validity().not_before.timestamp());
+            not_after = not_after.min(c.validity().not_after.timestamp());
+            path_certs.push(c);
         }
-        for (issuer, serial, require) in &revocation {
-            self.check_revocation_key(issuer, serial, *require, now)?;
+        let chain_scope = self.options.scope == crate::CrlScope::Chain;
+        let revocation: Vec<RevocationKey> = path_certs
+            .iter()
+            .enumerate()
+            .map(|(i, c)| RevocationKey {
+                issuer: c.issuer().as_raw().to_vec(),
+                issuer_spki: path_certs
+                    .get(i + 1)
+                    .map(|issuer| issuer.public_key().raw.to_vec())
+                    .unwrap_or_else(|| anchor.spki.clone()),
+                serial: serial_of(c),
+                is_ca: i > 0,
+                crl_uris: crl_uris(c),
+                require: i == 0 || chain_scope,
+            })
+            .collect();
+        for key in &revocation {
+            self.check_revocation_key(key, now)?;
         }
-        Ok(CachedPath {
-            peer: Arc::new(VerifiedPeer::from_cert(end_entity, &leaf, self.generation)),
-            not_before,
-            not_after,
-            revocation,
-        })
+        let subjects = if subjects {
+            path_certs
+                .iter()
+                .map(|c| c.subject().to_string())
+                .chain(std::iter::once(anchor.subject.clone()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok((
+            CachedPath {
+                peer,
+                not_before,
+                not_after,
+                revocation,
+            },
+            ValidatedPath { subjects },
+        ))
     }
 
     fn check_revocation_key(
         &self,
-        issuer: &[u8],
-        serial: &[u8],
-        require_status: bool,
+        key: &RevocationKey,
         now: OffsetDateTime,
     ) -> Result<(), Rejection> {
-        if self.crls.is_empty() {
+        if !self.revocation_checked {
             return Ok(());
         }
-        match self.crls.get(issuer) {
-            Some(entry) => {
-                if let Some(next) = entry.next_update {
-                    if now > next && !self.options.allow_expired_crl {
-                        return Err(Rejection::ExpiredCrl);
-                    }
-                }
-                if entry.revoked.contains(serial) {
-                    return Err(Rejection::Revoked);
-                }
-                Ok(())
+        let mut covered = false;
+        let mut expired = false;
+        for entry in self.crls.get(&key.issuer).into_iter().flatten() {
+            if !entry.covers(key) {
+                continue;
             }
-            None if require_status && !self.options.allow_unknown_status => {
-                Err(Rejection::UnknownRevocationStatus)
+            if entry.next_update.is_some_and(|next| now >= next) && !self.options.allow_expired_crl
+            {
+                expired = true;
+                continue;
             }
-            None => Ok(()),
+            if entry.revoked.contains(&key.serial) {
+                return Err(Rejection::Revoked);
+            }
+            covered = true;
+        }
+        if covered {
+            Ok(())
+        } else if expired {
+            Err(Rejection::ExpiredCrl)
+        } else if key.require && !self.options.allow_unknown_status {
+            Err(Rejection::UnknownRevocationStatus)
+        } else {
+            Ok(())
         }
     }
 }

@@ -18,6 +18,18 @@ fn check(
     at: OffsetDateTime,
     name: Option<&str>,
 ) -> Result<(), Rejection> {
+    check_scoped(pki, leaf, purpose, crls, at, name, CrlScope::Leaf)
+}
+
+fn check_scoped(
+    pki: &TestPki,
+    leaf: &CertificateDer<'_>,
+    purpose: Purpose,
+    crls: &[CertificateRevocationListDer<'_>],
+    at: OffsetDateTime,
+    name: Option<&str>,
+    crl_scope: CrlScope,
+) -> Result<(), Rejection> {
     let roots = [pki.root_der()];
     let inter = [pki.intermediate_der()];
     let req = VerifyRequest {
@@ -27,7 +39,7 @@ fn check(
         at,
         purpose,
         name,
-        crl_scope: CrlScope::Leaf,
+        crl_scope,
         allow_unknown_revocation: false,
         allow_expired_crl: false,
     };
@@ -335,5 +347,147 @@ mod trust_state {
         )
         .unwrap_err();
         assert!(err.to_string().contains("not in the CA bundle"), "{err}");
+    }
+}
+
+/// `verify` and `TrustState` share one validation: the revocation decisions below hold for
+/// both.
+mod one_revocation_path {
+    use super::*;
+    use mtls_verify::{RevocationOptions, TrustError, TrustState};
+
+    fn crl(
+        ca: &mtls_pki::CaCert,
+        revoked: &[&mtls_pki::Serial],
+    ) -> CertificateRevocationListDer<'static> {
+        let entries: Vec<RevokedEntry> = revoked
+            .iter()
+            .map(|s| RevokedEntry {
+                serial: (*s).clone(),
+                revoked_at: now(),
+                reason: None,
+            })
+            .collect();
+        build_crl(ca, 1, now(), Duration::days(7), &entries).unwrap()
+    }
+
+    fn verify_scoped(
+        pki: &TestPki,
+        leaf: &CertificateDer<'_>,
+        crls: &[CertificateRevocationListDer<'_>],
+        crl_scope: CrlScope,
+    ) -> Result<(), Rejection> {
+        check_scoped(pki, leaf, Purpose::Client, crls, now(), None, crl_scope)
+    }
+
+    fn state_scoped(
+        pki: &TestPki,
+        crls: &[CertificateRevocationListDer<'_>],
+        scope: CrlScope,
+    ) -> Result<TrustState, TrustError> {
+        TrustState::new(
+            1,
+            vec![pki.root_der()],
+            crls,
+            RevocationOptions {
+                scope,
+                ..Default::default()
+            },
+        )
+    }
+
+    #[test]
+    fn a_crl_signed_by_another_key_under_the_same_name_covers_nothing() {
+        let pki = TestPki::new("t");
+        // Same subject names, other keys.
+        let impostor = TestPki::new("t");
+        let c = pki.client("c");
+        let forged = crl(&impostor.intermediate, &[]);
+        assert_eq!(
+            verify_scoped(
+                &pki,
+                &c.cert.der,
+                std::slice::from_ref(&forged),
+                CrlScope::Leaf
+            ),
+            Err(Rejection::UnknownRevocationStatus)
+        );
+        let err = TrustState::new(
+            1,
+            vec![pki.root_der(), pki.intermediate_der()],
+            &[forged],
+            RevocationOptions::default(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("signature does not verify"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn chain_scope_needs_a_status_for_the_intermediate_too() {
+        let pki = TestPki::new("t");
+        let c = pki.client("c");
+        let leaf_crl = crl(&pki.intermediate, &[]);
+        // Leaf scope: the intermediate's CRL is enough.
+        verify_scoped(
+            &pki,
+            &c.cert.der,
+            std::slice::from_ref(&leaf_crl),
+            CrlScope::Leaf,
+        )
+        .unwrap();
+        assert_eq!(
+            verify_scoped(
+                &pki,
+                &c.cert.der,
+                std::slice::from_ref(&leaf_crl),
+                CrlScope::Chain
+            ),
+            Err(Rejection::UnknownRevocationStatus)
+        );
+        let root_crl = crl(&pki.root, &[]);
+        verify_scoped(
+            &pki,
+            &c.cert.der,
+            &[leaf_crl.clone(), root_crl],
+            CrlScope::Chain,
+        )
+        .unwrap();
+        // The root revoked the intermediate: refused in either scope, since a CRL covers it.
+        let inter_der = pki.intermediate_der();
+        let (_, inter_cert) = x509_parser::parse_x509_certificate(&inter_der).unwrap();
+        let inter_serial = mtls_pki::Serial::from_be_bytes(inter_cert.raw_serial());
+        let revoking = crl(&pki.root, &[&inter_serial]);
+        for scope in [CrlScope::Leaf, CrlScope::Chain] {
+            assert_eq!(
+                verify_scoped(
+                    &pki,
+                    &c.cert.der,
+                    &[leaf_crl.clone(), revoking.clone()],
+                    scope
+                ),
+                Err(Rejection::Revoked),
+                "{scope:?}"
+            );
+        }
+        // The server's trust state decides the same (the intermediate comes with the chain).
+        let inter = [pki.intermediate_der()];
+        let st = state_scoped(&pki, std::slice::from_ref(&leaf_crl), CrlScope::Chain);
+        // Its CRL signer (the intermediate) is not in the bundle: refused at load.
+        assert!(st.is_err());
+        let st = TrustState::new(
+            1,
+            vec![pki.root_der(), pki.intermediate_der()],
+            &[leaf_crl, revoking],
+            RevocationOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            st.verify_client(&c.cert.der, &inter, now()).map(|_| ()),
+            Ok(()),
+            "with the intermediate as an anchor, the path ends there"
+        );
     }
 }

@@ -185,7 +185,14 @@ impl Upstream {
                                 .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
                                 .collect();
                             seen.lock().unwrap().push(headers.clone());
-                            let body = serde_json::json!({"path": req.uri().path(), "headers": headers}).to_string();
+                            let path = req.uri().path().to_string();
+                            // Read the request body, as a real upstream does (an unread body
+                            // ends the connection's keep-alive).
+                            let received = http_body_util::BodyExt::collect(req.into_body())
+                                .await
+                                .map(|b| b.to_bytes().len())
+                                .unwrap_or(0);
+                            let body = serde_json::json!({"path": path, "headers": headers, "body_bytes": received}).to_string();
                             Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(bytes::Bytes::from(body))))
                         }
                     });
