@@ -32,6 +32,8 @@ pub struct Shared {
     pub access_log: bool,
     /// Announces each successful reload; open connections re-check on it.
     pub generations: Generations,
+    /// The HTTP connection builder (limits and timers), made once, not per connection.
+    pub http: hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
 }
 
 /// A started gateway.
@@ -99,6 +101,10 @@ pub async fn start(config: GatewayConfig, config_path: Option<PathBuf>) -> Resul
             limits: config.limits.clone(),
             access_log: config.access_log,
             generations: Generations::new(1),
+            http: mtls_serve::http::builder(&mtls_serve::http::HttpLimits {
+                header_read_timeout: config.limits.header_read_timeout,
+                max_header_bytes: config.limits.max_header_bytes,
+            }),
         }));
         listeners.push(listener);
     }
@@ -337,14 +343,10 @@ async fn handle_connection(
             } else {
                 shared.limits.header_read_timeout
             };
-            let limits = mtls_serve::http::HttpLimits {
-                header_read_timeout: shared.limits.header_read_timeout,
-                max_header_bytes: shared.limits.max_header_bytes,
-            };
             let conn = Arc::new(Conn::new(shared.clone(), identity, sni, remote, slot));
             let service = service_fn(move |req| gw_http::handle(conn.clone(), req));
             mtls_serve::http::serve_connection(
-                &mtls_serve::http::builder(&limits),
+                &shared.http,
                 mtls_tls::IdleTimeout::new(tls, idle),
                 service,
                 shutdown,

@@ -59,18 +59,119 @@ pub async fn serve_connection<IO, S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let linger = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let io = Lingering {
+        io: Some(io),
+        linger: linger.clone(),
+    };
     let serving = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(serving);
     tokio::select! {
         r = serving.as_mut() => {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "connection ended with an error");
+                // hyper answered a malformed or oversize request (400, 431) and closes while
+                // the client may still be sending: closing with unread data sends a reset
+                // that can destroy the answer before the client reads it.
+                linger.store(true, std::sync::atomic::Ordering::Relaxed);
             }
         }
         _ = shutdown.wait() => {
             serving.as_mut().graceful_shutdown();
             let _ = serving.await;
         }
+    }
+}
+
+/// Longest a closed connection is drained of what its client still sends (nginx's
+/// `lingering_time` idea, bounded in time and bytes).
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1 << 20;
+
+/// The connection's stream; when the connection ended with a protocol error, dropping it shuts
+/// the write side down (the answer and a FIN go out) and reads and discards what the client
+/// still sends, bounded, before closing: a lingering close.
+struct Lingering<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> {
+    io: Option<IO>,
+    linger: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for Lingering<IO> {
+    fn drop(&mut self) {
+        if !self.linger.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let Some(mut io) = self.io.take() else { return };
+        // Outside a runtime (never in our servers) the stream just closes.
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let _ = tokio::time::timeout(LINGER_TIME, async {
+                let _ = io.shutdown().await;
+                let mut buf = [0u8; 8192];
+                let mut drained = 0;
+                while drained < LINGER_BYTES {
+                    match io.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => drained += n,
+                    }
+                }
+            })
+            .await;
+        });
+    }
+}
+
+macro_rules! inner {
+    ($self:ident) => {
+        match $self.get_mut().io.as_mut() {
+            Some(io) => std::pin::Pin::new(io),
+            None => return std::task::Poll::Ready(Err(std::io::ErrorKind::NotConnected.into())),
+        }
+    };
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncRead for Lingering<IO> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        inner!(self).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for Lingering<IO> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        inner!(self).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        inner!(self).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.as_ref().is_some_and(|io| io.is_write_vectored())
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        inner!(self).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        inner!(self).poll_shutdown(cx)
     }
 }
 
