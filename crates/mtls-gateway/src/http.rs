@@ -31,7 +31,7 @@ pub fn json_error(status: StatusCode, code: &'static str, message: &str) -> Resp
 
 /// A connection's client identity (re-verified when trust changes or something expires), with
 /// the identity headers encoded once per identity.
-pub type ConnIdentity = ConnectionIdentity<Option<IdentityHeaders>>;
+pub type ConnIdentity = ConnectionIdentity<Option<Arc<IdentityHeaders>>>;
 
 /// Per-connection context.
 pub struct Conn {

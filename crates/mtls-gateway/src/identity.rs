@@ -122,7 +122,37 @@ pub struct IdentityHeaders {
     pub client_cert: HeaderValue,
 }
 
+/// Most certificates whose encoded headers are remembered (entries no connection uses are
+/// dropped when it fills).
+const SHARED_CAPACITY: usize = 4096;
+
+static SHARED: std::sync::Mutex<
+    Option<std::collections::HashMap<mtls_pki::Fingerprint, std::sync::Weak<IdentityHeaders>>>,
+> = std::sync::Mutex::new(None);
+
 impl IdentityHeaders {
+    /// The headers of `peer`'s certificate, encoded once per certificate and shared by all its
+    /// connections (each would otherwise hold its own copy of the encoded certificate).
+    pub fn shared(peer: &std::sync::Arc<VerifiedPeer>) -> Option<std::sync::Arc<Self>> {
+        let key = *peer.fingerprint();
+        let Ok(mut guard) = SHARED.lock() else {
+            return Self::new(peer).map(std::sync::Arc::new);
+        };
+        let map = guard.get_or_insert_with(Default::default);
+        if let Some(h) = map.get(&key).and_then(std::sync::Weak::upgrade) {
+            return Some(h);
+        }
+        let headers = std::sync::Arc::new(Self::new(peer)?);
+        if map.len() >= SHARED_CAPACITY {
+            map.retain(|_, w| w.strong_count() > 0);
+            if map.len() >= SHARED_CAPACITY {
+                map.clear();
+            }
+        }
+        map.insert(key, std::sync::Arc::downgrade(&headers));
+        Some(headers)
+    }
+
     pub fn new(peer: &VerifiedPeer) -> Option<Self> {
         Some(IdentityHeaders {
             xfcc: HeaderValue::from_str(&xfcc(peer)).ok()?,

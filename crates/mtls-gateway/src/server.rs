@@ -317,9 +317,11 @@ async fn handle_connection(
     // Re-check the identity against the *current* state: covers resumed sessions (which skip
     // the verifier) and reloads that happened during the handshake.
     let state = shared.state.load_full();
-    let identity = gw_http::ConnIdentity::new(chain, state.trust(), |p| {
-        crate::identity::IdentityHeaders::new(p)
-    });
+    let identity = gw_http::ConnIdentity::new(
+        chain,
+        state.trust(),
+        crate::identity::IdentityHeaders::shared,
+    );
     let verdict = identity.current(state.trust());
     match &verdict {
         Ok(_) => shared.metrics.handshake(&shared.name, "ok", ""),
