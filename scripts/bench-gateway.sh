@@ -68,6 +68,18 @@ trap 'kill $APP 2>/dev/null || true; "$BENCH/peers.sh" stop origin >/dev/null 2>
 "$BENCH/compare_target.sh" mtls-axum-app $APP_PORT $APP "$RUNS"
 kill $APP; wait $APP 2>/dev/null || true
 
+# The ceiling of the proxy path: the gateway's stack and upstream pool with none of its work
+# (examples/src/bin/bench_proxy.rs), in front of the same origin.
+cargo build --release --locked -p mtls-examples --bin bench_proxy
+CEIL_PORT=$((PORT + 2))
+LISTEN=127.0.0.1:$CEIL_PORT CERT="$P/pki/server.pem" KEY="$P/pki/server.key" CA="$P/pki/ca.pem" UPSTREAM=127.0.0.1:18080 \
+  taskset -c 0 "$ROOT/target/release/bench_proxy" >"$P/run/bench-proxy.log" 2>&1 &
+CEIL=$!
+for _ in $(seq 50); do ss -Hltn "( sport = :$CEIL_PORT )" | grep -q . && break; sleep 0.1; done
+trap 'kill $CEIL 2>/dev/null || true; "$BENCH/peers.sh" stop origin >/dev/null 2>&1 || true' EXIT
+"$BENCH/compare_target.sh" mtls-proxy-ceiling $CEIL_PORT $CEIL "$RUNS"
+kill $CEIL; wait $CEIL 2>/dev/null || true
+
 {
   echo "# Gateway benchmark"
   echo
@@ -81,6 +93,10 @@ kill $APP; wait $APP 2>/dev/null || true
   echo
   cat "$RES/target-mtls-axum-app/side_by_side.md"
   echo
+  echo "The ceiling of the proxy path (examples/src/bin/bench_proxy.rs: the gateway's stack and upstream pool, no policy, headers, metrics or log):"
+  echo
+  cat "$RES/target-mtls-proxy-ceiling/side_by_side.md"
+  echo
   echo "Two cores (gateway on CPUs 0-1, load generator also on CPU 1), full handshakes:"
   echo
   echo '```'
@@ -92,5 +108,7 @@ for f in glob.glob(sys.argv[1] + "/*.json"):
         print(f"full mTLS handshakes/s: {run.get('rate')} (ok {run.get('ok')}, bad status {run.get('bad_status')}, errors {run.get('err')})")
 PY
   echo '```'
+  echo
+  echo "Analysis (ceiling, profiles, before/after): [benchmarks-gateway-analysis.md](benchmarks-gateway-analysis.md)."
 } > "$ROOT/docs/benchmarks-gateway.md"
 echo "wrote docs/benchmarks-gateway.md"
