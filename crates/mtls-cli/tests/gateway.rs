@@ -879,3 +879,41 @@ fn upstream_connections_closed_by_the_upstream_are_not_reused() {
         );
     }
 }
+
+#[test]
+fn the_server_picks_the_tls13_suite_by_its_own_order() {
+    let (_d, f, _up, g) = setup(&["--allow-any-trusted"]);
+    let c = f.client("c");
+    let suite = |offer: &str| {
+        let o = Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &g.addr.to_string(),
+                "-servername",
+                "localhost",
+            ])
+            .args(["-tls1_3", "-ciphersuites", offer, "-cert"])
+            .arg(&c.chain)
+            .arg("-key")
+            .arg(&c.key)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        // "New, TLSv1.3, Cipher is TLS_AES_128_GCM_SHA256"
+        out.lines()
+            .find_map(|l| {
+                l.split_once("Cipher is ")
+                    .map(|(_, c)| c.trim().to_string())
+            })
+            .unwrap_or_else(|| panic!("no cipher in\n{out}"))
+    };
+    // A client preferring AES-256 still gets AES-128-GCM/SHA-256 (our order) ...
+    assert_eq!(
+        suite("TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256"),
+        "TLS_AES_128_GCM_SHA256"
+    );
+    // ... and a client that offers only AES-256 gets it.
+    assert_eq!(suite("TLS_AES_256_GCM_SHA384"), "TLS_AES_256_GCM_SHA384");
+}

@@ -19,7 +19,9 @@ pub struct Metrics {
     requests: CounterFamily,
     /// The request counter of each (listener, status), so the request path finds its counter
     /// without building a label set (allocations) per request.
-    request_counters: std::sync::RwLock<std::collections::HashMap<(Arc<str>, u16), Counter>>,
+    request_counters: CounterCache<(Arc<str>, u16)>,
+    /// The same for handshakes, by (listener, result, reason).
+    handshake_counters: CounterCache<(Arc<str>, &'static str, &'static str)>,
     latency: Histogram,
     pub active_connections: Gauge,
     pub upstream_errors: Counter,
@@ -35,6 +37,7 @@ impl Metrics {
             handshakes: Family::default(),
             requests: Family::default(),
             request_counters: Default::default(),
+            handshake_counters: Default::default(),
             latency: Histogram::new(BUCKETS),
             active_connections: Gauge::default(),
             upstream_errors: Counter::default(),
@@ -86,9 +89,8 @@ impl Metrics {
         m
     }
 
-    /// A handshake ended with `result` (`ok`, `failed`, `timeout`, `rejected`, `denied`) and
-    /// `reason`.
-    pub fn handshake(&self, listener: &str, result: &str, reason: &str) {
+    /// A handshake failed in TLS (`failed` or `timeout`) for `reason`.
+    pub fn handshake_failed(&self, listener: &str, result: &str, reason: &str) {
         let labels: Labels = vec![
             ("listener", listener.to_string()),
             ("result", result.to_string()),
@@ -97,26 +99,29 @@ impl Metrics {
         self.handshakes.get_or_create(&labels).inc();
     }
 
+    /// A handshake completed with `result` (`ok`, `rejected`, `denied`) and `reason`.
+    pub fn handshake(&self, listener: &Arc<str>, result: &'static str, reason: &'static str) {
+        self.handshake_counters
+            .get(&self.handshakes, (listener.clone(), result, reason), || {
+                vec![
+                    ("listener", listener.to_string()),
+                    ("result", result.to_string()),
+                    ("reason", reason.to_string()),
+                ]
+            })
+            .inc();
+    }
+
     /// A request finished with `status` after `elapsed`.
     pub fn request(&self, listener: &Arc<str>, status: u16, elapsed: Duration) {
-        let key = (listener.clone(), status);
-        let cached = self
-            .request_counters
-            .read()
-            .ok()
-            .and_then(|m| m.get(&key).cloned());
-        let counter = cached.unwrap_or_else(|| {
-            let labels: Labels = vec![
-                ("listener", listener.to_string()),
-                ("status", status.to_string()),
-            ];
-            let c = self.requests.get_or_create_owned(&labels);
-            if let Ok(mut m) = self.request_counters.write() {
-                m.insert(key, c.clone());
-            }
-            c
-        });
-        counter.inc();
+        self.request_counters
+            .get(&self.requests, (listener.clone(), status), || {
+                vec![
+                    ("listener", listener.to_string()),
+                    ("status", status.to_string()),
+                ]
+            })
+            .inc();
         self.latency.observe(elapsed.as_secs_f64());
     }
 
@@ -126,5 +131,28 @@ impl Metrics {
         self.crl_fetches
             .get_or_create(&vec![("result", result.to_string())])
             .inc();
+    }
+}
+
+/// The counter of each label set of a family, found by a cheap key on the hot path (no label
+/// set built, no allocation) once the label set has been seen.
+struct CounterCache<K>(std::sync::RwLock<std::collections::HashMap<K, Counter>>);
+
+impl<K> Default for CounterCache<K> {
+    fn default() -> Self {
+        CounterCache(Default::default())
+    }
+}
+
+impl<K: std::hash::Hash + Eq> CounterCache<K> {
+    fn get(&self, family: &CounterFamily, key: K, labels: impl FnOnce() -> Labels) -> Counter {
+        if let Some(c) = self.0.read().ok().and_then(|m| m.get(&key).cloned()) {
+            return c;
+        }
+        let c = family.get_or_create_owned(&labels());
+        if let Ok(mut m) = self.0.write() {
+            m.insert(key, c.clone());
+        }
+        c
     }
 }

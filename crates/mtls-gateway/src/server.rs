@@ -308,7 +308,9 @@ async fn handle_connection(
             };
             let reason = if result == "timeout" { "" } else { e.reason() };
             tracing::info!(%remote, listener = %shared.name, reason = e.reason(), "handshake failed");
-            shared.metrics.handshake(&shared.name, result, reason);
+            shared
+                .metrics
+                .handshake_failed(&shared.name, result, reason);
             return;
         }
     };

@@ -200,6 +200,11 @@ pub fn server_config(
         .with_cert_resolver(resolver);
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     config.max_early_data_size = 0;
+    // Our suite order, not the client's (as Go's crypto/tls does): AES-128-GCM with SHA-256
+    // first. It gives 128-bit security like the P-256 and X25519 keys beside it, and SHA-256
+    // (SHA-NI) makes the handshake transcript and key schedule several times cheaper than
+    // SHA-384, which showed as 10 % of a full handshake's CPU.
+    config.ignore_client_order = true;
     // One TLS 1.3 ticket per handshake is enough for a client to resume once; the default two
     // double the per-handshake ticket work for clients that rarely use both.
     config.send_tls13_tickets = 1;
