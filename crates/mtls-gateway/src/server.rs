@@ -348,7 +348,9 @@ async fn handle_connection(
                 shared.limits.header_read_timeout
             };
             let conn = Arc::new(Conn::new(shared.clone(), identity, sni, remote, slot));
-            let service = service_fn(move |req| gw_http::handle(conn.clone(), req));
+            // Boxed: hyper keeps a slot the size of the service's future for every connection,
+            // idle ones too; the proxying future is several KiB, a box is a pointer.
+            let service = service_fn(move |req| Box::pin(gw_http::handle(conn.clone(), req)));
             mtls_serve::http::serve_connection(
                 &shared.http,
                 mtls_tls::IdleTimeout::new(tls, idle),
