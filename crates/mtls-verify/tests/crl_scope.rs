@@ -1,0 +1,264 @@
+//! CRLs with an issuingDistributionPoint cover only the certificates in their scope, in both
+//! `verify()` and a server's `TrustState` (one validation path). Built with rcgen directly,
+//! since mtls's own CA never partitions its CRLs.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use mtls_verify::{
+    verify, CrlScope, Purpose, Rejection, RevocationOptions, TrustState, VerifyRequest,
+};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, CertifiedIssuer,
+    CrlDistributionPoint, CrlIssuingDistributionPoint, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams, SerialNumber,
+};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
+use time::{Duration, OffsetDateTime};
+
+const LEAF_DP: &str = "http://crl.example/intermediate.crl";
+
+struct Pki {
+    root: CertifiedIssuer<'static, KeyPair>,
+    inter: CertifiedIssuer<'static, KeyPair>,
+    leaf: CertificateDer<'static>,
+    leaf_serial: SerialNumber,
+}
+
+fn ca_params(cn: &str) -> CertificateParams {
+    let mut p = CertificateParams::new(vec![]).unwrap();
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    p.not_before = OffsetDateTime::now_utc() - Duration::days(1);
+    p.not_after = OffsetDateTime::now_utc() + Duration::days(30);
+    p
+}
+
+fn pki() -> Pki {
+    let root = CertifiedIssuer::self_signed(ca_params("Scope Root"), KeyPair::generate().unwrap())
+        .unwrap();
+    let inter = CertifiedIssuer::signed_by(
+        ca_params("Scope Intermediate"),
+        KeyPair::generate().unwrap(),
+        &root,
+    )
+    .unwrap();
+    let mut p = CertificateParams::new(vec![]).unwrap();
+    p.distinguished_name.push(DnType::CommonName, "client");
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.crl_distribution_points = vec![CrlDistributionPoint {
+        uris: vec![LEAF_DP.into()],
+    }];
+    let leaf_serial = SerialNumber::from(vec![0x11, 0x22, 0x33]);
+    p.serial_number = Some(leaf_serial.clone());
+    p.not_before = OffsetDateTime::now_utc() - Duration::days(1);
+    p.not_after = OffsetDateTime::now_utc() + Duration::days(7);
+    let leaf = p
+        .signed_by(&KeyPair::generate().unwrap(), &inter)
+        .unwrap()
+        .der()
+        .clone();
+    Pki {
+        root,
+        inter,
+        leaf,
+        leaf_serial,
+    }
+}
+
+/// A CRL of the intermediate revoking the leaf, with this IDP.
+fn crl(
+    pki: &Pki,
+    idp: Option<CrlIssuingDistributionPoint>,
+) -> CertificateRevocationListDer<'static> {
+    let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+    CertificateRevocationListParams {
+        this_update: now,
+        next_update: now + Duration::days(1),
+        crl_number: SerialNumber::from(1u64),
+        issuing_distribution_point: idp,
+        revoked_certs: vec![RevokedCertParams {
+            serial_number: pki.leaf_serial.clone(),
+            revocation_time: now,
+            reason_code: None,
+            invalidity_date: None,
+        }],
+        key_identifier_method: KeyIdMethod::Sha256,
+    }
+    .signed_by(&pki.inter)
+    .unwrap()
+    .der()
+    .clone()
+}
+
+fn idp(uri: &str, scope: Option<rcgen::CrlScope>) -> Option<CrlIssuingDistributionPoint> {
+    Some(CrlIssuingDistributionPoint {
+        distribution_point: CrlDistributionPoint {
+            uris: vec![uri.into()],
+        },
+        scope,
+    })
+}
+
+/// The verdict of `verify()` and of a server's trust state (intermediate in its bundle, so
+/// the CRL's signer is known) for the leaf.
+fn both(
+    pki: &Pki,
+    crl: &CertificateRevocationListDer<'_>,
+) -> (Result<(), Rejection>, Result<(), Rejection>) {
+    let roots = [pki.root.der().clone()];
+    let inter = [pki.inter.der().clone()];
+    let req = VerifyRequest {
+        roots: &roots,
+        intermediates: &inter,
+        crls: std::slice::from_ref(crl),
+        at: OffsetDateTime::now_utc(),
+        purpose: Purpose::Client,
+        name: None,
+        crl_scope: CrlScope::Leaf,
+        allow_unknown_revocation: false,
+        allow_expired_crl: false,
+    };
+    let one_off = verify(&pki.leaf, &req).unwrap().map(|_| ());
+    let state = TrustState::new(
+        1,
+        vec![pki.root.der().clone(), pki.inter.der().clone()],
+        std::slice::from_ref(crl),
+        RevocationOptions::default(),
+    )
+    .unwrap();
+    let server = state
+        .verify_client(&pki.leaf, &inter, OffsetDateTime::now_utc())
+        .map(|_| ());
+    (one_off, server)
+}
+
+#[test]
+fn a_crl_for_user_certificates_at_the_leafs_distribution_point_covers_it() {
+    let pki = pki();
+    for c in [
+        crl(&pki, None),
+        crl(&pki, idp(LEAF_DP, None)),
+        crl(&pki, idp(LEAF_DP, Some(rcgen::CrlScope::UserCertsOnly))),
+    ] {
+        assert_eq!(
+            both(&pki, &c),
+            (Err(Rejection::Revoked), Err(Rejection::Revoked))
+        );
+    }
+}
+
+#[test]
+fn a_crl_for_ca_certificates_or_another_distribution_point_does_not_cover_the_leaf() {
+    let pki = pki();
+    for c in [
+        crl(&pki, idp(LEAF_DP, Some(rcgen::CrlScope::CaCertsOnly))),
+        crl(&pki, idp("http://crl.example/other-partition.crl", None)),
+    ] {
+        // Not read as complete: the leaf's status is unknown, which fails closed.
+        assert_eq!(
+            both(&pki, &c),
+            (
+                Err(Rejection::UnknownRevocationStatus),
+                Err(Rejection::UnknownRevocationStatus)
+            )
+        );
+    }
+}
+
+/// A delta CRL (made by `openssl ca -gencrl` with a deltaCRLIndicator) lists only changes: it
+/// is refused, never read as the complete list.
+#[test]
+fn a_delta_crl_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .expect("openssl must be installed");
+        assert!(
+            o.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-subj",
+        "/CN=Delta CA",
+        "-days",
+        "2",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+    ]);
+    std::fs::write(dir.path().join("index.txt"), "").unwrap();
+    std::fs::write(dir.path().join("crlnumber"), "01\n").unwrap();
+    std::fs::write(
+        dir.path().join("ca.cnf"),
+        "[ca]\ndefault_ca = d\n[d]\ndatabase = index.txt\ncrlnumber = crlnumber\n\
+         default_md = sha256\ndefault_crl_days = 1\n\
+         [delta]\n2.5.29.27 = critical, DER:02:01:01\n",
+    )
+    .unwrap();
+    run(&[
+        "ca",
+        "-gencrl",
+        "-config",
+        "ca.cnf",
+        "-keyfile",
+        "ca.key",
+        "-cert",
+        "ca.crt",
+        "-crlexts",
+        "delta",
+        "-out",
+        "delta.crl",
+    ]);
+    let pem_der = |file: &str| {
+        let text = std::fs::read_to_string(dir.path().join(file)).unwrap();
+        pem::parse(text).unwrap().into_contents()
+    };
+    let root = CertificateDer::from(pem_der("ca.crt"));
+    let delta = CertificateRevocationListDer::from(pem_der("delta.crl"));
+    let err = TrustState::new(
+        1,
+        vec![root.clone()],
+        std::slice::from_ref(&delta),
+        RevocationOptions::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("unsupported CRL"), "{err}");
+    let roots = [root];
+    let req = VerifyRequest {
+        roots: &roots,
+        intermediates: &[],
+        crls: std::slice::from_ref(&delta),
+        at: OffsetDateTime::now_utc(),
+        purpose: Purpose::Any,
+        name: None,
+        crl_scope: CrlScope::Leaf,
+        allow_unknown_revocation: false,
+        allow_expired_crl: false,
+    };
+    assert!(matches!(
+        verify(&roots[0], &req),
+        Err(mtls_verify::InputError::BadCrl { .. })
+    ));
+}
