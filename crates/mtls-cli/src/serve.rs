@@ -68,7 +68,7 @@ pub struct GatewayArgs {
     allow_spki: Vec<mtls_pki::Fingerprint>,
     /// Required issuer DN (as `mtls inspect` prints it).
     #[arg(long)]
-    allow_issuer: Vec<String>,
+    allow_issuer: Vec<mtls_verify::DistinguishedName>,
     /// Allow every client the CA bundle trusts.
     #[arg(long)]
     allow_any_trusted: bool,

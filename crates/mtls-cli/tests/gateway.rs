@@ -917,3 +917,47 @@ fn the_server_picks_the_tls13_suite_by_its_own_order() {
     // ... and a client that offers only AES-256 gets it.
     assert_eq!(suite("TLS_AES_256_GCM_SHA384"), "TLS_AES_256_GCM_SHA384");
 }
+
+#[test]
+fn allow_issuer_compares_the_issuer_name_as_attributes() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let up = Upstream::start();
+    let c = f.client("c");
+    let g = Gateway::start(&http_args(
+        &f,
+        &up,
+        &[
+            "--allow-any-trusted",
+            "--allow-issuer",
+            "cn=gw Intermediate CA",
+        ],
+    ));
+    assert_eq!(curl(&g, &f, Some(&c), "/", &[]).status, 200);
+    drop(g);
+    let g = Gateway::start(&http_args(
+        &f,
+        &up,
+        &[
+            "--allow-any-trusted",
+            "--allow-issuer",
+            "CN=gw Intermediate CA, O=x",
+        ],
+    ));
+    let r = curl(&g, &f, Some(&c), "/", &[]);
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("is not allowed"), "{}", r.body);
+    drop(g);
+    // A value that is not a name is refused before the gateway starts.
+    let o = Command::new(common::gw::mtls_bin())
+        .arg("gateway")
+        .args(http_args(&f, &up, &["--allow-issuer", "CN"]))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not a distinguished name"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

@@ -11,11 +11,13 @@
 //! given; freshness is enforced (an expired CRL fails) unless explicitly relaxed.
 #![forbid(unsafe_code)]
 
+mod name;
 mod peer;
 mod policy;
 mod state;
 mod tls;
 
+pub use name::DistinguishedName;
 pub use peer::{PeerIdentity, VerifiedPeer};
 pub use policy::{uri_match, Policy};
 pub use state::{CrlSummary, RevocationOptions, TrustError, TrustState};

@@ -17,6 +17,8 @@ pub struct VerifiedPeer {
     common_name: Option<String>,
     organizational_units: Vec<String>,
     issuer: String,
+    #[serde(skip)]
+    issuer_name: crate::DistinguishedName,
     #[serde(serialize_with = "display")]
     serial: Serial,
     dns: Vec<String>,
@@ -65,6 +67,7 @@ impl VerifiedPeer {
             common_name: attrs(&o::OID_X509_COMMON_NAME).into_iter().next(),
             organizational_units: attrs(&o::OID_X509_ORGANIZATIONAL_UNIT),
             issuer: cert.issuer().to_string(),
+            issuer_name: crate::DistinguishedName::of(cert.issuer()),
             serial: Serial::from_be_bytes(cert.raw_serial()),
             dns,
             uris,
@@ -93,9 +96,14 @@ impl VerifiedPeer {
         &self.organizational_units
     }
 
-    /// The issuer DN.
+    /// The issuer DN, for display (see [`issuer_name`](Self::issuer_name) to compare).
     pub fn issuer(&self) -> &str {
         &self.issuer
+    }
+
+    /// The issuer DN as attributes, which is what policies compare.
+    pub fn issuer_name(&self) -> &crate::DistinguishedName {
+        &self.issuer_name
     }
 
     pub fn serial(&self) -> &Serial {

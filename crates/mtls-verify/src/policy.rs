@@ -14,6 +14,7 @@ use mtls_pki::Fingerprint;
 use serde::Deserialize;
 
 use crate::peer::VerifiedPeer;
+use crate::DistinguishedName;
 
 /// An authorization policy. See the module docs for the matching rules.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -38,9 +39,10 @@ pub struct Policy {
     /// SHA-256 of the SubjectPublicKeyInfo (same syntax).
     #[serde(default)]
     pub allow_spki: Vec<Fingerprint>,
-    /// Issuer DNs as printed by `mtls inspect` (e.g. `O=Acme, CN=Acme Intermediate CA`).
+    /// Issuer DNs as printed by `mtls inspect` (e.g. `O=Acme, CN=Acme Intermediate CA`),
+    /// compared attribute by attribute ([`DistinguishedName`]), not as strings.
     #[serde(default)]
-    pub allow_issuer: Vec<String>,
+    pub allow_issuer: Vec<DistinguishedName>,
 }
 
 fn dns_match(pattern: &str, name: &str) -> bool {
@@ -85,7 +87,9 @@ impl Policy {
 
     /// Decides whether `peer` may pass; the error is a short reason for the log and the 403.
     pub fn check(&self, peer: &VerifiedPeer) -> Result<(), String> {
-        if !self.allow_issuer.is_empty() && !self.allow_issuer.iter().any(|i| i == peer.issuer()) {
+        if !self.allow_issuer.is_empty()
+            && !self.allow_issuer.iter().any(|i| i == peer.issuer_name())
+        {
             return Err(format!("issuer {:?} is not allowed", peer.issuer()));
         }
         if self.allow_any_trusted {

@@ -3,6 +3,9 @@
 //! since mtls's own CA never partitions its CRLs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+use support::ca_params;
+
 use mtls_verify::{
     verify, CrlScope, Purpose, Rejection, RevocationOptions, TrustState, VerifyRequest,
 };
@@ -21,20 +24,6 @@ struct Pki {
     inter: CertifiedIssuer<'static, KeyPair>,
     leaf: CertificateDer<'static>,
     leaf_serial: SerialNumber,
-}
-
-fn ca_params(cn: &str) -> CertificateParams {
-    let mut p = CertificateParams::new(vec![]).unwrap();
-    p.distinguished_name.push(DnType::CommonName, cn);
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    p.not_before = OffsetDateTime::now_utc() - Duration::days(1);
-    p.not_after = OffsetDateTime::now_utc() + Duration::days(30);
-    p
 }
 
 fn pki() -> Pki {

@@ -1,0 +1,61 @@
+//! `allow_issuer` compares the issuer's name attribute by attribute: a CA whose single CN reads
+//! like another CA's two attributes (`CN=Issuing CA, O=Acme`) prints the same but is not it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use mtls_verify::{DistinguishedName, Policy, RevocationOptions, TrustState};
+use rcgen::{CertifiedIssuer, DnType, KeyPair};
+use time::OffsetDateTime;
+
+#[test]
+fn an_issuer_name_that_only_prints_alike_is_not_allowed() {
+    let root =
+        CertifiedIssuer::self_signed(support::ca_params("Root"), KeyPair::generate().unwrap())
+            .unwrap();
+    let two_attributes = CertifiedIssuer::signed_by(
+        support::ca_params_named(&[
+            (DnType::CommonName, "Issuing CA"),
+            (DnType::OrganizationName, "Acme"),
+        ]),
+        KeyPair::generate().unwrap(),
+        &root,
+    )
+    .unwrap();
+    let one_attribute = CertifiedIssuer::signed_by(
+        support::ca_params_named(&[(DnType::CommonName, "Issuing CA, O=Acme")]),
+        KeyPair::generate().unwrap(),
+        &root,
+    )
+    .unwrap();
+    let state = TrustState::new(
+        1,
+        vec![root.der().clone()],
+        &[],
+        RevocationOptions::default(),
+    )
+    .unwrap();
+    let peer = |ca: &CertifiedIssuer<'static, KeyPair>| {
+        let leaf = support::client_leaf("client", ca);
+        state
+            .verify_client(&leaf, &[ca.der().clone()], OffsetDateTime::now_utc())
+            .unwrap()
+    };
+    let (real, lookalike) = (peer(&two_attributes), peer(&one_attribute));
+    // The display strings collide: that is what a string comparison would have trusted.
+    assert_eq!(real.issuer(), "CN=Issuing CA, O=Acme");
+    assert_eq!(lookalike.issuer(), real.issuer());
+    let policy = |issuer: &str| Policy {
+        allow_any_trusted: true,
+        allow_issuer: vec![issuer.parse::<DistinguishedName>().unwrap()],
+        ..Default::default()
+    };
+    let p = policy("CN=Issuing CA, O=Acme");
+    assert_eq!(p.check(&real), Ok(()));
+    let refused = p.check(&lookalike).unwrap_err();
+    assert!(refused.contains("is not allowed"), "{refused}");
+    // The one-attribute CA is named with an escaped comma.
+    let p = policy(r"CN=Issuing CA\, O=Acme");
+    assert_eq!(p.check(&lookalike), Ok(()));
+    assert!(p.check(&real).is_err());
+}
