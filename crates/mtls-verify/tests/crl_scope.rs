@@ -10,9 +10,9 @@ use mtls_verify::{
     verify, CrlScope, Purpose, Rejection, RevocationOptions, TrustState, VerifyRequest,
 };
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams, CertifiedIssuer,
-    CrlDistributionPoint, CrlIssuingDistributionPoint, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams, SerialNumber,
+    CertificateParams, CertificateRevocationListParams, CertifiedIssuer, CrlDistributionPoint,
+    CrlIssuingDistributionPoint, DnType, ExtendedKeyUsagePurpose, KeyIdMethod, KeyPair,
+    KeyUsagePurpose, RevokedCertParams, SerialNumber,
 };
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
 use time::{Duration, OffsetDateTime};
