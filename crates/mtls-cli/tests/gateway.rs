@@ -961,3 +961,115 @@ fn allow_issuer_compares_the_issuer_name_as_attributes() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+fn wait_for_line(lines: &std::sync::Arc<std::sync::Mutex<Vec<String>>>, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(l) = lines.lock().unwrap().iter().find(|l| l.contains(needle)) {
+            return l.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no line with {needle:?} in {:?}",
+            lines.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn refused_handshake_and_request_are_logged_with_reason_at_the_default_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let up = Upstream::start();
+    let g = Gateway::start_logging(&http_args(&f, &up, &["--allow-cn", "good"]), "warn");
+    let r = curl(&g, &f, None, "/", &[]);
+    assert_ne!(r.status, 200);
+    let line = wait_for_line(&g.stderr, "handshake refused");
+    assert!(
+        line.contains("reason=\"no_certificate\"") && line.contains("127.0.0.1"),
+        "{line}"
+    );
+    assert!(
+        !line.contains('\u{1b}'),
+        "no colour codes in a redirected log: {line:?}"
+    );
+    let bad = f.client("bad");
+    let r = curl(&g, &f, Some(&bad), "/admin", &[]);
+    assert_eq!(r.status, 403, "{}", r.body);
+    let line = wait_for_line(&g.stderr, "request refused");
+    for part in [
+        "reason=\"not_allowed\"",
+        "cn=\"bad\"",
+        "status=403",
+        "path=/admin",
+        "serial=",
+        "fingerprint=",
+    ] {
+        assert!(line.contains(part), "{part} missing in {line}");
+    }
+    // The access log names the same reason the log and the 403 body give.
+    let access = wait_for_line(&g.stdout, "\"status\":403");
+    let v: serde_json::Value = serde_json::from_str(&access).unwrap();
+    assert_eq!(v["rejection"], "not_allowed", "{access}");
+    assert_eq!(v["cn"], "bad");
+}
+
+#[test]
+fn a_flood_of_refused_handshakes_is_counted_but_logged_at_a_bounded_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let up = Upstream::start();
+    let g = Gateway::start_logging(
+        &http_args(
+            &f,
+            &up,
+            &["--allow-any-trusted", "--admin-listen", "127.0.0.1:0"],
+        ),
+        "warn",
+    );
+    // 10,000 clients without a certificate (Python's ssl, 16 threads).
+    let script = r#"
+import socket, ssl, sys, concurrent.futures
+port, ca, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+ctx = ssl.create_default_context(cafile=ca)
+ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+def one(_):
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        try:
+            with ctx.wrap_socket(s, server_hostname="localhost") as t:
+                t.recv(1)
+        except (ssl.SSLError, OSError):
+            pass
+with concurrent.futures.ThreadPoolExecutor(16) as ex:
+    list(ex.map(one, range(n)))
+"#;
+    let started = std::time::Instant::now();
+    let o = Command::new("python3")
+        .args(["-c", script, &g.port().to_string()])
+        .arg(f.root())
+        .arg("10000")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let elapsed = started.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(300));
+    let counted = metric(
+        &g,
+        "mtls_handshakes_total{listener=\"default\",result=\"failed\",reason=\"no_certificate\"}",
+    );
+    assert_eq!(counted, 10_000.0);
+    let logged = g
+        .stderr
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("handshake refused"))
+        .count();
+    // A burst of 100, then 20 a second.
+    let bound = 100 + (20.0 * (elapsed + 1.0)) as usize;
+    assert!(
+        logged >= 100 && logged <= bound,
+        "{logged} lines in {elapsed:.1} s (bound {bound})"
+    );
+}

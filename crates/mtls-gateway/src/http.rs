@@ -121,9 +121,14 @@ pub async fn handle(
     let path = req.uri().path().to_string();
     let identity = conn.identity.current(state.trust());
     let peer = identity.as_ref().ok().map(|(p, _)| p.clone());
+    // Why the gateway itself refused the request (the code of its metrics and logs), and the
+    // policy's reason when it was the policy.
+    let mut refusal: Option<&'static str> = None;
+    let mut detail: Option<String> = None;
     let response = 'resp: {
         if let (Some(sni), Some(host)) = (&conn.sni, host_of(&req)) {
             if !sni.eq_ignore_ascii_case(&host) {
+                refusal = Some("misdirected_request");
                 break 'resp json_error(
                     StatusCode::MISDIRECTED_REQUEST,
                     "MISDIRECTED_REQUEST",
@@ -133,9 +138,13 @@ pub async fn handle(
         }
         let (peer, headers) = match &identity {
             Ok(ok) => ok.clone(),
-            Err(r) => break 'resp boxed(ApiError::from_rejection(r)),
+            Err(r) => {
+                refusal = Some(r.code());
+                break 'resp boxed(ApiError::from_rejection(r));
+            }
         };
         if state.has_routes() && !crate::state::is_canonical_path(&path) {
+            refusal = Some("invalid_path");
             break 'resp json_error(
                 StatusCode::BAD_REQUEST,
                 "INVALID_PATH",
@@ -143,9 +152,12 @@ pub async fn handle(
             );
         }
         if let Err(reason) = state.policy_for(&path).check(&peer) {
+            refusal = Some("not_allowed");
+            detail = Some(reason.clone());
             break 'resp boxed(ApiError::invalid_cert(reason));
         }
         let Some(headers) = headers else {
+            refusal = Some("identity_not_encodable");
             break 'resp json_error(
                 StatusCode::FORBIDDEN,
                 "INVALID_CERT",
@@ -164,11 +176,12 @@ pub async fn handle(
                     parts.headers.insert(HOST, v);
                 }
                 Err(_) => {
+                    refusal = Some("invalid_authority");
                     break 'resp json_error(
                         StatusCode::BAD_REQUEST,
                         "INVALID_REQUEST",
                         "the request authority is not a valid Host",
-                    )
+                    );
                 }
             }
         }
@@ -203,6 +216,7 @@ pub async fn handle(
             .map(|p| p.as_str())
             .unwrap_or("/");
         let Ok(uri) = Uri::builder().path_and_query(pq).build() else {
+            refusal = Some("invalid_target");
             break 'resp json_error(
                 StatusCode::BAD_REQUEST,
                 "BAD_REQUEST",
@@ -274,6 +288,24 @@ pub async fn handle(
     shared
         .metrics
         .request(&shared.name, status, start.elapsed());
+    if let Some(reason) = refusal {
+        if let Some(suppressed) = shared.refusals.admit() {
+            tracing::warn!(
+                listener = %shared.name,
+                remote = %conn.remote,
+                method = method.as_str(),
+                path = %path,
+                status,
+                reason,
+                detail = detail.as_deref(),
+                cn = peer.as_ref().and_then(|p| p.common_name()),
+                serial = peer.as_ref().map(|p| p.serial().to_string()),
+                fingerprint = peer.as_ref().map(|p| p.fingerprint().to_string()),
+                suppressed,
+                "request refused"
+            );
+        }
+    }
     if shared.access_log {
         let line = serde_json::json!({
             "ts": time::OffsetDateTime::now_utc().unix_timestamp(),
@@ -286,7 +318,7 @@ pub async fn handle(
             "cn": peer.as_ref().and_then(|p| p.common_name()),
             "serial": peer.as_ref().map(|p| p.serial().to_string()),
             "fingerprint": peer.as_ref().map(|p| p.fingerprint().to_string()),
-            "rejection": identity.as_ref().err().map(|r| r.code()),
+            "rejection": refusal,
         });
         crate::access_log(&line);
     }

@@ -32,6 +32,8 @@ pub struct Shared {
     pub access_log: bool,
     /// Announces each successful reload; open connections re-check on it.
     pub generations: Generations,
+    /// Refusal log lines of this listener, rate-limited.
+    pub refusals: mtls_serve::refusals::RefusalLog,
     /// The HTTP connection builder (limits and timers), made once, not per connection.
     pub http: hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
 }
@@ -101,6 +103,7 @@ pub async fn start(config: GatewayConfig, config_path: Option<PathBuf>) -> Resul
             limits: config.limits.clone(),
             access_log: config.access_log,
             generations: Generations::new(1),
+            refusals: Default::default(),
             http: mtls_serve::http::builder(&mtls_serve::http::HttpLimits {
                 header_read_timeout: config.limits.header_read_timeout,
                 max_header_bytes: config.limits.max_header_bytes,
@@ -307,7 +310,9 @@ async fn handle_connection(
                 _ => "failed",
             };
             let reason = if result == "timeout" { "" } else { e.reason() };
-            tracing::info!(%remote, listener = %shared.name, reason = e.reason(), "handshake failed");
+            if let Some(suppressed) = shared.refusals.admit() {
+                tracing::warn!(listener = %shared.name, %remote, reason = e.reason(), suppressed, "handshake refused");
+            }
             shared
                 .metrics
                 .handshake_failed(&shared.name, result, reason);
@@ -382,7 +387,9 @@ async fn tcp_proxy(
     let peer = match verdict {
         Ok(p) => p,
         Err(r) => {
-            tracing::warn!(%remote, listener = %shared.name, reason = %r, "connection rejected");
+            if let Some(suppressed) = shared.refusals.admit() {
+                tracing::warn!(listener = %shared.name, %remote, reason = r.code(), detail = %r, suppressed, "connection refused");
+            }
             let _ = tls.shutdown().await;
             return;
         }
@@ -391,7 +398,9 @@ async fn tcp_proxy(
         shared
             .metrics
             .handshake(&shared.name, "denied", "not_allowed");
-        tracing::warn!(%remote, listener = %shared.name, %reason, cn = ?peer.common_name(), "connection denied by policy");
+        if let Some(suppressed) = shared.refusals.admit() {
+            tracing::warn!(listener = %shared.name, %remote, reason = "not_allowed", detail = %reason, cn = ?peer.common_name(), serial = %peer.serial(), fingerprint = %peer.fingerprint(), suppressed, "connection refused");
+        }
         let _ = tls.shutdown().await;
         return;
     }

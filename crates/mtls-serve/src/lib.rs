@@ -7,6 +7,7 @@
 //! - [`reload`]: the one reload loop (file watching, SIGHUP, explicit trigger, last good kept);
 //! - [`recheck`]: re-verifying the identity of open connections when trust changes or a
 //!   certificate or CRL expires;
+//! - [`refusals`]: rate-limited log lines for refused clients;
 //! - [`error`]: the seed's JSON error body and the rejection → status/code mapping;
 //! - [`http`]: the hyper connection builder and graceful per-connection serving;
 //! - [`metrics`]: Prometheus metrics through `prometheus-client`;
@@ -61,6 +62,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod recheck;
+pub mod refusals;
 pub mod reload;
 pub mod tls;
 

@@ -235,10 +235,15 @@ pub struct Gateway {
 impl Gateway {
     /// Starts `mtls gateway ARGS` (add `--listen 127.0.0.1:0`) and waits until it listens.
     pub fn start(args: &[String]) -> Self {
+        Self::start_logging(args, "info")
+    }
+
+    /// [`start`](Self::start) with this `MTLS_LOG` level (`warn` is the default of the binary).
+    pub fn start_logging(args: &[String], level: &str) -> Self {
         let mut child = Command::new(mtls_bin())
             .arg("gateway")
             .args(args)
-            .env("MTLS_LOG", "info")
+            .env("MTLS_LOG", level)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
