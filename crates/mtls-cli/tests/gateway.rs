@@ -1013,6 +1013,11 @@ fn refused_handshake_and_request_are_logged_with_reason_at_the_default_level() {
     let v: serde_json::Value = serde_json::from_str(&access).unwrap();
     assert_eq!(v["rejection"], "not_allowed", "{access}");
     assert_eq!(v["cn"], "bad");
+    let latency = v["latency_ms"].to_string();
+    assert!(
+        latency.split('.').nth(1).is_none_or(|d| d.len() <= 3),
+        "latency in whole microseconds: {latency}"
+    );
 }
 
 #[test]

@@ -314,7 +314,8 @@ pub async fn handle(
             "method": method.as_str(),
             "path": path,
             "status": status,
-            "latency_ms": start.elapsed().as_secs_f64() * 1000.0,
+            // Whole microseconds: `0.025`, not `0.024635999999999998`.
+            "latency_ms": (start.elapsed().as_secs_f64() * 1e6).round() / 1e3,
             "cn": peer.as_ref().and_then(|p| p.common_name()),
             "serial": peer.as_ref().map(|p| p.serial().to_string()),
             "fingerprint": peer.as_ref().map(|p| p.fingerprint().to_string()),
