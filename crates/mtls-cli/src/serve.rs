@@ -109,6 +109,27 @@ fn config_from_flags(a: &GatewayArgs) -> Result<GatewayConfig> {
             return Err(UsageError(format!("--client-auth {m:?}: use required or optional")).into())
         }
     };
+    let policy = Policy {
+        allow_any_trusted: a.allow_any_trusted,
+        allow_cn: a.allow_cn.clone(),
+        allow_ou: a.allow_ou.clone(),
+        allow_dns: a.allow_dns.clone(),
+        allow_uri: a.allow_uri.clone(),
+        allow_email: a.allow_email.clone(),
+        allow_fingerprint: a.allow_fingerprint.clone(),
+        allow_spki: a.allow_spki.clone(),
+        allow_issuer: a.allow_issuer.clone(),
+    };
+    if policy.allows_nobody() {
+        // Named as flags: the configuration file's keys mean nothing to a command line.
+        return Err(UsageError(
+            "the policy allows nobody: give --allow-cn, --allow-ou, --allow-dns, --allow-uri, \
+             --allow-email, --allow-fingerprint or --allow-spki (any may repeat), or \
+             --allow-any-trusted for every client the CA trusts"
+                .into(),
+        )
+        .into());
+    }
     Ok(GatewayConfig {
         admin_listen: a.admin_listen,
         limits: Limits::default(),
@@ -137,17 +158,7 @@ fn config_from_flags(a: &GatewayArgs) -> Result<GatewayConfig> {
                 _ => Vec::new(),
             },
             client_auth,
-            policy: Policy {
-                allow_any_trusted: a.allow_any_trusted,
-                allow_cn: a.allow_cn.clone(),
-                allow_ou: a.allow_ou.clone(),
-                allow_dns: a.allow_dns.clone(),
-                allow_uri: a.allow_uri.clone(),
-                allow_email: a.allow_email.clone(),
-                allow_fingerprint: a.allow_fingerprint.clone(),
-                allow_spki: a.allow_spki.clone(),
-                allow_issuer: a.allow_issuer.clone(),
-            },
+            policy,
             routes: Vec::new(),
             strip_headers: a.strip_headers.clone(),
             proxy_protocol: a.proxy_protocol,

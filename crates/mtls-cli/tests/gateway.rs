@@ -350,6 +350,21 @@ fn empty_policy_refuses_to_start() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("allows nobody"), "{err}");
+    // The hint names the flags the user can type, not the configuration file's keys.
+    assert!(
+        err.contains("--allow-cn") && err.contains("--allow-any-trusted"),
+        "{err}"
+    );
+    assert!(!err.contains("allow_any_trusted = true"), "{err}");
+    // An issuer requirement alone allows nobody either.
+    let o = Command::new(env!("CARGO_BIN_EXE_mtls"))
+        .arg("gateway")
+        .args(http_args(&f, &up, &["--allow-issuer", "CN=x"]))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("allows nobody"));
 }
 

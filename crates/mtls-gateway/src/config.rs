@@ -217,7 +217,7 @@ impl GatewayConfig {
             if l.mode == Mode::Tcp && l.client_auth == ClientAuth::Optional {
                 return e("client_auth = \"optional\" is only possible in HTTP mode");
             }
-            if l.policy.is_empty() && l.routes.iter().all(|r| r.policy.is_empty()) {
+            if l.policy.allows_nobody() && l.routes.iter().all(|r| r.policy.allows_nobody()) {
                 return e(
                     "the policy allows nobody: add allow_* rules or allow_any_trusted = true",
                 );

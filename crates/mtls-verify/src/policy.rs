@@ -80,9 +80,22 @@ pub fn uri_match(pattern: &str, uri: &str) -> bool {
 }
 
 impl Policy {
-    /// True when nothing would ever be allowed.
+    /// True when nothing is configured at all.
     pub fn is_empty(&self) -> bool {
         *self == Policy::default()
+    }
+
+    /// True when no client can ever pass: no `allow_*` rule that admits anyone (an
+    /// `allow_issuer` list only narrows the others).
+    pub fn allows_nobody(&self) -> bool {
+        !self.allow_any_trusted
+            && self.allow_cn.is_empty()
+            && self.allow_ou.is_empty()
+            && self.allow_dns.is_empty()
+            && self.allow_uri.is_empty()
+            && self.allow_email.is_empty()
+            && self.allow_fingerprint.is_empty()
+            && self.allow_spki.is_empty()
     }
 
     /// Decides whether `peer` may pass; the error is a short reason for the log and the 403.

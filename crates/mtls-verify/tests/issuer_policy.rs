@@ -59,3 +59,18 @@ fn an_issuer_name_that_only_prints_alike_is_not_allowed() {
     assert_eq!(p.check(&lookalike), Ok(()));
     assert!(p.check(&real).is_err());
 }
+
+#[test]
+fn an_issuer_requirement_alone_allows_nobody() {
+    let only_issuer = Policy {
+        allow_issuer: vec!["CN=Issuing CA".parse().unwrap()],
+        ..Default::default()
+    };
+    assert!(!only_issuer.is_empty());
+    assert!(only_issuer.allows_nobody());
+    let with_rule = Policy {
+        allow_cn: vec!["client".into()],
+        ..only_issuer
+    };
+    assert!(!with_rule.allows_nobody());
+}
