@@ -1093,3 +1093,24 @@ with concurrent.futures.ThreadPoolExecutor(16) as ex:
         "{logged} lines in {elapsed:.1} s (bound {bound})"
     );
 }
+
+#[test]
+fn missing_crl_file_hint_names_mtls_crl() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let up = Upstream::start();
+    let mut args = http_args(&f, &up, &["--allow-any-trusted"]);
+    let at = args.iter().position(|a| a == "--crl").unwrap();
+    args[at + 1] = dir.path().join("pki/crl.pem").display().to_string();
+    let o = Command::new(env!("CARGO_BIN_EXE_mtls"))
+        .arg("gateway")
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("crl.pem") && err.contains("`mtls crl`"),
+        "{err}"
+    );
+}

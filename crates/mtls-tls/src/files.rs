@@ -57,7 +57,15 @@ pub fn load_certificates(paths: &[PathBuf]) -> Result<Vec<CertificateDer<'static
 pub fn load_crls(paths: &[PathBuf]) -> Result<Vec<CertificateRevocationListDer<'static>>> {
     let mut out = Vec::new();
     for p in paths {
-        let bytes = mtls_pki::files::read_public(p)?;
+        let bytes = match std::fs::read(p) {
+            Ok(b) => b,
+            // A new PKI has no CRL yet: say how to make one.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(credential_error(
+                p,
+                "no such file (write the CRL with `mtls crl`, or give no CRL until there is one)",
+            )),
+            Err(e) => return Err(credential_error(p, e)),
+        };
         out.extend(mtls_pki::pem_io::crls(&bytes).map_err(|e| credential_error(p, e))?);
     }
     Ok(out)
