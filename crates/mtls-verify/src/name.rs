@@ -54,39 +54,37 @@ impl FromStr for DistinguishedName {
         };
         let mut rdns = Vec::new();
         let mut rdn = Vec::new();
+        // The attribute being read: its type once the first unescaped '=' is seen, and the
+        // text read so far (escapes already resolved).
+        let mut ty: Option<String> = None;
         let mut current = String::new();
+        let finish_attr =
+            |ty: &mut Option<String>, current: &mut String, rdn: &mut Vec<(String, String)>| {
+                let t = ty.take().ok_or_else(|| bad("an attribute without '='"))?;
+                let t = t.trim();
+                if t.is_empty() || !t.chars().all(|c| c.is_ascii_alphanumeric() || c == '.') {
+                    return Err(bad("an attribute type must be a name or a dotted OID"));
+                }
+                rdn.push((
+                    t.to_ascii_lowercase(),
+                    std::mem::take(current).trim().to_string(),
+                ));
+                Ok(())
+            };
         let mut chars = s.chars();
-        // Splits on unescaped separators, keeping escapes only as literal characters.
-        let finish_attr = |current: &mut String, rdn: &mut Vec<(String, String)>| {
-            let text = std::mem::take(current);
-            let (ty, value) = text
-                .split_once('=')
-                .ok_or_else(|| bad("an attribute without '='"))?;
-            let ty = ty.trim();
-            if ty.is_empty() || !ty.chars().all(|c| c.is_ascii_alphanumeric() || c == '.') {
-                return Err(bad("an attribute type must be a name or a dotted OID"));
-            }
-            rdn.push((ty.to_ascii_lowercase(), value.trim().replace('\u{0}', "=")));
-            Ok(())
-        };
         while let Some(c) = chars.next() {
             match c {
-                '\\' => match chars.next() {
-                    // An escaped '=' must not split type from value: marked, restored above.
-                    Some('=') => current.push('\u{0}'),
-                    Some(e) => current.push(e),
-                    None => return Err(bad("a trailing backslash")),
-                },
-                '+' => finish_attr(&mut current, &mut rdn)?,
+                '\\' => current.push(chars.next().ok_or_else(|| bad("a trailing backslash"))?),
+                '=' if ty.is_none() => ty = Some(std::mem::take(&mut current)),
+                '+' => finish_attr(&mut ty, &mut current, &mut rdn)?,
                 ',' => {
-                    finish_attr(&mut current, &mut rdn)?;
+                    finish_attr(&mut ty, &mut current, &mut rdn)?;
                     rdns.push(std::mem::take(&mut rdn));
                 }
-                '\u{0}' => return Err(bad("a NUL character")),
                 c => current.push(c),
             }
         }
-        finish_attr(&mut current, &mut rdn)?;
+        finish_attr(&mut ty, &mut current, &mut rdn)?;
         rdns.push(rdn);
         Ok(DistinguishedName(rdns))
     }
@@ -155,6 +153,8 @@ mod tests {
             "cn=Acme CA, o=Acme".parse::<DistinguishedName>().unwrap(),
             n
         );
+        let eq: DistinguishedName = r"CN=a=b\=c".parse().unwrap();
+        assert_eq!(eq.0, vec![vec![("cn".to_string(), "a=b=c".to_string())]]);
         for bad in ["", "CN", "CN=a,", "=a", "C N=a", "CN=a\\"] {
             assert!(bad.parse::<DistinguishedName>().is_err(), "{bad:?}");
         }
