@@ -409,38 +409,43 @@ async fn keep_alive_after_revocation(alpn: &[u8]) {
         Sender::H1(s)
     };
     let uri = format!("https://localhost:{}/api/secure", app.addr.port());
-    let mut get = || {
-        let req = http::Request::get(&uri)
-            .header("host", format!("localhost:{}", app.addr.port()))
+    let host = format!("localhost:{}", app.addr.port());
+    // Waits until the connection can take the next request: an HTTP/1.1 connection is ready
+    // again only once the dispatcher has seen the previous response end, and `send_request`
+    // before that fails with "connection was not ready" although the connection is open.
+    async fn get(sender: &mut Sender, uri: &str, host: &str) -> (u16, serde_json::Value) {
+        let req = http::Request::get(uri)
+            .header("host", host)
             .body(Empty::<bytes::Bytes>::new())
             .unwrap();
-        type Pending = std::pin::Pin<
-            Box<
-                dyn std::future::Future<
-                        Output = hyper::Result<http::Response<hyper::body::Incoming>>,
-                    > + Send,
-            >,
-        >;
-        let fut: Pending = match &mut sender {
-            Sender::H1(s) => Box::pin(s.send_request(req)),
-            Sender::H2(s) => Box::pin(s.send_request(req)),
-        };
-        async move {
-            let r = fut.await.expect("the same connection must still be open");
-            let status = r.status().as_u16();
-            let body = r.into_body().collect().await.unwrap().to_bytes();
-            (
-                status,
-                serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
-            )
+        let r = match sender {
+            Sender::H1(s) => {
+                s.ready()
+                    .await
+                    .expect("the same connection must still be open");
+                s.send_request(req).await
+            }
+            Sender::H2(s) => {
+                s.ready()
+                    .await
+                    .expect("the same connection must still be open");
+                s.send_request(req).await
+            }
         }
-    };
-    let (status, body) = get().await;
+        .expect("the same connection must still be open");
+        let status = r.status().as_u16();
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
+        )
+    }
+    let (status, body) = get(&mut sender, &uri, &host).await;
     assert_eq!((status, body["client"].as_str()), (200, Some("long-lived")));
     f.write_crl(std::slice::from_ref(&c.serial));
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let (status, body) = get().await;
+        let (status, body) = get(&mut sender, &uri, &host).await;
         if status == 403 {
             assert_eq!(body["error"]["code"], "INVALID_CERT");
             assert!(body["error"]["message"]
