@@ -34,6 +34,12 @@ impl Generations {
         self.0.send_replace(generation);
     }
 
+    /// Wakes every waiting connection to re-check without a new generation: the trust state
+    /// is the same, but something it consults changed (revocations pushed by the CA's feed).
+    pub fn poke(&self) {
+        self.0.send_modify(|_| {});
+    }
+
     /// The latest announced generation.
     pub fn current(&self) -> u64 {
         *self.0.borrow()
@@ -79,7 +85,8 @@ pub async fn until_refused(
 pub struct ConnectionIdentity<X> {
     chain: Option<Vec<CertificateDer<'static>>>,
     derive: fn(&Arc<VerifiedPeer>) -> X,
-    checked: Mutex<(u64, Verdict<X>)>,
+    /// The [`TrustState::revision`] the verdict was made under, and the verdict.
+    checked: Mutex<((u64, u64), Verdict<X>)>,
 }
 
 /// A verified identity with what was derived from it, or why there is none.
@@ -97,7 +104,7 @@ impl<X: Clone> ConnectionIdentity<X> {
         ConnectionIdentity {
             chain,
             derive,
-            checked: Mutex::new((trust.generation(), verdict)),
+            checked: Mutex::new((trust.revision(), verdict)),
         }
     }
 
@@ -116,7 +123,7 @@ impl<X: Clone> ConnectionIdentity<X> {
 
     /// The generation the identity was last verified under.
     pub fn generation(&self) -> u64 {
-        self.checked.lock().map(|g| g.0).unwrap_or(0)
+        self.checked.lock().map(|g| g.0 .0).unwrap_or(0)
     }
 
     /// The presented chain, leaf first.
@@ -124,8 +131,9 @@ impl<X: Clone> ConnectionIdentity<X> {
         self.chain.as_deref()
     }
 
-    /// The identity under `trust`: the cached verdict while `trust` is the generation it was
-    /// checked under and neither the leaf nor a CRL has expired since; otherwise verified again.
+    /// The identity under `trust`: the cached verdict while `trust` is the revision it was
+    /// checked under (same generation, no new pushed revocations) and neither the leaf nor a
+    /// CRL has expired since; otherwise verified again.
     pub fn current(&self, trust: &TrustState) -> Verdict<X> {
         let Ok(mut guard) = self.checked.lock() else {
             return Err(Rejection::Other("internal error".into()));
@@ -138,12 +146,15 @@ impl<X: Clone> ConnectionIdentity<X> {
                         .crl_summaries()
                         .iter()
                         .any(|c| c.next_update.is_some_and(|n| now > n))
+                    || trust
+                        .pushed_revocations()
+                        .is_some_and(|p| p.age(now).is_none_or(|a| a > p.max_age().as_secs()))
             }
             Err(_) => false,
         };
-        if guard.0 != trust.generation() || expired {
+        if guard.0 != trust.revision() || expired {
             *guard = (
-                trust.generation(),
+                trust.revision(),
                 Self::verify(&self.chain, trust, self.derive),
             );
         }

@@ -13,7 +13,7 @@
 
 use std::path::PathBuf;
 
-use mtls_pki::revocation::RevocationReason;
+use mtls_pki::revocation::{RevocationReason, RevokedEntry};
 use mtls_pki::Serial;
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -240,6 +240,17 @@ impl CertificateRecord {
             .as_deref()
             .and_then(|r| r.parse().ok())
     }
+}
+
+/// One revocation as the CA's feed publishes it.
+#[derive(Clone, Debug)]
+pub struct RevocationEvent {
+    /// Position in the feed (the revocation epoch this revocation moved the counter to).
+    pub seq: i64,
+    /// SHA-256 (hex) of the issuing CA key's SPKI.
+    pub issuer_key: String,
+    /// Serial, time and reason.
+    pub entry: RevokedEntry,
 }
 
 /// Which records a list query returns.

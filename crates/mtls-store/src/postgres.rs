@@ -24,7 +24,7 @@ use crate::batch::{fail_all, unavailable_all, Job, WriteOp, WriteResult, MAX_BAT
 use crate::{
     audit_detail_issue, from_ts, sans_from_json, sans_json, sqlite::revoked_entry, ts, AuditEntry,
     CertificateRecord, CertificateToRecord, Error, IssueKind, ListFilter, NewToken, Result,
-    TokenRecord,
+    RevocationEvent, TokenRecord,
 };
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -76,6 +76,11 @@ CREATE TABLE IF NOT EXISTS revocation_epoch (
     epoch BIGINT NOT NULL
 );
 INSERT INTO revocation_epoch (id, epoch) VALUES (1, 0) ON CONFLICT DO NOTHING;
+-- The revocation feed's sequence: the epoch a revocation moved the counter to. The epoch row is
+-- locked until the revoking transaction commits, so sequence numbers commit in order.
+ALTER TABLE certificates ADD COLUMN IF NOT EXISTS revocation_seq BIGINT;
+CREATE INDEX IF NOT EXISTS certificates_revocation_seq ON certificates(revocation_seq)
+    WHERE revocation_seq IS NOT NULL;
 ";
 
 const COLUMNS: &str = "serial, issuer_key, subject, sans, profile, not_before, not_after, fingerprint, pem, issued_at, revoked_at, revocation_reason";
@@ -406,6 +411,36 @@ impl Reader {
             .collect()
     }
 
+    pub(crate) async fn revocations_after(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<RevocationEvent>> {
+        let c = self.client().await?;
+        let rows = deadline(
+            "read the revocation feed",
+            c.query(
+                "SELECT revocation_seq, serial, issuer_key, revoked_at, revocation_reason
+                 FROM certificates WHERE revocation_seq > $1 ORDER BY revocation_seq LIMIT $2",
+                &[&after, &i64::from(limit)],
+            ),
+        )
+        .await?;
+        let corrupt = |e: tokio_postgres::Error| Error::Corrupt(e.to_string());
+        rows.iter()
+            .map(|r| {
+                let serial: String = r.try_get(1).map_err(corrupt)?;
+                let at: i64 = r.try_get(3).map_err(corrupt)?;
+                let reason: Option<String> = r.try_get(4).map_err(corrupt)?;
+                Ok(RevocationEvent {
+                    seq: r.try_get(0).map_err(corrupt)?,
+                    issuer_key: r.try_get(2).map_err(corrupt)?,
+                    entry: revoked_entry(&serial, at, reason.as_deref())?,
+                })
+            })
+            .collect()
+    }
+
     pub(crate) async fn revocation_epoch(&self) -> Result<i64> {
         let c = self.client().await?;
         let row = deadline(
@@ -524,18 +559,26 @@ async fn revoke(
         return Err(refused(Error::AlreadyRevoked { serial: s, at }));
     }
     let reason_s = reason.map(|r| r.to_string());
+    // The epoch first: its row lock orders concurrent revocations of every instance, so the
+    // sequence number it yields commits in order (the feed never skips a late commit).
+    let epoch = q(
+        c,
+        "bump the revocation epoch",
+        "UPDATE revocation_epoch SET epoch = epoch + 1 WHERE id = 1 RETURNING epoch",
+        &[],
+    )
+    .await?;
+    let seq: i64 = epoch
+        .first()
+        .ok_or_else(|| OpError::Refused(Error::Corrupt("no revocation epoch row".into())))?
+        .try_get(0)
+        .map_err(|e| OpError::Refused(Error::Corrupt(e.to_string())))?;
     q(
         c,
         "revoke",
-        "UPDATE certificates SET revoked_at = $1, revocation_reason = $2 WHERE serial = $3",
-        &[&ts(now), &reason_s, &s],
-    )
-    .await?;
-    q(
-        c,
-        "bump the revocation epoch",
-        "UPDATE revocation_epoch SET epoch = epoch + 1 WHERE id = 1",
-        &[],
+        "UPDATE certificates SET revoked_at = $1, revocation_reason = $2, revocation_seq = $3
+         WHERE serial = $4",
+        &[&ts(now), &reason_s, &seq, &s],
     )
     .await?;
     audit_insert(

@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use crate::batch::{fail_all, unavailable_all, Job, WriteOp, WriteResult, MAX_BATCH};
 use crate::{
     audit_detail_issue, from_ts, sans_from_json, sans_json, ts, AuditEntry, CertificateRecord,
-    Error, IssueKind, ListFilter, NewCertificate, NewToken, Result, TokenRecord,
+    Error, IssueKind, ListFilter, NewCertificate, NewToken, Result, RevocationEvent, TokenRecord,
 };
 
 fn db(context: &'static str) -> impl FnOnce(rusqlite::Error) -> Error {
@@ -108,7 +108,24 @@ pub(crate) fn open_connection(path: &Path) -> Result<Connection> {
     conn.busy_timeout(std::time::Duration::from_secs(10))
         .map_err(open_err)?;
     conn.execute_batch(SCHEMA).map_err(open_err)?;
+    migrate(&conn).map_err(open_err)?;
     Ok(conn)
+}
+
+/// Columns added after the first release (inventories made by earlier versions gain them).
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let has_seq: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('certificates') WHERE name = 'revocation_seq'",
+        [],
+        |r| r.get(0),
+    )?;
+    if has_seq == 0 {
+        conn.execute_batch("ALTER TABLE certificates ADD COLUMN revocation_seq INTEGER;")?;
+    }
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS certificates_revocation_seq ON certificates(revocation_seq)
+             WHERE revocation_seq IS NOT NULL;",
+    )
 }
 
 fn row(row: &rusqlite::Row<'_>, now: OffsetDateTime) -> Result<CertificateRecord> {
@@ -246,6 +263,34 @@ pub(crate) fn audit(conn: &Connection, limit: u32) -> Result<Vec<AuditEntry>> {
             serial: r.get(3).map_err(db("read audit"))?,
             actor: r.get(4).map_err(db("read audit"))?,
             detail: r.get(5).map_err(db("read audit"))?,
+        });
+    }
+    Ok(out)
+}
+
+pub(crate) fn revocations_after(
+    conn: &Connection,
+    after: i64,
+    limit: u32,
+) -> Result<Vec<RevocationEvent>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT revocation_seq, serial, issuer_key, revoked_at, revocation_reason
+             FROM certificates WHERE revocation_seq > ?1 ORDER BY revocation_seq LIMIT ?2",
+        )
+        .map_err(db("prepare revocation feed"))?;
+    let mut rows = stmt
+        .query(params![after, limit])
+        .map_err(db("revocation feed"))?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().map_err(db("revocation feed"))? {
+        let serial: String = r.get(1).map_err(db("read row"))?;
+        let at: i64 = r.get(3).map_err(db("read row"))?;
+        let reason: Option<String> = r.get(4).map_err(db("read row"))?;
+        out.push(RevocationEvent {
+            seq: r.get(0).map_err(db("read row"))?,
+            issuer_key: r.get(2).map_err(db("read row"))?,
+            entry: revoked_entry(&serial, at, reason.as_deref())?,
         });
     }
     Ok(out)
@@ -392,15 +437,18 @@ fn revoke(
     }
     let reason_s = reason.map(|r| r.to_string());
     conn.execute(
-        "UPDATE certificates SET revoked_at = ?1, revocation_reason = ?2 WHERE serial = ?3",
-        params![ts(now), reason_s, s],
-    )
-    .map_err(db("revoke"))?;
-    conn.execute(
         "UPDATE revocation_epoch SET epoch = epoch + 1 WHERE id = 1",
         [],
     )
     .map_err(db("bump revocation epoch"))?;
+    // The feed's sequence number: the epoch this revocation moved the counter to.
+    let seq = revocation_epoch(conn)?;
+    conn.execute(
+        "UPDATE certificates SET revoked_at = ?1, revocation_reason = ?2, revocation_seq = ?3
+         WHERE serial = ?4",
+        params![ts(now), reason_s, seq, s],
+    )
+    .map_err(db("revoke"))?;
     insert_audit(
         conn,
         now,
@@ -588,6 +636,42 @@ mod tests {
             fingerprint: fp.into(),
             pem: "pem".into(),
         }
+    }
+
+    #[tokio::test]
+    async fn revocations_get_feed_sequence_numbers_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let inv = Store::open(&Location::Sqlite(dir.path().join("inv.db")))
+            .await
+            .unwrap();
+        let now = OffsetDateTime::UNIX_EPOCH + time::Duration::days(1);
+        let mut serials = Vec::new();
+        for i in 0..5 {
+            let s = Serial::random().unwrap();
+            inv.record_issued(sample(&s, &format!("f{i}")), IssueKind::Direct, "t", now)
+                .await
+                .unwrap();
+            serials.push(s);
+        }
+        assert!(inv.revocations_after(0, 10).await.unwrap().is_empty());
+        for s in &serials {
+            inv.revoke(s, None, Some(RevocationReason::KeyCompromise), "t", now)
+                .await
+                .unwrap();
+        }
+        // A refused revocation (already revoked) takes no sequence number.
+        assert!(inv.revoke(&serials[0], None, None, "t", now).await.is_err());
+        let all = inv.revocations_after(0, 10).await.unwrap();
+        let seqs: Vec<i64> = all.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
+        let got: Vec<&Serial> = all.iter().map(|e| &e.entry.serial).collect();
+        assert_eq!(got, serials.iter().collect::<Vec<_>>());
+        assert_eq!(all[0].issuer_key, "ik");
+        assert_eq!(all[0].entry.reason, Some(RevocationReason::KeyCompromise));
+        assert_eq!(inv.revocation_epoch().await.unwrap(), 5);
+        let page = inv.revocations_after(2, 2).await.unwrap();
+        assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4]);
+        assert!(inv.revocations_after(5, 10).await.unwrap().is_empty());
     }
 
     #[tokio::test]

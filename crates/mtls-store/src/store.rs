@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::batch::{Job, WriteOp, WriteResult, MAX_BATCH};
 use crate::{
     postgres, sqlite, AuditEntry, CertificateRecord, CertificateToRecord, Error, IssueKind,
-    ListFilter, NewToken, Result, TokenRecord,
+    ListFilter, NewToken, Result, RevocationEvent, TokenRecord,
 };
 
 /// Where the inventory lives.
@@ -282,6 +282,18 @@ impl Store {
         match &self.inner.reader {
             Reader::Sqlite(c) => Self::read_sqlite(c, move |c| sqlite::audit(c, limit)).await,
             Reader::Postgres(r) => r.audit(limit).await,
+        }
+    }
+
+    /// Revocations with a feed sequence number above `after`, in sequence order, at most
+    /// `limit`. Sequence numbers are those of [`Store::revocation_epoch`]: the head of the feed
+    /// is the current epoch (revocations recorded before the feed existed have none).
+    pub async fn revocations_after(&self, after: i64, limit: u32) -> Result<Vec<RevocationEvent>> {
+        match &self.inner.reader {
+            Reader::Sqlite(c) => {
+                Self::read_sqlite(c, move |c| sqlite::revocations_after(c, after, limit)).await
+            }
+            Reader::Postgres(r) => r.revocations_after(after, limit).await,
         }
     }
 

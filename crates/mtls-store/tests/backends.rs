@@ -131,3 +131,43 @@ async fn renewal_of_a_revoked_certificate_is_refused_on_postgres() {
     ))
     .await;
 }
+
+/// Two CA instances on one PostgreSQL database revoking at the same time: the feed's sequence
+/// numbers are 1..n without a gap or a repeat, each revocation has exactly one, and both
+/// instances read the same feed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_revocations_on_two_instances_form_one_feed_sequence() {
+    let url = mtls_test_util::fresh_postgres_database();
+    let a = Store::open(&Location::Postgres(url.clone())).await.unwrap();
+    let b = Store::open(&Location::Postgres(url)).await.unwrap();
+    let now = OffsetDateTime::UNIX_EPOCH + time::Duration::days(1);
+    let certs: Vec<CertificateToRecord> = (0..40).map(|i| cert(&format!("CN=c{i}"))).collect();
+    for c in &certs {
+        a.record_issued(c.clone(), IssueKind::Direct, "test", now)
+            .await
+            .unwrap();
+    }
+    let revokes = certs.iter().enumerate().map(|(i, c)| {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let serial = c.serial.clone();
+        async move { store.revoke(&serial, None, None, "test", now).await }
+    });
+    for r in futures_util::future::join_all(revokes).await {
+        r.unwrap();
+    }
+    let from_a = a.revocations_after(0, 1000).await.unwrap();
+    let from_b = b.revocations_after(0, 1000).await.unwrap();
+    let seqs: Vec<i64> = from_a.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=40).collect::<Vec<i64>>());
+    assert_eq!(
+        seqs,
+        from_b.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        "both instances serve the same sequence"
+    );
+    let mut serials: Vec<String> = from_a.iter().map(|e| e.entry.serial.to_string()).collect();
+    serials.sort();
+    let mut expected: Vec<String> = certs.iter().map(|c| c.serial.to_string()).collect();
+    expected.sort();
+    assert_eq!(serials, expected);
+    assert_eq!(b.revocation_epoch().await.unwrap(), 40);
+}

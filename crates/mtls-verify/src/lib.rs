@@ -14,12 +14,14 @@
 mod name;
 mod peer;
 mod policy;
+mod pushed;
 mod state;
 mod tls;
 
 pub use name::DistinguishedName;
 pub use peer::{PeerIdentity, VerifiedPeer};
 pub use policy::{uri_match, Policy};
+pub use pushed::{issuer_key_of, IssuerKey, PushedRevocations, PushedStatus, SeedError};
 pub use state::{CrlSummary, RevocationOptions, TrustError, TrustState};
 pub use tls::ClientVerifier;
 
@@ -110,6 +112,8 @@ pub enum Rejection {
     UnknownRevocationStatus,
     #[error("the CRL is past its nextUpdate")]
     ExpiredCrl,
+    #[error("revocation status unknown: the CA's revocation feed has not been heard from for {age_secs} s")]
+    StaleRevocationFeed { age_secs: u64 },
     #[error("the certificate has no clientAuth extended key usage")]
     MissingClientAuth,
     #[error("the certificate's extended key usage does not allow {0}")]
@@ -153,6 +157,7 @@ impl Rejection {
             Rejection::Revoked => "revoked",
             Rejection::UnknownRevocationStatus => "unknown_revocation_status",
             Rejection::ExpiredCrl => "expired_crl",
+            Rejection::StaleRevocationFeed { .. } => "stale_revocation_feed",
             Rejection::MissingClientAuth => "missing_client_auth_eku",
             Rejection::WrongPurpose(_) => "wrong_purpose",
             Rejection::NameMismatch(_) => "name_mismatch",

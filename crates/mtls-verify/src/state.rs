@@ -13,18 +13,19 @@ use time::OffsetDateTime;
 use webpki::EndEntityCert;
 
 use crate::peer::VerifiedPeer;
+use crate::pushed::{PushedRevocations, PushedStatus};
 use crate::{check_anchor_static, check_crl, leaf_checks, Purpose, Rejection};
 
 /// Revocation data from one CRL (the newest of its issuer, signer and scope).
 #[derive(Debug)]
-struct CrlEntry {
+pub(crate) struct CrlEntry {
     issuer: String,
     number: Vec<u8>,
-    next_update: Option<OffsetDateTime>,
-    revoked: HashSet<Vec<u8>>,
+    pub(crate) next_update: Option<OffsetDateTime>,
+    pub(crate) revoked: HashSet<Vec<u8>>,
     /// SPKI (DER) of the key that signed it: it speaks only for certificates issued under
     /// that key (the issuing certificate of the validated path), as webpki requires.
-    signer_spki: Vec<u8>,
+    pub(crate) signer_spki: Vec<u8>,
     scope: CrlScopeOf,
 }
 
@@ -65,6 +66,8 @@ struct RevocationKey {
     issuer: Vec<u8>,
     /// SPKI (DER) of the issuing certificate in the path.
     issuer_spki: Vec<u8>,
+    /// Its SHA-256, the key of pushed revocations.
+    issuer_key: crate::pushed::IssuerKey,
     serial: Vec<u8>,
     is_ca: bool,
     /// Full-name URIs of the certificate's CRL distribution points (`None`: no extension).
@@ -175,6 +178,8 @@ pub struct TrustState {
     options: RevocationOptions,
     purpose: Purpose,
     cache: Mutex<HashMap<[u8; 32], Arc<CachedPath>>>,
+    /// Revocations from the CA's feed, shared with the server's other trust states.
+    pushed: Option<Arc<PushedRevocations>>,
 }
 
 /// Most cached paths per trust state (cleared when full; a new state starts empty).
@@ -396,6 +401,7 @@ impl TrustState {
             options,
             purpose: Purpose::Client,
             cache: Mutex::new(HashMap::new()),
+            pushed: None,
         })
     }
 
@@ -407,9 +413,37 @@ impl TrustState {
         self
     }
 
+    /// Also consults `pushed` (revocations from the CA's feed, shared by the server's trust
+    /// states) on every check. A leaf then needs a status: from a CRL, or from the set while it
+    /// is fresh and covers the leaf's issuer.
+    pub fn with_pushed_revocations(mut self, pushed: Arc<PushedRevocations>) -> Self {
+        self.pushed = Some(pushed);
+        self.revocation_checked = true;
+        self
+    }
+
     /// The generation number given at construction.
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// What a cached verdict depends on: the generation and the version of the pushed
+    /// revocations. A verdict made under another revision must be made again.
+    pub fn revision(&self) -> (u64, u64) {
+        (
+            self.generation,
+            self.pushed.as_ref().map_or(0, |p| p.version()),
+        )
+    }
+
+    /// The pushed revocations consulted, if any.
+    pub fn pushed_revocations(&self) -> Option<&Arc<PushedRevocations>> {
+        self.pushed.as_ref()
+    }
+
+    /// Every indexed CRL.
+    pub(crate) fn crl_entries(&self) -> impl Iterator<Item = &CrlEntry> {
+        self.crls.values().flatten()
     }
 
     /// The trusted certificates.
@@ -537,16 +571,20 @@ impl TrustState {
         let revocation: Vec<RevocationKey> = path_certs
             .iter()
             .enumerate()
-            .map(|(i, c)| RevocationKey {
-                issuer: c.issuer().as_raw().to_vec(),
-                issuer_spki: path_certs
+            .map(|(i, c)| {
+                let issuer_spki = path_certs
                     .get(i + 1)
                     .map(|issuer| issuer.public_key().raw.to_vec())
-                    .unwrap_or_else(|| anchor.spki.clone()),
-                serial: serial_of(c),
-                is_ca: i > 0,
-                crl_uris: crl_uris(c),
-                require: i == 0 || chain_scope,
+                    .unwrap_or_else(|| anchor.spki.clone());
+                RevocationKey {
+                    issuer: c.issuer().as_raw().to_vec(),
+                    issuer_key: crate::pushed::issuer_key_of(&issuer_spki),
+                    issuer_spki,
+                    serial: serial_of(c),
+                    is_ca: i > 0,
+                    crl_uris: crl_uris(c),
+                    require: i == 0 || chain_scope,
+                }
             })
             .collect();
         for key in &revocation {
@@ -582,6 +620,15 @@ impl TrustState {
         }
         let mut covered = false;
         let mut expired = false;
+        let mut stale = None;
+        if let Some(p) = &self.pushed {
+            match p.status(&key.issuer_key, &key.serial, now) {
+                PushedStatus::Revoked => return Err(Rejection::Revoked),
+                PushedStatus::Good => covered = true,
+                PushedStatus::Stale { age_secs } => stale = Some(age_secs),
+                PushedStatus::NotCovered => {}
+            }
+        }
         for entry in self.crls.get(&key.issuer).into_iter().flatten() {
             if !entry.covers(key) {
                 continue;
@@ -601,7 +648,10 @@ impl TrustState {
         } else if expired {
             Err(Rejection::ExpiredCrl)
         } else if key.require && !self.options.allow_unknown_status {
-            Err(Rejection::UnknownRevocationStatus)
+            Err(match stale {
+                Some(age_secs) => Rejection::StaleRevocationFeed { age_secs },
+                None => Rejection::UnknownRevocationStatus,
+            })
         } else {
             Ok(())
         }
