@@ -60,6 +60,8 @@ pub struct PublishedCrl {
     pub pem: bytes::Bytes,
     pub this_update: OffsetDateTime,
     pub next_update: OffsetDateTime,
+    /// The revocation feed position it covers (every revocation up to it is listed).
+    pub epoch: i64,
 }
 
 struct OcspState {
@@ -82,7 +84,41 @@ pub struct Authority {
     trust: Arc<TrustState>,
     ocsp: OcspState,
     crl: tokio::sync::Mutex<Option<CachedCrl>>,
+    /// The head of the revocation feed (the revocation epoch), as last seen: long-polls wait on
+    /// it. Kept current by [`Authority::follow_revocations`] while anyone waits.
+    feed_head: tokio::sync::watch::Sender<i64>,
     pub(crate) metrics: Metrics,
+}
+
+/// Most revocations in one feed answer (a subscriber that is further behind asks again).
+pub const FEED_PAGE: u32 = 5000;
+/// Longest a feed request waits for a revocation before answering with none.
+pub const FEED_MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How often the database is asked for the feed's head while someone waits: revocations made
+/// by another instance (or offline with `mtls revoke --database`) reach waiting subscribers
+/// within this.
+pub const FEED_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// One answer of the revocation feed.
+#[derive(Clone, Debug, Serialize)]
+pub struct FeedPage {
+    /// Revocations after the requested position, in sequence order.
+    pub events: Vec<FeedEvent>,
+    /// The feed's head when the answer was made (a subscriber whose last event is below it
+    /// asks again at once).
+    pub head: i64,
+}
+
+/// One revocation of the feed.
+#[derive(Clone, Debug, Serialize)]
+pub struct FeedEvent {
+    pub seq: i64,
+    /// SHA-256 (hex) of the issuing CA key's SubjectPublicKeyInfo.
+    pub issuer_key: String,
+    pub serial: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub revoked_at: OffsetDateTime,
+    pub reason: Option<String>,
 }
 
 impl std::fmt::Debug for Authority {
@@ -152,6 +188,7 @@ impl Authority {
                 rotating: tokio::sync::Mutex::new(()),
             },
             crl: tokio::sync::Mutex::new(None),
+            feed_head: tokio::sync::watch::channel(0).0,
             metrics: Metrics::default(),
         })
     }
@@ -474,10 +511,104 @@ impl Authority {
         };
         let serial = Serial::from_str(&target)
             .map_err(|e| ApiError::bad_request("INVALID_REQUEST", e.to_string()))?;
-        self.store
+        let record = self
+            .store
             .revoke(&serial, Some(&self.issuer_key), reason, &actor, now)
             .await
-            .map_err(store_err)
+            .map_err(store_err)?;
+        // Wake this instance's feed subscribers now rather than at the next poll.
+        if let Ok(head) = self.store.revocation_epoch().await {
+            self.feed_head.send_if_modified(|h| advance(h, head));
+        }
+        Ok(record)
+    }
+
+    /// `GET /v1/revocations`: revocations after `after`, waiting up to `wait` (at most
+    /// [`FEED_MAX_WAIT`]) for one when there is none yet. For administrators and the
+    /// `[revocation_feed]` identities. A position beyond this CA's head (a database restored
+    /// from a backup, another CA) is a gap the subscriber cannot close: 409 `FEED_GAP`, and it
+    /// re-fetches the CRL.
+    pub async fn revocations(
+        &self,
+        peer: &PeerIdentity,
+        after: i64,
+        wait: std::time::Duration,
+        now: OffsetDateTime,
+    ) -> Result<FeedPage, ApiError> {
+        let (peer, _) = self.current_record(peer, now).await?;
+        let subscriber = self.settings.feed_subscribers.check(&peer);
+        if subscriber.is_err() && self.settings.admins.check(&peer).is_err() {
+            return Err(ApiError::forbidden(
+                "FORBIDDEN",
+                "not allowed to follow the revocation feed (add it to [revocation_feed] in the CA configuration)",
+            ));
+        }
+        if after < 0 {
+            return Err(ApiError::bad_request(
+                "INVALID_REQUEST",
+                "after must be a sequence number (0 or more)",
+            ));
+        }
+        // Subscribe before reading the head, so a revocation in between wakes the wait.
+        let mut rx = self.feed_head.subscribe();
+        let mut head = self.store.revocation_epoch().await.map_err(store_err)?;
+        self.feed_head.send_if_modified(|h| advance(h, head));
+        if after > head {
+            return Err(ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                "FEED_GAP",
+                format!("this CA's revocation feed is at {head}, behind the requested {after}: re-fetch the CRL"),
+            ));
+        }
+        if after == head && !wait.is_zero() {
+            let wait = wait.min(FEED_MAX_WAIT);
+            if let Ok(Ok(h)) = tokio::time::timeout(wait, rx.wait_for(|h| *h > after)).await {
+                head = head.max(*h);
+            }
+        }
+        let events = self
+            .store
+            .revocations_after(after, FEED_PAGE)
+            .await
+            .map_err(store_err)?;
+        head = head.max(events.last().map_or(0, |e| e.seq));
+        Ok(FeedPage {
+            events: events
+                .into_iter()
+                .map(|e| FeedEvent {
+                    seq: e.seq,
+                    issuer_key: e.issuer_key,
+                    serial: e.entry.serial.to_string(),
+                    revoked_at: e.entry.revoked_at,
+                    reason: e.entry.reason.map(|r| r.to_string()),
+                })
+                .collect(),
+            head,
+        })
+    }
+
+    /// Keeps the feed's head current while subscribers wait: asks the database every
+    /// [`FEED_POLL`] (revocations by other instances sharing it, or made offline). Polling
+    /// rather than PostgreSQL `LISTEN/NOTIFY`: the same code serves SQLite, survives
+    /// reconnects without re-subscribing, and costs one indexed read per poll, only while a
+    /// request waits.
+    pub async fn follow_revocations(self: Arc<Self>, mut shutdown: mtls_serve::Shutdown) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(FEED_POLL) => {}
+                _ = shutdown.wait() => return,
+            }
+            // Only the sender's own handle: nobody is waiting.
+            if self.feed_head.receiver_count() == 0 {
+                continue;
+            }
+            match self.store.revocation_epoch().await {
+                Ok(head) => {
+                    self.feed_head.send_if_modified(|h| advance(h, head));
+                }
+                Err(e) => tracing::debug!(error = %e, "reading the revocation feed head"),
+            }
+        }
     }
 
     /// Mints a one-time token (CLI or an administrator). Returns the token string, once.
@@ -550,6 +681,7 @@ impl Authority {
             pem: c.pem.clone(),
             this_update: c.this_update,
             next_update: c.this_update + self.settings.crl_lifetime,
+            epoch: c.epoch,
         }
     }
 
@@ -664,6 +796,16 @@ impl Authority {
 }
 
 /// Lifetime of a delegated OCSP signer: a day's worth of responses, at most a week.
+/// Moves the head forward (never back); whether it moved.
+fn advance(h: &mut i64, head: i64) -> bool {
+    if head > *h {
+        *h = head;
+        true
+    } else {
+        false
+    }
+}
+
 fn delegated_lifetime(settings: &Settings) -> Duration {
     let l: Duration = settings.ocsp_lifetime.saturating_mul(24_i32);
     l.min(Duration::days(7))

@@ -15,6 +15,8 @@
 //! ocsp_signer = "delegated"                    # or "issuer"
 //! [admins]                                     # who may revoke others, list, mint tokens
 //! allow_cn = ["ca-admin"]
+//! [revocation_feed]                            # who may follow GET /v1/revocations
+//! allow_cn = ["gateway"]                       # (administrators may too)
 //! ```
 
 use std::net::SocketAddr;
@@ -61,6 +63,9 @@ pub struct Config {
     pub ocsp_signer: OcspSigner,
     #[serde(default)]
     pub admins: Policy,
+    /// Identities that may follow the revocation feed (administrators may too).
+    #[serde(default)]
+    pub revocation_feed: Policy,
 }
 
 fn default_pki() -> PathBuf {
@@ -106,6 +111,7 @@ impl Config {
             idle_timeout: d(&self.idle_timeout, defaults.idle_timeout, "idle_timeout")?,
             ocsp_signer: self.ocsp_signer,
             admins: self.admins.clone(),
+            feed_subscribers: self.revocation_feed.clone(),
         })
     }
 }
@@ -125,6 +131,8 @@ pub struct Settings {
     pub ocsp_signer: OcspSigner,
     /// Administrators (mTLS identities). Empty: no remote administration at all.
     pub admins: Policy,
+    /// Who may follow the revocation feed besides administrators.
+    pub feed_subscribers: Policy,
 }
 
 impl Default for Settings {
@@ -138,6 +146,7 @@ impl Default for Settings {
             idle_timeout: Duration::seconds(60),
             ocsp_signer: OcspSigner::Delegated,
             admins: Policy::default(),
+            feed_subscribers: Policy::default(),
         }
     }
 }

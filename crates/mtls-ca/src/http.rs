@@ -35,6 +35,7 @@ pub(crate) fn router(ca: Arc<Authority>) -> Router {
         .route("/v1/revoke", post(revoke))
         .route("/v1/tokens", post(create_token))
         .route("/v1/certificates", get(list))
+        .route("/v1/revocations", get(revocations))
         .merge(publication_routes())
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .fallback(not_found)
@@ -285,6 +286,41 @@ async fn list(State(ca): Shared, Extension(peer): Extension<PeerIdentity>) -> Re
     }
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeedQuery {
+    after: i64,
+    /// How long to wait for a revocation, e.g. `25s` (default: answer at once).
+    wait: Option<String>,
+}
+
+async fn revocations(
+    State(ca): Shared,
+    Extension(peer): Extension<PeerIdentity>,
+    query: Result<axum::extract::Query<FeedQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let r = async {
+        let axum::extract::Query(q) = query.map_err(|e| {
+            ApiError::bad_request(
+                "INVALID_REQUEST",
+                format!("{} (expected ?after=N&wait=25s)", e.body_text()),
+            )
+        })?;
+        let wait = match &q.wait {
+            None => std::time::Duration::ZERO,
+            Some(w) => mtls_serve::duration::parse(w)
+                .map_err(|e| ApiError::bad_request("INVALID_REQUEST", format!("wait: {e}")))?,
+        };
+        ca.revocations(&peer, q.after, wait, now()).await
+    }
+    .await;
+    count(&ca, &r);
+    match r {
+        Ok(page) => Json(page).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
 async fn healthz(State(ca): Shared) -> Response {
     match ca.store().ping().await {
         Ok(()) => Json(serde_json::json!({"status": "ok"})).into_response(),
@@ -351,6 +387,10 @@ async fn crl(ca: &Authority, pem: bool) -> Response {
     if let Ok(v) = HeaderValue::from_str(&http_date(c.next_update)) {
         h.insert(header::EXPIRES, v);
     }
+    h.insert(
+        mtls_verify::FEED_POSITION_HEADER,
+        HeaderValue::from(c.epoch),
+    );
     resp
 }
 

@@ -137,6 +137,7 @@ pub async fn serve(
         ca.clone(),
         rx.clone(),
     ))];
+    tasks.push(tokio::spawn(ca.clone().follow_revocations(rx.clone())));
     tasks.push(tokio::spawn(rotate_own_certificate(
         ca.clone(),
         names,

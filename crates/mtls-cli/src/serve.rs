@@ -81,6 +81,17 @@ pub struct GatewayArgs {
     /// How often to refresh --crl-url.
     #[arg(long, default_value = "5m", value_parser = crate::util::std_duration_arg)]
     crl_refresh: std::time::Duration,
+    /// Follow the online CA's revocation feed (https://ca:9443; repeat for instances sharing
+    /// one database). The gateway presents --cert to the CA, which must allow it in
+    /// `[revocation_feed]`; CRLs behind the feed are checked against --client-ca.
+    #[arg(long = "revocation-feed")]
+    revocation_feed: Vec<String>,
+    /// CA bundle that verifies the CA's server certificate (default: --client-ca).
+    #[arg(long, requires = "revocation_feed")]
+    revocation_feed_ca: Vec<PathBuf>,
+    /// Refuse clients the feed alone vouches for when the CA has not answered for this long.
+    #[arg(long, default_value = "1m", value_parser = crate::util::std_duration_arg, requires = "revocation_feed")]
+    revocation_feed_max_age: std::time::Duration,
     /// Admin listener for /metrics and /healthz.
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
@@ -157,6 +168,14 @@ fn config_from_flags(a: &GatewayArgs) -> Result<GatewayConfig> {
                 }],
                 _ => Vec::new(),
             },
+            revocation_feed: (!a.revocation_feed.is_empty()).then(|| {
+                mtls_gateway::config::RevocationFeedConfig {
+                    urls: a.revocation_feed.clone(),
+                    ca: a.revocation_feed_ca.clone(),
+                    certificate: None,
+                    max_age: a.revocation_feed_max_age,
+                }
+            }),
             client_auth,
             policy,
             routes: Vec::new(),
@@ -379,6 +398,7 @@ pub fn quickstart(a: QuickstartArgs) -> Result<ExitCode> {
                 client_ca: vec![pki.join("ca-chain.pem")],
                 crl: vec![pki.join("crl.pem")],
                 crl_fetch: Vec::new(),
+                revocation_feed: None,
                 client_auth: ClientAuth::Required,
                 policy: Policy {
                     allow_any_trusted: true,

@@ -16,6 +16,36 @@ use crate::Error;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_RESPONSE: usize = 1 << 20;
+/// A feed page holds at most 5,000 events of about 200 bytes.
+const MAX_FEED_RESPONSE: usize = 8 << 20;
+/// A CRL with a million entries is about 36 MB.
+const MAX_CRL_RESPONSE: usize = 128 << 20;
+
+
+/// One answer of the CA's revocation feed.
+#[derive(Clone, Debug, Deserialize)]
+pub struct FeedPage {
+    /// Revocations after the requested position, in sequence order.
+    pub events: Vec<FeedEvent>,
+    /// The feed's head when the CA answered.
+    pub head: i64,
+}
+
+/// One revocation of the feed.
+#[derive(Clone, Debug, Deserialize)]
+pub struct FeedEvent {
+    /// Position in the feed.
+    pub seq: i64,
+    /// SHA-256 (hex) of the issuing CA key's SubjectPublicKeyInfo.
+    pub issuer_key: String,
+    /// Serial number, hex.
+    pub serial: String,
+    /// When it was revoked.
+    #[serde(with = "time::serde::rfc3339")]
+    pub revoked_at: OffsetDateTime,
+    /// The reason, if one was given.
+    pub reason: Option<String>,
+}
 
 /// A certificate returned by the CA.
 #[derive(Clone, Debug, Deserialize)]
@@ -124,6 +154,21 @@ impl CaClient {
         })
     }
 
+    /// A client from `builder` (its CAs, identity files and timeout; HTTP/1.1 only), for
+    /// callers whose client identity follows its files, like a gateway following the
+    /// revocation feed.
+    pub fn from_builder(url: CaUrl, builder: crate::ClientBuilder) -> Result<CaClient, Error> {
+        Ok(CaClient {
+            url,
+            http: builder.http1_only().build()?,
+        })
+    }
+
+    /// The CA's URL.
+    pub fn url(&self) -> &CaUrl {
+        &self.url
+    }
+
     /// Downloads the CA's roots over an unauthenticated connection and returns the one whose
     /// SHA-256 fingerprint is `fingerprint` (hex, colons and case ignored).
     pub async fn fetch_pinned_root(
@@ -167,6 +212,18 @@ impl CaClient {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, Bytes), Error> {
+        self.call_limited(method, path, body, MAX_RESPONSE)
+            .await
+            .map(|(status, _, body)| (status, body))
+    }
+
+    async fn call_limited(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<(StatusCode, http::HeaderMap, Bytes), Error> {
         let url = &self.url;
         let host = if url.host.contains(':') {
             format!("[{}]", url.host)
@@ -185,10 +242,41 @@ impl CaClient {
             .await
             .map_err(|e| transport(url, error_chain(&e)))?;
         let status = resp.status();
-        let body = crate::body_limited(resp, MAX_RESPONSE)
+        let headers = resp.headers().clone();
+        let body = crate::body_limited(resp, limit)
             .await
             .map_err(|e| transport(url, e))?;
-        Ok((status, body))
+        Ok((status, headers, body))
+    }
+
+    /// `GET /v1/revocations?after=…&wait=…`: the revocations after `after`, waiting up to
+    /// `wait` for one (the client's timeout must be longer).
+    pub async fn revocations(&self, after: i64, wait: Duration) -> Result<FeedPage, Error> {
+        let path = format!("/v1/revocations?after={after}&wait={}ms", wait.as_millis());
+        let (status, _, body) = self
+            .call_limited(Method::GET, &path, None, MAX_FEED_RESPONSE)
+            .await?;
+        if status != StatusCode::OK {
+            return Err(refused(status, &body));
+        }
+        serde_json::from_slice(&body)
+            .map_err(|e| Error::Protocol(format!("revocation feed answer: {e}")))
+    }
+
+    /// `GET /v1/crl` (DER) with the feed position it covers (the `Mtls-Revocation-Seq`
+    /// header, when the CA sends one).
+    pub async fn crl(&self) -> Result<(Bytes, Option<i64>), Error> {
+        let (status, headers, body) = self
+            .call_limited(Method::GET, "/v1/crl", None, MAX_CRL_RESPONSE)
+            .await?;
+        if status != StatusCode::OK {
+            return Err(refused(status, &body));
+        }
+        let seq = headers
+            .get(mtls_verify::FEED_POSITION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        Ok((body, seq))
     }
 
     async fn post_json(&self, path: &str, body: serde_json::Value) -> Result<Bytes, Error> {

@@ -9,6 +9,8 @@
 //! - [`pool`]: the upstream pool of a reverse proxy (HTTP/1.1 keep-alive connections driven
 //!   by the proxying task itself), from the same builder;
 //! - [`ca`]: the client of the online CA's API (pinning the root, enroll, renew, revoke, tokens);
+//! - [`feed`]: following the CA's revocation feed into a [`mtls_verify::PushedRevocations`]
+//!   set that servers consult on every check;
 //! - [`renewal`]: renewing a certificate from the online CA before it expires, as a library
 //!   (the `mtls renew` daemon is built on it) — without the CA's SQLite/PostgreSQL code.
 //!
@@ -33,6 +35,7 @@
 #![warn(missing_docs)]
 
 pub mod ca;
+pub mod feed;
 pub mod pool;
 pub mod renewal;
 

@@ -63,6 +63,36 @@ fn default_crl_every() -> Duration {
     Duration::from_secs(300)
 }
 
+/// The online CA's revocation feed (`[listener.revocation_feed]`): revocations reach this
+/// listener within a second of `mtls revoke`, and open connections of a revoked client are
+/// closed at once.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationFeedConfig {
+    /// `https://host:port` of the CA; several instances sharing one database may be listed
+    /// (tried in turn after a failure).
+    pub urls: Vec<String>,
+    /// CA bundles that verify the CA's server certificate (default: the listener's
+    /// `client_ca`). The feed's CRLs must be signed by a certificate of `client_ca`.
+    #[serde(default)]
+    pub ca: Vec<PathBuf>,
+    /// The certificate presented to the CA (default: the listener's first certificate); the CA
+    /// must allow it in its `[revocation_feed]` section.
+    #[serde(default)]
+    pub certificate: Option<CertificateConfig>,
+    /// Without contact with the CA for this long, the feed's answer is "unknown" and clients
+    /// it alone vouches for are refused (hard-fail), unless `allow_unknown_revocation`.
+    #[serde(
+        with = "mtls_serve::duration::serde",
+        default = "default_feed_max_age"
+    )]
+    pub max_age: Duration,
+}
+
+fn default_feed_max_age() -> Duration {
+    Duration::from_secs(60)
+}
+
 /// One listening socket.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -93,6 +123,9 @@ pub struct ListenerConfig {
     /// CRLs kept current from a distribution point; each `file` must also be listed in `crl`.
     #[serde(default)]
     pub crl_fetch: Vec<CrlFetchConfig>,
+    /// Revocations pushed by the online CA.
+    #[serde(default)]
+    pub revocation_feed: Option<RevocationFeedConfig>,
     #[serde(default)]
     pub client_auth: ClientAuth,
     #[serde(default)]
@@ -188,6 +221,16 @@ impl GatewayConfig {
             for f in &mut l.crl_fetch {
                 fix(&mut f.file);
             }
+            if let Some(feed) = &mut l.revocation_feed {
+                feed.ca.iter_mut().for_each(fix);
+                if let Some(c) = &mut feed.certificate {
+                    fix(&mut c.cert);
+                    fix(&mut c.key);
+                    if let Some(p) = &mut c.key_passphrase_file {
+                        fix(p);
+                    }
+                }
+            }
             for c in &mut l.certificates {
                 fix(&mut c.cert);
                 fix(&mut c.key);
@@ -240,6 +283,19 @@ impl GatewayConfig {
                 }
                 if f.every < Duration::from_secs(1) {
                     return e("crl_fetch every must be at least 1s");
+                }
+            }
+            if let Some(feed) = &l.revocation_feed {
+                if feed.urls.is_empty() {
+                    return e("revocation_feed needs urls (the CA's https:// address)");
+                }
+                if let Some(u) = feed.urls.iter().find(|u| !u.starts_with("https://")) {
+                    return e(&format!(
+                        "revocation_feed url {u:?} must be https:// (the feed is served over mTLS)"
+                    ));
+                }
+                if feed.max_age < Duration::from_secs(5) {
+                    return e("revocation_feed max_age must be at least 5s");
                 }
             }
             if self.limits.idle_timeout <= self.limits.upstream_timeout {

@@ -60,6 +60,23 @@ impl Conn {
         }
     }
 
+    /// Resolves with the reason once this connection's client is no longer trusted (revoked,
+    /// expired, its CA no longer in the bundle), whatever the path.
+    pub async fn untrusted(&self) -> String {
+        mtls_serve::recheck::until_refused(
+            &self.shared.generations,
+            self.identity.generation(),
+            || {
+                let state = self.shared.state.load_full();
+                self.identity
+                    .current(state.trust())
+                    .map(|_| ())
+                    .map_err(|r| r.to_string())
+            },
+        )
+        .await
+    }
+
     /// Resolves with the reason once this connection's client is no longer trusted or allowed
     /// on `path` (see [`mtls_serve::recheck::until_refused`]).
     async fn refused(&self, path: &str, checked: u64) -> String {

@@ -11,7 +11,8 @@ use mtls_serve::accept::{self, Shutdown, Slot, Slots};
 use mtls_serve::metrics::{Kind, Registry, Scraped, Unit};
 use mtls_serve::recheck::{self, Generations};
 use mtls_serve::reload::{Reload, ReloadHandle, ReloadOptions};
-use mtls_verify::Rejection;
+use mtls_client::feed::FeedStats;
+use mtls_verify::{PushedRevocations, Rejection};
 use time::OffsetDateTime;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -36,6 +37,10 @@ pub struct Shared {
     pub refusals: mtls_serve::refusals::RefusalLog,
     /// The HTTP connection builder (limits and timers), made once, not per connection.
     pub http: hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    /// Revocations from the CA's feed (`[listener.revocation_feed]`), kept across reloads.
+    pub pushed: Option<Arc<PushedRevocations>>,
+    /// The feed subscriber's counters.
+    pub feed_stats: Option<Arc<FeedStats>>,
 }
 
 /// A started gateway.
@@ -91,8 +96,22 @@ pub async fn start(config: GatewayConfig, config_path: Option<PathBuf>) -> Resul
     let mut shared_all = Vec::new();
     let mut listeners = Vec::new();
     let mut addrs = Vec::new();
+    let mut feeds = Vec::new();
     for cfg in &config.listeners {
-        let state = ListenerState::load(cfg, config.limits.upstream_timeout, 1, now)?;
+        let feed = match &cfg.revocation_feed {
+            Some(f) => Some(crate::feed::subscriber(cfg, f).await?),
+            None => None,
+        };
+        let pushed = feed.as_ref().map(|(_, set)| set.clone());
+        let feed_stats = feed.as_ref().map(|(sub, _)| sub.stats());
+        feeds.push(feed.map(|(sub, _)| sub));
+        let state = ListenerState::load(
+            cfg,
+            config.limits.upstream_timeout,
+            1,
+            now,
+            pushed.as_ref(),
+        )?;
         let (listener, bound) = bind(cfg.listen).await?;
         addrs.push(bound);
         shared_all.push(Arc::new(Shared {
@@ -108,10 +127,13 @@ pub async fn start(config: GatewayConfig, config_path: Option<PathBuf>) -> Resul
                 header_read_timeout: config.limits.header_read_timeout,
                 max_header_bytes: config.limits.max_header_bytes,
             }),
+            pushed,
+            feed_stats,
         }));
         listeners.push(listener);
     }
     register_expiry(&mut registry, &shared_all);
+    crate::feed::register_metrics(&mut registry, &shared_all);
     let admin = match config.admin_listen {
         Some(a) => Some(bind(a).await?),
         None => None,
@@ -138,6 +160,25 @@ pub async fn start(config: GatewayConfig, config_path: Option<PathBuf>) -> Resul
             Arc::new(registry),
             shutdown.clone(),
         )));
+    }
+    for (shared, feed) in shared_all.iter().zip(feeds) {
+        if let Some(sub) = feed {
+            let shared = shared.clone();
+            let sd = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                let s = shared.clone();
+                sub.run(
+                    move |change| {
+                        tracing::info!(listener = %s.name, new = change.added, position = change.position, "revocations from the CA's feed; re-checking open connections");
+                        // The trust state is the same object: wake open connections to
+                        // re-check against the grown set.
+                        s.generations.poke();
+                    },
+                    sd,
+                )
+                .await
+            }));
+        }
     }
     for cfg in &config.listeners {
         for f in &cfg.crl_fetch {
@@ -353,14 +394,27 @@ async fn handle_connection(
                 shared.limits.header_read_timeout
             };
             let conn = Arc::new(Conn::new(shared.clone(), identity, sni, remote, slot));
+            // A client admitted now and refused later (revoked, its CA removed) loses the
+            // connection at once, idle keep-alive and h2 connections included, not at its next
+            // request. Anonymous connections (optional mode) are refused per request anyway.
+            let watched = conn.clone();
+            let admitted = verdict.is_ok();
+            let cut = async move {
+                if !admitted {
+                    return std::future::pending().await;
+                }
+                let reason = watched.untrusted().await;
+                tracing::warn!(listener = %watched.shared.name, remote = %watched.remote, %reason, "closing connection: the client is no longer trusted");
+            };
             // Boxed: hyper keeps a slot the size of the service's future for every connection,
             // idle ones too; the proxying future is several KiB, a box is a pointer.
             let service = service_fn(move |req| Box::pin(gw_http::handle(conn.clone(), req)));
-            mtls_serve::http::serve_connection(
+            mtls_serve::http::serve_connection_until(
                 &shared.http,
                 mtls_tls::IdleTimeout::new(tls, idle),
                 service,
                 shutdown,
+                cut,
             )
             .await;
         }
@@ -485,10 +539,15 @@ impl Reload for GatewayReload {
                     && c.listeners
                         .iter()
                         .zip(&self.config.listeners)
-                        .all(|(a, b)| a.listen == b.listen && a.mode == b.mode && a.name == b.name);
+                        .all(|(a, b)| {
+                            a.listen == b.listen
+                                && a.mode == b.mode
+                                && a.name == b.name
+                                && a.revocation_feed == b.revocation_feed
+                        });
                 if !same_sockets {
                     return Err(
-                        "listeners, their names, addresses or modes changed: restart to apply"
+                        "listeners, their names, addresses, modes or revocation feeds changed: restart to apply"
                             .into(),
                     );
                 }
@@ -500,7 +559,16 @@ impl Reload for GatewayReload {
         let states = candidate
             .listeners
             .iter()
-            .map(|l| ListenerState::load(l, candidate.limits.upstream_timeout, generation, now))
+            .zip(&self.shared)
+            .map(|(l, s)| {
+                ListenerState::load(
+                    l,
+                    candidate.limits.upstream_timeout,
+                    generation,
+                    now,
+                    s.pushed.as_ref(),
+                )
+            })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| e.to_string())?;
         let mut changed_upstreams = Vec::new();

@@ -120,10 +120,11 @@ impl ListenerState {
         upstream_timeout: std::time::Duration,
         generation: u64,
         now: OffsetDateTime,
+        pushed: Option<&std::sync::Arc<mtls_verify::PushedRevocations>>,
     ) -> Result<Self, Error> {
         let server = cfg
             .server_files()
-            .load(generation, now)
+            .load_with(generation, now, pushed)
             .map_err(|e| Error::Load(format!("listener {:?}: {e}", cfg.name)))?;
         let mut routes: Vec<(String, Policy)> = cfg
             .routes

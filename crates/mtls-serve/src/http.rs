@@ -47,7 +47,29 @@ pub async fn serve_connection<IO, S, B>(
     builder: &Builder<TokioExecutor>,
     io: IO,
     service: S,
+    shutdown: Shutdown,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<http::Request<Incoming>, Response = http::Response<B>>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    serve_connection_until(builder, io, service, shutdown, std::future::pending()).await
+}
+
+/// [`serve_connection`], cut at once (requests in flight included) when `cut` resolves: for a
+/// client that is no longer trusted (see [`crate::recheck::until_refused`]).
+pub async fn serve_connection_until<IO, S, B>(
+    builder: &Builder<TokioExecutor>,
+    io: IO,
+    service: S,
     mut shutdown: Shutdown,
+    cut: impl std::future::Future<Output = ()>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<http::Request<Incoming>, Response = http::Response<B>>
@@ -66,6 +88,7 @@ pub async fn serve_connection<IO, S, B>(
     };
     let serving = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(serving);
+    tokio::pin!(cut);
     tokio::select! {
         r = serving.as_mut() => {
             if let Err(e) = r {
@@ -78,8 +101,12 @@ pub async fn serve_connection<IO, S, B>(
         }
         _ = shutdown.wait() => {
             serving.as_mut().graceful_shutdown();
-            let _ = serving.await;
+            tokio::select! {
+                _ = serving.as_mut() => {}
+                _ = cut.as_mut() => {}
+            }
         }
+        _ = cut.as_mut() => {}
     }
 }
 

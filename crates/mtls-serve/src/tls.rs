@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use mtls_verify::{RevocationOptions, TrustState};
+use mtls_verify::{PushedRevocations, RevocationOptions, TrustState};
 use rustls::ServerConfig;
 use serde::Deserialize;
 use time::OffsetDateTime;
@@ -86,6 +86,17 @@ impl ServerFiles {
     /// Loads and validates everything: keys owner-only and matching their certificates,
     /// certificates valid now, CRLs signed by a CA of the bundle.
     pub fn load(&self, generation: u64, now: OffsetDateTime) -> Result<ServerState, Error> {
+        self.load_with(generation, now, None)
+    }
+
+    /// [`load`](Self::load), with a trust state that also consults `pushed` (revocations from
+    /// the CA's feed, which outlive reloads).
+    pub fn load_with(
+        &self,
+        generation: u64,
+        now: OffsetDateTime,
+        pushed: Option<&Arc<PushedRevocations>>,
+    ) -> Result<ServerState, Error> {
         let mut credentials = Vec::new();
         let mut served_not_after = Vec::new();
         for c in &self.certificates {
@@ -105,7 +116,11 @@ impl ServerFiles {
             })
             .collect();
         let crls = mtls_tls::load_crls(&self.crl)?;
-        let trust = Arc::new(TrustState::new(generation, roots, &crls, self.revocation)?);
+        let mut trust = TrustState::new(generation, roots, &crls, self.revocation)?;
+        if let Some(p) = pushed {
+            trust = trust.with_pushed_revocations(p.clone());
+        }
+        let trust = Arc::new(trust);
         let resolver = mtls_tls::SniResolver::new(&credentials)
             .ok_or_else(|| Error::Config("no server certificate configured".into()))?;
         let verifier =

@@ -21,7 +21,8 @@ mod tls;
 pub use name::DistinguishedName;
 pub use peer::{PeerIdentity, VerifiedPeer};
 pub use policy::{uri_match, Policy};
-pub use pushed::{issuer_key_of, IssuerKey, PushedRevocations, PushedStatus, SeedError};
+pub use pushed::{
+    issuer_key_of, FEED_POSITION_HEADER, IssuerKey, PushedRevocations, PushedStatus, SeedError};
 pub use state::{CrlSummary, RevocationOptions, TrustError, TrustState};
 pub use tls::ClientVerifier;
 

@@ -19,6 +19,10 @@ use mtls_pki::Serial;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
 use time::OffsetDateTime;
 
+/// The response header of the online CA's `/v1/crl` that names the revocation feed position
+/// the CRL covers: a subscriber seeded from that CRL follows the feed from there.
+pub const FEED_POSITION_HEADER: &str = "mtls-revocation-seq";
+
 /// SHA-256 of a CA's SubjectPublicKeyInfo (DER).
 pub type IssuerKey = [u8; 32];
 

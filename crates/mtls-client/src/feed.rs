@@ -1,0 +1,225 @@
+//! Following the online CA's revocation feed (`GET /v1/revocations`, a long poll over mTLS).
+//!
+//! A [`FeedSubscriber`] keeps a [`PushedRevocations`] set current: it seeds the set from the
+//! CA's CRL (verified against the configured CA certificates, and naming the feed position it
+//! covers), then asks for the revocations after its position, waiting on the CA until one
+//! happens. After a disconnect it resumes from its position, on the next CA URL if several are
+//! given (instances sharing one database serve the same sequence). A gap it cannot close — a
+//! jump in the sequence, or a CA whose head is behind its position — makes it fetch the CRL
+//! again. Every answer counts as contact: the set turns stale (and hard-fail listeners refuse)
+//! only when the CA has not been heard from for `max_age`.
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mtls_pki::Serial;
+use mtls_serve::Shutdown;
+use mtls_verify::{IssuerKey, PushedRevocations};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
+use time::OffsetDateTime;
+
+use crate::ca::{CaClient, FeedPage};
+use crate::Error;
+
+/// How long one request waits on the CA for a revocation.
+pub const LONG_POLL: Duration = Duration::from_secs(20);
+const RETRY_FIRST: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// What a subscriber has done, for metrics.
+#[derive(Debug, Default)]
+pub struct FeedStats {
+    /// The last feed position applied (-1 before the first seed).
+    pub position: AtomicI64,
+    /// Revocations received from the feed (new or not).
+    pub events: AtomicU64,
+    /// CRL fetches that (re)seeded the set.
+    pub resyncs: AtomicU64,
+    /// Failed requests (transport errors, refusals, bad answers).
+    pub errors: AtomicU64,
+}
+
+/// What changed in the set after one step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FeedChange {
+    /// Revocations new to the set.
+    pub added: usize,
+    /// The feed position now.
+    pub position: i64,
+}
+
+/// Follows one CA's revocation feed into a shared set.
+pub struct FeedSubscriber {
+    clients: Vec<CaClient>,
+    current: usize,
+    ca: Vec<CertificateDer<'static>>,
+    set: Arc<PushedRevocations>,
+    stats: Arc<FeedStats>,
+    position: Option<i64>,
+    wait: Duration,
+}
+
+impl std::fmt::Debug for FeedSubscriber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FeedSubscriber")
+            .field("urls", &self.clients.iter().map(|c| c.url().to_string()).collect::<Vec<_>>())
+            .field("position", &self.position)
+            .finish()
+    }
+}
+
+impl FeedSubscriber {
+    /// Follows the feed of the CA at `clients` (one per instance URL, tried in turn) into
+    /// `set`; CRLs must be signed by a certificate of `ca`.
+    pub fn new(
+        clients: Vec<CaClient>,
+        ca: Vec<CertificateDer<'static>>,
+        set: Arc<PushedRevocations>,
+    ) -> Result<Self, Error> {
+        if clients.is_empty() {
+            return Err(Error::Config("the revocation feed needs a CA URL".into()));
+        }
+        let stats = Arc::new(FeedStats::default());
+        stats.position.store(-1, Ordering::Relaxed);
+        Ok(FeedSubscriber {
+            clients,
+            current: 0,
+            ca,
+            set,
+            stats,
+            position: None,
+            wait: LONG_POLL,
+        })
+    }
+
+    /// Waits at most `wait` per request (default [`LONG_POLL`]; the clients' timeout must be
+    /// longer).
+    pub fn long_poll(mut self, wait: Duration) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// The subscriber's counters.
+    pub fn stats(&self) -> Arc<FeedStats> {
+        self.stats.clone()
+    }
+
+    fn client(&self) -> &CaClient {
+        // Never empty (checked in `new`), so the index is in range.
+        &self.clients[self.current % self.clients.len()]
+    }
+
+    /// Seeds the set from the CRL of the current CA and takes its position.
+    pub async fn resync(&mut self) -> Result<FeedChange, Error> {
+        let (der, seq) = self.client().crl().await?;
+        let seq = seq.ok_or_else(|| {
+            Error::Protocol("the CA's CRL does not name its revocation feed position".into())
+        })?;
+        let added = self
+            .set
+            .seed_from_crl(
+                self.ca.clone(),
+                &CertificateRevocationListDer::from(der.to_vec()),
+                OffsetDateTime::now_utc(),
+            )
+            .map_err(|e| Error::Protocol(format!("the CA's CRL: {e}")))?;
+        self.position = Some(seq);
+        self.stats.position.store(seq, Ordering::Relaxed);
+        self.stats.resyncs.fetch_add(1, Ordering::Relaxed);
+        Ok(FeedChange {
+            added,
+            position: seq,
+        })
+    }
+
+    /// One step: a resync when there is no position, else one long poll.
+    pub async fn step(&mut self) -> Result<FeedChange, Error> {
+        let Some(after) = self.position else {
+            return self.resync().await;
+        };
+        let page = match self.client().revocations(after, self.wait).await {
+            Err(Error::Refused { status: 409, .. }) => {
+                tracing::warn!(url = %self.client().url(), after, "revocation feed gap (the CA is behind this position): fetching the CRL");
+                return self.resync().await;
+            }
+            other => other?,
+        };
+        match self.apply(after, &page)? {
+            Some(change) => Ok(change),
+            None => {
+                tracing::warn!(url = %self.client().url(), after, "revocation feed skipped a sequence number: fetching the CRL");
+                self.resync().await
+            }
+        }
+    }
+
+    /// Applies a page that follows `after`; `None` when it does not follow on (a gap).
+    fn apply(&mut self, after: i64, page: &FeedPage) -> Result<Option<FeedChange>, Error> {
+        let mut expect = after;
+        let mut batch: Vec<(IssuerKey, Serial)> = Vec::with_capacity(page.events.len());
+        for e in &page.events {
+            if e.seq != expect + 1 {
+                return Ok(None);
+            }
+            expect = e.seq;
+            let key = issuer_key_from_hex(&e.issuer_key)
+                .ok_or_else(|| Error::Protocol(format!("feed event {}: bad issuer_key", e.seq)))?;
+            let serial = Serial::from_str(&e.serial)
+                .map_err(|err| Error::Protocol(format!("feed event {}: {err}", e.seq)))?;
+            batch.push((key, serial));
+        }
+        if page.head < after {
+            return Ok(None);
+        }
+        let added = self.set.insert(batch.iter().map(|(k, s)| (*k, s)));
+        self.set.touch(OffsetDateTime::now_utc());
+        self.stats
+            .events
+            .fetch_add(page.events.len() as u64, Ordering::Relaxed);
+        self.position = Some(expect);
+        self.stats.position.store(expect, Ordering::Relaxed);
+        Ok(Some(FeedChange {
+            added,
+            position: expect,
+        }))
+    }
+
+    /// Follows the feed until `shutdown`, calling `changed` after every step that added
+    /// revocations. Failures are logged and counted and retried with a growing pause (on the
+    /// next CA URL); the position is kept, so nothing is missed.
+    pub async fn run(mut self, changed: impl Fn(FeedChange) + Send, mut shutdown: Shutdown) {
+        let mut retry = RETRY_FIRST;
+        loop {
+            let step = tokio::select! {
+                s = self.step() => s,
+                _ = shutdown.wait() => return,
+            };
+            match step {
+                Ok(change) => {
+                    retry = RETRY_FIRST;
+                    if change.added > 0 {
+                        changed(change);
+                    }
+                }
+                Err(e) => {
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(url = %self.client().url(), error = %e, "revocation feed request failed; retrying");
+                    self.current = self.current.wrapping_add(1);
+                    tokio::select! {
+                        _ = tokio::time::sleep(retry) => {}
+                        _ = shutdown.wait() => return,
+                    }
+                    retry = (retry * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+}
+
+fn issuer_key_from_hex(s: &str) -> Option<IssuerKey> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(s, &mut out).ok()?;
+    Some(out)
+}

@@ -1,0 +1,151 @@
+//! A listener's subscription to the online CA's revocation feed (`[listener.revocation_feed]`):
+//! the client that follows it (`mtls_client::feed`), its first seed at start and its metrics.
+//! The set it fills is consulted by every trust state of the listener; each new revocation
+//! wakes the listener's open connections to re-check (see `server.rs`).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mtls_client::ca::{CaClient, CaUrl};
+use mtls_client::feed::{FeedSubscriber, LONG_POLL};
+use mtls_serve::metrics::{Kind, Registry, Scraped, Unit};
+use mtls_verify::PushedRevocations;
+
+use crate::config::{ListenerConfig, RevocationFeedConfig};
+use crate::server::Shared;
+use crate::Error;
+
+/// Longest the gateway waits at start for the first seed (the CRL behind the feed).
+const FIRST_SEED: Duration = Duration::from_secs(10);
+
+/// The subscriber of `feed` for listener `cfg`, with its set seeded if the CA answers within
+/// [`FIRST_SEED`]. A CA that does not answer does not stop the start: until the feed is seeded,
+/// the leaf's status must come from a CRL (hard-fail refuses otherwise).
+pub async fn subscriber(
+    cfg: &ListenerConfig,
+    feed: &RevocationFeedConfig,
+) -> Result<(FeedSubscriber, Arc<PushedRevocations>), Error> {
+    let bad = |m: String| Error::Config(format!("listener {:?}: revocation_feed: {m}", cfg.name));
+    let certificate = feed
+        .certificate
+        .as_ref()
+        .or(cfg.certificates.first())
+        .ok_or_else(|| bad("no certificate to present to the CA".into()))?;
+    let trusted = if feed.ca.is_empty() {
+        &cfg.client_ca
+    } else {
+        &feed.ca
+    };
+    let mut clients = Vec::new();
+    for url in &feed.urls {
+        let mut b = mtls_client::ClientBuilder::new()
+            .timeout(LONG_POLL + Duration::from_secs(15))
+            .connect_timeout(Duration::from_secs(5))
+            .identity_files(&certificate.cert, &certificate.key);
+        if let Some(p) = &certificate.key_passphrase_file {
+            b = b.passphrase_file(p);
+        }
+        for p in trusted {
+            b = b.ca_file(p);
+        }
+        let url = CaUrl::parse(url).map_err(|e| bad(e.to_string()))?;
+        clients.push(CaClient::from_builder(url, b).map_err(|e| bad(e.to_string()))?);
+    }
+    // CRLs behind the feed are checked against the listener's client CAs, as CRL files are.
+    let ca = mtls_tls::load_certificates(&cfg.client_ca).map_err(|e| bad(e.to_string()))?;
+    let set = Arc::new(PushedRevocations::new(feed.max_age));
+    let mut sub = FeedSubscriber::new(clients, ca, set.clone()).map_err(|e| bad(e.to_string()))?;
+    match tokio::time::timeout(FIRST_SEED, sub.resync()).await {
+        Ok(Ok(c)) => {
+            tracing::info!(listener = %cfg.name, position = c.position, revoked = set.len(), "revocation feed seeded")
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(listener = %cfg.name, error = %e, "revocation feed: first seed failed; retrying in the background")
+        }
+        Err(_) => {
+            tracing::warn!(listener = %cfg.name, "revocation feed: the CA did not answer within 10 s; retrying in the background")
+        }
+    }
+    Ok((sub, set))
+}
+
+/// Feed metrics per listener, read at scrape time.
+pub fn register_metrics(registry: &mut Registry, shared: &[Arc<Shared>]) {
+    type Pick = fn(&Shared) -> Option<f64>;
+    let families: [(&'static str, &'static str, Option<Unit>, Kind, Pick); 6] = [
+        (
+            "mtls_revocation_feed_position",
+            "Last revocation feed sequence number applied",
+            None,
+            Kind::Gauge,
+            |s| {
+                s.feed_stats
+                    .as_ref()
+                    .map(|f| f.position.load(Ordering::Relaxed) as f64)
+            },
+        ),
+        (
+            "mtls_revocation_feed_age",
+            "Time since the CA's revocation feed last answered",
+            Some(Unit::Seconds),
+            Kind::Gauge,
+            |s| {
+                let p = s.pushed.as_ref()?;
+                Some(
+                    p.age(time::OffsetDateTime::now_utc())
+                        .map_or(f64::INFINITY, |a| a as f64),
+                )
+            },
+        ),
+        (
+            "mtls_revocation_feed_revoked",
+            "Revoked certificates known from the feed",
+            None,
+            Kind::Gauge,
+            |s| s.pushed.as_ref().map(|p| p.len() as f64),
+        ),
+        (
+            "mtls_revocation_feed_events",
+            "Revocations received from the feed",
+            None,
+            Kind::Counter,
+            |s| {
+                s.feed_stats
+                    .as_ref()
+                    .map(|f| f.events.load(Ordering::Relaxed) as f64)
+            },
+        ),
+        (
+            "mtls_revocation_feed_resyncs",
+            "CRL fetches that (re)seeded the feed",
+            None,
+            Kind::Counter,
+            |s| {
+                s.feed_stats
+                    .as_ref()
+                    .map(|f| f.resyncs.load(Ordering::Relaxed) as f64)
+            },
+        ),
+        (
+            "mtls_revocation_feed_errors",
+            "Failed revocation feed requests",
+            None,
+            Kind::Counter,
+            |s| {
+                s.feed_stats
+                    .as_ref()
+                    .map(|f| f.errors.load(Ordering::Relaxed) as f64)
+            },
+        ),
+    ];
+    for (name, help, unit, kind, pick) in families {
+        let shared = shared.to_vec();
+        Scraped::register(registry, name, help, unit, kind, move || {
+            shared
+                .iter()
+                .filter_map(|s| pick(s).map(|v| (vec![("listener", s.name.to_string())], v)))
+                .collect()
+        });
+    }
+}
