@@ -21,7 +21,6 @@ const MAX_FEED_RESPONSE: usize = 8 << 20;
 /// A CRL with a million entries is about 36 MB.
 const MAX_CRL_RESPONSE: usize = 128 << 20;
 
-
 /// One answer of the CA's revocation feed.
 #[derive(Clone, Debug, Deserialize)]
 pub struct FeedPage {

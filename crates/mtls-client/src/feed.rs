@@ -64,7 +64,14 @@ pub struct FeedSubscriber {
 impl std::fmt::Debug for FeedSubscriber {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FeedSubscriber")
-            .field("urls", &self.clients.iter().map(|c| c.url().to_string()).collect::<Vec<_>>())
+            .field(
+                "urls",
+                &self
+                    .clients
+                    .iter()
+                    .map(|c| c.url().to_string())
+                    .collect::<Vec<_>>(),
+            )
             .field("position", &self.position)
             .finish()
     }

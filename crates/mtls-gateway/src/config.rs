@@ -82,10 +82,7 @@ pub struct RevocationFeedConfig {
     pub certificate: Option<CertificateConfig>,
     /// Without contact with the CA for this long, the feed's answer is "unknown" and clients
     /// it alone vouches for are refused (hard-fail), unless `allow_unknown_revocation`.
-    #[serde(
-        with = "mtls_serve::duration::serde",
-        default = "default_feed_max_age"
-    )]
+    #[serde(with = "mtls_serve::duration::serde", default = "default_feed_max_age")]
     pub max_age: Duration,
 }
 

@@ -7,11 +7,11 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use hyper::service::service_fn;
+use mtls_client::feed::FeedStats;
 use mtls_serve::accept::{self, Shutdown, Slot, Slots};
 use mtls_serve::metrics::{Kind, Registry, Scraped, Unit};
 use mtls_serve::recheck::{self, Generations};
 use mtls_serve::reload::{Reload, ReloadHandle, ReloadOptions};
-use mtls_client::feed::FeedStats;
 use mtls_verify::{PushedRevocations, Rejection};
 use time::OffsetDateTime;
 use tokio::io::AsyncWriteExt;
@@ -105,13 +105,8 @@ pub async fn start(config: GatewayConfig, config_path: Option<PathBuf>) -> Resul
         let pushed = feed.as_ref().map(|(_, set)| set.clone());
         let feed_stats = feed.as_ref().map(|(sub, _)| sub.stats());
         feeds.push(feed.map(|(sub, _)| sub));
-        let state = ListenerState::load(
-            cfg,
-            config.limits.upstream_timeout,
-            1,
-            now,
-            pushed.as_ref(),
-        )?;
+        let state =
+            ListenerState::load(cfg, config.limits.upstream_timeout, 1, now, pushed.as_ref())?;
         let (listener, bound) = bind(cfg.listen).await?;
         addrs.push(bound);
         shared_all.push(Arc::new(Shared {

@@ -22,7 +22,8 @@ pub use name::DistinguishedName;
 pub use peer::{PeerIdentity, VerifiedPeer};
 pub use policy::{uri_match, Policy};
 pub use pushed::{
-    issuer_key_of, FEED_POSITION_HEADER, IssuerKey, PushedRevocations, PushedStatus, SeedError};
+    issuer_key_of, IssuerKey, PushedRevocations, PushedStatus, SeedError, FEED_POSITION_HEADER,
+};
 pub use state::{CrlSummary, RevocationOptions, TrustError, TrustState};
 pub use tls::ClientVerifier;
 
