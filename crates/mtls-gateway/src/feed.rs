@@ -20,7 +20,7 @@ use crate::Error;
 const FIRST_SEED: Duration = Duration::from_secs(10);
 
 /// The subscriber of `feed` for listener `cfg`, with its set seeded if the CA answers within
-/// [`FIRST_SEED`]. A CA that does not answer does not stop the start: until the feed is seeded,
+/// 10 seconds. A CA that does not answer does not stop the start: until the feed is seeded,
 /// the leaf's status must come from a CRL (hard-fail refuses otherwise).
 pub async fn subscriber(
     cfg: &ListenerConfig,
