@@ -524,8 +524,8 @@ impl Authority {
     }
 
     /// `GET /v1/revocations`: revocations after `after`, waiting up to `wait` (at most
-    /// [`FEED_MAX_WAIT`]) for one when there is none yet. For administrators and the
-    /// `[revocation_feed]` identities. A position beyond this CA's head (a database restored
+    /// [`FEED_MAX_WAIT`] and half the idle timeout) for one when there is none yet. For
+    /// administrators and the `[revocation_feed]` identities. A position beyond this CA's head (a database restored
     /// from a backup, another CA) is a gap the subscriber cannot close: 409 `FEED_GAP`, and it
     /// re-fetches the CRL.
     pub async fn revocations(
@@ -561,7 +561,10 @@ impl Authority {
             ));
         }
         if after == head && !wait.is_zero() {
-            let wait = wait.min(FEED_MAX_WAIT);
+            // Inside the connection's idle timeout, which would otherwise cut the wait.
+            let wait = wait
+                .min(FEED_MAX_WAIT)
+                .min(self.settings.idle_timeout.unsigned_abs() / 2);
             if let Ok(Ok(h)) = tokio::time::timeout(wait, rx.wait_for(|h| *h > after)).await {
                 head = head.max(*h);
             }
