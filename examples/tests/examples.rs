@@ -643,3 +643,104 @@ fn self_renewing_service_renews_from_mtls_ca_serve_and_serves_the_new_certificat
     let body: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(body["client"], "client-app");
 }
+
+/// The application server follows `mtls ca serve`'s revocation feed: without any CRL file, a
+/// client revoked at the CA loses its open keep-alive connection at once and is refused with the
+/// guide's 403 on a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secure_api_follows_the_cas_revocation_feed() {
+    use http_body_util::{BodyExt, Empty};
+    let env = common::Env::new();
+    env.mtls(&["ca", "init"]).ok();
+    env.mtls(&["issue", "server", "localhost", "127.0.0.1"])
+        .ok();
+    env.mtls(&["issue", "client", "client-app"]).ok();
+    let server = ca::CaServer::start(
+        &env,
+        "ca",
+        None,
+        "[revocation_feed]\nallow_cn = [\"localhost\"]\n",
+    );
+    let pki = env.pki();
+    let p = |rel: &str| Files::p(&pki.join(rel));
+    let app = App::start(
+        env!("CARGO_BIN_EXE_secure_api"),
+        &[
+            ("CERT", p("issued/localhost.chain.pem")),
+            ("KEY", p("issued/localhost.key")),
+            ("CA", p("ca-chain.pem")),
+            ("FEED", server.url()),
+        ],
+    );
+    let curl_status = || {
+        let o = Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
+            .arg("--cacert")
+            .arg(pki.join("root.crt"))
+            .arg("--cert")
+            .arg(pki.join("issued/client-app.chain.pem"))
+            .arg("--key")
+            .arg(pki.join("issued/client-app.key"))
+            .arg("--resolve")
+            .arg(format!("localhost:{}:127.0.0.1", app.addr.port()))
+            .arg(app.url("/api/secure"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    assert_eq!(curl_status(), "200", "seeded from the CA's CRL at start");
+    // A keep-alive connection, open and idle.
+    let cred = mtls_tls::CredentialFiles::new(
+        pki.join("issued/client-app.chain.pem"),
+        pki.join("issued/client-app.key"),
+    )
+    .load(time::OffsetDateTime::now_utc())
+    .unwrap();
+    let roots = mtls_tls::load_certificates(&[pki.join("root.crt")]).unwrap();
+    let config = mtls_tls::client_config(&roots, Some(&cred), &[b"http/1.1"]).unwrap();
+    let tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    let closed = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let req = http::Request::get("/api/secure")
+        .header("host", "localhost")
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let r = send.send_request(req).await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.into_body().collect().await.unwrap();
+
+    let serial = ca::serial_of(&env, &pki.join("issued/client-app.crt"));
+    let revoke = env.mtls(&["revoke", &serial]);
+    assert_eq!(revoke.code, 0, "{}", revoke.stderr);
+    let t0 = Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), closed)
+        .await
+        .expect("the open connection of the revoked client is closed within 5 s")
+        .unwrap();
+    eprintln!(
+        "open connection closed {:?} after mtls revoke",
+        t0.elapsed()
+    );
+    drop(send);
+    let status = curl_status();
+    assert_eq!(
+        status, "403",
+        "a new connection is refused with the guide's 403"
+    );
+}

@@ -37,6 +37,8 @@ pub struct ServerBuilder {
     reload_poll: Duration,
     reload_on_sighup: bool,
     gateways: Option<Policy>,
+    feed_urls: Vec<String>,
+    feed_max_age: Duration,
 }
 
 impl Default for ServerBuilder {
@@ -57,6 +59,8 @@ impl Default for ServerBuilder {
             reload_poll: Duration::from_secs(1),
             reload_on_sighup: false,
             gateways: None,
+            feed_urls: Vec::new(),
+            feed_max_age: Duration::from_secs(60),
         }
     }
 }
@@ -98,6 +102,24 @@ impl ServerBuilder {
     /// A CRL file, reloaded when it changes.
     pub fn crl(mut self, path: impl Into<PathBuf>) -> Self {
         self.files.crl.push(path.into());
+        self
+    }
+
+    /// Follows the online CA's revocation feed (`https://ca:9443`; call again for instances
+    /// sharing one database): a revocation reaches this server within a second, and open
+    /// connections of the revoked client are closed at once. The server presents its (first)
+    /// certificate to the CA, which must allow it in `[revocation_feed]`; the CA's certificate
+    /// and its CRLs are verified against the client CAs. When the CA has not answered for
+    /// [`revocation_feed_max_age`](Self::revocation_feed_max_age), clients only the feed vouches
+    /// for are refused.
+    pub fn revocation_feed(mut self, url: impl Into<String>) -> Self {
+        self.feed_urls.push(url.into());
+        self
+    }
+
+    /// How long the feed's data stays good without contact with the CA (default 60 s).
+    pub fn revocation_feed_max_age(mut self, d: Duration) -> Self {
+        self.feed_max_age = d;
         self
     }
 
@@ -179,10 +201,33 @@ impl ServerBuilder {
                     .into(),
             ));
         }
-        let tls = ReloadingServer::new(self.files.clone())?;
+        let feed = if self.feed_urls.is_empty() {
+            None
+        } else {
+            let cert = &self.files.certificates[0];
+            let files = mtls_client::feed::FeedFiles {
+                urls: self.feed_urls.clone(),
+                server_ca: self.files.client_ca.clone(),
+                cert: cert.cert.clone(),
+                key: cert.key.clone(),
+                passphrase_file: cert.key_passphrase_file.clone(),
+                crl_signers: self.files.client_ca.clone(),
+                max_age: self.feed_max_age,
+            };
+            Some(
+                files
+                    .subscriber()
+                    .map_err(|e| Error::Config(format!("revocation feed: {e}")))?,
+            )
+        };
+        let tls = ReloadingServer::with_pushed_revocations(
+            self.files.clone(),
+            feed.as_ref().map(|(_, set)| set.clone()),
+        )?;
         Ok(MtlsServer {
             inner: Arc::new(Inner {
                 tls,
+                feed: std::sync::Mutex::new(feed.map(|(sub, _)| sub)),
                 builder: self,
                 handshakes: CounterFamily::default(),
                 reloads: ReloadCounters::default(),
@@ -193,6 +238,8 @@ impl ServerBuilder {
 
 struct Inner {
     tls: Arc<ReloadingServer>,
+    /// The feed subscriber, taken by the first `serve`.
+    feed: std::sync::Mutex<Option<mtls_client::feed::FeedSubscriber>>,
     builder: ServerBuilder,
     handshakes: CounterFamily,
     reloads: ReloadCounters,
@@ -262,6 +309,12 @@ impl MtlsServer {
             },
             shutdown.clone(),
         );
+        let feed = self.inner.feed.lock().ok().and_then(|mut f| f.take());
+        if let Some(mut sub) = feed {
+            sub.seed_within(Duration::from_secs(10)).await;
+            let tls = self.inner.tls.clone();
+            tokio::spawn(sub.run(move |_| tls.generations().poke(), shutdown.clone()));
+        }
         let slots = Slots::new(self.inner.builder.max_connections);
         let http = Arc::new(mtls_serve::http::builder(&self.inner.builder.http));
         let inner = self.inner.clone();
@@ -315,9 +368,27 @@ async fn connection(
     ));
     // A client without an accepted certificate can only be refused: it gets the header-read
     // timeout as idle limit, not an hour to hold a connection slot.
-    let idle = match identity.current(&inner.tls.current().trust) {
-        Ok(_) => inner.builder.idle_timeout,
-        Err(_) => inner.builder.http.header_read_timeout,
+    let admitted = identity.current(&inner.tls.current().trust).is_ok();
+    let idle = if admitted {
+        inner.builder.idle_timeout
+    } else {
+        inner.builder.http.header_read_timeout
+    };
+    // A client admitted now and no longer trusted later (revoked, its CA gone) loses the
+    // connection at once, not at its next request.
+    let cut = {
+        let (inner, identity) = (inner.clone(), identity.clone());
+        async move {
+            if !admitted {
+                return std::future::pending().await;
+            }
+            let reason = identity
+                .until_untrusted(inner.tls.generations(), || {
+                    inner.tls.current().trust.clone()
+                })
+                .await;
+            tracing::info!(%reason, "closing connection: the client is no longer trusted");
+        }
     };
     let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
         let state = inner.tls.current();
@@ -332,11 +403,12 @@ async fn connection(
         req.extensions_mut().insert(ForwardedExt(forwarded));
         router.clone().oneshot(req)
     });
-    mtls_serve::http::serve_connection(
+    mtls_serve::http::serve_connection_until(
         &http,
         mtls_tls::IdleTimeout::new(tls, idle),
         service,
         shutdown,
+        cut,
     )
     .await;
 }

@@ -74,7 +74,10 @@ async fn connect(
 }
 
 /// One GET over a new HTTP/1.1 connection: the status, or None when refused in TLS.
-async fn get_once(to: std::net::SocketAddr, config: Arc<rustls::ClientConfig>) -> (Option<u16>, bool) {
+async fn get_once(
+    to: std::net::SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> (Option<u16>, bool) {
     let Ok(tls) = connect(to, config).await else {
         return (None, false);
     };
@@ -179,7 +182,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 fn run(source: &str, rounds: usize) {
     let env = Env::new();
     env.mtls(&["ca", "init", "--org", "Bench"]).ok();
-    env.mtls(&["issue", "server", "localhost", "127.0.0.1"]).ok();
+    env.mtls(&["issue", "server", "localhost", "127.0.0.1"])
+        .ok();
     for i in 0..rounds {
         env.mtls(&["issue", "client", &format!("b{i}"), "--days", "2"])
             .ok();
@@ -296,7 +300,10 @@ fn run(source: &str, rounds: usize) {
     }
     drop(g);
     println!("\nsource: {source} ({rounds} revocations; refused attempts that were not resumptions: {not_resumed})\n");
-    println!("| path | p50 | p99 | max | missed (> {} s) |", GIVE_UP.as_secs());
+    println!(
+        "| path | p50 | p99 | max | missed (> {} s) |",
+        GIVE_UP.as_secs()
+    );
     println!("|---|---|---|---|---|");
     for (k, name) in PATHS.iter().enumerate() {
         let mut v = results[k].clone();

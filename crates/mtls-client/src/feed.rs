@@ -50,6 +50,51 @@ pub struct FeedChange {
     pub position: i64,
 }
 
+/// Where a feed subscriber connects and what it trusts (the files a server already has).
+#[derive(Clone, Debug)]
+pub struct FeedFiles {
+    /// `https://host:port` of the CA; instances sharing one database may be listed.
+    pub urls: Vec<String>,
+    /// CA bundles that verify the CA's server certificate.
+    pub server_ca: Vec<std::path::PathBuf>,
+    /// The certificate chain presented to the CA (it must allow it in `[revocation_feed]`).
+    pub cert: std::path::PathBuf,
+    /// Its key.
+    pub key: std::path::PathBuf,
+    /// The key's passphrase file, for an encrypted key.
+    pub passphrase_file: Option<std::path::PathBuf>,
+    /// CA bundles whose certificates may sign the CRLs behind the feed (the server's client
+    /// CAs).
+    pub crl_signers: Vec<std::path::PathBuf>,
+    /// How long the set stays fresh without contact with the CA.
+    pub max_age: Duration,
+}
+
+impl FeedFiles {
+    /// A subscriber for these files and the set it fills (empty until its first seed). The
+    /// client identity follows its files (a renewed certificate is used from the next
+    /// connection on).
+    pub fn subscriber(&self) -> Result<(FeedSubscriber, Arc<PushedRevocations>), Error> {
+        let mut clients = Vec::new();
+        for url in &self.urls {
+            let mut b = crate::ClientBuilder::new()
+                .timeout(LONG_POLL + Duration::from_secs(15))
+                .connect_timeout(Duration::from_secs(5))
+                .identity_files(&self.cert, &self.key);
+            if let Some(p) = &self.passphrase_file {
+                b = b.passphrase_file(p);
+            }
+            for p in &self.server_ca {
+                b = b.ca_file(p);
+            }
+            clients.push(CaClient::from_builder(crate::ca::CaUrl::parse(url)?, b)?);
+        }
+        let signers = mtls_tls::load_certificates(&self.crl_signers)?;
+        let set = Arc::new(PushedRevocations::new(self.max_age));
+        Ok((FeedSubscriber::new(clients, signers, set.clone())?, set))
+    }
+}
+
 /// Follows one CA's revocation feed into a shared set.
 pub struct FeedSubscriber {
     clients: Vec<CaClient>,
@@ -139,6 +184,27 @@ impl FeedSubscriber {
             added,
             position: seq,
         })
+    }
+
+    /// The first seed, waiting at most `limit`; failures are logged (the subscriber retries in
+    /// [`FeedSubscriber::run`]) — until then a hard-fail server refuses clients that only the
+    /// feed would vouch for.
+    pub async fn seed_within(&mut self, limit: Duration) {
+        match tokio::time::timeout(limit, self.resync()).await {
+            Ok(Ok(c)) => {
+                tracing::info!(
+                    position = c.position,
+                    revoked = self.set.len(),
+                    "revocation feed seeded"
+                )
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "revocation feed: first seed failed; retrying in the background")
+            }
+            Err(_) => {
+                tracing::warn!(limit = ?limit, "revocation feed: the CA did not answer; retrying in the background")
+            }
+        }
     }
 
     /// One step: a resync when there is no position, else one long poll.

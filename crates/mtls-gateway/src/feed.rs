@@ -7,8 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mtls_client::ca::{CaClient, CaUrl};
-use mtls_client::feed::{FeedSubscriber, LONG_POLL};
+use mtls_client::feed::{FeedFiles, FeedSubscriber};
 use mtls_serve::metrics::{Kind, Registry, Scraped, Unit};
 use mtls_verify::PushedRevocations;
 
@@ -32,41 +31,22 @@ pub async fn subscriber(
         .as_ref()
         .or(cfg.certificates.first())
         .ok_or_else(|| bad("no certificate to present to the CA".into()))?;
-    let trusted = if feed.ca.is_empty() {
-        &cfg.client_ca
-    } else {
-        &feed.ca
+    let files = FeedFiles {
+        urls: feed.urls.clone(),
+        server_ca: if feed.ca.is_empty() {
+            cfg.client_ca.clone()
+        } else {
+            feed.ca.clone()
+        },
+        cert: certificate.cert.clone(),
+        key: certificate.key.clone(),
+        passphrase_file: certificate.key_passphrase_file.clone(),
+        // CRLs behind the feed are checked against the listener's client CAs, as CRL files are.
+        crl_signers: cfg.client_ca.clone(),
+        max_age: feed.max_age,
     };
-    let mut clients = Vec::new();
-    for url in &feed.urls {
-        let mut b = mtls_client::ClientBuilder::new()
-            .timeout(LONG_POLL + Duration::from_secs(15))
-            .connect_timeout(Duration::from_secs(5))
-            .identity_files(&certificate.cert, &certificate.key);
-        if let Some(p) = &certificate.key_passphrase_file {
-            b = b.passphrase_file(p);
-        }
-        for p in trusted {
-            b = b.ca_file(p);
-        }
-        let url = CaUrl::parse(url).map_err(|e| bad(e.to_string()))?;
-        clients.push(CaClient::from_builder(url, b).map_err(|e| bad(e.to_string()))?);
-    }
-    // CRLs behind the feed are checked against the listener's client CAs, as CRL files are.
-    let ca = mtls_tls::load_certificates(&cfg.client_ca).map_err(|e| bad(e.to_string()))?;
-    let set = Arc::new(PushedRevocations::new(feed.max_age));
-    let mut sub = FeedSubscriber::new(clients, ca, set.clone()).map_err(|e| bad(e.to_string()))?;
-    match tokio::time::timeout(FIRST_SEED, sub.resync()).await {
-        Ok(Ok(c)) => {
-            tracing::info!(listener = %cfg.name, position = c.position, revoked = set.len(), "revocation feed seeded")
-        }
-        Ok(Err(e)) => {
-            tracing::warn!(listener = %cfg.name, error = %e, "revocation feed: first seed failed; retrying in the background")
-        }
-        Err(_) => {
-            tracing::warn!(listener = %cfg.name, "revocation feed: the CA did not answer within 10 s; retrying in the background")
-        }
-    }
+    let (mut sub, set) = files.subscriber().map_err(|e| bad(e.to_string()))?;
+    sub.seed_within(FIRST_SEED).await;
     Ok((sub, set))
 }
 

@@ -63,18 +63,11 @@ impl Conn {
     /// Resolves with the reason once this connection's client is no longer trusted (revoked,
     /// expired, its CA no longer in the bundle), whatever the path.
     pub async fn untrusted(&self) -> String {
-        mtls_serve::recheck::until_refused(
-            &self.shared.generations,
-            self.identity.generation(),
-            || {
-                let state = self.shared.state.load_full();
-                self.identity
-                    .current(state.trust())
-                    .map(|_| ())
-                    .map_err(|r| r.to_string())
-            },
-        )
-        .await
+        self.identity
+            .until_untrusted(&self.shared.generations, || {
+                self.shared.state.load().server.trust.clone()
+            })
+            .await
     }
 
     /// Resolves with the reason once this connection's client is no longer trusted or allowed

@@ -121,6 +121,22 @@ impl<X: Clone> ConnectionIdentity<X> {
             })
     }
 
+    /// Resolves with the reason once the client is no longer trusted under the state `trust`
+    /// returns (revoked, expired, its CA gone), checked as [`until_refused`] does; never while it
+    /// is. For cutting a connection at once rather than at its next request.
+    pub async fn until_untrusted(
+        &self,
+        generations: &Generations,
+        trust: impl Fn() -> Arc<TrustState>,
+    ) -> String {
+        until_refused(generations, self.generation(), || {
+            self.current(&trust())
+                .map(|_| ())
+                .map_err(|r| r.to_string())
+        })
+        .await
+    }
+
     /// The generation the identity was last verified under.
     pub fn generation(&self) -> u64 {
         self.checked.lock().map(|g| g.0 .0).unwrap_or(0)

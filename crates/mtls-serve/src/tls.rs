@@ -152,6 +152,7 @@ impl ServerFiles {
 /// [`crate::reload::spawn`]).
 pub struct ReloadingServer {
     files: ServerFiles,
+    pushed: Option<Arc<PushedRevocations>>,
     current: ArcSwap<ServerState>,
     generations: Generations,
     next: AtomicU64,
@@ -160,9 +161,20 @@ pub struct ReloadingServer {
 impl ReloadingServer {
     /// Loads generation 1 now.
     pub fn new(files: ServerFiles) -> Result<Arc<Self>, Error> {
-        let state = files.load(1, OffsetDateTime::now_utc())?;
+        Self::with_pushed_revocations(files, None)
+    }
+
+    /// [`new`](Self::new), with every generation's trust state also consulting `pushed`
+    /// (revocations from the CA's feed); call [`Generations::poke`] on
+    /// [`generations`](Self::generations) when it grows, so open connections re-check.
+    pub fn with_pushed_revocations(
+        files: ServerFiles,
+        pushed: Option<Arc<PushedRevocations>>,
+    ) -> Result<Arc<Self>, Error> {
+        let state = files.load_with(1, OffsetDateTime::now_utc(), pushed.as_ref())?;
         Ok(Arc::new(ReloadingServer {
             files,
+            pushed,
             current: ArcSwap::from_pointee(state),
             generations: Generations::new(1),
             next: AtomicU64::new(2),
@@ -187,7 +199,9 @@ impl ReloadingServer {
     /// Loads a new generation and swaps it in; on error the current one stays.
     pub fn reload_now(&self) -> Result<u64, Error> {
         let generation = self.next.fetch_add(1, Ordering::Relaxed);
-        let state = self.files.load(generation, OffsetDateTime::now_utc())?;
+        let state =
+            self.files
+                .load_with(generation, OffsetDateTime::now_utc(), self.pushed.as_ref())?;
         self.current.store(Arc::new(state));
         self.generations.publish(generation);
         Ok(generation)

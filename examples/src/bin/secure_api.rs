@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! LISTEN=127.0.0.1:8443 CERT=server.chain.pem KEY=server.key CA=ca-chain.pem CRL=crl.pem \
-//!   cargo run -p mtls-examples --bin secure_api
+//!   cargo run -p mtls-examples --bin secure_api        # or FEED=https://ca:9443 instead of CRL
 //! curl --cacert root.crt --cert client.chain.pem --key client.key https://localhost:8443/api/secure
 //! ```
 //!
@@ -34,6 +34,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .allow_handshake_without_certificate();
     if let Some(crl) = optional("CRL") {
         server = server.crl(crl);
+    }
+    // The online CA's revocation feed (`mtls ca serve`, with this server's certificate allowed
+    // in `[revocation_feed]`): revocations arrive within a second, open connections of a revoked
+    // client are closed at once.
+    if let Some(feed) = optional("FEED") {
+        server = server.revocation_feed(feed);
     }
     let server = server.build()?;
     let app = Router::new().route("/api/secure", get(secure));
