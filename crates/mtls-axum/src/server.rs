@@ -315,6 +315,11 @@ impl MtlsServer {
             let tls = self.inner.tls.clone();
             tokio::spawn(sub.run(move |_| tls.generations().poke(), shutdown.clone()));
         }
+        let tls = self.inner.tls.clone();
+        tokio::spawn(mtls_client::ocsp::staple(
+            move || tls.current().certificates.clone(),
+            shutdown.clone(),
+        ));
         let slots = Slots::new(self.inner.builder.max_connections);
         let http = Arc::new(mtls_serve::http::builder(&self.inner.builder.http));
         let inner = self.inner.clone();

@@ -66,10 +66,67 @@ impl rustls::server::ResolvesServerCert for OwnCertificate {
     }
 }
 
+/// An OCSP response about the CA's own TLS certificate from its own responder, verified as a
+/// client would (never staple what does not verify or does not say "good").
+async fn own_staple(
+    ca: &Authority,
+    chain: &[rustls::pki_types::CertificateDer<'static>],
+) -> Option<Vec<u8>> {
+    let (leaf, issuer) = (chain.first()?, chain.get(1)?);
+    let serial = mtls_pki::Serial::from_be_bytes(
+        mtls_pki::pem_io::parse_certificate(leaf).ok()?.raw_serial(),
+    );
+    let info = mtls_ocsp::IssuerInfo::from_der(issuer).ok()?;
+    let request = mtls_ocsp::build_request(&info, &serial, None).ok()?;
+    let now = OffsetDateTime::now_utc();
+    let der = ca.ocsp(&request, now).await;
+    match mtls_ocsp::verify_response(&der, issuer, &serial, now) {
+        Ok(v) if v.status == mtls_ocsp::CertStatus::Good => Some(der),
+        Ok(v) => {
+            tracing::error!(status = ?v.status, "the CA's own TLS certificate is not good: not stapling");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "the CA's OCSP answer about its own certificate does not verify: not stapling");
+            None
+        }
+    }
+}
+
+/// `cred` with a fresh staple (or none).
+async fn stapled(ca: &Authority, cred: &mtls_tls::Credential) -> mtls_tls::Credential {
+    let mut certified =
+        rustls::sign::CertifiedKey::new(cred.certified.cert.clone(), cred.certified.key.clone());
+    certified.ocsp = own_staple(ca, &cred.certified.cert).await;
+    mtls_tls::Credential {
+        certified: Arc::new(certified),
+        ..cred.clone()
+    }
+}
+
+/// Keeps the staple of the CA's TLS certificate current: refreshed at half the OCSP lifetime.
+async fn staple_own_certificate(
+    ca: Arc<Authority>,
+    own: Arc<OwnCertificate>,
+    mut shutdown: Shutdown,
+) {
+    let every = (ca.settings().ocsp_lifetime.unsigned_abs() / 2)
+        .clamp(Duration::from_secs(10), Duration::from_secs(600));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.wait() => return,
+        }
+        let cred = own.current.load_full();
+        own.current.store(Arc::new(stapled(&ca, &cred).await));
+    }
+}
+
 async fn own_credential(ca: &Authority, names: &[String]) -> Result<mtls_tls::Credential, Error> {
     let now = OffsetDateTime::now_utc();
     let (key, chain) = ca.issue_server_credential(names, now).await?;
-    mtls_tls::credential_from_parts(chain, &key, now).map_err(Error::Config)
+    let cred = mtls_tls::credential_from_parts(chain, &key, now).map_err(Error::Config)?;
+    Ok(stapled(ca, &cred).await)
 }
 
 async fn rotate_own_certificate(
@@ -138,6 +195,11 @@ pub async fn serve(
         rx.clone(),
     ))];
     tasks.push(tokio::spawn(ca.clone().follow_revocations(rx.clone())));
+    tasks.push(tokio::spawn(staple_own_certificate(
+        ca.clone(),
+        own.clone(),
+        rx.clone(),
+    )));
     tasks.push(tokio::spawn(rotate_own_certificate(
         ca.clone(),
         names,

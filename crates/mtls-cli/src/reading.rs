@@ -119,35 +119,25 @@ fn check_ocsp(
             "the issuer certificate is not among --ca/--untrusted".into(),
         );
     };
-    let urls = match url {
-        Some(u) => vec![u.to_string()],
-        None => mtls_ocsp::responder_urls(leaf).map_err(input_error)?,
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let answer = rt.block_on(async {
+        let client = mtls_client::ClientBuilder::new()
+            .timeout(std::time::Duration::from_secs(20))
+            .build_plain_http()?;
+        anyhow::Ok(mtls_client::ocsp::fetch(&client, leaf, issuer, url, true, at).await)
+    })?;
+    let (verified, url) = match answer {
+        Ok(a) => (a.verified, a.url),
+        Err(mtls_client::ocsp::OcspError::NoResponder) => {
+            return fail(
+                "ocsp_no_url",
+                "the certificate names no OCSP responder (give --ocsp-url)".into(),
+            )
+        }
+        Err(e) => return fail(e.code(), e.to_string()),
     };
-    let Some(url) = urls.first() else {
-        return fail(
-            "ocsp_no_url",
-            "the certificate names no OCSP responder (give --ocsp-url)".into(),
-        );
-    };
-    let serial = mtls_pki::Serial::from_be_bytes(parsed.raw_serial());
-    let info = mtls_ocsp::IssuerInfo::from_der(issuer).map_err(input_error)?;
-    let mut nonce = [0u8; 16];
-    aws_lc_rs::rand::fill(&mut nonce).map_err(|_| anyhow::anyhow!("no randomness"))?;
-    let request = mtls_ocsp::build_request(&info, &serial, Some(&nonce)).map_err(input_error)?;
-    let response = match post_ocsp(url, request) {
-        Ok(r) => r,
-        Err(e) => return fail("ocsp_unavailable", format!("OCSP responder {url}: {e}")),
-    };
-    let verified = match mtls_ocsp::verify_response(&response, issuer, &serial, at) {
-        Ok(v) => v,
-        Err(e) => return fail("ocsp_invalid", format!("OCSP answer from {url}: {e}")),
-    };
-    if verified.nonce.as_deref() != Some(&nonce[..]) {
-        return fail(
-            "ocsp_invalid",
-            format!("OCSP answer from {url} does not echo our nonce (replay?)"),
-        );
-    }
     match verified.status {
         mtls_ocsp::CertStatus::Good => Ok(Ok(())),
         mtls_ocsp::CertStatus::Revoked { at, reason } => fail(
@@ -162,32 +152,6 @@ fn check_ocsp(
             format!("{url} does not know this certificate"),
         ),
     }
-}
-
-/// POSTs a DER OCSP request over plain HTTP (RFC 6960 A.1) and returns the body.
-fn post_ocsp(url: &str, request: Vec<u8>) -> Result<Vec<u8>> {
-    if !url.starts_with("http://") {
-        anyhow::bail!("only http:// responders are supported");
-    }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let client = mtls_client::ClientBuilder::new()
-            .timeout(std::time::Duration::from_secs(20))
-            .build_plain_http()?;
-        let resp = client
-            .post(url)
-            .header(http::header::CONTENT_TYPE, "application/ocsp-request")
-            .body(request)
-            .send()
-            .await
-            .map_err(|e| anyhow::anyhow!("{}", mtls_client::ca::error_chain(&e)))?;
-        if !resp.status().is_success() {
-            anyhow::bail!("HTTP {}", resp.status());
-        }
-        Ok(mtls_client::body_limited(resp, 1 << 20).await?.to_vec())
-    })
 }
 
 fn read_input(p: &PathBuf) -> Result<Vec<u8>> {

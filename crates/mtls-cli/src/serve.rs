@@ -176,6 +176,7 @@ fn config_from_flags(a: &GatewayArgs) -> Result<GatewayConfig> {
                     max_age: a.revocation_feed_max_age,
                 }
             }),
+            ocsp_stapling: true,
             client_auth,
             policy,
             routes: Vec::new(),
@@ -399,6 +400,7 @@ pub fn quickstart(a: QuickstartArgs) -> Result<ExitCode> {
                 crl: vec![pki.join("crl.pem")],
                 crl_fetch: Vec::new(),
                 revocation_feed: None,
+                ocsp_stapling: true,
                 client_auth: ClientAuth::Required,
                 policy: Policy {
                     allow_any_trusted: true,

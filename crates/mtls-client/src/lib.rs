@@ -9,6 +9,8 @@
 //! - [`pool`]: the upstream pool of a reverse proxy (HTTP/1.1 keep-alive connections driven
 //!   by the proxying task itself), from the same builder;
 //! - [`ca`]: the client of the online CA's API (pinning the root, enroll, renew, revoke, tokens);
+//! - [`ocsp`]: asking a certificate's OCSP responder, verified, and stapling a server's own
+//!   certificates;
 //! - [`feed`]: following the CA's revocation feed into a [`mtls_verify::PushedRevocations`]
 //!   set that servers consult on every check;
 //! - [`renewal`]: renewing a certificate from the online CA before it expires, as a library
@@ -36,6 +38,7 @@
 
 pub mod ca;
 pub mod feed;
+pub mod ocsp;
 pub mod pool;
 pub mod renewal;
 

@@ -123,6 +123,10 @@ pub struct ListenerConfig {
     /// Revocations pushed by the online CA.
     #[serde(default)]
     pub revocation_feed: Option<RevocationFeedConfig>,
+    /// Staple OCSP responses to the served certificates (those whose chain file holds their
+    /// issuer and that name an OCSP responder); on by default.
+    #[serde(default = "yes")]
+    pub ocsp_stapling: bool,
     #[serde(default)]
     pub client_auth: ClientAuth,
     #[serde(default)]

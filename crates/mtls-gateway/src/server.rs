@@ -175,6 +175,15 @@ pub async fn start(config: GatewayConfig, config_path: Option<PathBuf>) -> Resul
             }));
         }
     }
+    for (shared, cfg) in shared_all.iter().zip(&config.listeners) {
+        if cfg.ocsp_stapling {
+            let shared = shared.clone();
+            tasks.push(tokio::spawn(mtls_client::ocsp::staple(
+                move || shared.state.load().server.certificates.clone(),
+                shutdown.clone(),
+            )));
+        }
+    }
     for cfg in &config.listeners {
         for f in &cfg.crl_fetch {
             tasks.push(tokio::spawn(crate::crl_fetch::fetch_loop(

@@ -74,6 +74,8 @@ pub struct ServerState {
     pub generation: u64,
     /// The rustls configuration for new handshakes.
     pub tls: Arc<ServerConfig>,
+    /// The served certificates (their OCSP staples can be set while in use).
+    pub certificates: Arc<mtls_tls::SniResolver>,
     /// The trust state client certificates are verified against.
     pub trust: Arc<TrustState>,
     /// (certificate file, notAfter) of every served certificate.
@@ -121,15 +123,18 @@ impl ServerFiles {
             trust = trust.with_pushed_revocations(p.clone());
         }
         let trust = Arc::new(trust);
-        let resolver = mtls_tls::SniResolver::new(&credentials)
-            .ok_or_else(|| Error::Config("no server certificate configured".into()))?;
+        let resolver = Arc::new(
+            mtls_tls::SniResolver::new(&credentials)
+                .ok_or_else(|| Error::Config("no server certificate configured".into()))?,
+        );
         let verifier =
             mtls_tls::client_verifier(trust.clone(), self.client_auth == ClientAuth::Required);
         let alpn: Vec<&[u8]> = self.alpn.iter().map(Vec::as_slice).collect();
-        let tls = mtls_tls::server_config(Arc::new(resolver), verifier, &alpn)?;
+        let tls = mtls_tls::server_config(resolver.clone(), verifier, &alpn)?;
         Ok(ServerState {
             generation,
             tls: Arc::new(tls),
+            certificates: resolver,
             trust,
             served_not_after,
             ca_not_after,

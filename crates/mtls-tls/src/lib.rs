@@ -147,44 +147,105 @@ pub fn credential_from_parts(
     })
 }
 
+/// A served certificate whose OCSP staple can be replaced while it is in use.
+pub struct Served {
+    current: arc_swap::ArcSwap<CertifiedKey>,
+}
+
+impl std::fmt::Debug for Served {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Served")
+            .field("stapled", &self.ocsp().is_some())
+            .finish()
+    }
+}
+
+impl Served {
+    fn new(certified: &Arc<CertifiedKey>) -> Self {
+        Served {
+            current: arc_swap::ArcSwap::new(certified.clone()),
+        }
+    }
+
+    /// The chain, leaf first.
+    pub fn chain(&self) -> Vec<CertificateDer<'static>> {
+        self.current.load().cert.clone()
+    }
+
+    /// The stapled OCSP response (DER), if any.
+    pub fn ocsp(&self) -> Option<Vec<u8>> {
+        self.current.load().ocsp.clone()
+    }
+
+    /// Staples `response` (a DER OCSPResponse the caller has verified) to the handshakes from
+    /// now on, or removes the staple.
+    pub fn set_ocsp(&self, response: Option<Vec<u8>>) {
+        let old = self.current.load_full();
+        let mut next = CertifiedKey::new(old.cert.clone(), old.key.clone());
+        next.ocsp = response;
+        self.current.store(Arc::new(next));
+    }
+}
+
 /// Picks the server certificate by SNI: exact name, then `*.` wildcard, then the default.
-#[derive(Debug)]
 pub struct SniResolver {
-    by_name: HashMap<String, Arc<CertifiedKey>>,
-    default: Arc<CertifiedKey>,
+    served: Vec<Arc<Served>>,
+    by_name: HashMap<String, Arc<Served>>,
+    default: Arc<Served>,
+}
+
+impl std::fmt::Debug for SniResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SniResolver")
+            .field("served", &self.served)
+            .finish()
+    }
 }
 
 impl SniResolver {
     /// The first credential is the default (used without SNI or for unknown names).
     pub fn new(credentials: &[Credential]) -> Option<Self> {
-        let default = credentials.first()?.certified.clone();
+        let served: Vec<Arc<Served>> = credentials
+            .iter()
+            .map(|c| Arc::new(Served::new(&c.certified)))
+            .collect();
+        let default = served.first()?.clone();
         let mut by_name = HashMap::new();
-        for c in credentials {
+        for (c, s) in credentials.iter().zip(&served) {
             for n in &c.names {
                 by_name
                     .entry(n.to_ascii_lowercase())
-                    .or_insert_with(|| c.certified.clone());
+                    .or_insert_with(|| s.clone());
             }
         }
-        Some(SniResolver { by_name, default })
+        Some(SniResolver {
+            served,
+            by_name,
+            default,
+        })
+    }
+
+    /// Every served certificate, in configuration order (for stapling).
+    pub fn served(&self) -> &[Arc<Served>] {
+        &self.served
     }
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let Some(name) = hello.server_name() else {
-            return Some(self.default.clone());
+            return Some(self.default.current.load_full());
         };
         let name = name.to_ascii_lowercase();
         if let Some(c) = self.by_name.get(&name) {
-            return Some(c.clone());
+            return Some(c.current.load_full());
         }
         if let Some((_, rest)) = name.split_once('.') {
             if let Some(c) = self.by_name.get(&format!("*.{rest}")) {
-                return Some(c.clone());
+                return Some(c.current.load_full());
             }
         }
-        Some(self.default.clone())
+        Some(self.default.current.load_full())
     }
 }
 

@@ -1,0 +1,241 @@
+//! Asking a certificate's OCSP responder (RFC 6960 over plain HTTP, as AIA URLs are), with the
+//! answer verified before anyone uses it, and stapling servers' own certificates with it.
+//!
+//! [`fetch`] is the one OCSP client of mtls (`mtls verify --ocsp`, the stapler). [`staple`]
+//! keeps the staples of a server's certificates current: fetched at start, refreshed at half
+//! the response's life, replaced only by a response that verifies and says "good", and removed
+//! once the last good one has expired — never a bad or stale staple.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mtls_pki::Serial;
+use mtls_serve::Shutdown;
+use rustls_pki_types::CertificateDer;
+use time::OffsetDateTime;
+
+/// Largest OCSP response read.
+const MAX_RESPONSE: usize = 1 << 20;
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why no verified answer was had.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OcspError {
+    /// The certificate names no OCSP responder and none was given.
+    #[error("the certificate names no OCSP responder")]
+    NoResponder,
+    /// The responder could not be reached or did not answer 200.
+    #[error("OCSP responder {url}: {detail}")]
+    Unavailable {
+        /// The responder.
+        url: String,
+        /// What failed.
+        detail: String,
+    },
+    /// The answer does not verify (signature, signer, CertID, times, nonce) or is an error
+    /// status.
+    #[error("OCSP answer from {url}: {detail}")]
+    Invalid {
+        /// The responder.
+        url: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+}
+
+impl OcspError {
+    /// A stable code: `ocsp_no_url`, `ocsp_unavailable`, `ocsp_invalid`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            OcspError::NoResponder => "ocsp_no_url",
+            OcspError::Unavailable { .. } => "ocsp_unavailable",
+            OcspError::Invalid { .. } => "ocsp_invalid",
+        }
+    }
+}
+
+/// A verified OCSP answer.
+#[derive(Clone, Debug)]
+pub struct OcspAnswer {
+    /// The DER OCSPResponse as received (what a server staples).
+    pub der: Vec<u8>,
+    /// What it says, verified.
+    pub verified: mtls_ocsp::VerifiedResponse,
+    /// The responder asked.
+    pub url: String,
+}
+
+/// Asks the responder of `leaf` (its AIA URL, or `url`) about it and verifies the answer against
+/// `issuer` at `now`; with `nonce`, the answer must echo a fresh random nonce (a stapled
+/// response cannot: it is shared by every client).
+pub async fn fetch(
+    client: &reqwest::Client,
+    leaf: &CertificateDer<'_>,
+    issuer: &CertificateDer<'_>,
+    url: Option<&str>,
+    nonce: bool,
+    now: OffsetDateTime,
+) -> Result<OcspAnswer, OcspError> {
+    let invalid = |url: &str, detail: String| OcspError::Invalid {
+        url: url.to_string(),
+        detail,
+    };
+    let urls = match url {
+        Some(u) => vec![u.to_string()],
+        None => mtls_ocsp::responder_urls(leaf).map_err(|e| invalid("(AIA)", e.to_string()))?,
+    };
+    let url = urls.first().ok_or(OcspError::NoResponder)?;
+    let unavailable = |detail: String| OcspError::Unavailable {
+        url: url.clone(),
+        detail,
+    };
+    if !url.starts_with("http://") {
+        return Err(unavailable("only http:// responders are supported".into()));
+    }
+    let parsed =
+        mtls_pki::pem_io::parse_certificate(leaf).map_err(|e| invalid(url, e.to_string()))?;
+    let serial = Serial::from_be_bytes(parsed.raw_serial());
+    let info = mtls_ocsp::IssuerInfo::from_der(issuer).map_err(|e| invalid(url, e.to_string()))?;
+    let mut nonce_bytes = [0u8; 16];
+    let nonce = if nonce {
+        aws_lc_rs::rand::fill(&mut nonce_bytes)
+            .map_err(|_| invalid(url, "no randomness for the nonce".into()))?;
+        Some(&nonce_bytes[..])
+    } else {
+        None
+    };
+    let request =
+        mtls_ocsp::build_request(&info, &serial, nonce).map_err(|e| invalid(url, e.to_string()))?;
+    let resp = client
+        .post(url)
+        .header(http::header::CONTENT_TYPE, "application/ocsp-request")
+        .body(request)
+        .send()
+        .await
+        .map_err(|e| unavailable(crate::ca::error_chain(&e)))?;
+    if !resp.status().is_success() {
+        return Err(unavailable(format!("HTTP {}", resp.status())));
+    }
+    let der = crate::body_limited(resp, MAX_RESPONSE)
+        .await
+        .map_err(|e| unavailable(e.to_string()))?
+        .to_vec();
+    let verified = mtls_ocsp::verify_response(&der, issuer, &serial, now)
+        .map_err(|e| invalid(url, e.to_string()))?;
+    if nonce.is_some() && verified.nonce.as_deref() != nonce {
+        return Err(invalid(
+            url,
+            "the answer does not echo our nonce (replay?)".into(),
+        ));
+    }
+    Ok(OcspAnswer {
+        der,
+        verified,
+        url: url.clone(),
+    })
+}
+
+/// A staple kept for one leaf.
+struct Kept {
+    der: Vec<u8>,
+    refresh_at: OffsetDateTime,
+    expires: Option<OffsetDateTime>,
+}
+
+/// How often the stapler looks at the served certificates (a reload brings new ones).
+const STAPLE_TICK: Duration = Duration::from_secs(5);
+/// Pause before asking again after a failure.
+const STAPLE_RETRY: time::Duration = time::Duration::seconds(60);
+
+/// Keeps OCSP staples on the certificates `served()` returns (called again on every round, so
+/// a reloaded configuration is stapled too) until `shutdown`. Certificates without an issuer in
+/// their chain or without an OCSP responder are served without a staple.
+pub async fn staple(
+    served: impl Fn() -> Arc<mtls_tls::SniResolver> + Send,
+    mut shutdown: Shutdown,
+) {
+    let client = match crate::ClientBuilder::new()
+        .timeout(TIMEOUT)
+        .build_plain_http()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "OCSP stapling disabled: no HTTP client");
+            return;
+        }
+    };
+    // By the leaf's DER: a reload that keeps the certificate keeps its staple.
+    let mut kept: HashMap<Vec<u8>, Kept> = HashMap::new();
+    let mut silent: HashMap<Vec<u8>, OffsetDateTime> = HashMap::new();
+    loop {
+        let resolver = served();
+        let now = OffsetDateTime::now_utc();
+        // Forget certificates no longer served.
+        let live: Vec<Vec<u8>> = resolver
+            .served()
+            .iter()
+            .filter_map(|s| s.chain().first().map(|l| l.as_ref().to_vec()))
+            .collect();
+        kept.retain(|k, _| live.contains(k));
+        silent.retain(|k, _| live.contains(k));
+        for s in resolver.served() {
+            let chain = s.chain();
+            let (Some(leaf), Some(issuer)) = (chain.first(), chain.get(1)) else {
+                continue;
+            };
+            let key = leaf.as_ref().to_vec();
+            let due = kept.get(&key).is_none_or(|k| now >= k.refresh_at)
+                && silent.get(&key).is_none_or(|until| now >= *until);
+            if due {
+                match fetch(&client, leaf, issuer, None, false, now).await {
+                    Ok(a) if a.verified.status == mtls_ocsp::CertStatus::Good => {
+                        let this = a.verified.this_update;
+                        let refresh_at = match a.verified.next_update {
+                            Some(next) => this + (next - this) / 2_i32,
+                            None => now + time::Duration::hours(1),
+                        };
+                        tracing::info!(url = %a.url, next_update = ?a.verified.next_update, "OCSP staple fetched");
+                        silent.remove(&key);
+                        kept.insert(
+                            key.clone(),
+                            Kept {
+                                der: a.der,
+                                refresh_at,
+                                expires: a.verified.next_update,
+                            },
+                        );
+                    }
+                    Ok(a) => {
+                        tracing::error!(url = %a.url, status = ?a.verified.status, "the OCSP responder does not say our certificate is good: not stapling it");
+                        kept.remove(&key);
+                        silent.insert(key.clone(), now + STAPLE_RETRY);
+                    }
+                    Err(OcspError::NoResponder) => {
+                        silent.insert(key.clone(), now + time::Duration::days(365));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "OCSP staple not refreshed");
+                        silent.insert(key.clone(), now + STAPLE_RETRY);
+                    }
+                }
+            }
+            // Never a staple past its nextUpdate.
+            if kept
+                .get(&key)
+                .is_some_and(|k| k.expires.is_some_and(|e| now >= e))
+            {
+                kept.remove(&key);
+            }
+            let want = kept.get(&key).map(|k| k.der.clone());
+            if s.ocsp() != want {
+                s.set_ocsp(want);
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(STAPLE_TICK) => {}
+            _ = shutdown.wait() => return,
+        }
+    }
+}
