@@ -220,9 +220,12 @@ impl ServerBuilder {
                     .map_err(|e| Error::Config(format!("revocation feed: {e}")))?,
             )
         };
-        let tls = ReloadingServer::with_pushed_revocations(
+        let tls = ReloadingServer::with_sources(
             self.files.clone(),
-            feed.as_ref().map(|(_, set)| set.clone()),
+            mtls_verify::RevocationSources {
+                pushed: feed.as_ref().map(|(_, set)| set.clone()),
+                status: None,
+            },
         )?;
         Ok(MtlsServer {
             inner: Arc::new(Inner {

@@ -92,6 +92,12 @@ pub struct GatewayArgs {
     /// Refuse clients the feed alone vouches for when the CA has not answered for this long.
     #[arg(long, default_value = "1m", value_parser = crate::util::std_duration_arg, requires = "revocation_feed")]
     revocation_feed_max_age: std::time::Duration,
+    /// Check client certificates with OCSP (the responder in each certificate's AIA).
+    #[arg(long)]
+    ocsp: bool,
+    /// Check client certificates with this OCSP responder (http://…) instead of their AIA.
+    #[arg(long)]
+    ocsp_responder: Option<String>,
     /// Admin listener for /metrics and /healthz.
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
@@ -174,6 +180,13 @@ fn config_from_flags(a: &GatewayArgs) -> Result<GatewayConfig> {
                     ca: a.revocation_feed_ca.clone(),
                     certificate: None,
                     max_age: a.revocation_feed_max_age,
+                }
+            }),
+            ocsp: (a.ocsp || a.ocsp_responder.is_some()).then(|| {
+                mtls_gateway::config::OcspConfig {
+                    responder: a.ocsp_responder.clone(),
+                    max_wait: std::time::Duration::from_secs(2),
+                    nonce: false,
                 }
             }),
             ocsp_stapling: true,
@@ -400,6 +413,7 @@ pub fn quickstart(a: QuickstartArgs) -> Result<ExitCode> {
                 crl: vec![pki.join("crl.pem")],
                 crl_fetch: Vec::new(),
                 revocation_feed: None,
+                ocsp: None,
                 ocsp_stapling: true,
                 client_auth: ClientAuth::Required,
                 policy: Policy {

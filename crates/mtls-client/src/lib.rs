@@ -10,7 +10,8 @@
 //!   by the proxying task itself), from the same builder;
 //! - [`ca`]: the client of the online CA's API (pinning the root, enroll, renew, revoke, tokens);
 //! - [`ocsp`]: asking a certificate's OCSP responder, verified, and stapling a server's own
-//!   certificates;
+//!   certificates; [`ocsp_check`]: OCSP checking of client certificates for servers (cached,
+//!   refreshed ahead, one bounded wait for a new client);
 //! - [`feed`]: following the CA's revocation feed into a [`mtls_verify::PushedRevocations`]
 //!   set that servers consult on every check;
 //! - [`renewal`]: renewing a certificate from the online CA before it expires, as a library
@@ -39,6 +40,7 @@
 pub mod ca;
 pub mod feed;
 pub mod ocsp;
+pub mod ocsp_check;
 pub mod pool;
 pub mod renewal;
 

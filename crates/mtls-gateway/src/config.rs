@@ -86,6 +86,29 @@ pub struct RevocationFeedConfig {
     pub max_age: Duration,
 }
 
+/// OCSP checking of client certificates (`[listener.ocsp]`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OcspConfig {
+    /// Ask this responder (`http://…`) instead of the one in each certificate's AIA.
+    #[serde(default)]
+    pub responder: Option<String>,
+    /// Longest a handshake waits for the first answer about a client (default 2s); later
+    /// answers are refreshed in the background.
+    #[serde(
+        with = "mtls_serve::duration::serde",
+        default = "default_ocsp_max_wait"
+    )]
+    pub max_wait: Duration,
+    /// Send a nonce the responder must echo.
+    #[serde(default)]
+    pub nonce: bool,
+}
+
+fn default_ocsp_max_wait() -> Duration {
+    Duration::from_secs(2)
+}
+
 fn default_feed_max_age() -> Duration {
     Duration::from_secs(60)
 }
@@ -123,6 +146,9 @@ pub struct ListenerConfig {
     /// Revocations pushed by the online CA.
     #[serde(default)]
     pub revocation_feed: Option<RevocationFeedConfig>,
+    /// OCSP checking of client certificates.
+    #[serde(default)]
+    pub ocsp: Option<OcspConfig>,
     /// Staple OCSP responses to the served certificates (those whose chain file holds their
     /// issuer and that name an OCSP responder); on by default.
     #[serde(default = "yes")]

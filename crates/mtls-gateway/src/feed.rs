@@ -71,7 +71,7 @@ pub fn register_metrics(registry: &mut Registry, shared: &[Arc<Shared>]) {
             Some(Unit::Seconds),
             Kind::Gauge,
             |s| {
-                let p = s.pushed.as_ref()?;
+                let p = s.sources.pushed.as_ref()?;
                 Some(
                     p.age(time::OffsetDateTime::now_utc())
                         .map_or(f64::INFINITY, |a| a as f64),
@@ -83,7 +83,7 @@ pub fn register_metrics(registry: &mut Registry, shared: &[Arc<Shared>]) {
             "Revoked certificates known from the feed",
             None,
             Kind::Gauge,
-            |s| s.pushed.as_ref().map(|p| p.len() as f64),
+            |s| s.sources.pushed.as_ref().map(|p| p.len() as f64),
         ),
         (
             "mtls_revocation_feed_events",

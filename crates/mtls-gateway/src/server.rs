@@ -12,7 +12,7 @@ use mtls_serve::accept::{self, Shutdown, Slot, Slots};
 use mtls_serve::metrics::{Kind, Registry, Scraped, Unit};
 use mtls_serve::recheck::{self, Generations};
 use mtls_serve::reload::{Reload, ReloadHandle, ReloadOptions};
-use mtls_verify::{PushedRevocations, Rejection};
+use mtls_verify::{Rejection, RevocationSources};
 use time::OffsetDateTime;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -37,8 +37,9 @@ pub struct Shared {
     pub refusals: mtls_serve::refusals::RefusalLog,
     /// The HTTP connection builder (limits and timers), made once, not per connection.
     pub http: hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
-    /// Revocations from the CA's feed (`[listener.revocation_feed]`), kept across reloads.
-    pub pushed: Option<Arc<PushedRevocations>>,
+    /// Revocation sources kept across reloads: the CA's feed (`[listener.revocation_feed]`),
+    /// OCSP (`[listener.ocsp]`).
+    pub sources: RevocationSources,
     /// The feed subscriber's counters.
     pub feed_stats: Option<Arc<FeedStats>>,
 }
@@ -97,16 +98,31 @@ pub async fn start(config: GatewayConfig, config_path: Option<PathBuf>) -> Resul
     let mut listeners = Vec::new();
     let mut addrs = Vec::new();
     let mut feeds = Vec::new();
+    let mut ocsp_checkers = Vec::new();
     for cfg in &config.listeners {
         let feed = match &cfg.revocation_feed {
             Some(f) => Some(crate::feed::subscriber(cfg, f).await?),
             None => None,
         };
-        let pushed = feed.as_ref().map(|(_, set)| set.clone());
+        let ocsp = match &cfg.ocsp {
+            Some(o) => Some(
+                mtls_client::ocsp_check::OcspChecker::new(mtls_client::ocsp_check::OcspOptions {
+                    responder: o.responder.clone(),
+                    max_wait: o.max_wait,
+                    nonce: o.nonce,
+                })
+                .map_err(|e| Error::Config(format!("listener {:?}: ocsp: {e}", cfg.name)))?,
+            ),
+            None => None,
+        };
+        ocsp_checkers.push(ocsp.clone());
+        let sources = RevocationSources {
+            pushed: feed.as_ref().map(|(_, set)| set.clone()),
+            status: ocsp.map(|o| o as Arc<dyn mtls_verify::StatusSource>),
+        };
         let feed_stats = feed.as_ref().map(|(sub, _)| sub.stats());
         feeds.push(feed.map(|(sub, _)| sub));
-        let state =
-            ListenerState::load(cfg, config.limits.upstream_timeout, 1, now, pushed.as_ref())?;
+        let state = ListenerState::load(cfg, config.limits.upstream_timeout, 1, now, &sources)?;
         let (listener, bound) = bind(cfg.listen).await?;
         addrs.push(bound);
         shared_all.push(Arc::new(Shared {
@@ -122,7 +138,7 @@ pub async fn start(config: GatewayConfig, config_path: Option<PathBuf>) -> Resul
                 header_read_timeout: config.limits.header_read_timeout,
                 max_header_bytes: config.limits.max_header_bytes,
             }),
-            pushed,
+            sources,
             feed_stats,
         }));
         listeners.push(listener);
@@ -173,6 +189,14 @@ pub async fn start(config: GatewayConfig, config_path: Option<PathBuf>) -> Resul
                 )
                 .await
             }));
+        }
+    }
+    for (shared, checker) in shared_all.iter().zip(ocsp_checkers) {
+        if let Some(c) = checker {
+            let shared = shared.clone();
+            tasks.push(tokio::spawn(
+                c.run(move || shared.generations.poke(), shutdown.clone()),
+            ));
         }
     }
     for (shared, cfg) in shared_all.iter().zip(&config.listeners) {
@@ -548,10 +572,11 @@ impl Reload for GatewayReload {
                                 && a.mode == b.mode
                                 && a.name == b.name
                                 && a.revocation_feed == b.revocation_feed
+                                && a.ocsp == b.ocsp
                         });
                 if !same_sockets {
                     return Err(
-                        "listeners, their names, addresses, modes or revocation feeds changed: restart to apply"
+                        "listeners, their names, addresses, modes, revocation feeds or OCSP settings changed: restart to apply"
                             .into(),
                     );
                 }
@@ -570,7 +595,7 @@ impl Reload for GatewayReload {
                     candidate.limits.upstream_timeout,
                     generation,
                     now,
-                    s.pushed.as_ref(),
+                    &s.sources,
                 )
             })
             .collect::<Result<Vec<_>, _>>()

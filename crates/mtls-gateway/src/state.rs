@@ -120,11 +120,11 @@ impl ListenerState {
         upstream_timeout: std::time::Duration,
         generation: u64,
         now: OffsetDateTime,
-        pushed: Option<&std::sync::Arc<mtls_verify::PushedRevocations>>,
+        sources: &mtls_verify::RevocationSources,
     ) -> Result<Self, Error> {
         let server = cfg
             .server_files()
-            .load_with(generation, now, pushed)
+            .load_with(generation, now, sources)
             .map_err(|e| Error::Load(format!("listener {:?}: {e}", cfg.name)))?;
         let mut routes: Vec<(String, Policy)> = cfg
             .routes

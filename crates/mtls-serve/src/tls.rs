@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use mtls_verify::{PushedRevocations, RevocationOptions, TrustState};
+use mtls_verify::{RevocationOptions, RevocationSources, TrustState};
 use rustls::ServerConfig;
 use serde::Deserialize;
 use time::OffsetDateTime;
@@ -88,16 +88,16 @@ impl ServerFiles {
     /// Loads and validates everything: keys owner-only and matching their certificates,
     /// certificates valid now, CRLs signed by a CA of the bundle.
     pub fn load(&self, generation: u64, now: OffsetDateTime) -> Result<ServerState, Error> {
-        self.load_with(generation, now, None)
+        self.load_with(generation, now, &RevocationSources::default())
     }
 
-    /// [`load`](Self::load), with a trust state that also consults `pushed` (revocations from
-    /// the CA's feed, which outlive reloads).
+    /// [`load`](Self::load), with a trust state that also consults `sources` (revocations from
+    /// the CA's feed, OCSP), which outlive reloads.
     pub fn load_with(
         &self,
         generation: u64,
         now: OffsetDateTime,
-        pushed: Option<&Arc<PushedRevocations>>,
+        sources: &RevocationSources,
     ) -> Result<ServerState, Error> {
         let mut credentials = Vec::new();
         let mut served_not_after = Vec::new();
@@ -119,8 +119,8 @@ impl ServerFiles {
             .collect();
         let crls = mtls_tls::load_crls(&self.crl)?;
         let mut trust = TrustState::new(generation, roots, &crls, self.revocation)?;
-        if let Some(p) = pushed {
-            trust = trust.with_pushed_revocations(p.clone());
+        if !sources.is_empty() {
+            trust = trust.with_sources(sources);
         }
         let trust = Arc::new(trust);
         let resolver = Arc::new(
@@ -157,7 +157,7 @@ impl ServerFiles {
 /// [`crate::reload::spawn`]).
 pub struct ReloadingServer {
     files: ServerFiles,
-    pushed: Option<Arc<PushedRevocations>>,
+    sources: RevocationSources,
     current: ArcSwap<ServerState>,
     generations: Generations,
     next: AtomicU64,
@@ -166,20 +166,20 @@ pub struct ReloadingServer {
 impl ReloadingServer {
     /// Loads generation 1 now.
     pub fn new(files: ServerFiles) -> Result<Arc<Self>, Error> {
-        Self::with_pushed_revocations(files, None)
+        Self::with_sources(files, RevocationSources::default())
     }
 
-    /// [`new`](Self::new), with every generation's trust state also consulting `pushed`
-    /// (revocations from the CA's feed); call [`Generations::poke`] on
-    /// [`generations`](Self::generations) when it grows, so open connections re-check.
-    pub fn with_pushed_revocations(
+    /// [`new`](Self::new), with every generation's trust state also consulting `sources`
+    /// (revocations from the CA's feed, OCSP); call [`Generations::poke`] on
+    /// [`generations`](Self::generations) when they change, so open connections re-check.
+    pub fn with_sources(
         files: ServerFiles,
-        pushed: Option<Arc<PushedRevocations>>,
+        sources: RevocationSources,
     ) -> Result<Arc<Self>, Error> {
-        let state = files.load_with(1, OffsetDateTime::now_utc(), pushed.as_ref())?;
+        let state = files.load_with(1, OffsetDateTime::now_utc(), &sources)?;
         Ok(Arc::new(ReloadingServer {
             files,
-            pushed,
+            sources,
             current: ArcSwap::from_pointee(state),
             generations: Generations::new(1),
             next: AtomicU64::new(2),
@@ -204,9 +204,9 @@ impl ReloadingServer {
     /// Loads a new generation and swaps it in; on error the current one stays.
     pub fn reload_now(&self) -> Result<u64, Error> {
         let generation = self.next.fetch_add(1, Ordering::Relaxed);
-        let state =
-            self.files
-                .load_with(generation, OffsetDateTime::now_utc(), self.pushed.as_ref())?;
+        let state = self
+            .files
+            .load_with(generation, OffsetDateTime::now_utc(), &self.sources)?;
         self.current.store(Arc::new(state));
         self.generations.publish(generation);
         Ok(generation)

@@ -15,6 +15,7 @@ mod name;
 mod peer;
 mod policy;
 mod pushed;
+mod source;
 mod state;
 mod tls;
 
@@ -24,6 +25,7 @@ pub use policy::{uri_match, Policy};
 pub use pushed::{
     issuer_key_of, IssuerKey, PushedRevocations, PushedStatus, SeedError, FEED_POSITION_HEADER,
 };
+pub use source::{RevocationSources, SourceStatus, StatusQuery, StatusSource};
 pub use state::{CrlSummary, RevocationOptions, TrustError, TrustState};
 pub use tls::ClientVerifier;
 
@@ -116,6 +118,8 @@ pub enum Rejection {
     ExpiredCrl,
     #[error("revocation status unknown: the CA's revocation feed has not been heard from for {age_secs} s")]
     StaleRevocationFeed { age_secs: u64 },
+    #[error("revocation status unknown: no current OCSP answer ({0})")]
+    OcspUnavailable(String),
     #[error("the certificate has no clientAuth extended key usage")]
     MissingClientAuth,
     #[error("the certificate's extended key usage does not allow {0}")]
@@ -160,6 +164,7 @@ impl Rejection {
             Rejection::UnknownRevocationStatus => "unknown_revocation_status",
             Rejection::ExpiredCrl => "expired_crl",
             Rejection::StaleRevocationFeed { .. } => "stale_revocation_feed",
+            Rejection::OcspUnavailable(_) => "ocsp_unavailable",
             Rejection::MissingClientAuth => "missing_client_auth_eku",
             Rejection::WrongPurpose(_) => "wrong_purpose",
             Rejection::NameMismatch(_) => "name_mismatch",

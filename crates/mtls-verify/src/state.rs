@@ -74,6 +74,9 @@ struct RevocationKey {
     crl_uris: Option<Vec<String>>,
     /// A status is required (the leaf, or the whole chain under [`crate::CrlScope::Chain`]).
     require: bool,
+    /// The certificate and its issuer (DER), for a per-certificate source (OCSP): kept only
+    /// for the leaf and only when such a source is configured.
+    query: Option<Arc<(Vec<u8>, Vec<u8>)>>,
 }
 
 fn crl_uris(cert: &x509_parser::certificate::X509Certificate<'_>) -> Option<Vec<String>> {
@@ -144,6 +147,8 @@ pub struct CrlSummary {
 
 struct Anchor {
     anchor: TrustAnchor<'static>,
+    /// The certificate (the issuer in an OCSP question about what it signed).
+    der: CertificateDer<'static>,
     /// The root's SPKI (DER), to match the CRLs it signed.
     spki: Vec<u8>,
     subject: String,
@@ -180,6 +185,8 @@ pub struct TrustState {
     cache: Mutex<HashMap<[u8; 32], Arc<CachedPath>>>,
     /// Revocations from the CA's feed, shared with the server's other trust states.
     pushed: Option<Arc<PushedRevocations>>,
+    /// A per-certificate source (OCSP) for the leaf.
+    status: Option<Arc<dyn crate::StatusSource>>,
 }
 
 /// Most cached paths per trust state (cleared when full; a new state starts empty).
@@ -295,6 +302,7 @@ impl TrustState {
                 })?;
             anchors.push(Anchor {
                 anchor,
+                der: r.clone(),
                 spki: cert.public_key().raw.to_vec(),
                 subject: cert.subject().to_string(),
                 not_before: cert.validity().not_before.timestamp(),
@@ -402,6 +410,7 @@ impl TrustState {
             purpose: Purpose::Client,
             cache: Mutex::new(HashMap::new()),
             pushed: None,
+            status: None,
         })
     }
 
@@ -422,6 +431,19 @@ impl TrustState {
         self
     }
 
+    /// Also consults every source of `sources` (see [`Self::with_pushed_revocations`]; a
+    /// status source answers for the leaf).
+    pub fn with_sources(mut self, sources: &crate::RevocationSources) -> Self {
+        if let Some(p) = &sources.pushed {
+            self = self.with_pushed_revocations(p.clone());
+        }
+        if let Some(s) = &sources.status {
+            self.status = Some(s.clone());
+            self.revocation_checked = true;
+        }
+        self
+    }
+
     /// The generation number given at construction.
     pub fn generation(&self) -> u64 {
         self.generation
@@ -432,7 +454,10 @@ impl TrustState {
     pub fn revision(&self) -> (u64, u64) {
         (
             self.generation,
-            self.pushed.as_ref().map_or(0, |p| p.version()),
+            self.pushed
+                .as_ref()
+                .map_or(0, |p| p.version())
+                .wrapping_add(self.status.as_ref().map_or(0, |s| s.version())),
         )
     }
 
@@ -568,6 +593,10 @@ impl TrustState {
             path_certs.push(c);
         }
         let chain_scope = self.options.scope == crate::CrlScope::Chain;
+        let leaf_query = self.status.as_ref().map(|_| {
+            let issuer = ders.first().map_or(anchor.der.as_ref(), |d| d.as_ref());
+            Arc::new((end_entity.to_vec(), issuer.to_vec()))
+        });
         let revocation: Vec<RevocationKey> = path_certs
             .iter()
             .enumerate()
@@ -584,6 +613,7 @@ impl TrustState {
                     is_ca: i > 0,
                     crl_uris: crl_uris(c),
                     require: i == 0 || chain_scope,
+                    query: if i == 0 { leaf_query.clone() } else { None },
                 }
             })
             .collect();
@@ -643,14 +673,29 @@ impl TrustState {
             }
             covered = true;
         }
+        let mut source_unknown = None;
+        // Asked only when nothing else vouched: a first answer may have to be waited for.
+        if let (false, Some(source), Some(q)) = (covered, &self.status, &key.query) {
+            let query = crate::StatusQuery {
+                cert: &q.0,
+                issuer: &q.1,
+                serial: &key.serial,
+            };
+            match source.status(&query, now) {
+                crate::SourceStatus::Revoked => return Err(Rejection::Revoked),
+                crate::SourceStatus::Good => covered = true,
+                crate::SourceStatus::Unknown(why) => source_unknown = Some(why),
+            }
+        }
         if covered {
             Ok(())
         } else if expired {
             Err(Rejection::ExpiredCrl)
         } else if key.require && !self.options.allow_unknown_status {
-            Err(match stale {
-                Some(age_secs) => Rejection::StaleRevocationFeed { age_secs },
-                None => Rejection::UnknownRevocationStatus,
+            Err(match (stale, source_unknown) {
+                (Some(age_secs), _) => Rejection::StaleRevocationFeed { age_secs },
+                (None, Some(why)) => Rejection::OcspUnavailable(why),
+                (None, None) => Rejection::UnknownRevocationStatus,
             })
         } else {
             Ok(())

@@ -55,9 +55,9 @@ pub fn rejection_to_rustls(r: &Rejection) -> rustls::Error {
         Rejection::Revoked => CertificateError::Revoked,
         Rejection::UnknownIssuer | Rejection::BadTrustAnchor(_) => CertificateError::UnknownIssuer,
         Rejection::BadSignature => CertificateError::BadSignature,
-        Rejection::UnknownRevocationStatus | Rejection::StaleRevocationFeed { .. } => {
-            CertificateError::UnknownRevocationStatus
-        }
+        Rejection::UnknownRevocationStatus
+        | Rejection::StaleRevocationFeed { .. }
+        | Rejection::OcspUnavailable(_) => CertificateError::UnknownRevocationStatus,
         Rejection::ExpiredCrl => CertificateError::ExpiredRevocationList,
         Rejection::MissingClientAuth | Rejection::WrongPurpose(_) => {
             CertificateError::InvalidPurpose

@@ -1,0 +1,103 @@
+//! OCSP checking of client certificates by the gateway against `mtls ca serve`'s responder:
+//! a good client passes, a revoked one is refused on its first handshake (one bounded wait for
+//! the answer), answers are cached so a known client keeps working while the responder is down,
+//! a client never seen while it is down is refused under hard-fail and admitted under
+//! soft-fail (`allow_unknown_revocation`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::ca::{self, CaServer};
+use common::gw::{Gateway, Upstream};
+use common::Env;
+
+fn get(env: &Env, g: &Gateway, client: &str) -> u16 {
+    let pki = env.pki();
+    let p = |rel: &str| pki.join(rel).to_string_lossy().into_owned();
+    ca::curl(&[
+        "--cacert",
+        &p("root.crt"),
+        "--resolve",
+        &format!("localhost:{}:127.0.0.1", g.port()),
+        "--cert",
+        &p(&format!("issued/{client}.chain.pem")),
+        "--key",
+        &p(&format!("issued/{client}.key")),
+        &g.url("/api/secure"),
+    ])
+    .0
+}
+
+#[test]
+fn the_gateway_checks_client_certificates_with_ocsp() {
+    let env = Env::new();
+    env.mtls(&["ca", "init"]).ok();
+    env.mtls(&["issue", "server", "localhost"]).ok();
+    for c in ["good", "revoked", "late", "soft"] {
+        env.mtls(&["issue", "client", c]).ok();
+    }
+    let ca = CaServer::start(&env, "ca", None, "");
+    let up = Upstream::start();
+    let responder = ca.publish("/ocsp");
+    let pki = env.pki();
+    let p = |rel: &str| pki.join(rel).to_string_lossy().into_owned();
+    let args: Vec<String> = [
+        "--listen",
+        "127.0.0.1:0",
+        "--cert",
+        &p("issued/localhost.chain.pem"),
+        "--key",
+        &p("issued/localhost.key"),
+        "--client-ca",
+        &p("ca-chain.pem"),
+        "--upstream",
+        &format!("http://{}", up.addr),
+        "--allow-any-trusted",
+        "--ocsp-responder",
+        &responder,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let hard = Gateway::start(&args);
+    let soft_config = env.write(
+        "soft.toml",
+        format!(
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\nupstream = \"http://{}\"\nclient_ca = [\"{}\"]\nallow_unknown_revocation = true\n[listener.ocsp]\nresponder = \"{responder}\"\n[listener.policy]\nallow_any_trusted = true\n[[listener.certificate]]\ncert = \"{}\"\nkey = \"{}\"\n",
+            up.addr,
+            p("ca-chain.pem"),
+            p("issued/localhost.chain.pem"),
+            p("issued/localhost.key"),
+        )
+        .as_bytes(),
+    );
+    let soft = Gateway::start(&["--config".into(), soft_config.display().to_string()]);
+
+    assert_eq!(get(&env, &hard, "good"), 200);
+    let serial = ca::serial_of(&env, &pki.join("issued/revoked.crt"));
+    env.mtls(&["revoke", &serial]).ok();
+    assert_eq!(get(&env, &hard, "revoked"), 0, "refused in the handshake");
+    assert_eq!(
+        get(&env, &soft, "revoked"),
+        0,
+        "revoked is revoked under soft-fail too"
+    );
+
+    // The responder goes away.
+    ca.kill();
+    assert_eq!(
+        get(&env, &hard, "good"),
+        200,
+        "a cached answer is used until its nextUpdate"
+    );
+    assert_eq!(
+        get(&env, &hard, "late"),
+        0,
+        "hard-fail: no answer about a new client, refused"
+    );
+    assert_eq!(
+        get(&env, &soft, "soft"),
+        200,
+        "soft-fail: no answer, admitted"
+    );
+}

@@ -1,0 +1,299 @@
+//! OCSP checking of client certificates for servers: [`OcspChecker`] is the
+//! [`mtls_verify::StatusSource`] a trust state asks about a leaf. Verified answers are cached
+//! until their nextUpdate and refreshed in the background at half their life for clients seen in
+//! the last hour, so a handshake rarely waits; a client never seen before waits once, bounded by
+//! `max_wait` (on a multi-threaded Tokio runtime, where the wait can block its thread; on a
+//! single-threaded one its status stays unknown). A responder that is down answers "unknown" (hard-fail refuses) without making every
+//! handshake wait again: failures are remembered for a few seconds.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mtls_serve::Shutdown;
+use mtls_verify::{SourceStatus, StatusQuery, StatusSource};
+use rustls_pki_types::CertificateDer;
+use time::OffsetDateTime;
+
+use crate::ocsp::{fetch, OcspError};
+
+/// Most certificates whose answers are cached.
+const CAPACITY: usize = 100_000;
+/// A failed answer is not asked again (nor waited for) for this long.
+const FAILURE_HOLD: time::Duration = time::Duration::seconds(5);
+/// An answer without nextUpdate is used this long.
+const NO_NEXT_UPDATE: time::Duration = time::Duration::minutes(5);
+/// Clients not seen for this long are not refreshed any more, and forgotten.
+const KEEP_UNUSED: time::Duration = time::Duration::hours(1);
+
+/// Where to ask and how.
+#[derive(Clone, Debug)]
+pub struct OcspOptions {
+    /// Ask this responder instead of the one in the certificate's AIA.
+    pub responder: Option<String>,
+    /// Longest a handshake waits for the first answer about a certificate.
+    pub max_wait: Duration,
+    /// Send a nonce the answer must echo.
+    pub nonce: bool,
+}
+
+impl Default for OcspOptions {
+    fn default() -> Self {
+        OcspOptions {
+            responder: None,
+            max_wait: Duration::from_secs(2),
+            nonce: false,
+        }
+    }
+}
+
+type Key = (Vec<u8>, Vec<u8>);
+
+struct Entry {
+    cert: Vec<u8>,
+    issuer: Vec<u8>,
+    status: SourceStatus,
+    /// The answer may be used until then (nextUpdate).
+    good_until: OffsetDateTime,
+    /// Asked again from then on.
+    refresh_at: OffsetDateTime,
+    last_used: OffsetDateTime,
+}
+
+/// Counters of the checker, for metrics.
+#[derive(Debug, Default)]
+pub struct OcspStats {
+    /// Verified answers received.
+    pub answers: AtomicU64,
+    /// Failed requests (unreachable, invalid answers).
+    pub failures: AtomicU64,
+    /// Handshakes that waited for a first answer.
+    pub waits: AtomicU64,
+}
+
+/// OCSP answers about client certificates, verified and cached (see the module docs).
+pub struct OcspChecker {
+    client: reqwest::Client,
+    options: OcspOptions,
+    cache: Mutex<HashMap<Key, Entry>>,
+    version: AtomicU64,
+    stats: Arc<OcspStats>,
+}
+
+impl std::fmt::Debug for OcspChecker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OcspChecker")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+fn key(q: &StatusQuery<'_>) -> Key {
+    (
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, q.issuer)
+            .as_ref()
+            .to_vec(),
+        q.serial.to_vec(),
+    )
+}
+
+impl OcspChecker {
+    /// A checker (drive its refreshes with [`OcspChecker::run`]).
+    pub fn new(options: OcspOptions) -> Result<Arc<Self>, crate::Error> {
+        if let Some(r) = &options.responder {
+            if !r.starts_with("http://") {
+                return Err(crate::Error::Config(format!(
+                    "OCSP responder {r:?}: only http:// responders are supported"
+                )));
+            }
+        }
+        let client = crate::ClientBuilder::new()
+            .timeout(options.max_wait.max(Duration::from_secs(5)))
+            .build_plain_http()?;
+        Ok(Arc::new(OcspChecker {
+            client,
+            options,
+            cache: Mutex::new(HashMap::new()),
+            version: AtomicU64::new(0),
+            stats: Arc::default(),
+        }))
+    }
+
+    /// The checker's counters.
+    pub fn stats(&self) -> Arc<OcspStats> {
+        self.stats.clone()
+    }
+
+    /// Asks the responder about `cert` and turns the outcome into a cache entry.
+    async fn ask(&self, cert: Vec<u8>, issuer: Vec<u8>, now: OffsetDateTime) -> Entry {
+        let answer = fetch(
+            &self.client,
+            &CertificateDer::from(cert.as_slice()),
+            &CertificateDer::from(issuer.as_slice()),
+            self.options.responder.as_deref(),
+            self.options.nonce,
+            now,
+        )
+        .await;
+        let failed = |why: String| Entry {
+            cert: cert.clone(),
+            issuer: issuer.clone(),
+            status: SourceStatus::Unknown(why),
+            good_until: now,
+            refresh_at: now + FAILURE_HOLD,
+            last_used: now,
+        };
+        match answer {
+            Ok(a) => {
+                self.stats.answers.fetch_add(1, Ordering::Relaxed);
+                let v = a.verified;
+                let good_until = v.next_update.unwrap_or(now + NO_NEXT_UPDATE);
+                let status = match v.status {
+                    mtls_ocsp::CertStatus::Good => SourceStatus::Good,
+                    mtls_ocsp::CertStatus::Revoked { .. } => SourceStatus::Revoked,
+                    mtls_ocsp::CertStatus::Unknown => {
+                        return failed(format!("{} does not know this certificate", a.url))
+                    }
+                };
+                // Half the answer's life; at least a second from now.
+                let half = v.this_update + (good_until - v.this_update) / 2_i32;
+                let refresh_at = half.max(now + time::Duration::seconds(1));
+                Entry {
+                    cert: cert.clone(),
+                    issuer: issuer.clone(),
+                    status,
+                    good_until,
+                    refresh_at,
+                    last_used: now,
+                }
+            }
+            Err(e) => {
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(code = e.code(), error = %e, "OCSP check of a client certificate failed");
+                failed(match e {
+                    OcspError::NoResponder => "the certificate names no OCSP responder".to_string(),
+                    other => other.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Stores `entry`; returns whether the status it gives differs from what was stored.
+    fn store(&self, k: Key, entry: Entry) -> bool {
+        let Ok(mut cache) = self.cache.lock() else {
+            return false;
+        };
+        if cache.len() >= CAPACITY && !cache.contains_key(&k) {
+            let cutoff = entry.last_used - time::Duration::minutes(10);
+            cache.retain(|_, e| e.last_used > cutoff);
+            if cache.len() >= CAPACITY {
+                return false;
+            }
+        }
+        let changed = cache.get(&k).is_some_and(|old| old.status != entry.status);
+        cache.insert(k, entry);
+        changed
+    }
+
+    /// Refreshes answers at half their life for clients seen lately, forgets the others, and
+    /// drops answers that expired without a replacement; calls `changed` when a status some
+    /// connection may have relied on changed. Runs until `shutdown`.
+    pub async fn run(self: Arc<Self>, changed: impl Fn() + Send, mut shutdown: Shutdown) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.wait() => return,
+            }
+            let now = OffsetDateTime::now_utc();
+            let due: Vec<(Key, Vec<u8>, Vec<u8>)> = match self.cache.lock() {
+                Ok(mut cache) => {
+                    cache.retain(|_, e| now - e.last_used < KEEP_UNUSED);
+                    cache
+                        .iter()
+                        .filter(|(_, e)| now >= e.refresh_at)
+                        .map(|(k, e)| (k.clone(), e.cert.clone(), e.issuer.clone()))
+                        .collect()
+                }
+                Err(_) => return,
+            };
+            let mut any = false;
+            for (k, cert, issuer) in due {
+                let mut entry = self.ask(cert, issuer, now).await;
+                if let Ok(cache) = self.cache.lock() {
+                    if let Some(old) = cache.get(&k) {
+                        entry.last_used = old.last_used;
+                        // A failed refresh keeps a verified answer until its nextUpdate.
+                        if matches!(entry.status, SourceStatus::Unknown(_)) && now < old.good_until
+                        {
+                            entry.status = old.status.clone();
+                            entry.good_until = old.good_until;
+                        }
+                    }
+                }
+                any |= self.store(k, entry);
+            }
+            if any {
+                self.version.fetch_add(1, Ordering::AcqRel);
+                changed();
+            }
+        }
+    }
+}
+
+impl StatusSource for OcspChecker {
+    fn status(&self, q: &StatusQuery<'_>, now: OffsetDateTime) -> SourceStatus {
+        let k = key(q);
+        if let Ok(mut cache) = self.cache.lock() {
+            if let Some(e) = cache.get_mut(&k) {
+                e.last_used = now;
+                let current = now < e.good_until;
+                match &e.status {
+                    SourceStatus::Unknown(why) if now < e.refresh_at => {
+                        return SourceStatus::Unknown(why.clone())
+                    }
+                    s if current && !matches!(s, SourceStatus::Unknown(_)) => return s.clone(),
+                    _ => {}
+                }
+            }
+        }
+        // Not known (or expired): one bounded wait, where the runtime allows blocking this
+        // thread; elsewhere a background fetch and "unknown" until it lands.
+        let (cert, issuer) = (q.cert.to_vec(), q.issuer.to_vec());
+        let rt = tokio::runtime::Handle::try_current().ok();
+        if let Some(rt) =
+            rt.filter(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+        {
+            self.stats.waits.fetch_add(1, Ordering::Relaxed);
+            let entry = tokio::task::block_in_place(|| {
+                rt.block_on(async {
+                    tokio::time::timeout(self.options.max_wait, self.ask(cert, issuer, now)).await
+                })
+            });
+            let entry = entry.unwrap_or_else(|_| Entry {
+                cert: q.cert.to_vec(),
+                issuer: q.issuer.to_vec(),
+                status: SourceStatus::Unknown(format!(
+                    "no OCSP answer within {:?}",
+                    self.options.max_wait
+                )),
+                good_until: now,
+                refresh_at: now + FAILURE_HOLD,
+                last_used: now,
+            });
+            let status = entry.status.clone();
+            if self.store(k, entry) {
+                self.version.fetch_add(1, Ordering::AcqRel);
+            }
+            status
+        } else {
+            SourceStatus::Unknown(
+                "OCSP needs a multi-threaded Tokio runtime to wait for an answer".into(),
+            )
+        }
+    }
+
+    fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+}
