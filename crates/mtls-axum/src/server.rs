@@ -224,7 +224,7 @@ impl ServerBuilder {
             self.files.clone(),
             mtls_verify::RevocationSources {
                 pushed: feed.as_ref().map(|(_, set)| set.clone()),
-                status: None,
+                ..Default::default()
             },
         )?;
         Ok(MtlsServer {

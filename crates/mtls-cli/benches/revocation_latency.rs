@@ -1,5 +1,5 @@
 //! How long a revocation takes to reach a gateway: `cargo bench -p mtls-cli --bench
-//! revocation_latency` (`MTLS_BENCH_ROUNDS`, default 50; `MTLS_BENCH_SOURCES=feed,crl`).
+//! revocation_latency` (`MTLS_BENCH_ROUNDS`, default 50; `MTLS_BENCH_SOURCES=feed,crl,ocsp`).
 //!
 //! A real `mtls ca serve` and `mtls gateway` (an HTTP and a TCP-mode listener). Each round
 //! issues nothing: it takes a fresh client certificate, opens an HTTP/1.1 keep-alive, an h2 and
@@ -7,8 +7,9 @@
 //! `mtls revoke`, and from the moment that command returns measures, concurrently, until
 //! (a) a new full handshake is refused, (b) a resumed session is refused, (c) the open HTTP/1.1
 //! connection, (d) the open h2 connection and (e) the open TCP-mode connection are closed.
-//! Sources: `feed` (the CA's revocation feed) and `crl` (the CRL downloaded from the CA's
-//! distribution point every second, file reload polled every 250 ms).
+//! Sources: `feed` (the CA's revocation feed), `crl` (the CRL downloaded from the CA's
+//! distribution point every second, file reload polled every 250 ms) and `ocsp` (the CA's
+//! responder, answers valid 10 s and refreshed at half-life).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/common/mod.rs"]
@@ -188,12 +189,13 @@ fn run(source: &str, rounds: usize) {
         env.mtls(&["issue", "client", &format!("b{i}"), "--days", "2"])
             .ok();
     }
-    let ca = CaServer::start(
-        &env,
-        "ca",
-        None,
-        "[revocation_feed]\nallow_cn = [\"localhost\"]\n",
-    );
+    // OCSP answers live 10 s here (1 h by default): the gateway refreshes them at half-life.
+    let extra = if source == "ocsp" {
+        "ocsp_lifetime = \"10s\"\n[revocation_feed]\nallow_cn = [\"localhost\"]\n"
+    } else {
+        "[revocation_feed]\nallow_cn = [\"localhost\"]\n"
+    };
+    let ca = CaServer::start(&env, "ca", None, extra);
     let up = Upstream::start();
     let (http_port, tcp_port) = (ca::free_port(), ca::free_port());
     let pki = env.pki();
@@ -201,6 +203,7 @@ fn run(source: &str, rounds: usize) {
     let listener = |name: &str, port: u16, mode: &str, upstream: String| {
         let source_cfg = match source {
             "feed" => format!("[listener.revocation_feed]\nurls = [\"{}\"]\n", ca.url()),
+            "ocsp" => format!("[listener.ocsp]\nresponder = \"{}\"\n", ca.publish("/ocsp")),
             _ => {
                 let file = env.p(&format!("crl-{name}.pem"));
                 format!(
@@ -329,7 +332,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(50);
-    let sources = std::env::var("MTLS_BENCH_SOURCES").unwrap_or_else(|_| "feed,crl".into());
+    let sources = std::env::var("MTLS_BENCH_SOURCES").unwrap_or_else(|_| "feed,crl,ocsp".into());
     for s in sources.split(',') {
         run(s.trim(), rounds);
     }

@@ -92,6 +92,10 @@ pub struct GatewayArgs {
     /// Refuse clients the feed alone vouches for when the CA has not answered for this long.
     #[arg(long, default_value = "1m", value_parser = crate::util::std_duration_arg, requires = "revocation_feed")]
     revocation_feed_max_age: std::time::Duration,
+    /// What to do with a client whose revocation status is unknown: hard-fail (refuse) or
+    /// soft-fail (admit, log, count).
+    #[arg(long, default_value = "hard-fail", value_parser = parse_revocation_policy)]
+    revocation_policy: mtls_gateway::config::RevocationPolicy,
     /// Check client certificates with OCSP (the responder in each certificate's AIA).
     #[arg(long)]
     ocsp: bool,
@@ -110,6 +114,16 @@ pub struct GatewayArgs {
     /// Disable the JSON access log on stdout.
     #[arg(long)]
     no_access_log: bool,
+}
+
+fn parse_revocation_policy(
+    s: &str,
+) -> std::result::Result<mtls_gateway::config::RevocationPolicy, String> {
+    match s {
+        "hard-fail" => Ok(mtls_gateway::config::RevocationPolicy::HardFail),
+        "soft-fail" => Ok(mtls_gateway::config::RevocationPolicy::SoftFail),
+        other => Err(format!("{other:?}: use hard-fail or soft-fail")),
+    }
 }
 
 fn config_from_flags(a: &GatewayArgs) -> Result<GatewayConfig> {
@@ -195,6 +209,8 @@ fn config_from_flags(a: &GatewayArgs) -> Result<GatewayConfig> {
             routes: Vec::new(),
             strip_headers: a.strip_headers.clone(),
             proxy_protocol: a.proxy_protocol,
+            revocation_policy: a.revocation_policy,
+            revocation_scope: Default::default(),
             allow_unknown_revocation: false,
             allow_expired_crl: false,
         }],
@@ -423,6 +439,8 @@ pub fn quickstart(a: QuickstartArgs) -> Result<ExitCode> {
                 routes: Vec::new(),
                 strip_headers: Vec::new(),
                 proxy_protocol: false,
+                revocation_policy: Default::default(),
+                revocation_scope: Default::default(),
                 allow_unknown_revocation: false,
                 allow_expired_crl: false,
             }],

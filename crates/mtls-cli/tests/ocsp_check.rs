@@ -2,7 +2,7 @@
 //! a good client passes, a revoked one is refused on its first handshake (one bounded wait for
 //! the answer), answers are cached so a known client keeps working while the responder is down,
 //! a client never seen while it is down is refused under hard-fail and admitted under
-//! soft-fail (`allow_unknown_revocation`).
+//! soft-fail (`revocation_policy = "soft-fail"`); decisions counted by source and result.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -55,6 +55,8 @@ fn the_gateway_checks_client_certificates_with_ocsp() {
         "--allow-any-trusted",
         "--ocsp-responder",
         &responder,
+        "--admin-listen",
+        "127.0.0.1:0",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -63,7 +65,7 @@ fn the_gateway_checks_client_certificates_with_ocsp() {
     let soft_config = env.write(
         "soft.toml",
         format!(
-            "[[listener]]\nlisten = \"127.0.0.1:0\"\nupstream = \"http://{}\"\nclient_ca = [\"{}\"]\nallow_unknown_revocation = true\n[listener.ocsp]\nresponder = \"{responder}\"\n[listener.policy]\nallow_any_trusted = true\n[[listener.certificate]]\ncert = \"{}\"\nkey = \"{}\"\n",
+            "admin_listen = \"127.0.0.1:0\"\n[[listener]]\nlisten = \"127.0.0.1:0\"\nupstream = \"http://{}\"\nclient_ca = [\"{}\"]\nrevocation_policy = \"soft-fail\"\n[listener.ocsp]\nresponder = \"{responder}\"\n[listener.policy]\nallow_any_trusted = true\n[[listener.certificate]]\ncert = \"{}\"\nkey = \"{}\"\n",
             up.addr,
             p("ca-chain.pem"),
             p("issued/localhost.chain.pem"),
@@ -99,5 +101,34 @@ fn the_gateway_checks_client_certificates_with_ocsp() {
         get(&env, &soft, "soft"),
         200,
         "soft-fail: no answer, admitted"
+    );
+    // Decisions by source and result; the soft-fail admission logged.
+    let decisions = |g: &Gateway| {
+        let (status, page) = ca::curl(&[&format!("http://{}/metrics", g.admin.unwrap())]);
+        assert_eq!(status, 200);
+        common::assert_prometheus_text(&page);
+        let count = move |source: &str, result: &str| -> f64 {
+            let want = format!("source=\"{source}\",result=\"{result}\"");
+            page.lines()
+                .filter(|l| l.starts_with("mtls_revocation_decisions_total{") && l.contains(&want))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        count
+    };
+    let hard_count = decisions(&hard);
+    assert!(hard_count("ocsp", "good") >= 1.0);
+    assert!(hard_count("ocsp", "revoked") >= 1.0);
+    assert!(hard_count("ocsp", "unknown_refused") >= 1.0);
+    assert_eq!(hard_count("none", "unknown_accepted"), 0.0);
+    let soft_count = decisions(&soft);
+    assert!(soft_count("none", "unknown_accepted") >= 1.0);
+    assert!(
+        soft.stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("soft-fail: accepted")),
+        "soft-fail admissions are logged"
     );
 }

@@ -213,7 +213,12 @@ fn feed_end_to_end(database: Option<&str>) {
     // revocations go in through A (offline `mtls revoke` on the shared inventory).
     let b = database.map(|_| CaServer::start(&s.env, "ca-b", database, FEED_ACL));
     let followed = b.as_ref().unwrap_or(&a);
-    let g = s.gateway(&[followed.url()], &["--revocation-feed-max-age", "5s"]);
+    // With two instances the gateway knows both, B first: it fails over to A.
+    let urls: Vec<String> = match &b {
+        Some(b) => vec![b.url(), a.url()],
+        None => vec![a.url()],
+    };
+    let g = s.gateway(&urls, &["--revocation-feed-max-age", "5s"]);
     // Seeded from the CRL at start: without any CRL file, every client has a status.
     for c in ["c-h1", "c-h2", "c-new", "c-late", "c-keep"] {
         assert_eq!(s.get(&g, c), 200, "{c} before any revocation");
@@ -253,14 +258,31 @@ fn feed_end_to_end(database: Option<&str>) {
     assert_eq!(s.metric(&g, "mtls_revocation_feed_position"), Some(3.0));
     assert_eq!(s.metric(&g, "mtls_revocation_feed_revoked"), Some(3.0));
 
-    // The followed CA goes away: the feed turns stale after max_age and hard-fail refuses
-    // clients only the feed vouches for.
     let (port, publish) = (followed.addr.port(), followed.publish_port);
-    match b {
-        Some(b) => b.kill(),
-        None => a.kill(),
+    if let Some(b) = b {
+        // B goes away mid-stream: the gateway fails over to A, resumes from its position and
+        // misses nothing, and the feed stays fresh.
+        b.kill();
+        s.revoke(database, "c-late");
+        within(
+            Duration::from_secs(15),
+            "revocation through A after B died",
+            || s.get(&g, "c-late") == 0,
+        );
+        assert_eq!(s.get(&g, "c-keep"), 200, "fresh through A");
+        assert_eq!(s.metric(&g, "mtls_revocation_feed_position"), Some(4.0));
+        assert_eq!(
+            s.metric(&g, "mtls_revocation_feed_resyncs_total"),
+            Some(1.0),
+            "resumed from its position, not re-seeded"
+        );
+        drop(rt);
+        return;
     }
-    // Revoked meanwhile (in the shared inventory): must not be missed.
+    // The only CA goes away: the feed turns stale after max_age and hard-fail refuses clients
+    // only the feed vouches for.
+    a.kill();
+    // Revoked meanwhile (in the inventory): must not be missed.
     s.revoke(database, "c-late");
     within(Duration::from_secs(15), "stale feed refuses", || {
         s.get(&g, "c-keep") == 0
@@ -271,8 +293,7 @@ fn feed_end_to_end(database: Option<&str>) {
         "refusal reason logged: {refusals}"
     );
     // Back on the same address: the subscriber resumes from its position.
-    let name = if database.is_some() { "ca-b" } else { "ca-a" };
-    let _back = CaServer::start_on(&s.env, name, database, FEED_ACL, port, publish);
+    let _back = CaServer::start_on(&s.env, "ca-a", database, FEED_ACL, port, publish);
     within(Duration::from_secs(15), "feed back", || {
         s.get(&g, "c-keep") == 200
     });
@@ -292,7 +313,7 @@ fn revocations_reach_new_handshakes_and_open_connections_through_the_feed() {
 }
 
 #[test]
-fn a_gateway_following_one_postgres_instance_sees_revocations_made_through_another() {
+fn a_gateway_following_two_postgres_instances_sees_revocations_and_fails_over() {
     let url = ca::fresh_pg_database();
     feed_end_to_end(Some(&url));
 }

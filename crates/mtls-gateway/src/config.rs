@@ -113,6 +113,19 @@ fn default_feed_max_age() -> Duration {
     Duration::from_secs(60)
 }
 
+/// What to do with a client whose revocation status no source can give (no covering CRL, an
+/// expired one, a stale feed, no OCSP answer).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RevocationPolicy {
+    /// Refuse it (the default).
+    #[default]
+    HardFail,
+    /// Admit it, log it (at most once a second) and count it
+    /// (`mtls_revocation_decisions_total{result="unknown_accepted"}`).
+    SoftFail,
+}
+
 /// One listening socket.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -165,6 +178,12 @@ pub struct ListenerConfig {
     /// TCP mode: send a PROXY protocol v2 header with the verified identity.
     #[serde(default)]
     pub proxy_protocol: bool,
+    /// `hard-fail` (default) or `soft-fail`: see [`RevocationPolicy`].
+    #[serde(default)]
+    pub revocation_policy: RevocationPolicy,
+    /// `leaf` (default): the client certificate must have a status; `chain`: its CAs too.
+    #[serde(default)]
+    pub revocation_scope: mtls_verify::CrlScope,
     /// Loosening: accept clients whose issuer has no CRL when CRLs are configured.
     #[serde(default)]
     pub allow_unknown_revocation: bool,
@@ -368,9 +387,11 @@ impl ListenerConfig {
             crl: self.crl.clone(),
             client_auth: self.client_auth,
             revocation: mtls_verify::RevocationOptions {
-                allow_unknown_status: self.allow_unknown_revocation,
-                allow_expired_crl: self.allow_expired_crl,
-                ..Default::default()
+                allow_unknown_status: self.allow_unknown_revocation
+                    || self.revocation_policy == RevocationPolicy::SoftFail,
+                allow_expired_crl: self.allow_expired_crl
+                    || self.revocation_policy == RevocationPolicy::SoftFail,
+                scope: self.revocation_scope,
             },
             alpn: match self.mode {
                 Mode::Http => vec![b"h2".to_vec(), b"http/1.1".to_vec()],

@@ -50,10 +50,43 @@ pub async fn subscriber(
     Ok((sub, set))
 }
 
-/// Feed metrics per listener, read at scrape time.
+/// Feed and OCSP-checking metrics per listener, read at scrape time.
 pub fn register_metrics(registry: &mut Registry, shared: &[Arc<Shared>]) {
     type Pick = fn(&Shared) -> Option<f64>;
-    let families: [(&'static str, &'static str, Option<Unit>, Kind, Pick); 6] = [
+    let families: [(&'static str, &'static str, Option<Unit>, Kind, Pick); 9] = [
+        (
+            "mtls_ocsp_answers",
+            "Verified OCSP answers about client certificates",
+            None,
+            Kind::Counter,
+            |s| {
+                s.ocsp_stats
+                    .as_ref()
+                    .map(|o| o.answers.load(Ordering::Relaxed) as f64)
+            },
+        ),
+        (
+            "mtls_ocsp_failures",
+            "OCSP requests about client certificates that got no verified answer",
+            None,
+            Kind::Counter,
+            |s| {
+                s.ocsp_stats
+                    .as_ref()
+                    .map(|o| o.failures.load(Ordering::Relaxed) as f64)
+            },
+        ),
+        (
+            "mtls_ocsp_waits",
+            "Handshakes and requests that waited for a first OCSP answer",
+            None,
+            Kind::Counter,
+            |s| {
+                s.ocsp_stats
+                    .as_ref()
+                    .map(|o| o.waits.load(Ordering::Relaxed) as f64)
+            },
+        ),
         (
             "mtls_revocation_feed_position",
             "Last revocation feed sequence number applied",
@@ -119,6 +152,32 @@ pub fn register_metrics(registry: &mut Registry, shared: &[Arc<Shared>]) {
             },
         ),
     ];
+    let listeners = shared.to_vec();
+    Scraped::register(
+        registry,
+        "mtls_revocation_decisions",
+        "Revocation decisions about client certificates, by source and result",
+        None,
+        Kind::Counter,
+        move || {
+            listeners
+                .iter()
+                .filter_map(|s| s.sources.decisions.as_ref().map(|d| (s, d)))
+                .flat_map(|(s, d)| {
+                    d.counts().into_iter().map(|(source, result, n)| {
+                        (
+                            vec![
+                                ("listener", s.name.to_string()),
+                                ("source", source.label().to_string()),
+                                ("result", result.label().to_string()),
+                            ],
+                            n as f64,
+                        )
+                    })
+                })
+                .collect()
+        },
+    );
     for (name, help, unit, kind, pick) in families {
         let shared = shared.to_vec();
         Scraped::register(registry, name, help, unit, kind, move || {

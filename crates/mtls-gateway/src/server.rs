@@ -42,6 +42,8 @@ pub struct Shared {
     pub sources: RevocationSources,
     /// The feed subscriber's counters.
     pub feed_stats: Option<Arc<FeedStats>>,
+    /// The OCSP checker's counters.
+    pub ocsp_stats: Option<Arc<mtls_client::ocsp_check::OcspStats>>,
 }
 
 /// A started gateway.
@@ -116,9 +118,11 @@ pub async fn start(config: GatewayConfig, config_path: Option<PathBuf>) -> Resul
             None => None,
         };
         ocsp_checkers.push(ocsp.clone());
+        let ocsp_stats = ocsp.as_ref().map(|o| o.stats());
         let sources = RevocationSources {
             pushed: feed.as_ref().map(|(_, set)| set.clone()),
             status: ocsp.map(|o| o as Arc<dyn mtls_verify::StatusSource>),
+            decisions: Some(Arc::default()),
         };
         let feed_stats = feed.as_ref().map(|(sub, _)| sub.stats());
         feeds.push(feed.map(|(sub, _)| sub));
@@ -140,6 +144,7 @@ pub async fn start(config: GatewayConfig, config_path: Option<PathBuf>) -> Resul
             }),
             sources,
             feed_stats,
+            ocsp_stats,
         }));
         listeners.push(listener);
     }

@@ -25,7 +25,10 @@ pub use policy::{uri_match, Policy};
 pub use pushed::{
     issuer_key_of, IssuerKey, PushedRevocations, PushedStatus, SeedError, FEED_POSITION_HEADER,
 };
-pub use source::{RevocationSources, SourceStatus, StatusQuery, StatusSource};
+pub use source::{
+    DecisionResult, DecisionSource, RevocationDecisions, RevocationSources, SourceStatus,
+    StatusQuery, StatusSource,
+};
 pub use state::{CrlSummary, RevocationOptions, TrustError, TrustState};
 pub use tls::ClientVerifier;
 
@@ -83,7 +86,8 @@ impl FromStr for Purpose {
 }
 
 /// Which certificates of the path must have a revocation status when CRLs are given.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum CrlScope {
     /// Only the leaf (the usual case: CRLs of the issuing CA).
     #[default]

@@ -48,11 +48,126 @@ pub struct RevocationSources {
     pub pushed: Option<Arc<PushedRevocations>>,
     /// A per-certificate source (OCSP) for the leaf.
     pub status: Option<Arc<dyn StatusSource>>,
+    /// Where decisions are counted.
+    pub decisions: Option<Arc<RevocationDecisions>>,
 }
 
 impl RevocationSources {
-    /// Whether no source is configured.
+    /// Whether nothing is configured.
     pub fn is_empty(&self) -> bool {
-        self.pushed.is_none() && self.status.is_none()
+        self.pushed.is_none() && self.status.is_none() && self.decisions.is_none()
+    }
+}
+
+/// Where a revocation decision came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecisionSource {
+    /// A CRL file (or a downloaded CRL).
+    Crl,
+    /// The CA's revocation feed.
+    Feed,
+    /// OCSP.
+    Ocsp,
+    /// No source had an answer.
+    None,
+}
+
+/// What was decided about a certificate's revocation status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecisionResult {
+    /// Not revoked.
+    Good,
+    /// Revoked: refused.
+    Revoked,
+    /// No current answer: refused (hard-fail).
+    Refused,
+    /// No current answer: accepted (soft-fail), logged and counted.
+    SoftFailAccepted,
+}
+
+const SOURCES: [DecisionSource; 4] = [
+    DecisionSource::Crl,
+    DecisionSource::Feed,
+    DecisionSource::Ocsp,
+    DecisionSource::None,
+];
+const RESULTS: [DecisionResult; 4] = [
+    DecisionResult::Good,
+    DecisionResult::Revoked,
+    DecisionResult::Refused,
+    DecisionResult::SoftFailAccepted,
+];
+
+impl DecisionSource {
+    /// The metrics label.
+    pub fn label(self) -> &'static str {
+        match self {
+            DecisionSource::Crl => "crl",
+            DecisionSource::Feed => "feed",
+            DecisionSource::Ocsp => "ocsp",
+            DecisionSource::None => "none",
+        }
+    }
+}
+
+impl DecisionResult {
+    /// The metrics label.
+    pub fn label(self) -> &'static str {
+        match self {
+            DecisionResult::Good => "good",
+            DecisionResult::Revoked => "revoked",
+            DecisionResult::Refused => "unknown_refused",
+            DecisionResult::SoftFailAccepted => "unknown_accepted",
+        }
+    }
+}
+
+/// Revocation decisions of a server's trust states, by source and result (they outlive
+/// reloads). Soft-fail acceptances are also logged, at most once a second.
+#[derive(Debug, Default)]
+pub struct RevocationDecisions {
+    counts: [[std::sync::atomic::AtomicU64; 4]; 4],
+    last_log: std::sync::atomic::AtomicI64,
+}
+
+impl RevocationDecisions {
+    pub(crate) fn record(
+        &self,
+        source: DecisionSource,
+        result: DecisionResult,
+        now: OffsetDateTime,
+        why: &dyn Fn() -> String,
+    ) {
+        use std::sync::atomic::Ordering;
+        let (s, r) = (
+            SOURCES.iter().position(|x| *x == source).unwrap_or(3),
+            RESULTS.iter().position(|x| *x == result).unwrap_or(2),
+        );
+        if let Some(c) = self.counts.get(s).and_then(|row| row.get(r)) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        if result == DecisionResult::SoftFailAccepted {
+            let t = now.unix_timestamp();
+            let last = self.last_log.load(Ordering::Relaxed);
+            if t > last
+                && self
+                    .last_log
+                    .compare_exchange(last, t, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                tracing::warn!(reason = %why(), "soft-fail: accepted a certificate whose revocation status is unknown");
+            }
+        }
+    }
+
+    /// Every (source, result, count), for metrics.
+    pub fn counts(&self) -> Vec<(DecisionSource, DecisionResult, u64)> {
+        let mut out = Vec::new();
+        for (s, row) in SOURCES.iter().zip(&self.counts) {
+            for (r, c) in RESULTS.iter().zip(row) {
+                out.push((*s, *r, c.load(std::sync::atomic::Ordering::Relaxed)));
+            }
+        }
+        out
     }
 }

@@ -187,6 +187,8 @@ pub struct TrustState {
     pushed: Option<Arc<PushedRevocations>>,
     /// A per-certificate source (OCSP) for the leaf.
     status: Option<Arc<dyn crate::StatusSource>>,
+    /// Where revocation decisions are counted.
+    decisions: Option<Arc<crate::RevocationDecisions>>,
 }
 
 /// Most cached paths per trust state (cleared when full; a new state starts empty).
@@ -411,6 +413,7 @@ impl TrustState {
             cache: Mutex::new(HashMap::new()),
             pushed: None,
             status: None,
+            decisions: None,
         })
     }
 
@@ -441,6 +444,7 @@ impl TrustState {
             self.status = Some(s.clone());
             self.revocation_checked = true;
         }
+        self.decisions = sources.decisions.clone();
         self
     }
 
@@ -648,13 +652,39 @@ impl TrustState {
         if !self.revocation_checked {
             return Ok(());
         }
-        let mut covered = false;
+        let (source, outcome) = self.decide(key, now);
+        if let (Some(d), true) = (&self.decisions, key.require) {
+            use crate::DecisionResult as R;
+            let result = match (&outcome, source) {
+                (Err(Rejection::Revoked), _) => R::Revoked,
+                (Err(_), _) => R::Refused,
+                (Ok(()), crate::DecisionSource::None) => R::SoftFailAccepted,
+                (Ok(()), _) => R::Good,
+            };
+            d.record(source, result, now, &|| {
+                format!(
+                    "no current revocation data for serial {}",
+                    hex::encode(&key.serial)
+                )
+            });
+        }
+        outcome
+    }
+
+    /// The revocation status of one certificate and the source that gave it.
+    fn decide(
+        &self,
+        key: &RevocationKey,
+        now: OffsetDateTime,
+    ) -> (crate::DecisionSource, Result<(), Rejection>) {
+        use crate::DecisionSource as S;
+        let mut covered = None;
         let mut expired = false;
         let mut stale = None;
         if let Some(p) = &self.pushed {
             match p.status(&key.issuer_key, &key.serial, now) {
-                PushedStatus::Revoked => return Err(Rejection::Revoked),
-                PushedStatus::Good => covered = true,
+                PushedStatus::Revoked => return (S::Feed, Err(Rejection::Revoked)),
+                PushedStatus::Good => covered = Some(S::Feed),
                 PushedStatus::Stale { age_secs } => stale = Some(age_secs),
                 PushedStatus::NotCovered => {}
             }
@@ -669,36 +699,37 @@ impl TrustState {
                 continue;
             }
             if entry.revoked.contains(&key.serial) {
-                return Err(Rejection::Revoked);
+                return (S::Crl, Err(Rejection::Revoked));
             }
-            covered = true;
+            covered = covered.or(Some(S::Crl));
         }
         let mut source_unknown = None;
         // Asked only when nothing else vouched: a first answer may have to be waited for.
-        if let (false, Some(source), Some(q)) = (covered, &self.status, &key.query) {
+        if let (None, Some(source), Some(q)) = (covered, &self.status, &key.query) {
             let query = crate::StatusQuery {
                 cert: &q.0,
                 issuer: &q.1,
                 serial: &key.serial,
             };
             match source.status(&query, now) {
-                crate::SourceStatus::Revoked => return Err(Rejection::Revoked),
-                crate::SourceStatus::Good => covered = true,
+                crate::SourceStatus::Revoked => return (S::Ocsp, Err(Rejection::Revoked)),
+                crate::SourceStatus::Good => covered = Some(S::Ocsp),
                 crate::SourceStatus::Unknown(why) => source_unknown = Some(why),
             }
         }
-        if covered {
-            Ok(())
+        if let Some(source) = covered {
+            (source, Ok(()))
         } else if expired {
-            Err(Rejection::ExpiredCrl)
+            (S::Crl, Err(Rejection::ExpiredCrl))
         } else if key.require && !self.options.allow_unknown_status {
-            Err(match (stale, source_unknown) {
-                (Some(age_secs), _) => Rejection::StaleRevocationFeed { age_secs },
-                (None, Some(why)) => Rejection::OcspUnavailable(why),
-                (None, None) => Rejection::UnknownRevocationStatus,
-            })
+            let (source, rejection) = match (stale, source_unknown) {
+                (Some(age_secs), _) => (S::Feed, Rejection::StaleRevocationFeed { age_secs }),
+                (None, Some(why)) => (S::Ocsp, Rejection::OcspUnavailable(why)),
+                (None, None) => (S::None, Rejection::UnknownRevocationStatus),
+            };
+            (source, Err(rejection))
         } else {
-            Ok(())
+            (S::None, Ok(()))
         }
     }
 }
