@@ -96,6 +96,9 @@ pub struct GatewayArgs {
     /// soft-fail (admit, log, count).
     #[arg(long, default_value = "hard-fail", value_parser = parse_revocation_policy)]
     revocation_policy: mtls_gateway::config::RevocationPolicy,
+    /// Fetch and refresh the CRLs named in the certificates' CRL Distribution Points.
+    #[arg(long)]
+    crl_from_certificates: bool,
     /// Check client certificates with OCSP (the responder in each certificate's AIA).
     #[arg(long)]
     ocsp: bool,
@@ -196,6 +199,7 @@ fn config_from_flags(a: &GatewayArgs) -> Result<GatewayConfig> {
                     max_age: a.revocation_feed_max_age,
                 }
             }),
+            crl_from_certificates: a.crl_from_certificates,
             ocsp: (a.ocsp || a.ocsp_responder.is_some()).then(|| {
                 mtls_gateway::config::OcspConfig {
                     responder: a.ocsp_responder.clone(),
@@ -429,6 +433,7 @@ pub fn quickstart(a: QuickstartArgs) -> Result<ExitCode> {
                 crl: vec![pki.join("crl.pem")],
                 crl_fetch: Vec::new(),
                 revocation_feed: None,
+                crl_from_certificates: false,
                 ocsp: None,
                 ocsp_stapling: true,
                 client_auth: ClientAuth::Required,

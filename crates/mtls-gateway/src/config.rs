@@ -159,6 +159,10 @@ pub struct ListenerConfig {
     /// Revocations pushed by the online CA.
     #[serde(default)]
     pub revocation_feed: Option<RevocationFeedConfig>,
+    /// Fetch, cache and refresh the CRLs named in the CRL Distribution Points of the client CA
+    /// certificates and of the client certificates seen (`http://` only, at most 64).
+    #[serde(default)]
+    pub crl_from_certificates: bool,
     /// OCSP checking of client certificates.
     #[serde(default)]
     pub ocsp: Option<OcspConfig>,

@@ -19,8 +19,46 @@ use crate::Error;
 const MAX_CRL_BYTES: usize = 128 << 20;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn roots(client_ca: &[std::path::PathBuf]) -> Result<Vec<CertificateDer<'static>>, Error> {
+pub(crate) fn roots(
+    client_ca: &[std::path::PathBuf],
+) -> Result<Vec<CertificateDer<'static>>, Error> {
     mtls_tls::load_certificates(client_ca).map_err(|e| Error::Load(e.to_string()))
+}
+
+/// Downloads the CRL(s) at `url` (plain HTTP, bounded in size and time) and checks them as a
+/// reload would: parsed, signed by a CA of `roots`, CRL number, no delta or partitioned CRL.
+pub(crate) async fn download(
+    url: &str,
+    roots: &[CertificateDer<'static>],
+) -> Result<
+    (
+        Vec<rustls_pki_types::CertificateRevocationListDer<'static>>,
+        mtls_verify::TrustState,
+    ),
+    Error,
+> {
+    let client = mtls_client::ClientBuilder::new()
+        .timeout(FETCH_TIMEOUT)
+        .build_plain_http()
+        .map_err(|e| Error::Config(e.to_string()))?;
+    let resp = client.get(url).send().await.map_err(|e| {
+        Error::Io(format!(
+            "fetching {url}: {}",
+            mtls_client::ca::error_chain(&e)
+        ))
+    })?;
+    if !resp.status().is_success() {
+        return Err(Error::Io(format!("fetching {url}: HTTP {}", resp.status())));
+    }
+    let body = mtls_client::body_limited(resp, MAX_CRL_BYTES)
+        .await
+        .map_err(|e| Error::Io(format!("reading {url}: {e}")))?;
+    let crls =
+        mtls_pki::pem_io::crls(&body).map_err(|e| Error::Load(format!("CRL from {url}: {e}")))?;
+    // Exactly what a reload will check: signature by a configured CA, CRL number, extensions.
+    let state = mtls_verify::TrustState::new(0, roots.to_vec(), &crls, Default::default())
+        .map_err(|e| Error::Load(format!("CRL from {url}: {e}")))?;
+    Ok((crls, state))
 }
 
 /// Downloads, checks and (if it changed) installs the CRL. Returns whether the file changed.
@@ -28,33 +66,8 @@ pub async fn fetch_once(
     fetch: &CrlFetchConfig,
     client_ca: &[std::path::PathBuf],
 ) -> Result<bool, Error> {
-    let client = mtls_client::ClientBuilder::new()
-        .timeout(FETCH_TIMEOUT)
-        .build_plain_http()
-        .map_err(|e| Error::Config(e.to_string()))?;
-    let resp = client.get(&fetch.url).send().await.map_err(|e| {
-        Error::Io(format!(
-            "fetching {}: {}",
-            fetch.url,
-            mtls_client::ca::error_chain(&e)
-        ))
-    })?;
-    if !resp.status().is_success() {
-        return Err(Error::Io(format!(
-            "fetching {}: HTTP {}",
-            fetch.url,
-            resp.status()
-        )));
-    }
-    let body = mtls_client::body_limited(resp, MAX_CRL_BYTES)
-        .await
-        .map_err(|e| Error::Io(format!("reading {}: {e}", fetch.url)))?;
-    let crls = mtls_pki::pem_io::crls(&body)
-        .map_err(|e| Error::Load(format!("CRL from {}: {e}", fetch.url)))?;
-    // Exactly what a reload will check: signature by a configured CA, CRL number, extensions.
     let roots = roots(client_ca)?;
-    let fetched = mtls_verify::TrustState::new(0, roots.clone(), &crls, Default::default())
-        .map_err(|e| Error::Load(format!("CRL from {}: {e}", fetch.url)))?;
+    let (crls, fetched) = download(&fetch.url, &roots).await?;
     // The download is plain HTTP: a replayed CRL is correctly signed. Never go back in time.
     check_not_stale(
         &fetch.file,

@@ -123,6 +123,9 @@ pub async fn start(config: GatewayConfig, config_path: Option<PathBuf>) -> Resul
             pushed: feed.as_ref().map(|(_, set)| set.clone()),
             status: ocsp.map(|o| o as Arc<dyn mtls_verify::StatusSource>),
             decisions: Some(Arc::default()),
+            fetched: cfg
+                .crl_from_certificates
+                .then(|| crate::cdp::fetched_crls(&cfg.client_ca)),
         };
         let feed_stats = feed.as_ref().map(|(sub, _)| sub.stats());
         feeds.push(feed.map(|(sub, _)| sub));
@@ -237,6 +240,18 @@ pub async fn start(config: GatewayConfig, config_path: Option<PathBuf>) -> Resul
         },
         shutdown.clone(),
     );
+    for (shared, cfg) in shared_all.iter().zip(&config.listeners) {
+        if let Some(set) = &shared.sources.fetched {
+            tasks.push(tokio::spawn(crate::cdp::run(
+                shared.name.clone(),
+                set.clone(),
+                cfg.client_ca.clone(),
+                reload.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            )));
+        }
+    }
     let drain = config.limits.drain_timeout;
     let done = tokio::spawn(async move {
         for t in tasks {
@@ -578,10 +593,11 @@ impl Reload for GatewayReload {
                                 && a.name == b.name
                                 && a.revocation_feed == b.revocation_feed
                                 && a.ocsp == b.ocsp
+                                && a.crl_from_certificates == b.crl_from_certificates
                         });
                 if !same_sockets {
                     return Err(
-                        "listeners, their names, addresses, modes, revocation feeds or OCSP settings changed: restart to apply"
+                        "listeners, their names, addresses, modes or revocation sources (feed, OCSP, crl_from_certificates) changed: restart to apply"
                             .into(),
                     );
                 }

@@ -117,8 +117,20 @@ impl ServerFiles {
                 )
             })
             .collect();
-        let crls = mtls_tls::load_crls(&self.crl)?;
-        let mut trust = TrustState::new(generation, roots, &crls, self.revocation)?;
+        let mut crls = mtls_tls::load_crls(&self.crl)?;
+        let files_only = crls.len();
+        if let Some(f) = &sources.fetched {
+            crls.extend(f.crls());
+        }
+        let mut trust = match TrustState::new(generation, roots.clone(), &crls, self.revocation) {
+            Ok(t) => t,
+            // A fetched CRL whose signer left the CA bundle must not block the reload.
+            Err(e) if crls.len() > files_only => {
+                tracing::warn!(error = %e, "CRLs fetched from distribution points left out");
+                TrustState::new(generation, roots, &crls[..files_only], self.revocation)?
+            }
+            Err(e) => return Err(e.into()),
+        };
         if !sources.is_empty() {
             trust = trust.with_sources(sources);
         }

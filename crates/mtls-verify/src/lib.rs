@@ -11,6 +11,7 @@
 //! given; freshness is enforced (an expired CRL fails) unless explicitly relaxed.
 #![forbid(unsafe_code)]
 
+mod fetched;
 mod name;
 mod peer;
 mod policy;
@@ -19,6 +20,7 @@ mod source;
 mod state;
 mod tls;
 
+pub use fetched::FetchedCrls;
 pub use name::DistinguishedName;
 pub use peer::{PeerIdentity, VerifiedPeer};
 pub use policy::{uri_match, Policy};
@@ -29,7 +31,7 @@ pub use source::{
     DecisionResult, DecisionSource, RevocationDecisions, RevocationSources, SourceStatus,
     StatusQuery, StatusSource,
 };
-pub use state::{CrlSummary, RevocationOptions, TrustError, TrustState};
+pub use state::{crl_distribution_points, CrlSummary, RevocationOptions, TrustError, TrustState};
 pub use tls::ClientVerifier;
 
 use std::fmt;

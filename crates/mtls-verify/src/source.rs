@@ -50,12 +50,17 @@ pub struct RevocationSources {
     pub status: Option<Arc<dyn StatusSource>>,
     /// Where decisions are counted.
     pub decisions: Option<Arc<RevocationDecisions>>,
+    /// CRLs fetched from the distribution points certificates name (and the ones wanted).
+    pub fetched: Option<Arc<crate::FetchedCrls>>,
 }
 
 impl RevocationSources {
     /// Whether nothing is configured.
     pub fn is_empty(&self) -> bool {
-        self.pushed.is_none() && self.status.is_none() && self.decisions.is_none()
+        self.pushed.is_none()
+            && self.status.is_none()
+            && self.decisions.is_none()
+            && self.fetched.is_none()
     }
 }
 

@@ -79,6 +79,15 @@ struct RevocationKey {
     query: Option<Arc<(Vec<u8>, Vec<u8>)>>,
 }
 
+/// The full-name URIs of `der`'s CRL Distribution Points (empty without the extension or when
+/// the certificate does not parse).
+pub fn crl_distribution_points(der: &[u8]) -> Vec<String> {
+    x509_parser::parse_x509_certificate(der)
+        .ok()
+        .and_then(|(_, c)| crl_uris(&c))
+        .unwrap_or_default()
+}
+
 fn crl_uris(cert: &x509_parser::certificate::X509Certificate<'_>) -> Option<Vec<String>> {
     use x509_parser::extensions::{DistributionPointName, GeneralName, ParsedExtension};
     let ext = cert
@@ -189,6 +198,8 @@ pub struct TrustState {
     status: Option<Arc<dyn crate::StatusSource>>,
     /// Where revocation decisions are counted.
     decisions: Option<Arc<crate::RevocationDecisions>>,
+    /// Distribution points to fetch CRLs from, when the certificates' own are followed.
+    fetched: Option<Arc<crate::FetchedCrls>>,
 }
 
 /// Most cached paths per trust state (cleared when full; a new state starts empty).
@@ -414,6 +425,7 @@ impl TrustState {
             pushed: None,
             status: None,
             decisions: None,
+            fetched: None,
         })
     }
 
@@ -445,6 +457,10 @@ impl TrustState {
             self.revocation_checked = true;
         }
         self.decisions = sources.decisions.clone();
+        if let Some(f) = &sources.fetched {
+            self.fetched = Some(f.clone());
+            self.revocation_checked = true;
+        }
         self
     }
 
@@ -715,6 +731,12 @@ impl TrustState {
                 crate::SourceStatus::Revoked => return (S::Ocsp, Err(Rejection::Revoked)),
                 crate::SourceStatus::Good => covered = Some(S::Ocsp),
                 crate::SourceStatus::Unknown(why) => source_unknown = Some(why),
+            }
+        }
+        if covered.is_none() {
+            // Ask for the CRLs this certificate names, for the next trust state.
+            if let (Some(f), Some(uris)) = (&self.fetched, &key.crl_uris) {
+                f.want(uris);
             }
         }
         if let Some(source) = covered {
