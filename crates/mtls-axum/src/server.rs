@@ -1,7 +1,7 @@
 //! Serving an axum `Router` over mutual TLS on the serving core: a TLS handshake per
 //! connection in its own task (with a deadline), HTTP/1.1 and h2, credentials and trust reloaded
-//! from their files, and every request's identity re-checked against the current trust state (a
-//! client revoked while its keep-alive or h2 connection is open is refused on its next request).
+//! from their files, and every request's identity re-checked against the current trust state; a
+//! client revoked while its keep-alive or h2 connection is open loses the connection at once.
 
 use std::future::Future;
 use std::path::PathBuf;

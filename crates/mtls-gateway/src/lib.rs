@@ -15,11 +15,11 @@
 pub mod cdp;
 pub mod config;
 pub mod crl_fetch;
-pub mod feed;
 pub mod http;
 pub mod identity;
 pub mod metrics;
 pub mod proxy_protocol;
+pub mod revocation;
 pub mod server;
 pub mod state;
 

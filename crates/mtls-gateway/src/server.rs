@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use hyper::service::service_fn;
-use mtls_client::feed::FeedStats;
 use mtls_serve::accept::{self, Shutdown, Slot, Slots};
 use mtls_serve::metrics::{Kind, Registry, Scraped, Unit};
 use mtls_serve::recheck::{self, Generations};
@@ -41,7 +40,7 @@ pub struct Shared {
     /// OCSP (`[listener.ocsp]`).
     pub sources: RevocationSources,
     /// The feed subscriber's counters.
-    pub feed_stats: Option<Arc<FeedStats>>,
+    pub feed_stats: Option<Arc<mtls_client::feed::FeedStats>>,
     /// The OCSP checker's counters.
     pub ocsp_stats: Option<Arc<mtls_client::ocsp_check::OcspStats>>,
 }
@@ -99,36 +98,16 @@ pub async fn start(config: GatewayConfig, config_path: Option<PathBuf>) -> Resul
     let mut shared_all = Vec::new();
     let mut listeners = Vec::new();
     let mut addrs = Vec::new();
-    let mut feeds = Vec::new();
-    let mut ocsp_checkers = Vec::new();
+    let mut source_tasks = Vec::new();
     for cfg in &config.listeners {
-        let feed = match &cfg.revocation_feed {
-            Some(f) => Some(crate::feed::subscriber(cfg, f).await?),
-            None => None,
-        };
-        let ocsp = match &cfg.ocsp {
-            Some(o) => Some(
-                mtls_client::ocsp_check::OcspChecker::new(mtls_client::ocsp_check::OcspOptions {
-                    responder: o.responder.clone(),
-                    max_wait: o.max_wait,
-                    nonce: o.nonce,
-                })
-                .map_err(|e| Error::Config(format!("listener {:?}: ocsp: {e}", cfg.name)))?,
-            ),
-            None => None,
-        };
-        ocsp_checkers.push(ocsp.clone());
-        let ocsp_stats = ocsp.as_ref().map(|o| o.stats());
-        let sources = RevocationSources {
-            pushed: feed.as_ref().map(|(_, set)| set.clone()),
-            status: ocsp.map(|o| o as Arc<dyn mtls_verify::StatusSource>),
-            decisions: Some(Arc::default()),
-            fetched: cfg
-                .crl_from_certificates
-                .then(|| crate::cdp::fetched_crls(&cfg.client_ca)),
-        };
-        let feed_stats = feed.as_ref().map(|(sub, _)| sub.stats());
-        feeds.push(feed.map(|(sub, _)| sub));
+        let mut sources = crate::revocation::Sources::build(cfg).await?;
+        source_tasks.push(sources.take_tasks());
+        let crate::revocation::Sources {
+            sources,
+            feed_stats,
+            ocsp_stats,
+            ..
+        } = sources;
         let state = ListenerState::load(cfg, config.limits.upstream_timeout, 1, now, &sources)?;
         let (listener, bound) = bind(cfg.listen).await?;
         addrs.push(bound);
@@ -152,7 +131,7 @@ pub async fn start(config: GatewayConfig, config_path: Option<PathBuf>) -> Resul
         listeners.push(listener);
     }
     register_expiry(&mut registry, &shared_all);
-    crate::feed::register_metrics(&mut registry, &shared_all);
+    crate::revocation::register_metrics(&mut registry, &shared_all);
     let admin = match config.admin_listen {
         Some(a) => Some(bind(a).await?),
         None => None,
@@ -179,33 +158,6 @@ pub async fn start(config: GatewayConfig, config_path: Option<PathBuf>) -> Resul
             Arc::new(registry),
             shutdown.clone(),
         )));
-    }
-    for (shared, feed) in shared_all.iter().zip(feeds) {
-        if let Some(sub) = feed {
-            let shared = shared.clone();
-            let sd = shutdown.clone();
-            tasks.push(tokio::spawn(async move {
-                let s = shared.clone();
-                sub.run(
-                    move |change| {
-                        tracing::info!(listener = %s.name, new = change.added, position = change.position, "revocations from the CA's feed; re-checking open connections");
-                        // The trust state is the same object: wake open connections to
-                        // re-check against the grown set.
-                        s.generations.poke();
-                    },
-                    sd,
-                )
-                .await
-            }));
-        }
-    }
-    for (shared, checker) in shared_all.iter().zip(ocsp_checkers) {
-        if let Some(c) = checker {
-            let shared = shared.clone();
-            tasks.push(tokio::spawn(
-                c.run(move || shared.generations.poke(), shutdown.clone()),
-            ));
-        }
     }
     for (shared, cfg) in shared_all.iter().zip(&config.listeners) {
         if cfg.ocsp_stapling {
@@ -240,17 +192,14 @@ pub async fn start(config: GatewayConfig, config_path: Option<PathBuf>) -> Resul
         },
         shutdown.clone(),
     );
-    for (shared, cfg) in shared_all.iter().zip(&config.listeners) {
-        if let Some(set) = &shared.sources.fetched {
-            tasks.push(tokio::spawn(crate::cdp::run(
-                shared.name.clone(),
-                set.clone(),
-                cfg.client_ca.clone(),
-                reload.clone(),
-                metrics.clone(),
-                shutdown.clone(),
-            )));
-        }
+    for ((shared, cfg), t) in shared_all.iter().zip(&config.listeners).zip(source_tasks) {
+        tasks.extend(crate::revocation::spawn(
+            shared,
+            t,
+            cfg.client_ca.clone(),
+            &reload,
+            &shutdown,
+        ));
     }
     let drain = config.limits.drain_timeout;
     let done = tokio::spawn(async move {

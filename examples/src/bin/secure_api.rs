@@ -11,7 +11,7 @@
 //! `401 {"error":{"code":"NO_CLIENT_CERT",…}}`, with an untrusted, revoked or expired one
 //! `403 {"error":{"code":"INVALID_CERT","message":<reason>}}` — the guide's JSON, from the
 //! extractor. The CRL and certificates are reloaded when their files change, and a client
-//! revoked while its connection is open is refused on its next request.
+//! revoked while its connection is open loses it at once.
 
 use axum::{routing::get, Json, Router};
 use mtls_axum::{ClientCert, MtlsServer};

@@ -1,19 +1,121 @@
-//! A listener's subscription to the online CA's revocation feed (`[listener.revocation_feed]`):
-//! the client that follows it (`mtls_client::feed`), its first seed at start and its metrics.
-//! The set it fills is consulted by every trust state of the listener; each new revocation
-//! wakes the listener's open connections to re-check (see `server.rs`).
+//! A listener's revocation sources beyond its CRL files, built once and kept across reloads:
+//! the online CA's feed (`[listener.revocation_feed]`, followed by `mtls_client::feed`), OCSP
+//! checking of client certificates (`[listener.ocsp]`), CRLs from distribution points
+//! (`crl_from_certificates`, fetched by [`crate::cdp`]) and the decision counters; the tasks that
+//! keep them current (each change wakes the listener's open connections to re-check) and their
+//! metrics.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mtls_client::feed::{FeedFiles, FeedSubscriber};
+use mtls_client::feed::{FeedFiles, FeedStats, FeedSubscriber};
+use mtls_client::ocsp_check::{OcspChecker, OcspOptions, OcspStats};
 use mtls_serve::metrics::{Kind, Registry, Scraped, Unit};
-use mtls_verify::PushedRevocations;
+use mtls_serve::reload::ReloadHandle;
+use mtls_serve::Shutdown;
+use mtls_verify::{PushedRevocations, RevocationSources};
 
 use crate::config::{ListenerConfig, RevocationFeedConfig};
 use crate::server::Shared;
 use crate::Error;
+
+/// A listener's sources and what keeps them current (started by [`Sources::spawn`]).
+pub struct Sources {
+    /// What every trust state of the listener consults.
+    pub sources: RevocationSources,
+    /// The feed subscriber's counters.
+    pub feed_stats: Option<Arc<FeedStats>>,
+    /// The OCSP checker's counters.
+    pub ocsp_stats: Option<Arc<OcspStats>>,
+    feed: Option<FeedSubscriber>,
+    ocsp: Option<Arc<OcspChecker>>,
+}
+
+impl Sources {
+    /// Builds the sources `cfg` asks for; the feed is seeded now (bounded).
+    pub async fn build(cfg: &ListenerConfig) -> Result<Sources, Error> {
+        let feed = match &cfg.revocation_feed {
+            Some(f) => Some(subscriber(cfg, f).await?),
+            None => None,
+        };
+        let ocsp = match &cfg.ocsp {
+            Some(o) => Some(
+                OcspChecker::new(OcspOptions {
+                    responder: o.responder.clone(),
+                    max_wait: o.max_wait,
+                    nonce: o.nonce,
+                })
+                .map_err(|e| Error::Config(format!("listener {:?}: ocsp: {e}", cfg.name)))?,
+            ),
+            None => None,
+        };
+        Ok(Sources {
+            sources: RevocationSources {
+                pushed: feed.as_ref().map(|(_, set)| set.clone()),
+                status: ocsp
+                    .clone()
+                    .map(|o| o as Arc<dyn mtls_verify::StatusSource>),
+                decisions: Some(Arc::default()),
+                fetched: cfg
+                    .crl_from_certificates
+                    .then(|| crate::cdp::fetched_crls(&cfg.client_ca)),
+            },
+            feed_stats: feed.as_ref().map(|(sub, _)| sub.stats()),
+            ocsp_stats: ocsp.as_ref().map(|o| o.stats()),
+            feed: feed.map(|(sub, _)| sub),
+            ocsp,
+        })
+    }
+
+    /// Takes the tasks out: the feed subscriber and the OCSP checker, each waking `shared`'s
+    /// open connections when what it knows changed.
+    pub fn take_tasks(&mut self) -> (Option<FeedSubscriber>, Option<Arc<OcspChecker>>) {
+        (self.feed.take(), self.ocsp.take())
+    }
+}
+
+/// Starts what keeps a listener's sources current until `shutdown`: the feed, OCSP refreshes,
+/// CRLs from distribution points (a new one asks `reload` for a reload).
+pub fn spawn(
+    shared: &Arc<Shared>,
+    tasks: (Option<FeedSubscriber>, Option<Arc<OcspChecker>>),
+    client_ca: Vec<std::path::PathBuf>,
+    reload: &ReloadHandle,
+    shutdown: &Shutdown,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut out = Vec::new();
+    let (feed, ocsp) = tasks;
+    if let Some(sub) = feed {
+        let s = shared.clone();
+        out.push(tokio::spawn(sub.run(
+            move |change| {
+                tracing::info!(listener = %s.name, new = change.added, position = change.position, "revocations from the CA's feed; re-checking open connections");
+                // The trust state is the same object: wake open connections to re-check
+                // against the grown set.
+                s.generations.poke();
+            },
+            shutdown.clone(),
+        )));
+    }
+    if let Some(c) = ocsp {
+        let s = shared.clone();
+        out.push(tokio::spawn(
+            c.run(move || s.generations.poke(), shutdown.clone()),
+        ));
+    }
+    if let Some(set) = &shared.sources.fetched {
+        out.push(tokio::spawn(crate::cdp::run(
+            shared.name.clone(),
+            set.clone(),
+            client_ca,
+            reload.clone(),
+            shared.metrics.clone(),
+            shutdown.clone(),
+        )));
+    }
+    out
+}
 
 /// Longest the gateway waits at start for the first seed (the CRL behind the feed).
 const FIRST_SEED: Duration = Duration::from_secs(10);
@@ -21,7 +123,7 @@ const FIRST_SEED: Duration = Duration::from_secs(10);
 /// The subscriber of `feed` for listener `cfg`, with its set seeded if the CA answers within
 /// 10 seconds. A CA that does not answer does not stop the start: until the feed is seeded,
 /// the leaf's status must come from a CRL (hard-fail refuses otherwise).
-pub async fn subscriber(
+async fn subscriber(
     cfg: &ListenerConfig,
     feed: &RevocationFeedConfig,
 ) -> Result<(FeedSubscriber, Arc<PushedRevocations>), Error> {
