@@ -20,7 +20,7 @@ use crate::config::{ListenerConfig, RevocationFeedConfig};
 use crate::server::Shared;
 use crate::Error;
 
-/// A listener's sources and what keeps them current (started by [`Sources::spawn`]).
+/// A listener's sources and what keeps them current (started by [`spawn`]).
 pub struct Sources {
     /// What every trust state of the listener consults.
     pub sources: RevocationSources,
