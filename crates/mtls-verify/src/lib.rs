@@ -16,6 +16,7 @@ mod name;
 mod peer;
 mod policy;
 mod pushed;
+mod serial_key;
 mod source;
 mod state;
 mod tls;
@@ -449,8 +450,10 @@ pub(crate) fn check_anchor_static(
 
 /// RFC 5280 5.2.3: a CRL must carry a non-critical CRL number; a CRL issued by a root must come
 /// from a root allowed to sign CRLs (webpki skips that check for trust anchors).
-pub(crate) fn check_crl(crl: &[u8], roots: &[CertificateDer<'_>]) -> Result<(), String> {
-    let parsed = mtls_pki::revocation::parse_crl(crl).map_err(|e| e.to_string())?;
+pub(crate) fn check_crl(
+    parsed: &x509_parser::revocation_list::CertificateRevocationList<'_>,
+    roots: &[CertificateDer<'_>],
+) -> Result<(), String> {
     let mut number = None;
     for ext in parsed.extensions() {
         if let ParsedExtension::CRLNumber(_) = ext.parsed_extension() {

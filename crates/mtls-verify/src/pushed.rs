@@ -16,6 +16,8 @@ use std::sync::RwLock;
 use std::time::Duration;
 
 use mtls_pki::Serial;
+
+use crate::serial_key::SerialKey;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
 use time::OffsetDateTime;
 
@@ -52,7 +54,7 @@ pub enum PushedStatus {
 
 #[derive(Default)]
 struct Inner {
-    revoked: HashMap<IssuerKey, HashSet<Vec<u8>>>,
+    revoked: HashMap<IssuerKey, HashSet<SerialKey>>,
     /// Issuers whose complete revocation list seeded the set.
     covered: HashSet<IssuerKey>,
     /// Last time the feed confirmed the set is current (Unix seconds); `None`: never.
@@ -155,7 +157,7 @@ impl PushedRevocations {
                 let key = issuer_key_of(&entry.signer_spki);
                 let set = inner.revoked.entry(key).or_default();
                 for s in &entry.revoked {
-                    if set.insert(s.clone()) {
+                    if set.insert(*s) {
                         added += 1;
                     }
                 }
@@ -177,7 +179,7 @@ impl PushedRevocations {
                     .revoked
                     .entry(key)
                     .or_default()
-                    .insert(serial.as_bytes().to_vec())
+                    .insert(SerialKey::new(serial.as_bytes()))
                 {
                     added += 1;
                 }
@@ -199,6 +201,15 @@ impl PushedRevocations {
     /// The status of the certificate `serial` (big-endian, without leading zeros, as
     /// [`Serial::as_bytes`]) issued under `issuer`.
     pub fn status(&self, issuer: &IssuerKey, serial: &[u8], now: OffsetDateTime) -> PushedStatus {
+        self.status_of(issuer, &SerialKey::new(serial), now)
+    }
+
+    pub(crate) fn status_of(
+        &self,
+        issuer: &IssuerKey,
+        serial: &SerialKey,
+        now: OffsetDateTime,
+    ) -> PushedStatus {
         let Ok(inner) = self.inner.read() else {
             return PushedStatus::NotCovered;
         };

@@ -22,7 +22,7 @@ pub(crate) struct CrlEntry {
     issuer: String,
     number: Vec<u8>,
     pub(crate) next_update: Option<OffsetDateTime>,
-    pub(crate) revoked: HashSet<Vec<u8>>,
+    pub(crate) revoked: HashSet<crate::serial_key::SerialKey>,
     /// SPKI (DER) of the key that signed it: it speaks only for certificates issued under
     /// that key (the issuing certificate of the validated path), as webpki requires.
     pub(crate) signer_spki: Vec<u8>,
@@ -69,6 +69,8 @@ struct RevocationKey {
     /// Its SHA-256, the key of pushed revocations.
     issuer_key: crate::pushed::IssuerKey,
     serial: Vec<u8>,
+    /// The serial as the revocation sets' key.
+    serial_key: crate::serial_key::SerialKey,
     is_ca: bool,
     /// Full-name URIs of the certificate's CRL distribution points (`None`: no extension).
     crl_uris: Option<Vec<String>>,
@@ -331,12 +333,21 @@ impl TrustState {
         let mut index_map: HashMap<Vec<u8>, Vec<CrlEntry>> = HashMap::new();
         for (index, der) in crls.iter().enumerate() {
             let bad = |detail: String| TrustError::BadCrl { index, detail };
-            check_crl(der, &roots).map_err(bad)?;
-            // webpki's parse refuses what no complete CRL may carry (deltaCRLIndicator,
-            // indirect or reason-partitioned IDPs, unknown critical extensions).
-            webpki::OwnedCertRevocationList::from_der(der)
-                .map_err(|e| bad(format!("unsupported CRL: {e:?}")))?;
             let crl = mtls_pki::revocation::parse_crl(der).map_err(|e| bad(e.to_string()))?;
+            check_crl(&crl, &roots).map_err(bad)?;
+            // webpki's parse refuses what no complete CRL may carry (deltaCRLIndicator,
+            // indirect or reason-partitioned IDPs, unknown critical extensions); its entries
+            // are read (and each checked) one at a time, straight into the index's keys.
+            let unsupported = |e: webpki::Error| bad(format!("unsupported CRL: {e:?}"));
+            let borrowed =
+                webpki::BorrowedCertRevocationList::from_der(der).map_err(unsupported)?;
+            let mut revoked = HashSet::new();
+            for entry in &borrowed {
+                let entry = entry.map_err(unsupported)?;
+                revoked.insert(crate::serial_key::SerialKey::from_der_integer(
+                    entry.serial_number,
+                ));
+            }
             let issuer_raw = crl.issuer().as_raw().to_vec();
             // A name can belong to several certificates (a re-keyed CA): the signer is the one
             // whose key verifies the CRL.
@@ -376,14 +387,7 @@ impl TrustState {
                 issuer: crl.issuer().to_string(),
                 number,
                 next_update: crl.next_update().map(|t| t.to_datetime()),
-                revoked: crl
-                    .iter_revoked_certificates()
-                    .map(|r| {
-                        mtls_pki::Serial::from_be_bytes(r.raw_serial())
-                            .as_bytes()
-                            .to_vec()
-                    })
-                    .collect(),
+                revoked,
                 signer_spki: signer.public_key().raw.to_vec(),
                 scope: crl_scope(&crl),
             };
@@ -629,6 +633,7 @@ impl TrustState {
                     issuer: c.issuer().as_raw().to_vec(),
                     issuer_key: crate::pushed::issuer_key_of(&issuer_spki),
                     issuer_spki,
+                    serial_key: crate::serial_key::SerialKey::new(&serial_of(c)),
                     serial: serial_of(c),
                     is_ca: i > 0,
                     crl_uris: crl_uris(c),
@@ -698,7 +703,7 @@ impl TrustState {
         let mut expired = false;
         let mut stale = None;
         if let Some(p) = &self.pushed {
-            match p.status(&key.issuer_key, &key.serial, now) {
+            match p.status_of(&key.issuer_key, &key.serial_key, now) {
                 PushedStatus::Revoked => return (S::Feed, Err(Rejection::Revoked)),
                 PushedStatus::Good => covered = Some(S::Feed),
                 PushedStatus::Stale { age_secs } => stale = Some(age_secs),
@@ -714,7 +719,7 @@ impl TrustState {
                 expired = true;
                 continue;
             }
-            if entry.revoked.contains(&key.serial) {
+            if entry.revoked.contains(&key.serial_key) {
                 return (S::Crl, Err(Rejection::Revoked));
             }
             covered = covered.or(Some(S::Crl));
