@@ -8,22 +8,16 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::ca::{self, CaServer};
-use common::gw::{Gateway, Upstream};
+use common::gw::{self, Gateway, Upstream};
 use common::Env;
 
 fn get(env: &Env, g: &Gateway, dir: &str) -> u16 {
-    ca::curl(&[
-        "--cacert",
-        &env.p("pki/root.crt"),
-        "--resolve",
-        &format!("localhost:{}:127.0.0.1", g.port()),
-        "--cert",
-        &env.p(&format!("{dir}/cert.pem")),
-        "--key",
-        &env.p(&format!("{dir}/key.pem")),
-        &g.url("/api/secure"),
-    ])
-    .0
+    gw::status_as(
+        g,
+        &env.pki().join("root.crt"),
+        &env.path(&format!("{dir}/cert.pem")),
+        &env.path(&format!("{dir}/key.pem")),
+    )
 }
 
 fn within(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
@@ -46,25 +40,13 @@ fn the_gateway_follows_the_crl_distribution_points_of_its_clients() {
         ca::enroll(&env, &server, &t, name, &[]).ok();
     }
     let up = Upstream::start();
-    let args: Vec<String> = [
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--cert",
-        &env.p("pki/issued/localhost.chain.pem"),
-        "--key",
-        &env.p("pki/issued/localhost.key"),
-        "--client-ca",
-        &env.p("pki/ca-chain.pem"),
-        "--upstream",
-        &format!("http://{}", up.addr),
-        "--allow-any-trusted",
-        "--crl-from-certificates",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args = gw::trusting_args(
+        &env.pki().join("issued/localhost.chain.pem"),
+        &env.pki().join("issued/localhost.key"),
+        &env.pki().join("ca-chain.pem"),
+        &up,
+        &["--admin-listen", "127.0.0.1:0", "--crl-from-certificates"],
+    );
     let g = Gateway::start(&args);
     // The first client makes the gateway want its distribution point; once fetched, it passes.
     within(Duration::from_secs(10), "CRL fetched from the CDP", || {

@@ -8,24 +8,17 @@
 mod common;
 
 use common::ca::{self, CaServer};
-use common::gw::{Gateway, Upstream};
+use common::gw::{self, Gateway, Upstream};
 use common::Env;
 
 fn get(env: &Env, g: &Gateway, client: &str) -> u16 {
     let pki = env.pki();
-    let p = |rel: &str| pki.join(rel).to_string_lossy().into_owned();
-    ca::curl(&[
-        "--cacert",
-        &p("root.crt"),
-        "--resolve",
-        &format!("localhost:{}:127.0.0.1", g.port()),
-        "--cert",
-        &p(&format!("issued/{client}.chain.pem")),
-        "--key",
-        &p(&format!("issued/{client}.key")),
-        &g.url("/api/secure"),
-    ])
-    .0
+    gw::status_as(
+        g,
+        &pki.join("root.crt"),
+        &pki.join(format!("issued/{client}.chain.pem")),
+        &pki.join(format!("issued/{client}.key")),
+    )
 }
 
 #[test]
@@ -41,26 +34,18 @@ fn the_gateway_checks_client_certificates_with_ocsp() {
     let responder = ca.publish("/ocsp");
     let pki = env.pki();
     let p = |rel: &str| pki.join(rel).to_string_lossy().into_owned();
-    let args: Vec<String> = [
-        "--listen",
-        "127.0.0.1:0",
-        "--cert",
-        &p("issued/localhost.chain.pem"),
-        "--key",
-        &p("issued/localhost.key"),
-        "--client-ca",
-        &p("ca-chain.pem"),
-        "--upstream",
-        &format!("http://{}", up.addr),
-        "--allow-any-trusted",
-        "--ocsp-responder",
-        &responder,
-        "--admin-listen",
-        "127.0.0.1:0",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args = gw::trusting_args(
+        &pki.join("issued/localhost.chain.pem"),
+        &pki.join("issued/localhost.key"),
+        &pki.join("ca-chain.pem"),
+        &up,
+        &[
+            "--ocsp-responder",
+            &responder,
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+    );
     let hard = Gateway::start(&args);
     let soft_config = env.write(
         "soft.toml",

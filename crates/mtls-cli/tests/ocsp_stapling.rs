@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::ca::{self, CaServer};
-use common::gw::{Gateway, Upstream};
+use common::gw::{self, Gateway, Upstream};
 use common::Env;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
@@ -35,23 +35,13 @@ fn enroll_server(env: &Env, ca: &CaServer, out: &str) {
 }
 
 fn gateway(env: &Env, up: &Upstream, dir: &str) -> Gateway {
-    let args: Vec<String> = [
-        "--listen",
-        "127.0.0.1:0",
-        "--cert",
-        &env.p(&format!("{dir}/cert.pem")),
-        "--key",
-        &env.p(&format!("{dir}/key.pem")),
-        "--client-ca",
-        &env.p("pki/ca-chain.pem"),
-        "--upstream",
-        &format!("http://{}", up.addr),
-        "--allow-any-trusted",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    Gateway::start(&args)
+    Gateway::start(&gw::trusting_args(
+        &env.path(&format!("{dir}/cert.pem")),
+        &env.path(&format!("{dir}/key.pem")),
+        &env.pki().join("ca-chain.pem"),
+        up,
+        &[],
+    ))
 }
 
 /// `openssl s_client -status` output against the gateway.

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::ca::{self, CaServer};
-use common::gw::{Gateway, Upstream};
+use common::gw::{self, Gateway, Upstream};
 use common::Env;
 
 const FEED_ACL: &str = "[revocation_feed]\nallow_cn = [\"localhost\"]\n";
@@ -50,46 +50,29 @@ impl Setup {
     }
 
     fn gateway(&self, feeds: &[String], extra: &[&str]) -> Gateway {
-        let mut args: Vec<String> = [
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--cert",
-            &self.pki("issued/localhost.chain.pem"),
-            "--key",
-            &self.pki("issued/localhost.key"),
-            "--client-ca",
-            &self.pki("ca-chain.pem"),
-            "--upstream",
-            &format!("http://{}", self.up.addr),
-            "--allow-any-trusted",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut more = vec!["--admin-listen", "127.0.0.1:0"];
         for f in feeds {
-            args.push("--revocation-feed".into());
-            args.push(f.clone());
+            more.extend(["--revocation-feed", f.as_str()]);
         }
-        args.extend(extra.iter().map(|s| s.to_string()));
-        Gateway::start(&args)
+        more.extend(extra);
+        Gateway::start(&gw::trusting_args(
+            &self.env.pki().join("issued/localhost.chain.pem"),
+            &self.env.pki().join("issued/localhost.key"),
+            &self.env.pki().join("ca-chain.pem"),
+            &self.up,
+            &more,
+        ))
     }
 
     /// `curl` through the gateway as `client`: the HTTP status, 0 when the handshake failed.
     fn get(&self, g: &Gateway, client: &str) -> u16 {
-        let (status, _) = ca::curl(&[
-            "--cacert",
-            &self.pki("root.crt"),
-            "--resolve",
-            &format!("localhost:{}:127.0.0.1", g.port()),
-            "--cert",
-            &self.pki(&format!("issued/{client}.chain.pem")),
-            "--key",
-            &self.pki(&format!("issued/{client}.key")),
-            &g.url("/api/secure"),
-        ]);
-        status
+        let pki = self.env.pki();
+        gw::status_as(
+            g,
+            &pki.join("root.crt"),
+            &pki.join(format!("issued/{client}.chain.pem")),
+            &pki.join(format!("issued/{client}.key")),
+        )
     }
 
     fn serial(&self, client: &str) -> String {

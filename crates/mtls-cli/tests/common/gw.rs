@@ -461,3 +461,46 @@ pub fn s_client(
     let _ = child.wait();
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// Arguments of an HTTP gateway on 127.0.0.1:0 in front of `up`, serving `cert`/`key`,
+/// trusting `client_ca` and allowing every client it trusts, then `extra`.
+pub fn trusting_args(
+    cert: &Path,
+    key: &Path,
+    client_ca: &Path,
+    up: &Upstream,
+    extra: &[&str],
+) -> Vec<String> {
+    let mut v: Vec<String> = vec![
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--cert".into(),
+        Files::p(cert),
+        "--key".into(),
+        Files::p(key),
+        "--client-ca".into(),
+        Files::p(client_ca),
+        "--upstream".into(),
+        format!("http://{}", up.addr),
+        "--allow-any-trusted".into(),
+    ];
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+/// `GET /api/secure` through `g` with curl, trusting `root` and presenting `cert`/`key`: the
+/// HTTP status, 0 when the TLS handshake was refused.
+pub fn status_as(g: &Gateway, root: &Path, cert: &Path, key: &Path) -> u16 {
+    super::ca::curl(&[
+        "--cacert",
+        &Files::p(root),
+        "--resolve",
+        &format!("localhost:{}:127.0.0.1", g.port()),
+        "--cert",
+        &Files::p(cert),
+        "--key",
+        &Files::p(key),
+        &g.url("/api/secure"),
+    ])
+    .0
+}
