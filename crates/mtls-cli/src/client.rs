@@ -32,6 +32,10 @@ pub struct ClientTlsArgs {
     /// Name to verify the server certificate against (default: the target host).
     #[arg(long)]
     server_name: Option<String>,
+    /// Refuse a server that does not staple an OCSP response that verifies and says good (a
+    /// stapled "revoked" is refused either way).
+    #[arg(long)]
+    require_ocsp_staple: bool,
 }
 
 impl ClientTlsArgs {
@@ -51,6 +55,9 @@ impl ClientTlsArgs {
         let mut b = mtls_client::ClientBuilder::new();
         for p in &self.ca {
             b = b.ca_file(p);
+        }
+        if self.require_ocsp_staple {
+            b = b.require_ocsp_staple();
         }
         if follow_files {
             b = b.identity_files(&self.cert, &self.key);

@@ -253,4 +253,39 @@ fn the_gateway_staples_a_verified_ocsp_response_and_never_a_bad_one() {
     let text = s_client_status(&env, &g_bad);
     assert!(text.contains("OCSP response: no response sent"), "{text}");
     assert!(staple_via_rustls(&env, &g_bad).is_empty());
+
+    // `mtls request` checks staples: --require-ocsp-staple passes the stapled gateway and
+    // refuses the unstapled one, which passes without the flag.
+    let request = |g: &Gateway, extra: &[&str]| {
+        let pki = env.pki();
+        Command::new(common::gw::mtls_bin())
+            .args(["request", &g.url("/api/secure")])
+            .arg("--cert")
+            .arg(pki.join("issued/client-app.chain.pem"))
+            .arg("--key")
+            .arg(pki.join("issued/client-app.key"))
+            .arg("--ca")
+            .arg(pki.join("root.crt"))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let ok = request(&g, &["--require-ocsp-staple"]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let refused = request(&g_bad, &["--require-ocsp-staple"]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("stapled no OCSP response"),
+        "{err}"
+    );
+    let plain = request(&g_bad, &[]);
+    assert!(
+        plain.status.success(),
+        "{}",
+        String::from_utf8_lossy(&plain.stderr)
+    );
 }

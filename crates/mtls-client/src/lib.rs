@@ -143,6 +143,7 @@ pub struct ClientBuilder {
     resolve: Vec<(String, std::net::SocketAddr)>,
     pool_idle_timeout: Option<Duration>,
     pool_max_idle: usize,
+    staple: ocsp::StapleCheck,
 }
 
 impl Default for ClientBuilder {
@@ -158,6 +159,7 @@ impl Default for ClientBuilder {
             resolve: Vec::new(),
             pool_idle_timeout: None,
             pool_max_idle: 256,
+            staple: ocsp::StapleCheck::IfPresent,
         }
     }
 }
@@ -242,6 +244,13 @@ impl ClientBuilder {
         self
     }
 
+    /// Requires every server to staple an OCSP response that verifies and says "good" (by
+    /// default a stapled "revoked" refuses the server and a missing staple is fine).
+    pub fn require_ocsp_staple(mut self) -> Self {
+        self.staple = ocsp::StapleCheck::Required;
+        self
+    }
+
     /// HTTP/1.1 only (no h2 in ALPN).
     pub fn http1_only(mut self) -> Self {
         self.http1_only = true;
@@ -271,7 +280,7 @@ impl ClientBuilder {
                 "a passphrase was given without identity_files (cert and key)".into(),
             ));
         }
-        let config = match &self.identity {
+        let mut config = match &self.identity {
             _ if self.fixed_identity.is_some() => {
                 mtls_tls::client_config(&roots, self.fixed_identity.as_ref(), alpn)?
             }
@@ -283,6 +292,25 @@ impl ClientBuilder {
             }
             None => mtls_tls::client_config(&roots, None, alpn)?,
         };
+        // The chain as rustls verifies it (the same roots and provider), then the server's
+        // OCSP staple.
+        let mut store = rustls::RootCertStore::empty();
+        for r in &roots {
+            store.add(r.clone()).map_err(mtls_tls::Error::Rustls)?;
+        }
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(store),
+            mtls_tls::provider(),
+        )
+        .build()
+        .map_err(|e| Error::Config(format!("server verifier: {e}")))?;
+        config
+            .dangerous()
+            .set_certificate_verifier(Arc::new(ocsp::StapleVerifier {
+                inner,
+                roots,
+                check: self.staple,
+            }));
         Ok(config)
     }
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 use mtls_pki::Serial;
 use mtls_serve::Shutdown;
 use rustls_pki_types::CertificateDer;
+
 use time::OffsetDateTime;
 
 /// Largest OCSP response read.
@@ -237,5 +238,217 @@ pub async fn staple(
             _ = tokio::time::sleep(STAPLE_TICK) => {}
             _ = shutdown.wait() => return,
         }
+    }
+}
+
+/// How a client treats the OCSP response a server staples to its certificate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StapleCheck {
+    /// A stapled response that verifies and says "revoked" refuses the server; an
+    /// unverifiable one is ignored (logged), a missing one is fine (the default).
+    #[default]
+    IfPresent,
+    /// The server must staple a response that verifies and says "good" (OCSP must-staple,
+    /// for every server this client talks to).
+    Required,
+}
+
+/// The server's chain verified as usual, then its staple as `check` says.
+#[derive(Debug)]
+pub(crate) struct StapleVerifier {
+    pub(crate) inner: Arc<dyn rustls::client::danger::ServerCertVerifier>,
+    pub(crate) roots: Vec<CertificateDer<'static>>,
+    pub(crate) check: StapleCheck,
+}
+
+/// Checks `staple` about `leaf` (issued by the first of `intermediates`, else by a root of
+/// `roots` with its issuer name) at `now`.
+pub(crate) fn check_staple(
+    leaf: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    roots: &[CertificateDer<'static>],
+    staple: &[u8],
+    check: StapleCheck,
+    now: OffsetDateTime,
+) -> Result<(), rustls::Error> {
+    let refuse = |why: String| {
+        Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::Other(rustls::OtherError(Arc::new(StapleError(why)))),
+        ))
+    };
+    if staple.is_empty() {
+        return match check {
+            StapleCheck::IfPresent => Ok(()),
+            StapleCheck::Required => refuse("the server stapled no OCSP response".into()),
+        };
+    }
+    let Ok(parsed) = mtls_pki::pem_io::parse_certificate(leaf) else {
+        return refuse("the server certificate does not parse".into());
+    };
+    let issuer = intermediates.first().map(|c| c.as_ref()).or_else(|| {
+        roots
+            .iter()
+            .find(|r| {
+                mtls_pki::pem_io::parse_certificate(r)
+                    .is_ok_and(|c| c.subject().as_raw() == parsed.issuer().as_raw())
+            })
+            .map(|r| r.as_ref())
+    });
+    let serial = Serial::from_be_bytes(parsed.raw_serial());
+    let verified = match issuer.map(|i| mtls_ocsp::verify_response(staple, i, &serial, now)) {
+        Some(Ok(v)) => v,
+        other => {
+            let why = match other {
+                Some(Err(e)) => format!("the stapled OCSP response does not verify: {e}"),
+                _ => "the issuer of the server certificate is unknown".into(),
+            };
+            return match check {
+                StapleCheck::IfPresent => {
+                    tracing::warn!(%why, "ignoring the server's OCSP staple");
+                    Ok(())
+                }
+                StapleCheck::Required => refuse(why),
+            };
+        }
+    };
+    match verified.status {
+        mtls_ocsp::CertStatus::Good => Ok(()),
+        mtls_ocsp::CertStatus::Revoked { .. } => Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::Revoked,
+        )),
+        mtls_ocsp::CertStatus::Unknown => match check {
+            StapleCheck::IfPresent => Ok(()),
+            StapleCheck::Required => refuse("the stapled OCSP response says unknown".into()),
+        },
+    }
+}
+
+#[derive(Debug)]
+struct StapleError(String);
+
+impl std::fmt::Display for StapleError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StapleError {}
+
+impl rustls::client::danger::ServerCertVerifier for StapleVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls_pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let ok = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        let now =
+            OffsetDateTime::from_unix_timestamp(i64::try_from(now.as_secs()).unwrap_or(i64::MAX))
+                .map_err(|_| rustls::Error::General("clock out of range".into()))?;
+        check_staple(
+            end_entity,
+            intermediates,
+            &self.roots,
+            ocsp_response,
+            self.check,
+            now,
+        )?;
+        Ok(ok)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::{check_staple, StapleCheck};
+    use mtls_ocsp::{build_request, parse_request, CertStatus, IssuerInfo, Responder};
+    use mtls_test_util::TestPki;
+    use time::{Duration, OffsetDateTime};
+
+    fn staple(pki: &TestPki, serial: &mtls_pki::Serial, status: CertStatus) -> Vec<u8> {
+        let issuer = IssuerInfo::from_der(pki.intermediate.der()).unwrap();
+        let req = build_request(&issuer, serial, None).unwrap();
+        let req = parse_request(&req, std::slice::from_ref(&issuer)).unwrap();
+        let key = mtls_pki::PrivateKey::from_pem_or_der(pki.intermediate.key().pkcs8_der(), None)
+            .unwrap();
+        let responder = Responder::new(&issuer, pki.intermediate.der().to_vec(), key).unwrap();
+        let now = OffsetDateTime::now_utc();
+        responder
+            .sign(
+                &req,
+                &[status],
+                now,
+                now - Duration::minutes(1),
+                Some(now + Duration::hours(1)),
+            )
+            .unwrap()
+    }
+
+    #[test]
+    fn staples_are_checked_as_the_client_asks() {
+        let pki = TestPki::new("staple");
+        let server = pki.server(&["localhost"]);
+        let chain = [pki.intermediate_der()];
+        let roots = [pki.root_der()];
+        let now = OffsetDateTime::now_utc();
+        let check =
+            |staple: &[u8], mode| check_staple(&server.cert.der, &chain, &roots, staple, mode, now);
+        let good = staple(&pki, &server.cert.serial, CertStatus::Good);
+        let revoked = staple(
+            &pki,
+            &server.cert.serial,
+            CertStatus::Revoked {
+                at: now - Duration::hours(1),
+                reason: None,
+            },
+        );
+        for mode in [StapleCheck::IfPresent, StapleCheck::Required] {
+            check(&good, mode).unwrap();
+            assert!(matches!(
+                check(&revoked, mode),
+                Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::Revoked
+                ))
+            ));
+        }
+        // Missing or unverifiable: fine unless required.
+        check(&[], StapleCheck::IfPresent).unwrap();
+        assert!(check(&[], StapleCheck::Required).is_err());
+        check(b"garbage", StapleCheck::IfPresent).unwrap();
+        assert!(check(b"garbage", StapleCheck::Required).is_err());
+        // A good answer about another certificate is no staple for this one.
+        let other = pki.server(&["other"]);
+        let wrong = staple(&pki, &other.cert.serial, CertStatus::Good);
+        assert!(check(&wrong, StapleCheck::Required).is_err());
     }
 }
