@@ -101,6 +101,13 @@ fn the_gateway_checks_client_certificates_with_ocsp() {
         };
         count
     };
+    let (_, page) = ca::curl(&[&format!("http://{}/metrics", hard.admin.unwrap())]);
+    assert!(
+        page.lines()
+            .any(|l| l.starts_with("mtls_ocsp_cached_answers{") && !l.ends_with(" 0")),
+        "{page}"
+    );
+    assert!(page.contains("mtls_ocsp_next_update_seconds{"), "{page}");
     let hard_count = decisions(&hard);
     assert!(hard_count("ocsp", "good") >= 1.0);
     assert!(hard_count("ocsp", "revoked") >= 1.0);

@@ -125,6 +125,22 @@ impl OcspChecker {
         self.stats.clone()
     }
 
+    /// How many verified answers are cached, and the earliest nextUpdate among them.
+    pub fn cached(&self) -> (usize, Option<OffsetDateTime>) {
+        let Ok(cache) = self.cache.lock() else {
+            return (0, None);
+        };
+        let answers = cache
+            .values()
+            .filter(|e| !matches!(e.status, SourceStatus::Unknown(_)));
+        let (mut n, mut earliest) = (0, None::<OffsetDateTime>);
+        for e in answers {
+            n += 1;
+            earliest = Some(earliest.map_or(e.good_until, |t| t.min(e.good_until)));
+        }
+        (n, earliest)
+    }
+
     /// Asks the responder about `cert` and turns the outcome into a cache entry.
     async fn ask(&self, cert: Vec<u8>, issuer: Vec<u8>, now: OffsetDateTime) -> Entry {
         let answer = fetch(

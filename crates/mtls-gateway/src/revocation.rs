@@ -30,6 +30,7 @@ pub struct Sources {
     pub ocsp_stats: Option<Arc<OcspStats>>,
     feed: Option<FeedSubscriber>,
     ocsp: Option<Arc<OcspChecker>>,
+    ocsp_handle: Option<Arc<OcspChecker>>,
 }
 
 impl Sources {
@@ -64,8 +65,14 @@ impl Sources {
             feed_stats: feed.as_ref().map(|(sub, _)| sub.stats()),
             ocsp_stats: ocsp.as_ref().map(|o| o.stats()),
             feed: feed.map(|(sub, _)| sub),
+            ocsp_handle: ocsp.clone(),
             ocsp,
         })
+    }
+
+    /// The OCSP checker, if any (for its cache metrics).
+    pub fn ocsp_checker(&self) -> Option<Arc<OcspChecker>> {
+        self.ocsp_handle.clone()
     }
 
     /// Takes the tasks out: the feed subscriber and the OCSP checker, each waking `shared`'s
@@ -155,7 +162,24 @@ async fn subscriber(
 /// Feed and OCSP-checking metrics per listener, read at scrape time.
 pub fn register_metrics(registry: &mut Registry, shared: &[Arc<Shared>]) {
     type Pick = fn(&Shared) -> Option<f64>;
-    let families: [(&'static str, &'static str, Option<Unit>, Kind, Pick); 9] = [
+    let families: [(&'static str, &'static str, Option<Unit>, Kind, Pick); 11] = [
+        (
+            "mtls_ocsp_cached_answers",
+            "Verified OCSP answers about client certificates held in the cache",
+            None,
+            Kind::Gauge,
+            |s| s.ocsp.as_ref().map(|o| o.cached().0 as f64),
+        ),
+        (
+            "mtls_ocsp_next_update",
+            "Earliest nextUpdate among the cached OCSP answers",
+            Some(Unit::Seconds),
+            Kind::Gauge,
+            |s| {
+                let (_, next) = s.ocsp.as_ref()?.cached();
+                next.map(|t| t.unix_timestamp() as f64)
+            },
+        ),
         (
             "mtls_ocsp_answers",
             "Verified OCSP answers about client certificates",

@@ -43,6 +43,8 @@ pub struct Shared {
     pub feed_stats: Option<Arc<mtls_client::feed::FeedStats>>,
     /// The OCSP checker's counters.
     pub ocsp_stats: Option<Arc<mtls_client::ocsp_check::OcspStats>>,
+    /// The OCSP checker (its cache, for metrics).
+    pub ocsp: Option<Arc<mtls_client::ocsp_check::OcspChecker>>,
 }
 
 /// A started gateway.
@@ -102,6 +104,7 @@ pub async fn start(config: GatewayConfig, config_path: Option<PathBuf>) -> Resul
     for cfg in &config.listeners {
         let mut sources = crate::revocation::Sources::build(cfg).await?;
         source_tasks.push(sources.take_tasks());
+        let ocsp = sources.ocsp_checker();
         let crate::revocation::Sources {
             sources,
             feed_stats,
@@ -127,6 +130,7 @@ pub async fn start(config: GatewayConfig, config_path: Option<PathBuf>) -> Resul
             sources,
             feed_stats,
             ocsp_stats,
+            ocsp,
         }));
         listeners.push(listener);
     }
