@@ -758,3 +758,60 @@ async fn secure_api_follows_the_cas_revocation_feed() {
         "a new connection is refused with the guide's 403"
     );
 }
+
+/// The application server checks client certificates with OCSP against `mtls ca serve`'s
+/// responder: a good client passes, a revoked one gets the guide's 403 with the reason.
+#[test]
+fn secure_api_checks_client_certificates_with_ocsp() {
+    let env = common::Env::new();
+    env.mtls(&["ca", "init"]).ok();
+    env.mtls(&["issue", "server", "localhost", "127.0.0.1"])
+        .ok();
+    env.mtls(&["issue", "client", "client-app"]).ok();
+    env.mtls(&["issue", "client", "gone"]).ok();
+    let server = ca::CaServer::start(&env, "ca", None, "");
+    let pki = env.pki();
+    let serial = ca::serial_of(&env, &pki.join("issued/gone.crt"));
+    env.mtls(&["revoke", &serial]).ok();
+    let p = |rel: &str| Files::p(&pki.join(rel));
+    let app = App::start(
+        env!("CARGO_BIN_EXE_secure_api"),
+        &[
+            ("CERT", p("issued/localhost.chain.pem")),
+            ("KEY", p("issued/localhost.key")),
+            ("CA", p("ca-chain.pem")),
+            ("OCSP", server.publish("/ocsp")),
+        ],
+    );
+    let get = |client: &str| {
+        let o = Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "-w",
+                "\n%{http_code}",
+                "--cacert",
+            ])
+            .arg(pki.join("root.crt"))
+            .arg("--cert")
+            .arg(pki.join(format!("issued/{client}.chain.pem")))
+            .arg("--key")
+            .arg(pki.join(format!("issued/{client}.key")))
+            .arg("--resolve")
+            .arg(format!("localhost:{}:127.0.0.1", app.addr.port()))
+            .arg(app.url("/api/secure"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let ok = get("client-app");
+    assert!(ok.ends_with("\n200"), "{ok}");
+    let refused = get("gone");
+    assert!(
+        refused.ends_with("\n403")
+            && refused.contains("INVALID_CERT")
+            && refused.contains("revoked"),
+        "{refused}"
+    );
+}

@@ -39,6 +39,7 @@ pub struct ServerBuilder {
     gateways: Option<Policy>,
     feed_urls: Vec<String>,
     feed_max_age: Duration,
+    ocsp: Option<mtls_client::ocsp_check::OcspOptions>,
 }
 
 impl Default for ServerBuilder {
@@ -61,6 +62,7 @@ impl Default for ServerBuilder {
             gateways: None,
             feed_urls: Vec::new(),
             feed_max_age: Duration::from_secs(60),
+            ocsp: None,
         }
     }
 }
@@ -114,6 +116,14 @@ impl ServerBuilder {
     /// for are refused.
     pub fn revocation_feed(mut self, url: impl Into<String>) -> Self {
         self.feed_urls.push(url.into());
+        self
+    }
+
+    /// Checks client certificates with OCSP (see `mtls_client::ocsp_check`): verified answers
+    /// cached until their nextUpdate and refreshed ahead, one bounded wait for a new client; no
+    /// answer refuses the client unless [`allow_unknown_revocation_status`](Self::allow_unknown_revocation_status).
+    pub fn ocsp(mut self, options: mtls_client::ocsp_check::OcspOptions) -> Self {
+        self.ocsp = Some(options);
         self
     }
 
@@ -220,10 +230,20 @@ impl ServerBuilder {
                     .map_err(|e| Error::Config(format!("revocation feed: {e}")))?,
             )
         };
+        let ocsp = match &self.ocsp {
+            Some(o) => Some(
+                mtls_client::ocsp_check::OcspChecker::new(o.clone())
+                    .map_err(|e| Error::Config(format!("OCSP: {e}")))?,
+            ),
+            None => None,
+        };
         let tls = ReloadingServer::with_sources(
             self.files.clone(),
             mtls_verify::RevocationSources {
                 pushed: feed.as_ref().map(|(_, set)| set.clone()),
+                status: ocsp
+                    .clone()
+                    .map(|o| o as Arc<dyn mtls_verify::StatusSource>),
                 ..Default::default()
             },
         )?;
@@ -231,6 +251,7 @@ impl ServerBuilder {
             inner: Arc::new(Inner {
                 tls,
                 feed: std::sync::Mutex::new(feed.map(|(sub, _)| sub)),
+                ocsp,
                 builder: self,
                 handshakes: CounterFamily::default(),
                 reloads: ReloadCounters::default(),
@@ -243,6 +264,8 @@ struct Inner {
     tls: Arc<ReloadingServer>,
     /// The feed subscriber, taken by the first `serve`.
     feed: std::sync::Mutex<Option<mtls_client::feed::FeedSubscriber>>,
+    /// The OCSP checker, refreshed while serving.
+    ocsp: Option<Arc<mtls_client::ocsp_check::OcspChecker>>,
     builder: ServerBuilder,
     handshakes: CounterFamily,
     reloads: ReloadCounters,
@@ -317,6 +340,13 @@ impl MtlsServer {
             sub.seed_within(Duration::from_secs(10)).await;
             let tls = self.inner.tls.clone();
             tokio::spawn(sub.run(move |_| tls.generations().poke(), shutdown.clone()));
+        }
+        if let Some(c) = &self.inner.ocsp {
+            let tls = self.inner.tls.clone();
+            tokio::spawn(
+                c.clone()
+                    .run(move || tls.generations().poke(), shutdown.clone()),
+            );
         }
         let tls = self.inner.tls.clone();
         tokio::spawn(mtls_client::ocsp::staple(

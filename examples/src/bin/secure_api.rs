@@ -41,6 +41,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(feed) = optional("FEED") {
         server = server.revocation_feed(feed);
     }
+    // OCSP checking of client certificates against this responder (http://ca:9080/ocsp).
+    if let Some(responder) = optional("OCSP") {
+        server = server.ocsp(mtls_client::ocsp_check::OcspOptions {
+            responder: Some(responder),
+            ..Default::default()
+        });
+    }
     let server = server.build()?;
     let app = Router::new().route("/api/secure", get(secure));
     mtls_examples::run(server, app, "127.0.0.1:8443").await
