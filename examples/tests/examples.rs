@@ -815,3 +815,68 @@ fn secure_api_checks_client_certificates_with_ocsp() {
         "{refused}"
     );
 }
+
+/// The application server follows the CRL Distribution Point its clients name (the online CA's
+/// `/v1/crl`), with no CRL file: a revocation arrives at the refresh before nextUpdate.
+#[test]
+fn secure_api_follows_the_crl_distribution_points_of_its_clients() {
+    let env = common::Env::new();
+    env.mtls(&["ca", "init"]).ok();
+    env.mtls(&["issue", "server", "localhost", "127.0.0.1"])
+        .ok();
+    let server = ca::CaServer::start(&env, "ca", None, "crl_lifetime = \"8s\"\n");
+    let t = ca::token(&env, "cdp-client", &["--profile", "client"], None);
+    ca::enroll(&env, &server, &t, "cdp", &[]).ok();
+    let pki = env.pki();
+    let p = |rel: &str| Files::p(&pki.join(rel));
+    let app = App::start(
+        env!("CARGO_BIN_EXE_secure_api"),
+        &[
+            ("CERT", p("issued/localhost.chain.pem")),
+            ("KEY", p("issued/localhost.key")),
+            ("CA", p("ca-chain.pem")),
+            ("CRL_FROM_CERTIFICATES", "1".into()),
+        ],
+    );
+    let get = || {
+        let o = Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "-w",
+                "\n%{http_code}",
+                "--cacert",
+            ])
+            .arg(pki.join("root.crt"))
+            .arg("--cert")
+            .arg(env.path("cdp/cert.pem"))
+            .arg("--key")
+            .arg(env.path("cdp/key.pem"))
+            .arg("--resolve")
+            .arg(format!("localhost:{}:127.0.0.1", app.addr.port()))
+            .arg(app.url("/api/secure"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let until = |what: &str, limit: u64, f: &dyn Fn(&str) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(limit);
+        loop {
+            let out = get();
+            if f(&out) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}: {out}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    until("the CRL is fetched from the CDP", 10, &|o| {
+        o.ends_with("\n200")
+    });
+    let serial = ca::serial_of(&env, &env.path("cdp/cert.pem"));
+    env.mtls(&["revoke", &serial]).ok();
+    until("the revocation arrives with the refreshed CRL", 20, &|o| {
+        o.ends_with("\n403") && o.contains("revoked")
+    });
+}

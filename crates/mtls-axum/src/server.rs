@@ -40,6 +40,7 @@ pub struct ServerBuilder {
     feed_urls: Vec<String>,
     feed_max_age: Duration,
     ocsp: Option<mtls_client::ocsp_check::OcspOptions>,
+    crl_from_certificates: bool,
 }
 
 impl Default for ServerBuilder {
@@ -63,6 +64,7 @@ impl Default for ServerBuilder {
             feed_urls: Vec::new(),
             feed_max_age: Duration::from_secs(60),
             ocsp: None,
+            crl_from_certificates: false,
         }
     }
 }
@@ -124,6 +126,14 @@ impl ServerBuilder {
     /// answer refuses the client unless [`allow_unknown_revocation_status`](Self::allow_unknown_revocation_status).
     pub fn ocsp(mut self, options: mtls_client::ocsp_check::OcspOptions) -> Self {
         self.ocsp = Some(options);
+        self
+    }
+
+    /// Fetches, caches and refreshes the CRLs named in the CRL Distribution Points of the client
+    /// CAs and of the clients seen (see `mtls_client::crl`); a client whose CRL is not fetched
+    /// yet is refused until it is.
+    pub fn crl_from_certificates(mut self) -> Self {
+        self.crl_from_certificates = true;
         self
     }
 
@@ -244,6 +254,9 @@ impl ServerBuilder {
                 status: ocsp
                     .clone()
                     .map(|o| o as Arc<dyn mtls_verify::StatusSource>),
+                fetched: self
+                    .crl_from_certificates
+                    .then(|| mtls_client::crl::fetched_crls(&self.files.client_ca)),
                 ..Default::default()
             },
         )?;
@@ -340,6 +353,20 @@ impl MtlsServer {
             sub.seed_within(Duration::from_secs(10)).await;
             let tls = self.inner.tls.clone();
             tokio::spawn(sub.run(move |_| tls.generations().poke(), shutdown.clone()));
+        }
+        if let Some(set) = self.inner.tls.sources().fetched.clone() {
+            let tls = self.inner.tls.clone();
+            tokio::spawn(mtls_client::crl::follow_distribution_points(
+                set,
+                self.inner.builder.files.client_ca.clone(),
+                move || {
+                    if let Err(e) = tls.reload_now() {
+                        tracing::warn!(error = %e, "reload with a new CRL failed; the last good state serves");
+                    }
+                },
+                |_| {},
+                shutdown.clone(),
+            ));
         }
         if let Some(c) = &self.inner.ocsp {
             let tls = self.inner.tls.clone();

@@ -12,6 +12,7 @@
 //! - [`ocsp`]: asking a certificate's OCSP responder, verified, and stapling a server's own
 //!   certificates; [`ocsp_check`]: OCSP checking of client certificates for servers (cached,
 //!   refreshed ahead, one bounded wait for a new client);
+//! - [`crl`]: downloading CRLs and following the distribution points certificates name;
 //! - [`feed`]: following the CA's revocation feed into a [`mtls_verify::PushedRevocations`]
 //!   set that servers consult on every check;
 //! - [`renewal`]: renewing a certificate from the online CA before it expires, as a library
@@ -38,6 +39,7 @@
 #![warn(missing_docs)]
 
 pub mod ca;
+pub mod crl;
 pub mod feed;
 pub mod ocsp;
 pub mod ocsp_check;

@@ -7,7 +7,6 @@
 //! (unless `allow_expired_crl`).
 
 use std::path::Path;
-use std::time::Duration;
 
 use mtls_pki::files::{self, Visibility};
 use rustls_pki_types::CertificateDer;
@@ -15,19 +14,14 @@ use rustls_pki_types::CertificateDer;
 use crate::config::CrlFetchConfig;
 use crate::Error;
 
-/// Largest CRL accepted (a million entries is about 36 MB).
-const MAX_CRL_BYTES: usize = 128 << 20;
-const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
-
 pub(crate) fn roots(
     client_ca: &[std::path::PathBuf],
 ) -> Result<Vec<CertificateDer<'static>>, Error> {
     mtls_tls::load_certificates(client_ca).map_err(|e| Error::Load(e.to_string()))
 }
 
-/// Downloads the CRL(s) at `url` (plain HTTP, bounded in size and time) and checks them as a
-/// reload would: parsed, signed by a CA of `roots`, CRL number, no delta or partitioned CRL.
-pub(crate) async fn download(
+/// [`mtls_client::crl::download`], its failures as this crate's errors.
+async fn download(
     url: &str,
     roots: &[CertificateDer<'static>],
 ) -> Result<
@@ -37,28 +31,14 @@ pub(crate) async fn download(
     ),
     Error,
 > {
-    let client = mtls_client::ClientBuilder::new()
-        .timeout(FETCH_TIMEOUT)
-        .build_plain_http()
-        .map_err(|e| Error::Config(e.to_string()))?;
-    let resp = client.get(url).send().await.map_err(|e| {
-        Error::Io(format!(
-            "fetching {url}: {}",
-            mtls_client::ca::error_chain(&e)
-        ))
-    })?;
-    if !resp.status().is_success() {
-        return Err(Error::Io(format!("fetching {url}: HTTP {}", resp.status())));
-    }
-    let body = mtls_client::body_limited(resp, MAX_CRL_BYTES)
+    mtls_client::crl::download(url, roots)
         .await
-        .map_err(|e| Error::Io(format!("reading {url}: {e}")))?;
-    let crls =
-        mtls_pki::pem_io::crls(&body).map_err(|e| Error::Load(format!("CRL from {url}: {e}")))?;
-    // Exactly what a reload will check: signature by a configured CA, CRL number, extensions.
-    let state = mtls_verify::TrustState::new(0, roots.to_vec(), &crls, Default::default())
-        .map_err(|e| Error::Load(format!("CRL from {url}: {e}")))?;
-    Ok((crls, state))
+        .map_err(|e| match e {
+            mtls_client::Error::Transport { url, detail } => {
+                Error::Io(format!("fetching {url}: {detail}"))
+            }
+            other => Error::Load(other.to_string()),
+        })
 }
 
 /// Downloads, checks and (if it changed) installs the CRL. Returns whether the file changed.
@@ -171,6 +151,7 @@ mod tests {
     use super::*;
     use mtls_pki::revocation::build_crl;
     use mtls_test_util::TestPki;
+    use std::time::Duration;
 
     /// Serves `body` once per request on 127.0.0.1 and returns the URL.
     async fn serve(body: Vec<u8>) -> String {

@@ -12,7 +12,6 @@
 //! What it does not do: issue certificates, touch the inventory, or parse command lines.
 #![forbid(unsafe_code)]
 
-pub mod cdp;
 pub mod config;
 pub mod crl_fetch;
 pub mod http;

@@ -1,7 +1,7 @@
 //! A listener's revocation sources beyond its CRL files, built once and kept across reloads:
 //! the online CA's feed (`[listener.revocation_feed]`, followed by `mtls_client::feed`), OCSP
 //! checking of client certificates (`[listener.ocsp]`), CRLs from distribution points
-//! (`crl_from_certificates`, fetched by [`crate::cdp`]) and the decision counters; the tasks that
+//! (`crl_from_certificates`, followed by `mtls_client::crl`) and the decision counters; the tasks that
 //! keep them current (each change wakes the listener's open connections to re-check) and their
 //! metrics.
 
@@ -60,7 +60,7 @@ impl Sources {
                 decisions: Some(Arc::default()),
                 fetched: cfg
                     .crl_from_certificates
-                    .then(|| crate::cdp::fetched_crls(&cfg.client_ca)),
+                    .then(|| mtls_client::crl::fetched_crls(&cfg.client_ca)),
             },
             feed_stats: feed.as_ref().map(|(sub, _)| sub.stats()),
             ocsp_stats: ocsp.as_ref().map(|o| o.stats()),
@@ -112,12 +112,12 @@ pub fn spawn(
         ));
     }
     if let Some(set) = &shared.sources.fetched {
-        out.push(tokio::spawn(crate::cdp::run(
-            shared.name.clone(),
+        let (reload, metrics) = (reload.clone(), shared.metrics.clone());
+        out.push(tokio::spawn(mtls_client::crl::follow_distribution_points(
             set.clone(),
             client_ca,
-            reload.clone(),
-            shared.metrics.clone(),
+            move || reload.reload(),
+            move |ok| metrics.crl_fetch(ok),
             shutdown.clone(),
         )));
     }

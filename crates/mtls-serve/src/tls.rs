@@ -208,6 +208,11 @@ impl ReloadingServer {
         &self.generations
     }
 
+    /// The revocation sources every generation consults.
+    pub fn sources(&self) -> &RevocationSources {
+        &self.sources
+    }
+
     /// The files the state is loaded from.
     pub fn files(&self) -> &ServerFiles {
         &self.files

@@ -41,6 +41,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(feed) = optional("FEED") {
         server = server.revocation_feed(feed);
     }
+    // The CRLs the client certificates name in their CRL Distribution Points.
+    if optional("CRL_FROM_CERTIFICATES").is_some() {
+        server = server.crl_from_certificates();
+    }
     // OCSP checking of client certificates against this responder (http://ca:9080/ocsp).
     if let Some(responder) = optional("OCSP") {
         server = server.ocsp(mtls_client::ocsp_check::OcspOptions {

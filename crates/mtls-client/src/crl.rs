@@ -1,0 +1,173 @@
+//! CRLs over plain HTTP, as distribution points serve them: [`download`] (bounded in size and
+//! time, checked like CRL files) is the one CRL download of mtls (the gateway's `crl_fetch` and
+//! the following below); [`follow_distribution_points`] keeps a server's
+//! [`FetchedCrls`] current (`crl_from_certificates`): the CRL Distribution Points of the client
+//! CA certificates (at start) and of the client certificates seen (when no source could give
+//! their status), refreshed before their nextUpdate (at three quarters of the remaining time,
+//! spread a little). Bounded: [`MAX_URLS`] distribution points, [`MAX_CRL_BYTES`] and 60 s each.
+
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
+
+use crate::Error;
+
+/// Largest CRL accepted (a million entries is about 36 MB).
+pub const MAX_CRL_BYTES: usize = 128 << 20;
+const FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Downloads the CRL(s) at `url` and checks them as a server's reload would: parsed, signed by
+/// a certificate of `roots`, a CRL number, no delta or partitioned CRL. Transport failures are
+/// [`Error::Transport`], unusable CRLs [`Error::Protocol`].
+pub async fn download(
+    url: &str,
+    roots: &[CertificateDer<'static>],
+) -> Result<
+    (
+        Vec<CertificateRevocationListDer<'static>>,
+        mtls_verify::TrustState,
+    ),
+    Error,
+> {
+    let client = crate::ClientBuilder::new()
+        .timeout(FETCH_TIMEOUT)
+        .build_plain_http()?;
+    let transport = |detail: String| Error::Transport {
+        url: url.to_string(),
+        detail,
+    };
+    let resp = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| transport(crate::ca::error_chain(&e)))?;
+    if !resp.status().is_success() {
+        return Err(transport(format!("HTTP {}", resp.status())));
+    }
+    let body = crate::body_limited(resp, MAX_CRL_BYTES)
+        .await
+        .map_err(|e| transport(e.to_string()))?;
+    let crls = mtls_pki::pem_io::crls(&body)
+        .map_err(|e| Error::Protocol(format!("CRL from {url}: {e}")))?;
+    let state = mtls_verify::TrustState::new(0, roots.to_vec(), &crls, Default::default())
+        .map_err(|e| Error::Protocol(format!("CRL from {url}: {e}")))?;
+    Ok((crls, state))
+}
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mtls_serve::Shutdown;
+use mtls_verify::FetchedCrls;
+use time::OffsetDateTime;
+
+/// Most distribution points followed per listener.
+pub const MAX_URLS: usize = 64;
+/// Pause before a failed distribution point is asked again.
+const RETRY: time::Duration = time::Duration::seconds(30);
+
+/// The set for a listener, wanting its client CAs' own distribution points already.
+pub fn fetched_crls(client_ca: &[std::path::PathBuf]) -> Arc<FetchedCrls> {
+    let set = Arc::new(FetchedCrls::new(MAX_URLS));
+    if let Ok(cas) = mtls_tls::load_certificates(client_ca) {
+        for ca in cas {
+            set.want(&mtls_verify::crl_distribution_points(&ca));
+        }
+    }
+    set
+}
+
+/// When to fetch again a CRL valid until `next_update`: three quarters of the way, spread by
+/// up to a tenth so listeners do not ask together; an hour when it has no nextUpdate.
+fn refresh_at(now: OffsetDateTime, next_update: Option<OffsetDateTime>) -> OffsetDateTime {
+    let Some(next) = next_update else {
+        return now + time::Duration::hours(1);
+    };
+    let left = next - now;
+    let spread = i32::try_from(now.nanosecond() % 100).unwrap_or(0);
+    now + left * 3_i32 / 4_i32 - left * spread / 1000_i32
+}
+
+/// Fetches what `set` wants until `shutdown` (the CRLs must be signed by a certificate of
+/// `client_ca`); calls `changed` when a CRL was installed or replaced (load a new trust state
+/// then) and `counted` with each fetch's success.
+pub async fn follow_distribution_points(
+    set: Arc<FetchedCrls>,
+    client_ca: Vec<std::path::PathBuf>,
+    changed: impl Fn() + Send,
+    counted: impl Fn(bool) + Send,
+    mut shutdown: Shutdown,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = shutdown.wait() => return,
+        }
+        let now = OffsetDateTime::now_utc();
+        let mut any = false;
+        for url in set.due(now) {
+            let roots = match mtls_tls::load_certificates(&client_ca) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "client CA bundle unreadable");
+                    break;
+                }
+            };
+            let fetched = tokio::select! {
+                r = download(&url, &roots) => r,
+                _ = shutdown.wait() => return,
+            };
+            let installed = fetched.and_then(|(crls, state)| {
+                let summary = state.crl_summaries().first().cloned();
+                let (Some(crl), Some(summary)) = (crls.into_iter().next(), summary) else {
+                    return Err(Error::Protocol(format!("{url}: no CRL")));
+                };
+                if summary.next_update.is_some_and(|n| now >= n) {
+                    return Err(Error::Protocol(format!("{url}: the CRL has expired")));
+                }
+                set.install(
+                    &url,
+                    crl,
+                    summary.number,
+                    refresh_at(now, summary.next_update),
+                )
+                .map_err(Error::Protocol)
+            });
+            match installed {
+                Ok(new) => {
+                    counted(true);
+                    if new {
+                        tracing::info!(%url, "CRL from a distribution point installed");
+                    }
+                    any |= new;
+                }
+                Err(e) => {
+                    counted(false);
+                    tracing::warn!(%url, error = %e, "CRL distribution point fetch failed");
+                    set.failed(&url, now + RETRY);
+                }
+            }
+        }
+        if any {
+            changed();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refresh_at;
+    use time::{Duration, OffsetDateTime};
+
+    #[test]
+    fn refreshes_before_next_update() {
+        let now = OffsetDateTime::UNIX_EPOCH + Duration::days(100);
+        for ns in [0, 50_000, 99] {
+            let now = now.replace_nanosecond(ns).unwrap_or(now);
+            let at = refresh_at(now, Some(now + Duration::hours(8)));
+            assert!(
+                at > now + Duration::hours(5) && at <= now + Duration::hours(6),
+                "{at}"
+            );
+        }
+        assert_eq!(refresh_at(now, None), now + Duration::hours(1));
+    }
+}
