@@ -57,6 +57,31 @@ impl App {
     }
 }
 
+/// `GET /api/secure` on `app` with curl, trusting `root`, presenting `cert`/`key`: the body,
+/// a newline and the HTTP status.
+fn curl_as(app: &App, root: &Path, cert: &Path, key: &Path) -> String {
+    let o = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-w",
+            "\n%{http_code}",
+            "--cacert",
+        ])
+        .arg(root)
+        .arg("--cert")
+        .arg(cert)
+        .arg("--key")
+        .arg(key)
+        .arg("--resolve")
+        .arg(format!("localhost:{}:127.0.0.1", app.addr.port()))
+        .arg(app.url("/api/secure"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 fn server_env(f: &Files) -> Vec<(&'static str, String)> {
     vec![
         ("CERT", Files::p(&f.server_chain())),
@@ -687,28 +712,13 @@ async fn secure_api_follows_the_cas_revocation_feed() {
         ],
     );
     let curl_status = || {
-        let o = Command::new("curl")
-            .args([
-                "-sS",
-                "--max-time",
-                "10",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-            ])
-            .arg("--cacert")
-            .arg(pki.join("root.crt"))
-            .arg("--cert")
-            .arg(pki.join("issued/client-app.chain.pem"))
-            .arg("--key")
-            .arg(pki.join("issued/client-app.key"))
-            .arg("--resolve")
-            .arg(format!("localhost:{}:127.0.0.1", app.addr.port()))
-            .arg(app.url("/api/secure"))
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&o.stdout).trim().to_string()
+        let out = curl_as(
+            &app,
+            &pki.join("root.crt"),
+            &pki.join("issued/client-app.chain.pem"),
+            &pki.join("issued/client-app.key"),
+        );
+        out.rsplit('\n').next().unwrap_or_default().to_string()
     };
     assert_eq!(curl_status(), "200", "seeded from the CA's CRL at start");
     // A keep-alive connection, open and idle.
@@ -784,26 +794,12 @@ fn secure_api_checks_client_certificates_with_ocsp() {
         ],
     );
     let get = |client: &str| {
-        let o = Command::new("curl")
-            .args([
-                "-sS",
-                "--max-time",
-                "10",
-                "-w",
-                "\n%{http_code}",
-                "--cacert",
-            ])
-            .arg(pki.join("root.crt"))
-            .arg("--cert")
-            .arg(pki.join(format!("issued/{client}.chain.pem")))
-            .arg("--key")
-            .arg(pki.join(format!("issued/{client}.key")))
-            .arg("--resolve")
-            .arg(format!("localhost:{}:127.0.0.1", app.addr.port()))
-            .arg(app.url("/api/secure"))
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        curl_as(
+            &app,
+            &pki.join("root.crt"),
+            &pki.join(format!("issued/{client}.chain.pem")),
+            &pki.join(format!("issued/{client}.key")),
+        )
     };
     let ok = get("client-app");
     assert!(ok.ends_with("\n200"), "{ok}");
@@ -839,26 +835,12 @@ fn secure_api_follows_the_crl_distribution_points_of_its_clients() {
         ],
     );
     let get = || {
-        let o = Command::new("curl")
-            .args([
-                "-sS",
-                "--max-time",
-                "10",
-                "-w",
-                "\n%{http_code}",
-                "--cacert",
-            ])
-            .arg(pki.join("root.crt"))
-            .arg("--cert")
-            .arg(env.path("cdp/cert.pem"))
-            .arg("--key")
-            .arg(env.path("cdp/key.pem"))
-            .arg("--resolve")
-            .arg(format!("localhost:{}:127.0.0.1", app.addr.port()))
-            .arg(app.url("/api/secure"))
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        curl_as(
+            &app,
+            &pki.join("root.crt"),
+            &env.path("cdp/cert.pem"),
+            &env.path("cdp/key.pem"),
+        )
     };
     let until = |what: &str, limit: u64, f: &dyn Fn(&str) -> bool| {
         let deadline = Instant::now() + Duration::from_secs(limit);

@@ -44,8 +44,8 @@ fn gateway(env: &Env, up: &Upstream, dir: &str) -> Gateway {
     ))
 }
 
-/// `openssl s_client -status` output against the gateway.
-fn s_client_status(env: &Env, g: &Gateway) -> String {
+/// `openssl s_client -status` output against `addr`, presenting client-app.
+fn s_client_status_at(env: &Env, addr: std::net::SocketAddr) -> String {
     let mut child = Command::new("openssl")
         .args([
             "s_client",
@@ -54,7 +54,7 @@ fn s_client_status(env: &Env, g: &Gateway) -> String {
             "localhost",
             "-connect",
         ])
-        .arg(g.addr.to_string())
+        .arg(addr.to_string())
         .arg("-CAfile")
         .arg(env.pki().join("root.crt"))
         .arg("-cert")
@@ -69,6 +69,11 @@ fn s_client_status(env: &Env, g: &Gateway) -> String {
     drop(child.stdin.take());
     let out = child.wait_with_output().unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `openssl s_client -status` output against the gateway.
+fn s_client_status(env: &Env, g: &Gateway) -> String {
+    s_client_status_at(env, g.addr)
 }
 
 /// Records the OCSP response the server sent, then verifies the chain as usual.
@@ -181,22 +186,7 @@ fn the_gateway_staples_a_verified_ocsp_response_and_never_a_bad_one() {
     let a = CaServer::start(&env, "ca-a", None, "");
     enroll_server(&env, &a, "srv");
     // The CA staples its own TLS certificate, from its own responder.
-    let out = Command::new("openssl")
-        .args([
-            "s_client",
-            "-status",
-            "-servername",
-            "localhost",
-            "-connect",
-        ])
-        .arg(a.addr.to_string())
-        .arg("-CAfile")
-        .arg(env.pki().join("root.crt"))
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = s_client_status_at(&env, a.addr);
     assert!(
         text.contains("OCSP Response Status: successful") && text.contains("Cert Status: good"),
         "the CA's own staple: {text}"
