@@ -20,9 +20,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::ca::{self, CaServer};
+use common::conn::{connect, open_http};
 use common::gw::{Gateway, Upstream};
 use common::Env;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::Empty;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PATHS: [&str; 5] = [
@@ -62,18 +63,6 @@ impl Bench {
     }
 }
 
-type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
-
-async fn connect(
-    to: std::net::SocketAddr,
-    config: Arc<rustls::ClientConfig>,
-) -> std::io::Result<Tls> {
-    let tcp = tokio::net::TcpStream::connect(to).await?;
-    tokio_rustls::TlsConnector::from(config)
-        .connect("localhost".try_into().unwrap(), tcp)
-        .await
-}
-
 /// One GET over a new HTTP/1.1 connection: the status, or None when refused in TLS.
 async fn get_once(
     to: std::net::SocketAddr,
@@ -97,53 +86,6 @@ async fn get_once(
         Err(_) => None,
     };
     (status, resumed)
-}
-
-/// An HTTP connection kept open; resolves when the server closes it.
-async fn open_http(
-    to: std::net::SocketAddr,
-    config: Arc<rustls::ClientConfig>,
-    h2: bool,
-) -> tokio::task::JoinHandle<()> {
-    let tls = connect(to, config).await.unwrap();
-    let io = hyper_util::rt::TokioIo::new(tls);
-    let req = || {
-        http::Request::get("https://localhost/api/secure")
-            .header("host", "localhost")
-            .body(Empty::<bytes::Bytes>::new())
-            .unwrap()
-    };
-    if h2 {
-        let (mut send, conn) =
-            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
-                .await
-                .unwrap();
-        let closed = tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let r = send.send_request(req()).await.unwrap();
-        assert_eq!(r.status(), 200);
-        r.into_body().collect().await.unwrap();
-        // Keep the sender: dropping it would let the client end the connection itself.
-        tokio::spawn(async move {
-            let _keep = send;
-            std::future::pending::<()>().await
-        });
-        closed
-    } else {
-        let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
-        let closed = tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let r = send.send_request(req()).await.unwrap();
-        assert_eq!(r.status(), 200);
-        r.into_body().collect().await.unwrap();
-        tokio::spawn(async move {
-            let _keep = send;
-            std::future::pending::<()>().await
-        });
-        closed
-    }
 }
 
 /// A TCP-mode connection through which one HTTP exchange went; resolves when it is closed.

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::ca::{self, CaServer};
+use common::conn;
 use common::gw::{self, Gateway, Upstream};
 use common::Env;
 
@@ -103,14 +104,8 @@ impl Setup {
     }
 }
 
-/// A client connection kept open (HTTP/1.1 or h2 by ALPN), driven in its own task.
-struct Open {
-    send: Box<dyn FnMut() -> tokio::task::JoinHandle<Option<u16>> + Send>,
-    closed: tokio::task::JoinHandle<()>,
-}
-
-async fn open(s: &Setup, g: &Gateway, client: &str, alpn: &[u8]) -> Open {
-    use http_body_util::{BodyExt, Empty};
+/// A client configuration presenting `client`'s certificate, offering `alpn`.
+fn client_config(s: &Setup, client: &str, alpn: &[u8]) -> Arc<rustls::ClientConfig> {
     let cred = mtls_tls::CredentialFiles::new(
         PathBuf::from(s.pki(&format!("issued/{client}.chain.pem"))),
         PathBuf::from(s.pki(&format!("issued/{client}.key"))),
@@ -118,65 +113,7 @@ async fn open(s: &Setup, g: &Gateway, client: &str, alpn: &[u8]) -> Open {
     .load(time::OffsetDateTime::now_utc())
     .unwrap();
     let roots = mtls_tls::load_certificates(&[PathBuf::from(s.pki("root.crt"))]).unwrap();
-    let config = mtls_tls::client_config(&roots, Some(&cred), &[alpn]).unwrap();
-    let tcp = tokio::net::TcpStream::connect(g.addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect("localhost".try_into().unwrap(), tcp)
-        .await
-        .unwrap();
-    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn));
-    let io = hyper_util::rt::TokioIo::new(tls);
-    let uri = format!("https://localhost:{}/api/secure", g.port());
-    let req = move || {
-        http::Request::get(&uri)
-            .header("host", "localhost")
-            .body(Empty::<bytes::Bytes>::new())
-            .unwrap()
-    };
-    if alpn == b"h2" {
-        let (sender, conn) =
-            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
-                .await
-                .unwrap();
-        let closed = tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Open {
-            send: Box::new(move || {
-                let mut sender = sender.clone();
-                let r = req();
-                tokio::spawn(async move {
-                    sender.ready().await.ok()?;
-                    let resp = sender.send_request(r).await.ok()?;
-                    let status = resp.status().as_u16();
-                    resp.into_body().collect().await.ok()?;
-                    Some(status)
-                })
-            }),
-            closed,
-        }
-    } else {
-        let (sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
-        let closed = tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let sender = Arc::new(tokio::sync::Mutex::new(sender));
-        Open {
-            send: Box::new(move || {
-                let sender = sender.clone();
-                let r = req();
-                tokio::spawn(async move {
-                    let mut sender = sender.lock().await;
-                    sender.ready().await.ok()?;
-                    let resp = sender.send_request(r).await.ok()?;
-                    let status = resp.status().as_u16();
-                    resp.into_body().collect().await.ok()?;
-                    Some(status)
-                })
-            }),
-            closed,
-        }
-    }
+    Arc::new(mtls_tls::client_config(&roots, Some(&cred), &[alpn]).unwrap())
 }
 
 /// Waits (bounded) until `f` holds; returns how long it took.
@@ -213,21 +150,28 @@ fn feed_end_to_end(database: Option<&str>) {
         .enable_all()
         .build()
         .unwrap();
-    let mut h1 = rt.block_on(open(&s, &g, "c-h1", b"http/1.1"));
-    let mut h2 = rt.block_on(open(&s, &g, "c-h2", b"h2"));
-    assert_eq!(rt.block_on(async { (h1.send)().await }).unwrap(), Some(200));
-    assert_eq!(rt.block_on(async { (h2.send)().await }).unwrap(), Some(200));
+    // Each got a 200 and stays open.
+    let h1 = rt.block_on(conn::open_http(
+        g.addr,
+        client_config(&s, "c-h1", b"http/1.1"),
+        false,
+    ));
+    let h2 = rt.block_on(conn::open_http(
+        g.addr,
+        client_config(&s, "c-h2", b"h2"),
+        true,
+    ));
 
     // An open HTTP/1.1 keep-alive connection is closed at once, with no request from it.
     s.revoke(database, "c-h1");
     let t = within(Duration::from_secs(5), "HTTP/1.1 connection closed", || {
-        h1.closed.is_finished()
+        h1.is_finished()
     });
     eprintln!("open HTTP/1.1 connection closed {t:?} after mtls revoke returned");
     // An open h2 connection too.
     s.revoke(database, "c-h2");
     let t = within(Duration::from_secs(5), "h2 connection closed", || {
-        h2.closed.is_finished()
+        h2.is_finished()
     });
     eprintln!("open h2 connection closed {t:?} after mtls revoke returned");
     // A new handshake.

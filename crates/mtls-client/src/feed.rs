@@ -296,3 +296,65 @@ fn issuer_key_from_hex(s: &str) -> Option<IssuerKey> {
     hex::decode_to_slice(s, &mut out).ok()?;
     Some(out)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::ca::{CaUrl, FeedEvent, FeedPage};
+
+    fn subscriber() -> (FeedSubscriber, Arc<PushedRevocations>) {
+        let pki = mtls_test_util::TestPki::new("feed");
+        let client = CaClient::from_builder(
+            CaUrl::parse("https://127.0.0.1:1").unwrap(),
+            crate::ClientBuilder::new().ca_certificates(vec![pki.root_der()]),
+        )
+        .unwrap();
+        let set = Arc::new(PushedRevocations::new(Duration::from_secs(60)));
+        let sub = FeedSubscriber::new(vec![client], vec![pki.root_der()], set.clone()).unwrap();
+        (sub, set)
+    }
+
+    fn event(seq: i64, serial: &str) -> FeedEvent {
+        FeedEvent {
+            seq,
+            issuer_key: "ab".repeat(32),
+            serial: serial.into(),
+            revoked_at: OffsetDateTime::UNIX_EPOCH,
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn pages_must_follow_on_and_carry_well_formed_events() {
+        let (mut sub, set) = subscriber();
+        let page = |events: Vec<FeedEvent>, head| FeedPage { events, head };
+        // Contiguous: applied, position moves.
+        let c = sub
+            .apply(4, &page(vec![event(5, "0a"), event(6, "0b")], 6))
+            .unwrap()
+            .unwrap();
+        assert_eq!((c.added, c.position), (2, 6));
+        assert_eq!(set.len(), 2);
+        // A skipped sequence number, a repeat, or a CA behind us: a gap, nothing applied.
+        assert!(sub
+            .apply(6, &page(vec![event(8, "0c")], 8))
+            .unwrap()
+            .is_none());
+        assert!(sub
+            .apply(6, &page(vec![event(6, "0c")], 6))
+            .unwrap()
+            .is_none());
+        assert!(sub.apply(6, &page(vec![], 3)).unwrap().is_none());
+        assert_eq!(set.len(), 2);
+        // Malformed issuer key or serial: refused, nothing applied.
+        let mut bad = event(7, "0d");
+        bad.issuer_key = "zz".into();
+        assert!(sub.apply(6, &page(vec![bad], 7)).is_err());
+        assert!(sub.apply(6, &page(vec![event(7, "not hex")], 7)).is_err());
+        assert_eq!(set.len(), 2);
+        // An empty page at the head is contact, not a change.
+        let c = sub.apply(6, &page(vec![], 6)).unwrap().unwrap();
+        assert_eq!((c.added, c.position), (0, 6));
+    }
+}

@@ -48,7 +48,8 @@ impl Default for OcspOptions {
     }
 }
 
-type Key = (Vec<u8>, Vec<u8>);
+/// (SHA-256 of the issuer's key, serial): no hashing on the handshake path.
+type Key = (mtls_verify::IssuerKey, Vec<u8>);
 
 struct Entry {
     cert: Vec<u8>,
@@ -90,12 +91,7 @@ impl std::fmt::Debug for OcspChecker {
 }
 
 fn key(q: &StatusQuery<'_>) -> Key {
-    (
-        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, q.issuer)
-            .as_ref()
-            .to_vec(),
-        q.serial.to_vec(),
-    )
+    (*q.issuer_key, q.serial.to_vec())
 }
 
 impl OcspChecker {

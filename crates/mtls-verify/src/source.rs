@@ -17,6 +17,8 @@ pub struct StatusQuery<'a> {
     pub cert: &'a [u8],
     /// The certificate that issued it (from the validated path).
     pub issuer: &'a [u8],
+    /// SHA-256 of the issuer's SubjectPublicKeyInfo (computed once per validated path).
+    pub issuer_key: &'a crate::IssuerKey,
     /// The certificate's serial, big-endian without leading zeros.
     pub serial: &'a [u8],
 }

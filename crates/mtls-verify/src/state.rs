@@ -730,6 +730,7 @@ impl TrustState {
             let query = crate::StatusQuery {
                 cert: &q.0,
                 issuer: &q.1,
+                issuer_key: &key.issuer_key,
                 serial: &key.serial,
             };
             match source.status(&query, now) {

@@ -2,6 +2,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod ca;
+pub mod conn;
 pub mod gw;
 
 use std::path::{Path, PathBuf};
