@@ -36,6 +36,49 @@ pub struct ClientTlsArgs {
     /// stapled "revoked" is refused either way).
     #[arg(long)]
     require_ocsp_staple: bool,
+    /// Check the server certificate against this CRL (repeatable; its signer must be in
+    /// --ca). With a CRL given, the server's leaf must be covered by one.
+    #[arg(long = "crl", value_name = "FILE")]
+    crl: Vec<PathBuf>,
+    /// Check the server certificate with OCSP (the responder in its AIA).
+    #[arg(long)]
+    ocsp: bool,
+    /// Check the server certificate with this OCSP responder (http://…) instead of its AIA.
+    #[arg(long, value_name = "URL")]
+    ocsp_responder: Option<String>,
+    /// What to do with a server whose revocation status is unknown (no covering CRL, no OCSP
+    /// answer, a silent feed): hard-fail (refuse) or soft-fail (connect, log).
+    #[arg(long, default_value = "hard-fail", value_parser = crate::serve::parse_revocation_policy)]
+    revocation_policy: mtls_gateway::config::RevocationPolicy,
+}
+
+/// The revocation sources a client was given beyond CRL files, and what keeps them current.
+#[derive(Default)]
+struct ClientSources {
+    sources: mtls_verify::RevocationSources,
+    feed: Option<mtls_client::feed::FeedSubscriber>,
+    ocsp: Option<Arc<mtls_client::ocsp_check::OcspChecker>>,
+}
+
+impl ClientSources {
+    /// Keeps the feed and the OCSP answers current until `shutdown` (long-running clients).
+    fn spawn(self, shutdown: &mtls_serve::Shutdown) {
+        if let Some(feed) = self.feed {
+            tokio::spawn(feed.run(
+                |change| {
+                    tracing::info!(
+                        new = change.added,
+                        position = change.position,
+                        "revocations from the CA's feed"
+                    )
+                },
+                shutdown.clone(),
+            ));
+        }
+        if let Some(c) = self.ocsp {
+            tokio::spawn(c.run(|| {}, shutdown.clone()));
+        }
+    }
 }
 
 impl ClientTlsArgs {
@@ -51,13 +94,24 @@ impl ClientTlsArgs {
     /// The client builder for these flags. With `follow_files`, a renewed certificate and key
     /// are picked up on the next connection (long-running `tunnel`); otherwise the key is
     /// loaded (and its passphrase asked for) once, now.
-    fn client(&self, follow_files: bool) -> Result<mtls_client::ClientBuilder> {
+    fn client(
+        &self,
+        follow_files: bool,
+        sources: &ClientSources,
+    ) -> Result<mtls_client::ClientBuilder> {
         let mut b = mtls_client::ClientBuilder::new();
         for p in &self.ca {
             b = b.ca_file(p);
         }
         if self.require_ocsp_staple {
             b = b.require_ocsp_staple();
+        }
+        for p in &self.crl {
+            b = b.crl_file(p);
+        }
+        b = b.revocation_sources(sources.sources.clone());
+        if self.revocation_policy == mtls_gateway::config::RevocationPolicy::SoftFail {
+            b = b.soft_fail_revocation();
         }
         if follow_files {
             b = b.identity_files(&self.cert, &self.key);
@@ -74,6 +128,20 @@ impl ClientTlsArgs {
             b = b.identity(cred);
         }
         Ok(b)
+    }
+
+    /// The OCSP checker `--ocsp`/`--ocsp-responder` ask for, in `sources`.
+    fn ocsp_sources(&self, sources: &mut ClientSources) -> Result<()> {
+        if self.ocsp || self.ocsp_responder.is_some() {
+            let checker =
+                mtls_client::ocsp_check::OcspChecker::new(mtls_client::ocsp_check::OcspOptions {
+                    responder: self.ocsp_responder.clone(),
+                    ..Default::default()
+                })?;
+            sources.sources.status = Some(checker.clone() as Arc<dyn mtls_verify::StatusSource>);
+            sources.ocsp = Some(checker);
+        }
+        Ok(())
     }
 
     fn server_name(&self, host: &str) -> Result<ServerName<'static>> {
@@ -154,7 +222,9 @@ pub fn request(a: RequestArgs) -> Result<ExitCode> {
             http::HeaderValue::from_static("application/x-www-form-urlencoded"),
         );
     }
-    let mut builder = a.tls.client(false)?.http1_only();
+    let mut sources = ClientSources::default();
+    a.tls.ocsp_sources(&mut sources)?;
+    let mut builder = a.tls.client(false, &sources)?.http1_only();
     let rt = runtime()?;
     let (status, head, body) = rt.block_on(async move {
         if let Some(name) = &a.tls.server_name {
@@ -224,6 +294,15 @@ pub struct TunnelArgs {
     /// certificate).
     #[arg(long)]
     allow_remote: bool,
+    /// Follow the online CA's revocation feed (https://ca:9443; repeat for instances sharing
+    /// one database): a revoked server is refused from the next connection on. The tunnel
+    /// presents --cert to the CA, which must allow it in `[revocation_feed]`, and verifies the
+    /// CA (and the CRLs behind the feed) with --ca.
+    #[arg(long = "revocation-feed", value_name = "URL")]
+    revocation_feed: Vec<String>,
+    /// Refuse servers the feed alone vouches for when the CA has not answered for this long.
+    #[arg(long, default_value = "1m", value_parser = crate::util::std_duration_arg, requires = "revocation_feed")]
+    revocation_feed_max_age: std::time::Duration,
 }
 
 pub fn tunnel(a: TunnelArgs) -> Result<ExitCode> {
@@ -239,10 +318,27 @@ pub fn tunnel(a: TunnelArgs) -> Result<ExitCode> {
         .rsplit_once(':')
         .and_then(|(h, p)| p.parse::<u16>().ok().map(|p| (h.to_string(), p)))
         .ok_or_else(|| UsageError(format!("--target {:?} must be HOST:PORT", a.target)))?;
-    let config = Arc::new(a.tls.client(true)?.tls_config(&[])?);
     let server_name = a.tls.server_name(&host)?;
     let rt = runtime()?;
     rt.block_on(async move {
+        let mut sources = ClientSources::default();
+        a.tls.ocsp_sources(&mut sources)?;
+        if !a.revocation_feed.is_empty() {
+            let files = mtls_client::feed::FeedFiles {
+                urls: a.revocation_feed.clone(),
+                server_ca: a.tls.ca.clone(),
+                cert: a.tls.cert.clone(),
+                key: a.tls.key.clone(),
+                passphrase_file: a.tls.passphrase_file.clone(),
+                crl_signers: a.tls.ca.clone(),
+                max_age: a.revocation_feed_max_age,
+            };
+            let (mut feed, set) = files.subscriber()?;
+            feed.seed_within(std::time::Duration::from_secs(10)).await;
+            sources.sources.pushed = Some(set);
+            sources.feed = Some(feed);
+        }
+        let config = Arc::new(a.tls.client(true, &sources)?.tls_config(&[])?);
         let listener = tokio::net::TcpListener::bind(a.listen)
             .await
             .with_context(|| format!("binding {}", a.listen))?;
@@ -252,6 +348,7 @@ pub fn tunnel(a: TunnelArgs) -> Result<ExitCode> {
         );
         let connector = tokio_rustls::TlsConnector::from(config);
         let (stop, shutdown) = mtls_serve::shutdown();
+        sources.spawn(&shutdown);
         let serving = mtls_serve::accept_loop(
             listener,
             mtls_serve::Slots::new(4096),

@@ -119,7 +119,7 @@ pub struct GatewayArgs {
     no_access_log: bool,
 }
 
-fn parse_revocation_policy(
+pub(crate) fn parse_revocation_policy(
     s: &str,
 ) -> std::result::Result<mtls_gateway::config::RevocationPolicy, String> {
     match s {

@@ -146,6 +146,44 @@ pub struct ClientBuilder {
     pool_idle_timeout: Option<Duration>,
     pool_max_idle: usize,
     staple: ocsp::StapleCheck,
+    revocation: ServerRevocation,
+}
+
+/// How the server's certificate is checked for revocation beyond its OCSP staple: CRL files
+/// and sources (the CA's feed, an OCSP checker), through the same [`mtls_verify::TrustState`]
+/// servers use for their clients.
+#[derive(Clone, Debug, Default)]
+struct ServerRevocation {
+    crl_files: Vec<PathBuf>,
+    sources: mtls_verify::RevocationSources,
+    soft_fail: bool,
+}
+
+impl ServerRevocation {
+    fn is_configured(&self) -> bool {
+        !self.crl_files.is_empty() || !self.sources.is_empty()
+    }
+
+    /// The trust state that checks the server's chain, or `None` when nothing is configured.
+    fn state(
+        &self,
+        roots: &[CertificateDer<'static>],
+    ) -> Result<Option<Arc<mtls_verify::TrustState>>, Error> {
+        if !self.is_configured() {
+            return Ok(None);
+        }
+        let crls = mtls_tls::load_crls(&self.crl_files)?;
+        let options = mtls_verify::RevocationOptions {
+            allow_unknown_status: self.soft_fail,
+            allow_expired_crl: self.soft_fail,
+            scope: mtls_verify::CrlScope::default(),
+        };
+        let state = mtls_verify::TrustState::new(0, roots.to_vec(), &crls, options)
+            .map_err(|e| Error::Config(format!("server revocation: {e}")))?
+            .with_purpose(mtls_verify::Purpose::Server)
+            .with_sources(&self.sources);
+        Ok(Some(Arc::new(state)))
+    }
 }
 
 impl Default for ClientBuilder {
@@ -162,6 +200,7 @@ impl Default for ClientBuilder {
             pool_idle_timeout: None,
             pool_max_idle: 256,
             staple: ocsp::StapleCheck::IfPresent,
+            revocation: ServerRevocation::default(),
         }
     }
 }
@@ -253,6 +292,30 @@ impl ClientBuilder {
         self
     }
 
+    /// Checks the server's certificate against this CRL (PEM or DER, repeatable; read when
+    /// the client is built). Its signer must be among the CA files. With a CRL given, the
+    /// server's leaf must be covered by one (hard-fail), as servers require of their clients.
+    pub fn crl_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.revocation.crl_files.push(path.into());
+        self
+    }
+
+    /// Checks the server's certificate with these sources too: the CA's revocation feed
+    /// ([`feed`]), an OCSP checker ([`ocsp_check`]) — hard-fail unless
+    /// [`soft_fail_revocation`](Self::soft_fail_revocation).
+    pub fn revocation_sources(mut self, sources: mtls_verify::RevocationSources) -> Self {
+        self.revocation.sources = sources;
+        self
+    }
+
+    /// Loosening: a server whose revocation status is unknown (no covering CRL, no OCSP
+    /// answer, a silent feed) or whose CRL is past its nextUpdate is accepted; a server known
+    /// to be revoked is still refused.
+    pub fn soft_fail_revocation(mut self) -> Self {
+        self.revocation.soft_fail = true;
+        self
+    }
+
     /// HTTP/1.1 only (no h2 in ALPN).
     pub fn http1_only(mut self) -> Self {
         self.http1_only = true;
@@ -306,10 +369,17 @@ impl ClientBuilder {
         )
         .build()
         .map_err(|e| Error::Config(format!("server verifier: {e}")))?;
+        let revocation = self.revocation.state(&roots)?;
+        if revocation.is_some() {
+            // A resumed session skips the verifier: every connection verifies the server's
+            // current status instead.
+            config.resumption = rustls::client::Resumption::disabled();
+        }
         config
             .dangerous()
             .set_certificate_verifier(Arc::new(ocsp::StapleVerifier {
                 inner,
+                revocation,
                 roots,
                 check: self.staple,
             }));

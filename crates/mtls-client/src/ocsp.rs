@@ -253,12 +253,14 @@ pub enum StapleCheck {
     Required,
 }
 
-/// The server's chain verified as usual, then its staple as `check` says.
+/// The server's chain verified as usual, then its staple as `check` says, then its
+/// revocation status under `revocation` (CRL files, the CA's feed, OCSP) when configured.
 #[derive(Debug)]
 pub(crate) struct StapleVerifier {
     pub(crate) inner: Arc<dyn rustls::client::danger::ServerCertVerifier>,
     pub(crate) roots: Vec<CertificateDer<'static>>,
     pub(crate) check: StapleCheck,
+    pub(crate) revocation: Option<Arc<mtls_verify::TrustState>>,
 }
 
 /// Checks `staple` about `leaf` (issued by the first of `intermediates`, else by a root of
@@ -361,6 +363,15 @@ impl rustls::client::danger::ServerCertVerifier for StapleVerifier {
             self.check,
             now,
         )?;
+        if let Some(state) = &self.revocation {
+            if let Err(r) = state.verify_client(end_entity, intermediates, now) {
+                tracing::warn!(reason = %r, code = r.code(), "server certificate refused");
+                return Err(rustls::Error::InvalidCertificate(match r {
+                    mtls_verify::Rejection::Revoked => rustls::CertificateError::Revoked,
+                    other => rustls::CertificateError::Other(rustls::OtherError(Arc::new(other))),
+                }));
+            }
+        }
         Ok(ok)
     }
 
