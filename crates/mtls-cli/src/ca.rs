@@ -68,6 +68,8 @@ pub struct InitArgs {
     intermediate_days: i64,
     #[command(flatten)]
     key: NewKeyArgs,
+    #[command(flatten)]
+    pub pki: crate::PkiArgs,
 }
 
 #[derive(Args)]
@@ -90,13 +92,28 @@ pub struct IntermediateArgs {
     key: NewKeyArgs,
     #[command(flatten)]
     ca_key: CaKeyArgs,
+    #[command(flatten)]
+    pub pki: crate::PkiArgs,
 }
 
-pub fn run(pki: &Path, cmd: CaCommand) -> Result<ExitCode> {
+impl CaCommand {
+    pub fn pki_args(&self) -> &crate::PkiArgs {
+        match self {
+            CaCommand::Init(a) => &a.pki,
+            CaCommand::Intermediate(a) => &a.pki,
+            CaCommand::Serve(a) => &a.pki,
+            CaCommand::Token(a) => &a.pki,
+        }
+    }
+}
+
+/// `explicit` is the PKI directory the user named (`--pki`, `MTLS_PKI_DIR`): `ca serve` uses
+/// it instead of its configuration file's `pki`.
+pub fn run(pki: &Path, explicit: Option<&Path>, cmd: CaCommand) -> Result<ExitCode> {
     match cmd {
         CaCommand::Init(a) => init(pki, a),
         CaCommand::Intermediate(a) => intermediate(pki, a),
-        CaCommand::Serve(a) => crate::online::serve(a),
+        CaCommand::Serve(a) => crate::online::serve(a, explicit),
         CaCommand::Token(a) => crate::online::token(pki, a),
     }
 }

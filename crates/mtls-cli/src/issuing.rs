@@ -37,6 +37,8 @@ pub struct LeafArgs {
     key: NewKeyArgs,
     #[command(flatten)]
     ca_key: CaKeyArgs,
+    #[command(flatten)]
+    pub pki: crate::PkiArgs,
 }
 
 #[derive(Args)]
@@ -51,7 +53,7 @@ pub struct ServerArgs {
     #[arg(long)]
     cn: Option<String>,
     #[command(flatten)]
-    leaf: LeafArgs,
+    pub leaf: LeafArgs,
 }
 
 #[derive(Args)]
@@ -71,7 +73,16 @@ pub struct ClientArgs {
     #[arg(long)]
     email: Vec<String>,
     #[command(flatten)]
-    leaf: LeafArgs,
+    pub leaf: LeafArgs,
+}
+
+impl IssueCommand {
+    pub fn pki_args(&self) -> &crate::PkiArgs {
+        match self {
+            IssueCommand::Server(a) => &a.leaf.pki,
+            IssueCommand::Client(a) => &a.leaf.pki,
+        }
+    }
 }
 
 fn usage<T>(r: mtls_pki::Result<T>) -> Result<T> {
@@ -304,6 +315,8 @@ pub struct SignArgs {
     force: bool,
     #[command(flatten)]
     ca_key: CaKeyArgs,
+    #[command(flatten)]
+    pub pki: crate::PkiArgs,
 }
 
 pub fn sign(pki: &Path, a: SignArgs) -> Result<ExitCode> {

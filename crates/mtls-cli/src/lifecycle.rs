@@ -26,6 +26,8 @@ pub struct ListArgs {
     /// JSON output.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    pub pki: crate::PkiArgs,
 }
 
 pub fn list(pki: &Path, a: ListArgs) -> Result<ExitCode> {
@@ -80,6 +82,8 @@ pub struct RevokeArgs {
     /// Reason: keyCompromise, superseded, cessationOfOperation, affiliationChanged, …
     #[arg(long)]
     reason: Option<String>,
+    #[command(flatten)]
+    pub pki: crate::PkiArgs,
 }
 
 pub fn revoke(pki: &Path, a: RevokeArgs) -> Result<ExitCode> {
@@ -128,6 +132,8 @@ pub struct CrlArgs {
     der: bool,
     #[command(flatten)]
     ca_key: CaKeyArgs,
+    #[command(flatten)]
+    pub pki: crate::PkiArgs,
 }
 
 pub fn crl(pki: &Path, a: CrlArgs) -> Result<ExitCode> {

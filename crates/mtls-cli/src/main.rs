@@ -31,35 +31,8 @@ mod util;
 #[derive(Parser)]
 #[command(name = "mtls", version, about, propagate_version = true)]
 pub(crate) struct Cli {
-    /// PKI directory holding the CA, its keys and the inventory.
-    #[arg(long, global = true, env = "MTLS_PKI_DIR", default_value = "pki")]
-    pki: PathBuf,
-
-    /// Inventory database: a PostgreSQL URL (postgres://user@host/db) shared with online CA
-    /// instances, or an SQLite path. Default: inventory.db in the PKI directory.
-    #[arg(long, global = true, env = "MTLS_DATABASE")]
-    database: Option<String>,
-    /// CA bundle that verifies the PostgreSQL server: the connection then requires TLS.
-    #[arg(long, global = true, env = "MTLS_DATABASE_CA", value_name = "FILE")]
-    database_ca: Option<PathBuf>,
-    /// Client certificate chain for PostgreSQL `cert` authentication (with --database-key).
-    #[arg(
-        long,
-        global = true,
-        env = "MTLS_DATABASE_CERT",
-        value_name = "FILE",
-        requires = "database_ca"
-    )]
-    database_cert: Option<PathBuf>,
-    /// Key of --database-cert (owner-only).
-    #[arg(
-        long,
-        global = true,
-        env = "MTLS_DATABASE_KEY",
-        value_name = "FILE",
-        requires = "database_cert"
-    )]
-    database_key: Option<PathBuf>,
+    #[command(flatten)]
+    pki: PkiArgs,
 
     #[command(subcommand)]
     command: Command,
@@ -102,6 +75,68 @@ enum Command {
     Renew(Box<online::RenewArgs>),
     /// Create a demo PKI and serve the seed's /api/secure over mTLS.
     Quickstart(serve::QuickstartArgs),
+}
+
+/// Where the PKI directory and its inventory are: accepted before any command (`mtls --pki DIR
+/// …`) and, for the commands that use them, after the command too, shown in their help only.
+#[derive(Args, Clone, Default)]
+#[command(next_help_heading = "PKI and inventory")]
+pub struct PkiArgs {
+    /// PKI directory holding the CA, its keys and the inventory [default: pki].
+    #[arg(long, env = "MTLS_PKI_DIR", value_name = "DIR")]
+    pki: Option<PathBuf>,
+    /// Inventory database: a PostgreSQL URL (postgres://user@host/db) shared with online CA
+    /// instances, or an SQLite path [default: inventory.db in the PKI directory].
+    #[arg(long, env = "MTLS_DATABASE", value_name = "URL|PATH")]
+    database: Option<String>,
+    /// CA bundle that verifies the PostgreSQL server: the connection then requires TLS.
+    #[arg(long, env = "MTLS_DATABASE_CA", value_name = "FILE")]
+    database_ca: Option<PathBuf>,
+    /// Client certificate chain for PostgreSQL `cert` authentication (with --database-key).
+    #[arg(
+        long,
+        env = "MTLS_DATABASE_CERT",
+        value_name = "FILE",
+        requires = "database_ca"
+    )]
+    database_cert: Option<PathBuf>,
+    /// Key of --database-cert (owner-only).
+    #[arg(
+        long,
+        env = "MTLS_DATABASE_KEY",
+        value_name = "FILE",
+        requires = "database_cert"
+    )]
+    database_key: Option<PathBuf>,
+}
+
+impl PkiArgs {
+    /// These options, each one given here winning over `outer` (given before the command).
+    fn or(&self, outer: &PkiArgs) -> PkiArgs {
+        PkiArgs {
+            pki: self.pki.clone().or_else(|| outer.pki.clone()),
+            database: self.database.clone().or_else(|| outer.database.clone()),
+            database_ca: self.database_ca.clone().or_else(|| outer.database_ca.clone()),
+            database_cert: self
+                .database_cert
+                .clone()
+                .or_else(|| outer.database_cert.clone()),
+            database_key: self
+                .database_key
+                .clone()
+                .or_else(|| outer.database_key.clone()),
+        }
+    }
+
+    /// The PKI directory given (`--pki`, `MTLS_PKI_DIR`), if any.
+    pub fn explicit_dir(&self) -> Option<&std::path::Path> {
+        self.pki.as_deref()
+    }
+
+    /// The PKI directory: as given, else `pki`.
+    pub fn dir(&self) -> PathBuf {
+        self.pki.clone().unwrap_or_else(|| PathBuf::from("pki"))
+    }
 }
 
 /// Options for writing a new private key.
@@ -161,21 +196,41 @@ impl std::fmt::Display for UsageError {
 }
 impl std::error::Error for UsageError {}
 
+impl Command {
+    /// The PKI options given after the command, for the commands that take them.
+    fn pki_args(&self) -> Option<&PkiArgs> {
+        match self {
+            Command::Ca(c) => Some(c.pki_args()),
+            Command::Issue(c) => Some(c.pki_args()),
+            Command::Sign(a) => Some(&a.pki),
+            Command::List(a) => Some(&a.pki),
+            Command::Revoke(a) => Some(&a.pki),
+            Command::Crl(a) => Some(&a.pki),
+            _ => None,
+        }
+    }
+}
+
 pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
+    let given = match cli.command.pki_args() {
+        Some(after) => after.or(&cli.pki),
+        None => cli.pki.clone(),
+    };
     let _ = pkidir::DATABASE.set(pkidir::Database {
-        url: cli.database.clone(),
-        ca: cli.database_ca.clone(),
-        cert: cli.database_cert.clone(),
-        key: cli.database_key.clone(),
+        url: given.database.clone(),
+        ca: given.database_ca.clone(),
+        cert: given.database_cert.clone(),
+        key: given.database_key.clone(),
     });
+    let pki = given.dir();
     match cli.command {
-        Command::Ca(c) => ca::run(&cli.pki, c),
-        Command::Issue(c) => issuing::issue(&cli.pki, c),
+        Command::Ca(c) => ca::run(&pki, given.explicit_dir(), c),
+        Command::Issue(c) => issuing::issue(&pki, c),
         Command::Csr(a) => issuing::csr(a),
-        Command::Sign(a) => issuing::sign(&cli.pki, a),
-        Command::List(a) => lifecycle::list(&cli.pki, a),
-        Command::Revoke(a) => lifecycle::revoke(&cli.pki, a),
-        Command::Crl(a) => lifecycle::crl(&cli.pki, a),
+        Command::Sign(a) => issuing::sign(&pki, a),
+        Command::List(a) => lifecycle::list(&pki, a),
+        Command::Revoke(a) => lifecycle::revoke(&pki, a),
+        Command::Crl(a) => lifecycle::crl(&pki, a),
         Command::Inspect(a) => reading::inspect(a),
         Command::Verify(a) => reading::verify(a),
         Command::Export(c) => reading::export(c),

@@ -28,9 +28,13 @@ pub struct ServeArgs {
     config: PathBuf,
     #[command(flatten)]
     ca_key: CaKeyArgs,
+    #[command(flatten)]
+    pub pki: crate::PkiArgs,
 }
 
-pub fn serve(a: ServeArgs) -> Result<ExitCode> {
+/// `pki_dir`: the PKI directory named by `--pki`/`MTLS_PKI_DIR`, which wins over the file's
+/// `pki` (as `--database` wins over its `database`).
+pub fn serve(a: ServeArgs, pki_dir: Option<&Path>) -> Result<ExitCode> {
     let text = std::fs::read_to_string(&a.config)
         .with_context(|| format!("reading {}", a.config.display()))?;
     let config =
@@ -38,7 +42,10 @@ pub fn serve(a: ServeArgs) -> Result<ExitCode> {
     let settings = config.settings().map_err(|e| UsageError(e.to_string()))?;
     // Relative paths in the file are relative to the file.
     let base = a.config.parent().unwrap_or(Path::new("."));
-    let pki = base.join(&config.pki);
+    let pki = match pki_dir {
+        Some(dir) => dir.to_path_buf(),
+        None => base.join(&config.pki),
+    };
     let dir = PkiDir::new(&pki);
     let issuer = dir.load_issuer(&a.ca_key.source())?;
     let root_pem = files::read_public(&dir.root_cert())?;
@@ -96,6 +103,8 @@ pub struct TokenArgs {
     /// How long the token stays usable.
     #[arg(long, default_value = "10m", value_parser = crate::util::duration_arg)]
     ttl: time::Duration,
+    #[command(flatten)]
+    pub pki: crate::PkiArgs,
 }
 
 pub fn token(pki: &Path, a: TokenArgs) -> Result<ExitCode> {
