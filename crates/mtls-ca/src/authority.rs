@@ -318,7 +318,8 @@ impl Authority {
             .ok_or_else(|| ApiError::invalid_token("unknown enrollment token"))?;
         if let Some(at) = record.used_at {
             return Err(ApiError::invalid_token(format!(
-                "enrollment token {id} was already used at {at}; ask for a new token"
+                "enrollment token {id} was already used at {}; ask for a new token",
+                mtls_pki::rfc3339(&at)
             )));
         }
         if record.expires_at <= now {
@@ -862,7 +863,8 @@ fn expired_error(not_after: OffsetDateTime) -> ApiError {
         StatusCode::FORBIDDEN,
         "CERT_EXPIRED",
         format!(
-            "the certificate expired at {not_after}; an expired certificate cannot be renewed: enroll again with a new token"
+            "the certificate expired at {}; an expired certificate cannot be renewed: enroll again with a new token",
+            mtls_pki::rfc3339(&not_after)
         ),
     )
 }

@@ -26,7 +26,10 @@ pub fn store_error(e: mtls_store::Error) -> ApiError {
             S::AlreadyRevoked { serial, at } => ApiError::new(
                 StatusCode::CONFLICT,
                 "ALREADY_REVOKED",
-                format!("certificate {serial} was already revoked at {at}"),
+                format!(
+                    "certificate {serial} was already revoked at {}",
+                    mtls_pki::rfc3339(&at)
+                ),
             ),
             S::NotRenewable(serial) => ApiError::new(
                 StatusCode::FORBIDDEN,

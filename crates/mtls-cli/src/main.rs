@@ -4,8 +4,11 @@
 //! codes; the work is done by the library crates (`mtls-pki`, `mtls-store`, `mtls-verify`, `mtls-serve`,
 //! `mtls-gateway`, `mtls-ca`, `mtls-client`).
 //!
-//! Exit codes: 0 success (for `verify`: the certificate is valid), 1 failure (for `verify`: the
-//! certificate is invalid), 2 usage or input error.
+//! Exit codes, one rule for every command: 0 success (for `verify`: the certificate is valid);
+//! 1 the operation failed (a refusal, an invalid certificate for `verify`, a network, server or
+//! database failure); 2 the input is at fault (arguments, a file that is missing, unreadable,
+//! malformed or not owner-only, a wrong or missing passphrase, a configuration that does not
+//! parse or validate); 22 for `request --fail` on an HTTP status of 400 or more.
 // The doc comments on argument structs are clap's help text, written for a terminal
 // (`<pki>/issued`, `PIDFILE[:SIGNAL]`), not rustdoc markup.
 #![allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
@@ -243,11 +246,63 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// The one exit-code rule: 2 when the user's input is at fault — arguments, a file that is
+/// missing, unreadable, malformed or not owner-only, a wrong or missing passphrase, a
+/// configuration that does not parse or validate; 1 when the operation itself failed (a
+/// refusal, an invalid certificate for `verify`, a network, server or database failure).
+fn is_input_error(err: &anyhow::Error) -> bool {
+    use std::io::ErrorKind;
+    let io_input = |e: &std::io::Error| {
+        matches!(
+            e.kind(),
+            ErrorKind::NotFound | ErrorKind::PermissionDenied | ErrorKind::IsADirectory
+        )
+    };
+    err.chain().any(|cause| {
+        if cause.is::<UsageError>() {
+            return true;
+        }
+        if let Some(e) = cause.downcast_ref::<std::io::Error>() {
+            return io_input(e);
+        }
+        if let Some(e) = cause.downcast_ref::<mtls_pki::Error>() {
+            return match e {
+                mtls_pki::Error::Io { source, .. } => io_input(source),
+                mtls_pki::Error::Malformed { .. }
+                | mtls_pki::Error::NotFound { .. }
+                | mtls_pki::Error::InsecurePermissions { .. }
+                | mtls_pki::Error::AlreadyExists { .. }
+                | mtls_pki::Error::PassphraseRequired
+                | mtls_pki::Error::WrongPassphrase => true,
+                _ => false,
+            };
+        }
+        if let Some(e) = cause.downcast_ref::<mtls_tls::Error>() {
+            return matches!(
+                e,
+                mtls_tls::Error::Credential { .. } | mtls_tls::Error::NoRoots
+            );
+        }
+        if let Some(e) = cause.downcast_ref::<mtls_gateway::Error>() {
+            return matches!(
+                e,
+                mtls_gateway::Error::Config(_) | mtls_gateway::Error::ConfigFile { .. }
+            );
+        }
+        if let Some(e) = cause.downcast_ref::<mtls_ca::Error>() {
+            return matches!(e, mtls_ca::Error::Config(_));
+        }
+        false
+    })
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MTLS_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                // The renewal daemon's "renewed" and "waiting until" lines are what its
+                // operator watches: shown by default.
+                .unwrap_or_else(|_| "warn,mtls_client::renewal=info".into()),
         )
         .with_writer(std::io::stderr)
         // Colour only on a terminal: logs redirected to a file stay plain text.
@@ -263,8 +318,8 @@ fn main() -> ExitCode {
                     return ExitCode::SUCCESS;
                 }
             }
-            eprintln!("mtls: {err:#}");
-            if err.downcast_ref::<UsageError>().is_some() {
+            eprintln!("mtls: {}", mtls_client::ca::error_chain(err.as_ref()));
+            if is_input_error(&err) {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE

@@ -36,7 +36,7 @@ pub struct ServeArgs {
 /// `pki` (as `--database` wins over its `database`).
 pub fn serve(a: ServeArgs, pki_dir: Option<&Path>) -> Result<ExitCode> {
     let text = std::fs::read_to_string(&a.config)
-        .with_context(|| format!("reading {}", a.config.display()))?;
+        .with_context(|| a.config.display().to_string())?;
     let config =
         Config::parse(&text).map_err(|e| UsageError(format!("{}: {e}", a.config.display())))?;
     let settings = config.settings().map_err(|e| UsageError(e.to_string()))?;

@@ -115,7 +115,11 @@ pub fn load_ca(cert: &Path, key: &Path, passphrase: &Source<'_>) -> Result<CaCer
 pub fn load_key(path: &Path, passphrase: &Source<'_>) -> Result<PrivateKey> {
     let bytes = files::read_secret(path)?;
     let pass = if mtls_pki::key::is_encrypted(&bytes) {
-        passphrase.unlock()?
+        Some(
+            passphrase
+                .unlock()
+                .with_context(|| format!("{} is encrypted", path.display()))?,
+        )
     } else {
         None
     };

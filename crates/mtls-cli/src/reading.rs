@@ -143,7 +143,8 @@ fn check_ocsp(
         mtls_ocsp::CertStatus::Revoked { at, reason } => fail(
             "revoked",
             format!(
-                "revoked at {at}{} (OCSP)",
+                "revoked at {}{} (OCSP)",
+                crate::util::fmt_time(at),
                 reason.map(|r| format!(", reason {r}")).unwrap_or_default()
             ),
         ),

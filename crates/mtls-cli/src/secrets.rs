@@ -34,24 +34,33 @@ impl Source<'_> {
         Ok(None)
     }
 
-    /// A passphrase to unlock something: supplied, or asked once on a terminal.
-    pub fn unlock(&self) -> Result<Option<Zeroizing<Vec<u8>>>> {
+    /// A passphrase to unlock something: supplied, or asked once on a terminal; without
+    /// either, an error naming this source's flag and variable.
+    pub fn unlock(&self) -> Result<Zeroizing<Vec<u8>>> {
         if let Some(p) = self.supplied()? {
-            return Ok(Some(p));
+            return Ok(p);
         }
         if std::io::stdin().is_terminal() {
             let p = rpassword::prompt_password(format!("{}: ", self.what))
                 .context("reading passphrase")?;
-            return Ok(Some(Zeroizing::new(p.into_bytes())));
+            return Ok(Zeroizing::new(p.into_bytes()));
         }
-        Ok(None)
+        bail!(
+            "{} needed: pass {} FILE or set {} (no terminal to prompt on)",
+            self.what,
+            self.flag,
+            self.env
+        )
     }
 
     /// A passphrase for the key file `key`, asked for only if the key is encrypted.
     pub fn unlock_if_encrypted(&self, key: &Path) -> Result<Option<Zeroizing<Vec<u8>>>> {
         let bytes = mtls_pki::files::read_secret(key)?;
         if mtls_pki::key::is_encrypted(&bytes) {
-            self.unlock()
+            let p = self
+                .unlock()
+                .with_context(|| format!("{} is encrypted", key.display()))?;
+            Ok(Some(p))
         } else {
             Ok(None)
         }

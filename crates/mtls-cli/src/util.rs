@@ -39,7 +39,7 @@ pub fn parse_time(s: &str) -> Result<OffsetDateTime> {
 
 /// RFC 3339 text.
 pub fn fmt_time(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
+    mtls_pki::rfc3339(&t)
 }
 
 /// Writes to stdout, surfacing a broken pipe as an error the caller can ignore.

@@ -500,7 +500,7 @@ pub async fn watch_forever(
         };
         if due > now {
             update(&states, i, |s| s.next_attempt = Some(due));
-            tracing::info!(cert = %w.cert.display(), next_attempt = %due, not_after = %na, "waiting");
+            tracing::info!(cert = %w.cert.display(), next_attempt = %mtls_pki::rfc3339(&due), not_after = %mtls_pki::rfc3339(&na), "waiting");
             let wait = (due - now).min(opts.max_sleep);
             tokio::time::sleep(std::time::Duration::from_millis(
                 u64::try_from(wait.whole_milliseconds()).unwrap_or(0).max(1),
@@ -514,7 +514,7 @@ pub async fn watch_forever(
         match renew_once(&w, &opts.url, opts.rotate_key, passphrase.as_deref(), now).await {
             Ok(issued) => {
                 attempt = 0;
-                tracing::info!(cert = %w.cert.display(), serial = %issued.serial, not_after = %issued.not_after, "renewed");
+                tracing::info!(cert = %w.cert.display(), serial = %issued.serial, not_after = %mtls_pki::rfc3339(&issued.not_after), "renewed");
                 let hook = opts.hook.run().await;
                 if let Err(e) = &hook {
                     tracing::error!(cert = %w.cert.display(), error = %e, "post-renewal hook failed");
@@ -531,7 +531,7 @@ pub async fn watch_forever(
             Err(e) => {
                 attempt = attempt.saturating_add(1);
                 let retry = now + backoff(attempt, na - now);
-                tracing::warn!(cert = %w.cert.display(), error = %e, next_attempt = %retry, "renewal failed");
+                tracing::warn!(cert = %w.cert.display(), error = %e, next_attempt = %mtls_pki::rfc3339(&retry), "renewal failed");
                 update(&states, i, |s| {
                     s.last_failure = Some(now);
                     s.failures += 1;

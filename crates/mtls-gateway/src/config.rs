@@ -248,9 +248,11 @@ impl GatewayConfig {
     /// Reads and checks a TOML file; relative paths are resolved against its directory.
     pub fn from_file(path: &Path) -> Result<Self, Error> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-        let mut cfg: GatewayConfig =
-            toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+            .map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
+        let mut cfg: GatewayConfig = toml::from_str(&text).map_err(|e| Error::ConfigFile {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         for l in &mut cfg.listeners {
             let fix = |p: &mut PathBuf| {

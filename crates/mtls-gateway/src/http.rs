@@ -259,7 +259,7 @@ pub async fn handle(
             }
             Ok(Err(e)) => {
                 shared.metrics.upstream_errors.inc();
-                tracing::warn!(error = %e, cause = ?std::error::Error::source(&e), listener = %shared.name, "upstream request failed");
+                tracing::warn!(listener = %shared.name, upstream = %state.upstream.authority, error = %mtls_client::ca::error_chain(&e), "upstream request failed");
                 break 'resp json_error(
                     StatusCode::BAD_GATEWAY,
                     "BAD_GATEWAY",

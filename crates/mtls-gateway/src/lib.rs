@@ -31,8 +31,22 @@ pub use server::{start, Running};
 pub enum Error {
     #[error("configuration: {0}")]
     Config(String),
+    /// A configuration file that does not parse (the same shape as the CA's:
+    /// `FILE: configuration: …`).
+    #[error("{}: configuration: {detail}", path.display())]
+    ConfigFile {
+        path: std::path::PathBuf,
+        detail: String,
+    },
     #[error("loading: {0}")]
     Load(String),
+    /// A listener's certificates, keys, CA bundles or CRLs could not be loaded.
+    #[error("loading: listener {listener:?}: {source}")]
+    Listener {
+        listener: String,
+        #[source]
+        source: mtls_serve::Error,
+    },
     #[error("{0}")]
     Io(String),
 }

@@ -122,10 +122,23 @@ impl ListenerState {
         now: OffsetDateTime,
         sources: &mtls_verify::RevocationSources,
     ) -> Result<Self, Error> {
+        for c in &cfg.certificates {
+            let encrypted = std::fs::read(&c.key).is_ok_and(|k| mtls_pki::key::is_encrypted(&k));
+            if encrypted && c.key_passphrase_file.is_none() {
+                return Err(Error::Load(format!(
+                    "listener {:?}: {} is encrypted: give its passphrase file (--key-passphrase-file FILE, or key_passphrase_file in [[listener.certificate]])",
+                    cfg.name,
+                    c.key.display()
+                )));
+            }
+        }
         let server = cfg
             .server_files()
             .load_with(generation, now, sources)
-            .map_err(|e| Error::Load(format!("listener {:?}: {e}", cfg.name)))?;
+            .map_err(|source| Error::Listener {
+                listener: cfg.name.clone(),
+                source,
+            })?;
         let mut routes: Vec<(String, Policy)> = cfg
             .routes
             .iter()

@@ -44,7 +44,7 @@ pub enum Error {
     #[error("the OCSP signer may not answer for this issuer: {0}")]
     SignerNotAuthorized(&'static str),
     /// The signer certificate is not valid at the time of signing or verifying.
-    #[error("the OCSP signer certificate is not valid at {at}: it is valid from {not_before} to {not_after}")]
+    #[error("the OCSP signer certificate is not valid at {}: it is valid from {} to {}", mtls_pki::rfc3339(.at), mtls_pki::rfc3339(.not_before), mtls_pki::rfc3339(.not_after))]
     SignerNotValid {
         at: OffsetDateTime,
         not_before: OffsetDateTime,
@@ -78,7 +78,7 @@ pub enum Error {
     #[error("the OCSP response has no answer for serial {0} from this issuer")]
     NoMatchingResponse(mtls_pki::Serial),
     /// The response's thisUpdate is in the future or its nextUpdate in the past (verification).
-    #[error("the OCSP response is not current at {now}: thisUpdate {this_update}, nextUpdate {next_update:?}")]
+    #[error("the OCSP response is not current at {}: thisUpdate {}, nextUpdate {}", mtls_pki::rfc3339(.now), mtls_pki::rfc3339(.this_update), mtls_pki::rfc3339_opt(.next_update))]
     NotCurrent {
         now: OffsetDateTime,
         this_update: OffsetDateTime,

@@ -25,7 +25,7 @@ pub enum Error {
     #[error("no {what} found in the input")]
     NotFound { what: &'static str },
     /// An encrypted key was given without a passphrase.
-    #[error("the private key is encrypted and no passphrase was given (use --passphrase-file or the passphrase environment variable)")]
+    #[error("the private key is encrypted and no passphrase was given")]
     PassphraseRequired,
     /// Decryption failed: the passphrase is wrong or the file is damaged.
     #[error("cannot decrypt the private key: wrong passphrase or damaged file")]
@@ -45,7 +45,7 @@ pub enum Error {
     #[error("CSR refused: {0}")]
     CsrRefused(String),
     /// The issuing CA cannot sign at this time.
-    #[error("issuing CA {subject:?} is not valid at {now}: it is valid from {not_before} to {not_after}")]
+    #[error("issuing CA {subject:?} is not valid at {}: it is valid from {} to {}", crate::rfc3339(.now), crate::rfc3339(.not_before), crate::rfc3339(.not_after))]
     IssuerNotValid {
         subject: String,
         now: OffsetDateTime,

@@ -32,5 +32,18 @@ pub use key::{KeyAlgorithm, PrivateKey};
 pub use names::San;
 pub use serial::Serial;
 
+/// A time as mtls prints it everywhere (messages, logs, listings): RFC 3339 in UTC,
+/// `2026-12-01T19:51:00Z`.
+pub fn rfc3339(t: &time::OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
+}
+
+/// [`rfc3339`] of an optional time (`none` when absent).
+pub fn rfc3339_opt(t: &Option<time::OffsetDateTime>) -> String {
+    t.as_ref().map(rfc3339).unwrap_or_else(|| "none".into())
+}
+
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

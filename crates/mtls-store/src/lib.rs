@@ -62,7 +62,7 @@ pub enum Error {
     #[error("no certificate with serial {0} in the inventory")]
     UnknownSerial(String),
     /// The certificate is already revoked.
-    #[error("certificate {serial} was already revoked at {at}")]
+    #[error("certificate {serial} was already revoked at {}", mtls_pki::rfc3339(.at))]
     AlreadyRevoked { serial: String, at: OffsetDateTime },
     /// A row holds a value this version cannot read.
     #[error("inventory row is corrupt: {0}")]
@@ -74,10 +74,10 @@ pub enum Error {
     #[error("unknown enrollment token")]
     UnknownToken,
     /// The token was already used.
-    #[error("enrollment token {id} was already used at {at}")]
+    #[error("enrollment token {id} was already used at {}", mtls_pki::rfc3339(.at))]
     TokenUsed { id: String, at: OffsetDateTime },
     /// The token expired.
-    #[error("enrollment token {id} expired at {at}")]
+    #[error("enrollment token {id} expired at {}", mtls_pki::rfc3339(.at))]
     TokenExpired { id: String, at: OffsetDateTime },
     /// A token with that id already exists.
     #[error("enrollment token {0} already exists")]

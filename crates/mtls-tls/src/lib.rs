@@ -121,8 +121,9 @@ pub fn credential_from_parts(
     let not_after = parsed.validity().not_after.to_datetime();
     if now > not_after || now < parsed.validity().not_before.to_datetime() {
         return Err(format!(
-            "the certificate is not valid now (valid from {} until {not_after})",
-            parsed.validity().not_before.to_datetime()
+            "the certificate is not valid now (valid from {} until {})",
+            mtls_pki::rfc3339(&parsed.validity().not_before.to_datetime()),
+            mtls_pki::rfc3339(&not_after)
         ));
     }
     let mut names: Vec<String> = mtls_pki::issue::certificate_sans(&parsed)

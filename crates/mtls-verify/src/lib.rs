@@ -103,12 +103,12 @@ pub enum CrlScope {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Rejection {
-    #[error("certificate expired at {not_after} (checked at {at})")]
+    #[error("certificate expired at {} (checked at {})", mtls_pki::rfc3339(.not_after), mtls_pki::rfc3339(.at))]
     Expired {
         not_after: OffsetDateTime,
         at: OffsetDateTime,
     },
-    #[error("certificate is not valid until {not_before} (checked at {at})")]
+    #[error("certificate is not valid until {} (checked at {})", mtls_pki::rfc3339(.not_before), mtls_pki::rfc3339(.at))]
     NotYetValid {
         not_before: OffsetDateTime,
         at: OffsetDateTime,
