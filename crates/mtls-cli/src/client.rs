@@ -283,7 +283,7 @@ fn reqwest_url(s: &str) -> Result<mtls_client::reqwest::Url> {
 #[derive(Args)]
 pub struct TunnelArgs {
     /// Local address to accept plaintext connections on (loopback only unless --allow-remote).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::util::listen_arg)]
     listen: SocketAddr,
     /// The mTLS server, HOST:PORT.
     #[arg(long)]

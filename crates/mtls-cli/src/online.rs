@@ -258,7 +258,7 @@ pub struct RenewArgs {
     #[arg(long)]
     signal: Option<String>,
     /// Serve the daemon's state as Prometheus metrics on this address (daemon mode).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::util::listen_arg)]
     metrics_listen: Option<SocketAddr>,
 }
 

@@ -23,7 +23,7 @@ pub struct GatewayArgs {
     #[arg(long, conflicts_with_all = ["listen", "cert", "key", "client_ca", "upstream"])]
     config: Option<PathBuf>,
     /// Address to listen on.
-    #[arg(long, required_unless_present = "config")]
+    #[arg(long, value_parser = crate::util::listen_arg, required_unless_present = "config")]
     listen: Option<SocketAddr>,
     /// Server certificate chain (leaf first).
     #[arg(long, required_unless_present = "config")]
@@ -106,7 +106,7 @@ pub struct GatewayArgs {
     #[arg(long)]
     ocsp_responder: Option<String>,
     /// Admin listener for /metrics and /healthz.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::util::listen_arg)]
     admin_listen: Option<SocketAddr>,
     /// TCP mode: send a PROXY protocol v2 header with the identity.
     #[arg(long)]

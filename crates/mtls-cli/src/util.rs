@@ -20,6 +20,25 @@ pub fn std_duration_arg(s: &str) -> std::result::Result<std::time::Duration, Str
     mtls_serve::duration::parse(s).map_err(|e| e.to_string())
 }
 
+/// Parses a listening address: `IP:PORT` (`127.0.0.1:8443`, `[::1]:8443`) or `HOST:PORT`
+/// (`localhost:8443`, resolved now; the first address is used). A clap value parser.
+pub fn listen_arg(s: &str) -> std::result::Result<std::net::SocketAddr, String> {
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    let form = "use IP:PORT or HOST:PORT, e.g. 127.0.0.1:8443, [::1]:8443 or localhost:8443";
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(format!("no port in {s:?}: {form}"));
+    };
+    if port.parse::<u16>().is_err() {
+        return Err(format!("invalid port {port:?}: {form}"));
+    }
+    std::net::ToSocketAddrs::to_socket_addrs(&(host, port.parse::<u16>().unwrap_or(0)))
+        .map_err(|e| format!("cannot resolve {host:?}: {e} ({form})"))?
+        .next()
+        .ok_or_else(|| format!("{host:?} has no address ({form})"))
+}
+
 /// Parses RFC 3339 (`2026-01-02T03:04:05Z`) or `@UNIX_SECONDS`.
 pub fn parse_time(s: &str) -> Result<OffsetDateTime> {
     if let Some(secs) = s.strip_prefix('@') {
