@@ -89,6 +89,19 @@ fn usage<T>(r: mtls_pki::Result<T>) -> Result<T> {
     r.map_err(|e| UsageError(e.to_string()).into())
 }
 
+/// Says so when the certificate ends before the lifetime asked for (the issuing CA expires
+/// first): a silent cap surprises at renewal time.
+fn note_if_capped(issued: &issue::Issued, request: &LeafRequest, at: time::OffsetDateTime) {
+    // Backdating and rounding move the end by minutes, never by an hour.
+    if issued.not_after + Duration::hours(1) < at + request.lifetime {
+        eprintln!(
+            "note: the certificate ends {}, when the issuing CA expires, not after the {} days asked for",
+            crate::util::fmt_time(issued.not_after),
+            request.lifetime.whole_days()
+        );
+    }
+}
+
 fn lifetime(days: i64) -> Result<Duration> {
     if days <= 0 {
         return Err(UsageError("--days must be a positive number of days".into()).into());
@@ -232,7 +245,9 @@ pub fn issue(pki: &Path, cmd: IssueCommand) -> Result<ExitCode> {
     };
     let key = PrivateKey::generate(alg)?;
     let kp = key_pem(&key, &leaf.key, passphrase.as_deref().map(|p| p.as_slice()))?;
-    let issued = issue::issue_leaf(&ca, key.key_pair(), &request, now())?;
+    let at = now();
+    let issued = issue::issue_leaf(&ca, key.key_pair(), &request, at)?;
+    note_if_capped(&issued, &request, at);
     record_and_write(
         &dir,
         &ca,
@@ -365,7 +380,9 @@ pub fn sign(pki: &Path, a: SignArgs) -> Result<ExitCode> {
     let outputs = Outputs::in_dir(&out_dir, &file_stem(&request.subject.common_name), false);
     outputs.check(a.force)?;
     let ca = dir.load_issuer(&a.ca_key.source())?;
-    let issued = issue::issue_leaf(&ca, &info.public_key, &request, now())?;
+    let at = now();
+    let issued = issue::issue_leaf(&ca, &info.public_key, &request, at)?;
+    note_if_capped(&issued, &request, at);
     record_and_write(&dir, &ca, &issued, profile, None, &outputs, a.force)?;
     out(&summary(&issued, profile, &outputs))?;
     Ok(ExitCode::SUCCESS)

@@ -145,9 +145,10 @@ pub struct EnrollArgs {
     /// The CA's URL (https://host:port).
     #[arg(long)]
     ca_url: String,
-    /// SHA-256 fingerprint of the CA's root (printed by `mtls ca serve`).
-    #[arg(long)]
-    ca_fingerprint: String,
+    /// SHA-256 fingerprint of the CA's root, as `mtls ca serve` prints it (hex; colons, case
+    /// and a `sha256:` prefix as `openssl x509 -fingerprint` and `step` print it are fine).
+    #[arg(long, value_name = "SHA256")]
+    ca_fingerprint: mtls_pki::Fingerprint,
     /// The one-time token from `mtls ca token`.
     #[arg(long, env = "MTLS_TOKEN")]
     token: String,

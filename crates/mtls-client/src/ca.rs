@@ -173,10 +173,10 @@ impl CaClient {
     }
 
     /// Downloads the CA's roots over an unauthenticated connection and returns the one whose
-    /// SHA-256 fingerprint is `fingerprint` (hex, colons and case ignored).
+    /// SHA-256 fingerprint is `want`.
     pub async fn fetch_pinned_root(
         url: &CaUrl,
-        fingerprint: &str,
+        want: &mtls_pki::Fingerprint,
     ) -> Result<CertificateDer<'static>, Error> {
         let probe = CaClient {
             url: url.clone(),
@@ -192,13 +192,10 @@ impl CaClient {
         }
         let roots = mtls_pki::pem_io::certificates(&body)
             .map_err(|e| Error::Protocol(format!("roots.pem: {e}")))?;
-        let want: mtls_pki::Fingerprint = fingerprint
-            .parse()
-            .map_err(|e: mtls_pki::Error| Error::Config(format!("--ca-fingerprint: {e}")))?;
         let mut found = Vec::new();
         for r in roots {
             let fp = mtls_pki::Fingerprint::of(&r);
-            if fp == want {
+            if fp == *want {
                 return Ok(r);
             }
             found.push(fp.to_string());
