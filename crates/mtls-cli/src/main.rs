@@ -251,13 +251,6 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
 /// configuration that does not parse or validate; 1 when the operation itself failed (a
 /// refusal, an invalid certificate for `verify`, a network, server or database failure).
 fn is_input_error(err: &anyhow::Error) -> bool {
-    use std::io::ErrorKind;
-    let io_input = |e: &std::io::Error| {
-        matches!(
-            e.kind(),
-            ErrorKind::NotFound | ErrorKind::PermissionDenied | ErrorKind::IsADirectory
-        )
-    };
     err.chain().any(|cause| {
         if cause.is::<UsageError>() {
             return true;
@@ -266,22 +259,18 @@ fn is_input_error(err: &anyhow::Error) -> bool {
             return io_input(e);
         }
         if let Some(e) = cause.downcast_ref::<mtls_pki::Error>() {
-            return match e {
-                mtls_pki::Error::Io { source, .. } => io_input(source),
-                mtls_pki::Error::Malformed { .. }
-                | mtls_pki::Error::NotFound { .. }
-                | mtls_pki::Error::InsecurePermissions { .. }
-                | mtls_pki::Error::AlreadyExists { .. }
-                | mtls_pki::Error::PassphraseRequired
-                | mtls_pki::Error::WrongPassphrase => true,
-                _ => false,
-            };
+            return pki_input(e);
         }
         if let Some(e) = cause.downcast_ref::<mtls_tls::Error>() {
-            return matches!(
-                e,
-                mtls_tls::Error::Credential { .. } | mtls_tls::Error::NoRoots
-            );
+            return tls_input(e);
+        }
+        if let Some(e) = cause.downcast_ref::<mtls_serve::Error>() {
+            return match e {
+                mtls_serve::Error::Config(_) | mtls_serve::Error::Trust(_) => true,
+                mtls_serve::Error::Tls(e) => tls_input(e),
+                mtls_serve::Error::Pki(e) => pki_input(e),
+                _ => false,
+            };
         }
         if let Some(e) = cause.downcast_ref::<mtls_gateway::Error>() {
             return matches!(
@@ -294,6 +283,35 @@ fn is_input_error(err: &anyhow::Error) -> bool {
         }
         false
     })
+}
+
+fn io_input(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        e.kind(),
+        ErrorKind::NotFound | ErrorKind::PermissionDenied | ErrorKind::IsADirectory
+    )
+}
+
+fn pki_input(e: &mtls_pki::Error) -> bool {
+    match e {
+        mtls_pki::Error::Io { source, .. } => io_input(source),
+        mtls_pki::Error::Malformed { .. }
+        | mtls_pki::Error::NotFound { .. }
+        | mtls_pki::Error::InsecurePermissions { .. }
+        | mtls_pki::Error::AlreadyExists { .. }
+        | mtls_pki::Error::PassphraseRequired
+        | mtls_pki::Error::WrongPassphrase => true,
+        _ => false,
+    }
+}
+
+fn tls_input(e: &mtls_tls::Error) -> bool {
+    match e {
+        mtls_tls::Error::Credential { .. } | mtls_tls::Error::NoRoots => true,
+        mtls_tls::Error::Pki(e) => pki_input(e),
+        _ => false,
+    }
 }
 
 fn main() -> ExitCode {

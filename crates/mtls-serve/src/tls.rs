@@ -39,6 +39,38 @@ impl CertificateFiles {
     }
 }
 
+/// Refuses a served certificate every TLS client would refuse (an extended key usage without
+/// serverAuth, a CA certificate), and warns about a chain file holding only a leaf that
+/// another CA issued (clients that trust only the root cannot build the path): found at start,
+/// not at the first client.
+fn check_served(
+    path: &std::path::Path,
+    chain: &[rustls_pki_types::CertificateDer<'static>],
+) -> Result<(), Error> {
+    let Some(leaf) = chain.first() else {
+        return Ok(());
+    };
+    let parsed = mtls_pki::pem_io::parse_certificate(leaf)?;
+    let refuse = |why: &str| Err(Error::Config(format!("{}: {why}", path.display())));
+    if let Ok(Some(eku)) = parsed.extended_key_usage() {
+        if !eku.value.server_auth && !eku.value.any {
+            return refuse(
+                "the certificate does not allow server authentication (its extended key usage lacks serverAuth; issue one with `mtls issue server NAME`)",
+            );
+        }
+    }
+    if parsed.is_ca() {
+        return refuse("a CA certificate cannot be served as the server's certificate");
+    }
+    if chain.len() == 1 && parsed.issuer().as_raw() != parsed.subject().as_raw() {
+        tracing::warn!(
+            cert = %path.display(),
+            "the certificate file holds only the leaf: clients that trust only the root cannot build the path to it (serve the chain file, e.g. pki/issued/NAME.chain.pem)"
+        );
+    }
+    Ok(())
+}
+
 /// Whether a client certificate is required in the handshake.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
@@ -103,6 +135,7 @@ impl ServerFiles {
         let mut served_not_after = Vec::new();
         for c in &self.certificates {
             let cred = c.credential_files().load(now)?;
+            check_served(&c.cert, &cred.certified.cert)?;
             served_not_after.push((c.cert.display().to_string(), cred.not_after));
             credentials.push(cred);
         }
