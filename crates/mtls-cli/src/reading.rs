@@ -97,14 +97,14 @@ pub struct VerifyArgs {
     cert: PathBuf,
 }
 
-/// Asks the leaf's OCSP responder; `Err((code, reason))` when the answer is not a verified
-/// "good".
+/// Asks the leaf's OCSP responder: what it said when the answer is a verified "good",
+/// `Err((code, reason))` otherwise.
 fn check_ocsp(
     leaf: &CertificateDer<'_>,
     candidates: &[CertificateDer<'static>],
     url: Option<&str>,
     at: time::OffsetDateTime,
-) -> Result<std::result::Result<(), (&'static str, String)>> {
+) -> Result<std::result::Result<String, (&'static str, String)>> {
     let fail = |code: &'static str, m: String| Ok(Err((code, m)));
     let parsed = pem_io::parse_certificate(leaf).map_err(input_error)?;
     // The issuer is the candidate whose key verifies the leaf (the chain was just validated).
@@ -139,7 +139,11 @@ fn check_ocsp(
         Err(e) => return fail(e.code(), e.to_string()),
     };
     match verified.status {
-        mtls_ocsp::CertStatus::Good => Ok(Ok(())),
+        mtls_ocsp::CertStatus::Good => Ok(Ok(format!(
+            "good from {url} (signed, nonce echoed; thisUpdate {}, nextUpdate {})",
+            crate::util::fmt_time(verified.this_update),
+            mtls_pki::rfc3339_opt(&verified.next_update)
+        ))),
         mtls_ocsp::CertStatus::Revoked { at, reason } => fail(
             "revoked",
             format!(
@@ -211,11 +215,13 @@ pub fn verify(a: VerifyArgs) -> Result<ExitCode> {
     };
     let outcome = mtls_verify::verify(&leaf, &req).map_err(input_error)?;
     let mut ocsp_failure = None;
+    let mut ocsp_said = None;
     if a.ocsp && outcome.is_ok() {
         let candidates: Vec<CertificateDer<'static>> =
             intermediates.iter().chain(&roots).cloned().collect();
-        if let Err(f) = check_ocsp(&leaf, &candidates, a.ocsp_url.as_deref(), at)? {
-            ocsp_failure = Some(f);
+        match check_ocsp(&leaf, &candidates, a.ocsp_url.as_deref(), at)? {
+            Ok(said) => ocsp_said = Some(said),
+            Err(f) => ocsp_failure = Some(f),
         }
     }
     if let Some((code, reason)) = ocsp_failure {
@@ -234,13 +240,35 @@ pub fn verify(a: VerifyArgs) -> Result<ExitCode> {
     }
     match outcome {
         Ok(chain) => {
+            // Say what was checked, so an OK is not read as more than it is.
+            let mut checked = format!(
+                "path to a trusted root, validity at {}, purpose {}",
+                crate::util::fmt_time(at),
+                a.purpose
+            );
+            if let Some(n) = &a.name {
+                checked.push_str(&format!(", name {n}"));
+            }
+            let revocation = match (crls.is_empty(), &ocsp_said) {
+                (true, None) => "not checked (no --crl, no --ocsp)".to_string(),
+                (false, None) => format!("CRL ({} given, {} checked)", crls.len(), a.crl_check),
+                (true, Some(o)) => format!("OCSP {o}"),
+                (false, Some(o)) => format!(
+                    "CRL ({} given, {} checked); OCSP {o}",
+                    crls.len(),
+                    a.crl_check
+                ),
+            };
             if a.json {
                 out(&format!(
                     "{}\n",
-                    serde_json::json!({"valid": true, "chain": chain.subjects})
+                    serde_json::json!({"valid": true, "chain": chain.subjects, "checked": checked, "revocation": revocation})
                 ))?;
             } else {
-                out(&format!("{}: OK\n{chain}", a.cert.display()))?;
+                out(&format!(
+                    "{}: OK\n  checked:    {checked}\n  revocation: {revocation}\n{chain}",
+                    a.cert.display()
+                ))?;
             }
             Ok(ExitCode::SUCCESS)
         }

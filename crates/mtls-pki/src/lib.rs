@@ -36,6 +36,8 @@ pub use serial::Serial;
 /// `2026-12-01T19:51:00Z`.
 pub fn rfc3339(t: &time::OffsetDateTime) -> String {
     let t = t.to_offset(time::UtcOffset::UTC);
+    // Whole seconds: what certificates carry, and what a reader compares.
+    let t = t.replace_nanosecond(0).unwrap_or(t);
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| t.to_string())
 }
