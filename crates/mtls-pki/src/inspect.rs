@@ -49,6 +49,30 @@ pub struct CertificateInfo {
     pub key_type: String,
     pub signature_algorithm: String,
     pub self_issued: bool,
+    /// CRL Distribution Points (URIs).
+    pub crl_distribution_points: Vec<String>,
+    /// Authority Information Access: OCSP responders (URIs).
+    pub ocsp: Vec<String>,
+    /// Authority Information Access: where the issuer's certificate is (URIs).
+    pub ca_issuers: Vec<String>,
+    /// Authority Key Identifier (hex, colon-separated as openssl prints it).
+    pub authority_key_id: Option<String>,
+    /// Subject Key Identifier (hex, colon-separated).
+    pub subject_key_id: Option<String>,
+}
+
+fn colon_hex(b: &[u8]) -> String {
+    b.iter()
+        .map(|x| format!("{x:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn uri_of(name: &x509_parser::extensions::GeneralName<'_>) -> Option<String> {
+    match name {
+        x509_parser::extensions::GeneralName::URI(u) => Some(u.to_string()),
+        _ => None,
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -118,8 +142,37 @@ pub fn certificate_info(
     let mut key_usage = Vec::new();
     let mut eku = Vec::new();
     let mut bc = None;
+    let (mut cdp, mut ocsp, mut ca_issuers) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut aki, mut ski) = (None, None);
     for ext in cert.extensions() {
         match ext.parsed_extension() {
+            ParsedExtension::CRLDistributionPoints(points) => {
+                for p in points.iter() {
+                    if let Some(x509_parser::extensions::DistributionPointName::FullName(names)) =
+                        &p.distribution_point
+                    {
+                        cdp.extend(names.iter().filter_map(uri_of));
+                    }
+                }
+            }
+            ParsedExtension::AuthorityInfoAccess(aia) => {
+                for d in &aia.accessdescs {
+                    let Some(uri) = uri_of(&d.access_location) else {
+                        continue;
+                    };
+                    if d.access_method == x509_parser::oid_registry::OID_PKIX_ACCESS_DESCRIPTOR_OCSP {
+                        ocsp.push(uri);
+                    } else if d.access_method
+                        == x509_parser::oid_registry::OID_PKIX_ACCESS_DESCRIPTOR_CA_ISSUERS
+                    {
+                        ca_issuers.push(uri);
+                    }
+                }
+            }
+            ParsedExtension::AuthorityKeyIdentifier(a) => {
+                aki = a.key_identifier.as_ref().map(|k| colon_hex(k.0));
+            }
+            ParsedExtension::SubjectKeyIdentifier(k) => ski = Some(colon_hex(k.0)),
             ParsedExtension::KeyUsage(ku) => {
                 key_usage = ku
                     .to_string()
@@ -176,6 +229,11 @@ pub fn certificate_info(
         key_type: key_type(cert.public_key()),
         signature_algorithm: signature_name(&cert.signature_algorithm.algorithm),
         self_issued: cert.subject() == cert.issuer(),
+        crl_distribution_points: cdp,
+        ocsp,
+        ca_issuers,
+        authority_key_id: aki,
+        subject_key_id: ski,
     }
 }
 
@@ -348,6 +406,21 @@ pub fn render(obj: &Object) -> String {
             }
             if !c.extended_key_usage.is_empty() {
                 let _ = writeln!(s, "  Ext. key use:  {}", c.extended_key_usage.join(", "));
+            }
+            if !c.crl_distribution_points.is_empty() {
+                let _ = writeln!(s, "  CRL dist. pt.: {}", c.crl_distribution_points.join(", "));
+            }
+            if !c.ocsp.is_empty() {
+                let _ = writeln!(s, "  OCSP:          {}", c.ocsp.join(", "));
+            }
+            if !c.ca_issuers.is_empty() {
+                let _ = writeln!(s, "  CA issuers:    {}", c.ca_issuers.join(", "));
+            }
+            if let Some(k) = &c.authority_key_id {
+                let _ = writeln!(s, "  Authority KID: {k}");
+            }
+            if let Some(k) = &c.subject_key_id {
+                let _ = writeln!(s, "  Subject KID:   {k}");
             }
             let _ = writeln!(s, "  Key:           {}", c.key_type);
             let _ = writeln!(s, "  Signature:     {}", c.signature_algorithm);
