@@ -175,6 +175,51 @@ pub struct RequestArgs {
     /// Exit 22 when the response status is 400 or more (like curl --fail).
     #[arg(short = 'f', long)]
     fail: bool,
+    /// Show the handshake on stderr: TLS version, the server's chain, whether the server asked
+    /// for a client certificate (and which CAs it accepts) and whether one was sent.
+    #[arg(short = 'v', long)]
+    verbose: bool,
+}
+
+/// Describes a handshake for `request -v`.
+fn describe_handshake(seen: &mtls_client::observe::HandshakeSeen) -> String {
+    let mut s = String::new();
+    s.push_str(&format!(
+        "* {} (server signature {})\n",
+        seen.tls_version.unwrap_or("TLS version unknown"),
+        seen.server_signature
+            .map(|x| format!("{x:?}"))
+            .unwrap_or_else(|| "unknown".into())
+    ));
+    for (i, c) in seen.server_chain.iter().enumerate() {
+        match mtls_pki::pem_io::parse_certificate(c) {
+            Ok(p) => s.push_str(&format!(
+                "* server certificate {i}: {} (issuer {}, valid until {})\n",
+                p.subject(),
+                p.issuer(),
+                crate::util::fmt_time(p.validity().not_after.to_datetime())
+            )),
+            Err(_) => s.push_str(&format!("* server certificate {i}: (does not parse)\n")),
+        }
+    }
+    if seen.client_cert_requested {
+        let cas = if seen.acceptable_cas.is_empty() {
+            "any CA".to_string()
+        } else {
+            seen.acceptable_cas.join("; ")
+        };
+        s.push_str(&format!(
+            "* the server asked for a client certificate (accepting {cas}); {}\n",
+            if seen.client_cert_sent {
+                "ours was sent"
+            } else {
+                "none was sent"
+            }
+        ));
+    } else {
+        s.push_str("* the server did not ask for a client certificate\n");
+    }
+    s
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -224,7 +269,12 @@ pub fn request(a: RequestArgs) -> Result<ExitCode> {
     }
     let mut sources = ClientSources::default();
     a.tls.ocsp_sources(&mut sources)?;
-    let mut builder = a.tls.client(false, &sources)?.http1_only();
+    let log = Arc::new(mtls_client::observe::HandshakeLog::default());
+    let mut builder = a
+        .tls
+        .client(false, &sources)?
+        .http1_only()
+        .observe_handshakes(log.clone());
     let rt = runtime()?;
     let (status, head, body) = rt.block_on(async move {
         if let Some(name) = &a.tls.server_name {
@@ -255,6 +305,14 @@ pub fn request(a: RequestArgs) -> Result<ExitCode> {
         let body = resp.bytes().await?;
         Ok::<_, anyhow::Error>((status, head, body))
     })?;
+    let seen = log.last();
+    if a.verbose {
+        eprint!("{}", describe_handshake(&seen));
+    } else if !seen.client_cert_requested && !seen.server_chain.is_empty() {
+        eprintln!(
+            "note: the server did not ask for a client certificate: this request was not mutually authenticated"
+        );
+    }
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     if a.include {

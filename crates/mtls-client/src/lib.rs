@@ -41,6 +41,7 @@
 pub mod ca;
 pub mod crl;
 pub mod feed;
+pub mod observe;
 pub mod ocsp;
 pub mod ocsp_check;
 pub mod pool;
@@ -147,6 +148,7 @@ pub struct ClientBuilder {
     pool_max_idle: usize,
     staple: ocsp::StapleCheck,
     revocation: ServerRevocation,
+    observe: Option<Arc<observe::HandshakeLog>>,
 }
 
 /// How the server's certificate is checked for revocation beyond its OCSP staple: CRL files
@@ -201,6 +203,7 @@ impl Default for ClientBuilder {
             pool_max_idle: 256,
             staple: ocsp::StapleCheck::IfPresent,
             revocation: ServerRevocation::default(),
+            observe: None,
         }
     }
 }
@@ -316,6 +319,13 @@ impl ClientBuilder {
         self
     }
 
+    /// Records what each handshake shows (server chain, TLS version, whether a client
+    /// certificate was asked for and sent) in `log`.
+    pub fn observe_handshakes(mut self, log: Arc<observe::HandshakeLog>) -> Self {
+        self.observe = Some(log);
+        self
+    }
+
     /// HTTP/1.1 only (no h2 in ALPN).
     pub fn http1_only(mut self) -> Self {
         self.http1_only = true;
@@ -370,6 +380,12 @@ impl ClientBuilder {
         .build()
         .map_err(|e| Error::Config(format!("server verifier: {e}")))?;
         let revocation = self.revocation.state(&roots)?;
+        if let Some(log) = &self.observe {
+            config.client_auth_cert_resolver = Arc::new(observe::ObservingResolver {
+                inner: config.client_auth_cert_resolver.clone(),
+                log: log.clone(),
+            });
+        }
         if revocation.is_some() {
             // A resumed session skips the verifier: every connection verifies the server's
             // current status instead.
@@ -382,6 +398,7 @@ impl ClientBuilder {
                 revocation,
                 roots,
                 check: self.staple,
+                log: self.observe.clone(),
             }));
         Ok(config)
     }

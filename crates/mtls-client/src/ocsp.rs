@@ -261,6 +261,7 @@ pub(crate) struct StapleVerifier {
     pub(crate) roots: Vec<CertificateDer<'static>>,
     pub(crate) check: StapleCheck,
     pub(crate) revocation: Option<Arc<mtls_verify::TrustState>>,
+    pub(crate) log: Option<Arc<crate::observe::HandshakeLog>>,
 }
 
 /// Checks `staple` about `leaf` (issued by the first of `intermediates`, else by a root of
@@ -345,6 +346,9 @@ impl rustls::client::danger::ServerCertVerifier for StapleVerifier {
         ocsp_response: &[u8],
         now: rustls_pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if let Some(log) = &self.log {
+            log.server_certificate(end_entity, intermediates);
+        }
         let ok = self.inner.verify_server_cert(
             end_entity,
             intermediates,
@@ -381,6 +385,9 @@ impl rustls::client::danger::ServerCertVerifier for StapleVerifier {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        if let Some(log) = &self.log {
+            log.server_signature("TLS 1.2", dss.scheme);
+        }
         self.inner.verify_tls12_signature(message, cert, dss)
     }
 
@@ -390,6 +397,9 @@ impl rustls::client::danger::ServerCertVerifier for StapleVerifier {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        if let Some(log) = &self.log {
+            log.server_signature("TLS 1.3", dss.scheme);
+        }
         self.inner.verify_tls13_signature(message, cert, dss)
     }
 
