@@ -17,12 +17,16 @@ use crate::{CaKeyArgs, NewKeyArgs, UsageError};
 #[derive(Subcommand)]
 pub enum CaCommand {
     /// Create a root CA and an intermediate CA signed by it in the PKI directory.
+    #[command(after_help = crate::examples::CA_INIT)]
     Init(InitArgs),
     /// Create a new intermediate signed by a root whose key is kept elsewhere (offline).
+    #[command(after_help = crate::examples::CA_INTERMEDIATE)]
     Intermediate(IntermediateArgs),
     /// Run the online CA (HTTPS API, CRL and OCSP) from a configuration file.
+    #[command(after_help = crate::examples::CA_SERVE)]
     Serve(crate::online::ServeArgs),
     /// Print a single-use enrollment token bound to a name, SANs and a profile.
+    #[command(after_help = crate::examples::CA_TOKEN)]
     Token(crate::online::TokenArgs),
 }
 

@@ -18,8 +18,10 @@ use crate::{CaKeyArgs, NewKeyArgs, UsageError};
 #[derive(Subcommand)]
 pub enum IssueCommand {
     /// A TLS server certificate; every NAME (DNS name or IP address) becomes a SAN.
+    #[command(after_help = crate::examples::ISSUE_SERVER)]
     Server(ServerArgs),
     /// A TLS client certificate with common name NAME.
+    #[command(after_help = crate::examples::ISSUE_CLIENT)]
     Client(ClientArgs),
 }
 

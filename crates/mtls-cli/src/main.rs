@@ -17,15 +17,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, FromArgMatches, Parser, Subcommand};
 
 mod ca;
 mod client;
+mod examples;
 mod issuing;
 mod lifecycle;
 mod online;
 mod pkidir;
 mod reading;
+mod reference;
 mod secrets;
 mod serve;
 mod util;
@@ -50,34 +52,53 @@ enum Command {
     #[command(subcommand)]
     Issue(issuing::IssueCommand),
     /// Create a private key and a certificate signing request.
+    #[command(after_help = examples::CSR)]
     Csr(issuing::CsrArgs),
     /// Sign a CSR made elsewhere (openssl req, another tool) with a profile.
+    #[command(after_help = examples::SIGN)]
     Sign(issuing::SignArgs),
     /// List issued certificates from the inventory.
+    #[command(after_help = examples::LIST)]
     List(lifecycle::ListArgs),
     /// Revoke a certificate (then run `mtls crl` to publish).
+    #[command(after_help = examples::REVOKE)]
     Revoke(lifecycle::RevokeArgs),
     /// Write a CRL signed by the issuing CA.
+    #[command(after_help = examples::CRL)]
     Crl(lifecycle::CrlArgs),
     /// Describe certificates, chains, CSRs, CRLs and keys (PEM or DER).
+    #[command(after_help = examples::INSPECT)]
     Inspect(reading::InspectArgs),
     /// Validate a certificate chain; exit 0 valid, 1 invalid, 2 usage/input error.
+    #[command(after_help = examples::VERIFY)]
     Verify(reading::VerifyArgs),
     /// Export a key and chain to another format.
     #[command(subcommand)]
     Export(reading::ExportCommand),
     /// Run the mTLS gateway (HTTP reverse proxy or raw TCP).
+    #[command(after_help = examples::GATEWAY)]
     Gateway(Box<serve::GatewayArgs>),
     /// Make an HTTPS request with a client certificate (curl-like).
+    #[command(after_help = examples::REQUEST)]
     Request(client::RequestArgs),
     /// Accept plaintext locally and forward it over mTLS to a server.
+    #[command(after_help = examples::TUNNEL)]
     Tunnel(client::TunnelArgs),
     /// Enroll with an online CA: one-time token, key generated here, root pinned.
+    #[command(after_help = examples::ENROLL)]
     Enroll(online::EnrollArgs),
     /// Renew certificates through the online CA (once, or as a daemon).
+    #[command(after_help = examples::RENEW)]
     Renew(Box<online::RenewArgs>),
     /// Create a demo PKI and serve the seed's /api/secure over mTLS.
+    #[command(after_help = examples::QUICKSTART)]
     Quickstart(serve::QuickstartArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(after_help = examples::COMPLETIONS)]
+    Completions(reference::CompletionsArgs),
+    /// Write docs/cli.md, the man pages and completion files (for packagers).
+    #[command(hide = true)]
+    GenerateReference(reference::GenerateArgs),
 }
 
 /// Where the PKI directory and its inventory are: accepted before any command (`mtls --pki DIR
@@ -119,7 +140,10 @@ impl PkiArgs {
         PkiArgs {
             pki: self.pki.clone().or_else(|| outer.pki.clone()),
             database: self.database.clone().or_else(|| outer.database.clone()),
-            database_ca: self.database_ca.clone().or_else(|| outer.database_ca.clone()),
+            database_ca: self
+                .database_ca
+                .clone()
+                .or_else(|| outer.database_ca.clone()),
             database_cert: self
                 .database_cert
                 .clone()
@@ -199,6 +223,34 @@ impl std::fmt::Display for UsageError {
 }
 impl std::error::Error for UsageError {}
 
+/// The command line as users see it: the clap definitions, with every required option marked
+/// `[required]` in its help (clap shows that only in the usage line). `--help`, the man page,
+/// completions and `docs/cli.md` all come from here.
+pub(crate) fn command() -> clap::Command {
+    fn mark(mut cmd: clap::Command) -> clap::Command {
+        let required: Vec<clap::Id> = cmd
+            .get_arguments()
+            .filter(|a| a.is_required_set() && !a.is_positional())
+            .map(|a| a.get_id().clone())
+            .collect();
+        for id in required {
+            cmd = cmd.mut_arg(id, |a| {
+                let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+                a.help(format!("{help} [required]"))
+            });
+        }
+        let names: Vec<String> = cmd
+            .get_subcommands()
+            .map(|s| s.get_name().to_string())
+            .collect();
+        for n in names {
+            cmd = cmd.mut_subcommand(n, mark);
+        }
+        cmd
+    }
+    mark(<Cli as clap::CommandFactory>::command())
+}
+
 impl Command {
     /// The PKI options given after the command, for the commands that take them.
     fn pki_args(&self) -> Option<&PkiArgs> {
@@ -241,6 +293,8 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
         Command::Request(a) => client::request(a),
         Command::Tunnel(a) => client::tunnel(a),
         Command::Quickstart(a) => serve::quickstart(a),
+        Command::Completions(a) => reference::completions(a),
+        Command::GenerateReference(a) => reference::generate(a),
         Command::Enroll(a) => online::enroll(a),
         Command::Renew(a) => online::renew(*a),
     }
@@ -326,7 +380,10 @@ fn main() -> ExitCode {
         // Colour only on a terminal: logs redirected to a file stay plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
+    let cli = match Cli::from_arg_matches(&command().get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     match run(cli) {
         Ok(code) => code,
         Err(err) => {

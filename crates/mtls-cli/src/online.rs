@@ -35,8 +35,8 @@ pub struct ServeArgs {
 /// `pki_dir`: the PKI directory named by `--pki`/`MTLS_PKI_DIR`, which wins over the file's
 /// `pki` (as `--database` wins over its `database`).
 pub fn serve(a: ServeArgs, pki_dir: Option<&Path>) -> Result<ExitCode> {
-    let text = std::fs::read_to_string(&a.config)
-        .with_context(|| a.config.display().to_string())?;
+    let text =
+        std::fs::read_to_string(&a.config).with_context(|| a.config.display().to_string())?;
     let config =
         Config::parse(&text).map_err(|e| UsageError(format!("{}: {e}", a.config.display())))?;
     let settings = config.settings().map_err(|e| UsageError(e.to_string()))?;

@@ -293,6 +293,7 @@ pub fn verify(a: VerifyArgs) -> Result<ExitCode> {
 #[derive(Subcommand)]
 pub enum ExportCommand {
     /// A PKCS#12 (.p12/.pfx) file with key and chain, for browsers and Java keystores.
+    #[command(after_help = crate::examples::EXPORT_PKCS12)]
     Pkcs12(Pkcs12Args),
 }
 

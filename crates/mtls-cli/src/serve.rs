@@ -49,16 +49,20 @@ pub struct GatewayArgs {
     /// required (handshake fails without a valid certificate) or optional (HTTP: 401/403 JSON).
     #[arg(long, default_value = "required")]
     client_auth: String,
-    #[arg(long)]
+    /// Allow clients whose subject common name (CN) is exactly this (repeatable).
+    #[arg(long, value_name = "CN")]
     allow_cn: Vec<String>,
-    #[arg(long)]
+    /// Allow clients whose subject has this organizational unit (OU) (repeatable).
+    #[arg(long, value_name = "OU")]
     allow_ou: Vec<String>,
-    #[arg(long)]
+    /// Allow clients with this DNS SAN; `*.example.com` matches one label (repeatable).
+    #[arg(long, value_name = "NAME")]
     allow_dns: Vec<String>,
     /// URI SAN pattern; `*` matches one path segment, `**` several.
     #[arg(long)]
     allow_uri: Vec<String>,
-    #[arg(long)]
+    /// Allow clients with this e-mail SAN (repeatable).
+    #[arg(long, value_name = "ADDRESS")]
     allow_email: Vec<String>,
     /// SHA-256 certificate fingerprint (hex, colons or a sha256: prefix allowed).
     #[arg(long)]

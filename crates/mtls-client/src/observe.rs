@@ -90,9 +90,11 @@ impl ResolvesClientCert for ObservingResolver {
         let names = root_hint_subjects
             .iter()
             .map(|raw| {
-                <x509_parser::x509::X509Name as x509_parser::prelude::FromDer<x509_parser::error::X509Error>>::from_der(raw)
-                    .map(|(_, n)| n.to_string())
-                    .unwrap_or_else(|_| "(unparsable name)".into())
+                <x509_parser::x509::X509Name as x509_parser::prelude::FromDer<
+                    x509_parser::error::X509Error,
+                >>::from_der(raw)
+                .map(|(_, n)| n.to_string())
+                .unwrap_or_else(|_| "(unparsable name)".into())
             })
             .collect();
         self.log.update(|s| {

@@ -17,7 +17,7 @@ use crate::{csr, key, pem_io, Error, PrivateKey, Result, Serial};
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Object {
-    Certificate(CertificateInfo),
+    Certificate(Box<CertificateInfo>),
     Csr(CsrSummary),
     Crl(CrlInfo),
     PrivateKey(KeyInfo),
@@ -160,7 +160,8 @@ pub fn certificate_info(
                     let Some(uri) = uri_of(&d.access_location) else {
                         continue;
                     };
-                    if d.access_method == x509_parser::oid_registry::OID_PKIX_ACCESS_DESCRIPTOR_OCSP {
+                    if d.access_method == x509_parser::oid_registry::OID_PKIX_ACCESS_DESCRIPTOR_OCSP
+                    {
                         ocsp.push(uri);
                     } else if d.access_method
                         == x509_parser::oid_registry::OID_PKIX_ACCESS_DESCRIPTOR_CA_ISSUERS
@@ -265,7 +266,9 @@ fn describe_block(
     match label {
         "CERTIFICATE" | "TRUSTED CERTIFICATE" => {
             let cert = pem_io::parse_certificate(der)?;
-            Ok(Object::Certificate(certificate_info(der, &cert, now)))
+            Ok(Object::Certificate(Box::new(certificate_info(
+                der, &cert, now,
+            ))))
         }
         "X509 CRL" => describe_crl(der, now),
         "CERTIFICATE REQUEST" | "NEW CERTIFICATE REQUEST" => describe_csr(der),
@@ -274,7 +277,9 @@ fn describe_block(
         }
         "" => {
             if let Ok(cert) = pem_io::parse_certificate(der) {
-                return Ok(Object::Certificate(certificate_info(der, &cert, now)));
+                return Ok(Object::Certificate(Box::new(certificate_info(
+                    der, &cert, now,
+                ))));
             }
             if let Ok(o) = describe_crl(der, now) {
                 return Ok(o);
@@ -408,7 +413,11 @@ pub fn render(obj: &Object) -> String {
                 let _ = writeln!(s, "  Ext. key use:  {}", c.extended_key_usage.join(", "));
             }
             if !c.crl_distribution_points.is_empty() {
-                let _ = writeln!(s, "  CRL dist. pt.: {}", c.crl_distribution_points.join(", "));
+                let _ = writeln!(
+                    s,
+                    "  CRL dist. pt.: {}",
+                    c.crl_distribution_points.join(", ")
+                );
             }
             if !c.ocsp.is_empty() {
                 let _ = writeln!(s, "  OCSP:          {}", c.ocsp.join(", "));
