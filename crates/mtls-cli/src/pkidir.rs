@@ -101,10 +101,11 @@ impl PkiDir {
 /// Loads a CA certificate and its (possibly encrypted) key.
 pub fn load_ca(cert: &Path, key: &Path, passphrase: &Source<'_>) -> Result<CaCert> {
     if !cert.exists() {
-        anyhow::bail!(
+        return Err(crate::UsageError(format!(
             "{} does not exist (run `mtls ca init` first?)",
             cert.display()
-        );
+        ))
+        .into());
     }
     let cert_bytes = files::read_public(cert)?;
     let key = load_key(key, passphrase)?;

@@ -45,12 +45,11 @@ impl Source<'_> {
                 .context("reading passphrase")?;
             return Ok(Zeroizing::new(p.into_bytes()));
         }
-        bail!(
+        Err(crate::UsageError(format!(
             "{} needed: pass {} FILE or set {} (no terminal to prompt on)",
-            self.what,
-            self.flag,
-            self.env
-        )
+            self.what, self.flag, self.env
+        ))
+        .into())
     }
 
     /// A passphrase for the key file `key`, asked for only if the key is encrypted.

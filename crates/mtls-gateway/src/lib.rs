@@ -33,6 +33,12 @@ pub enum Error {
     Config(String),
     /// A configuration file that does not parse (the same shape as the CA's:
     /// `FILE: configuration: …`).
+    /// A configuration file that cannot be read.
+    #[error("{}: {source}", path.display())]
+    ConfigRead {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}: configuration: {detail}", path.display())]
     ConfigFile {
         path: std::path::PathBuf,

@@ -125,7 +125,7 @@ impl ListenerState {
         for c in &cfg.certificates {
             let encrypted = std::fs::read(&c.key).is_ok_and(|k| mtls_pki::key::is_encrypted(&k));
             if encrypted && c.key_passphrase_file.is_none() {
-                return Err(Error::Load(format!(
+                return Err(Error::Config(format!(
                     "listener {:?}: {} is encrypted: give its passphrase file (--key-passphrase-file FILE, or key_passphrase_file in [[listener.certificate]])",
                     cfg.name,
                     c.key.display()
