@@ -380,11 +380,25 @@ fn dead_upstream_is_502_json() {
     let mut args = http_args(&f, &Upstream::start(), &["--allow-any-trusted"]);
     let i = args.iter().position(|a| a == "--upstream").unwrap();
     args[i + 1] = format!("http://127.0.0.1:{port}");
-    let g = Gateway::start(&args);
+    // At the default log level, as an operator runs it, with stderr going to a pipe.
+    let g = Gateway::start_logging(&args, "warn");
     let c = f.client("c");
     let r = curl(&g, &f, Some(&c), "/", &[]);
     assert_eq!(r.status, 502);
     assert!(r.body.contains("BAD_GATEWAY"));
+    // The log line names the upstream and the cause, in plain text (no colour codes).
+    let start = std::time::Instant::now();
+    let line = loop {
+        let lines = g.stderr.lock().unwrap().clone();
+        if let Some(l) = lines.iter().find(|l| l.contains("upstream")) {
+            break l.clone();
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "{lines:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(line.contains(&format!("127.0.0.1:{port}")), "{line}");
+    assert!(line.to_lowercase().contains("refused"), "{line}");
+    assert!(!line.contains('\u{1b}'), "{line}");
 }
 
 fn s_client(

@@ -969,7 +969,8 @@ fn renewal_daemon_keeps_a_gateway_serving() {
             "--exec",
             &format!("touch {}", env.p("hook-ran")),
         ])
-        .env("MTLS_LOG", "info")
+        // The default log level: the daemon must still say what it did.
+        .env_remove("MTLS_LOG")
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -1041,6 +1042,21 @@ fn renewal_daemon_keeps_a_gateway_serving() {
     );
     assert_ne!(ca::serial_of(&env, &env.path("srv/cert.pem")), first_serial);
     assert!(env.path("hook-ran").exists(), "the hook did not run");
+    let renewed = log
+        .iter()
+        .find(|l| l.contains("renewed"))
+        .unwrap_or_else(|| panic!("no 'renewed' line at the default level: {log:#?}"));
+    assert!(renewed.contains("not_after=20"), "{renewed}");
+    assert!(
+        renewed.trim_end().ends_with('Z') || renewed.contains("Z "),
+        "{renewed}"
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.contains("waiting") && l.contains("next_attempt=20")),
+        "{log:#?}"
+    );
+    assert!(log.iter().all(|l| !l.contains('\u{1b}')), "{log:#?}");
     let value = |name: &str| -> f64 {
         m.lines()
             .find(|l| l.starts_with(name))
