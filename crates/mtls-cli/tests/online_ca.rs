@@ -156,7 +156,17 @@ fn lifecycle(database: Option<&str>) {
         args.push(c.as_str());
         env.mtls(&args)
     };
-    verify_ocsp(&[]).ok();
+    let said = verify_ocsp(&[]).ok().stdout;
+    // It says what was checked, and what the responder said, not only "OK".
+    for needle in [
+        "checked:    path to a trusted root",
+        "purpose client",
+        "revocation: OCSP good from http://",
+        "nonce echoed",
+        "nextUpdate 20",
+    ] {
+        assert!(said.contains(needle), "{needle:?} in {said}");
+    }
     // A responder that cannot be reached fails closed.
     verify_ocsp(&["--ocsp-url", "http://127.0.0.1:9/ocsp"]).fails(1, "ocsp_unavailable");
     // The same question as an RFC 6960 GET, with cache headers.

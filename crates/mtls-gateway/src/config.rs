@@ -247,11 +247,10 @@ impl Default for Limits {
 impl GatewayConfig {
     /// Reads and checks a TOML file; relative paths are resolved against its directory.
     pub fn from_file(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| Error::ConfigRead {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigRead {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let mut cfg: GatewayConfig = toml::from_str(&text).map_err(|e| Error::ConfigFile {
             path: path.to_path_buf(),
             detail: e.to_string(),
