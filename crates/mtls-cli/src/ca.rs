@@ -28,6 +28,10 @@ pub enum CaCommand {
     /// Print a single-use enrollment token bound to a name, SANs and a profile.
     #[command(after_help = crate::examples::CA_TOKEN)]
     Token(crate::online::TokenArgs),
+    /// After restoring the inventory from a backup: re-apply the revocations of the last
+    /// published CRLs and continue CRL numbers after the published ones.
+    #[command(after_help = crate::examples::CA_RECONCILE)]
+    Reconcile(ReconcileArgs),
 }
 
 #[derive(Args)]
@@ -107,6 +111,7 @@ impl CaCommand {
             CaCommand::Intermediate(a) => &a.pki,
             CaCommand::Serve(a) => &a.pki,
             CaCommand::Token(a) => &a.pki,
+            CaCommand::Reconcile(a) => &a.pki,
         }
     }
 }
@@ -119,6 +124,7 @@ pub fn run(pki: &Path, explicit: Option<&Path>, cmd: CaCommand) -> Result<ExitCo
         CaCommand::Intermediate(a) => intermediate(pki, a),
         CaCommand::Serve(a) => crate::online::serve(a, explicit),
         CaCommand::Token(a) => crate::online::token(pki, a),
+        CaCommand::Reconcile(_) => reconcile(pki),
     }
 }
 
@@ -145,6 +151,38 @@ fn key_type(args: &NewKeyArgs) -> Result<KeyAlgorithm> {
     args.key_type
         .parse::<KeyAlgorithm>()
         .map_err(|e| UsageError(e.to_string()).into())
+}
+
+#[derive(Args)]
+pub struct ReconcileArgs {
+    #[command(flatten)]
+    pub pki: crate::PkiArgs,
+}
+
+fn reconcile(pki: &Path) -> Result<ExitCode> {
+    let dir = PkiDir::new(pki);
+    let mut inv = dir.open_inventory_unchecked()?;
+    if inv.check_published().is_ok() {
+        out("The inventory is level with what this CA published: nothing to do.\n")?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let done = inv.reconcile(now())?;
+    inv.check_published()?;
+    let mut s = format!(
+        "Re-applied {} revocation(s) from the last published CRL(s).\n",
+        done.revocations
+    );
+    for (issuer, n) in &done.crl_numbers {
+        s.push_str(&format!(
+            "CRLs of issuer key {}… continue after number {n}.\n",
+            issuer.get(..16).unwrap_or(issuer)
+        ));
+    }
+    s.push_str(
+        "Revocations made after the last published CRL are not in it: revoke them again. Then publish with `mtls crl` (or start `mtls ca serve`).\n",
+    );
+    out(&s)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn init(pki: &Path, a: InitArgs) -> Result<ExitCode> {

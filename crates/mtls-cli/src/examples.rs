@@ -13,6 +13,9 @@ pub const CA_SERVE: &str = "Examples:
   mtls ca serve --config ca.toml
   mtls ca serve --config /etc/mtls/ca.toml --ca-passphrase-file /etc/mtls/ca.pass";
 
+pub const CA_RECONCILE: &str = "Examples:
+  cp backup/inventory.db pki/inventory.db && mtls ca reconcile && mtls crl";
+
 pub const CA_TOKEN: &str = "Examples:
   mtls ca token --name api-client
   mtls ca token --name api.example.com --san api.example.com --profile server --ttl 30m";

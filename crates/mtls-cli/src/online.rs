@@ -60,10 +60,15 @@ pub fn serve(a: ServeArgs, pki_dir: Option<&Path>) -> Result<ExitCode> {
     } else {
         config.server_names.clone()
     };
+    let ledger = dir.ledger();
     runtime()?.block_on(async move {
         let store = Store::open_with(&loc, crate::pkidir::pg_tls()?)
             .await
-            .context("opening the inventory")?;
+            .context("opening the inventory")?
+            // A database restored from an older backup would publish a CRL numbered
+            // backwards, without the revocations made since: refuse to start.
+            .with_ledger(ledger)
+            .await?;
         let ca = mtls_ca::Authority::new(
             mtls_ca::AuthorityParts {
                 issuer,

@@ -47,6 +47,11 @@ impl PkiDir {
     pub fn issued(&self) -> PathBuf {
         self.dir.join("issued")
     }
+    /// What this CA published (CRL numbers, the last CRL, the revocation epoch), kept outside
+    /// the database to detect a restored older backup.
+    pub fn ledger(&self) -> mtls_store::Ledger {
+        mtls_store::Ledger::new(self.dir.join("ledger"))
+    }
 
     /// Where the inventory is: `--database` / `MTLS_DATABASE` (a PostgreSQL URL shared with
     /// online CA instances, or a path), else `configured` (the CA's configuration file), else
@@ -77,6 +82,13 @@ impl PkiDir {
 
     /// Opens the inventory, failing with a hint when the PKI was never initialised.
     pub fn open_inventory(&self) -> Result<Inventory> {
+        let inv = self.open_inventory_unchecked()?;
+        inv.rt.block_on(inv.store.check_published())?;
+        Ok(inv)
+    }
+
+    /// The inventory without checking it against what this CA published (for `ca reconcile`).
+    pub fn open_inventory_unchecked(&self) -> Result<Inventory> {
         self.require_ca()?;
         let location = self.location_or(None)?;
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -84,7 +96,8 @@ impl PkiDir {
             .build()?;
         let store = rt
             .block_on(Store::open_with(&location, pg_tls()?))
-            .context("opening the inventory")?;
+            .context("opening the inventory")?
+            .with_ledger_unchecked(self.ledger());
         Ok(Inventory { rt, store })
     }
 
@@ -183,6 +196,12 @@ impl Inventory {
         Ok(self
             .rt
             .block_on(self.store.revoke(serial, None, reason, actor, now))?)
+    }
+    pub fn reconcile(&mut self, now: OffsetDateTime) -> Result<mtls_store::Reconciled> {
+        Ok(self.rt.block_on(self.store.reconcile("cli", now))?)
+    }
+    pub fn check_published(&self) -> Result<()> {
+        Ok(self.rt.block_on(self.store.check_published())?)
     }
     pub fn sign_crl(
         &mut self,

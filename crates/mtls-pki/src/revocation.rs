@@ -144,6 +144,32 @@ pub fn build_crl(
     Ok(crl.der().clone())
 }
 
+/// The entries of a DER CRL (serial, revocation time, reason), as [`build_crl`] wrote them.
+/// Does not check the signature.
+pub fn crl_entries(der: &[u8]) -> Result<Vec<RevokedEntry>> {
+    let crl = parse_crl(der)?;
+    Ok(crl
+        .iter_revoked_certificates()
+        .map(|e| RevokedEntry {
+            serial: Serial::from_be_bytes(e.raw_serial()),
+            revoked_at: e.revocation_date.to_datetime(),
+            // RFC 5280 CRLReason codes; 7 is unused, 8 is removeFromCRL (delta CRLs only).
+            reason: e.reason_code().and_then(|(_, code)| match code.0 {
+                0 => Some(RevocationReason::Unspecified),
+                1 => Some(RevocationReason::KeyCompromise),
+                2 => Some(RevocationReason::CaCompromise),
+                3 => Some(RevocationReason::AffiliationChanged),
+                4 => Some(RevocationReason::Superseded),
+                5 => Some(RevocationReason::CessationOfOperation),
+                6 => Some(RevocationReason::CertificateHold),
+                9 => Some(RevocationReason::PrivilegeWithdrawn),
+                10 => Some(RevocationReason::AaCompromise),
+                _ => None,
+            }),
+        })
+        .collect())
+}
+
 /// Parses a DER CRL, refusing trailing bytes. Does not check the signature.
 pub fn parse_crl(der: &[u8]) -> Result<CertificateRevocationList<'_>> {
     let (rest, crl) =

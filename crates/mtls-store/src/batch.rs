@@ -35,6 +35,15 @@ pub(crate) enum WriteOp {
         issuer_key: String,
         actor: String,
     },
+    /// Re-applies the revocations a published CRL lists to a restored inventory, and raises
+    /// the CRL number and revocation epoch to what was published.
+    Reconcile {
+        issuer_key: String,
+        entries: Vec<mtls_pki::revocation::RevokedEntry>,
+        crl_number: u64,
+        epoch: i64,
+        actor: String,
+    },
 }
 
 #[derive(Debug)]

@@ -19,13 +19,15 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 mod batch;
+mod ledger;
 mod pg_tls;
 mod postgres;
 mod sqlite;
 mod store;
 
+pub use ledger::{Ledger, Marks};
 pub use pg_tls::PgTls;
-pub use store::{Location, Store};
+pub use store::{Location, Reconciled, Store};
 
 /// Errors from the inventory.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +90,13 @@ pub enum Error {
     NotRenewable(String),
 
     /// Signing a CRL failed (an expired CA, an invalid lifetime).
+    /// The record of what this CA published cannot be read or written.
+    #[error("CA ledger {}: {detail}", path.display())]
+    Ledger { path: PathBuf, detail: String },
+    /// The database is behind what this CA already published: it was restored from an older
+    /// backup (or another database was given).
+    #[error("the inventory is older than what this CA has already published ({detail}): it was restored from an older backup, or is not this CA's database. Publishing from it would number CRLs backwards and forget revocations; run `mtls ca reconcile` to re-apply the revocations of the last published CRL and continue from there")]
+    RolledBack { detail: String },
     #[error("signing the CRL: {0}")]
     Crl(#[source] mtls_pki::Error),
 }
@@ -308,6 +317,11 @@ pub struct AuditEntry {
     pub actor: String,
     pub detail: String,
 }
+
+/// The subject recorded for a certificate known only from a published CRL's entry
+/// ([`Store::reconcile`]).
+pub(crate) const RESTORED_SUBJECT: &str =
+    "(unknown: issued after the restored backup; known from the published CRL)";
 
 pub(crate) fn ts(t: OffsetDateTime) -> i64 {
     t.unix_timestamp()

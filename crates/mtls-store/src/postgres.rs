@@ -451,6 +451,27 @@ impl Reader {
         row.try_get(0).map_err(|e| Error::Corrupt(e.to_string()))
     }
 
+    pub(crate) async fn crl_number(&self, issuer_key: &str) -> Result<Option<u64>> {
+        let c = self.client().await?;
+        let rows = deadline(
+            "read the CRL number",
+            c.query(
+                "SELECT last_number FROM crl_numbers WHERE issuer_key = $1",
+                &[&issuer_key],
+            ),
+        )
+        .await?;
+        match rows.first() {
+            None => Ok(None),
+            Some(r) => {
+                let n: i64 = r.try_get(0).map_err(|e| Error::Corrupt(e.to_string()))?;
+                u64::try_from(n)
+                    .map(Some)
+                    .map_err(|_| Error::Corrupt("negative CRL number".into()))
+            }
+        }
+    }
+
     pub(crate) async fn ping(&self) -> Result<()> {
         let c = self.client().await?;
         deadline("ping", c.batch_execute("SELECT 1")).await
@@ -668,6 +689,114 @@ async fn next_crl_number(
         .map_err(|_| OpError::Refused(Error::Corrupt("negative CRL number".into())))
 }
 
+/// See [`WriteOp::Reconcile`].
+async fn reconcile(
+    c: &Conn,
+    issuer_key: &str,
+    entries: &[mtls_pki::revocation::RevokedEntry],
+    crl_number: u64,
+    epoch: i64,
+    actor: &str,
+    now: OffsetDateTime,
+) -> std::result::Result<WriteResult, OpError> {
+    let corrupt = |m: String| OpError::Refused(Error::Corrupt(m));
+    let mut applied = 0u64;
+    for e in entries {
+        let s = e.serial.to_string();
+        let rows = q(
+            c,
+            "lock the certificate",
+            "SELECT revoked_at FROM certificates WHERE serial = $1 FOR UPDATE",
+            &[&s],
+        )
+        .await?;
+        let current: Option<Option<i64>> = match rows.first() {
+            None => None,
+            Some(r) => Some(r.try_get(0).map_err(|e| corrupt(e.to_string()))?),
+        };
+        if matches!(current, Some(Some(_))) {
+            continue;
+        }
+        let bumped = q(
+            c,
+            "bump the revocation epoch",
+            "UPDATE revocation_epoch SET epoch = epoch + 1 WHERE id = 1 RETURNING epoch",
+            &[],
+        )
+        .await?;
+        let seq: i64 = bumped
+            .first()
+            .ok_or_else(|| corrupt("no revocation epoch row".into()))?
+            .try_get(0)
+            .map_err(|e| corrupt(e.to_string()))?;
+        let reason = e.reason.map(|r| r.to_string());
+        let at = ts(e.revoked_at);
+        if current.is_some() {
+            q(
+                c,
+                "re-apply a revocation",
+                "UPDATE certificates SET revoked_at = $1, revocation_reason = $2, revocation_seq = $3
+                 WHERE serial = $4",
+                &[&at, &reason, &seq, &s],
+            )
+            .await?;
+        } else {
+            // No expiry is known: a century, so it stays listed (and revoked).
+            let far: i64 = ts(e.revoked_at + time::Duration::days(36_525));
+            let fingerprint = format!("unknown:{s}");
+            q(
+                c,
+                "record a revocation known only from the CRL",
+                "INSERT INTO certificates (serial, issuer_key, subject, sans, profile, not_before,
+                     not_after, fingerprint, pem, issued_at, revoked_at, revocation_reason,
+                     revocation_seq)
+                 VALUES ($1, $2, $3, '[]', 'unknown', $4, $5, $6, '', $4, $4, $7, $8)",
+                &[
+                    &s,
+                    &issuer_key,
+                    &crate::RESTORED_SUBJECT,
+                    &at,
+                    &far,
+                    &fingerprint,
+                    &reason,
+                    &seq,
+                ],
+            )
+            .await?;
+        }
+        applied += 1;
+    }
+    q(
+        c,
+        "raise the revocation epoch",
+        "UPDATE revocation_epoch SET epoch = GREATEST(epoch, $1) WHERE id = 1",
+        &[&epoch],
+    )
+    .await?;
+    if !issuer_key.is_empty() {
+        let n = i64::try_from(crl_number).map_err(|_| corrupt("CRL number".into()))?;
+        q(
+            c,
+            "raise the CRL number",
+            "INSERT INTO crl_numbers (issuer_key, last_number) VALUES ($1, $2)
+             ON CONFLICT (issuer_key) DO UPDATE
+             SET last_number = GREATEST(crl_numbers.last_number, EXCLUDED.last_number)",
+            &[&issuer_key, &n],
+        )
+        .await?;
+    }
+    audit_insert(
+        c,
+        now,
+        "reconcile",
+        None,
+        actor,
+        &format!("{applied} revocations re-applied from published CRL {crl_number}"),
+    )
+    .await?;
+    Ok(WriteResult::Number(applied))
+}
+
 async fn apply(
     c: &Conn,
     op: &WriteOp,
@@ -685,6 +814,13 @@ async fn apply(
         WriteOp::NextCrlNumber { issuer_key, actor } => {
             next_crl_number(c, issuer_key, actor, now).await
         }
+        WriteOp::Reconcile {
+            issuer_key,
+            entries,
+            crl_number,
+            epoch,
+            actor,
+        } => reconcile(c, issuer_key, entries, *crl_number, *epoch, actor, now).await,
     }
 }
 

@@ -521,6 +521,106 @@ fn next_crl_number(
     u64::try_from(next).map_err(|_| Error::Corrupt("negative CRL number".into()))
 }
 
+/// The last CRL number allocated for `issuer_key`.
+pub(crate) fn crl_number(conn: &Connection, issuer_key: &str) -> Result<Option<u64>> {
+    let last: Option<i64> = conn
+        .query_row(
+            "SELECT last_number FROM crl_numbers WHERE issuer_key = ?1",
+            params![issuer_key],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(db("read CRL number"))?;
+    last.map(|n| u64::try_from(n).map_err(|_| Error::Corrupt("negative CRL number".into())))
+        .transpose()
+}
+
+/// See [`WriteOp::Reconcile`].
+fn reconcile(
+    conn: &Connection,
+    issuer_key: &str,
+    entries: &[mtls_pki::revocation::RevokedEntry],
+    crl_number: u64,
+    epoch: i64,
+    actor: &str,
+    now: OffsetDateTime,
+) -> Result<u64> {
+    let mut applied = 0u64;
+    for e in entries {
+        let s = e.serial.to_string();
+        let current: Option<Option<i64>> = conn
+            .query_row(
+                "SELECT revoked_at FROM certificates WHERE serial = ?1",
+                params![s],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db("look up serial"))?;
+        if matches!(current, Some(Some(_))) {
+            continue;
+        }
+        conn.execute(
+            "UPDATE revocation_epoch SET epoch = epoch + 1 WHERE id = 1",
+            [],
+        )
+        .map_err(db("bump revocation epoch"))?;
+        let seq = revocation_epoch(conn)?;
+        let reason = e.reason.map(|r| r.to_string());
+        let at = ts(e.revoked_at);
+        if current.is_some() {
+            conn.execute(
+                "UPDATE certificates SET revoked_at = ?1, revocation_reason = ?2, revocation_seq = ?3
+                 WHERE serial = ?4",
+                params![at, reason, seq, s],
+            )
+            .map_err(db("re-apply a revocation"))?;
+        } else {
+            // Issued after the backup was taken: known only from the CRL entry.
+            conn.execute(
+                "INSERT INTO certificates (serial, issuer_key, subject, sans, profile, not_before,
+                     not_after, fingerprint, pem, issued_at, revoked_at, revocation_reason,
+                     revocation_seq)
+                 VALUES (?1, ?2, ?3, '[]', 'unknown', ?4, ?5, ?6, '', ?4, ?4, ?7, ?8)",
+                params![
+                    s,
+                    issuer_key,
+                    crate::RESTORED_SUBJECT,
+                    at,
+                    ts(e.revoked_at + time::Duration::days(36_525)),
+                    format!("unknown:{s}"),
+                    reason,
+                    seq
+                ],
+            )
+            .map_err(db("record a revocation known only from the CRL"))?;
+        }
+        applied += 1;
+    }
+    conn.execute(
+        "UPDATE revocation_epoch SET epoch = MAX(epoch, ?1) WHERE id = 1",
+        params![epoch],
+    )
+    .map_err(db("raise the revocation epoch"))?;
+    if !issuer_key.is_empty() {
+        let n = i64::try_from(crl_number).map_err(|_| Error::Corrupt("CRL number".into()))?;
+        conn.execute(
+            "INSERT INTO crl_numbers (issuer_key, last_number) VALUES (?1, ?2)
+             ON CONFLICT(issuer_key) DO UPDATE SET last_number = MAX(last_number, excluded.last_number)",
+            params![issuer_key, n],
+        )
+        .map_err(db("raise the CRL number"))?;
+    }
+    insert_audit(
+        conn,
+        now,
+        "reconcile",
+        None,
+        actor,
+        &format!("{applied} revocations re-applied from published CRL {crl_number}"),
+    )?;
+    Ok(applied)
+}
+
 fn apply(conn: &Connection, op: &WriteOp, now: OffsetDateTime) -> Result<WriteResult> {
     match op {
         WriteOp::Issue { cert, kind, actor } => {
@@ -539,6 +639,14 @@ fn apply(conn: &Connection, op: &WriteOp, now: OffsetDateTime) -> Result<WriteRe
         WriteOp::NextCrlNumber { issuer_key, actor } => {
             next_crl_number(conn, issuer_key, actor, now).map(WriteResult::Number)
         }
+        WriteOp::Reconcile {
+            issuer_key,
+            entries,
+            crl_number,
+            epoch,
+            actor,
+        } => reconcile(conn, issuer_key, entries, *crl_number, *epoch, actor, now)
+            .map(WriteResult::Number),
     }
 }
 

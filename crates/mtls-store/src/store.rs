@@ -52,6 +52,17 @@ struct Inner {
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
+    /// What this CA published, kept outside the database (see [`crate::Ledger`]).
+    ledger: Option<Arc<crate::Ledger>>,
+}
+
+/// What [`Store::reconcile`] re-applied.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Revocations the inventory had lost (re-applied from the last published CRLs).
+    pub revocations: u64,
+    /// The CRL numbers continue after these, by issuer key.
+    pub crl_numbers: Vec<(String, u64)>,
 }
 
 impl std::fmt::Debug for Store {
@@ -111,7 +122,107 @@ impl Store {
         };
         Ok(Store {
             inner: Arc::new(Inner { writer: tx, reader }),
+            ledger: None,
         })
+    }
+
+    /// Keeps `ledger` current with every CRL signed and every revocation committed through
+    /// this store, and checks the database against it: [`Error::RolledBack`] when it is behind
+    /// (restored from an older backup). Call [`Store::reconcile`] to recover.
+    pub async fn with_ledger(mut self, ledger: crate::Ledger) -> Result<Store> {
+        self.ledger = Some(Arc::new(ledger));
+        self.check_published().await?;
+        Ok(self)
+    }
+
+    /// [`Store::with_ledger`] without the check: for [`Store::reconcile`] itself.
+    pub fn with_ledger_unchecked(mut self, ledger: crate::Ledger) -> Store {
+        self.ledger = Some(Arc::new(ledger));
+        self
+    }
+
+    /// Fails with [`Error::RolledBack`] when the database is behind the ledger.
+    pub async fn check_published(&self) -> Result<()> {
+        let Some(ledger) = &self.ledger else {
+            return Ok(());
+        };
+        let marks = ledger.marks()?;
+        let mut behind = Vec::new();
+        for (issuer_key, published) in &marks.crl_numbers {
+            let have = self.crl_number(issuer_key).await?.unwrap_or(0);
+            if have < *published {
+                behind.push(format!(
+                    "CRL number {published} was published, the database is at {have}"
+                ));
+            }
+        }
+        let epoch = self.revocation_epoch().await?;
+        if epoch < marks.revocation_epoch {
+            behind.push(format!(
+                "{} revocations were committed, the database counts {epoch}",
+                marks.revocation_epoch
+            ));
+        }
+        if behind.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::RolledBack {
+                detail: behind.join("; "),
+            })
+        }
+    }
+
+    /// Brings a restored inventory level with what this CA published: every revocation the
+    /// last published CRL of each issuer lists is re-applied (with its original time and
+    /// reason; a certificate the backup does not know is recorded from the CRL entry), CRL
+    /// numbers continue after the published ones, and the revocation epoch after the recorded
+    /// one. Revocations committed after the last published CRL and not in it cannot be
+    /// recovered from the ledger: revoke them again.
+    pub async fn reconcile(&self, actor: &str, now: OffsetDateTime) -> Result<Reconciled> {
+        let Some(ledger) = &self.ledger else {
+            return Ok(Reconciled::default());
+        };
+        let marks = ledger.marks()?;
+        let mut out = Reconciled::default();
+        let mut epoch_applied = false;
+        for (issuer_key, number) in &marks.crl_numbers {
+            let entries = match ledger.last_crl(issuer_key)? {
+                Some(der) => mtls_pki::revocation::crl_entries(&der).map_err(Error::Crl)?,
+                None => Vec::new(),
+            };
+            let op = WriteOp::Reconcile {
+                issuer_key: issuer_key.clone(),
+                entries,
+                crl_number: *number,
+                epoch: marks.revocation_epoch,
+                actor: actor.to_string(),
+            };
+            out.revocations += self.write(op, now).await?.into_number()?;
+            out.crl_numbers.push((issuer_key.clone(), *number));
+            epoch_applied = true;
+        }
+        if !epoch_applied && marks.revocation_epoch > 0 {
+            let op = WriteOp::Reconcile {
+                issuer_key: String::new(),
+                entries: Vec::new(),
+                crl_number: 0,
+                epoch: marks.revocation_epoch,
+                actor: actor.to_string(),
+            };
+            self.write(op, now).await?.into_number()?;
+        }
+        Ok(out)
+    }
+
+    /// The last CRL number allocated for `issuer_key`, if any.
+    pub async fn crl_number(&self, issuer_key: &str) -> Result<Option<u64>> {
+        match &self.inner.reader {
+            Reader::Sqlite(c) => {
+                let k = issuer_key.to_string();
+                Self::read_sqlite(c, move |c| sqlite::crl_number(c, &k)).await
+            }
+            Reader::Postgres(r) => r.crl_number(issuer_key).await,
+        }
     }
 
     async fn write(&self, op: WriteOp, now: OffsetDateTime) -> Result<WriteResult> {
@@ -173,7 +284,11 @@ impl Store {
             reason,
             actor: actor.to_string(),
         };
-        self.write(op, now).await?.into_record()
+        let record = self.write(op, now).await?.into_record()?;
+        if let Some(ledger) = &self.ledger {
+            ledger.record_epoch(self.revocation_epoch().await?)?;
+        }
+        Ok(record)
     }
 
     /// Stores a new enrollment token (its secret only as a hash).
@@ -246,6 +361,9 @@ impl Store {
             .await?;
         let der = mtls_pki::revocation::build_crl(issuer, number, this_update, lifetime, &entries)
             .map_err(crate::Error::Crl)?;
+        if let Some(ledger) = &self.ledger {
+            ledger.record_crl(&issuer_key, number, &der)?;
+        }
         Ok(crate::SignedCrl {
             der,
             number,

@@ -171,3 +171,79 @@ async fn concurrent_revocations_on_two_instances_form_one_feed_sequence() {
     assert_eq!(serials, expected);
     assert_eq!(b.revocation_epoch().await.unwrap(), 40);
 }
+
+/// A database restored from an older backup (here: an empty one) is behind the CA's ledger:
+/// refused until reconciled; reconciling re-applies the published CRL's revocations (recording
+/// a certificate the database never saw) and CRL numbers continue after the published one.
+async fn a_restored_database_is_refused_until_reconciled(before: Location, restored: Location) {
+    let pki = mtls_test_util::TestPki::new("restore");
+    let issuer_key = mtls_pki::inspect::sha256_hex(&pki.intermediate.key().public_key_spki());
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = || mtls_store::Ledger::new(dir.path().join("ledger"));
+    let now = OffsetDateTime::now_utc();
+    let store = Store::open(&before)
+        .await
+        .unwrap()
+        .with_ledger(ledger())
+        .await
+        .unwrap();
+    let mut c = cert("CN=revoked-after-backup");
+    c.issuer_key = issuer_key.clone();
+    store
+        .record_issued(c.clone(), IssueKind::Direct, "test", now)
+        .await
+        .unwrap();
+    store
+        .revoke(
+            &c.serial,
+            None,
+            Some(RevocationReason::KeyCompromise),
+            "test",
+            now,
+        )
+        .await
+        .unwrap();
+    let first = store
+        .sign_crl(&pki.intermediate, "test", now, time::Duration::days(1))
+        .await
+        .unwrap();
+    assert_eq!((first.number, first.entries), (1, 1));
+
+    let behind = Store::open(&restored).await.unwrap();
+    let e = behind.clone().with_ledger(ledger()).await.unwrap_err();
+    assert!(matches!(e, Error::RolledBack { .. }), "{e}");
+    let behind = behind.with_ledger_unchecked(ledger());
+    let done = behind.reconcile("test", now).await.unwrap();
+    assert_eq!(done.revocations, 1);
+    behind.check_published().await.unwrap();
+    let next = behind
+        .sign_crl(&pki.intermediate, "test", now, time::Duration::days(1))
+        .await
+        .unwrap();
+    assert_eq!((next.number, next.entries), (2, 1));
+    let listed = mtls_pki::revocation::crl_entries(&next.der).unwrap();
+    assert_eq!(listed[0].serial, c.serial);
+    assert_eq!(listed[0].reason, Some(RevocationReason::KeyCompromise));
+    // Nothing left to do, and the feed's sequence did not go backwards.
+    assert_eq!(behind.reconcile("test", now).await.unwrap().revocations, 0);
+    assert!(behind.revocation_epoch().await.unwrap() >= 1);
+}
+
+#[tokio::test]
+async fn a_restored_database_is_refused_until_reconciled_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    a_restored_database_is_refused_until_reconciled(
+        Location::Sqlite(dir.path().join("a.db")),
+        Location::Sqlite(dir.path().join("b.db")),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_restored_database_is_refused_until_reconciled_on_postgres() {
+    a_restored_database_is_refused_until_reconciled(
+        Location::Postgres(mtls_test_util::fresh_postgres_database()),
+        Location::Postgres(mtls_test_util::fresh_postgres_database()),
+    )
+    .await;
+}
