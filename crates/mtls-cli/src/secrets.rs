@@ -4,7 +4,7 @@
 use std::io::IsTerminal;
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use zeroize::Zeroizing;
 
 /// One passphrase source: `--<flag> FILE` or `$ENV`, else a prompt.
@@ -76,19 +76,20 @@ impl Source<'_> {
                 self.what
             ))?);
             if *a != *b {
-                bail!("the passphrases do not match");
+                return Err(crate::UsageError("the passphrases do not match".into()).into());
             }
             Zeroizing::new(a.as_bytes().to_vec())
         } else {
-            bail!(
+            return Err(crate::UsageError(format!(
                 "{} needed: pass {} FILE or set {} (no terminal to prompt on)",
-                self.what,
-                self.flag,
-                self.env
-            );
+                self.what, self.flag, self.env
+            ))
+            .into());
         };
         if p.len() < 8 {
-            bail!("{} must be at least 8 bytes long", self.what);
+            return Err(
+                crate::UsageError(format!("{} must be at least 8 bytes long", self.what)).into(),
+            );
         }
         Ok(p)
     }
