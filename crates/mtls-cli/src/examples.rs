@@ -91,6 +91,15 @@ pub const COMPLETIONS: &str = "Examples:
   mtls completions bash > /etc/bash_completion.d/mtls
   mtls completions zsh > \"${fpath[1]}/_mtls\"";
 
+pub const DOCTOR: &str = "Examples:
+  mtls doctor pki
+  mtls doctor --config gateway.toml --config ca.toml --json
+  mtls doctor /etc/mtls --expiring-within 14d || echo \"fix the findings\"";
+
+pub const MONITOR: &str = "Examples:
+  mtls monitor --listen 127.0.0.1:9102 /etc/mtls/gateway pki/crl.pem
+  mtls monitor --listen 127.0.0.1:9102 --inventory --database postgres://mtls@db/mtls";
+
 pub const QUICKSTART: &str = "Examples:
   mtls quickstart
   mtls quickstart --dir demo --port 9443";

@@ -25,6 +25,7 @@ mod examples;
 mod issuing;
 mod lifecycle;
 mod online;
+mod ops;
 mod pkidir;
 mod reading;
 mod reference;
@@ -93,6 +94,14 @@ enum Command {
     /// Create a demo PKI and serve the seed's /api/secure over mTLS.
     #[command(after_help = examples::QUICKSTART)]
     Quickstart(serve::QuickstartArgs),
+    /// Audit certificate, key and CRL files, PKI directories and configurations: every problem
+    /// with a code, a severity, the file and the fix. Exit 0 clean, 1 errors, 3 warnings only.
+    #[command(after_help = examples::DOCTOR)]
+    Doctor(ops::DoctorArgs),
+    /// Export certificate expiry, renewal state, CRL freshness and the inventory's expiring
+    /// certificates to Prometheus.
+    #[command(after_help = examples::MONITOR)]
+    Monitor(ops::MonitorArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(after_help = examples::COMPLETIONS)]
     Completions(reference::CompletionsArgs),
@@ -261,6 +270,7 @@ impl Command {
             Command::List(a) => Some(&a.pki),
             Command::Revoke(a) => Some(&a.pki),
             Command::Crl(a) => Some(&a.pki),
+            Command::Monitor(a) => Some(&a.pki),
             _ => None,
         }
     }
@@ -294,6 +304,8 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
         Command::Tunnel(a) => client::tunnel(a),
         Command::Quickstart(a) => serve::quickstart(a),
         Command::Completions(a) => reference::completions(a),
+        Command::Doctor(a) => ops::doctor(a),
+        Command::Monitor(a) => ops::monitor(a, &pki),
         Command::GenerateReference(a) => reference::generate(a),
         Command::Enroll(a) => online::enroll(a),
         Command::Renew(a) => online::renew(*a),

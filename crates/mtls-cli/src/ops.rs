@@ -1,0 +1,180 @@
+//! `mtls doctor` (audit files and configurations) and `mtls monitor` (expiry exporter).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use mtls_ops::doctor::{self, Options, Report, Severity};
+
+use crate::util::out;
+use crate::UsageError;
+
+#[derive(Args)]
+pub struct DoctorArgs {
+    /// Certificate, key and CRL files, and directories (a PKI directory is also checked as a
+    /// whole: key storage, CRL).
+    #[arg(value_name = "PATH")]
+    paths: Vec<PathBuf>,
+    /// A gateway.toml or ca.toml to audit, with every file it names (repeatable).
+    #[arg(long, value_name = "FILE")]
+    config: Vec<PathBuf>,
+    /// Report certificates expiring within this.
+    #[arg(long, default_value = "30d", value_parser = crate::util::duration_arg)]
+    expiring_within: time::Duration,
+    /// Report leaf certificates valid for longer than this.
+    #[arg(long, default_value = "398d", value_parser = crate::util::duration_arg)]
+    max_leaf_validity: time::Duration,
+    /// JSON output (schema: docs/doctor.schema.json).
+    #[arg(long)]
+    json: bool,
+}
+
+/// Exit code for warnings without errors (errors exit 1, a clean audit 0).
+const WARNINGS_ONLY: u8 = 3;
+
+pub fn doctor(a: DoctorArgs) -> Result<ExitCode> {
+    if a.paths.is_empty() && a.config.is_empty() {
+        return Err(
+            UsageError("give files or directories to audit, or --config FILE".into()).into(),
+        );
+    }
+    let options = Options {
+        now: time::OffsetDateTime::now_utc(),
+        expiry_warning: a.expiring_within,
+        max_leaf_validity: a.max_leaf_validity,
+    };
+    let mut report = Report::default();
+    for p in &a.paths {
+        if !p.exists() {
+            return Err(UsageError(format!("{}: no such file or directory", p.display())).into());
+        }
+    }
+    doctor::audit_paths(&a.paths, &options, &mut report);
+    for c in &a.config {
+        let text = std::fs::read_to_string(c).with_context(|| c.display().to_string())?;
+        // A gateway configuration has listeners; the CA's has none.
+        let gateway = text
+            .lines()
+            .any(|l| l.trim_start().starts_with("[[listener"));
+        let audited = if gateway {
+            doctor::audit_gateway_config(c, &options, &mut report)
+        } else {
+            doctor::audit_ca_config(c, &options, &mut report)
+        };
+        audited.map_err(|e| UsageError(e.to_string()))?;
+    }
+    let (errors, warnings, info) = (
+        report.count(Severity::Error),
+        report.count(Severity::Warning),
+        report.count(Severity::Info),
+    );
+    if a.json {
+        let doc = serde_json::json!({
+            "findings": report.findings,
+            "summary": {"errors": errors, "warnings": warnings, "info": info},
+        });
+        out(&format!("{doc}\n"))?;
+    } else {
+        let mut s = String::new();
+        for f in &report.findings {
+            let sev = match f.severity {
+                Severity::Error => "error",
+                Severity::Warning => "warning",
+                Severity::Info => "info",
+            };
+            s.push_str(&format!(
+                "{sev}[{}] {}: {}\n  fix: {}\n",
+                f.code,
+                f.file.display(),
+                f.message,
+                f.fix
+            ));
+        }
+        s.push_str(&format!(
+            "{errors} error(s), {warnings} warning(s), {info} note(s)\n"
+        ));
+        out(&s)?;
+    }
+    Ok(match report.worst() {
+        Some(Severity::Error) => ExitCode::FAILURE,
+        Some(Severity::Warning) => ExitCode::from(WARNINGS_ONLY),
+        _ => ExitCode::SUCCESS,
+    })
+}
+
+#[derive(Args)]
+pub struct MonitorArgs {
+    /// Address of the Prometheus endpoint (/metrics).
+    #[arg(long, value_parser = crate::util::listen_arg)]
+    listen: SocketAddr,
+    /// Certificate and CRL files, and directories of them, read on every scrape.
+    #[arg(value_name = "PATH")]
+    paths: Vec<PathBuf>,
+    /// Also count the CA inventory's certificates expiring within 7 and 30 days (read every
+    /// 30 s).
+    #[arg(long)]
+    inventory: bool,
+    #[command(flatten)]
+    pub pki: crate::PkiArgs,
+}
+
+pub fn monitor(a: MonitorArgs, pki: &std::path::Path) -> Result<ExitCode> {
+    if a.paths.is_empty() && !a.inventory {
+        return Err(UsageError("give files or directories to watch, or --inventory".into()).into());
+    }
+    let watched = Arc::new(mtls_ops::expiry::Watched {
+        paths: a.paths.clone(),
+        inventory: Default::default(),
+        inventory_watched: a.inventory,
+    });
+    let store_location = if a.inventory {
+        Some(crate::pkidir::PkiDir::new(pki).location_or(None)?)
+    } else {
+        None
+    };
+    crate::serve::runtime()?.block_on(async move {
+        if let Some(loc) = store_location {
+            let store = mtls_store::Store::open_with(&loc, crate::pkidir::pg_tls()?)
+                .await
+                .context("opening the inventory")?;
+            let w = watched.clone();
+            tokio::spawn(async move {
+                loop {
+                    let now = time::OffsetDateTime::now_utc();
+                    match mtls_ops::expiry::read_inventory(&store, now).await {
+                        Ok(r) => {
+                            if let Ok(mut g) = w.inventory.lock() {
+                                *g = Some(r);
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "reading the inventory failed"),
+                    }
+                    tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+                }
+            });
+        }
+        let mut registry = mtls_serve::metrics::Registry::default();
+        mtls_ops::expiry::register_metrics(&mut registry, &watched);
+        let listener = tokio::net::TcpListener::bind(a.listen)
+            .await
+            .with_context(|| format!("binding {}", a.listen))?;
+        eprintln!(
+            "mtls monitor: metrics on http://{}/metrics",
+            listener.local_addr()?
+        );
+        let (stop, shutdown) = mtls_serve::shutdown();
+        let serving = tokio::spawn(mtls_serve::http::serve_metrics(
+            listener,
+            Arc::new(registry),
+            shutdown,
+        ));
+        crate::serve::wait_for_stop().await;
+        stop.trigger();
+        let _ = serving.await;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,412 @@
+//! `mtls doctor`: a PKI seeded with each problem reports exactly those findings by code, a
+//! clean PKI reports none; `--json` validated against docs/doctor.schema.json by Python's
+//! `jsonschema`; exit codes 0 (clean), 1 (errors), 3 (warnings only), 2 (bad input).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use common::Env;
+use mtls_pki::pem_io;
+use mtls_pki::Profile;
+use mtls_test_util::TestPki;
+use time::{Duration, OffsetDateTime};
+
+const SCHEMA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/doctor.schema.json");
+
+/// Runs `mtls doctor --json ARGS`: exit code and the (code, file name) pairs, after checking
+/// the output against the schema.
+fn doctor(env: &Env, args: &[&str]) -> (i32, BTreeSet<(String, String)>) {
+    let mut all = vec!["doctor", "--json"];
+    all.extend(args);
+    let r = env.mtls(&all);
+    let script = "import json, sys, jsonschema\nschema = json.load(open(sys.argv[1]))\njsonschema.validate(json.loads(sys.stdin.read()), schema)\n";
+    let mut child = Command::new("python3")
+        .args(["-c", script, SCHEMA])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), r.stdout.as_bytes()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "schema: {}\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        r.stdout
+    );
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let found = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let file = f["file"].as_str().unwrap();
+            let name = Path::new(file)
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            (f["code"].as_str().unwrap().to_string(), name)
+        })
+        .collect();
+    (r.code, found)
+}
+
+fn set(pairs: &[(&str, &str)]) -> BTreeSet<(String, String)> {
+    pairs
+        .iter()
+        .map(|(c, f)| (c.to_string(), f.to_string()))
+        .collect()
+}
+
+#[test]
+fn the_schema_lists_every_code_the_doctor_has() {
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(SCHEMA).unwrap()).unwrap();
+    let listed: BTreeSet<String> = schema["properties"]["findings"]["items"]["properties"]["code"]
+        ["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect();
+    let codes: BTreeSet<String> = mtls_ops::doctor::CODES
+        .iter()
+        .map(|(c, _)| c.to_string())
+        .collect();
+    assert_eq!(listed, codes);
+}
+
+#[test]
+fn a_clean_pki_reports_nothing_and_a_default_one_its_key_storage() {
+    let env = Env::new();
+    let pass = env.write_secret("ca.pass", b"correct horse battery\n");
+    let pass = pass.to_str().unwrap();
+    env.mtls(&["ca", "init", "--encrypt", "--passphrase-file", pass])
+        .ok();
+    // The root key goes offline, as `ca init` advises.
+    std::fs::rename(env.pki().join("root.key"), env.path("root.key.offline")).unwrap();
+    env.mtls(&["issue", "server", "localhost", "--ca-passphrase-file", pass])
+        .ok();
+    env.mtls(&["issue", "client", "app", "--ca-passphrase-file", pass])
+        .ok();
+    env.mtls(&["crl", "--ca-passphrase-file", pass]).ok();
+    let (code, found) = doctor(&env, &[&env.p("pki")]);
+    assert_eq!(found, set(&[]));
+    assert_eq!(code, 0);
+
+    let env = Env::new();
+    env.mtls(&["ca", "init"]).ok();
+    env.mtls(&["issue", "client", "app"]).ok();
+    let (code, found) = doctor(&env, &[&env.p("pki")]);
+    assert_eq!(
+        found,
+        set(&[
+            ("ca_key_unencrypted", "root.key"),
+            ("ca_key_unencrypted", "intermediate.key"),
+            ("root_key_online", "root.key"),
+            ("crl_missing", "crl.pem"),
+        ])
+    );
+    assert_eq!(code, 3, "warnings only");
+}
+
+fn write_pem(env: &Env, name: &str, label: &str, ders: &[&[u8]]) -> String {
+    let text: String = ders.iter().map(|d| pem_io::encode(label, d)).collect();
+    let p = env.write(name, text.as_bytes());
+    p.to_string_lossy().into_owned()
+}
+
+fn openssl(env: &Env, args: &[&str]) {
+    env.openssl(args).ok();
+}
+
+/// Each problem of the issue, in a file (or directory) of its own, reports exactly its codes.
+#[test]
+fn each_seeded_problem_is_reported_by_its_code() {
+    let env = Env::new();
+    let pki = TestPki::new("doctor");
+    let now = OffsetDateTime::now_utc();
+    let inter = pki.intermediate.der().to_vec();
+    let leaf_at = |cn: &str, profile: Profile, at: OffsetDateTime, days: i64| {
+        pki.leaf_at(
+            profile,
+            cn,
+            &[&format!("{cn}.example")],
+            at,
+            Duration::days(days),
+        )
+    };
+    let mut expected: Vec<(&str, &str)> = Vec::new();
+    let mut files: Vec<String> = Vec::new();
+
+    // A key readable by others.
+    let open = leaf_at("open", Profile::Client, now, 90);
+    let key = env.write("open.key", open.key.to_pem().as_bytes());
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    files.push(key.to_string_lossy().into_owned());
+    expected.push(("key_permissions", "open.key"));
+
+    // A chain file holding only its leaf; a chain in the wrong order.
+    let a = leaf_at("a", Profile::Server, now, 90);
+    files.push(write_pem(
+        &env,
+        "a.chain.pem",
+        "CERTIFICATE",
+        &[&a.cert.der],
+    ));
+    expected.push(("chain_incomplete", "a.chain.pem"));
+    files.push(write_pem(
+        &env,
+        "b-chain.pem",
+        "CERTIFICATE",
+        &[&inter, &a.cert.der],
+    ));
+    expected.push(("chain_out_of_order", "b-chain.pem"));
+
+    // A certificate next to a key that is not its own.
+    let c = leaf_at("c", Profile::Client, now, 90);
+    files.push(write_pem(&env, "c.crt", "CERTIFICATE", &[&c.cert.der]));
+    env.write_secret("c.key", open.key.to_pem().as_bytes());
+    expected.push(("key_mismatch", "c.crt"));
+
+    // Expired, not yet valid, expiring soon, valid too long.
+    let old = leaf_at("old", Profile::Client, now - Duration::days(100), 30);
+    files.push(write_pem(&env, "old.crt", "CERTIFICATE", &[&old.cert.der]));
+    expected.push(("expired", "old.crt"));
+    let later = leaf_at("later", Profile::Client, now + Duration::days(5), 30);
+    files.push(write_pem(
+        &env,
+        "later.crt",
+        "CERTIFICATE",
+        &[&later.cert.der],
+    ));
+    expected.push(("not_yet_valid", "later.crt"));
+    let soon = leaf_at("soon", Profile::Client, now - Duration::days(20), 30);
+    files.push(write_pem(
+        &env,
+        "soon.crt",
+        "CERTIFICATE",
+        &[&soon.cert.der],
+    ));
+    expected.push(("expiring_soon", "soon.crt"));
+    let long = leaf_at("long", Profile::Client, now, 800);
+    files.push(write_pem(
+        &env,
+        "long.crt",
+        "CERTIFICATE",
+        &[&long.cert.der],
+    ));
+    expected.push(("validity_too_long", "long.crt"));
+
+    // A stale CRL.
+    let stale = mtls_pki::revocation::build_crl(
+        &pki.intermediate,
+        1,
+        now - Duration::days(10),
+        Duration::days(1),
+        &[],
+    )
+    .unwrap();
+    files.push(write_pem(&env, "stale.crl", "X509 CRL", &[stale.as_ref()]));
+    expected.push(("crl_stale", "stale.crl"));
+
+    // Certificates made with openssl, each with one defect, signed by an openssl CA.
+    let cnf = env.write(
+        "x.cnf",
+        b"[req]\ndistinguished_name=dn\n[dn]\n\
+[ca]\nbasicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\n\
+[server_nosan]\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature\n\
+[noeku]\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nsubjectAltName=DNS:noeku.example\n\
+[caleaf]\nbasicConstraints=critical,CA:TRUE\nkeyUsage=critical,digitalSignature,keyCertSign\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:caleaf.example\n\
+[leaf]\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\nsubjectAltName=DNS:leaf.example\n",
+    );
+    let cnf = cnf.to_str().unwrap();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let req_x509 = |out: &str, key: &str, subj: &str, ext: &str, extra: &[&str]| {
+        let mut args = vec!["req", "-x509"];
+        args.extend(extra);
+        args.extend([
+            "-subj",
+            subj,
+            "-keyout",
+            key,
+            "-out",
+            out,
+            "-days",
+            "90",
+            "-config",
+            cnf,
+            "-extensions",
+            ext,
+        ]);
+        openssl(&env, &args);
+    };
+    req_x509("ossl-ca.crt", "ossl-ca.key", "/CN=openssl CA", "ca", &ec);
+    req_x509("selfsigned.crt", "selfsigned.key", "/CN=self", "leaf", &ec);
+    files.push(env.p("selfsigned.crt"));
+    expected.push(("self_signed_leaf", "selfsigned.crt"));
+    let sign = |name: &str, ext: &str, digest: &str, key_args: &[&str]| {
+        let mut args = vec!["req", "-new"];
+        args.extend(key_args);
+        let key = format!("{name}.key");
+        let csr = format!("{name}.csr");
+        args.extend([
+            "-subj", "/CN=x", "-keyout", &key, "-out", &csr, "-config", cnf,
+        ]);
+        openssl(&env, &args);
+        let out = format!("{name}.crt");
+        openssl(
+            &env,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ossl-ca.crt",
+                "-CAkey",
+                "ossl-ca.key",
+                "-days",
+                "90",
+                digest,
+                "-extfile",
+                cnf,
+                "-extensions",
+                ext,
+                "-out",
+                &out,
+                "-set_serial",
+                "0x1234",
+            ],
+        );
+        env.p(&out)
+    };
+    files.push(sign("nosan", "server_nosan", "-sha256", &ec));
+    expected.push(("server_without_san", "nosan.crt"));
+    files.push(sign("noeku", "noeku", "-sha256", &ec));
+    expected.push(("leaf_without_eku", "noeku.crt"));
+    files.push(sign("caleaf", "caleaf", "-sha256", &ec));
+    expected.push(("leaf_is_ca", "caleaf.crt"));
+    files.push(sign("sha1", "leaf", "-sha1", &ec));
+    expected.push(("weak_signature", "sha1.crt"));
+    files.push(sign(
+        "rsa1024",
+        "leaf",
+        "-sha256",
+        &["-newkey", "rsa:1024", "-nodes"],
+    ));
+    expected.push(("weak_key", "rsa1024.crt"));
+    // A leaf issued by the root itself, served with it.
+    let byroot = env.read("noeku.crt");
+    let mut chain = byroot.clone();
+    chain.extend(env.read("ossl-ca.crt"));
+    let with_root = env.write("byroot.chain.pem", &chain);
+    files.push(with_root.to_string_lossy().into_owned());
+    expected.push(("leaf_without_eku", "byroot.chain.pem"));
+    expected.push(("issued_by_root", "byroot.chain.pem"));
+
+    let args: Vec<&str> = files.iter().map(String::as_str).collect();
+    let (code, found) = doctor(&env, &args);
+    assert_eq!(found, set(&expected));
+    assert_eq!(code, 1, "errors exit 1");
+}
+
+#[test]
+fn configurations_are_audited_with_the_files_they_name() {
+    let env = Env::new();
+    env.mtls(&["ca", "init"]).ok();
+    env.mtls(&["issue", "server", "localhost"]).ok();
+    env.mtls(&["crl"]).ok();
+    let p = |rel: &str| env.p(&format!("pki/{rel}"));
+    // Six self-signed roots in the client CA bundle: a public root store.
+    let mut bundle = String::new();
+    for i in 0..6 {
+        let root = TestPki::new(&format!("public{i}"));
+        bundle.push_str(&pem_io::encode("CERTIFICATE", &root.root_der()));
+    }
+    let public = env.write("public-roots.pem", bundle.as_bytes());
+    let listener = |name: &str, extra: &str, ca: &str| {
+        format!(
+            "[[listener]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\nupstream = \"http://127.0.0.1:1\"\nclient_ca = [\"{ca}\"]\n{extra}\n[listener.policy]\nallow_any_trusted = true\n[[listener.certificate]]\ncert = \"{}\"\nkey = \"{}\"\n",
+            p("issued/localhost.chain.pem"),
+            p("issued/localhost.key")
+        )
+    };
+    let config = format!(
+        "{}{}{}",
+        listener("open", "client_auth = \"optional\"", &p("ca-chain.pem")),
+        listener(
+            "soft",
+            &format!(
+                "crl = [\"{}\"]\nrevocation_policy = \"soft-fail\"",
+                p("crl.pem")
+            ),
+            &p("ca-chain.pem")
+        ),
+        listener(
+            "public",
+            &format!("crl = [\"{}\"]", p("crl.pem")),
+            public.to_str().unwrap()
+        ),
+    );
+    let gw = env.write("gateway.toml", config.as_bytes());
+    let (code, found) = doctor(&env, &["--config", gw.to_str().unwrap()]);
+    assert_eq!(
+        found,
+        set(&[
+            ("client_verification_optional", "gateway.toml"),
+            ("allows_any_trusted", "gateway.toml"),
+            ("revocation_not_configured", "gateway.toml"),
+            ("revocation_soft_fail", "gateway.toml"),
+            ("client_ca_public_roots", "public-roots.pem"),
+        ])
+    );
+    assert_eq!(code, 1);
+
+    // The CA's configuration: its leaf lifetime, and its PKI directory.
+    let ca = env.write(
+        "ca.toml",
+        b"listen = \"127.0.0.1:0\"\npki = \"pki\"\nleaf_lifetime = \"800d\"\n",
+    );
+    let (code, found) = doctor(&env, &["--config", ca.to_str().unwrap()]);
+    assert_eq!(
+        found,
+        set(&[
+            ("validity_too_long", "ca.toml"),
+            ("ca_key_unencrypted", "root.key"),
+            ("ca_key_unencrypted", "intermediate.key"),
+            ("root_key_online", "root.key"),
+        ])
+    );
+    assert_eq!(code, 3);
+}
+
+#[test]
+fn bad_input_exits_2_and_text_output_names_code_file_and_fix() {
+    let env = Env::new();
+    env.mtls(&["doctor", "nope"]).fails(2, "nope");
+    env.mtls(&["doctor"]).fails(2, "--config");
+    let bad = env.write("bad.toml", b"[[listener]]\nbogus = 1\n");
+    env.mtls(&["doctor", "--config", bad.to_str().unwrap()])
+        .fails(2, "bad.toml");
+    env.mtls(&["ca", "init"]).ok();
+    let r = env.mtls(&["doctor", &env.p("pki")]);
+    assert_eq!(r.code, 3);
+    assert!(
+        r.stdout.contains("warning[root_key_online]") && r.stdout.contains("fix: move root.key"),
+        "{}",
+        r.stdout
+    );
+}

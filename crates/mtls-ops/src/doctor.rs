@@ -1,0 +1,722 @@
+//! The audit behind `mtls doctor`: each problem found in certificate, key and CRL files, PKI
+//! directories and configuration files, with a stable code, a severity, the file and the fix.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use time::{Duration, OffsetDateTime};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::public_key::PublicKey;
+
+/// How bad a finding is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Worth knowing; nothing to fix.
+    Info,
+    /// Fix it before it causes an outage or weakens the setup.
+    Warning,
+    /// Broken or insecure now.
+    Error,
+}
+
+/// One problem: a stable `code` (documented in the README, never reused), the file, what is
+/// wrong and how to fix it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub code: &'static str,
+    pub severity: Severity,
+    pub file: PathBuf,
+    pub message: String,
+    pub fix: String,
+}
+
+/// Every code the doctor can report, with its severity (the README's table).
+pub const CODES: &[(&str, Severity)] = &[
+    ("key_permissions", Severity::Error),
+    ("ca_key_unencrypted", Severity::Warning),
+    ("root_key_online", Severity::Warning),
+    ("chain_incomplete", Severity::Warning),
+    ("chain_out_of_order", Severity::Error),
+    ("key_mismatch", Severity::Error),
+    ("expired", Severity::Error),
+    ("not_yet_valid", Severity::Warning),
+    ("expiring_soon", Severity::Warning),
+    ("weak_key", Severity::Error),
+    ("weak_signature", Severity::Error),
+    ("server_without_san", Severity::Error),
+    ("leaf_without_eku", Severity::Warning),
+    ("leaf_is_ca", Severity::Error),
+    ("self_signed_leaf", Severity::Error),
+    ("issued_by_root", Severity::Warning),
+    ("validity_too_long", Severity::Warning),
+    ("crl_stale", Severity::Error),
+    ("crl_missing", Severity::Warning),
+    ("client_verification_optional", Severity::Warning),
+    ("allows_any_trusted", Severity::Info),
+    ("revocation_soft_fail", Severity::Warning),
+    ("revocation_not_configured", Severity::Warning),
+    ("client_ca_public_roots", Severity::Error),
+    ("unreadable", Severity::Error),
+];
+
+fn severity_of(code: &str) -> Severity {
+    CODES
+        .iter()
+        .find(|(c, _)| *c == code)
+        .map(|(_, s)| *s)
+        .unwrap_or(Severity::Error)
+}
+
+/// Thresholds of the audit.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// The audit's clock.
+    pub now: OffsetDateTime,
+    /// Certificates expiring within this are reported (`expiring_soon`; default 30 days).
+    pub expiry_warning: Duration,
+    /// Leaf certificates valid for longer than this are reported (`validity_too_long`;
+    /// default 398 days, the CA/Browser Forum's limit for server certificates).
+    pub max_leaf_validity: Duration,
+}
+
+impl Options {
+    /// The defaults at `now`.
+    pub fn at(now: OffsetDateTime) -> Options {
+        Options {
+            now,
+            expiry_warning: Duration::days(30),
+            max_leaf_validity: Duration::days(398),
+        }
+    }
+}
+
+/// Why a configuration file could not be audited at all.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Gateway(#[from] mtls_gateway::Error),
+    #[error("{}: configuration: {detail}", path.display())]
+    CaConfig { path: PathBuf, detail: String },
+}
+
+/// The findings of one audit, in the order found (files in path order).
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub findings: Vec<Finding>,
+    #[serde(skip)]
+    seen: BTreeSet<(String, PathBuf)>,
+}
+
+impl Report {
+    fn add(&mut self, code: &'static str, file: &Path, message: String, fix: impl Into<String>) {
+        // One finding per code and file: a chain of three expired certificates is one problem
+        // to fix in that file.
+        if !self.seen.insert((code.to_string(), file.to_path_buf())) {
+            return;
+        }
+        self.findings.push(Finding {
+            code,
+            severity: severity_of(code),
+            file: file.to_path_buf(),
+            message,
+            fix: fix.into(),
+        });
+    }
+
+    /// How many findings of `severity`.
+    pub fn count(&self, severity: Severity) -> usize {
+        self.findings
+            .iter()
+            .filter(|f| f.severity == severity)
+            .count()
+    }
+
+    /// The worst severity found.
+    pub fn worst(&self) -> Option<Severity> {
+        self.findings.iter().map(|f| f.severity).max()
+    }
+}
+
+/// Audits files and directories (a directory holding `root.crt` or `intermediate.crt` is also
+/// checked as a PKI directory; others are walked).
+pub fn audit_paths(paths: &[PathBuf], options: &Options, report: &mut Report) {
+    for p in paths {
+        if p.is_dir() {
+            audit_dir(p, options, report, 0);
+        } else {
+            audit_file(p, options, report);
+        }
+    }
+}
+
+fn audit_dir(dir: &Path, options: &Options, report: &mut Report, depth: usize) {
+    if depth > 4 {
+        return;
+    }
+    if dir.join("intermediate.crt").exists() || dir.join("root.crt").exists() {
+        audit_pki_dir(dir, options, report);
+    }
+    let mut entries: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(e) => e.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+        Err(e) => {
+            report.add(
+                "unreadable",
+                dir,
+                format!("cannot read the directory: {e}"),
+                "check the path and its permissions",
+            );
+            return;
+        }
+    };
+    entries.sort();
+    for p in entries {
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+        if name.as_deref().is_some_and(|n| n.starts_with('.')) {
+            continue;
+        }
+        if p.is_dir() {
+            // The CA's ledger holds copies of published CRLs, not files anyone serves.
+            if name.as_deref() != Some("ledger") {
+                audit_dir(&p, options, report, depth + 1);
+            }
+        } else if is_pki_file(&p) {
+            audit_file(&p, options, report);
+        }
+    }
+}
+
+fn is_pki_file(p: &Path) -> bool {
+    let ext = p
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    matches!(
+        ext.as_str(),
+        "pem" | "crt" | "cer" | "der" | "key" | "crl" | "p8" | "pk8"
+    )
+}
+
+/// A PKI directory made by `mtls ca init`: where the keys are and whether a CRL exists.
+fn audit_pki_dir(dir: &Path, options: &Options, report: &mut Report) {
+    let root_key = dir.join("root.key");
+    if root_key.exists() && dir.join("intermediate.key").exists() {
+        report.add(
+            "root_key_online",
+            &root_key,
+            "the root key is kept next to the intermediate that signs every day".into(),
+            "move root.key to offline storage (removable media, an HSM); `mtls ca intermediate --root-key …` uses it when a new intermediate is needed",
+        );
+    }
+    for name in ["root.key", "intermediate.key"] {
+        let key = dir.join(name);
+        if let Ok(bytes) = std::fs::read(&key) {
+            if !mtls_pki::key::is_encrypted(&bytes) {
+                report.add(
+                    "ca_key_unencrypted",
+                    &key,
+                    "the CA key is stored unencrypted".into(),
+                    "create the CA with `mtls ca init --encrypt` (or re-encrypt the key) and give the passphrase with --ca-passphrase-file",
+                );
+            }
+        }
+    }
+    let crl = dir.join("crl.pem");
+    if dir.join("intermediate.crt").exists() && !crl.exists() {
+        report.add(
+            "crl_missing",
+            &crl,
+            "the PKI has no CRL: verifiers that check revocation have nothing to load".into(),
+            "run `mtls crl` now and before every nextUpdate (or serve it from `mtls ca serve`)",
+        );
+    }
+    let _ = options;
+}
+
+fn read_or_report(p: &Path, report: &mut Report) -> Option<Vec<u8>> {
+    match std::fs::read(p) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            report.add(
+                "unreadable",
+                p,
+                format!("cannot read: {e}"),
+                "check the path and its permissions",
+            );
+            None
+        }
+    }
+}
+
+/// Audits one file: a private key, a certificate or chain, or a CRL (PEM or DER).
+pub fn audit_file(p: &Path, options: &Options, report: &mut Report) {
+    let Some(bytes) = read_or_report(p, report) else {
+        return;
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let is_key = text.contains("PRIVATE KEY-----")
+        || (!mtls_pki::pem_io::is_pem(&bytes)
+            && p.extension().is_some_and(|e| e == "key" || e == "p8"));
+    if is_key {
+        audit_key(p, &bytes, report);
+        return;
+    }
+    if text.contains("-----BEGIN X509 CRL-----") || p.extension().is_some_and(|e| e == "crl") {
+        if let Ok(crls) = mtls_pki::pem_io::crls(&bytes) {
+            for crl in crls {
+                audit_crl(p, &crl, options, report);
+            }
+        }
+        return;
+    }
+    if let Ok(chain) = mtls_pki::pem_io::certificates(&bytes) {
+        if !chain.is_empty() {
+            audit_chain(p, &chain, options, report);
+        }
+    }
+}
+
+fn audit_key(p: &Path, bytes: &[u8], report: &mut Report) {
+    if let Ok(meta) = std::fs::metadata(p) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            report.add(
+                "key_permissions",
+                p,
+                format!("the private key is readable by group or others (mode {mode:03o})"),
+                format!("chmod 600 {}", p.display()),
+            );
+        }
+    }
+    let _ = bytes;
+}
+
+fn audit_crl(
+    p: &Path,
+    crl: &rustls_pki_types::CertificateRevocationListDer<'_>,
+    options: &Options,
+    report: &mut Report,
+) {
+    let Ok(parsed) = mtls_pki::revocation::parse_crl(crl.as_ref()) else {
+        return;
+    };
+    match parsed.next_update() {
+        Some(next) if next.to_datetime() < options.now => report.add(
+            "crl_stale",
+            p,
+            format!(
+                "the CRL is past its nextUpdate ({}): strict verifiers refuse every client it covers",
+                mtls_pki::rfc3339(&next.to_datetime())
+            ),
+            "publish a new one with `mtls crl` (schedule it well before nextUpdate), or let the gateway fetch it (--crl-url)",
+        ),
+        None => report.add(
+            "crl_stale",
+            p,
+            "the CRL has no nextUpdate: nobody can tell whether it is current".into(),
+            "publish CRLs with a nextUpdate (`mtls crl --days N`)",
+        ),
+        _ => {}
+    }
+}
+
+fn is_self_signed(c: &X509Certificate<'_>) -> bool {
+    c.subject().as_raw() == c.issuer().as_raw() && c.verify_signature(None).is_ok()
+}
+
+fn issued(child: &X509Certificate<'_>, parent: &X509Certificate<'_>) -> bool {
+    child.issuer().as_raw() == parent.subject().as_raw()
+        && child.verify_signature(Some(parent.public_key())).is_ok()
+}
+
+fn is_ca(c: &X509Certificate<'_>) -> bool {
+    c.basic_constraints()
+        .ok()
+        .flatten()
+        .is_some_and(|b| b.value.ca)
+}
+
+fn audit_chain(
+    p: &Path,
+    chain: &[rustls_pki_types::CertificateDer<'static>],
+    options: &Options,
+    report: &mut Report,
+) {
+    let parsed: Vec<X509Certificate<'_>> = chain
+        .iter()
+        .filter_map(|c| mtls_pki::pem_io::parse_certificate(c).ok())
+        .collect();
+    let Some(leaf) = parsed.first() else {
+        return;
+    };
+    // Order: each certificate issued by the next.
+    for pair in parsed.windows(2) {
+        if let [child, parent] = pair {
+            if !issued(child, parent) {
+                report.add(
+                    "chain_out_of_order",
+                    p,
+                    format!(
+                        "{} is not issued by the certificate after it ({})",
+                        child.subject(),
+                        parent.subject()
+                    ),
+                    "order the file leaf first, then each issuer (`cat leaf.crt intermediate.crt > chain.pem`)",
+                );
+            }
+        }
+    }
+    let name = p
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let meant_as_chain = name.contains("chain") || parsed.len() > 1;
+    if let Some(last) = parsed.last() {
+        if meant_as_chain && !is_ca(leaf) && !is_self_signed(last) && parsed.len() == 1 {
+            report.add(
+                "chain_incomplete",
+                p,
+                format!(
+                    "the chain file holds only the leaf; its issuer {} is missing",
+                    leaf.issuer()
+                ),
+                "serve the chain file (leaf + intermediate), e.g. pki/issued/NAME.chain.pem",
+            );
+        }
+    }
+    for c in &parsed {
+        audit_certificate(p, c, options, report);
+    }
+    audit_leaf(p, leaf, parsed.get(1), options, report);
+    audit_sibling_key(p, leaf, report);
+}
+
+fn audit_certificate(p: &Path, c: &X509Certificate<'_>, options: &Options, report: &mut Report) {
+    let not_after = c.validity().not_after.to_datetime();
+    let not_before = c.validity().not_before.to_datetime();
+    if not_after < options.now {
+        report.add(
+            "expired",
+            p,
+            format!(
+                "{} expired at {}",
+                c.subject(),
+                mtls_pki::rfc3339(&not_after)
+            ),
+            "renew it (`mtls renew`, or issue a new one) and replace the file",
+        );
+    } else if not_after - options.now < options.expiry_warning {
+        report.add(
+            "expiring_soon",
+            p,
+            format!(
+                "{} expires at {} ({} days left)",
+                c.subject(),
+                mtls_pki::rfc3339(&not_after),
+                (not_after - options.now).whole_days()
+            ),
+            "renew it now, and let `mtls renew --daemon` renew it from now on",
+        );
+    }
+    if not_before > options.now {
+        report.add(
+            "not_yet_valid",
+            p,
+            format!(
+                "{} is not valid before {}",
+                c.subject(),
+                mtls_pki::rfc3339(&not_before)
+            ),
+            "check the issuing machine's clock",
+        );
+    }
+    if let Ok(PublicKey::RSA(rsa)) = c.public_key().parsed() {
+        let bits = rsa.key_size();
+        if bits < 2048 {
+            report.add(
+                "weak_key",
+                p,
+                format!("{} has a {bits}-bit RSA key", c.subject()),
+                "issue a new certificate with an ECDSA P-256 key (the default) or RSA ≥ 2048",
+            );
+        }
+    }
+    let sig = c.signature_algorithm.algorithm.to_id_string();
+    let weak = [
+        "1.2.840.113549.1.1.5", // sha1WithRSAEncryption
+        "1.2.840.113549.1.1.4", // md5WithRSAEncryption
+        "1.2.840.10045.4.1",    // ecdsa-with-SHA1
+        "1.2.840.10040.4.3",    // dsa-with-sha1
+        "1.3.14.3.2.29",        // sha1WithRSASignature (OIW)
+    ];
+    if weak.contains(&sig.as_str()) && !is_self_signed(c) {
+        report.add(
+            "weak_signature",
+            p,
+            format!("{} is signed with SHA-1 or MD5", c.subject()),
+            "re-issue it: mtls signs with SHA-256 or better",
+        );
+    }
+}
+
+fn audit_leaf(
+    p: &Path,
+    leaf: &X509Certificate<'_>,
+    issuer_in_file: Option<&X509Certificate<'_>>,
+    options: &Options,
+    report: &mut Report,
+) {
+    let eku = leaf.extended_key_usage().ok().flatten().map(|e| e.value);
+    let server = eku.as_ref().is_some_and(|e| e.server_auth);
+    let client = eku.as_ref().is_some_and(|e| e.client_auth);
+    if is_ca(leaf) {
+        if server || client {
+            report.add(
+                "leaf_is_ca",
+                p,
+                format!(
+                    "{} is a CA certificate (CA:TRUE) used for TLS authentication",
+                    leaf.subject()
+                ),
+                "issue the server or client a leaf certificate (`mtls issue server|client`); keep CA certificates for signing",
+            );
+        }
+        return;
+    }
+    if is_self_signed(leaf) {
+        report.add(
+            "self_signed_leaf",
+            p,
+            format!(
+                "{} is self-signed: every verifier must trust it individually, and it cannot be revoked",
+                leaf.subject()
+            ),
+            "issue it from your CA (`mtls issue server|client`)",
+        );
+    }
+    if eku.is_none() {
+        report.add(
+            "leaf_without_eku",
+            p,
+            format!(
+                "{} has no extended key usage: it can act as a server and a client",
+                leaf.subject()
+            ),
+            "issue it with a profile (`mtls issue server` or `mtls issue client`)",
+        );
+    }
+    if server && mtls_pki::issue::certificate_sans(leaf).is_empty() {
+        report.add(
+            "server_without_san",
+            p,
+            format!(
+                "{} is a server certificate without subjectAltName: clients ignore the CN and refuse it",
+                leaf.subject()
+            ),
+            "re-issue it with its DNS names and IPs as SANs (`mtls issue server NAME…`)",
+        );
+    }
+    if let Some(issuer) = issuer_in_file {
+        if issued(leaf, issuer) && is_self_signed(issuer) {
+            report.add(
+                "issued_by_root",
+                p,
+                format!(
+                    "{} is issued directly by the root {}",
+                    leaf.subject(),
+                    issuer.subject()
+                ),
+                "issue leaves from an intermediate (`mtls ca init` makes one) and keep the root offline",
+            );
+        }
+    }
+    let lifetime =
+        leaf.validity().not_after.to_datetime() - leaf.validity().not_before.to_datetime();
+    if lifetime > options.max_leaf_validity {
+        report.add(
+            "validity_too_long",
+            p,
+            format!(
+                "{} is valid for {} days (policy: at most {})",
+                leaf.subject(),
+                lifetime.whole_days(),
+                options.max_leaf_validity.whole_days()
+            ),
+            "issue shorter-lived certificates (`--days`) and renew them automatically (`mtls renew --daemon`)",
+        );
+    }
+}
+
+/// `NAME.crt` / `NAME.chain.pem` next to `NAME.key`: the key must match the certificate.
+fn audit_sibling_key(p: &Path, leaf: &X509Certificate<'_>, report: &mut Report) {
+    let Some(name) = p.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return;
+    };
+    let stem = name
+        .strip_suffix(".chain.pem")
+        .or_else(|| name.strip_suffix(".crt"))
+        .or_else(|| name.strip_suffix(".pem"));
+    let Some(stem) = stem else {
+        return;
+    };
+    let key_path = p.with_file_name(format!("{stem}.key"));
+    let Ok(bytes) = std::fs::read(&key_path) else {
+        return;
+    };
+    if mtls_pki::key::is_encrypted(&bytes) {
+        return;
+    }
+    let Ok(key) = mtls_pki::PrivateKey::from_pem_or_der(&bytes, None) else {
+        return;
+    };
+    if !key.matches_spki(leaf.public_key().raw) {
+        report.add(
+            "key_mismatch",
+            p,
+            format!(
+                "the certificate does not match its key {}",
+                key_path.display()
+            ),
+            "put the matching certificate and key side by side (a renewal may have replaced only one)",
+        );
+    }
+}
+
+/// Audits a gateway configuration file and every file it names.
+pub fn audit_gateway_config(
+    path: &Path,
+    options: &Options,
+    report: &mut Report,
+) -> Result<(), Error> {
+    let cfg = mtls_gateway::GatewayConfig::from_file(path)?;
+    for l in &cfg.listeners {
+        let at = |what: &str| format!("listener {:?}: {what}", l.name);
+        if l.client_auth == mtls_gateway::config::ClientAuth::Optional {
+            report.add(
+                "client_verification_optional",
+                path,
+                at("client_auth = \"optional\": the TLS handshake admits clients without a valid certificate (the gateway answers 401/403 itself)"),
+                "use client_auth = \"required\" unless browsers must see the JSON error page",
+            );
+        }
+        if l.policy.allow_any_trusted {
+            report.add(
+                "allows_any_trusted",
+                path,
+                at("allow_any_trusted = true: every certificate the client CA bundle trusts is allowed"),
+                "list the identities instead (allow_cn, allow_uri, allow_fingerprint, …) unless the CA issues to these clients only",
+            );
+        }
+        let has_revocation = !l.crl.is_empty()
+            || !l.crl_fetch.is_empty()
+            || l.revocation_feed.is_some()
+            || l.ocsp.is_some()
+            || l.crl_from_certificates;
+        if !has_revocation {
+            report.add(
+                "revocation_not_configured",
+                path,
+                at("no CRL, CRL fetch, revocation feed or OCSP: a revoked client keeps working until its certificate expires"),
+                "add --revocation-feed https://ca:9443 (seconds) or crl/crl_fetch, or ocsp",
+            );
+        } else if l.revocation_policy == mtls_gateway::config::RevocationPolicy::SoftFail
+            || l.allow_unknown_revocation
+            || l.allow_expired_crl
+        {
+            report.add(
+                "revocation_soft_fail",
+                path,
+                at("revocation is soft-fail: a client whose status is unknown (stale CRL, silent feed, responder down) is admitted"),
+                "use revocation_policy = \"hard-fail\" (the default) once the revocation sources are reliable",
+            );
+        }
+        for crl in &l.crl {
+            if crl.exists() {
+                audit_file(crl, options, report);
+            } else {
+                report.add(
+                    "crl_missing",
+                    crl,
+                    at("the configured CRL file does not exist"),
+                    "run `mtls crl` (or point crl_fetch at the CA's /v1/crl)",
+                );
+            }
+        }
+        for bundle in &l.client_ca {
+            audit_client_ca(bundle, report, &at);
+        }
+        for c in &l.certificates {
+            audit_file(&c.cert, options, report);
+            audit_file(&c.key, options, report);
+        }
+    }
+    Ok(())
+}
+
+/// A client CA bundle that trusts a public root store lets anyone with a public certificate in.
+fn audit_client_ca(bundle: &Path, report: &mut Report, at: &dyn Fn(&str) -> String) {
+    let Some(bytes) = read_or_report(bundle, report) else {
+        return;
+    };
+    let Ok(certs) = mtls_pki::pem_io::certificates(&bytes) else {
+        return;
+    };
+    let roots = certs
+        .iter()
+        .filter_map(|c| mtls_pki::pem_io::parse_certificate(c).ok())
+        .filter(is_self_signed)
+        .count();
+    let system = bundle.starts_with("/etc/ssl") || bundle.starts_with("/usr/share/ca-certificates");
+    if roots > 5 || system {
+        report.add(
+            "client_ca_public_roots",
+            bundle,
+            at(&format!(
+                "the client CA bundle holds {roots} roots (a public root store?): anyone with a certificate from a public CA would be trusted as a client"
+            )),
+            "trust only your own CA for clients (client_ca = [\"pki/ca-chain.pem\"])",
+        );
+    }
+}
+
+/// Audits the online CA's configuration file and its PKI directory.
+pub fn audit_ca_config(path: &Path, options: &Options, report: &mut Report) -> Result<(), Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let config = mtls_ca::config::Config::parse(&text).map_err(|e| Error::CaConfig {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    let settings = config.settings().map_err(|e| Error::CaConfig {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    if settings.leaf_lifetime > options.max_leaf_validity {
+        report.add(
+            "validity_too_long",
+            path,
+            format!(
+                "leaf_lifetime is {} days (policy: at most {})",
+                settings.leaf_lifetime.whole_days(),
+                options.max_leaf_validity.whole_days()
+            ),
+            "shorten leaf_lifetime and let clients renew with `mtls renew --daemon`",
+        );
+    }
+    let base = path.parent().unwrap_or(Path::new("."));
+    let pki = base.join(&config.pki);
+    if pki.is_dir() {
+        audit_dir(&pki, options, report, 0);
+    }
+    Ok(())
+}

@@ -1,0 +1,349 @@
+//! What `mtls monitor` exports: expiry and renewal state of certificate files, freshness of
+//! CRL files, and how much of the CA inventory expires soon — as Prometheus families of the
+//! project's one metrics page ([`mtls_serve::metrics`]).
+//!
+//! Alerting is meant to be on *renewal overdue* (the renewal point of
+//! [`mtls_client::renewal::due_at`] passed a tenth of the lifetime ago and the file was not
+//! replaced), not on raw days left: a 24-hour certificate renewed every 16 hours must not page
+//! anyone, a 90-day one that missed its renewal by a week must.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use mtls_serve::metrics::{Kind, Labels, Registry, Scraped, Unit};
+use time::OffsetDateTime;
+
+/// One certificate file's reading.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CertReading {
+    pub file: PathBuf,
+    pub subject: String,
+    pub serial: String,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+    /// When a renewal daemon with the default threshold renews it.
+    pub renewal_due: OffsetDateTime,
+    /// The renewal point passed more than a tenth of the lifetime ago.
+    pub renewal_overdue: bool,
+}
+
+/// One CRL file's reading.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CrlReading {
+    pub file: PathBuf,
+    pub issuer: String,
+    pub next_update: Option<OffsetDateTime>,
+    pub stale: bool,
+}
+
+/// Reads the leaf of a certificate file at `now`.
+pub fn read_certificate(file: &Path, now: OffsetDateTime) -> Option<CertReading> {
+    let bytes = std::fs::read(file).ok()?;
+    let chain = mtls_pki::pem_io::certificates(&bytes).ok()?;
+    let leaf = chain.first()?;
+    let c = mtls_pki::pem_io::parse_certificate(leaf).ok()?;
+    let not_before = c.validity().not_before.to_datetime();
+    let not_after = c.validity().not_after.to_datetime();
+    let due = mtls_client::renewal::due_at(
+        not_before,
+        not_after,
+        mtls_client::renewal::Threshold::default(),
+        0.0,
+    );
+    let grace = (not_after - not_before) / 10_i32;
+    Some(CertReading {
+        file: file.to_path_buf(),
+        subject: c.subject().to_string(),
+        serial: mtls_pki::Serial::from_be_bytes(c.raw_serial()).to_string(),
+        not_before,
+        not_after,
+        renewal_due: due,
+        renewal_overdue: now > due + grace,
+    })
+}
+
+/// Reads a CRL file at `now`.
+pub fn read_crl(file: &Path, now: OffsetDateTime) -> Option<CrlReading> {
+    let bytes = std::fs::read(file).ok()?;
+    let crls = mtls_pki::pem_io::crls(&bytes).ok()?;
+    let der = crls.first()?;
+    let crl = mtls_pki::revocation::parse_crl(der.as_ref()).ok()?;
+    let next_update = crl.next_update().map(|t| t.to_datetime());
+    Some(CrlReading {
+        file: file.to_path_buf(),
+        issuer: crl.issuer().to_string(),
+        next_update,
+        stale: next_update.is_none_or(|n| n < now),
+    })
+}
+
+/// Certificate and CRL files under `paths` (directories walked two levels deep; the CA's
+/// ledger and keys are skipped).
+pub fn files_under(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let mut certs = Vec::new();
+    let mut crls = Vec::new();
+    fn walk(p: &Path, depth: usize, certs: &mut Vec<PathBuf>, crls: &mut Vec<PathBuf>) {
+        if p.is_dir() {
+            if depth > 2 || p.file_name().is_some_and(|n| n == "ledger") {
+                return;
+            }
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(p)
+                .map(|e| e.filter_map(|e| e.ok().map(|e| e.path())).collect())
+                .unwrap_or_default();
+            entries.sort();
+            for e in entries {
+                walk(&e, depth + 1, certs, crls);
+            }
+            return;
+        }
+        let Ok(bytes) = std::fs::read(p) else {
+            return;
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        if text.contains("-----BEGIN X509 CRL-----") {
+            crls.push(p.to_path_buf());
+        } else if text.contains("-----BEGIN CERTIFICATE-----") {
+            // A chain file and its leaf-only twin report the same certificate: keep the
+            // leaf-only file when both exist (NAME.crt next to NAME.chain.pem).
+            let name = p.to_string_lossy();
+            if let Some(stem) = name.strip_suffix(".chain.pem") {
+                if Path::new(&format!("{stem}.crt")).exists() {
+                    return;
+                }
+            }
+            certs.push(p.to_path_buf());
+        }
+    }
+    for p in paths {
+        walk(p, 0, &mut certs, &mut crls);
+    }
+    (certs, crls)
+}
+
+/// Counts from the CA inventory, refreshed by the monitor in the background.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InventoryReading {
+    /// Valid (not revoked, not expired) certificates expiring within 7 and 30 days.
+    pub expiring_7d: u64,
+    pub expiring_30d: u64,
+    /// Certificates by status (`valid`, `expired`, `revoked`).
+    pub by_status: Vec<(String, u64)>,
+    /// When it was read.
+    pub read_at: Option<OffsetDateTime>,
+}
+
+/// Reads the inventory counts.
+pub async fn read_inventory(
+    store: &mtls_store::Store,
+    now: OffsetDateTime,
+) -> Result<InventoryReading, mtls_store::Error> {
+    let all = store.list(&mtls_store::ListFilter::default(), now).await?;
+    let mut by_status: std::collections::BTreeMap<String, u64> = Default::default();
+    let (mut d7, mut d30) = (0, 0);
+    for r in &all {
+        let status = format!("{:?}", r.status).to_ascii_lowercase();
+        *by_status.entry(status).or_default() += 1;
+        if r.revoked_at.is_none() && r.not_after > now {
+            if r.not_after - now <= time::Duration::days(7) {
+                d7 += 1;
+            }
+            if r.not_after - now <= time::Duration::days(30) {
+                d30 += 1;
+            }
+        }
+    }
+    Ok(InventoryReading {
+        expiring_7d: d7,
+        expiring_30d: d30,
+        by_status: by_status.into_iter().collect(),
+        read_at: Some(now),
+    })
+}
+
+/// What the monitor watches.
+#[derive(Debug, Default)]
+pub struct Watched {
+    /// Files and directories holding certificates and CRLs (read on every scrape).
+    pub paths: Vec<PathBuf>,
+    /// The last inventory reading, when `--inventory` is on.
+    pub inventory: Mutex<Option<InventoryReading>>,
+    /// Whether the inventory is watched (its families are exported even before a reading).
+    pub inventory_watched: bool,
+}
+
+fn ts(t: OffsetDateTime) -> f64 {
+    t.unix_timestamp() as f64
+}
+
+fn cert_labels(r: &CertReading) -> Labels {
+    vec![
+        ("file", r.file.display().to_string()),
+        ("subject", r.subject.clone()),
+        ("serial", r.serial.clone()),
+    ]
+}
+
+/// Registers the monitor's families in `registry`.
+pub fn register_metrics(registry: &mut Registry, watched: &Arc<Watched>) {
+    let certs = {
+        let w = watched.clone();
+        move || -> Vec<CertReading> {
+            let now = OffsetDateTime::now_utc();
+            files_under(&w.paths)
+                .0
+                .iter()
+                .filter_map(|f| read_certificate(f, now))
+                .collect()
+        }
+    };
+    let crls = {
+        let w = watched.clone();
+        move || -> Vec<CrlReading> {
+            let now = OffsetDateTime::now_utc();
+            files_under(&w.paths)
+                .1
+                .iter()
+                .filter_map(|f| read_crl(f, now))
+                .collect()
+        }
+    };
+    type Pick = fn(&CertReading) -> f64;
+    let cert_series: [(&'static str, &'static str, Option<Unit>, Pick); 4] = [
+        (
+            "mtls_cert_not_after",
+            "notAfter of the certificate in a watched file",
+            Some(Unit::Seconds),
+            |r| ts(r.not_after),
+        ),
+        (
+            "mtls_cert_not_before",
+            "notBefore of the certificate in a watched file",
+            Some(Unit::Seconds),
+            |r| ts(r.not_before),
+        ),
+        (
+            "mtls_cert_renewal_due",
+            "When a renewal daemon with the default threshold (2/3 of the lifetime) renews it",
+            Some(Unit::Seconds),
+            |r| ts(r.renewal_due),
+        ),
+        (
+            "mtls_cert_renewal_overdue",
+            "1 when the renewal point passed more than a tenth of the lifetime ago and the file was not replaced: alert on this",
+            None,
+            |r| if r.renewal_overdue { 1.0 } else { 0.0 },
+        ),
+    ];
+    for (name, help, unit, pick) in cert_series {
+        let read = certs.clone();
+        Scraped::register(registry, name, help, unit, Kind::Gauge, move || {
+            read().iter().map(|r| (cert_labels(r), pick(r))).collect()
+        });
+    }
+    let read = crls.clone();
+    Scraped::register(
+        registry,
+        "mtls_crl_next_update",
+        "nextUpdate of the CRL in a watched file",
+        Some(Unit::Seconds),
+        Kind::Gauge,
+        move || {
+            read()
+                .iter()
+                .filter_map(|r| {
+                    r.next_update.map(|n| {
+                        (
+                            vec![
+                                ("file", r.file.display().to_string()),
+                                ("issuer", r.issuer.clone()),
+                            ],
+                            ts(n),
+                        )
+                    })
+                })
+                .collect()
+        },
+    );
+    let read = crls;
+    Scraped::register(
+        registry,
+        "mtls_crl_stale",
+        "1 when the CRL in a watched file is past its nextUpdate (verifiers refuse its clients)",
+        None,
+        Kind::Gauge,
+        move || {
+            read()
+                .iter()
+                .map(|r| {
+                    (
+                        vec![
+                            ("file", r.file.display().to_string()),
+                            ("issuer", r.issuer.clone()),
+                        ],
+                        if r.stale { 1.0 } else { 0.0 },
+                    )
+                })
+                .collect()
+        },
+    );
+    if watched.inventory_watched {
+        let w = watched.clone();
+        Scraped::register(
+            registry,
+            "mtls_inventory_expiring",
+            "Valid certificates of the CA inventory expiring within the window",
+            None,
+            Kind::Gauge,
+            move || {
+                let Ok(guard) = w.inventory.lock() else {
+                    return Vec::new();
+                };
+                let Some(r) = guard.as_ref() else {
+                    return Vec::new();
+                };
+                vec![
+                    (vec![("within", "7d".to_string())], r.expiring_7d as f64),
+                    (vec![("within", "30d".to_string())], r.expiring_30d as f64),
+                ]
+            },
+        );
+        let w = watched.clone();
+        Scraped::register(
+            registry,
+            "mtls_inventory_certificates",
+            "Certificates of the CA inventory by status",
+            None,
+            Kind::Gauge,
+            move || {
+                let Ok(guard) = w.inventory.lock() else {
+                    return Vec::new();
+                };
+                guard
+                    .as_ref()
+                    .map(|r| {
+                        r.by_status
+                            .iter()
+                            .map(|(s, n)| (vec![("status", s.clone())], *n as f64))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            },
+        );
+        let w = watched.clone();
+        Scraped::register(
+            registry,
+            "mtls_inventory_read",
+            "When the inventory was last read",
+            Some(Unit::Seconds),
+            Kind::Gauge,
+            move || {
+                w.inventory
+                    .lock()
+                    .ok()
+                    .and_then(|g| g.as_ref().and_then(|r| r.read_at))
+                    .map(|t| vec![(Vec::new(), ts(t))])
+                    .unwrap_or_default()
+            },
+        );
+    }
+}
