@@ -1,0 +1,212 @@
+//! `mtls monitor`: its `/metrics` page, parsed by the Prometheus project's parser, carries
+//! expiry and renewal state of certificate files (an overdue one flagged, a fresh one not),
+//! CRL freshness and the inventory's expiring certificates; the shipped alert rules pass
+//! `promtool check rules` and their unit tests (`promtool test rules`), and every monitor
+//! metric they use exists on the page.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Env;
+use mtls_pki::{pem_io, Profile};
+use time::OffsetDateTime;
+
+const RULES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/prometheus");
+
+struct Monitor(std::process::Child, String);
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(env: &Env, args: &[&str]) -> Monitor {
+    let mut child = Command::new(common::gw::mtls_bin())
+        .args(["--pki", &env.p("pki"), "monitor", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let url = loop {
+        let line = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        if let Some(u) = line.strip_prefix("mtls monitor: metrics on ") {
+            break u.trim().to_string();
+        }
+    };
+    Monitor(child, url)
+}
+
+fn value(page: &str, prefix: &str) -> Option<f64> {
+    page.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn the_monitor_exports_expiry_renewal_state_crl_freshness_and_the_inventory() {
+    let env = Env::new();
+    env.mtls(&["ca", "init"]).ok();
+    env.mtls(&["issue", "client", "fresh"]).ok();
+    env.mtls(&["issue", "client", "week", "--days", "5"]).ok();
+    env.mtls(&["crl"]).ok();
+    // A certificate whose renewal point (day 60 of 90) passed 20 days ago.
+    let pki = mtls_test_util::TestPki::new("monitor");
+    let now = OffsetDateTime::now_utc();
+    let late = pki.leaf_at(
+        Profile::Client,
+        "late",
+        &[],
+        now - time::Duration::days(80),
+        time::Duration::days(90),
+    );
+    std::fs::create_dir(env.path("watched")).unwrap();
+    env.write(
+        "watched/late.crt",
+        pem_io::encode("CERTIFICATE", &late.cert.der).as_bytes(),
+    );
+    let m = start(
+        &env,
+        &[
+            &env.p("pki/issued"),
+            &env.p("watched"),
+            &env.p("pki/crl.pem"),
+            "--inventory",
+        ],
+    );
+    // The inventory is read in the background: wait (bounded) for its first reading.
+    let start = Instant::now();
+    let page = loop {
+        let (status, page) = common::ca::curl(&[&m.1]);
+        assert_eq!(status, 200);
+        if page.contains("mtls_inventory_expiring{") {
+            break page;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{page}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let families = common::assert_prometheus_text(&page);
+    for f in [
+        "mtls_cert_not_after_seconds gauge",
+        "mtls_cert_not_before_seconds gauge",
+        "mtls_cert_renewal_due_seconds gauge",
+        "mtls_cert_renewal_overdue gauge",
+        "mtls_crl_next_update_seconds gauge",
+        "mtls_crl_stale gauge",
+        "mtls_inventory_expiring gauge",
+        "mtls_inventory_certificates gauge",
+        "mtls_inventory_read_seconds gauge",
+    ] {
+        assert!(
+            families.contains(&f.to_string()),
+            "{f}: {families:?}\n{page}"
+        );
+    }
+    let late_file = env.p("watched/late.crt");
+    let fresh_file = env.p("pki/issued/fresh.crt");
+    assert_eq!(
+        value(
+            &page,
+            &format!("mtls_cert_renewal_overdue{{file=\"{late_file}\"")
+        ),
+        Some(1.0),
+        "{page}"
+    );
+    assert_eq!(
+        value(
+            &page,
+            &format!("mtls_cert_renewal_overdue{{file=\"{fresh_file}\"")
+        ),
+        Some(0.0),
+        "{page}"
+    );
+    let not_after = value(
+        &page,
+        &format!("mtls_cert_not_after_seconds{{file=\"{fresh_file}\""),
+    )
+    .unwrap();
+    let expected = (now + time::Duration::days(90)).unix_timestamp() as f64;
+    assert!(
+        (not_after - expected).abs() < 600.0,
+        "{not_after} vs {expected}"
+    );
+    // The chain file of the same certificate is not reported twice.
+    assert!(!page.contains("fresh.chain.pem"), "{page}");
+    assert_eq!(value(&page, "mtls_crl_stale{"), Some(0.0), "{page}");
+    assert_eq!(
+        value(&page, "mtls_inventory_expiring{within=\"7d\"}"),
+        Some(1.0),
+        "{page}"
+    );
+    assert_eq!(
+        value(&page, "mtls_inventory_expiring{within=\"30d\"}"),
+        Some(1.0),
+        "{page}"
+    );
+    assert_eq!(
+        value(&page, "mtls_inventory_certificates{status=\"valid\"}"),
+        Some(2.0),
+        "{page}"
+    );
+
+    // The alert rules use these families, and promtool accepts them and their unit tests.
+    let rules = std::fs::read_to_string(format!("{RULES}/mtls-alerts.yml")).unwrap();
+    let mut names: Vec<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| {
+            w.starts_with("mtls_cert_")
+                || w.starts_with("mtls_crl_")
+                || w.starts_with("mtls_inventory_")
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    assert!(!names.is_empty());
+    for n in names {
+        assert!(
+            families.iter().any(|f| f.split(' ').next() == Some(n)),
+            "the rules use {n}, which the monitor does not export"
+        );
+    }
+    if Command::new("promtool").arg("--version").output().is_err() {
+        println!("skipped promtool: not installed (Debian's prometheus package has it)");
+        return;
+    }
+    for args in [
+        ["check", "rules", "mtls-alerts.yml"],
+        ["test", "rules", "mtls-alerts.test.yml"],
+    ] {
+        let o = Command::new("promtool")
+            .args(args)
+            .current_dir(RULES)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}
+
+#[test]
+fn the_monitor_needs_something_to_watch() {
+    let env = Env::new();
+    env.mtls(&["monitor", "--listen", "127.0.0.1:0"])
+        .fails(2, "--inventory");
+}
