@@ -37,6 +37,11 @@ if ! python3 -c 'import prometheus_client.parser' >/dev/null 2>&1; then
   echo "installing prometheus-client" >&2
   pip_install 'prometheus-client==0.26.0'
 fi
+# `mtls doctor --json` is validated against docs/doctor.schema.json.
+if ! python3 -c 'import jsonschema' >/dev/null 2>&1; then
+  echo "installing jsonschema" >&2
+  pip_install 'jsonschema==4.26.0'
+fi
 if [ "$(python3 -c 'import importlib.metadata as m; print(m.version("sslyze"))' 2>/dev/null)" != "6.3.1" ]; then
   echo "installing sslyze" >&2
   pip_install 'sslyze==6.3.1'
@@ -44,6 +49,17 @@ fi
 if ! need node || ! need npm; then
   echo "installing nodejs" >&2
   if need sudo; then sudo apt-get update -qq && sudo apt-get install -y -qq nodejs npm; else apt-get update -qq && apt-get install -y -qq nodejs npm; fi
+fi
+# Browser test peers (crates/mtls-cli/tests/browser.rs): Debian's Chromium and the NSS tools
+# (certutil, pk12util) that fill its certificate database.
+if ! need chromium || ! need certutil || ! need pk12util; then
+  echo "installing chromium and libnss3-tools" >&2
+  if need sudo; then sudo apt-get update -qq && sudo apt-get install -y -qq chromium libnss3-tools; else apt-get update -qq && apt-get install -y -qq chromium libnss3-tools; fi
+fi
+# promtool (Debian's prometheus package) checks the shipped alert rules and their unit tests.
+if ! need promtool; then
+  echo "installing prometheus (promtool)" >&2
+  if need sudo; then sudo apt-get update -qq && sudo apt-get install -y -qq --no-install-recommends prometheus; else apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus; fi
 fi
 if [ ! -d tests/node/node_modules ]; then
   echo "installing tests/node (npm ci)" >&2

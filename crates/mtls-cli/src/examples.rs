@@ -60,7 +60,8 @@ pub const VERIFY: &str = "Examples:
 
 pub const EXPORT_PKCS12: &str = "Examples:
   mtls export pkcs12 --cert pki/issued/client-app.chain.pem --key pki/issued/client-app.key \\
-      --out client-app.p12 --password-file p12.pass";
+      --out client-app.p12 --password-file p12.pass
+  mtls export pkcs12 --compat --cert app.chain.pem --key app.key --out app-macos.p12";
 
 pub const GATEWAY: &str = "Examples:
   mtls gateway --listen 127.0.0.1:8443 --cert pki/issued/localhost.chain.pem \\

@@ -320,6 +320,12 @@ pub struct Pkcs12Args {
     /// Passphrase file for an encrypted key (else $MTLS_PASSPHRASE, else a prompt).
     #[arg(long, value_name = "FILE")]
     passphrase_file: Option<PathBuf>,
+    /// Write the older algorithms (3DES for key and certificates, HMAC-SHA1 MAC) instead of
+    /// the default AES-256 and HMAC-SHA256. Use it only for importers that cannot read the
+    /// default: macOS Keychain (which Safari and Chrome on macOS use) and Windows before 10
+    /// version 1709 (Server 2016 and older). Firefox, and Chrome on Linux, read the default.
+    #[arg(long)]
+    compat: bool,
     /// Overwrite the output file.
     #[arg(long)]
     force: bool,
@@ -355,12 +361,21 @@ pub fn export(cmd: ExportCommand) -> Result<ExitCode> {
     let password =
         String::from_utf8(password.to_vec()).context("the PKCS#12 password must be UTF-8")?;
     let password = zeroize::Zeroizing::new(password);
-    let p12 = mtls_pki::pkcs12::export(&key, &chain, &password, &a.name)?;
+    let profile = if a.compat {
+        mtls_pki::pkcs12::Pkcs12Profile::Compat
+    } else {
+        mtls_pki::pkcs12::Pkcs12Profile::Modern
+    };
+    let p12 = mtls_pki::pkcs12::export(&key, &chain, &password, &a.name, profile)?;
     files::write_atomic(&a.out, &p12, Visibility::Secret, a.force)?;
     out(&format!(
-        "Wrote {} ({} certificate(s) and the key)\n",
+        "Wrote {} ({} certificate(s) and the key; {})\n",
         a.out.display(),
-        chain.len()
+        chain.len(),
+        match profile {
+            mtls_pki::pkcs12::Pkcs12Profile::Modern => "AES-256, HMAC-SHA256",
+            mtls_pki::pkcs12::Pkcs12Profile::Compat => "compat: 3DES, HMAC-SHA1",
+        }
     ))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,22 +1,72 @@
 //! PKCS#12 export (key + chain) for browsers, Java keystores and Windows.
 //!
-//! Written with PBES2 (PBKDF2-HMAC-SHA256, AES-256-CBC) and an HMAC-SHA256 MAC, the OpenSSL 3
-//! defaults, so `openssl pkcs12` reads it without `-legacy`.
+//! Two profiles, chosen by name ([`Pkcs12Profile`]); both protect the file with
+//! [`PKCS12_ITERATIONS`] key-derivation iterations and refuse an empty password:
+//!
+//! | | [`Modern`](Pkcs12Profile::Modern) (default) | [`Compat`](Pkcs12Profile::Compat) |
+//! |---|---|---|
+//! | key bag | PBES2: PBKDF2-HMAC-SHA256, AES-256-CBC | `pbeWithSHAAnd3-KeyTripleDES-CBC` (1.2.840.113549.1.12.1.3) |
+//! | certificate bags | PBES2: PBKDF2-HMAC-SHA256, AES-256-CBC | `pbeWithSHAAnd3-KeyTripleDES-CBC` |
+//! | integrity | HMAC-SHA256 MAC | HMAC-SHA1 MAC (PKCS#12 key derivation) |
+//!
+//! `Modern` is what OpenSSL 3 writes by default: `openssl pkcs12` reads it without `-legacy`,
+//! and so do NSS (Firefox, Chrome on Linux), current Windows and Java 11+. `Compat` is the
+//! RFC 7292 appendix C suite that macOS Keychain and Windows before 10 version 1709 (Server
+//! 2016 and older) require. It encrypts the certificates with 3DES rather than the 40-bit RC2 that
+//! `openssl pkcs12 -legacy` uses for them: every platform that takes the legacy suite takes
+//! 3DES for certificates too, RC2-40 offers no protection at all, and OpenSSL 3 reads 3DES
+//! without loading its legacy provider.
 
 use rustls_pki_types::CertificateDer;
 
 use crate::{Error, PrivateKey, Result};
 
-/// Key-derivation iterations for the PKCS#12 encryption and MAC (OpenSSL 3 uses 2048; more is
-/// better against offline guessing and still fast).
+/// Key-derivation iterations for the PKCS#12 encryption and MAC, in both profiles (OpenSSL 3
+/// uses 2048; more is better against offline guessing and still fast). Java's keytool wrote
+/// its legacy-algorithm files with 50,000 (encryption) and 100,000 (MAC) for years, and those
+/// import on macOS and Windows.
 pub const PKCS12_ITERATIONS: u32 = 100_000;
 
-/// Builds a PKCS#12 file holding `key` and `chain` (leaf first) under `password`.
+/// Which algorithms a PKCS#12 file is written with (see the [module](self) documentation for
+/// the exact list).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Pkcs12Profile {
+    /// AES-256-CBC with PBKDF2-HMAC-SHA256 for key and certificates, HMAC-SHA256 MAC: the
+    /// OpenSSL 3 default, read by NSS, current Windows and Java 11+. The default.
+    #[default]
+    Modern,
+    /// 3DES (`pbeWithSHAAnd3-KeyTripleDES-CBC`) for key and certificates, HMAC-SHA1 MAC: for
+    /// macOS Keychain and older Windows, which cannot read the modern suite. Weaker
+    /// algorithms, same iteration count; use it only where the importer requires it.
+    Compat,
+}
+
+impl Pkcs12Profile {
+    fn encryption(self) -> p12_keystore::EncryptionAlgorithm {
+        match self {
+            Pkcs12Profile::Modern => p12_keystore::EncryptionAlgorithm::PbeWithHmacSha256AndAes256,
+            Pkcs12Profile::Compat => {
+                p12_keystore::EncryptionAlgorithm::PbeWithShaAnd3KeyTripleDesCbc
+            }
+        }
+    }
+
+    fn mac(self) -> p12_keystore::MacAlgorithm {
+        match self {
+            Pkcs12Profile::Modern => p12_keystore::MacAlgorithm::HmacSha256,
+            Pkcs12Profile::Compat => p12_keystore::MacAlgorithm::HmacSha1,
+        }
+    }
+}
+
+/// Builds a PKCS#12 file holding `key` and `chain` (leaf first) under `password`, with the
+/// algorithms of `profile`.
 pub fn export(
     key: &PrivateKey,
     chain: &[CertificateDer<'_>],
     password: &str,
     friendly_name: &str,
+    profile: Pkcs12Profile,
 ) -> Result<Vec<u8>> {
     let leaf = chain.first().ok_or(Error::NotFound {
         what: "certificate",
@@ -48,9 +98,9 @@ pub fn export(
     );
     store
         .writer(password)
-        .encryption_algorithm(p12_keystore::EncryptionAlgorithm::PbeWithHmacSha256AndAes256)
+        .encryption_algorithm(profile.encryption())
         .encryption_iterations(PKCS12_ITERATIONS)
-        .mac_algorithm(p12_keystore::MacAlgorithm::HmacSha256)
+        .mac_algorithm(profile.mac())
         .mac_iterations(PKCS12_ITERATIONS)
         .write()
         .map_err(p12_err)
