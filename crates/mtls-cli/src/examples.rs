@@ -97,6 +97,10 @@ pub const DOCTOR: &str = "Examples:
   mtls doctor --config gateway.toml --config ca.toml --json
   mtls doctor /etc/mtls --expiring-within 14d || echo \"fix the findings\"";
 
+pub const EXPLAIN: &str = "Examples:
+  mtls explain pki/issued/client-app.chain.pem --config gateway.toml --path /admin
+  mtls explain client.crt --config gateway.toml --listener public --json";
+
 pub const MONITOR: &str = "Examples:
   mtls monitor --listen 127.0.0.1:9102 /etc/mtls/gateway pki/crl.pem
   mtls monitor --listen 127.0.0.1:9102 --inventory --database postgres://mtls@db/mtls";

@@ -100,6 +100,11 @@ enum Command {
     Doctor(ops::DoctorArgs),
     /// Export certificate expiry, renewal state, CRL freshness and the inventory's expiring
     /// certificates to Prometheus.
+    #[command(after_help = examples::EXPLAIN)]
+    /// Why a client is (or would be) refused: the decision a gateway listener makes about a
+    /// certificate and a path, check by check, with the gateway's reason codes. Exit 0
+    /// allowed, 1 refused.
+    Explain(ops::ExplainArgs),
     #[command(after_help = examples::MONITOR)]
     Monitor(ops::MonitorArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -305,6 +310,7 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
         Command::Quickstart(a) => serve::quickstart(a),
         Command::Completions(a) => reference::completions(a),
         Command::Doctor(a) => ops::doctor(a),
+        Command::Explain(a) => ops::explain(a),
         Command::Monitor(a) => ops::monitor(a, &pki),
         Command::GenerateReference(a) => reference::generate(a),
         Command::Enroll(a) => online::enroll(a),

@@ -178,3 +178,73 @@ pub fn monitor(a: MonitorArgs, pki: &std::path::Path) -> Result<ExitCode> {
     })?;
     Ok(ExitCode::SUCCESS)
 }
+
+#[derive(Args)]
+pub struct ExplainArgs {
+    /// The client's certificate, or its chain file (leaf first), PEM or DER.
+    #[arg(value_name = "CERT")]
+    cert: PathBuf,
+    /// The gateway configuration whose decision to explain.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// The listener (by name; needed when the configuration has several).
+    #[arg(long, value_name = "NAME")]
+    listener: Option<String>,
+    /// The request path (route policies are chosen by it).
+    #[arg(long, default_value = "/")]
+    path: String,
+    /// JSON output.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Exit 0 when the listener would let the client through, 1 when it would refuse it.
+pub fn explain(a: ExplainArgs) -> Result<ExitCode> {
+    let bytes = std::fs::read(&a.cert).with_context(|| a.cert.display().to_string())?;
+    let chain = mtls_pki::pem_io::certificates(&bytes)
+        .map_err(|e| UsageError(format!("{}: {e}", a.cert.display())))?;
+    if chain.is_empty() {
+        return Err(UsageError(format!("{}: no certificate", a.cert.display())).into());
+    }
+    let cfg = mtls_gateway::GatewayConfig::from_file(&a.config)?;
+    let l = mtls_gateway::explain::listener(&cfg, a.listener.as_deref())?;
+    let e = crate::serve::runtime()?.block_on(mtls_gateway::explain::explain(
+        &cfg,
+        l,
+        &chain,
+        &a.path,
+        time::OffsetDateTime::now_utc(),
+    ))?;
+    if a.json {
+        out(&format!("{}\n", serde_json::to_string(&e)?))?;
+    } else {
+        use mtls_gateway::explain::Outcome;
+        let mut s = format!("listener {:?}, path {}\n", e.listener, e.path);
+        for c in &e.checks {
+            let mark = match c.outcome {
+                Outcome::Pass => "pass",
+                Outcome::Fail => "FAIL",
+                Outcome::NotReached => "not reached",
+                Outcome::NotApplicable => "n/a",
+            };
+            s.push_str(&format!("  {:<34} {mark}", c.name));
+            if let Some(code) = c.code {
+                s.push_str(&format!(" ({code})"));
+            }
+            if !c.detail.is_empty() {
+                s.push_str(&format!(": {}", c.detail));
+            }
+            s.push('\n');
+        }
+        match e.code {
+            None => s.push_str(&format!("ALLOWED: {}\n", e.answer)),
+            Some(code) => s.push_str(&format!("REFUSED ({code}): {}\n", e.answer)),
+        }
+        out(&s)?;
+    }
+    Ok(if e.allowed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

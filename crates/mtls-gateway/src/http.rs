@@ -299,7 +299,19 @@ pub async fn handle(
         .metrics
         .request(&shared.name, status, start.elapsed());
     if let Some(reason) = refusal {
-        if let Some(suppressed) = shared.refusals.admit() {
+        let record = mtls_serve::refusals::Refusal {
+            listener: shared.name.to_string(),
+            remote: conn.remote.to_string(),
+            reason: reason.to_string(),
+            detail: detail.clone(),
+            stage: "request",
+            path: Some(path.clone()),
+            subject: peer.as_ref().map(|p| p.subject().to_string()),
+            serial: peer.as_ref().map(|p| p.serial().to_string()),
+            fingerprint: peer.as_ref().map(|p| p.fingerprint().to_string()),
+            ..Default::default()
+        };
+        if let Some(suppressed) = shared.refusals.record(record) {
             tracing::warn!(
                 listener = %shared.name,
                 remote = %conn.remote,

@@ -14,6 +14,7 @@
 
 pub mod config;
 pub mod crl_fetch;
+pub mod explain;
 pub mod http;
 pub mod identity;
 pub mod metrics;

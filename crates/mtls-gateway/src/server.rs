@@ -136,6 +136,28 @@ pub async fn start(config: GatewayConfig, config_path: Option<PathBuf>) -> Resul
     }
     register_expiry(&mut registry, &shared_all);
     crate::revocation::register_metrics(&mut registry, &shared_all);
+    {
+        let all = shared_all.clone();
+        mtls_serve::metrics::Scraped::register(
+            &mut registry,
+            "mtls_refusals",
+            "Refused handshakes, connections and requests by listener and reason code (the code of the log line, the 403 body and /debug/refusals)",
+            None,
+            mtls_serve::metrics::Kind::Counter,
+            move || {
+                all.iter()
+                    .flat_map(|s| {
+                        s.refusals.counts().into_iter().map(|(reason, n)| {
+                            (
+                                vec![("listener", s.name.to_string()), ("reason", reason)],
+                                n as f64,
+                            )
+                        })
+                    })
+                    .collect()
+            },
+        );
+    }
     let admin = match config.admin_listen {
         Some(a) => Some(bind(a).await?),
         None => None,
@@ -157,9 +179,22 @@ pub async fn start(config: GatewayConfig, config_path: Option<PathBuf>) -> Resul
         )));
     }
     if let Some((admin, _)) = admin {
-        tasks.push(tokio::spawn(mtls_serve::http::serve_metrics(
+        let all = shared_all.clone();
+        let refusals = mtls_serve::http::AdminPage {
+            path: "/debug/refusals",
+            content_type: "application/json",
+            // The last refusals of every listener, oldest first: who, why, when. No keys,
+            // no request bodies or headers.
+            render: Arc::new(move || {
+                let mut recent: Vec<_> = all.iter().flat_map(|s| s.refusals.recent()).collect();
+                recent.sort_by(|a, b| a.at.cmp(&b.at));
+                serde_json::json!({ "refusals": recent }).to_string()
+            }),
+        };
+        tasks.push(tokio::spawn(mtls_serve::http::serve_admin(
             admin,
             Arc::new(registry),
+            vec![refusals],
             shutdown.clone(),
         )));
     }
@@ -352,7 +387,14 @@ async fn handle_connection(
                 _ => "failed",
             };
             let reason = if result == "timeout" { "" } else { e.reason() };
-            if let Some(suppressed) = shared.refusals.admit() {
+            let refusal = mtls_serve::refusals::Refusal {
+                listener: shared.name.to_string(),
+                remote: remote.to_string(),
+                reason: e.reason().to_string(),
+                stage: "handshake",
+                ..Default::default()
+            };
+            if let Some(suppressed) = shared.refusals.record(refusal) {
                 tracing::warn!(listener = %shared.name, %remote, reason = e.reason(), suppressed, "handshake refused");
             }
             shared
@@ -442,7 +484,15 @@ async fn tcp_proxy(
     let peer = match verdict {
         Ok(p) => p,
         Err(r) => {
-            if let Some(suppressed) = shared.refusals.admit() {
+            let refusal = mtls_serve::refusals::Refusal {
+                listener: shared.name.to_string(),
+                remote: remote.to_string(),
+                reason: r.code().to_string(),
+                detail: Some(r.to_string()),
+                stage: "connection",
+                ..Default::default()
+            };
+            if let Some(suppressed) = shared.refusals.record(refusal) {
                 tracing::warn!(listener = %shared.name, %remote, reason = r.code(), detail = %r, suppressed, "connection refused");
             }
             let _ = tls.shutdown().await;
@@ -453,7 +503,18 @@ async fn tcp_proxy(
         shared
             .metrics
             .handshake(&shared.name, "denied", "not_allowed");
-        if let Some(suppressed) = shared.refusals.admit() {
+        let refusal = mtls_serve::refusals::Refusal {
+            listener: shared.name.to_string(),
+            remote: remote.to_string(),
+            reason: "not_allowed".into(),
+            detail: Some(reason.clone()),
+            stage: "connection",
+            subject: Some(peer.subject().to_string()),
+            serial: Some(peer.serial().to_string()),
+            fingerprint: Some(peer.fingerprint().to_string()),
+            ..Default::default()
+        };
+        if let Some(suppressed) = shared.refusals.record(refusal) {
             tracing::warn!(listener = %shared.name, %remote, reason = "not_allowed", detail = %reason, cn = ?peer.common_name(), serial = %peer.serial(), fingerprint = %peer.fingerprint(), suppressed, "connection refused");
         }
         let _ = tls.shutdown().await;

@@ -249,21 +249,49 @@ pub async fn serve_metrics(
     registry: std::sync::Arc<crate::metrics::Registry>,
     shutdown: Shutdown,
 ) {
+    serve_admin(listener, registry, Vec::new(), shutdown).await
+}
+
+/// One more page of an admin listener (e.g. the gateway's `/debug/refusals`), rendered on
+/// each request.
+#[derive(Clone)]
+pub struct AdminPage {
+    /// The request path it answers.
+    pub path: &'static str,
+    /// Its `Content-Type`.
+    pub content_type: &'static str,
+    /// Renders the body.
+    pub render: std::sync::Arc<dyn Fn() -> String + Send + Sync>,
+}
+
+/// [`serve_metrics`] with `pages` besides `/metrics` and `/healthz`.
+pub async fn serve_admin(
+    listener: tokio::net::TcpListener,
+    registry: std::sync::Arc<crate::metrics::Registry>,
+    pages: Vec<AdminPage>,
+    shutdown: Shutdown,
+) {
+    let pages = std::sync::Arc::new(pages);
     let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
         let registry = registry.clone();
+        let pages = pages.clone();
         async move {
-            let (status, ctype, body) = match req.uri().path() {
+            let path = req.uri().path();
+            let (status, ctype, body) = match path {
                 "/healthz" => (http::StatusCode::OK, "text/plain", "ok\n".to_string()),
                 "/metrics" => (
                     http::StatusCode::OK,
                     crate::metrics::CONTENT_TYPE,
                     crate::metrics::render(&registry),
                 ),
-                _ => (
-                    http::StatusCode::NOT_FOUND,
-                    "text/plain",
-                    "not found: try /metrics or /healthz\n".to_string(),
-                ),
+                _ => match pages.iter().find(|p| p.path == path) {
+                    Some(p) => (http::StatusCode::OK, p.content_type, (p.render)()),
+                    None => (
+                        http::StatusCode::NOT_FOUND,
+                        "text/plain",
+                        "not found: try /metrics or /healthz\n".to_string(),
+                    ),
+                },
             };
             let mut r = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
             *r.status_mut() = status;

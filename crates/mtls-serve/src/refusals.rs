@@ -1,16 +1,49 @@
-//! Log lines for refused clients, rate-limited: every refusal is counted in the metrics, but a
-//! flood of refused handshakes must not fill the disk. A token bucket admits a burst and then a
-//! steady rate; the next admitted line says how many were left out meanwhile.
+//! Refused clients: log lines, rate-limited (every refusal is counted, but a flood of refused
+//! handshakes must not fill the disk: a token bucket admits a burst and then a steady rate;
+//! the next admitted line says how many were left out meanwhile), counts by reason, and the
+//! last refusals kept for an operator's `/debug/refusals` (bounded; identities and reasons,
+//! never key material).
 
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Instant;
 
-/// The limiter of refusal log lines (one per server or listener).
+/// How many recent refusals are kept.
+pub const KEPT: usize = 100;
+
+/// One refusal as `/debug/refusals` shows it.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Refusal {
+    /// RFC 3339.
+    pub at: String,
+    /// The listener (or server) that refused.
+    pub listener: String,
+    /// The client's address.
+    pub remote: String,
+    /// The reason code (the same as in the metrics, the log and the 403 body).
+    pub reason: String,
+    /// The reason in words.
+    pub detail: Option<String>,
+    /// `handshake`, `connection` or `request`.
+    pub stage: &'static str,
+    /// The request path (requests only).
+    pub path: Option<String>,
+    /// The client certificate's subject, serial and SHA-256 fingerprint, when it sent one
+    /// that parsed.
+    pub subject: Option<String>,
+    /// See `subject`.
+    pub serial: Option<String>,
+    /// See `subject`.
+    pub fingerprint: Option<String>,
+}
+
+/// The refusals of one server or listener: the log limiter, counts and the recent ones.
 #[derive(Debug)]
 pub struct RefusalLog {
     per_second: f64,
     burst: f64,
     bucket: Mutex<Bucket>,
+    kept: Mutex<(VecDeque<Refusal>, BTreeMap<String, u64>)>,
 }
 
 #[derive(Debug)]
@@ -38,7 +71,40 @@ impl RefusalLog {
                 last: Instant::now(),
                 suppressed: 0,
             }),
+            kept: Mutex::new((VecDeque::with_capacity(KEPT), BTreeMap::new())),
         }
+    }
+
+    /// Keeps `r` among the recent refusals and counts it by reason; returns what
+    /// [`admit`](Self::admit) says about logging it.
+    pub fn record(&self, mut r: Refusal) -> Option<u64> {
+        if r.at.is_empty() {
+            r.at = mtls_pki::rfc3339(&time::OffsetDateTime::now_utc());
+        }
+        if let Ok(mut k) = self.kept.lock() {
+            *k.1.entry(r.reason.clone()).or_default() += 1;
+            if k.0.len() == KEPT {
+                k.0.pop_front();
+            }
+            k.0.push_back(r);
+        }
+        self.admit()
+    }
+
+    /// The recent refusals, oldest first.
+    pub fn recent(&self) -> Vec<Refusal> {
+        self.kept
+            .lock()
+            .map(|k| k.0.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Refusals so far by reason.
+    pub fn counts(&self) -> Vec<(String, u64)> {
+        self.kept
+            .lock()
+            .map(|k| k.1.iter().map(|(r, n)| (r.clone(), *n)).collect())
+            .unwrap_or_default()
     }
 
     /// `Some(n)` when a refusal may be logged now, `n` being how many refusals were not logged
