@@ -151,6 +151,13 @@ const SUBSTITUTED: &[Sub] = &[
     },
     Sub {
         scope: SH,
+        from: "127.0.0.1:9102",
+        to: "127.0.0.1:{}",
+        value: Value::Port("monitor"),
+        why: "a fixed port: a free one",
+    },
+    Sub {
+        scope: SH,
         from: "/media/offline/root.key",
         to: "pki/root.key",
         value: Value::None,
@@ -283,6 +290,25 @@ const BACKGROUND: &[Daemon] = &[
         with: "",
         ready: "mtls tunnel: ",
     },
+    Daemon {
+        command: "mtls monitor ",
+        with: "",
+        ready: "mtls monitor: metrics on ",
+    },
+];
+
+/// README commands whose documented result is a non-zero exit (a finding, a refusal), with why.
+const EXPECTED_EXIT: &[(&str, i32, &str)] = &[
+    (
+        "mtls doctor pki ",
+        3,
+        "a fresh PKI's keys are unencrypted and the root key is online: warnings (exit 3)",
+    ),
+    (
+        "mtls explain pki/issued/client-app.chain.pem ",
+        1,
+        "the README's gateway.toml lets only ops-admin into /admin: refused (exit 1)",
+    ),
 ];
 
 /// The commands of each ```sh block, in order: `\`-newline continuations joined, trailing
@@ -607,8 +633,18 @@ impl Runner {
                  from BACKGROUND?)\n{}",
                 show()
             ),
-            Some(st) if !st.success() => panic!("a README command failed ({st})\n{}", show()),
-            Some(_) => {}
+            Some(st) => {
+                let expected = EXPECTED_EXIT
+                    .iter()
+                    .find(|(c, _, _)| readme_command.starts_with(c))
+                    .map_or(0, |(_, code, _)| *code);
+                if st.code() != Some(expected) {
+                    panic!(
+                        "a README command failed ({st}; expected exit {expected})\n{}",
+                        show()
+                    );
+                }
+            }
         }
         self.outputs.push((readme_command.to_string(), stdout));
     }
