@@ -46,7 +46,7 @@ fn malformed_pem_and_der_are_input_errors() {
             .fails(2, "malformed");
         let r = e
             .mtls(&["sign", "--csr", &e.p(f), "--profile", "client"])
-            .fails(1, "");
+            .fails(2, "");
         assert!(
             r.stderr.contains("malformed") || r.stderr.contains("no CSR found"),
             "{}",
@@ -82,7 +82,7 @@ fn wrong_or_missing_passphrase_fails_cleanly() {
         "--passphrase-file",
         &e.p("readable"),
     ])
-    .fails(1, "chmod 600");
+    .fails(2, "chmod 600");
     e.write_secret("pw", b"the right passphrase\n");
     e.write_secret("wrong", b"the wrong passphrase\n");
     e.mtls(&["ca", "init", "--encrypt", "--passphrase-file", &e.p("pw")])
@@ -98,9 +98,9 @@ fn wrong_or_missing_passphrase_fails_cleanly() {
         "--ca-passphrase-file",
         &e.p("wrong"),
     ])
-    .fails(1, "wrong passphrase");
+    .fails(2, "wrong passphrase");
     e.mtls(&["issue", "client", "c"])
-        .fails(1, "encrypted and no passphrase");
+        .fails(2, "intermediate.key is encrypted");
     assert_eq!(e.tree(), before, "nothing may be written");
     assert_eq!(e.inventory_count(), 0);
     e.mtls(&["issue", "client", "c", "--ca-passphrase-file", &e.p("pw")])
@@ -122,7 +122,7 @@ fn wrong_or_missing_passphrase_fails_cleanly() {
         "--ca-passphrase-file",
         &e.p("pw"),
     ])
-    .fails(1, "at least 8 bytes");
+    .fails(2, "at least 8 bytes");
 }
 
 #[test]
@@ -134,8 +134,8 @@ fn world_readable_key_is_refused_with_the_fix() {
     )
     .unwrap();
     let before = e.tree();
-    e.mtls(&["issue", "client", "c"]).fails(1, "chmod 600");
-    e.mtls(&["crl"]).fails(1, "readable by group or others");
+    e.mtls(&["issue", "client", "c"]).fails(2, "chmod 600");
+    e.mtls(&["crl"]).fails(2, "readable by group or others");
     assert_eq!(e.tree(), before);
     std::fs::set_permissions(
         e.path("pki/intermediate.key"),
@@ -302,12 +302,12 @@ fn unknown_serial_cannot_be_revoked() {
 fn existing_outputs_are_not_overwritten_without_force() {
     let e = initialised();
     let root_before = e.read("pki/root.crt");
-    e.mtls(&["ca", "init"]).fails(1, "already exists");
+    e.mtls(&["ca", "init"]).fails(2, "already exists");
     assert_eq!(e.read("pki/root.crt"), root_before);
     e.mtls(&["issue", "client", "c"]).ok();
     let key_before = e.read("pki/issued/c.key");
     let before = e.tree();
-    e.mtls(&["issue", "client", "c"]).fails(1, "--force");
+    e.mtls(&["issue", "client", "c"]).fails(2, "--force");
     assert_eq!(e.read("pki/issued/c.key"), key_before);
     assert_eq!(e.tree(), before);
     assert_eq!(e.inventory_count(), 1, "a refused issuance is not recorded");
@@ -323,7 +323,7 @@ fn existing_outputs_are_not_overwritten_without_force() {
         "--csr-out",
         &e.p("x.csr"),
     ])
-    .fails(1, "already exists");
+    .fails(2, "already exists");
 }
 
 #[test]
@@ -362,7 +362,7 @@ fn invalid_names_and_options_are_usage_errors() {
     let other = Env::new();
     other
         .mtls(&["issue", "client", "c"])
-        .fails(1, "mtls ca init");
+        .fails(2, "mtls ca init");
 }
 
 #[test]

@@ -499,18 +499,11 @@ fn next_crl_number(
     actor: &str,
     now: OffsetDateTime,
 ) -> Result<u64> {
-    let last: Option<i64> = conn
-        .query_row(
-            "SELECT last_number FROM crl_numbers WHERE issuer_key = ?1",
-            params![issuer_key],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(db("read CRL number"))?;
-    let next = last
+    let next = crl_number(conn, issuer_key)?
         .unwrap_or(0)
         .checked_add(1)
         .ok_or(Error::Corrupt("CRL number overflow".into()))?;
+    let next = i64::try_from(next).map_err(|_| Error::Corrupt("CRL number overflow".into()))?;
     conn.execute(
         "INSERT INTO crl_numbers (issuer_key, last_number) VALUES (?1, ?2)
          ON CONFLICT(issuer_key) DO UPDATE SET last_number = excluded.last_number",
