@@ -187,7 +187,7 @@ fn each_seeded_problem_is_reported_by_its_code() {
         &[&later.cert.der],
     ));
     expected.push(("not_yet_valid", "later.crt"));
-    let soon = leaf_at("soon", Profile::Client, now - Duration::days(20), 30);
+    let soon = leaf_at("soon", Profile::Client, now - Duration::days(25), 30);
     files.push(write_pem(
         &env,
         "soon.crt",
@@ -195,6 +195,14 @@ fn each_seeded_problem_is_reported_by_its_code() {
         &[&soon.cert.der],
     ));
     expected.push(("expiring_soon", "soon.crt"));
+    // A two-day certificate issued an hour ago: a renewal daemon's business, not a finding.
+    let short = leaf_at("short", Profile::Client, now - Duration::hours(1), 2);
+    files.push(write_pem(
+        &env,
+        "short.crt",
+        "CERTIFICATE",
+        &[&short.cert.der],
+    ));
     let long = leaf_at("long", Profile::Client, now, 800);
     files.push(write_pem(
         &env,

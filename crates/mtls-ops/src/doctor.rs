@@ -75,7 +75,8 @@ fn severity_of(code: &str) -> Severity {
 pub struct Options {
     /// The audit's clock.
     pub now: OffsetDateTime,
-    /// Certificates expiring within this are reported (`expiring_soon`; default 30 days).
+    /// Certificates expiring within this are reported (`expiring_soon`; default 30 days) once
+    /// past the point a renewal daemon would have replaced them (2/3 of their lifetime).
     pub expiry_warning: Duration,
     /// Leaf certificates valid for longer than this are reported (`validity_too_long`;
     /// default 398 days, the CA/Browser Forum's limit for server certificates).
@@ -413,7 +414,18 @@ fn audit_certificate(p: &Path, c: &X509Certificate<'_>, options: &Options, repor
             ),
             "renew it (`mtls renew`, or issue a new one) and replace the file",
         );
-    } else if not_after - options.now < options.expiry_warning {
+    } else if not_after - options.now < options.expiry_warning
+        // A certificate a renewal daemon watches is replaced at its renewal point (2/3 of the
+        // lifetime): only one still in place after that point is a problem. A 24-hour
+        // certificate is always "expiring within 30 days" and is fine until it is 16 hours old.
+        && options.now
+            >= mtls_client::renewal::due_at(
+                not_before,
+                not_after,
+                mtls_client::renewal::Threshold::default(),
+                0.0,
+            )
+    {
         report.add(
             "expiring_soon",
             p,
