@@ -118,11 +118,16 @@ pub fn token(pki: &Path, a: TokenArgs) -> Result<ExitCode> {
         .parse()
         .map_err(|e: mtls_pki::Error| UsageError(e.to_string()))?;
     let ttl = a.ttl;
-    let loc = PkiDir::new(pki).location_or(None)?;
+    let dir = PkiDir::new(pki);
+    let loc = dir.location_or(None)?;
+    let ledger = dir.ledger();
     let (token, expires) = runtime()?.block_on(async move {
         let store = Store::open_with(&loc, crate::pkidir::pg_tls()?)
             .await
-            .context("opening the inventory")?;
+            .context("opening the inventory")?
+            // A token minted into a rolled-back inventory could be used twice.
+            .with_ledger(ledger)
+            .await?;
         mtls_ca::authority::mint_token(
             &store,
             TokenRequest {

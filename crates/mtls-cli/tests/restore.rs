@@ -101,6 +101,10 @@ fn a_restored_backup_does_not_unrevoke_at_the_gateway_in_ocsp_or_in_the_crl() {
     assert_eq!(crl_text(&env), published, "the published CRL is untouched");
     let r = env.mtls(&["revoke", "--cert", &env.p("pki/issued/b.crt")]);
     assert_eq!(r.code, 1, "nothing is written to a rolled-back inventory");
+    // No token either: one minted before the backup could be used twice.
+    let r = env.mtls(&["ca", "token", "--name", "x"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("mtls ca reconcile"), "{}", r.stderr);
     // The online CA does not start on it either.
     let config = env.write(
         "ca.toml",
