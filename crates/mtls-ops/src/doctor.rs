@@ -306,7 +306,10 @@ fn audit_crl(
     options: &Options,
     report: &mut Report,
 ) {
-    let Ok(parsed) = mtls_pki::revocation::parse_crl(crl.as_ref()) else {
+    let Ok((head, _)) = mtls_pki::revocation::without_entries(crl.as_ref()) else {
+        return;
+    };
+    let Ok(parsed) = mtls_pki::revocation::parse_crl(&head) else {
         return;
     };
     match parsed.next_update() {

@@ -67,7 +67,9 @@ pub fn read_crl(file: &Path, now: OffsetDateTime) -> Option<CrlReading> {
     let bytes = std::fs::read(file).ok()?;
     let crls = mtls_pki::pem_io::crls(&bytes).ok()?;
     let der = crls.first()?;
-    let crl = mtls_pki::revocation::parse_crl(der.as_ref()).ok()?;
+    // Read on every scrape: the fields without the entries.
+    let (head, _) = mtls_pki::revocation::without_entries(der.as_ref()).ok()?;
+    let crl = mtls_pki::revocation::parse_crl(&head).ok()?;
     let next_update = crl.next_update().map(|t| t.to_datetime());
     Some(CrlReading {
         file: file.to_path_buf(),

@@ -106,7 +106,9 @@ pub fn crls(input: &[u8]) -> Result<Vec<CertificateRevocationListDer<'static>>> 
         return Err(Error::NotFound { what: "CRL" });
     }
     for c in &crls {
-        crate::revocation::parse_crl(c)?;
+        // The structure without materialising the entries (read later, one at a time).
+        let (head, _) = crate::revocation::without_entries(c)?;
+        crate::revocation::parse_crl(&head)?;
     }
     Ok(crls)
 }

@@ -170,6 +170,84 @@ pub fn crl_entries(der: &[u8]) -> Result<Vec<RevokedEntry>> {
         .collect())
 }
 
+/// The signed parts of a CRL: the to-be-signed bytes, the algorithm and the signature.
+pub struct SignedParts<'a> {
+    tbs: &'a [u8],
+    algorithm: x509_parser::x509::AlgorithmIdentifier<'a>,
+    signature: x509_parser::asn1_rs::BitString<'a>,
+}
+
+impl SignedParts<'_> {
+    /// Whether `key` made the signature.
+    pub fn verified_by(&self, key: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> bool {
+        x509_parser::verify::verify_signature(key, &self.algorithm, &self.signature, self.tbs)
+            .is_ok()
+    }
+}
+
+/// Splits a DER CRL into its signed parts and a copy of it without the revoked-certificates
+/// list, which [`parse_crl`] reads cheaply: x509-parser materialises every entry (about 400
+/// bytes each, half a gigabyte for a million), while the issuer, number, dates, scope and
+/// signature are all a verifier needs from that parse (the entries are read one at a time by
+/// the index that keeps them). The copy's own signature does not verify: use the
+/// [`SignedParts`].
+pub fn without_entries(der: &[u8]) -> Result<(Vec<u8>, SignedParts<'_>)> {
+    use x509_parser::asn1_rs::{Any, BitString, FromDer as _, Sequence, Tag, ToDer as _};
+    let bad = |e: &dyn std::fmt::Display| Error::malformed("CRL", e.to_string());
+    let (rest, outer) = Any::from_der(der).map_err(|e| bad(&e))?;
+    if !rest.is_empty() || outer.tag() != Tag::Sequence {
+        return Err(bad(&"not a single DER SEQUENCE"));
+    }
+    let content = outer.data;
+    let (after_tbs, tbs) = Any::from_der(content).map_err(|e| bad(&e))?;
+    let tbs_raw = content
+        .get(..content.len() - after_tbs.len())
+        .ok_or_else(|| bad(&"truncated"))?;
+    let (after_alg, algorithm) =
+        <x509_parser::x509::AlgorithmIdentifier as x509_parser::prelude::FromDer<
+            x509_parser::error::X509Error,
+        >>::from_der(after_tbs)
+        .map_err(|e| bad(&e))?;
+    let (trailing, signature) = BitString::from_der(after_alg).map_err(|e| bad(&e))?;
+    if !trailing.is_empty() || tbs.tag() != Tag::Sequence {
+        return Err(bad(&"unexpected fields after the signature"));
+    }
+    // TBSCertList: version?, signature (SEQ), issuer (SEQ), thisUpdate, nextUpdate?,
+    // revokedCertificates (SEQ)?, [0] extensions?: the third SEQUENCE is the list.
+    let mut kept = Vec::with_capacity(1024);
+    let mut fields = tbs.data;
+    let mut sequences = 0;
+    while !fields.is_empty() {
+        let (next, field) = Any::from_der(fields).map_err(|e| bad(&e))?;
+        let raw = fields
+            .get(..fields.len() - next.len())
+            .ok_or_else(|| bad(&"truncated"))?;
+        let is_list = field.tag() == Tag::Sequence && {
+            sequences += 1;
+            sequences == 3
+        };
+        if !is_list {
+            kept.extend_from_slice(raw);
+        }
+        fields = next;
+    }
+    let mut stub = Sequence::new(kept.into())
+        .to_der_vec()
+        .map_err(|e| bad(&e))?;
+    stub.extend_from_slice(after_tbs);
+    let stub = Sequence::new(stub.into())
+        .to_der_vec()
+        .map_err(|e| bad(&e))?;
+    Ok((
+        stub,
+        SignedParts {
+            tbs: tbs_raw,
+            algorithm,
+            signature,
+        },
+    ))
+}
+
 /// Parses a DER CRL, refusing trailing bytes. Does not check the signature.
 pub fn parse_crl(der: &[u8]) -> Result<CertificateRevocationList<'_>> {
     let (rest, crl) =

@@ -333,7 +333,10 @@ impl TrustState {
         let mut index_map: HashMap<Vec<u8>, Vec<CrlEntry>> = HashMap::new();
         for (index, der) in crls.iter().enumerate() {
             let bad = |detail: String| TrustError::BadCrl { index, detail };
-            let crl = mtls_pki::revocation::parse_crl(der).map_err(|e| bad(e.to_string()))?;
+            // Everything but the entries, without materialising them (see `without_entries`).
+            let (head, signed) =
+                mtls_pki::revocation::without_entries(der).map_err(|e| bad(e.to_string()))?;
+            let crl = mtls_pki::revocation::parse_crl(&head).map_err(|e| bad(e.to_string()))?;
             check_crl(&crl, &roots).map_err(bad)?;
             // webpki's parse refuses what no complete CRL may carry (deltaCRLIndicator,
             // indirect or reason-partitioned IDPs, unknown critical extensions); its entries
@@ -367,7 +370,7 @@ impl TrustState {
             }
             let signer = candidates
                 .iter()
-                .find(|c| crl.verify_signature(c.public_key()).is_ok());
+                .find(|c| signed.verified_by(c.public_key()));
             let Some(signer) = signer else {
                 if unknown_signer == UnknownCrlSigner::Ignore {
                     continue;
