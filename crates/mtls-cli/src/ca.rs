@@ -185,6 +185,23 @@ fn reconcile(pki: &Path) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `ca init` over a PKI directory whose ledger records what an earlier CA published, with an
+/// inventory behind it (deleted or restored): refused before any key is written.
+fn refuse_behind_ledger(dir: &PkiDir) -> Result<()> {
+    if dir.ledger().marks()? == mtls_store::Marks::default() || !dir.intermediate_cert().exists() {
+        return Ok(());
+    }
+    let inv = dir.open_inventory_unchecked()?;
+    if let Err(e) = inv.check_published() {
+        return Err(UsageError(format!(
+            "{e:#}\n(this PKI directory's ledger, {}, records what the CA here already published; to start a new CA in this directory instead, move the ledger aside first)",
+            dir.dir.join("ledger").display()
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 fn init(pki: &Path, a: InitArgs) -> Result<ExitCode> {
     let dir = PkiDir::new(pki);
     let alg = key_type(&a.key)?;
@@ -200,6 +217,7 @@ fn init(pki: &Path, a: InitArgs) -> Result<ExitCode> {
     for p in &outputs {
         files::check_writable(p, a.key.force)?;
     }
+    refuse_behind_ledger(&dir)?;
     let passphrase = if a.key.encrypt {
         Some(a.key.source().new_secret()?)
     } else {
@@ -312,6 +330,10 @@ fn intermediate(pki: &Path, a: IntermediateArgs) -> Result<ExitCode> {
         0,
     )?;
     let pass = passphrase.as_deref().map(|p| p.as_slice());
+    // Before any key is written: a rolled-back inventory is refused now, not halfway.
+    if dir.inventory().exists() {
+        dir.open_inventory()?;
+    }
     write_intermediate(&dir, &inter, &root, &a.key, pass)?;
     if !dir.root_cert().exists() {
         files::write_atomic(

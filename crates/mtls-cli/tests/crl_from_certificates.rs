@@ -70,4 +70,23 @@ fn the_gateway_follows_the_crl_distribution_points_of_its_clients() {
                 && !l.ends_with(" 0")),
         "{page}"
     );
+    // `mtls explain` fetches the distribution points itself and agrees.
+    let p = |rel: &str| env.p(rel);
+    let config = env.write(
+        "gateway.toml",
+        format!(
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\nupstream = \"http://{}\"\nclient_ca = [\"{}\"]\ncrl_from_certificates = true\n[listener.policy]\nallow_any_trusted = true\n[[listener.certificate]]\ncert = \"{}\"\nkey = \"{}\"\n",
+            up.addr,
+            p("pki/ca-chain.pem"),
+            p("pki/issued/localhost.chain.pem"),
+            p("pki/issued/localhost.key"),
+        )
+        .as_bytes(),
+    );
+    let config = config.to_string_lossy().into_owned();
+    let r = env.mtls(&["explain", &p("cdp-b/cert.pem"), "--config", &config]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("REFUSED (revoked)"), "{}", r.stdout);
+    let r = env.mtls(&["explain", &p("cdp-a/cert.pem"), "--config", &config]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
 }

@@ -203,6 +203,68 @@ fn explain_agrees_with_the_gateway_on_a_table_of_certificates_and_paths() {
         .unwrap_or_else(|| panic!("{metrics}"));
     assert!(not_allowed >= 3.0, "{metrics}");
 
+    // A listener that requires a certificate refuses in the handshake: the reason it counts
+    // is the one explain gives for it.
+    let required = env.write(
+        "required.toml",
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("name = \"api\"", "name = \"req\"")
+            .replace("client_auth = \"optional\"\n", "")
+            .as_bytes(),
+    );
+    let required = required.to_string_lossy().into_owned();
+    let gr = Gateway::start_logging(&["--config".to_string(), required.clone()], "warn");
+    let admin_r = gr.admin.unwrap();
+    let handshake_counts = || -> Vec<(String, f64)> {
+        let (_, page) = common::ca::curl(&[&format!("http://{admin_r}/metrics")]);
+        page.lines()
+            .filter(|l| l.starts_with("mtls_handshakes_total{listener=\"req\",result=\"failed\""))
+            .filter_map(|l| {
+                let reason = l.split("reason=\"").nth(1)?.split('"').next()?.to_string();
+                Some((reason, l.rsplit(' ').next()?.parse().ok()?))
+            })
+            .collect()
+    };
+    let mut handshake_rows = 0;
+    for (name, client) in &clients {
+        let Some(l) = client else { continue };
+        let before = handshake_counts();
+        let r = gw::curl(&gr, &f, Some(l), "/", &[]);
+        let e = env.mtls(&[
+            "explain",
+            l.chain.to_str().unwrap(),
+            "--config",
+            &required,
+            "--json",
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&e.stdout).unwrap();
+        if v["answer"] != "refused in the TLS handshake" {
+            continue;
+        }
+        assert_eq!(r.status, 0, "{name}: refused in the handshake");
+        let start = Instant::now();
+        let counted = loop {
+            let after = handshake_counts();
+            let grown: Vec<String> = after
+                .iter()
+                .filter(|(k, n)| before.iter().find(|(b, _)| b == k).map_or(0.0, |(_, m)| *m) < *n)
+                .map(|(k, _)| k.clone())
+                .collect();
+            if !grown.is_empty() || start.elapsed() > Duration::from_secs(5) {
+                break grown;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(
+            counted,
+            vec![v["code"].as_str().unwrap().to_string()],
+            "{name}: {v}"
+        );
+        handshake_rows += 1;
+    }
+    assert!(handshake_rows >= 5, "{handshake_rows}");
+
     // A flood keeps only the last 100.
     let stranger_leaf = clients[2].1.as_ref().unwrap();
     for _ in 0..110 {

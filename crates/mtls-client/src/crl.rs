@@ -86,6 +86,59 @@ fn refresh_at(now: OffsetDateTime, next_update: Option<OffsetDateTime>) -> Offse
     now + left * 3_i32 / 4_i32 - left * spread / 1000_i32
 }
 
+/// Fetches once every distribution point of `set` that is due at `now` (the CRLs must be
+/// signed by a certificate of `client_ca`), installing what verifies; `counted` is told each
+/// fetch's success. Returns whether a CRL was installed or replaced, `None` when the client CA
+/// bundle cannot be read. The follower runs this in a loop; `mtls explain` once.
+pub async fn fetch_due(
+    set: &FetchedCrls,
+    client_ca: &[std::path::PathBuf],
+    now: OffsetDateTime,
+    counted: &(impl Fn(bool) + Send + Sync),
+) -> Option<bool> {
+    let mut any = false;
+    for url in set.due(now) {
+        let roots = match mtls_tls::load_certificates(client_ca) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "client CA bundle unreadable");
+                return None;
+            }
+        };
+        let installed = download(&url, &roots).await.and_then(|(crls, state)| {
+            let summary = state.crl_summaries().first().cloned();
+            let (Some(crl), Some(summary)) = (crls.into_iter().next(), summary) else {
+                return Err(Error::Protocol(format!("{url}: no CRL")));
+            };
+            if summary.next_update.is_some_and(|n| now >= n) {
+                return Err(Error::Protocol(format!("{url}: the CRL has expired")));
+            }
+            set.install(
+                &url,
+                crl,
+                summary.number,
+                refresh_at(now, summary.next_update),
+            )
+            .map_err(Error::Protocol)
+        });
+        match installed {
+            Ok(new) => {
+                counted(true);
+                if new {
+                    tracing::info!(%url, "CRL from a distribution point installed");
+                }
+                any |= new;
+            }
+            Err(e) => {
+                counted(false);
+                tracing::warn!(%url, error = %e, "CRL distribution point fetch failed");
+                set.failed(&url, now + RETRY);
+            }
+        }
+    }
+    Some(any)
+}
+
 /// Fetches what `set` wants until `shutdown` (the CRLs must be signed by a certificate of
 /// `client_ca`); calls `changed` when a CRL was installed or replaced (load a new trust state
 /// then) and `counted` with each fetch's success.
@@ -93,7 +146,7 @@ pub async fn follow_distribution_points(
     set: Arc<FetchedCrls>,
     client_ca: Vec<std::path::PathBuf>,
     changed: impl Fn() + Send,
-    counted: impl Fn(bool) + Send,
+    counted: impl Fn(bool) + Send + Sync,
     mut shutdown: Shutdown,
 ) {
     loop {
@@ -102,51 +155,11 @@ pub async fn follow_distribution_points(
             _ = shutdown.wait() => return,
         }
         let now = OffsetDateTime::now_utc();
-        let mut any = false;
-        for url in set.due(now) {
-            let roots = match mtls_tls::load_certificates(&client_ca) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::warn!(error = %e, "client CA bundle unreadable");
-                    break;
-                }
-            };
-            let fetched = tokio::select! {
-                r = download(&url, &roots) => r,
-                _ = shutdown.wait() => return,
-            };
-            let installed = fetched.and_then(|(crls, state)| {
-                let summary = state.crl_summaries().first().cloned();
-                let (Some(crl), Some(summary)) = (crls.into_iter().next(), summary) else {
-                    return Err(Error::Protocol(format!("{url}: no CRL")));
-                };
-                if summary.next_update.is_some_and(|n| now >= n) {
-                    return Err(Error::Protocol(format!("{url}: the CRL has expired")));
-                }
-                set.install(
-                    &url,
-                    crl,
-                    summary.number,
-                    refresh_at(now, summary.next_update),
-                )
-                .map_err(Error::Protocol)
-            });
-            match installed {
-                Ok(new) => {
-                    counted(true);
-                    if new {
-                        tracing::info!(%url, "CRL from a distribution point installed");
-                    }
-                    any |= new;
-                }
-                Err(e) => {
-                    counted(false);
-                    tracing::warn!(%url, error = %e, "CRL distribution point fetch failed");
-                    set.failed(&url, now + RETRY);
-                }
-            }
-        }
-        if any {
+        let fetched = tokio::select! {
+            r = fetch_due(&set, &client_ca, now, &counted) => r,
+            _ = shutdown.wait() => return,
+        };
+        if fetched == Some(true) {
             changed();
         }
     }

@@ -48,6 +48,9 @@ pub struct Explanation {
     pub checks: Vec<Check>,
 }
 
+/// Longest explain waits for CRLs from distribution points.
+const EXPLAIN_FETCH_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 const CERT_CHECKS: [&str; 5] = [
     "client certificate",
     "path to a trusted CA",
@@ -107,7 +110,16 @@ pub async fn explain(
     now: OffsetDateTime,
 ) -> Result<Explanation, Error> {
     let sources = crate::revocation::Sources::build(l).await?;
-    let state = ListenerState::load(l, cfg.limits.upstream_timeout, 1, now, &sources.sources)?;
+    let mut state = ListenerState::load(l, cfg.limits.upstream_timeout, 1, now, &sources.sources)?;
+    if let Some(fetched) = &sources.sources.fetched {
+        // The running gateway fetches the CRLs its clients' certificates name in the
+        // background; explain does it once, now (bounded), and decides with them.
+        let _ = state.trust().identify(Some(chain), now);
+        let round = mtls_client::crl::fetch_due(fetched, &l.client_ca, now, &|_| {});
+        if let Ok(Some(true)) = tokio::time::timeout(EXPLAIN_FETCH_LIMIT, round).await {
+            state = ListenerState::load(l, cfg.limits.upstream_timeout, 2, now, &sources.sources)?;
+        }
+    }
     let mut checks: Vec<Check> = Vec::new();
     let mut refused: Option<(&'static str, String)> = None;
     let revocation_configured = !l.crl.is_empty()
@@ -147,6 +159,13 @@ pub async fn explain(
             }
         }
         Err(r) => {
+            // A listener that requires a certificate refuses it in the handshake, where the
+            // reason travels as a TLS alert: counted and logged under that alert's code.
+            let code = if l.client_auth == ClientAuth::Required {
+                mtls_verify::handshake_code(r)
+            } else {
+                r.code()
+            };
             let failed = failed_check(r);
             let mut reached = true;
             for name in CERT_CHECKS {
@@ -155,7 +174,7 @@ pub async fn explain(
                     checks.push(Check {
                         name,
                         outcome: Outcome::Fail,
-                        code: Some(r.code()),
+                        code: Some(code),
                         detail: r.to_string(),
                     });
                 } else if reached {
@@ -169,7 +188,7 @@ pub async fn explain(
                     });
                 }
             }
-            refused = Some((r.code(), r.to_string()));
+            refused = Some((code, r.to_string()));
         }
     }
     // The canonical-path rule applies only where per-path policies do (HTTP listeners).

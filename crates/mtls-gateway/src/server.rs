@@ -387,14 +387,20 @@ async fn handle_connection(
                 _ => "failed",
             };
             let reason = if result == "timeout" { "" } else { e.reason() };
-            let refusal = mtls_serve::refusals::Refusal {
-                listener: shared.name.to_string(),
-                remote: remote.to_string(),
-                reason: e.reason().to_string(),
-                stage: "handshake",
-                ..Default::default()
+            // Timeouts and dropped connections (port scans, load-balancer probes) are not
+            // refusals of a client: logged at the same rate, but not kept or counted as such.
+            let admitted = if result == "timeout" || reason == "io_error" {
+                shared.refusals.admit()
+            } else {
+                shared.refusals.record(mtls_serve::refusals::Refusal {
+                    listener: shared.name.to_string(),
+                    remote: remote.to_string(),
+                    reason: e.reason().to_string(),
+                    stage: "handshake",
+                    ..Default::default()
+                })
             };
-            if let Some(suppressed) = shared.refusals.record(refusal) {
+            if let Some(suppressed) = admitted {
                 tracing::warn!(listener = %shared.name, %remote, reason = e.reason(), suppressed, "handshake refused");
             }
             shared

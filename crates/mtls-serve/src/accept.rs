@@ -213,14 +213,10 @@ impl HandshakeError {
 fn failure_reason(e: &io::Error) -> String {
     match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
         Some(rustls::Error::NoCertificatesPresented) => "no_certificate".into(),
-        // The variant name only: some variants carry bytes from the client's certificate,
-        // and metric labels must come from a fixed set.
-        Some(rustls::Error::InvalidCertificate(c)) => format!("{c:?}")
-            .chars()
-            .take_while(char::is_ascii_alphanumeric)
-            .take(48)
-            .collect::<String>()
-            .to_ascii_lowercase(),
+        // The same reason codes as everywhere else (a fixed set: metric labels).
+        Some(rustls::Error::InvalidCertificate(c)) => {
+            mtls_verify::code_of_certificate_error(c).into()
+        }
         Some(rustls::Error::PeerIncompatible(_)) => "incompatible".into(),
         Some(_) => "tls_error".into(),
         None => "io_error".into(),

@@ -4,9 +4,9 @@
 //! number going backwards, revocations forgotten) until [`crate::Store::reconcile`] re-applies
 //! what the last CRL listed.
 //!
-//! Writes are atomic (temporary file, fsync, rename). Several processes on one host may record
-//! at once: every mark only ever grows (a lost update can only leave a mark lower than it
-//! could be, never higher than the database).
+//! Writes are atomic (temporary file, fsync, rename) and serialised by an exclusive lock on
+//! `<dir>/.lock`, so several processes on one host (`mtls crl` next to `mtls ca serve`) never
+//! lose each other's marks; every mark only ever grows.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -66,6 +66,20 @@ impl Ledger {
         }
     }
 
+    /// Holds the ledger's lock while `f` runs (released when the file closes).
+    fn locked<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        let path = self.dir.join(".lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        file.lock().map_err(io(&path))?;
+        f()
+    }
+
     fn update(&self, f: impl FnOnce(&mut Marks)) -> Result<()> {
         let mut marks = self.marks()?;
         let before = marks.clone();
@@ -89,23 +103,31 @@ impl Ledger {
             })
     }
 
-    /// A CRL was signed: keep it and raise the issuer's mark.
+    /// A CRL numbered `number` was signed: keep it and raise the issuer's mark. A number at or
+    /// below the mark means the database went back in time under a running CA: refused, the
+    /// CRL must not be published.
     pub fn record_crl(&self, issuer_key: &str, number: u64, der: &[u8]) -> Result<()> {
-        let current = self.marks()?.crl_numbers.get(issuer_key).copied();
-        if current.is_some_and(|c| c >= number) {
-            return Ok(());
-        }
-        // The CRL first: a mark never names a CRL that is not kept.
-        self.write(&self.crl_path(issuer_key), der)?;
-        self.update(|m| {
-            let e = m.crl_numbers.entry(issuer_key.to_string()).or_default();
-            *e = (*e).max(number);
+        self.locked(|| {
+            let current = self.marks()?.crl_numbers.get(issuer_key).copied();
+            if let Some(c) = current.filter(|c| *c >= number) {
+                return Err(Error::RolledBack {
+                    detail: format!(
+                        "CRL number {c} was published, the database allocated {number}"
+                    ),
+                });
+            }
+            // The CRL first: a mark never names a CRL that is not kept.
+            self.write(&self.crl_path(issuer_key), der)?;
+            self.update(|m| {
+                let e = m.crl_numbers.entry(issuer_key.to_string()).or_default();
+                *e = (*e).max(number);
+            })
         })
     }
 
     /// Revocations were committed up to `epoch`.
     pub fn record_epoch(&self, epoch: i64) -> Result<()> {
-        self.update(|m| m.revocation_epoch = m.revocation_epoch.max(epoch))
+        self.locked(|| self.update(|m| m.revocation_epoch = m.revocation_epoch.max(epoch)))
     }
 
     /// The last CRL recorded for `issuer_key`.

@@ -700,6 +700,15 @@ async fn reconcile(
     now: OffsetDateTime,
 ) -> std::result::Result<WriteResult, OpError> {
     let corrupt = |m: String| OpError::Refused(Error::Corrupt(m));
+    // The epoch first: re-applied revocations get feed sequence numbers above every one a
+    // subscriber may already have seen, so none is skipped as old.
+    q(
+        c,
+        "raise the revocation epoch",
+        "UPDATE revocation_epoch SET epoch = GREATEST(epoch, $1) WHERE id = 1",
+        &[&epoch],
+    )
+    .await?;
     let mut applied = 0u64;
     for e in entries {
         let s = e.serial.to_string();
@@ -766,13 +775,6 @@ async fn reconcile(
         }
         applied += 1;
     }
-    q(
-        c,
-        "raise the revocation epoch",
-        "UPDATE revocation_epoch SET epoch = GREATEST(epoch, $1) WHERE id = 1",
-        &[&epoch],
-    )
-    .await?;
     if !issuer_key.is_empty() {
         let n = i64::try_from(crl_number).map_err(|_| corrupt("CRL number".into()))?;
         q(

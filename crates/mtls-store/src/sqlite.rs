@@ -538,6 +538,13 @@ fn reconcile(
     actor: &str,
     now: OffsetDateTime,
 ) -> Result<u64> {
+    // The epoch first: re-applied revocations get feed sequence numbers above every one a
+    // subscriber may already have seen, so none is skipped as old.
+    conn.execute(
+        "UPDATE revocation_epoch SET epoch = MAX(epoch, ?1) WHERE id = 1",
+        params![epoch],
+    )
+    .map_err(db("raise the revocation epoch"))?;
     let mut applied = 0u64;
     for e in entries {
         let s = e.serial.to_string();
@@ -589,11 +596,6 @@ fn reconcile(
         }
         applied += 1;
     }
-    conn.execute(
-        "UPDATE revocation_epoch SET epoch = MAX(epoch, ?1) WHERE id = 1",
-        params![epoch],
-    )
-    .map_err(db("raise the revocation epoch"))?;
     if !issuer_key.is_empty() {
         let n = i64::try_from(crl_number).map_err(|_| Error::Corrupt("CRL number".into()))?;
         conn.execute(

@@ -286,7 +286,15 @@ impl Store {
         };
         let record = self.write(op, now).await?.into_record()?;
         if let Some(ledger) = &self.ledger {
-            ledger.record_epoch(self.revocation_epoch().await?)?;
+            // The revocation is committed: a ledger that cannot follow must not make it look
+            // failed (a retry would meet "already revoked"). It only weakens restore detection.
+            let recorded = match self.revocation_epoch().await {
+                Ok(epoch) => ledger.record_epoch(epoch),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = recorded {
+                tracing::warn!(serial = %serial, error = %e, "revoked, but the CA ledger was not updated");
+            }
         }
         Ok(record)
     }

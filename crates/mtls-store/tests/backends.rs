@@ -213,13 +213,28 @@ async fn a_restored_database_is_refused_until_reconciled(before: Location, resto
     let e = behind.clone().with_ledger(ledger()).await.unwrap_err();
     assert!(matches!(e, Error::RolledBack { .. }), "{e}");
     let behind = behind.with_ledger_unchecked(ledger());
+    // Publishing from it without reconciling is refused: its next CRL number is behind.
+    let e = behind
+        .sign_crl(&pki.intermediate, "test", now, time::Duration::days(1))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::RolledBack { .. }), "{e}");
     let done = behind.reconcile("test", now).await.unwrap();
     assert_eq!(done.revocations, 1);
+    // The re-applied revocation is numbered above what the feed already served (epoch 1).
+    let events = behind.revocations_after(1, 10).await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.entry.serial == c.serial && e.seq > 1),
+        "{events:?}"
+    );
     behind.check_published().await.unwrap();
     let next = behind
         .sign_crl(&pki.intermediate, "test", now, time::Duration::days(1))
         .await
         .unwrap();
+    // Numbers continue after the published 1 (the refused attempt allocated 1 again).
     assert_eq!((next.number, next.entries), (2, 1));
     let listed = mtls_pki::revocation::crl_entries(&next.der).unwrap();
     assert_eq!(listed[0].serial, c.serial);

@@ -33,7 +33,7 @@ pub use source::{
     StatusQuery, StatusSource,
 };
 pub use state::{crl_distribution_points, CrlSummary, RevocationOptions, TrustError, TrustState};
-pub use tls::ClientVerifier;
+pub use tls::{code_of_certificate_error, handshake_code, ClientVerifier};
 
 use std::fmt;
 use std::str::FromStr;

@@ -67,6 +67,43 @@ pub fn rejection_to_rustls(r: &Rejection) -> rustls::Error {
     rustls::Error::InvalidCertificate(e)
 }
 
+/// The reason code of a certificate error as rustls reports it after a handshake: the inverse
+/// of [`rejection_to_rustls`], as exact as the TLS alert allows (a stale feed and an OCSP
+/// outage both arrive as `unknown_revocation_status`, a missing clientAuth EKU as
+/// `wrong_purpose`). Metric labels come from this fixed set.
+pub fn code_of_certificate_error(e: &CertificateError) -> &'static str {
+    match e {
+        CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired",
+        CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+            "not_yet_valid"
+        }
+        CertificateError::Revoked => "revoked",
+        CertificateError::UnknownIssuer => "unknown_issuer",
+        CertificateError::BadSignature => "bad_signature",
+        CertificateError::UnknownRevocationStatus => "unknown_revocation_status",
+        CertificateError::ExpiredRevocationList
+        | CertificateError::ExpiredRevocationListContext { .. } => "expired_crl",
+        CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+            "wrong_purpose"
+        }
+        CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+            "name_mismatch"
+        }
+        CertificateError::BadEncoding => "malformed",
+        _ => "other",
+    }
+}
+
+/// The reason code a handshake-time refusal of `r` is counted and logged under (what
+/// [`code_of_certificate_error`] makes of [`rejection_to_rustls`]).
+pub fn handshake_code(r: &Rejection) -> &'static str {
+    match (r, rejection_to_rustls(r)) {
+        (Rejection::NoCertificate, _) => "no_certificate",
+        (_, rustls::Error::InvalidCertificate(c)) => code_of_certificate_error(&c),
+        _ => "other",
+    }
+}
+
 impl ClientCertVerifier for ClientVerifier {
     fn offer_client_auth(&self) -> bool {
         true
