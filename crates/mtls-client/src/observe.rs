@@ -36,7 +36,8 @@ pub struct HandshakeLog {
 }
 
 impl HandshakeLog {
-    /// What the last handshake showed (empty before any, and after a resumed one).
+    /// What the last handshake showed (empty before any handshake; a resumed one, or one that
+    /// was not asked for a certificate, may leave fields of an earlier handshake).
     pub fn last(&self) -> HandshakeSeen {
         self.seen.lock().map(|s| s.clone()).unwrap_or_default()
     }

@@ -119,9 +119,11 @@ pub struct Report {
 
 impl Report {
     fn add(&mut self, code: &'static str, file: &Path, message: String, fix: impl Into<String>) {
-        // One finding per code and file: a chain of three expired certificates is one problem
-        // to fix in that file.
-        if !self.seen.insert((code.to_string(), file.to_path_buf())) {
+        // The same finding once (a file audited on its own and again through a configuration).
+        if !self
+            .seen
+            .insert((format!("{code}\u{0}{message}"), file.to_path_buf()))
+        {
             return;
         }
         self.findings.push(Finding {
@@ -268,7 +270,10 @@ pub fn audit_file(p: &Path, options: &Options, report: &mut Report) {
             && p.extension().is_some_and(|e| e == "key" || e == "p8"));
     if is_key {
         audit_key(p, &bytes, report);
-        return;
+        // A combined file (certificate chain and key) is audited as a chain too.
+        if !text.contains("-----BEGIN CERTIFICATE-----") {
+            return;
+        }
     }
     if text.contains("-----BEGIN X509 CRL-----") || p.extension().is_some_and(|e| e == "crl") {
         if let Ok(crls) = mtls_pki::pem_io::crls(&bytes) {
@@ -278,9 +283,15 @@ pub fn audit_file(p: &Path, options: &Options, report: &mut Report) {
         }
         return;
     }
-    if let Ok(chain) = mtls_pki::pem_io::certificates(&bytes) {
-        if !chain.is_empty() {
-            audit_chain(p, &chain, options, report);
+    match mtls_pki::pem_io::certificates(&bytes) {
+        Ok(chain) if !chain.is_empty() => audit_chain(p, &chain, options, report),
+        // A DER file that is not a certificate may be a CRL.
+        _ => {
+            if let Ok(crls) = mtls_pki::pem_io::crls(&bytes) {
+                for crl in crls {
+                    audit_crl(p, &crl, options, report);
+                }
+            }
         }
     }
 }

@@ -98,6 +98,17 @@ pub fn files_under(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<PathBuf>) {
             }
             return;
         }
+        // Certificates and CRLs only (never keys or the inventory), of a sane size.
+        let ext = p
+            .extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase())
+            .unwrap_or_default();
+        if !matches!(ext.as_str(), "pem" | "crt" | "cer" | "crl") {
+            return;
+        }
+        if std::fs::metadata(p).map_or(true, |m| m.len() > MAX_FILE_BYTES) {
+            return;
+        }
         let Ok(bytes) = std::fs::read(p) else {
             return;
         };
@@ -121,6 +132,9 @@ pub fn files_under(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<PathBuf>) {
     }
     (certs, crls)
 }
+
+/// Largest file read (a CRL of a few million entries).
+const MAX_FILE_BYTES: u64 = 512 * 1024 * 1024;
 
 /// Counts from the CA inventory, refreshed by the monitor in the background.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -187,28 +201,40 @@ fn cert_labels(r: &CertReading) -> Labels {
 
 /// Registers the monitor's families in `registry`.
 pub fn register_metrics(registry: &mut Registry, watched: &Arc<Watched>) {
+    // One reading of the files serves every family of a scrape (they are asked one after
+    // the other): kept for a second.
+    type Reading = (std::time::Instant, Arc<(Vec<CertReading>, Vec<CrlReading>)>);
+    let cache: Arc<Mutex<Option<Reading>>> = Arc::default();
+    let read = {
+        let w = watched.clone();
+        move || -> Arc<(Vec<CertReading>, Vec<CrlReading>)> {
+            if let Ok(guard) = cache.lock() {
+                if let Some((at, r)) = guard.as_ref() {
+                    if at.elapsed() < std::time::Duration::from_secs(1) {
+                        return r.clone();
+                    }
+                }
+            }
+            let now = OffsetDateTime::now_utc();
+            let (cert_files, crl_files) = files_under(&w.paths);
+            let r = Arc::new((
+                cert_files
+                    .iter()
+                    .filter_map(|f| read_certificate(f, now))
+                    .collect(),
+                crl_files.iter().filter_map(|f| read_crl(f, now)).collect(),
+            ));
+            if let Ok(mut guard) = cache.lock() {
+                *guard = Some((std::time::Instant::now(), r.clone()));
+            }
+            r
+        }
+    };
     let certs = {
-        let w = watched.clone();
-        move || -> Vec<CertReading> {
-            let now = OffsetDateTime::now_utc();
-            files_under(&w.paths)
-                .0
-                .iter()
-                .filter_map(|f| read_certificate(f, now))
-                .collect()
-        }
+        let read = read.clone();
+        move || -> Vec<CertReading> { read().0.clone() }
     };
-    let crls = {
-        let w = watched.clone();
-        move || -> Vec<CrlReading> {
-            let now = OffsetDateTime::now_utc();
-            files_under(&w.paths)
-                .1
-                .iter()
-                .filter_map(|f| read_crl(f, now))
-                .collect()
-        }
-    };
+    let crls = move || -> Vec<CrlReading> { read().1.clone() };
     type Pick = fn(&CertReading) -> f64;
     let cert_series: [(&'static str, &'static str, Option<Unit>, Pick); 4] = [
         (
