@@ -17,6 +17,30 @@ fn mtls(args: &[&str]) -> common::Run {
     Env::new().mtls(args)
 }
 
+/// `mtls gateway` on the env's PKI (its localhost certificate and CA chain), with `extra`.
+fn gateway_run(env: &Env, extra: &[&str]) -> common::Run {
+    let p = |rel: &str| env.p(&format!("pki/{rel}"));
+    let mut args: Vec<String> = [
+        "gateway",
+        "--listen",
+        "127.0.0.1:0",
+        "--cert",
+        &p("issued/localhost.chain.pem"),
+        "--key",
+        &p("issued/localhost.key"),
+        "--client-ca",
+        &p("ca-chain.pem"),
+        "--upstream",
+        "http://127.0.0.1:1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    env.mtls(&args)
+}
+
 // ---- hints -------------------------------------------------------------------------------
 
 #[test]
@@ -65,22 +89,7 @@ fn encrypted_gateway_key_hint_names_key_passphrase_file() {
         pass.to_str().unwrap(),
     ])
     .ok();
-    let p = |rel: &str| env.p(&format!("pki/{rel}"));
-    let args = [
-        "gateway",
-        "--listen",
-        "127.0.0.1:0",
-        "--cert",
-        &p("issued/localhost.chain.pem"),
-        "--key",
-        &p("issued/localhost.key"),
-        "--client-ca",
-        &p("ca-chain.pem"),
-        "--upstream",
-        "http://127.0.0.1:1",
-        "--allow-any-trusted",
-    ];
-    let r = env.mtls(&args).fails(2, "--key-passphrase-file");
+    let r = gateway_run(&env, &["--allow-any-trusted"]).fails(2, "--key-passphrase-file");
     assert!(r.stderr.contains("key_passphrase_file"), "{}", r.stderr);
     assert!(!r.stderr.contains("--passphrase-file or"), "{}", r.stderr);
 }
@@ -123,24 +132,8 @@ fn missing_crl_file_hint_appears_before_a_client_does() {
     let env = Env::new();
     env.mtls(&["ca", "init"]).ok();
     env.mtls(&["issue", "server", "localhost"]).ok();
-    let p = |rel: &str| env.p(&format!("pki/{rel}"));
-    env.mtls(&[
-        "gateway",
-        "--listen",
-        "127.0.0.1:0",
-        "--cert",
-        &p("issued/localhost.chain.pem"),
-        "--key",
-        &p("issued/localhost.key"),
-        "--client-ca",
-        &p("ca-chain.pem"),
-        "--crl",
-        &p("crl.pem"),
-        "--upstream",
-        "http://127.0.0.1:1",
-        "--allow-any-trusted",
-    ])
-    .fails(2, "mtls crl");
+    let crl = env.p("pki/crl.pem");
+    gateway_run(&env, &["--crl", &crl, "--allow-any-trusted"]).fails(2, "mtls crl");
 }
 
 #[test]
@@ -180,22 +173,7 @@ fn missing_policy_hint_names_the_flags_on_the_command_line() {
     let env = Env::new();
     env.mtls(&["ca", "init"]).ok();
     env.mtls(&["issue", "server", "localhost"]).ok();
-    let p = |rel: &str| env.p(&format!("pki/{rel}"));
-    let r = env
-        .mtls(&[
-            "gateway",
-            "--listen",
-            "127.0.0.1:0",
-            "--cert",
-            &p("issued/localhost.chain.pem"),
-            "--key",
-            &p("issued/localhost.key"),
-            "--client-ca",
-            &p("ca-chain.pem"),
-            "--upstream",
-            "http://127.0.0.1:1",
-        ])
-        .fails(2, "--allow-cn");
+    let r = gateway_run(&env, &[]).fails(2, "--allow-cn");
     assert!(r.stderr.contains("--allow-any-trusted"), "{}", r.stderr);
 }
 
