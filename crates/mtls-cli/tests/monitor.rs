@@ -79,6 +79,16 @@ fn the_monitor_exports_expiry_renewal_state_crl_freshness_and_the_inventory() {
         "watched/late.crt",
         pem_io::encode("CERTIFICATE", &late.cert.der).as_bytes(),
     );
+    // What a renewal daemon records next to a certificate it renews.
+    let record = mtls_client::renewal::RenewalRecord {
+        last_success: Some(now.unix_timestamp() - 3600),
+        last_failure: Some(now.unix_timestamp() - 60),
+        last_error: Some("the CA is unreachable".into()),
+    };
+    env.write(
+        "watched/late.crt.renewal.json",
+        serde_json::to_string(&record).unwrap().as_bytes(),
+    );
     let m = start(
         &env,
         &[
@@ -110,6 +120,8 @@ fn the_monitor_exports_expiry_renewal_state_crl_freshness_and_the_inventory() {
         "mtls_inventory_expiring gauge",
         "mtls_inventory_certificates gauge",
         "mtls_inventory_read_seconds gauge",
+        "mtls_cert_renewal_last_success_seconds gauge",
+        "mtls_cert_renewal_last_failure_seconds gauge",
     ] {
         assert!(
             families.contains(&f.to_string()),
@@ -118,6 +130,22 @@ fn the_monitor_exports_expiry_renewal_state_crl_freshness_and_the_inventory() {
     }
     let late_file = env.p("watched/late.crt");
     let fresh_file = env.p("pki/issued/fresh.crt");
+    assert_eq!(
+        value(
+            &page,
+            &format!("mtls_cert_renewal_last_failure_seconds{{file=\"{late_file}\"")
+        ),
+        Some((now.unix_timestamp() - 60) as f64),
+        "{page}"
+    );
+    assert_eq!(
+        value(
+            &page,
+            &format!("mtls_cert_renewal_last_success_seconds{{file=\"{late_file}\"")
+        ),
+        Some((now.unix_timestamp() - 3600) as f64),
+        "{page}"
+    );
     assert_eq!(
         value(
             &page,

@@ -1067,6 +1067,13 @@ fn renewal_daemon_keeps_a_gateway_serving() {
         "{log:#?}"
     );
     assert!(log.iter().all(|l| !l.contains('\u{1b}')), "{log:#?}");
+    // The daemon keeps a record next to the certificate for `mtls monitor`.
+    let record = mtls_client::renewal::read_record(&env.path("srv/cert.pem")).expect("record");
+    assert!(record.last_success.is_some(), "{record:?}");
+    assert!(
+        record.last_failure.is_some(),
+        "the CA was down for a while: {record:?}"
+    );
     let value = |name: &str| -> f64 {
         m.lines()
             .find(|l| l.starts_with(name))

@@ -275,9 +275,70 @@ fn holds_private_key(path: &Path) -> bool {
         .is_some_and(|blocks| blocks.iter().any(|b| b.label.contains("PRIVATE KEY")))
 }
 
+/// The last renewal attempts of a certificate file, kept next to it (`CERT.renewal.json`) by
+/// every renewal, so `mtls monitor` can export them without asking the daemon.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RenewalRecord {
+    /// Unix seconds of the last successful renewal.
+    pub last_success: Option<i64>,
+    /// Unix seconds of the last failed attempt.
+    pub last_failure: Option<i64>,
+    /// What the last failure said.
+    pub last_error: Option<String>,
+}
+
+/// Where the [`RenewalRecord`] of `cert` is kept.
+pub fn record_path(cert: &Path) -> PathBuf {
+    let mut name = cert
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".renewal.json");
+    cert.with_file_name(name)
+}
+
+/// The record of `cert`, if a renewal ever ran for it.
+pub fn read_record(cert: &Path) -> Option<RenewalRecord> {
+    serde_json::from_slice(&std::fs::read(record_path(cert)).ok()?).ok()
+}
+
+/// Notes an attempt in the record (best effort: a record that cannot be written is logged, it
+/// never fails the renewal).
+fn note_attempt(cert: &Path, outcome: Result<(), &Error>, now: OffsetDateTime) {
+    let mut r = read_record(cert).unwrap_or_default();
+    match outcome {
+        Ok(()) => r.last_success = Some(now.unix_timestamp()),
+        Err(e) => {
+            r.last_failure = Some(now.unix_timestamp());
+            r.last_error = Some(e.to_string());
+        }
+    }
+    let written = serde_json::to_vec(&r)
+        .map_err(|e| e.to_string())
+        .and_then(|b| {
+            files::write_atomic(&record_path(cert), &b, Visibility::Public, true)
+                .map_err(|e| e.to_string())
+        });
+    if let Err(e) = written {
+        tracing::warn!(cert = %cert.display(), error = %e, "cannot write the renewal record");
+    }
+}
+
 /// Renews `w` now: authenticates with the current pair, writes the new one. Returns the new
-/// certificate.
+/// certificate. The attempt is noted in the certificate's [`RenewalRecord`].
 pub async fn renew_once(
+    w: &Watch,
+    url: &CaUrl,
+    rotate_key: bool,
+    passphrase: Option<&[u8]>,
+    now: OffsetDateTime,
+) -> Result<Issued, Error> {
+    let result = renew_now(w, url, rotate_key, passphrase, now).await;
+    note_attempt(&w.cert, result.as_ref().map(|_| ()), now);
+    result
+}
+
+async fn renew_now(
     w: &Watch,
     url: &CaUrl,
     rotate_key: bool,

@@ -25,6 +25,8 @@ pub struct CertReading {
     pub renewal_due: OffsetDateTime,
     /// The renewal point passed more than a tenth of the lifetime ago.
     pub renewal_overdue: bool,
+    /// What the renewal daemon (or `mtls renew`) recorded next to the file.
+    pub renewal: Option<mtls_client::renewal::RenewalRecord>,
 }
 
 /// One CRL file's reading.
@@ -59,6 +61,7 @@ pub fn read_certificate(file: &Path, now: OffsetDateTime) -> Option<CertReading>
         not_after,
         renewal_due: due,
         renewal_overdue: now > due + grace,
+        renewal: mtls_client::renewal::read_record(file),
     })
 }
 
@@ -267,6 +270,38 @@ pub fn register_metrics(registry: &mut Registry, watched: &Arc<Watched>) {
         Scraped::register(registry, name, help, unit, Kind::Gauge, move || {
             read().iter().map(|r| (cert_labels(r), pick(r))).collect()
         });
+    }
+    type PickRecord = fn(&mtls_client::renewal::RenewalRecord) -> Option<i64>;
+    let record_series: [(&'static str, &'static str, PickRecord); 2] = [
+        (
+            "mtls_cert_renewal_last_success",
+            "Last successful renewal of the certificate in a watched file (from its renewal record)",
+            |r| r.last_success,
+        ),
+        (
+            "mtls_cert_renewal_last_failure",
+            "Last failed renewal attempt of the certificate in a watched file (from its renewal record)",
+            |r| r.last_failure,
+        ),
+    ];
+    for (name, help, pick) in record_series {
+        let read = certs.clone();
+        Scraped::register(
+            registry,
+            name,
+            help,
+            Some(Unit::Seconds),
+            Kind::Gauge,
+            move || {
+                read()
+                    .iter()
+                    .filter_map(|r| {
+                        let t = r.renewal.as_ref().and_then(pick)?;
+                        Some((cert_labels(r), t as f64))
+                    })
+                    .collect()
+            },
+        );
     }
     let read = crls.clone();
     Scraped::register(
