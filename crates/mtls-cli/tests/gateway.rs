@@ -1023,6 +1023,21 @@ fn refused_handshake_and_request_are_logged_with_reason_at_the_default_level() {
         !line.contains('\u{1b}'),
         "no colour codes in a redirected log: {line:?}"
     );
+    // A certificate refused in the handshake is named in the line: subject, serial, fingerprint.
+    let other = mtls_test_util::TestPki::new("other");
+    let foreign = other.client("foreign");
+    let foreign = f.write_leaf("foreign", &foreign.cert.der, &foreign.key);
+    let r = curl(&g, &f, Some(&foreign), "/", &[]);
+    assert_ne!(r.status, 200);
+    let line = wait_for_line(&g.stderr, "reason=\"unknown_issuer\"");
+    for part in [
+        "handshake refused",
+        "subject=\"CN=foreign\"",
+        &format!("serial=\"{}\"", foreign.serial),
+        "fingerprint=\"",
+    ] {
+        assert!(line.contains(part), "{part} missing in {line}");
+    }
     let bad = f.client("bad");
     let r = curl(&g, &f, Some(&bad), "/admin", &[]);
     assert_eq!(r.status, 403, "{}", r.body);

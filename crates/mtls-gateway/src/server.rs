@@ -389,6 +389,8 @@ async fn handle_connection(
             let reason = if result == "timeout" { "" } else { e.reason() };
             // Timeouts and dropped connections (port scans, load-balancer probes) are not
             // refusals of a client: logged at the same rate, but not kept or counted as such.
+            // The certificate the verifier refused, when it was one (see `take_refused_peer`).
+            let peer = mtls_verify::take_refused_peer(reason);
             let admitted = if result == "timeout" || reason == "io_error" {
                 shared.refusals.admit()
             } else {
@@ -397,11 +399,23 @@ async fn handle_connection(
                     remote: remote.to_string(),
                     reason: e.reason().to_string(),
                     stage: "handshake",
+                    subject: peer.as_ref().map(|p| p.subject.clone()),
+                    serial: peer.as_ref().map(|p| p.serial.clone()),
+                    fingerprint: peer.as_ref().map(|p| p.fingerprint.clone()),
                     ..Default::default()
                 })
             };
             if let Some(suppressed) = admitted {
-                tracing::warn!(listener = %shared.name, %remote, reason = e.reason(), suppressed, "handshake refused");
+                tracing::warn!(
+                    listener = %shared.name,
+                    %remote,
+                    reason = e.reason(),
+                    subject = peer.as_ref().map(|p| p.subject.as_str()),
+                    serial = peer.as_ref().map(|p| p.serial.as_str()),
+                    fingerprint = peer.as_ref().map(|p| p.fingerprint.as_str()),
+                    suppressed,
+                    "handshake refused"
+                );
             }
             shared
                 .metrics

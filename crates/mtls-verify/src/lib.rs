@@ -33,7 +33,10 @@ pub use source::{
     StatusQuery, StatusSource,
 };
 pub use state::{crl_distribution_points, CrlSummary, RevocationOptions, TrustError, TrustState};
-pub use tls::{code_of_certificate_error, handshake_code, rejection_to_rustls, ClientVerifier};
+pub use tls::{
+    code_of_certificate_error, handshake_code, rejection_to_rustls, take_refused_peer,
+    ClientVerifier, RefusedPeer,
+};
 
 use std::fmt;
 use std::str::FromStr;

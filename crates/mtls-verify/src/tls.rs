@@ -104,6 +104,47 @@ pub fn handshake_code(r: &Rejection) -> &'static str {
     }
 }
 
+/// Who a handshake just refused, for the server's refusal log: the verifier knows the
+/// certificate, the server the connection. rustls runs the verifier inside the poll that then
+/// fails the handshake, so the server reads this on the same thread right after the error
+/// ([`take_refused_peer`]); the code lets it check the entry is about that failure.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefusedPeer {
+    /// The certificate's subject.
+    pub subject: String,
+    /// Its serial (hex).
+    pub serial: String,
+    /// SHA-256 fingerprint of the certificate (hex).
+    pub fingerprint: String,
+    /// The handshake reason code ([`handshake_code`]).
+    pub code: &'static str,
+}
+
+thread_local! {
+    static REFUSED: std::cell::RefCell<Option<RefusedPeer>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The peer this thread's last refused handshake presented, if its reason was `code` (taken:
+/// the next call returns `None`).
+pub fn take_refused_peer(code: &str) -> Option<RefusedPeer> {
+    REFUSED
+        .with(|r| r.borrow_mut().take())
+        .filter(|p| p.code == code)
+}
+
+fn note_refused(leaf: &CertificateDer<'_>, r: &Rejection) {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf) else {
+        return;
+    };
+    let peer = RefusedPeer {
+        subject: cert.subject().to_string(),
+        serial: mtls_pki::Serial::from_be_bytes(cert.raw_serial()).to_string(),
+        fingerprint: mtls_pki::Fingerprint::of(leaf).to_string(),
+        code: handshake_code(r),
+    };
+    REFUSED.with(|slot| *slot.borrow_mut() = Some(peer));
+}
+
 impl ClientCertVerifier for ClientVerifier {
     fn offer_client_auth(&self) -> bool {
         true
@@ -128,6 +169,7 @@ impl ClientCertVerifier for ClientVerifier {
         match self.state.verify_client(end_entity, intermediates, now) {
             Ok(_) => Ok(ClientCertVerified::assertion()),
             Err(r) if self.mandatory => {
+                note_refused(end_entity, &r);
                 tracing::info!(reason = %r, code = r.code(), "client certificate rejected in handshake");
                 Err(rejection_to_rustls(&r))
             }
