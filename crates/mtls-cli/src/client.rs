@@ -61,22 +61,27 @@ struct ClientSources {
 }
 
 impl ClientSources {
-    /// Keeps the feed and the OCSP answers current until `shutdown` (long-running clients).
-    fn spawn(self, shutdown: &mtls_serve::Shutdown) {
+    /// Keeps the feed and the OCSP answers current until `shutdown` (long-running clients);
+    /// `changed` is bumped whenever what they know changed (open connections re-check then).
+    fn spawn(self, shutdown: &mtls_serve::Shutdown, changed: tokio::sync::watch::Sender<u64>) {
+        let changed = Arc::new(changed);
         if let Some(feed) = self.feed {
+            let c = changed.clone();
             tokio::spawn(feed.run(
-                |change| {
+                move |change| {
                     tracing::info!(
                         new = change.added,
                         position = change.position,
                         "revocations from the CA's feed"
-                    )
+                    );
+                    c.send_modify(|n| *n += 1);
                 },
                 shutdown.clone(),
             ));
         }
-        if let Some(c) = self.ocsp {
-            tokio::spawn(c.run(|| {}, shutdown.clone()));
+        if let Some(checker) = self.ocsp {
+            let c = changed.clone();
+            tokio::spawn(checker.run(move || c.send_modify(|n| *n += 1), shutdown.clone()));
         }
     }
 }
@@ -396,7 +401,12 @@ pub fn tunnel(a: TunnelArgs) -> Result<ExitCode> {
             sources.sources.pushed = Some(set);
             sources.feed = Some(feed);
         }
-        let config = Arc::new(a.tls.client(true, &sources)?.tls_config(&[])?);
+        let builder = a.tls.client(true, &sources)?;
+        let config = Arc::new(builder.tls_config(&[])?);
+        // Open connections are re-checked against the same sources when they change: a server
+        // revoked while a connection is open loses it at once.
+        let server_state = builder.server_trust_state()?;
+        let (changed_tx, changed_rx) = tokio::sync::watch::channel(0u64);
         let listener = tokio::net::TcpListener::bind(a.listen)
             .await
             .with_context(|| format!("binding {}", a.listen))?;
@@ -406,7 +416,7 @@ pub fn tunnel(a: TunnelArgs) -> Result<ExitCode> {
         );
         let connector = tokio_rustls::TlsConnector::from(config);
         let (stop, shutdown) = mtls_serve::shutdown();
-        sources.spawn(&shutdown);
+        sources.spawn(&shutdown, changed_tx);
         let serving = mtls_serve::accept_loop(
             listener,
             mtls_serve::Slots::new(4096),
@@ -415,13 +425,44 @@ pub fn tunnel(a: TunnelArgs) -> Result<ExitCode> {
                 let connector = connector.clone();
                 let server_name = server_name.clone();
                 let host = host.clone();
+                let server_state = server_state.clone();
+                let mut changed = changed_rx.clone();
                 async move {
                     let _slot = slot;
                     let result = async {
                         let tcp = TcpStream::connect((host.as_str(), port)).await?;
                         tcp.set_nodelay(true)?;
                         let mut tls = connector.connect(server_name, tcp).await?;
-                        tokio::io::copy_bidirectional(&mut local, &mut tls).await?;
+                        let chain: Vec<rustls_pki_types::CertificateDer<'static>> = tls
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+                            .unwrap_or_default();
+                        let untrusted = async {
+                            let (Some(state), Some((leaf, rest))) =
+                                (&server_state, chain.split_first())
+                            else {
+                                return std::future::pending().await;
+                            };
+                            loop {
+                                if changed.changed().await.is_err() {
+                                    return std::future::pending().await;
+                                }
+                                let now = time::OffsetDateTime::now_utc();
+                                if let Err(r) = state.verify_client(leaf, rest, now) {
+                                    return r;
+                                }
+                            }
+                        };
+                        tokio::select! {
+                            copied = tokio::io::copy_bidirectional(&mut local, &mut tls) => {
+                                copied?;
+                            }
+                            r = untrusted => {
+                                eprintln!("mtls tunnel: connection from {remote} closed: the server is no longer trusted ({r})");
+                            }
+                        }
                         Ok::<_, std::io::Error>(())
                     }
                     .await;

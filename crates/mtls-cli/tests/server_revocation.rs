@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -119,6 +120,17 @@ fn request_and_tunnel_refuse_a_revoked_server() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
+    // A keep-alive connection through the tunnel, open while the server is revoked.
+    let mut open = std::net::TcpStream::connect(("127.0.0.1", local)).unwrap();
+    open.write_all(b"GET /open HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    open.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 4096];
+    let n = open.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    open.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+
     // The server's certificate is revoked at the CA.
     let serial = ca::serial_of(&env, &pki.join("issued/localhost.crt"));
     env.mtls(&["revoke", &serial, "--reason", "keyCompromise"])
@@ -130,6 +142,22 @@ fn request_and_tunnel_refuse_a_revoked_server() {
             "the tunnel still connects to a revoked server"
         );
         std::thread::sleep(Duration::from_millis(100));
+    }
+    // And the connection that was open is closed by the tunnel.
+    let start = Instant::now();
+    loop {
+        match open.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => break,
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the open connection to the revoked server stays open"
+        );
     }
 
     // Without a revocation source the client cannot know; with one it refuses.

@@ -337,19 +337,32 @@ impl ClientBuilder {
         self
     }
 
+    /// The trust state that checks the server's certificate for revocation (CRL files and
+    /// sources given to this builder), or `None` when none is configured: for a long-running
+    /// client to re-check an open connection's server when its sources change (the same
+    /// shared sources decide as in the handshake).
+    pub fn server_trust_state(&self) -> Result<Option<Arc<mtls_verify::TrustState>>, Error> {
+        self.revocation.state(&self.server_roots()?)
+    }
+
+    fn server_roots(&self) -> Result<Vec<CertificateDer<'static>>, Error> {
+        match &self.roots {
+            Roots::None => Err(Error::Config(
+                "no CA to verify the server against: give ca_file (--ca)".into(),
+            )),
+            Roots::Files(paths) => Ok(mtls_tls::load_certificates(paths)?),
+            Roots::Certificates(c) => Ok(c.clone()),
+            Roots::AcceptAnyForPinning => Ok(Vec::new()),
+        }
+    }
+
     /// The rustls configuration this builder stands for (for callers that speak TLS without
     /// HTTP, like `mtls tunnel`).
     pub fn tls_config(&self, alpn: &[&[u8]]) -> Result<rustls::ClientConfig, Error> {
-        let roots = match &self.roots {
-            Roots::None => {
-                return Err(Error::Config(
-                    "no CA to verify the server against: give ca_file (--ca)".into(),
-                ))
-            }
-            Roots::Files(paths) => mtls_tls::load_certificates(paths)?,
-            Roots::Certificates(c) => c.clone(),
-            Roots::AcceptAnyForPinning => return accept_any_config(alpn),
-        };
+        if matches!(self.roots, Roots::AcceptAnyForPinning) {
+            return accept_any_config(alpn);
+        }
+        let roots = self.server_roots()?;
         if self.identity.is_none() && !matches!(self.passphrase, Passphrase::None) {
             return Err(Error::Config(
                 "a passphrase was given without identity_files (cert and key)".into(),
