@@ -401,11 +401,10 @@ pub fn tunnel(a: TunnelArgs) -> Result<ExitCode> {
             sources.sources.pushed = Some(set);
             sources.feed = Some(feed);
         }
-        let builder = a.tls.client(true, &sources)?;
-        let config = Arc::new(builder.tls_config(&[])?);
-        // Open connections are re-checked against the same sources when they change: a server
-        // revoked while a connection is open loses it at once.
-        let server_state = builder.server_trust_state()?;
+        // Open connections are re-checked with the verifier's own trust state when the sources
+        // change: a server revoked while a connection is open loses it at once.
+        let (config, server_state) = a.tls.client(true, &sources)?.tls_config_and_trust(&[])?;
+        let config = Arc::new(config);
         let (changed_tx, changed_rx) = tokio::sync::watch::channel(0u64);
         let listener = tokio::net::TcpListener::bind(a.listen)
             .await

@@ -325,6 +325,22 @@ fn each_seeded_problem_is_reported_by_its_code() {
     expected.push(("leaf_without_eku", "byroot.chain.pem"));
     expected.push(("issued_by_root", "byroot.chain.pem"));
 
+    // Malformed input: a truncated PEM certificate and random bytes.
+    files.push(
+        env.write(
+            "garbage.pem",
+            b"-----BEGIN CERTIFICATE-----\nMIIB!!!\n-----END CERTIFICATE-----\n",
+        )
+        .to_string_lossy()
+        .into_owned(),
+    );
+    expected.push(("unreadable", "garbage.pem"));
+    files.push(
+        env.write("random.der", &[0x30, 0x82, 0xff, 0xff, 0x01, 0x02])
+            .to_string_lossy()
+            .into_owned(),
+    );
+    expected.push(("unreadable", "random.der"));
     let args: Vec<&str> = files.iter().map(String::as_str).collect();
     let (code, found) = doctor(&env, &args);
     assert_eq!(found, set(&expected));

@@ -337,14 +337,6 @@ impl ClientBuilder {
         self
     }
 
-    /// The trust state that checks the server's certificate for revocation (CRL files and
-    /// sources given to this builder), or `None` when none is configured: for a long-running
-    /// client to re-check an open connection's server when its sources change (the same
-    /// shared sources decide as in the handshake).
-    pub fn server_trust_state(&self) -> Result<Option<Arc<mtls_verify::TrustState>>, Error> {
-        self.revocation.state(&self.server_roots()?)
-    }
-
     fn server_roots(&self) -> Result<Vec<CertificateDer<'static>>, Error> {
         match &self.roots {
             Roots::None => Err(Error::Config(
@@ -359,8 +351,19 @@ impl ClientBuilder {
     /// The rustls configuration this builder stands for (for callers that speak TLS without
     /// HTTP, like `mtls tunnel`).
     pub fn tls_config(&self, alpn: &[&[u8]]) -> Result<rustls::ClientConfig, Error> {
+        Ok(self.tls_config_and_trust(alpn)?.0)
+    }
+
+    /// [`tls_config`](Self::tls_config), with the trust state its verifier checks the server's
+    /// revocation status with (CRL files and sources given to this builder; `None` when none
+    /// is configured): for a long-running client to re-check an open connection's server when
+    /// its sources change.
+    pub fn tls_config_and_trust(
+        &self,
+        alpn: &[&[u8]],
+    ) -> Result<(rustls::ClientConfig, Option<Arc<mtls_verify::TrustState>>), Error> {
         if matches!(self.roots, Roots::AcceptAnyForPinning) {
-            return accept_any_config(alpn);
+            return Ok((accept_any_config(alpn)?, None));
         }
         let roots = self.server_roots()?;
         if self.identity.is_none() && !matches!(self.passphrase, Passphrase::None) {
@@ -408,12 +411,12 @@ impl ClientBuilder {
             .dangerous()
             .set_certificate_verifier(Arc::new(ocsp::StapleVerifier {
                 inner,
-                revocation,
+                revocation: revocation.clone(),
                 roots,
                 check: self.staple,
                 log: self.observe.clone(),
             }));
-        Ok(config)
+        Ok((config, revocation))
     }
 
     /// A `reqwest::Client` for `https://` URLs.

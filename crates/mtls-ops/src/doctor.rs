@@ -166,7 +166,7 @@ fn audit_dir(dir: &Path, options: &Options, report: &mut Report, depth: usize) {
         return;
     }
     if dir.join("intermediate.crt").exists() || dir.join("root.crt").exists() {
-        audit_pki_dir(dir, options, report);
+        audit_pki_dir(dir, report);
     }
     let mut entries: Vec<PathBuf> = match std::fs::read_dir(dir) {
         Ok(e) => e.filter_map(|e| e.ok().map(|e| e.path())).collect(),
@@ -209,7 +209,7 @@ fn is_pki_file(p: &Path) -> bool {
 }
 
 /// A PKI directory made by `mtls ca init`: where the keys are and whether a CRL exists.
-fn audit_pki_dir(dir: &Path, options: &Options, report: &mut Report) {
+fn audit_pki_dir(dir: &Path, report: &mut Report) {
     let root_key = dir.join("root.key");
     if root_key.exists() && dir.join("intermediate.key").exists() {
         report.add(
@@ -241,7 +241,6 @@ fn audit_pki_dir(dir: &Path, options: &Options, report: &mut Report) {
             "run `mtls crl` now and before every nextUpdate (or serve it from `mtls ca serve`)",
         );
     }
-    let _ = options;
 }
 
 fn read_or_report(p: &Path, report: &mut Report) -> Option<Vec<u8>> {
@@ -269,7 +268,7 @@ pub fn audit_file(p: &Path, options: &Options, report: &mut Report) {
         || (!mtls_pki::pem_io::is_pem(&bytes)
             && p.extension().is_some_and(|e| e == "key" || e == "p8"));
     if is_key {
-        audit_key(p, &bytes, report);
+        audit_key(p, report);
         // A combined file (certificate chain and key) is audited as a chain too.
         if !text.contains("-----BEGIN CERTIFICATE-----") {
             return;
@@ -286,17 +285,23 @@ pub fn audit_file(p: &Path, options: &Options, report: &mut Report) {
     match mtls_pki::pem_io::certificates(&bytes) {
         Ok(chain) if !chain.is_empty() => audit_chain(p, &chain, options, report),
         // A DER file that is not a certificate may be a CRL.
-        _ => {
-            if let Ok(crls) = mtls_pki::pem_io::crls(&bytes) {
+        _ => match mtls_pki::pem_io::crls(&bytes) {
+            Ok(crls) => {
                 for crl in crls {
                     audit_crl(p, &crl, options, report);
                 }
             }
-        }
+            Err(e) => report.add(
+                "unreadable",
+                p,
+                format!("not a certificate, key or CRL: {e}"),
+                "replace it with the PEM or DER file it should be",
+            ),
+        },
     }
 }
 
-fn audit_key(p: &Path, bytes: &[u8], report: &mut Report) {
+fn audit_key(p: &Path, report: &mut Report) {
     if let Ok(meta) = std::fs::metadata(p) {
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
@@ -308,7 +313,6 @@ fn audit_key(p: &Path, bytes: &[u8], report: &mut Report) {
             );
         }
     }
-    let _ = bytes;
 }
 
 fn audit_crl(

@@ -38,10 +38,9 @@ pub struct CrlReading {
     pub stale: bool,
 }
 
-/// Reads the leaf of a certificate file at `now`.
-pub fn read_certificate(file: &Path, now: OffsetDateTime) -> Option<CertReading> {
-    let bytes = std::fs::read(file).ok()?;
-    let chain = mtls_pki::pem_io::certificates(&bytes).ok()?;
+/// Reads the leaf of certificate file `file` (its contents `bytes`) at `now`.
+pub fn read_certificate(file: &Path, bytes: &[u8], now: OffsetDateTime) -> Option<CertReading> {
+    let chain = mtls_pki::pem_io::certificates(bytes).ok()?;
     let leaf = chain.first()?;
     let c = mtls_pki::pem_io::parse_certificate(leaf).ok()?;
     let not_before = c.validity().not_before.to_datetime();
@@ -65,10 +64,9 @@ pub fn read_certificate(file: &Path, now: OffsetDateTime) -> Option<CertReading>
     })
 }
 
-/// Reads a CRL file at `now`.
-pub fn read_crl(file: &Path, now: OffsetDateTime) -> Option<CrlReading> {
-    let bytes = std::fs::read(file).ok()?;
-    let crls = mtls_pki::pem_io::crls(&bytes).ok()?;
+/// Reads CRL file `file` (its contents `bytes`) at `now`.
+pub fn read_crl(file: &Path, bytes: &[u8], now: OffsetDateTime) -> Option<CrlReading> {
+    let crls = mtls_pki::pem_io::crls(bytes).ok()?;
     let der = crls.first()?;
     // Read on every scrape: the fields without the entries.
     let (head, _) = mtls_pki::revocation::without_entries(der.as_ref()).ok()?;
@@ -82,12 +80,18 @@ pub fn read_crl(file: &Path, now: OffsetDateTime) -> Option<CrlReading> {
     })
 }
 
-/// Certificate and CRL files under `paths` (directories walked two levels deep; the CA's
-/// ledger and keys are skipped).
-pub fn files_under(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<PathBuf>) {
+/// The readings of the certificate and CRL files under `paths` at `now` (directories walked two
+/// levels deep; the CA's ledger, keys and the inventory are skipped; each file read once).
+pub fn readings(paths: &[PathBuf], now: OffsetDateTime) -> (Vec<CertReading>, Vec<CrlReading>) {
     let mut certs = Vec::new();
     let mut crls = Vec::new();
-    fn walk(p: &Path, depth: usize, certs: &mut Vec<PathBuf>, crls: &mut Vec<PathBuf>) {
+    fn walk(
+        p: &Path,
+        depth: usize,
+        now: OffsetDateTime,
+        certs: &mut Vec<CertReading>,
+        crls: &mut Vec<CrlReading>,
+    ) {
         if p.is_dir() {
             if depth > 2 || p.file_name().is_some_and(|n| n == "ledger") {
                 return;
@@ -97,7 +101,7 @@ pub fn files_under(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<PathBuf>) {
                 .unwrap_or_default();
             entries.sort();
             for e in entries {
-                walk(&e, depth + 1, certs, crls);
+                walk(&e, depth + 1, now, certs, crls);
             }
             return;
         }
@@ -117,7 +121,7 @@ pub fn files_under(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<PathBuf>) {
         };
         let text = String::from_utf8_lossy(&bytes);
         if text.contains("-----BEGIN X509 CRL-----") {
-            crls.push(p.to_path_buf());
+            crls.extend(read_crl(p, &bytes, now));
         } else if text.contains("-----BEGIN CERTIFICATE-----") {
             // A chain file and its leaf-only twin report the same certificate: keep the
             // leaf-only file when both exist (NAME.crt next to NAME.chain.pem).
@@ -127,11 +131,11 @@ pub fn files_under(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<PathBuf>) {
                     return;
                 }
             }
-            certs.push(p.to_path_buf());
+            certs.extend(read_certificate(p, &bytes, now));
         }
     }
     for p in paths {
-        walk(p, 0, &mut certs, &mut crls);
+        walk(p, 0, now, &mut certs, &mut crls);
     }
     (certs, crls)
 }
@@ -218,15 +222,7 @@ pub fn register_metrics(registry: &mut Registry, watched: &Arc<Watched>) {
                     }
                 }
             }
-            let now = OffsetDateTime::now_utc();
-            let (cert_files, crl_files) = files_under(&w.paths);
-            let r = Arc::new((
-                cert_files
-                    .iter()
-                    .filter_map(|f| read_certificate(f, now))
-                    .collect(),
-                crl_files.iter().filter_map(|f| read_crl(f, now)).collect(),
-            ));
+            let r = Arc::new(readings(&w.paths, OffsetDateTime::now_utc()));
             if let Ok(mut guard) = cache.lock() {
                 *guard = Some((std::time::Instant::now(), r.clone()));
             }

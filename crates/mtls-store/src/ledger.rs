@@ -66,24 +66,21 @@ impl Ledger {
         }
     }
 
-    /// Holds the ledger's lock while `f` runs (released when the file closes).
-    fn locked<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    /// Reads the marks, lets `f` change them (or refuse), writes them back: all under the
+    /// ledger's lock (released when the lock file closes).
+    fn update(&self, f: impl FnOnce(&mut Marks) -> Result<()>) -> Result<()> {
         std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
-        let path = self.dir.join(".lock");
-        let file = std::fs::OpenOptions::new()
+        let lock_path = self.dir.join(".lock");
+        let lock = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(&path)
-            .map_err(io(&path))?;
-        file.lock().map_err(io(&path))?;
-        f()
-    }
-
-    fn update(&self, f: impl FnOnce(&mut Marks)) -> Result<()> {
+            .open(&lock_path)
+            .map_err(io(&lock_path))?;
+        lock.lock().map_err(io(&lock_path))?;
         let mut marks = self.marks()?;
         let before = marks.clone();
-        f(&mut marks);
+        f(&mut marks)?;
         if marks == before {
             return Ok(());
         }
@@ -107,27 +104,28 @@ impl Ledger {
     /// below the mark means the database went back in time under a running CA: refused, the
     /// CRL must not be published.
     pub fn record_crl(&self, issuer_key: &str, number: u64, der: &[u8]) -> Result<()> {
-        self.locked(|| {
-            let current = self.marks()?.crl_numbers.get(issuer_key).copied();
-            if let Some(c) = current.filter(|c| *c >= number) {
+        self.update(|m| {
+            let mark = m.crl_numbers.entry(issuer_key.to_string()).or_default();
+            if *mark >= number {
                 return Err(Error::RolledBack {
                     detail: format!(
-                        "CRL number {c} was published, the database allocated {number}"
+                        "CRL number {mark} was published, the database allocated {number}"
                     ),
                 });
             }
             // The CRL first: a mark never names a CRL that is not kept.
             self.write(&self.crl_path(issuer_key), der)?;
-            self.update(|m| {
-                let e = m.crl_numbers.entry(issuer_key.to_string()).or_default();
-                *e = (*e).max(number);
-            })
+            *mark = number;
+            Ok(())
         })
     }
 
     /// Revocations were committed up to `epoch`.
     pub fn record_epoch(&self, epoch: i64) -> Result<()> {
-        self.locked(|| self.update(|m| m.revocation_epoch = m.revocation_epoch.max(epoch)))
+        self.update(|m| {
+            m.revocation_epoch = m.revocation_epoch.max(epoch);
+            Ok(())
+        })
     }
 
     /// The last CRL recorded for `issuer_key`.
