@@ -165,7 +165,7 @@ where
 }
 
 struct Idle<B: Body + 'static> {
-    conn: Conn<B>,
+    conn: Box<Conn<B>>,
     since: Instant,
 }
 
@@ -209,7 +209,7 @@ impl<B: Body + 'static> Pool<B> {
     }
 
     /// Keeps an idle connection (dropping any that have been idle too long).
-    fn put(&self, conn: Conn<B>) {
+    fn put(&self, conn: Box<Conn<B>>) {
         let now = Instant::now();
         let mut idle = self.lock();
         while idle
@@ -267,7 +267,7 @@ where
     }
 
     /// An idle connection that can take a request, if there is one.
-    async fn take_idle(&self) -> Option<Conn<B>> {
+    async fn take_idle(&self) -> Option<Box<Conn<B>>> {
         loop {
             let mut idle = self.lock().pop_back()?;
             if idle.since.elapsed() >= self.inner.idle_timeout {
@@ -282,7 +282,7 @@ where
         }
     }
 
-    async fn connect(&self) -> Result<Conn<B>, PoolError> {
+    async fn connect(&self) -> Result<Box<Conn<B>>, PoolError> {
         let addr = self.addr();
         let err = |detail: String| PoolError::Connect {
             addr: addr.to_string(),
@@ -321,30 +321,27 @@ where
                 source,
             })?;
         self.inner.opened.fetch_add(1, Ordering::Relaxed);
-        Ok(Conn { sender, io })
+        // Boxed: it moves between the pool, the request and the response body, each time as
+        // a pointer.
+        Ok(Box::new(Conn { sender, io }))
     }
 
     /// Sends `req` on a pooled connection (or a new one) and waits for the response head,
     /// driving the connection from this task. The body, read to its end, returns the
     /// connection to the pool. A request that an idle connection closed before it was
     /// written is sent again on a new connection; one that reached the upstream is not.
-    pub async fn send(&self, req: Request<B>) -> Result<Response<PooledBody<B>>, PoolError> {
-        let (mut conn, mut req) = match self.take_idle().await {
-            Some(conn) => (conn, req),
-            None => return self.send_on(self.connect().await?, req).await,
-        };
+    pub async fn send(&self, mut req: Request<B>) -> Result<Response<PooledBody<B>>, PoolError> {
         loop {
+            let Some(mut conn) = self.take_idle().await else {
+                // A new connection is the cold path: boxed, so that this future (moved and
+                // held for every proxied request) stays a few hundred bytes, not kilobytes.
+                return Box::pin(self.send_new(req)).await;
+            };
             match exchange(&mut conn, req).await {
                 Ok(resp) => return Ok(self.wrap(conn, resp)),
                 Err(mut e) => match e.take_message() {
                     // Not written: the pooled connection was already going away.
-                    Some(back) => {
-                        req = back;
-                        conn = match self.take_idle().await {
-                            Some(c) => c,
-                            None => return self.send_on(self.connect().await?, req).await,
-                        };
-                    }
+                    Some(back) => req = back,
                     None => {
                         return Err(PoolError::Http {
                             addr: self.addr().to_string(),
@@ -356,9 +353,14 @@ where
         }
     }
 
+    async fn send_new(&self, req: Request<B>) -> Result<Response<PooledBody<B>>, PoolError> {
+        let conn = self.connect().await?;
+        self.send_on(conn, req).await
+    }
+
     async fn send_on(
         &self,
-        mut conn: Conn<B>,
+        mut conn: Box<Conn<B>>,
         req: Request<B>,
     ) -> Result<Response<PooledBody<B>>, PoolError> {
         match exchange(&mut conn, req).await {
@@ -370,7 +372,7 @@ where
         }
     }
 
-    fn wrap(&self, conn: Conn<B>, resp: Response<Incoming>) -> Response<PooledBody<B>> {
+    fn wrap(&self, conn: Box<Conn<B>>, resp: Response<Incoming>) -> Response<PooledBody<B>> {
         resp.map(|body| PooledBody {
             body,
             conn: Some(conn),
@@ -381,7 +383,7 @@ where
     /// Sends a request that asks for a protocol upgrade (WebSocket) on a new connection that is
     /// never pooled: it runs in a task of its own until the upgraded streams are done.
     pub async fn send_upgrade(&self, req: Request<B>) -> Result<Response<Incoming>, PoolError> {
-        let Conn { mut sender, io } = self.connect().await?;
+        let Conn { mut sender, io } = *self.connect().await?;
         tokio::spawn(async move {
             if let Err(e) = io.with_upgrades().await {
                 tracing::debug!(error = %e, "upgraded upstream connection ended");
@@ -423,7 +425,7 @@ where
 /// connection goes back to the pool once the body has been read to its end.
 pub struct PooledBody<B: Body + 'static> {
     body: Incoming,
-    conn: Option<Conn<B>>,
+    conn: Option<Box<Conn<B>>>,
     pool: Pool<B>,
 }
 

@@ -39,6 +39,8 @@ pub struct Conn {
     pub sni: Option<String>,
     pub remote: SocketAddr,
     identity: ConnIdentity,
+    /// The client's address as an `X-Forwarded-For` value, encoded once per connection.
+    forwarded_for: Option<HeaderValue>,
     /// The connection's slot under `limits.max_connections`, held by tunnels too.
     _slot: Arc<Slot>,
 }
@@ -54,6 +56,7 @@ impl Conn {
         Conn {
             shared,
             sni,
+            forwarded_for: HeaderValue::from_str(&remote.ip().to_string()).ok(),
             remote,
             identity,
             _slot: slot,
@@ -84,22 +87,20 @@ impl Conn {
     }
 }
 
-fn host_of(req: &Request<Incoming>) -> Option<String> {
-    let raw = req.uri().host().map(str::to_string).or_else(|| {
-        req.headers()
-            .get(HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_string)
-    })?;
+/// The request's host (URI authority first, else `Host`) without port, brackets or a final dot;
+/// compared case-insensitively by the caller. Borrowed: this runs on every request.
+fn host_of(req: &Request<Incoming>) -> Option<&str> {
+    let raw = match req.uri().host() {
+        Some(h) => h,
+        None => req.headers().get(HOST).and_then(|h| h.to_str().ok())?,
+    };
     // Strip a port; keep IPv6 brackets out of the comparison.
     let h = if let Some(rest) = raw.strip_prefix('[') {
-        rest.split(']').next().unwrap_or("").to_string()
+        rest.split(']').next().unwrap_or("")
     } else {
-        raw.rsplit_once(':')
-            .map(|(h, _)| h.to_string())
-            .unwrap_or(raw)
+        raw.rsplit_once(':').map(|(h, _)| h).unwrap_or(raw)
     };
-    Some(h.trim_end_matches('.').to_ascii_lowercase())
+    Some(h.trim_end_matches('.'))
 }
 
 fn is_upgrade(req: &Request<Incoming>) -> bool {
@@ -137,7 +138,7 @@ pub async fn handle(
     let mut detail: Option<String> = None;
     let response = 'resp: {
         if let (Some(sni), Some(host)) = (&conn.sni, host_of(&req)) {
-            if !sni.eq_ignore_ascii_case(&host) {
+            if !sni.eq_ignore_ascii_case(host) {
                 refusal = Some("misdirected_request");
                 break 'resp json_error(
                     StatusCode::MISDIRECTED_REQUEST,
@@ -204,10 +205,10 @@ pub async fn handle(
             );
         }
         headers.apply(&mut parts.headers);
-        if let Ok(v) = HeaderValue::from_str(&conn.remote.ip().to_string()) {
+        if let Some(v) = &conn.forwarded_for {
             parts
                 .headers
-                .append(HeaderName::from_static("x-forwarded-for"), v);
+                .append(HeaderName::from_static("x-forwarded-for"), v.clone());
         }
         parts.headers.insert(
             HeaderName::from_static("x-forwarded-proto"),
@@ -239,7 +240,9 @@ pub async fn handle(
         let pool = &state.upstream.pool;
         let result = tokio::time::timeout(shared.limits.upstream_timeout, async {
             if upgrade {
-                pool.send_upgrade(upstream_req)
+                // Rare and large (it opens a connection): boxed, to keep every request's
+                // future small.
+                Box::pin(pool.send_upgrade(upstream_req))
                     .await
                     .map(|r| r.map(BodyExt::boxed))
             } else {
