@@ -495,7 +495,7 @@ impl Drop for ActiveGuard {
 
 async fn tcp_proxy(
     shared: Arc<Shared>,
-    mut tls: tokio_rustls::server::TlsStream<TcpStream>,
+    mut tls: tokio_rustls::server::TlsStream<mtls_serve::coalesce::Coalesced<TcpStream>>,
     remote: SocketAddr,
     verdict: Result<Arc<mtls_verify::VerifiedPeer>, Rejection>,
     state: Arc<ListenerState>,

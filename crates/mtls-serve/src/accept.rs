@@ -18,6 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::server::TlsStream;
 
+use crate::coalesce::Coalesced;
 use crate::metrics::Counter;
 
 /// First pause after a failed `accept` (out of descriptors, typically); doubled per failure.
@@ -229,12 +230,31 @@ pub async fn handshake<IO>(
     config: Arc<ServerConfig>,
     io: IO,
     deadline: Duration,
-) -> Result<TlsStream<IO>, HandshakeError>
+) -> Result<TlsStream<Coalesced<IO>>, HandshakeError>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    match tokio::time::timeout(deadline, acceptor.accept(io)).await {
+    let accepting = async {
+        match acceptor.accept(Coalesced::new(io)).into_fallible().await {
+            Ok(mut tls) => {
+                let (io, conn) = tls.get_mut();
+                io.established();
+                if conn.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
+                    // TLS 1.2 ends with the server's `Finished`, which the client waits for.
+                    std::future::poll_fn(|cx| io.poll_send_held(cx)).await?;
+                }
+                Ok(tls)
+            }
+            Err((error, mut io)) => {
+                // The alert, if the TLS layer wrote one: one attempt, without waiting.
+                let _ =
+                    std::future::poll_fn(|cx| std::task::Poll::Ready(io.poll_send_held(cx))).await;
+                Err(error)
+            }
+        }
+    };
+    match tokio::time::timeout(deadline, accepting).await {
         Ok(Ok(tls)) => Ok(tls),
         Ok(Err(error)) => Err(HandshakeError::Failed {
             reason: failure_reason(&error),

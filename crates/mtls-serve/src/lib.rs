@@ -3,6 +3,7 @@
 //! What it does:
 //! - [`accept`]: the one accept loop (backoff on errors, a connection limit, a task per
 //!   connection, drain) and TLS handshakes under a deadline;
+//! - [`coalesce`]: the TLS 1.3 session ticket sent with the first response, not on its own;
 //! - [`tls`]: a server's reloadable certificates, client CAs and CRLs as one validated state;
 //! - [`reload`]: the one reload loop (file watching, SIGHUP, explicit trigger, last good kept);
 //! - [`recheck`]: re-verifying the identity of open connections when trust changes or a
@@ -57,6 +58,7 @@
 #![warn(missing_docs)]
 
 pub mod accept;
+pub mod coalesce;
 pub mod duration;
 pub mod error;
 pub mod http;
