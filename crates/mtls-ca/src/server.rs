@@ -270,7 +270,7 @@ async fn accept_tls(
                     };
                 let peer: PeerIdentity = ca
                     .trust()
-                    .identify(peer_chain(&tls).as_deref(), OffsetDateTime::now_utc())
+                    .identify(peer_chain(&tls), OffsetDateTime::now_utc())
                     .into();
                 let service = TowerToHyperService::new(router.layer(axum::Extension(peer)));
                 mtls_serve::http::serve_connection(&http, tls, service, shutdown).await;

@@ -423,13 +423,12 @@ async fn handle_connection(
             return;
         }
     };
-    let chain = accept::peer_chain(&tls);
     let sni = tls.get_ref().1.server_name().map(str::to_string);
     // Re-check the identity against the *current* state: covers resumed sessions (which skip
     // the verifier) and reloads that happened during the handshake.
     let state = shared.state.load_full();
     let identity = gw_http::ConnIdentity::new(
-        chain,
+        accept::peer_chain(&tls),
         state.trust(),
         crate::identity::IdentityHeaders::shared,
     );

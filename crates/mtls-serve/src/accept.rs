@@ -264,13 +264,13 @@ where
     }
 }
 
-/// The certificates the client presented (leaf first), owned; `None` without any.
-pub fn peer_chain<IO>(tls: &TlsStream<IO>) -> Option<Vec<CertificateDer<'static>>> {
+/// The certificates the client presented (leaf first), as the TLS connection holds them;
+/// `None` without any.
+pub fn peer_chain<IO>(tls: &TlsStream<IO>) -> Option<&[CertificateDer<'static>]> {
     tls.get_ref()
         .1
         .peer_certificates()
         .filter(|c| !c.is_empty())
-        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
 }
 
 #[cfg(test)]

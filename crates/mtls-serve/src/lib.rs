@@ -44,7 +44,7 @@
 //!         else {
 //!             return;
 //!         };
-//!         let who = state.trust.identify(peer_chain(&stream).as_deref(), time::OffsetDateTime::now_utc());
+//!         let who = state.trust.identify(peer_chain(&stream), time::OffsetDateTime::now_utc());
 //!         println!("{remote}: {who:?}");
 //!     }
 //! })

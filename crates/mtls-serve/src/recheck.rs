@@ -83,7 +83,8 @@ pub async fn until_refused(
 /// from it under some generation. `X` is whatever the server derives once per identity (the
 /// gateway's encoded identity headers; nothing for applications).
 pub struct ConnectionIdentity<X> {
-    chain: Option<Vec<CertificateDer<'static>>>,
+    /// Shared with the verified identity (one copy per certificate, not per connection).
+    chain: Option<Arc<[CertificateDer<'static>]>>,
     derive: fn(&Arc<VerifiedPeer>) -> X,
     /// The [`TrustState::revision`] the verdict was made under, and the verdict.
     checked: Mutex<((u64, u64), Verdict<X>)>,
@@ -96,11 +97,18 @@ impl<X: Clone> ConnectionIdentity<X> {
     /// Verifies `chain` under `trust` now (call it right after the handshake: resumed sessions
     /// skip the handshake verifier, and a reload may have happened during the handshake).
     pub fn new(
-        chain: Option<Vec<CertificateDer<'static>>>,
+        chain: Option<&[CertificateDer<'_>]>,
         trust: &TrustState,
         derive: fn(&Arc<VerifiedPeer>) -> X,
     ) -> Self {
-        let verdict = Self::verify(&chain, trust, derive);
+        let chain = chain.filter(|c| !c.is_empty());
+        let verdict = Self::verify(chain, trust, derive);
+        // A verified chain is kept once by its identity, for every connection presenting it;
+        // only an unverified one (optional client auth) is copied here.
+        let chain = match &verdict {
+            Ok((peer, _)) => Some(peer.presented_chain().clone()),
+            Err(_) => chain.map(|c| c.iter().map(|c| c.clone().into_owned()).collect()),
+        };
         ConnectionIdentity {
             chain,
             derive,
@@ -109,16 +117,14 @@ impl<X: Clone> ConnectionIdentity<X> {
     }
 
     fn verify(
-        chain: &Option<Vec<CertificateDer<'static>>>,
+        chain: Option<&[CertificateDer<'_>]>,
         trust: &TrustState,
         derive: fn(&Arc<VerifiedPeer>) -> X,
     ) -> Verdict<X> {
-        trust
-            .identify(chain.as_deref(), OffsetDateTime::now_utc())
-            .map(|p| {
-                let x = derive(&p);
-                (p, x)
-            })
+        trust.identify(chain, OffsetDateTime::now_utc()).map(|p| {
+            let x = derive(&p);
+            (p, x)
+        })
     }
 
     /// Resolves with the reason once the client is no longer trusted under the state `trust`
@@ -171,7 +177,7 @@ impl<X: Clone> ConnectionIdentity<X> {
         if guard.0 != trust.revision() || expired {
             *guard = (
                 trust.revision(),
-                Self::verify(&self.chain, trust, self.derive),
+                Self::verify(self.chain.as_deref(), trust, self.derive),
             );
         }
         guard.1.clone()

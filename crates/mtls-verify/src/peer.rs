@@ -3,6 +3,8 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use rustls_pki_types::CertificateDer;
+
 use mtls_pki::{Fingerprint, Serial};
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -32,8 +34,10 @@ pub struct VerifiedPeer {
     #[serde(with = "time::serde::rfc3339")]
     not_after: OffsetDateTime,
     generation: u64,
+    /// The chain as presented, leaf first: kept once per verified certificate and shared by
+    /// every connection that presents it (they re-verify with it when trust changes).
     #[serde(skip)]
-    cert_der: Arc<Vec<u8>>,
+    chain: Arc<[CertificateDer<'static>]>,
 }
 
 fn display<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
@@ -41,7 +45,12 @@ fn display<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S:
 }
 
 impl VerifiedPeer {
-    pub(crate) fn from_cert(der: &[u8], cert: &X509Certificate<'_>, generation: u64) -> Self {
+    pub(crate) fn from_cert(
+        chain: Arc<[CertificateDer<'static>]>,
+        cert: &X509Certificate<'_>,
+        generation: u64,
+    ) -> Self {
+        let der: &[u8] = chain.first().map(|c| c.as_ref()).unwrap_or_default();
         let attrs = |oid| {
             cert.subject()
                 .iter_by_oid(oid)
@@ -78,7 +87,7 @@ impl VerifiedPeer {
             not_before: cert.validity().not_before.to_datetime(),
             not_after: cert.validity().not_after.to_datetime(),
             generation,
-            cert_der: Arc::new(der.to_vec()),
+            chain: chain.clone(),
         }
     }
 
@@ -162,7 +171,12 @@ impl VerifiedPeer {
 
     /// The leaf certificate, DER.
     pub fn certificate_der(&self) -> &[u8] {
-        &self.cert_der
+        self.chain.first().map(|c| c.as_ref()).unwrap_or_default()
+    }
+
+    /// The chain the client presented, leaf first (shared: cloning is a reference count).
+    pub fn presented_chain(&self) -> &Arc<[CertificateDer<'static>]> {
+        &self.chain
     }
 }
 

@@ -597,7 +597,11 @@ impl TrustState {
         }
         let (_, leaf) = x509_parser::parse_x509_certificate(end_entity)
             .map_err(|e| Rejection::Malformed(e.to_string()))?;
-        let peer = Arc::new(VerifiedPeer::from_cert(end_entity, &leaf, self.generation));
+        let chain: Arc<[CertificateDer<'static>]> = std::iter::once(end_entity)
+            .chain(intermediates)
+            .map(|c| c.clone().into_owned())
+            .collect();
+        let peer = Arc::new(VerifiedPeer::from_cert(chain, &leaf, self.generation));
         let mut not_before = anchor
             .not_before
             .max(leaf.validity().not_before.timestamp());
