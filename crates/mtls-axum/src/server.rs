@@ -53,6 +53,7 @@ impl Default for ServerBuilder {
                 client_auth: ClientAuth::Required,
                 revocation: RevocationOptions::default(),
                 alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+                resumption: Default::default(),
             },
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(3600),

@@ -121,6 +121,10 @@ pub struct GatewayArgs {
     /// Disable the JSON access log on stdout.
     #[arg(long)]
     no_access_log: bool,
+    /// on (default) or off: with off, every connection makes a full handshake with its
+    /// certificate and no TLS session ticket is issued.
+    #[arg(long, default_value = "on", value_parser = parse_session_resumption)]
+    session_resumption: mtls_serve::tls::SessionResumption,
 }
 
 pub(crate) fn parse_revocation_policy(
@@ -130,6 +134,16 @@ pub(crate) fn parse_revocation_policy(
         "hard-fail" => Ok(mtls_gateway::config::RevocationPolicy::HardFail),
         "soft-fail" => Ok(mtls_gateway::config::RevocationPolicy::SoftFail),
         other => Err(format!("{other:?}: use hard-fail or soft-fail")),
+    }
+}
+
+fn parse_session_resumption(
+    s: &str,
+) -> std::result::Result<mtls_serve::tls::SessionResumption, String> {
+    match s {
+        "on" => Ok(mtls_serve::tls::SessionResumption::On),
+        "off" => Ok(mtls_serve::tls::SessionResumption::Off),
+        other => Err(format!("{other:?}: use on or off")),
     }
 }
 
@@ -221,6 +235,7 @@ fn config_from_flags(a: &GatewayArgs) -> Result<GatewayConfig> {
             revocation_scope: Default::default(),
             allow_unknown_revocation: false,
             allow_expired_crl: false,
+            session_resumption: a.session_resumption,
         }],
     })
 }
@@ -452,6 +467,7 @@ pub fn quickstart(a: QuickstartArgs) -> Result<ExitCode> {
                 revocation_scope: Default::default(),
                 allow_unknown_revocation: false,
                 allow_expired_crl: false,
+                session_resumption: Default::default(),
             }],
         };
         let running = mtls_gateway::start(config, None).await?;

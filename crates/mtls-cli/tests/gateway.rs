@@ -463,6 +463,28 @@ fn resumed_session_after_revocation_is_rejected() {
     );
 }
 
+/// `--session-resumption off`: no ticket is issued, so no session can be saved or resumed. By
+/// default a ticket arrives (with the first answer) and the session resumes.
+#[test]
+fn session_resumption_off_issues_no_ticket() {
+    let (d, f, _up, g) = setup(&["--allow-any-trusted", "--session-resumption", "off"]);
+    let c = f.client("client-app");
+    let sess = d.path().join("sess.pem");
+    let first = s_client(&g, &f, &c, ("-sess_out", &sess));
+    assert!(first.contains("HTTP/1.1 200"), "{first}");
+    assert!(!first.contains("New Session Ticket"), "{first}");
+    assert!(!sess.exists(), "a session was saved: {first}");
+
+    let (d, f, _up, g) = setup(&["--allow-any-trusted"]);
+    let c = f.client("client-app");
+    let sess = d.path().join("sess.pem");
+    let first = s_client(&g, &f, &c, ("-sess_out", &sess));
+    assert!(first.contains("New Session Ticket"), "{first}");
+    let again = s_client(&g, &f, &c, ("-sess_in", &sess));
+    assert!(again.contains("Reused, TLSv1.3"), "{again}");
+    assert!(again.contains("HTTP/1.1 200"), "{again}");
+}
+
 fn served_serial(g: &Gateway) -> String {
     let o = Command::new("sh")
         .arg("-c")

@@ -194,6 +194,10 @@ pub struct ListenerConfig {
     /// Loosening: accept CRLs past their nextUpdate.
     #[serde(default)]
     pub allow_expired_crl: bool,
+    /// `on` (default) or `off`: with `off` every connection makes a full handshake with its
+    /// certificate and no session ticket is issued.
+    #[serde(default)]
+    pub session_resumption: mtls_serve::tls::SessionResumption,
 }
 
 fn yes() -> bool {
@@ -405,6 +409,7 @@ impl ListenerConfig {
                 Mode::Http => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
                 Mode::Tcp => Vec::new(),
             },
+            resumption: self.session_resumption,
         }
     }
 }

@@ -31,6 +31,7 @@
 //!     client_auth: ClientAuth::Required,
 //!     revocation: Default::default(),
 //!     alpn: vec![],
+//!     resumption: Default::default(),
 //! })?;
 //! let (stop, shutdown) = mtls_serve::shutdown();
 //! // Certificates, CAs and CRLs are reloaded when their files change.

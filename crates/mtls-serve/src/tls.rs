@@ -98,6 +98,21 @@ pub struct ServerFiles {
     pub revocation: RevocationOptions,
     /// ALPN protocols offered, in order of preference.
     pub alpn: Vec<Vec<u8>>,
+    /// Whether clients may resume sessions (on by default).
+    pub resumption: SessionResumption,
+}
+
+/// Whether a server lets clients resume TLS sessions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionResumption {
+    /// One TLS 1.3 ticket per handshake (sent with the first answer) and a session cache per
+    /// configuration generation; the identity is re-checked after a resumed handshake anyway.
+    #[default]
+    On,
+    /// Every connection makes a full handshake and presents its certificate: no ticket is
+    /// issued (saving its cost, about a tenth of a handshake) and no session is cached.
+    Off,
 }
 
 /// One loaded generation of a server's TLS state.
@@ -175,7 +190,11 @@ impl ServerFiles {
         let verifier =
             mtls_tls::client_verifier(trust.clone(), self.client_auth == ClientAuth::Required);
         let alpn: Vec<&[u8]> = self.alpn.iter().map(Vec::as_slice).collect();
-        let tls = mtls_tls::server_config(resolver.clone(), verifier, &alpn)?;
+        let mut tls = mtls_tls::server_config(resolver.clone(), verifier, &alpn)?;
+        if self.resumption == SessionResumption::Off {
+            tls.send_tls13_tickets = 0;
+            tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        }
         Ok(ServerState {
             generation,
             tls: Arc::new(tls),
