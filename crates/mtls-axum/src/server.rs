@@ -407,7 +407,7 @@ async fn connection(
     inner: Arc<Inner>,
     tcp: TcpStream,
     router: Router,
-    http: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
+    http: Arc<mtls_serve::http::Http>,
     shutdown: mtls_serve::Shutdown,
 ) {
     let state = inner.tls.current();

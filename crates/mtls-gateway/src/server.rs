@@ -35,7 +35,7 @@ pub struct Shared {
     /// Refusal log lines of this listener, rate-limited.
     pub refusals: mtls_serve::refusals::RefusalLog,
     /// The HTTP connection builder (limits and timers), made once, not per connection.
-    pub http: hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    pub http: mtls_serve::http::Http,
     /// Revocation sources kept across reloads: the CA's feed (`[listener.revocation_feed]`),
     /// OCSP (`[listener.ocsp]`).
     pub sources: RevocationSources,

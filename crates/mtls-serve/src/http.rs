@@ -9,6 +9,7 @@ use hyper_util::server::conn::auto::Builder;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::accept::Shutdown;
+use crate::park::{self, Stream, Wake};
 
 /// Limits of the HTTP layer.
 #[derive(Clone, Copy, Debug)]
@@ -28,27 +29,35 @@ impl Default for HttpLimits {
     }
 }
 
-/// The hyper connection builder (HTTP/1.1 and h2, chosen by ALPN or preface).
-pub fn builder(limits: &HttpLimits) -> Builder<TokioExecutor> {
-    let mut b = Builder::new(TokioExecutor::new());
-    b.http1()
+/// The hyper connection builders (HTTP/1.1 and h2, chosen by the first bytes), made once per
+/// server with its limits and timers.
+pub struct Http {
+    auto: Builder<TokioExecutor>,
+    http1: hyper::server::conn::http1::Builder,
+}
+
+/// The hyper connection builders for these limits.
+pub fn builder(limits: &HttpLimits) -> Http {
+    let mut auto = Builder::new(TokioExecutor::new());
+    auto.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192));
-    b.http2()
+    auto.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-    b
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    Http { auto, http1 }
 }
 
 /// Serves `service` on `io` until the connection ends; on `shutdown`, stops taking new
 /// requests and lets the ones in flight finish.
-pub async fn serve_connection<IO, S, B>(
-    builder: &Builder<TokioExecutor>,
-    io: IO,
-    service: S,
-    shutdown: Shutdown,
-) where
+pub async fn serve_connection<IO, S, B>(http: &Http, io: IO, service: S, shutdown: Shutdown)
+where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<http::Request<Incoming>, Response = http::Response<B>>
         + Send
@@ -59,13 +68,17 @@ pub async fn serve_connection<IO, S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    serve_connection_until(builder, io, service, shutdown, std::future::pending()).await
+    serve_connection_until(http, io, service, shutdown, std::future::pending()).await
 }
 
 /// [`serve_connection`], cut at once (requests in flight included) when `cut` resolves: for a
 /// client that is no longer trusted (see [`crate::recheck::until_refused`]).
+///
+/// An HTTP/1 connection waiting for its next request holds no hyper state: between requests
+/// it is taken apart and waits for bytes with a 32-byte buffer (see `park`). HTTP/2
+/// connections (the preface, with or without ALPN) are served by hyper throughout.
 pub async fn serve_connection_until<IO, S, B>(
-    builder: &Builder<TokioExecutor>,
+    http: &Http,
     io: IO,
     service: S,
     mut shutdown: Shutdown,
@@ -81,124 +94,111 @@ pub async fn serve_connection_until<IO, S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let linger = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let io = Lingering {
-        io: Some(io),
-        linger: linger.clone(),
+    // Boxed once: parking and unparking move a pointer, not the TLS state.
+    let mut stream = Box::new(Stream::new(io));
+    let activity = stream.activity.clone();
+    let stop = shutdown.wait();
+    tokio::pin!(stop, cut);
+    // No hyper state until the first bytes, which also say HTTP/1 or HTTP/2.
+    let first = tokio::select! {
+        w = stream.wake(true) => w,
+        _ = stop.as_mut() => Wake::Closed,
+        _ = cut.as_mut() => Wake::Closed,
     };
-    let serving = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    tokio::pin!(serving);
-    tokio::pin!(cut);
-    tokio::select! {
-        r = serving.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "connection ended with an error");
-                // hyper answered a malformed or oversize request (400, 431) and closes while
-                // the client may still be sending: closing with unread data sends a reset
-                // that can destroy the answer before the client reads it.
-                linger.store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-        _ = shutdown.wait() => {
-            serving.as_mut().graceful_shutdown();
+    match first {
+        Wake::Closed => return,
+        Wake::Http2 => {
+            let serving = http
+                .auto
+                .serve_connection_with_upgrades(TokioIo::new(stream), service);
+            tokio::pin!(serving);
             tokio::select! {
-                _ = serving.as_mut() => {}
-                _ = cut.as_mut() => {}
-            }
-        }
-        _ = cut.as_mut() => {}
-    }
-}
-
-/// Longest a closed connection is drained of what its client still sends (nginx's
-/// `lingering_time` idea, bounded in time and bytes).
-const LINGER_TIME: Duration = Duration::from_secs(2);
-const LINGER_BYTES: usize = 1 << 20;
-
-/// The connection's stream; when the connection ended with a protocol error, dropping it shuts
-/// the write side down (the answer and a FIN go out) and reads and discards what the client
-/// still sends, bounded, before closing: a lingering close.
-struct Lingering<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> {
-    io: Option<IO>,
-    linger: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for Lingering<IO> {
-    fn drop(&mut self) {
-        if !self.linger.load(std::sync::atomic::Ordering::Relaxed) {
-            return;
-        }
-        let Some(mut io) = self.io.take() else { return };
-        // Outside a runtime (never in our servers) the stream just closes.
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        rt.spawn(async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let _ = tokio::time::timeout(LINGER_TIME, async {
-                let _ = io.shutdown().await;
-                let mut buf = [0u8; 8192];
-                let mut drained = 0;
-                while drained < LINGER_BYTES {
-                    match io.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => drained += n,
+                r = serving.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                        activity.linger();
                     }
                 }
-            })
-            .await;
-        });
-    }
-}
-
-macro_rules! inner {
-    ($self:ident) => {
-        match $self.get_mut().io.as_mut() {
-            Some(io) => std::pin::Pin::new(io),
-            None => return std::task::Poll::Ready(Err(std::io::ErrorKind::NotConnected.into())),
+                _ = stop.as_mut() => {
+                    serving.as_mut().graceful_shutdown();
+                    tokio::select! {
+                        _ = serving.as_mut() => {}
+                        _ = cut.as_mut() => {}
+                    }
+                }
+                _ = cut.as_mut() => {}
+            }
+            return;
         }
+        Wake::Http1 => {}
+    }
+    let mut service = park::Tracked {
+        inner: service,
+        activity: activity.clone(),
     };
-}
-
-impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncRead for Lingering<IO> {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        inner!(self).poll_read(cx, buf)
-    }
-}
-
-impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for Lingering<IO> {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        inner!(self).poll_write(cx, buf)
-    }
-    fn poll_write_vectored(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        inner!(self).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.io.as_ref().is_some_and(|io| io.is_write_vectored())
-    }
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        inner!(self).poll_flush(cx)
-    }
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        inner!(self).poll_shutdown(cx)
+    loop {
+        activity.handed_over();
+        let mut conn = Box::new(
+            http.http1
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades(),
+        );
+        let serving = std::future::poll_fn(|cx| {
+            match std::future::Future::poll(std::pin::Pin::new(&mut *conn), cx) {
+                std::task::Poll::Ready(r) => std::task::Poll::Ready(Some(r)),
+                // Between requests, everything written: take hyper apart (as nginx frees a
+                // keep-alive connection's buffers after each request).
+                std::task::Poll::Pending if activity.at_rest() => std::task::Poll::Ready(None),
+                std::task::Poll::Pending => std::task::Poll::Pending,
+            }
+        });
+        let ended = tokio::select! {
+            r = serving => r,
+            _ = stop.as_mut() => {
+                std::pin::Pin::new(&mut *conn).graceful_shutdown();
+                tokio::select! {
+                    _ = &mut *conn => {}
+                    _ = cut.as_mut() => {}
+                }
+                return;
+            }
+            _ = cut.as_mut() => return,
+        };
+        match ended {
+            Some(Ok(())) => return,
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "connection ended with an error");
+                activity.linger();
+                return;
+            }
+            None => {}
+        }
+        let Some(parts) = conn.into_parts() else {
+            return;
+        };
+        stream = parts.io.into_inner();
+        service = parts.service;
+        if !parts.read_buf.is_empty() {
+            // A pipelined head's first bytes: straight back to hyper, which times that head.
+            stream.unread(parts.read_buf);
+            continue;
+        }
+        // Even empty, it holds hyper's read buffer: gone before waiting.
+        drop(parts.read_buf);
+        let woke = tokio::select! {
+            w = stream.wake(false) => w,
+            _ = stop.as_mut() => {
+                tokio::select! {
+                    _ = tokio::io::AsyncWriteExt::shutdown(&mut stream) => {}
+                    _ = cut.as_mut() => {}
+                }
+                return;
+            }
+            _ = cut.as_mut() => return,
+        };
+        if woke == Wake::Closed {
+            return;
+        }
     }
 }
 
@@ -223,14 +223,14 @@ pub async fn serve_plain<S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let builder = std::sync::Arc::new(builder(&limits));
+    let http = std::sync::Arc::new(builder(&limits));
     let sd = shutdown.clone();
     crate::accept::accept_loop(listener, slots, shutdown, move |tcp, _, slot| {
-        let (builder, service, shutdown) = (builder.clone(), service.clone(), sd.clone());
+        let (http, service, shutdown) = (http.clone(), service.clone(), sd.clone());
         async move {
             let _slot = slot;
             serve_connection(
-                &builder,
+                &http,
                 mtls_tls::IdleTimeout::new(tcp, idle),
                 service,
                 shutdown,

@@ -10,7 +10,8 @@
 //!   certificate or CRL expires;
 //! - [`refusals`]: rate-limited log lines for refused clients;
 //! - [`error`]: the seed's JSON error body and the rejection → status/code mapping;
-//! - [`http`]: the hyper connection builder and graceful per-connection serving;
+//! - [`http`]: the hyper connection builders and graceful per-connection serving; an HTTP/1
+//!   connection between requests holds no hyper state (taken apart and rebuilt on its next bytes);
 //! - [`metrics`]: Prometheus metrics through `prometheus-client`;
 //! - [`duration`]: the one duration syntax (units required).
 //!
@@ -64,6 +65,7 @@ pub mod duration;
 pub mod error;
 pub mod http;
 pub mod metrics;
+mod park;
 pub mod recheck;
 pub mod refusals;
 pub mod reload;
