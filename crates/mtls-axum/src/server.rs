@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use axum::Router;
 use base64::Engine;
-use hyper::body::Incoming;
 use mtls_serve::accept::{self, Slots};
 use mtls_serve::metrics::{CounterFamily, Labels, Registry, ReloadCounters};
 use mtls_serve::recheck::ConnectionIdentity;
@@ -456,19 +455,21 @@ async fn connection(
             tracing::info!(%reason, "closing connection: the client is no longer trusted");
         }
     };
-    let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
-        let state = inner.tls.current();
-        let peer: PeerIdentity = identity.current(&state.trust).map(|(p, ())| p).into();
-        let forwarded = match (&peer, &inner.builder.gateways) {
-            (PeerIdentity::Verified(p), Some(gateways)) if gateways.check(p).is_ok() => {
-                Some(forwarded_identity(req.headers(), &state.trust))
-            }
-            _ => None,
-        };
-        req.extensions_mut().insert(PeerExt(peer));
-        req.extensions_mut().insert(ForwardedExt(forwarded));
-        router.clone().oneshot(req)
-    });
+    let service = hyper::service::service_fn(
+        move |mut req: http::Request<mtls_serve::http::RequestBody>| {
+            let state = inner.tls.current();
+            let peer: PeerIdentity = identity.current(&state.trust).map(|(p, ())| p).into();
+            let forwarded = match (&peer, &inner.builder.gateways) {
+                (PeerIdentity::Verified(p), Some(gateways)) if gateways.check(p).is_ok() => {
+                    Some(forwarded_identity(req.headers(), &state.trust))
+                }
+                _ => None,
+            };
+            req.extensions_mut().insert(PeerExt(peer));
+            req.extensions_mut().insert(ForwardedExt(forwarded));
+            router.clone().oneshot(req)
+        },
+    );
     mtls_serve::http::serve_connection_until(
         &http,
         mtls_tls::IdleTimeout::new(tls, idle),

@@ -313,34 +313,36 @@ fn run_cli(args: &[&str]) -> Result<()> {
 
 /// The demo upstream: answers `GET /api/secure` with the client's CN from the forwarded identity.
 async fn demo_upstream(listener: tokio::net::TcpListener, shutdown: mtls_serve::Shutdown) {
-    let service = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
-        let cn = req
-            .headers()
-            .get("x-forwarded-client-cert")
-            .and_then(|v| v.to_str().ok())
-            .and_then(cn_from_xfcc);
-        let r: http::Response<Full<Bytes>> = match (req.uri().path(), cn) {
-            ("/api/secure", Some(cn)) => {
-                let mut r = http::Response::new(Full::new(Bytes::from(
-                    serde_json::json!({"message": "Authenticated via mTLS", "client": cn})
-                        .to_string(),
-                )));
-                r.headers_mut().insert(
-                    http::header::CONTENT_TYPE,
-                    http::HeaderValue::from_static("application/json"),
-                );
-                r
-            }
-            ("/api/secure", None) => mtls_serve::ApiError::no_client_cert().to_response(),
-            _ => mtls_serve::ApiError::new(
-                http::StatusCode::NOT_FOUND,
-                "NOT_FOUND",
-                "try /api/secure",
-            )
-            .to_response(),
-        };
-        Ok::<_, Infallible>(r)
-    });
+    let service = service_fn(
+        |req: http::Request<mtls_serve::http::RequestBody>| async move {
+            let cn = req
+                .headers()
+                .get("x-forwarded-client-cert")
+                .and_then(|v| v.to_str().ok())
+                .and_then(cn_from_xfcc);
+            let r: http::Response<Full<Bytes>> = match (req.uri().path(), cn) {
+                ("/api/secure", Some(cn)) => {
+                    let mut r = http::Response::new(Full::new(Bytes::from(
+                        serde_json::json!({"message": "Authenticated via mTLS", "client": cn})
+                            .to_string(),
+                    )));
+                    r.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/json"),
+                    );
+                    r
+                }
+                ("/api/secure", None) => mtls_serve::ApiError::no_client_cert().to_response(),
+                _ => mtls_serve::ApiError::new(
+                    http::StatusCode::NOT_FOUND,
+                    "NOT_FOUND",
+                    "try /api/secure",
+                )
+                .to_response(),
+            };
+            Ok::<_, Infallible>(r)
+        },
+    );
     mtls_serve::http::serve_plain(
         listener,
         mtls_serve::Slots::new(1024),

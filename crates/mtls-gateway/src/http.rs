@@ -9,8 +9,8 @@ use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, HOST};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use mtls_serve::http::RequestBody;
 use mtls_serve::recheck::ConnectionIdentity;
 use mtls_serve::{ApiError, Slot};
 
@@ -19,7 +19,7 @@ use crate::server::Shared;
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
 /// The upstream connections of a listener, driven by the task of the request being proxied.
-pub type UpstreamPool = mtls_client::pool::Pool<Incoming>;
+pub type UpstreamPool = mtls_client::pool::Pool<RequestBody>;
 
 /// The seed's error body, `{"error":{"code":…,"message":…}}` (one type for every server:
 /// [`mtls_serve::ApiError`]).
@@ -89,7 +89,7 @@ impl Conn {
 
 /// The request's host (URI authority first, else `Host`) without port, brackets or a final dot;
 /// compared case-insensitively by the caller. Borrowed: this runs on every request.
-fn host_of(req: &Request<Incoming>) -> Option<&str> {
+fn host_of(req: &Request<RequestBody>) -> Option<&str> {
     let raw = match req.uri().host() {
         Some(h) => h,
         None => req.headers().get(HOST).and_then(|h| h.to_str().ok())?,
@@ -103,7 +103,7 @@ fn host_of(req: &Request<Incoming>) -> Option<&str> {
     Some(h.trim_end_matches('.'))
 }
 
-fn is_upgrade(req: &Request<Incoming>) -> bool {
+fn is_upgrade(req: &Request<RequestBody>) -> bool {
     req.headers().contains_key(http::header::UPGRADE)
         && req
             .headers()
@@ -123,7 +123,7 @@ fn boxed(e: ApiError) -> Response<Body> {
 /// Handles one request.
 pub async fn handle(
     conn: Arc<Conn>,
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
 ) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
     let shared = conn.shared.clone();

@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
-use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::accept::Shutdown;
+pub use crate::park::RequestBody;
 use crate::park::{self, Stream, Wake};
 
 /// Limits of the HTTP layer.
@@ -59,7 +59,7 @@ pub fn builder(limits: &HttpLimits) -> Http {
 pub async fn serve_connection<IO, S, B>(http: &Http, io: IO, service: S, shutdown: Shutdown)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<http::Request<Incoming>, Response = http::Response<B>>
+    S: hyper::service::Service<http::Request<RequestBody>, Response = http::Response<B>>
         + Send
         + 'static,
     S::Future: Send + 'static,
@@ -85,7 +85,7 @@ pub async fn serve_connection_until<IO, S, B>(
     cut: impl std::future::Future<Output = ()>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<http::Request<Incoming>, Response = http::Response<B>>
+    S: hyper::service::Service<http::Request<RequestBody>, Response = http::Response<B>>
         + Send
         + 'static,
     S::Future: Send + 'static,
@@ -110,7 +110,7 @@ pub async fn serve_connection_until<IO, S, B>(
         Wake::Http2 => {
             let serving = http
                 .auto
-                .serve_connection_with_upgrades(TokioIo::new(stream), service);
+                .serve_connection_with_upgrades(TokioIo::new(stream), park::Unwatched(service));
             tokio::pin!(serving);
             tokio::select! {
                 r = serving.as_mut() => {
@@ -213,7 +213,7 @@ pub async fn serve_plain<S, B>(
     shutdown: Shutdown,
     service: S,
 ) where
-    S: hyper::service::Service<http::Request<Incoming>, Response = http::Response<B>>
+    S: hyper::service::Service<http::Request<RequestBody>, Response = http::Response<B>>
         + Clone
         + Send
         + 'static,
@@ -272,7 +272,7 @@ pub async fn serve_admin(
     shutdown: Shutdown,
 ) {
     let pages = std::sync::Arc::new(pages);
-    let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+    let service = hyper::service::service_fn(move |req: http::Request<RequestBody>| {
         let registry = registry.clone();
         let pages = pages.clone();
         async move {

@@ -8,8 +8,8 @@
 //! - [`Stream`], the byte stream hyper is given: whether its last read found nothing, and
 //!   whether everything written was flushed (hyper flushes only with an empty write buffer);
 //! - [`Tracked`], the service: whether a request is still being answered, and whether the
-//!   latest request had a body (hyper may still be reading it: such a connection is not taken
-//!   apart before its next request);
+//!   latest request's body was read to the end ([`RequestBody`]; until then hyper may still be
+//!   reading it, and its bytes must never be parsed as a request);
 //! - [`Answer`], the response body: the answer ends when hyper drops it.
 //!
 //! It also gives the bytes read while parked back to hyper, and, when the connection ended with a
@@ -17,12 +17,14 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
+use http_body::Body as _;
+use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The state of one connection as its three pieces see it (one task uses them: `Relaxed`).
@@ -30,8 +32,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub(crate) struct Activity {
     /// Requests whose answer is not finished: service future or response body alive.
     answering: AtomicUsize,
-    /// The latest request came with a body: hyper may still be reading it.
-    body: AtomicBool,
+    /// The number of the latest request while its body is not read to the end (hyper may still
+    /// be reading it); 0 when there is none.
+    body: AtomicU64,
+    /// Requests so far (numbers the bodies).
+    requests: AtomicU64,
     /// A request head was read since hyper was given the stream. Until then the connection is
     /// not parked again: the bytes that woke it are the start of a head, under hyper's
     /// header-read timeout.
@@ -48,7 +53,7 @@ impl Activity {
     /// hyper is between requests, has written everything and waits for bytes.
     pub(crate) fn at_rest(&self) -> bool {
         self.answering.load(Relaxed) == 0
-            && !self.body.load(Relaxed)
+            && self.body.load(Relaxed) == 0
             && self.requested.load(Relaxed)
             && self.read_pending.load(Relaxed)
             && !self.unflushed.load(Relaxed)
@@ -295,26 +300,97 @@ pub(crate) struct Tracked<S> {
     pub(crate) activity: Arc<Activity>,
 }
 
-impl<S, B> hyper::service::Service<http::Request<hyper::body::Incoming>> for Tracked<S>
+impl<S, B> hyper::service::Service<http::Request<Incoming>> for Tracked<S>
 where
-    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>,
+    S: hyper::service::Service<http::Request<RequestBody>, Response = http::Response<B>>,
 {
     type Response = http::Response<Answer<B>>;
     type Error = S::Error;
     type Future = Answering<S::Future>;
 
-    fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
-        use http_body::Body as _;
+    fn call(&self, req: http::Request<Incoming>) -> Self::Future {
         let a = &self.activity;
         a.requested.store(true, Relaxed);
+        let n = a.requests.fetch_add(1, Relaxed).wrapping_add(1).max(1);
         // hyper reads the next head only after this request's body: a body seen now is the
         // only one that can still be unread.
-        a.body.store(!req.body().is_end_stream(), Relaxed);
+        let watch = if req.body().is_end_stream() {
+            a.body.store(0, Relaxed);
+            None
+        } else {
+            a.body.store(n, Relaxed);
+            Some(BodyWatch(a.clone(), n))
+        };
         a.answering.fetch_add(1, Relaxed);
         Answering {
-            fut: self.inner.call(req),
+            fut: self
+                .inner
+                .call(req.map(|inner| RequestBody { inner, watch })),
             guard: Some(AnswerGuard(a.clone())),
         }
+    }
+}
+
+/// The service for HTTP/2 connections, which are never taken apart: bodies are not watched.
+#[derive(Clone)]
+pub(crate) struct Unwatched<S>(pub(crate) S);
+
+impl<S: hyper::service::Service<http::Request<RequestBody>>>
+    hyper::service::Service<http::Request<Incoming>> for Unwatched<S>
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(&self, req: http::Request<Incoming>) -> Self::Future {
+        self.0
+            .call(req.map(|inner| RequestBody { inner, watch: None }))
+    }
+}
+
+/// A request's body: hyper's, noting when the application has read it to the end (then hyper
+/// has too, and the connection may be taken apart after the answer).
+#[derive(Debug)]
+pub struct RequestBody {
+    inner: Incoming,
+    watch: Option<BodyWatch>,
+}
+
+#[derive(Debug)]
+struct BodyWatch(Arc<Activity>, u64);
+
+impl RequestBody {
+    fn read_to_end(&mut self) {
+        if let Some(BodyWatch(a, n)) = self.watch.take() {
+            // Only if no later request has started (it cannot have: hyper reads the next head
+            // after this body), so a late note never clears another request's body.
+            let _ = a.body.compare_exchange(n, 0, Relaxed, Relaxed);
+        }
+    }
+}
+
+impl http_body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(None) => this.read_to_end(),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.read_to_end(),
+            _ => {}
+        }
+        r
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use mtls_serve::http::{builder, serve_connection, HttpLimits};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -23,7 +22,8 @@ struct Server {
     stop: mtls_serve::accept::ShutdownTrigger,
 }
 
-/// `/echo` answers its body, `/ignore` answers without reading it, `/slow` after 200 ms;
+/// `/echo` answers its body, `/ignore` answers without reading it, `/half` after reading its
+/// first frame, `/slow` after 200 ms;
 /// everything else answers `ok <path>`. Every request's path is recorded.
 async fn server(header_read_timeout: Duration, idle: Duration) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -40,23 +40,30 @@ async fn server(header_read_timeout: Duration, idle: Duration) -> Server {
             let (tcp, _) = listener.accept().await.unwrap();
             let (http, seen, shutdown) = (http.clone(), s.clone(), shutdown.clone());
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-                    let seen = seen.clone();
-                    async move {
-                        let path = req.uri().path().to_string();
-                        seen.lock().unwrap().push(path.clone());
-                        let body = match path.as_str() {
-                            "/echo" => req.into_body().collect().await.unwrap().to_bytes(),
-                            "/ignore" => Bytes::from_static(b"ignored"),
-                            "/slow" => {
-                                tokio::time::sleep(Duration::from_millis(200)).await;
-                                Bytes::from_static(b"slow")
-                            }
-                            p => Bytes::from(format!("ok {p}")),
-                        };
-                        Ok::<_, Infallible>(http::Response::new(Full::new(body)))
-                    }
-                });
+                let service = hyper::service::service_fn(
+                    move |req: http::Request<mtls_serve::http::RequestBody>| {
+                        let seen = seen.clone();
+                        async move {
+                            let path = req.uri().path().to_string();
+                            seen.lock().unwrap().push(path.clone());
+                            let body = match path.as_str() {
+                                "/echo" => req.into_body().collect().await.unwrap().to_bytes(),
+                                "/ignore" => Bytes::from_static(b"ignored"),
+                                "/half" => {
+                                    let mut body = req.into_body();
+                                    let _ = body.frame().await;
+                                    Bytes::from_static(b"ignored")
+                                }
+                                "/slow" => {
+                                    tokio::time::sleep(Duration::from_millis(200)).await;
+                                    Bytes::from_static(b"slow")
+                                }
+                                p => Bytes::from(format!("ok {p}")),
+                            };
+                            Ok::<_, Infallible>(http::Response::new(Full::new(body)))
+                        }
+                    },
+                );
                 serve_connection(
                     &http,
                     mtls_tls::IdleTimeout::new(tcp, idle),
@@ -176,20 +183,33 @@ async fn requests_are_answered_across_pauses_pipelining_and_split_heads() {
 async fn an_unread_body_is_never_taken_for_a_request() {
     let s = server(Duration::from_secs(5), Duration::from_secs(60)).await;
     let smuggled = get("/smuggled");
-    for chunked in [false, true] {
+    for (chunked, path) in [
+        (false, "/ignore"),
+        (true, "/ignore"),
+        (false, "/half"),
+        (true, "/half"),
+    ] {
         let mut tcp = TcpStream::connect(s.addr).await.unwrap();
         let mut buf = Vec::new();
+        // `/half` gets a first part, which it reads, and the rest after its answer.
+        let first = if path == "/half" { "x" } else { "" };
         let (head, body) = if chunked {
+            let part = if first.is_empty() {
+                String::new()
+            } else {
+                format!("1\r\n{first}\r\n")
+            };
             (
-                "POST /ignore HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-                    .to_string(),
+                format!(
+                    "POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{part}"
+                ),
                 format!("{:x}\r\n{smuggled}\r\n0\r\n\r\n", smuggled.len()),
             )
         } else {
             (
                 format!(
-                    "POST /ignore HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
-                    smuggled.len()
+                    "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{first}",
+                    smuggled.len() + first.len()
                 ),
                 smuggled.clone(),
             )
@@ -222,6 +242,15 @@ async fn a_slow_head_is_cut_and_an_idle_connection_lives_by_the_idle_timeout() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     tcp.write_all(get("/two").as_bytes()).await.unwrap();
     assert_eq!(response(&mut tcp, &mut buf).await.unwrap(), "ok /two");
+    // The same after a body the application read to the end (hyper, kept waiting for the next
+    // head, would have closed the connection after its header-read timeout).
+    tcp.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nbody")
+        .await
+        .unwrap();
+    assert_eq!(response(&mut tcp, &mut buf).await.unwrap(), "body");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    tcp.write_all(get("/two-b").as_bytes()).await.unwrap();
+    assert_eq!(response(&mut tcp, &mut buf).await.unwrap(), "ok /two-b");
     // A head that starts and does not finish: closed after the header-read timeout.
     let started = Instant::now();
     tcp.write_all(b"GET /slowloris HTTP/1.1\r\nHost: x\r\n")
