@@ -644,7 +644,10 @@ fn ceiling_server_main() {
         )
         .unwrap();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let config = Arc::new(config);
+    // The CA's own serving path (handshake, HTTP, keep-alive parking), without the CA.
+    let http = Arc::new(mtls_serve::http::builder(&Default::default()));
+    let (_stop, shutdown) = mtls_serve::shutdown();
 
     #[derive(serde::Deserialize)]
     struct SignRequest {
@@ -688,18 +691,16 @@ fn ceiling_server_main() {
                 continue;
             };
             let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
-            let router = router.clone();
+            let (config, router, http, shutdown) =
+                (config.clone(), router.clone(), http.clone(), shutdown.clone());
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
+                let Ok(tls) =
+                    mtls_serve::accept::handshake(config, tcp, StdDuration::from_secs(10)).await
+                else {
                     return;
                 };
                 let service = hyper_util::service::TowerToHyperService::new(router);
-                let _ = hyper_util::server::conn::auto::Builder::new(
-                    hyper_util::rt::TokioExecutor::new(),
-                )
-                .serve_connection(TokioIo::new(tls), service)
-                .await;
+                mtls_serve::http::serve_connection(&http, tls, service, shutdown).await;
             });
         }
     });
