@@ -691,8 +691,12 @@ fn ceiling_server_main() {
                 continue;
             };
             let _ = tcp.set_nodelay(true);
-            let (config, router, http, shutdown) =
-                (config.clone(), router.clone(), http.clone(), shutdown.clone());
+            let (config, router, http, shutdown) = (
+                config.clone(),
+                router.clone(),
+                http.clone(),
+                shutdown.clone(),
+            );
             tokio::spawn(async move {
                 let Ok(tls) =
                     mtls_serve::accept::handshake(config, tcp, StdDuration::from_secs(10)).await
