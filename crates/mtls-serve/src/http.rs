@@ -38,11 +38,8 @@ pub struct Http {
 
 /// The hyper connection builders for these limits.
 pub fn builder(limits: &HttpLimits) -> Http {
-    let mut auto = Builder::new(TokioExecutor::new());
-    auto.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192));
+    // Only connections that opened with the HTTP/2 preface reach it.
+    let mut auto = Builder::new(TokioExecutor::new()).http2_only();
     auto.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
