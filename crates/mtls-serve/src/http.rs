@@ -141,12 +141,21 @@ pub async fn serve_connection_until<IO, S, B>(
                 .with_upgrades(),
         );
         let serving = std::future::poll_fn(|cx| {
-            match std::future::Future::poll(std::pin::Pin::new(&mut *conn), cx) {
-                std::task::Poll::Ready(r) => std::task::Poll::Ready(Some(r)),
-                // Between requests, everything written: take hyper apart (as nginx frees a
-                // keep-alive connection's buffers after each request).
-                std::task::Poll::Pending if activity.at_rest() => std::task::Poll::Ready(None),
-                std::task::Poll::Pending => std::task::Poll::Pending,
+            use std::task::Poll;
+            let mut poll = |cx: &mut std::task::Context<'_>| {
+                std::future::Future::poll(std::pin::Pin::new(&mut *conn), cx).map(Some)
+            };
+            match poll(cx) {
+                Poll::Pending if activity.at_rest() => {}
+                other => return other,
+            }
+            // Between requests, everything written: take hyper apart (as nginx frees a
+            // keep-alive connection's buffers after each request). Asked twice: a Pending can
+            // also be hyper yielding to the scheduler with work left (after 16 rounds); only
+            // a second one in a row is rest.
+            match poll(cx) {
+                Poll::Pending if activity.at_rest() => Poll::Ready(None),
+                other => other,
             }
         });
         let ended = tokio::select! {

@@ -27,7 +27,8 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// The state of one connection as its three pieces see it (one task uses them: `Relaxed`).
+/// The state of one connection as its three pieces see it (`Relaxed`: each field is a note on
+/// its own; the connection's task reads them after hyper's poll).
 #[derive(Debug, Default)]
 pub(crate) struct Activity {
     /// Requests whose answer is not finished: service future or response body alive.
@@ -43,8 +44,12 @@ pub(crate) struct Activity {
     requested: AtomicBool,
     /// hyper's latest read found nothing to read.
     read_pending: AtomicBool,
-    /// Bytes were written since the last completed flush.
+    /// hyper was given bytes to write since the last completed flush (written or not: a write
+    /// the socket was not ready for leaves the whole answer in hyper's buffer).
     unflushed: AtomicBool,
+    /// hyper has started closing the connection (a close it decided on: `Connection: close`,
+    /// HTTP/1.0, an error): it is never taken apart again.
+    closing: AtomicBool,
     /// The connection ended with a protocol error: close it lingering.
     linger: AtomicBool,
 }
@@ -57,6 +62,7 @@ impl Activity {
             && self.requested.load(Relaxed)
             && self.read_pending.load(Relaxed)
             && !self.unflushed.load(Relaxed)
+            && !self.closing.load(Relaxed)
     }
 
     /// hyper gets the stream (again): it must read a request head before it is parked.
@@ -200,13 +206,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncRead for Stream<I
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream<IO> {
-    fn wrote(&self, r: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
-        if let Poll::Ready(Ok(n)) = &r {
-            if *n > 0 {
-                self.activity.unflushed.store(true, Relaxed);
-            }
+    /// Notes bytes to write before the socket is asked: if it is not ready, hyper still holds
+    /// them until a flush completes.
+    fn writing(&self, len: usize) {
+        if len > 0 {
+            self.activity.unflushed.store(true, Relaxed);
         }
-        r
     }
 }
 
@@ -226,8 +231,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for Stream<
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let r = inner!(this).poll_write(cx, buf);
-        this.wrote(r)
+        this.writing(buf.len());
+        inner!(this).poll_write(cx, buf)
     }
     fn poll_write_vectored(
         self: Pin<&mut Self>,
@@ -235,8 +240,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for Stream<
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let r = inner!(this).poll_write_vectored(cx, bufs);
-        this.wrote(r)
+        this.writing(bufs.iter().map(|b| b.len()).sum());
+        inner!(this).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
         self.io.as_ref().is_some_and(|io| io.is_write_vectored())
@@ -251,6 +256,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for Stream<
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        this.activity.closing.store(true, Relaxed);
         inner!(this).poll_shutdown(cx)
     }
 }

@@ -2,28 +2,114 @@
 //! request is still answered once and in order (pauses, pipelining, heads split anywhere), a
 //! body the application did not read is never taken for a request, the header-read timeout
 //! still cuts a slow head, idle connections live by the idle timeout, shutdown closes them,
-//! and HTTP/2 by preface is still served.
+//! and HTTP/2 by preface is still served. A socket that blocks a write or the close never gets
+//! a connection taken apart while hyper still holds an answer or has decided to close.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use mtls_serve::http::{builder, serve_connection, HttpLimits};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 struct Server {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<String>>>,
     stop: mtls_serve::accept::ShutdownTrigger,
+    choke: Arc<Choke>,
+}
+
+/// What the server's sockets do next, as a full send buffer would: from the next write (or
+/// the next close) on, the socket is not ready for 100 ms.
+#[derive(Default)]
+struct Choke {
+    next_write: AtomicBool,
+    next_shutdown: AtomicBool,
+    until: Mutex<Option<Instant>>,
+}
+
+impl Choke {
+    /// True while the socket is not ready (starting now if `flag` was set); the task is woken
+    /// when it is ready again.
+    fn blocks(&self, flag: &AtomicBool, cx: &Context<'_>) -> bool {
+        let mut until = self.until.lock().unwrap();
+        if flag.swap(false, Ordering::SeqCst) {
+            *until = Some(Instant::now() + Duration::from_millis(100));
+        }
+        let Some(t) = *until else { return false };
+        if Instant::now() >= t {
+            *until = None;
+            return false;
+        }
+        let waker = cx.waker().clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(t.into()).await;
+            waker.wake();
+        });
+        true
+    }
+}
+
+struct Choked<IO> {
+    io: IO,
+    choke: Arc<Choke>,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Choked<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Choked<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if !buf.is_empty() && self.choke.blocks(&self.choke.next_write, cx) {
+            return Poll::Pending;
+        }
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        if bufs.iter().any(|b| !b.is_empty()) && self.choke.blocks(&self.choke.next_write, cx) {
+            return Poll::Pending;
+        }
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.choke.blocks(&self.choke.next_shutdown, cx) {
+            return Poll::Pending;
+        }
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 /// `/echo` answers its body, `/ignore` answers without reading it, `/half` after reading its
-/// first frame, `/slow` after 200 ms;
+/// first frame, `/later` at once and reads its body in a task of its own, `/slow` after 200 ms;
 /// everything else answers `ok <path>`. Every request's path is recorded.
 async fn server(header_read_timeout: Duration, idle: Duration) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -35,10 +121,13 @@ async fn server(header_read_timeout: Duration, idle: Duration) -> Server {
         ..HttpLimits::default()
     }));
     let s = seen.clone();
+    let choke = Arc::new(Choke::default());
+    let c = choke.clone();
     tokio::spawn(async move {
         loop {
             let (tcp, _) = listener.accept().await.unwrap();
             let (http, seen, shutdown) = (http.clone(), s.clone(), shutdown.clone());
+            let choke = c.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(
                     move |req: http::Request<mtls_serve::http::RequestBody>| {
@@ -54,6 +143,15 @@ async fn server(header_read_timeout: Duration, idle: Duration) -> Server {
                                     let _ = body.frame().await;
                                     Bytes::from_static(b"ignored")
                                 }
+                                "/later" => {
+                                    // Read to the end by a task of its own, after the answer.
+                                    let body = req.into_body();
+                                    tokio::spawn(async move {
+                                        tokio::time::sleep(Duration::from_millis(50)).await;
+                                        let _ = body.collect().await;
+                                    });
+                                    Bytes::from_static(b"later")
+                                }
                                 "/slow" => {
                                     tokio::time::sleep(Duration::from_millis(200)).await;
                                     Bytes::from_static(b"slow")
@@ -64,17 +162,20 @@ async fn server(header_read_timeout: Duration, idle: Duration) -> Server {
                         }
                     },
                 );
-                serve_connection(
-                    &http,
-                    mtls_tls::IdleTimeout::new(tcp, idle),
-                    service,
-                    shutdown,
-                )
-                .await;
+                let io = Choked {
+                    io: mtls_tls::IdleTimeout::new(tcp, idle),
+                    choke,
+                };
+                serve_connection(&http, io, service, shutdown).await;
             });
         }
     });
-    Server { addr, seen, stop }
+    Server {
+        addr,
+        seen,
+        stop,
+        choke,
+    }
 }
 
 /// Reads one response (`Content-Length` framed) and returns its body, or `None` if the
@@ -232,6 +333,62 @@ async fn an_unread_body_is_never_taken_for_a_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_held_up_by_the_socket_is_still_sent() {
+    let s = server(Duration::from_secs(5), Duration::from_secs(60)).await;
+    let mut tcp = TcpStream::connect(s.addr).await.unwrap();
+    let mut buf = Vec::new();
+    for i in 0..3 {
+        tcp.write_all(get(&format!("/w{i}")).as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(
+            response(&mut tcp, &mut buf).await.unwrap(),
+            format!("ok /w{i}")
+        );
+        pause().await;
+        // The next answer's first write finds the socket full: hyper holds the whole answer.
+        s.choke.next_write.store(true, Ordering::SeqCst);
+    }
+    // Pipelined: each answer still goes to its own request.
+    let two = format!("{}{}", get("/x1"), get("/x2"));
+    tcp.write_all(two.as_bytes()).await.unwrap();
+    assert_eq!(response(&mut tcp, &mut buf).await.unwrap(), "ok /x1");
+    assert_eq!(response(&mut tcp, &mut buf).await.unwrap(), "ok /x2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_hyper_closes_is_not_revived() {
+    let s = server(Duration::from_secs(5), Duration::from_secs(60)).await;
+    let requests = [
+        // The client asks for the close.
+        "GET /closing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_string(),
+        // HTTP/1.0 without keep-alive.
+        "GET /closing HTTP/1.0\r\nHost: x\r\n\r\n".to_string(),
+        // Content-Length and chunked together: hyper closes after it (no desync).
+        "POST /closing HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+            .to_string(),
+    ];
+    for request in requests {
+        let mut tcp = TcpStream::connect(s.addr).await.unwrap();
+        // Closing the connection finds the socket not ready for a while (as when a TLS
+        // close_notify waits for a full send buffer).
+        s.choke.next_shutdown.store(true, Ordering::SeqCst);
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        // More bytes while the server closes: never served.
+        let _ = tcp.write_all(get("/revived").as_bytes()).await;
+        let mut all = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(3), tcp.read_to_end(&mut all))
+            .await
+            .expect("the connection is closed");
+        let text = String::from_utf8_lossy(&all);
+        assert_eq!(text.matches("HTTP/1.").count(), 1, "{request:?}: {text}");
+    }
+    let seen = s.seen.lock().unwrap().clone();
+    assert!(!seen.iter().any(|p| p == "/revived"), "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_head_is_cut_and_an_idle_connection_lives_by_the_idle_timeout() {
     let s = server(Duration::from_millis(500), Duration::from_millis(2500)).await;
     let mut buf = Vec::new();
@@ -251,6 +408,15 @@ async fn a_slow_head_is_cut_and_an_idle_connection_lives_by_the_idle_timeout() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     tcp.write_all(get("/two-b").as_bytes()).await.unwrap();
     assert_eq!(response(&mut tcp, &mut buf).await.unwrap(), "ok /two-b");
+    // And after a body the application read to the end in a task of its own, once the answer
+    // had gone out.
+    tcp.write_all(b"POST /later HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nbody")
+        .await
+        .unwrap();
+    assert_eq!(response(&mut tcp, &mut buf).await.unwrap(), "later");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    tcp.write_all(get("/two-c").as_bytes()).await.unwrap();
+    assert_eq!(response(&mut tcp, &mut buf).await.unwrap(), "ok /two-c");
     // A head that starts and does not finish: closed after the header-read timeout.
     let started = Instant::now();
     tcp.write_all(b"GET /slowloris HTTP/1.1\r\nHost: x\r\n")
