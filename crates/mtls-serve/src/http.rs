@@ -34,6 +34,9 @@ impl Default for HttpLimits {
 pub struct Http {
     auto: Builder<TokioExecutor>,
     http1: hyper::server::conn::http1::Builder,
+    /// Also bounds an HTTP/2 preface from its first byte on (hyper's timer only starts after
+    /// it).
+    header_read_timeout: Duration,
 }
 
 /// The hyper connection builders for these limits.
@@ -48,7 +51,11 @@ pub fn builder(limits: &HttpLimits) -> Http {
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192));
-    Http { auto, http1 }
+    Http {
+        auto,
+        http1,
+        header_read_timeout: limits.header_read_timeout,
+    }
 }
 
 /// Serves `service` on `io` until the connection ends; on `shutdown`, stops taking new
@@ -96,9 +103,17 @@ pub async fn serve_connection_until<IO, S, B>(
     let activity = stream.activity.clone();
     let stop = shutdown.wait();
     tokio::pin!(stop, cut);
-    // No hyper state until the first bytes, which also say HTTP/1 or HTTP/2.
+    // No hyper state until the first bytes, which also say HTTP/1 or HTTP/2. From the first
+    // byte on, the rest of a preface is timed like a request head.
     let first = tokio::select! {
-        w = stream.wake(true) => w,
+        w = async {
+            if stream.wake(false).await == Wake::Closed {
+                return Wake::Closed;
+            }
+            tokio::time::timeout(http.header_read_timeout, stream.wake(true))
+                .await
+                .unwrap_or(Wake::Closed)
+        } => w,
         _ = stop.as_mut() => Wake::Closed,
         _ = cut.as_mut() => Wake::Closed,
     };

@@ -425,6 +425,13 @@ async fn a_slow_head_is_cut_and_an_idle_connection_lives_by_the_idle_timeout() {
     assert_eq!(response(&mut tcp, &mut buf).await, None);
     let t = started.elapsed();
     assert!(t < Duration::from_millis(2000), "cut after {t:?}");
+    // The start of an HTTP/2 preface that does not go on: cut like a slow head.
+    let mut tcp = TcpStream::connect(s.addr).await.unwrap();
+    let started = Instant::now();
+    tcp.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    assert_eq!(response(&mut tcp, &mut buf).await, None);
+    let t = started.elapsed();
+    assert!(t < Duration::from_millis(2000), "cut after {t:?}");
     // Silent for longer than the idle timeout: closed.
     let mut tcp = TcpStream::connect(s.addr).await.unwrap();
     tcp.write_all(get("/three").as_bytes()).await.unwrap();
