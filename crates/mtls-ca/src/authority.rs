@@ -471,7 +471,7 @@ impl Authority {
         peer: &PeerIdentity,
         now: OffsetDateTime,
     ) -> Result<Arc<VerifiedPeer>, ApiError> {
-        let (peer, _) = self.current_record(peer, now).await?;
+        let (peer, record) = self.current_record(peer, now).await?;
         if self.settings.admins.is_empty() {
             return Err(ApiError::forbidden(
                 "FORBIDDEN",
@@ -481,6 +481,18 @@ impl Authority {
         self.settings.admins.check(&peer).map_err(|reason| {
             ApiError::forbidden("FORBIDDEN", format!("not an administrator: {reason}"))
         })?;
+        // The mTLS listener takes any certificate this CA issued (servers renew theirs over
+        // it); an administrator is a client: a web server's certificate whose name happens to
+        // match an [admins] rule must not mint tokens or revoke.
+        if record.profile != Profile::Client.to_string() {
+            return Err(ApiError::forbidden(
+                "FORBIDDEN",
+                format!(
+                    "not an administrator: a {} certificate; administrators use a client certificate",
+                    record.profile
+                ),
+            ));
+        }
         Ok(peer)
     }
 
@@ -757,11 +769,14 @@ impl Authority {
     }
 
     /// The OCSP responder, replacing a delegated signer that has passed half its life (it
-    /// carries ocsp-nocheck, so it is kept short-lived instead of being revocable).
+    /// carries ocsp-nocheck, so it is kept short-lived instead of being revocable). A signer
+    /// that ends with the issuing CA is kept: its successor could not outlive it (it would be
+    /// due at once, and every OCSP request would issue and record one more signer).
     pub async fn responder(&self, now: OffsetDateTime) -> Result<Arc<mtls_ocsp::Responder>, Error> {
         let due = |r: &mtls_ocsp::Responder| {
             r.is_delegated()
                 && now >= r.signer_not_after() - delegated_lifetime(&self.settings) / 2_i32
+                && r.signer_not_after() < self.issuer.not_after()
         };
         let current = self
             .current_responder()
@@ -973,4 +988,76 @@ pub async fn mint_token(
         )
         .await?;
     Ok((generated.token.to_string(), expires_at))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use mtls_pki::{issue, KeyAlgorithm, PrivateKey};
+    use mtls_store::{ListFilter, Location};
+
+    /// An authority whose issuing CA ends `ca_left` from `now`, with a delegated OCSP signer.
+    async fn authority(dir: &std::path::Path, now: OffsetDateTime, ca_left: Duration) -> Authority {
+        let key = || PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+        let start = now - Duration::days(1);
+        let root =
+            issue::new_root(&Subject::cn("Test Root"), key(), start, Duration::days(30)).unwrap();
+        let issuer = issue::new_intermediate(
+            &root,
+            &Subject::cn("Test CA"),
+            key(),
+            start,
+            Duration::days(1) + ca_left,
+            0,
+        )
+        .unwrap();
+        let store = Store::open(&Location::Sqlite(dir.join("inventory.db")))
+            .await
+            .unwrap();
+        let parts = AuthorityParts {
+            issuer,
+            root: root.der().clone(),
+            store,
+            settings: Settings::default(),
+        };
+        Authority::new(parts, now).await.unwrap()
+    }
+
+    async fn signers(ca: &Authority, now: OffsetDateTime) -> usize {
+        ca.store()
+            .list(&ListFilter::default(), now)
+            .await
+            .unwrap()
+            .len()
+    }
+
+    #[tokio::test]
+    async fn the_delegated_ocsp_signer_is_renewed_at_half_life_but_not_past_the_ca() {
+        let now = OffsetDateTime::now_utc();
+        let half = delegated_lifetime(&Settings::default()) / 2_i32;
+        let later = now + half + Duration::minutes(1);
+
+        // A CA with years left: the signer is replaced once, at half its life.
+        let dir = tempfile::tempdir().unwrap();
+        let ca = authority(dir.path(), now, Duration::days(365)).await;
+        let first = ca.responder(now).await.unwrap();
+        assert!(Arc::ptr_eq(&first, &ca.responder(now).await.unwrap()));
+        let second = ca.responder(later).await.unwrap();
+        assert!(!Arc::ptr_eq(&first, &second));
+        assert!(Arc::ptr_eq(&second, &ca.responder(later).await.unwrap()));
+        assert_eq!(signers(&ca, later).await, 2);
+
+        // A CA that ends before a new signer's half life: the signer ends with it and is kept,
+        // however many requests come.
+        let dir = tempfile::tempdir().unwrap();
+        let ca = authority(dir.path(), now, half / 2_i32).await;
+        let first = ca.responder(now).await.unwrap();
+        assert_eq!(first.signer_not_after(), ca.issuer().not_after());
+        for _ in 0..3 {
+            let at = now + Duration::minutes(1);
+            assert!(Arc::ptr_eq(&first, &ca.responder(at).await.unwrap()));
+        }
+        assert_eq!(signers(&ca, now).await, 1);
+    }
 }

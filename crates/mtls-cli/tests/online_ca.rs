@@ -551,6 +551,23 @@ fn bad_tokens_csrs_and_renewals_are_refused() {
         Some("a"),
     );
     expect_error(status, &resp, 403, "FORBIDDEN");
+    // A server certificate whose name matches the [admins] rule is not an administrator.
+    let t = ca::token(
+        &env,
+        "ca-admin",
+        &["--profile", "server", "--san", "ca-admin.example"],
+        None,
+    );
+    ca::enroll(&env, &server, &t, "admin-server", &[]).ok();
+    let (status, resp) = post_json(
+        &server,
+        &env,
+        "/v1/tokens",
+        r#"{"name":"x"}"#,
+        Some("admin-server"),
+    );
+    expect_error(status, &resp, 403, "FORBIDDEN");
+    assert!(resp.contains("client certificate"), "{resp}");
     // An administrator may (and list, and mint tokens remotely).
     let t = ca::token(&env, "ca-admin", &[], None);
     ca::enroll(&env, &server, &t, "admin", &[]).ok();
@@ -595,8 +612,9 @@ fn bad_tokens_csrs_and_renewals_are_refused() {
     expect_error(status, &resp, 403, "INVALID_CERT");
     assert!(resp.contains("revoked"), "{resp}");
 
-    // Every certificate returned is in the inventory, nothing more: a, f, admin, remote.
-    assert_eq!(count(), before + 4);
+    // Every certificate returned is in the inventory, nothing more: a, f, admin-server, admin,
+    // remote.
+    assert_eq!(count(), before + 5);
 
     // OCSP for an issuer we do not serve → unauthorized; a malformed request → malformedRequest.
     let other = Env::new();
