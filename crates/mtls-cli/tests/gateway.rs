@@ -74,6 +74,19 @@ fn spoofed_identity_headers_never_reach_upstream() {
             "X-Authenticated-User: admin",
             "-H",
             "x-authenticated-user: admin2",
+            // Forwarding headers: the gateway is the edge and sets its own.
+            "-H",
+            "X-Forwarded-For: 10.6.6.6",
+            "-H",
+            "Forwarded: for=10.6.6.6;host=evil.example",
+            "-H",
+            "X-Forwarded-Host: evil.example",
+            "-H",
+            "X-Forwarded-Port: 6666",
+            "-H",
+            "X-Real-IP: 10.6.6.6",
+            "-H",
+            "X-Forwarded-Proto: http-evil",
             "-H",
             "X-Secret-Role: admin",
             "-H",
@@ -97,6 +110,17 @@ fn spoofed_identity_headers_never_reach_upstream() {
         assert!(!h.iter().any(|(k, _)| k == "client-cert-chain"
             || k == "x-secret-role"
             || k == "x-authenticated-user"));
+        assert!(!all.contains("10.6.6.6") && !all.contains("6666"), "{all}");
+        assert!(!h.iter().any(|(k, _)| k == "forwarded"
+            || k == "x-forwarded-host"
+            || k == "x-forwarded-port"
+            || k == "x-real-ip"));
+        let xff: Vec<_> = h.iter().filter(|(k, _)| k == "x-forwarded-for").collect();
+        assert_eq!(xff.len(), 1, "{all}");
+        assert_eq!(xff[0].1, "127.0.0.1", "{all}");
+        let proto: Vec<_> = h.iter().filter(|(k, _)| k == "x-forwarded-proto").collect();
+        assert_eq!(proto.len(), 1, "{all}");
+        assert_eq!(proto[0].1, "https", "{all}");
         assert_eq!(
             h.iter()
                 .filter(|(k, _)| k == "x-forwarded-client-cert")
@@ -172,13 +196,63 @@ fn hostile_subject_cannot_inject_or_split_headers() {
 
 #[test]
 fn sni_host_mismatch_is_421() {
-    let (_d, f, _up, g) = setup(&["--allow-any-trusted"]);
+    let (_d, f, up, g) = setup(&["--allow-any-trusted"]);
     let c = f.client("c");
     let r = curl(&g, &f, Some(&c), "/", &["-H", "Host: other.example.com"]);
     assert_eq!(r.status, 421, "{}", r.body);
     assert!(r.body.contains("MISDIRECTED_REQUEST"));
     let r = curl(&g, &f, Some(&c), "/", &["-H", "Host: LOCALHOST:443"]);
     assert_eq!(r.status, 200, "{}", r.body);
+    // Hosts that could not be checked against the TLS name, or that an upstream could read
+    // as another host, are refused before anything is forwarded.
+    let userinfo = g
+        .url("/")
+        .replace("localhost", "internal.example:80@localhost");
+    for extra in [
+        vec!["--http1.1", "-H", "Host: internal.example:80@localhost"],
+        vec!["--http2", "-H", "Host: internal.example:80@localhost"],
+        vec!["--http1.1", "--request-target", userinfo.as_str()],
+    ] {
+        let r = curl(&g, &f, Some(&c), "/", &extra);
+        assert_eq!(r.status, 400, "{extra:?}: {}", r.body);
+        assert!(r.body.contains("INVALID_REQUEST"), "{}", r.body);
+    }
+    // Two Host headers (curl sends only one: raw bytes).
+    let out = common::gw::s_client(
+        &g,
+        &f,
+        Some(&c),
+        &[],
+        &[b"GET / HTTP/1.1\r\nHost: localhost\r\nHost: other.example.com\r\nConnection: close\r\n\r\n"],
+    );
+    assert!(out.contains("HTTP/1.1 400"), "{out}");
+    assert!(out.contains("more than one Host header"), "{out}");
+    assert_eq!(
+        up.count(),
+        1,
+        "only the LOCALHOST:443 request reached the upstream"
+    );
+    // Not a forward proxy.
+    let r = curl(
+        &g,
+        &f,
+        Some(&c),
+        "/",
+        &[
+            "--http1.1",
+            "-X",
+            "CONNECT",
+            "--request-target",
+            "localhost:443",
+        ],
+    );
+    assert_eq!(r.status, 405, "{}", r.body);
+    assert!(r.body.contains("METHOD_NOT_ALLOWED"), "{}", r.body);
+    assert_eq!(up.count(), 1);
+    // An upstream that switches protocols unasked: nothing could carry the switch.
+    let r = curl(&g, &f, Some(&c), "/switch-unasked", &["--http1.1"]);
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert!(r.body.contains("BAD_GATEWAY"), "{}", r.body);
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, HOST};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use mtls_serve::http::RequestBody;
@@ -89,10 +89,36 @@ impl Conn {
 
 /// The request's host (URI authority first, else `Host`) without port, brackets or a final dot;
 /// compared case-insensitively by the caller. Borrowed: this runs on every request.
-fn host_of(req: &Request<RequestBody>) -> Option<&str> {
+///
+/// Refused (the host could not be checked against the TLS server name, or the upstream could
+/// read another one): user info in the authority (`a@b`: `host()` says `b`, an upstream that
+/// splits the forwarded Host at `:` reads `a`), more than one `Host`, a `Host` that is not
+/// visible ASCII.
+fn host_of(req: &Request<RequestBody>) -> Result<Option<&str>, &'static str> {
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let header = hosts.next();
+    if hosts.next().is_some() {
+        return Err("more than one Host header");
+    }
+    if req
+        .uri()
+        .authority()
+        .is_some_and(|a| a.as_str().contains('@'))
+    {
+        return Err("user info in the request authority");
+    }
     let raw = match req.uri().host() {
         Some(h) => h,
-        None => req.headers().get(HOST).and_then(|h| h.to_str().ok())?,
+        None => match header {
+            None => return Ok(None),
+            Some(h) => {
+                let h = h.to_str().map_err(|_| "a Host header that is not ASCII")?;
+                if h.contains('@') {
+                    return Err("user info in the Host header");
+                }
+                h
+            }
+        },
     };
     // Strip a port; keep IPv6 brackets out of the comparison.
     let h = if let Some(rest) = raw.strip_prefix('[') {
@@ -100,7 +126,7 @@ fn host_of(req: &Request<RequestBody>) -> Option<&str> {
     } else {
         raw.rsplit_once(':').map(|(h, _)| h).unwrap_or(raw)
     };
-    Some(h.trim_end_matches('.'))
+    Ok(Some(h.trim_end_matches('.')))
 }
 
 fn is_upgrade(req: &Request<RequestBody>) -> bool {
@@ -137,7 +163,24 @@ pub async fn handle(
     let mut refusal: Option<&'static str> = None;
     let mut detail: Option<String> = None;
     let response = 'resp: {
-        if let (Some(sni), Some(host)) = (&conn.sni, host_of(&req)) {
+        let host = match host_of(&req) {
+            Ok(h) => h,
+            Err(why) => {
+                refusal = Some("invalid_host");
+                break 'resp json_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST", why);
+            }
+        };
+        if req.method() == Method::CONNECT {
+            // Not a forward proxy: a tunnel to an address of the client's choosing is not
+            // what the upstream's policy was written for.
+            refusal = Some("method_not_allowed");
+            break 'resp json_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "METHOD_NOT_ALLOWED",
+                "CONNECT is not supported: this gateway forwards requests to its upstream",
+            );
+        }
+        if let (Some(sni), Some(host)) = (&conn.sni, host) {
             if !sni.eq_ignore_ascii_case(host) {
                 refusal = Some("misdirected_request");
                 break 'resp json_error(
@@ -205,10 +248,11 @@ pub async fn handle(
             );
         }
         headers.apply(&mut parts.headers);
+        // The client's own forwarding headers were stripped: the gateway is the edge.
         if let Some(v) = &conn.forwarded_for {
             parts
                 .headers
-                .append(HeaderName::from_static("x-forwarded-for"), v.clone());
+                .insert(HeaderName::from_static("x-forwarded-for"), v.clone());
         }
         parts.headers.insert(
             HeaderName::from_static("x-forwarded-proto"),
@@ -271,6 +315,16 @@ pub async fn handle(
             }
             Ok(Ok(r)) => r,
         };
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS && client_upgrade.is_none() {
+            // A switch the client did not ask for: nothing could carry it.
+            shared.metrics.upstream_errors.inc();
+            tracing::warn!(listener = %shared.name, upstream = %state.upstream.authority, "upstream switched protocols unasked");
+            break 'resp json_error(
+                StatusCode::BAD_GATEWAY,
+                "BAD_GATEWAY",
+                "the upstream answered with an unrequested protocol switch",
+            );
+        }
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = client_upgrade {
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);

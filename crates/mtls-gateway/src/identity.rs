@@ -19,6 +19,18 @@ pub const IDENTITY_HEADERS: [&str; 6] = [
     "x-client-verify",
 ];
 
+/// Forwarding headers a client could use to pose as another address, host or scheme: the
+/// gateway is the edge (it terminates the client's TLS), so it sets `X-Forwarded-For` and
+/// `X-Forwarded-Proto` itself and forwards none of these from the client.
+pub const FORWARDING_HEADERS: [&str; 6] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-real-ip",
+    "forwarded",
+];
+
 /// Hop-by-hop headers (RFC 9110 7.6.1) that a proxy must not forward.
 pub const HOP_BY_HOP: [&str; 8] = [
     "connection",
@@ -31,8 +43,8 @@ pub const HOP_BY_HOP: [&str; 8] = [
     "transfer-encoding",
 ];
 
-/// Removes identity headers (any case, every duplicate), hop-by-hop headers and every header
-/// named in `Connection`. `keep_upgrade` keeps `Upgrade`/`Connection: upgrade` for WebSockets.
+/// Removes identity and forwarding headers (any case, every duplicate, underscore spellings),
+/// hop-by-hop headers and every header named in `Connection`. `keep_upgrade` keeps `Upgrade`/`Connection: upgrade` for WebSockets.
 pub fn strip(headers: &mut HeaderMap, extra: &[HeaderName], keep_upgrade: bool) {
     // One pass over the headers present (a handful) rather than a hashed lookup for each of
     // the ~20 names that could be: this runs on every request and every response.
@@ -52,6 +64,7 @@ pub fn strip(headers: &mut HeaderMap, extra: &[HeaderName], keep_upgrade: bool) 
             }
             HOP_BY_HOP.contains(&name)
                 || IDENTITY_HEADERS.contains(&name)
+                || FORWARDING_HEADERS.contains(&name)
                 || extra.contains(n)
                 || named.contains(n)
                 // `x_forwarded_client_cert` reaches CGI-style upstreams (WSGI, Rack, PHP) as
@@ -60,6 +73,7 @@ pub fn strip(headers: &mut HeaderMap, extra: &[HeaderName], keep_upgrade: bool) 
                 || (name.contains('_') && {
                     let dashed = name.replace('_', "-");
                     IDENTITY_HEADERS.contains(&dashed.as_str())
+                        || FORWARDING_HEADERS.contains(&dashed.as_str())
                         || extra.iter().any(|h| h.as_str() == dashed)
                 })
         })

@@ -193,7 +193,14 @@ impl Upstream {
                                 .map(|b| b.to_bytes().len())
                                 .unwrap_or(0);
                             let body = serde_json::json!({"path": path, "headers": headers, "body_bytes": received}).to_string();
-                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(bytes::Bytes::from(body))))
+                            let mut resp = http::Response::new(Full::new(bytes::Bytes::from(body)));
+                            if path == "/switch-unasked" {
+                                // A protocol switch nobody asked for.
+                                *resp.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+                                resp.headers_mut().insert("upgrade", http::HeaderValue::from_static("x-custom"));
+                                resp.headers_mut().insert("connection", http::HeaderValue::from_static("upgrade"));
+                            }
+                            Ok::<_, std::convert::Infallible>(resp)
                         }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
