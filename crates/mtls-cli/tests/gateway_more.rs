@@ -573,3 +573,74 @@ allow_any_trusted = true
         "the silent connection stayed open {waited:?}"
     );
 }
+
+/// A gateway with `upstream_timeout = "1s"` in front of `upstream`.
+fn gateway_with_upstream_timeout(dir: &std::path::Path, upstream: std::net::SocketAddr) -> Gateway {
+    let port = free_port();
+    let toml = format!(
+        r#"
+[limits]
+upstream_timeout = "1s"
+[[listener]]
+listen = "127.0.0.1:{port}"
+upstream = "http://{upstream}"
+client_ca = ["ca-chain.pem"]
+[[listener.certificate]]
+cert = "server.chain.pem"
+key = "server.key"
+[listener.policy]
+allow_any_trusted = true
+"#
+    );
+    let path = dir.join(format!("g-{port}.toml"));
+    std::fs::write(&path, toml).unwrap();
+    Gateway::start(&["--config".into(), Files::p(&path)])
+}
+
+#[test]
+fn the_upstream_timeout_counts_from_the_end_of_the_upload() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let c = f.client("uploader");
+    // An upload of 150 KB at 50 KB/s takes 3 s, three times the upstream timeout: the
+    // upstream reads it as it comes and answers at its end.
+    let up = Upstream::start();
+    let g = gateway_with_upstream_timeout(dir.path(), up.addr);
+    let file = dir.path().join("upload.bin");
+    std::fs::write(&file, vec![b'x'; 150_000]).unwrap();
+    let data = format!("@{}", file.display());
+    let started = std::time::Instant::now();
+    let r = curl(
+        &g,
+        &f,
+        Some(&c),
+        "/upload",
+        &["--limit-rate", "50k", "--data-binary", &data],
+    );
+    assert_eq!(r.status, 200, "{} {}", r.body, r.stderr);
+    assert!(r.body.contains("\"body_bytes\":150000"), "{}", r.body);
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "the upload was not slow"
+    );
+    // An upstream that never answers: 504 one timeout after the request (and its body) went.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let held: Vec<_> = silent.incoming().take(4).collect();
+        std::thread::sleep(Duration::from_secs(20));
+        drop(held);
+    });
+    let g = gateway_with_upstream_timeout(dir.path(), silent_addr);
+    for extra in [vec![], vec!["--data-binary", "small body"]] {
+        let started = std::time::Instant::now();
+        let r = curl(&g, &f, Some(&c), "/", &extra);
+        assert_eq!(r.status, 504, "{} {}", r.body, r.stderr);
+        assert!(r.body.contains("UPSTREAM_TIMEOUT"), "{}", r.body);
+        let t = started.elapsed();
+        assert!(
+            t >= Duration::from_millis(900) && t < Duration::from_secs(4),
+            "{t:?}"
+        );
+    }
+}

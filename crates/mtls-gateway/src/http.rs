@@ -19,7 +19,96 @@ use crate::server::Shared;
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
 /// The upstream connections of a listener, driven by the task of the request being proxied.
-pub type UpstreamPool = mtls_client::pool::Pool<RequestBody>;
+pub type UpstreamPool = mtls_client::pool::Pool<Upload>;
+
+/// A request body on its way upstream, noting when its bytes went: the upstream's time to
+/// answer (`upstream_timeout`) counts from the last byte sent, so a client uploading slowly is
+/// not taken for an upstream that does not answer. A stalled upload runs into the same timeout.
+pub struct Upload {
+    body: RequestBody,
+    /// Only for requests with a body (none is allocated for the others).
+    sent: Option<Arc<Sent>>,
+}
+
+/// When the latest body bytes (or its end) went, as nanoseconds after `start`.
+struct Sent {
+    start: tokio::time::Instant,
+    last: std::sync::atomic::AtomicU64,
+}
+
+impl Sent {
+    fn touch(&self) {
+        let n = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last.store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn last(&self) -> tokio::time::Instant {
+        let n = self.last.load(std::sync::atomic::Ordering::Relaxed);
+        self.start + std::time::Duration::from_nanos(n)
+    }
+}
+
+impl Upload {
+    fn new(body: RequestBody) -> (Self, Option<Arc<Sent>>) {
+        use hyper::body::Body as _;
+        let sent = (!body.is_end_stream()).then(|| {
+            Arc::new(Sent {
+                start: tokio::time::Instant::now(),
+                last: std::sync::atomic::AtomicU64::new(0),
+            })
+        });
+        (
+            Upload {
+                body,
+                sent: sent.clone(),
+            },
+            sent,
+        )
+    }
+}
+
+impl hyper::body::Body for Upload {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let r = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        if let (std::task::Poll::Ready(_), Some(sent)) = (&r, &self.sent) {
+            sent.touch();
+        }
+        r
+    }
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Waits for `answer` until `timeout` has passed since the later of now and the last body byte
+/// sent (`sent`); `None` when it did not come in time.
+async fn within<T>(
+    timeout: std::time::Duration,
+    sent: Option<&Sent>,
+    answer: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    let mut answer = std::pin::pin!(answer);
+    let mut deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        tokio::select! {
+            r = answer.as_mut() => return Some(r),
+            _ = tokio::time::sleep_until(deadline) => {
+                match sent.map(|s| s.last() + timeout) {
+                    Some(later) if later > deadline => deadline = later,
+                    _ => return None,
+                }
+            }
+        }
+    }
+}
 
 /// The seed's error body, `{"error":{"code":…,"message":…}}` (one type for every server:
 /// [`mtls_serve::ApiError`]).
@@ -280,9 +369,10 @@ pub async fn handle(
         };
         parts.uri = uri;
         parts.version = Version::HTTP_11;
+        let (body, sent) = Upload::new(body);
         let upstream_req = Request::from_parts(parts, body);
         let pool = &state.upstream.pool;
-        let result = tokio::time::timeout(shared.limits.upstream_timeout, async {
+        let result = within(shared.limits.upstream_timeout, sent.as_deref(), async {
             if upgrade {
                 // Rare and large (it opens a connection): boxed, to keep every request's
                 // future small.
@@ -294,8 +384,8 @@ pub async fn handle(
             }
         })
         .await;
-        let mut resp = match result {
-            Err(_) => {
+        let mut resp = match result.ok_or(()) {
+            Err(()) => {
                 shared.metrics.upstream_errors.inc();
                 tracing::warn!(listener = %shared.name, upstream = %state.upstream.authority, "upstream did not answer in time");
                 break 'resp json_error(
