@@ -10,6 +10,17 @@ pub fn store_error(e: mtls_store::Error) -> ApiError {
     {
         use mtls_store::Error as S;
         match e {
+            // The commit itself failed (timed out, connection lost): it may still have landed.
+            S::Unavailable {
+                context: "commit", ..
+            } => {
+                tracing::warn!(error = %e, "inventory commit failed: outcome unknown");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "DATABASE_UNAVAILABLE",
+                    "the CA's database failed while committing: the change may or may not have been recorded; retry later (an enrollment token it consumed is then reported as used: ask for a new one)",
+                )
+            }
             e if e.is_unavailable() => {
                 tracing::warn!(error = %e, "inventory unavailable");
                 ApiError::new(

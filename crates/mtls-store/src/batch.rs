@@ -31,7 +31,12 @@ pub(crate) enum WriteOp {
     CreateToken {
         token: NewToken,
     },
-    NextCrlNumber {
+    /// Allocates the next CRL number of `issuer_key` and reads its revocations in the same
+    /// transaction, ordered against revocations (SQLite: the write lock; PostgreSQL: the
+    /// revocation epoch's row, which every revocation updates): a CRL with a higher number
+    /// never lists fewer revocations than one with a lower number, however many CAs and
+    /// `mtls crl` runs build CRLs at once.
+    CrlSnapshot {
         issuer_key: String,
         actor: String,
     },
@@ -51,6 +56,7 @@ pub(crate) enum WriteResult {
     Done,
     Record(Box<CertificateRecord>),
     Number(u64),
+    Crl(u64, Vec<mtls_pki::revocation::RevokedEntry>),
 }
 
 pub(crate) struct Job {
@@ -94,6 +100,12 @@ impl WriteResult {
     pub(crate) fn into_record(self) -> Result<CertificateRecord> {
         match self {
             WriteResult::Record(r) => Ok(*r),
+            other => Err(Error::Corrupt(format!("unexpected write result {other:?}"))),
+        }
+    }
+    pub(crate) fn into_crl(self) -> Result<(u64, Vec<mtls_pki::revocation::RevokedEntry>)> {
+        match self {
+            WriteResult::Crl(n, entries) => Ok((n, entries)),
             other => Err(Error::Corrupt(format!("unexpected write result {other:?}"))),
         }
     }

@@ -39,7 +39,9 @@ pub enum Error {
         context: &'static str,
         source: rusqlite::Error,
     },
-    /// The database cannot be reached or failed mid-transaction (nothing was committed).
+    /// The database cannot be reached or failed mid-transaction (nothing was committed), or its
+    /// `COMMIT` failed (context `"commit"`: with PostgreSQL, a commit whose answer was lost may
+    /// still have landed).
     #[error("inventory database unavailable while trying to {context}: {detail}")]
     Unavailable {
         context: &'static str,

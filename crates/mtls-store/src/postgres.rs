@@ -347,15 +347,7 @@ impl Reader {
             ),
         )
         .await?;
-        rows.iter()
-            .map(|r| {
-                let serial: String = r.try_get(0).map_err(|e| Error::Corrupt(e.to_string()))?;
-                let at: i64 = r.try_get(1).map_err(|e| Error::Corrupt(e.to_string()))?;
-                let reason: Option<String> =
-                    r.try_get(2).map_err(|e| Error::Corrupt(e.to_string()))?;
-                revoked_entry(&serial, at, reason.as_deref())
-            })
-            .collect()
+        revoked_rows(&rows)
     }
 
     pub(crate) async fn token(&self, id: &str) -> Result<Option<TokenRecord>> {
@@ -519,6 +511,18 @@ fn classify(context: &'static str, e: tokio_postgres::Error) -> OpError {
     }
 }
 
+/// `serial, revoked_at, revocation_reason` rows as CRL entries.
+fn revoked_rows(rows: &[Row]) -> Result<Vec<RevokedEntry>> {
+    rows.iter()
+        .map(|r| {
+            let serial: String = r.try_get(0).map_err(|e| Error::Corrupt(e.to_string()))?;
+            let at: i64 = r.try_get(1).map_err(|e| Error::Corrupt(e.to_string()))?;
+            let reason: Option<String> = r.try_get(2).map_err(|e| Error::Corrupt(e.to_string()))?;
+            revoked_entry(&serial, at, reason.as_deref())
+        })
+        .collect()
+}
+
 async fn q(
     c: &Conn,
     context: &'static str,
@@ -663,12 +667,41 @@ async fn create_token(
     Ok(WriteResult::Done)
 }
 
-async fn next_crl_number(
+/// See [`WriteOp::CrlSnapshot`]. Every revocation updates the epoch row: holding it, the
+/// revocations committed so far are all visible (READ COMMITTED reads each statement afresh)
+/// and none can commit before this transaction does.
+async fn crl_snapshot(
     c: &Conn,
     issuer_key: &str,
     actor: &str,
     now: OffsetDateTime,
 ) -> std::result::Result<WriteResult, OpError> {
+    q(
+        c,
+        "order the CRL against revocations",
+        "SELECT epoch FROM revocation_epoch WHERE id = 1 FOR UPDATE",
+        &[],
+    )
+    .await?;
+    let number = next_crl_number(c, issuer_key, actor, now).await?;
+    let rows = q(
+        c,
+        "list revocations",
+        "SELECT serial, revoked_at, revocation_reason FROM certificates
+         WHERE issuer_key = $1 AND revoked_at IS NOT NULL ORDER BY serial",
+        &[&issuer_key],
+    )
+    .await?;
+    let entries = revoked_rows(&rows).map_err(OpError::Refused)?;
+    Ok(WriteResult::Crl(number, entries))
+}
+
+async fn next_crl_number(
+    c: &Conn,
+    issuer_key: &str,
+    actor: &str,
+    now: OffsetDateTime,
+) -> std::result::Result<u64, OpError> {
     let rows = q(
         c,
         "allocate a CRL number",
@@ -684,9 +717,7 @@ async fn next_crl_number(
         .try_get(0)
         .map_err(|e| OpError::Refused(Error::Corrupt(e.to_string())))?;
     audit_insert(c, now, "crl", None, actor, &format!("CRL number {n}")).await?;
-    u64::try_from(n)
-        .map(WriteResult::Number)
-        .map_err(|_| OpError::Refused(Error::Corrupt("negative CRL number".into())))
+    u64::try_from(n).map_err(|_| OpError::Refused(Error::Corrupt("negative CRL number".into())))
 }
 
 /// See [`WriteOp::Reconcile`].
@@ -813,9 +844,7 @@ async fn apply(
             actor,
         } => revoke(c, serial, issuer_key.as_deref(), *reason, actor, now).await,
         WriteOp::CreateToken { token } => create_token(c, token, now).await,
-        WriteOp::NextCrlNumber { issuer_key, actor } => {
-            next_crl_number(c, issuer_key, actor, now).await
-        }
+        WriteOp::CrlSnapshot { issuer_key, actor } => crl_snapshot(c, issuer_key, actor, now).await,
         WriteOp::Reconcile {
             issuer_key,
             entries,

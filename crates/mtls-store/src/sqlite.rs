@@ -631,8 +631,10 @@ fn apply(conn: &Connection, op: &WriteOp, now: OffsetDateTime) -> Result<WriteRe
         WriteOp::CreateToken { token } => {
             create_token(conn, token, now).map(|()| WriteResult::Done)
         }
-        WriteOp::NextCrlNumber { issuer_key, actor } => {
-            next_crl_number(conn, issuer_key, actor, now).map(WriteResult::Number)
+        WriteOp::CrlSnapshot { issuer_key, actor } => {
+            // Inside the writer's IMMEDIATE transaction: no revocation commits in between.
+            let number = next_crl_number(conn, issuer_key, actor, now)?;
+            Ok(WriteResult::Crl(number, revoked_entries(conn, issuer_key)?))
         }
         WriteOp::Reconcile {
             issuer_key,

@@ -306,6 +306,21 @@ impl Store {
             .into_unit()
     }
 
+    /// Allocates the next CRL number for `issuer_key` (strictly increasing across instances)
+    /// with the revocations that CRL lists (see [`WriteOp::CrlSnapshot`]).
+    async fn crl_snapshot(
+        &self,
+        issuer_key: &str,
+        actor: &str,
+        now: OffsetDateTime,
+    ) -> Result<(u64, Vec<RevokedEntry>)> {
+        let op = WriteOp::CrlSnapshot {
+            issuer_key: issuer_key.to_string(),
+            actor: actor.to_string(),
+        };
+        self.write(op, now).await?.into_crl()
+    }
+
     /// Allocates the next CRL number for `issuer_key`: strictly increasing across instances.
     pub async fn next_crl_number(
         &self,
@@ -313,11 +328,7 @@ impl Store {
         actor: &str,
         now: OffsetDateTime,
     ) -> Result<u64> {
-        let op = WriteOp::NextCrlNumber {
-            issuer_key: issuer_key.to_string(),
-            actor: actor.to_string(),
-        };
-        self.write(op, now).await?.into_number()
+        Ok(self.crl_snapshot(issuer_key, actor, now).await?.0)
     }
 
     /// One certificate by serial.
@@ -351,7 +362,7 @@ impl Store {
     }
 
     /// Signs the CRL of `issuer`: every revocation recorded so far, under a CRL number that is
-    /// allocated durably first, so numbers only ever increase (across instances too) even if
+    /// allocated durably first (in the transaction that reads the revocations), so numbers only ever increase (across instances too) even if
     /// publishing fails afterwards. The one way CRLs are made from the inventory (`mtls crl` and
     /// the online CA).
     pub async fn sign_crl(
@@ -362,11 +373,10 @@ impl Store {
         lifetime: time::Duration,
     ) -> Result<crate::SignedCrl> {
         let issuer_key = mtls_pki::inspect::sha256_hex(&issuer.key().public_key_spki());
-        let entries = self.revoked_entries(&issuer_key).await?;
         let this_update = now.replace_nanosecond(0).unwrap_or(now);
-        let number = self
-            .next_crl_number(&issuer_key, actor, this_update)
-            .await?;
+        // Number and entries from one transaction: a CRL built at the same time elsewhere
+        // never gets a higher number with fewer revocations.
+        let (number, entries) = self.crl_snapshot(&issuer_key, actor, this_update).await?;
         let der = mtls_pki::revocation::build_crl(issuer, number, this_update, lifetime, &entries)
             .map_err(crate::Error::Crl)?;
         if let Some(ledger) = &self.ledger {

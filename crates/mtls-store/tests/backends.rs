@@ -262,3 +262,105 @@ async fn a_restored_database_is_refused_until_reconciled_on_postgres() {
     )
     .await;
 }
+
+/// Two instances building CRLs while revocations land (from either instance): whatever the
+/// interleaving, a CRL with a higher number lists every revocation a lower-numbered one lists
+/// (verifiers keep the highest number and refuse lower ones as replays).
+async fn a_higher_crl_number_never_lists_fewer_revocations(location: Location) {
+    let pki = mtls_test_util::TestPki::new("crl-race");
+    let issuer_key = mtls_pki::inspect::sha256_hex(&pki.intermediate.key().public_key_spki());
+    let issuer = std::sync::Arc::new(pki.intermediate);
+    let a = Store::open(&location).await.unwrap();
+    let b = Store::open(&location).await.unwrap();
+    let now = OffsetDateTime::now_utc();
+    let certs: Vec<CertificateToRecord> = (0..30)
+        .map(|i| {
+            let mut c = cert(&format!("CN=c{i}"));
+            c.issuer_key = issuer_key.clone();
+            c
+        })
+        .collect();
+    for c in &certs {
+        a.record_issued(c.clone(), IssueKind::Direct, "test", now)
+            .await
+            .unwrap();
+    }
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let builders: Vec<_> = [a.clone(), b.clone(), a.clone(), b.clone()]
+        .into_iter()
+        .map(|store| {
+            let (issuer, done) = (issuer.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut crls = Vec::new();
+                // Bounded: at most 200 CRLs per builder.
+                for _ in 0..200 {
+                    let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+                    let crl = store
+                        .sign_crl(&issuer, "test", now, time::Duration::days(1))
+                        .await
+                        .unwrap();
+                    let listed: std::collections::BTreeSet<String> =
+                        mtls_pki::revocation::crl_entries(&crl.der)
+                            .unwrap()
+                            .into_iter()
+                            .map(|e| e.serial.to_string())
+                            .collect();
+                    crls.push((crl.number, listed));
+                    if finished {
+                        break;
+                    }
+                }
+                crls
+            })
+        })
+        .collect();
+    for (i, c) in certs.iter().enumerate() {
+        let store = if i % 2 == 0 { &a } else { &b };
+        store
+            .revoke(&c.serial, None, None, "test", now)
+            .await
+            .unwrap();
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut crls = Vec::new();
+    for b in builders {
+        crls.extend(b.await.unwrap());
+    }
+    // And one built after every revocation.
+    let last = a
+        .sign_crl(&issuer, "test", now, time::Duration::days(1))
+        .await
+        .unwrap();
+    let listed = mtls_pki::revocation::crl_entries(&last.der).unwrap();
+    assert_eq!(listed.len(), certs.len());
+    crls.push((
+        last.number,
+        listed.into_iter().map(|e| e.serial.to_string()).collect(),
+    ));
+    crls.sort_by_key(|(n, _)| *n);
+    for pair in crls.windows(2) {
+        let ((n1, s1), (n2, s2)) = (&pair[0], &pair[1]);
+        assert!(n1 < n2, "CRL number {n1} allocated twice");
+        assert!(
+            s1.is_subset(s2),
+            "CRL {n2} lists {} revocations but misses some of CRL {n1}'s {}",
+            s2.len(),
+            s1.len()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_higher_crl_number_never_lists_fewer_revocations_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    a_higher_crl_number_never_lists_fewer_revocations(Location::Sqlite(dir.path().join("c.db")))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_higher_crl_number_never_lists_fewer_revocations_on_postgres() {
+    a_higher_crl_number_never_lists_fewer_revocations(Location::Postgres(
+        mtls_test_util::fresh_postgres_database(),
+    ))
+    .await;
+}
