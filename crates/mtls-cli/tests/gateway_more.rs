@@ -644,3 +644,29 @@ fn the_upstream_timeout_counts_from_the_end_of_the_upload() {
         );
     }
 }
+
+#[test]
+fn an_upstream_answer_with_both_length_and_chunked_is_framed_by_chunked() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let c = f.client("c");
+    // An upstream that frames its answer both ways (RFC 9112 6.3: chunked wins).
+    let raw = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = raw.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in raw.incoming().take(4) {
+            let Ok(mut conn) = conn else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            );
+        }
+    });
+    let g = gateway_with_upstream_timeout(dir.path(), addr);
+    for version in ["--http1.1", "--http2"] {
+        let r = curl(&g, &f, Some(&c), "/", &[version]);
+        assert_eq!(r.status, 200, "{version}: {} {}", r.body, r.stderr);
+        assert_eq!(r.body, "hello", "{version}: {}", r.stderr);
+    }
+}

@@ -437,6 +437,11 @@ pub async fn handle(
                 });
             }
         } else {
+            // Framed both ways: hyper decoded it as chunked (RFC 9112 6.3), so the length is
+            // not the body's; forwarded, it would cut the body short.
+            if resp.headers().contains_key(http::header::TRANSFER_ENCODING) {
+                resp.headers_mut().remove(http::header::CONTENT_LENGTH);
+            }
             identity::strip(resp.headers_mut(), &[], false);
         }
         resp
