@@ -351,6 +351,17 @@ fn replace(src: &Path, dst: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_builder_picks_up_replaced_certificate_files_on_its_next_connection() {
+    replaced_certificate_files(false).await;
+}
+
+/// The same with the server's revocation status checked (a CRL): such a client resumes no
+/// session, and the files are still noticed.
+#[tokio::test]
+async fn client_builder_with_revocation_checks_picks_up_replaced_certificate_files() {
+    replaced_certificate_files(true).await;
+}
+
+async fn replaced_certificate_files(with_crl: bool) {
     let dir = tempfile::tempdir().unwrap();
     let f = Files::new(dir.path());
     let app = App::start(env!("CARGO_BIN_EXE_secure_api"), &server_env(&f));
@@ -360,12 +371,15 @@ async fn client_builder_picks_up_replaced_certificate_files_on_its_next_connecti
     let key = dir.path().join("current.key");
     replace(&first.chain, &cert);
     replace(&first.key, &key);
-    let client = mtls_client::ClientBuilder::new()
+    let mut builder = mtls_client::ClientBuilder::new()
         .ca_file(f.root())
         .identity_files(&cert, &key)
-        .pool_idle_timeout(Duration::from_millis(100))
-        .build()
-        .unwrap();
+        .pool_idle_timeout(Duration::from_millis(100));
+    if with_crl {
+        // The CRL's signer, the intermediate, is in the bundle.
+        builder = builder.ca_file(f.ca_chain()).crl_file(f.crl());
+    }
+    let client = builder.build().unwrap();
     let url = format!("https://127.0.0.1:{}/api/secure", app.addr.port());
     let who = |client: &mtls_client::reqwest::Client| {
         let client = client.clone();

@@ -174,6 +174,10 @@ impl ReloadingIdentity {
 
 impl ResolvesClientCert for ReloadingIdentity {
     fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        // Changed files are also noticed here, not only when rustls asks the session store
+        // for a ticket: a client without resumption (one that checks the server's revocation
+        // status on every connection) never asks.
+        self.refresh();
         self.current
             .lock()
             .ok()
@@ -186,7 +190,8 @@ impl ResolvesClientCert for ReloadingIdentity {
 }
 
 /// The session store of a [`ReloadingIdentity`]: rustls asks it for a ticket at the start of
-/// every connection, which is where changed files are noticed.
+/// every connection, which is where changed files are noticed (and again when the server asks
+/// for the certificate).
 #[derive(Debug)]
 pub(crate) struct Sessions(pub(crate) Arc<ReloadingIdentity>);
 
