@@ -264,8 +264,8 @@ pub(crate) struct StapleVerifier {
     pub(crate) log: Option<Arc<crate::observe::HandshakeLog>>,
 }
 
-/// Checks `staple` about `leaf` (issued by the first of `intermediates`, else by a root of
-/// `roots` with its issuer name) at `now`.
+/// Checks `staple` about `leaf` (issued by whichever of `intermediates` and `roots` signed it)
+/// at `now`.
 pub(crate) fn check_staple(
     leaf: &CertificateDer<'_>,
     intermediates: &[CertificateDer<'_>],
@@ -288,15 +288,20 @@ pub(crate) fn check_staple(
     let Ok(parsed) = mtls_pki::pem_io::parse_certificate(leaf) else {
         return refuse("the server certificate does not parse".into());
     };
-    let issuer = intermediates.first().map(|c| c.as_ref()).or_else(|| {
-        roots
-            .iter()
-            .find(|r| {
-                mtls_pki::pem_io::parse_certificate(r)
-                    .is_ok_and(|c| c.subject().as_raw() == parsed.issuer().as_raw())
-            })
-            .map(|r| r.as_ref())
-    });
+    // The certificate that signed the leaf, among those the server sent and the roots: not
+    // merely the first one the server sent, which a revoked server could make a CA of its
+    // own that vouches for it.
+    let signed_leaf = |c: &[u8]| {
+        mtls_pki::pem_io::parse_certificate(c).is_ok_and(|c| {
+            c.subject().as_raw() == parsed.issuer().as_raw()
+                && parsed.verify_signature(Some(c.public_key())).is_ok()
+        })
+    };
+    let issuer = intermediates
+        .iter()
+        .map(|c| c.as_ref())
+        .chain(roots.iter().map(|r| r.as_ref()))
+        .find(|c| signed_leaf(c));
     let serial = Serial::from_be_bytes(parsed.raw_serial());
     let verified = match issuer.map(|i| mtls_ocsp::verify_response(staple, i, &serial, now)) {
         Some(Ok(v)) => v,
@@ -471,5 +476,19 @@ mod tests {
         let other = pki.server(&["other"]);
         let wrong = staple(&pki, &other.cert.serial, CertStatus::Good);
         assert!(check(&wrong, StapleCheck::Required).is_err());
+        // A CA of the server's own sent first, with a "good" it signed: not the leaf's issuer.
+        let evil = TestPki::new("evil");
+        let forged = staple(&evil, &server.cert.serial, CertStatus::Good);
+        let sent = [evil.intermediate_der(), pki.intermediate_der()];
+        let check_sent =
+            |staple: &[u8], mode| check_staple(&server.cert.der, &sent, &roots, staple, mode, now);
+        assert!(check_sent(&forged, StapleCheck::Required).is_err());
+        assert!(matches!(
+            check_sent(&revoked, StapleCheck::IfPresent),
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Revoked
+            ))
+        ));
+        check_sent(&good, StapleCheck::Required).unwrap();
     }
 }
