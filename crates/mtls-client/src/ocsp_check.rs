@@ -23,7 +23,6 @@ const CAPACITY: usize = 100_000;
 /// A failed answer is not asked again (nor waited for) for this long.
 const FAILURE_HOLD: time::Duration = time::Duration::seconds(5);
 /// An answer without nextUpdate is used this long.
-const NO_NEXT_UPDATE: time::Duration = time::Duration::minutes(5);
 /// Clients not seen for this long are not refreshed any more, and forgotten.
 const KEEP_UNUSED: time::Duration = time::Duration::hours(1);
 
@@ -160,7 +159,9 @@ impl OcspChecker {
             Ok(a) => {
                 self.stats.answers.fetch_add(1, Ordering::Relaxed);
                 let v = a.verified;
-                let good_until = v.next_update.unwrap_or(now + NO_NEXT_UPDATE);
+                let good_until = v
+                    .next_update
+                    .unwrap_or(v.this_update + mtls_ocsp::NO_NEXT_UPDATE_MAX_AGE);
                 let status = match v.status {
                     mtls_ocsp::CertStatus::Good => SourceStatus::Good,
                     mtls_ocsp::CertStatus::Revoked { .. } => SourceStatus::Revoked,

@@ -14,6 +14,11 @@ use crate::{times, CertIdHash, CertStatus, Error, IssuerInfo, ResponseStatus, Re
 /// Clock skew tolerated on thisUpdate (and on the signer's validity) when verifying.
 pub const MAX_CLOCK_SKEW: Duration = Duration::minutes(5);
 
+/// How long after its thisUpdate an answer without nextUpdate ("newer information is always
+/// available", RFC 6960 4.2.2.1) is taken as current: without this bound a "good" captured
+/// before a revocation could be replayed for ever.
+pub const NO_NEXT_UPDATE_MAX_AGE: Duration = Duration::minutes(5);
+
 /// What a verified response says about the certificate asked about.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VerifiedResponse {
@@ -37,7 +42,8 @@ pub struct VerifiedResponse {
 /// byKey or byName) or a certificate in `certs` that matches the responderID, was issued by the
 /// CA, carries id-kp-OCSPSigning and is valid at `now`; the signature; a SingleResponse whose
 /// CertID names this issuer and serial; thisUpdate not after `now` + [`MAX_CLOCK_SKEW`] and
-/// nextUpdate, when present, not before `now`. The nonce is returned, not compared.
+/// nextUpdate not before `now` (without nextUpdate: thisUpdate at most
+/// [`NO_NEXT_UPDATE_MAX_AGE`] ago). The nonce is returned, not compared.
 pub fn verify_response(
     der: &[u8],
     issuer_cert_der: &[u8],
@@ -153,7 +159,8 @@ pub fn verify_response(
         .as_ref()
         .map(times::from_asn1)
         .transpose()?;
-    if this_update > now + MAX_CLOCK_SKEW || next_update.is_some_and(|n| n < now) {
+    let expires = next_update.unwrap_or(this_update + NO_NEXT_UPDATE_MAX_AGE);
+    if this_update > now + MAX_CLOCK_SKEW || expires < now {
         return Err(Error::NotCurrent {
             now,
             this_update,

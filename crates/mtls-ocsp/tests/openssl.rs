@@ -745,6 +745,15 @@ fn verify_response_rejects_tampering_wrong_serial_and_stale_answers() {
         verify_response(&resp, pki.inter.der(), serial, p - Duration::hours(1)),
         Err(Error::NotCurrent { .. })
     ));
+    // Without nextUpdate: current for a few minutes after thisUpdate, then a replay.
+    let fresh = responder
+        .sign(&req, &[CertStatus::Good], p, p, None)
+        .unwrap();
+    verify_response(&fresh, pki.inter.der(), serial, p + Duration::minutes(4)).unwrap();
+    assert!(matches!(
+        verify_response(&fresh, pki.inter.der(), serial, p + Duration::hours(1)),
+        Err(Error::NotCurrent { .. })
+    ));
     // Checked against another CA: the CA's responderID does not match, no certs.
     let other = Pki::new("Verify other", KeyAlgorithm::EcdsaP256);
     assert!(matches!(
