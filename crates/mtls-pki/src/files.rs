@@ -115,7 +115,10 @@ pub fn write_atomic(
 
 /// Reads a file that may hold a private key, refusing it when group or others can read it.
 pub fn read_secret(path: &Path) -> Result<Zeroizing<Vec<u8>>> {
-    let meta = fs::metadata(path).map_err(io_err(path))?;
+    use std::io::Read;
+    // The mode of the file opened, not of whatever the path names a moment before.
+    let mut file = fs::File::open(path).map_err(io_err(path))?;
+    let meta = file.metadata().map_err(io_err(path))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(Error::InsecurePermissions {
@@ -123,7 +126,11 @@ pub fn read_secret(path: &Path) -> Result<Zeroizing<Vec<u8>>> {
             mode,
         });
     }
-    Ok(Zeroizing::new(fs::read(path).map_err(io_err(path))?))
+    let mut out = Zeroizing::new(Vec::with_capacity(
+        usize::try_from(meta.len()).unwrap_or(0).min(1 << 20),
+    ));
+    file.read_to_end(&mut out).map_err(io_err(path))?;
+    Ok(out)
 }
 
 /// Reads a passphrase file: the one rule every command and config of mtls follows. The file is

@@ -174,6 +174,11 @@ fn validate_dns(name: &str, wildcard: bool) -> std::result::Result<(), &'static 
     if body.is_empty() {
         return Err("a wildcard needs a domain");
     }
+    if body.len() < name.len() && !body.contains('.') {
+        // `*.com` would match every name under a top-level domain (CA/Browser Forum
+        // Baseline Requirements 3.2.2.6).
+        return Err("a wildcard needs a domain of at least two labels (*.example.com, not *.com)");
+    }
     for label in body.split('.') {
         if label.is_empty() || label.len() > 63 {
             return Err("each label is 1 to 63 characters");
@@ -232,6 +237,8 @@ mod tests {
             "uri:nocolon",
             "@example.com",
             "*.*.example.com",
+            "dns:*.com",
+            "*.com.",
             "ip:999.1.1.1",
         ] {
             assert!(San::parse(bad).is_err(), "{bad} accepted");
