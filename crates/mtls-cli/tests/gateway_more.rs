@@ -386,6 +386,25 @@ fn request_with_an_encrypted_key() {
     let o = base(&[]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("passphrase"));
+    // A redirect is the answer (as with curl): the client certificate is not presented to
+    // wherever it points.
+    let o = Command::new(env!("CARGO_BIN_EXE_mtls"))
+        .args(["request", &g.url("/redirect"), "-i"])
+        .arg("--cert")
+        .arg(&leaf.chain)
+        .arg("--key")
+        .arg(&leaf.key)
+        .arg("--ca")
+        .arg(f.root())
+        .args(["--passphrase-file", &Files::p(&dir.path().join("pw"))])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && out.contains("302 Found") && out.contains("elsewhere.invalid"),
+        "{out} {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 #[test]

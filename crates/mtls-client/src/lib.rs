@@ -433,7 +433,10 @@ impl ClientBuilder {
             .no_proxy()
             .timeout(self.timeout)
             .connect_timeout(self.connect_timeout)
-            .user_agent(concat!("mtls/", env!("CARGO_PKG_VERSION")));
+            .user_agent(concat!("mtls/", env!("CARGO_PKG_VERSION")))
+            // Redirects are answers, as with curl: following one would present the client
+            // certificate (and resend headers and a 307/308 body) to wherever it points.
+            .redirect(reqwest::redirect::Policy::none());
         if self.http1_only {
             b = b.http1_only();
         }

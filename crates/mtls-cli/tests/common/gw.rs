@@ -194,6 +194,10 @@ impl Upstream {
                                 .unwrap_or(0);
                             let body = serde_json::json!({"path": path, "headers": headers, "body_bytes": received}).to_string();
                             let mut resp = http::Response::new(Full::new(bytes::Bytes::from(body)));
+                            if path == "/redirect" {
+                                *resp.status_mut() = http::StatusCode::FOUND;
+                                resp.headers_mut().insert("location", http::HeaderValue::from_static("https://elsewhere.invalid/"));
+                            }
                             if path == "/switch-unasked" {
                                 // A protocol switch nobody asked for.
                                 *resp.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
