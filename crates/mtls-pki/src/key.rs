@@ -96,6 +96,13 @@ pub struct PrivateKey {
     algorithm: KeyAlgorithm,
 }
 
+/// rcgen's key pair keeps a PKCS#8 copy of the key of its own: wiped too.
+impl Drop for PrivateKey {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.pair);
+    }
+}
+
 impl fmt::Debug for PrivateKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "PrivateKey({}, [secret key elided])", self.algorithm)
