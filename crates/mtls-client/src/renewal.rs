@@ -359,6 +359,7 @@ async fn renew_now(
         ));
     }
     let chain = mtls_pki::pem_io::certificates(&files::read_public(&w.cert)?)?;
+    let old_leaf = chain.first().cloned();
     let key_bytes = files::read_secret(&w.key)?;
     let key = mtls_pki::PrivateKey::from_pem_or_der(&key_bytes, passphrase)?;
     let credential = mtls_tls::credential_from_parts(chain, &key, now).map_err(|detail| {
@@ -380,6 +381,10 @@ async fn renew_now(
     let chain_pem = served_chain(&issued, &root)?;
     // Check what we are about to install before touching any file.
     let new_chain = mtls_pki::pem_io::certificates(chain_pem.as_bytes())?;
+    if let Some(old_leaf) = &old_leaf {
+        same_identity_under(old_leaf, &new_chain, &root, now)
+            .map_err(|d| Error::Protocol(format!("the renewed certificate is refused: {d}")))?;
+    }
     mtls_tls::credential_from_parts(new_chain, out_key, now)
         .map_err(|d| Error::Protocol(format!("the renewed certificate is unusable: {d}")))?;
     if combined {
@@ -402,6 +407,69 @@ async fn renew_now(
         files::write_atomic(&w.cert, chain_pem.as_bytes(), Visibility::Public, true)?;
     }
     Ok(issued)
+}
+
+/// Whether `new_chain` is a renewal of `old_leaf`: issued under the pinned `root` and valid at
+/// `now`, with the same subject, names and key usages (a CA that answered with another
+/// identity, or one peers would refuse, must not replace a working certificate).
+fn same_identity_under(
+    old_leaf: &CertificateDer<'_>,
+    new_chain: &[CertificateDer<'static>],
+    root: &CertificateDer<'static>,
+    now: OffsetDateTime,
+) -> std::result::Result<(), String> {
+    let Some((new_leaf, intermediates)) = new_chain.split_first() else {
+        return Err("the CA returned no certificate".into());
+    };
+    let verified = mtls_verify::verify(
+        new_leaf,
+        &mtls_verify::VerifyRequest {
+            roots: std::slice::from_ref(root),
+            intermediates,
+            crls: &[],
+            at: now,
+            purpose: mtls_verify::Purpose::Any,
+            name: None,
+            crl_scope: Default::default(),
+            allow_unknown_revocation: true,
+            allow_expired_crl: false,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    if let Err(r) = verified {
+        return Err(format!("it does not chain to the CA's root: {r}"));
+    }
+    let old = mtls_pki::pem_io::parse_certificate(old_leaf).map_err(|e| e.to_string())?;
+    let new = mtls_pki::pem_io::parse_certificate(new_leaf).map_err(|e| e.to_string())?;
+    if old.subject().as_raw() != new.subject().as_raw() {
+        return Err(format!(
+            "its subject {} is not the current {}",
+            new.subject(),
+            old.subject()
+        ));
+    }
+    // subjectAltName and extendedKeyUsage, as encoded.
+    for (oid, what) in [
+        (
+            x509_parser::oid_registry::OID_X509_EXT_SUBJECT_ALT_NAME,
+            "names",
+        ),
+        (
+            x509_parser::oid_registry::OID_X509_EXT_EXTENDED_KEY_USAGE,
+            "key usages",
+        ),
+    ] {
+        let value = |c: &x509_parser::certificate::X509Certificate<'_>| {
+            c.extensions()
+                .iter()
+                .find(|e| e.oid == oid)
+                .map(|e| e.value.to_vec())
+        };
+        if value(&old) != value(&new) {
+            return Err(format!("its {what} differ from the current certificate's"));
+        }
+    }
+    Ok(())
 }
 
 /// What the daemon reports about one certificate.
@@ -607,6 +675,37 @@ pub async fn watch_forever(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_renewal_must_keep_the_identity_and_the_root() {
+        let pki = mtls_test_util::TestPki::new("renew");
+        let now = OffsetDateTime::now_utc();
+        let chain = |leaf: &mtls_test_util::TestLeaf, pki: &mtls_test_util::TestPki| {
+            vec![leaf.cert.der.clone(), pki.intermediate_der()]
+        };
+        let old = pki.client("app");
+        let root = pki.root_der();
+        let check =
+            |new: &[CertificateDer<'static>]| same_identity_under(&old.cert.der, new, &root, now);
+        // The same identity, newly issued: accepted.
+        check(&chain(&pki.client("app"), &pki)).unwrap();
+        // Another name, another profile, another CA, nothing at all: refused.
+        let e = check(&chain(&pki.client("other"), &pki)).unwrap_err();
+        assert!(e.contains("subject"), "{e}");
+        let server = pki.leaf_at(
+            mtls_pki::issue::Profile::Server,
+            "app",
+            &["app.example"],
+            now,
+            Duration::days(1),
+        );
+        let e = check(&chain(&server, &pki)).unwrap_err();
+        assert!(e.contains("names") || e.contains("key usages"), "{e}");
+        let elsewhere = mtls_test_util::TestPki::new("elsewhere");
+        let e = check(&chain(&elsewhere.client("app"), &elsewhere)).unwrap_err();
+        assert!(e.contains("root"), "{e}");
+        assert!(check(&[]).is_err());
+    }
 
     #[test]
     fn schedule() {
