@@ -21,29 +21,39 @@ pub type Body = BoxBody<Bytes, hyper::Error>;
 /// The upstream connections of a listener, driven by the task of the request being proxied.
 pub type UpstreamPool = mtls_client::pool::Pool<Upload>;
 
-/// A request body on its way upstream, noting when its bytes went: the upstream's time to
-/// answer (`upstream_timeout`) counts from the last byte sent, so a client uploading slowly is
-/// not taken for an upstream that does not answer. A stalled upload runs into the same timeout.
+/// A request body on its way upstream, noting when its last byte went: the upstream's time to
+/// answer (`upstream_timeout`) counts from there, so a client uploading slowly is not taken for
+/// an upstream that does not answer. While the body is still coming the client's pace rules
+/// (its connection's idle timeout ends a stalled upload, and with it the body).
 pub struct Upload {
     body: RequestBody,
     /// Only for requests with a body (none is allocated for the others).
     sent: Option<Arc<Sent>>,
 }
 
-/// When the latest body bytes (or its end) went, as nanoseconds after `start`.
+/// When the body ended (its last frame, or an error), as nanoseconds after `start`; `u64::MAX`
+/// while it is still coming.
 struct Sent {
     start: tokio::time::Instant,
-    last: std::sync::atomic::AtomicU64,
+    ended: std::sync::atomic::AtomicU64,
 }
 
 impl Sent {
-    fn touch(&self) {
-        let n = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.last.store(n, std::sync::atomic::Ordering::Relaxed);
+    fn end(&self) {
+        let n = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
+        let _ = self.ended.compare_exchange(
+            u64::MAX,
+            n.min(u64::MAX - 1),
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
-    fn last(&self) -> tokio::time::Instant {
-        let n = self.last.load(std::sync::atomic::Ordering::Relaxed);
-        self.start + std::time::Duration::from_nanos(n)
+    /// When the body ended, if it has.
+    fn ended(&self) -> Option<tokio::time::Instant> {
+        match self.ended.load(std::sync::atomic::Ordering::Relaxed) {
+            u64::MAX => None,
+            n => Some(self.start + std::time::Duration::from_nanos(n)),
+        }
     }
 }
 
@@ -53,7 +63,7 @@ impl Upload {
         let sent = (!body.is_end_stream()).then(|| {
             Arc::new(Sent {
                 start: tokio::time::Instant::now(),
-                last: std::sync::atomic::AtomicU64::new(0),
+                ended: std::sync::atomic::AtomicU64::new(u64::MAX),
             })
         });
         (
@@ -75,8 +85,14 @@ impl hyper::body::Body for Upload {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
         let r = std::pin::Pin::new(&mut self.body).poll_frame(cx);
-        if let (std::task::Poll::Ready(_), Some(sent)) = (&r, &self.sent) {
-            sent.touch();
+        if let (std::task::Poll::Ready(frame), Some(sent)) = (&r, &self.sent) {
+            let last = match frame {
+                Some(Ok(_)) => self.body.is_end_stream(),
+                None | Some(Err(_)) => true,
+            };
+            if last {
+                sent.end();
+            }
         }
         r
     }
@@ -88,8 +104,9 @@ impl hyper::body::Body for Upload {
     }
 }
 
-/// Waits for `answer` until `timeout` has passed since the later of now and the last body byte
-/// sent (`sent`); `None` when it did not come in time.
+/// Waits for `answer` until `timeout` has passed since the later of now and the end of the
+/// request body (`sent`, while it is still coming: no limit); `None` when it did not come in
+/// time.
 async fn within<T>(
     timeout: std::time::Duration,
     sent: Option<&Sent>,
@@ -101,8 +118,10 @@ async fn within<T>(
         tokio::select! {
             r = answer.as_mut() => return Some(r),
             _ = tokio::time::sleep_until(deadline) => {
-                match sent.map(|s| s.last() + timeout) {
-                    Some(later) if later > deadline => deadline = later,
+                match sent.map(Sent::ended) {
+                    // Still uploading: the client's pace, not the upstream's.
+                    Some(None) => deadline = tokio::time::Instant::now() + timeout,
+                    Some(Some(ended)) if ended + timeout > deadline => deadline = ended + timeout,
                     _ => return None,
                 }
             }
