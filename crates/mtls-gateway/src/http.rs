@@ -403,35 +403,38 @@ pub async fn handle(
             }
         })
         .await;
-        let mut resp = match result.ok_or(()) {
-            Err(()) => {
-                shared.metrics.upstream_errors.inc();
-                tracing::warn!(listener = %shared.name, upstream = %state.upstream.authority, "upstream did not answer in time");
-                break 'resp json_error(
+        // Counted, logged (with why, which the client is not told) and answered.
+        let failed = |status, code, message, why: &dyn std::fmt::Display| {
+            shared.metrics.upstream_errors.inc();
+            tracing::warn!(listener = %shared.name, upstream = %state.upstream.authority, "upstream failed: {why}");
+            json_error(status, code, message)
+        };
+        let mut resp = match result {
+            None => {
+                break 'resp failed(
                     StatusCode::GATEWAY_TIMEOUT,
                     "UPSTREAM_TIMEOUT",
                     "the upstream did not answer in time",
+                    &"no answer in time",
                 );
             }
-            Ok(Err(e)) => {
-                shared.metrics.upstream_errors.inc();
-                tracing::warn!(listener = %shared.name, upstream = %state.upstream.authority, error = %mtls_client::ca::error_chain(&e), "upstream request failed");
-                break 'resp json_error(
+            Some(Err(e)) => {
+                break 'resp failed(
                     StatusCode::BAD_GATEWAY,
                     "BAD_GATEWAY",
                     "the upstream is unavailable",
+                    &mtls_client::ca::error_chain(&e),
                 );
             }
-            Ok(Ok(r)) => r,
+            Some(Ok(r)) => r,
         };
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS && client_upgrade.is_none() {
             // A switch the client did not ask for: nothing could carry it.
-            shared.metrics.upstream_errors.inc();
-            tracing::warn!(listener = %shared.name, upstream = %state.upstream.authority, "upstream switched protocols unasked");
-            break 'resp json_error(
+            break 'resp failed(
                 StatusCode::BAD_GATEWAY,
                 "BAD_GATEWAY",
                 "the upstream answered with an unrequested protocol switch",
+                &"a protocol switch nobody asked for",
             );
         }
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
