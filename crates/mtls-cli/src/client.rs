@@ -429,9 +429,23 @@ pub fn tunnel(a: TunnelArgs) -> Result<ExitCode> {
                 async move {
                     let _slot = slot;
                     let result = async {
-                        let tcp = TcpStream::connect((host.as_str(), port)).await?;
-                        tcp.set_nodelay(true)?;
-                        let mut tls = connector.connect(server_name, tcp).await?;
+                        // A server that accepts and never finishes the handshake must not
+                        // hold the client (and a slot) for ever.
+                        let opened = tokio::time::timeout(mtls_client::CONNECT_TIMEOUT, async {
+                            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+                            tcp.set_nodelay(true)?;
+                            connector.connect(server_name, tcp).await
+                        })
+                        .await;
+                        let mut tls = opened.map_err(|_| {
+                            std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                format!(
+                                    "no TLS connection to {host}:{port} within {}",
+                                    mtls_serve::duration::format(mtls_client::CONNECT_TIMEOUT)
+                                ),
+                            )
+                        })??;
                         let chain: Vec<rustls_pki_types::CertificateDer<'static>> = tls
                             .get_ref()
                             .1

@@ -328,6 +328,64 @@ fn tunnel_carries_plaintext_clients_over_mtls_and_refuses_remote_listen() {
 }
 
 #[test]
+fn tunnel_gives_up_on_a_server_that_never_finishes_the_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let c = f.client("tunnel-user");
+    // Accepts, then says nothing.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let held: Vec<_> = silent.incoming().take(2).collect();
+        std::thread::sleep(Duration::from_secs(60));
+        drop(held);
+    });
+    let local = free_port();
+    let mut t = Command::new(env!("CARGO_BIN_EXE_mtls"))
+        .args([
+            "tunnel",
+            "--listen",
+            &format!("127.0.0.1:{local}"),
+            "--target",
+            &format!("localhost:{silent_port}"),
+        ])
+        .arg("--cert")
+        .arg(&c.chain)
+        .arg("--key")
+        .arg(&c.key)
+        .arg("--ca")
+        .arg(f.root())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut conn = None;
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(100));
+        if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", local)) {
+            conn = Some(s);
+            break;
+        }
+    }
+    let mut conn = conn.expect("the tunnel listens");
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    // Closed by the tunnel once the handshake has taken too long (10 s).
+    assert_eq!(conn.read(&mut buf).unwrap_or(0), 0);
+    let waited = started.elapsed();
+    let _ = t.kill();
+    let out = t.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        waited >= Duration::from_secs(9) && waited < Duration::from_secs(25),
+        "{waited:?} {stderr}"
+    );
+    assert!(stderr.contains("no TLS connection"), "{stderr}");
+}
+
+#[test]
 fn request_with_an_encrypted_key() {
     let dir = tempfile::tempdir().unwrap();
     let f = Files::new(dir.path());

@@ -188,6 +188,10 @@ impl ServerRevocation {
     }
 }
 
+/// How long a connection may take to open (TCP and the TLS handshake) before it is given up:
+/// the builder's default, and the tunnel's.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Default for ClientBuilder {
     fn default() -> Self {
         ClientBuilder {
@@ -195,7 +199,7 @@ impl Default for ClientBuilder {
             identity: None,
             passphrase: Passphrase::None,
             timeout: Duration::from_secs(30),
-            connect_timeout: Duration::from_secs(10),
+            connect_timeout: CONNECT_TIMEOUT,
             http1_only: false,
             fixed_identity: None,
             resolve: Vec::new(),
