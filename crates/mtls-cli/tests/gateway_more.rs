@@ -10,6 +10,40 @@ use std::time::Duration;
 
 use common::gw::{curl, http_args, Files, Gateway, Upstream};
 
+/// `mtls tunnel` from 127.0.0.1:`local` to localhost:`target`, presenting `c`.
+fn start_tunnel(f: &Files, c: &common::gw::Leaf, local: u16, target: u16) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_mtls"))
+        .args([
+            "tunnel",
+            "--listen",
+            &format!("127.0.0.1:{local}"),
+            "--target",
+            &format!("localhost:{target}"),
+        ])
+        .arg("--cert")
+        .arg(&c.chain)
+        .arg("--key")
+        .arg(&c.key)
+        .arg("--ca")
+        .arg(f.root())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// A server on 127.0.0.1 that accepts (a few connections) and then says nothing for a minute.
+fn silent_server() -> std::net::SocketAddr {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let held: Vec<_> = silent.incoming().take(4).collect();
+        std::thread::sleep(Duration::from_secs(60));
+        drop(held);
+    });
+    addr
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -267,24 +301,7 @@ fn tunnel_carries_plaintext_clients_over_mtls_and_refuses_remote_listen() {
     let g = Gateway::start(&http_args(&f, &up, &["--allow-cn", "tunnel-user"]));
     let c = f.client("tunnel-user");
     let local = free_port();
-    let mut t = Command::new(env!("CARGO_BIN_EXE_mtls"))
-        .args([
-            "tunnel",
-            "--listen",
-            &format!("127.0.0.1:{local}"),
-            "--target",
-            &format!("localhost:{}", g.port()),
-        ])
-        .arg("--cert")
-        .arg(&c.chain)
-        .arg("--key")
-        .arg(&c.key)
-        .arg("--ca")
-        .arg(f.root())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut t = start_tunnel(&f, &c, local, g.port());
     let mut ok = false;
     for _ in 0..50 {
         std::thread::sleep(Duration::from_millis(100));
@@ -332,33 +349,9 @@ fn tunnel_gives_up_on_a_server_that_never_finishes_the_handshake() {
     let dir = tempfile::tempdir().unwrap();
     let f = Files::new(dir.path());
     let c = f.client("tunnel-user");
-    // Accepts, then says nothing.
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let silent_port = silent.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        let held: Vec<_> = silent.incoming().take(2).collect();
-        std::thread::sleep(Duration::from_secs(60));
-        drop(held);
-    });
+    let silent = silent_server();
     let local = free_port();
-    let mut t = Command::new(env!("CARGO_BIN_EXE_mtls"))
-        .args([
-            "tunnel",
-            "--listen",
-            &format!("127.0.0.1:{local}"),
-            "--target",
-            &format!("localhost:{silent_port}"),
-        ])
-        .arg("--cert")
-        .arg(&c.chain)
-        .arg("--key")
-        .arg(&c.key)
-        .arg("--ca")
-        .arg(f.root())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut t = start_tunnel(&f, &c, local, silent.port());
     let mut conn = None;
     for _ in 0..50 {
         std::thread::sleep(Duration::from_millis(100));
@@ -720,14 +713,7 @@ fn the_upstream_timeout_counts_from_the_end_of_the_upload() {
         "the upload was not slow"
     );
     // An upstream that never answers: 504 one timeout after the request (and its body) went.
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let silent_addr = silent.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let held: Vec<_> = silent.incoming().take(4).collect();
-        std::thread::sleep(Duration::from_secs(20));
-        drop(held);
-    });
-    let g = gateway_with_upstream_timeout(dir.path(), silent_addr);
+    let g = gateway_with_upstream_timeout(dir.path(), silent_server());
     for extra in [vec![], vec!["--data-binary", "small body"]] {
         let started = std::time::Instant::now();
         let r = curl(&g, &f, Some(&c), "/", &extra);

@@ -31,41 +31,13 @@ pub struct Upload {
     sent: Option<Arc<Sent>>,
 }
 
-/// When the body ended (its last frame, or an error), as nanoseconds after `start`; `u64::MAX`
-/// while it is still coming.
-struct Sent {
-    start: tokio::time::Instant,
-    ended: std::sync::atomic::AtomicU64,
-}
-
-impl Sent {
-    fn end(&self) {
-        let n = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
-        let _ = self.ended.compare_exchange(
-            u64::MAX,
-            n.min(u64::MAX - 1),
-            std::sync::atomic::Ordering::Relaxed,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-    }
-    /// When the body ended, if it has.
-    fn ended(&self) -> Option<tokio::time::Instant> {
-        match self.ended.load(std::sync::atomic::Ordering::Relaxed) {
-            u64::MAX => None,
-            n => Some(self.start + std::time::Duration::from_nanos(n)),
-        }
-    }
-}
+/// When the body ended (its last frame, or an error); unset while it is still coming.
+type Sent = std::sync::OnceLock<tokio::time::Instant>;
 
 impl Upload {
     fn new(body: RequestBody) -> (Self, Option<Arc<Sent>>) {
         use hyper::body::Body as _;
-        let sent = (!body.is_end_stream()).then(|| {
-            Arc::new(Sent {
-                start: tokio::time::Instant::now(),
-                ended: std::sync::atomic::AtomicU64::new(u64::MAX),
-            })
-        });
+        let sent = (!body.is_end_stream()).then(|| Arc::new(Sent::new()));
         (
             Upload {
                 body,
@@ -91,7 +63,7 @@ impl hyper::body::Body for Upload {
                 None | Some(Err(_)) => true,
             };
             if last {
-                sent.end();
+                let _ = sent.set(tokio::time::Instant::now());
             }
         }
         r
@@ -118,7 +90,7 @@ async fn within<T>(
         tokio::select! {
             r = answer.as_mut() => return Some(r),
             _ = tokio::time::sleep_until(deadline) => {
-                match sent.map(Sent::ended) {
+                match sent.map(|s| s.get().copied()) {
                     // Still uploading: the client's pace, not the upstream's.
                     Some(None) => deadline = tokio::time::Instant::now() + timeout,
                     Some(Some(ended)) if ended + timeout > deadline => deadline = ended + timeout,
