@@ -362,6 +362,7 @@ async fn client_builder_with_revocation_checks_picks_up_replaced_certificate_fil
 }
 
 async fn replaced_certificate_files(with_crl: bool) {
+    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let f = Files::new(dir.path());
     let app = App::start(env!("CARGO_BIN_EXE_secure_api"), &server_env(&f));
@@ -410,6 +411,19 @@ async fn replaced_certificate_files(with_crl: bool) {
         "second",
         "the last good identity is kept"
     );
+    // A replacement refused for a reason its files do not show (a key readable by others,
+    // fixed by chmod: no size, time or inode changes) is tried again until it loads.
+    let third = f.client("third");
+    let tmp = key.with_extension("tmp");
+    std::fs::copy(&third.key, &tmp).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::rename(&tmp, &key).unwrap();
+    replace(&third.chain, &cert);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(who(&client).await, "second", "an insecure key is refused");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    tokio::time::sleep(mtls_tls::RETRY_FAILED_LOAD + Duration::from_millis(400)).await;
+    assert_eq!(who(&client).await, "third", "the fixed key is picked up");
 }
 
 /// A TLS connection kept open across requests, HTTP/1.1 or h2: once the CRL revokes its

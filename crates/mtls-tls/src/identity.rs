@@ -4,12 +4,15 @@
 //!
 //! The files are checked (one `stat` each) when a connection starts. A change is loaded and
 //! validated (key matches, leaf valid now) before it is used; a broken or half-written
-//! replacement is logged and the last good identity stays. TLS sessions of the previous
+//! replacement is logged and the last good identity stays; it is tried again every
+//! [`RETRY_FAILED_LOAD`] until it loads, since the fix (a `chmod` of the key, a clock reaching
+//! the certificate's start) may change no file. TLS sessions of the previous
 //! identity are forgotten with it, so a resumed session never speaks for a certificate the
 //! client no longer holds.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rustls::client::{
     ClientSessionMemoryCache, ClientSessionStore, ResolvesClientCert, Tls12ClientSessionValue,
@@ -97,7 +100,14 @@ struct Current {
     stamps: FileStamps,
     credential: Credential,
     sessions: Arc<ClientSessionMemoryCache>,
+    /// When the files as they are now last failed to load: they are tried again after
+    /// [`RETRY_FAILED_LOAD`] even if they do not change (a fix such as `chmod 600` on the key,
+    /// or a certificate that becomes valid, changes no stamp).
+    failed_at: Option<Instant>,
 }
+
+/// How long changed files that did not load wait before they are tried again unchanged.
+pub const RETRY_FAILED_LOAD: Duration = Duration::from_secs(5);
 
 /// A client identity that follows its files. Use it as a rustls client-certificate resolver
 /// *and* session store ([`crate::client_config_reloading`] does both).
@@ -128,6 +138,7 @@ impl ReloadingIdentity {
                 stamps,
                 credential,
                 sessions: Arc::new(ClientSessionMemoryCache::new(SESSIONS)),
+                failed_at: None,
             }),
         })
     }
@@ -143,7 +154,10 @@ impl ReloadingIdentity {
     fn refresh(&self) -> Option<Arc<ClientSessionMemoryCache>> {
         let mut cur = self.current.lock().ok()?;
         let stamps = FileStamps::of(&self.files.paths());
-        if stamps != cur.stamps {
+        let retry = cur
+            .failed_at
+            .is_some_and(|at| at.elapsed() >= RETRY_FAILED_LOAD);
+        if stamps != cur.stamps || retry {
             match self.files.load(OffsetDateTime::now_utc()) {
                 Ok(credential) => {
                     tracing::info!(
@@ -153,15 +167,20 @@ impl ReloadingIdentity {
                     );
                     cur.credential = credential;
                     cur.sessions = Arc::new(ClientSessionMemoryCache::new(SESSIONS));
+                    cur.failed_at = None;
                 }
-                Err(e) => tracing::warn!(
-                    cert = %self.files.cert.display(),
-                    error = %e,
-                    "changed client certificate files do not load; keeping the previous ones"
-                ),
+                Err(e) => {
+                    // Logged once per change; the periodic retries of the same files are quiet.
+                    if !retry {
+                        tracing::warn!(
+                            cert = %self.files.cert.display(),
+                            error = %e,
+                            "changed client certificate files do not load; keeping the previous ones"
+                        );
+                    }
+                    cur.failed_at = Some(Instant::now());
+                }
             }
-            // Not retried until the files change again (a broken file is not re-read per
-            // connection).
             cur.stamps = stamps;
         }
         Some(cur.sessions.clone())

@@ -19,7 +19,7 @@ pub mod files;
 pub mod identity;
 pub mod idle;
 pub use files::{load_certificates, load_crls, FileStamps};
-pub use identity::{CredentialFiles, Passphrase, ReloadingIdentity};
+pub use identity::{CredentialFiles, Passphrase, ReloadingIdentity, RETRY_FAILED_LOAD};
 pub use idle::IdleTimeout;
 
 use std::collections::HashMap;
