@@ -15,6 +15,14 @@ pub enum Error {
     /// An output file exists and overwriting was not requested.
     #[error("{} already exists; refusing to overwrite it (pass --force to replace it)", path.display())]
     AlreadyExists { path: PathBuf },
+    /// A replaced file's owner could not be given to its replacement.
+    #[error("{}: cannot give the new file the owner {uid}:{gid} of the one it replaces ({source}); run as that user or as root, or remove the old file first", path.display())]
+    KeepOwner {
+        path: PathBuf,
+        uid: u32,
+        gid: u32,
+        source: std::io::Error,
+    },
     /// A private key file can be read by other users.
     #[error("{} is readable by group or others (mode {mode:03o}); secrets (private keys, passphrase files) must be owner-only: run `chmod 600 {}`", path.display(), path.display())]
     InsecurePermissions { path: PathBuf, mode: u32 },

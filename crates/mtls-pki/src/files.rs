@@ -4,6 +4,8 @@
 //! renamed over the destination, so a reader never sees a half-written file and a crash leaves
 //! either the old file or the new one. Private keys are created with mode 0600 from the start
 //! (never chmod-ed after the fact) and are refused on load when group or others can read them.
+//! A file that replaces another keeps its owner and group: a renewal daemon running as root
+//! must not take a service's key away from the service.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -71,6 +73,12 @@ pub fn write_atomic(
     let mut random = [0u8; 8];
     aws_lc_rs::rand::fill(&mut random).map_err(|_| Error::Crypto("random"))?;
     let tmp = dir.join(format!(".{file_name}.tmp-{}", hex::encode(random)));
+    let replaced_owner = if force {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(path).ok().map(|m| (m.uid(), m.gid()))
+    } else {
+        None
+    };
     let result = (|| {
         let mut file = OpenOptions::new()
             .write(true)
@@ -81,6 +89,9 @@ pub fn write_atomic(
         // The umask may have removed bits; make the mode exactly what was asked for.
         file.set_permissions(fs::Permissions::from_mode(visibility.mode()))
             .map_err(io_err(&tmp))?;
+        if let Some((uid, gid)) = replaced_owner {
+            keep_owner(&file, path, uid, gid)?;
+        }
         file.write_all(contents).map_err(io_err(&tmp))?;
         file.sync_all().map_err(io_err(&tmp))?;
         if force {
@@ -111,6 +122,22 @@ pub fn write_atomic(
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Gives `file` (the replacement of `path`) the owner `uid:gid` of the file it replaces, before
+/// anything is written to it. Fails rather than install a file its readers may not open.
+fn keep_owner(file: &fs::File, path: &Path, uid: u32, gid: u32) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = file.metadata().map_err(io_err(path))?;
+    if (meta.uid(), meta.gid()) == (uid, gid) {
+        return Ok(());
+    }
+    std::os::unix::fs::fchown(file, Some(uid), Some(gid)).map_err(|source| Error::KeepOwner {
+        path: path.to_path_buf(),
+        uid,
+        gid,
+        source,
+    })
 }
 
 /// Reads a file that may hold a private key, refusing it when group or others can read it.
@@ -205,5 +232,73 @@ mod tests {
         assert!(err.to_string().contains("chmod 600"), "{err}");
         fs::set_permissions(&p, fs::Permissions::from_mode(0o400)).unwrap();
         assert_eq!(&*read_secret(&p).unwrap(), b"x");
+    }
+
+    /// A replaced file keeps its owner and group (a root renewal daemon rewriting a service's
+    /// key); a new file gets the writer's. Needs root to own files as another user: as anyone
+    /// else the test checks only that the writer's own files stay theirs.
+    #[test]
+    fn replacement_keeps_the_owner_of_the_replaced_file() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("service.key");
+        write_atomic(&p, b"old", Visibility::Secret, false).unwrap();
+        let me = fs::metadata(&p).unwrap();
+        let owner = if me.uid() == 0 {
+            (65534, 65534)
+        } else {
+            (me.uid(), me.gid())
+        };
+        std::os::unix::fs::chown(&p, Some(owner.0), Some(owner.1)).unwrap();
+        write_atomic(&p, b"new", Visibility::Secret, true).unwrap();
+        let after = fs::metadata(&p).unwrap();
+        assert_eq!((after.uid(), after.gid()), owner);
+        assert_eq!(after.permissions().mode() & 0o777, 0o600);
+        assert_eq!(fs::read(&p).unwrap(), b"new");
+        let fresh = dir.path().join("fresh.pem");
+        write_atomic(&fresh, b"x", Visibility::Public, true).unwrap();
+        assert_eq!(fs::metadata(&fresh).unwrap().uid(), me.uid());
+    }
+
+    const CHILD: &str = "MTLS_TEST_KEEP_OWNER_CHILD";
+
+    /// A user who cannot give the replacement the old file's owner changes nothing: root's
+    /// file in a directory anyone may write to, replaced by `nobody` (this test binary run
+    /// again under `setpriv`, see [`keep_owner_child`]).
+    #[test]
+    fn replacement_refused_when_the_owner_cannot_be_kept() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        let p = dir.path().join("service.pem");
+        write_atomic(&p, b"old", Visibility::Public, false).unwrap();
+        if fs::metadata(&p).unwrap().uid() != 0 {
+            eprintln!("not root: cannot run a writer that does not own the file");
+            return;
+        }
+        let status = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(std::env::current_exe().unwrap())
+            .args(["--exact", "files::tests::keep_owner_child", "--nocapture"])
+            .env(CHILD, &p)
+            .status()
+            .unwrap();
+        assert!(status.success(), "the child saw the refusal");
+        assert_eq!(fs::read(&p).unwrap(), b"old");
+        assert_eq!(fs::metadata(&p).unwrap().uid(), 0);
+        let left: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "no temporary file is left behind");
+    }
+
+    /// The other user of [`replacement_refused_when_the_owner_cannot_be_kept`]; does nothing
+    /// when run on its own.
+    #[test]
+    fn keep_owner_child() {
+        let Some(p) = std::env::var_os(CHILD) else {
+            return;
+        };
+        let err = write_atomic(Path::new(&p), b"new", Visibility::Public, true).unwrap_err();
+        assert!(matches!(err, Error::KeepOwner { .. }), "{err}");
+        assert!(err.to_string().contains("owner 0:0"), "{err}");
     }
 }
