@@ -366,6 +366,11 @@ pub struct TunnelArgs {
     /// Refuse servers the feed alone vouches for when the CA has not answered for this long.
     #[arg(long, default_value = "1m", value_parser = crate::util::std_duration_arg, requires = "revocation_feed")]
     revocation_feed_max_age: std::time::Duration,
+    /// Close a connection after this long without a byte in either direction (as the
+    /// gateway's `idle_timeout`): a forgotten client does not hold a slot and a server
+    /// connection for ever.
+    #[arg(long, default_value = "1h", value_parser = crate::util::std_duration_arg)]
+    idle_timeout: std::time::Duration,
 }
 
 pub fn tunnel(a: TunnelArgs) -> Result<ExitCode> {
@@ -414,6 +419,7 @@ pub fn tunnel(a: TunnelArgs) -> Result<ExitCode> {
             listener.local_addr()?
         );
         let connector = tokio_rustls::TlsConnector::from(config);
+        let idle_timeout = a.idle_timeout;
         let (stop, shutdown) = mtls_serve::shutdown();
         sources.spawn(&shutdown, changed_tx);
         let serving = mtls_serve::accept_loop(
@@ -437,7 +443,7 @@ pub fn tunnel(a: TunnelArgs) -> Result<ExitCode> {
                             connector.connect(server_name, tcp).await
                         })
                         .await;
-                        let mut tls = opened.map_err(|_| {
+                        let tls = opened.map_err(|_| {
                             std::io::Error::new(
                                 std::io::ErrorKind::TimedOut,
                                 format!(
@@ -468,9 +474,18 @@ pub fn tunnel(a: TunnelArgs) -> Result<ExitCode> {
                                 }
                             }
                         };
+                        // Any byte either way through the TLS side is progress.
+                        let mut tls = mtls_tls::IdleTimeout::new(tls, idle_timeout);
                         tokio::select! {
                             copied = tokio::io::copy_bidirectional(&mut local, &mut tls) => {
-                                copied?;
+                                copied.map_err(|e| match e.kind() {
+                                    std::io::ErrorKind::TimedOut => std::io::Error::new(
+                                        e.kind(),
+                                        format!("closed after {} without traffic (--idle-timeout)",
+                                            mtls_serve::duration::format(idle_timeout)),
+                                    ),
+                                    _ => e,
+                                })?;
                             }
                             r = untrusted => {
                                 eprintln!("mtls tunnel: connection from {remote} closed: the server is no longer trusted ({r})");

@@ -12,6 +12,16 @@ use common::gw::{curl, http_args, Files, Gateway, Upstream};
 
 /// `mtls tunnel` from 127.0.0.1:`local` to localhost:`target`, presenting `c`.
 fn start_tunnel(f: &Files, c: &common::gw::Leaf, local: u16, target: u16) -> std::process::Child {
+    start_tunnel_with(f, c, local, target, &[])
+}
+
+fn start_tunnel_with(
+    f: &Files,
+    c: &common::gw::Leaf,
+    local: u16,
+    target: u16,
+    extra: &[&str],
+) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_mtls"))
         .args([
             "tunnel",
@@ -26,10 +36,22 @@ fn start_tunnel(f: &Files, c: &common::gw::Leaf, local: u16, target: u16) -> std
         .arg(&c.key)
         .arg("--ca")
         .arg(f.root())
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
+}
+
+/// Connects to the tunnel's local port once it listens (5 s at most).
+fn connect_local(local: u16) -> std::net::TcpStream {
+    for _ in 0..50 {
+        if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", local)) {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("the tunnel does not listen on {local}");
 }
 
 /// A server on 127.0.0.1 that accepts (a few connections) and then says nothing for a minute.
@@ -352,15 +374,7 @@ fn tunnel_gives_up_on_a_server_that_never_finishes_the_handshake() {
     let silent = silent_server();
     let local = free_port();
     let mut t = start_tunnel(&f, &c, local, silent.port());
-    let mut conn = None;
-    for _ in 0..50 {
-        std::thread::sleep(Duration::from_millis(100));
-        if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", local)) {
-            conn = Some(s);
-            break;
-        }
-    }
-    let mut conn = conn.expect("the tunnel listens");
+    let mut conn = connect_local(local);
     conn.set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
     let started = std::time::Instant::now();
@@ -376,6 +390,51 @@ fn tunnel_gives_up_on_a_server_that_never_finishes_the_handshake() {
         "{waited:?} {stderr}"
     );
     assert!(stderr.contains("no TLS connection"), "{stderr}");
+}
+
+/// A keep-alive connection through the tunnel that carries a request every 300 ms stays open
+/// past `--idle-timeout 1s`; once silent, the tunnel closes it after about a second and says
+/// why.
+#[test]
+fn tunnel_closes_connections_idle_for_longer_than_its_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let up = Upstream::start();
+    let g = Gateway::start(&http_args(&f, &up, &["--allow-cn", "tunnel-user"]));
+    let c = f.client("tunnel-user");
+    let local = free_port();
+    let mut t = start_tunnel_with(&f, &c, local, g.port(), &["--idle-timeout", "1s"]);
+    let mut conn = connect_local(local);
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = Vec::new();
+    let started = std::time::Instant::now();
+    for _ in 0..8 {
+        conn.write_all(b"GET /plain HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        let n = conn.read(&mut buf).unwrap();
+        got.extend_from_slice(buf.get(..n).unwrap());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let busy = started.elapsed();
+    let answers = String::from_utf8_lossy(&got)
+        .matches("HTTP/1.1 200")
+        .count();
+    assert_eq!(answers, 8, "{}", String::from_utf8_lossy(&got));
+    assert!(busy > Duration::from_secs(2), "{busy:?}");
+    let silent = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    assert_eq!(conn.read(&mut buf).unwrap_or(0), 0, "closed by the tunnel");
+    let waited = silent.elapsed();
+    let _ = t.kill();
+    let out = t.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        waited >= Duration::from_millis(600) && waited < Duration::from_secs(5),
+        "{waited:?} {stderr}"
+    );
+    assert!(stderr.contains("without traffic"), "{stderr}");
 }
 
 #[test]
