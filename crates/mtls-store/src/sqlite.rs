@@ -829,6 +829,43 @@ mod tests {
         assert_eq!(actions, ["crl", "crl", "crl", "revoke", "issue"]);
     }
 
+    /// A list of the whole inventory runs beside the point reads, not in front of them: on a
+    /// single-threaded runtime, a token lookup started while a 50,000-row list is under way
+    /// answers before the list does (in place, the list held the thread until it finished).
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_long_list_does_not_hold_up_point_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("inv.db");
+        let inv = Store::open(&Location::Sqlite(path.clone())).await.unwrap();
+        let now = OffsetDateTime::UNIX_EPOCH + time::Duration::days(1);
+        {
+            // Straight into the file: the writer's batching is not what is tested.
+            let mut c = rusqlite::Connection::open(&path).unwrap();
+            let tx = c.transaction().unwrap();
+            let mut insert = tx
+                .prepare(
+                    "INSERT INTO certificates (serial, issuer_key, subject, sans, profile,
+                         not_before, not_after, fingerprint, pem, issued_at)
+                     VALUES (?1, 'ik', 'CN=a', '[]', 'client', 0, 9999999999, ?1, 'pem', 0)",
+                )
+                .unwrap();
+            for i in 0..50_000u32 {
+                insert.execute([format!("{i:040x}")]).unwrap();
+            }
+            drop(insert);
+            tx.commit().unwrap();
+        }
+        let list = tokio::spawn({
+            let inv = inv.clone();
+            async move { inv.list(&ListFilter::default(), now).await }
+        });
+        // The list task runs now, up to its first await.
+        tokio::task::yield_now().await;
+        assert!(inv.token("nope").await.unwrap().is_none());
+        assert!(!list.is_finished(), "the token lookup waited for the list");
+        assert_eq!(list.await.unwrap().unwrap().len(), 50_000);
+    }
+
     /// Consuming a token is one statement when it succeeds; each refusal keeps its own reason
     /// and records nothing.
     #[tokio::test]

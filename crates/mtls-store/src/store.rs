@@ -39,8 +39,17 @@ impl FromStr for Location {
 }
 
 enum Reader {
-    Sqlite(Arc<Mutex<Connection>>),
+    Sqlite(SqliteReaders),
     Postgres(postgres::Reader),
+}
+
+/// Two read connections: point lookups (a token, one certificate) run in place on `point`;
+/// reads that scale with the inventory (the whole list, every revocation of a CA, the audit
+/// log) run on a blocking thread with `bulk`, so a million-row `list` holds neither an async
+/// worker nor the lock the next enrollment's token lookup needs.
+struct SqliteReaders {
+    point: Arc<Mutex<Connection>>,
+    bulk: Arc<Mutex<Connection>>,
 }
 
 struct Inner {
@@ -94,8 +103,12 @@ impl Store {
         let reader = match location {
             Location::Sqlite(path) => {
                 let p = path.clone();
-                let (w, r) = tokio::task::spawn_blocking(move || {
-                    Ok::<_, Error>((sqlite::open_connection(&p)?, sqlite::open_connection(&p)?))
+                let (w, r, b) = tokio::task::spawn_blocking(move || {
+                    Ok::<_, Error>((
+                        sqlite::open_connection(&p)?,
+                        sqlite::open_connection(&p)?,
+                        sqlite::open_connection(&p)?,
+                    ))
                 })
                 .await
                 .map_err(blocking_failed)??;
@@ -106,7 +119,10 @@ impl Store {
                         context: "start the writer thread",
                         detail: e.to_string(),
                     })?;
-                Reader::Sqlite(Arc::new(Mutex::new(r)))
+                Reader::Sqlite(SqliteReaders {
+                    point: Arc::new(Mutex::new(r)),
+                    bulk: Arc::new(Mutex::new(b)),
+                })
             }
             Location::Postgres(url) => {
                 let target = postgres::PgTarget {
@@ -239,12 +255,27 @@ impl Store {
         rx.await.map_err(|_| gone())?
     }
 
-    /// SQLite reads are a few microseconds: done in place (a `spawn_blocking` hop cost more
-    /// than the query in the sign benchmark). WAL readers never wait for the writer.
+    /// SQLite point reads are a few microseconds: done in place (a `spawn_blocking` hop cost
+    /// more than the query in the sign benchmark). WAL readers never wait for the writer.
     async fn read_sqlite<T: Send + 'static>(
-        conn: &Arc<Mutex<Connection>>,
+        readers: &SqliteReaders,
         f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        Self::locked(&readers.point, f)
+    }
+
+    /// Reads whose cost grows with the inventory: see [`SqliteReaders`].
+    async fn read_sqlite_bulk<T: Send + 'static>(
+        readers: &SqliteReaders,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let conn = readers.bulk.clone();
+        tokio::task::spawn_blocking(move || Self::locked(&conn, f))
+            .await
+            .map_err(blocking_failed)?
+    }
+
+    fn locked<T>(conn: &Mutex<Connection>, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let guard = conn.lock().map_err(|_| Error::Unavailable {
             context: "read",
             detail: "reader lock poisoned".into(),
@@ -355,7 +386,7 @@ impl Store {
         match &self.inner.reader {
             Reader::Sqlite(c) => {
                 let filter = filter.clone();
-                Self::read_sqlite(c, move |c| sqlite::list(c, &filter, now)).await
+                Self::read_sqlite_bulk(c, move |c| sqlite::list(c, &filter, now)).await
             }
             Reader::Postgres(r) => r.list(filter, now).await,
         }
@@ -396,7 +427,7 @@ impl Store {
         match &self.inner.reader {
             Reader::Sqlite(c) => {
                 let k = issuer_key.to_string();
-                Self::read_sqlite(c, move |c| sqlite::revoked_entries(c, &k)).await
+                Self::read_sqlite_bulk(c, move |c| sqlite::revoked_entries(c, &k)).await
             }
             Reader::Postgres(r) => r.revoked_entries(issuer_key).await,
         }
@@ -416,7 +447,7 @@ impl Store {
     /// The most recent audit entries, newest first.
     pub async fn audit(&self, limit: u32) -> Result<Vec<AuditEntry>> {
         match &self.inner.reader {
-            Reader::Sqlite(c) => Self::read_sqlite(c, move |c| sqlite::audit(c, limit)).await,
+            Reader::Sqlite(c) => Self::read_sqlite_bulk(c, move |c| sqlite::audit(c, limit)).await,
             Reader::Postgres(r) => r.audit(limit).await,
         }
     }
