@@ -503,7 +503,7 @@ impl Authority {
         serial: Option<&str>,
         reason: Option<&str>,
         now: OffsetDateTime,
-    ) -> Result<CertificateRecord, ApiError> {
+    ) -> Result<mtls_store::Revocation, ApiError> {
         let reason = reason
             .map(RevocationReason::from_str)
             .transpose()
@@ -524,7 +524,7 @@ impl Authority {
         };
         let serial = Serial::from_str(&target)
             .map_err(|e| ApiError::bad_request("INVALID_REQUEST", e.to_string()))?;
-        let record = self
+        let revocation = self
             .store
             .revoke(&serial, Some(&self.issuer_key), reason, &actor, now)
             .await
@@ -533,7 +533,7 @@ impl Authority {
         if let Ok(head) = self.store.revocation_epoch().await {
             self.feed_head.send_if_modified(|h| advance(h, head));
         }
-        Ok(record)
+        Ok(revocation)
     }
 
     /// `GET /v1/revocations`: revocations after `after`, waiting up to `wait` (at most

@@ -202,10 +202,12 @@ async fn revoke(
     .await;
     count(&ca, &r);
     match r {
-        Ok(rec) => {
-            ca.metrics.inc(&ca.metrics.revoked);
-            tracing::info!(serial = %rec.serial, "revoked");
-            Json(rec).into_response()
+        Ok(rev) => {
+            for serial in std::iter::once(&rev.record.serial).chain(&rev.also_revoked) {
+                ca.metrics.inc(&ca.metrics.revoked);
+                tracing::info!(%serial, "revoked");
+            }
+            Json(rev).into_response()
         }
         Err(e) => e.into_response(),
     }

@@ -109,11 +109,16 @@ pub fn revoke(pki: &Path, a: RevokeArgs) -> Result<ExitCode> {
         .map_err(|e| UsageError(e.to_string()))?;
     let dir = PkiDir::new(pki);
     let mut inventory = dir.open_inventory()?;
-    let rec = inventory.revoke(&serial, reason, "cli", now())?;
+    let rev = inventory.revoke(&serial, reason, "cli", now())?;
+    let renewals: String = rev
+        .also_revoked
+        .iter()
+        .map(|s| format!("Revoked {s} too: same renewal lineage as the compromised key\n"))
+        .collect();
     out(&format!(
-        "Revoked {} ({}){}\nRun `mtls crl` to publish a new CRL.\n",
-        rec.serial,
-        rec.subject,
+        "Revoked {} ({}){}\n{renewals}Run `mtls crl` to publish a new CRL.\n",
+        rev.record.serial,
+        rev.record.subject,
         reason.map(|r| format!(", reason {r}")).unwrap_or_default()
     ))?;
     Ok(ExitCode::SUCCESS)

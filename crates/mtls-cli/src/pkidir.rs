@@ -192,7 +192,7 @@ impl Inventory {
         reason: Option<RevocationReason>,
         actor: &str,
         now: OffsetDateTime,
-    ) -> Result<CertificateRecord> {
+    ) -> Result<mtls_store::Revocation> {
         Ok(self
             .rt
             .block_on(self.store.revoke(serial, None, reason, actor, now))?)

@@ -260,6 +260,13 @@ fn lifecycle(database: Option<&str>) {
     ]);
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"status\":\"revoked\""), "{body}");
+    // The renewal kept the key: the certificate it renewed carries the compromised key too.
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        answer["also_revoked"],
+        serde_json::json!([old_serial.to_lowercase()]),
+        "{body}"
+    );
 
     // OCSP: revoked, with the reason (mtls verify --ocsp and openssl).
     verify_ocsp(&[]).fails(1, "(revoked)");
@@ -342,7 +349,7 @@ fn lifecycle(database: Option<&str>) {
     assert_eq!(status, 200);
     assert!(metrics.contains("mtls_ca_enrolled_total 1"), "{metrics}");
     assert!(metrics.contains("mtls_ca_renewed_total 1"), "{metrics}");
-    assert!(metrics.contains("mtls_ca_revoked_total 1"), "{metrics}");
+    assert!(metrics.contains("mtls_ca_revoked_total 2"), "{metrics}");
     let families = common::assert_prometheus_text(&metrics);
     assert!(
         families.contains(&"mtls_ca_enrolled counter".to_string()),

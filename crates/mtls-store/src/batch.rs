@@ -9,7 +9,7 @@ use mtls_pki::Serial;
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
-use crate::{CertificateRecord, CertificateToRecord, Error, IssueKind, NewToken, Result};
+use crate::{CertificateToRecord, Error, IssueKind, NewToken, Result};
 
 /// Most operations committed together; bounds the latency one batch adds.
 pub(crate) const MAX_BATCH: usize = 256;
@@ -54,7 +54,7 @@ pub(crate) enum WriteOp {
 #[derive(Debug)]
 pub(crate) enum WriteResult {
     Done,
-    Record(Box<CertificateRecord>),
+    Revoked(Box<crate::Revocation>),
     Number(u64),
     Crl(u64, Vec<mtls_pki::revocation::RevokedEntry>),
 }
@@ -97,9 +97,9 @@ impl WriteResult {
     pub(crate) fn into_unit(self) -> Result<()> {
         Ok(())
     }
-    pub(crate) fn into_record(self) -> Result<CertificateRecord> {
+    pub(crate) fn into_revocation(self) -> Result<crate::Revocation> {
         match self {
-            WriteResult::Record(r) => Ok(*r),
+            WriteResult::Revoked(r) => Ok(*r),
             other => Err(Error::Corrupt(format!("unexpected write result {other:?}"))),
         }
     }

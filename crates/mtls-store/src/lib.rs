@@ -341,6 +341,41 @@ pub(crate) fn sans_from_json(s: &str) -> Result<Vec<String>> {
     serde_json::from_str(s).map_err(|e| Error::Corrupt(e.to_string()))
 }
 
+/// What a revocation changed.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Revocation {
+    /// The certificate revoked, as it is now.
+    #[serde(flatten)]
+    pub record: CertificateRecord,
+    /// Serials revoked with it. A revocation for `keyCompromise` reaches the certificates it
+    /// renews that carry the same key (a renewal without `--rotate-key`), up to the first
+    /// with another key, and every certificate renewed from any of them, directly or through
+    /// other renewals: a renewal with a new key was still asked for with the compromised one.
+    /// Other reasons (a superseded certificate) revoke only the certificate named.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub also_revoked: Vec<String>,
+}
+
+/// The SubjectPublicKeyInfo of a stored certificate (`None` when it does not parse: a row
+/// restored from a CRL entry has no certificate).
+pub(crate) fn spki_of(pem: &str) -> Option<Vec<u8>> {
+    let der = mtls_pki::pem_io::certificates(pem.as_bytes()).ok()?;
+    let cert = mtls_pki::pem_io::parse_certificate(der.first()?).ok()?;
+    Some(cert.tbs_certificate.subject_pki.raw.to_vec())
+}
+
+/// Most certificates one revocation follows through renewals (a bound on a corrupt lineage;
+/// a certificate renewed daily for 27 years stays under it).
+pub(crate) const MAX_RENEWAL_LINEAGE: usize = 10_000;
+
+/// The audit detail of a certificate revoked with `root` because of their renewal lineage.
+pub(crate) fn lineage_revocation_detail(reason: Option<&str>, root: &str) -> String {
+    format!(
+        "{} (renewal lineage of {root})",
+        reason.unwrap_or("unspecified")
+    )
+}
+
 pub(crate) fn audit_detail_issue(kind: &IssueKind, cert: &NewCertificate<'_>) -> (String, String) {
     match kind {
         IssueKind::Direct => ("issue".into(), format!("{} {}", cert.profile, cert.subject)),

@@ -81,6 +81,9 @@ INSERT INTO revocation_epoch (id, epoch) VALUES (1, 0) ON CONFLICT DO NOTHING;
 ALTER TABLE certificates ADD COLUMN IF NOT EXISTS revocation_seq BIGINT;
 CREATE INDEX IF NOT EXISTS certificates_revocation_seq ON certificates(revocation_seq)
     WHERE revocation_seq IS NOT NULL;
+-- The certificate a renewal renewed: a key-compromise revocation follows it.
+ALTER TABLE certificates ADD COLUMN IF NOT EXISTS renews TEXT;
+CREATE INDEX IF NOT EXISTS certificates_renews ON certificates(renews) WHERE renews IS NOT NULL;
 ";
 
 const COLUMNS: &str = "serial, issuer_key, subject, sans, profile, not_before, not_after, fingerprint, pem, issued_at, revoked_at, revocation_reason";
@@ -584,6 +587,33 @@ async fn revoke(
         return Err(refused(Error::AlreadyRevoked { serial: s, at }));
     }
     let reason_s = reason.map(|r| r.to_string());
+    let detail = reason_s.clone().unwrap_or_default();
+    mark_revoked(c, &s, reason_s.as_deref(), actor, &detail, now).await?;
+    let also_revoked = if reason == Some(RevocationReason::KeyCompromise) {
+        revoke_lineage(c, &s, &current.pem, reason_s.as_deref(), actor, now).await?
+    } else {
+        Vec::new()
+    };
+    let mut rec = current;
+    rec.revoked_at = Some(now);
+    rec.revocation_reason = reason_s;
+    rec.status = crate::Status::Revoked;
+    Ok(WriteResult::Revoked(Box::new(crate::Revocation {
+        record: rec,
+        also_revoked,
+    })))
+}
+
+/// Marks `serial` (locked by the caller) revoked with the next feed sequence number, and
+/// audits it.
+async fn mark_revoked(
+    c: &Conn,
+    serial: &str,
+    reason: Option<&str>,
+    actor: &str,
+    detail: &str,
+    now: OffsetDateTime,
+) -> std::result::Result<(), OpError> {
     // The epoch first: its row lock orders concurrent revocations of every instance, so the
     // sequence number it yields commits in order (the feed never skips a late commit).
     let epoch = q(
@@ -603,23 +633,83 @@ async fn revoke(
         "revoke",
         "UPDATE certificates SET revoked_at = $1, revocation_reason = $2, revocation_seq = $3
          WHERE serial = $4",
-        &[&ts(now), &reason_s, &seq, &s],
+        &[&ts(now), &reason, &seq, &serial],
     )
     .await?;
-    audit_insert(
-        c,
-        now,
-        "revoke",
-        Some(&s),
-        actor,
-        reason_s.as_deref().unwrap_or(""),
-    )
-    .await?;
-    let mut rec = current;
-    rec.revoked_at = Some(now);
-    rec.revocation_reason = reason_s;
-    rec.status = crate::Status::Revoked;
-    Ok(WriteResult::Record(Box::new(rec)))
+    audit_insert(c, now, "revoke", Some(serial), actor, detail).await
+}
+
+/// See [`crate::Revocation::also_revoked`]: `serial` is revoked (and locked) already. Each
+/// row is locked FOR UPDATE before it is read: a renewal of it in flight on another instance
+/// (which holds it FOR SHARE) commits first and is found, or waits and is then refused as the
+/// renewal of a revoked certificate.
+async fn revoke_lineage(
+    c: &Conn,
+    serial: &str,
+    pem: &str,
+    reason: Option<&str>,
+    actor: &str,
+    now: OffsetDateTime,
+) -> std::result::Result<Vec<String>, OpError> {
+    let corrupt = |e: tokio_postgres::Error| OpError::Refused(Error::Corrupt(e.to_string()));
+    let detail = crate::lineage_revocation_detail(reason, serial);
+    let mut revoked = Vec::new();
+    // Up: the certificates it renews with the same key.
+    let key = crate::spki_of(pem);
+    let mut top = serial.to_string();
+    for _ in 0..crate::MAX_RENEWAL_LINEAGE {
+        let rows = q(
+            c,
+            "find the renewed certificate",
+            "SELECT p.serial, p.pem, p.revoked_at FROM certificates c
+             JOIN certificates p ON p.serial = c.renews WHERE c.serial = $1 FOR UPDATE OF p",
+            &[&top],
+        )
+        .await?;
+        let Some(row) = rows.first() else {
+            break;
+        };
+        let parent: String = row.try_get(0).map_err(corrupt)?;
+        let parent_pem: String = row.try_get(1).map_err(corrupt)?;
+        let revoked_at: Option<i64> = row.try_get(2).map_err(corrupt)?;
+        if key.is_none() || crate::spki_of(&parent_pem) != key {
+            break;
+        }
+        if revoked_at.is_none() {
+            mark_revoked(c, &parent, reason, actor, &detail, now).await?;
+            revoked.push(parent.clone());
+        }
+        top = parent;
+    }
+    // Down: everything renewed from the top one, directly or through other renewals.
+    let mut frontier = vec![top];
+    let mut visited = 0usize;
+    while let Some(parent) = frontier.pop() {
+        visited += 1;
+        if visited > crate::MAX_RENEWAL_LINEAGE {
+            return Err(OpError::Refused(Error::Corrupt(format!(
+                "more than {} renewals descend from {serial}",
+                crate::MAX_RENEWAL_LINEAGE
+            ))));
+        }
+        let rows = q(
+            c,
+            "find renewals",
+            "SELECT serial, revoked_at FROM certificates WHERE renews = $1 FOR UPDATE",
+            &[&parent],
+        )
+        .await?;
+        for row in rows {
+            let child: String = row.try_get(0).map_err(corrupt)?;
+            let revoked_at: Option<i64> = row.try_get(1).map_err(corrupt)?;
+            if revoked_at.is_none() {
+                mark_revoked(c, &child, reason, actor, &detail, now).await?;
+                revoked.push(child.clone());
+            }
+            frontier.push(child);
+        }
+    }
+    Ok(revoked)
 }
 
 async fn create_token(
@@ -959,8 +1049,8 @@ WITH tok AS (
     SELECT serial FROM certificates WHERE serial = $15 AND revoked_at IS NULL FOR SHARE
 ), cert AS (
     INSERT INTO certificates (serial, issuer_key, subject, sans, profile, not_before, not_after,
-                              fingerprint, pem, issued_at)
-    SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10
+                              fingerprint, pem, issued_at, renews)
+    SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $15
     WHERE ($11::text IS NULL OR EXISTS (SELECT 1 FROM tok))
       AND ($15::text IS NULL OR EXISTS (SELECT 1 FROM prev))
     ON CONFLICT DO NOTHING

@@ -12,7 +12,8 @@ use time::OffsetDateTime;
 use crate::batch::{fail_all, unavailable_all, Job, WriteOp, WriteResult, MAX_BATCH};
 use crate::{
     audit_detail_issue, from_ts, sans_from_json, sans_json, ts, AuditEntry, CertificateRecord,
-    Error, IssueKind, ListFilter, NewCertificate, NewToken, Result, RevocationEvent, TokenRecord,
+    Error, IssueKind, ListFilter, NewCertificate, NewToken, Result, Revocation, RevocationEvent,
+    TokenRecord,
 };
 
 fn db(context: &'static str) -> impl FnOnce(rusqlite::Error) -> Error {
@@ -122,9 +123,19 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     if has_seq == 0 {
         conn.execute_batch("ALTER TABLE certificates ADD COLUMN revocation_seq INTEGER;")?;
     }
+    let has_renews: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('certificates') WHERE name = 'renews'",
+        [],
+        |r| r.get(0),
+    )?;
+    if has_renews == 0 {
+        conn.execute_batch("ALTER TABLE certificates ADD COLUMN renews TEXT;")?;
+    }
     conn.execute_batch(
         "CREATE INDEX IF NOT EXISTS certificates_revocation_seq ON certificates(revocation_seq)
-             WHERE revocation_seq IS NOT NULL;",
+             WHERE revocation_seq IS NOT NULL;
+         CREATE INDEX IF NOT EXISTS certificates_renews ON certificates(renews)
+             WHERE renews IS NOT NULL;",
     )
 }
 
@@ -328,6 +339,10 @@ fn issue(
 ) -> Result<()> {
     let serial = cert.serial.to_string();
     let sans = sans_json(cert.sans)?;
+    let renews = match kind {
+        IssueKind::Renewal { previous } => Some(previous.to_string()),
+        _ => None,
+    };
     match kind {
         IssueKind::Enrollment { token_id } => consume_token(conn, token_id, &serial, now)?,
         IssueKind::Renewal { previous } => {
@@ -347,8 +362,8 @@ fn issue(
     let inserted = conn
         .prepare_cached(
             "INSERT INTO certificates (serial, issuer_key, subject, sans, profile, not_before, not_after,
-                                       fingerprint, pem, issued_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                                       fingerprint, pem, issued_at, renews)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         )
         .and_then(|mut s| {
             s.execute(params![
@@ -361,7 +376,8 @@ fn issue(
                 ts(cert.not_after),
                 cert.fingerprint,
                 cert.pem,
-                ts(now)
+                ts(now),
+                renews
             ])
         });
     match inserted {
@@ -412,7 +428,7 @@ fn revoke(
     reason: Option<RevocationReason>,
     actor: &str,
     now: OffsetDateTime,
-) -> Result<CertificateRecord> {
+) -> Result<Revocation> {
     let s = serial.to_string();
     let current: Option<(Option<i64>, String)> = conn
         .query_row(
@@ -436,6 +452,95 @@ fn revoke(
         Some((None, _)) => {}
     }
     let reason_s = reason.map(|r| r.to_string());
+    let detail = reason_s.clone().unwrap_or_default();
+    mark_revoked(conn, &s, reason_s.as_deref(), actor, &detail, now)?;
+    let record = get(conn, serial, now)?.ok_or(Error::UnknownSerial(s.clone()))?;
+    let also_revoked = if reason == Some(RevocationReason::KeyCompromise) {
+        revoke_lineage(conn, &s, &record.pem, reason_s.as_deref(), actor, now)?
+    } else {
+        Vec::new()
+    };
+    Ok(Revocation {
+        record,
+        also_revoked,
+    })
+}
+
+/// See [`crate::Revocation::also_revoked`]: `serial` is revoked already.
+fn revoke_lineage(
+    conn: &Connection,
+    serial: &str,
+    pem: &str,
+    reason: Option<&str>,
+    actor: &str,
+    now: OffsetDateTime,
+) -> Result<Vec<String>> {
+    let detail = crate::lineage_revocation_detail(reason, serial);
+    let mut revoked = Vec::new();
+    // Up: the certificates it renews with the same key.
+    let key = crate::spki_of(pem);
+    let mut top = serial.to_string();
+    for _ in 0..crate::MAX_RENEWAL_LINEAGE {
+        let parent: Option<(String, String, Option<i64>)> = conn
+            .prepare_cached(
+                "SELECT p.serial, p.pem, p.revoked_at FROM certificates c
+                 JOIN certificates p ON p.serial = c.renews WHERE c.serial = ?1",
+            )
+            .and_then(|mut st| {
+                st.query_row(params![top], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .optional()
+            })
+            .map_err(db("find the renewed certificate"))?;
+        let Some((parent, parent_pem, revoked_at)) = parent else {
+            break;
+        };
+        if key.is_none() || crate::spki_of(&parent_pem) != key {
+            break;
+        }
+        if revoked_at.is_none() {
+            mark_revoked(conn, &parent, reason, actor, &detail, now)?;
+            revoked.push(parent.clone());
+        }
+        top = parent;
+    }
+    // Down: everything renewed from the top one, directly or through other renewals.
+    let mut frontier = vec![top];
+    let mut visited = 0usize;
+    while let Some(parent) = frontier.pop() {
+        visited += 1;
+        if visited > crate::MAX_RENEWAL_LINEAGE {
+            return Err(Error::Corrupt(format!(
+                "more than {} renewals descend from {serial}",
+                crate::MAX_RENEWAL_LINEAGE
+            )));
+        }
+        let children: Vec<(String, Option<i64>)> = conn
+            .prepare_cached("SELECT serial, revoked_at FROM certificates WHERE renews = ?1")
+            .and_then(|mut st| {
+                st.query_map(params![parent], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect()
+            })
+            .map_err(db("find renewals"))?;
+        for (child, revoked_at) in children {
+            if revoked_at.is_none() {
+                mark_revoked(conn, &child, reason, actor, &detail, now)?;
+                revoked.push(child.clone());
+            }
+            frontier.push(child);
+        }
+    }
+    Ok(revoked)
+}
+
+/// Marks `serial` revoked with the next feed sequence number, and audits it.
+fn mark_revoked(
+    conn: &Connection,
+    serial: &str,
+    reason: Option<&str>,
+    actor: &str,
+    detail: &str,
+    now: OffsetDateTime,
+) -> Result<()> {
     conn.execute(
         "UPDATE revocation_epoch SET epoch = epoch + 1 WHERE id = 1",
         [],
@@ -446,18 +551,10 @@ fn revoke(
     conn.execute(
         "UPDATE certificates SET revoked_at = ?1, revocation_reason = ?2, revocation_seq = ?3
          WHERE serial = ?4",
-        params![ts(now), reason_s, seq, s],
+        params![ts(now), reason, seq, serial],
     )
     .map_err(db("revoke"))?;
-    insert_audit(
-        conn,
-        now,
-        "revoke",
-        Some(&s),
-        actor,
-        reason_s.as_deref().unwrap_or(""),
-    )?;
-    get(conn, serial, now)?.ok_or(Error::UnknownSerial(s))
+    insert_audit(conn, now, "revoke", Some(serial), actor, detail)
 }
 
 fn create_token(conn: &Connection, t: &NewToken, now: OffsetDateTime) -> Result<()> {
@@ -627,7 +724,7 @@ fn apply(conn: &Connection, op: &WriteOp, now: OffsetDateTime) -> Result<WriteRe
             reason,
             actor,
         } => revoke(conn, serial, issuer_key.as_deref(), *reason, actor, now)
-            .map(|r| WriteResult::Record(Box::new(r))),
+            .map(|r| WriteResult::Revoked(Box::new(r))),
         WriteOp::CreateToken { token } => {
             create_token(conn, token, now).map(|()| WriteResult::Done)
         }
@@ -807,7 +904,7 @@ mod tests {
             .revoke(&s1, None, Some(RevocationReason::KeyCompromise), "t", now)
             .await
             .unwrap();
-        assert_eq!(r.status, Status::Revoked);
+        assert_eq!(r.record.status, Status::Revoked);
         assert!(matches!(
             inv.revoke(&s1, None, None, "t", now).await,
             Err(Error::AlreadyRevoked { .. })

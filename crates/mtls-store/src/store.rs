@@ -300,7 +300,8 @@ impl Store {
         self.write(op, now).await?.into_unit()
     }
 
-    /// Revokes a certificate; with `issuer_key`, only one issued by that CA key.
+    /// Revokes a certificate; with `issuer_key`, only one issued by that CA key. For
+    /// `keyCompromise`, the certificates renewed from it too (see [`crate::Revocation`]).
     pub async fn revoke(
         &self,
         serial: &Serial,
@@ -308,14 +309,14 @@ impl Store {
         reason: Option<RevocationReason>,
         actor: &str,
         now: OffsetDateTime,
-    ) -> Result<CertificateRecord> {
+    ) -> Result<crate::Revocation> {
         let op = WriteOp::Revoke {
             serial: serial.clone(),
             issuer_key: issuer_key.map(str::to_string),
             reason,
             actor: actor.to_string(),
         };
-        let record = self.write(op, now).await?.into_record()?;
+        let revocation = self.write(op, now).await?.into_revocation()?;
         if let Some(ledger) = &self.ledger {
             // The revocation is committed: a ledger that cannot follow must not make it look
             // failed (a retry would meet "already revoked"). It only weakens restore detection.
@@ -327,7 +328,7 @@ impl Store {
                 tracing::warn!(serial = %serial, error = %e, "revoked, but the CA ledger was not updated");
             }
         }
-        Ok(record)
+        Ok(revocation)
     }
 
     /// Stores a new enrollment token (its secret only as a hash).

@@ -4,7 +4,7 @@
 
 use mtls_pki::revocation::RevocationReason;
 use mtls_pki::Serial;
-use mtls_store::{CertificateToRecord, Error, IssueKind, ListFilter, Location, Store};
+use mtls_store::{CertificateToRecord, Error, IssueKind, ListFilter, Location, Status, Store};
 use time::OffsetDateTime;
 
 fn cert(subject: &str) -> CertificateToRecord {
@@ -130,6 +130,209 @@ async fn renewal_of_a_revoked_certificate_is_refused_on_postgres() {
         mtls_test_util::fresh_postgres_database(),
     ))
     .await;
+}
+
+/// A key-compromise revocation reaches every certificate renewed from the compromised one
+/// (a chain a → b → c, and a second renewal of a), each with a feed sequence number and an
+/// audit entry, but not an unrelated certificate or one already revoked; any other reason
+/// revokes only the certificate named.
+async fn key_compromise_reaches_renewals(location: Location) {
+    let store = Store::open(&location).await.unwrap();
+    let now = OffsetDateTime::UNIX_EPOCH + time::Duration::days(1);
+    let renew = |c: &CertificateToRecord| IssueKind::Renewal {
+        previous: c.serial.clone(),
+    };
+    let record = |c: &CertificateToRecord, kind| {
+        let store = store.clone();
+        let c = c.clone();
+        async move { store.record_issued(c, kind, "test", now).await.unwrap() }
+    };
+    let (a, b, c, a2, done, other) = (
+        cert("CN=a"),
+        cert("CN=a"),
+        cert("CN=a"),
+        cert("CN=a"),
+        cert("CN=a"),
+        cert("CN=o"),
+    );
+    record(&a, IssueKind::Direct).await;
+    record(&b, renew(&a)).await;
+    record(&c, renew(&b)).await;
+    record(&a2, renew(&a)).await;
+    record(&done, renew(&c)).await;
+    record(&other, IssueKind::Direct).await;
+    store
+        .revoke(
+            &done.serial,
+            None,
+            Some(RevocationReason::Superseded),
+            "t",
+            now,
+        )
+        .await
+        .unwrap();
+    // Another reason: only the certificate named.
+    let superseded = store
+        .revoke(
+            &b.serial,
+            None,
+            Some(RevocationReason::Superseded),
+            "t",
+            now,
+        )
+        .await
+        .unwrap();
+    assert!(superseded.also_revoked.is_empty());
+    let status = |s: &CertificateToRecord| {
+        let store = store.clone();
+        let serial = s.serial.clone();
+        async move { store.get(&serial, now).await.unwrap().unwrap().status }
+    };
+    assert_eq!(status(&c).await, Status::Valid);
+    let compromised = store
+        .revoke(
+            &a.serial,
+            None,
+            Some(RevocationReason::KeyCompromise),
+            "admin",
+            now,
+        )
+        .await
+        .unwrap();
+    let mut got = compromised.also_revoked.clone();
+    got.sort();
+    let mut want = vec![c.serial.to_string(), a2.serial.to_string()];
+    want.sort();
+    assert_eq!(got, want, "b and done were revoked before");
+    for s in [&a, &b, &c, &a2, &done] {
+        assert_eq!(status(s).await, Status::Revoked);
+    }
+    assert_eq!(status(&other).await, Status::Valid);
+    let feed = store.revocations_after(0, 100).await.unwrap();
+    assert_eq!(
+        feed.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5],
+        "one sequence number each"
+    );
+    let c_entry = feed.iter().find(|e| e.entry.serial == c.serial).unwrap();
+    assert_eq!(c_entry.entry.reason, Some(RevocationReason::KeyCompromise));
+    let audit = store.audit(20).await.unwrap();
+    let c_audit = audit
+        .iter()
+        .find(|e| e.action == "revoke" && e.serial.as_deref() == Some(&c.serial.to_string()))
+        .unwrap();
+    assert_eq!(c_audit.actor, "admin");
+    assert!(
+        c_audit
+            .detail
+            .contains(&format!("renewal lineage of {}", a.serial)),
+        "{}",
+        c_audit.detail
+    );
+}
+
+/// A record of a real certificate for `key` (the lineage walk compares keys).
+fn real(pki: &mtls_test_util::TestPki, key: &mtls_pki::PrivateKey) -> CertificateToRecord {
+    use mtls_pki::issue::{issue_leaf, LeafRequest, Profile};
+    let now = OffsetDateTime::now_utc();
+    let req = LeafRequest {
+        profile: Profile::Client,
+        subject: mtls_pki::Subject::cn("svc"),
+        sans: vec![],
+        lifetime: time::Duration::days(30),
+        urls: Default::default(),
+    };
+    let issued = issue_leaf(&pki.intermediate, key.key_pair(), &req, now).unwrap();
+    CertificateToRecord {
+        fingerprint: issued.serial.to_string(),
+        serial: issued.serial.clone(),
+        issuer_key: "ik".into(),
+        subject: "CN=svc".into(),
+        sans: vec![],
+        profile: "client".into(),
+        not_before: issued.not_before,
+        not_after: issued.not_after,
+        pem: issued.pem(),
+    }
+}
+
+/// Revoking a renewal for key compromise also revokes the certificates it renews with the
+/// same key, and everything renewed from the first of those; a certificate further up with
+/// another key stays valid. Lineage: g (key 0) → p (key 1) → t (key 1) → d (key 2), and
+/// p → s (key 1); t is compromised.
+async fn key_compromise_reaches_same_key_ancestors(location: Location) {
+    use mtls_pki::{KeyAlgorithm, PrivateKey};
+    let store = Store::open(&location).await.unwrap();
+    let now = OffsetDateTime::now_utc();
+    let pki = mtls_test_util::TestPki::new("lineage");
+    let keys: Vec<PrivateKey> = (0..3)
+        .map(|_| PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap())
+        .collect();
+    let (g, p, t, d, s) = (
+        real(&pki, &keys[0]),
+        real(&pki, &keys[1]),
+        real(&pki, &keys[1]),
+        real(&pki, &keys[2]),
+        real(&pki, &keys[1]),
+    );
+    let renew = |c: &CertificateToRecord| IssueKind::Renewal {
+        previous: c.serial.clone(),
+    };
+    for (c, kind) in [
+        (&g, IssueKind::Direct),
+        (&p, renew(&g)),
+        (&t, renew(&p)),
+        (&d, renew(&t)),
+        (&s, renew(&p)),
+    ] {
+        store
+            .record_issued(c.clone(), kind, "test", now)
+            .await
+            .unwrap();
+    }
+    let r = store
+        .revoke(
+            &t.serial,
+            None,
+            Some(RevocationReason::KeyCompromise),
+            "t",
+            now,
+        )
+        .await
+        .unwrap();
+    let mut got = r.also_revoked.clone();
+    got.sort();
+    let mut want: Vec<String> = [&p, &d, &s].iter().map(|c| c.serial.to_string()).collect();
+    want.sort();
+    assert_eq!(got, want);
+    let g_now = store.get(&g.serial, now).await.unwrap().unwrap();
+    assert_eq!(g_now.status, Status::Valid, "another key further up");
+}
+
+#[tokio::test]
+async fn key_compromise_reaches_same_key_ancestors_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    key_compromise_reaches_same_key_ancestors(Location::Sqlite(dir.path().join("inv.db"))).await;
+}
+
+#[tokio::test]
+async fn key_compromise_reaches_same_key_ancestors_on_postgres() {
+    key_compromise_reaches_same_key_ancestors(Location::Postgres(
+        mtls_test_util::fresh_postgres_database(),
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn key_compromise_reaches_renewals_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    key_compromise_reaches_renewals(Location::Sqlite(dir.path().join("inv.db"))).await;
+}
+
+#[tokio::test]
+async fn key_compromise_reaches_renewals_on_postgres() {
+    key_compromise_reaches_renewals(Location::Postgres(mtls_test_util::fresh_postgres_database()))
+        .await;
 }
 
 /// Two CA instances on one PostgreSQL database revoking at the same time: the feed's sequence
