@@ -116,7 +116,7 @@ pub async fn fetch_due(
             set.install(
                 &url,
                 crl,
-                summary.number,
+                summary.version,
                 refresh_at(now, summary.next_update),
             )
             .map_err(Error::Protocol)

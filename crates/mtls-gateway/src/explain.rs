@@ -110,14 +110,28 @@ pub async fn explain(
     now: OffsetDateTime,
 ) -> Result<Explanation, Error> {
     let sources = crate::revocation::Sources::build(l).await?;
-    let mut state = ListenerState::load(l, cfg.limits.upstream_timeout, 1, now, &sources.sources)?;
+    let mut state = ListenerState::load(
+        l,
+        cfg.limits.upstream_timeout,
+        1,
+        now,
+        &sources.sources,
+        None,
+    )?;
     if let Some(fetched) = &sources.sources.fetched {
         // The running gateway fetches the CRLs its clients' certificates name in the
         // background; explain does it once, now (bounded), and decides with them.
         let _ = state.trust().identify(Some(chain), now);
         let round = mtls_client::crl::fetch_due(fetched, &l.client_ca, now, &|_| {});
         if let Ok(Some(true)) = tokio::time::timeout(EXPLAIN_FETCH_LIMIT, round).await {
-            state = ListenerState::load(l, cfg.limits.upstream_timeout, 2, now, &sources.sources)?;
+            state = ListenerState::load(
+                l,
+                cfg.limits.upstream_timeout,
+                2,
+                now,
+                &sources.sources,
+                None,
+            )?;
         }
     }
     let mut checks: Vec<Check> = Vec::new();

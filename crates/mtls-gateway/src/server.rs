@@ -111,7 +111,8 @@ pub async fn start(config: GatewayConfig, config_path: Option<PathBuf>) -> Resul
             ocsp_stats,
             ..
         } = sources;
-        let state = ListenerState::load(cfg, config.limits.upstream_timeout, 1, now, &sources)?;
+        let state =
+            ListenerState::load(cfg, config.limits.upstream_timeout, 1, now, &sources, None)?;
         let (listener, bound) = bind(cfg.listen).await?;
         addrs.push(bound);
         shared_all.push(Arc::new(Shared {
@@ -650,6 +651,7 @@ impl Reload for GatewayReload {
                     generation,
                     now,
                     &s.sources,
+                    Some(&s.state.load()),
                 )
             })
             .collect::<Result<Vec<_>, _>>()

@@ -114,13 +114,15 @@ pub struct ListenerState {
 }
 
 impl ListenerState {
-    /// Loads and validates everything a listener needs.
+    /// Loads and validates everything a listener needs; after `previous` (a reload), CRLs
+    /// older than the ones it uses are refused.
     pub fn load(
         cfg: &ListenerConfig,
         upstream_timeout: std::time::Duration,
         generation: u64,
         now: OffsetDateTime,
         sources: &mtls_verify::RevocationSources,
+        previous: Option<&ListenerState>,
     ) -> Result<Self, Error> {
         for c in &cfg.certificates {
             let encrypted = std::fs::read(&c.key).is_ok_and(|k| mtls_pki::key::is_encrypted(&k));
@@ -132,13 +134,15 @@ impl ListenerState {
                 )));
             }
         }
-        let server = cfg
-            .server_files()
-            .load_with(generation, now, sources)
-            .map_err(|source| Error::Listener {
-                listener: cfg.name.clone(),
-                source,
-            })?;
+        let files = cfg.server_files();
+        let server = match previous {
+            Some(p) => files.load_after(&p.server, generation, now, sources),
+            None => files.load_with(generation, now, sources),
+        }
+        .map_err(|source| Error::Listener {
+            listener: cfg.name.clone(),
+            source,
+        })?;
         let mut routes: Vec<(String, Policy)> = cfg
             .routes
             .iter()
@@ -208,8 +212,74 @@ pub fn is_canonical_path(path: &str) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
-    use super::is_canonical_path;
+    use super::{is_canonical_path, ListenerState};
+
+    /// A listener's reload refuses a CRL file replaced by an older CRL (a replay): the load
+    /// after the current state fails and says why; a newer CRL loads.
+    #[test]
+    fn reload_refuses_an_older_crl() {
+        use mtls_pki::pem_io::encode;
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let pki = mtls_test_util::TestPki::new("gw-rollback");
+        let server = pki.server(&["localhost"]);
+        let write = |name: &str, data: &[u8]| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, data).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        };
+        let (inter, root) = (pki.intermediate_der(), pki.root_der());
+        write(
+            "s.pem",
+            format!(
+                "{}{}",
+                encode("CERTIFICATE", &server.cert.der),
+                encode("CERTIFICATE", &inter)
+            )
+            .as_bytes(),
+        );
+        write("s.key", server.key.to_pem().as_bytes());
+        write(
+            "ca.pem",
+            format!(
+                "{}{}",
+                encode("CERTIFICATE", &inter),
+                encode("CERTIFICATE", &root)
+            )
+            .as_bytes(),
+        );
+        let now = time::OffsetDateTime::now_utc();
+        let crl = |n: u64| {
+            let der = mtls_pki::revocation::build_crl(
+                &pki.intermediate,
+                n,
+                now,
+                time::Duration::days(1),
+                &[],
+            )
+            .unwrap();
+            encode("X509 CRL", &der)
+        };
+        write("crl.pem", crl(5).as_bytes());
+        write(
+            "gw.toml",
+            b"[[listener]]\nlisten = \"127.0.0.1:0\"\nupstream = \"http://127.0.0.1:9\"\nclient_ca = [\"ca.pem\"]\ncrl = [\"crl.pem\"]\n[listener.policy]\nallow_any_trusted = true\n[[listener.certificate]]\ncert = \"s.pem\"\nkey = \"s.key\"\n",
+        );
+        let cfg = crate::config::GatewayConfig::from_file(&dir.path().join("gw.toml")).unwrap();
+        let l = cfg.listeners.first().unwrap();
+        let sources = mtls_verify::RevocationSources::default();
+        let timeout = cfg.limits.upstream_timeout;
+        let first = ListenerState::load(l, timeout, 1, now, &sources, None).unwrap();
+        write("crl.pem", crl(4).as_bytes());
+        let e = ListenerState::load(l, timeout, 2, now, &sources, Some(&first))
+            .err()
+            .expect("an older CRL must be refused");
+        assert!(e.to_string().contains("older than the one in use"), "{e}");
+        write("crl.pem", crl(6).as_bytes());
+        ListenerState::load(l, timeout, 3, now, &sources, Some(&first)).unwrap();
+    }
 
     #[test]
     fn only_canonical_paths_pass() {

@@ -205,6 +205,21 @@ impl ServerFiles {
         })
     }
 
+    /// Loads the generation that follows `previous` ([`load_with`](Self::load_with)), refusing
+    /// it if a CRL went back in time (see [`TrustState::check_not_older_than`]): every reload
+    /// goes through here, so a replayed CRL file or fetched CRL keeps the current state.
+    pub fn load_after(
+        &self,
+        previous: &ServerState,
+        generation: u64,
+        now: OffsetDateTime,
+        sources: &RevocationSources,
+    ) -> Result<ServerState, Error> {
+        let state = self.load_with(generation, now, sources)?;
+        state.trust.check_not_older_than(&previous.trust)?;
+        Ok(state)
+    }
+
     /// Every file [`ServerFiles::load`] reads.
     pub fn watched(&self) -> Vec<PathBuf> {
         let mut v = Vec::new();
@@ -273,9 +288,12 @@ impl ReloadingServer {
     /// Loads a new generation and swaps it in; on error the current one stays.
     pub fn reload_now(&self) -> Result<u64, Error> {
         let generation = self.next.fetch_add(1, Ordering::Relaxed);
-        let state = self
-            .files
-            .load_with(generation, OffsetDateTime::now_utc(), &self.sources)?;
+        let state = self.files.load_after(
+            &self.current.load(),
+            generation,
+            OffsetDateTime::now_utc(),
+            &self.sources,
+        )?;
         self.current.store(Arc::new(state));
         self.generations.publish(generation);
         Ok(generation)

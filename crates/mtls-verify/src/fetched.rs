@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 /// One installed CRL.
 struct Installed {
     der: CertificateRevocationListDer<'static>,
-    number: Vec<u8>,
+    version: crate::CrlVersion,
     refresh_at: OffsetDateTime,
 }
 
@@ -93,23 +93,26 @@ impl FetchedCrls {
         }
     }
 
-    /// Installs the verified CRL `der` from `url` (CRL number `number`, big-endian), refreshed
-    /// from `refresh_at` on. A CRL with a lower number than the installed one (a replay) is
-    /// refused. Returns whether anything changed.
+    /// Installs the verified CRL `der` from `url` (of `version`), refreshed from `refresh_at`
+    /// on. A CRL older than the installed one (a replay) is refused here already; the next
+    /// trust state would refuse it too ([`crate::TrustState::check_not_older_than`]). Returns
+    /// whether anything changed.
     pub fn install(
         &self,
         url: &str,
         der: CertificateRevocationListDer<'static>,
-        number: Vec<u8>,
+        version: crate::CrlVersion,
         refresh_at: OffsetDateTime,
     ) -> Result<bool, String> {
         let Ok(mut installed) = self.installed.write() else {
             return Err("internal error".into());
         };
         if let Some(old) = installed.get_mut(url) {
-            let key = |n: &[u8]| (n.len(), n.to_vec());
-            if key(&number) < key(&old.number) {
-                return Err(format!("{url}: older than the installed CRL (a replay?)"));
+            if version < old.version {
+                return Err(format!(
+                    "{url}: older than the installed CRL ({version} < {}): a replay?",
+                    old.version
+                ));
             }
             if old.der.as_ref() == der.as_ref() {
                 old.refresh_at = refresh_at;
@@ -120,7 +123,7 @@ impl FetchedCrls {
             url.to_string(),
             Installed {
                 der,
-                number,
+                version,
                 refresh_at,
             },
         );

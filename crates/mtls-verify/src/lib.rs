@@ -32,7 +32,9 @@ pub use source::{
     DecisionResult, DecisionSource, RevocationDecisions, RevocationSources, SourceStatus,
     StatusQuery, StatusSource,
 };
-pub use state::{crl_distribution_points, CrlSummary, RevocationOptions, TrustError, TrustState};
+pub use state::{
+    crl_distribution_points, CrlSummary, CrlVersion, RevocationOptions, TrustError, TrustState,
+};
 pub use tls::{
     code_of_certificate_error, handshake_code, rejection_to_rustls, take_refused_peer,
     ClientVerifier, RefusedPeer,
@@ -519,6 +521,11 @@ pub fn verify(leaf: &CertificateDer<'_>, req: &VerifyRequest<'_>) -> Outcome {
         TrustError::NoRoots => InputError::NoRoots,
         TrustError::BadRoot { index, detail } => InputError::BadRoot { index, detail },
         TrustError::BadCrl { index, detail } => InputError::BadCrl { index, detail },
+        // Only a reload compares CRLs with earlier ones.
+        e @ TrustError::CrlRollback { .. } => InputError::BadCrl {
+            index: 0,
+            detail: e.to_string(),
+        },
     })?
     .with_purpose(req.purpose);
     let path = match state.verify_uncached(leaf, req.intermediates, req.at, true) {

@@ -20,7 +20,7 @@ use crate::{check_anchor_static, check_crl, leaf_checks, Purpose, Rejection};
 #[derive(Debug)]
 pub(crate) struct CrlEntry {
     issuer: String,
-    number: Vec<u8>,
+    version: CrlVersion,
     pub(crate) next_update: Option<OffsetDateTime>,
     pub(crate) revoked: HashSet<crate::serial_key::SerialKey>,
     /// SPKI (DER) of the key that signed it: it speaks only for certificates issued under
@@ -40,6 +40,12 @@ struct CrlScopeOf {
 }
 
 impl CrlEntry {
+    /// Whether `other` is a CRL of the same series (issuer key and scope): one replaces the
+    /// other, the newer one wins.
+    fn same_series(&self, other: &CrlEntry) -> bool {
+        self.signer_spki == other.signer_spki && self.scope == other.scope
+    }
+
     /// RFC 5280 6.3.3 (b), as webpki's `authoritative_for`: the CRL covers `key`'s
     /// certificate if signed by its issuer's key and its scope includes the certificate.
     fn covers(&self, key: &RevocationKey) -> bool {
@@ -146,12 +152,77 @@ fn crl_scope(crl: &x509_parser::revocation_list::CertificateRevocationList<'_>) 
     CrlScopeOf::default()
 }
 
+/// How new a CRL is, to compare CRLs of one issuer, signing key and scope: the CRL number
+/// first (RFC 5280 5.2.3: it only ever increases), then thisUpdate. The one ordering every
+/// "newer CRL" decision uses (the index, fetched CRLs, reloads).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CrlVersion {
+    /// Big-endian without leading zeros.
+    number: Vec<u8>,
+    this_update: OffsetDateTime,
+}
+
+impl CrlVersion {
+    /// The version of a CRL numbered `number` (big-endian) issued at `this_update`.
+    pub fn new(number: &[u8], this_update: OffsetDateTime) -> Self {
+        let number = number.iter().copied().skip_while(|b| *b == 0).collect();
+        CrlVersion {
+            number,
+            this_update,
+        }
+    }
+
+    /// The CRL number, big-endian without leading zeros (empty for zero).
+    pub fn number(&self) -> &[u8] {
+        &self.number
+    }
+
+    /// The CRL's thisUpdate.
+    pub fn this_update(&self) -> OffsetDateTime {
+        self.this_update
+    }
+}
+
+impl Ord for CrlVersion {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        // Without leading zeros, a longer number is a larger one.
+        (self.number.len(), &self.number, self.this_update).cmp(&(
+            other.number.len(),
+            &other.number,
+            other.this_update,
+        ))
+    }
+}
+
+impl PartialOrd for CrlVersion {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl std::fmt::Display for CrlVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "CRL number 0x{} of {}",
+            if self.number.is_empty() {
+                "0".to_string()
+            } else {
+                hex::encode(&self.number)
+            },
+            mtls_pki::rfc3339(&self.this_update)
+        )
+    }
+}
+
 /// Summary of a loaded CRL, for metrics and logs.
 #[derive(Clone, Debug)]
 pub struct CrlSummary {
     pub issuer: String,
     /// The CRL number, big-endian without leading zeros (empty when the CRL has none).
     pub number: Vec<u8>,
+    /// Its number and thisUpdate, to compare with another CRL of the issuer.
+    pub version: CrlVersion,
     pub next_update: Option<OffsetDateTime>,
     pub entries: usize,
 }
@@ -263,6 +334,15 @@ pub enum TrustError {
     BadRoot { index: usize, detail: String },
     #[error("CRL {index}: {detail}")]
     BadCrl { index: usize, detail: String },
+    /// A CRL is older than the one of the same issuer (and signing key and scope) in use: a
+    /// correctly signed old CRL (a replay) would take revocations back.
+    #[error("the CRL of {issuer} is older than the one in use ({offered} < {in_use}): refused, a replayed CRL would take revocations back")]
+    CrlRollback {
+        issuer: String,
+        // Boxed: every caller's error type carries this one.
+        in_use: Box<CrlVersion>,
+        offered: Box<CrlVersion>,
+    },
 }
 
 impl TrustState {
@@ -388,21 +468,17 @@ impl TrustState {
                 .unwrap_or_default();
             let entry = CrlEntry {
                 issuer: crl.issuer().to_string(),
-                number,
+                version: CrlVersion::new(&number, crl.last_update().to_datetime()),
                 next_update: crl.next_update().map(|t| t.to_datetime()),
                 revoked,
                 signer_spki: signer.public_key().raw.to_vec(),
                 scope: crl_scope(&crl),
             };
-            // Several CRLs of one issuer, signer and scope: the newest (highest number) wins,
-            // never a merge.
+            // Several CRLs of one issuer, signer and scope: the newest wins, never a merge.
             let entries = index_map.entry(issuer_raw).or_default();
-            match entries
-                .iter_mut()
-                .find(|e| e.signer_spki == entry.signer_spki && e.scope == entry.scope)
-            {
+            match entries.iter_mut().find(|e| e.same_series(&entry)) {
                 Some(old) => {
-                    if (old.number.len(), &old.number) < (entry.number.len(), &entry.number) {
+                    if old.version < entry.version {
                         *old = entry;
                     }
                 }
@@ -414,7 +490,8 @@ impl TrustState {
             .flatten()
             .map(|e| CrlSummary {
                 issuer: e.issuer.clone(),
-                number: e.number.clone(),
+                number: e.version.number.clone(),
+                version: e.version.clone(),
                 next_update: e.next_update,
                 entries: e.revoked.len(),
             })
@@ -469,6 +546,31 @@ impl TrustState {
             self.revocation_checked = true;
         }
         self
+    }
+
+    /// Refuses this state as the successor of `previous` if one of its CRLs is older than the
+    /// CRL of the same series (issuer, signing key, scope) `previous` uses: a CRL replaced by an
+    /// older, correctly signed one (a replay) would take revocations back. Every reload calls
+    /// this, whatever the CRLs came from (files, distribution points). A series missing from
+    /// this state is not refused here: CA bundles and CRL lists change legitimately, and a
+    /// certificate left without a status is refused unless unknown status is allowed.
+    pub fn check_not_older_than(&self, previous: &TrustState) -> Result<(), TrustError> {
+        for (issuer, old_entries) in &previous.crls {
+            let Some(new_entries) = self.crls.get(issuer) else {
+                continue;
+            };
+            for old in old_entries {
+                let newer = new_entries.iter().find(|n| n.same_series(old));
+                if let Some(new) = newer.filter(|n| n.version < old.version) {
+                    return Err(TrustError::CrlRollback {
+                        issuer: old.issuer.clone(),
+                        in_use: Box::new(old.version.clone()),
+                        offered: Box::new(new.version.clone()),
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The generation number given at construction.

@@ -1,0 +1,90 @@
+//! A CRL file replaced by an older CRL of the same CA (a replay un-revoking a client) is
+//! refused on reload: the reload fails with the reason, the current generation stays and the
+//! client stays revoked. The same file read again and a newer CRL reload normally.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use mtls_pki::revocation::{build_crl, RevokedEntry};
+use mtls_serve::reload::Reload;
+use mtls_serve::tls::{CertificateFiles, ClientAuth, ReloadingServer, ServerFiles};
+use mtls_test_util::TestPki;
+use mtls_verify::Rejection;
+use time::{Duration, OffsetDateTime};
+
+fn write(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, data).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p
+}
+
+#[test]
+fn reload_refuses_an_older_crl_and_keeps_the_current_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new("serve-rollback");
+    let enc = |der: &[u8]| mtls_pki::pem_io::encode("CERTIFICATE", der);
+    let server = pki.server(&["localhost"]);
+    let cert = write(
+        dir.path(),
+        "s.pem",
+        format!("{}{}", enc(&server.cert.der), enc(&pki.intermediate_der())).as_bytes(),
+    );
+    let key = write(dir.path(), "s.key", server.key.to_pem().as_bytes());
+    let ca = write(
+        dir.path(),
+        "ca.pem",
+        format!("{}{}", enc(&pki.intermediate_der()), enc(&pki.root_der())).as_bytes(),
+    );
+    let now = OffsetDateTime::now_utc();
+    let client = pki.client("revoked-client");
+    let listed = [RevokedEntry {
+        serial: client.cert.serial.clone(),
+        revoked_at: now,
+        reason: None,
+    }];
+    let crl_pem = |number: u64, revoked: &[RevokedEntry]| {
+        let der = build_crl(&pki.intermediate, number, now, Duration::days(1), revoked).unwrap();
+        mtls_pki::pem_io::encode("X509 CRL", &der)
+    };
+    let crl = write(dir.path(), "crl.pem", crl_pem(2, &listed).as_bytes());
+    let mut tls = ReloadingServer::new(ServerFiles {
+        certificates: vec![CertificateFiles {
+            cert,
+            key,
+            key_passphrase_file: None,
+        }],
+        client_ca: vec![ca],
+        crl: vec![crl.clone()],
+        client_auth: ClientAuth::Required,
+        revocation: Default::default(),
+        alpn: vec![b"http/1.1".to_vec()],
+        resumption: Default::default(),
+    })
+    .unwrap();
+    let chain = [client.cert.der.clone(), pki.intermediate_der()];
+    let status = |tls: &ReloadingServer| {
+        tls.current()
+            .trust
+            .identify(Some(&chain), OffsetDateTime::now_utc())
+            .map(|_| ())
+    };
+    assert_eq!(status(&tls), Err(Rejection::Revoked));
+
+    // The same CRL read again: a normal reload.
+    assert_eq!(tls.reload_now().unwrap(), 2);
+
+    // The replay: CRL number 1, which does not list the client yet.
+    std::fs::write(&crl, crl_pem(1, &[])).unwrap();
+    let e = tls.reload().unwrap_err();
+    assert!(e.contains("older than the one in use"), "{e}");
+    assert_eq!(tls.current().generation, 2, "the current state stays");
+    assert_eq!(status(&tls), Err(Rejection::Revoked));
+
+    // A newer CRL is taken.
+    std::fs::write(&crl, crl_pem(3, &listed)).unwrap();
+    tls.reload().unwrap();
+    assert_eq!(tls.current().generation, 4);
+    assert_eq!(status(&tls), Err(Rejection::Revoked));
+}
