@@ -222,6 +222,25 @@ fn is_upgrade(req: &Request<RequestBody>) -> bool {
             })
 }
 
+/// Joins the `cookie` fields of an HTTP/2 request into one with "; " (RFC 9113 8.2.3): h2
+/// clients send each cookie as a field of its own, and an HTTP/1.1 upstream takes several
+/// `Cookie` lines as a malformed request (RFC 6265 5.4) or reads only one of them.
+fn join_cookies(headers: &mut http::HeaderMap) {
+    let mut crumbs = headers.get_all(http::header::COOKIE).iter();
+    let (Some(first), Some(_)) = (crumbs.next(), crumbs.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for crumb in headers.get_all(http::header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(crumb.as_bytes());
+    }
+    // Each crumb was a valid field value, and so is their join.
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(http::header::COOKIE, v);
+    }
+}
+
 fn boxed(e: ApiError) -> Response<Body> {
     json_error(e.status, e.code, &e.message)
 }
@@ -359,6 +378,9 @@ pub async fn handle(
             );
         };
         parts.uri = uri;
+        if parts.version == Version::HTTP_2 {
+            join_cookies(&mut parts.headers);
+        }
         parts.version = Version::HTTP_11;
         let (body, sent) = Upload::new(body);
         let upstream_req = Request::from_parts(parts, body);

@@ -1,0 +1,38 @@
+//! The HTTP proxy against real clients (curl, a raw TLS client) and an upstream that records
+//! the request lines it receives.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use common::{curl, Files, Gateway, Upstream};
+
+#[test]
+fn h2_cookie_crumbs_reach_an_http1_upstream_as_one_cookie_header() {
+    let f = Files::new();
+    let up = Upstream::start();
+    let g = Gateway::start(&f, up.addr, &["app"], "");
+    let c = f.client("app");
+    // curl sends each -H as its own header field: two `cookie` fields on one h2 stream.
+    let r = curl(
+        &g,
+        &f,
+        &c,
+        "/",
+        &["--http2", "-H", "Cookie: a=1", "-H", "Cookie: b=2; c=3"],
+    );
+    assert_eq!(r.status, 200, "{} {}", r.body, r.stderr);
+    let seen = up.last();
+    let cookies = seen.header_lines("cookie");
+    assert_eq!(cookies.len(), 1, "{:?}", seen.lines);
+    assert_eq!(
+        cookies[0].split_once(':').unwrap().1.trim(),
+        "a=1; b=2; c=3",
+        "{:?}",
+        seen.lines
+    );
+    // One cookie field is forwarded as it came.
+    let r = curl(&g, &f, &c, "/", &["--http2", "-H", "Cookie: only=1"]);
+    assert_eq!(r.status, 200, "{} {}", r.body, r.stderr);
+    let seen = up.last();
+    assert_eq!(seen.header_lines("cookie").len(), 1, "{:?}", seen.lines);
+    assert!(seen.header_lines("cookie")[0].ends_with(": only=1"));
+}
