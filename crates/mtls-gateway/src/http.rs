@@ -382,6 +382,18 @@ pub async fn handle(
             join_cookies(&mut parts.headers);
         }
         parts.version = Version::HTTP_11;
+        {
+            use hyper::body::Body as _;
+            // A body of unknown length (chunked, or h2 DATA without content-length): hyper's
+            // client would send a GET, HEAD or CONNECT without it, taking it for no body
+            // (its Transfer-Encoding, hop-by-hop, was stripped), so it is said explicitly.
+            if !body.is_end_stream() && body.size_hint().exact().is_none() {
+                parts.headers.insert(
+                    http::header::TRANSFER_ENCODING,
+                    HeaderValue::from_static("chunked"),
+                );
+            }
+        }
         let (body, sent) = Upload::new(body);
         let upstream_req = Request::from_parts(parts, body);
         let pool = &state.upstream.pool;

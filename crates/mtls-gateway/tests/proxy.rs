@@ -36,3 +36,52 @@ fn h2_cookie_crumbs_reach_an_http1_upstream_as_one_cookie_header() {
     assert_eq!(seen.header_lines("cookie").len(), 1, "{:?}", seen.lines);
     assert!(seen.header_lines("cookie")[0].ends_with(": only=1"));
 }
+
+#[test]
+fn a_get_with_a_chunked_body_reaches_the_upstream_with_its_body() {
+    let f = Files::new();
+    let up = Upstream::start();
+    let g = Gateway::start(&f, up.addr, &["app"], "");
+    let c = f.client("app");
+    for (version, framing) in [
+        // HTTP/1.1 chunked.
+        ("--http1.1", "Transfer-Encoding: chunked"),
+        // h2 DATA frames with no content-length: a body of unknown length too.
+        ("--http2", "Content-Length:"),
+    ] {
+        let r = curl(
+            &g,
+            &f,
+            &c,
+            "/search",
+            &[
+                version,
+                "-X",
+                "GET",
+                "-H",
+                framing,
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                r#"{"query":"x"}"#,
+            ],
+        );
+        assert_eq!(r.status, 200, "{version}: {} {}", r.body, r.stderr);
+        let seen = up.last();
+        assert!(seen.request_line.starts_with("GET /search "), "{seen:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&seen.body),
+            r#"{"query":"x"}"#,
+            "{version}: {seen:?}"
+        );
+    }
+    // A GET without a body still goes without one (no empty chunked body is added).
+    let r = curl(&g, &f, &c, "/plain", &["--http1.1"]);
+    assert_eq!(r.status, 200, "{} {}", r.body, r.stderr);
+    let seen = up.last();
+    assert!(
+        seen.header_lines("transfer-encoding").is_empty(),
+        "{seen:?}"
+    );
+    assert!(seen.header_lines("content-length").is_empty(), "{seen:?}");
+}
