@@ -24,6 +24,13 @@ pub trait Reload: Send + 'static {
     /// Loads and validates everything, then swaps it in; on error nothing changes. `Ok` says
     /// what was reloaded, for the log.
     fn reload(&mut self) -> Result<String, String>;
+
+    /// The [`watched`](Self::watched) files' stamps taken just before the state in use was
+    /// read, if known: the loop starts from them, so a change between that first load and the
+    /// start of the loop is not missed. `None`: stamped when the loop starts.
+    fn loaded_stamps(&self) -> Option<FileStamps> {
+        None
+    }
 }
 
 /// Asks for a reload, as SIGHUP does.
@@ -72,7 +79,9 @@ pub fn spawn<R: Reload>(
             None
         };
         let mut files = target.watched();
-        let mut stamps = FileStamps::of(&files);
+        let mut stamps = target
+            .loaded_stamps()
+            .unwrap_or_else(|| FileStamps::of(&files));
         loop {
             let hup_fut = async {
                 match hup.as_mut() {
@@ -90,6 +99,10 @@ pub fn spawn<R: Reload>(
                 r = rx.recv() => { if r.is_none() { return; } }
                 _ = shutdown.wait() => return,
             }
+            // Stamped before the files are read: a file still being written when the reload
+            // reads it (a failed reload, or a half-new state) changes again after this, and
+            // the next poll reloads. Stamped after, its last change would be taken as seen.
+            let before = FileStamps::of(&files);
             match target.reload() {
                 Ok(what) => {
                     options.counters.ok();
@@ -100,9 +113,81 @@ pub fn spawn<R: Reload>(
                     tracing::error!(%error, "reload failed; keeping the last good state");
                 }
             }
-            files = target.watched();
-            stamps = FileStamps::of(&files);
+            let now_watched = target.watched();
+            if now_watched == files {
+                stamps = before;
+            } else {
+                // A new configuration names other files, read by this reload: compare against
+                // what they were before it (missing stamps make the next poll reload once
+                // more, which is harmless).
+                stamps = FileStamps::unknown();
+                files = now_watched;
+            }
         }
     });
     ReloadHandle(tx)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// Its first reload finds the file still being written: the write finishes while the
+    /// reload reads it, and the reload fails.
+    struct WrittenDuringTheRead {
+        path: PathBuf,
+        calls: Arc<AtomicUsize>,
+    }
+
+    impl Reload for WrittenDuringTheRead {
+        fn watched(&self) -> Vec<PathBuf> {
+            vec![self.path.clone()]
+        }
+
+        fn reload(&mut self) -> Result<String, String> {
+            if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                std::fs::write(&self.path, b"-----BEGIN X509 CRL-----\ncomplete\n").unwrap();
+                return Err("half-written".into());
+            }
+            Ok("reloaded".into())
+        }
+    }
+
+    /// The file as the failed reload left it is not taken as seen: the next poll reloads it.
+    #[tokio::test]
+    async fn a_file_finished_during_a_failed_reload_is_reloaded_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("crl.pem");
+        std::fs::write(&path, b"-----BEGIN X509").unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (_stop, shutdown) = crate::shutdown();
+        let target = WrittenDuringTheRead {
+            path,
+            calls: calls.clone(),
+        };
+        let options = ReloadOptions {
+            poll: Duration::from_millis(20),
+            on_sighup: false,
+            counters: ReloadCounters::default(),
+        };
+        // The loop ends when every handle is gone: this one lives to the end of the test.
+        let handle = spawn(target, options, shutdown);
+        handle.reload();
+        for _ in 0..100 {
+            if calls.load(Ordering::SeqCst) >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Ten more polls: nothing changed since.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "reloaded once more, then quiet"
+        );
+    }
 }

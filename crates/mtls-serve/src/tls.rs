@@ -15,6 +15,7 @@ use time::OffsetDateTime;
 use crate::recheck::Generations;
 use crate::reload::Reload;
 use crate::Error;
+use mtls_tls::FileStamps;
 
 /// A served certificate chain (leaf first) and its key.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -240,6 +241,12 @@ pub struct ReloadingServer {
     current: ArcSwap<ServerState>,
     generations: Generations,
     next: AtomicU64,
+    /// Held for a whole reload: reloads from the file watcher, the CRL follower and
+    /// [`reload_now`](Self::reload_now) callers run one at a time, so an older load never
+    /// replaces a newer one (nor slips past the CRL rollback check against it).
+    reloading: std::sync::Mutex<()>,
+    /// The watched files' stamps before generation 1 was read.
+    first_stamps: FileStamps,
 }
 
 impl ReloadingServer {
@@ -255,6 +262,7 @@ impl ReloadingServer {
         files: ServerFiles,
         sources: RevocationSources,
     ) -> Result<Arc<Self>, Error> {
+        let first_stamps = FileStamps::of(&files.watched());
         let state = files.load_with(1, OffsetDateTime::now_utc(), &sources)?;
         Ok(Arc::new(ReloadingServer {
             files,
@@ -262,6 +270,8 @@ impl ReloadingServer {
             current: ArcSwap::from_pointee(state),
             generations: Generations::new(1),
             next: AtomicU64::new(2),
+            reloading: std::sync::Mutex::new(()),
+            first_stamps,
         }))
     }
 
@@ -287,6 +297,11 @@ impl ReloadingServer {
 
     /// Loads a new generation and swaps it in; on error the current one stays.
     pub fn reload_now(&self) -> Result<u64, Error> {
+        // A poisoned lock only means a reload panicked: the state it guards is `current`.
+        let _one_at_a_time = self
+            .reloading
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let generation = self.next.fetch_add(1, Ordering::Relaxed);
         let state = self.files.load_after(
             &self.current.load(),
@@ -309,5 +324,9 @@ impl Reload for Arc<ReloadingServer> {
         self.reload_now()
             .map(|g| format!("TLS certificates, CAs and CRLs (generation {g})"))
             .map_err(|e| e.to_string())
+    }
+
+    fn loaded_stamps(&self) -> Option<FileStamps> {
+        Some(self.first_stamps.clone())
     }
 }
