@@ -65,10 +65,20 @@ impl ApiError {
     /// The answer to a refused client: `401 NO_CLIENT_CERT` without a certificate, else
     /// `403 INVALID_CERT` with the rejection's message.
     pub fn from_rejection(r: &Rejection) -> Self {
-        match r {
-            Rejection::NoCertificate => Self::no_client_cert(),
-            r => Self::invalid_cert(r.to_string()),
-        }
+        // Rejections that carry a server-side detail (an OCSP responder's address and error,
+        // a parser's message about a trust anchor) answer without it: it goes to the log.
+        let public = match r {
+            Rejection::NoCertificate => return Self::no_client_cert(),
+            Rejection::OcspUnavailable(_) => "revocation status unknown: no current OCSP answer",
+            Rejection::BadTrustAnchor(_) => "no path to a usable trust anchor",
+            Rejection::Malformed(_) => {
+                "the certificate is malformed or carries an unsupported critical extension"
+            }
+            Rejection::Other(_) => "the certificate is not accepted",
+            r => return Self::invalid_cert(r.to_string()),
+        };
+        tracing::info!(rejection = %r, "client certificate refused");
+        Self::invalid_cert(public)
     }
 
     /// The JSON body.
@@ -134,5 +144,24 @@ mod tests {
         assert_eq!(body["error"]["message"], "certificate is revoked");
         let r: Response<http_body_util::Full<Bytes>> = revoked.to_response();
         assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
+    }
+
+    /// The server's own details (an OCSP responder's address and error, a parser's message)
+    /// stay in the log; the client gets the kind of refusal. A policy's reason is the answer.
+    #[test]
+    fn refusals_do_not_tell_server_side_details() {
+        let internal = "OCSP responder http://10.0.0.5:9080/ocsp: error sending request";
+        for r in [
+            Rejection::OcspUnavailable(internal.into()),
+            Rejection::BadTrustAnchor(internal.into()),
+            Rejection::Malformed(internal.into()),
+            Rejection::Other(internal.into()),
+        ] {
+            let e = ApiError::from_rejection(&r);
+            assert_eq!((e.status, e.code), (StatusCode::FORBIDDEN, "INVALID_CERT"));
+            assert!(!e.body().contains("10.0.0.5"), "{}", e.body());
+        }
+        let policy = ApiError::from_rejection(&Rejection::NotAllowed("CN not allowed".into()));
+        assert!(policy.body().contains("CN not allowed"));
     }
 }
