@@ -797,6 +797,148 @@ async fn secure_api_follows_the_cas_revocation_feed() {
     );
 }
 
+/// A server in required mode following the CA's feed: once the client is revoked, a WebSocket-
+/// style upgraded connection it holds is cut (the upgraded stream outlives hyper's connection,
+/// which used to drop the revocation watch and the connection's slot with it), and a resumed
+/// TLS session (its handshake skips the certificate verifier) reaches no route at all, not even
+/// one without the `ClientCert` extractor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_reaches_upgraded_connections_and_resumed_sessions() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = common::Env::new();
+    env.mtls(&["ca", "init"]).ok();
+    env.mtls(&["issue", "server", "localhost", "127.0.0.1"])
+        .ok();
+    env.mtls(&["issue", "client", "client-app"]).ok();
+    let ca_server = ca::CaServer::start(
+        &env,
+        "ca",
+        None,
+        "[revocation_feed]\nallow_cn = [\"localhost\"]\n",
+    );
+    let pki = env.pki();
+    let server = mtls_axum::MtlsServer::builder()
+        .certificate(
+            pki.join("issued/localhost.chain.pem"),
+            pki.join("issued/localhost.key"),
+        )
+        .client_ca(pki.join("ca-chain.pem"))
+        .revocation_feed(ca_server.url())
+        .build()
+        .unwrap();
+    async fn echo(mut req: axum::extract::Request) -> axum::response::Response {
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = upgrade.await {
+                let (mut r, mut w) = tokio::io::split(hyper_util::rt::TokioIo::new(up));
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            }
+        });
+        axum::response::Response::builder()
+            .status(101)
+            .header("connection", "upgrade")
+            .header("upgrade", "echo")
+            .body(axum::body::Body::empty())
+            .unwrap()
+    }
+    let app = axum::Router::new()
+        .route("/open", axum::routing::get(|| async { "open" }))
+        .route("/echo", axum::routing::get(echo));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(server.serve(listener, app));
+
+    let cred = mtls_tls::CredentialFiles::new(
+        pki.join("issued/client-app.chain.pem"),
+        pki.join("issued/client-app.key"),
+    )
+    .load(time::OffsetDateTime::now_utc())
+    .unwrap();
+    let roots = mtls_tls::load_certificates(&[pki.join("root.crt")]).unwrap();
+    // One configuration for every connection: its session cache lets the last one resume.
+    let config =
+        std::sync::Arc::new(mtls_tls::client_config(&roots, Some(&cred), &[b"http/1.1"]).unwrap());
+    let connect = || {
+        let config = config.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            tokio_rustls::TlsConnector::from(config)
+                .connect("localhost".try_into().unwrap(), tcp)
+                .await
+                .unwrap()
+        }
+    };
+    // Reads one answer's head (and whatever follows it in the same read).
+    async fn head<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> String {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(buf.get(..n).unwrap());
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    }
+    // A plain request: the route answers, and the session ticket arrives with the answer.
+    let mut plain = connect().await;
+    plain
+        .write_all(b"GET /open HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = head(&mut plain).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(plain);
+    // The upgraded connection echoes.
+    let mut up = connect().await;
+    up.write_all(
+        b"GET /echo HTTP/1.1\r\nHost: localhost\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let answer = head(&mut up).await;
+    assert!(answer.starts_with("HTTP/1.1 101"), "{answer}");
+    up.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    up.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ping");
+
+    let serial = ca::serial_of(&env, &pki.join("issued/client-app.crt"));
+    let revoke = env.mtls(&["revoke", &serial]);
+    assert_eq!(revoke.code, 0, "{}", revoke.stderr);
+    // The upgraded connection is cut (its reads end) within 5 s of the revocation.
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = [0u8; 16];
+        loop {
+            match up.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the revoked client's upgraded connection is still open"
+    );
+    // A resumed session gets no answer, from any route.
+    let mut resumed = connect().await;
+    assert_eq!(
+        resumed.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed),
+        "the session resumes (so the handshake verifier never saw the revoked certificate)"
+    );
+    let _ = resumed
+        .write_all(b"GET /open HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await;
+    let answer = head(&mut resumed).await;
+    assert!(!answer.contains("HTTP/1.1 200"), "{answer}");
+}
+
 /// The application server checks client certificates with OCSP against `mtls ca serve`'s
 /// responder: a good client passes, a revoked one gets the guide's 403 with the reason.
 #[test]

@@ -409,6 +409,15 @@ async fn connection(
     http: Arc<mtls_serve::http::Http>,
     shutdown: mtls_serve::Shutdown,
 ) {
+    // Kept to end an upgraded connection (WebSocket) that the application holds when the
+    // client stops being trusted.
+    let socket = match mtls_serve::http::duplicate_socket(&tcp) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot duplicate the connection's socket; closing it");
+            return;
+        }
+    };
     let state = inner.tls.current();
     let tls = match accept::handshake(state.tls.clone(), tcp, inner.builder.handshake_timeout).await
     {
@@ -434,6 +443,13 @@ async fn connection(
     // A client without an accepted certificate can only be refused: it gets the header-read
     // timeout as idle limit, not an hour to hold a connection slot.
     let admitted = identity.current(&inner.tls.current().trust).is_ok();
+    if !admitted && inner.builder.files.client_auth == ClientAuth::Required {
+        // Only a resumed session (its handshake skips the verifier) or a revocation since the
+        // handshake gets here: in required mode such a client never reaches HTTP, whatever
+        // route it asks for.
+        tracing::debug!("closing connection: the client's certificate is no longer accepted");
+        return;
+    }
     let idle = if admitted {
         inner.builder.idle_timeout
     } else {
@@ -470,12 +486,13 @@ async fn connection(
             router.clone().oneshot(req)
         },
     );
-    mtls_serve::http::serve_connection_until(
+    mtls_serve::http::serve_connection_upgradable(
         &http,
         mtls_tls::IdleTimeout::new(tls, idle),
         service,
         shutdown,
         cut,
+        socket,
     )
     .await;
 }

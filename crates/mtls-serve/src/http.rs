@@ -85,7 +85,7 @@ pub async fn serve_connection_until<IO, S, B>(
     http: &Http,
     io: IO,
     service: S,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
     cut: impl std::future::Future<Output = ()>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -98,8 +98,79 @@ pub async fn serve_connection_until<IO, S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    serve(http, io, service, shutdown, cut, None).await
+}
+
+/// [`serve_connection_until`] for a connection that may be upgraded (WebSocket, `Upgrade:`):
+/// an upgraded stream lives on in the application after hyper lets go of it, so this returns
+/// only once that stream is gone too (the caller's connection slot stays taken), and `cut`
+/// still ends it, by shutting `socket` (a duplicate of the connection's TCP socket, see
+/// [`duplicate_socket`]) down under it.
+pub async fn serve_connection_upgradable<IO, S, B>(
+    http: &Http,
+    io: IO,
+    service: S,
+    shutdown: Shutdown,
+    cut: impl std::future::Future<Output = ()>,
+    socket: std::net::TcpStream,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<http::Request<RequestBody>, Response = http::Response<B>>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (gone_tx, gone) = tokio::sync::oneshot::channel::<()>();
+    let fired = std::sync::atomic::AtomicBool::new(false);
+    let cut = async {
+        cut.await;
+        fired.store(true, std::sync::atomic::Ordering::Relaxed);
+    };
+    tokio::pin!(cut);
+    serve(http, io, service, shutdown, cut.as_mut(), Some(gone_tx)).await;
+    if !fired.load(std::sync::atomic::Ordering::Relaxed) {
+        tokio::select! {
+            // The stream is gone: not upgraded, or the upgraded stream ended.
+            _ = gone => return,
+            _ = cut.as_mut() => {}
+        }
+    }
+    // Reads and writes of whoever holds the stream now fail; the socket closes when they
+    // drop it.
+    let _ = socket.shutdown(std::net::Shutdown::Both);
+}
+
+/// A second handle on `tcp`'s socket, for [`serve_connection_upgradable`]: shutting it down
+/// ends the connection whoever holds the stream.
+pub fn duplicate_socket(tcp: &tokio::net::TcpStream) -> std::io::Result<std::net::TcpStream> {
+    use std::os::fd::AsFd;
+    Ok(std::net::TcpStream::from(tcp.as_fd().try_clone_to_owned()?))
+}
+
+async fn serve<IO, S, B>(
+    http: &Http,
+    io: IO,
+    service: S,
+    mut shutdown: Shutdown,
+    cut: impl std::future::Future<Output = ()>,
+    on_drop: Option<tokio::sync::oneshot::Sender<()>>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<http::Request<RequestBody>, Response = http::Response<B>>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     // Boxed once: parking and unparking move a pointer, not the TLS state.
-    let mut stream = Box::new(Stream::new(io));
+    let mut stream = Box::new(Stream::new(io, on_drop));
     let activity = stream.activity.clone();
     let stop = shutdown.wait();
     tokio::pin!(stop, cut);

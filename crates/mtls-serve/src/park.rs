@@ -103,10 +103,12 @@ pub(crate) struct Stream<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> {
     /// A read error met after handing `pre` out, reported on the next read.
     error: Option<io::Error>,
     pub(crate) activity: Arc<Activity>,
+    /// Dropped with the stream: tells the connection that an upgraded stream has ended.
+    _on_drop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream<IO> {
-    pub(crate) fn new(io: IO) -> Self {
+    pub(crate) fn new(io: IO, on_drop: Option<tokio::sync::oneshot::Sender<()>>) -> Self {
         Stream {
             io: Some(io),
             pre: [0; 32],
@@ -115,6 +117,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream<IO> {
             rest: Bytes::new(),
             error: None,
             activity: Arc::default(),
+            _on_drop: on_drop,
         }
     }
 
