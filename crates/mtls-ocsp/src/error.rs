@@ -74,6 +74,10 @@ pub enum Error {
     /// The response's signature does not verify under the signer's key (verification).
     #[error("the OCSP response signature does not verify: {0}")]
     BadSignature(String),
+    /// The response, or the delegated signer's certificate, is signed with an algorithm
+    /// outside `mtls_pki::signature::SIGNATURE_ALGORITHMS` (SHA-1 with RSA, for one).
+    #[error("the OCSP response is refused: {0}")]
+    UnsupportedSignatureAlgorithm(#[source] mtls_pki::Error),
     /// The response has no SingleResponse for the serial and issuer asked about (verification).
     #[error("the OCSP response has no answer for serial {0} from this issuer")]
     NoMatchingResponse(mtls_pki::Serial),
@@ -96,6 +100,16 @@ impl Error {
 
     pub(crate) fn encode(e: impl std::fmt::Display) -> Self {
         Self::Encode(e.to_string())
+    }
+
+    /// A failed signature check (see `mtls_pki::signature::verify_signature`).
+    pub(crate) fn signature(e: mtls_pki::Error) -> Self {
+        match e {
+            e @ mtls_pki::Error::UnsupportedSignatureAlgorithm(_) => {
+                Self::UnsupportedSignatureAlgorithm(e)
+            }
+            other => Self::BadSignature(other.to_string()),
+        }
     }
 
     /// The OCSP response status a responder sends when handling a request failed with this

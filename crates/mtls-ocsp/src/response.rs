@@ -361,21 +361,22 @@ pub(crate) fn check_delegation(
     cert: &x509_parser::certificate::X509Certificate<'_>,
     issuer: &IssuerInfo,
 ) -> Result<()> {
-    use x509_parser::prelude::FromDer;
-    use x509_parser::x509::SubjectPublicKeyInfo;
-
     if cert.issuer().as_raw() != issuer.subject_der() {
         return Err(Error::SignerNotAuthorized(
             "the signer certificate was not issued by this CA (issuer name differs)",
         ));
     }
-    let (_, issuer_spki) = SubjectPublicKeyInfo::from_der(issuer.spki_der())
-        .map_err(|e| Error::malformed("issuer public key", e))?;
-    cert.verify_signature(Some(&issuer_spki)).map_err(|_| {
-        Error::SignerNotAuthorized(
-            "the signer certificate's signature does not verify with the CA's key",
-        )
-    })?;
+    let (signed, _) = mtls_pki::signature::SignedParts::split("certificate", cert.as_raw())
+        .map_err(|e| Error::malformed("OCSP signer certificate", e))?;
+    match signed.verify(issuer.spki_der()) {
+        Ok(()) => {}
+        Err(mtls_pki::Error::BadSignature) => {
+            return Err(Error::SignerNotAuthorized(
+                "the signer certificate's signature does not verify with the CA's key",
+            ))
+        }
+        Err(e) => return Err(Error::signature(e)),
+    }
     let ocsp_signing = matches!(cert.extended_key_usage(), Ok(Some(eku)) if eku.value.ocsp_signing);
     if !ocsp_signing {
         return Err(Error::SignerNotAuthorized(

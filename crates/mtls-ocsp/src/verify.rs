@@ -5,8 +5,6 @@ use time::{Duration, OffsetDateTime};
 use x509_cert_02::der::oid::db::rfc6960::ID_PKIX_OCSP_BASIC;
 use x509_cert_02::der::{Decode, Encode};
 use x509_ocsp::{BasicOcspResponse, OcspResponse, ResponderId};
-use x509_parser::prelude::FromDer;
-use x509_parser::x509::{AlgorithmIdentifier, SubjectPublicKeyInfo};
 
 use crate::response::{check_delegation, reason_from_asn1};
 use crate::{times, CertIdHash, CertStatus, Error, IssuerInfo, ResponseStatus, Result};
@@ -67,12 +65,11 @@ pub fn verify_response(
     let basic_der = bytes.response.as_bytes();
     let basic = BasicOcspResponse::from_der(basic_der)
         .map_err(|e| Error::malformed("BasicOCSPResponse", e))?;
-    // The signature covers the received tbsResponseData; re-encoding gives the same bytes only
-    // for DER input, so insist on DER.
+    // The signature is checked over the received tbsResponseData; what was parsed must be
+    // exactly that, so insist on DER (re-encoding gives the same bytes only for DER input).
     if basic.to_der().map_err(Error::encode)? != basic_der {
         return Err(Error::malformed("BasicOCSPResponse", "not DER"));
     }
-    let tbs = basic.tbs_response_data.to_der().map_err(Error::encode)?;
     let data = &basic.tbs_response_data;
 
     // Who signed?
@@ -124,19 +121,10 @@ pub fn verify_response(
         (spki, true)
     };
 
-    // The signature.
-    let (_, spki) = SubjectPublicKeyInfo::from_der(&signer_spki_der)
-        .map_err(|e| Error::malformed("signer public key", e))?;
-    let alg_der = basic.signature_algorithm.to_der().map_err(Error::encode)?;
-    let (_, alg) = AlgorithmIdentifier::from_der(&alg_der)
-        .map_err(|e| Error::malformed("signature algorithm", e))?;
-    let sig = basic
-        .signature
-        .as_bytes()
-        .ok_or_else(|| Error::malformed("OCSP signature", "BIT STRING with unused bits"))?;
-    let sig = x509_parser::asn1_rs::BitString::new(0, sig);
-    x509_parser::verify::verify_signature(&spki, &alg, &sig, &tbs)
-        .map_err(|e| Error::BadSignature(e.to_string()))?;
+    // The signature, over the tbsResponseData as received.
+    let (signed, _certs) = mtls_pki::signature::SignedParts::split("BasicOCSPResponse", basic_der)
+        .map_err(|e| Error::malformed("BasicOCSPResponse", e))?;
+    signed.verify(&signer_spki_der).map_err(Error::signature)?;
 
     // The answer about this certificate.
     let single = data

@@ -782,3 +782,139 @@ fn issuer_key_is_the_hex_sha256_of_the_spki() {
     assert_eq!(issuer.issuer_key().len(), 64);
     assert!(issuer.subject().contains("Key Intermediate CA"));
 }
+
+/// `openssl ocsp` as the responder ("good" for client-a) signing with the digest `md`, for a
+/// request of ours → the response DER. The signer is the intermediate, or the delegated signer
+/// (certificate, key) given.
+fn openssl_response(pki: &Pki, md: &str, signer: Option<(&str, &str)>) -> Vec<u8> {
+    let inter_key = inter_key(pki);
+    let inter = pki.p("inter.pem");
+    let (cert, key) = signer.unwrap_or((&inter, &inter_key));
+    let leaf = &pki.leaves[0];
+    let index = pki.p(&format!("index-{}.txt", rand_name()));
+    std::fs::write(
+        &index,
+        format!(
+            "V\t351231235959Z\t\t{}\tunknown\t/CN=client-a\n",
+            leaf.serial.to_string().to_uppercase()
+        ),
+    )
+    .unwrap();
+    let req = pki.p(&format!("req-{}.der", rand_name()));
+    std::fs::write(
+        &req,
+        mtls_ocsp::build_request(&pki.issuer(), &leaf.serial, None).unwrap(),
+    )
+    .unwrap();
+    let resp = pki.p(&format!("resp-{}.der", rand_name()));
+    let (ok, text) = openssl(&[
+        "ocsp", "-index", &index, "-CA", &inter, "-rsigner", cert, "-rkey", key, "-reqin", &req,
+        "-respout", &resp, "-rmd", md, "-ndays", "1",
+    ]);
+    assert!(ok, "openssl ocsp responder: {text}");
+    std::fs::read(&resp).unwrap()
+}
+
+fn inter_key(pki: &Pki) -> String {
+    let key = pki.p("inter.key");
+    std::fs::write(&key, pki.inter.key().to_pem().as_bytes()).unwrap();
+    key
+}
+
+/// A delegated OCSP signer (P-256 key) that OpenSSL issues from the intermediate, signing the
+/// certificate with the digest `md` → (certificate file, key file).
+fn openssl_delegated_signer(pki: &Pki, md: &str) -> (String, String) {
+    let name = rand_name();
+    let (key, csr, cert, ext) = (
+        pki.p(&format!("d-{name}.key")),
+        pki.p(&format!("d-{name}.csr")),
+        pki.p(&format!("d-{name}.pem")),
+        pki.p(&format!("d-{name}.cnf")),
+    );
+    std::fs::write(
+        &ext,
+        "extendedKeyUsage = OCSPSigning\nkeyUsage = critical, digitalSignature\nbasicConstraints = critical, CA:FALSE\n",
+    )
+    .unwrap();
+    let (inter, inter_key, digest) = (pki.p("inter.pem"), inter_key(pki), format!("-{md}"));
+    let steps: [Vec<&str>; 3] = [
+        vec![
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            &key,
+        ],
+        vec![
+            "req",
+            "-new",
+            "-key",
+            &key,
+            "-subj",
+            "/CN=OCSP Signer",
+            "-out",
+            &csr,
+        ],
+        vec![
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &inter,
+            "-CAkey",
+            &inter_key,
+            "-set_serial",
+            "4660",
+            "-days",
+            "1",
+            &digest,
+            "-extfile",
+            &ext,
+            "-out",
+            &cert,
+        ],
+    ];
+    for args in &steps {
+        let (ok, text) = openssl(args);
+        assert!(ok, "openssl {args:?}: {text}");
+    }
+    (cert, key)
+}
+
+#[test]
+fn responses_signed_with_sha1_are_refused_sha256_ones_accepted() {
+    let pki = Pki::new("Sha1", KeyAlgorithm::Rsa { bits: 2048 });
+    let serial = &pki.leaves[0].serial;
+    let now = OffsetDateTime::now_utc();
+    // The same responder and key: SHA-256 verifies and says good.
+    let good = openssl_response(&pki, "sha256", None);
+    let v = verify_response(&good, pki.inter.der(), serial, now).unwrap();
+    assert_eq!(v.status, CertStatus::Good);
+    // SHA-1 with RSA: refused for its algorithm, whatever the signature.
+    let sha1 = openssl_response(&pki, "sha1", None);
+    match verify_response(&sha1, pki.inter.der(), serial, now) {
+        Err(e @ Error::UnsupportedSignatureAlgorithm(_)) => {
+            assert!(e.to_string().contains("sha1WithRSAEncryption"), "{e}")
+        }
+        other => panic!("a SHA-1 signature must be refused, got {other:?}"),
+    }
+
+    // A delegated signer whose certificate the CA signed with SHA-256 answers; one signed
+    // with SHA-1 does not, though the response itself is signed with SHA-256.
+    let (cert, key) = openssl_delegated_signer(&pki, "sha256");
+    let delegated = openssl_response(&pki, "sha256", Some((&cert, &key)));
+    let v = verify_response(&delegated, pki.inter.der(), serial, now).unwrap();
+    assert!(v.delegated);
+    assert_eq!(v.status, CertStatus::Good);
+    let (cert, key) = openssl_delegated_signer(&pki, "sha1");
+    let delegated = openssl_response(&pki, "sha256", Some((&cert, &key)));
+    match verify_response(&delegated, pki.inter.der(), serial, now) {
+        Err(e @ Error::UnsupportedSignatureAlgorithm(_)) => {
+            assert!(e.to_string().contains("sha1WithRSAEncryption"), "{e}")
+        }
+        other => panic!("a SHA-1 signed signer certificate must be refused, got {other:?}"),
+    }
+}

@@ -78,6 +78,13 @@ pub enum Error {
     /// PKCS#12 building failed.
     #[error("PKCS#12 export failed: {0}")]
     Pkcs12(String),
+    /// A signature (of a CRL, an OCSP response, an OCSP signer's certificate) uses an
+    /// algorithm outside [`crate::signature::SIGNATURE_ALGORITHMS`].
+    #[error("signature algorithm {0} is not accepted (accepted: ECDSA P-256/P-384/P-521, Ed25519, RSA of 2048 bits or more with PKCS#1 v1.5 or PSS; SHA-256/384/512)")]
+    UnsupportedSignatureAlgorithm(String),
+    /// A signature does not verify with the key it should have been made with.
+    #[error("the signature does not verify with the signer's key")]
+    BadSignature,
     /// Key generation or encryption failed in the crypto library.
     #[error("cryptographic operation failed: {0}")]
     Crypto(&'static str),

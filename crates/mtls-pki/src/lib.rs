@@ -24,6 +24,7 @@ pub mod pem_io;
 pub mod pkcs12;
 pub mod revocation;
 pub mod serial;
+pub mod signature;
 
 pub use error::Error;
 pub use fingerprint::Fingerprint;

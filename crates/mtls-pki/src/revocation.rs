@@ -12,6 +12,7 @@ use x509_parser::revocation_list::CertificateRevocationList;
 
 use crate::issue::CaCert;
 use crate::serial::Serial;
+pub use crate::signature::SignedParts;
 use crate::{Error, Result};
 
 /// Default CRL lifetime (nextUpdate − thisUpdate): 7 days.
@@ -170,21 +171,6 @@ pub fn crl_entries(der: &[u8]) -> Result<Vec<RevokedEntry>> {
         .collect())
 }
 
-/// The signed parts of a CRL: the to-be-signed bytes, the algorithm and the signature.
-pub struct SignedParts<'a> {
-    tbs: &'a [u8],
-    algorithm: x509_parser::x509::AlgorithmIdentifier<'a>,
-    signature: x509_parser::asn1_rs::BitString<'a>,
-}
-
-impl SignedParts<'_> {
-    /// Whether `key` made the signature.
-    pub fn verified_by(&self, key: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> bool {
-        x509_parser::verify::verify_signature(key, &self.algorithm, &self.signature, self.tbs)
-            .is_ok()
-    }
-}
-
 /// Splits a DER CRL into its signed parts and a copy of it without the revoked-certificates
 /// list, which [`parse_crl`] reads cheaply: x509-parser materialises every entry (about 400
 /// bytes each, half a gigabyte for a million), while the issuer, number, dates, scope and
@@ -192,26 +178,19 @@ impl SignedParts<'_> {
 /// the index that keeps them). The copy's own signature does not verify: use the
 /// [`SignedParts`].
 pub fn without_entries(der: &[u8]) -> Result<(Vec<u8>, SignedParts<'_>)> {
-    use x509_parser::asn1_rs::{Any, BitString, FromDer as _, Sequence, Tag, ToDer as _};
+    use x509_parser::asn1_rs::{Any, FromDer as _, Sequence, Tag, ToDer as _};
     let bad = |e: &dyn std::fmt::Display| Error::malformed("CRL", e.to_string());
-    let (rest, outer) = Any::from_der(der).map_err(|e| bad(&e))?;
-    if !rest.is_empty() || outer.tag() != Tag::Sequence {
-        return Err(bad(&"not a single DER SEQUENCE"));
-    }
-    let content = outer.data;
-    let (after_tbs, tbs) = Any::from_der(content).map_err(|e| bad(&e))?;
-    let tbs_raw = content
-        .get(..content.len() - after_tbs.len())
-        .ok_or_else(|| bad(&"truncated"))?;
-    let (after_alg, algorithm) =
-        <x509_parser::x509::AlgorithmIdentifier as x509_parser::prelude::FromDer<
-            x509_parser::error::X509Error,
-        >>::from_der(after_tbs)
-        .map_err(|e| bad(&e))?;
-    let (trailing, signature) = BitString::from_der(after_alg).map_err(|e| bad(&e))?;
-    if !trailing.is_empty() || tbs.tag() != Tag::Sequence {
+    let (signed, trailing) = SignedParts::split("CRL", der)?;
+    if !trailing.is_empty() {
         return Err(bad(&"unexpected fields after the signature"));
     }
+    let (_, tbs) = Any::from_der(signed.tbs()).map_err(|e| bad(&e))?;
+    // The signature algorithm and value as received: they follow the TBS in the outer SEQUENCE.
+    let (_, outer) = Any::from_der(der).map_err(|e| bad(&e))?;
+    let after_tbs = outer
+        .data
+        .get(signed.tbs().len()..)
+        .ok_or_else(|| bad(&"truncated"))?;
     // TBSCertList: version?, signature (SEQ), issuer (SEQ), thisUpdate, nextUpdate?,
     // revokedCertificates (SEQ)?, [0] extensions?: the third SEQUENCE is the list.
     let mut kept = Vec::with_capacity(1024);
@@ -238,14 +217,7 @@ pub fn without_entries(der: &[u8]) -> Result<(Vec<u8>, SignedParts<'_>)> {
     let stub = Sequence::new(stub.into())
         .to_der_vec()
         .map_err(|e| bad(&e))?;
-    Ok((
-        stub,
-        SignedParts {
-            tbs: tbs_raw,
-            algorithm,
-            signature,
-        },
-    ))
+    Ok((stub, signed))
 }
 
 /// Parses a DER CRL, refusing trailing bytes. Does not check the signature.

@@ -43,32 +43,13 @@ pub use tls::{
 use std::fmt;
 use std::str::FromStr;
 
-use rustls_pki_types::{
-    CertificateDer, CertificateRevocationListDer, ServerName, SignatureVerificationAlgorithm,
-    UnixTime,
-};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, ServerName, UnixTime};
 use time::OffsetDateTime;
 use webpki::{EndEntityCert, ExtendedKeyUsageValidator, KeyPurposeIdIter, KeyUsage};
 use x509_parser::extensions::ParsedExtension;
 
-/// Signature algorithms accepted in chains (aws-lc-rs implementations).
-pub static SIGNATURE_ALGORITHMS: &[&dyn SignatureVerificationAlgorithm] = &[
-    webpki::aws_lc_rs::ECDSA_P256_SHA256,
-    webpki::aws_lc_rs::ECDSA_P256_SHA384,
-    webpki::aws_lc_rs::ECDSA_P384_SHA256,
-    webpki::aws_lc_rs::ECDSA_P384_SHA384,
-    webpki::aws_lc_rs::ECDSA_P521_SHA256,
-    webpki::aws_lc_rs::ECDSA_P521_SHA384,
-    webpki::aws_lc_rs::ECDSA_P521_SHA512,
-    webpki::aws_lc_rs::ED25519,
-    webpki::aws_lc_rs::RSA_PKCS1_2048_8192_SHA256,
-    webpki::aws_lc_rs::RSA_PKCS1_2048_8192_SHA384,
-    webpki::aws_lc_rs::RSA_PKCS1_2048_8192_SHA512,
-    webpki::aws_lc_rs::RSA_PKCS1_3072_8192_SHA384,
-    webpki::aws_lc_rs::RSA_PSS_2048_8192_SHA256_LEGACY_KEY,
-    webpki::aws_lc_rs::RSA_PSS_2048_8192_SHA384_LEGACY_KEY,
-    webpki::aws_lc_rs::RSA_PSS_2048_8192_SHA512_LEGACY_KEY,
-];
+/// Signature algorithms accepted in chains, CRLs and OCSP responses: one list, in mtls-pki.
+pub use mtls_pki::signature::SIGNATURE_ALGORITHMS;
 
 /// What the leaf certificate is being validated for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -448,10 +448,19 @@ impl TrustState {
                     crl.issuer()
                 )));
             }
-            let signer = candidates
-                .iter()
-                .find(|c| signed.verified_by(c.public_key()));
+            // The signer verifies the signature with an algorithm of SIGNATURE_ALGORITHMS; an
+            // algorithm outside it (SHA-1 with RSA) is refused whoever signed.
+            let mut failure = None;
+            let signer = candidates.iter().find(|c| {
+                signed
+                    .verify(c.public_key().raw)
+                    .map_err(|e| failure = Some(e))
+                    .is_ok()
+            });
             let Some(signer) = signer else {
+                if let Some(e @ mtls_pki::Error::UnsupportedSignatureAlgorithm(_)) = failure {
+                    return Err(bad(e.to_string()));
+                }
                 if unknown_signer == UnknownCrlSigner::Ignore {
                     continue;
                 }
