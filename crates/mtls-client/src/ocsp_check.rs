@@ -1,7 +1,9 @@
 //! OCSP checking of client certificates for servers: [`OcspChecker`] is the
 //! [`mtls_verify::StatusSource`] a trust state asks about a leaf. Verified answers are cached
 //! until their nextUpdate and refreshed in the background at half their life for clients seen in
-//! the last hour, so a handshake rarely waits; a client never seen before waits once, bounded by
+//! the last hour ([`OcspOptions::keep_unused`]), so a handshake rarely waits; forgetting an
+//! answer makes open connections verify again, so those still open are asked about again and
+//! keep being refreshed (a revocation still cuts them); a client never seen before waits once, bounded by
 //! `max_wait` (on a multi-threaded Tokio runtime, where the wait can block its thread; on a
 //! single-threaded one its status stays unknown). A responder that is down answers "unknown" (hard-fail refuses) without making every
 //! handshake wait again: failures are remembered for a few seconds.
@@ -22,9 +24,8 @@ use crate::ocsp::{fetch, OcspError};
 const CAPACITY: usize = 100_000;
 /// A failed answer is not asked again (nor waited for) for this long.
 const FAILURE_HOLD: time::Duration = time::Duration::seconds(5);
-/// An answer without nextUpdate is used this long.
-/// Clients not seen for this long are not refreshed any more, and forgotten.
-const KEEP_UNUSED: time::Duration = time::Duration::hours(1);
+/// Default of [`OcspOptions::keep_unused`].
+const KEEP_UNUSED: Duration = Duration::from_secs(3600);
 
 /// Where to ask and how.
 #[derive(Clone, Debug)]
@@ -35,6 +36,11 @@ pub struct OcspOptions {
     pub max_wait: Duration,
     /// Send a nonce the answer must echo.
     pub nonce: bool,
+    /// Answers about certificates no handshake or re-check asked about for this long are no
+    /// longer refreshed, and forgotten (default 1 h). Forgetting one makes the open
+    /// connections verify again: a connection still open asks again, so its certificate keeps
+    /// being checked for as long as it stays open.
+    pub keep_unused: Duration,
 }
 
 impl Default for OcspOptions {
@@ -43,12 +49,16 @@ impl Default for OcspOptions {
             responder: None,
             max_wait: Duration::from_secs(2),
             nonce: false,
+            keep_unused: KEEP_UNUSED,
         }
     }
 }
 
 /// (SHA-256 of the issuer's key, serial): no hashing on the handshake path.
 type Key = (mtls_verify::IssuerKey, Vec<u8>);
+
+/// An answer to refresh: its key, the certificate and its issuer (DER).
+type Due = (Key, Vec<u8>, Vec<u8>);
 
 struct Entry {
     cert: Vec<u8>,
@@ -197,40 +207,51 @@ impl OcspChecker {
         let Ok(mut cache) = self.cache.lock() else {
             return false;
         };
+        let mut evicted = false;
         if cache.len() >= CAPACITY && !cache.contains_key(&k) {
             let cutoff = entry.last_used - time::Duration::minutes(10);
+            let before = cache.len();
             cache.retain(|_, e| e.last_used > cutoff);
+            // Open connections whose answers went must verify again (see `run`).
+            evicted = cache.len() < before;
             if cache.len() >= CAPACITY {
                 return false;
             }
         }
         let changed = cache.get(&k).is_some_and(|old| old.status != entry.status);
         cache.insert(k, entry);
-        changed
+        changed || evicted
     }
 
     /// Refreshes answers at half their life for clients seen lately, forgets the others, and
     /// drops answers that expired without a replacement; calls `changed` when a status some
-    /// connection may have relied on changed. Runs until `shutdown`.
+    /// connection may have relied on changed, or was forgotten. Runs until `shutdown`.
     pub async fn run(self: Arc<Self>, changed: impl Fn() + Send, mut shutdown: Shutdown) {
+        let keep_unused =
+            time::Duration::try_from(self.options.keep_unused).unwrap_or(time::Duration::MAX);
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = shutdown.wait() => return,
             }
             let now = OffsetDateTime::now_utc();
-            let due: Vec<(Key, Vec<u8>, Vec<u8>)> = match self.cache.lock() {
+            let (due, evicted): (Vec<Due>, bool) = match self.cache.lock() {
                 Ok(mut cache) => {
-                    cache.retain(|_, e| now - e.last_used < KEEP_UNUSED);
-                    cache
+                    let before = cache.len();
+                    cache.retain(|_, e| now - e.last_used < keep_unused);
+                    let due = cache
                         .iter()
                         .filter(|(_, e)| now >= e.refresh_at)
                         .map(|(k, e)| (k.clone(), e.cert.clone(), e.issuer.clone()))
-                        .collect()
+                        .collect();
+                    (due, cache.len() < before)
                 }
                 Err(_) => return,
             };
-            let mut any = false;
+            // A connection admitted on a forgotten answer re-checks only when the version
+            // moves: without this it would never be asked about (nor cut) again. Verifying
+            // again asks the responder for the certificates still in use.
+            let mut any = evicted;
             for (k, cert, issuer) in due {
                 let mut entry = self.ask(cert, issuer, now).await;
                 if let Ok(cache) = self.cache.lock() {

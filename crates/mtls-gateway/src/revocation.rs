@@ -46,6 +46,7 @@ impl Sources {
                     responder: o.responder.clone(),
                     max_wait: o.max_wait,
                     nonce: o.nonce,
+                    ..Default::default()
                 })
                 .map_err(|e| Error::Config(format!("listener {:?}: ocsp: {e}", cfg.name)))?,
             ),
