@@ -164,6 +164,17 @@ where
     }
 }
 
+impl<B: Body + 'static> Conn<B> {
+    /// Whether the connection, its response read to the end and driven since, may go back
+    /// to the pool: its dispatcher asks for a new request only once the request body has
+    /// been written to its end too. An upstream that answered before reading the whole
+    /// upload leaves the connection mid-body, in no state to park (it would hold the
+    /// client's body and a pool slot until someone took it and found it unusable): closed.
+    fn reusable(&self) -> bool {
+        self.sender.is_ready()
+    }
+}
+
 struct Idle<B: Body + 'static> {
     conn: Box<Conn<B>>,
     since: Instant,
@@ -422,7 +433,8 @@ where
 }
 
 /// A response body from a [`Pool`]: reading it drives its upstream connection, and the
-/// connection goes back to the pool once the body has been read to its end.
+/// connection goes back to the pool once the body has been read to its end and the request
+/// body written to its end (otherwise it is closed).
 pub struct PooledBody<B: Body + 'static> {
     body: Incoming,
     conn: Option<Box<Conn<B>>>,
@@ -452,7 +464,9 @@ where
         let frame = Pin::new(&mut this.body).poll_frame(cx);
         if let Poll::Ready(None) = frame {
             if let Some(conn) = this.conn.take() {
-                this.pool.put(conn);
+                if conn.reusable() {
+                    this.pool.put(conn);
+                }
             }
         }
         frame
@@ -473,7 +487,9 @@ impl<B: Body + 'static> Drop for PooledBody<B> {
         // length): the connection is still reusable. One dropped half-read is not.
         if self.body.is_end_stream() {
             if let Some(conn) = self.conn.take() {
-                self.pool.put(conn);
+                if conn.reusable() {
+                    self.pool.put(conn);
+                }
             }
         }
     }

@@ -85,3 +85,61 @@ fn a_get_with_a_chunked_body_reaches_the_upstream_with_its_body() {
     );
     assert!(seen.header_lines("content-length").is_empty(), "{seen:?}");
 }
+
+#[test]
+fn an_upstream_connection_answered_before_its_upload_ended_is_not_pooled() {
+    use std::io::Write;
+    use std::time::Duration;
+    let f = Files::new();
+    let up = Upstream::start();
+    let g = Gateway::start(&f, up.addr, &["app"], "");
+    let c = f.client("app");
+    // Requests with bodies read whole by the upstream, and a HEAD (its answer has no body),
+    // share one upstream connection.
+    for _ in 0..2 {
+        let r = curl(
+            &g,
+            &f,
+            &c,
+            "/upload",
+            &["--http1.1", "--data-binary", "abc"],
+        );
+        assert_eq!(r.status, 200, "{} {}", r.body, r.stderr);
+        let r = curl(&g, &f, &c, "/head", &["--http1.1", "-I"]);
+        assert!(
+            r.body.starts_with("HTTP/1.1 200"),
+            "{} {}",
+            r.body,
+            r.stderr
+        );
+    }
+    let first = up.requests();
+    assert_eq!(first.len(), 4);
+    assert!(first.iter().all(|r| r.conn == first[0].conn), "{first:?}");
+    assert_eq!(String::from_utf8_lossy(&first[2].body), "abc");
+
+    // An upload of 100,000 bytes of which 10 have come: the upstream answers after the head.
+    let mut s = common::tls(&g, &f, &c);
+    s.write_all(
+        b"POST /early HTTP/1.1\r\nhost: localhost\r\ncontent-length: 100000\r\n\r\n0123456789",
+    )
+    .unwrap();
+    s.flush().unwrap();
+    assert_eq!(common::read_response(&mut s), (200, "ok".to_string()));
+    let early = up.last();
+    assert!(early.request_line.starts_with("POST /early "), "{early:?}");
+    // Its upstream connection is mid-body: closed, not parked in the pool (the client's
+    // connection is still open, its upload unfinished).
+    assert!(
+        common::within(Duration::from_secs(5), || up.is_closed(early.conn)),
+        "the upstream connection of an unfinished upload stayed open"
+    );
+    // The next request goes on a connection in a known state.
+    let r = curl(&g, &f, &c, "/after", &["--http1.1", "--data-binary", "xyz"]);
+    assert_eq!(r.status, 200, "{} {}", r.body, r.stderr);
+    let after = up.last();
+    assert!(after.request_line.starts_with("POST /after "), "{after:?}");
+    assert_ne!(after.conn, early.conn, "{after:?}");
+    assert_eq!(String::from_utf8_lossy(&after.body), "xyz");
+    drop(s);
+}

@@ -78,6 +78,30 @@ impl Files {
         Leaf { chain, key: keyp }
     }
 
+    /// Writes `gateway.toml`: one HTTP listener on 127.0.0.1 in front of `upstream`, allowing
+    /// `allow_cn`, with `extra` TOML in its `[[listener]]` table (options, then
+    /// `[[listener.route]]`s).
+    pub fn config(&self, upstream: SocketAddr, allow_cn: &[&str], extra: &str) -> PathBuf {
+        let toml = format!(
+            r#"access_log = false
+[[listener]]
+name = "test"
+listen = "127.0.0.1:0"
+upstream = "http://{upstream}"
+client_ca = ["ca-chain.pem"]
+{extra}
+[[listener.certificate]]
+cert = "server.chain.pem"
+key = "server.key"
+[listener.policy]
+allow_cn = {allow_cn:?}
+"#
+        );
+        let path = self.path("gateway.toml");
+        std::fs::write(&path, toml).unwrap();
+        path
+    }
+
     /// A valid client certificate with common name `cn`.
     pub fn client(&self, cn: &str) -> Leaf {
         let c = self.pki.client(cn);
@@ -105,24 +129,7 @@ impl Gateway {
         allow_cn: &[&str],
         extra: &str,
     ) -> Result<Self, mtls_gateway::Error> {
-        let toml = format!(
-            r#"access_log = false
-[[listener]]
-name = "test"
-listen = "127.0.0.1:0"
-upstream = "http://{upstream}"
-client_ca = ["ca-chain.pem"]
-{extra}
-[[listener.certificate]]
-cert = "server.chain.pem"
-key = "server.key"
-[listener.policy]
-allow_cn = {allow_cn:?}
-"#
-        );
-        let path = f.path("gateway.toml");
-        std::fs::write(&path, toml).unwrap();
-        let cfg = mtls_gateway::GatewayConfig::from_file(&path)?;
+        let cfg = mtls_gateway::GatewayConfig::from_file(&f.config(upstream, allow_cn, extra))?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -351,8 +358,9 @@ fn serve(n: usize, tcp: TcpStream, seen: &Mutex<Vec<Seen>>) -> std::io::Result<(
             req.body = vec![0; length];
             r.read_exact(&mut req.body)?;
         }
+        let head = req.request_line.starts_with("HEAD ");
         seen.lock().unwrap().push(req);
-        out.write_all(ok)?;
+        out.write_all(if head { &ok[..ok.len() - 2] } else { ok })?;
     }
 }
 
