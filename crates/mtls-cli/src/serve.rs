@@ -229,6 +229,7 @@ fn config_from_flags(a: &GatewayArgs) -> Result<GatewayConfig> {
             client_auth,
             policy,
             routes: Vec::new(),
+            route_match: Default::default(),
             strip_headers: a.strip_headers.clone(),
             proxy_protocol: a.proxy_protocol,
             revocation_policy: a.revocation_policy,
@@ -463,6 +464,7 @@ pub fn quickstart(a: QuickstartArgs) -> Result<ExitCode> {
                     ..Policy::default()
                 },
                 routes: Vec::new(),
+                route_match: Default::default(),
                 strip_headers: Vec::new(),
                 proxy_protocol: false,
                 revocation_policy: Default::default(),

@@ -46,6 +46,41 @@ pub struct RouteConfig {
     pub policy: Policy,
 }
 
+/// How route path prefixes are compared with request paths (`route_match`).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RouteMatch {
+    /// Byte for byte (the default): paths are case-sensitive (RFC 3986 6.2.2.1).
+    #[default]
+    Exact,
+    /// ASCII letters in either case, for upstreams that serve `/ADMIN/x` as `/admin/x`
+    /// (IIS, some Java and Windows servers): there, a route matched exactly would leave
+    /// `/ADMIN/x` to the listener's policy.
+    CaseInsensitive,
+}
+
+impl RouteMatch {
+    /// The configuration's spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            RouteMatch::Exact => "exact",
+            RouteMatch::CaseInsensitive => "case-insensitive",
+        }
+    }
+
+    /// Whether `path` starts with `prefix` under this mode.
+    pub fn has_prefix(self, path: &str, prefix: &str) -> bool {
+        match self {
+            RouteMatch::Exact => path.starts_with(prefix),
+            // Bytes: a prefix length need not fall on a character boundary of the path.
+            RouteMatch::CaseInsensitive => path
+                .as_bytes()
+                .get(..prefix.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(prefix.as_bytes())),
+        }
+    }
+}
+
 /// A CRL downloaded from the CA (`[[listener.crl_fetch]]`).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -176,6 +211,10 @@ pub struct ListenerConfig {
     pub policy: Policy,
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteConfig>,
+    /// `exact` (default) or `case-insensitive`: how route prefixes match request paths (see
+    /// [`RouteMatch`]).
+    #[serde(default)]
+    pub route_match: RouteMatch,
     /// Extra request headers that carry identity upstream and must never come from clients.
     #[serde(default)]
     pub strip_headers: Vec<String>,
@@ -302,7 +341,8 @@ impl GatewayConfig {
     }
 
     /// Checks what serde cannot: at least one listener, one certificate and one CA each, a
-    /// policy that allows someone, TCP mode without optional client auth.
+    /// policy that allows someone, no two routes for the same prefix (under the listener's
+    /// `route_match`), TCP mode without optional client auth.
     pub fn validate(&self) -> Result<(), Error> {
         if self.listeners.is_empty() {
             return Err(Error::Config("no [[listener]] configured".into()));
@@ -322,6 +362,20 @@ impl GatewayConfig {
                 return e(
                     "the policy allows nobody: add allow_* rules or allow_any_trusted = true",
                 );
+            }
+            // Two routes for the same paths: which policy applies would depend on their order.
+            for (i, a) in l.routes.iter().enumerate() {
+                if let Some(b) = l.routes.iter().skip(i + 1).find(|b| {
+                    b.path_prefix.len() == a.path_prefix.len()
+                        && l.route_match.has_prefix(&b.path_prefix, &a.path_prefix)
+                }) {
+                    return e(&format!(
+                        "routes {:?} and {:?} are the same prefix under route_match = {:?}",
+                        a.path_prefix,
+                        b.path_prefix,
+                        l.route_match.name()
+                    ));
+                }
             }
             if l.mode == Mode::Http
                 && !l.upstream.starts_with("http://")

@@ -229,11 +229,9 @@ pub async fn explain(
         &state.policy
     };
     let route = if http {
-        l.routes
-            .iter()
-            .filter(|r| path.starts_with(r.path_prefix.as_str()))
-            .max_by_key(|r| r.path_prefix.len())
-            .map(|r| format!("route {}", r.path_prefix))
+        state
+            .route_for(path)
+            .map(|(prefix, _)| format!("route {prefix}"))
             .unwrap_or_else(|| "listener policy".into())
     } else {
         "listener policy".into()

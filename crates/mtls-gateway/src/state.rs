@@ -9,7 +9,7 @@ use mtls_serve::tls::ServerState;
 use mtls_verify::Policy;
 use time::OffsetDateTime;
 
-use crate::config::{ListenerConfig, Mode};
+use crate::config::{ListenerConfig, Mode, RouteMatch};
 use crate::http::UpstreamPool;
 use crate::Error;
 
@@ -109,6 +109,8 @@ pub struct ListenerState {
     pub policy: Policy,
     /// (prefix, policy), longest prefix first.
     pub routes: Vec<(String, Policy)>,
+    /// How the prefixes are compared with paths.
+    pub route_match: RouteMatch,
     pub upstream: Upstream,
     pub proxy_protocol: bool,
 }
@@ -154,6 +156,7 @@ impl ListenerState {
             server,
             policy: cfg.policy.clone(),
             routes,
+            route_match: cfg.route_match,
             upstream: Upstream::load(cfg, upstream_timeout)?,
             proxy_protocol: cfg.proxy_protocol,
         })
@@ -165,13 +168,16 @@ impl ListenerState {
         !self.routes.is_empty()
     }
 
-    /// The policy for a request path (longest matching route prefix, else the listener's).
-    pub fn policy_for(&self, path: &str) -> &Policy {
+    /// The route of a request path: the longest prefix matching it (under `route_match`).
+    pub fn route_for(&self, path: &str) -> Option<&(String, Policy)> {
         self.routes
             .iter()
-            .find(|(prefix, _)| path.starts_with(prefix.as_str()))
-            .map(|(_, p)| p)
-            .unwrap_or(&self.policy)
+            .find(|(prefix, _)| self.route_match.has_prefix(path, prefix))
+    }
+
+    /// The policy for a request path (its route's, else the listener's).
+    pub fn policy_for(&self, path: &str) -> &Policy {
+        self.route_for(path).map(|(_, p)| p).unwrap_or(&self.policy)
     }
 
     pub fn trust(&self) -> &mtls_verify::TrustState {
