@@ -154,8 +154,9 @@ impl<X: Clone> ConnectionIdentity<X> {
     }
 
     /// The identity under `trust`: the cached verdict while `trust` is the revision it was
-    /// checked under (same generation, no new pushed revocations) and neither the leaf nor a
-    /// CRL has expired since; otherwise verified again.
+    /// checked under (same generation, no new pushed revocations) and neither a certificate
+    /// of the path (leaf, intermediate, root) nor a CRL has expired since; otherwise verified
+    /// again.
     pub fn current(&self, trust: &TrustState) -> Verdict<X> {
         let Ok(mut guard) = self.checked.lock() else {
             return Err(Rejection::Other("internal error".into()));
@@ -163,7 +164,7 @@ impl<X: Clone> ConnectionIdentity<X> {
         let now = OffsetDateTime::now_utc();
         let expired = match &guard.1 {
             Ok((peer, _)) => {
-                now > peer.not_after()
+                now > peer.path_not_after()
                     || trust
                         .crl_summaries()
                         .iter()
@@ -181,5 +182,52 @@ impl<X: Clone> ConnectionIdentity<X> {
             );
         }
         guard.1.clone()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use mtls_pki::issue::new_intermediate;
+    use mtls_pki::{KeyAlgorithm, PrivateKey, Subject};
+
+    /// An open connection's identity stops being accepted when its intermediate expires,
+    /// although the leaf is still valid (a CA that does not cap leaves at its own notAfter):
+    /// the cached verdict covered the leaf's validity only.
+    #[test]
+    fn an_expired_intermediate_ends_the_cached_verdict() {
+        let pki = mtls_test_util::TestPki::new("recheck");
+        let now = OffsetDateTime::now_utc();
+        // Expires in two seconds (whole seconds: notAfter has no fractions).
+        let short = new_intermediate(
+            &pki.root,
+            &Subject::cn("Short-lived Intermediate"),
+            PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap(),
+            now,
+            time::Duration::seconds(2),
+            0,
+        )
+        .unwrap();
+        let short_pki = mtls_test_util::TestPki {
+            root: pki.root,
+            intermediate: short,
+        };
+        let (leaf, _key) = short_pki.custom_leaf(
+            "client",
+            vec![mtls_test_util::ExtendedKeyUsagePurpose::ClientAuth],
+            now - time::Duration::hours(1),
+            now + time::Duration::days(30),
+        );
+        let chain = [leaf, short_pki.intermediate_der()];
+        let trust =
+            TrustState::new(0, vec![short_pki.root_der()], &[], Default::default()).unwrap();
+        let identity = ConnectionIdentity::new(Some(&chain), &trust, |_| ());
+        assert!(identity.current(&trust).is_ok());
+        std::thread::sleep(std::time::Duration::from_millis(3100));
+        assert!(
+            identity.current(&trust).is_err(),
+            "the path is no longer valid: its intermediate has expired"
+        );
     }
 }

@@ -33,6 +33,9 @@ pub struct VerifiedPeer {
     not_before: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     not_after: OffsetDateTime,
+    /// When the first certificate of the verified path (leaf, intermediates, anchor) expires.
+    #[serde(skip)]
+    pub(crate) path_not_after: OffsetDateTime,
     generation: u64,
     /// The chain as presented, leaf first: kept once per verified certificate and shared by
     /// every connection that presents it (they re-verify with it when trust changes).
@@ -86,6 +89,7 @@ impl VerifiedPeer {
             spki_sha256: Fingerprint::of(cert.public_key().raw),
             not_before: cert.validity().not_before.to_datetime(),
             not_after: cert.validity().not_after.to_datetime(),
+            path_not_after: cert.validity().not_after.to_datetime(),
             generation,
             chain: chain.clone(),
         }
@@ -162,6 +166,12 @@ impl VerifiedPeer {
 
     pub fn not_after(&self) -> OffsetDateTime {
         self.not_after
+    }
+
+    /// When the verified path stops being valid: the earliest notAfter of the leaf, the
+    /// intermediates and the trust anchor (an intermediate may expire before the leaf).
+    pub fn path_not_after(&self) -> OffsetDateTime {
+        self.path_not_after
     }
 
     /// The trust-state generation this identity was verified under.

@@ -712,7 +712,7 @@ impl TrustState {
             .chain(intermediates)
             .map(|c| c.clone().into_owned())
             .collect();
-        let peer = Arc::new(VerifiedPeer::from_cert(chain, &leaf, self.generation));
+        let mut peer = VerifiedPeer::from_cert(chain, &leaf, self.generation);
         let mut not_before = anchor
             .not_before
             .max(leaf.validity().not_before.timestamp());
@@ -734,6 +734,10 @@ impl TrustState {
             not_after = not_after.min(c.validity().not_after.timestamp());
             path_certs.push(c);
         }
+        if let Ok(t) = OffsetDateTime::from_unix_timestamp(not_after) {
+            peer.path_not_after = t.min(peer.not_after());
+        }
+        let peer = Arc::new(peer);
         let chain_scope = self.options.scope == crate::CrlScope::Chain;
         let leaf_query = self.status.as_ref().map(|_| {
             let issuer = ders.first().map_or(anchor.der.as_ref(), |d| d.as_ref());
