@@ -461,7 +461,13 @@ async fn connection(
         let (inner, identity) = (inner.clone(), identity.clone());
         async move {
             if !admitted {
-                return std::future::pending().await;
+                // Refused for now (optional mode: it gets its 401/403); watched from the
+                // moment it is trusted (a CRL or OCSP answer that arrived later).
+                identity
+                    .until_trusted(inner.tls.generations(), || {
+                        inner.tls.current().trust.clone()
+                    })
+                    .await;
             }
             let reason = identity
                 .until_untrusted(inner.tls.generations(), || {

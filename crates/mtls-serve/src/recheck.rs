@@ -143,6 +143,31 @@ impl<X: Clone> ConnectionIdentity<X> {
         .await
     }
 
+    /// Resolves once the client is trusted under the state `trust` returns, checked after
+    /// every new generation (or poke) and every [`RECHECK_EVERY`]: a connection refused at
+    /// first (optional client auth, a CRL not fetched yet) and accepted later is then watched
+    /// by [`until_untrusted`](Self::until_untrusted) like any other.
+    pub async fn until_trusted(
+        &self,
+        generations: &Generations,
+        trust: impl Fn() -> Arc<TrustState>,
+    ) {
+        let mut rx = generations.subscribe();
+        loop {
+            if self.current(&trust()).is_ok() {
+                return;
+            }
+            tokio::select! {
+                r = rx.changed() => {
+                    if r.is_err() {
+                        return std::future::pending().await;
+                    }
+                }
+                _ = tokio::time::sleep(RECHECK_EVERY) => {}
+            }
+        }
+    }
+
     /// The generation the identity was last verified under.
     pub fn generation(&self) -> u64 {
         self.checked.lock().map(|g| g.0 .0).unwrap_or(0)
@@ -229,5 +254,40 @@ mod tests {
             identity.current(&trust).is_err(),
             "the path is no longer valid: its intermediate has expired"
         );
+    }
+
+    /// A client refused under one generation and trusted under the next is noticed: the
+    /// wait ends when the new generation is announced, not at the periodic re-check.
+    #[tokio::test]
+    async fn until_trusted_ends_when_a_new_generation_trusts_the_client() {
+        let pki = mtls_test_util::TestPki::new("later");
+        let leaf = pki.client("client");
+        let chain = [leaf.cert.der.clone(), pki.intermediate_der()];
+        let other = mtls_test_util::TestPki::new("other");
+        let refusing =
+            Arc::new(TrustState::new(1, vec![other.root_der()], &[], Default::default()).unwrap());
+        let trusting =
+            Arc::new(TrustState::new(2, vec![pki.root_der()], &[], Default::default()).unwrap());
+        let identity = Arc::new(ConnectionIdentity::new(Some(&chain), &refusing, |_| ()));
+        assert!(identity.current(&refusing).is_err());
+        let generations = Arc::new(Generations::new(1));
+        let current = Arc::new(Mutex::new(refusing));
+        let waiting = tokio::spawn({
+            let (identity, generations, current) =
+                (identity.clone(), generations.clone(), current.clone());
+            async move {
+                identity
+                    .until_trusted(&generations, || current.lock().unwrap().clone())
+                    .await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "still refused");
+        *current.lock().unwrap() = trusting;
+        generations.publish(2);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("trusted under the new generation")
+            .unwrap();
     }
 }
