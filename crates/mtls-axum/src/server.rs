@@ -190,7 +190,9 @@ impl ServerBuilder {
         self
     }
 
-    /// At most this many connections at once (default 10,000).
+    /// At most this many connections at once (default 10,000). Each holds two file
+    /// descriptors (its socket, and a duplicate that ends an upgraded connection such as a
+    /// WebSocket when the client is revoked): the process's `RLIMIT_NOFILE` needs twice this.
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = n;
         self
