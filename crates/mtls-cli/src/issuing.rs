@@ -150,6 +150,25 @@ fn record_and_write(
     let mut inventory = dir.open_inventory()?;
     let issuer_key = mtls_pki::inspect::sha256_hex(&ca.key().public_key_spki());
     let pem = issued.pem();
+    // Every output written (not yet in place) before the certificate is recorded, and put in
+    // place only after: a failure leaves the old files whole and, before the record, nothing
+    // issued.
+    let mut staged = Vec::new();
+    if let (Some(k), Some(path)) = (key_pem, &outputs.key) {
+        staged.push(files::stage(path, k.as_bytes(), Visibility::Secret, force)?);
+    }
+    staged.push(files::stage(
+        &outputs.cert,
+        pem.as_bytes(),
+        Visibility::Public,
+        force,
+    )?);
+    staged.push(files::stage(
+        &outputs.chain,
+        format!("{pem}{}", ca.pem()).as_bytes(),
+        Visibility::Public,
+        force,
+    )?);
     inventory
         .record_issued(
             mtls_store::CertificateToRecord::from_issued(issued, &issuer_key, &profile.to_string()),
@@ -157,16 +176,9 @@ fn record_and_write(
             now(),
         )
         .context("recording the certificate in the inventory (nothing was written)")?;
-    if let (Some(k), Some(path)) = (key_pem, &outputs.key) {
-        files::write_atomic(path, k.as_bytes(), Visibility::Secret, force)?;
+    for s in staged {
+        s.install()?;
     }
-    files::write_atomic(&outputs.cert, pem.as_bytes(), Visibility::Public, force)?;
-    files::write_atomic(
-        &outputs.chain,
-        format!("{pem}{}", ca.pem()).as_bytes(),
-        Visibility::Public,
-        force,
-    )?;
     Ok(())
 }
 
@@ -300,8 +312,13 @@ pub fn csr(a: CsrArgs) -> Result<ExitCode> {
     let key = PrivateKey::generate(alg)?;
     let csr = usage(pki_csr::create(&key, &a.subject.subject(&a.cn), &sans))?;
     let kp = key_pem(&key, &a.key, passphrase.as_deref().map(|p| p.as_slice()))?;
-    files::write_atomic(&a.key_out, kp.as_bytes(), Visibility::Secret, a.key.force)?;
-    files::write_atomic(&a.csr_out, csr.as_bytes(), Visibility::Public, a.key.force)?;
+    let staged = [
+        files::stage(&a.key_out, kp.as_bytes(), Visibility::Secret, a.key.force)?,
+        files::stage(&a.csr_out, csr.as_bytes(), Visibility::Public, a.key.force)?,
+    ];
+    for s in staged {
+        s.install()?;
+    }
     out(&format!(
         "Wrote key {} and CSR {}\n",
         a.key_out.display(),

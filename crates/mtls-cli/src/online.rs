@@ -212,19 +212,26 @@ pub fn enroll(a: EnrollArgs) -> Result<ExitCode> {
         now(),
     )
     .map_err(|d| anyhow::anyhow!("the CA returned an unusable certificate: {d}"))?;
-    files::write_atomic(
-        &key_path,
-        key.to_pem().as_bytes(),
-        Visibility::Secret,
-        a.force,
-    )?;
-    files::write_atomic(&cert_path, chain.as_bytes(), Visibility::Public, a.force)?;
-    files::write_atomic(
-        &root_path,
-        mtls_pki::pem_io::encode("CERTIFICATE", &root).as_bytes(),
-        Visibility::Public,
-        a.force,
-    )?;
+    // All three written before any is put in place: a failure leaves the old set whole
+    // (a new key beside the old certificate would serve nothing and renew nothing).
+    let staged = [
+        files::stage(
+            &key_path,
+            key.to_pem().as_bytes(),
+            Visibility::Secret,
+            a.force,
+        )?,
+        files::stage(&cert_path, chain.as_bytes(), Visibility::Public, a.force)?,
+        files::stage(
+            &root_path,
+            mtls_pki::pem_io::encode("CERTIFICATE", &root).as_bytes(),
+            Visibility::Public,
+            a.force,
+        )?,
+    ];
+    for s in staged {
+        s.install()?;
+    }
     out(&format!(
         "enrolled: serial {} valid until {}\n  key  {}\n  cert {}\n  root {}\n",
         issued.serial,

@@ -60,6 +60,25 @@ pub fn write_atomic(
     visibility: Visibility,
     force: bool,
 ) -> Result<()> {
+    stage(path, contents, visibility, force)?.install()
+}
+
+/// A file written and flushed next to its destination, not yet in place: [`Staged::install`]
+/// puts it there; dropped, it is removed. Outputs that belong together (a key and its
+/// certificate) are all staged before any is installed, so a failure while writing them
+/// (a full disk, an owner that cannot be kept) leaves every old file as it was.
+#[must_use = "a staged file is removed unless installed"]
+pub struct Staged {
+    tmp: PathBuf,
+    path: PathBuf,
+    dir: PathBuf,
+    force: bool,
+    installed: bool,
+}
+
+/// Writes `contents` to a temporary file beside `path` (mode, owner of a replaced file and
+/// fsync as [`write_atomic`]) and returns it staged.
+pub fn stage(path: &Path, contents: &[u8], visibility: Visibility, force: bool) -> Result<Staged> {
     check_writable(path, force)?;
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -79,49 +98,67 @@ pub fn write_atomic(
     } else {
         None
     };
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(visibility.mode())
-            .open(&tmp)
-            .map_err(io_err(&tmp))?;
-        // The umask may have removed bits; make the mode exactly what was asked for.
-        file.set_permissions(fs::Permissions::from_mode(visibility.mode()))
-            .map_err(io_err(&tmp))?;
-        if let Some((uid, gid)) = replaced_owner {
-            keep_owner(&file, path, uid, gid)?;
-        }
-        file.write_all(contents).map_err(io_err(&tmp))?;
-        file.sync_all().map_err(io_err(&tmp))?;
-        if force {
-            fs::rename(&tmp, path).map_err(io_err(path))?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(visibility.mode())
+        .open(&tmp)
+        .map_err(io_err(&tmp))?;
+    // From here on the temporary file is removed on any failure (the guard's drop).
+    let staged = Staged {
+        tmp,
+        path: path.to_path_buf(),
+        dir,
+        force,
+        installed: false,
+    };
+    // The umask may have removed bits; make the mode exactly what was asked for.
+    file.set_permissions(fs::Permissions::from_mode(visibility.mode()))
+        .map_err(io_err(&staged.tmp))?;
+    if let Some((uid, gid)) = replaced_owner {
+        keep_owner(&file, path, uid, gid)?;
+    }
+    file.write_all(contents).map_err(io_err(&staged.tmp))?;
+    file.sync_all().map_err(io_err(&staged.tmp))?;
+    Ok(staged)
+}
+
+impl Staged {
+    /// Puts the file in place: renamed over the destination when replacing was asked for,
+    /// else linked (failing if the destination appeared meanwhile).
+    pub fn install(mut self) -> Result<()> {
+        let path = self.path.clone();
+        if self.force {
+            fs::rename(&self.tmp, &path).map_err(io_err(&path))?;
         } else {
             // A hard link fails if the destination exists: no-clobber without a race between
             // the existence check and the rename.
-            fs::hard_link(&tmp, path).map_err(|source| {
+            fs::hard_link(&self.tmp, &path).map_err(|source| {
                 if source.kind() == std::io::ErrorKind::AlreadyExists {
-                    Error::AlreadyExists {
-                        path: path.to_path_buf(),
-                    }
+                    Error::AlreadyExists { path: path.clone() }
                 } else {
                     Error::Io {
-                        path: path.to_path_buf(),
+                        path: path.clone(),
                         source,
                     }
                 }
             })?;
-            fs::remove_file(&tmp).map_err(io_err(&tmp))?;
+            fs::remove_file(&self.tmp).map_err(io_err(&self.tmp))?;
         }
-        if let Ok(d) = fs::File::open(&dir) {
+        self.installed = true;
+        if let Ok(d) = fs::File::open(&self.dir) {
             let _ = d.sync_all();
         }
         Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
     }
-    result
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.installed {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 /// Gives `file` (the replacement of `path`) the owner `uid:gid` of the file it replaces, before
@@ -258,6 +295,54 @@ mod tests {
         let fresh = dir.path().join("fresh.pem");
         write_atomic(&fresh, b"x", Visibility::Public, true).unwrap();
         assert_eq!(fs::metadata(&fresh).unwrap().uid(), me.uid());
+    }
+
+    /// Outputs that belong together: when one cannot be written, the others staged before it
+    /// are removed and every old file stays as it was; installed, each replaces its old file.
+    #[test]
+    fn staged_files_are_installed_together_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("app.key");
+        let cert = dir.path().join("app.crt");
+        write_atomic(&key, b"old key", Visibility::Secret, false).unwrap();
+        write_atomic(&cert, b"old cert", Visibility::Public, false).unwrap();
+        // The second output cannot be written (its directory is a file).
+        let blocker = dir.path().join("not-a-dir");
+        fs::write(&blocker, b"x").unwrap();
+        let failed = (|| {
+            let a = stage(&key, b"new key", Visibility::Secret, true)?;
+            let b = stage(
+                &blocker.join("app.crt"),
+                b"new cert",
+                Visibility::Public,
+                true,
+            )?;
+            a.install()?;
+            b.install()
+        })();
+        assert!(failed.is_err());
+        assert_eq!(fs::read(&key).unwrap(), b"old key");
+        let names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n.contains(".tmp-")),
+            "no temporary file is left: {names:?}"
+        );
+        let staged = [
+            stage(&key, b"new key", Visibility::Secret, true).unwrap(),
+            stage(&cert, b"new cert", Visibility::Public, true).unwrap(),
+        ];
+        for s in staged {
+            s.install().unwrap();
+        }
+        assert_eq!(fs::read(&key).unwrap(), b"new key");
+        assert_eq!(fs::read(&cert).unwrap(), b"new cert");
+        assert_eq!(
+            fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 
     const CHILD: &str = "MTLS_TEST_KEEP_OWNER_CHILD";
