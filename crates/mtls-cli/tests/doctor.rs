@@ -97,7 +97,8 @@ fn a_clean_pki_reports_nothing_and_a_default_one_its_key_storage() {
         .ok();
     env.mtls(&["crl", "--ca-passphrase-file", pass]).ok();
     let (code, found) = doctor(&env, &[&env.p("pki")]);
-    assert_eq!(found, set(&[]));
+    // The encrypted intermediate key cannot be matched without its passphrase: a note.
+    assert_eq!(found, set(&[("key_unchecked", "intermediate.crt")]));
     assert_eq!(code, 0);
 
     let env = Env::new();
@@ -316,6 +317,8 @@ fn each_seeded_problem_is_reported_by_its_code() {
         &["-newkey", "rsa:1024", "-nodes"],
     ));
     expected.push(("weak_key", "rsa1024.crt"));
+    // mtls does not load RSA-1024 keys: the match with its key is left unchecked, and said so.
+    expected.push(("key_unchecked", "rsa1024.crt"));
     // A leaf issued by the root itself, served with it.
     let byroot = env.read("noeku.crt");
     let mut chain = byroot.clone();
@@ -433,4 +436,75 @@ fn bad_input_exits_2_and_text_output_names_code_file_and_fix() {
         "{}",
         r.stdout
     );
+}
+
+/// A file that cannot be parsed is an error, never a pass: a truncated CRL (PEM, and DER named
+/// `.crl`), a truncated key on its own and next to its certificate; the intact files are clean.
+#[test]
+fn truncated_crls_and_keys_are_errors_and_intact_ones_clean() {
+    let env = Env::new();
+    let pki = TestPki::new("truncated");
+    let now = OffsetDateTime::now_utc();
+    let leaf = pki.leaf_at(Profile::Client, "app", &[], now, Duration::days(90));
+    let crl =
+        mtls_pki::revocation::build_crl(&pki.intermediate, 1, now, Duration::days(7), &[]).unwrap();
+    let key_pem = leaf.key.to_pem();
+    let good = [
+        write_pem(&env, "good.crl", "X509 CRL", &[crl.as_ref()]),
+        env.write("good-der.crl", crl.as_ref())
+            .to_string_lossy()
+            .into_owned(),
+        write_pem(&env, "app.crt", "CERTIFICATE", &[&leaf.cert.der]),
+        env.write_secret("app.key", key_pem.as_bytes())
+            .to_string_lossy()
+            .into_owned(),
+    ];
+    let good: Vec<&str> = good.iter().map(String::as_str).collect();
+    let (code, found) = doctor(&env, &good);
+    assert_eq!(found, set(&[]));
+    assert_eq!(code, 0);
+
+    // The same files cut short.
+    let crl_der = crl.as_ref();
+    let cut_crl = &crl_der[..crl_der.len() - 20];
+    let key_der = leaf.key.pkcs8_der();
+    let cut_key = &key_der[..key_der.len() - 10];
+    std::fs::create_dir(env.path("cut")).unwrap();
+    let bad = [
+        write_pem(&env, "cut/bad.crl", "X509 CRL", &[cut_crl]),
+        env.write("cut/bad-der.crl", cut_crl)
+            .to_string_lossy()
+            .into_owned(),
+        write_pem(&env, "cut/app.crt", "CERTIFICATE", &[&leaf.cert.der]),
+    ];
+    let cut_pem = pem_io::encode("PRIVATE KEY", cut_key);
+    let key = env.write_secret("cut/app.key", cut_pem.as_bytes());
+    let bad: Vec<&str> = bad.iter().map(String::as_str).collect();
+    let (code, found) = doctor(&env, &bad);
+    assert_eq!(
+        found,
+        set(&[
+            ("unreadable", "bad.crl"),
+            ("unreadable", "bad-der.crl"),
+            // Found through the certificate next to it.
+            ("unreadable", "app.key"),
+        ])
+    );
+    assert_eq!(code, 1, "errors exit 1");
+    let (code, found) = doctor(&env, &[key.to_str().unwrap()]);
+    assert_eq!(found, set(&[("unreadable", "app.key")]));
+    assert_eq!(code, 1);
+    // An encrypted key cut short is malformed too, not merely locked.
+    let enc = leaf
+        .key
+        .to_encrypted_pem_with_iterations(b"pw", 1000)
+        .unwrap();
+    let blocks = pem_io::decode(enc.as_bytes()).unwrap();
+    let der = &blocks[0].der;
+    let cut = pem_io::encode("ENCRYPTED PRIVATE KEY", &der[..der.len() - 10]);
+    let enc_cut = env.write_secret("enc-cut.key", cut.as_bytes());
+    let enc_ok = env.write_secret("enc.key", enc.as_bytes());
+    let (code, found) = doctor(&env, &[enc_cut.to_str().unwrap(), enc_ok.to_str().unwrap()]);
+    assert_eq!(found, set(&[("unreadable", "enc-cut.key")]));
+    assert_eq!(code, 1);
 }

@@ -60,6 +60,7 @@ pub const CODES: &[(&str, Severity)] = &[
     ("revocation_not_configured", Severity::Warning),
     ("client_ca_public_roots", Severity::Error),
     ("unreadable", Severity::Error),
+    ("key_unchecked", Severity::Info),
 ];
 
 fn severity_of(code: &str) -> Severity {
@@ -266,19 +267,30 @@ pub fn audit_file(p: &Path, options: &Options, report: &mut Report) {
     let text = String::from_utf8_lossy(&bytes);
     let is_key = text.contains("PRIVATE KEY-----")
         || (!mtls_pki::pem_io::is_pem(&bytes)
-            && p.extension().is_some_and(|e| e == "key" || e == "p8"));
+            && p.extension()
+                .is_some_and(|e| e == "key" || e == "p8" || e == "pk8"));
     if is_key {
-        audit_key(p, report);
+        audit_key(p, &bytes, report);
         // A combined file (certificate chain and key) is audited as a chain too.
         if !text.contains("-----BEGIN CERTIFICATE-----") {
             return;
         }
     }
     if text.contains("-----BEGIN X509 CRL-----") || p.extension().is_some_and(|e| e == "crl") {
-        if let Ok(crls) = mtls_pki::pem_io::crls(&bytes) {
-            for crl in crls {
-                audit_crl(p, &crl, options, report);
+        match mtls_pki::pem_io::crls(&bytes) {
+            Ok(crls) => {
+                for crl in crls {
+                    audit_crl(p, &crl, options, report);
+                }
             }
+            // A CRL nobody can parse revokes nothing: verifiers that load it fail or, worse,
+            // run without it.
+            Err(e) => report.add(
+                "unreadable",
+                p,
+                format!("not a valid CRL: {e}"),
+                "publish a new one with `mtls crl` (or fetch it again) and replace the file",
+            ),
         }
         return;
     }
@@ -301,7 +313,25 @@ pub fn audit_file(p: &Path, options: &Options, report: &mut Report) {
     }
 }
 
-fn audit_key(p: &Path, report: &mut Report) {
+fn audit_key(p: &Path, bytes: &[u8], report: &mut Report) {
+    // Without a passphrase an encrypted key is checked as far as its structure (a truncated
+    // one is malformed); that it matches its certificate is reported where it is checked.
+    match mtls_pki::PrivateKey::from_pem_or_der(bytes, None) {
+        Ok(_) | Err(mtls_pki::Error::PassphraseRequired) => {}
+        // A key type mtls does not load (RSA under 2048 bits, another curve) may serve others.
+        Err(e @ mtls_pki::Error::UnsupportedKey(_)) => report.add(
+            "key_unchecked",
+            p,
+            format!("mtls cannot load this key, so it was not checked: {e}"),
+            "check it with `openssl pkey -noout -in FILE`; mtls uses ECDSA P-256/P-384, Ed25519 and RSA ≥ 2048",
+        ),
+        Err(e) => report.add(
+            "unreadable",
+            p,
+            format!("not a usable private key: {e}"),
+            "restore the key from its backup, or issue a new certificate with a new key",
+        ),
+    }
     if let Ok(meta) = std::fs::metadata(p) {
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
@@ -321,19 +351,28 @@ fn audit_crl(
     options: &Options,
     report: &mut Report,
 ) {
-    let Ok((head, _)) = mtls_pki::revocation::without_entries(crl.as_ref()) else {
-        return;
+    let parsed = mtls_pki::revocation::without_entries(crl.as_ref()).and_then(|(head, _)| {
+        mtls_pki::revocation::parse_crl(&head).map(|c| c.next_update().map(|n| n.to_datetime()))
+    });
+    let next_update = match parsed {
+        Ok(n) => n,
+        Err(e) => {
+            report.add(
+                "unreadable",
+                p,
+                format!("not a valid CRL: {e}"),
+                "publish a new one with `mtls crl` (or fetch it again) and replace the file",
+            );
+            return;
+        }
     };
-    let Ok(parsed) = mtls_pki::revocation::parse_crl(&head) else {
-        return;
-    };
-    match parsed.next_update() {
-        Some(next) if next.to_datetime() < options.now => report.add(
+    match next_update {
+        Some(next) if next < options.now => report.add(
             "crl_stale",
             p,
             format!(
                 "the CRL is past its nextUpdate ({}): strict verifiers refuse every client it covers",
-                mtls_pki::rfc3339(&next.to_datetime())
+                mtls_pki::rfc3339(&next)
             ),
             "publish a new one with `mtls crl` (schedule it well before nextUpdate), or let the gateway fetch it (--crl-url)",
         ),
@@ -598,14 +637,58 @@ fn audit_sibling_key(p: &Path, leaf: &X509Certificate<'_>, report: &mut Report) 
         return;
     };
     let key_path = p.with_file_name(format!("{stem}.key"));
-    let Ok(bytes) = std::fs::read(&key_path) else {
+    if key_path.exists() {
+        check_key_match(p, leaf, &key_path, None, report);
+    }
+}
+
+/// Whether the key in `key_path` is the one of certificate `leaf` (in `p`); a key that cannot
+/// be read or parsed is a finding of its own, never a pass.
+fn check_key_match(
+    p: &Path,
+    leaf: &X509Certificate<'_>,
+    key_path: &Path,
+    passphrase: Option<&[u8]>,
+    report: &mut Report,
+) {
+    let Some(bytes) = read_or_report(key_path, report) else {
         return;
     };
-    if mtls_pki::key::is_encrypted(&bytes) {
-        return;
-    }
-    let Ok(key) = mtls_pki::PrivateKey::from_pem_or_der(&bytes, None) else {
-        return;
+    let key = match mtls_pki::PrivateKey::from_pem_or_der(&bytes, passphrase) {
+        Ok(k) => k,
+        Err(mtls_pki::Error::PassphraseRequired) => {
+            report.add(
+                "key_unchecked",
+                p,
+                format!(
+                    "the key {} is encrypted: whether it matches the certificate was not checked",
+                    key_path.display()
+                ),
+                "audit through the configuration that names the key's passphrase file (`mtls doctor --config`)",
+            );
+            return;
+        }
+        Err(e @ mtls_pki::Error::UnsupportedKey(_)) => {
+            report.add(
+                "key_unchecked",
+                p,
+                format!(
+                    "mtls cannot load the key {} ({e}): whether it matches the certificate was not checked",
+                    key_path.display()
+                ),
+                "compare them with `openssl x509 -noout -pubkey` and `openssl pkey -pubout`",
+            );
+            return;
+        }
+        Err(e) => {
+            report.add(
+                "unreadable",
+                key_path,
+                format!("not a usable private key: {e}"),
+                "restore the key from its backup, or issue a new certificate with a new key",
+            );
+            return;
+        }
     };
     if !key.matches_spki(leaf.public_key().raw) {
         report.add(

@@ -292,10 +292,12 @@ pub fn is_encrypted(input: &[u8]) -> bool {
 }
 
 fn decrypt(der: &[u8], passphrase: Option<&[u8]>) -> Result<Zeroizing<Vec<u8>>> {
-    let passphrase = passphrase.ok_or(Error::PassphraseRequired)?;
+    // The structure first: a truncated encrypted key is malformed, not merely locked (the
+    // doctor tells the two apart without a passphrase).
     let info = EncryptedPrivateKeyInfoRef::try_from(der)
         .map_err(|e| Error::malformed("encrypted private key", e))?;
     check_kdf_cost(&info.encryption_algorithm)?;
+    let passphrase = passphrase.ok_or(Error::PassphraseRequired)?;
     let doc = info
         .decrypt(passphrase)
         .map_err(|_| Error::WrongPassphrase)?;
