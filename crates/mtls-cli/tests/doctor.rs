@@ -508,3 +508,91 @@ fn truncated_crls_and_keys_are_errors_and_intact_ones_clean() {
     assert_eq!(found, set(&[("unreadable", "enc-cut.key")]));
     assert_eq!(code, 1);
 }
+
+/// Every certificate and key a listener names is audited: an expired intermediate in the
+/// client CA bundle, an expired revocation-feed client certificate, an upstream client
+/// certificate paired with another key; an encrypted key with its passphrase file is matched.
+#[test]
+fn a_gateway_configuration_audits_every_certificate_and_key_it_names() {
+    let env = Env::new();
+    let pki = TestPki::new("gwfiles");
+    let now = OffsetDateTime::now_utc();
+    let old_inter = mtls_pki::issue::new_intermediate(
+        &pki.root,
+        &mtls_pki::Subject::cn("old Intermediate CA"),
+        mtls_pki::PrivateKey::generate(mtls_pki::KeyAlgorithm::EcdsaP256).unwrap(),
+        now - Duration::days(300),
+        Duration::days(30),
+        0,
+    )
+    .unwrap();
+    let bundle = write_pem(
+        &env,
+        "bundle.pem",
+        "CERTIFICATE",
+        &[old_inter.der(), &pki.root_der()],
+    );
+    let good_bundle = write_pem(&env, "good-bundle.pem", "CERTIFICATE", &[&pki.root_der()]);
+    let server = pki.leaf_at(
+        Profile::Server,
+        "gw.example",
+        &["gw.example"],
+        now,
+        Duration::days(90),
+    );
+    let server_pem = write_pem(&env, "server.pem", "CERTIFICATE", &[&server.cert.der]);
+    // Encrypted, with its passphrase file: the match is checked, not left as a note.
+    let enc = server
+        .key
+        .to_encrypted_pem_with_iterations(b"pw", 1000)
+        .unwrap();
+    let server_key = env.write_secret("server.key", enc.as_bytes());
+    let pass = env.write_secret("server.pass", b"pw\n");
+    let feed = pki.leaf_at(
+        Profile::Client,
+        "feed",
+        &[],
+        now - Duration::days(60),
+        Duration::days(30),
+    );
+    let feed_pem = write_pem(&env, "feed-client.pem", "CERTIFICATE", &[&feed.cert.der]);
+    let feed_key = env.write_secret("feed-client-key.pem", feed.key.to_pem().as_bytes());
+    let up = pki.leaf_at(Profile::Client, "up", &[], now, Duration::days(90));
+    let up_pem = write_pem(&env, "upstream-client.pem", "CERTIFICATE", &[&up.cert.der]);
+    let other_key = env.write_secret("other-key.pem", feed.key.to_pem().as_bytes());
+    let config = |client_ca: &str| {
+        format!(
+            "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\nupstream = \"https://127.0.0.1:1\"\n\
+upstream_ca = [\"{good_bundle}\"]\nclient_ca = [\"{client_ca}\"]\n\
+[listener.upstream_certificate]\ncert = \"{up_pem}\"\nkey = \"{}\"\n\
+[listener.policy]\nallow_cn = [\"app\"]\n\
+[listener.revocation_feed]\nurls = [\"https://127.0.0.1:2\"]\nca = [\"{good_bundle}\"]\n\
+[listener.revocation_feed.certificate]\ncert = \"{feed_pem}\"\nkey = \"{}\"\n\
+[[listener.certificate]]\ncert = \"{server_pem}\"\nkey = \"{}\"\nkey_passphrase_file = \"{}\"\n",
+            other_key.display(),
+            feed_key.display(),
+            server_key.display(),
+            pass.display(),
+        )
+    };
+    let gw = env.write("gateway.toml", config(&bundle).as_bytes());
+    let (code, found) = doctor(&env, &["--config", gw.to_str().unwrap()]);
+    assert_eq!(
+        found,
+        set(&[
+            ("expired", "bundle.pem"),
+            ("expired", "feed-client.pem"),
+            ("key_mismatch", "upstream-client.pem"),
+        ])
+    );
+    assert_eq!(code, 1);
+    // With those fixed, the configuration is clean.
+    std::fs::write(&other_key, up.key.to_pem().as_bytes()).unwrap();
+    let fresh = pki.leaf_at(Profile::Client, "feed", &[], now, Duration::days(30));
+    std::fs::write(&feed_pem, pem_io::encode("CERTIFICATE", &fresh.cert.der)).unwrap();
+    std::fs::write(&feed_key, fresh.key.to_pem().as_bytes()).unwrap();
+    let gw = env.write("gateway.toml", config(&good_bundle).as_bytes());
+    let (code, found) = doctor(&env, &["--config", gw.to_str().unwrap()]);
+    assert_eq!(found, set(&[]));
+    assert_eq!(code, 0);
+}

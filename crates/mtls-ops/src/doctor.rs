@@ -261,6 +261,14 @@ fn read_or_report(p: &Path, report: &mut Report) -> Option<Vec<u8>> {
 
 /// Audits one file: a private key, a certificate or chain, or a CRL (PEM or DER).
 pub fn audit_file(p: &Path, options: &Options, report: &mut Report) {
+    audit_file_keyed(p, options, report, None);
+}
+
+/// The key a certificate is checked against: the one a configuration pairs it with (and the
+/// passphrase that opens it), else `NAME.key` next to it.
+type PairedKey<'a> = Option<(&'a Path, Option<&'a [u8]>)>;
+
+fn audit_file_keyed(p: &Path, options: &Options, report: &mut Report, key: PairedKey<'_>) {
     let Some(bytes) = read_or_report(p, report) else {
         return;
     };
@@ -295,7 +303,7 @@ pub fn audit_file(p: &Path, options: &Options, report: &mut Report) {
         return;
     }
     match mtls_pki::pem_io::certificates(&bytes) {
-        Ok(chain) if !chain.is_empty() => audit_chain(p, &chain, options, report),
+        Ok(chain) if !chain.is_empty() => audit_chain(p, &chain, options, report, key),
         // A DER file that is not a certificate may be a CRL.
         _ => match mtls_pki::pem_io::crls(&bytes) {
             Ok(crls) => {
@@ -407,6 +415,7 @@ fn audit_chain(
     chain: &[rustls_pki_types::CertificateDer<'static>],
     options: &Options,
     report: &mut Report,
+    key: PairedKey<'_>,
 ) {
     let parsed: Vec<X509Certificate<'_>> = chain
         .iter()
@@ -454,7 +463,10 @@ fn audit_chain(
         audit_certificate(p, c, options, report);
     }
     audit_leaf(p, leaf, parsed.get(1), options, report);
-    audit_sibling_key(p, leaf, report);
+    match key {
+        Some((key, passphrase)) => check_key_match(p, leaf, key, passphrase, report),
+        None => audit_sibling_key(p, leaf, report),
+    }
 }
 
 fn audit_certificate(p: &Path, c: &X509Certificate<'_>, options: &Options, report: &mut Report) {
@@ -763,25 +775,92 @@ pub fn audit_gateway_config(
                 );
             }
         }
+        // Every file the listener loads: an expired intermediate in a CA bundle or an expired
+        // feed client certificate breaks the gateway as surely as its own certificate does.
         for bundle in &l.client_ca {
-            audit_client_ca(bundle, report, &at);
+            if let Some(certs) = audit_bundle(bundle, options, report) {
+                audit_client_ca(bundle, &certs, report, &at);
+            }
+        }
+        for bundle in &l.upstream_ca {
+            audit_bundle(bundle, options, report);
         }
         for c in &l.certificates {
-            audit_file(&c.cert, options, report);
-            audit_file(&c.key, options, report);
+            audit_pair(c, options, report);
+        }
+        if let Some(c) = &l.upstream_certificate {
+            audit_pair(c, options, report);
+        }
+        if let Some(feed) = &l.revocation_feed {
+            for bundle in &feed.ca {
+                audit_bundle(bundle, options, report);
+            }
+            if let Some(c) = &feed.certificate {
+                audit_pair(c, options, report);
+            }
         }
     }
     Ok(())
 }
 
+/// A CA bundle: each certificate on its own (expiry, key, signature), in no particular order.
+fn audit_bundle(
+    bundle: &Path,
+    options: &Options,
+    report: &mut Report,
+) -> Option<Vec<rustls_pki_types::CertificateDer<'static>>> {
+    let bytes = read_or_report(bundle, report)?;
+    let certs = match mtls_pki::pem_io::certificates(&bytes) {
+        Ok(c) => c,
+        Err(e) => {
+            report.add(
+                "unreadable",
+                bundle,
+                format!("not a certificate bundle: {e}"),
+                "replace it with the PEM bundle of the CA certificates it should hold",
+            );
+            return None;
+        }
+    };
+    for c in &certs {
+        if let Ok(parsed) = mtls_pki::pem_io::parse_certificate(c) {
+            audit_certificate(bundle, &parsed, options, report);
+        }
+    }
+    Some(certs)
+}
+
+/// A certificate and key the configuration pairs: each file, and that they belong together
+/// (an encrypted key is opened with its configured passphrase file).
+fn audit_pair(c: &mtls_gateway::config::CertificateConfig, options: &Options, report: &mut Report) {
+    audit_file(&c.key, options, report);
+    let passphrase = match &c.key_passphrase_file {
+        None => None,
+        Some(f) => match mtls_pki::files::read_passphrase_file(f) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                report.add(
+                    "unreadable",
+                    f,
+                    format!("cannot read the key's passphrase file: {e}"),
+                    "check the path and its permissions (owner-only)",
+                );
+                audit_file(&c.cert, options, report);
+                return;
+            }
+        },
+    };
+    let key = Some((c.key.as_path(), passphrase.as_deref().map(|p| p.as_slice())));
+    audit_file_keyed(&c.cert, options, report, key);
+}
+
 /// A client CA bundle that trusts a public root store lets anyone with a public certificate in.
-fn audit_client_ca(bundle: &Path, report: &mut Report, at: &dyn Fn(&str) -> String) {
-    let Some(bytes) = read_or_report(bundle, report) else {
-        return;
-    };
-    let Ok(certs) = mtls_pki::pem_io::certificates(&bytes) else {
-        return;
-    };
+fn audit_client_ca(
+    bundle: &Path,
+    certs: &[rustls_pki_types::CertificateDer<'static>],
+    report: &mut Report,
+    at: &dyn Fn(&str) -> String,
+) {
     let roots = certs
         .iter()
         .filter_map(|c| mtls_pki::pem_io::parse_certificate(c).ok())
