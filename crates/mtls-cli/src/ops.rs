@@ -110,7 +110,9 @@ pub struct MonitorArgs {
     /// Address of the Prometheus endpoint (/metrics).
     #[arg(long, value_parser = crate::util::listen_arg)]
     listen: SocketAddr,
-    /// Certificate and CRL files, and directories of them, read on every scrape.
+    /// Certificate and CRL files (PEM or DER), and directories of them, read on every scrape;
+    /// each must exist at start. A file that cannot be read or parsed is reported as
+    /// mtls_watched_file_error 1.
     #[arg(value_name = "PATH")]
     paths: Vec<PathBuf>,
     /// Also count the CA inventory's certificates expiring within 7 and 30 days (read every
@@ -124,6 +126,12 @@ pub struct MonitorArgs {
 pub fn monitor(a: MonitorArgs, pki: &std::path::Path) -> Result<ExitCode> {
     if a.paths.is_empty() && !a.inventory {
         return Err(UsageError("give files or directories to watch, or --inventory".into()).into());
+    }
+    // A typo would otherwise watch nothing, and export nothing to alert on.
+    for p in &a.paths {
+        if !p.exists() {
+            return Err(UsageError(format!("{}: no such file or directory", p.display())).into());
+        }
     }
     let watched = Arc::new(mtls_ops::expiry::Watched {
         paths: a.paths.clone(),

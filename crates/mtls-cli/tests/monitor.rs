@@ -172,8 +172,23 @@ fn the_monitor_exports_expiry_renewal_state_crl_freshness_and_the_inventory() {
         (not_after - expected).abs() < 600.0,
         "{not_after} vs {expected}"
     );
-    // The chain file of the same certificate is not reported twice.
-    assert!(!page.contains("fresh.chain.pem"), "{page}");
+    // The chain file of the same certificate is not reported twice (only read, and found
+    // readable).
+    assert!(
+        !page
+            .lines()
+            .any(|l| l.starts_with("mtls_cert_") && l.contains("fresh.chain.pem")),
+        "{page}"
+    );
+    let chain_file = env.p("pki/issued/fresh.chain.pem");
+    assert_eq!(
+        value(
+            &page,
+            &format!("mtls_watched_file_error{{file=\"{chain_file}\"}}")
+        ),
+        Some(0.0),
+        "{page}"
+    );
     assert_eq!(value(&page, "mtls_crl_stale{"), Some(0.0), "{page}");
     assert_eq!(
         value(&page, "mtls_inventory_expiring{within=\"7d\"}"),
@@ -199,6 +214,7 @@ fn the_monitor_exports_expiry_renewal_state_crl_freshness_and_the_inventory() {
             w.starts_with("mtls_cert_")
                 || w.starts_with("mtls_crl_")
                 || w.starts_with("mtls_inventory_")
+                || w.starts_with("mtls_watched_")
         })
         .collect();
     names.sort();
@@ -237,4 +253,111 @@ fn the_monitor_needs_something_to_watch() {
     let env = Env::new();
     env.mtls(&["monitor", "--listen", "127.0.0.1:0"])
         .fails(2, "--inventory");
+    // A path that does not exist is refused at start, not watched as nothing (bounded: a
+    // monitor that starts anyway serves until killed).
+    let mut child = Command::new(common::gw::mtls_bin())
+        .args(["--pki", &env.p("pki"), "monitor", "--listen", "127.0.0.1:0"])
+        .arg(env.p("nope.crt"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the monitor started with a path that does not exist");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("nope.crt: no such file"), "{stderr}");
+}
+
+/// A file the monitor cannot read or parse is reported as `mtls_watched_file_error 1` (its
+/// other series are missing); readable ones as 0. DER certificates and CRLs are read whatever
+/// their name; a key in a watched directory is passed over.
+#[test]
+fn unreadable_files_are_reported_and_der_files_read() {
+    let env = Env::new();
+    let pki = mtls_test_util::TestPki::new("monitor-der");
+    let now = OffsetDateTime::now_utc();
+    let leaf = pki.leaf_at(Profile::Client, "der", &[], now, time::Duration::days(90));
+    let crl =
+        mtls_pki::revocation::build_crl(&pki.intermediate, 1, now, time::Duration::days(7), &[])
+            .unwrap();
+    std::fs::create_dir(env.path("w")).unwrap();
+    env.write("w/leaf.der", &leaf.cert.der);
+    env.write("w/intermediate.crl", crl.as_ref());
+    env.write(
+        "w/good.pem",
+        pem_io::encode("CERTIFICATE", &leaf.cert.der).as_bytes(),
+    );
+    let der = &leaf.cert.der;
+    env.write(
+        "w/corrupt.crt",
+        pem_io::encode("CERTIFICATE", &der[..der.len() - 20]).as_bytes(),
+    );
+    env.write("w/app.key.pem", leaf.key.to_pem().as_bytes());
+    let named = env.write("named.crt", &crl.as_ref()[..40]);
+    let m = start(&env, &[&env.p("w"), named.to_str().unwrap()]);
+    let (status, page) = common::ca::curl(&[&m.1]);
+    assert_eq!(status, 200);
+    let families = common::assert_prometheus_text(&page);
+    assert!(
+        families.contains(&"mtls_watched_file_error gauge".to_string()),
+        "{families:?}"
+    );
+    let error = |f: &str| {
+        value(
+            &page,
+            &format!("mtls_watched_file_error{{file=\"{}\"}}", env.p(f)),
+        )
+    };
+    assert_eq!(error("w/corrupt.crt"), Some(1.0), "{page}");
+    assert_eq!(error("named.crt"), Some(1.0), "{page}");
+    assert_eq!(error("w/leaf.der"), Some(0.0), "{page}");
+    assert_eq!(error("w/intermediate.crl"), Some(0.0), "{page}");
+    assert_eq!(error("w/good.pem"), Some(0.0), "{page}");
+    assert!(!page.contains("app.key.pem"), "{page}");
+    let corrupt = env.p("w/corrupt.crt");
+    assert!(
+        !page.contains(&format!("mtls_cert_not_after_seconds{{file=\"{corrupt}\"")),
+        "{page}"
+    );
+    let der_file = env.p("w/leaf.der");
+    let crl_file = env.p("w/intermediate.crl");
+    assert!(
+        value(
+            &page,
+            &format!("mtls_cert_not_after_seconds{{file=\"{der_file}\"")
+        )
+        .is_some(),
+        "{page}"
+    );
+    assert_eq!(
+        value(&page, &format!("mtls_crl_stale{{file=\"{crl_file}\"")),
+        Some(0.0),
+        "{page}"
+    );
+    // A watched file that goes away is an error, not a vanished series.
+    std::fs::remove_file(env.path("w/good.pem")).unwrap();
+    std::fs::remove_file(&named).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    let (_, page) = common::ca::curl(&[&m.1]);
+    let error = |f: &str| {
+        value(
+            &page,
+            &format!("mtls_watched_file_error{{file=\"{}\"}}", env.p(f)),
+        )
+    };
+    assert_eq!(error("named.crt"), Some(1.0), "{page}");
+    // A file gone from a watched directory is no longer watched.
+    assert_eq!(error("w/good.pem"), None, "{page}");
 }

@@ -38,11 +38,49 @@ pub struct CrlReading {
     pub stale: bool,
 }
 
+/// A watched file and, when it could not be read or parsed, why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FileReading {
+    pub file: PathBuf,
+    pub error: Option<String>,
+}
+
+/// The readings of the watched files at one moment.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Readings {
+    pub certs: Vec<CertReading>,
+    pub crls: Vec<CrlReading>,
+    /// Every watched file (and unreadable directory), read or not.
+    pub files: Vec<FileReading>,
+}
+
+impl Readings {
+    fn failed(&mut self, file: &Path, error: String) {
+        self.files.push(FileReading {
+            file: file.to_path_buf(),
+            error: Some(error),
+        });
+    }
+
+    fn read(&mut self, file: &Path) {
+        self.files.push(FileReading {
+            file: file.to_path_buf(),
+            error: None,
+        });
+    }
+}
+
 /// Reads the leaf of certificate file `file` (its contents `bytes`) at `now`.
-pub fn read_certificate(file: &Path, bytes: &[u8], now: OffsetDateTime) -> Option<CertReading> {
-    let chain = mtls_pki::pem_io::certificates(bytes).ok()?;
-    let leaf = chain.first()?;
-    let c = mtls_pki::pem_io::parse_certificate(leaf).ok()?;
+pub fn read_certificate(
+    file: &Path,
+    bytes: &[u8],
+    now: OffsetDateTime,
+) -> Result<CertReading, mtls_pki::Error> {
+    let chain = mtls_pki::pem_io::certificates(bytes)?;
+    let leaf = chain.first().ok_or(mtls_pki::Error::NotFound {
+        what: "certificate",
+    })?;
+    let c = mtls_pki::pem_io::parse_certificate(leaf)?;
     let not_before = c.validity().not_before.to_datetime();
     let not_after = c.validity().not_after.to_datetime();
     let due = mtls_client::renewal::due_at(
@@ -52,7 +90,7 @@ pub fn read_certificate(file: &Path, bytes: &[u8], now: OffsetDateTime) -> Optio
         0.0,
     );
     let grace = (not_after - not_before) / 10_i32;
-    Some(CertReading {
+    Ok(CertReading {
         file: file.to_path_buf(),
         subject: c.subject().to_string(),
         serial: mtls_pki::Serial::from_be_bytes(c.raw_serial()).to_string(),
@@ -65,14 +103,20 @@ pub fn read_certificate(file: &Path, bytes: &[u8], now: OffsetDateTime) -> Optio
 }
 
 /// Reads CRL file `file` (its contents `bytes`) at `now`.
-pub fn read_crl(file: &Path, bytes: &[u8], now: OffsetDateTime) -> Option<CrlReading> {
-    let crls = mtls_pki::pem_io::crls(bytes).ok()?;
-    let der = crls.first()?;
+pub fn read_crl(
+    file: &Path,
+    bytes: &[u8],
+    now: OffsetDateTime,
+) -> Result<CrlReading, mtls_pki::Error> {
+    let crls = mtls_pki::pem_io::crls(bytes)?;
+    let der = crls
+        .first()
+        .ok_or(mtls_pki::Error::NotFound { what: "CRL" })?;
     // Read on every scrape: the fields without the entries.
-    let (head, _) = mtls_pki::revocation::without_entries(der.as_ref()).ok()?;
-    let crl = mtls_pki::revocation::parse_crl(&head).ok()?;
+    let (head, _) = mtls_pki::revocation::without_entries(der.as_ref())?;
+    let crl = mtls_pki::revocation::parse_crl(&head)?;
     let next_update = crl.next_update().map(|t| t.to_datetime());
-    Some(CrlReading {
+    Ok(CrlReading {
         file: file.to_path_buf(),
         issuer: crl.issuer().to_string(),
         next_update,
@@ -82,62 +126,96 @@ pub fn read_crl(file: &Path, bytes: &[u8], now: OffsetDateTime) -> Option<CrlRea
 
 /// The readings of the certificate and CRL files under `paths` at `now` (directories walked two
 /// levels deep; the CA's ledger, keys and the inventory are skipped; each file read once).
-pub fn readings(paths: &[PathBuf], now: OffsetDateTime) -> (Vec<CertReading>, Vec<CrlReading>) {
-    let mut certs = Vec::new();
-    let mut crls = Vec::new();
-    fn walk(
-        p: &Path,
-        depth: usize,
-        now: OffsetDateTime,
-        certs: &mut Vec<CertReading>,
-        crls: &mut Vec<CrlReading>,
-    ) {
-        if p.is_dir() {
+///
+/// A file that cannot be read or parsed is a [`FileReading`] with its error, never silence:
+/// its series would vanish and the alerts on them resolve. Files named in `paths` are read
+/// whatever their name; in directories, `.pem`, `.crt`, `.cer`, `.der` and `.crl` files are,
+/// and a PEM file holding neither a certificate nor a CRL (a key, a CSR) is passed over.
+/// DER is told apart by parsing, not by the file's name.
+pub fn readings(paths: &[PathBuf], now: OffsetDateTime) -> Readings {
+    fn walk(p: &Path, depth: usize, now: OffsetDateTime, out: &mut Readings) {
+        let meta = match std::fs::metadata(p) {
+            Ok(m) => m,
+            Err(e) => return out.failed(p, format!("cannot read: {e}")),
+        };
+        if meta.is_dir() {
             if depth > 2 || p.file_name().is_some_and(|n| n == "ledger") {
                 return;
             }
-            let mut entries: Vec<PathBuf> = std::fs::read_dir(p)
-                .map(|e| e.filter_map(|e| e.ok().map(|e| e.path())).collect())
-                .unwrap_or_default();
+            let mut entries: Vec<PathBuf> = match std::fs::read_dir(p) {
+                Ok(e) => e.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+                Err(e) => return out.failed(p, format!("cannot read the directory: {e}")),
+            };
             entries.sort();
             for e in entries {
-                walk(&e, depth + 1, now, certs, crls);
+                walk(&e, depth + 1, now, out);
             }
             return;
         }
-        // Certificates and CRLs only (never keys or the inventory), of a sane size.
+        let named = depth == 0;
         let ext = p
             .extension()
             .map(|e| e.to_string_lossy().to_ascii_lowercase())
             .unwrap_or_default();
-        if !matches!(ext.as_str(), "pem" | "crt" | "cer" | "crl") {
+        if !named && !matches!(ext.as_str(), "pem" | "crt" | "cer" | "der" | "crl") {
             return;
         }
-        if std::fs::metadata(p).map_or(true, |m| m.len() > MAX_FILE_BYTES) {
-            return;
+        if meta.len() > MAX_FILE_BYTES {
+            return out.failed(p, format!("larger than {MAX_FILE_BYTES} bytes"));
         }
-        let Ok(bytes) = std::fs::read(p) else {
-            return;
+        let bytes = match std::fs::read(p) {
+            Ok(b) => b,
+            Err(e) => return out.failed(p, format!("cannot read: {e}")),
         };
+        let pem = mtls_pki::pem_io::is_pem(&bytes);
         let text = String::from_utf8_lossy(&bytes);
-        if text.contains("-----BEGIN X509 CRL-----") {
-            crls.extend(read_crl(p, &bytes, now));
-        } else if text.contains("-----BEGIN CERTIFICATE-----") {
-            // A chain file and its leaf-only twin report the same certificate: keep the
-            // leaf-only file when both exist (NAME.crt next to NAME.chain.pem).
-            let name = p.to_string_lossy();
-            if let Some(stem) = name.strip_suffix(".chain.pem") {
-                if Path::new(&format!("{stem}.crt")).exists() {
-                    return;
-                }
+        let crl = pem && text.contains("-----BEGIN X509 CRL-----");
+        let cert = pem && !crl && text.contains("-----BEGIN CERTIFICATE-----");
+        if pem && !crl && !cert {
+            if named {
+                out.failed(p, "holds neither a certificate nor a CRL".into());
             }
-            certs.extend(read_certificate(p, &bytes, now));
+            return;
+        }
+        if crl {
+            match read_crl(p, &bytes, now) {
+                Ok(r) => {
+                    out.crls.push(r);
+                    out.read(p);
+                }
+                Err(e) => out.failed(p, format!("not a valid CRL: {e}")),
+            }
+            return;
+        }
+        match read_certificate(p, &bytes, now) {
+            Ok(r) => {
+                out.read(p);
+                // A chain file and its leaf-only twin report the same certificate: keep the
+                // leaf-only file when both exist (NAME.crt next to NAME.chain.pem).
+                let name = p.to_string_lossy();
+                if let Some(stem) = name.strip_suffix(".chain.pem") {
+                    if Path::new(&format!("{stem}.crt")).exists() {
+                        return;
+                    }
+                }
+                out.certs.push(r);
+            }
+            Err(e) if cert => out.failed(p, format!("not a valid certificate: {e}")),
+            // DER: a certificate or else a CRL.
+            Err(cert_error) => match read_crl(p, &bytes, now) {
+                Ok(r) => {
+                    out.crls.push(r);
+                    out.read(p);
+                }
+                Err(_) => out.failed(p, format!("neither a certificate nor a CRL: {cert_error}")),
+            },
         }
     }
+    let mut out = Readings::default();
     for p in paths {
-        walk(p, 0, now, &mut certs, &mut crls);
+        walk(p, 0, now, &mut out);
     }
-    (certs, crls)
+    out
 }
 
 /// Largest file read (a CRL of a few million entries).
@@ -210,11 +288,11 @@ fn cert_labels(r: &CertReading) -> Labels {
 pub fn register_metrics(registry: &mut Registry, watched: &Arc<Watched>) {
     // One reading of the files serves every family of a scrape (they are asked one after
     // the other): kept for a second.
-    type Reading = (std::time::Instant, Arc<(Vec<CertReading>, Vec<CrlReading>)>);
+    type Reading = (std::time::Instant, Arc<Readings>);
     let cache: Arc<Mutex<Option<Reading>>> = Arc::default();
     let read = {
         let w = watched.clone();
-        move || -> Arc<(Vec<CertReading>, Vec<CrlReading>)> {
+        move || -> Arc<Readings> {
             if let Ok(guard) = cache.lock() {
                 if let Some((at, r)) = guard.as_ref() {
                     if at.elapsed() < std::time::Duration::from_secs(1) {
@@ -231,9 +309,31 @@ pub fn register_metrics(registry: &mut Registry, watched: &Arc<Watched>) {
     };
     let certs = {
         let read = read.clone();
-        move || -> Vec<CertReading> { read().0.clone() }
+        move || -> Vec<CertReading> { read().certs.clone() }
     };
-    let crls = move || -> Vec<CrlReading> { read().1.clone() };
+    let crls = {
+        let read = read.clone();
+        move || -> Vec<CrlReading> { read().crls.clone() }
+    };
+    Scraped::register(
+        registry,
+        "mtls_watched_file_error",
+        "1 when a watched file cannot be read or parsed (its other series are missing: alert on this), 0 when it was read",
+        None,
+        Kind::Gauge,
+        move || {
+            read()
+                .files
+                .iter()
+                .map(|f| {
+                    (
+                        vec![("file", f.file.display().to_string())],
+                        if f.error.is_some() { 1.0 } else { 0.0 },
+                    )
+                })
+                .collect()
+        },
+    );
     type Pick = fn(&CertReading) -> f64;
     let cert_series: [(&'static str, &'static str, Option<Unit>, Pick); 4] = [
         (
