@@ -1168,6 +1168,45 @@ fn renewal_with_a_new_key_uses_one_combined_file() {
     assert_eq!(mode & 0o777, 0o600);
 }
 
+/// The post-renewal hook runs without mtls's secrets in its environment (the key's passphrase
+/// among them) but with the rest of it.
+#[test]
+fn the_renewal_hook_does_not_inherit_the_passphrase() {
+    let env = Env::new();
+    env.mtls(&["ca", "init"]).ok();
+    let server = CaServer::start(&env, "ca", None, "");
+    let t = ca::token(&env, "hooked", &[], None);
+    ca::enroll(&env, &server, &t, "h", &[]).ok();
+    let seen = env.path("hook-env");
+    env.mtls_env(
+        &[
+            "renew",
+            "--cert",
+            &env.p("h/cert.pem"),
+            "--key",
+            &env.p("h/key.pem"),
+            "--ca-url",
+            &server.url(),
+            "--ca-root",
+            &env.p("h/ca.crt"),
+            "--exec",
+            &format!("env > {}", seen.display()),
+        ],
+        &[
+            ("MTLS_PASSPHRASE", "key-secret"),
+            ("MTLS_CA_PASSPHRASE", "ca-secret"),
+            ("MTLS_HOOK_TEST_VISIBLE", "yes"),
+        ],
+    )
+    .ok();
+    let seen = std::fs::read_to_string(&seen).unwrap();
+    assert!(seen.lines().any(|l| l.starts_with("PATH=")), "{seen}");
+    assert!(seen.contains("MTLS_HOOK_TEST_VISIBLE=yes"), "{seen}");
+    assert!(!seen.contains("MTLS_PASSPHRASE"), "{seen}");
+    assert!(!seen.contains("MTLS_CA_PASSPHRASE"), "{seen}");
+    assert!(!seen.contains("secret"), "{seen}");
+}
+
 /// Token refusals on PostgreSQL (its writer records issuances with one pipelined statement each,
 /// refusals being zero-row results rather than errors).
 #[test]

@@ -183,6 +183,11 @@ impl Hook {
                 cmd
             }
         };
+        // A hook is someone else's program (and whatever it starts): it gets none of mtls's
+        // secrets, only the rest of the environment.
+        for var in SECRET_ENV {
+            cmd.env_remove(var);
+        }
         // The hook's output goes to our stderr (the daemon's log), not to pipes: a hook that
         // leaves a background process holding a pipe open would otherwise never be done.
         cmd.stdin(std::process::Stdio::null())
@@ -216,6 +221,17 @@ impl Hook {
 
 /// Longest a post-renewal hook may run before it is killed (and reported as failed).
 pub const HOOK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Environment variables holding mtls's secrets (key, CA and PKCS#12 passphrases, an
+/// enrollment token, a database URL that may carry a password), removed from a hook's
+/// environment.
+pub const SECRET_ENV: &[&str] = &[
+    "MTLS_PASSPHRASE",
+    "MTLS_CA_PASSPHRASE",
+    "MTLS_P12_PASSWORD",
+    "MTLS_TOKEN",
+    "MTLS_DATABASE",
+];
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io {
