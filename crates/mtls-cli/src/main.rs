@@ -98,13 +98,13 @@ enum Command {
     /// with a code, a severity, the file and the fix. Exit 0 clean, 1 errors, 3 warnings only.
     #[command(after_help = examples::DOCTOR)]
     Doctor(ops::DoctorArgs),
-    /// Export certificate expiry, renewal state, CRL freshness and the inventory's expiring
-    /// certificates to Prometheus.
-    #[command(after_help = examples::EXPLAIN)]
     /// Why a client is (or would be) refused: the decision a gateway listener makes about a
     /// certificate and a path, check by check, with the gateway's reason codes. Exit 0
     /// allowed, 1 refused.
+    #[command(after_help = examples::EXPLAIN)]
     Explain(ops::ExplainArgs),
+    /// Export certificate expiry, renewal state, CRL freshness and the inventory's expiring
+    /// certificates to Prometheus.
     #[command(after_help = examples::MONITOR)]
     Monitor(ops::MonitorArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).

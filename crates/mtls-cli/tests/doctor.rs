@@ -596,3 +596,16 @@ upstream_ca = [\"{good_bundle}\"]\nclient_ca = [\"{client_ca}\"]\n\
     assert_eq!(found, set(&[]));
     assert_eq!(code, 0);
 }
+
+/// A file name that is not UTF-8 is reported (as displayed) in the JSON output, not a panic.
+#[test]
+fn json_output_survives_file_names_that_are_not_utf8() {
+    use std::os::unix::ffi::OsStrExt;
+    let env = Env::new();
+    std::fs::create_dir(env.path("odd")).unwrap();
+    let name = std::ffi::OsStr::from_bytes(b"bad\xff.pem");
+    std::fs::write(env.path("odd").join(name), b"not a certificate").unwrap();
+    let (code, found) = doctor(&env, &[&env.p("odd")]);
+    assert_eq!(found, set(&[("unreadable", "bad\u{fffd}.pem")]));
+    assert_eq!(code, 1);
+}

@@ -361,3 +361,17 @@ fn unreadable_files_are_reported_and_der_files_read() {
     // A file gone from a watched directory is no longer watched.
     assert_eq!(error("w/good.pem"), None, "{page}");
 }
+
+/// `mtls monitor --help` and `mtls explain --help` each describe their own command.
+#[test]
+fn monitor_and_explain_help_describe_their_own_command() {
+    let env = Env::new();
+    let monitor = env.mtls(&["monitor", "--help"]).ok().stdout;
+    assert!(
+        monitor.starts_with("Export certificate expiry"),
+        "{monitor}"
+    );
+    let explain = env.mtls(&["explain", "--help"]).ok().stdout;
+    assert!(explain.starts_with("Why a client is"), "{explain}");
+    assert!(!explain.contains("Prometheus"), "{explain}");
+}

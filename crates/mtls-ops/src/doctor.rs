@@ -28,9 +28,15 @@ pub enum Severity {
 pub struct Finding {
     pub code: &'static str,
     pub severity: Severity,
+    /// Written as displayed: a file name that is not UTF-8 must not stop the report.
+    #[serde(serialize_with = "display_path")]
     pub file: PathBuf,
     pub message: String,
     pub fix: String,
+}
+
+fn display_path<S: serde::Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&p.display())
 }
 
 /// Every code the doctor can report, with its severity (the README's table).
