@@ -1168,6 +1168,50 @@ fn renewal_with_a_new_key_uses_one_combined_file() {
     assert_eq!(mode & 0o777, 0o600);
 }
 
+/// A certificate path that is a symbolic link to the combined file: the renewal writes the
+/// file the link names (the link stays a link), so the next renewal works too.
+#[test]
+fn renewal_through_a_symlink_writes_the_file_it_names() {
+    let env = Env::new();
+    env.mtls(&["ca", "init"]).ok();
+    let server = CaServer::start(&env, "ca", None, "");
+    let t = ca::token(&env, "linked", &[], None);
+    ca::enroll(&env, &server, &t, "l", &[]).ok();
+    let bundle = env.path("l/bundle.pem");
+    let mut both = env.read("l/cert.pem");
+    both.extend(env.read("l/key.pem"));
+    std::fs::write(&bundle, both).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&bundle, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let link = env.path("l/link.pem");
+    std::os::unix::fs::symlink(&bundle, &link).unwrap();
+    let mut serial = ca::serial_of(&env, &bundle);
+    for _ in 0..2 {
+        env.mtls(&[
+            "renew",
+            "--cert",
+            link.to_str().unwrap(),
+            "--key",
+            bundle.to_str().unwrap(),
+            "--ca-url",
+            &server.url(),
+            "--ca-root",
+            &env.p("l/ca.crt"),
+        ])
+        .ok();
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        let renewed = ca::serial_of(&env, &bundle);
+        assert_ne!(
+            renewed, serial,
+            "the file the link names holds the new certificate"
+        );
+        serial = renewed;
+    }
+}
+
 /// The post-renewal hook runs without mtls's secrets in its environment (the key's passphrase
 /// among them) but with the rest of it.
 #[test]

@@ -361,8 +361,12 @@ async fn renew_now(
     passphrase: Option<&[u8]>,
     now: OffsetDateTime,
 ) -> Result<Issued, Error> {
-    let combined = same_file(&w.cert, &w.key);
-    if !combined && holds_private_key(&w.cert) {
+    // Resolved once: a rename over a symbolic link replaces the link and leaves the file it
+    // names (what the other path may still name) stale.
+    let cert_path = std::fs::canonicalize(&w.cert).map_err(io(&w.cert))?;
+    let key_path = std::fs::canonicalize(&w.key).map_err(io(&w.key))?;
+    let combined = same_file(&cert_path, &key_path);
+    if !combined && holds_private_key(&cert_path) {
         // Rewriting it with the chain alone would destroy the key.
         return Err(Error::Config(format!(
             "{} also holds a private key: pass the same file as --key",
@@ -374,9 +378,9 @@ async fn renew_now(
             "rotating the key replaces two files, which cannot be done atomically: use one combined file for certificate and key (--cert and --key the same path), or renew with the same key".into(),
         ));
     }
-    let chain = mtls_pki::pem_io::certificates(&files::read_public(&w.cert)?)?;
+    let chain = mtls_pki::pem_io::certificates(&files::read_public(&cert_path)?)?;
     let old_leaf = chain.first().cloned();
-    let key_bytes = files::read_secret(&w.key)?;
+    let key_bytes = files::read_secret(&key_path)?;
     let key = mtls_pki::PrivateKey::from_pem_or_der(&key_bytes, passphrase)?;
     let credential = mtls_tls::credential_from_parts(chain, &key, now).map_err(|detail| {
         Error::Config(format!(
@@ -418,9 +422,9 @@ async fn renew_now(
         let mut bundle = zeroize::Zeroizing::new(String::new());
         bundle.push_str(&chain_pem);
         bundle.push_str(&key_pem);
-        files::write_atomic(&w.cert, bundle.as_bytes(), Visibility::Secret, true)?;
+        files::write_atomic(&cert_path, bundle.as_bytes(), Visibility::Secret, true)?;
     } else {
-        files::write_atomic(&w.cert, chain_pem.as_bytes(), Visibility::Public, true)?;
+        files::write_atomic(&cert_path, chain_pem.as_bytes(), Visibility::Public, true)?;
     }
     Ok(issued)
 }
