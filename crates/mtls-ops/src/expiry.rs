@@ -224,7 +224,8 @@ const MAX_FILE_BYTES: u64 = 512 * 1024 * 1024;
 /// Counts from the CA inventory, refreshed by the monitor in the background.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct InventoryReading {
-    /// Valid (not revoked, not expired) certificates expiring within 7 and 30 days.
+    /// Valid (not revoked, not expired) certificates expiring within 7 and 30 days, not
+    /// counting those a valid renewal supersedes.
     pub expiring_7d: u64,
     pub expiring_30d: u64,
     /// Certificates by status (`valid`, `expired`, `revoked`).
@@ -233,30 +234,23 @@ pub struct InventoryReading {
     pub read_at: Option<OffsetDateTime>,
 }
 
-/// Reads the inventory counts.
+/// Reads the inventory counts (counted by the database: the certificates are not read).
 pub async fn read_inventory(
     store: &mtls_store::Store,
     now: OffsetDateTime,
 ) -> Result<InventoryReading, mtls_store::Error> {
-    let all = store.list(&mtls_store::ListFilter::default(), now).await?;
-    let mut by_status: std::collections::BTreeMap<String, u64> = Default::default();
-    let (mut d7, mut d30) = (0, 0);
-    for r in &all {
-        let status = format!("{:?}", r.status).to_ascii_lowercase();
-        *by_status.entry(status).or_default() += 1;
-        if r.revoked_at.is_none() && r.not_after > now {
-            if r.not_after - now <= time::Duration::days(7) {
-                d7 += 1;
-            }
-            if r.not_after - now <= time::Duration::days(30) {
-                d30 += 1;
-            }
-        }
-    }
+    let c = store
+        .counts(now, &[time::Duration::days(7), time::Duration::days(30)])
+        .await?;
+    let window = |i: usize| c.expiring.get(i).copied().unwrap_or(0);
     Ok(InventoryReading {
-        expiring_7d: d7,
-        expiring_30d: d30,
-        by_status: by_status.into_iter().collect(),
+        expiring_7d: window(0),
+        expiring_30d: window(1),
+        by_status: vec![
+            ("expired".to_string(), c.expired),
+            ("revoked".to_string(), c.revoked),
+            ("valid".to_string(), c.valid),
+        ],
         read_at: Some(now),
     })
 }

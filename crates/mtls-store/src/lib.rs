@@ -364,6 +364,30 @@ pub(crate) fn spki_of(pem: &str) -> Option<Vec<u8>> {
     Some(cert.tbs_certificate.subject_pki.raw.to_vec())
 }
 
+/// How many certificates the inventory holds by status, and how many valid ones expire soon
+/// (see [`Store::counts`](crate::Store::counts)).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InventoryCounts {
+    pub valid: u64,
+    pub expired: u64,
+    pub revoked: u64,
+    /// For each window asked for: valid certificates whose notAfter falls within it and that
+    /// no valid renewal supersedes (a renewed certificate running out is not a problem).
+    pub expiring: Vec<u64>,
+}
+
+/// The counting statements, the same on both backends but for their placeholders: `now` is
+/// the first parameter, the window's end the second.
+pub(crate) const COUNT_BY_STATUS_SQL: &str =
+    "SELECT COUNT(*) FILTER (WHERE revoked_at IS NULL AND not_after >= {now}),
+            COUNT(*) FILTER (WHERE revoked_at IS NULL AND not_after < {now}),
+            COUNT(*) FILTER (WHERE revoked_at IS NOT NULL)
+     FROM certificates";
+pub(crate) const COUNT_EXPIRING_SQL: &str = "SELECT COUNT(*) FROM certificates c
+     WHERE c.revoked_at IS NULL AND c.not_after >= {now} AND c.not_after <= {end}
+       AND NOT EXISTS (SELECT 1 FROM certificates r
+                       WHERE r.renews = c.serial AND r.revoked_at IS NULL AND r.not_after > c.not_after)";
+
 /// Most certificates one revocation follows through renewals (a bound on a corrupt lineage;
 /// a certificate renewed daily for 27 years stays under it).
 pub(crate) const MAX_RENEWAL_LINEAGE: usize = 10_000;

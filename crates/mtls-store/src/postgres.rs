@@ -339,6 +339,43 @@ impl Reader {
         rows.iter().map(|r| record(r, now)).collect()
     }
 
+    /// See [`crate::InventoryCounts`].
+    pub(crate) async fn counts(
+        &self,
+        now: OffsetDateTime,
+        windows: &[time::Duration],
+    ) -> Result<crate::InventoryCounts> {
+        let c = self.client().await?;
+        let sql = |t: &str| t.replace("{now}", "$1").replace("{end}", "$2");
+        let n = |v: i64| u64::try_from(v).unwrap_or(0);
+        let corrupt = |e: tokio_postgres::Error| Error::Corrupt(e.to_string());
+        let row = deadline(
+            "count certificates",
+            c.query_one(&sql(crate::COUNT_BY_STATUS_SQL), &[&ts(now)]),
+        )
+        .await?;
+        let (valid, expired, revoked): (i64, i64, i64) = (
+            row.try_get(0).map_err(corrupt)?,
+            row.try_get(1).map_err(corrupt)?,
+            row.try_get(2).map_err(corrupt)?,
+        );
+        let mut expiring = Vec::with_capacity(windows.len());
+        for w in windows {
+            let row = deadline(
+                "count expiring certificates",
+                c.query_one(&sql(crate::COUNT_EXPIRING_SQL), &[&ts(now), &ts(now + *w)]),
+            )
+            .await?;
+            expiring.push(n(row.try_get(0).map_err(corrupt)?));
+        }
+        Ok(crate::InventoryCounts {
+            valid: n(valid),
+            expired: n(expired),
+            revoked: n(revoked),
+            expiring,
+        })
+    }
+
     pub(crate) async fn revoked_entries(&self, issuer_key: &str) -> Result<Vec<RevokedEntry>> {
         let c = self.client().await?;
         let rows = deadline(

@@ -201,6 +201,38 @@ pub(crate) fn list(
     Ok(out)
 }
 
+/// See [`crate::InventoryCounts`].
+pub(crate) fn counts(
+    conn: &Connection,
+    now: OffsetDateTime,
+    windows: &[time::Duration],
+) -> Result<crate::InventoryCounts> {
+    let sql = |t: &str| t.replace("{now}", "?1").replace("{end}", "?2");
+    let n = |v: i64| u64::try_from(v).unwrap_or(0);
+    let (valid, expired, revoked): (i64, i64, i64) = conn
+        .query_row(&sql(crate::COUNT_BY_STATUS_SQL), params![ts(now)], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .map_err(db("count certificates"))?;
+    let mut expiring = Vec::with_capacity(windows.len());
+    for w in windows {
+        let c: i64 = conn
+            .query_row(
+                &sql(crate::COUNT_EXPIRING_SQL),
+                params![ts(now), ts(now + *w)],
+                |r| r.get(0),
+            )
+            .map_err(db("count expiring certificates"))?;
+        expiring.push(n(c));
+    }
+    Ok(crate::InventoryCounts {
+        valid: n(valid),
+        expired: n(expired),
+        revoked: n(revoked),
+        expiring,
+    })
+}
+
 pub(crate) fn revoked_entries(conn: &Connection, issuer_key: &str) -> Result<Vec<RevokedEntry>> {
     let mut stmt = conn
         .prepare_cached(

@@ -465,6 +465,22 @@ impl Store {
         }
     }
 
+    /// Counts by status, and of valid certificates expiring within each of `windows` that no
+    /// valid renewal supersedes, without reading the certificates themselves.
+    pub async fn counts(
+        &self,
+        now: OffsetDateTime,
+        windows: &[time::Duration],
+    ) -> Result<crate::InventoryCounts> {
+        match &self.inner.reader {
+            Reader::Sqlite(c) => {
+                let windows = windows.to_vec();
+                Self::read_sqlite_bulk(c, move |c| sqlite::counts(c, now, &windows)).await
+            }
+            Reader::Postgres(r) => r.counts(now, windows).await,
+        }
+    }
+
     /// A counter bumped by every revocation, by any instance: a cached CRL is current while it
     /// has not moved.
     pub async fn revocation_epoch(&self) -> Result<i64> {

@@ -323,6 +323,76 @@ async fn key_compromise_reaches_same_key_ancestors_on_postgres() {
     .await;
 }
 
+/// The monitor's counts come from the database: by status, and expiring soon without the
+/// certificates a valid renewal supersedes (a renewed certificate running out is no news).
+async fn counts_leave_out_superseded_certificates(location: Location) {
+    let store = Store::open(&location).await.unwrap();
+    let now = OffsetDateTime::now_utc();
+    let days = |d: i64| now + time::Duration::days(d);
+    let with_end = |end: OffsetDateTime| {
+        let mut c = cert("CN=x");
+        c.not_before = now - time::Duration::days(100);
+        c.not_after = end;
+        c
+    };
+    let renew = |c: &CertificateToRecord| IssueKind::Renewal {
+        previous: c.serial.clone(),
+    };
+    let (a, b, c, d, e, f) = (
+        with_end(days(3)),
+        with_end(days(90)),
+        with_end(days(3)),
+        with_end(days(90)),
+        with_end(days(-1)),
+        with_end(days(20)),
+    );
+    for (x, kind) in [
+        (&a, IssueKind::Direct),
+        (&b, renew(&a)),
+        (&c, IssueKind::Direct),
+        (&d, renew(&c)),
+        (&e, IssueKind::Direct),
+        (&f, IssueKind::Direct),
+    ] {
+        store
+            .record_issued(x.clone(), kind, "test", now)
+            .await
+            .unwrap();
+    }
+    // c's renewal is revoked: c is still the one in use, and runs out.
+    store
+        .revoke(&d.serial, None, None, "test", now)
+        .await
+        .unwrap();
+    let counts = store
+        .counts(now, &[time::Duration::days(7), time::Duration::days(30)])
+        .await
+        .unwrap();
+    assert_eq!(
+        counts,
+        mtls_store::InventoryCounts {
+            valid: 4,
+            expired: 1,
+            revoked: 1,
+            expiring: vec![1, 2],
+        }
+    );
+}
+
+#[tokio::test]
+async fn counts_leave_out_superseded_certificates_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    counts_leave_out_superseded_certificates(Location::Sqlite(dir.path().join("inv.db"))).await;
+}
+
+#[tokio::test]
+async fn counts_leave_out_superseded_certificates_on_postgres() {
+    counts_leave_out_superseded_certificates(Location::Postgres(
+        mtls_test_util::fresh_postgres_database(),
+    ))
+    .await;
+}
+
 #[tokio::test]
 async fn key_compromise_reaches_renewals_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
