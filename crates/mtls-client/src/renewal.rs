@@ -103,6 +103,34 @@ pub fn backoff(attempt: u32, remaining: Duration) -> Duration {
     exp.min(cap).max(Duration::seconds(1))
 }
 
+/// Whether a failed renewal may succeed if simply tried again soon: the CA or the network
+/// was unavailable. Anything else (the CA refused, a local file is unusable, the renewed
+/// certificate was refused after the CA issued it) repeats until someone acts, and each try
+/// may cost the CA a certificate: those are retried far less often ([`backoff_after`]).
+pub fn is_transient(e: &Error) -> bool {
+    match e {
+        Error::Transport { .. } | Error::Http(_) => true,
+        Error::Refused { status, .. } => *status >= 500 || *status == 429,
+        _ => false,
+    }
+}
+
+/// Delay before retry `attempt` after `e`: [`backoff`] for a transient failure; otherwise
+/// from 15 minutes, doubling up to 6 hours, at most half the time left (but at least 5
+/// minutes). Spread by up to ±10 % (`jitter` in [-1, 1]) so a fleet does not retry in step.
+pub fn backoff_after(e: &Error, attempt: u32, remaining: Duration, jitter: f64) -> Duration {
+    let base = if is_transient(e) {
+        backoff(attempt, remaining)
+    } else {
+        let doubling = Duration::minutes(15) * (1i32 << attempt.saturating_sub(1).min(5));
+        doubling
+            .min(Duration::hours(6))
+            .min(remaining / 2_i32)
+            .max(Duration::minutes(5))
+    };
+    (base + base * (0.1 * jitter.clamp(-1.0, 1.0))).max(Duration::seconds(1))
+}
+
 /// A random jitter in [-1, 1] from the system CSPRNG.
 pub fn random_jitter() -> f64 {
     let mut b = [0u8; 2];
@@ -614,6 +642,8 @@ pub async fn watch_forever(
 ) {
     let jitter = random_jitter();
     let mut attempt: u32 = 0;
+    let mut retry_at: Option<OffsetDateTime> = None;
+    let mut seen_not_after: Option<OffsetDateTime> = None;
     loop {
         let now = OffsetDateTime::now_utc();
         let (nb, na) = match current_validity(&w.cert) {
@@ -642,10 +672,16 @@ pub async fn watch_forever(
             tokio::time::sleep(std::time::Duration::from_secs(60)).await;
             continue;
         }
-        let due = if attempt == 0 {
-            due_at(nb, na, opts.threshold, jitter)
-        } else {
-            now + backoff(attempt, na - now)
+        if seen_not_after.is_some_and(|seen| seen != na) {
+            // Another certificate was put in place (by hand, or another daemon): a fresh
+            // start, not the back-off of the one before.
+            attempt = 0;
+            retry_at = None;
+        }
+        seen_not_after = Some(na);
+        let due = match &retry_at {
+            Some(at) if attempt > 0 => *at,
+            _ => due_at(nb, na, opts.threshold, jitter),
         };
         if due > now {
             update(&states, i, |s| s.next_attempt = Some(due));
@@ -663,6 +699,7 @@ pub async fn watch_forever(
         match renew_once(&w, &opts.url, opts.rotate_key, passphrase.as_deref(), now).await {
             Ok(issued) => {
                 attempt = 0;
+                retry_at = None;
                 tracing::info!(cert = %w.cert.display(), serial = %issued.serial, not_after = %mtls_pki::rfc3339(&issued.not_after), "renewed");
                 let hook = opts.hook.run().await;
                 if let Err(e) = &hook {
@@ -679,7 +716,8 @@ pub async fn watch_forever(
             }
             Err(e) => {
                 attempt = attempt.saturating_add(1);
-                let retry = now + backoff(attempt, na - now);
+                let retry = now + backoff_after(&e, attempt, na - now, random_jitter());
+                retry_at = Some(retry);
                 tracing::warn!(cert = %w.cert.display(), error = %e, next_attempt = %mtls_pki::rfc3339(&retry), "renewal failed");
                 update(&states, i, |s| {
                     s.last_failure = Some(now);
@@ -785,6 +823,49 @@ mod tests {
         assert_eq!(backoff(30, plenty), Duration::minutes(5));
         assert_eq!(backoff(30, Duration::minutes(4)), Duration::minutes(1));
         assert_eq!(backoff(30, Duration::seconds(2)), Duration::seconds(1));
+    }
+
+    /// A CA or network that is down is retried as before; a refusal, an unusable local file or
+    /// a renewed certificate refused after issuance (each try costs the CA a certificate) is
+    /// retried from 15 minutes on, up to 6 hours, never closer than 5 minutes.
+    #[test]
+    fn lasting_failures_are_retried_far_less_often() {
+        let plenty = Duration::days(60);
+        let refused = |status: u16| Error::Refused {
+            status,
+            code: "X".into(),
+            message: "no".into(),
+        };
+        let down = Error::Transport {
+            url: "https://ca".into(),
+            detail: "connection refused".into(),
+        };
+        for e in [&down, &refused(503), &refused(429)] {
+            assert!(is_transient(e), "{e}");
+            assert_eq!(backoff_after(e, 1, plenty, 0.0), Duration::seconds(2));
+        }
+        let lasting = [
+            refused(403),
+            refused(400),
+            Error::Protocol("the renewed certificate is refused: not yet valid".into()),
+            Error::Config("key unreadable".into()),
+        ];
+        for e in &lasting {
+            assert!(!is_transient(e), "{e}");
+            assert_eq!(backoff_after(e, 1, plenty, 0.0), Duration::minutes(15));
+            assert_eq!(backoff_after(e, 3, plenty, 0.0), Duration::hours(1));
+            assert_eq!(backoff_after(e, 30, plenty, 0.0), Duration::hours(6));
+            assert_eq!(
+                backoff_after(e, 30, Duration::hours(1), 0.0),
+                Duration::minutes(30)
+            );
+            assert_eq!(
+                backoff_after(e, 30, Duration::minutes(2), 0.0),
+                Duration::minutes(5)
+            );
+        }
+        let spread = backoff_after(&lasting[0], 1, plenty, 1.0);
+        assert_eq!(spread, Duration::minutes(15) + Duration::seconds(90));
     }
 
     #[test]
