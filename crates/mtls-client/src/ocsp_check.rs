@@ -169,9 +169,7 @@ impl OcspChecker {
             Ok(a) => {
                 self.stats.answers.fetch_add(1, Ordering::Relaxed);
                 let v = a.verified;
-                let good_until = v
-                    .next_update
-                    .unwrap_or(v.this_update + mtls_ocsp::NO_NEXT_UPDATE_MAX_AGE);
+                let good_until = v.current_until;
                 let status = match v.status {
                     mtls_ocsp::CertStatus::Good => SourceStatus::Good,
                     mtls_ocsp::CertStatus::Revoked { .. } => SourceStatus::Revoked,

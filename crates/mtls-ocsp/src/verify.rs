@@ -28,6 +28,9 @@ pub struct VerifiedResponse {
     pub this_update: OffsetDateTime,
     /// nextUpdate of the matching SingleResponse.
     pub next_update: Option<OffsetDateTime>,
+    /// Until when the answer is current: its nextUpdate, or thisUpdate +
+    /// [`NO_NEXT_UPDATE_MAX_AGE`] without one. Users keep it no longer than this.
+    pub current_until: OffsetDateTime,
     /// The response's nonce octets, if any (compare with the request's).
     pub nonce: Option<Vec<u8>>,
     /// Whether a delegated OCSP signer (not the CA itself) signed.
@@ -104,7 +107,9 @@ pub fn verify_response(
                 check_delegation(&parsed, &issuer)?;
                 let not_before = parsed.validity().not_before.to_datetime();
                 let not_after = parsed.validity().not_after.to_datetime();
-                if now + MAX_CLOCK_SKEW < not_before || now > not_after {
+                // Saturating: near the end of time's range every representable notBefore is
+                // still compared exactly.
+                if now.saturating_add(MAX_CLOCK_SKEW) < not_before || now > not_after {
                     return Err(Error::SignerNotValid {
                         at: now,
                         not_before,
@@ -147,13 +152,21 @@ pub fn verify_response(
         .as_ref()
         .map(times::from_asn1)
         .transpose()?;
-    let expires = next_update.unwrap_or(this_update + NO_NEXT_UPDATE_MAX_AGE);
-    if this_update > now + MAX_CLOCK_SKEW || expires < now {
-        return Err(Error::NotCurrent {
-            now,
-            this_update,
-            next_update,
-        });
+    let not_current = || Error::NotCurrent {
+        now,
+        this_update,
+        next_update,
+    };
+    // thisUpdate is the signer's: near year 9999 the addition overflows, and an answer whose
+    // end cannot be told is not current.
+    let current_until = match next_update {
+        Some(next) => next,
+        None => this_update
+            .checked_add(NO_NEXT_UPDATE_MAX_AGE)
+            .ok_or_else(not_current)?,
+    };
+    if this_update > now.saturating_add(MAX_CLOCK_SKEW) || current_until < now {
+        return Err(not_current());
     }
     let status = match &single.cert_status {
         x509_ocsp::CertStatus::Good(_) => CertStatus::Good,
@@ -168,7 +181,81 @@ pub fn verify_response(
         produced_at: times::from_asn1(&data.produced_at)?,
         this_update,
         next_update,
+        current_until,
         nonce: data.nonce().map(|n| n.0.as_bytes().to_vec()),
         delegated,
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::{build_request, parse_request, Responder};
+    use mtls_test_util::TestPki;
+    use time::macros::datetime;
+
+    /// A "good" about `serial` with these times, signed now by the intermediate.
+    fn signed(
+        pki: &TestPki,
+        serial: &Serial,
+        this_update: OffsetDateTime,
+        next_update: Option<OffsetDateTime>,
+    ) -> Vec<u8> {
+        let issuer = IssuerInfo::from_der(pki.intermediate.der()).unwrap();
+        let req = build_request(&issuer, serial, None).unwrap();
+        let req = parse_request(&req, std::slice::from_ref(&issuer)).unwrap();
+        let key = mtls_pki::PrivateKey::from_pem_or_der(pki.intermediate.key().pkcs8_der(), None)
+            .unwrap();
+        let responder = Responder::new(&issuer, pki.intermediate.der().to_vec(), key).unwrap();
+        let produced_at = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+        responder
+            .sign(
+                &req,
+                &[CertStatus::Good],
+                produced_at,
+                this_update,
+                next_update,
+            )
+            .unwrap()
+    }
+
+    #[test]
+    fn times_at_the_end_of_the_range_are_not_current_and_do_not_panic() {
+        let pki = TestPki::new("y9999");
+        let leaf = pki.client("c");
+        let serial = &leaf.cert.serial;
+        let issuer = pki.intermediate.der();
+        let last = datetime!(9999-12-31 23:59:59 UTC);
+        let late = datetime!(9999-12-31 23:58:00 UTC);
+        let now = OffsetDateTime::now_utc();
+        let not_current = |r: Result<VerifiedResponse>| {
+            assert!(matches!(r, Err(Error::NotCurrent { .. })), "{r:?}");
+        };
+        // Signed thisUpdate 2 minutes before the end: with or without nextUpdate, refused
+        // today (in the future).
+        for next in [Some(last), None] {
+            let der = signed(&pki, serial, late, next);
+            not_current(verify_response(&der, issuer, serial, now));
+        }
+        // Without nextUpdate, refused then too: its end is not representable.
+        let der = signed(&pki, serial, late, None);
+        not_current(verify_response(&der, issuer, serial, late));
+        // With a nextUpdate it is current then, until that nextUpdate.
+        let der = signed(&pki, serial, late, Some(last));
+        let v = verify_response(&der, issuer, serial, late).unwrap();
+        assert_eq!(v.status, CertStatus::Good);
+        assert_eq!(v.current_until, last);
+        // An ordinary answer without nextUpdate is current for NO_NEXT_UPDATE_MAX_AGE.
+        let this = now.replace_nanosecond(0).unwrap() - Duration::minutes(1);
+        let der = signed(&pki, serial, this, None);
+        let v = verify_response(&der, issuer, serial, now).unwrap();
+        assert_eq!(v.current_until, this + NO_NEXT_UPDATE_MAX_AGE);
+        not_current(verify_response(
+            &der,
+            issuer,
+            serial,
+            this + NO_NEXT_UPDATE_MAX_AGE + Duration::seconds(1),
+        ));
+    }
 }
