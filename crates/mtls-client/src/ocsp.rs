@@ -3,8 +3,10 @@
 //!
 //! [`fetch`] is the one OCSP client of mtls (`mtls verify --ocsp`, the stapler). [`staple`]
 //! keeps the staples of a server's certificates current: fetched at start, refreshed at half
-//! the response's life, replaced only by a response that verifies and says "good", and removed
-//! once the last good one has expired — never a bad or stale staple.
+//! the response's life ([`mtls_ocsp::VerifiedResponse::refresh_at`]), replaced only by a
+//! response that verifies and says "good", and removed once the last good one is no longer
+//! current (its nextUpdate, or [`mtls_ocsp::NO_NEXT_UPDATE_MAX_AGE`] after its thisUpdate
+//! without one) — never a bad or stale staple.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -139,10 +141,31 @@ pub async fn fetch(
 }
 
 /// A staple kept for one leaf.
+#[derive(Debug)]
 struct Kept {
     der: Vec<u8>,
     refresh_at: OffsetDateTime,
-    expires: Option<OffsetDateTime>,
+    /// Served until then: when clients stop taking it as current.
+    expires: OffsetDateTime,
+}
+
+impl Kept {
+    /// What is kept of a verified "good" answer received at `now`. It ends when
+    /// `verify_response` stops accepting it (nextUpdate, or thisUpdate +
+    /// `NO_NEXT_UPDATE_MAX_AGE` without one: a staple held longer is refused by clients that
+    /// require one), and is asked again by the rule every OCSP user here shares.
+    fn new(answer: OcspAnswer, now: OffsetDateTime) -> Kept {
+        Kept {
+            refresh_at: answer.verified.refresh_at(now),
+            expires: answer.verified.current_until,
+            der: answer.der,
+        }
+    }
+
+    /// Whether it may still be served at `now`.
+    fn current(&self, now: OffsetDateTime) -> bool {
+        now < self.expires
+    }
 }
 
 /// How often the stapler looks at the served certificates (a reload brings new ones).
@@ -192,41 +215,26 @@ pub async fn staple(
             if due {
                 match fetch(&client, leaf, issuer, None, false, now).await {
                     Ok(a) if a.verified.status == mtls_ocsp::CertStatus::Good => {
-                        let this = a.verified.this_update;
-                        let refresh_at = match a.verified.next_update {
-                            Some(next) => this + (next - this) / 2_i32,
-                            None => now + time::Duration::hours(1),
-                        };
                         tracing::info!(url = %a.url, next_update = ?a.verified.next_update, "OCSP staple fetched");
                         silent.remove(&key);
-                        kept.insert(
-                            key.clone(),
-                            Kept {
-                                der: a.der,
-                                refresh_at,
-                                expires: a.verified.next_update,
-                            },
-                        );
+                        kept.insert(key.clone(), Kept::new(a, now));
                     }
                     Ok(a) => {
                         tracing::error!(url = %a.url, status = ?a.verified.status, "the OCSP responder does not say our certificate is good: not stapling it");
                         kept.remove(&key);
-                        silent.insert(key.clone(), now + STAPLE_RETRY);
+                        silent.insert(key.clone(), now.saturating_add(STAPLE_RETRY));
                     }
                     Err(OcspError::NoResponder) => {
-                        silent.insert(key.clone(), now + time::Duration::days(365));
+                        silent.insert(key.clone(), now.saturating_add(time::Duration::days(365)));
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "OCSP staple not refreshed");
-                        silent.insert(key.clone(), now + STAPLE_RETRY);
+                        silent.insert(key.clone(), now.saturating_add(STAPLE_RETRY));
                     }
                 }
             }
-            // Never a staple past its nextUpdate.
-            if kept
-                .get(&key)
-                .is_some_and(|k| k.expires.is_some_and(|e| now >= e))
-            {
+            // Never a staple that is no longer current (refreshes that keep failing end here).
+            if kept.get(&key).is_some_and(|k| !k.current(now)) {
                 kept.remove(&key);
             }
             let want = kept.get(&key).map(|k| k.der.clone());
@@ -416,7 +424,7 @@ impl rustls::client::danger::ServerCertVerifier for StapleVerifier {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
-    use super::{check_staple, StapleCheck};
+    use super::{check_staple, fetch, Kept, StapleCheck};
     use mtls_ocsp::{build_request, parse_request, CertStatus, IssuerInfo, Responder};
     use mtls_test_util::TestPki;
     use time::{Duration, OffsetDateTime};
@@ -490,5 +498,130 @@ mod tests {
             ))
         ));
         check_sent(&good, StapleCheck::Required).unwrap();
+    }
+
+    /// `openssl ocsp` as a responder for `pki`'s intermediate that knows `leaf` as valid and,
+    /// given no -ndays/-nmin, answers without nextUpdate. Killed on drop.
+    struct OpensslResponder {
+        child: std::process::Child,
+        url: String,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Drop for OpensslResponder {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn openssl_responder(pki: &TestPki, leaf: &mtls_test_util::TestLeaf) -> OpensslResponder {
+        use mtls_pki::pem_io::encode;
+        let dir = tempfile::tempdir().unwrap();
+        let inter = dir.path().join("inter.crt");
+        std::fs::write(&inter, encode("CERTIFICATE", pki.intermediate.der())).unwrap();
+        let key = dir.path().join("inter.key");
+        std::fs::write(
+            &key,
+            encode("PRIVATE KEY", pki.intermediate.key().pkcs8_der()),
+        )
+        .unwrap();
+        // index.txt: status, expiry, revocation, serial (hex as OpenSSL prints it), file, DN.
+        let parsed = mtls_pki::pem_io::parse_certificate(&leaf.cert.der).unwrap();
+        let serial: String = parsed
+            .raw_serial()
+            .iter()
+            .skip_while(|b| **b == 0)
+            .map(|b| format!("{b:02X}"))
+            .collect();
+        let index = dir.path().join("index.txt");
+        std::fs::write(
+            &index,
+            format!("V\t491231235959Z\t\t{serial}\tunknown\t/CN=c\n"),
+        )
+        .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = std::process::Command::new("openssl")
+            .args(["ocsp", "-port", &port.to_string(), "-index"])
+            .arg(&index)
+            .arg("-CA")
+            .arg(&inter)
+            .arg("-rsigner")
+            .arg(&inter)
+            .arg("-rkey")
+            .arg(&key)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("openssl (the CI installs it)");
+        // It says so once it listens (a connection made only to probe that would stall its
+        // one-at-a-time loop); the rest of its log is drained so that it never blocks.
+        let mut log = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        while !line.contains("waiting for OCSP client connections") {
+            line.clear();
+            let n = std::io::BufRead::read_line(&mut log, &mut line).unwrap();
+            assert!(n > 0, "openssl ocsp exited before listening");
+        }
+        std::thread::spawn(move || std::io::copy(&mut log, &mut std::io::sink()));
+        OpensslResponder {
+            child,
+            url: format!("http://127.0.0.1:{port}/"),
+            _dir: dir,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_staple_without_next_update_is_kept_only_while_clients_take_it() {
+        let pki = TestPki::new("no-next");
+        let server = pki.server(&["localhost"]);
+        let responder = openssl_responder(&pki, &server);
+        let client = crate::ClientBuilder::new().build_plain_http().unwrap();
+        let now = OffsetDateTime::now_utc();
+        let answer = fetch(
+            &client,
+            &server.cert.der,
+            &pki.intermediate_der(),
+            Some(&responder.url),
+            false,
+            now,
+        )
+        .await
+        .unwrap();
+        assert_eq!(answer.verified.status, CertStatus::Good);
+        assert_eq!(
+            answer.verified.next_update, None,
+            "openssl sent a nextUpdate"
+        );
+        let this = answer.verified.this_update;
+        let der = answer.der.clone();
+        let kept = Kept::new(answer, now);
+        // Served exactly as long as a client requiring a staple accepts it...
+        let chain = [pki.intermediate_der()];
+        let roots = [pki.root_der()];
+        let client_takes = |at: OffsetDateTime| {
+            check_staple(
+                &server.cert.der,
+                &chain,
+                &roots,
+                &der,
+                StapleCheck::Required,
+                at,
+            )
+            .is_ok()
+        };
+        let end = this + mtls_ocsp::NO_NEXT_UPDATE_MAX_AGE;
+        assert_eq!(kept.expires, end);
+        for at in [now, end - Duration::seconds(1)] {
+            assert!(kept.current(at) && client_takes(at), "{at}");
+        }
+        let after = end + Duration::seconds(1);
+        assert!(!kept.current(after) && !client_takes(after));
+        // ...and refreshed well before that: halfway through its life.
+        assert!(kept.refresh_at > now && kept.refresh_at <= this + Duration::seconds(150));
     }
 }

@@ -40,7 +40,9 @@ pub use request::{
     MAX_REQUEST_BYTES, MAX_REQUEST_ITEMS,
 };
 pub use response::{error_response, CertStatus, Responder, ResponseStatus};
-pub use verify::{verify_response, VerifiedResponse, MAX_CLOCK_SKEW, NO_NEXT_UPDATE_MAX_AGE};
+pub use verify::{
+    verify_response, VerifiedResponse, MAX_CLOCK_SKEW, MIN_LATE_REFRESH, NO_NEXT_UPDATE_MAX_AGE,
+};
 
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -17,6 +17,10 @@ pub const MAX_CLOCK_SKEW: Duration = Duration::minutes(5);
 /// before a revocation could be replayed for ever.
 pub const NO_NEXT_UPDATE_MAX_AGE: Duration = Duration::minutes(5);
 
+/// Shortest wait before asking again about an answer already past the midpoint of its life
+/// (see [`VerifiedResponse::refresh_at`]).
+pub const MIN_LATE_REFRESH: Duration = Duration::minutes(1);
+
 /// What a verified response says about the certificate asked about.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VerifiedResponse {
@@ -35,6 +39,31 @@ pub struct VerifiedResponse {
     pub nonce: Option<Vec<u8>>,
     /// Whether a delegated OCSP signer (not the CA itself) signed.
     pub delegated: bool,
+}
+
+impl VerifiedResponse {
+    /// When a holder of this answer (a stapler, a cache) received at `now` asks again: at the
+    /// midpoint of its life (thisUpdate to [`current_until`](Self::current_until)).
+    ///
+    /// An answer already past its midpoint (a responder that pre-produces answers, RFC 5019,
+    /// hands such ones out until it signs new ones) would be asked about again at once, and
+    /// again after each answer: instead, after a quarter of what is left of it, at least
+    /// [`MIN_LATE_REFRESH`], yet never later than halfway to its end (nor sooner than a
+    /// second), so that a refresh still lands while the answer is current.
+    pub fn refresh_at(&self, now: OffsetDateTime) -> OffsetDateTime {
+        let life = self.current_until - self.this_update;
+        if let Some(midpoint) = self.this_update.checked_add(life / 2_i32) {
+            if midpoint > now {
+                return midpoint;
+            }
+        }
+        let left = (self.current_until - now).max(Duration::ZERO);
+        let wait = (left / 4_i32)
+            .max(MIN_LATE_REFRESH)
+            .min(left / 2_i32)
+            .max(Duration::SECOND);
+        now.saturating_add(wait)
+    }
 }
 
 /// Verifies a DER `OCSPResponse` about `serial` issued by `issuer_cert_der`, at `now`.
@@ -218,6 +247,46 @@ mod tests {
                 next_update,
             )
             .unwrap()
+    }
+
+    #[test]
+    fn refresh_at_the_midpoint_and_back_off_past_it() {
+        let t0 = datetime!(2030-01-01 00:00:00 UTC);
+        let answer = |this: OffsetDateTime, until: OffsetDateTime| VerifiedResponse {
+            status: CertStatus::Good,
+            produced_at: this,
+            this_update: this,
+            next_update: Some(until),
+            current_until: until,
+            nonce: None,
+            delegated: false,
+        };
+        let m = Duration::minutes;
+        // Fresh: the midpoint (for an answer without nextUpdate, half its 5 minutes).
+        let a = answer(t0, t0 + Duration::hours(2));
+        assert_eq!(a.refresh_at(t0), t0 + Duration::hours(1));
+        assert_eq!(a.refresh_at(t0 + m(59)), t0 + Duration::hours(1));
+        let a = answer(t0, t0 + NO_NEXT_UPDATE_MAX_AGE);
+        assert_eq!(a.refresh_at(t0), t0 + Duration::seconds(150));
+        // Past the midpoint: a quarter of what is left...
+        let a = answer(t0, t0 + Duration::days(4));
+        let now = t0 + Duration::days(3);
+        assert_eq!(a.refresh_at(now), now + Duration::hours(6));
+        // ...at least MIN_LATE_REFRESH (not every second)...
+        let a = answer(t0, t0 + m(10));
+        let now = t0 + m(8);
+        assert_eq!(a.refresh_at(now), now + MIN_LATE_REFRESH);
+        // ...yet halfway to the end when less than two of those are left...
+        let now = t0 + m(9);
+        assert_eq!(a.refresh_at(now), now + Duration::seconds(30));
+        // ...and a second when none is.
+        let now = t0 + m(10);
+        assert_eq!(a.refresh_at(now), now + Duration::SECOND);
+        // Near the end of time's range: no panic.
+        let end = datetime!(9999-12-31 23:59:59 UTC);
+        let a = answer(end - m(2), end);
+        assert_eq!(a.refresh_at(end - m(1)), end - m(1) + Duration::seconds(30));
+        assert!(a.refresh_at(end) >= end);
     }
 
     #[test]
