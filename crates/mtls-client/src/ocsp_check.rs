@@ -1,7 +1,8 @@
 //! OCSP checking of client certificates for servers: [`OcspChecker`] is the
 //! [`mtls_verify::StatusSource`] a trust state asks about a leaf. Verified answers are cached
 //! until their nextUpdate and refreshed in the background at half their life for clients seen in
-//! the last hour ([`OcspOptions::keep_unused`]), so a handshake rarely waits; forgetting an
+//! the last hour ([`OcspOptions::keep_unused`]; an answer already past its midpoint is asked
+//! again by [`mtls_ocsp::VerifiedResponse::refresh_at`]'s back-off), so a handshake rarely waits; forgetting an
 //! answer makes open connections verify again, so those still open are asked about again and
 //! keep being refreshed (a revocation still cuts them); a client never seen before waits once, bounded by
 //! `max_wait` (on a multi-threaded Tokio runtime, where the wait can block its thread; on a
@@ -177,9 +178,9 @@ impl OcspChecker {
                         return failed(format!("{} does not know this certificate", a.url))
                     }
                 };
-                // Half the answer's life; at least a second from now.
-                let half = v.this_update + (good_until - v.this_update) / 2_i32;
-                let refresh_at = half.max(now + time::Duration::seconds(1));
+                // The rule the stapler shares: past the midpoint it backs off instead of
+                // asking again every second for every client.
+                let refresh_at = v.refresh_at(now);
                 Entry {
                     cert: cert.clone(),
                     issuer: issuer.clone(),
@@ -327,5 +328,84 @@ impl StatusSource for OcspChecker {
 
     fn version(&self) -> u64 {
         self.version.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    use mtls_ocsp::{build_request, parse_request, CertStatus, IssuerInfo, Responder};
+    use mtls_test_util::TestPki;
+    use mtls_verify::SourceStatus;
+    use time::{Duration, OffsetDateTime};
+
+    use super::{OcspChecker, OcspOptions};
+
+    /// Answers every request with `body`, counting them; returns its URL.
+    fn responder_answering(body: Vec<u8>, asked: Arc<AtomicU64>) -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                asked.fetch_add(1, Ordering::SeqCst);
+                let mut buf = [0u8; 8192];
+                let _ = s.read(&mut buf);
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/ocsp-response\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(head.as_bytes());
+                let _ = s.write_all(&body);
+            }
+        });
+        format!("http://{addr}/ocsp")
+    }
+
+    #[tokio::test]
+    async fn an_answer_past_its_midpoint_is_not_asked_again_every_second() {
+        let pki = TestPki::new("late");
+        let leaf = pki.client("c");
+        let issuer = IssuerInfo::from_der(pki.intermediate.der()).unwrap();
+        let req = build_request(&issuer, &leaf.cert.serial, None).unwrap();
+        let req = parse_request(&req, std::slice::from_ref(&issuer)).unwrap();
+        let key = mtls_pki::PrivateKey::from_pem_or_der(pki.intermediate.key().pkcs8_der(), None)
+            .unwrap();
+        let responder = Responder::new(&issuer, pki.intermediate.der().to_vec(), key).unwrap();
+        let now = OffsetDateTime::now_utc();
+        // Pre-produced: signed 50 minutes ago for an hour, so 10 minutes are left.
+        let next = now + Duration::minutes(10);
+        let der = responder
+            .sign(
+                &req,
+                &[CertStatus::Good],
+                now - Duration::minutes(50),
+                now - Duration::minutes(50),
+                Some(next),
+            )
+            .unwrap();
+        let asked = Arc::new(AtomicU64::new(0));
+        let url = responder_answering(der, asked.clone());
+        let checker = OcspChecker::new(OcspOptions {
+            responder: Some(url),
+            ..OcspOptions::default()
+        })
+        .unwrap();
+        let entry = checker
+            .ask(leaf.cert.der.to_vec(), pki.intermediate.der().to_vec(), now)
+            .await;
+        assert_eq!(entry.status, SourceStatus::Good);
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
+        // A quarter of the 10 minutes left (not a second from now), still before they end.
+        let wait = entry.refresh_at - now;
+        assert!(
+            wait > Duration::minutes(2) && wait <= Duration::seconds(150),
+            "{wait}"
+        );
+        assert!(entry.refresh_at < entry.good_until);
     }
 }
