@@ -701,21 +701,26 @@ impl Authority {
         }
     }
 
-    /// Answers one DER OCSP request; always returns a DER OCSPResponse (errors included).
-    pub async fn ocsp(&self, request: &[u8], now: OffsetDateTime) -> Vec<u8> {
+    /// Answers one DER OCSP request: a signed DER OCSPResponse, or the error status to answer
+    /// with (kept apart because only signed answers may be cached: see `http::ocsp_get`).
+    pub async fn ocsp(
+        &self,
+        request: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<Vec<u8>, mtls_ocsp::ResponseStatus> {
         use mtls_ocsp::{CertStatus, ResponseStatus};
         let req = match mtls_ocsp::parse_request(request, &self.ocsp.issuers) {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(error = %e, "malformed OCSP request");
                 self.metrics.inc(&self.metrics.ocsp_malformed);
-                return mtls_ocsp::error_response(ResponseStatus::MalformedRequest);
+                return Err(ResponseStatus::MalformedRequest);
             }
         };
         if req.items.iter().any(|i| i.issuer.is_none()) {
             // RFC 5019 2.2.3: we are not authoritative for that issuer.
             self.metrics.inc(&self.metrics.ocsp_unauthorized);
-            return mtls_ocsp::error_response(ResponseStatus::Unauthorized);
+            return Err(ResponseStatus::Unauthorized);
         }
         let mut statuses = Vec::with_capacity(req.items.len());
         for item in &req.items {
@@ -723,7 +728,7 @@ impl Authority {
                 Err(e) => {
                     tracing::warn!(error = %e, "OCSP lookup failed");
                     self.metrics.inc(&self.metrics.db_unavailable);
-                    return mtls_ocsp::error_response(ResponseStatus::TryLater);
+                    return Err(ResponseStatus::TryLater);
                 }
                 Ok(Some(r)) if r.issuer_key == self.issuer_key => match r.revoked_at {
                     Some(at) => CertStatus::Revoked {
@@ -741,7 +746,7 @@ impl Authority {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "no usable OCSP signer");
-                return mtls_ocsp::error_response(ResponseStatus::TryLater);
+                return Err(ResponseStatus::TryLater);
             }
         };
         match responder.sign(
@@ -753,11 +758,11 @@ impl Authority {
         ) {
             Ok(der) => {
                 self.metrics.inc(&self.metrics.ocsp_ok);
-                der
+                Ok(der)
             }
             Err(e) => {
                 tracing::error!(error = %e, "signing an OCSP response failed");
-                mtls_ocsp::error_response(e.response_status())
+                Err(e.response_status())
             }
         }
     }

@@ -439,7 +439,10 @@ async fn ocsp_post(
             0,
         );
     }
-    let der = ca.ocsp(&body, now()).await;
+    let der = ca
+        .ocsp(&body, now())
+        .await
+        .unwrap_or_else(mtls_ocsp::error_response);
     ocsp_response(der, false, 0)
 }
 
@@ -464,8 +467,15 @@ async fn ocsp_get(State(ca): Shared, uri: axum::http::Uri) -> Response {
             }
         }
     };
-    let resp = ca.ocsp(&der, now()).await;
-    // RFC 5019 GET responses are cacheable for a short while; revocation must show quickly.
-    let max_age = ca.settings().ocsp_lifetime.whole_seconds().clamp(0, 60);
-    ocsp_response(resp, true, max_age)
+    match ca.ocsp(&der, now()).await {
+        Ok(resp) => {
+            // RFC 5019 GET responses are cacheable for a short while; revocation must show
+            // quickly.
+            let max_age = ca.settings().ocsp_lifetime.whole_seconds().clamp(0, 60);
+            ocsp_response(resp, true, max_age)
+        }
+        // tryLater (database down), internalError, unauthorized: a cache must not keep
+        // serving them once the cause is gone.
+        Err(status) => ocsp_response(mtls_ocsp::error_response(status), false, 0),
+    }
 }

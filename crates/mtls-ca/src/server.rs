@@ -79,7 +79,7 @@ async fn own_staple(
     let info = mtls_ocsp::IssuerInfo::from_der(issuer).ok()?;
     let request = mtls_ocsp::build_request(&info, &serial, None).ok()?;
     let now = OffsetDateTime::now_utc();
-    let der = ca.ocsp(&request, now).await;
+    let der = ca.ocsp(&request, now).await.ok()?;
     match mtls_ocsp::verify_response(&der, issuer, &serial, now) {
         Ok(v) if v.status == mtls_ocsp::CertStatus::Good => Some(der),
         Ok(v) => {

@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::Duration;
 
 use common::ca::{self, CaServer};
@@ -634,6 +635,27 @@ fn bad_tokens_csrs_and_renewals_are_refused() {
         &other.pki().join("issued/stranger.crt"),
     );
     assert!(o.contains("unauthorized"), "{o}");
+    // Over GET only a signed answer may be cached: an error answer says no-store, so a cache
+    // never keeps serving it once its cause is gone.
+    let (cache, text) = ocsp_get(
+        &env,
+        &server,
+        &other.pki().join("intermediate.crt"),
+        &other.pki().join("issued/stranger.crt"),
+    );
+    assert!(text.contains("unauthorized"), "{text}");
+    assert_eq!(cache, "no-store", "{text}");
+    let (cache, text) = ocsp_get(
+        &env,
+        &server,
+        &env.pki().join("intermediate.crt"),
+        &env.path("remote/cert.pem"),
+    );
+    assert!(text.contains("cert status: good"), "{text}");
+    assert!(
+        cache.starts_with("public, max-age=") && cache.contains("must-revalidate"),
+        "{cache}"
+    );
     let garbage = ocsp_answer(
         &env,
         &[
@@ -686,6 +708,52 @@ fn bad_tokens_csrs_and_renewals_are_refused() {
         waited >= Duration::from_millis(1500) && waited < Duration::from_secs(15),
         "{waited:?}"
     );
+}
+
+/// Asks about `cert` over GET (RFC 6960 A.1) with curl: its Cache-Control header and `openssl
+/// ocsp -resp_text` of the answer, both lowercased.
+fn ocsp_get(env: &Env, server: &CaServer, issuer: &Path, cert: &Path) -> (String, String) {
+    use base64::Engine;
+    let req = env.path("get.req");
+    env.openssl(&[
+        "ocsp",
+        "-issuer",
+        issuer.to_str().unwrap(),
+        "-cert",
+        cert.to_str().unwrap(),
+        "-no_nonce",
+        "-reqout",
+        req.to_str().unwrap(),
+    ])
+    .ok();
+    let encoded = base64::engine::general_purpose::STANDARD
+        .encode(std::fs::read(&req).unwrap())
+        .replace('+', "%2B")
+        .replace('/', "%2F")
+        .replace('=', "%3D");
+    let resp = env.path("get.resp");
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-D", "-", "-o"])
+        .arg(&resp)
+        .arg(server.publish(&format!("/ocsp/{encoded}")))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let headers = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    let cache = headers
+        .lines()
+        .find_map(|l| l.strip_prefix("cache-control:"))
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let r = env.openssl(&[
+        "ocsp",
+        "-respin",
+        resp.to_str().unwrap(),
+        "-resp_text",
+        "-noverify",
+    ]);
+    (cache, format!("{}{}", r.stdout, r.stderr).to_lowercase())
 }
 
 /// Fetches an OCSP answer with curl (`args` end with the URL) and returns `openssl ocsp
