@@ -216,13 +216,7 @@ impl Authority {
     }
 
     fn urls(&self) -> PublicationUrls {
-        match &self.settings.public_url {
-            Some(u) => PublicationUrls {
-                crl: Some(format!("{u}/v1/crl")),
-                ocsp: Some(format!("{u}/ocsp")),
-            },
-            None => PublicationUrls::default(),
-        }
+        self.settings.publication_urls()
     }
 
     /// Issues the CA's own TLS server certificate (recorded like any other).

@@ -22,6 +22,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use mtls_pki::issue::PublicationUrls;
 use mtls_verify::Policy;
 use serde::Deserialize;
 use time::Duration;
@@ -90,16 +91,7 @@ impl Config {
             }
         };
         let defaults = Settings::default();
-        if let Some(u) = &self.public_url {
-            if !(u.starts_with("https://") || u.starts_with("http://"))
-                || u.contains(char::is_whitespace)
-            {
-                return Err(Error::Config(format!(
-                    "public_url {u:?} must be an http(s) URL"
-                )));
-            }
-        }
-        Ok(Settings {
+        let settings = Settings {
             public_url: self
                 .public_url
                 .as_ref()
@@ -112,7 +104,21 @@ impl Config {
             ocsp_signer: self.ocsp_signer,
             admins: self.admins.clone(),
             feed_subscribers: self.revocation_feed.clone(),
-        })
+        };
+        // Checked here, with the check issuance applies: otherwise the CA starts and then
+        // refuses every /v1/sign and /v1/renew.
+        if let Some(u) = &self.public_url {
+            settings.publication_urls().check().map_err(|e| {
+                Error::Config(format!(
+                    "public_url {u:?}: {e}; issued certificates carry <public_url>/v1/crl \
+                     and <public_url>/ocsp, which relying parties fetch over plain http \
+                     (RFC 5280 4.2.1.13: CRLs and OCSP answers are signed, and an https one \
+                     would need a revocation check of its own): use the http:// URL of \
+                     publish_listen"
+                ))
+            })?;
+        }
+        Ok(settings)
     }
 }
 
@@ -133,6 +139,19 @@ pub struct Settings {
     pub admins: Policy,
     /// Who may follow the revocation feed besides administrators.
     pub feed_subscribers: Policy,
+}
+
+impl Settings {
+    /// The CRL distribution point and OCSP responder URLs issued certificates carry.
+    pub fn publication_urls(&self) -> PublicationUrls {
+        match &self.public_url {
+            Some(u) => PublicationUrls {
+                crl: Some(format!("{u}/v1/crl")),
+                ocsp: Some(format!("{u}/ocsp")),
+            },
+            None => PublicationUrls::default(),
+        }
+    }
 }
 
 impl Default for Settings {
@@ -178,6 +197,27 @@ mod tests {
         assert_eq!(s.public_url.as_deref(), Some("http://ca.test:9080"));
         assert_eq!(s.leaf_lifetime, Duration::hours(1));
         assert!(Config::parse("listen = \"127.0.0.1:1\"\nbogus = 1\n").is_err());
+        // https (or anything but http) is refused at load, saying why.
+        for bad in [
+            "https://ca.test",
+            "ftp://ca.test",
+            "http://",
+            "http://ca test",
+        ] {
+            let e = Config::parse(&format!(
+                "listen = \"127.0.0.1:1\"\npublic_url = \"{bad}\"\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains("public_url") && e.contains("plain http"),
+                "{bad}: {e}"
+            );
+        }
+        let e = Config::parse("listen = \"127.0.0.1:1\"\npublic_url = \"https://ca.test\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("only http:// URLs"), "{e}");
         assert!(Config::parse("listen = \"127.0.0.1:1\"\ncrl_lifetime = \"x\"\n").is_err());
     }
 }

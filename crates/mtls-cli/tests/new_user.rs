@@ -430,6 +430,24 @@ fn both_configuration_files_report_errors_in_one_shape() {
 }
 
 #[test]
+fn ca_serve_refuses_an_https_public_url() {
+    // Certificates would carry https CRL and OCSP URLs, which issuance refuses: every
+    // /v1/sign would fail. `ca serve` refuses the file before starting, saying why.
+    let env = Env::new();
+    env.mtls(&["ca", "init"]).ok();
+    let config = env.write(
+        "ca.toml",
+        b"listen = \"127.0.0.1:0\"\npki = \"pki\"\npublic_url = \"https://ca.example.com\"\n",
+    );
+    let r = env
+        .mtls(&["ca", "serve", "--config", config.to_str().unwrap()])
+        .fails(2, "public_url \"https://ca.example.com\"");
+    for needle in ["only http:// URLs", "plain http", "RFC 5280"] {
+        assert!(r.stderr.contains(needle), "{needle:?} in {}", r.stderr);
+    }
+}
+
+#[test]
 fn times_are_rfc3339_everywhere() {
     let env = Env::new();
     env.mtls(&["ca", "init"]).ok();
