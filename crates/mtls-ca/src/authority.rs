@@ -70,6 +70,9 @@ struct OcspState {
     responder: std::sync::RwLock<Arc<mtls_ocsp::Responder>>,
     /// Serialises rotations so concurrent requests issue one new signer, not many.
     rotating: tokio::sync::Mutex<()>,
+    /// The revocation epoch at which the current delegated signer was last found unrevoked:
+    /// its record is looked at again only once something was revoked since.
+    signer_checked_at_epoch: std::sync::atomic::AtomicI64,
 }
 
 /// The running CA.
@@ -186,6 +189,7 @@ impl Authority {
                 issuers: vec![issuer_info],
                 responder: std::sync::RwLock::new(Arc::new(responder)),
                 rotating: tokio::sync::Mutex::new(()),
+                signer_checked_at_epoch: std::sync::atomic::AtomicI64::new(i64::MIN),
             },
             crl: tokio::sync::Mutex::new(None),
             feed_head: tokio::sync::watch::channel(0).0,
@@ -767,10 +771,40 @@ impl Authority {
         self.ocsp.responder.read().ok().map(|r| r.clone())
     }
 
+    /// Whether an administrator revoked the delegated signer `r` (its key may be compromised:
+    /// the CA must stop signing with it at once). Looked up only when the revocation epoch
+    /// moved since it was last found unrevoked.
+    async fn signer_revoked(
+        &self,
+        r: &mtls_ocsp::Responder,
+        now: OffsetDateTime,
+    ) -> Result<bool, Error> {
+        use std::sync::atomic::Ordering;
+        if !r.is_delegated() {
+            return Ok(false);
+        }
+        let epoch = self.store.revocation_epoch().await?;
+        if self.ocsp.signer_checked_at_epoch.load(Ordering::Acquire) == epoch {
+            return Ok(false);
+        }
+        let revoked = self
+            .store
+            .get(r.signer_serial(), now)
+            .await?
+            .is_some_and(|rec| rec.revoked_at.is_some());
+        if !revoked {
+            self.ocsp
+                .signer_checked_at_epoch
+                .store(epoch, Ordering::Release);
+        }
+        Ok(revoked)
+    }
+
     /// The OCSP responder, replacing a delegated signer that has passed half its life (it
-    /// carries ocsp-nocheck, so it is kept short-lived instead of being revocable). A signer
-    /// that ends with the issuing CA is kept: its successor could not outlive it (it would be
-    /// due at once, and every OCSP request would issue and record one more signer).
+    /// carries ocsp-nocheck, so it is kept short-lived instead of being revocable) or that an
+    /// administrator revoked. A signer that ends with the issuing CA is kept: its successor
+    /// could not outlive it (it would be due at once, and every OCSP request would issue and
+    /// record one more signer).
     pub async fn responder(&self, now: OffsetDateTime) -> Result<Arc<mtls_ocsp::Responder>, Error> {
         let due = |r: &mtls_ocsp::Responder| {
             r.is_delegated()
@@ -780,14 +814,21 @@ impl Authority {
         let current = self
             .current_responder()
             .ok_or_else(|| Error::Ocsp("responder lock poisoned".into()))?;
-        if !due(&current) {
+        let revoked = self.signer_revoked(&current, now).await?;
+        if !revoked && !due(&current) {
             return Ok(current);
         }
         let _guard = self.ocsp.rotating.lock().await;
         if let Some(r) = self.current_responder() {
-            if !due(&r) {
+            // Another request rotated meanwhile: its signer is new, hence neither due nor
+            // revoked.
+            let still_revoked = revoked && Arc::ptr_eq(&r, &current);
+            if !due(&r) && !still_revoked {
                 return Ok(r);
             }
+        }
+        if revoked {
+            tracing::warn!(serial = %current.signer_serial(), "the OCSP signing certificate was revoked: replacing it");
         }
         let info = self
             .ocsp
@@ -1058,5 +1099,57 @@ mod tests {
             assert!(Arc::ptr_eq(&first, &ca.responder(at).await.unwrap()));
         }
         assert_eq!(signers(&ca, now).await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_revoked_ocsp_signer_is_replaced_at_once() {
+        let now = OffsetDateTime::now_utc();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = authority(dir.path(), now, Duration::days(365)).await;
+        let first = ca.responder(now).await.unwrap();
+
+        // Another certificate revoked (the epoch moves): the signer stays.
+        let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+        let other = issue::issue_ocsp_signer(
+            &ca.issuer,
+            key.key_pair(),
+            &Subject::cn("other"),
+            now,
+            Duration::days(1),
+        )
+        .unwrap();
+        record(
+            &ca.store,
+            &ca.issuer_key,
+            &other,
+            "client",
+            IssueKind::Direct,
+            "test",
+            now,
+        )
+        .await
+        .unwrap();
+        ca.store
+            .revoke(&other.serial, Some(&ca.issuer_key), None, "admin", now)
+            .await
+            .unwrap();
+        assert!(Arc::ptr_eq(&first, &ca.responder(now).await.unwrap()));
+
+        // The signer itself revoked: replaced on the next request, once.
+        ca.store
+            .revoke(
+                first.signer_serial(),
+                Some(&ca.issuer_key),
+                None,
+                "admin",
+                now,
+            )
+            .await
+            .unwrap();
+        let second = ca.responder(now).await.unwrap();
+        assert!(!Arc::ptr_eq(&first, &second));
+        assert_ne!(first.signer_serial(), second.signer_serial());
+        assert!(Arc::ptr_eq(&second, &ca.responder(now).await.unwrap()));
+        assert_eq!(signers(&ca, now).await, 3);
     }
 }

@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use mtls_pki::revocation::RevocationReason;
-use mtls_pki::PrivateKey;
+use mtls_pki::{PrivateKey, Serial};
 use rcgen::{PublicKeyData, SignatureAlgorithm, SigningKey};
 use time::OffsetDateTime;
 use x509_cert_02::der::asn1::{BitString, Null, OctetString};
@@ -179,6 +179,7 @@ pub struct Responder {
     key: Arc<dyn SigningKey + Send + Sync>,
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
+    signer_serial: Serial,
 }
 
 impl fmt::Debug for Responder {
@@ -256,6 +257,7 @@ impl Responder {
             key,
             not_before: cert.validity().not_before.to_datetime(),
             not_after: cert.validity().not_after.to_datetime(),
+            signer_serial: Serial::from_be_bytes(cert.raw_serial()),
         })
     }
 
@@ -267,6 +269,11 @@ impl Responder {
     /// Whether the signer is a delegated OCSP signer (and not the CA itself).
     pub fn is_delegated(&self) -> bool {
         self.delegated_cert.is_some()
+    }
+
+    /// Serial of the signer certificate (the CA's own when not delegated).
+    pub fn signer_serial(&self) -> &Serial {
+        &self.signer_serial
     }
 
     /// End of the signer certificate's validity (rotate a delegated signer before it).
