@@ -163,10 +163,17 @@ impl Drop for Staged {
 
 /// Gives `file` (the replacement of `path`) the owner `uid:gid` of the file it replaces, before
 /// anything is written to it. Fails rather than install a file its readers may not open.
+/// The group is kept when it can be: the modes written here never give the group more than
+/// others (0600, 0644), so a group the writer may not set (a user replacing its own file
+/// whose group it is not in) is no reason to fail.
 fn keep_owner(file: &fs::File, path: &Path, uid: u32, gid: u32) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     let meta = file.metadata().map_err(io_err(path))?;
     if (meta.uid(), meta.gid()) == (uid, gid) {
+        return Ok(());
+    }
+    if meta.uid() == uid {
+        let _ = std::os::unix::fs::fchown(file, None, Some(gid));
         return Ok(());
     }
     std::os::unix::fs::fchown(file, Some(uid), Some(gid)).map_err(|source| Error::KeepOwner {
@@ -373,7 +380,23 @@ mod tests {
         assert_eq!(fs::metadata(&p).unwrap().uid(), 0);
         let left: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(left.len(), 1, "no temporary file is left behind");
+        // Its own file, in a group it is not in: replaced, its owner kept, the group its own
+        // (the modes written give the group nothing more than others).
+        std::os::unix::fs::chown(&p, Some(65534), Some(0)).unwrap();
+        let status = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(std::env::current_exe().unwrap())
+            .args(["--exact", "files::tests::keep_owner_child", "--nocapture"])
+            .env(CHILD, &p)
+            .env(CHILD_OWN, "1")
+            .status()
+            .unwrap();
+        assert!(status.success(), "the child replaced its own file");
+        assert_eq!(fs::read(&p).unwrap(), b"new");
+        assert_eq!(fs::metadata(&p).unwrap().uid(), 65534);
     }
+
+    const CHILD_OWN: &str = "MTLS_TEST_KEEP_OWNER_CHILD_OWN";
 
     /// The other user of [`replacement_refused_when_the_owner_cannot_be_kept`]; does nothing
     /// when run on its own.
@@ -382,7 +405,12 @@ mod tests {
         let Some(p) = std::env::var_os(CHILD) else {
             return;
         };
-        let err = write_atomic(Path::new(&p), b"new", Visibility::Public, true).unwrap_err();
+        let written = write_atomic(Path::new(&p), b"new", Visibility::Public, true);
+        if std::env::var_os(CHILD_OWN).is_some() {
+            written.unwrap();
+            return;
+        }
+        let err = written.unwrap_err();
         assert!(matches!(err, Error::KeepOwner { .. }), "{err}");
         assert!(err.to_string().contains("owner 0:0"), "{err}");
     }
