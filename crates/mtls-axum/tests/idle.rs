@@ -123,3 +123,89 @@ async fn anonymous_connections_get_the_header_read_timeout_verified_ones_the_idl
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2");
 }
+
+/// An upgraded connection (a WebSocket) has no end of its own: when the server stops, it is
+/// closed and the drain ends at once instead of waiting out its 30 s limit for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_server_closes_upgraded_connections() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new("axum-upgrade");
+    let enc = |der: &[u8]| mtls_pki::pem_io::encode("CERTIFICATE", der);
+    let chain = |der: &[u8]| format!("{}{}", enc(der), enc(&pki.intermediate_der()));
+    let server = pki.server(&["localhost"]);
+    let cert = write(dir.path(), "s.pem", chain(&server.cert.der).as_bytes());
+    let key = write(dir.path(), "s.key", server.key.to_pem().as_bytes());
+    let ca = write(
+        dir.path(),
+        "ca.pem",
+        format!("{}{}", enc(&pki.intermediate_der()), enc(&pki.root_der())).as_bytes(),
+    );
+    let app = MtlsServer::builder()
+        .certificate(&cert, &key)
+        .client_ca(&ca)
+        .build()
+        .unwrap();
+    async fn echo(mut req: axum::extract::Request) -> axum::response::Response {
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = upgrade.await {
+                let (mut r, mut w) = tokio::io::split(hyper_util::rt::TokioIo::new(up));
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            }
+        });
+        axum::response::Response::builder()
+            .status(101)
+            .header("connection", "upgrade")
+            .header("upgrade", "echo")
+            .body(axum::body::Body::empty())
+            .unwrap()
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(app.serve_with_shutdown(
+        listener,
+        Router::new().route("/echo", get(echo)),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let client = pki.client("ws");
+    let cred = mtls_tls::credential_from_parts(
+        vec![client.cert.der.clone(), pki.intermediate_der()],
+        &client.key,
+        time::OffsetDateTime::now_utc(),
+    )
+    .unwrap();
+    let config = mtls_tls::client_config(&[pki.root_der()], Some(&cred), &[b"http/1.1"]).unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    tls.write_all(
+        b"GET /echo HTTP/1.1\r\nHost: localhost\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = [0u8; 512];
+    let n = tls.read(&mut buf).await.unwrap();
+    assert!(buf.get(..n).unwrap().starts_with(b"HTTP/1.1 101"));
+    tls.write_all(b"ping").await.unwrap();
+    let mut four = [0u8; 4];
+    tls.read_exact(&mut four).await.unwrap();
+    assert_eq!(&four, b"ping");
+    let started = Instant::now();
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), serving)
+        .await
+        .expect("the server stops without waiting out the drain for the upgraded connection")
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while matches!(tls.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the upgraded connection is closed");
+}

@@ -104,8 +104,8 @@ pub async fn serve_connection_until<IO, S, B>(
 /// [`serve_connection_until`] for a connection that may be upgraded (WebSocket, `Upgrade:`):
 /// an upgraded stream lives on in the application after hyper lets go of it, so this returns
 /// only once that stream is gone too (the caller's connection slot stays taken), and `cut`
-/// still ends it, by shutting `socket` (a duplicate of the connection's TCP socket, see
-/// [`duplicate_socket`]) down under it.
+/// or `shutdown` still end it, by shutting `socket` (a duplicate of the connection's TCP
+/// socket, see [`duplicate_socket`]) down under it.
 pub async fn serve_connection_upgradable<IO, S, B>(
     http: &Http,
     io: IO,
@@ -131,12 +131,15 @@ pub async fn serve_connection_upgradable<IO, S, B>(
         fired.store(true, std::sync::atomic::Ordering::Relaxed);
     };
     tokio::pin!(cut);
+    let mut stopping = shutdown.clone();
     serve(http, io, service, shutdown, cut.as_mut(), Some(gone_tx)).await;
     if !fired.load(std::sync::atomic::Ordering::Relaxed) {
         tokio::select! {
             // The stream is gone: not upgraded, or the upgraded stream ended.
             _ = gone => return,
             _ = cut.as_mut() => {}
+            // An upgraded stream has no end of its own to wait for: the server stopping ends it.
+            _ = stopping.wait() => {}
         }
     }
     // Reads and writes of whoever holds the stream now fail; the socket closes when they
