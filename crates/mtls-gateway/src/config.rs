@@ -68,6 +68,28 @@ impl RouteMatch {
         }
     }
 
+    /// Whether a (canonical) path can be matched under this mode. Case-insensitively, only
+    /// an ASCII path can: an upstream that folds case beyond ASCII (Java folds `ſ` to `S`, `K`
+    /// (Kelvin) to `k`, `ı` to `I`) would serve `/adm%C4%B1n` as `/admin` while no ASCII rule
+    /// matched it here.
+    pub fn can_match(self, path: &str) -> bool {
+        match self {
+            RouteMatch::Exact => true,
+            RouteMatch::CaseInsensitive => {
+                let bytes = path.as_bytes();
+                bytes.is_ascii()
+                    && !bytes.iter().enumerate().any(|(i, &b)| {
+                        b == b'%'
+                            && bytes
+                                .get(i + 1..i + 3)
+                                .and_then(|h| std::str::from_utf8(h).ok())
+                                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                                .is_some_and(|c| c >= 0x80)
+                    })
+            }
+        }
+    }
+
     /// Whether `path` starts with `prefix` under this mode.
     pub fn has_prefix(self, path: &str, prefix: &str) -> bool {
         match self {

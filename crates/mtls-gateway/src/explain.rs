@@ -8,7 +8,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::config::{GatewayConfig, ListenerConfig, Mode};
-use crate::state::{is_canonical_path, ListenerState};
+use crate::state::ListenerState;
 use crate::Error;
 use mtls_serve::tls::ClientAuth;
 use mtls_verify::Rejection;
@@ -208,7 +208,7 @@ pub async fn explain(
     // The canonical-path rule applies only where per-path policies do (HTTP listeners).
     let http = l.mode == Mode::Http;
     let routes = http && state.has_routes();
-    let canonical = is_canonical_path(path);
+    let canonical = state.can_route(path);
     checks.push(Check {
         name: "canonical path",
         outcome: match (routes, refused.is_some(), canonical) {

@@ -296,12 +296,12 @@ pub async fn handle(
                 break 'resp boxed(ApiError::from_rejection(r));
             }
         };
-        if state.has_routes() && !crate::state::is_canonical_path(&path) {
+        if state.has_routes() && !state.can_route(&path) {
             refusal = Some("invalid_path");
             break 'resp json_error(
                 StatusCode::BAD_REQUEST,
                 "INVALID_PATH",
-                "the path is not in canonical form (encoded unreserved characters, dot segments, // or ;): per-path policies apply only to canonical paths",
+                "the path is not in canonical form (encoded unreserved characters, dot segments, // or ;, or non-ASCII characters under route_match = \"case-insensitive\"): per-path policies apply only to canonical paths",
             );
         }
         if let Err(reason) = state.policy_for(&path).check(&peer) {

@@ -168,6 +168,13 @@ impl ListenerState {
         !self.routes.is_empty()
     }
 
+    /// Whether per-path policies can be applied to `path` here: it is canonical (see
+    /// [`is_canonical_path`]) and the route matching mode can compare it
+    /// ([`RouteMatch::can_match`]).
+    pub fn can_route(&self, path: &str) -> bool {
+        is_canonical_path(path) && self.route_match.can_match(path)
+    }
+
     /// The route of a request path: the longest prefix matching it (under `route_match`).
     pub fn route_for(&self, path: &str) -> Option<&(String, Policy)> {
         self.routes

@@ -37,6 +37,13 @@ fn case_insensitive_route_match_gives_admin_in_capitals_the_admin_route_policy()
     );
     let r = curl(&g, &f, &app, "/api/x", &[]);
     assert_eq!(r.status, 200, "{} {}", r.body, r.stderr);
+    // Beyond ASCII, case folding is the upstream's (Java folds the dotless ı to I, ſ to S):
+    // such paths are refused rather than left to the listener's policy.
+    for path in ["/adm%C4%B1n/x", "/%C5%BFecret", "/caf%C3%A9"] {
+        let r = curl(&g, &f, &ops, path, &[]);
+        assert_eq!(r.status, 400, "{path}: {} {}", r.body, r.stderr);
+        assert!(r.body.contains("INVALID_PATH"), "{path}: {}", r.body);
+    }
 }
 
 #[test]
@@ -51,6 +58,9 @@ fn exact_route_match_is_the_default_and_unchanged() {
     let r = curl(&g, &f, &app, "/ADMIN/x", &[]);
     assert_eq!(r.status, 200, "{} {}", r.body, r.stderr);
     assert!(up.last().request_line.starts_with("GET /ADMIN/x "));
+    // Non-ASCII paths are compared byte for byte here: nothing to refuse.
+    let r = curl(&g, &f, &app, "/caf%C3%A9", &[]);
+    assert_eq!(r.status, 200, "{} {}", r.body, r.stderr);
     // Spelled out, the same.
     drop(g);
     let g = Gateway::start(
