@@ -347,6 +347,7 @@ impl MtlsServer {
                 poll: self.inner.builder.reload_poll,
                 on_sighup: self.inner.builder.reload_on_sighup,
                 counters: self.inner.reloads.clone(),
+                ..ReloadOptions::default()
             },
             shutdown.clone(),
         );

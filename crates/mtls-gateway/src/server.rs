@@ -229,6 +229,7 @@ pub async fn start(config: GatewayConfig, config_path: Option<PathBuf>) -> Resul
             poll: config.limits.reload_poll,
             on_sighup: true,
             counters: metrics.reloads.clone(),
+            ..ReloadOptions::default()
         },
         shutdown.clone(),
     );

@@ -53,6 +53,10 @@ pub struct ReloadOptions {
     pub on_sighup: bool,
     /// Counters of attempts by result (the default is registered nowhere).
     pub counters: ReloadCounters,
+    /// After a failed reload, how often the same files are tried again though they did not
+    /// change (default 30 s): the fix may change no stamp (`chmod 600` on a key, a
+    /// certificate whose notBefore is reached).
+    pub retry_failed: Duration,
 }
 
 impl Default for ReloadOptions {
@@ -61,6 +65,7 @@ impl Default for ReloadOptions {
             poll: Duration::from_secs(1),
             on_sighup: true,
             counters: ReloadCounters::default(),
+            retry_failed: Duration::from_secs(30),
         }
     }
 }
@@ -82,6 +87,8 @@ pub fn spawn<R: Reload>(
         let mut stamps = target
             .loaded_stamps()
             .unwrap_or_else(|| FileStamps::of(&files));
+        let mut failed_since: Option<std::time::Instant> = None;
+        let mut last_error: Option<String> = None;
         loop {
             let hup_fut = async {
                 match hup.as_mut() {
@@ -93,7 +100,9 @@ pub fn spawn<R: Reload>(
             };
             tokio::select! {
                 _ = tokio::time::sleep(options.poll) => {
-                    if FileStamps::of(&files) == stamps { continue; }
+                    let retry = failed_since
+                        .is_some_and(|at| at.elapsed() >= options.retry_failed);
+                    if FileStamps::of(&files) == stamps && !retry { continue; }
                 }
                 _ = hup_fut => {}
                 r = rx.recv() => { if r.is_none() { return; } }
@@ -107,10 +116,18 @@ pub fn spawn<R: Reload>(
                 Ok(what) => {
                     options.counters.ok();
                     tracing::info!(%what, "reloaded");
+                    failed_since = None;
+                    last_error = None;
                 }
                 Err(error) => {
                     options.counters.failed();
-                    tracing::error!(%error, "reload failed; keeping the last good state");
+                    // Logged when it changes; the periodic retries of the same failure are
+                    // counted, not repeated in the log.
+                    if last_error.as_deref() != Some(error.as_str()) {
+                        tracing::error!(%error, "reload failed; keeping the last good state");
+                    }
+                    failed_since = Some(std::time::Instant::now());
+                    last_error = Some(error);
                 }
             }
             let now_watched = target.watched();
@@ -156,6 +173,64 @@ mod tests {
         }
     }
 
+    /// Fails until its file becomes readable by mode alone (`chmod`), which changes no stamp.
+    struct FixedByChmod {
+        path: PathBuf,
+        calls: Arc<AtomicUsize>,
+    }
+
+    impl Reload for FixedByChmod {
+        fn watched(&self) -> Vec<PathBuf> {
+            vec![self.path.clone()]
+        }
+
+        fn reload(&mut self) -> Result<String, String> {
+            use std::os::unix::fs::PermissionsExt;
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let mode = std::fs::metadata(&self.path).unwrap().permissions().mode();
+            if mode & 0o077 != 0 {
+                return Err("readable by others".into());
+            }
+            Ok("reloaded".into())
+        }
+    }
+
+    /// A failed reload is tried again though its files did not change, until it succeeds.
+    #[tokio::test]
+    async fn a_failed_reload_is_retried_until_it_succeeds() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.key");
+        std::fs::write(&path, b"key").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (_stop, shutdown) = crate::shutdown();
+        let target = FixedByChmod {
+            path: path.clone(),
+            calls: calls.clone(),
+        };
+        let options = ReloadOptions {
+            poll: Duration::from_millis(20),
+            on_sighup: false,
+            counters: ReloadCounters::default(),
+            retry_failed: Duration::from_millis(100),
+        };
+        let handle = spawn(target, options, shutdown);
+        handle.reload();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let failing = calls.load(Ordering::SeqCst);
+        assert!(failing >= 2, "retried while failing: {failing}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let after = calls.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            after,
+            "no more reloads once it succeeded"
+        );
+    }
+
     /// The file as the failed reload left it is not taken as seen: the next poll reloads it.
     #[tokio::test]
     async fn a_file_finished_during_a_failed_reload_is_reloaded_again() {
@@ -172,6 +247,7 @@ mod tests {
             poll: Duration::from_millis(20),
             on_sighup: false,
             counters: ReloadCounters::default(),
+            retry_failed: Duration::from_secs(3600),
         };
         // The loop ends when every handle is gone: this one lives to the end of the test.
         let handle = spawn(target, options, shutdown);
