@@ -609,3 +609,18 @@ fn json_output_survives_file_names_that_are_not_utf8() {
     assert_eq!(found, set(&[("unreadable", "bad\u{fffd}.pem")]));
     assert_eq!(code, 1);
 }
+
+/// A FIFO named like a certificate would hang the audit: it is reported, not read.
+#[test]
+fn a_file_that_is_not_a_regular_file_is_reported_not_read() {
+    let env = Env::new();
+    let fifo = env.path("pipe.crt");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let (code, found) = doctor(&env, &[fifo.to_str().unwrap()]);
+    assert_eq!(found, set(&[("unreadable", "pipe.crt")]));
+    assert_eq!(code, 1);
+}

@@ -305,6 +305,12 @@ fn unreadable_files_are_reported_and_der_files_read() {
         pem_io::encode("CERTIFICATE", &der[..der.len() - 20]).as_bytes(),
     );
     env.write("w/app.key.pem", leaf.key.to_pem().as_bytes());
+    // A FIFO named like a certificate would block every scrape: an error, not a read.
+    let fifo = std::process::Command::new("mkfifo")
+        .arg(env.path("w/pipe.pem"))
+        .status()
+        .unwrap();
+    assert!(fifo.success());
     let named = env.write("named.crt", &crl.as_ref()[..40]);
     let m = start(&env, &[&env.p("w"), named.to_str().unwrap()]);
     let (status, page) = common::ca::curl(&[&m.1]);
@@ -325,6 +331,7 @@ fn unreadable_files_are_reported_and_der_files_read() {
     assert_eq!(error("w/leaf.der"), Some(0.0), "{page}");
     assert_eq!(error("w/intermediate.crl"), Some(0.0), "{page}");
     assert_eq!(error("w/good.pem"), Some(0.0), "{page}");
+    assert_eq!(error("w/pipe.pem"), Some(1.0), "{page}");
     assert!(!page.contains("app.key.pem"), "{page}");
     let corrupt = env.p("w/corrupt.crt");
     assert!(

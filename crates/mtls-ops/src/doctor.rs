@@ -251,6 +251,16 @@ fn audit_pki_dir(dir: &Path, report: &mut Report) {
 }
 
 fn read_or_report(p: &Path, report: &mut Report) -> Option<Vec<u8>> {
+    // A FIFO or a device named like a certificate would hang the audit or never end.
+    if std::fs::metadata(p).is_ok_and(|m| !m.is_file()) {
+        report.add(
+            "unreadable",
+            p,
+            "not a regular file".into(),
+            "point the check at certificate, key and CRL files",
+        );
+        return None;
+    }
     match std::fs::read(p) {
         Ok(b) => Some(b),
         Err(e) => {

@@ -160,6 +160,10 @@ pub fn readings(paths: &[PathBuf], now: OffsetDateTime) -> Readings {
         if !named && !matches!(ext.as_str(), "pem" | "crt" | "cer" | "der" | "crl") {
             return;
         }
+        if !meta.is_file() {
+            // A FIFO or a device would block the scrape or never end.
+            return out.failed(p, "not a regular file".into());
+        }
         if meta.len() > MAX_FILE_BYTES {
             return out.failed(p, format!("larger than {MAX_FILE_BYTES} bytes"));
         }
