@@ -25,6 +25,9 @@ use crate::ocsp::{fetch, OcspError};
 const CAPACITY: usize = 100_000;
 /// A failed answer is not asked again (nor waited for) for this long.
 const FAILURE_HOLD: time::Duration = time::Duration::seconds(5);
+/// Unused answers are forgotten in sweeps this far apart at most (sooner when `keep_unused` is
+/// shorter): each sweep that forgets one wakes every open connection.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// Default of [`OcspOptions::keep_unused`].
 const KEEP_UNUSED: Duration = Duration::from_secs(3600);
 
@@ -228,16 +231,26 @@ impl OcspChecker {
     pub async fn run(self: Arc<Self>, changed: impl Fn() + Send, mut shutdown: Shutdown) {
         let keep_unused =
             time::Duration::try_from(self.options.keep_unused).unwrap_or(time::Duration::MAX);
+        // Forgetting wakes every open connection to re-check (see below): done in sweeps, at
+        // most once a minute, not each second some client crosses `keep_unused`.
+        let sweep_every = self.options.keep_unused.min(SWEEP_EVERY);
+        let mut last_sweep = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = shutdown.wait() => return,
             }
             let now = OffsetDateTime::now_utc();
+            let sweep = last_sweep.elapsed() >= sweep_every;
+            if sweep {
+                last_sweep = tokio::time::Instant::now();
+            }
             let (due, evicted): (Vec<Due>, bool) = match self.cache.lock() {
                 Ok(mut cache) => {
                     let before = cache.len();
-                    cache.retain(|_, e| now - e.last_used < keep_unused);
+                    if sweep {
+                        cache.retain(|_, e| now - e.last_used < keep_unused);
+                    }
                     let due = cache
                         .iter()
                         .filter(|(_, e)| now >= e.refresh_at)
