@@ -76,16 +76,8 @@ impl RouteMatch {
         match self {
             RouteMatch::Exact => true,
             RouteMatch::CaseInsensitive => {
-                let bytes = path.as_bytes();
-                bytes.is_ascii()
-                    && !bytes.iter().enumerate().any(|(i, &b)| {
-                        b == b'%'
-                            && bytes
-                                .get(i + 1..i + 3)
-                                .and_then(|h| std::str::from_utf8(h).ok())
-                                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                                .is_some_and(|c| c >= 0x80)
-                    })
+                path.is_ascii()
+                    && !crate::state::percent_escapes(path).any(|c| c.is_some_and(|c| c >= 0x80))
             }
         }
     }

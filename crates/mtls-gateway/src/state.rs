@@ -207,21 +207,26 @@ pub fn is_canonical_path(path: &str) -> bool {
     {
         return false;
     }
+    percent_escapes(path).all(|decoded| {
+        decoded.is_some_and(|c| {
+            !(c.is_ascii_alphanumeric()
+                || matches!(c, b'-' | b'.' | b'_' | b'~' | b'/' | b'\\' | b';' | b'%'))
+        })
+    })
+}
+
+/// The byte each `%XX` escape of `path` stands for, in order (`None` for a malformed one).
+pub(crate) fn percent_escapes(path: &str) -> impl Iterator<Item = Option<u8>> + '_ {
     let mut rest = path.as_bytes();
-    while let Some(at) = rest.iter().position(|&c| c == b'%') {
+    std::iter::from_fn(move || {
+        let at = rest.iter().position(|&c| c == b'%')?;
         let decoded = rest
             .get(at + 1..at + 3)
             .and_then(|h| std::str::from_utf8(h).ok())
             .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match decoded {
-            Some(c)
-                if !(c.is_ascii_alphanumeric()
-                    || matches!(c, b'-' | b'.' | b'_' | b'~' | b'/' | b'\\' | b';' | b'%')) => {}
-            _ => return false,
-        }
         rest = rest.get(at + 3..).unwrap_or_default();
-    }
-    true
+        Some(decoded)
+    })
 }
 
 #[cfg(test)]
