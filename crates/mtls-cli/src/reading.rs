@@ -109,10 +109,7 @@ fn check_ocsp(
     let parsed = pem_io::parse_certificate(leaf).map_err(input_error)?;
     // The issuer is the candidate whose key verifies the leaf (the chain was just validated).
     let Some(issuer) = candidates.iter().find(|c| {
-        pem_io::parse_certificate(c).is_ok_and(|ic| {
-            ic.subject().as_raw() == parsed.issuer().as_raw()
-                && parsed.verify_signature(Some(ic.public_key())).is_ok()
-        })
+        pem_io::parse_certificate(c).is_ok_and(|ic| mtls_pki::signature::issued_by(&parsed, &ic))
     }) else {
         return fail(
             "ocsp_no_issuer",

@@ -206,6 +206,64 @@ fn csr_with_bad_signature_is_refused() {
 }
 
 #[test]
+fn csr_signed_with_sha1_is_refused_and_pss_accepted() {
+    // The CSR's self-signature is checked with the algorithms chains are validated with:
+    // SHA-1 (which x509-parser's own check accepts) is refused, RSA-PSS is taken.
+    let e = initialised();
+    e.openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "old.key",
+        "-out",
+        "old.csr",
+        "-subj",
+        "/CN=old-client",
+        "-sha1",
+    ])
+    .ok();
+    let before = e.tree();
+    e.mtls(&["sign", "--csr", &e.p("old.csr"), "--profile", "client"])
+        .fails(1, "sha1WithRSAEncryption is not accepted");
+    assert_eq!(e.tree(), before);
+    assert_eq!(e.inventory_count(), 0);
+
+    e.openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "pss.key",
+        "-out",
+        "pss.csr",
+        "-subj",
+        "/CN=pss-client",
+        "-sha256",
+        "-sigopt",
+        "rsa_padding_mode:pss",
+        "-sigopt",
+        "rsa_pss_saltlen:32",
+    ])
+    .ok();
+    e.mtls(&[
+        "sign",
+        "--csr",
+        &e.p("pss.csr"),
+        "--profile",
+        "client",
+        "--out",
+        &e.p("out"),
+    ])
+    .ok();
+    assert_eq!(e.inventory_count(), 1);
+}
+
+#[test]
 fn csr_asking_for_ca_is_refused() {
     let e = initialised();
     e.openssl(&[

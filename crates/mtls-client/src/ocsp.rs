@@ -300,10 +300,8 @@ pub(crate) fn check_staple(
     // merely the first one the server sent, which a revoked server could make a CA of its
     // own that vouches for it.
     let signed_leaf = |c: &[u8]| {
-        mtls_pki::pem_io::parse_certificate(c).is_ok_and(|c| {
-            c.subject().as_raw() == parsed.issuer().as_raw()
-                && parsed.verify_signature(Some(c.public_key())).is_ok()
-        })
+        mtls_pki::pem_io::parse_certificate(c)
+            .is_ok_and(|c| mtls_pki::signature::issued_by(&parsed, &c))
     };
     let issuer = intermediates
         .iter()

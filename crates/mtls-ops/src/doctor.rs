@@ -410,6 +410,10 @@ fn audit_crl(
     }
 }
 
+// These classify certificates (is it a root, which one issued which) for advice, so they use
+// x509-parser's wider algorithm set on purpose: an old SHA-1 root is still a root, and a
+// SHA-1 signature is reported by its own finding (`weak_signature`). Verification itself uses
+// `mtls_pki::signature`.
 fn is_self_signed(c: &X509Certificate<'_>) -> bool {
     c.subject().as_raw() == c.issuer().as_raw() && c.verify_signature(None).is_ok()
 }

@@ -90,13 +90,14 @@ pub fn parse(input: &[u8]) -> Result<CsrInfo> {
     if !rest.is_empty() {
         return Err(Error::malformed("CSR", "trailing bytes after the request"));
     }
-    csr.verify_signature().map_err(|e| match e {
-        x509_parser::error::X509Error::SignatureUnsupportedAlgorithm => {
-            Error::UnsupportedKey("the CSR's signature algorithm is not supported".into())
-        }
-        _ => Error::CsrBadSignature,
-    })?;
     let info = &csr.certification_request_info;
+    // The one signature check (webpki's algorithms): x509-parser's own accepts SHA-1 and
+    // RSA keys under 2048 bits.
+    let (signed, _) = crate::signature::SignedParts::split("CSR", &block.der)?;
+    signed.verify(info.subject_pki.raw).map_err(|e| match e {
+        Error::BadSignature => Error::CsrBadSignature,
+        other => other,
+    })?;
     let subject_text = info.subject.to_string();
     let get = |oid: &x509_parser::der_parser::oid::Oid<'_>| -> Result<Option<String>> {
         match info.subject.iter_by_oid(oid).next() {

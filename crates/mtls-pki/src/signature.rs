@@ -1,5 +1,6 @@
 //! The one signature check of signed PKI objects that are not checked by path validation:
-//! CRLs, OCSP responses, delegated OCSP signer certificates.
+//! CRLs, OCSP responses, delegated OCSP signer certificates, CSRs' self-signatures, and the
+//! "which of these certificates issued that one" questions of diagnostics.
 //!
 //! It accepts exactly the algorithms certificate paths are validated with
 //! ([`SIGNATURE_ALGORITHMS`], rustls-webpki's aws-lc-rs implementations), chosen from the
@@ -133,6 +134,19 @@ pub fn verify_signature(
         })?;
     alg.verify_signature(key, message, signature)
         .map_err(|_| Error::BadSignature)
+}
+
+/// Whether `issuer` issued `child`: `child` names `issuer`'s subject as its issuer and its
+/// signature verifies with `issuer`'s key (under [`SIGNATURE_ALGORITHMS`]). Nothing else of
+/// either certificate (validity, CA flag, key usage) is looked at: that is path validation.
+pub fn issued_by(
+    child: &x509_parser::certificate::X509Certificate<'_>,
+    issuer: &x509_parser::certificate::X509Certificate<'_>,
+) -> bool {
+    child.issuer().as_raw() == issuer.subject().as_raw()
+        && SignedParts::split("certificate", child.as_raw())
+            .and_then(|(signed, _)| signed.verify(issuer.public_key().raw))
+            .is_ok()
 }
 
 /// The contents of the DER SEQUENCE `der` (an AlgorithmIdentifier without its tag and length,
