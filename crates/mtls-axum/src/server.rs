@@ -31,6 +31,7 @@ pub struct ServerBuilder {
     files: ServerFiles,
     handshake_timeout: Duration,
     idle_timeout: Duration,
+    drain_timeout: Duration,
     http: mtls_serve::http::HttpLimits,
     max_connections: usize,
     reload_poll: Duration,
@@ -56,6 +57,7 @@ impl Default for ServerBuilder {
             },
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(3600),
+            drain_timeout: Duration::from_secs(30),
             http: mtls_serve::http::HttpLimits::default(),
             max_connections: 10_000,
             reload_poll: Duration::from_secs(1),
@@ -180,6 +182,13 @@ impl ServerBuilder {
     /// Connections silent this long are closed (default 1 h).
     pub fn idle_timeout(mut self, d: Duration) -> Self {
         self.idle_timeout = d;
+        self
+    }
+
+    /// At shutdown, how long open requests (and upgraded connections) may take to finish
+    /// before their connections are closed (default 30 s).
+    pub fn drain_timeout(mut self, d: Duration) -> Self {
+        self.drain_timeout = d;
         self
     }
 
@@ -387,13 +396,24 @@ impl MtlsServer {
         let http = Arc::new(mtls_serve::http::builder(&self.inner.builder.http));
         let inner = self.inner.clone();
         let sd = shutdown.clone();
+        // Past the drain deadline, connections still open are closed (their futures dropped):
+        // returning while they run on would leave the application's port and state in use.
+        let (kill, killed) = mtls_serve::shutdown();
         let serving =
             accept::accept_loop(listener, slots.clone(), shutdown, move |tcp, _, slot| {
-                let (inner, router, http, shutdown) =
-                    (inner.clone(), router.clone(), http.clone(), sd.clone());
+                let (inner, router, http, shutdown, mut killed) = (
+                    inner.clone(),
+                    router.clone(),
+                    http.clone(),
+                    sd.clone(),
+                    killed.clone(),
+                );
                 async move {
                     let _slot = slot;
-                    connection(inner, tcp, router, http, shutdown).await
+                    tokio::select! {
+                        _ = connection(inner, tcp, router, http, shutdown) => {}
+                        _ = killed.wait() => {}
+                    }
                 }
             });
         tokio::select! {
@@ -401,7 +421,17 @@ impl MtlsServer {
             _ = signal => {}
         }
         stop.trigger();
-        slots.drain(Duration::from_secs(30)).await;
+        let drain = self.inner.builder.drain_timeout;
+        if !slots.drain(drain).await {
+            tracing::warn!(
+                open = slots.in_use(),
+                after = ?drain,
+                "connections still open at the end of the drain: closing them"
+            );
+            kill.trigger();
+            // Each connection's task ends at its next poll; wait for them briefly.
+            slots.drain(Duration::from_secs(1)).await;
+        }
     }
 }
 

@@ -209,3 +209,79 @@ async fn stopping_the_server_closes_upgraded_connections() {
     .await;
     assert!(ended.is_ok(), "the upgraded connection is closed");
 }
+
+/// A request that never finishes does not hold the server past its drain timeout: its
+/// connection is closed and `serve_with_shutdown` returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_still_running_after_the_drain_timeout_is_closed() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new("axum-drain");
+    let enc = |der: &[u8]| mtls_pki::pem_io::encode("CERTIFICATE", der);
+    let chain = |der: &[u8]| format!("{}{}", enc(der), enc(&pki.intermediate_der()));
+    let server = pki.server(&["localhost"]);
+    let cert = write(dir.path(), "s.pem", chain(&server.cert.der).as_bytes());
+    let key = write(dir.path(), "s.key", server.key.to_pem().as_bytes());
+    let ca = write(
+        dir.path(),
+        "ca.pem",
+        format!("{}{}", enc(&pki.intermediate_der()), enc(&pki.root_der())).as_bytes(),
+    );
+    let app = MtlsServer::builder()
+        .certificate(&cert, &key)
+        .client_ca(&ca)
+        .drain_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let (entered, mut inside) = tokio::sync::mpsc::channel::<()>(1);
+    let stuck = move || {
+        let entered = entered.clone();
+        async move {
+            let _ = entered.send(()).await;
+            std::future::pending::<&'static str>().await
+        }
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(app.serve_with_shutdown(
+        listener,
+        Router::new().route("/stuck", get(stuck)),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let client = pki.client("slow");
+    let cred = mtls_tls::credential_from_parts(
+        vec![client.cert.der.clone(), pki.intermediate_der()],
+        &client.key,
+        time::OffsetDateTime::now_utc(),
+    )
+    .unwrap();
+    let config = mtls_tls::client_config(&[pki.root_der()], Some(&cred), &[b"http/1.1"]).unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    tls.write_all(b"GET /stuck HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), inside.recv())
+        .await
+        .expect("the request reaches the handler")
+        .unwrap();
+    let started = Instant::now();
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), serving)
+        .await
+        .expect("the server stops once its drain timeout (1 s) has passed")
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    let mut buf = [0u8; 256];
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while matches!(tls.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stuck request's connection is closed");
+}
