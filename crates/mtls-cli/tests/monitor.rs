@@ -84,11 +84,51 @@ fn the_monitor_exports_expiry_renewal_state_crl_freshness_and_the_inventory() {
         last_success: Some(now.unix_timestamp() - 3600),
         last_failure: Some(now.unix_timestamp() - 60),
         last_error: Some("the CA is unreachable".into()),
+        schedule: None,
     };
     env.write(
         "watched/late.crt.renewal.json",
         serde_json::to_string(&record).unwrap().as_bytes(),
     );
+    // Day 40 of 90: not due at the default threshold (day 60), but its daemon renews 70 days
+    // before the end (day 20) and said so: overdue since day 29.
+    let early_start = now - time::Duration::days(40);
+    let early = pki.leaf_at(
+        Profile::Client,
+        "early",
+        &[],
+        early_start,
+        time::Duration::days(90),
+    );
+    let early_end = early_start + time::Duration::days(90);
+    // The same, with a plan the daemon made for another certificate: the default applies.
+    let replaced = pki.leaf_at(
+        Profile::Client,
+        "replaced",
+        &[],
+        early_start,
+        time::Duration::days(90),
+    );
+    for (name, leaf, plan_for) in [
+        ("early", &early, early_end),
+        ("replaced", &replaced, early_end - time::Duration::days(1)),
+    ] {
+        env.write(
+            &format!("watched/{name}.crt"),
+            pem_io::encode("CERTIFICATE", &leaf.cert.der).as_bytes(),
+        );
+        let record = mtls_client::renewal::RenewalRecord {
+            schedule: Some(mtls_client::renewal::Schedule {
+                not_after: plan_for.unix_timestamp(),
+                renew_at: (early_start + time::Duration::days(20)).unix_timestamp(),
+            }),
+            ..Default::default()
+        };
+        env.write(
+            &format!("watched/{name}.crt.renewal.json"),
+            serde_json::to_string(&record).unwrap().as_bytes(),
+        );
+    }
     let m = start(
         &env,
         &[
@@ -162,6 +202,17 @@ fn the_monitor_exports_expiry_renewal_state_crl_freshness_and_the_inventory() {
         Some(0.0),
         "{page}"
     );
+    for (name, overdue) in [("early", 1.0), ("replaced", 0.0)] {
+        let file = env.p(&format!("watched/{name}.crt"));
+        assert_eq!(
+            value(
+                &page,
+                &format!("mtls_cert_renewal_overdue{{file=\"{file}\"")
+            ),
+            Some(overdue),
+            "{name}: {page}"
+        );
+    }
     let not_after = value(
         &page,
         &format!("mtls_cert_not_after_seconds{{file=\"{fresh_file}\""),

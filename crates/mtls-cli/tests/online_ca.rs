@@ -1135,6 +1135,31 @@ fn renewal_daemon_keeps_a_gateway_serving() {
             "{f} missing: {families:?}"
         );
     }
+    // The daemon notes its plan for the current certificate next to it (for `mtls monitor`):
+    // 25 s before its end, and up to 5 % of the lifetime earlier (jitter).
+    let planned = {
+        let start = std::time::Instant::now();
+        loop {
+            let pem = std::fs::read(env.path("srv/cert.pem")).unwrap();
+            let chain = mtls_pki::pem_io::certificates(&pem).unwrap();
+            let validity = mtls_pki::pem_io::parse_certificate(&chain[0])
+                .unwrap()
+                .validity()
+                .clone();
+            let not_after = validity.not_after.to_datetime();
+            let lifetime = not_after - validity.not_before.to_datetime();
+            let record = mtls_client::renewal::read_record(&env.path("srv/cert.pem"));
+            if let Some(at) = record.as_ref().and_then(|r| r.renew_at(not_after)) {
+                break Ok(((not_after - at).whole_seconds(), lifetime.whole_seconds()));
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                break Err(format!(
+                    "no schedule for the current certificate (notAfter {not_after}): {record:?}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
     let _ = daemon.kill();
     let _ = daemon.wait();
     let log: Vec<String> = rx.try_iter().collect();
@@ -1177,6 +1202,11 @@ fn renewal_daemon_keeps_a_gateway_serving() {
     assert!(value("mtls_renew_failures_total") >= 1.0, "{m}");
     assert!(value("mtls_renew_renewals_total") >= 1.0, "{m}");
     assert!(value("mtls_renew_next_attempt_seconds") > 0.0, "{m}");
+    let (planned, lifetime) = planned.unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        (25..=25 + lifetime / 20 + 1).contains(&planned),
+        "{planned} s before the end of a {lifetime} s certificate"
+    );
 }
 
 /// Key rotation replaces certificate and key in one atomic rename, so it needs a combined file.

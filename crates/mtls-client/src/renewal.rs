@@ -329,6 +329,31 @@ pub struct RenewalRecord {
     pub last_failure: Option<i64>,
     /// What the last failure said.
     pub last_error: Option<String>,
+    /// When the daemon renews the certificate in the file (Unix seconds, its own threshold and
+    /// jitter), and the notAfter of the certificate this was computed for: a file replaced
+    /// since has no schedule until the daemon reads it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Schedule>,
+}
+
+/// A renewal daemon's plan for one certificate (see [`RenewalRecord::schedule`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Schedule {
+    /// notAfter (Unix seconds) of the certificate the plan is for.
+    pub not_after: i64,
+    /// When the daemon renews it (Unix seconds).
+    pub renew_at: i64,
+}
+
+impl RenewalRecord {
+    /// When the daemon renews the certificate whose notAfter is `not_after`, if it said so.
+    pub fn renew_at(&self, not_after: OffsetDateTime) -> Option<OffsetDateTime> {
+        let s = self.schedule?;
+        if s.not_after != not_after.unix_timestamp() {
+            return None;
+        }
+        OffsetDateTime::from_unix_timestamp(s.renew_at).ok()
+    }
 }
 
 /// Where the [`RenewalRecord`] of `cert` is kept.
@@ -357,7 +382,24 @@ fn note_attempt(cert: &Path, outcome: Result<(), &Error>, now: OffsetDateTime) {
             r.last_error = Some(e.to_string());
         }
     }
-    let written = serde_json::to_vec(&r)
+    write_record(cert, &r);
+}
+
+/// Notes in the record when the daemon renews the certificate (notAfter `not_after`).
+fn note_schedule(cert: &Path, not_after: OffsetDateTime, renew_at: OffsetDateTime) {
+    let mut r = read_record(cert).unwrap_or_default();
+    let schedule = Some(Schedule {
+        not_after: not_after.unix_timestamp(),
+        renew_at: renew_at.unix_timestamp(),
+    });
+    if r.schedule != schedule {
+        r.schedule = schedule;
+        write_record(cert, &r);
+    }
+}
+
+fn write_record(cert: &Path, r: &RenewalRecord) {
+    let written = serde_json::to_vec(r)
         .map_err(|e| e.to_string())
         .and_then(|b| {
             files::write_atomic(&record_path(cert), &b, Visibility::Public, true)
@@ -679,9 +721,12 @@ pub async fn watch_forever(
             retry_at = None;
         }
         seen_not_after = Some(na);
+        let planned = due_at(nb, na, opts.threshold, jitter);
+        // For `mtls monitor`: its "renewal overdue" follows this daemon's threshold.
+        note_schedule(&w.cert, na, planned);
         let due = match &retry_at {
             Some(at) if attempt > 0 => *at,
-            _ => due_at(nb, na, opts.threshold, jitter),
+            _ => planned,
         };
         if due > now {
             update(&states, i, |s| s.next_attempt = Some(due));

@@ -21,7 +21,8 @@ pub struct CertReading {
     pub serial: String,
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
-    /// When a renewal daemon with the default threshold renews it.
+    /// When the renewal daemon renews it: as the daemon recorded next to the file, else with
+    /// the default threshold.
     pub renewal_due: OffsetDateTime,
     /// The renewal point passed more than a tenth of the lifetime ago.
     pub renewal_overdue: bool,
@@ -83,12 +84,18 @@ pub fn read_certificate(
     let c = mtls_pki::pem_io::parse_certificate(leaf)?;
     let not_before = c.validity().not_before.to_datetime();
     let not_after = c.validity().not_after.to_datetime();
-    let due = mtls_client::renewal::due_at(
-        not_before,
-        not_after,
-        mtls_client::renewal::Threshold::default(),
-        0.0,
-    );
+    let renewal = mtls_client::renewal::read_record(file);
+    let due = renewal
+        .as_ref()
+        .and_then(|r| r.renew_at(not_after))
+        .unwrap_or_else(|| {
+            mtls_client::renewal::due_at(
+                not_before,
+                not_after,
+                mtls_client::renewal::Threshold::default(),
+                0.0,
+            )
+        });
     let grace = (not_after - not_before) / 10_i32;
     Ok(CertReading {
         file: file.to_path_buf(),
@@ -98,7 +105,7 @@ pub fn read_certificate(
         not_after,
         renewal_due: due,
         renewal_overdue: now > due + grace,
-        renewal: mtls_client::renewal::read_record(file),
+        renewal,
     })
 }
 
@@ -348,7 +355,7 @@ pub fn register_metrics(registry: &mut Registry, watched: &Arc<Watched>) {
         ),
         (
             "mtls_cert_renewal_due",
-            "When a renewal daemon with the default threshold (2/3 of the lifetime) renews it",
+            "When the renewal daemon renews it (as it recorded next to the file; else at the default threshold, 2/3 of the lifetime)",
             Some(Unit::Seconds),
             |r| ts(r.renewal_due),
         ),
