@@ -400,6 +400,13 @@ pub(crate) fn lineage_revocation_detail(reason: Option<&str>, root: &str) -> Str
     )
 }
 
+/// The serial a `renew` audit entry's detail names (see [`audit_detail_issue`]): what a
+/// renewal renewed, for inventories recorded before the `renews` column.
+pub(crate) fn renewed_in_audit(detail: &str) -> Option<String> {
+    let (_, previous) = detail.rsplit_once(" renews ")?;
+    previous.parse::<Serial>().ok().map(|s| s.to_string())
+}
+
 pub(crate) fn audit_detail_issue(kind: &IssueKind, cert: &NewCertificate<'_>) -> (String, String) {
     match kind {
         IssueKind::Direct => ("issue".into(), format!("{} {}", cert.profile, cert.subject)),

@@ -84,6 +84,17 @@ CREATE INDEX IF NOT EXISTS certificates_revocation_seq ON certificates(revocatio
 -- The certificate a renewal renewed: a key-compromise revocation follows it.
 ALTER TABLE certificates ADD COLUMN IF NOT EXISTS renews TEXT;
 CREATE INDEX IF NOT EXISTS certificates_renews ON certificates(renews) WHERE renews IS NOT NULL;
+-- Renewals recorded before that column: read back from their audit entries (detail ending in
+-- ' renews SERIAL', see audit_detail_issue), once per inventory (the mark's insert gates the
+-- update).
+CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY);
+WITH mark AS (
+    INSERT INTO migrations (name) VALUES ('renews-from-audit') ON CONFLICT DO NOTHING RETURNING name
+)
+UPDATE certificates c SET renews = substring(a.detail from ' renews ([0-9a-f]+)$')
+    FROM audit a, mark
+    WHERE a.action = 'renew' AND a.serial = c.serial AND c.renews IS NULL
+      AND a.detail ~ ' renews [0-9a-f]+$';
 ";
 
 const COLUMNS: &str = "serial, issuer_key, subject, sans, profile, not_before, not_after, fingerprint, pem, issued_at, revoked_at, revocation_reason";

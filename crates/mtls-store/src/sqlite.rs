@@ -135,8 +135,54 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         "CREATE INDEX IF NOT EXISTS certificates_revocation_seq ON certificates(revocation_seq)
              WHERE revocation_seq IS NOT NULL;
          CREATE INDEX IF NOT EXISTS certificates_renews ON certificates(renews)
-             WHERE renews IS NOT NULL;",
-    )
+             WHERE renews IS NOT NULL;
+         CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY);",
+    )?;
+    backfill_renews(conn)
+}
+
+/// Renewals recorded before the `renews` column existed are read back from their audit entries
+/// ("… renews SERIAL"), once per inventory, so a key-compromise revocation follows them too.
+fn backfill_renews(conn: &Connection) -> rusqlite::Result<()> {
+    const NAME: &str = "renews-from-audit";
+    let done = |conn: &Connection| {
+        conn.prepare_cached("SELECT 1 FROM migrations WHERE name = ?1")
+            .and_then(|mut s| s.exists([NAME]))
+    };
+    if done(conn)? {
+        return Ok(());
+    }
+    // IMMEDIATE: of two processes opening the inventory at once, one backfills; the other
+    // waits for the write lock (busy timeout) and finds the mark.
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let backfilled = (|| {
+        if done(conn)? {
+            return Ok(());
+        }
+        let renewals: Vec<(String, String)> = conn
+            .prepare(
+                "SELECT a.serial, a.detail FROM audit a JOIN certificates c ON c.serial = a.serial
+                 WHERE a.action = 'renew' AND c.renews IS NULL",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut update = conn
+            .prepare("UPDATE certificates SET renews = ?1 WHERE serial = ?2 AND renews IS NULL")?;
+        for (serial, detail) in renewals {
+            if let Some(previous) = crate::renewed_in_audit(&detail) {
+                update.execute(params![previous, serial])?;
+            }
+        }
+        conn.execute("INSERT INTO migrations (name) VALUES (?1)", [NAME])?;
+        Ok(())
+    })();
+    match backfilled {
+        Ok(()) => conn.execute_batch("COMMIT"),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
 }
 
 fn row(row: &rusqlite::Row<'_>, now: OffsetDateTime) -> Result<CertificateRecord> {

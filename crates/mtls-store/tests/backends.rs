@@ -637,3 +637,86 @@ async fn a_higher_crl_number_never_lists_fewer_revocations_on_postgres() {
     ))
     .await;
 }
+
+/// Renewals recorded before the `renews` column existed (their `renews` empty) are read back
+/// from the audit log when the inventory is opened, once, so a key-compromise revocation
+/// follows them too.
+async fn renewals_from_before_the_lineage_column_are_followed(
+    location: Location,
+    forget_lineage: impl Fn(),
+) {
+    let now = OffsetDateTime::UNIX_EPOCH + time::Duration::days(1);
+    let (a, b, c, other) = (cert("CN=a"), cert("CN=a"), cert("CN=a"), cert("CN=o"));
+    {
+        let store = Store::open(&location).await.unwrap();
+        let renew = |c: &CertificateToRecord| IssueKind::Renewal {
+            previous: c.serial.clone(),
+        };
+        for (cert, kind) in [
+            (&a, IssueKind::Direct),
+            (&b, renew(&a)),
+            (&c, renew(&b)),
+            (&other, IssueKind::Direct),
+        ] {
+            store
+                .record_issued(cert.clone(), kind, "test", now)
+                .await
+                .unwrap();
+        }
+    }
+    // As an inventory of the version before the column (and before the backfill) left it.
+    forget_lineage();
+    let store = Store::open(&location).await.unwrap();
+    let r = store
+        .revoke(
+            &a.serial,
+            None,
+            Some(RevocationReason::KeyCompromise),
+            "admin",
+            now,
+        )
+        .await
+        .unwrap();
+    let mut got = r.also_revoked.clone();
+    got.sort();
+    let mut want = vec![b.serial.to_string(), c.serial.to_string()];
+    want.sort();
+    assert_eq!(got, want);
+    let o = store.get(&other.serial, now).await.unwrap().unwrap();
+    assert_eq!(o.status, Status::Valid);
+}
+
+const FORGET_LINEAGE: &str =
+    "UPDATE certificates SET renews = NULL; DELETE FROM migrations WHERE name = 'renews-from-audit';";
+
+#[tokio::test]
+async fn renewals_from_before_the_lineage_column_are_followed_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("inv.db");
+    let p = path.clone();
+    renewals_from_before_the_lineage_column_are_followed(Location::Sqlite(path), move || {
+        let conn = rusqlite::Connection::open(&p).unwrap();
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .unwrap();
+        conn.execute_batch(FORGET_LINEAGE).unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn renewals_from_before_the_lineage_column_are_followed_on_postgres() {
+    let url = mtls_test_util::fresh_postgres_database();
+    let u = url.clone();
+    renewals_from_before_the_lineage_column_are_followed(Location::Postgres(url), move || {
+        let out = std::process::Command::new("psql")
+            .args([u.as_str(), "-v", "ON_ERROR_STOP=1", "-c", FORGET_LINEAGE])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    })
+    .await;
+}
