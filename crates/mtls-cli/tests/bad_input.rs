@@ -264,6 +264,39 @@ fn csr_signed_with_sha1_is_refused_and_pss_accepted() {
 }
 
 #[test]
+fn csr_with_an_unreadable_san_is_refused() {
+    // A SAN extension whose DER is cut short (a 5-byte name in 4 bytes): signing it without
+    // its SANs (a server profile would put the CN in instead) would be failing open.
+    let e = initialised();
+    e.write(
+        "bad-san.cnf",
+        b"[req]\ndistinguished_name=dn\nreq_extensions=ext\nprompt=no\n[dn]\nCN=api.example.com\n\
+          [ext]\nsubjectAltName=DER:3006820561626364\n",
+    );
+    e.openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "bad-san.key",
+        "-out",
+        "bad-san.csr",
+        "-config",
+        &e.p("bad-san.cnf"),
+    ])
+    .ok();
+    let before = e.tree();
+    e.mtls(&["sign", "--csr", &e.p("bad-san.csr"), "--profile", "server"])
+        .fails(1, "do not parse");
+    assert_eq!(e.tree(), before);
+    assert_eq!(e.inventory_count(), 0);
+}
+
+#[test]
 fn csr_asking_for_ca_is_refused() {
     let e = initialised();
     e.openssl(&[

@@ -146,6 +146,13 @@ pub fn parse(input: &[u8]) -> Result<CsrInfo> {
                     }
                 }
                 ParsedExtension::BasicConstraints(bc) => requests_ca |= bc.ca,
+                // A known extension that does not parse (a SAN with a name that is not text,
+                // an unknown name form): refused, not signed without it.
+                ParsedExtension::ParseError { error } => {
+                    return Err(Error::CsrRefused(format!(
+                        "the CSR's requested extensions do not parse: {error}"
+                    )))
+                }
                 _ => {}
             }
         }
