@@ -45,7 +45,7 @@ pub fn store_error(e: mtls_store::Error) -> ApiError {
             S::NotRenewable(serial) => ApiError::new(
                 StatusCode::FORBIDDEN,
                 "INVALID_CERT",
-                format!("certificate {serial} was revoked; it can no longer be renewed"),
+                format!("certificate {serial}, or a certificate renewed from it, was revoked; it can no longer be renewed: enroll again with a new token"),
             ),
             S::UnknownToken => ApiError::invalid_token("unknown enrollment token"),
             e @ (S::TokenUsed { .. } | S::TokenExpired { .. }) => {

@@ -87,8 +87,9 @@ pub enum Error {
     #[error("enrollment token {0} already exists")]
     DuplicateToken(String),
 
-    /// A renewal whose predecessor was revoked (or is gone) by the time it was to be recorded.
-    #[error("certificate {0} is revoked and can no longer be renewed")]
+    /// A renewal whose predecessor was revoked (or is gone), or one of whose renewals was
+    /// revoked, by the time it was to be recorded.
+    #[error("certificate {0}, or a certificate renewed from it, is revoked: it can no longer be renewed")]
     NotRenewable(String),
 
     /// Signing a CRL failed (an expired CA, an invalid lifetime).
@@ -388,9 +389,24 @@ pub(crate) const COUNT_EXPIRING_SQL: &str = "SELECT COUNT(*) FROM certificates c
        AND NOT EXISTS (SELECT 1 FROM certificates r
                        WHERE r.renews = c.serial AND r.revoked_at IS NULL AND r.not_after > c.not_after)";
 
-/// Most certificates one revocation follows through renewals (a bound on a corrupt lineage;
-/// a certificate renewed daily for 27 years stays under it).
+/// Most same-key ancestors one revocation follows up (a bound on a damaged lineage; a
+/// certificate renewed daily for 27 years stays under it).
 pub(crate) const MAX_RENEWAL_LINEAGE: usize = 10_000;
+
+/// Whether a certificate (`?1`, SQLite) may still be renewed: it is unrevoked and nothing
+/// renewed from it, directly or through other renewals, was revoked. Otherwise a holder whose
+/// renewed certificate was revoked (privilegeWithdrawn, cessationOfOperation…) could renew
+/// again from the older certificate it kept, which is still valid. (PostgreSQL: the same
+/// condition inside `ISSUE_SQL`.)
+pub(crate) const RENEWABLE_SQL: &str =
+    "SELECT 1 FROM certificates WHERE serial = ?1 AND revoked_at IS NULL
+  AND NOT EXISTS (
+    WITH RECURSIVE d(serial) AS (
+        SELECT serial FROM certificates WHERE renews = ?1
+        UNION SELECT r.serial FROM certificates r JOIN d ON r.renews = d.serial
+    )
+    SELECT 1 FROM certificates x JOIN d ON x.serial = d.serial WHERE x.revoked_at IS NOT NULL
+  )";
 
 /// The audit detail of a certificate revoked with `root` because of their renewal lineage.
 pub(crate) fn lineage_revocation_detail(reason: Option<&str>, root: &str) -> String {

@@ -730,16 +730,12 @@ async fn revoke_lineage(
         top = parent;
     }
     // Down: everything renewed from the top one, directly or through other renewals.
+    // However many there are: a revocation must not fail because someone holding the key
+    // renewed many times. Each certificate is visited once (a lineage has no cycles, but a
+    // damaged one must not loop).
+    let mut seen = std::collections::HashSet::from([top.clone()]);
     let mut frontier = vec![top];
-    let mut visited = 0usize;
     while let Some(parent) = frontier.pop() {
-        visited += 1;
-        if visited > crate::MAX_RENEWAL_LINEAGE {
-            return Err(OpError::Refused(Error::Corrupt(format!(
-                "more than {} renewals descend from {serial}",
-                crate::MAX_RENEWAL_LINEAGE
-            ))));
-        }
         let rows = q(
             c,
             "find renewals",
@@ -754,7 +750,9 @@ async fn revoke_lineage(
                 mark_revoked(c, &child, reason, actor, &detail, now).await?;
                 revoked.push(child.clone());
             }
-            frontier.push(child);
+            if seen.insert(child.clone()) {
+                frontier.push(child);
+            }
         }
     }
     Ok(revoked)
@@ -1092,9 +1090,18 @@ WITH tok AS (
     WHERE id = $11 AND used_at IS NULL AND expires_at > $10
     RETURNING id
 ), prev AS (
-    -- A renewal: the renewed certificate must still be unrevoked. FOR SHARE waits for a
-    -- revocation in flight (which locks the row FOR UPDATE) and then sees its outcome.
-    SELECT serial FROM certificates WHERE serial = $15 AND revoked_at IS NULL FOR SHARE
+    -- A renewal: the renewed certificate must still be unrevoked, and nothing renewed from
+    -- it revoked (see RENEWABLE_SQL). FOR SHARE waits for a revocation in flight (which
+    -- locks the row FOR UPDATE) and then sees its outcome.
+    SELECT serial FROM certificates WHERE serial = $15 AND revoked_at IS NULL
+      AND NOT EXISTS (
+        WITH RECURSIVE d(serial) AS (
+            SELECT serial FROM certificates WHERE renews = $15
+            UNION SELECT r.serial FROM certificates r JOIN d ON r.renews = d.serial
+        )
+        SELECT 1 FROM certificates x JOIN d ON x.serial = d.serial WHERE x.revoked_at IS NOT NULL
+      )
+    FOR SHARE
 ), cert AS (
     INSERT INTO certificates (serial, issuer_key, subject, sans, profile, not_before, not_after,
                               fingerprint, pem, issued_at, renews)

@@ -426,9 +426,7 @@ fn issue(
         IssueKind::Renewal { previous } => {
             let previous = previous.to_string();
             let live = conn
-                .prepare_cached(
-                    "SELECT 1 FROM certificates WHERE serial = ?1 AND revoked_at IS NULL",
-                )
+                .prepare_cached(crate::RENEWABLE_SQL)
                 .and_then(|mut s| s.exists(params![previous]))
                 .map_err(db("check the renewed certificate"))?;
             if !live {
@@ -582,16 +580,12 @@ fn revoke_lineage(
         top = parent;
     }
     // Down: everything renewed from the top one, directly or through other renewals.
+    // However many there are: a revocation must not fail because someone holding the key
+    // renewed many times. Each certificate is visited once (a lineage has no cycles, but a
+    // damaged one must not loop).
+    let mut seen = std::collections::HashSet::from([top.clone()]);
     let mut frontier = vec![top];
-    let mut visited = 0usize;
     while let Some(parent) = frontier.pop() {
-        visited += 1;
-        if visited > crate::MAX_RENEWAL_LINEAGE {
-            return Err(Error::Corrupt(format!(
-                "more than {} renewals descend from {serial}",
-                crate::MAX_RENEWAL_LINEAGE
-            )));
-        }
         let children: Vec<(String, Option<i64>)> = conn
             .prepare_cached("SELECT serial, revoked_at FROM certificates WHERE renews = ?1")
             .and_then(|mut st| {
@@ -604,7 +598,9 @@ fn revoke_lineage(
                 mark_revoked(conn, &child, reason, actor, &detail, now)?;
                 revoked.push(child.clone());
             }
-            frontier.push(child);
+            if seen.insert(child.clone()) {
+                frontier.push(child);
+            }
         }
     }
     Ok(revoked)

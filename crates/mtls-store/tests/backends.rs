@@ -720,3 +720,112 @@ async fn renewals_from_before_the_lineage_column_are_followed_on_postgres() {
     })
     .await;
 }
+
+/// Once a renewal is revoked (for any reason), the certificate it renewed cannot be renewed
+/// again, though it is still valid itself; a renewal whose renewals are all valid can (a lost
+/// answer retried).
+async fn no_renewal_from_before_a_revoked_renewal(location: Location) {
+    let store = Store::open(&location).await.unwrap();
+    let now = OffsetDateTime::UNIX_EPOCH + time::Duration::days(1);
+    let renew = |c: &CertificateToRecord| IssueKind::Renewal {
+        previous: c.serial.clone(),
+    };
+    let (a, b, b2, c, d) = (
+        cert("CN=a"),
+        cert("CN=a"),
+        cert("CN=a"),
+        cert("CN=a"),
+        cert("CN=a"),
+    );
+    for (x, kind) in [
+        (&a, IssueKind::Direct),
+        (&b, renew(&a)),
+        (&b2, renew(&a)),
+        (&c, renew(&b)),
+    ] {
+        store
+            .record_issued(x.clone(), kind, "t", now)
+            .await
+            .unwrap();
+    }
+    store
+        .revoke(
+            &c.serial,
+            None,
+            Some(RevocationReason::PrivilegeWithdrawn),
+            "admin",
+            now,
+        )
+        .await
+        .unwrap();
+    for from in [&a, &b] {
+        let err = store
+            .record_issued(cert("CN=a"), renew(from), "t", now)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::NotRenewable(_)), "{err}");
+    }
+    // Not affected: the other branch.
+    store
+        .record_issued(d.clone(), renew(&b2), "t", now)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn no_renewal_from_before_a_revoked_renewal_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    no_renewal_from_before_a_revoked_renewal(Location::Sqlite(dir.path().join("inv.db"))).await;
+}
+
+#[tokio::test]
+async fn no_renewal_from_before_a_revoked_renewal_on_postgres() {
+    no_renewal_from_before_a_revoked_renewal(Location::Postgres(
+        mtls_test_util::fresh_postgres_database(),
+    ))
+    .await;
+}
+
+/// A key-compromise revocation reaches every renewal however many there are: a key thief who
+/// renewed 10,001 times made it fail (and revoke nothing) when the walk had a bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_compromise_reaches_any_number_of_renewals() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&Location::Sqlite(dir.path().join("inv.db")))
+        .await
+        .unwrap();
+    let now = OffsetDateTime::UNIX_EPOCH + time::Duration::days(1);
+    let a = cert("CN=a");
+    store
+        .record_issued(a.clone(), IssueKind::Direct, "t", now)
+        .await
+        .unwrap();
+    let n = 10_001;
+    let renewals: Vec<CertificateToRecord> = (0..n).map(|_| cert("CN=a")).collect();
+    for chunk in renewals.chunks(500) {
+        futures_util::future::join_all(chunk.iter().map(|c| {
+            store.record_issued(
+                c.clone(),
+                IssueKind::Renewal {
+                    previous: a.serial.clone(),
+                },
+                "thief",
+                now,
+            )
+        }))
+        .await
+        .into_iter()
+        .for_each(|r| r.unwrap());
+    }
+    let r = store
+        .revoke(
+            &a.serial,
+            None,
+            Some(RevocationReason::KeyCompromise),
+            "admin",
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.also_revoked.len(), n);
+}
