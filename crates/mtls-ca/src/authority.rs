@@ -433,12 +433,25 @@ impl Authority {
             .map(|s| San::parse(s))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| ApiError::internal(format!("stored names: {e}")))?;
-        let cn = peer.common_name().unwrap_or_default().to_string();
+        let cert = mtls_pki::pem_io::parse_certificate(peer.certificate_der())
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        // The whole subject (O, OU, C too: gateway policies match them, and `mtls renew`
+        // refuses a renewal whose subject changed).
+        let subject = Subject::from_name(cert.subject())
+            .map_err(|e| ApiError::forbidden("INVALID_CERT", e.to_string()))?;
+        // No longer than the certificate renewed (less its clock-skew backdate): renewing a
+        // one-day certificate must not yield a 90-day one.
+        let span = rec.not_after - rec.not_before;
+        let renewed_lifetime = if span > mtls_pki::issue::CLOCK_SKEW_BACKDATE * 2 {
+            span - mtls_pki::issue::CLOCK_SKEW_BACKDATE
+        } else {
+            span
+        };
         let request = LeafRequest {
             profile,
-            subject: Subject::cn(cn),
+            subject,
             sans,
-            lifetime: self.settings.leaf_lifetime,
+            lifetime: self.settings.leaf_lifetime.min(renewed_lifetime),
             urls: self.urls(),
         };
         let previous = Serial::from_str(&rec.serial)
@@ -452,8 +465,6 @@ impl Authority {
                     .await?
             }
             None => {
-                let cert = mtls_pki::pem_io::parse_certificate(peer.certificate_der())
-                    .map_err(|e| ApiError::internal(e.to_string()))?;
                 let spki = rcgen::SubjectPublicKeyInfo::from_der(cert.public_key().raw)
                     .map_err(|e| ApiError::bad_request("INVALID_CERT", e.to_string()))?;
                 self.issue_and_record(&spki, &request, kind, &actor, now)

@@ -1209,6 +1209,78 @@ fn renewal_daemon_keeps_a_gateway_serving() {
     );
 }
 
+/// A renewal keeps the whole subject (O, OU), is no longer-lived than the certificate it
+/// renews, and is refused from an older certificate once one renewed from it was revoked.
+#[test]
+fn renewal_keeps_subject_and_lifetime_and_respects_revoked_renewals() {
+    let env = Env::new();
+    env.mtls(&["ca", "init"]).ok();
+    let server = CaServer::start(&env, "ca", None, "");
+    env.mtls(&[
+        "issue", "client", "alice", "--org", "Acme", "--ou", "ops", "--days", "1",
+    ])
+    .ok();
+    let issued = env.pki().join("issued");
+    let (cert, key) = (issued.join("alice.chain.pem"), issued.join("alice.key"));
+    // Keep the first certificate, as a holder could.
+    std::fs::copy(&cert, env.path("alice-first.crt")).unwrap();
+    let renew = |cert: &Path| {
+        env.mtls(&[
+            "renew",
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            "--ca-url",
+            &server.url(),
+            "--ca-root",
+            env.pki().join("root.crt").to_str().unwrap(),
+        ])
+    };
+    renew(&cert).ok();
+    assert_ne!(
+        ca::serial_of(&env, &cert),
+        ca::serial_of(&env, &env.path("alice-first.crt"))
+    );
+    let subject = env
+        .openssl(&[
+            "x509",
+            "-in",
+            cert.to_str().unwrap(),
+            "-noout",
+            "-subject",
+            "-enddate",
+        ])
+        .ok()
+        .stdout;
+    assert!(
+        subject.contains("O = Acme")
+            && subject.contains("OU = ops")
+            && subject.contains("CN = alice"),
+        "{subject}"
+    );
+    // Not the CA's 90-day leaf lifetime: at most the day the renewed certificate had.
+    env.openssl(&[
+        "x509",
+        "-in",
+        cert.to_str().unwrap(),
+        "-noout",
+        "-checkend",
+        "90000",
+    ])
+    .fails(1, "will expire");
+    // The renewal is withdrawn; the first certificate (still valid) cannot renew again.
+    let renewed = ca::serial_of(&env, &cert);
+    env.mtls(&["revoke", &renewed, "--reason", "privilegeWithdrawn"])
+        .ok();
+    std::fs::copy(env.path("alice-first.crt"), &cert).unwrap();
+    renew(&cert).fails(1, "renewed from it");
+    assert_eq!(
+        ca::serial_of(&env, &cert),
+        ca::serial_of(&env, &env.path("alice-first.crt"))
+    );
+}
+
 /// Key rotation replaces certificate and key in one atomic rename, so it needs a combined file.
 #[test]
 fn renewal_with_a_new_key_uses_one_combined_file() {

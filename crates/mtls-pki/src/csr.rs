@@ -99,22 +99,7 @@ pub fn parse(input: &[u8]) -> Result<CsrInfo> {
         other => other,
     })?;
     let subject_text = info.subject.to_string();
-    let get = |oid: &x509_parser::der_parser::oid::Oid<'_>| -> Result<Option<String>> {
-        match info.subject.iter_by_oid(oid).next() {
-            None => Ok(None),
-            Some(attr) => attr
-                .as_str()
-                .map(|s| Some(s.to_string()))
-                .map_err(|_| Error::CsrRefused("a subject attribute is not a string".into())),
-        }
-    };
-    use x509_parser::oid_registry as oids;
-    let subject = Subject {
-        common_name: get(&oids::OID_X509_COMMON_NAME)?.unwrap_or_default(),
-        organization: get(&oids::OID_X509_ORGANIZATION_NAME)?,
-        organizational_unit: get(&oids::OID_X509_ORGANIZATIONAL_UNIT)?,
-        country: get(&oids::OID_X509_COUNTRY_NAME)?,
-    };
+    let subject = Subject::from_name(&info.subject)?;
     let mut sans = Vec::new();
     let mut requests_ca = false;
     if let Some(exts) = csr.requested_extensions() {
