@@ -277,8 +277,21 @@ impl Authority {
         now: OffsetDateTime,
     ) -> Result<Issued, ApiError> {
         for _ in 0..2 {
-            let issued = issue_leaf(&self.issuer, public_key, request, now)
-                .map_err(|e| ApiError::bad_request("INVALID_REQUEST", e.to_string()))?;
+            let issued =
+                issue_leaf(&self.issuer, public_key, request, now).map_err(|e| match e {
+                    // The CA cannot sign now (its certificate expired or is not yet valid): the
+                    // CA's fault, not the request's, so clients retry instead of backing off as
+                    // after a refusal.
+                    e @ mtls_pki::Error::IssuerNotValid { .. } => {
+                        tracing::error!(error = %e, "cannot issue");
+                        ApiError::new(
+                            http::StatusCode::SERVICE_UNAVAILABLE,
+                            "CA_UNAVAILABLE",
+                            "the CA cannot sign at the moment; retry later",
+                        )
+                    }
+                    e => ApiError::bad_request("INVALID_REQUEST", e.to_string()),
+                })?;
             match record(
                 &self.store,
                 &self.issuer_key,
@@ -1073,6 +1086,35 @@ mod tests {
             settings: Settings::default(),
         };
         Authority::new(parts, now).await.unwrap()
+    }
+
+    /// An expired issuing CA is the CA's failure (503, retried), not a refused request (400,
+    /// after which renewal daemons back off for hours).
+    #[tokio::test]
+    async fn an_expired_issuing_ca_is_unavailable_not_a_bad_request() {
+        let now = OffsetDateTime::now_utc();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = authority(dir.path(), now, Duration::days(1)).await;
+        let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+        let request = LeafRequest {
+            profile: Profile::Client,
+            subject: Subject::cn("late"),
+            sans: Vec::new(),
+            lifetime: Duration::days(1),
+            urls: Default::default(),
+        };
+        let err = ca
+            .issue_and_record(
+                key.key_pair(),
+                &request,
+                IssueKind::Direct,
+                "t",
+                now + Duration::days(3),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.status, http::StatusCode::SERVICE_UNAVAILABLE, "{err:?}");
+        assert_eq!(err.code, "CA_UNAVAILABLE");
     }
 
     async fn signers(ca: &Authority, now: OffsetDateTime) -> usize {

@@ -31,7 +31,11 @@ impl FromStr for Location {
         if s.starts_with("postgres://") || s.starts_with("postgresql://") {
             Ok(Location::Postgres(s.to_string()))
         } else if s.is_empty() || s.contains("://") {
-            Err(Error::InvalidLocation(s.to_string()))
+            // Only the scheme: a mistyped URL may carry a password.
+            let shown = s
+                .split_once("://")
+                .map_or_else(String::new, |(scheme, _)| format!("{scheme}://…"));
+            Err(Error::InvalidLocation(shown))
         } else {
             Ok(Location::Sqlite(PathBuf::from(s)))
         }
@@ -498,5 +502,27 @@ impl Store {
             }
             Reader::Postgres(r) => r.ping().await,
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mistyped_database_url_is_refused_without_echoing_it() {
+        let e = "postgress://ca:s3cret@db/ca"
+            .parse::<Location>()
+            .unwrap_err();
+        let shown = e.to_string();
+        assert!(
+            !shown.contains("s3cret") && shown.contains("postgress://"),
+            "{shown}"
+        );
+        assert!(matches!(
+            "".parse::<Location>(),
+            Err(Error::InvalidLocation(_))
+        ));
     }
 }
