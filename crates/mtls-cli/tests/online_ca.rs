@@ -1555,3 +1555,67 @@ fn postgres_over_mutual_tls() {
     );
     ca::enroll(&env, &server, &t, "app", &[]).ok();
 }
+
+/// A connection without a client certificate (it can only enroll or read what is published)
+/// is closed after the header-read timeout (10 s) when it sends nothing, so anonymous
+/// connections cannot keep the CA's connection slots; one with an accepted certificate keeps
+/// the long idle timeout.
+#[test]
+fn anonymous_connections_to_the_ca_get_the_header_read_timeout() {
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
+    let env = Env::new();
+    env.mtls(&["ca", "init"]).ok();
+    env.mtls(&["issue", "client", "known-app"]).ok();
+    let server = CaServer::start(&env, "ca", None, "");
+    let addr = server.url().trim_start_matches("https://").to_string();
+    let pki = env.pki();
+    let root = pki.join("root.crt");
+    let open = |extra: &[&str]| {
+        Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &addr,
+                "-CAfile",
+                root.to_str().unwrap(),
+                "-quiet",
+            ])
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut anonymous = open(&[]);
+    let mut known = open(&[
+        "-cert",
+        pki.join("issued/known-app.chain.pem").to_str().unwrap(),
+        "-cert_chain",
+        pki.join("issued/known-app.chain.pem").to_str().unwrap(),
+        "-key",
+        pki.join("issued/known-app.key").to_str().unwrap(),
+    ]);
+    let start = Instant::now();
+    let closed = loop {
+        if anonymous.try_wait().unwrap().is_some() {
+            break Some(start.elapsed());
+        }
+        if start.elapsed() > Duration::from_secs(25) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let known_open = known.try_wait().unwrap().is_none();
+    let _ = anonymous.kill();
+    let _ = known.kill();
+    let _ = anonymous.wait();
+    let _ = known.wait();
+    let closed = closed.expect("the anonymous connection was not closed within 25 s");
+    assert!(closed >= Duration::from_secs(8), "closed after {closed:?}");
+    assert!(
+        known_open,
+        "the verified connection was closed after {closed:?}"
+    );
+}
