@@ -1035,6 +1035,11 @@ pub async fn mint_token(
             "the token needs a name (the certificate's CN)".into(),
         ));
     }
+    // A name no certificate can carry (too long, control characters) would make a token that
+    // can never enroll.
+    Subject::cn(name.clone())
+        .check()
+        .map_err(|e| MintError::Invalid(e.to_string()))?;
     let generated = tokens::generate().map_err(|e| MintError::Invalid(e.to_string()))?;
     let expires_at = now + ttl;
     store

@@ -297,6 +297,19 @@ fn csr_with_an_unreadable_san_is_refused() {
 }
 
 #[test]
+fn token_names_no_certificate_can_carry_are_refused() {
+    // A token for a name too long for a CN, or with a control character, could never enroll
+    // (and the name would reach the audit log as it is).
+    let e = initialised();
+    let long = "a".repeat(65);
+    e.mtls(&["ca", "token", "--name", &long])
+        .fails(2, "1 to 64 characters");
+    e.mtls(&["ca", "token", "--name", "bad\u{1b}[2Jname"])
+        .fails(2, "control characters");
+    e.mtls(&["ca", "token", "--name", "good-name"]).ok();
+}
+
+#[test]
 fn csr_asking_for_ca_is_refused() {
     let e = initialised();
     e.openssl(&[

@@ -73,6 +73,12 @@ impl Subject {
         })
     }
 
+    /// Checks the fields as issuing would (1 to 64 characters, no control characters, a
+    /// two-letter country), without issuing.
+    pub fn check(&self) -> Result<()> {
+        self.to_dn().map(|_| ())
+    }
+
     pub(crate) fn to_dn(&self) -> Result<DistinguishedName> {
         let bad = |value: &str, reason| Error::InvalidName {
             value: value.into(),
