@@ -421,7 +421,7 @@ impl rustls::client::danger::ServerCertVerifier for StapleVerifier {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
-mod tests {
+pub(crate) mod tests {
     use super::{check_staple, fetch, Kept, StapleCheck};
     use mtls_ocsp::{build_request, parse_request, CertStatus, IssuerInfo, Responder};
     use mtls_test_util::TestPki;
@@ -498,11 +498,12 @@ mod tests {
         check_sent(&good, StapleCheck::Required).unwrap();
     }
 
-    /// `openssl ocsp` as a responder for `pki`'s intermediate that knows `leaf` as valid and,
-    /// given no -ndays/-nmin, answers without nextUpdate. Killed on drop.
-    struct OpensslResponder {
+    /// `openssl ocsp` as a responder for `pki`'s intermediate that knows `good` as valid and
+    /// `revoked` as revoked and, given no -ndays/-nmin, answers without nextUpdate. Killed on
+    /// drop. (Also the responder of the OCSP checker's tests.)
+    pub(crate) struct OpensslResponder {
         child: std::process::Child,
-        url: String,
+        pub(crate) url: String,
         _dir: tempfile::TempDir,
     }
 
@@ -513,7 +514,11 @@ mod tests {
         }
     }
 
-    fn openssl_responder(pki: &TestPki, leaf: &mtls_test_util::TestLeaf) -> OpensslResponder {
+    pub(crate) fn openssl_responder(
+        pki: &TestPki,
+        good: &[&mtls_test_util::TestLeaf],
+        revoked: &[&mtls_test_util::TestLeaf],
+    ) -> OpensslResponder {
         use mtls_pki::pem_io::encode;
         let dir = tempfile::tempdir().unwrap();
         let inter = dir.path().join("inter.crt");
@@ -525,19 +530,23 @@ mod tests {
         )
         .unwrap();
         // index.txt: status, expiry, revocation, serial (hex as OpenSSL prints it), file, DN.
-        let parsed = mtls_pki::pem_io::parse_certificate(&leaf.cert.der).unwrap();
-        let serial: String = parsed
-            .raw_serial()
+        let line = |leaf: &mtls_test_util::TestLeaf, status: &str, revoked_at: &str| {
+            let parsed = mtls_pki::pem_io::parse_certificate(&leaf.cert.der).unwrap();
+            let serial: String = parsed
+                .raw_serial()
+                .iter()
+                .skip_while(|b| **b == 0)
+                .map(|b| format!("{b:02X}"))
+                .collect();
+            format!("{status}\t491231235959Z\t{revoked_at}\t{serial}\tunknown\t/CN=c\n")
+        };
+        let entries: String = good
             .iter()
-            .skip_while(|b| **b == 0)
-            .map(|b| format!("{b:02X}"))
+            .map(|l| line(l, "V", ""))
+            .chain(revoked.iter().map(|l| line(l, "R", "250101000000Z")))
             .collect();
         let index = dir.path().join("index.txt");
-        std::fs::write(
-            &index,
-            format!("V\t491231235959Z\t\t{serial}\tunknown\t/CN=c\n"),
-        )
-        .unwrap();
+        std::fs::write(&index, entries).unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -577,7 +586,7 @@ mod tests {
     async fn a_staple_without_next_update_is_kept_only_while_clients_take_it() {
         let pki = TestPki::new("no-next");
         let server = pki.server(&["localhost"]);
-        let responder = openssl_responder(&pki, &server);
+        let responder = openssl_responder(&pki, &[&server], &[]);
         let client = crate::ClientBuilder::new().build_plain_http().unwrap();
         let now = OffsetDateTime::now_utc();
         let answer = fetch(
