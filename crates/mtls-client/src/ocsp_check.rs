@@ -5,9 +5,14 @@
 //! again by [`mtls_ocsp::VerifiedResponse::refresh_at`]'s back-off), so a handshake rarely waits; forgetting an
 //! answer makes open connections verify again, so those still open are asked about again and
 //! keep being refreshed (a revocation still cuts them); a client never seen before waits once, bounded by
-//! `max_wait` (on a multi-threaded Tokio runtime, where the wait can block its thread; on a
-//! single-threaded one its status stays unknown). A responder that is down answers "unknown" (hard-fail refuses) without making every
+//! `max_wait`. A responder that is down answers "unknown" (hard-fail refuses) without making every
 //! handshake wait again: failures are remembered for a few seconds.
+//!
+//! Requests are made on the checker's own thread (started at the first request, with its own
+//! small current-thread Tokio runtime, ended when the checker is dropped), so the wait works the
+//! same on a multi-threaded runtime, a current-thread one and outside any runtime: the
+//! handshake's thread blocks for at most `max_wait` (on a current-thread runtime that is the
+//! whole runtime; on a multi-threaded one the worker hands its other tasks off first).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +23,7 @@ use mtls_serve::Shutdown;
 use mtls_verify::{SourceStatus, StatusQuery, StatusSource};
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::ocsp::{fetch, OcspError};
 
@@ -75,6 +81,20 @@ struct Entry {
     last_used: OffsetDateTime,
 }
 
+impl Entry {
+    /// No answer, for `why`: "unknown", not asked again for [`FAILURE_HOLD`].
+    fn failed(cert: Vec<u8>, issuer: Vec<u8>, now: OffsetDateTime, why: String) -> Entry {
+        Entry {
+            cert,
+            issuer,
+            status: SourceStatus::Unknown(why),
+            good_until: now,
+            refresh_at: now + FAILURE_HOLD,
+            last_used: now,
+        }
+    }
+}
+
 /// Counters of the checker, for metrics.
 #[derive(Debug, Default)]
 pub struct OcspStats {
@@ -86,13 +106,39 @@ pub struct OcspStats {
     pub waits: AtomicU64,
 }
 
+/// What a request needs, shared by the checker and its fetch thread (the thread does not hold
+/// the checker, so dropping the checker ends the thread).
+struct Asker {
+    client: reqwest::Client,
+    responder: Option<String>,
+    nonce: bool,
+    stats: Arc<OcspStats>,
+}
+
+/// A request for the fetch thread, and where its answer goes.
+struct Job {
+    cert: Vec<u8>,
+    issuer: Vec<u8>,
+    now: OffsetDateTime,
+    reply: Reply,
+}
+
+enum Reply {
+    /// A handshake blocked on the channel for at most this long; the request is dropped then
+    /// (the handshake has given up on it).
+    Waiting(std::sync::mpsc::Sender<Entry>, Duration),
+    /// The refresh loop.
+    Refresh(oneshot::Sender<Entry>),
+}
+
 /// OCSP answers about client certificates, verified and cached (see the module docs).
 pub struct OcspChecker {
-    client: reqwest::Client,
+    asker: Arc<Asker>,
     options: OcspOptions,
+    /// Requests to the fetch thread: `None` until the first one starts it.
+    jobs: Mutex<Option<mpsc::UnboundedSender<Job>>>,
     cache: Mutex<HashMap<Key, Entry>>,
     version: AtomicU64,
-    stats: Arc<OcspStats>,
 }
 
 impl std::fmt::Debug for OcspChecker {
@@ -121,17 +167,22 @@ impl OcspChecker {
             .timeout(options.max_wait.max(Duration::from_secs(5)))
             .build_plain_http()?;
         Ok(Arc::new(OcspChecker {
-            client,
+            asker: Arc::new(Asker {
+                client,
+                responder: options.responder.clone(),
+                nonce: options.nonce,
+                stats: Arc::default(),
+            }),
             options,
+            jobs: Mutex::new(None),
             cache: Mutex::new(HashMap::new()),
             version: AtomicU64::new(0),
-            stats: Arc::default(),
         }))
     }
 
     /// The checker's counters.
     pub fn stats(&self) -> Arc<OcspStats> {
-        self.stats.clone()
+        self.asker.stats.clone()
     }
 
     /// How many verified answers are cached, and the earliest nextUpdate among them.
@@ -150,58 +201,48 @@ impl OcspChecker {
         (n, earliest)
     }
 
-    /// Asks the responder about `cert` and turns the outcome into a cache entry.
+    /// Asks the responder about `cert` on the fetch thread. Every request is made there: the
+    /// HTTP client's pooled connections then live on a runtime that is always running, never on
+    /// a caller's that may be blocked waiting for an answer.
     async fn ask(&self, cert: Vec<u8>, issuer: Vec<u8>, now: OffsetDateTime) -> Entry {
-        let answer = fetch(
-            &self.client,
-            &CertificateDer::from(cert.as_slice()),
-            &CertificateDer::from(issuer.as_slice()),
-            self.options.responder.as_deref(),
-            self.options.nonce,
-            now,
-        )
-        .await;
-        let failed = |why: String| Entry {
+        let (tx, rx) = oneshot::channel();
+        let job = Job {
             cert: cert.clone(),
             issuer: issuer.clone(),
-            status: SourceStatus::Unknown(why),
-            good_until: now,
-            refresh_at: now + FAILURE_HOLD,
-            last_used: now,
+            now,
+            reply: Reply::Refresh(tx),
         };
-        match answer {
-            Ok(a) => {
-                self.stats.answers.fetch_add(1, Ordering::Relaxed);
-                let v = a.verified;
-                let good_until = v.current_until;
-                let status = match v.status {
-                    mtls_ocsp::CertStatus::Good => SourceStatus::Good,
-                    mtls_ocsp::CertStatus::Revoked { .. } => SourceStatus::Revoked,
-                    mtls_ocsp::CertStatus::Unknown => {
-                        return failed(format!("{} does not know this certificate", a.url))
-                    }
-                };
-                // The rule the stapler shares: past the midpoint it backs off instead of
-                // asking again every second for every client.
-                let refresh_at = v.refresh_at(now);
-                Entry {
-                    cert: cert.clone(),
-                    issuer: issuer.clone(),
-                    status,
-                    good_until,
-                    refresh_at,
-                    last_used: now,
-                }
-            }
-            Err(e) => {
-                self.stats.failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(code = e.code(), error = %e, "OCSP check of a client certificate failed");
-                failed(match e {
-                    OcspError::NoResponder => "the certificate names no OCSP responder".to_string(),
-                    other => other.to_string(),
-                })
-            }
-        }
+        let why = match self.submit(job) {
+            Ok(()) => match rx.await {
+                Ok(entry) => return entry,
+                Err(_) => "the OCSP request thread stopped".to_string(),
+            },
+            Err(why) => why,
+        };
+        Entry::failed(cert, issuer, now, why)
+    }
+
+    /// Hands `job` to the fetch thread, starting it if it is not running.
+    fn submit(&self, job: Job) -> Result<(), String> {
+        let mut jobs = self
+            .jobs
+            .lock()
+            .map_err(|_| "the OCSP checker's state is poisoned".to_string())?;
+        let job = match jobs.as_ref() {
+            Some(tx) => match tx.send(job) {
+                Ok(()) => return Ok(()),
+                // The thread ended (it could not build its runtime): start another.
+                Err(mpsc::error::SendError(job)) => job,
+            },
+            None => job,
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        start_fetch_thread(self.asker.clone(), rx)
+            .map_err(|e| format!("cannot start the OCSP request thread: {e}"))?;
+        tx.send(job)
+            .map_err(|_| "the OCSP request thread stopped".to_string())?;
+        *jobs = Some(tx);
+        Ok(())
     }
 
     /// Stores `entry`; returns whether the status it gives differs from what was stored.
@@ -287,6 +328,101 @@ impl OcspChecker {
     }
 }
 
+impl Asker {
+    /// Asks the responder about `cert` and turns the outcome into a cache entry.
+    async fn ask(&self, cert: Vec<u8>, issuer: Vec<u8>, now: OffsetDateTime) -> Entry {
+        let answer = fetch(
+            &self.client,
+            &CertificateDer::from(cert.as_slice()),
+            &CertificateDer::from(issuer.as_slice()),
+            self.responder.as_deref(),
+            self.nonce,
+            now,
+        )
+        .await;
+        let failed = |why: String| Entry::failed(cert.clone(), issuer.clone(), now, why);
+        match answer {
+            Ok(a) => {
+                self.stats.answers.fetch_add(1, Ordering::Relaxed);
+                let v = a.verified;
+                let good_until = v.current_until;
+                let status = match v.status {
+                    mtls_ocsp::CertStatus::Good => SourceStatus::Good,
+                    mtls_ocsp::CertStatus::Revoked { .. } => SourceStatus::Revoked,
+                    mtls_ocsp::CertStatus::Unknown => {
+                        return failed(format!("{} does not know this certificate", a.url))
+                    }
+                };
+                // The rule the stapler shares: past the midpoint it backs off instead of
+                // asking again every second for every client.
+                let refresh_at = v.refresh_at(now);
+                Entry {
+                    cert: cert.clone(),
+                    issuer: issuer.clone(),
+                    status,
+                    good_until,
+                    refresh_at,
+                    last_used: now,
+                }
+            }
+            Err(e) => {
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(code = e.code(), error = %e, "OCSP check of a client certificate failed");
+                failed(match e {
+                    OcspError::NoResponder => "the certificate names no OCSP responder".to_string(),
+                    other => other.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Runs `job` and sends its answer (unless its waiter has given up).
+    async fn answer(self: Arc<Self>, job: Job) {
+        let ask = self.ask(job.cert, job.issuer, job.now);
+        match job.reply {
+            Reply::Waiting(tx, max_wait) => {
+                if let Ok(entry) = tokio::time::timeout(max_wait, ask).await {
+                    let _ = tx.send(entry);
+                }
+            }
+            Reply::Refresh(tx) => {
+                let _ = tx.send(ask.await);
+            }
+        }
+    }
+}
+
+/// Starts the fetch thread: each job becomes a task of the thread's own current-thread
+/// runtime, until `jobs` closes (the checker was dropped) and the runtime ends with it.
+fn start_fetch_thread(
+    asker: Arc<Asker>,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("mtls-ocsp".into())
+        .spawn(move || {
+            // Built (and dropped) on this thread: a runtime cannot be dropped inside a
+            // caller's async context.
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    // The jobs go with `jobs`: their waiters get "unknown".
+                    tracing::error!(error = %e, "OCSP: cannot build the runtime of the request thread");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                while let Some(job) = jobs.recv().await {
+                    tokio::spawn(asker.clone().answer(job));
+                }
+            });
+        })
+        .map(drop)
+}
+
 impl StatusSource for OcspChecker {
     fn status(&self, q: &StatusQuery<'_>, now: OffsetDateTime) -> SourceStatus {
         let k = key(q);
@@ -303,40 +439,36 @@ impl StatusSource for OcspChecker {
                 }
             }
         }
-        // Not known (or expired): one bounded wait, where the runtime allows blocking this
-        // thread; elsewhere a background fetch and "unknown" until it lands.
-        let (cert, issuer) = (q.cert.to_vec(), q.issuer.to_vec());
-        let rt = tokio::runtime::Handle::try_current().ok();
-        if let Some(rt) =
-            rt.filter(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
-        {
-            self.stats.waits.fetch_add(1, Ordering::Relaxed);
-            let entry = tokio::task::block_in_place(|| {
-                rt.block_on(async {
-                    tokio::time::timeout(self.options.max_wait, self.ask(cert, issuer, now)).await
-                })
-            });
-            let entry = entry.unwrap_or_else(|_| Entry {
-                cert: q.cert.to_vec(),
-                issuer: q.issuer.to_vec(),
-                status: SourceStatus::Unknown(format!(
-                    "no OCSP answer within {:?}",
-                    self.options.max_wait
-                )),
-                good_until: now,
-                refresh_at: now + FAILURE_HOLD,
-                last_used: now,
-            });
-            let status = entry.status.clone();
-            if self.store(k, entry) {
-                self.version.fetch_add(1, Ordering::AcqRel);
-            }
-            status
-        } else {
-            SourceStatus::Unknown(
-                "OCSP needs a multi-threaded Tokio runtime to wait for an answer".into(),
-            )
+        // Not known (or expired): one bounded wait for an answer asked on the fetch thread.
+        self.asker.stats.waits.fetch_add(1, Ordering::Relaxed);
+        let max_wait = self.options.max_wait;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let job = Job {
+            cert: q.cert.to_vec(),
+            issuer: q.issuer.to_vec(),
+            now,
+            reply: Reply::Waiting(tx, max_wait),
+        };
+        let answer = self.submit(job).and_then(|()| {
+            let wait = || rx.recv_timeout(max_wait);
+            // A worker of a multi-threaded runtime hands its other tasks off first; elsewhere
+            // (a current-thread runtime, no runtime) the thread just blocks, as bounded.
+            let multi_thread = tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+            let got = if multi_thread {
+                tokio::task::block_in_place(wait)
+            } else {
+                wait()
+            };
+            got.map_err(|_| format!("no OCSP answer within {max_wait:?}"))
+        });
+        let entry = answer
+            .unwrap_or_else(|why| Entry::failed(q.cert.to_vec(), q.issuer.to_vec(), now, why));
+        let status = entry.status.clone();
+        if self.store(k, entry) {
+            self.version.fetch_add(1, Ordering::AcqRel);
         }
+        status
     }
 
     fn version(&self) -> u64 {
@@ -352,11 +484,12 @@ mod tests {
     use std::sync::Arc;
 
     use mtls_ocsp::{build_request, parse_request, CertStatus, IssuerInfo, Responder};
-    use mtls_test_util::TestPki;
-    use mtls_verify::SourceStatus;
+    use mtls_test_util::{TestLeaf, TestPki};
+    use mtls_verify::{SourceStatus, StatusQuery, StatusSource};
     use time::{Duration, OffsetDateTime};
 
     use super::{OcspChecker, OcspOptions};
+    use crate::ocsp::tests::openssl_responder;
 
     /// Answers every request with `body`, counting them; returns its URL.
     fn responder_answering(body: Vec<u8>, asked: Arc<AtomicU64>) -> String {
@@ -420,5 +553,56 @@ mod tests {
             "{wait}"
         );
         assert!(entry.refresh_at < entry.good_until);
+    }
+
+    /// What a trust state asks about `leaf` (issued by `pki`'s intermediate) now.
+    fn status_of(checker: &OcspChecker, pki: &TestPki, leaf: &TestLeaf) -> SourceStatus {
+        let issuer = pki.intermediate_der();
+        let issuer_key = mtls_verify::issuer_key_of(&pki.intermediate.key().public_key_spki());
+        let q = StatusQuery {
+            cert: &leaf.cert.der,
+            issuer: &issuer,
+            issuer_key: &issuer_key,
+            serial: leaf.cert.serial.as_bytes(),
+        };
+        checker.status(&q, OffsetDateTime::now_utc())
+    }
+
+    /// A checker asking `openssl ocsp` about a good and a revoked client, each never seen
+    /// before (so each waits, at most `max_wait`, for its first answer) gets "good" for one
+    /// and "revoked" for the other, on whatever runtime (or none) the caller runs.
+    fn first_answers_arrive() {
+        let pki = TestPki::new("first");
+        let (good, revoked) = (pki.client("good"), pki.client("revoked"));
+        let responder = openssl_responder(&pki, &[&good], &[&revoked]);
+        let checker = OcspChecker::new(OcspOptions {
+            responder: Some(responder.url.clone()),
+            // Generous: the bound, not an expectation.
+            max_wait: std::time::Duration::from_secs(20),
+            ..OcspOptions::default()
+        })
+        .unwrap();
+        assert_eq!(status_of(&checker, &pki, &good), SourceStatus::Good);
+        assert_eq!(status_of(&checker, &pki, &revoked), SourceStatus::Revoked);
+        // Cached: asked again, nothing is fetched.
+        assert_eq!(status_of(&checker, &pki, &good), SourceStatus::Good);
+        let stats = checker.stats();
+        assert_eq!(stats.waits.load(Ordering::Relaxed), 2);
+        assert_eq!(stats.answers.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_checker_on_a_current_thread_runtime_waits_for_first_answers() {
+        first_answers_arrive();
+    }
+
+    #[test]
+    fn a_checker_outside_any_runtime_waits_for_first_answers() {
+        first_answers_arrive();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_checker_on_a_multi_thread_runtime_waits_for_first_answers() {
+        first_answers_arrive();
     }
 }
