@@ -126,6 +126,8 @@ impl ServerBuilder {
     /// Checks client certificates with OCSP (see `mtls_client::ocsp_check`): verified answers
     /// cached until their nextUpdate and refreshed ahead, one bounded wait for a new client; no
     /// answer refuses the client unless [`allow_unknown_revocation_status`](Self::allow_unknown_revocation_status).
+    /// Works on any Tokio runtime flavor; on a current-thread runtime that one wait (at most
+    /// `max_wait`) holds up the whole runtime.
     pub fn ocsp(mut self, options: mtls_client::ocsp_check::OcspOptions) -> Self {
         self.ocsp = Some(options);
         self
