@@ -240,20 +240,26 @@ fn init(pki: &Path, a: InitArgs) -> Result<ExitCode> {
     )?;
     std::fs::create_dir_all(&dir.dir).with_context(|| format!("creating {}", dir.dir.display()))?;
     let pass = passphrase.as_deref().map(|p| p.as_slice());
-    // Keys first: a certificate on disk without its key would be useless.
-    files::write_atomic(
-        &dir.root_key(),
-        key_pem(root.key(), &a.key, pass)?.as_bytes(),
-        Visibility::Secret,
-        a.key.force,
-    )?;
-    files::write_atomic(
-        &dir.root_cert(),
-        root.pem().as_bytes(),
-        Visibility::Public,
-        a.key.force,
-    )?;
-    write_intermediate(&dir, &inter, &root, &a.key, pass)?;
+    // Every file is written (staged) before any is put in place: a failure (disk full, a path
+    // that cannot be replaced) leaves the old CA files as they were. Keys first.
+    let mut staged = vec![
+        files::stage(
+            &dir.root_key(),
+            key_pem(root.key(), &a.key, pass)?.as_bytes(),
+            Visibility::Secret,
+            a.key.force,
+        )?,
+        files::stage(
+            &dir.root_cert(),
+            root.pem().as_bytes(),
+            Visibility::Public,
+            a.key.force,
+        )?,
+    ];
+    staged.extend(stage_intermediate(&dir, &inter, &root, &a.key, pass)?);
+    for s in staged {
+        s.install()?;
+    }
     // Create the inventory now so permissions and schema exist before the first issuance.
     dir.open_inventory()?;
     out(&format!(
@@ -274,34 +280,36 @@ fn init(pki: &Path, a: InitArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes the intermediate's key, certificate and the CA chain (intermediate + root).
-fn write_intermediate(
+/// Stages the intermediate's key, certificate and the CA chain (intermediate + root): written
+/// beside their paths, put in place by the caller once everything is written.
+fn stage_intermediate(
     dir: &PkiDir,
     inter: &CaCert,
     root: &CaCert,
     key_args: &NewKeyArgs,
     pass: Option<&[u8]>,
-) -> Result<()> {
+) -> Result<Vec<files::Staged>> {
     let force = key_args.force;
-    files::write_atomic(
-        &dir.intermediate_key(),
-        key_pem(inter.key(), key_args, pass)?.as_bytes(),
-        Visibility::Secret,
-        force,
-    )?;
-    files::write_atomic(
-        &dir.intermediate_cert(),
-        inter.pem().as_bytes(),
-        Visibility::Public,
-        force,
-    )?;
-    files::write_atomic(
-        &dir.ca_chain(),
-        format!("{}{}", inter.pem(), root.pem()).as_bytes(),
-        Visibility::Public,
-        force,
-    )?;
-    Ok(())
+    Ok(vec![
+        files::stage(
+            &dir.intermediate_key(),
+            key_pem(inter.key(), key_args, pass)?.as_bytes(),
+            Visibility::Secret,
+            force,
+        )?,
+        files::stage(
+            &dir.intermediate_cert(),
+            inter.pem().as_bytes(),
+            Visibility::Public,
+            force,
+        )?,
+        files::stage(
+            &dir.ca_chain(),
+            format!("{}{}", inter.pem(), root.pem()).as_bytes(),
+            Visibility::Public,
+            force,
+        )?,
+    ])
 }
 
 fn intermediate(pki: &Path, a: IntermediateArgs) -> Result<ExitCode> {
@@ -334,14 +342,17 @@ fn intermediate(pki: &Path, a: IntermediateArgs) -> Result<ExitCode> {
     if dir.inventory().exists() {
         dir.open_inventory()?;
     }
-    write_intermediate(&dir, &inter, &root, &a.key, pass)?;
+    let mut staged = stage_intermediate(&dir, &inter, &root, &a.key, pass)?;
     if !dir.root_cert().exists() {
-        files::write_atomic(
+        staged.push(files::stage(
             &dir.root_cert(),
             root.pem().as_bytes(),
             Visibility::Public,
             false,
-        )?;
+        )?);
+    }
+    for s in staged {
+        s.install()?;
     }
     dir.open_inventory()?;
     out(&format!(

@@ -310,6 +310,32 @@ fn token_names_no_certificate_can_carry_are_refused() {
 }
 
 #[test]
+fn a_new_intermediate_that_cannot_be_written_whole_changes_nothing() {
+    // Key, certificate and chain are all written before any is put in place: with the chain's
+    // path unusable, the working intermediate key and certificate stay as they were.
+    let e = initialised();
+    let pki = e.pki();
+    let (key, cert) = (pki.join("intermediate.key"), pki.join("intermediate.crt"));
+    let (old_key, old_cert) = (std::fs::read(&key).unwrap(), std::fs::read(&cert).unwrap());
+    std::fs::remove_file(pki.join("ca-chain.pem")).unwrap();
+    std::fs::create_dir_all(pki.join("ca-chain.pem/x")).unwrap();
+    let before = e.tree();
+    e.mtls(&[
+        "ca",
+        "intermediate",
+        "--root-cert",
+        pki.join("root.crt").to_str().unwrap(),
+        "--root-key",
+        pki.join("root.key").to_str().unwrap(),
+        "--force",
+    ])
+    .fails(2, "is a directory");
+    assert_eq!(std::fs::read(&key).unwrap(), old_key);
+    assert_eq!(std::fs::read(&cert).unwrap(), old_cert);
+    assert_eq!(e.tree(), before, "no file added or left behind");
+}
+
+#[test]
 fn csr_asking_for_ca_is_refused() {
     let e = initialised();
     e.openssl(&[

@@ -45,12 +45,18 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 ///
 /// Call this for every output before doing any work, so that a refused run changes nothing.
 pub fn check_writable(path: &Path, force: bool) -> Result<()> {
-    if !force && fs::symlink_metadata(path).is_ok() {
-        return Err(Error::AlreadyExists {
+    match fs::symlink_metadata(path) {
+        Ok(_) if !force => Err(Error::AlreadyExists {
             path: path.to_path_buf(),
-        });
+        }),
+        // Nothing can be renamed over a directory: found now, before any output of a set is
+        // put in place, not when this one is.
+        Ok(m) if m.is_dir() => Err(io_err(path)(std::io::Error::new(
+            std::io::ErrorKind::IsADirectory,
+            "is a directory",
+        ))),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// Writes `contents` to `path` atomically (temporary file, fsync, rename, fsync of the directory).
