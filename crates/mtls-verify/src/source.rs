@@ -1,7 +1,7 @@
 //! Revocation sources that answer per certificate (OCSP), plugged into a trust state.
 //!
 //! The trust state stays synchronous and free of I/O: a [`StatusSource`] is implemented
-//! elsewhere (`mtls_client::ocsp::OcspChecker` asks responders and caches their verified
+//! elsewhere (`mtls_client::ocsp_check::OcspChecker` asks responders and caches their verified
 //! answers) and is asked only for certificates that must have a status.
 
 use std::sync::Arc;
