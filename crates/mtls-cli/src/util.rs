@@ -64,9 +64,28 @@ pub fn fmt_time(t: OffsetDateTime) -> String {
 /// Writes to stdout, surfacing a broken pipe as an error the caller can ignore.
 pub fn out(s: &str) -> Result<()> {
     let mut o = std::io::stdout().lock();
-    o.write_all(s.as_bytes())?;
+    o.write_all(printable(s).as_bytes())?;
     o.flush()?;
     Ok(())
+}
+
+/// Certificates, CRLs and file names carry text others chose: control characters (terminal
+/// escape sequences that clear the screen or retitle the window, a carriage return that
+/// overwrites a line) are shown escaped (`\u{1b}`), never sent to the terminal.
+fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if !s.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut escaped = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        if unsafe_char(c) {
+            escaped.extend(c.escape_default());
+        } else {
+            escaped.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(escaped)
 }
 
 /// Current time. The binary is the only place that reads the clock.

@@ -336,6 +336,36 @@ fn a_new_intermediate_that_cannot_be_written_whole_changes_nothing() {
 }
 
 #[test]
+fn terminal_escapes_in_certificates_are_printed_escaped() {
+    let e = initialised();
+    e.openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "esc.key",
+        "-out",
+        "esc.crt",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=ok\u{1b}]0;owned\u{7}\u{1b}[2Jx",
+    ])
+    .ok();
+    let r = e.mtls(&["inspect", &e.p("esc.crt")]).ok();
+    assert!(
+        !r.stdout.contains('\u{1b}') && !r.stdout.contains('\u{7}'),
+        "{:?}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("ok\\u{1b}]0;owned"), "{}", r.stdout);
+}
+
+#[test]
 fn csr_asking_for_ca_is_refused() {
     let e = initialised();
     e.openssl(&[
