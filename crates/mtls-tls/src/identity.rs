@@ -2,17 +2,16 @@
 //! files change: a service whose certificate is renewed on disk presents the new one on its next
 //! connection, without a restart.
 //!
-//! The files are checked (one `stat` each) when a connection starts. A change is loaded and
-//! validated (key matches, leaf valid now) before it is used; a broken or half-written
-//! replacement is logged and the last good identity stays; it is tried again every
-//! [`RETRY_FAILED_LOAD`] until it loads, since the fix (a `chmod` of the key, a clock reaching
-//! the certificate's start) may change no file. TLS sessions of the previous
-//! identity are forgotten with it, so a resumed session never speaks for a certificate the
-//! client no longer holds.
+//! The files are followed as [`crate::follow`] does: checked (one `stat` each) when a
+//! connection starts; a change is loaded and validated (key matches, leaf valid now) before it
+//! is used; a broken or half-written replacement is logged and the last good identity stays; it
+//! is tried again every [`RETRY_FAILED_LOAD`](crate::RETRY_FAILED_LOAD) until it loads, since
+//! the fix (a `chmod` of the key, a clock reaching the certificate's start) may change no file.
+//! TLS sessions of the previous identity are forgotten with it, so a resumed session never
+//! speaks for a certificate the client no longer holds.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use rustls::client::{
     ClientSessionMemoryCache, ClientSessionStore, ResolvesClientCert, Tls12ClientSessionValue,
@@ -24,7 +23,7 @@ use rustls_pki_types::ServerName;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
-use crate::files::FileStamps;
+use crate::follow::{FollowedFiles, Refreshed};
 use crate::{Credential, Result};
 
 /// Where a key's passphrase comes from.
@@ -96,24 +95,17 @@ impl CredentialFiles {
     }
 }
 
-struct Current {
-    stamps: FileStamps,
+/// An identity in use, with the TLS sessions made with it.
+struct Loaded {
     credential: Credential,
     sessions: Arc<ClientSessionMemoryCache>,
-    /// When the files as they are now last failed to load: they are tried again after
-    /// [`RETRY_FAILED_LOAD`] even if they do not change (a fix such as `chmod 600` on the key,
-    /// or a certificate that becomes valid, changes no stamp).
-    failed_at: Option<Instant>,
 }
-
-/// How long changed files that did not load wait before they are tried again unchanged.
-pub const RETRY_FAILED_LOAD: Duration = Duration::from_secs(5);
 
 /// A client identity that follows its files. Use it as a rustls client-certificate resolver
 /// *and* session store ([`crate::client_config_reloading`] does both).
 pub struct ReloadingIdentity {
     files: CredentialFiles,
-    current: Mutex<Current>,
+    current: FollowedFiles<Arc<Loaded>>,
 }
 
 impl std::fmt::Debug for ReloadingIdentity {
@@ -130,64 +122,48 @@ impl ReloadingIdentity {
     /// Loads the identity now; an error here is the caller's to report (nothing to fall back
     /// on yet).
     pub fn new(files: CredentialFiles) -> Result<Self> {
-        let stamps = FileStamps::of(&files.paths());
-        let credential = files.load(OffsetDateTime::now_utc())?;
-        Ok(ReloadingIdentity {
-            files,
-            current: Mutex::new(Current {
-                stamps,
-                credential,
-                sessions: Arc::new(ClientSessionMemoryCache::new(SESSIONS)),
-                failed_at: None,
-            }),
-        })
+        let current = FollowedFiles::new(files.paths(), || Self::load(&files))?;
+        Ok(ReloadingIdentity { files, current })
+    }
+
+    fn load(files: &CredentialFiles) -> Result<Arc<Loaded>> {
+        Ok(Arc::new(Loaded {
+            credential: files.load(OffsetDateTime::now_utc())?,
+            sessions: Arc::new(ClientSessionMemoryCache::new(SESSIONS)),
+        }))
     }
 
     /// The identity in use, after picking up changed files.
     pub fn credential(&self) -> Option<Credential> {
-        self.refresh();
-        self.current.lock().ok().map(|c| c.credential.clone())
+        Some(self.refresh().credential.clone())
     }
 
     /// Reloads if the files changed since the last look; keeps the last good identity when the
-    /// new files do not load. Returns the session store of the identity in use.
-    fn refresh(&self) -> Option<Arc<ClientSessionMemoryCache>> {
-        let mut cur = self.current.lock().ok()?;
-        let stamps = FileStamps::of(&self.files.paths());
-        let retry = cur
-            .failed_at
-            .is_some_and(|at| at.elapsed() >= RETRY_FAILED_LOAD);
-        if stamps != cur.stamps || retry {
-            match self.files.load(OffsetDateTime::now_utc()) {
-                Ok(credential) => {
-                    tracing::info!(
-                        cert = %self.files.cert.display(),
-                        not_after = %credential.not_after,
-                        "client certificate reloaded"
-                    );
-                    cur.credential = credential;
-                    cur.sessions = Arc::new(ClientSessionMemoryCache::new(SESSIONS));
-                    cur.failed_at = None;
-                }
-                Err(e) => {
-                    // Logged once per change; the periodic retries of the same files are quiet.
-                    if !retry {
-                        tracing::warn!(
-                            cert = %self.files.cert.display(),
-                            error = %e,
-                            "changed client certificate files do not load; keeping the previous ones"
-                        );
-                    }
-                    cur.failed_at = Some(Instant::now());
-                }
-            }
-            cur.stamps = stamps;
+    /// new files do not load. Returns the identity in use (with its session store).
+    fn refresh(&self) -> Arc<Loaded> {
+        let (loaded, outcome) = self.current.refresh(|_| Self::load(&self.files));
+        match outcome {
+            Refreshed::Loaded => tracing::info!(
+                cert = %self.files.cert.display(),
+                not_after = %loaded.credential.not_after,
+                "client certificate reloaded"
+            ),
+            // Logged once per change; the periodic retries of the same files are quiet.
+            Refreshed::Failed {
+                error,
+                changed: true,
+            } => tracing::warn!(
+                cert = %self.files.cert.display(),
+                %error,
+                "changed client certificate files do not load; keeping the previous ones"
+            ),
+            Refreshed::Failed { changed: false, .. } | Refreshed::Unchanged => {}
         }
-        Some(cur.sessions.clone())
+        loaded
     }
 
-    fn sessions(&self) -> Option<Arc<ClientSessionMemoryCache>> {
-        self.current.lock().ok().map(|c| c.sessions.clone())
+    fn sessions(&self) -> Arc<ClientSessionMemoryCache> {
+        self.current.in_use().sessions.clone()
     }
 }
 
@@ -196,11 +172,7 @@ impl ResolvesClientCert for ReloadingIdentity {
         // Changed files are also noticed here, not only when rustls asks the session store
         // for a ticket: a client without resumption (one that checks the server's revocation
         // status on every connection) never asks.
-        self.refresh();
-        self.current
-            .lock()
-            .ok()
-            .map(|c| c.credential.certified.clone())
+        Some(self.refresh().credential.certified.clone())
     }
 
     fn has_certs(&self) -> bool {
@@ -216,29 +188,23 @@ pub(crate) struct Sessions(pub(crate) Arc<ReloadingIdentity>);
 
 impl ClientSessionStore for Sessions {
     fn set_kx_hint(&self, server_name: ServerName<'static>, group: NamedGroup) {
-        if let Some(s) = self.0.sessions() {
-            s.set_kx_hint(server_name, group)
-        }
+        self.0.sessions().set_kx_hint(server_name, group)
     }
 
     fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<NamedGroup> {
-        self.0.sessions()?.kx_hint(server_name)
+        self.0.sessions().kx_hint(server_name)
     }
 
     fn set_tls12_session(&self, server_name: ServerName<'static>, value: Tls12ClientSessionValue) {
-        if let Some(s) = self.0.sessions() {
-            s.set_tls12_session(server_name, value)
-        }
+        self.0.sessions().set_tls12_session(server_name, value)
     }
 
     fn tls12_session(&self, server_name: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
-        self.0.refresh()?.tls12_session(server_name)
+        self.0.refresh().sessions.tls12_session(server_name)
     }
 
     fn remove_tls12_session(&self, server_name: &ServerName<'static>) {
-        if let Some(s) = self.0.sessions() {
-            s.remove_tls12_session(server_name)
-        }
+        self.0.sessions().remove_tls12_session(server_name)
     }
 
     fn insert_tls13_ticket(
@@ -246,15 +212,13 @@ impl ClientSessionStore for Sessions {
         server_name: ServerName<'static>,
         value: Tls13ClientSessionValue,
     ) {
-        if let Some(s) = self.0.sessions() {
-            s.insert_tls13_ticket(server_name, value)
-        }
+        self.0.sessions().insert_tls13_ticket(server_name, value)
     }
 
     fn take_tls13_ticket(
         &self,
         server_name: &ServerName<'static>,
     ) -> Option<Tls13ClientSessionValue> {
-        self.0.refresh()?.take_tls13_ticket(server_name)
+        self.0.refresh().sessions.take_tls13_ticket(server_name)
     }
 }

@@ -10,16 +10,19 @@
 //!
 //! Also [`IdleTimeout`], the stream wrapper every server uses to close connections that make no
 //! progress; [`files`]: CA bundles and CRLs from files, and [`FileStamps`], the change detector
-//! of every reload; [`ReloadingIdentity`]: a client identity that follows its files.
+//! of every reload; [`follow`]: how a client follows files ([`FollowedFiles`]), and
+//! [`ReloadingIdentity`], a client identity that follows its files.
 //!
 //! What it does not do: sockets, HTTP, reload loops or policy.
 #![forbid(unsafe_code)]
 
 pub mod files;
+pub mod follow;
 pub mod identity;
 pub mod idle;
 pub use files::{load_certificates, load_crls, FileStamps};
-pub use identity::{CredentialFiles, Passphrase, ReloadingIdentity, RETRY_FAILED_LOAD};
+pub use follow::{FollowedFiles, Refreshed, RETRY_FAILED_LOAD};
+pub use identity::{CredentialFiles, Passphrase, ReloadingIdentity};
 pub use idle::IdleTimeout;
 
 use std::collections::HashMap;
