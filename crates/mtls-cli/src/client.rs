@@ -469,7 +469,7 @@ pub fn tunnel(a: TunnelArgs) -> Result<ExitCode> {
                                     return std::future::pending().await;
                                 }
                                 let now = time::OffsetDateTime::now_utc();
-                                if let Err(r) = state.verify_client(leaf, rest, now) {
+                                if let Err(r) = state.current().verify_client(leaf, rest, now) {
                                     return r;
                                 }
                             }

@@ -5,7 +5,8 @@
 //! - [`ClientBuilder`]: the one builder of every HTTP(S) client mtls uses: a
 //!   [`reqwest::Client`] on rustls with our cipher suites, verifying the server against the
 //!   given CAs, presenting a client certificate read from files (encrypted keys too) and picking
-//!   up renewed files on its next connection, without a restart;
+//!   up renewed files on its next connection, without a restart; the server's revocation status
+//!   is checked against CRL files followed the same way ([`ServerTrust`]);
 //! - [`pool`]: the upstream pool of a reverse proxy (HTTP/1.1 keep-alive connections driven
 //!   by the proxying task itself), from the same builder;
 //! - [`ca`]: the client of the online CA's API (pinning the root, enroll, renew, revoke, tokens);
@@ -46,6 +47,7 @@ pub mod ocsp;
 pub mod ocsp_check;
 pub mod pool;
 pub mod renewal;
+pub mod server_trust;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -56,6 +58,7 @@ use rustls_pki_types::CertificateDer;
 use zeroize::Zeroizing;
 
 pub use reqwest;
+pub use server_trust::ServerTrust;
 
 /// Parses a duration with a unit (`30d`, `12h`): the one syntax of mtls
 /// (`mtls_serve::duration`).
@@ -166,25 +169,24 @@ impl ServerRevocation {
         !self.crl_files.is_empty() || !self.sources.is_empty()
     }
 
-    /// The trust state that checks the server's chain, or `None` when nothing is configured.
-    fn state(
-        &self,
-        roots: &[CertificateDer<'static>],
-    ) -> Result<Option<Arc<mtls_verify::TrustState>>, Error> {
+    /// The trust state that checks the server's chain (following the CRL files), or `None`
+    /// when nothing is configured.
+    fn state(&self, roots: &[CertificateDer<'static>]) -> Result<Option<Arc<ServerTrust>>, Error> {
         if !self.is_configured() {
             return Ok(None);
         }
-        let crls = mtls_tls::load_crls(&self.crl_files)?;
         let options = mtls_verify::RevocationOptions {
             allow_unknown_status: self.soft_fail,
             allow_expired_crl: self.soft_fail,
             scope: mtls_verify::CrlScope::default(),
         };
-        let state = mtls_verify::TrustState::new(0, roots.to_vec(), &crls, options)
-            .map_err(|e| Error::Config(format!("server revocation: {e}")))?
-            .with_purpose(mtls_verify::Purpose::Server)
-            .with_sources(&self.sources);
-        Ok(Some(Arc::new(state)))
+        let trust = ServerTrust::new(
+            self.crl_files.clone(),
+            roots.to_vec(),
+            options,
+            self.sources.clone(),
+        )?;
+        Ok(Some(Arc::new(trust)))
     }
 }
 
@@ -299,9 +301,13 @@ impl ClientBuilder {
         self
     }
 
-    /// Checks the server's certificate against this CRL (PEM or DER, repeatable; read when
-    /// the client is built). Its signer must be among the CA files. With a CRL given, the
-    /// server's leaf must be covered by one (hard-fail), as servers require of their clients.
+    /// Checks the server's certificate against this CRL (PEM or DER, repeatable). Its signer
+    /// must be among the CA files. With a CRL given, the server's leaf must be covered by one
+    /// (hard-fail), as servers require of their clients. The file is read when the client is
+    /// built and followed as [`identity_files`](Self::identity_files) are: checked when each
+    /// new connection's server is verified, a replaced CRL is used from then on; one that does
+    /// not load, or is older (a lower CRL number) than the CRL in use, is logged and the last
+    /// good CRL stays in force (see [`ServerTrust`]).
     pub fn crl_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.revocation.crl_files.push(path.into());
         self
@@ -361,11 +367,11 @@ impl ClientBuilder {
     /// [`tls_config`](Self::tls_config), with the trust state its verifier checks the server's
     /// revocation status with (CRL files and sources given to this builder; `None` when none
     /// is configured): for a long-running client to re-check an open connection's server when
-    /// its sources change.
+    /// its sources or CRL files change ([`ServerTrust::current`], [`ServerTrust::reload`]).
     pub fn tls_config_and_trust(
         &self,
         alpn: &[&[u8]],
-    ) -> Result<(rustls::ClientConfig, Option<Arc<mtls_verify::TrustState>>), Error> {
+    ) -> Result<(rustls::ClientConfig, Option<Arc<ServerTrust>>), Error> {
         if matches!(self.roots, Roots::AcceptAnyForPinning) {
             return Ok((accept_any_config(alpn)?, None));
         }

@@ -262,13 +262,14 @@ pub enum StapleCheck {
 }
 
 /// The server's chain verified as usual, then its staple as `check` says, then its
-/// revocation status under `revocation` (CRL files, the CA's feed, OCSP) when configured.
+/// revocation status under `revocation` (CRL files, followed; the CA's feed, OCSP) when
+/// configured.
 #[derive(Debug)]
 pub(crate) struct StapleVerifier {
     pub(crate) inner: Arc<dyn rustls::client::danger::ServerCertVerifier>,
     pub(crate) roots: Vec<CertificateDer<'static>>,
     pub(crate) check: StapleCheck,
-    pub(crate) revocation: Option<Arc<mtls_verify::TrustState>>,
+    pub(crate) revocation: Option<Arc<crate::ServerTrust>>,
     pub(crate) log: Option<Arc<crate::observe::HandshakeLog>>,
 }
 
@@ -378,8 +379,12 @@ impl rustls::client::danger::ServerCertVerifier for StapleVerifier {
             self.check,
             now,
         )?;
-        if let Some(state) = &self.revocation {
-            if let Err(r) = state.verify_client(end_entity, intermediates, now) {
+        if let Some(trust) = &self.revocation {
+            // The CRL files as they are now: a replaced one counts from this connection on.
+            if let Err(r) = trust
+                .current()
+                .verify_client(end_entity, intermediates, now)
+            {
                 tracing::warn!(reason = %r, code = r.code(), "server certificate refused");
                 return Err(rustls::Error::InvalidCertificate(match r {
                     mtls_verify::Rejection::Revoked => rustls::CertificateError::Revoked,
