@@ -37,7 +37,10 @@ pub struct ClientTlsArgs {
     #[arg(long)]
     require_ocsp_staple: bool,
     /// Check the server certificate against this CRL (repeatable; its signer must be in
-    /// --ca). With a CRL given, the server's leaf must be covered by one.
+    /// --ca). With a CRL given, the server's leaf must be covered by one. `tunnel` follows the
+    /// file: a replaced CRL counts from the next connection on (and closes open connections to
+    /// a server it revokes); one that does not load, or is older (a lower CRL number) than the
+    /// CRL in use, is logged and the last good CRL stays in force.
     #[arg(long = "crl", value_name = "FILE")]
     crl: Vec<PathBuf>,
     /// Check the server certificate with OCSP (the responder in its AIA).
@@ -63,8 +66,7 @@ struct ClientSources {
 impl ClientSources {
     /// Keeps the feed and the OCSP answers current until `shutdown` (long-running clients);
     /// `changed` is bumped whenever what they know changed (open connections re-check then).
-    fn spawn(self, shutdown: &mtls_serve::Shutdown, changed: tokio::sync::watch::Sender<u64>) {
-        let changed = Arc::new(changed);
+    fn spawn(self, shutdown: &mtls_serve::Shutdown, changed: Arc<tokio::sync::watch::Sender<u64>>) {
         if let Some(feed) = self.feed {
             let c = changed.clone();
             tokio::spawn(feed.run(
@@ -83,6 +85,33 @@ impl ClientSources {
             let c = changed.clone();
             tokio::spawn(checker.run(move || c.send_modify(|n| *n += 1), shutdown.clone()));
         }
+    }
+}
+
+/// A long-running client's CRL files, watched by the reload loop: when one is replaced, the
+/// servers of open connections are re-checked (new connections check the files themselves, see
+/// [`mtls_client::ServerTrust`]).
+struct CrlFiles {
+    trust: Arc<mtls_client::ServerTrust>,
+    changed: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl mtls_serve::reload::Reload for CrlFiles {
+    fn watched(&self) -> Vec<PathBuf> {
+        self.trust.crl_files().to_vec()
+    }
+
+    fn reload(&mut self) -> Result<String, String> {
+        let state = self.trust.reload().map_err(|e| e.to_string())?;
+        self.changed.send_modify(|n| *n += 1);
+        Ok(format!(
+            "CRL files of the server checks (generation {})",
+            state.generation()
+        ))
+    }
+
+    fn loaded_stamps(&self) -> Option<mtls_tls::FileStamps> {
+        Some(self.trust.stamps())
     }
 }
 
@@ -407,10 +436,11 @@ pub fn tunnel(a: TunnelArgs) -> Result<ExitCode> {
             sources.feed = Some(feed);
         }
         // Open connections are re-checked with the verifier's own trust state when the sources
-        // change: a server revoked while a connection is open loses it at once.
+        // or the CRL files change: a server revoked while a connection is open loses it at once.
         let (config, server_state) = a.tls.client(true, &sources)?.tls_config_and_trust(&[])?;
         let config = Arc::new(config);
         let (changed_tx, changed_rx) = tokio::sync::watch::channel(0u64);
+        let changed_tx = Arc::new(changed_tx);
         let listener = tokio::net::TcpListener::bind(a.listen)
             .await
             .with_context(|| format!("binding {}", a.listen))?;
@@ -421,6 +451,22 @@ pub fn tunnel(a: TunnelArgs) -> Result<ExitCode> {
         let connector = tokio_rustls::TlsConnector::from(config);
         let idle_timeout = a.idle_timeout;
         let (stop, shutdown) = mtls_serve::shutdown();
+        // The loop runs while its handle lives: to the end of the tunnel.
+        let _crl_reload = match &server_state {
+            Some(trust) if !trust.crl_files().is_empty() => Some(mtls_serve::reload::spawn(
+                CrlFiles {
+                    trust: trust.clone(),
+                    changed: changed_tx.clone(),
+                },
+                mtls_serve::reload::ReloadOptions {
+                    // SIGHUP keeps ending the tunnel, as it always has.
+                    on_sighup: false,
+                    ..Default::default()
+                },
+                shutdown.clone(),
+            )),
+            _ => None,
+        };
         sources.spawn(&shutdown, changed_tx);
         let serving = mtls_serve::accept_loop(
             listener,

@@ -1,7 +1,9 @@
 //! The client tools check the *server's* certificate for revocation through the same trust
 //! state the gateway uses for its clients: `mtls request --crl`, `--ocsp`/`--ocsp-responder`
 //! (hard-fail: refused when the responder is down; soft-fail: connects), and `mtls tunnel
-//! --revocation-feed` (a server revoked at the CA is refused from the next connection on).
+//! --revocation-feed` (a server revoked at the CA is refused from the next connection on), and
+//! `mtls tunnel --crl` (the file is followed: a replaced CRL counts from the next connection on,
+//! one that does not load or is older than the one in use is refused).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -176,4 +178,208 @@ fn request_and_tunnel_refuse_a_revoked_server() {
         "soft-fail",
     ]);
     assert_eq!(out.code, 0, "soft-fail connects: {}", out.stderr);
+}
+
+/// A gateway serving `localhost` with a certificate of `env`'s CA (made here, with client `c`).
+fn revocable_server(env: &Env) -> (Upstream, Gateway) {
+    env.mtls(&["ca", "init"]).ok();
+    env.mtls(&["issue", "server", "localhost", "127.0.0.1"])
+        .ok();
+    env.mtls(&["issue", "client", "c"]).ok();
+    let pki = env.pki();
+    let up = Upstream::start();
+    let g = Gateway::start(&gw::trusting_args(
+        &pki.join("issued/localhost.chain.pem"),
+        &pki.join("issued/localhost.key"),
+        &pki.join("ca-chain.pem"),
+        &up,
+        &[],
+    ));
+    (up, g)
+}
+
+/// `mtls tunnel` to `g` as `c`, checking the server against `--crl pki/crl.pem`; its stderr
+/// goes to `tunnel.log`.
+fn tunnel_with_crl(env: &Env, g: &Gateway, extra: &[&str]) -> Tunnel {
+    let local = free_port();
+    let p = |rel: &str| env.p(&format!("pki/{rel}"));
+    Tunnel(
+        Command::new(gw::mtls_bin())
+            .args(["tunnel", "--listen", &format!("127.0.0.1:{local}")])
+            .args(["--target", &format!("localhost:{}", g.port())])
+            .args([
+                "--cert",
+                &p("issued/c.chain.pem"),
+                "--key",
+                &p("issued/c.key"),
+            ])
+            .args(["--ca", &p("ca-chain.pem"), "--crl", &p("crl.pem")])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(env.path("tunnel.log")).unwrap())
+            .spawn()
+            .unwrap(),
+        local,
+    )
+}
+
+/// Revokes the server's certificate and writes the CA's new CRL over `pki/crl.pem`.
+fn revoke_server_and_publish(env: &Env) {
+    let serial = ca::serial_of(env, &env.pki().join("issued/localhost.crt"));
+    env.mtls(&["revoke", &serial, "--reason", "keyCompromise"])
+        .ok();
+    env.mtls(&["crl"]).ok();
+}
+
+/// Writes `data` over `path` as a publisher does: a new file renamed over the old one.
+fn replace(path: &std::path::Path, data: &[u8]) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, data).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Polls the tunnel until a request through it gets `want` (15 s at most).
+#[track_caller]
+fn wait_through(t: &Tunnel, want: u16, what: &str) {
+    let start = Instant::now();
+    for _ in 0..150 {
+        if through(t) == want {
+            return;
+        }
+        if start.elapsed() > Duration::from_secs(15) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{what}: no answer {want} within 15 s");
+}
+
+/// Every request through the tunnel for `period` gets `want`.
+#[track_caller]
+fn stays_through(t: &Tunnel, want: u16, period: Duration, what: &str) {
+    let start = Instant::now();
+    for _ in 0..100 {
+        let got = through(t);
+        assert_eq!(got, want, "{what}");
+        if start.elapsed() > period {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits (10 s at most) until `log` holds `needle`.
+#[track_caller]
+fn wait_log(log: &std::path::Path, needle: &str) {
+    let start = Instant::now();
+    for _ in 0..100 {
+        if std::fs::read_to_string(log).is_ok_and(|l| l.contains(needle)) {
+            return;
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "{needle:?} not logged within 10 s:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+/// A tunnel runs for days: started with `--crl` pointing at a CRL that does not list the
+/// server, it refuses the server within seconds once the server is revoked and the CA's new
+/// CRL written over the file, and closes the connection that was open, without a restart.
+#[test]
+fn tunnel_follows_its_crl_file_and_refuses_a_server_revoked_after_it_started() {
+    let env = Env::new();
+    let (_up, g) = revocable_server(&env);
+    env.mtls(&["crl"]).ok();
+    let tunnel = tunnel_with_crl(&env, &g, &[]);
+    wait_through(
+        &tunnel,
+        200,
+        "the tunnel does not serve a server its CRL does not list",
+    );
+
+    // A keep-alive connection through the tunnel, open while the server is revoked.
+    let mut open = std::net::TcpStream::connect(("127.0.0.1", tunnel.1)).unwrap();
+    open.write_all(b"GET /open HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    open.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 4096];
+    let n = open.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    open.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+
+    revoke_server_and_publish(&env);
+    wait_through(
+        &tunnel,
+        0,
+        "the tunnel still connects to a server its CRL file now revokes",
+    );
+    // And the connection that was open is closed by the tunnel.
+    let start = Instant::now();
+    for _ in 0..100 {
+        match open.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return,
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+    }
+    panic!("the open connection to the revoked server stays open");
+}
+
+/// A CRL file replaced by one that does not load, or by an older CRL of the same CA (a lower
+/// CRL number: a replay that would take the revocation back), is refused and logged: the last
+/// good CRL stays in force. Under soft-fail, a tunnel that dropped its CRL instead would
+/// connect to the revoked server again.
+#[test]
+fn tunnel_keeps_its_last_good_crl_when_the_file_is_replaced_by_a_bad_or_older_one() {
+    let env = Env::new();
+    let (_up, g) = revocable_server(&env);
+    env.mtls(&["crl"]).ok();
+    let crl = env.pki().join("crl.pem");
+    let older = std::fs::read(&crl).unwrap();
+    let tunnel = tunnel_with_crl(&env, &g, &["--revocation-policy", "soft-fail"]);
+    wait_through(
+        &tunnel,
+        200,
+        "the tunnel does not serve a server its CRL does not list",
+    );
+    revoke_server_and_publish(&env);
+    wait_through(
+        &tunnel,
+        0,
+        "the tunnel still connects to a server its CRL file now revokes",
+    );
+    let log = env.path("tunnel.log");
+
+    replace(
+        &crl,
+        b"-----BEGIN X509 CRL-----\nbm90IGEgQ1JM\n-----END X509 CRL-----\n",
+    );
+    stays_through(
+        &tunnel,
+        0,
+        Duration::from_secs(3),
+        "a CRL file that does not load took the revocation back",
+    );
+    wait_log(&log, "keeping the");
+
+    replace(&crl, &older);
+    stays_through(
+        &tunnel,
+        0,
+        Duration::from_secs(3),
+        "an older CRL took the revocation back",
+    );
+    wait_log(&log, "older than the one in use");
 }
