@@ -8,10 +8,9 @@ use clap::{Args, Subcommand};
 use mtls_pki::files::{self, Visibility};
 use mtls_pki::issue::{self, DEFAULT_INTERMEDIATE_DAYS, DEFAULT_ROOT_DAYS};
 use mtls_pki::{CaCert, KeyAlgorithm, PrivateKey, Subject};
-use time::Duration;
 
 use crate::pkidir::{load_ca, PkiDir};
-use crate::util::{fmt_time, now, out};
+use crate::util::{days, fmt_time, now, out};
 use crate::{CaKeyArgs, NewKeyArgs, UsageError};
 
 #[derive(Subcommand)]
@@ -126,13 +125,6 @@ pub fn run(pki: &Path, explicit: Option<&Path>, cmd: CaCommand) -> Result<ExitCo
         CaCommand::Token(a) => crate::online::token(pki, a),
         CaCommand::Reconcile(_) => reconcile(pki),
     }
-}
-
-fn days(n: i64, flag: &str) -> Result<Duration> {
-    if n <= 0 {
-        return Err(UsageError(format!("{flag} must be a positive number of days")).into());
-    }
-    Ok(Duration::days(n))
 }
 
 /// Serialises a key, encrypted when asked.

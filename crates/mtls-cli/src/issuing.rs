@@ -95,7 +95,15 @@ fn usage<T>(r: mtls_pki::Result<T>) -> Result<T> {
 /// first): a silent cap surprises at renewal time.
 fn note_if_capped(issued: &issue::Issued, request: &LeafRequest, at: time::OffsetDateTime) {
     // Backdating and rounding move the end by minutes, never by an hour.
-    if issued.not_after + Duration::hours(1) < at + request.lifetime {
+    // Checked: a CA valid until 9999-12-31 leaves no room for the hour.
+    let capped = match (
+        issued.not_after.checked_add(Duration::hours(1)),
+        at.checked_add(request.lifetime),
+    ) {
+        (Some(end), Some(asked)) => end < asked,
+        _ => false,
+    };
+    if capped {
         eprintln!(
             "note: the certificate ends {}, when the issuing CA expires, not after the {} days asked for",
             crate::util::fmt_time(issued.not_after),
@@ -105,10 +113,7 @@ fn note_if_capped(issued: &issue::Issued, request: &LeafRequest, at: time::Offse
 }
 
 fn lifetime(days: i64) -> Result<Duration> {
-    if days <= 0 {
-        return Err(UsageError("--days must be a positive number of days".into()).into());
-    }
-    Ok(Duration::days(days))
+    crate::util::days(days, "--days")
 }
 
 /// Where a leaf's three files go.

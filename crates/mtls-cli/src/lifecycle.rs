@@ -9,7 +9,6 @@ use mtls_pki::files::{self, Visibility};
 use mtls_pki::revocation::{RevocationReason, DEFAULT_CRL_DAYS};
 use mtls_pki::{pem_io, Serial};
 use mtls_store::ListFilter;
-use time::Duration;
 
 use crate::pkidir::PkiDir;
 use crate::util::{fmt_time, now, out};
@@ -142,13 +141,11 @@ pub struct CrlArgs {
 }
 
 pub fn crl(pki: &Path, a: CrlArgs) -> Result<ExitCode> {
-    if a.days <= 0 {
-        return Err(UsageError("--days must be positive".into()).into());
-    }
+    let lifetime = crate::util::days(a.days, "--days")?;
     let dir = PkiDir::new(pki);
     let mut inventory = dir.open_inventory()?;
     let ca = dir.load_issuer(&a.ca_key.source())?;
-    let signed = inventory.sign_crl(&ca, now(), Duration::days(a.days))?;
+    let signed = inventory.sign_crl(&ca, now(), lifetime)?;
     let (crl, number) = (signed.der, signed.number);
     let path = a.out.clone().unwrap_or_else(|| dir.crl());
     let bytes = if a.der {

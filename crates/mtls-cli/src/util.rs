@@ -88,6 +88,16 @@ fn printable(s: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(escaped)
 }
 
+/// A `--days`-style option as a lifetime: a usage error when it is not positive or so large
+/// that it ends after the year 9999 (checked before anything is written).
+pub fn days(n: i64, flag: &str) -> Result<Duration> {
+    if n <= 0 {
+        return Err(UsageError(format!("{flag} must be a positive number of days")).into());
+    }
+    mtls_pki::issue::lifetime_days(n, now())
+        .map_err(|e| UsageError(format!("{flag} {n} is too large: {e}")).into())
+}
+
 /// Current time. The binary is the only place that reads the clock.
 pub fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()

@@ -572,3 +572,41 @@ fn list_filters_and_verify_time_travel() {
     assert_eq!(v[0]["crl_number"], "2");
     assert_eq!(v[0]["revoked"].as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn huge_day_counts_are_refused_without_a_panic() {
+    let e = initialised();
+    let before = e.tree();
+    e.mtls(&["issue", "client", "x", "--days", "3000000"])
+        .fails(2, "--days 3000000 is too large");
+    e.mtls(&["issue", "client", "x", "--days", &i64::MAX.to_string()])
+        .fails(2, "is too large");
+    e.mtls(&["crl", "--days", "3000000"])
+        .fails(2, "--days 3000000 is too large");
+    e.mtls(&[
+        "ca",
+        "intermediate",
+        "--root-cert",
+        &e.p("pki/root.crt"),
+        "--root-key",
+        &e.p("pki/root.key"),
+        "--force",
+        "--days",
+        "3000000",
+    ])
+    .fails(2, "--days 3000000 is too large");
+    assert_eq!(e.tree(), before, "nothing may be written");
+    assert_eq!(e.inventory_count(), 0);
+    // No CRL number was taken by the refused CRL.
+    let r = e.mtls(&["crl"]).ok();
+    assert!(r.stdout.contains("CRL #1 "), "{}", r.stdout);
+
+    let other = Env::new();
+    other
+        .mtls(&["ca", "init", "--root-days", "3000000"])
+        .fails(2, "--root-days 3000000 is too large");
+    other
+        .mtls(&["ca", "init", "--intermediate-days", "3000000"])
+        .fails(2, "--intermediate-days 3000000 is too large");
+    assert!(!other.pki().exists(), "nothing may be written");
+}

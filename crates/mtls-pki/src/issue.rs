@@ -297,9 +297,41 @@ impl CaCert {
             ));
         }
         let not_before = (now - CLOCK_SKEW_BACKDATE).max(self.not_before);
-        let not_after = (now + lifetime).min(self.not_after);
+        let not_after = end_of(now, lifetime)?.min(self.not_after);
         Ok((truncate(not_before), truncate(not_after)))
     }
+}
+
+/// `now + lifetime`, or a validity error when that is past the year 9999 (the last year X.509
+/// and the time crate can express) instead of an overflow panic.
+pub fn end_of(now: OffsetDateTime, lifetime: Duration) -> Result<OffsetDateTime> {
+    now.checked_add(lifetime).ok_or_else(|| {
+        Error::InvalidValidity(format!(
+            "a lifetime of {} days from {} ends after the year 9999",
+            lifetime.whole_days(),
+            crate::rfc3339(&now)
+        ))
+    })
+}
+
+/// A lifetime of `days` days, refused when it is not positive or when, counted from `now`, it
+/// ends after the year 9999 (checked arithmetic: a huge count is an error, not a panic).
+pub fn lifetime_days(days: i64, now: OffsetDateTime) -> Result<Duration> {
+    if days <= 0 {
+        return Err(Error::InvalidValidity(format!(
+            "{days} days: the lifetime must be a positive number of days"
+        )));
+    }
+    let lifetime = days
+        .checked_mul(86_400)
+        .map(Duration::seconds)
+        .ok_or_else(|| {
+            Error::InvalidValidity(format!(
+                "{days} days: the lifetime ends after the year 9999"
+            ))
+        })?;
+    end_of(now, lifetime)?;
+    Ok(lifetime)
 }
 
 /// X.509 times have second precision; drop the rest so what we record equals what we encode.
@@ -358,11 +390,12 @@ pub fn new_root(
             "the lifetime must be positive".into(),
         ));
     }
+    let not_after = end_of(now, lifetime)?;
     let serial = Serial::random()?;
     let params = ca_params(
         subject,
         now - CLOCK_SKEW_BACKDATE,
-        now + lifetime,
+        not_after,
         BasicConstraints::Unconstrained,
         &serial,
     )?;

@@ -126,7 +126,7 @@ pub fn build_crl(
     let this_update = this_update.replace_nanosecond(0).unwrap_or(this_update);
     let params = CertificateRevocationListParams {
         this_update,
-        next_update: this_update + lifetime,
+        next_update: crate::issue::end_of(this_update, lifetime)?,
         crl_number: rcgen::SerialNumber::from_slice(&crl_number.to_be_bytes()),
         issuing_distribution_point: None,
         revoked_certs: entries

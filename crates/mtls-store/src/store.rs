@@ -410,6 +410,9 @@ impl Store {
     ) -> Result<crate::SignedCrl> {
         let issuer_key = mtls_pki::inspect::sha256_hex(&issuer.key().public_key_spki());
         let this_update = now.replace_nanosecond(0).unwrap_or(now);
+        // Before a CRL number is taken: a nextUpdate past the year 9999 is refused here.
+        let next_update =
+            mtls_pki::issue::end_of(this_update, lifetime).map_err(crate::Error::Crl)?;
         // Number and entries from one transaction: a CRL built at the same time elsewhere
         // never gets a higher number with fewer revocations.
         let (number, entries) = self.crl_snapshot(&issuer_key, actor, this_update).await?;
@@ -423,7 +426,7 @@ impl Store {
             number,
             entries: entries.len(),
             this_update,
-            next_update: this_update + lifetime,
+            next_update,
         })
     }
 
