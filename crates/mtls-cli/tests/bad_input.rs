@@ -573,6 +573,92 @@ fn list_filters_and_verify_time_travel() {
     assert_eq!(v[0]["revoked"].as_array().unwrap().len(), 1);
 }
 
+/// A self-signed CA made by OpenSSL with `subj` (P-256, CA:TRUE and keyCertSign critical), as
+/// `name.crt` and an owner-only `name.key`.
+fn openssl_root(e: &Env, name: &str, subj: &str) {
+    e.openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &e.p(&format!("{name}.key")),
+        "-out",
+        &e.p(&format!("{name}.crt")),
+        "-days",
+        "30",
+        "-subj",
+        subj,
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ])
+    .ok();
+    std::fs::set_permissions(
+        e.path(&format!("{name}.key")),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+}
+
+#[test]
+fn ca_whose_subject_cannot_be_reproduced_as_issuer_is_refused() {
+    let e = Env::new();
+    // Repeated attribute types, common in enterprise roots: rcgen keeps one value per type, so
+    // what it signs would name another issuer and never verify.
+    openssl_root(&e, "corp", "/DC=com/DC=example/OU=PKI/OU=Ops/CN=Corp Root");
+    let before = e.tree();
+    let r = e
+        .mtls(&[
+            "ca",
+            "intermediate",
+            "--root-cert",
+            &e.p("corp.crt"),
+            "--root-key",
+            &e.p("corp.key"),
+        ])
+        .fails(1, "would not be reproduced exactly as the issuer name");
+    assert!(
+        r.stderr.contains("Corp Root") && r.stderr.contains("repeats an attribute type"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(e.tree(), before, "nothing may be written");
+
+    // Each attribute type once: accepted, and OpenSSL verifies what it signs.
+    openssl_root(&e, "plain", "/C=DE/O=Example/OU=PKI/CN=Plain Root");
+    e.mtls(&[
+        "ca",
+        "intermediate",
+        "--root-cert",
+        &e.p("plain.crt"),
+        "--root-key",
+        &e.p("plain.key"),
+    ])
+    .ok();
+    e.openssl(&[
+        "verify",
+        "-CAfile",
+        &e.p("plain.crt"),
+        &e.p("pki/intermediate.crt"),
+    ])
+    .ok();
+    e.mtls(&["issue", "client", "c"]).ok();
+    e.openssl(&[
+        "verify",
+        "-CAfile",
+        &e.p("plain.crt"),
+        "-untrusted",
+        &e.p("pki/intermediate.crt"),
+        &e.p("pki/issued/c.crt"),
+    ])
+    .ok();
+}
+
 #[test]
 fn huge_day_counts_are_refused_without_a_panic() {
     let e = initialised();

@@ -170,6 +170,62 @@ impl rcgen::SigningKey for SharedKey {
     }
 }
 
+/// Stands in for the CA's key in a dry run: the public half and algorithm are the CA's, and
+/// "signing" returns an empty signature without touching the secret.
+struct DryRunKey<'a>(&'a PrivateKey);
+
+impl rcgen::PublicKeyData for DryRunKey<'_> {
+    fn der_bytes(&self) -> &[u8] {
+        self.0.key_pair().der_bytes()
+    }
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        rcgen::PublicKeyData::algorithm(self.0.key_pair())
+    }
+}
+
+impl rcgen::SigningKey for DryRunKey<'_> {
+    fn sign(&self, _msg: &[u8]) -> std::result::Result<Vec<u8>, rcgen::Error> {
+        Ok(Vec::new())
+    }
+}
+
+/// rcgen does not copy the CA's subject into the issuer field of what it signs: it re-encodes
+/// it from a map keyed by attribute type, so a subject with a repeated type (`DC=com,
+/// DC=example`, two `OU`s) or an encoding it does not reproduce gives certificates and CRLs
+/// whose issuer is not the CA's subject, which never verify. Encode one throwaway certificate
+/// (no signature is made) and compare its issuer with the CA's subject byte for byte, once per
+/// CA: nothing is added per issued certificate.
+fn check_issuer_name_round_trips(
+    der: &CertificateDer<'_>,
+    subject_raw: &[u8],
+    subject: &str,
+    key: &PrivateKey,
+) -> Result<()> {
+    let refused = |reason: String| Error::IssuerNameNotReproducible {
+        subject: subject.to_owned(),
+        reason,
+    };
+    let dry_run = Issuer::from_ca_cert_der(der, DryRunKey(key))
+        .map_err(|e| refused(format!("the certificate library cannot read it ({e})")))?;
+    let probe = CertificateParams::default()
+        .signed_by(&DryRunKey(key), &dry_run)
+        .map_err(|e| refused(format!("the certificate library cannot encode it ({e})")))?;
+    let (_, probe) = x509_parser::parse_x509_certificate(probe.der()).map_err(|e| {
+        refused(format!(
+            "the certificate library encodes it unreadably ({e})"
+        ))
+    })?;
+    if probe.issuer().as_raw() != subject_raw {
+        return Err(refused(format!(
+            "it would be written as {:?}; the certificate library keeps one value per attribute \
+             type and its own string encodings, so a subject that repeats an attribute type \
+             (two DC or OU values) or uses another encoding cannot be reproduced",
+            probe.issuer().to_string()
+        )));
+    }
+    Ok(())
+}
+
 /// A CA certificate with its private key, ready to sign.
 pub struct CaCert {
     der: CertificateDer<'static>,
@@ -218,6 +274,7 @@ impl CaCert {
         }
         let not_before = cert.validity().not_before.to_datetime();
         let not_after = cert.validity().not_after.to_datetime();
+        check_issuer_name_round_trips(&der, cert.subject().as_raw(), &subject, &key)?;
         let key = std::sync::Arc::new(key);
         let issuer = Issuer::from_ca_cert_der(&der, SharedKey(key.clone()))?;
         Ok(CaCert {
