@@ -660,6 +660,72 @@ fn ca_whose_subject_cannot_be_reproduced_as_issuer_is_refused() {
 }
 
 #[test]
+fn keys_encrypted_with_unsupported_algorithms_say_so() {
+    let e = initialised();
+    e.write_secret("pw", b"the right passphrase\n");
+    e.write_secret("wrong", b"the wrong passphrase\n");
+    let plain = e.read("pki/intermediate.key");
+    e.write_secret("plain.key", &plain);
+    let pass = format!("file:{}", e.p("pw"));
+    let encrypt = |how: &[&str]| {
+        let mut args = vec![
+            "pkcs8",
+            "-topk8",
+            "-in",
+            "plain.key",
+            "-passout",
+            &pass,
+            "-out",
+            "pki/intermediate.key",
+        ];
+        args.extend_from_slice(how);
+        e.openssl(&args).ok();
+        std::fs::set_permissions(
+            e.path("pki/intermediate.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+    };
+    for (how, named) in [
+        // OpenSSL 1.0's and BouncyCastle's default PRF.
+        (
+            &["-v2", "aes-256-cbc", "-v2prf", "hmacWithSHA1"][..],
+            "hmacWithSHA1",
+        ),
+        (&["-v2", "des3"][..], "3DES"),
+        (&["-v1", "PBE-SHA1-3DES"][..], "PKCS#12"),
+    ] {
+        encrypt(how);
+        let before = e.tree();
+        let r = e
+            .mtls(&["issue", "client", "c", "--ca-passphrase-file", &e.p("pw")])
+            .fails(1, "unsupported key");
+        assert!(
+            r.stderr.contains(named)
+                && r.stderr
+                    .contains("openssl pkcs8 -topk8 -v2 aes-256-cbc -v2prf hmacWithSHA256")
+                && !r.stderr.contains("wrong passphrase"),
+            "{how:?}: {}",
+            r.stderr
+        );
+        assert_eq!(e.tree(), before, "nothing may be written");
+    }
+    // The re-encryption the message gives works, and a wrong passphrase is still said so.
+    encrypt(&["-v2", "aes-256-cbc", "-v2prf", "hmacWithSHA256"]);
+    e.mtls(&[
+        "issue",
+        "client",
+        "c",
+        "--ca-passphrase-file",
+        &e.p("wrong"),
+    ])
+    .fails(2, "wrong passphrase");
+    e.mtls(&["issue", "client", "c", "--ca-passphrase-file", &e.p("pw")])
+        .ok();
+    assert_eq!(e.inventory_count(), 1);
+}
+
+#[test]
 fn huge_day_counts_are_refused_without_a_panic() {
     let e = initialised();
     let before = e.tree();

@@ -294,14 +294,76 @@ pub fn is_encrypted(input: &[u8]) -> bool {
 fn decrypt(der: &[u8], passphrase: Option<&[u8]>) -> Result<Zeroizing<Vec<u8>>> {
     // The structure first: a truncated encrypted key is malformed, not merely locked (the
     // doctor tells the two apart without a passphrase).
-    let info = EncryptedPrivateKeyInfoRef::try_from(der)
-        .map_err(|e| Error::malformed("encrypted private key", e))?;
+    let info = EncryptedPrivateKeyInfoRef::try_from(der).map_err(|e| {
+        // An algorithm the pkcs5 crate does not know (3DES, RC2, PKCS#12 PBE) fails the parse:
+        // say which, rather than calling the file damaged.
+        if let pkcs8::Error::Asn1(a) = &e {
+            if let pkcs8::der::ErrorKind::OidUnknown { oid } = a.kind() {
+                return unsupported_encryption(&oid);
+            }
+        }
+        match outer_encryption_oid(der) {
+            Some(oid) if oid != pbes2::PBES2_OID => unsupported_encryption(&oid),
+            _ => Error::malformed("encrypted private key", e),
+        }
+    })?;
     check_kdf_cost(&info.encryption_algorithm)?;
     let passphrase = passphrase.ok_or(Error::PassphraseRequired)?;
-    let doc = info
-        .decrypt(passphrase)
-        .map_err(|_| Error::WrongPassphrase)?;
+    // Only a failed decryption (bad padding or tag, garbage out) means a wrong passphrase: an
+    // algorithm the crate cannot run is said as such, with the way out.
+    let doc = info.decrypt(passphrase).map_err(|e| match e {
+        pkcs8::Error::EncryptedPrivateKey(pkcs8::pkcs5::Error::UnsupportedAlgorithm { oid }) => {
+            unsupported_encryption(&oid)
+        }
+        pkcs8::Error::EncryptedPrivateKey(pkcs8::pkcs5::Error::NoPbes1CryptSupport) => {
+            Error::UnsupportedKey(format!("PBES1-encrypted key (obsolete); {REENCRYPT}"))
+        }
+        pkcs8::Error::EncryptedPrivateKey(
+            e @ pkcs8::pkcs5::Error::AlgorithmParametersInvalid { .. },
+        ) => Error::malformed("encrypted private key", e),
+        _ => Error::WrongPassphrase,
+    })?;
     Ok(Zeroizing::new(doc.as_bytes().to_vec()))
+}
+
+/// The encryption algorithm an EncryptedPrivateKeyInfo names, read without interpreting its
+/// parameters (the pkcs5 crate reports an unknown PBES1-style OID without naming it).
+fn outer_encryption_oid(der: &[u8]) -> Option<pkcs8::ObjectIdentifier> {
+    use pkcs8::der::asn1::{AnyRef, OctetStringRef};
+    use pkcs8::der::Decode;
+    use pkcs8::spki::AlgorithmIdentifierRef;
+    AnyRef::from_der(der)
+        .and_then(|any| {
+            any.sequence(|r| {
+                let alg = AlgorithmIdentifierRef::decode(r)?;
+                <&OctetStringRef>::decode(r)?;
+                Ok(alg.oid)
+            })
+        })
+        .ok()
+}
+
+/// How to turn a key encrypted in a way mtls does not read into one it does.
+const REENCRYPT: &str = "re-encrypt it with `openssl pkcs8 -topk8 -v2 aes-256-cbc -v2prf hmacWithSHA256 -in OLD.key -out NEW.key`";
+
+/// The error for a key encrypted with an algorithm mtls does not run, naming it.
+fn unsupported_encryption(oid: &pkcs8::ObjectIdentifier) -> Error {
+    let name = match oid.to_string().as_str() {
+        "1.2.840.113549.2.7" => {
+            "PBKDF2 with hmacWithSHA1 (the default of OpenSSL 1.0 and BouncyCastle; SHA-1 is not accepted)"
+        }
+        "1.2.840.113549.3.7" => "3DES (des-ede3-cbc)",
+        "1.3.14.3.2.7" => "DES (des-cbc)",
+        "1.2.840.113549.3.2" => "RC2 (rc2-cbc)",
+        s if s.starts_with("1.2.840.113549.1.12.1.") => {
+            "PKCS#12 password-based encryption (e.g. PBE-SHA1-3DES)"
+        }
+        s if s.starts_with("1.2.840.113549.1.5.") => "PBES1 (obsolete)",
+        _ => "an algorithm mtls does not support",
+    };
+    Error::UnsupportedKey(format!(
+        "the private key is encrypted with {name} (OID {oid}); {REENCRYPT}"
+    ))
 }
 
 /// Most PBKDF2 iterations accepted when decrypting (≈ 0.5 s): a hostile key file must not be
@@ -314,11 +376,15 @@ fn check_kdf_cost(scheme: &pkcs8::pkcs5::EncryptionScheme) -> Result<()> {
     use pkcs8::pkcs5::pbes2::Kdf;
     use pkcs8::pkcs5::EncryptionScheme;
     let EncryptionScheme::Pbes2(params) = scheme else {
-        return Err(Error::UnsupportedKey(
-            "PBES1-encrypted key (obsolete); re-encrypt it with `openssl pkcs8 -topk8 -v2 aes-256-cbc`".into(),
-        ));
+        return Err(Error::UnsupportedKey(format!(
+            "PBES1-encrypted key (obsolete); {REENCRYPT}"
+        )));
     };
     match &params.kdf {
+        // Said before a passphrase is asked for, and without running the KDF.
+        Kdf::Pbkdf2(p) if p.prf == pbes2::Pbkdf2Prf::HmacWithSha1 => {
+            Err(unsupported_encryption(&p.prf.oid()))
+        }
         Kdf::Pbkdf2(p) if p.iteration_count > MAX_PBKDF2_ITERATIONS => {
             Err(Error::UnsupportedKey(format!(
                 "the encrypted key asks for {} PBKDF2 iterations (at most {MAX_PBKDF2_ITERATIONS})",
