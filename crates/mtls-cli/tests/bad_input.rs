@@ -366,6 +366,27 @@ fn terminal_escapes_in_certificates_are_printed_escaped() {
 }
 
 #[test]
+fn an_intermediate_cannot_sign_another_ca() {
+    // Its pathLenConstraint is 0: a CA under it would never validate.
+    let e = initialised();
+    let pki = e.pki();
+    let key = std::fs::read(pki.join("intermediate.key")).unwrap();
+    let before = e.tree();
+    e.mtls(&[
+        "ca",
+        "intermediate",
+        "--root-cert",
+        pki.join("intermediate.crt").to_str().unwrap(),
+        "--root-key",
+        pki.join("intermediate.key").to_str().unwrap(),
+        "--force",
+    ])
+    .fails(1, "pathLenConstraint 0");
+    assert_eq!(e.tree(), before);
+    assert_eq!(std::fs::read(pki.join("intermediate.key")).unwrap(), key);
+}
+
+#[test]
 fn csr_asking_for_ca_is_refused() {
     let e = initialised();
     e.openssl(&[

@@ -63,6 +63,9 @@ pub enum Error {
     /// The issuing certificate is not a CA or may not sign certificates.
     #[error("{0} is not a CA certificate allowed to sign certificates")]
     NotACa(String),
+    /// Signing a CA certificate under this issuer would exceed its pathLenConstraint.
+    #[error("{issuer} has pathLenConstraint {path_len}: a CA it signs would never validate (sign intermediates with the root)")]
+    PathLenExceeded { issuer: String, path_len: u32 },
     /// The CA's subject cannot be written, byte for byte, as the issuer name of what mtls
     /// signs: the certificates and CRLs would not chain to the CA.
     #[error("cannot sign with CA {subject:?}: its subject would not be reproduced exactly as the issuer name of the certificates and CRLs signed with it, so they would not verify ({reason}); use a CA whose subject has each attribute type once")]

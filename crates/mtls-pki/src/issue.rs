@@ -236,6 +236,8 @@ pub struct CaCert {
     subject: String,
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
+    /// Its basicConstraints pathLenConstraint: how many CAs may follow it in a path.
+    path_len: Option<u32>,
 }
 
 impl std::fmt::Debug for CaCert {
@@ -255,12 +257,9 @@ impl CaCert {
     pub fn new(der: CertificateDer<'static>, key: PrivateKey) -> Result<Self> {
         let cert = pem_io::parse_certificate(&der)?;
         let subject = cert.subject().to_string();
-        let is_ca = cert
-            .basic_constraints()
-            .ok()
-            .flatten()
-            .map(|bc| bc.value.ca)
-            .unwrap_or(false);
+        let constraints = cert.basic_constraints().ok().flatten().map(|bc| bc.value);
+        let is_ca = constraints.is_some_and(|bc| bc.ca);
+        let path_len = constraints.and_then(|bc| bc.path_len_constraint);
         let can_sign = match cert.key_usage() {
             Ok(Some(ku)) => ku.value.key_cert_sign(),
             Ok(None) => true,
@@ -284,6 +283,7 @@ impl CaCert {
             subject,
             not_before,
             not_after,
+            path_len,
         })
     }
 
@@ -469,6 +469,13 @@ pub fn new_intermediate(
     lifetime: Duration,
     path_len: u8,
 ) -> Result<CaCert> {
+    // A CA under an issuer whose pathLenConstraint it would exceed never validates.
+    if let Some(max) = root.path_len.filter(|max| u32::from(path_len) >= *max) {
+        return Err(Error::PathLenExceeded {
+            issuer: root.subject().to_string(),
+            path_len: max,
+        });
+    }
     let (not_before, not_after) = root.window(now, lifetime)?;
     let serial = Serial::random()?;
     let mut params = ca_params(
