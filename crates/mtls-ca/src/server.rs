@@ -129,21 +129,79 @@ async fn own_credential(ca: &Authority, names: &[String]) -> Result<mtls_tls::Cr
     Ok(stapled(ca, &cred).await)
 }
 
+/// How often the CA looks whether its own TLS certificate was revoked (by an administrator,
+/// another instance sharing the database, or `mtls revoke` on the inventory): a revoked
+/// certificate is replaced within about this long. One indexed read of the revocation epoch
+/// per check; the certificate itself is looked up only when the epoch moved.
+const OWN_REVOCATION_CHECK: Duration = Duration::from_secs(1);
+/// How often the time-based renewal is considered.
+const OWN_RENEWAL_CHECK: Duration = Duration::from_secs(600);
+/// The pause after a failed replacement (the CA cannot issue: the database went away…).
+const OWN_RETRY: Duration = Duration::from_secs(30);
+
+/// Whether the CA's current TLS certificate is recorded revoked. `seen` is the revocation
+/// epoch at the last complete check: unchanged, nothing was revoked since.
+async fn own_revoked(ca: &Authority, cred: &mtls_tls::Credential, seen: &mut Option<i64>) -> bool {
+    let epoch = match ca.store().revocation_epoch().await {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::debug!(error = %e, "reading the revocation epoch for the CA's own certificate");
+            return false;
+        }
+    };
+    if *seen == Some(epoch) {
+        return false;
+    }
+    let Some(serial) = cred
+        .certified
+        .cert
+        .first()
+        .and_then(|leaf| mtls_pki::pem_io::parse_certificate(leaf).ok())
+        .map(|leaf| mtls_pki::Serial::from_be_bytes(leaf.raw_serial()))
+    else {
+        return false;
+    };
+    match ca.store().get(&serial, OffsetDateTime::now_utc()).await {
+        Ok(record) => {
+            *seen = Some(epoch);
+            record.is_some_and(|r| r.revoked_at.is_some())
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "looking up the CA's own certificate");
+            false
+        }
+    }
+}
+
+/// Keeps the CA's TLS certificate usable: renewed with 10 days of its 30 left, and replaced
+/// at once when it is revoked (clients that check revocation would refuse it until its
+/// time-based renewal, up to 20 days later).
 async fn rotate_own_certificate(
     ca: Arc<Authority>,
     names: Vec<String>,
     own: Arc<OwnCertificate>,
     mut shutdown: Shutdown,
 ) {
+    let mut seen_epoch = None;
+    let mut next_time_check = tokio::time::Instant::now() + OWN_RENEWAL_CHECK;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(600)) => {}
+            _ = tokio::time::sleep(OWN_REVOCATION_CHECK) => {}
             _ = shutdown.wait() => return,
         }
-        let not_after = own.current.load().not_after;
-        // 30-day certificates: renew with 10 days left.
-        if OffsetDateTime::now_utc() < not_after - time::Duration::days(10) {
+        let current = own.current.load_full();
+        let revoked = own_revoked(&ca, &current, &mut seen_epoch).await;
+        let mut due = false;
+        if tokio::time::Instant::now() >= next_time_check {
+            next_time_check = tokio::time::Instant::now() + OWN_RENEWAL_CHECK;
+            // 30-day certificates: renewed with 10 days left.
+            due = OffsetDateTime::now_utc() >= current.not_after - time::Duration::days(10);
+        }
+        if !revoked && !due {
             continue;
+        }
+        if revoked {
+            tracing::warn!("the CA's own TLS certificate was revoked: replacing it");
         }
         match own_credential(&ca, &names).await {
             Ok(c) => {
@@ -151,7 +209,14 @@ async fn rotate_own_certificate(
                 own.current.store(Arc::new(c));
             }
             Err(e) => {
-                tracing::error!(error = %e, "renewing the CA's TLS certificate failed; retrying")
+                tracing::error!(error = %e, "renewing the CA's TLS certificate failed; retrying");
+                // Both checks again after the pause: the revoked one is still revoked.
+                seen_epoch = None;
+                next_time_check = tokio::time::Instant::now();
+                tokio::select! {
+                    _ = tokio::time::sleep(OWN_RETRY) => {}
+                    _ = shutdown.wait() => return,
+                }
             }
         }
     }

@@ -1619,3 +1619,67 @@ fn anonymous_connections_to_the_ca_get_the_header_read_timeout() {
         "the verified connection was closed after {closed:?}"
     );
 }
+
+/// The serial of the TLS certificate the CA presents (as openssl prints it), and the
+/// certificate's PEM.
+fn ca_tls_certificate(env: &Env, server: &CaServer) -> (String, String) {
+    use std::process::{Command, Stdio};
+    let addr = server.url().trim_start_matches("https://").to_string();
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", &addr, "-showcerts", "-CAfile"])
+        .arg(env.pki().join("root.crt"))
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let begin = text
+        .find("-----BEGIN CERTIFICATE-----")
+        .expect("a certificate");
+    let end = text[begin..].find("-----END CERTIFICATE-----").unwrap() + begin + 25;
+    let pem = text[begin..end].to_string();
+    let file = env.write("ca-tls.pem", pem.as_bytes());
+    (ca::serial_of(env, &file), pem)
+}
+
+/// An administrator (here `mtls revoke` on the inventory, as after a leak of the CA host's TLS
+/// key) revokes the CA's own TLS certificate: the CA presents a new one within seconds instead
+/// of serving the revoked one until its time-based renewal (20 days later), and the new one is
+/// good at the CA's responder.
+#[test]
+fn a_revoked_ca_tls_certificate_is_replaced_within_seconds() {
+    use std::time::Instant;
+    let env = Env::new();
+    env.mtls(&["ca", "init"]).ok();
+    let server = CaServer::start(&env, "ca", None, "");
+    let (revoked, _) = ca_tls_certificate(&env, &server);
+    env.mtls(&["revoke", &revoked, "--reason", "key-compromise"])
+        .ok();
+    let start = Instant::now();
+    let (serial, pem) = loop {
+        let (serial, pem) = ca_tls_certificate(&env, &server);
+        if serial != revoked {
+            break (serial, pem);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the CA still presents its revoked certificate {revoked} after 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let file = env.write("ca-tls-new.pem", pem.as_bytes());
+    let answer = ca::ocsp(&env, &server, &env.pki().join("intermediate.crt"), &file);
+    assert!(
+        answer.contains(": good"),
+        "new certificate {serial}: {answer}"
+    );
+    assert!(
+        server
+            .stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("own TLS certificate was revoked")),
+        "the replacement is logged"
+    );
+}
