@@ -101,8 +101,10 @@ impl Ledger {
     }
 
     /// A CRL numbered `number` was signed: keep it and raise the issuer's mark. A number at or
-    /// below the mark means the database went back in time under a running CA: refused, the
-    /// CRL must not be published.
+    /// below the mark is refused (the CRL must not be published): either the database went
+    /// back in time under a running CA, or another process sharing this ledger recorded a
+    /// later CRL first ([`crate::Store::sign_crl`] tells the two apart and builds a fresh CRL
+    /// in the second case).
     pub fn record_crl(&self, issuer_key: &str, number: u64, der: &[u8]) -> Result<()> {
         self.update(|m| {
             let mark = m.crl_numbers.entry(issuer_key.to_string()).or_default();

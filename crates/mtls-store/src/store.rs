@@ -16,6 +16,10 @@ use crate::{
     ListFilter, NewToken, Result, RevocationEvent, TokenRecord,
 };
 
+/// CRLs [`Store::sign_crl`] builds before it gives up when, each time, another process sharing
+/// the ledger recorded a later one first.
+const MAX_CRL_ATTEMPTS: u32 = 16;
+
 /// Where the inventory lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Location {
@@ -413,21 +417,40 @@ impl Store {
         // Before a CRL number is taken: a nextUpdate past the year 9999 is refused here.
         let next_update =
             mtls_pki::issue::end_of(this_update, lifetime).map_err(crate::Error::Crl)?;
-        // Number and entries from one transaction: a CRL built at the same time elsewhere
-        // never gets a higher number with fewer revocations.
-        let (number, entries) = self.crl_snapshot(&issuer_key, actor, this_update).await?;
-        let der = mtls_pki::revocation::build_crl(issuer, number, this_update, lifetime, &entries)
-            .map_err(crate::Error::Crl)?;
-        if let Some(ledger) = &self.ledger {
-            ledger.record_crl(&issuer_key, number, &der)?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            // Number and entries from one transaction: a CRL built at the same time elsewhere
+            // never gets a higher number with fewer revocations.
+            let (number, entries) = self.crl_snapshot(&issuer_key, actor, this_update).await?;
+            let der =
+                mtls_pki::revocation::build_crl(issuer, number, this_update, lifetime, &entries)
+                    .map_err(crate::Error::Crl)?;
+            if let Some(ledger) = &self.ledger {
+                match ledger.record_crl(&issuer_key, number, &der) {
+                    Ok(()) => {}
+                    // Another process sharing the ledger (`mtls crl` beside `mtls ca serve`)
+                    // allocated a later number and recorded it first: this CRL is late, not
+                    // the database rolled back (that one would be at or below our number).
+                    // Not published (it is older than the recorded one): build a fresh one.
+                    Err(e @ Error::RolledBack { .. }) => {
+                        let allocated = self.crl_number(&issuer_key).await?.unwrap_or(0);
+                        if allocated > number && attempt < MAX_CRL_ATTEMPTS {
+                            continue;
+                        }
+                        return Err(e);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            return Ok(crate::SignedCrl {
+                der,
+                number,
+                entries: entries.len(),
+                this_update,
+                next_update,
+            });
         }
-        Ok(crate::SignedCrl {
-            der,
-            number,
-            entries: entries.len(),
-            this_update,
-            next_update,
-        })
     }
 
     /// Every revoked certificate of `issuer_key`, for a CRL.

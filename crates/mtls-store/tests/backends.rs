@@ -638,6 +638,80 @@ async fn a_higher_crl_number_never_lists_fewer_revocations_on_postgres() {
     .await;
 }
 
+/// Two processes on one host (`mtls crl` beside `mtls ca serve`) share the CA's ledger: one
+/// may allocate CRL number n, the other n + 1 and record it first. The first is late, not
+/// rolled back: it must not fail with `RolledBack` (and must not publish a CRL older than the
+/// one recorded); a database really behind the ledger is still refused (see
+/// `a_restored_database_is_refused_until_reconciled`).
+async fn crl_builders_sharing_a_ledger_see_no_false_rollback(location: Location) {
+    let pki = mtls_test_util::TestPki::new("crl-ledger");
+    let issuer = std::sync::Arc::new(pki.intermediate);
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = || mtls_store::Ledger::new(dir.path().join("ledger"));
+    let a = Store::open(&location)
+        .await
+        .unwrap()
+        .with_ledger(ledger())
+        .await
+        .unwrap();
+    let b = Store::open(&location)
+        .await
+        .unwrap()
+        .with_ledger(ledger())
+        .await
+        .unwrap();
+    let now = OffsetDateTime::now_utc();
+    let builders: Vec<_> = [a.clone(), b.clone(), a, b]
+        .into_iter()
+        .map(|store| {
+            let issuer = issuer.clone();
+            tokio::spawn(async move {
+                let mut numbers = Vec::new();
+                // Bounded: 60 CRLs per builder.
+                for _ in 0..60 {
+                    let crl = store
+                        .sign_crl(&issuer, "test", now, time::Duration::days(1))
+                        .await
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    numbers.push((crl.number, crl.der));
+                }
+                numbers
+            })
+        })
+        .collect();
+    let mut numbers = Vec::new();
+    for b in builders {
+        numbers.extend(b.await.unwrap());
+    }
+    numbers.sort_by_key(|(n, _)| *n);
+    numbers.dedup_by_key(|(n, _)| *n);
+    assert_eq!(numbers.len(), 240, "every CRL returned has its own number");
+    // The ledger keeps the newest CRL and its number.
+    let issuer_key = mtls_pki::inspect::sha256_hex(&issuer.key().public_key_spki());
+    let (last_number, last_der) = numbers.last().unwrap();
+    let marks = ledger().marks().unwrap();
+    assert_eq!(marks.crl_numbers.get(&issuer_key), Some(last_number));
+    assert_eq!(
+        ledger().last_crl(&issuer_key).unwrap().as_deref(),
+        Some(last_der.as_ref())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crl_builders_sharing_a_ledger_see_no_false_rollback_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    crl_builders_sharing_a_ledger_see_no_false_rollback(Location::Sqlite(dir.path().join("c.db")))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crl_builders_sharing_a_ledger_see_no_false_rollback_on_postgres() {
+    crl_builders_sharing_a_ledger_see_no_false_rollback(Location::Postgres(
+        mtls_test_util::fresh_postgres_database(),
+    ))
+    .await;
+}
+
 /// Renewals recorded before the `renews` column existed (their `renews` empty) are read back
 /// from the audit log when the inventory is opened, once, so a key-compromise revocation
 /// follows them too.
