@@ -316,6 +316,28 @@ fn intermediate(pki: &Path, a: IntermediateArgs) -> Result<ExitCode> {
         files::check_writable(&p, a.key.force)?;
     }
     let root: CaCert = load_ca(&a.root_cert, &a.root_key, &a.ca_key.source())?;
+    // `root.crt` is the trust anchor clients are given: one left by another root (an earlier
+    // `ca init`, a root rotated offline) made every chain of the new intermediate fail to
+    // verify. Replaced with --force, refused otherwise, before anything is written.
+    let root_differs = match std::fs::read(dir.root_cert()) {
+        Ok(bytes) => {
+            let first = mtls_pki::pem_io::certificates(&bytes)
+                .ok()
+                .and_then(|c| c.into_iter().next());
+            first.as_ref() != Some(root.der())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.root_cert().display())),
+    };
+    if root_differs {
+        files::check_writable(&dir.root_cert(), a.key.force).with_context(|| {
+            format!(
+                "{} is not the certificate of --root-cert {} (another root CA's?); --force replaces it",
+                dir.root_cert().display(),
+                a.root_cert.display()
+            )
+        })?;
+    }
     let passphrase = if a.key.encrypt {
         Some(a.key.source().new_secret()?)
     } else {
@@ -335,12 +357,12 @@ fn intermediate(pki: &Path, a: IntermediateArgs) -> Result<ExitCode> {
         dir.open_inventory()?;
     }
     let mut staged = stage_intermediate(&dir, &inter, &root, &a.key, pass)?;
-    if !dir.root_cert().exists() {
+    if root_differs || !dir.root_cert().exists() {
         staged.push(files::stage(
             &dir.root_cert(),
             root.pem().as_bytes(),
             Visibility::Public,
-            false,
+            root_differs,
         )?);
     }
     for s in staged {

@@ -386,6 +386,85 @@ fn an_intermediate_cannot_sign_another_ca() {
     assert_eq!(std::fs::read(pki.join("intermediate.key")).unwrap(), key);
 }
 
+/// `pki/root.crt` is what clients are given as trust anchor: an intermediate made under
+/// another root (rotated offline) must not leave the old one there, or every chain fails to
+/// verify. Refused without --force (nothing written), replaced with it.
+#[test]
+fn an_intermediate_under_another_root_does_not_keep_the_old_root_crt() {
+    let e = initialised();
+    let pki = e.pki();
+    e.openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "other-root.key",
+        "-out",
+        "other-root.crt",
+        "-days",
+        "3650",
+        "-subj",
+        "/CN=Other Root",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ])
+    .ok();
+    std::fs::set_permissions(
+        e.path("other-root.key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let args = [
+        "ca",
+        "intermediate",
+        "--root-cert",
+        &e.p("other-root.crt"),
+        "--root-key",
+        &e.p("other-root.key"),
+        "--force",
+    ];
+    // Rotating the intermediate under the new root (--force for the intermediate's files).
+    let old_root = std::fs::read(pki.join("root.crt")).unwrap();
+    e.mtls(&args).ok();
+    assert!(
+        std::fs::read(pki.join("root.crt")).unwrap()
+            == std::fs::read(e.path("other-root.crt")).unwrap(),
+        "root.crt still holds the old root"
+    );
+    e.openssl(&[
+        "verify",
+        "-CAfile",
+        pki.join("root.crt").to_str().unwrap(),
+        pki.join("intermediate.crt").to_str().unwrap(),
+    ])
+    .ok();
+    // A directory holding only another root's root.crt: refused without --force, nothing
+    // written.
+    for f in [
+        "intermediate.crt",
+        "intermediate.key",
+        "ca-chain.pem",
+        "inventory.db",
+        "root.key",
+    ] {
+        std::fs::remove_file(pki.join(f)).unwrap();
+    }
+    std::fs::write(pki.join("root.crt"), &old_root).unwrap();
+    let before = e.tree();
+    e.mtls(&args[..6])
+        .fails(2, "is not the certificate of --root-cert");
+    assert_eq!(e.tree(), before);
+    // The same root: root.crt is kept as it is, no --force needed for it.
+    std::fs::copy(e.path("other-root.crt"), pki.join("root.crt")).unwrap();
+    e.mtls(&args[..6]).ok();
+}
+
 #[test]
 fn csr_asking_for_ca_is_refused() {
     let e = initialised();
