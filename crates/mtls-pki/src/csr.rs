@@ -211,3 +211,32 @@ fn csr_public_key(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<
         algorithm,
     })
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A subject attribute encoded as something other than a string type mtls reads (here a
+    /// BMPString organisation) is refused, naming the attribute.
+    #[test]
+    fn a_subject_attribute_that_is_not_a_string_is_named() {
+        let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "app");
+        params.distinguished_name.push(
+            rcgen::DnType::OrganizationName,
+            rcgen::DnValue::BmpString("Acme".try_into().unwrap()),
+        );
+        let csr = params.serialize_request(key.key_pair()).unwrap();
+        match parse(csr.der()) {
+            Err(Error::InvalidName { value, reason }) => {
+                assert_eq!(value, "O");
+                assert!(reason.contains("not a string"), "{reason}");
+            }
+            other => panic!("expected InvalidName, got {other:?}"),
+        }
+    }
+}

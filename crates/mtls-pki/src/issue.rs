@@ -55,21 +55,26 @@ impl Subject {
     /// The fields mtls issues (CN, O, OU, C; the first of each) read from a name, as a CSR or
     /// a certificate carries it. A field that is not a string is refused.
     pub fn from_name(name: &x509_parser::x509::X509Name<'_>) -> Result<Self> {
-        let get = |oid: &x509_parser::der_parser::oid::Oid<'_>| -> Result<Option<String>> {
-            match name.iter_by_oid(oid).next() {
-                None => Ok(None),
-                Some(attr) => attr
-                    .as_str()
-                    .map(|s| Some(s.to_string()))
-                    .map_err(|_| Error::CsrRefused("a subject attribute is not a string".into())),
-            }
-        };
+        let get =
+            |oid: &x509_parser::der_parser::oid::Oid<'_>, field: &str| -> Result<Option<String>> {
+                match name.iter_by_oid(oid).next() {
+                    None => Ok(None),
+                    Some(attr) => {
+                        attr.as_str()
+                            .map(|s| Some(s.to_string()))
+                            .map_err(|_| Error::InvalidName {
+                                value: field.to_string(),
+                                reason: "the subject attribute is not a string",
+                            })
+                    }
+                }
+            };
         use x509_parser::oid_registry as oids;
         Ok(Subject {
-            common_name: get(&oids::OID_X509_COMMON_NAME)?.unwrap_or_default(),
-            organization: get(&oids::OID_X509_ORGANIZATION_NAME)?,
-            organizational_unit: get(&oids::OID_X509_ORGANIZATIONAL_UNIT)?,
-            country: get(&oids::OID_X509_COUNTRY_NAME)?,
+            common_name: get(&oids::OID_X509_COMMON_NAME, "CN")?.unwrap_or_default(),
+            organization: get(&oids::OID_X509_ORGANIZATION_NAME, "O")?,
+            organizational_unit: get(&oids::OID_X509_ORGANIZATIONAL_UNIT, "OU")?,
+            country: get(&oids::OID_X509_COUNTRY_NAME, "C")?,
         })
     }
 
