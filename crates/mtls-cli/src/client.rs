@@ -520,8 +520,13 @@ pub fn tunnel(a: TunnelArgs) -> Result<ExitCode> {
                                 }
                             }
                         };
-                        // Any byte either way through the TLS side is progress.
+                        // Any byte either way is progress. Both sides are bounded: with only
+                        // the TLS side, a local client that stops reading stalled the copy on
+                        // its write, the TLS side was never polled again and the timer never
+                        // looked at (the connection and its slot were held for ever).
                         let mut tls = mtls_tls::IdleTimeout::new(tls, idle_timeout);
+                        // Borrowed: the client is closed after the reason is printed.
+                        let mut local = mtls_tls::IdleTimeout::new(&mut local, idle_timeout);
                         tokio::select! {
                             copied = tokio::io::copy_bidirectional(&mut local, &mut tls) => {
                                 copied.map_err(|e| match e.kind() {

@@ -437,6 +437,86 @@ fn tunnel_closes_connections_idle_for_longer_than_its_idle_timeout() {
     assert!(stderr.contains("without traffic"), "{stderr}");
 }
 
+/// A local client that connects and then neither reads nor writes, while the server keeps
+/// sending: the tunnel's buffers fill, nothing moves in either direction, and `--idle-timeout`
+/// must still close the connection (it waited on the local write for ever, holding its slot).
+#[test]
+fn tunnel_idle_timeout_closes_a_local_client_that_stops_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    // A TCP upstream that sends to every connection until it is closed (at most 256 MB).
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up_addr = upstream.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in upstream.incoming().take(4) {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let chunk = vec![b'x'; 64 * 1024];
+                for _ in 0..4096 {
+                    if s.write_all(&chunk).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let args: Vec<String> = [
+        "--listen",
+        "127.0.0.1:0",
+        "--mode",
+        "tcp",
+        "--cert",
+        &Files::p(&f.server_chain()),
+        "--key",
+        &Files::p(&f.server_key()),
+        "--client-ca",
+        &Files::p(&f.ca_chain()),
+        "--crl",
+        &Files::p(&f.crl()),
+        "--upstream",
+        &up_addr.to_string(),
+        "--allow-cn",
+        "tunnel-user",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let g = Gateway::start(&args);
+    let c = f.client("tunnel-user");
+    let local = free_port();
+    let mut t = start_tunnel_with(&f, &c, local, g.port(), &["--idle-timeout", "1s"]);
+    let conn = connect_local(local);
+    let started = std::time::Instant::now();
+    // The tunnel says why it closed the connection; without the bound it never does.
+    let stderr = t.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut said = Vec::new();
+    let closed = loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) if line.contains("without traffic") => break true,
+            Ok(line) => said.push(line),
+            Err(_) if started.elapsed() > Duration::from_secs(20) => break false,
+            Err(_) => {}
+        }
+    };
+    let _ = t.kill();
+    let _ = t.wait();
+    drop(conn);
+    assert!(
+        closed,
+        "the stalled connection was not closed within 20 s: {said:?}"
+    );
+}
+
 #[test]
 fn request_with_an_encrypted_key() {
     let dir = tempfile::tempdir().unwrap();
