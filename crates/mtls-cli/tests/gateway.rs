@@ -87,6 +87,18 @@ fn spoofed_identity_headers_never_reach_upstream() {
             "X-Real-IP: 10.6.6.6",
             "-H",
             "X-Forwarded-Proto: http-evil",
+            // Path overrides: checked as `/`, served as another path by upstreams that
+            // honour them.
+            "-H",
+            "X-Original-URL: /evil-admin",
+            "-H",
+            "X-Rewrite-URL: /evil-admin",
+            "-H",
+            "X-Original-URI: /evil-admin",
+            "-H",
+            "X-Forwarded-Uri: /evil-admin",
+            "-H",
+            "X-Forwarded-Prefix: /evil-admin",
             "-H",
             "X-Secret-Role: admin",
             "-H",

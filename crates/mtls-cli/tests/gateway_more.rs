@@ -205,6 +205,114 @@ fn upgrade_upstream() -> std::net::SocketAddr {
     addr
 }
 
+/// An upstream that switches to h2c whenever a request carries `Upgrade` (as a lenient h2c
+/// server, or one answering 101 to anything, does) and then keeps the raw bytes it receives;
+/// other requests get `200 ok`. Every request head (lower-cased) and every byte after a switch
+/// land in the returned list.
+fn switching_upstream() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let seen2 = seen.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming().take(16) {
+            let Ok(mut s) = s else { continue };
+            let seen = seen2.clone();
+            std::thread::spawn(move || loop {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if s.read(&mut b).unwrap_or(0) == 0 || head.len() > 65_536 {
+                        return;
+                    }
+                    head.push(b[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                let switch = head.contains("\r\nupgrade:");
+                seen.lock().unwrap().push(head);
+                if !switch {
+                    if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        .is_err()
+                    {
+                        return;
+                    }
+                    continue;
+                }
+                let _ = s.write_all(
+                    b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+                );
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 {
+                        return;
+                    }
+                    seen.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase());
+                }
+                return;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// h2c smuggling: a client asks to switch to h2c (with `HTTP2-Settings`); were it forwarded,
+/// an upstream that accepts would turn the connection into a raw tunnel in which the client
+/// talks to it directly, past route policies and with identity headers of its own. Only
+/// WebSocket switches are forwarded: the h2c request goes upstream as a plain request without
+/// `Upgrade` or `HTTP2-Settings`; and an upstream answering a WebSocket request with a switch
+/// to another protocol gets a 502.
+#[test]
+fn only_websocket_upgrades_are_forwarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let (up, seen) = switching_upstream();
+    let mut args = http_args(&f, &Upstream::start(), &["--allow-any-trusted"]);
+    let i = args.iter().position(|a| a == "--upstream").unwrap();
+    args[i + 1] = format!("http://{up}");
+    let g = Gateway::start(&args);
+    let c = f.client("smuggler");
+    let out = common::gw::s_client(
+        &g,
+        &f,
+        Some(&c),
+        &["-quiet", "-alpn", "http/1.1"],
+        &[
+            b"GET /public HTTP/1.1\r\nHost: localhost\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\nConnection: Upgrade, HTTP2-Settings\r\n\r\n",
+            b"GET /admin HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-Client-Cert: Hash=00;Subject=\"CN=admin\"\r\n\r\n",
+        ],
+    );
+    assert!(
+        !out.contains(" 101 "),
+        "the switch reached the client: {out}"
+    );
+    assert!(out.contains("HTTP/1.1 200"), "{out}");
+    let seen = seen.lock().unwrap().join("\n---\n");
+    assert!(
+        !seen.contains("upgrade:") && !seen.contains("http2-settings"),
+        "the upgrade reached the upstream: {seen}"
+    );
+    assert!(
+        !seen.contains("cn=admin"),
+        "a forged identity reached the upstream: {seen}"
+    );
+
+    // A WebSocket request answered with a switch to h2c: not carried.
+    let out = common::gw::s_client(
+        &g,
+        &f,
+        Some(&c),
+        &["-quiet", "-alpn", "http/1.1"],
+        &[b"GET /ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"],
+    );
+    assert!(out.contains("HTTP/1.1 502"), "{out}");
+    assert!(out.contains("BAD_GATEWAY"), "{out}");
+}
+
 #[test]
 fn websocket_upgrade_passes_through() {
     let dir = tempfile::tempdir().unwrap();

@@ -209,8 +209,23 @@ fn host_of(req: &Request<RequestBody>) -> Result<Option<&str>, &'static str> {
     Ok(Some(h.trim_end_matches('.')))
 }
 
+/// The protocol switches forwarded: WebSocket only. Any other (`h2c` above all) would turn the
+/// connection into a raw tunnel to the upstream once it answers 101, in which the client
+/// speaks to it directly: past route policies and with identity headers of its own. Such a
+/// request is forwarded as a plain request, its `Upgrade` removed (as nginx does by default).
+const UPGRADE_PROTOCOL: &str = "websocket";
+
+/// Whether `value` (an `Upgrade` header) names exactly the protocol the gateway forwards.
+fn names_upgrade_protocol(value: Option<&HeaderValue>) -> bool {
+    value
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(UPGRADE_PROTOCOL))
+}
+
 fn is_upgrade(req: &Request<RequestBody>) -> bool {
-    req.headers().contains_key(http::header::UPGRADE)
+    req.method() == http::Method::GET
+        && req.headers().get_all(http::header::UPGRADE).iter().count() == 1
+        && names_upgrade_protocol(req.headers().get(http::header::UPGRADE))
         && req
             .headers()
             .get_all(http::header::CONNECTION)
@@ -441,6 +456,17 @@ pub async fn handle(
                 "BAD_GATEWAY",
                 "the upstream answered with an unrequested protocol switch",
                 &"a protocol switch nobody asked for",
+            );
+        }
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+            && !names_upgrade_protocol(resp.headers().get(http::header::UPGRADE))
+        {
+            // Switched to something else than what was asked: not carried.
+            break 'resp failed(
+                StatusCode::BAD_GATEWAY,
+                "BAD_GATEWAY",
+                "the upstream switched to another protocol than the one asked for",
+                &"a protocol switch to another protocol than websocket",
             );
         }
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {

@@ -19,20 +19,29 @@ pub const IDENTITY_HEADERS: [&str; 6] = [
     "x-client-verify",
 ];
 
-/// Forwarding headers a client could use to pose as another address, host or scheme: the
+/// Forwarding headers a client could use to pose as another address, host, scheme or path: the
 /// gateway is the edge (it terminates the client's TLS), so it sets `X-Forwarded-For` and
-/// `X-Forwarded-Proto` itself and forwards none of these from the client.
-pub const FORWARDING_HEADERS: [&str; 6] = [
+/// `X-Forwarded-Proto` itself and forwards none of these from the client. The path overrides
+/// (`X-Original-URL` and the like, honoured by IIS URL Rewrite, older Symfony and Zend,
+/// Spring's ForwardedHeaderFilter, forward-auth sidecars) would let a request checked against
+/// one route's policy be served as another path.
+pub const FORWARDING_HEADERS: [&str; 11] = [
     "x-forwarded-for",
     "x-forwarded-proto",
     "x-forwarded-host",
     "x-forwarded-port",
     "x-real-ip",
     "forwarded",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-uri",
+    "x-forwarded-uri",
+    "x-forwarded-prefix",
 ];
 
-/// Hop-by-hop headers (RFC 9110 7.6.1) that a proxy must not forward.
-pub const HOP_BY_HOP: [&str; 8] = [
+/// Hop-by-hop headers (RFC 9110 7.6.1) that a proxy must not forward; `HTTP2-Settings`
+/// belongs to an h2c upgrade of this hop (RFC 7540 3.2.1), which the gateway never forwards.
+pub const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -41,6 +50,7 @@ pub const HOP_BY_HOP: [&str; 8] = [
     "te",
     "trailer",
     "transfer-encoding",
+    "http2-settings",
 ];
 
 /// Removes identity and forwarding headers (any case, every duplicate, underscore spellings),
