@@ -959,9 +959,18 @@ fn the_upstream_timeout_counts_from_the_end_of_the_upload() {
         started.elapsed() >= Duration::from_secs(3),
         "the upload was not slow"
     );
-    // An upstream that never answers: 504 one timeout after the request (and its body) went.
+    // An upstream that never answers: 504 one timeout after the request (and its body) went;
+    // and one that does not even read the body (32 MB, more than every buffer on the way
+    // holds): 504 one timeout after it stopped taking it, not never.
     let g = gateway_with_upstream_timeout(dir.path(), silent_server());
-    for extra in [vec![], vec!["--data-binary", "small body"]] {
+    let big = dir.path().join("big");
+    std::fs::write(&big, vec![b'x'; 32 << 20]).unwrap();
+    let big = format!("@{}", big.display());
+    for extra in [
+        vec![],
+        vec!["--data-binary", "small body"],
+        vec!["--data-binary", big.as_str(), "--http1.1"],
+    ] {
         let started = std::time::Instant::now();
         let r = curl(&g, &f, Some(&c), "/", &extra);
         assert_eq!(r.status, 504, "{} {}", r.body, r.stderr);

@@ -23,27 +23,43 @@ pub type UpstreamPool = mtls_client::pool::Pool<Upload>;
 
 /// A request body on its way upstream, noting when its last byte went: the upstream's time to
 /// answer (`upstream_timeout`) counts from there, so a client uploading slowly is not taken for
-/// an upstream that does not answer. While the body is still coming the client's pace rules
-/// (its connection's idle timeout ends a stalled upload, and with it the body).
+/// an upstream that does not answer. While the body is still coming, whose pace it is tells
+/// the two apart: waiting for the client's next bytes is the client's (its connection's idle
+/// timeout ends a stalled upload, and with it the body); holding bytes the upstream does not
+/// take is the upstream's, bounded by `upstream_timeout` like an answer.
 pub struct Upload {
     body: RequestBody,
     /// Only for requests with a body (none is allocated for the others).
-    sent: Option<Arc<Sent>>,
+    progress: Option<Arc<Progress>>,
 }
 
-/// When the body ended (its last frame, or an error); unset while it is still coming.
-type Sent = std::sync::OnceLock<tokio::time::Instant>;
+/// How far a request body got; shared between the body (polled by the upstream connection)
+/// and the request's wait for the answer.
+struct Progress {
+    /// When the body ended (its last frame, or an error); unset while it is still coming.
+    ended: std::sync::OnceLock<tokio::time::Instant>,
+    /// The upstream asked for more and the client has not sent it yet.
+    waiting_for_client: std::sync::atomic::AtomicBool,
+    /// When the upstream connection last took a frame (or the request started).
+    taken: std::sync::Mutex<tokio::time::Instant>,
+}
 
 impl Upload {
-    fn new(body: RequestBody) -> (Self, Option<Arc<Sent>>) {
+    fn new(body: RequestBody) -> (Self, Option<Arc<Progress>>) {
         use hyper::body::Body as _;
-        let sent = (!body.is_end_stream()).then(|| Arc::new(Sent::new()));
+        let progress = (!body.is_end_stream()).then(|| {
+            Arc::new(Progress {
+                ended: std::sync::OnceLock::new(),
+                waiting_for_client: std::sync::atomic::AtomicBool::new(false),
+                taken: std::sync::Mutex::new(tokio::time::Instant::now()),
+            })
+        });
         (
             Upload {
                 body,
-                sent: sent.clone(),
+                progress: progress.clone(),
             },
-            sent,
+            progress,
         )
     }
 }
@@ -56,14 +72,28 @@ impl hyper::body::Body for Upload {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        use std::sync::atomic::Ordering;
         let r = std::pin::Pin::new(&mut self.body).poll_frame(cx);
-        if let (std::task::Poll::Ready(frame), Some(sent)) = (&r, &self.sent) {
-            let last = match frame {
-                Some(Ok(_)) => self.body.is_end_stream(),
-                None | Some(Err(_)) => true,
-            };
-            if last {
-                let _ = sent.set(tokio::time::Instant::now());
+        let Some(progress) = &self.progress else {
+            return r;
+        };
+        match &r {
+            std::task::Poll::Pending => {
+                progress.waiting_for_client.store(true, Ordering::Relaxed);
+            }
+            std::task::Poll::Ready(frame) => {
+                let now = tokio::time::Instant::now();
+                progress.waiting_for_client.store(false, Ordering::Relaxed);
+                if let Ok(mut taken) = progress.taken.lock() {
+                    *taken = now;
+                }
+                let last = match frame {
+                    Some(Ok(_)) => self.body.is_end_stream(),
+                    None | Some(Err(_)) => true,
+                };
+                if last {
+                    let _ = progress.ended.set(now);
+                }
             }
         }
         r
@@ -77,11 +107,12 @@ impl hyper::body::Body for Upload {
 }
 
 /// Waits for `answer` until `timeout` has passed since the later of now and the end of the
-/// request body (`sent`, while it is still coming: no limit); `None` when it did not come in
-/// time.
+/// request body; while the body is still coming, with no limit while the client is the one
+/// to send, and `timeout` from the last frame the upstream took while it is the one not
+/// taking it. `None` when it did not come in time.
 async fn within<T>(
     timeout: std::time::Duration,
-    sent: Option<&Sent>,
+    progress: Option<&Progress>,
     answer: impl std::future::Future<Output = T>,
 ) -> Option<T> {
     let mut answer = std::pin::pin!(answer);
@@ -90,12 +121,24 @@ async fn within<T>(
         tokio::select! {
             r = answer.as_mut() => return Some(r),
             _ = tokio::time::sleep_until(deadline) => {
-                match sent.map(|s| s.get().copied()) {
-                    // Still uploading: the client's pace, not the upstream's.
-                    Some(None) => deadline = tokio::time::Instant::now() + timeout,
-                    Some(Some(ended)) if ended + timeout > deadline => deadline = ended + timeout,
-                    _ => return None,
+                let p = progress?;
+                let now = tokio::time::Instant::now();
+                let until = match p.ended.get() {
+                    Some(ended) => *ended + timeout,
+                    // Still uploading, the client's pace.
+                    None if p.waiting_for_client.load(std::sync::atomic::Ordering::Relaxed) => {
+                        now + timeout
+                    }
+                    // Still uploading, bytes held that the upstream does not take.
+                    None => match p.taken.lock() {
+                        Ok(taken) => *taken + timeout,
+                        Err(_) => return None,
+                    },
+                };
+                if until <= now {
+                    return None;
                 }
+                deadline = until;
             }
         }
     }
@@ -409,10 +452,10 @@ pub async fn handle(
                 );
             }
         }
-        let (body, sent) = Upload::new(body);
+        let (body, progress) = Upload::new(body);
         let upstream_req = Request::from_parts(parts, body);
         let pool = &state.upstream.pool;
-        let result = within(shared.limits.upstream_timeout, sent.as_deref(), async {
+        let result = within(shared.limits.upstream_timeout, progress.as_deref(), async {
             if upgrade {
                 // Rare and large (it opens a connection): boxed, to keep every request's
                 // future small.
