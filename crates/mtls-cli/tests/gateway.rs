@@ -224,6 +224,12 @@ fn sni_host_mismatch_is_421() {
         vec!["--http1.1", "-H", "Host: internal.example:80@localhost"],
         vec!["--http2", "-H", "Host: internal.example:80@localhost"],
         vec!["--http1.1", "--request-target", userinfo.as_str()],
+        // Not host[:port]: passed the comparison with the TLS name, then read by upstreams
+        // that split or normalise it differently as another host.
+        vec!["--http1.1", "-H", "Host: localhost:443,evil.example"],
+        vec!["--http1.1", "-H", "Host: localhost:x y"],
+        vec!["--http1.1", "-H", "Host: [localhost]evil.example"],
+        vec!["--http2", "-H", "Host: localhost:443,evil.example"],
     ] {
         let r = curl(&g, &f, Some(&c), "/", &extra);
         assert_eq!(r.status, 400, "{extra:?}: {}", r.body);

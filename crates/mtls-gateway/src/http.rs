@@ -230,8 +230,8 @@ fn host_of(req: &Request<RequestBody>) -> Result<Option<&str>, &'static str> {
     {
         return Err("user info in the request authority");
     }
-    let raw = match req.uri().host() {
-        Some(h) => h,
+    let raw = match req.uri().authority() {
+        Some(a) => a.as_str(),
         None => match header {
             None => return Ok(None),
             Some(h) => {
@@ -243,13 +243,45 @@ fn host_of(req: &Request<RequestBody>) -> Result<Option<&str>, &'static str> {
             }
         },
     };
-    // Strip a port; keep IPv6 brackets out of the comparison.
-    let h = if let Some(rest) = raw.strip_prefix('[') {
-        rest.split(']').next().unwrap_or("")
-    } else {
-        raw.rsplit_once(':').map(|(h, _)| h).unwrap_or(raw)
-    };
+    let h = host_without_port(raw).ok_or("a host that is not host[:port]")?;
     Ok(Some(h.trim_end_matches('.')))
+}
+
+/// The host of `host[:port]`, or `None` unless it is what a TLS server name can be: a DNS
+/// name or IPv4 address (letters, digits, `-`, `.`, `_`) or a bracketed IPv6 address, and a
+/// port of at most 5 digits. Anything else (`localhost:443,evil.example`,
+/// `[localhost]evil.example`, `localhost:x y`) passed the comparison with the TLS name and
+/// reached upstreams that split or normalise it differently, as another host.
+fn host_without_port(raw: &str) -> Option<&str> {
+    let (host, port) = if let Some(rest) = raw.strip_prefix('[') {
+        let (h, after) = rest.split_once(']')?;
+        let ipv6 = !h.is_empty()
+            && h.bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+        if !ipv6 {
+            return None;
+        }
+        let port = match after {
+            "" => None,
+            a => Some(a.strip_prefix(':')?),
+        };
+        (h, port)
+    } else {
+        let (h, port) = match raw.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (raw, None),
+        };
+        let name = !h.is_empty()
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+        if !name {
+            return None;
+        }
+        (h, port)
+    };
+    // An empty port is allowed (RFC 3986 3.2.3).
+    let port_ok = port.is_none_or(|p| p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    port_ok.then_some(host)
 }
 
 /// The protocol switches forwarded: WebSocket only. Any other (`h2c` above all) would turn the
@@ -595,4 +627,37 @@ pub async fn handle(
         crate::access_log(&line);
     }
     Ok(response)
+}
+
+#[cfg(test)]
+mod host_tests {
+    use super::host_without_port;
+
+    #[test]
+    fn only_host_and_port_pass() {
+        for (raw, host) in [
+            ("localhost", "localhost"),
+            ("LOCALHOST:443", "LOCALHOST"),
+            ("api.example.com.", "api.example.com."),
+            ("127.0.0.1:8443", "127.0.0.1"),
+            ("[::1]:443", "::1"),
+            ("[::1]", "::1"),
+            ("localhost:", "localhost"),
+        ] {
+            assert_eq!(host_without_port(raw), Some(host), "{raw}");
+        }
+        for raw in [
+            "localhost:443,evil.example",
+            "localhost:x y",
+            "[localhost]evil.example",
+            "[::1]evil",
+            "a b",
+            "",
+            ":443",
+            "localhost:123456",
+            "[]:443",
+        ] {
+            assert_eq!(host_without_port(raw), None, "{raw}");
+        }
+    }
 }
