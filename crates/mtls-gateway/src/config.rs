@@ -82,16 +82,24 @@ impl RouteMatch {
         }
     }
 
-    /// Whether `path` starts with `prefix` under this mode.
+    /// Whether `path` starts with `prefix` under this mode. A prefix ending in `/` (written so
+    /// that `/admin/` does not also cover `/administrators`) also covers the path without the
+    /// slash: upstreams commonly serve `/admin` and `/admin/` as the same resource, which
+    /// otherwise fell to the listener's (looser) policy.
     pub fn has_prefix(self, path: &str, prefix: &str) -> bool {
-        match self {
+        let starts = |prefix: &str| match self {
             RouteMatch::Exact => path.starts_with(prefix),
             // Bytes: a prefix length need not fall on a character boundary of the path.
             RouteMatch::CaseInsensitive => path
                 .as_bytes()
                 .get(..prefix.len())
                 .is_some_and(|p| p.eq_ignore_ascii_case(prefix.as_bytes())),
-        }
+        };
+        starts(prefix)
+            || prefix
+                .strip_suffix('/')
+                .filter(|bare| !bare.is_empty() && path.len() == bare.len())
+                .is_some_and(starts)
     }
 }
 
@@ -376,6 +384,21 @@ impl GatewayConfig {
                 return e(
                     "the policy allows nobody: add allow_* rules or allow_any_trusted = true",
                 );
+            }
+            // A prefix no served path can start with: its policy would never apply.
+            if let Some(r) = l.routes.iter().find(|r| {
+                !crate::state::is_canonical_path(&r.path_prefix)
+                    || !l.route_match.can_match(&r.path_prefix)
+            }) {
+                return e(&format!(
+                    "route path_prefix {:?} can never match a request: only canonical paths are routed (starting with '/', no '//', ';', '\\', '.' or '..' segments, no %-escapes of letters, digits, -._~ or /\\;%{})",
+                    r.path_prefix,
+                    if l.route_match == RouteMatch::CaseInsensitive {
+                        ", and ASCII only under route_match = \"case-insensitive\""
+                    } else {
+                        ""
+                    }
+                ));
             }
             // Two routes for the same paths: which policy applies would depend on their order.
             for (i, a) in l.routes.iter().enumerate() {

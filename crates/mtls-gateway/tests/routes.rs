@@ -147,3 +147,58 @@ fn explain_follows_the_route_match() {
         assert!(policy.detail.starts_with(route), "{mode}: {policy:?}");
     }
 }
+
+/// A prefix written with a trailing slash (so that `/admin/` does not also cover
+/// `/administrators`) covers `/admin` itself too: upstreams commonly serve `/admin` and
+/// `/admin/` alike, and it fell to the listener's looser policy.
+#[test]
+fn a_trailing_slash_prefix_covers_the_path_without_it() {
+    let f = Files::new();
+    let up = Upstream::start();
+    let route =
+        "[[listener.route]]\npath_prefix = \"/admin/\"\npolicy = { allow_cn = [\"ops\"] }\n";
+    let g = Gateway::start(&f, up.addr, &["app", "ops"], route);
+    let (app, ops) = (f.client("app"), f.client("ops"));
+    for path in ["/admin", "/admin/", "/admin/users"] {
+        let r = curl(&g, &f, &app, path, &[]);
+        assert_eq!(r.status, 403, "{path}: {} {}", r.body, r.stderr);
+        assert_eq!(curl(&g, &f, &ops, path, &[]).status, 200, "{path}");
+    }
+    for path in ["/administrators", "/adminx", "/api"] {
+        let r = curl(&g, &f, &app, path, &[]);
+        assert_eq!(r.status, 200, "{path}: {} {}", r.body, r.stderr);
+    }
+}
+
+/// A route prefix that no routed request path can start with (routed paths are canonical)
+/// would never apply its policy: refused at load instead of silently ignored.
+#[test]
+fn route_prefixes_that_can_never_match_are_refused() {
+    let f = Files::new();
+    let up = Upstream::start();
+    let route = |prefix: &str| {
+        format!(
+            "[[listener.route]]\npath_prefix = \"{prefix}\"\npolicy = {{ allow_cn = [\"ops\"] }}\n"
+        )
+    };
+    for prefix in ["admin", "/a//b", "/a;b", "/%61dmin", "/a/../b", "/a/./b"] {
+        match Gateway::try_start(&f, up.addr, &["app"], &route(prefix)) {
+            Ok(_) => panic!("started with route prefix {prefix:?}"),
+            Err(e) => assert!(e.to_string().contains("can never match"), "{prefix}: {e}"),
+        }
+    }
+    let e = Gateway::try_start(
+        &f,
+        up.addr,
+        &["app"],
+        &format!(
+            "route_match = \"case-insensitive\"\n{}",
+            route("/caf\u{e9}")
+        ),
+    )
+    .err()
+    .expect("a non-ASCII prefix under case-insensitive matching");
+    assert!(e.to_string().contains("ASCII only"), "{e}");
+    // Canonical prefixes, with a %-escape a request path can carry too, stand.
+    Gateway::start(&f, up.addr, &["app"], &route("/files/a%20b"));
+}
