@@ -412,9 +412,9 @@ impl ClientBuilder {
                 log: log.clone(),
             });
         }
-        if revocation.is_some() {
+        if revocation.is_some() || self.staple == ocsp::StapleCheck::Required {
             // A resumed session skips the verifier: every connection verifies the server's
-            // current status instead.
+            // current status (and, when one is required, its staple) instead.
             config.resumption = rustls::client::Resumption::disabled();
         }
         config

@@ -7,19 +7,15 @@
 //! is used; a broken or half-written replacement is logged and the last good identity stays; it
 //! is tried again every [`RETRY_FAILED_LOAD`](crate::RETRY_FAILED_LOAD) until it loads, since
 //! the fix (a `chmod` of the key, a clock reaching the certificate's start) may change no file.
-//! TLS sessions of the previous identity are forgotten with it, so a resumed session never
-//! speaks for a certificate the client no longer holds.
+//! Connections presenting it are never resumed (see [`crate::client_config_reloading`]), so no
+//! session speaks for a certificate the client no longer holds.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use rustls::client::{
-    ClientSessionMemoryCache, ClientSessionStore, ResolvesClientCert, Tls12ClientSessionValue,
-    Tls13ClientSessionValue,
-};
+use rustls::client::ResolvesClientCert;
 use rustls::sign::CertifiedKey;
-use rustls::{NamedGroup, SignatureScheme};
-use rustls_pki_types::ServerName;
+use rustls::SignatureScheme;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
@@ -95,10 +91,9 @@ impl CredentialFiles {
     }
 }
 
-/// An identity in use, with the TLS sessions made with it.
+/// An identity in use.
 struct Loaded {
     credential: Credential,
-    sessions: Arc<ClientSessionMemoryCache>,
 }
 
 /// A client identity that follows its files. Use it as a rustls client-certificate resolver
@@ -116,8 +111,6 @@ impl std::fmt::Debug for ReloadingIdentity {
     }
 }
 
-const SESSIONS: usize = 256;
-
 impl ReloadingIdentity {
     /// Loads the identity now; an error here is the caller's to report (nothing to fall back
     /// on yet).
@@ -129,7 +122,6 @@ impl ReloadingIdentity {
     fn load(files: &CredentialFiles) -> Result<Arc<Loaded>> {
         Ok(Arc::new(Loaded {
             credential: files.load(OffsetDateTime::now_utc())?,
-            sessions: Arc::new(ClientSessionMemoryCache::new(SESSIONS)),
         }))
     }
 
@@ -139,7 +131,7 @@ impl ReloadingIdentity {
     }
 
     /// Reloads if the files changed since the last look; keeps the last good identity when the
-    /// new files do not load. Returns the identity in use (with its session store).
+    /// new files do not load. Returns the identity in use.
     fn refresh(&self) -> Arc<Loaded> {
         let (loaded, outcome) = self.current.refresh(|_| Self::load(&self.files));
         match outcome {
@@ -161,64 +153,15 @@ impl ReloadingIdentity {
         }
         loaded
     }
-
-    fn sessions(&self) -> Arc<ClientSessionMemoryCache> {
-        self.current.in_use().sessions.clone()
-    }
 }
 
 impl ResolvesClientCert for ReloadingIdentity {
     fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
-        // Changed files are also noticed here, not only when rustls asks the session store
-        // for a ticket: a client without resumption (one that checks the server's revocation
-        // status on every connection) never asks.
+        // Changed files are noticed here, when the server asks for the certificate.
         Some(self.refresh().credential.certified.clone())
     }
 
     fn has_certs(&self) -> bool {
         true
-    }
-}
-
-/// The session store of a [`ReloadingIdentity`]: rustls asks it for a ticket at the start of
-/// every connection, which is where changed files are noticed (and again when the server asks
-/// for the certificate).
-#[derive(Debug)]
-pub(crate) struct Sessions(pub(crate) Arc<ReloadingIdentity>);
-
-impl ClientSessionStore for Sessions {
-    fn set_kx_hint(&self, server_name: ServerName<'static>, group: NamedGroup) {
-        self.0.sessions().set_kx_hint(server_name, group)
-    }
-
-    fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<NamedGroup> {
-        self.0.sessions().kx_hint(server_name)
-    }
-
-    fn set_tls12_session(&self, server_name: ServerName<'static>, value: Tls12ClientSessionValue) {
-        self.0.sessions().set_tls12_session(server_name, value)
-    }
-
-    fn tls12_session(&self, server_name: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
-        self.0.refresh().sessions.tls12_session(server_name)
-    }
-
-    fn remove_tls12_session(&self, server_name: &ServerName<'static>) {
-        self.0.sessions().remove_tls12_session(server_name)
-    }
-
-    fn insert_tls13_ticket(
-        &self,
-        server_name: ServerName<'static>,
-        value: Tls13ClientSessionValue,
-    ) {
-        self.0.sessions().insert_tls13_ticket(server_name, value)
-    }
-
-    fn take_tls13_ticket(
-        &self,
-        server_name: &ServerName<'static>,
-    ) -> Option<Tls13ClientSessionValue> {
-        self.0.refresh().sessions.take_tls13_ticket(server_name)
     }
 }

@@ -318,15 +318,19 @@ pub fn client_config(
 }
 
 /// A client config presenting `identity`, which follows its files: changed files are picked up
-/// when the next connection starts, and sessions of a replaced identity are not resumed.
+/// when the next connection starts. No session is resumed: rustls gives a session store no
+/// way to tell which identity a ticket was made with, so a ticket arriving on a connection
+/// made before a renewal (the mtls gateway sends it with the first answer, seconds or hours
+/// after the handshake) would be resumed after it, the server restoring the old certificate.
+/// Every connection is a full handshake with the certificate in the files.
 pub fn client_config_reloading(
     roots: &[CertificateDer<'static>],
     identity: Arc<ReloadingIdentity>,
     alpn: &[&[u8]],
 ) -> Result<ClientConfig> {
     let mut config = client_config(roots, None, alpn)?;
-    config.client_auth_cert_resolver = identity.clone();
-    config.resumption = rustls::client::Resumption::store(Arc::new(identity::Sessions(identity)));
+    config.client_auth_cert_resolver = identity;
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(config)
 }
 
