@@ -483,10 +483,13 @@ impl ClientBuilder {
     }
 
     /// A `reqwest::Client` for plain `http://` URLs only (CRL distribution points and OCSP
-    /// responders, which are plain HTTP by design: their answers are signed).
+    /// responders, which are plain HTTP by design: their answers are signed). Redirects are
+    /// not followed: anyone on the path (or the responder) could otherwise send a gateway's
+    /// requests, POST bodies included, to internal `http://` addresses of its choosing.
     pub fn build_plain_http(self) -> Result<reqwest::Client, Error> {
         Ok(reqwest::Client::builder()
             .use_preconfigured_tls(refuse_all_config()?)
+            .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .timeout(self.timeout)
             .connect_timeout(self.connect_timeout)

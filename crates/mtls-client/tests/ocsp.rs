@@ -31,6 +31,24 @@ fn responder_answering(body: Vec<u8>) -> String {
     format!("http://{addr}/ocsp")
 }
 
+/// Answers every request with `307` to `location`; returns its URL.
+fn redirecting_to(location: &str) -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let head = format!(
+        "HTTP/1.1 307 Temporary Redirect\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut buf = [0u8; 8192];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(head.as_bytes());
+        }
+    });
+    format!("http://{addr}/ocsp")
+}
+
 /// A "good" answer about `serial`, signed by the intermediate, echoing `nonce`.
 fn signed(pki: &TestPki, serial: &mtls_pki::Serial, nonce: Option<&[u8]>) -> Vec<u8> {
     let issuer = IssuerInfo::from_der(pki.intermediate.der()).unwrap();
@@ -87,6 +105,14 @@ async fn answers_that_do_not_verify_are_refused_with_their_reason() {
     let garbage = responder_answering(b"not an OCSP response".to_vec());
     let e = ask(garbage, false).await.unwrap_err();
     assert_eq!(e.code(), "ocsp_invalid", "{e}");
+
+    // A redirect (here to a responder that would answer well): not followed, so a responder
+    // or anyone on the path cannot send the request to an internal address of its choosing.
+    let target = responder_answering(signed(&pki, &leaf.cert.serial, None));
+    let redirect = redirecting_to(&target);
+    let e = ask(redirect, false).await.unwrap_err();
+    assert_eq!(e.code(), "ocsp_unavailable", "{e}");
+    assert!(e.to_string().contains("307"), "{e}");
 
     // Nobody listening.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
