@@ -50,7 +50,8 @@ pub struct ClientTlsArgs {
     #[arg(long, value_name = "URL")]
     ocsp_responder: Option<String>,
     /// What to do with a server whose revocation status is unknown (no covering CRL, no OCSP
-    /// answer, a silent feed): hard-fail (refuse) or soft-fail (connect, log).
+    /// answer, a silent feed) or whose CRL is past its nextUpdate: hard-fail (refuse) or
+    /// soft-fail (connect, log a warning).
     #[arg(long, default_value = "hard-fail", value_parser = crate::serve::parse_revocation_policy)]
     revocation_policy: mtls_gateway::config::RevocationPolicy,
 }

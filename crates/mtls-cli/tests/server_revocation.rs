@@ -93,7 +93,12 @@ fn request_and_tunnel_refuse_a_revoked_server() {
     request(&foreign).fails(1, "revocation status unknown");
     let mut soft = foreign.to_vec();
     soft.extend(["--revocation-policy", "soft-fail"]);
-    request(&soft).ok();
+    let accepted = request(&soft).ok();
+    assert!(
+        accepted.stderr.contains("soft-fail: accepted"),
+        "a soft-fail acceptance is logged: {}",
+        accepted.stderr
+    );
 
     let local = free_port();
     let tunnel = Tunnel(

@@ -180,12 +180,12 @@ impl ServerRevocation {
             allow_expired_crl: self.soft_fail,
             scope: mtls_verify::CrlScope::default(),
         };
-        let trust = ServerTrust::new(
-            self.crl_files.clone(),
-            roots.to_vec(),
-            options,
-            self.sources.clone(),
-        )?;
+        let mut sources = self.sources.clone();
+        if self.soft_fail && sources.decisions.is_none() {
+            // Soft-fail acceptances are logged (at most once a second), not silent.
+            sources.decisions = Some(Arc::default());
+        }
+        let trust = ServerTrust::new(self.crl_files.clone(), roots.to_vec(), options, sources)?;
         Ok(Some(Arc::new(trust)))
     }
 }
@@ -322,8 +322,8 @@ impl ClientBuilder {
     }
 
     /// Loosening: a server whose revocation status is unknown (no covering CRL, no OCSP
-    /// answer, a silent feed) or whose CRL is past its nextUpdate is accepted; a server known
-    /// to be revoked is still refused.
+    /// answer, a silent feed) or whose CRL is past its nextUpdate is accepted (logged as a
+    /// warning, at most once a second); a server known to be revoked is still refused.
     pub fn soft_fail_revocation(mut self) -> Self {
         self.revocation.soft_fail = true;
         self
