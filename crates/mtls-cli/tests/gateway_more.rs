@@ -914,6 +914,81 @@ allow_any_trusted = true
     Gateway::start(&["--config".into(), Files::p(&path)])
 }
 
+/// Requests in flight upstream are bounded (`limits.max_upstream_requests`): with two held by
+/// an upstream that never answers, a third is answered 503 UPSTREAM_BUSY at once instead of
+/// opening yet another upstream connection; once the two end (504), requests go through
+/// again.
+#[test]
+fn requests_in_flight_upstream_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let c = f.client("busy");
+    let port = free_port();
+    let toml = format!(
+        r#"
+[limits]
+upstream_timeout = "3s"
+max_upstream_requests = 2
+[[listener]]
+listen = "127.0.0.1:{port}"
+upstream = "http://{}"
+client_ca = ["ca-chain.pem"]
+[[listener.certificate]]
+cert = "server.chain.pem"
+key = "server.key"
+[listener.policy]
+allow_any_trusted = true
+"#,
+        silent_server()
+    );
+    let path = dir.path().join("busy.toml");
+    std::fs::write(&path, toml).unwrap();
+    let g = Gateway::start(&["--config".into(), Files::p(&path)]);
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let url = g.url("/slow");
+            let (root, chain, key) = (f.root(), c.chain.clone(), c.key.clone());
+            std::thread::spawn(move || {
+                Command::new("curl")
+                    .args([
+                        "-sS",
+                        "--max-time",
+                        "10",
+                        "-o",
+                        "/dev/null",
+                        "-w",
+                        "%{http_code}",
+                    ])
+                    .arg("--cacert")
+                    .arg(root)
+                    .arg("--cert")
+                    .arg(chain)
+                    .arg("--key")
+                    .arg(key)
+                    .arg(url)
+                    .output()
+                    .unwrap()
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    let started = std::time::Instant::now();
+    let r = curl(&g, &f, Some(&c), "/third", &[]);
+    assert_eq!(r.status, 503, "{} {}", r.body, r.stderr);
+    assert!(r.body.contains("UPSTREAM_BUSY"), "{}", r.body);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "answered at once"
+    );
+    for h in held {
+        let out = h.join().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "504");
+    }
+    // The slots are free again: the next request reaches the (silent) upstream.
+    let r = curl(&g, &f, Some(&c), "/after", &[]);
+    assert_eq!(r.status, 504, "{} {}", r.body, r.stderr);
+}
+
 #[test]
 fn the_upstream_timeout_counts_from_the_end_of_the_upload() {
     let dir = tempfile::tempdir().unwrap();

@@ -289,6 +289,12 @@ pub struct Limits {
     /// Maximum size of a request head (HTTP/1) or header list (HTTP/2).
     pub max_header_bytes: usize,
     pub max_connections: usize,
+    /// HTTP mode: most requests in flight to the upstreams of all listeners, each holding an
+    /// upstream connection until its answer is read (WebSocket tunnels included). Past it a
+    /// request is answered `503 UPSTREAM_BUSY` at once: without a bound, the streams of a few
+    /// HTTP/2 clients held against slow routes opened one upstream socket each until the
+    /// process ran out of file descriptors and no listener could accept.
+    pub max_upstream_requests: usize,
     /// How often certificate, CA, CRL and key files are checked for changes.
     #[serde(with = "mtls_serve::duration::serde")]
     pub reload_poll: Duration,
@@ -304,6 +310,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(3600),
             max_header_bytes: 16 * 1024,
             max_connections: 10_000,
+            max_upstream_requests: 4_096,
             reload_poll: Duration::from_secs(1),
         }
     }

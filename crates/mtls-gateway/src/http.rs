@@ -484,6 +484,15 @@ pub async fn handle(
                 );
             }
         }
+        // Held until the answer has been read (or the tunnel closed).
+        let Ok(upstream_slot) = shared.upstream_slots.clone().try_acquire_owned() else {
+            refusal = Some("upstream_busy");
+            break 'resp json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UPSTREAM_BUSY",
+                "too many requests in flight to the upstream; retry later",
+            );
+        };
         let (body, progress) = Upload::new(body);
         let upstream_req = Request::from_parts(parts, body);
         let pool = &state.upstream.pool;
@@ -551,6 +560,7 @@ pub async fn handle(
                 let path = path.clone();
                 let checked = state.generation;
                 tokio::spawn(async move {
+                    let _slot = upstream_slot;
                     if let (Ok(c), Ok(u)) = (client_upgrade.await, upstream_upgrade.await) {
                         let mut c = TokioIo::new(c);
                         let mut u = TokioIo::new(u);
@@ -572,6 +582,13 @@ pub async fn handle(
                 resp.headers_mut().remove(http::header::CONTENT_LENGTH);
             }
             identity::strip(resp.headers_mut(), &[], false);
+            resp = resp.map(|body| {
+                body.map_frame(move |frame| {
+                    let _held = &upstream_slot;
+                    frame
+                })
+                .boxed()
+            });
         }
         resp
     };

@@ -45,6 +45,8 @@ pub struct Shared {
     pub ocsp_stats: Option<Arc<mtls_client::ocsp_check::OcspStats>>,
     /// The OCSP checker (its cache, for metrics).
     pub ocsp: Option<Arc<mtls_client::ocsp_check::OcspChecker>>,
+    /// Requests in flight upstream, shared by every listener (`limits.max_upstream_requests`).
+    pub upstream_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// A started gateway.
@@ -97,6 +99,12 @@ pub async fn start(config: GatewayConfig, config_path: Option<PathBuf>) -> Resul
             }
         }
     }
+    let upstream_slots = Arc::new(tokio::sync::Semaphore::new(
+        config
+            .limits
+            .max_upstream_requests
+            .min(tokio::sync::Semaphore::MAX_PERMITS),
+    ));
     let mut shared_all = Vec::new();
     let mut listeners = Vec::new();
     let mut addrs = Vec::new();
@@ -132,6 +140,7 @@ pub async fn start(config: GatewayConfig, config_path: Option<PathBuf>) -> Resul
             feed_stats,
             ocsp_stats,
             ocsp,
+            upstream_slots: upstream_slots.clone(),
         }));
         listeners.push(listener);
     }

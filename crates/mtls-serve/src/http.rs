@@ -39,13 +39,19 @@ pub struct Http {
     header_read_timeout: Duration,
 }
 
+/// HTTP/2 streams one connection may have open at once (RFC 9113 recommends at least 100).
+pub const MAX_CONCURRENT_STREAMS: u32 = 100;
+
 /// The hyper connection builders for these limits.
 pub fn builder(limits: &HttpLimits) -> Http {
     // Only connections that opened with the HTTP/2 preface reach it.
     let mut auto = Builder::new(TokioExecutor::new()).http2_only();
     auto.http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        // Said, not left to hyper's default (200): the requests one connection may have in
+        // flight at once, each of which may hold an upstream connection or a handler.
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
     let mut http1 = hyper::server::conn::http1::Builder::new();
     http1
         .timer(TokioTimer::new())
