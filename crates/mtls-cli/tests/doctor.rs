@@ -597,6 +597,68 @@ upstream_ca = [\"{good_bundle}\"]\nclient_ca = [\"{client_ca}\"]\n\
     assert_eq!(code, 0);
 }
 
+/// A key the configuration names that mtls cannot load (encrypted with PBKDF2-HMAC-SHA1, the
+/// default of OpenSSL 1.0 and BouncyCastle) is an error of the configuration, which would not
+/// start, not an informational "unchecked" note; the same key beside a certificate that no
+/// configuration names stays a note.
+#[test]
+fn a_configured_key_mtls_cannot_load_is_an_error() {
+    let env = Env::new();
+    let pki = TestPki::new("gwkey");
+    let now = OffsetDateTime::now_utc();
+    let server = pki.leaf_at(
+        Profile::Server,
+        "gw.example",
+        &["gw.example"],
+        now,
+        Duration::days(90),
+    );
+    let server_pem = write_pem(&env, "server.pem", "CERTIFICATE", &[&server.cert.der]);
+    let bundle = write_pem(&env, "bundle.pem", "CERTIFICATE", &[&pki.root_der()]);
+    env.write_secret("plain.key", server.key.to_pem().as_bytes());
+    let pass = env.write_secret("server.pass", b"pw\n");
+    env.openssl(&[
+        "pkcs8",
+        "-topk8",
+        "-in",
+        &env.p("plain.key"),
+        "-passout",
+        "pass:pw",
+        "-v2",
+        "aes-256-cbc",
+        "-v2prf",
+        "hmacWithSHA1",
+        "-out",
+        &env.p("server.key"),
+    ])
+    .ok();
+    std::fs::set_permissions(
+        env.path("server.key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::remove_file(env.path("plain.key")).unwrap();
+    let gw = env.write(
+        "gateway.toml",
+        format!(
+            "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\nupstream = \"http://127.0.0.1:1\"\n\
+client_ca = [\"{}\"]\n[listener.policy]\nallow_cn = [\"app\"]\n\
+[[listener.certificate]]\ncert = \"{}\"\nkey = \"{}\"\nkey_passphrase_file = \"{}\"\n",
+            bundle,
+            server_pem,
+            env.p("server.key"),
+            pass.display(),
+        )
+        .as_bytes(),
+    );
+    let (code, found) = doctor(&env, &["--config", gw.to_str().unwrap()]);
+    assert!(
+        found.contains(&("unreadable".to_string(), "server.key".to_string())),
+        "{found:?}"
+    );
+    assert_eq!(code, 1);
+}
+
 /// A file name that is not UTF-8 is reported (as displayed) in the JSON output, not a panic.
 #[test]
 fn json_output_survives_file_names_that_are_not_utf8() {

@@ -484,7 +484,7 @@ fn audit_chain(
     }
     audit_leaf(p, leaf, parsed.get(1), options, report);
     match key {
-        Some((key, passphrase)) => check_key_match(p, leaf, key, passphrase, report),
+        Some((key, passphrase)) => check_key_match(p, leaf, key, passphrase, true, report),
         None => audit_sibling_key(p, leaf, report),
     }
 }
@@ -670,17 +670,20 @@ fn audit_sibling_key(p: &Path, leaf: &X509Certificate<'_>, report: &mut Report) 
     };
     let key_path = p.with_file_name(format!("{stem}.key"));
     if key_path.exists() {
-        check_key_match(p, leaf, &key_path, None, report);
+        check_key_match(p, leaf, &key_path, None, false, report);
     }
 }
 
 /// Whether the key in `key_path` is the one of certificate `leaf` (in `p`); a key that cannot
-/// be read or parsed is a finding of its own, never a pass.
+/// be read or parsed is a finding of its own, never a pass. `configured`: a configuration
+/// names the key for mtls to load, so a key mtls cannot load (an algorithm or encryption it
+/// does not support) is an error, not a note: that server would not start.
 fn check_key_match(
     p: &Path,
     leaf: &X509Certificate<'_>,
     key_path: &Path,
     passphrase: Option<&[u8]>,
+    configured: bool,
     report: &mut Report,
 ) {
     let Some(bytes) = read_or_report(key_path, report) else {
@@ -697,6 +700,15 @@ fn check_key_match(
                     key_path.display()
                 ),
                 "audit through the configuration that names the key's passphrase file (`mtls doctor --config`)",
+            );
+            return;
+        }
+        Err(e @ mtls_pki::Error::UnsupportedKey(_)) if configured => {
+            report.add(
+                "unreadable",
+                key_path,
+                format!("mtls cannot load this key, which the configuration names: {e}"),
+                "convert the key as the message says, or issue a new certificate with a new key",
             );
             return;
         }
