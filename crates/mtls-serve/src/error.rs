@@ -16,6 +16,9 @@ pub struct ApiError {
     pub code: &'static str,
     /// Short human-readable message.
     pub message: String,
+    /// When to try again, sent as `Retry-After` (whole seconds, rounded up): with `429` and
+    /// `503` answers whose end is known.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl ApiError {
@@ -25,7 +28,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// The same answer with a `Retry-After` header.
+    pub fn with_retry_after(mut self, after: std::time::Duration) -> Self {
+        self.retry_after = Some(after);
+        self
     }
 
     /// `400 Bad Request` with `code`.
@@ -94,6 +104,11 @@ impl ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if let Some(after) = self.retry_after {
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
         r
     }
 }
@@ -144,6 +159,21 @@ mod tests {
         assert_eq!(body["error"]["message"], "certificate is revoked");
         let r: Response<http_body_util::Full<Bytes>> = revoked.to_response();
         assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
+        assert!(r.headers().get(header::RETRY_AFTER).is_none());
+    }
+
+    /// `Retry-After` in whole seconds, rounded up (an earlier retry would be refused again).
+    #[test]
+    fn retry_after_is_sent_in_whole_seconds() {
+        let e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED", "later");
+        for (after, want) in [(1500, "2"), (60_000, "60"), (0, "1")] {
+            let r: Response<http_body_util::Full<Bytes>> = e
+                .clone()
+                .with_retry_after(std::time::Duration::from_millis(after))
+                .to_response();
+            assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+            assert_eq!(r.headers()[header::RETRY_AFTER], want, "{after} ms");
+        }
     }
 
     /// The server's own details (an OCSP responder's address and error, a parser's message)
