@@ -469,7 +469,10 @@ impl Authority {
         };
         let previous = Serial::from_str(&rec.serial)
             .map_err(|e| ApiError::internal(format!("stored serial: {e}")))?;
-        let kind = IssueKind::Renewal { previous };
+        let kind = IssueKind::Renewal {
+            previous,
+            limit: self.settings.renewal_limit,
+        };
         let actor = format!("cert:{}", rec.serial);
         let issued = match csr_pem {
             Some(pem) => {

@@ -13,6 +13,8 @@
 //! crl_lifetime = "1d"
 //! ocsp_lifetime = "1h"
 //! ocsp_signer = "delegated"                    # or "issuer"
+//! max_renewals = 10                            # renewals from one certificate per renewal_window
+//! renewal_window = "1h"                        # (more: 429 RATE_LIMITED with Retry-After)
 //! [admins]                                     # who may revoke others, list, mint tokens
 //! allow_cn = ["ca-admin"]
 //! [revocation_feed]                            # who may follow GET /v1/revocations
@@ -23,6 +25,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use mtls_pki::issue::PublicationUrls;
+use mtls_store::RenewalLimit;
 use mtls_verify::Policy;
 use serde::Deserialize;
 use time::Duration;
@@ -62,6 +65,10 @@ pub struct Config {
     pub idle_timeout: Option<String>,
     #[serde(default)]
     pub ocsp_signer: OcspSigner,
+    /// Most certificates renewed from one certificate within `renewal_window` (default 10).
+    pub max_renewals: Option<u32>,
+    /// The rolling window of `max_renewals` (default 1h).
+    pub renewal_window: Option<String>,
     #[serde(default)]
     pub admins: Policy,
     /// Identities that may follow the revocation feed (administrators may too).
@@ -101,10 +108,25 @@ impl Config {
             crl_lifetime: d(&self.crl_lifetime, defaults.crl_lifetime, "crl_lifetime")?,
             ocsp_lifetime: d(&self.ocsp_lifetime, defaults.ocsp_lifetime, "ocsp_lifetime")?,
             idle_timeout: d(&self.idle_timeout, defaults.idle_timeout, "idle_timeout")?,
+            renewal_limit: RenewalLimit {
+                max: self.max_renewals.unwrap_or(defaults.renewal_limit.max),
+                window: d(
+                    &self.renewal_window,
+                    defaults.renewal_limit.window,
+                    "renewal_window",
+                )?,
+            },
             ocsp_signer: self.ocsp_signer,
             admins: self.admins.clone(),
             feed_subscribers: self.revocation_feed.clone(),
         };
+        if settings.renewal_limit.max == 0 {
+            return Err(Error::Config(
+                "max_renewals = 0 would refuse every renewal: give at least 1 (a client whose \
+                 answer was lost renews again from the same certificate)"
+                    .into(),
+            ));
+        }
         // Checked here, with the check issuance applies: otherwise the CA starts and then
         // refuses every /v1/sign and /v1/renew.
         if let Some(u) = &self.public_url {
@@ -134,6 +156,8 @@ pub struct Settings {
     pub ocsp_lifetime: Duration,
     /// How long a connection may go without traffic before the server closes it.
     pub idle_timeout: Duration,
+    /// How many certificates may be renewed from one certificate, and within what window.
+    pub renewal_limit: RenewalLimit,
     pub ocsp_signer: OcspSigner,
     /// Administrators (mTLS identities). Empty: no remote administration at all.
     pub admins: Policy,
@@ -163,6 +187,12 @@ impl Default for Settings {
             crl_lifetime: Duration::days(1),
             ocsp_lifetime: Duration::hours(1),
             idle_timeout: Duration::seconds(60),
+            // A renewal daemon renews once per certificate, plus a few retries when an answer
+            // is lost; nothing legitimate comes near 10 an hour from one certificate.
+            renewal_limit: RenewalLimit {
+                max: 10,
+                window: Duration::HOUR,
+            },
             ocsp_signer: OcspSigner::Delegated,
             admins: Policy::default(),
             feed_subscribers: Policy::default(),
@@ -219,5 +249,38 @@ mod tests {
             .to_string();
         assert!(e.contains("only http:// URLs"), "{e}");
         assert!(Config::parse("listen = \"127.0.0.1:1\"\ncrl_lifetime = \"x\"\n").is_err());
+    }
+
+    #[test]
+    fn renewal_limit() {
+        let default = Config::parse("listen = \"127.0.0.1:1\"\n").unwrap();
+        assert_eq!(
+            default.settings().unwrap().renewal_limit,
+            RenewalLimit {
+                max: 10,
+                window: Duration::hours(1)
+            }
+        );
+        let c =
+            Config::parse("listen = \"127.0.0.1:1\"\nmax_renewals = 3\nrenewal_window = \"1d\"\n")
+                .unwrap();
+        assert_eq!(
+            c.settings().unwrap().renewal_limit,
+            RenewalLimit {
+                max: 3,
+                window: Duration::days(1)
+            }
+        );
+        for (bad, what) in [
+            ("max_renewals = 0", "max_renewals"),
+            ("max_renewals = -1", "max_renewals"),
+            ("renewal_window = \"60\"", "renewal_window"),
+            ("renewal_window = \"0s\"", "renewal_window"),
+        ] {
+            let e = Config::parse(&format!("listen = \"127.0.0.1:1\"\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(what), "{bad}: {e}");
+        }
     }
 }

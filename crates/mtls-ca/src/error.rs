@@ -47,6 +47,23 @@ pub fn store_error(e: mtls_store::Error) -> ApiError {
                 "INVALID_CERT",
                 format!("certificate {serial}, or a certificate renewed from it, was revoked; it can no longer be renewed: enroll again with a new token"),
             ),
+            // Temporary: the certificate can renew again once older renewals leave the window
+            // (clients retry after Retry-After, not as after a refusal).
+            S::RenewalRateLimited {
+                serial,
+                limit,
+                retry_after,
+            } => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "RATE_LIMITED",
+                format!(
+                    "certificate {serial} was already renewed {} times in the last {}: retry in {}",
+                    limit.max,
+                    mtls_serve::duration::format(limit.window.unsigned_abs()),
+                    mtls_serve::duration::format(retry_after.unsigned_abs()),
+                ),
+            )
+            .with_retry_after(retry_after.unsigned_abs()),
             S::UnknownToken => ApiError::invalid_token("unknown enrollment token"),
             e @ (S::TokenUsed { .. } | S::TokenExpired { .. }) => {
                 ApiError::invalid_token(e.to_string())

@@ -1281,6 +1281,101 @@ fn renewal_keeps_subject_and_lifetime_and_respects_revoked_renewals() {
     );
 }
 
+/// Renewals from one certificate are limited (`max_renewals` within `renewal_window`): a client
+/// may renew twice from the certificate it kept (answers lost), the third time the CA answers
+/// `429 RATE_LIMITED` with `Retry-After`, records nothing, and `mtls renew` says when to try
+/// again and leaves the files alone; renewing from the newest certificate still works.
+#[test]
+fn renewals_from_one_certificate_are_rate_limited() {
+    let env = Env::new();
+    env.mtls(&["ca", "init"]).ok();
+    let server = CaServer::start(
+        &env,
+        "ca",
+        None,
+        "max_renewals = 2\nrenewal_window = \"1h\"\n",
+    );
+    let t = ca::token(&env, "busy", &[], None);
+    ca::enroll(&env, &server, &t, "b", &[]).ok();
+    let cert = env.path("b/cert.pem");
+    let first = env.path("b-first.pem");
+    std::fs::copy(&cert, &first).unwrap();
+    let renew = || {
+        env.mtls(&[
+            "renew",
+            "--cert",
+            &env.p("b/cert.pem"),
+            "--key",
+            &env.p("b/key.pem"),
+            "--ca-url",
+            &server.url(),
+        ])
+    };
+    for _ in 0..2 {
+        std::fs::copy(&first, &cert).unwrap();
+        renew().ok();
+    }
+    let newest = std::fs::read(&cert).unwrap();
+    std::fs::copy(&first, &cert).unwrap();
+    let r = renew().fails(1, "429 RATE_LIMITED");
+    assert!(
+        r.stderr.contains("already renewed 2 times in the last 1h")
+            && r.stderr.contains("retry in"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        std::fs::read(&cert).unwrap(),
+        std::fs::read(&first).unwrap()
+    );
+
+    // The answer itself: the JSON code and a Retry-After within the window.
+    let headers = env.path("headers.txt");
+    let root = env.pki().join("root.crt");
+    let url = format!("{}/v1/renew", server.url());
+    let (status, body) = ca::curl(&[
+        "-D",
+        headers.to_str().unwrap(),
+        "--cacert",
+        root.to_str().unwrap(),
+        "--cert",
+        &env.p("b/cert.pem"),
+        "--key",
+        &env.p("b/key.pem"),
+        "-H",
+        "content-type: application/json",
+        "-d",
+        "{}",
+        &url,
+    ]);
+    expect_error(status, &body, 429, "RATE_LIMITED");
+    let headers = std::fs::read_to_string(&headers).unwrap();
+    let retry_after: u64 = headers
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("retry-after")
+                .then(|| value.trim().parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("no Retry-After: {headers}"));
+    assert!((3000..=3600).contains(&retry_after), "{retry_after}");
+
+    // Refusals record nothing: the enrollment and two renewals.
+    let listed = env.mtls(&["list", "--json"]).ok().stdout;
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&listed).unwrap();
+    let busy = rows
+        .iter()
+        .filter(|r| r["subject"].as_str().unwrap().contains("busy"))
+        .count();
+    assert_eq!(busy, 3, "{listed}");
+
+    // From another certificate (the newest): accepted.
+    std::fs::write(&cert, &newest).unwrap();
+    renew().ok();
+    let (_, metrics) = ca::curl(&[&server.publish("/metrics")]);
+    assert!(metrics.contains("mtls_ca_renewed_total 3"), "{metrics}");
+}
+
 /// Key rotation replaces certificate and key in one atomic rename, so it needs a combined file.
 #[test]
 fn renewal_with_a_new_key_uses_one_combined_file() {

@@ -91,6 +91,15 @@ pub enum Error {
     /// revoked, by the time it was to be recorded.
     #[error("certificate {0}, or a certificate renewed from it, is revoked: it can no longer be renewed")]
     NotRenewable(String),
+    /// A renewal refused because `limit.max` certificates were already renewed from the same
+    /// certificate within `limit.window` (see [`RenewalLimit`]); nothing was recorded. A
+    /// renewal fits again after `retry_after`, when the oldest of those leaves the window.
+    #[error("certificate {serial} was already renewed {} times in the last {} s: it can be renewed again in {} s", .limit.max, .limit.window.whole_seconds(), .retry_after.whole_seconds())]
+    RenewalRateLimited {
+        serial: String,
+        limit: RenewalLimit,
+        retry_after: time::Duration,
+    },
 
     /// Signing a CRL failed (an expired CA, an invalid lifetime).
     /// The record of what this CA published cannot be read or written.
@@ -206,8 +215,46 @@ pub enum IssueKind {
     /// expired meanwhile (another instance raced us) nothing is recorded.
     Enrollment { token_id: String },
     /// Renewal of the certificate with this serial: recorded only if that certificate is still
-    /// unrevoked when the write commits (a revocation racing the renewal wins).
-    Renewal { previous: Serial },
+    /// unrevoked when the write commits (a revocation racing the renewal wins), and if fewer
+    /// than `limit.max` certificates were renewed from it within `limit.window`
+    /// ([`Error::RenewalRateLimited`] otherwise).
+    Renewal {
+        previous: Serial,
+        limit: RenewalLimit,
+    },
+}
+
+/// How often one certificate may be renewed: at most `max` certificates renewed from it (rows
+/// whose `renews` is its serial) within any `window`. Renewing from the same certificate more
+/// than once stays possible (a client whose answer was lost retries with the certificate it
+/// still has), but a holder of a valid key cannot grow the inventory and the revocation
+/// lineages without bound. Checked in the write transaction that records the renewal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RenewalLimit {
+    /// Most renewals from one certificate within `window`.
+    pub max: u32,
+    /// The rolling window.
+    pub window: time::Duration,
+}
+
+impl RenewalLimit {
+    /// Renewals issued after this (Unix seconds, exclusive) count against the limit at `now`.
+    pub(crate) fn window_start(&self, now: OffsetDateTime) -> i64 {
+        ts(now).saturating_sub(self.window.whole_seconds())
+    }
+
+    /// The refusal at `now`, given the issue time (Unix seconds) of the `max`-th most recent
+    /// renewal in the window (see [`RENEWAL_SLOT_SQL`]): a renewal fits again once it leaves.
+    /// Without it (`max` 0), every renewal in the window has left it by `now + window`.
+    pub(crate) fn refusal(&self, serial: String, slot: Option<i64>, now: OffsetDateTime) -> Error {
+        let w = self.window.whole_seconds();
+        let frees_at = slot.unwrap_or(ts(now)).saturating_add(w);
+        Error::RenewalRateLimited {
+            serial,
+            limit: *self,
+            retry_after: time::Duration::seconds(frees_at.saturating_sub(ts(now)).max(1)),
+        }
+    }
 }
 
 /// A recorded certificate.
@@ -408,6 +455,18 @@ pub(crate) const RENEWABLE_SQL: &str =
     SELECT 1 FROM certificates x JOIN d ON x.serial = d.serial WHERE x.revoked_at IS NOT NULL
   )";
 
+/// How many certificates were renewed from `?1` (SQLite) after `?2` (Unix seconds): what
+/// [`RenewalLimit`] counts. (PostgreSQL: the same count inside `ISSUE_SQL`.)
+pub(crate) const RECENT_RENEWALS_SQL: &str =
+    "SELECT COUNT(*) FROM certificates WHERE renews = ?1 AND issued_at > ?2";
+
+/// After a [`RenewalLimit`] refusal: the issue time of the `{nth}`-th most recent renewal from
+/// `{serial}` after `{since}` (`{nth}` is the limit less one: an offset), the renewal whose
+/// leaving the window lets one more in. Placeholders replaced per backend.
+pub(crate) const RENEWAL_SLOT_SQL: &str = "SELECT issued_at FROM certificates
+     WHERE renews = {serial} AND issued_at > {since}
+     ORDER BY issued_at DESC LIMIT 1 OFFSET {nth}";
+
 /// The audit detail of a certificate revoked with `root` because of their renewal lineage.
 pub(crate) fn lineage_revocation_detail(reason: Option<&str>, root: &str) -> String {
     format!(
@@ -430,7 +489,7 @@ pub(crate) fn audit_detail_issue(kind: &IssueKind, cert: &NewCertificate<'_>) ->
             "enroll".into(),
             format!("{} {} token {token_id}", cert.profile, cert.subject),
         ),
-        IssueKind::Renewal { previous } => (
+        IssueKind::Renewal { previous, .. } => (
             "renew".into(),
             format!("{} {} renews {previous}", cert.profile, cert.subject),
         ),

@@ -1102,19 +1102,30 @@ WITH tok AS (
         SELECT 1 FROM certificates x JOIN d ON x.serial = d.serial WHERE x.revoked_at IS NOT NULL
       )
     FOR SHARE
+), recent AS (
+    -- The renewal limit (RenewalLimit): certificates renewed from it after $16, fewer than
+    -- $17. Counted in this statement's snapshot, which holds every renewal this instance
+    -- recorded (its writer runs one statement after the other, earlier batches committed)
+    -- but not those another instance is committing at the same moment: renewals from one
+    -- certificate sent to several instances at once can overshoot, at most the limit per
+    -- instance and window. Accepted: the limit bounds the inventory's growth, it is not an
+    -- exact quota (locking the renewed row would not help: READ COMMITTED re-checks the locked
+    -- row after the wait, not this count).
+    SELECT count(*) AS n FROM certificates WHERE renews = $15 AND issued_at > $16
 ), cert AS (
     INSERT INTO certificates (serial, issuer_key, subject, sans, profile, not_before, not_after,
                               fingerprint, pem, issued_at, renews)
     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $15
     WHERE ($11::text IS NULL OR EXISTS (SELECT 1 FROM tok))
-      AND ($15::text IS NULL OR EXISTS (SELECT 1 FROM prev))
+      AND ($15::text IS NULL OR (EXISTS (SELECT 1 FROM prev) AND (SELECT n FROM recent) < $17))
     ON CONFLICT DO NOTHING
     RETURNING serial
 ), aud AS (
     INSERT INTO audit (at, action, serial, actor, detail)
     SELECT $10, $12, serial, $13, $14 FROM cert
 )
-SELECT (SELECT count(*) FROM tok), (SELECT count(*) FROM cert), (SELECT count(*) FROM prev)";
+SELECT (SELECT count(*) FROM tok), (SELECT count(*) FROM cert), (SELECT count(*) FROM prev),
+       (SELECT n FROM recent)";
 
 /// Records one issuance with [`ISSUE_SQL`] (alone, in a savepoint, or pipelined with others).
 async fn issue(
@@ -1131,9 +1142,14 @@ async fn issue(
         _ => None,
     };
     let previous: Option<String> = match kind {
-        IssueKind::Renewal { previous } => Some(previous.to_string()),
+        IssueKind::Renewal { previous, .. } => Some(previous.to_string()),
         _ => None,
     };
+    let limit = match kind {
+        IssueKind::Renewal { limit, .. } => Some(*limit),
+        _ => None,
+    };
+    let (since, max) = limit.map_or((0, 0), |l| (l.window_start(now), i64::from(l.max)));
     let (action, detail) = audit_detail_issue(kind, &cert.borrowed());
     let rows = q(
         c,
@@ -1155,6 +1171,8 @@ async fn issue(
             &actor,
             &detail,
             &previous,
+            &since,
+            &max,
         ],
     )
     .await?;
@@ -1163,12 +1181,18 @@ async fn issue(
             .and_then(|r| r.try_get::<_, i64>(i).ok())
             .unwrap_or(0)
     };
-    let (consumed, inserted, live_previous) = (count(0), count(1), count(2));
+    let (consumed, inserted, live_previous, recent) = (count(0), count(1), count(2), count(3));
     if inserted == 1 {
         return Ok(WriteResult::Done);
     }
-    if let (Some(previous), 0) = (previous, live_previous) {
-        return Err(OpError::Refused(Error::NotRenewable(previous)));
+    if let Some(previous) = previous {
+        if live_previous == 0 {
+            return Err(OpError::Refused(Error::NotRenewable(previous)));
+        }
+        if let Some(limit) = limit.filter(|l| recent >= i64::from(l.max)) {
+            let slot = renewal_slot(c, &previous, &limit, now).await?;
+            return Err(OpError::Refused(limit.refusal(previous, slot, now)));
+        }
     }
     match token {
         Some(id) if consumed == 0 => Err(OpError::Refused(token_refusal(c, id).await?)),
@@ -1186,6 +1210,30 @@ async fn issue(
         }
         None => Err(OpError::Refused(Error::DuplicateSerial(serial))),
     }
+}
+
+/// See [`crate::RENEWAL_SLOT_SQL`].
+async fn renewal_slot(
+    c: &Conn,
+    previous: &str,
+    limit: &crate::RenewalLimit,
+    now: OffsetDateTime,
+) -> std::result::Result<Option<i64>, OpError> {
+    let Some(nth) = limit.max.checked_sub(1) else {
+        return Ok(None);
+    };
+    let sql = crate::RENEWAL_SLOT_SQL
+        .replace("{serial}", "$1")
+        .replace("{since}", "$2")
+        .replace("{nth}", "$3");
+    let rows = q(
+        c,
+        "look up recent renewals",
+        &sql,
+        &[&previous, &limit.window_start(now), &i64::from(nth)],
+    )
+    .await?;
+    Ok(rows.first().and_then(|r| r.try_get::<_, i64>(0).ok()))
 }
 
 /// Why a token could not be consumed.

@@ -418,12 +418,12 @@ fn issue(
     let serial = cert.serial.to_string();
     let sans = sans_json(cert.sans)?;
     let renews = match kind {
-        IssueKind::Renewal { previous } => Some(previous.to_string()),
+        IssueKind::Renewal { previous, .. } => Some(previous.to_string()),
         _ => None,
     };
     match kind {
         IssueKind::Enrollment { token_id } => consume_token(conn, token_id, &serial, now)?,
-        IssueKind::Renewal { previous } => {
+        IssueKind::Renewal { previous, limit } => {
             let previous = previous.to_string();
             let live = conn
                 .prepare_cached(crate::RENEWABLE_SQL)
@@ -432,6 +432,7 @@ fn issue(
             if !live {
                 return Err(Error::NotRenewable(previous));
             }
+            check_renewal_limit(conn, previous, limit, now)?;
         }
         IssueKind::Direct => {}
     }
@@ -463,6 +464,38 @@ fn issue(
     }
     let (action, detail) = audit_detail_issue(kind, cert);
     insert_audit(conn, now, &action, Some(&serial), actor, &detail)
+}
+
+/// Refuses a renewal from `previous` once `limit` is reached. Inside the writer's transaction
+/// (which holds SQLite's write lock): renewals in flight at the same time are counted one after
+/// the other, even from several processes, so the limit is never overshot.
+fn check_renewal_limit(
+    conn: &Connection,
+    previous: String,
+    limit: &crate::RenewalLimit,
+    now: OffsetDateTime,
+) -> Result<()> {
+    let since = limit.window_start(now);
+    let recent: i64 = conn
+        .prepare_cached(crate::RECENT_RENEWALS_SQL)
+        .and_then(|mut s| s.query_row(params![previous, since], |r| r.get(0)))
+        .map_err(db("count recent renewals"))?;
+    if recent < i64::from(limit.max) {
+        return Ok(());
+    }
+    let slot: Option<i64> = match limit.max.checked_sub(1) {
+        None => None,
+        Some(nth) => {
+            let sql = crate::RENEWAL_SLOT_SQL
+                .replace("{serial}", "?1")
+                .replace("{since}", "?2")
+                .replace("{nth}", "?3");
+            conn.query_row(&sql, params![previous, since, nth], |r| r.get(0))
+                .optional()
+                .map_err(db("look up recent renewals"))?
+        }
+    };
+    Err(limit.refusal(previous, slot, now))
 }
 
 fn consume_token(conn: &Connection, id: &str, serial: &str, now: OffsetDateTime) -> Result<()> {

@@ -4,8 +4,16 @@
 
 use mtls_pki::revocation::RevocationReason;
 use mtls_pki::Serial;
-use mtls_store::{CertificateToRecord, Error, IssueKind, ListFilter, Location, Status, Store};
+use mtls_store::{
+    CertificateToRecord, Error, IssueKind, ListFilter, Location, RenewalLimit, Status, Store,
+};
 use time::OffsetDateTime;
+
+/// The online CA's default renewal limit: 10 renewals from one certificate per hour.
+const LIMIT: RenewalLimit = RenewalLimit {
+    max: 10,
+    window: time::Duration::HOUR,
+};
 
 fn cert(subject: &str) -> CertificateToRecord {
     let serial = Serial::random().unwrap();
@@ -94,6 +102,7 @@ async fn renewal_of_a_revoked_certificate_is_refused(location: Location) {
         .unwrap();
     let renew = |c: &CertificateToRecord| IssueKind::Renewal {
         previous: c.serial.clone(),
+        limit: LIMIT,
     };
     let refused = store
         .record_issued(cert("CN=a"), renew(&revoked), "test", now)
@@ -132,6 +141,154 @@ async fn renewal_of_a_revoked_certificate_is_refused_on_postgres() {
     .await;
 }
 
+/// At most `max` certificates renewed from one certificate within the window: one more is
+/// refused (`RenewalRateLimited`, saying when one fits again) and records nothing; a renewal
+/// from another certificate (the one just renewed, the usual next step) is not affected; once
+/// the oldest renewal has left the window, the certificate renews again.
+async fn renewals_from_one_certificate_are_limited(location: Location) {
+    let store = Store::open(&location).await.unwrap();
+    let t0 = OffsetDateTime::UNIX_EPOCH + time::Duration::days(1);
+    let minutes = |m: i64| t0 + time::Duration::minutes(m);
+    let limit = RenewalLimit {
+        max: 3,
+        window: time::Duration::HOUR,
+    };
+    let renew = |c: &CertificateToRecord| IssueKind::Renewal {
+        previous: c.serial.clone(),
+        limit,
+    };
+    let a = cert("CN=a");
+    store
+        .record_issued(a.clone(), IssueKind::Direct, "t", t0)
+        .await
+        .unwrap();
+    // Three renewals from a, ten minutes apart (a client retrying after lost answers).
+    let mut renewed = Vec::new();
+    for m in [0, 10, 20] {
+        let r = cert("CN=a");
+        store
+            .record_issued(r.clone(), renew(&a), "t", minutes(m))
+            .await
+            .unwrap();
+        renewed.push(r);
+    }
+    let limited = |e: Error| match e {
+        Error::RenewalRateLimited {
+            serial,
+            limit: l,
+            retry_after,
+        } => {
+            assert_eq!((serial, l), (a.serial.to_string(), limit));
+            retry_after
+        }
+        other => panic!("{other:?}"),
+    };
+    // A fourth: refused until the first (at 0) leaves the window, at 60.
+    let e = store
+        .record_issued(cert("CN=a"), renew(&a), "t", minutes(30))
+        .await
+        .unwrap_err();
+    assert_eq!(limited(e), time::Duration::minutes(30));
+    let recorded = |n: usize| {
+        let store = store.clone();
+        async move {
+            let all = store
+                .list(&ListFilter::default(), minutes(30))
+                .await
+                .unwrap();
+            assert_eq!(all.len(), n, "certificates");
+            assert_eq!(store.audit(100).await.unwrap().len(), n, "audit entries");
+        }
+    };
+    recorded(4).await;
+    // From another certificate: accepted.
+    store
+        .record_issued(cert("CN=a"), renew(&renewed[2]), "t", minutes(30))
+        .await
+        .unwrap();
+    recorded(5).await;
+    // A second before the first renewal leaves the window: refused; then accepted.
+    let almost = minutes(60) - time::Duration::SECOND;
+    let e = store
+        .record_issued(cert("CN=a"), renew(&a), "t", almost)
+        .await
+        .unwrap_err();
+    assert_eq!(limited(e), time::Duration::SECOND);
+    store
+        .record_issued(cert("CN=a"), renew(&a), "t", minutes(60))
+        .await
+        .unwrap();
+    // And full again (10, 20 and 60 in the window): until 10 leaves it, at 70.
+    let e = store
+        .record_issued(cert("CN=a"), renew(&a), "t", minutes(60))
+        .await
+        .unwrap_err();
+    assert_eq!(limited(e), time::Duration::minutes(10));
+}
+
+#[tokio::test]
+async fn renewals_from_one_certificate_are_limited_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    renewals_from_one_certificate_are_limited(Location::Sqlite(dir.path().join("inv.db"))).await;
+}
+
+#[tokio::test]
+async fn renewals_from_one_certificate_are_limited_on_postgres() {
+    renewals_from_one_certificate_are_limited(Location::Postgres(
+        mtls_test_util::fresh_postgres_database(),
+    ))
+    .await;
+}
+
+/// Renewals from one certificate queued together (one batch, one transaction) are counted
+/// one after the other: exactly `max` of them are recorded, the rest refused.
+async fn renewals_in_one_batch_are_counted_one_by_one(location: Location) {
+    let store = Store::open(&location).await.unwrap();
+    let now = OffsetDateTime::UNIX_EPOCH + time::Duration::days(1);
+    let a = cert("CN=a");
+    store
+        .record_issued(a.clone(), IssueKind::Direct, "t", now)
+        .await
+        .unwrap();
+    let limit = RenewalLimit {
+        max: 5,
+        window: time::Duration::HOUR,
+    };
+    let results = futures_util::future::join_all((0..40).map(|_| {
+        store.record_issued(
+            cert("CN=a"),
+            IssueKind::Renewal {
+                previous: a.serial.clone(),
+                limit,
+            },
+            "t",
+            now,
+        )
+    }))
+    .await;
+    let accepted = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(accepted, 5, "{results:?}");
+    for r in results.into_iter().filter_map(Result::err) {
+        assert!(matches!(r, Error::RenewalRateLimited { .. }), "{r:?}");
+    }
+    let all = store.list(&ListFilter::default(), now).await.unwrap();
+    assert_eq!(all.len(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewals_in_one_batch_are_counted_one_by_one_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    renewals_in_one_batch_are_counted_one_by_one(Location::Sqlite(dir.path().join("inv.db"))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewals_in_one_batch_are_counted_one_by_one_on_postgres() {
+    renewals_in_one_batch_are_counted_one_by_one(Location::Postgres(
+        mtls_test_util::fresh_postgres_database(),
+    ))
+    .await;
+}
+
 /// A key-compromise revocation reaches every certificate renewed from the compromised one
 /// (a chain a → b → c, and a second renewal of a), each with a feed sequence number and an
 /// audit entry, but not an unrelated certificate or one already revoked; any other reason
@@ -141,6 +298,7 @@ async fn key_compromise_reaches_renewals(location: Location) {
     let now = OffsetDateTime::UNIX_EPOCH + time::Duration::days(1);
     let renew = |c: &CertificateToRecord| IssueKind::Renewal {
         previous: c.serial.clone(),
+        limit: LIMIT,
     };
     let record = |c: &CertificateToRecord, kind| {
         let store = store.clone();
@@ -277,6 +435,7 @@ async fn key_compromise_reaches_same_key_ancestors(location: Location) {
     );
     let renew = |c: &CertificateToRecord| IssueKind::Renewal {
         previous: c.serial.clone(),
+        limit: LIMIT,
     };
     for (c, kind) in [
         (&g, IssueKind::Direct),
@@ -337,6 +496,7 @@ async fn counts_leave_out_superseded_certificates(location: Location) {
     };
     let renew = |c: &CertificateToRecord| IssueKind::Renewal {
         previous: c.serial.clone(),
+        limit: LIMIT,
     };
     let (a, b, c, d, e, f) = (
         with_end(days(3)),
@@ -725,6 +885,7 @@ async fn renewals_from_before_the_lineage_column_are_followed(
         let store = Store::open(&location).await.unwrap();
         let renew = |c: &CertificateToRecord| IssueKind::Renewal {
             previous: c.serial.clone(),
+            limit: LIMIT,
         };
         for (cert, kind) in [
             (&a, IssueKind::Direct),
@@ -803,6 +964,7 @@ async fn no_renewal_from_before_a_revoked_renewal(location: Location) {
     let now = OffsetDateTime::UNIX_EPOCH + time::Duration::days(1);
     let renew = |c: &CertificateToRecord| IssueKind::Renewal {
         previous: c.serial.clone(),
+        limit: LIMIT,
     };
     let (a, b, b2, c, d) = (
         cert("CN=a"),
@@ -882,6 +1044,11 @@ async fn key_compromise_reaches_any_number_of_renewals() {
                 c.clone(),
                 IssueKind::Renewal {
                     previous: a.serial.clone(),
+                    // As high as a CA may be configured (or an inventory from before the limit).
+                    limit: RenewalLimit {
+                        max: u32::MAX,
+                        window: time::Duration::HOUR,
+                    },
                 },
                 "thief",
                 now,
