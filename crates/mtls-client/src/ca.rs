@@ -186,9 +186,9 @@ impl CaClient {
                 .http1_only()
                 .build()?,
         };
-        let (status, body) = probe.call(Method::GET, "/v1/roots.pem", None).await?;
+        let (status, headers, body) = probe.call(Method::GET, "/v1/roots.pem", None).await?;
         if status != StatusCode::OK {
-            return Err(refused(status, &body));
+            return Err(refused(status, &headers, &body));
         }
         let roots = mtls_pki::pem_io::certificates(&body)
             .map_err(|e| Error::Protocol(format!("roots.pem: {e}")))?;
@@ -211,10 +211,8 @@ impl CaClient {
         method: Method,
         path: &str,
         body: Option<Vec<u8>>,
-    ) -> Result<(StatusCode, Bytes), Error> {
-        self.call_limited(method, path, body, MAX_RESPONSE)
-            .await
-            .map(|(status, _, body)| (status, body))
+    ) -> Result<(StatusCode, http::HeaderMap, Bytes), Error> {
+        self.call_limited(method, path, body, MAX_RESPONSE).await
     }
 
     async fn call_limited(
@@ -253,11 +251,11 @@ impl CaClient {
     /// `wait` for one (the client's timeout must be longer).
     pub async fn revocations(&self, after: i64, wait: Duration) -> Result<FeedPage, Error> {
         let path = format!("/v1/revocations?after={after}&wait={}ms", wait.as_millis());
-        let (status, _, body) = self
+        let (status, headers, body) = self
             .call_limited(Method::GET, &path, None, MAX_FEED_RESPONSE)
             .await?;
         if status != StatusCode::OK {
-            return Err(refused(status, &body));
+            return Err(refused(status, &headers, &body));
         }
         serde_json::from_slice(&body)
             .map_err(|e| Error::Protocol(format!("revocation feed answer: {e}")))
@@ -270,7 +268,7 @@ impl CaClient {
             .call_limited(Method::GET, "/v1/crl", None, MAX_CRL_RESPONSE)
             .await?;
         if status != StatusCode::OK {
-            return Err(refused(status, &body));
+            return Err(refused(status, &headers, &body));
         }
         let seq = headers
             .get(mtls_verify::FEED_POSITION_HEADER)
@@ -280,11 +278,11 @@ impl CaClient {
     }
 
     async fn post_json(&self, path: &str, body: serde_json::Value) -> Result<Bytes, Error> {
-        let (status, resp) = self
+        let (status, headers, resp) = self
             .call(Method::POST, path, Some(body.to_string().into_bytes()))
             .await?;
         if !status.is_success() {
-            return Err(refused(status, &resp));
+            return Err(refused(status, &headers, &resp));
         }
         Ok(resp)
     }
@@ -355,7 +353,13 @@ fn issued(body: &[u8]) -> Result<Issued, Error> {
     serde_json::from_slice(body).map_err(|e| Error::Protocol(format!("certificate answer: {e}")))
 }
 
-fn refused(status: StatusCode, body: &[u8]) -> Error {
+/// `Retry-After` in its delta-seconds form (what the CA sends; an HTTP date is ignored).
+fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
+    let v = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
+    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+fn refused(status: StatusCode, headers: &http::HeaderMap, body: &[u8]) -> Error {
     let v: Option<serde_json::Value> = serde_json::from_slice(body).ok();
     let field = |k: &str| {
         v.as_ref()
@@ -369,6 +373,7 @@ fn refused(status: StatusCode, body: &[u8]) -> Error {
         code: field("code").unwrap_or_else(|| "HTTP".into()),
         message: field("message")
             .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(200).collect()),
+        retry_after: retry_after(headers),
     }
 }
 
@@ -402,17 +407,46 @@ mod tests {
 
     #[test]
     fn refusals_keep_the_seed_error_shape() {
+        let none = http::HeaderMap::new();
         let e = refused(
             StatusCode::FORBIDDEN,
+            &none,
             br#"{"error":{"code":"CERT_EXPIRED","message":"enroll again"}}"#,
         );
         assert!(
-            matches!(e, Error::Refused { status: 403, ref code, .. } if code == "CERT_EXPIRED")
+            matches!(e, Error::Refused { status: 403, ref code, retry_after: None, .. } if code == "CERT_EXPIRED")
         );
         // A body that is not ours still says something.
-        let e = refused(StatusCode::BAD_GATEWAY, b"<html>proxy</html>");
+        let e = refused(StatusCode::BAD_GATEWAY, &none, b"<html>proxy</html>");
         assert!(
-            matches!(e, Error::Refused { status: 502, ref code, ref message } if code == "HTTP" && message.contains("proxy"))
+            matches!(e, Error::Refused { status: 502, ref code, ref message, .. } if code == "HTTP" && message.contains("proxy"))
         );
+    }
+
+    /// The CA's `Retry-After` (seconds) comes with the refusal; a date or garbage is left out.
+    #[test]
+    fn refusals_keep_retry_after() {
+        let body = br#"{"error":{"code":"RATE_LIMITED","message":"later"}}"#;
+        let with = |v: &'static str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(http::header::RETRY_AFTER, http::HeaderValue::from_static(v));
+            refused(StatusCode::TOO_MANY_REQUESTS, &h, body)
+        };
+        assert!(matches!(
+            with("1800"),
+            Error::Refused { status: 429, retry_after: Some(d), .. } if d == Duration::from_secs(1800)
+        ));
+        for ignored in ["Wed, 21 Oct 2015 07:28:00 GMT", "-5", "soon"] {
+            assert!(
+                matches!(
+                    with(ignored),
+                    Error::Refused {
+                        retry_after: None,
+                        ..
+                    }
+                ),
+                "{ignored}"
+            );
+        }
     }
 }

@@ -100,6 +100,9 @@ pub enum Error {
         code: String,
         /// Error message from the body, else the first 200 characters of the body.
         message: String,
+        /// The answer's `Retry-After` (delta-seconds form), when it has one: the CA refused
+        /// for now (`429 RATE_LIMITED`, a `503`) and says when to try again.
+        retry_after: Option<std::time::Duration>,
     },
     /// The CA's root does not have the pinned fingerprint.
     #[error("the CA's root certificate has fingerprint {found}, expected {expected}: refusing to trust it")]

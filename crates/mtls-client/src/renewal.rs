@@ -104,7 +104,8 @@ pub fn backoff(attempt: u32, remaining: Duration) -> Duration {
 }
 
 /// Whether a failed renewal may succeed if simply tried again soon: the CA or the network
-/// was unavailable. Anything else (the CA refused, a local file is unusable, the renewed
+/// was unavailable, or the CA asked to be asked later (`429`, e.g. `RATE_LIMITED`: too many
+/// renewals from this certificate lately). Anything else (the CA refused, a local file is unusable, the renewed
 /// certificate was refused after the CA issued it) repeats until someone acts, and each try
 /// may cost the CA a certificate: those are retried far less often ([`backoff_after`]).
 pub fn is_transient(e: &Error) -> bool {
@@ -115,10 +116,18 @@ pub fn is_transient(e: &Error) -> bool {
     }
 }
 
+/// Longest a CA's `Retry-After` holds a retry back: a CA (or a proxy in front of it) asking
+/// for more is asked again after this.
+pub const MAX_RETRY_AFTER: Duration = Duration::hours(6);
+
 /// Delay before retry `attempt` after `e`: [`backoff`] for a transient failure; otherwise
 /// from 15 minutes, doubling up to 6 hours, at most half the time left (but at least 5
 /// minutes). Spread by up to ±10 % (`jitter` in [-1, 1]) so a fleet does not retry in step.
+/// When the CA's answer said when to retry (`Retry-After`, e.g. with `429 RATE_LIMITED`), not
+/// before then (up to [`MAX_RETRY_AFTER`]; spread by up to 10 % later): an earlier try is
+/// refused again, and each costs the CA a signature.
 pub fn backoff_after(e: &Error, attempt: u32, remaining: Duration, jitter: f64) -> Duration {
+    let jitter = jitter.clamp(-1.0, 1.0);
     let base = if is_transient(e) {
         backoff(attempt, remaining)
     } else {
@@ -128,7 +137,19 @@ pub fn backoff_after(e: &Error, attempt: u32, remaining: Duration, jitter: f64) 
             .min(remaining / 2_i32)
             .max(Duration::minutes(5))
     };
-    (base + base * (0.1 * jitter.clamp(-1.0, 1.0))).max(Duration::seconds(1))
+    let delay = (base + base * (0.1 * jitter)).max(Duration::seconds(1));
+    match e {
+        Error::Refused {
+            retry_after: Some(after),
+            ..
+        } => {
+            let after = Duration::try_from(*after)
+                .unwrap_or(MAX_RETRY_AFTER)
+                .min(MAX_RETRY_AFTER);
+            delay.max(after + after * (0.05 * (jitter + 1.0)))
+        }
+        _ => delay,
+    }
 }
 
 /// A random jitter in [-1, 1] from the system CSPRNG.
@@ -880,6 +901,7 @@ mod tests {
             status,
             code: "X".into(),
             message: "no".into(),
+            retry_after: None,
         };
         let down = Error::Transport {
             url: "https://ca".into(),
@@ -911,6 +933,37 @@ mod tests {
         }
         let spread = backoff_after(&lasting[0], 1, plenty, 1.0);
         assert_eq!(spread, Duration::minutes(15) + Duration::seconds(90));
+    }
+
+    /// A `429 RATE_LIMITED` is retried, but not before the CA's `Retry-After` (an earlier try
+    /// would be refused again): spread only later, capped at 6 hours; a shorter `Retry-After`
+    /// than the backoff changes nothing.
+    #[test]
+    fn retry_after_is_honoured() {
+        let plenty = Duration::days(60);
+        let limited = |secs: u64| Error::Refused {
+            status: 429,
+            code: "RATE_LIMITED".into(),
+            message: "later".into(),
+            retry_after: Some(std::time::Duration::from_secs(secs)),
+        };
+        let e = limited(1800);
+        assert!(is_transient(&e));
+        for (jitter, want) in [
+            (-1.0, Duration::minutes(30)),
+            (0.0, Duration::seconds(30 * 60 + 90)),
+            (1.0, Duration::minutes(33)),
+        ] {
+            assert_eq!(backoff_after(&e, 1, plenty, jitter), want, "{jitter}");
+        }
+        assert_eq!(
+            backoff_after(&limited(30 * 86_400), 1, plenty, -1.0),
+            MAX_RETRY_AFTER
+        );
+        assert_eq!(
+            backoff_after(&limited(1), 3, plenty, 0.0),
+            Duration::seconds(8)
+        );
     }
 
     #[test]
