@@ -8,7 +8,7 @@
 //! must not take a service's key away from the service.
 
 use std::fs::{self, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -192,7 +192,6 @@ fn keep_owner(file: &fs::File, path: &Path, uid: u32, gid: u32) -> Result<()> {
 
 /// Reads a file that may hold a private key, refusing it when group or others can read it.
 pub fn read_secret(path: &Path) -> Result<Zeroizing<Vec<u8>>> {
-    use std::io::Read;
     // The mode of the file opened, not of whatever the path names a moment before.
     let mut file = fs::File::open(path).map_err(io_err(path))?;
     let meta = file.metadata().map_err(io_err(path))?;
@@ -203,11 +202,40 @@ pub fn read_secret(path: &Path) -> Result<Zeroizing<Vec<u8>>> {
             mode,
         });
     }
-    let mut out = Zeroizing::new(Vec::with_capacity(
-        usize::try_from(meta.len()).unwrap_or(0).min(1 << 20),
-    ));
-    file.read_to_end(&mut out).map_err(io_err(path))?;
-    Ok(out)
+    read_to_end_wiped(&mut file, usize::try_from(meta.len()).unwrap_or(0)).map_err(io_err(path))
+}
+
+/// Reads `reader` to its end into a buffer that is wiped when dropped and never leaves an
+/// unwiped copy behind: `Read::read_to_end` grows its vector by reallocating, which frees the
+/// old allocation (holding what was read so far) without wiping it — as happens when the file
+/// is larger than its size said (it grew, or it is a pipe or `/proc` file of size 0) or larger
+/// than the 1 MiB first allocation. Here a larger buffer is allocated, the bytes copied and the
+/// old buffer wiped. `size_hint` (the file's size) sizes the first allocation, up to 1 MiB.
+fn read_to_end_wiped(
+    reader: &mut impl Read,
+    size_hint: usize,
+) -> std::io::Result<Zeroizing<Vec<u8>>> {
+    // One byte more than the expected size, so that reading the end needs no reallocation.
+    let mut out = Zeroizing::new(Vec::with_capacity((size_hint.min(1 << 20) + 1).max(256)));
+    loop {
+        if out.len() == out.capacity() {
+            let mut larger = Zeroizing::new(Vec::with_capacity(out.capacity() * 2));
+            larger.extend_from_slice(&out);
+            out = larger; // the old buffer is wiped as it is dropped
+        }
+        let (len, capacity) = (out.len(), out.capacity());
+        // Within the capacity: no reallocation.
+        out.resize(capacity, 0);
+        match reader.read(&mut out[len..]) {
+            Ok(0) => {
+                out.truncate(len);
+                return Ok(out);
+            }
+            Ok(n) => out.truncate(len + n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => out.truncate(len),
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Reads a passphrase file: the one rule every command and config of mtls follows. The file is
@@ -282,6 +310,43 @@ mod tests {
         assert!(err.to_string().contains("chmod 600"), "{err}");
         fs::set_permissions(&p, fs::Permissions::from_mode(0o400)).unwrap();
         assert_eq!(&*read_secret(&p).unwrap(), b"x");
+    }
+
+    /// A secret larger than its file said (it grew, or a pipe of size 0) or than the first
+    /// allocation is read whole, the buffer grown by copying into a larger one, whatever the
+    /// reads return (short reads, interruptions).
+    #[test]
+    fn secrets_larger_than_announced_are_read_whole() {
+        struct Trickle<'a> {
+            data: &'a [u8],
+            interrupt: bool,
+        }
+        impl Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                self.interrupt = !self.interrupt;
+                if self.interrupt {
+                    return Err(std::io::ErrorKind::Interrupted.into());
+                }
+                let n = buf.len().min(self.data.len()).min(777);
+                buf[..n].copy_from_slice(&self.data[..n]);
+                self.data = &self.data[n..];
+                Ok(n)
+            }
+        }
+        let data: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        for hint in [0, 10, 255, 256, 4999, 5000, 5001, usize::MAX] {
+            let mut reader = Trickle {
+                data: &data,
+                interrupt: false,
+            };
+            let read: Zeroizing<Vec<u8>> = read_to_end_wiped(&mut reader, hint).unwrap();
+            assert_eq!(&read[..], &data[..], "size hint {hint}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("big.key");
+        let big: Vec<u8> = (0..(3 << 19) + 5).map(|i: u32| (i % 253) as u8).collect();
+        write_atomic(&p, &big, Visibility::Secret, false).unwrap();
+        assert_eq!(&read_secret(&p).unwrap()[..], &big[..]);
     }
 
     /// A replaced file keeps its owner and group (a root renewal daemon rewriting a service's
