@@ -85,6 +85,14 @@ pub fn export(
         .iter()
         .map(|c| p12_keystore::Certificate::from_der(c).map_err(p12_err))
         .collect::<Result<Vec<_>>>()?;
+    // p12-keystore 0.4 keeps its own copy of the key: `PrivateKey::from_der` copies the PKCS#8
+    // DER into a plain `Vec` (a private field, no `Zeroize`, no wiping `Drop`), which is freed
+    // unwiped when `store` is dropped at the end of this function; nothing outside the crate
+    // can reach it to wipe it. So it gets the key borrowed (no copy of ours in between), makes
+    // that one copy, and the store lives no longer than this call. Encrypting the key bag
+    // copies the key again inside `pkcs5` (Modern) or `cbc` (Compat), but into buffers that
+    // end up holding the ciphertext. Not ours to wipe either: the 3DES key and IV that
+    // p12-keystore derives from `password` for the Compat profile (plain `Vec`s).
     let p12_key = p12_keystore::PrivateKey::from_der(key.pkcs8_der()).map_err(p12_err)?;
     // The local key ID ties the key bag to its certificate: use the SHA-256 of the leaf.
     let key_id = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, leaf)
