@@ -76,7 +76,8 @@ pub fn create(key: &PrivateKey, subject: &Subject, sans: &[San]) -> Result<Strin
 
 /// Parses a CSR (PEM or DER), verifies its signature and extracts what it asks for.
 pub fn parse(input: &[u8]) -> Result<CsrInfo> {
-    let blocks = pem_io::decode(input)?;
+    // A file holding the key next to the request (or a key given by mistake) is wiped too.
+    let blocks = pem_io::decode_secret(input)?;
     let block = blocks
         .iter()
         .find(|b| {

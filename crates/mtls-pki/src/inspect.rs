@@ -273,7 +273,9 @@ fn describe_block(
         "X509 CRL" => describe_crl(der, now),
         "CERTIFICATE REQUEST" | "NEW CERTIFICATE REQUEST" => describe_csr(der),
         l if l.ends_with("PRIVATE KEY") => {
-            describe_key(pem_io::encode(l, der).as_bytes(), passphrase)
+            // The key as PEM again (so its label says what it is): wiped when dropped.
+            let pem = zeroize::Zeroizing::new(pem_io::encode(l, der));
+            describe_key(pem.as_bytes(), passphrase)
         }
         "" => {
             if let Ok(cert) = pem_io::parse_certificate(der) {
@@ -364,7 +366,8 @@ pub fn describe(
     now: OffsetDateTime,
     passphrase: Option<&[u8]>,
 ) -> Result<Vec<Object>> {
-    pem_io::decode(input)?
+    // Key files are described too: their blocks are wiped when dropped.
+    pem_io::decode_secret(input)?
         .iter()
         .map(|b| describe_block(&b.label, &b.der, now, passphrase))
         .collect()
@@ -480,4 +483,32 @@ pub fn render(obj: &Object) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keys are described from PEM (plain, encrypted with and without the passphrase) and DER,
+    /// through the wiped decode and re-encoding.
+    #[test]
+    fn keys_are_described_from_pem_and_der() {
+        let k = PrivateKey::generate(crate::KeyAlgorithm::EcdsaP256).unwrap();
+        let spki = Some(sha256_hex(&k.public_key_spki()));
+        let enc = k.to_encrypted_pem_with_iterations(b"pw", 1000).unwrap();
+        let now = OffsetDateTime::now_utc();
+        for (input, passphrase, encrypted, spki) in [
+            (k.to_pem().as_bytes().to_vec(), None, false, &spki),
+            (k.pkcs8_der().to_vec(), None, false, &spki),
+            (enc.as_bytes().to_vec(), Some(&b"pw"[..]), true, &spki),
+            (enc.as_bytes().to_vec(), None, true, &None),
+        ] {
+            let objects = describe(&input, now, passphrase).unwrap();
+            let [Object::PrivateKey(info)] = &objects[..] else {
+                panic!("one key expected: {}", objects.len());
+            };
+            assert_eq!(info.encrypted, encrypted);
+            assert_eq!(&info.spki_sha256, spki);
+        }
+    }
 }

@@ -32,6 +32,9 @@ pub use issue::{CaCert, Issued, Profile, Subject};
 pub use key::{KeyAlgorithm, PrivateKey};
 pub use names::San;
 pub use serial::Serial;
+/// The `zeroize` crate, whose `Zeroizing` wraps the secrets this crate returns: callers name
+/// it (`mtls_pki::zeroize::Zeroizing`) to keep the key files they read wiped too.
+pub use zeroize;
 
 /// A time as mtls prints it everywhere (messages, logs, listings): RFC 3339 in UTC,
 /// `2026-12-01T19:51:00Z`.
