@@ -33,8 +33,10 @@ fn input_error(e: impl std::fmt::Display) -> anyhow::Error {
 }
 
 pub fn inspect(a: InspectArgs) -> Result<ExitCode> {
-    let bytes =
-        std::fs::read(&a.file).map_err(|e| input_error(format!("{}: {e}", a.file.display())))?;
+    // Often a key file: wiped when dropped.
+    let bytes = zeroize::Zeroizing::new(
+        std::fs::read(&a.file).map_err(|e| input_error(format!("{}: {e}", a.file.display())))?,
+    );
     let source = Source {
         file: a.passphrase_file.as_deref(),
         env: "MTLS_PASSPHRASE",
@@ -156,8 +158,11 @@ fn check_ocsp(
     }
 }
 
-fn read_input(p: &PathBuf) -> Result<Vec<u8>> {
-    std::fs::read(p).map_err(|e| input_error(format!("{}: {e}", p.display())))
+/// A certificate or CRL file, wiped when dropped (a combined file holds the key as well).
+fn read_input(p: &PathBuf) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+    std::fs::read(p)
+        .map(zeroize::Zeroizing::new)
+        .map_err(|e| input_error(format!("{}: {e}", p.display())))
 }
 
 fn certs_from(p: &PathBuf) -> Result<Vec<CertificateDer<'static>>> {
@@ -355,9 +360,12 @@ pub fn export(cmd: ExportCommand) -> Result<ExitCode> {
         what: "PKCS#12 password",
     }
     .new_secret()?;
-    let password =
-        String::from_utf8(password.to_vec()).context("the PKCS#12 password must be UTF-8")?;
-    let password = zeroize::Zeroizing::new(password);
+    // Checked before copying: a FromUtf8Error would drop its copy of the password unwiped.
+    let password = zeroize::Zeroizing::new(
+        std::str::from_utf8(&password)
+            .context("the PKCS#12 password must be UTF-8")?
+            .to_owned(),
+    );
     let profile = if a.compat {
         mtls_pki::pkcs12::Pkcs12Profile::Compat
     } else {

@@ -291,7 +291,8 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 
 /// The validity window of the certificate currently in `cert`.
 pub fn current_validity(cert: &Path) -> Result<(OffsetDateTime, OffsetDateTime, String), Error> {
-    let pem = std::fs::read(cert).map_err(io(cert))?;
+    // A combined file holds the key too: wiped when dropped.
+    let pem = zeroize::Zeroizing::new(std::fs::read(cert).map_err(io(cert))?);
     let chain = mtls_pki::pem_io::certificates(&pem)?;
     let leaf = chain
         .first()
@@ -334,9 +335,11 @@ fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 fn holds_private_key(path: &Path) -> bool {
+    // What is read and decoded is wiped when dropped: it is looked at because it may be a key.
     std::fs::read(path)
         .ok()
-        .and_then(|b| mtls_pki::pem_io::decode(&b).ok())
+        .map(zeroize::Zeroizing::new)
+        .and_then(|b| mtls_pki::pem_io::decode_secret(&b).ok())
         .is_some_and(|blocks| blocks.iter().any(|b| b.label.contains("PRIVATE KEY")))
 }
 
@@ -502,15 +505,28 @@ async fn renew_now(
         let key_pem = match (&new_key, passphrase) {
             (Some(k), Some(p)) => k.to_encrypted_pem(p)?,
             (Some(k), None) => k.to_pem(),
-            (None, _) => zeroize::Zeroizing::new(
-                mtls_pki::pem_io::decode(&key_bytes)?
-                    .iter()
-                    .filter(|b| b.label.contains("PRIVATE KEY"))
-                    .map(|b| mtls_pki::pem_io::encode(&b.label, &b.der))
-                    .collect::<String>(),
-            ),
+            (None, _) => {
+                // Each block and its PEM are wiped when dropped, and the strings are joined
+                // into one allocated once (growing a string leaves its old buffer unwiped).
+                let parts: Vec<zeroize::Zeroizing<String>> =
+                    mtls_pki::pem_io::decode_secret(&key_bytes)?
+                        .iter()
+                        .filter(|b| b.label.contains("PRIVATE KEY"))
+                        .map(|b| {
+                            zeroize::Zeroizing::new(mtls_pki::pem_io::encode(&b.label, &b.der))
+                        })
+                        .collect();
+                let mut joined = zeroize::Zeroizing::new(String::with_capacity(
+                    parts.iter().map(|p| p.len()).sum(),
+                ));
+                for p in &parts {
+                    joined.push_str(p);
+                }
+                joined
+            }
         };
-        let mut bundle = zeroize::Zeroizing::new(String::new());
+        let mut bundle =
+            zeroize::Zeroizing::new(String::with_capacity(chain_pem.len() + key_pem.len()));
         bundle.push_str(&chain_pem);
         bundle.push_str(&key_pem);
         files::write_atomic(&cert_path, bundle.as_bytes(), Visibility::Secret, true)?;

@@ -127,7 +127,10 @@ impl ListenerState {
         previous: Option<&ListenerState>,
     ) -> Result<Self, Error> {
         for c in &cfg.certificates {
-            let encrypted = std::fs::read(&c.key).is_ok_and(|k| mtls_pki::key::is_encrypted(&k));
+            // The key file, wiped when dropped.
+            let encrypted = std::fs::read(&c.key)
+                .map(zeroize::Zeroizing::new)
+                .is_ok_and(|k| mtls_pki::key::is_encrypted(&k));
             if encrypted && c.key_passphrase_file.is_none() {
                 return Err(Error::Config(format!(
                     "listener {:?}: {} is encrypted: give its passphrase file (--key-passphrase-file FILE, or key_passphrase_file in [[listener.certificate]])",

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use mtls_pki::zeroize::Zeroizing;
 use serde::Serialize;
 use time::{Duration, OffsetDateTime};
 use x509_parser::certificate::X509Certificate;
@@ -228,7 +229,8 @@ fn audit_pki_dir(dir: &Path, report: &mut Report) {
     }
     for name in ["root.key", "intermediate.key"] {
         let key = dir.join(name);
-        if let Ok(bytes) = std::fs::read(&key) {
+        // Wiped when dropped, like every key file read here.
+        if let Ok(bytes) = std::fs::read(&key).map(Zeroizing::new) {
             if !mtls_pki::key::is_encrypted(&bytes) {
                 report.add(
                     "ca_key_unencrypted",
@@ -250,7 +252,8 @@ fn audit_pki_dir(dir: &Path, report: &mut Report) {
     }
 }
 
-fn read_or_report(p: &Path, report: &mut Report) -> Option<Vec<u8>> {
+/// The file's bytes, wiped when dropped: the file may be a private key.
+fn read_or_report(p: &Path, report: &mut Report) -> Option<Zeroizing<Vec<u8>>> {
     // A FIFO or a device named like a certificate would hang the audit or never end.
     if std::fs::metadata(p).is_ok_and(|m| !m.is_file()) {
         report.add(
@@ -262,7 +265,7 @@ fn read_or_report(p: &Path, report: &mut Report) -> Option<Vec<u8>> {
         return None;
     }
     match std::fs::read(p) {
-        Ok(b) => Some(b),
+        Ok(b) => Some(Zeroizing::new(b)),
         Err(e) => {
             report.add(
                 "unreadable",
@@ -288,19 +291,20 @@ fn audit_file_keyed(p: &Path, options: &Options, report: &mut Report, key: Paire
     let Some(bytes) = read_or_report(p, report) else {
         return;
     };
-    let text = String::from_utf8_lossy(&bytes);
-    let is_key = text.contains("PRIVATE KEY-----")
+    // Searched as bytes: a lossy UTF-8 copy of a DER key would be a copy left unwiped.
+    let contains = |needle: &str| contains_bytes(&bytes, needle);
+    let is_key = contains("PRIVATE KEY-----")
         || (!mtls_pki::pem_io::is_pem(&bytes)
             && p.extension()
                 .is_some_and(|e| e == "key" || e == "p8" || e == "pk8"));
     if is_key {
         audit_key(p, &bytes, report);
         // A combined file (certificate chain and key) is audited as a chain too.
-        if !text.contains("-----BEGIN CERTIFICATE-----") {
+        if !contains("-----BEGIN CERTIFICATE-----") {
             return;
         }
     }
-    if text.contains("-----BEGIN X509 CRL-----") || p.extension().is_some_and(|e| e == "crl") {
+    if contains("-----BEGIN X509 CRL-----") || p.extension().is_some_and(|e| e == "crl") {
         match mtls_pki::pem_io::crls(&bytes) {
             Ok(crls) => {
                 for crl in crls {
@@ -335,6 +339,14 @@ fn audit_file_keyed(p: &Path, options: &Options, report: &mut Report, key: Paire
             ),
         },
     }
+}
+
+/// Whether `needle` occurs in `haystack` (what `String::from_utf8_lossy(haystack)
+/// .contains(needle)` says for an ASCII needle, without the copy).
+fn contains_bytes(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
 }
 
 fn audit_key(p: &Path, bytes: &[u8], report: &mut Report) {

@@ -174,14 +174,16 @@ pub fn readings(paths: &[PathBuf], now: OffsetDateTime) -> Readings {
         if meta.len() > MAX_FILE_BYTES {
             return out.failed(p, format!("larger than {MAX_FILE_BYTES} bytes"));
         }
+        // A combined file holds the key next to the chain: wiped when dropped, and searched
+        // as bytes (a lossy UTF-8 copy would be a copy left unwiped).
         let bytes = match std::fs::read(p) {
-            Ok(b) => b,
+            Ok(b) => mtls_pki::zeroize::Zeroizing::new(b),
             Err(e) => return out.failed(p, format!("cannot read: {e}")),
         };
         let pem = mtls_pki::pem_io::is_pem(&bytes);
-        let text = String::from_utf8_lossy(&bytes);
-        let crl = pem && text.contains("-----BEGIN X509 CRL-----");
-        let cert = pem && !crl && text.contains("-----BEGIN CERTIFICATE-----");
+        let contains = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+        let crl = pem && contains(b"-----BEGIN X509 CRL-----");
+        let cert = pem && !crl && contains(b"-----BEGIN CERTIFICATE-----");
         if pem && !crl && !cert {
             if named {
                 out.failed(p, "holds neither a certificate nor a CRL".into());

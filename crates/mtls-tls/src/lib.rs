@@ -138,6 +138,8 @@ pub fn credential_from_parts(
         })
         .collect();
     names.dedup();
+    // This copy is wiped: rustls's aws-lc-rs key provider wraps what it is given in
+    // `Zeroizing` (rustls 0.23 `AwsLcRs::load_private_key`).
     let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.pkcs8_der().to_vec()));
     let signing = provider()
         .key_provider
