@@ -810,6 +810,12 @@ fn keys_encrypted_with_unsupported_algorithms_say_so() {
         );
         assert_eq!(e.tree(), before, "nothing may be written");
     }
+    // The same as raw DER (no PEM label to say it is encrypted).
+    encrypt(&["-v2", "des3", "-outform", "DER"]);
+    let r = e
+        .mtls(&["issue", "client", "c", "--ca-passphrase-file", &e.p("pw")])
+        .fails(1, "unsupported key");
+    assert!(r.stderr.contains("3DES"), "{}", r.stderr);
     // The re-encryption the message gives works, and a wrong passphrase is still said so.
     encrypt(&["-v2", "aes-256-cbc", "-v2prf", "hmacWithSHA256"]);
     e.mtls(&[

@@ -211,7 +211,11 @@ impl PrivateKey {
                 // Raw DER: try each format in turn.
                 if PrivateKeyInfoRef::try_from(der.as_slice()).is_ok() {
                     der
-                } else if EncryptedPrivateKeyInfoRef::try_from(der.as_slice()).is_ok() {
+                } else if EncryptedPrivateKeyInfoRef::try_from(der.as_slice()).is_ok()
+                    // Shaped like one, with an algorithm the pkcs5 crate does not parse
+                    // (3DES, PKCS#12 PBE): `decrypt` names it rather than "malformed".
+                    || outer_encryption_oid(&der).is_some()
+                {
                     decrypt(&der, passphrase)?
                 } else if let Ok(k) = pkcs1_to_pkcs8(&der) {
                     k
