@@ -81,7 +81,9 @@ pub const TUNNEL: &str = "Examples:
 
 pub const ENROLL: &str = "Examples:
   mtls enroll --ca-url https://ca.example.com:9443 --ca-fingerprint sha256:48f2… \\
-      --token \"$TOKEN\" --out /etc/mtls/app";
+      --token-file token --out /etc/mtls/app
+  ssh ca.example.com mtls ca token --name app | mtls enroll --token-file - \\
+      --ca-url https://ca.example.com:9443 --ca-fingerprint sha256:48f2… --out ./id";
 
 pub const RENEW: &str = "Examples:
   mtls renew --cert app.chain.pem --key app.key --ca-url https://ca.example.com:9443

@@ -159,9 +159,15 @@ pub struct EnrollArgs {
     /// and a `sha256:` prefix as `openssl x509 -fingerprint` and `step` print it are fine).
     #[arg(long, value_name = "SHA256")]
     ca_fingerprint: mtls_pki::Fingerprint,
-    /// The one-time token from `mtls ca token`.
-    #[arg(long, env = "MTLS_TOKEN")]
-    token: String,
+    /// File holding the one-time token from `mtls ca token` (owner-only, like a passphrase
+    /// file; `-` reads it from standard input). Else $MTLS_TOKEN, else a prompt. The token is
+    /// never taken as an argument: every local user can read a process's arguments.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Refused: a token given as an argument is readable by every local user (`ps`,
+    /// /proc/PID/cmdline) while the key is generated, and kept in shell history.
+    #[arg(long, hide = true, value_name = "TOKEN")]
+    token: Option<String>,
     /// Output directory: key.pem (0600), cert.pem (leaf + intermediate), ca.crt (root).
     #[arg(long)]
     out: PathBuf,
@@ -177,6 +183,12 @@ pub struct EnrollArgs {
 }
 
 pub fn enroll(a: EnrollArgs) -> Result<ExitCode> {
+    if a.token.is_some() {
+        return Err(UsageError(
+            "--token is not accepted: a token on the command line is readable by every local user (ps, /proc/PID/cmdline) and kept in shell history; pass it with --token-file FILE (owner-only; `-` for standard input) or MTLS_TOKEN, or type it at the prompt (this token was not used)".into(),
+        )
+        .into());
+    }
     let url = CaUrl::parse(&a.ca_url).map_err(|e| UsageError(e.to_string()))?;
     let alg: KeyAlgorithm = a
         .key_type
@@ -196,22 +208,25 @@ pub fn enroll(a: EnrollArgs) -> Result<ExitCode> {
         .map(|s| mtls_pki::San::parse(s))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| UsageError(e.to_string()))?;
+    // Read (or asked for) before the key is generated, which takes seconds for RSA.
+    let token = crate::secrets::enrollment_token(a.token_file.as_deref())?;
     // The key is made here and never leaves this machine.
     let key = PrivateKey::generate(alg)?;
     let csr = mtls_pki::csr::create(&key, &Subject::cn(""), &sans)?;
     let (root, issued) = runtime()?.block_on(async {
         let root = CaClient::fetch_pinned_root(&url, &a.ca_fingerprint).await?;
         let client = CaClient::new(url.clone(), &root, None)?;
-        let issued = client.enroll(&a.token, &csr).await?;
+        let issued = client.enroll(&token, &csr).await?;
         Ok::<_, mtls_client::Error>((root, issued))
     })?;
     let chain = renewal::served_chain(&issued, &root)?;
-    mtls_tls::credential_from_parts(
-        mtls_pki::pem_io::certificates(chain.as_bytes())?,
-        &key,
-        now(),
-    )
-    .map_err(|d| anyhow::anyhow!("the CA returned an unusable certificate: {d}"))?;
+    let certs = mtls_pki::pem_io::certificates(chain.as_bytes())?;
+    // The check renewals make: what the CA returned must lead to the root pinned by
+    // --ca-fingerprint before anything is written.
+    renewal::chains_to_root(&certs, &root, now())
+        .map_err(|d| anyhow::anyhow!("the CA returned a certificate that is refused: {d}"))?;
+    mtls_tls::credential_from_parts(certs, &key, now())
+        .map_err(|d| anyhow::anyhow!("the CA returned an unusable certificate: {d}"))?;
     // All three written before any is put in place: a failure leaves the old set whole
     // (a new key beside the old certificate would serve nothing and renew nothing).
     let staged = [

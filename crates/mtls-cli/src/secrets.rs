@@ -1,5 +1,7 @@
-//! Where passphrases come from: a file, an environment variable, or a prompt on the terminal.
-//! Never from a plain command-line argument (it would show in `ps` and shell history).
+//! Where secrets come from: a file, an environment variable, or a prompt on the terminal.
+//! Never from a plain command-line argument (it would show in `ps` and shell history). Key
+//! passphrases are read through [`Source`], and so is the enrollment token of `mtls enroll`
+//! ([`enrollment_token`]).
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -17,16 +19,16 @@ pub struct Source<'a> {
 
 /// The one passphrase-file rule of mtls ([`mtls_pki::files::read_passphrase_file`]): owner-only,
 /// one trailing line ending dropped.
-fn read_file(path: &Path) -> Result<Zeroizing<Vec<u8>>> {
+fn read_file(path: &Path, what: &str) -> Result<Zeroizing<Vec<u8>>> {
     mtls_pki::files::read_passphrase_file(path)
-        .with_context(|| format!("reading passphrase file {}", path.display()))
+        .with_context(|| format!("reading {what} file {}", path.display()))
 }
 
 impl Source<'_> {
     /// A passphrase if one was supplied (file or environment), without prompting.
     pub fn supplied(&self) -> Result<Option<Zeroizing<Vec<u8>>>> {
         if let Some(f) = self.file {
-            return Ok(Some(read_file(f)?));
+            return Ok(Some(read_file(f, self.what)?));
         }
         if let Ok(v) = std::env::var(self.env) {
             return Ok(Some(Zeroizing::new(v.into_bytes())));
@@ -93,4 +95,39 @@ impl Source<'_> {
         }
         Ok(p)
     }
+}
+
+/// The longest enrollment token read from standard input (tokens are under 100 bytes).
+const MAX_STDIN_TOKEN: u64 = 64 << 10;
+
+/// The one-time token of `mtls enroll`, a secret taken as passphrases are: `--token-file FILE`
+/// (owner-only, as a passphrase file; `-` reads standard input, for `printf … | sudo -u USER
+/// mtls enroll`, where the other user cannot reopen the pipe as `/dev/stdin`), else
+/// `$MTLS_TOKEN`, else a prompt on the terminal. Surrounding whitespace is not part of it.
+pub fn enrollment_token(file: Option<&Path>) -> Result<Zeroizing<String>> {
+    let raw = if file == Some(Path::new("-")) {
+        use std::io::Read;
+        let mut v = Zeroizing::new(Vec::new());
+        std::io::stdin()
+            .lock()
+            .take(MAX_STDIN_TOKEN)
+            .read_to_end(&mut v)
+            .context("reading the enrollment token from standard input")?;
+        v
+    } else {
+        Source {
+            file,
+            env: "MTLS_TOKEN",
+            flag: "--token-file",
+            what: "enrollment token",
+        }
+        .unlock()?
+    };
+    let text = std::str::from_utf8(&raw)
+        .map_err(|_| crate::UsageError("the enrollment token is not text".into()))?
+        .trim();
+    if text.is_empty() {
+        return Err(crate::UsageError("the enrollment token is empty".into()).into());
+    }
+    Ok(Zeroizing::new(text.to_string()))
 }

@@ -141,31 +141,35 @@ fn ca_fingerprint_accepts_the_form_step_prints_and_refuses_garbage_before_connec
     let fp = format!("sha256:{}", "ab".repeat(32));
     let port = free_port();
     let url = format!("https://127.0.0.1:{port}");
-    let r = mtls(&[
-        "enroll",
-        "--ca-url",
-        &url,
-        "--ca-fingerprint",
-        &fp,
-        "--token",
-        "t",
-        "--out",
-        "out",
-    ]);
+    let token = [("MTLS_TOKEN", "t")];
+    let r = Env::new().mtls_env(
+        &[
+            "enroll",
+            "--ca-url",
+            &url,
+            "--ca-fingerprint",
+            &fp,
+            "--out",
+            "out",
+        ],
+        &token,
+    );
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(!r.stderr.contains("fingerprint"), "{}", r.stderr);
-    mtls(&[
-        "enroll",
-        "--ca-url",
-        &url,
-        "--ca-fingerprint",
-        "sha256:48f2",
-        "--token",
-        "t",
-        "--out",
-        "out",
-    ])
-    .fails(2, "64 hex digits");
+    Env::new()
+        .mtls_env(
+            &[
+                "enroll",
+                "--ca-url",
+                &url,
+                "--ca-fingerprint",
+                "sha256:48f2",
+                "--out",
+                "out",
+            ],
+            &token,
+        )
+        .fails(2, "64 hex digits");
 }
 
 #[test]

@@ -1778,3 +1778,174 @@ fn a_revoked_ca_tls_certificate_is_replaced_within_seconds() {
         "the replacement is logged"
     );
 }
+
+/// The enrollment token is a secret taken as passphrases are, never as an argument (every local
+/// user reads a process's arguments, for seconds while an RSA key is generated, and shell
+/// history keeps them): `--token` is refused before anything happens, leaving the token unused;
+/// `--token-file` (owner-only like a passphrase file, surrounding whitespace trimmed; `-` for
+/// standard input) and `MTLS_TOKEN` each enroll; with none of them and no terminal to prompt on,
+/// the error names them.
+#[test]
+fn the_enrollment_token_is_read_from_a_file_stdin_or_the_environment_never_an_argument() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    env.mtls(&["ca", "init"]).ok();
+    let server = CaServer::start(&env, "ca", None, "");
+    let url = server.url();
+    let args = |out: &str, extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "enroll",
+            "--ca-url",
+            &url,
+            "--ca-fingerprint",
+            &server.fingerprint,
+            "--out",
+            &env.p(out),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let run = |out: &str, extra: &[&str]| {
+        let a = args(out, extra);
+        env.mtls(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let enrolled = |out: &str| env.path(out).join("cert.pem").exists();
+
+    // As an argument: refused, nothing written, the token still unused.
+    let t = ca::token(&env, "app", &[], None);
+    run("arg", &["--token", &t]).fails(2, "--token-file");
+    assert!(!env.path("arg").exists(), "--token wrote something");
+
+    // In a file: refused when others may read it, as a passphrase file is.
+    let file = env.write("token.txt", format!("  {t}\n").as_bytes());
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    run("file", &["--token-file", &env.p("token.txt")]).fails(2, "chmod 600");
+    assert!(!enrolled("file"));
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    run("file", &["--token-file", &env.p("token.txt")]).ok();
+    assert!(
+        enrolled("file"),
+        "the token from --token-file did not enroll"
+    );
+
+    // From standard input.
+    let t = ca::token(&env, "app", &[], None);
+    let a = args("stdin", &["--token-file", "-"]);
+    env.mtls_stdin(
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        format!("{t}\n").as_bytes(),
+    )
+    .ok();
+    assert!(
+        enrolled("stdin"),
+        "the token from standard input did not enroll"
+    );
+
+    // From the environment.
+    let t = ca::token(&env, "app", &[], None);
+    ca::enroll(&env, &server, &t, &env.p("env"), &[]).ok();
+    assert!(enrolled("env"), "the token from MTLS_TOKEN did not enroll");
+
+    // None of them, and no terminal to prompt on.
+    run("none", &[]).fails(2, "pass --token-file FILE or set MTLS_TOKEN");
+    assert!(!env.path("none").exists());
+}
+
+/// `mtls enroll` pins the CA's root by its fingerprint: a CA (or whoever holds a TLS
+/// certificate under that root) answering with a certificate of another hierarchy is refused
+/// before anything is written, as renewals are; the same CA answering under the pinned root
+/// enrolls.
+#[test]
+fn enroll_refuses_a_certificate_that_does_not_chain_to_the_pinned_root() {
+    use common::https::{respond, HttpsServer};
+    use mtls_pki::issue::{issue_leaf, LeafRequest};
+    use mtls_pki::pem_io::encode;
+    use mtls_test_util::TestPki;
+
+    let pinned = TestPki::new("pinned");
+    let foreign = TestPki::new("foreign");
+    let fingerprint = mtls_pki::Fingerprint::of(&pinned.root_der()).to_string();
+    let tls = pinned.server(&["localhost", "127.0.0.1"]);
+    let chain = vec![tls.cert.der.clone(), pinned.intermediate_der()];
+    let server = HttpsServer::start("127.0.0.1:0", chain, &tls.key, move |req, out| {
+        match (req.method.as_str(), req.path.as_str()) {
+            ("GET", "/v1/roots.pem") => respond(
+                out,
+                "200 OK",
+                "application/pem-certificate-chain",
+                encode("CERTIFICATE", &pinned.root_der()).as_bytes(),
+            ),
+            ("POST", "/v1/sign") => {
+                let body: serde_json::Value = serde_json::from_slice(&req.body).unwrap();
+                // The token says which hierarchy the fake CA issues under.
+                let ca = if body["token"] == "foreign" {
+                    &foreign
+                } else {
+                    &pinned
+                };
+                let csr = mtls_pki::csr::parse(body["csr"].as_str().unwrap().as_bytes()).unwrap();
+                let now = time::OffsetDateTime::now_utc();
+                let leaf = issue_leaf(
+                    &ca.intermediate,
+                    &csr.public_key,
+                    &LeafRequest {
+                        profile: mtls_pki::Profile::Client,
+                        subject: mtls_pki::Subject::cn("app"),
+                        sans: Vec::new(),
+                        lifetime: time::Duration::days(1),
+                        urls: Default::default(),
+                    },
+                    now,
+                )
+                .unwrap();
+                let answer = serde_json::json!({
+                    "serial": leaf.serial.to_string(),
+                    "certificate": leaf.pem(),
+                    "chain": format!(
+                        "{}{}{}",
+                        leaf.pem(),
+                        encode("CERTIFICATE", &ca.intermediate_der()),
+                        encode("CERTIFICATE", &ca.root_der())
+                    ),
+                    "not_before": mtls_pki::rfc3339(&leaf.not_before),
+                    "not_after": mtls_pki::rfc3339(&leaf.not_after),
+                });
+                respond(
+                    out,
+                    "201 Created",
+                    "application/json",
+                    answer.to_string().as_bytes(),
+                )
+            }
+            _ => respond(out, "404 Not Found", "text/plain", b"not here"),
+        }
+    });
+    let env = Env::new();
+    let url = format!("https://127.0.0.1:{}", server.addr.port());
+    let enroll = |token: &str, out: &str| {
+        env.mtls_env(
+            &[
+                "enroll",
+                "--ca-url",
+                &url,
+                "--ca-fingerprint",
+                &fingerprint,
+                "--out",
+                &env.p(out),
+            ],
+            &[("MTLS_TOKEN", token)],
+        )
+    };
+    enroll("pinned", "good").ok();
+    assert!(env.path("good/cert.pem").exists());
+    enroll("foreign", "bad").fails(1, "does not chain to the CA's root");
+    for f in ["key.pem", "cert.pem", "ca.crt"] {
+        assert!(
+            !env.path("bad").join(f).exists(),
+            "bad/{f} was written for a certificate of another hierarchy"
+        );
+    }
+}

@@ -9,6 +9,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -383,6 +384,8 @@ fn the_binary_runs_under_memory_deny_write_execute() {
         .stdout
         .trim()
         .to_string();
+    let token_file = env.write("token", token.as_bytes());
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     run_mdwe(
         &env,
         &[
@@ -391,8 +394,8 @@ fn the_binary_runs_under_memory_deny_write_execute() {
             &ca_url,
             "--ca-fingerprint",
             &found[1],
-            "--token",
-            &token,
+            "--token-file",
+            &env.p("token"),
             "--out",
             &env.p("id"),
         ],

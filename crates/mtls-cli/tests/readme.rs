@@ -137,10 +137,11 @@ const SUBSTITUTED: &[Sub] = &[
     },
     Sub {
         scope: SH,
-        from: "--token T",
-        to: "--token {}",
+        from: "--token-file token",
+        to: "--token-file <(printf %s {})",
         value: Value::StdoutOf("mtls ca token"),
-        why: "the token, unknown in advance: as `mtls ca token` printed it",
+        why: "the token file, handed over from the CA host: a pipe carrying the token \
+              `mtls ca token` printed",
     },
     Sub {
         scope: SH,

@@ -536,20 +536,21 @@ async fn renew_now(
     Ok(issued)
 }
 
-/// Whether `new_chain` is a renewal of `old_leaf`: issued under the pinned `root` and valid at
-/// `now`, with the same subject, names and key usages (a CA that answered with another
-/// identity, or one peers would refuse, must not replace a working certificate).
-fn same_identity_under(
-    old_leaf: &CertificateDer<'_>,
-    new_chain: &[CertificateDer<'static>],
+/// Whether `chain` (leaf first, then intermediates), as the CA returned it, was issued under the
+/// pinned `root` and is valid at `now`: the check every certificate from the CA passes before
+/// it is written, at enrollment ([`served_chain`] then this) and at renewal (through
+/// [`same_identity_under`]). A CA that answers with a certificate peers trusting the root would
+/// refuse must not leave one on disk.
+pub fn chains_to_root(
+    chain: &[CertificateDer<'static>],
     root: &CertificateDer<'static>,
     now: OffsetDateTime,
 ) -> std::result::Result<(), String> {
-    let Some((new_leaf, intermediates)) = new_chain.split_first() else {
+    let Some((leaf, intermediates)) = chain.split_first() else {
         return Err("the CA returned no certificate".into());
     };
     let verified = mtls_verify::verify(
-        new_leaf,
+        leaf,
         &mtls_verify::VerifyRequest {
             roots: std::slice::from_ref(root),
             intermediates,
@@ -566,6 +567,22 @@ fn same_identity_under(
     if let Err(r) = verified {
         return Err(format!("it does not chain to the CA's root: {r}"));
     }
+    Ok(())
+}
+
+/// Whether `new_chain` is a renewal of `old_leaf`: issued under the pinned `root` and valid at
+/// `now` ([`chains_to_root`]), with the same subject, names and key usages (a CA that answered
+/// with another identity, or one peers would refuse, must not replace a working certificate).
+fn same_identity_under(
+    old_leaf: &CertificateDer<'_>,
+    new_chain: &[CertificateDer<'static>],
+    root: &CertificateDer<'static>,
+    now: OffsetDateTime,
+) -> std::result::Result<(), String> {
+    chains_to_root(new_chain, root, now)?;
+    let Some(new_leaf) = new_chain.first() else {
+        return Err("the CA returned no certificate".into());
+    };
     let old = mtls_pki::pem_io::parse_certificate(old_leaf).map_err(|e| e.to_string())?;
     let new = mtls_pki::pem_io::parse_certificate(new_leaf).map_err(|e| e.to_string())?;
     if old.subject().as_raw() != new.subject().as_raw() {

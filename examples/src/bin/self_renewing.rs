@@ -4,7 +4,7 @@
 //! renewed files up for new connections — no restart, no dropped connection.
 //!
 //! ```sh
-//! mtls enroll --ca-url https://ca:9443 --ca-fingerprint … --token … --out ./id
+//! mtls enroll --ca-url https://ca:9443 --ca-fingerprint … --token-file … --out ./id
 //! CERT=id/cert.pem KEY=id/key.pem ROOT=id/ca.crt CA_URL=https://ca:9443 CLIENT_CA=ca-chain.pem \
 //!   RENEW_BEFORE=30d cargo run -p mtls-examples --bin self_renewing
 //! ```

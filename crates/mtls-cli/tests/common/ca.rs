@@ -175,6 +175,7 @@ pub fn token(env: &Env, name: &str, extra: &[&str], database: Option<&str>) -> S
     env.mtls(&args).ok().stdout.trim().to_string()
 }
 
+/// `mtls enroll` with `token` in `MTLS_TOKEN` (never an argument).
 pub fn enroll(env: &Env, ca: &CaServer, token: &str, out: &str, extra: &[&str]) -> Run {
     let url = ca.url();
     let mut args = vec![
@@ -183,13 +184,11 @@ pub fn enroll(env: &Env, ca: &CaServer, token: &str, out: &str, extra: &[&str]) 
         &url,
         "--ca-fingerprint",
         &ca.fingerprint,
-        "--token",
-        token,
         "--out",
         out,
     ];
     args.extend_from_slice(extra);
-    env.mtls(&args)
+    env.mtls_env(&args, &[("MTLS_TOKEN", token)])
 }
 
 /// The leaf's serial as openssl prints it (upper-case hex).

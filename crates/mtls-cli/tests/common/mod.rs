@@ -4,6 +4,7 @@
 pub mod ca;
 pub mod conn;
 pub mod gw;
+pub mod https;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -115,11 +116,33 @@ impl Env {
             .env_remove("MTLS_PASSPHRASE")
             .env_remove("MTLS_CA_PASSPHRASE")
             .env_remove("MTLS_P12_PASSWORD")
+            .env_remove("MTLS_TOKEN")
             .env_remove("MTLS_PKI_DIR");
         for (k, v) in env {
             c.env(k, v);
         }
         Run::from(c.output().unwrap())
+    }
+    /// [`Env::mtls`] with `input` on standard input (a pipe).
+    pub fn mtls_stdin(&self, args: &[&str], input: &[u8]) -> Run {
+        use std::io::Write;
+        let mut child = Command::new(gw::mtls_bin())
+            .current_dir(self.dir.path())
+            .arg("--pki")
+            .arg(self.pki())
+            .args(args)
+            .env_remove("MTLS_PASSPHRASE")
+            .env_remove("MTLS_CA_PASSPHRASE")
+            .env_remove("MTLS_P12_PASSWORD")
+            .env_remove("MTLS_TOKEN")
+            .env_remove("MTLS_PKI_DIR")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        Run::from(child.wait_with_output().unwrap())
     }
     pub fn openssl(&self, args: &[&str]) -> Run {
         Run::from(
