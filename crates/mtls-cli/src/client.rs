@@ -311,7 +311,8 @@ pub fn request(a: RequestArgs) -> Result<ExitCode> {
         .http1_only()
         .observe_handshakes(log.clone());
     let rt = runtime()?;
-    let (status, head, body) = rt.block_on(async move {
+    let (verbose, include, fail) = (a.verbose, a.include, a.fail);
+    let status = rt.block_on(async move {
         if let Some(name) = &a.tls.server_name {
             // Verify (and address) the server as `name`, connecting where the URL points.
             a.tls.server_name(name)?;
@@ -325,40 +326,57 @@ pub fn request(a: RequestArgs) -> Result<ExitCode> {
                 .map_err(|e| UsageError(format!("--server-name {name:?}: {e}")))?;
         }
         let client = builder.build()?;
-        let resp = client
+        let mut resp = client
             .request(method, url)
             .headers(headers)
             .body(body)
             .send()
             .await
             .map_err(|e| anyhow::anyhow!("{}", mtls_client::ca::error_chain(&e)))?;
-        let status = resp.status();
-        let mut head = format!("{:?} {}\r\n", resp.version(), status);
-        for (k, v) in resp.headers() {
-            head.push_str(&format!("{k}: {}\r\n", v.to_str().unwrap_or("<binary>")));
+        // The handshake is over once the response head is in.
+        let seen = log.last();
+        if verbose {
+            eprint!("{}", describe_handshake(&seen));
+        } else if !seen.client_cert_requested && !seen.server_chain.is_empty() {
+            eprintln!(
+                "note: the server did not ask for a client certificate: this request was not mutually authenticated"
+            );
         }
-        let body = resp.bytes().await?;
-        Ok::<_, anyhow::Error>((status, head, body))
+        let status = resp.status();
+        use std::io::Write;
+        let mut out = std::io::stdout();
+        if include {
+            let mut head = format!("{:?} {}\r\n", resp.version(), status);
+            for (k, v) in resp.headers() {
+                head.push_str(&format!("{k}: {}\r\n", v.to_str().unwrap_or("<binary>")));
+            }
+            out.write_all(head.as_bytes())?;
+            out.write_all(b"\r\n")?;
+            out.flush()?;
+        }
+        // The body goes out as it arrives (as curl's does): a large or endless one is never
+        // held in memory, and a slow one shows as it comes.
+        let mut last = None;
+        let body_error = |e: mtls_client::reqwest::Error| {
+            anyhow::anyhow!(
+                "reading the response body: {}",
+                mtls_client::ca::error_chain(&e)
+            )
+        };
+        while let Some(chunk) = resp.chunk().await.map_err(body_error)? {
+            if let Some(b) = chunk.last() {
+                last = Some(*b);
+            }
+            out.write_all(&chunk)?;
+            out.flush()?;
+        }
+        if last.is_some_and(|b| b != b'\n') {
+            out.write_all(b"\n")?;
+        }
+        out.flush()?;
+        Ok::<_, anyhow::Error>(status)
     })?;
-    let seen = log.last();
-    if a.verbose {
-        eprint!("{}", describe_handshake(&seen));
-    } else if !seen.client_cert_requested && !seen.server_chain.is_empty() {
-        eprintln!(
-            "note: the server did not ask for a client certificate: this request was not mutually authenticated"
-        );
-    }
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    if a.include {
-        out.write_all(head.as_bytes())?;
-        out.write_all(b"\r\n")?;
-    }
-    out.write_all(&body)?;
-    if !body.ends_with(b"\n") && !body.is_empty() {
-        out.write_all(b"\n")?;
-    }
-    if a.fail && status.as_u16() >= 400 {
+    if fail && status.as_u16() >= 400 {
         return Ok(ExitCode::from(22));
     }
     Ok(ExitCode::SUCCESS)

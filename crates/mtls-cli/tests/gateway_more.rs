@@ -1,6 +1,7 @@
 //! Gateway features beyond the single-listener flags: config file with several listeners, SNI
 //! certificates and per-path policy; WebSocket upgrades; draining on SIGTERM; the client tunnel;
-//! `mtls request` with an encrypted key; the quickstart and its printed commands.
+//! `mtls request` with an encrypted key, and its body streamed as it arrives; the quickstart and
+//! its printed commands.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -472,6 +473,121 @@ fn tunnel_carries_plaintext_clients_over_mtls_and_refuses_remote_listen() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("non-loopback"));
+}
+
+/// `mtls request` writes the response body as it arrives, as curl does: 64 MiB from a server
+/// that then pauses are on stdout while the response is still open, and the client never held
+/// them all (its peak memory stays well under the body's size). It used to read the whole body
+/// into memory first, so a fast server could make it hold gigabytes.
+#[test]
+fn request_streams_the_body_instead_of_holding_it() {
+    use common::https::HttpsServer;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{mpsc, Arc, Mutex};
+    const BODY: usize = 64 << 20;
+
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let c = f.client("c");
+    let s = f.pki.server(&["localhost", "127.0.0.1"]);
+    let (release, released) = mpsc::channel::<()>();
+    let released = Mutex::new(released);
+    let server = HttpsServer::start(
+        "127.0.0.1:0",
+        vec![s.cert.der.clone(), f.pki.intermediate_der()],
+        &s.key,
+        move |_, out| {
+            write!(
+                out,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                BODY + 5
+            )?;
+            let block = vec![b'x'; 64 << 10];
+            for _ in 0..BODY / block.len() {
+                out.write_all(&block)?;
+            }
+            out.flush()?;
+            // The rest once the test has looked (at most a minute).
+            let _ = released
+                .lock()
+                .unwrap()
+                .recv_timeout(Duration::from_secs(60));
+            out.write_all(b"tail\n")?;
+            out.flush()
+        },
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mtls"))
+        .args([
+            "request",
+            &format!("https://127.0.0.1:{}/big", server.addr.port()),
+        ])
+        .arg("--cert")
+        .arg(&c.chain)
+        .arg("--key")
+        .arg(&c.key)
+        .arg("--ca")
+        .arg(f.root())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let received = Arc::new(AtomicUsize::new(0));
+    let mut stdout = child.stdout.take().unwrap();
+    let counter = received.clone();
+    let reader = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 << 10];
+        let mut tail = Vec::new();
+        loop {
+            match stdout.read(&mut buf) {
+                Ok(0) | Err(_) => return tail,
+                Ok(n) => {
+                    counter.fetch_add(n, Ordering::SeqCst);
+                    tail.extend_from_slice(&buf[..n]);
+                    let keep = tail.len().saturating_sub(16);
+                    tail.drain(..keep);
+                }
+            }
+        }
+    });
+    let start = std::time::Instant::now();
+    while received.load(Ordering::SeqCst) < BODY && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let seen = received.load(Ordering::SeqCst);
+    // Peak resident memory of the client so far.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let peak_kib: usize = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    let _ = release.send(());
+    if seen < BODY {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    let tail = reader.join().unwrap();
+    assert!(
+        seen >= BODY,
+        "only {seen} of the first {BODY} bytes reached stdout while the response was open: \
+         the body is held until it ends\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        peak_kib * 1024 < BODY / 2,
+        "the client's peak memory ({peak_kib} KiB) grew with the {BODY}-byte body"
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(received.load(Ordering::SeqCst), BODY + 5);
+    assert!(
+        tail.ends_with(b"xxxtail\n"),
+        "{:?}",
+        String::from_utf8_lossy(&tail)
+    );
 }
 
 #[test]
