@@ -396,7 +396,7 @@ pub struct TunnelArgs {
     /// Local address to accept plaintext connections on (loopback only unless --allow-remote).
     #[arg(long, value_parser = crate::util::listen_arg)]
     listen: SocketAddr,
-    /// The mTLS server, HOST:PORT.
+    /// The mTLS server, HOST:PORT (an IPv6 address in brackets: [::1]:443).
     #[arg(long)]
     target: String,
     #[command(flatten)]
@@ -429,11 +429,12 @@ pub fn tunnel(a: TunnelArgs) -> Result<ExitCode> {
         ))
         .into());
     }
-    let (host, port) = a
-        .target
-        .rsplit_once(':')
-        .and_then(|(h, p)| p.parse::<u16>().ok().map(|p| (h.to_string(), p)))
-        .ok_or_else(|| UsageError(format!("--target {:?} must be HOST:PORT", a.target)))?;
+    let (host, port) = crate::util::host_port(&a.target).map_err(|e| {
+        UsageError(format!(
+            "--target: {e}: use HOST:PORT, e.g. db.example.com:5432, 127.0.0.1:5432 or [::1]:5432"
+        ))
+    })?;
+    let target = a.target.clone();
     let server_name = a.tls.server_name(&host)?;
     let rt = runtime()?;
     rt.block_on(async move {
@@ -464,8 +465,9 @@ pub fn tunnel(a: TunnelArgs) -> Result<ExitCode> {
             .await
             .with_context(|| format!("binding {}", a.listen))?;
         eprintln!(
-            "mtls tunnel: {} -> {host}:{port} (mTLS)",
-            listener.local_addr()?
+            "mtls tunnel: {} -> {} (mTLS)",
+            listener.local_addr()?,
+            target
         );
         let connector = tokio_rustls::TlsConnector::from(config);
         let idle_timeout = a.idle_timeout;
@@ -495,6 +497,7 @@ pub fn tunnel(a: TunnelArgs) -> Result<ExitCode> {
                 let connector = connector.clone();
                 let server_name = server_name.clone();
                 let host = host.clone();
+                let target = target.clone();
                 let server_state = server_state.clone();
                 let mut changed = changed_rx.clone();
                 async move {
@@ -512,7 +515,7 @@ pub fn tunnel(a: TunnelArgs) -> Result<ExitCode> {
                             std::io::Error::new(
                                 std::io::ErrorKind::TimedOut,
                                 format!(
-                                    "no TLS connection to {host}:{port} within {}",
+                                    "no TLS connection to {target} within {}",
                                     mtls_serve::duration::format(mtls_client::CONNECT_TIMEOUT)
                                 ),
                             )

@@ -20,6 +20,42 @@ pub fn std_duration_arg(s: &str) -> std::result::Result<std::time::Duration, Str
     mtls_serve::duration::parse(s).map_err(|e| e.to_string())
 }
 
+/// Splits `HOST:PORT` (`db.example.com:5432`, `127.0.0.1:5432`, `[::1]:5432`) into the host,
+/// without the brackets an IPv6 address needs, and the port: the one host-and-port syntax of the
+/// command line. An IPv6 address without brackets (`::1:5432`) is refused: where its port starts
+/// is a guess. The error says what is wrong; the caller adds the forms it accepts.
+pub fn host_port(s: &str) -> std::result::Result<(String, u16), String> {
+    match s.parse::<std::net::SocketAddr>() {
+        // A zone (`[fe80::1%2]:22`) stays with the address: the resolver takes `fe80::1%2`.
+        Ok(std::net::SocketAddr::V6(a)) if a.scope_id() != 0 => {
+            return Ok((format!("{}%{}", a.ip(), a.scope_id()), a.port()))
+        }
+        Ok(a) => return Ok((a.ip().to_string(), a.port())),
+        Err(_) => {}
+    }
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let Some((host, port)) = rest.split_once("]:") else {
+            return Err(format!("no port after the bracketed address in {s:?}"));
+        };
+        (host, port)
+    } else {
+        let Some((host, port)) = s.rsplit_once(':') else {
+            return Err(format!("no port in {s:?}"));
+        };
+        if host.contains(':') {
+            return Err(format!("{s:?}: an IPv6 address with a port needs brackets"));
+        }
+        (host, port)
+    };
+    if host.is_empty() || host.contains(['[', ']']) {
+        return Err(format!("no host in {s:?}"));
+    }
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| format!("invalid port {port:?}"))?;
+    Ok((host.to_string(), port))
+}
+
 /// Parses a listening address: `IP:PORT` (`127.0.0.1:8443`, `[::1]:8443`) or `HOST:PORT`
 /// (`localhost:8443`, resolved now; the first address is used). A clap value parser.
 pub fn listen_arg(s: &str) -> std::result::Result<std::net::SocketAddr, String> {
@@ -27,13 +63,8 @@ pub fn listen_arg(s: &str) -> std::result::Result<std::net::SocketAddr, String> 
         return Ok(a);
     }
     let form = "use IP:PORT or HOST:PORT, e.g. 127.0.0.1:8443, [::1]:8443 or localhost:8443";
-    let Some((host, port)) = s.rsplit_once(':') else {
-        return Err(format!("no port in {s:?}: {form}"));
-    };
-    if port.parse::<u16>().is_err() {
-        return Err(format!("invalid port {port:?}: {form}"));
-    }
-    std::net::ToSocketAddrs::to_socket_addrs(&(host, port.parse::<u16>().unwrap_or(0)))
+    let (host, port) = host_port(s).map_err(|e| format!("{e}: {form}"))?;
+    std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
         .map_err(|e| format!("cannot resolve {host:?}: {e} ({form})"))?
         .next()
         .ok_or_else(|| format!("{host:?} has no address ({form})"))
@@ -118,5 +149,36 @@ pub fn file_stem(name: &str) -> String {
         "cert".into()
     } else {
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_strips_ipv6_brackets_and_refuses_guesses() {
+        let ok = |s: &str, host: &str, port: u16| {
+            assert_eq!(host_port(s), Ok((host.to_string(), port)), "{s}");
+        };
+        ok("db.example.com:5432", "db.example.com", 5432);
+        ok("127.0.0.1:443", "127.0.0.1", 443);
+        ok("[::1]:443", "::1", 443);
+        ok("[2001:db8::1]:8443", "2001:db8::1", 8443);
+        ok("[fe80::1%2]:22", "fe80::1%2", 22);
+        ok("[db.example.com]:5432", "db.example.com", 5432);
+        for bad in [
+            "::1:443",
+            "[::1]",
+            "[::1]443",
+            "db.example.com",
+            "db.example.com:",
+            "db.example.com:65536",
+            ":443",
+            "[]:443",
+            "[[::1]]:443",
+        ] {
+            assert!(host_port(bad).is_err(), "{bad} was accepted");
+        }
     }
 }
