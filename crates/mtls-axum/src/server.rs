@@ -243,7 +243,10 @@ impl ServerBuilder {
                 server_ca: self.files.client_ca.clone(),
                 cert: cert.cert.clone(),
                 key: cert.key.clone(),
-                passphrase_file: cert.key_passphrase_file.clone(),
+                passphrase: cert
+                    .key_passphrase_file
+                    .clone()
+                    .map_or(mtls_tls::Passphrase::None, mtls_tls::Passphrase::File),
                 crl_signers: self.files.client_ca.clone(),
                 max_age: self.feed_max_age,
             };

@@ -126,12 +126,23 @@ impl ClientTlsArgs {
         }
     }
 
-    /// The client builder for these flags. With `follow_files`, a renewed certificate and key
-    /// are picked up on the next connection (long-running `tunnel`); otherwise the key is
-    /// loaded (and its passphrase asked for) once, now.
+    /// The key's passphrase for a client that follows its files (`tunnel`): asked for once, and
+    /// only if the key is encrypted, then given to everything the command builds with the key
+    /// (the server connections and the revocation feed).
+    fn key_passphrase(&self) -> Result<mtls_tls::Passphrase> {
+        Ok(match self.passphrase().unlock_if_encrypted(&self.key)? {
+            Some(p) => mtls_tls::Passphrase::Bytes(Arc::new(p)),
+            None => mtls_tls::Passphrase::None,
+        })
+    }
+
+    /// The client builder for these flags. With `follow_files` (the key's passphrase, from
+    /// [`Self::key_passphrase`]), a renewed certificate and key are picked up on the next
+    /// connection (long-running `tunnel`); otherwise the key is loaded (and its passphrase
+    /// asked for) once, now.
     fn client(
         &self,
-        follow_files: bool,
+        follow_files: Option<&mtls_tls::Passphrase>,
         sources: &ClientSources,
     ) -> Result<mtls_client::ClientBuilder> {
         let mut b = mtls_client::ClientBuilder::new();
@@ -148,11 +159,10 @@ impl ClientTlsArgs {
         if self.revocation_policy == mtls_gateway::config::RevocationPolicy::SoftFail {
             b = b.soft_fail_revocation();
         }
-        if follow_files {
-            b = b.identity_files(&self.cert, &self.key);
-            if let Some(p) = self.passphrase().unlock_if_encrypted(&self.key)? {
-                b = b.passphrase_bytes(p);
-            }
+        if let Some(passphrase) = follow_files {
+            b = b
+                .identity_files(&self.cert, &self.key)
+                .passphrase(passphrase.clone());
         } else {
             let key = load_key(&self.key, &self.passphrase())?;
             let chain = mtls_pki::pem_io::certificates(&mtls_pki::files::read_public(&self.cert)?)
@@ -307,7 +317,7 @@ pub fn request(a: RequestArgs) -> Result<ExitCode> {
     let log = Arc::new(mtls_client::observe::HandshakeLog::default());
     let mut builder = a
         .tls
-        .client(false, &sources)?
+        .client(None, &sources)?
         .http1_only()
         .observe_handshakes(log.clone());
     let rt = runtime()?;
@@ -436,6 +446,7 @@ pub fn tunnel(a: TunnelArgs) -> Result<ExitCode> {
     })?;
     let target = a.target.clone();
     let server_name = a.tls.server_name(&host)?;
+    let passphrase = a.tls.key_passphrase()?;
     let rt = runtime()?;
     rt.block_on(async move {
         let mut sources = ClientSources::default();
@@ -446,7 +457,7 @@ pub fn tunnel(a: TunnelArgs) -> Result<ExitCode> {
                 server_ca: a.tls.ca.clone(),
                 cert: a.tls.cert.clone(),
                 key: a.tls.key.clone(),
-                passphrase_file: a.tls.passphrase_file.clone(),
+                passphrase: passphrase.clone(),
                 crl_signers: a.tls.ca.clone(),
                 max_age: a.revocation_feed_max_age,
             };
@@ -457,7 +468,8 @@ pub fn tunnel(a: TunnelArgs) -> Result<ExitCode> {
         }
         // Open connections are re-checked with the verifier's own trust state when the sources
         // or the CRL files change: a server revoked while a connection is open loses it at once.
-        let (config, server_state) = a.tls.client(true, &sources)?.tls_config_and_trust(&[])?;
+        let client = a.tls.client(Some(&passphrase), &sources)?;
+        let (config, server_state) = client.tls_config_and_trust(&[])?;
         let config = Arc::new(config);
         let (changed_tx, changed_rx) = tokio::sync::watch::channel(0u64);
         let changed_tx = Arc::new(changed_tx);

@@ -1,7 +1,8 @@
 //! The client tools check the *server's* certificate for revocation through the same trust
 //! state the gateway uses for its clients: `mtls request --crl`, `--ocsp`/`--ocsp-responder`
 //! (hard-fail: refused when the responder is down; soft-fail: connects), and `mtls tunnel
-//! --revocation-feed` (a server revoked at the CA is refused from the next connection on), and
+//! --revocation-feed` (a server revoked at the CA is refused from the next connection on, also
+//! with an encrypted key unlocked from the environment), and
 //! `mtls tunnel --crl` (the file is followed: a replaced CRL counts from the next connection on,
 //! one that does not load or is older than the one in use is refused).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -185,6 +186,74 @@ fn request_and_tunnel_refuse_a_revoked_server() {
     assert_eq!(out.code, 0, "soft-fail connects: {}", out.stderr);
 }
 
+/// A tunnel whose key is encrypted and unlocked through `MTLS_PASSPHRASE` (as the prompt would
+/// be: no passphrase file) follows the revocation feed with that key: it starts, serves, and
+/// refuses the server once the CA revokes it. The feed used to get only a passphrase file and
+/// could not open the key.
+#[test]
+fn tunnel_follows_the_feed_with_a_key_unlocked_from_the_environment() {
+    let env = Env::new();
+    let pass = [("MTLS_PASSPHRASE", "tunnel key passphrase")];
+    env.mtls(&["ca", "init"]).ok();
+    env.mtls(&["issue", "server", "localhost", "127.0.0.1"])
+        .ok();
+    env.mtls_env(&["issue", "client", "c", "--encrypt"], &pass)
+        .ok();
+    let pki = env.pki();
+    let up = Upstream::start();
+    let g = Gateway::start(&gw::trusting_args(
+        &pki.join("issued/localhost.chain.pem"),
+        &pki.join("issued/localhost.key"),
+        &pki.join("ca-chain.pem"),
+        &up,
+        &[],
+    ));
+    let ca = CaServer::start(&env, "ca", None, "[revocation_feed]\nallow_cn = [\"c\"]\n");
+    let p = |rel: &str| env.p(&format!("pki/{rel}"));
+    let local = free_port();
+    let tunnel = Tunnel(
+        Command::new(gw::mtls_bin())
+            .args(["tunnel", "--listen", &format!("127.0.0.1:{local}")])
+            .args(["--target", &format!("localhost:{}", g.port())])
+            .args([
+                "--cert",
+                &p("issued/c.chain.pem"),
+                "--key",
+                &p("issued/c.key"),
+            ])
+            .args(["--ca", &p("ca-chain.pem"), "--revocation-feed", &ca.url()])
+            .env(pass[0].0, pass[0].1)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(env.path("tunnel.log")).unwrap())
+            .spawn()
+            .unwrap(),
+        local,
+    );
+    let start = Instant::now();
+    while through(&tunnel) != 200 {
+        let log = std::fs::read_to_string(env.path("tunnel.log")).unwrap_or_default();
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the tunnel never served:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    revoke_server(&env);
+    wait_through(
+        &tunnel,
+        0,
+        "the tunnel still connects to a server the CA's feed revoked",
+    );
+}
+
+/// Revokes the server's certificate in the CA's inventory (the feed carries it).
+fn revoke_server(env: &Env) {
+    let serial = ca::serial_of(env, &env.pki().join("issued/localhost.crt"));
+    env.mtls(&["revoke", &serial, "--reason", "keyCompromise"])
+        .ok();
+}
+
 /// A gateway serving `localhost` with a certificate of `env`'s CA (made here, with client `c`).
 fn revocable_server(env: &Env) -> (Upstream, Gateway) {
     env.mtls(&["ca", "init"]).ok();
@@ -230,9 +299,7 @@ fn tunnel_with_crl(env: &Env, g: &Gateway, extra: &[&str]) -> Tunnel {
 
 /// Revokes the server's certificate and writes the CA's new CRL over `pki/crl.pem`.
 fn revoke_server_and_publish(env: &Env) {
-    let serial = ca::serial_of(env, &env.pki().join("issued/localhost.crt"));
-    env.mtls(&["revoke", &serial, "--reason", "keyCompromise"])
-        .ok();
+    revoke_server(env);
     env.mtls(&["crl"]).ok();
 }
 

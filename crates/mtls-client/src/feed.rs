@@ -61,8 +61,10 @@ pub struct FeedFiles {
     pub cert: std::path::PathBuf,
     /// Its key.
     pub key: std::path::PathBuf,
-    /// The key's passphrase file, for an encrypted key.
-    pub passphrase_file: Option<std::path::PathBuf>,
+    /// The key's passphrase, for an encrypted key: its file, or the bytes the application
+    /// already has (a passphrase from the environment or a prompt, which the caller asked for
+    /// once for everything it builds with this key).
+    pub passphrase: mtls_tls::Passphrase,
     /// CA bundles whose certificates may sign the CRLs behind the feed (the server's client
     /// CAs).
     pub crl_signers: Vec<std::path::PathBuf>,
@@ -80,10 +82,8 @@ impl FeedFiles {
             let mut b = crate::ClientBuilder::new()
                 .timeout(LONG_POLL + Duration::from_secs(15))
                 .connect_timeout(Duration::from_secs(5))
-                .identity_files(&self.cert, &self.key);
-            if let Some(p) = &self.passphrase_file {
-                b = b.passphrase_file(p);
-            }
+                .identity_files(&self.cert, &self.key)
+                .passphrase(self.passphrase.clone());
             for p in &self.server_ca {
                 b = b.ca_file(p);
             }

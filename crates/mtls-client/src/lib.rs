@@ -261,7 +261,9 @@ impl ClientBuilder {
         self.passphrase(Passphrase::Bytes(Arc::new(passphrase)))
     }
 
-    fn passphrase(mut self, p: Passphrase) -> Self {
+    /// Where the encrypted key's passphrase comes from: a file, bytes, or none (the key is not
+    /// encrypted). [`FeedFiles`](crate::feed::FeedFiles) hands its own on this way.
+    pub fn passphrase(mut self, p: Passphrase) -> Self {
         self.passphrase = p;
         self
     }

@@ -150,7 +150,10 @@ async fn subscriber(
         },
         cert: certificate.cert.clone(),
         key: certificate.key.clone(),
-        passphrase_file: certificate.key_passphrase_file.clone(),
+        passphrase: certificate
+            .key_passphrase_file
+            .clone()
+            .map_or(mtls_tls::Passphrase::None, mtls_tls::Passphrase::File),
         // CRLs behind the feed are checked against the listener's client CAs, as CRL files are.
         crl_signers: cfg.client_ca.clone(),
         max_age: feed.max_age,
