@@ -539,7 +539,7 @@ async fn renew_now(
 /// Whether `chain` (leaf first, then intermediates), as the CA returned it, was issued under the
 /// pinned `root` and is valid at `now`: the check every certificate from the CA passes before
 /// it is written, at enrollment ([`served_chain`] then this) and at renewal (through
-/// [`same_identity_under`]). A CA that answers with a certificate peers trusting the root would
+/// `same_identity_under`). A CA that answers with a certificate peers trusting the root would
 /// refuse must not leave one on disk.
 pub fn chains_to_root(
     chain: &[CertificateDer<'static>],
