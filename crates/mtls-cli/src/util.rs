@@ -21,9 +21,10 @@ pub fn std_duration_arg(s: &str) -> std::result::Result<std::time::Duration, Str
 }
 
 /// Splits `HOST:PORT` (`db.example.com:5432`, `127.0.0.1:5432`, `[::1]:5432`) into the host,
-/// without the brackets an IPv6 address needs, and the port: the one host-and-port syntax of the
-/// command line. An IPv6 address without brackets (`::1:5432`) is refused: where its port starts
-/// is a guess. The error says what is wrong; the caller adds the forms it accepts.
+/// without the brackets an IPv6 address needs, and the port, which the command line requires
+/// (the splitting is [`mtls_serve::hostport::split`]'s, as for the gateway's `Host`). An IPv6
+/// address without brackets (`::1:5432`) is refused: where its port starts is a guess. The
+/// error says what is wrong; the caller adds the forms it accepts.
 pub fn host_port(s: &str) -> std::result::Result<(String, u16), String> {
     match s.parse::<std::net::SocketAddr>() {
         // A zone (`[fe80::1%2]:22`) stays with the address: the resolver takes `fe80::1%2`.
@@ -33,23 +34,11 @@ pub fn host_port(s: &str) -> std::result::Result<(String, u16), String> {
         Ok(a) => return Ok((a.ip().to_string(), a.port())),
         Err(_) => {}
     }
-    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-        let Some((host, port)) = rest.split_once("]:") else {
-            return Err(format!("no port after the bracketed address in {s:?}"));
-        };
-        (host, port)
-    } else {
-        let Some((host, port)) = s.rsplit_once(':') else {
-            return Err(format!("no port in {s:?}"));
-        };
-        if host.contains(':') {
-            return Err(format!("{s:?}: an IPv6 address with a port needs brackets"));
-        }
-        (host, port)
+    let hp = mtls_serve::hostport::split(s).map_err(|e| format!("{s:?}: {e}"))?;
+    let Some(port) = hp.port else {
+        return Err(format!("no port in {s:?}"));
     };
-    if host.is_empty() || host.contains(['[', ']']) {
-        return Err(format!("no host in {s:?}"));
-    }
+    let host = hp.host;
     let port = port
         .parse::<u16>()
         .map_err(|_| format!("invalid port {port:?}"))?;

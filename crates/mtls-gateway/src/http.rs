@@ -253,35 +253,21 @@ fn host_of(req: &Request<RequestBody>) -> Result<Option<&str>, &'static str> {
 /// `[localhost]evil.example`, `localhost:x y`) passed the comparison with the TLS name and
 /// reached upstreams that split or normalise it differently, as another host.
 fn host_without_port(raw: &str) -> Option<&str> {
-    let (host, port) = if let Some(rest) = raw.strip_prefix('[') {
-        let (h, after) = rest.split_once(']')?;
-        let ipv6 = !h.is_empty()
-            && h.bytes()
-                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
-        if !ipv6 {
-            return None;
-        }
-        let port = match after {
-            "" => None,
-            a => Some(a.strip_prefix(':')?),
-        };
-        (h, port)
+    let hp = mtls_serve::hostport::split(raw).ok()?;
+    let host_ok = if hp.bracketed {
+        hp.host
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
     } else {
-        let (h, port) = match raw.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (raw, None),
-        };
-        let name = !h.is_empty()
-            && h.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
-        if !name {
-            return None;
-        }
-        (h, port)
+        hp.host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
     };
     // An empty port is allowed (RFC 3986 3.2.3).
-    let port_ok = port.is_none_or(|p| p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
-    port_ok.then_some(host)
+    let port_ok = hp
+        .port
+        .is_none_or(|p| p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    (host_ok && port_ok).then_some(hp.host)
 }
 
 /// The protocol switches forwarded: WebSocket only. Any other (`h2c` above all) would turn the

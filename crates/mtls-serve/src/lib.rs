@@ -13,7 +13,8 @@
 //! - [`http`]: the hyper connection builders and graceful per-connection serving; an HTTP/1
 //!   connection between requests holds no hyper state (taken apart and rebuilt on its next bytes);
 //! - [`metrics`]: Prometheus metrics through `prometheus-client`;
-//! - [`duration`]: the one duration syntax (units required).
+//! - [`duration`]: the one duration syntax (units required);
+//! - [`hostport`]: the one `host[:port]` splitting (IPv6 in brackets).
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -63,6 +64,7 @@ pub mod accept;
 pub mod coalesce;
 pub mod duration;
 pub mod error;
+pub mod hostport;
 pub mod http;
 pub mod metrics;
 mod park;
