@@ -1182,6 +1182,94 @@ allow_any_trusted = true
     assert_eq!(r.status, 504, "{} {}", r.body, r.stderr);
 }
 
+/// A request's upstream slot is held while its answer's body is still coming: a streamed
+/// answer counts against `max_upstream_requests` until its last byte.
+#[test]
+fn an_upstream_slot_is_held_until_the_answer_body_ends() {
+    use std::sync::mpsc;
+    use std::sync::Mutex;
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let c = f.client("streamer");
+    // Answers the first request with its head and half its body, the rest once released
+    // (at most 30 s); later requests at once.
+    let (headed, head_sent) = mpsc::channel::<()>();
+    let (release, released) = mpsc::channel::<()>();
+    let released = Mutex::new(Some(released));
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().take(4) {
+            let Ok(mut s) = s else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\nConnection: close\r\n\r\nhalf",
+            );
+            let _ = s.flush();
+            if let Some(r) = released.lock().unwrap().take() {
+                let _ = headed.send(());
+                let _ = r.recv_timeout(Duration::from_secs(30));
+            }
+            let _ = s.write_all(b"rest");
+        }
+    });
+    let port = free_port();
+    let toml = format!(
+        r#"
+[limits]
+max_upstream_requests = 1
+[[listener]]
+listen = "127.0.0.1:{port}"
+upstream = "http://{upstream}"
+client_ca = ["ca-chain.pem"]
+[[listener.certificate]]
+cert = "server.chain.pem"
+key = "server.key"
+[listener.policy]
+allow_any_trusted = true
+"#
+    );
+    let path = dir.path().join("stream.toml");
+    std::fs::write(&path, toml).unwrap();
+    let g = Gateway::start(&["--config".into(), Files::p(&path)]);
+    let first = {
+        let url = g.url("/stream");
+        let (root, chain, key) = (f.root(), c.chain.clone(), c.key.clone());
+        std::thread::spawn(move || {
+            Command::new("curl")
+                .args(["-sS", "--max-time", "30", "--cacert"])
+                .arg(root)
+                .arg("--cert")
+                .arg(chain)
+                .arg("--key")
+                .arg(key)
+                .arg(url)
+                .output()
+                .unwrap()
+        })
+    };
+    head_sent
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the first request reached the upstream");
+    // Its answer's head is on its way; its body has not ended.
+    std::thread::sleep(Duration::from_millis(300));
+    let r = curl(&g, &f, Some(&c), "/second", &[]);
+    assert_eq!(r.status, 503, "{} {}", r.body, r.stderr);
+    assert!(r.body.contains("UPSTREAM_BUSY"), "{}", r.body);
+    release.send(()).unwrap();
+    let out = first.join().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "halfrest");
+    // The slot came back with the body's end.
+    let r = curl(&g, &f, Some(&c), "/third", &[]);
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "halfrest"),
+        "{}",
+        r.stderr
+    );
+}
+
 #[test]
 fn the_upstream_timeout_counts_from_the_end_of_the_upload() {
     let dir = tempfile::tempdir().unwrap();

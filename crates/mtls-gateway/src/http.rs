@@ -482,6 +482,9 @@ pub async fn handle(
         let (body, progress) = Upload::new(body);
         let upstream_req = Request::from_parts(parts, body);
         let pool = &state.upstream.pool;
+        // A plain request's answer holds the slot in its body; an upgrade's, in the tunnel
+        // (or in its body when the upstream refused the switch).
+        let mut upstream_slot = Some(upstream_slot);
         let result = within(shared.limits.upstream_timeout, progress.as_deref(), async {
             if upgrade {
                 // Rare and large (it opens a connection): boxed, to keep every request's
@@ -490,7 +493,10 @@ pub async fn handle(
                     .await
                     .map(|r| r.map(BodyExt::boxed))
             } else {
-                pool.send(upstream_req).await.map(|r| r.map(BodyExt::boxed))
+                let slot = upstream_slot.take();
+                pool.send(upstream_req)
+                    .await
+                    .map(|r| r.map(|body| SlotBody { body, _slot: slot }.boxed()))
             }
         })
         .await;
@@ -568,13 +574,15 @@ pub async fn handle(
                 resp.headers_mut().remove(http::header::CONTENT_LENGTH);
             }
             identity::strip(resp.headers_mut(), &[], false);
-            resp = resp.map(|body| {
-                body.map_frame(move |frame| {
-                    let _held = &upstream_slot;
-                    frame
-                })
-                .boxed()
-            });
+            if let Some(slot) = upstream_slot {
+                resp = resp.map(|body| {
+                    SlotBody {
+                        body,
+                        _slot: Some(slot),
+                    }
+                    .boxed()
+                });
+            }
         }
         resp
     };
@@ -630,6 +638,33 @@ pub async fn handle(
         crate::access_log(&line);
     }
     Ok(response)
+}
+
+/// An upstream answer's body holding its request's upstream slot
+/// (`limits.max_upstream_requests`) until the body is read or dropped.
+struct SlotBody<B> {
+    body: B,
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for SlotBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 #[cfg(test)]
