@@ -1270,6 +1270,128 @@ allow_any_trusted = true
     );
 }
 
+/// A streaming answer (an event stream) is cut when a reload stops allowing its client on the
+/// path, as a WebSocket tunnel is; a reload that still allows it leaves it flowing.
+#[test]
+fn a_streaming_answer_is_cut_when_a_reload_disallows_its_client() {
+    use std::io::BufRead;
+    use std::sync::mpsc;
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let c = f.client("watcher");
+    // An event stream: a chunk every 100 ms for at most 30 s, until the gateway hangs up.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().take(2) {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
+                if s.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                for i in 0..300 {
+                    let event = format!("data: {i}\n\n");
+                    let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+                    if s.write_all(chunk.as_bytes()).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            });
+        }
+    });
+    let port = free_port();
+    let config = |allowed: &str| {
+        format!(
+            r#"
+[[listener]]
+listen = "127.0.0.1:{port}"
+upstream = "http://{upstream}"
+client_ca = ["ca-chain.pem"]
+[[listener.certificate]]
+cert = "server.chain.pem"
+key = "server.key"
+[listener.policy]
+allow_any_trusted = true
+[[listener.route]]
+path_prefix = "/events"
+policy = {{ allow_cn = [{allowed}] }}
+"#
+        )
+    };
+    let path = dir.path().join("events.toml");
+    std::fs::write(&path, config(r#""watcher""#)).unwrap();
+    let g = Gateway::start(&["--config".into(), Files::p(&path)]);
+    let mut child = Command::new("curl")
+        .args(["-sS", "-N", "--max-time", "40", "--cacert"])
+        .arg(f.root())
+        .arg("--cert")
+        .arg(&c.chain)
+        .arg("--key")
+        .arg(&c.key)
+        .arg(g.url("/events"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, events) = mpsc::channel::<String>();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if line.starts_with("data:") && tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next = |what: &str| {
+        events
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{what}: no event ({e})"))
+    };
+    next("before any reload");
+    // Still allowed (another client added): the stream goes on.
+    std::fs::write(&path, config(r#""watcher", "other""#)).unwrap();
+    g.hup();
+    std::thread::sleep(Duration::from_millis(1500));
+    while events.try_recv().is_ok() {}
+    next("after a reload that still allows the client");
+    // No longer allowed on /events: the stream is cut, as an error, within seconds.
+    std::fs::write(&path, config(r#""other""#)).unwrap();
+    g.hup();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the stream was not cut"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    // 18: the transfer ended before its end (a chunked body without its last chunk).
+    assert!(!status.success(), "curl saw a clean end: {err}");
+    assert!(
+        g.stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("cutting a streaming answer after reload")),
+        "not logged"
+    );
+}
+
 #[test]
 fn the_upstream_timeout_counts_from_the_end_of_the_upload() {
     let dir = tempfile::tempdir().unwrap();

@@ -8,7 +8,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, HOST};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use mtls_serve::http::RequestBody;
 use mtls_serve::recheck::ConnectionIdentity;
@@ -17,7 +17,10 @@ use mtls_serve::{ApiError, Slot};
 use crate::identity::{self, IdentityHeaders};
 use crate::server::Shared;
 
-pub type Body = BoxBody<Bytes, hyper::Error>;
+/// The body of every answer: the gateway's own (JSON errors) or an upstream's
+/// ([`UpstreamBody`]), whose errors (the upstream's, or a cut after reload) end the transfer.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The upstream connections of a listener, driven by the task of the request being proxied.
 pub type UpstreamPool = mtls_client::pool::Pool<Upload>;
 
@@ -149,7 +152,7 @@ async fn within<T>(
 pub fn json_error(status: StatusCode, code: &'static str, message: &str) -> Response<Body> {
     ApiError::new(status, code, message)
         .to_response::<Full<Bytes>>()
-        .map(|b| b.map_err(|never| match never {}).boxed())
+        .map(|b| b.map_err(|never| match never {}).boxed_unsync())
 }
 
 /// A connection's client identity (re-verified when trust changes or something expires), with
@@ -330,7 +333,8 @@ pub async fn handle(
     let shared = conn.shared.clone();
     let state = shared.state.load_full();
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    // Shared with a streaming answer's reload watch (see UpstreamBody).
+    let path: Arc<str> = req.uri().path().into();
     let identity = conn.identity.current(state.trust());
     let peer = identity.as_ref().ok().map(|(p, _)| p.clone());
     // Why the gateway itself refused the request (the code of its metrics and logs), and the
@@ -482,21 +486,15 @@ pub async fn handle(
         let (body, progress) = Upload::new(body);
         let upstream_req = Request::from_parts(parts, body);
         let pool = &state.upstream.pool;
-        // A plain request's answer holds the slot in its body; an upgrade's, in the tunnel
-        // (or in its body when the upstream refused the switch).
-        let mut upstream_slot = Some(upstream_slot);
         let result = within(shared.limits.upstream_timeout, progress.as_deref(), async {
             if upgrade {
                 // Rare and large (it opens a connection): boxed, to keep every request's
                 // future small.
                 Box::pin(pool.send_upgrade(upstream_req))
                     .await
-                    .map(|r| r.map(BodyExt::boxed))
+                    .map(|r| r.map(Source::Direct))
             } else {
-                let slot = upstream_slot.take();
-                pool.send(upstream_req)
-                    .await
-                    .map(|r| r.map(|body| SlotBody { body, _slot: slot }.boxed()))
+                pool.send(upstream_req).await.map(|r| r.map(Source::Pooled))
             }
         })
         .await;
@@ -545,7 +543,7 @@ pub async fn handle(
                 &"a protocol switch to another protocol than websocket",
             );
         }
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let (slot, watch) = if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = client_upgrade {
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
                 let conn = conn.clone();
@@ -567,6 +565,8 @@ pub async fn handle(
                     }
                 });
             }
+            // The tunnel holds the slot and watches for reloads.
+            (None, Watch::Off)
         } else {
             // Framed both ways: hyper decoded it as chunked (RFC 9112 6.3), so the length is
             // not the body's; forwarded, it would cut the body short.
@@ -574,17 +574,21 @@ pub async fn handle(
                 resp.headers_mut().remove(http::header::CONTENT_LENGTH);
             }
             identity::strip(resp.headers_mut(), &[], false);
-            if let Some(slot) = upstream_slot {
-                resp = resp.map(|body| {
-                    SlotBody {
-                        body,
-                        _slot: Some(slot),
-                    }
-                    .boxed()
-                });
+            let watch = Watch::Unarmed {
+                conn: conn.clone(),
+                path: path.clone(),
+                checked: state.generation,
+            };
+            (Some(upstream_slot), watch)
+        };
+        resp.map(|body| {
+            UpstreamBody {
+                body,
+                _slot: slot,
+                watch,
             }
-        }
-        resp
+            .boxed_unsync()
+        })
     };
     let status = response.status().as_u16();
     shared
@@ -597,7 +601,7 @@ pub async fn handle(
             reason: reason.to_string(),
             detail: detail.clone(),
             stage: "request",
-            path: Some(path.clone()),
+            path: Some(path.to_string()),
             subject: peer.as_ref().map(|p| p.subject().to_string()),
             serial: peer.as_ref().map(|p| p.serial().to_string()),
             fingerprint: peer.as_ref().map(|p| p.fingerprint().to_string()),
@@ -626,7 +630,7 @@ pub async fn handle(
             "listener": &*shared.name,
             "remote": conn.remote.to_string(),
             "method": method.as_str(),
-            "path": path,
+            "path": &*path,
             "status": status,
             // Whole microseconds: `0.025`, not `0.024635999999999998`.
             "latency_ms": (start.elapsed().as_secs_f64() * 1e6).round() / 1e3,
@@ -640,30 +644,86 @@ pub async fn handle(
     Ok(response)
 }
 
-/// An upstream answer's body holding its request's upstream slot
-/// (`limits.max_upstream_requests`) until the body is read or dropped.
-struct SlotBody<B> {
-    body: B,
-    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+/// What the pool answered with: a pooled connection's body, or (an upgrade the upstream
+/// refused) the body of a connection of its own.
+enum Source {
+    Pooled(mtls_client::pool::PooledBody<Upload>),
+    Direct(hyper::body::Incoming),
 }
 
-impl<B: hyper::body::Body + Unpin> hyper::body::Body for SlotBody<B> {
-    type Data = B::Data;
-    type Error = B::Error;
+/// A streaming answer's watch over reloads: armed only once the body has to wait for the
+/// upstream (most answers end with their first frames and never pay for it).
+enum Watch {
+    Unarmed {
+        conn: Arc<Conn>,
+        path: Arc<str>,
+        checked: u64,
+    },
+    Armed(std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>>),
+    Off,
+}
+
+/// An upstream answer's body. It holds its request's upstream slot
+/// (`limits.max_upstream_requests`) until it is read or dropped, and it is cut, with an error
+/// so the client sees a broken transfer rather than an end, when a reload or expiry stops
+/// trusting or allowing the client on the path while the answer is still streaming (an
+/// event stream, a long download): as a WebSocket tunnel or a TCP-mode connection is.
+struct UpstreamBody {
+    body: Source,
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    watch: Watch,
+}
+
+impl hyper::body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
 
     fn poll_frame(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
-        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        let frame = match &mut this.body {
+            Source::Pooled(b) => std::pin::Pin::new(b).poll_frame(cx),
+            Source::Direct(b) => std::pin::Pin::new(b).poll_frame(cx),
+        };
+        if frame.is_pending() && matches!(this.watch, Watch::Unarmed { .. }) {
+            if let Watch::Unarmed {
+                conn,
+                path,
+                checked,
+            } = std::mem::replace(&mut this.watch, Watch::Off)
+            {
+                this.watch = Watch::Armed(Box::pin(async move {
+                    let reason = conn.refused(&path, checked).await;
+                    tracing::warn!(listener = %conn.shared.name, remote = %conn.remote, path = %path, %reason,
+                        "cutting a streaming answer after reload: the client is no longer allowed");
+                    reason
+                }));
+            }
+        }
+        if let Watch::Armed(refused) = &mut this.watch {
+            if let Poll::Ready(reason) = refused.as_mut().poll(cx) {
+                this.watch = Watch::Off;
+                return Poll::Ready(Some(Err(reason.into())));
+            }
+        }
+        frame.map_err(Into::into)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        match &self.body {
+            Source::Pooled(b) => b.is_end_stream(),
+            Source::Direct(b) => b.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
-        self.body.size_hint()
+        match &self.body {
+            Source::Pooled(b) => b.size_hint(),
+            Source::Direct(b) => b.size_hint(),
+        }
     }
 }
 
