@@ -34,6 +34,7 @@ pub struct ServerBuilder {
     drain_timeout: Duration,
     http: mtls_serve::http::HttpLimits,
     max_connections: usize,
+    max_connections_per_source: Option<usize>,
     reload_poll: Duration,
     reload_on_sighup: bool,
     gateways: Option<Policy>,
@@ -60,6 +61,7 @@ impl Default for ServerBuilder {
             drain_timeout: Duration::from_secs(30),
             http: mtls_serve::http::HttpLimits::default(),
             max_connections: 10_000,
+            max_connections_per_source: None,
             reload_poll: Duration::from_secs(1),
             reload_on_sighup: false,
             gateways: None,
@@ -206,6 +208,14 @@ impl ServerBuilder {
     /// WebSocket when the client is revoked): the process's `RLIMIT_NOFILE` needs twice this.
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = n;
+        self
+    }
+
+    /// At most this many connections from one source (an IPv4 address, an IPv6 /64) at once,
+    /// so one host cannot take every slot; past it a new connection is closed at once. Unset
+    /// by default: behind a load balancer or NAT every client has the same source.
+    pub fn max_connections_per_source(mut self, n: usize) -> Self {
+        self.max_connections_per_source = Some(n);
         self
     }
 
@@ -397,7 +407,10 @@ impl MtlsServer {
             move || tls.current().certificates.clone(),
             shutdown.clone(),
         ));
-        let slots = Slots::new(self.inner.builder.max_connections);
+        let mut slots = Slots::new(self.inner.builder.max_connections);
+        if let Some(n) = self.inner.builder.max_connections_per_source {
+            slots = slots.per_source(n);
+        }
         let http = Arc::new(mtls_serve::http::builder(&self.inner.builder.http));
         let inner = self.inner.clone();
         let sd = shutdown.clone();

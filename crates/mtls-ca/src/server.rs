@@ -23,6 +23,13 @@ const HTTP_LIMITS: mtls_serve::http::HttpLimits = mtls_serve::http::HttpLimits {
     max_header_bytes: 16 * 1024,
 };
 const MAX_CONNECTIONS: usize = 4096;
+/// Of which one source (an IPv4 address, an IPv6 /64) may hold: the API is open to clients
+/// without certificates (enrollment), and one host must not take every slot.
+const MAX_CONNECTIONS_PER_SOURCE: usize = 512;
+
+fn slots() -> Slots {
+    Slots::new(MAX_CONNECTIONS).per_source(MAX_CONNECTIONS_PER_SOURCE)
+}
 
 /// A started CA service.
 pub struct Running {
@@ -283,7 +290,7 @@ pub async fn serve(
         })?);
         tasks.push(tokio::spawn(mtls_serve::http::serve_plain(
             l,
-            Slots::new(MAX_CONNECTIONS),
+            slots(),
             HTTP_LIMITS,
             ca.settings().idle_timeout.unsigned_abs(),
             rx,
@@ -310,49 +317,44 @@ async fn accept_tls(
     let idle = ca.settings().idle_timeout.unsigned_abs();
     let http = Arc::new(mtls_serve::http::builder(&HTTP_LIMITS));
     let sd = shutdown.clone();
-    accept_loop(
-        listener,
-        Slots::new(MAX_CONNECTIONS),
-        shutdown,
-        move |tcp, _, slot| {
-            let (config, router, ca, http, shutdown) = (
-                config.clone(),
-                router.clone(),
-                ca.clone(),
-                http.clone(),
-                sd.clone(),
-            );
-            async move {
-                let _slot = slot;
-                let tls = match handshake(config, tcp, HANDSHAKE_TIMEOUT).await {
-                    Ok(tls) => tls,
-                    Err(e) => {
-                        ca.metrics.inc(&ca.metrics.handshake_failures);
-                        tracing::debug!(error = %e, "TLS handshake failed");
-                        return;
-                    }
-                };
-                let peer: PeerIdentity = ca
-                    .trust()
-                    .identify(peer_chain(&tls), OffsetDateTime::now_utc())
-                    .into();
-                // A connection without an accepted client certificate can only enroll or read
-                // what is published: it gets the header-read timeout as idle limit, not the
-                // long one, so anonymous connections cannot keep the API's slots taken.
-                let idle = match peer {
-                    PeerIdentity::Verified(_) => idle,
-                    _ => HTTP_LIMITS.header_read_timeout,
-                };
-                let service = TowerToHyperService::new(router.layer(axum::Extension(peer)));
-                mtls_serve::http::serve_connection(
-                    &http,
-                    IdleTimeout::new(tls, idle),
-                    service,
-                    shutdown,
-                )
-                .await;
-            }
-        },
-    )
+    accept_loop(listener, slots(), shutdown, move |tcp, _, slot| {
+        let (config, router, ca, http, shutdown) = (
+            config.clone(),
+            router.clone(),
+            ca.clone(),
+            http.clone(),
+            sd.clone(),
+        );
+        async move {
+            let _slot = slot;
+            let tls = match handshake(config, tcp, HANDSHAKE_TIMEOUT).await {
+                Ok(tls) => tls,
+                Err(e) => {
+                    ca.metrics.inc(&ca.metrics.handshake_failures);
+                    tracing::debug!(error = %e, "TLS handshake failed");
+                    return;
+                }
+            };
+            let peer: PeerIdentity = ca
+                .trust()
+                .identify(peer_chain(&tls), OffsetDateTime::now_utc())
+                .into();
+            // A connection without an accepted client certificate can only enroll or read
+            // what is published: it gets the header-read timeout as idle limit, not the
+            // long one, so anonymous connections cannot keep the API's slots taken.
+            let idle = match peer {
+                PeerIdentity::Verified(_) => idle,
+                _ => HTTP_LIMITS.header_read_timeout,
+            };
+            let service = TowerToHyperService::new(router.layer(axum::Extension(peer)));
+            mtls_serve::http::serve_connection(
+                &http,
+                IdleTimeout::new(tls, idle),
+                service,
+                shutdown,
+            )
+            .await;
+        }
+    })
     .await
 }

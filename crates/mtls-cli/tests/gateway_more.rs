@@ -1392,6 +1392,57 @@ policy = {{ allow_cn = [{allowed}] }}
     );
 }
 
+/// `limits.max_connections_per_source`: one host holding its share of connections (here two
+/// that never start their handshake) cannot open more, and gets a place back when it closes one.
+#[test]
+fn one_source_cannot_take_more_than_its_share_of_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let c = f.client("neighbour");
+    let up = Upstream::start();
+    let port = free_port();
+    let toml = format!(
+        r#"
+[limits]
+max_connections_per_source = 2
+[[listener]]
+listen = "127.0.0.1:{port}"
+upstream = "http://{}"
+client_ca = ["ca-chain.pem"]
+[[listener.certificate]]
+cert = "server.chain.pem"
+key = "server.key"
+[listener.policy]
+allow_any_trusted = true
+"#,
+        up.addr
+    );
+    let path = dir.path().join("share.toml");
+    std::fs::write(&path, toml).unwrap();
+    let g = Gateway::start(&["--config".into(), Files::p(&path)]);
+    assert_eq!(curl(&g, &f, Some(&c), "/", &[]).status, 200, "alone");
+    // Its connection is closed and given back before the two are opened.
+    std::thread::sleep(Duration::from_millis(500));
+    let first = std::net::TcpStream::connect(g.addr).unwrap();
+    let _second = std::net::TcpStream::connect(g.addr).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let r = curl(&g, &f, Some(&c), "/", &[]);
+    assert_eq!(r.status, 0, "a third connection was served: {}", r.body);
+    drop(first);
+    // The gateway notices the close (its handshake read ends) and frees the place.
+    let started = std::time::Instant::now();
+    loop {
+        if curl(&g, &f, Some(&c), "/", &[]).status == 200 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no place after a connection closed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn the_upstream_timeout_counts_from_the_end_of_the_upload() {
     let dir = tempfile::tempdir().unwrap();

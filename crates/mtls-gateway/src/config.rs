@@ -289,6 +289,10 @@ pub struct Limits {
     /// Maximum size of a request head (HTTP/1) or header list (HTTP/2).
     pub max_header_bytes: usize,
     pub max_connections: usize,
+    /// At most this many of those from one source (an IPv4 address, an IPv6 /64), so one
+    /// host cannot take them all; past it a new connection is closed at once. Unset by
+    /// default: behind a load balancer or NAT every client has the same source.
+    pub max_connections_per_source: Option<usize>,
     /// HTTP mode: most requests in flight to the upstreams of all listeners, each holding an
     /// upstream connection until its answer is read (WebSocket tunnels included). Past it a
     /// request is answered `503 UPSTREAM_BUSY` at once: without a bound, the streams of a few
@@ -310,6 +314,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(3600),
             max_header_bytes: 16 * 1024,
             max_connections: 10_000,
+            max_connections_per_source: None,
             max_upstream_requests: 4_096,
             reload_poll: Duration::from_secs(1),
         }
@@ -375,6 +380,11 @@ impl GatewayConfig {
     pub fn validate(&self) -> Result<(), Error> {
         if self.listeners.is_empty() {
             return Err(Error::Config("no [[listener]] configured".into()));
+        }
+        if self.limits.max_connections_per_source == Some(0) {
+            return Err(Error::Config(
+                "limits.max_connections_per_source = 0 would refuse every connection".into(),
+            ));
         }
         for l in &self.listeners {
             let e = |m: &str| Err(Error::Config(format!("listener {:?}: {m}", l.name)));

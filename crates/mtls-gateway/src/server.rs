@@ -174,8 +174,11 @@ pub async fn start(config: GatewayConfig, config_path: Option<PathBuf>) -> Resul
     };
     let admin_addr = admin.as_ref().map(|(_, a)| *a);
     let (stop, shutdown) = mtls_serve::shutdown();
-    let slots = Slots::new(config.limits.max_connections)
+    let mut slots = Slots::new(config.limits.max_connections)
         .count_refused(metrics.connections_refused.clone());
+    if let Some(n) = config.limits.max_connections_per_source {
+        slots = slots.per_source(n);
+    }
     let mut tasks = Vec::new();
     for (shared, listener) in shared_all.iter().cloned().zip(listeners) {
         let sd = shutdown.clone();

@@ -5,10 +5,11 @@
 //! page, the online CA's two listeners, the renewal daemon's metrics page, the demo upstream,
 //! `mtls tunnel` and applications on `mtls-axum`.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustls::ServerConfig;
@@ -26,18 +27,73 @@ pub const BACKOFF_MIN: Duration = Duration::from_millis(5);
 /// Longest pause between failed `accept`s.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// At most `max` connections at once, shared by the listeners given the same `Slots`.
+/// At most `max` connections at once, shared by the listeners given the same `Slots`, and
+/// optionally at most so many from one source ([`Slots::per_source`]).
 #[derive(Clone, Debug)]
 pub struct Slots {
     sem: Arc<Semaphore>,
     max: u32,
     refused: Counter,
+    per_source: Option<Arc<PerSource>>,
 }
 
-/// One connection's place under the limit; dropped when the connection (and any tunnel
+/// Connections open per source: an IPv4 address, or the /64 of an IPv6 address (one host
+/// is commonly given a whole /64).
+#[derive(Debug)]
+struct PerSource {
+    max: u32,
+    open: Mutex<HashMap<IpAddr, u32>>,
+}
+
+/// The source a connection is counted under.
+fn source_of(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(prefix.into())
+        }
+        v4 => v4,
+    }
+}
+
+impl PerSource {
+    fn take(&self, source: IpAddr) -> bool {
+        // A poisoned map (a panic while held) is still a valid count.
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(source).or_insert(0);
+        if *n >= self.max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn give_back(&self, source: IpAddr) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&source) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&source);
+            }
+        }
+    }
+}
+
+/// One connection's place under the limits; dropped when the connection (and any tunnel
 /// upgraded from it) ends.
 #[derive(Debug)]
-pub struct Slot(#[allow(dead_code)] OwnedSemaphorePermit);
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+    source: Option<(Arc<PerSource>, IpAddr)>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some((per_source, source)) = self.source.take() {
+            per_source.give_back(source);
+        }
+    }
+}
 
 impl Slots {
     /// A limit of `max` connections at once (capped at `u32::MAX`).
@@ -49,17 +105,45 @@ impl Slots {
             sem: Arc::new(Semaphore::new(max as usize)),
             max,
             refused: Counter::default(),
+            per_source: None,
         }
     }
 
-    /// Counts connections closed at once because every slot was taken.
+    /// At most `max` of the connections from one source at once (an IPv4 address, or an IPv6
+    /// /64), so one host cannot take every slot. Off by default: behind a load balancer or a
+    /// NAT every client has the same source.
+    pub fn per_source(mut self, max: usize) -> Self {
+        let max = u32::try_from(max).unwrap_or(u32::MAX);
+        self.per_source = Some(Arc::new(PerSource {
+            max,
+            open: Mutex::new(HashMap::new()),
+        }));
+        self
+    }
+
+    /// Counts connections closed at once because every slot (or every slot of their source)
+    /// was taken.
     pub fn count_refused(mut self, counter: Counter) -> Self {
         self.refused = counter;
         self
     }
 
-    fn try_take(&self) -> Option<Slot> {
-        self.sem.clone().try_acquire_owned().ok().map(Slot)
+    fn try_take(&self, remote: IpAddr) -> Option<Slot> {
+        let permit = self.sem.clone().try_acquire_owned().ok()?;
+        let source = match &self.per_source {
+            None => None,
+            Some(per_source) => {
+                let source = source_of(remote);
+                if !per_source.take(source) {
+                    return None;
+                }
+                Some((per_source.clone(), source))
+            }
+        };
+        Some(Slot {
+            _permit: permit,
+            source,
+        })
     }
 
     /// Connections open now.
@@ -154,7 +238,7 @@ pub async fn accept_loop<L, H, F>(
         match accepted {
             Ok((io, remote)) => {
                 backoff = None;
-                match slots.try_take() {
+                match slots.try_take(remote.ip()) {
                     Some(slot) => {
                         tokio::spawn(handler(io, remote, slot));
                     }
@@ -316,6 +400,40 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(1)).await;
             Ok(((), SocketAddr::from(([127, 0, 0, 1], 1))))
         }
+    }
+
+    #[test]
+    fn one_source_gets_at_most_its_share() {
+        let refused = Counter::default();
+        let slots = Slots::new(10).per_source(2).count_refused(refused);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let a1 = slots.try_take(ip("192.0.2.1")).expect("first from a");
+        let a2 = slots
+            .try_take(ip("::ffff:192.0.2.1"))
+            .expect("second from a");
+        assert!(slots.try_take(ip("192.0.2.1")).is_none(), "third from a");
+        // Another source is not affected; an IPv6 host counts per /64.
+        let b = slots.try_take(ip("192.0.2.2")).expect("from b");
+        let v6 = slots
+            .try_take(ip("2001:db8::1"))
+            .expect("first from the /64");
+        let _v6b = slots
+            .try_take(ip("2001:db8::ffff:1"))
+            .expect("second from the /64");
+        assert!(
+            slots.try_take(ip("2001:db8::2")).is_none(),
+            "third from the /64"
+        );
+        assert!(
+            slots.try_take(ip("2001:db8:0:1::1")).is_some(),
+            "another /64"
+        );
+        // Closing one gives its source a place again.
+        drop(a1);
+        let _a3 = slots.try_take(ip("192.0.2.1")).expect("after one closed");
+        drop((a2, b, v6));
+        // _v6b and _a3.
+        assert_eq!(slots.in_use(), 2);
     }
 
     #[tokio::test(start_paused = true)]
