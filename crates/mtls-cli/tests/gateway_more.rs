@@ -86,6 +86,57 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A plain-TCP upstream on 127.0.0.1: each of its first `n` connections is read once (the
+/// request) and handed to `answer` on a thread of its own.
+fn raw_upstream(
+    n: usize,
+    answer: impl Fn(std::net::TcpStream) + Send + Sync + 'static,
+) -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let answer = std::sync::Arc::new(answer);
+    std::thread::spawn(move || {
+        for s in l.incoming().take(n) {
+            let Ok(mut s) = s else { continue };
+            let answer = answer.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                answer(s);
+            });
+        }
+    });
+    addr
+}
+
+/// A gateway configuration: `limits` (TOML lines of `[limits]`), one listener on `port` to
+/// `upstream` allowing any trusted client, and `extra` (routes) at its end.
+fn one_listener(port: u16, upstream: std::net::SocketAddr, limits: &str, extra: &str) -> String {
+    format!(
+        r#"
+[limits]
+{limits}
+[[listener]]
+listen = "127.0.0.1:{port}"
+upstream = "http://{upstream}"
+client_ca = ["ca-chain.pem"]
+[[listener.certificate]]
+cert = "server.chain.pem"
+key = "server.key"
+[listener.policy]
+allow_any_trusted = true
+{extra}
+"#
+    )
+}
+
+/// Starts a gateway on `toml`, written to `dir`.
+fn start_with(dir: &std::path::Path, toml: &str) -> Gateway {
+    let path = dir.join(format!("g-{}.toml", free_port()));
+    std::fs::write(&path, toml).unwrap();
+    Gateway::start(&["--config".into(), Files::p(&path)])
+}
+
 #[test]
 fn config_file_listeners_sni_certificates_and_route_policies() {
     let dir = tempfile::tempdir().unwrap();
@@ -1086,25 +1137,8 @@ allow_any_trusted = true
 
 /// A gateway with `upstream_timeout = "1s"` in front of `upstream`.
 fn gateway_with_upstream_timeout(dir: &std::path::Path, upstream: std::net::SocketAddr) -> Gateway {
-    let port = free_port();
-    let toml = format!(
-        r#"
-[limits]
-upstream_timeout = "1s"
-[[listener]]
-listen = "127.0.0.1:{port}"
-upstream = "http://{upstream}"
-client_ca = ["ca-chain.pem"]
-[[listener.certificate]]
-cert = "server.chain.pem"
-key = "server.key"
-[listener.policy]
-allow_any_trusted = true
-"#
-    );
-    let path = dir.join(format!("g-{port}.toml"));
-    std::fs::write(&path, toml).unwrap();
-    Gateway::start(&["--config".into(), Files::p(&path)])
+    let toml = one_listener(free_port(), upstream, r#"upstream_timeout = "1s""#, "");
+    start_with(dir, &toml)
 }
 
 /// Requests in flight upstream are bounded (`limits.max_upstream_requests`): with two held by
@@ -1116,27 +1150,11 @@ fn requests_in_flight_upstream_are_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let f = Files::new(dir.path());
     let c = f.client("busy");
-    let port = free_port();
-    let toml = format!(
-        r#"
-[limits]
-upstream_timeout = "3s"
-max_upstream_requests = 2
-[[listener]]
-listen = "127.0.0.1:{port}"
-upstream = "http://{}"
-client_ca = ["ca-chain.pem"]
-[[listener.certificate]]
-cert = "server.chain.pem"
-key = "server.key"
-[listener.policy]
-allow_any_trusted = true
-"#,
-        silent_server()
+    let limits = "upstream_timeout = \"3s\"\nmax_upstream_requests = 2";
+    let g = start_with(
+        dir.path(),
+        &one_listener(free_port(), silent_server(), limits, ""),
     );
-    let path = dir.path().join("busy.toml");
-    std::fs::write(&path, toml).unwrap();
-    let g = Gateway::start(&["--config".into(), Files::p(&path)]);
     let held: Vec<_> = (0..2)
         .map(|_| {
             let url = g.url("/slow");
@@ -1195,44 +1213,20 @@ fn an_upstream_slot_is_held_until_the_answer_body_ends() {
     // (at most 30 s); later requests at once.
     let (headed, head_sent) = mpsc::channel::<()>();
     let (release, released) = mpsc::channel::<()>();
-    let released = Mutex::new(Some(released));
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let upstream = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for s in l.incoming().take(4) {
-            let Ok(mut s) = s else { continue };
-            let mut buf = [0u8; 4096];
-            let _ = s.read(&mut buf);
-            let _ = s.write_all(
-                b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\nConnection: close\r\n\r\nhalf",
-            );
-            let _ = s.flush();
-            if let Some(r) = released.lock().unwrap().take() {
-                let _ = headed.send(());
-                let _ = r.recv_timeout(Duration::from_secs(30));
-            }
-            let _ = s.write_all(b"rest");
+    let held = Mutex::new(Some((headed, released)));
+    let upstream = raw_upstream(4, move |mut s| {
+        let _ =
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\nConnection: close\r\n\r\nhalf");
+        let _ = s.flush();
+        let first = held.lock().unwrap().take();
+        if let Some((headed, released)) = first {
+            let _ = headed.send(());
+            let _ = released.recv_timeout(Duration::from_secs(30));
         }
+        let _ = s.write_all(b"rest");
     });
-    let port = free_port();
-    let toml = format!(
-        r#"
-[limits]
-max_upstream_requests = 1
-[[listener]]
-listen = "127.0.0.1:{port}"
-upstream = "http://{upstream}"
-client_ca = ["ca-chain.pem"]
-[[listener.certificate]]
-cert = "server.chain.pem"
-key = "server.key"
-[listener.policy]
-allow_any_trusted = true
-"#
-    );
-    let path = dir.path().join("stream.toml");
-    std::fs::write(&path, toml).unwrap();
-    let g = Gateway::start(&["--config".into(), Files::p(&path)]);
+    let toml = one_listener(free_port(), upstream, "max_upstream_requests = 1", "");
+    let g = start_with(dir.path(), &toml);
     let first = {
         let url = g.url("/stream");
         let (root, chain, key) = (f.root(), c.chain.clone(), c.key.clone());
@@ -1280,47 +1274,26 @@ fn a_streaming_answer_is_cut_when_a_reload_disallows_its_client() {
     let f = Files::new(dir.path());
     let c = f.client("watcher");
     // An event stream: a chunk every 100 ms for at most 30 s, until the gateway hangs up.
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let upstream = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for s in l.incoming().take(2) {
-            let Ok(mut s) = s else { continue };
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf);
-                let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
-                if s.write_all(head.as_bytes()).is_err() {
-                    return;
-                }
-                for i in 0..300 {
-                    let event = format!("data: {i}\n\n");
-                    let chunk = format!("{:x}\r\n{event}\r\n", event.len());
-                    if s.write_all(chunk.as_bytes()).is_err() {
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            });
+    let upstream = raw_upstream(2, |mut s| {
+        let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
+        if s.write_all(head.as_bytes()).is_err() {
+            return;
+        }
+        for i in 0..300 {
+            let event = format!("data: {i}\n\n");
+            let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+            if s.write_all(chunk.as_bytes()).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
     });
     let port = free_port();
     let config = |allowed: &str| {
-        format!(
-            r#"
-[[listener]]
-listen = "127.0.0.1:{port}"
-upstream = "http://{upstream}"
-client_ca = ["ca-chain.pem"]
-[[listener.certificate]]
-cert = "server.chain.pem"
-key = "server.key"
-[listener.policy]
-allow_any_trusted = true
-[[listener.route]]
-path_prefix = "/events"
-policy = {{ allow_cn = [{allowed}] }}
-"#
-        )
+        let route = format!(
+            "[[listener.route]]\npath_prefix = \"/events\"\npolicy = {{ allow_cn = [{allowed}] }}"
+        );
+        one_listener(port, upstream, "", &route)
     };
     let path = dir.path().join("events.toml");
     std::fs::write(&path, config(r#""watcher""#)).unwrap();
@@ -1400,26 +1373,8 @@ fn one_source_cannot_take_more_than_its_share_of_connections() {
     let f = Files::new(dir.path());
     let c = f.client("neighbour");
     let up = Upstream::start();
-    let port = free_port();
-    let toml = format!(
-        r#"
-[limits]
-max_connections_per_source = 2
-[[listener]]
-listen = "127.0.0.1:{port}"
-upstream = "http://{}"
-client_ca = ["ca-chain.pem"]
-[[listener.certificate]]
-cert = "server.chain.pem"
-key = "server.key"
-[listener.policy]
-allow_any_trusted = true
-"#,
-        up.addr
-    );
-    let path = dir.path().join("share.toml");
-    std::fs::write(&path, toml).unwrap();
-    let g = Gateway::start(&["--config".into(), Files::p(&path)]);
+    let limits = "max_connections_per_source = 2";
+    let g = start_with(dir.path(), &one_listener(free_port(), up.addr, limits, ""));
     assert_eq!(curl(&g, &f, Some(&c), "/", &[]).status, 200, "alone");
     // Its connection is closed and given back before the two are opened.
     std::thread::sleep(Duration::from_millis(500));
@@ -1518,17 +1473,10 @@ fn an_upstream_answer_with_both_length_and_chunked_is_framed_by_chunked() {
     let f = Files::new(dir.path());
     let c = f.client("c");
     // An upstream that frames its answer both ways (RFC 9112 6.3: chunked wins).
-    let raw = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = raw.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for conn in raw.incoming().take(4) {
-            let Ok(mut conn) = conn else { continue };
-            let mut buf = [0u8; 4096];
-            let _ = conn.read(&mut buf);
-            let _ = conn.write_all(
-                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
-            );
-        }
+    let addr = raw_upstream(4, |mut conn| {
+        let _ = conn.write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        );
     });
     let g = gateway_with_upstream_timeout(dir.path(), addr);
     for version in ["--http1.1", "--http2"] {
