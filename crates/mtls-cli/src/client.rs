@@ -224,6 +224,22 @@ pub struct RequestArgs {
     /// for a client certificate (and which CAs it accepts) and whether one was sent.
     #[arg(short = 'v', long)]
     verbose: bool,
+    /// How long opening the connection may take (TCP, then the TLS handshake).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::util::std_duration_arg)]
+    connect_timeout: std::time::Duration,
+    /// How long to wait for the response head (status line and headers), counted from the
+    /// start of the request: connecting and sending the request are included.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::util::std_duration_arg)]
+    timeout: std::time::Duration,
+    /// The longest pause allowed in the response body: each wait for the next piece of it. A
+    /// body that keeps flowing (a large download, an event stream) is never cut by it; one that
+    /// stops fails (exit 1), after what did arrive has been written out.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::util::std_duration_arg)]
+    idle_timeout: std::time::Duration,
+    /// Cap on the whole request, body included, however steadily it flows (off by default, as
+    /// with curl: --timeout and --idle-timeout already bound every wait for the server).
+    #[arg(long, value_name = "DURATION", value_parser = crate::util::std_duration_arg)]
+    max_time: Option<std::time::Duration>,
 }
 
 /// Describes a handshake for `request -v`.
@@ -315,14 +331,27 @@ pub fn request(a: RequestArgs) -> Result<ExitCode> {
     let mut sources = ClientSources::default();
     a.tls.ocsp_sources(&mut sources)?;
     let log = Arc::new(mtls_client::observe::HandshakeLog::default());
+    // The phases are timed here, where a timeout can name its flag. The client's own read
+    // timeout (which reqwest counts from the request's start to the head, then per body piece,
+    // with one value for both) is only a backstop, a second later than either so that it never
+    // fires first; its whole-exchange deadline is off, so a body that keeps flowing is read to
+    // its end unless --max-time says otherwise.
+    let (connect_timeout, head_timeout, idle_timeout) =
+        (a.connect_timeout, a.timeout, a.idle_timeout);
+    let backstop = head_timeout
+        .max(idle_timeout)
+        .saturating_add(std::time::Duration::from_secs(1));
     let mut builder = a
         .tls
         .client(None, &sources)?
         .http1_only()
+        .connect_timeout(connect_timeout)
+        .read_timeout(backstop)
+        .no_total_timeout()
         .observe_handshakes(log.clone());
     let rt = runtime()?;
-    let (verbose, include, fail) = (a.verbose, a.include, a.fail);
-    let status = rt.block_on(async move {
+    let (verbose, include, fail, max_time) = (a.verbose, a.include, a.fail, a.max_time);
+    let exchange = async move {
         if let Some(name) = &a.tls.server_name {
             // Verify (and address) the server as `name`, connecting where the URL points.
             a.tls.server_name(name)?;
@@ -336,13 +365,29 @@ pub fn request(a: RequestArgs) -> Result<ExitCode> {
                 .map_err(|e| UsageError(format!("--server-name {name:?}: {e}")))?;
         }
         let client = builder.build()?;
-        let mut resp = client
-            .request(method, url)
+        let sent = client
+            .request(method, url.clone())
             .headers(headers)
             .body(body)
-            .send()
+            .send();
+        let mut resp = tokio::time::timeout(head_timeout, sent)
             .await
-            .map_err(|e| anyhow::anyhow!("{}", mtls_client::ca::error_chain(&e)))?;
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "no response from {url} within {} (--timeout)",
+                    mtls_serve::duration::format(head_timeout)
+                )
+            })?
+            .map_err(|e| {
+                if e.is_connect() && e.is_timeout() {
+                    anyhow::anyhow!(
+                        "could not connect to {url} within {} (--connect-timeout)",
+                        mtls_serve::duration::format(connect_timeout)
+                    )
+                } else {
+                    anyhow::anyhow!("{}", mtls_client::ca::error_chain(&e))
+                }
+            })?;
         // The handshake is over once the response head is in.
         let seen = log.last();
         if verbose {
@@ -373,7 +418,17 @@ pub fn request(a: RequestArgs) -> Result<ExitCode> {
                 mtls_client::ca::error_chain(&e)
             )
         };
-        while let Some(chunk) = resp.chunk().await.map_err(body_error)? {
+        let stalled = || {
+            anyhow::anyhow!(
+                "reading the response body: the server sent nothing for {} (--idle-timeout)",
+                mtls_serve::duration::format(idle_timeout)
+            )
+        };
+        while let Some(chunk) = tokio::time::timeout(idle_timeout, resp.chunk())
+            .await
+            .map_err(|_| stalled())?
+            .map_err(body_error)?
+        {
             if let Some(b) = chunk.last() {
                 last = Some(*b);
             }
@@ -385,6 +440,17 @@ pub fn request(a: RequestArgs) -> Result<ExitCode> {
         }
         out.flush()?;
         Ok::<_, anyhow::Error>(status)
+    };
+    let status = rt.block_on(async move {
+        match max_time {
+            None => exchange.await,
+            Some(max) => tokio::time::timeout(max, exchange).await.map_err(|_| {
+                anyhow::anyhow!(
+                    "the request took longer than {} (--max-time)",
+                    mtls_serve::duration::format(max)
+                )
+            })?,
+        }
     })?;
     if fail && status.as_u16() >= 400 {
         return Ok(ExitCode::from(22));

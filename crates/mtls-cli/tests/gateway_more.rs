@@ -1,7 +1,7 @@
 //! Gateway features beyond the single-listener flags: config file with several listeners, SNI
 //! certificates and per-path policy; WebSocket upgrades; draining on SIGTERM; the client tunnel
-//! (also to an IPv6 target); `mtls request` with an encrypted key, and its body streamed as it
-//! arrives; the quickstart and its printed commands.
+//! (also to an IPv6 target); `mtls request` with an encrypted key, its body streamed as it
+//! arrives, and its timeouts (head, idle, overall); the quickstart and its printed commands.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -603,13 +603,260 @@ fn tunnel_reaches_an_ipv6_target_in_brackets() {
         .any(|(k, v)| k == "x-forwarded-client-cert" && v.contains("CN=tunnel-user")));
 }
 
+/// A TLS server on 127.0.0.1 (common/https.rs) with a certificate of `f`'s PKI for localhost
+/// and 127.0.0.1, answering every request with `handler`.
+fn scripted_server(
+    f: &Files,
+    handler: impl Fn(&common::https::Request, &mut dyn Write) -> std::io::Result<()>
+        + Send
+        + Sync
+        + 'static,
+) -> common::https::HttpsServer {
+    let s = f.pki.server(&["localhost", "127.0.0.1"]);
+    common::https::HttpsServer::start(
+        "127.0.0.1:0",
+        vec![s.cert.der.clone(), f.pki.intermediate_der()],
+        &s.key,
+        handler,
+    )
+}
+
+/// `mtls request https://127.0.0.1:PORT/`, presenting `c` and trusting `f`'s root, with `extra`
+/// flags; stdout and stderr piped.
+fn request_to(f: &Files, c: &common::gw::Leaf, port: u16, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mtls"));
+    cmd.args(["request", &format!("https://127.0.0.1:{port}/")])
+        .arg("--cert")
+        .arg(&c.chain)
+        .arg("--key")
+        .arg(&c.key)
+        .arg("--ca")
+        .arg(f.root())
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Runs `cmd` to its end, killing it if it runs past `limit`: its output and how long it ran.
+fn run_bounded(mut cmd: Command, limit: Duration) -> (std::process::Output, Duration) {
+    let start = std::time::Instant::now();
+    let mut child = cmd.spawn().unwrap();
+    while child.try_wait().unwrap().is_none() && start.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    (out, start.elapsed())
+}
+
+/// A handler sending a `pieces`-line body, one line every `every` after the head.
+fn trickle(
+    pieces: usize,
+    every: Duration,
+) -> impl Fn(&common::https::Request, &mut dyn Write) -> std::io::Result<()> + Send + Sync {
+    move |_, out| {
+        write!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            pieces * "piece 00\n".len()
+        )?;
+        out.flush()?;
+        for i in 0..pieces {
+            std::thread::sleep(every);
+            writeln!(out, "piece {i:02}")?;
+            out.flush()?;
+        }
+        Ok(())
+    }
+}
+
+/// The body [`trickle`] sends.
+fn trickled(pieces: usize) -> String {
+    (0..pieces).map(|i| format!("piece {i:02}\n")).collect()
+}
+
+/// A body that keeps flowing is read to its end however long it takes: 20 lines over 5 s, with
+/// --timeout 2s (the head) and --idle-timeout 2s (pauses of 250 ms), all arrive and the exit is
+/// 0. The 30 s whole-request deadline `mtls request` had cut every body longer than that.
+#[test]
+fn request_reads_a_body_that_trickles_past_the_head_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let c = f.client("c");
+    let server = scripted_server(&f, trickle(20, Duration::from_millis(250)));
+    let cmd = request_to(
+        &f,
+        &c,
+        server.addr.port(),
+        &["--timeout", "2s", "--idle-timeout", "2s"],
+    );
+    let (out, took) = run_bounded(cmd, Duration::from_secs(40));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{:?} after {took:?}: {stderr}",
+        out.status
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        trickled(20),
+        "{stderr}"
+    );
+    assert!(took >= Duration::from_secs(4), "the body came in {took:?}");
+}
+
+/// --idle-timeout bounds the pauses in the body, not the wait for the head: a head that takes
+/// 2 s comes within --timeout 6s although --idle-timeout is 1s. (reqwest's own read timeout
+/// counts from the request's start until the head, so taken alone as the idle timeout it would
+/// have cut this wait after 1 s.)
+#[test]
+fn request_waits_for_a_slow_head_longer_than_the_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let c = f.client("c");
+    let server = scripted_server(&f, |_, out| {
+        std::thread::sleep(Duration::from_secs(2));
+        common::https::respond(out, "200 OK", "text/plain", b"late but whole\n")
+    });
+    let cmd = request_to(
+        &f,
+        &c,
+        server.addr.port(),
+        &["--timeout", "6s", "--idle-timeout", "1s"],
+    );
+    let (out, took) = run_bounded(cmd, Duration::from_secs(40));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{:?} after {took:?}: {stderr}",
+        out.status
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "late but whole\n");
+}
+
+/// A server that sends the head and part of the body, then nothing: `mtls request` gives up
+/// after --idle-timeout with exit 1 and a message naming the flag, having written what came.
+#[test]
+fn request_fails_when_the_server_stalls_after_the_head() {
+    use std::sync::{mpsc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let c = f.client("c");
+    let (release, released) = mpsc::channel::<()>();
+    let released = Mutex::new(released);
+    let server = scripted_server(&f, move |_, out| {
+        write!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Length: 100\r\nConnection: close\r\n\r\nfirst part\n"
+        )?;
+        out.flush()?;
+        // Then silence, until the test is over (at most a minute).
+        let _ = released
+            .lock()
+            .unwrap()
+            .recv_timeout(Duration::from_secs(60));
+        Ok(())
+    });
+    let cmd = request_to(
+        &f,
+        &c,
+        server.addr.port(),
+        &["--timeout", "5s", "--idle-timeout", "1s"],
+    );
+    let (out, took) = run_bounded(cmd, Duration::from_secs(40));
+    let _ = release.send(());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "after {took:?}: {stderr}");
+    assert!(
+        stderr.contains("the server sent nothing for 1s (--idle-timeout)"),
+        "{stderr}"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "first part\n");
+    assert!(took < Duration::from_secs(15), "gave up after {took:?}");
+}
+
+/// A server that reads the request and never answers: exit 1 after --timeout, naming it.
+#[test]
+fn request_fails_when_the_response_head_never_comes() {
+    use std::sync::{mpsc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let c = f.client("c");
+    let (release, released) = mpsc::channel::<()>();
+    let released = Mutex::new(released);
+    let server = scripted_server(&f, move |_, _| {
+        let _ = released
+            .lock()
+            .unwrap()
+            .recv_timeout(Duration::from_secs(60));
+        Ok(())
+    });
+    let cmd = request_to(
+        &f,
+        &c,
+        server.addr.port(),
+        &["--timeout", "1s", "--idle-timeout", "5s"],
+    );
+    let (out, took) = run_bounded(cmd, Duration::from_secs(40));
+    let _ = release.send(());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "after {took:?}: {stderr}");
+    assert!(stderr.contains("within 1s (--timeout)"), "{stderr}");
+    assert!(took < Duration::from_secs(15), "gave up after {took:?}");
+}
+
+/// A server that accepts the connection but never finishes the TLS handshake: exit 1 after
+/// --connect-timeout, naming it.
+#[test]
+fn request_fails_when_the_connection_does_not_open_in_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let c = f.client("c");
+    let silent = silent_server();
+    let cmd = request_to(
+        &f,
+        &c,
+        silent.port(),
+        &["--connect-timeout", "1s", "--timeout", "10s"],
+    );
+    let (out, took) = run_bounded(cmd, Duration::from_secs(40));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "after {took:?}: {stderr}");
+    assert!(stderr.contains("within 1s (--connect-timeout)"), "{stderr}");
+    assert!(took < Duration::from_secs(8), "gave up after {took:?}");
+}
+
+/// --max-time caps the whole request even while the body flows: a 5 s trickle is cut after
+/// 2 s with exit 1, naming the flag; what came before it is on stdout.
+#[test]
+fn request_max_time_cuts_a_body_that_keeps_flowing() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let c = f.client("c");
+    let server = scripted_server(&f, trickle(20, Duration::from_millis(250)));
+    let cmd = request_to(&f, &c, server.addr.port(), &["--max-time", "2s"]);
+    let (out, took) = run_bounded(cmd, Duration::from_secs(40));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "after {took:?}: {stderr}");
+    assert!(
+        stderr.contains("took longer than 2s (--max-time)"),
+        "{stderr}"
+    );
+    let body = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        trickled(20).starts_with(&body) && body.len() < trickled(20).len(),
+        "{body:?}"
+    );
+    assert!(took < Duration::from_secs(15), "gave up after {took:?}");
+}
+
 /// `mtls request` writes the response body as it arrives, as curl does: 64 MiB from a server
 /// that then pauses are on stdout while the response is still open, and the client never held
 /// them all (its peak memory stays well under the body's size). It used to read the whole body
 /// into memory first, so a fast server could make it hold gigabytes.
 #[test]
 fn request_streams_the_body_instead_of_holding_it() {
-    use common::https::HttpsServer;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{mpsc, Arc, Mutex};
     const BODY: usize = 64 << 20;
@@ -617,48 +864,28 @@ fn request_streams_the_body_instead_of_holding_it() {
     let dir = tempfile::tempdir().unwrap();
     let f = Files::new(dir.path());
     let c = f.client("c");
-    let s = f.pki.server(&["localhost", "127.0.0.1"]);
     let (release, released) = mpsc::channel::<()>();
     let released = Mutex::new(released);
-    let server = HttpsServer::start(
-        "127.0.0.1:0",
-        vec![s.cert.der.clone(), f.pki.intermediate_der()],
-        &s.key,
-        move |_, out| {
-            write!(
-                out,
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                BODY + 5
-            )?;
-            let block = vec![b'x'; 64 << 10];
-            for _ in 0..BODY / block.len() {
-                out.write_all(&block)?;
-            }
-            out.flush()?;
-            // The rest once the test has looked (at most a minute).
-            let _ = released
-                .lock()
-                .unwrap()
-                .recv_timeout(Duration::from_secs(60));
-            out.write_all(b"tail\n")?;
-            out.flush()
-        },
-    );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mtls"))
-        .args([
-            "request",
-            &format!("https://127.0.0.1:{}/big", server.addr.port()),
-        ])
-        .arg("--cert")
-        .arg(&c.chain)
-        .arg("--key")
-        .arg(&c.key)
-        .arg("--ca")
-        .arg(f.root())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let server = scripted_server(&f, move |_, out| {
+        write!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            BODY + 5
+        )?;
+        let block = vec![b'x'; 64 << 10];
+        for _ in 0..BODY / block.len() {
+            out.write_all(&block)?;
+        }
+        out.flush()?;
+        // The rest once the test has looked (at most a minute).
+        let _ = released
+            .lock()
+            .unwrap()
+            .recv_timeout(Duration::from_secs(60));
+        out.write_all(b"tail\n")?;
+        out.flush()
+    });
+    let mut child = request_to(&f, &c, server.addr.port(), &[]).spawn().unwrap();
     let received = Arc::new(AtomicUsize::new(0));
     let mut stdout = child.stdout.take().unwrap();
     let counter = received.clone();

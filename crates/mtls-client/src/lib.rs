@@ -145,7 +145,10 @@ pub struct ClientBuilder {
     /// Certificate and key files (their passphrase is `passphrase`).
     identity: Option<(PathBuf, PathBuf)>,
     passphrase: Passphrase,
-    timeout: Duration,
+    /// The whole exchange; `None` only through [`ClientBuilder::no_total_timeout`].
+    total_timeout: Option<Duration>,
+    /// Each wait for the server to send; `None`: the total timeout's value.
+    read_timeout: Option<Duration>,
     connect_timeout: Duration,
     http1_only: bool,
     fixed_identity: Option<mtls_tls::Credential>,
@@ -197,13 +200,21 @@ impl ServerRevocation {
 /// the builder's default, and the tunnel's.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The builder's default deadline for a whole exchange ([`ClientBuilder::timeout`]).
+pub const TOTAL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The builder's default for each wait for the server to send
+/// ([`ClientBuilder::read_timeout`]) when there is no total deadline to take it from.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl Default for ClientBuilder {
     fn default() -> Self {
         ClientBuilder {
             roots: Roots::None,
             identity: None,
             passphrase: Passphrase::None,
-            timeout: Duration::from_secs(30),
+            total_timeout: Some(TOTAL_TIMEOUT),
+            read_timeout: None,
             connect_timeout: CONNECT_TIMEOUT,
             http1_only: false,
             fixed_identity: None,
@@ -218,7 +229,8 @@ impl Default for ClientBuilder {
 }
 
 impl ClientBuilder {
-    /// A builder with the strict defaults (30 s request timeout, 10 s connect timeout).
+    /// A builder with the strict defaults: 10 s to connect, 30 s for the whole exchange (and
+    /// so for every wait within it).
     pub fn new() -> Self {
         Self::default()
     }
@@ -268,10 +280,50 @@ impl ClientBuilder {
         self
     }
 
-    /// Whole-request deadline (default 30 s).
+    /// The deadline of a whole exchange: from the start of the request (connecting included)
+    /// to the last byte of the response body, however steadily it flows. Default 30 s: right
+    /// for answers of bounded size; for a body that may stream for longer (a download, an
+    /// event stream) see [`no_total_timeout`](Self::no_total_timeout).
     pub fn timeout(mut self, d: Duration) -> Self {
-        self.timeout = d;
+        self.total_timeout = Some(d);
         self
+    }
+
+    /// Loosening: no deadline for the whole exchange, so a response body is read for as long
+    /// as it keeps flowing. A server that stalls still fails: every wait for it stays bounded
+    /// by the [`read_timeout`](Self::read_timeout) (30 s unless set) and the
+    /// [`connect_timeout`](Self::connect_timeout).
+    pub fn no_total_timeout(mut self) -> Self {
+        self.total_timeout = None;
+        self
+    }
+
+    /// The longest the client waits for the server to send: counted from the start of the
+    /// request (connecting and sending it included) until the response head is in, then for
+    /// each next piece of the body, counted again from each piece (reqwest's `read_timeout`).
+    /// It never cuts a body that keeps flowing; a server that stops sending fails with a
+    /// timeout error. Default: the [`timeout`](Self::timeout)'s value, or 30 s without one.
+    pub fn read_timeout(mut self, d: Duration) -> Self {
+        self.read_timeout = Some(d);
+        self
+    }
+
+    /// The read timeout in force: set, else the total deadline's, else [`READ_TIMEOUT`].
+    fn effective_read_timeout(&self) -> Duration {
+        self.read_timeout
+            .or(self.total_timeout)
+            .unwrap_or(READ_TIMEOUT)
+    }
+
+    /// Applies the connect, read and total timeouts to a reqwest builder.
+    fn with_timeouts(&self, b: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
+        let b = b
+            .connect_timeout(self.connect_timeout)
+            .read_timeout(self.effective_read_timeout());
+        match self.total_timeout {
+            Some(d) => b.timeout(d),
+            None => b,
+        }
     }
 
     /// Connect to `addr` for host `name` (its TLS name and `Host`), like curl's `--resolve`.
@@ -293,7 +345,8 @@ impl ClientBuilder {
         self
     }
 
-    /// The longest a request may wait for a new connection (TCP, then TLS); default 10 s.
+    /// The longest a request may wait for a new connection (TCP, then TLS); default
+    /// [`CONNECT_TIMEOUT`] (10 s).
     pub fn connect_timeout(mut self, d: Duration) -> Self {
         self.connect_timeout = d;
         self
@@ -442,16 +495,15 @@ impl ClientBuilder {
             &[b"h2", b"http/1.1"]
         };
         let tls = self.tls_config(alpn)?;
-        let mut b = reqwest::Client::builder()
+        let b = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .https_only(true)
             .no_proxy()
-            .timeout(self.timeout)
-            .connect_timeout(self.connect_timeout)
             .user_agent(concat!("mtls/", env!("CARGO_PKG_VERSION")))
             // Redirects are answers, as with curl: following one would present the client
             // certificate (and resend headers and a 307/308 body) to wherever it points.
             .redirect(reqwest::redirect::Policy::none());
+        let mut b = self.with_timeouts(b);
         if self.http1_only {
             b = b.http1_only();
         }
@@ -492,14 +544,12 @@ impl ClientBuilder {
     /// not followed: anyone on the path (or the responder) could otherwise send a gateway's
     /// requests, POST bodies included, to internal `http://` addresses of its choosing.
     pub fn build_plain_http(self) -> Result<reqwest::Client, Error> {
-        Ok(reqwest::Client::builder()
+        let b = reqwest::Client::builder()
             .use_preconfigured_tls(refuse_all_config()?)
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
-            .timeout(self.timeout)
-            .connect_timeout(self.connect_timeout)
-            .user_agent(concat!("mtls/", env!("CARGO_PKG_VERSION")))
-            .build()?)
+            .user_agent(concat!("mtls/", env!("CARGO_PKG_VERSION")));
+        Ok(self.with_timeouts(b).build()?)
     }
 }
 
@@ -608,5 +658,29 @@ mod verifiers {
         fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
             self.algorithms().supported_schemes()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each wait for the server is bounded by default, and never cut shorter than a whole
+    /// exchange its caller allowed: a long poll given `timeout(35 s)` (the feed) must not end
+    /// at a 30 s read timeout it never asked for.
+    #[test]
+    fn the_read_timeout_follows_the_total_deadline_unless_set() {
+        let secs = Duration::from_secs;
+        assert_eq!(ClientBuilder::new().effective_read_timeout(), TOTAL_TIMEOUT);
+        let long = ClientBuilder::new().timeout(secs(35));
+        assert_eq!(long.effective_read_timeout(), secs(35));
+        let streaming = ClientBuilder::new().no_total_timeout();
+        assert_eq!(streaming.effective_read_timeout(), READ_TIMEOUT);
+        let set = ClientBuilder::new()
+            .no_total_timeout()
+            .read_timeout(secs(5));
+        assert_eq!(set.effective_read_timeout(), secs(5));
+        let set = ClientBuilder::new().read_timeout(secs(5)).timeout(secs(60));
+        assert_eq!(set.effective_read_timeout(), secs(5));
     }
 }

@@ -123,10 +123,19 @@ pub struct Report {
     pub findings: Vec<Finding>,
     #[serde(skip)]
     seen: BTreeSet<(String, PathBuf)>,
+    /// Keys a configuration names that mtls cannot load: reported `unreadable`, which says all
+    /// that their file's own `key_unchecked` note would.
+    #[serde(skip)]
+    unloadable_keys: BTreeSet<PathBuf>,
 }
 
 impl Report {
     fn add(&mut self, code: &'static str, file: &Path, message: String, fix: impl Into<String>) {
+        // One finding per problem: a configured key mtls cannot load is an error, and the
+        // note that its file could not be checked would say the same again.
+        if code == "key_unchecked" && self.unloadable_keys.contains(file) {
+            return;
+        }
         // The same finding once (a file audited on its own and again through a configuration).
         if !self
             .seen
@@ -141,6 +150,16 @@ impl Report {
             message,
             fix: fix.into(),
         });
+    }
+
+    /// A key the configuration names that mtls cannot load (the server would not start): an
+    /// `unreadable` error that replaces the key file's own `key_unchecked` note, whether that
+    /// note came first (the file audited on its own, or as the configured key) or comes later.
+    fn add_unloadable_configured_key(&mut self, key: &Path, message: String, fix: &str) {
+        self.unloadable_keys.insert(key.to_path_buf());
+        self.findings
+            .retain(|f| !(f.code == "key_unchecked" && f.file == key));
+        self.add("unreadable", key, message, fix);
     }
 
     /// How many findings of `severity`.
@@ -716,8 +735,7 @@ fn check_key_match(
             return;
         }
         Err(e @ mtls_pki::Error::UnsupportedKey(_)) if configured => {
-            report.add(
-                "unreadable",
+            report.add_unloadable_configured_key(
                 key_path,
                 format!("mtls cannot load this key, which the configuration names: {e}"),
                 "convert the key as the message says, or issue a new certificate with a new key",
