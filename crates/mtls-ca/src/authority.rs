@@ -5,6 +5,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use http::StatusCode;
+use mtls_api::{FeedEvent, FeedPage, IssuedCertificate};
 use mtls_pki::issue::{issue_leaf, CaCert, Issued, LeafRequest, Profile, PublicationUrls, Subject};
 use mtls_pki::revocation::RevocationReason;
 use mtls_pki::{San, Serial};
@@ -13,7 +14,6 @@ use mtls_store::{
 };
 use mtls_verify::{Rejection, TrustState, VerifiedPeer};
 use rustls_pki_types::CertificateDer;
-use serde::Serialize;
 use time::{Duration, OffsetDateTime};
 
 use crate::config::{OcspSigner, Settings};
@@ -28,20 +28,6 @@ pub struct AuthorityParts {
     pub root: CertificateDer<'static>,
     pub store: Store,
     pub settings: Settings,
-}
-
-/// The certificate handed to a client.
-#[derive(Clone, Debug, Serialize)]
-pub struct IssuedCertificate {
-    pub serial: String,
-    /// The leaf, PEM.
-    pub certificate: String,
-    /// Leaf, intermediate and root, PEM.
-    pub chain: String,
-    #[serde(with = "time::serde::rfc3339")]
-    pub not_before: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
-    pub not_after: OffsetDateTime,
 }
 
 pub use mtls_verify::PeerIdentity;
@@ -101,28 +87,6 @@ pub const FEED_MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(30
 /// by another instance (or offline with `mtls revoke --database`) reach waiting subscribers
 /// within this.
 pub const FEED_POLL: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// One answer of the revocation feed.
-#[derive(Clone, Debug, Serialize)]
-pub struct FeedPage {
-    /// Revocations after the requested position, in sequence order.
-    pub events: Vec<FeedEvent>,
-    /// The feed's head when the answer was made (a subscriber whose last event is below it
-    /// asks again at once).
-    pub head: i64,
-}
-
-/// One revocation of the feed.
-#[derive(Clone, Debug, Serialize)]
-pub struct FeedEvent {
-    pub seq: i64,
-    /// SHA-256 (hex) of the issuing CA key's SubjectPublicKeyInfo.
-    pub issuer_key: String,
-    pub serial: String,
-    #[serde(with = "time::serde::rfc3339")]
-    pub revoked_at: OffsetDateTime,
-    pub reason: Option<String>,
-}
 
 impl std::fmt::Debug for Authority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use base64::Engine;
+use mtls_api as api;
 use serde::Deserialize;
 use time::OffsetDateTime;
 
@@ -123,16 +124,9 @@ fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError
         .map_err(|e| ApiError::bad_request("INVALID_REQUEST", format!("invalid JSON body: {e}")))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SignBody {
-    token: String,
-    csr: String,
-}
-
 async fn sign(State(ca): Shared, ApiBody(body): ApiBody) -> Response {
     let r = async {
-        let b: SignBody = json_body(&body)?;
+        let b: api::SignRequest = json_body(&body)?;
         ca.enroll(&b.token, &b.csr, now()).await
     }
     .await;
@@ -147,20 +141,14 @@ async fn sign(State(ca): Shared, ApiBody(body): ApiBody) -> Response {
     }
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RenewBody {
-    csr: Option<String>,
-}
-
 async fn renew(
     State(ca): Shared,
     Extension(peer): Extension<PeerIdentity>,
     ApiBody(body): ApiBody,
 ) -> Response {
     let r = async {
-        let b: RenewBody = if body.is_empty() {
-            RenewBody::default()
+        let b: api::RenewRequest = if body.is_empty() {
+            api::RenewRequest::default()
         } else {
             json_body(&body)?
         };
@@ -178,21 +166,14 @@ async fn renew(
     }
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RevokeBody {
-    serial: Option<String>,
-    reason: Option<String>,
-}
-
 async fn revoke(
     State(ca): Shared,
     Extension(peer): Extension<PeerIdentity>,
     ApiBody(body): ApiBody,
 ) -> Response {
     let r = async {
-        let b: RevokeBody = if body.is_empty() {
-            RevokeBody::default()
+        let b: api::RevokeRequest = if body.is_empty() {
+            api::RevokeRequest::default()
         } else {
             json_body(&body)?
         };
@@ -213,25 +194,6 @@ async fn revoke(
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TokenBody {
-    name: String,
-    #[serde(default)]
-    sans: Vec<String>,
-    #[serde(default = "default_profile")]
-    profile: String,
-    #[serde(default = "default_ttl")]
-    ttl: String,
-}
-
-fn default_profile() -> String {
-    "client".into()
-}
-fn default_ttl() -> String {
-    "10m".into()
-}
-
 async fn create_token(
     State(ca): Shared,
     Extension(peer): Extension<PeerIdentity>,
@@ -239,7 +201,7 @@ async fn create_token(
 ) -> Response {
     let r = async {
         let admin = ca.admin(&peer, now()).await?;
-        let b: TokenBody = json_body(&body)?;
+        let b: api::TokenRequest = json_body(&body)?;
         let profile = b.profile.parse().map_err(|e: mtls_pki::Error| {
             ApiError::bad_request("INVALID_REQUEST", e.to_string())
         })?;
@@ -262,12 +224,9 @@ async fn create_token(
     match r {
         Ok((token, expires_at)) => {
             ca.metrics.inc(&ca.metrics.tokens);
-            let exp = expires_at
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default();
             (
                 StatusCode::CREATED,
-                Json(serde_json::json!({"token": token, "expires_at": exp})),
+                Json(api::TokenCreated { token, expires_at }),
             )
                 .into_response()
         }

@@ -20,7 +20,7 @@ mod metrics;
 pub mod server;
 pub mod tokens;
 
-pub use authority::{Authority, AuthorityParts, IssuedCertificate};
+pub use authority::{Authority, AuthorityParts};
 pub use config::Settings;
 pub use error::{ApiError, Error};
 pub use server::{serve, Running};

@@ -9,8 +9,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use rustls_pki_types::CertificateDer;
-use serde::Deserialize;
-use time::OffsetDateTime;
 
 use crate::Error;
 
@@ -21,47 +19,7 @@ const MAX_FEED_RESPONSE: usize = 8 << 20;
 /// A CRL with a million entries is about 36 MB.
 const MAX_CRL_RESPONSE: usize = 128 << 20;
 
-/// One answer of the CA's revocation feed.
-#[derive(Clone, Debug, Deserialize)]
-pub struct FeedPage {
-    /// Revocations after the requested position, in sequence order.
-    pub events: Vec<FeedEvent>,
-    /// The feed's head when the CA answered.
-    pub head: i64,
-}
-
-/// One revocation of the feed.
-#[derive(Clone, Debug, Deserialize)]
-pub struct FeedEvent {
-    /// Position in the feed.
-    pub seq: i64,
-    /// SHA-256 (hex) of the issuing CA key's SubjectPublicKeyInfo.
-    pub issuer_key: String,
-    /// Serial number, hex.
-    pub serial: String,
-    /// When it was revoked.
-    #[serde(with = "time::serde::rfc3339")]
-    pub revoked_at: OffsetDateTime,
-    /// The reason, if one was given.
-    pub reason: Option<String>,
-}
-
-/// A certificate returned by the CA.
-#[derive(Clone, Debug, Deserialize)]
-pub struct Issued {
-    /// The serial number, in hex.
-    pub serial: String,
-    /// The leaf certificate, PEM.
-    pub certificate: String,
-    /// The leaf with its intermediates and root, PEM.
-    pub chain: String,
-    /// Start of validity (notBefore; RFC 3339 in the JSON).
-    #[serde(with = "time::serde::rfc3339")]
-    pub not_before: OffsetDateTime,
-    /// End of validity (notAfter; RFC 3339 in the JSON).
-    #[serde(with = "time::serde::rfc3339")]
-    pub not_after: OffsetDateTime,
-}
+pub use mtls_api::{FeedEvent, FeedPage, IssuedCertificate};
 
 /// Where the CA is: `https://host[:port][/prefix]`.
 #[derive(Clone, Debug)]
@@ -277,10 +235,9 @@ impl CaClient {
         Ok((body, seq))
     }
 
-    async fn post_json(&self, path: &str, body: serde_json::Value) -> Result<Bytes, Error> {
-        let (status, headers, resp) = self
-            .call(Method::POST, path, Some(body.to_string().into_bytes()))
-            .await?;
+    async fn post_json(&self, path: &str, body: &impl serde::Serialize) -> Result<Bytes, Error> {
+        let body = serde_json::to_vec(body).map_err(|e| Error::Protocol(e.to_string()))?;
+        let (status, headers, resp) = self.call(Method::POST, path, Some(body)).await?;
         if !status.is_success() {
             return Err(refused(status, &headers, &resp));
         }
@@ -288,23 +245,20 @@ impl CaClient {
     }
 
     /// `POST /v1/sign`.
-    pub async fn enroll(&self, token: &str, csr_pem: &str) -> Result<Issued, Error> {
-        let body = self
-            .post_json(
-                "/v1/sign",
-                serde_json::json!({"token": token, "csr": csr_pem}),
-            )
-            .await?;
-        issued(&body)
+    pub async fn enroll(&self, token: &str, csr_pem: &str) -> Result<IssuedCertificate, Error> {
+        let request = mtls_api::SignRequest {
+            token: token.to_string(),
+            csr: csr_pem.to_string(),
+        };
+        issued(&self.post_json("/v1/sign", &request).await?)
     }
 
     /// `POST /v1/renew` (the client must have been built with the current credential).
-    pub async fn renew(&self, csr_pem: Option<&str>) -> Result<Issued, Error> {
-        let body = match csr_pem {
-            Some(c) => serde_json::json!({"csr": c}),
-            None => serde_json::json!({}),
+    pub async fn renew(&self, csr_pem: Option<&str>) -> Result<IssuedCertificate, Error> {
+        let request = mtls_api::RenewRequest {
+            csr: csr_pem.map(str::to_string),
         };
-        issued(&self.post_json("/v1/renew", body).await?)
+        issued(&self.post_json("/v1/renew", &request).await?)
     }
 
     /// `POST /v1/revoke`: own certificate when `serial` is None.
@@ -313,16 +267,11 @@ impl CaClient {
         serial: Option<&str>,
         reason: Option<&str>,
     ) -> Result<serde_json::Value, Error> {
-        let mut body = serde_json::Map::new();
-        if let Some(s) = serial {
-            body.insert("serial".into(), s.into());
-        }
-        if let Some(r) = reason {
-            body.insert("reason".into(), r.into());
-        }
-        let resp = self
-            .post_json("/v1/revoke", serde_json::Value::Object(body))
-            .await?;
+        let request = mtls_api::RevokeRequest {
+            serial: serial.map(str::to_string),
+            reason: reason.map(str::to_string),
+        };
+        let resp = self.post_json("/v1/revoke", &request).await?;
         serde_json::from_slice(&resp).map_err(|e| Error::Protocol(e.to_string()))
     }
 
@@ -334,22 +283,20 @@ impl CaClient {
         profile: &str,
         ttl: &str,
     ) -> Result<String, Error> {
-        let resp = self
-            .post_json(
-                "/v1/tokens",
-                serde_json::json!({"name": name, "sans": sans, "profile": profile, "ttl": ttl}),
-            )
-            .await?;
-        let v: serde_json::Value =
-            serde_json::from_slice(&resp).map_err(|e| Error::Protocol(e.to_string()))?;
-        v.get("token")
-            .and_then(|t| t.as_str())
-            .map(str::to_string)
-            .ok_or_else(|| Error::Protocol("no token in the answer".into()))
+        let request = mtls_api::TokenRequest {
+            name: name.to_string(),
+            sans: sans.to_vec(),
+            profile: profile.to_string(),
+            ttl: ttl.to_string(),
+        };
+        let resp = self.post_json("/v1/tokens", &request).await?;
+        let created: mtls_api::TokenCreated = serde_json::from_slice(&resp)
+            .map_err(|e| Error::Protocol(format!("token answer: {e}")))?;
+        Ok(created.token)
     }
 }
 
-fn issued(body: &[u8]) -> Result<Issued, Error> {
+fn issued(body: &[u8]) -> Result<IssuedCertificate, Error> {
     serde_json::from_slice(body).map_err(|e| Error::Protocol(format!("certificate answer: {e}")))
 }
 

@@ -15,7 +15,7 @@ use mtls_pki::issue::Subject;
 use rustls_pki_types::CertificateDer;
 use time::{Duration, OffsetDateTime};
 
-use crate::ca::{CaClient, CaUrl, Issued};
+use crate::ca::{CaClient, CaUrl, IssuedCertificate};
 use crate::Error;
 
 /// When a certificate is due.
@@ -315,7 +315,10 @@ fn read_root(path: &Path) -> Result<CertificateDer<'static>, Error> {
 
 /// The PEM written for a certificate: leaf and intermediates (the root is left out: peers
 /// already have it and sending it only costs bytes).
-pub fn served_chain(issued: &Issued, root: &CertificateDer<'_>) -> Result<String, Error> {
+pub fn served_chain(
+    issued: &IssuedCertificate,
+    root: &CertificateDer<'_>,
+) -> Result<String, Error> {
     let certs = mtls_pki::pem_io::certificates(issued.chain.as_bytes())?;
     Ok(certs
         .iter()
@@ -442,7 +445,7 @@ pub async fn renew_once(
     rotate_key: bool,
     passphrase: Option<&[u8]>,
     now: OffsetDateTime,
-) -> Result<Issued, Error> {
+) -> Result<IssuedCertificate, Error> {
     let result = renew_now(w, url, rotate_key, passphrase, now).await;
     note_attempt(&w.cert, result.as_ref().map(|_| ()), now);
     result
@@ -454,7 +457,7 @@ async fn renew_now(
     rotate_key: bool,
     passphrase: Option<&[u8]>,
     now: OffsetDateTime,
-) -> Result<Issued, Error> {
+) -> Result<IssuedCertificate, Error> {
     // Resolved once: a rename over a symbolic link replaces the link and leaves the file it
     // names (what the other path may still name) stale.
     let cert_path = std::fs::canonicalize(&w.cert).map_err(io(&w.cert))?;
