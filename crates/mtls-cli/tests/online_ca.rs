@@ -1325,19 +1325,20 @@ fn renewal_keeps_subject_and_lifetime_and_respects_revoked_renewals() {
 
 /// Renewals from one certificate are limited (`max_renewals` within `renewal_window`): a client
 /// may renew twice from the certificate it kept (answers lost), the third time the CA answers
-/// `429 RATE_LIMITED` with `Retry-After`, records nothing, and `mtls renew` says when to try
-/// again and leaves the files alone; renewing from the newest certificate still works.
-#[test]
-fn renewals_from_one_certificate_are_rate_limited() {
+/// `429 RATE_LIMITED` with `Retry-After`, before signing anything (a refused renewal costs no
+/// signature), records nothing, and `mtls renew` says when to try again and leaves the files
+/// alone; renewing from the newest certificate still works. The same on both backends.
+fn renewals_from_one_certificate_are_rate_limited(database: Option<&str>) {
     let env = Env::new();
-    env.mtls(&["ca", "init"]).ok();
+    let db: Vec<&str> = database.map_or_else(Vec::new, |d| vec!["--database", d]);
+    env.mtls(&[&["ca", "init"][..], &db].concat()).ok();
     let server = CaServer::start(
         &env,
         "ca",
-        None,
+        database,
         "max_renewals = 2\nrenewal_window = \"1h\"\n",
     );
-    let t = ca::token(&env, "busy", &[], None);
+    let t = ca::token(&env, "busy", &[], database);
     ca::enroll(&env, &server, &t, "b", &[]).ok();
     let cert = env.path("b/cert.pem");
     let first = env.path("b-first.pem");
@@ -1402,8 +1403,12 @@ fn renewals_from_one_certificate_are_rate_limited() {
         .unwrap_or_else(|| panic!("no Retry-After: {headers}"));
     assert!((3000..=3600).contains(&retry_after), "{retry_after}");
 
-    // Refusals record nothing: the enrollment and two renewals.
-    let listed = env.mtls(&["list", "--json"]).ok().stdout;
+    // Refusals sign nothing (the enrollment and two renewals were signed) and record nothing.
+    assert_eq!(ca_counter(&server, "mtls_ca_signed"), 3);
+    let listed = env
+        .mtls(&[&db[..], &["list", "--json"]].concat())
+        .ok()
+        .stdout;
     let rows: Vec<serde_json::Value> = serde_json::from_str(&listed).unwrap();
     let busy = rows
         .iter()
@@ -1414,8 +1419,49 @@ fn renewals_from_one_certificate_are_rate_limited() {
     // From another certificate (the newest): accepted.
     std::fs::write(&cert, &newest).unwrap();
     renew().ok();
-    let (_, metrics) = ca::curl(&[&server.publish("/metrics")]);
-    assert!(metrics.contains("mtls_ca_renewed_total 3"), "{metrics}");
+    assert_eq!(ca_counter(&server, "mtls_ca_renewed"), 3);
+    assert_eq!(ca_counter(&server, "mtls_ca_signed"), 4);
+
+    // Renewals arriving together can all pass the early check; recording still lets only the one
+    // left in the limit through.
+    std::fs::write(&cert, &newest).unwrap();
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let calls: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    ca::curl(&[
+                        "--cacert",
+                        root.to_str().unwrap(),
+                        "--cert",
+                        &env.p("b/cert.pem"),
+                        "--key",
+                        &env.p("b/key.pem"),
+                        "-H",
+                        "content-type: application/json",
+                        "-d",
+                        "{}",
+                        &url,
+                    ])
+                    .0
+                })
+            })
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    let mut sorted = statuses.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, [201, 429, 429, 429], "{statuses:?}");
+    assert_eq!(ca_counter(&server, "mtls_ca_renewed"), 4);
+}
+
+#[test]
+fn renewals_from_one_certificate_are_rate_limited_on_sqlite() {
+    renewals_from_one_certificate_are_rate_limited(None);
+}
+
+#[test]
+fn renewals_from_one_certificate_are_rate_limited_on_postgres() {
+    renewals_from_one_certificate_are_rate_limited(Some(&ca::fresh_pg_database()));
 }
 
 /// Key rotation replaces certificate and key in one atomic rename, so it needs a combined file.
