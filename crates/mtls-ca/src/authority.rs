@@ -256,6 +256,7 @@ impl Authority {
                     }
                     e => ApiError::bad_request("INVALID_REQUEST", e.to_string()),
                 })?;
+            self.metrics.inc(&self.metrics.signed);
             match record(
                 &self.store,
                 &self.issuer_key,
@@ -433,6 +434,12 @@ impl Authority {
         };
         let previous = Serial::from_str(&rec.serial)
             .map_err(|e| ApiError::internal(format!("stored serial: {e}")))?;
+        // Over the limit already: refused before signing, with the answer recording would give
+        // (which stays the authority for renewals arriving together).
+        self.store
+            .check_renewal_limit(&previous, self.settings.renewal_limit, now)
+            .await
+            .map_err(store_err)?;
         let kind = IssueKind::Renewal {
             previous,
             limit: self.settings.renewal_limit,

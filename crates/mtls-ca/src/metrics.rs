@@ -6,6 +6,7 @@ use mtls_serve::metrics::{Counter, Registry};
 pub(crate) struct Metrics {
     pub enrolled: Counter,
     pub renewed: Counter,
+    pub signed: Counter,
     pub revoked: Counter,
     pub refused: Counter,
     pub tokens: Counter,
@@ -30,6 +31,10 @@ impl Default for Metrics {
         Metrics {
             enrolled: c("mtls_ca_enrolled", "Certificates issued by enrollment"),
             renewed: c("mtls_ca_renewed", "Certificates issued by renewal"),
+            signed: c(
+                "mtls_ca_signed",
+                "Certificates signed for enrollments and renewals, including any then refused when recorded (never handed out)",
+            ),
             revoked: c("mtls_ca_revoked", "Revocations through the API"),
             refused: c("mtls_ca_refused", "API requests refused (4xx)"),
             tokens: c("mtls_ca_tokens", "Enrollment tokens minted through the API"),

@@ -1136,7 +1136,9 @@ fn renewal_daemon_keeps_a_gateway_serving() {
         );
     }
     // The daemon notes its plan for the current certificate next to it (for `mtls monitor`):
-    // 25 s before its end, and up to 5 % of the lifetime earlier (jitter).
+    // 25 s before its end, and up to 5 % of the 40 s since the daemon obtained it earlier
+    // (jitter; not of the 340 s from the notBefore the CA backdated by 5 minutes, which could
+    // move it before issuance).
     let planned = {
         let start = std::time::Instant::now();
         loop {
@@ -1147,10 +1149,9 @@ fn renewal_daemon_keeps_a_gateway_serving() {
                 .validity()
                 .clone();
             let not_after = validity.not_after.to_datetime();
-            let lifetime = not_after - validity.not_before.to_datetime();
             let record = mtls_client::renewal::read_record(&env.path("srv/cert.pem"));
             if let Some(at) = record.as_ref().and_then(|r| r.renew_at(not_after)) {
-                break Ok(((not_after - at).whole_seconds(), lifetime.whole_seconds()));
+                break Ok((not_after - at).whole_seconds());
             }
             if start.elapsed() > Duration::from_secs(10) {
                 break Err(format!(
@@ -1202,10 +1203,51 @@ fn renewal_daemon_keeps_a_gateway_serving() {
     assert!(value("mtls_renew_failures_total") >= 1.0, "{m}");
     assert!(value("mtls_renew_renewals_total") >= 1.0, "{m}");
     assert!(value("mtls_renew_next_attempt_seconds") > 0.0, "{m}");
-    let (planned, lifetime) = planned.unwrap_or_else(|e| panic!("{e}"));
+    let planned = planned.unwrap_or_else(|e| panic!("{e}"));
     assert!(
-        (25..=25 + lifetime / 20 + 1).contains(&planned),
-        "{planned} s before the end of a {lifetime} s certificate"
+        (25..=25 + 40 / 20 + 1).contains(&planned),
+        "{planned} s before the end of a 40 s certificate"
+    );
+}
+
+/// A counter of the CA's `/metrics` page (`name` without `_total`).
+fn ca_counter(server: &CaServer, name: &str) -> u64 {
+    let (_, metrics) = ca::curl(&[&server.publish("/metrics")]);
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}_total ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name}_total: {metrics}"))
+}
+
+/// Short leaves whose notBefore the CA backdates (30 s certificates, valid from 5 minutes
+/// before issuance): the renewal daemon plans each certificate it obtained over the 30 s after
+/// it got it, renewing about every 20 s (2/3), not again at once. Planned over the whole
+/// validity, 2/3 of it lies before issuance and the daemon renewed every 2 s.
+#[test]
+fn the_renewal_daemon_does_not_renew_a_fresh_short_leaf_again_at_once() {
+    let env = Env::new();
+    env.mtls(&["ca", "init"]).ok();
+    let server = CaServer::start(&env, "ca", None, "leaf_lifetime = \"30s\"\n");
+    let t = ca::token(&env, "short", &[], None);
+    ca::enroll(&env, &server, &t, "s", &[]).ok();
+    let log = std::fs::File::create(env.path("daemon.log")).unwrap();
+    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_mtls"))
+        .args(["renew", "--daemon", "--cert", &env.p("s/cert.pem")])
+        .args(["--key", &env.p("s/key.pem"), "--ca-url", &server.url()])
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    // The enrolled certificate (when it was obtained is unknown to the daemon: renewed at
+    // once), then one at about 20 s.
+    std::thread::sleep(Duration::from_secs(25));
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let renewed = ca_counter(&server, "mtls_ca_renewed");
+    let log = std::fs::read_to_string(env.path("daemon.log")).unwrap();
+    assert!(
+        (1..=3).contains(&renewed),
+        "{renewed} renewals in 25 s\n{log}"
     );
 }
 
@@ -1283,19 +1325,20 @@ fn renewal_keeps_subject_and_lifetime_and_respects_revoked_renewals() {
 
 /// Renewals from one certificate are limited (`max_renewals` within `renewal_window`): a client
 /// may renew twice from the certificate it kept (answers lost), the third time the CA answers
-/// `429 RATE_LIMITED` with `Retry-After`, records nothing, and `mtls renew` says when to try
-/// again and leaves the files alone; renewing from the newest certificate still works.
-#[test]
-fn renewals_from_one_certificate_are_rate_limited() {
+/// `429 RATE_LIMITED` with `Retry-After`, before signing anything (a refused renewal costs no
+/// signature), records nothing, and `mtls renew` says when to try again and leaves the files
+/// alone; renewing from the newest certificate still works. The same on both backends.
+fn renewals_from_one_certificate_are_rate_limited(database: Option<&str>) {
     let env = Env::new();
-    env.mtls(&["ca", "init"]).ok();
+    let db: Vec<&str> = database.map_or_else(Vec::new, |d| vec!["--database", d]);
+    env.mtls(&[&["ca", "init"][..], &db].concat()).ok();
     let server = CaServer::start(
         &env,
         "ca",
-        None,
+        database,
         "max_renewals = 2\nrenewal_window = \"1h\"\n",
     );
-    let t = ca::token(&env, "busy", &[], None);
+    let t = ca::token(&env, "busy", &[], database);
     ca::enroll(&env, &server, &t, "b", &[]).ok();
     let cert = env.path("b/cert.pem");
     let first = env.path("b-first.pem");
@@ -1360,8 +1403,12 @@ fn renewals_from_one_certificate_are_rate_limited() {
         .unwrap_or_else(|| panic!("no Retry-After: {headers}"));
     assert!((3000..=3600).contains(&retry_after), "{retry_after}");
 
-    // Refusals record nothing: the enrollment and two renewals.
-    let listed = env.mtls(&["list", "--json"]).ok().stdout;
+    // Refusals sign nothing (the enrollment and two renewals were signed) and record nothing.
+    assert_eq!(ca_counter(&server, "mtls_ca_signed"), 3);
+    let listed = env
+        .mtls(&[&db[..], &["list", "--json"]].concat())
+        .ok()
+        .stdout;
     let rows: Vec<serde_json::Value> = serde_json::from_str(&listed).unwrap();
     let busy = rows
         .iter()
@@ -1372,8 +1419,49 @@ fn renewals_from_one_certificate_are_rate_limited() {
     // From another certificate (the newest): accepted.
     std::fs::write(&cert, &newest).unwrap();
     renew().ok();
-    let (_, metrics) = ca::curl(&[&server.publish("/metrics")]);
-    assert!(metrics.contains("mtls_ca_renewed_total 3"), "{metrics}");
+    assert_eq!(ca_counter(&server, "mtls_ca_renewed"), 3);
+    assert_eq!(ca_counter(&server, "mtls_ca_signed"), 4);
+
+    // Renewals arriving together can all pass the early check; recording still lets only the one
+    // left in the limit through.
+    std::fs::write(&cert, &newest).unwrap();
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let calls: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    ca::curl(&[
+                        "--cacert",
+                        root.to_str().unwrap(),
+                        "--cert",
+                        &env.p("b/cert.pem"),
+                        "--key",
+                        &env.p("b/key.pem"),
+                        "-H",
+                        "content-type: application/json",
+                        "-d",
+                        "{}",
+                        &url,
+                    ])
+                    .0
+                })
+            })
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    let mut sorted = statuses.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, [201, 429, 429, 429], "{statuses:?}");
+    assert_eq!(ca_counter(&server, "mtls_ca_renewed"), 4);
+}
+
+#[test]
+fn renewals_from_one_certificate_are_rate_limited_on_sqlite() {
+    renewals_from_one_certificate_are_rate_limited(None);
+}
+
+#[test]
+fn renewals_from_one_certificate_are_rate_limited_on_postgres() {
+    renewals_from_one_certificate_are_rate_limited(Some(&ca::fresh_pg_database()));
 }
 
 /// Key rotation replaces certificate and key in one atomic rename, so it needs a combined file.

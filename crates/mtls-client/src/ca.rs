@@ -4,7 +4,7 @@
 //! `/v1/roots.pem` and accepts it only if the root's SHA-256 fingerprint is the one the operator
 //! pinned; every later request verifies the CA's server certificate against that root.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
@@ -300,10 +300,22 @@ fn issued(body: &[u8]) -> Result<IssuedCertificate, Error> {
     serde_json::from_slice(body).map_err(|e| Error::Protocol(format!("certificate answer: {e}")))
 }
 
-/// `Retry-After` in its delta-seconds form (what the CA sends; an HTTP date is ignored).
-fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
-    let v = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
-    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+/// `Retry-After` as a wait from `now`, in either form of RFC 9110 §10.2.3: delta-seconds (what
+/// our CA sends) or an HTTP date (what a proxy in front of it may send; one already past means
+/// no wait). A value that is neither says nothing: `None`, as without the header.
+fn retry_after(headers: &http::HeaderMap, now: SystemTime) -> Option<Duration> {
+    let v = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        // Only digits, so a parse failure is an overflow: a very long wait (capped by the
+        // caller).
+        return Some(Duration::from_secs(v.parse().unwrap_or(u64::MAX)));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 fn refused(status: StatusCode, headers: &http::HeaderMap, body: &[u8]) -> Error {
@@ -320,7 +332,7 @@ fn refused(status: StatusCode, headers: &http::HeaderMap, body: &[u8]) -> Error 
         code: field("code").unwrap_or_else(|| "HTTP".into()),
         message: field("message")
             .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(200).collect()),
-        retry_after: retry_after(headers),
+        retry_after: retry_after(headers, SystemTime::now()),
     }
 }
 
@@ -370,7 +382,8 @@ mod tests {
         );
     }
 
-    /// The CA's `Retry-After` (seconds) comes with the refusal; a date or garbage is left out.
+    /// The CA's `Retry-After` comes with the refusal, in seconds or as an HTTP date (RFC 9110
+    /// §10.2.3, all three date formats a recipient must accept); garbage is left out.
     #[test]
     fn refusals_keep_retry_after() {
         let body = br#"{"error":{"code":"RATE_LIMITED","message":"later"}}"#;
@@ -383,7 +396,19 @@ mod tests {
             with("1800"),
             Error::Refused { status: 429, retry_after: Some(d), .. } if d == Duration::from_secs(1800)
         ));
-        for ignored in ["Wed, 21 Oct 2015 07:28:00 GMT", "-5", "soon"] {
+        // A date long past (the clock is read by `refused`): no wait, but a wait was asked.
+        assert!(matches!(
+            with("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Error::Refused { retry_after: Some(d), .. } if d == Duration::ZERO
+        ));
+        for ignored in [
+            "-5",
+            "soon",
+            "",
+            "1.5",
+            "+30",
+            "Wed, 21 Oct 2015 25:28:00 GMT",
+        ] {
             assert!(
                 matches!(
                     with(ignored),
@@ -395,5 +420,41 @@ mod tests {
                 "{ignored}"
             );
         }
+    }
+
+    /// Both forms of `Retry-After` against a fixed clock: seconds as given (an overflowing
+    /// number as a very long wait), a date as the time until it, a past date as no wait.
+    #[test]
+    fn retry_after_takes_seconds_and_http_dates() {
+        let at = |v: &str, now: SystemTime| {
+            let mut h = http::HeaderMap::new();
+            h.insert(http::header::RETRY_AFTER, v.parse().unwrap());
+            retry_after(&h, now)
+        };
+        // Wed, 21 Oct 2015 07:28:00 GMT
+        let date = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480);
+        let before = date - Duration::from_secs(90);
+        for form in [
+            "Wed, 21 Oct 2015 07:28:00 GMT",
+            "Wednesday, 21-Oct-15 07:28:00 GMT",
+            "Wed Oct 21 07:28:00 2015",
+        ] {
+            assert_eq!(at(form, before), Some(Duration::from_secs(90)), "{form}");
+            assert_eq!(at(form, date), Some(Duration::ZERO), "{form}");
+            assert_eq!(
+                at(form, date + Duration::from_secs(3600)),
+                Some(Duration::ZERO),
+                "{form}"
+            );
+        }
+        assert_eq!(at(" 120 ", date), Some(Duration::from_secs(120)));
+        assert_eq!(at("0", date), Some(Duration::ZERO));
+        assert_eq!(
+            at("99999999999999999999999", date),
+            Some(Duration::from_secs(u64::MAX))
+        );
+        assert_eq!(at("tomorrow", date), None);
+        assert_eq!(at("21 Oct 2015", date), None);
+        assert_eq!(retry_after(&http::HeaderMap::new(), date), None);
     }
 }

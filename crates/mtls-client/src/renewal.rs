@@ -64,35 +64,53 @@ impl Threshold {
     }
 }
 
-/// When to renew a certificate valid from `not_before` to `not_after`. `jitter` in [-1, 1]
-/// moves the point by up to 5% of the lifetime so a fleet issued together does not renew
-/// together (with `Before`, only earlier); the result stays inside the validity window, and for
-/// a fraction before its last tenth. A `Before` margin that covers the whole lifetime renews
-/// at 2/3 of it.
+/// When to renew a certificate valid from `not_before` to `not_after` that its holder obtained
+/// at `obtained` (`None` when unknown: a file someone else wrote).
+///
+/// The plan covers the part of the validity after the certificate was obtained, from
+/// `max(not_before, obtained)` to `not_after` (its *usable lifetime*): CAs backdate notBefore
+/// for clock skew (ours by 5 minutes), which for a short leaf is most of its validity, and a
+/// point computed over the whole validity could fall before the certificate existed: renewed at
+/// once, again and again.
+///
+/// `jitter` in [-1, 1] moves the point by up to 5% of the usable lifetime, and by at most half
+/// the time between its start and the unjittered point, so a fleet issued together does not
+/// renew together (with `Before`, only earlier) and no certificate is due as soon as it is
+/// obtained. The result stays inside the validity window; a fraction stays out of the last
+/// tenth of the usable lifetime; a `Before` margin is never eaten into, and one that covers the
+/// whole usable lifetime renews at 2/3 of it.
 pub fn due_at(
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
+    obtained: Option<OffsetDateTime>,
     threshold: Threshold,
     jitter: f64,
 ) -> OffsetDateTime {
-    let lifetime = not_after - not_before;
-    // A margin as long as the whole certificate would make every new certificate due at once
+    // Written so that a window with notAfter before notBefore (unusable anyway) cannot panic.
+    let start = match obtained {
+        Some(at) if at > not_before => at.min(not_after).max(not_before),
+        _ => not_before,
+    };
+    let lifetime = not_after - start;
+    // A margin as long as the usable lifetime would make every new certificate due at once
     // (short leaves, or a CA that caps leaves at its own expiry): renew at 2/3 instead.
     let threshold = match threshold {
         Threshold::Before(d) if d >= lifetime => Threshold::Fraction(2.0 / 3.0),
         t => t,
     };
     let base = match threshold {
-        Threshold::Fraction(f) => not_before + lifetime * f,
+        Threshold::Fraction(f) => start + lifetime * f,
         Threshold::Before(d) => not_after - d,
     };
+    let five_percent: Duration = lifetime * 0.05;
+    let spread = five_percent.min((base - start) / 2_i32).max(Duration::ZERO);
     let jitter = jitter.clamp(-1.0, 1.0);
     let (j, latest) = match threshold {
-        Threshold::Fraction(_) => (lifetime * (0.05 * jitter), not_after - lifetime / 10_i32),
+        Threshold::Fraction(_) => (spread * jitter, not_after - lifetime / 10_i32),
         // The operator asked for a margin before expiry: never eat into it.
-        Threshold::Before(_) => (lifetime * (-0.05 * jitter.abs()), not_after),
+        Threshold::Before(_) => (spread * -jitter.abs(), not_after),
     };
-    (base + j).clamp(not_before, latest.max(not_before))
+    (base + j).clamp(start, latest.max(start))
 }
 
 /// Delay before retry `attempt` (1, 2, …): exponential from 1 s, at most 5 minutes and at most
@@ -743,6 +761,9 @@ pub async fn watch_forever(
     let mut attempt: u32 = 0;
     let mut retry_at: Option<OffsetDateTime> = None;
     let mut seen_not_after: Option<OffsetDateTime> = None;
+    // notAfter of the last certificate this task obtained, and when: its schedule starts
+    // then, not at a notBefore the CA backdated.
+    let mut obtained: Option<(OffsetDateTime, OffsetDateTime)> = None;
     loop {
         let now = OffsetDateTime::now_utc();
         let (nb, na) = match current_validity(&w.cert) {
@@ -778,7 +799,10 @@ pub async fn watch_forever(
             retry_at = None;
         }
         seen_not_after = Some(na);
-        let planned = due_at(nb, na, opts.threshold, jitter);
+        let got = obtained
+            .filter(|(not_after, _)| *not_after == na)
+            .map(|(_, at)| at);
+        let planned = due_at(nb, na, got, opts.threshold, jitter);
         // For `mtls monitor`: its "renewal overdue" follows this daemon's threshold.
         note_schedule(&w.cert, na, planned);
         let due = match &retry_at {
@@ -802,6 +826,10 @@ pub async fn watch_forever(
             Ok(issued) => {
                 attempt = 0;
                 retry_at = None;
+                // As written (the answer's JSON could round differently).
+                obtained = current_validity(&w.cert)
+                    .ok()
+                    .map(|(_, not_after, _)| (not_after, now));
                 tracing::info!(cert = %w.cert.display(), serial = %issued.serial, not_after = %mtls_pki::rfc3339(&issued.not_after), "renewed");
                 let hook = opts.hook.run().await;
                 if let Err(e) = &hook {
@@ -871,38 +899,38 @@ mod tests {
     fn schedule() {
         let nb = OffsetDateTime::UNIX_EPOCH;
         let na = nb + Duration::days(90);
-        let t = due_at(nb, na, Threshold::default(), 0.0);
+        let t = due_at(nb, na, None, Threshold::default(), 0.0);
         assert_eq!(t, nb + Duration::days(60));
-        let early = due_at(nb, na, Threshold::default(), -1.0);
-        let late = due_at(nb, na, Threshold::default(), 1.0);
+        let early = due_at(nb, na, None, Threshold::default(), -1.0);
+        let late = due_at(nb, na, None, Threshold::default(), 1.0);
         assert!(early < t && t < late);
         assert_eq!(late - early, Duration::days(9));
         assert_eq!(
-            due_at(nb, na, Threshold::Before(Duration::days(30)), 0.0),
+            due_at(nb, na, None, Threshold::Before(Duration::days(30)), 0.0),
             nb + Duration::days(60)
         );
         // A margin is never shortened by jitter; a fraction never lands in the last tenth;
         // nothing is due before notBefore.
         assert_eq!(
-            due_at(nb, na, Threshold::Before(Duration::hours(1)), 1.0),
+            due_at(nb, na, None, Threshold::Before(Duration::hours(1)), 1.0),
             na - Duration::hours(1) - Duration::hours(108)
         );
         assert_eq!(
-            due_at(nb, na, Threshold::Fraction(0.99), 0.0),
+            due_at(nb, na, None, Threshold::Fraction(0.99), 0.0),
             nb + Duration::days(81)
         );
         // A margin longer than the certificate: renewed at 2/3, not at once (which would
         // renew every new certificate immediately, again and again).
         assert_eq!(
-            due_at(nb, na, Threshold::Before(Duration::days(200)), 0.0),
+            due_at(nb, na, None, Threshold::Before(Duration::days(200)), 0.0),
             nb + Duration::days(60)
         );
         assert_eq!(
-            due_at(nb, na, Threshold::Before(Duration::days(90)), 0.0),
+            due_at(nb, na, None, Threshold::Before(Duration::days(90)), 0.0),
             nb + Duration::days(60)
         );
         assert_eq!(
-            due_at(nb, na, Threshold::Before(Duration::days(89)), 0.0),
+            due_at(nb, na, None, Threshold::Before(Duration::days(89)), 0.0),
             nb + Duration::days(1)
         );
         assert_eq!(
@@ -915,6 +943,78 @@ mod tests {
         );
         assert!(Threshold::parse_fraction("1").is_err());
         assert!(Threshold::parse_fraction("x").is_err());
+    }
+
+    /// A 40-second leaf whose notBefore the CA backdated by 5 minutes (a 340-second validity),
+    /// renewed 25 s before its end: planned over the 40 s after it was obtained, the jitter
+    /// (at most 5% of those, 2 s) never puts the point before the certificate existed. Over the
+    /// whole validity it could move it 17 s earlier, before issuance: due at once, forever.
+    #[test]
+    fn backdated_short_leaves_are_planned_from_when_they_were_obtained() {
+        let issued = OffsetDateTime::UNIX_EPOCH + Duration::days(1);
+        let (nb, na) = (
+            issued - Duration::minutes(5),
+            issued + Duration::seconds(40),
+        );
+        let got = Some(issued);
+        let before = Threshold::Before(Duration::seconds(25));
+        for jitter in [-1.0, -0.5, 0.0, 0.5, 1.0] {
+            let t = due_at(nb, na, got, before, jitter);
+            assert!(
+                t >= na - Duration::seconds(27) && t <= na - Duration::seconds(25),
+                "{jitter}: {}",
+                na - t
+            );
+            let t = due_at(nb, na, got, Threshold::default(), jitter);
+            let third = Duration::seconds(40) / 3_i32;
+            assert!(
+                (t - (na - third)).abs() <= Duration::seconds(2),
+                "{jitter}: {}",
+                na - t
+            );
+        }
+        assert_eq!(
+            due_at(nb, na, got, before, -1.0),
+            na - Duration::seconds(27)
+        );
+        // Planned over the whole validity (the time obtained unknown), the same jitter lands
+        // before issuance: what made the daemon renew every few seconds.
+        assert!(due_at(nb, na, None, before, -1.0) < issued);
+        assert!(due_at(nb, na, None, Threshold::default(), 0.0) < issued);
+        // A margin longer than the 40 s obtained (though shorter than the 340 s of validity):
+        // 2/3 of the 40 s, not at once.
+        let t = due_at(nb, na, got, Threshold::Before(Duration::minutes(1)), -1.0);
+        assert!(t > issued + Duration::seconds(24), "{}", t - issued);
+        // A fraction stays out of the last tenth of the 40 s, not of the 340.
+        assert_eq!(
+            due_at(nb, na, got, Threshold::Fraction(0.99), 1.0),
+            na - Duration::seconds(4)
+        );
+        // A margin leaving 1 s: the jitter takes at most half of it, never due at once.
+        let t = due_at(nb, na, got, Threshold::Before(Duration::seconds(39)), -1.0);
+        assert_eq!(t, issued + Duration::milliseconds(500));
+        // Nonsense times stay inside the validity window.
+        assert_eq!(
+            due_at(
+                nb,
+                na,
+                Some(nb - Duration::days(1)),
+                Threshold::default(),
+                0.0
+            ),
+            due_at(nb, na, None, Threshold::default(), 0.0)
+        );
+        assert_eq!(
+            due_at(
+                nb,
+                na,
+                Some(na + Duration::days(1)),
+                Threshold::default(),
+                -1.0
+            ),
+            na
+        );
+        assert_eq!(due_at(na, nb, got, before, -1.0), na);
     }
 
     #[test]

@@ -92,6 +92,7 @@ pub fn read_certificate(
             mtls_client::renewal::due_at(
                 not_before,
                 not_after,
+                None,
                 mtls_client::renewal::Threshold::default(),
                 0.0,
             )

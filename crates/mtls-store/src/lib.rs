@@ -228,7 +228,8 @@ pub enum IssueKind {
 /// whose `renews` is its serial) within any `window`. Renewing from the same certificate more
 /// than once stays possible (a client whose answer was lost retries with the certificate it
 /// still has), but a holder of a valid key cannot grow the inventory and the revocation
-/// lineages without bound. Checked in the write transaction that records the renewal.
+/// lineages without bound. Checked in the write transaction that records the renewal; a CA
+/// asks [`Store::check_renewal_limit`] first, so a renewal over the limit costs no signature.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RenewalLimit {
     /// Most renewals from one certificate within `window`.
@@ -455,10 +456,11 @@ pub(crate) const RENEWABLE_SQL: &str =
     SELECT 1 FROM certificates x JOIN d ON x.serial = d.serial WHERE x.revoked_at IS NOT NULL
   )";
 
-/// How many certificates were renewed from `?1` (SQLite) after `?2` (Unix seconds): what
-/// [`RenewalLimit`] counts. (PostgreSQL: the same count inside `ISSUE_SQL`.)
+/// How many certificates were renewed from `{serial}` after `{since}` (Unix seconds): what
+/// [`RenewalLimit`] counts. Placeholders replaced per backend. (PostgreSQL's write: the same
+/// count inside `ISSUE_SQL`.)
 pub(crate) const RECENT_RENEWALS_SQL: &str =
-    "SELECT COUNT(*) FROM certificates WHERE renews = ?1 AND issued_at > ?2";
+    "SELECT COUNT(*) FROM certificates WHERE renews = {serial} AND issued_at > {since}";
 
 /// After a [`RenewalLimit`] refusal: the issue time of the `{nth}`-th most recent renewal from
 /// `{serial}` after `{since}` (`{nth}` is the limit less one: an offset), the renewal whose

@@ -350,6 +350,49 @@ impl Reader {
         rows.iter().map(|r| record(r, now)).collect()
     }
 
+    /// See [`crate::Store::check_renewal_limit`].
+    pub(crate) async fn check_renewal_limit(
+        &self,
+        previous: &Serial,
+        limit: &crate::RenewalLimit,
+        now: OffsetDateTime,
+    ) -> Result<()> {
+        let c = self.client().await?;
+        let previous = previous.to_string();
+        let since = limit.window_start(now);
+        let corrupt = |e: tokio_postgres::Error| Error::Corrupt(e.to_string());
+        let sql = crate::RECENT_RENEWALS_SQL
+            .replace("{serial}", "$1")
+            .replace("{since}", "$2");
+        let row = deadline(
+            "count recent renewals",
+            c.query_one(&sql, &[&previous, &since]),
+        )
+        .await?;
+        let recent: i64 = row.try_get(0).map_err(corrupt)?;
+        if recent < i64::from(limit.max) {
+            return Ok(());
+        }
+        let slot = match limit.max.checked_sub(1) {
+            None => None,
+            Some(nth) => {
+                let sql = crate::RENEWAL_SLOT_SQL
+                    .replace("{serial}", "$1")
+                    .replace("{since}", "$2")
+                    .replace("{nth}", "$3");
+                let row = deadline(
+                    "look up recent renewals",
+                    c.query_opt(&sql, &[&previous, &since, &i64::from(nth)]),
+                )
+                .await?;
+                row.map(|r| r.try_get::<_, i64>(0))
+                    .transpose()
+                    .map_err(corrupt)?
+            }
+        };
+        Err(limit.refusal(previous, slot, now))
+    }
+
     /// See [`crate::InventoryCounts`].
     pub(crate) async fn counts(
         &self,

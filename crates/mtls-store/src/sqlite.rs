@@ -468,16 +468,20 @@ fn issue(
 
 /// Refuses a renewal from `previous` once `limit` is reached. Inside the writer's transaction
 /// (which holds SQLite's write lock): renewals in flight at the same time are counted one after
-/// the other, even from several processes, so the limit is never overshot.
-fn check_renewal_limit(
+/// the other, even from several processes, so the limit is never overshot. On a reader, the
+/// early check of [`crate::Store::check_renewal_limit`].
+pub(crate) fn check_renewal_limit(
     conn: &Connection,
     previous: String,
     limit: &crate::RenewalLimit,
     now: OffsetDateTime,
 ) -> Result<()> {
     let since = limit.window_start(now);
+    let sql = crate::RECENT_RENEWALS_SQL
+        .replace("{serial}", "?1")
+        .replace("{since}", "?2");
     let recent: i64 = conn
-        .prepare_cached(crate::RECENT_RENEWALS_SQL)
+        .prepare_cached(&sql)
         .and_then(|mut s| s.query_row(params![previous, since], |r| r.get(0)))
         .map_err(db("count recent renewals"))?;
     if recent < i64::from(limit.max) {

@@ -308,6 +308,29 @@ impl Store {
         self.write(op, now).await?.into_unit()
     }
 
+    /// Refuses ([`Error::RenewalRateLimited`]) a renewal from `previous` that `limit` already
+    /// rules out at `now`, with the answer [`Store::record_issued`] would give: one read, for
+    /// a CA to ask before it signs (a certificate refused when recorded was signed for nothing).
+    /// Not the authority: renewals being recorded at the same moment are not counted here, and
+    /// `record_issued` checks again in its write transaction.
+    pub async fn check_renewal_limit(
+        &self,
+        previous: &Serial,
+        limit: crate::RenewalLimit,
+        now: OffsetDateTime,
+    ) -> Result<()> {
+        match &self.inner.reader {
+            Reader::Sqlite(c) => {
+                let previous = previous.to_string();
+                Self::read_sqlite(c, move |c| {
+                    sqlite::check_renewal_limit(c, previous, &limit, now)
+                })
+                .await
+            }
+            Reader::Postgres(r) => r.check_renewal_limit(previous, &limit, now).await,
+        }
+    }
+
     /// Revokes a certificate; with `issuer_key`, only one issued by that CA key. For
     /// `keyCompromise`, the certificates renewed from it too (see [`crate::Revocation`]).
     pub async fn revoke(

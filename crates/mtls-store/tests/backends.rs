@@ -183,7 +183,16 @@ async fn renewals_from_one_certificate_are_limited(location: Location) {
         }
         other => panic!("{other:?}"),
     };
+    // The early check (a read, before the CA signs) gives the answer recording gives.
+    let early = |at: OffsetDateTime| {
+        let (store, serial) = (store.clone(), a.serial.clone());
+        async move { store.check_renewal_limit(&serial, limit, at).await }
+    };
     // A fourth: refused until the first (at 0) leaves the window, at 60.
+    assert_eq!(
+        limited(early(minutes(30)).await.unwrap_err()),
+        time::Duration::minutes(30)
+    );
     let e = store
         .record_issued(cert("CN=a"), renew(&a), "t", minutes(30))
         .await
@@ -203,27 +212,42 @@ async fn renewals_from_one_certificate_are_limited(location: Location) {
     recorded(4).await;
     // From another certificate: accepted.
     store
+        .check_renewal_limit(&renewed[2].serial, limit, minutes(30))
+        .await
+        .unwrap();
+    store
         .record_issued(cert("CN=a"), renew(&renewed[2]), "t", minutes(30))
         .await
         .unwrap();
     recorded(5).await;
     // A second before the first renewal leaves the window: refused; then accepted.
     let almost = minutes(60) - time::Duration::SECOND;
+    assert_eq!(
+        limited(early(almost).await.unwrap_err()),
+        time::Duration::SECOND
+    );
     let e = store
         .record_issued(cert("CN=a"), renew(&a), "t", almost)
         .await
         .unwrap_err();
     assert_eq!(limited(e), time::Duration::SECOND);
+    early(minutes(60)).await.unwrap();
     store
         .record_issued(cert("CN=a"), renew(&a), "t", minutes(60))
         .await
         .unwrap();
     // And full again (10, 20 and 60 in the window): until 10 leaves it, at 70.
+    assert_eq!(
+        limited(early(minutes(60)).await.unwrap_err()),
+        time::Duration::minutes(10)
+    );
     let e = store
         .record_issued(cert("CN=a"), renew(&a), "t", minutes(60))
         .await
         .unwrap_err();
     assert_eq!(limited(e), time::Duration::minutes(10));
+    // The check only reads: nothing was recorded by it.
+    recorded(6).await;
 }
 
 #[tokio::test]
