@@ -18,7 +18,7 @@ use crate::identity::{self, IdentityHeaders};
 use crate::server::Shared;
 
 /// The body of every answer: the gateway's own (JSON errors) or an upstream's
-/// ([`UpstreamBody`]), whose errors (the upstream's, or a cut after reload) end the transfer.
+/// (`UpstreamBody`), whose errors (the upstream's, or a cut after reload) end the transfer.
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The upstream connections of a listener, driven by the task of the request being proxied.
