@@ -213,6 +213,7 @@ pub fn enroll(a: EnrollArgs) -> Result<ExitCode> {
     // The key is made here and never leaves this machine.
     let key = PrivateKey::generate(alg)?;
     let csr = mtls_pki::csr::create(&key, &Subject::cn(""), &sans)?;
+    let obtained = time::OffsetDateTime::now_utc();
     let (root, issued) = runtime()?.block_on(async {
         let root = CaClient::fetch_pinned_root(&url, &a.ca_fingerprint).await?;
         let client = CaClient::new(url.clone(), &root, None)?;
@@ -247,6 +248,8 @@ pub fn enroll(a: EnrollArgs) -> Result<ExitCode> {
     for s in staged {
         s.install()?;
     }
+    // A renewal daemon plans from now, not from the notBefore the CA backdated.
+    renewal::note_obtained(&cert_path, issued.not_after, obtained);
     out(&format!(
         "enrolled: serial {} valid until {}\n  key  {}\n  cert {}\n  root {}\n",
         issued.serial,

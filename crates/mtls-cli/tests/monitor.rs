@@ -85,6 +85,7 @@ fn the_monitor_exports_expiry_renewal_state_crl_freshness_and_the_inventory() {
         last_failure: Some(now.unix_timestamp() - 60),
         last_error: Some("the CA is unreachable".into()),
         schedule: None,
+        obtained: None,
     };
     env.write(
         "watched/late.crt.renewal.json",

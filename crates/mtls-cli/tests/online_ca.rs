@@ -1223,7 +1223,9 @@ fn ca_counter(server: &CaServer, name: &str) -> u64 {
 /// Short leaves whose notBefore the CA backdates (30 s certificates, valid from 5 minutes
 /// before issuance): the renewal daemon plans each certificate it obtained over the 30 s after
 /// it got it, renewing about every 20 s (2/3), not again at once. Planned over the whole
-/// validity, 2/3 of it lies before issuance and the daemon renewed every 2 s.
+/// validity, 2/3 of it lies before issuance and the daemon renewed every 2 s. The enrolled
+/// certificate too: `mtls enroll` notes when it obtained it, so a daemon started afterwards
+/// does not renew it at once.
 #[test]
 fn the_renewal_daemon_does_not_renew_a_fresh_short_leaf_again_at_once() {
     let env = Env::new();
@@ -1238,13 +1240,16 @@ fn the_renewal_daemon_does_not_renew_a_fresh_short_leaf_again_at_once() {
         .stderr(log)
         .spawn()
         .unwrap();
-    // The enrolled certificate (when it was obtained is unknown to the daemon: renewed at
-    // once), then one at about 20 s.
-    std::thread::sleep(Duration::from_secs(25));
+    // Enrollment noted when it obtained the certificate: not renewed at once (over its
+    // backdated validity it would be), but at about 20 s.
+    std::thread::sleep(Duration::from_secs(8));
+    let early = ca_counter(&server, "mtls_ca_renewed");
+    std::thread::sleep(Duration::from_secs(17));
     let _ = daemon.kill();
     let _ = daemon.wait();
     let renewed = ca_counter(&server, "mtls_ca_renewed");
     let log = std::fs::read_to_string(env.path("daemon.log")).unwrap();
+    assert_eq!(early, 0, "renewed in the first 8 s\n{log}");
     assert!(
         (1..=3).contains(&renewed),
         "{renewed} renewals in 25 s\n{log}"

@@ -379,6 +379,20 @@ pub struct RenewalRecord {
     /// since has no schedule until the daemon reads it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<Schedule>,
+    /// The certificate last obtained from the CA for this file (enrolled or renewed), and
+    /// when: its renewal is planned from then, not from a notBefore the CA backdated (see
+    /// [`due_at`]), also by a daemon started later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub obtained: Option<Obtained>,
+}
+
+/// When a certificate was obtained (see [`RenewalRecord::obtained`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Obtained {
+    /// notAfter (Unix seconds) of the certificate obtained.
+    pub not_after: i64,
+    /// When it was obtained (Unix seconds).
+    pub at: i64,
 }
 
 /// A renewal daemon's plan for one certificate (see [`RenewalRecord::schedule`]).
@@ -399,6 +413,15 @@ impl RenewalRecord {
         }
         OffsetDateTime::from_unix_timestamp(s.renew_at).ok()
     }
+
+    /// When the certificate whose notAfter is `not_after` was obtained, if it was noted.
+    pub fn obtained_at(&self, not_after: OffsetDateTime) -> Option<OffsetDateTime> {
+        let o = self.obtained?;
+        if o.not_after != not_after.unix_timestamp() {
+            return None;
+        }
+        OffsetDateTime::from_unix_timestamp(o.at).ok()
+    }
 }
 
 /// Where the [`RenewalRecord`] of `cert` is kept.
@@ -417,16 +440,33 @@ pub fn read_record(cert: &Path) -> Option<RenewalRecord> {
 }
 
 /// Notes an attempt in the record (best effort: a record that cannot be written is logged, it
-/// never fails the renewal).
-fn note_attempt(cert: &Path, outcome: Result<(), &Error>, now: OffsetDateTime) {
+/// never fails the renewal); a success, with the notAfter of the certificate obtained.
+fn note_attempt(cert: &Path, outcome: Result<OffsetDateTime, &Error>, now: OffsetDateTime) {
     let mut r = read_record(cert).unwrap_or_default();
     match outcome {
-        Ok(()) => r.last_success = Some(now.unix_timestamp()),
+        Ok(not_after) => {
+            r.last_success = Some(now.unix_timestamp());
+            r.obtained = Some(Obtained {
+                not_after: not_after.unix_timestamp(),
+                at: now.unix_timestamp(),
+            });
+        }
         Err(e) => {
             r.last_failure = Some(now.unix_timestamp());
             r.last_error = Some(e.to_string());
         }
     }
+    write_record(cert, &r);
+}
+
+/// Notes in the record of `cert` that the certificate with notAfter `not_after` was obtained
+/// at `at` (an enrollment; renewals note it themselves). Best effort, as every record write.
+pub fn note_obtained(cert: &Path, not_after: OffsetDateTime, at: OffsetDateTime) {
+    let mut r = read_record(cert).unwrap_or_default();
+    r.obtained = Some(Obtained {
+        not_after: not_after.unix_timestamp(),
+        at: at.unix_timestamp(),
+    });
     write_record(cert, &r);
 }
 
@@ -465,7 +505,7 @@ pub async fn renew_once(
     now: OffsetDateTime,
 ) -> Result<IssuedCertificate, Error> {
     let result = renew_now(w, url, rotate_key, passphrase, now).await;
-    note_attempt(&w.cert, result.as_ref().map(|_| ()), now);
+    note_attempt(&w.cert, result.as_ref().map(|i| i.not_after), now);
     result
 }
 
@@ -799,9 +839,12 @@ pub async fn watch_forever(
             retry_at = None;
         }
         seen_not_after = Some(na);
+        // Obtained by this task, else as noted next to the file (an enrollment, an earlier
+        // run); unknown for a file someone else wrote.
         let got = obtained
             .filter(|(not_after, _)| *not_after == na)
-            .map(|(_, at)| at);
+            .map(|(_, at)| at)
+            .or_else(|| read_record(&w.cert).and_then(|r| r.obtained_at(na)));
         let planned = due_at(nb, na, got, opts.threshold, jitter);
         // For `mtls monitor`: its "renewal overdue" follows this daemon's threshold.
         note_schedule(&w.cert, na, planned);

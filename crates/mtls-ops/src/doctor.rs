@@ -542,7 +542,7 @@ fn audit_certificate(p: &Path, c: &X509Certificate<'_>, options: &Options, repor
             >= mtls_client::renewal::due_at(
                 not_before,
                 not_after,
-                None,
+                mtls_client::renewal::read_record(p).and_then(|r| r.obtained_at(not_after)),
                 mtls_client::renewal::Threshold::default(),
                 0.0,
             )

@@ -92,7 +92,7 @@ pub fn read_certificate(
             mtls_client::renewal::due_at(
                 not_before,
                 not_after,
-                None,
+                renewal.as_ref().and_then(|r| r.obtained_at(not_after)),
                 mtls_client::renewal::Threshold::default(),
                 0.0,
             )
