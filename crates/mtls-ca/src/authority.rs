@@ -434,10 +434,11 @@ impl Authority {
         };
         let previous = Serial::from_str(&rec.serial)
             .map_err(|e| ApiError::internal(format!("stored serial: {e}")))?;
-        // Over the limit already: refused before signing, with the answer recording would give
-        // (which stays the authority for renewals arriving together).
+        // Not renewable (a descendant revoked) or over the limit already: refused before
+        // signing, with the answer recording would give (which stays the authority for
+        // revocations and renewals arriving together).
         self.store
-            .check_renewal_limit(&previous, self.settings.renewal_limit, now)
+            .check_renewal(&previous, self.settings.renewal_limit, now)
             .await
             .map_err(store_err)?;
         let kind = IssueKind::Renewal {

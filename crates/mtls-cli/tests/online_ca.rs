@@ -1257,7 +1257,8 @@ fn the_renewal_daemon_does_not_renew_a_fresh_short_leaf_again_at_once() {
 }
 
 /// A renewal keeps the whole subject (O, OU), is no longer-lived than the certificate it
-/// renews, and is refused from an older certificate once one renewed from it was revoked.
+/// renews, and is refused from an older certificate once one renewed from it was revoked,
+/// before anything is signed.
 #[test]
 fn renewal_keeps_subject_and_lifetime_and_respects_revoked_renewals() {
     let env = Env::new();
@@ -1321,7 +1322,10 @@ fn renewal_keeps_subject_and_lifetime_and_respects_revoked_renewals() {
     env.mtls(&["revoke", &renewed, "--reason", "privilegeWithdrawn"])
         .ok();
     std::fs::copy(env.path("alice-first.crt"), &cert).unwrap();
+    let signed = ca_counter(&server, "mtls_ca_signed");
     renew(&cert).fails(1, "renewed from it");
+    // Refused before signing: a refused renewal costs the CA no signature.
+    assert_eq!(ca_counter(&server, "mtls_ca_signed"), signed);
     assert_eq!(
         ca::serial_of(&env, &cert),
         ca::serial_of(&env, &env.path("alice-first.crt"))

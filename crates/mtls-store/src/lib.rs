@@ -229,7 +229,7 @@ pub enum IssueKind {
 /// than once stays possible (a client whose answer was lost retries with the certificate it
 /// still has), but a holder of a valid key cannot grow the inventory and the revocation
 /// lineages without bound. Checked in the write transaction that records the renewal; a CA
-/// asks [`Store::check_renewal_limit`] first, so a renewal over the limit costs no signature.
+/// asks [`Store::check_renewal`] first, so a renewal over the limit costs no signature.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RenewalLimit {
     /// Most renewals from one certificate within `window`.

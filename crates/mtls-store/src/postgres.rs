@@ -350,8 +350,8 @@ impl Reader {
         rows.iter().map(|r| record(r, now)).collect()
     }
 
-    /// See [`crate::Store::check_renewal_limit`].
-    pub(crate) async fn check_renewal_limit(
+    /// See [`crate::Store::check_renewal`].
+    pub(crate) async fn check_renewal(
         &self,
         previous: &Serial,
         limit: &crate::RenewalLimit,
@@ -359,6 +359,15 @@ impl Reader {
     ) -> Result<()> {
         let c = self.client().await?;
         let previous = previous.to_string();
+        // The condition ISSUE_SQL applies in the write, as SQLite's writer reads it.
+        let renewable = deadline(
+            "check the renewed certificate",
+            c.query_opt(&crate::RENEWABLE_SQL.replace("?1", "$1"), &[&previous]),
+        )
+        .await?;
+        if renewable.is_none() {
+            return Err(Error::NotRenewable(previous));
+        }
         let since = limit.window_start(now);
         let corrupt = |e: tokio_postgres::Error| Error::Corrupt(e.to_string());
         let sql = crate::RECENT_RENEWALS_SQL

@@ -425,13 +425,7 @@ fn issue(
         IssueKind::Enrollment { token_id } => consume_token(conn, token_id, &serial, now)?,
         IssueKind::Renewal { previous, limit } => {
             let previous = previous.to_string();
-            let live = conn
-                .prepare_cached(crate::RENEWABLE_SQL)
-                .and_then(|mut s| s.exists(params![previous]))
-                .map_err(db("check the renewed certificate"))?;
-            if !live {
-                return Err(Error::NotRenewable(previous));
-            }
+            check_renewable(conn, &previous)?;
             check_renewal_limit(conn, previous, limit, now)?;
         }
         IssueKind::Direct => {}
@@ -466,10 +460,24 @@ fn issue(
     insert_audit(conn, now, &action, Some(&serial), actor, &detail)
 }
 
+/// Refuses a renewal from `previous` that is revoked or has a revoked descendant
+/// ([`crate::RENEWABLE_SQL`]): in the writer's transaction, and on a reader for the early
+/// check of [`crate::Store::check_renewal`].
+pub(crate) fn check_renewable(conn: &Connection, previous: &str) -> Result<()> {
+    let live = conn
+        .prepare_cached(crate::RENEWABLE_SQL)
+        .and_then(|mut s| s.exists(params![previous]))
+        .map_err(db("check the renewed certificate"))?;
+    if !live {
+        return Err(Error::NotRenewable(previous.to_string()));
+    }
+    Ok(())
+}
+
 /// Refuses a renewal from `previous` once `limit` is reached. Inside the writer's transaction
 /// (which holds SQLite's write lock): renewals in flight at the same time are counted one after
 /// the other, even from several processes, so the limit is never overshot. On a reader, the
-/// early check of [`crate::Store::check_renewal_limit`].
+/// early check of [`crate::Store::check_renewal`].
 pub(crate) fn check_renewal_limit(
     conn: &Connection,
     previous: String,

@@ -308,12 +308,13 @@ impl Store {
         self.write(op, now).await?.into_unit()
     }
 
-    /// Refuses ([`Error::RenewalRateLimited`]) a renewal from `previous` that `limit` already
-    /// rules out at `now`, with the answer [`Store::record_issued`] would give: one read, for
-    /// a CA to ask before it signs (a certificate refused when recorded was signed for nothing).
-    /// Not the authority: renewals being recorded at the same moment are not counted here, and
-    /// `record_issued` checks again in its write transaction.
-    pub async fn check_renewal_limit(
+    /// Refuses a renewal from `previous` that [`Store::record_issued`] would refuse now, with
+    /// the same answer: [`Error::NotRenewable`] (revoked, or something renewed from it was) or
+    /// [`Error::RenewalRateLimited`] (`limit` reached at `now`). Reads only, for a CA to ask
+    /// before it signs (a certificate refused when recorded was signed for nothing). Not the
+    /// authority: revocations and renewals being recorded at the same moment are not seen
+    /// here, and `record_issued` checks again in its write transaction.
+    pub async fn check_renewal(
         &self,
         previous: &Serial,
         limit: crate::RenewalLimit,
@@ -323,11 +324,12 @@ impl Store {
             Reader::Sqlite(c) => {
                 let previous = previous.to_string();
                 Self::read_sqlite(c, move |c| {
+                    sqlite::check_renewable(c, &previous)?;
                     sqlite::check_renewal_limit(c, previous, &limit, now)
                 })
                 .await
             }
-            Reader::Postgres(r) => r.check_renewal_limit(previous, &limit, now).await,
+            Reader::Postgres(r) => r.check_renewal(previous, &limit, now).await,
         }
     }
 

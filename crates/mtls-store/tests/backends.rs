@@ -112,6 +112,13 @@ async fn renewal_of_a_revoked_certificate_is_refused(location: Location) {
         matches!(&refused, Error::NotRenewable(s) if *s == revoked.serial.to_string()),
         "{refused:?}"
     );
+    // The early check (before a CA signs) answers the same, and passes a live certificate.
+    let early = store
+        .check_renewal(&revoked.serial, LIMIT, now)
+        .await
+        .unwrap_err();
+    assert!(matches!(&early, Error::NotRenewable(_)), "{early:?}");
+    store.check_renewal(&live.serial, LIMIT, now).await.unwrap();
     let unknown = cert("CN=c");
     assert!(matches!(
         store
@@ -186,7 +193,7 @@ async fn renewals_from_one_certificate_are_limited(location: Location) {
     // The early check (a read, before the CA signs) gives the answer recording gives.
     let early = |at: OffsetDateTime| {
         let (store, serial) = (store.clone(), a.serial.clone());
-        async move { store.check_renewal_limit(&serial, limit, at).await }
+        async move { store.check_renewal(&serial, limit, at).await }
     };
     // A fourth: refused until the first (at 0) leaves the window, at 60.
     assert_eq!(
@@ -212,7 +219,7 @@ async fn renewals_from_one_certificate_are_limited(location: Location) {
     recorded(4).await;
     // From another certificate: accepted.
     store
-        .check_renewal_limit(&renewed[2].serial, limit, minutes(30))
+        .check_renewal(&renewed[2].serial, limit, minutes(30))
         .await
         .unwrap();
     store
