@@ -382,23 +382,10 @@ impl Reader {
         if recent < i64::from(limit.max) {
             return Ok(());
         }
-        let slot = match limit.max.checked_sub(1) {
-            None => None,
-            Some(nth) => {
-                let sql = crate::RENEWAL_SLOT_SQL
-                    .replace("{serial}", "$1")
-                    .replace("{since}", "$2")
-                    .replace("{nth}", "$3");
-                let row = deadline(
-                    "look up recent renewals",
-                    c.query_opt(&sql, &[&previous, &since, &i64::from(nth)]),
-                )
-                .await?;
-                row.map(|r| r.try_get::<_, i64>(0))
-                    .transpose()
-                    .map_err(corrupt)?
-            }
-        };
+        // The same lookup as the write's refusal, for the same Retry-After.
+        let slot = renewal_slot(&c, &previous, limit, now)
+            .await
+            .map_err(OpError::into_error)?;
         Err(limit.refusal(previous, slot, now))
     }
 
