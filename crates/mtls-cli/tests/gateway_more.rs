@@ -603,6 +603,21 @@ fn tunnel_reaches_an_ipv6_target_in_brackets() {
         .any(|(k, v)| k == "x-forwarded-client-cert" && v.contains("CN=tunnel-user")));
 }
 
+/// Holds a test server's thread until the test releases it (or a minute passes): a server
+/// that stalls at a chosen point.
+struct Gate(std::sync::Mutex<std::sync::mpsc::Receiver<()>>);
+
+impl Gate {
+    fn new() -> (std::sync::mpsc::Sender<()>, Gate) {
+        let (release, released) = std::sync::mpsc::channel();
+        (release, Gate(std::sync::Mutex::new(released)))
+    }
+
+    fn wait(&self) {
+        let _ = self.0.lock().unwrap().recv_timeout(Duration::from_secs(60));
+    }
+}
+
 /// A TLS server on 127.0.0.1 (common/https.rs) with a certificate of `f`'s PKI for localhost
 /// and 127.0.0.1, answering every request with `handler`.
 fn scripted_server(
@@ -739,12 +754,10 @@ fn request_waits_for_a_slow_head_longer_than_the_idle_timeout() {
 /// after --idle-timeout with exit 1 and a message naming the flag, having written what came.
 #[test]
 fn request_fails_when_the_server_stalls_after_the_head() {
-    use std::sync::{mpsc, Mutex};
     let dir = tempfile::tempdir().unwrap();
     let f = Files::new(dir.path());
     let c = f.client("c");
-    let (release, released) = mpsc::channel::<()>();
-    let released = Mutex::new(released);
+    let (release, gate) = Gate::new();
     let server = scripted_server(&f, move |_, out| {
         write!(
             out,
@@ -752,10 +765,7 @@ fn request_fails_when_the_server_stalls_after_the_head() {
         )?;
         out.flush()?;
         // Then silence, until the test is over (at most a minute).
-        let _ = released
-            .lock()
-            .unwrap()
-            .recv_timeout(Duration::from_secs(60));
+        gate.wait();
         Ok(())
     });
     let cmd = request_to(
@@ -779,17 +789,12 @@ fn request_fails_when_the_server_stalls_after_the_head() {
 /// A server that reads the request and never answers: exit 1 after --timeout, naming it.
 #[test]
 fn request_fails_when_the_response_head_never_comes() {
-    use std::sync::{mpsc, Mutex};
     let dir = tempfile::tempdir().unwrap();
     let f = Files::new(dir.path());
     let c = f.client("c");
-    let (release, released) = mpsc::channel::<()>();
-    let released = Mutex::new(released);
+    let (release, gate) = Gate::new();
     let server = scripted_server(&f, move |_, _| {
-        let _ = released
-            .lock()
-            .unwrap()
-            .recv_timeout(Duration::from_secs(60));
+        gate.wait();
         Ok(())
     });
     let cmd = request_to(
@@ -858,14 +863,13 @@ fn request_max_time_cuts_a_body_that_keeps_flowing() {
 #[test]
 fn request_streams_the_body_instead_of_holding_it() {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::{mpsc, Arc, Mutex};
+    use std::sync::Arc;
     const BODY: usize = 64 << 20;
 
     let dir = tempfile::tempdir().unwrap();
     let f = Files::new(dir.path());
     let c = f.client("c");
-    let (release, released) = mpsc::channel::<()>();
-    let released = Mutex::new(released);
+    let (release, gate) = Gate::new();
     let server = scripted_server(&f, move |_, out| {
         write!(
             out,
@@ -878,10 +882,7 @@ fn request_streams_the_body_instead_of_holding_it() {
         }
         out.flush()?;
         // The rest once the test has looked (at most a minute).
-        let _ = released
-            .lock()
-            .unwrap()
-            .recv_timeout(Duration::from_secs(60));
+        gate.wait();
         out.write_all(b"tail\n")?;
         out.flush()
     });
