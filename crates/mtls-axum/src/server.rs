@@ -470,9 +470,21 @@ async fn connection(
         }
     };
     let state = inner.tls.current();
-    let tls = match accept::handshake(state.tls.clone(), tcp, inner.builder.handshake_timeout).await
+    // This task lives as long as the connection, idle keep-alive ones too, and its future is
+    // as large as its largest state: the handshake and the serving future are boxed and the
+    // TLS stream is handed on without being kept here, so an idle connection's task holds
+    // little more than two pointers.
+    let serving = match Box::pin(accept::handshake(
+        state.tls.clone(),
+        tcp,
+        inner.builder.handshake_timeout,
+    ))
+    .await
     {
-        Ok(t) => t,
+        Ok(tls) => match serve_tls(inner, tls, router, http, shutdown, socket) {
+            Some(serving) => serving,
+            None => return,
+        },
         Err(e) => {
             tracing::debug!(error = %e, "TLS handshake failed");
             let labels: Labels = vec![
@@ -483,6 +495,19 @@ async fn connection(
             return;
         }
     };
+    serving.await;
+}
+
+/// What follows a completed handshake: the identity check and HTTP serving, as one boxed
+/// future (see [`connection`]); `None` when the client is refused at once.
+fn serve_tls(
+    inner: Arc<Inner>,
+    tls: accept::TlsConnection,
+    router: Router,
+    http: Arc<mtls_serve::http::Http>,
+    shutdown: mtls_serve::Shutdown,
+    socket: std::net::TcpStream,
+) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
     let labels: Labels = vec![("result", "ok".into()), ("reason", String::new())];
     inner.handshakes.get_or_create(&labels).inc();
     // Verified again under the current state: resumed sessions skip the handshake verifier.
@@ -499,7 +524,7 @@ async fn connection(
         // handshake gets here: in required mode such a client never reaches HTTP, whatever
         // route it asks for.
         tracing::debug!("closing connection: the client's certificate is no longer accepted");
-        return;
+        return None;
     }
     let idle = if admitted {
         inner.builder.idle_timeout
@@ -543,15 +568,14 @@ async fn connection(
             router.clone().oneshot(req)
         },
     );
-    mtls_serve::http::serve_connection_upgradable(
-        &http,
+    Some(Box::pin(mtls_serve::http::serve_connection_upgradable(
+        http,
         mtls_tls::IdleTimeout::new(tls, idle),
         service,
         shutdown,
         cut,
         socket,
-    )
-    .await;
+    )))
 }
 
 /// The client certificate a gateway forwarded in `Client-Cert` (RFC 9440: `:base64(DER):`),

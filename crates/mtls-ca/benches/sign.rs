@@ -704,7 +704,7 @@ fn ceiling_server_main() {
                     return;
                 };
                 let service = hyper_util::service::TowerToHyperService::new(router);
-                mtls_serve::http::serve_connection(&http, tls, service, shutdown).await;
+                mtls_serve::http::serve_connection(&*http, tls, service, shutdown).await;
             });
         }
     });

@@ -348,7 +348,7 @@ async fn accept_tls(
             };
             let service = TowerToHyperService::new(router.layer(axum::Extension(peer)));
             mtls_serve::http::serve_connection(
-                &http,
+                &*http,
                 IdleTimeout::new(tls, idle),
                 service,
                 shutdown,

@@ -386,15 +386,19 @@ async fn handle_connection(
 ) {
     shared.metrics.active_connections.inc();
     let _active = ActiveGuard(shared.clone());
+    // This task lives as long as the connection, idle keep-alive ones too, and its future is
+    // as large as its largest state: the handshake (several KiB, over by now) and the serving
+    // future are boxed, and the TLS stream is handed on without being kept here, so an idle
+    // connection's task holds two pointers.
     let handshake_state = shared.state.load_full();
-    let tls = match accept::handshake(
+    let serving = match Box::pin(accept::handshake(
         handshake_state.server.tls.clone(),
         tcp,
         shared.limits.handshake_timeout,
-    )
+    ))
     .await
     {
-        Ok(s) => s,
+        Ok(tls) => serve_tls(&shared, tls, remote, shutdown, slot),
         Err(e) => {
             let result = match e {
                 accept::HandshakeError::TimedOut => "timeout",
@@ -437,6 +441,19 @@ async fn handle_connection(
             return;
         }
     };
+    serving.await;
+}
+
+/// What follows a completed handshake: the identity check and the TCP tunnel or HTTP serving,
+/// as one boxed future (see [`handle_connection`]).
+fn serve_tls(
+    shared: &Arc<Shared>,
+    tls: accept::TlsConnection,
+    remote: SocketAddr,
+    shutdown: Shutdown,
+    slot: Arc<Slot>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    let shared = shared.clone();
     let sni = tls.get_ref().1.server_name().map(str::to_string);
     // Re-check the identity against the *current* state: covers resumed sessions (which skip
     // the verifier) and reloads that happened during the handshake.
@@ -452,17 +469,14 @@ async fn handle_connection(
         Err(r) => shared.metrics.handshake(&shared.name, "rejected", r.code()),
     }
     match shared.mode {
-        Mode::Tcp => {
-            tcp_proxy(
-                shared,
-                tls,
-                remote,
-                verdict.map(|(p, _)| p),
-                state,
-                identity,
-            )
-            .await
-        }
+        Mode::Tcp => Box::pin(tcp_proxy(
+            shared,
+            tls,
+            remote,
+            verdict.map(|(p, _)| p),
+            state,
+            identity,
+        )),
         Mode::Http => {
             let idle = if verdict.is_ok() {
                 shared.limits.idle_timeout
@@ -485,15 +499,25 @@ async fn handle_connection(
             // Boxed: hyper keeps a slot the size of the service's future for every connection,
             // idle ones too; the proxying future is several KiB, a box is a pointer.
             let service = service_fn(move |req| Box::pin(gw_http::handle(conn.clone(), req)));
-            mtls_serve::http::serve_connection_until(
-                &shared.http,
+            Box::pin(mtls_serve::http::serve_connection_until(
+                HttpOf(shared),
                 mtls_tls::IdleTimeout::new(tls, idle),
                 service,
                 shutdown,
                 cut,
-            )
-            .await;
+            ))
         }
+    }
+}
+
+/// A listener's HTTP builders, held through its [`Shared`] by the connection's own future.
+struct HttpOf(Arc<Shared>);
+
+impl std::ops::Deref for HttpOf {
+    type Target = mtls_serve::http::Http;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0.http
     }
 }
 
@@ -508,7 +532,7 @@ impl Drop for ActiveGuard {
 
 async fn tcp_proxy(
     shared: Arc<Shared>,
-    mut tls: tokio_rustls::server::TlsStream<mtls_serve::coalesce::Coalesced<TcpStream>>,
+    mut tls: accept::TlsConnection,
     remote: SocketAddr,
     verdict: Result<Arc<mtls_verify::VerifiedPeer>, Rejection>,
     state: Arc<ListenerState>,

@@ -308,13 +308,16 @@ fn failure_reason(e: &io::Error) -> String {
     }
 }
 
+/// A connection after [`handshake`]: TLS over the accepted stream (TCP by default).
+pub type TlsConnection<IO = TcpStream> = TlsStream<Coalesced<IO>>;
+
 /// Runs a server handshake on `io` under `deadline` (call it in the connection's own task:
 /// a slow client must never hold up the accept loop).
 pub async fn handshake<IO>(
     config: Arc<ServerConfig>,
     io: IO,
     deadline: Duration,
-) -> Result<TlsStream<Coalesced<IO>>, HandshakeError>
+) -> Result<TlsConnection<IO>, HandshakeError>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {

@@ -1,6 +1,8 @@
 //! Serving HTTP/1.1 and HTTP/2 on an accepted connection with hyper: one builder with the
 //! header limits and timers every server uses, and graceful shutdown.
 
+use std::future::Future;
+use std::ops::Deref;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -66,7 +68,44 @@ pub fn builder(limits: &HttpLimits) -> Http {
 
 /// Serves `service` on `io` until the connection ends; on `shutdown`, stops taking new
 /// requests and lets the ones in flight finish.
-pub async fn serve_connection<IO, S, B>(http: &Http, io: IO, service: S, shutdown: Shutdown)
+pub fn serve_connection<'a, H, IO, S, B>(
+    http: H,
+    io: IO,
+    service: S,
+    shutdown: Shutdown,
+) -> impl Future<Output = ()> + Send + 'a
+where
+    H: Deref<Target = Http> + Send + Sync + 'a,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<http::Request<RequestBody>, Response = http::Response<B>>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    serve_connection_until(http, io, service, shutdown, std::future::pending())
+}
+
+/// [`serve_connection`], cut at once (requests in flight included) when `cut` resolves: for a
+/// client that is no longer trusted (see [`crate::recheck::until_refused`]).
+///
+/// An HTTP/1 connection waiting for its next request holds no hyper state: between requests
+/// it is taken apart and waits for bytes with a 32-byte buffer (see `park`). HTTP/2
+/// connections (the preface, with or without ALPN) are served by hyper throughout.
+///
+/// Not an `async fn`, as none of the entry points here are: an `async fn` keeps its arguments
+/// in its future for as long as it lives, even after they were moved on, so the TLS stream
+/// (about 1.3 KB) would be held twice by every connection, idle ones too.
+pub fn serve_connection_until<'a, H, IO, S, B, C>(
+    http: H,
+    io: IO,
+    service: S,
+    shutdown: Shutdown,
+    cut: C,
+) -> impl Future<Output = ()> + Send + 'a
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<http::Request<RequestBody>, Response = http::Response<B>>
@@ -77,34 +116,16 @@ where
     B: http_body::Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    C: Future<Output = ()> + Send + 'a,
+    H: Deref<Target = Http> + Send + Sync + 'a,
 {
-    serve_connection_until(http, io, service, shutdown, std::future::pending()).await
-}
-
-/// [`serve_connection`], cut at once (requests in flight included) when `cut` resolves: for a
-/// client that is no longer trusted (see [`crate::recheck::until_refused`]).
-///
-/// An HTTP/1 connection waiting for its next request holds no hyper state: between requests
-/// it is taken apart and waits for bytes with a 32-byte buffer (see `park`). HTTP/2
-/// connections (the preface, with or without ALPN) are served by hyper throughout.
-pub async fn serve_connection_until<IO, S, B>(
-    http: &Http,
-    io: IO,
-    service: S,
-    shutdown: Shutdown,
-    cut: impl std::future::Future<Output = ()>,
-) where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<http::Request<RequestBody>, Response = http::Response<B>>
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    serve(http, io, service, shutdown, cut, None).await
+    serve(
+        http,
+        Box::new(Stream::new(io, None)),
+        service,
+        shutdown,
+        Box::pin(cut),
+    )
 }
 
 /// [`serve_connection_until`] for a connection that may be upgraded (WebSocket, `Upgrade:`):
@@ -112,14 +133,15 @@ pub async fn serve_connection_until<IO, S, B>(
 /// only once that stream is gone too (the caller's connection slot stays taken), and `cut`
 /// or `shutdown` still end it, by shutting `socket` (a duplicate of the connection's TCP
 /// socket, see [`duplicate_socket`]) down under it.
-pub async fn serve_connection_upgradable<IO, S, B>(
-    http: &Http,
+pub fn serve_connection_upgradable<'a, H, IO, S, B, C>(
+    http: H,
     io: IO,
     service: S,
     shutdown: Shutdown,
-    cut: impl std::future::Future<Output = ()>,
+    cut: C,
     socket: std::net::TcpStream,
-) where
+) -> impl Future<Output = ()> + Send + 'a
+where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<http::Request<RequestBody>, Response = http::Response<B>>
         + Send
@@ -129,28 +151,35 @@ pub async fn serve_connection_upgradable<IO, S, B>(
     B: http_body::Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    C: Future<Output = ()> + Send + 'a,
+    H: Deref<Target = Http> + Send + Sync + 'a,
 {
     let (gone_tx, gone) = tokio::sync::oneshot::channel::<()>();
-    let fired = std::sync::atomic::AtomicBool::new(false);
-    let cut = async {
-        cut.await;
-        fired.store(true, std::sync::atomic::Ordering::Relaxed);
-    };
-    tokio::pin!(cut);
-    let mut stopping = shutdown.clone();
-    serve(http, io, service, shutdown, cut.as_mut(), Some(gone_tx)).await;
-    if !fired.load(std::sync::atomic::Ordering::Relaxed) {
-        tokio::select! {
-            // The stream is gone: not upgraded, or the upgraded stream ended.
-            _ = gone => return,
-            _ = cut.as_mut() => {}
-            // An upgraded stream has no end of its own to wait for: the server stopping ends it.
-            _ = stopping.wait() => {}
+    let stream = Box::new(Stream::new(io, Some(gone_tx)));
+    let mut cut = Box::pin(cut);
+    async move {
+        let fired = std::sync::atomic::AtomicBool::new(false);
+        let watched = async {
+            cut.as_mut().await;
+            fired.store(true, std::sync::atomic::Ordering::Relaxed);
+        };
+        tokio::pin!(watched);
+        let mut stopping = shutdown.clone();
+        serve(http, stream, service, shutdown, watched.as_mut()).await;
+        if !fired.load(std::sync::atomic::Ordering::Relaxed) {
+            tokio::select! {
+                // The stream is gone: not upgraded, or the upgraded stream ended.
+                _ = gone => return,
+                _ = watched.as_mut() => {}
+                // An upgraded stream has no end of its own to wait for: the server stopping
+                // ends it.
+                _ = stopping.wait() => {}
+            }
         }
+        // Reads and writes of whoever holds the stream now fail; the socket closes when they
+        // drop it.
+        let _ = socket.shutdown(std::net::Shutdown::Both);
     }
-    // Reads and writes of whoever holds the stream now fail; the socket closes when they
-    // drop it.
-    let _ = socket.shutdown(std::net::Shutdown::Both);
 }
 
 /// A second handle on `tcp`'s socket, for [`serve_connection_upgradable`]: shutting it down
@@ -160,13 +189,14 @@ pub fn duplicate_socket(tcp: &tokio::net::TcpStream) -> std::io::Result<std::net
     Ok(std::net::TcpStream::from(tcp.as_fd().try_clone_to_owned()?))
 }
 
-async fn serve<IO, S, B>(
-    http: &Http,
-    io: IO,
+/// `cut` is a pointer to a pinned future (`Unpin`): this future keeps it for as long as the
+/// connection lives.
+async fn serve<H, IO, S, B, C>(
+    http: H,
+    mut stream: Box<Stream<IO>>,
     service: S,
     mut shutdown: Shutdown,
-    cut: impl std::future::Future<Output = ()>,
-    on_drop: Option<tokio::sync::oneshot::Sender<()>>,
+    mut cut: C,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<http::Request<RequestBody>, Response = http::Response<B>>
@@ -177,12 +207,13 @@ async fn serve<IO, S, B>(
     B: http_body::Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    C: Future<Output = ()> + Unpin,
+    H: Deref<Target = Http> + Sync,
 {
-    // Boxed once: parking and unparking move a pointer, not the TLS state.
-    let mut stream = Box::new(Stream::new(io, on_drop));
+    // Boxed once (by the caller): parking and unparking move a pointer, not the TLS state.
     let activity = stream.activity.clone();
     let stop = shutdown.wait();
-    tokio::pin!(stop, cut);
+    tokio::pin!(stop);
     // No hyper state until the first bytes, which also say HTTP/1 or HTTP/2. From the first
     // byte on, the rest of a preface is timed like a request head.
     let first = tokio::select! {
@@ -195,15 +226,16 @@ async fn serve<IO, S, B>(
                 .unwrap_or(Wake::Closed)
         } => w,
         _ = stop.as_mut() => Wake::Closed,
-        _ = cut.as_mut() => Wake::Closed,
+        _ = &mut cut => Wake::Closed,
     };
     match first {
         Wake::Closed => return,
         Wake::Http2 => {
-            let serving = http
-                .auto
-                .serve_connection_with_upgrades(TokioIo::new(stream), park::Unwatched(service));
-            tokio::pin!(serving);
+            // Boxed: only HTTP/2 connections pay for hyper's HTTP/2 state in their task.
+            let mut serving = Box::pin(
+                http.auto
+                    .serve_connection_with_upgrades(TokioIo::new(stream), park::Unwatched(service)),
+            );
             tokio::select! {
                 r = serving.as_mut() => {
                     if let Err(e) = r {
@@ -215,10 +247,10 @@ async fn serve<IO, S, B>(
                     serving.as_mut().graceful_shutdown();
                     tokio::select! {
                         _ = serving.as_mut() => {}
-                        _ = cut.as_mut() => {}
+                        _ = &mut cut => {}
                     }
                 }
-                _ = cut.as_mut() => {}
+                _ = &mut cut => {}
             }
             return;
         }
@@ -259,11 +291,11 @@ async fn serve<IO, S, B>(
                 std::pin::Pin::new(&mut *conn).graceful_shutdown();
                 tokio::select! {
                     _ = &mut *conn => {}
-                    _ = cut.as_mut() => {}
+                    _ = &mut cut => {}
                 }
                 return;
             }
-            _ = cut.as_mut() => return,
+            _ = &mut cut => return,
         };
         match ended {
             Some(Ok(())) => return,
@@ -291,11 +323,11 @@ async fn serve<IO, S, B>(
             _ = stop.as_mut() => {
                 tokio::select! {
                     _ = tokio::io::AsyncWriteExt::shutdown(&mut stream) => {}
-                    _ = cut.as_mut() => {}
+                    _ = &mut cut => {}
                 }
                 return;
             }
-            _ = cut.as_mut() => return,
+            _ = &mut cut => return,
         };
         if woke == Wake::Closed {
             return;
@@ -328,15 +360,15 @@ pub async fn serve_plain<S, B>(
     let sd = shutdown.clone();
     crate::accept::accept_loop(listener, slots, shutdown, move |tcp, _, slot| {
         let (http, service, shutdown) = (http.clone(), service.clone(), sd.clone());
+        let serving = serve_connection(
+            http,
+            mtls_tls::IdleTimeout::new(tcp, idle),
+            service,
+            shutdown,
+        );
         async move {
             let _slot = slot;
-            serve_connection(
-                &http,
-                mtls_tls::IdleTimeout::new(tcp, idle),
-                service,
-                shutdown,
-            )
-            .await;
+            serving.await;
         }
     })
     .await

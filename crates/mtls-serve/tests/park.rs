@@ -166,7 +166,7 @@ async fn server(header_read_timeout: Duration, idle: Duration) -> Server {
                     io: mtls_tls::IdleTimeout::new(tcp, idle),
                     choke,
                 };
-                serve_connection(&http, io, service, shutdown).await;
+                serve_connection(&*http, io, service, shutdown).await;
             });
         }
     });
