@@ -327,33 +327,38 @@ async fn accept_tls(
         );
         async move {
             let _slot = slot;
-            let tls = match handshake(config, tcp, HANDSHAKE_TIMEOUT).await {
-                Ok(tls) => tls,
+            // The connection's task keeps neither the handshake's state nor the TLS stream
+            // inline (both boxed, the stream handed on at once): see the gateway's
+            // `handle_connection`.
+            let serving = match Box::pin(handshake(config, tcp, HANDSHAKE_TIMEOUT)).await {
+                Ok(tls) => {
+                    let peer: PeerIdentity = ca
+                        .trust()
+                        .identify(peer_chain(&tls), OffsetDateTime::now_utc())
+                        .into();
+                    // A connection without an accepted client certificate can only enroll or
+                    // read what is published: it gets the header-read timeout as idle limit,
+                    // not the long one, so anonymous connections cannot keep the API's slots
+                    // taken.
+                    let idle = match peer {
+                        PeerIdentity::Verified(_) => idle,
+                        _ => HTTP_LIMITS.header_read_timeout,
+                    };
+                    let service = TowerToHyperService::new(router.layer(axum::Extension(peer)));
+                    Box::pin(mtls_serve::http::serve_connection(
+                        http,
+                        IdleTimeout::new(tls, idle),
+                        service,
+                        shutdown,
+                    ))
+                }
                 Err(e) => {
                     ca.metrics.inc(&ca.metrics.handshake_failures);
                     tracing::debug!(error = %e, "TLS handshake failed");
                     return;
                 }
             };
-            let peer: PeerIdentity = ca
-                .trust()
-                .identify(peer_chain(&tls), OffsetDateTime::now_utc())
-                .into();
-            // A connection without an accepted client certificate can only enroll or read
-            // what is published: it gets the header-read timeout as idle limit, not the
-            // long one, so anonymous connections cannot keep the API's slots taken.
-            let idle = match peer {
-                PeerIdentity::Verified(_) => idle,
-                _ => HTTP_LIMITS.header_read_timeout,
-            };
-            let service = TowerToHyperService::new(router.layer(axum::Extension(peer)));
-            mtls_serve::http::serve_connection(
-                &*http,
-                IdleTimeout::new(tls, idle),
-                service,
-                shutdown,
-            )
-            .await;
+            serving.await;
         }
     })
     .await
