@@ -80,7 +80,7 @@ async fn serving_futures_do_not_hold_the_stream_or_the_cut_inline() {
     let big_cut = async {
         let state = [0u8; 8192];
         std::future::pending::<()>().await;
-        drop(state);
+        std::hint::black_box(&state);
     };
     let serving = serve_connection_until(&http, io, service, shutdown.clone(), big_cut);
     let size = std::mem::size_of_val(&serving);
