@@ -469,9 +469,11 @@ fn reqwest_url(s: &str) -> Result<mtls_client::reqwest::Url> {
 
 #[derive(Args)]
 pub struct TunnelArgs {
-    /// Local address to accept plaintext connections on (loopback only unless --allow-remote).
-    #[arg(long, value_parser = crate::util::listen_arg)]
-    listen: SocketAddr,
+    /// Where to accept plaintext connections: IP:PORT (loopback only unless --allow-remote;
+    /// any local user can connect to it) or unix:PATH, a socket only this user can use (mode
+    /// 0600, and connections from other users are refused by their credentials).
+    #[arg(long, value_parser = tunnel_listen_arg, value_name = "ADDR|unix:PATH")]
+    listen: TunnelListen,
     /// The mTLS server, HOST:PORT (an IPv6 address in brackets: [::1]:443).
     #[arg(long)]
     target: String,
@@ -498,12 +500,13 @@ pub struct TunnelArgs {
 }
 
 pub fn tunnel(a: TunnelArgs) -> Result<ExitCode> {
-    if !a.listen.ip().is_loopback() && !a.allow_remote {
-        return Err(UsageError(format!(
-            "refusing to listen on non-loopback {}: anyone reaching it would use your client certificate (pass --allow-remote to insist)",
-            a.listen
-        ))
-        .into());
+    if let TunnelListen::Tcp(addr) = &a.listen {
+        if !addr.ip().is_loopback() && !a.allow_remote {
+            return Err(UsageError(format!(
+                "refusing to listen on non-loopback {addr}: anyone reaching it would use your client certificate (pass --allow-remote to insist)",
+            ))
+            .into());
+        }
     }
     let (host, port) = crate::util::host_port(&a.target).map_err(|e| {
         UsageError(format!(
@@ -539,16 +542,30 @@ pub fn tunnel(a: TunnelArgs) -> Result<ExitCode> {
         let config = Arc::new(config);
         let (changed_tx, changed_rx) = tokio::sync::watch::channel(0u64);
         let changed_tx = Arc::new(changed_tx);
-        let listener = tokio::net::TcpListener::bind(a.listen)
-            .await
-            .with_context(|| format!("binding {}", a.listen))?;
-        eprintln!(
-            "mtls tunnel: {} -> {} (mTLS)",
-            listener.local_addr()?,
-            target
-        );
-        let connector = tokio_rustls::TlsConnector::from(config);
-        let idle_timeout = a.idle_timeout;
+        let listener = match &a.listen {
+            TunnelListen::Tcp(addr) => {
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding {addr}"))?;
+                eprintln!("mtls tunnel: {} -> {} (mTLS)", l.local_addr()?, target);
+                Local::Tcp(l)
+            }
+            TunnelListen::Unix(path) => {
+                let l = mtls_serve::accept::OwnerOnlyUnixListener::bind(path)
+                    .with_context(|| format!("binding unix:{}", path.display()))?;
+                eprintln!("mtls tunnel: unix:{} -> {} (mTLS)", path.display(), target);
+                Local::Unix(l)
+            }
+        };
+        let to = Arc::new(TunnelTo {
+            connector: tokio_rustls::TlsConnector::from(config),
+            server_name,
+            host,
+            port,
+            target,
+            server_state: server_state.clone(),
+            idle_timeout: a.idle_timeout,
+        });
         let (stop, shutdown) = mtls_serve::shutdown();
         // The loop runs while its handle lives: to the end of the tunnel.
         let _crl_reload = match &server_state {
@@ -567,90 +584,39 @@ pub fn tunnel(a: TunnelArgs) -> Result<ExitCode> {
             _ => None,
         };
         sources.spawn(&shutdown, changed_tx);
-        let serving = mtls_serve::accept_loop(
-            listener,
-            mtls_serve::Slots::new(4096),
-            shutdown,
-            move |mut local, remote, slot| {
-                let connector = connector.clone();
-                let server_name = server_name.clone();
-                let host = host.clone();
-                let target = target.clone();
-                let server_state = server_state.clone();
-                let mut changed = changed_rx.clone();
-                async move {
-                    let _slot = slot;
-                    let result = async {
-                        // A server that accepts and never finishes the handshake must not
-                        // hold the client (and a slot) for ever.
-                        let opened = tokio::time::timeout(mtls_client::CONNECT_TIMEOUT, async {
-                            let tcp = TcpStream::connect((host.as_str(), port)).await?;
-                            tcp.set_nodelay(true)?;
-                            connector.connect(server_name, tcp).await
-                        })
-                        .await;
-                        let tls = opened.map_err(|_| {
-                            std::io::Error::new(
-                                std::io::ErrorKind::TimedOut,
-                                format!(
-                                    "no TLS connection to {target} within {}",
-                                    mtls_serve::duration::format(mtls_client::CONNECT_TIMEOUT)
-                                ),
-                            )
-                        })??;
-                        let chain: Vec<rustls_pki_types::CertificateDer<'static>> = tls
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
-                            .unwrap_or_default();
-                        let untrusted = async {
-                            let (Some(state), Some((leaf, rest))) =
-                                (&server_state, chain.split_first())
-                            else {
-                                return std::future::pending().await;
-                            };
-                            loop {
-                                if changed.changed().await.is_err() {
-                                    return std::future::pending().await;
-                                }
-                                let now = time::OffsetDateTime::now_utc();
-                                if let Err(r) = state.current().verify_client(leaf, rest, now) {
-                                    return r;
-                                }
-                            }
-                        };
-                        // Any byte either way is progress. Both sides are bounded: with only
-                        // the TLS side, a local client that stops reading stalled the copy on
-                        // its write, the TLS side was never polled again and the timer never
-                        // looked at (the connection and its slot were held for ever).
-                        let mut tls = mtls_tls::IdleTimeout::new(tls, idle_timeout);
-                        // Borrowed: the client is closed after the reason is printed.
-                        let mut local = mtls_tls::IdleTimeout::new(&mut local, idle_timeout);
-                        tokio::select! {
-                            copied = tokio::io::copy_bidirectional(&mut local, &mut tls) => {
-                                copied.map_err(|e| match e.kind() {
-                                    std::io::ErrorKind::TimedOut => std::io::Error::new(
-                                        e.kind(),
-                                        format!("closed after {} without traffic (--idle-timeout)",
-                                            mtls_serve::duration::format(idle_timeout)),
-                                    ),
-                                    _ => e,
-                                })?;
-                            }
-                            r = untrusted => {
-                                eprintln!("mtls tunnel: connection from {remote} closed: the server is no longer trusted ({r})");
-                            }
+        let slots = mtls_serve::Slots::new(4096);
+        let serving: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
+            match listener {
+                Local::Tcp(l) => Box::pin(mtls_serve::accept_loop(
+                    l,
+                    slots,
+                    shutdown,
+                    move |local, remote, slot| {
+                        let carried =
+                            carry(to.clone(), local, remote.to_string(), changed_rx.clone());
+                        async move {
+                            let _slot = slot;
+                            carried.await
                         }
-                        Ok::<_, std::io::Error>(())
-                    }
-                    .await;
-                    if let Err(e) = result {
-                        eprintln!("mtls tunnel: connection from {remote}: {e}");
-                    }
+                    },
+                )),
+                Local::Unix(l) => {
+                    let from = format!("unix:{}", l.path().display());
+                    Box::pin(mtls_serve::accept_loop(
+                        l,
+                        slots,
+                        shutdown,
+                        move |local, _, slot| {
+                            let carried =
+                                carry(to.clone(), local, from.clone(), changed_rx.clone());
+                            async move {
+                                let _slot = slot;
+                                carried.await
+                            }
+                        },
+                    ))
                 }
-            },
-        );
+            };
         tokio::select! {
             _ = serving => {}
             _ = crate::serve::wait_for_stop() => stop.trigger(),
@@ -658,4 +624,127 @@ pub fn tunnel(a: TunnelArgs) -> Result<ExitCode> {
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where `--listen` accepts local clients.
+#[derive(Clone, Debug)]
+enum TunnelListen {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+fn tunnel_listen_arg(s: &str) -> std::result::Result<TunnelListen, String> {
+    match s.strip_prefix("unix:") {
+        Some("") => Err("unix: needs a path, e.g. unix:/run/user/1000/db.sock".into()),
+        Some(path) => Ok(TunnelListen::Unix(PathBuf::from(path))),
+        None => crate::util::listen_arg(s).map(TunnelListen::Tcp),
+    }
+}
+
+/// The bound `--listen`.
+enum Local {
+    Tcp(tokio::net::TcpListener),
+    Unix(mtls_serve::accept::OwnerOnlyUnixListener),
+}
+
+/// What every tunnelled connection connects to, and how.
+struct TunnelTo {
+    connector: tokio_rustls::TlsConnector,
+    server_name: ServerName<'static>,
+    host: String,
+    port: u16,
+    target: String,
+    server_state: Option<Arc<mtls_client::ServerTrust>>,
+    idle_timeout: std::time::Duration,
+}
+
+/// Carries one local client (`from`, for messages) to the server over mTLS, until either side
+/// ends, the connection idles out or the server stops being trusted (`changed` says when to
+/// look again).
+async fn carry<IO>(
+    to: Arc<TunnelTo>,
+    mut local: IO,
+    from: String,
+    mut changed: tokio::sync::watch::Receiver<u64>,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let TunnelTo {
+        connector,
+        server_name,
+        host,
+        port,
+        target,
+        server_state,
+        idle_timeout,
+    } = &*to;
+    let (port, idle_timeout) = (*port, *idle_timeout);
+    let result = async {
+        // A server that accepts and never finishes the handshake must not
+        // hold the client (and a slot) for ever.
+        let opened = tokio::time::timeout(mtls_client::CONNECT_TIMEOUT, async {
+            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            connector.connect(server_name.clone(), tcp).await
+        })
+        .await;
+        let tls = opened.map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "no TLS connection to {target} within {}",
+                    mtls_serve::duration::format(mtls_client::CONNECT_TIMEOUT)
+                ),
+            )
+        })??;
+        let chain: Vec<rustls_pki_types::CertificateDer<'static>> = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+            .unwrap_or_default();
+        let untrusted = async {
+            let (Some(state), Some((leaf, rest))) =
+                (&server_state, chain.split_first())
+            else {
+                return std::future::pending().await;
+            };
+            loop {
+                if changed.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
+                let now = time::OffsetDateTime::now_utc();
+                if let Err(r) = state.current().verify_client(leaf, rest, now) {
+                    return r;
+                }
+            }
+        };
+        // Any byte either way is progress. Both sides are bounded: with only
+        // the TLS side, a local client that stops reading stalled the copy on
+        // its write, the TLS side was never polled again and the timer never
+        // looked at (the connection and its slot were held for ever).
+        let mut tls = mtls_tls::IdleTimeout::new(tls, idle_timeout);
+        // Borrowed: the client is closed after the reason is printed.
+        let mut local = mtls_tls::IdleTimeout::new(&mut local, idle_timeout);
+        tokio::select! {
+            copied = tokio::io::copy_bidirectional(&mut local, &mut tls) => {
+                copied.map_err(|e| match e.kind() {
+                    std::io::ErrorKind::TimedOut => std::io::Error::new(
+                        e.kind(),
+                        format!("closed after {} without traffic (--idle-timeout)",
+                            mtls_serve::duration::format(idle_timeout)),
+                    ),
+                    _ => e,
+                })?;
+            }
+            r = untrusted => {
+                eprintln!("mtls tunnel: connection from {from} closed: the server is no longer trusted ({r})");
+            }
+        }
+        Ok::<_, std::io::Error>(())
+    }
+    .await;
+    if let Err(e) = result {
+        eprintln!("mtls tunnel: connection from {from}: {e}");
+    }
 }

@@ -537,6 +537,123 @@ fn tunnel_carries_plaintext_clients_over_mtls_and_refuses_remote_listen() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("non-loopback"));
 }
 
+/// `curl --unix-socket SOCK http://localhost/plain` as the current user (or as `as_user`, by
+/// `setpriv`): the HTTP status curl saw, "000" when the connection failed or was closed.
+fn curl_unix(sock: &std::path::Path, as_user: Option<&str>) -> String {
+    let mut cmd = match as_user {
+        Some(uid) => {
+            let mut c = Command::new("setpriv");
+            c.args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={uid}"),
+                "--clear-groups",
+                "curl",
+            ]);
+            c
+        }
+        None => Command::new("curl"),
+    };
+    let o = cmd
+        .args(["-sS", "-m", "10", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg("--unix-socket")
+        .arg(sock)
+        .arg("http://localhost/plain")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// `--listen unix:PATH`: local clients reach the server through a socket file of mode 0600
+/// that serves only its owner: another user's connection is closed unserved even when the
+/// file and its directory let it connect (its credentials are checked). A second tunnel on a
+/// live socket is refused, a socket left by a killed tunnel is replaced, any other file at the
+/// path is refused, and a tunnel that stops removes its socket.
+#[test]
+fn tunnel_on_a_unix_socket_serves_only_its_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let up = Upstream::start();
+    let g = Gateway::start(&http_args(&f, &up, &["--allow-cn", "tunnel-user"]));
+    let c = f.client("tunnel-user");
+    let sock = dir.path().join("tunnel.sock");
+    let listen = format!("unix:{}", sock.display());
+    let start = |listen: &str| {
+        Command::new(env!("CARGO_BIN_EXE_mtls"))
+            .args(["tunnel", "--listen", listen, "--target"])
+            .arg(format!("localhost:{}", g.port()))
+            .arg("--cert")
+            .arg(&c.chain)
+            .arg("--key")
+            .arg(&c.key)
+            .arg("--ca")
+            .arg(f.root())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let wait_served = || {
+        for _ in 0..50 {
+            if curl_unix(&sock, None) == "200" {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    };
+    let mut t = start(&listen);
+    assert!(wait_served(), "no answer through the tunnel's socket");
+    assert!(up
+        .last()
+        .iter()
+        .any(|(k, v)| k == "x-forwarded-client-cert" && v.contains("CN=tunnel-user")));
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the socket's mode is {mode:o}");
+
+    // Another user, let through by the file system: refused by its credentials. Needs root
+    // to become that user.
+    let root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
+    if root {
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let requests = up.count();
+        assert_eq!(curl_unix(&sock, Some("65534")), "000");
+        assert_eq!(up.count(), requests, "another user's request reached the server");
+        assert_eq!(curl_unix(&sock, None), "200", "the owner is still served");
+    } else {
+        println!("skipped the other-user check: not root, cannot run curl as another user");
+    }
+
+    // A live socket is not taken over.
+    let second = start(&listen).wait_with_output().unwrap();
+    assert_ne!(second.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("another process listens on it"), "{err}");
+    assert_eq!(curl_unix(&sock, None), "200");
+
+    // Killed (no clean-up): the next tunnel replaces the stale socket.
+    t.kill().unwrap();
+    t.wait().unwrap();
+    assert!(sock.exists());
+    let mut t = start(&listen);
+    assert!(wait_served(), "a stale socket was not replaced");
+
+    // Stopped: the socket is removed.
+    let pid = t.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    t.wait().unwrap();
+    assert!(!sock.exists(), "the stopped tunnel left its socket");
+
+    // Anything else at the path is refused, and left alone.
+    std::fs::write(&sock, b"not a socket").unwrap();
+    let other = start(&listen).wait_with_output().unwrap();
+    assert_ne!(other.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&other.stderr);
+    assert!(err.contains("exists and is not a socket"), "{err}");
+    assert_eq!(std::fs::read(&sock).unwrap(), b"not a socket");
+}
+
 /// `--target [::1]:PORT` reaches a server on the IPv6 loopback: the brackets are the syntax of
 /// an IPv6 address with a port, not part of the host (the tunnel used to look up `[::1]` and
 /// never connected), and the server is verified as the address ::1. Skipped, saying so, on a

@@ -215,6 +215,106 @@ impl Incoming for TcpListener {
     }
 }
 
+/// What [`accept_loop`] is given as the remote address of a Unix-domain connection (it has no
+/// IP address): the unspecified address, port 0. Per-source limits count all of them as one
+/// source.
+pub const UNIX_PEER: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+
+/// A Unix-domain socket that serves only its owner: for a local endpoint that acts with the
+/// process's credentials (`mtls tunnel` presents the user's client certificate), where a
+/// loopback TCP port would serve every local user. The socket file is mode 0600, and a
+/// connection whose peer (`SO_PEERCRED`) is another user than the file's owner is closed
+/// unserved, whatever the file's mode or the directory allow. The file is removed when the
+/// listener is dropped, if it is still this listener's.
+pub struct OwnerOnlyUnixListener {
+    listener: tokio::net::UnixListener,
+    path: std::path::PathBuf,
+    uid: u32,
+    ino: u64,
+}
+
+impl OwnerOnlyUnixListener {
+    /// Binds `path`. A socket file nobody listens on any more (left by a process that died) is
+    /// replaced; a socket someone listens on, or any other file at `path`, is refused. Call
+    /// inside a tokio runtime.
+    pub fn bind(path: &std::path::Path) -> io::Result<Self> {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_socket() => {
+                match std::os::unix::net::UnixStream::connect(path) {
+                    Ok(_) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::AddrInUse,
+                            format!("{}: another process listens on it", path.display()),
+                        ))
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                        std::fs::remove_file(path)?
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{} exists and is not a socket", path.display()),
+                ))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let listener = tokio::net::UnixListener::bind(path)?;
+        // Between bind and chmod the file has the umask's mode: the peer check below refuses
+        // other users' connections either way.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        let meta = std::fs::symlink_metadata(path)?;
+        Ok(OwnerOnlyUnixListener {
+            listener,
+            path: path.to_path_buf(),
+            uid: meta.uid(),
+            ino: meta.ino(),
+        })
+    }
+
+    /// The socket file's path.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl Incoming for OwnerOnlyUnixListener {
+    type Io = tokio::net::UnixStream;
+    async fn accept(&mut self) -> io::Result<(tokio::net::UnixStream, SocketAddr)> {
+        loop {
+            let (stream, _) = self.listener.accept().await?;
+            match stream.peer_cred() {
+                Ok(cred) if cred.uid() == self.uid => return Ok((stream, UNIX_PEER)),
+                Ok(cred) => tracing::warn!(
+                    socket = %self.path.display(),
+                    uid = cred.uid(),
+                    pid = cred.pid(),
+                    "refused a connection from another user"
+                ),
+                Err(e) => tracing::warn!(
+                    socket = %self.path.display(),
+                    error = %e,
+                    "refused a connection whose user cannot be told"
+                ),
+            }
+        }
+    }
+}
+
+impl Drop for OwnerOnlyUnixListener {
+    fn drop(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        // Only our own file: another process may have replaced a removed one since.
+        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.ino() == self.ino) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
 /// Accepts until `shutdown`, spawning `handler` for each connection that gets a slot. A
 /// connection over the limit is closed at once (and counted). When `accept` fails (out of
 /// descriptors, typically) the loop pauses, [`BACKOFF_MIN`] doubling up to [`BACKOFF_MAX`],
