@@ -469,13 +469,14 @@ async fn connection(
             return;
         }
     };
-    let state = inner.tls.current();
     // This task lives as long as the connection, idle keep-alive ones too, and its future is
     // as large as its largest state: the handshake and the serving future are boxed and the
     // TLS stream is handed on without being kept here, so an idle connection's task holds
     // little more than two pointers.
     let serving = match Box::pin(accept::handshake(
-        state.tls.clone(),
+        // Only the TLS configuration: a state kept here would stay alive as long as the
+        // connection, across reloads.
+        inner.tls.current().tls.clone(),
         tcp,
         inner.builder.handshake_timeout,
     ))

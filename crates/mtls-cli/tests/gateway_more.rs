@@ -619,7 +619,11 @@ fn tunnel_on_a_unix_socket_serves_only_its_owner() {
         std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
         let requests = up.count();
         assert_eq!(curl_unix(&sock, Some("65534")), "000");
-        assert_eq!(up.count(), requests, "another user's request reached the server");
+        assert_eq!(
+            up.count(),
+            requests,
+            "another user's request reached the server"
+        );
         assert_eq!(curl_unix(&sock, None), "200", "the owner is still served");
     } else {
         println!("skipped the other-user check: not root, cannot run curl as another user");
@@ -641,7 +645,11 @@ fn tunnel_on_a_unix_socket_serves_only_its_owner() {
 
     // Stopped: the socket is removed.
     let pid = t.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
     t.wait().unwrap();
     assert!(!sock.exists(), "the stopped tunnel left its socket");
 

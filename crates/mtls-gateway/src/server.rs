@@ -390,9 +390,11 @@ async fn handle_connection(
     // as large as its largest state: the handshake (several KiB, over by now) and the serving
     // future are boxed, and the TLS stream is handed on without being kept here, so an idle
     // connection's task holds two pointers.
-    let handshake_state = shared.state.load_full();
+    // Only the TLS configuration: a state kept here would stay alive (CRLs and all) as long
+    // as the connection, across reloads.
+    let config = shared.state.load().server.tls.clone();
     let serving = match Box::pin(accept::handshake(
-        handshake_state.server.tls.clone(),
+        config,
         tcp,
         shared.limits.handshake_timeout,
     ))
