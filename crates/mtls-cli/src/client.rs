@@ -591,29 +591,15 @@ pub fn tunnel(a: TunnelArgs) -> Result<ExitCode> {
                     l,
                     slots,
                     shutdown,
-                    move |local, remote, slot| {
-                        let carried =
-                            carry(to.clone(), local, remote.to_string(), changed_rx.clone());
-                        async move {
-                            let _slot = slot;
-                            carried.await
-                        }
-                    },
+                    carrier(to, changed_rx, None),
                 )),
                 Local::Unix(l) => {
-                    let from = format!("unix:{}", l.path().display());
+                    let name = format!("unix:{}", l.path().display());
                     Box::pin(mtls_serve::accept_loop(
                         l,
                         slots,
                         shutdown,
-                        move |local, _, slot| {
-                            let carried =
-                                carry(to.clone(), local, from.clone(), changed_rx.clone());
-                            async move {
-                                let _slot = slot;
-                                carried.await
-                            }
-                        },
+                        carrier(to, changed_rx, Some(name)),
                     ))
                 }
             };
@@ -656,6 +642,30 @@ struct TunnelTo {
     target: String,
     server_state: Option<Arc<mtls_client::ServerTrust>>,
     idle_timeout: std::time::Duration,
+}
+
+/// The accept loop's handler for one kind of local stream: each connection is carried in
+/// its own task, named `local_name` in messages (else by its address).
+fn carrier<IO>(
+    to: Arc<TunnelTo>,
+    changed: tokio::sync::watch::Receiver<u64>,
+    local_name: Option<String>,
+) -> impl FnMut(
+    IO,
+    SocketAddr,
+    mtls_serve::Slot,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    move |local, remote, slot| {
+        let from = local_name.clone().unwrap_or_else(|| remote.to_string());
+        let carried = carry(to.clone(), local, from, changed.clone());
+        Box::pin(async move {
+            let _slot = slot;
+            carried.await
+        })
+    }
 }
 
 /// Carries one local client (`from`, for messages) to the server over mTLS, until either side

@@ -34,14 +34,19 @@ fn start_tunnel_to(
     target: &str,
     extra: &[&str],
 ) -> std::process::Child {
+    start_tunnel_at(f, c, &format!("127.0.0.1:{local}"), target, extra)
+}
+
+/// `mtls tunnel --listen listen` to `target` (`HOST:PORT`), presenting `c`.
+fn start_tunnel_at(
+    f: &Files,
+    c: &common::gw::Leaf,
+    listen: &str,
+    target: &str,
+    extra: &[&str],
+) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_mtls"))
-        .args([
-            "tunnel",
-            "--listen",
-            &format!("127.0.0.1:{local}"),
-            "--target",
-            target,
-        ])
+        .args(["tunnel", "--listen", listen, "--target", target])
         .arg("--cert")
         .arg(&c.chain)
         .arg("--key")
@@ -578,21 +583,8 @@ fn tunnel_on_a_unix_socket_serves_only_its_owner() {
     let c = f.client("tunnel-user");
     let sock = dir.path().join("tunnel.sock");
     let listen = format!("unix:{}", sock.display());
-    let start = |listen: &str| {
-        Command::new(env!("CARGO_BIN_EXE_mtls"))
-            .args(["tunnel", "--listen", listen, "--target"])
-            .arg(format!("localhost:{}", g.port()))
-            .arg("--cert")
-            .arg(&c.chain)
-            .arg("--key")
-            .arg(&c.key)
-            .arg("--ca")
-            .arg(f.root())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let target = format!("localhost:{}", g.port());
+    let start = |listen: &str| start_tunnel_at(&f, &c, listen, &target, &[]);
     let wait_served = || {
         for _ in 0..50 {
             if curl_unix(&sock, None) == "200" {
