@@ -630,7 +630,14 @@ fn tunnel_on_a_unix_socket_serves_only_its_owner() {
 
     // Killed (no clean-up): the next tunnel replaces the stale socket.
     t.kill().unwrap();
-    t.wait().unwrap();
+    let out = t.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    if root {
+        assert!(
+            log.contains("refused a connection from another user") && log.contains("uid=65534"),
+            "{log}"
+        );
+    }
     assert!(sock.exists());
     let mut t = start(&listen);
     assert!(wait_served(), "a stale socket was not replaced");

@@ -231,6 +231,8 @@ pub struct OwnerOnlyUnixListener {
     path: std::path::PathBuf,
     uid: u32,
     ino: u64,
+    /// Another local user can connect as fast as it likes: the log lines are rate-limited.
+    refusals: crate::refusals::RefusalLog,
 }
 
 impl OwnerOnlyUnixListener {
@@ -273,6 +275,7 @@ impl OwnerOnlyUnixListener {
             path: path.to_path_buf(),
             uid: meta.uid(),
             ino: meta.ino(),
+            refusals: crate::refusals::RefusalLog::default(),
         })
     }
 
@@ -287,17 +290,25 @@ impl Incoming for OwnerOnlyUnixListener {
     async fn accept(&mut self) -> io::Result<(tokio::net::UnixStream, SocketAddr)> {
         loop {
             let (stream, _) = self.listener.accept().await?;
-            match stream.peer_cred() {
-                Ok(cred) if cred.uid() == self.uid => return Ok((stream, UNIX_PEER)),
+            let cred = stream.peer_cred();
+            if matches!(&cred, Ok(c) if c.uid() == self.uid) {
+                return Ok((stream, UNIX_PEER));
+            }
+            let Some(suppressed) = self.refusals.admit() else {
+                continue;
+            };
+            match cred {
                 Ok(cred) => tracing::warn!(
                     socket = %self.path.display(),
                     uid = cred.uid(),
                     pid = cred.pid(),
+                    suppressed,
                     "refused a connection from another user"
                 ),
                 Err(e) => tracing::warn!(
                     socket = %self.path.display(),
                     error = %e,
+                    suppressed,
                     "refused a connection whose user cannot be told"
                 ),
             }
