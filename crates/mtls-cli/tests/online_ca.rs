@@ -1385,21 +1385,25 @@ fn renewals_from_one_certificate_are_rate_limited(database: Option<&str>) {
     let headers = env.path("headers.txt");
     let root = env.pki().join("root.crt");
     let url = format!("{}/v1/renew", server.url());
-    let (status, body) = ca::curl(&[
-        "-D",
-        headers.to_str().unwrap(),
-        "--cacert",
-        root.to_str().unwrap(),
-        "--cert",
-        &env.p("b/cert.pem"),
-        "--key",
-        &env.p("b/key.pem"),
-        "-H",
-        "content-type: application/json",
-        "-d",
-        "{}",
-        &url,
-    ]);
+    // `POST /v1/renew` with b's certificate, by curl (`extra` first).
+    let renew_by_curl = |extra: &[&str]| {
+        let (cert, key) = (env.p("b/cert.pem"), env.p("b/key.pem"));
+        let args = [
+            "--cacert",
+            root.to_str().unwrap(),
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+            "-H",
+            "content-type: application/json",
+            "-d",
+            "{}",
+            &url,
+        ];
+        ca::curl(&[extra, &args[..]].concat())
+    };
+    let (status, body) = renew_by_curl(&["-D", headers.to_str().unwrap()]);
     expect_error(status, &body, 429, "RATE_LIMITED");
     let headers = std::fs::read_to_string(&headers).unwrap();
     let retry_after: u64 = headers
@@ -1435,26 +1439,7 @@ fn renewals_from_one_certificate_are_rate_limited(database: Option<&str>) {
     // left in the limit through.
     std::fs::write(&cert, &newest).unwrap();
     let statuses: Vec<u16> = std::thread::scope(|s| {
-        let calls: Vec<_> = (0..4)
-            .map(|_| {
-                s.spawn(|| {
-                    ca::curl(&[
-                        "--cacert",
-                        root.to_str().unwrap(),
-                        "--cert",
-                        &env.p("b/cert.pem"),
-                        "--key",
-                        &env.p("b/key.pem"),
-                        "-H",
-                        "content-type: application/json",
-                        "-d",
-                        "{}",
-                        &url,
-                    ])
-                    .0
-                })
-            })
-            .collect();
+        let calls: Vec<_> = (0..4).map(|_| s.spawn(|| renew_by_curl(&[]).0)).collect();
         calls.into_iter().map(|c| c.join().unwrap()).collect()
     });
     let mut sorted = statuses.clone();
