@@ -382,7 +382,7 @@ async fn replaced_certificate_files(with_crl: bool) {
     }
     let client = builder.build().unwrap();
     let url = format!("https://127.0.0.1:{}/api/secure", app.addr.port());
-    let who = |client: &mtls_client::reqwest::Client| {
+    let who = |client: &mtls_client::Client| {
         let client = client.clone();
         let url = url.clone();
         async move {

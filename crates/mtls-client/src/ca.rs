@@ -62,7 +62,7 @@ impl std::fmt::Display for CaUrl {
 #[derive(Clone)]
 pub struct CaClient {
     url: CaUrl,
-    http: reqwest::Client,
+    http: crate::Client,
 }
 
 impl std::fmt::Debug for CaClient {

@@ -2,11 +2,12 @@
 //! Rust form of the guide's `MTLSClient` and its axios agent).
 //!
 //! What it does:
-//! - [`ClientBuilder`]: the one builder of every HTTP(S) client mtls uses: a
-//!   [`reqwest::Client`] on rustls with our cipher suites, verifying the server against the
+//! - [`ClientBuilder`]: the one builder of every HTTP(S) client mtls uses: a [`Client`]
+//!   (a [`reqwest::Client`]) on rustls with our cipher suites, verifying the server against the
 //!   given CAs, presenting a client certificate read from files (encrypted keys too) and picking
 //!   up renewed files on its next connection, without a restart; the server's revocation status
-//!   is checked against CRL files followed the same way ([`ServerTrust`]);
+//!   is checked against CRL files followed the same way and the given sources
+//!   ([`ServerTrust`]), and pooled connections to a server no longer trusted are closed;
 //! - [`pool`]: the upstream pool of a reverse proxy (HTTP/1.1 keep-alive connections driven
 //!   by the proxying task itself), from the same builder;
 //! - [`ca`]: the client of the online CA's API (pinning the root, enroll, renew, revoke, tokens);
@@ -42,6 +43,7 @@
 pub mod ca;
 pub mod crl;
 pub mod feed;
+mod https;
 pub mod observe;
 pub mod ocsp;
 pub mod ocsp_check;
@@ -57,6 +59,7 @@ use mtls_tls::{CredentialFiles, Passphrase, ReloadingIdentity};
 use rustls_pki_types::CertificateDer;
 use zeroize::Zeroizing;
 
+pub use https::Client;
 pub use reqwest;
 pub use server_trust::ServerTrust;
 
@@ -487,14 +490,22 @@ impl ClientBuilder {
         Ok((config, revocation))
     }
 
-    /// A `reqwest::Client` for `https://` URLs.
-    pub fn build(self) -> Result<reqwest::Client, Error> {
+    /// A client for `https://` URLs: a `reqwest::Client` that also closes its pooled
+    /// connections once their server is no longer trusted (see [`Client`]).
+    pub fn build(self) -> Result<Client, Error> {
         let alpn: &[&[u8]] = if self.http1_only {
             &[b"http/1.1"]
         } else {
             &[b"h2", b"http/1.1"]
         };
-        let tls = self.tls_config(alpn)?;
+        let (tls, trust) = self.tls_config_and_trust(alpn)?;
+        let refusing = self.reqwest_client(refuse_all_config()?)?;
+        let make = move || self.reqwest_client(tls.clone());
+        Ok(Client::new(trust, Box::new(make), refusing)?)
+    }
+
+    /// A `reqwest::Client` on `tls` with this builder's settings.
+    fn reqwest_client(&self, tls: rustls::ClientConfig) -> Result<reqwest::Client, reqwest::Error> {
         let b = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .https_only(true)
@@ -513,7 +524,7 @@ impl ClientBuilder {
         if let Some(d) = self.pool_idle_timeout {
             b = b.pool_idle_timeout(d);
         }
-        Ok(b.build()?)
+        b.build()
     }
 
     /// A keep-alive pool of HTTP/1.1 connections to one upstream, for a reverse proxy (see
@@ -527,7 +538,10 @@ impl ClientBuilder {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let tls = match &target {
-            pool::PoolTarget::Https { .. } => Some(Arc::new(self.tls_config(&[b"http/1.1"])?)),
+            pool::PoolTarget::Https { .. } => {
+                let (config, trust) = self.tls_config_and_trust(&[b"http/1.1"])?;
+                Some((Arc::new(config), trust))
+            }
             pool::PoolTarget::Http { .. } => None,
         };
         Ok(pool::Pool::new(

@@ -381,16 +381,16 @@ impl rustls::client::danger::ServerCertVerifier for StapleVerifier {
         )?;
         if let Some(trust) = &self.revocation {
             // The CRL files as they are now: a replaced one counts from this connection on.
-            if let Err(r) = trust
-                .current()
-                .verify_client(end_entity, intermediates, now)
-            {
+            let state = trust.current();
+            if let Err(r) = state.verify_client(end_entity, intermediates, now) {
                 tracing::warn!(reason = %r, code = r.code(), "server certificate refused");
                 return Err(rustls::Error::InvalidCertificate(match r {
                     mtls_verify::Rejection::Revoked => rustls::CertificateError::Revoked,
                     other => rustls::CertificateError::Other(rustls::OtherError(Arc::new(other))),
                 }));
             }
+            // Checked again while its connections stay open.
+            trust.accepted(end_entity, intermediates, state.revision());
         }
         Ok(ok)
     }

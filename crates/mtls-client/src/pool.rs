@@ -6,6 +6,9 @@
 //! pool. A proxied request therefore never crosses tasks (hyper-util's pooled client runs every
 //! connection in a spawned task, so each request crossed tasks twice). Idle connections are
 //! kept LIFO (the warmest first), up to a bound and an idle timeout, like nginx's `keepalive`.
+//! An HTTPS upstream whose certificate is revoked (or expires) while connections to it are
+//! open loses them: they are closed rather than reused
+//! ([`ServerTrust::connection_epoch`]), and the next one's handshake refuses it.
 //!
 //! What it does not do: HTTP/2 to the upstream, retries of requests that reached the upstream,
 //! or load balancing.
@@ -27,6 +30,8 @@ use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
+
+use crate::ServerTrust;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -143,6 +148,8 @@ impl Write for PoolIo {
 struct Conn<B: Body + 'static> {
     sender: http1::SendRequest<B>,
     io: http1::Connection<PoolIo, B>,
+    /// The connection epoch it was opened at ([`ServerTrust::connection_epoch`]).
+    epoch: u64,
 }
 
 impl<B> Conn<B>
@@ -183,6 +190,8 @@ struct Idle<B: Body + 'static> {
 struct Inner<B: Body + 'static> {
     target: PoolTarget,
     tls: Option<tokio_rustls::TlsConnector>,
+    /// Where an upstream no longer trusted is noticed (HTTPS with revocation checks).
+    trust: Option<Arc<ServerTrust>>,
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
@@ -219,8 +228,20 @@ impl<B: Body + 'static> Pool<B> {
         self.inner.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Keeps an idle connection (dropping any that have been idle too long).
+    /// The connection epoch now: connections opened at another one are closed.
+    fn epoch(&self) -> u64 {
+        self.inner
+            .trust
+            .as_ref()
+            .map_or(0, |t| t.connection_epoch())
+    }
+
+    /// Keeps an idle connection (dropping any that have been idle too long, and this one if
+    /// its upstream is no longer trusted).
     fn put(&self, conn: Box<Conn<B>>) {
+        if conn.epoch != self.epoch() {
+            return;
+        }
         let now = Instant::now();
         let mut idle = self.lock();
         while idle
@@ -243,15 +264,17 @@ where
 {
     pub(crate) fn new(
         target: PoolTarget,
-        tls: Option<Arc<rustls::ClientConfig>>,
+        tls: Option<(Arc<rustls::ClientConfig>, Option<Arc<ServerTrust>>)>,
         connect_timeout: Duration,
         idle_timeout: Duration,
         max_idle: usize,
     ) -> Self {
+        let (tls, trust) = tls.unzip();
         Pool {
             inner: Arc::new(Inner {
                 target,
                 tls: tls.map(tokio_rustls::TlsConnector::from),
+                trust: trust.flatten(),
                 connect_timeout,
                 idle_timeout,
                 max_idle,
@@ -279,12 +302,18 @@ where
 
     /// An idle connection that can take a request, if there is one.
     async fn take_idle(&self) -> Option<Box<Conn<B>>> {
+        let epoch = self.epoch();
         loop {
             let mut idle = self.lock().pop_back()?;
             if idle.since.elapsed() >= self.inner.idle_timeout {
                 // Older ones are further down: drop them all.
                 self.lock().clear();
                 return None;
+            }
+            if idle.conn.epoch != epoch {
+                // The upstream is no longer trusted: the others were opened to it too.
+                self.lock().retain(|i| i.conn.epoch == epoch);
+                continue;
             }
             if std::future::poll_fn(|cx| Poll::Ready(idle.conn.usable(cx))).await {
                 return Some(idle.conn);
@@ -295,6 +324,8 @@ where
 
     async fn connect(&self) -> Result<Box<Conn<B>>, PoolError> {
         let addr = self.addr();
+        // Before the handshake: a change during it counts against this connection.
+        let epoch = self.epoch();
         let err = |detail: String| PoolError::Connect {
             addr: addr.to_string(),
             detail,
@@ -334,7 +365,7 @@ where
         self.inner.opened.fetch_add(1, Ordering::Relaxed);
         // Boxed: it moves between the pool, the request and the response body, each time as
         // a pointer.
-        Ok(Box::new(Conn { sender, io }))
+        Ok(Box::new(Conn { sender, io, epoch }))
     }
 
     /// Sends `req` on a pooled connection (or a new one) and waits for the response head,
@@ -394,7 +425,7 @@ where
     /// Sends a request that asks for a protocol upgrade (WebSocket) on a new connection that is
     /// never pooled: it runs in a task of its own until the upgraded streams are done.
     pub async fn send_upgrade(&self, req: Request<B>) -> Result<Response<Incoming>, PoolError> {
-        let Conn { mut sender, io } = *self.connect().await?;
+        let Conn { mut sender, io, .. } = *self.connect().await?;
         tokio::spawn(async move {
             if let Err(e) = io.with_upgrades().await {
                 tracing::debug!(error = %e, "upgraded upstream connection ended");

@@ -7,15 +7,30 @@
 //! the client's, not older than the CRL of the same issuer in use:
 //! [`mtls_verify::TrustState::check_not_older_than`], the servers' rollback check) before it is
 //! used; a file that does not load or is refused is logged and the last good state stays.
+//!
+//! Connections already open are not verified again by a handshake: the trust state remembers
+//! the servers its verifier accepted and [`ServerTrust::connection_epoch`] moves when one of
+//! them stops being trusted, so that pooled connections opened before are closed rather than
+//! reused ([`crate::Client`], [`crate::pool::Pool`]).
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use mtls_tls::{FollowedFiles, Refreshed};
 use mtls_verify::{RevocationOptions, RevocationSources, TrustState};
 use rustls_pki_types::CertificateDer;
 
 use crate::Error;
+
+/// How often the servers of open connections are checked again when the state's revision did
+/// not move: a replaced CRL file is looked for then, and certificates and CRLs expire on their
+/// own.
+const SERVERS_RECHECK: Duration = Duration::from_secs(1);
+
+/// Most server chains remembered; beyond it the oldest is forgotten, and the next change of the
+/// state closes every connection, since a forgotten server cannot be checked.
+const MAX_SERVERS: usize = 256;
 
 /// What the trust state is built from.
 struct Inputs {
@@ -30,6 +45,19 @@ struct Inputs {
 pub struct ServerTrust {
     inputs: Inputs,
     state: FollowedFiles<Arc<TrustState>>,
+    servers: Mutex<Servers>,
+}
+
+/// The server chains the verifier accepted since the connection epoch last moved.
+#[derive(Default)]
+struct Servers {
+    chains: Vec<Vec<CertificateDer<'static>>>,
+    /// The revision every chain was last checked under (`None`: not all of them were).
+    revision: Option<(u64, u64)>,
+    checked_at: Option<Instant>,
+    /// A chain was forgotten for room: it cannot be checked.
+    forgot: bool,
+    epoch: u64,
 }
 
 impl std::fmt::Debug for ServerTrust {
@@ -56,7 +84,93 @@ impl ServerTrust {
             sources,
         };
         let state = FollowedFiles::new(crl_files, || inputs.load(None))?;
-        Ok(ServerTrust { inputs, state })
+        Ok(ServerTrust {
+            inputs,
+            state,
+            servers: Mutex::default(),
+        })
+    }
+
+    fn servers(&self) -> MutexGuard<'_, Servers> {
+        // A panic while holding the lock leaves a list of chains, still usable.
+        self.servers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Remembers a server chain the verifier accepted under `revision` (see
+    /// [`connection_epoch`](Self::connection_epoch)).
+    pub(crate) fn accepted(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        revision: (u64, u64),
+    ) {
+        let mut s = self.servers();
+        if s.revision != Some(revision) {
+            // Checked under another state than the others: all are looked at again.
+            s.revision = None;
+        }
+        let same = |c: &Vec<CertificateDer<'static>>| {
+            c.first() == Some(end_entity) && c.get(1..) == Some(intermediates)
+        };
+        if s.chains.iter().any(same) {
+            return;
+        }
+        if s.chains.len() >= MAX_SERVERS {
+            s.chains.remove(0);
+            s.forgot = true;
+        }
+        let chain = std::iter::once(end_entity)
+            .chain(intermediates)
+            .map(|c| c.clone().into_owned())
+            .collect();
+        s.chains.push(chain);
+    }
+
+    /// The epoch of the connections this trust state's verifier let open: it moves when a
+    /// server accepted earlier is no longer trusted under the current state (revoked by a CRL
+    /// file, the CA's feed or OCSP; expired; its CA gone). Checked whenever the state's
+    /// revision moved and at least every second (when the CRL files are looked at too), so
+    /// a caller may ask before every request. A connection opened under an older epoch must
+    /// not be used again: read the epoch before connecting.
+    pub fn connection_epoch(&self) -> u64 {
+        let mut s = self.servers();
+        let recent = s
+            .checked_at
+            .is_some_and(|at| at.elapsed() < SERVERS_RECHECK);
+        let state = if recent {
+            self.state.in_use()
+        } else {
+            self.current()
+        };
+        let revision = state.revision();
+        if recent && s.revision == Some(revision) {
+            return s.epoch;
+        }
+        let now = time::OffsetDateTime::now_utc();
+        let refused = s.chains.iter().find_map(|c| {
+            let (leaf, rest) = c.split_first()?;
+            state.verify_client(leaf, rest, now).err()
+        });
+        let moved = s.revision != Some(revision);
+        if refused.is_some() || (s.forgot && moved) {
+            match refused {
+                Some(reason) => tracing::warn!(
+                    %reason,
+                    "a server this client has connections to is no longer trusted: \
+                     they are closed"
+                ),
+                None => tracing::info!(
+                    "the server checks changed and this client has connections to more \
+                     servers than it can check: they are closed"
+                ),
+            }
+            s.epoch = s.epoch.wrapping_add(1);
+            s.chains.clear();
+            s.forgot = false;
+        }
+        s.revision = Some(revision);
+        s.checked_at = Some(Instant::now());
+        s.epoch
     }
 
     /// The trust state for a new connection: CRL files changed since the last look are loaded

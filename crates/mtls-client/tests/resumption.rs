@@ -97,7 +97,7 @@ async fn server(pki: &TestPki, leaf: &TestLeaf) -> (std::net::SocketAddr, Seen) 
     (addr, seen)
 }
 
-async fn get(client: &reqwest::Client, addr: std::net::SocketAddr) -> u16 {
+async fn get(client: &mtls_client::Client, addr: std::net::SocketAddr) -> u16 {
     client
         .get(format!("https://localhost:{}/", addr.port()))
         .send()

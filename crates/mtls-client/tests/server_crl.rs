@@ -83,7 +83,7 @@ fn replace(path: &Path, data: &[u8]) {
 }
 
 /// The status of a GET, or the error's chain of causes.
-async fn get(client: &reqwest::Client, addr: std::net::SocketAddr) -> Result<u16, String> {
+async fn get(client: &mtls_client::Client, addr: std::net::SocketAddr) -> Result<u16, String> {
     client
         .get(format!("https://localhost:{}/", addr.port()))
         .send()

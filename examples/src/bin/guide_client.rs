@@ -1,5 +1,7 @@
 //! The guide's `MTLSClient` (an `https.Agent` with cert, key, CA and passphrase, used with
-//! `fetch` and axios), in Rust: `mtls_client::ClientBuilder` gives a `reqwest::Client`.
+//! `fetch` and axios), in Rust: `mtls_client::ClientBuilder` gives a `mtls_client::Client` (a
+//! `reqwest::Client` whose pooled connections are closed once their server is no longer
+//! trusted).
 //!
 //! ```sh
 //! CERT=client.chain.pem KEY=client.key CA=root.crt PASSPHRASE_FILE=client.pass \
@@ -13,7 +15,7 @@ use mtls_examples::{optional, setting};
 
 /// The guide's class: one agent (here, one connection pool) for every request.
 struct MtlsClient {
-    http: mtls_client::reqwest::Client,
+    http: mtls_client::Client,
 }
 
 impl MtlsClient {
