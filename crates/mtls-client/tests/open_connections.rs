@@ -6,15 +6,13 @@
 //! connections.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
-use mtls_pki::revocation::{build_crl, RevokedEntry};
 use mtls_test_util::{TestLeaf, TestPki};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use time::{Duration, OffsetDateTime};
+use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Serves `leaf` on 127.0.0.1, answering every request of a connection with `200 ok` (HTTP/1.1
@@ -71,31 +69,6 @@ async fn keep_alive_server(
     (addr, connections)
 }
 
-/// Writes a CRL of the intermediate numbered `number`, listing `revoked`, over `path` (a new
-/// file renamed over the old one, as a publisher does).
-fn write_crl(pki: &TestPki, path: &Path, number: u64, revoked: &[&TestLeaf]) {
-    let now = OffsetDateTime::now_utc();
-    let entries: Vec<RevokedEntry> = revoked
-        .iter()
-        .map(|l| RevokedEntry {
-            serial: l.cert.serial.clone(),
-            revoked_at: now - Duration::minutes(1),
-            reason: None,
-        })
-        .collect();
-    let crl = build_crl(
-        &pki.intermediate,
-        number,
-        now - Duration::minutes(1),
-        Duration::days(7),
-        &entries,
-    )
-    .unwrap();
-    let tmp = path.with_extension("new");
-    std::fs::write(&tmp, mtls_pki::pem_io::encode("X509 CRL", &crl)).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
 /// A replaced CRL file is looked for at most once a second while connections stay open.
 async fn after_the_next_look() {
     tokio::time::sleep(StdDuration::from_millis(1_200)).await;
@@ -128,7 +101,7 @@ async fn setup(name: &str) -> Setup {
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, format!("{}{}", pki.intermediate.pem(), pki.root.pem())).unwrap();
     let crl = dir.path().join("crl.pem");
-    write_crl(&pki, &crl, 1, &[]);
+    pki.write_crl(&crl, 1, &[]);
     let builder = mtls_client::ClientBuilder::new()
         .ca_file(&ca)
         .resolve("localhost", addr)
@@ -158,7 +131,7 @@ async fn a_server_revoked_by_a_replaced_crl_file_loses_its_pooled_connection() {
 
     // Someone else is revoked: the connection stays in use.
     let other = s.pki.server(&["other.example"]);
-    write_crl(&s.pki, &s.crl, 2, &[&other]);
+    s.pki.write_crl(&s.crl, 2, &[&other]);
     after_the_next_look().await;
     assert_eq!(get(&client, s.addr).await, Ok(200));
     assert_eq!(
@@ -168,7 +141,7 @@ async fn a_server_revoked_by_a_replaced_crl_file_loses_its_pooled_connection() {
     );
 
     // The server is revoked: the pooled connection is not used, the new one is refused.
-    write_crl(&s.pki, &s.crl, 3, &[&other, &s.leaf]);
+    s.pki.write_crl(&s.crl, 3, &[&other, &s.leaf]);
     after_the_next_look().await;
     let e = get(&client, s.addr).await.unwrap_err();
     assert!(e.contains("Revoked"), "{e}");
@@ -258,7 +231,7 @@ async fn a_pool_closes_its_connections_to_an_upstream_revoked_meanwhile() {
     assert_eq!(pool.connections_opened(), 1);
     assert_eq!(pool.idle_connections(), 1);
 
-    write_crl(&s.pki, &s.crl, 2, &[&s.leaf]);
+    s.pki.write_crl(&s.crl, 2, &[&s.leaf]);
     after_the_next_look().await;
     let e = send().await.unwrap_err();
     assert!(e.contains("Revoked") || e.contains("revoked"), "{e}");

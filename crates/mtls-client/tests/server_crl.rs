@@ -8,10 +8,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use mtls_pki::revocation::{build_crl, RevokedEntry};
 use mtls_test_util::{TestLeaf, TestPki};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use time::{Duration, OffsetDateTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Serves `leaf` (with the intermediate) on 127.0.0.1: every connection gets one `200` and is
@@ -53,28 +51,6 @@ async fn server(pki: &TestPki, leaf: &TestLeaf) -> std::net::SocketAddr {
     addr
 }
 
-/// Writes a CRL of the intermediate numbered `number`, listing `revoked`, over `path`.
-fn write_crl(pki: &TestPki, path: &Path, number: u64, revoked: &[&TestLeaf]) {
-    let now = OffsetDateTime::now_utc();
-    let entries: Vec<RevokedEntry> = revoked
-        .iter()
-        .map(|l| RevokedEntry {
-            serial: l.cert.serial.clone(),
-            revoked_at: now - Duration::minutes(1),
-            reason: None,
-        })
-        .collect();
-    let crl = build_crl(
-        &pki.intermediate,
-        number,
-        now - Duration::minutes(1),
-        Duration::days(7),
-        &entries,
-    )
-    .unwrap();
-    replace(path, mtls_pki::pem_io::encode("X509 CRL", &crl).as_bytes());
-}
-
 /// Writes `data` over `path` as a publisher does: a new file renamed over the old one.
 fn replace(path: &Path, data: &[u8]) {
     let tmp = path.with_extension("new");
@@ -101,7 +77,7 @@ async fn a_crl_file_replaced_after_the_client_was_built_is_used_and_a_bad_or_old
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, format!("{}{}", pki.intermediate.pem(), pki.root.pem())).unwrap();
     let crl = dir.path().join("crl.pem");
-    write_crl(&pki, &crl, 1, &[]);
+    pki.write_crl(&crl, 1, &[]);
     // Soft-fail: a client that dropped its CRL would accept the server again.
     let client = mtls_client::ClientBuilder::new()
         .ca_file(&ca)
@@ -113,7 +89,7 @@ async fn a_crl_file_replaced_after_the_client_was_built_is_used_and_a_bad_or_old
     assert_eq!(get(&client, addr).await, Ok(200));
 
     // The server is revoked: the next connection refuses it.
-    write_crl(&pki, &crl, 2, &[&leaf]);
+    pki.write_crl(&crl, 2, &[&leaf]);
     let e = get(&client, addr).await.unwrap_err();
     assert!(e.contains("Revoked"), "{e}");
 
@@ -123,11 +99,11 @@ async fn a_crl_file_replaced_after_the_client_was_built_is_used_and_a_bad_or_old
     assert!(e.contains("Revoked"), "{e}");
 
     // An older CRL (number 1 < 2), correctly signed and listing nothing: refused as a replay.
-    write_crl(&pki, &crl, 1, &[]);
+    pki.write_crl(&crl, 1, &[]);
     let e = get(&client, addr).await.unwrap_err();
     assert!(e.contains("Revoked"), "{e}");
 
     // A newer one is used again (after the refused files), here listing nothing.
-    write_crl(&pki, &crl, 3, &[]);
+    pki.write_crl(&crl, 3, &[]);
     assert_eq!(get(&client, addr).await, Ok(200));
 }

@@ -143,6 +143,31 @@ impl TestPki {
     pub fn intermediate_der(&self) -> CertificateDer<'static> {
         self.intermediate.der().clone()
     }
+
+    /// Writes a CRL of the intermediate numbered `number`, valid for a week and listing
+    /// `revoked`, over `path` as a publisher does: a new file (PEM) renamed over the old one.
+    pub fn write_crl(&self, path: &std::path::Path, number: u64, revoked: &[&TestLeaf]) {
+        let now = OffsetDateTime::now_utc();
+        let entries: Vec<mtls_pki::revocation::RevokedEntry> = revoked
+            .iter()
+            .map(|l| mtls_pki::revocation::RevokedEntry {
+                serial: l.cert.serial.clone(),
+                revoked_at: now - Duration::minutes(1),
+                reason: None,
+            })
+            .collect();
+        let crl = mtls_pki::revocation::build_crl(
+            &self.intermediate,
+            number,
+            now - Duration::minutes(1),
+            Duration::days(7),
+            &entries,
+        )
+        .unwrap();
+        let tmp = path.with_extension("new");
+        std::fs::write(&tmp, mtls_pki::pem_io::encode("X509 CRL", &crl)).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    }
 }
 
 /// A fresh, empty database in the PostgreSQL test cluster named by `MTLS_TEST_POSTGRES_URL`
