@@ -1,10 +1,16 @@
 //! [`Client`]: the HTTPS client [`ClientBuilder::build`](crate::ClientBuilder::build) gives. A
 //! `reqwest::Client` keeps connections open and reuses them without a new handshake, so the
-//! server's certificate is not verified again while they last; this one replaces its
-//! `reqwest::Client` (and with it every pooled connection) once a server it has connections to
-//! is no longer trusted ([`crate::ServerTrust::connection_epoch`]): revoked by a CRL file
-//! replaced, the CA's feed or OCSP, or expired. The request that notices it, and every one
-//! after, opens a new connection, and its handshake refuses the server.
+//! server's certificate is not verified again while they last. When the builder checks the
+//! server's revocation status (a CRL file, the CA's feed, OCSP), this one replaces its
+//! `reqwest::Client`, and with it every pooled connection, once a server it has connections
+//! to is no longer trusted ([`crate::ServerTrust::connection_epoch`]): revoked, expired, its
+//! CA gone. The request that notices it, and every one after, opens a new connection, and its
+//! handshake refuses the server.
+//!
+//! What it does not do: check anything again without such checks configured (no CRL, feed or
+//! OCSP: expiry alone is not looked at); cut what is already under way (a response being
+//! read, an HTTP/2 stream, a request builder made before: the look happens when a request is
+//! started with [`Client::get`] and the like).
 
 use std::sync::{Arc, Mutex};
 
@@ -60,11 +66,12 @@ impl Client {
     /// when a server of those connections is no longer trusted. Keep it for one request (or a
     /// few at once), not for long: it is not replaced itself.
     pub fn current(&self) -> reqwest::Client {
+        // Before the lock: a look at the servers may take a while, and other requests go on.
+        let epoch = self.inner.trust.as_ref().map(|t| t.connection_epoch());
         let mut current = self.inner.current.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(trust) = &self.inner.trust else {
+        let Some(epoch) = epoch else {
             return current.1.clone();
         };
-        let epoch = trust.connection_epoch();
         if current.0 != epoch {
             match (self.inner.make)() {
                 Ok(client) => *current = (epoch, client),

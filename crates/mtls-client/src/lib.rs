@@ -7,7 +7,8 @@
 //!   given CAs, presenting a client certificate read from files (encrypted keys too) and picking
 //!   up renewed files on its next connection, without a restart; the server's revocation status
 //!   is checked against CRL files followed the same way and the given sources
-//!   ([`ServerTrust`]), and pooled connections to a server no longer trusted are closed;
+//!   ([`ServerTrust`]), and, with those checks, pooled connections to a server no longer
+//!   trusted are not used again;
 //! - [`pool`]: the upstream pool of a reverse proxy (HTTP/1.1 keep-alive connections driven
 //!   by the proxying task itself), from the same builder;
 //! - [`ca`]: the client of the online CA's API (pinning the root, enroll, renew, revoke, tokens);
@@ -366,9 +367,11 @@ impl ClientBuilder {
     /// must be among the CA files. With a CRL given, the server's leaf must be covered by one
     /// (hard-fail), as servers require of their clients. The file is read when the client is
     /// built and followed as [`identity_files`](Self::identity_files) are: checked when each
-    /// new connection's server is verified, a replaced CRL is used from then on; one that does
-    /// not load, or is older (a lower CRL number) than the CRL in use, is logged and the last
-    /// good CRL stays in force (see [`ServerTrust`]).
+    /// new connection's server is verified (and, while connections are pooled, at most once a
+    /// second before a request); a replaced CRL is used from then on, and pooled connections
+    /// to a server it revokes are not used again. One that does not load, or is older (a
+    /// lower CRL number) than the CRL in use, is logged and the last good CRL stays in force
+    /// (see [`ServerTrust`]).
     pub fn crl_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.revocation.crl_files.push(path.into());
         self
@@ -428,7 +431,8 @@ impl ClientBuilder {
     /// [`tls_config`](Self::tls_config), with the trust state its verifier checks the server's
     /// revocation status with (CRL files and sources given to this builder; `None` when none
     /// is configured): for a long-running client to re-check an open connection's server when
-    /// its sources or CRL files change ([`ServerTrust::current`], [`ServerTrust::reload`]).
+    /// its sources or CRL files change ([`ServerTrust::current`], [`ServerTrust::reload`],
+    /// [`ServerTrust::connection_epoch`]).
     pub fn tls_config_and_trust(
         &self,
         alpn: &[&[u8]],

@@ -382,15 +382,19 @@ impl rustls::client::danger::ServerCertVerifier for StapleVerifier {
         if let Some(trust) = &self.revocation {
             // The CRL files as they are now: a replaced one counts from this connection on.
             let state = trust.current();
-            if let Err(r) = state.verify_client(end_entity, intermediates, now) {
-                tracing::warn!(reason = %r, code = r.code(), "server certificate refused");
-                return Err(rustls::Error::InvalidCertificate(match r {
-                    mtls_verify::Rejection::Revoked => rustls::CertificateError::Revoked,
-                    other => rustls::CertificateError::Other(rustls::OtherError(Arc::new(other))),
-                }));
+            match state.verify_client(end_entity, intermediates, now) {
+                // Checked again while its connections stay open.
+                Ok(peer) => trust.accepted(peer, &state),
+                Err(r) => {
+                    tracing::warn!(reason = %r, code = r.code(), "server certificate refused");
+                    return Err(rustls::Error::InvalidCertificate(match r {
+                        mtls_verify::Rejection::Revoked => rustls::CertificateError::Revoked,
+                        other => {
+                            rustls::CertificateError::Other(rustls::OtherError(Arc::new(other)))
+                        }
+                    }));
+                }
             }
-            // Checked again while its connections stay open.
-            trust.accepted(end_entity, intermediates, state.revision());
         }
         Ok(ok)
     }

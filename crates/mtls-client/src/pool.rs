@@ -6,9 +6,10 @@
 //! pool. A proxied request therefore never crosses tasks (hyper-util's pooled client runs every
 //! connection in a spawned task, so each request crossed tasks twice). Idle connections are
 //! kept LIFO (the warmest first), up to a bound and an idle timeout, like nginx's `keepalive`.
-//! An HTTPS upstream whose certificate is revoked (or expires) while connections to it are
-//! open loses them: they are closed rather than reused
-//! ([`ServerTrust::connection_epoch`]), and the next one's handshake refuses it.
+//! With revocation checks configured, an HTTPS upstream whose certificate is revoked (or
+//! expires) while connections to it are open loses them: they are closed instead of taking
+//! another request ([`ServerTrust::connection_epoch`]), and the next one's handshake refuses
+//! it. An exchange under way (a response being read, an upgraded stream) goes on.
 //!
 //! What it does not do: HTTP/2 to the upstream, retries of requests that reached the upstream,
 //! or load balancing.

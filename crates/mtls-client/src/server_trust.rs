@@ -10,15 +10,17 @@
 //!
 //! Connections already open are not verified again by a handshake: the trust state remembers
 //! the servers its verifier accepted and [`ServerTrust::connection_epoch`] moves when one of
-//! them stops being trusted, so that pooled connections opened before are closed rather than
-//! reused ([`crate::Client`], [`crate::pool::Pool`]).
+//! them stops being trusted (the CRL files are looked at then too, at most once a second), so
+//! that pooled connections opened before are not used for another request
+//! ([`crate::Client`], [`crate::pool::Pool`]).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use mtls_serve::recheck::ConnectionIdentity;
 use mtls_tls::{FollowedFiles, Refreshed};
-use mtls_verify::{RevocationOptions, RevocationSources, TrustState};
+use mtls_verify::{RevocationOptions, RevocationSources, TrustState, VerifiedPeer};
 use rustls_pki_types::CertificateDer;
 
 use crate::Error;
@@ -28,8 +30,8 @@ use crate::Error;
 /// own.
 const SERVERS_RECHECK: Duration = Duration::from_secs(1);
 
-/// Most server chains remembered; beyond it the oldest is forgotten, and the next change of the
-/// state closes every connection, since a forgotten server cannot be checked.
+/// Most servers remembered; beyond it the oldest is forgotten, and the next change of the state
+/// moves the epoch (every connection is given up), since a forgotten server cannot be checked.
 const MAX_SERVERS: usize = 256;
 
 /// What the trust state is built from.
@@ -48,14 +50,19 @@ pub struct ServerTrust {
     servers: Mutex<Servers>,
 }
 
-/// The server chains the verifier accepted since the connection epoch last moved.
+/// The servers the verifier accepted since the connection epoch last moved.
 #[derive(Default)]
 struct Servers {
-    chains: Vec<Vec<CertificateDer<'static>>>,
-    /// The revision every chain was last checked under (`None`: not all of them were).
-    revision: Option<(u64, u64)>,
-    checked_at: Option<Instant>,
-    /// A chain was forgotten for room: it cannot be checked.
+    /// Each with the verdict of its last check (made again only when the state's revision
+    /// moved or something of its path expired: no decision is counted or logged twice).
+    known: Vec<Arc<ConnectionIdentity<()>>>,
+    /// The revision of the last look at all of them, and when it was.
+    looked: Option<((u64, u64), Instant)>,
+    /// A server was accepted under another revision than the last look's: look again.
+    again: bool,
+    /// A look is under way; the other callers go on with the epoch as it is meanwhile.
+    looking: bool,
+    /// A server was forgotten for room: it cannot be checked.
     forgot: bool,
     epoch: u64,
 }
@@ -66,6 +73,15 @@ impl std::fmt::Debug for ServerTrust {
             .field("crl_files", &self.inputs.crl_files)
             .field("roots", &self.inputs.roots.len())
             .finish()
+    }
+}
+
+/// Ends a look, even one that panicked (else no look would ever start again).
+struct Looking<'a>(&'a ServerTrust);
+
+impl Drop for Looking<'_> {
+    fn drop(&mut self) {
+        self.0.servers().looking = false;
     }
 }
 
@@ -96,80 +112,79 @@ impl ServerTrust {
         self.servers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Remembers a server chain the verifier accepted under `revision` (see
+    /// Remembers a server the verifier accepted under `state` (see
     /// [`connection_epoch`](Self::connection_epoch)).
-    pub(crate) fn accepted(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        revision: (u64, u64),
-    ) {
+    pub(crate) fn accepted(&self, peer: Arc<VerifiedPeer>, state: &TrustState) {
         let mut s = self.servers();
-        if s.revision != Some(revision) {
-            // Checked under another state than the others: all are looked at again.
-            s.revision = None;
+        if s.looked.is_some_and(|(r, _)| r != state.revision()) {
+            s.again = true;
         }
-        let same = |c: &Vec<CertificateDer<'static>>| {
-            c.first() == Some(end_entity) && c.get(1..) == Some(intermediates)
-        };
-        if s.chains.iter().any(same) {
+        let chain: &[CertificateDer<'static>] = peer.presented_chain();
+        if s.known.iter().any(|k| k.chain() == Some(chain)) {
             return;
         }
-        if s.chains.len() >= MAX_SERVERS {
-            s.chains.remove(0);
+        if s.known.len() >= MAX_SERVERS {
+            s.known.remove(0);
             s.forgot = true;
         }
-        let chain = std::iter::once(end_entity)
-            .chain(intermediates)
-            .map(|c| c.clone().into_owned())
-            .collect();
-        s.chains.push(chain);
+        s.known
+            .push(Arc::new(ConnectionIdentity::verified(peer, state, |_| ())));
     }
 
     /// The epoch of the connections this trust state's verifier let open: it moves when a
     /// server accepted earlier is no longer trusted under the current state (revoked by a CRL
-    /// file, the CA's feed or OCSP; expired; its CA gone). Checked whenever the state's
-    /// revision moved and at least every second (when the CRL files are looked at too), so
-    /// a caller may ask before every request. A connection opened under an older epoch must
-    /// not be used again: read the epoch before connecting.
+    /// file, the CA's feed or OCSP; expired; its CA gone), and the servers accepted until then
+    /// are forgotten. A caller may ask before every request: the servers are looked at again
+    /// when the state's revision moved and at most once a second otherwise (when the CRL files
+    /// are looked at too), each verified again only when its verdict may have changed. While
+    /// one caller looks, the others go on with the epoch as it was. A connection opened under
+    /// an older epoch must not be used again: read the epoch before connecting.
     pub fn connection_epoch(&self) -> u64 {
-        let mut s = self.servers();
-        let recent = s
-            .checked_at
-            .is_some_and(|at| at.elapsed() < SERVERS_RECHECK);
+        let (looked, again, epoch) = {
+            let s = self.servers();
+            (s.looked, s.again, s.epoch)
+        };
+        let recent = looked.is_some_and(|(_, at)| at.elapsed() < SERVERS_RECHECK);
         let state = if recent {
             self.state.in_use()
         } else {
             self.current()
         };
         let revision = state.revision();
-        if recent && s.revision == Some(revision) {
-            return s.epoch;
+        let moved = looked.is_none_or(|(r, _)| r != revision);
+        if recent && !moved && !again {
+            return epoch;
         }
-        let now = time::OffsetDateTime::now_utc();
-        let refused = s.chains.iter().find_map(|c| {
-            let (leaf, rest) = c.split_first()?;
-            state.verify_client(leaf, rest, now).err()
-        });
-        let moved = s.revision != Some(revision);
+        let known = {
+            let mut s = self.servers();
+            if s.looking {
+                return s.epoch;
+            }
+            s.looking = true;
+            s.again = false;
+            s.known.clone()
+        };
+        let looking = Looking(self);
+        let refused = known.iter().find_map(|k| k.current(&state).err());
+        drop(looking);
+        let mut s = self.servers();
         if refused.is_some() || (s.forgot && moved) {
             match refused {
                 Some(reason) => tracing::warn!(
                     %reason,
                     "a server this client has connections to is no longer trusted: \
-                     they are closed"
+                     they are not used again"
                 ),
                 None => tracing::info!(
-                    "the server checks changed and this client has connections to more \
-                     servers than it can check: they are closed"
+                    "the server checks changed and this client has had connections to more \
+                     servers than it can check: they are not used again"
                 ),
             }
             s.epoch = s.epoch.wrapping_add(1);
-            s.chains.clear();
+            s.known.clear();
             s.forgot = false;
         }
-        s.revision = Some(revision);
-        s.checked_at = Some(Instant::now());
+        s.looked = Some((revision, Instant::now()));
         s.epoch
     }
 

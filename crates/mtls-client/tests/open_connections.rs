@@ -242,3 +242,41 @@ async fn a_pool_closes_its_connections_to_an_upstream_revoked_meanwhile() {
         "the refused handshake is not counted"
     );
 }
+
+/// The servers of pooled connections are looked at before requests, but verified again only
+/// when something changed: no revocation decision is counted (or, in soft-fail, logged) per
+/// look while nothing did.
+#[tokio::test]
+async fn looking_at_pooled_servers_decides_nothing_again_while_nothing_changed() {
+    let s = setup("open-quiet").await;
+    let decisions = Arc::new(mtls_verify::RevocationDecisions::default());
+    let sources = mtls_verify::RevocationSources {
+        decisions: Some(decisions.clone()),
+        ..Default::default()
+    };
+    let client = s
+        .builder
+        .clone()
+        .crl_file(&s.crl)
+        .revocation_sources(sources)
+        .build()
+        .unwrap();
+    let decided = || decisions.counts().iter().map(|c| c.2).sum::<u64>();
+    assert_eq!(get(&client, s.addr).await, Ok(200));
+    let after_handshake = decided();
+    assert!(after_handshake > 0, "the handshake's decision is counted");
+    for _ in 0..2 {
+        after_the_next_look().await;
+        assert_eq!(get(&client, s.addr).await, Ok(200));
+    }
+    assert_eq!(decided(), after_handshake);
+    assert_eq!(s.connections.load(Ordering::SeqCst), 1);
+
+    // A new CRL is a change: the server is decided on again, once.
+    s.pki.write_crl(&s.crl, 2, &[]);
+    after_the_next_look().await;
+    assert_eq!(get(&client, s.addr).await, Ok(200));
+    assert_eq!(get(&client, s.addr).await, Ok(200));
+    assert_eq!(decided(), after_handshake * 2);
+    assert_eq!(s.connections.load(Ordering::SeqCst), 1);
+}

@@ -116,6 +116,21 @@ impl<X: Clone> ConnectionIdentity<X> {
         }
     }
 
+    /// `peer`, verified under `trust` just now (by a handshake's certificate verifier): kept
+    /// as it is, without a second verification.
+    pub fn verified(
+        peer: Arc<VerifiedPeer>,
+        trust: &TrustState,
+        derive: fn(&Arc<VerifiedPeer>) -> X,
+    ) -> Self {
+        let x = derive(&peer);
+        ConnectionIdentity {
+            chain: Some(peer.presented_chain().clone()),
+            derive,
+            checked: Mutex::new((trust.revision(), Ok((peer, x)))),
+        }
+    }
+
     fn verify(
         chain: Option<&[CertificateDer<'_>]>,
         trust: &TrustState,
