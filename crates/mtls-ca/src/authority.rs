@@ -254,6 +254,13 @@ impl Authority {
                             "the CA cannot sign at the moment; retry later",
                         )
                     }
+                    // The token's names are outside the CA's name constraints: signing them
+                    // would make a certificate every relying party refuses.
+                    e @ mtls_pki::Error::NameNotPermitted { .. } => ApiError::new(
+                        http::StatusCode::FORBIDDEN,
+                        "NAME_NOT_PERMITTED",
+                        e.to_string(),
+                    ),
                     e => ApiError::bad_request("INVALID_REQUEST", e.to_string()),
                 })?;
             self.metrics.inc(&self.metrics.signed);
@@ -1043,17 +1050,28 @@ mod tests {
 
     /// An authority whose issuing CA ends `ca_left` from `now`, with a delegated OCSP signer.
     async fn authority(dir: &std::path::Path, now: OffsetDateTime, ca_left: Duration) -> Authority {
+        constrained_authority(dir, now, ca_left, &Default::default()).await
+    }
+
+    /// [`authority`], its issuing CA limited by `constraints`.
+    async fn constrained_authority(
+        dir: &std::path::Path,
+        now: OffsetDateTime,
+        ca_left: Duration,
+        constraints: &mtls_pki::NameConstraints,
+    ) -> Authority {
         let key = || PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
         let start = now - Duration::days(1);
         let root =
             issue::new_root(&Subject::cn("Test Root"), key(), start, Duration::days(30)).unwrap();
-        let issuer = issue::new_intermediate(
+        let issuer = issue::new_constrained_intermediate(
             &root,
             &Subject::cn("Test CA"),
             key(),
             start,
             Duration::days(1) + ca_left,
             0,
+            constraints,
         )
         .unwrap();
         let store = Store::open(&Location::Sqlite(dir.join("inventory.db")))
@@ -1095,6 +1113,51 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.status, http::StatusCode::SERVICE_UNAVAILABLE, "{err:?}");
         assert_eq!(err.code, "CA_UNAVAILABLE");
+    }
+
+    /// Names outside the issuing CA's name constraints are refused as forbidden (403, a code
+    /// of their own), before anything is recorded; names inside are issued.
+    #[tokio::test]
+    async fn names_outside_the_name_constraints_are_forbidden() {
+        let now = OffsetDateTime::now_utc();
+        let dir = tempfile::tempdir().unwrap();
+        let constraints = mtls_pki::NameConstraints {
+            permitted: vec![mtls_pki::NameSubtree::parse("dns:svc.internal").unwrap()],
+            excluded: Vec::new(),
+        };
+        let ca = constrained_authority(dir.path(), now, Duration::days(30), &constraints).await;
+        let before = signers(&ca, now).await;
+        let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+        let request = |name: &str| LeafRequest {
+            profile: Profile::Server,
+            subject: Subject::cn(name),
+            sans: vec![San::dns(name).unwrap()],
+            lifetime: Duration::days(1),
+            urls: Default::default(),
+        };
+        let err = ca
+            .issue_and_record(
+                key.key_pair(),
+                &request("api.example.com"),
+                IssueKind::Direct,
+                "t",
+                now,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.status, http::StatusCode::FORBIDDEN, "{err:?}");
+        assert_eq!(err.code, "NAME_NOT_PERMITTED");
+        assert_eq!(signers(&ca, now).await, before, "nothing recorded");
+        ca.issue_and_record(
+            key.key_pair(),
+            &request("api.svc.internal"),
+            IssueKind::Direct,
+            "t",
+            now,
+        )
+        .await
+        .unwrap();
+        assert_eq!(signers(&ca, now).await, before + 1);
     }
 
     async fn signers(ca: &Authority, now: OffsetDateTime) -> usize {

@@ -57,6 +57,30 @@ impl SubjectArgs {
     }
 }
 
+/// Name constraints of a new intermediate.
+#[derive(Args)]
+pub struct ConstraintArgs {
+    /// The intermediate may certify only DNS names under these domains and addresses in these
+    /// networks (`dns:DOMAIN`, `ip:NETWORK/PREFIX`; repeatable; per name form: a form not
+    /// listed, such as URIs, stays unconstrained). Relying parties refuse anything else it
+    /// signs, so a stolen intermediate key cannot impersonate other names.
+    #[arg(long = "permit", value_name = "NAME", value_parser = mtls_pki::NameSubtree::parse)]
+    permit: Vec<mtls_pki::NameSubtree>,
+    /// The intermediate may not certify DNS names under these domains or addresses in these
+    /// networks (`dns:DOMAIN`, `ip:NETWORK/PREFIX`; repeatable).
+    #[arg(long = "exclude", value_name = "NAME", value_parser = mtls_pki::NameSubtree::parse)]
+    exclude: Vec<mtls_pki::NameSubtree>,
+}
+
+impl ConstraintArgs {
+    fn constraints(&self) -> mtls_pki::NameConstraints {
+        mtls_pki::NameConstraints {
+            permitted: self.permit.clone(),
+            excluded: self.exclude.clone(),
+        }
+    }
+}
+
 #[derive(Args)]
 pub struct InitArgs {
     /// Common name of the root CA.
@@ -73,6 +97,8 @@ pub struct InitArgs {
     /// Lifetime of the intermediate CA in days (capped at the root's).
     #[arg(long, default_value_t = DEFAULT_INTERMEDIATE_DAYS)]
     intermediate_days: i64,
+    #[command(flatten)]
+    constraints: ConstraintArgs,
     #[command(flatten)]
     key: NewKeyArgs,
     #[command(flatten)]
@@ -95,6 +121,8 @@ pub struct IntermediateArgs {
     /// Lifetime in days (capped at the root's).
     #[arg(long, default_value_t = DEFAULT_INTERMEDIATE_DAYS)]
     days: i64,
+    #[command(flatten)]
+    constraints: ConstraintArgs,
     #[command(flatten)]
     key: NewKeyArgs,
     #[command(flatten)]
@@ -222,13 +250,14 @@ fn init(pki: &Path, a: InitArgs) -> Result<ExitCode> {
         at,
         root_days,
     )?;
-    let inter = issue::new_intermediate(
+    let inter = issue::new_constrained_intermediate(
         &root,
         &a.subject.subject(&a.intermediate_cn),
         PrivateKey::generate(alg)?,
         at,
         inter_days,
         0,
+        &a.constraints.constraints(),
     )?;
     std::fs::create_dir_all(&dir.dir).with_context(|| format!("creating {}", dir.dir.display()))?;
     let pass = passphrase.as_deref().map(|p| p.as_slice());
@@ -343,13 +372,14 @@ fn intermediate(pki: &Path, a: IntermediateArgs) -> Result<ExitCode> {
     } else {
         None
     };
-    let inter = issue::new_intermediate(
+    let inter = issue::new_constrained_intermediate(
         &root,
         &a.subject.subject(&a.cn),
         PrivateKey::generate(alg)?,
         now(),
         lifetime,
         0,
+        &a.constraints.constraints(),
     )?;
     let pass = passphrase.as_deref().map(|p| p.as_slice());
     // Before any key is written: a rolled-back inventory is refused now, not halfway.

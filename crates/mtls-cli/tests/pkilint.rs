@@ -92,3 +92,26 @@ fn pkilint_finds_no_errors() {
         );
     }
 }
+
+#[test]
+fn pkilint_finds_no_errors_in_a_name_constrained_intermediate() {
+    let e = Env::new();
+    e.mtls(&[
+        "ca",
+        "init",
+        "--permit",
+        "dns:svc.internal",
+        "--permit",
+        "ip:10.0.0.0/8",
+        "--permit",
+        "ip:fd00::/8",
+        "--exclude",
+        "dns:admin.svc.internal",
+    ])
+    .ok();
+    e.mtls(&["issue", "server", "api.svc.internal", "10.0.0.7"])
+        .ok();
+    for cert in ["pki/intermediate.crt", "pki/issued/api.svc.internal.crt"] {
+        lint("lint_pkix_cert", &["lint", "-s", "ERROR"], &e.p(cert));
+    }
+}

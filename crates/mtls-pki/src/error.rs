@@ -61,6 +61,8 @@ pub enum Error {
         not_after: OffsetDateTime,
     },
     /// The issuing certificate is not a CA or may not sign certificates.
+    #[error("the CA {issuer:?} may not certify {names}: outside its name constraints (`mtls inspect` on the CA certificate shows them)")]
+    NameNotPermitted { issuer: String, names: String },
     #[error("{0} is not a CA certificate allowed to sign certificates")]
     NotACa(String),
     /// Signing a CA certificate under this issuer would exceed its pathLenConstraint.

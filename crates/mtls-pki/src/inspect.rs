@@ -30,6 +30,37 @@ pub struct BasicConstraintsInfo {
     pub critical: bool,
 }
 
+/// A CA's name constraints, each subtree as `dns:DOMAIN`, `ip:NETWORK/PREFIX` (other forms
+/// as x509-parser shows them).
+#[derive(Clone, Debug, Serialize)]
+pub struct NameConstraintsInfo {
+    pub permitted: Vec<String>,
+    pub excluded: Vec<String>,
+    pub critical: bool,
+}
+
+fn subtree_name(base: &x509_parser::extensions::GeneralName<'_>) -> String {
+    use x509_parser::extensions::GeneralName as G;
+    match base {
+        G::DNSName(d) => format!("dns:{d}"),
+        G::IPAddress(b) => {
+            let (addr, mask) = b.split_at(b.len() / 2);
+            let prefix: u32 = mask.iter().map(|m| m.count_ones()).sum();
+            let addr = match <[u8; 4]>::try_from(addr) {
+                Ok(a) => std::net::IpAddr::from(a).to_string(),
+                Err(_) => match <[u8; 16]>::try_from(addr) {
+                    Ok(a) => std::net::IpAddr::from(a).to_string(),
+                    Err(_) => hex::encode(addr),
+                },
+            };
+            format!("ip:{addr}/{prefix}")
+        }
+        G::RFC822Name(e) => format!("email:{e}"),
+        G::URI(u) => format!("uri:{u}"),
+        other => format!("{other:?}"),
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct CertificateInfo {
     pub subject: String,
@@ -44,6 +75,8 @@ pub struct CertificateInfo {
     pub key_usage: Vec<String>,
     pub extended_key_usage: Vec<String>,
     pub basic_constraints: Option<BasicConstraintsInfo>,
+    /// The names a CA may certify (RFC 5280 name constraints).
+    pub name_constraints: Option<NameConstraintsInfo>,
     pub sha256_fingerprint: String,
     pub spki_sha256: String,
     pub key_type: String,
@@ -142,6 +175,7 @@ pub fn certificate_info(
     let mut key_usage = Vec::new();
     let mut eku = Vec::new();
     let mut bc = None;
+    let mut nc = None;
     let (mut cdp, mut ocsp, mut ca_issuers) = (Vec::new(), Vec::new(), Vec::new());
     let (mut aki, mut ski) = (None, None);
     for ext in cert.extensions() {
@@ -199,6 +233,16 @@ pub fn certificate_info(
                     .collect();
                 eku.extend(e.other.iter().map(|o| o.to_id_string()));
             }
+            ParsedExtension::NameConstraints(n) => {
+                let names = |t: &Option<Vec<x509_parser::extensions::GeneralSubtree<'_>>>| {
+                    t.iter().flatten().map(|s| subtree_name(&s.base)).collect()
+                };
+                nc = Some(NameConstraintsInfo {
+                    permitted: names(&n.permitted_subtrees),
+                    excluded: names(&n.excluded_subtrees),
+                    critical: ext.critical,
+                });
+            }
             ParsedExtension::BasicConstraints(b) => {
                 bc = Some(BasicConstraintsInfo {
                     ca: b.ca,
@@ -225,6 +269,7 @@ pub fn certificate_info(
         key_usage,
         extended_key_usage: eku,
         basic_constraints: bc,
+        name_constraints: nc,
         sha256_fingerprint: sha256_hex(der),
         spki_sha256: sha256_hex(cert.public_key().raw),
         key_type: key_type(cert.public_key()),
@@ -407,6 +452,22 @@ pub fn render(obj: &Object) -> String {
                     s,
                     "  Basic constr.: CA:{}{pl}{crit}",
                     if bc.ca { "TRUE" } else { "FALSE" }
+                );
+            }
+            if let Some(nc) = &c.name_constraints {
+                let crit = if nc.critical { " (critical)" } else { "" };
+                let list = |v: &[String]| {
+                    if v.is_empty() {
+                        "-".to_string()
+                    } else {
+                        v.join(", ")
+                    }
+                };
+                let _ = writeln!(
+                    s,
+                    "  Name constr.:  permitted {}; excluded {}{crit}",
+                    list(&nc.permitted),
+                    list(&nc.excluded)
                 );
             }
             if !c.key_usage.is_empty() {

@@ -13,7 +13,7 @@ use serde::Serialize;
 use time::{Duration, OffsetDateTime};
 use x509_parser::extensions::ParsedExtension;
 
-use crate::names::San;
+use crate::names::{NameConstraints, San};
 use crate::pem_io;
 use crate::serial::Serial;
 use crate::{Error, PrivateKey, Result};
@@ -243,6 +243,8 @@ pub struct CaCert {
     not_after: OffsetDateTime,
     /// Its basicConstraints pathLenConstraint: how many CAs may follow it in a path.
     path_len: Option<u32>,
+    /// It carries name constraints: what it issues is checked against them.
+    name_constrained: bool,
 }
 
 impl std::fmt::Debug for CaCert {
@@ -265,6 +267,8 @@ impl CaCert {
         let constraints = cert.basic_constraints().ok().flatten().map(|bc| bc.value);
         let is_ca = constraints.is_some_and(|bc| bc.ca);
         let path_len = constraints.and_then(|bc| bc.path_len_constraint);
+        // A constraints extension that does not parse counts as present: checked by webpki.
+        let name_constrained = !matches!(cert.name_constraints(), Ok(None));
         let can_sign = match cert.key_usage() {
             Ok(Some(ku)) => ku.value.key_cert_sign(),
             Ok(None) => true,
@@ -289,6 +293,7 @@ impl CaCert {
             not_before,
             not_after,
             path_len,
+            name_constrained,
         })
     }
 
@@ -474,6 +479,28 @@ pub fn new_intermediate(
     lifetime: Duration,
     path_len: u8,
 ) -> Result<CaCert> {
+    new_constrained_intermediate(
+        root,
+        subject,
+        key,
+        now,
+        lifetime,
+        path_len,
+        &NameConstraints::default(),
+    )
+}
+
+/// [`new_intermediate`], limited to certifying the names `constraints` permits (a critical
+/// name constraints extension; none when `constraints` is empty).
+pub fn new_constrained_intermediate(
+    root: &CaCert,
+    subject: &Subject,
+    key: PrivateKey,
+    now: OffsetDateTime,
+    lifetime: Duration,
+    path_len: u8,
+    constraints: &NameConstraints,
+) -> Result<CaCert> {
     // A CA under an issuer whose pathLenConstraint it would exceed never validates.
     if let Some(max) = root.path_len.filter(|max| u32::from(path_len) >= *max) {
         return Err(Error::PathLenExceeded {
@@ -491,6 +518,7 @@ pub fn new_intermediate(
         &serial,
     )?;
     params.use_authority_key_identifier_extension = true;
+    params.name_constraints = constraints.to_rcgen();
     let cert = params.signed_by(key.key_pair(), root.issuer())?;
     CaCert::new(cert.der().clone(), key)
 }
@@ -714,6 +742,9 @@ pub fn issue_leaf(
     urls.apply(&mut params)?;
     let cert = params.signed_by(public_key, ca.issuer())?;
     let der = cert.der().clone();
+    if ca.name_constrained {
+        check_name_constraints(ca, &der, *profile, sans, now)?;
+    }
     let subject = subject_of(&der)?;
     Ok(Issued {
         der,
@@ -723,6 +754,54 @@ pub fn issue_leaf(
         not_before,
         not_after,
     })
+}
+
+/// Refuses `der`, just signed by `ca`, when relying parties would refuse it for `ca`'s name
+/// constraints: checked by the verifier they use (rustls-webpki, `ca` as the anchor), so the
+/// rules are theirs. The certificate is then dropped, never returned or recorded.
+fn check_name_constraints(
+    ca: &CaCert,
+    der: &CertificateDer<'static>,
+    profile: Profile,
+    sans: &[San],
+    now: OffsetDateTime,
+) -> Result<()> {
+    let refused = |e: webpki::Error| {
+        Error::malformed(
+            "certificate",
+            format!("the certificate just issued does not verify under its CA ({e:?})"),
+        )
+    };
+    let anchor = webpki::anchor_from_trusted_cert(ca.der()).map_err(refused)?;
+    let leaf = webpki::EndEntityCert::try_from(der).map_err(refused)?;
+    let secs = u64::try_from(now.unix_timestamp())
+        .map_err(|_| Error::InvalidValidity("the clock is before 1970".into()))?;
+    let time = rustls_pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_secs(secs));
+    let usage = match profile {
+        Profile::Server => webpki::KeyUsage::server_auth(),
+        Profile::Client => webpki::KeyUsage::client_auth(),
+    };
+    let anchors = [anchor];
+    match leaf.verify_for_usage(
+        crate::signature::SIGNATURE_ALGORITHMS,
+        &anchors,
+        &[],
+        time,
+        usage,
+        None,
+        None,
+    ) {
+        Ok(_) => Ok(()),
+        Err(webpki::Error::NameConstraintViolation) => Err(Error::NameNotPermitted {
+            issuer: ca.subject().to_string(),
+            names: sans
+                .iter()
+                .map(San::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
+        Err(e) => Err(refused(e)),
+    }
 }
 
 /// Issues a delegated OCSP signing certificate for `public_key` from `ca` (RFC 6960 4.2.2.2).

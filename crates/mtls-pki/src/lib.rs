@@ -30,7 +30,7 @@ pub use error::Error;
 pub use fingerprint::Fingerprint;
 pub use issue::{CaCert, Issued, Profile, Subject};
 pub use key::{KeyAlgorithm, PrivateKey};
-pub use names::San;
+pub use names::{NameConstraints, NameSubtree, San};
 pub use serial::Serial;
 /// The `zeroize` crate, whose `Zeroizing` wraps the secrets this crate returns: callers name
 /// it (`mtls_pki::zeroize::Zeroizing`) to keep the key files they read wiped too.

@@ -161,7 +161,7 @@ impl FromStr for San {
 }
 
 /// Checks a lower-case DNS name (RFC 1035 preferred syntax; `*.` allowed when `wildcard`).
-fn validate_dns(name: &str, wildcard: bool) -> std::result::Result<(), &'static str> {
+pub(crate) fn validate_dns(name: &str, wildcard: bool) -> std::result::Result<(), &'static str> {
     let name = name.strip_suffix('.').unwrap_or(name);
     if name.is_empty() || name.len() > 253 {
         return Err("DNS names are 1 to 253 characters");
@@ -243,5 +243,126 @@ mod tests {
         ] {
             assert!(San::parse(bad).is_err(), "{bad} accepted");
         }
+    }
+}
+
+/// One subtree of a name constraint: the DNS names under a domain, or the addresses of an IP
+/// network. The two name forms every verifier of mtls (rustls-webpki) enforces; it refuses
+/// certificates under URI or e-mail constraints, so those are not offered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NameSubtree {
+    /// The domain and every name under it (`example.com` covers `example.com` and
+    /// `a.example.com`, not `badexample.com`).
+    Dns(String),
+    /// The addresses of a network (`10.0.0.0/8`, `fd00::/8`).
+    Ip {
+        /// The network's address (host bits zero).
+        network: IpAddr,
+        /// The prefix length.
+        prefix: u8,
+    },
+}
+
+impl NameSubtree {
+    /// Parses `dns:DOMAIN` or `ip:NETWORK/PREFIX`, or guesses from the shape (a `/` makes a
+    /// network).
+    pub fn parse(s: &str) -> Result<Self> {
+        let bad = |reason| Error::InvalidName {
+            value: s.into(),
+            reason,
+        };
+        let (kind, value) = match s.split_once(':') {
+            Some((k, v)) if k.eq_ignore_ascii_case("dns") || k.eq_ignore_ascii_case("ip") => {
+                (Some(k.to_ascii_lowercase()), v)
+            }
+            _ => (None, s),
+        };
+        let ip = match kind.as_deref() {
+            Some("ip") => true,
+            Some(_) => false,
+            None => value.contains('/'),
+        };
+        if !ip {
+            let lower = value.to_ascii_lowercase();
+            if lower.starts_with('.') {
+                return Err(bad(
+                    "write the domain without a leading dot: it covers the names under it",
+                ));
+            }
+            validate_dns(&lower, false).map_err(bad)?;
+            return Ok(NameSubtree::Dns(lower.trim_end_matches('.').to_string()));
+        }
+        let (addr, prefix) = value.split_once('/').ok_or(bad(
+            "an IP network is written ADDRESS/PREFIX, e.g. 10.0.0.0/8",
+        ))?;
+        let network: IpAddr = addr
+            .parse()
+            .map_err(|_| bad("not an IPv4 or IPv6 address"))?;
+        let prefix: u8 = prefix.parse().map_err(|_| bad("the prefix is a number"))?;
+        let bits = if network.is_ipv4() { 32 } else { 128 };
+        if prefix > bits {
+            return Err(bad("the prefix is longer than the address"));
+        }
+        let host_bits_zero = match network {
+            IpAddr::V4(a) => u32::from(a).checked_shl(u32::from(prefix)).unwrap_or(0) == 0,
+            IpAddr::V6(a) => u128::from(a).checked_shl(u32::from(prefix)).unwrap_or(0) == 0,
+        };
+        if !host_bits_zero {
+            return Err(bad(
+                "the address has bits set beyond the prefix: give the network's address",
+            ));
+        }
+        Ok(NameSubtree::Ip { network, prefix })
+    }
+
+    pub(crate) fn to_rcgen(&self) -> rcgen::GeneralSubtree {
+        match self {
+            NameSubtree::Dns(d) => rcgen::GeneralSubtree::DnsName(d.clone()),
+            NameSubtree::Ip { network, prefix } => rcgen::GeneralSubtree::IpAddress(
+                rcgen::CidrSubnet::from_addr_prefix(*network, *prefix),
+            ),
+        }
+    }
+}
+
+impl fmt::Display for NameSubtree {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NameSubtree::Dns(d) => write!(f, "dns:{d}"),
+            NameSubtree::Ip { network, prefix } => write!(f, "ip:{network}/{prefix}"),
+        }
+    }
+}
+
+impl FromStr for NameSubtree {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::parse(s)
+    }
+}
+
+/// The names a CA may certify (RFC 5280 name constraints, marked critical): a certificate
+/// under it whose DNS or IP names fall outside `permitted` (for a form `permitted` lists), or
+/// inside `excluded`, is refused by relying parties, and not issued by mtls. Name forms that
+/// neither list names (URIs such as SPIFFE IDs, e-mail addresses) are not constrained.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NameConstraints {
+    /// Subtrees the names must fall in (per name form).
+    pub permitted: Vec<NameSubtree>,
+    /// Subtrees no name may fall in.
+    pub excluded: Vec<NameSubtree>,
+}
+
+impl NameConstraints {
+    /// Whether nothing is constrained.
+    pub fn is_empty(&self) -> bool {
+        self.permitted.is_empty() && self.excluded.is_empty()
+    }
+
+    pub(crate) fn to_rcgen(&self) -> Option<rcgen::NameConstraints> {
+        (!self.is_empty()).then(|| rcgen::NameConstraints {
+            permitted_subtrees: self.permitted.iter().map(NameSubtree::to_rcgen).collect(),
+            excluded_subtrees: self.excluded.iter().map(NameSubtree::to_rcgen).collect(),
+        })
     }
 }

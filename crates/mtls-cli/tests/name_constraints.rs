@@ -1,0 +1,261 @@
+//! An intermediate limited by name constraints (`mtls ca init --permit/--exclude`): the
+//! extension is there, critical, as OpenSSL reads it; mtls issues only names it permits (each
+//! refusal reason: a DNS name outside, an excluded one, an address outside) and records
+//! nothing it refused; relying parties, OpenSSL and mtls's own verifier, refuse a certificate
+//! the intermediate's key signed outside them (forged here with OpenSSL, which does not check).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use common::Env;
+
+fn constrained() -> Env {
+    let e = Env::new();
+    e.mtls(&[
+        "ca",
+        "init",
+        "--permit",
+        "dns:svc.internal",
+        "--permit",
+        "ip:10.0.0.0/8",
+        "--exclude",
+        "dns:admin.svc.internal",
+    ])
+    .ok();
+    e
+}
+
+fn issued_serials(e: &Env) -> usize {
+    let list = e.mtls(&["list", "--json"]).ok().stdout;
+    let v: serde_json::Value = serde_json::from_str(&list).unwrap();
+    v.as_array().map(Vec::len).unwrap_or(0)
+}
+
+#[test]
+fn the_intermediate_carries_critical_name_constraints() {
+    let e = constrained();
+    let text = e
+        .openssl(&[
+            "x509",
+            "-in",
+            &e.p("pki/intermediate.crt"),
+            "-noout",
+            "-text",
+        ])
+        .ok()
+        .stdout;
+    assert!(text.contains("X509v3 Name Constraints: critical"), "{text}");
+    assert!(text.contains("DNS:svc.internal"), "{text}");
+    assert!(text.contains("IP:10.0.0.0/255.0.0.0"), "{text}");
+    assert!(text.contains("DNS:admin.svc.internal"), "{text}");
+    let shown = e
+        .mtls(&["inspect", &e.p("pki/intermediate.crt")])
+        .ok()
+        .stdout;
+    assert!(
+        shown.contains(
+            "Name constr.:  permitted dns:svc.internal, ip:10.0.0.0/8; excluded dns:admin.svc.internal (critical)"
+        ),
+        "{shown}"
+    );
+    // The root is not constrained.
+    let root = e.mtls(&["inspect", &e.p("pki/root.crt")]).ok().stdout;
+    assert!(!root.contains("Name constr."), "{root}");
+}
+
+#[test]
+fn names_inside_are_issued_and_verified_by_openssl() {
+    let e = constrained();
+    e.mtls(&["issue", "server", "api.svc.internal", "10.1.2.3"])
+        .ok();
+    // Only DNS and IP names are constrained: a SPIFFE ID is not.
+    e.mtls(&[
+        "issue",
+        "client",
+        "worker",
+        "--dns",
+        "worker.svc.internal",
+        "--uri",
+        "spiffe://svc.internal/ns/prod/sa/worker",
+    ])
+    .ok();
+    let (root, inter) = (e.p("pki/root.crt"), e.p("pki/intermediate.crt"));
+    for (cert, purpose) in [
+        ("pki/issued/api.svc.internal.crt", "sslserver"),
+        ("pki/issued/worker.crt", "sslclient"),
+    ] {
+        e.openssl(&[
+            "verify",
+            "-CAfile",
+            &root,
+            "-untrusted",
+            &inter,
+            "-purpose",
+            purpose,
+            &e.p(cert),
+        ])
+        .ok();
+    }
+    assert_eq!(issued_serials(&e), 2);
+}
+
+#[test]
+fn names_outside_are_refused_and_nothing_is_recorded_or_written() {
+    let e = constrained();
+    for (args, name) in [
+        (
+            vec!["issue", "server", "api.example.com"],
+            "DNS:api.example.com",
+        ),
+        // Under a permitted domain, but excluded.
+        (
+            vec!["issue", "server", "admin.svc.internal"],
+            "DNS:admin.svc.internal",
+        ),
+        (
+            vec!["issue", "server", "api.svc.internal", "192.168.1.1"],
+            "IP:192.168.1.1",
+        ),
+        // A suffix of the permitted domain is not under it.
+        (
+            vec!["issue", "server", "badsvc.internal"],
+            "DNS:badsvc.internal",
+        ),
+    ] {
+        let r = e.mtls(&args);
+        assert_ne!(r.code, 0, "{args:?} was issued");
+        let all = format!("{}{}", r.stdout, r.stderr);
+        assert!(all.contains("may not certify"), "{all}");
+        assert!(all.contains(name), "{all}");
+        assert!(all.contains("name constraints"), "{all}");
+    }
+    assert_eq!(
+        issued_serials(&e),
+        0,
+        "a refused certificate is not in the inventory"
+    );
+    let issued: Vec<_> = std::fs::read_dir(e.path("pki/issued"))
+        .map(|d| d.flatten().map(|f| f.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        issued.is_empty(),
+        "files written for refused certificates: {issued:?}"
+    );
+}
+
+#[test]
+fn relying_parties_refuse_a_certificate_signed_outside_the_constraints() {
+    let e = constrained();
+    // Forged with OpenSSL and the intermediate's key: what a thief of the key could make.
+    e.openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "forged.key",
+        "-subj",
+        "/CN=bank.example",
+        "-out",
+        "forged.csr",
+    ])
+    .ok();
+    e.write(
+        "forged.ext",
+        b"basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+          extendedKeyUsage=clientAuth\nsubjectAltName=DNS:bank.example\n",
+    );
+    e.openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "forged.csr",
+        "-CA",
+        &e.p("pki/intermediate.crt"),
+        "-CAkey",
+        &e.p("pki/intermediate.key"),
+        "-CAcreateserial",
+        "-days",
+        "30",
+        "-extfile",
+        "forged.ext",
+        "-out",
+        "forged.crt",
+    ])
+    .ok();
+    let (root, inter) = (e.p("pki/root.crt"), e.p("pki/intermediate.crt"));
+    e.openssl(&[
+        "verify",
+        "-CAfile",
+        &root,
+        "-untrusted",
+        &inter,
+        "forged.crt",
+    ])
+    .fails(2, "permitted subtree violation");
+    e.mtls(&[
+        "verify",
+        "forged.crt",
+        "--ca",
+        &root,
+        "--untrusted",
+        &inter,
+        "--purpose",
+        "client",
+    ])
+    .fails(1, "name constraints");
+    // The same forgery inside the constraints verifies: the refusal is the constraint's.
+    e.write(
+        "inside.ext",
+        b"basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+          extendedKeyUsage=clientAuth\nsubjectAltName=DNS:bank.svc.internal\n",
+    );
+    e.openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "forged.csr",
+        "-CA",
+        &inter,
+        "-CAkey",
+        &e.p("pki/intermediate.key"),
+        "-CAcreateserial",
+        "-days",
+        "30",
+        "-extfile",
+        "inside.ext",
+        "-out",
+        "inside.crt",
+    ])
+    .ok();
+    e.mtls(&[
+        "verify",
+        "inside.crt",
+        "--ca",
+        &root,
+        "--untrusted",
+        &inter,
+        "--purpose",
+        "client",
+    ])
+    .ok();
+}
+
+#[test]
+fn malformed_constraints_are_usage_errors() {
+    let e = Env::new();
+    for (arg, needle) in [
+        ("ip:10.0.0.1/8", "beyond the prefix"),
+        ("ip:10.0.0.0", "ADDRESS/PREFIX"),
+        ("ip:10.0.0.0/33", "longer than the address"),
+        ("dns:.svc.internal", "leading dot"),
+        ("dns:bad_name!", "invalid"),
+    ] {
+        let r = e.mtls(&["ca", "init", "--permit", arg]);
+        assert_eq!(r.code, 2, "{arg}: {}{}", r.stdout, r.stderr);
+        assert!(r.stderr.contains(needle), "{arg}: {}", r.stderr);
+    }
+    assert!(!e.path("pki/root.key").exists());
+}
