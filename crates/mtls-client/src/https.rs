@@ -1,16 +1,5 @@
-//! [`Client`]: the HTTPS client [`ClientBuilder::build`](crate::ClientBuilder::build) gives. A
-//! `reqwest::Client` keeps connections open and reuses them without a new handshake, so the
-//! server's certificate is not verified again while they last. When the builder checks the
-//! server's revocation status (a CRL file, the CA's feed, OCSP), this one replaces its
-//! `reqwest::Client`, and with it every pooled connection, once a server it has connections
-//! to is no longer trusted ([`crate::ServerTrust::connection_epoch`]): revoked, expired, its
-//! CA gone. The request that notices it, and every one after, opens a new connection, and its
-//! handshake refuses the server.
-//!
-//! What it does not do: check anything again without such checks configured (no CRL, feed or
-//! OCSP: expiry alone is not looked at); cut what is already under way (a response being
-//! read, an HTTP/2 stream, a request builder made before: the look happens when a request is
-//! started with [`Client::get`] and the like).
+//! [`Client`]: the HTTPS client of [`ClientBuilder::build`](crate::ClientBuilder::build), whose
+//! pooled connections do not outlive the trust in their server.
 
 use std::sync::{Arc, Mutex};
 
@@ -19,8 +8,21 @@ use crate::ServerTrust;
 type MakeClient = dyn Fn() -> Result<reqwest::Client, reqwest::Error> + Send + Sync;
 
 /// An HTTPS client from [`ClientBuilder::build`](crate::ClientBuilder::build): requests are
-/// made as with [`reqwest::Client`] (`get`, `post`, …, `send`), on connections whose server is
-/// still trusted (see the [module docs](self)). Cloning is cheap and shares the connections.
+/// made as with [`reqwest::Client`] (`get`, `post`, …, `send`). Cloning is cheap and shares the
+/// connections.
+///
+/// A `reqwest::Client` keeps connections open and reuses them without a new handshake, so the
+/// server's certificate is not verified again while they last. When the builder checks the
+/// server's revocation status (a CRL file, the CA's feed, OCSP), this one replaces its
+/// `reqwest::Client`, and with it every pooled connection, once a server it has connections
+/// to is no longer trusted ([`crate::ServerTrust::connection_epoch`]): revoked, expired, its
+/// CA gone. The request that notices it, and every one after, opens a new connection, and its
+/// handshake refuses the server.
+///
+/// What it does not do: check anything again without such checks configured (no CRL, feed or
+/// OCSP: expiry alone is not looked at); cut what is already under way (a response being
+/// read, an HTTP/2 stream, a request builder made before: the look happens when a request is
+/// started with [`Client::get`] and the like).
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
