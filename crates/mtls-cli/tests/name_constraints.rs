@@ -78,22 +78,11 @@ fn names_inside_are_issued_and_verified_by_openssl() {
         "spiffe://svc.internal/ns/prod/sa/worker",
     ])
     .ok();
-    let (root, inter) = (e.p("pki/root.crt"), e.p("pki/intermediate.crt"));
     for (cert, purpose) in [
         ("pki/issued/api.svc.internal.crt", "sslserver"),
         ("pki/issued/worker.crt", "sslclient"),
     ] {
-        e.openssl(&[
-            "verify",
-            "-CAfile",
-            &root,
-            "-untrusted",
-            &inter,
-            "-purpose",
-            purpose,
-            &e.p(cert),
-        ])
-        .ok();
+        openssl_verify(&e, &["-purpose", purpose], &e.p(cert)).ok();
     }
     assert_eq!(issued_serials(&e), 2);
 }
@@ -142,31 +131,38 @@ fn names_outside_are_refused_and_nothing_is_recorded_or_written() {
     );
 }
 
-#[test]
-fn relying_parties_refuse_a_certificate_signed_outside_the_constraints() {
-    let e = constrained();
-    // Forged with OpenSSL and the intermediate's key: what a thief of the key could make.
-    e.openssl(&[
-        "req",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        "forged.key",
-        "-subj",
-        "/CN=bank.example",
-        "-out",
-        "forged.csr",
-    ])
-    .ok();
+/// Signs, with OpenSSL and the intermediate's key, a client certificate for `san` from the
+/// key and CSR in `forged.key`/`forged.csr` (made on first use): what a thief of the key could
+/// make. Returns the certificate's path.
+fn forge(e: &Env, san: &str, name: &str) -> String {
+    if !e.path("forged.csr").exists() {
+        e.openssl(&[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "forged.key",
+            "-subj",
+            "/CN=forged",
+            "-out",
+            "forged.csr",
+        ])
+        .ok();
+    }
+    let ext = format!("{name}.ext");
     e.write(
-        "forged.ext",
-        b"basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
-          extendedKeyUsage=clientAuth\nsubjectAltName=DNS:bank.example\n",
+        &ext,
+        format!(
+            "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+             extendedKeyUsage=clientAuth\nsubjectAltName={san}\n"
+        )
+        .as_bytes(),
     );
+    let out = format!("{name}.crt");
     e.openssl(&[
         "x509",
         "-req",
@@ -180,24 +176,29 @@ fn relying_parties_refuse_a_certificate_signed_outside_the_constraints() {
         "-days",
         "30",
         "-extfile",
-        "forged.ext",
+        &ext,
         "-out",
-        "forged.crt",
+        &out,
     ])
     .ok();
+    out
+}
+
+/// `openssl verify` of `cert` against the root, with the intermediate, and `extra` options.
+fn openssl_verify(e: &Env, extra: &[&str], cert: &str) -> common::Run {
     let (root, inter) = (e.p("pki/root.crt"), e.p("pki/intermediate.crt"));
-    e.openssl(&[
-        "verify",
-        "-CAfile",
-        &root,
-        "-untrusted",
-        &inter,
-        "forged.crt",
-    ])
-    .fails(2, "permitted subtree violation");
+    let mut args = vec!["verify", "-CAfile", &root, "-untrusted", &inter];
+    args.extend_from_slice(extra);
+    args.push(cert);
+    e.openssl(&args)
+}
+
+/// `mtls verify` of the client certificate `cert` against the root, with the intermediate.
+fn mtls_verify(e: &Env, cert: &str) -> common::Run {
+    let (root, inter) = (e.p("pki/root.crt"), e.p("pki/intermediate.crt"));
     e.mtls(&[
         "verify",
-        "forged.crt",
+        cert,
         "--ca",
         &root,
         "--untrusted",
@@ -205,42 +206,18 @@ fn relying_parties_refuse_a_certificate_signed_outside_the_constraints() {
         "--purpose",
         "client",
     ])
-    .fails(1, "name constraints");
+}
+
+#[test]
+fn relying_parties_refuse_a_certificate_signed_outside_the_constraints() {
+    let e = constrained();
+    let forged = forge(&e, "DNS:bank.example", "forged");
+    openssl_verify(&e, &[], &forged).fails(2, "permitted subtree violation");
+    mtls_verify(&e, &forged).fails(1, "name constraints");
     // The same forgery inside the constraints verifies: the refusal is the constraint's.
-    e.write(
-        "inside.ext",
-        b"basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
-          extendedKeyUsage=clientAuth\nsubjectAltName=DNS:bank.svc.internal\n",
-    );
-    e.openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "forged.csr",
-        "-CA",
-        &inter,
-        "-CAkey",
-        &e.p("pki/intermediate.key"),
-        "-CAcreateserial",
-        "-days",
-        "30",
-        "-extfile",
-        "inside.ext",
-        "-out",
-        "inside.crt",
-    ])
-    .ok();
-    e.mtls(&[
-        "verify",
-        "inside.crt",
-        "--ca",
-        &root,
-        "--untrusted",
-        &inter,
-        "--purpose",
-        "client",
-    ])
-    .ok();
+    let inside = forge(&e, "DNS:bank.svc.internal", "inside");
+    openssl_verify(&e, &[], &inside).ok();
+    mtls_verify(&e, &inside).ok();
 }
 
 #[test]

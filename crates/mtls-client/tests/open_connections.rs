@@ -6,6 +6,9 @@
 //! connections.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::get;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
@@ -72,15 +75,6 @@ async fn keep_alive_server(
 /// A replaced CRL file is looked for at most once a second while connections stay open.
 async fn after_the_next_look() {
     tokio::time::sleep(StdDuration::from_millis(1_200)).await;
-}
-
-async fn get(client: &mtls_client::Client, addr: std::net::SocketAddr) -> Result<u16, String> {
-    client
-        .get(format!("https://localhost:{}/", addr.port()))
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .map_err(|e| mtls_client::ca::error_chain(&e))
 }
 
 struct Setup {

@@ -5,6 +5,9 @@
 //! of its own.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::get;
+
 use std::path::Path;
 use std::sync::Arc;
 
@@ -56,16 +59,6 @@ fn replace(path: &Path, data: &[u8]) {
     let tmp = path.with_extension("new");
     std::fs::write(&tmp, data).unwrap();
     std::fs::rename(&tmp, path).unwrap();
-}
-
-/// The status of a GET, or the error's chain of causes.
-async fn get(client: &mtls_client::Client, addr: std::net::SocketAddr) -> Result<u16, String> {
-    client
-        .get(format!("https://localhost:{}/", addr.port()))
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .map_err(|e| mtls_client::ca::error_chain(&e))
 }
 
 #[tokio::test]
