@@ -261,6 +261,17 @@ impl Authority {
                         "NAME_NOT_PERMITTED",
                         e.to_string(),
                     ),
+                    // The CA itself cannot issue (its constraints, or what it signs, do not
+                    // verify): the CA's fault, not the request's.
+                    e @ (mtls_pki::Error::IssuedUnverifiable { .. }
+                    | mtls_pki::Error::UnusableNameConstraints { .. }) => {
+                        tracing::error!(error = %e, "cannot issue");
+                        ApiError::new(
+                            http::StatusCode::INTERNAL_SERVER_ERROR,
+                            "CA_MISCONFIGURED",
+                            "the CA cannot issue certificates that verify; its operator must fix it",
+                        )
+                    }
                     e => ApiError::bad_request("INVALID_REQUEST", e.to_string()),
                 })?;
             self.metrics.inc(&self.metrics.signed);

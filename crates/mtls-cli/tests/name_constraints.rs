@@ -78,13 +78,23 @@ fn names_inside_are_issued_and_verified_by_openssl() {
         "spiffe://svc.internal/ns/prod/sa/worker",
     ])
     .ok();
+    // No DNS SAN, a host-name-like CN inside the constraints.
+    e.mtls(&[
+        "issue",
+        "client",
+        "billing.svc.internal",
+        "--uri",
+        "spiffe://svc.internal/billing",
+    ])
+    .ok();
     for (cert, purpose) in [
         ("pki/issued/api.svc.internal.crt", "sslserver"),
         ("pki/issued/worker.crt", "sslclient"),
+        ("pki/issued/billing.svc.internal.crt", "sslclient"),
     ] {
         openssl_verify(&e, &["-purpose", purpose], &e.p(cert)).ok();
     }
-    assert_eq!(issued_serials(&e), 2);
+    assert_eq!(issued_serials(&e), 3);
 }
 
 #[test]
@@ -109,6 +119,17 @@ fn names_outside_are_refused_and_nothing_is_recorded_or_written() {
             vec!["issue", "server", "badsvc.internal"],
             "DNS:badsvc.internal",
         ),
+        // No DNS SAN, and a CN OpenSSL reads as a host name outside the constraints.
+        (
+            vec![
+                "issue",
+                "client",
+                "billing.prod",
+                "--uri",
+                "spiffe://svc.internal/billing",
+            ],
+            "CN=billing.prod",
+        ),
     ] {
         let r = e.mtls(&args);
         assert_ne!(r.code, 0, "{args:?} was issued");
@@ -131,29 +152,32 @@ fn names_outside_are_refused_and_nothing_is_recorded_or_written() {
     );
 }
 
-/// Signs, with OpenSSL and the intermediate's key, a client certificate for `san` from the
-/// key and CSR in `forged.key`/`forged.csr` (made on first use): what a thief of the key could
-/// make. Returns the certificate's path.
-fn forge(e: &Env, san: &str, name: &str) -> String {
-    if !e.path("forged.csr").exists() {
-        e.openssl(&[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "forged.key",
-            "-subj",
-            "/CN=forged",
-            "-out",
-            "forged.csr",
-        ])
-        .ok();
-    }
-    let ext = format!("{name}.ext");
+/// Signs, with OpenSSL and the intermediate's key, a client certificate with subject `CN=cn`
+/// and the SANs `san`, written to `NAME.crt`: what a thief of the key could make. Returns its
+/// path.
+fn forge(e: &Env, cn: &str, san: &str, name: &str) -> String {
+    let (key, csr, ext, out) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.ext"),
+        format!("{name}.crt"),
+    );
+    e.openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &key,
+        "-subj",
+        &format!("/CN={cn}"),
+        "-out",
+        &csr,
+    ])
+    .ok();
     e.write(
         &ext,
         format!(
@@ -162,12 +186,11 @@ fn forge(e: &Env, san: &str, name: &str) -> String {
         )
         .as_bytes(),
     );
-    let out = format!("{name}.crt");
     e.openssl(&[
         "x509",
         "-req",
         "-in",
-        "forged.csr",
+        &csr,
         "-CA",
         &e.p("pki/intermediate.crt"),
         "-CAkey",
@@ -211,13 +234,29 @@ fn mtls_verify(e: &Env, cert: &str) -> common::Run {
 #[test]
 fn relying_parties_refuse_a_certificate_signed_outside_the_constraints() {
     let e = constrained();
-    let forged = forge(&e, "DNS:bank.example", "forged");
+    let forged = forge(&e, "forged", "DNS:bank.example", "forged");
     openssl_verify(&e, &[], &forged).fails(2, "permitted subtree violation");
     mtls_verify(&e, &forged).fails(1, "name constraints");
     // The same forgery inside the constraints verifies: the refusal is the constraint's.
-    let inside = forge(&e, "DNS:bank.svc.internal", "inside");
+    let inside = forge(&e, "forged", "DNS:bank.svc.internal", "inside");
     openssl_verify(&e, &[], &inside).ok();
     mtls_verify(&e, &inside).ok();
+    // Without a DNS SAN, OpenSSL checks a host-name-like CN against the DNS constraints
+    // (rustls-webpki does not): why mtls refuses to issue one outside them.
+    let cn = forge(
+        &e,
+        "billing.prod",
+        "URI:spiffe://svc.internal/billing",
+        "cn",
+    );
+    openssl_verify(&e, &[], &cn).fails(2, "permitted subtree violation");
+    let cn_inside = forge(
+        &e,
+        "billing.svc.internal",
+        "URI:spiffe://svc.internal/billing",
+        "cn-in",
+    );
+    openssl_verify(&e, &[], &cn_inside).ok();
 }
 
 #[test]

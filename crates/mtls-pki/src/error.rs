@@ -60,9 +60,18 @@ pub enum Error {
         not_before: OffsetDateTime,
         not_after: OffsetDateTime,
     },
-    /// The issuing certificate is not a CA or may not sign certificates.
+    /// A certificate's names (its DNS and IP SANs, or a host-name-like CN when it has no DNS
+    /// SAN, which OpenSSL checks) fall outside its CA's name constraints.
     #[error("the CA {issuer:?} may not certify {names}: outside its name constraints (`mtls inspect` on the CA certificate shows them)")]
     NameNotPermitted { issuer: String, names: String },
+    /// The CA's name constraints cannot be issued under: a name form no verifier of mtls
+    /// (rustls-webpki) supports, or an extension that does not parse.
+    #[error("cannot issue with CA {subject:?}: {reason}")]
+    UnusableNameConstraints { subject: String, reason: String },
+    /// A certificate just signed does not verify under its own CA: the CA is misconfigured.
+    #[error("the certificate just signed by CA {issuer:?} does not verify under it ({detail}): check the CA certificate")]
+    IssuedUnverifiable { issuer: String, detail: String },
+    /// The issuing certificate is not a CA or may not sign certificates.
     #[error("{0} is not a CA certificate allowed to sign certificates")]
     NotACa(String),
     /// Signing a CA certificate under this issuer would exceed its pathLenConstraint.

@@ -46,14 +46,23 @@ fn subtree_name(base: &x509_parser::extensions::GeneralName<'_>) -> String {
         G::IPAddress(b) => {
             let (addr, mask) = b.split_at(b.len() / 2);
             let prefix: u32 = mask.iter().map(|m| m.count_ones()).sum();
-            let addr = match <[u8; 4]>::try_from(addr) {
-                Ok(a) => std::net::IpAddr::from(a).to_string(),
-                Err(_) => match <[u8; 16]>::try_from(addr) {
-                    Ok(a) => std::net::IpAddr::from(a).to_string(),
-                    Err(_) => hex::encode(addr),
-                },
+            // A mask of `prefix` leading ones and nothing else.
+            let mut left = prefix;
+            let contiguous = mask.iter().all(|m| {
+                let ones = left.min(8);
+                left -= ones;
+                *m == (0xff00_u16 >> ones) as u8
+            });
+            // Address and mask of the same family: 4 + 4 or 16 + 16 bytes.
+            let addr = match (<[u8; 4]>::try_from(addr), <[u8; 16]>::try_from(addr)) {
+                (Ok(a), _) if b.len() == 8 => Some(std::net::IpAddr::from(a)),
+                (_, Ok(a)) if b.len() == 32 => Some(std::net::IpAddr::from(a)),
+                _ => None,
             };
-            format!("ip:{addr}/{prefix}")
+            match addr {
+                Some(addr) if contiguous => format!("ip:{addr}/{prefix}"),
+                _ => format!("ip:{} (invalid)", hex::encode(b)),
+            }
         }
         G::RFC822Name(e) => format!("email:{e}"),
         G::URI(u) => format!("uri:{u}"),
@@ -240,6 +249,15 @@ pub fn certificate_info(
                 nc = Some(NameConstraintsInfo {
                     permitted: names(&n.permitted_subtrees),
                     excluded: names(&n.excluded_subtrees),
+                    critical: ext.critical,
+                });
+            }
+            ParsedExtension::ParseError { .. }
+                if ext.oid == x509_parser::oid_registry::OID_X509_EXT_NAME_CONSTRAINTS =>
+            {
+                nc = Some(NameConstraintsInfo {
+                    permitted: vec!["(the extension does not parse)".into()],
+                    excluded: Vec::new(),
                     critical: ext.critical,
                 });
             }
@@ -549,6 +567,28 @@ pub fn render(obj: &Object) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// IP subtrees are shown as networks only when they are 8 or 32 bytes with a contiguous
+    /// mask; anything else is shown raw and marked, never guessed at.
+    #[test]
+    fn ip_subtrees_are_shown_as_networks_only_when_well_formed() {
+        use x509_parser::extensions::GeneralName as G;
+        let show = |b: &[u8]| subtree_name(&G::IPAddress(b));
+        assert_eq!(show(&[10, 0, 0, 0, 255, 0, 0, 0]), "ip:10.0.0.0/8");
+        assert_eq!(
+            show(&[192, 168, 0, 0, 255, 255, 240, 0]),
+            "ip:192.168.0.0/20"
+        );
+        assert_eq!(show(&[0; 8]), "ip:0.0.0.0/0");
+        let mut v6 = [0u8; 32];
+        v6[0] = 0xfd;
+        v6[16] = 0xff;
+        assert_eq!(show(&v6), "ip:fd00::/8");
+        assert!(show(&[10, 0, 0, 0, 255, 0, 255, 0]).ends_with("(invalid)"));
+        assert!(show(&[10, 0, 0, 0, 0, 255, 0, 0]).ends_with("(invalid)"));
+        assert!(show(&[10, 0, 0, 0, 255, 0, 0, 0, 0]).ends_with("(invalid)"));
+        assert!(show(&[]).ends_with("(invalid)"));
+    }
 
     /// Keys are described from PEM (plain, encrypted with and without the passphrase) and DER,
     /// through the wiped decode and re-encoding.

@@ -243,8 +243,9 @@ pub struct CaCert {
     not_after: OffsetDateTime,
     /// Its basicConstraints pathLenConstraint: how many CAs may follow it in a path.
     path_len: Option<u32>,
-    /// It carries name constraints: what it issues is checked against them.
-    name_constrained: bool,
+    /// Its name constraints' DNS subtrees (permitted, excluded), when it has name constraints:
+    /// what it issues is checked against them.
+    name_constraints: Option<(Vec<String>, Vec<String>)>,
 }
 
 impl std::fmt::Debug for CaCert {
@@ -267,8 +268,7 @@ impl CaCert {
         let constraints = cert.basic_constraints().ok().flatten().map(|bc| bc.value);
         let is_ca = constraints.is_some_and(|bc| bc.ca);
         let path_len = constraints.and_then(|bc| bc.path_len_constraint);
-        // A constraints extension that does not parse counts as present: checked by webpki.
-        let name_constrained = !matches!(cert.name_constraints(), Ok(None));
+        let name_constraints = usable_name_constraints(&cert, &subject)?;
         let can_sign = match cert.key_usage() {
             Ok(Some(ku)) => ku.value.key_cert_sign(),
             Ok(None) => true,
@@ -293,7 +293,7 @@ impl CaCert {
             not_before,
             not_after,
             path_len,
-            name_constrained,
+            name_constraints,
         })
     }
 
@@ -742,8 +742,9 @@ pub fn issue_leaf(
     urls.apply(&mut params)?;
     let cert = params.signed_by(public_key, ca.issuer())?;
     let der = cert.der().clone();
-    if ca.name_constrained {
+    if let Some(dns) = &ca.name_constraints {
         check_name_constraints(ca, &der, *profile, sans, now)?;
+        check_common_name(ca, dns, subject, sans)?;
     }
     let subject = subject_of(&der)?;
     Ok(Issued {
@@ -766,11 +767,9 @@ fn check_name_constraints(
     sans: &[San],
     now: OffsetDateTime,
 ) -> Result<()> {
-    let refused = |e: webpki::Error| {
-        Error::malformed(
-            "certificate",
-            format!("the certificate just issued does not verify under its CA ({e:?})"),
-        )
+    let refused = |e: webpki::Error| Error::IssuedUnverifiable {
+        issuer: ca.subject().to_string(),
+        detail: format!("{e:?}"),
     };
     let anchor = webpki::anchor_from_trusted_cert(ca.der()).map_err(refused)?;
     let leaf = webpki::EndEntityCert::try_from(der).map_err(refused)?;
@@ -802,6 +801,88 @@ fn check_name_constraints(
         }),
         Err(e) => Err(refused(e)),
     }
+}
+
+/// The DNS subtrees (permitted, excluded) of `cert`'s name constraints, `None` without any;
+/// refuses constraints that nothing could be issued under as mtls's verifiers see them: a
+/// name form rustls-webpki does not support (it refuses every certificate under a
+/// directoryName constraint, and every URI or e-mail name under URI or e-mail ones), or an
+/// extension that does not parse.
+#[allow(clippy::type_complexity)]
+fn usable_name_constraints(
+    cert: &x509_parser::certificate::X509Certificate<'_>,
+    subject: &str,
+) -> Result<Option<(Vec<String>, Vec<String>)>> {
+    use x509_parser::extensions::GeneralName as G;
+    let unusable = |reason: String| Error::UnusableNameConstraints {
+        subject: subject.to_string(),
+        reason,
+    };
+    let nc = match cert.name_constraints() {
+        Ok(None) => return Ok(None),
+        Ok(Some(nc)) => nc.value,
+        Err(e) => return Err(unusable(format!("its name constraints do not parse ({e})"))),
+    };
+    let mut dns = (Vec::new(), Vec::new());
+    for (subtrees, out) in [
+        (&nc.permitted_subtrees, &mut dns.0),
+        (&nc.excluded_subtrees, &mut dns.1),
+    ] {
+        for s in subtrees.iter().flatten() {
+            match &s.base {
+                G::DNSName(d) => out.push(d.to_ascii_lowercase()),
+                G::IPAddress(_) => {}
+                other => {
+                    return Err(unusable(format!(
+                        "its name constraints name {other:?}: only DNS and IP subtrees are \
+                         supported by rustls-webpki, which every verifier of mtls uses"
+                    )))
+                }
+            }
+        }
+    }
+    Ok(Some(dns))
+}
+
+/// Whether `name` is covered by the DNS subtree `base` (RFC 5280 4.2.1.10: the name itself or
+/// any name made by adding labels on the left).
+fn dns_in_subtree(name: &str, base: &str) -> bool {
+    let base = base.trim_start_matches('.');
+    name == base || name.ends_with(&format!(".{base}")) || base.is_empty()
+}
+
+/// A certificate with no DNS SAN whose CN looks like a host name has that CN checked against
+/// the DNS name constraints by OpenSSL (`NAME_CONSTRAINTS_check_CN`), though not by
+/// rustls-webpki: refuse it when it falls outside, so that every relying party accepts what
+/// mtls issues.
+fn check_common_name(
+    ca: &CaCert,
+    (permitted, excluded): &(Vec<String>, Vec<String>),
+    subject: &Subject,
+    sans: &[San],
+) -> Result<()> {
+    if sans.iter().any(|s| matches!(s, San::Dns(_))) {
+        return Ok(());
+    }
+    let cn = subject.common_name.to_ascii_lowercase();
+    let host_like = cn.contains('.')
+        && cn
+            .split('.')
+            .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+    if !host_like {
+        return Ok(());
+    }
+    let inside = permitted.is_empty() || permitted.iter().any(|b| dns_in_subtree(&cn, b));
+    if inside && !excluded.iter().any(|b| dns_in_subtree(&cn, b)) {
+        return Ok(());
+    }
+    Err(Error::NameNotPermitted {
+        issuer: ca.subject().to_string(),
+        names: format!(
+            "CN={cn} (a host name: OpenSSL checks it when there is no DNS SAN; give a CN \
+             inside the constraints, or one without dots)"
+        ),
+    })
 }
 
 /// Issues a delegated OCSP signing certificate for `public_key` from `ca` (RFC 6960 4.2.2.2).
@@ -866,4 +947,104 @@ pub fn certificate_sans(cert: &x509_parser::certificate::X509Certificate<'_>) ->
         }
     }
     out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::names::NameSubtree;
+    use crate::KeyAlgorithm;
+
+    fn key() -> PrivateKey {
+        PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap()
+    }
+
+    fn constrained(now: OffsetDateTime) -> CaCert {
+        let root = new_root(&Subject::cn("Root"), key(), now, Duration::days(30)).unwrap();
+        let constraints = NameConstraints {
+            permitted: vec![NameSubtree::parse("dns:svc.internal").unwrap()],
+            excluded: vec![NameSubtree::parse("dns:admin.svc.internal").unwrap()],
+        };
+        new_constrained_intermediate(
+            &root,
+            &Subject::cn("Constrained"),
+            key(),
+            now,
+            Duration::days(10),
+            0,
+            &constraints,
+        )
+        .unwrap()
+    }
+
+    fn client(cn: &str, sans: Vec<San>) -> LeafRequest {
+        LeafRequest {
+            profile: Profile::Client,
+            subject: Subject::cn(cn),
+            sans,
+            lifetime: Duration::days(1),
+            urls: PublicationUrls::default(),
+        }
+    }
+
+    /// Without a DNS SAN, a host-name-like CN is held to the DNS constraints (OpenSSL checks it
+    /// then); with one, or with a CN that is no host name, the CN is not.
+    #[test]
+    fn a_host_name_cn_without_dns_san_is_held_to_the_constraints() {
+        let now = OffsetDateTime::now_utc();
+        let ca = constrained(now);
+        let spiffe = || vec![San::uri("spiffe://svc.internal/billing").unwrap()];
+        let issue = |r: &LeafRequest| issue_leaf(&ca, key().key_pair(), r, now);
+        for refused in ["billing.prod", "svc.internal.evil", "x.admin.svc.internal"] {
+            let e = issue(&client(refused, spiffe())).unwrap_err();
+            assert!(
+                matches!(&e, Error::NameNotPermitted { names, .. } if names.contains(refused)),
+                "{refused}: {e}"
+            );
+        }
+        for accepted in ["billing", "billing.svc.internal", "billing_prod.x"] {
+            issue(&client(accepted, spiffe())).unwrap();
+        }
+        // A DNS SAN inside: the CN is not the name relying parties check.
+        issue(&client(
+            "billing.prod",
+            vec![San::dns("billing.svc.internal").unwrap()],
+        ))
+        .unwrap();
+    }
+
+    /// A CA whose name constraints use a form rustls-webpki refuses for every certificate
+    /// (directoryName) is refused when loaded, with the reason, instead of refusing every
+    /// certificate later with a misleading one.
+    #[test]
+    fn a_ca_with_directory_name_constraints_is_refused_when_loaded() {
+        let now = OffsetDateTime::now_utc();
+        let root = new_root(&Subject::cn("Root"), key(), now, Duration::days(30)).unwrap();
+        let mut params = ca_params(
+            &Subject::cn("By directory"),
+            now,
+            now + Duration::days(10),
+            BasicConstraints::Constrained(0),
+            &Serial::random().unwrap(),
+        )
+        .unwrap();
+        params.name_constraints = Some(rcgen::NameConstraints {
+            permitted_subtrees: vec![rcgen::GeneralSubtree::DirectoryName(
+                Subject::cn("x").to_dn().unwrap(),
+            )],
+            excluded_subtrees: Vec::new(),
+        });
+        let k = key();
+        let der = params
+            .signed_by(k.key_pair(), root.issuer())
+            .unwrap()
+            .der()
+            .clone();
+        let e = CaCert::new(der, k).unwrap_err();
+        assert!(
+            matches!(&e, Error::UnusableNameConstraints { reason, .. } if reason.contains("only DNS and IP")),
+            "{e}"
+        );
+    }
 }

@@ -200,6 +200,43 @@ pub(crate) fn validate_dns(name: &str, wildcard: bool) -> std::result::Result<()
 mod tests {
     use super::*;
 
+    /// Networks are accepted only as ADDRESS/PREFIX with no host bits, at every prefix length.
+    #[test]
+    fn name_subtrees_parse_at_the_edges() {
+        let ip = |s: &str| NameSubtree::parse(s).map(|n| n.to_string());
+        for ok in [
+            "ip:0.0.0.0/0",
+            "ip:10.0.0.0/8",
+            "ip:10.0.0.1/32",
+            "ip:::/0",
+            "ip:fd00::/8",
+            "ip:fd00::1/128",
+        ] {
+            assert_eq!(ip(ok).unwrap(), ok);
+        }
+        for bad in [
+            "ip:10.0.0.1/8",
+            "ip:0.0.0.1/0",
+            "ip:fd00::1/8",
+            "ip:10.0.0.0/33",
+            "ip:fd00::/129",
+            "ip:10.0.0.0",
+            "ip:10.0.0.0/x",
+        ] {
+            assert!(NameSubtree::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            NameSubtree::parse("SVC.Internal").unwrap(),
+            NameSubtree::Dns("svc.internal".into())
+        );
+        assert_eq!(
+            NameSubtree::parse("10.0.0.0/8").unwrap().to_string(),
+            "ip:10.0.0.0/8"
+        );
+        assert!(NameSubtree::parse("dns:.svc.internal").is_err());
+        assert!(NameSubtree::parse("dns:*.svc.internal").is_err());
+    }
+
     #[test]
     fn guesses_kinds() {
         assert_eq!(
