@@ -460,6 +460,36 @@ fn empty_policy_refuses_to_start() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("allows nobody"));
 }
 
+/// `--upstream-crl` checks an https:// upstream: with a plain one it would check nothing, so
+/// the gateway refuses to start rather than let the operator believe it does.
+#[test]
+fn an_upstream_crl_for_a_plain_upstream_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let up = Upstream::start();
+    let crl = Files::p(&f.crl());
+    let o = Command::new(env!("CARGO_BIN_EXE_mtls"))
+        .arg("gateway")
+        .args(http_args(
+            &f,
+            &up,
+            &["--allow-any-trusted", "--upstream-crl", &crl],
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("(--upstream-crl) checks an https:// upstream"),
+        "{err}"
+    );
+}
+
 #[test]
 fn dead_upstream_is_502_json() {
     let dir = tempfile::tempdir().unwrap();

@@ -1365,15 +1365,15 @@ fn https_upstream_is_verified_and_can_be_mtls_too() {
     let b = Gateway::start(&http_args(&f, &up, &["--allow-cn", "gateway-a"]));
     let a_cert = f.client("gateway-a");
     let pa = free_port();
-    let write = |name: &str, ca: &str| {
+    let write = |name: &str, ca: &str, upstream_crl: &str| {
         let toml = format!(
             r#"
 [[listener]]
 listen = "127.0.0.1:{pa}"
 upstream = "https://localhost:{pb}"
 upstream_ca = ["{ca}"]
+upstream_crl = [{upstream_crl}]
 client_ca = ["ca-chain.pem"]
-crl = ["crl.pem"]
 upstream_certificate = {{ cert = "{chain}", key = "{key}" }}
 [[listener.certificate]]
 cert = "server.chain.pem"
@@ -1389,7 +1389,8 @@ allow_any_trusted = true
         std::fs::write(&p, toml).unwrap();
         p
     };
-    let good = write("a.toml", "root.pem");
+    // The CRL's issuer (the intermediate) must be in upstream_ca.
+    let good = write("a.toml", "ca-chain.pem", "\"crl.pem\"");
     let a = Gateway::start(&["--config".into(), Files::p(&good)]);
     let client = f.client("end-user");
     let r = curl(&a, &f, Some(&client), "/through", &[]);
@@ -1402,6 +1403,24 @@ allow_any_trusted = true
         .collect();
     assert_eq!(xfcc.len(), 1);
     assert!(xfcc[0].1.contains("CN=gateway-a"), "{xfcc:?}");
+    // B's certificate is revoked while A keeps a connection to it: that connection is not
+    // used again (it would be, by keep-alive, for as long as it lasts), and the new one's
+    // handshake refuses B.
+    let r = curl(&a, &f, Some(&client), "/through", &[]);
+    assert_eq!(r.status, 200, "{} {}", r.body, r.stderr);
+    let chain = std::fs::read(f.server_chain()).unwrap();
+    let b_cert = mtls_pki::pem_io::certificates(&chain).unwrap().remove(0);
+    let b_serial = mtls_pki::Serial::from_be_bytes(
+        mtls_pki::pem_io::parse_certificate(&b_cert)
+            .unwrap()
+            .raw_serial(),
+    );
+    f.write_crl(&[b_serial]);
+    // The CRL file is looked at again within a second. (A lists no CRL for its own clients:
+    // a reload of A, which a changed client CRL makes, would start a new pool anyway.)
+    std::thread::sleep(Duration::from_millis(1_300));
+    let r = curl(&a, &f, Some(&client), "/through", &[]);
+    assert_eq!(r.status, 502, "{} {}", r.body, r.stderr);
     drop(a);
     // An upstream whose certificate does not verify is a 502, never a silent plaintext fallback.
     let other = mtls_test_util::TestPki::new("other");
@@ -1410,7 +1429,7 @@ allow_any_trusted = true
         mtls_pki::pem_io::encode("CERTIFICATE", &other.root_der()),
     )
     .unwrap();
-    let bad = write("bad.toml", "other-root.pem");
+    let bad = write("bad.toml", "other-root.pem", "");
     let a = Gateway::start(&["--config".into(), Files::p(&bad)]);
     let r = curl(&a, &f, Some(&client), "/through", &[]);
     assert_eq!(r.status, 502, "{}", r.body);

@@ -197,6 +197,13 @@ pub struct ListenerConfig {
     /// CA bundles that verify an `https://` upstream (required for https).
     #[serde(default)]
     pub upstream_ca: Vec<PathBuf>,
+    /// CRLs that check an `https://` upstream's certificate (their issuers must be in
+    /// `upstream_ca`; the upstream's leaf must be covered: hard-fail). Followed without a
+    /// reload: a replaced file counts from the next connection, and pooled connections to an
+    /// upstream it revokes are closed within a second; an older CRL than the one in use is
+    /// refused.
+    #[serde(default)]
+    pub upstream_crl: Vec<PathBuf>,
     /// Name to verify the upstream's certificate against (default: the upstream host).
     #[serde(default)]
     pub upstream_server_name: Option<String>,
@@ -341,6 +348,7 @@ impl GatewayConfig {
             };
             l.client_ca.iter_mut().for_each(fix);
             l.upstream_ca.iter_mut().for_each(fix);
+            l.upstream_crl.iter_mut().for_each(fix);
             if let Some(c) = &mut l.upstream_certificate {
                 fix(&mut c.cert);
                 fix(&mut c.key);
@@ -439,6 +447,9 @@ impl GatewayConfig {
             }
             if l.upstream.starts_with("https://") && l.upstream_ca.is_empty() {
                 return e("an https:// upstream needs upstream_ca (the CAs that verify it)");
+            }
+            if !l.upstream_crl.is_empty() && !l.upstream.starts_with("https://") {
+                return e("upstream_crl (--upstream-crl) checks an https:// upstream's certificate: the upstream is not https://");
             }
             for f in &l.crl_fetch {
                 if !f.url.starts_with("http://") {

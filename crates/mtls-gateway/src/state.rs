@@ -60,6 +60,9 @@ impl Upstream {
             for p in &cfg.upstream_ca {
                 b = b.ca_file(p);
             }
+            for p in &cfg.upstream_crl {
+                b = b.crl_file(p);
+            }
             if let Some(c) = &cfg.upstream_certificate {
                 b = b.identity_files(&c.cert, &c.key);
                 if let Some(p) = &c.key_passphrase_file {

@@ -826,7 +826,7 @@ pub fn audit_gateway_config(
                 "use revocation_policy = \"hard-fail\" (the default) once the revocation sources are reliable",
             );
         }
-        for crl in &l.crl {
+        for crl in l.crl.iter().chain(&l.upstream_crl) {
             if crl.exists() {
                 audit_file(crl, options, report);
             } else {
