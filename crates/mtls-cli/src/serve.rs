@@ -44,7 +44,8 @@ pub struct GatewayArgs {
     #[arg(long)]
     upstream_ca: Vec<PathBuf>,
     /// CRL checking an https:// upstream's certificate (repeatable; hard-fail). Followed: a
-    /// replaced file counts within a second, pooled connections to a revoked upstream close.
+    /// replaced file counts for new connections at once, and pooled connections to an upstream
+    /// it revokes are not used again from about a second later.
     #[arg(long)]
     upstream_crl: Vec<PathBuf>,
     /// http or tcp.

@@ -1421,6 +1421,40 @@ allow_any_trusted = true
     std::thread::sleep(Duration::from_millis(1_300));
     let r = curl(&a, &f, Some(&client), "/through", &[]);
     assert_eq!(r.status, 502, "{} {}", r.body, r.stderr);
+    // An older CRL (number 1, revoking nothing) put back, then a reload of A: the reload is
+    // refused (its new upstream pool starts no lower than the CRL the old one used) and B
+    // stays refused. A new pool starting from the file alone accepted B again.
+    let now = time::OffsetDateTime::now_utc();
+    let older = mtls_pki::revocation::build_crl(
+        &f.pki.intermediate,
+        1,
+        now - time::Duration::minutes(1),
+        time::Duration::days(1),
+        &[],
+    )
+    .unwrap();
+    let tmp = dir.path().join("crl.pem.old");
+    std::fs::write(&tmp, mtls_pki::pem_io::encode("X509 CRL", &older)).unwrap();
+    std::fs::rename(&tmp, f.crl()).unwrap();
+    a.hup();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !a
+        .stderr
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("reload failed"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no refused reload: {:?}",
+            a.stderr.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(1_300));
+    let r = curl(&a, &f, Some(&client), "/through", &[]);
+    assert_eq!(r.status, 502, "{} {}", r.body, r.stderr);
     drop(a);
     // An upstream whose certificate does not verify is a 502, never a silent plaintext fallback.
     let other = mtls_test_util::TestPki::new("other");

@@ -172,6 +172,8 @@ struct ServerRevocation {
     crl_files: Vec<PathBuf>,
     sources: mtls_verify::RevocationSources,
     soft_fail: bool,
+    /// The state of the client this one replaces: no older CRL than its.
+    floor: Option<Arc<mtls_verify::TrustState>>,
 }
 
 impl ServerRevocation {
@@ -195,7 +197,13 @@ impl ServerRevocation {
             // Soft-fail acceptances are logged (at most once a second), not silent.
             sources.decisions = Some(Arc::default());
         }
-        let trust = ServerTrust::new(self.crl_files.clone(), roots.to_vec(), options, sources)?;
+        let trust = ServerTrust::new(
+            self.crl_files.clone(),
+            roots.to_vec(),
+            options,
+            sources,
+            self.floor.clone(),
+        )?;
         Ok(Some(Arc::new(trust)))
     }
 }
@@ -374,6 +382,14 @@ impl ClientBuilder {
     /// (see [`ServerTrust`]).
     pub fn crl_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.revocation.crl_files.push(path.into());
+        self
+    }
+
+    /// For a client that replaces another (a reload): CRLs older than those of `previous` (a
+    /// CRL of the same issuer with a lower number) are refused from the start, as a client
+    /// that lived on refuses them ([`ServerTrust`]); building fails on one.
+    pub fn crl_floor(mut self, previous: &ServerTrust) -> Self {
+        self.revocation.floor = Some(previous.current());
         self
     }
 

@@ -290,6 +290,12 @@ where
         self.inner.opened.load(Ordering::Relaxed)
     }
 
+    /// The trust state checking the upstream's revocation status, when it is checked (for a
+    /// pool that replaces this one: [`ClientBuilder::crl_floor`](crate::ClientBuilder::crl_floor)).
+    pub fn server_trust(&self) -> Option<&Arc<ServerTrust>> {
+        self.inner.trust.as_ref()
+    }
+
     /// How many connections are idle in the pool now.
     pub fn idle_connections(&self) -> usize {
         self.lock().len()

@@ -87,11 +87,14 @@ impl Drop for Looking<'_> {
 
 impl ServerTrust {
     /// Loads the CRL files now (an error is the builder's).
+    /// After `floor` (the state of the client this one replaces), CRLs older than the ones it
+    /// used are refused from the start.
     pub(crate) fn new(
         crl_files: Vec<PathBuf>,
         roots: Vec<CertificateDer<'static>>,
         options: RevocationOptions,
         sources: RevocationSources,
+        floor: Option<Arc<TrustState>>,
     ) -> Result<Self, Error> {
         let inputs = Inputs {
             crl_files: crl_files.clone(),
@@ -99,7 +102,7 @@ impl ServerTrust {
             options,
             sources,
         };
-        let state = FollowedFiles::new(crl_files, || inputs.load(None))?;
+        let state = FollowedFiles::new(crl_files, || inputs.load(floor.as_deref()))?;
         Ok(ServerTrust {
             inputs,
             state,

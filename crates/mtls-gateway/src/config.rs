@@ -198,10 +198,10 @@ pub struct ListenerConfig {
     #[serde(default)]
     pub upstream_ca: Vec<PathBuf>,
     /// CRLs that check an `https://` upstream's certificate (their issuers must be in
-    /// `upstream_ca`; the upstream's leaf must be covered: hard-fail). Followed without a
-    /// reload: a replaced file counts from the next connection, and pooled connections to an
-    /// upstream it revokes are closed within a second; an older CRL than the one in use is
-    /// refused.
+    /// `upstream_ca`; the upstream's leaf must be covered, by a CRL not past its nextUpdate:
+    /// hard-fail). Followed without a reload: a replaced file counts from the next connection,
+    /// and pooled connections to an upstream it revokes are not used again from about a second
+    /// after the change; an older CRL than the one in use is refused, across reloads too.
     #[serde(default)]
     pub upstream_crl: Vec<PathBuf>,
     /// Name to verify the upstream's certificate against (default: the upstream host).
@@ -449,7 +449,7 @@ impl GatewayConfig {
                 return e("an https:// upstream needs upstream_ca (the CAs that verify it)");
             }
             if !l.upstream_crl.is_empty() && !l.upstream.starts_with("https://") {
-                return e("upstream_crl (--upstream-crl) checks an https:// upstream's certificate: the upstream is not https://");
+                return e("upstream_crl (--upstream-crl) checks an https:// upstream's certificate in HTTP mode: this upstream is not one");
             }
             for f in &l.crl_fetch {
                 if !f.url.starts_with("http://") {

@@ -26,7 +26,12 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    fn load(cfg: &ListenerConfig, timeout: std::time::Duration) -> Result<Self, Error> {
+    /// After `previous` (a reload), upstream CRLs older than the ones it used are refused.
+    fn load(
+        cfg: &ListenerConfig,
+        timeout: std::time::Duration,
+        previous: Option<&Upstream>,
+    ) -> Result<Self, Error> {
         let bad = |m: &str| {
             Error::Config(format!(
                 "listener {:?}: upstream {:?}: {m}",
@@ -62,6 +67,9 @@ impl Upstream {
             }
             for p in &cfg.upstream_crl {
                 b = b.crl_file(p);
+            }
+            if let Some(trust) = previous.and_then(|p| p.pool.server_trust()) {
+                b = b.crl_floor(trust);
             }
             if let Some(c) = &cfg.upstream_certificate {
                 b = b.identity_files(&c.cert, &c.key);
@@ -163,7 +171,7 @@ impl ListenerState {
             policy: cfg.policy.clone(),
             routes,
             route_match: cfg.route_match,
-            upstream: Upstream::load(cfg, upstream_timeout)?,
+            upstream: Upstream::load(cfg, upstream_timeout, previous.map(|p| &p.upstream))?,
             proxy_protocol: cfg.proxy_protocol,
         })
     }

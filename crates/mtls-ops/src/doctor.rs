@@ -826,7 +826,19 @@ pub fn audit_gateway_config(
                 "use revocation_policy = \"hard-fail\" (the default) once the revocation sources are reliable",
             );
         }
-        for crl in l.crl.iter().chain(&l.upstream_crl) {
+        for crl in &l.upstream_crl {
+            if crl.exists() {
+                audit_file(crl, options, report);
+            } else {
+                report.add(
+                    "crl_missing",
+                    crl,
+                    at("the upstream_crl file does not exist: the gateway does not start"),
+                    "publish the upstream's CRL there (its CA's `mtls crl`, or a copy of /v1/crl)",
+                );
+            }
+        }
+        for crl in &l.crl {
             if crl.exists() {
                 audit_file(crl, options, report);
             } else {
