@@ -243,9 +243,18 @@ pub struct CaCert {
     not_after: OffsetDateTime,
     /// Its basicConstraints pathLenConstraint: how many CAs may follow it in a path.
     path_len: Option<u32>,
-    /// Its name constraints' DNS subtrees (permitted, excluded), when it has name constraints:
-    /// what it issues is checked against them.
-    name_constraints: Option<(Vec<String>, Vec<String>)>,
+    /// Its name constraints, when it has any: what it issues is checked against them.
+    name_constraints: Option<NameCheck>,
+}
+
+/// How a CA's name constraints are checked at issuance.
+#[derive(Clone, Debug)]
+enum NameCheck {
+    /// With rustls-webpki, plus the DNS subtrees (permitted, excluded) for a host-name CN.
+    Dns(Vec<String>, Vec<String>),
+    /// Nothing can be issued under them, for this reason (CRLs are still signed: revocation
+    /// must never be blocked).
+    Unusable(String),
 }
 
 impl std::fmt::Debug for CaCert {
@@ -268,7 +277,7 @@ impl CaCert {
         let constraints = cert.basic_constraints().ok().flatten().map(|bc| bc.value);
         let is_ca = constraints.is_some_and(|bc| bc.ca);
         let path_len = constraints.and_then(|bc| bc.path_len_constraint);
-        let name_constraints = usable_name_constraints(&cert, &subject)?;
+        let name_constraints = name_check(&cert);
         let can_sign = match cert.key_usage() {
             Ok(Some(ku)) => ku.value.key_cert_sign(),
             Ok(None) => true,
@@ -742,9 +751,15 @@ pub fn issue_leaf(
     urls.apply(&mut params)?;
     let cert = params.signed_by(public_key, ca.issuer())?;
     let der = cert.der().clone();
-    if let Some(dns) = &ca.name_constraints {
+    if let Some(NameCheck::Unusable(reason)) = &ca.name_constraints {
+        return Err(Error::UnusableNameConstraints {
+            subject: ca.subject().to_string(),
+            reason: reason.clone(),
+        });
+    }
+    if let Some(NameCheck::Dns(permitted, excluded)) = &ca.name_constraints {
         check_name_constraints(ca, &der, *profile, sans, now)?;
-        check_common_name(ca, dns, subject, sans)?;
+        check_common_name(ca, permitted, excluded, subject, sans)?;
     }
     let subject = subject_of(&der)?;
     Ok(Issued {
@@ -803,37 +818,32 @@ fn check_name_constraints(
     }
 }
 
-/// The DNS subtrees (permitted, excluded) of `cert`'s name constraints, `None` without any;
-/// refuses constraints that nothing could be issued under as mtls's verifiers see them: a
-/// name form rustls-webpki does not support (it refuses every certificate under a
-/// directoryName constraint, and every URI or e-mail name under URI or e-mail ones), or an
-/// extension that does not parse.
-#[allow(clippy::type_complexity)]
-fn usable_name_constraints(
-    cert: &x509_parser::certificate::X509Certificate<'_>,
-    subject: &str,
-) -> Result<Option<(Vec<String>, Vec<String>)>> {
+/// How `cert`'s name constraints are checked at issuance, `None` without any. Unusable: a name
+/// form rustls-webpki does not support (it refuses every certificate under a directoryName
+/// constraint, and every URI or e-mail name under URI or e-mail ones), or an extension that
+/// does not parse.
+fn name_check(cert: &x509_parser::certificate::X509Certificate<'_>) -> Option<NameCheck> {
     use x509_parser::extensions::GeneralName as G;
-    let unusable = |reason: String| Error::UnusableNameConstraints {
-        subject: subject.to_string(),
-        reason,
-    };
     let nc = match cert.name_constraints() {
-        Ok(None) => return Ok(None),
+        Ok(None) => return None,
         Ok(Some(nc)) => nc.value,
-        Err(e) => return Err(unusable(format!("its name constraints do not parse ({e})"))),
+        Err(e) => {
+            return Some(NameCheck::Unusable(format!(
+                "its name constraints do not parse ({e})"
+            )))
+        }
     };
-    let mut dns = (Vec::new(), Vec::new());
+    let (mut permitted, mut excluded) = (Vec::new(), Vec::new());
     for (subtrees, out) in [
-        (&nc.permitted_subtrees, &mut dns.0),
-        (&nc.excluded_subtrees, &mut dns.1),
+        (&nc.permitted_subtrees, &mut permitted),
+        (&nc.excluded_subtrees, &mut excluded),
     ] {
         for s in subtrees.iter().flatten() {
             match &s.base {
                 G::DNSName(d) => out.push(d.to_ascii_lowercase()),
                 G::IPAddress(_) => {}
                 other => {
-                    return Err(unusable(format!(
+                    return Some(NameCheck::Unusable(format!(
                         "its name constraints name {other:?}: only DNS and IP subtrees are \
                          supported by rustls-webpki, which every verifier of mtls uses"
                     )))
@@ -841,7 +851,7 @@ fn usable_name_constraints(
             }
         }
     }
-    Ok(Some(dns))
+    Some(NameCheck::Dns(permitted, excluded))
 }
 
 /// Whether `name` is covered by the DNS subtree `base` (RFC 5280 4.2.1.10: the name itself or
@@ -857,7 +867,8 @@ fn dns_in_subtree(name: &str, base: &str) -> bool {
 /// mtls issues.
 fn check_common_name(
     ca: &CaCert,
-    (permitted, excluded): &(Vec<String>, Vec<String>),
+    permitted: &[String],
+    excluded: &[String],
     subject: &Subject,
     sans: &[San],
 ) -> Result<()> {
@@ -1015,10 +1026,10 @@ mod tests {
     }
 
     /// A CA whose name constraints use a form rustls-webpki refuses for every certificate
-    /// (directoryName) is refused when loaded, with the reason, instead of refusing every
-    /// certificate later with a misleading one.
+    /// (directoryName) issues nothing, with that reason rather than a misleading one, and
+    /// still signs CRLs: revocation is never blocked.
     #[test]
-    fn a_ca_with_directory_name_constraints_is_refused_when_loaded() {
+    fn a_ca_with_directory_name_constraints_issues_nothing_but_signs_crls() {
         let now = OffsetDateTime::now_utc();
         let root = new_root(&Subject::cn("Root"), key(), now, Duration::days(30)).unwrap();
         let mut params = ca_params(
@@ -1041,10 +1052,12 @@ mod tests {
             .unwrap()
             .der()
             .clone();
-        let e = CaCert::new(der, k).unwrap_err();
+        let ca = CaCert::new(der, k).unwrap();
+        let e = issue_leaf(&ca, key().key_pair(), &client("worker", Vec::new()), now).unwrap_err();
         assert!(
             matches!(&e, Error::UnusableNameConstraints { reason, .. } if reason.contains("only DNS and IP")),
             "{e}"
         );
+        crate::revocation::build_crl(&ca, 1, now, Duration::days(1), &[]).unwrap();
     }
 }
