@@ -62,8 +62,9 @@ impl SubjectArgs {
 pub struct ConstraintArgs {
     /// The intermediate may certify only DNS names under these domains and addresses in these
     /// networks (`dns:DOMAIN`, `ip:NETWORK/PREFIX`; repeatable; per name form: a form not
-    /// listed, such as URIs, stays unconstrained). Relying parties refuse anything else it
-    /// signs, so a stolen intermediate key cannot impersonate other names.
+    /// listed, such as URIs, stays unconstrained). Relying parties refuse other DNS names and
+    /// addresses it signs, so a stolen intermediate key cannot impersonate other servers (client
+    /// identities by CN, OU, URI or e-mail are not limited).
     #[arg(long = "permit", value_name = "NAME", value_parser = mtls_pki::NameSubtree::parse)]
     permit: Vec<mtls_pki::NameSubtree>,
     /// The intermediate may not certify DNS names under these domains or addresses in these
