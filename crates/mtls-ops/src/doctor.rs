@@ -826,28 +826,26 @@ pub fn audit_gateway_config(
                 "use revocation_policy = \"hard-fail\" (the default) once the revocation sources are reliable",
             );
         }
-        for crl in &l.upstream_crl {
-            if crl.exists() {
-                audit_file(crl, options, report);
-            } else {
-                report.add(
-                    "crl_missing",
-                    crl,
-                    at("the upstream_crl file does not exist: the gateway does not start"),
-                    "publish the upstream's CRL there (its CA's `mtls crl`, or a copy of /v1/crl)",
-                );
-            }
-        }
-        for crl in &l.crl {
-            if crl.exists() {
-                audit_file(crl, options, report);
-            } else {
-                report.add(
-                    "crl_missing",
-                    crl,
-                    at("the configured CRL file does not exist"),
-                    "run `mtls crl` (or point crl_fetch at the CA's /v1/crl)",
-                );
+        // The listener's own CRLs, then the upstream's: each missing one with its own advice.
+        let crls = [
+            (
+                &l.crl,
+                "the configured CRL file does not exist",
+                "run `mtls crl` (or point crl_fetch at the CA's /v1/crl)",
+            ),
+            (
+                &l.upstream_crl,
+                "the upstream_crl file does not exist: the gateway does not start",
+                "publish the upstream's CRL there (its CA's `mtls crl`, or a copy of /v1/crl)",
+            ),
+        ];
+        for (files, missing, hint) in crls {
+            for crl in files {
+                if crl.exists() {
+                    audit_file(crl, options, report);
+                } else {
+                    report.add("crl_missing", crl, at(missing), hint);
+                }
             }
         }
         // Every file the listener loads: an expired intermediate in a CA bundle or an expired
