@@ -316,7 +316,10 @@ fn run(
         .unwrap();
     let store = prep.block_on(Store::open(location)).unwrap();
     let started = Instant::now();
-    let tokens = prep.block_on(mint_tokens(&store, count));
+    let issuer = mtls_pki::pem_io::certificates(&std::fs::read(dir.join("ca.pem")).unwrap())
+        .unwrap()
+        .remove(0);
+    let tokens = prep.block_on(mint_tokens(&store, &issuer, count));
     eprintln!(
         "sign/c{c}: {count} tokens minted in {:.1?}",
         started.elapsed()
@@ -393,11 +396,12 @@ fn run(
     }
 }
 
-async fn mint_tokens(store: &Store, count: usize) -> Vec<String> {
+async fn mint_tokens(store: &Store, issuer: &CertificateDer<'static>, count: usize) -> Vec<String> {
     let now = OffsetDateTime::now_utc();
     let mut set = tokio::task::JoinSet::new();
     for i in 0..count {
         let store = store.clone();
+        let issuer = issuer.clone();
         set.spawn(async move {
             let request = TokenRequest {
                 name: format!("bench-{i}"),
@@ -405,7 +409,9 @@ async fn mint_tokens(store: &Store, count: usize) -> Vec<String> {
                 profile: Profile::Client,
                 ttl: Duration::hours(2),
             };
-            let (token, _) = mint_token(&store, request, "bench", now).await.unwrap();
+            let (token, _) = mint_token(&store, &issuer, request, "bench", now)
+                .await
+                .unwrap();
             (i, token)
         });
     }

@@ -242,38 +242,7 @@ impl Authority {
     ) -> Result<Issued, ApiError> {
         for _ in 0..2 {
             let issued =
-                issue_leaf(&self.issuer, public_key, request, now).map_err(|e| match e {
-                    // The CA cannot sign now (its certificate expired or is not yet valid): the
-                    // CA's fault, not the request's, so clients retry instead of backing off as
-                    // after a refusal.
-                    e @ mtls_pki::Error::IssuerNotValid { .. } => {
-                        tracing::error!(error = %e, "cannot issue");
-                        ApiError::new(
-                            http::StatusCode::SERVICE_UNAVAILABLE,
-                            "CA_UNAVAILABLE",
-                            "the CA cannot sign at the moment; retry later",
-                        )
-                    }
-                    // The token's names are outside the CA's name constraints: signing them
-                    // would make a certificate every relying party refuses.
-                    e @ mtls_pki::Error::NameNotPermitted { .. } => ApiError::new(
-                        http::StatusCode::FORBIDDEN,
-                        "NAME_NOT_PERMITTED",
-                        e.to_string(),
-                    ),
-                    // The CA itself cannot issue (its constraints, or what it signs, do not
-                    // verify): the CA's fault, not the request's.
-                    e @ (mtls_pki::Error::IssuedUnverifiable { .. }
-                    | mtls_pki::Error::UnusableNameConstraints { .. }) => {
-                        tracing::error!(error = %e, "cannot issue");
-                        ApiError::new(
-                            http::StatusCode::INTERNAL_SERVER_ERROR,
-                            "CA_MISCONFIGURED",
-                            "the CA cannot issue certificates that verify; its operator must fix it",
-                        )
-                    }
-                    e => ApiError::bad_request("INVALID_REQUEST", e.to_string()),
-                })?;
+                issue_leaf(&self.issuer, public_key, request, now).map_err(issue_refused)?;
             self.metrics.inc(&self.metrics.signed);
             match record(
                 &self.store,
@@ -658,12 +627,14 @@ impl Authority {
                 ),
             ));
         }
-        let (token, expires_at) = mint_token(&self.store, request, created_by, now)
-            .await
-            .map_err(|e| match e {
-                MintError::Invalid(m) => ApiError::bad_request("INVALID_REQUEST", m),
-                MintError::Store(e) => store_err(e),
-            })?;
+        let (token, expires_at) =
+            mint_token(&self.store, self.issuer.der(), request, created_by, now)
+                .await
+                .map_err(|e| match e {
+                    MintError::Invalid(m) => ApiError::bad_request("INVALID_REQUEST", m),
+                    MintError::Issuer(e) => issue_refused(e),
+                    MintError::Store(e) => store_err(e),
+                })?;
         Ok((token, expires_at))
     }
 
@@ -972,6 +943,41 @@ async fn record(
         .await
 }
 
+/// The answer when `issue_leaf` (or `check_issuable`, for a token) refuses.
+fn issue_refused(e: mtls_pki::Error) -> ApiError {
+    match e {
+        // The CA cannot sign now (its certificate expired or is not yet valid): the CA's fault,
+        // not the request's, so clients retry instead of backing off as after a refusal.
+        e @ mtls_pki::Error::IssuerNotValid { .. } => {
+            tracing::error!(error = %e, "cannot issue");
+            ApiError::new(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                "CA_UNAVAILABLE",
+                "the CA cannot sign at the moment; retry later",
+            )
+        }
+        // The names are outside the CA's name constraints: signing them would make a
+        // certificate every relying party refuses.
+        e @ mtls_pki::Error::NameNotPermitted { .. } => ApiError::new(
+            http::StatusCode::FORBIDDEN,
+            "NAME_NOT_PERMITTED",
+            e.to_string(),
+        ),
+        // The CA itself cannot issue (its constraints, or what it signs, do not verify): the
+        // CA's fault, not the request's.
+        e @ (mtls_pki::Error::IssuedUnverifiable { .. }
+        | mtls_pki::Error::UnusableNameConstraints { .. }) => {
+            tracing::error!(error = %e, "cannot issue");
+            ApiError::new(
+                http::StatusCode::INTERNAL_SERVER_ERROR,
+                "CA_MISCONFIGURED",
+                "the CA cannot issue certificates that verify; its operator must fix it",
+            )
+        }
+        e => ApiError::bad_request("INVALID_REQUEST", e.to_string()),
+    }
+}
+
 /// What a token allows.
 #[derive(Clone, Debug)]
 pub struct TokenRequest {
@@ -986,13 +992,19 @@ pub struct TokenRequest {
 pub enum MintError {
     #[error("{0}")]
     Invalid(String),
+    /// The issuing CA would refuse what the token allows (names outside its name
+    /// constraints, the CA not valid now): a token that could only fail at enrollment.
+    #[error("no token minted: {0}")]
+    Issuer(mtls_pki::Error),
     #[error(transparent)]
     Store(#[from] mtls_store::Error),
 }
 
-/// Mints and stores a token (used by the CA service and by `mtls ca token` directly).
+/// Mints and stores a token (used by the CA service and by `mtls ca token` directly), after
+/// checking that `issuer` (the issuing CA's certificate) would sign what it allows.
 pub async fn mint_token(
     store: &Store,
+    issuer: &CertificateDer<'static>,
     request: TokenRequest,
     created_by: &str,
     now: OffsetDateTime,
@@ -1014,15 +1026,15 @@ pub async fn mint_token(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| MintError::Invalid(e.to_string()))?;
     // The certificate the token can yield must be valid for its profile.
-    LeafRequest {
+    let leaf = LeafRequest {
         profile,
         subject: Subject::cn(name.clone()),
         sans: parsed.clone(),
         lifetime: Duration::days(1),
         urls: PublicationUrls::default(),
-    }
-    .check()
-    .map_err(|e| MintError::Invalid(e.to_string()))?;
+    };
+    leaf.check()
+        .map_err(|e| MintError::Invalid(e.to_string()))?;
     if name.is_empty() {
         return Err(MintError::Invalid(
             "the token needs a name (the certificate's CN)".into(),
@@ -1033,6 +1045,8 @@ pub async fn mint_token(
     Subject::cn(name.clone())
         .check()
         .map_err(|e| MintError::Invalid(e.to_string()))?;
+    // Nor one its CA would refuse to sign (its name constraints).
+    mtls_pki::issue::check_issuable(issuer, &leaf, now).map_err(MintError::Issuer)?;
     let generated = tokens::generate().map_err(|e| MintError::Invalid(e.to_string()))?;
     let expires_at = now + ttl;
     store
@@ -1169,6 +1183,22 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(signers(&ca, now).await, before + 1);
+        // Nor is a token minted for them (it could only fail at enrollment).
+        let token = |name: &str| TokenRequest {
+            name: "api".into(),
+            sans: vec![format!("dns:{name}")],
+            profile: Profile::Server,
+            ttl: Duration::minutes(10),
+        };
+        let err = ca
+            .create_token(token("api.example.com"), "t", now)
+            .await
+            .unwrap_err();
+        assert_eq!(err.status, http::StatusCode::FORBIDDEN, "{err:?}");
+        assert_eq!(err.code, "NAME_NOT_PERMITTED");
+        ca.create_token(token("api.svc.internal"), "t", now)
+            .await
+            .unwrap();
     }
 
     async fn signers(ca: &Authority, now: OffsetDateTime) -> usize {

@@ -48,11 +48,7 @@ pub fn serve(a: ServeArgs, pki_dir: Option<&Path>) -> Result<ExitCode> {
     };
     let dir = PkiDir::new(&pki);
     let issuer = dir.load_issuer(&a.ca_key.source())?;
-    let root_pem = files::read_public(&dir.root_cert())?;
-    let root = mtls_pki::pem_io::certificates(&root_pem)?
-        .into_iter()
-        .next()
-        .context("root.crt holds no certificate")?;
+    let root = dir.root_cert_der()?;
     // --database / MTLS_DATABASE override the file.
     let loc = dir.location_or(config.database.as_deref())?;
     let names = if config.server_names.is_empty() {
@@ -121,6 +117,9 @@ pub fn token(pki: &Path, a: TokenArgs) -> Result<ExitCode> {
     let dir = PkiDir::new(pki);
     let loc = dir.location_or(None)?;
     let ledger = dir.ledger();
+    // Its certificate only (no key, no passphrase): a token is refused when the CA would
+    // refuse what it allows.
+    let issuer = dir.issuer_cert()?;
     let (token, expires) = runtime()?.block_on(async move {
         let store = Store::open_with(&loc, crate::pkidir::pg_tls()?)
             .await
@@ -130,6 +129,7 @@ pub fn token(pki: &Path, a: TokenArgs) -> Result<ExitCode> {
             .await?;
         mtls_ca::authority::mint_token(
             &store,
+            &issuer,
             TokenRequest {
                 name: a.name,
                 sans: a.san,

@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use mtls_pki::revocation::RevocationReason;
 use mtls_pki::{files, CaCert, PrivateKey, Serial};
 use mtls_store::{CertificateRecord, ListFilter, Location, Store};
+use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 
 use crate::secrets::Source;
@@ -101,6 +102,17 @@ impl PkiDir {
         Ok(Inventory { rt, store })
     }
 
+    /// The certificate of the intermediate CA that signs leaves (no key).
+    pub fn issuer_cert(&self) -> Result<CertificateDer<'static>> {
+        self.require_ca()?;
+        first_certificate(&self.intermediate_cert())
+    }
+
+    /// The root CA's certificate.
+    pub fn root_cert_der(&self) -> Result<CertificateDer<'static>> {
+        first_certificate(&self.root_cert())
+    }
+
     /// Loads the intermediate CA that signs leaves and CRLs.
     pub fn load_issuer(&self, passphrase: &Source<'_>) -> Result<CaCert> {
         load_ca(
@@ -109,6 +121,16 @@ impl PkiDir {
             passphrase,
         )
     }
+}
+
+/// The first certificate of a PEM or DER file.
+fn first_certificate(path: &Path) -> Result<CertificateDer<'static>> {
+    let bytes = files::read_public(path)?;
+    mtls_pki::pem_io::certificates(&bytes)
+        .with_context(|| path.display().to_string())?
+        .into_iter()
+        .next()
+        .with_context(|| format!("{} holds no certificate", path.display()))
 }
 
 /// Loads a CA certificate and its (possibly encrypted) key.

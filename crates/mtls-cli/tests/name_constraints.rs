@@ -152,6 +152,84 @@ fn names_outside_are_refused_and_nothing_is_recorded_or_written() {
     );
 }
 
+fn tokens_in_inventory(e: &Env) -> String {
+    let o = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute('SELECT count(*) FROM tokens').fetchone()[0])",
+            &e.p("pki/inventory.db"),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// A token is a promise of a certificate: `mtls ca token` refuses (exit 1, the same reason
+/// as `mtls issue`) names the CA may not certify, with only its certificate at hand (no key,
+/// no passphrase), and stores nothing; names inside are minted.
+#[test]
+fn tokens_are_minted_only_for_names_the_ca_may_certify() {
+    let e = constrained();
+    for (args, name) in [
+        (
+            vec![
+                "--name",
+                "api",
+                "--san",
+                "dns:api.example.com",
+                "--profile",
+                "server",
+            ],
+            "DNS:api.example.com",
+        ),
+        (
+            vec![
+                "--name",
+                "api",
+                "--san",
+                "ip:192.168.1.1",
+                "--profile",
+                "server",
+            ],
+            "IP:192.168.1.1",
+        ),
+        (
+            vec![
+                "--name",
+                "billing.prod",
+                "--san",
+                "uri:spiffe://svc.internal/billing",
+            ],
+            "CN=billing.prod",
+        ),
+    ] {
+        let r = e.mtls(&[&["ca", "token"], &args[..]].concat());
+        assert_eq!(r.code, 1, "{args:?}: {}", r.stderr);
+        assert!(r.stdout.is_empty(), "a token was printed: {}", r.stdout);
+        assert!(r.stderr.contains("no token minted"), "{}", r.stderr);
+        assert!(r.stderr.contains("may not certify"), "{}", r.stderr);
+        assert!(r.stderr.contains(name), "{}", r.stderr);
+    }
+    assert_eq!(tokens_in_inventory(&e), "0");
+    let r = e
+        .mtls(&[
+            "ca",
+            "token",
+            "--name",
+            "api",
+            "--san",
+            "dns:api.svc.internal",
+            "--san",
+            "ip:10.1.2.3",
+            "--profile",
+            "server",
+        ])
+        .ok();
+    assert!(!r.stdout.trim().is_empty());
+    assert_eq!(tokens_in_inventory(&e), "1");
+}
+
 /// Signs, with OpenSSL and the intermediate's key, a client certificate with subject `CN=cn`
 /// and the SANs `san`, written to `NAME.crt`: what a thief of the key could make. Returns its
 /// path.

@@ -250,8 +250,13 @@ pub struct CaCert {
 /// How a CA's name constraints are checked at issuance.
 #[derive(Clone, Debug)]
 enum NameCheck {
-    /// With rustls-webpki, plus the DNS subtrees (permitted, excluded) for a host-name CN.
-    Dns(Vec<String>, Vec<String>),
+    /// With rustls-webpki under `anchor` (the CA's subject, key and name constraints), plus the
+    /// DNS subtrees for a host-name CN.
+    Dns {
+        anchor: rustls_pki_types::TrustAnchor<'static>,
+        permitted: Vec<String>,
+        excluded: Vec<String>,
+    },
     /// Nothing can be issued under them, for this reason (CRLs are still signed: revocation
     /// must never be blocked).
     Unusable(String),
@@ -277,7 +282,7 @@ impl CaCert {
         let constraints = cert.basic_constraints().ok().flatten().map(|bc| bc.value);
         let is_ca = constraints.is_some_and(|bc| bc.ca);
         let path_len = constraints.and_then(|bc| bc.path_len_constraint);
-        let name_constraints = name_check(&cert);
+        let name_constraints = name_check(&cert, &der);
         let can_sign = match cert.key_usage() {
             Ok(Some(ku)) => ku.value.key_cert_sign(),
             Ok(None) => true,
@@ -315,6 +320,36 @@ impl CaCert {
                 what: "certificate",
             })?;
         Self::new(der, key)
+    }
+
+    /// A stand-in for the CA of `der` when its key is not at hand: the same subject, validity
+    /// and name constraints, a throwaway key, and an anchor that trusts that key. What
+    /// [`issue_leaf`] refuses under it, it refuses under the real CA, for the same reason.
+    fn stand_in(der: &CertificateDer<'static>) -> Result<Self> {
+        let cert = pem_io::parse_certificate(der)?;
+        let key = PrivateKey::generate(crate::KeyAlgorithm::EcdsaP256)?;
+        let mut name_constraints = name_check(&cert, der);
+        if let Some(NameCheck::Dns { anchor, .. }) = &mut name_constraints {
+            let own = CertificateParams::default().self_signed(key.key_pair())?;
+            let own = webpki::anchor_from_trusted_cert(own.der()).map_err(|e| {
+                Error::IssuedUnverifiable {
+                    issuer: cert.subject().to_string(),
+                    detail: format!("{e:?}"),
+                }
+            })?;
+            anchor.subject_public_key_info = own.to_owned().subject_public_key_info;
+        }
+        let key = std::sync::Arc::new(key);
+        Ok(CaCert {
+            der: der.clone(),
+            issuer: Issuer::from_ca_cert_der(der, SharedKey(key.clone()))?,
+            key,
+            subject: cert.subject().to_string(),
+            not_before: cert.validity().not_before.to_datetime(),
+            not_after: cert.validity().not_after.to_datetime(),
+            path_len: None,
+            name_constraints,
+        })
     }
 
     /// The certificate, DER.
@@ -757,8 +792,13 @@ pub fn issue_leaf(
             reason: reason.clone(),
         });
     }
-    if let Some(NameCheck::Dns(permitted, excluded)) = &ca.name_constraints {
-        check_name_constraints(ca, &der, *profile, sans, now)?;
+    if let Some(NameCheck::Dns {
+        anchor,
+        permitted,
+        excluded,
+    }) = &ca.name_constraints
+    {
+        check_name_constraints(ca, anchor, &der, *profile, sans, now)?;
         check_common_name(ca, permitted, excluded, subject, sans)?;
     }
     let subject = subject_of(&der)?;
@@ -772,11 +812,25 @@ pub fn issue_leaf(
     })
 }
 
+/// Refuses `request` when the CA of certificate `ca` would refuse to issue it at `now` (its name
+/// constraints, its validity, the profile's rules), with the error [`issue_leaf`] would give,
+/// without needing the CA's key: for what promises a certificate before one is signed (an
+/// enrollment token), so that nothing is handed out that can only fail later.
+pub fn check_issuable(
+    ca: &CertificateDer<'static>,
+    request: &LeafRequest,
+    now: OffsetDateTime,
+) -> Result<()> {
+    let stand_in = CaCert::stand_in(ca)?;
+    issue_leaf(&stand_in, stand_in.key.key_pair(), request, now).map(drop)
+}
+
 /// Refuses `der`, just signed by `ca`, when relying parties would refuse it for `ca`'s name
 /// constraints: checked by the verifier they use (rustls-webpki, `ca` as the anchor), so the
 /// rules are theirs. The certificate is then dropped, never returned or recorded.
 fn check_name_constraints(
     ca: &CaCert,
+    anchor: &rustls_pki_types::TrustAnchor<'static>,
     der: &CertificateDer<'static>,
     profile: Profile,
     sans: &[San],
@@ -786,7 +840,6 @@ fn check_name_constraints(
         issuer: ca.subject().to_string(),
         detail: format!("{e:?}"),
     };
-    let anchor = webpki::anchor_from_trusted_cert(ca.der()).map_err(refused)?;
     let leaf = webpki::EndEntityCert::try_from(der).map_err(refused)?;
     let secs = u64::try_from(now.unix_timestamp())
         .map_err(|_| Error::InvalidValidity("the clock is before 1970".into()))?;
@@ -795,7 +848,7 @@ fn check_name_constraints(
         Profile::Server => webpki::KeyUsage::server_auth(),
         Profile::Client => webpki::KeyUsage::client_auth(),
     };
-    let anchors = [anchor];
+    let anchors = [anchor.clone()];
     match leaf.verify_for_usage(
         crate::signature::SIGNATURE_ALGORITHMS,
         &anchors,
@@ -822,7 +875,10 @@ fn check_name_constraints(
 /// form rustls-webpki does not support (it refuses every certificate under a directoryName
 /// constraint, and every URI or e-mail name under URI or e-mail ones), or an extension that
 /// does not parse.
-fn name_check(cert: &x509_parser::certificate::X509Certificate<'_>) -> Option<NameCheck> {
+fn name_check(
+    cert: &x509_parser::certificate::X509Certificate<'_>,
+    der: &CertificateDer<'static>,
+) -> Option<NameCheck> {
     use x509_parser::extensions::GeneralName as G;
     let nc = match cert.name_constraints() {
         Ok(None) => return None,
@@ -851,7 +907,16 @@ fn name_check(cert: &x509_parser::certificate::X509Certificate<'_>) -> Option<Na
             }
         }
     }
-    Some(NameCheck::Dns(permitted, excluded))
+    match webpki::anchor_from_trusted_cert(der) {
+        Ok(anchor) => Some(NameCheck::Dns {
+            anchor: anchor.to_owned(),
+            permitted,
+            excluded,
+        }),
+        Err(e) => Some(NameCheck::Unusable(format!(
+            "rustls-webpki cannot read it as a CA ({e:?})"
+        ))),
+    }
 }
 
 /// Whether `name` is covered by the DNS subtree `base` (RFC 5280 4.2.1.10: the name itself or
@@ -1059,5 +1124,50 @@ mod tests {
             "{e}"
         );
         crate::revocation::build_crl(&ca, 1, now, Duration::days(1), &[]).unwrap();
+        // Without the key too (what an enrollment token is checked with).
+        let e = check_issuable(ca.der(), &client("worker", Vec::new()), now).unwrap_err();
+        assert!(matches!(e, Error::UnusableNameConstraints { .. }), "{e}");
+    }
+
+    /// `check_issuable`, which has only the CA certificate, decides as `issue_leaf` with the
+    /// CA's key does, with the same error, for each reason.
+    #[test]
+    fn check_issuable_decides_as_issue_leaf_without_the_key() {
+        let now = OffsetDateTime::now_utc();
+        let ca = constrained(now);
+        let server = |cn: &str, sans: &[&str]| LeafRequest {
+            profile: Profile::Server,
+            subject: Subject::cn(cn),
+            sans: sans.iter().map(|s| San::parse(s).unwrap()).collect(),
+            lifetime: Duration::days(1),
+            urls: PublicationUrls::default(),
+        };
+        let spiffe = vec![San::uri("spiffe://svc.internal/billing").unwrap()];
+        let cases = [
+            (server("api", &["dns:api.svc.internal"]), "accepted"),
+            (server("api", &["ip:10.0.0.1"]), "accepted"),
+            (server("api", &["dns:api.other.example"]), "outside"),
+            (server("api", &["dns:svc.internal.evil"]), "outside"),
+            (server("api", &["dns:x.admin.svc.internal"]), "excluded"),
+            (client("billing.prod", spiffe.clone()), "host-name CN"),
+            (client("billing", spiffe), "accepted"),
+            (server("api", &[]), "no server name"),
+        ];
+        for (request, why) in &cases {
+            let with_key = issue_leaf(&ca, key().key_pair(), request, now).map(drop);
+            let without = check_issuable(ca.der(), request, now);
+            assert_eq!(
+                format!("{with_key:?}"),
+                format!("{without:?}"),
+                "{why}: {:?}",
+                request.sans
+            );
+            assert_eq!(without.is_ok(), *why == "accepted", "{why}: {without:?}");
+        }
+        let e = check_issuable(ca.der(), &cases[0].0, now + Duration::days(11)).unwrap_err();
+        assert!(matches!(e, Error::IssuerNotValid { .. }), "{e}");
+        // A CA without name constraints.
+        let root = new_root(&Subject::cn("Root"), key(), now, Duration::days(30)).unwrap();
+        check_issuable(root.der(), &server("api", &["dns:anything.example"]), now).unwrap();
     }
 }
