@@ -247,30 +247,114 @@ fn upgrade_upstream() -> std::net::SocketAddr {
         for s in l.incoming() {
             let Ok(mut s) = s else { continue };
             std::thread::spawn(move || {
-                let mut head = Vec::new();
-                let mut b = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if s.read(&mut b).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(b[0]);
-                }
-                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                let Some(head) = read_head(&mut s) else {
+                    return;
+                };
                 if !(head.contains("upgrade: websocket") && head.contains("connection: upgrade")) {
                     let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
                     return;
                 }
-                s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").unwrap();
-                let mut buf = [0u8; 1024];
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 || s.write_all(&buf[..n]).is_err() || buf[..n].ends_with(b"\n") {
-                        break;
-                    }
-                }
+                switch_and_echo(s);
             });
         }
     });
     addr
+}
+
+/// A request that asks for a WebSocket switch.
+const WS_UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+/// Reads a request head, lower-cased (`None` if the connection ends first).
+fn read_head(s: &mut std::net::TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut b).unwrap_or(0) == 0 {
+            return None;
+        }
+        head.push(b[0]);
+    }
+    Some(String::from_utf8_lossy(&head).to_ascii_lowercase())
+}
+
+/// Answers a WebSocket switch, then echoes until a line ends (so that only the gateway ends a
+/// tunnel that never sends one).
+fn switch_and_echo(mut s: std::net::TcpStream) {
+    let _ = s.write_all(
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    );
+    let mut buf = [0u8; 1024];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 || s.write_all(&buf[..n]).is_err() || buf[..n].ends_with(b"\n") {
+            break;
+        }
+    }
+}
+
+/// Answers with an event stream: a chunk every 100 ms for at most 30 s, until the peer hangs up.
+fn send_events(mut s: std::net::TcpStream) {
+    let head =
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
+    if s.write_all(head.as_bytes()).is_err() {
+        return;
+    }
+    for i in 0..300 {
+        let event = format!("data: {i}\n\n");
+        let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+        if s.write_all(chunk.as_bytes()).is_err() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Follows `path` on `g` with curl as `c`: the child, and the `data:` lines as they come.
+fn follow_events(
+    g: &Gateway,
+    f: &Files,
+    c: &common::gw::Leaf,
+    path: &str,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut child = Command::new("curl")
+        .args(["-sS", "-N", "--max-time", "40", "--cacert"])
+        .arg(f.root())
+        .arg("--cert")
+        .arg(&c.chain)
+        .arg("--key")
+        .arg(&c.key)
+        .arg(g.url(path))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, events) = std::sync::mpsc::channel::<String>();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if line.starts_with("data:") && tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, events)
+}
+
+/// Waits until `child` exits, failing with `what` once `limit` has passed since `started`.
+fn exit_within(
+    child: &mut std::process::Child,
+    started: std::time::Instant,
+    limit: Duration,
+    what: &str,
+) -> std::process::ExitStatus {
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(started.elapsed() < limit, "{what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// An upstream that switches to h2c whenever a request carries `Upgrade` (as a lenient h2c
@@ -375,7 +459,7 @@ fn only_websocket_upgrades_are_forwarded() {
         &f,
         Some(&c),
         &["-quiet", "-alpn", "http/1.1"],
-        &[b"GET /ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"],
+        &[WS_UPGRADE],
     );
     assert!(out.contains("HTTP/1.1 502"), "{out}");
     assert!(out.contains("BAD_GATEWAY"), "{out}");
@@ -396,10 +480,7 @@ fn websocket_upgrade_passes_through() {
         &f,
         Some(&c),
         &["-quiet", "-alpn", "http/1.1"],
-        &[
-            b"GET /ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-            b"ping through the tunnel\n",
-        ],
+        &[WS_UPGRADE, b"ping through the tunnel\n"],
     );
     assert!(out.contains("101 Switching Protocols"), "{out}");
     assert!(out.contains("ping through the tunnel"), "{out}");
@@ -415,10 +496,7 @@ fn websocket_upgrade_passes_through() {
                 &f,
                 Some(&revoked),
                 &["-quiet", "-alpn", "http/1.1"],
-                &[
-                    b"GET /ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-                    b"still here",
-                ],
+                &[WS_UPGRADE, b"still here"],
             )
         });
         std::thread::sleep(Duration::from_millis(2000));
@@ -1356,6 +1434,138 @@ fn quickstart_serves_and_its_printed_commands_work() {
     let _ = child.wait();
 }
 
+/// Writes `name`, the configuration of a gateway on `port` whose upstream is gateway `b` over
+/// mTLS (as `a_cert`), verified with `upstream_ca` and the CRLs `upstream_crl` (TOML list
+/// items), serving any trusted client with no client CRL of its own.
+fn gateway_to_gateway(
+    dir: &std::path::Path,
+    name: &str,
+    port: u16,
+    b: &Gateway,
+    a_cert: &common::gw::Leaf,
+    upstream_ca: &str,
+    upstream_crl: &str,
+) -> std::path::PathBuf {
+    let toml = format!(
+        r#"
+[[listener]]
+listen = "127.0.0.1:{port}"
+upstream = "https://localhost:{pb}"
+upstream_ca = ["{upstream_ca}"]
+upstream_crl = [{upstream_crl}]
+client_ca = ["ca-chain.pem"]
+upstream_certificate = {{ cert = "{chain}", key = "{key}" }}
+[[listener.certificate]]
+cert = "server.chain.pem"
+key = "server.key"
+[listener.policy]
+allow_any_trusted = true
+"#,
+        pb = b.port(),
+        chain = Files::p(&a_cert.chain),
+        key = Files::p(&a_cert.key),
+    );
+    let p = dir.join(name);
+    std::fs::write(&p, toml).unwrap();
+    p
+}
+
+/// The serial of the gateways' server certificate.
+fn server_serial(f: &Files) -> mtls_pki::Serial {
+    let chain = std::fs::read(f.server_chain()).unwrap();
+    let cert = mtls_pki::pem_io::certificates(&chain).unwrap().remove(0);
+    mtls_pki::Serial::from_be_bytes(
+        mtls_pki::pem_io::parse_certificate(&cert)
+            .unwrap()
+            .raw_serial(),
+    )
+}
+
+/// An upstream that carries a WebSocket switch (then echoes until a line ends) and answers
+/// anything else with an event stream (a chunk every 100 ms for at most 30 s).
+fn tunnel_or_stream_upstream() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().take(8) {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || match read_head(&mut s) {
+                Some(head) if head.contains("upgrade: websocket") => switch_and_echo(s),
+                Some(_) => send_events(s),
+                None => {}
+            });
+        }
+    });
+    addr
+}
+
+/// What an upstream server revoked meanwhile is still carrying, through a gateway checking
+/// it (`upstream_crl`), is cut within seconds: a WebSocket tunnel is closed and an event
+/// stream ends with an error (no new request would ever stop either).
+#[test]
+fn a_tunnel_and_a_stream_from_an_upstream_revoked_meanwhile_are_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let mut b_args = http_args(&f, &Upstream::start(), &["--allow-cn", "gateway-a"]);
+    let i = b_args.iter().position(|a| a == "--upstream").unwrap();
+    b_args[i + 1] = format!("http://{}", tunnel_or_stream_upstream());
+    let b = Gateway::start(&b_args);
+    let a_cert = f.client("gateway-a");
+    let config = gateway_to_gateway(
+        dir.path(),
+        "a.toml",
+        free_port(),
+        &b,
+        &a_cert,
+        "ca-chain.pem",
+        "\"crl.pem\"",
+    );
+    let a = Gateway::start(&["--config".into(), Files::p(&config)]);
+    let c = f.client("end-user");
+    let (mut stream, events) = follow_events(&a, &f, &c, "/events");
+    events
+        .recv_timeout(Duration::from_secs(10))
+        .expect("no event through both gateways");
+    let started = std::time::Instant::now();
+    let tunnel = std::thread::scope(|s| {
+        let t = s.spawn(|| {
+            common::gw::s_client(
+                &a,
+                &f,
+                Some(&c),
+                &["-quiet", "-alpn", "http/1.1"],
+                &[WS_UPGRADE, b"still here"],
+            )
+        });
+        std::thread::sleep(Duration::from_millis(2000));
+        f.write_crl(&[server_serial(&f)]);
+        t.join().unwrap()
+    });
+    assert!(tunnel.contains("101 Switching Protocols"), "{tunnel}");
+    assert!(tunnel.contains("still here"), "{tunnel}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "the tunnel to the revoked upstream stayed open: {:?}",
+        started.elapsed()
+    );
+    let status = exit_within(
+        &mut stream,
+        started,
+        Duration::from_secs(15),
+        "the stream from the revoked upstream was not cut",
+    );
+    assert!(!status.success(), "curl saw a clean end");
+    let logged = a.stderr.lock().unwrap().join("\n");
+    assert!(
+        logged.contains("closing a tunnel: the upstream server is no longer trusted"),
+        "{logged}"
+    );
+    assert!(
+        logged.contains("cutting an answer: the upstream server is no longer trusted"),
+        "{logged}"
+    );
+}
+
 #[test]
 fn https_upstream_is_verified_and_can_be_mtls_too() {
     let dir = tempfile::tempdir().unwrap();
@@ -1366,28 +1576,7 @@ fn https_upstream_is_verified_and_can_be_mtls_too() {
     let a_cert = f.client("gateway-a");
     let pa = free_port();
     let write = |name: &str, ca: &str, upstream_crl: &str| {
-        let toml = format!(
-            r#"
-[[listener]]
-listen = "127.0.0.1:{pa}"
-upstream = "https://localhost:{pb}"
-upstream_ca = ["{ca}"]
-upstream_crl = [{upstream_crl}]
-client_ca = ["ca-chain.pem"]
-upstream_certificate = {{ cert = "{chain}", key = "{key}" }}
-[[listener.certificate]]
-cert = "server.chain.pem"
-key = "server.key"
-[listener.policy]
-allow_any_trusted = true
-"#,
-            pb = b.port(),
-            chain = Files::p(&a_cert.chain),
-            key = Files::p(&a_cert.key),
-        );
-        let p = dir.path().join(name);
-        std::fs::write(&p, toml).unwrap();
-        p
+        gateway_to_gateway(dir.path(), name, pa, &b, &a_cert, ca, upstream_crl)
     };
     // The CRL's issuer (the intermediate) must be in upstream_ca.
     let good = write("a.toml", "ca-chain.pem", "\"crl.pem\"");
@@ -1408,14 +1597,7 @@ allow_any_trusted = true
     // handshake refuses B.
     let r = curl(&a, &f, Some(&client), "/through", &[]);
     assert_eq!(r.status, 200, "{} {}", r.body, r.stderr);
-    let chain = std::fs::read(f.server_chain()).unwrap();
-    let b_cert = mtls_pki::pem_io::certificates(&chain).unwrap().remove(0);
-    let b_serial = mtls_pki::Serial::from_be_bytes(
-        mtls_pki::pem_io::parse_certificate(&b_cert)
-            .unwrap()
-            .raw_serial(),
-    );
-    f.write_crl(&[b_serial]);
+    f.write_crl(&[server_serial(&f)]);
     // The CRL file is looked at again within a second. (A lists no CRL for its own clients:
     // a reload of A, which a changed client CRL makes, would start a new pool anyway.)
     std::thread::sleep(Duration::from_millis(1_300));
@@ -1673,26 +1855,11 @@ fn an_upstream_slot_is_held_until_the_answer_body_ends() {
 /// path, as a WebSocket tunnel is; a reload that still allows it leaves it flowing.
 #[test]
 fn a_streaming_answer_is_cut_when_a_reload_disallows_its_client() {
-    use std::io::BufRead;
-    use std::sync::mpsc;
     let dir = tempfile::tempdir().unwrap();
     let f = Files::new(dir.path());
     let c = f.client("watcher");
     // An event stream: a chunk every 100 ms for at most 30 s, until the gateway hangs up.
-    let upstream = raw_upstream(2, |mut s| {
-        let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
-        if s.write_all(head.as_bytes()).is_err() {
-            return;
-        }
-        for i in 0..300 {
-            let event = format!("data: {i}\n\n");
-            let chunk = format!("{:x}\r\n{event}\r\n", event.len());
-            if s.write_all(chunk.as_bytes()).is_err() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    });
+    let upstream = raw_upstream(2, send_events);
     let port = free_port();
     let config = |allowed: &str| {
         let route = format!(
@@ -1703,28 +1870,7 @@ fn a_streaming_answer_is_cut_when_a_reload_disallows_its_client() {
     let path = dir.path().join("events.toml");
     std::fs::write(&path, config(r#""watcher""#)).unwrap();
     let g = Gateway::start(&["--config".into(), Files::p(&path)]);
-    let mut child = Command::new("curl")
-        .args(["-sS", "-N", "--max-time", "40", "--cacert"])
-        .arg(f.root())
-        .arg("--cert")
-        .arg(&c.chain)
-        .arg("--key")
-        .arg(&c.key)
-        .arg(g.url("/events"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, events) = mpsc::channel::<String>();
-    let out = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            if line.starts_with("data:") && tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut child, events) = follow_events(&g, &f, &c, "/events");
     let next = |what: &str| {
         events
             .recv_timeout(Duration::from_secs(10))
@@ -1741,16 +1887,12 @@ fn a_streaming_answer_is_cut_when_a_reload_disallows_its_client() {
     std::fs::write(&path, config(r#""other""#)).unwrap();
     g.hup();
     let started = std::time::Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "the stream was not cut"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = exit_within(
+        &mut child,
+        started,
+        Duration::from_secs(15),
+        "the stream was not cut",
+    );
     let mut err = String::new();
     child
         .stderr

@@ -9,7 +9,9 @@
 //! With revocation checks configured, an HTTPS upstream whose certificate is revoked (or
 //! expires) while connections to it are open loses them: they are closed instead of taking
 //! another request ([`ServerTrust::connection_epoch`]), and the next one's handshake refuses
-//! it. An exchange under way (a response being read, an upgraded stream) goes on.
+//! it. An answer being read is cut at its next frame (an error, not an end: the client sees a
+//! broken transfer); an upgraded stream ends when its user awaits the [`TrustLapse`] the
+//! response carries.
 //!
 //! What it does not do: HTTP/2 to the upstream, retries of requests that reached the upstream,
 //! or load balancing.
@@ -81,6 +83,29 @@ pub enum PoolError {
         /// The cause.
         source: hyper::Error,
     },
+    /// An answer was cut: the upstream's certificate stopped being trusted (revoked,
+    /// expired) while it was being read.
+    #[error("answer from {addr} cut: the upstream server is no longer trusted")]
+    Untrusted {
+        /// The upstream address.
+        addr: String,
+    },
+}
+
+/// Carried in the extensions of an upgrade's response when the upstream's revocation is
+/// checked: [`TrustLapse::wait`] resolves once its server is no longer trusted, for the
+/// upgraded stream's user to end it (nothing else would: it never takes another request).
+#[derive(Clone)]
+pub struct TrustLapse {
+    trust: Arc<ServerTrust>,
+    epoch: u64,
+}
+
+impl TrustLapse {
+    /// Resolves once the connection's server is no longer trusted (looked at once a second).
+    pub async fn wait(self) {
+        self.trust.lapsed(self.epoch).await;
+    }
 }
 
 /// A connection to the upstream, plain or TLS.
@@ -422,29 +447,43 @@ where
     }
 
     fn wrap(&self, conn: Box<Conn<B>>, resp: Response<Incoming>) -> Response<PooledBody<B>> {
+        let epoch = conn.epoch;
         resp.map(|body| PooledBody {
             body,
             conn: Some(conn),
             pool: self.clone(),
+            epoch,
+            cut: false,
         })
     }
 
     /// Sends a request that asks for a protocol upgrade (WebSocket) on a new connection that is
     /// never pooled: it runs in a task of its own until the upgraded streams are done.
     pub async fn send_upgrade(&self, req: Request<B>) -> Result<Response<Incoming>, PoolError> {
-        let Conn { mut sender, io, .. } = *self.connect().await?;
+        let Conn {
+            mut sender,
+            io,
+            epoch,
+        } = *self.connect().await?;
         tokio::spawn(async move {
             if let Err(e) = io.with_upgrades().await {
                 tracing::debug!(error = %e, "upgraded upstream connection ended");
             }
         });
-        sender
+        let mut resp = sender
             .send_request(req)
             .await
             .map_err(|source| PoolError::Http {
                 addr: self.addr().to_string(),
                 source,
-            })
+            })?;
+        if let Some(trust) = &self.inner.trust {
+            resp.extensions_mut().insert(TrustLapse {
+                trust: trust.clone(),
+                epoch,
+            });
+        }
+        Ok(resp)
     }
 }
 
@@ -477,6 +516,10 @@ pub struct PooledBody<B: Body + 'static> {
     body: Incoming,
     conn: Option<Box<Conn<B>>>,
     pool: Pool<B>,
+    /// The connection epoch its connection was opened at.
+    epoch: u64,
+    /// Cut: its server stopped being trusted while it was read.
+    cut: bool,
 }
 
 impl<B> Body for PooledBody<B>
@@ -486,13 +529,19 @@ where
     B::Error: Into<BoxError>,
 {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = PoolError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, PoolError>>> {
         let this = self.get_mut();
+        let untrusted = |this: &Self| PoolError::Untrusted {
+            addr: this.pool.addr().to_string(),
+        };
+        if this.cut {
+            return Poll::Ready(Some(Err(untrusted(this))));
+        }
         if let Some(conn) = this.conn.as_mut() {
             if !conn.drive(cx) {
                 // Ended: the body reports how (end of stream or an error).
@@ -500,14 +549,35 @@ where
             }
         }
         let frame = Pin::new(&mut this.body).poll_frame(cx);
-        if let Poll::Ready(None) = frame {
-            if let Some(conn) = this.conn.take() {
-                if conn.reusable() {
-                    this.pool.put(conn);
+        match &frame {
+            Poll::Ready(None) => {
+                if let Some(conn) = this.conn.take() {
+                    if conn.reusable() {
+                        this.pool.put(conn);
+                    }
                 }
             }
+            // Nothing more from a server no longer trusted is passed on (the epoch is looked
+            // at only where revocation is checked, and costs a lock and a clock read).
+            Poll::Ready(Some(Ok(_)))
+                if this.pool.inner.trust.is_some() && this.pool.epoch() != this.epoch =>
+            {
+                tracing::warn!(upstream = %this.pool.addr(), "cutting an answer: the upstream server is no longer trusted");
+                this.cut = true;
+                // Closed, never pooled.
+                this.conn = None;
+                return Poll::Ready(Some(Err(untrusted(this))));
+            }
+            _ => {}
         }
-        frame
+        frame.map(|f| {
+            f.map(|r| {
+                r.map_err(|source| PoolError::Http {
+                    addr: this.pool.addr().to_string(),
+                    source,
+                })
+            })
+        })
     }
 
     fn is_end_stream(&self) -> bool {

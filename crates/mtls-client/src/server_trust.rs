@@ -12,7 +12,8 @@
 //! the servers its verifier accepted and [`ServerTrust::connection_epoch`] moves when one of
 //! them stops being trusted (the CRL files are looked at then too, at most once a second), so
 //! that pooled connections opened before are not used for another request
-//! ([`crate::Client`], [`crate::pool::Pool`]).
+//! ([`crate::Client`], [`crate::pool::Pool`]), and what such a connection is still carrying
+//! (a pooled answer's body, an upgraded stream) is cut ([`ServerTrust::lapsed`]).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -189,6 +190,15 @@ impl ServerTrust {
         }
         s.looked = Some((revision, Instant::now()));
         s.epoch
+    }
+
+    /// Resolves once connections opened at `epoch` must not be used any longer (the
+    /// [`connection_epoch`](Self::connection_epoch) moved), looking once a second: for what one
+    /// connection carries for long (an upgraded stream), which no next request would stop.
+    pub async fn lapsed(&self, epoch: u64) {
+        while self.connection_epoch() == epoch {
+            tokio::time::sleep(SERVERS_RECHECK).await;
+        }
     }
 
     /// The trust state for a new connection: CRL files changed since the last look are loaded

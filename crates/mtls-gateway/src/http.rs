@@ -546,6 +546,9 @@ pub async fn handle(
         let (slot, watch) = if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = client_upgrade {
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
+                let lapse = resp
+                    .extensions_mut()
+                    .remove::<mtls_client::pool::TrustLapse>();
                 let conn = conn.clone();
                 let path = path.clone();
                 let checked = state.generation;
@@ -554,12 +557,22 @@ pub async fn handle(
                     if let (Ok(c), Ok(u)) = (client_upgrade.await, upstream_upgrade.await) {
                         let mut c = TokioIo::new(c);
                         let mut u = TokioIo::new(u);
+                        let upstream_lapsed = async {
+                            match lapse {
+                                Some(l) => l.wait().await,
+                                None => std::future::pending().await,
+                            }
+                        };
                         // A tunnel is closed when a reload revokes or disallows its client,
-                        // like a TCP-mode connection.
+                        // like a TCP-mode connection, and when its upstream server stops
+                        // being trusted (upstream_crl).
                         tokio::select! {
                             _ = tokio::io::copy_bidirectional(&mut c, &mut u) => {}
                             reason = conn.refused(&path, checked) => {
                                 tracing::warn!(remote = %conn.remote, %reason, "closing a tunnel after reload");
+                            }
+                            () = upstream_lapsed => {
+                                tracing::warn!(remote = %conn.remote, "closing a tunnel: the upstream server is no longer trusted");
                             }
                         }
                     }
@@ -685,8 +698,8 @@ impl hyper::body::Body for UpstreamBody {
         use std::task::Poll;
         let this = self.get_mut();
         let frame = match &mut this.body {
-            Source::Pooled(b) => std::pin::Pin::new(b).poll_frame(cx),
-            Source::Direct(b) => std::pin::Pin::new(b).poll_frame(cx),
+            Source::Pooled(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+            Source::Direct(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(BoxError::from),
         };
         if frame.is_pending() && matches!(this.watch, Watch::Unarmed { .. }) {
             if let Watch::Unarmed {
