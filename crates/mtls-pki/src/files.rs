@@ -5,7 +5,10 @@
 //! either the old file or the new one. Private keys are created with mode 0600 from the start
 //! (never chmod-ed after the fact) and are refused on load when group or others can read them.
 //! A file that replaces another keeps its owner and group: a renewal daemon running as root
-//! must not take a service's key away from the service.
+//! must not take a service's key away from the service. A replaced destination that is a
+//! symbolic link is written where it points and the link stays (as `cp` and `openssl -out`
+//! do; a deployment linking the file elsewhere keeps seeing the new one), but only a link
+//! owned by the writer or by root: one planted by another user is refused, never followed.
 
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
@@ -49,6 +52,7 @@ pub fn check_writable(path: &Path, force: bool) -> Result<()> {
         Ok(_) if !force => Err(Error::AlreadyExists {
             path: path.to_path_buf(),
         }),
+        Ok(m) if m.file_type().is_symlink() => check_writable(&link_target(path, &m)?, force),
         // Nothing can be renamed over a directory: found now, before any output of a set is
         // put in place, not when this one is.
         Ok(m) if m.is_dir() => Err(io_err(path)(std::io::Error::new(
@@ -57,6 +61,32 @@ pub fn check_writable(path: &Path, force: bool) -> Result<()> {
         ))),
         _ => Ok(()),
     }
+}
+
+/// Where a replaced symbolic link `path` (`meta`: its own metadata) points, when it may be
+/// followed: owned by this process's user or by root (a link another user planted, in a
+/// directory both can write, would make the writer replace whatever it names).
+fn link_target(path: &Path, meta: &fs::Metadata) -> Result<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let refused = |detail: String| {
+        io_err(path)(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            detail,
+        ))
+    };
+    // The owner of /proc/self is the process's effective user.
+    let me = fs::metadata("/proc/self").map(|m| m.uid()).ok();
+    if meta.uid() != 0 && Some(meta.uid()) != me {
+        return Err(refused(format!(
+            "a symbolic link owned by uid {}, not followed: write to what it names, or remove it",
+            meta.uid()
+        )));
+    }
+    fs::canonicalize(path).map_err(|e| {
+        refused(format!(
+            "a symbolic link that does not resolve ({e}): write to what it should name, or remove it"
+        ))
+    })
 }
 
 /// Writes `contents` to `path` atomically (temporary file, fsync, rename, fsync of the directory).
@@ -86,6 +116,14 @@ pub struct Staged {
 /// fsync as [`write_atomic`]) and returns it staged.
 pub fn stage(path: &Path, contents: &[u8], visibility: Visibility, force: bool) -> Result<Staged> {
     check_writable(path, force)?;
+    let resolved;
+    let path = match fs::symlink_metadata(path) {
+        Ok(m) if force && m.file_type().is_symlink() => {
+            resolved = link_target(path, &m)?;
+            resolved.as_path()
+        }
+        _ => path,
+    };
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -373,6 +411,66 @@ mod tests {
         let fresh = dir.path().join("fresh.pem");
         write_atomic(&fresh, b"x", Visibility::Public, true).unwrap();
         assert_eq!(fs::metadata(&fresh).unwrap().uid(), me.uid());
+    }
+
+    /// Replacing a symbolic link writes where it points and keeps the link (a deployment that
+    /// links the CRL elsewhere sees the new one); a dangling link, or one another user owns,
+    /// is refused and left as it was; without `force` a link is an existing file.
+    #[test]
+    fn a_replaced_symbolic_link_is_written_through_only_when_it_may_be_followed() {
+        use std::os::unix::fs::{symlink, MetadataExt};
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared");
+        fs::create_dir(&shared).unwrap();
+        let target = shared.join("crl.pem");
+        write_atomic(&target, b"old", Visibility::Public, false).unwrap();
+        let link = dir.path().join("crl.pem");
+        symlink(&target, &link).unwrap();
+        assert!(matches!(
+            write_atomic(&link, b"new", Visibility::Public, false),
+            Err(Error::AlreadyExists { .. })
+        ));
+        write_atomic(&link, b"new", Visibility::Public, true).unwrap();
+        assert!(fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(fs::read_link(&link).unwrap(), target);
+        assert_eq!(fs::read(&target).unwrap(), b"new");
+        let leftovers: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(leftovers.len(), 2, "{leftovers:?}");
+
+        let dangling = dir.path().join("gone.pem");
+        symlink(shared.join("missing.pem"), &dangling).unwrap();
+        let e = write_atomic(&dangling, b"x", Visibility::Public, true).unwrap_err();
+        assert!(e.to_string().contains("does not resolve"), "{e}");
+        assert!(fs::symlink_metadata(&dangling)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert!(!shared.join("missing.pem").exists());
+
+        // Another user's link: only root can make one here.
+        if fs::metadata("/proc/self").unwrap().uid() == 0 {
+            let planted = dir.path().join("planted.key");
+            symlink(&target, &planted).unwrap();
+            std::os::unix::fs::lchown(&planted, Some(65534), Some(65534)).unwrap();
+            let e = write_atomic(&planted, b"key", Visibility::Secret, true).unwrap_err();
+            assert!(
+                e.to_string().contains("owned by uid 65534, not followed"),
+                "{e}"
+            );
+            assert!(check_writable(&planted, true).is_err());
+            assert_eq!(fs::read(&target).unwrap(), b"new");
+            assert!(fs::symlink_metadata(&planted)
+                .unwrap()
+                .file_type()
+                .is_symlink());
+        }
     }
 
     /// Outputs that belong together: when one cannot be written, the others staged before it
