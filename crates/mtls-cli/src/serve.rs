@@ -81,6 +81,10 @@ pub struct GatewayArgs {
     /// Allow every client the CA bundle trusts.
     #[arg(long)]
     allow_any_trusted: bool,
+    /// How the --allow-* lists combine: any (one match admits) or all (each list given must
+    /// match, e.g. --allow-cn with --allow-fingerprint pins names to certificates).
+    #[arg(long = "match", value_name = "any|all", default_value = "any")]
+    matching: mtls_verify::PolicyMatch,
     /// CRL files (PEM or DER); reloaded on change.
     #[arg(long)]
     crl: Vec<PathBuf>,
@@ -168,6 +172,7 @@ fn config_from_flags(a: &GatewayArgs) -> Result<GatewayConfig> {
     };
     let policy = Policy {
         allow_any_trusted: a.allow_any_trusted,
+        matching: a.matching,
         allow_cn: a.allow_cn.clone(),
         allow_ou: a.allow_ou.clone(),
         allow_dns: a.allow_dns.clone(),
@@ -177,6 +182,7 @@ fn config_from_flags(a: &GatewayArgs) -> Result<GatewayConfig> {
         allow_spki: a.allow_spki.clone(),
         allow_issuer: a.allow_issuer.clone(),
     };
+    policy.validate().map_err(UsageError)?;
     if policy.allows_nobody() {
         // Named as flags: the configuration file's keys mean nothing to a command line.
         return Err(UsageError(

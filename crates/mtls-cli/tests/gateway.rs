@@ -431,6 +431,65 @@ fn policy_allows_listed_identities_only() {
     assert_eq!(up.count(), 2);
 }
 
+/// `--match all`: a name pinned to its certificate (`--allow-cn` with `--allow-fingerprint`,
+/// the fingerprint-and-CN check of the usual Node.js guides). Another certificate with the same
+/// CN is refused, as is the pinned certificate of a name not listed, each 403 naming the list
+/// that did not match; `--allow-any-trusted` with `--match all` is a usage error.
+#[test]
+fn match_all_pins_a_name_to_its_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let issue = |cn: &str, file: &str| {
+        let c = f.pki.client(cn);
+        let fp = mtls_pki::inspect::sha256_hex(&c.cert.der);
+        (f.write_leaf(file, &c.cert.der, &c.key), fp)
+    };
+    let (alice, alice_fp) = issue("alice", "alice-1");
+    let (alice_again, _) = issue("alice", "alice-2");
+    let (mallory, mallory_fp) = issue("mallory", "mallory");
+    let up = Upstream::start();
+    let pinned = [
+        "--match",
+        "all",
+        "--allow-cn",
+        "alice",
+        "--allow-fingerprint",
+        &alice_fp,
+        "--allow-fingerprint",
+        &mallory_fp,
+    ];
+    let g = Gateway::start(&http_args(&f, &up, &pinned));
+    assert_eq!(curl(&g, &f, Some(&alice), "/", &[]).status, 200);
+    for (who, list) in [(&alice_again, "allow_fingerprint"), (&mallory, "allow_cn")] {
+        let r = curl(&g, &f, Some(who), "/", &[]);
+        assert_eq!(r.status, 403, "{}", r.body);
+        assert!(
+            r.body.contains("INVALID_CERT") && r.body.contains(&format!("nothing in {list}")),
+            "{}",
+            r.body
+        );
+    }
+    assert_eq!(up.count(), 1);
+    let o = Command::new(env!("CARGO_BIN_EXE_mtls"))
+        .arg("gateway")
+        .args(http_args(
+            &f,
+            &up,
+            &[
+                "--match",
+                "all",
+                "--allow-any-trusted",
+                "--allow-cn",
+                "alice",
+            ],
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("cannot be combined"), "{err}");
+}
+
 #[test]
 fn empty_policy_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();

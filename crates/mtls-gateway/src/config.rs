@@ -405,6 +405,15 @@ impl GatewayConfig {
             if l.mode == Mode::Tcp && l.client_auth == ClientAuth::Optional {
                 return e("client_auth = \"optional\" is only possible in HTTP mode");
             }
+            if let Some(m) = std::iter::once((None, &l.policy))
+                .chain(l.routes.iter().map(|r| (Some(&r.path_prefix), &r.policy)))
+                .find_map(|(route, p)| p.validate().err().map(|m| (route, m)))
+            {
+                return e(&match m {
+                    (None, m) => format!("policy: {m}"),
+                    (Some(route), m) => format!("route {route:?}: policy: {m}"),
+                });
+            }
             if l.policy.allows_nobody() && l.routes.iter().all(|r| r.policy.allows_nobody()) {
                 return e(
                     "the policy allows nobody: add allow_* rules or allow_any_trusted = true",

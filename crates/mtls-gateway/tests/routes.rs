@@ -202,3 +202,34 @@ fn route_prefixes_that_can_never_match_are_refused() {
     // Canonical prefixes, with a %-escape a request path can carry too, stand.
     Gateway::start(&f, up.addr, &["app"], &route("/files/a%20b"));
 }
+
+/// A route whose policy says `match = "all"` with `allow_any_trusted` (every trusted client
+/// would pass the lists it seems to narrow) keeps the gateway from starting, naming the route;
+/// `match = "all"` with lists starts.
+#[test]
+fn a_route_combining_allow_any_trusted_with_match_all_is_refused() {
+    let f = Files::new();
+    let up = Upstream::start();
+    let route = |policy: &str| {
+        format!("[[listener.route]]\npath_prefix = \"/admin\"\npolicy = {{ {policy} }}\n")
+    };
+    let e = Gateway::try_start(
+        &f,
+        up.addr,
+        &["app"],
+        &route(r#"match = "all", allow_any_trusted = true, allow_cn = ["ops"]"#),
+    )
+    .err()
+    .expect("started with allow_any_trusted and match = all");
+    let e = e.to_string();
+    assert!(
+        e.contains("\"/admin\"") && e.contains("cannot be combined"),
+        "{e}"
+    );
+    Gateway::start(
+        &f,
+        up.addr,
+        &["app"],
+        &route(r#"match = "all", allow_cn = ["ops"], allow_ou = ["platform"]"#),
+    );
+}

@@ -24,7 +24,7 @@ mod tls;
 pub use fetched::FetchedCrls;
 pub use name::DistinguishedName;
 pub use peer::{PeerIdentity, VerifiedPeer};
-pub use policy::{uri_match, Policy};
+pub use policy::{uri_match, Policy, PolicyMatch};
 pub use pushed::{
     issuer_key_of, IssuerKey, PushedRevocations, PushedStatus, SeedError, FEED_POSITION_HEADER,
 };

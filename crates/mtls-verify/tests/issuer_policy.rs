@@ -4,15 +4,13 @@
 
 mod support;
 
-use mtls_verify::{DistinguishedName, Policy, RevocationOptions, TrustState};
+use mtls_verify::{DistinguishedName, Policy};
 use rcgen::{CertifiedIssuer, DnType, KeyPair};
 use time::OffsetDateTime;
 
 #[test]
 fn an_issuer_name_that_only_prints_alike_is_not_allowed() {
-    let root =
-        CertifiedIssuer::self_signed(support::ca_params("Root"), KeyPair::generate().unwrap())
-            .unwrap();
+    let (root, state) = support::trusted_root("Root");
     let two_attributes = CertifiedIssuer::signed_by(
         support::ca_params_named(&[
             (DnType::CommonName, "Issuing CA"),
@@ -26,13 +24,6 @@ fn an_issuer_name_that_only_prints_alike_is_not_allowed() {
         support::ca_params_named(&[(DnType::CommonName, "Issuing CA, O=Acme")]),
         KeyPair::generate().unwrap(),
         &root,
-    )
-    .unwrap();
-    let state = TrustState::new(
-        1,
-        vec![root.der().clone()],
-        &[],
-        RevocationOptions::default(),
     )
     .unwrap();
     let peer = |ca: &CertifiedIssuer<'static, KeyPair>| {

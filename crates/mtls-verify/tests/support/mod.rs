@@ -45,3 +45,23 @@ pub fn client_leaf(
         .der()
         .clone()
 }
+
+/// A root CA named `cn` and a trust state that trusts it alone (no CRL).
+pub fn trusted_root(
+    cn: &str,
+) -> (
+    rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    mtls_verify::TrustState,
+) {
+    let root =
+        rcgen::CertifiedIssuer::self_signed(ca_params(cn), rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+    let state = mtls_verify::TrustState::new(
+        1,
+        vec![root.der().clone()],
+        &[],
+        mtls_verify::RevocationOptions::default(),
+    )
+    .unwrap();
+    (root, state)
+}
