@@ -124,6 +124,11 @@ pub struct IntermediateArgs {
     days: i64,
     #[command(flatten)]
     constraints: ConstraintArgs,
+    /// Replace a name-constrained intermediate with one without constraints (a replacement
+    /// that gives no --permit/--exclude is refused otherwise: a rotation must not drop them
+    /// unnoticed).
+    #[arg(long, conflicts_with_all = ["permit", "exclude"])]
+    no_name_constraints: bool,
     #[command(flatten)]
     key: NewKeyArgs,
     #[command(flatten)]
@@ -334,6 +339,44 @@ fn stage_intermediate(
     ])
 }
 
+/// Refuses to replace an intermediate that has name constraints with one that has none, unless
+/// asked (`--no-name-constraints`): following the rotation steps without its `--permit` flags
+/// would otherwise give a stolen key of the new intermediate every name again. The message
+/// gives the flags that keep them.
+fn refuse_dropping_constraints(dir: &PkiDir) -> Result<()> {
+    let path = dir.intermediate_cert();
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let Some(der) = mtls_pki::pem_io::certificates(&bytes)
+        .ok()
+        .and_then(|c| c.into_iter().next())
+    else {
+        return Ok(());
+    };
+    let Ok(cert) = mtls_pki::pem_io::parse_certificate(&der) else {
+        return Ok(());
+    };
+    let Some(nc) = mtls_pki::inspect::certificate_info(&der, &cert, now()).name_constraints else {
+        return Ok(());
+    };
+    let flags: Vec<String> = nc
+        .permitted
+        .iter()
+        .map(|n| format!("--permit {n}"))
+        .chain(nc.excluded.iter().map(|n| format!("--exclude {n}")))
+        .collect();
+    Err(UsageError(format!(
+        "{} has name constraints and the new intermediate would have none: give them again \
+         ({}), or pass --no-name-constraints to drop them",
+        path.display(),
+        flags.join(" ")
+    ))
+    .into())
+}
+
 fn intermediate(pki: &Path, a: IntermediateArgs) -> Result<ExitCode> {
     let dir = PkiDir::new(pki);
     let alg = key_type(&a.key)?;
@@ -344,6 +387,10 @@ fn intermediate(pki: &Path, a: IntermediateArgs) -> Result<ExitCode> {
         dir.ca_chain(),
     ] {
         files::check_writable(&p, a.key.force)?;
+    }
+    let constraints = a.constraints.constraints();
+    if constraints.is_empty() && !a.no_name_constraints {
+        refuse_dropping_constraints(&dir)?;
     }
     let root: CaCert = load_ca(&a.root_cert, &a.root_key, &a.ca_key.source())?;
     // `root.crt` is the trust anchor clients are given: one left by another root (an earlier
@@ -380,7 +427,7 @@ fn intermediate(pki: &Path, a: IntermediateArgs) -> Result<ExitCode> {
         now(),
         lifetime,
         0,
-        &a.constraints.constraints(),
+        &constraints,
     )?;
     let pass = passphrase.as_deref().map(|p| p.as_slice());
     // Before any key is written: a rolled-back inventory is refused now, not halfway.

@@ -230,6 +230,73 @@ fn tokens_are_minted_only_for_names_the_ca_may_certify() {
     assert_eq!(tokens_in_inventory(&e), "1");
 }
 
+/// Rotating a constrained intermediate (`mtls ca intermediate --force`) without giving its
+/// constraints again is refused, naming the flags that keep them, and changes nothing; with
+/// them the new one has them; `--no-name-constraints` drops them on purpose.
+#[test]
+fn a_rotation_does_not_drop_the_name_constraints_unnoticed() {
+    let e = constrained();
+    let before = e.read("pki/intermediate.crt");
+    let rotate = |extra: &[&str]| {
+        let (root_cert, root_key) = (e.p("pki/root.crt"), e.p("pki/root.key"));
+        let mut args = vec![
+            "ca",
+            "intermediate",
+            "--root-cert",
+            &root_cert,
+            "--root-key",
+            &root_key,
+            "--cn",
+            "CA 2",
+            "--force",
+        ];
+        args.extend_from_slice(extra);
+        e.mtls(&args)
+    };
+    let r = rotate(&[]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains(
+            "--permit dns:svc.internal --permit ip:10.0.0.0/8 --exclude dns:admin.svc.internal"
+        ) && r.stderr.contains("--no-name-constraints"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        e.read("pki/intermediate.crt"),
+        before,
+        "changed by a refused rotation"
+    );
+    let text = |e: &Env| {
+        e.openssl(&[
+            "x509",
+            "-in",
+            &e.p("pki/intermediate.crt"),
+            "-noout",
+            "-text",
+        ])
+        .ok()
+        .stdout
+    };
+    rotate(&[
+        "--permit",
+        "dns:svc.internal",
+        "--permit",
+        "ip:10.0.0.0/8",
+        "--exclude",
+        "dns:admin.svc.internal",
+    ])
+    .ok();
+    let kept = text(&e);
+    assert!(
+        kept.contains("CN=CA 2") || kept.contains("CN = CA 2"),
+        "{kept}"
+    );
+    assert!(kept.contains("X509v3 Name Constraints: critical"), "{kept}");
+    rotate(&["--no-name-constraints"]).ok();
+    assert!(!text(&e).contains("Name Constraints"));
+}
+
 /// Signs, with OpenSSL and the intermediate's key, a client certificate with subject `CN=cn`
 /// and the SANs `san`, written to `NAME.crt`: what a thief of the key could make. Returns its
 /// path.
