@@ -8,19 +8,19 @@
 mod common;
 use common::Env;
 
+/// The constraints of the tests' intermediate, as flags.
+const CONSTRAINTS: [&str; 6] = [
+    "--permit",
+    "dns:svc.internal",
+    "--permit",
+    "ip:10.0.0.0/8",
+    "--exclude",
+    "dns:admin.svc.internal",
+];
+
 fn constrained() -> Env {
     let e = Env::new();
-    e.mtls(&[
-        "ca",
-        "init",
-        "--permit",
-        "dns:svc.internal",
-        "--permit",
-        "ip:10.0.0.0/8",
-        "--exclude",
-        "dns:admin.svc.internal",
-    ])
-    .ok();
+    e.mtls(&[&["ca", "init"], &CONSTRAINTS[..]].concat()).ok();
     e
 }
 
@@ -278,15 +278,7 @@ fn a_rotation_does_not_drop_the_name_constraints_unnoticed() {
         .ok()
         .stdout
     };
-    rotate(&[
-        "--permit",
-        "dns:svc.internal",
-        "--permit",
-        "ip:10.0.0.0/8",
-        "--exclude",
-        "dns:admin.svc.internal",
-    ])
-    .ok();
+    rotate(&CONSTRAINTS).ok();
     let kept = text(&e);
     assert!(
         kept.contains("CN=CA 2") || kept.contains("CN = CA 2"),
