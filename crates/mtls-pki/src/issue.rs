@@ -859,6 +859,15 @@ fn check_name_constraints(
         None,
     ) {
         Ok(_) => Ok(()),
+        // A name of the request webpki cannot read: the request's fault, not the CA's.
+        Err(webpki::Error::MalformedDnsIdentifier) => Err(Error::InvalidName {
+            value: sans
+                .iter()
+                .map(San::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            reason: "rustls-webpki cannot read one of these DNS names",
+        }),
         Err(webpki::Error::NameConstraintViolation) => Err(Error::NameNotPermitted {
             issuer: ca.subject().to_string(),
             names: sans
@@ -942,9 +951,11 @@ fn check_common_name(
     }
     let cn = subject.common_name.to_ascii_lowercase();
     let host_like = cn.contains('.')
-        && cn
-            .split('.')
-            .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+        && cn.split('.').all(|l| {
+            !l.is_empty()
+                && l.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        });
     if !host_like {
         return Ok(());
     }
@@ -1072,14 +1083,20 @@ mod tests {
         let ca = constrained(now);
         let spiffe = || vec![San::uri("spiffe://svc.internal/billing").unwrap()];
         let issue = |r: &LeafRequest| issue_leaf(&ca, key().key_pair(), r, now);
-        for refused in ["billing.prod", "svc.internal.evil", "x.admin.svc.internal"] {
+        // OpenSSL reads `_` as part of a host name too.
+        for refused in [
+            "billing.prod",
+            "svc.internal.evil",
+            "x.admin.svc.internal",
+            "billing_prod.x",
+        ] {
             let e = issue(&client(refused, spiffe())).unwrap_err();
             assert!(
                 matches!(&e, Error::NameNotPermitted { names, .. } if names.contains(refused)),
                 "{refused}: {e}"
             );
         }
-        for accepted in ["billing", "billing.svc.internal", "billing_prod.x"] {
+        for accepted in ["billing", "billing.svc.internal", "billing_prod"] {
             issue(&client(accepted, spiffe())).unwrap();
         }
         // A DNS SAN inside: the CN is not the name relying parties check.

@@ -62,7 +62,10 @@ impl San {
             value: value.into(),
             reason,
         })?;
-        Ok(San::Dns(lower))
+        // The root's dot is not part of a certificate's name (verifiers refuse it there).
+        Ok(San::Dns(
+            lower.strip_suffix('.').unwrap_or(&lower).to_string(),
+        ))
     }
 
     /// A validated IP address.
@@ -193,6 +196,14 @@ pub(crate) fn validate_dns(name: &str, wildcard: bool) -> std::result::Result<()
             return Err("labels cannot start or end with a hyphen");
         }
     }
+    // As rustls-webpki: `10.0.0.1` is an address, and a name ending in digits looks like one.
+    if body
+        .rsplit('.')
+        .next()
+        .is_some_and(|last| last.chars().all(|c| c.is_ascii_digit()))
+    {
+        return Err("the last label cannot be all digits (an IP address is not a DNS name)");
+    }
     Ok(())
 }
 
@@ -235,6 +246,35 @@ mod tests {
         );
         assert!(NameSubtree::parse("dns:.svc.internal").is_err());
         assert!(NameSubtree::parse("dns:*.svc.internal").is_err());
+        // An address is not a DNS subtree (webpki refuses such a constraint, leaving every
+        // address unconstrained): refused whichever way it is written.
+        for bad in ["10.0.0.1", "fd00::1", "dns:10.0.0.0", "dns:svc.123"] {
+            assert!(NameSubtree::parse(bad).is_err(), "{bad}");
+        }
+        let e = NameSubtree::parse("10.0.0.1").unwrap_err().to_string();
+        assert!(e.contains("ip:ADDRESS/32"), "{e}");
+    }
+
+    /// DNS names as verifiers read them: the root's trailing dot dropped, a last label of
+    /// digits refused (an address, or a name webpki refuses).
+    #[test]
+    fn dns_names_are_stored_as_verifiers_read_them() {
+        assert_eq!(
+            San::dns("API.svc.internal.").unwrap(),
+            San::Dns("api.svc.internal".into())
+        );
+        assert_eq!(
+            San::parse("dns:api.svc.internal.").unwrap(),
+            San::parse("api.svc.internal").unwrap()
+        );
+        for bad in ["host.123", "dns:10.0.0.1", "1.2.3.4.5"] {
+            assert!(San::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            San::parse("10.0.0.1").unwrap(),
+            San::Ip([10, 0, 0, 1].into())
+        );
+        San::dns("a1.b2.c3x").unwrap();
     }
 
     #[test]
@@ -319,6 +359,11 @@ impl NameSubtree {
             Some(_) => false,
             None => value.contains('/'),
         };
+        if !ip && kind.is_none() && value.parse::<IpAddr>().is_ok() {
+            return Err(bad(
+                "an address alone is not a network: write ip:ADDRESS/32 (or /128 for IPv6)",
+            ));
+        }
         if !ip {
             let lower = value.to_ascii_lowercase();
             if lower.starts_with('.') {
