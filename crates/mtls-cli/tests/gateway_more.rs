@@ -308,15 +308,32 @@ fn send_events(mut s: std::net::TcpStream) {
     }
 }
 
-/// Follows `path` on `g` with curl as `c`: the child, and the `data:` lines as they come.
+/// Answers with an event stream of one event, then holds the connection for 30 s without a
+/// word (a long poll, a quiet stream).
+fn send_events_then_wait(mut s: std::net::TcpStream) {
+    let head =
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let event = "data: 0\n\n";
+    let chunk = format!("{head}{:x}\r\n{event}\r\n", event.len());
+    if s.write_all(chunk.as_bytes()).is_ok() {
+        let mut buf = [0u8; 64];
+        let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+        let _ = s.read(&mut buf);
+    }
+}
+
+/// Follows `path` on `g` with curl as `c` (`extra`: more curl arguments): the child, and the
+/// `data:` lines as they come.
 fn follow_events(
     g: &Gateway,
     f: &Files,
     c: &common::gw::Leaf,
     path: &str,
+    extra: &[&str],
 ) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
     use std::io::BufRead;
     let mut child = Command::new("curl")
+        .args(extra)
         .args(["-sS", "-N", "--max-time", "40", "--cacert"])
         .arg(f.root())
         .arg("--cert")
@@ -1490,6 +1507,7 @@ fn tunnel_or_stream_upstream() -> std::net::SocketAddr {
         for s in l.incoming().take(8) {
             let Ok(mut s) = s else { continue };
             std::thread::spawn(move || match read_head(&mut s) {
+                Some(head) if head.starts_with("get /quiet") => send_events_then_wait(s),
                 Some(head) if head.contains("upgrade: websocket") => switch_and_echo(s),
                 Some(_) => send_events(s),
                 None => {}
@@ -1500,8 +1518,9 @@ fn tunnel_or_stream_upstream() -> std::net::SocketAddr {
 }
 
 /// What an upstream server revoked meanwhile is still carrying, through a gateway checking
-/// it (`upstream_crl`), is cut within seconds: a WebSocket tunnel is closed and an event
-/// stream ends with an error (no new request would ever stop either).
+/// it (`upstream_crl`), is cut within seconds: a WebSocket tunnel is closed and a quiet event
+/// stream ends with an error, pooled or on a connection of its own (no new request would ever
+/// stop either).
 #[test]
 fn a_tunnel_and_a_stream_from_an_upstream_revoked_meanwhile_are_cut() {
     let dir = tempfile::tempdir().unwrap();
@@ -1522,10 +1541,30 @@ fn a_tunnel_and_a_stream_from_an_upstream_revoked_meanwhile_are_cut() {
     );
     let a = Gateway::start(&["--config".into(), Files::p(&config)]);
     let c = f.client("end-user");
-    let (mut stream, events) = follow_events(&a, &f, &c, "/events");
-    events
-        .recv_timeout(Duration::from_secs(10))
-        .expect("no event through both gateways");
+    // A quiet stream (one event, then nothing), and one more answering a request that asked
+    // for a WebSocket switch (its connection is one of its own, not pooled).
+    let (mut quiet, events) = follow_events(&a, &f, &c, "/quiet", &[]);
+    let (mut unswitched, events_too) = follow_events(
+        &a,
+        &f,
+        &c,
+        "/quiet",
+        &[
+            "--http1.1",
+            "-H",
+            "Connection: Upgrade",
+            "-H",
+            "Upgrade: websocket",
+            "-H",
+            "Sec-WebSocket-Version: 13",
+            "-H",
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        ],
+    );
+    for e in [&events, &events_too] {
+        e.recv_timeout(Duration::from_secs(10))
+            .expect("no event through both gateways");
+    }
     let started = std::time::Instant::now();
     let tunnel = std::thread::scope(|s| {
         let t = s.spawn(|| {
@@ -1548,20 +1587,25 @@ fn a_tunnel_and_a_stream_from_an_upstream_revoked_meanwhile_are_cut() {
         "the tunnel to the revoked upstream stayed open: {:?}",
         started.elapsed()
     );
-    let status = exit_within(
-        &mut stream,
-        started,
-        Duration::from_secs(15),
-        "the stream from the revoked upstream was not cut",
-    );
-    assert!(!status.success(), "curl saw a clean end");
+    for (stream, what) in [(&mut quiet, "pooled"), (&mut unswitched, "unswitched")] {
+        let status = exit_within(
+            stream,
+            started,
+            Duration::from_secs(10),
+            &format!("the {what} stream from the revoked upstream was not cut"),
+        );
+        assert!(!status.success(), "{what}: curl saw a clean end");
+    }
     let logged = a.stderr.lock().unwrap().join("\n");
     assert!(
         logged.contains("closing a tunnel: the upstream server is no longer trusted"),
         "{logged}"
     );
-    assert!(
-        logged.contains("cutting an answer: the upstream server is no longer trusted"),
+    assert_eq!(
+        logged
+            .matches("cutting a streaming answer: the upstream server is no longer trusted")
+            .count(),
+        2,
         "{logged}"
     );
 }
@@ -1870,7 +1914,7 @@ fn a_streaming_answer_is_cut_when_a_reload_disallows_its_client() {
     let path = dir.path().join("events.toml");
     std::fs::write(&path, config(r#""watcher""#)).unwrap();
     let g = Gateway::start(&["--config".into(), Files::p(&path)]);
-    let (mut child, events) = follow_events(&g, &f, &c, "/events");
+    let (mut child, events) = follow_events(&g, &f, &c, "/events", &[]);
     let next = |what: &str| {
         events
             .recv_timeout(Duration::from_secs(10))

@@ -9,9 +9,8 @@
 //! With revocation checks configured, an HTTPS upstream whose certificate is revoked (or
 //! expires) while connections to it are open loses them: they are closed instead of taking
 //! another request ([`ServerTrust::connection_epoch`]), and the next one's handshake refuses
-//! it. An answer being read is cut at its next frame (an error, not an end: the client sees a
-//! broken transfer); an upgraded stream ends when its user awaits the [`TrustLapse`] the
-//! response carries.
+//! it. What an exchange under way still carries (a streaming answer, an upgraded stream) is
+//! for its user to end: a response's [`TrustLapse`] says when.
 //!
 //! What it does not do: HTTP/2 to the upstream, retries of requests that reached the upstream,
 //! or load balancing.
@@ -83,18 +82,13 @@ pub enum PoolError {
         /// The cause.
         source: hyper::Error,
     },
-    /// An answer was cut: the upstream's certificate stopped being trusted (revoked,
-    /// expired) while it was being read.
-    #[error("answer from {addr} cut: the upstream server is no longer trusted")]
-    Untrusted {
-        /// The upstream address.
-        addr: String,
-    },
 }
 
-/// Carried in the extensions of an upgrade's response when the upstream's revocation is
-/// checked: [`TrustLapse::wait`] resolves once its server is no longer trusted, for the
-/// upgraded stream's user to end it (nothing else would: it never takes another request).
+/// When the upstream's revocation is checked, what tells the user of a response that its
+/// server is no longer trusted: [`TrustLapse::wait`] resolves then, for the user to end what
+/// the connection still carries (a streaming answer, an upgraded stream), which no next
+/// request would stop. A pooled answer gives it from [`PooledBody::lapse`]; an upgrade's
+/// response carries it in its extensions.
 #[derive(Clone)]
 pub struct TrustLapse {
     trust: Arc<ServerTrust>,
@@ -453,7 +447,6 @@ where
             conn: Some(conn),
             pool: self.clone(),
             epoch,
-            cut: false,
         })
     }
 
@@ -518,8 +511,17 @@ pub struct PooledBody<B: Body + 'static> {
     pool: Pool<B>,
     /// The connection epoch its connection was opened at.
     epoch: u64,
-    /// Cut: its server stopped being trusted while it was read.
-    cut: bool,
+}
+
+impl<B: Body + 'static> PooledBody<B> {
+    /// What resolves once this answer's server is no longer trusted (`None` when the pool
+    /// does not check the upstream's revocation).
+    pub fn lapse(&self) -> Option<TrustLapse> {
+        self.pool.inner.trust.as_ref().map(|trust| TrustLapse {
+            trust: trust.clone(),
+            epoch: self.epoch,
+        })
+    }
 }
 
 impl<B> Body for PooledBody<B>
@@ -529,19 +531,13 @@ where
     B::Error: Into<BoxError>,
 {
     type Data = Bytes;
-    type Error = PoolError;
+    type Error = hyper::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, PoolError>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        let untrusted = |this: &Self| PoolError::Untrusted {
-            addr: this.pool.addr().to_string(),
-        };
-        if this.cut {
-            return Poll::Ready(Some(Err(untrusted(this))));
-        }
         if let Some(conn) = this.conn.as_mut() {
             if !conn.drive(cx) {
                 // Ended: the body reports how (end of stream or an error).
@@ -549,35 +545,14 @@ where
             }
         }
         let frame = Pin::new(&mut this.body).poll_frame(cx);
-        match &frame {
-            Poll::Ready(None) => {
-                if let Some(conn) = this.conn.take() {
-                    if conn.reusable() {
-                        this.pool.put(conn);
-                    }
+        if let Poll::Ready(None) = frame {
+            if let Some(conn) = this.conn.take() {
+                if conn.reusable() {
+                    this.pool.put(conn);
                 }
             }
-            // Nothing more from a server no longer trusted is passed on (the epoch is looked
-            // at only where revocation is checked, and costs a lock and a clock read).
-            Poll::Ready(Some(Ok(_)))
-                if this.pool.inner.trust.is_some() && this.pool.epoch() != this.epoch =>
-            {
-                tracing::warn!(upstream = %this.pool.addr(), "cutting an answer: the upstream server is no longer trusted");
-                this.cut = true;
-                // Closed, never pooled.
-                this.conn = None;
-                return Poll::Ready(Some(Err(untrusted(this))));
-            }
-            _ => {}
         }
-        frame.map(|f| {
-            f.map(|r| {
-                r.map_err(|source| PoolError::Http {
-                    addr: this.pool.addr().to_string(),
-                    source,
-                })
-            })
-        })
+        frame
     }
 
     fn is_end_stream(&self) -> bool {

@@ -12,8 +12,8 @@
 //! the servers its verifier accepted and [`ServerTrust::connection_epoch`] moves when one of
 //! them stops being trusted (the CRL files are looked at then too, at most once a second), so
 //! that pooled connections opened before are not used for another request
-//! ([`crate::Client`], [`crate::pool::Pool`]), and what such a connection is still carrying
-//! (a pooled answer's body, an upgraded stream) is cut ([`ServerTrust::lapsed`]).
+//! ([`crate::Client`], [`crate::pool::Pool`]); [`ServerTrust::lapsed`] tells the user of
+//! what such a connection is still carrying (a streaming answer, an upgraded stream).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -557,12 +557,6 @@ pub async fn handle(
                     if let (Ok(c), Ok(u)) = (client_upgrade.await, upstream_upgrade.await) {
                         let mut c = TokioIo::new(c);
                         let mut u = TokioIo::new(u);
-                        let upstream_lapsed = async {
-                            match lapse {
-                                Some(l) => l.wait().await,
-                                None => std::future::pending().await,
-                            }
-                        };
                         // A tunnel is closed when a reload revokes or disallows its client,
                         // like a TCP-mode connection, and when its upstream server stops
                         // being trusted (upstream_crl).
@@ -571,7 +565,7 @@ pub async fn handle(
                             reason = conn.refused(&path, checked) => {
                                 tracing::warn!(remote = %conn.remote, %reason, "closing a tunnel after reload");
                             }
-                            () = upstream_lapsed => {
+                            () = upstream_lapsed(lapse) => {
                                 tracing::warn!(remote = %conn.remote, "closing a tunnel: the upstream server is no longer trusted");
                             }
                         }
@@ -587,10 +581,17 @@ pub async fn handle(
                 resp.headers_mut().remove(http::header::CONTENT_LENGTH);
             }
             identity::strip(resp.headers_mut(), &[], false);
+            let lapse = match resp.body() {
+                Source::Pooled(b) => b.lapse(),
+                Source::Direct(_) => resp
+                    .extensions_mut()
+                    .remove::<mtls_client::pool::TrustLapse>(),
+            };
             let watch = Watch::Unarmed {
                 conn: conn.clone(),
                 path: path.clone(),
                 checked: state.generation,
+                lapse,
             };
             (Some(upstream_slot), watch)
         };
@@ -657,6 +658,15 @@ pub async fn handle(
     Ok(response)
 }
 
+/// Resolves once the upstream server of an answer is no longer trusted; never without
+/// revocation checks on the upstream.
+async fn upstream_lapsed(lapse: Option<mtls_client::pool::TrustLapse>) {
+    match lapse {
+        Some(l) => l.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// What the pool answered with: a pooled connection's body, or (an upgrade the upstream
 /// refused) the body of a connection of its own.
 enum Source {
@@ -671,6 +681,8 @@ enum Watch {
         conn: Arc<Conn>,
         path: Arc<str>,
         checked: u64,
+        /// When the upstream's revocation is checked: its server stopping being trusted.
+        lapse: Option<mtls_client::pool::TrustLapse>,
     },
     Armed(std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>>),
     Off,
@@ -706,13 +718,22 @@ impl hyper::body::Body for UpstreamBody {
                 conn,
                 path,
                 checked,
+                lapse,
             } = std::mem::replace(&mut this.watch, Watch::Off)
             {
                 this.watch = Watch::Armed(Box::pin(async move {
-                    let reason = conn.refused(&path, checked).await;
-                    tracing::warn!(listener = %conn.shared.name, remote = %conn.remote, path = %path, %reason,
-                        "cutting a streaming answer after reload: the client is no longer allowed");
-                    reason
+                    tokio::select! {
+                        reason = conn.refused(&path, checked) => {
+                            tracing::warn!(listener = %conn.shared.name, remote = %conn.remote, path = %path, %reason,
+                                "cutting a streaming answer after reload: the client is no longer allowed");
+                            reason
+                        }
+                        () = upstream_lapsed(lapse) => {
+                            tracing::warn!(listener = %conn.shared.name, remote = %conn.remote, path = %path,
+                                "cutting a streaming answer: the upstream server is no longer trusted");
+                            "the upstream server is no longer trusted".to_string()
+                        }
+                    }
                 }));
             }
         }
