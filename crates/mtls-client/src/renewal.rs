@@ -516,10 +516,10 @@ async fn renew_now(
     passphrase: Option<&[u8]>,
     now: OffsetDateTime,
 ) -> Result<IssuedCertificate, Error> {
-    // Resolved once: a rename over a symbolic link replaces the link and leaves the file it
-    // names (what the other path may still name) stale.
-    let cert_path = std::fs::canonicalize(&w.cert).map_err(io(&w.cert))?;
-    let key_path = std::fs::canonicalize(&w.key).map_err(io(&w.key))?;
+    // Resolved once, as every write resolves a symbolic link: the file it names is replaced
+    // (what the other path may name too), the link kept.
+    let cert_path = files::write_target(&w.cert)?;
+    let key_path = files::write_target(&w.key)?;
     let combined = same_file(&cert_path, &key_path);
     if !combined && holds_private_key(&cert_path) {
         // Rewriting it with the chain alone would destroy the key.

@@ -63,6 +63,15 @@ pub fn check_writable(path: &Path, force: bool) -> Result<()> {
     }
 }
 
+/// The file a write to `path` replaces: `path`, or where it points when it is a symbolic link
+/// that may be followed (see the module; another user's link or a dangling one is an error).
+pub fn write_target(path: &Path) -> Result<PathBuf> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => link_target(path, &m),
+        _ => Ok(path.to_path_buf()),
+    }
+}
+
 /// Where a replaced symbolic link `path` (`meta`: its own metadata) points, when it may be
 /// followed: owned by this process's user or by root (a link another user planted, in a
 /// directory both can write, would make the writer replace whatever it names).
@@ -116,14 +125,8 @@ pub struct Staged {
 /// fsync as [`write_atomic`]) and returns it staged.
 pub fn stage(path: &Path, contents: &[u8], visibility: Visibility, force: bool) -> Result<Staged> {
     check_writable(path, force)?;
-    let resolved;
-    let path = match fs::symlink_metadata(path) {
-        Ok(m) if force && m.file_type().is_symlink() => {
-            resolved = link_target(path, &m)?;
-            resolved.as_path()
-        }
-        _ => path,
-    };
+    let resolved = write_target(path)?;
+    let path = resolved.as_path();
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
