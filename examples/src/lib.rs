@@ -33,12 +33,21 @@ pub async fn stop_signal() {
 }
 
 /// Binds `LISTEN` (default `default_listen`), says where it listens (the tests read that line)
-/// and serves `app` until Ctrl-C or SIGTERM.
+/// and serves `app` until Ctrl-C or SIGTERM. Logs go to standard error at `RUST_LOG` (default
+/// `info`): refused handshakes and requests are WARN lines naming the certificate.
 pub async fn run(
     server: mtls_axum::MtlsServer,
     app: axum::Router,
     default_listen: &str,
 ) -> Result<(), Box<dyn std::error::Error>> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Already set (an example that set up its own): keep it.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
     let listen = optional("LISTEN").unwrap_or_else(|| default_listen.into());
     let listener = tokio::net::TcpListener::bind(listen).await?;
     println!("listening on {}", listener.local_addr()?);

@@ -20,6 +20,8 @@ use gw::{Files, Gateway, Leaf};
 struct App {
     child: Child,
     addr: SocketAddr,
+    /// Its standard error, line by line (also copied to the test's).
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Drop for App {
@@ -36,9 +38,17 @@ impl App {
             .env("LISTEN", "127.0.0.1:0")
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (stderr, kept) = (child.stderr.take().unwrap(), log.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                kept.lock().unwrap().push(line);
+            }
+        });
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
@@ -49,7 +59,30 @@ impl App {
             .unwrap_or_else(|| panic!("{bin} did not start: {line:?}"))
             .parse()
             .unwrap();
-        App { child, addr }
+        App { child, addr, log }
+    }
+
+    /// Waits (at most 10 s) for a line of its log holding every one of `parts`.
+    fn logged(&self, parts: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| parts.iter().all(|p| l.contains(p)))
+                .cloned();
+            if let Some(line) = found {
+                return line;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no line with {parts:?} in {:?}",
+                self.log.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -293,6 +326,29 @@ fn validator_example_requires_every_list_and_a_per_route_policy() {
         "NO_CLIENT_CERT",
         "",
     );
+    // Refusals are WARN lines at the default level, naming the certificate and the request.
+    let line = app.logged(&["request refused", "CN=unlisted"]);
+    for part in [
+        "WARN",
+        "reason=\"INVALID_CERT\"",
+        "nothing in allow_fingerprint",
+        &format!("serial=\"{}\"", unlisted.serial),
+        &format!("fingerprint=\"{}\"", fp(&unlisted)),
+        "path=\"/api/secure\"",
+        "status=403",
+        "remote=127.0.0.1:",
+    ] {
+        assert!(line.contains(part), "{part} missing in {line}");
+    }
+    // A handshake that fails (plain HTTP on the TLS port) is a WARN line too.
+    let plain = Command::new("curl")
+        .args(["-sS", "--max-time", "5"])
+        .arg(format!("http://127.0.0.1:{}/api/secure", app.addr.port()))
+        .output()
+        .unwrap();
+    assert!(!plain.status.success());
+    let line = app.logged(&["handshake refused"]);
+    assert!(line.contains("WARN") && line.contains("reason="), "{line}");
 }
 
 #[test]

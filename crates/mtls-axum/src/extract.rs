@@ -14,6 +14,10 @@ use mtls_verify::{PeerIdentity, Rejection, VerifiedPeer};
 #[derive(Clone, Debug)]
 pub(crate) struct PeerExt(pub(crate) PeerIdentity);
 
+/// The client's address (for the refusal log).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RemoteExt(pub(crate) std::net::SocketAddr);
+
 /// The identity a trusted gateway forwarded (`None`: the connection is not from a gateway, or
 /// no gateways are configured).
 #[derive(Clone, Debug)]

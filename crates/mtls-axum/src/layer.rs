@@ -29,12 +29,15 @@ enum Source {
     Forwarded,
 }
 
-/// The layer. Every check must pass (AND); within one [`Policy`] any `allow_*` entry suffices
-/// (see `mtls_verify::Policy`).
+/// The layer. Every check must pass (AND); within one [`Policy`] any `allow_*` entry suffices,
+/// or with `PolicyMatch::All` one of every list (see `mtls_verify::Policy`). A refused request
+/// is logged at WARN (rate-limited) with the reason and the client's certificate.
 #[derive(Clone)]
 pub struct RequireClientCert {
     checks: Arc<Vec<Check>>,
     source: Source,
+    /// Refused requests: rate-limited WARN lines naming the certificate, as the gateway's.
+    refusals: Arc<mtls_serve::refusals::RefusalLog>,
 }
 
 impl std::fmt::Debug for RequireClientCert {
@@ -52,6 +55,7 @@ impl RequireClientCert {
         RequireClientCert {
             checks: Arc::new(vec![Check::Policy(policy)]),
             source: Source::Connection,
+            refusals: Arc::default(),
         }
     }
 
@@ -71,6 +75,7 @@ impl RequireClientCert {
         RequireClientCert {
             checks: Arc::new(vec![Check::Custom(Arc::new(check))]),
             source: Source::Connection,
+            refusals: Arc::default(),
         }
     }
 
@@ -97,6 +102,31 @@ impl RequireClientCert {
     fn push(mut self, c: Check) -> Self {
         Arc::make_mut(&mut self.checks).push(c);
         self
+    }
+
+    /// Logs (rate-limited, at WARN) and keeps a refused request, with the connection's
+    /// certificate when it presented one.
+    fn report<B>(&self, req: &Request<B>, refusal: &ApiError) {
+        let ext = req.extensions();
+        let peer = crate::extract::peer_of(ext);
+        let peer = peer.verified().ok();
+        self.refusals.report(mtls_serve::refusals::Refusal {
+            listener: "server".into(),
+            remote: ext
+                .get::<crate::extract::RemoteExt>()
+                .map(|c| c.0.to_string())
+                .unwrap_or_default(),
+            reason: refusal.code.to_string(),
+            detail: Some(refusal.message.clone()),
+            stage: "request",
+            method: Some(req.method().to_string()),
+            path: Some(req.uri().path().to_string()),
+            status: Some(refusal.status.as_u16()),
+            subject: peer.map(|p| p.subject().to_string()),
+            serial: peer.map(|p| p.serial().to_string()),
+            fingerprint: peer.map(|p| p.fingerprint().to_string()),
+            ..Default::default()
+        });
     }
 
     /// The decision for a request's extensions.
@@ -154,7 +184,7 @@ where
         match self.layer.decide(req.extensions()) {
             Ok(()) => Box::pin(self.inner.call(req)),
             Err(refusal) => {
-                tracing::info!(code = refusal.code, reason = %refusal.message, "request refused");
+                self.layer.report(&req, &refusal);
                 Box::pin(std::future::ready(Ok(refusal.into_response())))
             }
         }

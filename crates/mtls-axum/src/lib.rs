@@ -52,7 +52,7 @@ mod server;
 pub use extract::{ClientCert, ClientIdentity, ForwardedClientCert};
 pub use layer::{RequireClientCert, RequireClientCertService};
 pub use mtls_serve::ApiError;
-pub use mtls_verify::{PeerIdentity, Policy, VerifiedPeer};
+pub use mtls_verify::{PeerIdentity, Policy, PolicyMatch, VerifiedPeer};
 pub use server::{MtlsServer, ServerBuilder};
 
 /// Errors of building a server.

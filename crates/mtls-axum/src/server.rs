@@ -294,6 +294,7 @@ impl ServerBuilder {
                 builder: self,
                 handshakes: CounterFamily::default(),
                 reloads: ReloadCounters::default(),
+                refusals: mtls_serve::refusals::RefusalLog::default(),
             }),
         })
     }
@@ -308,6 +309,8 @@ struct Inner {
     builder: ServerBuilder,
     handshakes: CounterFamily,
     reloads: ReloadCounters,
+    /// Refused handshakes: rate-limited log lines and the recent ones.
+    refusals: mtls_serve::refusals::RefusalLog,
 }
 
 /// An mTLS server for axum routers (see [`ServerBuilder`]).
@@ -417,8 +420,11 @@ impl MtlsServer {
         // Past the drain deadline, connections still open are closed (their futures dropped):
         // returning while they run on would leave the application's port and state in use.
         let (kill, killed) = mtls_serve::shutdown();
-        let serving =
-            accept::accept_loop(listener, slots.clone(), shutdown, move |tcp, _, slot| {
+        let serving = accept::accept_loop(
+            listener,
+            slots.clone(),
+            shutdown,
+            move |tcp, remote, slot| {
                 let (inner, router, http, shutdown, mut killed) = (
                     inner.clone(),
                     router.clone(),
@@ -429,11 +435,12 @@ impl MtlsServer {
                 async move {
                     let _slot = slot;
                     tokio::select! {
-                        _ = connection(inner, tcp, router, http, shutdown) => {}
+                        _ = connection(inner, tcp, remote, router, http, shutdown) => {}
                         _ = killed.wait() => {}
                     }
                 }
-            });
+            },
+        );
         tokio::select! {
             _ = serving => {}
             _ = signal => {}
@@ -456,6 +463,7 @@ impl MtlsServer {
 async fn connection(
     inner: Arc<Inner>,
     tcp: TcpStream,
+    remote: std::net::SocketAddr,
     router: Router,
     http: Arc<mtls_serve::http::Http>,
     shutdown: mtls_serve::Shutdown,
@@ -482,16 +490,15 @@ async fn connection(
     ))
     .await
     {
-        Ok(tls) => match serve_tls(inner, tls, router, http, shutdown, socket) {
+        Ok(tls) => match serve_tls(inner, tls, remote, router, http, shutdown, socket) {
             Some(serving) => serving,
             None => return,
         },
         Err(e) => {
-            tracing::debug!(error = %e, "TLS handshake failed");
-            let labels: Labels = vec![
-                ("result", "failed".into()),
-                ("reason", e.reason().to_string()),
-            ];
+            // Logged at WARN, rate-limited, naming a refused certificate, as the gateway does:
+            // refused clients are visible at the default level.
+            let (result, reason) = inner.refusals.handshake_failed("server", remote, &e);
+            let labels: Labels = vec![("result", result.into()), ("reason", reason)];
             inner.handshakes.get_or_create(&labels).inc();
             return;
         }
@@ -504,6 +511,7 @@ async fn connection(
 fn serve_tls(
     inner: Arc<Inner>,
     tls: accept::TlsConnection,
+    remote: std::net::SocketAddr,
     router: Router,
     http: Arc<mtls_serve::http::Http>,
     shutdown: mtls_serve::Shutdown,
@@ -566,6 +574,8 @@ fn serve_tls(
             };
             req.extensions_mut().insert(PeerExt(peer));
             req.extensions_mut().insert(ForwardedExt(forwarded));
+            req.extensions_mut()
+                .insert(crate::extract::RemoteExt(remote));
             router.clone().oneshot(req)
         },
     );

@@ -1247,9 +1247,10 @@ fn refused_handshake_and_request_are_logged_with_reason_at_the_default_level() {
     let line = wait_for_line(&g.stderr, "request refused");
     for part in [
         "reason=\"not_allowed\"",
-        "cn=\"bad\"",
+        "subject=\"CN=bad\"",
         "status=403",
-        "path=/admin",
+        "method=\"GET\"",
+        "path=\"/admin\"",
         "serial=",
         "fingerprint=",
     ] {

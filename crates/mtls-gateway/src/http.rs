@@ -609,34 +609,20 @@ pub async fn handle(
         .metrics
         .request(&shared.name, status, start.elapsed());
     if let Some(reason) = refusal {
-        let record = mtls_serve::refusals::Refusal {
+        shared.refusals.report(mtls_serve::refusals::Refusal {
             listener: shared.name.to_string(),
             remote: conn.remote.to_string(),
             reason: reason.to_string(),
             detail: detail.clone(),
             stage: "request",
+            method: Some(method.as_str().to_string()),
             path: Some(path.to_string()),
+            status: Some(status),
             subject: peer.as_ref().map(|p| p.subject().to_string()),
             serial: peer.as_ref().map(|p| p.serial().to_string()),
             fingerprint: peer.as_ref().map(|p| p.fingerprint().to_string()),
             ..Default::default()
-        };
-        if let Some(suppressed) = shared.refusals.record(record) {
-            tracing::warn!(
-                listener = %shared.name,
-                remote = %conn.remote,
-                method = method.as_str(),
-                path = %path,
-                status,
-                reason,
-                detail = detail.as_deref(),
-                cn = peer.as_ref().and_then(|p| p.common_name()),
-                serial = peer.as_ref().map(|p| p.serial().to_string()),
-                fingerprint = peer.as_ref().map(|p| p.fingerprint().to_string()),
-                suppressed,
-                "request refused"
-            );
-        }
+        });
     }
     if shared.access_log {
         let line = serde_json::json!({

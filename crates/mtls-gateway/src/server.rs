@@ -402,44 +402,10 @@ async fn handle_connection(
     {
         Ok(tls) => serve_tls(&shared, tls, remote, shutdown, slot),
         Err(e) => {
-            let result = match e {
-                accept::HandshakeError::TimedOut => "timeout",
-                _ => "failed",
-            };
-            let reason = if result == "timeout" { "" } else { e.reason() };
-            // Timeouts and dropped connections (port scans, load-balancer probes) are not
-            // refusals of a client: logged at the same rate, but not kept or counted as such.
-            // The certificate the verifier refused, when it was one (see `take_refused_peer`).
-            let peer = mtls_verify::take_refused_peer(reason);
-            let admitted = if result == "timeout" || reason == "io_error" {
-                shared.refusals.admit()
-            } else {
-                shared.refusals.record(mtls_serve::refusals::Refusal {
-                    listener: shared.name.to_string(),
-                    remote: remote.to_string(),
-                    reason: e.reason().to_string(),
-                    stage: "handshake",
-                    subject: peer.as_ref().map(|p| p.subject.clone()),
-                    serial: peer.as_ref().map(|p| p.serial.clone()),
-                    fingerprint: peer.as_ref().map(|p| p.fingerprint.clone()),
-                    ..Default::default()
-                })
-            };
-            if let Some(suppressed) = admitted {
-                tracing::warn!(
-                    listener = %shared.name,
-                    %remote,
-                    reason = e.reason(),
-                    subject = peer.as_ref().map(|p| p.subject.as_str()),
-                    serial = peer.as_ref().map(|p| p.serial.as_str()),
-                    fingerprint = peer.as_ref().map(|p| p.fingerprint.as_str()),
-                    suppressed,
-                    "handshake refused"
-                );
-            }
+            let (result, reason) = shared.refusals.handshake_failed(&shared.name, remote, &e);
             shared
                 .metrics
-                .handshake_failed(&shared.name, result, reason);
+                .handshake_failed(&shared.name, result, &reason);
             return;
         }
     };
@@ -543,17 +509,14 @@ async fn tcp_proxy(
     let peer = match verdict {
         Ok(p) => p,
         Err(r) => {
-            let refusal = mtls_serve::refusals::Refusal {
+            shared.refusals.report(mtls_serve::refusals::Refusal {
                 listener: shared.name.to_string(),
                 remote: remote.to_string(),
                 reason: r.code().to_string(),
                 detail: Some(r.to_string()),
                 stage: "connection",
                 ..Default::default()
-            };
-            if let Some(suppressed) = shared.refusals.record(refusal) {
-                tracing::warn!(listener = %shared.name, %remote, reason = r.code(), detail = %r, suppressed, "connection refused");
-            }
+            });
             let _ = tls.shutdown().await;
             return;
         }
@@ -562,20 +525,17 @@ async fn tcp_proxy(
         shared
             .metrics
             .handshake(&shared.name, "denied", "not_allowed");
-        let refusal = mtls_serve::refusals::Refusal {
+        shared.refusals.report(mtls_serve::refusals::Refusal {
             listener: shared.name.to_string(),
             remote: remote.to_string(),
             reason: "not_allowed".into(),
-            detail: Some(reason.clone()),
+            detail: Some(reason),
             stage: "connection",
             subject: Some(peer.subject().to_string()),
             serial: Some(peer.serial().to_string()),
             fingerprint: Some(peer.fingerprint().to_string()),
             ..Default::default()
-        };
-        if let Some(suppressed) = shared.refusals.record(refusal) {
-            tracing::warn!(listener = %shared.name, %remote, reason = "not_allowed", detail = %reason, cn = ?peer.common_name(), serial = %peer.serial(), fingerprint = %peer.fingerprint(), suppressed, "connection refused");
-        }
+        });
         let _ = tls.shutdown().await;
         return;
     }

@@ -26,8 +26,12 @@ pub struct Refusal {
     pub detail: Option<String>,
     /// `handshake`, `connection` or `request`.
     pub stage: &'static str,
+    /// The request method (requests only).
+    pub method: Option<String>,
     /// The request path (requests only).
     pub path: Option<String>,
+    /// The answer's status (requests only).
+    pub status: Option<u16>,
     /// The client certificate's subject, serial and SHA-256 fingerprint, when it sent one
     /// that parsed.
     pub subject: Option<String>,
@@ -91,6 +95,60 @@ impl RefusalLog {
         self.admit()
     }
 
+    /// Records `r` and, when the limiter admits a line, logs it at WARN with every field it has
+    /// (the one refusal line of every mtls server).
+    pub fn report(&self, r: Refusal) {
+        let line = r.clone();
+        if let Some(suppressed) = self.record(r) {
+            log_line(&line, suppressed);
+        }
+    }
+
+    /// Logs `r`, rate-limited like the others, without keeping or counting it: what is no
+    /// client's refusal (a handshake timeout, a dropped connection: port scans, probes).
+    pub fn report_unkept(&self, r: &Refusal) {
+        if let Some(suppressed) = self.admit() {
+            log_line(r, suppressed);
+        }
+    }
+
+    /// Reports a failed handshake of `listener` from `remote`: a refusal of a client
+    /// ([`report`](Self::report), naming the certificate the verifier refused), or a timeout
+    /// or I/O error ([`report_unkept`](Self::report_unkept)). Returns the metric labels
+    /// (`result`, `reason`).
+    pub fn handshake_failed(
+        &self,
+        listener: &str,
+        remote: std::net::SocketAddr,
+        e: &crate::accept::HandshakeError,
+    ) -> (&'static str, String) {
+        let timed_out = matches!(e, crate::accept::HandshakeError::TimedOut);
+        let reason = e.reason();
+        let mut r = Refusal {
+            listener: listener.to_string(),
+            remote: remote.to_string(),
+            reason: reason.to_string(),
+            stage: "handshake",
+            ..Default::default()
+        };
+        if timed_out || reason == "io_error" {
+            self.report_unkept(&r);
+        } else {
+            // The certificate the verifier refused, when it was one.
+            if let Some(p) = mtls_verify::take_refused_peer(reason) {
+                r.subject = Some(p.subject);
+                r.serial = Some(p.serial);
+                r.fingerprint = Some(p.fingerprint);
+            }
+            self.report(r);
+        }
+        if timed_out {
+            ("timeout", String::new())
+        } else {
+            ("failed", reason.to_string())
+        }
+    }
+
     /// The recent refusals, oldest first.
     pub fn recent(&self) -> Vec<Refusal> {
         self.kept
@@ -124,6 +182,33 @@ impl RefusalLog {
             b.suppressed += 1;
             None
         }
+    }
+}
+
+/// One refusal's log line (tracing wants a fixed message: one per stage).
+fn log_line(r: &Refusal, suppressed: u64) {
+    macro_rules! line {
+        ($message:literal) => {
+            tracing::warn!(
+                listener = %r.listener,
+                remote = %r.remote,
+                reason = r.reason.as_str(),
+                detail = r.detail.as_deref(),
+                method = r.method.as_deref(),
+                path = r.path.as_deref(),
+                status = r.status,
+                subject = r.subject.as_deref(),
+                serial = r.serial.as_deref(),
+                fingerprint = r.fingerprint.as_deref(),
+                suppressed,
+                $message
+            )
+        };
+    }
+    match r.stage {
+        "handshake" => line!("handshake refused"),
+        "connection" => line!("connection refused"),
+        _ => line!("request refused"),
     }
 }
 

@@ -12,7 +12,7 @@
 //! `/api/admin` additionally requires a CN from `ADMIN_CNS` (a per-route policy).
 
 use axum::{routing::get, Json, Router};
-use mtls_axum::{ClientCert, MtlsServer, Policy, RequireClientCert};
+use mtls_axum::{ClientCert, MtlsServer, Policy, PolicyMatch, RequireClientCert};
 use mtls_examples::{list, setting};
 
 async fn secure(cert: ClientCert) -> Json<serde_json::Value> {
@@ -27,27 +27,23 @@ async fn admin(cert: ClientCert) -> Json<serde_json::Value> {
     Json(serde_json::json!({"admin": cert.common_name()}))
 }
 
-/// The guide's validator: each configured list must match.
+/// The guide's validator: each configured list must match (`PolicyMatch::All`); with none,
+/// every client the CA trusts.
 fn validator() -> Result<RequireClientCert, Box<dyn std::error::Error>> {
-    let mut v = RequireClientCert::any_trusted();
-    let fingerprints = list("ALLOWED_FINGERPRINTS")
-        .iter()
-        .map(|f| f.parse())
-        .collect::<Result<Vec<_>, _>>()?;
-    if !fingerprints.is_empty() {
-        v = v.and_policy(Policy {
-            allow_fingerprint: fingerprints,
-            ..Policy::default()
-        });
+    let policy = Policy {
+        matching: PolicyMatch::All,
+        allow_fingerprint: list("ALLOWED_FINGERPRINTS")
+            .iter()
+            .map(|f| f.parse())
+            .collect::<Result<Vec<_>, _>>()?,
+        allow_cn: list("ALLOWED_CNS"),
+        ..Policy::default()
+    };
+    if policy.allows_nobody() {
+        return Ok(RequireClientCert::any_trusted());
     }
-    let cns = list("ALLOWED_CNS");
-    if !cns.is_empty() {
-        v = v.and_policy(Policy {
-            allow_cn: cns,
-            ..Policy::default()
-        });
-    }
-    Ok(v)
+    policy.validate()?;
+    Ok(RequireClientCert::policy(policy))
 }
 
 #[tokio::main]
