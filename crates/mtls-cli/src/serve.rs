@@ -69,7 +69,7 @@ pub struct GatewayArgs {
     /// Allow clients with this e-mail SAN (repeatable).
     #[arg(long, value_name = "ADDRESS")]
     allow_email: Vec<String>,
-    /// SHA-256 certificate fingerprint (hex, colons or a sha256: prefix allowed).
+    /// SHA-256 certificate fingerprint (hex, colons or a sha256: prefix allowed; or sha256//BASE64).
     #[arg(long)]
     allow_fingerprint: Vec<mtls_pki::Fingerprint>,
     /// SHA-256 SubjectPublicKeyInfo fingerprint (same syntax).

@@ -41,9 +41,24 @@ impl FromStr for Fingerprint {
     type Err = Error;
     /// Accepts 64 hex digits in any case, with optional `:` separators (as `openssl x509
     /// -fingerprint` prints them) and an optional `sha256:` / `SHA256:` prefix (as `step` prints
-    /// them).
+    /// them), or `sha256//` and base64 (curl's `--pinnedpubkey`, HPKP pins). A SHA-1
+    /// fingerprint (Node's `cert.fingerprint`) is refused with where to find the SHA-256 one.
     fn from_str(s: &str) -> Result<Self> {
         let t = s.trim();
+        if let Some(b64) = t.strip_prefix("sha256//") {
+            use base64::Engine;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .ok_or_else(|| {
+                    Error::malformed(
+                        "SHA-256 fingerprint",
+                        format!("{s:?}: sha256// takes the base64 of 32 bytes"),
+                    )
+                })?;
+            return Ok(Fingerprint(bytes));
+        }
         let t = t
             .strip_prefix("sha256:")
             .or_else(|| t.strip_prefix("SHA256:"))
@@ -51,6 +66,16 @@ impl FromStr for Fingerprint {
             .or_else(|| t.strip_prefix("SHA256 Fingerprint="))
             .unwrap_or(t);
         let cleaned: String = t.chars().filter(|c| *c != ':').collect();
+        if cleaned.len() == 40 && cleaned.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(Error::malformed(
+                "SHA-256 fingerprint",
+                format!(
+                    "{s:?} is a SHA-1 fingerprint (40 hex digits, as Node's cert.fingerprint \
+                     gives): give the SHA-256 one (Node's cert.fingerprint256, `mtls inspect`, \
+                     `openssl x509 -noout -fingerprint -sha256`)"
+                ),
+            ));
+        }
         let bad = || {
             Error::malformed(
                 "SHA-256 fingerprint",
@@ -98,5 +123,14 @@ mod tests {
         assert!("abcd".parse::<Fingerprint>().is_err());
         assert!(format!("{hex}00").parse::<Fingerprint>().is_err());
         assert!("zz".repeat(32).parse::<Fingerprint>().is_err());
+        // curl's --pinnedpubkey form.
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(f.0);
+        assert_eq!(format!("sha256//{b64}").parse::<Fingerprint>().unwrap(), f);
+        assert!("sha256//AAAA".parse::<Fingerprint>().is_err());
+        // A SHA-1 fingerprint says what to give instead.
+        let e = "AB:".repeat(19).to_string() + "AB";
+        let e = e.parse::<Fingerprint>().unwrap_err().to_string();
+        assert!(e.contains("SHA-1") && e.contains("fingerprint256"), "{e}");
     }
 }
