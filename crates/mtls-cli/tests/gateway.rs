@@ -1268,6 +1268,77 @@ fn refused_handshake_and_request_are_logged_with_reason_at_the_default_level() {
     );
 }
 
+/// A client connecting with a certificate that expires within `--client-expiry-warning` is
+/// a WARN line once per certificate and a series of `mtls_client_certificate_not_after_seconds`
+/// (read by a Prometheus text parser); one with longer left is neither.
+#[test]
+fn clients_whose_certificates_expire_soon_are_logged_once_and_listed_in_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let up = Upstream::start();
+    let g = Gateway::start_logging(
+        &http_args(
+            &f,
+            &up,
+            &[
+                "--allow-any-trusted",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--client-expiry-warning",
+                "3d",
+            ],
+        ),
+        "warn",
+    );
+    let now = OffsetDateTime::now_utc();
+    let soon = f.pki.leaf_at(
+        Profile::Client,
+        "soon",
+        &[],
+        now - time::Duration::days(1),
+        time::Duration::days(3),
+    );
+    let soon_serial = soon.cert.serial.to_string();
+    let soon = f.write_leaf("soon", &soon.cert.der, &soon.key);
+    let fine = f.client("fine");
+    for c in [&soon, &soon, &fine] {
+        assert_eq!(curl(&g, &f, Some(c), "/", &[]).status, 200);
+    }
+    let line = wait_for_line(&g.stderr, "a client certificate expires soon");
+    for part in [
+        "subject=\"CN=soon\"",
+        &format!("serial={soon_serial}"),
+        "hours_left=47",
+    ] {
+        assert!(line.contains(part), "{part} missing in {line}");
+    }
+    let page = Command::new("curl")
+        .args(["-sS", &format!("http://{}/metrics", g.admin.unwrap())])
+        .output()
+        .unwrap();
+    let page = String::from_utf8_lossy(&page.stdout).into_owned();
+    common::assert_prometheus_text(&page);
+    let series: Vec<&str> = page
+        .lines()
+        .filter(|l| l.starts_with("mtls_client_certificate_not_after_seconds{"))
+        .collect();
+    assert_eq!(series.len(), 1, "{page}");
+    assert!(
+        series[0].contains("subject=\"CN=soon\"")
+            && series[0].contains(&format!("serial=\"{soon_serial}\"")),
+        "{}",
+        series[0]
+    );
+    let logged = g
+        .stderr
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("expires soon"))
+        .count();
+    assert_eq!(logged, 1, "logged once per certificate");
+}
+
 #[test]
 fn a_flood_of_refused_handshakes_is_counted_but_logged_at_a_bounded_rate() {
     let dir = tempfile::tempdir().unwrap();

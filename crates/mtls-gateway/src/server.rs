@@ -34,6 +34,8 @@ pub struct Shared {
     pub generations: Generations,
     /// Refusal log lines of this listener, rate-limited.
     pub refusals: mtls_serve::refusals::RefusalLog,
+    /// Clients connecting with certificates that expire soon.
+    pub expiring: mtls_serve::expiring::ExpiringClients,
     /// The HTTP connection builder (limits and timers), made once, not per connection.
     pub http: mtls_serve::http::Http,
     /// Revocation sources kept across reloads: the CA's feed (`[listener.revocation_feed]`),
@@ -132,6 +134,7 @@ pub async fn start(config: GatewayConfig, config_path: Option<PathBuf>) -> Resul
             access_log: config.access_log,
             generations: Generations::new(1),
             refusals: Default::default(),
+            expiring: mtls_serve::expiring::ExpiringClients::new(config.client_expiry_warning),
             http: mtls_serve::http::builder(&mtls_serve::http::HttpLimits {
                 header_read_timeout: config.limits.header_read_timeout,
                 max_header_bytes: config.limits.max_header_bytes,
@@ -330,6 +333,35 @@ fn register_expiry(registry: &mut Registry, shared: &[Arc<Shared>]) {
             },
         ),
     ];
+    {
+        let shared = shared.to_vec();
+        Scraped::register(
+            registry,
+            "mtls_client_certificate_not_after",
+            "notAfter of client certificates that connected within the last day and expire \
+             within client_expiry_warning",
+            Some(Unit::Seconds),
+            Kind::Gauge,
+            move || {
+                let now = time::OffsetDateTime::now_utc();
+                shared
+                    .iter()
+                    .flat_map(|s| {
+                        s.expiring.recent(now).into_iter().map(|e| {
+                            (
+                                vec![
+                                    ("listener", s.name.to_string()),
+                                    ("subject", e.subject),
+                                    ("serial", e.serial),
+                                ],
+                                e.not_after.unix_timestamp() as f64,
+                            )
+                        })
+                    })
+                    .collect()
+            },
+        );
+    }
     for (name, help, pick) in families {
         let shared = shared.to_vec();
         Scraped::register(
@@ -433,7 +465,12 @@ fn serve_tls(
     );
     let verdict = identity.current(state.trust());
     match &verdict {
-        Ok(_) => shared.metrics.handshake(&shared.name, "ok", ""),
+        Ok((peer, _)) => {
+            shared.metrics.handshake(&shared.name, "ok", "");
+            shared
+                .expiring
+                .note(&shared.name, peer, time::OffsetDateTime::now_utc());
+        }
         Err(r) => shared.metrics.handshake(&shared.name, "rejected", r.code()),
     }
     match shared.mode {
