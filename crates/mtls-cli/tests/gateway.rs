@@ -681,12 +681,29 @@ fn served_serial(g: &Gateway) -> String {
         .to_ascii_lowercase()
 }
 
-fn metric(g: &Gateway, name: &str) -> f64 {
+/// The gateway's `/metrics` page.
+fn metrics_page(g: &Gateway) -> String {
     let o = Command::new("curl")
         .args(["-sS", &format!("http://{}/metrics", g.admin.unwrap())])
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A gateway admitting any trusted client, with an admin listener, logging at WARN, plus
+/// `extra` flags.
+fn logging_with_admin(extra: &[&str]) -> (tempfile::TempDir, Files, Upstream, Gateway) {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let up = Upstream::start();
+    let mut args = vec!["--allow-any-trusted", "--admin-listen", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let g = Gateway::start_logging(&http_args(&f, &up, &args), "warn");
+    (dir, f, up, g)
+}
+
+fn metric(g: &Gateway, name: &str) -> f64 {
+    let text = metrics_page(g);
     text.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
         .unwrap_or_else(|| panic!("{name} not in metrics:\n{text}"))
@@ -1273,23 +1290,7 @@ fn refused_handshake_and_request_are_logged_with_reason_at_the_default_level() {
 /// (read by a Prometheus text parser); one with longer left is neither.
 #[test]
 fn clients_whose_certificates_expire_soon_are_logged_once_and_listed_in_metrics() {
-    let dir = tempfile::tempdir().unwrap();
-    let f = Files::new(dir.path());
-    let up = Upstream::start();
-    let g = Gateway::start_logging(
-        &http_args(
-            &f,
-            &up,
-            &[
-                "--allow-any-trusted",
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--client-expiry-warning",
-                "3d",
-            ],
-        ),
-        "warn",
-    );
+    let (_dir, f, _up, g) = logging_with_admin(&["--client-expiry-warning", "3d"]);
     let now = OffsetDateTime::now_utc();
     let soon = f.pki.leaf_at(
         Profile::Client,
@@ -1312,11 +1313,7 @@ fn clients_whose_certificates_expire_soon_are_logged_once_and_listed_in_metrics(
     ] {
         assert!(line.contains(part), "{part} missing in {line}");
     }
-    let page = Command::new("curl")
-        .args(["-sS", &format!("http://{}/metrics", g.admin.unwrap())])
-        .output()
-        .unwrap();
-    let page = String::from_utf8_lossy(&page.stdout).into_owned();
+    let page = metrics_page(&g);
     common::assert_prometheus_text(&page);
     let series: Vec<&str> = page
         .lines()
@@ -1341,17 +1338,7 @@ fn clients_whose_certificates_expire_soon_are_logged_once_and_listed_in_metrics(
 
 #[test]
 fn a_flood_of_refused_handshakes_is_counted_but_logged_at_a_bounded_rate() {
-    let dir = tempfile::tempdir().unwrap();
-    let f = Files::new(dir.path());
-    let up = Upstream::start();
-    let g = Gateway::start_logging(
-        &http_args(
-            &f,
-            &up,
-            &["--allow-any-trusted", "--admin-listen", "127.0.0.1:0"],
-        ),
-        "warn",
-    );
+    let (_dir, f, _up, g) = logging_with_admin(&[]);
     // 10,000 clients without a certificate (Python's ssl, 16 threads).
     let script = r#"
 import socket, ssl, sys, concurrent.futures
