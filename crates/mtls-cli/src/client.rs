@@ -32,6 +32,11 @@ pub struct ClientTlsArgs {
     /// Name to verify the server certificate against (default: the target host).
     #[arg(long)]
     server_name: Option<String>,
+    /// Also require the server's key to be this one (SHA-256 of its SubjectPublicKeyInfo:
+    /// sha256//BASE64 as curl's --pinnedpubkey, or hex as `mtls inspect` prints spki_sha256;
+    /// repeatable: any of them). The chain is checked against --ca all the same.
+    #[arg(long, value_name = "SPKI_SHA256")]
+    pinned_pubkey: Vec<mtls_pki::Fingerprint>,
     /// Refuse a server that does not staple an OCSP response that verifies and says good (a
     /// stapled "revoked" is refused either way).
     #[arg(long)]
@@ -148,6 +153,9 @@ impl ClientTlsArgs {
         let mut b = mtls_client::ClientBuilder::new();
         for p in &self.ca {
             b = b.ca_file(p);
+        }
+        for pin in &self.pinned_pubkey {
+            b = b.pin_server_key(*pin);
         }
         if self.require_ocsp_staple {
             b = b.require_ocsp_staple();

@@ -872,6 +872,60 @@ fn request_to(f: &Files, c: &common::gw::Leaf, port: u16, extra: &[&str]) -> Com
     cmd
 }
 
+/// `--pinned-pubkey`: `mtls request` reaches a server whose key is the pinned one (curl's
+/// sha256//BASE64 or hex), and refuses one the CA vouches for whose key is not, naming the
+/// key it saw (exit 1, nothing sent).
+#[test]
+fn request_refuses_a_server_whose_key_is_not_pinned() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let up = Upstream::start();
+    let g = Gateway::start(&http_args(&f, &up, &["--allow-any-trusted"]));
+    let c = f.client("pinner");
+    let spki = |der: &[u8]| {
+        mtls_pki::Fingerprint::of(
+            mtls_pki::pem_io::parse_certificate(der)
+                .unwrap()
+                .public_key()
+                .raw,
+        )
+    };
+    let chain = std::fs::read(f.server_chain()).unwrap();
+    let server = spki(&mtls_pki::pem_io::certificates(&chain).unwrap()[0]);
+    let other = spki(&f.pki.client("other").cert.der);
+    let run = |pins: &[String]| {
+        let mut extra = vec!["--server-name".to_string(), "localhost".to_string()];
+        for p in pins {
+            extra.extend(["--pinned-pubkey".to_string(), p.clone()]);
+        }
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        run_bounded(
+            request_to(&f, &c, g.port(), &extra),
+            Duration::from_secs(20),
+        )
+        .0
+    };
+    for pins in [
+        vec![server.to_pin()],
+        vec![other.to_pin(), server.to_string()],
+    ] {
+        let out = run(&pins);
+        assert!(
+            out.status.success(),
+            "{pins:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = run(&[other.to_pin()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("is not pinned") && stderr.contains(&server.to_pin()),
+        "{stderr}"
+    );
+    assert_eq!(up.count(), 2, "the refused request reached the upstream");
+}
+
 /// Runs `cmd` to its end, killing it if it runs past `limit`: its output and how long it ran.
 fn run_bounded(mut cmd: Command, limit: Duration) -> (std::process::Output, Duration) {
     let start = std::time::Instant::now();

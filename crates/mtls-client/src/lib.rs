@@ -162,6 +162,8 @@ pub struct ClientBuilder {
     staple: ocsp::StapleCheck,
     revocation: ServerRevocation,
     observe: Option<Arc<observe::HandshakeLog>>,
+    /// SHA-256 of the SubjectPublicKeyInfo the server's certificate must have (one of).
+    server_key_pins: Vec<mtls_pki::Fingerprint>,
 }
 
 /// How the server's certificate is checked for revocation beyond its OCSP staple: CRL files
@@ -236,6 +238,7 @@ impl Default for ClientBuilder {
             staple: ocsp::StapleCheck::IfPresent,
             revocation: ServerRevocation::default(),
             observe: None,
+            server_key_pins: Vec::new(),
         }
     }
 }
@@ -361,6 +364,16 @@ impl ClientBuilder {
     /// [`CONNECT_TIMEOUT`] (10 s).
     pub fn connect_timeout(mut self, d: Duration) -> Self {
         self.connect_timeout = d;
+        self
+    }
+
+    /// Requires the server's certificate to carry this key (SHA-256 of its
+    /// SubjectPublicKeyInfo, as curl's `--pinnedpubkey` and `mtls inspect`'s `spki_sha256`;
+    /// repeatable: any of them), on top of the chain check, which still applies: a pin narrows
+    /// whom the CAs vouch for (another certificate for the same name, from the same CA or a
+    /// compromised one, is refused), it never replaces them.
+    pub fn pin_server_key(mut self, spki_sha256: mtls_pki::Fingerprint) -> Self {
+        self.server_key_pins.push(spki_sha256);
         self
     }
 
@@ -506,6 +519,7 @@ impl ClientBuilder {
                 roots,
                 check: self.staple,
                 log: self.observe.clone(),
+                pins: self.server_key_pins.clone(),
             }));
         Ok((config, revocation))
     }

@@ -271,6 +271,29 @@ pub(crate) struct StapleVerifier {
     pub(crate) check: StapleCheck,
     pub(crate) revocation: Option<Arc<crate::ServerTrust>>,
     pub(crate) log: Option<Arc<crate::observe::HandshakeLog>>,
+    /// Keys the server's certificate must have one of (none: any the chain check admits).
+    pub(crate) pins: Vec<mtls_pki::Fingerprint>,
+}
+
+/// Refuses `leaf` unless its key is one of `pins` (when there are any).
+fn check_pins(
+    leaf: &CertificateDer<'_>,
+    pins: &[mtls_pki::Fingerprint],
+) -> Result<(), rustls::Error> {
+    if pins.is_empty() {
+        return Ok(());
+    }
+    let spki = mtls_pki::pem_io::parse_certificate(leaf)
+        .map(|c| mtls_pki::Fingerprint::of(c.public_key().raw))
+        .map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))?;
+    if pins.contains(&spki) {
+        return Ok(());
+    }
+    let why = format!("the server's key ({}) is not pinned", spki.to_pin());
+    tracing::warn!(%why, "server certificate refused");
+    Err(rustls::Error::InvalidCertificate(
+        rustls::CertificateError::Other(rustls::OtherError(Arc::new(StapleError(why)))),
+    ))
 }
 
 /// Checks `staple` about `leaf` (issued by whichever of `intermediates` and `roots` signed it)
@@ -368,6 +391,7 @@ impl rustls::client::danger::ServerCertVerifier for StapleVerifier {
             ocsp_response,
             now,
         )?;
+        check_pins(end_entity, &self.pins)?;
         let now =
             OffsetDateTime::from_unix_timestamp(i64::try_from(now.as_secs()).unwrap_or(i64::MAX))
                 .map_err(|_| rustls::Error::General("clock out of range".into()))?;

@@ -12,6 +12,15 @@ use crate::{Error, Result};
 pub struct Fingerprint([u8; 32]);
 
 impl Fingerprint {
+    /// The pin form `sha256//BASE64` (curl's `--pinnedpubkey`), which `FromStr` reads too.
+    pub fn to_pin(&self) -> String {
+        use base64::Engine;
+        format!(
+            "sha256//{}",
+            base64::engine::general_purpose::STANDARD.encode(self.0)
+        )
+    }
+
     /// The SHA-256 of `der`.
     pub fn of(der: &[u8]) -> Self {
         let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
@@ -124,9 +133,8 @@ mod tests {
         assert!(format!("{hex}00").parse::<Fingerprint>().is_err());
         assert!("zz".repeat(32).parse::<Fingerprint>().is_err());
         // curl's --pinnedpubkey form.
-        use base64::Engine;
-        let b64 = base64::engine::general_purpose::STANDARD.encode(f.0);
-        assert_eq!(format!("sha256//{b64}").parse::<Fingerprint>().unwrap(), f);
+        assert!(f.to_pin().starts_with("sha256//"));
+        assert_eq!(f.to_pin().parse::<Fingerprint>().unwrap(), f);
         assert!("sha256//AAAA".parse::<Fingerprint>().is_err());
         // A SHA-1 fingerprint says what to give instead.
         let e = "AB:".repeat(19).to_string() + "AB";
