@@ -48,6 +48,10 @@ pub struct GatewayArgs {
     /// it revokes are not used again from about a second later.
     #[arg(long)]
     upstream_crl: Vec<PathBuf>,
+    /// Require the https:// upstream's key to be this one (SHA-256 of its SPKI: sha256//BASE64
+    /// or hex; repeatable: any of them), on top of --upstream-ca.
+    #[arg(long, value_name = "SPKI_SHA256")]
+    upstream_pinned_pubkey: Vec<mtls_pki::Fingerprint>,
     /// http or tcp.
     #[arg(long, default_value = "http")]
     mode: String,
@@ -209,6 +213,7 @@ fn config_from_flags(a: &GatewayArgs) -> Result<GatewayConfig> {
             upstream: a.upstream.clone().ok_or_else(|| missing("--upstream"))?,
             upstream_ca: a.upstream_ca.clone(),
             upstream_crl: a.upstream_crl.clone(),
+            upstream_pinned_pubkey: a.upstream_pinned_pubkey.clone(),
             upstream_server_name: None,
             upstream_certificate: None,
             certificates: vec![CertificateConfig {
@@ -463,6 +468,7 @@ pub fn quickstart(a: QuickstartArgs) -> Result<ExitCode> {
                 upstream: format!("http://{upstream_addr}"),
                 upstream_ca: Vec::new(),
                 upstream_crl: Vec::new(),
+                upstream_pinned_pubkey: Vec::new(),
                 upstream_server_name: None,
                 upstream_certificate: None,
                 certificates: vec![CertificateConfig {

@@ -872,6 +872,22 @@ fn request_to(f: &Files, c: &common::gw::Leaf, port: u16, extra: &[&str]) -> Com
     cmd
 }
 
+/// SHA-256 of a certificate's SubjectPublicKeyInfo (what a key pin names).
+fn spki_of(der: &[u8]) -> mtls_pki::Fingerprint {
+    mtls_pki::Fingerprint::of(
+        mtls_pki::pem_io::parse_certificate(der)
+            .unwrap()
+            .public_key()
+            .raw,
+    )
+}
+
+/// The key pin of the gateways' server certificate.
+fn server_key(f: &Files) -> mtls_pki::Fingerprint {
+    let chain = std::fs::read(f.server_chain()).unwrap();
+    spki_of(&mtls_pki::pem_io::certificates(&chain).unwrap()[0])
+}
+
 /// `--pinned-pubkey`: `mtls request` reaches a server whose key is the pinned one (curl's
 /// sha256//BASE64 or hex), and refuses one the CA vouches for whose key is not, naming the
 /// key it saw (exit 1, nothing sent).
@@ -882,17 +898,8 @@ fn request_refuses_a_server_whose_key_is_not_pinned() {
     let up = Upstream::start();
     let g = Gateway::start(&http_args(&f, &up, &["--allow-any-trusted"]));
     let c = f.client("pinner");
-    let spki = |der: &[u8]| {
-        mtls_pki::Fingerprint::of(
-            mtls_pki::pem_io::parse_certificate(der)
-                .unwrap()
-                .public_key()
-                .raw,
-        )
-    };
-    let chain = std::fs::read(f.server_chain()).unwrap();
-    let server = spki(&mtls_pki::pem_io::certificates(&chain).unwrap()[0]);
-    let other = spki(&f.pki.client("other").cert.der);
+    let server = server_key(&f);
+    let other = spki_of(&f.pki.client("other").cert.der);
     let run = |pins: &[String]| {
         let mut extra = vec!["--server-name".to_string(), "localhost".to_string()];
         for p in pins {
@@ -1569,6 +1576,60 @@ fn tunnel_or_stream_upstream() -> std::net::SocketAddr {
         }
     });
     addr
+}
+
+/// `upstream_pinned_pubkey`: the gateway reaches an https:// upstream whose key is pinned
+/// and answers 502 for one its upstream_ca vouches for with another key; a pin on a plain
+/// upstream does not start.
+#[test]
+fn an_upstream_whose_key_is_not_pinned_is_a_bad_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let up = Upstream::start();
+    let b = Gateway::start(&http_args(&f, &up, &["--allow-cn", "gateway-a"]));
+    let a_cert = f.client("gateway-a");
+    let (b_key, other) = (server_key(&f), spki_of(&f.pki.client("other").cert.der));
+    let client = f.client("end-user");
+    for (pin, status) in [(b_key.to_pin(), 200), (other.to_pin(), 502)] {
+        let config = gateway_to_gateway(
+            dir.path(),
+            "a.toml",
+            free_port(),
+            &b,
+            &a_cert,
+            "ca-chain.pem",
+            "",
+        );
+        let toml = std::fs::read_to_string(&config).unwrap().replace(
+            "upstream_crl = [",
+            &format!("upstream_pinned_pubkey = [\"{pin}\"]\nupstream_crl = ["),
+        );
+        std::fs::write(&config, toml).unwrap();
+        let a = Gateway::start(&["--config".into(), Files::p(&config)]);
+        let r = curl(&a, &f, Some(&client), "/pinned", &[]);
+        assert_eq!(r.status, status, "{pin}: {} {}", r.body, r.stderr);
+    }
+    assert_eq!(up.count(), 1);
+    let o = Command::new(env!("CARGO_BIN_EXE_mtls"))
+        .arg("gateway")
+        .args(http_args(
+            &f,
+            &up,
+            &[
+                "--allow-any-trusted",
+                "--upstream-pinned-pubkey",
+                &b_key.to_pin(),
+            ],
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not one"));
 }
 
 /// What an upstream server revoked meanwhile is still carrying, through a gateway checking

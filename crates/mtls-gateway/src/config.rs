@@ -219,6 +219,10 @@ pub struct ListenerConfig {
     /// after the change; an older CRL than the one in use is refused, across reloads too.
     #[serde(default)]
     pub upstream_crl: Vec<PathBuf>,
+    /// Keys the https:// upstream's certificate must have one of (SHA-256 of the SPKI:
+    /// `sha256//BASE64` or hex), on top of `upstream_ca`.
+    #[serde(default)]
+    pub upstream_pinned_pubkey: Vec<mtls_pki::Fingerprint>,
     /// Name to verify the upstream's certificate against (default: the upstream host).
     #[serde(default)]
     pub upstream_server_name: Option<String>,
@@ -474,6 +478,9 @@ impl GatewayConfig {
             }
             if !l.upstream_crl.is_empty() && !l.upstream.starts_with("https://") {
                 return e("upstream_crl (--upstream-crl) checks an https:// upstream's certificate in HTTP mode: this upstream is not one");
+            }
+            if !l.upstream_pinned_pubkey.is_empty() && !l.upstream.starts_with("https://") {
+                return e("upstream_pinned_pubkey (--upstream-pinned-pubkey) pins an https:// upstream's key in HTTP mode: this upstream is not one");
             }
             for f in &l.crl_fetch {
                 if !f.url.starts_with("http://") {

@@ -68,6 +68,9 @@ impl Upstream {
             for p in &cfg.upstream_crl {
                 b = b.crl_file(p);
             }
+            for pin in &cfg.upstream_pinned_pubkey {
+                b = b.pin_server_key(*pin);
+            }
             if let Some(trust) = previous.and_then(|p| p.pool.server_trust()) {
                 b = b.crl_floor(trust);
             }
