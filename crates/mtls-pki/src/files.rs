@@ -73,8 +73,9 @@ pub fn write_target(path: &Path) -> Result<PathBuf> {
 }
 
 /// Where a replaced symbolic link `path` (`meta`: its own metadata) points, when it may be
-/// followed: owned by this process's user or by root (a link another user planted, in a
-/// directory both can write, would make the writer replace whatever it names).
+/// followed: the link, and every link on the way to what it names (further links, linked
+/// directories), owned by this process's user or by root. A link another user planted, in a
+/// directory both can write, would make the writer replace whatever it names.
 fn link_target(path: &Path, meta: &fs::Metadata) -> Result<PathBuf> {
     use std::os::unix::fs::MetadataExt;
     let refused = |detail: String| {
@@ -85,17 +86,50 @@ fn link_target(path: &Path, meta: &fs::Metadata) -> Result<PathBuf> {
     };
     // The owner of /proc/self is the process's effective user.
     let me = fs::metadata("/proc/self").map(|m| m.uid()).ok();
-    if meta.uid() != 0 && Some(meta.uid()) != me {
+    let trusted = |uid: u32| uid == 0 || Some(uid) == me;
+    if !trusted(meta.uid()) {
         return Err(refused(format!(
             "a symbolic link owned by uid {}, not followed: write to what it names, or remove it",
             meta.uid()
         )));
     }
-    fs::canonicalize(path).map_err(|e| {
-        refused(format!(
-            "a symbolic link that does not resolve ({e}): write to what it should name, or remove it"
-        ))
-    })
+    // Resolved one hop at a time, each link on the way (further links, linked directories)
+    // held to the same rule.
+    let mut current = path.to_path_buf();
+    for _ in 0..40 {
+        let link = current
+            .ancestors()
+            .find(|a| fs::symlink_metadata(a).is_ok_and(|m| m.file_type().is_symlink()));
+        let Some(link) = link.map(Path::to_path_buf) else {
+            return match fs::symlink_metadata(&current) {
+                Ok(_) => Ok(current),
+                Err(e) => Err(refused(format!(
+                    "a symbolic link that does not resolve ({e}): write to what it should \
+                     name, or remove it"
+                ))),
+            };
+        };
+        let owner = fs::symlink_metadata(&link).map_err(io_err(&link))?.uid();
+        if !trusted(owner) {
+            return Err(refused(format!(
+                "it resolves through {}, a symbolic link owned by uid {owner}: not followed",
+                link.display()
+            )));
+        }
+        let mut next = link
+            .parent()
+            .unwrap_or(Path::new("/"))
+            .join(fs::read_link(&link).map_err(io_err(&link))?);
+        // (Joining an empty rest would add a trailing `/`, which makes the OS follow the link
+        // the next look must see.)
+        if let Ok(rest) = current.strip_prefix(&link) {
+            if !rest.as_os_str().is_empty() {
+                next.push(rest);
+            }
+        }
+        current = next;
+    }
+    Err(refused("too many levels of symbolic links".into()))
 }
 
 /// Writes `contents` to `path` atomically (temporary file, fsync, rename, fsync of the directory).
@@ -473,6 +507,25 @@ mod tests {
                 .unwrap()
                 .file_type()
                 .is_symlink());
+            // Our link to a file another user replaced with a link of theirs, and our link
+            // through a directory another user linked: refused, what they name untouched.
+            let victim = dir.path().join("victim");
+            fs::write(&victim, b"precious").unwrap();
+            let theirs = shared.join("app.crt");
+            symlink(&victim, &theirs).unwrap();
+            std::os::unix::fs::lchown(&theirs, Some(65534), Some(65534)).unwrap();
+            let ours = dir.path().join("app.crt");
+            symlink(&theirs, &ours).unwrap();
+            let e = write_atomic(&ours, b"cert", Visibility::Public, true).unwrap_err();
+            assert!(e.to_string().contains("owned by uid 65534"), "{e}");
+            let linked_dir = dir.path().join("linked");
+            symlink(dir.path(), &linked_dir).unwrap();
+            std::os::unix::fs::lchown(&linked_dir, Some(65534), Some(65534)).unwrap();
+            let through = dir.path().join("through.pem");
+            symlink(linked_dir.join("victim"), &through).unwrap();
+            let e = write_atomic(&through, b"cert", Visibility::Public, true).unwrap_err();
+            assert!(e.to_string().contains("owned by uid 65534"), "{e}");
+            assert_eq!(fs::read(&victim).unwrap(), b"precious");
         }
     }
 
