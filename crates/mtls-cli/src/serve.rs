@@ -125,10 +125,6 @@ pub struct GatewayArgs {
     /// Admin listener for /metrics and /healthz.
     #[arg(long, value_parser = crate::util::listen_arg)]
     admin_listen: Option<SocketAddr>,
-    /// Log (once per certificate) and list in mtls_client_certificate_not_after_seconds the
-    /// clients whose certificates expire within this long of connecting; 0s: never.
-    #[arg(long, default_value = "7d", value_parser = crate::util::std_duration_arg)]
-    client_expiry_warning: std::time::Duration,
     /// TCP mode: send a PROXY protocol v2 header with the identity.
     #[arg(long)]
     proxy_protocol: bool,
@@ -205,7 +201,6 @@ fn config_from_flags(a: &GatewayArgs) -> Result<GatewayConfig> {
         admin_listen: a.admin_listen,
         limits: Limits::default(),
         access_log: !a.no_access_log,
-        client_expiry_warning: a.client_expiry_warning,
         listeners: vec![ListenerConfig {
             name: "default".into(),
             listen: a.listen.ok_or_else(|| missing("--listen"))?,
@@ -460,7 +455,6 @@ pub fn quickstart(a: QuickstartArgs) -> Result<ExitCode> {
             admin_listen: None,
             limits: Limits::default(),
             access_log: true,
-            client_expiry_warning: mtls_gateway::config::DEFAULT_CLIENT_EXPIRY_WARNING,
             listeners: vec![ListenerConfig {
                 name: "quickstart".into(),
                 listen,

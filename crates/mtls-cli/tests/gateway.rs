@@ -1285,31 +1285,32 @@ fn refused_handshake_and_request_are_logged_with_reason_at_the_default_level() {
     );
 }
 
-/// A client connecting with a certificate that expires within `--client-expiry-warning` is
-/// a WARN line once per certificate and a series of `mtls_client_certificate_not_after_seconds`
-/// (read by a Prometheus text parser); one with longer left is neither.
+/// A client connecting with a certificate past its renewal point (2/3 of its validity plus a
+/// tenth: the rule `mtls monitor` pages on) is a WARN line once per certificate and a series of
+/// `mtls_client_certificate_not_after_seconds` (read by a Prometheus text parser); a day-long
+/// certificate hours from its end but renewed on time, and a fresh one, are neither.
 #[test]
-fn clients_whose_certificates_expire_soon_are_logged_once_and_listed_in_metrics() {
-    let (_dir, f, _up, g) = logging_with_admin(&["--client-expiry-warning", "3d"]);
+fn clients_whose_renewal_is_overdue_are_logged_once_and_listed_in_metrics() {
+    let (_dir, f, _up, g) = logging_with_admin(&[]);
     let now = OffsetDateTime::now_utc();
-    let soon = f.pki.leaf_at(
-        Profile::Client,
-        "soon",
-        &[],
-        now - time::Duration::days(1),
-        time::Duration::days(3),
-    );
-    let soon_serial = soon.cert.serial.to_string();
-    let soon = f.write_leaf("soon", &soon.cert.der, &soon.key);
+    let leaf = |cn: &str, age: time::Duration, lifetime: time::Duration| {
+        let l = f.pki.leaf_at(Profile::Client, cn, &[], now - age, lifetime);
+        (
+            l.cert.serial.to_string(),
+            f.write_leaf(cn, &l.cert.der, &l.key),
+        )
+    };
+    let (soon_serial, soon) = leaf("soon", time::Duration::hours(60), time::Duration::days(3));
+    let (_, short) = leaf("short", time::Duration::hours(15), time::Duration::days(1));
     let fine = f.client("fine");
-    for c in [&soon, &soon, &fine] {
+    for c in [&soon, &soon, &short, &fine] {
         assert_eq!(curl(&g, &f, Some(c), "/", &[]).status, 200);
     }
-    let line = wait_for_line(&g.stderr, "a client certificate expires soon");
+    let line = wait_for_line(&g.stderr, "past its renewal point");
     for part in [
         "subject=\"CN=soon\"",
         &format!("serial={soon_serial}"),
-        "hours_left=47",
+        "hours_left=11",
     ] {
         assert!(line.contains(part), "{part} missing in {line}");
     }
@@ -1331,9 +1332,12 @@ fn clients_whose_certificates_expire_soon_are_logged_once_and_listed_in_metrics(
         .lock()
         .unwrap()
         .iter()
-        .filter(|l| l.contains("expires soon"))
+        .filter(|l| l.contains("past its renewal point"))
         .count();
-    assert_eq!(logged, 1, "logged once per certificate");
+    assert_eq!(
+        logged, 1,
+        "logged once per certificate, the short one not at all"
+    );
 }
 
 #[test]

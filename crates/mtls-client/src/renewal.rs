@@ -64,6 +64,32 @@ impl Threshold {
     }
 }
 
+/// When a certificate due for renewal at `due` counts as overdue: a tenth of its validity
+/// later (the daemon retries with backoff meanwhile). The one rule of `mtls monitor`'s
+/// `mtls_cert_renewal_overdue` and of servers listing their overdue clients: a 24-hour
+/// certificate renewed every 16 hours is never overdue, a 90-day one still used a week after
+/// its renewal point is.
+pub fn overdue_after(
+    due: OffsetDateTime,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> OffsetDateTime {
+    due + (not_after - not_before) / 10_i32
+}
+
+/// [`overdue_after`] for a certificate whose holder's renewal plan is unknown (a server
+/// looking at its clients): renewed at the default point, 2/3 of its validity.
+pub fn default_overdue_after(
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> OffsetDateTime {
+    overdue_after(
+        due_at(not_before, not_after, None, Threshold::default(), 0.0),
+        not_before,
+        not_after,
+    )
+}
+
 /// When to renew a certificate valid from `not_before` to `not_after` that its holder obtained
 /// at `obtained` (`None` when unknown: a file someone else wrote).
 ///

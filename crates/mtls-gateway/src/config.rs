@@ -21,23 +21,8 @@ pub struct GatewayConfig {
     /// JSON access log on stdout (one line per request or TCP connection).
     #[serde(default = "yes")]
     pub access_log: bool,
-    /// A client whose certificate expires within this long of connecting is logged (once per
-    /// certificate) and listed in `mtls_client_certificate_not_after_seconds`; `0s`: never.
-    #[serde(
-        default = "default_client_expiry_warning",
-        with = "mtls_serve::duration::serde"
-    )]
-    pub client_expiry_warning: std::time::Duration,
     #[serde(rename = "listener")]
     pub listeners: Vec<ListenerConfig>,
-}
-
-/// A week: a client still connecting with less has a renewal that failed.
-pub const DEFAULT_CLIENT_EXPIRY_WARNING: std::time::Duration =
-    std::time::Duration::from_secs(7 * 86_400);
-
-fn default_client_expiry_warning() -> std::time::Duration {
-    DEFAULT_CLIENT_EXPIRY_WARNING
 }
 
 /// Proxy mode of a listener.

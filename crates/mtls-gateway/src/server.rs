@@ -34,8 +34,8 @@ pub struct Shared {
     pub generations: Generations,
     /// Refusal log lines of this listener, rate-limited.
     pub refusals: mtls_serve::refusals::RefusalLog,
-    /// Clients connecting with certificates that expire soon.
-    pub expiring: mtls_serve::expiring::ExpiringClients,
+    /// Clients connecting with certificates past their renewal point.
+    pub overdue: mtls_serve::expiring::OverdueClients,
     /// The HTTP connection builder (limits and timers), made once, not per connection.
     pub http: mtls_serve::http::Http,
     /// Revocation sources kept across reloads: the CA's feed (`[listener.revocation_feed]`),
@@ -134,7 +134,9 @@ pub async fn start(config: GatewayConfig, config_path: Option<PathBuf>) -> Resul
             access_log: config.access_log,
             generations: Generations::new(1),
             refusals: Default::default(),
-            expiring: mtls_serve::expiring::ExpiringClients::new(config.client_expiry_warning),
+            overdue: mtls_serve::expiring::OverdueClients::new(
+                mtls_client::renewal::default_overdue_after,
+            ),
             http: mtls_serve::http::builder(&mtls_serve::http::HttpLimits {
                 header_read_timeout: config.limits.header_read_timeout,
                 max_header_bytes: config.limits.max_header_bytes,
@@ -338,8 +340,8 @@ fn register_expiry(registry: &mut Registry, shared: &[Arc<Shared>]) {
         Scraped::register(
             registry,
             "mtls_client_certificate_not_after",
-            "notAfter of client certificates that connected within the last day and expire \
-             within client_expiry_warning",
+            "notAfter of client certificates that connected within the last day past their \
+             renewal point (2/3 of the validity plus a tenth)",
             Some(Unit::Seconds),
             Kind::Gauge,
             move || {
@@ -347,7 +349,7 @@ fn register_expiry(registry: &mut Registry, shared: &[Arc<Shared>]) {
                 shared
                     .iter()
                     .flat_map(|s| {
-                        s.expiring.recent(now).into_iter().map(|e| {
+                        s.overdue.recent(now).into_iter().map(|e| {
                             (
                                 vec![
                                     ("listener", s.name.to_string()),
@@ -468,7 +470,7 @@ fn serve_tls(
         Ok((peer, _)) => {
             shared.metrics.handshake(&shared.name, "ok", "");
             shared
-                .expiring
+                .overdue
                 .note(&shared.name, peer, time::OffsetDateTime::now_utc());
         }
         Err(r) => shared.metrics.handshake(&shared.name, "rejected", r.code()),

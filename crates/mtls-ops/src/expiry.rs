@@ -97,7 +97,6 @@ pub fn read_certificate(
                 0.0,
             )
         });
-    let grace = (not_after - not_before) / 10_i32;
     Ok(CertReading {
         file: file.to_path_buf(),
         subject: c.subject().to_string(),
@@ -105,7 +104,7 @@ pub fn read_certificate(
         not_before,
         not_after,
         renewal_due: due,
-        renewal_overdue: now > due + grace,
+        renewal_overdue: now > mtls_client::renewal::overdue_after(due, not_before, not_after),
         renewal,
     })
 }

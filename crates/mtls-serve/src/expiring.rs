@@ -1,11 +1,14 @@
-//! Clients whose certificates expire soon, as a server sees them connect: a WARN line the
-//! first time each such certificate connects, and the recent ones for a metric
-//! (`mtls_client_certificate_not_after_seconds`). A renewal that failed shows days before the
-//! outage, for certificates no inventory of this CA lists too (another CA's, a copied one).
+//! Clients still connecting with a certificate whose renewal is overdue, as a server sees
+//! them: a WARN line the first time each such certificate connects, and the recent ones for a
+//! metric (`mtls_client_certificate_not_after_seconds`). A renewal that failed shows well
+//! before the outage, for certificates no inventory of this CA lists too (another CA's, a
+//! copied one). "Overdue" is the rule `mtls monitor` pages on, given by the caller
+//! (`mtls_client::renewal::default_overdue_after`: past 2/3 of the validity plus a tenth), so
+//! short-lived certificates renewed on time never show, whatever their days left.
 //!
 //! Bounded: at most [`KEPT`] certificates (the soonest to expire kept), each forgotten a day
-//! after it last connected. It does not refuse anything: expired certificates are refused by
-//! the verifier.
+//! after it last connected. A healthy client costs one comparison per handshake (no lock). It
+//! does not refuse anything: expired certificates are refused by the verifier.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -13,15 +16,18 @@ use std::sync::Mutex;
 use mtls_verify::VerifiedPeer;
 use time::{Duration, OffsetDateTime};
 
-/// How many expiring certificates are kept for the metric.
+/// How many overdue certificates are kept for the metric.
 pub const KEPT: usize = 100;
 /// A certificate not seen for this long is forgotten.
 pub const FORGET_AFTER: Duration = Duration::days(1);
 
-/// The expiring client certificates one server has seen (see the module).
+/// When a certificate valid from `not_before` to `not_after` counts as overdue for renewal.
+pub type OverdueAfter = fn(OffsetDateTime, OffsetDateTime) -> OffsetDateTime;
+
+/// The overdue client certificates one server has seen (see the module).
 #[derive(Debug)]
-pub struct ExpiringClients {
-    warn_within: Duration,
+pub struct OverdueClients {
+    overdue_after: OverdueAfter,
     seen: Mutex<BTreeMap<String, Seen>>,
 }
 
@@ -32,9 +38,9 @@ struct Seen {
     last: OffsetDateTime,
 }
 
-/// One expiring certificate, as the metric shows it.
+/// One overdue certificate, as the metric shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Expiring {
+pub struct Overdue {
     /// Its subject.
     pub subject: String,
     /// Its serial (hex).
@@ -43,20 +49,20 @@ pub struct Expiring {
     pub not_after: OffsetDateTime,
 }
 
-impl ExpiringClients {
-    /// Watches for certificates that expire within `warn_within` of a connection (zero: none).
-    pub fn new(warn_within: std::time::Duration) -> Self {
-        ExpiringClients {
-            warn_within: Duration::try_from(warn_within).unwrap_or(Duration::MAX),
+impl OverdueClients {
+    /// Lists the clients whose certificates are past `overdue_after` when they connect.
+    pub fn new(overdue_after: OverdueAfter) -> Self {
+        OverdueClients {
+            overdue_after,
             seen: Mutex::new(BTreeMap::new()),
         }
     }
 
     /// Notes that `peer` connected to `listener` at `now`: logged the first time its
-    /// certificate is seen within the warning window, kept for the metric.
+    /// certificate is seen overdue, kept for the metric.
     pub fn note(&self, listener: &str, peer: &VerifiedPeer, now: OffsetDateTime) {
         let not_after = peer.not_after();
-        if self.warn_within.is_zero() || not_after - now > self.warn_within {
+        if now <= (self.overdue_after)(peer.not_before(), not_after) {
             return;
         }
         let Ok(mut seen) = self.seen.lock() else {
@@ -88,7 +94,7 @@ impl ExpiringClients {
             serial = %serial,
             not_after = %mtls_pki::rfc3339(&not_after),
             hours_left = left.whole_hours(),
-            "a client certificate expires soon: renew it"
+            "a client connects with a certificate past its renewal point: renew it"
         );
         seen.insert(
             serial,
@@ -100,15 +106,15 @@ impl ExpiringClients {
         );
     }
 
-    /// The certificates seen within the last day that expire within the window, soonest first.
-    pub fn recent(&self, now: OffsetDateTime) -> Vec<Expiring> {
+    /// The overdue certificates seen within the last day, soonest to expire first.
+    pub fn recent(&self, now: OffsetDateTime) -> Vec<Overdue> {
         let Ok(mut seen) = self.seen.lock() else {
             return Vec::new();
         };
         seen.retain(|_, s| now - s.last < FORGET_AFTER);
-        let mut v: Vec<Expiring> = seen
+        let mut v: Vec<Overdue> = seen
             .iter()
-            .map(|(serial, s)| Expiring {
+            .map(|(serial, s)| Overdue {
                 subject: s.subject.clone(),
                 serial: serial.clone(),
                 not_after: s.not_after,
@@ -126,50 +132,49 @@ mod tests {
     use mtls_pki::issue::Profile;
     use mtls_verify::{RevocationOptions, TrustState};
 
-    /// A verified client whose certificate ends `left` after `now`.
+    /// The rule of the tests: overdue past 2/3 of the validity plus a tenth.
+    fn rule(not_before: OffsetDateTime, not_after: OffsetDateTime) -> OffsetDateTime {
+        let life = not_after - not_before;
+        not_before + life * (2.0 / 3.0) + life / 10_i32
+    }
+
+    /// A verified client whose certificate was issued `age` before `now` for `lifetime`.
     fn peer(
         pki: &mtls_test_util::TestPki,
         state: &TrustState,
         cn: &str,
         now: OffsetDateTime,
-        left: Duration,
+        age: Duration,
+        lifetime: Duration,
     ) -> std::sync::Arc<VerifiedPeer> {
-        let issued_at = now - Duration::days(1);
-        let leaf = pki.leaf_at(
-            Profile::Client,
-            cn,
-            &[],
-            issued_at,
-            left + Duration::days(1),
-        );
+        let leaf = pki.leaf_at(Profile::Client, cn, &[], now - age, lifetime);
         state
             .verify_client(&leaf.cert.der, &[pki.intermediate_der()], now)
             .unwrap()
     }
 
     #[test]
-    fn certificates_within_the_window_are_kept_once_and_forgotten_after_a_day() {
+    fn overdue_certificates_are_kept_once_and_forgotten_after_a_day() {
         let pki = mtls_test_util::TestPki::new("exp");
         let state =
             TrustState::new(1, vec![pki.root_der()], &[], RevocationOptions::default()).unwrap();
         let now = OffsetDateTime::now_utc();
-        let soon = peer(&pki, &state, "soon", now, Duration::days(3));
-        let later = peer(&pki, &state, "later", now, Duration::days(30));
-        let sooner = peer(&pki, &state, "sooner", now, Duration::hours(5));
-        let w = ExpiringClients::new(std::time::Duration::from_secs(7 * 86_400));
-        for p in [&soon, &later, &sooner, &soon] {
+        let day = Duration::days(1);
+        let overdue = peer(&pki, &state, "overdue", now, day * 80, day * 90);
+        let on_time = peer(&pki, &state, "on-time", now, day * 50, day * 90);
+        // A day-long certificate renewed every 16 hours: hours from its end, never overdue.
+        let short = peer(&pki, &state, "short", now, Duration::hours(15), day);
+        let short_late = peer(&pki, &state, "short-late", now, Duration::hours(20), day);
+        let w = OverdueClients::new(rule);
+        for p in [&overdue, &on_time, &short, &short_late, &overdue] {
             w.note("l", p, now);
         }
-        let names = |v: Vec<Expiring>| v.into_iter().map(|e| e.subject).collect::<Vec<_>>();
-        assert_eq!(names(w.recent(now)), ["CN=sooner", "CN=soon"]);
+        let names = |v: Vec<Overdue>| v.into_iter().map(|e| e.subject).collect::<Vec<_>>();
+        assert_eq!(names(w.recent(now)), ["CN=short-late", "CN=overdue"]);
         // Seen again later: kept from then on.
-        w.note("l", &soon, now + Duration::hours(20));
-        assert_eq!(names(w.recent(now + Duration::hours(30))), ["CN=soon"]);
+        w.note("l", &overdue, now + Duration::hours(20));
+        assert_eq!(names(w.recent(now + Duration::hours(30))), ["CN=overdue"]);
         assert!(w.recent(now + Duration::hours(45)).is_empty());
-        // A zero window watches nothing.
-        let off = ExpiringClients::new(std::time::Duration::ZERO);
-        off.note("l", &sooner, now);
-        assert!(off.recent(now).is_empty());
     }
 
     #[test]
@@ -178,20 +183,25 @@ mod tests {
         let state =
             TrustState::new(1, vec![pki.root_der()], &[], RevocationOptions::default()).unwrap();
         let now = OffsetDateTime::now_utc();
-        let w = ExpiringClients::new(std::time::Duration::from_secs(30 * 86_400));
+        let w = OverdueClients::new(rule);
+        let day = Duration::days(1);
         for i in 0..KEPT {
-            let left = Duration::days(10) + Duration::minutes(i as i64);
-            w.note("l", &peer(&pki, &state, &format!("c{i}"), now, left), now);
+            let lifetime = day * 90 + Duration::minutes(i as i64);
+            w.note(
+                "l",
+                &peer(&pki, &state, &format!("c{i}"), now, day * 85, lifetime),
+                now,
+            );
         }
         let latest = w.recent(now).last().cloned().unwrap();
         w.note(
             "l",
-            &peer(&pki, &state, "urgent", now, Duration::days(1)),
+            &peer(&pki, &state, "urgent", now, day * 89, day * 90),
             now,
         );
         w.note(
             "l",
-            &peer(&pki, &state, "relaxed", now, Duration::days(20)),
+            &peer(&pki, &state, "relaxed", now, day * 85, day * 100),
             now,
         );
         let kept = w.recent(now);
