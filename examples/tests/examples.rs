@@ -649,6 +649,14 @@ allow_any_trusted = true
     let r = gw::curl(&g, &f, Some(&intruder), "/api/secure", &[]);
     assert_eq!(r.status, 403, "{}", r.body);
     assert!(r.body.contains("CN=intruder is not allowed"), "{}", r.body);
+    // The refusal's log line names the forwarded client the policy judged, not the gateway.
+    let line = app.logged(&["request refused", "CN=intruder is not allowed"]);
+    assert!(
+        line.contains(&format!("serial=\"{}\"", intruder.serial))
+            && line.contains("subject=\"CN=intruder\"")
+            && !line.contains("CN=gateway"),
+        "{line}"
+    );
     // Straight to the application, not the gateway, with forged identity headers naming
     // client-app: ignored, refused.
     let forged = {

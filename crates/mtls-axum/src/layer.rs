@@ -104,12 +104,10 @@ impl RequireClientCert {
         self
     }
 
-    /// Logs (rate-limited, at WARN) and keeps a refused request, with the connection's
-    /// certificate when it presented one.
-    fn report<B>(&self, req: &Request<B>, refusal: &ApiError) {
+    /// Logs (rate-limited, at WARN) and keeps a refused request, with the certificate the
+    /// checks judged when there was one.
+    fn report<B>(&self, req: &Request<B>, refusal: &ApiError, peer: Option<&VerifiedPeer>) {
         let ext = req.extensions();
-        let peer = crate::extract::peer_of(ext);
-        let peer = peer.verified().ok();
         self.refusals.report(mtls_serve::refusals::Refusal {
             listener: "server".into(),
             remote: ext
@@ -130,20 +128,24 @@ impl RequireClientCert {
     }
 
     /// The decision for a request's extensions.
-    fn decide(&self, ext: &http::Extensions) -> Result<(), ApiError> {
+    /// The decision for a request's extensions; a refusal carries the identity the checks
+    /// judged (the forwarded one with [`forwarded`](Self::forwarded)), when there was one.
+    fn decide(&self, ext: &http::Extensions) -> Result<(), (ApiError, Option<Arc<VerifiedPeer>>)> {
         let peer = match self.source {
             Source::Connection => crate::extract::peer_of(ext)
                 .verified()
                 .cloned()
-                .map_err(|r| ApiError::from_rejection(&r))?,
-            Source::Forwarded => crate::extract::forwarded_of(ext)?,
+                .map_err(|r| (ApiError::from_rejection(&r), None))?,
+            Source::Forwarded => crate::extract::forwarded_of(ext).map_err(|e| (e, None))?,
         };
         for c in self.checks.iter() {
             let verdict = match c {
                 Check::Policy(p) => p.check(&peer),
                 Check::Custom(f) => f(&peer),
             };
-            verdict.map_err(ApiError::invalid_cert)?;
+            if let Err(reason) = verdict {
+                return Err((ApiError::invalid_cert(reason), Some(peer)));
+            }
         }
         Ok(())
     }
@@ -183,8 +185,8 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         match self.layer.decide(req.extensions()) {
             Ok(()) => Box::pin(self.inner.call(req)),
-            Err(refusal) => {
-                self.layer.report(&req, &refusal);
+            Err((refusal, peer)) => {
+                self.layer.report(&req, &refusal, peer.as_deref());
                 Box::pin(std::future::ready(Ok(refusal.into_response())))
             }
         }
