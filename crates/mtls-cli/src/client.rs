@@ -36,7 +36,7 @@ pub struct ClientTlsArgs {
     /// sha256//BASE64 as curl's --pinnedpubkey, or hex as `mtls inspect` prints spki_sha256;
     /// repeatable: any of them). The chain is checked against --ca all the same.
     #[arg(long, value_name = "SPKI_SHA256")]
-    pinned_pubkey: Vec<mtls_pki::Fingerprint>,
+    pinned_pubkey: Vec<mtls_pki::KeyPin>,
     /// Refuse a server that does not staple an OCSP response that verifies and says good (a
     /// stapled "revoked" is refused either way).
     #[arg(long)]

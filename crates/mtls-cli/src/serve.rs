@@ -51,7 +51,7 @@ pub struct GatewayArgs {
     /// Require the https:// upstream's key to be this one (SHA-256 of its SPKI: sha256//BASE64
     /// or hex; repeatable: any of them), on top of --upstream-ca.
     #[arg(long, value_name = "SPKI_SHA256")]
-    upstream_pinned_pubkey: Vec<mtls_pki::Fingerprint>,
+    upstream_pinned_pubkey: Vec<mtls_pki::KeyPin>,
     /// http or tcp.
     #[arg(long, default_value = "http")]
     mode: String,
@@ -73,12 +73,12 @@ pub struct GatewayArgs {
     /// Allow clients with this e-mail SAN (repeatable).
     #[arg(long, value_name = "ADDRESS")]
     allow_email: Vec<String>,
-    /// SHA-256 certificate fingerprint (hex, colons or a sha256: prefix allowed; or sha256//BASE64).
+    /// SHA-256 certificate fingerprint (hex, colons or a sha256: prefix allowed).
     #[arg(long)]
     allow_fingerprint: Vec<mtls_pki::Fingerprint>,
-    /// SHA-256 SubjectPublicKeyInfo fingerprint (same syntax).
+    /// SHA-256 of the client key (SubjectPublicKeyInfo): hex, or a key pin sha256//BASE64.
     #[arg(long)]
-    allow_spki: Vec<mtls_pki::Fingerprint>,
+    allow_spki: Vec<mtls_pki::KeyPin>,
     /// Required issuer DN (as `mtls inspect` prints it).
     #[arg(long)]
     allow_issuer: Vec<mtls_verify::DistinguishedName>,

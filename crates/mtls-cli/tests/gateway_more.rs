@@ -872,9 +872,9 @@ fn request_to(f: &Files, c: &common::gw::Leaf, port: u16, extra: &[&str]) -> Com
     cmd
 }
 
-/// SHA-256 of a certificate's SubjectPublicKeyInfo (what a key pin names).
-fn spki_of(der: &[u8]) -> mtls_pki::Fingerprint {
-    mtls_pki::Fingerprint::of(
+/// The key pin of a certificate (SHA-256 of its SubjectPublicKeyInfo).
+fn spki_of(der: &[u8]) -> mtls_pki::KeyPin {
+    mtls_pki::KeyPin::of_spki(
         mtls_pki::pem_io::parse_certificate(der)
             .unwrap()
             .public_key()
@@ -883,7 +883,7 @@ fn spki_of(der: &[u8]) -> mtls_pki::Fingerprint {
 }
 
 /// The key pin of the gateways' server certificate.
-fn server_key(f: &Files) -> mtls_pki::Fingerprint {
+fn server_key(f: &Files) -> mtls_pki::KeyPin {
     let chain = std::fs::read(f.server_chain()).unwrap();
     spki_of(&mtls_pki::pem_io::certificates(&chain).unwrap()[0])
 }
@@ -913,8 +913,8 @@ fn request_refuses_a_server_whose_key_is_not_pinned() {
         .0
     };
     for pins in [
-        vec![server.to_pin()],
-        vec![other.to_pin(), server.to_string()],
+        vec![server.to_string()],
+        vec![other.to_string(), server.0.to_string()],
     ] {
         let out = run(&pins);
         assert!(
@@ -923,11 +923,11 @@ fn request_refuses_a_server_whose_key_is_not_pinned() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let out = run(&[other.to_pin()]);
+    let out = run(&[other.to_string()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("is not pinned") && stderr.contains(&server.to_pin()),
+        stderr.contains("is not pinned") && stderr.contains(&server.to_string()),
         "{stderr}"
     );
     assert_eq!(up.count(), 2, "the refused request reached the upstream");
@@ -1590,7 +1590,7 @@ fn an_upstream_whose_key_is_not_pinned_is_a_bad_gateway() {
     let a_cert = f.client("gateway-a");
     let (b_key, other) = (server_key(&f), spki_of(&f.pki.client("other").cert.der));
     let client = f.client("end-user");
-    for (pin, status) in [(b_key.to_pin(), 200), (other.to_pin(), 502)] {
+    for (pin, status) in [(b_key.to_string(), 200), (other.to_string(), 502)] {
         let config = gateway_to_gateway(
             dir.path(),
             "a.toml",
@@ -1618,7 +1618,7 @@ fn an_upstream_whose_key_is_not_pinned_is_a_bad_gateway() {
             &[
                 "--allow-any-trusted",
                 "--upstream-pinned-pubkey",
-                &b_key.to_pin(),
+                &b_key.to_string(),
             ],
         ))
         .output()

@@ -163,7 +163,7 @@ pub struct ClientBuilder {
     revocation: ServerRevocation,
     observe: Option<Arc<observe::HandshakeLog>>,
     /// SHA-256 of the SubjectPublicKeyInfo the server's certificate must have (one of).
-    server_key_pins: Vec<mtls_pki::Fingerprint>,
+    server_key_pins: Vec<mtls_pki::KeyPin>,
 }
 
 /// How the server's certificate is checked for revocation beyond its OCSP staple: CRL files
@@ -372,8 +372,8 @@ impl ClientBuilder {
     /// repeatable: any of them), on top of the chain check, which still applies: a pin narrows
     /// whom the CAs vouch for (another certificate for the same name, from the same CA or a
     /// compromised one, is refused), it never replaces them.
-    pub fn pin_server_key(mut self, spki_sha256: mtls_pki::Fingerprint) -> Self {
-        self.server_key_pins.push(spki_sha256);
+    pub fn pin_server_key(mut self, pin: mtls_pki::KeyPin) -> Self {
+        self.server_key_pins.push(pin);
         self
     }
 

@@ -272,24 +272,21 @@ pub(crate) struct StapleVerifier {
     pub(crate) revocation: Option<Arc<crate::ServerTrust>>,
     pub(crate) log: Option<Arc<crate::observe::HandshakeLog>>,
     /// Keys the server's certificate must have one of (none: any the chain check admits).
-    pub(crate) pins: Vec<mtls_pki::Fingerprint>,
+    pub(crate) pins: Vec<mtls_pki::KeyPin>,
 }
 
 /// Refuses `leaf` unless its key is one of `pins` (when there are any).
-fn check_pins(
-    leaf: &CertificateDer<'_>,
-    pins: &[mtls_pki::Fingerprint],
-) -> Result<(), rustls::Error> {
+fn check_pins(leaf: &CertificateDer<'_>, pins: &[mtls_pki::KeyPin]) -> Result<(), rustls::Error> {
     if pins.is_empty() {
         return Ok(());
     }
     let spki = mtls_pki::pem_io::parse_certificate(leaf)
-        .map(|c| mtls_pki::Fingerprint::of(c.public_key().raw))
+        .map(|c| mtls_pki::KeyPin::of_spki(c.public_key().raw))
         .map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))?;
     if pins.contains(&spki) {
         return Ok(());
     }
-    let why = format!("the server's key ({}) is not pinned", spki.to_pin());
+    let why = format!("the server's key ({spki}) is not pinned");
     tracing::warn!(%why, "server certificate refused");
     Err(rustls::Error::InvalidCertificate(
         rustls::CertificateError::Other(rustls::OtherError(Arc::new(StapleError(why)))),

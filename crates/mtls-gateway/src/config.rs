@@ -207,7 +207,7 @@ pub struct ListenerConfig {
     /// Keys the https:// upstream's certificate must have one of (SHA-256 of the SPKI:
     /// `sha256//BASE64` or hex), on top of `upstream_ca`.
     #[serde(default)]
-    pub upstream_pinned_pubkey: Vec<mtls_pki::Fingerprint>,
+    pub upstream_pinned_pubkey: Vec<mtls_pki::KeyPin>,
     /// Name to verify the upstream's certificate against (default: the upstream host).
     #[serde(default)]
     pub upstream_server_name: Option<String>,

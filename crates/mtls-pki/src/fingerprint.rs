@@ -12,15 +12,6 @@ use crate::{Error, Result};
 pub struct Fingerprint([u8; 32]);
 
 impl Fingerprint {
-    /// The pin form `sha256//BASE64` (curl's `--pinnedpubkey`), which `FromStr` reads too.
-    pub fn to_pin(&self) -> String {
-        use base64::Engine;
-        format!(
-            "sha256//{}",
-            base64::engine::general_purpose::STANDARD.encode(self.0)
-        )
-    }
-
     /// The SHA-256 of `der`.
     pub fn of(der: &[u8]) -> Self {
         let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
@@ -50,23 +41,19 @@ impl FromStr for Fingerprint {
     type Err = Error;
     /// Accepts 64 hex digits in any case, with optional `:` separators (as `openssl x509
     /// -fingerprint` prints them) and an optional `sha256:` / `SHA256:` prefix (as `step` prints
-    /// them), or `sha256//` and base64 (curl's `--pinnedpubkey`, HPKP pins). A SHA-1
-    /// fingerprint (Node's `cert.fingerprint`) is refused with where to find the SHA-256 one.
+    /// them). A SHA-1 fingerprint (Node's `cert.fingerprint`) is refused with where to find the
+    /// SHA-256 one, and a key pin (`sha256//…`, see [`KeyPin`]) with where it belongs.
     fn from_str(s: &str) -> Result<Self> {
         let t = s.trim();
-        if let Some(b64) = t.strip_prefix("sha256//") {
-            use base64::Engine;
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(b64)
-                .ok()
-                .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                .ok_or_else(|| {
-                    Error::malformed(
-                        "SHA-256 fingerprint",
-                        format!("{s:?}: sha256// takes the base64 of 32 bytes"),
-                    )
-                })?;
-            return Ok(Fingerprint(bytes));
+        if t.starts_with("sha256//") {
+            return Err(Error::malformed(
+                "SHA-256 fingerprint",
+                format!(
+                    "{s:?} is a key pin (curl's form: the SHA-256 of the public key, not of the \
+                     certificate): pin keys with allow_spki or --pinned-pubkey, or give the \
+                     certificate's SHA-256 here"
+                ),
+            ));
         }
         let t = t
             .strip_prefix("sha256:")
@@ -94,6 +81,64 @@ impl FromStr for Fingerprint {
         let bytes = hex::decode(&cleaned).map_err(|_| bad())?;
         let arr: [u8; 32] = bytes.try_into().map_err(|_| bad())?;
         Ok(Fingerprint(arr))
+    }
+}
+
+/// The SHA-256 of a SubjectPublicKeyInfo as a key pin: written `sha256//BASE64` (curl's
+/// `--pinnedpubkey`, HPKP) or, as `mtls inspect` prints `spki_sha256`, in hex.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyPin(pub Fingerprint);
+
+impl KeyPin {
+    /// The pin of this DER SubjectPublicKeyInfo.
+    pub fn of_spki(spki_der: &[u8]) -> Self {
+        KeyPin(Fingerprint::of(spki_der))
+    }
+}
+
+impl fmt::Display for KeyPin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use base64::Engine;
+        write!(
+            f,
+            "sha256//{}",
+            base64::engine::general_purpose::STANDARD.encode(self.0 .0)
+        )
+    }
+}
+
+impl fmt::Debug for KeyPin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyPin({self})")
+    }
+}
+
+impl FromStr for KeyPin {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let t = s.trim();
+        let Some(b64) = t.strip_prefix("sha256//") else {
+            return t.parse().map(KeyPin);
+        };
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .map(|b| KeyPin(Fingerprint(b)))
+            .ok_or_else(|| {
+                Error::malformed(
+                    "key pin",
+                    format!("{s:?}: sha256// takes the base64 of 32 bytes"),
+                )
+            })
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for KeyPin {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -132,10 +177,18 @@ mod tests {
         assert!("abcd".parse::<Fingerprint>().is_err());
         assert!(format!("{hex}00").parse::<Fingerprint>().is_err());
         assert!("zz".repeat(32).parse::<Fingerprint>().is_err());
-        // curl's --pinnedpubkey form.
-        assert!(f.to_pin().starts_with("sha256//"));
-        assert_eq!(f.to_pin().parse::<Fingerprint>().unwrap(), f);
-        assert!("sha256//AAAA".parse::<Fingerprint>().is_err());
+        // curl's --pinnedpubkey form is a key pin, read as one and refused as a fingerprint.
+        let pin = KeyPin(f);
+        assert!(pin.to_string().starts_with("sha256//"));
+        assert_eq!(pin.to_string().parse::<KeyPin>().unwrap(), pin);
+        assert_eq!(hex.parse::<KeyPin>().unwrap(), pin);
+        assert!("sha256//AAAA".parse::<KeyPin>().is_err());
+        let e = pin
+            .to_string()
+            .parse::<Fingerprint>()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("key pin") && e.contains("allow_spki"), "{e}");
         // A SHA-1 fingerprint says what to give instead.
         let e = "AB:".repeat(19).to_string() + "AB";
         let e = e.parse::<Fingerprint>().unwrap_err().to_string();

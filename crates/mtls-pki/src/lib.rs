@@ -27,7 +27,7 @@ pub mod serial;
 pub mod signature;
 
 pub use error::Error;
-pub use fingerprint::Fingerprint;
+pub use fingerprint::{Fingerprint, KeyPin};
 pub use issue::{CaCert, Issued, Profile, Subject};
 pub use key::{KeyAlgorithm, PrivateKey};
 pub use names::{NameConstraints, NameSubtree, San};

@@ -66,9 +66,9 @@ pub struct Policy {
     /// one is a configuration error, not a rule that never matches).
     #[serde(default)]
     pub allow_fingerprint: Vec<Fingerprint>,
-    /// SHA-256 of the SubjectPublicKeyInfo (same syntax).
+    /// SHA-256 of the SubjectPublicKeyInfo (hex as above, or a key pin `sha256//BASE64`).
     #[serde(default)]
-    pub allow_spki: Vec<Fingerprint>,
+    pub allow_spki: Vec<mtls_pki::KeyPin>,
     /// Issuer DNs as printed by `mtls inspect` (e.g. `O=Acme, CN=Acme Intermediate CA`),
     /// compared attribute by attribute ([`DistinguishedName`]), not as strings.
     #[serde(default)]
@@ -208,7 +208,9 @@ impl Policy {
                 },
             ),
             ("allow_spki", !self.allow_spki.is_empty(), &|| {
-                self.allow_spki.iter().any(|f| f == peer.spki_fingerprint())
+                self.allow_spki
+                    .iter()
+                    .any(|f| f.0 == *peer.spki_fingerprint())
             }),
         ];
         let mut configured = lists.iter().filter(|(_, set, _)| *set).peekable();

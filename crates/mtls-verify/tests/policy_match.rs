@@ -53,6 +53,19 @@ fn match_all_requires_every_list_and_names_the_one_that_failed() {
     };
     assert_eq!(any.check(&alice_again), Ok(()));
     assert_eq!(any.check(&mallory), Ok(()));
+    // A key pinned in curl's form pins the name to the key (any certificate of it).
+    let by_key = Policy {
+        matching: PolicyMatch::All,
+        allow_cn: vec!["alice".into()],
+        allow_spki: vec![mtls_pki::KeyPin(*alice.spki_fingerprint())
+            .to_string()
+            .parse()
+            .unwrap()],
+        ..Default::default()
+    };
+    assert_eq!(by_key.check(&alice), Ok(()));
+    let e = by_key.check(&alice_again).unwrap_err();
+    assert!(e.contains("nothing in allow_spki"), "{e}");
     // allow_issuer is still required on top.
     let other_issuer = Policy {
         allow_issuer: vec!["CN=Another CA".parse().unwrap()],
