@@ -392,12 +392,7 @@ impl Authority {
         let profile = Profile::from_str(&rec.profile).map_err(|_| {
             ApiError::forbidden("INVALID_CERT", "this certificate cannot be renewed")
         })?;
-        let sans = rec
-            .sans
-            .iter()
-            .map(|s| San::parse(s))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ApiError::internal(format!("stored names: {e}")))?;
+        let sans = renewable_names(&rec.sans)?;
         let cert = mtls_pki::pem_io::parse_certificate(peer.certificate_der())
             .map_err(|e| ApiError::internal(e.to_string()))?;
         // The whole subject (O, OU, C too: gateway policies match them, and `mtls renew`
@@ -943,6 +938,27 @@ async fn record(
         .await
 }
 
+/// The names of a recorded certificate, to renew it with. Names recorded before a stricter
+/// rule (a trailing dot, an all-digit last label) are refused before signing: written as they
+/// are now, they would make a certificate whose names differ from the one renewed, which the
+/// renewal client refuses (each attempt recording another certificate). A new enrollment
+/// fixes it.
+fn renewable_names(stored: &[String]) -> Result<Vec<San>, ApiError> {
+    stored
+        .iter()
+        .map(|name| match San::parse(name) {
+            Ok(san) if san.to_string() == *name => Ok(san),
+            _ => Err(ApiError::forbidden(
+                "INVALID_CERT",
+                format!(
+                    "this certificate's name {name:?} is no longer issued as written: enroll \
+                     again for a new certificate"
+                ),
+            )),
+        })
+        .collect()
+}
+
 /// The answer when `issue_leaf` (or `check_issuable`, for a token) refuses.
 fn issue_refused(e: mtls_pki::Error) -> ApiError {
     match e {
@@ -1199,6 +1215,23 @@ mod tests {
         ca.create_token(token("api.svc.internal"), "t", now)
             .await
             .unwrap();
+    }
+
+    /// Names recorded before the trailing dot was dropped or an all-digit last label refused
+    /// make renewal a clear refusal (403, enroll again), not a 500 or a certificate with other
+    /// names than the one renewed.
+    #[test]
+    fn names_no_longer_issued_as_written_are_not_renewed() {
+        let ok = vec!["DNS:api.example.com".to_string(), "IP:10.0.0.1".to_string()];
+        assert_eq!(renewable_names(&ok).unwrap().len(), 2);
+        for stale in ["DNS:api.example.com.", "DNS:host.123"] {
+            let e = renewable_names(&[ok[0].clone(), stale.to_string()]).unwrap_err();
+            assert_eq!(e.status, http::StatusCode::FORBIDDEN, "{stale}");
+            assert!(
+                e.message.contains(stale) && e.message.contains("enroll again"),
+                "{e:?}"
+            );
+        }
     }
 
     async fn signers(ca: &Authority, now: OffsetDateTime) -> usize {
