@@ -70,11 +70,11 @@ struct ClientSources {
 }
 
 impl ClientSources {
-    /// Keeps the feed and the OCSP answers current until `shutdown` (long-running clients);
-    /// `changed` is bumped whenever what they know changed (open connections re-check then).
-    fn spawn(self, shutdown: &mtls_serve::Shutdown, changed: Arc<tokio::sync::watch::Sender<u64>>) {
+    /// Keeps the feed and the OCSP answers current until `shutdown` (long-running clients).
+    /// Open connections notice what they change through the trust state's connection epoch
+    /// ([`mtls_client::ServerTrust::lapsed`]).
+    fn spawn(self, shutdown: &mtls_serve::Shutdown) {
         if let Some(feed) = self.feed {
-            let c = changed.clone();
             tokio::spawn(feed.run(
                 move |change| {
                     tracing::info!(
@@ -82,42 +82,13 @@ impl ClientSources {
                         position = change.position,
                         "revocations from the CA's feed"
                     );
-                    c.send_modify(|n| *n += 1);
                 },
                 shutdown.clone(),
             ));
         }
         if let Some(checker) = self.ocsp {
-            let c = changed.clone();
-            tokio::spawn(checker.run(move || c.send_modify(|n| *n += 1), shutdown.clone()));
+            tokio::spawn(checker.run(|| {}, shutdown.clone()));
         }
-    }
-}
-
-/// A long-running client's CRL files, watched by the reload loop: when one is replaced, the
-/// servers of open connections are re-checked (new connections check the files themselves, see
-/// [`mtls_client::ServerTrust`]).
-struct CrlFiles {
-    trust: Arc<mtls_client::ServerTrust>,
-    changed: Arc<tokio::sync::watch::Sender<u64>>,
-}
-
-impl mtls_serve::reload::Reload for CrlFiles {
-    fn watched(&self) -> Vec<PathBuf> {
-        self.trust.crl_files().to_vec()
-    }
-
-    fn reload(&mut self) -> Result<String, String> {
-        let state = self.trust.reload().map_err(|e| e.to_string())?;
-        self.changed.send_modify(|n| *n += 1);
-        Ok(format!(
-            "CRL files of the server checks (generation {})",
-            state.generation()
-        ))
-    }
-
-    fn loaded_stamps(&self) -> Option<mtls_tls::FileStamps> {
-        Some(self.trust.stamps())
     }
 }
 
@@ -543,13 +514,12 @@ pub fn tunnel(a: TunnelArgs) -> Result<ExitCode> {
             sources.sources.pushed = Some(set);
             sources.feed = Some(feed);
         }
-        // Open connections are re-checked with the verifier's own trust state when the sources
-        // or the CRL files change: a server revoked while a connection is open loses it at once.
+        // The server of open connections is checked again, by the verifier's own trust state,
+        // when the sources or the CRL files change (looked at once a second): a server revoked
+        // while a connection is open loses it.
         let client = a.tls.client(Some(&passphrase), &sources)?;
         let (config, server_state) = client.tls_config_and_trust(&[])?;
         let config = Arc::new(config);
-        let (changed_tx, changed_rx) = tokio::sync::watch::channel(0u64);
-        let changed_tx = Arc::new(changed_tx);
         let listener = match &a.listen {
             TunnelListen::Tcp(addr) => {
                 let l = tokio::net::TcpListener::bind(addr)
@@ -575,23 +545,7 @@ pub fn tunnel(a: TunnelArgs) -> Result<ExitCode> {
             idle_timeout: a.idle_timeout,
         });
         let (stop, shutdown) = mtls_serve::shutdown();
-        // The loop runs while its handle lives: to the end of the tunnel.
-        let _crl_reload = match &server_state {
-            Some(trust) if !trust.crl_files().is_empty() => Some(mtls_serve::reload::spawn(
-                CrlFiles {
-                    trust: trust.clone(),
-                    changed: changed_tx.clone(),
-                },
-                mtls_serve::reload::ReloadOptions {
-                    // SIGHUP keeps ending the tunnel, as it always has.
-                    on_sighup: false,
-                    ..Default::default()
-                },
-                shutdown.clone(),
-            )),
-            _ => None,
-        };
-        sources.spawn(&shutdown, changed_tx);
+        sources.spawn(&shutdown);
         let slots = mtls_serve::Slots::new(4096);
         let serving: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
             match listener {
@@ -599,7 +553,7 @@ pub fn tunnel(a: TunnelArgs) -> Result<ExitCode> {
                     l,
                     slots,
                     shutdown,
-                    carrier(to, changed_rx, None),
+                    carrier(to, None),
                 )),
                 Local::Unix(l) => {
                     let name = format!("unix:{}", l.path().display());
@@ -607,7 +561,7 @@ pub fn tunnel(a: TunnelArgs) -> Result<ExitCode> {
                         l,
                         slots,
                         shutdown,
-                        carrier(to, changed_rx, Some(name)),
+                        carrier(to, Some(name)),
                     ))
                 }
             };
@@ -656,7 +610,6 @@ struct TunnelTo {
 /// its own task, named `local_name` in messages (else by its address).
 fn carrier<IO>(
     to: Arc<TunnelTo>,
-    changed: tokio::sync::watch::Receiver<u64>,
     local_name: Option<String>,
 ) -> impl FnMut(
     IO,
@@ -668,7 +621,7 @@ where
 {
     move |local, remote, slot| {
         let from = local_name.clone().unwrap_or_else(|| remote.to_string());
-        let carried = carry(to.clone(), local, from, changed.clone());
+        let carried = carry(to.clone(), local, from);
         Box::pin(async move {
             let _slot = slot;
             carried.await
@@ -677,14 +630,9 @@ where
 }
 
 /// Carries one local client (`from`, for messages) to the server over mTLS, until either side
-/// ends, the connection idles out or the server stops being trusted (`changed` says when to
-/// look again).
-async fn carry<IO>(
-    to: Arc<TunnelTo>,
-    mut local: IO,
-    from: String,
-    mut changed: tokio::sync::watch::Receiver<u64>,
-) where
+/// ends, the connection idles out or the server stops being trusted.
+async fn carry<IO>(to: Arc<TunnelTo>, mut local: IO, from: String)
+where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let TunnelTo {
@@ -698,6 +646,8 @@ async fn carry<IO>(
     } = &*to;
     let (port, idle_timeout) = (*port, *idle_timeout);
     let result = async {
+        // Before the handshake: a change during it counts against this connection.
+        let epoch = server_state.as_ref().map(|t| t.connection_epoch());
         // A server that accepts and never finishes the handshake must not
         // hold the client (and a slot) for ever.
         let opened = tokio::time::timeout(mtls_client::CONNECT_TIMEOUT, async {
@@ -715,26 +665,12 @@ async fn carry<IO>(
                 ),
             )
         })??;
-        let chain: Vec<rustls_pki_types::CertificateDer<'static>> = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
-            .unwrap_or_default();
+        // The one mechanism every client and the gateway use for what a connection carries
+        // for long (the trust state's connection epoch): looked at once a second.
         let untrusted = async {
-            let (Some(state), Some((leaf, rest))) =
-                (&server_state, chain.split_first())
-            else {
-                return std::future::pending().await;
-            };
-            loop {
-                if changed.changed().await.is_err() {
-                    return std::future::pending().await;
-                }
-                let now = time::OffsetDateTime::now_utc();
-                if let Err(r) = state.current().verify_client(leaf, rest, now) {
-                    return r;
-                }
+            match (&server_state, epoch) {
+                (Some(state), Some(epoch)) => state.lapsed(epoch).await,
+                _ => std::future::pending().await,
             }
         };
         // Any byte either way is progress. Both sides are bounded: with only
@@ -755,8 +691,8 @@ async fn carry<IO>(
                     _ => e,
                 })?;
             }
-            r = untrusted => {
-                eprintln!("mtls tunnel: connection from {from} closed: the server is no longer trusted ({r})");
+            () = untrusted => {
+                eprintln!("mtls tunnel: connection from {from} closed: the server is no longer trusted");
             }
         }
         Ok::<_, std::io::Error>(())

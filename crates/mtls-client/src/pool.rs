@@ -96,7 +96,8 @@ pub struct TrustLapse {
 }
 
 impl TrustLapse {
-    /// Resolves once the connection's server is no longer trusted (looked at once a second).
+    /// Resolves once the connection's server is no longer trusted (looked at once a second,
+    /// by one task for all waiting).
     pub async fn wait(self) {
         self.trust.lapsed(self.epoch).await;
     }

@@ -49,6 +49,10 @@ pub struct ServerTrust {
     inputs: Inputs,
     state: FollowedFiles<Arc<TrustState>>,
     servers: Mutex<Servers>,
+    /// The connection epoch, published for [`ServerTrust::lapsed`].
+    epoch: tokio::sync::watch::Sender<u64>,
+    /// Whether a task is looking once a second for those waiting on `epoch`.
+    watching: Mutex<bool>,
 }
 
 /// The servers the verifier accepted since the connection epoch last moved.
@@ -108,6 +112,8 @@ impl ServerTrust {
             inputs,
             state,
             servers: Mutex::default(),
+            epoch: tokio::sync::watch::Sender::new(0),
+            watching: Mutex::new(false),
         })
     }
 
@@ -187,18 +193,46 @@ impl ServerTrust {
             s.epoch = s.epoch.wrapping_add(1);
             s.known.clear();
             s.forgot = false;
+            self.epoch.send_replace(s.epoch);
         }
         s.looked = Some((revision, Instant::now()));
         s.epoch
     }
 
     /// Resolves once connections opened at `epoch` must not be used any longer (the
-    /// [`connection_epoch`](Self::connection_epoch) moved), looking once a second: for what one
-    /// connection carries for long (an upgraded stream), which no next request would stop.
-    pub async fn lapsed(&self, epoch: u64) {
-        while self.connection_epoch() == epoch {
-            tokio::time::sleep(SERVERS_RECHECK).await;
+    /// [`connection_epoch`](Self::connection_epoch) moved): for what one connection carries
+    /// for long (a tunnel, a streaming answer), which no next request would stop. However many
+    /// wait, one task looks once a second while any does (call inside a tokio runtime).
+    pub async fn lapsed(self: &Arc<Self>, epoch: u64) {
+        let mut moved = self.epoch.subscribe();
+        self.watch_while_waited_for();
+        let _ = moved.wait_for(|e| *e != epoch).await;
+    }
+
+    /// Starts the looking task unless one runs; it ends when nobody waits any more.
+    fn watch_while_waited_for(self: &Arc<Self>) {
+        let mut watching = self.watching.lock().unwrap_or_else(|e| e.into_inner());
+        if *watching {
+            return;
         }
+        *watching = true;
+        let trust = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SERVERS_RECHECK).await;
+                let Some(trust) = trust.upgrade() else {
+                    return;
+                };
+                // Publishes a move itself.
+                trust.connection_epoch();
+                let mut watching = trust.watching.lock().unwrap_or_else(|e| e.into_inner());
+                // Waiters subscribe before they look at `watching`: none is left without one.
+                if trust.epoch.receiver_count() == 0 {
+                    *watching = false;
+                    return;
+                }
+            }
+        });
     }
 
     /// The trust state for a new connection: CRL files changed since the last look are loaded
