@@ -104,12 +104,17 @@ impl RefusalLog {
         }
     }
 
-    /// Logs `r`, rate-limited like the others, without keeping or counting it: what is no
-    /// client's refusal (a handshake timeout, a dropped connection: port scans, probes).
+    /// Logs `r` at DEBUG without keeping or counting it: what is no client's refusal (a
+    /// handshake timeout, a dropped connection: load balancers' TCP health checks, port scans),
+    /// which would otherwise be a WARN line every few seconds behind a load balancer. The
+    /// metrics count them.
     pub fn report_unkept(&self, r: &Refusal) {
-        if let Some(suppressed) = self.admit() {
-            log_line(r, suppressed);
-        }
+        tracing::debug!(
+            listener = %r.listener,
+            remote = %r.remote,
+            reason = r.reason.as_str(),
+            "handshake not completed"
+        );
     }
 
     /// Reports a failed handshake of `listener` from `remote`: a refusal of a client
