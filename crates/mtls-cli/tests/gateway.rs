@@ -1285,8 +1285,8 @@ fn refused_handshake_and_request_are_logged_with_reason_at_the_default_level() {
     );
 }
 
-/// A client connecting with a certificate past its renewal point (2/3 of its validity plus a
-/// tenth: the rule `mtls monitor` pages on) is a WARN line once per certificate and a series of
+/// A client connecting with a certificate in the last tenth of its validity (every renewal
+/// plan of a fraction has renewed by then) is a WARN line once per certificate and a series of
 /// `mtls_client_certificate_not_after_seconds` (read by a Prometheus text parser); a day-long
 /// certificate hours from its end but renewed on time, and a fresh one, are neither.
 #[test]
@@ -1300,17 +1300,17 @@ fn clients_whose_renewal_is_overdue_are_logged_once_and_listed_in_metrics() {
             f.write_leaf(cn, &l.cert.der, &l.key),
         )
     };
-    let (soon_serial, soon) = leaf("soon", time::Duration::hours(60), time::Duration::days(3));
+    let (soon_serial, soon) = leaf("soon", time::Duration::hours(66), time::Duration::days(3));
     let (_, short) = leaf("short", time::Duration::hours(15), time::Duration::days(1));
     let fine = f.client("fine");
     for c in [&soon, &soon, &short, &fine] {
         assert_eq!(curl(&g, &f, Some(c), "/", &[]).status, 200);
     }
-    let line = wait_for_line(&g.stderr, "past its renewal point");
+    let line = wait_for_line(&g.stderr, "in the last tenth of its validity");
     for part in [
         "subject=\"CN=soon\"",
         &format!("serial={soon_serial}"),
-        "hours_left=11",
+        "hours_left=5",
     ] {
         assert!(line.contains(part), "{part} missing in {line}");
     }
@@ -1332,7 +1332,7 @@ fn clients_whose_renewal_is_overdue_are_logged_once_and_listed_in_metrics() {
         .lock()
         .unwrap()
         .iter()
-        .filter(|l| l.contains("past its renewal point"))
+        .filter(|l| l.contains("in the last tenth of its validity"))
         .count();
     assert_eq!(
         logged, 1,

@@ -65,29 +65,28 @@ impl Threshold {
 }
 
 /// When a certificate due for renewal at `due` counts as overdue: a tenth of its validity
-/// later (the daemon retries with backoff meanwhile). The one rule of `mtls monitor`'s
-/// `mtls_cert_renewal_overdue` and of servers listing their overdue clients: a 24-hour
-/// certificate renewed every 16 hours is never overdue, a 90-day one still used a week after
-/// its renewal point is.
+/// later (the daemon retries with backoff meanwhile), never past its notAfter. The rule of
+/// `mtls monitor`'s `mtls_cert_renewal_overdue`, which knows the holder's plan.
 pub fn overdue_after(
     due: OffsetDateTime,
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
 ) -> OffsetDateTime {
-    due + (not_after - not_before) / 10_i32
+    due.checked_add((not_after - not_before) / 10_i32)
+        .map_or(not_after, |t| t.min(not_after))
 }
 
-/// [`overdue_after`] for a certificate whose holder's renewal plan is unknown (a server
-/// looking at its clients): renewed at the default point, 2/3 of its validity.
+/// When a certificate whose holder's renewal plan is unknown (a server looking at its
+/// clients) counts as overdue: in the last tenth of its validity, which every renewal plan of
+/// a fraction (`--renew-at`, 2/3 by default) has left by then. A 24-hour certificate renewed on
+/// time never is; a `--renew-before` margin under a tenth of the validity is.
 pub fn default_overdue_after(
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
 ) -> OffsetDateTime {
-    overdue_after(
-        due_at(not_before, not_after, None, Threshold::default(), 0.0),
-        not_before,
-        not_after,
-    )
+    not_after
+        .checked_sub((not_after - not_before).max(Duration::ZERO) / 10_i32)
+        .unwrap_or(not_before)
 }
 
 /// When to renew a certificate valid from `not_before` to `not_after` that its holder obtained
@@ -932,6 +931,27 @@ pub async fn watch_forever(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The overdue points stay inside the validity, also for a certificate that "never
+    /// expires" (notAfter 9999-12-31, RFC 5280) and an inverted window, without a panic.
+    #[test]
+    fn overdue_points_stay_inside_the_validity() {
+        let nb = time::macros::datetime!(2026-01-01 0:00 UTC);
+        let na = nb + Duration::days(100);
+        assert_eq!(default_overdue_after(nb, na), nb + Duration::days(90));
+        assert_eq!(
+            overdue_after(nb + Duration::days(67), nb, na),
+            nb + Duration::days(77)
+        );
+        assert_eq!(overdue_after(nb + Duration::days(95), nb, na), na);
+        let forever = time::macros::datetime!(9999-12-31 23:59:59 UTC);
+        assert!(default_overdue_after(nb, forever) < forever);
+        assert_eq!(
+            overdue_after(forever - Duration::days(1), nb, forever),
+            forever
+        );
+        assert_eq!(default_overdue_after(na, nb), nb);
+    }
 
     #[test]
     fn a_renewal_must_keep_the_identity_and_the_root() {

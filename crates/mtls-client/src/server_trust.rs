@@ -216,19 +216,36 @@ impl ServerTrust {
             return;
         }
         *watching = true;
-        let trust = Arc::downgrade(self);
+        /// Clears `watching` however the task ends (a panic, a runtime shutting down):
+        /// otherwise no task would ever look again and waiters would wait for ever.
+        struct Ends(std::sync::Weak<ServerTrust>);
+        impl Ends {
+            fn disarm(&mut self) {
+                self.0 = std::sync::Weak::new();
+            }
+        }
+        impl Drop for Ends {
+            fn drop(&mut self) {
+                if let Some(trust) = self.0.upgrade() {
+                    *trust.watching.lock().unwrap_or_else(|e| e.into_inner()) = false;
+                }
+            }
+        }
+        let mut ends = Ends(Arc::downgrade(self));
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(SERVERS_RECHECK).await;
-                let Some(trust) = trust.upgrade() else {
+                let Some(trust) = ends.0.upgrade() else {
                     return;
                 };
                 // Publishes a move itself.
                 trust.connection_epoch();
+                // Under the lock waiters take after subscribing: none is left without a task.
                 let mut watching = trust.watching.lock().unwrap_or_else(|e| e.into_inner());
-                // Waiters subscribe before they look at `watching`: none is left without one.
                 if trust.epoch.receiver_count() == 0 {
                     *watching = false;
+                    // Ended normally: a task started after this must keep its flag.
+                    ends.disarm();
                     return;
                 }
             }

@@ -34,7 +34,7 @@ pub struct Shared {
     pub generations: Generations,
     /// Refusal log lines of this listener, rate-limited.
     pub refusals: mtls_serve::refusals::RefusalLog,
-    /// Clients connecting with certificates past their renewal point.
+    /// Clients connecting with certificates whose renewal is overdue.
     pub overdue: mtls_serve::expiring::OverdueClients,
     /// The HTTP connection builder (limits and timers), made once, not per connection.
     pub http: mtls_serve::http::Http,
@@ -340,8 +340,8 @@ fn register_expiry(registry: &mut Registry, shared: &[Arc<Shared>]) {
         Scraped::register(
             registry,
             "mtls_client_certificate_not_after",
-            "notAfter of client certificates that connected within the last day past their \
-             renewal point (2/3 of the validity plus a tenth)",
+            "notAfter of client certificates that connected within the last day in the last \
+             tenth of their validity (their renewal is overdue)",
             Some(Unit::Seconds),
             Kind::Gauge,
             move || {

@@ -68,8 +68,16 @@ pub fn check_writable(path: &Path, force: bool) -> Result<()> {
 pub fn write_target(path: &Path) -> Result<PathBuf> {
     match fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_symlink() => link_target(path, &m),
-        _ => Ok(path.to_path_buf()),
+        // Not a link itself: its directories are walked all the same (a directory swapped for
+        // another user's link since the path was last resolved is refused).
+        _ => resolve_trusted(path, path, false),
     }
+}
+
+/// This process's effective user: the owner of `/proc/self`.
+fn effective_uid() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata("/proc/self").map(|m| m.uid()).ok()
 }
 
 /// Where a replaced symbolic link `path` (`meta`: its own metadata) points, when it may be
@@ -78,35 +86,50 @@ pub fn write_target(path: &Path) -> Result<PathBuf> {
 /// directory both can write, would make the writer replace whatever it names.
 fn link_target(path: &Path, meta: &fs::Metadata) -> Result<PathBuf> {
     use std::os::unix::fs::MetadataExt;
+    let me = effective_uid();
+    if meta.uid() != 0 && Some(meta.uid()) != me {
+        return Err(io_err(path)(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "a symbolic link owned by uid {}, not followed: write to what it names, or \
+                 remove it",
+                meta.uid()
+            ),
+        )));
+    }
+    resolve_trusted(path, path, true)
+}
+
+/// `current` (reached from `path`) with every symbolic link on the way resolved, one hop at a
+/// time from the root down, each owned by this process's user or by root; with `must_exist`
+/// the end must exist (a link that does not resolve is refused).
+fn resolve_trusted(path: &Path, current: &Path, must_exist: bool) -> Result<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
     let refused = |detail: String| {
         io_err(path)(std::io::Error::new(
             std::io::ErrorKind::PermissionDenied,
             detail,
         ))
     };
-    // The owner of /proc/self is the process's effective user.
-    let me = fs::metadata("/proc/self").map(|m| m.uid()).ok();
+    let me = effective_uid();
     let trusted = |uid: u32| uid == 0 || Some(uid) == me;
-    if !trusted(meta.uid()) {
-        return Err(refused(format!(
-            "a symbolic link owned by uid {}, not followed: write to what it names, or remove it",
-            meta.uid()
-        )));
-    }
-    // Resolved one hop at a time, each link on the way (further links, linked directories)
-    // held to the same rule.
-    let mut current = path.to_path_buf();
+    let mut current = current.to_path_buf();
     for _ in 0..40 {
-        let link = current
-            .ancestors()
-            .find(|a| fs::symlink_metadata(a).is_ok_and(|m| m.file_type().is_symlink()));
-        let Some(link) = link.map(Path::to_path_buf) else {
+        // The shallowest link first: looking at a deeper path makes the OS follow the links
+        // above it unseen.
+        let ancestors: Vec<&Path> = current.ancestors().collect();
+        let link = ancestors
+            .into_iter()
+            .rev()
+            .find(|a| fs::symlink_metadata(a).is_ok_and(|m| m.file_type().is_symlink()))
+            .map(Path::to_path_buf);
+        let Some(link) = link else {
             return match fs::symlink_metadata(&current) {
-                Ok(_) => Ok(current),
-                Err(e) => Err(refused(format!(
+                Err(e) if must_exist => Err(refused(format!(
                     "a symbolic link that does not resolve ({e}): write to what it should \
                      name, or remove it"
                 ))),
+                _ => Ok(current),
             };
         };
         let owner = fs::symlink_metadata(&link).map_err(io_err(&link))?.uid();
@@ -174,8 +197,7 @@ pub fn stage(path: &Path, contents: &[u8], visibility: Visibility, force: bool) 
     aws_lc_rs::rand::fill(&mut random).map_err(|_| Error::Crypto("random"))?;
     let tmp = dir.join(format!(".{file_name}.tmp-{}", hex::encode(random)));
     let replaced_owner = if force {
-        use std::os::unix::fs::MetadataExt;
-        fs::metadata(path).ok().map(|m| (m.uid(), m.gid()))
+        replaced_owner(path, &dir, visibility)?
     } else {
         None
     };
@@ -240,6 +262,34 @@ impl Drop for Staged {
             let _ = fs::remove_file(&self.tmp);
         }
     }
+}
+
+/// The owner the replacement of `path` (in `dir`) keeps. A secret is not handed to another
+/// user than the writer when that user could have put the file there for the writer to replace
+/// (a directory others may write, not theirs): a planted file would receive the key.
+fn replaced_owner(path: &Path, dir: &Path, visibility: Visibility) -> Result<Option<(u32, u32)>> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = fs::symlink_metadata(path) else {
+        return Ok(None);
+    };
+    if !m.file_type().is_file() {
+        return Ok(None);
+    }
+    let owner = (m.uid(), m.gid());
+    if visibility == Visibility::Secret && Some(owner.0) != effective_uid() {
+        let d = fs::metadata(dir).map_err(io_err(dir))?;
+        if d.permissions().mode() & 0o022 != 0 && d.uid() != owner.0 {
+            return Err(io_err(path)(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "belongs to uid {} in a directory others may write: a planted file would \
+                     receive the new secret; remove it first or write it elsewhere",
+                    owner.0
+                ),
+            )));
+        }
+    }
+    Ok(Some(owner))
 }
 
 /// Gives `file` (the replacement of `path`) the owner `uid:gid` of the file it replaces, before
@@ -526,6 +576,25 @@ mod tests {
             let e = write_atomic(&through, b"cert", Visibility::Public, true).unwrap_err();
             assert!(e.to_string().contains("owned by uid 65534"), "{e}");
             assert_eq!(fs::read(&victim).unwrap(), b"precious");
+            // Our own link to the victim, reached through their linked directory: the walk
+            // looks at the shallowest link first, so theirs is seen.
+            let own_link = dir.path().join("own-link");
+            symlink(&victim, &own_link).unwrap();
+            let via = dir.path().join("via.pem");
+            symlink(linked_dir.join("own-link"), &via).unwrap();
+            let e = write_atomic(&via, b"cert", Visibility::Public, true).unwrap_err();
+            assert!(e.to_string().contains("owned by uid 65534"), "{e}");
+            // A key file another user planted in a directory others may write does not get
+            // the new secret.
+            let open_dir = dir.path().join("open");
+            fs::create_dir(&open_dir).unwrap();
+            fs::set_permissions(&open_dir, fs::Permissions::from_mode(0o777)).unwrap();
+            let planted_key = open_dir.join("app.key");
+            fs::write(&planted_key, b"theirs").unwrap();
+            std::os::unix::fs::chown(&planted_key, Some(65534), Some(65534)).unwrap();
+            let e = write_atomic(&planted_key, b"key", Visibility::Secret, true).unwrap_err();
+            assert!(e.to_string().contains("planted file"), "{e}");
+            assert_eq!(fs::read(&planted_key).unwrap(), b"theirs");
         }
     }
 

@@ -1,10 +1,10 @@
 //! Clients still connecting with a certificate whose renewal is overdue, as a server sees
 //! them: a WARN line the first time each such certificate connects, and the recent ones for a
-//! metric (`mtls_client_certificate_not_after_seconds`). A renewal that failed shows well
-//! before the outage, for certificates no inventory of this CA lists too (another CA's, a
-//! copied one). "Overdue" is the rule `mtls monitor` pages on, given by the caller
-//! (`mtls_client::renewal::default_overdue_after`: past 2/3 of the validity plus a tenth), so
-//! short-lived certificates renewed on time never show, whatever their days left.
+//! metric (`mtls_client_certificate_not_after_seconds`). A renewal that failed shows before the
+//! outage, for certificates no inventory of this CA lists too (another CA's, a copied one).
+//! "Overdue" is given by the caller (`mtls_client::renewal::default_overdue_after`: the last
+//! tenth of the validity, which every renewal plan of a fraction has left by then), so
+//! short-lived certificates renewed on time never show, whatever their hours left.
 //!
 //! Bounded: at most [`KEPT`] certificates (the soonest to expire kept), each forgotten a day
 //! after it last connected. A healthy client costs one comparison per handshake (no lock). It
@@ -94,7 +94,7 @@ impl OverdueClients {
             serial = %serial,
             not_after = %mtls_pki::rfc3339(&not_after),
             hours_left = left.whole_hours(),
-            "a client connects with a certificate past its renewal point: renew it"
+            "a client connects with a certificate in the last tenth of its validity: renew it"
         );
         seen.insert(
             serial,
@@ -132,10 +132,9 @@ mod tests {
     use mtls_pki::issue::Profile;
     use mtls_verify::{RevocationOptions, TrustState};
 
-    /// The rule of the tests: overdue past 2/3 of the validity plus a tenth.
+    /// The rule of the tests (as the gateway's): overdue in the last tenth of the validity.
     fn rule(not_before: OffsetDateTime, not_after: OffsetDateTime) -> OffsetDateTime {
-        let life = not_after - not_before;
-        not_before + life * (2.0 / 3.0) + life / 10_i32
+        not_after - (not_after - not_before) / 10_i32
     }
 
     /// A verified client whose certificate was issued `age` before `now` for `lifetime`.
@@ -160,11 +159,11 @@ mod tests {
             TrustState::new(1, vec![pki.root_der()], &[], RevocationOptions::default()).unwrap();
         let now = OffsetDateTime::now_utc();
         let day = Duration::days(1);
-        let overdue = peer(&pki, &state, "overdue", now, day * 80, day * 90);
+        let overdue = peer(&pki, &state, "overdue", now, day * 85, day * 90);
         let on_time = peer(&pki, &state, "on-time", now, day * 50, day * 90);
         // A day-long certificate renewed every 16 hours: hours from its end, never overdue.
         let short = peer(&pki, &state, "short", now, Duration::hours(15), day);
-        let short_late = peer(&pki, &state, "short-late", now, Duration::hours(20), day);
+        let short_late = peer(&pki, &state, "short-late", now, Duration::hours(22), day);
         let w = OverdueClients::new(rule);
         for p in [&overdue, &on_time, &short, &short_late, &overdue] {
             w.note("l", p, now);

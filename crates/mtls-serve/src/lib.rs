@@ -9,8 +9,8 @@
 //! - [`recheck`]: re-verifying the identity of open connections when trust changes or a
 //!   certificate or CRL expires;
 //! - [`refusals`]: rate-limited log lines for refused clients;
-//! - [`expiring`]: clients still connecting past their certificate's renewal point (a log
-//!   line, a metric);
+//! - [`expiring`]: clients still connecting with a certificate whose renewal is overdue (a
+//!   log line, a metric);
 //! - [`error`]: the seed's JSON error body and the rejection → status/code mapping;
 //! - [`http`]: the hyper connection builders and graceful per-connection serving; an HTTP/1
 //!   connection between requests holds no hyper state (taken apart and rebuilt on its next bytes);
