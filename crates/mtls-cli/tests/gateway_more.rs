@@ -506,27 +506,36 @@ fn websocket_upgrade_passes_through() {
     // connection (the upstream keeps echoing until a line ends, so only the gateway ends it).
     let revoked = f.client("ws-revoked");
     let started = std::time::Instant::now();
-    let tunnel = std::thread::scope(|s| {
-        let t = s.spawn(|| {
-            common::gw::s_client(
-                &g,
-                &f,
-                Some(&revoked),
-                &["-quiet", "-alpn", "http/1.1"],
-                &[WS_UPGRADE, b"still here"],
-            )
-        });
-        std::thread::sleep(Duration::from_millis(2000));
+    let tunnel = tunnel_until(&g, &f, &revoked, || {
         f.write_crl(std::slice::from_ref(&revoked.serial));
         g.hup();
-        t.join().unwrap()
     });
-    assert!(tunnel.contains("still here"), "{tunnel}");
     assert!(
         started.elapsed() < Duration::from_secs(8),
         "the revoked client's tunnel stayed open: {:?}",
         started.elapsed()
     );
+    assert!(tunnel.contains("still here"), "{tunnel}");
+}
+
+/// A WebSocket tunnel through `g` as `c` that sends "still here" and no line end (the echoing
+/// upstream never ends it); two seconds in, `then` runs. What came back once it closed (or
+/// after 10 s).
+fn tunnel_until(g: &Gateway, f: &Files, c: &common::gw::Leaf, then: impl FnOnce()) -> String {
+    std::thread::scope(|s| {
+        let t = s.spawn(|| {
+            common::gw::s_client(
+                g,
+                f,
+                Some(c),
+                &["-quiet", "-alpn", "http/1.1"],
+                &[WS_UPGRADE, b"still here"],
+            )
+        });
+        std::thread::sleep(Duration::from_millis(2000));
+        then();
+        t.join().unwrap()
+    })
 }
 
 /// An upstream that waits before answering.
@@ -1681,20 +1690,7 @@ fn a_tunnel_and_a_stream_from_an_upstream_revoked_meanwhile_are_cut() {
             .expect("no event through both gateways");
     }
     let started = std::time::Instant::now();
-    let tunnel = std::thread::scope(|s| {
-        let t = s.spawn(|| {
-            common::gw::s_client(
-                &a,
-                &f,
-                Some(&c),
-                &["-quiet", "-alpn", "http/1.1"],
-                &[WS_UPGRADE, b"still here"],
-            )
-        });
-        std::thread::sleep(Duration::from_millis(2000));
-        f.write_crl(&[server_serial(&f)]);
-        t.join().unwrap()
-    });
+    let tunnel = tunnel_until(&a, &f, &c, || f.write_crl(&[server_serial(&f)]));
     assert!(tunnel.contains("101 Switching Protocols"), "{tunnel}");
     assert!(tunnel.contains("still here"), "{tunnel}");
     assert!(
