@@ -62,27 +62,9 @@ impl App {
         App { child, addr, log }
     }
 
-    /// Waits (at most 10 s) for a line of its log holding every one of `parts`.
+    /// Waits for a line of its log holding every one of `parts`.
     fn logged(&self, parts: &[&str]) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let found = self
-                .log
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| parts.iter().all(|p| l.contains(p)))
-                .cloned();
-            if let Some(line) = found {
-                return line;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no line with {parts:?} in {:?}",
-                self.log.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        common::wait_for_line(&self.log, parts)
     }
 
     fn url(&self, path: &str) -> String {

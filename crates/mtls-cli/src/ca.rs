@@ -345,15 +345,11 @@ fn stage_intermediate(
 /// gives the flags that keep them.
 fn refuse_dropping_constraints(dir: &PkiDir) -> Result<()> {
     let path = dir.intermediate_cert();
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    let Some(der) = mtls_pki::pem_io::certificates(&bytes)
-        .ok()
-        .and_then(|c| c.into_iter().next())
-    else {
+    // None to replace, or one that does not read as a certificate: nothing to keep.
+    if !path.exists() {
+        return Ok(());
+    }
+    let Ok(der) = dir.issuer_cert() else {
         return Ok(());
     };
     let Ok(cert) = mtls_pki::pem_io::parse_certificate(&der) else {

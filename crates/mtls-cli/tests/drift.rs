@@ -132,17 +132,7 @@ fn a_reload_that_changes_the_upstream_is_applied_and_one_that_cannot_be_is_refus
     // Changing the listen address needs a restart: refused, said so, the old state serves on.
     let before = a.count() + b.count();
     std::fs::write(&path, config(a.addr, port + 1, "")).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while !g
-        .stderr
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|l| l.contains("restart to apply"))
-    {
-        assert!(std::time::Instant::now() < deadline, "no refusal logged");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::wait_for_line(&g.stderr, &["restart to apply"]);
     assert_eq!(curl(&g, &f, Some(&c), "/", &[]).status, 200);
     assert_eq!(b.count() + a.count(), before + 1);
     assert_eq!(a.count() + b.count() - b.count(), a.count(), "served");

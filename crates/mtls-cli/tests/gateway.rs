@@ -1211,21 +1211,6 @@ fn allow_issuer_compares_the_issuer_name_as_attributes() {
     );
 }
 
-fn wait_for_line(lines: &std::sync::Arc<std::sync::Mutex<Vec<String>>>, needle: &str) -> String {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(l) = lines.lock().unwrap().iter().find(|l| l.contains(needle)) {
-            return l.clone();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no line with {needle:?} in {:?}",
-            lines.lock().unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn refused_handshake_and_request_are_logged_with_reason_at_the_default_level() {
     let dir = tempfile::tempdir().unwrap();
@@ -1234,7 +1219,7 @@ fn refused_handshake_and_request_are_logged_with_reason_at_the_default_level() {
     let g = Gateway::start_logging(&http_args(&f, &up, &["--allow-cn", "good"]), "warn");
     let r = curl(&g, &f, None, "/", &[]);
     assert_ne!(r.status, 200);
-    let line = wait_for_line(&g.stderr, "handshake refused");
+    let line = common::wait_for_line(&g.stderr, &["handshake refused"]);
     assert!(
         line.contains("reason=\"no_certificate\"") && line.contains("127.0.0.1"),
         "{line}"
@@ -1249,7 +1234,7 @@ fn refused_handshake_and_request_are_logged_with_reason_at_the_default_level() {
     let foreign = f.write_leaf("foreign", &foreign.cert.der, &foreign.key);
     let r = curl(&g, &f, Some(&foreign), "/", &[]);
     assert_ne!(r.status, 200);
-    let line = wait_for_line(&g.stderr, "reason=\"unknown_issuer\"");
+    let line = common::wait_for_line(&g.stderr, &["reason=\"unknown_issuer\""]);
     for part in [
         "handshake refused",
         "subject=\"CN=foreign\"",
@@ -1261,7 +1246,7 @@ fn refused_handshake_and_request_are_logged_with_reason_at_the_default_level() {
     let bad = f.client("bad");
     let r = curl(&g, &f, Some(&bad), "/admin", &[]);
     assert_eq!(r.status, 403, "{}", r.body);
-    let line = wait_for_line(&g.stderr, "request refused");
+    let line = common::wait_for_line(&g.stderr, &["request refused"]);
     for part in [
         "reason=\"not_allowed\"",
         "subject=\"CN=bad\"",
@@ -1274,7 +1259,7 @@ fn refused_handshake_and_request_are_logged_with_reason_at_the_default_level() {
         assert!(line.contains(part), "{part} missing in {line}");
     }
     // The access log names the same reason the log and the 403 body give.
-    let access = wait_for_line(&g.stdout, "\"status\":403");
+    let access = common::wait_for_line(&g.stdout, &["\"status\":403"]);
     let v: serde_json::Value = serde_json::from_str(&access).unwrap();
     assert_eq!(v["rejection"], "not_allowed", "{access}");
     assert_eq!(v["cn"], "bad");
@@ -1306,7 +1291,7 @@ fn clients_whose_renewal_is_overdue_are_logged_once_and_listed_in_metrics() {
     for c in [&soon, &soon, &short, &fine] {
         assert_eq!(curl(&g, &f, Some(c), "/", &[]).status, 200);
     }
-    let line = wait_for_line(&g.stderr, "in the last tenth of its validity");
+    let line = common::wait_for_line(&g.stderr, &["in the last tenth of its validity"]);
     for part in [
         "subject=\"CN=soon\"",
         &format!("serial={soon_serial}"),

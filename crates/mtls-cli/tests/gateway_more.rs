@@ -1774,21 +1774,7 @@ fn https_upstream_is_verified_and_can_be_mtls_too() {
     std::fs::write(&tmp, mtls_pki::pem_io::encode("X509 CRL", &older)).unwrap();
     std::fs::rename(&tmp, f.crl()).unwrap();
     a.hup();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !a
-        .stderr
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|l| l.contains("reload failed"))
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no refused reload: {:?}",
-            a.stderr.lock().unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::wait_for_line(&a.stderr, &["reload failed"]);
     std::thread::sleep(Duration::from_millis(1_300));
     let r = curl(&a, &f, Some(&client), "/through", &[]);
     assert_eq!(r.status, 502, "{} {}", r.body, r.stderr);

@@ -9,6 +9,32 @@ pub mod https;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// Waits (at most 15 s) for a line of `lines` (a child's output, collected as it comes) that
+/// holds every one of `parts`, and returns it.
+pub fn wait_for_line(
+    lines: &std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    parts: &[&str],
+) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let found = lines
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| parts.iter().all(|p| l.contains(p)))
+            .cloned();
+        if let Some(line) = found {
+            return line;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no line with {parts:?} in {:?}",
+            lines.lock().unwrap()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// Parses a `/metrics` page with the Prometheus project's own Python parser
 /// (`prometheus_client.parser`), which rejects what Prometheus would (a `# HELP` line with
 /// labels, a bad sample line); returns the family names it found.
