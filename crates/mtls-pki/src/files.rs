@@ -9,11 +9,17 @@
 //! symbolic link is written where it points and the link stays (as `cp` and `openssl -out`
 //! do; a deployment linking the file elsewhere keeps seeing the new one), but only a link
 //! owned by the writer or by root: one planted by another user is refused, never followed.
+//! The write itself happens relative to the destination's directory, opened without following
+//! links, so a directory swapped for a link after that decision cannot redirect it.
 
-use std::fs::{self, OpenOptions};
+use std::ffi::{OsStr, OsString};
+use std::fs;
 use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+
+use rustix::fs as rfs;
 
 use zeroize::Zeroizing;
 
@@ -169,11 +175,17 @@ pub fn write_atomic(
 /// puts it there; dropped, it is removed. Outputs that belong together (a key and its
 /// certificate) are all staged before any is installed, so a failure while writing them
 /// (a full disk, an owner that cannot be kept) leaves every old file as it was.
+///
+/// Everything after the path is resolved happens relative to the destination's directory,
+/// opened once without following any link (see [`open_dir_nofollow`]): a directory swapped
+/// for a link meanwhile cannot send the file elsewhere.
 #[must_use = "a staged file is removed unless installed"]
 pub struct Staged {
-    tmp: PathBuf,
+    dir: OwnedFd,
+    tmp: OsString,
+    name: OsString,
+    /// The destination, for messages.
     path: PathBuf,
-    dir: PathBuf,
     force: bool,
     installed: bool,
 }
@@ -184,46 +196,108 @@ pub fn stage(path: &Path, contents: &[u8], visibility: Visibility, force: bool) 
     check_writable(path, force)?;
     let resolved = write_target(path)?;
     let path = resolved.as_path();
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
+    let dir_path = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
     };
-    fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "out".into());
+    let name = path.file_name().ok_or_else(|| {
+        io_err(path)(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "names no file",
+        ))
+    })?;
+    let dir = open_dir_nofollow(dir_path)?;
     let mut random = [0u8; 8];
     aws_lc_rs::rand::fill(&mut random).map_err(|_| Error::Crypto("random"))?;
-    let tmp = dir.join(format!(".{file_name}.tmp-{}", hex::encode(random)));
+    let mut tmp = OsString::from(".");
+    tmp.push(name);
+    tmp.push(format!(".tmp-{}", hex::encode(random)));
     let replaced_owner = if force {
-        replaced_owner(path, &dir, visibility)?
+        replaced_owner(&dir, name, path, visibility)?
     } else {
         None
     };
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(visibility.mode())
-        .open(&tmp)
-        .map_err(io_err(&tmp))?;
+    let fd = rfs::openat(
+        &dir,
+        tmp.as_os_str(),
+        rfs::OFlags::WRONLY
+            | rfs::OFlags::CREATE
+            | rfs::OFlags::EXCL
+            | rfs::OFlags::NOFOLLOW
+            | rfs::OFlags::CLOEXEC,
+        rfs::Mode::from_raw_mode(visibility.mode()),
+    )
+    .map_err(|e| io_err(path)(e.into()))?;
+    let mut file = fs::File::from(fd);
     // From here on the temporary file is removed on any failure (the guard's drop).
     let staged = Staged {
-        tmp,
-        path: path.to_path_buf(),
         dir,
+        tmp,
+        name: name.to_os_string(),
+        path: path.to_path_buf(),
         force,
         installed: false,
     };
     // The umask may have removed bits; make the mode exactly what was asked for.
     file.set_permissions(fs::Permissions::from_mode(visibility.mode()))
-        .map_err(io_err(&staged.tmp))?;
+        .map_err(io_err(path))?;
     if let Some((uid, gid)) = replaced_owner {
         keep_owner(&file, path, uid, gid)?;
     }
-    file.write_all(contents).map_err(io_err(&staged.tmp))?;
-    file.sync_all().map_err(io_err(&staged.tmp))?;
+    file.write_all(contents).map_err(io_err(path))?;
+    file.sync_all().map_err(io_err(path))?;
     Ok(staged)
+}
+
+/// `dir` opened one component at a time from the root (or the working directory) without
+/// following a symbolic link. The path comes from [`write_target`], which resolved every link
+/// it may follow: a link met now was swapped in since, by someone who could, and following it
+/// would put the file (a key) wherever it points. Missing directories are created, as
+/// `create_dir_all` does.
+fn open_dir_nofollow(dir: &Path) -> Result<OwnedFd> {
+    use std::path::Component;
+    let flags =
+        rfs::OFlags::RDONLY | rfs::OFlags::DIRECTORY | rfs::OFlags::NOFOLLOW | rfs::OFlags::CLOEXEC;
+    let failed = |e: rustix::io::Errno| io_err(dir)(e.into());
+    let start = if dir.is_absolute() { "/" } else { "." };
+    let mut fd = rfs::openat(rfs::CWD, start, flags, rfs::Mode::empty()).map_err(failed)?;
+    for component in dir.components() {
+        let name = match component {
+            Component::Normal(name) => name,
+            Component::ParentDir => OsStr::new(".."),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => continue,
+        };
+        let next = match rfs::openat(&fd, name, flags, rfs::Mode::empty()) {
+            Err(rustix::io::Errno::NOENT) if matches!(component, Component::Normal(_)) => {
+                match rfs::mkdirat(&fd, name, rfs::Mode::from_raw_mode(0o777)) {
+                    Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                    Err(e) => return Err(failed(e)),
+                }
+                rfs::openat(&fd, name, flags, rfs::Mode::empty())
+            }
+            other => other,
+        };
+        fd = match next {
+            Ok(next) => next,
+            // (Linux says ENOTDIR for a link opened with O_DIRECTORY | O_NOFOLLOW.)
+            Err(rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP)
+                if rfs::statat(&fd, name, rfs::AtFlags::SYMLINK_NOFOLLOW).is_ok_and(|m| {
+                    rfs::FileType::from_raw_mode(m.st_mode) == rfs::FileType::Symlink
+                }) =>
+            {
+                return Err(io_err(dir)(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!(
+                        "{} became a symbolic link while the file was being written: not \
+                         followed, nothing written",
+                        Path::new(name).display()
+                    ),
+                )));
+            }
+            Err(e) => return Err(failed(e)),
+        };
+    }
+    Ok(fd)
 }
 
 impl Staged {
@@ -232,26 +306,30 @@ impl Staged {
     pub fn install(mut self) -> Result<()> {
         let path = self.path.clone();
         if self.force {
-            fs::rename(&self.tmp, &path).map_err(io_err(&path))?;
+            rfs::renameat(&self.dir, &self.tmp, &self.dir, &self.name)
+                .map_err(|e| io_err(&path)(e.into()))?;
         } else {
             // A hard link fails if the destination exists: no-clobber without a race between
             // the existence check and the rename.
-            fs::hard_link(&self.tmp, &path).map_err(|source| {
-                if source.kind() == std::io::ErrorKind::AlreadyExists {
+            rfs::linkat(
+                &self.dir,
+                &self.tmp,
+                &self.dir,
+                &self.name,
+                rfs::AtFlags::empty(),
+            )
+            .map_err(|e| {
+                if e == rustix::io::Errno::EXIST {
                     Error::AlreadyExists { path: path.clone() }
                 } else {
-                    Error::Io {
-                        path: path.clone(),
-                        source,
-                    }
+                    io_err(&path)(e.into())
                 }
             })?;
-            fs::remove_file(&self.tmp).map_err(io_err(&self.tmp))?;
+            rfs::unlinkat(&self.dir, &self.tmp, rfs::AtFlags::empty())
+                .map_err(|e| io_err(&path)(e.into()))?;
         }
         self.installed = true;
-        if let Ok(d) = fs::File::open(&self.dir) {
-            let _ = d.sync_all();
-        }
+        let _ = rfs::fsync(&self.dir);
         Ok(())
     }
 }
@@ -259,26 +337,31 @@ impl Staged {
 impl Drop for Staged {
     fn drop(&mut self) {
         if !self.installed {
-            let _ = fs::remove_file(&self.tmp);
+            let _ = rfs::unlinkat(&self.dir, &self.tmp, rfs::AtFlags::empty());
         }
     }
 }
 
-/// The owner the replacement of `path` (in `dir`) keeps. A secret is not handed to another
-/// user than the writer when that user could have put the file there for the writer to replace
-/// (a directory others may write, not theirs): a planted file would receive the key.
-fn replaced_owner(path: &Path, dir: &Path, visibility: Visibility) -> Result<Option<(u32, u32)>> {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(m) = fs::symlink_metadata(path) else {
+/// The owner the replacement of `name` in `dir` (`path`, for messages) keeps. A secret is not
+/// handed to another user than the writer when that user could have put the file there for the
+/// writer to replace (a directory others may write, not theirs): a planted file would receive
+/// the key.
+fn replaced_owner(
+    dir: &OwnedFd,
+    name: &OsStr,
+    path: &Path,
+    visibility: Visibility,
+) -> Result<Option<(u32, u32)>> {
+    let Ok(m) = rfs::statat(dir, name, rfs::AtFlags::SYMLINK_NOFOLLOW) else {
         return Ok(None);
     };
-    if !m.file_type().is_file() {
+    if rfs::FileType::from_raw_mode(m.st_mode) != rfs::FileType::RegularFile {
         return Ok(None);
     }
-    let owner = (m.uid(), m.gid());
+    let owner = (m.st_uid, m.st_gid);
     if visibility == Visibility::Secret && Some(owner.0) != effective_uid() {
-        let d = fs::metadata(dir).map_err(io_err(dir))?;
-        if d.permissions().mode() & 0o022 != 0 && d.uid() != owner.0 {
+        let d = rfs::fstat(dir).map_err(|e| io_err(path)(e.into()))?;
+        if d.st_mode & 0o022 != 0 && d.st_uid != owner.0 {
             return Err(io_err(path)(std::io::Error::new(
                 std::io::ErrorKind::PermissionDenied,
                 format!(
@@ -600,6 +683,32 @@ mod tests {
 
     /// Outputs that belong together: when one cannot be written, the others staged before it
     /// are removed and every old file stays as it was; installed, each replaces its old file.
+    #[test]
+    fn a_directory_swapped_for_a_link_after_resolution_is_not_followed() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        fs::create_dir(&keys).unwrap();
+        let resolved = write_target(&keys.join("client.key")).unwrap();
+        // Between the walk and the write, `keys` becomes a link to somewhere else (here even
+        // one this user owns: the walk decided, the write only goes where it decided).
+        let elsewhere = dir.path().join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        fs::rename(&keys, dir.path().join("keys.old")).unwrap();
+        symlink(&elsewhere, &keys).unwrap();
+        let e = open_dir_nofollow(resolved.parent().unwrap())
+            .expect_err("a link on the way is refused");
+        assert!(e.to_string().contains("became a symbolic link"), "{e}");
+        assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
+
+        // Directories that do not exist yet are made, relative paths work.
+        let deep = dir.path().join("a/b/c");
+        open_dir_nofollow(&deep).unwrap();
+        assert!(deep.is_dir());
+        write_atomic(&deep.join("x.pem"), b"x", Visibility::Public, false).unwrap();
+        assert_eq!(fs::read(deep.join("x.pem")).unwrap(), b"x");
+    }
+
     #[test]
     fn staged_files_are_installed_together_or_not_at_all() {
         let dir = tempfile::tempdir().unwrap();
