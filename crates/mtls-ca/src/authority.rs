@@ -301,11 +301,9 @@ impl Authority {
                 ),
             ));
         }
-        let allowed: Vec<San> = record
-            .sans
-            .iter()
-            .filter_map(|s| San::parse(s).ok())
-            .collect();
+        // All of them: a name dropped here would make a certificate without a name the
+        // token promised (and that the client may have asked for by leaving SANs out).
+        let allowed = stored_names(&record.sans, "this token's", "ask for a new token")?;
         for s in &csr.sans {
             if !allowed.contains(s) {
                 return Err(ApiError::forbidden(
@@ -392,7 +390,11 @@ impl Authority {
         let profile = Profile::from_str(&rec.profile).map_err(|_| {
             ApiError::forbidden("INVALID_CERT", "this certificate cannot be renewed")
         })?;
-        let sans = renewable_names(&rec.sans)?;
+        let sans = stored_names(
+            &rec.sans,
+            "this certificate's",
+            "enroll again for a new certificate",
+        )?;
         let cert = mtls_pki::pem_io::parse_certificate(peer.certificate_der())
             .map_err(|e| ApiError::internal(e.to_string()))?;
         // The whole subject (O, OU, C too: gateway policies match them, and `mtls renew`
@@ -938,22 +940,20 @@ async fn record(
         .await
 }
 
-/// The names of a recorded certificate, to renew it with. Names recorded before a stricter
-/// rule (a trailing dot, an all-digit last label) are refused before signing: written as they
-/// are now, they would make a certificate whose names differ from the one renewed, which the
-/// renewal client refuses (each attempt recording another certificate). A new enrollment
-/// fixes it.
-fn renewable_names(stored: &[String]) -> Result<Vec<San>, ApiError> {
+/// The names recorded with a certificate (to renew it with) or a token (to enroll with).
+/// Names recorded before a stricter rule (a trailing dot, an all-digit last label) are refused
+/// before signing, never dropped or rewritten: a renewal would make a certificate whose names
+/// differ from the one renewed, which the renewal client refuses (each attempt recording
+/// another certificate); an enrollment one with fewer names than the token promised. `whose`
+/// and `remedy` word the refusal ("this token's", "ask for a new token").
+fn stored_names(stored: &[String], whose: &str, remedy: &str) -> Result<Vec<San>, ApiError> {
     stored
         .iter()
         .map(|name| match San::parse(name) {
             Ok(san) if san.to_string() == *name => Ok(san),
             _ => Err(ApiError::forbidden(
                 "INVALID_CERT",
-                format!(
-                    "this certificate's name {name:?} is no longer issued as written: enroll \
-                     again for a new certificate"
-                ),
+                format!("{whose} name {name:?} is no longer issued as written: {remedy}"),
             )),
         })
         .collect()
@@ -1223,15 +1223,54 @@ mod tests {
     #[test]
     fn names_no_longer_issued_as_written_are_not_renewed() {
         let ok = vec!["DNS:api.example.com".to_string(), "IP:10.0.0.1".to_string()];
-        assert_eq!(renewable_names(&ok).unwrap().len(), 2);
+        assert_eq!(stored_names(&ok, "w", "r").unwrap().len(), 2);
         for stale in ["DNS:api.example.com.", "DNS:host.123"] {
-            let e = renewable_names(&[ok[0].clone(), stale.to_string()]).unwrap_err();
+            let e =
+                stored_names(&[ok[0].clone(), stale.to_string()], "w", "enroll again").unwrap_err();
             assert_eq!(e.status, http::StatusCode::FORBIDDEN, "{stale}");
             assert!(
                 e.message.contains(stale) && e.message.contains("enroll again"),
                 "{e:?}"
             );
         }
+    }
+
+    /// A token stored with a name no longer issued as written is refused at enrollment (403,
+    /// ask for a new token, nothing recorded, the token left unused), not turned into a
+    /// certificate without that name.
+    #[tokio::test]
+    async fn a_token_name_no_longer_issued_is_refused_not_dropped() {
+        let now = OffsetDateTime::now_utc();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = authority(dir.path(), now, Duration::days(30)).await;
+        let generated = tokens::generate().unwrap();
+        ca.store()
+            .create_token(
+                NewToken {
+                    id: generated.id.clone(),
+                    secret_hash: generated.secret_hash.clone(),
+                    name: "api".into(),
+                    sans: vec!["DNS:api.example.com".into(), "DNS:api.example.com.".into()],
+                    profile: Profile::Server.to_string(),
+                    expires_at: now + Duration::hours(1),
+                    created_by: "t".into(),
+                },
+                now,
+            )
+            .await
+            .unwrap();
+        let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+        let csr = mtls_pki::csr::create(&key, &Subject::cn("api"), &[]).unwrap();
+        let before = signers(&ca, now).await;
+        let err = ca.enroll(&generated.token, &csr, now).await.unwrap_err();
+        assert_eq!(err.status, http::StatusCode::FORBIDDEN, "{err:?}");
+        assert!(
+            err.message.contains("api.example.com.") && err.message.contains("new token"),
+            "{err:?}"
+        );
+        assert_eq!(signers(&ca, now).await, before, "nothing recorded");
+        let stored = ca.store().token(&generated.id).await.unwrap().unwrap();
+        assert!(stored.used_at.is_none(), "the token is not spent");
     }
 
     async fn signers(ca: &Authority, now: OffsetDateTime) -> usize {
