@@ -256,6 +256,10 @@ pub struct RevocationOptions {
 pub struct TrustState {
     generation: u64,
     anchors: Vec<Anchor>,
+    /// Bundle members issued by another member (see [`issued_by_another_member`]): offered to
+    /// path building as intermediates, so the path goes on to their issuer and their
+    /// revocation counts.
+    bundle_intermediates: Vec<CertificateDer<'static>>,
     roots: Vec<CertificateDer<'static>>,
     /// By issuer name; usually one entry each (more with several signers or partitions).
     crls: HashMap<Vec<u8>, Vec<CrlEntry>>,
@@ -345,6 +349,35 @@ pub enum TrustError {
     },
 }
 
+/// Which members of a CA bundle are issued by another member (its name is their issuer and
+/// its key verifies their signature): an intermediate put in the bundle beside its root, as
+/// `ca-chain.pem` does. Such a member is not made a trust anchor, because webpki stops at the
+/// first anchor it reaches: a path ending at the intermediate would never look at the
+/// intermediate's own revocation (a root CRL revoking it would change nothing). Self-signed
+/// members are always anchors; a bundle without any other (an intermediate alone, two CAs
+/// certifying each other) keeps every member an anchor, as before.
+fn issued_by_another_member(
+    ders: &[CertificateDer<'_>],
+    certs: &[x509_parser::certificate::X509Certificate<'_>],
+) -> Vec<bool> {
+    let issued: Vec<bool> = certs
+        .iter()
+        .zip(ders)
+        .map(|(c, der)| {
+            c.subject() != c.issuer()
+                && certs.iter().zip(ders).any(|(p, p_der)| {
+                    p_der.as_ref() != der.as_ref()
+                        && p.subject() == c.issuer()
+                        && c.verify_signature(Some(p.public_key())).is_ok()
+                })
+        })
+        .collect();
+    if issued.iter().all(|i| *i) {
+        return vec![false; certs.len()];
+    }
+    issued
+}
+
 impl TrustState {
     /// Builds a trust state. Every CRL must be signed by a certificate of `roots` (put the
     /// intermediate in the CA bundle when it issues the CRL) and carry a CRL number; its
@@ -381,20 +414,29 @@ impl TrustState {
         if roots.is_empty() {
             return Err(TrustError::NoRoots);
         }
-        let mut anchors = Vec::with_capacity(roots.len());
         let mut parsed_roots = Vec::with_capacity(roots.len());
         for (index, r) in roots.iter().enumerate() {
+            let (_, cert) =
+                x509_parser::parse_x509_certificate(r).map_err(|e| TrustError::BadRoot {
+                    index,
+                    detail: e.to_string(),
+                })?;
+            parsed_roots.push(cert);
+        }
+        let issued_in_bundle = issued_by_another_member(&roots, &parsed_roots);
+        let mut anchors = Vec::with_capacity(roots.len());
+        let mut bundle_intermediates = Vec::new();
+        for (index, (r, cert)) in roots.iter().zip(&parsed_roots).enumerate() {
+            if issued_in_bundle.get(index).copied().unwrap_or(false) {
+                bundle_intermediates.push(r.clone());
+                continue;
+            }
             let anchor = webpki::anchor_from_trusted_cert(r)
                 .map_err(|e| TrustError::BadRoot {
                     index,
                     detail: format!("{e:?}"),
                 })?
                 .to_owned();
-            let (_, cert) =
-                x509_parser::parse_x509_certificate(r).map_err(|e| TrustError::BadRoot {
-                    index,
-                    detail: e.to_string(),
-                })?;
             anchors.push(Anchor {
                 anchor,
                 der: r.clone(),
@@ -402,9 +444,8 @@ impl TrustState {
                 subject: cert.subject().to_string(),
                 not_before: cert.validity().not_before.timestamp(),
                 not_after: cert.validity().not_after.timestamp(),
-                problem: check_anchor_static(&cert).err(),
+                problem: check_anchor_static(cert).err(),
             });
-            parsed_roots.push(cert);
         }
         let extra: Vec<_> = crl_signers
             .iter()
@@ -508,6 +549,7 @@ impl TrustState {
         Ok(TrustState {
             generation,
             anchors,
+            bundle_intermediates,
             roots,
             crls: index_map,
             revocation_checked: !crls.is_empty(),
@@ -685,7 +727,19 @@ impl TrustState {
             .map_err(|_| Rejection::Other("clock before 1970".into()))?;
         let time = UnixTime::since_unix_epoch(std::time::Duration::from_secs(secs));
         let anchors: Vec<TrustAnchor<'_>> = self.anchors.iter().map(|a| a.anchor.clone()).collect();
-        let path = crate::build_path(&ee, &anchors, intermediates, time, purpose)
+        let with_bundle: Vec<CertificateDer<'_>>;
+        let candidates = if self.bundle_intermediates.is_empty() {
+            intermediates
+        } else {
+            // Presented ones first: the chain the client sent is the one to follow.
+            with_bundle = intermediates
+                .iter()
+                .chain(&self.bundle_intermediates)
+                .map(|c| CertificateDer::from(c.as_ref()))
+                .collect();
+            &with_bundle
+        };
+        let path = crate::build_path(&ee, &anchors, candidates, time, purpose)
             .map_err(|e| Rejection::from_webpki(e, purpose))?;
         let used = path.anchor();
         let anchor = self

@@ -477,17 +477,48 @@ mod one_revocation_path {
         let st = state_scoped(&pki, std::slice::from_ref(&leaf_crl), CrlScope::Chain);
         // Its CRL signer (the intermediate) is not in the bundle: refused at load.
         assert!(st.is_err());
+        // With the intermediate in the bundle beside its root (ca-chain.pem), the path still
+        // goes on to the root: the intermediate is no anchor, and its revocation counts, with
+        // or without the client sending it, in either order.
+        for bundle in [
+            vec![pki.root_der(), pki.intermediate_der()],
+            vec![pki.intermediate_der(), pki.root_der()],
+        ] {
+            let st = TrustState::new(
+                1,
+                bundle.clone(),
+                &[leaf_crl.clone(), revoking.clone()],
+                RevocationOptions::default(),
+            )
+            .unwrap();
+            for presented in [&inter[..], &[]] {
+                assert_eq!(
+                    st.verify_client(&c.cert.der, presented, now()).map(|_| ()),
+                    Err(Rejection::Revoked),
+                    "the bundle's intermediate is revoked by its root"
+                );
+            }
+            // Not revoked: accepted, also without the intermediate sent.
+            let st = TrustState::new(
+                1,
+                bundle,
+                &[leaf_crl.clone(), crl(&pki.root, &[])],
+                RevocationOptions::default(),
+            )
+            .unwrap();
+            for presented in [&inter[..], &[]] {
+                assert!(st.verify_client(&c.cert.der, presented, now()).is_ok());
+            }
+        }
+        // An intermediate alone in the bundle stays an anchor (the path ends there, as the
+        // operator chose): its clients are accepted on its own CRL.
         let st = TrustState::new(
             1,
-            vec![pki.root_der(), pki.intermediate_der()],
-            &[leaf_crl, revoking],
+            vec![pki.intermediate_der()],
+            std::slice::from_ref(&leaf_crl),
             RevocationOptions::default(),
         )
         .unwrap();
-        assert_eq!(
-            st.verify_client(&c.cert.der, &inter, now()).map(|_| ()),
-            Ok(()),
-            "with the intermediate as an anchor, the path ends there"
-        );
+        assert!(st.verify_client(&c.cert.der, &[], now()).is_ok());
     }
 }
