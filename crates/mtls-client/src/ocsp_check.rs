@@ -292,9 +292,12 @@ impl OcspChecker {
                     if sweep {
                         cache.retain(|_, e| now - e.last_used < keep_unused);
                     }
+                    // Revoked answers are not asked again (see `status`).
                     let due = cache
                         .iter()
-                        .filter(|(_, e)| now >= e.refresh_at)
+                        .filter(|(_, e)| {
+                            now >= e.refresh_at && !matches!(e.status, SourceStatus::Revoked)
+                        })
                         .map(|(k, e)| (k.clone(), e.cert.clone(), e.issuer.clone()))
                         .collect();
                     (due, cache.len() < before)
@@ -431,6 +434,9 @@ impl StatusSource for OcspChecker {
                 e.last_used = now;
                 let current = now < e.good_until;
                 match &e.status {
+                    // A verified revocation is for good (no certificateHold here): an answer
+                    // past its nextUpdate, or a responder down since, does not take it back.
+                    SourceStatus::Revoked => return SourceStatus::Revoked,
                     SourceStatus::Unknown(why) if now < e.refresh_at => {
                         return SourceStatus::Unknown(why.clone())
                     }
@@ -553,6 +559,55 @@ mod tests {
             "{wait}"
         );
         assert!(entry.refresh_at < entry.good_until);
+    }
+
+    /// A "revoked" answer outlives its nextUpdate: asked later, when the responder only has
+    /// that now-expired answer (or none), the checker still says revoked, not unknown (which
+    /// soft-fail would admit).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_revoked_answer_stays_revoked_after_its_next_update() {
+        let pki = TestPki::new("sticky");
+        let leaf = pki.client("c");
+        let issuer = IssuerInfo::from_der(pki.intermediate.der()).unwrap();
+        let req = build_request(&issuer, &leaf.cert.serial, None).unwrap();
+        let req = parse_request(&req, std::slice::from_ref(&issuer)).unwrap();
+        let key = mtls_pki::PrivateKey::from_pem_or_der(pki.intermediate.key().pkcs8_der(), None)
+            .unwrap();
+        let responder = Responder::new(&issuer, pki.intermediate.der().to_vec(), key).unwrap();
+        let now = OffsetDateTime::now_utc();
+        let der = responder
+            .sign(
+                &req,
+                &[CertStatus::Revoked {
+                    at: now - Duration::minutes(5),
+                    reason: None,
+                }],
+                now - Duration::minutes(5),
+                now - Duration::minutes(5),
+                Some(now + Duration::minutes(10)),
+            )
+            .unwrap();
+        let asked = Arc::new(AtomicU64::new(0));
+        let url = responder_answering(der, asked.clone());
+        let checker = OcspChecker::new(OcspOptions {
+            responder: Some(url),
+            max_wait: std::time::Duration::from_secs(20),
+            ..OcspOptions::default()
+        })
+        .unwrap();
+        let issuer_der = pki.intermediate_der();
+        let issuer_key = mtls_verify::issuer_key_of(&pki.intermediate.key().public_key_spki());
+        let q = StatusQuery {
+            cert: &leaf.cert.der,
+            issuer: &issuer_der,
+            issuer_key: &issuer_key,
+            serial: leaf.cert.serial.as_bytes(),
+        };
+        assert_eq!(checker.status(&q, now), SourceStatus::Revoked);
+        assert_eq!(
+            checker.status(&q, now + Duration::hours(1)),
+            SourceStatus::Revoked
+        );
     }
 
     /// What a trust state asks about `leaf` (issued by `pki`'s intermediate) now.

@@ -890,13 +890,15 @@ impl TrustState {
             if !entry.covers(key) {
                 continue;
             }
-            if entry.next_update.is_some_and(|next| now >= next) && !self.options.allow_expired_crl
-            {
-                expired = true;
-                continue;
-            }
+            // Looked at first: a revocation stays one after the CRL listing it expired. Only
+            // "not revoked" needs a current CRL; skipping an expired CRL whole would let
+            // another source (a cached OCSP answer, the feed) vouch for a certificate it lists.
             if entry.revoked.contains(&key.serial_key) {
                 return (S::Crl, Err(Rejection::Revoked));
+            }
+            if entry.next_update.is_some_and(|next| now >= next) {
+                expired = true;
+                continue;
             }
             covered = covered.or(Some(S::Crl));
         }
@@ -923,6 +925,9 @@ impl TrustState {
         }
         if let Some(source) = covered {
             (source, Ok(()))
+        } else if expired && self.options.allow_expired_crl {
+            // Loosened: accepted, but counted and logged as the soft-fail acceptance it is.
+            (S::None, Ok(()))
         } else if expired {
             (S::Crl, Err(Rejection::ExpiredCrl))
         } else if key.require && !self.options.allow_unknown_status {

@@ -155,3 +155,76 @@ fn the_seed_refuses_a_crl_from_another_key_and_an_expired_crl() {
     ));
     assert_eq!(set.age(now()), None, "nothing seeded");
 }
+
+/// A CRL that expired still proves the revocations it lists: the feed's "not listed" (or a
+/// cached OCSP "good") does not admit a certificate the expired CRL revoked, and a CRL that
+/// expired without listing it vouches for nothing (the feed does).
+#[test]
+fn an_expired_crl_still_refuses_what_it_revoked() {
+    let pki = TestPki::new("p");
+    let (revoked, good) = (pki.client("revoked"), pki.client("good"));
+    let set = Arc::new(PushedRevocations::new(std::time::Duration::from_secs(60)));
+    let seed = build_crl(&pki.intermediate, 1, now(), Duration::days(1), &[]).unwrap();
+    set.seed_from_crl(ca(&pki), &seed, now()).unwrap();
+    let expired = build_crl(
+        &pki.intermediate,
+        2,
+        now() - Duration::hours(2),
+        Duration::hours(1),
+        &[mtls_pki::revocation::RevokedEntry {
+            serial: revoked.cert.serial.clone(),
+            revoked_at: now() - Duration::hours(2),
+            reason: None,
+        }],
+    )
+    .unwrap();
+    let trust = TrustState::new(1, ca(&pki), &[expired], RevocationOptions::default())
+        .unwrap()
+        .with_pushed_revocations(set);
+    assert_eq!(
+        check(&trust, &revoked.cert.der, now()),
+        Err(Rejection::Revoked)
+    );
+    check(&trust, &good.cert.der, now()).unwrap();
+}
+
+/// `allow_expired_crl` (which soft-fail turns on) accepts a client whose only CRL expired, but
+/// as what it is: a soft-fail acceptance, counted as one (and logged), not a "good" status.
+#[test]
+fn an_expired_crl_allowed_is_counted_as_a_soft_fail_acceptance() {
+    use mtls_verify::{DecisionResult, DecisionSource, RevocationDecisions, RevocationSources};
+    let pki = TestPki::new("p");
+    let good = pki.client("good");
+    let expired = build_crl(
+        &pki.intermediate,
+        2,
+        now() - Duration::hours(2),
+        Duration::hours(1),
+        &[],
+    )
+    .unwrap();
+    let decisions = Arc::new(RevocationDecisions::default());
+    let options = RevocationOptions {
+        allow_expired_crl: true,
+        ..RevocationOptions::default()
+    };
+    let trust = TrustState::new(1, ca(&pki), &[expired], options)
+        .unwrap()
+        .with_sources(&RevocationSources {
+            decisions: Some(decisions.clone()),
+            ..RevocationSources::default()
+        });
+    check(&trust, &good.cert.der, now()).unwrap();
+    let count = |s, r| {
+        decisions
+            .counts()
+            .into_iter()
+            .find(|(cs, cr, _)| *cs == s && *cr == r)
+            .map_or(0, |c| c.2)
+    };
+    assert_eq!(
+        count(DecisionSource::None, DecisionResult::SoftFailAccepted),
+        1
+    );
+    assert_eq!(count(DecisionSource::Crl, DecisionResult::Good), 0);
+}
