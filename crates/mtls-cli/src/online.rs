@@ -329,7 +329,7 @@ pub fn renew(a: RenewArgs) -> Result<ExitCode> {
         .collect();
     let passphrase = std::env::var("MTLS_PASSPHRASE")
         .ok()
-        .map(String::into_bytes);
+        .map(|p| zeroize::Zeroizing::new(p.into_bytes()));
     if !a.daemon {
         return runtime()?.block_on(async {
             // Every certificate gets its chance, and the hook runs if any was replaced: the
@@ -337,7 +337,14 @@ pub fn renew(a: RenewArgs) -> Result<ExitCode> {
             let mut renewed = 0;
             let mut failures = Vec::new();
             for w in &watches {
-                match renewal::renew_once(w, &url, a.rotate_key, passphrase.as_deref(), now()).await
+                match renewal::renew_once(
+                    w,
+                    &url,
+                    a.rotate_key,
+                    passphrase.as_ref().map(|p| p.as_slice()),
+                    now(),
+                )
+                .await
                 {
                     Ok(issued) => {
                         renewed += 1;
@@ -389,17 +396,35 @@ pub fn renew(a: RenewArgs) -> Result<ExitCode> {
             let bound = serve_metrics(addr, states.clone()).await?;
             eprintln!("mtls renew: metrics on http://{bound}/metrics");
         }
+        // Supervised: a watch never ends by itself, so one that does (a panic) stops the
+        // daemon with an error for its supervisor to see, instead of that certificate quietly
+        // no longer being renewed while the process and its metrics live on.
+        let mut running = tokio::task::JoinSet::new();
+        let mut names = std::collections::HashMap::new();
         for (i, w) in watches.into_iter().enumerate() {
-            tokio::spawn(renewal::watch_forever(
+            let cert = w.cert.display().to_string();
+            let task = running.spawn(renewal::watch_forever(
                 i,
                 w,
                 opts.clone(),
                 passphrase.clone(),
                 states.clone(),
             ));
+            names.insert(task.id(), cert);
         }
-        wait_for_stop().await;
-        Ok::<_, anyhow::Error>(())
+        tokio::select! {
+            () = wait_for_stop() => Ok(()),
+            Some(ended) = running.join_next_with_id() => {
+                let (id, how) = match &ended {
+                    Ok((id, ())) => (*id, "ended"),
+                    Err(e) => (e.id(), if e.is_panic() { "failed (a panic)" } else { "stopped" }),
+                };
+                let cert = names.get(&id).map_or("?", String::as_str);
+                Err(anyhow::anyhow!(
+                    "the renewal of {cert} {how}: exiting so that it is restarted"
+                ))
+            }
+        }
     })?;
     Ok(ExitCode::SUCCESS)
 }

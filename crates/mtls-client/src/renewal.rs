@@ -135,7 +135,10 @@ pub fn due_at(
         // The operator asked for a margin before expiry: never eat into it.
         Threshold::Before(_) => (spread * -jitter.abs(), not_after),
     };
-    (base + j).clamp(start, latest.max(start))
+    // (Checked: a certificate "valid until 9999-12-31" must not make this panic.)
+    base.checked_add(j)
+        .unwrap_or(latest)
+        .clamp(start, latest.max(start))
 }
 
 /// Delay before retry `attempt` (1, 2, …): exponential from 1 s, at most 5 minutes and at most
@@ -819,7 +822,7 @@ pub async fn watch_forever(
     i: usize,
     w: Watch,
     opts: DaemonOptions,
-    passphrase: Option<Vec<u8>>,
+    passphrase: Option<zeroize::Zeroizing<Vec<u8>>>,
     states: States,
 ) {
     let jitter = random_jitter();
@@ -890,7 +893,15 @@ pub async fn watch_forever(
             }
         }
         let now = OffsetDateTime::now_utc();
-        match renew_once(&w, &opts.url, opts.rotate_key, passphrase.as_deref(), now).await {
+        match renew_once(
+            &w,
+            &opts.url,
+            opts.rotate_key,
+            passphrase.as_ref().map(|p| p.as_slice()),
+            now,
+        )
+        .await
+        {
             Ok(issued) => {
                 attempt = 0;
                 retry_at = None;
@@ -982,6 +993,18 @@ mod tests {
         let e = check(&chain(&elsewhere.client("app"), &elsewhere)).unwrap_err();
         assert!(e.contains("root"), "{e}");
         assert!(check(&[]).is_err());
+    }
+
+    /// A certificate valid until the last date there is (9999-12-31, "never expires"), a
+    /// late fraction and the latest jitter: a date inside the window, not a panic.
+    #[test]
+    fn a_schedule_at_the_end_of_time_does_not_overflow() {
+        let na = time::PrimitiveDateTime::MAX.assume_utc();
+        let nb = na - Duration::days(3650);
+        for jitter in [-1.0, 0.0, 1.0] {
+            let t = due_at(nb, na, None, Threshold::Fraction(0.97), jitter);
+            assert!(nb <= t && t <= na, "{t}");
+        }
     }
 
     #[test]

@@ -374,6 +374,13 @@ pub struct AuditEntry {
 pub(crate) const RESTORED_SUBJECT: &str =
     "(unknown: issued after the restored backup; known from the published CRL)";
 
+/// A century after `t` (the expiry given to a revocation known only from a CRL, so that it
+/// stays listed), or the latest date there is: `t` comes from a file.
+pub(crate) fn far_after(t: OffsetDateTime) -> OffsetDateTime {
+    t.checked_add(time::Duration::days(36_525))
+        .unwrap_or(time::PrimitiveDateTime::MAX.assume_utc())
+}
+
 pub(crate) fn ts(t: OffsetDateTime) -> i64 {
     t.unix_timestamp()
 }

@@ -957,7 +957,7 @@ async fn reconcile(
             .await?;
         } else {
             // No expiry is known: a century, so it stays listed (and revoked).
-            let far: i64 = ts(e.revoked_at + time::Duration::days(36_525));
+            let far: i64 = ts(crate::far_after(e.revoked_at));
             let fingerprint = format!("unknown:{s}");
             q(
                 c,

@@ -802,7 +802,7 @@ fn reconcile(
                     issuer_key,
                     crate::RESTORED_SUBJECT,
                     at,
-                    ts(e.revoked_at + time::Duration::days(36_525)),
+                    ts(crate::far_after(e.revoked_at)),
                     format!("unknown:{s}"),
                     reason,
                     seq
