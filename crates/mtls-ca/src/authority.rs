@@ -651,7 +651,9 @@ impl Authority {
         let mut cached = self.crl.lock().await;
         let refresh_after: Duration = self.settings.crl_lifetime / 2_i32;
         if let Some(c) = cached.as_ref() {
-            if c.epoch == epoch && now < c.this_update + refresh_after && now >= c.this_update {
+            // (`>=`: a request that read the counter before another built a newer CRL serves
+            // that one rather than replacing it with an older build.)
+            if c.epoch >= epoch && now < c.this_update + refresh_after && now >= c.this_update {
                 return Ok(self.published(c));
             }
         }
@@ -964,14 +966,7 @@ fn issue_refused(e: mtls_pki::Error) -> ApiError {
     match e {
         // The CA cannot sign now (its certificate expired or is not yet valid): the CA's fault,
         // not the request's, so clients retry instead of backing off as after a refusal.
-        e @ mtls_pki::Error::IssuerNotValid { .. } => {
-            tracing::error!(error = %e, "cannot issue");
-            ApiError::new(
-                http::StatusCode::SERVICE_UNAVAILABLE,
-                "CA_UNAVAILABLE",
-                "the CA cannot sign at the moment; retry later",
-            )
-        }
+        e @ mtls_pki::Error::IssuerNotValid { .. } => crate::error::cannot_sign_now(&e),
         // The names are outside the CA's name constraints: signing them would make a
         // certificate every relying party refuses.
         e @ mtls_pki::Error::NameNotPermitted { .. } => ApiError::new(
@@ -1154,6 +1149,24 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.status, http::StatusCode::SERVICE_UNAVAILABLE, "{err:?}");
         assert_eq!(err.code, "CA_UNAVAILABLE");
+    }
+
+    /// A CRL asked for while the CA cannot sign (expired) is a 503, like an issuance, and
+    /// takes no CRL number: anonymous requests must not spend numbers and audit rows.
+    #[tokio::test]
+    async fn no_crl_number_is_taken_while_the_ca_cannot_sign() {
+        let now = OffsetDateTime::now_utc();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = authority(dir.path(), now, Duration::days(1)).await;
+        let issuer_key = mtls_pki::inspect::sha256_hex(&ca.issuer.key().public_key_spki());
+        let before = ca.store().crl_number(&issuer_key).await.unwrap();
+        for _ in 0..3 {
+            let err = ca.crl(now + Duration::days(3)).await.unwrap_err();
+            assert_eq!(err.status, http::StatusCode::SERVICE_UNAVAILABLE, "{err:?}");
+            assert_eq!(err.code, "CA_UNAVAILABLE");
+        }
+        assert_eq!(ca.store().crl_number(&issuer_key).await.unwrap(), before);
+        ca.crl(now).await.unwrap();
     }
 
     /// Names outside the issuing CA's name constraints are refused as forbidden (403, a code

@@ -5,11 +5,23 @@ use http::StatusCode;
 
 pub use mtls_serve::ApiError;
 
+/// The CA cannot sign now (its certificate expired or is not yet valid): the CA's fault, not
+/// the request's, so clients retry instead of backing off as after a refusal.
+pub(crate) fn cannot_sign_now(e: &dyn std::fmt::Display) -> ApiError {
+    tracing::error!(error = %e, "cannot sign");
+    ApiError::new(
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        "CA_UNAVAILABLE",
+        "the CA cannot sign at the moment; retry later",
+    )
+}
+
 /// What an API client is told when the inventory refused or failed an operation.
 pub fn store_error(e: mtls_store::Error) -> ApiError {
     {
         use mtls_store::Error as S;
         match e {
+            S::Crl(e @ mtls_pki::Error::IssuerNotValid { .. }) => cannot_sign_now(&e),
             // The commit itself failed (timed out, connection lost): it may still have landed.
             S::Unavailable {
                 context: "commit", ..

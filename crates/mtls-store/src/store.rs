@@ -442,6 +442,11 @@ impl Store {
         // Before a CRL number is taken: a nextUpdate past the year 9999 is refused here.
         let next_update =
             mtls_pki::issue::end_of(this_update, lifetime).map_err(crate::Error::Crl)?;
+        // Nor is one taken (with its audit row and, on PostgreSQL, the shared counter's lock)
+        // when the CA cannot sign now: an expired CA would spend one on every CRL request.
+        issuer
+            .check_valid_at(this_update)
+            .map_err(crate::Error::Crl)?;
         let mut attempt = 0;
         loop {
             attempt += 1;
