@@ -29,6 +29,11 @@ use crate::{
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Below [`STATEMENT_TIMEOUT`] (see `connect_with`); READ COMMITTED is what every transaction
+/// here is written for (a fresh snapshot per statement, locked rows re-read), whatever the
+/// server's default.
+const SESSION_TIMEOUTS: &str = "SET lock_timeout = '10s'; SET statement_timeout = '13s'; \
+     SET default_transaction_isolation = 'read committed'";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS certificates (
@@ -95,7 +100,14 @@ UPDATE certificates c SET renews = substring(a.detail from ' renews ([0-9a-f]+)$
     FROM audit a, mark
     WHERE a.action = 'renew' AND a.serial = c.serial AND c.renews IS NULL
       AND a.detail ~ ' renews [0-9a-f]+$';
+INSERT INTO migrations (name) VALUES ('schema-1') ON CONFLICT DO NOTHING;
 ";
+
+/// The mark the schema above leaves once applied (a change to it gets a new mark): opening an
+/// inventory that has it runs no DDL, which would take `certificates`' heaviest lock (behind
+/// every running statement, ahead of every other instance's) and its ownership, at every start
+/// of every instance and CLI command.
+const SCHEMA_MARK: &str = "schema-1";
 
 const COLUMNS: &str = "serial, issuer_key, subject, sans, profile, not_before, not_after, fingerprint, pem, issued_at, revoked_at, revocation_reason";
 
@@ -153,6 +165,17 @@ pub(crate) async fn connect(target: &PgTarget) -> Result<Client> {
         .url
         .parse()
         .map_err(|e: tokio_postgres::Error| Error::InvalidLocation(e.to_string()))?;
+    // A primary that went silent (failover, partition) must show as a closed connection
+    // within seconds, so that the next use reconnects: TCP's own defaults take 15 minutes of
+    // retransmissions, keepalives two hours. What the URL sets is kept.
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(STATEMENT_TIMEOUT);
+    }
+    if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+        config.keepalives_idle(Duration::from_secs(30));
+        config.keepalives_interval(Duration::from_secs(10));
+        config.keepalives_retries(3);
+    }
     match &target.tls {
         None => connect_with(&config, NoTls).await,
         Some(tls) => {
@@ -177,6 +200,15 @@ where
             tracing::debug!(error = %e, "postgres connection ended");
         }
     });
+    // The server ends what waits or runs too long, before this side's own deadline: a lock
+    // wait behind another instance is then an error of that one statement (its savepoint is
+    // rolled back, the rest of the batch goes on) rather than a dropped connection failing
+    // the whole batch, and an abandoned query does not keep the connection busy.
+    deadline(
+        "set the session's timeouts",
+        client.batch_execute(SESSION_TIMEOUTS),
+    )
+    .await?;
     Ok(client)
 }
 
@@ -248,6 +280,22 @@ impl Conn {
 }
 
 pub(crate) async fn create_schema(client: &Client) -> Result<()> {
+    // (Two statements: one naming a table that does not exist yet fails when planned.)
+    let has_marks = deadline(
+        "read the schema version",
+        client.query_one("SELECT to_regclass('migrations') IS NOT NULL", &[]),
+    )
+    .await?;
+    if has_marks.try_get::<_, bool>(0).unwrap_or(false) {
+        let current = deadline(
+            "read the schema version",
+            client.query_opt("SELECT 1 FROM migrations WHERE name = $1", &[&SCHEMA_MARK]),
+        )
+        .await?;
+        if current.is_some() {
+            return Ok(());
+        }
+    }
     deadline(
         "create the schema",
         client.batch_execute(&format!(
@@ -1332,7 +1380,9 @@ async fn apply_issue_batch(c: &Conn, jobs: &[Job]) -> (Vec<Result<WriteResult>>,
                 if retry && attempt < 3 {
                     continue;
                 }
-                if aborted {
+                // Deadlocked three times over: one savepoint per job, so a conflict fails (or
+                // retries) that job alone rather than all of them.
+                if aborted || retry {
                     return apply_batch(c, jobs).await;
                 }
             }

@@ -114,7 +114,17 @@ pub(crate) fn open_connection(path: &Path) -> Result<Connection> {
 }
 
 /// Columns added after the first release (inventories made by earlier versions gain them).
+/// In one write transaction: two processes opening an old inventory at once (a CA restarting
+/// beside a cron `mtls crl`) would otherwise both see a column missing and one fail adding it.
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let added = add_columns(conn);
+    conn.execute_batch(if added.is_ok() { "COMMIT" } else { "ROLLBACK" })?;
+    added?;
+    backfill_renews(conn)
+}
+
+fn add_columns(conn: &Connection) -> rusqlite::Result<()> {
     let has_seq: i64 = conn.query_row(
         "SELECT COUNT(*) FROM pragma_table_info('certificates') WHERE name = 'revocation_seq'",
         [],
@@ -138,7 +148,7 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
              WHERE renews IS NOT NULL;
          CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY);",
     )?;
-    backfill_renews(conn)
+    Ok(())
 }
 
 /// Renewals recorded before the `renews` column existed are read back from their audit entries

@@ -78,6 +78,43 @@ async fn a_rejected_statement_does_not_lose_the_rest_of_its_batch() {
     assert_eq!(stored.len(), 6 * 24);
 }
 
+/// Opening an inventory whose schema is current runs no DDL: `ALTER TABLE … IF NOT EXISTS`
+/// takes the table's heaviest lock even when there is nothing to do, so every start of a CA
+/// instance or CLI command queued behind any running statement (here a transaction holding
+/// the lightest lock, as any reader does) and every other instance queued behind it. Also,
+/// with a server whose default isolation is SERIALIZABLE, transactions here still run READ
+/// COMMITTED (what they are written for).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_a_current_inventory_waits_for_no_table_lock() {
+    let url = mtls_test_util::fresh_postgres_database();
+    drop(Store::open(&Location::Postgres(url.clone())).await.unwrap());
+    let (reader, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let db = url.rsplit('/').next().unwrap();
+    reader
+        .batch_execute(&format!(
+            "ALTER DATABASE {db} SET default_transaction_isolation = 'serializable';
+             BEGIN; LOCK TABLE certificates IN ACCESS SHARE MODE;"
+        ))
+        .await
+        .unwrap();
+    let store = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        Store::open(&Location::Postgres(url)),
+    )
+    .await
+    .expect("opened without waiting for the reader's lock")
+    .unwrap();
+    let now = OffsetDateTime::UNIX_EPOCH + time::Duration::days(1);
+    store
+        .record_issued(cert("CN=after"), IssueKind::Direct, "test", now)
+        .await
+        .unwrap();
+    reader.batch_execute("COMMIT").await.unwrap();
+}
+
 /// A renewal is recorded only while the certificate it renews is unrevoked at commit time: a
 /// revocation that lands between the CA's check and the write wins.
 async fn renewal_of_a_revoked_certificate_is_refused(location: Location) {
@@ -953,7 +990,7 @@ async fn renewals_from_before_the_lineage_column_are_followed(
 }
 
 const FORGET_LINEAGE: &str =
-    "UPDATE certificates SET renews = NULL; DELETE FROM migrations WHERE name = 'renews-from-audit';";
+    "UPDATE certificates SET renews = NULL; DELETE FROM migrations WHERE name IN ('renews-from-audit', 'schema-1');";
 
 #[tokio::test]
 async fn renewals_from_before_the_lineage_column_are_followed_on_sqlite() {
@@ -1100,4 +1137,43 @@ async fn key_compromise_reaches_any_number_of_renewals() {
         .await
         .unwrap();
     assert_eq!(r.also_revoked.len(), n);
+}
+
+/// Two processes opening an inventory of an earlier version at the same moment (a CA
+/// restarting beside a cron `mtls crl`) both open it: the columns it lacks are added once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_openers_of_an_old_inventory_both_open_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("inv.db");
+    drop(Store::open(&Location::Sqlite(path.clone())).await.unwrap());
+    for round in 0..20 {
+        {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "DROP INDEX certificates_renews; ALTER TABLE certificates DROP COLUMN renews;
+                 DROP INDEX certificates_revocation_seq;
+                 ALTER TABLE certificates DROP COLUMN revocation_seq;",
+            )
+            .unwrap();
+        }
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let openers: Vec<_> = (0..2)
+            .map(|_| {
+                let (path, barrier) = (path.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    barrier.wait();
+                    rt.block_on(Store::open(&Location::Sqlite(path))).map(drop)
+                })
+            })
+            .collect();
+        for o in openers {
+            o.join()
+                .unwrap()
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        }
+    }
 }
