@@ -914,8 +914,17 @@ fn apply_batch(
         } else {
             exec_cached(&tx, "ROLLBACK TO op").and_then(|()| exec_cached(&tx, "RELEASE op"))
         };
-        // If the savepoint cannot be closed the transaction is unusable: the batch cannot commit.
-        results.push(end.and(r));
+        // A savepoint that cannot be closed, or a transaction SQLite rolled back by itself (a
+        // full disk, an I/O error): what came before is lost or in doubt, and each later
+        // savepoint would commit on its own. Nothing of the batch is committed or reported
+        // done (the transaction rolls back as it is dropped).
+        if let Err(e) = end {
+            return unavailable_all(jobs.len(), "close a savepoint", &e.to_string());
+        }
+        if tx.is_autocommit() {
+            return unavailable_all(jobs.len(), "write", "SQLite rolled the transaction back");
+        }
+        results.push(r);
     }
     if let Err(e) = tx.commit() {
         fail_all(&mut results, "commit", &e.to_string());
