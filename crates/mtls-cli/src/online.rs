@@ -18,7 +18,7 @@ use mtls_store::Store;
 
 use crate::pkidir::PkiDir;
 use crate::serve::{runtime, wait_for_stop};
-use crate::util::{fmt_time, now, out};
+use crate::util::{deliver, fmt_time, now, out};
 use crate::{CaKeyArgs, UsageError};
 
 #[derive(Args)]
@@ -146,7 +146,10 @@ pub fn token(pki: &Path, a: TokenArgs) -> Result<ExitCode> {
         })
     })?;
     eprintln!("single-use token, valid until {}:", fmt_time(expires));
-    out(&format!("{token}\n"))?;
+    deliver(
+        &format!("{token}\n"),
+        "token (minted, unused; it expires by itself)",
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 

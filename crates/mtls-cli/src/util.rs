@@ -89,6 +89,17 @@ pub fn out(s: &str) -> Result<()> {
     Ok(())
 }
 
+/// [`out`] for what exists only on standard output (a token just minted): a closed output is
+/// an error here, not the quiet end `mtls list | head` gets.
+pub fn deliver(s: &str, what: &str) -> Result<()> {
+    out(s).map_err(|e| match e.downcast_ref::<std::io::Error>() {
+        Some(io) if io.kind() == std::io::ErrorKind::BrokenPipe => {
+            anyhow::anyhow!("standard output was closed: the {what} was not delivered")
+        }
+        _ => e,
+    })
+}
+
 /// Certificates, CRLs and file names carry text others chose: control characters (terminal
 /// escape sequences that clear the screen or retitle the window, a carriage return that
 /// overwrites a line) are shown escaped (`\u{1b}`), never sent to the terminal.

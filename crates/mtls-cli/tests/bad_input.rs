@@ -309,6 +309,16 @@ fn token_names_no_certificate_can_carry_are_refused() {
     e.mtls(&["ca", "token", "--name", "good-name"]).ok();
 }
 
+/// A closed standard output is no error for listings (`mtls list | head`), but a token that
+/// could not be written was minted and never delivered: exit 1, saying so.
+#[test]
+fn a_token_that_cannot_be_delivered_is_an_error() {
+    let e = initialised();
+    e.mtls_stdout_closed(&["ca", "token", "--name", "lost"])
+        .fails(1, "not delivered");
+    e.mtls_stdout_closed(&["list"]).ok();
+}
+
 #[test]
 fn a_new_intermediate_that_cannot_be_written_whole_changes_nothing() {
     // Key, certificate and chain are all written before any is put in place: with the chain's

@@ -170,6 +170,24 @@ impl Env {
         child.stdin.take().unwrap().write_all(input).unwrap();
         Run::from(child.wait_with_output().unwrap())
     }
+    /// [`Env::mtls`] with standard output a pipe nobody reads (closed before anything is
+    /// written: `mtls … | head -0`).
+    pub fn mtls_stdout_closed(&self, args: &[&str]) -> Run {
+        let mut child = Command::new(gw::mtls_bin())
+            .current_dir(self.dir.path())
+            .arg("--pki")
+            .arg(self.pki())
+            .args(args)
+            .env_remove("MTLS_PASSPHRASE")
+            .env_remove("MTLS_CA_PASSPHRASE")
+            .env_remove("MTLS_PKI_DIR")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        Run::from(child.wait_with_output().unwrap())
+    }
     pub fn openssl(&self, args: &[&str]) -> Run {
         Run::from(
             Command::new("openssl")
