@@ -111,7 +111,9 @@ pub struct CrlFetchConfig {
     pub url: String,
     /// Where the verified CRL is written (also listed in `crl`).
     pub file: PathBuf,
-    /// How often to refresh (default 5m).
+    /// How often to refresh (default 5m); sooner when the installed CRL would expire first
+    /// (at three quarters of the time it has left), and from 5 s backing off up to this after
+    /// a failed fetch.
     #[serde(with = "mtls_serve::duration::serde", default = "default_crl_every")]
     pub every: Duration,
 }

@@ -41,13 +41,27 @@ async fn download(
         })
 }
 
-/// Downloads, checks and (if it changed) installs the CRL. Returns whether the file changed.
+/// What a successful fetch found.
+#[derive(Clone, Copy, Debug)]
+pub struct Fetched {
+    /// Whether the file changed.
+    pub changed: bool,
+    /// The earliest nextUpdate of the CRLs downloaded.
+    pub next_update: Option<time::OffsetDateTime>,
+}
+
+/// Downloads, checks and (if it changed) installs the CRL.
 pub async fn fetch_once(
     fetch: &CrlFetchConfig,
     client_ca: &[std::path::PathBuf],
-) -> Result<bool, Error> {
+) -> Result<Fetched, Error> {
     let roots = roots(client_ca)?;
     let (crls, fetched) = download(&fetch.url, &roots).await?;
+    let next_update = fetched
+        .crl_summaries()
+        .iter()
+        .filter_map(|s| s.next_update)
+        .min();
     // The download is plain HTTP: a replayed CRL is correctly signed. Never go back in time.
     check_not_stale(
         &fetch.file,
@@ -60,11 +74,41 @@ pub async fn fetch_once(
         .iter()
         .map(|c| mtls_pki::pem_io::encode("X509 CRL", c))
         .collect();
-    if std::fs::read(&fetch.file).is_ok_and(|old| old == pem.as_bytes()) {
-        return Ok(false);
+    let changed = !std::fs::read(&fetch.file).is_ok_and(|old| old == pem.as_bytes());
+    if changed {
+        write(&fetch.file, pem.as_bytes())?;
     }
-    write(&fetch.file, pem.as_bytes())?;
-    Ok(true)
+    Ok(Fetched {
+        changed,
+        next_update,
+    })
+}
+
+/// How long to wait before the next fetch: `every`, but never so long that the CRL installed
+/// (valid until `next_update`) expires first — three quarters of the time it has left, at
+/// least a second; after `failures` failed fetches in a row, from 5 s doubling (a CA back
+/// after an outage is seen within seconds, not after `every`), never longer than `every`.
+pub fn next_fetch_in(
+    every: std::time::Duration,
+    next_update: Option<time::OffsetDateTime>,
+    failures: u32,
+    now: time::OffsetDateTime,
+) -> std::time::Duration {
+    let second = std::time::Duration::from_secs(1);
+    if failures > 0 {
+        let backoff = std::time::Duration::from_secs(5)
+            .saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+        return backoff.min(every).max(second);
+    }
+    let before_expiry = next_update
+        .map(|next| (next - now) * 3_i32 / 4_i32)
+        .and_then(|left| std::time::Duration::try_from(left).ok());
+    match before_expiry {
+        Some(left) => every.min(left).max(second),
+        // Expired already (or no date): soon.
+        None if next_update.is_some() => second,
+        None => every,
+    }
 }
 
 /// Refuses a downloaded CRL set that is expired, or older than what `installed` holds for any
@@ -112,21 +156,36 @@ pub(crate) async fn fetch_loop(
     client_ca: Vec<std::path::PathBuf>,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     mut shutdown: mtls_serve::Shutdown,
+    first: &Result<Fetched, Error>,
 ) {
+    // Scheduled from the fetch made at start.
+    let (mut next_update, mut failures) = match first {
+        Ok(f) => (f.next_update, 0u32),
+        Err(_) => (None, 1u32),
+    };
     loop {
+        let wait = next_fetch_in(
+            fetch.every,
+            next_update,
+            failures,
+            time::OffsetDateTime::now_utc(),
+        );
         tokio::select! {
-            _ = tokio::time::sleep(fetch.every) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = shutdown.wait() => return,
         }
         match fetch_once(&fetch, &client_ca).await {
-            Ok(changed) => {
+            Ok(f) => {
                 metrics.crl_fetch(true);
-                if changed {
+                failures = 0;
+                next_update = f.next_update;
+                if f.changed {
                     tracing::info!(url = %fetch.url, file = %fetch.file.display(), "installed a new CRL");
                 }
             }
             Err(e) => {
                 metrics.crl_fetch(false);
+                failures = failures.saturating_add(1);
                 tracing::warn!(url = %fetch.url, error = %e, "CRL fetch failed; keeping the previous CRL");
             }
         }
@@ -138,6 +197,28 @@ pub(crate) async fn fetch_loop(
 mod tests {
     use super::*;
     use mtls_pki::revocation::build_crl;
+
+    /// The next fetch comes before the installed CRL expires (at three quarters of the time it
+    /// has left) when `every` would be too late, and within seconds after a failure, backing
+    /// off up to `every`.
+    #[test]
+    fn fetches_are_scheduled_before_expiry_and_retried_soon() {
+        use std::time::Duration as D;
+        let now = time::OffsetDateTime::now_utc();
+        let hour = D::from_secs(3600);
+        let in_ = |m: i64| Some(now + time::Duration::minutes(m));
+        assert_eq!(next_fetch_in(hour, in_(40), 0, now), D::from_secs(30 * 60));
+        assert_eq!(next_fetch_in(hour, in_(600), 0, now), hour);
+        assert_eq!(next_fetch_in(hour, None, 0, now), hour);
+        assert_eq!(next_fetch_in(hour, in_(-5), 0, now), D::from_secs(1));
+        assert_eq!(next_fetch_in(hour, in_(40), 1, now), D::from_secs(5));
+        assert_eq!(next_fetch_in(hour, in_(40), 2, now), D::from_secs(10));
+        assert_eq!(next_fetch_in(hour, in_(40), 30, now), hour);
+        assert_eq!(
+            next_fetch_in(D::from_secs(2), None, 3, now),
+            D::from_secs(2)
+        );
+    }
     use mtls_test_util::TestPki;
     use std::time::Duration;
 
@@ -189,10 +270,18 @@ mod tests {
             file: file.clone(),
             every: Duration::from_secs(60),
         };
-        assert!(fetch_once(&fetch, std::slice::from_ref(&ca)).await.unwrap());
+        assert!(
+            fetch_once(&fetch, std::slice::from_ref(&ca))
+                .await
+                .unwrap()
+                .changed
+        );
         let installed = std::fs::read(&file).unwrap();
         assert!(
-            !fetch_once(&fetch, std::slice::from_ref(&ca)).await.unwrap(),
+            !fetch_once(&fetch, std::slice::from_ref(&ca))
+                .await
+                .unwrap()
+                .changed,
             "unchanged"
         );
 
@@ -234,7 +323,12 @@ mod tests {
             url: serve(newer.to_vec()).await,
             ..fetch.clone()
         };
-        assert!(fetch_once(&next, std::slice::from_ref(&ca)).await.unwrap());
+        assert!(
+            fetch_once(&next, std::slice::from_ref(&ca))
+                .await
+                .unwrap()
+                .changed
+        );
         let installed = std::fs::read(&file).unwrap();
 
         // An unreachable distribution point is an error, not an empty CRL.

@@ -91,14 +91,17 @@ pub async fn start(config: GatewayConfig, config_path: Option<PathBuf>) -> Resul
     let now = OffsetDateTime::now_utc();
     // A CRL that is fetched must be there before the first load: fetch it now, failing the
     // start only if there is no previous copy either.
+    let mut first_fetches = Vec::new();
     for cfg in &config.listeners {
         for f in &cfg.crl_fetch {
-            if let Err(e) = crate::crl_fetch::fetch_once(f, &cfg.client_ca).await {
-                if !f.file.exists() {
-                    return Err(e);
-                }
+            let first = match crate::crl_fetch::fetch_once(f, &cfg.client_ca).await {
+                Err(e) if !f.file.exists() => return Err(e),
+                first => first,
+            };
+            if let Err(e) = &first {
                 tracing::warn!(url = %f.url, error = %e, "CRL fetch failed; using the file on disk");
             }
+            first_fetches.push(first);
         }
     }
     let upstream_slots = Arc::new(tokio::sync::Semaphore::new(
@@ -225,15 +228,20 @@ pub async fn start(config: GatewayConfig, config_path: Option<PathBuf>) -> Resul
             )));
         }
     }
-    for cfg in &config.listeners {
-        for f in &cfg.crl_fetch {
-            tasks.push(tokio::spawn(crate::crl_fetch::fetch_loop(
-                f.clone(),
-                cfg.client_ca.clone(),
-                metrics.clone(),
-                shutdown.clone(),
-            )));
-        }
+    let fetches = config
+        .listeners
+        .iter()
+        .flat_map(|cfg| cfg.crl_fetch.iter().map(move |f| (cfg, f)));
+    for ((cfg, f), first) in fetches.zip(first_fetches) {
+        let (f, client_ca, metrics, shutdown) = (
+            f.clone(),
+            cfg.client_ca.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            crate::crl_fetch::fetch_loop(f, client_ca, metrics, shutdown, &first).await
+        }));
     }
     let reload = mtls_serve::reload::spawn(
         GatewayReload {
