@@ -243,7 +243,10 @@ impl FeedSubscriber {
                 .map_err(|err| Error::Protocol(format!("feed event {}: {err}", e.seq)))?;
             batch.push((key, serial));
         }
-        if page.head < after {
+        // A CA behind us, or one ahead with nothing to show for it (no events up to its head:
+        // a reconcile moved the counter without events): a gap. Taken as contact, the
+        // position would never move and every poll would answer at once, in a tight loop.
+        if page.head < after || (page.events.is_empty() && page.head > after) {
             return Ok(None);
         }
         let added = self.set.insert(batch.iter().map(|(k, s)| (*k, s)));
@@ -346,6 +349,8 @@ mod tests {
             .unwrap()
             .is_none());
         assert!(sub.apply(6, &page(vec![], 3)).unwrap().is_none());
+        // Ahead with no events to show: a gap too (not contact, which would poll in a loop).
+        assert!(sub.apply(6, &page(vec![], 9)).unwrap().is_none());
         assert_eq!(set.len(), 2);
         // Malformed issuer key or serial: refused, nothing applied.
         let mut bad = event(7, "0d");
