@@ -125,9 +125,10 @@ impl PushedRevocations {
     }
 
     /// Seconds since the feed last confirmed the set at `now` (`None`: never).
+    /// A contact later than `now` (the clock went back since) counts as no contact: taken as
+    /// age 0, the set would stay fresh for as long as the clock went back, plus `max_age`.
     pub fn age(&self, now: OffsetDateTime) -> Option<u64> {
-        let last = self.inner.read().ok()?.last_contact?;
-        Some(u64::try_from(now.unix_timestamp() - last).unwrap_or(0))
+        age_at(self.inner.read().ok()?.last_contact?, now)
     }
 
     /// Seeds the set with a complete CRL: verified against `ca` (a certificate there must have
@@ -223,13 +224,22 @@ impl PushedRevocations {
         if !inner.covered.contains(issuer) {
             return PushedStatus::NotCovered;
         }
-        let age = inner
-            .last_contact
-            .map(|t| u64::try_from(now.unix_timestamp() - t).unwrap_or(0));
-        match age {
+        match inner.last_contact.and_then(|t| age_at(t, now)) {
             Some(a) if a <= self.max_age.as_secs() => PushedStatus::Good,
             Some(a) => PushedStatus::Stale { age_secs: a },
             None => PushedStatus::Stale { age_secs: u64::MAX },
         }
     }
+}
+
+/// Seconds from `last` (Unix seconds) to `now`; `None` when `last` is later than `now` by
+/// more than a few seconds (a verification may read the clock just before the feed's contact
+/// is recorded: that is age 0, not a clock gone back).
+fn age_at(last: i64, now: OffsetDateTime) -> Option<u64> {
+    const RACE: i64 = 5;
+    let age = now.unix_timestamp().checked_sub(last)?;
+    if age < -RACE {
+        return None;
+    }
+    Some(u64::try_from(age).unwrap_or(0))
 }

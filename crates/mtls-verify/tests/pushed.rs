@@ -99,6 +99,15 @@ fn a_stale_set_refuses_under_hard_fail_and_not_under_soft_fail() {
     // Contact again: fresh.
     set.touch(later);
     check(&trust, &c.cert.der, later).unwrap();
+    // The clock went back since that contact: not fresh (until the feed answers again),
+    // rather than fresh for as long as the clock went back.
+    assert!(matches!(
+        check(&trust, &c.cert.der, later - Duration::seconds(30)),
+        Err(Rejection::StaleRevocationFeed { .. })
+    ));
+    assert_eq!(set.age(later - Duration::seconds(30)), None);
+    // A verification that read the clock a moment before the contact was recorded: fresh.
+    check(&trust, &c.cert.der, later - Duration::seconds(1)).unwrap();
     // Soft-fail: a stale set does not refuse a client it does not list...
     let (set2, soft) = seeded(
         &pki,
