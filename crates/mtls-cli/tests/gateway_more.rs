@@ -142,6 +142,67 @@ fn start_with(dir: &std::path::Path, toml: &str) -> Gateway {
     Gateway::start(&["--config".into(), Files::p(&path)])
 }
 
+/// A reload reaches each listener on its own: while one listener's key is unreadable (a
+/// rotation half done), another's new CRL still takes effect at once; the broken one keeps
+/// its last good certificate and goes on serving.
+#[test]
+fn a_listener_that_cannot_reload_does_not_hold_back_another_s_crl() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let up = Upstream::start();
+    let two = f.pki.server(&["localhost"]);
+    f.write_leaf("two", &two.cert.der, &two.key);
+    let (p1, p2) = (free_port(), free_port());
+    let toml = format!(
+        r#"
+[[listener]]
+name = "one"
+listen = "127.0.0.1:{p1}"
+upstream = "http://{up}"
+client_ca = ["ca-chain.pem"]
+crl = ["crl.pem"]
+[[listener.certificate]]
+cert = "server.chain.pem"
+key = "server.key"
+[listener.policy]
+allow_any_trusted = true
+
+[[listener]]
+name = "two"
+listen = "127.0.0.1:{p2}"
+upstream = "http://{up}"
+client_ca = ["ca-chain.pem"]
+[[listener.certificate]]
+cert = "two.chain.pem"
+key = "two.key"
+[listener.policy]
+allow_any_trusted = true
+"#,
+        up = up.addr
+    );
+    let g = start_with(dir.path(), &toml);
+    let reader = f.client("reader");
+    assert_eq!(curl(&g, &f, Some(&reader), "/", &[]).status, 200);
+    std::fs::write(dir.path().join("two.key"), "not a key\n").unwrap();
+    f.write_crl(std::slice::from_ref(&reader.serial));
+    g.hup();
+    let failed = common::wait_for_line(&g.stderr, &["reload failed", "two"]);
+    assert!(failed.contains("1 other listener(s) reloaded"), "{failed}");
+    assert_ne!(curl(&g, &f, Some(&reader), "/", &[]).status, 200);
+    // The second listener still serves with its last good certificate.
+    let o = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(f.root())
+        .arg("--cert")
+        .arg(&reader.chain)
+        .arg("--key")
+        .arg(&reader.key)
+        .arg(format!("https://localhost:{p2}/"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "200");
+}
+
 #[test]
 fn config_file_listeners_sni_certificates_and_route_policies() {
     let dir = tempfile::tempdir().unwrap();

@@ -639,8 +639,8 @@ async fn tcp_proxy(
     }
 }
 
-/// The gateway's reload: the configuration file (if any) and every file it names, for every
-/// listener at once.
+/// The gateway's reload: the configuration file (if any) and every file it names, each
+/// listener's state built and swapped on its own.
 struct GatewayReload {
     config: GatewayConfig,
     config_path: Option<PathBuf>,
@@ -686,37 +686,45 @@ impl Reload for GatewayReload {
             None => self.config.clone(),
         };
         let now = OffsetDateTime::now_utc();
-        let states = candidate
-            .listeners
-            .iter()
-            .zip(&self.shared)
-            .map(|(l, s)| {
-                ListenerState::load(
-                    l,
-                    candidate.limits.upstream_timeout,
-                    generation,
-                    now,
-                    &s.sources,
-                    Some(&s.state.load()),
-                )
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| e.to_string())?;
+        // Each listener on its own: one whose files are mid-rotation or refused (a CRL rolled
+        // back) must not hold back another's new CRL or certificate; it keeps its last good
+        // state and the reload reports it (retried on the next change or poll).
         let mut changed_upstreams = Vec::new();
-        for ((s, st), (old, new)) in self
-            .shared
-            .iter()
-            .zip(states)
-            .zip(self.config.listeners.iter().zip(&candidate.listeners))
-        {
-            if old.upstream != new.upstream {
-                changed_upstreams.push(format!(
-                    "{}: {} -> {}",
-                    new.name, old.upstream, new.upstream
-                ));
+        let mut failed = Vec::new();
+        for (i, (s, new)) in self.shared.iter().zip(&candidate.listeners).enumerate() {
+            let loaded = ListenerState::load(
+                new,
+                candidate.limits.upstream_timeout,
+                generation,
+                now,
+                &s.sources,
+                Some(&s.state.load()),
+            );
+            let st = match loaded {
+                Ok(st) => st,
+                Err(e) => {
+                    failed.push(format!("{}: {e}", new.name));
+                    continue;
+                }
+            };
+            if let Some(old) = self.config.listeners.get_mut(i) {
+                if old.upstream != new.upstream {
+                    changed_upstreams.push(format!(
+                        "{}: {} -> {}",
+                        new.name, old.upstream, new.upstream
+                    ));
+                }
+                *old = new.clone();
             }
             s.state.store(Arc::new(st));
             s.generations.publish(generation);
+        }
+        if !failed.is_empty() {
+            let reloaded = self.shared.len() - failed.len();
+            return Err(format!(
+                "{} (kept their last good state; {reloaded} other listener(s) reloaded)",
+                failed.join("; ")
+            ));
         }
         self.config = candidate;
         let mut what =
