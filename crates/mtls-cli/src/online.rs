@@ -290,7 +290,8 @@ pub struct RenewArgs {
     /// Generate a new key at each renewal (needs --cert and --key to be one combined file).
     #[arg(long)]
     rotate_key: bool,
-    /// Command to run after each renewal (sh -c).
+    /// Command to run after each renewal (sh -c). In daemon mode a failed hook is run again
+    /// (from 5 s, backing off to 5 minutes; also after a restart) until it succeeds.
     #[arg(long, conflicts_with = "signal")]
     exec: Option<String>,
     /// Signal a process after each renewal: PIDFILE[:SIGNAL] (default HUP).

@@ -412,6 +412,11 @@ pub struct RenewalRecord {
     /// [`due_at`]), also by a daemon started later.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub obtained: Option<Obtained>,
+    /// A renewal replaced the certificate and the post-renewal hook has not succeeded since:
+    /// the service may still be using the old certificate. The daemon runs the hook again
+    /// (also after a restart) until it succeeds.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hook_pending: bool,
 }
 
 /// When a certificate was obtained (see [`RenewalRecord::obtained`]).
@@ -508,6 +513,74 @@ fn note_schedule(cert: &Path, not_after: OffsetDateTime, renew_at: OffsetDateTim
     if r.schedule != schedule {
         r.schedule = schedule;
         write_record(cert, &r);
+    }
+}
+
+/// Notes in the record of `cert` whether its post-renewal hook still has to succeed.
+fn note_hook_pending(cert: &Path, pending: bool) {
+    let mut r = read_record(cert).unwrap_or_default();
+    if r.hook_pending != pending {
+        r.hook_pending = pending;
+        write_record(cert, &r);
+    }
+}
+
+/// The post-renewal hook of one watched certificate while it has to run (after a renewal,
+/// until it succeeds; retried from 5 s doubling up to 5 minutes).
+#[derive(Debug, Default)]
+struct PendingHook {
+    at: Option<OffsetDateTime>,
+    failures: u32,
+}
+
+impl PendingHook {
+    /// Pending as the record of `cert` says (a daemon stopped before its hook succeeded).
+    fn from_record(hook: &Hook, cert: &Path, now: OffsetDateTime) -> Self {
+        let pending =
+            !matches!(hook, Hook::None) && read_record(cert).is_some_and(|r| r.hook_pending);
+        PendingHook {
+            at: pending.then_some(now),
+            failures: 0,
+        }
+    }
+
+    /// The certificate was replaced: the hook is due now (recorded first, so that a crash
+    /// before it succeeds is made up for after a restart).
+    fn renewed(&mut self, hook: &Hook, cert: &Path, now: OffsetDateTime) {
+        if !matches!(hook, Hook::None) {
+            note_hook_pending(cert, true);
+            *self = PendingHook {
+                at: Some(now),
+                failures: 0,
+            };
+        }
+    }
+
+    /// Runs the hook if it is due; `Some(outcome)` when it ran.
+    async fn run_if_due(
+        &mut self,
+        hook: &Hook,
+        cert: &Path,
+        now: OffsetDateTime,
+    ) -> Option<Result<(), String>> {
+        if self.at.is_none_or(|at| now < at) {
+            return None;
+        }
+        let outcome = hook.run().await;
+        match &outcome {
+            Ok(()) => {
+                note_hook_pending(cert, false);
+                *self = PendingHook::default();
+            }
+            Err(e) => {
+                self.failures = self.failures.saturating_add(1);
+                let wait = Duration::seconds(5 << self.failures.saturating_sub(1).min(6))
+                    .min(Duration::minutes(5));
+                self.at = Some(now + wait);
+                tracing::error!(cert = %cert.display(), error = %e, retry_in = %mtls_serve::duration::format(wait.unsigned_abs()), "post-renewal hook failed; the service may still use the old certificate");
+            }
+        }
+        Some(outcome)
     }
 }
 
@@ -832,8 +905,17 @@ pub async fn watch_forever(
     // notAfter of the last certificate this task obtained, and when: its schedule starts
     // then, not at a notBefore the CA backdated.
     let mut obtained: Option<(OffsetDateTime, OffsetDateTime)> = None;
+    // The length of the back-off that set `retry_at`: a retry is never further away than that
+    // (a clock corrected backwards since must not push it out by the correction).
+    let mut retry_wait = Duration::ZERO;
+    let mut hook = PendingHook::from_record(&opts.hook, &w.cert, OffsetDateTime::now_utc());
     loop {
         let now = OffsetDateTime::now_utc();
+        if let Some(outcome) = hook.run_if_due(&opts.hook, &w.cert, now).await {
+            update(&states, i, |s| {
+                s.last_error = outcome.err().map(|e| format!("post-renewal hook: {e}"));
+            });
+        }
         let (nb, na) = match current_validity(&w.cert) {
             Ok((nb, na, _)) => (nb, na),
             Err(e) => {
@@ -877,18 +959,20 @@ pub async fn watch_forever(
         // For `mtls monitor`: its "renewal overdue" follows this daemon's threshold.
         note_schedule(&w.cert, na, planned);
         let due = match &retry_at {
-            Some(at) if attempt > 0 => *at,
+            Some(at) if attempt > 0 => (*at).min(now + retry_wait),
             _ => planned,
         };
         if due > now {
             update(&states, i, |s| s.next_attempt = Some(due));
             tracing::info!(cert = %w.cert.display(), next_attempt = %mtls_pki::rfc3339(&due), not_after = %mtls_pki::rfc3339(&na), "waiting");
-            let wait = (due - now).min(opts.max_sleep);
+            // Woken earlier for a hook still to run.
+            let wake = hook.at.map_or(due, |h| h.min(due));
+            let wait = (wake - now).min(opts.max_sleep);
             tokio::time::sleep(std::time::Duration::from_millis(
                 u64::try_from(wait.whole_milliseconds()).unwrap_or(0).max(1),
             ))
             .await;
-            if OffsetDateTime::now_utc() < due {
+            if OffsetDateTime::now_utc() < due || hook.at.is_some() {
                 continue;
             }
         }
@@ -910,22 +994,23 @@ pub async fn watch_forever(
                     .ok()
                     .map(|(_, not_after, _)| (not_after, now));
                 tracing::info!(cert = %w.cert.display(), serial = %issued.serial, not_after = %mtls_pki::rfc3339(&issued.not_after), "renewed");
-                let hook = opts.hook.run().await;
-                if let Err(e) = &hook {
-                    tracing::error!(cert = %w.cert.display(), error = %e, "post-renewal hook failed");
-                }
+                hook.renewed(&opts.hook, &w.cert, now);
+                let outcome = hook.run_if_due(&opts.hook, &w.cert, now).await;
                 update(&states, i, |s| {
                     s.last_success = Some(now);
                     s.renewals += 1;
                     s.not_after = Some(issued.not_after);
-                    s.last_error = hook.err();
+                    s.last_error = outcome
+                        .and_then(Result::err)
+                        .map(|e| format!("post-renewal hook: {e}"));
                 });
                 // However short the certificate, do not hammer the CA.
                 tokio::time::sleep(std::time::Duration::from_secs(2)).await;
             }
             Err(e) => {
                 attempt = attempt.saturating_add(1);
-                let retry = now + backoff_after(&e, attempt, na - now, random_jitter());
+                retry_wait = backoff_after(&e, attempt, na - now, random_jitter());
+                let retry = now + retry_wait;
                 retry_at = Some(retry);
                 tracing::warn!(cert = %w.cert.display(), error = %e, next_attempt = %mtls_pki::rfc3339(&retry), "renewal failed");
                 update(&states, i, |s| {
@@ -1212,6 +1297,46 @@ mod tests {
             backoff_after(&limited(1), 3, plenty, 0.0),
             Duration::seconds(8)
         );
+    }
+
+    /// A hook that failed after a renewal is recorded as pending and run again, after a back-off
+    /// and also by a daemon restarted meanwhile, until it succeeds; then it is no longer pending.
+    #[tokio::test]
+    async fn a_failed_hook_is_run_again_until_it_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("svc.crt");
+        let marker = dir.path().join("second-try");
+        // Fails the first time, succeeds after.
+        let hook = Hook::Exec(format!(
+            "test -f {m} || {{ touch {m}; exit 1; }}",
+            m = marker.display()
+        ));
+        let now = OffsetDateTime::now_utc();
+        let mut pending = PendingHook::from_record(&hook, &cert, now);
+        assert!(pending.at.is_none(), "nothing pending before a renewal");
+        pending.renewed(&hook, &cert, now);
+        assert!(pending
+            .run_if_due(&hook, &cert, now)
+            .await
+            .unwrap()
+            .is_err());
+        assert!(read_record(&cert).unwrap().hook_pending);
+        // Not again at once: after the back-off.
+        assert!(pending.run_if_due(&hook, &cert, now).await.is_none());
+        assert!(pending.at.unwrap() > now);
+        // A daemon started meanwhile finds it pending and runs it now.
+        let mut restarted = PendingHook::from_record(&hook, &cert, now);
+        assert!(restarted
+            .run_if_due(&hook, &cert, now)
+            .await
+            .unwrap()
+            .is_ok());
+        assert!(!read_record(&cert).unwrap().hook_pending);
+        assert!(PendingHook::from_record(&hook, &cert, now).at.is_none());
+        // Without a hook nothing is ever pending.
+        let mut none = PendingHook::default();
+        none.renewed(&Hook::None, &cert, now);
+        assert!(none.at.is_none());
     }
 
     #[test]
