@@ -273,6 +273,7 @@ impl Hook {
                     .ok()
                     .filter(|p| (2..=i32::MAX.unsigned_abs()).contains(p))
                     .ok_or_else(|| format!("{} does not hold a process id", pidfile.display()))?;
+                check_pid_owner(pidfile, pid)?;
                 let mut cmd = std::process::Command::new("kill");
                 cmd.arg("-s").arg(signal).arg(pid.to_string());
                 cmd
@@ -312,6 +313,29 @@ impl Hook {
             ))
         }
     }
+}
+
+/// A pid file owned by a user other than root may name only that user's processes: a daemon
+/// running as root would otherwise send its signal to whatever process the service's user
+/// writes there (a stale file, or a hostile one).
+fn check_pid_owner(pidfile: &Path, pid: u32) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(pidfile)
+        .map_err(|e| format!("reading {}: {e}", pidfile.display()))?
+        .uid();
+    if owner == 0 {
+        return Ok(());
+    }
+    let process = std::fs::metadata(format!("/proc/{pid}"))
+        .map_err(|e| format!("process {pid} (from {}): {e}", pidfile.display()))?
+        .uid();
+    if process != owner {
+        return Err(format!(
+            "{} belongs to uid {owner} but names process {pid} of uid {process}: not signalled",
+            pidfile.display()
+        ));
+    }
+    Ok(())
 }
 
 /// Longest a post-renewal hook may run before it is killed (and reported as failed).
@@ -1400,6 +1424,31 @@ mod tests {
             };
             let e = hook.run().await.unwrap_err();
             assert!(e.contains("does not hold a process id"), "{bad:?}: {e}");
+        }
+        // A pid file another user owns may name only that user's processes.
+        if std::fs::metadata("/proc/self")
+            .map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                m.uid()
+            })
+            .ok()
+            == Some(0)
+        {
+            let mut sleeper = std::process::Command::new("sleep")
+                .arg("30")
+                .spawn()
+                .unwrap();
+            std::fs::write(&pidfile, sleeper.id().to_string()).unwrap();
+            let hook = Hook::Signal {
+                pidfile: pidfile.clone(),
+                signal: "CONT".into(),
+            };
+            hook.run().await.unwrap();
+            std::os::unix::fs::chown(&pidfile, Some(65534), Some(65534)).unwrap();
+            let e = hook.run().await.unwrap_err();
+            assert!(e.contains("not signalled"), "{e}");
+            let _ = sleeper.kill();
+            let _ = sleeper.wait();
         }
         let started = std::time::Instant::now();
         Hook::Exec("sleep 30 & exit 0".into()).run().await.unwrap();
