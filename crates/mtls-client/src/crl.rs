@@ -106,9 +106,12 @@ pub async fn fetch_due(
             }
         };
         let installed = download(&url, &roots).await.and_then(|(crls, state)| {
+            // One CRL per distribution point (RFC 5280): with several, the summary (from an
+            // unordered index) need not be the one installed.
             let summary = state.crl_summaries().first().cloned();
-            let (Some(crl), Some(summary)) = (crls.into_iter().next(), summary) else {
-                return Err(Error::Protocol(format!("{url}: no CRL")));
+            let mut crls = crls.into_iter();
+            let (Some(crl), None, Some(summary)) = (crls.next(), crls.next(), summary) else {
+                return Err(Error::Protocol(format!("{url}: expected exactly one CRL")));
             };
             if summary.next_update.is_some_and(|n| now >= n) {
                 return Err(Error::Protocol(format!("{url}: the CRL has expired")));
@@ -166,9 +169,63 @@ pub async fn follow_distribution_points(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::refresh_at;
     use time::{Duration, OffsetDateTime};
+
+    /// A distribution point answering with one CRL has it installed; one answering with two
+    /// (which CRL the checks looked at would be a matter of chance) is refused.
+    #[tokio::test]
+    async fn a_distribution_point_must_serve_exactly_one_crl() {
+        use std::io::{Read, Write};
+        let pki = mtls_test_util::TestPki::new("dp");
+        let now = OffsetDateTime::now_utc();
+        let one =
+            mtls_pki::revocation::build_crl(&pki.intermediate, 1, now, Duration::days(1), &[])
+                .unwrap();
+        let two =
+            mtls_pki::revocation::build_crl(&pki.intermediate, 2, now, Duration::days(1), &[])
+                .unwrap();
+        let pem = |crls: &[&rustls_pki_types::CertificateRevocationListDer<'_>]| -> String {
+            crls.iter()
+                .map(|c| mtls_pki::pem_io::encode("X509 CRL", c))
+                .collect()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(
+            &ca,
+            format!(
+                "{}{}",
+                mtls_pki::pem_io::encode("CERTIFICATE", &pki.intermediate_der()),
+                mtls_pki::pem_io::encode("CERTIFICATE", &pki.root_der())
+            ),
+        )
+        .unwrap();
+        for (body, installed) in [(pem(&[&one]), true), (pem(&[&one, &two]), false)] {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let url = format!("http://{}/crl", l.local_addr().unwrap());
+            std::thread::spawn(move || {
+                if let Some(Ok(mut s)) = l.incoming().next() {
+                    let mut buf = [0u8; 4096];
+                    let _ = s.read(&mut buf);
+                    let _ = write!(
+                        s,
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                }
+            });
+            let set = mtls_verify::FetchedCrls::new(4);
+            set.want([&url]);
+            let ok = std::sync::atomic::AtomicBool::new(false);
+            let counted = |good: bool| ok.store(good, std::sync::atomic::Ordering::SeqCst);
+            super::fetch_due(&set, std::slice::from_ref(&ca), now, &counted).await;
+            assert_eq!(ok.load(std::sync::atomic::Ordering::SeqCst), installed);
+            assert_eq!(set.crls().len(), usize::from(installed));
+        }
+    }
 
     #[test]
     fn refreshes_before_next_update() {
