@@ -54,8 +54,9 @@ struct OcspState {
     issuers: Vec<mtls_ocsp::IssuerInfo>,
     /// Replaced before a delegated signer reaches half its life (see [`Authority::responder`]).
     responder: std::sync::RwLock<Arc<mtls_ocsp::Responder>>,
-    /// Serialises rotations so concurrent requests issue one new signer, not many.
-    rotating: tokio::sync::Mutex<()>,
+    /// Serialises rotations so concurrent requests issue one new signer, not many; holds when
+    /// a failed rotation may be tried again.
+    rotating: tokio::sync::Mutex<Option<OffsetDateTime>>,
     /// The revocation epoch at which the current delegated signer was last found unrevoked:
     /// its record is looked at again only once something was revoked since.
     signer_checked_at_epoch: std::sync::atomic::AtomicI64,
@@ -152,7 +153,7 @@ impl Authority {
             ocsp: OcspState {
                 issuers: vec![issuer_info],
                 responder: std::sync::RwLock::new(Arc::new(responder)),
-                rotating: tokio::sync::Mutex::new(()),
+                rotating: tokio::sync::Mutex::new(None),
                 signer_checked_at_epoch: std::sync::atomic::AtomicI64::new(i64::MIN),
             },
             crl: tokio::sync::Mutex::new(None),
@@ -805,7 +806,7 @@ impl Authority {
         if !revoked && !due(&current) {
             return Ok(current);
         }
-        let _guard = self.ocsp.rotating.lock().await;
+        let mut retry_at = self.ocsp.rotating.lock().await;
         if let Some(r) = self.current_responder() {
             // Another request rotated meanwhile: its signer is new, hence neither due nor
             // revoked.
@@ -813,6 +814,13 @@ impl Authority {
             if !due(&r) && !still_revoked {
                 return Ok(r);
             }
+        }
+        // A rotation that failed is not tried on every request (each would sign and try to
+        // record a signer); the current signer answers meanwhile, while it is valid and
+        // unrevoked.
+        let usable = !revoked && now < current.signer_not_after();
+        if usable && retry_at.is_some_and(|t| now < t) {
+            return Ok(current);
         }
         if revoked {
             tracing::warn!(serial = %current.signer_serial(), "the OCSP signing certificate was revoked: replacing it");
@@ -822,17 +830,25 @@ impl Authority {
             .issuers
             .first()
             .ok_or_else(|| Error::Ocsp("no issuer".into()))?;
-        let fresh = Arc::new(
-            new_delegated_responder(
-                &self.issuer,
-                info,
-                &self.issuer_key,
-                &self.store,
-                &self.settings,
-                now,
-            )
-            .await?,
-        );
+        let rotated = new_delegated_responder(
+            &self.issuer,
+            info,
+            &self.issuer_key,
+            &self.store,
+            &self.settings,
+            now,
+        )
+        .await;
+        let fresh = match rotated {
+            Ok(r) => Arc::new(r),
+            Err(e) if usable => {
+                tracing::error!(error = %e, signer_not_after = %current.signer_not_after(), "cannot rotate the OCSP signing certificate: answering with the current one, trying again in 30 s");
+                *retry_at = Some(now + ROTATION_RETRY);
+                return Ok(current);
+            }
+            Err(e) => return Err(e),
+        };
+        *retry_at = None;
         if let Ok(mut w) = self.ocsp.responder.write() {
             *w = fresh.clone();
         }
@@ -851,6 +867,9 @@ fn advance(h: &mut i64, head: i64) -> bool {
         false
     }
 }
+
+/// Pause before a failed rotation of the delegated OCSP signer is tried again.
+const ROTATION_RETRY: Duration = Duration::seconds(30);
 
 fn delegated_lifetime(settings: &Settings) -> Duration {
     let l: Duration = settings.ocsp_lifetime.saturating_mul(24_i32);
@@ -1321,6 +1340,38 @@ mod tests {
             assert!(Arc::ptr_eq(&first, &ca.responder(at).await.unwrap()));
         }
         assert_eq!(signers(&ca, now).await, 1);
+    }
+
+    /// A rotation that cannot record its new signer (the inventory refuses writes) leaves the
+    /// current, still valid signer answering (not every OCSP request failing with tryLater
+    /// for half the signer's life), is not tried again on every request, and happens once
+    /// writes work again.
+    #[tokio::test]
+    async fn a_failed_rotation_keeps_the_current_ocsp_signer_answering() {
+        let now = OffsetDateTime::now_utc();
+        let half = delegated_lifetime(&Settings::default()) / 2_i32;
+        let later = now + half + Duration::minutes(1);
+        let dir = tempfile::tempdir().unwrap();
+        let ca = authority(dir.path(), now, Duration::days(365)).await;
+        let first = ca.responder(now).await.unwrap();
+        let db = rusqlite::Connection::open(dir.path().join("inventory.db")).unwrap();
+        db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+        db.execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON certificates
+             BEGIN SELECT RAISE(ABORT, 'the disk is full'); END;",
+        )
+        .unwrap();
+        assert!(Arc::ptr_eq(&first, &ca.responder(later).await.unwrap()));
+        db.execute_batch("DROP TRIGGER refuse").unwrap();
+        // Within the pause: not tried again.
+        let soon = later + Duration::seconds(10);
+        assert!(Arc::ptr_eq(&first, &ca.responder(soon).await.unwrap()));
+        assert_eq!(signers(&ca, soon).await, 1);
+        // After it: rotated.
+        let after = later + ROTATION_RETRY + Duration::seconds(1);
+        let second = ca.responder(after).await.unwrap();
+        assert!(!Arc::ptr_eq(&first, &second));
+        assert_eq!(signers(&ca, after).await, 2);
     }
 
     #[tokio::test]
