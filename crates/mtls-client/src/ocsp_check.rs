@@ -307,9 +307,29 @@ impl OcspChecker {
             // A connection admitted on a forgotten answer re-checks only when the version
             // moves: without this it would never be asked about (nor cut) again. Verifying
             // again asks the responder for the certificates still in use.
-            let mut any = evicted;
-            for (k, cert, issuer) in due {
-                let mut entry = self.ask(cert, issuer, now).await;
+            if evicted {
+                self.version.fetch_add(1, Ordering::AcqRel);
+                changed();
+            }
+            // Asked together (up to REFRESH_CONCURRENCY at a time) and each answer taken as it
+            // comes: one slow or unreachable responder does not hold up the others, and a
+            // revocation found cuts the connections it concerns at once, not after the sweep.
+            let mut due = due.into_iter();
+            let mut asking = tokio::task::JoinSet::new();
+            loop {
+                while asking.len() < REFRESH_CONCURRENCY {
+                    let Some((k, cert, issuer)) = due.next() else {
+                        break;
+                    };
+                    let me = self.clone();
+                    asking.spawn(async move { (k, me.ask(cert, issuer, now).await) });
+                }
+                let Some(done) = asking.join_next().await else {
+                    break;
+                };
+                let Ok((k, mut entry)) = done else {
+                    continue;
+                };
                 if let Ok(cache) = self.cache.lock() {
                     if let Some(old) = cache.get(&k) {
                         entry.last_used = old.last_used;
@@ -321,15 +341,17 @@ impl OcspChecker {
                         }
                     }
                 }
-                any |= self.store(k, entry);
-            }
-            if any {
-                self.version.fetch_add(1, Ordering::AcqRel);
-                changed();
+                if self.store(k, entry) {
+                    self.version.fetch_add(1, Ordering::AcqRel);
+                    changed();
+                }
             }
         }
     }
 }
+
+/// Most OCSP refreshes in flight at once.
+const REFRESH_CONCURRENCY: usize = 32;
 
 impl Asker {
     /// Asks the responder about `cert` and turns the outcome into a cache entry.
