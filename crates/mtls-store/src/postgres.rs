@@ -347,6 +347,14 @@ impl Reader {
         }
     }
 
+    /// A reader that connects on first use.
+    pub(crate) fn lazy(target: PgTarget) -> Self {
+        Reader {
+            target,
+            client: Mutex::new(None),
+        }
+    }
+
     async fn client(&self) -> Result<Arc<Conn>> {
         let mut guard = self.client.lock().await;
         if let Some(c) = guard.as_ref() {

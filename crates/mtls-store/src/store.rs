@@ -48,7 +48,15 @@ impl FromStr for Location {
 
 enum Reader {
     Sqlite(SqliteReaders),
-    Postgres(postgres::Reader),
+    Postgres(PgReaders),
+}
+
+/// As [`SqliteReaders`]: one pipelined connection for point lookups (a token, a certificate,
+/// the feed), another for reads that scale with the inventory, so that a large `list` or CRL
+/// does not queue every OCSP answer and enrollment behind it (and into its timeout).
+struct PgReaders {
+    point: postgres::Reader,
+    bulk: postgres::Reader,
 }
 
 /// Two read connections: point lookups (a token, one certificate) run in place on `point`;
@@ -141,7 +149,10 @@ impl Store {
                 postgres::create_schema(&writer).await?;
                 let reader = postgres::connect(&target).await?;
                 tokio::spawn(postgres::run_writer(target.clone(), writer, rx));
-                Reader::Postgres(postgres::Reader::new(target, reader))
+                Reader::Postgres(PgReaders {
+                    point: postgres::Reader::new(target.clone(), reader),
+                    bulk: postgres::Reader::lazy(target),
+                })
             }
         };
         Ok(Store {
@@ -245,7 +256,7 @@ impl Store {
                 let k = issuer_key.to_string();
                 Self::read_sqlite(c, move |c| sqlite::crl_number(c, &k)).await
             }
-            Reader::Postgres(r) => r.crl_number(issuer_key).await,
+            Reader::Postgres(r) => r.point.crl_number(issuer_key).await,
         }
     }
 
@@ -329,7 +340,7 @@ impl Store {
                 })
                 .await
             }
-            Reader::Postgres(r) => r.check_renewal(previous, &limit, now).await,
+            Reader::Postgres(r) => r.point.check_renewal(previous, &limit, now).await,
         }
     }
 
@@ -407,7 +418,7 @@ impl Store {
                 let serial = serial.clone();
                 Self::read_sqlite(c, move |c| sqlite::get(c, &serial, now)).await
             }
-            Reader::Postgres(r) => r.get(serial, now).await,
+            Reader::Postgres(r) => r.point.get(serial, now).await,
         }
     }
 
@@ -422,7 +433,7 @@ impl Store {
                 let filter = filter.clone();
                 Self::read_sqlite_bulk(c, move |c| sqlite::list(c, &filter, now)).await
             }
-            Reader::Postgres(r) => r.list(filter, now).await,
+            Reader::Postgres(r) => r.bulk.list(filter, now).await,
         }
     }
 
@@ -490,7 +501,7 @@ impl Store {
                 let k = issuer_key.to_string();
                 Self::read_sqlite_bulk(c, move |c| sqlite::revoked_entries(c, &k)).await
             }
-            Reader::Postgres(r) => r.revoked_entries(issuer_key).await,
+            Reader::Postgres(r) => r.bulk.revoked_entries(issuer_key).await,
         }
     }
 
@@ -501,7 +512,7 @@ impl Store {
                 let id = id.to_string();
                 Self::read_sqlite(c, move |c| sqlite::token(c, &id)).await
             }
-            Reader::Postgres(r) => r.token(id).await,
+            Reader::Postgres(r) => r.point.token(id).await,
         }
     }
 
@@ -509,7 +520,7 @@ impl Store {
     pub async fn audit(&self, limit: u32) -> Result<Vec<AuditEntry>> {
         match &self.inner.reader {
             Reader::Sqlite(c) => Self::read_sqlite_bulk(c, move |c| sqlite::audit(c, limit)).await,
-            Reader::Postgres(r) => r.audit(limit).await,
+            Reader::Postgres(r) => r.bulk.audit(limit).await,
         }
     }
 
@@ -521,7 +532,7 @@ impl Store {
             Reader::Sqlite(c) => {
                 Self::read_sqlite(c, move |c| sqlite::revocations_after(c, after, limit)).await
             }
-            Reader::Postgres(r) => r.revocations_after(after, limit).await,
+            Reader::Postgres(r) => r.point.revocations_after(after, limit).await,
         }
     }
 
@@ -537,7 +548,7 @@ impl Store {
                 let windows = windows.to_vec();
                 Self::read_sqlite_bulk(c, move |c| sqlite::counts(c, now, &windows)).await
             }
-            Reader::Postgres(r) => r.counts(now, windows).await,
+            Reader::Postgres(r) => r.bulk.counts(now, windows).await,
         }
     }
 
@@ -546,7 +557,7 @@ impl Store {
     pub async fn revocation_epoch(&self) -> Result<i64> {
         match &self.inner.reader {
             Reader::Sqlite(c) => Self::read_sqlite(c, sqlite::revocation_epoch).await,
-            Reader::Postgres(r) => r.revocation_epoch().await,
+            Reader::Postgres(r) => r.point.revocation_epoch().await,
         }
     }
 
@@ -556,7 +567,7 @@ impl Store {
             Reader::Sqlite(c) => {
                 Self::read_sqlite(c, |c| sqlite::revocation_epoch(c).map(|_| ())).await
             }
-            Reader::Postgres(r) => r.ping().await,
+            Reader::Postgres(r) => r.point.ping().await,
         }
     }
 }

@@ -115,6 +115,41 @@ async fn opening_a_current_inventory_waits_for_no_table_lock() {
     reader.batch_execute("COMMIT").await.unwrap();
 }
 
+/// A read that scales with the inventory (here the audit log, held up by a lock another
+/// session holds) does not hold up point lookups (a certificate, as for OCSP) queued behind it
+/// on one connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_bulk_read_does_not_hold_up_point_lookups() {
+    let url = mtls_test_util::fresh_postgres_database();
+    let store = Store::open(&Location::Postgres(url.clone())).await.unwrap();
+    let now = OffsetDateTime::UNIX_EPOCH + time::Duration::days(1);
+    let c = cert("CN=point");
+    store
+        .record_issued(c.clone(), IssueKind::Direct, "test", now)
+        .await
+        .unwrap();
+    let (locker, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    locker
+        .batch_execute("BEGIN; LOCK TABLE audit IN ACCESS EXCLUSIVE MODE;")
+        .await
+        .unwrap();
+    let bulk = {
+        let store = store.clone();
+        tokio::spawn(async move { store.audit(10).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let found = tokio::time::timeout(std::time::Duration::from_secs(3), store.get(&c.serial, now))
+        .await
+        .expect("the lookup waited behind the audit read")
+        .unwrap();
+    assert!(found.is_some());
+    locker.batch_execute("COMMIT").await.unwrap();
+    assert!(!bulk.await.unwrap().unwrap().is_empty());
+}
+
 /// A renewal is recorded only while the certificate it renews is unrevoked at commit time: a
 /// revocation that lands between the CA's check and the write wins.
 async fn renewal_of_a_revoked_certificate_is_refused(location: Location) {
