@@ -31,6 +31,37 @@ pub enum CaCommand {
     /// published CRLs and continue CRL numbers after the published ones.
     #[command(after_help = crate::examples::CA_RECONCILE)]
     Reconcile(ReconcileArgs),
+    /// Sign the root's CRL (with its offline key), revoking intermediates with --revoke: the
+    /// CRL written last is carried forward. Give it to verifiers beside the intermediate's
+    /// CRL (the root must be in their CA bundle).
+    #[command(after_help = crate::examples::CA_ROOT_CRL)]
+    RootCrl(RootCrlArgs),
+}
+
+#[derive(Args)]
+pub struct RootCrlArgs {
+    /// The root CA certificate.
+    #[arg(long)]
+    root_cert: PathBuf,
+    /// The root CA key (e.g. on removable media).
+    #[arg(long)]
+    root_key: PathBuf,
+    /// A certificate the root signed (an intermediate) to revoke; repeat for several.
+    #[arg(long, value_name = "CERT")]
+    revoke: Vec<PathBuf>,
+    /// Revocation reason for --revoke (keyCompromise, cACompromise, superseded, …).
+    #[arg(long, requires = "revoke")]
+    reason: Option<String>,
+    /// Days until nextUpdate. Sign again before then: verifiers refuse an expired CRL.
+    #[arg(long, default_value_t = 90)]
+    days: i64,
+    /// Output file (default: <pki>/root-crl.pem); the CRL already there is carried forward.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    ca_key: CaKeyArgs,
+    #[command(flatten)]
+    pub pki: crate::PkiArgs,
 }
 
 #[derive(Args)]
@@ -145,6 +176,7 @@ impl CaCommand {
             CaCommand::Serve(a) => &a.pki,
             CaCommand::Token(a) => &a.pki,
             CaCommand::Reconcile(a) => &a.pki,
+            CaCommand::RootCrl(a) => &a.pki,
         }
     }
 }
@@ -158,7 +190,80 @@ pub fn run(pki: &Path, explicit: Option<&Path>, cmd: CaCommand) -> Result<ExitCo
         CaCommand::Serve(a) => crate::online::serve(a, explicit),
         CaCommand::Token(a) => crate::online::token(pki, a),
         CaCommand::Reconcile(_) => reconcile(pki),
+        CaCommand::RootCrl(a) => root_crl(pki, a),
     }
+}
+
+/// `mtls ca root-crl`.
+fn root_crl(pki: &Path, a: RootCrlArgs) -> Result<ExitCode> {
+    use mtls_pki::revocation::{extend_crl, RevocationReason};
+    let reason = a
+        .reason
+        .as_deref()
+        .map(str::parse::<RevocationReason>)
+        .transpose()
+        .map_err(|e| UsageError(e.to_string()))?;
+    if !(1..=3650).contains(&a.days) {
+        return Err(UsageError("--days must be between 1 and 3650".into()).into());
+    }
+    let out_path = a
+        .out
+        .clone()
+        .unwrap_or_else(|| PkiDir::new(pki).dir.join("root-crl.pem"));
+    let mut revoke = Vec::new();
+    for path in &a.revoke {
+        let certs = mtls_pki::pem_io::certificates(&files::read_public(path)?)
+            .with_context(|| path.display().to_string())?;
+        let first = certs
+            .into_iter()
+            .next()
+            .ok_or_else(|| UsageError(format!("{}: no certificate", path.display())))?;
+        revoke.push(first);
+    }
+    // The CRL there is the record of what the root revoked: one that cannot be read is not
+    // silently replaced by a CRL that forgets it.
+    let previous = match std::fs::read(&out_path) {
+        Ok(bytes) => Some(
+            mtls_pki::pem_io::crls(&bytes)
+                .ok()
+                .and_then(|c| c.into_iter().next())
+                .ok_or_else(|| {
+                    UsageError(format!(
+                        "{} holds no CRL: move it away to start a new one",
+                        out_path.display()
+                    ))
+                })?,
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", out_path.display())),
+    };
+    let root: CaCert = load_ca(&a.root_cert, &a.root_key, &a.ca_key.source())?;
+    let crl = extend_crl(
+        &root,
+        previous.as_ref().map(|c| c.as_ref()),
+        &revoke,
+        reason,
+        now(),
+        time::Duration::days(a.days),
+    )
+    .map_err(|e| match e {
+        e @ mtls_pki::Error::NotIssuedBy { .. } => anyhow::Error::new(UsageError(e.to_string())),
+        e => e.into(),
+    })?;
+    let entries = mtls_pki::revocation::crl_entries(&crl)?.len();
+    files::write_atomic(
+        &out_path,
+        mtls_pki::pem_io::encode("X509 CRL", &crl).as_bytes(),
+        Visibility::Public,
+        true,
+    )?;
+    out(&format!(
+        "Wrote {} signed by {} ({entries} revoked, valid for {} days)\n",
+        out_path.display(),
+        root.subject(),
+        a.days
+    ))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Serialises a key, encrypted when asked.

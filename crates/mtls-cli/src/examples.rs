@@ -9,6 +9,12 @@ pub const CA_INTERMEDIATE: &str = "Examples:
   mtls ca intermediate --root-cert /media/usb/root.crt --root-key /media/usb/root.key \\
       --ca-passphrase-file root.pass";
 
+pub const CA_ROOT_CRL: &str = "Examples:
+  mtls ca root-crl --root-cert /media/usb/root.crt --root-key /media/usb/root.key
+  mtls ca root-crl --root-cert /media/usb/root.crt --root-key /media/usb/root.key \\
+      --revoke old-intermediate.crt --reason keyCompromise
+  mtls gateway … --client-ca pki/ca-chain.pem --crl pki/crl.pem --crl pki/root-crl.pem";
+
 pub const CA_SERVE: &str = "Examples:
   mtls ca serve --config ca.toml
   mtls ca serve --config /etc/mtls/ca.toml --ca-passphrase-file /etc/mtls/ca.pass";

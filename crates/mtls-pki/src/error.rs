@@ -103,6 +103,10 @@ pub enum Error {
     /// A signature does not verify with the key it should have been made with.
     #[error("the signature does not verify with the signer's key")]
     BadSignature,
+    /// A certificate or CRL that had to come from a given CA did not (its issuer name or its
+    /// signature is another CA's).
+    #[error("{what} was not issued by {issuer:?}")]
+    NotIssuedBy { what: String, issuer: String },
     /// Key generation or encryption failed in the crypto library.
     #[error("cryptographic operation failed: {0}")]
     Crypto(&'static str),

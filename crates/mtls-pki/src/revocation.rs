@@ -4,7 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use rcgen::{CertificateRevocationListParams, KeyIdMethod, RevokedCertParams};
-use rustls_pki_types::CertificateRevocationListDer;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
 use serde::Serialize;
 use time::{Duration, OffsetDateTime};
 use x509_parser::prelude::FromDer;
@@ -143,6 +143,75 @@ pub fn build_crl(
     // The AKI must equal the CA's SKI: take the issuer from the CA certificate.
     let crl = params.signed_by(ca.issuer())?;
     Ok(crl.der().clone())
+}
+
+/// The CRL that follows `previous` (a CRL of `ca`, verified here; `None` for the first):
+/// its entries carried over, each certificate of `revoke` added (each must have been issued
+/// by `ca`; one listed already keeps its first entry), the next CRL number. For a CA whose
+/// key is kept offline (a root revoking an intermediate), where no inventory lists what was
+/// revoked: the last CRL is the record.
+pub fn extend_crl(
+    ca: &CaCert,
+    previous: Option<&[u8]>,
+    revoke: &[CertificateDer<'_>],
+    reason: Option<RevocationReason>,
+    now: OffsetDateTime,
+    lifetime: Duration,
+) -> Result<CertificateRevocationListDer<'static>> {
+    let (_, ca_cert) = x509_parser::parse_x509_certificate(ca.der())
+        .map_err(|e| Error::malformed("certificate", e))?;
+    let ca_name = ca_cert.subject().as_raw();
+    let spki = ca_cert.public_key().raw;
+    let not_ours = |what: String| Error::NotIssuedBy {
+        what,
+        issuer: ca.subject().to_string(),
+    };
+    // Issued by `ca`: its name as issuer and a signature its key verifies (with an algorithm
+    // of SIGNATURE_ALGORITHMS, as everything mtls verifies).
+    let issued = |issuer: &[u8], signed: &[u8], what: &'static str| -> Result<bool> {
+        let (parts, _) = SignedParts::split(what, signed)?;
+        Ok(issuer == ca_name && parts.verify(spki).is_ok())
+    };
+    let (mut entries, number) = match previous {
+        None => (Vec::new(), 0),
+        Some(der) => {
+            let crl = parse_crl(der)?;
+            if !issued(crl.issuer().as_raw(), der, "CRL")? {
+                return Err(not_ours(format!(
+                    "the previous CRL (issuer {})",
+                    crl.issuer()
+                )));
+            }
+            let number = crl
+                .crl_number()
+                .and_then(|n| u64::try_from(n).ok())
+                .ok_or_else(|| Error::malformed("CRL", "no usable CRL number"))?;
+            (crl_entries(der)?, number)
+        }
+    };
+    for der in revoke {
+        let (_, cert) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| Error::malformed("certificate", e))?;
+        let name = cert.subject().to_string();
+        if der.as_ref() == ca.der().as_ref() {
+            return Err(not_ours(format!("{name:?} (the CA itself)")));
+        }
+        if !issued(cert.issuer().as_raw(), der, "certificate")? {
+            return Err(not_ours(format!("certificate {name:?}")));
+        }
+        let serial = Serial::from_be_bytes(cert.raw_serial());
+        if !entries.iter().any(|e| e.serial == serial) {
+            entries.push(RevokedEntry {
+                serial,
+                revoked_at: now,
+                reason,
+            });
+        }
+    }
+    let number = number
+        .checked_add(1)
+        .ok_or_else(|| Error::malformed("CRL", "the CRL number cannot grow any further"))?;
+    build_crl(ca, number, now, lifetime, &entries)
 }
 
 /// The entries of a DER CRL (serial, revocation time, reason), as [`build_crl`] wrote them.
