@@ -86,6 +86,7 @@ fn the_monitor_exports_expiry_renewal_state_crl_freshness_and_the_inventory() {
         last_error: Some("the CA is unreachable".into()),
         schedule: None,
         obtained: None,
+        hook_pending: false,
     };
     env.write(
         "watched/late.crt.renewal.json",
