@@ -177,8 +177,8 @@ pub fn write_atomic(
 /// (a full disk, an owner that cannot be kept) leaves every old file as it was.
 ///
 /// Everything after the path is resolved happens relative to the destination's directory,
-/// opened once without following any link (see [`open_dir_nofollow`]): a directory swapped
-/// for a link meanwhile cannot send the file elsewhere.
+/// opened once without following any link (walked from the root component by component): a
+/// directory swapped for a link meanwhile cannot send the file elsewhere.
 #[must_use = "a staged file is removed unless installed"]
 pub struct Staged {
     dir: OwnedFd,
