@@ -648,13 +648,15 @@ impl Authority {
     /// The current CRL: regenerated when any instance revoked something since it was built, or
     /// when half its lifetime has passed; otherwise served from memory.
     pub async fn crl(&self, now: OffsetDateTime) -> Result<PublishedCrl, ApiError> {
-        let epoch = self.store.revocation_epoch().await.map_err(store_err)?;
         let mut cached = self.crl.lock().await;
+        // Read under the lock: a request that read the counter before another built a newer
+        // CRL would otherwise replace that one with an older build. Compared for equality: a
+        // counter that went back (a database restored or failed over) must not keep serving a
+        // CRL (and feed position) from ahead of it.
+        let epoch = self.store.revocation_epoch().await.map_err(store_err)?;
         let refresh_after: Duration = self.settings.crl_lifetime / 2_i32;
         if let Some(c) = cached.as_ref() {
-            // (`>=`: a request that read the counter before another built a newer CRL serves
-            // that one rather than replacing it with an older build.)
-            if c.epoch >= epoch && now < c.this_update + refresh_after && now >= c.this_update {
+            if c.epoch == epoch && now < c.this_update + refresh_after && now >= c.this_update {
                 return Ok(self.published(c));
             }
         }
