@@ -237,6 +237,9 @@ struct Anchor {
     not_before: i64,
     not_after: i64,
     problem: Option<String>,
+    /// When another member of the bundle issued this one (an intermediate beside its root, as
+    /// in `ca-chain.pem`): its own revocation question, asked for every path that ends here.
+    revocation: Option<RevocationKey>,
 }
 
 /// Revocation checking: which certificates need a status, and the loosenings (both off by
@@ -256,10 +259,6 @@ pub struct RevocationOptions {
 pub struct TrustState {
     generation: u64,
     anchors: Vec<Anchor>,
-    /// Bundle members issued by another member (see [`issued_by_another_member`]): offered to
-    /// path building as intermediates, so the path goes on to their issuer and their
-    /// revocation counts.
-    bundle_intermediates: Vec<CertificateDer<'static>>,
     roots: Vec<CertificateDer<'static>>,
     /// By issuer name; usually one entry each (more with several signers or partitions).
     crls: HashMap<Vec<u8>, Vec<CrlEntry>>,
@@ -349,33 +348,30 @@ pub enum TrustError {
     },
 }
 
-/// Which members of a CA bundle are issued by another member (its name is their issuer and
-/// its key verifies their signature): an intermediate put in the bundle beside its root, as
-/// `ca-chain.pem` does. Such a member is not made a trust anchor, because webpki stops at the
-/// first anchor it reaches: a path ending at the intermediate would never look at the
-/// intermediate's own revocation (a root CRL revoking it would change nothing). Self-signed
-/// members are always anchors; a bundle without any other (an intermediate alone, two CAs
-/// certifying each other) keeps every member an anchor, as before.
-fn issued_by_another_member(
+/// For each member of a CA bundle, the other member that issued it (its name is the member's
+/// issuer and its key verifies the member's signature), if any: an intermediate put in the
+/// bundle beside its root, as `ca-chain.pem` does. Every member stays a trust anchor (paths
+/// end at the first anchor webpki reaches, as they always did), but one issued by another
+/// member gets its own revocation question (see [`Anchor::revocation`]): otherwise a root CRL
+/// revoking the intermediate would change nothing.
+fn issuers_in_bundle(
     ders: &[CertificateDer<'_>],
     certs: &[x509_parser::certificate::X509Certificate<'_>],
-) -> Vec<bool> {
-    let issued: Vec<bool> = certs
+) -> Vec<Option<usize>> {
+    certs
         .iter()
         .zip(ders)
         .map(|(c, der)| {
-            c.subject() != c.issuer()
-                && certs.iter().zip(ders).any(|(p, p_der)| {
-                    p_der.as_ref() != der.as_ref()
-                        && p.subject() == c.issuer()
-                        && c.verify_signature(Some(p.public_key())).is_ok()
-                })
+            if c.subject() == c.issuer() {
+                return None;
+            }
+            certs.iter().zip(ders).position(|(p, p_der)| {
+                p_der.as_ref() != der.as_ref()
+                    && p.subject() == c.issuer()
+                    && c.verify_signature(Some(p.public_key())).is_ok()
+            })
         })
-        .collect();
-    if issued.iter().all(|i| *i) {
-        return vec![false; certs.len()];
-    }
-    issued
+        .collect()
 }
 
 impl TrustState {
@@ -423,14 +419,33 @@ impl TrustState {
                 })?;
             parsed_roots.push(cert);
         }
-        let issued_in_bundle = issued_by_another_member(&roots, &parsed_roots);
+        let issuers = issuers_in_bundle(&roots, &parsed_roots);
         let mut anchors = Vec::with_capacity(roots.len());
-        let mut bundle_intermediates = Vec::new();
         for (index, (r, cert)) in roots.iter().zip(&parsed_roots).enumerate() {
-            if issued_in_bundle.get(index).copied().unwrap_or(false) {
-                bundle_intermediates.push(r.clone());
-                continue;
-            }
+            let revocation = issuers
+                .get(index)
+                .copied()
+                .flatten()
+                .and_then(|i| parsed_roots.get(i))
+                .map(|issuer| {
+                    let issuer_spki = issuer.public_key().raw.to_vec();
+                    let serial = mtls_pki::Serial::from_be_bytes(cert.raw_serial())
+                        .as_bytes()
+                        .to_vec();
+                    RevocationKey {
+                        issuer: cert.issuer().as_raw().to_vec(),
+                        issuer_key: crate::pushed::issuer_key_of(&issuer_spki),
+                        issuer_spki,
+                        serial_key: crate::serial_key::SerialKey::new(&serial),
+                        serial,
+                        is_ca: true,
+                        crl_uris: crl_uris(cert),
+                        // Asked of every source, but required of none: an anchor never needed
+                        // a status, and a deployment without the root's CRL goes on working.
+                        require: false,
+                        query: None,
+                    }
+                });
             let anchor = webpki::anchor_from_trusted_cert(r)
                 .map_err(|e| TrustError::BadRoot {
                     index,
@@ -445,6 +460,7 @@ impl TrustState {
                 not_before: cert.validity().not_before.timestamp(),
                 not_after: cert.validity().not_after.timestamp(),
                 problem: check_anchor_static(cert).err(),
+                revocation,
             });
         }
         let extra: Vec<_> = crl_signers
@@ -549,7 +565,6 @@ impl TrustState {
         Ok(TrustState {
             generation,
             anchors,
-            bundle_intermediates,
             roots,
             crls: index_map,
             revocation_checked: !crls.is_empty(),
@@ -727,19 +742,7 @@ impl TrustState {
             .map_err(|_| Rejection::Other("clock before 1970".into()))?;
         let time = UnixTime::since_unix_epoch(std::time::Duration::from_secs(secs));
         let anchors: Vec<TrustAnchor<'_>> = self.anchors.iter().map(|a| a.anchor.clone()).collect();
-        let with_bundle: Vec<CertificateDer<'_>>;
-        let candidates = if self.bundle_intermediates.is_empty() {
-            intermediates
-        } else {
-            // Presented ones first: the chain the client sent is the one to follow.
-            with_bundle = intermediates
-                .iter()
-                .chain(&self.bundle_intermediates)
-                .map(|c| CertificateDer::from(c.as_ref()))
-                .collect();
-            &with_bundle
-        };
-        let path = crate::build_path(&ee, &anchors, candidates, time, purpose)
+        let path = crate::build_path(&ee, &anchors, intermediates, time, purpose)
             .map_err(|e| Rejection::from_webpki(e, purpose))?;
         let used = path.anchor();
         let anchor = self
@@ -817,6 +820,7 @@ impl TrustState {
                     query: if i == 0 { leaf_query.clone() } else { None },
                 }
             })
+            .chain(anchor.revocation.clone())
             .collect();
         for key in &revocation {
             self.check_revocation_key(key, now)?;

@@ -477,9 +477,9 @@ mod one_revocation_path {
         let st = state_scoped(&pki, std::slice::from_ref(&leaf_crl), CrlScope::Chain);
         // Its CRL signer (the intermediate) is not in the bundle: refused at load.
         assert!(st.is_err());
-        // With the intermediate in the bundle beside its root (ca-chain.pem), the path still
-        // goes on to the root: the intermediate is no anchor, and its revocation counts, with
-        // or without the client sending it, in either order.
+        // With the intermediate in the bundle beside its root (ca-chain.pem), the path ends at
+        // the intermediate (an anchor, as it always was), but its own revocation by the root
+        // counts, with or without the client sending it, in either order.
         for bundle in [
             vec![pki.root_der(), pki.intermediate_der()],
             vec![pki.intermediate_der(), pki.root_der()],
@@ -510,6 +510,19 @@ mod one_revocation_path {
                 assert!(st.verify_client(&c.cert.der, presented, now()).is_ok());
             }
         }
+        // No status is required of it, though: chain scope with only its own CRL (no root CRL
+        // published) accepts its clients, as before.
+        let st = TrustState::new(
+            1,
+            vec![pki.root_der(), pki.intermediate_der()],
+            std::slice::from_ref(&leaf_crl),
+            RevocationOptions {
+                scope: CrlScope::Chain,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(st.verify_client(&c.cert.der, &[], now()).is_ok());
         // An intermediate alone in the bundle stays an anchor (the path ends there, as the
         // operator chose): its clients are accepted on its own CRL.
         let st = TrustState::new(
