@@ -264,8 +264,7 @@ impl Hook {
                 cmd
             }
             Hook::Signal { pidfile, signal } => {
-                let text = std::fs::read_to_string(pidfile)
-                    .map_err(|e| format!("reading {}: {e}", pidfile.display()))?;
+                let (owner, text) = read_pidfile(pidfile)?;
                 // 0 would signal our own process group, 1 init, negative numbers whole groups.
                 let pid = text
                     .trim()
@@ -273,7 +272,7 @@ impl Hook {
                     .ok()
                     .filter(|p| (2..=i32::MAX.unsigned_abs()).contains(p))
                     .ok_or_else(|| format!("{} does not hold a process id", pidfile.display()))?;
-                check_pid_owner(pidfile, pid)?;
+                check_pid_owner(pidfile, owner, pid)?;
                 let mut cmd = std::process::Command::new("kill");
                 cmd.arg("-s").arg(signal).arg(pid.to_string());
                 cmd
@@ -315,24 +314,55 @@ impl Hook {
     }
 }
 
-/// A pid file owned by a user other than root may name only that user's processes: a daemon
-/// running as root would otherwise send its signal to whatever process the service's user
-/// writes there (a stale file, or a hostile one).
-fn check_pid_owner(pidfile: &Path, pid: u32) -> Result<(), String> {
+/// Reads the pid file: a regular file, opened without following a link, whose owner (of
+/// that very file, not of whatever the path names a moment later) is returned with its text.
+fn read_pidfile(pidfile: &Path) -> Result<(u32, String), String> {
+    use rustix::fs::{Mode, OFlags};
+    use std::io::Read;
     use std::os::unix::fs::MetadataExt;
-    let owner = std::fs::metadata(pidfile)
-        .map_err(|e| format!("reading {}: {e}", pidfile.display()))?
-        .uid();
+    let failed = |e: std::io::Error| format!("reading {}: {e}", pidfile.display());
+    let fd = rustix::fs::openat(
+        rustix::fs::CWD,
+        pidfile,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+        Mode::empty(),
+    )
+    .map_err(|e| failed(e.into()))?;
+    let file = std::fs::File::from(fd);
+    let meta = file.metadata().map_err(failed)?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a regular file", pidfile.display()));
+    }
+    let mut text = String::new();
+    (&file).take(64).read_to_string(&mut text).map_err(failed)?;
+    Ok((meta.uid(), text))
+}
+
+/// A pid file owned by a user other than root may name only that user's processes (its real
+/// or effective user, from `/proc/PID/status`, which also shows processes that are not
+/// dumpable): a daemon running as root would otherwise send its signal to whatever process
+/// the service's user writes there (a stale file, or a hostile one).
+fn check_pid_owner(pidfile: &Path, owner: u32, pid: u32) -> Result<(), String> {
     if owner == 0 {
         return Ok(());
     }
-    let process = std::fs::metadata(format!("/proc/{pid}"))
-        .map_err(|e| format!("process {pid} (from {}): {e}", pidfile.display()))?
-        .uid();
-    if process != owner {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("process {pid} (from {}): {e}", pidfile.display()))?;
+    let uids: Vec<u32> = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .map(|rest| {
+            rest.split_whitespace()
+                .filter_map(|u| u.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    // Real and effective user (the first two of real, effective, saved, filesystem).
+    if !uids.iter().take(2).any(|u| *u == owner) {
         return Err(format!(
-            "{} belongs to uid {owner} but names process {pid} of uid {process}: not signalled",
-            pidfile.display()
+            "{} belongs to uid {owner} but names process {pid} of uid {}: not signalled",
+            pidfile.display(),
+            uids.first().map_or("?".to_string(), u32::to_string)
         ));
     }
     Ok(())
@@ -549,6 +579,9 @@ fn note_hook_pending(cert: &Path, pending: bool) {
     }
 }
 
+/// The longest pause between two runs of a failing post-renewal hook.
+const HOOK_RETRY_MAX: Duration = Duration::minutes(5);
+
 /// The post-renewal hook of one watched certificate while it has to run (after a renewal,
 /// until it succeeds; retried from 5 s doubling up to 5 minutes).
 #[derive(Debug, Default)]
@@ -599,7 +632,7 @@ impl PendingHook {
             Err(e) => {
                 self.failures = self.failures.saturating_add(1);
                 let wait = Duration::seconds(5 << self.failures.saturating_sub(1).min(6))
-                    .min(Duration::minutes(5));
+                    .min(HOOK_RETRY_MAX);
                 self.at = Some(now + wait);
                 tracing::error!(cert = %cert.display(), error = %e, retry_in = %mtls_serve::duration::format(wait.unsigned_abs()), "post-renewal hook failed; the service may still use the old certificate");
             }
@@ -982,8 +1015,12 @@ pub async fn watch_forever(
         let planned = due_at(nb, na, got, opts.threshold, jitter);
         // For `mtls monitor`: its "renewal overdue" follows this daemon's threshold.
         note_schedule(&w.cert, na, planned);
+        // A retry is never further from now than its back-off (kept, not recomputed at each
+        // wake-up): a clock corrected backwards since must not push it out by the correction.
+        retry_at = retry_at.map(|at| at.min(now + retry_wait));
+        hook.at = hook.at.map(|at| at.min(now + HOOK_RETRY_MAX));
         let due = match &retry_at {
-            Some(at) if attempt > 0 => (*at).min(now + retry_wait),
+            Some(at) if attempt > 0 => *at,
             _ => planned,
         };
         if due > now {
@@ -1447,6 +1484,13 @@ mod tests {
             std::os::unix::fs::chown(&pidfile, Some(65534), Some(65534)).unwrap();
             let e = hook.run().await.unwrap_err();
             assert!(e.contains("not signalled"), "{e}");
+            // Nor through a link to a file root owns.
+            let rooted = dir.path().join("rooted.pid");
+            std::fs::write(&rooted, sleeper.id().to_string()).unwrap();
+            std::fs::remove_file(&pidfile).unwrap();
+            std::os::unix::fs::symlink(&rooted, &pidfile).unwrap();
+            let e = hook.run().await.unwrap_err();
+            assert!(e.contains("reading"), "{e}");
             let _ = sleeper.kill();
             let _ = sleeper.wait();
         }
