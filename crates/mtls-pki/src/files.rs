@@ -256,8 +256,10 @@ pub fn stage(path: &Path, contents: &[u8], visibility: Visibility, force: bool) 
 /// `create_dir_all` does.
 fn open_dir_nofollow(dir: &Path) -> Result<OwnedFd> {
     use std::path::Component;
+    // O_PATH: a directory the writer may only search (mode 0711), not read, is walked as a
+    // path-based write walks it.
     let flags =
-        rfs::OFlags::RDONLY | rfs::OFlags::DIRECTORY | rfs::OFlags::NOFOLLOW | rfs::OFlags::CLOEXEC;
+        rfs::OFlags::PATH | rfs::OFlags::DIRECTORY | rfs::OFlags::NOFOLLOW | rfs::OFlags::CLOEXEC;
     let failed = |e: rustix::io::Errno| io_err(dir)(e.into());
     let start = if dir.is_absolute() { "/" } else { "." };
     let mut fd = rfs::openat(rfs::CWD, start, flags, rfs::Mode::empty()).map_err(failed)?;
@@ -329,7 +331,15 @@ impl Staged {
                 .map_err(|e| io_err(&path)(e.into()))?;
         }
         self.installed = true;
-        let _ = rfs::fsync(&self.dir);
+        // (A path handle cannot be synced: the directory itself, if it may be read.)
+        if let Ok(d) = rfs::openat(
+            &self.dir,
+            ".",
+            rfs::OFlags::RDONLY | rfs::OFlags::DIRECTORY | rfs::OFlags::CLOEXEC,
+            rfs::Mode::empty(),
+        ) {
+            let _ = rfs::fsync(&d);
+        }
         Ok(())
     }
 }
@@ -700,6 +710,15 @@ mod tests {
             .expect_err("a link on the way is refused");
         assert!(e.to_string().contains("became a symbolic link"), "{e}");
         assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
+
+        // A directory the writer may only search, not read, is walked (as root, the modes do
+        // not stop anyone: the case is the writer's own directory at 0711).
+        let search_only = dir.path().join("search-only");
+        fs::create_dir(&search_only).unwrap();
+        fs::set_permissions(&search_only, fs::Permissions::from_mode(0o311)).unwrap();
+        write_atomic(&search_only.join("k.pem"), b"k", Visibility::Secret, false).unwrap();
+        fs::set_permissions(&search_only, fs::Permissions::from_mode(0o700)).unwrap();
+        assert_eq!(fs::read(search_only.join("k.pem")).unwrap(), b"k");
 
         // Directories that do not exist yet are made, relative paths work.
         let deep = dir.path().join("a/b/c");
