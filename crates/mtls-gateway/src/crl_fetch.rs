@@ -86,8 +86,9 @@ pub async fn fetch_once(
 
 /// How long to wait before the next fetch: `every`, but never so long that the CRL installed
 /// (valid until `next_update`) expires first — three quarters of the time it has left, at
-/// least a second; after `failures` failed fetches in a row, from 5 s doubling (a CA back
-/// after an outage is seen within seconds, not after `every`), never longer than `every`.
+/// least a second. After `failures` failed fetches in a row: from 5 s doubling, within the same
+/// bound, and at most 30 s once the installed CRL has expired (every client is refused until a
+/// fetch succeeds: a CA back after an outage is seen within seconds, not after `every`).
 pub fn next_fetch_in(
     every: std::time::Duration,
     next_update: Option<time::OffsetDateTime>,
@@ -95,14 +96,22 @@ pub fn next_fetch_in(
     now: time::OffsetDateTime,
 ) -> std::time::Duration {
     let second = std::time::Duration::from_secs(1);
-    if failures > 0 {
-        let backoff = std::time::Duration::from_secs(5)
-            .saturating_mul(1u32 << failures.saturating_sub(1).min(16));
-        return backoff.min(every).max(second);
-    }
+    let expired = next_update.is_some_and(|n| n <= now);
     let before_expiry = next_update
         .map(|next| (next - now) * 3_i32 / 4_i32)
         .and_then(|left| std::time::Duration::try_from(left).ok());
+    if failures > 0 {
+        let backoff = std::time::Duration::from_secs(5)
+            .saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+        let cap = if expired {
+            std::time::Duration::from_secs(30)
+        } else {
+            before_expiry
+                .unwrap_or(every)
+                .max(std::time::Duration::from_secs(5))
+        };
+        return backoff.min(cap).min(every).max(second);
+    }
     match before_expiry {
         Some(left) => every.min(left).max(second),
         // Expired already (or no date): soon.
@@ -213,7 +222,12 @@ mod tests {
         assert_eq!(next_fetch_in(hour, in_(-5), 0, now), D::from_secs(1));
         assert_eq!(next_fetch_in(hour, in_(40), 1, now), D::from_secs(5));
         assert_eq!(next_fetch_in(hour, in_(40), 2, now), D::from_secs(10));
-        assert_eq!(next_fetch_in(hour, in_(40), 30, now), hour);
+        // Failing for long: never beyond the installed CRL's remaining life, and every 30 s
+        // at most once it has expired.
+        assert_eq!(next_fetch_in(hour, in_(40), 30, now), D::from_secs(30 * 60));
+        assert_eq!(next_fetch_in(hour, in_(600), 30, now), hour);
+        assert_eq!(next_fetch_in(hour, in_(-5), 30, now), D::from_secs(30));
+        assert_eq!(next_fetch_in(hour, None, 30, now), hour);
         assert_eq!(
             next_fetch_in(D::from_secs(2), None, 3, now),
             D::from_secs(2)
