@@ -513,7 +513,7 @@ impl Authority {
             .map_err(store_err)?;
         // Wake this instance's feed subscribers now rather than at the next poll.
         if let Ok(head) = self.store.revocation_epoch().await {
-            self.feed_head.send_if_modified(|h| advance(h, head));
+            self.feed_head.send_if_modified(|h| follow(h, head));
         }
         Ok(revocation)
     }
@@ -547,7 +547,7 @@ impl Authority {
         // Subscribe before reading the head, so a revocation in between wakes the wait.
         let mut rx = self.feed_head.subscribe();
         let mut head = self.store.revocation_epoch().await.map_err(store_err)?;
-        self.feed_head.send_if_modified(|h| advance(h, head));
+        self.feed_head.send_if_modified(|h| follow(h, head));
         if after > head {
             return Err(ApiError::new(
                 axum::http::StatusCode::CONFLICT,
@@ -560,8 +560,14 @@ impl Authority {
             let wait = wait
                 .min(FEED_MAX_WAIT)
                 .min(self.settings.idle_timeout.unsigned_abs() / 2);
-            if let Ok(Ok(h)) = tokio::time::timeout(wait, rx.wait_for(|h| *h > after)).await {
-                head = head.max(*h);
+            // (A bool: the watch's guard must not be held across the read below.)
+            let moved = matches!(
+                tokio::time::timeout(wait, rx.wait_for(|h| *h > after)).await,
+                Ok(Ok(_))
+            );
+            if moved {
+                // From the database, as every head this answers with.
+                head = self.store.revocation_epoch().await.map_err(store_err)?;
             }
         }
         let events = self
@@ -602,7 +608,7 @@ impl Authority {
             }
             match self.store.revocation_epoch().await {
                 Ok(head) => {
-                    self.feed_head.send_if_modified(|h| advance(h, head));
+                    self.feed_head.send_if_modified(|h| follow(h, head));
                 }
                 Err(e) => tracing::debug!(error = %e, "reading the revocation feed head"),
             }
@@ -859,10 +865,11 @@ impl Authority {
     }
 }
 
-/// Lifetime of a delegated OCSP signer: a day's worth of responses, at most a week.
-/// Moves the head forward (never back); whether it moved.
-fn advance(h: &mut i64, head: i64) -> bool {
-    if head > *h {
+/// Sets the feed's head to the database's; whether it changed. Also backwards: after a
+/// restore or a failover the database is the truth, and a head kept from before would answer
+/// every long poll at once (a subscriber looping against this CA).
+fn follow(h: &mut i64, head: i64) -> bool {
+    if head != *h {
         *h = head;
         true
     } else {
@@ -873,6 +880,7 @@ fn advance(h: &mut i64, head: i64) -> bool {
 /// Pause before a failed rotation of the delegated OCSP signer is tried again.
 const ROTATION_RETRY: Duration = Duration::seconds(30);
 
+/// Lifetime of a delegated OCSP signer: a day's worth of responses, at most a week.
 fn delegated_lifetime(settings: &Settings) -> Duration {
     let l: Duration = settings.ocsp_lifetime.saturating_mul(24_i32);
     l.min(Duration::days(7))
@@ -1107,15 +1115,16 @@ mod tests {
 
     /// An authority whose issuing CA ends `ca_left` from `now`, with a delegated OCSP signer.
     async fn authority(dir: &std::path::Path, now: OffsetDateTime, ca_left: Duration) -> Authority {
-        constrained_authority(dir, now, ca_left, &Default::default()).await
+        configured_authority(dir, now, ca_left, &Default::default(), Settings::default()).await
     }
 
-    /// [`authority`], its issuing CA limited by `constraints`.
-    async fn constrained_authority(
+    /// [`authority`], its issuing CA limited by `constraints`, with `settings`.
+    async fn configured_authority(
         dir: &std::path::Path,
         now: OffsetDateTime,
         ca_left: Duration,
         constraints: &mtls_pki::NameConstraints,
+        settings: Settings,
     ) -> Authority {
         let key = || PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
         let start = now - Duration::days(1);
@@ -1138,7 +1147,7 @@ mod tests {
             issuer,
             root: root.der().clone(),
             store,
-            settings: Settings::default(),
+            settings,
         };
         Authority::new(parts, now).await.unwrap()
     }
@@ -1172,6 +1181,77 @@ mod tests {
         assert_eq!(err.code, "CA_UNAVAILABLE");
     }
 
+    /// After the database's revocation counter went back (a restore, a failover), the feed
+    /// answers with the database's head and long-polls at it, rather than at once with the
+    /// head it had before (a subscriber would loop against it, resyncing each time).
+    #[tokio::test]
+    async fn the_feed_head_follows_the_database_back() {
+        let now = OffsetDateTime::now_utc();
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings {
+            admins: mtls_verify::Policy {
+                allow_cn: vec!["admin".into()],
+                ..Default::default()
+            },
+            ..Settings::default()
+        };
+        let ca = configured_authority(
+            dir.path(),
+            now,
+            Duration::days(30),
+            &Default::default(),
+            settings,
+        )
+        .await;
+        let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+        let request = |cn: &str| LeafRequest {
+            profile: Profile::Client,
+            subject: Subject::cn(cn),
+            sans: Vec::new(),
+            lifetime: Duration::days(1),
+            urls: Default::default(),
+        };
+        let admin = ca
+            .issue_and_record(
+                key.key_pair(),
+                &request("admin"),
+                IssueKind::Direct,
+                "t",
+                now,
+            )
+            .await
+            .unwrap();
+        let other = ca
+            .issue_and_record(
+                key.key_pair(),
+                &request("other"),
+                IssueKind::Direct,
+                "t",
+                now,
+            )
+            .await
+            .unwrap();
+        let chain = [admin.der.clone(), ca.issuer.der().clone()];
+        let peer = PeerIdentity::Verified(ca.trust().identify(Some(&chain), now).unwrap());
+        ca.store()
+            .revoke(&other.serial, None, None, "t", now)
+            .await
+            .unwrap();
+        let wait = std::time::Duration::from_millis(300);
+        let page = ca.revocations(&peer, 0, wait, now).await.unwrap();
+        assert_eq!((page.events.len(), page.head), (1, 1));
+        // The counter goes back to 0, as a restored database's would.
+        let db = rusqlite::Connection::open(dir.path().join("inventory.db")).unwrap();
+        db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+        db.execute_batch(
+            "UPDATE revocation_epoch SET epoch = 0;
+             UPDATE certificates SET revocation_seq = NULL, revoked_at = NULL;",
+        )
+        .unwrap();
+        let page = ca.revocations(&peer, 0, wait, now).await.unwrap();
+        assert_eq!((page.events.len(), page.head), (0, 0));
+    }
+
     /// A CRL asked for while the CA cannot sign (expired) is a 503, like an issuance, and
     /// takes no CRL number: anonymous requests must not spend numbers and audit rows.
     #[tokio::test]
@@ -1200,7 +1280,14 @@ mod tests {
             permitted: vec![mtls_pki::NameSubtree::parse("dns:svc.internal").unwrap()],
             excluded: Vec::new(),
         };
-        let ca = constrained_authority(dir.path(), now, Duration::days(30), &constraints).await;
+        let ca = configured_authority(
+            dir.path(),
+            now,
+            Duration::days(30),
+            &constraints,
+            Settings::default(),
+        )
+        .await;
         let before = signers(&ca, now).await;
         let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
         let request = |name: &str| LeafRequest {
