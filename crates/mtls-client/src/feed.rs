@@ -267,17 +267,35 @@ impl FeedSubscriber {
     /// next CA URL); the position is kept, so nothing is missed.
     pub async fn run(mut self, changed: impl Fn(FeedChange) + Send, mut shutdown: Shutdown) {
         let mut retry = RETRY_FIRST;
+        // The position of the last resync: a resync that lands there again made no progress
+        // (a CA whose feed does not follow on from its own CRL), and is paused like a failure
+        // rather than repeated at once (each one downloads the CRL).
+        let mut last_resync: Option<i64> = None;
         loop {
+            let resyncs = self.stats.resyncs.load(Ordering::Relaxed);
             let step = tokio::select! {
                 s = self.step() => s,
                 _ = shutdown.wait() => return,
             };
             match step {
                 Ok(change) => {
-                    retry = RETRY_FIRST;
                     if change.added > 0 {
                         changed(change);
                     }
+                    if self.stats.resyncs.load(Ordering::Relaxed) == resyncs {
+                        retry = RETRY_FIRST;
+                        continue;
+                    }
+                    if last_resync.replace(change.position) != Some(change.position) {
+                        retry = RETRY_FIRST;
+                        continue;
+                    }
+                    tracing::warn!(url = %self.client().url(), position = change.position, "revocation feed: resynced to the same position again; pausing");
+                    tokio::select! {
+                        _ = tokio::time::sleep(retry) => {}
+                        _ = shutdown.wait() => return,
+                    }
+                    retry = (retry * 2).min(RETRY_MAX);
                 }
                 Err(e) => {
                     self.stats.errors.fetch_add(1, Ordering::Relaxed);
