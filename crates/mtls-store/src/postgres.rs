@@ -29,11 +29,23 @@ use crate::{
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(15);
-/// Below [`STATEMENT_TIMEOUT`] (see `connect_with`); READ COMMITTED is what every transaction
-/// here is written for (a fresh snapshot per statement, locked rows re-read), whatever the
-/// server's default.
-const SESSION_TIMEOUTS: &str = "SET lock_timeout = '10s'; SET statement_timeout = '13s'; \
-     SET default_transaction_isolation = 'read committed'";
+/// How every write transaction starts. READ COMMITTED is what they are written for (a fresh
+/// snapshot per statement, locked rows re-read), whatever the server's default. The server
+/// ends what waits or runs too long, before this side's own deadline
+/// ([`STATEMENT_TIMEOUT`]): a lock wait behind another instance is then an error of that one
+/// statement (its savepoint is rolled back, the rest of the batch goes on) rather than a
+/// dropped connection failing the whole batch. `SET LOCAL`, per transaction: session settings
+/// would not follow a transaction-pooling proxy (pgbouncer) and would leak to its other
+/// clients.
+macro_rules! begin_sql {
+    () => {
+        "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = '10s'; \
+         SET LOCAL statement_timeout = '13s'"
+    };
+}
+const BEGIN: &str = begin_sql!();
+/// Rolls back and starts again (a batch of one whose statement failed).
+const ROLLBACK_BEGIN: &str = concat!("ROLLBACK; ", begin_sql!());
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS certificates (
@@ -100,14 +112,16 @@ UPDATE certificates c SET renews = substring(a.detail from ' renews ([0-9a-f]+)$
     FROM audit a, mark
     WHERE a.action = 'renew' AND a.serial = c.serial AND c.renews IS NULL
       AND a.detail ~ ' renews [0-9a-f]+$';
-INSERT INTO migrations (name) VALUES ('schema-1') ON CONFLICT DO NOTHING;
 ";
 
-/// The mark the schema above leaves once applied (a change to it gets a new mark): opening an
-/// inventory that has it runs no DDL, which would take `certificates`' heaviest lock (behind
-/// every running statement, ahead of every other instance's) and its ownership, at every start
-/// of every instance and CLI command.
-const SCHEMA_MARK: &str = "schema-1";
+/// The mark the schema above leaves once applied, from its text (any change to it makes a new
+/// mark, so the change is applied): opening an inventory that has it runs no DDL, which would
+/// take `certificates`' heaviest lock (behind every running statement, ahead of every other
+/// instance's) and its ownership, at every start of every instance and CLI command.
+fn schema_mark() -> String {
+    let hash = mtls_pki::inspect::sha256_hex(SCHEMA.as_bytes());
+    format!("schema-{}", hash.get(..16).unwrap_or(&hash))
+}
 
 const COLUMNS: &str = "serial, issuer_key, subject, sans, profile, not_before, not_after, fingerprint, pem, issued_at, revoked_at, revocation_reason";
 
@@ -200,15 +214,6 @@ where
             tracing::debug!(error = %e, "postgres connection ended");
         }
     });
-    // The server ends what waits or runs too long, before this side's own deadline: a lock
-    // wait behind another instance is then an error of that one statement (its savepoint is
-    // rolled back, the rest of the batch goes on) rather than a dropped connection failing
-    // the whole batch, and an abandoned query does not keep the connection busy.
-    deadline(
-        "set the session's timeouts",
-        client.batch_execute(SESSION_TIMEOUTS),
-    )
-    .await?;
     Ok(client)
 }
 
@@ -280,6 +285,7 @@ impl Conn {
 }
 
 pub(crate) async fn create_schema(client: &Client) -> Result<()> {
+    let mark = schema_mark();
     // (Two statements: one naming a table that does not exist yet fails when planned.)
     let has_marks = deadline(
         "read the schema version",
@@ -289,7 +295,7 @@ pub(crate) async fn create_schema(client: &Client) -> Result<()> {
     if has_marks.try_get::<_, bool>(0).unwrap_or(false) {
         let current = deadline(
             "read the schema version",
-            client.query_opt("SELECT 1 FROM migrations WHERE name = $1", &[&SCHEMA_MARK]),
+            client.query_opt("SELECT 1 FROM migrations WHERE name = $1", &[&mark]),
         )
         .await?;
         if current.is_some() {
@@ -299,7 +305,8 @@ pub(crate) async fn create_schema(client: &Client) -> Result<()> {
     deadline(
         "create the schema",
         client.batch_execute(&format!(
-            "BEGIN; SELECT pg_advisory_xact_lock(7306926041); {SCHEMA} COMMIT;"
+            "BEGIN; SELECT pg_advisory_xact_lock(7306926041); {SCHEMA}
+             INSERT INTO migrations (name) VALUES ('{mark}') ON CONFLICT DO NOTHING; COMMIT;"
         )),
     )
     .await
@@ -1100,7 +1107,7 @@ async fn exec(c: &Conn, context: &'static str, sql: &str) -> std::result::Result
 /// One transaction for the whole batch; returns false when the connection is unusable.
 async fn apply_batch(c: &Conn, jobs: &[Job]) -> (Vec<Result<WriteResult>>, bool) {
     let mut results: Vec<Result<WriteResult>> = Vec::with_capacity(jobs.len());
-    if let Err(e) = exec(c, "begin a transaction", "BEGIN").await {
+    if let Err(e) = exec(c, "begin a transaction", BEGIN).await {
         let detail = e.into_error().to_string();
         return (
             unavailable_all(jobs.len(), "begin a transaction", &detail),
@@ -1110,7 +1117,7 @@ async fn apply_batch(c: &Conn, jobs: &[Job]) -> (Vec<Result<WriteResult>>, bool)
     // Alone in its batch, an operation needs no savepoint: the transaction is one.
     let single = jobs.len() == 1;
     let (savepoint, release, rollback) = if single {
-        ("", "", "ROLLBACK; BEGIN")
+        ("", "", ROLLBACK_BEGIN)
     } else {
         (
             "SAVEPOINT op",
@@ -1365,7 +1372,7 @@ async fn token_refusal(c: &Conn, id: &str) -> std::result::Result<Error, OpError
 /// one savepoint per job, so only the faulty job fails.
 async fn apply_issue_batch(c: &Conn, jobs: &[Job]) -> (Vec<Result<WriteResult>>, bool) {
     for attempt in 1..=3 {
-        if let Err(e) = exec(c, "begin a transaction", "BEGIN").await {
+        if let Err(e) = exec(c, "begin a transaction", BEGIN).await {
             let detail = e.into_error().to_string();
             return (
                 unavailable_all(jobs.len(), "begin a transaction", &detail),
