@@ -196,7 +196,11 @@ impl OcspChecker {
         let (mut n, mut earliest) = (0, None::<OffsetDateTime>);
         for e in answers {
             n += 1;
-            earliest = Some(earliest.map_or(e.good_until, |t| t.min(e.good_until)));
+            // A revocation is kept past its answer's nextUpdate (see `status`): not an answer
+            // going stale.
+            if !matches!(e.status, SourceStatus::Revoked) {
+                earliest = Some(earliest.map_or(e.good_until, |t| t.min(e.good_until)));
+            }
         }
         (n, earliest)
     }
@@ -261,6 +265,14 @@ impl OcspChecker {
                 return false;
             }
         }
+        // A verified revocation is never replaced (see `status`): not by a later answer from
+        // a handshake's wait or a refresh that raced it.
+        if cache
+            .get(&k)
+            .is_some_and(|old| matches!(old.status, SourceStatus::Revoked))
+        {
+            return evicted;
+        }
         let changed = cache.get(&k).is_some_and(|old| old.status != entry.status);
         cache.insert(k, entry);
         changed || evicted
@@ -316,12 +328,16 @@ impl OcspChecker {
             // revocation found cuts the connections it concerns at once, not after the sweep.
             let mut due = due.into_iter();
             let mut asking = tokio::task::JoinSet::new();
+            // Other changes wake the connections once, after the sweep; a revocation at once.
+            let mut changed_meanwhile = false;
             loop {
                 while asking.len() < REFRESH_CONCURRENCY {
                     let Some((k, cert, issuer)) = due.next() else {
                         break;
                     };
                     let me = self.clone();
+                    // Asked now, not at the sweep's start (earlier asks may have waited long).
+                    let now = OffsetDateTime::now_utc();
                     asking.spawn(async move { (k, me.ask(cert, issuer, now).await) });
                 }
                 let Some(done) = asking.join_next().await else {
@@ -330,6 +346,7 @@ impl OcspChecker {
                 let Ok((k, mut entry)) = done else {
                     continue;
                 };
+                let now = OffsetDateTime::now_utc();
                 if let Ok(cache) = self.cache.lock() {
                     if let Some(old) = cache.get(&k) {
                         entry.last_used = old.last_used;
@@ -341,10 +358,19 @@ impl OcspChecker {
                         }
                     }
                 }
+                let revoked = matches!(entry.status, SourceStatus::Revoked);
                 if self.store(k, entry) {
-                    self.version.fetch_add(1, Ordering::AcqRel);
-                    changed();
+                    if revoked {
+                        self.version.fetch_add(1, Ordering::AcqRel);
+                        changed();
+                    } else {
+                        changed_meanwhile = true;
+                    }
                 }
+            }
+            if changed_meanwhile {
+                self.version.fetch_add(1, Ordering::AcqRel);
+                changed();
             }
         }
     }
@@ -630,6 +656,10 @@ mod tests {
             checker.status(&q, now + Duration::hours(1)),
             SourceStatus::Revoked
         );
+        // Not asked again: the responder saw one request.
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
+        // Nor counted as an answer going stale.
+        assert_eq!(checker.cached(), (1, None));
     }
 
     /// What a trust state asks about `leaf` (issued by `pki`'s intermediate) now.
