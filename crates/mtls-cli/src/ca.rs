@@ -50,8 +50,8 @@ pub struct RootCrlArgs {
     #[arg(long, value_name = "CERT")]
     revoke: Vec<PathBuf>,
     /// Revocation reason for --revoke (keyCompromise, cACompromise, superseded, …).
-    #[arg(long, requires = "revoke")]
-    reason: Option<String>,
+    #[arg(long, requires = "revoke", value_parser = crate::util::reason_arg)]
+    reason: Option<mtls_pki::revocation::RevocationReason>,
     /// Days until nextUpdate. Sign again before then: verifiers refuse an expired CRL.
     #[arg(long, default_value_t = 90)]
     days: i64,
@@ -196,13 +196,7 @@ pub fn run(pki: &Path, explicit: Option<&Path>, cmd: CaCommand) -> Result<ExitCo
 
 /// `mtls ca root-crl`.
 fn root_crl(pki: &Path, a: RootCrlArgs) -> Result<ExitCode> {
-    use mtls_pki::revocation::{extend_crl, RevocationReason};
-    let reason = a
-        .reason
-        .as_deref()
-        .map(str::parse::<RevocationReason>)
-        .transpose()
-        .map_err(|e| UsageError(e.to_string()))?;
+    use mtls_pki::revocation::extend_crl;
     if !(1..=3650).contains(&a.days) {
         return Err(UsageError("--days must be between 1 and 3650".into()).into());
     }
@@ -242,7 +236,7 @@ fn root_crl(pki: &Path, a: RootCrlArgs) -> Result<ExitCode> {
         &root,
         previous.as_ref().map(|c| c.as_ref()),
         &revoke,
-        reason,
+        a.reason,
         now(),
         time::Duration::days(a.days),
     )

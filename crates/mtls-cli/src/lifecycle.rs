@@ -79,8 +79,8 @@ pub struct RevokeArgs {
     #[arg(long)]
     cert: Option<PathBuf>,
     /// Reason: keyCompromise, superseded, cessationOfOperation, affiliationChanged, …
-    #[arg(long)]
-    reason: Option<String>,
+    #[arg(long, value_parser = crate::util::reason_arg)]
+    reason: Option<RevocationReason>,
     #[command(flatten)]
     pub pki: crate::PkiArgs,
 }
@@ -100,12 +100,7 @@ pub fn revoke(pki: &Path, a: RevokeArgs) -> Result<ExitCode> {
         }
         (None, None) => return Err(UsageError("give a SERIAL or --cert FILE".into()).into()),
     };
-    let reason = a
-        .reason
-        .as_deref()
-        .map(str::parse::<RevocationReason>)
-        .transpose()
-        .map_err(|e| UsageError(e.to_string()))?;
+    let reason = a.reason;
     let dir = PkiDir::new(pki);
     let mut inventory = dir.open_inventory()?;
     let rev = inventory.revoke(&serial, reason, "cli", now())?;

@@ -15,6 +15,11 @@ pub fn duration_arg(s: &str) -> std::result::Result<Duration, String> {
     mtls_serve::duration::parse_time(s).map_err(|e| e.to_string())
 }
 
+/// A revocation reason flag (`keyCompromise`, `key-compromise`, …).
+pub fn reason_arg(s: &str) -> std::result::Result<mtls_pki::revocation::RevocationReason, String> {
+    s.parse().map_err(|e: mtls_pki::Error| e.to_string())
+}
+
 /// [`duration_arg`] for `std::time::Duration` flags.
 pub fn std_duration_arg(s: &str) -> std::result::Result<std::time::Duration, String> {
     mtls_serve::duration::parse(s).map_err(|e| e.to_string())

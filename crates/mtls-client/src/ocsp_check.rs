@@ -566,28 +566,37 @@ mod tests {
         format!("http://{addr}/ocsp")
     }
 
-    #[tokio::test]
-    async fn an_answer_past_its_midpoint_is_not_asked_again_every_second() {
-        let pki = TestPki::new("late");
-        let leaf = pki.client("c");
+    /// An answer about `leaf` signed by its issuing CA: `status`, produced at `at`, valid
+    /// until `next`.
+    fn signed_answer(
+        pki: &TestPki,
+        leaf: &TestLeaf,
+        status: CertStatus,
+        at: OffsetDateTime,
+        next: OffsetDateTime,
+    ) -> Vec<u8> {
         let issuer = IssuerInfo::from_der(pki.intermediate.der()).unwrap();
         let req = build_request(&issuer, &leaf.cert.serial, None).unwrap();
         let req = parse_request(&req, std::slice::from_ref(&issuer)).unwrap();
         let key = mtls_pki::PrivateKey::from_pem_or_der(pki.intermediate.key().pkcs8_der(), None)
             .unwrap();
         let responder = Responder::new(&issuer, pki.intermediate.der().to_vec(), key).unwrap();
+        responder.sign(&req, &[status], at, at, Some(next)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_answer_past_its_midpoint_is_not_asked_again_every_second() {
+        let pki = TestPki::new("late");
+        let leaf = pki.client("c");
         let now = OffsetDateTime::now_utc();
         // Pre-produced: signed 50 minutes ago for an hour, so 10 minutes are left.
-        let next = now + Duration::minutes(10);
-        let der = responder
-            .sign(
-                &req,
-                &[CertStatus::Good],
-                now - Duration::minutes(50),
-                now - Duration::minutes(50),
-                Some(next),
-            )
-            .unwrap();
+        let der = signed_answer(
+            &pki,
+            &leaf,
+            CertStatus::Good,
+            now - Duration::minutes(50),
+            now + Duration::minutes(10),
+        );
         let asked = Arc::new(AtomicU64::new(0));
         let url = responder_answering(der, asked.clone());
         let checker = OcspChecker::new(OcspOptions {
@@ -616,25 +625,17 @@ mod tests {
     async fn a_revoked_answer_stays_revoked_after_its_next_update() {
         let pki = TestPki::new("sticky");
         let leaf = pki.client("c");
-        let issuer = IssuerInfo::from_der(pki.intermediate.der()).unwrap();
-        let req = build_request(&issuer, &leaf.cert.serial, None).unwrap();
-        let req = parse_request(&req, std::slice::from_ref(&issuer)).unwrap();
-        let key = mtls_pki::PrivateKey::from_pem_or_der(pki.intermediate.key().pkcs8_der(), None)
-            .unwrap();
-        let responder = Responder::new(&issuer, pki.intermediate.der().to_vec(), key).unwrap();
         let now = OffsetDateTime::now_utc();
-        let der = responder
-            .sign(
-                &req,
-                &[CertStatus::Revoked {
-                    at: now - Duration::minutes(5),
-                    reason: None,
-                }],
-                now - Duration::minutes(5),
-                now - Duration::minutes(5),
-                Some(now + Duration::minutes(10)),
-            )
-            .unwrap();
+        let der = signed_answer(
+            &pki,
+            &leaf,
+            CertStatus::Revoked {
+                at: now - Duration::minutes(5),
+                reason: None,
+            },
+            now - Duration::minutes(5),
+            now + Duration::minutes(10),
+        );
         let asked = Arc::new(AtomicU64::new(0));
         let url = responder_answering(der, asked.clone());
         let checker = OcspChecker::new(OcspOptions {

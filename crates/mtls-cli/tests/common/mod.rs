@@ -133,7 +133,8 @@ impl Env {
     pub fn mtls(&self, args: &[&str]) -> Run {
         self.mtls_env(args, &[])
     }
-    pub fn mtls_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+    /// `mtls --pki <tmp>/pki ARGS`, in the temp dir, with a clean passphrase environment.
+    fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(gw::mtls_bin());
         c.current_dir(self.dir.path())
             .arg("--pki")
@@ -144,6 +145,10 @@ impl Env {
             .env_remove("MTLS_P12_PASSWORD")
             .env_remove("MTLS_TOKEN")
             .env_remove("MTLS_PKI_DIR");
+        c
+    }
+    pub fn mtls_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut c = self.command(args);
         for (k, v) in env {
             c.env(k, v);
         }
@@ -152,16 +157,8 @@ impl Env {
     /// [`Env::mtls`] with `input` on standard input (a pipe).
     pub fn mtls_stdin(&self, args: &[&str], input: &[u8]) -> Run {
         use std::io::Write;
-        let mut child = Command::new(gw::mtls_bin())
-            .current_dir(self.dir.path())
-            .arg("--pki")
-            .arg(self.pki())
-            .args(args)
-            .env_remove("MTLS_PASSPHRASE")
-            .env_remove("MTLS_CA_PASSPHRASE")
-            .env_remove("MTLS_P12_PASSWORD")
-            .env_remove("MTLS_TOKEN")
-            .env_remove("MTLS_PKI_DIR")
+        let mut child = self
+            .command(args)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -173,14 +170,8 @@ impl Env {
     /// [`Env::mtls`] with standard output a pipe nobody reads (closed before anything is
     /// written: `mtls … | head -0`).
     pub fn mtls_stdout_closed(&self, args: &[&str]) -> Run {
-        let mut child = Command::new(gw::mtls_bin())
-            .current_dir(self.dir.path())
-            .arg("--pki")
-            .arg(self.pki())
-            .args(args)
-            .env_remove("MTLS_PASSPHRASE")
-            .env_remove("MTLS_CA_PASSPHRASE")
-            .env_remove("MTLS_PKI_DIR")
+        let mut child = self
+            .command(args)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
