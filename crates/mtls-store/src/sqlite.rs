@@ -20,8 +20,13 @@ fn db(context: &'static str) -> impl FnOnce(rusqlite::Error) -> Error {
     move |source| Error::Database { context, source }
 }
 
+/// A row whose key is taken (a serial or token id that exists): not any constraint, so that
+/// another violation (a NOT NULL, a CHECK) is reported as what it is, not as a serial to draw
+/// again.
 fn is_constraint(e: &rusqlite::Error) -> bool {
-    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+            || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)
 }
 
 const SCHEMA: &str = "
@@ -1012,6 +1017,29 @@ mod tests {
         let page = inv.revocations_after(2, 2).await.unwrap();
         assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4]);
         assert!(inv.revocations_after(5, 10).await.unwrap().is_empty());
+    }
+
+    /// Only a taken key is a duplicate serial (the CA draws another): any other constraint
+    /// that refuses the row (here a trigger's) is an error of its own.
+    #[tokio::test]
+    async fn only_a_taken_serial_is_a_duplicate() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("inv.db");
+        let inv = Store::open(&Location::Sqlite(path.clone())).await.unwrap();
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE TRIGGER refuse BEFORE INSERT ON certificates
+                 BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+            )
+            .unwrap();
+        let now = OffsetDateTime::UNIX_EPOCH + time::Duration::days(1);
+        let s = Serial::random().unwrap();
+        let e = inv
+            .record_issued(sample(&s, "f"), IssueKind::Direct, "test", now)
+            .await
+            .unwrap_err();
+        assert!(!matches!(e, Error::DuplicateSerial(_)), "{e:?}");
     }
 
     #[tokio::test]
