@@ -736,6 +736,7 @@ async fn revoke(
     if let Some(at) = current.revoked_at {
         return Err(refused(Error::AlreadyRevoked { serial: s, at }));
     }
+    lock_ancestors(c, &s).await?;
     let reason_s = reason.map(|r| r.to_string());
     let detail = reason_s.clone().unwrap_or_default();
     mark_revoked(c, &s, reason_s.as_deref(), actor, &detail, now).await?;
@@ -752,6 +753,27 @@ async fn revoke(
         record: rec,
         also_revoked,
     })))
+}
+
+/// Locks (FOR UPDATE, in serial order) every certificate `serial` was renewed from, directly
+/// or through other renewals: none of them may be renewed once this revocation commits (see
+/// [`crate::RENEWABLE_SQL`]), and a renewal of one takes its lock before it checks (see
+/// `issue`). Whichever comes first, the other sees its outcome.
+async fn lock_ancestors(c: &Conn, serial: &str) -> std::result::Result<(), OpError> {
+    q(
+        c,
+        "lock the renewed certificates",
+        "WITH RECURSIVE a(serial) AS (
+             SELECT renews FROM certificates WHERE serial = $1 AND renews IS NOT NULL
+             UNION SELECT c.renews FROM certificates c JOIN a ON c.serial = a.serial
+                 WHERE c.renews IS NOT NULL
+         )
+         SELECT 1 FROM certificates WHERE serial IN (SELECT serial FROM a)
+         ORDER BY serial FOR UPDATE",
+        &[&serial],
+    )
+    .await
+    .map(|_| ())
 }
 
 /// Marks `serial` (locked by the caller) revoked with the next feed sequence number, and
@@ -1253,6 +1275,19 @@ async fn issue(
     };
     let (since, max) = limit.map_or((0, 0), |l| (l.window_start(now), i64::from(l.max)));
     let (action, detail) = audit_detail_issue(kind, &cert.borrowed());
+    if let Some(previous) = &previous {
+        // The renewed certificate locked first, in a statement of its own: a revocation of
+        // anything renewed from it locks it too (see `lock_ancestors`), so this waits for one
+        // in flight, and ISSUE_SQL (a later statement: a later snapshot) then sees it. Checked
+        // in one statement, the revocation of a renewal committing meanwhile would be missed.
+        q(
+            c,
+            "lock the renewed certificate",
+            "SELECT 1 FROM certificates WHERE serial = $1 FOR UPDATE",
+            &[previous],
+        )
+        .await?;
+    }
     let rows = q(
         c,
         "record the certificate",

@@ -150,6 +150,90 @@ async fn a_slow_bulk_read_does_not_hold_up_point_lookups() {
     assert!(!bulk.await.unwrap().unwrap().is_empty());
 }
 
+/// Two instances sharing PostgreSQL: one revokes a renewal (D, renewed from P) while the other
+/// renews P. Whichever takes P first, the other sees its outcome: a renewal waiting behind the
+/// revocation is refused (its check runs after the wait), and a revocation waits for a renewal
+/// of P in flight (it locks what the revoked certificate was renewed from). Here "the other
+/// instance" is a session doing what each does, held open at the point that matters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_and_a_revocation_of_its_lineage_on_two_instances_see_each_other() {
+    let url = mtls_test_util::fresh_postgres_database();
+    let store = Store::open(&Location::Postgres(url.clone())).await.unwrap();
+    let now = OffsetDateTime::UNIX_EPOCH + time::Duration::days(1);
+    let renew = |c: &CertificateToRecord| IssueKind::Renewal {
+        previous: c.serial.clone(),
+        limit: LIMIT,
+    };
+    let (p, d) = (cert("CN=p"), cert("CN=p"));
+    store
+        .record_issued(p.clone(), IssueKind::Direct, "t", now)
+        .await
+        .unwrap();
+    store
+        .record_issued(d.clone(), renew(&p), "t", now)
+        .await
+        .unwrap();
+    let (other, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+
+    // The other instance revokes D (locking P, as a revocation now does), not yet committed.
+    other
+        .batch_execute(&format!(
+            "BEGIN;
+             UPDATE certificates SET revoked_at = 1 WHERE serial = '{}';
+             SELECT 1 FROM certificates WHERE serial = '{}' FOR UPDATE;",
+            d.serial, p.serial
+        ))
+        .await
+        .unwrap();
+    let renewal = {
+        let (store, r) = (store.clone(), cert("CN=p"));
+        let kind = renew(&p);
+        tokio::spawn(async move { store.record_issued(r, kind, "t", now).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        !renewal.is_finished(),
+        "the renewal waits for the revocation"
+    );
+    other.batch_execute("COMMIT").await.unwrap();
+    let err = renewal.await.unwrap().unwrap_err();
+    assert!(matches!(err, Error::NotRenewable(_)), "{err}");
+
+    // The other way round: a renewal of Q in flight elsewhere (Q locked), then a revocation of
+    // E (renewed from Q) here waits for it.
+    let (q, e) = (cert("CN=q"), cert("CN=q"));
+    store
+        .record_issued(q.clone(), IssueKind::Direct, "t", now)
+        .await
+        .unwrap();
+    store
+        .record_issued(e.clone(), renew(&q), "t", now)
+        .await
+        .unwrap();
+    other
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM certificates WHERE serial = '{}' FOR UPDATE;",
+            q.serial
+        ))
+        .await
+        .unwrap();
+    let revocation = {
+        let store = store.clone();
+        let serial = e.serial.clone();
+        tokio::spawn(async move { store.revoke(&serial, None, None, "t", now).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        !revocation.is_finished(),
+        "the revocation waits for the renewal in flight"
+    );
+    other.batch_execute("COMMIT").await.unwrap();
+    revocation.await.unwrap().unwrap();
+}
+
 /// A renewal is recorded only while the certificate it renews is unrevoked at commit time: a
 /// revocation that lands between the CA's check and the write wins.
 async fn renewal_of_a_revoked_certificate_is_refused(location: Location) {
