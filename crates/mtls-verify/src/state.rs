@@ -82,6 +82,10 @@ struct RevocationKey {
     crl_uris: Option<Vec<String>>,
     /// A status is required (the leaf, or the whole chain under [`crate::CrlScope::Chain`]).
     require: bool,
+    /// The trust anchor itself, issued by another bundle member (see `Anchor::revocation`):
+    /// only a revocation counts; an expired CRL about it is no reason to refuse (an anchor
+    /// never needed a status).
+    anchor: bool,
     /// The certificate and its issuer (DER), for a per-certificate source (OCSP): kept only
     /// for the leaf and only when such a source is configured.
     query: Option<Arc<(Vec<u8>, Vec<u8>)>>,
@@ -443,6 +447,7 @@ impl TrustState {
                         // Asked of every source, but required of none: an anchor never needed
                         // a status, and a deployment without the root's CRL goes on working.
                         require: false,
+                        anchor: true,
                         query: None,
                     }
                 });
@@ -817,6 +822,7 @@ impl TrustState {
                     is_ca: i > 0,
                     crl_uris: crl_uris(c),
                     require: i == 0 || chain_scope,
+                    anchor: false,
                     query: if i == 0 { leaf_query.clone() } else { None },
                 }
             })
@@ -901,7 +907,7 @@ impl TrustState {
                 return (S::Crl, Err(Rejection::Revoked));
             }
             if entry.next_update.is_some_and(|next| now >= next) {
-                expired = true;
+                expired |= !key.anchor;
                 continue;
             }
             covered = covered.or(Some(S::Crl));

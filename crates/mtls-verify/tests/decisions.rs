@@ -510,6 +510,43 @@ mod one_revocation_path {
                 assert!(st.verify_client(&c.cert.der, presented, now()).is_ok());
             }
         }
+        // An expired root CRL still refuses it (what it revoked stays revoked), but one that
+        // does not list it is no reason to refuse its clients: an anchor needs no status.
+        let expired_root_crl = |revoked: &[&mtls_pki::Serial]| {
+            let entries: Vec<_> = revoked
+                .iter()
+                .map(|s| mtls_pki::revocation::RevokedEntry {
+                    serial: (*s).clone(),
+                    revoked_at: now() - time::Duration::hours(3),
+                    reason: None,
+                })
+                .collect();
+            mtls_pki::revocation::build_crl(
+                &pki.root,
+                9,
+                now() - time::Duration::hours(2),
+                time::Duration::hours(1),
+                &entries,
+            )
+            .unwrap()
+        };
+        for (listed, want) in [
+            (vec![&inter_serial], Err(Rejection::Revoked)),
+            (vec![], Ok(())),
+        ] {
+            let st = TrustState::new(
+                1,
+                vec![pki.root_der(), pki.intermediate_der()],
+                &[leaf_crl.clone(), expired_root_crl(&listed)],
+                RevocationOptions::default(),
+            )
+            .unwrap();
+            assert_eq!(
+                st.verify_client(&c.cert.der, &[], now()).map(|_| ()),
+                want,
+                "{listed:?}"
+            );
+        }
         // No status is required of it, though: chain scope with only its own CRL (no root CRL
         // published) accepts its clients, as before.
         let st = TrustState::new(
