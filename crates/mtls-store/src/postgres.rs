@@ -222,6 +222,10 @@ where
 pub(crate) struct Conn {
     client: Client,
     statements: std::sync::Mutex<HashMap<String, Statement>>,
+    /// A statement on it ran out of time: the server may still be running (or waiting on a
+    /// lock for) it, and every later statement of this pipelined connection would queue behind
+    /// it. Replaced at the next use.
+    abandoned: std::sync::atomic::AtomicBool,
 }
 
 impl Conn {
@@ -229,11 +233,26 @@ impl Conn {
         Conn {
             client,
             statements: std::sync::Mutex::new(HashMap::new()),
+            abandoned: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     fn is_closed(&self) -> bool {
-        self.client.is_closed()
+        self.client.is_closed() || self.abandoned.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// [`deadline`] for a statement on this connection, which is given up after a timeout.
+    async fn timed<T>(
+        &self,
+        context: &'static str,
+        f: impl std::future::Future<Output = std::result::Result<T, tokio_postgres::Error>>,
+    ) -> Result<T> {
+        let r = deadline(context, f).await;
+        if matches!(&r, Err(Error::Unavailable { detail, .. }) if detail == "timed out") {
+            self.abandoned
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        r
     }
 
     async fn prepared(&self, sql: &str) -> std::result::Result<Statement, tokio_postgres::Error> {
@@ -305,7 +324,8 @@ pub(crate) async fn create_schema(client: &Client) -> Result<()> {
     deadline(
         "create the schema",
         client.batch_execute(&format!(
-            "BEGIN; SELECT pg_advisory_xact_lock(7306926041); {SCHEMA}
+            "BEGIN; SET LOCAL lock_timeout = '10s'; SET LOCAL statement_timeout = '13s';
+             SELECT pg_advisory_xact_lock(7306926041); {SCHEMA}
              INSERT INTO migrations (name) VALUES ('{mark}') ON CONFLICT DO NOTHING; COMMIT;"
         )),
     )
@@ -382,11 +402,12 @@ impl Reader {
     ) -> Result<Option<CertificateRecord>> {
         let c = self.client().await?;
         let sql = format!("SELECT {COLUMNS} FROM certificates WHERE serial = $1");
-        let row = deadline(
-            "look up a certificate",
-            c.query_opt(&sql, &[&serial.to_string()]),
-        )
-        .await?;
+        let row = c
+            .timed(
+                "look up a certificate",
+                c.query_opt(&sql, &[&serial.to_string()]),
+            )
+            .await?;
         row.map(|r| record(&r, now)).transpose()
     }
 
@@ -403,11 +424,11 @@ impl Reader {
         let rows = match filter.expiring_before {
             Some(t) => {
                 sql.push_str(" AND revoked_at IS NULL AND not_after >= $1 AND not_after <= $2 ORDER BY not_after, serial");
-                deadline("list", c.query(&sql, &[&ts(now), &ts(t)])).await?
+                c.timed("list", c.query(&sql, &[&ts(now), &ts(t)])).await?
             }
             None => {
                 sql.push_str(" ORDER BY not_after, serial");
-                deadline("list", c.query(&sql, &[])).await?
+                c.timed("list", c.query(&sql, &[])).await?
             }
         };
         rows.iter().map(|r| record(r, now)).collect()
@@ -423,11 +444,12 @@ impl Reader {
         let c = self.client().await?;
         let previous = previous.to_string();
         // The condition ISSUE_SQL applies in the write, as SQLite's writer reads it.
-        let renewable = deadline(
-            "check the renewed certificate",
-            c.query_opt(&crate::RENEWABLE_SQL.replace("?1", "$1"), &[&previous]),
-        )
-        .await?;
+        let renewable = c
+            .timed(
+                "check the renewed certificate",
+                c.query_opt(&crate::RENEWABLE_SQL.replace("?1", "$1"), &[&previous]),
+            )
+            .await?;
         if renewable.is_none() {
             return Err(Error::NotRenewable(previous));
         }
@@ -436,11 +458,12 @@ impl Reader {
         let sql = crate::RECENT_RENEWALS_SQL
             .replace("{serial}", "$1")
             .replace("{since}", "$2");
-        let row = deadline(
-            "count recent renewals",
-            c.query_one(&sql, &[&previous, &since]),
-        )
-        .await?;
+        let row = c
+            .timed(
+                "count recent renewals",
+                c.query_one(&sql, &[&previous, &since]),
+            )
+            .await?;
         let recent: i64 = row.try_get(0).map_err(corrupt)?;
         if recent < i64::from(limit.max) {
             return Ok(());
@@ -462,11 +485,12 @@ impl Reader {
         let sql = |t: &str| t.replace("{now}", "$1").replace("{end}", "$2");
         let n = |v: i64| u64::try_from(v).unwrap_or(0);
         let corrupt = |e: tokio_postgres::Error| Error::Corrupt(e.to_string());
-        let row = deadline(
-            "count certificates",
-            c.query_one(&sql(crate::COUNT_BY_STATUS_SQL), &[&ts(now)]),
-        )
-        .await?;
+        let row = c
+            .timed(
+                "count certificates",
+                c.query_one(&sql(crate::COUNT_BY_STATUS_SQL), &[&ts(now)]),
+            )
+            .await?;
         let (valid, expired, revoked): (i64, i64, i64) = (
             row.try_get(0).map_err(corrupt)?,
             row.try_get(1).map_err(corrupt)?,
@@ -474,11 +498,12 @@ impl Reader {
         );
         let mut expiring = Vec::with_capacity(windows.len());
         for w in windows {
-            let row = deadline(
-                "count expiring certificates",
-                c.query_one(&sql(crate::COUNT_EXPIRING_SQL), &[&ts(now), &ts(now + *w)]),
-            )
-            .await?;
+            let row = c
+                .timed(
+                    "count expiring certificates",
+                    c.query_one(&sql(crate::COUNT_EXPIRING_SQL), &[&ts(now), &ts(now + *w)]),
+                )
+                .await?;
             expiring.push(n(row.try_get(0).map_err(corrupt)?));
         }
         Ok(crate::InventoryCounts {
@@ -491,21 +516,22 @@ impl Reader {
 
     pub(crate) async fn revoked_entries(&self, issuer_key: &str) -> Result<Vec<RevokedEntry>> {
         let c = self.client().await?;
-        let rows = deadline(
-            "list revocations",
-            c.query(
-                "SELECT serial, revoked_at, revocation_reason FROM certificates
+        let rows = c
+            .timed(
+                "list revocations",
+                c.query(
+                    "SELECT serial, revoked_at, revocation_reason FROM certificates
                  WHERE issuer_key = $1 AND revoked_at IS NOT NULL ORDER BY serial",
-                &[&issuer_key],
-            ),
-        )
-        .await?;
+                    &[&issuer_key],
+                ),
+            )
+            .await?;
         revoked_rows(&rows)
     }
 
     pub(crate) async fn token(&self, id: &str) -> Result<Option<TokenRecord>> {
         let c = self.client().await?;
-        let row = deadline(
+        let row = c.timed(
             "look up a token",
             c.query_opt(
                 "SELECT id, secret_hash, name, sans, profile, created_at, created_by, expires_at,
@@ -533,7 +559,7 @@ impl Reader {
 
     pub(crate) async fn audit(&self, limit: u32) -> Result<Vec<AuditEntry>> {
         let c = self.client().await?;
-        let rows = deadline(
+        let rows = c.timed(
             "read the audit log",
             c.query(
                 "SELECT id, at, action, serial, actor, detail FROM audit ORDER BY id DESC LIMIT $1",
@@ -562,15 +588,16 @@ impl Reader {
         limit: u32,
     ) -> Result<Vec<RevocationEvent>> {
         let c = self.client().await?;
-        let rows = deadline(
-            "read the revocation feed",
-            c.query(
-                "SELECT revocation_seq, serial, issuer_key, revoked_at, revocation_reason
+        let rows = c
+            .timed(
+                "read the revocation feed",
+                c.query(
+                    "SELECT revocation_seq, serial, issuer_key, revoked_at, revocation_reason
                  FROM certificates WHERE revocation_seq > $1 ORDER BY revocation_seq LIMIT $2",
-                &[&after, &i64::from(limit)],
-            ),
-        )
-        .await?;
+                    &[&after, &i64::from(limit)],
+                ),
+            )
+            .await?;
         let corrupt = |e: tokio_postgres::Error| Error::Corrupt(e.to_string());
         rows.iter()
             .map(|r| {
@@ -588,24 +615,26 @@ impl Reader {
 
     pub(crate) async fn revocation_epoch(&self) -> Result<i64> {
         let c = self.client().await?;
-        let row = deadline(
-            "read the revocation epoch",
-            c.query_one("SELECT epoch FROM revocation_epoch WHERE id = 1", &[]),
-        )
-        .await?;
+        let row = c
+            .timed(
+                "read the revocation epoch",
+                c.query_one("SELECT epoch FROM revocation_epoch WHERE id = 1", &[]),
+            )
+            .await?;
         row.try_get(0).map_err(|e| Error::Corrupt(e.to_string()))
     }
 
     pub(crate) async fn crl_number(&self, issuer_key: &str) -> Result<Option<u64>> {
         let c = self.client().await?;
-        let rows = deadline(
-            "read the CRL number",
-            c.query(
-                "SELECT last_number FROM crl_numbers WHERE issuer_key = $1",
-                &[&issuer_key],
-            ),
-        )
-        .await?;
+        let rows = c
+            .timed(
+                "read the CRL number",
+                c.query(
+                    "SELECT last_number FROM crl_numbers WHERE issuer_key = $1",
+                    &[&issuer_key],
+                ),
+            )
+            .await?;
         match rows.first() {
             None => Ok(None),
             Some(r) => {
@@ -619,7 +648,7 @@ impl Reader {
 
     pub(crate) async fn ping(&self) -> Result<()> {
         let c = self.client().await?;
-        deadline("ping", c.batch_execute("SELECT 1")).await
+        c.timed("ping", c.batch_execute("SELECT 1")).await
     }
 }
 
@@ -1277,13 +1306,14 @@ async fn issue(
     let (action, detail) = audit_detail_issue(kind, &cert.borrowed());
     if let Some(previous) = &previous {
         // The renewed certificate locked first, in a statement of its own: a revocation of
-        // anything renewed from it locks it too (see `lock_ancestors`), so this waits for one
-        // in flight, and ISSUE_SQL (a later statement: a later snapshot) then sees it. Checked
-        // in one statement, the revocation of a renewal committing meanwhile would be missed.
+        // anything renewed from it locks it too (FOR UPDATE, see `lock_ancestors`), so this
+        // waits for one in flight, and ISSUE_SQL (a later statement: a later snapshot) then
+        // sees it. Checked in one statement, the revocation of a renewal committing meanwhile
+        // would be missed. FOR SHARE: renewals of one certificate do not wait for each other.
         q(
             c,
             "lock the renewed certificate",
-            "SELECT 1 FROM certificates WHERE serial = $1 FOR UPDATE",
+            "SELECT 1 FROM certificates WHERE serial = $1 FOR SHARE",
             &[previous],
         )
         .await?;
