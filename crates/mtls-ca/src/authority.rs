@@ -513,7 +513,7 @@ impl Authority {
             .map_err(store_err)?;
         // Wake this instance's feed subscribers now rather than at the next poll.
         if let Ok(head) = self.store.revocation_epoch().await {
-            self.feed_head.send_if_modified(|h| follow(h, head));
+            self.feed_head.send_if_modified(|h| advance(h, head));
         }
         Ok(revocation)
     }
@@ -547,7 +547,7 @@ impl Authority {
         // Subscribe before reading the head, so a revocation in between wakes the wait.
         let mut rx = self.feed_head.subscribe();
         let mut head = self.store.revocation_epoch().await.map_err(store_err)?;
-        self.feed_head.send_if_modified(|h| follow(h, head));
+        self.feed_head.send_if_modified(|h| advance(h, head));
         if after > head {
             return Err(ApiError::new(
                 axum::http::StatusCode::CONFLICT,
@@ -865,9 +865,20 @@ impl Authority {
     }
 }
 
-/// Sets the feed's head to the database's; whether it changed. Also backwards: after a
-/// restore or a failover the database is the truth, and a head kept from before would answer
-/// every long poll at once (a subscriber looping against this CA).
+/// Moves the feed's head forward to `head` (never back: a request that read the database just
+/// before a revocation committed must not take back the wake-up it caused); whether it moved.
+fn advance(h: &mut i64, head: i64) -> bool {
+    if head > *h {
+        *h = head;
+        true
+    } else {
+        false
+    }
+}
+
+/// Sets the feed's head to the database's (the poller's, which reads it last); whether it
+/// changed. Also backwards: after a restore or a failover the database is the truth, and a
+/// head kept from before would answer every long poll at once.
 fn follow(h: &mut i64, head: i64) -> bool {
     if head != *h {
         *h = head;

@@ -290,7 +290,8 @@ impl FeedSubscriber {
                         retry = RETRY_FIRST;
                         continue;
                     }
-                    tracing::warn!(url = %self.client().url(), position = change.position, "revocation feed: resynced to the same position again; pausing");
+                    tracing::warn!(url = %self.client().url(), position = change.position, "revocation feed: resynced to the same position again; pausing, then the next CA URL");
+                    self.current = self.current.wrapping_add(1);
                     tokio::select! {
                         _ = tokio::time::sleep(retry) => {}
                         _ = shutdown.wait() => return,

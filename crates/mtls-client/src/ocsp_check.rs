@@ -328,9 +328,17 @@ impl OcspChecker {
             // revocation found cuts the connections it concerns at once, not after the sweep.
             let mut due = due.into_iter();
             let mut asking = tokio::task::JoinSet::new();
-            // Other changes wake the connections once, after the sweep; a revocation at once.
+            // A revocation wakes the connections at once; other changes together, at most
+            // once a second (not once per answer, nor only at the end of a long sweep).
             let mut changed_meanwhile = false;
+            let mut last_wake = tokio::time::Instant::now();
             loop {
+                if changed_meanwhile && last_wake.elapsed() >= Duration::from_secs(1) {
+                    self.version.fetch_add(1, Ordering::AcqRel);
+                    changed();
+                    changed_meanwhile = false;
+                    last_wake = tokio::time::Instant::now();
+                }
                 while asking.len() < REFRESH_CONCURRENCY {
                     let Some((k, cert, issuer)) = due.next() else {
                         break;
@@ -347,6 +355,12 @@ impl OcspChecker {
                     continue;
                 };
                 let now = OffsetDateTime::now_utc();
+                if matches!(entry.status, SourceStatus::Unknown(_)) {
+                    // Held from when the failure came back, not from when it was asked (a
+                    // timeout as long as the hold would make it due again at once).
+                    entry.good_until = now;
+                    entry.refresh_at = now + FAILURE_HOLD;
+                }
                 if let Ok(cache) = self.cache.lock() {
                     if let Some(old) = cache.get(&k) {
                         entry.last_used = old.last_used;
@@ -363,6 +377,7 @@ impl OcspChecker {
                     if revoked {
                         self.version.fetch_add(1, Ordering::AcqRel);
                         changed();
+                        last_wake = tokio::time::Instant::now();
                     } else {
                         changed_meanwhile = true;
                     }

@@ -333,13 +333,22 @@ fn read_pidfile(pidfile: &Path) -> Result<(u32, String), String> {
     if !meta.is_file() {
         return Err(format!("{} is not a regular file", pidfile.display()));
     }
+    // A hard link to another user's file (possible where protected_hardlinks is off) would
+    // lend this one that user's ownership.
+    if meta.nlink() != 1 {
+        return Err(format!(
+            "{} has {} hard links: not trusted as a pid file",
+            pidfile.display(),
+            meta.nlink()
+        ));
+    }
     let mut text = String::new();
     (&file).take(64).read_to_string(&mut text).map_err(failed)?;
     Ok((meta.uid(), text))
 }
 
 /// A pid file owned by a user other than root may name only that user's processes (its real
-/// or effective user, from `/proc/PID/status`, which also shows processes that are not
+/// or saved user, from `/proc/PID/status`, which also shows processes that are not
 /// dumpable): a daemon running as root would otherwise send its signal to whatever process
 /// the service's user writes there (a stale file, or a hostile one).
 fn check_pid_owner(pidfile: &Path, owner: u32, pid: u32) -> Result<(), String> {
@@ -357,8 +366,9 @@ fn check_pid_owner(pidfile: &Path, owner: u32, pid: u32) -> Result<(), String> {
                 .collect()
         })
         .unwrap_or_default();
-    // Real and effective user (the first two of real, effective, saved, filesystem).
-    if !uids.iter().take(2).any(|u| *u == owner) {
+    // As the kernel decides whether a user may signal a process: the sender's user against the
+    // target's real or saved user (the first and third of real, effective, saved, filesystem).
+    if ![uids.first(), uids.get(2)].contains(&Some(&owner)) {
         return Err(format!(
             "{} belongs to uid {owner} but names process {pid} of uid {}: not signalled",
             pidfile.display(),
@@ -1491,6 +1501,11 @@ mod tests {
             std::os::unix::fs::symlink(&rooted, &pidfile).unwrap();
             let e = hook.run().await.unwrap_err();
             assert!(e.contains("reading"), "{e}");
+            // Nor through a hard link to it.
+            std::fs::remove_file(&pidfile).unwrap();
+            std::fs::hard_link(&rooted, &pidfile).unwrap();
+            let e = hook.run().await.unwrap_err();
+            assert!(e.contains("hard links"), "{e}");
             let _ = sleeper.kill();
             let _ = sleeper.wait();
         }

@@ -87,8 +87,9 @@ pub async fn fetch_once(
 /// How long to wait before the next fetch: `every`, but never so long that the CRL installed
 /// (valid until `next_update`) expires first — three quarters of the time it has left, at
 /// least a second. After `failures` failed fetches in a row: from 5 s doubling, within the same
-/// bound, and at most 30 s once the installed CRL has expired (every client is refused until a
-/// fetch succeeds: a CA back after an outage is seen within seconds, not after `every`).
+/// bound (a minute when the installed CRL's date is unknown), and at most 30 s once it has
+/// expired (every client is refused until a fetch succeeds: a CA back after an outage is seen
+/// within seconds, not after `every`).
 pub fn next_fetch_in(
     every: std::time::Duration,
     next_update: Option<time::OffsetDateTime>,
@@ -103,12 +104,12 @@ pub fn next_fetch_in(
     if failures > 0 {
         let backoff = std::time::Duration::from_secs(5)
             .saturating_mul(1u32 << failures.saturating_sub(1).min(16));
-        let cap = if expired {
-            std::time::Duration::from_secs(30)
-        } else {
-            before_expiry
-                .unwrap_or(every)
-                .max(std::time::Duration::from_secs(5))
+        let cap = match (expired, before_expiry) {
+            (true, _) => std::time::Duration::from_secs(30),
+            (false, Some(left)) => left.max(std::time::Duration::from_secs(5)),
+            // Unknown (the first fetch failed: the CRL on disk may be about to expire): a
+            // minute at most.
+            (false, None) => std::time::Duration::from_secs(60),
         };
         return backoff.min(cap).min(every).max(second);
     }
@@ -227,7 +228,7 @@ mod tests {
         assert_eq!(next_fetch_in(hour, in_(40), 30, now), D::from_secs(30 * 60));
         assert_eq!(next_fetch_in(hour, in_(600), 30, now), hour);
         assert_eq!(next_fetch_in(hour, in_(-5), 30, now), D::from_secs(30));
-        assert_eq!(next_fetch_in(hour, None, 30, now), hour);
+        assert_eq!(next_fetch_in(hour, None, 30, now), D::from_secs(60));
         assert_eq!(
             next_fetch_in(D::from_secs(2), None, 3, now),
             D::from_secs(2)
