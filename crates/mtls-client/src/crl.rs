@@ -194,15 +194,7 @@ mod tests {
         };
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("ca.pem");
-        std::fs::write(
-            &ca,
-            format!(
-                "{}{}",
-                mtls_pki::pem_io::encode("CERTIFICATE", &pki.intermediate_der()),
-                mtls_pki::pem_io::encode("CERTIFICATE", &pki.root_der())
-            ),
-        )
-        .unwrap();
+        std::fs::write(&ca, pki.chain_pem()).unwrap();
         for (body, installed) in [(pem(&[&one]), true), (pem(&[&one, &two]), false)] {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let url = format!("http://{}/crl", l.local_addr().unwrap());

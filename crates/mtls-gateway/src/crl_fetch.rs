@@ -268,15 +268,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pki = TestPki::new("crl");
         let ca = dir.path().join("ca.pem");
-        std::fs::write(
-            &ca,
-            format!(
-                "{}{}",
-                mtls_pki::pem_io::encode("CERTIFICATE", &pki.intermediate_der()),
-                mtls_pki::pem_io::encode("CERTIFICATE", &pki.root_der())
-            ),
-        )
-        .unwrap();
+        std::fs::write(&ca, pki.chain_pem()).unwrap();
         let now = time::OffsetDateTime::now_utc();
         let good = build_crl(&pki.intermediate, 1, now, time::Duration::days(1), &[]).unwrap();
         let file = dir.path().join("crl.pem");

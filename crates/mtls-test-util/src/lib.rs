@@ -144,6 +144,15 @@ impl TestPki {
         self.intermediate.der().clone()
     }
 
+    /// The intermediate and the root, PEM (a `ca-chain.pem`).
+    pub fn chain_pem(&self) -> String {
+        format!(
+            "{}{}",
+            mtls_pki::pem_io::encode("CERTIFICATE", &self.intermediate_der()),
+            mtls_pki::pem_io::encode("CERTIFICATE", &self.root_der())
+        )
+    }
+
     /// Writes a CRL of the intermediate numbered `number`, valid for a week and listing
     /// `revoked`, over `path` as a publisher does: a new file (PEM) renamed over the old one.
     pub fn write_crl(&self, path: &std::path::Path, number: u64, revoked: &[&TestLeaf]) {
