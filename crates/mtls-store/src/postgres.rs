@@ -1046,6 +1046,9 @@ async fn reconcile(
         if matches!(current, Some(Some(_))) {
             continue;
         }
+        // As `revoke` does: a renewal of what this one was renewed from, in flight on another
+        // instance, is waited for, and one that comes later sees this revocation.
+        lock_ancestors(c, &s).await?;
         let bumped = q(
             c,
             "bump the revocation epoch",

@@ -883,6 +883,82 @@ async fn a_restored_database_is_refused_until_reconciled_on_postgres() {
     .await;
 }
 
+/// Reconciling a restored database re-applies a revocation of E (renewed from Q) while another
+/// instance is renewing Q: like `revoke`, it waits for that renewal (it locks what E was renewed
+/// from), so one of the two sees the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciling_waits_for_a_renewal_of_the_lineage_in_flight() {
+    let pki = mtls_test_util::TestPki::new("reconcile-lineage");
+    let issuer_key = mtls_pki::inspect::sha256_hex(&pki.intermediate.key().public_key_spki());
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = || mtls_store::Ledger::new(dir.path().join("ledger"));
+    let now = OffsetDateTime::now_utc();
+    let (mut q, mut e) = (cert("CN=q"), cert("CN=q"));
+    q.issuer_key = issuer_key.clone();
+    e.issuer_key = issuer_key.clone();
+    let renewal_of_q = || IssueKind::Renewal {
+        previous: q.serial.clone(),
+        limit: LIMIT,
+    };
+    let record_both = |store: Store| {
+        let (q, e, kind) = (q.clone(), e.clone(), renewal_of_q());
+        async move {
+            store
+                .record_issued(q, IssueKind::Direct, "t", now)
+                .await
+                .unwrap();
+            store.record_issued(e, kind, "t", now).await.unwrap();
+        }
+    };
+    // The live database: E revoked and published in a CRL.
+    let live = Store::open(&Location::Postgres(
+        mtls_test_util::fresh_postgres_database(),
+    ))
+    .await
+    .unwrap()
+    .with_ledger(ledger())
+    .await
+    .unwrap();
+    record_both(live.clone()).await;
+    live.revoke(&e.serial, None, None, "t", now).await.unwrap();
+    live.sign_crl(&pki.intermediate, "t", now, time::Duration::days(1))
+        .await
+        .unwrap();
+    // The backup: Q and E, E not yet revoked.
+    let url = mtls_test_util::fresh_postgres_database();
+    let restored = Store::open(&Location::Postgres(url.clone())).await.unwrap();
+    record_both(restored.clone()).await;
+    let restored = restored.with_ledger_unchecked(ledger());
+
+    let (other, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    other
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM certificates WHERE serial = '{}' FOR UPDATE;",
+            q.serial
+        ))
+        .await
+        .unwrap();
+    let reconciling = {
+        let restored = restored.clone();
+        tokio::spawn(async move { restored.reconcile("t", now).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        !reconciling.is_finished(),
+        "reconciling waits for the renewal in flight"
+    );
+    other.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(reconciling.await.unwrap().unwrap().revocations, 1);
+    let err = restored
+        .record_issued(cert("CN=q"), renewal_of_q(), "t", now)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NotRenewable(_)), "{err}");
+}
+
 /// Two instances building CRLs while revocations land (from either instance): whatever the
 /// interleaving, a CRL with a higher number lists every revocation a lower-numbered one lists
 /// (verifiers keep the highest number and refuse lower ones as replays).
