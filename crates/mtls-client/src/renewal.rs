@@ -611,6 +611,23 @@ impl PendingHook {
         }
     }
 
+    /// A renewal is about to replace the certificate: recorded as pending before any file
+    /// changes, so a crash while they are replaced (or before [`PendingHook::renewed`]) runs
+    /// the hook after a restart, at worst once too often.
+    fn before_renewal(&self, hook: &Hook, cert: &Path) {
+        if !matches!(hook, Hook::None) && self.at.is_none() {
+            note_hook_pending(cert, true);
+        }
+    }
+
+    /// The renewal announced by [`PendingHook::before_renewal`] replaced nothing: pending only
+    /// if it was before.
+    fn renewal_failed(&self, hook: &Hook, cert: &Path) {
+        if !matches!(hook, Hook::None) && self.at.is_none() {
+            note_hook_pending(cert, false);
+        }
+    }
+
     /// The certificate was replaced: the hook is due now (recorded first, so that a crash
     /// before it succeeds is made up for after a restart).
     fn renewed(&mut self, hook: &Hook, cert: &Path, now: OffsetDateTime) {
@@ -1048,15 +1065,19 @@ pub async fn watch_forever(
             }
         }
         let now = OffsetDateTime::now_utc();
-        match renew_once(
+        hook.before_renewal(&opts.hook, &w.cert);
+        let renewed = renew_once(
             &w,
             &opts.url,
             opts.rotate_key,
             passphrase.as_ref().map(|p| p.as_slice()),
             now,
         )
-        .await
-        {
+        .await;
+        if renewed.is_err() {
+            hook.renewal_failed(&opts.hook, &w.cert);
+        }
+        match renewed {
             Ok(issued) => {
                 attempt = 0;
                 retry_at = None;
@@ -1385,6 +1406,13 @@ mod tests {
         let now = OffsetDateTime::now_utc();
         let mut pending = PendingHook::from_record(&hook, &cert, now);
         assert!(pending.at.is_none(), "nothing pending before a renewal");
+        // A renewal that replaced nothing leaves nothing pending; one under way when the
+        // daemon stopped (the files may have changed) leaves the hook pending.
+        pending.before_renewal(&hook, &cert);
+        pending.renewal_failed(&hook, &cert);
+        assert!(PendingHook::from_record(&hook, &cert, now).at.is_none());
+        pending.before_renewal(&hook, &cert);
+        assert!(PendingHook::from_record(&hook, &cert, now).at.is_some());
         pending.renewed(&hook, &cert, now);
         assert!(pending
             .run_if_due(&hook, &cert, now)
