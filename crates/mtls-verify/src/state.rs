@@ -860,7 +860,10 @@ impl TrustState {
             return Ok(());
         }
         let (source, outcome) = self.decide(key, now);
-        if let (Some(d), true) = (&self.decisions, key.require) {
+        // A status asked of no one (a bundle member its issuer may have revoked) is counted
+        // when it refuses: that refusal is a revocation decision like any other.
+        let counted = key.require || outcome == Err(Rejection::Revoked);
+        if let (Some(d), true) = (&self.decisions, counted) {
             use crate::DecisionResult as R;
             let result = match (&outcome, source) {
                 (Err(Rejection::Revoked), _) => R::Revoked,

@@ -425,6 +425,53 @@ mod one_revocation_path {
         );
     }
 
+    /// A bundle member revoked by its issuer (the root's CRL lists the intermediate) refuses
+    /// its clients, and that refusal is counted among the revocation decisions like a leaf's;
+    /// an unlisted member, whose status nobody requires, adds no count of its own.
+    #[test]
+    fn a_bundle_member_revoked_by_its_root_is_counted() {
+        use mtls_verify::{DecisionResult, DecisionSource, RevocationDecisions, RevocationSources};
+        let pki = TestPki::new("t");
+        let c = pki.client("c");
+        let inter_der = pki.intermediate_der();
+        let (_, inter_cert) = x509_parser::parse_x509_certificate(&inter_der).unwrap();
+        let inter_serial = mtls_pki::Serial::from_be_bytes(inter_cert.raw_serial());
+        let count = |d: &RevocationDecisions, s, r| {
+            d.counts()
+                .into_iter()
+                .find(|(cs, cr, _)| *cs == s && *cr == r)
+                .map_or(0, |c| c.2)
+        };
+        for (root_lists, want) in [
+            (vec![&inter_serial], Err(Rejection::Revoked)),
+            (vec![], Ok(())),
+        ] {
+            let decisions = std::sync::Arc::new(RevocationDecisions::default());
+            let st = TrustState::new(
+                1,
+                vec![pki.root_der(), pki.intermediate_der()],
+                &[crl(&pki.intermediate, &[]), crl(&pki.root, &root_lists)],
+                RevocationOptions::default(),
+            )
+            .unwrap()
+            .with_sources(&RevocationSources {
+                decisions: Some(decisions.clone()),
+                ..RevocationSources::default()
+            });
+            assert_eq!(st.verify_client(&c.cert.der, &[], now()).map(|_| ()), want);
+            let (revoked, good) = (
+                count(&decisions, DecisionSource::Crl, DecisionResult::Revoked),
+                count(&decisions, DecisionSource::Crl, DecisionResult::Good),
+            );
+            if want.is_err() {
+                // The leaf's own status (good) and the intermediate's refusal.
+                assert_eq!((revoked, good), (1, 1));
+            } else {
+                assert_eq!((revoked, good), (0, 1));
+            }
+        }
+    }
+
     #[test]
     fn chain_scope_needs_a_status_for_the_intermediate_too() {
         let pki = TestPki::new("t");
