@@ -74,6 +74,7 @@ pub struct Authority {
     trust: Arc<TrustState>,
     ocsp: OcspState,
     crl: tokio::sync::Mutex<Option<CachedCrl>>,
+    root_crl: crate::root_crl::RootCrl,
     /// The head of the revocation feed (the revocation epoch), as last seen: long-polls wait on
     /// it. Kept current by [`Authority::follow_revocations`] while anyone waits.
     feed_head: tokio::sync::watch::Sender<i64>,
@@ -141,6 +142,7 @@ impl Authority {
                     .await?
             }
         };
+        let root_crl = crate::root_crl::RootCrl::new(settings.root_crl.clone(), root.clone());
         Ok(Authority {
             issuer,
             issuer_key,
@@ -157,9 +159,17 @@ impl Authority {
                 signer_checked_at_epoch: std::sync::atomic::AtomicI64::new(i64::MIN),
             },
             crl: tokio::sync::Mutex::new(None),
+            root_crl,
             feed_head: tokio::sync::watch::channel(0).0,
             metrics: Metrics::default(),
         })
+    }
+
+    /// The root's CRL as published at `/v1/root-crl` (see [`Settings::root_crl`]).
+    pub(crate) fn root_crl(
+        &self,
+    ) -> Result<Arc<crate::root_crl::PublishedRootCrl>, crate::root_crl::Unavailable> {
+        self.root_crl.current()
     }
 
     pub fn roots_pem(&self) -> &str {

@@ -15,6 +15,8 @@
 //! ocsp_signer = "delegated"                    # or "issuer"
 //! max_renewals = 10                            # renewals from one certificate per renewal_window
 //! renewal_window = "1h"                        # (more: 429 RATE_LIMITED with Retry-After)
+//! root_crl = "pki/root-crl.pem"                # the offline root's CRL, served at /v1/root-crl
+//!                                              # (default: <pki>/root-crl.pem)
 //! [admins]                                     # who may revoke others, list, mint tokens
 //! allow_cn = ["ca-admin"]
 //! [revocation_feed]                            # who may follow GET /v1/revocations
@@ -74,6 +76,9 @@ pub struct Config {
     /// Identities that may follow the revocation feed (administrators may too).
     #[serde(default)]
     pub revocation_feed: Policy,
+    /// The root's CRL (`mtls ca root-crl`) to publish at `/v1/root-crl` (default:
+    /// `<pki>/root-crl.pem`, relative paths from the file's directory).
+    pub root_crl: Option<PathBuf>,
 }
 
 fn default_pki() -> PathBuf {
@@ -119,6 +124,8 @@ impl Config {
             ocsp_signer: self.ocsp_signer,
             admins: self.admins.clone(),
             feed_subscribers: self.revocation_feed.clone(),
+            // Resolved against the PKI directory by whoever loads it (see `root_crl`).
+            root_crl: self.root_crl.clone(),
         };
         if settings.renewal_limit.max == 0 {
             return Err(Error::Config(
@@ -163,6 +170,9 @@ pub struct Settings {
     pub admins: Policy,
     /// Who may follow the revocation feed besides administrators.
     pub feed_subscribers: Policy,
+    /// The file holding the root's CRL, published at `/v1/root-crl` while it is a CRL of the
+    /// root (see `mtls ca root-crl`). `None`: none is published.
+    pub root_crl: Option<PathBuf>,
 }
 
 impl Settings {
@@ -196,6 +206,7 @@ impl Default for Settings {
             ocsp_signer: OcspSigner::Delegated,
             admins: Policy::default(),
             feed_subscribers: Policy::default(),
+            root_crl: None,
         }
     }
 }

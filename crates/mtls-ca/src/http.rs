@@ -62,6 +62,8 @@ fn publication_routes() -> Router<Arc<Authority>> {
         .route("/v1/chain.pem", get(chain))
         .route("/v1/crl", get(crl_der))
         .route("/v1/crl.pem", get(crl_pem))
+        .route("/v1/root-crl", get(root_crl_der))
+        .route("/v1/root-crl.pem", get(root_crl_pem))
         .route("/ocsp", post(ocsp_post))
         .route("/ocsp/{*request}", get(ocsp_get))
 }
@@ -327,14 +329,32 @@ async fn crl(ca: &Authority, pem: bool) -> Response {
         Err(e) => return e.into_response(),
     };
     ca.metrics.inc(&ca.metrics.crl_served);
-    // Caches may keep it until a refresh is due, never past nextUpdate.
-    let remaining: time::Duration = c.next_update - now;
-    let half: time::Duration = remaining / 2_i32;
-    let max_age = half.whole_seconds().clamp(0, 3600);
-    let (ctype, body) = if pem {
-        ("application/x-pem-file", c.pem)
+    let body = if pem { c.pem } else { c.der };
+    let mut resp = crl_response(body, pem, c.this_update, Some(c.next_update), now);
+    resp.headers_mut().insert(
+        mtls_verify::FEED_POSITION_HEADER,
+        HeaderValue::from(c.epoch),
+    );
+    resp
+}
+
+/// A CRL answer (DER or PEM) with the caching headers: caches may keep it until a refresh is
+/// due (half its remaining life, at most an hour), never past nextUpdate.
+fn crl_response(
+    body: Bytes,
+    pem: bool,
+    this_update: OffsetDateTime,
+    next_update: Option<OffsetDateTime>,
+    now: OffsetDateTime,
+) -> Response {
+    let max_age = next_update.map_or(3600, |next| {
+        let half: time::Duration = (next - now) / 2_i32;
+        half.whole_seconds().clamp(0, 3600)
+    });
+    let ctype = if pem {
+        "application/x-pem-file"
     } else {
-        ("application/pkix-crl", c.der)
+        "application/pkix-crl"
     };
     let mut resp = Response::new(Body::from(body));
     let h = resp.headers_mut();
@@ -342,17 +362,45 @@ async fn crl(ca: &Authority, pem: bool) -> Response {
     if let Ok(v) = HeaderValue::from_str(&format!("public, max-age={max_age}, no-transform")) {
         h.insert(header::CACHE_CONTROL, v);
     }
-    if let Ok(v) = HeaderValue::from_str(&http_date(c.this_update)) {
+    if let Ok(v) = HeaderValue::from_str(&http_date(this_update)) {
         h.insert(header::LAST_MODIFIED, v);
     }
-    if let Ok(v) = HeaderValue::from_str(&http_date(c.next_update)) {
+    if let Some(Ok(v)) = next_update.map(|n| HeaderValue::from_str(&http_date(n))) {
         h.insert(header::EXPIRES, v);
     }
-    h.insert(
-        mtls_verify::FEED_POSITION_HEADER,
-        HeaderValue::from(c.epoch),
-    );
     resp
+}
+
+/// `GET /v1/root-crl[.pem]`: the offline root's CRL (see [`crate::root_crl`]).
+async fn root_crl(ca: &Authority, pem: bool) -> Response {
+    use crate::root_crl::Unavailable;
+    match ca.root_crl() {
+        Ok(c) => {
+            let body = if pem { c.pem.clone() } else { c.der.clone() };
+            crl_response(body, pem, c.this_update, c.next_update, now())
+        }
+        Err(Unavailable::NotPublished) => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "this CA publishes no root CRL (sign one with `mtls ca root-crl`)",
+        )
+        .into_response(),
+        // The details are in the CA's log; a verifier needs only to know to try again.
+        Err(Unavailable::Invalid(_)) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ROOT_CRL_UNAVAILABLE",
+            "the root CRL file is not a usable CRL of this CA's root",
+        )
+        .into_response(),
+    }
+}
+
+async fn root_crl_der(State(ca): Shared) -> Response {
+    root_crl(&ca, false).await
+}
+
+async fn root_crl_pem(State(ca): Shared) -> Response {
+    root_crl(&ca, true).await
 }
 
 async fn crl_der(State(ca): Shared) -> Response {

@@ -17,6 +17,7 @@ pub mod config;
 pub mod error;
 mod http;
 mod metrics;
+mod root_crl;
 pub mod server;
 pub mod tokens;
 

@@ -55,7 +55,8 @@ pub struct RootCrlArgs {
     /// Days until nextUpdate. Sign again before then: verifiers refuse an expired CRL.
     #[arg(long, default_value_t = 90)]
     days: i64,
-    /// Output file (default: <pki>/root-crl.pem); the CRL already there is carried forward.
+    /// Output file (default: <pki>/root-crl.pem, which `mtls ca serve` publishes at
+    /// /v1/root-crl); the CRL already there is carried forward.
     #[arg(long)]
     out: Option<PathBuf>,
     #[command(flatten)]
@@ -200,10 +201,7 @@ fn root_crl(pki: &Path, a: RootCrlArgs) -> Result<ExitCode> {
     if !(1..=3650).contains(&a.days) {
         return Err(UsageError("--days must be between 1 and 3650".into()).into());
     }
-    let out_path = a
-        .out
-        .clone()
-        .unwrap_or_else(|| PkiDir::new(pki).dir.join("root-crl.pem"));
+    let out_path = a.out.clone().unwrap_or_else(|| PkiDir::new(pki).root_crl());
     let mut revoke = Vec::new();
     for path in &a.revoke {
         let certs = mtls_pki::pem_io::certificates(&files::read_public(path)?)

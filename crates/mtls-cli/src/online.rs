@@ -39,7 +39,7 @@ pub fn serve(a: ServeArgs, pki_dir: Option<&Path>) -> Result<ExitCode> {
         std::fs::read_to_string(&a.config).with_context(|| a.config.display().to_string())?;
     let config =
         Config::parse(&text).map_err(|e| UsageError(format!("{}: {e}", a.config.display())))?;
-    let settings = config.settings().map_err(|e| UsageError(e.to_string()))?;
+    let mut settings = config.settings().map_err(|e| UsageError(e.to_string()))?;
     // Relative paths in the file are relative to the file.
     let base = a.config.parent().unwrap_or(Path::new("."));
     let pki = match pki_dir {
@@ -47,6 +47,10 @@ pub fn serve(a: ServeArgs, pki_dir: Option<&Path>) -> Result<ExitCode> {
         None => base.join(&config.pki),
     };
     let dir = PkiDir::new(&pki);
+    settings.root_crl = Some(match &config.root_crl {
+        Some(p) => base.join(p),
+        None => dir.root_crl(),
+    });
     let issuer = dir.load_issuer(&a.ca_key.source())?;
     let root = dir.root_cert_der()?;
     // --database / MTLS_DATABASE override the file.

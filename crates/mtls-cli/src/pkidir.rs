@@ -26,6 +26,10 @@ impl PkiDir {
     pub fn root_cert(&self) -> PathBuf {
         self.dir.join("root.crt")
     }
+    /// The root's CRL (`mtls ca root-crl`), which `mtls ca serve` publishes.
+    pub fn root_crl(&self) -> PathBuf {
+        self.dir.join("root-crl.pem")
+    }
     pub fn root_key(&self) -> PathBuf {
         self.dir.join("root.key")
     }

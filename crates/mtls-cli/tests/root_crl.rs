@@ -157,3 +157,92 @@ fn the_root_revokes_an_intermediate_and_its_clients_are_refused() {
     root_crl(&env, &[]).fails(2, "holds no CRL");
     assert_eq!(std::fs::read(pki.join("root-crl.pem")).unwrap(), b"junk");
 }
+
+/// The online CA publishes the root's CRL (the file `mtls ca root-crl` writes) at
+/// `/v1/root-crl`: none before there is one, then as OpenSSL verifies it against the root; a
+/// gateway following it (`[[listener.crl_fetch]]`) refuses the intermediate's clients once the
+/// root revokes it, with no file copied by hand; a file replaced by something that is not the
+/// root's CRL keeps the last good one published.
+#[test]
+fn the_online_ca_publishes_the_root_crl_for_gateways_to_fetch() {
+    use common::ca::{self, CaServer};
+    let env = Env::new();
+    env.mtls(&["ca", "init"]).ok();
+    env.mtls(&["issue", "server", "localhost"]).ok();
+    env.mtls(&["issue", "client", "app"]).ok();
+    env.mtls(&["crl"]).ok();
+    let pki = env.pki();
+    let p = |rel: &str| pki.join(rel).to_string_lossy().into_owned();
+    let server = CaServer::start(&env, "ca", None, "");
+    let url = server.publish("/v1/root-crl");
+
+    let (status, body) = ca::curl(&[&url]);
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("\"NOT_FOUND\""), "{body}");
+
+    root_crl(&env, &[]).ok();
+    let der = env.path("root-crl.der");
+    let (status, _) = ca::curl(&["-o", der.to_str().unwrap(), &url]);
+    assert_eq!(status, 200);
+    let r = env.openssl(&[
+        "crl",
+        "-inform",
+        "DER",
+        "-in",
+        der.to_str().unwrap(),
+        "-CAfile",
+        &p("root.crt"),
+        "-noout",
+    ]);
+    assert!(r.stderr.contains("verify OK"), "{}", r.stderr);
+    let (status, pem) = ca::curl(&[&format!("{url}.pem")]);
+    assert_eq!(status, 200);
+    assert!(pem.starts_with("-----BEGIN X509 CRL-----"), "{pem}");
+
+    let up = Upstream::start();
+    let fetched = env.p("fetched-root-crl.pem");
+    let config = env.write(
+        "gateway.toml",
+        format!(
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\nupstream = \"http://{}\"\nclient_ca = [\"{}\"]\ncrl = [\"{}\", \"{fetched}\"]\n[[listener.crl_fetch]]\nurl = \"{url}\"\nfile = \"{fetched}\"\nevery = \"1s\"\n[listener.policy]\nallow_any_trusted = true\n[[listener.certificate]]\ncert = \"{}\"\nkey = \"{}\"\n",
+            up.addr,
+            p("ca-chain.pem"),
+            p("crl.pem"),
+            p("issued/localhost.chain.pem"),
+            p("issued/localhost.key"),
+        )
+        .as_bytes(),
+    );
+    let g = Gateway::start(&["--config".into(), config.to_string_lossy().into_owned()]);
+    let status = || {
+        gw::status_as(
+            &g,
+            &pki.join("root.crt"),
+            &pki.join("issued/app.chain.pem"),
+            &pki.join("issued/app.key"),
+        )
+    };
+    assert_eq!(status(), 200);
+
+    root_crl(&env, &["--revoke", &p("intermediate.crt")]).ok();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while status() == 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still admitted 20 s after the root revoked the intermediate"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+
+    // Replaced by the intermediate's CRL, then by junk: the root's last CRL stays published.
+    let (_, before) = ca::curl(&[&format!("{url}.pem")]);
+    for junk in [
+        std::fs::read(pki.join("crl.pem")).unwrap(),
+        b"junk".to_vec(),
+    ] {
+        let tmp = env.write("replacement", &junk);
+        std::fs::rename(&tmp, pki.join("root-crl.pem")).unwrap();
+        let (status, now) = ca::curl(&[&format!("{url}.pem")]);
+        assert_eq!((status, &now), (200, &before));
+    }
+}
