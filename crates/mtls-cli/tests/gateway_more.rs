@@ -1992,6 +1992,77 @@ fn requests_in_flight_upstream_are_bounded() {
     assert_eq!(r.status, 504, "{} {}", r.body, r.stderr);
 }
 
+/// Python: sends `POST /upload` announcing 100 bytes of body and only the first, then waits
+/// (at most 20 s) for the answer; prints its status code and how long it took.
+const STALLED_UPLOAD: &str = r#"
+import socket, ssl, sys, time
+port, root, cert, key = sys.argv[1:5]
+ctx = ssl.create_default_context(cafile=root)
+ctx.load_cert_chain(cert, key)
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(port))), server_hostname="localhost")
+s.sendall(b"POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\nx")
+start = time.monotonic()
+s.settimeout(20)
+head = b""
+while b"\r\n\r\n" not in head:
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    head += chunk
+print(head.split(b" ")[1].decode() if head else "closed", round(time.monotonic() - start, 1))
+"#;
+
+/// One client certificate cannot hold every upstream slot, nor hold its own for long: with two
+/// uploads of one client stalled after their first byte (the upstream waiting for the rest),
+/// that client is refused `429 CLIENT_BUSY` past `max_upstream_requests_per_client` while
+/// another client still gets through; each stalled upload ends with `408 BODY_TIMEOUT` once it
+/// has paused for `body_timeout` (not after `upstream_timeout`), and its slot comes back.
+#[test]
+fn a_client_stalling_its_uploads_holds_neither_every_slot_nor_its_own_for_long() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let (a, b) = (f.client("staller"), f.client("other"));
+    let up = Upstream::start();
+    let limits = "upstream_timeout = \"30s\"\nbody_timeout = \"2s\"\nmax_upstream_requests = 3\nmax_upstream_requests_per_client = 2";
+    let g = start_with(dir.path(), &one_listener(free_port(), up.addr, limits, ""));
+    let stalled: Vec<_> = (0..2)
+        .map(|_| {
+            let args = [
+                g.port().to_string(),
+                Files::p(&f.root()),
+                Files::p(&a.chain),
+                Files::p(&a.key),
+            ];
+            std::thread::spawn(move || {
+                Command::new("python3")
+                    .args(["-c", STALLED_UPLOAD])
+                    .args(args)
+                    .output()
+                    .unwrap()
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(800));
+    let r = curl(&g, &f, Some(&a), "/more", &[]);
+    assert_eq!(r.status, 429, "{} {}", r.body, r.stderr);
+    assert!(r.body.contains("CLIENT_BUSY"), "{}", r.body);
+    let r = curl(&g, &f, Some(&b), "/other", &[]);
+    assert_eq!(r.status, 200, "another client gets through: {}", r.body);
+    for h in stalled {
+        let out = h.join().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (code, secs) = text.trim().split_once(' ').unwrap_or(("", ""));
+        let secs: f64 = secs.parse().unwrap_or(f64::MAX);
+        assert_eq!(code, "408", "{text} {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            (1.5..15.0).contains(&secs),
+            "ended after {secs} s, not after the 2 s body_timeout"
+        );
+    }
+    let r = curl(&g, &f, Some(&a), "/after", &[]);
+    assert_eq!(r.status, 200, "the slots came back: {}", r.body);
+}
+
 /// A request's upstream slot is held while its answer's body is still coming: a streamed
 /// answer counts against `max_upstream_requests` until its last byte.
 #[test]

@@ -312,6 +312,16 @@ pub struct Limits {
     /// HTTP/2 clients held against slow routes opened one upstream socket each until the
     /// process ran out of file descriptors and no listener could accept.
     pub max_upstream_requests: usize,
+    /// HTTP mode: most of those one client certificate may hold at once (over all its
+    /// connections and listeners); past it `429 CLIENT_BUSY`. A client whose uploads stall or
+    /// who does not read its answers holds a slot each: without this, one certificate could
+    /// hold them all and every other client would get 503.
+    pub max_upstream_requests_per_client: usize,
+    /// HTTP mode: longest a request body may pause while the upstream waits for its next
+    /// bytes; past it `408 BODY_TIMEOUT` and the request ends. (Connection traffic, an HTTP/2
+    /// PING or another stream, does not count: only this body's own bytes.)
+    #[serde(with = "mtls_serve::duration::serde")]
+    pub body_timeout: Duration,
     /// How often certificate, CA, CRL and key files are checked for changes.
     #[serde(with = "mtls_serve::duration::serde")]
     pub reload_poll: Duration,
@@ -329,6 +339,8 @@ impl Default for Limits {
             max_connections: 10_000,
             max_connections_per_source: None,
             max_upstream_requests: 4_096,
+            max_upstream_requests_per_client: 1_024,
+            body_timeout: Duration::from_secs(60),
             reload_poll: Duration::from_secs(1),
         }
     }
@@ -394,6 +406,16 @@ impl GatewayConfig {
     pub fn validate(&self) -> Result<(), Error> {
         if self.listeners.is_empty() {
             return Err(Error::Config("no [[listener]] configured".into()));
+        }
+        if self.limits.max_upstream_requests_per_client == 0 {
+            return Err(Error::Config(
+                "limits.max_upstream_requests_per_client = 0 would refuse every request".into(),
+            ));
+        }
+        if self.limits.body_timeout.is_zero() {
+            return Err(Error::Config(
+                "limits.body_timeout = 0 would end every request with a body".into(),
+            ));
         }
         if self.limits.max_connections_per_source == Some(0) {
             return Err(Error::Config(

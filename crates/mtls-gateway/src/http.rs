@@ -109,42 +109,63 @@ impl hyper::body::Body for Upload {
     }
 }
 
+/// Who was too slow for [`within`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Late {
+    /// No answer within `upstream_timeout`, or the upstream stopped taking the body.
+    Upstream,
+    /// The client paused its request body for longer than `body_timeout`.
+    ClientBody,
+}
+
 /// Waits for `answer` until `timeout` has passed since the later of now and the end of the
-/// request body; while the body is still coming, with no limit while the client is the one
-/// to send, and `timeout` from the last frame the upstream took while it is the one not
-/// taking it. `None` when it did not come in time.
+/// request body; while the body is still coming, `body_timeout` from its last frame while the
+/// client is the one to send, and `timeout` from the last frame the upstream took while it is
+/// the one not taking it.
 async fn within<T>(
     timeout: std::time::Duration,
+    body_timeout: std::time::Duration,
     progress: Option<&Progress>,
     answer: impl std::future::Future<Output = T>,
-) -> Option<T> {
+) -> Result<T, Late> {
     let mut answer = std::pin::pin!(answer);
-    let mut deadline = tokio::time::Instant::now() + timeout;
+    // With a body still to come, looked at again once either limit could have passed.
+    let first = match progress {
+        Some(_) => timeout.min(body_timeout),
+        None => timeout,
+    };
+    let mut deadline = tokio::time::Instant::now() + first;
     loop {
         tokio::select! {
-            r = answer.as_mut() => return Some(r),
+            r = answer.as_mut() => return Ok(r),
             _ = tokio::time::sleep_until(deadline) => {
-                let p = progress?;
+                let p = progress.ok_or(Late::Upstream)?;
                 let now = tokio::time::Instant::now();
-                let until = match p.ended.get() {
-                    Some(ended) => *ended + timeout,
-                    // Still uploading, the client's pace.
+                let taken = || p.taken.lock().map(|t| *t).map_err(|_| Late::Upstream);
+                let (until, late) = match p.ended.get() {
+                    Some(ended) => (*ended + timeout, Late::Upstream),
+                    // Still uploading, the client's pace: its last frame was taken at once.
                     None if p.waiting_for_client.load(std::sync::atomic::Ordering::Relaxed) => {
-                        now + timeout
+                        (taken()? + body_timeout, Late::ClientBody)
                     }
                     // Still uploading, bytes held that the upstream does not take.
-                    None => match p.taken.lock() {
-                        Ok(taken) => *taken + timeout,
-                        Err(_) => return None,
-                    },
+                    None => (taken()? + timeout, Late::Upstream),
                 };
                 if until <= now {
-                    return None;
+                    return Err(late);
                 }
                 deadline = until;
             }
         }
     }
+}
+
+/// A request's hold on the upstream (`limits.max_upstream_requests`, and its client
+/// certificate's share, `max_upstream_requests_per_client`), kept until its answer has been
+/// read or its tunnel closed.
+struct UpstreamSlot {
+    _all: tokio::sync::OwnedSemaphorePermit,
+    _client: identity::ClientSlot,
 }
 
 /// The seed's error body, `{"error":{"code":…,"message":…}}` (one type for every server:
@@ -475,7 +496,16 @@ pub async fn handle(
             }
         }
         // Held until the answer has been read (or the tunnel closed).
-        let Ok(upstream_slot) = shared.upstream_slots.clone().try_acquire_owned() else {
+        let Some(client_slot) = headers.take_slot(shared.limits.max_upstream_requests_per_client)
+        else {
+            refusal = Some("client_busy");
+            break 'resp json_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "CLIENT_BUSY",
+                "too many requests of this client certificate in flight to the upstream; retry later",
+            );
+        };
+        let Ok(all) = shared.upstream_slots.clone().try_acquire_owned() else {
             refusal = Some("upstream_busy");
             break 'resp json_error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -483,20 +513,30 @@ pub async fn handle(
                 "too many requests in flight to the upstream; retry later",
             );
         };
+        let upstream_slot = UpstreamSlot {
+            _all: all,
+            _client: client_slot,
+        };
         let (body, progress) = Upload::new(body);
         let upstream_req = Request::from_parts(parts, body);
         let pool = &state.upstream.pool;
-        let result = within(shared.limits.upstream_timeout, progress.as_deref(), async {
-            if upgrade {
-                // Rare and large (it opens a connection): boxed, to keep every request's
-                // future small.
-                Box::pin(pool.send_upgrade(upstream_req))
-                    .await
-                    .map(|r| r.map(Source::Direct))
-            } else {
-                pool.send(upstream_req).await.map(|r| r.map(Source::Pooled))
-            }
-        })
+        let limits = &shared.limits;
+        let result = within(
+            limits.upstream_timeout,
+            limits.body_timeout,
+            progress.as_deref(),
+            async {
+                if upgrade {
+                    // Rare and large (it opens a connection): boxed, to keep every request's
+                    // future small.
+                    Box::pin(pool.send_upgrade(upstream_req))
+                        .await
+                        .map(|r| r.map(Source::Direct))
+                } else {
+                    pool.send(upstream_req).await.map(|r| r.map(Source::Pooled))
+                }
+            },
+        )
         .await;
         // Counted, logged (with why, which the client is not told) and answered.
         let failed = |status, code, message, why: &dyn std::fmt::Display| {
@@ -505,7 +545,15 @@ pub async fn handle(
             json_error(status, code, message)
         };
         let mut resp = match result {
-            None => {
+            Err(Late::ClientBody) => {
+                refusal = Some("body_timeout");
+                break 'resp json_error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "BODY_TIMEOUT",
+                    "the request body paused for too long",
+                );
+            }
+            Err(Late::Upstream) => {
                 break 'resp failed(
                     StatusCode::GATEWAY_TIMEOUT,
                     "UPSTREAM_TIMEOUT",
@@ -513,7 +561,7 @@ pub async fn handle(
                     &"no answer in time",
                 );
             }
-            Some(Err(e)) => {
+            Ok(Err(e)) => {
                 break 'resp failed(
                     StatusCode::BAD_GATEWAY,
                     "BAD_GATEWAY",
@@ -521,7 +569,7 @@ pub async fn handle(
                     &mtls_client::ca::error_chain(&e),
                 );
             }
-            Some(Ok(r)) => r,
+            Ok(Ok(r)) => r,
         };
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS && client_upgrade.is_none() {
             // A switch the client did not ask for: nothing could carry it.
@@ -681,7 +729,7 @@ enum Watch {
 /// event stream, a long download): as a WebSocket tunnel or a TCP-mode connection is.
 struct UpstreamBody {
     body: Source,
-    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    _slot: Option<UpstreamSlot>,
     watch: Watch,
 }
 

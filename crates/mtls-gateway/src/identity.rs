@@ -133,11 +133,27 @@ pub fn client_cert(peer: &VerifiedPeer) -> String {
     )
 }
 
-/// The identity headers for a verified peer, precomputed once per connection.
-#[derive(Clone, Debug)]
+/// The identity headers for a verified peer, encoded once per certificate, and that
+/// certificate's count of requests in flight upstream (`max_upstream_requests_per_client`):
+/// both shared by all its connections (see [`IdentityHeaders::shared`]).
+#[derive(Debug)]
 pub struct IdentityHeaders {
     pub xfcc: HeaderValue,
     pub client_cert: HeaderValue,
+    in_flight: std::sync::atomic::AtomicUsize,
+}
+
+/// One request in flight upstream for a client certificate (see
+/// [`IdentityHeaders::take_slot`]); given back when dropped.
+#[derive(Debug)]
+pub struct ClientSlot(std::sync::Arc<IdentityHeaders>);
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 /// Most certificates whose encoded headers are remembered (entries no connection uses are
@@ -175,7 +191,20 @@ impl IdentityHeaders {
         Some(IdentityHeaders {
             xfcc: HeaderValue::from_str(&xfcc(peer)).ok()?,
             client_cert: HeaderValue::from_str(&client_cert(peer)).ok()?,
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
         })
+    }
+
+    /// A slot for one more request of this certificate in flight upstream, unless it has
+    /// `max` already.
+    pub fn take_slot(self: &std::sync::Arc<Self>, max: usize) -> Option<ClientSlot> {
+        use std::sync::atomic::Ordering;
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| ClientSlot(self.clone()))
     }
 
     pub fn apply(&self, headers: &mut HeaderMap) {
