@@ -2053,7 +2053,12 @@ fn a_client_stalling_its_uploads_holds_neither_every_slot_nor_its_own_for_long()
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let (code, secs) = text.trim().split_once(' ').unwrap_or(("", ""));
         let secs: f64 = secs.parse().unwrap_or(f64::MAX);
-        assert_eq!(code, "408", "{text} {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            code,
+            "408",
+            "{text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(
             (1.5..15.0).contains(&secs),
             "ended after {secs} s, not after the 2 s body_timeout"

@@ -28,9 +28,49 @@ impl std::fmt::Debug for Block {
     }
 }
 
-/// True when the input looks like PEM text rather than DER.
+/// How the input is encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Encoding {
+    /// One DER object (a SEQUENCE) taking the whole input.
+    Der,
+    /// A DER SEQUENCE followed by other bytes.
+    DerWithTrailing,
+    /// PEM text: a `-----BEGIN ` line.
+    Pem,
+    Neither,
+}
+
+/// DER is decided first, from the structure: a DER object (a certificate, a CSR) may carry
+/// any bytes inside it, `-----BEGIN ` lines included, and reading those instead would make
+/// mtls sign, trust or describe another object than the one OpenSSL shows for the same file.
+/// PEM needs its `-----BEGIN ` at the start of a line (after spaces or tabs at most).
+fn encoding(input: &[u8]) -> Encoding {
+    use x509_parser::asn1_rs::{Any, FromDer as _, Tag};
+    if input.first() == Some(&0x30) {
+        if let Ok((rest, any)) = Any::from_der(input) {
+            if any.tag() == Tag::Sequence {
+                return if rest.is_empty() {
+                    Encoding::Der
+                } else {
+                    Encoding::DerWithTrailing
+                };
+            }
+        }
+    }
+    // (Indented blocks, as pasted into YAML or a message, are PEM too.)
+    let at_line_start = input
+        .split(|b| *b == b'\n')
+        .any(|line| line.trim_ascii_start().starts_with(b"-----BEGIN "));
+    if at_line_start {
+        Encoding::Pem
+    } else {
+        Encoding::Neither
+    }
+}
+
+/// True when the input is PEM text rather than DER.
 pub fn is_pem(input: &[u8]) -> bool {
-    input.windows(11).any(|w| w == b"-----BEGIN ")
+    encoding(input) == Encoding::Pem
 }
 
 /// Decodes PEM (one or more blocks, text around them ignored) or a single raw DER object.
@@ -41,18 +81,27 @@ pub fn decode(input: &[u8]) -> Result<Vec<Block>> {
     if input.is_empty() {
         return Err(Error::malformed("input", "the file is empty"));
     }
-    if !is_pem(input) {
-        // DER always starts with a SEQUENCE tag for the objects we read.
-        if input.first() != Some(&0x30) {
+    match encoding(input) {
+        Encoding::Pem => {}
+        Encoding::Der => {
+            return Ok(vec![Block {
+                label: String::new(),
+                der: input.to_vec(),
+            }])
+        }
+        Encoding::DerWithTrailing => {
+            return Err(Error::malformed(
+                "DER",
+                "bytes after the DER object (one object per DER file)",
+            ))
+        }
+        Encoding::Neither => {
+            // DER always starts with a SEQUENCE tag for the objects we read.
             return Err(Error::malformed(
                 "input",
-                "neither PEM (no -----BEGIN line) nor DER (does not start with a SEQUENCE)",
+                "neither PEM (no -----BEGIN line) nor DER (not one complete SEQUENCE)",
             ));
         }
-        return Ok(vec![Block {
-            label: String::new(),
-            der: input.to_vec(),
-        }]);
     }
     let pems = pem::parse_many(input).map_err(|e| Error::malformed("PEM", e))?;
     if pems.is_empty() {
@@ -178,6 +227,46 @@ pub fn parse_certificate(der: &[u8]) -> Result<x509_parser::certificate::X509Cer
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A DER certificate (or CSR) carrying PEM text in an extension is read as itself, as
+    /// OpenSSL reads it, never as the PEM block hidden inside; DER followed by anything (a
+    /// PEM block appended) is refused.
+    #[test]
+    fn der_is_decided_before_any_pem_it_may_carry() {
+        let key = crate::PrivateKey::generate(crate::KeyAlgorithm::EcdsaP256).unwrap();
+        let hidden = rcgen::CertificateParams::new(vec!["admin.example".to_string()])
+            .unwrap()
+            .self_signed(key.key_pair())
+            .unwrap();
+        let hidden_pem = encode("CERTIFICATE", hidden.der());
+        let mut outer = rcgen::CertificateParams::new(vec!["evil.example".to_string()]).unwrap();
+        outer
+            .custom_extensions
+            .push(rcgen::CustomExtension::from_oid_content(
+                &[1, 2, 3, 4, 5],
+                [b"\n".as_slice(), hidden_pem.as_bytes()].concat(),
+            ));
+        let outer = outer.self_signed(key.key_pair()).unwrap();
+        assert!(!is_pem(outer.der()));
+        let read = certificates(outer.der()).unwrap();
+        assert_eq!(read, vec![outer.der().clone()]);
+        let mut trailing = outer.der().to_vec();
+        trailing.extend_from_slice(format!("\n{hidden_pem}").as_bytes());
+        assert!(certificates(&trailing).is_err());
+        // PEM is still PEM, with explanatory text before it (as `openssl x509 -text` writes).
+        let text = format!("Certificate:\n    Data: ...\n{hidden_pem}");
+        assert_eq!(
+            certificates(text.as_bytes()).unwrap(),
+            vec![hidden.der().clone()]
+        );
+        // Indented, it is PEM; a BEGIN within a line is not.
+        let indented: String = hidden_pem.lines().map(|l| format!("    {l}\n")).collect();
+        assert_eq!(
+            certificates(indented.as_bytes()).unwrap(),
+            vec![hidden.der().clone()]
+        );
+        assert!(!is_pem(format!("x{hidden_pem}").as_bytes()));
+    }
 
     #[test]
     fn garbage_is_rejected() {
