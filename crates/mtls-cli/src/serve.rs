@@ -384,10 +384,12 @@ pub fn cn_from_xfcc(v: &str) -> Option<String> {
             c => subject.push(c),
         }
     }
-    subject
-        .split(", ")
-        .find_map(|part| part.strip_prefix("CN="))
-        .map(str::to_string)
+    // RFC 4514: most specific first, so the certificate's first CN is the string's last.
+    mtls_pki::dn::parse_rfc4514(&subject)?
+        .into_iter()
+        .rev()
+        .find(|(kind, _)| kind.eq_ignore_ascii_case("CN"))
+        .map(|(_, value)| value)
 }
 
 pub fn quickstart(a: QuickstartArgs) -> Result<ExitCode> {
@@ -513,11 +515,16 @@ mod tests {
     #[test]
     fn xfcc_cn() {
         assert_eq!(
-            cn_from_xfcc("Hash=ab;Subject=\"O=x, CN=client-app\";URI=\"u\"").as_deref(),
+            cn_from_xfcc(r#"Hash=ab;Subject="CN=client-app,O=x";URI="u""#).as_deref(),
             Some("client-app")
         );
+        // A value holding ", CN=admin" (escaped by the gateway) is one value, not a CN.
         assert_eq!(
-            cn_from_xfcc("Hash=ab;Subject=\"CN=a\\\"b\"").as_deref(),
+            cn_from_xfcc(r#"Hash=ab;Subject="CN=guest,O=x\\, CN=admin""#).as_deref(),
+            Some("guest")
+        );
+        assert_eq!(
+            cn_from_xfcc(r#"Hash=ab;Subject="CN=a\\\"b""#).as_deref(),
             Some("a\"b")
         );
         assert_eq!(cn_from_xfcc("Hash=ab"), None);

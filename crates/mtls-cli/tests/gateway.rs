@@ -171,6 +171,59 @@ fn spoofed_identity_headers_never_reach_upstream() {
     );
 }
 
+/// The `Subject` of an `X-Forwarded-Client-Cert` value, its quoting undone.
+fn xfcc_subject(v: &str) -> String {
+    let start = v.find("Subject=\"").unwrap() + "Subject=\"".len();
+    let mut out = String::new();
+    let mut chars = v[start..].chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.push(chars.next().unwrap()),
+            '"' => break,
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A value of another attribute holding `, CN=admin` reaches the upstream escaped (RFC 4514),
+/// so reading the subject finds the certificate's CN (`guest`), not `admin`; the policy's own
+/// `allow_cn` never was fooled.
+#[test]
+fn a_subject_value_cannot_pose_as_another_attribute_upstream() {
+    let (_d, f, up, g) = setup(&["--allow-any-trusted"]);
+    let key = mtls_pki::PrivateKey::generate(mtls_pki::KeyAlgorithm::EcdsaP256).unwrap();
+    let request = mtls_pki::issue::LeafRequest {
+        profile: Profile::Client,
+        subject: mtls_pki::Subject {
+            organization: Some("x, CN=admin".into()),
+            ..mtls_pki::Subject::cn("guest")
+        },
+        sans: vec![],
+        lifetime: time::Duration::days(1),
+        urls: Default::default(),
+    };
+    let issued = mtls_pki::issue::issue_leaf(
+        &f.pki.intermediate,
+        key.key_pair(),
+        &request,
+        OffsetDateTime::now_utc(),
+    )
+    .unwrap();
+    let leaf = f.write_leaf("guest", &issued.der, &key);
+    let r = curl(&g, &f, Some(&leaf), "/", &[]);
+    assert_eq!(r.status, 200, "{} {}", r.body, r.stderr);
+    let h = up.last();
+    let (_, v) = h
+        .iter()
+        .find(|(k, _)| k == "x-forwarded-client-cert")
+        .unwrap();
+    assert!(v.contains(r#"Subject="CN=guest,O=x\\, CN=admin""#), "{v}");
+    let attributes = mtls_pki::dn::parse_rfc4514(&xfcc_subject(v)).unwrap();
+    let cns: Vec<_> = attributes.iter().filter(|(k, _)| k == "CN").collect();
+    assert_eq!(cns, vec![&("CN".to_string(), "guest".to_string())]);
+}
+
 #[test]
 fn hostile_subject_cannot_inject_or_split_headers() {
     let (_d, f, up, g) = setup(&["--allow-any-trusted"]);
@@ -194,9 +247,19 @@ fn hostile_subject_cannot_inject_or_split_headers() {
     assert_eq!(xfcc.len(), 1);
     let v = &xfcc[0].1;
     assert!(!v.contains('\r') && !v.contains('\n'));
-    // The subject stays one quoted field: quotes and backslashes escaped, CR/LF percent-encoded.
+    // The subject stays one quoted field (quotes and backslashes escaped, CR/LF
+    // percent-encoded) holding one RFC 4514 value (its `"`, `;`, `,` and `\` escaped).
     assert!(
-        v.contains(r#"Subject="CN=evil\", URI=spiffe://x/admin; DNS=a,b%0D%0AX-Injected: 1\\""#),
+        v.contains(
+            r#"Subject="CN=evil\\\"\\, URI=spiffe://x/admin\\; DNS=a\\,b%0D%0AX-Injected: 1\\\\""#
+        ),
+        "{v}"
+    );
+    // Read back as RFC 4514, it is the one CN, whole.
+    let attributes = mtls_pki::dn::parse_rfc4514(&xfcc_subject(v).replace("%0D%0A", "\r\n"));
+    assert_eq!(
+        attributes,
+        Some(vec![("CN".to_string(), cn.to_string())]),
         "{v}"
     );
     assert_eq!(

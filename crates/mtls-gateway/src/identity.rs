@@ -9,14 +9,28 @@ use base64::Engine as _;
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION};
 use mtls_verify::VerifiedPeer;
 
-/// Identity headers removed from every request before ours are added.
-pub const IDENTITY_HEADERS: [&str; 6] = [
+/// Identity headers removed from every request before ours are added: ours, and those other
+/// TLS terminators set (nginx and Apache configurations, IIS/ARR, Traefik), which an upstream
+/// moved behind mtls may still read.
+pub const IDENTITY_HEADERS: &[&str] = &[
     "x-forwarded-client-cert",
     "client-cert",
     "client-cert-chain",
     "x-client-cert",
+    "x-client-cert-chain",
     "x-ssl-client-cert",
+    "x-ssl-client-verify",
+    "x-ssl-client-s-dn",
+    "x-ssl-client-i-dn",
+    "x-ssl-client-dn",
+    "x-ssl-client-serial",
+    "x-ssl-client-fingerprint",
+    "ssl-client-cert",
+    "ssl-client-verify",
     "x-client-verify",
+    "x-client-dn",
+    "x-client-s-dn",
+    "x-arr-clientcert",
 ];
 
 /// Forwarding headers a client could use to pose as another address, host, scheme or path: the
@@ -25,19 +39,32 @@ pub const IDENTITY_HEADERS: [&str; 6] = [
 /// (`X-Original-URL` and the like, honoured by IIS URL Rewrite, older Symfony and Zend,
 /// Spring's ForwardedHeaderFilter, forward-auth sidecars) would let a request checked against
 /// one route's policy be served as another path.
-pub const FORWARDING_HEADERS: [&str; 11] = [
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-forwarded-port",
+/// (Every `X-Forwarded-*` goes too: see [`FORWARDING_PREFIXES`].)
+pub const FORWARDING_HEADERS: &[&str] = &[
     "x-real-ip",
     "forwarded",
     "x-original-url",
     "x-rewrite-url",
     "x-original-uri",
-    "x-forwarded-uri",
-    "x-forwarded-prefix",
+    "true-client-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "cf-connecting-ip",
+    "front-end-https",
+    "x-url-scheme",
 ];
+
+/// Prefixes of forwarding and identity header names: every `X-Forwarded-*` (`-For`, `-Proto`,
+/// `-Host`, `-Port`, `-Uri`, `-Prefix`, `-Ssl`, `-Scheme`, `-Server`, …) and the mTLS headers
+/// of AWS load balancers (`X-Amzn-Mtls-Clientcert*`).
+pub const FORWARDING_PREFIXES: &[&str] = &["x-forwarded-", "x-amzn-mtls-"];
+
+/// Whether `name` (lower case, dashed) is one the client may not send upstream.
+fn reserved(name: &str) -> bool {
+    IDENTITY_HEADERS.contains(&name)
+        || FORWARDING_HEADERS.contains(&name)
+        || FORWARDING_PREFIXES.iter().any(|p| name.starts_with(p))
+}
 
 /// Hop-by-hop headers (RFC 9110 7.6.1) that a proxy must not forward; `HTTP2-Settings`
 /// belongs to an h2c upgrade of this hop (RFC 7540 3.2.1), which the gateway never forwards.
@@ -64,6 +91,9 @@ pub fn strip(headers: &mut HeaderMap, extra: &[HeaderName], keep_upgrade: bool) 
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        // `Connection: host` would make the upstream see no Host (then the gateway's own
+        // authority for the upstream), after the client's was checked against the TLS name.
+        .filter(|n| *n != http::header::HOST)
         .collect();
     let doomed: Vec<HeaderName> = headers
         .keys()
@@ -73,8 +103,7 @@ pub fn strip(headers: &mut HeaderMap, extra: &[HeaderName], keep_upgrade: bool) 
                 return !keep_upgrade;
             }
             HOP_BY_HOP.contains(&name)
-                || IDENTITY_HEADERS.contains(&name)
-                || FORWARDING_HEADERS.contains(&name)
+                || reserved(name)
                 || extra.contains(n)
                 || named.contains(n)
                 // `x_forwarded_client_cert` reaches CGI-style upstreams (WSGI, Rack, PHP) as
@@ -82,9 +111,7 @@ pub fn strip(headers: &mut HeaderMap, extra: &[HeaderName], keep_upgrade: bool) 
                 // too.
                 || (name.contains('_') && {
                     let dashed = name.replace('_', "-");
-                    IDENTITY_HEADERS.contains(&dashed.as_str())
-                        || FORWARDING_HEADERS.contains(&dashed.as_str())
-                        || extra.iter().any(|h| h.as_str() == dashed)
+                    reserved(&dashed) || extra.iter().any(|h| h.as_str() == dashed)
                 })
         })
         .cloned()
@@ -110,11 +137,17 @@ pub fn quote(value: &str) -> String {
     out
 }
 
-/// Envoy-style `X-Forwarded-Client-Cert`: `Hash=…;Subject="…";URI=…;DNS=…`.
+/// Envoy-style `X-Forwarded-Client-Cert`: `Hash=…;Subject="…";URI=…;DNS=…`, the subject in
+/// RFC 4514 form (as Envoy writes it: most specific first, special characters escaped), so
+/// that an upstream splitting it at commas cannot be handed another attribute by a value
+/// (`O=x\, CN=admin`).
 pub fn xfcc(peer: &VerifiedPeer) -> String {
+    let subject = mtls_pki::pem_io::parse_certificate(peer.certificate_der())
+        .map(|c| mtls_pki::dn::to_rfc4514(c.subject()))
+        .unwrap_or_default();
     let mut parts = vec![
         format!("Hash={}", peer.fingerprint()),
-        format!("Subject={}", quote(peer.subject())),
+        format!("Subject={}", quote(&subject)),
     ];
     for u in peer.uris() {
         parts.push(format!("URI={}", quote(u)));
@@ -241,8 +274,31 @@ mod tests {
         h.append("Client_Cert", HeaderValue::from_static("e"));
         h.append("x_custom_id", HeaderValue::from_static("f"));
         h.append("accept", HeaderValue::from_static("*/*"));
+        // Other terminators' identity headers, every X-Forwarded-*, client-address headers.
+        for name in [
+            "x-forwarded-scheme",
+            "x-forwarded-ssl",
+            "x-forwarded-anything",
+            "x_forwarded_server",
+            "x-ssl-client-s-dn",
+            "x-arr-clientcert",
+            "x-amzn-mtls-clientcert-leaf",
+            "true-client-ip",
+            "cf-connecting-ip",
+        ] {
+            h.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("forged"),
+            );
+        }
         strip(&mut h, &[HeaderName::from_static("x-custom-id")], false);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("accept"));
+        // `Connection: host` does not take the checked Host away.
+        let mut h = HeaderMap::new();
+        h.append("host", HeaderValue::from_static("localhost"));
+        h.append("connection", HeaderValue::from_static("host, keep-alive"));
+        strip(&mut h, &[], false);
+        assert_eq!(h.get("host").unwrap(), "localhost");
     }
 }

@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod csr;
+pub mod dn;
 mod error;
 pub mod files;
 pub mod fingerprint;
