@@ -131,6 +131,10 @@ pub struct GatewayArgs {
     /// Extra request header carrying identity upstream, always stripped from clients (repeatable).
     #[arg(long = "strip-header")]
     strip_headers: Vec<String>,
+    /// A host requests may name besides the served certificate's names (repeatable); any
+    /// other is refused 421.
+    #[arg(long = "extra-host", value_name = "HOST")]
+    extra_hosts: Vec<String>,
     /// Disable the JSON access log on stdout.
     #[arg(long)]
     no_access_log: bool,
@@ -248,6 +252,7 @@ fn config_from_flags(a: &GatewayArgs) -> Result<GatewayConfig> {
             routes: Vec::new(),
             route_match: Default::default(),
             strip_headers: a.strip_headers.clone(),
+            extra_hosts: a.extra_hosts.clone(),
             proxy_protocol: a.proxy_protocol,
             revocation_policy: a.revocation_policy,
             revocation_scope: Default::default(),
@@ -487,6 +492,7 @@ pub fn quickstart(a: QuickstartArgs) -> Result<ExitCode> {
                 routes: Vec::new(),
                 route_match: Default::default(),
                 strip_headers: Vec::new(),
+                extra_hosts: Vec::new(),
                 proxy_protocol: false,
                 revocation_policy: Default::default(),
                 revocation_scope: Default::default(),

@@ -269,6 +269,79 @@ fn hostile_subject_cannot_inject_or_split_headers() {
     );
 }
 
+/// A request may only name a host the listener serves (a name or address of its served
+/// certificates, or `--extra-host`): a client connecting by address (no TLS name sent) or
+/// with a TLS name of its choosing (its certificate check skipped) cannot reach another
+/// virtual host of a shared upstream; `Connection: host` does not take the checked Host away.
+#[test]
+fn only_hosts_the_listener_serves_reach_the_upstream() {
+    let (_d, f, up, g) = setup(&["--allow-any-trusted"]);
+    let c = f.client("c");
+    let status = |url: &str, extra: &[&str]| -> u16 {
+        let o = Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
+            .arg("--cacert")
+            .arg(f.root())
+            .arg("--cert")
+            .arg(&c.chain)
+            .arg("--key")
+            .arg(&c.key)
+            .args(extra)
+            .arg(url)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    };
+    let by_address = format!("https://127.0.0.1:{}/", g.port());
+    assert_eq!(status(&by_address, &[]), 200, "its own address");
+    assert_eq!(
+        status(&by_address, &["-H", "Host: admin.internal"]),
+        421,
+        "another host, no TLS name"
+    );
+    let chosen = |g: &Gateway| {
+        (
+            format!("https://admin.internal:{}/", g.port()),
+            format!("admin.internal:{}:127.0.0.1", g.port()),
+        )
+    };
+    let (url, resolve) = chosen(&g);
+    assert_eq!(status(&url, &["-k", "--resolve", &resolve]), 421);
+    let before = up.count();
+    let r = curl(&g, &f, Some(&c), "/", &["-H", "Connection: host"]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        up.count(),
+        before + 1,
+        "only the last request reached the upstream"
+    );
+    assert!(
+        up.last()
+            .iter()
+            .any(|(k, v)| k == "host" && v.starts_with("localhost")),
+        "{:?}",
+        up.last()
+    );
+    let g2 = Gateway::start(&http_args(
+        &f,
+        &up,
+        &["--allow-any-trusted", "--extra-host", "admin.internal"],
+    ));
+    let (url, resolve) = chosen(&g2);
+    assert_eq!(status(&url, &["-k", "--resolve", &resolve]), 200);
+}
+
 #[test]
 fn sni_host_mismatch_is_421() {
     let (_d, f, up, g) = setup(&["--allow-any-trusted"]);

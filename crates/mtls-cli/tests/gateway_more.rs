@@ -872,6 +872,8 @@ fn tunnel_reaches_an_ipv6_target_in_brackets() {
         std::thread::sleep(Duration::from_millis(100));
         let o = Command::new("curl")
             .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-m", "5"])
+            // The host the gateway serves (its certificate's address), not the tunnel's.
+            .args(["-H", "Host: [::1]"])
             .arg(format!("http://127.0.0.1:{local}/over-ipv6"))
             .output()
             .unwrap();

@@ -246,6 +246,12 @@ pub struct ListenerConfig {
     pub policy: Policy,
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteConfig>,
+    /// HTTP mode: host names (or addresses) requests may name besides those of the served
+    /// certificates. By default a request whose Host (or authority) no served certificate
+    /// names is refused `421`: a client connecting by address, or with a TLS name of its
+    /// choosing, cannot reach another virtual host of a shared upstream through this listener.
+    #[serde(default)]
+    pub extra_hosts: Vec<String>,
     /// `exact` (default) or `case-insensitive`: how route prefixes match request paths (see
     /// [`RouteMatch`]).
     #[serde(default)]

@@ -390,6 +390,17 @@ pub async fn handle(
                 );
             }
         }
+        // The TLS name is the client's choice (any is answered with the default certificate),
+        // and connecting by address sends none: the host must be one this listener serves.
+        if let Some(host) = host.filter(|h| !state.serves_host(h)) {
+            refusal = Some("misdirected_request");
+            detail = Some(format!("host {host:?} is not served here"));
+            break 'resp json_error(
+                StatusCode::MISDIRECTED_REQUEST,
+                "MISDIRECTED_REQUEST",
+                "the requested host is not served by this listener",
+            );
+        }
         let (peer, headers) = match &identity {
             Ok(ok) => ok.clone(),
             Err(r) => {

@@ -127,6 +127,8 @@ pub struct ListenerState {
     pub route_match: RouteMatch,
     pub upstream: Upstream,
     pub proxy_protocol: bool,
+    /// `extra_hosts`, lower case.
+    extra_hosts: Vec<String>,
 }
 
 impl ListenerState {
@@ -176,7 +178,22 @@ impl ListenerState {
             route_match: cfg.route_match,
             upstream: Upstream::load(cfg, upstream_timeout, previous.map(|p| &p.upstream))?,
             proxy_protocol: cfg.proxy_protocol,
+            extra_hosts: cfg
+                .extra_hosts
+                .iter()
+                .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+                .collect(),
         })
+    }
+
+    /// Whether requests may name `host` (without port or brackets, final dot removed): a
+    /// served certificate names it, or `extra_hosts` does.
+    pub fn serves_host(&self, host: &str) -> bool {
+        self.server.certificates.covers(host)
+            || self
+                .extra_hosts
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(host))
     }
 
     /// Whether per-path policies apply on this listener (then only canonical paths are served:

@@ -235,6 +235,29 @@ impl SniResolver {
     pub fn served(&self) -> &[Arc<Served>] {
         &self.served
     }
+
+    /// Whether one of the served certificates names `host` (a request's host without port
+    /// or brackets, any case): a DNS name, a `*.` wildcard one label deep, an IP address.
+    pub fn covers(&self, host: &str) -> bool {
+        // (Hosts come lower case nearly always: no allocation then.)
+        let lower;
+        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = host.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            host
+        };
+        if self.by_name.contains_key(host) {
+            return true;
+        }
+        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+            // The certificate's form (`::1`, not `0:0:0:0:0:0:0:1`).
+            return self.by_name.contains_key(&ip.to_string());
+        }
+        host.split_once('.').is_some_and(|(label, rest)| {
+            !label.is_empty() && self.by_name.contains_key(&format!("*.{rest}"))
+        })
+    }
 }
 
 impl ResolvesServerCert for SniResolver {
