@@ -1994,6 +1994,45 @@ fn requests_in_flight_upstream_are_bounded() {
     assert_eq!(r.status, 504, "{} {}", r.body, r.stderr);
 }
 
+/// Transfer codings other than `chunked`, which hyper does not undo, are not passed on as if
+/// their bytes were the body: a request using one is `501`, an upstream answer using one
+/// `502`; plain chunked still flows both ways.
+#[test]
+fn transfer_codings_other_than_chunked_are_refused_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let c = f.client("coder");
+    let upstream = raw_upstream(2, |mut s| {
+        let _ = s.write_all(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        );
+    });
+    let g = start_with(dir.path(), &one_listener(free_port(), upstream, "", ""));
+    let r = curl(&g, &f, Some(&c), "/coded", &[]);
+    assert_eq!(r.status, 502, "{} {}", r.body, r.stderr);
+    assert!(r.body.contains("transfer coding"), "{}", r.body);
+
+    let up = Upstream::start();
+    let g = start_with(dir.path(), &one_listener(free_port(), up.addr, "", ""));
+    let out = common::gw::s_client(
+        &g,
+        &f,
+        Some(&c),
+        &[],
+        &[b"POST /up HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n"],
+    );
+    assert!(out.contains("HTTP/1.1 501"), "{out}");
+    assert_eq!(up.count(), 0, "nothing reached the upstream");
+    let r = curl(
+        &g,
+        &f,
+        Some(&c),
+        "/up",
+        &["-H", "Transfer-Encoding: chunked", "--data-binary", "hello"],
+    );
+    assert_eq!(r.status, 200, "{} {}", r.body, r.stderr);
+}
+
 /// Python: sends `POST /upload` announcing 100 bytes of body and only the first, then waits
 /// (at most 20 s) for the answer; prints its status code and how long it took.
 const STALLED_UPLOAD: &str = r#"

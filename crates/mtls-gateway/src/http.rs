@@ -322,6 +322,22 @@ fn is_upgrade(req: &Request<RequestBody>) -> bool {
             })
 }
 
+/// Whether the message's `Transfer-Encoding` (if any) names `chunked` and nothing else, the
+/// only coding hyper undoes.
+fn only_chunked(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter()
+        .all(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .all(|t| t.eq_ignore_ascii_case("chunked"))
+            })
+        })
+}
+
 /// Joins the `cookie` fields of an HTTP/2 request into one with "; " (RFC 9113 8.2.3): h2
 /// clients send each cookie as a field of its own, and an HTTP/1.1 upstream takes several
 /// `Cookie` lines as a malformed request (RFC 6265 5.4) or reads only one of them.
@@ -408,6 +424,16 @@ pub async fn handle(
                 break 'resp boxed(ApiError::from_rejection(r));
             }
         };
+        if !only_chunked(req.headers()) {
+            // hyper undoes `chunked` only: the other codings' bytes would reach the upstream
+            // as if they were the body itself (RFC 9112 6.1 allows refusing them).
+            refusal = Some("transfer_coding");
+            break 'resp json_error(
+                StatusCode::NOT_IMPLEMENTED,
+                "NOT_IMPLEMENTED",
+                "transfer codings other than chunked are not supported",
+            );
+        }
         if state.has_routes() && !state.can_route(&path) {
             refusal = Some("invalid_path");
             break 'resp json_error(
@@ -634,6 +660,16 @@ pub async fn handle(
             // The tunnel holds the slot and watches for reloads.
             (None, Watch::Off)
         } else {
+            if !only_chunked(resp.headers()) {
+                // Its body is still gzip (or another coding) once hyper undid `chunked`:
+                // forwarded without the header, the client would take it for the body.
+                break 'resp failed(
+                    StatusCode::BAD_GATEWAY,
+                    "BAD_GATEWAY",
+                    "the upstream answered with a transfer coding the gateway does not forward",
+                    &"a transfer coding other than chunked",
+                );
+            }
             // Framed both ways: hyper decoded it as chunked (RFC 9112 6.3), so the length is
             // not the body's; forwarded, it would cut the body short.
             if resp.headers().contains_key(http::header::TRANSFER_ENCODING) {
