@@ -75,10 +75,14 @@ pub struct RevokeArgs {
     /// Serial number (hex, as `mtls list` or `openssl x509 -serial` print it).
     #[arg(required_unless_present = "cert", conflicts_with = "cert")]
     serial: Option<String>,
-    /// Revoke the certificate in this file instead.
+    /// Revoke the certificate in this file instead (it must be the one this CA issued with
+    /// its serial).
     #[arg(long)]
     cert: Option<PathBuf>,
-    /// Reason: keyCompromise, superseded, cessationOfOperation, affiliationChanged, …
+    /// Reason: keyCompromise, superseded, cessationOfOperation, affiliationChanged, … Every
+    /// reason but superseded (none given included) also revokes the holder's other unexpired
+    /// certificates of the renewal lineage (keyCompromise: those with the same key, and
+    /// everything renewed from them); superseded revokes this one alone.
     #[arg(long, value_parser = crate::util::reason_arg)]
     reason: Option<RevocationReason>,
     #[command(flatten)]
@@ -86,28 +90,52 @@ pub struct RevokeArgs {
 }
 
 pub fn revoke(pki: &Path, a: RevokeArgs) -> Result<ExitCode> {
-    let serial: Serial = match (&a.serial, &a.cert) {
-        (Some(s), _) => s
-            .parse()
-            .map_err(|e: mtls_pki::Error| UsageError(e.to_string()))?,
+    // With --cert, the certificate itself (its fingerprint), not only its serial: a serial is
+    // easy to copy into a certificate of one's own making.
+    let (serial, fingerprint): (Serial, Option<String>) = match (&a.serial, &a.cert) {
+        (Some(s), _) => (
+            s.parse()
+                .map_err(|e: mtls_pki::Error| UsageError(e.to_string()))?,
+            None,
+        ),
         (None, Some(path)) => {
             let certs = pem_io::certificates(&files::read_public(path)?)
                 .with_context(|| format!("reading {}", path.display()))?;
             let first = certs
                 .first()
                 .ok_or_else(|| UsageError("no certificate in the file".into()))?;
-            Serial::from_be_bytes(pem_io::parse_certificate(first)?.raw_serial())
+            (
+                Serial::from_be_bytes(pem_io::parse_certificate(first)?.raw_serial()),
+                Some(mtls_pki::inspect::sha256_hex(first)),
+            )
         }
         (None, None) => return Err(UsageError("give a SERIAL or --cert FILE".into()).into()),
     };
     let reason = a.reason;
     let dir = PkiDir::new(pki);
     let mut inventory = dir.open_inventory()?;
+    if let (Some(fp), Some(path)) = (&fingerprint, &a.cert) {
+        if let Some(record) = inventory.get(&serial, now())? {
+            if &record.fingerprint != fp {
+                return Err(UsageError(format!(
+                    "{} is not the certificate this CA issued with serial {serial} ({}):                      another CA's, or one made to carry its serial; nothing revoked (revoke                      by serial if that certificate is the one meant)",
+                    path.display(),
+                    record.subject
+                ))
+                .into());
+            }
+        }
+    }
     let rev = inventory.revoke(&serial, reason, "cli", now())?;
+    let why = if reason == Some(RevocationReason::KeyCompromise) {
+        "same renewal lineage as the compromised key"
+    } else {
+        "the holder's other certificate in its renewal lineage (`--reason superseded` revokes one alone)"
+    };
     let renewals: String = rev
         .also_revoked
         .iter()
-        .map(|s| format!("Revoked {s} too: same renewal lineage as the compromised key\n"))
+        .map(|s| format!("Revoked {s} too: {why}\n"))
         .collect();
     out(&format!(
         "Revoked {} ({}){}\n{renewals}Run `mtls crl` to publish a new CRL.\n",

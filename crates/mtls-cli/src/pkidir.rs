@@ -212,6 +212,9 @@ impl Inventory {
     pub fn list(&self, filter: &ListFilter, at: OffsetDateTime) -> Result<Vec<CertificateRecord>> {
         Ok(self.rt.block_on(self.store.list(filter, at))?)
     }
+    pub fn get(&self, serial: &Serial, at: OffsetDateTime) -> Result<Option<CertificateRecord>> {
+        Ok(self.rt.block_on(self.store.get(serial, at))?)
+    }
     pub fn revoke(
         &mut self,
         serial: &Serial,

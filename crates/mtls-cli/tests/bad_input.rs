@@ -568,6 +568,55 @@ fn unknown_serial_cannot_be_revoked() {
     .fails(2, "revocation reason");
 }
 
+/// `mtls revoke --cert FILE` revokes the certificate in the file, not whatever this CA issued
+/// under its serial: a certificate made to carry another's serial (OpenSSL `-set_serial`) is
+/// refused with nothing revoked.
+#[test]
+fn revoking_by_file_needs_the_certificate_itself() {
+    let e = initialised();
+    e.mtls(&["issue", "client", "alice"]).ok();
+    let serial = e
+        .openssl(&[
+            "x509",
+            "-in",
+            &e.p("pki/issued/alice.crt"),
+            "-noout",
+            "-serial",
+        ])
+        .stdout;
+    let serial = serial.trim().trim_start_matches("serial=").to_string();
+    let forged = e.p("forged.pem");
+    let key = e.p("forged.key");
+    e.openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &key,
+        "-subj",
+        "/CN=stolen-laptop",
+        "-set_serial",
+        &format!("0x{serial}"),
+        "-days",
+        "1",
+        "-out",
+        &forged,
+    ])
+    .ok();
+    let before = e.tree();
+    e.mtls(&["revoke", "--cert", &forged, "--reason", "keyCompromise"])
+        .fails(2, "is not the certificate this CA issued");
+    assert_eq!(e.tree(), before);
+    let listed = e.mtls(&["list"]).ok().stdout;
+    assert!(listed.contains("valid"), "{listed}");
+    e.mtls(&["revoke", "--cert", &e.p("pki/issued/alice.crt")])
+        .ok();
+}
+
 #[test]
 fn existing_outputs_are_not_overwritten_without_force() {
     let e = initialised();

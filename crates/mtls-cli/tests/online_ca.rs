@@ -1317,9 +1317,11 @@ fn renewal_keeps_subject_and_lifetime_and_respects_revoked_renewals() {
         "90000",
     ])
     .fails(1, "will expire");
-    // The renewal is withdrawn; the first certificate (still valid) cannot renew again.
+    // The renewal alone is revoked (superseded: a reason that distrusts the holder would
+    // revoke the first certificate too); the first certificate (still valid) cannot renew
+    // again.
     let renewed = ca::serial_of(&env, &cert);
-    env.mtls(&["revoke", &renewed, "--reason", "privilegeWithdrawn"])
+    env.mtls(&["revoke", &renewed, "--reason", "superseded"])
         .ok();
     std::fs::copy(env.path("alice-first.crt"), &cert).unwrap();
     let signed = ca_counter(&server, "mtls_ca_signed");

@@ -403,11 +403,16 @@ pub struct Revocation {
     /// The certificate revoked, as it is now.
     #[serde(flatten)]
     pub record: CertificateRecord,
-    /// Serials revoked with it. A revocation for `keyCompromise` reaches the certificates it
-    /// renews that carry the same key (a renewal without `--rotate-key`), up to the first
-    /// with another key, and every certificate renewed from any of them, directly or through
-    /// other renewals: a renewal with a new key was still asked for with the compromised one.
-    /// Other reasons (a superseded certificate) revoke only the certificate named.
+    /// Serials revoked with it, from its renewal lineage (see [`LineageScope`]). A revocation
+    /// for `keyCompromise` reaches the certificates it renews that carry the same key (a
+    /// renewal without `--rotate-key`), up to the first with another key, and every
+    /// certificate renewed from any of them, directly or through other renewals: a renewal
+    /// with a new key was still asked for with the compromised one. Any other reason but
+    /// `superseded` (none given included) says the holder is no longer to be trusted: every
+    /// unexpired certificate of the lineage goes, whatever its key, so that revoking the
+    /// latest certificate does not leave its predecessor (valid for a third of its life
+    /// after a renewal) in the holder's hands. `superseded` revokes only the certificate
+    /// named.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub also_revoked: Vec<String>,
 }
@@ -475,6 +480,39 @@ pub(crate) const RECENT_RENEWALS_SQL: &str =
 pub(crate) const RENEWAL_SLOT_SQL: &str = "SELECT issued_at FROM certificates
      WHERE renews = {serial} AND issued_at > {since}
      ORDER BY issued_at DESC LIMIT 1 OFFSET {nth}";
+
+/// Which other certificates of its renewal lineage a revocation reaches (see
+/// [`Revocation::also_revoked`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LineageScope {
+    /// `keyCompromise`: the same-key ancestors (expired or not), up to the first with another
+    /// key, and everything renewed from the first of them.
+    SameKey,
+    /// The holder is no longer trusted: every unexpired certificate of the lineage, up
+    /// (whatever its key) and down.
+    Holder,
+}
+
+impl LineageScope {
+    /// The scope of a revocation for `reason`; `None`: the certificate alone (`superseded`).
+    pub(crate) fn of(reason: Option<RevocationReason>) -> Option<Self> {
+        match reason {
+            Some(RevocationReason::KeyCompromise) => Some(LineageScope::SameKey),
+            Some(RevocationReason::Superseded) => None,
+            _ => Some(LineageScope::Holder),
+        }
+    }
+
+    /// Whether the walk up the lineage stops at a certificate with another key.
+    pub(crate) fn stops_at_other_keys(self) -> bool {
+        self == LineageScope::SameKey
+    }
+
+    /// Whether a certificate of the lineage ending at `not_after` (Unix seconds) goes too.
+    pub(crate) fn reaches(self, not_after: i64, now: OffsetDateTime) -> bool {
+        self == LineageScope::SameKey || not_after >= now.unix_timestamp()
+    }
+}
 
 /// The audit detail of a certificate revoked with `root` because of their renewal lineage.
 pub(crate) fn lineage_revocation_detail(reason: Option<&str>, root: &str) -> String {

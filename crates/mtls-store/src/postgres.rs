@@ -769,10 +769,11 @@ async fn revoke(
     let reason_s = reason.map(|r| r.to_string());
     let detail = reason_s.clone().unwrap_or_default();
     mark_revoked(c, &s, reason_s.as_deref(), actor, &detail, now).await?;
-    let also_revoked = if reason == Some(RevocationReason::KeyCompromise) {
-        revoke_lineage(c, &s, &current.pem, reason_s.as_deref(), actor, now).await?
-    } else {
-        Vec::new()
+    let also_revoked = match crate::LineageScope::of(reason) {
+        Some(scope) => {
+            revoke_lineage(c, &s, &current.pem, scope, reason_s.as_deref(), actor, now).await?
+        }
+        None => Vec::new(),
     };
     let mut rec = current;
     rec.revoked_at = Some(now);
@@ -844,10 +845,12 @@ async fn mark_revoked(
 /// row is locked FOR UPDATE before it is read: a renewal of it in flight on another instance
 /// (which holds it FOR SHARE) commits first and is found, or waits and is then refused as the
 /// renewal of a revoked certificate.
+#[allow(clippy::too_many_arguments)]
 async fn revoke_lineage(
     c: &Conn,
     serial: &str,
     pem: &str,
+    scope: crate::LineageScope,
     reason: Option<&str>,
     actor: &str,
     now: OffsetDateTime,
@@ -855,14 +858,14 @@ async fn revoke_lineage(
     let corrupt = |e: tokio_postgres::Error| OpError::Refused(Error::Corrupt(e.to_string()));
     let detail = crate::lineage_revocation_detail(reason, serial);
     let mut revoked = Vec::new();
-    // Up: the certificates it renews with the same key.
+    // Up: the certificates it renews (with the same key, for a key compromise).
     let key = crate::spki_of(pem);
     let mut top = serial.to_string();
     for _ in 0..crate::MAX_RENEWAL_LINEAGE {
         let rows = q(
             c,
             "find the renewed certificate",
-            "SELECT p.serial, p.pem, p.revoked_at FROM certificates c
+            "SELECT p.serial, p.pem, p.revoked_at, p.not_after FROM certificates c
              JOIN certificates p ON p.serial = c.renews WHERE c.serial = $1 FOR UPDATE OF p",
             &[&top],
         )
@@ -873,10 +876,11 @@ async fn revoke_lineage(
         let parent: String = row.try_get(0).map_err(corrupt)?;
         let parent_pem: String = row.try_get(1).map_err(corrupt)?;
         let revoked_at: Option<i64> = row.try_get(2).map_err(corrupt)?;
-        if key.is_none() || crate::spki_of(&parent_pem) != key {
+        let not_after: i64 = row.try_get(3).map_err(corrupt)?;
+        if scope.stops_at_other_keys() && (key.is_none() || crate::spki_of(&parent_pem) != key) {
             break;
         }
-        if revoked_at.is_none() {
+        if revoked_at.is_none() && scope.reaches(not_after, now) {
             mark_revoked(c, &parent, reason, actor, &detail, now).await?;
             revoked.push(parent.clone());
         }
@@ -892,14 +896,15 @@ async fn revoke_lineage(
         let rows = q(
             c,
             "find renewals",
-            "SELECT serial, revoked_at FROM certificates WHERE renews = $1 FOR UPDATE",
+            "SELECT serial, revoked_at, not_after FROM certificates WHERE renews = $1 FOR UPDATE",
             &[&parent],
         )
         .await?;
         for row in rows {
             let child: String = row.try_get(0).map_err(corrupt)?;
             let revoked_at: Option<i64> = row.try_get(1).map_err(corrupt)?;
-            if revoked_at.is_none() {
+            let not_after: i64 = row.try_get(2).map_err(corrupt)?;
+            if revoked_at.is_none() && scope.reaches(not_after, now) {
                 mark_revoked(c, &child, reason, actor, &detail, now).await?;
                 revoked.push(child.clone());
             }

@@ -591,10 +591,17 @@ fn revoke(
     let detail = reason_s.clone().unwrap_or_default();
     mark_revoked(conn, &s, reason_s.as_deref(), actor, &detail, now)?;
     let record = get(conn, serial, now)?.ok_or(Error::UnknownSerial(s.clone()))?;
-    let also_revoked = if reason == Some(RevocationReason::KeyCompromise) {
-        revoke_lineage(conn, &s, &record.pem, reason_s.as_deref(), actor, now)?
-    } else {
-        Vec::new()
+    let also_revoked = match crate::LineageScope::of(reason) {
+        Some(scope) => revoke_lineage(
+            conn,
+            &s,
+            &record.pem,
+            scope,
+            reason_s.as_deref(),
+            actor,
+            now,
+        )?,
+        None => Vec::new(),
     };
     Ok(Revocation {
         record,
@@ -603,37 +610,41 @@ fn revoke(
 }
 
 /// See [`crate::Revocation::also_revoked`]: `serial` is revoked already.
+#[allow(clippy::too_many_arguments)]
 fn revoke_lineage(
     conn: &Connection,
     serial: &str,
     pem: &str,
+    scope: crate::LineageScope,
     reason: Option<&str>,
     actor: &str,
     now: OffsetDateTime,
 ) -> Result<Vec<String>> {
     let detail = crate::lineage_revocation_detail(reason, serial);
     let mut revoked = Vec::new();
-    // Up: the certificates it renews with the same key.
+    // Up: the certificates it renews (with the same key, for a key compromise).
     let key = crate::spki_of(pem);
     let mut top = serial.to_string();
     for _ in 0..crate::MAX_RENEWAL_LINEAGE {
-        let parent: Option<(String, String, Option<i64>)> = conn
+        let parent: Option<(String, String, Option<i64>, i64)> = conn
             .prepare_cached(
-                "SELECT p.serial, p.pem, p.revoked_at FROM certificates c
+                "SELECT p.serial, p.pem, p.revoked_at, p.not_after FROM certificates c
                  JOIN certificates p ON p.serial = c.renews WHERE c.serial = ?1",
             )
             .and_then(|mut st| {
-                st.query_row(params![top], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                    .optional()
+                st.query_row(params![top], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })
+                .optional()
             })
             .map_err(db("find the renewed certificate"))?;
-        let Some((parent, parent_pem, revoked_at)) = parent else {
+        let Some((parent, parent_pem, revoked_at, not_after)) = parent else {
             break;
         };
-        if key.is_none() || crate::spki_of(&parent_pem) != key {
+        if scope.stops_at_other_keys() && (key.is_none() || crate::spki_of(&parent_pem) != key) {
             break;
         }
-        if revoked_at.is_none() {
+        if revoked_at.is_none() && scope.reaches(not_after, now) {
             mark_revoked(conn, &parent, reason, actor, &detail, now)?;
             revoked.push(parent.clone());
         }
@@ -646,15 +657,17 @@ fn revoke_lineage(
     let mut seen = std::collections::HashSet::from([top.clone()]);
     let mut frontier = vec![top];
     while let Some(parent) = frontier.pop() {
-        let children: Vec<(String, Option<i64>)> = conn
-            .prepare_cached("SELECT serial, revoked_at FROM certificates WHERE renews = ?1")
+        let children: Vec<(String, Option<i64>, i64)> = conn
+            .prepare_cached(
+                "SELECT serial, revoked_at, not_after FROM certificates WHERE renews = ?1",
+            )
             .and_then(|mut st| {
-                st.query_map(params![parent], |r| Ok((r.get(0)?, r.get(1)?)))?
+                st.query_map(params![parent], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                     .collect()
             })
             .map_err(db("find renewals"))?;
-        for (child, revoked_at) in children {
-            if revoked_at.is_none() {
+        for (child, revoked_at, not_after) in children {
+            if revoked_at.is_none() && scope.reaches(not_after, now) {
                 mark_revoked(conn, &child, reason, actor, &detail, now)?;
                 revoked.push(child.clone());
             }

@@ -478,8 +478,8 @@ async fn renewals_in_one_batch_are_counted_one_by_one_on_postgres() {
 
 /// A key-compromise revocation reaches every certificate renewed from the compromised one
 /// (a chain a → b → c, and a second renewal of a), each with a feed sequence number and an
-/// audit entry, but not an unrelated certificate or one already revoked; any other reason
-/// revokes only the certificate named.
+/// audit entry, but not an unrelated certificate or one already revoked; `superseded` revokes
+/// only the certificate named.
 async fn key_compromise_reaches_renewals(location: Location) {
     let store = Store::open(&location).await.unwrap();
     let now = OffsetDateTime::UNIX_EPOCH + time::Duration::days(1);
@@ -574,6 +574,114 @@ async fn key_compromise_reaches_renewals(location: Location) {
         "{}",
         c_audit.detail
     );
+}
+
+/// Any reason but `superseded` and `keyCompromise` (none given included) distrusts the holder:
+/// every unexpired certificate of the lineage goes, up and down, whatever its key, so that
+/// offboarding through the latest serial does not leave its predecessor (valid for a third
+/// of its life after a renewal) working, and revoking an older one leaves no renewal of it
+/// renewable; an expired ancestor is left as it is (nothing to add to the CRL).
+async fn revoking_for_the_holder_reaches_the_unexpired_lineage(location: Location) {
+    let store = Store::open(&location).await.unwrap();
+    let now = OffsetDateTime::UNIX_EPOCH + time::Duration::days(1);
+    let renew = |c: &CertificateToRecord| IssueKind::Renewal {
+        previous: c.serial.clone(),
+        limit: LIMIT,
+    };
+    let record = |c: &CertificateToRecord, kind| {
+        let store = store.clone();
+        let c = c.clone();
+        async move { store.record_issued(c, kind, "test", now).await.unwrap() }
+    };
+    let status = |s: &CertificateToRecord| {
+        let store = store.clone();
+        let serial = s.serial.clone();
+        async move { store.get(&serial, now).await.unwrap().unwrap().status }
+    };
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    let mut old = cert("CN=h");
+    old.not_after = OffsetDateTime::UNIX_EPOCH + time::Duration::hours(12);
+    let (a, b, c, a2, other) = (
+        cert("CN=h"),
+        cert("CN=h"),
+        cert("CN=h"),
+        cert("CN=h"),
+        cert("CN=o"),
+    );
+    record(&old, IssueKind::Direct).await;
+    record(&a, renew(&old)).await;
+    record(&b, renew(&a)).await;
+    record(&c, renew(&b)).await;
+    record(&a2, renew(&a)).await;
+    record(&other, IssueKind::Direct).await;
+    let r = store
+        .revoke(
+            &b.serial,
+            None,
+            Some(RevocationReason::PrivilegeWithdrawn),
+            "admin",
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        sorted(r.also_revoked.clone()),
+        sorted([&a, &c, &a2].iter().map(|x| x.serial.to_string()).collect())
+    );
+    assert_eq!(status(&old).await, Status::Expired, "expired: left alone");
+    assert_eq!(status(&other).await, Status::Valid);
+
+    // No reason given: an older certificate revoked takes its renewals with it.
+    let (x, y) = (cert("CN=x"), cert("CN=x"));
+    record(&x, IssueKind::Direct).await;
+    record(&y, renew(&x)).await;
+    let r = store
+        .revoke(&x.serial, None, None, "admin", now)
+        .await
+        .unwrap();
+    assert_eq!(r.also_revoked, vec![y.serial.to_string()]);
+    let e = store
+        .record_issued(cert("CN=x"), renew(&y), "test", now)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::NotRenewable(_)), "{e}");
+
+    // `superseded`: that certificate alone.
+    let (z, w) = (cert("CN=z"), cert("CN=z"));
+    record(&z, IssueKind::Direct).await;
+    record(&w, renew(&z)).await;
+    let r = store
+        .revoke(
+            &z.serial,
+            None,
+            Some(RevocationReason::Superseded),
+            "admin",
+            now,
+        )
+        .await
+        .unwrap();
+    assert!(r.also_revoked.is_empty());
+    assert_eq!(status(&w).await, Status::Valid);
+}
+
+#[tokio::test]
+async fn revoking_for_the_holder_reaches_the_unexpired_lineage_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    revoking_for_the_holder_reaches_the_unexpired_lineage(Location::Sqlite(
+        dir.path().join("inv.db"),
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn revoking_for_the_holder_reaches_the_unexpired_lineage_on_postgres() {
+    revoking_for_the_holder_reaches_the_unexpired_lineage(Location::Postgres(
+        mtls_test_util::fresh_postgres_database(),
+    ))
+    .await;
 }
 
 /// A record of a real certificate for `key` (the lineage walk compares keys).
@@ -706,9 +814,16 @@ async fn counts_leave_out_superseded_certificates(location: Location) {
             .await
             .unwrap();
     }
-    // c's renewal is revoked: c is still the one in use, and runs out.
+    // c's renewal alone is revoked (superseded: any other reason would take c too): c is
+    // still the one in use, and runs out.
     store
-        .revoke(&d.serial, None, None, "test", now)
+        .revoke(
+            &d.serial,
+            None,
+            Some(RevocationReason::Superseded),
+            "test",
+            now,
+        )
         .await
         .unwrap();
     let counts = store
@@ -1247,11 +1362,14 @@ async fn no_renewal_from_before_a_revoked_renewal(location: Location) {
             .await
             .unwrap();
     }
+    // Superseded: c alone is revoked (any other reason revokes the lineage: see
+    // `revoking_for_the_holder_reaches_the_unexpired_lineage`), yet a and b may not be
+    // renewed again.
     store
         .revoke(
             &c.serial,
             None,
-            Some(RevocationReason::PrivilegeWithdrawn),
+            Some(RevocationReason::Superseded),
             "admin",
             now,
         )
