@@ -34,9 +34,7 @@ fn input_error(e: impl std::fmt::Display) -> anyhow::Error {
 
 pub fn inspect(a: InspectArgs) -> Result<ExitCode> {
     // Often a key file: wiped when dropped.
-    let bytes = zeroize::Zeroizing::new(
-        std::fs::read(&a.file).map_err(|e| input_error(format!("{}: {e}", a.file.display())))?,
-    );
+    let bytes = files::read_input(&a.file).map_err(input_error)?;
     let source = Source {
         file: a.passphrase_file.as_deref(),
         env: "MTLS_PASSPHRASE",
@@ -159,13 +157,11 @@ fn check_ocsp(
 }
 
 /// A certificate or CRL file, wiped when dropped (a combined file holds the key as well).
-fn read_input(p: &PathBuf) -> Result<zeroize::Zeroizing<Vec<u8>>> {
-    std::fs::read(p)
-        .map(zeroize::Zeroizing::new)
-        .map_err(|e| input_error(format!("{}: {e}", p.display())))
+fn read_input(p: &std::path::Path) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+    files::read_input(p).map_err(input_error)
 }
 
-fn certs_from(p: &PathBuf) -> Result<Vec<CertificateDer<'static>>> {
+fn certs_from(p: &std::path::Path) -> Result<Vec<CertificateDer<'static>>> {
     pem_io::certificates(&read_input(p)?).map_err(|e| input_error(format!("{}: {e}", p.display())))
 }
 

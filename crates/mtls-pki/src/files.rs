@@ -420,7 +420,32 @@ pub fn read_secret(path: &Path) -> Result<Zeroizing<Vec<u8>>> {
             mode,
         });
     }
-    read_to_end_wiped(&mut file, usize::try_from(meta.len()).unwrap_or(0)).map_err(io_err(path))
+    read_to_end_wiped(
+        &mut file,
+        usize::try_from(meta.len()).unwrap_or(0),
+        MAX_SECRET_BYTES,
+    )
+    .map_err(io_err(path))
+}
+
+/// Largest file read as a secret (a key, a key with its chain, a passphrase, a PKCS#12).
+pub const MAX_SECRET_BYTES: usize = 16 << 20;
+/// Largest input file read otherwise (a CRL of some ten million entries): past it the read
+/// stops with an error rather than filling memory (`/dev/zero`, a log given by mistake).
+pub const MAX_INPUT_BYTES: usize = 512 << 20;
+
+/// Reads an input file that may hold a private key but is not required to be private (what
+/// `mtls inspect` and `mtls verify` are given): wiped when dropped, at most
+/// [`MAX_INPUT_BYTES`].
+pub fn read_input(path: &Path) -> Result<Zeroizing<Vec<u8>>> {
+    let mut file = fs::File::open(path).map_err(io_err(path))?;
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    read_to_end_wiped(
+        &mut file,
+        usize::try_from(size).unwrap_or(0),
+        MAX_INPUT_BYTES,
+    )
+    .map_err(io_err(path))
 }
 
 /// Reads `reader` to its end into a buffer that is wiped when dropped and never leaves an
@@ -429,13 +454,18 @@ pub fn read_secret(path: &Path) -> Result<Zeroizing<Vec<u8>>> {
 /// is larger than its size said (it grew, or it is a pipe or `/proc` file of size 0) or larger
 /// than the 1 MiB first allocation. Here a larger buffer is allocated, the bytes copied and the
 /// old buffer wiped. `size_hint` (the file's size) sizes the first allocation, up to 1 MiB.
+/// More than `limit` bytes is an error.
 fn read_to_end_wiped(
     reader: &mut impl Read,
     size_hint: usize,
+    limit: usize,
 ) -> std::io::Result<Zeroizing<Vec<u8>>> {
     // One byte more than the expected size, so that reading the end needs no reallocation.
     let mut out = Zeroizing::new(Vec::with_capacity((size_hint.min(1 << 20) + 1).max(256)));
     loop {
+        if out.len() > limit {
+            return Err(too_large(limit));
+        }
         if out.len() == out.capacity() {
             let mut larger = Zeroizing::new(Vec::with_capacity(out.capacity() * 2));
             larger.extend_from_slice(&out);
@@ -471,14 +501,47 @@ pub fn read_passphrase_file(path: &Path) -> Result<Zeroizing<Vec<u8>>> {
     Ok(v)
 }
 
-/// Reads a public file (certificate, CSR, CRL).
+/// Reads a public file (certificate, CSR, CRL), at most [`MAX_INPUT_BYTES`].
 pub fn read_public(path: &Path) -> Result<Vec<u8>> {
-    fs::read(path).map_err(io_err(path))
+    let file = fs::File::open(path).map_err(io_err(path))?;
+    let mut out = Vec::new();
+    file.take(MAX_INPUT_BYTES as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(io_err(path))?;
+    if out.len() > MAX_INPUT_BYTES {
+        return Err(io_err(path)(too_large(MAX_INPUT_BYTES)));
+    }
+    Ok(out)
+}
+
+fn too_large(limit: usize) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!(
+            "larger than {} MiB: not a certificate, key, CSR or CRL file",
+            limit >> 20
+        ),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An endless input (`/dev/zero`) stops with an error at the limit instead of filling
+    /// memory; one within it is read whole.
+    #[test]
+    fn reads_stop_at_their_limit() {
+        let e = read_to_end_wiped(&mut std::io::repeat(0), 0, 1 << 20).unwrap_err();
+        assert!(e.to_string().contains("larger than 1 MiB"), "{e}");
+        let data = vec![7u8; 3 << 20];
+        assert_eq!(
+            read_to_end_wiped(&mut data.as_slice(), 0, 4 << 20)
+                .unwrap()
+                .len(),
+            3 << 20
+        );
+    }
 
     #[test]
     fn passphrase_files_lose_one_line_ending_and_must_be_private() {
@@ -557,7 +620,8 @@ mod tests {
                 data: &data,
                 interrupt: false,
             };
-            let read: Zeroizing<Vec<u8>> = read_to_end_wiped(&mut reader, hint).unwrap();
+            let read: Zeroizing<Vec<u8>> =
+                read_to_end_wiped(&mut reader, hint, usize::MAX).unwrap();
             assert_eq!(&read[..], &data[..], "size hint {hint}");
         }
         let dir = tempfile::tempdir().unwrap();

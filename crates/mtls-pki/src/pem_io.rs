@@ -171,16 +171,26 @@ pub fn encode(label: &str, der: &[u8]) -> String {
     out
 }
 
+/// The DER of the blocks whose label `keep` accepts; the others are wiped (a combined file
+/// holds the private key beside the certificates), without copying the kept ones.
+fn wanted(blocks: Vec<Block>, keep: impl Fn(&str) -> bool) -> impl Iterator<Item = Vec<u8>> {
+    blocks.into_iter().filter_map(move |mut b| {
+        if keep(&b.label) {
+            Some(std::mem::take(&mut b.der))
+        } else {
+            b.zeroize();
+            None
+        }
+    })
+}
+
 /// All certificates in the input (PEM `CERTIFICATE` blocks, or one DER certificate).
 pub fn certificates(input: &[u8]) -> Result<Vec<CertificateDer<'static>>> {
-    let blocks = decode(input)?;
-    let certs: Vec<_> = blocks
-        .into_iter()
-        .filter(|b| {
-            b.label.is_empty() || b.label == "CERTIFICATE" || b.label == "TRUSTED CERTIFICATE"
-        })
-        .map(|b| CertificateDer::from(b.der))
-        .collect();
+    let certs: Vec<_> = wanted(decode(input)?, |label| {
+        label.is_empty() || label == "CERTIFICATE" || label == "TRUSTED CERTIFICATE"
+    })
+    .map(CertificateDer::from)
+    .collect();
     if certs.is_empty() {
         return Err(Error::NotFound {
             what: "certificate",
@@ -194,12 +204,11 @@ pub fn certificates(input: &[u8]) -> Result<Vec<CertificateDer<'static>>> {
 
 /// All CRLs in the input (PEM `X509 CRL` blocks, or one DER CRL).
 pub fn crls(input: &[u8]) -> Result<Vec<CertificateRevocationListDer<'static>>> {
-    let blocks = decode(input)?;
-    let crls: Vec<_> = blocks
-        .into_iter()
-        .filter(|b| b.label.is_empty() || b.label == "X509 CRL")
-        .map(|b| CertificateRevocationListDer::from(b.der))
-        .collect();
+    let crls: Vec<_> = wanted(decode(input)?, |label| {
+        label.is_empty() || label == "X509 CRL"
+    })
+    .map(CertificateRevocationListDer::from)
+    .collect();
     if crls.is_empty() {
         return Err(Error::NotFound { what: "CRL" });
     }
