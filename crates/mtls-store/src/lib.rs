@@ -403,7 +403,7 @@ pub struct Revocation {
     /// The certificate revoked, as it is now.
     #[serde(flatten)]
     pub record: CertificateRecord,
-    /// Serials revoked with it, from its renewal lineage (see [`LineageScope`]). A revocation
+    /// Serials revoked with it, from its renewal lineage. A revocation
     /// for `keyCompromise` reaches the certificates it renews that carry the same key (a
     /// renewal without `--rotate-key`), up to the first with another key, and every
     /// certificate renewed from any of them, directly or through other renewals: a renewal
