@@ -230,6 +230,26 @@ fn csr_signed_with_sha1_is_refused_and_pss_accepted() {
         .fails(1, "sha1WithRSAEncryption is not accepted");
     assert_eq!(e.tree(), before);
     assert_eq!(e.inventory_count(), 0);
+    // A weak key is named as such, not reported as a signature that does not verify.
+    e.openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "rsa:1024",
+        "-nodes",
+        "-keyout",
+        "weak.key",
+        "-out",
+        "weak.csr",
+        "-subj",
+        "/CN=weak-client",
+        "-sha256",
+    ])
+    .ok();
+    let r = e.mtls(&["sign", "--csr", &e.p("weak.csr"), "--profile", "client"]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("RSA-1024 is too small"), "{}", r.stderr);
+    assert!(!r.stderr.contains("signature"), "{}", r.stderr);
 
     e.openssl(&[
         "req",

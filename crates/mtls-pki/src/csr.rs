@@ -92,6 +92,9 @@ pub fn parse(input: &[u8]) -> Result<CsrInfo> {
         return Err(Error::malformed("CSR", "trailing bytes after the request"));
     }
     let info = &csr.certification_request_info;
+    // The key first: a key refused (RSA under 2048 bits, an unsupported curve) is named as
+    // such, not reported as a signature that does not verify (which reads as tampering).
+    let public_key = csr_public_key(&info.subject_pki)?;
     // The one signature check (webpki's algorithms): x509-parser's own accepts SHA-1 and
     // RSA keys under 2048 bits.
     let (signed, _) = crate::signature::SignedParts::split("CSR", &block.der)?;
@@ -143,7 +146,6 @@ pub fn parse(input: &[u8]) -> Result<CsrInfo> {
             }
         }
     }
-    let public_key = csr_public_key(&info.subject_pki)?;
     Ok(CsrInfo {
         subject,
         subject_text,
