@@ -691,6 +691,19 @@ impl LeafRequest {
     /// Enforces the profile's name rules and checks the publication URLs.
     pub fn check(&self) -> Result<()> {
         self.urls.check()?;
+        // An X.509-SVID carries exactly one SPIFFE ID: with two, relying parties disagree on
+        // which workload it is (or refuse it).
+        let spiffe: Vec<&San> = self
+            .sans
+            .iter()
+            .filter(|s| matches!(s, San::Uri(u) if u.get(..9).is_some_and(|p| p.eq_ignore_ascii_case("spiffe://"))))
+            .collect();
+        if let [_, second, ..] = spiffe.as_slice() {
+            return Err(Error::InvalidName {
+                value: second.to_string(),
+                reason: "a certificate carries at most one SPIFFE ID",
+            });
+        }
         match self.profile {
             Profile::Server => {
                 if !self
@@ -1042,6 +1055,25 @@ mod tests {
     use super::*;
     use crate::names::NameSubtree;
     use crate::KeyAlgorithm;
+
+    /// An X.509-SVID names one workload: a second SPIFFE ID is refused (another URI is not).
+    #[test]
+    fn at_most_one_spiffe_id() {
+        let request = |uris: &[&str]| LeafRequest {
+            profile: Profile::Client,
+            subject: Subject::cn("w"),
+            sans: uris.iter().map(|u| San::uri(u).unwrap()).collect(),
+            lifetime: Duration::days(1),
+            urls: PublicationUrls::default(),
+        };
+        request(&["spiffe://td/a", "https://example.com/x"])
+            .check()
+            .unwrap();
+        let e = request(&["spiffe://td/a", "spiffe://td/admin"])
+            .check()
+            .unwrap_err();
+        assert!(e.to_string().contains("at most one SPIFFE ID"), "{e}");
+    }
 
     fn key() -> PrivateKey {
         PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap()

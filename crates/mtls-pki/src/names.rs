@@ -100,8 +100,25 @@ impl San {
             if domain.chars().any(|c| c.is_ascii_uppercase()) {
                 return Err(bad("SPIFFE trust domains are lower-case"));
             }
-            if path.contains("//") || path.ends_with('/') || value.contains(['?', '#']) {
-                return Err(bad("invalid SPIFFE path"));
+            // SPIFFE ID (spec 2.2): a workload's ID has a path; its segments are letters,
+            // digits, `.`, `-`, `_`, none empty, none `.` or `..` (a relying party that
+            // normalised `a/../admin` would read another ID). No query or fragment.
+            if path.is_empty() {
+                return Err(bad("a SPIFFE ID names a workload: it needs a path"));
+            }
+            if value.contains(['?', '#'])
+                || path.split('/').any(|segment| {
+                    segment.is_empty()
+                        || segment == "."
+                        || segment == ".."
+                        || !segment
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+                })
+            {
+                return Err(bad(
+                    "invalid SPIFFE path (segments of letters, digits, '.', '-', '_'; none empty, '.' or '..')",
+                ));
             }
         } else if rest.is_empty() {
             return Err(bad("empty authority/path"));
@@ -311,6 +328,13 @@ mod tests {
             "a\r\nb.com",
             "spiffe://Prod/x",
             "spiffe://prod.example/a//b",
+            "spiffe://prod.example",
+            "spiffe://prod.example/",
+            "spiffe://prod.example/a/../admin",
+            "spiffe://prod.example/./a",
+            "spiffe://prod.example/a:b@c",
+            "spiffe://prod.example/%41",
+            "spiffe://prod.example/a?x=1",
             "uri:nocolon",
             "@example.com",
             "*.*.example.com",
