@@ -114,6 +114,17 @@ impl ConstraintArgs {
     }
 }
 
+/// Where the root's CRL is published, for the intermediate's CRL distribution point.
+fn root_crl_url_arg(s: &str) -> std::result::Result<String, String> {
+    mtls_pki::issue::PublicationUrls {
+        crl: Some(s.to_string()),
+        ocsp: None,
+    }
+    .check()
+    .map(|()| s.to_string())
+    .map_err(|e| e.to_string())
+}
+
 #[derive(Args)]
 pub struct InitArgs {
     /// Common name of the root CA.
@@ -132,6 +143,12 @@ pub struct InitArgs {
     intermediate_days: i64,
     #[command(flatten)]
     constraints: ConstraintArgs,
+    /// Where the root's CRL will be published (the online CA's
+    /// http://HOST:PORT/v1/root-crl), written into the intermediate as its CRL distribution
+    /// point: verifiers that follow distribution points then learn of its revocation by the
+    /// root with nothing configured.
+    #[arg(long, value_name = "URL", value_parser = root_crl_url_arg)]
+    root_crl_url: Option<String>,
     #[command(flatten)]
     key: NewKeyArgs,
     #[command(flatten)]
@@ -156,6 +173,10 @@ pub struct IntermediateArgs {
     days: i64,
     #[command(flatten)]
     constraints: ConstraintArgs,
+    /// Where the root's CRL is published (the online CA's http://HOST:PORT/v1/root-crl),
+    /// written into the intermediate as its CRL distribution point.
+    #[arg(long, value_name = "URL", value_parser = root_crl_url_arg)]
+    root_crl_url: Option<String>,
     /// Replace a name-constrained intermediate with one without constraints (a replacement
     /// that gives no --permit/--exclude is refused otherwise: a rotation must not drop them
     /// unnoticed).
@@ -353,14 +374,17 @@ fn init(pki: &Path, a: InitArgs) -> Result<ExitCode> {
         at,
         root_days,
     )?;
-    let inter = issue::new_constrained_intermediate(
+    let inter = issue::new_profiled_intermediate(
         &root,
         &a.subject.subject(&a.intermediate_cn),
         PrivateKey::generate(alg)?,
         at,
         inter_days,
-        0,
-        &a.constraints.constraints(),
+        &issue::IntermediateProfile {
+            path_len: 0,
+            constraints: a.constraints.constraints(),
+            root_crl_url: a.root_crl_url.clone(),
+        },
     )?;
     std::fs::create_dir_all(&dir.dir).with_context(|| format!("creating {}", dir.dir.display()))?;
     let pass = passphrase.as_deref().map(|p| p.as_slice());
@@ -513,14 +537,17 @@ fn intermediate(pki: &Path, a: IntermediateArgs) -> Result<ExitCode> {
     } else {
         None
     };
-    let inter = issue::new_constrained_intermediate(
+    let inter = issue::new_profiled_intermediate(
         &root,
         &a.subject.subject(&a.cn),
         PrivateKey::generate(alg)?,
         now(),
         lifetime,
-        0,
-        &constraints,
+        &issue::IntermediateProfile {
+            path_len: 0,
+            constraints,
+            root_crl_url: a.root_crl_url.clone(),
+        },
     )?;
     let pass = passphrase.as_deref().map(|p| p.as_slice());
     // Before any key is written: a rolled-back inventory is refused now, not halfway.

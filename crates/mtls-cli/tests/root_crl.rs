@@ -246,3 +246,109 @@ fn the_online_ca_publishes_the_root_crl_for_gateways_to_fetch() {
         assert_eq!((status, &now), (200, &before));
     }
 }
+
+/// `mtls ca init --root-crl-url` writes where the root's CRL is published into the
+/// intermediate (its CRL distribution point, as OpenSSL reads it), so a gateway following
+/// distribution points (`--crl-from-certificates`, no CRL file at all) fetches the root's CRL
+/// from the online CA beside the intermediate's: a client is admitted while the root revokes
+/// nothing, and refused once it revoked the intermediate (a gateway started afterwards; a
+/// running one asks again within the hour).
+#[test]
+fn the_intermediate_names_where_the_root_publishes_its_crl() {
+    use common::ca::{self, CaServer};
+    let env = Env::new();
+    let port = ca::free_port();
+    let url = format!("http://127.0.0.1:{port}/v1/root-crl");
+    env.mtls(&["ca", "init", "--root-crl-url", &url]).ok();
+    env.mtls(&[
+        "ca",
+        "init",
+        "--root-crl-url",
+        "https://x/v1/root-crl",
+        "--pki",
+        &env.p("other"),
+    ])
+    .fails(2, "http://");
+    let pki = env.pki();
+    let p = |rel: &str| pki.join(rel).to_string_lossy().into_owned();
+    let dp = env
+        .openssl(&[
+            "x509",
+            "-in",
+            &p("intermediate.crt"),
+            "-noout",
+            "-ext",
+            "crlDistributionPoints",
+        ])
+        .ok()
+        .stdout;
+    assert!(dp.contains(&url), "{dp}");
+    env.mtls(&["issue", "server", "localhost"]).ok();
+    let server = CaServer::start_on(&env, "ca", None, "", 0, port);
+    let t = ca::token(&env, "dp-client", &["--profile", "client"], None);
+    ca::enroll(&env, &server, &t, "dp-client", &[]).ok();
+    root_crl(&env, &[]).ok();
+
+    let up = Upstream::start();
+    let args = gw::trusting_args(
+        &pki.join("issued/localhost.chain.pem"),
+        &pki.join("issued/localhost.key"),
+        &pki.join("ca-chain.pem"),
+        &up,
+        &["--crl-from-certificates"],
+    );
+    let status = |g: &Gateway| {
+        gw::status_as(
+            g,
+            &pki.join("root.crt"),
+            &env.path("dp-client/cert.pem"),
+            &env.path("dp-client/key.pem"),
+        )
+    };
+    let within = |g: &Gateway, want: u16| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while status(g) != want {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not {want} within 15 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+    let g = Gateway::start(&args);
+    within(&g, 200);
+    drop(g);
+    root_crl(&env, &["--revoke", &p("intermediate.crt")]).ok();
+    // Refused for the intermediate's revocation (counted as such), not for a CRL still
+    // missing (also a refusal: unknown status fails closed).
+    let mut with_admin = args.clone();
+    with_admin.extend(["--admin-listen".to_string(), "127.0.0.1:0".to_string()]);
+    let g = Gateway::start(&with_admin);
+    let revoked_decisions = |g: &Gateway| {
+        let (_, page) = ca::curl(&[&format!("http://{}/metrics", g.admin.unwrap())]);
+        page.lines()
+            .filter(|l| {
+                l.starts_with("mtls_revocation_decisions_total{")
+                    && l.contains("source=\"crl\",result=\"revoked\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        assert_eq!(
+            status(&g),
+            0,
+            "admitted after the root revoked its intermediate"
+        );
+        if revoked_decisions(&g) >= 1.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no revoked decision within 15 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    drop(server);
+}

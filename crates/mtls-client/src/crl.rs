@@ -75,15 +75,22 @@ pub fn fetched_crls(client_ca: &[std::path::PathBuf]) -> Arc<FetchedCrls> {
     set
 }
 
-/// When to fetch again a CRL valid until `next_update`: three quarters of the way, spread by
-/// up to a tenth so listeners do not ask together; an hour when it has no nextUpdate.
+/// Longest a CRL from a distribution point is kept before it is asked for again, however long
+/// it is valid: a CA publishes a revocation in its next CRL at once, and a root's CRL may be
+/// valid for months (without this, an intermediate it revoked would be trusted for most of
+/// them).
+const MAX_REFRESH: time::Duration = time::Duration::hours(1);
+
+/// When to fetch again a CRL valid until `next_update`: three quarters of the way (at most
+/// [`MAX_REFRESH`]), spread by up to a tenth so listeners do not ask together; an hour when it
+/// has no nextUpdate.
 fn refresh_at(now: OffsetDateTime, next_update: Option<OffsetDateTime>) -> OffsetDateTime {
     let Some(next) = next_update else {
-        return now + time::Duration::hours(1);
+        return now + MAX_REFRESH;
     };
-    let left = next - now;
+    let wait = ((next - now) * 3_i32 / 4_i32).min(MAX_REFRESH);
     let spread = i32::try_from(now.nanosecond() % 100).unwrap_or(0);
-    now + left * 3_i32 / 4_i32 - left * spread / 1000_i32
+    now + wait - wait * spread / 1000_i32
 }
 
 /// Fetches once every distribution point of `set` that is due at `now` (the CRLs must be
@@ -219,16 +226,25 @@ mod tests {
         }
     }
 
+    /// Three quarters of the way to nextUpdate, at most an hour (a root's CRL valid for 90
+    /// days is asked for again hourly), spread by up to a tenth.
     #[test]
     fn refreshes_before_next_update() {
         let now = OffsetDateTime::UNIX_EPOCH + Duration::days(100);
         for ns in [0, 50_000, 99] {
             let now = now.replace_nanosecond(ns).unwrap_or(now);
-            let at = refresh_at(now, Some(now + Duration::hours(8)));
+            let at = refresh_at(now, Some(now + Duration::minutes(40)));
             assert!(
-                at > now + Duration::hours(5) && at <= now + Duration::hours(6),
+                at > now + Duration::minutes(26) && at <= now + Duration::minutes(30),
                 "{at}"
             );
+            for long in [Duration::hours(8), Duration::days(90)] {
+                let at = refresh_at(now, Some(now + long));
+                assert!(
+                    at > now + Duration::minutes(53) && at <= now + Duration::hours(1),
+                    "{at}"
+                );
+            }
         }
         assert_eq!(refresh_at(now, None), now + Duration::hours(1));
     }

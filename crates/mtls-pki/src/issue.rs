@@ -545,6 +545,43 @@ pub fn new_constrained_intermediate(
     path_len: u8,
     constraints: &NameConstraints,
 ) -> Result<CaCert> {
+    let profile = IntermediateProfile {
+        path_len,
+        constraints: constraints.clone(),
+        root_crl_url: None,
+    };
+    new_profiled_intermediate(root, subject, key, now, lifetime, &profile)
+}
+
+/// What a new intermediate says beyond its name, key and lifetime.
+#[derive(Clone, Debug, Default)]
+pub struct IntermediateProfile {
+    /// Its pathLenConstraint (0: it signs leaves only).
+    pub path_len: u8,
+    /// The names it may certify (none: any).
+    pub constraints: NameConstraints,
+    /// Where the root publishes the CRL that would revoke it (the online CA's
+    /// `/v1/root-crl`): its CRL distribution point, so that verifiers following distribution
+    /// points (`crl_from_certificates`, `openssl verify -crl_download`) learn of its
+    /// revocation with nothing configured. `http://` only, as for leaves.
+    pub root_crl_url: Option<String>,
+}
+
+/// A new intermediate signed by `root`, as `profile` says.
+pub fn new_profiled_intermediate(
+    root: &CaCert,
+    subject: &Subject,
+    key: PrivateKey,
+    now: OffsetDateTime,
+    lifetime: Duration,
+    profile: &IntermediateProfile,
+) -> Result<CaCert> {
+    let IntermediateProfile {
+        path_len,
+        constraints,
+        root_crl_url,
+    } = profile;
+    let path_len = *path_len;
     // A CA under an issuer whose pathLenConstraint it would exceed never validates.
     if let Some(max) = root.path_len.filter(|max| u32::from(path_len) >= *max) {
         return Err(Error::PathLenExceeded {
@@ -563,6 +600,11 @@ pub fn new_constrained_intermediate(
     )?;
     params.use_authority_key_identifier_extension = true;
     params.name_constraints = constraints.to_rcgen();
+    PublicationUrls {
+        crl: root_crl_url.clone(),
+        ocsp: None,
+    }
+    .apply(&mut params)?;
     let cert = params.signed_by(key.key_pair(), root.issuer())?;
     CaCert::new(cert.der().clone(), key)
 }
