@@ -1078,6 +1078,11 @@ fn tcp_mode_forwards_bytes_with_proxy_protocol_identity_and_closes_denied_client
     );
     let text = String::from_utf8_lossy(&first);
     assert!(text.contains("db-client"), "CN TLV expected: {text}");
+    // IPv4 (family 0x11): source and destination addresses, then ports. The destination is
+    // where the client connected: the gateway's listener.
+    assert_eq!(first.get(13), Some(&0x11));
+    let dst_port = first.get(26..28).map(|p| u16::from_be_bytes([p[0], p[1]]));
+    assert_eq!(dst_port, Some(g.port()), "{first:?}");
     // A trusted client the policy does not allow gets nothing through.
     let other = f.client("other");
     let out = s_client_send(&g, &f, &other, b"should not pass\n");

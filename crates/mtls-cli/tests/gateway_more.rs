@@ -2354,3 +2354,164 @@ fn an_upstream_answer_with_both_length_and_chunked_is_framed_by_chunked() {
         assert_eq!(r.body, "hello", "{version}: {}", r.stderr);
     }
 }
+
+/// A TCP-mode gateway in front of `upstream` allowing any trusted client, with `limits`.
+fn tcp_listener(dir: &std::path::Path, upstream: std::net::SocketAddr, limits: &str) -> Gateway {
+    let toml = format!(
+        r#"
+admin_listen = "127.0.0.1:0"
+[limits]
+{limits}
+[[listener]]
+listen = "127.0.0.1:{port}"
+mode = "tcp"
+upstream = "{upstream}"
+client_ca = ["ca-chain.pem"]
+crl = ["crl.pem"]
+[[listener.certificate]]
+cert = "server.chain.pem"
+key = "server.key"
+[listener.policy]
+allow_any_trusted = true
+"#,
+        port = free_port()
+    );
+    start_with(dir, &toml)
+}
+
+/// Python: opens a TCP-mode connection as the client `argv[3..5]`, sends a line and prints the
+/// echo (or `closed`), then holds the connection without reading until killed.
+const TUNNEL_CLIENT: &str = r#"
+import socket, ssl, sys, time
+port, root, cert, key = sys.argv[1:5]
+ctx = ssl.create_default_context(cafile=root)
+ctx.load_cert_chain(cert, key)
+try:
+    s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(port))), server_hostname="localhost")
+    s.settimeout(5)
+    s.sendall(b"ping\n")
+    got = s.recv(5)
+    print(got.decode() if got else "closed", flush=True)
+except Exception as e:
+    print("closed", e, flush=True)
+time.sleep(60)
+"#;
+
+fn tunnel_client(g: &Gateway, f: &Files, c: &common::gw::Leaf) -> std::process::Child {
+    Command::new("python3")
+        .args(["-c", TUNNEL_CLIENT, &g.port().to_string()])
+        .args([f.root(), c.chain.clone(), c.key.clone()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn first_line(child: &mut std::process::Child) -> String {
+    use std::io::BufRead;
+    let mut line = String::new();
+    let _ = std::io::BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line);
+    line.trim().to_string()
+}
+
+/// TCP-mode tunnels hold their connection slot for their whole life, as HTTP connections do:
+/// with `max_connections = 2`, two open tunnels leave no room for a third (closed before it
+/// reaches the upstream, and counted), and a shutdown waits for open tunnels (up to
+/// `drain_timeout`) rather than exiting at once.
+#[test]
+fn tcp_tunnels_count_against_the_connection_limit_and_the_drain() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let c = f.client("tunnel");
+    let reached = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let upstream = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let reached = reached.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                reached.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = s.read(&mut buf) {
+                        if n == 0 || s.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    };
+    let g = tcp_listener(
+        dir.path(),
+        upstream,
+        "max_connections = 2\ndrain_timeout = \"6s\"",
+    );
+    let mut open: Vec<_> = (0..2).map(|_| tunnel_client(&g, &f, &c)).collect();
+    for child in &mut open {
+        assert_eq!(first_line(child), "ping");
+    }
+    let mut third = tunnel_client(&g, &f, &c);
+    assert!(first_line(&mut third).starts_with("closed"));
+    let _ = third.kill();
+    assert_eq!(reached.load(std::sync::atomic::Ordering::SeqCst), 2);
+    let (_, page) = common::ca::curl(&[&format!("http://{}/metrics", g.admin.unwrap())]);
+    assert!(
+        page.lines()
+            .any(|l| l.starts_with("mtls_connections_refused_total") && l.ends_with(" 1")),
+        "{page}"
+    );
+    // A shutdown drains: the open tunnels are waited for (here until drain_timeout).
+    let started = std::time::Instant::now();
+    let status = g.terminate();
+    let waited = started.elapsed();
+    assert!(status.success(), "{status}");
+    assert!(
+        waited >= Duration::from_secs(5),
+        "exited after {waited:?} with tunnels open"
+    );
+    for mut child in open {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// A TCP-mode client revoked while it is not reading (its socket buffers full, the upstream
+/// still sending) is cut: the upstream connection is closed at once, and the client's within
+/// a few seconds, rather than both held as long as the client likes.
+#[test]
+fn a_revoked_tcp_client_that_stops_reading_is_cut_from_its_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Files::new(dir.path());
+    let c = f.client("slow-reader");
+    let (ended, upstream_ended) = std::sync::mpsc::channel::<()>();
+    let upstream = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let Ok((mut s, _)) = l.accept() else { return };
+            let mut buf = [0u8; 5];
+            let _ = s.read_exact(&mut buf);
+            let _ = s.write_all(&buf);
+            // Flood until the gateway closes this connection.
+            let chunk = [b'x'; 16384];
+            while s.write_all(&chunk).is_ok() {}
+            let _ = ended.send(());
+        });
+        addr
+    };
+    let g = tcp_listener(dir.path(), upstream, "");
+    let mut client = tunnel_client(&g, &f, &c);
+    assert_eq!(first_line(&mut client), "ping");
+    // Let the buffers fill: the client reads nothing more.
+    std::thread::sleep(Duration::from_secs(1));
+    f.write_crl(std::slice::from_ref(&c.serial));
+    g.hup();
+    upstream_ended
+        .recv_timeout(Duration::from_secs(15))
+        .expect("the upstream connection of a revoked client that stopped reading stayed open");
+    let _ = client.kill();
+    let _ = client.wait();
+}

@@ -491,6 +491,7 @@ fn serve_tls(
             verdict.map(|(p, _)| p),
             state,
             identity,
+            slot,
         )),
         Mode::Http => {
             let idle = if verdict.is_ok() {
@@ -545,6 +546,27 @@ impl Drop for ActiveGuard {
     }
 }
 
+/// How long a closing TCP-mode connection may take to say goodbye (close_notify) to a client
+/// that does not read: past it, the socket is dropped.
+const TCP_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// TCP keepalive on both sides of a TCP-mode tunnel (which may stay silent for days): a peer
+/// gone without a FIN (a crashed host, a dropped NAT entry) is noticed within about three
+/// minutes, and both sockets are closed, rather than held for ever.
+fn keep_alive(stream: &TcpStream) {
+    let params = socket2::TcpKeepalive::new()
+        .with_time(std::time::Duration::from_secs(120))
+        .with_interval(std::time::Duration::from_secs(15));
+    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&params);
+}
+
+/// Ends a TCP-mode client connection: close_notify, bounded (a client that stopped reading
+/// would hold it for ever).
+async fn close_tls(tls: &mut accept::TlsConnection) {
+    let _ = tokio::time::timeout(TCP_CLOSE_TIMEOUT, tls.shutdown()).await;
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn tcp_proxy(
     shared: Arc<Shared>,
     mut tls: accept::TlsConnection,
@@ -552,7 +574,12 @@ async fn tcp_proxy(
     verdict: Result<Arc<mtls_verify::VerifiedPeer>, Rejection>,
     state: Arc<ListenerState>,
     identity: gw_http::ConnIdentity,
+    // The connection's place under max_connections (and per source), held for the tunnel's
+    // life: limits and the shutdown drain count tunnels as they count HTTP connections.
+    slot: Arc<Slot>,
 ) {
+    let _slot = slot;
+    keep_alive(tls.get_ref().0.get_ref());
     let peer = match verdict {
         Ok(p) => p,
         Err(r) => {
@@ -564,7 +591,7 @@ async fn tcp_proxy(
                 stage: "connection",
                 ..Default::default()
             });
-            let _ = tls.shutdown().await;
+            close_tls(&mut tls).await;
             return;
         }
     };
@@ -583,7 +610,7 @@ async fn tcp_proxy(
             fingerprint: Some(peer.fingerprint().to_string()),
             ..Default::default()
         });
-        let _ = tls.shutdown().await;
+        close_tls(&mut tls).await;
         return;
     }
     let connect = tokio::time::timeout(
@@ -605,8 +632,11 @@ async fn tcp_proxy(
         }
     };
     let _ = up.set_nodelay(true);
+    keep_alive(&up);
     if state.proxy_protocol {
-        let local = up.local_addr().ok();
+        // The destination is the address the client connected to (the listener), as for
+        // every PROXY protocol sender, not this end of the upstream connection.
+        let local = tls.get_ref().0.get_ref().local_addr().ok();
         let header = crate::proxy_protocol::v2_header(remote, local.unwrap_or(remote), &peer);
         if up.write_all(&header).await.is_err() {
             return;
@@ -634,7 +664,9 @@ async fn tcp_proxy(
         _ = tokio::io::copy_bidirectional(&mut tls, &mut up) => {}
         reason = still_allowed => {
             tracing::warn!(%remote, listener = %shared.name, %reason, "closing connection after reload or expiry: the client is no longer allowed");
-            let _ = tls.shutdown().await;
+            // The upstream first: it must not wait on a client that stopped reading.
+            drop(up);
+            close_tls(&mut tls).await;
         }
     }
 }
