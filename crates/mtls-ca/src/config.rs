@@ -13,7 +13,7 @@
 //! crl_lifetime = "1d"
 //! ocsp_lifetime = "1h"
 //! ocsp_signer = "delegated"                    # or "issuer"
-//! max_renewals = 10                            # renewals from one certificate per renewal_window
+//! max_renewals = 10                            # renewals of one renewal lineage per renewal_window
 //! renewal_window = "1h"                        # (more: 429 RATE_LIMITED with Retry-After)
 //! root_crl = "pki/root-crl.pem"                # the offline root's CRL, served at /v1/root-crl
 //!                                              # (default: <pki>/root-crl.pem)
@@ -67,7 +67,7 @@ pub struct Config {
     pub idle_timeout: Option<String>,
     #[serde(default)]
     pub ocsp_signer: OcspSigner,
-    /// Most certificates renewed from one certificate within `renewal_window` (default 10).
+    /// Most renewals of one renewal lineage within `renewal_window` (default 10).
     pub max_renewals: Option<u32>,
     /// The rolling window of `max_renewals` (default 1h).
     pub renewal_window: Option<String>,

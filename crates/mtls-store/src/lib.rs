@@ -91,10 +91,10 @@ pub enum Error {
     /// revoked, by the time it was to be recorded.
     #[error("certificate {0}, or a certificate renewed from it, is revoked: it can no longer be renewed")]
     NotRenewable(String),
-    /// A renewal refused because `limit.max` certificates were already renewed from the same
-    /// certificate within `limit.window` (see [`RenewalLimit`]); nothing was recorded. A
+    /// A renewal refused because `limit.max` certificates were already renewed in the same
+    /// renewal lineage within `limit.window` (see [`RenewalLimit`]); nothing was recorded. A
     /// renewal fits again after `retry_after`, when the oldest of those leaves the window.
-    #[error("certificate {serial} was already renewed {} times in the last {} s: it can be renewed again in {} s", .limit.max, .limit.window.whole_seconds(), .retry_after.whole_seconds())]
+    #[error("certificate {serial} (or its renewal lineage) was already renewed {} times in the last {} s: it can be renewed again in {} s", .limit.max, .limit.window.whole_seconds(), .retry_after.whole_seconds())]
     RenewalRateLimited {
         serial: String,
         limit: RenewalLimit,
@@ -224,15 +224,16 @@ pub enum IssueKind {
     },
 }
 
-/// How often one certificate may be renewed: at most `max` certificates renewed from it (rows
-/// whose `renews` is its serial) within any `window`. Renewing from the same certificate more
-/// than once stays possible (a client whose answer was lost retries with the certificate it
-/// still has), but a holder of a valid key cannot grow the inventory and the revocation
-/// lineages without bound. Checked in the write transaction that records the renewal; a CA
+/// How often one certificate's renewal lineage may be renewed: at most `max` renewals within
+/// any `window`, from whichever of its certificates (see [`RECENT_RENEWALS_SQL`]). Renewing
+/// from the same certificate more than once stays possible (a client whose answer was lost
+/// retries with the certificate it still has), but a holder of a valid key cannot grow the
+/// inventory, the CRL and the revocation lineages without bound, whether it renews from one
+/// certificate or each time from the newest. Checked in the write transaction that records the renewal; a CA
 /// asks [`Store::check_renewal`] first, so a renewal over the limit costs no signature.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RenewalLimit {
-    /// Most renewals from one certificate within `window`.
+    /// Most renewals of one lineage within `window`.
     pub max: u32,
     /// The rolling window.
     pub window: time::Duration,
@@ -468,17 +469,23 @@ pub(crate) const RENEWABLE_SQL: &str =
     SELECT 1 FROM certificates x JOIN d ON x.serial = d.serial WHERE x.revoked_at IS NOT NULL
   )";
 
-/// How many certificates were renewed from `{serial}` after `{since}` (Unix seconds): what
-/// [`RenewalLimit`] counts. Placeholders replaced per backend. (PostgreSQL's write: the same
-/// count inside `ISSUE_SQL`.)
-pub(crate) const RECENT_RENEWALS_SQL: &str =
-    "SELECT COUNT(*) FROM certificates WHERE renews = {serial} AND issued_at > {since}";
+/// How many renewals the renewal lineage of `{serial}` had after `{since}` (Unix seconds): what
+/// [`RenewalLimit`] counts. A lineage is the first certificate and every certificate renewed
+/// from it, directly or through other renewals (column `lineage`: the first one's serial, on
+/// every renewal; NULL on the first, which is its own). Counted per lineage, not per
+/// certificate: renewing each time from the newest certificate would otherwise never reach the
+/// limit. Placeholders replaced per backend. (PostgreSQL's write: the same count inside
+/// `ISSUE_SQL`.)
+pub(crate) const RECENT_RENEWALS_SQL: &str = "SELECT COUNT(*) FROM certificates
+     WHERE lineage = (SELECT COALESCE(lineage, serial) FROM certificates WHERE serial = {serial})
+       AND issued_at > {since}";
 
 /// After a [`RenewalLimit`] refusal: the issue time of the `{nth}`-th most recent renewal from
 /// `{serial}` after `{since}` (`{nth}` is the limit less one: an offset), the renewal whose
 /// leaving the window lets one more in. Placeholders replaced per backend.
 pub(crate) const RENEWAL_SLOT_SQL: &str = "SELECT issued_at FROM certificates
-     WHERE renews = {serial} AND issued_at > {since}
+     WHERE lineage = (SELECT COALESCE(lineage, serial) FROM certificates WHERE serial = {serial})
+       AND issued_at > {since}
      ORDER BY issued_at DESC LIMIT 1 OFFSET {nth}";
 
 /// Which other certificates of its renewal lineage a revocation reaches (see

@@ -101,6 +101,10 @@ CREATE INDEX IF NOT EXISTS certificates_revocation_seq ON certificates(revocatio
 -- The certificate a renewal renewed: a key-compromise revocation follows it.
 ALTER TABLE certificates ADD COLUMN IF NOT EXISTS renews TEXT;
 CREATE INDEX IF NOT EXISTS certificates_renews ON certificates(renews) WHERE renews IS NOT NULL;
+-- The first certificate of a renewal's lineage: the renewal limit counts per lineage.
+ALTER TABLE certificates ADD COLUMN IF NOT EXISTS lineage TEXT;
+CREATE INDEX IF NOT EXISTS certificates_lineage ON certificates(lineage, issued_at)
+    WHERE lineage IS NOT NULL;
 -- Renewals recorded before that column: read back from their audit entries (detail ending in
 -- ' renews SERIAL', see audit_detail_issue), once per inventory (the mark's insert gates the
 -- update).
@@ -1264,7 +1268,7 @@ WITH tok AS (
       )
     FOR SHARE
 ), recent AS (
-    -- The renewal limit (RenewalLimit): certificates renewed from it after $16, fewer than
+    -- The renewal limit (RenewalLimit): renewals of its lineage after $16, fewer than
     -- $17. Counted in this statement's snapshot, which holds every renewal this instance
     -- recorded (its writer runs one statement after the other, earlier batches committed)
     -- but not those another instance is committing at the same moment: renewals from one
@@ -1272,11 +1276,14 @@ WITH tok AS (
     -- instance and window. Accepted: the limit bounds the inventory's growth, it is not an
     -- exact quota (locking the renewed row would not help: READ COMMITTED re-checks the locked
     -- row after the wait, not this count).
-    SELECT count(*) AS n FROM certificates WHERE renews = $15 AND issued_at > $16
+    SELECT count(*) AS n FROM certificates
+    WHERE lineage = (SELECT COALESCE(lineage, serial) FROM certificates WHERE serial = $15)
+      AND issued_at > $16
 ), cert AS (
     INSERT INTO certificates (serial, issuer_key, subject, sans, profile, not_before, not_after,
-                              fingerprint, pem, issued_at, renews)
-    SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $15
+                              fingerprint, pem, issued_at, renews, lineage)
+    SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $15,
+           (SELECT COALESCE(lineage, serial) FROM certificates WHERE serial = $15)
     WHERE ($11::text IS NULL OR EXISTS (SELECT 1 FROM tok))
       AND ($15::text IS NULL OR (EXISTS (SELECT 1 FROM prev) AND (SELECT n FROM recent) < $17))
     ON CONFLICT DO NOTHING

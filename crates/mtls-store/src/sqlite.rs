@@ -146,11 +146,22 @@ fn add_columns(conn: &Connection) -> rusqlite::Result<()> {
     if has_renews == 0 {
         conn.execute_batch("ALTER TABLE certificates ADD COLUMN renews TEXT;")?;
     }
+    let has_lineage: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('certificates') WHERE name = 'lineage'",
+        [],
+        |r| r.get(0),
+    )?;
+    if has_lineage == 0 {
+        // (Renewals recorded before it count from their own serial on: see RECENT_RENEWALS_SQL.)
+        conn.execute_batch("ALTER TABLE certificates ADD COLUMN lineage TEXT;")?;
+    }
     conn.execute_batch(
         "CREATE INDEX IF NOT EXISTS certificates_revocation_seq ON certificates(revocation_seq)
              WHERE revocation_seq IS NOT NULL;
          CREATE INDEX IF NOT EXISTS certificates_renews ON certificates(renews)
              WHERE renews IS NOT NULL;
+         CREATE INDEX IF NOT EXISTS certificates_lineage ON certificates(lineage, issued_at)
+             WHERE lineage IS NOT NULL;
          CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY);",
     )?;
     Ok(())
@@ -448,8 +459,9 @@ fn issue(
     let inserted = conn
         .prepare_cached(
             "INSERT INTO certificates (serial, issuer_key, subject, sans, profile, not_before, not_after,
-                                       fingerprint, pem, issued_at, renews)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                                       fingerprint, pem, issued_at, renews, lineage)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11,
+                     (SELECT COALESCE(lineage, serial) FROM certificates WHERE serial = ?11))",
         )
         .and_then(|mut s| {
             s.execute(params![

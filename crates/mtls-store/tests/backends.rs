@@ -373,16 +373,23 @@ async fn renewals_from_one_certificate_are_limited(location: Location) {
         }
     };
     recorded(4).await;
-    // From another certificate: accepted.
-    store
+    // From the newest certificate of the lineage: refused too (the limit is per lineage, or
+    // renewing each time from the newest would never reach it), and said of that one.
+    let e = store
         .check_renewal(&renewed[2].serial, limit, minutes(30))
         .await
-        .unwrap();
-    store
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::RenewalRateLimited { serial, retry_after, .. }
+            if *serial == renewed[2].serial.to_string() && *retry_after == time::Duration::minutes(30)),
+        "{e:?}"
+    );
+    let e = store
         .record_issued(cert("CN=a"), renew(&renewed[2]), "t", minutes(30))
         .await
-        .unwrap();
-    recorded(5).await;
+        .unwrap_err();
+    assert!(matches!(e, Error::RenewalRateLimited { .. }), "{e:?}");
+    recorded(4).await;
     // A second before the first renewal leaves the window: refused; then accepted.
     let almost = minutes(60) - time::Duration::SECOND;
     assert_eq!(
@@ -395,22 +402,90 @@ async fn renewals_from_one_certificate_are_limited(location: Location) {
         .unwrap_err();
     assert_eq!(limited(e), time::Duration::SECOND);
     early(minutes(60)).await.unwrap();
+    let newest = cert("CN=a");
     store
-        .record_issued(cert("CN=a"), renew(&a), "t", minutes(60))
+        .record_issued(newest.clone(), renew(&a), "t", minutes(60))
         .await
         .unwrap();
-    // And full again (10, 20 and 60 in the window): until 10 leaves it, at 70.
+    // And full again (10, 20 and 60 in the window): until 10 leaves it, at 70, from any
+    // certificate of the lineage.
     assert_eq!(
         limited(early(minutes(60)).await.unwrap_err()),
         time::Duration::minutes(10)
     );
     let e = store
-        .record_issued(cert("CN=a"), renew(&a), "t", minutes(60))
+        .record_issued(cert("CN=a"), renew(&newest), "t", minutes(60))
         .await
         .unwrap_err();
-    assert_eq!(limited(e), time::Duration::minutes(10));
+    assert!(matches!(e, Error::RenewalRateLimited { .. }), "{e:?}");
     // The check only reads: nothing was recorded by it.
-    recorded(6).await;
+    recorded(5).await;
+    // Another lineage has its own count.
+    let b = cert("CN=b");
+    store
+        .record_issued(b.clone(), IssueKind::Direct, "t", minutes(60))
+        .await
+        .unwrap();
+    store
+        .record_issued(cert("CN=b"), renew(&b), "t", minutes(60))
+        .await
+        .unwrap();
+}
+
+/// Renewing each time from the newest certificate (a chain a → b → c …) counts against one
+/// limit: the lineage's, whatever certificate a renewal starts from.
+async fn chained_renewals_share_their_lineage_s_limit(location: Location) {
+    let store = Store::open(&location).await.unwrap();
+    let now = OffsetDateTime::UNIX_EPOCH + time::Duration::days(1);
+    let limit = RenewalLimit {
+        max: 3,
+        window: time::Duration::HOUR,
+    };
+    let mut current = cert("CN=chain");
+    store
+        .record_issued(current.clone(), IssueKind::Direct, "t", now)
+        .await
+        .unwrap();
+    for i in 0..3 {
+        let next = cert("CN=chain");
+        let kind = IssueKind::Renewal {
+            previous: current.serial.clone(),
+            limit,
+        };
+        store
+            .record_issued(next.clone(), kind, "t", now + time::Duration::minutes(i))
+            .await
+            .unwrap();
+        current = next;
+    }
+    let kind = IssueKind::Renewal {
+        previous: current.serial.clone(),
+        limit,
+    };
+    let e = store
+        .record_issued(
+            cert("CN=chain"),
+            kind,
+            "t",
+            now + time::Duration::minutes(5),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::RenewalRateLimited { .. }), "{e:?}");
+}
+
+#[tokio::test]
+async fn chained_renewals_share_their_lineage_s_limit_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    chained_renewals_share_their_lineage_s_limit(Location::Sqlite(dir.path().join("inv.db"))).await;
+}
+
+#[tokio::test]
+async fn chained_renewals_share_their_lineage_s_limit_on_postgres() {
+    chained_renewals_share_their_lineage_s_limit(Location::Postgres(
+        mtls_test_util::fresh_postgres_database(),
+    ))
+    .await;
 }
 
 #[tokio::test]
