@@ -582,6 +582,7 @@ fn server_main() {
             Arc::new(ca),
             SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
             None,
+            None,
             vec!["127.0.0.1".to_string()],
         )
         .await

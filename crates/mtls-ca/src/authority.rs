@@ -540,9 +540,13 @@ impl Authority {
         wait: std::time::Duration,
         now: OffsetDateTime,
     ) -> Result<FeedPage, ApiError> {
-        let (peer, _) = self.current_record(peer, now).await?;
+        let (peer, record) = self.current_record(peer, now).await?;
         let subscriber = self.settings.feed_subscribers.check(&peer);
-        if subscriber.is_err() && self.settings.admins.check(&peer).is_err() {
+        // Administrators may follow it too, as administrators: client certificates only (see
+        // `admin`), not a server's whose name happens to match an [admins] rule.
+        let administrator = self.settings.admins.check(&peer).is_ok()
+            && record.profile == Profile::Client.to_string();
+        if subscriber.is_err() && !administrator {
             return Err(ApiError::forbidden(
                 "FORBIDDEN",
                 "not allowed to follow the revocation feed (add it to [revocation_feed] in the CA configuration)",
@@ -1200,6 +1204,56 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.status, http::StatusCode::SERVICE_UNAVAILABLE, "{err:?}");
         assert_eq!(err.code, "CA_UNAVAILABLE");
+    }
+
+    /// The feed is for `[revocation_feed]` identities and administrators; an administrator is
+    /// a client certificate: a server certificate whose name matches an `[admins]` rule is
+    /// refused, as everywhere else administrators are checked.
+    #[tokio::test]
+    async fn the_feed_takes_administrators_by_client_certificate_only() {
+        let now = OffsetDateTime::now_utc();
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings {
+            admins: mtls_verify::Policy {
+                allow_cn: vec!["ca-admin".into()],
+                ..Default::default()
+            },
+            ..Settings::default()
+        };
+        let ca = configured_authority(
+            dir.path(),
+            now,
+            Duration::days(30),
+            &Default::default(),
+            settings,
+        )
+        .await;
+        let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+        let peer_for = |profile: Profile| {
+            let request = LeafRequest {
+                profile,
+                subject: Subject::cn("ca-admin"),
+                sans: vec![San::dns("ca-admin.example").unwrap()],
+                lifetime: Duration::days(1),
+                urls: Default::default(),
+            };
+            let ca = &ca;
+            let key = &key;
+            async move {
+                let issued = ca
+                    .issue_and_record(key.key_pair(), &request, IssueKind::Direct, "t", now)
+                    .await
+                    .unwrap();
+                let chain = [issued.der.clone(), ca.issuer.der().clone()];
+                PeerIdentity::Verified(ca.trust().identify(Some(&chain), now).unwrap())
+            }
+        };
+        let wait = std::time::Duration::from_millis(10);
+        let server = peer_for(Profile::Server).await;
+        let e = ca.revocations(&server, 0, wait, now).await.unwrap_err();
+        assert_eq!(e.status, axum::http::StatusCode::FORBIDDEN, "{e:?}");
+        let client = peer_for(Profile::Client).await;
+        ca.revocations(&client, 0, wait, now).await.unwrap();
     }
 
     /// After the database's revocation counter went back (a restore, a failover), the feed

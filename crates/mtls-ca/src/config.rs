@@ -4,6 +4,7 @@
 //! ```toml
 //! listen = "127.0.0.1:9443"
 //! publish_listen = "127.0.0.1:9080"            # plain HTTP: CRL, OCSP, roots
+//! metrics_listen = "127.0.0.1:9091"            # plain HTTP: /metrics, /healthz (private)
 //! pki = "pki"                                  # root.crt, intermediate.crt/.key, ca-chain.pem
 //! database = "postgres://mtls@127.0.0.1/mtls"  # default: <pki>/inventory.db
 //! public_url = "http://ca.example.com:9080"    # CRL DP and AIA OCSP URL in issued certificates
@@ -53,6 +54,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Plain-HTTP listener for CRL, OCSP and roots (what `public_url` points at).
     pub publish_listen: Option<SocketAddr>,
+    /// Plain-HTTP listener for `/metrics` (Prometheus) and `/healthz`: keep it on loopback
+    /// or a management network. None by default.
+    pub metrics_listen: Option<SocketAddr>,
     #[serde(default = "default_pki")]
     pub pki: PathBuf,
     pub database: Option<String>,

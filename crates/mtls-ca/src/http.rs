@@ -44,6 +44,18 @@ pub(crate) fn router(ca: Arc<Authority>) -> Router {
         .with_state(ca)
 }
 
+/// Prometheus metrics and health, for a listener of their own (`metrics_listen`, on loopback or
+/// a management network): the counters say how the CA is used, which is nobody else's
+/// business.
+pub(crate) fn metrics_router(ca: Arc<Authority>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(ca)
+}
+
 /// What may also be served over plain HTTP: signed objects and health only.
 pub(crate) fn publication_router(ca: Arc<Authority>) -> Router {
     publication_routes()
@@ -57,7 +69,6 @@ pub(crate) fn publication_router(ca: Arc<Authority>) -> Router {
 fn publication_routes() -> Router<Arc<Authority>> {
     Router::new()
         .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
         .route("/v1/roots.pem", get(roots))
         .route("/v1/chain.pem", get(chain))
         .route("/v1/crl", get(crl_der))

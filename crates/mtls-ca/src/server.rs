@@ -36,6 +36,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The plain-HTTP publication listener, when configured.
     pub publish_addr: Option<SocketAddr>,
+    /// The plain-HTTP metrics listener (`/metrics`, `/healthz`), when configured.
+    pub metrics_addr: Option<SocketAddr>,
     shutdown: ShutdownTrigger,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -235,6 +237,7 @@ pub async fn serve(
     ca: Arc<Authority>,
     listen: SocketAddr,
     publish: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
     names: Vec<String>,
 ) -> Result<Running, Error> {
     let own = Arc::new(OwnCertificate {
@@ -279,6 +282,27 @@ pub async fn serve(
         rx.clone(),
     )));
     let mut publish_addr = None;
+    let mut metrics_addr = None;
+    if let Some(m) = metrics {
+        let l = TcpListener::bind(m).await.map_err(|source| Error::Listen {
+            addr: m.to_string(),
+            source,
+        })?;
+        metrics_addr = Some(l.local_addr().map_err(|source| Error::Listen {
+            addr: m.to_string(),
+            source,
+        })?);
+        tasks.push(tokio::spawn(mtls_serve::http::serve_plain(
+            l,
+            slots(),
+            HTTP_LIMITS,
+            HTTP_LIMITS
+                .header_read_timeout
+                .min(ca.settings().idle_timeout.unsigned_abs()),
+            rx.clone(),
+            TowerToHyperService::new(crate::http::metrics_router(ca.clone())),
+        )));
+    }
     if let Some(p) = publish {
         let l = TcpListener::bind(p).await.map_err(|source| Error::Listen {
             addr: p.to_string(),
@@ -292,7 +316,13 @@ pub async fn serve(
             l,
             slots(),
             HTTP_LIMITS,
-            ca.settings().idle_timeout.unsigned_abs(),
+            // Every client here is anonymous and every answer immediate (no long polls): the
+            // header-read timeout as idle limit, as anonymous TLS connections get, so silent
+            // connections cannot hold the publication slots (verifiers whose CRL expires
+            // meanwhile would refuse everyone).
+            HTTP_LIMITS
+                .header_read_timeout
+                .min(ca.settings().idle_timeout.unsigned_abs()),
             rx,
             TowerToHyperService::new(crate::http::publication_router(ca.clone())),
         )));
@@ -300,6 +330,7 @@ pub async fn serve(
     Ok(Running {
         addr,
         publish_addr,
+        metrics_addr,
         shutdown,
         tasks,
     })

@@ -81,10 +81,20 @@ pub fn serve(a: ServeArgs, pki_dir: Option<&Path>) -> Result<ExitCode> {
         .await?;
         let fp = mtls_pki::inspect::sha256_hex(ca.root());
         let ca = Arc::new(ca);
-        let running = mtls_ca::serve(ca, config.listen, config.publish_listen, names).await?;
+        let running = mtls_ca::serve(
+            ca,
+            config.listen,
+            config.publish_listen,
+            config.metrics_listen,
+            names,
+        )
+        .await?;
         eprintln!("mtls ca: listening on https://{}", running.addr);
         if let Some(p) = running.publish_addr {
             eprintln!("mtls ca: CRL and OCSP on http://{p}");
+        }
+        if let Some(m) = running.metrics_addr {
+            eprintln!("mtls ca: metrics on http://{m}/metrics");
         }
         eprintln!("mtls ca: root fingerprint (for `mtls enroll --ca-fingerprint`): {fp}");
         wait_for_stop().await;

@@ -346,7 +346,12 @@ fn lifecycle(database: Option<&str>) {
         std::thread::sleep(Duration::from_millis(250));
     }
     assert!(refused, "the gateway still accepts the revoked client");
-    let (status, metrics) = ca::curl(&[&server.publish("/metrics")]);
+    let (status, metrics) = ca::curl(&[&server.metrics("/metrics")]);
+    assert_eq!(status, 200);
+    // Not on the public listener: the counters are nobody else's business.
+    let (status, body) = ca::curl(&[&server.publish("/metrics")]);
+    expect_error(status, &body, 404, "NOT_FOUND");
+    let (status, _) = ca::curl(&[&server.metrics("/healthz")]);
     assert_eq!(status, 200);
     assert!(metrics.contains("mtls_ca_enrolled_total 1"), "{metrics}");
     assert!(metrics.contains("mtls_ca_renewed_total 1"), "{metrics}");
@@ -683,7 +688,8 @@ fn bad_tokens_csrs_and_renewals_are_refused() {
     expect_error(status, &resp, 405, "METHOD_NOT_ALLOWED");
 
     // A client that opens HTTP/2 and then says nothing does not keep its connection slot:
-    // closed once idle_timeout (2 s here) passes without traffic.
+    // closed once idle_timeout (2 s here, shorter than the header-read timeout every
+    // publish connection gets) passes without traffic.
     let addr = server.publish("").trim_start_matches("http://").to_string();
     let mut idle = std::net::TcpStream::connect(&addr).unwrap();
     std::io::Write::write_all(
@@ -1212,7 +1218,7 @@ fn renewal_daemon_keeps_a_gateway_serving() {
 
 /// A counter of the CA's `/metrics` page (`name` without `_total`).
 fn ca_counter(server: &CaServer, name: &str) -> u64 {
-    let (_, metrics) = ca::curl(&[&server.publish("/metrics")]);
+    let (_, metrics) = ca::curl(&[&server.metrics("/metrics")]);
     metrics
         .lines()
         .find_map(|l| l.strip_prefix(&format!("{name}_total ")))
@@ -1774,6 +1780,19 @@ fn anonymous_connections_to_the_ca_get_the_header_read_timeout() {
             .unwrap()
     };
     let mut anonymous = open(&[]);
+    // And on the plain-HTTP publish listener, where every client is anonymous: a silent
+    // connection does not keep its slot for the 60 s idle timeout either.
+    let publish = server.publish("").trim_start_matches("http://").to_string();
+    let mut silent = std::net::TcpStream::connect(&publish).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let publish_closed = std::thread::spawn(move || {
+        let started = Instant::now();
+        let mut buf = [0u8; 16];
+        let _ = std::io::Read::read(&mut silent, &mut buf);
+        started.elapsed()
+    });
     let mut known = open(&[
         "-cert",
         pki.join("issued/known-app.chain.pem").to_str().unwrap(),
@@ -1799,6 +1818,11 @@ fn anonymous_connections_to_the_ca_get_the_header_read_timeout() {
     let _ = known.wait();
     let closed = closed.expect("the anonymous connection was not closed within 25 s");
     assert!(closed >= Duration::from_secs(8), "closed after {closed:?}");
+    let publish_closed = publish_closed.join().unwrap();
+    assert!(
+        publish_closed >= Duration::from_secs(8) && publish_closed < Duration::from_secs(25),
+        "the silent publish connection was closed after {publish_closed:?}"
+    );
     assert!(
         known_open,
         "the verified connection was closed after {closed:?}"

@@ -23,6 +23,8 @@ pub struct CaServer {
     child: Child,
     pub addr: SocketAddr,
     pub publish_port: u16,
+    /// `metrics_listen`: `/metrics` and `/healthz`.
+    pub metrics_port: u16,
     pub fingerprint: String,
     pub stderr: Arc<Mutex<Vec<String>>>,
     pub config: PathBuf,
@@ -58,8 +60,9 @@ impl CaServer {
         let db = database
             .map(|d| format!("database = \"{d}\"\n"))
             .unwrap_or_default();
+        let metrics_port = free_port();
         let toml = format!(
-            "listen = \"127.0.0.1:{port}\"\npublish_listen = \"127.0.0.1:{publish_port}\"\npki = \"pki\"\npublic_url = \"http://127.0.0.1:{publish_port}\"\nserver_names = [\"localhost\", \"127.0.0.1\"]\n{db}{extra}\n[admins]\nallow_cn = [\"ca-admin\"]\n"
+            "listen = \"127.0.0.1:{port}\"\npublish_listen = \"127.0.0.1:{publish_port}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\npki = \"pki\"\npublic_url = \"http://127.0.0.1:{publish_port}\"\nserver_names = [\"localhost\", \"127.0.0.1\"]\n{db}{extra}\n[admins]\nallow_cn = [\"ca-admin\"]\n"
         );
         let config = env.write(&format!("{name}.toml"), toml.as_bytes());
         let mut child = Command::new(super::gw::mtls_bin())
@@ -107,6 +110,7 @@ impl CaServer {
             child,
             addr: addr.unwrap_or_else(|| panic!("CA did not start: {:?}", lines.lock().unwrap())),
             publish_port,
+            metrics_port,
             fingerprint: fp.unwrap(),
             stderr: lines,
             config,
@@ -118,6 +122,9 @@ impl CaServer {
     }
     pub fn publish(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.publish_port)
+    }
+    pub fn metrics(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.metrics_port)
     }
     /// SIGTERM, then the exit status (panics if it does not stop within 10 s).
     pub fn terminate(mut self) -> std::process::ExitStatus {
