@@ -562,10 +562,24 @@ fn serve_tls(
             tracing::info!(%reason, "closing connection: the client is no longer trusted");
         }
     };
+    let required = inner.builder.files.client_auth == ClientAuth::Required;
     let service = hyper::service::service_fn(
         move |mut req: http::Request<mtls_serve::http::RequestBody>| {
+            use futures_util::future::Either;
             let state = inner.tls.current();
             let peer: PeerIdentity = identity.current(&state.trust).map(|(p, ())| p).into();
+            if required {
+                if let Err(r) = peer.verified() {
+                    // Its certificate expired, or its CA's CRL lapsed, since the last look (the
+                    // connection is cut at most a minute later): refused here, whatever the
+                    // route, not only where an extractor or layer asks. In required mode no
+                    // request without an accepted certificate reaches the application.
+                    let refusal = axum::response::IntoResponse::into_response(
+                        mtls_serve::ApiError::from_rejection(&r),
+                    );
+                    return Either::Right(std::future::ready(Ok(refusal)));
+                }
+            }
             let forwarded = match (&peer, &inner.builder.gateways) {
                 (PeerIdentity::Verified(p), Some(gateways)) if gateways.check(p).is_ok() => {
                     Some(forwarded_identity(req.headers(), &state.trust))
@@ -576,7 +590,7 @@ fn serve_tls(
             req.extensions_mut().insert(ForwardedExt(forwarded));
             req.extensions_mut()
                 .insert(crate::extract::RemoteExt(remote));
-            router.clone().oneshot(req)
+            Either::Left(router.clone().oneshot(req))
         },
     );
     Some(Box::pin(mtls_serve::http::serve_connection_upgradable(

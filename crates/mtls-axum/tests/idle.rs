@@ -285,3 +285,75 @@ async fn a_request_still_running_after_the_drain_timeout_is_closed() {
     .await;
     assert!(ended.is_ok(), "the stuck request's connection is closed");
 }
+
+/// In required mode no request without an accepted certificate reaches the application, also
+/// on a route without an extractor or layer: a client whose certificate expires while its
+/// keep-alive connection is open gets the seed's 403 on its next request (the periodic check
+/// that cuts such connections may come up to a minute later).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_certificate_expired_meanwhile_reaches_no_route() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new("axum-expiry");
+    let enc = |der: &[u8]| mtls_pki::pem_io::encode("CERTIFICATE", der);
+    let chain = |der: &[u8]| format!("{}{}", enc(der), enc(&pki.intermediate_der()));
+    let server = pki.server(&["localhost"]);
+    let cert = write(dir.path(), "s.pem", chain(&server.cert.der).as_bytes());
+    let key = write(dir.path(), "s.key", server.key.to_pem().as_bytes());
+    let ca = write(
+        dir.path(),
+        "ca.pem",
+        format!("{}{}", enc(&pki.intermediate_der()), enc(&pki.root_der())).as_bytes(),
+    );
+    let app = MtlsServer::builder()
+        .certificate(&cert, &key)
+        .client_ca(&ca)
+        .build()
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // No extractor, no layer: the server alone decides.
+    let router = Router::new().route("/", get(|| async { "served" }));
+    tokio::spawn(app.serve(listener, router));
+    let now = time::OffsetDateTime::now_utc();
+    let (der, client_key) = pki.custom_leaf(
+        "short-lived",
+        vec![mtls_test_util::ExtendedKeyUsagePurpose::ClientAuth],
+        now - time::Duration::minutes(1),
+        now + time::Duration::seconds(3),
+    );
+    let cred = mtls_tls::credential_from_parts(vec![der, pki.intermediate_der()], &client_key, now)
+        .unwrap();
+    let config = mtls_tls::client_config(&[pki.root_der()], Some(&cred), &[b"http/1.1"]).unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let mut ask = async |tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>| {
+        tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        // One answer: its head and a short body.
+        while !String::from_utf8_lossy(&got).contains("\r\n\r\n")
+            || !(got.ends_with(b"served") || got.ends_with(b"}}"))
+        {
+            match tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+                _ => break,
+            }
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    let first = ask(&mut tls).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let second = ask(&mut tls).await;
+    assert!(
+        second.is_empty() || second.starts_with("HTTP/1.1 403"),
+        "an expired client reached the route: {second}"
+    );
+    assert!(!second.contains("served"), "{second}");
+}
