@@ -330,7 +330,7 @@ async fn a_client_whose_certificate_expired_meanwhile_reaches_no_route() {
         .connect("localhost".try_into().unwrap(), tcp)
         .await
         .unwrap();
-    let mut ask = async |tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>| {
+    let ask = async |tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>| {
         tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
             .await
             .unwrap();
