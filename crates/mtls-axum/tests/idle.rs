@@ -357,3 +357,73 @@ async fn a_client_whose_certificate_expired_meanwhile_reaches_no_route() {
     );
     assert!(!second.contains("served"), "{second}");
 }
+
+/// Optional mode (the seed's pattern): an untrusted certificate of ordinary size gets its 403
+/// on a connection; one far larger than any real chain (a self-signed certificate of ~60 KiB,
+/// which the connection would otherwise keep twice) fails the handshake instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_refused_chain_is_not_kept_in_optional_mode() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new("axum-oversized");
+    let enc = |der: &[u8]| mtls_pki::pem_io::encode("CERTIFICATE", der);
+    let chain = |der: &[u8]| format!("{}{}", enc(der), enc(&pki.intermediate_der()));
+    let server = pki.server(&["localhost"]);
+    let cert = write(dir.path(), "s.pem", chain(&server.cert.der).as_bytes());
+    let key = write(dir.path(), "s.key", server.key.to_pem().as_bytes());
+    let ca = write(
+        dir.path(),
+        "ca.pem",
+        format!("{}{}", enc(&pki.intermediate_der()), enc(&pki.root_der())).as_bytes(),
+    );
+    let app = MtlsServer::builder()
+        .certificate(&cert, &key)
+        .client_ca(&ca)
+        .allow_handshake_without_certificate()
+        .build()
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = Router::new()
+        .route("/", get(|| async { "served" }))
+        .layer(RequireClientCert::any_trusted());
+    tokio::spawn(app.serve(listener, router));
+    let self_signed = |names: Vec<String>| {
+        let key = mtls_pki::PrivateKey::generate(mtls_pki::KeyAlgorithm::EcdsaP256).unwrap();
+        let cert = rcgen::CertificateParams::new(names)
+            .unwrap()
+            .self_signed(key.key_pair())
+            .unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        mtls_tls::credential_from_parts(vec![cert.der().clone()], &key, now).unwrap()
+    };
+    let ask = async |cred: mtls_tls::Credential| -> String {
+        let config =
+            mtls_tls::client_config(&[pki.root_der()], Some(&cred), &[b"http/1.1"]).unwrap();
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let Ok(mut tls) = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect("localhost".try_into().unwrap(), tcp)
+            .await
+        else {
+            return String::new();
+        };
+        if tls
+            .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .is_err()
+        {
+            return String::new();
+        }
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut got)).await;
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    let small = ask(self_signed(vec!["intruder.example".into()])).await;
+    assert!(small.starts_with("HTTP/1.1 403"), "{small}");
+    assert!(small.contains("INVALID_CERT"), "{small}");
+    let many: Vec<String> = (0..2000)
+        .map(|i| format!("name-{i:05}.oversized.example"))
+        .collect();
+    let big = ask(self_signed(many)).await;
+    assert!(big.is_empty(), "an oversized refused chain was kept: {big}");
+}

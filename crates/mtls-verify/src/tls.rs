@@ -145,6 +145,17 @@ fn note_refused(leaf: &CertificateDer<'_>, r: &Rejection) {
     REFUSED.with(|slot| *slot.borrow_mut() = Some(peer));
 }
 
+/// Largest refused chain an optional-mode connection keeps (leaf and intermediates, DER): real
+/// chains are a few KiB.
+const MAX_KEPT_REFUSED_CHAIN: usize = 16 * 1024;
+/// Most certificates in a refused chain an optional-mode connection keeps.
+const MAX_KEPT_REFUSED_CERTS: usize = 6;
+
+fn oversized(end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>]) -> bool {
+    let bytes: usize = end_entity.len() + intermediates.iter().map(|c| c.len()).sum::<usize>();
+    bytes > MAX_KEPT_REFUSED_CHAIN || intermediates.len() + 1 > MAX_KEPT_REFUSED_CERTS
+}
+
 impl ClientCertVerifier for ClientVerifier {
     fn offer_client_auth(&self) -> bool {
         true
@@ -173,7 +184,16 @@ impl ClientCertVerifier for ClientVerifier {
                 tracing::info!(reason = %r, code = r.code(), "client certificate rejected in handshake");
                 Err(rejection_to_rustls(&r))
             }
-            // Optional mode: the application answers 403 with the reason.
+            // Optional mode: the application answers 403 with the reason, on a connection
+            // that keeps the refused chain (and a copy, to admit it should the trust state
+            // come to accept it). One far larger than any real chain (a 60 KiB self-signed
+            // certificate) is refused here: it would multiply what an anonymous connection
+            // holds.
+            Err(r) if oversized(end_entity, intermediates) => {
+                note_refused(end_entity, &r);
+                tracing::info!(reason = %r, "oversized refused client certificate chain: handshake failed");
+                Err(rejection_to_rustls(&r))
+            }
             Err(_) => Ok(ClientCertVerified::assertion()),
         }
     }
