@@ -189,8 +189,9 @@ impl ServerBuilder {
         self
     }
 
-    /// At shutdown, how long open requests (and upgraded connections) may take to finish
-    /// before their connections are closed (default 30 s).
+    /// At shutdown, how long open requests may take to finish before their connections are
+    /// closed (default 30 s). Upgraded connections (WebSockets) have no end of their own:
+    /// they are closed when the server stops, without waiting for this.
     pub fn drain_timeout(mut self, d: Duration) -> Self {
         self.drain_timeout = d;
         self
