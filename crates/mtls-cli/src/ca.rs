@@ -11,7 +11,7 @@ use mtls_pki::{CaCert, KeyAlgorithm, PrivateKey, Subject};
 
 use crate::pkidir::{load_ca, PkiDir};
 use crate::util::{days, fmt_time, now, out};
-use crate::{CaKeyArgs, NewKeyArgs, UsageError};
+use crate::{NewKeyArgs, UsageError};
 
 #[derive(Subcommand)]
 pub enum CaCommand {
@@ -60,7 +60,7 @@ pub struct RootCrlArgs {
     #[arg(long)]
     out: Option<PathBuf>,
     #[command(flatten)]
-    ca_key: CaKeyArgs,
+    root_pass: crate::RootKeyArgs,
     #[command(flatten)]
     pub pki: crate::PkiArgs,
 }
@@ -143,6 +143,8 @@ pub struct InitArgs {
     intermediate_days: i64,
     #[command(flatten)]
     constraints: ConstraintArgs,
+    #[command(flatten)]
+    root_pass: crate::RootKeyArgs,
     /// Where the root's CRL will be published (the online CA's
     /// http://HOST:PORT/v1/root-crl), written into the intermediate as its CRL distribution
     /// point: verifiers that follow distribution points then learn of its revocation by the
@@ -185,7 +187,7 @@ pub struct IntermediateArgs {
     #[command(flatten)]
     key: NewKeyArgs,
     #[command(flatten)]
-    ca_key: CaKeyArgs,
+    root_pass: crate::RootKeyArgs,
     #[command(flatten)]
     pub pki: crate::PkiArgs,
 }
@@ -250,7 +252,7 @@ fn root_crl(pki: &Path, a: RootCrlArgs) -> Result<ExitCode> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e).with_context(|| format!("reading {}", out_path.display())),
     };
-    let root: CaCert = load_ca(&a.root_cert, &a.root_key, &a.ca_key.source())?;
+    let root: CaCert = load_ca(&a.root_cert, &a.root_key, &a.root_pass.source())?;
     let crl = extend_crl(
         &root,
         previous.as_ref().map(|c| c.as_ref()),
@@ -362,10 +364,23 @@ fn init(pki: &Path, a: InitArgs) -> Result<ExitCode> {
         files::check_writable(p, a.key.force)?;
     }
     refuse_behind_ledger(&dir)?;
-    let passphrase = if a.key.encrypt {
-        Some(a.key.source().new_secret()?)
+    // Two passphrases: the intermediate's is given to the online CA (`mtls ca serve`), the
+    // root's stays offline with its key; one for both would unlock the root wherever the CA
+    // runs.
+    let (passphrase, root_passphrase) = if a.key.encrypt {
+        let intermediate = a.key.source().new_secret()?;
+        let root = a.root_pass.source().new_secret()?;
+        if *intermediate == *root {
+            return Err(UsageError(
+                "the root key's passphrase must differ from the intermediate's: the \
+                 intermediate's is given to the online CA, the root's stays offline with its key"
+                    .into(),
+            )
+            .into());
+        }
+        (Some(intermediate), Some(root))
     } else {
-        None
+        (None, None)
     };
     let at = now();
     let root = issue::new_root(
@@ -393,7 +408,12 @@ fn init(pki: &Path, a: InitArgs) -> Result<ExitCode> {
     let mut staged = vec![
         files::stage(
             &dir.root_key(),
-            key_pem(root.key(), &a.key, pass)?.as_bytes(),
+            key_pem(
+                root.key(),
+                &a.key,
+                root_passphrase.as_deref().map(|p| p.as_slice()),
+            )?
+            .as_bytes(),
             Visibility::Secret,
             a.key.force,
         )?,
@@ -509,7 +529,7 @@ fn intermediate(pki: &Path, a: IntermediateArgs) -> Result<ExitCode> {
     if constraints.is_empty() && !a.no_name_constraints {
         refuse_dropping_constraints(&dir)?;
     }
-    let root: CaCert = load_ca(&a.root_cert, &a.root_key, &a.ca_key.source())?;
+    let root: CaCert = load_ca(&a.root_cert, &a.root_key, &a.root_pass.source())?;
     // `root.crt` is the trust anchor clients are given: one left by another root (an earlier
     // `ca init`, a root rotated offline) made every chain of the new intermediate fail to
     // verify. Replaced with --force, refused otherwise, before anything is written.

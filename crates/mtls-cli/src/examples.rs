@@ -2,7 +2,7 @@
 
 pub const CA_INIT: &str = "Examples:
   mtls ca init
-  mtls ca init --org \"Example Corp\" --encrypt --passphrase-file ca.pass
+  mtls ca init --org \"Example Corp\" --encrypt --passphrase-file ca.pass --root-passphrase-file root.pass
   mtls --pki /etc/mtls/pki ca init --database postgres://mtls@db/mtls";
 
 pub const CA_INTERMEDIATE: &str = "Examples:

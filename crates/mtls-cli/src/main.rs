@@ -216,6 +216,27 @@ impl CaKeyArgs {
     }
 }
 
+/// Options for the root key's passphrase (unlocking it, or choosing it at `ca init
+/// --encrypt`): never the intermediate's, which the online CA's host holds.
+#[derive(Args, Clone, Debug)]
+pub struct RootKeyArgs {
+    /// File holding the passphrase of the root key (else $MTLS_ROOT_PASSPHRASE, else a
+    /// prompt); with `ca init --encrypt`, it must differ from the intermediate's.
+    #[arg(long, value_name = "FILE")]
+    pub root_passphrase_file: Option<PathBuf>,
+}
+
+impl RootKeyArgs {
+    pub fn source(&self) -> secrets::Source<'_> {
+        secrets::Source {
+            file: self.root_passphrase_file.as_deref(),
+            env: "MTLS_ROOT_PASSPHRASE",
+            flag: "--root-passphrase-file",
+            what: "root key passphrase",
+        }
+    }
+}
+
 impl NewKeyArgs {
     pub fn source(&self) -> secrets::Source<'_> {
         secrets::Source {

@@ -85,8 +85,50 @@ fn wrong_or_missing_passphrase_fails_cleanly() {
     .fails(2, "chmod 600");
     e.write_secret("pw", b"the right passphrase\n");
     e.write_secret("wrong", b"the wrong passphrase\n");
-    e.mtls(&["ca", "init", "--encrypt", "--passphrase-file", &e.p("pw")])
-        .ok();
+    e.write_secret("root-pw", b"the root's own passphrase\n");
+    // One passphrase for both keys is refused: the intermediate's lives on the CA's host.
+    e.mtls(&[
+        "ca",
+        "init",
+        "--encrypt",
+        "--passphrase-file",
+        &e.p("pw"),
+        "--root-passphrase-file",
+        &e.p("pw"),
+    ])
+    .fails(2, "must differ");
+    e.mtls(&[
+        "ca",
+        "init",
+        "--encrypt",
+        "--passphrase-file",
+        &e.p("pw"),
+        "--root-passphrase-file",
+        &e.p("root-pw"),
+    ])
+    .ok();
+    // The root key opens with its own passphrase only.
+    e.openssl(&[
+        "pkey",
+        "-in",
+        &e.p("pki/root.key"),
+        "-passin",
+        "pass:the root's own passphrase",
+        "-noout",
+    ])
+    .ok();
+    let r = e.openssl(&[
+        "pkey",
+        "-in",
+        &e.p("pki/root.key"),
+        "-passin",
+        "pass:the right passphrase",
+        "-noout",
+    ]);
+    assert_ne!(
+        r.code, 0,
+        "the root key opened with the intermediate's passphrase"
+    );
     assert!(String::from_utf8(e.read("pki/intermediate.key"))
         .unwrap()
         .contains("ENCRYPTED PRIVATE KEY"));

@@ -93,8 +93,17 @@ fn a_clean_pki_reports_nothing_and_a_default_one_its_key_storage() {
     let env = Env::new();
     let pass = env.write_secret("ca.pass", b"correct horse battery\n");
     let pass = pass.to_str().unwrap();
-    env.mtls(&["ca", "init", "--encrypt", "--passphrase-file", pass])
-        .ok();
+    let root_pass = env.write_secret("root.pass", b"a staple for the root\n");
+    env.mtls(&[
+        "ca",
+        "init",
+        "--encrypt",
+        "--passphrase-file",
+        pass,
+        "--root-passphrase-file",
+        root_pass.to_str().unwrap(),
+    ])
+    .ok();
     // The root key goes offline, as `ca init` advises.
     std::fs::rename(env.pki().join("root.key"), env.path("root.key.offline")).unwrap();
     env.mtls(&["issue", "server", "localhost", "--ca-passphrase-file", pass])

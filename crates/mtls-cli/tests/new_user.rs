@@ -47,12 +47,15 @@ fn gateway_run(env: &Env, extra: &[&str]) -> common::Run {
 fn encrypted_ca_hint_names_ca_passphrase_file() {
     let env = Env::new();
     let pass = env.write_secret("ca.pass", b"correct horse battery\n");
+    let root_pass = env.write_secret("root.pass", b"a staple for the root\n");
     env.mtls(&[
         "ca",
         "init",
         "--encrypt",
         "--passphrase-file",
         pass.to_str().unwrap(),
+        "--root-passphrase-file",
+        root_pass.to_str().unwrap(),
     ])
     .ok();
     let r = env
