@@ -225,7 +225,7 @@ pub enum IssueKind {
 }
 
 /// How often one certificate's renewal lineage may be renewed: at most `max` renewals within
-/// any `window`, from whichever of its certificates (see [`RECENT_RENEWALS_SQL`]). Renewing
+/// any `window`, from whichever of its certificates. Renewing
 /// from the same certificate more than once stays possible (a client whose answer was lost
 /// retries with the certificate it still has), but a holder of a valid key cannot grow the
 /// inventory, the CRL and the revocation lineages without bound, whether it renews from one
