@@ -71,13 +71,20 @@ impl RouteMatch {
     /// Whether a (canonical) path can be matched under this mode. Case-insensitively, only
     /// an ASCII path can: an upstream that folds case beyond ASCII (Java folds `ſ` to `S`, `K`
     /// (Kelvin) to `k`, `ı` to `I`) would serve `/adm%C4%B1n` as `/admin` while no ASCII rule
-    /// matched it here.
+    /// matched it here. Nor can a path with a segment ending in `.` or a space: Windows
+    /// drops those from file names, so IIS serves `/admin./x` and `/admin%20/x` as
+    /// `/admin/x`.
     pub fn can_match(self, path: &str) -> bool {
         match self {
             RouteMatch::Exact => true,
             RouteMatch::CaseInsensitive => {
                 path.is_ascii()
                     && !crate::state::percent_escapes(path).any(|c| c.is_some_and(|c| c >= 0x80))
+                    && !path.split('/').any(|segment| {
+                        segment.ends_with('.')
+                            || segment.ends_with(' ')
+                            || segment.to_ascii_lowercase().ends_with("%20")
+                    })
             }
         }
     }
