@@ -35,6 +35,8 @@ enum Encoding {
     Der,
     /// A DER SEQUENCE followed by other bytes.
     DerWithTrailing,
+    /// A SEQUENCE of indefinite length (BER): binary, not DER.
+    Ber,
     /// PEM text: a `-----BEGIN ` line.
     Pem,
     Neither,
@@ -43,9 +45,11 @@ enum Encoding {
 /// DER is decided first, from the structure: a DER object (a certificate, a CSR) may carry
 /// any bytes inside it, `-----BEGIN ` lines included, and reading those instead would make
 /// mtls sign, trust or describe another object than the one OpenSSL shows for the same file.
-/// PEM needs its `-----BEGIN ` at the start of a line (after spaces or tabs at most).
+/// A SEQUENCE of indefinite length (BER, which OpenSSL also reads) is binary all the same.
+/// PEM is text: its first `-----BEGIN ` at the start of a line (after spaces or tabs at
+/// most), with nothing but text before it (explanatory lines; a byte-order mark).
 fn encoding(input: &[u8]) -> Encoding {
-    use x509_parser::asn1_rs::{Any, FromDer as _, Tag};
+    use x509_parser::asn1_rs::{Any, FromBer as _, FromDer as _, Tag};
     if input.first() == Some(&0x30) {
         if let Ok((rest, any)) = Any::from_der(input) {
             if any.tag() == Tag::Sequence {
@@ -56,16 +60,33 @@ fn encoding(input: &[u8]) -> Encoding {
                 };
             }
         }
+        if Any::from_ber(input).is_ok_and(|(_, any)| any.tag() == Tag::Sequence) {
+            return Encoding::Ber;
+        }
     }
-    // (Indented blocks, as pasted into YAML or a message, are PEM too.)
-    let at_line_start = input
-        .split(|b| *b == b'\n')
-        .any(|line| line.trim_ascii_start().starts_with(b"-----BEGIN "));
-    if at_line_start {
-        Encoding::Pem
-    } else {
-        Encoding::Neither
+    let text = without_bom(input);
+    let mut offset = 0usize;
+    for line in text.split(|b| *b == b'\n') {
+        if line.trim_ascii_start().starts_with(b"-----BEGIN ") {
+            let before = text.get(..offset).unwrap_or_default();
+            let is_text = std::str::from_utf8(before).is_ok_and(|s| {
+                !s.chars()
+                    .any(|c| c.is_control() && !matches!(c, '\t' | '\r' | '\n'))
+            });
+            return if is_text {
+                Encoding::Pem
+            } else {
+                Encoding::Neither
+            };
+        }
+        offset = offset.saturating_add(line.len() + 1);
     }
+    Encoding::Neither
+}
+
+/// `input` without a leading UTF-8 byte-order mark (Notepad and PowerShell write one).
+fn without_bom(input: &[u8]) -> &[u8] {
+    input.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(input)
 }
 
 /// True when the input is PEM text rather than DER.
@@ -89,6 +110,12 @@ pub fn decode(input: &[u8]) -> Result<Vec<Block>> {
                 der: input.to_vec(),
             }])
         }
+        Encoding::Ber => {
+            return Err(Error::malformed(
+                "DER",
+                "BER with an indefinite length, not DER (convert it: openssl x509 -outform DER)",
+            ))
+        }
         Encoding::DerWithTrailing => {
             return Err(Error::malformed(
                 "DER",
@@ -103,7 +130,7 @@ pub fn decode(input: &[u8]) -> Result<Vec<Block>> {
             ));
         }
     }
-    let pems = pem::parse_many(input).map_err(|e| Error::malformed("PEM", e))?;
+    let pems = pem::parse_many(without_bom(input)).map_err(|e| Error::malformed("PEM", e))?;
     if pems.is_empty() {
         return Err(Error::malformed("PEM", "no complete PEM block found"));
     }
@@ -259,6 +286,20 @@ mod tests {
         assert!(!is_pem(outer.der()));
         let read = certificates(outer.der()).unwrap();
         assert_eq!(read, vec![outer.der().clone()]);
+        // Re-encoded with an indefinite length (BER, which OpenSSL reads as the same object):
+        // refused, never searched for PEM.
+        let der = outer.der().as_ref();
+        let header = 2 + usize::from(der[1] & 0x7f) * usize::from(der[1] & 0x80 != 0);
+        let indefinite = [&[0x30, 0x80][..], &der[header..], &[0, 0]].concat();
+        let e = certificates(&indefinite).unwrap_err();
+        assert!(e.to_string().contains("indefinite"), "{e}");
+        // Binary bytes before a BEGIN line: not PEM either.
+        let binary = [&[0x04, 0x82, 0x00, 0x01, 0xff][..], b"\n", hidden_pem.as_bytes()].concat();
+        assert!(!is_pem(&binary));
+        assert!(certificates(&binary).is_err());
+        // A byte-order mark before PEM (Notepad, PowerShell) is fine.
+        let bom = [&b"\xEF\xBB\xBF"[..], hidden_pem.as_bytes()].concat();
+        assert_eq!(certificates(&bom).unwrap(), vec![hidden.der().clone()]);
         let mut trailing = outer.der().to_vec();
         trailing.extend_from_slice(format!("\n{hidden_pem}").as_bytes());
         assert!(certificates(&trailing).is_err());
