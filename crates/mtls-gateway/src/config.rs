@@ -443,6 +443,19 @@ impl GatewayConfig {
             if l.client_ca.is_empty() {
                 return e("needs client_ca (the CA bundle trusted for client certificates)");
             }
+            // As a request's host is compared: a name or an address, no port, brackets or
+            // wildcard (which would never match, and every request naming it would get 421).
+            if let Some(h) = l.extra_hosts.iter().find(|h| {
+                h.parse::<std::net::IpAddr>().is_err()
+                    && (h.is_empty()
+                        || !h
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')))
+            }) {
+                return e(&format!(
+                    "extra_hosts: {h:?} is not a host name or IP address (no port, brackets or wildcard)"
+                ));
+            }
             if l.mode == Mode::Tcp && l.client_auth == ClientAuth::Optional {
                 return e("client_auth = \"optional\" is only possible in HTTP mode");
             }

@@ -154,7 +154,9 @@ async fn within<T>(
                 if until <= now {
                     return Err(late);
                 }
-                deadline = until;
+                // Never further than either limit from now: who is slow may change before
+                // then (the upstream takes the last held bytes, then the client stalls).
+                deadline = until.min(now + first);
             }
         }
     }

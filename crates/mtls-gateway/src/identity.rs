@@ -189,13 +189,19 @@ impl Drop for ClientSlot {
     }
 }
 
-/// Most certificates whose encoded headers are remembered (entries no connection uses are
-/// dropped when it fills).
+/// How many certificates' entries are kept before those no connection uses are dropped.
 const SHARED_CAPACITY: usize = 4096;
 
 static SHARED: std::sync::Mutex<
     Option<std::collections::HashMap<mtls_pki::Fingerprint, std::sync::Weak<IdentityHeaders>>>,
 > = std::sync::Mutex::new(None);
+
+/// Drops the entries no connection uses. Only those: a live one holds its certificate's count
+/// of requests in flight, which a fresh entry would restart at zero (the per-client limit
+/// would become per connection). What stays is bounded by the connections.
+fn drop_unused<K, V>(map: &mut std::collections::HashMap<K, std::sync::Weak<V>>) {
+    map.retain(|_, w| w.strong_count() > 0);
+}
 
 impl IdentityHeaders {
     /// The headers of `peer`'s certificate, encoded once per certificate and shared by all its
@@ -211,10 +217,7 @@ impl IdentityHeaders {
         }
         let headers = std::sync::Arc::new(Self::new(peer)?);
         if map.len() >= SHARED_CAPACITY {
-            map.retain(|_, w| w.strong_count() > 0);
-            if map.len() >= SHARED_CAPACITY {
-                map.clear();
-            }
+            drop_unused(map);
         }
         map.insert(key, std::sync::Arc::downgrade(&headers));
         Some(headers)
@@ -249,6 +252,24 @@ impl IdentityHeaders {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A full cache drops what no connection uses and keeps every live entry (with its count
+    /// of requests in flight), however many there are.
+    #[test]
+    fn a_full_cache_keeps_live_entries() {
+        let live: Vec<std::sync::Arc<usize>> = (0..3).map(std::sync::Arc::new).collect();
+        let mut map: std::collections::HashMap<usize, std::sync::Weak<usize>> = live
+            .iter()
+            .map(|a| (**a, std::sync::Arc::downgrade(a)))
+            .collect();
+        let gone = std::sync::Arc::new(9);
+        map.insert(9, std::sync::Arc::downgrade(&gone));
+        drop(gone);
+        drop_unused(&mut map);
+        let mut kept: Vec<usize> = map.keys().copied().collect();
+        kept.sort_unstable();
+        assert_eq!(kept, vec![0, 1, 2]);
+    }
 
     #[test]
     fn quoting_cannot_break_out() {

@@ -178,22 +178,21 @@ impl ListenerState {
             route_match: cfg.route_match,
             upstream: Upstream::load(cfg, upstream_timeout, previous.map(|p| &p.upstream))?,
             proxy_protocol: cfg.proxy_protocol,
-            extra_hosts: cfg
-                .extra_hosts
-                .iter()
-                .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
-                .collect(),
+            extra_hosts: cfg.extra_hosts.iter().map(|h| canonical_host(h)).collect(),
         })
     }
 
     /// Whether requests may name `host` (without port or brackets, final dot removed): a
     /// served certificate names it, or `extra_hosts` does.
     pub fn serves_host(&self, host: &str) -> bool {
-        self.server.certificates.covers(host)
-            || self
-                .extra_hosts
-                .iter()
-                .any(|h| h.eq_ignore_ascii_case(host))
+        if self.server.certificates.covers(host) {
+            return true;
+        }
+        if self.extra_hosts.is_empty() {
+            return false;
+        }
+        let host = canonical_host(host);
+        self.extra_hosts.contains(&host)
     }
 
     /// Whether per-path policies apply on this listener (then only canonical paths are served:
@@ -231,6 +230,15 @@ impl ListenerState {
 /// `/admin` for a path like `/%61dmin`, `/x/../admin`, `//admin` or `/;x/admin` that matched
 /// no `/admin` route here. Percent-encoding is allowed only for bytes that need it (not for
 /// unreserved characters, `/`, `\\`, `;` or `%` itself).
+/// A host name lower case without a final dot, an IP address in its canonical form (`::1`,
+/// not `0:0:0:0:0:0:0:1`): as requests' hosts and `extra_hosts` are compared.
+pub(crate) fn canonical_host(host: &str) -> String {
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.to_string(),
+        Err(_) => host.trim_end_matches('.').to_ascii_lowercase(),
+    }
+}
+
 pub fn is_canonical_path(path: &str) -> bool {
     if !path.starts_with('/') || path.contains("//") || path.contains(';') || path.contains('\\') {
         return false;
@@ -266,7 +274,17 @@ pub(crate) fn percent_escapes(path: &str) -> impl Iterator<Item = Option<u8>> + 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
-    use super::{is_canonical_path, ListenerState};
+    use super::{canonical_host, is_canonical_path, ListenerState};
+
+    /// Hosts compare as requests name them: names lower case without a final dot, addresses in
+    /// their canonical form.
+    #[test]
+    fn hosts_compare_in_canonical_form() {
+        assert_eq!(canonical_host("Admin.Internal."), "admin.internal");
+        assert_eq!(canonical_host("0:0:0:0:0:0:0:1"), "::1");
+        assert_eq!(canonical_host("::1"), "::1");
+        assert_eq!(canonical_host("10.0.0.5"), "10.0.0.5");
+    }
 
     /// A listener's reload refuses a CRL file replaced by an older CRL (a replay): the load
     /// after the current state fails and says why; a newer CRL loads.

@@ -242,3 +242,28 @@ fn a_route_combining_allow_any_trusted_with_match_all_is_refused() {
         &route(r#"match = "all", allow_cn = ["ops"], allow_ou = ["platform"]"#),
     );
 }
+
+/// `extra_hosts` takes host names and IP addresses as requests name them: an entry with a
+/// port, brackets or a wildcard (which no request's host would ever equal) is refused at load.
+#[test]
+fn extra_hosts_are_names_or_addresses() {
+    let f = Files::new();
+    let up = Upstream::start();
+    for bad in ["a.internal:443", "[::1]", "*.internal", ""] {
+        match Gateway::try_start(
+            &f,
+            up.addr,
+            &["app"],
+            &format!("extra_hosts = [\"{bad}\"]\n"),
+        ) {
+            Ok(_) => panic!("started with extra_hosts = [{bad:?}]"),
+            Err(e) => assert!(e.to_string().contains("extra_hosts"), "{e}"),
+        }
+    }
+    Gateway::start(
+        &f,
+        up.addr,
+        &["app"],
+        "extra_hosts = [\"Admin.Internal.\", \"0:0:0:0:0:0:0:1\", \"10.0.0.5\"]\n",
+    );
+}

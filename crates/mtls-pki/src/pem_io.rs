@@ -294,7 +294,12 @@ mod tests {
         let e = certificates(&indefinite).unwrap_err();
         assert!(e.to_string().contains("indefinite"), "{e}");
         // Binary bytes before a BEGIN line: not PEM either.
-        let binary = [&[0x04, 0x82, 0x00, 0x01, 0xff][..], b"\n", hidden_pem.as_bytes()].concat();
+        let binary = [
+            &[0x04, 0x82, 0x00, 0x01, 0xff][..],
+            b"\n",
+            hidden_pem.as_bytes(),
+        ]
+        .concat();
         assert!(!is_pem(&binary));
         assert!(certificates(&binary).is_err());
         // A byte-order mark before PEM (Notepad, PowerShell) is fine.
