@@ -553,7 +553,21 @@ fn intermediate(pki: &Path, a: IntermediateArgs) -> Result<ExitCode> {
         })?;
     }
     let passphrase = if a.key.encrypt {
-        Some(a.key.source().new_secret()?)
+        let p = a.key.source().new_secret()?;
+        // Not the root's: the intermediate's is given to the online CA (see `init`). Tried on
+        // the root key itself, so a root made with one passphrase for both is caught too.
+        let root_key = files::read_secret(&a.root_key)?;
+        if mtls_pki::key::is_encrypted(&root_key)
+            && mtls_pki::PrivateKey::from_pem_or_der(&root_key, Some(&p)).is_ok()
+        {
+            return Err(UsageError(
+                "the new intermediate's passphrase opens the root key: give it one of its own \
+                 (the intermediate's is given to the online CA, the root's stays offline)"
+                    .into(),
+            )
+            .into());
+        }
+        Some(p)
     } else {
         None
     };

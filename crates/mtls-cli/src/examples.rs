@@ -7,7 +7,7 @@ pub const CA_INIT: &str = "Examples:
 
 pub const CA_INTERMEDIATE: &str = "Examples:
   mtls ca intermediate --root-cert /media/usb/root.crt --root-key /media/usb/root.key \\
-      --ca-passphrase-file root.pass";
+      --root-passphrase-file root.pass --encrypt --passphrase-file intermediate.pass";
 
 pub const CA_ROOT_CRL: &str = "Examples:
   mtls ca root-crl --root-cert /media/usb/root.crt --root-key /media/usb/root.key

@@ -118,7 +118,9 @@ pub fn revoke(pki: &Path, a: RevokeArgs) -> Result<ExitCode> {
         if let Some(record) = inventory.get(&serial, now())? {
             if &record.fingerprint != fp {
                 return Err(UsageError(format!(
-                    "{} is not the certificate this CA issued with serial {serial} ({}):                      another CA's, or one made to carry its serial; nothing revoked (revoke                      by serial if that certificate is the one meant)",
+                    "{} is not the certificate this CA issued with serial {serial} ({}): \
+                     another CA's, or one made to carry its serial; nothing revoked (revoke \
+                     by serial if that certificate is the one meant)",
                     path.display(),
                     record.subject
                 ))

@@ -208,7 +208,7 @@ pub struct ExplainArgs {
 
 /// Exit 0 when the listener would let the client through, 1 when it would refuse it.
 pub fn explain(a: ExplainArgs) -> Result<ExitCode> {
-    let bytes = std::fs::read(&a.cert).with_context(|| a.cert.display().to_string())?;
+    let bytes = mtls_pki::files::read_input(&a.cert)?;
     let chain = mtls_pki::pem_io::certificates(&bytes)
         .map_err(|e| UsageError(format!("{}: {e}", a.cert.display())))?;
     if chain.is_empty() {

@@ -129,6 +129,24 @@ fn wrong_or_missing_passphrase_fails_cleanly() {
         r.code, 0,
         "the root key opened with the intermediate's passphrase"
     );
+    // Rotating the intermediate: its new passphrase may not be the root's either.
+    let intermediate_before = e.read("pki/intermediate.key");
+    e.mtls(&[
+        "ca",
+        "intermediate",
+        "--root-cert",
+        &e.p("pki/root.crt"),
+        "--root-key",
+        &e.p("pki/root.key"),
+        "--root-passphrase-file",
+        &e.p("root-pw"),
+        "--encrypt",
+        "--passphrase-file",
+        &e.p("root-pw"),
+        "--force",
+    ])
+    .fails(2, "opens the root key");
+    assert_eq!(e.read("pki/intermediate.key"), intermediate_before);
     assert!(String::from_utf8(e.read("pki/intermediate.key"))
         .unwrap()
         .contains("ENCRYPTED PRIVATE KEY"));

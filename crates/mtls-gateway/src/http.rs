@@ -27,9 +27,9 @@ pub type UpstreamPool = mtls_client::pool::Pool<Upload>;
 /// A request body on its way upstream, noting when its last byte went: the upstream's time to
 /// answer (`upstream_timeout`) counts from there, so a client uploading slowly is not taken for
 /// an upstream that does not answer. While the body is still coming, whose pace it is tells
-/// the two apart: waiting for the client's next bytes is the client's (its connection's idle
-/// timeout ends a stalled upload, and with it the body); holding bytes the upstream does not
-/// take is the upstream's, bounded by `upstream_timeout` like an answer.
+/// the two apart: waiting for the client's next bytes is the client's (`body_timeout` ends a
+/// stalled upload with 408); holding bytes the upstream does not take is the upstream's,
+/// bounded by `upstream_timeout` like an answer.
 pub struct Upload {
     body: RequestBody,
     /// Only for requests with a body (none is allocated for the others).
