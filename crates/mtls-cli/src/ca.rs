@@ -53,7 +53,7 @@ pub struct RootCrlArgs {
     #[arg(long, requires = "revoke", value_parser = crate::util::reason_arg)]
     reason: Option<mtls_pki::revocation::RevocationReason>,
     /// Days until nextUpdate. Sign again before then: verifiers refuse an expired CRL.
-    #[arg(long, default_value_t = 90)]
+    #[arg(long, default_value_t = ROOT_CRL_DAYS)]
     days: i64,
     /// Output file (default: <pki>/root-crl.pem, which `mtls ca serve` publishes at
     /// /v1/root-crl); the CRL already there is carried forward.
@@ -425,6 +425,9 @@ fn init(pki: &Path, a: InitArgs) -> Result<ExitCode> {
         )?,
     ];
     staged.extend(stage_intermediate(&dir, &inter, &root, &a.key, pass)?);
+    if a.root_crl_url.is_some() {
+        staged.extend(stage_first_root_crl(&dir, &root, a.key.force)?);
+    }
     for s in staged {
         s.install()?;
     }
@@ -447,6 +450,37 @@ fn init(pki: &Path, a: InitArgs) -> Result<ExitCode> {
     ))?;
     Ok(ExitCode::SUCCESS)
 }
+
+/// The root's first CRL (empty, valid [`ROOT_CRL_DAYS`]), staged at `<pki>/root-crl.pem`
+/// unless one is there already (with `replace`, replaced): an intermediate naming where the
+/// root publishes its CRL (`--root-crl-url`) is refused by verifiers following that point
+/// until there is one to fetch, so it is written with the intermediate, not left for later.
+fn stage_first_root_crl(
+    dir: &PkiDir,
+    root: &CaCert,
+    replace: bool,
+) -> Result<Option<files::Staged>> {
+    if dir.root_crl().exists() && !replace {
+        return Ok(None);
+    }
+    let crl = mtls_pki::revocation::extend_crl(
+        root,
+        None,
+        &[],
+        None,
+        now(),
+        time::Duration::days(ROOT_CRL_DAYS),
+    )?;
+    Ok(Some(files::stage(
+        &dir.root_crl(),
+        mtls_pki::pem_io::encode("X509 CRL", &crl).as_bytes(),
+        Visibility::Public,
+        replace,
+    )?))
+}
+
+/// How long a root CRL is valid by default (`mtls ca root-crl --days`): sign it again before.
+const ROOT_CRL_DAYS: i64 = 90;
 
 /// Stages the intermediate's key, certificate and the CA chain (intermediate + root): written
 /// beside their paths, put in place by the caller once everything is written.
@@ -589,6 +623,9 @@ fn intermediate(pki: &Path, a: IntermediateArgs) -> Result<ExitCode> {
         dir.open_inventory()?;
     }
     let mut staged = stage_intermediate(&dir, &inter, &root, &a.key, pass)?;
+    if a.root_crl_url.is_some() {
+        staged.extend(stage_first_root_crl(&dir, &root, false)?);
+    }
     if root_differs || !dir.root_cert().exists() {
         staged.push(files::stage(
             &dir.root_cert(),
