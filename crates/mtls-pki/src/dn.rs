@@ -53,7 +53,10 @@ pub fn to_rfc4514(name: &X509Name<'_>) -> String {
     out
 }
 
-/// Appends `value` escaped as an RFC 4514 attribute value (2.4).
+/// Appends `value` escaped as an RFC 4514 attribute value (2.4). Beyond what 2.4 requires,
+/// every byte outside printable ASCII, and `%`, is written `\XX` (hex), which 2.4 allows: the
+/// result is printable ASCII a header carries as it is, with no percent-encoding a reader
+/// would have to undo (and that a value could fake: `x%2C CN=admin`).
 fn escape_into(out: &mut String, value: &str) {
     let last = value.chars().count().saturating_sub(1);
     for (i, c) in value.chars().enumerate() {
@@ -62,9 +65,14 @@ fn escape_into(out: &mut String, value: &str) {
                 out.push('\\');
                 out.push(c);
             }
-            '\0' => out.push_str("\\00"),
             ' ' if i == 0 || i == last => out.push_str("\\ "),
             '#' if i == 0 => out.push_str("\\#"),
+            c if c == '%' || !(' '..='~').contains(&c) => {
+                let mut buf = [0u8; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    out.push_str(&format!("\\{b:02X}"));
+                }
+            }
             _ => out.push(c),
         }
     }
@@ -157,6 +165,22 @@ mod tests {
             ]
         );
         assert_eq!(parse_rfc4514("CN=a\\2Cb").unwrap()[0].1, "a,b");
+        // Non-ASCII, control characters and `%` as hex escapes: printable ASCII only, no
+        // percent-encoding to undo (`x%2C CN=admin` stays one value whatever a reader does).
+        let mut dn = rcgen::DistinguishedName::new();
+        dn.push(rcgen::DnType::OrganizationName, "x%2C CN=admin");
+        dn.push(rcgen::DnType::CommonName, "Ünï\r\n");
+        let der = name_of(dn);
+        let cert = crate::pem_io::parse_certificate(&der).unwrap();
+        let s = to_rfc4514(cert.subject());
+        assert_eq!(s, r"CN=\C3\9Cn\C3\AF\0D\0A,O=x\252C CN=admin");
+        assert_eq!(
+            parse_rfc4514(&s).unwrap(),
+            vec![
+                ("CN".to_string(), "Ünï\r\n".to_string()),
+                ("O".to_string(), "x%2C CN=admin".to_string()),
+            ]
+        );
         assert_eq!(parse_rfc4514("CN=\\#x").unwrap()[0].1, "#x");
         for bad in ["CN=a\"b", "CN", "=a", "CN=a\\"] {
             assert!(parse_rfc4514(bad).is_none(), "{bad}");
