@@ -723,3 +723,35 @@ fn a_file_that_is_not_a_regular_file_is_reported_not_read() {
     assert_eq!(found, set(&[("unreadable", "pipe.crt")]));
     assert_eq!(code, 1);
 }
+
+/// Links to directories are not followed: ten links back up (`sN -> .`) beside an expired
+/// certificate give one finding, not one per path through them (11,111 before).
+#[test]
+fn directory_links_do_not_multiply_the_audit() {
+    let env = Env::new();
+    let pki = TestPki::new("doctor-loops");
+    let now = OffsetDateTime::now_utc();
+    let old = pki.leaf_at(
+        Profile::Client,
+        "old",
+        &[],
+        now - Duration::days(100),
+        Duration::days(30),
+    );
+    let dir = env.path("watched");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("old.crt"),
+        mtls_pki::pem_io::encode("CERTIFICATE", &old.cert.der),
+    )
+    .unwrap();
+    for i in 0..10 {
+        std::os::unix::fs::symlink(".", dir.join(format!("s{i}"))).unwrap();
+    }
+    let (_, findings) = doctor_findings(&env, &[dir.to_str().unwrap()]);
+    let expired = findings
+        .iter()
+        .filter(|(code, _)| code == "expired")
+        .count();
+    assert_eq!(expired, 1, "{findings:?}");
+}

@@ -214,8 +214,11 @@ fn audit_dir(dir: &Path, options: &Options, report: &mut Report, depth: usize) {
             continue;
         }
         if p.is_dir() {
-            // The CA's ledger holds copies of published CRLs, not files anyone serves.
-            if name.as_deref() != Some("ledger") {
+            // The CA's ledger holds copies of published CRLs, not files anyone serves. A link
+            // to a directory is not followed: one back up (`s -> .`) multiplied the audit by
+            // itself at each level.
+            let link = std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink());
+            if name.as_deref() != Some("ledger") && !link {
                 audit_dir(&p, options, report, depth + 1);
             }
         } else if is_pki_file(&p) {

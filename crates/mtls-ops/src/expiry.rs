@@ -53,6 +53,8 @@ pub struct Readings {
     pub crls: Vec<CrlReading>,
     /// Every watched file (and unreadable directory), read or not.
     pub files: Vec<FileReading>,
+    /// Certificate files named themselves (not found in a directory).
+    named: Vec<PathBuf>,
 }
 
 impl Readings {
@@ -140,7 +142,11 @@ pub fn read_crl(
 /// and a PEM file holding neither a certificate nor a CRL (a key, a CSR) is passed over.
 /// DER is told apart by parsing, not by the file's name.
 pub fn readings(paths: &[PathBuf], now: OffsetDateTime) -> Readings {
-    fn walk(p: &Path, depth: usize, now: OffsetDateTime, out: &mut Readings) {
+    /// Directories already walked (device, inode): a link back up (`s -> .`) would otherwise
+    /// multiply the walk by itself at each level.
+    type Seen = std::collections::HashSet<(u64, u64)>;
+    fn walk(p: &Path, depth: usize, now: OffsetDateTime, out: &mut Readings, seen: &mut Seen) {
+        use std::os::unix::fs::MetadataExt;
         let meta = match std::fs::metadata(p) {
             Ok(m) => m,
             Err(e) => return out.failed(p, format!("cannot read: {e}")),
@@ -149,13 +155,19 @@ pub fn readings(paths: &[PathBuf], now: OffsetDateTime) -> Readings {
             if depth > 2 || p.file_name().is_some_and(|n| n == "ledger") {
                 return;
             }
+            // Inside a watched directory, a link to a directory is not followed.
+            let link =
+                depth > 0 && std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink());
+            if link || !seen.insert((meta.dev(), meta.ino())) {
+                return;
+            }
             let mut entries: Vec<PathBuf> = match std::fs::read_dir(p) {
                 Ok(e) => e.filter_map(|e| e.ok().map(|e| e.path())).collect(),
                 Err(e) => return out.failed(p, format!("cannot read the directory: {e}")),
             };
             entries.sort();
             for e in entries {
-                walk(&e, depth + 1, now, out);
+                walk(&e, depth + 1, now, out, seen);
             }
             return;
         }
@@ -203,15 +215,10 @@ pub fn readings(paths: &[PathBuf], now: OffsetDateTime) -> Readings {
         match read_certificate(p, &bytes, now) {
             Ok(r) => {
                 out.read(p);
-                // A chain file and its leaf-only twin report the same certificate: keep the
-                // leaf-only file when both exist (NAME.crt next to NAME.chain.pem).
-                let name = p.to_string_lossy();
-                if let Some(stem) = name.strip_suffix(".chain.pem") {
-                    if Path::new(&format!("{stem}.crt")).exists() {
-                        return;
-                    }
-                }
                 out.certs.push(r);
+                if named {
+                    out.named.push(p.to_path_buf());
+                }
             }
             Err(e) if cert => out.failed(p, format!("not a valid certificate: {e}")),
             // DER: a certificate or else a CRL.
@@ -225,9 +232,33 @@ pub fn readings(paths: &[PathBuf], now: OffsetDateTime) -> Readings {
         }
     }
     let mut out = Readings::default();
+    let mut seen = Seen::new();
     for p in paths {
-        walk(p, 0, now, &mut out);
+        walk(p, 0, now, &mut out, &mut seen);
     }
+    // A chain file and its leaf-only twin (NAME.chain.pem beside NAME.crt, as `mtls issue`
+    // writes them) report the same certificate: the twin is kept. Only when it does hold
+    // the same certificate (a renewal of one file leaves the other stale: both are then
+    // watched) and the chain file was not named itself.
+    let twin_of = |r: &CertReading| {
+        let name = r.file.to_string_lossy();
+        name.strip_suffix(".chain.pem")
+            .map(|stem| PathBuf::from(format!("{stem}.crt")))
+    };
+    let duplicates: Vec<PathBuf> = out
+        .certs
+        .iter()
+        .filter(|r| !out.named.contains(&r.file))
+        .filter(|r| {
+            twin_of(r).is_some_and(|twin| {
+                out.certs
+                    .iter()
+                    .any(|t| t.file == twin && t.serial == r.serial)
+            })
+        })
+        .map(|r| r.file.clone())
+        .collect();
+    out.certs.retain(|r| !duplicates.contains(&r.file));
     out
 }
 
@@ -511,5 +542,68 @@ pub fn register_metrics(registry: &mut Registry, watched: &Arc<Watched>) {
                     .unwrap_or_default()
             },
         );
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn write_cert(path: &Path, der: &[u8]) {
+        std::fs::write(path, mtls_pki::pem_io::encode("CERTIFICATE", der)).unwrap();
+    }
+
+    fn files(r: &Readings) -> Vec<String> {
+        let mut v: Vec<String> = r
+            .certs
+            .iter()
+            .map(|c| {
+                c.file
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// NAME.chain.pem beside NAME.crt is left out only when both hold the same certificate and
+    /// the chain file was not named: a stale twin (one of the two renewed) leaves both
+    /// watched, and a chain file named on the command line is always read.
+    #[test]
+    fn a_chain_file_is_left_out_only_for_a_twin_with_the_same_certificate() {
+        let pki = mtls_test_util::TestPki::new("twins");
+        let dir = tempfile::tempdir().unwrap();
+        let now = OffsetDateTime::now_utc();
+        let (a, b) = (pki.client("a"), pki.client("b"));
+        write_cert(&dir.path().join("same.crt"), &a.cert.der);
+        write_cert(&dir.path().join("same.chain.pem"), &a.cert.der);
+        write_cert(&dir.path().join("drift.crt"), &a.cert.der);
+        write_cert(&dir.path().join("drift.chain.pem"), &b.cert.der);
+        let r = readings(&[dir.path().to_path_buf()], now);
+        assert_eq!(
+            files(&r),
+            vec!["drift.chain.pem", "drift.crt", "same.crt"],
+            "{r:?}"
+        );
+        let named = readings(&[dir.path().join("same.chain.pem")], now);
+        assert_eq!(files(&named), vec!["same.chain.pem"]);
+    }
+
+    /// Links back up a watched directory (`s -> .`) are not followed: each file is read once
+    /// and the walk ends.
+    #[test]
+    fn directory_links_are_not_followed() {
+        let pki = mtls_test_util::TestPki::new("loops");
+        let dir = tempfile::tempdir().unwrap();
+        write_cert(&dir.path().join("one.crt"), &pki.client("one").cert.der);
+        for i in 0..10 {
+            std::os::unix::fs::symlink(".", dir.path().join(format!("s{i}"))).unwrap();
+        }
+        let r = readings(&[dir.path().to_path_buf()], OffsetDateTime::now_utc());
+        assert_eq!(files(&r), vec!["one.crt"]);
     }
 }
