@@ -168,11 +168,26 @@ pub struct CrlArgs {
 pub fn crl(pki: &Path, a: CrlArgs) -> Result<ExitCode> {
     let lifetime = crate::util::days(a.days, "--days")?;
     let dir = PkiDir::new(pki);
+    let path = a.out.clone().unwrap_or_else(|| dir.crl());
+    // A CRL replaces its predecessor, and nothing else: `--out` naming a key (a slip of tab
+    // completion) must not destroy it. Checked before a CRL number is taken.
+    if path.exists() {
+        let is_crl = files::read_input(&path)
+            .ok()
+            .is_some_and(|b| pem_io::crls(&b).is_ok());
+        if !is_crl {
+            return Err(UsageError(format!(
+                "{} exists and is not a CRL: refusing to replace it (remove it first if it \
+                 is meant to go)",
+                path.display()
+            ))
+            .into());
+        }
+    }
     let mut inventory = dir.open_inventory()?;
     let ca = dir.load_issuer(&a.ca_key.source())?;
     let signed = inventory.sign_crl(&ca, now(), lifetime)?;
     let (crl, number) = (signed.der, signed.number);
-    let path = a.out.clone().unwrap_or_else(|| dir.crl());
     let bytes = if a.der {
         crl.to_vec()
     } else {

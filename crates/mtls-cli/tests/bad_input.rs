@@ -1007,3 +1007,18 @@ fn huge_day_counts_are_refused_without_a_panic() {
         .fails(2, "--intermediate-days 3000000 is too large");
     assert!(!other.pki().exists(), "nothing may be written");
 }
+
+/// `mtls crl --out` replaces a CRL and nothing else: naming a key (a slip of tab completion)
+/// is refused with the key untouched and no CRL number taken; a CRL is replaced as before.
+#[test]
+fn crl_out_refuses_to_replace_what_is_not_a_crl() {
+    let e = initialised();
+    e.mtls(&["issue", "client", "c"]).ok();
+    let key = e.read("pki/issued/c.key");
+    e.mtls(&["crl", "--out", &e.p("pki/issued/c.key")])
+        .fails(2, "is not a CRL");
+    assert_eq!(e.read("pki/issued/c.key"), key);
+    e.mtls(&["crl"]).ok();
+    let r = e.mtls(&["crl"]).ok();
+    assert!(r.stdout.contains("Wrote CRL #2"), "{}", r.stdout);
+}
