@@ -230,6 +230,14 @@ pub fn enroll(a: EnrollArgs) -> Result<ExitCode> {
     // The key is made here and never leaves this machine.
     let key = PrivateKey::generate(alg)?;
     let csr = mtls_pki::csr::create(&key, &Subject::cn(""), &sans)?;
+    // Staged before the token is spent: an output that cannot be written (its directory a
+    // file, not writable) is found while the token is still unused.
+    let staged_key = files::stage(
+        &key_path,
+        key.to_pem().as_bytes(),
+        Visibility::Secret,
+        a.force,
+    )?;
     let obtained = time::OffsetDateTime::now_utc();
     let (root, issued) = runtime()?.block_on(async {
         let root = CaClient::fetch_pinned_root(&url, &a.ca_fingerprint).await?;
@@ -246,24 +254,28 @@ pub fn enroll(a: EnrollArgs) -> Result<ExitCode> {
     mtls_tls::credential_from_parts(certs, &key, now())
         .map_err(|d| anyhow::anyhow!("the CA returned an unusable certificate: {d}"))?;
     // All three written before any is put in place: a failure leaves the old set whole
-    // (a new key beside the old certificate would serve nothing and renew nothing).
+    // (a new key beside the old certificate would serve nothing and renew nothing). From
+    // here a failure is after the CA issued: said, with the serial.
+    let issued_note = || {
+        format!(
+            "certificate {} was issued and the token used, but not installed",
+            issued.serial
+        )
+    };
     let staged = [
-        files::stage(
-            &key_path,
-            key.to_pem().as_bytes(),
-            Visibility::Secret,
-            a.force,
-        )?,
-        files::stage(&cert_path, chain.as_bytes(), Visibility::Public, a.force)?,
+        staged_key,
+        files::stage(&cert_path, chain.as_bytes(), Visibility::Public, a.force)
+            .with_context(issued_note)?,
         files::stage(
             &root_path,
             mtls_pki::pem_io::encode("CERTIFICATE", &root).as_bytes(),
             Visibility::Public,
             a.force,
-        )?,
+        )
+        .with_context(issued_note)?,
     ];
     for s in staged {
-        s.install()?;
+        s.install().with_context(issued_note)?;
     }
     // A renewal daemon plans from now, not from the notBefore the CA backdated.
     renewal::note_obtained(&cert_path, issued.not_after, obtained);

@@ -2063,3 +2063,19 @@ fn enroll_refuses_a_certificate_that_does_not_chain_to_the_pinned_root() {
         );
     }
 }
+
+/// An enrollment whose output cannot be written (its directory is a file) fails before the
+/// token is spent: the same token enrolls afterwards with a usable `--out`.
+#[test]
+fn an_unwritable_output_does_not_spend_the_token() {
+    let env = Env::new();
+    env.mtls(&["ca", "init"]).ok();
+    let server = CaServer::start(&env, "ca", None, "");
+    let t = ca::token(&env, "careful", &[], None);
+    env.write("not-a-dir", b"a file");
+    let r = ca::enroll(&env, &server, &t, "not-a-dir/id", &[]);
+    assert_ne!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let listed = env.mtls(&["list"]).ok().stdout;
+    assert!(!listed.contains("careful"), "nothing issued: {listed}");
+    ca::enroll(&env, &server, &t, "id", &[]).ok();
+}
