@@ -433,6 +433,39 @@ fn configurations_are_audited_with_the_files_they_name() {
         ])
     );
     assert_eq!(code, 3);
+    // What keeps a service from starting is an error: a CA configuration naming no PKI
+    // directory; a listener's CRL file that is missing (but one a crl_fetch keeps, which the
+    // gateway fetches first, is a warning).
+    let ca = env.write(
+        "ca-typo.toml",
+        b"listen = \"127.0.0.1:0\"\npki = \"pkki\"\n",
+    );
+    let (code, found) = doctor(&env, &["--config", ca.to_str().unwrap()]);
+    assert_eq!(found, set(&[("unreadable", "pkki")]));
+    assert_eq!(code, 1);
+    let missing = env.p("missing-crl.pem");
+    let fetched = env.p("fetched-crl.pem");
+    let config = listener(
+        "crl",
+        &format!(
+            "crl = [\"{missing}\", \"{fetched}\"]\n[[listener.crl_fetch]]\nurl = \"http://127.0.0.1:1/v1/crl\"\nfile = \"{fetched}\""
+        ),
+        &p("ca-chain.pem"),
+    );
+    let gw = env.write("gateway-crl.toml", config.as_bytes());
+    let (code, found) = doctor(&env, &["--config", gw.to_str().unwrap()]);
+    assert!(
+        found.contains(&(
+            "crl_file_missing".to_string(),
+            "missing-crl.pem".to_string()
+        )),
+        "{found:?}"
+    );
+    assert!(
+        found.contains(&("crl_missing".to_string(), "fetched-crl.pem".to_string())),
+        "{found:?}"
+    );
+    assert_eq!(code, 1);
 }
 
 #[test]

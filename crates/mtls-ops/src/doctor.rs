@@ -61,6 +61,7 @@ pub const CODES: &[(&str, Severity)] = &[
     ("validity_too_long", Severity::Warning),
     ("crl_stale", Severity::Error),
     ("crl_missing", Severity::Warning),
+    ("crl_file_missing", Severity::Error),
     ("client_verification_optional", Severity::Warning),
     ("allows_any_trusted", Severity::Info),
     ("revocation_soft_fail", Severity::Warning),
@@ -830,10 +831,13 @@ pub fn audit_gateway_config(
             );
         }
         // The listener's own CRLs, then the upstream's: each missing one with its own advice.
+        // Missing, the gateway does not start (an error), unless a crl_fetch keeps that file
+        // (it fetches before loading).
+        let fetched = |crl: &PathBuf| l.crl_fetch.iter().any(|f| &f.file == crl);
         let crls = [
             (
                 &l.crl,
-                "the configured CRL file does not exist",
+                "the configured CRL file does not exist: the gateway does not start",
                 "run `mtls crl` (or point crl_fetch at the CA's /v1/crl)",
             ),
             (
@@ -846,8 +850,15 @@ pub fn audit_gateway_config(
             for crl in files {
                 if crl.exists() {
                     audit_file(crl, options, report);
+                } else if fetched(crl) {
+                    report.add(
+                        "crl_missing",
+                        crl,
+                        at("the CRL file does not exist yet: the gateway fetches it at start"),
+                        "make sure the distribution point answers (the gateway does not start without it)",
+                    );
                 } else {
-                    report.add("crl_missing", crl, at(missing), hint);
+                    report.add("crl_file_missing", crl, at(missing), hint);
                 }
             }
         }
@@ -985,6 +996,16 @@ pub fn audit_ca_config(path: &Path, options: &Options, report: &mut Report) -> R
     let pki = base.join(&config.pki);
     if pki.is_dir() {
         audit_dir(&pki, options, report, 0);
+    } else {
+        report.add(
+            "unreadable",
+            &pki,
+            "the PKI directory the configuration names is not a directory: `mtls ca serve` \
+             does not start"
+                .into(),
+            "fix `pki` in the configuration (relative to the file), or create the CA there \
+             with `mtls ca init`",
+        );
     }
     Ok(())
 }
