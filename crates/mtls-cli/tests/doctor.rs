@@ -788,3 +788,44 @@ fn directory_links_do_not_multiply_the_audit() {
         .count();
     assert_eq!(expired, 1, "{findings:?}");
 }
+
+/// A key that is not the certificate's is found in the layouts mtls writes besides
+/// NAME.crt/NAME.key: `mtls enroll`'s cert.pem beside key.pem, and a combined file (chain and
+/// key, as `mtls renew --rotate-key` needs it); matching ones give no finding.
+#[test]
+fn mismatched_keys_are_found_in_enroll_and_combined_layouts() {
+    let env = Env::new();
+    let pki = TestPki::new("doctor-layouts");
+    let (a, b) = (pki.client("a"), pki.client("b"));
+    let inter = pki.intermediate.der().to_vec();
+    let chain = |leaf: &[u8]| {
+        format!(
+            "{}{}",
+            pem_io::encode("CERTIFICATE", leaf),
+            pem_io::encode("CERTIFICATE", &inter)
+        )
+    };
+    for (dir, key) in [("enr-bad", &b.key), ("enr-good", &a.key)] {
+        std::fs::create_dir_all(env.path(dir)).unwrap();
+        env.write(&format!("{dir}/cert.pem"), chain(&a.cert.der).as_bytes());
+        env.write_secret(&format!("{dir}/key.pem"), key.to_pem().as_bytes());
+    }
+    for (name, key) in [("comb-bad.pem", &b.key), ("comb-good.pem", &a.key)] {
+        env.write_secret(
+            name,
+            format!("{}{}", chain(&a.cert.der), key.to_pem().as_str()).as_bytes(),
+        );
+    }
+    let mismatches = |args: &[&str]| {
+        let (_, found) = doctor_findings(&env, args);
+        found
+            .into_iter()
+            .filter(|(code, _)| code == "key_mismatch")
+            .map(|(_, file)| file)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(mismatches(&[&env.p("enr-bad")]), vec!["cert.pem"]);
+    assert!(mismatches(&[&env.p("enr-good")]).is_empty());
+    assert_eq!(mismatches(&[&env.p("comb-bad.pem")]), vec!["comb-bad.pem"]);
+    assert!(mismatches(&[&env.p("comb-good.pem")]).is_empty());
+}

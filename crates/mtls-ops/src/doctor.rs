@@ -346,7 +346,11 @@ fn audit_file_keyed(p: &Path, options: &Options, report: &mut Report, key: Paire
         return;
     }
     match mtls_pki::pem_io::certificates(&bytes) {
-        Ok(chain) if !chain.is_empty() => audit_chain(p, &chain, options, report, key),
+        // A combined file (chain and key) is checked against its own key.
+        Ok(chain) if !chain.is_empty() => {
+            let own: PairedKey<'_> = (is_key && key.is_none()).then_some((p, None));
+            audit_chain(p, &chain, options, report, key.or(own))
+        }
         // A DER file that is not a certificate may be a CRL.
         _ => match mtls_pki::pem_io::crls(&bytes) {
             Ok(crls) => {
@@ -704,7 +708,12 @@ fn audit_sibling_key(p: &Path, leaf: &X509Certificate<'_>, report: &mut Report) 
     let Some(stem) = stem else {
         return;
     };
-    let key_path = p.with_file_name(format!("{stem}.key"));
+    // `mtls enroll` writes cert.pem beside key.pem; `mtls issue` NAME.crt beside NAME.key.
+    let key_path = if name == "cert.pem" {
+        p.with_file_name("key.pem")
+    } else {
+        p.with_file_name(format!("{stem}.key"))
+    };
     if key_path.exists() {
         check_key_match(p, leaf, &key_path, None, false, report);
     }
