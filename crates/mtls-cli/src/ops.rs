@@ -138,14 +138,33 @@ pub fn monitor(a: MonitorArgs, pki: &std::path::Path) -> Result<ExitCode> {
         inventory: Default::default(),
         inventory_watched: a.inventory,
     });
+    let dir = crate::pkidir::PkiDir::new(pki);
     let store_location = if a.inventory {
-        Some(crate::pkidir::PkiDir::new(pki).location_or(None)?)
+        let loc = dir.location_or(None)?;
+        // The monitor creates nothing: a mistyped path would otherwise be a new, empty
+        // inventory reporting nothing expiring, for ever.
+        if let mtls_store::Location::Sqlite(path) = &loc {
+            if !path.exists() {
+                return Err(UsageError(format!(
+                    "{}: no inventory there (the monitor reads one, it creates none)",
+                    path.display()
+                ))
+                .into());
+            }
+        }
+        Some(loc)
     } else {
         None
     };
+    let ledger = dir.ledger();
     crate::serve::runtime()?.block_on(async move {
         if let Some(loc) = store_location {
+            // Checked against what the CA published, as every command reading the inventory
+            // is: a database restored from an older backup, or another one, is refused.
             let store = mtls_store::Store::open_with(&loc, crate::pkidir::pg_tls()?)
+                .await
+                .context("opening the inventory")?
+                .with_ledger(ledger)
                 .await
                 .context("opening the inventory")?;
             let w = watched.clone();

@@ -331,6 +331,42 @@ fn the_monitor_needs_something_to_watch() {
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("nope.crt: no such file"), "{stderr}");
+    // Nor a mistyped inventory: the monitor reads one, it creates none (an empty new one
+    // would report nothing expiring, for ever).
+    env.mtls(&["ca", "init"]).ok();
+    let typo = env.path("pki/inventroy.db");
+    let mut child = Command::new(common::gw::mtls_bin())
+        .args([
+            "--pki",
+            &env.p("pki"),
+            "monitor",
+            "--listen",
+            "127.0.0.1:0",
+            "--inventory",
+        ])
+        .arg("--database")
+        .arg(&typo)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the monitor started on an inventory that does not exist");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("no inventory there"), "{stderr}");
+    assert!(!typo.exists(), "the monitor created {}", typo.display());
 }
 
 /// A file the monitor cannot read or parse is reported as `mtls_watched_file_error 1` (its
