@@ -131,14 +131,18 @@ impl Outputs {
             key: with_key.then(|| dir.join(format!("{stem}.key"))),
         }
     }
-    fn check(&self, force: bool) -> Result<()> {
+    /// Checks that the outputs may be written, holding the lock of their directory until the
+    /// returned guard is dropped (after they were written): see [`files::lock_dir`].
+    fn check(&self, force: bool) -> Result<files::DirLock> {
+        let dir = self.cert.parent().unwrap_or(Path::new("."));
+        let lock = files::lock_dir(dir)?;
         for p in [Some(&self.cert), Some(&self.chain), self.key.as_ref()]
             .into_iter()
             .flatten()
         {
             files::check_writable(p, force)?;
         }
-        Ok(())
+        Ok(lock)
     }
 }
 
@@ -182,7 +186,16 @@ fn record_and_write(
         )
         .context("recording the certificate in the inventory (nothing was written)")?;
     for s in staged {
-        s.install()?;
+        // Recorded, and not (all) written: said with the serial, as a failure of its own
+        // (exit 1), not as a refusal that changed nothing.
+        s.install().map_err(|e| {
+            anyhow::anyhow!(
+                "certificate {} was recorded in the inventory but not written ({e}): revoke it \
+                 (mtls revoke {} --reason superseded) and issue again",
+                issued.serial,
+                issued.serial
+            )
+        })?;
     }
     Ok(())
 }
@@ -255,7 +268,7 @@ pub fn issue(pki: &Path, cmd: IssueCommand) -> Result<ExitCode> {
     usage(request.check())?;
     let out_dir = leaf.out.clone().unwrap_or_else(|| dir.issued());
     let outputs = Outputs::in_dir(&out_dir, &file_stem(&cn), true);
-    outputs.check(leaf.key.force)?;
+    let _lock = outputs.check(leaf.key.force)?;
     let ca = dir.load_issuer(&leaf.ca_key.source())?;
     let passphrase = if leaf.key.encrypt {
         Some(leaf.key.source().new_secret()?)
@@ -402,7 +415,7 @@ pub fn sign(pki: &Path, a: SignArgs) -> Result<ExitCode> {
     let dir = PkiDir::new(pki);
     let out_dir = a.out.clone().unwrap_or_else(|| dir.issued());
     let outputs = Outputs::in_dir(&out_dir, &file_stem(&request.subject.common_name), false);
-    outputs.check(a.force)?;
+    let _lock = outputs.check(a.force)?;
     let ca = dir.load_issuer(&a.ca_key.source())?;
     let at = now();
     let issued = issue::issue_leaf(&ca, &info.public_key, &request, at)?;

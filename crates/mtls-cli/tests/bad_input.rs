@@ -1022,3 +1022,32 @@ fn crl_out_refuses_to_replace_what_is_not_a_crl() {
     let r = e.mtls(&["crl"]).ok();
     assert!(r.stdout.contains("Wrote CRL #2"), "{}", r.stdout);
 }
+
+/// Two `mtls issue` runs for one name at once: one issues, the other is refused because the
+/// files exist, having recorded nothing (they take turns from the check to the write; before,
+/// both passed the check and the loser left a valid certificate in the inventory that no
+/// one held).
+#[test]
+fn concurrent_issues_of_one_name_record_one_certificate() {
+    let e = initialised();
+    for round in 0..5 {
+        let name = format!("racer{round}");
+        let runs: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..2)
+                .map(|_| s.spawn(|| e.mtls(&["issue", "client", &name])))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let ok = runs.iter().filter(|r| r.code == 0).count();
+        let outputs: Vec<&str> = runs.iter().map(|r| r.stderr.as_str()).collect();
+        assert_eq!(ok, 1, "{outputs:?}");
+        let refused = runs.iter().find(|r| r.code != 0).unwrap();
+        assert_eq!(refused.code, 2, "{}", refused.stderr);
+        assert!(
+            refused.stderr.contains("already exists"),
+            "{}",
+            refused.stderr
+        );
+    }
+    assert_eq!(e.inventory_count(), 5);
+}

@@ -161,6 +161,35 @@ fn resolve_trusted(path: &Path, current: &Path, must_exist: bool) -> Result<Path
     Err(refused("too many levels of symbolic links".into()))
 }
 
+/// An exclusive advisory lock (flock) on a directory, held until dropped. A command that
+/// checks its outputs, records what it issued and then writes them holds it from the check
+/// to the write: two runs writing the same names one after the other find each other's
+/// files, rather than both passing the check and one failing after it recorded.
+#[derive(Debug)]
+pub struct DirLock(#[allow(dead_code)] Option<OwnedFd>);
+
+/// Takes [`DirLock`] on `dir` (created if missing), waiting for another holder. A directory
+/// the writer may not read (only search, mode 0711) cannot be locked: then no lock is taken.
+pub fn lock_dir(dir: &Path) -> Result<DirLock> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let fd = match rfs::open(
+        dir,
+        rfs::OFlags::RDONLY | rfs::OFlags::DIRECTORY | rfs::OFlags::CLOEXEC,
+        rfs::Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::ACCESS) => return Ok(DirLock(None)),
+        Err(e) => return Err(io_err(dir)(e.into())),
+    };
+    rfs::flock(&fd, rfs::FlockOperation::LockExclusive).map_err(|e| io_err(dir)(e.into()))?;
+    Ok(DirLock(Some(fd)))
+}
+
 /// Writes `contents` to `path` atomically (temporary file, fsync, rename, fsync of the directory).
 pub fn write_atomic(
     path: &Path,
