@@ -287,8 +287,9 @@ fn read_or_report(p: &Path, report: &mut Report) -> Option<Zeroizing<Vec<u8>>> {
         );
         return None;
     }
-    match std::fs::read(p) {
-        Ok(b) => Some(Zeroizing::new(b)),
+    // Bounded (and wiped): a huge file given by mistake is reported, not read into memory.
+    match mtls_pki::files::read_input(p) {
+        Ok(b) => Some(b),
         Err(e) => {
             report.add(
                 "unreadable",
