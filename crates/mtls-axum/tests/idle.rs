@@ -19,6 +19,24 @@ fn write(dir: &std::path::Path, name: &str, data: &[u8]) -> std::path::PathBuf {
     p
 }
 
+/// The server's chain and key (for `localhost`) and the client CA bundle, written in `dir`.
+fn server_files(
+    dir: &std::path::Path,
+    pki: &TestPki,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let enc = |der: &[u8]| mtls_pki::pem_io::encode("CERTIFICATE", der);
+    let chain = |der: &[u8]| format!("{}{}", enc(der), enc(&pki.intermediate_der()));
+    let server = pki.server(&["localhost"]);
+    let cert = write(dir, "s.pem", chain(&server.cert.der).as_bytes());
+    let key = write(dir, "s.key", server.key.to_pem().as_bytes());
+    let ca = write(
+        dir,
+        "ca.pem",
+        format!("{}{}", enc(&pki.intermediate_der()), enc(&pki.root_der())).as_bytes(),
+    );
+    (cert, key, ca)
+}
+
 /// Seconds until the server closes a silent TLS connection (capped at `cap`).
 async fn closed_after(
     addr: std::net::SocketAddr,
@@ -46,16 +64,7 @@ async fn closed_after(
 async fn anonymous_connections_get_the_header_read_timeout_verified_ones_the_idle_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new("axum-idle");
-    let enc = |der: &[u8]| mtls_pki::pem_io::encode("CERTIFICATE", der);
-    let chain = |der: &[u8]| format!("{}{}", enc(der), enc(&pki.intermediate_der()));
-    let server = pki.server(&["localhost"]);
-    let cert = write(dir.path(), "s.pem", chain(&server.cert.der).as_bytes());
-    let key = write(dir.path(), "s.key", server.key.to_pem().as_bytes());
-    let ca = write(
-        dir.path(),
-        "ca.pem",
-        format!("{}{}", enc(&pki.intermediate_der()), enc(&pki.root_der())).as_bytes(),
-    );
+    let (cert, key, ca) = server_files(dir.path(), &pki);
     let mut app = MtlsServer::builder()
         .certificate(&cert, &key)
         .client_ca(&ca)
@@ -131,16 +140,7 @@ async fn stopping_the_server_closes_upgraded_connections() {
     use tokio::io::AsyncWriteExt;
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new("axum-upgrade");
-    let enc = |der: &[u8]| mtls_pki::pem_io::encode("CERTIFICATE", der);
-    let chain = |der: &[u8]| format!("{}{}", enc(der), enc(&pki.intermediate_der()));
-    let server = pki.server(&["localhost"]);
-    let cert = write(dir.path(), "s.pem", chain(&server.cert.der).as_bytes());
-    let key = write(dir.path(), "s.key", server.key.to_pem().as_bytes());
-    let ca = write(
-        dir.path(),
-        "ca.pem",
-        format!("{}{}", enc(&pki.intermediate_der()), enc(&pki.root_der())).as_bytes(),
-    );
+    let (cert, key, ca) = server_files(dir.path(), &pki);
     let app = MtlsServer::builder()
         .certificate(&cert, &key)
         .client_ca(&ca)
@@ -217,16 +217,7 @@ async fn a_request_still_running_after_the_drain_timeout_is_closed() {
     use tokio::io::AsyncWriteExt;
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new("axum-drain");
-    let enc = |der: &[u8]| mtls_pki::pem_io::encode("CERTIFICATE", der);
-    let chain = |der: &[u8]| format!("{}{}", enc(der), enc(&pki.intermediate_der()));
-    let server = pki.server(&["localhost"]);
-    let cert = write(dir.path(), "s.pem", chain(&server.cert.der).as_bytes());
-    let key = write(dir.path(), "s.key", server.key.to_pem().as_bytes());
-    let ca = write(
-        dir.path(),
-        "ca.pem",
-        format!("{}{}", enc(&pki.intermediate_der()), enc(&pki.root_der())).as_bytes(),
-    );
+    let (cert, key, ca) = server_files(dir.path(), &pki);
     let app = MtlsServer::builder()
         .certificate(&cert, &key)
         .client_ca(&ca)
@@ -295,16 +286,7 @@ async fn a_client_whose_certificate_expired_meanwhile_reaches_no_route() {
     use tokio::io::AsyncWriteExt;
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new("axum-expiry");
-    let enc = |der: &[u8]| mtls_pki::pem_io::encode("CERTIFICATE", der);
-    let chain = |der: &[u8]| format!("{}{}", enc(der), enc(&pki.intermediate_der()));
-    let server = pki.server(&["localhost"]);
-    let cert = write(dir.path(), "s.pem", chain(&server.cert.der).as_bytes());
-    let key = write(dir.path(), "s.key", server.key.to_pem().as_bytes());
-    let ca = write(
-        dir.path(),
-        "ca.pem",
-        format!("{}{}", enc(&pki.intermediate_der()), enc(&pki.root_der())).as_bytes(),
-    );
+    let (cert, key, ca) = server_files(dir.path(), &pki);
     let app = MtlsServer::builder()
         .certificate(&cert, &key)
         .client_ca(&ca)
@@ -366,16 +348,7 @@ async fn an_oversized_refused_chain_is_not_kept_in_optional_mode() {
     use tokio::io::AsyncWriteExt;
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new("axum-oversized");
-    let enc = |der: &[u8]| mtls_pki::pem_io::encode("CERTIFICATE", der);
-    let chain = |der: &[u8]| format!("{}{}", enc(der), enc(&pki.intermediate_der()));
-    let server = pki.server(&["localhost"]);
-    let cert = write(dir.path(), "s.pem", chain(&server.cert.der).as_bytes());
-    let key = write(dir.path(), "s.key", server.key.to_pem().as_bytes());
-    let ca = write(
-        dir.path(),
-        "ca.pem",
-        format!("{}{}", enc(&pki.intermediate_der()), enc(&pki.root_der())).as_bytes(),
-    );
+    let (cert, key, ca) = server_files(dir.path(), &pki);
     let app = MtlsServer::builder()
         .certificate(&cert, &key)
         .client_ca(&ca)

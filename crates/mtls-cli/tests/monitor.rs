@@ -301,72 +301,65 @@ fn the_monitor_exports_expiry_renewal_state_crl_freshness_and_the_inventory() {
     }
 }
 
+/// Runs `mtls monitor` with `args` and returns its exit status and standard error once it
+/// stops (a monitor that starts anyway serves until killed: bounded at 20 s, then a failure).
+fn monitor_refusing(args: &[&str]) -> (std::process::ExitStatus, String) {
+    let mut child = Command::new(common::gw::mtls_bin())
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the monitor started with {args:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status, stderr)
+}
+
 #[test]
 fn the_monitor_needs_something_to_watch() {
     let env = Env::new();
     env.mtls(&["monitor", "--listen", "127.0.0.1:0"])
         .fails(2, "--inventory");
-    // A path that does not exist is refused at start, not watched as nothing (bounded: a
-    // monitor that starts anyway serves until killed).
-    let mut child = Command::new(common::gw::mtls_bin())
-        .args(["--pki", &env.p("pki"), "monitor", "--listen", "127.0.0.1:0"])
-        .arg(env.p("nope.crt"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > Duration::from_secs(20) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the monitor started with a path that does not exist");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    // A path that does not exist is refused at start, not watched as nothing.
+    let pki = env.p("pki");
+    let nope = env.p("nope.crt");
+    let args: &[&str] = &["--pki", &pki, "monitor", "--listen", "127.0.0.1:0", &nope];
+    let (status, stderr) = monitor_refusing(args);
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("nope.crt: no such file"), "{stderr}");
     // Nor a mistyped inventory: the monitor reads one, it creates none (an empty new one
     // would report nothing expiring, for ever).
     env.mtls(&["ca", "init"]).ok();
-    let typo = env.path("pki/inventroy.db");
-    let mut child = Command::new(common::gw::mtls_bin())
-        .args([
-            "--pki",
-            &env.p("pki"),
-            "monitor",
-            "--listen",
-            "127.0.0.1:0",
-            "--inventory",
-        ])
-        .arg("--database")
-        .arg(&typo)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > Duration::from_secs(20) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the monitor started on an inventory that does not exist");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    let typo = env.p("pki/inventroy.db");
+    let args: &[&str] = &[
+        "--pki",
+        &pki,
+        "monitor",
+        "--listen",
+        "127.0.0.1:0",
+        "--inventory",
+        "--database",
+        &typo,
+    ];
+    let (status, stderr) = monitor_refusing(args);
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("no inventory there"), "{stderr}");
-    assert!(!typo.exists(), "the monitor created {}", typo.display());
+    assert!(
+        !std::path::Path::new(&typo).exists(),
+        "the monitor created {typo}"
+    );
 }
 
 /// A file the monitor cannot read or parse is reported as `mtls_watched_file_error 1` (its
