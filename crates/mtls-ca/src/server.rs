@@ -281,51 +281,48 @@ pub async fn serve(
         own,
         rx.clone(),
     )));
+    // The plain-HTTP listeners: what is published (CRL, OCSP, roots) and the metrics. Every
+    // client there is anonymous and every answer immediate (no long polls): the header-read
+    // timeout as idle limit, as anonymous TLS connections get, so silent connections cannot
+    // hold their slots (verifiers whose CRL expires meanwhile would refuse everyone).
+    let idle = HTTP_LIMITS
+        .header_read_timeout
+        .min(ca.settings().idle_timeout.unsigned_abs());
+    let plain = |addr: SocketAddr, router: Router| {
+        let rx = rx.clone();
+        async move {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Listen {
+                    addr: addr.to_string(),
+                    source,
+                })?;
+            let bound = l.local_addr().map_err(|source| Error::Listen {
+                addr: addr.to_string(),
+                source,
+            })?;
+            let task = tokio::spawn(mtls_serve::http::serve_plain(
+                l,
+                slots(),
+                HTTP_LIMITS,
+                idle,
+                rx,
+                TowerToHyperService::new(router),
+            ));
+            Ok::<_, Error>((bound, task))
+        }
+    };
     let mut publish_addr = None;
     let mut metrics_addr = None;
     if let Some(m) = metrics {
-        let l = TcpListener::bind(m).await.map_err(|source| Error::Listen {
-            addr: m.to_string(),
-            source,
-        })?;
-        metrics_addr = Some(l.local_addr().map_err(|source| Error::Listen {
-            addr: m.to_string(),
-            source,
-        })?);
-        tasks.push(tokio::spawn(mtls_serve::http::serve_plain(
-            l,
-            slots(),
-            HTTP_LIMITS,
-            HTTP_LIMITS
-                .header_read_timeout
-                .min(ca.settings().idle_timeout.unsigned_abs()),
-            rx.clone(),
-            TowerToHyperService::new(crate::http::metrics_router(ca.clone())),
-        )));
+        let (bound, task) = plain(m, crate::http::metrics_router(ca.clone())).await?;
+        metrics_addr = Some(bound);
+        tasks.push(task);
     }
     if let Some(p) = publish {
-        let l = TcpListener::bind(p).await.map_err(|source| Error::Listen {
-            addr: p.to_string(),
-            source,
-        })?;
-        publish_addr = Some(l.local_addr().map_err(|source| Error::Listen {
-            addr: p.to_string(),
-            source,
-        })?);
-        tasks.push(tokio::spawn(mtls_serve::http::serve_plain(
-            l,
-            slots(),
-            HTTP_LIMITS,
-            // Every client here is anonymous and every answer immediate (no long polls): the
-            // header-read timeout as idle limit, as anonymous TLS connections get, so silent
-            // connections cannot hold the publication slots (verifiers whose CRL expires
-            // meanwhile would refuse everyone).
-            HTTP_LIMITS
-                .header_read_timeout
-                .min(ca.settings().idle_timeout.unsigned_abs()),
-            rx,
-            TowerToHyperService::new(crate::http::publication_router(ca.clone())),
-        )));
+        let (bound, task) = plain(p, crate::http::publication_router(ca.clone())).await?;
+        publish_addr = Some(bound);
+        tasks.push(task);
     }
     Ok(Running {
         addr,
