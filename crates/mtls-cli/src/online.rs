@@ -199,6 +199,35 @@ pub struct EnrollArgs {
     force: bool,
 }
 
+/// The directories of a path that do not exist yet, removed again (deepest first, each only
+/// if empty) when dropped before [`MadeDirs::keep`].
+struct MadeDirs(Vec<PathBuf>);
+
+impl MadeDirs {
+    fn before_writing(dir: &Path) -> Self {
+        MadeDirs(
+            dir.ancestors()
+                .take_while(|p| !p.as_os_str().is_empty() && !p.exists())
+                .map(Path::to_path_buf)
+                .collect(),
+        )
+    }
+
+    fn keep(&mut self) {
+        self.0.clear();
+    }
+}
+
+impl Drop for MadeDirs {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            if std::fs::remove_dir(d).is_err() {
+                break;
+            }
+        }
+    }
+}
+
 pub fn enroll(a: EnrollArgs) -> Result<ExitCode> {
     if a.token.is_some() {
         return Err(UsageError(
@@ -231,7 +260,9 @@ pub fn enroll(a: EnrollArgs) -> Result<ExitCode> {
     let key = PrivateKey::generate(alg)?;
     let csr = mtls_pki::csr::create(&key, &Subject::cn(""), &sans)?;
     // Staged before the token is spent: an output that cannot be written (its directory a
-    // file, not writable) is found while the token is still unused.
+    // file, not writable) is found while the token is still unused. Directories made for it
+    // go again if the enrollment fails: a refused enrollment writes nothing.
+    let mut made_dirs = MadeDirs::before_writing(&a.out);
     let staged_key = files::stage(
         &key_path,
         key.to_pem().as_bytes(),
@@ -277,6 +308,7 @@ pub fn enroll(a: EnrollArgs) -> Result<ExitCode> {
     for s in staged {
         s.install().with_context(issued_note)?;
     }
+    made_dirs.keep();
     // A renewal daemon plans from now, not from the notBefore the CA backdated.
     renewal::note_obtained(&cert_path, issued.not_after, obtained);
     out(&format!(
