@@ -464,18 +464,29 @@ impl Authority {
         now: OffsetDateTime,
     ) -> Result<Arc<VerifiedPeer>, ApiError> {
         let (peer, record) = self.current_record(peer, now).await?;
+        self.administrator(&peer, &record)?;
+        Ok(peer)
+    }
+
+    /// Whether a verified peer whose record is `record` is an administrator: `[admins]`
+    /// configured, the peer matches it, and its certificate is a client certificate.
+    fn administrator(
+        &self,
+        peer: &VerifiedPeer,
+        record: &CertificateRecord,
+    ) -> Result<(), ApiError> {
         if self.settings.admins.is_empty() {
             return Err(ApiError::forbidden(
                 "FORBIDDEN",
                 "remote administration is disabled (no [admins] in the CA configuration)",
             ));
         }
-        self.settings.admins.check(&peer).map_err(|reason| {
+        self.settings.admins.check(peer).map_err(|reason| {
             ApiError::forbidden("FORBIDDEN", format!("not an administrator: {reason}"))
         })?;
         // The mTLS listener takes any certificate this CA issued (servers renew theirs over
         // it); an administrator is a client: a web server's certificate whose name happens to
-        // match an [admins] rule must not mint tokens or revoke.
+        // match an [admins] rule must not mint tokens, revoke or follow the feed.
         if record.profile != Profile::Client.to_string() {
             return Err(ApiError::forbidden(
                 "FORBIDDEN",
@@ -485,7 +496,7 @@ impl Authority {
                 ),
             ));
         }
-        Ok(peer)
+        Ok(())
     }
 
     /// `POST /v1/revoke`: the holder revokes its own certificate; an administrator any.
@@ -542,11 +553,8 @@ impl Authority {
     ) -> Result<FeedPage, ApiError> {
         let (peer, record) = self.current_record(peer, now).await?;
         let subscriber = self.settings.feed_subscribers.check(&peer);
-        // Administrators may follow it too, as administrators: client certificates only (see
-        // `admin`), not a server's whose name happens to match an [admins] rule.
-        let administrator = self.settings.admins.check(&peer).is_ok()
-            && record.profile == Profile::Client.to_string();
-        if subscriber.is_err() && !administrator {
+        // Administrators may follow it too, by the same test as every administrator action.
+        if subscriber.is_err() && self.administrator(&peer, &record).is_err() {
             return Err(ApiError::forbidden(
                 "FORBIDDEN",
                 "not allowed to follow the revocation feed (add it to [revocation_feed] in the CA configuration)",
