@@ -343,7 +343,7 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
 /// missing, unreadable, malformed or not owner-only, a wrong or missing passphrase, a
 /// configuration that does not parse or validate; 1 when the operation itself failed (a
 /// refusal, an invalid certificate for `verify`, a network, server or database failure).
-fn is_input_error(err: &anyhow::Error) -> bool {
+pub(crate) fn is_input_error(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| {
         if cause.is::<UsageError>() {
             return true;

@@ -417,7 +417,9 @@ pub fn renew(a: RenewArgs) -> Result<ExitCode> {
                             fmt_time(issued.not_after)
                         ))?;
                     }
-                    Err(e) => failures.push(format!("{}: {e}", w.cert.display())),
+                    Err(e) => failures.push(
+                        anyhow::Error::new(e).context(format!("renewing {}", w.cert.display())),
+                    ),
                 }
             }
             let hook = if renewed > 0 {
@@ -425,11 +427,27 @@ pub fn renew(a: RenewArgs) -> Result<ExitCode> {
             } else {
                 Ok(())
             };
-            if !failures.is_empty() {
-                if let Err(e) = &hook {
-                    failures.push(format!("the hook failed: {e}"));
+            if failures.len() == 1 && hook.is_ok() {
+                // One failure keeps its causes, and so its exit code (2 for a missing or
+                // unreadable file, 1 for a refusal).
+                if let Some(failure) = failures.pop() {
+                    return Err(failure);
                 }
-                anyhow::bail!("{}", failures.join("\n"));
+            }
+            if !failures.is_empty() {
+                // Several: input errors (exit 2) only when every failure is one.
+                let input = hook.is_ok() && failures.iter().all(crate::is_input_error);
+                let mut lines: Vec<String> = failures
+                    .iter()
+                    .map(|e| mtls_client::ca::error_chain(e.as_ref()))
+                    .collect();
+                if let Err(e) = &hook {
+                    lines.push(format!("the hook failed: {e}"));
+                }
+                if input {
+                    return Err(UsageError(lines.join("\n")).into());
+                }
+                anyhow::bail!("{}", lines.join("\n"));
             }
             if let Err(e) = hook {
                 anyhow::bail!("renewed, but the hook failed: {e}");

@@ -1051,3 +1051,35 @@ fn concurrent_issues_of_one_name_record_one_certificate() {
     }
     assert_eq!(e.inventory_count(), 5);
 }
+
+#[test]
+fn renewing_missing_files_is_an_input_error() {
+    let e = initialised();
+    // No CA needs to answer: the files are read first.
+    e.mtls(&[
+        "renew",
+        "--cert",
+        &e.p("gone.crt"),
+        "--key",
+        &e.p("gone.key"),
+        "--ca-url",
+        "https://127.0.0.1:9",
+    ])
+    .fails(2, "gone.crt");
+    // Each of several certificates failing on its files: still the user's input (exit 2),
+    // every one named.
+    e.mtls(&[
+        "renew",
+        "--cert",
+        &e.p("a.crt"),
+        "--key",
+        &e.p("a.key"),
+        "--cert",
+        &e.p("b.crt"),
+        "--key",
+        &e.p("b.key"),
+        "--ca-url",
+        "https://127.0.0.1:9",
+    ])
+    .fails(2, "b.crt");
+}
