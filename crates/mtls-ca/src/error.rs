@@ -76,6 +76,13 @@ pub fn store_error(e: mtls_store::Error) -> ApiError {
                 ),
             )
             .with_retry_after(retry_after.unsigned_abs()),
+            // The request's key is at fault (a CSR, or a renewal keeping the key): the token
+            // is not consumed, and a new key gets the certificate.
+            S::KeyCompromised { serial } => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "KEY_COMPROMISED",
+                format!("this public key was revoked as compromised (certificate {serial}): generate a new key and ask again"),
+            ),
             S::UnknownToken => ApiError::invalid_token("unknown enrollment token"),
             e @ (S::TokenUsed { .. } | S::TokenExpired { .. }) => {
                 ApiError::invalid_token(e.to_string())

@@ -1083,3 +1083,63 @@ fn renewing_missing_files_is_an_input_error() {
     ])
     .fails(2, "b.crt");
 }
+
+#[test]
+fn a_key_revoked_as_compromised_is_not_certified_again() {
+    let e = initialised();
+    e.mtls(&[
+        "csr",
+        "--cn",
+        "svc",
+        "--key-out",
+        &e.p("svc.key"),
+        "--csr-out",
+        &e.p("svc.csr"),
+    ])
+    .ok();
+    e.mtls(&["sign", "--csr", &e.p("svc.csr"), "--profile", "client"])
+        .ok();
+    e.mtls(&[
+        "revoke",
+        "--cert",
+        &e.p("pki/issued/svc.crt"),
+        "--reason",
+        "keyCompromise",
+    ])
+    .ok();
+    // The same CSR (the same key), even under another name: refused, nothing recorded or
+    // written.
+    let before = e.tree();
+    let count = e.inventory_count();
+    e.mtls(&[
+        "sign",
+        "--csr",
+        &e.p("svc.csr"),
+        "--profile",
+        "client",
+        "--force",
+    ])
+    .fails(1, "revoked as compromised");
+    assert_eq!(e.inventory_count(), count);
+    assert_eq!(e.tree(), before);
+    // A new key for the same name is fine.
+    e.mtls(&[
+        "csr",
+        "--cn",
+        "svc",
+        "--key-out",
+        &e.p("svc2.key"),
+        "--csr-out",
+        &e.p("svc2.csr"),
+    ])
+    .ok();
+    e.mtls(&[
+        "sign",
+        "--csr",
+        &e.p("svc2.csr"),
+        "--profile",
+        "client",
+        "--force",
+    ])
+    .ok();
+}

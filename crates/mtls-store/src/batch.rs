@@ -18,6 +18,8 @@ pub(crate) const MAX_BATCH: usize = 256;
 pub(crate) enum WriteOp {
     Issue {
         cert: CertificateToRecord,
+        /// [`crate::key_id_of`] the certificate, computed by the caller (off the writer).
+        key: Option<String>,
         kind: IssueKind,
         actor: String,
     },

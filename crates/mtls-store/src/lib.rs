@@ -101,6 +101,12 @@ pub enum Error {
         retry_after: time::Duration,
     },
 
+    /// The certificate's public key was declared compromised: a certificate with it
+    /// (`serial`) was revoked for keyCompromise, and no certificate is issued for that key
+    /// again, to anyone. Nothing was recorded.
+    #[error("the public key was revoked as compromised (certificate {serial} was revoked for keyCompromise): generate a new key")]
+    KeyCompromised { serial: String },
+
     /// Signing a CRL failed (an expired CA, an invalid lifetime).
     /// The record of what this CA published cannot be read or written.
     #[error("CA ledger {}: {detail}", path.display())]
@@ -425,6 +431,16 @@ pub(crate) fn spki_of(pem: &str) -> Option<Vec<u8>> {
     let cert = mtls_pki::pem_io::parse_certificate(der.first()?).ok()?;
     Some(cert.tbs_certificate.subject_pki.raw.to_vec())
 }
+
+/// Hex SHA-256 of a stored certificate's SubjectPublicKeyInfo: how the compromised keys
+/// (`compromised_keys`) are named. `None` for a record with no readable certificate.
+pub(crate) fn key_id_of(pem: &str) -> Option<String> {
+    spki_of(pem).map(|spki| mtls_pki::inspect::sha256_hex(&spki))
+}
+
+/// The migration that fills `compromised_keys` from the keyCompromise revocations recorded
+/// before it existed (once per inventory, both backends).
+pub(crate) const COMPROMISED_KEYS_MIGRATION: &str = "compromised-keys-from-revocations";
 
 /// How many certificates the inventory holds by status, and how many valid ones expire soon
 /// (see [`Store::counts`](crate::Store::counts)).

@@ -109,6 +109,13 @@ CREATE INDEX IF NOT EXISTS certificates_lineage ON certificates(lineage, issued_
 -- ' renews SERIAL', see audit_detail_issue), once per inventory (the mark's insert gates the
 -- update).
 CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY);
+-- Keys revoked as compromised (crate::key_id_of): never certified again. Filled from earlier
+-- keyCompromise revocations by create_schema (the key is read from the PEM, in Rust).
+CREATE TABLE IF NOT EXISTS compromised_keys (
+    spki_sha256 TEXT PRIMARY KEY,
+    serial      TEXT NOT NULL,
+    at          BIGINT NOT NULL
+);
 WITH mark AS (
     INSERT INTO migrations (name) VALUES ('renews-from-audit') ON CONFLICT DO NOTHING RETURNING name
 )
@@ -325,15 +332,93 @@ pub(crate) async fn create_schema(client: &Client) -> Result<()> {
             return Ok(());
         }
     }
-    deadline(
-        "create the schema",
-        client.batch_execute(&format!(
-            "BEGIN; SET LOCAL lock_timeout = '10s'; SET LOCAL statement_timeout = '13s';
-             SELECT pg_advisory_xact_lock(7306926041); {SCHEMA}
-             INSERT INTO migrations (name) VALUES ('{mark}') ON CONFLICT DO NOTHING; COMMIT;"
-        )),
+    let created = async {
+        deadline(
+            "create the schema",
+            client.batch_execute(&format!(
+                "BEGIN; SET LOCAL lock_timeout = '10s'; SET LOCAL statement_timeout = '13s';
+                 SELECT pg_advisory_xact_lock(7306926041); {SCHEMA}"
+            )),
+        )
+        .await?;
+        backfill_compromised_keys(client).await?;
+        deadline(
+            "create the schema",
+            client.batch_execute(&format!(
+                "INSERT INTO migrations (name) VALUES ('{mark}') ON CONFLICT DO NOTHING; COMMIT;"
+            )),
+        )
+        .await
+    }
+    .await;
+    if created.is_err() {
+        let _ = deadline("roll back", client.batch_execute("ROLLBACK")).await;
+    }
+    created
+}
+
+/// Keys revoked for keyCompromise before `compromised_keys` existed: once per inventory, in
+/// `create_schema`'s transaction (its mark's insert gates it).
+async fn backfill_compromised_keys(client: &Client) -> Result<()> {
+    let first = deadline(
+        "mark the compromised keys migration",
+        client.query_opt(
+            "INSERT INTO migrations (name) VALUES ($1) ON CONFLICT DO NOTHING RETURNING name",
+            &[&crate::COMPROMISED_KEYS_MIGRATION],
+        ),
+    )
+    .await?;
+    if first.is_none() {
+        return Ok(());
+    }
+    let rows = deadline(
+        "read keyCompromise revocations",
+        client.query(
+            "SELECT serial, pem, revoked_at FROM certificates
+             WHERE revocation_reason = 'keyCompromise' AND revoked_at IS NOT NULL",
+            &[],
+        ),
+    )
+    .await?;
+    for row in rows {
+        let corrupt = |e: tokio_postgres::Error| Error::Corrupt(e.to_string());
+        let serial: String = row.try_get(0).map_err(corrupt)?;
+        let pem: String = row.try_get(1).map_err(corrupt)?;
+        let at: i64 = row.try_get(2).map_err(corrupt)?;
+        if let Some(key) = crate::key_id_of(&pem) {
+            deadline(
+                "note a compromised key",
+                client.execute(
+                    "INSERT INTO compromised_keys (spki_sha256, serial, at) VALUES ($1, $2, $3)
+                     ON CONFLICT DO NOTHING",
+                    &[&key, &serial, &at],
+                ),
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Notes the key of `serial` (revoked for keyCompromise) as compromised.
+async fn note_compromised(
+    c: &Conn,
+    serial: &str,
+    pem: &str,
+    now: OffsetDateTime,
+) -> std::result::Result<(), OpError> {
+    let Some(key) = crate::key_id_of(pem) else {
+        return Ok(());
+    };
+    q(
+        c,
+        "note the compromised key",
+        "INSERT INTO compromised_keys (spki_sha256, serial, at) VALUES ($1, $2, $3)
+         ON CONFLICT DO NOTHING",
+        &[&key, &serial, &ts(now)],
     )
     .await
+    .map(|_| ())
 }
 
 fn record(row: &Row, now: OffsetDateTime) -> Result<CertificateRecord> {
@@ -773,6 +858,9 @@ async fn revoke(
     let reason_s = reason.map(|r| r.to_string());
     let detail = reason_s.clone().unwrap_or_default();
     mark_revoked(c, &s, reason_s.as_deref(), actor, &detail, now).await?;
+    if reason == Some(RevocationReason::KeyCompromise) {
+        note_compromised(c, &s, &current.pem, now).await?;
+    }
     let also_revoked = match crate::LineageScope::of(reason) {
         Some(scope) => {
             revoke_lineage(c, &s, &current.pem, scope, reason_s.as_deref(), actor, now).await?
@@ -1081,6 +1169,18 @@ async fn reconcile(
                 &[&at, &reason, &seq, &s],
             )
             .await?;
+            if e.reason == Some(RevocationReason::KeyCompromise) {
+                let rows = q(
+                    c,
+                    "read the revoked certificate",
+                    "SELECT pem FROM certificates WHERE serial = $1",
+                    &[&s],
+                )
+                .await?;
+                if let Some(pem) = rows.first().and_then(|r| r.try_get::<_, String>(0).ok()) {
+                    note_compromised(c, &s, &pem, now).await?;
+                }
+            }
         } else {
             // No expiry is known: a century, so it stays listed (and revoked).
             let far: i64 = ts(crate::far_after(e.revoked_at));
@@ -1137,7 +1237,12 @@ async fn apply(
     now: OffsetDateTime,
 ) -> std::result::Result<WriteResult, OpError> {
     match op {
-        WriteOp::Issue { cert, kind, actor } => issue(c, cert, kind, actor, now).await,
+        WriteOp::Issue {
+            cert,
+            key,
+            kind,
+            actor,
+        } => issue(c, cert, key.as_deref(), kind, actor, now).await,
         WriteOp::Revoke {
             serial,
             issuer_key,
@@ -1299,10 +1404,25 @@ SELECT (SELECT count(*) FROM tok), (SELECT count(*) FROM cert), (SELECT count(*)
 async fn issue(
     c: &Conn,
     cert: &CertificateToRecord,
+    key: Option<&str>,
     kind: &IssueKind,
     actor: &str,
     now: OffsetDateTime,
 ) -> std::result::Result<WriteResult, OpError> {
+    if let Some(key) = key {
+        // Before the token is consumed. (A keyCompromise revocation committing on another
+        // instance at this moment is not seen: its certificate's own revocation stands.)
+        let compromised = q(
+            c,
+            "check the key",
+            "SELECT serial FROM compromised_keys WHERE spki_sha256 = $1",
+            &[&key],
+        )
+        .await?;
+        if let Some(serial) = compromised.first().and_then(|r| r.try_get(0).ok()) {
+            return Err(OpError::Refused(Error::KeyCompromised { serial }));
+        }
+    }
     let serial = cert.serial.to_string();
     let sans = sans_json(&cert.sans).map_err(OpError::Refused)?;
     let token: Option<&str> = match kind {

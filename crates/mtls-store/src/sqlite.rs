@@ -77,6 +77,12 @@ CREATE TABLE IF NOT EXISTS revocation_epoch (
     epoch INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO revocation_epoch (id, epoch) VALUES (1, 0);
+-- Keys revoked as compromised (crate::key_id_of): never certified again.
+CREATE TABLE IF NOT EXISTS compromised_keys (
+    spki_sha256 TEXT PRIMARY KEY,
+    serial      TEXT NOT NULL,
+    at          INTEGER NOT NULL
+);
 ";
 
 const COLUMNS: &str = "serial, issuer_key, subject, sans, profile, not_before, not_after, fingerprint, pem, issued_at, revoked_at, revocation_reason";
@@ -126,7 +132,8 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     let added = add_columns(conn);
     conn.execute_batch(if added.is_ok() { "COMMIT" } else { "ROLLBACK" })?;
     added?;
-    backfill_renews(conn)
+    backfill_renews(conn)?;
+    backfill_compromised_keys(conn)
 }
 
 fn add_columns(conn: &Connection) -> rusqlite::Result<()> {
@@ -208,6 +215,77 @@ fn backfill_renews(conn: &Connection) -> rusqlite::Result<()> {
             let _ = conn.execute_batch("ROLLBACK");
             Err(e)
         }
+    }
+}
+
+/// Keys revoked for keyCompromise before `compromised_keys` existed, once per inventory.
+fn backfill_compromised_keys(conn: &Connection) -> rusqlite::Result<()> {
+    const NAME: &str = crate::COMPROMISED_KEYS_MIGRATION;
+    let done = |conn: &Connection| {
+        conn.prepare_cached("SELECT 1 FROM migrations WHERE name = ?1")
+            .and_then(|mut s| s.exists([NAME]))
+    };
+    if done(conn)? {
+        return Ok(());
+    }
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let backfilled = (|| {
+        if done(conn)? {
+            return Ok(());
+        }
+        let revoked: Vec<(String, String, i64)> = conn
+            .prepare(
+                "SELECT serial, pem, revoked_at FROM certificates
+                 WHERE revocation_reason = 'keyCompromise' AND revoked_at IS NOT NULL",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        for (serial, pem, at) in revoked {
+            if let Some(key) = crate::key_id_of(&pem) {
+                conn.execute(
+                    "INSERT OR IGNORE INTO compromised_keys (spki_sha256, serial, at)
+                     VALUES (?1, ?2, ?3)",
+                    params![key, serial, at],
+                )?;
+            }
+        }
+        conn.execute("INSERT INTO migrations (name) VALUES (?1)", [NAME])?;
+        Ok(())
+    })();
+    match backfilled {
+        Ok(()) => conn.execute_batch("COMMIT"),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+/// Notes the key of `serial` (revoked for keyCompromise) as compromised.
+fn note_compromised(conn: &Connection, serial: &str, pem: &str, now: OffsetDateTime) -> Result<()> {
+    let Some(key) = crate::key_id_of(pem) else {
+        return Ok(());
+    };
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO compromised_keys (spki_sha256, serial, at) VALUES (?1, ?2, ?3)",
+    )
+    .and_then(|mut st| st.execute(params![key, serial, ts(now)]))
+    .map_err(db("note the compromised key"))?;
+    Ok(())
+}
+
+/// Refuses a certificate for a key revoked as compromised.
+fn check_key(conn: &Connection, key: Option<&str>) -> Result<()> {
+    let Some(key) = key else {
+        return Ok(());
+    };
+    let compromised: Option<String> = conn
+        .prepare_cached("SELECT serial FROM compromised_keys WHERE spki_sha256 = ?1")
+        .and_then(|mut st| st.query_row(params![key], |r| r.get(0)).optional())
+        .map_err(db("check the key"))?;
+    match compromised {
+        Some(serial) => Err(Error::KeyCompromised { serial }),
+        None => Ok(()),
     }
 }
 
@@ -437,10 +515,12 @@ fn insert_audit(
 fn issue(
     conn: &Connection,
     cert: &NewCertificate<'_>,
+    key: Option<&str>,
     kind: &IssueKind,
     actor: &str,
     now: OffsetDateTime,
 ) -> Result<()> {
+    check_key(conn, key)?;
     let serial = cert.serial.to_string();
     let sans = sans_json(cert.sans)?;
     let renews = match kind {
@@ -603,6 +683,9 @@ fn revoke(
     let detail = reason_s.clone().unwrap_or_default();
     mark_revoked(conn, &s, reason_s.as_deref(), actor, &detail, now)?;
     let record = get(conn, serial, now)?.ok_or(Error::UnknownSerial(s.clone()))?;
+    if reason == Some(RevocationReason::KeyCompromise) {
+        note_compromised(conn, &s, &record.pem, now)?;
+    }
     let also_revoked = match crate::LineageScope::of(reason) {
         Some(scope) => revoke_lineage(
             conn,
@@ -830,6 +913,16 @@ fn reconcile(
                 params![at, reason, seq, s],
             )
             .map_err(db("re-apply a revocation"))?;
+            if e.reason == Some(RevocationReason::KeyCompromise) {
+                let pem: String = conn
+                    .query_row(
+                        "SELECT pem FROM certificates WHERE serial = ?1",
+                        params![s],
+                        |r| r.get(0),
+                    )
+                    .map_err(db("read the revoked certificate"))?;
+                note_compromised(conn, &s, &pem, now)?;
+            }
         } else {
             // Issued after the backup was taken: known only from the CRL entry.
             conn.execute(
@@ -874,9 +967,13 @@ fn reconcile(
 
 fn apply(conn: &Connection, op: &WriteOp, now: OffsetDateTime) -> Result<WriteResult> {
     match op {
-        WriteOp::Issue { cert, kind, actor } => {
-            issue(conn, &cert.borrowed(), kind, actor, now).map(|()| WriteResult::Done)
-        }
+        WriteOp::Issue {
+            cert,
+            key,
+            kind,
+            actor,
+        } => issue(conn, &cert.borrowed(), key.as_deref(), kind, actor, now)
+            .map(|()| WriteResult::Done),
         WriteOp::Revoke {
             serial,
             issuer_key,

@@ -303,7 +303,8 @@ impl Store {
     }
 
     /// Records a certificate (consuming the enrollment token, if any) and its audit entry.
-    /// `Ok` means committed; only then may the certificate be handed out.
+    /// `Ok` means committed; only then may the certificate be handed out. A certificate for a
+    /// key revoked as compromised is refused ([`crate::Error::KeyCompromised`]).
     pub async fn record_issued(
         &self,
         cert: CertificateToRecord,
@@ -312,6 +313,7 @@ impl Store {
         now: OffsetDateTime,
     ) -> Result<()> {
         let op = WriteOp::Issue {
+            key: crate::key_id_of(&cert.pem),
             cert,
             kind,
             actor: actor.to_string(),

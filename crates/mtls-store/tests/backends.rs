@@ -1565,3 +1565,178 @@ async fn two_openers_of_an_old_inventory_both_open_it() {
         }
     }
 }
+
+/// A key revoked as compromised is never certified again: not by enrollment (the token is
+/// left unused), not directly, not after a restart; another key is, and a key whose
+/// certificate was revoked for another reason is too.
+async fn a_compromised_key_is_never_certified_again(location: Location) {
+    use mtls_pki::{KeyAlgorithm, PrivateKey};
+    let store = Store::open(&location).await.unwrap();
+    let now = OffsetDateTime::now_utc();
+    let pki = mtls_test_util::TestPki::new("compromise");
+    let key = |_| PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let (stolen, retired, fresh) = (key(0), key(1), key(2));
+    let first = real(&pki, &stolen);
+    let old = real(&pki, &retired);
+    for c in [&first, &old] {
+        store
+            .record_issued(c.clone(), IssueKind::Direct, "test", now)
+            .await
+            .unwrap();
+    }
+    store
+        .revoke(
+            &first.serial,
+            None,
+            Some(RevocationReason::KeyCompromise),
+            "t",
+            now,
+        )
+        .await
+        .unwrap();
+    store
+        .revoke(
+            &old.serial,
+            None,
+            Some(RevocationReason::Superseded),
+            "t",
+            now,
+        )
+        .await
+        .unwrap();
+    store
+        .create_token(
+            mtls_store::NewToken {
+                id: "tok".into(),
+                secret_hash: "00".into(),
+                name: "svc".into(),
+                sans: vec![],
+                profile: "client".into(),
+                expires_at: now + time::Duration::hours(1),
+                created_by: "test".into(),
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    let enroll = || IssueKind::Enrollment {
+        token_id: "tok".into(),
+    };
+    let again = real(&pki, &stolen);
+    match store
+        .record_issued(again.clone(), enroll(), "test", now)
+        .await
+    {
+        Err(Error::KeyCompromised { serial }) => assert_eq!(serial, first.serial.to_string()),
+        other => panic!("a compromised key was certified: {other:?}"),
+    }
+    assert!(store.get(&again.serial, now).await.unwrap().is_none());
+    match store
+        .record_issued(real(&pki, &stolen), IssueKind::Direct, "test", now)
+        .await
+    {
+        Err(Error::KeyCompromised { .. }) => {}
+        other => panic!("a compromised key was certified: {other:?}"),
+    }
+    // The token was not spent on the refusal: a new key enrolls with it.
+    store
+        .record_issued(real(&pki, &fresh), enroll(), "test", now)
+        .await
+        .unwrap();
+    // Superseded is no statement about the key.
+    store
+        .record_issued(real(&pki, &retired), IssueKind::Direct, "test", now)
+        .await
+        .unwrap();
+    drop(store);
+    let reopened = Store::open(&location).await.unwrap();
+    assert!(matches!(
+        reopened
+            .record_issued(real(&pki, &stolen), IssueKind::Direct, "test", now)
+            .await,
+        Err(Error::KeyCompromised { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_compromised_key_is_never_certified_again_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    a_compromised_key_is_never_certified_again(Location::Sqlite(dir.path().join("inv.db"))).await;
+}
+
+#[tokio::test]
+async fn a_compromised_key_is_never_certified_again_on_postgres() {
+    a_compromised_key_is_never_certified_again(Location::Postgres(
+        mtls_test_util::fresh_postgres_database(),
+    ))
+    .await;
+}
+
+/// Inventories from before the compromised-keys list learn the keys of their earlier
+/// keyCompromise revocations when opened (here: the list and its migration mark removed, as
+/// an older version left them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn earlier_key_compromise_revocations_are_learnt_on_upgrade() {
+    use mtls_pki::{KeyAlgorithm, PrivateKey};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("inv.db");
+    let url = mtls_test_util::fresh_postgres_database();
+    let pki = mtls_test_util::TestPki::new("upgrade");
+    let stolen = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let now = OffsetDateTime::now_utc();
+    for location in [
+        Location::Sqlite(path.clone()),
+        Location::Postgres(url.clone()),
+    ] {
+        let store = Store::open(&location).await.unwrap();
+        let first = real(&pki, &stolen);
+        store
+            .record_issued(first.clone(), IssueKind::Direct, "test", now)
+            .await
+            .unwrap();
+        store
+            .revoke(
+                &first.serial,
+                None,
+                Some(RevocationReason::KeyCompromise),
+                "t",
+                now,
+            )
+            .await
+            .unwrap();
+    }
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "DROP TABLE compromised_keys;
+             DELETE FROM migrations WHERE name = 'compromised-keys-from-revocations';",
+        )
+        .unwrap();
+    }
+    {
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        // As a version before the list: neither the table nor any mark of its schema.
+        client
+            .batch_execute("DROP TABLE compromised_keys; DELETE FROM migrations;")
+            .await
+            .unwrap();
+    }
+    for location in [
+        Location::Sqlite(path.clone()),
+        Location::Postgres(url.clone()),
+    ] {
+        let store = Store::open(&location).await.unwrap();
+        assert!(
+            matches!(
+                store
+                    .record_issued(real(&pki, &stolen), IssueKind::Direct, "test", now)
+                    .await,
+                Err(Error::KeyCompromised { .. })
+            ),
+            "{location:?}"
+        );
+    }
+}
