@@ -1527,6 +1527,28 @@ fn renewal_with_a_new_key_uses_one_combined_file() {
     assert_eq!(pubkey(c, "cert"), after, "certificate and key match");
     let mode = std::fs::metadata(&combined).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
+    // A passphrase in the environment does not encrypt a key that was stored in the clear
+    // (the service reading it has no passphrase).
+    env.mtls_env(
+        &[
+            "renew",
+            "--cert",
+            c,
+            "--key",
+            c,
+            "--ca-url",
+            &server.url(),
+            "--rotate-key",
+            "--ca-root",
+            &env.p("r/ca.crt"),
+        ],
+        &[("MTLS_PASSPHRASE", "not-for-this-key")],
+    )
+    .ok();
+    let text = String::from_utf8(env.read("r/combined.pem")).unwrap();
+    assert!(text.contains("-----BEGIN PRIVATE KEY-----"), "{text}");
+    assert!(!text.contains("ENCRYPTED"), "{text}");
+    assert_ne!(pubkey(c, "key"), after, "a new key again");
 }
 
 /// A certificate path that is a symbolic link to the combined file: the renewal writes the

@@ -748,9 +748,14 @@ async fn renew_now(
     mtls_tls::credential_from_parts(new_chain, out_key, now)
         .map_err(|d| Error::Protocol(format!("the renewed certificate is unusable: {d}")))?;
     if combined {
+        // A new key is stored as the old one was: encrypted only if it was (a passphrase in
+        // the environment must not lock a service out of a key it reads in the clear).
+        let was_encrypted = mtls_pki::pem_io::decode_secret(&key_bytes)?
+            .iter()
+            .any(|b| b.label == "ENCRYPTED PRIVATE KEY");
         let key_pem = match (&new_key, passphrase) {
-            (Some(k), Some(p)) => k.to_encrypted_pem(p)?,
-            (Some(k), None) => k.to_pem(),
+            (Some(k), Some(p)) if was_encrypted => k.to_encrypted_pem(p)?,
+            (Some(k), _) => k.to_pem(),
             (None, _) => {
                 // Each block and its PEM are wiped when dropped, and the strings are joined
                 // into one allocated once (growing a string leaves its old buffer unwiped).
@@ -858,6 +863,22 @@ fn same_identity_under(
         if value(&old) != value(&new) {
             return Err(format!("its {what} differ from the current certificate's"));
         }
+    }
+    // A renewal that renews nothing (the current certificate sent back, or one that ends no
+    // later) would be taken as a success each time until the certificate expired.
+    if old.raw_serial() == new.raw_serial() {
+        return Err("it is the current certificate (the same serial)".into());
+    }
+    let (old_end, new_end) = (old.validity().not_after, new.validity().not_after);
+    // (Seconds: one renewed within the second it was issued ends at the same second; accepted
+    // in the first half of the current certificate's life, where no schedule renews.)
+    let half_life = old.validity().not_before.timestamp() / 2 + old_end.timestamp() / 2;
+    if new_end < old_end || (new_end == old_end && now.unix_timestamp() >= half_life) {
+        return Err(format!(
+            "it expires at {}, no later than the current certificate ({}): the CA cannot issue past that (its intermediate ending?)",
+            mtls_pki::rfc3339(&new_end.to_datetime()),
+            mtls_pki::rfc3339(&old_end.to_datetime())
+        ));
     }
     Ok(())
 }
@@ -1170,6 +1191,18 @@ mod tests {
         let e = check(&chain(&elsewhere.client("app"), &elsewhere)).unwrap_err();
         assert!(e.contains("root"), "{e}");
         assert!(check(&[]).is_err());
+        // The current certificate sent back, or one ending no later: nothing was renewed.
+        let e = check(&chain(&old, &pki)).unwrap_err();
+        assert!(e.contains("same serial"), "{e}");
+        let shorter = pki.leaf_at(
+            mtls_pki::issue::Profile::Client,
+            "app",
+            &[],
+            now,
+            Duration::days(1),
+        );
+        let e = check(&chain(&shorter, &pki)).unwrap_err();
+        assert!(e.contains("no later than"), "{e}");
     }
 
     /// A certificate valid until the last date there is (9999-12-31, "never expires"), a
