@@ -287,17 +287,25 @@ impl Hook {
         // leaves a background process holding a pipe open would otherwise never be done.
         cmd.stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null());
+        // A group of its own: a hook that times out is killed with everything it started (a
+        // hung `systemctl reload` under `sh -c`), not only its shell, so retries do not pile
+        // up hung processes. Background processes of a hook that finishes are left running.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let mut child = cmd.spawn().map_err(|e| format!("running the hook: {e}"))?;
         let started = std::time::Instant::now();
         let status = loop {
             match child.try_wait() {
                 Ok(Some(status)) => break status,
-                Ok(None) if started.elapsed() >= HOOK_TIMEOUT => {
+                Ok(None) if started.elapsed() >= hook_timeout() => {
+                    let _ = rustix::process::kill_process_group(
+                        rustix::process::Pid::from_child(&child),
+                        rustix::process::Signal::KILL,
+                    );
                     let _ = child.kill();
                     let _ = child.wait();
                     return Err(format!(
                         "the hook did not finish within {} s and was killed",
-                        HOOK_TIMEOUT.as_secs()
+                        hook_timeout().as_secs()
                     ));
                 }
                 Ok(None) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
@@ -380,6 +388,15 @@ fn check_pid_owner(pidfile: &Path, owner: u32, pid: u32) -> Result<(), String> {
 
 /// Longest a post-renewal hook may run before it is killed (and reported as failed).
 pub const HOOK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// [`HOOK_TIMEOUT`], shortened for this crate's own tests.
+fn hook_timeout() -> std::time::Duration {
+    if cfg!(test) {
+        std::time::Duration::from_secs(2)
+    } else {
+        HOOK_TIMEOUT
+    }
+}
 
 /// Environment variables holding mtls's secrets (key, CA and PKCS#12 passphrases, an
 /// enrollment token, a database URL that may carry a password), removed from a hook's
@@ -1519,6 +1536,35 @@ mod tests {
     /// Pids that would signal a process group, init or nothing are refused before `kill` runs;
     /// a hook leaving a background process behind is done when its shell is; a failing hook
     /// is reported.
+    /// A hook that does not finish is killed with what it started, not only its shell.
+    #[tokio::test]
+    #[allow(clippy::unwrap_used)]
+    async fn a_hook_that_hangs_is_killed_with_its_children() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("child.pid");
+        let hook = Hook::Exec(format!(
+            "sleep 60 & echo $! > {}; sleep 60",
+            pidfile.display()
+        ));
+        let e = hook.run().await.unwrap_err();
+        assert!(e.contains("killed"), "{e}");
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // A zombie (killed, not yet reaped) counts as gone.
+        let alive = |pid: i32| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|stat| !stat.contains(") Z "))
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while alive(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(!alive(pid), "the hook's background child {pid} still runs");
+    }
+
     #[tokio::test]
     #[allow(clippy::unwrap_used)]
     async fn hooks_refuse_bad_pids_and_do_not_wait_for_background_children() {
