@@ -37,10 +37,16 @@ const STATEMENT_TIMEOUT: Duration = Duration::from_secs(15);
 /// dropped connection failing the whole batch. `SET LOCAL`, per transaction: session settings
 /// would not follow a transaction-pooling proxy (pgbouncer) and would leak to its other
 /// clients.
+/// A server (or role, or database) configured with `synchronous_commit = off` would answer a
+/// `COMMIT` before the write is on disk: a certificate handed out, a revocation acknowledged,
+/// then lost in a crash. Raised to `on` for these transactions; any stronger setting
+/// (`remote_write`, `remote_apply`, for a synchronous standby) is kept.
 macro_rules! begin_sql {
     () => {
         "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = '10s'; \
-         SET LOCAL statement_timeout = '13s'"
+         SET LOCAL statement_timeout = '13s'; \
+         SELECT set_config('synchronous_commit', 'on', true) \
+             WHERE current_setting('synchronous_commit') = 'off'"
     };
 }
 const BEGIN: &str = begin_sql!();
@@ -1374,13 +1380,8 @@ WITH tok AS (
     FOR SHARE
 ), recent AS (
     -- The renewal limit (RenewalLimit): renewals of its lineage after $16, fewer than
-    -- $17. Counted in this statement's snapshot, which holds every renewal this instance
-    -- recorded (its writer runs one statement after the other, earlier batches committed)
-    -- but not those another instance is committing at the same moment: renewals from one
-    -- certificate sent to several instances at once can overshoot, at most the limit per
-    -- instance and window. Accepted: the limit bounds the inventory's growth, it is not an
-    -- exact quota (locking the renewed row would not help: READ COMMITTED re-checks the locked
-    -- row after the wait, not this count).
+    -- $17. Counted in this statement's snapshot, taken after the lineage's advisory lock (see
+    -- `issue`): it holds every renewal of the lineage committed, by any instance.
     SELECT count(*) AS n FROM certificates
     WHERE lineage = (SELECT COALESCE(lineage, serial) FROM certificates WHERE serial = $15)
       AND issued_at > $16
@@ -1449,6 +1450,18 @@ async fn issue(
             c,
             "lock the renewed certificate",
             "SELECT 1 FROM certificates WHERE serial = $1 FOR SHARE",
+            &[previous],
+        )
+        .await?;
+        // The lineage's renewals, one transaction at a time across instances (an advisory
+        // lock on the lineage, held to commit): ISSUE_SQL, a later statement, then counts
+        // every renewal another instance committed meanwhile, so the limit holds for the
+        // lineage rather than per instance. (Deadlocks between batches are retried.)
+        q(
+            c,
+            "lock the renewal lineage",
+            "SELECT pg_advisory_xact_lock(hashtextextended(
+                 'lineage:' || COALESCE((SELECT lineage FROM certificates WHERE serial = $1), $1), 0))",
             &[previous],
         )
         .await?;
@@ -1655,5 +1668,47 @@ pub(crate) async fn run_writer(target: PgTarget, first: Client, mut rx: mpsc::Re
         for (job, result) in jobs.drain(..).zip(results) {
             let _ = job.reply.send(result);
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    async fn show(c: &tokio_postgres::Client) -> String {
+        c.query_one("SHOW synchronous_commit", &[])
+            .await
+            .unwrap()
+            .get::<_, String>(0)
+    }
+
+    /// Every write transaction commits durably, whatever the database's default, and keeps a
+    /// stronger setting.
+    #[tokio::test]
+    async fn writes_commit_synchronously_whatever_the_server_default() {
+        let url = mtls_test_util::fresh_postgres_database();
+        let connect = || async {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(connection);
+            client
+        };
+        let db = url.rsplit('/').next().unwrap().to_string();
+        connect()
+            .await
+            .batch_execute(&format!("ALTER DATABASE {db} SET synchronous_commit = off"))
+            .await
+            .unwrap();
+        let c = connect().await;
+        assert_eq!(show(&c).await, "off");
+        c.batch_execute(super::BEGIN).await.unwrap();
+        assert_eq!(show(&c).await, "on");
+        c.batch_execute("ROLLBACK").await.unwrap();
+        c.batch_execute("SET synchronous_commit = remote_apply")
+            .await
+            .unwrap();
+        c.batch_execute(super::BEGIN).await.unwrap();
+        assert_eq!(show(&c).await, "remote_apply");
+        c.batch_execute("ROLLBACK").await.unwrap();
     }
 }

@@ -551,6 +551,41 @@ async fn renewals_in_one_batch_are_counted_one_by_one_on_postgres() {
     .await;
 }
 
+/// Renewals of one lineage sent to two CA instances at once are counted across both: the
+/// limit holds for the lineage, not per instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewals_on_two_instances_share_the_lineage_s_limit() {
+    let url = mtls_test_util::fresh_postgres_database();
+    let one = Store::open(&Location::Postgres(url.clone())).await.unwrap();
+    let two = Store::open(&Location::Postgres(url)).await.unwrap();
+    let now = OffsetDateTime::UNIX_EPOCH + time::Duration::days(1);
+    let limit = RenewalLimit {
+        max: 5,
+        window: time::Duration::HOUR,
+    };
+    for round in 0..3 {
+        let a = cert("CN=a");
+        one.record_issued(a.clone(), IssueKind::Direct, "t", now)
+            .await
+            .unwrap();
+        let results = futures_util::future::join_all((0..40).map(|i| {
+            let store = if i % 2 == 0 { &one } else { &two };
+            store.record_issued(
+                cert("CN=a"),
+                IssueKind::Renewal {
+                    previous: a.serial.clone(),
+                    limit,
+                },
+                "t",
+                now,
+            )
+        }))
+        .await;
+        let accepted = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(accepted, 5, "round {round}: {results:?}");
+    }
+}
+
 /// A key-compromise revocation reaches every certificate renewed from the compromised one
 /// (a chain a → b → c, and a second renewal of a), each with a feed sequence number and an
 /// audit entry, but not an unrelated certificate or one already revoked; `superseded` revokes
