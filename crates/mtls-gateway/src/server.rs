@@ -723,6 +723,7 @@ impl Reload for GatewayReload {
         // state and the reload reports it (retried on the next change or poll).
         let mut changed_upstreams = Vec::new();
         let mut failed = Vec::new();
+        let mut partly = Vec::new();
         for (i, (s, new)) in self.shared.iter().zip(&candidate.listeners).enumerate() {
             let loaded = ListenerState::load(
                 new,
@@ -748,15 +749,31 @@ impl Reload for GatewayReload {
                 }
                 *old = new.clone();
             }
+            // New CAs and CRLs with a previous certificate kept: in use, and reported.
+            if !st.server.kept.is_empty() {
+                partly.push(format!(
+                    "{}: reloaded, but the previous certificate still serves for {}",
+                    new.name,
+                    st.server.kept.join("; ")
+                ));
+            }
             s.state.store(Arc::new(st));
             s.generations.publish(generation);
         }
         if !failed.is_empty() {
             let reloaded = self.shared.len() - failed.len();
-            return Err(format!(
+            let mut e = format!(
                 "{} (kept their last good state; {reloaded} other listener(s) reloaded)",
                 failed.join("; ")
-            ));
+            );
+            for p in &partly {
+                e.push_str("; ");
+                e.push_str(p);
+            }
+            return Err(e);
+        }
+        if !partly.is_empty() {
+            return Err(partly.join("; "));
         }
         self.config = candidate;
         let mut what =

@@ -130,6 +130,11 @@ pub struct ServerState {
     pub served_not_after: Vec<(String, OffsetDateTime)>,
     /// (subject, notAfter) of every trusted client CA.
     pub ca_not_after: Vec<(String, OffsetDateTime)>,
+    /// The served credentials, in the order of the configured certificates.
+    pub credentials: Vec<mtls_tls::Credential>,
+    /// Certificate files whose new contents a reload refused (with why): the previous
+    /// credential still serves for them, while the rest (CAs, CRLs) is new.
+    pub kept: Vec<String>,
 }
 
 impl ServerFiles {
@@ -147,12 +152,49 @@ impl ServerFiles {
         now: OffsetDateTime,
         sources: &RevocationSources,
     ) -> Result<ServerState, Error> {
+        self.load_over(None, generation, now, sources)
+    }
+
+    /// Loads everything; with `previous`, a served certificate whose files are refused now (an
+    /// expired certificate, a key made readable by others, a file mid-rotation) keeps its
+    /// previous credential, so that the new CA bundle and CRLs still take effect: one bad
+    /// certificate of several must not keep a revoked client trusted ([`ServerState::kept`]).
+    fn load_over(
+        &self,
+        previous: Option<&ServerState>,
+        generation: u64,
+        now: OffsetDateTime,
+        sources: &RevocationSources,
+    ) -> Result<ServerState, Error> {
         let mut credentials = Vec::new();
         let mut served_not_after = Vec::new();
+        let mut kept = Vec::new();
         for c in &self.certificates {
-            let cred = c.credential_files().load(now)?;
-            check_served(&c.cert, &cred.certified.cert)?;
-            served_not_after.push((c.cert.display().to_string(), cred.not_after));
+            let path = c.cert.display().to_string();
+            let loaded = c
+                .credential_files()
+                .load(now)
+                .map_err(Error::from)
+                .and_then(|cred| check_served(&c.cert, &cred.certified.cert).map(|()| cred));
+            let cred = match loaded {
+                Ok(cred) => cred,
+                Err(e) => {
+                    let before = previous.and_then(|p| {
+                        p.served_not_after
+                            .iter()
+                            .position(|(f, _)| *f == path)
+                            .and_then(|i| p.credentials.get(i))
+                    });
+                    match before {
+                        Some(cred) => {
+                            kept.push(format!("{path} ({e})"));
+                            cred.clone()
+                        }
+                        None => return Err(e),
+                    }
+                }
+            };
+            served_not_after.push((path, cred.not_after));
             credentials.push(cred);
         }
         let roots = mtls_tls::load_certificates(&self.client_ca)?;
@@ -203,10 +245,13 @@ impl ServerFiles {
             trust,
             served_not_after,
             ca_not_after,
+            credentials,
+            kept,
         })
     }
 
-    /// Loads the generation that follows `previous` ([`load_with`](Self::load_with)), refusing
+    /// Loads the generation that follows `previous` ([`load_with`](Self::load_with)), keeping
+    /// a previous certificate whose files are refused now ([`ServerState::kept`]), refusing
     /// it if a CRL went back in time (see [`TrustState::check_not_older_than`]): every reload
     /// goes through here, so a replayed CRL file or fetched CRL keeps the current state.
     pub fn load_after(
@@ -216,7 +261,7 @@ impl ServerFiles {
         now: OffsetDateTime,
         sources: &RevocationSources,
     ) -> Result<ServerState, Error> {
-        let state = self.load_with(generation, now, sources)?;
+        let state = self.load_over(Some(previous), generation, now, sources)?;
         state.trust.check_not_older_than(&previous.trust)?;
         Ok(state)
     }
@@ -295,7 +340,8 @@ impl ReloadingServer {
         &self.files
     }
 
-    /// Loads a new generation and swaps it in; on error the current one stays.
+    /// Loads a new generation and swaps it in; on error the current one stays, except for
+    /// [`Error::CredentialsKept`]: the new generation serves, with some previous certificates.
     pub fn reload_now(&self) -> Result<u64, Error> {
         // A poisoned lock only means a reload panicked: the state it guards is `current`.
         let _one_at_a_time = self
@@ -309,8 +355,12 @@ impl ReloadingServer {
             OffsetDateTime::now_utc(),
             &self.sources,
         )?;
+        let kept = state.kept.clone();
         self.current.store(Arc::new(state));
         self.generations.publish(generation);
+        if !kept.is_empty() {
+            return Err(Error::CredentialsKept { generation, kept });
+        }
         Ok(generation)
     }
 }
