@@ -244,6 +244,77 @@ struct Anchor {
     /// When another member of the bundle issued this one (an intermediate beside its root, as
     /// in `ca-chain.pem`): its own revocation question, asked for every path that ends here.
     revocation: Option<RevocationKey>,
+    /// What its certificate restricts below it, which webpki forgets for an anchor.
+    limits: AnchorLimits,
+}
+
+/// What an anchor's certificate restricts below it: webpki keeps only an anchor's subject, key
+/// and name constraints, so an intermediate of the bundle (where the path ends when it is
+/// there, as in `ca-chain.pem`) would lose its pathLenConstraint and extended key usages.
+#[derive(Clone, Debug, Default)]
+struct AnchorLimits {
+    /// basicConstraints pathLenConstraint: CA certificates allowed below it in a path.
+    path_len: Option<u32>,
+    /// Its extendedKeyUsage, for an anchor that is not self-issued (a root's is not read, as
+    /// no verifier reads it): `None` when it has none (any use).
+    eku: Option<AnchorEku>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct AnchorEku {
+    any: bool,
+    server: bool,
+    client: bool,
+}
+
+impl AnchorLimits {
+    fn of(cert: &x509_parser::certificate::X509Certificate<'_>) -> Self {
+        use x509_parser::extensions::ParsedExtension;
+        let self_issued = cert.subject().as_raw() == cert.issuer().as_raw();
+        let mut limits = AnchorLimits::default();
+        for ext in cert.extensions() {
+            match ext.parsed_extension() {
+                ParsedExtension::BasicConstraints(bc) => {
+                    limits.path_len = bc.path_len_constraint;
+                }
+                ParsedExtension::ExtendedKeyUsage(eku) if !self_issued => {
+                    limits.eku = Some(AnchorEku {
+                        any: eku.any,
+                        server: eku.server_auth,
+                        client: eku.client_auth,
+                    });
+                }
+                _ => {}
+            }
+        }
+        limits
+    }
+
+    /// Refuses a path with `below` CA certificates under the anchor, for `purpose`.
+    fn check(&self, below: usize, purpose: Purpose) -> Result<(), Rejection> {
+        if self
+            .path_len
+            .is_some_and(|max| below > usize::try_from(max).unwrap_or(usize::MAX))
+        {
+            return Err(Rejection::PathLenExceeded);
+        }
+        if let Some(eku) = self.eku {
+            let allowed = eku.any
+                || match purpose {
+                    Purpose::Client => eku.client,
+                    Purpose::Server => eku.server,
+                    Purpose::Any => true,
+                };
+            if !allowed {
+                return Err(Rejection::WrongPurpose(match purpose {
+                    Purpose::Client => "client authentication (its CA's extendedKeyUsage)",
+                    Purpose::Server => "server authentication (its CA's extendedKeyUsage)",
+                    Purpose::Any => "this use",
+                }));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Revocation checking: which certificates need a status, and the loosenings (both off by
@@ -466,6 +537,7 @@ impl TrustState {
                 not_after: cert.validity().not_after.timestamp(),
                 problem: check_anchor_static(cert).err(),
                 revocation,
+                limits: AnchorLimits::of(cert),
             });
         }
         let extra: Vec<_> = crl_signers
@@ -768,6 +840,9 @@ impl TrustState {
                 "the root certificate is not valid now".into(),
             ));
         }
+        anchor
+            .limits
+            .check(path.intermediate_certificates().count(), purpose)?;
         let (_, leaf) = x509_parser::parse_x509_certificate(end_entity)
             .map_err(|e| Rejection::Malformed(e.to_string()))?;
         let chain: Arc<[CertificateDer<'static>]> = std::iter::once(end_entity)
@@ -826,7 +901,16 @@ impl TrustState {
                     query: if i == 0 { leaf_query.clone() } else { None },
                 }
             })
-            .chain(anchor.revocation.clone())
+            // A member of the bundle issued by another (an intermediate beside its root): under
+            // chain scope its status is required as a presented intermediate's would be, and an
+            // expired CRL about it counts as one; else it is only asked.
+            .chain(anchor.revocation.clone().map(|mut key| {
+                if chain_scope {
+                    key.require = true;
+                    key.anchor = false;
+                }
+                key
+            }))
             .collect();
         for key in &revocation {
             self.check_revocation_key(key, now)?;

@@ -594,19 +594,42 @@ mod one_revocation_path {
                 "{listed:?}"
             );
         }
-        // No status is required of it, though: chain scope with only its own CRL (no root CRL
-        // published) accepts its clients, as before.
-        let st = TrustState::new(
-            1,
-            vec![pki.root_der(), pki.intermediate_der()],
-            std::slice::from_ref(&leaf_crl),
-            RevocationOptions {
-                scope: CrlScope::Chain,
-                ..Default::default()
-            },
+        // Under chain scope its status is required, as a presented intermediate's would be
+        // (where the path ends must not decide what is checked): with only its own CRL, its
+        // clients are refused; with a current root CRL not listing it, accepted; with an
+        // expired one, refused as an expired CRL.
+        let chain_state = |crls: &[rustls_pki_types::CertificateRevocationListDer<'static>]| {
+            TrustState::new(
+                1,
+                vec![pki.root_der(), pki.intermediate_der()],
+                crls,
+                RevocationOptions {
+                    scope: CrlScope::Chain,
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+        };
+        let st = chain_state(std::slice::from_ref(&leaf_crl));
+        assert_eq!(
+            st.verify_client(&c.cert.der, &[], now()).map(|_| ()),
+            Err(Rejection::UnknownRevocationStatus)
+        );
+        let current_root_crl = mtls_pki::revocation::build_crl(
+            &pki.root,
+            10,
+            now() - time::Duration::minutes(5),
+            time::Duration::hours(1),
+            &[],
         )
         .unwrap();
+        let st = chain_state(&[leaf_crl.clone(), current_root_crl]);
         assert!(st.verify_client(&c.cert.der, &[], now()).is_ok());
+        let st = chain_state(&[leaf_crl.clone(), expired_root_crl(&[])]);
+        assert_eq!(
+            st.verify_client(&c.cert.der, &[], now()).map(|_| ()),
+            Err(Rejection::ExpiredCrl)
+        );
         // An intermediate alone in the bundle stays an anchor (the path ends there, as the
         // operator chose): its clients are accepted on its own CRL.
         let st = TrustState::new(
