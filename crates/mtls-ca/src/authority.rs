@@ -1264,11 +1264,12 @@ mod tests {
         ca.revocations(&client, 0, wait, now).await.unwrap();
     }
 
-    /// After the database's revocation counter went back (a restore, a failover), the feed
-    /// answers with the database's head and long-polls at it, rather than at once with the
-    /// head it had before (a subscriber would loop against it, resyncing each time).
+    /// After the database's revocation counter went back under the running CA (a restore, a
+    /// failover to a standby that missed commits), the CA answers nothing from it, 503
+    /// DATABASE_ROLLED_BACK (an OCSP "good" or a feed page from it would un-revoke), until it
+    /// is level again.
     #[tokio::test]
-    async fn the_feed_head_follows_the_database_back() {
+    async fn a_database_that_went_back_is_refused_until_level_again() {
         let now = OffsetDateTime::now_utc();
         let dir = tempfile::tempdir().unwrap();
         let settings = Settings {
@@ -1331,8 +1332,39 @@ mod tests {
              UPDATE certificates SET revocation_seq = NULL, revoked_at = NULL;",
         )
         .unwrap();
+        let err = ca.revocations(&peer, 0, wait, now).await.unwrap_err();
+        assert_eq!(
+            (err.status, err.code),
+            (
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                "DATABASE_ROLLED_BACK"
+            )
+        );
+        let issuer_info = mtls_ocsp::IssuerInfo::from_der(ca.issuer.der()).unwrap();
+        let ocsp_request = mtls_ocsp::build_request(&issuer_info, &other.serial, None).unwrap();
+        assert_eq!(
+            ca.ocsp(&ocsp_request, now).await.unwrap_err(),
+            mtls_ocsp::ResponseStatus::TryLater,
+            "no OCSP answer from a database that lost a revocation"
+        );
+        let token = TokenRequest {
+            name: "late".into(),
+            sans: vec![],
+            profile: Profile::Client,
+            ttl: Duration::minutes(10),
+        };
+        let err = ca.create_token(token, "t", now).await.unwrap_err();
+        assert_eq!(err.code, "DATABASE_ROLLED_BACK");
+        // The revocation made again: level, answering.
+        db.execute_batch("UPDATE revocation_epoch SET epoch = 1;")
+            .unwrap();
+        db.execute(
+            "UPDATE certificates SET revocation_seq = 1, revoked_at = ?1 WHERE serial = ?2",
+            rusqlite::params![now.unix_timestamp(), other.serial.to_string()],
+        )
+        .unwrap();
         let page = ca.revocations(&peer, 0, wait, now).await.unwrap();
-        assert_eq!((page.events.len(), page.head), (0, 0));
+        assert_eq!((page.events.len(), page.head), (1, 1));
     }
 
     /// A CRL asked for while the CA cannot sign (expired) is a 503, like an issuance, and

@@ -83,6 +83,15 @@ pub fn store_error(e: mtls_store::Error) -> ApiError {
                 "KEY_COMPROMISED",
                 format!("this public key was revoked as compromised (certificate {serial}): generate a new key and ask again"),
             ),
+            // Fail closed until an operator has looked: see Store::revocation_epoch.
+            e @ S::RolledBack { .. } => {
+                tracing::error!(error = %e, "inventory behind what was already seen");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "DATABASE_ROLLED_BACK",
+                    "the CA's database went back in time (a restore or a failover lost changes); nothing is issued or answered from it until an operator reconciles it",
+                )
+            }
             S::UnknownToken => ApiError::invalid_token("unknown enrollment token"),
             e @ (S::TokenUsed { .. } | S::TokenExpired { .. }) => {
                 ApiError::invalid_token(e.to_string())

@@ -71,6 +71,11 @@ struct SqliteReaders {
 struct Inner {
     writer: mpsc::Sender<Job>,
     reader: Reader,
+    /// The highest revocation epoch this process has read from the database: one lower later
+    /// means the database went back in time under it (see [`Store::revocation_epoch`]).
+    epoch_seen: std::sync::atomic::AtomicI64,
+    /// Set while the database is behind `epoch_seen`: writes and certificate lookups refuse.
+    behind: std::sync::atomic::AtomicBool,
 }
 
 /// A handle on the inventory; cheap to clone, shared by every request.
@@ -96,6 +101,13 @@ impl std::fmt::Debug for Store {
             Reader::Sqlite(_) => "Store(sqlite)",
             Reader::Postgres(_) => "Store(postgres)",
         })
+    }
+}
+
+/// The database's revocation epoch read lower than seen before.
+fn went_back(seen: i64, now: i64) -> Error {
+    Error::RolledBack {
+        detail: format!("its revocation counter went back from {seen} to {now} while this process was using it (a restore, or a failover to a standby that had not received every commit)"),
     }
 }
 
@@ -156,7 +168,12 @@ impl Store {
             }
         };
         Ok(Store {
-            inner: Arc::new(Inner { writer: tx, reader }),
+            inner: Arc::new(Inner {
+                writer: tx,
+                reader,
+                epoch_seen: std::sync::atomic::AtomicI64::new(i64::MIN),
+                behind: std::sync::atomic::AtomicBool::new(false),
+            }),
             ledger: None,
         })
     }
@@ -261,6 +278,10 @@ impl Store {
     }
 
     async fn write(&self, op: WriteOp, now: OffsetDateTime) -> Result<WriteResult> {
+        // Reconciling is how a database that went back is brought level again.
+        if !matches!(op, WriteOp::Reconcile { .. }) {
+            self.check_not_behind().await?;
+        }
         let (reply, rx) = oneshot::channel();
         let gone = || Error::Unavailable {
             context: "queue a write",
@@ -415,6 +436,8 @@ impl Store {
         serial: &Serial,
         now: OffsetDateTime,
     ) -> Result<Option<CertificateRecord>> {
+        // An OCSP "good" from a database that lost revocations would be a lie.
+        self.check_not_behind().await?;
         match &self.inner.reader {
             Reader::Sqlite(c) => {
                 let serial = serial.clone();
@@ -555,12 +578,42 @@ impl Store {
     }
 
     /// A counter bumped by every revocation, by any instance: a cached CRL is current while it
-    /// has not moved.
+    /// has not moved. It never goes back: read lower than this process saw before, the
+    /// database lost revocations under a running CA (a restore, a failover to a standby that
+    /// missed commits), and [`Error::RolledBack`] is returned here and by every write and
+    /// certificate lookup (an OCSP "good" for a certificate revoked since would be a lie) until
+    /// it is level again ([`Store::reconcile`], the lost revocations made again) or the
+    /// process restarts, taking the database as it is.
     pub async fn revocation_epoch(&self) -> Result<i64> {
-        match &self.inner.reader {
+        use std::sync::atomic::Ordering;
+        let epoch = match &self.inner.reader {
             Reader::Sqlite(c) => Self::read_sqlite(c, sqlite::revocation_epoch).await,
             Reader::Postgres(r) => r.point.revocation_epoch().await,
+        }?;
+        let seen = self.inner.epoch_seen.fetch_max(epoch, Ordering::SeqCst);
+        if epoch < seen {
+            if !self.inner.behind.swap(true, Ordering::SeqCst) {
+                tracing::error!(
+                    seen,
+                    now = epoch,
+                    "the inventory's revocation counter went back: refusing to answer from it"
+                );
+            }
+            return Err(went_back(seen, epoch));
         }
+        if self.inner.behind.swap(false, Ordering::SeqCst) {
+            tracing::warn!(epoch, "the inventory's revocation counter is level again");
+        }
+        Ok(epoch)
+    }
+
+    /// Refuses while the database is behind; looked at again then (one indexed read), so the
+    /// first request after it is level again is answered.
+    async fn check_not_behind(&self) -> Result<()> {
+        if self.inner.behind.load(std::sync::atomic::Ordering::SeqCst) {
+            self.revocation_epoch().await?;
+        }
+        Ok(())
     }
 
     /// Checks that the database answers.

@@ -1775,3 +1775,74 @@ async fn earlier_key_compromise_revocations_are_learnt_on_upgrade() {
         );
     }
 }
+
+/// A database whose revocation counter goes back under a running store (a restore, a failover
+/// that lost commits) is refused for writes and certificate lookups until it is level again;
+/// a store opened afresh takes it as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_goes_back_is_refused_until_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("inv.db");
+    let url = mtls_test_util::fresh_postgres_database();
+    let now = OffsetDateTime::UNIX_EPOCH + time::Duration::days(1);
+    for location in [
+        Location::Sqlite(path.clone()),
+        Location::Postgres(url.clone()),
+    ] {
+        let store = Store::open(&location).await.unwrap();
+        let a = cert("CN=a");
+        store
+            .record_issued(a.clone(), IssueKind::Direct, "t", now)
+            .await
+            .unwrap();
+        store.revoke(&a.serial, None, None, "t", now).await.unwrap();
+        assert_eq!(store.revocation_epoch().await.unwrap(), 1);
+        let set_epoch = |epoch: i64| {
+            let (path, url, location) = (path.clone(), url.clone(), location.clone());
+            async move {
+                let sql = format!(
+                    "UPDATE revocation_epoch SET epoch = {epoch}; UPDATE certificates SET revoked_at = NULL WHERE {epoch} = 0"
+                );
+                match location {
+                    Location::Sqlite(_) => rusqlite::Connection::open(&path)
+                        .unwrap()
+                        .execute_batch(&sql)
+                        .unwrap(),
+                    _ => {
+                        let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                            .await
+                            .unwrap();
+                        tokio::spawn(conn);
+                        c.batch_execute(&sql).await.unwrap();
+                    }
+                }
+            }
+        };
+        set_epoch(0).await;
+        assert!(matches!(
+            store.revocation_epoch().await,
+            Err(Error::RolledBack { .. })
+        ));
+        assert!(matches!(
+            store.get(&a.serial, now).await,
+            Err(Error::RolledBack { .. })
+        ));
+        assert!(matches!(
+            store
+                .record_issued(cert("CN=b"), IssueKind::Direct, "t", now)
+                .await,
+            Err(Error::RolledBack { .. })
+        ));
+        // Opened afresh (a restart): the database as it is.
+        let fresh = Store::open(&location).await.unwrap();
+        assert_eq!(fresh.revocation_epoch().await.unwrap(), 0);
+        assert!(fresh.get(&a.serial, now).await.unwrap().is_some());
+        // Level again: answered.
+        set_epoch(1).await;
+        assert!(store.get(&a.serial, now).await.unwrap().is_some());
+        store
+            .record_issued(cert("CN=c"), IssueKind::Direct, "t", now)
+            .await
+            .unwrap();
+    }
+}
