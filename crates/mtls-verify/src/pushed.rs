@@ -89,6 +89,10 @@ pub enum SeedError {
     /// The CRL is past its nextUpdate.
     #[error("the CRL is past its nextUpdate")]
     Expired,
+    /// The CRL covers only part of its issuer's certificates (an issuingDistributionPoint):
+    /// it cannot vouch for the others.
+    #[error("the CRL covers only part of its issuer's certificates (issuingDistributionPoint): a feed is seeded from a complete CRL")]
+    Partial,
 }
 
 impl PushedRevocations {
@@ -151,6 +155,10 @@ impl PushedRevocations {
             .any(|e| e.next_update.is_some_and(|n| now >= n))
         {
             return Err(SeedError::Expired);
+        }
+        // Seeding marks the issuer covered: every certificate not listed is good.
+        if state.crl_entries().any(|e| !e.is_complete()) {
+            return Err(SeedError::Partial);
         }
         let mut added = 0;
         if let Ok(mut inner) = self.inner.write() {

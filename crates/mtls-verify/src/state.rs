@@ -40,6 +40,11 @@ struct CrlScopeOf {
 }
 
 impl CrlEntry {
+    /// Whether the CRL covers every certificate of its issuer (it has no issuingDistributionPoint).
+    pub(crate) fn is_complete(&self) -> bool {
+        self.scope == CrlScopeOf::default()
+    }
+
     /// Whether `other` is a CRL of the same series (issuer key and scope): one replaces the
     /// other, the newer one wins.
     fn same_series(&self, other: &CrlEntry) -> bool {
@@ -127,11 +132,28 @@ fn crl_uris(cert: &x509_parser::certificate::X509Certificate<'_>) -> Option<Vec<
 }
 
 /// The IDP of a CRL webpki has accepted (it refuses delta CRLs, indirect CRLs, reason
-/// partitions and attribute-certificate CRLs at parse).
-fn crl_scope(crl: &x509_parser::revocation_list::CertificateRevocationList<'_>) -> CrlScopeOf {
+/// partitions and attribute-certificate CRLs at parse, and an IDP without a full name). Read
+/// here by another parser, which takes the fields in their DER order only: an IDP it cannot
+/// read whole (no distribution point found: fields out of order, say) would be taken as
+/// covering everything, so the CRL is refused instead.
+fn crl_scope(
+    crl: &x509_parser::revocation_list::CertificateRevocationList<'_>,
+) -> Result<CrlScopeOf, String> {
     use x509_parser::extensions::{DistributionPointName, GeneralName, ParsedExtension};
     for ext in crl.extensions() {
-        if let ParsedExtension::IssuingDistributionPoint(idp) = ext.parsed_extension() {
+        if ext.oid != x509_parser::oid_registry::OID_X509_EXT_ISSUER_DISTRIBUTION_POINT {
+            continue;
+        }
+        let ParsedExtension::IssuingDistributionPoint(idp) = ext.parsed_extension() else {
+            return Err("its issuingDistributionPoint cannot be read".into());
+        };
+        if idp.distribution_point.is_none() {
+            return Err(
+                "its issuingDistributionPoint names no distribution point (or its fields are out of order)"
+                    .into(),
+            );
+        }
+        {
             let uris = match &idp.distribution_point {
                 Some(DistributionPointName::FullName(names)) => Some(
                     names
@@ -146,14 +168,14 @@ fn crl_scope(crl: &x509_parser::revocation_list::CertificateRevocationList<'_>) 
                 Some(DistributionPointName::NameRelativeToCRLIssuer(_)) => Some(Vec::new()),
                 None => None,
             };
-            return CrlScopeOf {
+            return Ok(CrlScopeOf {
                 only_user_certs: idp.only_contains_user_certs,
                 only_ca_certs: idp.only_contains_ca_certs,
                 uris,
-            };
+            });
         }
     }
-    CrlScopeOf::default()
+    Ok(CrlScopeOf::default())
 }
 
 /// How new a CRL is, to compare CRLs of one issuer, signing key and scope: the CRL number
@@ -615,7 +637,7 @@ impl TrustState {
                 next_update: crl.next_update().map(|t| t.to_datetime()),
                 revoked,
                 signer_spki: signer.public_key().raw.to_vec(),
-                scope: crl_scope(&crl),
+                scope: crl_scope(&crl).map_err(bad)?,
             };
             // Several CRLs of one issuer, signer and scope: the newest wins, never a merge.
             let entries = index_map.entry(issuer_raw).or_default();

@@ -251,3 +251,98 @@ fn a_delta_crl_is_refused() {
         Err(mtls_verify::InputError::BadCrl { .. })
     ));
 }
+
+/// DER header length and total length of the TLV at the start of `d` (test helper).
+fn tlv(d: &[u8]) -> (usize, usize) {
+    let first = d[1];
+    if first < 0x80 {
+        return (2, 2 + first as usize);
+    }
+    let n = (first & 0x7f) as usize;
+    let len = d[2..2 + n]
+        .iter()
+        .fold(0usize, |a, b| (a << 8) | *b as usize);
+    (2 + n, 2 + n + len)
+}
+
+fn der_len(len: usize) -> Vec<u8> {
+    if len < 0x80 {
+        return vec![len as u8];
+    }
+    let bytes: Vec<u8> = len
+        .to_be_bytes()
+        .into_iter()
+        .skip_while(|b| *b == 0)
+        .collect();
+    let mut out = vec![0x80 | bytes.len() as u8];
+    out.extend(bytes);
+    out
+}
+
+/// An issuingDistributionPoint whose fields are out of DER order (`onlyContainsUserCerts`
+/// before the distribution point), which x509-parser would read as having no distribution
+/// point (covering every certificate of the partition's issuer): the CRL is refused, not
+/// trusted for certificates outside its partition. (webpki refuses it as bad DER; the scope's
+/// own reader refuses an IDP it cannot read whole too.)
+#[test]
+fn an_issuing_distribution_point_read_only_in_part_refuses_the_crl() {
+    use rcgen::SigningKey;
+    let pki = pki();
+    let der = crl(&pki, idp(LEAF_DP, Some(rcgen::CrlScope::UserCertsOnly)));
+    let (outer_hdr, _) = tlv(&der);
+    let body = &der[outer_hdr..];
+    let (_, tbs_len) = tlv(body);
+    let tbs = &body[..tbs_len];
+    let (_, alg_len) = tlv(&body[tbs_len..]);
+    let alg = &body[tbs_len..tbs_len + alg_len];
+    // [1] onlyContainsUserCerts TRUE, and the [0] distribution point just before it.
+    let user = tbs
+        .windows(3)
+        .position(|w| w == [0x81, 0x01, 0xff])
+        .expect("onlyContainsUserCerts");
+    let dp = (0..user)
+        .rev()
+        .find(|&i| tbs[i] == 0xa0 && i + tlv(&tbs[i..]).1 == user)
+        .expect("the distribution point before it");
+    let mut swapped = tbs[..dp].to_vec();
+    swapped.extend_from_slice(&tbs[user..user + 3]);
+    swapped.extend_from_slice(&tbs[dp..user]);
+    swapped.extend_from_slice(&tbs[user + 3..]);
+    let signature = pki.inter.key().sign(&swapped).unwrap();
+    let mut bits = vec![0x03];
+    bits.extend(der_len(signature.len() + 1));
+    bits.push(0);
+    bits.extend(signature);
+    let content: Vec<u8> = [swapped.as_slice(), alg, bits.as_slice()].concat();
+    let mut reordered = vec![0x30];
+    reordered.extend(der_len(content.len()));
+    reordered.extend(content);
+    let err = TrustState::new(
+        1,
+        vec![pki.root.der().clone(), pki.inter.der().clone()],
+        &[CertificateRevocationListDer::from(reordered)],
+        RevocationOptions::default(),
+    )
+    .err()
+    .expect("refused");
+    assert!(err.to_string().contains("CRL 0"), "{err}");
+}
+
+/// A revocation feed seeded from a CRL takes every certificate of the issuer it does not list
+/// as good: a partition's CRL (an issuingDistributionPoint) cannot seed it.
+#[test]
+fn a_partition_s_crl_does_not_seed_a_revocation_feed() {
+    let pki = pki();
+    let set = mtls_verify::PushedRevocations::new(std::time::Duration::from_secs(60));
+    let ca = vec![pki.root.der().clone(), pki.inter.der().clone()];
+    let partial = crl(&pki, idp(LEAF_DP, Some(rcgen::CrlScope::UserCertsOnly)));
+    assert!(matches!(
+        set.seed_from_crl(ca.clone(), &partial, OffsetDateTime::now_utc()),
+        Err(mtls_verify::SeedError::Partial)
+    ));
+    assert_eq!(
+        set.seed_from_crl(ca, &crl(&pki, None), OffsetDateTime::now_utc())
+            .unwrap(),
+        1
+    );
+}
