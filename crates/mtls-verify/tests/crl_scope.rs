@@ -323,8 +323,7 @@ fn an_issuing_distribution_point_read_only_in_part_refuses_the_crl() {
         &[CertificateRevocationListDer::from(reordered)],
         RevocationOptions::default(),
     )
-    .err()
-    .expect("refused");
+    .expect_err("refused");
     assert!(err.to_string().contains("CRL 0"), "{err}");
 }
 
