@@ -54,7 +54,7 @@ const EXPLAIN_FETCH_LIMIT: std::time::Duration = std::time::Duration::from_secs(
 const CERT_CHECKS: [&str; 5] = [
     "client certificate",
     "path to a trusted CA",
-    "extended key usage (clientAuth)",
+    "key usage (clientAuth EKU, digitalSignature)",
     "validity",
     "revocation",
 ];
@@ -63,7 +63,9 @@ const CERT_CHECKS: [&str; 5] = [
 fn failed_check(r: &Rejection) -> &'static str {
     match r {
         Rejection::NoCertificate => CERT_CHECKS[0],
-        Rejection::MissingClientAuth | Rejection::WrongPurpose(_) => CERT_CHECKS[2],
+        Rejection::MissingClientAuth | Rejection::WrongPurpose(_) | Rejection::KeyUsage(_) => {
+            CERT_CHECKS[2]
+        }
         Rejection::Expired { .. } | Rejection::NotYetValid { .. } => CERT_CHECKS[3],
         Rejection::Revoked
         | Rejection::UnknownRevocationStatus

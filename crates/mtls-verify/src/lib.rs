@@ -125,6 +125,8 @@ pub enum Rejection {
     EndEntityAsCa,
     #[error("the end-entity certificate asserts keyCertSign")]
     LeafCanSignCertificates,
+    #[error("the certificate's keyUsage does not allow {0}")]
+    KeyUsage(&'static str),
     #[error("the end-entity certificate's key is too weak or of a forbidden type: {0}")]
     WeakKey(String),
     #[error("the trust anchor is not usable: {0}")]
@@ -164,6 +166,7 @@ impl Rejection {
             Rejection::CaAsEndEntity => "ca_as_end_entity",
             Rejection::EndEntityAsCa => "end_entity_as_ca",
             Rejection::LeafCanSignCertificates => "leaf_key_cert_sign",
+            Rejection::KeyUsage(_) => "key_usage",
             Rejection::WeakKey(_) => "weak_key",
             Rejection::BadTrustAnchor(_) => "bad_trust_anchor",
             Rejection::PathLenExceeded => "path_len_exceeded",
@@ -338,6 +341,13 @@ pub(crate) fn leaf_checks(leaf: &CertificateDer<'_>, purpose: Purpose) -> Result
             ParsedExtension::ExtendedKeyUsage(eku) => has_client_auth = eku.client_auth,
             ParsedExtension::KeyUsage(ku) if ku.key_cert_sign() && !is_ca_cert(&cert) => {
                 return Err(Rejection::LeafCanSignCertificates)
+            }
+            // TLS authenticates a certificate's key by a signature (ECDHE suites only): a key
+            // restricted to other uses (keyEncipherment alone) is not for this.
+            ParsedExtension::KeyUsage(ku) if !ku.digital_signature() && purpose != Purpose::Any => {
+                return Err(Rejection::KeyUsage(
+                    "TLS authentication (no digitalSignature)",
+                ))
             }
             ParsedExtension::NameConstraints(_) if !is_ca_cert(&cert) => {
                 return Err(Rejection::Malformed(

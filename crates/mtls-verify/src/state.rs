@@ -889,6 +889,17 @@ impl TrustState {
         for der in &ders {
             let (_, c) = x509_parser::parse_x509_certificate(der.as_ref())
                 .map_err(|e| Rejection::Malformed(e.to_string()))?;
+            // webpki does not read an intermediate's keyUsage: one that may not sign
+            // certificates signed none this path may rely on.
+            if c.key_usage()
+                .ok()
+                .flatten()
+                .is_some_and(|ku| !ku.value.key_cert_sign())
+            {
+                return Err(Rejection::KeyUsage(
+                    "issuing certificates (an intermediate without keyCertSign)",
+                ));
+            }
             not_before = not_before.max(c.validity().not_before.timestamp());
             not_after = not_after.min(c.validity().not_after.timestamp());
             path_certs.push(c);

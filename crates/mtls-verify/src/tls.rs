@@ -59,7 +59,7 @@ pub fn rejection_to_rustls(r: &Rejection) -> rustls::Error {
         | Rejection::StaleRevocationFeed { .. }
         | Rejection::OcspUnavailable(_) => CertificateError::UnknownRevocationStatus,
         Rejection::ExpiredCrl => CertificateError::ExpiredRevocationList,
-        Rejection::MissingClientAuth | Rejection::WrongPurpose(_) => {
+        Rejection::MissingClientAuth | Rejection::WrongPurpose(_) | Rejection::KeyUsage(_) => {
             CertificateError::InvalidPurpose
         }
         _ => CertificateError::ApplicationVerificationFailure,
