@@ -225,6 +225,11 @@ impl ServerFiles {
         if !sources.is_empty() {
             trust = trust.with_sources(sources);
         }
+        if let Some(previous) = previous {
+            // Refused if a CRL went back in time, against every generation so far.
+            trust.check_not_older_than(&previous.trust)?;
+            trust = trust.following(&previous.trust);
+        }
         let trust = Arc::new(trust);
         let resolver = Arc::new(
             mtls_tls::SniResolver::new(&credentials)
@@ -261,9 +266,7 @@ impl ServerFiles {
         now: OffsetDateTime,
         sources: &RevocationSources,
     ) -> Result<ServerState, Error> {
-        let state = self.load_over(Some(previous), generation, now, sources)?;
-        state.trust.check_not_older_than(&previous.trust)?;
-        Ok(state)
+        self.load_over(Some(previous), generation, now, sources)
     }
 
     /// Every file [`ServerFiles::load`] reads.

@@ -88,3 +88,78 @@ fn reload_refuses_an_older_crl_and_keeps_the_current_state() {
     assert_eq!(tls.current().generation, 4);
     assert_eq!(status(&tls), Err(Rejection::Revoked));
 }
+
+/// A replay in two steps: the CRL file first swapped for another valid CRL of the bundle (the
+/// root's), so the intermediate's series leaves the state, then an old CRL of the intermediate
+/// put back. Each step compared only with the generation before would pass both; compared
+/// with every series used so far, the second is refused.
+#[test]
+fn a_replay_in_two_steps_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new("serve-rollback-2");
+    let enc = |der: &[u8]| mtls_pki::pem_io::encode("CERTIFICATE", der);
+    let server = pki.server(&["localhost"]);
+    let cert = write(
+        dir.path(),
+        "s.pem",
+        format!("{}{}", enc(&server.cert.der), enc(&pki.intermediate_der())).as_bytes(),
+    );
+    let key = write(dir.path(), "s.key", server.key.to_pem().as_bytes());
+    let ca = write(
+        dir.path(),
+        "ca.pem",
+        format!("{}{}", enc(&pki.intermediate_der()), enc(&pki.root_der())).as_bytes(),
+    );
+    let now = OffsetDateTime::now_utc();
+    let client = pki.client("revoked-client");
+    let listed = [RevokedEntry {
+        serial: client.cert.serial.clone(),
+        revoked_at: now,
+        reason: None,
+    }];
+    let pem = |der: rustls_pki_types::CertificateRevocationListDer<'static>| {
+        mtls_pki::pem_io::encode("X509 CRL", &der)
+    };
+    let intermediate_crl = |number: u64, revoked: &[RevokedEntry]| {
+        pem(build_crl(&pki.intermediate, number, now, Duration::days(1), revoked).unwrap())
+    };
+    let crl = write(
+        dir.path(),
+        "crl.pem",
+        intermediate_crl(5, &listed).as_bytes(),
+    );
+    let tls = ReloadingServer::new(ServerFiles {
+        certificates: vec![CertificateFiles {
+            cert,
+            key,
+            key_passphrase_file: None,
+        }],
+        client_ca: vec![ca],
+        crl: vec![crl.clone()],
+        client_auth: ClientAuth::Required,
+        revocation: Default::default(),
+        alpn: vec![],
+        resumption: Default::default(),
+    })
+    .unwrap();
+    // Step one: the root's CRL instead (valid, signed by a bundle member).
+    let root_crl = pem(build_crl(&pki.root, 1, now, Duration::days(1), &[]).unwrap());
+    std::fs::write(&crl, root_crl).unwrap();
+    assert_eq!(tls.reload_now().unwrap(), 2);
+    // Step two: the intermediate's CRL number 4, from before the revocation.
+    std::fs::write(&crl, intermediate_crl(4, &[])).unwrap();
+    let e = tls.reload_now().unwrap_err().to_string();
+    assert!(e.contains("older than the one in use"), "{e}");
+    assert_eq!(tls.current().generation, 2);
+    // A newer one of the series is taken.
+    std::fs::write(&crl, intermediate_crl(6, &listed)).unwrap();
+    tls.reload_now().unwrap();
+    let chain = [client.cert.der.clone(), pki.intermediate_der()];
+    assert_eq!(
+        tls.current()
+            .trust
+            .identify(Some(&chain), OffsetDateTime::now_utc())
+            .map(|_| ()),
+        Err(Rejection::Revoked)
+    );
+}

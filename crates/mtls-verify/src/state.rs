@@ -30,7 +30,7 @@ pub(crate) struct CrlEntry {
 }
 
 /// What an issuingDistributionPoint limits a CRL to (RFC 5280 5.2.5); no IDP: everything.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct CrlScopeOf {
     only_user_certs: bool,
     only_ca_certs: bool,
@@ -373,6 +373,35 @@ pub struct TrustState {
     decisions: Option<Arc<crate::RevocationDecisions>>,
     /// Distribution points to fetch CRLs from, when the certificates' own are followed.
     fetched: Option<Arc<crate::FetchedCrls>>,
+    /// The newest CRL version of every series the earlier generations of this server used
+    /// (see [`TrustState::check_not_older_than`]), series no longer loaded included.
+    crl_floor: Arc<Vec<CrlMark>>,
+}
+
+/// The newest version of one CRL series (issuer, signing key, scope) seen so far.
+#[derive(Clone, Debug)]
+struct CrlMark {
+    issuer_raw: Vec<u8>,
+    issuer: String,
+    signer_spki: Vec<u8>,
+    scope: CrlScopeOf,
+    version: CrlVersion,
+}
+
+impl CrlMark {
+    fn of(issuer_raw: &[u8], e: &CrlEntry) -> Self {
+        CrlMark {
+            issuer_raw: issuer_raw.to_vec(),
+            issuer: e.issuer.clone(),
+            signer_spki: e.signer_spki.clone(),
+            scope: e.scope.clone(),
+            version: e.version.clone(),
+        }
+    }
+
+    fn same_series(&self, issuer_raw: &[u8], e: &CrlEntry) -> bool {
+        self.issuer_raw == issuer_raw && self.signer_spki == e.signer_spki && self.scope == e.scope
+    }
 }
 
 /// Most cached paths per trust state (cleared when full; a new state starts empty).
@@ -675,6 +704,7 @@ impl TrustState {
             status: None,
             decisions: None,
             fetched: None,
+            crl_floor: Arc::new(Vec::new()),
         })
     }
 
@@ -719,23 +749,50 @@ impl TrustState {
     /// this, whatever the CRLs came from (files, distribution points). A series missing from
     /// this state is not refused here: CA bundles and CRL lists change legitimately, and a
     /// certificate left without a status is refused unless unknown status is allowed.
+    ///
+    /// Compared with every series `previous` and the generations before it used, not only the
+    /// CRLs it holds: a replay in two steps (the CRL swapped for another CA's, so its series
+    /// leaves, then an old CRL of it put back) is refused as a direct one would be.
     pub fn check_not_older_than(&self, previous: &TrustState) -> Result<(), TrustError> {
-        for (issuer, old_entries) in &previous.crls {
-            let Some(new_entries) = self.crls.get(issuer) else {
+        for old in previous.floor_marks() {
+            let Some(new_entries) = self.crls.get(&old.issuer_raw) else {
                 continue;
             };
-            for old in old_entries {
-                let newer = new_entries.iter().find(|n| n.same_series(old));
-                if let Some(new) = newer.filter(|n| n.version < old.version) {
-                    return Err(TrustError::CrlRollback {
-                        issuer: old.issuer.clone(),
-                        in_use: Box::new(old.version.clone()),
-                        offered: Box::new(new.version.clone()),
-                    });
-                }
+            let newer = new_entries
+                .iter()
+                .find(|n| old.same_series(&old.issuer_raw, n));
+            if let Some(new) = newer.filter(|n| n.version < old.version) {
+                return Err(TrustError::CrlRollback {
+                    issuer: old.issuer.clone(),
+                    in_use: Box::new(old.version.clone()),
+                    offered: Box::new(new.version.clone()),
+                });
             }
         }
         Ok(())
+    }
+
+    /// The state that follows `previous` ([`check_not_older_than`](Self::check_not_older_than)
+    /// passed): it keeps the newest CRL version of every series either has used, so later
+    /// generations are checked against them too.
+    pub fn following(mut self, previous: &TrustState) -> Self {
+        self.crl_floor = Arc::new(previous.floor_marks());
+        self
+    }
+
+    /// The newest version of every series this state and its predecessors used.
+    fn floor_marks(&self) -> Vec<CrlMark> {
+        let mut marks: Vec<CrlMark> = self.crl_floor.as_ref().clone();
+        for (issuer_raw, entries) in &self.crls {
+            for e in entries {
+                match marks.iter_mut().find(|m| m.same_series(issuer_raw, e)) {
+                    Some(m) if m.version < e.version => *m = CrlMark::of(issuer_raw, e),
+                    Some(_) => {}
+                    None => marks.push(CrlMark::of(issuer_raw, e)),
+                }
+            }
+        }
+        marks
     }
 
     /// The generation number given at construction.
