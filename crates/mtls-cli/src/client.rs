@@ -377,47 +377,60 @@ pub fn request(a: RequestArgs) -> Result<ExitCode> {
             );
         }
         let status = resp.status();
-        use std::io::Write;
-        let mut out = std::io::stdout();
-        if include {
-            let mut head = format!("{:?} {}\r\n", resp.version(), status);
-            for (k, v) in resp.headers() {
-                head.push_str(&format!("{k}: {}\r\n", v.to_str().unwrap_or("<binary>")));
+        // A reader that goes away (`| head`) ends the output, not the command: the status
+        // still decides the exit code (22 with --fail).
+        let written = async {
+            use std::io::Write;
+            let mut out = std::io::stdout();
+            if include {
+                let mut head = format!("{:?} {}\r\n", resp.version(), status);
+                for (k, v) in resp.headers() {
+                    head.push_str(&format!("{k}: {}\r\n", v.to_str().unwrap_or("<binary>")));
+                }
+                out.write_all(head.as_bytes())?;
+                out.write_all(b"\r\n")?;
+                out.flush()?;
             }
-            out.write_all(head.as_bytes())?;
-            out.write_all(b"\r\n")?;
-            out.flush()?;
-        }
-        // The body goes out as it arrives (as curl's does): a large or endless one is never
-        // held in memory, and a slow one shows as it comes.
-        let mut last = None;
-        let body_error = |e: mtls_client::reqwest::Error| {
-            anyhow::anyhow!(
-                "reading the response body: {}",
-                mtls_client::ca::error_chain(&e)
-            )
-        };
-        let stalled = || {
-            anyhow::anyhow!(
-                "reading the response body: the server sent nothing for {} (--idle-timeout)",
-                mtls_serve::duration::format(idle_timeout)
-            )
-        };
-        while let Some(chunk) = tokio::time::timeout(idle_timeout, resp.chunk())
-            .await
-            .map_err(|_| stalled())?
-            .map_err(body_error)?
-        {
-            if let Some(b) = chunk.last() {
-                last = Some(*b);
+            // The body goes out as it arrives (as curl's does): a large or endless one is never
+            // held in memory, and a slow one shows as it comes.
+            let mut last = None;
+            let body_error = |e: mtls_client::reqwest::Error| {
+                anyhow::anyhow!(
+                    "reading the response body: {}",
+                    mtls_client::ca::error_chain(&e)
+                )
+            };
+            let stalled = || {
+                anyhow::anyhow!(
+                    "reading the response body: the server sent nothing for {} (--idle-timeout)",
+                    mtls_serve::duration::format(idle_timeout)
+                )
+            };
+            while let Some(chunk) = tokio::time::timeout(idle_timeout, resp.chunk())
+                .await
+                .map_err(|_| stalled())?
+                .map_err(body_error)?
+            {
+                if let Some(b) = chunk.last() {
+                    last = Some(*b);
+                }
+                out.write_all(&chunk)?;
+                out.flush()?;
             }
-            out.write_all(&chunk)?;
+            if last.is_some_and(|b| b != b'\n') {
+                out.write_all(b"\n")?;
+            }
             out.flush()?;
+            Ok::<(), anyhow::Error>(())
         }
-        if last.is_some_and(|b| b != b'\n') {
-            out.write_all(b"\n")?;
+        .await;
+        match written {
+            Err(e)
+                if e.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) => {}
+            Err(e) => return Err(e),
+            Ok(()) => {}
         }
-        out.flush()?;
         Ok::<_, anyhow::Error>(status)
     };
     let status = rt.block_on(async move {

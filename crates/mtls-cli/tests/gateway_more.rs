@@ -1530,6 +1530,35 @@ fn request_with_an_encrypted_key() {
         "{out} {}",
         String::from_utf8_lossy(&o.stderr)
     );
+    // An error answer with --fail exits 22 even when nobody reads the output (`| head -0`):
+    // the closed pipe ends the output, not the status check.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mtls"))
+        .args([
+            "request",
+            &g.url("/api/secure"),
+            "-f",
+            "-H",
+            "Host: elsewhere.invalid",
+        ])
+        .arg("--cert")
+        .arg(&leaf.chain)
+        .arg("--key")
+        .arg(&leaf.key)
+        .arg("--ca")
+        .arg(f.root())
+        .args(["--passphrase-file", &Files::p(&dir.path().join("pw"))])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(22),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 #[test]
