@@ -33,8 +33,17 @@ pub struct CaUrl {
 impl CaUrl {
     /// Parses `https://host[:port][/prefix]` (port 443 by default); other schemes are refused.
     pub fn parse(url: &str) -> Result<CaUrl, Error> {
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|_| Error::Config(format!("CA URL {url:?}: not a URL")))?;
+        // The client authenticates with its certificate: a user name or password in the URL
+        // would never be sent, and would be printed in every message naming the CA.
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err(Error::Config(
+                "CA URL: a user name or password in it is not used (the client certificate authenticates): remove it".into(),
+            ));
+        }
         let bad = |m: &str| Error::Config(format!("CA URL {url:?}: {m}"));
-        let uri: http::Uri = url.parse().map_err(|_| bad("not a URL"))?;
         if uri.scheme_str() != Some("https") {
             return Err(bad("must start with https://"));
         }
@@ -327,11 +336,27 @@ fn refused(status: StatusCode, headers: &http::HeaderMap, body: &[u8]) -> Error 
             .and_then(|s| s.as_str())
             .map(str::to_string)
     };
+    // Printed on a terminal: the answer may come from a peer not yet trusted (enrollment's
+    // first contact), so control characters (escape sequences) are shown escaped.
+    let printable = |s: String| -> String {
+        s.chars()
+            .flat_map(|c| {
+                let escaped: Vec<char> = if c.is_control() {
+                    c.escape_default().collect()
+                } else {
+                    vec![c]
+                };
+                escaped
+            })
+            .collect()
+    };
     Error::Refused {
         status: status.as_u16(),
-        code: field("code").unwrap_or_else(|| "HTTP".into()),
-        message: field("message")
-            .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(200).collect()),
+        code: printable(field("code").unwrap_or_else(|| "HTTP".into())),
+        message: printable(
+            field("message")
+                .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(200).collect()),
+        ),
         retry_after: retry_after(headers, SystemTime::now()),
     }
 }
@@ -340,6 +365,32 @@ fn refused(status: StatusCode, headers: &http::HeaderMap, body: &[u8]) -> Error 
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_are_printed_without_control_characters() {
+        let e = refused(
+            StatusCode::FORBIDDEN,
+            &http::HeaderMap::new(),
+            br#"{"error":{"code":"X[2J","message":"bad]0;owned news"}}"#,
+        );
+        let text = e.to_string();
+        assert!(!text.chars().any(char::is_control), "{text:?}");
+        assert!(text.contains("\\u{1b}]0;owned"), "{text}");
+        let e = refused(
+            StatusCode::BAD_GATEWAY,
+            &http::HeaderMap::new(),
+            b"<html>[31m",
+        );
+        assert!(!e.to_string().chars().any(char::is_control));
+    }
+
+    #[test]
+    fn credentials_in_a_ca_url_are_refused_without_being_echoed() {
+        let e = CaUrl::parse("https://admin:hunter2@ca.example:9443").unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("user name or password"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+    }
 
     #[test]
     fn ca_urls() {

@@ -233,7 +233,8 @@ impl FeedSubscriber {
         let mut expect = after;
         let mut batch: Vec<(IssuerKey, Serial)> = Vec::with_capacity(page.events.len());
         for e in &page.events {
-            if e.seq != expect + 1 {
+            // (A position at the end of the numbers is a gap: it cannot be followed.)
+            if expect.checked_add(1) != Some(e.seq) {
                 return Ok(None);
             }
             expect = e.seq;
@@ -380,5 +381,10 @@ mod tests {
         // An empty page at the head is contact, not a change.
         let c = sub.apply(6, &page(vec![], 6)).unwrap().unwrap();
         assert_eq!((c.added, c.position), (0, 6));
+        // A CA claiming the last sequence number there is: a gap, not an overflow.
+        assert!(sub
+            .apply(i64::MAX, &page(vec![event(i64::MIN, "0e")], i64::MAX))
+            .unwrap()
+            .is_none());
     }
 }
