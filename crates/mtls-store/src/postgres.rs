@@ -1647,8 +1647,17 @@ pub(crate) async fn run_writer(target: PgTarget, first: Client, mut rx: mpsc::Re
                 Err(_) => break,
             }
         }
+        // Why the database is unreachable, for every write it fails (a wrong password, a
+        // refused certificate, a host that does not answer are fixed differently).
+        let mut unreachable = String::from("the database is unreachable");
         if client.as_ref().is_none_or(Conn::is_closed) {
-            client = connect(&target).await.ok().map(Conn::new);
+            client = match connect(&target).await {
+                Ok(c) => Some(Conn::new(c)),
+                Err(e) => {
+                    unreachable = format!("the database is unreachable: {e}");
+                    None
+                }
+            };
         }
         let results = match client.as_ref() {
             Some(c) => {
@@ -1663,7 +1672,7 @@ pub(crate) async fn run_writer(target: PgTarget, first: Client, mut rx: mpsc::Re
                 }
                 results
             }
-            None => unavailable_all(jobs.len(), "connect", "the database is unreachable"),
+            None => unavailable_all(jobs.len(), "connect", &unreachable),
         };
         for (job, result) in jobs.drain(..).zip(results) {
             let _ = job.reply.send(result);
