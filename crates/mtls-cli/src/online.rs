@@ -358,6 +358,10 @@ pub struct RenewArgs {
     /// Serve the daemon's state as Prometheus metrics on this address (daemon mode).
     #[arg(long, value_parser = crate::util::listen_arg)]
     metrics_listen: Option<SocketAddr>,
+    /// Passphrase file for encrypted keys (owner-only; else $MTLS_PASSPHRASE): read once at
+    /// start, so a daemon need not keep it in its environment.
+    #[arg(long, value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
 }
 
 pub fn renew(a: RenewArgs) -> Result<ExitCode> {
@@ -389,9 +393,13 @@ pub fn renew(a: RenewArgs) -> Result<ExitCode> {
             root: root.clone(),
         })
         .collect();
-    let passphrase = std::env::var("MTLS_PASSPHRASE")
-        .ok()
-        .map(|p| zeroize::Zeroizing::new(p.into_bytes()));
+    let passphrase = crate::secrets::Source {
+        file: a.passphrase_file.as_deref(),
+        env: "MTLS_PASSPHRASE",
+        flag: "--passphrase-file",
+        what: "key passphrase",
+    }
+    .supplied()?;
     if !a.daemon {
         return runtime()?.block_on(async {
             // Every certificate gets its chance, and the hook runs if any was replaced: the

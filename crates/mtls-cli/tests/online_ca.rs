@@ -1634,6 +1634,69 @@ fn the_renewal_hook_does_not_inherit_the_passphrase() {
     assert!(!seen.contains("secret"), "{seen}");
 }
 
+/// An encrypted key is renewed with its passphrase from --passphrase-file (nothing in the
+/// environment), and a rotated key is stored encrypted with it, as the old one was.
+#[test]
+fn renewal_reads_the_passphrase_from_a_file_and_keeps_the_key_encrypted() {
+    let env = Env::new();
+    env.mtls(&["ca", "init"]).ok();
+    let server = CaServer::start(&env, "ca", None, "");
+    let t = ca::token(&env, "sealed", &[], None);
+    ca::enroll(&env, &server, &t, "e", &[]).ok();
+    let pass = env.write_secret("pass", b"correct horse\n");
+    env.openssl(&[
+        "pkcs8",
+        "-topk8",
+        "-v2",
+        "aes-256-cbc",
+        "-in",
+        &env.p("e/key.pem"),
+        "-out",
+        &env.p("e/enc.key"),
+        "-passout",
+        &format!("file:{}", pass.display()),
+    ])
+    .ok();
+    let combined = env.path("e/combined.pem");
+    let mut both = env.read("e/cert.pem");
+    both.extend(env.read("e/enc.key"));
+    std::fs::write(&combined, both).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&combined, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let c = combined.to_str().unwrap();
+    let before = ca::serial_of(&env, &combined);
+    let args = [
+        "renew",
+        "--cert",
+        c,
+        "--key",
+        c,
+        "--ca-url",
+        &server.url(),
+        "--ca-root",
+        &env.p("e/ca.crt"),
+        "--rotate-key",
+    ];
+    // Without a passphrase: refused, the file as it was.
+    let r = env.mtls_env(&args, &[("MTLS_PASSPHRASE", "")]);
+    assert_ne!(r.code, 0, "{}", r.stderr);
+    let mut with_file = args.to_vec();
+    with_file.extend(["--passphrase-file", pass.to_str().unwrap()]);
+    env.mtls(&with_file).ok();
+    assert_ne!(ca::serial_of(&env, &combined), before);
+    let text = String::from_utf8(env.read("e/combined.pem")).unwrap();
+    assert!(text.contains("BEGIN ENCRYPTED PRIVATE KEY"), "{text}");
+    env.openssl(&[
+        "pkey",
+        "-in",
+        c,
+        "-passin",
+        &format!("file:{}", pass.display()),
+        "-noout",
+    ])
+    .ok();
+}
+
 /// Token refusals on PostgreSQL (its writer records issuances with one pipelined statement each,
 /// refusals being zero-row results rather than errors).
 #[test]
