@@ -30,12 +30,13 @@
 //!     .identity_files("client.chain.pem", "client.key")
 //!     .passphrase_file("client.key.pass")
 //!     .build()?;
-//! let body = client
+//! let response = client
 //!     .get("https://api.example.com/api/secure")
 //!     .send()
-//!     .await?
-//!     .text()
 //!     .await?;
+//! // The time limits bound how long, not how much: a server that answers fast and without
+//! // end would fill memory. Read bodies with a size limit.
+//! let body = mtls_client::body_limited(response, 1 << 20).await?;
 //! # let _ = body; Ok(()) }
 //! ```
 #![forbid(unsafe_code)]

@@ -53,6 +53,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     let response = client.request(&url).await?;
     println!("{}", response.status().as_u16());
-    println!("{}", response.text().await?);
+    // At most 1 MiB: the client's time limits do not bound the size of what a server sends.
+    let body = mtls_client::body_limited(response, 1 << 20).await?;
+    println!("{}", String::from_utf8_lossy(&body));
     Ok(())
 }
