@@ -462,8 +462,10 @@ fn reqwest_url(s: &str) -> Result<mtls_client::reqwest::Url> {
 #[derive(Args)]
 pub struct TunnelArgs {
     /// Where to accept plaintext connections: IP:PORT (loopback only unless --allow-remote;
-    /// any local user can connect to it) or unix:PATH, a socket only this user can use (mode
-    /// 0600, and connections from other users are refused by their credentials).
+    /// any local user, container sharing the network, or web page open in a local browser can
+    /// connect to it and use your certificate) or unix:PATH, a socket only this user can use
+    /// (mode 0600, and connections from other users are refused by their credentials): prefer
+    /// it where the client can use one.
     #[arg(long, value_parser = tunnel_listen_arg, value_name = "ADDR|unix:PATH")]
     listen: TunnelListen,
     /// The mTLS server, HOST:PORT (an IPv6 address in brackets: [::1]:443).
