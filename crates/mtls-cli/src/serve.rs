@@ -82,6 +82,11 @@ pub struct GatewayArgs {
     /// Required issuer DN (as `mtls inspect` prints it).
     #[arg(long)]
     allow_issuer: Vec<mtls_verify::DistinguishedName>,
+    /// Required key of the issuing CA: SHA-256 of its SubjectPublicKeyInfo (hex, or a key pin
+    /// sha256//BASE64; `mtls inspect` on the CA certificate shows it). Unlike a name, another
+    /// CA of the bundle cannot take it (repeatable).
+    #[arg(long, value_name = "PIN")]
+    allow_issuer_spki: Vec<mtls_pki::KeyPin>,
     /// Allow every client the CA bundle trusts.
     #[arg(long)]
     allow_any_trusted: bool,
@@ -189,6 +194,7 @@ fn config_from_flags(a: &GatewayArgs) -> Result<GatewayConfig> {
         allow_fingerprint: a.allow_fingerprint.clone(),
         allow_spki: a.allow_spki.clone(),
         allow_issuer: a.allow_issuer.clone(),
+        allow_issuer_spki: a.allow_issuer_spki.clone(),
     };
     policy.validate().map_err(UsageError)?;
     if policy.allows_nobody() {

@@ -36,6 +36,10 @@ pub struct VerifiedPeer {
     /// When the first certificate of the verified path (leaf, intermediates, anchor) expires.
     #[serde(skip)]
     pub(crate) path_not_after: OffsetDateTime,
+    /// SHA-256 of the SubjectPublicKeyInfo of the CA certificate that signed the leaf in the
+    /// validated path.
+    #[serde(skip)]
+    pub(crate) issuer_spki_sha256: Option<Fingerprint>,
     generation: u64,
     /// The chain as presented, leaf first: kept once per verified certificate and shared by
     /// every connection that presents it (they re-verify with it when trust changes).
@@ -90,6 +94,7 @@ impl VerifiedPeer {
             not_before: cert.validity().not_before.to_datetime(),
             not_after: cert.validity().not_after.to_datetime(),
             path_not_after: cert.validity().not_after.to_datetime(),
+            issuer_spki_sha256: None,
             generation,
             chain: chain.clone(),
         }
@@ -158,6 +163,12 @@ impl VerifiedPeer {
     /// SHA-256 of the SubjectPublicKeyInfo.
     pub fn spki_fingerprint(&self) -> &Fingerprint {
         &self.spki_sha256
+    }
+
+    /// SHA-256 of the SubjectPublicKeyInfo of the CA that signed this certificate, in the
+    /// validated path (the key pin `mtls inspect` shows for that CA's certificate).
+    pub fn issuer_spki_fingerprint(&self) -> Option<&Fingerprint> {
+        self.issuer_spki_sha256.as_ref()
     }
 
     pub fn not_before(&self) -> OffsetDateTime {

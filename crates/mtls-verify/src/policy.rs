@@ -7,7 +7,8 @@
 //! as the fingerprint-and-CN check of the usual Node.js guides does (`allow_any_trusted` is
 //! refused there by [`Policy::validate`]: it would make the other lists look binding).
 //! `allow_issuer`, when non-empty, is an additional requirement (AND) either way: the peer's
-//! issuer DN must be one of the listed ones. An empty policy allows nobody (fail closed).
+//! issuer DN must be one of the listed ones; `allow_issuer_spki` likewise for the key of the
+//! CA that signed it (which another CA of the bundle cannot take, as it can a name). An empty policy allows nobody (fail closed).
 //!
 //! Patterns for DNS names: `*` matches exactly one label (`*.example.com`). Patterns for URIs
 //! (SPIFFE IDs): `*` matches one path segment, `**` matches one or more segments
@@ -73,6 +74,12 @@ pub struct Policy {
     /// compared attribute by attribute ([`DistinguishedName`]), not as strings.
     #[serde(default)]
     pub allow_issuer: Vec<DistinguishedName>,
+    /// Keys of the issuing CA (SHA-256 of the SubjectPublicKeyInfo of the certificate that
+    /// signed the client's, in the validated path; hex or `sha256//BASE64`): like
+    /// `allow_issuer` a requirement (AND), but one another CA of the bundle cannot meet by
+    /// taking the same name.
+    #[serde(default)]
+    pub allow_issuer_spki: Vec<mtls_pki::KeyPin>,
 }
 
 fn dns_match(pattern: &str, name: &str) -> bool {
@@ -115,8 +122,8 @@ impl Policy {
         *self == Policy::default()
     }
 
-    /// True when no client can ever pass: no `allow_*` rule that admits anyone (an
-    /// `allow_issuer` list only narrows the others).
+    /// True when no client can ever pass: no `allow_*` rule that admits anyone (the
+    /// `allow_issuer` and `allow_issuer_spki` lists only narrow the others).
     pub fn allows_nobody(&self) -> bool {
         !self.allow_any_trusted
             && self.allow_cn.is_empty()
@@ -158,6 +165,16 @@ impl Policy {
             && !self.allow_issuer.iter().any(|i| i == peer.issuer_name())
         {
             return Err(format!("issuer {:?} is not allowed", peer.issuer()));
+        }
+        if !self.allow_issuer_spki.is_empty()
+            && !peer
+                .issuer_spki_fingerprint()
+                .is_some_and(|k| self.allow_issuer_spki.iter().any(|p| p.0 == *k))
+        {
+            return Err(format!(
+                "issuer {:?} is not allowed: its key is not in allow_issuer_spki",
+                peer.issuer()
+            ));
         }
         let cn = peer.common_name();
         let who = || {

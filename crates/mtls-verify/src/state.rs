@@ -964,6 +964,13 @@ impl TrustState {
         if let Ok(t) = OffsetDateTime::from_unix_timestamp(not_after) {
             peer.path_not_after = t.min(peer.not_after());
         }
+        // The key that signed the leaf, as validated: what names the issuing CA, where its
+        // name could be taken by another CA of the bundle.
+        peer.issuer_spki_sha256 = Some(mtls_pki::Fingerprint::of(
+            path_certs
+                .get(1)
+                .map_or(anchor.spki.as_slice(), |c| c.public_key().raw),
+        ));
         let peer = Arc::new(peer);
         let chain_scope = self.options.scope == crate::CrlScope::Chain;
         let leaf_query = self.status.as_ref().map(|_| {

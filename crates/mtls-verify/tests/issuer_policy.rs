@@ -65,3 +65,75 @@ fn an_issuer_requirement_alone_allows_nobody() {
     };
     assert!(!with_rule.allows_nobody());
 }
+
+/// Two CAs with the same name (another root's intermediate taking it): `allow_issuer` cannot
+/// tell them apart, `allow_issuer_spki` (the key that signed the client's certificate, in the
+/// validated path) can.
+#[test]
+fn an_issuer_key_pin_tells_apart_cas_of_the_same_name() {
+    let (root, _) = support::trusted_root("Root");
+    let (other_root, _) = support::trusted_root("Partner Root");
+    let name = [
+        (DnType::CommonName, "Issuing CA"),
+        (DnType::OrganizationName, "Acme"),
+    ];
+    let real = CertifiedIssuer::signed_by(
+        support::ca_params_named(&name),
+        KeyPair::generate().unwrap(),
+        &root,
+    )
+    .unwrap();
+    let impostor = CertifiedIssuer::signed_by(
+        support::ca_params_named(&name),
+        KeyPair::generate().unwrap(),
+        &other_root,
+    )
+    .unwrap();
+    // A bundle trusting both roots (a partner CA, a CA rotation).
+    let state = mtls_verify::TrustState::new(
+        1,
+        vec![root.der().clone(), other_root.der().clone()],
+        &[],
+        mtls_verify::RevocationOptions::default(),
+    )
+    .unwrap();
+    let peer = |ca: &CertifiedIssuer<'static, KeyPair>| {
+        let leaf = support::client_leaf("client", ca);
+        state
+            .verify_client(&leaf, &[ca.der().clone()], OffsetDateTime::now_utc())
+            .unwrap()
+    };
+    let (good, bad) = (peer(&real), peer(&impostor));
+    let by_name = Policy {
+        allow_cn: vec!["client".into()],
+        allow_issuer: vec!["CN=Issuing CA, O=Acme".parse().unwrap()],
+        ..Default::default()
+    };
+    assert_eq!(by_name.check(&good), Ok(()));
+    assert_eq!(
+        by_name.check(&bad),
+        Ok(()),
+        "the name cannot tell them apart"
+    );
+    let real_key = mtls_pki::KeyPin::of_spki(
+        mtls_pki::pem_io::parse_certificate(real.der())
+            .unwrap()
+            .public_key()
+            .raw,
+    );
+    let by_key = Policy {
+        allow_cn: vec!["client".into()],
+        allow_issuer_spki: vec![real_key],
+        ..Default::default()
+    };
+    assert_eq!(by_key.check(&good), Ok(()));
+    let refused = by_key.check(&bad).unwrap_err();
+    assert!(refused.contains("allow_issuer_spki"), "{refused}");
+    // A pin alone narrows; it admits nobody by itself.
+    let only_pin = Policy {
+        allow_issuer_spki: by_key.allow_issuer_spki.clone(),
+        ..Default::default()
+    };
+    assert!(only_pin.allows_nobody());
+    assert!(only_pin.check(&good).is_err());
+}
