@@ -29,6 +29,8 @@ use crate::{
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long creating or upgrading the schema may take (see `create_schema`).
+const MIGRATION_TIMEOUT: Duration = Duration::from_secs(600);
 /// How every write transaction starts. READ COMMITTED is what they are written for (a fresh
 /// snapshot per statement, locked rows re-read), whatever the server's default. The server
 /// ends what waits or runs too long, before this side's own deadline
@@ -339,14 +341,27 @@ pub(crate) async fn create_schema(client: &Client) -> Result<()> {
         }
     }
     let created = async {
-        deadline(
-            "create the schema",
+        // Longer than a request's limits: on a large inventory an upgrade's index builds and
+        // backfills take minutes, and a migration cut at 13 s would roll back at every start,
+        // for ever. Lock waits stay short (another instance's statements queue behind them).
+        match tokio::time::timeout(
+            MIGRATION_TIMEOUT,
             client.batch_execute(&format!(
-                "BEGIN; SET LOCAL lock_timeout = '10s'; SET LOCAL statement_timeout = '13s';
-                 SELECT pg_advisory_xact_lock(7306926041); {SCHEMA}"
+                "BEGIN; SET LOCAL lock_timeout = '10s'; SET LOCAL statement_timeout = '{}s';
+                 SELECT pg_advisory_xact_lock(7306926041); {SCHEMA}",
+                MIGRATION_TIMEOUT.as_secs() - 5
             )),
         )
-        .await?;
+        .await
+        {
+            Ok(r) => r.map_err(unavailable("create the schema"))?,
+            Err(_) => {
+                return Err(Error::Unavailable {
+                    context: "create the schema",
+                    detail: "timed out".into(),
+                })
+            }
+        }
         backfill_compromised_keys(client).await?;
         deadline(
             "create the schema",
