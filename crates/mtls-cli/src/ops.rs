@@ -74,7 +74,7 @@ pub fn doctor(a: DoctorArgs) -> Result<ExitCode> {
     if a.json {
         let doc = serde_json::json!({
             "findings": report.findings,
-            "summary": {"errors": errors, "warnings": warnings, "info": info},
+            "summary": {"files": report.files_audited(), "errors": errors, "warnings": warnings, "info": info},
         });
         out(&format!("{doc}\n"))?;
     } else {
@@ -94,7 +94,8 @@ pub fn doctor(a: DoctorArgs) -> Result<ExitCode> {
             ));
         }
         s.push_str(&format!(
-            "{errors} error(s), {warnings} warning(s), {info} note(s)\n"
+            "{} file(s) audited: {errors} error(s), {warnings} warning(s), {info} note(s)\n",
+            report.files_audited()
         ));
         out(&s)?;
     }

@@ -829,3 +829,30 @@ fn mismatched_keys_are_found_in_enroll_and_combined_layouts() {
     assert_eq!(mismatches(&[&env.p("comb-bad.pem")]), vec!["comb-bad.pem"]);
     assert!(mismatches(&[&env.p("comb-good.pem")]).is_empty());
 }
+
+/// The summary says how many files were audited (an audit of nothing is not a clean bill),
+/// and a directory too deep to be walked is named, not passed over in silence.
+#[test]
+fn the_summary_counts_files_and_names_directories_not_audited() {
+    let env = Env::new();
+    let pki = TestPki::new("doctor-count");
+    let leaf = pki.client("counted");
+    let top = env.path("top");
+    let deep = top.join("a/b/c/d/e/f");
+    std::fs::create_dir_all(&deep).unwrap();
+    let pem = mtls_pki::pem_io::encode("CERTIFICATE", &leaf.cert.der);
+    std::fs::write(top.join("one.crt"), &pem).unwrap();
+    std::fs::write(top.join("a/two.crt"), &pem).unwrap();
+    std::fs::write(top.join("notes.txt"), "not a certificate").unwrap();
+    std::fs::write(deep.join("hidden.crt"), &pem).unwrap();
+    let r = env.mtls(&["doctor", "--json", top.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["summary"]["files"], 2, "{}", r.stdout);
+    let (_, findings) = doctor(&env, &[top.to_str().unwrap()]);
+    assert!(
+        findings.contains(&("not_audited".to_string(), "e".to_string())),
+        "{findings:?}"
+    );
+    let text = env.mtls(&["doctor", top.to_str().unwrap()]).stdout;
+    assert!(text.contains("2 file(s) audited"), "{text}");
+}

@@ -69,6 +69,7 @@ pub const CODES: &[(&str, Severity)] = &[
     ("client_ca_public_roots", Severity::Error),
     ("unreadable", Severity::Error),
     ("key_unchecked", Severity::Info),
+    ("not_audited", Severity::Info),
 ];
 
 fn severity_of(code: &str) -> Severity {
@@ -128,6 +129,9 @@ pub struct Report {
     /// that their file's own `key_unchecked` note would.
     #[serde(skip)]
     unloadable_keys: BTreeSet<PathBuf>,
+    /// Every file read and audited (a clean report over no file at all is not a clean bill).
+    #[serde(skip)]
+    audited: BTreeSet<PathBuf>,
 }
 
 impl Report {
@@ -171,6 +175,11 @@ impl Report {
             .count()
     }
 
+    /// How many files were audited (each once).
+    pub fn files_audited(&self) -> usize {
+        self.audited.len()
+    }
+
     /// The worst severity found.
     pub fn worst(&self) -> Option<Severity> {
         self.findings.iter().map(|f| f.severity).max()
@@ -189,8 +198,19 @@ pub fn audit_paths(paths: &[PathBuf], options: &Options, report: &mut Report) {
     }
 }
 
+/// How deep below a directory named on the command line files are looked for.
+const MAX_DEPTH: usize = 4;
+
 fn audit_dir(dir: &Path, options: &Options, report: &mut Report, depth: usize) {
-    if depth > 4 {
+    if depth > MAX_DEPTH {
+        report.add(
+            "not_audited",
+            dir,
+            format!(
+                "more than {MAX_DEPTH} directories below the one given: its files were not audited"
+            ),
+            "name this directory on the command line to audit it",
+        );
         return;
     }
     if dir.join("intermediate.crt").exists() || dir.join("root.crt").exists() {
@@ -315,6 +335,7 @@ fn audit_file_keyed(p: &Path, options: &Options, report: &mut Report, key: Paire
     let Some(bytes) = read_or_report(p, report) else {
         return;
     };
+    report.audited.insert(p.to_path_buf());
     // Searched as bytes: a lossy UTF-8 copy of a DER key would be a copy left unwiped.
     let contains = |needle: &str| contains_bytes(&bytes, needle);
     let is_key = contains("PRIVATE KEY-----")
