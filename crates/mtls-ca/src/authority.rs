@@ -927,7 +927,12 @@ async fn new_delegated_responder(
     settings: &Settings,
     now: OffsetDateTime,
 ) -> Result<mtls_ocsp::Responder, Error> {
-    let key = mtls_pki::PrivateKey::generate(issuer.key().algorithm())?;
+    // The key on a blocking thread: an RSA key (RSA-4096 takes seconds to generate) would hold
+    // one of the runtime's few workers, and every request queued on it, meanwhile.
+    let algorithm = issuer.key().algorithm();
+    let key = tokio::task::spawn_blocking(move || mtls_pki::PrivateKey::generate(algorithm))
+        .await
+        .map_err(|e| Error::Ocsp(format!("generating the OCSP signer's key: {e}")))??;
     let signed = mtls_pki::issue::issue_ocsp_signer(
         issuer,
         key.key_pair(),
