@@ -876,3 +876,97 @@ mod host_tests {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    fn uploading() -> Arc<Progress> {
+        Arc::new(Progress {
+            ended: std::sync::OnceLock::new(),
+            waiting_for_client: std::sync::atomic::AtomicBool::new(false),
+            taken: std::sync::Mutex::new(Instant::now()),
+        })
+    }
+
+    /// The upstream holds the body for 10 s (its pace: within its 30 s), then takes it and
+    /// asks for more, which the client never sends: the client's 2 s count from then, and end
+    /// the wait at 12 s, not at the upstream's 30 s.
+    #[tokio::test(start_paused = true)]
+    async fn the_body_timer_starts_again_when_the_upstream_takes_the_body() {
+        let progress = uploading();
+        let p = progress.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            *p.taken.lock().unwrap() = Instant::now();
+            p.waiting_for_client.store(true, Relaxed);
+        });
+        let start = Instant::now();
+        let r = within(
+            Duration::from_secs(30),
+            Duration::from_secs(2),
+            Some(&progress),
+            std::future::pending::<()>(),
+        )
+        .await;
+        assert_eq!(r, Err(Late::ClientBody));
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_secs(12) && took < Duration::from_secs(13),
+            "{took:?}"
+        );
+    }
+
+    /// A client sending a frame every second for 10 s (each pause under its 2 s) is never
+    /// late; once the body has ended, the upstream's 30 s count from its end.
+    #[tokio::test(start_paused = true)]
+    async fn a_steady_upload_is_not_late_and_the_answer_counts_from_its_end() {
+        let progress = uploading();
+        progress.waiting_for_client.store(true, Relaxed);
+        let p = progress.clone();
+        tokio::spawn(async move {
+            for _ in 0..10 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                *p.taken.lock().unwrap() = Instant::now();
+            }
+            let _ = p.ended.set(Instant::now());
+            p.waiting_for_client.store(false, Relaxed);
+        });
+        let answered = within(
+            Duration::from_secs(30),
+            Duration::from_secs(2),
+            Some(&progress),
+            tokio::time::sleep(Duration::from_secs(25)),
+        )
+        .await;
+        assert_eq!(
+            answered,
+            Ok(()),
+            "answered at 25 s, 15 s after the body ended"
+        );
+        let progress = uploading();
+        let p = progress.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            let _ = p.ended.set(Instant::now());
+        });
+        let start_silent = Instant::now();
+        let r = within(
+            Duration::from_secs(30),
+            Duration::from_secs(2),
+            Some(&progress),
+            std::future::pending::<()>(),
+        )
+        .await;
+        assert_eq!(r, Err(Late::Upstream));
+        let took = start_silent.elapsed();
+        assert!(
+            took >= Duration::from_secs(40) && took < Duration::from_secs(41),
+            "{took:?}"
+        );
+    }
+}
