@@ -706,9 +706,45 @@ pub async fn renew_once(
     passphrase: Option<&[u8]>,
     now: OffsetDateTime,
 ) -> Result<IssuedCertificate, Error> {
+    let _one_at_a_time = lock_for_renewal(&w.cert).await?;
     let result = renew_now(w, url, rotate_key, passphrase, now).await;
     note_attempt(&w.cert, result.as_ref().map(|i| i.not_after), now);
     result
+}
+
+/// [`renew_once`] for a daemon that found the certificate ending at `seen_not_after` due: if
+/// another process (a second daemon, a one-shot `mtls renew`) replaced it meanwhile, nothing
+/// is renewed (`None`), and the caller looks at the new one.
+pub async fn renew_if_unchanged(
+    w: &Watch,
+    url: &CaUrl,
+    rotate_key: bool,
+    passphrase: Option<&[u8]>,
+    seen_not_after: OffsetDateTime,
+    now: OffsetDateTime,
+) -> Result<Option<IssuedCertificate>, Error> {
+    let _one_at_a_time = lock_for_renewal(&w.cert).await?;
+    if current_validity(&w.cert).is_ok_and(|(_, na, _)| na != seen_not_after) {
+        return Ok(None);
+    }
+    let result = renew_now(w, url, rotate_key, passphrase, now).await;
+    note_attempt(&w.cert, result.as_ref().map(|i| i.not_after), now);
+    result.map(Some)
+}
+
+/// Renewals of one certificate file, one at a time across processes (an advisory lock on its
+/// directory, as `mtls issue` takes for its outputs): two daemons watching one file would
+/// otherwise both renew it and write its files and `CERT.renewal.json` over each other.
+async fn lock_for_renewal(cert: &Path) -> Result<files::DirLock, Error> {
+    let target = files::write_target(cert)?;
+    let dir = target
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    // Waiting for another process's renewal (a CA round trip): off the async workers.
+    tokio::task::spawn_blocking(move || files::lock_dir(&dir))
+        .await
+        .map_err(|e| Error::Config(format!("waiting for another renewal: {e}")))?
+        .map_err(Error::from)
 }
 
 async fn renew_now(
@@ -1104,14 +1140,25 @@ pub async fn watch_forever(
         }
         let now = OffsetDateTime::now_utc();
         hook.before_renewal(&opts.hook, &w.cert);
-        let renewed = renew_once(
+        let renewed = match renew_if_unchanged(
             &w,
             &opts.url,
             opts.rotate_key,
             passphrase.as_ref().map(|p| p.as_slice()),
+            na,
             now,
         )
-        .await;
+        .await
+        {
+            Ok(Some(issued)) => Ok(issued),
+            Ok(None) => {
+                // Renewed by another process while this one waited: look at the new file.
+                hook.renewal_failed(&opts.hook, &w.cert);
+                tracing::info!(cert = %w.cert.display(), "replaced by another process meanwhile");
+                continue;
+            }
+            Err(e) => Err(e),
+        };
         if renewed.is_err() {
             hook.renewal_failed(&opts.hook, &w.cert);
         }
@@ -1533,9 +1580,52 @@ mod tests {
         assert_eq!(std::fs::read(&bundle).unwrap(), before);
     }
 
-    /// Pids that would signal a process group, init or nothing are refused before `kill` runs;
-    /// a hook leaving a background process behind is done when its shell is; a failing hook
-    /// is reported.
+    /// Renewals of one file wait for each other (a second daemon, a one-shot run), and a
+    /// daemon whose certificate was replaced while it waited renews nothing.
+    #[tokio::test]
+    #[allow(clippy::unwrap_used)]
+    async fn renewals_of_one_file_wait_for_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = mtls_test_util::TestPki::new("renew-lock");
+        let leaf = pki.client("app");
+        let cert = dir.path().join("cert.pem");
+        std::fs::write(
+            &cert,
+            mtls_pki::pem_io::encode("CERTIFICATE", &leaf.cert.der),
+        )
+        .unwrap();
+        let w = Watch {
+            cert: cert.clone(),
+            key: dir.path().join("key.pem"),
+            root: dir.path().join("root.pem"),
+        };
+        // Nothing answers there: an attempt that gets as far as the CA fails quickly.
+        let url = CaUrl::parse("https://127.0.0.1:9").unwrap();
+        let now = OffsetDateTime::now_utc();
+        let held = files::lock_dir(dir.path()).unwrap();
+        let attempt = tokio::spawn({
+            let (w, url) = (w.clone(), url.clone());
+            async move { renew_once(&w, &url, false, None, now).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(!attempt.is_finished(), "it waits for the other renewal");
+        drop(held);
+        let r = tokio::time::timeout(std::time::Duration::from_secs(10), attempt)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(r.is_err(), "then goes on (and fails: no key, no CA)");
+        // The file ends at another time than the daemon saw: renewed meanwhile, nothing done.
+        let (_, na, _) = current_validity(&cert).unwrap();
+        let skipped = renew_if_unchanged(&w, &url, false, None, na - Duration::hours(1), now)
+            .await
+            .unwrap();
+        assert!(skipped.is_none());
+        assert!(renew_if_unchanged(&w, &url, false, None, na, now)
+            .await
+            .is_err());
+    }
+
     /// A hook that does not finish is killed with what it started, not only its shell.
     #[tokio::test]
     #[allow(clippy::unwrap_used)]
@@ -1565,6 +1655,9 @@ mod tests {
         assert!(!alive(pid), "the hook's background child {pid} still runs");
     }
 
+    /// Pids that would signal a process group, init or nothing are refused before `kill` runs;
+    /// a hook leaving a background process behind is done when its shell is; a failing hook
+    /// is reported.
     #[tokio::test]
     #[allow(clippy::unwrap_used)]
     async fn hooks_refuse_bad_pids_and_do_not_wait_for_background_children() {
