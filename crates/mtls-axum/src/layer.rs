@@ -18,7 +18,7 @@ type CheckFn = dyn Fn(&VerifiedPeer) -> Result<(), String> + Send + Sync;
 
 #[derive(Clone)]
 enum Check {
-    Policy(Policy),
+    Policy(Box<Policy>),
     Custom(Arc<CheckFn>),
 }
 
@@ -53,7 +53,7 @@ impl RequireClientCert {
     /// Clients allowed by `policy`. An empty policy allows nobody.
     pub fn policy(policy: Policy) -> Self {
         RequireClientCert {
-            checks: Arc::new(vec![Check::Policy(policy)]),
+            checks: Arc::new(vec![Check::Policy(Box::new(policy))]),
             source: Source::Connection,
             refusals: Arc::default(),
         }
@@ -81,7 +81,7 @@ impl RequireClientCert {
 
     /// Also requires `policy`.
     pub fn and_policy(self, policy: Policy) -> Self {
-        self.push(Check::Policy(policy))
+        self.push(Check::Policy(Box::new(policy)))
     }
 
     /// Also requires `check`.
