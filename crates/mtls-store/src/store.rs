@@ -278,8 +278,9 @@ impl Store {
     }
 
     async fn write(&self, op: WriteOp, now: OffsetDateTime) -> Result<WriteResult> {
-        // Reconciling is how a database that went back is brought level again.
-        if !matches!(op, WriteOp::Reconcile { .. }) {
+        // Reconciling is how a database that went back is brought level again, and making
+        // the lost revocations again is part of it (revocations only move the counter on).
+        if !matches!(op, WriteOp::Reconcile { .. } | WriteOp::Revoke { .. }) {
             self.check_not_behind().await?;
         }
         let (reply, rx) = oneshot::channel();
@@ -586,11 +587,15 @@ impl Store {
     /// process restarts, taking the database as it is.
     pub async fn revocation_epoch(&self) -> Result<i64> {
         use std::sync::atomic::Ordering;
+        // Compared with what was seen before this read began: reads running at once finish in
+        // any order, and one that started before a revocation committed may end after one
+        // that saw it; neither is a database that went back.
+        let seen = self.inner.epoch_seen.load(Ordering::SeqCst);
         let epoch = match &self.inner.reader {
             Reader::Sqlite(c) => Self::read_sqlite(c, sqlite::revocation_epoch).await,
             Reader::Postgres(r) => r.point.revocation_epoch().await,
         }?;
-        let seen = self.inner.epoch_seen.fetch_max(epoch, Ordering::SeqCst);
+        self.inner.epoch_seen.fetch_max(epoch, Ordering::SeqCst);
         if epoch < seen {
             if !self.inner.behind.swap(true, Ordering::SeqCst) {
                 tracing::error!(
