@@ -33,9 +33,20 @@ pub struct CaUrl {
 impl CaUrl {
     /// Parses `https://host[:port][/prefix]` (port 443 by default); other schemes are refused.
     pub fn parse(url: &str) -> Result<CaUrl, Error> {
+        // Never echoed with a user name or password in it, even when it does not parse.
+        let shown = match url.split_once("://") {
+            Some((scheme, rest)) => {
+                let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+                match rest.get(..authority_end).and_then(|a| a.rfind('@')) {
+                    Some(at) => format!("{scheme}://…@{}", rest.get(at + 1..).unwrap_or("")),
+                    None => url.to_string(),
+                }
+            }
+            None => url.to_string(),
+        };
         let uri: http::Uri = url
             .parse()
-            .map_err(|_| Error::Config(format!("CA URL {url:?}: not a URL")))?;
+            .map_err(|_| Error::Config(format!("CA URL {shown:?}: not a URL")))?;
         // The client authenticates with its certificate: a user name or password in the URL
         // would never be sent, and would be printed in every message naming the CA.
         if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
@@ -390,6 +401,10 @@ mod tests {
         let text = e.to_string();
         assert!(text.contains("user name or password"), "{text}");
         assert!(!text.contains("hunter2"), "{text}");
+        // A password the URL parser cannot read is not echoed either.
+        let e = CaUrl::parse("https://admin:hun ter{2@ca.example:9443/x").unwrap_err();
+        let text = e.to_string();
+        assert!(!text.contains("hun") && !text.contains("ter"), "{text}");
     }
 
     #[test]

@@ -305,13 +305,56 @@ impl Inputs {
         let crls = mtls_tls::load_crls(&self.crl_files)?;
         let generation = previous.map_or(0, |p| p.generation().wrapping_add(1));
         let refused = |e: mtls_verify::TrustError| Error::Config(format!("server revocation: {e}"));
-        let state = TrustState::new(generation, self.roots.clone(), &crls, self.options)
+        let mut state = TrustState::new(generation, self.roots.clone(), &crls, self.options)
             .map_err(refused)?
             .with_purpose(mtls_verify::Purpose::Server)
             .with_sources(&self.sources);
         if let Some(previous) = previous {
+            // Against every CRL series used so far, not only the previous generation's.
             state.check_not_older_than(previous).map_err(refused)?;
+            state = state.following(previous);
         }
         Ok(Arc::new(state))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use mtls_pki::revocation::{build_crl, RevokedEntry};
+    use time::OffsetDateTime;
+
+    /// The servers' CRL files replayed in two steps (first another CRL of the bundle, so the
+    /// issuer's series leaves; then an old CRL of the issuer) are refused at the second, as
+    /// the servers' own reloads refuse them.
+    #[test]
+    fn a_replay_in_two_steps_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = mtls_test_util::TestPki::new("server-trust-replay");
+        let now = OffsetDateTime::now_utc();
+        let server = pki.server(&["api.example"]);
+        let listed = [RevokedEntry {
+            serial: server.cert.serial.clone(),
+            revoked_at: now,
+            reason: None,
+        }];
+        let crl_file = dir.path().join("crl.pem");
+        let write = |der: rustls_pki_types::CertificateRevocationListDer<'static>| {
+            std::fs::write(&crl_file, mtls_pki::pem_io::encode("X509 CRL", &der)).unwrap();
+        };
+        let inputs = Inputs {
+            crl_files: vec![crl_file.clone()],
+            roots: vec![pki.root_der(), pki.intermediate_der()],
+            options: RevocationOptions::default(),
+            sources: RevocationSources::default(),
+        };
+        write(build_crl(&pki.intermediate, 5, now, time::Duration::days(1), &listed).unwrap());
+        let first = inputs.load(None).unwrap();
+        write(build_crl(&pki.root, 1, now, time::Duration::days(1), &[]).unwrap());
+        let second = inputs.load(Some(&first)).unwrap();
+        write(build_crl(&pki.intermediate, 4, now, time::Duration::days(1), &[]).unwrap());
+        let e = inputs.load(Some(&second)).err().unwrap().to_string();
+        assert!(e.contains("older than the one in use"), "{e}");
     }
 }

@@ -342,9 +342,14 @@ pub(crate) fn leaf_checks(leaf: &CertificateDer<'_>, purpose: Purpose) -> Result
             ParsedExtension::KeyUsage(ku) if ku.key_cert_sign() && !is_ca_cert(&cert) => {
                 return Err(Rejection::LeafCanSignCertificates)
             }
-            // TLS authenticates a certificate's key by a signature (ECDHE suites only): a key
-            // restricted to other uses (keyEncipherment alone) is not for this.
-            ParsedExtension::KeyUsage(ku) if !ku.digital_signature() && purpose != Purpose::Any => {
+            // A client authenticates by signing (CertificateVerify): a key restricted to other
+            // uses (keyEncipherment alone) is not a client's. Servers are left to their TLS
+            // peers' rules (OpenSSL's server purpose takes keyEncipherment for RSA key
+            // exchange, and an upstream's legacy certificate must not fail only once its
+            // revocation is checked).
+            ParsedExtension::KeyUsage(ku)
+                if !ku.digital_signature() && purpose == Purpose::Client =>
+            {
                 return Err(Rejection::KeyUsage(
                     "TLS authentication (no digitalSignature)",
                 ))

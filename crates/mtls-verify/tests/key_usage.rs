@@ -1,5 +1,5 @@
-//! keyUsage, which webpki does not read: a leaf whose key may not sign (keyEncipherment only)
-//! cannot authenticate over TLS, and an intermediate without keyCertSign issued nothing a path
+//! keyUsage, which webpki does not read: a client whose key may not sign (keyEncipherment
+//! only) cannot authenticate over TLS, and an intermediate without keyCertSign issued nothing a path
 //! may rely on (OpenSSL refuses both too).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -52,16 +52,35 @@ fn a_leaf_without_digital_signature_is_refused() {
             "{usages:?}"
         );
     }
-    // A trust state for any purpose (the CA's, `mtls verify --purpose any`) does not ask.
-    let any = TrustState::new(
-        1,
-        vec![root.der().clone()],
-        &[],
-        RevocationOptions::default(),
-    )
-    .unwrap()
-    .with_purpose(Purpose::Any);
-    assert!(any.verify_client(&encipher_only, &[], now).is_ok());
+    // A trust state for any purpose (the CA's, `mtls verify --purpose any`) or for servers
+    // does not ask.
+    for purpose in [Purpose::Any, Purpose::Server] {
+        let st = TrustState::new(
+            1,
+            vec![root.der().clone()],
+            &[],
+            RevocationOptions::default(),
+        )
+        .unwrap()
+        .with_purpose(purpose);
+        let mut p = CertificateParams::new(vec![]).unwrap();
+        p.distinguished_name
+            .push(DnType::CommonName, "legacy.example");
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        p.key_usages = vec![KeyUsagePurpose::KeyEncipherment];
+        p.not_before = now - Duration::days(1);
+        p.not_after = now + Duration::days(7);
+        let legacy = p
+            .signed_by(&KeyPair::generate().unwrap(), &root)
+            .unwrap()
+            .der()
+            .clone();
+        let r = st.verify_client(&legacy, &[], now).map(|_| ());
+        assert!(r.is_ok(), "{purpose:?}: {r:?}");
+    }
 }
 
 #[test]
