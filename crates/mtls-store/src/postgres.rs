@@ -343,25 +343,21 @@ pub(crate) async fn create_schema(client: &Client) -> Result<()> {
     let created = async {
         // Longer than a request's limits: on a large inventory an upgrade's index builds and
         // backfills take minutes, and a migration cut at 13 s would roll back at every start,
-        // for ever. Lock waits stay short (another instance's statements queue behind them).
-        match tokio::time::timeout(
-            MIGRATION_TIMEOUT,
+        // for ever. An instance starting meanwhile waits for that migration (the advisory
+        // lock) as long; table lock waits stay short (other instances' statements would queue
+        // behind a waiting exclusive lock).
+        migration_step(
+            "create the schema",
             client.batch_execute(&format!(
-                "BEGIN; SET LOCAL lock_timeout = '10s'; SET LOCAL statement_timeout = '{}s';
-                 SELECT pg_advisory_xact_lock(7306926041); {SCHEMA}",
-                MIGRATION_TIMEOUT.as_secs() - 5
+                "BEGIN; SET LOCAL statement_timeout = '{}s';
+                 SET LOCAL lock_timeout = '{}s'; SELECT pg_advisory_xact_lock(7306926041);
+                 SET LOCAL lock_timeout = '10s'; {SCHEMA}",
+                MIGRATION_TIMEOUT.as_secs() - 5,
+                // Another instance's migration is waited for as long as it may take.
+                MIGRATION_TIMEOUT.as_secs() - 10
             )),
         )
-        .await
-        {
-            Ok(r) => r.map_err(unavailable("create the schema"))?,
-            Err(_) => {
-                return Err(Error::Unavailable {
-                    context: "create the schema",
-                    detail: "timed out".into(),
-                })
-            }
-        }
+        .await?;
         backfill_compromised_keys(client).await?;
         deadline(
             "create the schema",
@@ -378,10 +374,24 @@ pub(crate) async fn create_schema(client: &Client) -> Result<()> {
     created
 }
 
+/// A statement of a schema upgrade, under [`MIGRATION_TIMEOUT`] rather than a request's limit.
+async fn migration_step<T>(
+    context: &'static str,
+    f: impl std::future::Future<Output = std::result::Result<T, tokio_postgres::Error>>,
+) -> Result<T> {
+    match tokio::time::timeout(MIGRATION_TIMEOUT, f).await {
+        Ok(r) => r.map_err(unavailable(context)),
+        Err(_) => Err(Error::Unavailable {
+            context,
+            detail: "timed out".into(),
+        }),
+    }
+}
+
 /// Keys revoked for keyCompromise before `compromised_keys` existed: once per inventory, in
 /// `create_schema`'s transaction (its mark's insert gates it).
 async fn backfill_compromised_keys(client: &Client) -> Result<()> {
-    let first = deadline(
+    let first = migration_step(
         "mark the compromised keys migration",
         client.query_opt(
             "INSERT INTO migrations (name) VALUES ($1) ON CONFLICT DO NOTHING RETURNING name",
@@ -392,7 +402,7 @@ async fn backfill_compromised_keys(client: &Client) -> Result<()> {
     if first.is_none() {
         return Ok(());
     }
-    let rows = deadline(
+    let rows = migration_step(
         "read keyCompromise revocations",
         client.query(
             "SELECT serial, pem, revoked_at FROM certificates
@@ -407,7 +417,7 @@ async fn backfill_compromised_keys(client: &Client) -> Result<()> {
         let pem: String = row.try_get(1).map_err(corrupt)?;
         let at: i64 = row.try_get(2).map_err(corrupt)?;
         if let Some(key) = crate::key_id_of(&pem) {
-            deadline(
+            migration_step(
                 "note a compromised key",
                 client.execute(
                     "INSERT INTO compromised_keys (spki_sha256, serial, at) VALUES ($1, $2, $3)
