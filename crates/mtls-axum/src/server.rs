@@ -392,7 +392,7 @@ impl MtlsServer {
                 self.inner.builder.files.client_ca.clone(),
                 move || {
                     if let Err(e) = tls.reload_now() {
-                        tracing::warn!(error = %e, "reload with a new CRL failed; the last good state serves");
+                        tracing::warn!(error = %e, "reload with a new CRL failed");
                     }
                 },
                 |_| {},

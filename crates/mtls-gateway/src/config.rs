@@ -38,7 +38,7 @@ pub use mtls_serve::tls::{CertificateFiles as CertificateConfig, ClientAuth};
 
 /// A per-path-prefix policy (HTTP mode). The longest matching prefix wins; requests matching
 /// no route use the listener's policy.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     pub path_prefix: String,
@@ -111,7 +111,7 @@ impl RouteMatch {
 }
 
 /// A CRL downloaded from the CA (`[[listener.crl_fetch]]`).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CrlFetchConfig {
     /// `http://…` distribution point (the CA's `/v1/crl`).
@@ -193,7 +193,7 @@ pub enum RevocationPolicy {
 }
 
 /// One listening socket.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     #[serde(default = "default_name")]
@@ -296,7 +296,7 @@ fn default_name() -> String {
 }
 
 /// Timeouts and sizes. Durations need a unit: `10s`, `500ms`, `2m` (see [`mtls_serve::duration`]).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     #[serde(with = "mtls_serve::duration::serde")]

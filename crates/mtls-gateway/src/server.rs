@@ -740,6 +740,8 @@ impl Reload for GatewayReload {
                     continue;
                 }
             };
+            let config_unchanged =
+                self.config.listeners.get(i) == Some(new) && self.config.limits == candidate.limits;
             if let Some(old) = self.config.listeners.get_mut(i) {
                 if old.upstream != new.upstream {
                     changed_upstreams.push(format!(
@@ -757,8 +759,13 @@ impl Reload for GatewayReload {
                     st.server.kept.join("; ")
                 ));
             }
-            s.state.store(Arc::new(st));
-            s.generations.publish(generation);
+            // A retry that read nothing new (the same file still refused) is not swapped in:
+            // it would only empty caches and re-check every connection every 30 s.
+            let unchanged = config_unchanged && st.server.adds_nothing_to(&s.state.load().server);
+            if !unchanged {
+                s.state.store(Arc::new(st));
+                s.generations.publish(generation);
+            }
         }
         if !failed.is_empty() {
             let reloaded = self.shared.len() - failed.len();

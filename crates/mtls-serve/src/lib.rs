@@ -107,12 +107,10 @@ pub enum Error {
     /// The configuration is incomplete or inconsistent (e.g. no server certificate).
     #[error("{0}")]
     Config(String),
-    /// A reload took the new CA bundle and CRLs (generation `generation` serves), but some
-    /// served certificates could not be loaded: the previous ones for those files still serve.
-    #[error("generation {generation} loaded with the new CAs and CRLs, but the previous certificate still serves for {}", .kept.join("; "))]
+    /// A reload took the new CA bundle and CRLs, but some served certificates could not be
+    /// loaded: the previous ones for those files still serve.
+    #[error("the CAs and CRLs were loaded, but the previous certificate still serves for {}", .kept.join("; "))]
     CredentialsKept {
-        /// The generation now serving.
-        generation: u64,
         /// Each certificate file kept, with why its new contents were refused.
         kept: Vec<String>,
     },

@@ -124,7 +124,9 @@ pub fn spawn<R: Reload>(
                     // Logged when it changes; the periodic retries of the same failure are
                     // counted, not repeated in the log.
                     if last_error.as_deref() != Some(error.as_str()) {
-                        tracing::error!(%error, "reload failed; keeping the last good state");
+                        // (What could not be loaded keeps its last good state; the error
+                        // says whether anything else was taken.)
+                        tracing::error!(%error, "reload failed");
                     }
                     failed_since = Some(std::time::Instant::now());
                     last_error = Some(error);

@@ -137,6 +137,23 @@ pub struct ServerState {
     pub kept: Vec<String>,
 }
 
+impl ServerState {
+    /// Whether a reload that kept some credentials read nothing new compared with `current`
+    /// (the same certificates, CA bundle and CRLs, the same files kept): swapping it in would
+    /// only empty caches and re-check every connection, every retry.
+    pub fn adds_nothing_to(&self, current: &ServerState) -> bool {
+        !self.kept.is_empty()
+            && self.kept == current.kept
+            && self.credentials.len() == current.credentials.len()
+            && self
+                .credentials
+                .iter()
+                .zip(&current.credentials)
+                .all(|(a, b)| a.certified.cert == b.certified.cert)
+            && self.trust.same_inputs(&current.trust)
+    }
+}
+
 impl ServerFiles {
     /// Loads and validates everything: keys owner-only and matching their certificates,
     /// certificates valid now, CRLs signed by a CA of the bundle.
@@ -359,10 +376,12 @@ impl ReloadingServer {
             &self.sources,
         )?;
         let kept = state.kept.clone();
-        self.current.store(Arc::new(state));
-        self.generations.publish(generation);
+        if !state.adds_nothing_to(&self.current.load()) {
+            self.current.store(Arc::new(state));
+            self.generations.publish(generation);
+        }
         if !kept.is_empty() {
-            return Err(Error::CredentialsKept { generation, kept });
+            return Err(Error::CredentialsKept { kept });
         }
         Ok(generation)
     }

@@ -1873,12 +1873,10 @@ async fn concurrent_reads_of_a_moving_counter_are_not_a_rollback() {
             let store = store.clone();
             tokio::spawn(async move {
                 for _ in 0..50 {
-                    if let Err(e) = store.revocation_epoch().await {
-                        return Err(e);
-                    }
+                    store.revocation_epoch().await?;
                     tokio::task::yield_now().await;
                 }
-                Ok(())
+                Ok::<(), Error>(())
             })
         });
         let readers: Vec<_> = readers.collect();

@@ -780,6 +780,30 @@ impl TrustState {
         self
     }
 
+    /// Whether `other` was built from the same CA bundle and the same CRLs (by series and
+    /// version): a reload that read nothing new need not replace this state.
+    pub fn same_inputs(&self, other: &TrustState) -> bool {
+        let versions = |t: &TrustState| {
+            let mut v: Vec<(Vec<u8>, Vec<u8>, String, CrlVersion)> = t
+                .crls
+                .iter()
+                .flat_map(|(issuer, entries)| {
+                    entries.iter().map(move |e| {
+                        (
+                            issuer.clone(),
+                            e.signer_spki.clone(),
+                            format!("{:?}", e.scope),
+                            e.version.clone(),
+                        )
+                    })
+                })
+                .collect();
+            v.sort_by(|a, b| (&a.0, &a.1, &a.2).cmp(&(&b.0, &b.1, &b.2)));
+            v
+        };
+        self.roots == other.roots && versions(self) == versions(other)
+    }
+
     /// The newest version of every series this state and its predecessors used.
     fn floor_marks(&self) -> Vec<CrlMark> {
         let mut marks: Vec<CrlMark> = self.crl_floor.as_ref().clone();
