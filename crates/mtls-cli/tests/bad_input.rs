@@ -1122,6 +1122,39 @@ fn a_key_revoked_as_compromised_is_not_certified_again() {
     .fails(1, "revoked as compromised");
     assert_eq!(e.inventory_count(), count);
     assert_eq!(e.tree(), before);
+    // The same key re-encoded (a compressed EC point, as `openssl ec -conv_form compressed`
+    // writes it): refused too, rather than certified as a key nobody revoked.
+    e.openssl(&[
+        "ec",
+        "-in",
+        &e.p("svc.key"),
+        "-conv_form",
+        "compressed",
+        "-out",
+        &e.p("svc-compressed.key"),
+    ])
+    .ok();
+    e.openssl(&[
+        "req",
+        "-new",
+        "-key",
+        &e.p("svc-compressed.key"),
+        "-subj",
+        "/CN=svc-again",
+        "-out",
+        &e.p("svc-compressed.csr"),
+    ])
+    .ok();
+    let r = e.mtls(&[
+        "sign",
+        "--csr",
+        &e.p("svc-compressed.csr"),
+        "--profile",
+        "client",
+    ]);
+    assert_ne!(r.code, 0, "{}", r.stdout);
+    assert!(r.stderr.contains("uncompressed"), "{}", r.stderr);
+    assert_eq!(e.inventory_count(), count);
     // A new key for the same name is fine.
     e.mtls(&[
         "csr",

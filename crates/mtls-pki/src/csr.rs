@@ -206,6 +206,18 @@ fn csr_public_key(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<
                 "EC curve other than P-256/P-384".into(),
             ));
         }
+        // The uncompressed form only (what every TLS stack sends and RFC 5480 requires
+        // support for): one key, one encoding in the inventory.
+        let len = match algorithm {
+            KeyAlgorithm::EcdsaP256 => 65,
+            _ => 97,
+        };
+        let point = spki.subject_public_key.data.as_ref();
+        if point.first() != Some(&0x04) || point.len() != len {
+            return Err(Error::UnsupportedKey(
+                "EC public key not in uncompressed form".into(),
+            ));
+        }
     }
     Ok(CsrPublicKey {
         raw: spki.subject_public_key.data.to_vec(),

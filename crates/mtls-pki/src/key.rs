@@ -646,3 +646,77 @@ mod tests {
         assert!(!s.contains(&hex::encode(&k.pkcs8_der()[..8])));
     }
 }
+
+/// What identifies a public key (hex SHA-256), whatever its encoding and the variants its
+/// private key gives for free: an RSA key by its modulus (another exponent over a modulus
+/// whose factors are known is the same break), an EC key by its curve and x-coordinate
+/// (compressed or not, and P or -P, which the same secret signs for), any other by its
+/// SubjectPublicKeyInfo. How a key revoked as compromised is recognised when it comes back.
+/// `None` for an SPKI that does not parse.
+pub fn key_identity(spki_der: &[u8]) -> Option<String> {
+    use x509_parser::prelude::FromDer;
+    use x509_parser::public_key::PublicKey;
+    let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(spki_der).ok()?;
+    let mut material = Vec::new();
+    match spki.parsed() {
+        Ok(PublicKey::RSA(rsa)) => {
+            material.extend_from_slice(b"rsa:");
+            material.extend(rsa.modulus.iter().copied().skip_while(|b| *b == 0));
+        }
+        Ok(PublicKey::EC(point)) => {
+            let curve = spki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok())?;
+            let data = point.data();
+            // 04 x y (uncompressed), 06/07 x y (hybrid), 02/03 x (compressed).
+            let x = match data.split_first() {
+                Some((4 | 6 | 7, xy)) if xy.len() % 2 == 0 => xy.get(..xy.len() / 2)?,
+                Some((2 | 3, x)) => x,
+                _ => return None,
+            };
+            material.extend_from_slice(b"ec:");
+            material.extend_from_slice(curve.as_bytes());
+            material.push(b':');
+            material.extend_from_slice(x);
+        }
+        _ => {
+            material.extend_from_slice(b"spki:");
+            material.extend_from_slice(spki_der);
+        }
+    }
+    Some(crate::inspect::sha256_hex(&material))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod identity_tests {
+    use super::*;
+
+    /// One EC key, compressed or not, is one identity; another key is another.
+    #[test]
+    fn an_ec_key_is_one_identity_in_either_encoding() {
+        let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+        let spki = key.public_key_spki();
+        // 30 59 | 30 13 <algorithm> | 03 42 00 04 X(32) Y(32)
+        let (algorithm, point) = (&spki[2..23], &spki[26..]);
+        assert_eq!(point.len(), 65);
+        let (x, y) = (&point[1..33], &point[33..]);
+        let mut compressed = vec![0x30, 0x39];
+        compressed.extend_from_slice(algorithm);
+        compressed.extend_from_slice(&[0x03, 0x22, 0x00, 0x02 | (y[31] & 1)]);
+        compressed.extend_from_slice(x);
+        let id = key_identity(&spki).unwrap();
+        assert_eq!(key_identity(&compressed).unwrap(), id);
+        // -P: the same x.
+        let mut negated = spki.clone();
+        negated[59..].iter_mut().for_each(|b| *b = !*b);
+        assert_eq!(key_identity(&negated).unwrap(), id);
+        let other = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+        assert_ne!(key_identity(&other.public_key_spki()).unwrap(), id);
+        let ed = PrivateKey::generate(KeyAlgorithm::Ed25519).unwrap();
+        assert!(key_identity(&ed.public_key_spki()).is_some());
+        assert!(key_identity(b"not an spki").is_none());
+    }
+}

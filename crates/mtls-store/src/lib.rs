@@ -432,10 +432,12 @@ pub(crate) fn spki_of(pem: &str) -> Option<Vec<u8>> {
     Some(cert.tbs_certificate.subject_pki.raw.to_vec())
 }
 
-/// Hex SHA-256 of a stored certificate's SubjectPublicKeyInfo: how the compromised keys
-/// (`compromised_keys`) are named. `None` for a record with no readable certificate.
+/// The identity of a stored certificate's key ([`mtls_pki::key::key_identity`]): how the
+/// compromised keys (`compromised_keys`) are named, so that a key re-encoded (a compressed EC
+/// point) or varied (another RSA exponent) is the same key. `None` for a record with no
+/// readable certificate.
 pub(crate) fn key_id_of(pem: &str) -> Option<String> {
-    spki_of(pem).map(|spki| mtls_pki::inspect::sha256_hex(&spki))
+    spki_of(pem).and_then(|spki| mtls_pki::key::key_identity(&spki))
 }
 
 /// The migration that fills `compromised_keys` from the keyCompromise revocations recorded
