@@ -444,6 +444,9 @@ pub(crate) fn key_id_of(pem: &str) -> Option<String> {
 /// before it existed (once per inventory, both backends).
 pub(crate) const COMPROMISED_KEYS_MIGRATION: &str = "compromised-keys-from-revocations";
 
+/// The migration that fills `certificates.key_id` for certificates recorded before it.
+pub(crate) const KEY_IDS_MIGRATION: &str = "key-ids-from-certificates";
+
 /// How many certificates the inventory holds by status, and how many valid ones expire soon
 /// (see [`Store::counts`](crate::Store::counts)).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

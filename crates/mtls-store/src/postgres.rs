@@ -117,6 +117,10 @@ CREATE INDEX IF NOT EXISTS certificates_lineage ON certificates(lineage, issued_
 -- ' renews SERIAL', see audit_detail_issue), once per inventory (the mark's insert gates the
 -- update).
 CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY);
+-- The key's identity (crate::key_id_of): a keyCompromise revocation finds every certificate
+-- of the key. Filled for earlier rows by backfill_key_ids.
+ALTER TABLE certificates ADD COLUMN IF NOT EXISTS key_id TEXT;
+CREATE INDEX IF NOT EXISTS certificates_key_id ON certificates(key_id) WHERE key_id IS NOT NULL;
 -- Keys revoked as compromised (crate::key_id_of): never certified again. Filled from earlier
 -- keyCompromise revocations by create_schema (the key is read from the PEM, in Rust).
 CREATE TABLE IF NOT EXISTS compromised_keys (
@@ -358,6 +362,7 @@ pub(crate) async fn create_schema(client: &Client) -> Result<()> {
             )),
         )
         .await?;
+        backfill_key_ids(client).await?;
         backfill_compromised_keys(client).await?;
         deadline(
             "create the schema",
@@ -386,6 +391,53 @@ async fn migration_step<T>(
             detail: "timed out".into(),
         }),
     }
+}
+
+/// Key identities of the certificates recorded before the `key_id` column: once per
+/// inventory, in `create_schema`'s transaction, in chunks (one statement per 10,000).
+async fn backfill_key_ids(client: &Client) -> Result<()> {
+    let first = migration_step(
+        "mark the key identities migration",
+        client.query_opt(
+            "INSERT INTO migrations (name) VALUES ($1) ON CONFLICT DO NOTHING RETURNING name",
+            &[&crate::KEY_IDS_MIGRATION],
+        ),
+    )
+    .await?;
+    if first.is_none() {
+        return Ok(());
+    }
+    let rows = migration_step(
+        "read the certificates",
+        client.query(
+            "SELECT serial, pem FROM certificates WHERE key_id IS NULL AND pem <> ''",
+            &[],
+        ),
+    )
+    .await?;
+    let corrupt = |e: tokio_postgres::Error| Error::Corrupt(e.to_string());
+    let mut ids: Vec<(String, String)> = Vec::with_capacity(rows.len());
+    for row in rows {
+        let serial: String = row.try_get(0).map_err(corrupt)?;
+        let pem: String = row.try_get(1).map_err(corrupt)?;
+        if let Some(key) = crate::key_id_of(&pem) {
+            ids.push((serial, key));
+        }
+    }
+    for chunk in ids.chunks(10_000) {
+        let (serials, keys): (Vec<&str>, Vec<&str>) =
+            chunk.iter().map(|(s, k)| (s.as_str(), k.as_str())).unzip();
+        migration_step(
+            "record key identities",
+            client.execute(
+                "UPDATE certificates c SET key_id = v.k
+                 FROM unnest($1::text[], $2::text[]) AS v(s, k) WHERE c.serial = v.s",
+                &[&serials, &keys],
+            ),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Keys revoked for keyCompromise before `compromised_keys` existed: once per inventory, in
@@ -429,6 +481,40 @@ async fn backfill_compromised_keys(client: &Client) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Revokes every other unexpired certificate of the key of `serial` (revoked for
+/// keyCompromise), whatever its lineage (as the SQLite backend does).
+async fn revoke_same_key(
+    c: &Conn,
+    serial: &str,
+    pem: &str,
+    actor: &str,
+    now: OffsetDateTime,
+) -> std::result::Result<Vec<String>, OpError> {
+    let Some(key) = crate::key_id_of(pem) else {
+        return Ok(Vec::new());
+    };
+    let rows = q(
+        c,
+        "find certificates of the key",
+        "SELECT serial FROM certificates
+         WHERE key_id = $1 AND revoked_at IS NULL AND not_after > $2 AND serial <> $3
+         ORDER BY serial FOR UPDATE",
+        &[&key, &ts(now), &serial],
+    )
+    .await?;
+    let reason = RevocationReason::KeyCompromise.to_string();
+    let detail = format!("keyCompromise (the key of {serial})");
+    let mut revoked = Vec::with_capacity(rows.len());
+    for row in rows {
+        let other: String = row
+            .try_get(0)
+            .map_err(|e| OpError::Refused(Error::Corrupt(e.to_string())))?;
+        mark_revoked(c, &other, Some(&reason), actor, &detail, now).await?;
+        revoked.push(other);
+    }
+    Ok(revoked)
 }
 
 /// Notes the key of `serial` (revoked for keyCompromise) as compromised.
@@ -883,6 +969,49 @@ async fn revoke(
         return Err(refused(Error::UnknownSerial(s)));
     }
     if let Some(at) = current.revoked_at {
+        // Found compromised after it was revoked for another reason: the reason becomes
+        // keyCompromise (RFC 5280 5.3.1), the key is never certified again, and the
+        // certificates sharing it are revoked (as in the SQLite backend).
+        if reason == Some(RevocationReason::KeyCompromise)
+            && current.revocation_reason.as_deref() != Some("keyCompromise")
+        {
+            lock_ancestors(c, &s).await?;
+            let reason_s = RevocationReason::KeyCompromise.to_string();
+            q(
+                c,
+                "mark the key compromised",
+                "UPDATE certificates SET revocation_reason = $1 WHERE serial = $2",
+                &[&reason_s, &s],
+            )
+            .await?;
+            audit_insert(
+                c,
+                now,
+                "revoke",
+                Some(&s),
+                actor,
+                "reason now keyCompromise",
+            )
+            .await?;
+            note_compromised(c, &s, &current.pem, now).await?;
+            let mut also_revoked = revoke_lineage(
+                c,
+                &s,
+                &current.pem,
+                crate::LineageScope::SameKey,
+                Some(&reason_s),
+                actor,
+                now,
+            )
+            .await?;
+            also_revoked.extend(revoke_same_key(c, &s, &current.pem, actor, now).await?);
+            let mut rec = current;
+            rec.revocation_reason = Some(reason_s);
+            return Ok(WriteResult::Revoked(Box::new(crate::Revocation {
+                record: rec,
+                also_revoked,
+            })));
+        }
         return Err(refused(Error::AlreadyRevoked { serial: s, at }));
     }
     lock_ancestors(c, &s).await?;
@@ -892,12 +1021,15 @@ async fn revoke(
     if reason == Some(RevocationReason::KeyCompromise) {
         note_compromised(c, &s, &current.pem, now).await?;
     }
-    let also_revoked = match crate::LineageScope::of(reason) {
+    let mut also_revoked = match crate::LineageScope::of(reason) {
         Some(scope) => {
             revoke_lineage(c, &s, &current.pem, scope, reason_s.as_deref(), actor, now).await?
         }
         None => Vec::new(),
     };
+    if reason == Some(RevocationReason::KeyCompromise) {
+        also_revoked.extend(revoke_same_key(c, &s, &current.pem, actor, now).await?);
+    }
     let mut rec = current;
     rec.revoked_at = Some(now);
     rec.revocation_reason = reason_s;
@@ -1412,9 +1544,9 @@ WITH tok AS (
       AND issued_at > $16
 ), cert AS (
     INSERT INTO certificates (serial, issuer_key, subject, sans, profile, not_before, not_after,
-                              fingerprint, pem, issued_at, renews, lineage)
+                              fingerprint, pem, issued_at, renews, lineage, key_id)
     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $15,
-           (SELECT COALESCE(lineage, serial) FROM certificates WHERE serial = $15)
+           (SELECT COALESCE(lineage, serial) FROM certificates WHERE serial = $15), $18
     WHERE ($11::text IS NULL OR EXISTS (SELECT 1 FROM tok))
       AND ($15::text IS NULL OR (EXISTS (SELECT 1 FROM prev) AND (SELECT n FROM recent) < $17))
     ON CONFLICT DO NOTHING
@@ -1513,6 +1645,7 @@ async fn issue(
             &previous,
             &since,
             &max,
+            &key,
         ],
     )
     .await?;

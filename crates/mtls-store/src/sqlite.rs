@@ -133,7 +133,46 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(if added.is_ok() { "COMMIT" } else { "ROLLBACK" })?;
     added?;
     backfill_renews(conn)?;
+    backfill_key_ids(conn)?;
     backfill_compromised_keys(conn)
+}
+
+/// Key identities of the certificates recorded before the `key_id` column, once per
+/// inventory (every certificate parsed once: at the first start of this version).
+fn backfill_key_ids(conn: &Connection) -> rusqlite::Result<()> {
+    const NAME: &str = crate::KEY_IDS_MIGRATION;
+    let done = |conn: &Connection| {
+        conn.prepare_cached("SELECT 1 FROM migrations WHERE name = ?1")
+            .and_then(|mut s| s.exists([NAME]))
+    };
+    if done(conn)? {
+        return Ok(());
+    }
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let backfilled = (|| {
+        if done(conn)? {
+            return Ok(());
+        }
+        let rows: Vec<(String, String)> = conn
+            .prepare("SELECT serial, pem FROM certificates WHERE key_id IS NULL AND pem <> ''")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut update = conn.prepare("UPDATE certificates SET key_id = ?1 WHERE serial = ?2")?;
+        for (serial, pem) in rows {
+            if let Some(key) = crate::key_id_of(&pem) {
+                update.execute(params![key, serial])?;
+            }
+        }
+        conn.execute("INSERT INTO migrations (name) VALUES (?1)", [NAME])?;
+        Ok(())
+    })();
+    match backfilled {
+        Ok(()) => conn.execute_batch("COMMIT"),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
 }
 
 fn add_columns(conn: &Connection) -> rusqlite::Result<()> {
@@ -162,6 +201,16 @@ fn add_columns(conn: &Connection) -> rusqlite::Result<()> {
         // (Renewals recorded before it count from their own serial on: see RECENT_RENEWALS_SQL.)
         conn.execute_batch("ALTER TABLE certificates ADD COLUMN lineage TEXT;")?;
     }
+    let has_key_id: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('certificates') WHERE name = 'key_id'",
+        [],
+        |r| r.get(0),
+    )?;
+    if has_key_id == 0 {
+        // The key's identity (crate::key_id_of): a keyCompromise revocation finds every
+        // certificate of the key. Filled for earlier rows by backfill_key_ids.
+        conn.execute_batch("ALTER TABLE certificates ADD COLUMN key_id TEXT;")?;
+    }
     conn.execute_batch(
         "CREATE INDEX IF NOT EXISTS certificates_revocation_seq ON certificates(revocation_seq)
              WHERE revocation_seq IS NOT NULL;
@@ -169,6 +218,8 @@ fn add_columns(conn: &Connection) -> rusqlite::Result<()> {
              WHERE renews IS NOT NULL;
          CREATE INDEX IF NOT EXISTS certificates_lineage ON certificates(lineage, issued_at)
              WHERE lineage IS NOT NULL;
+         CREATE INDEX IF NOT EXISTS certificates_key_id ON certificates(key_id)
+             WHERE key_id IS NOT NULL;
          CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY);",
     )?;
     Ok(())
@@ -259,6 +310,36 @@ fn backfill_compromised_keys(conn: &Connection) -> rusqlite::Result<()> {
             Err(e)
         }
     }
+}
+
+/// Revokes every other unexpired certificate of the key of `serial` (revoked for
+/// keyCompromise), whatever its lineage: the same CSR signed twice, a key enrolled again.
+fn revoke_same_key(
+    conn: &Connection,
+    serial: &str,
+    pem: &str,
+    actor: &str,
+    now: OffsetDateTime,
+) -> Result<Vec<String>> {
+    let Some(key) = crate::key_id_of(pem) else {
+        return Ok(Vec::new());
+    };
+    let others: Vec<String> = conn
+        .prepare_cached(
+            "SELECT serial FROM certificates
+             WHERE key_id = ?1 AND revoked_at IS NULL AND not_after > ?2 AND serial <> ?3",
+        )
+        .and_then(|mut st| {
+            st.query_map(params![key, ts(now), serial], |r| r.get(0))?
+                .collect()
+        })
+        .map_err(db("find certificates of the key"))?;
+    let reason = RevocationReason::KeyCompromise.to_string();
+    let detail = format!("keyCompromise (the key of {serial})");
+    for other in &others {
+        mark_revoked(conn, other, Some(&reason), actor, &detail, now)?;
+    }
+    Ok(others)
 }
 
 /// Notes the key of `serial` (revoked for keyCompromise) as compromised.
@@ -539,9 +620,9 @@ fn issue(
     let inserted = conn
         .prepare_cached(
             "INSERT INTO certificates (serial, issuer_key, subject, sans, profile, not_before, not_after,
-                                       fingerprint, pem, issued_at, renews, lineage)
+                                       fingerprint, pem, issued_at, renews, lineage, key_id)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11,
-                     (SELECT COALESCE(lineage, serial) FROM certificates WHERE serial = ?11))",
+                     (SELECT COALESCE(lineage, serial) FROM certificates WHERE serial = ?11), ?12)",
         )
         .and_then(|mut s| {
             s.execute(params![
@@ -555,7 +636,8 @@ fn issue(
                 cert.fingerprint,
                 cert.pem,
                 ts(now),
-                renews
+                renews,
+                key
             ])
         });
     match inserted {
@@ -658,26 +740,64 @@ fn revoke(
     now: OffsetDateTime,
 ) -> Result<Revocation> {
     let s = serial.to_string();
-    let current: Option<(Option<i64>, String)> = conn
+    let current: Option<(Option<i64>, String, Option<String>)> = conn
         .query_row(
-            "SELECT revoked_at, issuer_key FROM certificates WHERE serial = ?1",
+            "SELECT revoked_at, issuer_key, revocation_reason FROM certificates WHERE serial = ?1",
             params![s],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .optional()
         .map_err(db("look up serial"))?;
     match current {
         None => return Err(Error::UnknownSerial(s)),
-        Some((_, ik)) if issuer_key.is_some_and(|k| k != ik) => {
+        Some((_, ik, _)) if issuer_key.is_some_and(|k| k != ik) => {
             return Err(Error::UnknownSerial(s))
         }
-        Some((Some(at), _)) => {
+        // Found compromised after it was revoked for another reason (superseded, say): the
+        // reason becomes keyCompromise (RFC 5280 5.3.1 allows that change), the key is never
+        // certified again, and the certificates sharing it are revoked.
+        Some((Some(_), _, old_reason))
+            if reason == Some(RevocationReason::KeyCompromise)
+                && old_reason.as_deref() != Some("keyCompromise") =>
+        {
+            let reason_s = RevocationReason::KeyCompromise.to_string();
+            conn.execute(
+                "UPDATE certificates SET revocation_reason = ?1 WHERE serial = ?2",
+                params![reason_s, s],
+            )
+            .map_err(db("mark the key compromised"))?;
+            insert_audit(
+                conn,
+                now,
+                "revoke",
+                Some(&s),
+                actor,
+                "reason now keyCompromise",
+            )?;
+            let record = get(conn, serial, now)?.ok_or(Error::UnknownSerial(s.clone()))?;
+            note_compromised(conn, &s, &record.pem, now)?;
+            let mut also_revoked = revoke_lineage(
+                conn,
+                &s,
+                &record.pem,
+                crate::LineageScope::SameKey,
+                Some(&reason_s),
+                actor,
+                now,
+            )?;
+            also_revoked.extend(revoke_same_key(conn, &s, &record.pem, actor, now)?);
+            return Ok(Revocation {
+                record,
+                also_revoked,
+            });
+        }
+        Some((Some(at), _, _)) => {
             return Err(Error::AlreadyRevoked {
                 serial: s,
                 at: from_ts(at)?,
             })
         }
-        Some((None, _)) => {}
+        Some((None, _, _)) => {}
     }
     let reason_s = reason.map(|r| r.to_string());
     let detail = reason_s.clone().unwrap_or_default();
@@ -686,7 +806,7 @@ fn revoke(
     if reason == Some(RevocationReason::KeyCompromise) {
         note_compromised(conn, &s, &record.pem, now)?;
     }
-    let also_revoked = match crate::LineageScope::of(reason) {
+    let mut also_revoked = match crate::LineageScope::of(reason) {
         Some(scope) => revoke_lineage(
             conn,
             &s,
@@ -698,6 +818,9 @@ fn revoke(
         )?,
         None => Vec::new(),
     };
+    if reason == Some(RevocationReason::KeyCompromise) {
+        also_revoked.extend(revoke_same_key(conn, &s, &record.pem, actor, now)?);
+    }
     Ok(Revocation {
         record,
         also_revoked,

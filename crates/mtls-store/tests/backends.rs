@@ -1612,14 +1612,16 @@ async fn a_compromised_key_is_never_certified_again(location: Location) {
     let key = |_| PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
     let (stolen, retired, fresh) = (key(0), key(1), key(2));
     let first = real(&pki, &stolen);
+    // The same key certified again in another lineage (the same CSR signed twice).
+    let twin = real(&pki, &stolen);
     let old = real(&pki, &retired);
-    for c in [&first, &old] {
+    for c in [&first, &twin, &old] {
         store
             .record_issued(c.clone(), IssueKind::Direct, "test", now)
             .await
             .unwrap();
     }
-    store
+    let r = store
         .revoke(
             &first.serial,
             None,
@@ -1629,6 +1631,11 @@ async fn a_compromised_key_is_never_certified_again(location: Location) {
         )
         .await
         .unwrap();
+    assert_eq!(
+        r.also_revoked,
+        [twin.serial.to_string()],
+        "every certificate of the key"
+    );
     store
         .revoke(
             &old.serial,
@@ -1679,10 +1686,44 @@ async fn a_compromised_key_is_never_certified_again(location: Location) {
         .await
         .unwrap();
     // Superseded is no statement about the key.
+    let again = real(&pki, &retired);
     store
-        .record_issued(real(&pki, &retired), IssueKind::Direct, "test", now)
+        .record_issued(again.clone(), IssueKind::Direct, "test", now)
         .await
         .unwrap();
+    // Found compromised later: the revoked certificate's reason becomes keyCompromise, the
+    // key's other certificates are revoked and the key is not certified again.
+    let r = store
+        .revoke(
+            &old.serial,
+            None,
+            Some(RevocationReason::KeyCompromise),
+            "t",
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.record.revocation_reason.as_deref(), Some("keyCompromise"));
+    assert_eq!(r.also_revoked, [again.serial.to_string()]);
+    assert!(matches!(
+        store
+            .record_issued(real(&pki, &retired), IssueKind::Direct, "test", now)
+            .await,
+        Err(Error::KeyCompromised { .. })
+    ));
+    // Said twice: already revoked.
+    assert!(matches!(
+        store
+            .revoke(
+                &old.serial,
+                None,
+                Some(RevocationReason::KeyCompromise),
+                "t",
+                now
+            )
+            .await,
+        Err(Error::AlreadyRevoked { .. })
+    ));
     drop(store);
     let reopened = Store::open(&location).await.unwrap();
     assert!(matches!(
@@ -1719,16 +1760,20 @@ async fn earlier_key_compromise_revocations_are_learnt_on_upgrade() {
     let pki = mtls_test_util::TestPki::new("upgrade");
     let stolen = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
     let now = OffsetDateTime::now_utc();
+    let leaked = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let (one, two) = (real(&pki, &leaked), real(&pki, &leaked));
     for location in [
         Location::Sqlite(path.clone()),
         Location::Postgres(url.clone()),
     ] {
         let store = Store::open(&location).await.unwrap();
         let first = real(&pki, &stolen);
-        store
-            .record_issued(first.clone(), IssueKind::Direct, "test", now)
-            .await
-            .unwrap();
+        for c in [&first, &one, &two] {
+            store
+                .record_issued(c.clone(), IssueKind::Direct, "test", now)
+                .await
+                .unwrap();
+        }
         store
             .revoke(
                 &first.serial,
@@ -1743,8 +1788,9 @@ async fn earlier_key_compromise_revocations_are_learnt_on_upgrade() {
     {
         let conn = rusqlite::Connection::open(&path).unwrap();
         conn.execute_batch(
-            "DROP TABLE compromised_keys;
-             DELETE FROM migrations WHERE name = 'compromised-keys-from-revocations';",
+            "DROP TABLE compromised_keys; UPDATE certificates SET key_id = NULL;
+             DELETE FROM migrations WHERE name IN
+                 ('compromised-keys-from-revocations', 'key-ids-from-certificates');",
         )
         .unwrap();
     }
@@ -1755,7 +1801,10 @@ async fn earlier_key_compromise_revocations_are_learnt_on_upgrade() {
         tokio::spawn(connection);
         // As a version before the list: neither the table nor any mark of its schema.
         client
-            .batch_execute("DROP TABLE compromised_keys; DELETE FROM migrations;")
+            .batch_execute(
+                "DROP TABLE compromised_keys; UPDATE certificates SET key_id = NULL;
+                 DELETE FROM migrations;",
+            )
             .await
             .unwrap();
     }
@@ -1773,6 +1822,18 @@ async fn earlier_key_compromise_revocations_are_learnt_on_upgrade() {
             ),
             "{location:?}"
         );
+        // Certificates recorded before the key identities: found by their key all the same.
+        let r = store
+            .revoke(
+                &one.serial,
+                None,
+                Some(RevocationReason::KeyCompromise),
+                "t",
+                now,
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.also_revoked, [two.serial.to_string()], "{location:?}");
     }
 }
 
