@@ -147,6 +147,11 @@ fn crl_scope(
         let ParsedExtension::IssuingDistributionPoint(idp) = ext.parsed_extension() else {
             return Err("its issuingDistributionPoint cannot be read".into());
         };
+        // x509-parser reads the fields in their DER order and ignores what follows one out of
+        // order (webpki takes any order): such an IDP would be read as wider than it is.
+        if !fields_in_order(ext.value) {
+            return Err("its issuingDistributionPoint's fields are out of order".into());
+        }
         if idp.distribution_point.is_none() {
             return Err(
                 "its issuingDistributionPoint names no distribution point (or its fields are out of order)"
@@ -176,6 +181,32 @@ fn crl_scope(
         }
     }
     Ok(CrlScopeOf::default())
+}
+
+/// Whether the fields of a SEQUENCE of context-tagged fields (an IDP) come in strictly
+/// ascending tag order, as DER requires, every byte read.
+fn fields_in_order(der: &[u8]) -> bool {
+    use x509_parser::asn1_rs::{Any, Class, FromDer, Sequence};
+    let Ok((rest, seq)) = Sequence::from_der(der) else {
+        return false;
+    };
+    if !rest.is_empty() {
+        return false;
+    }
+    let mut content: &[u8] = seq.content.as_ref();
+    let mut last: Option<u32> = None;
+    while !content.is_empty() {
+        let Ok((rem, field)) = Any::from_der(content) else {
+            return false;
+        };
+        let tag = field.tag().0;
+        if field.class() != Class::ContextSpecific || last.is_some_and(|l| tag <= l) {
+            return false;
+        }
+        last = Some(tag);
+        content = rem;
+    }
+    true
 }
 
 /// How new a CRL is, to compare CRLs of one issuer, signing key and scope: the CRL number
@@ -1158,5 +1189,33 @@ impl TrustState {
         } else {
             (S::None, Ok(()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// DER order, every byte read: an IDP with its fields in order passes; out of order (as
+    /// webpki would still take), with bytes after it, or with a field not context-tagged, not.
+    #[test]
+    fn idp_fields_must_come_in_der_order() {
+        use super::fields_in_order;
+        // { [0] (empty), [1] TRUE }
+        assert!(fields_in_order(&[0x30, 0x05, 0xa0, 0x00, 0x81, 0x01, 0xff]));
+        // { [1] TRUE, [0] (empty) }
+        assert!(!fields_in_order(&[
+            0x30, 0x05, 0x81, 0x01, 0xff, 0xa0, 0x00
+        ]));
+        // { [0], [2] FALSE, [1] TRUE }
+        assert!(!fields_in_order(&[
+            0x30, 0x08, 0xa0, 0x00, 0x82, 0x01, 0x00, 0x81, 0x01, 0xff
+        ]));
+        // The same tag twice.
+        assert!(!fields_in_order(&[
+            0x30, 0x06, 0x81, 0x01, 0xff, 0x81, 0x01, 0xff
+        ]));
+        // Trailing bytes, a universal-class field, not a SEQUENCE at all.
+        assert!(!fields_in_order(&[0x30, 0x02, 0xa0, 0x00, 0x00]));
+        assert!(!fields_in_order(&[0x30, 0x03, 0x01, 0x01, 0xff]));
+        assert!(!fields_in_order(&[0x04, 0x00]));
     }
 }
