@@ -276,6 +276,18 @@ pub fn request(a: RequestArgs) -> Result<ExitCode> {
         .trim_matches(['[', ']'])
         .to_string();
     let port = url.port_or_known_default().unwrap_or(443);
+    // An address as --server-name cannot be verified apart from where it connects (name
+    // resolution overrides apply to DNS names only): the request would go to that address,
+    // headers, body and client certificate included, not to the URL's host.
+    if let Some(name) = &a.tls.server_name {
+        let name = name.trim_matches(['[', ']']);
+        if name.parse::<std::net::IpAddr>().is_ok() && name != host {
+            return Err(UsageError(format!(
+                "--server-name {name}: an IP address can only be verified where it is reached: put it in the URL (https://{name}:{port}/…) instead"
+            ))
+            .into());
+        }
+    }
     let body = match &a.data {
         Some(d) if d.starts_with('@') => {
             std::fs::read(&d[1..]).with_context(|| format!("reading {}", &d[1..]))?

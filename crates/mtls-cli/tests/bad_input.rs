@@ -1176,3 +1176,23 @@ fn a_key_revoked_as_compromised_is_not_certified_again() {
     ])
     .ok();
 }
+
+#[test]
+fn an_address_as_server_name_must_be_the_url_s() {
+    let e = initialised();
+    e.mtls(&["issue", "client", "c"]).ok();
+    // Nothing is contacted: refused before any connection (which would go to 10.0.0.5).
+    e.mtls(&[
+        "request",
+        "https://127.0.0.1:9/",
+        "--server-name",
+        "10.0.0.5",
+        "--cert",
+        &e.p("pki/issued/c.crt"),
+        "--key",
+        &e.p("pki/issued/c.key"),
+        "--ca",
+        &e.p("pki/root.crt"),
+    ])
+    .fails(2, "put it in the URL");
+}
