@@ -251,20 +251,22 @@ impl Authority {
         actor: &str,
         now: OffsetDateTime,
     ) -> Result<Issued, ApiError> {
+        // The key's identity from the key itself (not by parsing the certificate again).
+        let key_id = mtls_pki::key::key_identity(&public_key.subject_public_key_info());
         for _ in 0..2 {
             let issued =
                 issue_leaf(&self.issuer, public_key, request, now).map_err(issue_refused)?;
             self.metrics.inc(&self.metrics.signed);
-            match record(
-                &self.store,
-                &self.issuer_key,
+            let mut cert = CertificateToRecord::from_issued(
                 &issued,
+                &self.issuer_key,
                 &request.profile.to_string(),
-                kind.clone(),
-                actor,
-                now,
-            )
-            .await
+            );
+            cert.key_id.clone_from(&key_id);
+            match self
+                .store
+                .record_issued(cert, kind.clone(), actor, now)
+                .await
             {
                 Ok(()) => return Ok(issued),
                 Err(mtls_store::Error::DuplicateSerial(_)) => continue,

@@ -719,4 +719,41 @@ mod identity_tests {
         assert!(key_identity(&ed.public_key_spki()).is_some());
         assert!(key_identity(b"not an spki").is_none());
     }
+
+    /// A CA names a key it just signed for by the key itself, a tool reading the inventory
+    /// by the certificate: the same identity, for every algorithm.
+    #[test]
+    fn a_key_and_its_certificate_have_one_identity() {
+        use crate::issue::{issue_leaf, new_root, LeafRequest, Profile, Subject};
+        let now = time::OffsetDateTime::now_utc();
+        let ca = new_root(
+            &Subject::cn("Identity Root"),
+            PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap(),
+            now,
+            time::Duration::days(30),
+        )
+        .unwrap();
+        for algorithm in [
+            KeyAlgorithm::EcdsaP256,
+            KeyAlgorithm::EcdsaP384,
+            KeyAlgorithm::Ed25519,
+            KeyAlgorithm::Rsa { bits: 2048 },
+        ] {
+            let key = PrivateKey::generate(algorithm).unwrap();
+            let request = LeafRequest {
+                profile: Profile::Client,
+                subject: Subject::cn("c"),
+                sans: vec![],
+                lifetime: time::Duration::days(1),
+                urls: Default::default(),
+            };
+            let issued = issue_leaf(&ca, key.key_pair(), &request, now).unwrap();
+            let cert = crate::pem_io::parse_certificate(&issued.der).unwrap();
+            assert_eq!(
+                key_identity(&key.key_pair().subject_public_key_info()),
+                key_identity(cert.public_key().raw),
+                "{algorithm:?}"
+            );
+        }
+    }
 }

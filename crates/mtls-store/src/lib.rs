@@ -179,6 +179,9 @@ pub struct CertificateToRecord {
     pub not_after: OffsetDateTime,
     pub fingerprint: String,
     pub pem: String,
+    /// Its key's identity ([`mtls_pki::key::key_identity`]) when the caller has it at hand (a
+    /// CA that just signed for a public key); else it is read from `pem`.
+    pub key_id: Option<String>,
 }
 
 impl CertificateToRecord {
@@ -194,6 +197,7 @@ impl CertificateToRecord {
             not_after: issued.not_after,
             fingerprint: mtls_pki::inspect::sha256_hex(&issued.der),
             pem: issued.pem(),
+            key_id: None,
         }
     }
 

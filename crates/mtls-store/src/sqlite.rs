@@ -1225,6 +1225,7 @@ mod tests {
             not_after: OffsetDateTime::UNIX_EPOCH + time::Duration::days(30),
             fingerprint: fp.into(),
             pem: "pem".into(),
+            key_id: None,
         }
     }
 

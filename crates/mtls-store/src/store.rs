@@ -335,7 +335,7 @@ impl Store {
         now: OffsetDateTime,
     ) -> Result<()> {
         let op = WriteOp::Issue {
-            key: crate::key_id_of(&cert.pem),
+            key: cert.key_id.clone().or_else(|| crate::key_id_of(&cert.pem)),
             cert,
             kind,
             actor: actor.to_string(),

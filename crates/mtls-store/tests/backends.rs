@@ -27,6 +27,7 @@ fn cert(subject: &str) -> CertificateToRecord {
         not_before: OffsetDateTime::UNIX_EPOCH,
         not_after: OffsetDateTime::UNIX_EPOCH + time::Duration::days(30),
         pem: "pem".into(),
+        key_id: None,
     }
 }
 
@@ -816,6 +817,7 @@ fn real(pki: &mtls_test_util::TestPki, key: &mtls_pki::PrivateKey) -> Certificat
         not_before: issued.not_before,
         not_after: issued.not_after,
         pem: issued.pem(),
+        key_id: None,
     }
 }
 
