@@ -140,19 +140,7 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
 /// Key identities of the certificates recorded before the `key_id` column, once per
 /// inventory (every certificate parsed once: at the first start of this version).
 fn backfill_key_ids(conn: &Connection) -> rusqlite::Result<()> {
-    const NAME: &str = crate::KEY_IDS_MIGRATION;
-    let done = |conn: &Connection| {
-        conn.prepare_cached("SELECT 1 FROM migrations WHERE name = ?1")
-            .and_then(|mut s| s.exists([NAME]))
-    };
-    if done(conn)? {
-        return Ok(());
-    }
-    conn.execute_batch("BEGIN IMMEDIATE")?;
-    let backfilled = (|| {
-        if done(conn)? {
-            return Ok(());
-        }
+    once(conn, crate::KEY_IDS_MIGRATION, |conn| {
         let rows: Vec<(String, String)> = conn
             .prepare("SELECT serial, pem FROM certificates WHERE key_id IS NULL AND pem <> ''")?
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -163,7 +151,32 @@ fn backfill_key_ids(conn: &Connection) -> rusqlite::Result<()> {
                 update.execute(params![key, serial])?;
             }
         }
-        conn.execute("INSERT INTO migrations (name) VALUES (?1)", [NAME])?;
+        Ok(())
+    })
+}
+
+/// Runs `backfill` once per inventory: in a write transaction that also records the
+/// migration `name`, so that of two processes opening the inventory at once one backfills and
+/// the other waits for the write lock (busy timeout) and finds the mark.
+fn once(
+    conn: &Connection,
+    name: &str,
+    backfill: impl FnOnce(&Connection) -> rusqlite::Result<()>,
+) -> rusqlite::Result<()> {
+    let done = |conn: &Connection| {
+        conn.prepare_cached("SELECT 1 FROM migrations WHERE name = ?1")
+            .and_then(|mut s| s.exists([name]))
+    };
+    if done(conn)? {
+        return Ok(());
+    }
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let backfilled = (|| {
+        if done(conn)? {
+            return Ok(());
+        }
+        backfill(conn)?;
+        conn.execute("INSERT INTO migrations (name) VALUES (?1)", [name])?;
         Ok(())
     })();
     match backfilled {
@@ -228,21 +241,7 @@ fn add_columns(conn: &Connection) -> rusqlite::Result<()> {
 /// Renewals recorded before the `renews` column existed are read back from their audit entries
 /// ("… renews SERIAL"), once per inventory, so a key-compromise revocation follows them too.
 fn backfill_renews(conn: &Connection) -> rusqlite::Result<()> {
-    const NAME: &str = "renews-from-audit";
-    let done = |conn: &Connection| {
-        conn.prepare_cached("SELECT 1 FROM migrations WHERE name = ?1")
-            .and_then(|mut s| s.exists([NAME]))
-    };
-    if done(conn)? {
-        return Ok(());
-    }
-    // IMMEDIATE: of two processes opening the inventory at once, one backfills; the other
-    // waits for the write lock (busy timeout) and finds the mark.
-    conn.execute_batch("BEGIN IMMEDIATE")?;
-    let backfilled = (|| {
-        if done(conn)? {
-            return Ok(());
-        }
+    once(conn, "renews-from-audit", |conn| {
         let renewals: Vec<(String, String)> = conn
             .prepare(
                 "SELECT a.serial, a.detail FROM audit a JOIN certificates c ON c.serial = a.serial
@@ -257,33 +256,13 @@ fn backfill_renews(conn: &Connection) -> rusqlite::Result<()> {
                 update.execute(params![previous, serial])?;
             }
         }
-        conn.execute("INSERT INTO migrations (name) VALUES (?1)", [NAME])?;
         Ok(())
-    })();
-    match backfilled {
-        Ok(()) => conn.execute_batch("COMMIT"),
-        Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK");
-            Err(e)
-        }
-    }
+    })
 }
 
 /// Keys revoked for keyCompromise before `compromised_keys` existed, once per inventory.
 fn backfill_compromised_keys(conn: &Connection) -> rusqlite::Result<()> {
-    const NAME: &str = crate::COMPROMISED_KEYS_MIGRATION;
-    let done = |conn: &Connection| {
-        conn.prepare_cached("SELECT 1 FROM migrations WHERE name = ?1")
-            .and_then(|mut s| s.exists([NAME]))
-    };
-    if done(conn)? {
-        return Ok(());
-    }
-    conn.execute_batch("BEGIN IMMEDIATE")?;
-    let backfilled = (|| {
-        if done(conn)? {
-            return Ok(());
-        }
+    once(conn, crate::COMPROMISED_KEYS_MIGRATION, |conn| {
         let revoked: Vec<(String, String, i64)> = conn
             .prepare(
                 "SELECT serial, pem, revoked_at FROM certificates
@@ -300,16 +279,8 @@ fn backfill_compromised_keys(conn: &Connection) -> rusqlite::Result<()> {
                 )?;
             }
         }
-        conn.execute("INSERT INTO migrations (name) VALUES (?1)", [NAME])?;
         Ok(())
-    })();
-    match backfilled {
-        Ok(()) => conn.execute_batch("COMMIT"),
-        Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK");
-            Err(e)
-        }
-    }
+    })
 }
 
 /// Revokes every other unexpired certificate of the key of `serial` (revoked for
