@@ -29,7 +29,8 @@ pub struct ClientTlsArgs {
     /// Passphrase file for an encrypted key (else $MTLS_PASSPHRASE, else a prompt).
     #[arg(long, value_name = "FILE")]
     passphrase_file: Option<PathBuf>,
-    /// Name to verify the server certificate against (default: the target host).
+    /// Name to verify the server certificate against (default: the target host). A DNS
+    /// name; an IP address must be the one connected to (for `request`, the URL's).
     #[arg(long)]
     server_name: Option<String>,
     /// Also require the server's key to be this one (SHA-256 of its SubjectPublicKeyInfo:
