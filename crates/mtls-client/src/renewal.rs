@@ -290,17 +290,24 @@ impl Hook {
         // A group of its own: a hook that times out is killed with everything it started (a
         // hung `systemctl reload` under `sh -c`), not only its shell, so retries do not pile
         // up hung processes. Background processes of a hook that finishes are left running.
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        // Not when run from a terminal: there the hook stays in the foreground group, so that
+        // it can prompt (sudo) and Ctrl-C reaches it.
+        let own_group = !std::io::IsTerminal::is_terminal(&std::io::stdin());
+        if own_group {
+            std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        }
         let mut child = cmd.spawn().map_err(|e| format!("running the hook: {e}"))?;
         let started = std::time::Instant::now();
         let status = loop {
             match child.try_wait() {
                 Ok(Some(status)) => break status,
                 Ok(None) if started.elapsed() >= hook_timeout() => {
-                    let _ = rustix::process::kill_process_group(
-                        rustix::process::Pid::from_child(&child),
-                        rustix::process::Signal::KILL,
-                    );
+                    if own_group {
+                        let _ = rustix::process::kill_process_group(
+                            rustix::process::Pid::from_child(&child),
+                            rustix::process::Signal::KILL,
+                        );
+                    }
                     let _ = child.kill();
                     let _ = child.wait();
                     return Err(format!(
