@@ -1518,9 +1518,12 @@ async fn apply_batch(c: &Conn, jobs: &[Job]) -> (Vec<Result<WriteResult>>, bool)
 /// statements can be pipelined. The token `UPDATE … WHERE used_at IS NULL` takes the row lock: a
 /// second instance racing on the same token waits, then finds it used.
 const ISSUE_SQL: &str = "
-WITH tok AS (
+WITH bad AS (
+    -- A key revoked as compromised: nothing is recorded, and the token stays unused.
+    SELECT serial FROM compromised_keys WHERE spki_sha256 = $18
+), tok AS (
     UPDATE tokens SET used_at = $10, used_by_serial = $1
-    WHERE id = $11 AND used_at IS NULL AND expires_at > $10
+    WHERE id = $11 AND used_at IS NULL AND expires_at > $10 AND NOT EXISTS (SELECT 1 FROM bad)
     RETURNING id
 ), prev AS (
     -- A renewal: the renewed certificate must still be unrevoked, and nothing renewed from
@@ -1549,6 +1552,7 @@ WITH tok AS (
            (SELECT COALESCE(lineage, serial) FROM certificates WHERE serial = $15), $18
     WHERE ($11::text IS NULL OR EXISTS (SELECT 1 FROM tok))
       AND ($15::text IS NULL OR (EXISTS (SELECT 1 FROM prev) AND (SELECT n FROM recent) < $17))
+      AND NOT EXISTS (SELECT 1 FROM bad)
     ON CONFLICT DO NOTHING
     RETURNING serial
 ), aud AS (
@@ -1556,7 +1560,7 @@ WITH tok AS (
     SELECT $10, $12, serial, $13, $14 FROM cert
 )
 SELECT (SELECT count(*) FROM tok), (SELECT count(*) FROM cert), (SELECT count(*) FROM prev),
-       (SELECT n FROM recent)";
+       (SELECT n FROM recent), (SELECT serial FROM bad LIMIT 1)";
 
 /// Records one issuance with [`ISSUE_SQL`] (alone, in a savepoint, or pipelined with others).
 async fn issue(
@@ -1567,20 +1571,6 @@ async fn issue(
     actor: &str,
     now: OffsetDateTime,
 ) -> std::result::Result<WriteResult, OpError> {
-    if let Some(key) = key {
-        // Before the token is consumed. (A keyCompromise revocation committing on another
-        // instance at this moment is not seen: its certificate's own revocation stands.)
-        let compromised = q(
-            c,
-            "check the key",
-            "SELECT serial FROM compromised_keys WHERE spki_sha256 = $1",
-            &[&key],
-        )
-        .await?;
-        if let Some(serial) = compromised.first().and_then(|r| r.try_get(0).ok()) {
-            return Err(OpError::Refused(Error::KeyCompromised { serial }));
-        }
-    }
     let serial = cert.serial.to_string();
     let sans = sans_json(&cert.sans).map_err(OpError::Refused)?;
     let token: Option<&str> = match kind {
@@ -1657,6 +1647,17 @@ async fn issue(
     let (consumed, inserted, live_previous, recent) = (count(0), count(1), count(2), count(3));
     if inserted == 1 {
         return Ok(WriteResult::Done);
+    }
+    // (A keyCompromise revocation committing on another instance at this moment is not seen:
+    // its certificates' own revocations stand.)
+    if let Some(compromised) = rows
+        .first()
+        .and_then(|r| r.try_get::<_, Option<String>>(4).ok())
+        .flatten()
+    {
+        return Err(OpError::Refused(Error::KeyCompromised {
+            serial: compromised,
+        }));
     }
     if let Some(previous) = previous {
         if live_previous == 0 {
