@@ -82,7 +82,9 @@ pub struct RevokeArgs {
     /// Reason: keyCompromise, superseded, cessationOfOperation, affiliationChanged, … Every
     /// reason but superseded (none given included) also revokes the holder's other unexpired
     /// certificates of the renewal lineage (keyCompromise: those with the same key, and
-    /// everything renewed from them); superseded revokes this one alone.
+    /// everything renewed from them, and every other certificate of the key; the key is not
+    /// certified again; on a certificate already revoked, the reason becomes keyCompromise);
+    /// superseded revokes this one alone.
     #[arg(long, value_parser = crate::util::reason_arg)]
     reason: Option<RevocationReason>,
     #[command(flatten)]
