@@ -132,7 +132,7 @@ pub fn revoke(pki: &Path, a: RevokeArgs) -> Result<ExitCode> {
     }
     let rev = inventory.revoke(&serial, reason, "cli", now())?;
     let why = if reason == Some(RevocationReason::KeyCompromise) {
-        "same renewal lineage as the compromised key"
+        "a certificate of the compromised key"
     } else {
         "the holder's other certificate in its renewal lineage (`--reason superseded` revokes one alone)"
     };
