@@ -118,7 +118,8 @@ CREATE INDEX IF NOT EXISTS certificates_lineage ON certificates(lineage, issued_
 -- update).
 CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY);
 -- The key's identity (crate::key_id_of): a keyCompromise revocation finds every certificate
--- of the key. Filled for earlier rows by backfill_key_ids.
+-- of the key. Filled for earlier rows by backfill_key_ids. Indexed here (inventories shared
+-- by several instances are the large ones; SQLite scans instead: see its add_columns).
 ALTER TABLE certificates ADD COLUMN IF NOT EXISTS key_id TEXT;
 CREATE INDEX IF NOT EXISTS certificates_key_id ON certificates(key_id) WHERE key_id IS NOT NULL;
 -- Keys revoked as compromised (crate::key_id_of): never certified again. Filled from earlier
