@@ -1221,6 +1221,22 @@ mod tests {
         assert_eq!(err.code, "CA_UNAVAILABLE");
     }
 
+    /// A CA valid for 30 days whose `[admins]` allow the common name `admin_cn`.
+    async fn administered_authority(
+        dir: &std::path::Path,
+        now: OffsetDateTime,
+        admin_cn: &str,
+    ) -> Authority {
+        let settings = Settings {
+            admins: mtls_verify::Policy {
+                allow_cn: vec![admin_cn.into()],
+                ..Default::default()
+            },
+            ..Settings::default()
+        };
+        configured_authority(dir, now, Duration::days(30), &Default::default(), settings).await
+    }
+
     /// The feed is for `[revocation_feed]` identities and administrators; an administrator is
     /// a client certificate: a server certificate whose name matches an `[admins]` rule is
     /// refused, as everywhere else administrators are checked.
@@ -1228,21 +1244,7 @@ mod tests {
     async fn the_feed_takes_administrators_by_client_certificate_only() {
         let now = OffsetDateTime::now_utc();
         let dir = tempfile::tempdir().unwrap();
-        let settings = Settings {
-            admins: mtls_verify::Policy {
-                allow_cn: vec!["ca-admin".into()],
-                ..Default::default()
-            },
-            ..Settings::default()
-        };
-        let ca = configured_authority(
-            dir.path(),
-            now,
-            Duration::days(30),
-            &Default::default(),
-            settings,
-        )
-        .await;
+        let ca = administered_authority(dir.path(), now, "ca-admin").await;
         let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
         let peer_for = |profile: Profile| {
             let request = LeafRequest {
@@ -1279,21 +1281,7 @@ mod tests {
     async fn a_database_that_went_back_is_refused_until_level_again() {
         let now = OffsetDateTime::now_utc();
         let dir = tempfile::tempdir().unwrap();
-        let settings = Settings {
-            admins: mtls_verify::Policy {
-                allow_cn: vec!["admin".into()],
-                ..Default::default()
-            },
-            ..Settings::default()
-        };
-        let ca = configured_authority(
-            dir.path(),
-            now,
-            Duration::days(30),
-            &Default::default(),
-            settings,
-        )
-        .await;
+        let ca = administered_authority(dir.path(), now, "admin").await;
         let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
         let request = |cn: &str| LeafRequest {
             profile: Profile::Client,

@@ -3,40 +3,20 @@
 //! client stays revoked. The same file read again and a newer CRL reload normally.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+mod support;
 
 use mtls_pki::revocation::{build_crl, RevokedEntry};
 use mtls_serve::reload::Reload;
-use mtls_serve::tls::{CertificateFiles, ClientAuth, ReloadingServer, ServerFiles};
+use mtls_serve::tls::ReloadingServer;
 use mtls_test_util::TestPki;
 use mtls_verify::Rejection;
+use support::{server_files, write};
 use time::{Duration, OffsetDateTime};
-
-fn write(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, data).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-    p
-}
 
 #[test]
 fn reload_refuses_an_older_crl_and_keeps_the_current_state() {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new("serve-rollback");
-    let enc = |der: &[u8]| mtls_pki::pem_io::encode("CERTIFICATE", der);
-    let server = pki.server(&["localhost"]);
-    let cert = write(
-        dir.path(),
-        "s.pem",
-        format!("{}{}", enc(&server.cert.der), enc(&pki.intermediate_der())).as_bytes(),
-    );
-    let key = write(dir.path(), "s.key", server.key.to_pem().as_bytes());
-    let ca = write(
-        dir.path(),
-        "ca.pem",
-        format!("{}{}", enc(&pki.intermediate_der()), enc(&pki.root_der())).as_bytes(),
-    );
     let now = OffsetDateTime::now_utc();
     let client = pki.client("revoked-client");
     let listed = [RevokedEntry {
@@ -49,19 +29,12 @@ fn reload_refuses_an_older_crl_and_keeps_the_current_state() {
         mtls_pki::pem_io::encode("X509 CRL", &der)
     };
     let crl = write(dir.path(), "crl.pem", crl_pem(2, &listed).as_bytes());
-    let mut tls = ReloadingServer::new(ServerFiles {
-        certificates: vec![CertificateFiles {
-            cert,
-            key,
-            key_passphrase_file: None,
-        }],
-        client_ca: vec![ca],
-        crl: vec![crl.clone()],
-        client_auth: ClientAuth::Required,
-        revocation: Default::default(),
-        alpn: vec![b"http/1.1".to_vec()],
-        resumption: Default::default(),
-    })
+    let mut tls = ReloadingServer::new(server_files(
+        dir.path(),
+        &pki,
+        &["localhost"],
+        vec![crl.clone()],
+    ))
     .unwrap();
     let chain = [client.cert.der.clone(), pki.intermediate_der()];
     let status = |tls: &ReloadingServer| {
@@ -97,19 +70,6 @@ fn reload_refuses_an_older_crl_and_keeps_the_current_state() {
 fn a_replay_in_two_steps_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new("serve-rollback-2");
-    let enc = |der: &[u8]| mtls_pki::pem_io::encode("CERTIFICATE", der);
-    let server = pki.server(&["localhost"]);
-    let cert = write(
-        dir.path(),
-        "s.pem",
-        format!("{}{}", enc(&server.cert.der), enc(&pki.intermediate_der())).as_bytes(),
-    );
-    let key = write(dir.path(), "s.key", server.key.to_pem().as_bytes());
-    let ca = write(
-        dir.path(),
-        "ca.pem",
-        format!("{}{}", enc(&pki.intermediate_der()), enc(&pki.root_der())).as_bytes(),
-    );
     let now = OffsetDateTime::now_utc();
     let client = pki.client("revoked-client");
     let listed = [RevokedEntry {
@@ -128,19 +88,12 @@ fn a_replay_in_two_steps_is_refused() {
         "crl.pem",
         intermediate_crl(5, &listed).as_bytes(),
     );
-    let tls = ReloadingServer::new(ServerFiles {
-        certificates: vec![CertificateFiles {
-            cert,
-            key,
-            key_passphrase_file: None,
-        }],
-        client_ca: vec![ca],
-        crl: vec![crl.clone()],
-        client_auth: ClientAuth::Required,
-        revocation: Default::default(),
-        alpn: vec![],
-        resumption: Default::default(),
-    })
+    let tls = ReloadingServer::new(server_files(
+        dir.path(),
+        &pki,
+        &["localhost"],
+        vec![crl.clone()],
+    ))
     .unwrap();
     // Step one: the root's CRL instead (valid, signed by a bundle member).
     let root_crl = pem(build_crl(&pki.root, 1, now, Duration::days(1), &[]).unwrap());

@@ -3,51 +3,21 @@
 //! bundle and CRLs, keeps the previous credential for that file, and reports it as failed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 
 use mtls_pki::revocation::{build_crl, RevokedEntry};
 use mtls_serve::tls::{CertificateFiles, ClientAuth, ReloadingServer, ServerFiles};
 use mtls_test_util::TestPki;
 use mtls_verify::Rejection;
+use support::{server_files, write};
 use time::{Duration, OffsetDateTime};
-
-fn write(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, data).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-    p
-}
 
 #[test]
 fn a_refused_certificate_does_not_hold_back_a_new_crl() {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new("serve-partial");
-    let enc = |der: &[u8]| mtls_pki::pem_io::encode("CERTIFICATE", der);
-    let mut certificates = Vec::new();
-    for (i, name) in ["localhost", "other.example"].iter().enumerate() {
-        let server = pki.server(&[name]);
-        let cert = write(
-            dir.path(),
-            &format!("s{i}.pem"),
-            format!("{}{}", enc(&server.cert.der), enc(&pki.intermediate_der())).as_bytes(),
-        );
-        let key = write(
-            dir.path(),
-            &format!("s{i}.key"),
-            server.key.to_pem().as_bytes(),
-        );
-        certificates.push(CertificateFiles {
-            cert,
-            key,
-            key_passphrase_file: None,
-        });
-    }
-    let ca = write(
-        dir.path(),
-        "ca.pem",
-        format!("{}{}", enc(&pki.intermediate_der()), enc(&pki.root_der())).as_bytes(),
-    );
     let now = OffsetDateTime::now_utc();
     let client = pki.client("leaving-client");
     let crl_pem = |number: u64, revoked: &[RevokedEntry]| {
@@ -55,17 +25,14 @@ fn a_refused_certificate_does_not_hold_back_a_new_crl() {
         mtls_pki::pem_io::encode("X509 CRL", &der)
     };
     let crl = write(dir.path(), "crl.pem", crl_pem(1, &[]).as_bytes());
-    let second_key = certificates[1].key.clone();
-    let tls = ReloadingServer::new(ServerFiles {
-        certificates,
-        client_ca: vec![ca],
-        crl: vec![crl.clone()],
-        client_auth: ClientAuth::Required,
-        revocation: Default::default(),
-        alpn: vec![b"http/1.1".to_vec()],
-        resumption: Default::default(),
-    })
-    .unwrap();
+    let files = server_files(
+        dir.path(),
+        &pki,
+        &["localhost", "other.example"],
+        vec![crl.clone()],
+    );
+    let second_key = files.certificates[1].key.clone();
+    let tls = ReloadingServer::new(files).unwrap();
     let chain = [client.cert.der.clone(), pki.intermediate_der()];
     let status = |tls: &ReloadingServer| {
         tls.current()

@@ -394,18 +394,24 @@ async fn migration_step<T>(
     }
 }
 
-/// Key identities of the certificates recorded before the `key_id` column: once per
-/// inventory, in `create_schema`'s transaction, in chunks (one statement per 10,000).
-async fn backfill_key_ids(client: &Client) -> Result<()> {
-    let first = migration_step(
-        "mark the key identities migration",
+/// Marks the migration `name` done, in `create_schema`'s transaction; whether it was not
+/// before (then the caller runs it, and the mark commits with its work).
+async fn first_time(client: &Client, name: &str) -> Result<bool> {
+    let marked = migration_step(
+        "mark a migration",
         client.query_opt(
             "INSERT INTO migrations (name) VALUES ($1) ON CONFLICT DO NOTHING RETURNING name",
-            &[&crate::KEY_IDS_MIGRATION],
+            &[&name],
         ),
     )
     .await?;
-    if first.is_none() {
+    Ok(marked.is_some())
+}
+
+/// Key identities of the certificates recorded before the `key_id` column: once per
+/// inventory, in `create_schema`'s transaction, in chunks (one statement per 10,000).
+async fn backfill_key_ids(client: &Client) -> Result<()> {
+    if !first_time(client, crate::KEY_IDS_MIGRATION).await? {
         return Ok(());
     }
     let rows = migration_step(
@@ -444,15 +450,7 @@ async fn backfill_key_ids(client: &Client) -> Result<()> {
 /// Keys revoked for keyCompromise before `compromised_keys` existed: once per inventory, in
 /// `create_schema`'s transaction (its mark's insert gates it).
 async fn backfill_compromised_keys(client: &Client) -> Result<()> {
-    let first = migration_step(
-        "mark the compromised keys migration",
-        client.query_opt(
-            "INSERT INTO migrations (name) VALUES ($1) ON CONFLICT DO NOTHING RETURNING name",
-            &[&crate::COMPROMISED_KEYS_MIGRATION],
-        ),
-    )
-    .await?;
-    if first.is_none() {
+    if !first_time(client, crate::COMPROMISED_KEYS_MIGRATION).await? {
         return Ok(());
     }
     let rows = migration_step(
